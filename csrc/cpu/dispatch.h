@@ -1,0 +1,20 @@
+// Picks the kernel set for the active ISA and records which one served each op family.
+#pragma once
+#include <string>
+
+#include "../kernels/int8_gemm/params.h"
+#include "isa.h"
+
+namespace fastinfer {
+namespace cpu {
+
+// Kernel families, for "which path served the last call" (tests assert on it).
+enum class Family : int { Int8Gemm = 0, W8Gemm = 1, Quantize = 2, kCount = 3 };
+
+// The kernel set for the active ISA; records it as the last one used for `family`.
+const kernels::KernelSet& kernels_for(Family family);
+std::string last_kernel(const std::string& family);  // "" before the first call
+std::string capabilities_json();
+
+}  // namespace cpu
+}  // namespace fastinfer

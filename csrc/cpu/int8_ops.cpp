@@ -1,0 +1,295 @@
+// CPU entry layer for the int8 ops: every tensor check, then Params, then the kernel table.
+// The only CPU file (with registration.cpp) that sees at::Tensor.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+
+#include "../kernels/int8_gemm/pack.h"
+#include "../kernels/int8_gemm/params.h"
+#include "dispatch.h"
+
+namespace fastinfer {
+namespace cpu {
+namespace {
+
+using kernels::OutKind;
+using kernels::PackedHeader;
+
+constexpr int64_t kMinMacsPerTask = 1 << 18;  // below this, a thread hand-off costs more than it saves
+
+void check_cpu(const at::Tensor& t, const char* op, const char* arg) {
+  TORCH_CHECK(t.device().is_cpu(), "fastinfer.", op, ": ", arg, " must be a CPU tensor, got a tensor on ",
+              t.device(), " (this op has no kernel for that device in this build)");
+}
+
+void check_dtype(const at::Tensor& t, at::ScalarType want, const char* op, const char* arg) {
+  TORCH_CHECK(t.scalar_type() == want, "fastinfer.", op, ": ", arg, " must have dtype ", want, ", got ",
+              t.scalar_type());
+}
+
+PackedHeader checked_header(const at::Tensor& packed, const char* op, const char* arg) {
+  check_cpu(packed, op, arg);
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1,
+              "fastinfer.", op, ": ", arg, " must be a 1-D uint8 packed weight (from fastinfer.ops.pack_int8_weight), "
+              "got dtype ", packed.scalar_type(), " with ", packed.dim(), " dims");
+  TORCH_CHECK(packed.is_contiguous(), "fastinfer.", op, ": ", arg, " must be contiguous");
+  PackedHeader h;
+  const char* err = kernels::validate_packed(packed.data_ptr<uint8_t>(), packed.numel(), &h);
+  TORCH_CHECK(err == nullptr, "fastinfer.", op, ": ", arg, " is not a valid packed weight: ", err);
+  return h;
+}
+
+// Per-channel vectors (scales, bias): 1-D, length n, fp32 contiguous (other float dtypes converted).
+at::Tensor channel_vector(const at::Tensor& t, int64_t n, const char* op, const char* arg, bool any_float) {
+  check_cpu(t, op, arg);
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, "fastinfer.", op, ": ", arg, " must be 1-D of length ", n,
+              ", got shape ", t.sizes());
+  if (any_float) {
+    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "fastinfer.", op, ": ", arg,
+                " must be a floating-point tensor, got ", t.scalar_type());
+  } else {
+    check_dtype(t, at::kFloat, op, arg);
+  }
+  return t.to(at::kFloat).contiguous();
+}
+
+// Splits the GEMM into (column panel, row chunk) items: consecutive items share a weight panel.
+template <typename Params, typename Fn>
+void run_gemm(const Params& p, Fn fn, const kernels::KernelSet& ks) {
+  const int64_t N_pad = kernels::round_up(p.N, kernels::kPackNB);
+  const int64_t panels = (N_pad + ks.n_panel - 1) / ks.n_panel;
+  const int64_t chunks = (p.M + ks.m_chunk - 1) / ks.m_chunk;
+  const int64_t macs_per_item = std::max<int64_t>(1, std::min(ks.m_chunk, p.M) * ks.n_panel * p.K);
+  const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / macs_per_item);
+  at::parallel_for(0, panels * chunks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t it = begin; it < end; ++it) {
+      const int64_t panel = it / chunks, chunk = it % chunks;
+      const int64_t m0 = chunk * ks.m_chunk, n0 = panel * ks.n_panel;
+      fn(p, m0, std::min(p.M, m0 + ks.m_chunk), n0, std::min(N_pad, n0 + ks.n_panel));
+    }
+  });
+}
+
+// Quantizes the rows of x2 (contiguous [M, K], fp32/bf16) into q ([M, K_pad]) and scale ([M]).
+void quantize_rows(const at::Tensor& x2, at::Tensor& q, at::Tensor& scale, bool shift128) {
+  kernels::QuantizeParams p;
+  p.M = x2.size(0);
+  p.K = x2.size(1);
+  p.x = x2.data_ptr();
+  p.x_is_bf16 = x2.scalar_type() == at::kBFloat16;
+  p.ldx = x2.stride(0);
+  p.q = q.data_ptr();
+  p.ldq = q.stride(0);
+  p.K_pad = q.size(1);
+  p.shift128 = shift128;
+  p.scale = scale.data_ptr<float>();
+  const auto& ks = kernels_for(Family::Quantize);
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, p.K));
+  at::parallel_for(0, p.M, grain, [&](int64_t b, int64_t e) { ks.quantize(p, b, e); });
+}
+
+// Activations [..., K] of dtype fp32/bf16 -> contiguous [M, K].
+at::Tensor activation_2d(const at::Tensor& x, int64_t K, const char* op) {
+  check_cpu(x, op, "x");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "fastinfer.", op,
+              ": x must be float32 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() >= 1, "fastinfer.", op, ": x must have at least 1 dimension [..., K], got a scalar");
+  TORCH_CHECK(x.size(-1) == K, "fastinfer.", op, ": x.shape[-1] must equal the weight's in_features K=", K,
+              ", got x of shape ", x.sizes());
+  return x.reshape({-1, K}).contiguous();
+}
+
+std::vector<int64_t> out_shape(const at::Tensor& x, int64_t N) {
+  std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
+  s.back() = N;
+  return s;
+}
+
+void fill_int8_params(kernels::Int8GemmParams& p, const PackedHeader& h, const at::Tensor& packed,
+                      const at::Tensor& a_u8, int64_t M) {
+  p.M = M;
+  p.N = h.N;
+  p.K = h.K;
+  p.K_pad = h.K_pad;
+  p.a = a_u8.data_ptr<uint8_t>();
+  p.lda = a_u8.stride(0);
+  const uint8_t* base = packed.data_ptr<uint8_t>();
+  p.b = reinterpret_cast<const int8_t*>(base + h.data_offset);
+  p.b_colsum = reinterpret_cast<const int32_t*>(base + h.colsum_offset);
+}
+
+// int8 activations [M, K] -> the u8 operand [M, K_pad] the kernels read.
+at::Tensor shifted_operand(const at::Tensor& a, const PackedHeader& h, const char* op) {
+  check_cpu(a, op, "a");
+  check_dtype(a, at::kChar, op, "a");
+  TORCH_CHECK(a.dim() == 2, "fastinfer.", op, ": a must be 2-D [M, K], got shape ", a.sizes());
+  TORCH_CHECK(a.size(1) == h.K, "fastinfer.", op, ": a.shape[1] must equal the weight's K=", h.K,
+              ", got a of shape ", a.sizes());
+  const at::Tensor ac = a.contiguous();
+  at::Tensor u = at::empty({a.size(0), h.K_pad}, a.options().dtype(at::kByte));
+  const int64_t M = a.size(0), K = h.K;
+  at::parallel_for(0, M, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, K)), [&](int64_t b, int64_t e) {
+    kernels::shift_rows_to_u8(ac.data_ptr<int8_t>() + b * K, K, e - b, K, u.data_ptr<uint8_t>() + b * h.K_pad,
+                              h.K_pad, h.K_pad);
+  });
+  return u;
+}
+
+// ---------------------------------------------------------------- ops
+
+std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x) {
+  check_cpu(x, "quantize_per_token", "x");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "fastinfer.quantize_per_token: x must be float32 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 2, "fastinfer.quantize_per_token: x must be 2-D [M, K], got shape ", x.sizes());
+  const at::Tensor xc = x.contiguous();
+  at::Tensor q = at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kChar));
+  at::Tensor scale = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
+  if (x.numel() > 0) quantize_rows(xc, q, scale, /*shift128=*/false);
+  else if (x.size(0) > 0) scale.zero_();
+  return {q, scale};
+}
+
+at::Tensor pack_int8_weight(const at::Tensor& w) {
+  check_cpu(w, "pack_int8_weight", "weight");
+  check_dtype(w, at::kChar, "pack_int8_weight", "weight");
+  TORCH_CHECK(w.dim() == 2, "fastinfer.pack_int8_weight: weight must be 2-D [N, K], got shape ", w.sizes());
+  TORCH_CHECK(w.size(0) >= 1 && w.size(1) >= 1,
+              "fastinfer.pack_int8_weight: weight must have N >= 1 and K >= 1, got shape ", w.sizes());
+  const at::Tensor wc = w.contiguous();
+  at::Tensor out = at::empty({kernels::packed_nbytes(w.size(0), w.size(1))}, w.options().dtype(at::kByte));
+  kernels::pack_int8_weight(wc.data_ptr<int8_t>(), wc.stride(0), w.size(0), w.size(1), out.data_ptr<uint8_t>());
+  return out;
+}
+
+at::Tensor unpack_int8_weight(const at::Tensor& packed) {
+  const PackedHeader h = checked_header(packed, "unpack_int8_weight", "packed");
+  at::Tensor w = at::empty({h.N, h.K}, packed.options().dtype(at::kChar));
+  kernels::unpack_int8_weight(packed.data_ptr<uint8_t>(), w.data_ptr<int8_t>(), h.K);
+  return w;
+}
+
+at::Tensor int8_mm(const at::Tensor& a, const at::Tensor& packed_b, int64_t n) {
+  const PackedHeader h = checked_header(packed_b, "int8_mm", "packed_b");
+  TORCH_CHECK(n == h.N, "fastinfer.int8_mm: n=", n, " does not match the packed weight's N=", h.N);
+  const at::Tensor u = shifted_operand(a, h, "int8_mm");
+  const int64_t M = a.size(0);
+  at::Tensor out = at::empty({M, h.N}, a.options().dtype(at::kInt));
+  if (M == 0) return out;
+  kernels::Int8GemmParams p;
+  fill_int8_params(p, h, packed_b, u, M);
+  p.out = out.data_ptr();
+  p.ldo = h.N;
+  p.out_kind = OutKind::Int32;
+  const auto& ks = kernels_for(Family::Int8Gemm);
+  run_gemm(p, ks.int8_gemm, ks);
+  return out;
+}
+
+OutKind out_kind_of(at::ScalarType t, const char* op) {
+  TORCH_CHECK(t == at::kFloat || t == at::kBFloat16, "fastinfer.", op,
+              ": out_dtype must be torch.float32 or torch.bfloat16, got ", t);
+  return t == at::kFloat ? OutKind::Float32 : OutKind::BFloat16;
+}
+
+at::Tensor int8_scaled_mm(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& packed_b,
+                          const at::Tensor& b_scale, const std::optional<at::Tensor>& bias,
+                          std::optional<at::ScalarType> out_dtype) {
+  const char* op = "int8_scaled_mm";
+  const PackedHeader h = checked_header(packed_b, op, "packed_b");
+  const at::ScalarType odt = out_dtype.value_or(at::kFloat);
+  const OutKind kind = out_kind_of(odt, op);
+  const at::Tensor u = shifted_operand(a, h, op);
+  const int64_t M = a.size(0);
+  const at::Tensor as = channel_vector(a_scale, M, op, "a_scale", false);
+  const at::Tensor bs = channel_vector(b_scale, h.N, op, "b_scale", false);
+  const at::Tensor bi = bias ? channel_vector(*bias, h.N, op, "bias", true) : at::Tensor();
+  at::Tensor out = at::empty({M, h.N}, a.options().dtype(odt));
+  if (M == 0) return out;
+  kernels::Int8GemmParams p;
+  fill_int8_params(p, h, packed_b, u, M);
+  p.a_scale = as.data_ptr<float>();
+  p.b_scale = bs.data_ptr<float>();
+  p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
+  p.out = out.data_ptr();
+  p.ldo = h.N;
+  p.out_kind = kind;
+  const auto& ks = kernels_for(Family::Int8Gemm);
+  run_gemm(p, ks.int8_gemm, ks);
+  return out;
+}
+
+at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
+                               const std::optional<at::Tensor>& bias) {
+  const char* op = "int8_linear_dynamic";
+  const PackedHeader h = checked_header(packed_w, op, "packed_w");
+  const at::Tensor x2 = activation_2d(x, h.K, op);
+  const at::Tensor bs = channel_vector(w_scale, h.N, op, "w_scale", false);
+  const at::Tensor bi = bias ? channel_vector(*bias, h.N, op, "bias", true) : at::Tensor();
+  const int64_t M = x2.size(0);
+  at::Tensor out = at::empty({M, h.N}, x.options());
+  if (M > 0) {
+    at::Tensor q = at::empty({M, h.K_pad}, x.options().dtype(at::kByte));
+    at::Tensor a_scale = at::empty({M}, x.options().dtype(at::kFloat));
+    quantize_rows(x2, q, a_scale, /*shift128=*/true);
+    kernels::Int8GemmParams p;
+    fill_int8_params(p, h, packed_w, q, M);
+    p.a_scale = a_scale.data_ptr<float>();
+    p.b_scale = bs.data_ptr<float>();
+    p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
+    p.out = out.data_ptr();
+    p.ldo = h.N;
+    p.out_kind = x.scalar_type() == at::kFloat ? OutKind::Float32 : OutKind::BFloat16;
+    const auto& ks = kernels_for(Family::Int8Gemm);
+    run_gemm(p, ks.int8_gemm, ks);
+  }
+  return out.view(out_shape(x, h.N));
+}
+
+at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
+                                   const std::optional<at::Tensor>& bias) {
+  const char* op = "int8_linear_weight_only";
+  const PackedHeader h = checked_header(packed_w, op, "packed_w");
+  const at::Tensor x2 = activation_2d(x, h.K, op).to(at::kFloat);
+  const at::Tensor bs = channel_vector(w_scale, h.N, op, "w_scale", false);
+  const at::Tensor bi = bias ? channel_vector(*bias, h.N, op, "bias", true) : at::Tensor();
+  const int64_t M = x2.size(0);
+  at::Tensor out = at::empty({M, h.N}, x.options());
+  if (M > 0) {
+    kernels::W8GemmParams p;
+    p.M = M;
+    p.N = h.N;
+    p.K = h.K;
+    p.K_pad = h.K_pad;
+    p.a = x2.data_ptr<float>();
+    p.lda = x2.stride(0);
+    p.b = reinterpret_cast<const int8_t*>(packed_w.data_ptr<uint8_t>() + h.data_offset);
+    p.b_scale = bs.data_ptr<float>();
+    p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
+    p.out = out.data_ptr();
+    p.ldo = h.N;
+    p.out_kind = x.scalar_type() == at::kFloat ? OutKind::Float32 : OutKind::BFloat16;
+    const auto& ks = kernels_for(Family::W8Gemm);
+    run_gemm(p, ks.w8_gemm, ks);
+  }
+  return out.view(out_shape(x, h.N));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastinfer, CPU, m) {
+  m.impl("quantize_per_token", &quantize_per_token);
+  m.impl("pack_int8_weight", &pack_int8_weight);
+  m.impl("unpack_int8_weight", &unpack_int8_weight);
+  m.impl("int8_mm", &int8_mm);
+  m.impl("int8_scaled_mm", &int8_scaled_mm);
+  m.impl("int8_linear_dynamic", &int8_linear_dynamic);
+  m.impl("int8_linear_weight_only", &int8_linear_weight_only);
+}
+
+}  // namespace cpu
+}  // namespace fastinfer

@@ -1,0 +1,198 @@
+// AVX2 + FMA kernels: the fallback for x86-64 CPUs without AVX-512 VNNI.
+// AVX2 has no exact u8 x s8 dot product (vpmaddubsw saturates at int16), so the int8 GEMM
+// widens both operands to int16 and uses vpmaddwd, which is exact into int32.
+#include <algorithm>
+#include <cstring>
+
+#include <immintrin.h>
+
+#include "epilogue.h"
+#include "pack.h"
+#include "params.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+namespace fastinfer {
+namespace kernels {
+namespace {
+
+// 16 ymm: MR rows x 4 accumulators (16 columns as int32 pairs) + 4 widened weights + 1 row.
+constexpr int kInt8MR = 2;
+static_assert(kInt8MR * 4 + 4 + 1 <= 16, "int8 tile does not fit 16 ymm registers");
+// w8: MR rows x 4 fp32 accumulators (8 columns x 4 k) + 4 widened weights + 1 row.
+constexpr int kW8MR = 2;
+static_assert(kW8MR * 4 + 4 + 1 <= 16, "w8 tile does not fit 16 ymm registers");
+
+template <int mr>
+void int8_tile(const Int8GemmParams& p, int64_t m, int64_t n) {
+  __m256i acc[mr][4];
+  for (int i = 0; i < mr; ++i)
+    for (int c = 0; c < 4; ++c) acc[i][c] = _mm256_setzero_si256();
+  const int8_t* b = p.b + (n / kPackNB) * p.K_pad * kPackNB;
+  const uint8_t* a = p.a + m * p.lda;
+  const int64_t kq = p.K_pad / kPackKB;
+  for (int64_t q = 0; q < kq; ++q) {
+    __m256i bw[4];  // bw[c]: columns 4c..4c+3, their 4 k values as int16
+    for (int c = 0; c < 4; ++c)
+      bw[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + q * 64 + 16 * c)));
+    for (int i = 0; i < mr; ++i) {
+      int32_t a4;
+      std::memcpy(&a4, a + i * p.lda + q * 4, 4);
+      const __m256i av = _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(a4)));
+      for (int c = 0; c < 4; ++c) acc[i][c] = _mm256_add_epi32(acc[i][c], _mm256_madd_epi16(av, bw[c]));
+    }
+  }
+  const int64_t valid = std::min<int64_t>(16, p.N - n);
+  for (int i = 0; i < mr; ++i) {
+    // Each accumulator holds two k-partials per column; pair-add and restore column order.
+    alignas(32) int32_t t[16];
+    const __m256i lo = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[i][0], acc[i][1]), 0xd8);
+    const __m256i hi = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[i][2], acc[i][3]), 0xd8);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t), lo);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t + 8), hi);
+    for (int64_t j = 0; j < valid; ++j) {
+      const int32_t v = t[j] - 128 * p.b_colsum[n + j];
+      const int64_t idx = (m + i) * p.ldo + n + j;
+      if (p.out_kind == OutKind::Int32)
+        static_cast<int32_t*>(p.out)[idx] = v;
+      else
+        store_out(p.out, idx, p.out_kind, dequant(v, p.a_scale[m + i], p.b_scale[n + j], p.bias, n + j));
+    }
+  }
+}
+
+void int8_gemm_avx2(const Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  n1 = std::min(n1, round_up(p.N, kPackNB));
+  for (int64_t n = n0; n < n1; n += 16)
+    for (int64_t m = m0; m < m1; m += kInt8MR) {
+      if (m1 - m >= 2)
+        int8_tile<2>(p, m, n);
+      else
+        int8_tile<1>(p, m, n);
+    }
+}
+
+// Weight-only: half h of a 16-column block (8 columns); acc[c] lanes = 2 columns x 4 k.
+template <int mr>
+void w8_tile(const W8GemmParams& p, int64_t m, int64_t n, int half) {
+  __m256 acc[mr][4];
+  for (int i = 0; i < mr; ++i)
+    for (int c = 0; c < 4; ++c) acc[i][c] = _mm256_setzero_ps();
+  const int8_t* b = p.b + (n / kPackNB) * p.K_pad * kPackNB + 32 * half;
+  const float* a = p.a + m * p.lda;
+  const int64_t kq_full = p.K / 4, kq = p.K_pad / 4;
+  const int64_t rem = p.K - kq_full * 4;
+  const __m128i tail_mask = _mm_setr_epi32(rem > 0 ? -1 : 0, rem > 1 ? -1 : 0, rem > 2 ? -1 : 0, 0);
+  for (int64_t q = 0; q < kq; ++q) {
+    __m256 bf[4];
+    for (int c = 0; c < 4; ++c) {
+      int64_t w8;
+      std::memcpy(&w8, b + q * 64 + 8 * c, 8);
+      bf[c] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(w8)));
+    }
+    for (int i = 0; i < mr; ++i) {
+      const float* ap = a + i * p.lda + q * 4;
+      const __m128 a4 = q < kq_full ? _mm_loadu_ps(ap) : _mm_maskload_ps(ap, tail_mask);
+      const __m256 av = _mm256_set_m128(a4, a4);
+      for (int c = 0; c < 4; ++c) acc[i][c] = _mm256_fmadd_ps(av, bf[c], acc[i][c]);
+    }
+  }
+  const int64_t col0 = n + 8 * half;
+  const int64_t valid = std::min<int64_t>(8, p.N - col0);
+  for (int i = 0; i < mr; ++i) {
+    alignas(32) float t[32];  // t[4 * col + k]
+    for (int c = 0; c < 4; ++c) _mm256_store_ps(t + 8 * c, acc[i][c]);
+    for (int64_t j = 0; j < valid; ++j) {
+      const float* s = t + 4 * j;
+      float y = ((s[0] + s[1]) + (s[2] + s[3])) * p.b_scale[col0 + j];
+      if (p.bias) y += p.bias[col0 + j];
+      store_out(p.out, (m + i) * p.ldo + col0 + j, p.out_kind, y);
+    }
+  }
+}
+
+void w8_gemm_avx2(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  n1 = std::min(n1, round_up(p.N, kPackNB));
+  for (int64_t n = n0; n < n1; n += 16)
+    for (int half = 0; half < 2 && n + 8 * half < p.N; ++half)
+      for (int64_t m = m0; m < m1; m += kW8MR) {
+        if (m1 - m >= 2)
+          w8_tile<2>(p, m, n, half);
+        else
+          w8_tile<1>(p, m, n, half);
+      }
+}
+
+inline float load1(const QuantizeParams& p, int64_t m, int64_t k) {
+  return p.x_is_bf16 ? bf16_to_f32(static_cast<const uint16_t*>(p.x)[m * p.ldx + k])
+                     : static_cast<const float*>(p.x)[m * p.ldx + k];
+}
+
+inline __m256 load8(const QuantizeParams& p, int64_t m, int64_t k) {
+  if (p.x_is_bf16) {
+    const auto* x = static_cast<const uint16_t*>(p.x) + m * p.ldx + k;
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+  return _mm256_loadu_ps(static_cast<const float*>(p.x) + m * p.ldx + k);
+}
+
+void quantize_avx2(const QuantizeParams& p, int64_t m0, int64_t m1) {
+  const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+  // Byte 0 of each int32 to the low 4 bytes of its 128-bit lane, then join the two lanes.
+  const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i join = _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1);
+  const int64_t K8 = p.K / 8 * 8;
+  for (int64_t m = m0; m < m1; ++m) {
+    __m256i mx = _mm256_setzero_si256();
+    for (int64_t k = 0; k < K8; k += 8)
+      mx = _mm256_max_epu32(mx, _mm256_and_si256(_mm256_castps_si256(load8(p, m, k)), abs_mask));
+    alignas(32) uint32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), mx);
+    uint32_t amax_bits = *std::max_element(lanes, lanes + 8);
+    for (int64_t k = K8; k < p.K; ++k) {
+      const float v = load1(p, m, k);
+      uint32_t u;
+      std::memcpy(&u, &v, 4);
+      amax_bits = std::max(amax_bits, u & 0x7fffffffu);
+    }
+    const float inv = quant_row_inverse(amax_bits, &p.scale[m]);
+    uint8_t* q = static_cast<uint8_t*>(p.q) + m * p.ldq;
+    const int shift = p.shift128 ? 128 : 0;
+    if (inv == 0.0f) {
+      std::memset(q, shift, static_cast<size_t>(p.K_pad));
+      continue;
+    }
+    const __m256 vinv = _mm256_set1_ps(inv);
+    const __m256i lo = _mm256_set1_epi32(-127 + shift), hi = _mm256_set1_epi32(127 + shift);
+    const __m256i vshift = _mm256_set1_epi32(shift);
+    for (int64_t k = 0; k < K8; k += 8) {
+      __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(load8(p, m, k), vinv));  // nearest even
+      r = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(r, vshift), lo), hi);
+      r = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(r, pick), join);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm256_castsi256_si128(r));
+    }
+    for (int64_t k = K8; k < p.K; ++k) {
+      const float r = std::nearbyint(load1(p, m, k) * inv);
+      q[k] = static_cast<uint8_t>(static_cast<int32_t>(std::min(127.0f, std::max(-127.0f, r))) + shift);
+    }
+    for (int64_t k = p.K; k < p.K_pad; ++k) q[k] = static_cast<uint8_t>(shift);
+  }
+}
+
+}  // namespace
+}  // namespace kernels
+}  // namespace fastinfer
+
+#pragma GCC pop_options
+
+namespace fastinfer {
+namespace kernels {
+const KernelSet& kernels_avx2() {
+  static const KernelSet s{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, 64, 32};
+  return s;
+}
+}  // namespace kernels
+}  // namespace fastinfer

@@ -1,0 +1,232 @@
+// AVX-512 VNNI kernels (vpdpbusd: u8 x s8 -> s32). Only this file is compiled for the ISA,
+// via push_options/target below; std headers come first so no inline std code is built
+// with AVX-512 (the dispatcher calls in here only when CPUID + XCR0 allow it).
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <utility>
+
+#include <immintrin.h>
+
+#include "epilogue.h"
+#include "pack.h"
+#include "params.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")
+
+namespace fastinfer {
+namespace kernels {
+namespace {
+
+// Register budget (32 zmm): MR x NB int32 accumulators + NB weight vectors + 1 broadcast.
+struct Int8Traits {
+  static constexpr int MR = 6;   // rows per tile
+  static constexpr int NB = 4;   // 16-column blocks per tile (64 columns)
+  static_assert(MR * NB + NB + 1 <= 32, "tile does not fit the 32 zmm registers");
+};
+struct W8Traits {
+  static constexpr int MR = 6;   // rows per tile; each row keeps 4 fp32 accumulators per block
+  static_assert(MR * 4 + 4 + 1 <= 32, "tile does not fit the 32 zmm registers");
+};
+
+inline __m512i bcast_u8x4(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+inline __mmask16 col_mask(int64_t valid) {
+  return valid >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << valid) - 1u);
+}
+
+// fp32 -> bf16 round-to-nearest-even, NaN -> 0x7fc0 (matches epilogue.h's scalar rule).
+inline __m256i to_bf16(__m512 f) {
+  __m512i u = _mm512_castps_si512(f);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+inline void store_row16(void* out, int64_t idx, OutKind kind, __mmask16 mask, __m512 y) {
+  if (kind == OutKind::BFloat16)
+    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + idx, mask, to_bf16(y));
+  else
+    _mm512_mask_storeu_ps(static_cast<float*>(out) + idx, mask, y);
+}
+
+template <int mr, int nb>
+void int8_tile(const Int8GemmParams& p, int64_t m, int64_t n) {
+  __m512i acc[mr][nb];
+  for (int i = 0; i < mr; ++i)
+    for (int j = 0; j < nb; ++j) acc[i][j] = _mm512_setzero_si512();
+  const int64_t block_stride = p.K_pad * kPackNB;
+  const int8_t* b = p.b + (n / kPackNB) * block_stride;
+  const uint8_t* a = p.a + m * p.lda;
+  const int64_t kq = p.K_pad / kPackKB;
+  for (int64_t q = 0; q < kq; ++q) {
+    __m512i bv[nb];
+#pragma GCC unroll 4
+    for (int j = 0; j < nb; ++j) bv[j] = _mm512_loadu_si512(b + j * block_stride + q * 64);
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; ++i) {
+      const __m512i av = bcast_u8x4(a + i * p.lda + q * 4);
+#pragma GCC unroll 4
+      for (int j = 0; j < nb; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
+    }
+  }
+  // Epilogue: undo the +128 shift, then dequantize/bias/convert while storing.
+#pragma GCC unroll 4
+  for (int j = 0; j < nb; ++j) {
+    const int64_t col = n + 16 * j;
+    const __mmask16 mask = col < p.N ? col_mask(p.N - col) : 0;  // a fully padded block stores nothing
+    const __m512i comp = _mm512_slli_epi32(_mm512_loadu_si512(p.b_colsum + col), 7);
+    if (p.out_kind == OutKind::Int32) {
+#pragma GCC unroll 8
+      for (int i = 0; i < mr; ++i)
+        _mm512_mask_storeu_epi32(static_cast<int32_t*>(p.out) + (m + i) * p.ldo + col, mask,
+                                 _mm512_sub_epi32(acc[i][j], comp));
+      continue;
+    }
+    const __m512 bs = _mm512_maskz_loadu_ps(mask, p.b_scale + col);
+    const __m512 bias = p.bias ? _mm512_maskz_loadu_ps(mask, p.bias + col) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; ++i) {
+      __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][j], comp));
+      y = _mm512_mul_ps(_mm512_mul_ps(y, _mm512_set1_ps(p.a_scale[m + i])), bs);
+      if (p.bias) y = _mm512_add_ps(y, bias);
+      store_row16(p.out, (m + i) * p.ldo + col, p.out_kind, mask, y);
+    }
+  }
+}
+
+using Int8TileFn = void (*)(const Int8GemmParams&, int64_t, int64_t);
+
+template <int mr, size_t... J>
+constexpr std::array<Int8TileFn, sizeof...(J)> int8_row(std::index_sequence<J...>) {
+  return {{&int8_tile<mr, static_cast<int>(J) + 1>...}};
+}
+template <size_t... I>
+constexpr std::array<std::array<Int8TileFn, Int8Traits::NB>, sizeof...(I)> int8_table(std::index_sequence<I...>) {
+  return {{int8_row<static_cast<int>(I) + 1>(std::make_index_sequence<Int8Traits::NB>{})...}};
+}
+
+void int8_gemm_avx512(const Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  static constexpr auto table = int8_table(std::make_index_sequence<Int8Traits::MR>{});
+  const int64_t N_pad = round_up(p.N, kPackNB);
+  n1 = std::min(n1, N_pad);
+  for (int64_t n = n0; n < n1; n += 16 * Int8Traits::NB) {
+    const int64_t nb = std::min<int64_t>(Int8Traits::NB, (n1 - n) / 16);
+    for (int64_t m = m0; m < m1; m += Int8Traits::MR) {
+      const int64_t mr = std::min<int64_t>(Int8Traits::MR, m1 - m);
+      table[mr - 1][nb - 1](p, m, n);
+    }
+  }
+}
+
+// ---- weight-only int8: fp32 activations, weights widened to fp32 on the fly ----
+// Each accumulator holds 4 columns x 4 k (the n16k4 interleave); k is summed at the end.
+template <int mr>
+void w8_tile(const W8GemmParams& p, int64_t m, int64_t n) {
+  __m512 acc[mr][4];
+  for (int i = 0; i < mr; ++i)
+    for (int c = 0; c < 4; ++c) acc[i][c] = _mm512_setzero_ps();
+  const int8_t* b = p.b + (n / kPackNB) * p.K_pad * kPackNB;
+  const float* a = p.a + m * p.lda;
+  const int64_t kq_full = p.K / 4, kq = p.K_pad / 4;
+  for (int64_t q = 0; q < kq; ++q) {
+    const __m512i braw = _mm512_loadu_si512(b + q * 64);
+    __m512 bf[4];
+    bf[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_castsi512_si128(braw)));
+    bf[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(braw, 1)));
+    bf[2] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(braw, 2)));
+    bf[3] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(braw, 3)));
+    const __mmask8 amask = q < kq_full ? 0xf : static_cast<__mmask8>((1u << (p.K - q * 4)) - 1u);
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; ++i) {
+      const __m512 av = _mm512_broadcast_f32x4(_mm_maskz_loadu_ps(amask, a + i * p.lda + q * 4));
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) acc[i][c] = _mm512_fmadd_ps(av, bf[c], acc[i][c]);
+    }
+  }
+  const __mmask16 mask = col_mask(p.N - n);
+  const __m512 bs = _mm512_maskz_loadu_ps(mask, p.b_scale + n);
+  const __m512 bias = p.bias ? _mm512_maskz_loadu_ps(mask, p.bias + n) : _mm512_setzero_ps();
+  // Gather lane (col j, k) = 4j + k across the four accumulators, then add the 4 k partials.
+  const __m512i idx0 = _mm512_set_epi32(60, 56, 52, 48, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4, 0);
+#pragma GCC unroll 8
+  for (int i = 0; i < mr; ++i) {
+    alignas(64) float t[64];
+    for (int c = 0; c < 4; ++c) _mm512_store_ps(t + 16 * c, acc[i][c]);
+    __m512 k0 = _mm512_i32gather_ps(idx0, t, 4);
+    __m512 k1 = _mm512_i32gather_ps(_mm512_add_epi32(idx0, _mm512_set1_epi32(1)), t, 4);
+    __m512 k2 = _mm512_i32gather_ps(_mm512_add_epi32(idx0, _mm512_set1_epi32(2)), t, 4);
+    __m512 k3 = _mm512_i32gather_ps(_mm512_add_epi32(idx0, _mm512_set1_epi32(3)), t, 4);
+    __m512 y = _mm512_add_ps(_mm512_add_ps(k0, k1), _mm512_add_ps(k2, k3));
+    y = _mm512_mul_ps(y, bs);
+    if (p.bias) y = _mm512_add_ps(y, bias);
+    store_row16(p.out, (m + i) * p.ldo + n, p.out_kind, mask, y);
+  }
+}
+
+void w8_gemm_avx512(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  static constexpr void (*table[W8Traits::MR])(const W8GemmParams&, int64_t, int64_t) = {
+      w8_tile<1>, w8_tile<2>, w8_tile<3>, w8_tile<4>, w8_tile<5>, w8_tile<6>};
+  n1 = std::min(n1, round_up(p.N, kPackNB));
+  for (int64_t n = n0; n < n1; n += 16)
+    for (int64_t m = m0; m < m1; m += W8Traits::MR) table[std::min<int64_t>(W8Traits::MR, m1 - m) - 1](p, m, n);
+}
+
+// ---- per-token quantization ----
+inline __m512 load16(const QuantizeParams& p, int64_t m, int64_t k, __mmask16 mask) {
+  if (p.x_is_bf16) {
+    const uint16_t* x = static_cast<const uint16_t*>(p.x) + m * p.ldx + k;
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, x)), 16));
+  }
+  return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(p.x) + m * p.ldx + k);
+}
+
+void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  for (int64_t m = m0; m < m1; ++m) {
+    __m512i mx = _mm512_setzero_si512();
+    for (int64_t k = 0; k < p.K; k += 16) {
+      const __m512 v = load16(p, m, k, col_mask(p.K - k));
+      mx = _mm512_max_epu32(mx, _mm512_and_si512(_mm512_castps_si512(v), abs_mask));
+    }
+    const float inv = quant_row_inverse(static_cast<uint32_t>(_mm512_reduce_max_epu32(mx)), &p.scale[m]);
+    uint8_t* q = static_cast<uint8_t*>(p.q) + m * p.ldq;
+    const int shift = p.shift128 ? 128 : 0;
+    if (inv == 0.0f) {
+      std::memset(q, shift, static_cast<size_t>(p.K_pad));
+      continue;
+    }
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i lo = _mm512_set1_epi32(-127 + shift), hi = _mm512_set1_epi32(127 + shift);
+    const __m512i vshift = _mm512_set1_epi32(shift);
+    for (int64_t k = 0; k < p.K; k += 16) {
+      const __mmask16 mask = col_mask(p.K - k);
+      __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(load16(p, m, k, mask), vinv));  // MXCSR: nearest even
+      r = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(r, vshift), lo), hi);
+      _mm512_mask_cvtepi32_storeu_epi8(q + k, mask, r);
+    }
+    for (int64_t k = p.K; k < p.K_pad; ++k) q[k] = static_cast<uint8_t>(shift);
+  }
+}
+
+}  // namespace
+}  // namespace kernels
+}  // namespace fastinfer
+
+#pragma GCC pop_options
+
+namespace fastinfer {
+namespace kernels {
+const KernelSet& kernels_avx512_vnni() {
+  static const KernelSet s{"avx512_vnni", int8_gemm_avx512, w8_gemm_avx512, quantize_avx512,
+                           16 * Int8Traits::NB, 16 * Int8Traits::MR};
+  return s;
+}
+}  // namespace kernels
+}  // namespace fastinfer

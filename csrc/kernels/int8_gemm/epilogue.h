@@ -1,0 +1,61 @@
+// Scalar epilogue pieces shared by every ISA (no intrinsics: safe in any translation unit).
+// The vector kernels apply the same algebra lane-wise; EPILOGUE.md writes it down.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "params.h"
+
+namespace fastinfer {
+namespace kernels {
+
+// fp32 -> bf16, round to nearest even; NaN -> 0x7FC0 (same as c10::BFloat16).
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Dequantize + bias for one output element, the order every kernel uses.
+inline float dequant(int32_t acc, float a_scale, float b_scale, const float* bias, int64_t n) {
+  float y = static_cast<float>(acc) * a_scale * b_scale;
+  return bias ? y + bias[n] : y;
+}
+
+inline void store_out(void* out, int64_t idx, OutKind kind, float v) {
+  if (kind == OutKind::BFloat16)
+    static_cast<uint16_t*>(out)[idx] = f32_to_bf16(v);
+  else
+    static_cast<float*>(out)[idx] = v;
+}
+
+// Row scale rule of QuantizeParams, given amax as raw |x| bits (NaN/Inf >= 0x7f800000).
+// Returns the multiplier applied to x (0 for an all-zero or non-finite row) and sets *scale.
+inline float quant_row_inverse(uint32_t amax_bits, float* scale) {
+  if (amax_bits >= 0x7f800000u) {
+    *scale = std::nanf("");
+    return 0.0f;
+  }
+  float amax;
+  std::memcpy(&amax, &amax_bits, 4);
+  const float inv = 127.0f / amax;
+  if (amax == 0.0f || !std::isfinite(inv)) {
+    *scale = 0.0f;
+    return 0.0f;
+  }
+  *scale = amax / 127.0f;
+  return inv;
+}
+
+}  // namespace kernels
+}  // namespace fastinfer

@@ -1,0 +1,44 @@
+// Packed int8 weight buffer: header + column sums + n16k4 data (layout in PACKING.md).
+// Framework-free; packing runs once, when a layer is quantized.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace fastinfer {
+namespace kernels {
+
+constexpr uint32_t kPackVersion = 1;
+constexpr uint32_t kFormatN16K4 = 1;   // [N_pad/16][K_pad/4][16][4] int8
+constexpr int64_t kPackNB = 16;        // output channels per block
+constexpr int64_t kPackKB = 4;         // k values interleaved per channel (one VNNI dword)
+
+struct PackedHeader {                  // 64 bytes, at offset 0 of the buffer
+  char magic[8];                       // "FIPACK8\0"
+  uint32_t version;
+  uint32_t format;
+  int64_t N, K, N_pad, K_pad;
+  int64_t colsum_offset;               // bytes from buffer start to int32 colsum[N_pad]
+  int64_t data_offset;                 // bytes from buffer start to the int8 blocks
+};
+static_assert(sizeof(PackedHeader) == 64, "header must stay 64 bytes (keeps data 64B aligned)");
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Total bytes of a packed buffer for an N x K weight.
+int64_t packed_nbytes(int64_t N, int64_t K);
+
+// Packs w (N x K int8, row stride ldw) into dst (packed_nbytes(N, K) bytes).
+void pack_int8_weight(const int8_t* w, int64_t ldw, int64_t N, int64_t K, uint8_t* dst);
+
+// Inverse of pack_int8_weight: writes N x K int8 rows of stride ldw.
+void unpack_int8_weight(const uint8_t* src, int8_t* w, int64_t ldw);
+
+// Checks a buffer of nbytes bytes. Returns nullptr when valid (filling *out), else a message.
+const char* validate_packed(const uint8_t* buf, int64_t nbytes, PackedHeader* out);
+
+// Copies int8 rows to the u8 (x + 128) operand with K_pad columns (padding 128 == zero).
+void shift_rows_to_u8(const int8_t* a, int64_t lda, int64_t M, int64_t K, uint8_t* dst,
+                      int64_t ldd, int64_t K_pad);
+
+}  // namespace kernels
+}  // namespace fastinfer

@@ -1,0 +1,47 @@
+// Every fastinfer op schema, defined once. Backend files only add TORCH_LIBRARY_IMPL kernels.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "cpu/dispatch.h"
+#include "cpu/isa.h"
+
+namespace {
+
+std::string set_isa_cap(const std::string& name) {
+  fastinfer::cpu::Isa isa;
+  if (!fastinfer::cpu::parse_isa(name, &isa))
+    throw std::invalid_argument("set_isa_cap: isa must be one of ref, avx2, avx512_vnni, amx; got '" + name + "'");
+  return fastinfer::cpu::isa_name(fastinfer::cpu::set_isa_cap(isa));
+}
+
+}  // namespace
+
+TORCH_LIBRARY(fastinfer, m) {
+  // Activations: per-token symmetric int8 (one fp32 scale per row).
+  m.def("quantize_per_token(Tensor x) -> (Tensor, Tensor)");
+  // Weights: int8 [N, K] -> packed uint8 buffer (header + column sums + n16k4 blocks).
+  m.def("pack_int8_weight(Tensor weight) -> Tensor");
+  m.def("unpack_int8_weight(Tensor packed) -> Tensor");
+  // Raw int8 x int8 -> int32 product, A [M, K] times the packed B [N, K] transposed.
+  m.def("int8_mm(Tensor a, Tensor packed_b, int n) -> Tensor");
+  // Y = (A . B^T) * a_scale[m] * b_scale[n] + bias[n], fp32 or bf16 out.
+  m.def("int8_scaled_mm(Tensor a, Tensor a_scale, Tensor packed_b, Tensor b_scale, Tensor? bias=None, "
+        "ScalarType? out_dtype=None) -> Tensor");
+  // Linear layers: x [..., K] fp32/bf16 -> [..., N] of x's dtype.
+  m.def("int8_linear_dynamic(Tensor x, Tensor packed_w, Tensor w_scale, Tensor? bias=None) -> Tensor");
+  m.def("int8_linear_weight_only(Tensor x, Tensor packed_w, Tensor w_scale, Tensor? bias=None) -> Tensor");
+  // Introspection (no tensors: registered catch-all right here).
+  m.def("cpu_capabilities() -> str", &fastinfer::cpu::capabilities_json);
+  m.def("set_isa_cap(str isa) -> str", &set_isa_cap);
+  m.def("last_kernel(str family) -> str", &fastinfer::cpu::last_kernel);
+}
+
+// `import fastinfer._C` runs the static registrations above; the module itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", "fastinfer ops (see torch.ops.fastinfer)", -1,
+                                   nullptr};
+  return PyModule_Create(&def);
+}

@@ -1,0 +1,49 @@
+"""fastinfer: int8 (and, later, sparse) inference for PyTorch models on our own kernels.
+
+    import fastinfer
+    model = fastinfer.quantize(model, scheme="w8a8_dynamic")   # nn.Linear -> Int8Linear
+
+See README.md for the schemes, ISA selection (FASTINFER_ISA) and benchmarks.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+from . import _ext  # noqa: F401  (loads fastinfer._C: registers torch.ops.fastinfer)
+from . import nn, ops, reference
+from .quantization import QuantConfig, QuantizationReport, quantize
+
+__version__ = "0.1.0"
+ISAS = ("ref", "avx2", "avx512_vnni", "amx")
+
+
+def cpu_capabilities() -> dict:
+    """CPU features found (CPUID + OS support), the best ISA with kernels, and the one in use.
+
+    Keys include avx2, avx512_vnni, amx_int8, os_amx, amx_note (why AMX is unusable, if so),
+    'detected' (best the CPU allows), 'implemented' (best this build has kernels for) and
+    'active' (what serves calls now, after FASTINFER_ISA and use_isa caps).
+    """
+    caps = ops.cpu_capabilities()
+    env = os.environ.get("FASTINFER_ISA")
+    caps["env_cap"] = env
+    if env and env not in ISAS:
+        caps["env_cap_error"] = f"FASTINFER_ISA={env!r} is not one of {ISAS}; ignored"
+    return caps
+
+
+@contextlib.contextmanager
+def use_isa(isa: str):
+    """Caps the CPU kernels at `isa` inside the block (e.g. to compare paths); yields the ISA used."""
+    if isa not in ISAS:
+        raise ValueError(f"isa must be one of {ISAS}, got {isa!r}")
+    active = ops.set_isa_cap(isa)
+    try:
+        yield active
+    finally:
+        ops.set_isa_cap("amx")
+
+
+__all__ = ["quantize", "QuantConfig", "QuantizationReport", "cpu_capabilities", "use_isa", "nn", "ops",
+           "reference", "ISAS", "__version__"]

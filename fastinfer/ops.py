@@ -1,0 +1,133 @@
+"""Typed wrappers for torch.ops.fastinfer.* with their fake (meta) implementations.
+
+The wrappers add one check the C++ entry cannot phrase well (a tensor on a device this build
+has no kernels for); every other check lives in csrc/cpu and raises a RuntimeError naming the
+argument. Modules call torch.ops.fastinfer directly so torch.compile / torch.export see the op.
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _ext  # noqa: F401
+
+_ops = torch.ops.fastinfer
+SUPPORTED_DEVICES = ("cpu",)
+_PACK_NB, _PACK_KB, _HEADER_BYTES = 16, 4, 64
+
+
+def _check_devices(op: str, **tensors: Optional[Tensor]) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.device.type not in SUPPORTED_DEVICES:
+            raise ValueError(
+                f"fastinfer.{op}: {name} is on device '{t.device}', but this build of fastinfer has "
+                f"kernels for {', '.join(SUPPORTED_DEVICES)} only"
+            )
+
+
+def packed_nbytes(n: int, k: int) -> int:
+    """Bytes of a packed [n, k] int8 weight: header + int32 column sums + n16k4 blocks."""
+    n_pad = -(-n // _PACK_NB) * _PACK_NB
+    k_pad = -(-k // _PACK_KB) * _PACK_KB
+    return _HEADER_BYTES + 4 * n_pad + n_pad * k_pad
+
+
+def quantize_per_token(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """x [M, K] fp32/bf16 -> (int8 [M, K], fp32 scale [M]), symmetric, round half to even."""
+    _check_devices("quantize_per_token", x=x)
+    return _ops.quantize_per_token(x)
+
+
+def pack_int8_weight(weight: Tensor) -> Tensor:
+    """int8 [N, K] -> packed uint8 buffer (see csrc/kernels/int8_gemm/PACKING.md)."""
+    _check_devices("pack_int8_weight", weight=weight)
+    return _ops.pack_int8_weight(weight)
+
+
+def unpack_int8_weight(packed: Tensor) -> Tensor:
+    _check_devices("unpack_int8_weight", packed=packed)
+    return _ops.unpack_int8_weight(packed)
+
+
+def int8_mm(a: Tensor, packed_b: Tensor, n: int) -> Tensor:
+    """Raw int8 x int8 -> int32: a [M, K] times B^T, B the packed [n, K] weight."""
+    _check_devices("int8_mm", a=a, packed_b=packed_b)
+    return _ops.int8_mm(a, packed_b, n)
+
+
+def int8_scaled_mm(a: Tensor, a_scale: Tensor, packed_b: Tensor, b_scale: Tensor, bias: Optional[Tensor] = None,
+                   out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """(a . B^T) * a_scale[:, None] * b_scale[None, :] + bias, fp32 (default) or bf16 out."""
+    _check_devices("int8_scaled_mm", a=a, a_scale=a_scale, packed_b=packed_b, b_scale=b_scale, bias=bias)
+    return _ops.int8_scaled_mm(a, a_scale, packed_b, b_scale, bias, out_dtype)
+
+
+def int8_linear_dynamic(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """x [..., K] fp32/bf16, quantized per token on the fly, times the packed int8 weight."""
+    _check_devices("int8_linear_dynamic", x=x, packed_w=packed_w, w_scale=w_scale, bias=bias)
+    return _ops.int8_linear_dynamic(x, packed_w, w_scale, bias)
+
+
+def int8_linear_weight_only(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """x [..., K] fp32/bf16 times the int8 weight dequantized on the fly (fp32 accumulation)."""
+    _check_devices("int8_linear_weight_only", x=x, packed_w=packed_w, w_scale=w_scale, bias=bias)
+    return _ops.int8_linear_weight_only(x, packed_w, w_scale, bias)
+
+
+def cpu_capabilities() -> dict:
+    """What the CPU offers (CPUID + OS), the best path built, and the path in use now."""
+    return json.loads(_ops.cpu_capabilities())
+
+
+def set_isa_cap(isa: str) -> str:
+    """Caps the CPU ISA at run time; returns the ISA now active (may be lower than asked)."""
+    return _ops.set_isa_cap(isa)
+
+
+def last_kernel(family: str) -> str:
+    """Which ISA served the latest call of a kernel family: int8_gemm, w8_gemm or quantize."""
+    return _ops.last_kernel(family)
+
+
+# ------------------------------------------------------------------ fake (meta) implementations
+
+@torch.library.register_fake("fastinfer::quantize_per_token")
+def _quantize_per_token_fake(x):
+    torch._check(x.dim() == 2, lambda: "quantize_per_token: x must be 2-D")
+    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0],), dtype=torch.float32)
+
+
+@torch.library.register_fake("fastinfer::pack_int8_weight")
+def _pack_fake(weight):
+    torch._check(weight.dim() == 2, lambda: "pack_int8_weight: weight must be 2-D")
+    return weight.new_empty((packed_nbytes(weight.shape[0], weight.shape[1]),), dtype=torch.uint8)
+
+
+@torch.library.register_fake("fastinfer::unpack_int8_weight")
+def _unpack_fake(packed):
+    ctx = torch.library.get_ctx()
+    return packed.new_empty((ctx.new_dynamic_size(), ctx.new_dynamic_size()), dtype=torch.int8)
+
+
+@torch.library.register_fake("fastinfer::int8_mm")
+def _int8_mm_fake(a, packed_b, n):
+    torch._check(a.dim() == 2, lambda: "int8_mm: a must be 2-D")
+    return a.new_empty((a.shape[0], n), dtype=torch.int32)
+
+
+@torch.library.register_fake("fastinfer::int8_scaled_mm")
+def _int8_scaled_mm_fake(a, a_scale, packed_b, b_scale, bias=None, out_dtype=None):
+    torch._check(a.dim() == 2, lambda: "int8_scaled_mm: a must be 2-D")
+    return a.new_empty((a.shape[0], b_scale.shape[0]), dtype=out_dtype or torch.float32)
+
+
+def _linear_fake(x, packed_w, w_scale, bias=None):
+    torch._check(x.dim() >= 1, lambda: "x must have at least 1 dimension")
+    return x.new_empty((*x.shape[:-1], w_scale.shape[0]))
+
+
+torch.library.register_fake("fastinfer::int8_linear_dynamic")(_linear_fake)
+torch.library.register_fake("fastinfer::int8_linear_weight_only")(_linear_fake)
