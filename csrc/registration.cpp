@@ -37,6 +37,8 @@ TORCH_LIBRARY(fastinfer, m) {
   m.def("cpu_capabilities() -> str", &fastinfer::cpu::capabilities_json);
   m.def("set_isa_cap(str isa) -> str", &set_isa_cap);
   m.def("last_kernel(str family) -> str", &fastinfer::cpu::last_kernel);
+  // Benchmarks: the int8 instruction's peak rate (registers only) on all intra-op threads.
+  m.def("int8_peak_probe(int iters) -> int", &fastinfer::cpu::int8_peak_probe);
 }
 
 // `import fastinfer._C` runs the static registrations above; the module itself is empty.

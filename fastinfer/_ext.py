@@ -1,4 +1,6 @@
 """Loads the compiled extension (which registers torch.ops.fastinfer.*) with a helpful error."""
+import torch  # noqa: F401  (loads libc10/libtorch_cpu first: _C links them but carries no rpath to them)
+
 try:
     from fastinfer import _C  # noqa: F401  (import runs the TORCH_LIBRARY registrations)
 except ImportError as e:  # pragma: no cover - exercised only on a broken install

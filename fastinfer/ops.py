@@ -131,3 +131,11 @@ def _linear_fake(x, packed_w, w_scale, bias=None):
 
 torch.library.register_fake("fastinfer::int8_linear_dynamic")(_linear_fake)
 torch.library.register_fake("fastinfer::int8_linear_weight_only")(_linear_fake)
+
+
+def int8_peak_probe(iters: int) -> int:
+    """Runs the active ISA's int8 multiply-accumulate on registers, on every thread; returns ops done.
+
+    Time it to get the instruction's peak rate on this machine (benchmarks compare GEMMs to it).
+    """
+    return _ops.int8_peak_probe(iters)

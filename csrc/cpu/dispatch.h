@@ -16,5 +16,8 @@ const kernels::KernelSet& kernels_for(Family family);
 std::string last_kernel(const std::string& family);  // "" before the first call
 std::string capabilities_json();
 
+// Runs the active ISA's int8 peak probe on every intra-op thread; returns the ops done.
+int64_t int8_peak_probe(int64_t iters);  // defined in int8_ops.cpp (needs at::parallel_for)
+
 }  // namespace cpu
 }  // namespace fastinfer

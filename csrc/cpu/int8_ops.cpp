@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <vector>
 
 #include "../kernels/int8_gemm/pack.h"
 #include "../kernels/int8_gemm/params.h"
@@ -19,6 +20,7 @@ namespace {
 using kernels::OutKind;
 using kernels::PackedHeader;
 
+constexpr int64_t kMaxK = (int64_t{1} << 17) - 1;
 constexpr int64_t kMinMacsPerTask = 1 << 18;  // below this, a thread hand-off costs more than it saves
 
 void check_cpu(const at::Tensor& t, const char* op, const char* arg) {
@@ -160,6 +162,9 @@ at::Tensor pack_int8_weight(const at::Tensor& w) {
   TORCH_CHECK(w.dim() == 2, "fastinfer.pack_int8_weight: weight must be 2-D [N, K], got shape ", w.sizes());
   TORCH_CHECK(w.size(0) >= 1 && w.size(1) >= 1,
               "fastinfer.pack_int8_weight: weight must have N >= 1 and K >= 1, got shape ", w.sizes());
+  // |sum_k a*b| <= K * 128 * 128 must fit int32 (the kernels accumulate exactly, wrapping inside).
+  TORCH_CHECK(w.size(1) <= kMaxK, "fastinfer.pack_int8_weight: weight must have K <= ", kMaxK,
+              " (int32 accumulation), got K=", w.size(1));
   const at::Tensor wc = w.contiguous();
   at::Tensor out = at::empty({kernels::packed_nbytes(w.size(0), w.size(1))}, w.options().dtype(at::kByte));
   kernels::pack_int8_weight(wc.data_ptr<int8_t>(), wc.stride(0), w.size(0), w.size(1), out.data_ptr<uint8_t>());
@@ -280,6 +285,21 @@ at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed
 }
 
 }  // namespace
+
+int64_t int8_peak_probe(int64_t iters) {
+  TORCH_CHECK(iters >= 1, "fastinfer.int8_peak_probe: iters must be >= 1, got ", iters);
+  const auto& ks = kernels_for(Family::Int8Gemm);
+  TORCH_CHECK(ks.peak_probe != nullptr, "fastinfer.int8_peak_probe: the active ISA (", ks.name,
+              ") has no vector int8 instruction to probe");
+  const int64_t threads = at::get_num_threads();
+  std::vector<int64_t> done(threads, 0);
+  at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) done[t] = ks.peak_probe(iters);
+  });
+  int64_t total = 0;
+  for (int64_t d : done) total += d;
+  return total;
+}
 
 TORCH_LIBRARY_IMPL(fastinfer, CPU, m) {
   m.impl("quantize_per_token", &quantize_per_token);

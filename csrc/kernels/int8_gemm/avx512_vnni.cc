@@ -215,6 +215,23 @@ void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
   }
 }
 
+// 12 independent accumulators cover vpdpbusd's latency; the asm keeps the operands live.
+int64_t peak_probe_avx512(int64_t iters) {
+  __m512i acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
+  __m512i a = _mm512_set1_epi32(0x01010101), b = _mm512_set1_epi32(0x02020202);
+  for (int64_t t = 0; t < iters; ++t) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+    __asm__ volatile("" : "+v"(a), "+v"(b));
+  }
+  __m512i s = acc[0];
+  for (int i = 1; i < 12; ++i) s = _mm512_add_epi32(s, acc[i]);
+  volatile int sink = _mm512_reduce_add_epi32(s);
+  (void)sink;
+  return iters * 12 * 64 * 2;
+}
+
 }  // namespace
 }  // namespace kernels
 }  // namespace fastinfer
@@ -224,7 +241,7 @@ void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
 namespace fastinfer {
 namespace kernels {
 const KernelSet& kernels_avx512_vnni() {
-  static const KernelSet s{"avx512_vnni", int8_gemm_avx512, w8_gemm_avx512, quantize_avx512,
+  static const KernelSet s{"avx512_vnni", int8_gemm_avx512, w8_gemm_avx512, quantize_avx512, peak_probe_avx512,
                            16 * Int8Traits::NB, 16 * Int8Traits::MR};
   return s;
 }

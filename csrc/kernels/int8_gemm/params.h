@@ -61,6 +61,9 @@ struct QuantizeParams {
 using Int8GemmFn = void (*)(const Int8GemmParams&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 using W8GemmFn = void (*)(const W8GemmParams&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 using QuantizeFn = void (*)(const QuantizeParams&, int64_t m0, int64_t m1);
+// Runs `iters` rounds of the ISA's int8 multiply-accumulate on registers only (no memory):
+// the instruction's peak rate, for benchmarks. Returns the integer ops done (2 per MAC).
+using PeakProbeFn = int64_t (*)(int64_t iters);
 
 // One ISA's kernels. Blocking traits are here so the one dispatch function can split work.
 struct KernelSet {
@@ -68,6 +71,7 @@ struct KernelSet {
   Int8GemmFn int8_gemm;
   W8GemmFn w8_gemm;
   QuantizeFn quantize;
+  PeakProbeFn peak_probe;   // null where there is no vector int8 instruction (ref)
   int64_t n_panel;   // columns a thread takes at once (B panel kept hot in L2)
   int64_t m_chunk;   // rows per work item
 };

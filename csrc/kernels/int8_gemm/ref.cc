@@ -73,7 +73,7 @@ void quantize_ref(const QuantizeParams& p, int64_t m0, int64_t m1) {
 }  // namespace
 
 const KernelSet& kernels_ref() {
-  static const KernelSet s{"ref", int8_gemm_ref, w8_gemm_ref, quantize_ref, 16, 16};
+  static const KernelSet s{"ref", int8_gemm_ref, w8_gemm_ref, quantize_ref, nullptr, 16, 16};
   return s;
 }
 

@@ -1,0 +1,136 @@
+"""Linear-layer benchmark: fastinfer int8 kernels vs torch's CPU paths, timed in the same run.
+
+    python benchmarks/bench_linear.py [--threads 2] [--json out.json] [--shapes 1x4096x4096,...]
+
+Rows: torch fp32 F.linear, torch bf16 F.linear, torch._int_mm (int8 -> int32), torch.ao
+quantize_dynamic with engine 'x86' (FBGEMM) and 'onednn', fastinfer raw int8 GEMM (int8_mm on a
+prepacked weight), fastinfer Int8Linear w8a8_dynamic (activation quantization included) and w8_only.
+tops = 2*M*N*K / median time. Also the int8 instruction's peak rate (fastinfer.ops.int8_peak_probe)
+and the targets of issue #2, computed from this run.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastinfer
+from fastinfer import ops
+from fastinfer.nn import Int8Linear
+
+from common import machine_info, time_call, write_json
+
+SHAPES = [(1, 4096, 4096), (8, 4096, 4096), (128, 4096, 4096), (2048, 2048, 2048), (512, 384, 1536),
+          (512, 1536, 384), (1, 768, 3072), (128, 768, 3072)]
+
+
+def torch_ao_dynamic(linear: nn.Linear, engine: str) -> nn.Module:
+    torch.backends.quantized.engine = engine
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)
+
+
+def bench_shape(M: int, K: int, N: int, threads: int, min_time: float):
+    torch.manual_seed(0)
+    lin = nn.Linear(K, N).eval()
+    x = torch.randn(M, K)
+    xb, lin_bf16 = x.bfloat16(), nn.Linear(K, N).bfloat16().eval()
+    a = torch.randint(-127, 128, (M, K), dtype=torch.int8)
+    w8 = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    w8_t = w8.t()  # torch._int_mm wants B as [K, N]
+    packed = ops.pack_int8_weight(w8)
+    dyn, wonly = Int8Linear.from_float(lin, "w8a8_dynamic"), Int8Linear.from_float(lin, "w8_only")
+    ao = {e: torch_ao_dynamic(nn.Linear(K, N).eval(), e) for e in ("x86", "onednn")}
+
+    cases = [
+        ("torch", "fp32 F.linear", lambda: F.linear(x, lin.weight, lin.bias)),
+        ("torch", "bf16 F.linear", lambda: F.linear(xb, lin_bf16.weight, lin_bf16.bias)),
+        ("torch", "_int_mm", lambda: torch._int_mm(a, w8_t)),
+    ]
+    for engine, model in ao.items():
+        def run(model=model, engine=engine):
+            torch.backends.quantized.engine = engine
+            return model(x)
+        cases.append(("torch.ao", f"dynamic int8 ({engine})", run))
+    cases += [
+        ("fastinfer", "int8_mm raw", lambda: ops.int8_mm(a, packed, N)),
+        ("fastinfer", "Int8Linear w8a8_dynamic", lambda: dyn(x)),
+        ("fastinfer", "Int8Linear w8_only", lambda: wonly(x)),
+    ]
+    rows = []
+    with torch.inference_mode():
+        for lib, impl, fn in cases:
+            t = time_call(fn, min_time_s=min_time)
+            rows.append({"op": "linear", "lib": lib, "impl": impl, "M": M, "K": K, "N": N, "threads": threads,
+                         **t, "tops": 2 * M * N * K / (t["median_ms"] * 1e-3) / 1e12})
+    return rows
+
+
+def peak_tops(iters: int = 5_000_000) -> float:
+    ops.int8_peak_probe(10_000)
+    t = time_call(lambda: ops.int8_peak_probe(iters), min_time_s=0.5, min_iters=5)
+    return ops.int8_peak_probe(1) * iters / (t["median_ms"] * 1e-3) / 1e12
+
+
+def targets(rows, peak):
+    by = {(r["M"], r["K"], r["N"], r["impl"]): r["median_ms"] for r in rows}
+    out = []
+    for (M, K, N) in sorted({(r["M"], r["K"], r["N"]) for r in rows}):
+        dyn = by.get((M, K, N, "Int8Linear w8a8_dynamic"))
+        ao = by.get((M, K, N, "dynamic int8 (x86)"))
+        if M >= 8 and dyn and ao:
+            out.append((f"w8a8_dynamic vs torch.ao x86 at {M}x{K}x{N}", ao / dyn, 1.2))
+    raw = by.get((2048, 2048, 2048, "int8_mm raw"))
+    if raw and peak:
+        out.append(("raw int8 GEMM 2048^3 / int8 peak", 2 * 2048 ** 3 / (raw * 1e-3) / 1e12 / peak, 0.75))
+    b1 = [by.get((1, 4096, 4096, k)) for k in ("dynamic int8 (x86)", "dynamic int8 (onednn)", "_int_mm")]
+    ours = [by.get((1, 4096, 4096, k)) for k in ("Int8Linear w8a8_dynamic", "int8_mm raw")]
+    if all(b1) and ours[0]:
+        out.append(("batch 1 4096x4096: best torch int8 / w8a8_dynamic", min(b1) / ours[0], 1.2))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", help="write the rows and machine info here")
+    p.add_argument("--shapes", help="comma-separated MxKxN list (default: the issue's eight shapes)")
+    p.add_argument("--min-time", type=float, default=0.3, help="seconds of timed calls per case (at least)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
+    info = machine_info(args.threads)
+    peak = peak_tops() if fastinfer.cpu_capabilities()["active"] != "ref" else None
+    print(f"# {info['cpu']} | fastinfer ISA {info['isa_active']} | threads {args.threads} | torch {info['torch']} | "
+          f"{info['date']}")
+    if peak:
+        print(f"# int8 peak of the active ISA's instruction (registers only, all threads): {peak:.3f} TOPS")
+    rows = []
+    hdr = f"{'M':>5} {'K':>5} {'N':>5}  {'impl':<26} {'median ms':>10} {'p10':>8} {'p90':>8} {'TOPS':>7}"
+    print(hdr)
+    for (M, K, N) in shapes:
+        shape_rows = bench_shape(M, K, N, args.threads, args.min_time)
+        rows += shape_rows
+        for r in shape_rows:
+            print(f"{M:>5} {K:>5} {N:>5}  {r['impl']:<26} {r['median_ms']:>10.4f} {r['p10_ms']:>8.4f} "
+                  f"{r['p90_ms']:>8.4f} {r['tops']:>7.3f}")
+        print()
+    tgt = targets(rows, peak)
+    if tgt:
+        print("targets (issue #2):")
+        for name, val, want in tgt:
+            print(f"  {name:<52} {val:6.2f}x  (target >= {want:.2f}x)  {'met' if val >= want else 'MISSED'}")
+    if args.json:
+        write_json(args.json, {"machine": info, "int8_peak_tops": peak, "rows": rows,
+                               "targets": [{"name": n, "value": v, "target": t} for n, v, t in tgt]})
+    return rows
+
+
+if __name__ == "__main__":
+    main()

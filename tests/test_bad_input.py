@@ -1,0 +1,129 @@
+"""Bad input raises a clear exception naming the argument; never a crash or a wrong answer."""
+import pytest
+import torch
+
+from fastinfer import ops
+from fastinfer.nn import Int8Linear
+
+
+@pytest.fixture
+def layer():
+    w = torch.randint(-127, 128, (8, 16), dtype=torch.int8)
+    return ops.pack_int8_weight(w), torch.rand(8)
+
+
+def test_linear_wrong_dtype(layer):
+    packed, scale = layer
+    with pytest.raises(RuntimeError, match="x must be float32 or bfloat16, got Half"):
+        ops.int8_linear_dynamic(torch.randn(2, 16).half(), packed, scale)
+    with pytest.raises(RuntimeError, match="x must be float32 or bfloat16"):
+        ops.int8_linear_weight_only(torch.randint(0, 3, (2, 16)), packed, scale)
+
+
+def test_linear_mismatched_k(layer):
+    packed, scale = layer
+    with pytest.raises(RuntimeError, match=r"x.shape\[-1\] must equal the weight's in_features K=16"):
+        ops.int8_linear_dynamic(torch.randn(2, 15), packed, scale)
+
+
+def test_linear_scalar_input(layer):
+    packed, scale = layer
+    with pytest.raises(RuntimeError, match="at least 1 dimension"):
+        ops.int8_linear_dynamic(torch.tensor(1.0), packed, scale)
+
+
+def test_scale_and_bias_lengths(layer):
+    packed, scale = layer
+    with pytest.raises(RuntimeError, match="w_scale must be 1-D of length 8"):
+        ops.int8_linear_dynamic(torch.randn(2, 16), packed, torch.rand(7))
+    with pytest.raises(RuntimeError, match="w_scale must have dtype Float"):
+        ops.int8_linear_dynamic(torch.randn(2, 16), packed, scale.double())
+    with pytest.raises(RuntimeError, match="bias must be 1-D of length 8"):
+        ops.int8_linear_dynamic(torch.randn(2, 16), packed, scale, torch.zeros(9))
+    with pytest.raises(RuntimeError, match="bias must be a floating-point tensor"):
+        ops.int8_linear_weight_only(torch.randn(2, 16), packed, scale, torch.zeros(8, dtype=torch.long))
+
+
+def test_packed_weight_checks(layer):
+    packed, scale = layer
+    x = torch.randn(2, 16)
+    with pytest.raises(RuntimeError, match="packed_w must be a 1-D uint8 packed weight"):
+        ops.int8_linear_dynamic(x, packed.view(torch.int8), scale)
+    with pytest.raises(RuntimeError, match="buffer size does not match its header"):
+        ops.int8_linear_dynamic(x, packed[:-1].clone(), scale)
+    bad = packed.clone()
+    bad[0] = 0
+    with pytest.raises(RuntimeError, match="bad magic"):
+        ops.int8_linear_dynamic(x, bad, scale)
+    bad = packed.clone()
+    bad[8] = 99  # version field
+    with pytest.raises(RuntimeError, match="unsupported packed-weight version"):
+        ops.int8_linear_dynamic(x, bad, scale)
+    bad = packed.clone()
+    bad[16:24] = torch.tensor([100, 0, 0, 0, 0, 0, 0, 0], dtype=torch.uint8)  # N field
+    with pytest.raises(RuntimeError, match="corrupt header|does not match"):
+        ops.int8_linear_dynamic(x, bad, scale)
+    with pytest.raises(RuntimeError, match="shorter than the 64-byte packed header"):
+        ops.int8_linear_dynamic(x, packed[:10].clone(), scale)
+
+
+def test_int8_mm_checks(layer):
+    packed, _ = layer
+    with pytest.raises(RuntimeError, match="a must have dtype Char"):
+        ops.int8_mm(torch.zeros(2, 16, dtype=torch.uint8), packed, 8)
+    with pytest.raises(RuntimeError, match="a must be 2-D"):
+        ops.int8_mm(torch.zeros(2, 2, 16, dtype=torch.int8), packed, 8)
+    with pytest.raises(RuntimeError, match=r"a.shape\[1\] must equal the weight's K=16"):
+        ops.int8_mm(torch.zeros(2, 17, dtype=torch.int8), packed, 8)
+    with pytest.raises(RuntimeError, match="n=9 does not match the packed weight's N=8"):
+        ops.int8_mm(torch.zeros(2, 16, dtype=torch.int8), packed, 9)
+    assert ops.int8_mm(torch.zeros(0, 16, dtype=torch.int8), packed, 8).shape == (0, 8)
+
+
+def test_int8_scaled_mm_checks(layer):
+    packed, scale = layer
+    a = torch.zeros(3, 16, dtype=torch.int8)
+    with pytest.raises(RuntimeError, match="a_scale must be 1-D of length 3"):
+        ops.int8_scaled_mm(a, torch.ones(2), packed, scale)
+    with pytest.raises(RuntimeError, match="b_scale must be 1-D of length 8"):
+        ops.int8_scaled_mm(a, torch.ones(3), packed, torch.ones(3))
+    with pytest.raises(RuntimeError, match="out_dtype must be torch.float32 or torch.bfloat16"):
+        ops.int8_scaled_mm(a, torch.ones(3), packed, scale, None, torch.int32)
+
+
+def test_pack_checks():
+    with pytest.raises(RuntimeError, match="weight must have dtype Char"):
+        ops.pack_int8_weight(torch.randn(4, 4))
+    with pytest.raises(RuntimeError, match="weight must be 2-D"):
+        ops.pack_int8_weight(torch.zeros(4, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="N >= 1 and K >= 1"):
+        ops.pack_int8_weight(torch.zeros(0, 4, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="K <= 131071"):
+        ops.pack_int8_weight(torch.zeros(1, 131072, dtype=torch.int8))
+
+
+def test_quantize_checks():
+    with pytest.raises(RuntimeError, match="x must be 2-D"):
+        ops.quantize_per_token(torch.randn(2, 3, 4))
+    with pytest.raises(RuntimeError, match="x must be float32 or bfloat16, got Double"):
+        ops.quantize_per_token(torch.randn(2, 3).double())
+
+
+def test_unsupported_device(layer):
+    packed, scale = layer
+    with pytest.raises(ValueError, match="x is on device 'meta', but this build of fastinfer has kernels for cpu"):
+        ops.int8_linear_dynamic(torch.empty(2, 16, device="meta"), packed, scale)
+    lin = torch.nn.Linear(4, 4, device="meta")
+    with pytest.raises(ValueError, match="linear is on device 'meta'"):
+        Int8Linear.from_float(lin)
+
+
+def test_bad_isa_name():
+    import fastinfer
+    with pytest.raises(ValueError, match="isa must be one of"):
+        with fastinfer.use_isa("sse9"):
+            pass
+    with pytest.raises(ValueError, match="isa must be one of ref, avx2, avx512_vnni, amx"):
+        ops.set_isa_cap("sse9")
+    with pytest.raises(ValueError, match="family must be int8_gemm, w8_gemm or quantize"):
+        ops.last_kernel("nope")

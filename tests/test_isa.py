@@ -1,0 +1,64 @@
+"""ISA detection and selection: one cached detection, FASTINFER_ISA and use_isa caps, defaults."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastinfer
+from fastinfer import ops
+
+from conftest import CAPS, runnable_isas
+
+
+def test_capabilities_are_consistent():
+    caps = fastinfer.cpu_capabilities()
+    for key in ("avx2", "avx512_vnni", "amx_int8", "os_amx", "detected", "implemented", "active", "amx_note"):
+        assert key in caps
+    if caps["avx512_vnni"] and caps["os_avx512"] and caps["avx512bw"] and caps["avx512vl"]:
+        assert caps["detected"] in ("avx512_vnni", "amx")
+    if not caps["amx_int8"]:
+        assert caps["amx_note"], "cpu_capabilities must say why AMX is not used"
+
+
+def test_default_is_best_runnable_path():
+    # Without a cap, calls are served by the best path the CPU and this build allow.
+    best = runnable_isas()[-1]
+    assert fastinfer.cpu_capabilities()["active"] == best
+    w = ops.pack_int8_weight(torch.randint(-127, 128, (8, 8), dtype=torch.int8))
+    ops.int8_linear_dynamic(torch.randn(2, 8), w, torch.ones(8))
+    assert ops.last_kernel("int8_gemm") == best and ops.last_kernel("quantize") == best
+
+
+def test_use_isa_restores_and_cannot_exceed_cpu():
+    best = runnable_isas()[-1]
+    with fastinfer.use_isa("ref") as active:
+        assert active == "ref" and fastinfer.cpu_capabilities()["active"] == "ref"
+    assert fastinfer.cpu_capabilities()["active"] == best
+    with fastinfer.use_isa("amx") as active:  # asking for more than exists gives the best there is
+        assert active == best
+
+
+def _run(env_isa):
+    env = dict(os.environ, FASTINFER_ISA=env_isa)
+    code = ("import json, torch, fastinfer; from fastinfer import ops;"
+            "w = ops.pack_int8_weight(torch.ones(4, 4, dtype=torch.int8));"
+            "ops.int8_mm(torch.ones(2, 4, dtype=torch.int8), w, 4);"
+            "c = fastinfer.cpu_capabilities(); c['served'] = ops.last_kernel('int8_gemm'); print(json.dumps(c))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", ["ref", "avx2"])
+def test_env_var_caps_isa(name):
+    if name not in runnable_isas():
+        pytest.skip(f"CPU cannot run {name}")
+    caps = _run(name)
+    assert caps["active"] == name and caps["served"] == name and caps["env_cap"] == name
+
+
+def test_env_var_unknown_name_is_reported():
+    caps = _run("sse9")
+    assert "not one of" in caps["env_cap_error"] and caps["active"] == CAPS["active"]

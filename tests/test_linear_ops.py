@@ -1,0 +1,78 @@
+"""int8_linear_dynamic / int8_linear_weight_only vs fastinfer.reference on every ISA path."""
+import pytest
+import torch
+
+from fastinfer import ops
+from fastinfer import reference as ref
+
+from conftest import assert_served
+
+SHAPES = [(0, 8, 4), (1, 1, 1), (2, 3, 5), (7, 13, 17), (16, 255, 33), (17, 513, 1000), (64, 1000, 13),
+          (255, 64, 255)]
+
+
+def make_weight(N, K):
+    w_q, w_scale = ref.quantize_weight_per_channel(torch.randn(N, K))
+    return w_q, w_scale, ops.pack_int8_weight(w_q)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_linear_dynamic(isa, M, K, N, dtype, with_bias):
+    # Quantization and GEMM are exact; the fp32 epilogue uses the reference's order: bit-exact.
+    x = (torch.randn(M, K) * 2).to(dtype)
+    if M > 1:
+        x[1, 0] = 300.0  # outlier
+    w_q, w_scale, packed = make_weight(N, K)
+    bias = torch.randn(N) if with_bias else None
+    y = ops.int8_linear_dynamic(x, packed, w_scale, bias)
+    assert y.dtype == dtype and y.shape == (M, N)
+    torch.testing.assert_close(y, ref.int8_linear_dynamic(x, w_q, w_scale, bias), rtol=0, atol=0)
+    if M > 0:
+        assert_served("int8_gemm", isa)
+        assert_served("quantize", isa)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_linear_weight_only(isa, M, K, N, dtype, with_bias):
+    # fp32 accumulation in another order than torch's matmul: compare with a K-scaled tolerance.
+    x = torch.randn(M, K).to(dtype)
+    w_q, w_scale, packed = make_weight(N, K)
+    bias = torch.randn(N) if with_bias else None
+    y = ops.int8_linear_weight_only(x, packed, w_scale, bias)
+    assert y.dtype == dtype and y.shape == (M, N)
+    expect = ref.int8_linear_weight_only(x, w_q, w_scale, bias)
+    if dtype == torch.float32:
+        torch.testing.assert_close(y, expect, rtol=1e-5, atol=1e-5 * K ** 0.5)
+    else:  # one bf16 rounding step apart at most
+        torch.testing.assert_close(y.float(), expect.float(), rtol=8e-3, atol=1e-2)
+    if M > 0:
+        assert_served("w8_gemm", isa)
+
+
+@pytest.mark.parametrize("op", [ops.int8_linear_dynamic, ops.int8_linear_weight_only])
+def test_leading_dims_and_noncontiguous(isa, op):
+    w_q, w_scale, packed = make_weight(24, 40)
+    x = torch.randn(3, 40, 5).transpose(1, 2)  # [3, 5, 40], non-contiguous
+    y = op(x, packed, w_scale, None)
+    assert y.shape == (3, 5, 24)
+    y_flat = op(x.reshape(15, 40).contiguous(), packed, w_scale, None)
+    torch.testing.assert_close(y.reshape(15, 24), y_flat, rtol=0, atol=0)
+    y1 = op(torch.randn(40), packed, w_scale, None)  # 1-D input
+    assert y1.shape == (24,)
+
+
+def test_nan_inf_rows_stay_in_their_row(isa):
+    # Documented behaviour: a row with NaN/Inf gives an all-NaN output row; other rows are exact.
+    w_q, w_scale, packed = make_weight(20, 33)
+    x = torch.randn(4, 33)
+    x[1, 3] = float("nan")
+    x[2, 0] = float("-inf")
+    y = ops.int8_linear_dynamic(x, packed, w_scale, None)
+    assert bool(torch.isnan(y[1]).all()) and bool(torch.isnan(y[2]).all())
+    torch.testing.assert_close(y[[0, 3]], ref.int8_linear_dynamic(x[[0, 3]], w_q, w_scale), rtol=0, atol=0)
+    yw = ops.int8_linear_weight_only(x, packed, w_scale, None)  # plain float math: NaN propagates
+    assert bool(torch.isnan(yw[1]).all()) and not torch.isnan(yw[0]).any()

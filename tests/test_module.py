@@ -1,0 +1,149 @@
+"""Int8Linear and fastinfer.quantize: quality vs float, state_dict, repr, compile/export, opcheck."""
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import fastinfer
+from fastinfer import ops
+from fastinfer.nn import Int8Linear
+
+
+def sqnr_db(ref, out):
+    ref, out = ref.float(), out.float()
+    return float(10 * torch.log10(ref.pow(2).mean() / (ref - out).pow(2).mean()))
+
+
+class MLP(nn.Module):
+    def __init__(self, d=64, h=96, o=10):
+        super().__init__()
+        self.fc1, self.act, self.fc2, self.head = nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.Linear(h, o)
+
+    def forward(self, x):
+        return self.head(self.act(self.fc2(self.act(self.fc1(x)))))
+
+
+@pytest.mark.parametrize("scheme,min_db", [("w8a8_dynamic", 30.0), ("w8_only", 38.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_linear_close_to_float(scheme, min_db, dtype):
+    # int8 per-channel weights (+ per-token activations): SQNR of a Gaussian layer is ~35-45 dB.
+    lin = nn.Linear(512, 256)
+    q = Int8Linear.from_float(lin, scheme)
+    x = torch.randn(4, 33, 512)
+    with torch.inference_mode():
+        y_ref, y = lin(x), q(x.to(dtype))
+    assert y.dtype == dtype and y.shape == (4, 33, 256)
+    assert sqnr_db(y_ref, y) > min_db - (8 if dtype == torch.bfloat16 else 0)
+
+
+def test_dequantized_weight_and_repr():
+    lin = nn.Linear(40, 24)
+    q = Int8Linear.from_float(lin)
+    err = (q.dequantized_weight() - lin.weight).abs().max()
+    assert err <= q.weight_scale.max() / 2 + 1e-6  # half a quantization step
+    r = repr(q)
+    assert "in_features=40" in r and "out_features=24" in r and "scheme=w8a8_dynamic" in r and "isa=" in r
+
+
+@pytest.mark.parametrize("scheme", ["w8a8_dynamic", "w8_only"])
+def test_state_dict_roundtrip(scheme):
+    model = fastinfer.quantize(MLP(), scheme=scheme)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    fresh = fastinfer.quantize(MLP(), scheme=scheme)  # other random weights
+    buf.seek(0)
+    fresh.load_state_dict(torch.load(buf))
+    x = torch.randn(5, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+    assert set(model.state_dict()) == {f"{m}.{b}" for m in ("fc1", "fc2", "head")
+                                        for b in ("packed_weight", "weight_scale", "bias")}
+
+
+def test_load_state_dict_rejects_wrong_shape():
+    small = Int8Linear.from_float(nn.Linear(8, 4))
+    big = Int8Linear(16, 4)
+    with pytest.raises(ValueError, match="packed weight is \\(4, 8\\), expected \\(4, 16\\)"):
+        big.load_state_dict(small.state_dict())
+
+
+def test_quantize_swaps_and_reports():
+    model = MLP()
+    x = torch.randn(3, 64)
+    with torch.inference_mode():
+        y_ref = model(x)
+    out = fastinfer.quantize(model, exclude=["head"])
+    assert out is model
+    assert isinstance(model.fc1, Int8Linear) and isinstance(model.fc2, Int8Linear)
+    assert type(model.head) is nn.Linear
+    assert model.fastinfer_report.swapped == ["fc1", "fc2"]
+    assert model.fastinfer_report.skipped == [("head", "matched by exclude")]
+    with torch.inference_mode():
+        assert sqnr_db(y_ref, model(x)) > 25
+    only = fastinfer.quantize(MLP(), include="fc*", scheme="w8_only")
+    assert only.fastinfer_report.swapped == ["fc1", "fc2"] and only.fc1.scheme == "w8_only"
+    assert "not matched by include" in str(only.fastinfer_report)
+
+
+def test_quantize_leaves_what_it_cannot_handle():
+    class MyLinear(nn.Linear):
+        pass
+
+    model = nn.Sequential(nn.Linear(4, 4), MyLinear(4, 4), nn.Conv1d(1, 1, 1), nn.Linear(4, 2, device="meta"))
+    fastinfer.quantize(model)
+    assert isinstance(model[0], Int8Linear) and type(model[1]) is MyLinear and type(model[3]) is nn.Linear
+    reasons = dict(model.fastinfer_report.skipped)
+    assert "subclass MyLinear" in reasons["1"] and "unsupported by this build" in reasons["3"]
+
+
+def test_quantize_bad_arguments():
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        fastinfer.quantize(MLP(), scheme="int4")
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        fastinfer.quantize("model")
+    with pytest.raises(TypeError, match="exclude must be a glob pattern"):
+        fastinfer.quantize(MLP(), exclude=[3])
+    with pytest.raises(TypeError, match="use fastinfer.nn.Int8Linear.from_float"):
+        fastinfer.quantize(nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("scheme", ["w8a8_dynamic", "w8_only"])
+def test_torch_compile_fullgraph(scheme):
+    model = fastinfer.quantize(MLP(), scheme=scheme).eval()
+    x = torch.randn(7, 64)
+    with torch.inference_mode():
+        eager = model(x)
+        compiled = torch.compile(model, fullgraph=True, backend="eager")(x)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+
+
+def test_torch_export():
+    model = fastinfer.quantize(MLP()).eval()
+    x = torch.randn(7, 64)
+    ep = torch.export.export(model, (x,))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert "fastinfer.int8_linear_dynamic.default" in targets
+    with torch.inference_mode():
+        torch.testing.assert_close(ep.module()(x), model(x), rtol=0, atol=0)
+
+
+def _opcheck_cases():
+    w = torch.randint(-127, 128, (24, 40), dtype=torch.int8)
+    packed, scale, bias = ops.pack_int8_weight(w), torch.rand(24), torch.randn(24)
+    a = torch.randint(-127, 128, (5, 40), dtype=torch.int8)
+    x = torch.randn(3, 5, 40)
+    return [
+        (torch.ops.fastinfer.quantize_per_token.default, (torch.randn(5, 40),)),
+        (torch.ops.fastinfer.pack_int8_weight.default, (w,)),
+        (torch.ops.fastinfer.int8_mm.default, (a, packed, 24)),
+        (torch.ops.fastinfer.int8_scaled_mm.default, (a, torch.rand(5), packed, scale, bias, torch.bfloat16)),
+        (torch.ops.fastinfer.int8_linear_dynamic.default, (x, packed, scale, bias)),
+        (torch.ops.fastinfer.int8_linear_weight_only.default, (x.bfloat16(), packed, scale, None)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_opcheck(case):
+    op, args = _opcheck_cases()[case]
+    torch.library.opcheck(op, args)
