@@ -12,6 +12,7 @@ import os
 
 from . import _ext  # noqa: F401  (loads fastinfer._C: registers torch.ops.fastinfer)
 from . import nn, ops, reference
+from .pruning import PruningError, PruningReport, load_pruned, prune, save_pruned
 from .quantization import QuantConfig, QuantizationReport, quantize
 
 __version__ = "0.1.0"
@@ -45,5 +46,5 @@ def use_isa(isa: str):
         ops.set_isa_cap("amx")
 
 
-__all__ = ["quantize", "QuantConfig", "QuantizationReport", "cpu_capabilities", "use_isa", "nn", "ops",
-           "reference", "ISAS", "__version__"]
+__all__ = ["quantize", "QuantConfig", "QuantizationReport", "prune", "PruningReport", "PruningError", "save_pruned",
+           "load_pruned", "cpu_capabilities", "use_isa", "nn", "ops", "reference", "ISAS", "__version__"]

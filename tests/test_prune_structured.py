@@ -1,0 +1,202 @@
+"""Structured pruning: dependency tracking (BN, residual add, concat, depthwise, flatten), exactness
+when the removed channels were already dead, parameter counts, round_to, save/load, bad input."""
+import pytest
+import torch
+from torch import nn
+
+from fastinfer.pruning import PruningError, load_pruned, prune, save_pruned
+
+
+def params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def kill_channels(conv_or_linear, idx, bn=None):
+    """Makes channels `idx` output exactly zero (weights, bias and the BN shift)."""
+    with torch.no_grad():
+        conv_or_linear.weight[idx] = 0
+        if conv_or_linear.bias is not None:
+            conv_or_linear.bias[idx] = 0
+        if bn is not None:
+            bn.bias[idx] = 0
+            bn.running_mean[idx] = 0
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(64, 128), nn.Linear(128, 128), nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+class CNN(nn.Module):
+    def __init__(self, c=32):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(2 * c * 4 * 4, 64)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.pool(torch.relu(self.bn2(self.conv2(x))))
+        return self.head(torch.relu(self.fc(x.flatten(1))))
+
+
+class ResidualDepthwise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c1, self.bn1 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.expand = nn.Conv2d(16, 24, 1)
+        self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24)
+        self.project = nn.Conv2d(40, 32, 1)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        a = torch.relu(self.bn0(self.stem(x)))
+        r = torch.relu(a + self.bn1(self.c1(a)))           # residual: stem and c1 channels coupled
+        d = torch.relu(self.dw(torch.relu(self.expand(r))))  # depthwise follows expand's channels
+        y = self.project(torch.cat([r, d], dim=1))           # concat: 16 + 24 channels
+        return self.head(y.mean(dim=(2, 3)))
+
+
+def test_mlp_dead_neurons_removed_exactly():
+    m = MLP().eval()
+    kill_channels(m.fc1, torch.arange(0, 128, 2))
+    kill_channels(m.fc2, torch.arange(1, 128, 2))
+    x = torch.randn(7, 64)
+    before = m(x)
+    rep = prune(m, amount=0.5, example_inputs=x)
+    assert (m.fc1.out_features, m.fc2.in_features, m.fc2.out_features, m.head.in_features) == (64, 64, 64, 64)
+    assert params(m) == 64 * 64 + 64 + 64 * 64 + 64 + 10 * 64 + 10 == rep.params_after
+    torch.testing.assert_close(m(x), before, rtol=1e-6, atol=1e-6)
+
+
+def test_cnn_with_batchnorm_and_flatten():
+    m = CNN().eval()
+    dead1, dead2 = torch.arange(16, 32), torch.arange(0, 64, 2)
+    kill_channels(m.conv1, dead1, m.bn1)
+    kill_channels(m.conv2, dead2, m.bn2)
+    kill_channels(m.fc, torch.arange(32, 64))
+    x = torch.randn(3, 1, 8, 8)
+    before = m(x)
+    prune(m, amount=0.5, example_inputs=x)
+    assert (m.conv1.out_channels, m.bn1.num_features, m.conv2.in_channels, m.conv2.out_channels) == (16, 16, 16, 32)
+    assert m.fc.in_features == 32 * 16 and m.fc.out_features == 32 and m.head.out_features == 10
+    torch.testing.assert_close(m(x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_residual_concat_depthwise_shapes():
+    m = ResidualDepthwise().eval()
+    x = torch.randn(2, 3, 6, 6)
+    before = m(x)
+    rep = prune(m, amount=0.5, example_inputs=x)
+    assert m.stem.out_channels == m.c1.out_channels == m.bn1.num_features == 8   # coupled by the add
+    assert m.expand.out_channels == m.dw.out_channels == m.dw.groups == 12         # depthwise follows
+    assert m.project.in_channels == 8 + 12                                         # concat of both
+    assert m.project.out_channels == 16 and m.head.in_features == 16
+    assert m(x).shape == before.shape
+    assert {tuple(sorted(g.producers)) for g in rep.pruned} == {("c1", "stem"), ("expand",), ("project",)}
+
+
+def test_residual_dead_channels_exact():
+    m = ResidualDepthwise().eval()
+    kill_channels(m.stem, torch.arange(8, 16), m.bn0)
+    kill_channels(m.c1, torch.arange(8, 16), m.bn1)
+    kill_channels(m.expand, torch.arange(12))
+    with torch.no_grad():
+        m.dw.bias[:12] = 0
+    x = torch.randn(2, 3, 6, 6)
+    before = m(x)
+    prune(m, amount=0.5, example_inputs=x, exclude=["project"])
+    assert m.project.out_channels == 32
+    torch.testing.assert_close(m(x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_round_to_and_amount_zero():
+    m = MLP()
+    prune(m, amount=0.7, example_inputs=torch.randn(2, 64), round_to=16)
+    assert m.fc1.out_features == 48  # keep 128 - 89 = 39 -> rounded up to 48
+    m2 = MLP()
+    before = params(m2)
+    prune(m2, amount=0.0, example_inputs=torch.randn(2, 64))
+    assert params(m2) == before
+
+
+def test_unknown_op_and_grouped_conv_left_unpruned():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1)
+            self.g = nn.Conv2d(8, 8, 1, groups=2)
+            self.c = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = torch.cumsum(self.a(x), dim=1)   # mixes channels: the pruner does not understand it
+            return self.c(self.g(self.b(y)))
+
+    m = Odd()
+    rep = prune(m, amount=0.5, example_inputs=torch.randn(1, 3, 4, 4))
+    reasons = {tuple(g.producers): g.reason for g in rep.skipped}
+    assert m.a.out_channels == 8 and "cumsum" in reasons[("a",)]
+    assert m.b.out_channels == 8 and "grouped conv g" in reasons[("b",)]
+    assert "kept" in str(rep)
+
+
+def test_save_and_load_pruned(tmp_path):
+    m = CNN().eval()
+    x = torch.randn(2, 1, 8, 8)
+    prune(m, amount=0.5, example_inputs=x)
+    prune(m, amount=0.25, example_inputs=x)  # pruned twice: both plans are stored
+    path = tmp_path / "pruned.pt"
+    save_pruned(m, path)
+    fresh = load_pruned(path, CNN().eval())
+    assert fresh.conv2.out_channels == m.conv2.out_channels
+    torch.testing.assert_close(fresh(x), m(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="has not been pruned"):
+        save_pruned(CNN(), tmp_path / "x.pt")
+
+
+def test_taylor_importance():
+    m = MLP()
+    x = torch.randn(16, 64)
+    with pytest.raises(ValueError, match="needs gradients"):
+        prune(m, amount=0.5, importance="taylor", example_inputs=x)
+    m.head(torch.relu(m.fc2(torch.relu(m.fc1(x))))).pow(2).mean().backward()
+    prune(m, amount=0.5, importance="taylor", example_inputs=x)
+    assert m.fc1.out_features == 64
+
+
+def test_bad_arguments():
+    for amount in (1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"amount must be a fraction in \[0, 1\)"):
+            prune(MLP(), amount=amount, example_inputs=torch.randn(1, 64))
+    with pytest.raises(ValueError, match="pattern must be one of"):
+        prune(MLP(), pattern="2:4", example_inputs=torch.randn(1, 64))
+    with pytest.raises(ValueError, match="importance must be one of"):
+        prune(MLP(), importance="random", example_inputs=torch.randn(1, 64))
+    with pytest.raises(TypeError, match="example_inputs is required"):
+        prune(MLP())
+    with pytest.raises(ValueError, match="round_to must be a positive int"):
+        prune(MLP(), example_inputs=torch.randn(1, 64), round_to=0)
+
+
+def test_untraceable_model_names_construct_and_safe_parts():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = MLP()
+            self.other = nn.Linear(10, 10)
+
+        def forward(self, x):
+            y = self.block(x)
+            if y.sum() > 0:  # data-dependent control flow: torch.fx cannot trace this
+                y = y * 2
+            return self.other(y)
+
+    with pytest.raises(PruningError, match=r"cannot trace Branchy.*can be pruned safely: block"):
+        prune(Branchy(), amount=0.5, example_inputs=torch.randn(2, 64))
