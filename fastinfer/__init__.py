@@ -12,6 +12,8 @@ import os
 
 from . import _ext  # noqa: F401  (loads fastinfer._C: registers torch.ops.fastinfer)
 from . import nn, ops, reference
+from .distillation import DistillResult, distill, kd_loss
+from .profiling import ProfileReport, compare_profiles, profile
 from .pruning import PruningError, PruningReport, load_pruned, prune, save_pruned
 from .quantization import QuantConfig, QuantizationReport, quantize
 
@@ -46,5 +48,6 @@ def use_isa(isa: str):
         ops.set_isa_cap("amx")
 
 
-__all__ = ["quantize", "QuantConfig", "QuantizationReport", "prune", "PruningReport", "PruningError", "save_pruned",
+__all__ = ["quantize", "QuantConfig", "QuantizationReport", "distill", "kd_loss", "DistillResult", "profile",
+           "ProfileReport", "compare_profiles", "prune", "PruningReport", "PruningError", "save_pruned",
            "load_pruned", "cpu_capabilities", "use_isa", "nn", "ops", "reference", "ISAS", "__version__"]

@@ -1,4 +1,5 @@
-"""The demo (the project's main job) runs end to end and quantization costs <= 0.5 accuracy points."""
+"""The demo (the project's main job) runs end to end: quantization costs <= 0.5 accuracy points, and the
+CNN part prunes, distils and quantizes (its accuracy and latency targets are measured by the full demo)."""
 import pytest
 
 pytest.importorskip("sklearn")
@@ -13,5 +14,10 @@ def test_demo_quick(capsys):
     for scheme in ("w8a8_dynamic", "w8_only"):
         assert results[scheme]["accuracy"] >= fp32 - 0.5, f"{scheme} lost more than 0.5 points"
         assert results[scheme]["kernel_isa"] in ("ref", "avx2", "avx512_vnni", "amx")
+    rows = results["cnn"]["rows"]
+    assert list(rows) == ["teacher fp32", "pruned 50%", "+ distilled", "+ int8 Linear"]
+    assert rows["+ distilled"]["flop_ratio"] > 2.0 and rows["+ distilled"]["params"] < rows["teacher fp32"]["params"] / 2
+    assert rows["+ distilled"]["accuracy"] >= rows["pruned 50%"]["accuracy"]  # distillation recovers accuracy
+    assert results["cnn"]["swapped"] == ["fc", "head"]
     out = capsys.readouterr().out
-    assert "w8a8_dynamic" in out and "b1 p50" in out
+    assert "w8a8_dynamic" in out and "b1 p50" in out and "+ distilled" in out
