@@ -31,8 +31,18 @@ TORCH_LIBRARY(fastinfer, m) {
   m.def("int8_scaled_mm(Tensor a, Tensor a_scale, Tensor packed_b, Tensor b_scale, Tensor? bias=None, "
         "ScalarType? out_dtype=None) -> Tensor");
   // Linear layers: x [..., K] fp32/bf16 -> [..., N] of x's dtype.
-  m.def("int8_linear_dynamic(Tensor x, Tensor packed_w, Tensor w_scale, Tensor? bias=None) -> Tensor");
+  m.def("int8_linear_dynamic(Tensor x, Tensor packed_w, Tensor w_scale, Tensor? bias=None, "
+        "str activation=\"none\") -> Tensor");
+  // Static (calibrated) activation scale; int8 output (requantized with out_scale) when given.
+  m.def("int8_linear_static(Tensor x, float x_scale, Tensor packed_w, Tensor w_scale, Tensor? bias=None, "
+        "str activation=\"none\", float? out_scale=None) -> Tensor");
   m.def("int8_linear_weight_only(Tensor x, Tensor packed_w, Tensor w_scale, Tensor? bias=None) -> Tensor");
+  // Convolution: weights [Cout, Cin/groups, KH, KW] int8 packed once; x [N, C, H, W] (channels_last
+  // in memory; NCHW input is converted once), fp32 or int8 (with x_scale); out fp32 or int8 (out_scale).
+  m.def("pack_conv_weight(Tensor weight, int groups) -> Tensor");
+  m.def("int8_conv2d(Tensor x, Tensor packed_w, Tensor w_scale, Tensor? bias, int[2] kernel_size, int[2] stride, "
+        "int[2] padding, int[2] dilation, int groups, float? x_scale=None, float? out_scale=None, "
+        "str activation=\"none\") -> Tensor");
   // Introspection (no tensors: registered catch-all right here).
   m.def("cpu_capabilities() -> str", &fastinfer::cpu::capabilities_json);
   m.def("set_isa_cap(str isa) -> str", &set_isa_cap);

@@ -65,10 +65,36 @@ def int8_scaled_mm(a: Tensor, a_scale: Tensor, packed_b: Tensor, b_scale: Tensor
     return _ops.int8_scaled_mm(a, a_scale, packed_b, b_scale, bias, out_dtype)
 
 
-def int8_linear_dynamic(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """x [..., K] fp32/bf16, quantized per token on the fly, times the packed int8 weight."""
+def int8_linear_dynamic(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None,
+                        activation: str = "none") -> Tensor:
+    """x [..., K] fp32/bf16, quantized per token on the fly, times the packed int8 weight;
+    activation 'none' | 'relu' | 'relu6' fused into the epilogue."""
     _check_devices("int8_linear_dynamic", x=x, packed_w=packed_w, w_scale=w_scale, bias=bias)
-    return _ops.int8_linear_dynamic(x, packed_w, w_scale, bias)
+    return _ops.int8_linear_dynamic(x, packed_w, w_scale, bias, activation)
+
+
+def int8_linear_static(x: Tensor, x_scale: float, packed_w: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None,
+                       activation: str = "none", out_scale: Optional[float] = None) -> Tensor:
+    """Static W8A8: x quantized with the calibrated per-tensor x_scale; int8 output when out_scale is given."""
+    _check_devices("int8_linear_static", x=x, packed_w=packed_w, w_scale=w_scale, bias=bias)
+    return _ops.int8_linear_static(x, x_scale, packed_w, w_scale, bias, activation, out_scale)
+
+
+def pack_conv_weight(weight: Tensor, groups: int = 1) -> Tensor:
+    """int8 [Cout, Cin/groups, KH, KW] -> the conv kernels' layout (packed GEMM blocks per group, or
+    [KH*KW, C] int8 for depthwise)."""
+    _check_devices("pack_conv_weight", weight=weight)
+    return _ops.pack_conv_weight(weight, groups)
+
+
+def int8_conv2d(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: Optional[Tensor], kernel_size, stride=(1, 1),
+                padding=(0, 0), dilation=(1, 1), groups: int = 1, x_scale: Optional[float] = None,
+                out_scale: Optional[float] = None, activation: str = "none") -> Tensor:
+    """int8 convolution, NHWC inside: x [N, C, H, W] fp32 (quantized per tensor: x_scale, or amax/127)
+    or int8 (with x_scale); output [N, Cout, OH, OW] in channels_last memory, fp32 or int8 (out_scale)."""
+    _check_devices("int8_conv2d", x=x, packed_w=packed_w, w_scale=w_scale, bias=bias)
+    return _ops.int8_conv2d(x, packed_w, w_scale, bias, list(kernel_size), list(stride), list(padding),
+                            list(dilation), groups, x_scale, out_scale, activation)
 
 
 def int8_linear_weight_only(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -88,7 +114,7 @@ def set_isa_cap(isa: str) -> str:
 
 
 def last_kernel(family: str) -> str:
-    """Which ISA served the latest call of a kernel family: int8_gemm, w8_gemm or quantize."""
+    """Which ISA served the latest call of a kernel family: int8_gemm, w8_gemm, quantize or dwconv."""
     return _ops.last_kernel(family)
 
 
@@ -124,13 +150,41 @@ def _int8_scaled_mm_fake(a, a_scale, packed_b, b_scale, bias=None, out_dtype=Non
     return a.new_empty((a.shape[0], b_scale.shape[0]), dtype=out_dtype or torch.float32)
 
 
-def _linear_fake(x, packed_w, w_scale, bias=None):
+def _linear_fake(x, packed_w, w_scale, bias=None, activation="none"):
     torch._check(x.dim() >= 1, lambda: "x must have at least 1 dimension")
     return x.new_empty((*x.shape[:-1], w_scale.shape[0]))
 
 
 torch.library.register_fake("fastinfer::int8_linear_dynamic")(_linear_fake)
 torch.library.register_fake("fastinfer::int8_linear_weight_only")(_linear_fake)
+
+
+@torch.library.register_fake("fastinfer::int8_linear_static")
+def _linear_static_fake(x, x_scale, packed_w, w_scale, bias=None, activation="none", out_scale=None):
+    torch._check(x.dim() >= 1, lambda: "x must have at least 1 dimension")
+    return x.new_empty((*x.shape[:-1], w_scale.shape[0]), dtype=torch.int8 if out_scale is not None else x.dtype)
+
+
+def conv_output_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+@torch.library.register_fake("fastinfer::pack_conv_weight")
+def _pack_conv_fake(weight, groups):
+    cout, cin_g, kh, kw = weight.shape
+    if groups > 1 and cin_g == 1 and cout == groups:
+        return weight.new_empty((kh * kw, cout), dtype=torch.int8)
+    return weight.new_empty((groups, packed_nbytes(cout // groups, kh * kw * cin_g)), dtype=torch.uint8)
+
+
+@torch.library.register_fake("fastinfer::int8_conv2d")
+def _int8_conv2d_fake(x, packed_w, w_scale, bias, kernel_size, stride, padding, dilation, groups, x_scale=None,
+                      out_scale=None, activation="none"):
+    n, _, h, w = x.shape
+    oh = conv_output_size(h, kernel_size[0], stride[0], padding[0], dilation[0])
+    ow = conv_output_size(w, kernel_size[1], stride[1], padding[1], dilation[1])
+    out = x.new_empty((n, w_scale.shape[0], oh, ow), dtype=torch.int8 if out_scale is not None else torch.float32)
+    return out.contiguous(memory_format=torch.channels_last)
 
 
 def int8_peak_probe(iters: int) -> int:

@@ -67,3 +67,68 @@ def int8_linear_weight_only(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Optio
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)
+
+
+def _f32(v) -> Tensor:
+    return torch.tensor(v, dtype=torch.float32)
+
+
+def apply_activation(y: Tensor, activation: str) -> Tensor:
+    """'none' | 'relu' | 'relu6', NaN kept (the kernels' rule: y < 0 -> 0, y > 6 -> 6)."""
+    if activation == "none":
+        return y
+    y = torch.where(y < 0, torch.zeros_like(y), y)
+    return torch.where(y > 6, torch.full_like(y, 6.0), y) if activation == "relu6" else y
+
+
+def quantize_static(x: Tensor, scale: float) -> Tensor:
+    """Per-tensor static int8: clamp(round_half_even(x * (1 / scale)), -127, 127); NaN -> 0."""
+    q = torch.round(x.float() * (_f32(1.0) / _f32(scale))).clamp(-127, 127)
+    return torch.nan_to_num(q, nan=0.0).to(torch.int8)
+
+
+def requantize(y: Tensor, out_scale: float) -> Tensor:
+    return quantize_static(y, out_scale)
+
+
+def _epilogue(acc: Tensor, a_scale, w_scale: Tensor, bias: Optional[Tensor], activation: str,
+              out_scale: Optional[float], out_dtype: torch.dtype, channel_dim: int) -> Tensor:
+    shape = [1] * acc.dim()
+    shape[channel_dim] = -1
+    y = acc.float() * a_scale * w_scale.float().reshape(shape)
+    if bias is not None:
+        y = y + bias.float().reshape(shape)
+    y = apply_activation(y, activation)
+    return requantize(y, out_scale) if out_scale is not None else y.to(out_dtype)
+
+
+def int8_linear_static(x: Tensor, x_scale: float, w_q: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None,
+                       activation: str = "none", out_scale: Optional[float] = None) -> Tensor:
+    q = quantize_static(x.reshape(-1, x.shape[-1]), x_scale)
+    acc = int8_mm(q, w_q)
+    y = _epilogue(acc, _f32(x_scale), w_scale, bias, activation, out_scale, x.dtype, 1)
+    return y.reshape(*x.shape[:-1], w_q.shape[0])
+
+
+def conv_input_scale(x: Tensor) -> Tensor:
+    """Dynamic per-tensor activation scale of int8_conv2d: amax / 127 (true division), NaN if non-finite."""
+    amax = x.float().abs().max() if x.numel() else torch.zeros(())
+    return torch.where(torch.isfinite(amax), amax / torch.full_like(amax, 127.0), torch.full_like(amax, float("nan")))
+
+
+def int8_conv2d(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Optional[Tensor], stride=(1, 1), padding=(0, 0),
+                dilation=(1, 1), groups: int = 1, x_scale: Optional[float] = None, out_scale: Optional[float] = None,
+                activation: str = "none") -> Tensor:
+    """int8 conv: x quantized per tensor (static x_scale or amax/127), exact integer accumulation (float64
+    conv of int8 values is exact at these sizes), the kernels' fp32 epilogue, optional requantization."""
+    if x.dtype == torch.int8:
+        q, a_scale = x, _f32(x_scale)
+    else:
+        a_scale = _f32(x_scale) if x_scale is not None else conv_input_scale(x)
+        if bool(torch.isfinite(a_scale)) and float(a_scale) > 0:
+            q = quantize_static(x, float(a_scale)) if x_scale is not None else \
+                torch.round(x.float() * (_f32(1.0) / a_scale)).clamp(-127, 127).nan_to_num(0.0).to(torch.int8)
+        else:
+            q = torch.zeros_like(x, dtype=torch.int8)
+    acc = torch.nn.functional.conv2d(q.double(), w_q.double(), None, stride, padding, dilation, groups)
+    return _epilogue(acc, a_scale, w_scale, bias, activation, out_scale, torch.float32, 1)

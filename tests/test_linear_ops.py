@@ -76,3 +76,27 @@ def test_nan_inf_rows_stay_in_their_row(isa):
     torch.testing.assert_close(y[[0, 3]], ref.int8_linear_dynamic(x[[0, 3]], w_q, w_scale), rtol=0, atol=0)
     yw = ops.int8_linear_weight_only(x, packed, w_scale, None)  # plain float math: NaN propagates
     assert bool(torch.isnan(yw[1]).all()) and not torch.isnan(yw[0]).any()
+
+
+@pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
+@pytest.mark.parametrize("out_scale", [None, 0.05])
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (7, 13, 17), (17, 513, 40), (64, 255, 1000)])
+def test_linear_static(isa, M, K, N, activation, out_scale):
+    x = torch.randn(M, K) * 2
+    x[0, 0] = float("nan") if M > 1 else x[0, 0]  # static: NaN quantizes to 0, the row stays finite
+    w_q, w_scale, packed = make_weight(N, K)
+    bias = torch.randn(N)
+    y = ops.int8_linear_static(x, 0.03, packed, w_scale, bias, activation, out_scale)
+    assert y.dtype == (torch.int8 if out_scale else torch.float32)
+    torch.testing.assert_close(y, ref.int8_linear_static(x, 0.03, w_q, w_scale, bias, activation, out_scale),
+                               rtol=0, atol=0)
+    assert_served("int8_gemm", isa)
+    assert_served("quantize", isa)
+
+
+def test_linear_dynamic_activation(isa):
+    x = torch.randn(9, 30)
+    w_q, w_scale, packed = make_weight(20, 30)
+    y = ops.int8_linear_dynamic(x, packed, w_scale, None, "relu6")
+    torch.testing.assert_close(y, ref.apply_activation(ref.int8_linear_dynamic(x, w_q, w_scale), "relu6"),
+                               rtol=0, atol=0)

@@ -58,7 +58,7 @@ def test_state_dict_roundtrip(scheme):
     with torch.inference_mode():
         torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
     assert set(model.state_dict()) == {f"{m}.{b}" for m in ("fc1", "fc2", "head")
-                                        for b in ("packed_weight", "weight_scale", "bias")}
+                                        for b in ("packed_weight", "weight_scale", "bias", "_extra_state")}
 
 
 def test_load_state_dict_rejects_wrong_shape():

@@ -9,7 +9,7 @@ namespace fastinfer {
 namespace cpu {
 namespace {
 
-std::atomic<int> g_last[static_cast<int>(Family::kCount)] = {{-1}, {-1}, {-1}};
+std::atomic<int> g_last[static_cast<int>(Family::kCount)] = {{-1}, {-1}, {-1}, {-1}};
 
 const kernels::KernelSet& table(Isa isa) {
   switch (isa) {
@@ -26,6 +26,7 @@ const char* family_name(Family f) {
     case Family::Int8Gemm: return "int8_gemm";
     case Family::W8Gemm: return "w8_gemm";
     case Family::Quantize: return "quantize";
+    case Family::DwConv: return "dwconv";
     default: return "?";
   }
 }
@@ -44,7 +45,7 @@ std::string last_kernel(const std::string& family) {
       const int v = g_last[i].load();
       return v < 0 ? std::string() : table(static_cast<Isa>(v)).name;
     }
-  throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm or quantize, got '" + family + "'");
+  throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize or dwconv, got '" + family + "'");
 }
 
 std::string capabilities_json() {

@@ -9,7 +9,7 @@ namespace fastinfer {
 namespace cpu {
 
 // Kernel families, for "which path served the last call" (tests assert on it).
-enum class Family : int { Int8Gemm = 0, W8Gemm = 1, Quantize = 2, kCount = 3 };
+enum class Family : int { Int8Gemm = 0, W8Gemm = 1, Quantize = 2, DwConv = 3, kCount = 4 };
 
 // The kernel set for the active ISA; records it as the last one used for `family`.
 const kernels::KernelSet& kernels_for(Family family);

@@ -1,98 +1,24 @@
-// CPU entry layer for the int8 ops: every tensor check, then Params, then the kernel table.
-// The only CPU file (with registration.cpp) that sees at::Tensor.
+// CPU entry layer for the int8 GEMM ops: every tensor check, then Params, then the kernel table.
+// (csrc/cpu/*.cpp and registration.cpp are the only files that see at::Tensor.)
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "../kernels/int8_gemm/pack.h"
 #include "../kernels/int8_gemm/params.h"
 #include "dispatch.h"
+#include "entry.h"
 
 namespace fastinfer {
 namespace cpu {
 namespace {
-
-using kernels::OutKind;
-using kernels::PackedHeader;
-
-constexpr int64_t kMaxK = (int64_t{1} << 17) - 1;
-constexpr int64_t kMinMacsPerTask = 1 << 18;  // below this, a thread hand-off costs more than it saves
-
-void check_cpu(const at::Tensor& t, const char* op, const char* arg) {
-  TORCH_CHECK(t.device().is_cpu(), "fastinfer.", op, ": ", arg, " must be a CPU tensor, got a tensor on ",
-              t.device(), " (this op has no kernel for that device in this build)");
-}
-
-void check_dtype(const at::Tensor& t, at::ScalarType want, const char* op, const char* arg) {
-  TORCH_CHECK(t.scalar_type() == want, "fastinfer.", op, ": ", arg, " must have dtype ", want, ", got ",
-              t.scalar_type());
-}
-
-PackedHeader checked_header(const at::Tensor& packed, const char* op, const char* arg) {
-  check_cpu(packed, op, arg);
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1,
-              "fastinfer.", op, ": ", arg, " must be a 1-D uint8 packed weight (from fastinfer.ops.pack_int8_weight), "
-              "got dtype ", packed.scalar_type(), " with ", packed.dim(), " dims");
-  TORCH_CHECK(packed.is_contiguous(), "fastinfer.", op, ": ", arg, " must be contiguous");
-  PackedHeader h;
-  const char* err = kernels::validate_packed(packed.data_ptr<uint8_t>(), packed.numel(), &h);
-  TORCH_CHECK(err == nullptr, "fastinfer.", op, ": ", arg, " is not a valid packed weight: ", err);
-  return h;
-}
-
-// Per-channel vectors (scales, bias): 1-D, length n, fp32 contiguous (other float dtypes converted).
-at::Tensor channel_vector(const at::Tensor& t, int64_t n, const char* op, const char* arg, bool any_float) {
-  check_cpu(t, op, arg);
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, "fastinfer.", op, ": ", arg, " must be 1-D of length ", n,
-              ", got shape ", t.sizes());
-  if (any_float) {
-    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "fastinfer.", op, ": ", arg,
-                " must be a floating-point tensor, got ", t.scalar_type());
-  } else {
-    check_dtype(t, at::kFloat, op, arg);
-  }
-  return t.to(at::kFloat).contiguous();
-}
-
-// Splits the GEMM into (column panel, row chunk) items: consecutive items share a weight panel.
-template <typename Params, typename Fn>
-void run_gemm(const Params& p, Fn fn, const kernels::KernelSet& ks) {
-  const int64_t N_pad = kernels::round_up(p.N, kernels::kPackNB);
-  const int64_t panels = (N_pad + ks.n_panel - 1) / ks.n_panel;
-  const int64_t chunks = (p.M + ks.m_chunk - 1) / ks.m_chunk;
-  const int64_t macs_per_item = std::max<int64_t>(1, std::min(ks.m_chunk, p.M) * ks.n_panel * p.K);
-  const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / macs_per_item);
-  at::parallel_for(0, panels * chunks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t it = begin; it < end; ++it) {
-      const int64_t panel = it / chunks, chunk = it % chunks;
-      const int64_t m0 = chunk * ks.m_chunk, n0 = panel * ks.n_panel;
-      fn(p, m0, std::min(p.M, m0 + ks.m_chunk), n0, std::min(N_pad, n0 + ks.n_panel));
-    }
-  });
-}
-
-// Quantizes the rows of x2 (contiguous [M, K], fp32/bf16) into q ([M, K_pad]) and scale ([M]).
-void quantize_rows(const at::Tensor& x2, at::Tensor& q, at::Tensor& scale, bool shift128) {
-  kernels::QuantizeParams p;
-  p.M = x2.size(0);
-  p.K = x2.size(1);
-  p.x = x2.data_ptr();
-  p.x_is_bf16 = x2.scalar_type() == at::kBFloat16;
-  p.ldx = x2.stride(0);
-  p.q = q.data_ptr();
-  p.ldq = q.stride(0);
-  p.K_pad = q.size(1);
-  p.shift128 = shift128;
-  p.scale = scale.data_ptr<float>();
-  const auto& ks = kernels_for(Family::Quantize);
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, p.K));
-  at::parallel_for(0, p.M, grain, [&](int64_t b, int64_t e) { ks.quantize(p, b, e); });
-}
 
 // Activations [..., K] of dtype fp32/bf16 -> contiguous [M, K].
 at::Tensor activation_2d(const at::Tensor& x, int64_t K, const char* op) {
@@ -228,19 +154,34 @@ at::Tensor int8_scaled_mm(const at::Tensor& a, const at::Tensor& a_scale, const 
   return out;
 }
 
-at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
-                               const std::optional<at::Tensor>& bias) {
-  const char* op = "int8_linear_dynamic";
+// Shared body of the w8a8 linear ops: quantize x (per token, or per tensor with static_inv), GEMM,
+// fused epilogue. Output: x's dtype, or int8 when out_scale is given.
+at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
+                       const std::optional<at::Tensor>& bias, const std::string& activation,
+                       std::optional<double> x_scale, std::optional<double> out_scale) {
   const PackedHeader h = checked_header(packed_w, op, "packed_w");
+  const kernels::Act act = parse_act(activation, op);
   const at::Tensor x2 = activation_2d(x, h.K, op);
   const at::Tensor bs = channel_vector(w_scale, h.N, op, "w_scale", false);
   const at::Tensor bi = bias ? channel_vector(*bias, h.N, op, "bias", true) : at::Tensor();
+  if (x_scale)
+    TORCH_CHECK(std::isfinite(*x_scale) && *x_scale > 0, "fastinfer.", op, ": x_scale must be a positive finite "
+                "number (the calibrated activation scale), got ", *x_scale);
+  if (out_scale)
+    TORCH_CHECK(std::isfinite(*out_scale) && *out_scale > 0, "fastinfer.", op,
+                ": out_scale must be a positive finite number, got ", *out_scale);
   const int64_t M = x2.size(0);
-  at::Tensor out = at::empty({M, h.N}, x.options());
+  at::Tensor out = at::empty({M, h.N}, x.options().dtype(out_scale ? at::kChar : x.scalar_type()));
   if (M > 0) {
     at::Tensor q = at::empty({M, h.K_pad}, x.options().dtype(at::kByte));
     at::Tensor a_scale = at::empty({M}, x.options().dtype(at::kFloat));
-    quantize_rows(x2, q, a_scale, /*shift128=*/true);
+    if (x_scale) {
+      a_scale.fill_(static_cast<float>(*x_scale));
+      at::Tensor none;
+      quantize_rows(x2, q, none, /*shift128=*/true, 1.0f / static_cast<float>(*x_scale));
+    } else {
+      quantize_rows(x2, q, a_scale, /*shift128=*/true);
+    }
     kernels::Int8GemmParams p;
     fill_int8_params(p, h, packed_w, q, M);
     p.a_scale = a_scale.data_ptr<float>();
@@ -248,11 +189,24 @@ at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& packed_w, 
     p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
     p.out = out.data_ptr();
     p.ldo = h.N;
-    p.out_kind = x.scalar_type() == at::kFloat ? OutKind::Float32 : OutKind::BFloat16;
+    p.out_kind = out_scale ? OutKind::Int8 : (x.scalar_type() == at::kFloat ? OutKind::Float32 : OutKind::BFloat16);
+    p.act = act;
+    p.out_inv_scale = out_scale ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
     const auto& ks = kernels_for(Family::Int8Gemm);
     run_gemm(p, ks.int8_gemm, ks);
   }
   return out.view(out_shape(x, h.N));
+}
+
+at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
+                               const std::optional<at::Tensor>& bias, const std::string& activation) {
+  return w8a8_linear("int8_linear_dynamic", x, packed_w, w_scale, bias, activation, std::nullopt, std::nullopt);
+}
+
+at::Tensor int8_linear_static(const at::Tensor& x, double x_scale, const at::Tensor& packed_w, const at::Tensor& w_scale,
+                              const std::optional<at::Tensor>& bias, const std::string& activation,
+                              std::optional<double> out_scale) {
+  return w8a8_linear("int8_linear_static", x, packed_w, w_scale, bias, activation, x_scale, out_scale);
 }
 
 at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
@@ -308,6 +262,7 @@ TORCH_LIBRARY_IMPL(fastinfer, CPU, m) {
   m.impl("int8_mm", &int8_mm);
   m.impl("int8_scaled_mm", &int8_scaled_mm);
   m.impl("int8_linear_dynamic", &int8_linear_dynamic);
+  m.impl("int8_linear_static", &int8_linear_static);
   m.impl("int8_linear_weight_only", &int8_linear_weight_only);
 }
 

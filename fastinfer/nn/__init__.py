@@ -1,4 +1,6 @@
-"""Drop-in quantized replacements for torch.nn layers."""
-from .linear import Int8Linear, SCHEMES
+"""Drop-in quantized replacements for torch.nn layers, and fused float layers."""
+from .conv import Int8Conv2d
+from .fused import ConvAct2d, LinearAct
+from .linear import SCHEMES, Int8Linear
 
-__all__ = ["Int8Linear", "SCHEMES"]
+__all__ = ["Int8Linear", "Int8Conv2d", "ConvAct2d", "LinearAct", "SCHEMES"]

@@ -9,11 +9,8 @@ from torch import Tensor, nn
 from .. import ops
 from ..reference import quantize_weight_per_channel
 
-SCHEMES = ("w8a8_dynamic", "w8_only")
-_SCHEME_HELP = {
-    "w8a8_dynamic": "int8 weights (per channel), int8 activations quantized per token at run time",
-    "w8_only": "int8 weights (per channel), fp32/bf16 activations, weights dequantized in the kernel",
-}
+SCHEMES = ("w8a8_dynamic", "w8a8_static", "w8_only")
+ACTIVATIONS = ("none", "relu", "relu6")
 
 
 def check_scheme(scheme: str) -> str:
@@ -31,26 +28,43 @@ class Int8Linear(nn.Module):
     Build one with :meth:`from_float`; inference only (no autograd).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, scheme: str = "w8a8_dynamic"):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, scheme: str = "w8a8_dynamic",
+                 activation: str = "none", x_scale: Optional[float] = None, out_scale: Optional[float] = None):
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"in_features and out_features must be >= 1, got {in_features}, {out_features}")
         self.in_features, self.out_features = in_features, out_features
         self.scheme = check_scheme(scheme)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if scheme == "w8_only" and activation != "none":
+            raise ValueError("activation fusion needs an int8 scheme (w8a8_dynamic / w8a8_static), not w8_only")
+        if (scheme == "w8a8_static") != (x_scale is not None):
+            raise ValueError("x_scale (the calibrated activation scale) is required by, and only by, scheme "
+                             f"'w8a8_static'; got scheme={scheme!r}, x_scale={x_scale!r}")
+        for name, v in (("x_scale", x_scale), ("out_scale", out_scale)):
+            if v is not None and not (v > 0 and v < float("inf")):
+                raise ValueError(f"{name} must be a positive finite float or None, got {v!r}")
+        if out_scale is not None and scheme != "w8a8_static":
+            raise ValueError("out_scale (int8 output) is supported with scheme 'w8a8_static' only")
+        self.activation, self.x_scale, self.out_scale = activation, x_scale, out_scale
         # Placeholder of the right size (all-zero weight) until from_float or load_state_dict fills it.
         self.register_buffer("packed_weight", ops.pack_int8_weight(torch.zeros(out_features, in_features, dtype=torch.int8)))
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, scheme: str = "w8a8_dynamic") -> "Int8Linear":
-        """Quantizes a float nn.Linear (per output channel, symmetric) and packs its weight once."""
+    def from_float(cls, linear: nn.Linear, scheme: str = "w8a8_dynamic", activation: Optional[str] = None,
+                   x_scale: Optional[float] = None, out_scale: Optional[float] = None) -> "Int8Linear":
+        """Quantizes a float nn.Linear (per output channel, symmetric) and packs its weight once.
+        A fastinfer.nn.LinearAct's activation is taken over (fused into the kernel's epilogue)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
         if linear.weight.device.type not in ops.SUPPORTED_DEVICES:
             raise ValueError(f"linear is on device '{linear.weight.device}'; this build of fastinfer supports "
                              f"{', '.join(ops.SUPPORTED_DEVICES)} only (move the model with .cpu() first)")
-        mod = cls(linear.in_features, linear.out_features, linear.bias is not None, scheme)
+        act = activation or getattr(linear, "activation", None) or "none"
+        mod = cls(linear.in_features, linear.out_features, linear.bias is not None, scheme, act, x_scale, out_scale)
         w_q, w_scale = quantize_weight_per_channel(linear.weight)
         mod.packed_weight = ops.pack_int8_weight(w_q)
         mod.weight_scale = w_scale.contiguous()
@@ -60,7 +74,11 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.scheme == "w8a8_dynamic":
-            return torch.ops.fastinfer.int8_linear_dynamic(x, self.packed_weight, self.weight_scale, self.bias)
+            return torch.ops.fastinfer.int8_linear_dynamic(x, self.packed_weight, self.weight_scale, self.bias,
+                                                           self.activation)
+        if self.scheme == "w8a8_static":
+            return torch.ops.fastinfer.int8_linear_static(x, self.x_scale, self.packed_weight, self.weight_scale,
+                                                          self.bias, self.activation, self.out_scale)
         return torch.ops.fastinfer.int8_linear_weight_only(x, self.packed_weight, self.weight_scale, self.bias)
 
     def int8_weight(self) -> Tensor:
@@ -72,9 +90,23 @@ class Int8Linear(nn.Module):
         return self.int8_weight().float() * self.weight_scale[:, None]
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, scheme={self.scheme}, weight=int8 per-channel, "
-                f"isa={ops.cpu_capabilities()['active']}")
+        s = (f"in_features={self.in_features}, out_features={self.out_features}, "
+             f"bias={self.bias is not None}, scheme={self.scheme}, weight=int8 per-channel")
+        if self.activation != "none":
+            s += f", activation={self.activation}"
+        if self.x_scale is not None:
+            s += f", x_scale={self.x_scale:.4g}"
+        if self.out_scale is not None:
+            s += f", int8 out (scale {self.out_scale:.4g})"
+        return s + f", isa={ops.cpu_capabilities()['active']}"
+
+    def get_extra_state(self):
+        return {"scheme": self.scheme, "activation": self.activation, "x_scale": self.x_scale,
+                "out_scale": self.out_scale}
+
+    def set_extra_state(self, state):
+        self.scheme, self.activation = state["scheme"], state["activation"]
+        self.x_scale, self.out_scale = state["x_scale"], state["out_scale"]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "packed_weight"

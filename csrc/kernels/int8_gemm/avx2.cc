@@ -57,7 +57,8 @@ void int8_tile(const Int8GemmParams& p, int64_t m, int64_t n) {
       if (p.out_kind == OutKind::Int32)
         static_cast<int32_t*>(p.out)[idx] = v;
       else
-        store_out(p.out, idx, p.out_kind, dequant(v, p.a_scale[m + i], p.b_scale[n + j], p.bias, n + j));
+        store_out(p.out, idx, p.out_kind, dequant(v, p.a_scale[m + i], p.b_scale[n + j], p.bias, n + j, p.act),
+                  p.out_inv_scale);
     }
   }
 }
@@ -145,6 +146,16 @@ void quantize_avx2(const QuantizeParams& p, int64_t m0, int64_t m1) {
                                         0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
   const __m256i join = _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1);
   const int64_t K8 = p.K / 8 * 8;
+  if (p.static_inv > 0.0f) {
+    // Static per-tensor scale: the scalar rule of epilogue.h, vectorized by the compiler.
+    const int32_t shift = p.shift128 ? 128 : 0;
+    for (int64_t m = m0; m < m1; ++m) {
+      uint8_t* q = static_cast<uint8_t*>(p.q) + m * p.ldq;
+      for (int64_t k = 0; k < p.K; ++k) q[k] = static_cast<uint8_t>(quant_static(load1(p, m, k), p.static_inv) + shift);
+      for (int64_t k = p.K; k < p.K_pad; ++k) q[k] = static_cast<uint8_t>(shift);
+    }
+    return;
+  }
   for (int64_t m = m0; m < m1; ++m) {
     __m256i mx = _mm256_setzero_si256();
     for (int64_t k = 0; k < K8; k += 8)
@@ -182,6 +193,35 @@ void quantize_avx2(const QuantizeParams& p, int64_t m0, int64_t m1) {
   }
 }
 
+// Depthwise conv: 8 channels per vector (int32 products), scalar epilogue shared with ref.
+void dwconv_avx2(const DwConvParams& p, int64_t p0, int64_t p1) {
+  alignas(32) int32_t t[8];
+  for (int64_t pix = p0; pix < p1; ++pix) {
+    const int64_t n = pix / (p.OH * p.OW), oh = (pix / p.OW) % p.OH, ow = pix % p.OW;
+    for (int64_t c = 0; c < p.C; c += 8) {
+      const int64_t valid = std::min<int64_t>(8, p.C - c);
+      __m256i acc = _mm256_setzero_si256();
+      for (int64_t kh = 0; kh < p.KH; ++kh) {
+        const int64_t ih = oh * p.SH - p.PH + kh * p.DH;
+        if (ih < 0 || ih >= p.H) continue;
+        for (int64_t kw = 0; kw < p.KW; ++kw) {
+          const int64_t iw = ow * p.SW - p.PW + kw * p.DW;
+          if (iw < 0 || iw >= p.W) continue;
+          int64_t xb = 0, wb = 0;  // partial loads at the channel edge stay in bounds
+          std::memcpy(&xb, p.x + ((n * p.H + ih) * p.W + iw) * p.C + c, static_cast<size_t>(valid));
+          std::memcpy(&wb, p.w + (kh * p.KW + kw) * p.C + c, static_cast<size_t>(valid));
+          acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(xb)),
+                                                         _mm256_cvtepi8_epi32(_mm_cvtsi64_si128(wb))));
+        }
+      }
+      _mm256_store_si256(reinterpret_cast<__m256i*>(t), acc);
+      for (int64_t j = 0; j < valid; ++j)
+        store_out(p.out, pix * p.C + c + j, p.out_kind,
+                  dequant(t[j], p.a_scale, p.w_scale[c + j], p.bias, c + j, p.act), p.out_inv_scale);
+    }
+  }
+}
+
 // The AVX2 GEMM's inner step is vpmaddwd + vpaddd (16 MACs); 12 chains hide the latency.
 int64_t peak_probe_avx2(int64_t iters) {
   __m256i acc[12];
@@ -208,7 +248,7 @@ int64_t peak_probe_avx2(int64_t iters) {
 namespace fastinfer {
 namespace kernels {
 const KernelSet& kernels_avx2() {
-  static const KernelSet s{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, peak_probe_avx2, 64, 32};
+  static const KernelSet s{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, dwconv_avx2, peak_probe_avx2, 64, 32};
   return s;
 }
 }  // namespace kernels

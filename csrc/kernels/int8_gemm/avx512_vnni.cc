@@ -49,9 +49,26 @@ inline __m256i to_bf16(__m512 f) {
   return _mm512_cvtepi32_epi16(r);
 }
 
-inline void store_row16(void* out, int64_t idx, OutKind kind, __mmask16 mask, __m512 y) {
+// x * inv rounded half to even and clamped to [-127, 127] in float (so huge values cannot wrap
+// in the int conversion); NaN -> 0. Same rule as epilogue.h's requant / quant_static.
+inline __m512i quant16(__m512 v, __m512 inv) {
+  __m512 r = _mm512_mul_ps(v, inv);
+  r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q), _mm512_setzero_ps());
+  r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
+  return _mm512_cvtps_epi32(r);  // MXCSR default: nearest even
+}
+
+inline __m512 act16(__m512 y, Act act) {
+  if (act == Act::None) return y;
+  y = _mm512_max_ps(_mm512_setzero_ps(), y);  // second operand wins on NaN: NaN stays NaN
+  return act == Act::Relu6 ? _mm512_min_ps(_mm512_set1_ps(6.0f), y) : y;
+}
+
+inline void store_row16(void* out, int64_t idx, OutKind kind, __mmask16 mask, __m512 y, float out_inv = 1.0f) {
   if (kind == OutKind::BFloat16)
     _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + idx, mask, to_bf16(y));
+  else if (kind == OutKind::Int8)
+    _mm512_mask_cvtepi32_storeu_epi8(static_cast<int8_t*>(out) + idx, mask, quant16(y, _mm512_set1_ps(out_inv)));
   else
     _mm512_mask_storeu_ps(static_cast<float*>(out) + idx, mask, y);
 }
@@ -96,7 +113,7 @@ void int8_tile(const Int8GemmParams& p, int64_t m, int64_t n) {
       __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][j], comp));
       y = _mm512_mul_ps(_mm512_mul_ps(y, _mm512_set1_ps(p.a_scale[m + i])), bs);
       if (p.bias) y = _mm512_add_ps(y, bias);
-      store_row16(p.out, (m + i) * p.ldo + col, p.out_kind, mask, y);
+      store_row16(p.out, (m + i) * p.ldo + col, p.out_kind, mask, act16(y, p.act), p.out_inv_scale);
     }
   }
 }
@@ -189,6 +206,20 @@ inline __m512 load16(const QuantizeParams& p, int64_t m, int64_t k, __mmask16 ma
 
 void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  const int shift = p.shift128 ? 128 : 0;
+  if (p.static_inv > 0.0f) {
+    const __m512 vinv = _mm512_set1_ps(p.static_inv);
+    for (int64_t m = m0; m < m1; ++m) {
+      uint8_t* q = static_cast<uint8_t*>(p.q) + m * p.ldq;
+      for (int64_t k = 0; k < p.K; k += 16) {
+        const __mmask16 mask = col_mask(p.K - k);
+        const __m512i r = _mm512_add_epi32(quant16(load16(p, m, k, mask), vinv), _mm512_set1_epi32(shift));
+        _mm512_mask_cvtepi32_storeu_epi8(q + k, mask, r);
+      }
+      for (int64_t k = p.K; k < p.K_pad; ++k) q[k] = static_cast<uint8_t>(shift);
+    }
+    return;
+  }
   for (int64_t m = m0; m < m1; ++m) {
     __m512i mx = _mm512_setzero_si512();
     for (int64_t k = 0; k < p.K; k += 16) {
@@ -197,7 +228,6 @@ void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
     }
     const float inv = quant_row_inverse(static_cast<uint32_t>(_mm512_reduce_max_epu32(mx)), &p.scale[m]);
     uint8_t* q = static_cast<uint8_t*>(p.q) + m * p.ldq;
-    const int shift = p.shift128 ? 128 : 0;
     if (inv == 0.0f) {
       std::memset(q, shift, static_cast<size_t>(p.K_pad));
       continue;
@@ -212,6 +242,32 @@ void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
       _mm512_mask_cvtepi32_storeu_epi8(q + k, mask, r);
     }
     for (int64_t k = p.K; k < p.K_pad; ++k) q[k] = static_cast<uint8_t>(shift);
+  }
+}
+
+// ---- depthwise conv: 16 channels per vector, int32 products of widened int8 ----
+void dwconv_avx512(const DwConvParams& p, int64_t p0, int64_t p1) {
+  const __m512 a_scale = _mm512_set1_ps(p.a_scale);
+  for (int64_t pix = p0; pix < p1; ++pix) {
+    const int64_t n = pix / (p.OH * p.OW), oh = (pix / p.OW) % p.OH, ow = pix % p.OW;
+    for (int64_t c = 0; c < p.C; c += 16) {
+      const __mmask16 mask = col_mask(p.C - c);
+      __m512i acc = _mm512_setzero_si512();
+      for (int64_t kh = 0; kh < p.KH; ++kh) {
+        const int64_t ih = oh * p.SH - p.PH + kh * p.DH;
+        if (ih < 0 || ih >= p.H) continue;
+        for (int64_t kw = 0; kw < p.KW; ++kw) {
+          const int64_t iw = ow * p.SW - p.PW + kw * p.DW;
+          if (iw < 0 || iw >= p.W) continue;
+          const __m512i xv = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p.x + ((n * p.H + ih) * p.W + iw) * p.C + c));
+          const __m512i wv = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p.w + (kh * p.KW + kw) * p.C + c));
+          acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(xv, wv));
+        }
+      }
+      __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), a_scale), _mm512_maskz_loadu_ps(mask, p.w_scale + c));
+      if (p.bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, p.bias + c));
+      store_row16(p.out, pix * p.C + c, p.out_kind, mask, act16(y, p.act), p.out_inv_scale);
+    }
   }
 }
 
@@ -241,7 +297,8 @@ int64_t peak_probe_avx512(int64_t iters) {
 namespace fastinfer {
 namespace kernels {
 const KernelSet& kernels_avx512_vnni() {
-  static const KernelSet s{"avx512_vnni", int8_gemm_avx512, w8_gemm_avx512, quantize_avx512, peak_probe_avx512,
+  static const KernelSet s{"avx512_vnni", int8_gemm_avx512, w8_gemm_avx512, quantize_avx512, dwconv_avx512,
+                           peak_probe_avx512,
                            16 * Int8Traits::NB, 16 * Int8Traits::MR};
   return s;
 }

@@ -26,17 +26,40 @@ inline float bf16_to_f32(uint16_t h) {
   return f;
 }
 
-// Dequantize + bias for one output element, the order every kernel uses.
-inline float dequant(int32_t acc, float a_scale, float b_scale, const float* bias, int64_t n) {
-  float y = static_cast<float>(acc) * a_scale * b_scale;
-  return bias ? y + bias[n] : y;
+inline float apply_act(float y, Act act) {
+  // max/min written so NaN stays NaN (as torch.relu / hardtanh do).
+  if (act == Act::None) return y;
+  y = y < 0.0f ? 0.0f : y;
+  return (act == Act::Relu6 && y > 6.0f) ? 6.0f : y;
 }
 
-inline void store_out(void* out, int64_t idx, OutKind kind, float v) {
+// Dequantize + bias + activation for one output element, the order every kernel uses.
+inline float dequant(int32_t acc, float a_scale, float b_scale, const float* bias, int64_t n, Act act = Act::None) {
+  float y = static_cast<float>(acc) * a_scale * b_scale;
+  return apply_act(bias ? y + bias[n] : y, act);
+}
+
+// Requantization to int8 (symmetric): NaN -> 0.
+inline int8_t requant(float y, float out_inv_scale) {
+  float r = std::nearbyint(y * out_inv_scale);
+  if (!(r == r)) return 0;
+  return static_cast<int8_t>(r < -127.0f ? -127.0f : (r > 127.0f ? 127.0f : r));
+}
+
+inline void store_out(void* out, int64_t idx, OutKind kind, float v, float out_inv_scale = 1.0f) {
   if (kind == OutKind::BFloat16)
     static_cast<uint16_t*>(out)[idx] = f32_to_bf16(v);
+  else if (kind == OutKind::Int8)
+    static_cast<int8_t*>(out)[idx] = requant(v, out_inv_scale);
   else
     static_cast<float*>(out)[idx] = v;
+}
+
+// Quantizes one value with a fixed inverse scale (static per-tensor rule): NaN -> 0.
+inline int32_t quant_static(float x, float inv) {
+  float r = std::nearbyint(x * inv);
+  if (!(r == r)) return 0;
+  return static_cast<int32_t>(r < -127.0f ? -127.0f : (r > 127.0f ? 127.0f : r));
 }
 
 // Row scale rule of QuantizeParams, given amax as raw |x| bits (NaN/Inf >= 0x7f800000).

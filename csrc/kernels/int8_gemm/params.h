@@ -6,12 +6,15 @@
 namespace fastinfer {
 namespace kernels {
 
-enum class OutKind : int32_t { Int32 = 0, Float32 = 1, BFloat16 = 2 };
+enum class OutKind : int32_t { Int32 = 0, Float32 = 1, BFloat16 = 2, Int8 = 3 };
+// Activation fused into the float epilogue (before an Int8 requantization).
+enum class Act : int32_t { None = 0, Relu = 1, Relu6 = 2 };
 
 // Y[m, n] for m in [0, M), n in [0, N):
 //   acc   = sum_k A_u8[m, k] * B[n, k] - 128 * colsum[n]        (== sum_k A_s8 * B, exact)
 //   Int32 : Y = acc
-//   Float : Y = float(acc) * a_scale[m] * b_scale[n] (+ bias[n])  (see EPILOGUE.md)
+//   Float : Y = act(float(acc) * a_scale[m] * b_scale[n] (+ bias[n]))  (see EPILOGUE.md)
+//   Int8  : Y = clamp(round_half_even(Float * out_inv_scale), -127, 127)
 struct Int8GemmParams {
   int64_t M = 0, N = 0, K = 0;
   int64_t K_pad = 0;            // K rounded up to 4; A rows hold K_pad valid bytes
@@ -25,6 +28,8 @@ struct Int8GemmParams {
   void* out = nullptr;
   int64_t ldo = 0;              // elements between rows of out
   OutKind out_kind = OutKind::Int32;
+  Act act = Act::None;
+  float out_inv_scale = 1.0f;   // Int8 output: 1 / output scale
 };
 
 // Weight-only int8: Y = (X_f32 . B^T) * b_scale[n] (+ bias[n]); weights dequantized on the fly.
@@ -54,13 +59,35 @@ struct QuantizeParams {
   int64_t ldq = 0;              // bytes between rows of q
   int64_t K_pad = 0;            // columns [K, K_pad) of q are written as 0 (128 when shifted)
   bool shift128 = false;        // write q + 128 as u8 (the VNNI u8 x s8 operand)
-  float* scale = nullptr;       // [M]
+  float* scale = nullptr;       // [M] (may be null with static_inv)
+  // Static (calibrated) per-tensor quantization: q = clamp(round(x * static_inv), -127, 127) for
+  // every row, no amax pass. 0 selects the dynamic per-row rule above.
+  float static_inv = 0.0f;
+};
+
+// Depthwise int8 convolution (one filter per channel), NHWC activations and outputs.
+//   acc[n, oh, ow, c] = sum over valid taps x_s8[n, ih, iw, c] * w_s8[kh * KW + kw, c]
+//   then the float/Int8 epilogue of Int8GemmParams with a_scale (per tensor) and w_scale[c].
+struct DwConvParams {
+  int64_t N = 0, H = 0, W = 0, C = 0, OH = 0, OW = 0;
+  int64_t KH = 0, KW = 0, SH = 1, SW = 1, PH = 0, PW = 0, DH = 1, DW = 1;
+  const int8_t* x = nullptr;    // [N, H, W, C] int8
+  const int8_t* w = nullptr;    // [KH * KW, C] int8
+  float a_scale = 1.0f;
+  const float* w_scale = nullptr;   // [C]
+  const float* bias = nullptr;      // [C] or null
+  void* out = nullptr;              // [N, OH, OW, C]
+  OutKind out_kind = OutKind::Float32;  // Float32 or Int8
+  Act act = Act::None;
+  float out_inv_scale = 1.0f;
 };
 
 // Kernels compute the block rows [m0, m1) x columns [n0, n1) of Y; n0 is a multiple of 16.
 using Int8GemmFn = void (*)(const Int8GemmParams&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 using W8GemmFn = void (*)(const W8GemmParams&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 using QuantizeFn = void (*)(const QuantizeParams&, int64_t m0, int64_t m1);
+// Computes output pixels [p0, p1) of the flattened (n, oh, ow) range, all channels.
+using DwConvFn = void (*)(const DwConvParams&, int64_t p0, int64_t p1);
 // Runs `iters` rounds of the ISA's int8 multiply-accumulate on registers only (no memory):
 // the instruction's peak rate, for benchmarks. Returns the integer ops done (2 per MAC).
 using PeakProbeFn = int64_t (*)(int64_t iters);
@@ -71,6 +98,7 @@ struct KernelSet {
   Int8GemmFn int8_gemm;
   W8GemmFn w8_gemm;
   QuantizeFn quantize;
+  DwConvFn dwconv;
   PeakProbeFn peak_probe;   // null where there is no vector int8 instruction (ref)
   int64_t n_panel;   // columns a thread takes at once (B panel kept hot in L2)
   int64_t m_chunk;   // rows per work item

@@ -26,7 +26,8 @@ void int8_gemm_ref(const Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, 
       if (p.out_kind == OutKind::Int32)
         static_cast<int32_t*>(p.out)[idx] = acc;
       else
-        store_out(p.out, idx, p.out_kind, dequant(acc, p.a_scale[m], p.b_scale[n], p.bias, n));
+        store_out(p.out, idx, p.out_kind, dequant(acc, p.a_scale[m], p.b_scale[n], p.bias, n, p.act),
+                  p.out_inv_scale);
     }
   }
 }
@@ -51,6 +52,13 @@ void quantize_ref(const QuantizeParams& p, int64_t m0, int64_t m1) {
       return p.x_is_bf16 ? bf16_to_f32(static_cast<const uint16_t*>(p.x)[m * p.ldx + k])
                          : static_cast<const float*>(p.x)[m * p.ldx + k];
     };
+    if (p.static_inv > 0.0f) {
+      const int32_t shift = p.shift128 ? 128 : 0;
+      uint8_t* q = static_cast<uint8_t*>(p.q) + m * p.ldq;
+      for (int64_t k = 0; k < p.K; ++k) q[k] = static_cast<uint8_t>(quant_static(load(k), p.static_inv) + shift);
+      for (int64_t k = p.K; k < p.K_pad; ++k) q[k] = static_cast<uint8_t>(shift);
+      continue;
+    }
     uint32_t amax_bits = 0;
     for (int64_t k = 0; k < p.K; ++k) {
       float v = load(k);
@@ -70,10 +78,30 @@ void quantize_ref(const QuantizeParams& p, int64_t m0, int64_t m1) {
   }
 }
 
+void dwconv_ref(const DwConvParams& p, int64_t p0, int64_t p1) {
+  for (int64_t pix = p0; pix < p1; ++pix) {
+    const int64_t n = pix / (p.OH * p.OW), oh = (pix / p.OW) % p.OH, ow = pix % p.OW;
+    for (int64_t c = 0; c < p.C; ++c) {
+      int32_t acc = 0;
+      for (int64_t kh = 0; kh < p.KH; ++kh) {
+        const int64_t ih = oh * p.SH - p.PH + kh * p.DH;
+        if (ih < 0 || ih >= p.H) continue;
+        for (int64_t kw = 0; kw < p.KW; ++kw) {
+          const int64_t iw = ow * p.SW - p.PW + kw * p.DW;
+          if (iw < 0 || iw >= p.W) continue;
+          acc += static_cast<int32_t>(p.x[((n * p.H + ih) * p.W + iw) * p.C + c]) * p.w[(kh * p.KW + kw) * p.C + c];
+        }
+      }
+      store_out(p.out, pix * p.C + c, p.out_kind, dequant(acc, p.a_scale, p.w_scale[c], p.bias, c, p.act),
+                p.out_inv_scale);
+    }
+  }
+}
+
 }  // namespace
 
 const KernelSet& kernels_ref() {
-  static const KernelSet s{"ref", int8_gemm_ref, w8_gemm_ref, quantize_ref, nullptr, 16, 16};
+  static const KernelSet s{"ref", int8_gemm_ref, w8_gemm_ref, quantize_ref, dwconv_ref, nullptr, 16, 16};
   return s;
 }
 

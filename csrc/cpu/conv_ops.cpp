@@ -1,0 +1,222 @@
+// CPU entry layer for int8 convolution: checks, input quantization (per tensor), then either the
+// implicit GEMM (row chunks gathered on the fly into the int8 GEMM kernels) or the depthwise kernel.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "../kernels/conv/im2row.h"
+#include "entry.h"
+
+namespace fastinfer {
+namespace cpu {
+namespace {
+
+bool is_depthwise(int64_t groups, int64_t cin, int64_t cout) { return groups > 1 && groups == cin && cout == cin; }
+
+at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups) {
+  const char* op = "pack_conv_weight";
+  check_cpu(w, op, "weight");
+  check_dtype(w, at::kChar, op, "weight");
+  TORCH_CHECK(w.dim() == 4, "fastinfer.pack_conv_weight: weight must be 4-D [Cout, Cin/groups, KH, KW], got shape ",
+              w.sizes());
+  TORCH_CHECK(groups >= 1 && w.size(0) % groups == 0, "fastinfer.pack_conv_weight: groups must be >= 1 and divide "
+              "Cout=", w.size(0), ", got groups=", groups);
+  TORCH_CHECK(w.numel() > 0, "fastinfer.pack_conv_weight: weight is empty, shape ", w.sizes());
+  const int64_t cout = w.size(0), cin_g = w.size(1), kh = w.size(2), kw = w.size(3);
+  if (is_depthwise(groups, cin_g * groups, cout) && cin_g == 1)  // [KH*KW, C]: channels contiguous per tap
+    return w.reshape({cout, kh * kw}).t().contiguous();
+  const int64_t cout_g = cout / groups, K = kh * kw * cin_g;
+  TORCH_CHECK(K <= kMaxK, "fastinfer.pack_conv_weight: KH*KW*Cin/groups must be <= ", kMaxK, ", got ", K);
+  at::Tensor out = at::empty({groups, kernels::packed_nbytes(cout_g, K)}, w.options().dtype(at::kByte));
+  // Taps outer, channels inner: the gathered activation row is (kh, kw, c), NHWC-contiguous runs.
+  const at::Tensor rows = w.permute({0, 2, 3, 1}).contiguous().reshape({cout, K});
+  for (int64_t g = 0; g < groups; ++g)
+    kernels::pack_int8_weight(rows.data_ptr<int8_t>() + g * cout_g * K, K, cout_g, K, out[g].data_ptr<uint8_t>());
+  return out;
+}
+
+struct ConvArgs {
+  int64_t N, C, H, W, Cout, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, groups;
+};
+
+ConvArgs conv_args(const at::Tensor& x, int64_t cout, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef pad,
+                   at::IntArrayRef dil, int64_t groups) {
+  const char* op = "int8_conv2d";
+  TORCH_CHECK(x.dim() == 4, "fastinfer.int8_conv2d: x must be 4-D [N, C, H, W], got shape ", x.sizes());
+  TORCH_CHECK(k.size() == 2 && s.size() == 2 && pad.size() == 2 && dil.size() == 2,
+              "fastinfer.int8_conv2d: kernel_size, stride, padding and dilation must have 2 values each");
+  TORCH_CHECK(k[0] >= 1 && k[1] >= 1, "fastinfer.int8_conv2d: kernel_size must be >= 1, got ", k);
+  TORCH_CHECK(s[0] >= 1 && s[1] >= 1, "fastinfer.int8_conv2d: stride must be >= 1, got ", s);
+  TORCH_CHECK(pad[0] >= 0 && pad[1] >= 0, "fastinfer.int8_conv2d: padding must be >= 0, got ", pad);
+  TORCH_CHECK(dil[0] >= 1 && dil[1] >= 1, "fastinfer.int8_conv2d: dilation must be >= 1, got ", dil);
+  ConvArgs a{x.size(0), x.size(1), x.size(2), x.size(3), cout, 0, 0, k[0], k[1], s[0], s[1], pad[0], pad[1],
+             dil[0], dil[1], groups};
+  TORCH_CHECK(groups >= 1 && a.C % groups == 0 && cout % groups == 0, "fastinfer.", op, ": groups=", groups,
+              " must divide the input channels (", a.C, ") and output channels (", cout, ")");
+  const int64_t eff_h = a.DH * (a.KH - 1) + 1, eff_w = a.DW * (a.KW - 1) + 1;
+  a.OH = (a.H + 2 * a.PH - eff_h) / a.SH + 1;
+  a.OW = (a.W + 2 * a.PW - eff_w) / a.SW + 1;
+  TORCH_CHECK(a.H + 2 * a.PH >= eff_h && a.W + 2 * a.PW >= eff_w, "fastinfer.int8_conv2d: input ", a.H, "x", a.W,
+              " (padded ", a.H + 2 * a.PH, "x", a.W + 2 * a.PW, ") is smaller than the dilated kernel ", eff_h, "x",
+              eff_w);
+  return a;
+}
+
+at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
+                       const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                       std::optional<double> x_scale, std::optional<double> out_scale, const std::string& activation) {
+  const char* op = "int8_conv2d";
+  check_cpu(x, op, "x");
+  check_cpu(w_scale, op, "w_scale");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kChar,
+              "fastinfer.int8_conv2d: x must be float32 (quantized here) or int8 (with x_scale), got ", x.scalar_type());
+  TORCH_CHECK(w_scale.dim() == 1, "fastinfer.int8_conv2d: w_scale must be 1-D [Cout], got shape ", w_scale.sizes());
+  const ConvArgs a = conv_args(x, w_scale.size(0), kernel_size, stride, padding, dilation, groups);
+  const kernels::Act act = parse_act(activation, op);
+  const at::Tensor ws = channel_vector(w_scale, a.Cout, op, "w_scale", false);
+  const at::Tensor bi = bias ? channel_vector(*bias, a.Cout, op, "bias", true) : at::Tensor();
+  if (x.scalar_type() == at::kChar)
+    TORCH_CHECK(x_scale.has_value(), "fastinfer.int8_conv2d: an int8 x needs its x_scale");
+  if (x_scale)
+    TORCH_CHECK(std::isfinite(*x_scale) && *x_scale > 0, "fastinfer.int8_conv2d: x_scale must be a positive finite "
+                "number, got ", *x_scale);
+  if (out_scale)
+    TORCH_CHECK(std::isfinite(*out_scale) && *out_scale > 0, "fastinfer.int8_conv2d: out_scale must be a positive "
+                "finite number, got ", *out_scale);
+  const bool dw = is_depthwise(groups, a.C, a.Cout);
+  const int64_t cin_g = a.C / groups, cout_g = a.Cout / groups, K = a.KH * a.KW * cin_g;
+  if (dw) {
+    TORCH_CHECK(packed_w.scalar_type() == at::kChar && packed_w.dim() == 2 && packed_w.size(0) == a.KH * a.KW &&
+                packed_w.size(1) == a.C && packed_w.is_contiguous(),
+                "fastinfer.int8_conv2d: packed_w for this depthwise conv must be int8 [KH*KW=", a.KH * a.KW, ", C=",
+                a.C, "] from pack_conv_weight(weight, groups=", groups, "), got ", packed_w.scalar_type(), " ",
+                packed_w.sizes());
+  }
+  std::vector<PackedHeader> headers;
+  if (!dw) {
+    TORCH_CHECK(packed_w.dim() == 2 && packed_w.size(0) == groups && packed_w.is_contiguous(), "fastinfer.int8_conv2d: packed_w must be a contiguous [groups=",
+                groups, ", bytes] from pack_conv_weight, got shape ", packed_w.sizes());
+    for (int64_t g = 0; g < groups; ++g) {
+      const PackedHeader h = checked_header(packed_w[g], op, "packed_w");
+      TORCH_CHECK(h.N == cout_g && h.K == K, "fastinfer.int8_conv2d: packed_w holds a [", h.N, ", ", h.K,
+                  "] weight per group, expected [", cout_g, ", ", K, "] (Cout/groups, KH*KW*Cin/groups)");
+      headers.push_back(h);
+    }
+  }
+  const auto out_dtype = out_scale ? at::kChar : at::kFloat;
+  at::Tensor out = at::empty({a.N, a.Cout, a.OH, a.OW}, x.options().dtype(out_dtype).memory_format(at::MemoryFormat::ChannelsLast));
+  if (a.N == 0 || a.OH == 0 || a.OW == 0) return out;
+
+  // 1) activations -> int8 NHWC, one scale for the whole tensor (static x_scale, or amax / 127).
+  const at::Tensor xs = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x_rows = xs.permute({0, 2, 3, 1}).reshape({a.N * a.H * a.W, a.C});  // NHWC rows, no copy
+  float a_scale;
+  if (x_scale) {
+    a_scale = static_cast<float>(*x_scale);
+  } else {
+    const float amax = xs.numel() ? xs.abs().max().item<float>() : 0.0f;
+    a_scale = std::isfinite(amax) ? amax / 127.0f : std::nanf("");  // NaN/Inf anywhere: output NaN
+  }
+  const int64_t pixels = a.N * a.H * a.W;
+  at::Tensor xq = at::empty({pixels, a.C}, x.options().dtype(at::kByte));
+  const bool shift = !dw;  // GEMM path: u8 = s8 + 128 operand; depthwise multiplies s8 directly
+  if (x.scalar_type() == at::kChar) {
+    if (shift)
+      at::parallel_for(0, pixels, std::max<int64_t>(1, 65536 / a.C), [&](int64_t b, int64_t e) {
+        kernels::shift_rows_to_u8(x_rows.data_ptr<int8_t>() + b * a.C, a.C, e - b, a.C, xq.data_ptr<uint8_t>() + b * a.C,
+                                  a.C, a.C);
+      });
+    else
+      xq.copy_(x_rows.view(at::kByte));
+  } else if (a_scale > 0.0f && std::isfinite(a_scale)) {
+    at::Tensor none;
+    quantize_rows(x_rows, xq, none, shift, 1.0f / a_scale);
+  } else {
+    xq.fill_(shift ? 128 : 0);  // all-zero input (scale 0) or non-finite (scale NaN)
+  }
+  const kernels::OutKind kind = out_scale ? kernels::OutKind::Int8 : kernels::OutKind::Float32;
+  const float out_inv = out_scale ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
+  const int64_t M = a.N * a.OH * a.OW;
+
+  if (dw) {  // 2a) depthwise
+    kernels::DwConvParams p;
+    p.N = a.N; p.H = a.H; p.W = a.W; p.C = a.C; p.OH = a.OH; p.OW = a.OW;
+    p.KH = a.KH; p.KW = a.KW; p.SH = a.SH; p.SW = a.SW; p.PH = a.PH; p.PW = a.PW; p.DH = a.DH; p.DW = a.DW;
+    p.x = reinterpret_cast<const int8_t*>(xq.data_ptr<uint8_t>());
+    p.w = packed_w.data_ptr<int8_t>();
+    p.a_scale = a_scale;
+    p.w_scale = ws.data_ptr<float>();
+    p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
+    p.out = out.data_ptr();
+    p.out_kind = kind;
+    p.act = act;
+    p.out_inv_scale = out_inv;
+    const auto& ks = kernels_for(Family::DwConv);
+    const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, a.C * a.KH * a.KW));
+    at::parallel_for(0, M, grain, [&](int64_t b, int64_t e) { ks.dwconv(p, b, e); });
+    return out;
+  }
+
+  // 2b) implicit GEMM: per (group, row chunk), gather the chunk's rows, run every column panel.
+  const auto& ks = kernels_for(Family::Int8Gemm);
+  const int64_t K_pad = kernels::round_up(K, kernels::kPackKB);
+  const bool direct = a.KH == 1 && a.KW == 1 && a.SH == 1 && a.SW == 1 && a.PH == 0 && a.PW == 0 && groups == 1 &&
+                      K == K_pad;  // a 1x1 conv is a GEMM on the input rows themselves
+  std::vector<float> scales(static_cast<size_t>(std::min(M, ks.m_chunk)), a_scale);
+  kernels::ConvGeometry geo{a.N, a.H, a.W, a.C, a.OH, a.OW, a.KH, a.KW, a.SH, a.SW, a.PH, a.PW, a.DH, a.DW, cin_g};
+  const int64_t chunks = (M + ks.m_chunk - 1) / ks.m_chunk;
+  const int64_t N_pad = kernels::round_up(cout_g, kernels::kPackNB);
+  const int64_t macs_per_item = std::min(ks.m_chunk, M) * cout_g * K;
+  const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, macs_per_item));
+  const int64_t elem = out_scale ? 1 : 4;
+  at::parallel_for(0, groups * chunks, grain, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> buf(direct ? 0 : static_cast<size_t>(ks.m_chunk * K_pad));
+    for (int64_t it = begin; it < end; ++it) {
+      const int64_t g = it / chunks, m0 = (it % chunks) * ks.m_chunk, m1 = std::min(M, m0 + ks.m_chunk);
+      const PackedHeader& h = headers[g];
+      kernels::Int8GemmParams p;
+      const uint8_t* base = packed_w.data_ptr<uint8_t>() + g * packed_w.size(1);
+      p.N = cout_g;
+      p.K = K;
+      p.K_pad = K_pad;
+      p.b = reinterpret_cast<const int8_t*>(base + h.data_offset);
+      p.b_colsum = reinterpret_cast<const int32_t*>(base + h.colsum_offset);
+      if (direct) {
+        p.a = xq.data_ptr<uint8_t>() + m0 * a.C;
+        p.lda = a.C;
+      } else {
+        kernels::gather_conv_rows(geo, xq.data_ptr<uint8_t>(), g, m0, m1, buf.data(), K_pad, 128);
+        p.a = buf.data();
+        p.lda = K_pad;
+      }
+      p.M = m1 - m0;
+      p.a_scale = scales.data();
+      p.b_scale = ws.data_ptr<float>() + g * cout_g;
+      p.bias = bi.defined() ? bi.data_ptr<float>() + g * cout_g : nullptr;
+      p.out = static_cast<char*>(out.data_ptr()) + (m0 * a.Cout + g * cout_g) * elem;
+      p.ldo = a.Cout;
+      p.out_kind = kind;
+      p.act = act;
+      p.out_inv_scale = out_inv;
+      for (int64_t n0 = 0; n0 < N_pad; n0 += ks.n_panel) ks.int8_gemm(p, 0, m1 - m0, n0, std::min(N_pad, n0 + ks.n_panel));
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastinfer, CPU, m) {
+  m.impl("pack_conv_weight", &pack_conv_weight);
+  m.impl("int8_conv2d", &int8_conv2d);
+}
+
+}  // namespace cpu
+}  // namespace fastinfer

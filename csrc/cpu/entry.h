@@ -1,0 +1,107 @@
+// Shared pieces of the CPU entry layer: argument checks with messages that name the argument,
+// and the work split of the GEMM-shaped kernels. Included only by csrc/cpu/*.cpp.
+#pragma once
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <string>
+
+#include "../kernels/int8_gemm/pack.h"
+#include "../kernels/int8_gemm/params.h"
+#include "dispatch.h"
+
+namespace fastinfer {
+namespace cpu {
+
+using kernels::OutKind;
+using kernels::PackedHeader;
+
+constexpr int64_t kMaxK = (int64_t{1} << 17) - 1;
+constexpr int64_t kMinMacsPerTask = 1 << 18;  // below this, a thread hand-off costs more than it saves
+
+inline void check_cpu(const at::Tensor& t, const char* op, const char* arg) {
+  TORCH_CHECK(t.device().is_cpu(), "fastinfer.", op, ": ", arg, " must be a CPU tensor, got a tensor on ",
+              t.device(), " (this op has no kernel for that device in this build)");
+}
+
+inline void check_dtype(const at::Tensor& t, at::ScalarType want, const char* op, const char* arg) {
+  TORCH_CHECK(t.scalar_type() == want, "fastinfer.", op, ": ", arg, " must have dtype ", want, ", got ",
+              t.scalar_type());
+}
+
+inline PackedHeader checked_header(const at::Tensor& packed, const char* op, const char* arg) {
+  check_cpu(packed, op, arg);
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1,
+              "fastinfer.", op, ": ", arg, " must be a 1-D uint8 packed weight (from fastinfer.ops.pack_int8_weight), "
+              "got dtype ", packed.scalar_type(), " with ", packed.dim(), " dims");
+  TORCH_CHECK(packed.is_contiguous(), "fastinfer.", op, ": ", arg, " must be contiguous");
+  PackedHeader h;
+  const char* err = kernels::validate_packed(packed.data_ptr<uint8_t>(), packed.numel(), &h);
+  TORCH_CHECK(err == nullptr, "fastinfer.", op, ": ", arg, " is not a valid packed weight: ", err);
+  return h;
+}
+
+// Per-channel vectors (scales, bias): 1-D, length n, fp32 contiguous (other float dtypes converted).
+inline at::Tensor channel_vector(const at::Tensor& t, int64_t n, const char* op, const char* arg, bool any_float) {
+  check_cpu(t, op, arg);
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, "fastinfer.", op, ": ", arg, " must be 1-D of length ", n,
+              ", got shape ", t.sizes());
+  if (any_float) {
+    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "fastinfer.", op, ": ", arg,
+                " must be a floating-point tensor, got ", t.scalar_type());
+  } else {
+    check_dtype(t, at::kFloat, op, arg);
+  }
+  return t.to(at::kFloat).contiguous();
+}
+
+// Splits the GEMM into (column panel, row chunk) items: consecutive items share a weight panel.
+template <typename Params, typename Fn>
+inline void run_gemm(const Params& p, Fn fn, const kernels::KernelSet& ks) {
+  const int64_t N_pad = kernels::round_up(p.N, kernels::kPackNB);
+  const int64_t panels = (N_pad + ks.n_panel - 1) / ks.n_panel;
+  const int64_t chunks = (p.M + ks.m_chunk - 1) / ks.m_chunk;
+  const int64_t macs_per_item = std::max<int64_t>(1, std::min(ks.m_chunk, p.M) * ks.n_panel * p.K);
+  const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / macs_per_item);
+  at::parallel_for(0, panels * chunks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t it = begin; it < end; ++it) {
+      const int64_t panel = it / chunks, chunk = it % chunks;
+      const int64_t m0 = chunk * ks.m_chunk, n0 = panel * ks.n_panel;
+      fn(p, m0, std::min(p.M, m0 + ks.m_chunk), n0, std::min(N_pad, n0 + ks.n_panel));
+    }
+  });
+}
+
+// Quantizes the rows of x2 (contiguous [M, K], fp32/bf16) into q ([M, K_pad]) and scale ([M]).
+// static_inv > 0: fixed per-tensor scale (scale may be undefined then).
+inline void quantize_rows(const at::Tensor& x2, at::Tensor& q, at::Tensor& scale, bool shift128,
+                          float static_inv = 0.0f) {
+  kernels::QuantizeParams p;
+  p.M = x2.size(0);
+  p.K = x2.size(1);
+  p.x = x2.data_ptr();
+  p.x_is_bf16 = x2.scalar_type() == at::kBFloat16;
+  p.ldx = x2.stride(0);
+  p.q = q.data_ptr();
+  p.ldq = q.stride(0);
+  p.K_pad = q.size(1);
+  p.shift128 = shift128;
+  p.scale = scale.defined() ? scale.data_ptr<float>() : nullptr;
+  p.static_inv = static_inv;
+  const auto& ks = kernels_for(Family::Quantize);
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, p.K));
+  at::parallel_for(0, p.M, grain, [&](int64_t b, int64_t e) { ks.quantize(p, b, e); });
+}
+
+inline kernels::Act parse_act(const std::string& a, const char* op) {
+  if (a == "none") return kernels::Act::None;
+  if (a == "relu") return kernels::Act::Relu;
+  if (a == "relu6") return kernels::Act::Relu6;
+  TORCH_CHECK(false, "fastinfer.", op, ": activation must be 'none', 'relu' or 'relu6', got '", a, "'");
+  return kernels::Act::None;
+}
+
+}  // namespace cpu
+}  // namespace fastinfer

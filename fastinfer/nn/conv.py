@@ -1,0 +1,125 @@
+"""Int8Conv2d: an nn.Conv2d replacement with int8 weights packed once and our int8 conv kernels
+(implicit GEMM on the int8 GEMM micro-kernels; a separate depthwise kernel)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+
+ACTIVATIONS = ("none", "relu", "relu6")
+CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")
+
+
+def _pair(v) -> Tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def conv_padding(conv: nn.Conv2d) -> Tuple[int, int]:
+    """Explicit zero padding of a conv (resolving 'valid' / 'same'); refuses what we cannot run exactly."""
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"conv has padding_mode={conv.padding_mode!r}; Int8Conv2d supports zero padding only")
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        pads = []
+        for k, d, s in zip(conv.kernel_size, conv.dilation, conv.stride):
+            total = d * (k - 1)
+            if s != 1 or total % 2:
+                raise ValueError("conv has padding='same' with an even effective kernel or stride > 1 (asymmetric "
+                                 "padding); Int8Conv2d supports symmetric zero padding only")
+            pads.append(total // 2)
+        return tuple(pads)
+    return _pair(conv.padding)
+
+
+def quantize_conv_weight(w: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-output-channel symmetric int8 of a [Cout, Cin/g, KH, KW] weight; all-zero channels get scale 1."""
+    wf = w.detach().float()
+    amax = wf.abs().amax(dim=(1, 2, 3))
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    q = torch.round(wf / scale[:, None, None, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+class Int8Conv2d(nn.Module):
+    """2-D convolution with per-channel int8 weights and int8 activations (one scale per tensor).
+
+    x: [N, C, H, W] float32 (NCHW or channels_last; converted to channels_last once per call) or int8
+    (channels_last, from a layer with out_scale). Output: [N, Cout, OH, OW] in channels_last memory,
+    float32, or int8 when out_scale is set. The activation ('relu'/'relu6') is fused in the epilogue.
+    x_scale None: dynamic (amax / 127 of each input); a float: static (calibrated).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, activation: str = "none", x_scale: Optional[float] = None,
+                 out_scale: Optional[float] = None):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        for name, v in (("x_scale", x_scale), ("out_scale", out_scale)):
+            if v is not None and not (v > 0 and v < float("inf")):
+                raise ValueError(f"{name} must be a positive finite float or None, got {v!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.activation, self.x_scale, self.out_scale = activation, x_scale, out_scale
+        zeros = torch.zeros(out_channels, in_channels // groups, *self.kernel_size, dtype=torch.int8)
+        self.register_buffer("packed_weight", ops.pack_conv_weight(zeros, groups))
+        self.register_buffer("weight_scale", torch.ones(out_channels))
+        self.register_buffer("bias", torch.zeros(out_channels) if bias else None)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, activation: Optional[str] = None, x_scale: Optional[float] = None,
+                   out_scale: Optional[float] = None) -> "Int8Conv2d":
+        """Quantizes a float Conv2d (or fastinfer.nn.ConvAct2d, whose activation is taken over)."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
+        if conv.weight.device.type not in ops.SUPPORTED_DEVICES:
+            raise ValueError(f"conv is on device '{conv.weight.device}'; this build of fastinfer supports "
+                             f"{', '.join(ops.SUPPORTED_DEVICES)} only")
+        act = activation or getattr(conv, "activation", None) or "none"
+        mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv_padding(conv),
+                  conv.dilation, conv.groups, conv.bias is not None, act, x_scale, out_scale)
+        w_q, w_scale = quantize_conv_weight(conv.weight)
+        mod.packed_weight = ops.pack_conv_weight(w_q, conv.groups)
+        mod.weight_scale = w_scale.contiguous()
+        if conv.bias is not None:
+            mod.bias = conv.bias.detach().float().clone()
+        return mod
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.fastinfer.int8_conv2d(x, self.packed_weight, self.weight_scale, self.bias,
+                                               list(self.kernel_size), list(self.stride), list(self.padding),
+                                               list(self.dilation), self.groups, self.x_scale, self.out_scale,
+                                               self.activation)
+
+    def extra_repr(self) -> str:
+        mode = "dynamic" if self.x_scale is None else f"static x_scale={self.x_scale:.4g}"
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"padding={self.padding}")
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        s += f", bias={self.bias is not None}, activation={self.activation}, activations={mode}"
+        if self.out_scale is not None:
+            s += f", int8 out (scale {self.out_scale:.4g})"
+        return s
+
+    def get_extra_state(self):
+        return {"activation": self.activation, "x_scale": self.x_scale, "out_scale": self.out_scale}
+
+    def set_extra_state(self, state):
+        self.activation, self.x_scale, self.out_scale = state["activation"], state["x_scale"], state["out_scale"]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "packed_weight"
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(self.packed_weight.shape):
+            raise ValueError(f"{key}: packed conv weight of shape {tuple(state_dict[key].shape)} does not fit this "
+                             f"layer (expected {tuple(self.packed_weight.shape)})")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,0 +1,342 @@
+"""fastinfer.fuse: fold eval-mode BatchNorm into the preceding Conv2d/Linear and fuse a following
+ReLU/ReLU6 into it (ConvAct2d/LinearAct), so that static int8 quantization sees one layer per block.
+
+How the model comes back: the *same* model object (or its deep copy), with submodules swapped in
+place, never an fx.GraphModule. torch.fx is only used to find the patterns. So the model keeps its
+class, its methods and every module name:
+
+* a fused Conv2d/Linear keeps its name (``features.0`` stays ``features.0``); it becomes a
+  ConvAct2d/LinearAct when an activation was fused, and stays an nn.Conv2d/nn.Linear (with folded
+  weights, and a bias if it had none) when only a BatchNorm was folded;
+* a folded BatchNorm is replaced by nn.Identity under its own name;
+* an activation *module* whose every call was fused is replaced by nn.Identity; one that is also
+  used elsewhere (a shared ``self.relu``), and every *functional* activation (F.relu, torch.relu,
+  F.relu6, F.hardtanh(x, 0, 6), x.relu()), stays in the forward. This is correct because ReLU and
+  ReLU6 are idempotent: relu(relu(y)) == relu(y), and the layer's output only fed that activation.
+
+Returning the module tree rather than a GraphModule keeps names stable for calibration and for the
+int8 swap, and lets one rule cover models fx cannot trace: their parts are fused by module
+pattern (see _fuse_untraceable) and come out in the same shape.
+"""
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+
+import torch
+from torch import Tensor, fx, nn
+import torch.nn.functional as F
+
+from ..nn.fused import ConvAct2d, LinearAct
+
+TRAINING_ERROR = "fuse needs model.eval(): BatchNorm folding uses running statistics"
+
+_RELU_FUNCTIONS = {F.relu: "F.relu", torch.relu: "torch.relu", F.relu_: "F.relu_", torch.relu_: "torch.relu_"}
+_HARDTANH_FUNCTIONS = {F.relu6: "F.relu6", F.hardtanh: "F.hardtanh", F.hardtanh_: "F.hardtanh_"}
+_RELU_METHODS = ("relu", "relu_")
+
+
+class FuseReport(list):
+    """What fuse did: one string per fusion, in model order ("conv1 + bn1 + relu1", "fc + F.relu").
+
+    Also ``skipped``: (BatchNorm name, reason) for every BatchNorm left unfolded, and ``notes``:
+    submodules torch.fx could not trace (their Sequential children were fused by position).
+    """
+
+    def __init__(self, items=()):
+        super().__init__(items)
+        self.skipped: List[Tuple[str, str]] = []
+        self.notes: List[str] = []
+
+    def __str__(self) -> str:
+        lines = [f"fastinfer.fuse: {len(self)} fusion(s), {len(self.skipped)} BatchNorm(s) left in place"]
+        lines += [f"  fused    {f}" for f in self]
+        lines += [f"  kept     {n}: {r}" for n, r in self.skipped]
+        lines += [f"  note     {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], None] = None,
+         inplace: bool = False) -> nn.Module:
+    """Folds BatchNorm2d into the preceding Conv2d and BatchNorm1d into the preceding Linear, and
+    fuses a following ReLU/ReLU6 into ConvAct2d/LinearAct, wherever the layer's output feeds only
+    that BatchNorm/activation. Eval mode only (raises ValueError in training mode: the folded
+    weights use the running statistics).
+
+    Folding, per output channel c, with s = gamma / sqrt(running_var + eps) (gamma = 1, beta = 0
+    without affine; b = 0 without bias), computed in float64 and stored in the weight's dtype:
+        w'[c] = w[c] * s[c]        b'[c] = (b[c] - running_mean[c]) * s[c] + beta[c]
+
+    ``example_inputs`` (optional, a tensor or a tuple of them) lets fuse check shapes: a Linear
+    output that is not 2-D ([N, L, C]) is then never folded with a BatchNorm1d, which would
+    normalize dim 1. Without it, Linear + BatchNorm1d is folded whenever the sizes agree.
+
+    ``inplace=False`` deep-copies the model first. Returns the model with submodules swapped (module
+    names unchanged; see the module docstring) and ``model.fastinfer_fuse_report`` (a FuseReport).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if any(m.training for m in model.modules()):
+        raise ValueError(TRAINING_ERROR)
+    if isinstance(example_inputs, Tensor):
+        example_inputs = (example_inputs,)
+    if not inplace:
+        model = copy.deepcopy(model)
+    counts = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    fuser = _Fuser(model, {i for i, n in counts.items() if n > 1}, FuseReport())
+    with torch.no_grad():
+        fuser.fuse_module("", model, tuple(example_inputs) if example_inputs is not None else None)
+    model.fastinfer_fuse_report = fuser.report
+    return model
+
+
+class _Tracer(fx.Tracer):
+    # fastinfer's own layers (ConvAct2d, LinearAct, Int8Linear ...) are leaves like torch.nn's, so
+    # an already-fused layer shows up as one call and fuse can run twice.
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return type(m).__module__.startswith("fastinfer.nn") or super().is_leaf_module(m, qualname)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _arg(node: fx.Node, index: int, name: str, default):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _module_activation(mod: nn.Module) -> Optional[str]:
+    if type(mod) is nn.ReLU:
+        return "relu"
+    if type(mod) in (nn.ReLU6, nn.Hardtanh) and mod.min_val == 0 and mod.max_val == 6:
+        return "relu6"
+    return None
+
+
+def _bn_type(layer: nn.Module):
+    return nn.BatchNorm2d if isinstance(layer, nn.Conv2d) else nn.BatchNorm1d
+
+
+class _Fuser:
+    def __init__(self, root: nn.Module, aliased: Set[int], report: FuseReport):
+        self.root, self.aliased, self.report = root, aliased, report
+
+    # -- what can be fused
+
+    def base_layer(self, mod: nn.Module) -> bool:
+        """A layer that can take a BatchNorm or an activation: plain Conv2d/Linear (a subclass may
+        change forward), or a ConvAct2d/LinearAct that has no activation yet."""
+        if id(mod) in self.aliased:
+            return False
+        if type(mod) in (nn.Conv2d, nn.Linear):
+            return True
+        return type(mod) in (ConvAct2d, LinearAct) and mod.activation is None
+
+    def bn_problem(self, layer: nn.Module, bn: nn.Module, out_ndim: Optional[int]) -> Optional[str]:
+        """Why ``bn`` cannot be folded into ``layer`` (None when it can)."""
+        if id(bn) in self.aliased:
+            return "the BatchNorm module is registered under several names"
+        if bn.running_mean is None or bn.running_var is None:
+            return "no running statistics (track_running_stats=False): it normalizes with batch statistics"
+        n_out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+        if bn.num_features != n_out:
+            return f"num_features={bn.num_features} but the layer has {n_out} output channels"
+        if isinstance(layer, nn.Linear) and out_ndim is not None and out_ndim != 2:
+            return f"the Linear output is {out_ndim}-D: BatchNorm1d normalizes dim 1, not the features"
+        return None
+
+    # -- the two ways of finding patterns
+
+    def fuse_module(self, prefix: str, module: nn.Module, example_inputs: Optional[tuple]) -> None:
+        try:
+            graph = _Tracer().trace(module)
+        except Exception as exc:  # any failure to trace (data-dependent control flow, unsupported ops)
+            self.fuse_untraceable(prefix, module, exc)
+            return
+        self.fuse_graph(prefix, module, graph, example_inputs)
+
+    def fuse_untraceable(self, prefix: str, module: nn.Module, exc: Exception) -> None:
+        """torch.fx could not trace ``module``: fuse adjacent children of a plain nn.Sequential (its
+        forward feeds each child's output only to the next child), then try each child with
+        children on its own, so traceable parts still get the full graph analysis.
+
+        Assumes, as a Sequential's structure does, that a child is called only by its parent's
+        forward (not also directly from elsewhere).
+        """
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        self.report.notes.append(f"{prefix or '<model>'} ({type(module).__name__}): torch.fx could not trace it "
+                                 f"({type(exc).__name__}: {reason[:120]}); fused by module pattern")
+        if type(module) is nn.Sequential:
+            self.fuse_sequential(prefix, module)
+        for name, child in module.named_children():
+            if next(child.children(), None) is not None and not type(child).__module__.startswith("fastinfer.nn"):
+                self.fuse_module(_join(prefix, name), child, None)
+
+    def fuse_sequential(self, prefix: str, seq: nn.Sequential) -> None:
+        names = list(seq._modules.keys())
+        mods = [seq._modules[n] for n in names]
+        i = 0
+        while i < len(mods):
+            layer = mods[i]
+            if layer is None or not self.base_layer(layer):
+                i += 1
+                continue
+            j, bn_name, act, act_name = i + 1, None, None, None
+            if j < len(mods) and type(mods[j]) is _bn_type(layer):
+                problem = self.bn_problem(layer, mods[j], None)
+                if problem:
+                    self.report.skipped.append((_join(prefix, names[j]), problem))
+                    i = j + 1
+                    continue
+                bn_name, j = names[j], j + 1
+            if j < len(mods) and mods[j] is not None and _module_activation(mods[j]):
+                act, act_name, j = _module_activation(mods[j]), names[j], j + 1
+            if bn_name is not None or act is not None:
+                self.apply(_join(prefix, names[i]), bn_name and _join(prefix, bn_name), act,
+                           act_name and _join(prefix, act_name),
+                           remove_act=act_name is not None and id(seq._modules[act_name]) not in self.aliased)
+            i = j
+
+    def fuse_graph(self, prefix: str, module: nn.Module, graph: fx.Graph, example_inputs: Optional[tuple]) -> None:
+        mods: Dict[str, nn.Module] = dict(module.named_modules())
+        ndims = self.output_ndims(module, graph, example_inputs)
+        calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+        act_fused: Counter = Counter()        # activation module name -> fused call sites
+        folded: Set[str] = set()
+
+        def only_user(node: fx.Node) -> Optional[fx.Node]:
+            users = list(node.users)
+            if len(users) == 1 and users[0].args and users[0].args[0] is node:
+                return users[0]
+            return None
+
+        def activation_of(node: Optional[fx.Node]) -> Tuple[Optional[str], Optional[str], bool]:
+            """(activation, how the report names it, is it a module) for an activation node."""
+            if node is None:
+                return None, None, False
+            if node.op == "call_module":
+                act = _module_activation(mods[node.target])
+                return (act, _join(prefix, node.target), True) if act else (None, None, False)
+            if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
+                return "relu", _RELU_FUNCTIONS[node.target], False
+            if node.op == "call_function" and node.target in _HARDTANH_FUNCTIONS:
+                if node.target is F.relu6:
+                    return "relu6", "F.relu6", False
+                lo, hi = _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
+                if lo == 0 and hi == 6:
+                    return "relu6", f"{_HARDTANH_FUNCTIONS[node.target]}(0, 6)", False
+            if node.op == "call_method" and node.target in _RELU_METHODS:
+                return "relu", f".{node.target}()", False
+            return None, None, False
+
+        for node in list(graph.nodes):
+            if node.op != "call_module" or calls[node.target] != 1 or not self.base_layer(mods[node.target]):
+                continue
+            layer = mods[node.target]
+            bn_node, nxt = None, only_user(node)
+            if (nxt is not None and nxt.op == "call_module" and type(mods[nxt.target]) is _bn_type(layer)
+                    and calls[nxt.target] == 1):
+                problem = self.bn_problem(layer, mods[nxt.target], ndims.get(node.name))
+                if problem:
+                    continue  # reported below with the other unfolded BatchNorms
+                bn_node, nxt = nxt, only_user(nxt)
+                folded.add(bn_node.target)
+            act, act_label, is_module = activation_of(nxt)
+            if bn_node is None and act is None:
+                continue
+            if act is not None and is_module:
+                act_fused[nxt.target] += 1
+            self.apply(_join(prefix, node.target), bn_node and _join(prefix, bn_node.target), act, act_label,
+                       remove_act=False)
+        # An activation module becomes Identity only when every one of its calls was fused.
+        for target, n in act_fused.items():
+            if n == calls[target] and id(mods[target]) not in self.aliased:
+                self.replace(_join(prefix, target), nn.Identity())
+        for node in graph.nodes:
+            if (node.op == "call_module" and node.target not in folded
+                    and isinstance(mods[node.target], (nn.BatchNorm1d, nn.BatchNorm2d))):
+                self.report.skipped.append((_join(prefix, node.target), self.why_not_folded(node, mods, calls, ndims)))
+
+    def why_not_folded(self, bn_node: fx.Node, mods, calls, ndims) -> str:
+        bn = mods[bn_node.target]
+        if calls[bn_node.target] != 1:
+            return f"called {calls[bn_node.target]} times"
+        src = bn_node.args[0] if bn_node.args else None
+        if not isinstance(src, fx.Node) or src.op != "call_module":
+            return "its input is not the output of a Conv2d/Linear module"
+        layer = mods[src.target]
+        if type(layer) not in (nn.Conv2d, nn.Linear, ConvAct2d, LinearAct):
+            return f"its input comes from {src.target} ({type(layer).__name__}), not a Conv2d/Linear"
+        if type(bn) is not _bn_type(layer):
+            return f"{type(bn).__name__} after {type(layer).__name__} (expected {_bn_type(layer).__name__})"
+        if len(src.users) != 1:
+            others = ", ".join(u.name for u in src.users if u is not bn_node) or "the model output"
+            return f"{src.target}'s output also feeds {others}"
+        if calls[src.target] != 1:
+            return f"{src.target} is called {calls[src.target]} times"
+        if not self.base_layer(layer):
+            return f"{src.target} cannot take it (shared module or activation already fused)"
+        return self.bn_problem(layer, bn, ndims.get(src.name)) or "not foldable"
+
+    def output_ndims(self, module: nn.Module, graph: fx.Graph, example_inputs: Optional[tuple]) -> Dict[str, int]:
+        """Rank of each node's output from one run on ``example_inputs`` ({} without them)."""
+        if example_inputs is None:
+            return {}
+        from torch.fx.passes.shape_prop import ShapeProp
+        gm = fx.GraphModule(module, graph)
+        try:
+            ShapeProp(gm).propagate(*example_inputs)
+        except Exception as exc:
+            self.report.notes.append(f"example_inputs did not run through the traced model ({type(exc).__name__}); "
+                                     "shapes not checked")
+            return {}
+        # ShapeProp fills the meta of gm's own copy of the graph; names are the same.
+        return {n.name: len(n.meta["tensor_meta"].shape) for n in gm.graph.nodes
+                if hasattr(n.meta.get("tensor_meta"), "shape")}
+
+    # -- the swap
+
+    def replace(self, name: str, new: nn.Module) -> None:
+        parent, _, child = name.rpartition(".")
+        owner = self.root.get_submodule(parent) if parent else self.root
+        new.train(getattr(owner, child).training)  # new modules start in training mode; keep eval
+        setattr(owner, child, new)
+
+    def apply(self, layer_name: str, bn_name: Optional[str], act: Optional[str], act_label: Optional[str],
+              remove_act: bool) -> None:
+        layer = self.root.get_submodule(layer_name)
+        new = layer
+        if act is not None:
+            new = (ConvAct2d.from_conv(layer, act) if isinstance(layer, nn.Conv2d)
+                   else LinearAct.from_linear(layer, act))
+        if bn_name is not None:
+            fold_bn(new, self.root.get_submodule(bn_name))
+            self.replace(bn_name, nn.Identity())
+        if new is not layer:
+            self.replace(layer_name, new)
+        if remove_act:
+            self.replace(act_label, nn.Identity())
+        self.report.append(" + ".join(n for n in (layer_name, bn_name, act_label) if n))
+
+
+def fold_bn(layer: nn.Module, bn: nn.Module) -> None:
+    """Folds eval-mode ``bn`` into ``layer`` (a Conv2d or Linear), replacing its weight and bias
+    Parameters; the math is in fuse's docstring. float64 keeps the result within rounding of the
+    unfused pair even when running_var is tiny."""
+    w = layer.weight
+    dev = w.device
+    inv_std = torch.rsqrt(bn.running_var.to(dev, torch.float64) + bn.eps)
+    gamma = bn.weight.to(dev, torch.float64) if bn.weight is not None else torch.ones_like(inv_std)
+    beta = bn.bias.to(dev, torch.float64) if bn.bias is not None else torch.zeros_like(inv_std)
+    s = gamma * inv_std
+    b = layer.bias.to(torch.float64) if layer.bias is not None else torch.zeros_like(inv_std)
+    new_w = w.detach().to(torch.float64) * s.reshape(-1, *([1] * (w.dim() - 1)))
+    new_b = (b - bn.running_mean.to(dev, torch.float64)) * s + beta
+    layer.weight = nn.Parameter(new_w.to(w.dtype), requires_grad=w.requires_grad)
+    layer.bias = nn.Parameter(new_b.to(w.dtype), requires_grad=w.requires_grad)
+
+
+__all__ = ["fuse", "fold_bn", "FuseReport", "TRAINING_ERROR"]

@@ -1,0 +1,175 @@
+"""int8_conv2d and Int8Conv2d vs fastinfer.reference (same quantized values: bit-exact), every ISA path."""
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from fastinfer import ops
+from fastinfer import reference as ref
+from fastinfer.nn import ConvAct2d, Int8Conv2d
+
+from conftest import assert_served
+
+# (N, C, H, W, Cout, k, stride, pad, dilation, groups)
+GEOMETRIES = [
+    (1, 3, 9, 7, 13, 3, 1, 1, 1, 1),      # odd channels, spatial sizes that miss tiles
+    (8, 13, 6, 5, 3, 3, 2, 1, 1, 1),      # batch 8, stride 2
+    (1, 16, 8, 8, 32, 1, 1, 0, 1, 1),     # 1x1: the direct GEMM path
+    (2, 13, 7, 7, 20, 1, 1, 0, 1, 1),     # 1x1 with C % 4 != 0: gathered
+    (2, 8, 11, 10, 8, 5, 2, 2, 1, 1),
+    (1, 4, 12, 12, 70, 7, 1, 3, 1, 1),
+    (1, 6, 10, 10, 6, 3, 1, 2, 2, 1),     # dilation
+    (2, 8, 6, 6, 12, 3, 1, 1, 1, 2),      # grouped
+    (1, 16, 7, 7, 16, 3, 1, 1, 1, 16),    # depthwise
+    (2, 13, 9, 9, 13, 3, 2, 1, 2, 13),    # depthwise, odd C, stride + dilation
+    (1, 24, 5, 5, 24, 5, 1, 2, 1, 24),    # depthwise 5x5
+]
+MODES = [  # (x_scale, out_scale, activation)
+    (None, None, "none"), (0.03, None, "relu"), (None, 0.05, "relu6"), (0.02, 0.04, "relu"),
+]
+
+
+def make(g):
+    N, C, H, W, Co, k, s, p, d, groups = g
+    w = torch.randint(-127, 128, (Co, C // groups, k, k), dtype=torch.int8)
+    return torch.randn(N, C, H, W) * 2, w, torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=["dynamic", "static-relu", "int8out-relu6", "static-int8out"])
+@pytest.mark.parametrize("g", GEOMETRIES, ids=[str(g) for g in GEOMETRIES])
+def test_int8_conv2d_matches_reference(isa, g, mode):
+    N, C, H, W, Co, k, s, p, d, groups = g
+    x_scale, out_scale, act = mode
+    x, w, ws, b = make(g)
+    y = ops.int8_conv2d(x, ops.pack_conv_weight(w, groups), ws, b, (k, k), (s, s), (p, p), (d, d), groups,
+                        x_scale, out_scale, act)
+    r = ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), groups, x_scale, out_scale, act)
+    assert y.shape == r.shape and y.dtype == r.dtype
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, r, rtol=0, atol=0)
+    depthwise = groups > 1 and groups == C == Co
+    assert_served("dwconv" if depthwise else "int8_gemm", isa)
+    assert_served("quantize", isa)
+
+
+@pytest.mark.parametrize("g", [GEOMETRIES[0], GEOMETRIES[8]], ids=["gemm", "depthwise"])
+def test_int8_input_and_no_bias(isa, g):
+    N, C, H, W, Co, k, s, p, d, groups = g
+    _, w, ws, _ = make(g)
+    xq = torch.randint(-127, 128, (N, C, H, W), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    y = ops.int8_conv2d(xq, ops.pack_conv_weight(w, groups), ws, None, (k, k), (s, s), (p, p), (d, d), groups, 0.05)
+    torch.testing.assert_close(y, ref.int8_conv2d(xq, w, ws, None, (s, s), (p, p), (d, d), groups, 0.05), rtol=0, atol=0)
+
+
+def test_nchw_and_channels_last_inputs_agree(isa):
+    x, w, ws, b = make(GEOMETRIES[0])
+    pw = ops.pack_conv_weight(w, 1)
+    y1 = ops.int8_conv2d(x, pw, ws, b, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    y2 = ops.int8_conv2d(x.contiguous(memory_format=torch.channels_last), pw, ws, b, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+
+
+def test_special_inputs(isa):
+    _, w, ws, b = make(GEOMETRIES[0])
+    pw = ops.pack_conv_weight(w, 1)
+    args = (pw, ws, b, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    zero = ops.int8_conv2d(torch.zeros(1, 3, 9, 7), *args)  # scale 0: output is the bias
+    torch.testing.assert_close(zero, b[None, :, None, None].expand_as(zero).contiguous(), rtol=0, atol=0)
+    x = torch.randn(1, 3, 9, 7)
+    x[0, 1, 2, 3] = float("nan")
+    assert torch.isnan(ops.int8_conv2d(x, *args)).all()     # dynamic per-tensor scale: NaN everywhere (documented)
+    static = ops.int8_conv2d(x, *args[:-1], 1, 0.02)          # static: NaN quantizes to 0
+    torch.testing.assert_close(static, ref.int8_conv2d(x, w, ws, b, (1, 1), (1, 1), (1, 1), 1, 0.02), rtol=0, atol=0)
+    empty = ops.int8_conv2d(torch.zeros(0, 3, 9, 7), *args)
+    assert empty.shape == (0, 13, 9, 7)
+
+
+def sqnr_db(a, b):
+    return float(10 * torch.log10(a.pow(2).mean() / (a - b).pow(2).mean()))
+
+
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_module_close_to_float(groups):
+    conv = nn.Conv2d(16, 32 if groups != 16 else 16, 3, padding=1, groups=groups)
+    q = Int8Conv2d.from_float(conv)
+    x = torch.randn(2, 16, 10, 10)
+    with torch.inference_mode():
+        assert sqnr_db(conv(x), q(x)) > 28
+
+
+def test_module_activation_from_convact_and_state_dict():
+    conv = ConvAct2d.from_conv(nn.Conv2d(8, 12, 3, padding="same"), "relu6")
+    q = Int8Conv2d.from_float(conv, x_scale=0.03)
+    assert q.activation == "relu6" and q.padding == (1, 1) and "relu6" in repr(q) and "static" in repr(q)
+    x = torch.randn(1, 8, 6, 6)
+    with torch.inference_mode():
+        y = q(x)
+    assert float(y.min()) >= 0 and float(y.max()) <= 6
+    buf = io.BytesIO()
+    torch.save(q.state_dict(), buf)
+    fresh = Int8Conv2d(8, 12, 3, padding=1)
+    buf.seek(0)
+    fresh.load_state_dict(torch.load(buf))
+    assert fresh.activation == "relu6" and fresh.x_scale == 0.03
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh(x), y, rtol=0, atol=0)
+
+
+def test_compile_and_export():
+    model = nn.Sequential(Int8Conv2d.from_float(nn.Conv2d(3, 8, 3, padding=1), activation="relu"),
+                          Int8Conv2d.from_float(nn.Conv2d(8, 8, 3, padding=1, groups=8)), nn.Flatten(),
+                          nn.Linear(8 * 36, 4)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    with torch.inference_mode():
+        eager = model(x)
+        torch.testing.assert_close(torch.compile(model, fullgraph=True, backend="eager")(x), eager, rtol=0, atol=0)
+    ep = torch.export.export(model, (x,))
+    assert "fastinfer.int8_conv2d.default" in {str(n.target) for n in ep.graph.nodes}
+    with torch.inference_mode():
+        torch.testing.assert_close(ep.module()(x), eager, rtol=0, atol=0)
+
+
+def test_opcheck_conv_ops():
+    w = torch.randint(-127, 128, (12, 4, 3, 3), dtype=torch.int8)
+    x = torch.randn(2, 8, 6, 6)
+    packed = ops.pack_conv_weight(w, 2)
+    torch.library.opcheck(torch.ops.fastinfer.pack_conv_weight.default, (w, 2))
+    torch.library.opcheck(torch.ops.fastinfer.int8_conv2d.default,
+                          (x, packed, torch.rand(12), torch.randn(12), [3, 3], [2, 2], [1, 1], [1, 1], 2, None, 0.1, "relu"))
+    wl = torch.randint(-127, 128, (6, 10), dtype=torch.int8)
+    torch.library.opcheck(torch.ops.fastinfer.int8_linear_static.default,
+                          (torch.randn(3, 10), 0.05, ops.pack_int8_weight(wl), torch.rand(6), None, "relu", None))
+
+
+def test_conv_bad_input():
+    w = torch.randint(-127, 128, (8, 4, 3, 3), dtype=torch.int8)
+    pw, ws = ops.pack_conv_weight(w, 1), torch.rand(8)
+    x = torch.randn(1, 4, 6, 6)
+    call = lambda x=x, pw=pw, **kw: ops.int8_conv2d(  # noqa: E731
+        x, pw, ws, None, kw.get("k", (3, 3)), kw.get("s", (1, 1)), kw.get("p", (1, 1)), kw.get("d", (1, 1)),
+        kw.get("g", 1), kw.get("xs"), kw.get("os"), kw.get("act", "none"))
+    with pytest.raises(RuntimeError, match="x must be float32 .* or int8"):
+        call(x=x.double())
+    with pytest.raises(RuntimeError, match=r"x must be 4-D \[N, C, H, W\]"):
+        call(x=torch.randn(4, 6, 6))
+    with pytest.raises(RuntimeError, match="an int8 x needs its x_scale"):
+        call(x=torch.zeros(1, 4, 6, 6, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="x_scale must be a positive finite"):
+        call(xs=-1.0)
+    with pytest.raises(RuntimeError, match="activation must be 'none', 'relu' or 'relu6'"):
+        call(act="gelu")
+    with pytest.raises(RuntimeError, match="is smaller than the dilated kernel"):
+        call(x=torch.randn(1, 4, 2, 2), p=(0, 0))
+    with pytest.raises(RuntimeError, match="stride must be >= 1"):
+        call(s=(0, 1))
+    with pytest.raises(RuntimeError, match="groups=3 must divide"):
+        call(g=3)
+    with pytest.raises(RuntimeError, match=r"packed_w holds a \[8, 36\] weight per group, expected \[8, 18\]"):
+        ops.int8_conv2d(torch.randn(1, 2, 6, 6), pw, ws, None, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    with pytest.raises(RuntimeError, match="weight must have dtype Char"):
+        ops.pack_conv_weight(w.float(), 1)
+    with pytest.raises(ValueError, match="padding_mode='circular'"):
+        Int8Conv2d.from_float(nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"))
+    with pytest.raises(ValueError, match="padding='same' with an even effective kernel"):
+        Int8Conv2d.from_float(nn.Conv2d(4, 4, 2, padding="same"))

@@ -1,0 +1,301 @@
+"""fastinfer.fuse and the fused float layers: fused vs unfused outputs (oracle: the unfused float model,
+1e-5 relative), what is and is not fused, the module-pattern fallback, ConvAct2d/LinearAct."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+import fastinfer  # noqa: F401  (loads the extension, as users do)
+from fastinfer.nn.fused import ConvAct2d, LinearAct
+from fastinfer.quantization.fuse import TRAINING_ERROR, fuse
+
+
+def randomize_bn(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, so folding is really exercised."""
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.track_running_stats:
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.3, 3)
+            if m.affine:
+                m.weight.data.uniform_(0.5, 2)
+                m.bias.data.uniform_(-1, 1)
+    return model.eval()
+
+
+def assert_same(fused: nn.Module, ref: nn.Module, *inputs):
+    """Max abs difference within 1e-5 of the output's magnitude."""
+    with torch.no_grad():
+        want, got = ref(*inputs), fused(*inputs)
+    err = (got - want).abs().max().item()
+    assert err <= 1e-5 * want.abs().max().item(), f"max abs error {err} vs max |y| {want.abs().max().item()}"
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1, self.relu1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True)
+        self.conv2, self.bn2, self.relu2 = nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc, self.bn3, self.relu3 = nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU()
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.pool(self.relu2(self.bn2(self.conv2(x)))).flatten(1)
+        return self.head(self.relu3(self.bn3(self.fc(x))))
+
+
+def test_cnn_conv_bn_relu_and_linear_bn_relu():
+    model = randomize_bn(CNN())
+    x = torch.randn(4, 3, 12, 12)
+    fused = fuse(model, example_inputs=x)
+    assert_same(fused, model, x)
+    assert fused.fastinfer_fuse_report == ["conv1 + bn1 + relu1", "conv2 + bn2 + relu2", "fc + bn3 + relu3"]
+    assert not fused.fastinfer_fuse_report.skipped
+    for name in ("conv1", "conv2"):
+        assert type(getattr(fused, name)) is ConvAct2d and getattr(fused, name).activation == "relu"
+    assert type(fused.fc) is LinearAct and fused.fc.activation == "relu"
+    assert type(fused.head) is nn.Linear
+    for name in ("bn1", "relu1", "bn2", "relu2", "bn3", "relu3"):
+        assert type(getattr(fused, name)) is nn.Identity, name
+    # inplace=False: the original is untouched and still matches itself
+    assert type(model.conv1) is nn.Conv2d and type(model.bn1) is nn.BatchNorm2d
+    assert type(fused) is CNN
+    assert not any(m.training for m in fused.modules())  # swapped-in modules are in eval mode too
+
+
+def test_inplace_true_returns_the_same_object():
+    model = randomize_bn(CNN())
+    ref = copy.deepcopy(model)
+    out = fuse(model, inplace=True)
+    assert out is model and type(model.bn1) is nn.Identity
+    assert_same(model, ref, torch.randn(2, 3, 8, 8))
+
+
+def test_conv_without_bias_and_bn_without_affine():
+    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 6, 3, bias=False), nn.BatchNorm2d(6, affine=False),
+                                       nn.Conv2d(6, 4, 1, bias=False), nn.BatchNorm2d(4)))
+    fused = fuse(model)
+    assert fused.fastinfer_fuse_report == ["0 + 1", "2 + 3"]
+    assert type(fused[0]) is nn.Conv2d and fused[0].bias is not None  # BN-only folds keep the type
+    assert type(fused[1]) is nn.Identity and type(fused[3]) is nn.Identity
+    assert_same(fused, model, torch.randn(3, 3, 9, 9))
+
+
+def test_fold_math_matches_formula():
+    conv, bn = nn.Conv2d(2, 3, 1), randomize_bn(nn.BatchNorm2d(3))
+    fused = fuse(nn.Sequential(conv, bn).eval())[0]
+    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    torch.testing.assert_close(fused.weight, conv.weight * s[:, None, None, None])
+    torch.testing.assert_close(fused.bias, (conv.bias - bn.running_mean) * s + bn.bias)
+
+
+class Residual(nn.Module):
+    """conv1's output feeds bn1 *and* the addition: bn1 must stay."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()  # shared: after bn2 and after the addition
+
+    def forward(self, x):
+        y = self.conv1(x)
+        z = self.relu(self.bn2(self.conv2(self.bn1(y))))
+        return self.relu(z + y)
+
+
+def test_residual_branch_not_folded_and_shared_relu_kept():
+    model = randomize_bn(Residual())
+    fused = fuse(model)
+    report = fused.fastinfer_fuse_report
+    assert report == ["conv2 + bn2 + relu"]
+    assert type(fused.bn1) is nn.BatchNorm2d and type(fused.conv1) is nn.Conv2d
+    (name, reason), = report.skipped
+    assert name == "bn1" and "conv1's output also feeds add" in reason
+    # relu is also applied after the addition, so it stays (relu(relu(v)) == relu(v) after conv2)
+    assert type(fused.relu) is nn.ReLU and type(fused.conv2) is ConvAct2d
+    assert_same(fused, model, torch.randn(2, 4, 6, 6))
+
+
+class Functional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(4, 4, 1) for _ in range(5))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(4) for _ in range(5))
+        self.relu6 = nn.ReLU6()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        c, b = self.convs, self.bns
+        x = F.relu(b[0](c[0](x)), inplace=True)
+        x = torch.relu(b[1](c[1](x)))
+        x = F.relu6(b[2](c[2](x)))
+        x = F.hardtanh(c[3](x), 0.0, 6.0)
+        x = self.relu6(b[4](c[4](x) * 2))   # the multiply sits between conv and BN: nothing folds
+        return self.fc(x.mean((2, 3))).relu()
+
+
+def test_functional_activations():
+    model = randomize_bn(Functional())
+    fused = fuse(model)
+    assert fused.fastinfer_fuse_report == ["convs.0 + bns.0 + F.relu", "convs.1 + bns.1 + torch.relu",
+                                           "convs.2 + bns.2 + F.relu6", "convs.3 + F.hardtanh(0, 6)", "fc + .relu()"]
+    acts = [getattr(m, "activation", "-") for m in fused.convs]
+    assert acts == ["relu", "relu", "relu6", "relu6", "-"]
+    assert type(fused.fc) is LinearAct and type(fused.bns[4]) is nn.BatchNorm2d
+    assert fused.fastinfer_fuse_report.skipped[0][0] == "bns.4"
+    assert_same(fused, model, 3 * torch.randn(2, 4, 5, 5))
+
+
+def test_hardtanh_other_range_not_fused_and_output_conv_not_fused():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return F.hardtanh(y, -1.0, 1.0), F.relu(y), self.b(x)
+    fused = fuse(M().eval())
+    assert fused.fastinfer_fuse_report == [] and type(fused.a) is nn.Conv2d
+
+
+class Untraceable(nn.Module):
+    """A data-dependent `if` in forward: torch.fx cannot trace it, so fuse falls back to module patterns."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Sequential(nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.ReLU6()),
+                                      nn.Conv2d(8, 8, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+    def forward(self, x):
+        y = self.features(x)
+        if y.sum() > 0:
+            y = y * 2
+        return self.classifier(y)
+
+
+def test_untraceable_model_uses_sequential_fallback():
+    model = randomize_bn(Untraceable())
+    fused = fuse(model, example_inputs=torch.randn(2, 3, 10, 10))
+    report = fused.fastinfer_fuse_report
+    assert report == ["features.0 + features.1 + features.2", "features.3.0 + features.3.1 + features.3.2",
+                      "features.4 + features.5", "classifier.0 + classifier.1 + classifier.2"]
+    assert "could not trace" in report.notes[0]
+    assert [type(m).__name__ for m in fused.features[3]] == ["ConvAct2d", "Identity", "Identity"]
+    assert fused.features[3][0].activation == "relu6"
+    for sign in (1, -1):  # both sides of the data-dependent branch
+        assert_same(fused, model, sign * torch.rand(2, 3, 10, 10))
+
+
+def test_untraceable_root_with_traceable_child_uses_fx_there():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return F.relu(self.bn(self.conv(x))) + x
+
+    class Root(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x):
+            return self.block(x) if x.mean() > 0 else -x
+    model = randomize_bn(Root())
+    fused = fuse(model)
+    assert fused.fastinfer_fuse_report == ["block.conv + block.bn + F.relu"]
+    assert_same(fused, model, torch.rand(2, 3, 4, 4))
+
+
+def test_training_mode_raises():
+    model = CNN().train()
+    with pytest.raises(ValueError, match="fuse needs model.eval"):
+        fuse(model)
+    assert TRAINING_ERROR.startswith("fuse needs model.eval()")
+    model.eval()
+    model.bn2.train()  # one submodule in training mode is enough to refuse
+    with pytest.raises(ValueError, match="running statistics"):
+        fuse(model)
+
+
+def test_bn_without_running_stats_not_folded():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, track_running_stats=False)).eval()
+    fused = fuse(model)
+    assert fused.fastinfer_fuse_report == []
+    assert "batch statistics" in fused.fastinfer_fuse_report.skipped[0][1]
+
+
+def test_linear_3d_output_with_bn1d_not_folded_given_example_inputs():
+    # Linear on [N, 5, 4] -> [N, 5, 5]; BatchNorm1d(5) normalizes dim 1, not the Linear's features.
+    model = randomize_bn(nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5)))
+    fused = fuse(model, example_inputs=torch.randn(2, 5, 4))
+    assert fused.fastinfer_fuse_report == []
+    assert "3-D" in fused.fastinfer_fuse_report.skipped[0][1]
+
+
+def test_fuse_twice_is_a_no_op_and_result_deep_copies():
+    model = randomize_bn(CNN())
+    once = fuse(model)
+    twice = fuse(once)
+    assert twice.fastinfer_fuse_report == []
+    assert_same(twice, model, torch.randn(2, 3, 8, 8))
+    clone = copy.deepcopy(twice)
+    assert_same(clone, model, torch.randn(2, 3, 8, 8))
+
+
+def test_conv_then_relu_without_bn_and_bn_after_convact():
+    # A ConvAct2d without an activation (from an earlier BN-less fold) still takes a following ReLU.
+    model = randomize_bn(nn.Sequential(ConvAct2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1),
+                                       nn.ReLU6()))
+    fused = fuse(model)
+    assert fused.fastinfer_fuse_report == ["0 + 1 + 2", "3 + 4"]
+    assert [getattr(m, "activation", None) for m in fused] == ["relu", None, None, "relu6", None]
+    assert_same(fused, model, torch.randn(2, 3, 7, 7))
+
+
+# -- the fused layers themselves
+
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+def test_convact_and_linearact_match_float_ops(activation):
+    act = {None: lambda v: v, "relu": F.relu, "relu6": F.relu6}[activation]
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1, groups=1, bias=False)
+    ca = ConvAct2d.from_conv(conv, activation)
+    x = 4 * torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(ca(x), act(conv(x)), rtol=0, atol=0)
+    assert f"activation={activation}" in repr(ca) and ca.bias is None
+    lin = nn.Linear(6, 7)
+    la = LinearAct.from_linear(lin, activation)
+    v = 4 * torch.randn(3, 2, 6)
+    torch.testing.assert_close(la(v), act(lin(v)), rtol=0, atol=0)
+    assert f"activation={activation}" in repr(la)
+    assert set(ca.state_dict()) == {"weight"} and set(la.state_dict()) == {"weight", "bias"}
+
+
+def test_fused_layers_trace_and_compile():
+    model = nn.Sequential(ConvAct2d(3, 4, 3, activation="relu"), nn.Flatten(), LinearAct(4 * 4 * 4, 5, activation="relu6"))
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        want = model(x)
+        gm = torch.fx.symbolic_trace(model)
+        torch.testing.assert_close(gm(x), want, rtol=0, atol=0)
+        got = torch.compile(model, fullgraph=True, backend="eager")(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_bad_activation_and_bad_arguments():
+    with pytest.raises(ValueError, match="activation must be one of"):
+        ConvAct2d(3, 4, 1, activation="gelu")
+    with pytest.raises(TypeError, match="nn.Conv2d"):
+        ConvAct2d.from_conv(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="nn.Linear"):
+        LinearAct.from_linear(nn.Conv2d(2, 2, 1))
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        fuse("not a model")
