@@ -15,7 +15,7 @@ from . import nn, ops, reference
 from .distillation import DistillResult, distill, kd_loss
 from .profiling import ProfileReport, compare_profiles, profile
 from .pruning import PruningError, PruningReport, load_pruned, prune, save_pruned
-from .quantization import QuantConfig, QuantizationReport, quantize
+from .quantization import CalibrationResult, QuantConfig, QuantizationReport, calibrate, fuse, quantize
 
 __version__ = "0.1.0"
 ISAS = ("ref", "avx2", "avx512_vnni", "amx")
@@ -48,6 +48,6 @@ def use_isa(isa: str):
         ops.set_isa_cap("amx")
 
 
-__all__ = ["quantize", "QuantConfig", "QuantizationReport", "distill", "kd_loss", "DistillResult", "profile",
+__all__ = ["quantize", "QuantConfig", "QuantizationReport", "fuse", "calibrate", "CalibrationResult", "distill", "kd_loss", "DistillResult", "profile",
            "ProfileReport", "compare_profiles", "prune", "PruningReport", "PruningError", "save_pruned",
            "load_pruned", "cpu_capabilities", "use_isa", "nn", "ops", "reference", "ISAS", "__version__"]

@@ -264,10 +264,10 @@ def _run_cnn(args, x_tr, y_tr, x_te, y_te) -> dict:
     cnn = demo_cnn.run(x_tr, y_tr, x_te, y_te, train_fn=train, time_fn=time_models, teacher_epochs=args.cnn_epochs,
                        distill_epochs=args.cnn_epochs, seed=args.seed, iters=iters, threads=args.threads)
     rows = cnn["rows"]
-    print(f"\npart 2: digits CNN (conv 96-192-384, fc 256), {args.cnn_epochs} epochs; fastinfer.prune removes "
-          f"{demo_cnn.PRUNE_AMOUNT:.0%} of the channels, fastinfer.distill trains the pruned student from the "
-          f"teacher ({args.cnn_epochs} epochs), fastinfer.quantize makes its Linear layers int8 "
-          f"(convolutions stay fp32 until int8 conv lands)")
+    print(f"\npart 2: digits CNN (conv 96-192-384, fc 256), {args.cnn_epochs} epochs; 'int8' rows: fastinfer.fuse "
+          f"(BN folded, ReLU fused) + fastinfer.quantize w8a8_static (8 calibration batches), every conv and "
+          f"Linear int8; fastinfer.prune removes {demo_cnn.PRUNE_AMOUNT:.0%} of the channels, fastinfer.distill "
+          f"trains the pruned student from the teacher ({args.cnn_epochs} epochs)")
     print("params and FLOPs: fastinfer.profile; latency: median per call, models interleaved; x = speedup over the teacher; "
           "FLOPs / = teacher FLOPs over this step's\n")
     print(demo_cnn.format_table(rows))

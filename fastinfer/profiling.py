@@ -41,11 +41,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from .nn.conv import Int8Conv2d
 from .nn.linear import Int8Linear
 
 # Modules that have children but are profiled as one layer: their children are part of their
 # computation (MultiheadAttention's out_proj is applied inside its functional forward, not called).
-KNOWN_LEAVES: Tuple[type, ...] = (nn.MultiheadAttention, Int8Linear)
+KNOWN_LEAVES: Tuple[type, ...] = (nn.MultiheadAttention, Int8Linear, Int8Conv2d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ def _free(m, args, kwargs, out):
 _COUNTERS: Dict[type, Callable] = {
     nn.Conv1d: _conv, nn.Conv2d: _conv, nn.Conv3d: _conv,
     nn.ConvTranspose1d: _conv_transpose, nn.ConvTranspose2d: _conv_transpose, nn.ConvTranspose3d: _conv_transpose,
-    nn.Linear: _linear, Int8Linear: _linear,
+    nn.Linear: _linear, Int8Linear: _linear, Int8Conv2d: _conv,
     nn.MultiheadAttention: _mha,
     nn.BatchNorm1d: _per_element(2), nn.BatchNorm2d: _per_element(2), nn.BatchNorm3d: _per_element(2),
     nn.SyncBatchNorm: _per_element(2),
@@ -186,12 +187,17 @@ def _logical_params(module: nn.Module) -> int:
     """Weights a quantized module holds in buffers, counted as the float layer's parameters would be."""
     if isinstance(module, Int8Linear):
         return module.in_features * module.out_features + (module.out_features if module.bias is not None else 0)
+    if isinstance(module, Int8Conv2d):
+        kh, kw = module.kernel_size
+        bias = module.out_channels if module.bias is not None else 0
+        return module.out_channels * (module.in_channels // module.groups) * kh * kw + bias
     return 0
 
 
 def _int8_math(module: nn.Module) -> bool:
     # w8_only keeps activations in float and widens the weights in the kernel: int8 storage, float MACs.
-    return isinstance(module, Int8Linear) and module.scheme == "w8a8_dynamic"
+    return (isinstance(module, Int8Linear) and module.scheme in ("w8a8_dynamic", "w8a8_static")) or \
+        isinstance(module, Int8Conv2d)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ def test_demo_quick(capsys):
         assert results[scheme]["accuracy"] >= fp32 - 0.5, f"{scheme} lost more than 0.5 points"
         assert results[scheme]["kernel_isa"] in ("ref", "avx2", "avx512_vnni", "amx")
     rows = results["cnn"]["rows"]
-    assert list(rows) == ["teacher fp32", "pruned 50%", "+ distilled", "+ int8 Linear"]
+    assert list(rows) == ["teacher fp32", "teacher int8", "pruned 50%", "+ distilled", "+ int8 static"]
+    assert rows["teacher int8"]["accuracy"] >= rows["teacher fp32"]["accuracy"] - 1.0
     assert rows["+ distilled"]["flop_ratio"] > 2.0 and rows["+ distilled"]["params"] < rows["teacher fp32"]["params"] / 2
     assert rows["+ distilled"]["accuracy"] >= rows["pruned 50%"]["accuracy"]  # distillation recovers accuracy
-    assert results["cnn"]["swapped"] == ["fc", "head"]
+    assert results["cnn"]["swapped"] == ["conv1", "conv2", "conv3", "fc", "head"]
     out = capsys.readouterr().out
     assert "w8a8_dynamic" in out and "b1 p50" in out and "+ distilled" in out

@@ -280,7 +280,8 @@ def test_convact_and_linearact_match_float_ops(activation):
 
 
 def test_fused_layers_trace_and_compile():
-    model = nn.Sequential(ConvAct2d(3, 4, 3, activation="relu"), nn.Flatten(), LinearAct(4 * 4 * 4, 5, activation="relu6"))
+    model = nn.Sequential(ConvAct2d(3, 4, 3, activation="relu"), nn.Flatten(),
+                          LinearAct(4 * 4 * 4, 5, activation="relu6"))
     x = torch.randn(2, 3, 6, 6)
     with torch.no_grad():
         want = model(x)

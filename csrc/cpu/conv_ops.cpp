@@ -5,7 +5,9 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
@@ -16,6 +18,25 @@
 namespace fastinfer {
 namespace cpu {
 namespace {
+
+// max |x| over a contiguous fp32 tensor (NaN if it holds NaN/Inf), in parallel chunks.
+float tensor_absmax(const at::Tensor& x) {
+  const int64_t n = x.numel();
+  if (n == 0) return 0.0f;
+  const auto& ks = kernels_for(Family::Quantize);
+  const float* data = x.data_ptr<float>();
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<uint32_t> part(static_cast<size_t>(chunks), 0);
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) part[c] = ks.absmax_bits(data + c * kChunk, std::min(kChunk, n - c * kChunk));
+  });
+  const uint32_t bits = *std::max_element(part.begin(), part.end());
+  if (bits >= 0x7f800000u) return std::nanf("");
+  float v;
+  std::memcpy(&v, &bits, 4);
+  return v;
+}
 
 bool is_depthwise(int64_t groups, int64_t cin, int64_t cout) { return groups > 1 && groups == cin && cout == cin; }
 
@@ -121,8 +142,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   if (x_scale) {
     a_scale = static_cast<float>(*x_scale);
   } else {
-    const float amax = xs.numel() ? xs.abs().max().item<float>() : 0.0f;
-    a_scale = std::isfinite(amax) ? amax / 127.0f : std::nanf("");  // NaN/Inf anywhere: output NaN
+    a_scale = tensor_absmax(x_rows) / 127.0f;  // NaN/Inf anywhere: NaN, so the output is NaN
   }
   const int64_t pixels = a.N * a.H * a.W;
   at::Tensor xq = at::empty({pixels, a.C}, x.options().dtype(at::kByte));
@@ -173,13 +193,22 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   kernels::ConvGeometry geo{a.N, a.H, a.W, a.C, a.OH, a.OW, a.KH, a.KW, a.SH, a.SW, a.PH, a.PW, a.DH, a.DW, cin_g};
   const int64_t chunks = (M + ks.m_chunk - 1) / ks.m_chunk;
   const int64_t N_pad = kernels::round_up(cout_g, kernels::kPackNB);
-  const int64_t macs_per_item = std::min(ks.m_chunk, M) * cout_g * K;
+  // Few row chunks (small images, deep layers): also split the columns so every thread has work;
+  // each split gathers its rows again, which is cheap next to K MACs per gathered byte.
+  const int64_t panels = (N_pad + ks.n_panel - 1) / ks.n_panel;
+  const int64_t threads = at::get_num_threads();
+  const int64_t splits = std::min(panels, std::max<int64_t>(1, (4 * threads + groups * chunks - 1) / (groups * chunks)));
+  const int64_t panels_per_split = (panels + splits - 1) / splits;
+  const int64_t macs_per_item = std::min(ks.m_chunk, M) * std::min(cout_g, panels_per_split * ks.n_panel) * K;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, macs_per_item));
   const int64_t elem = out_scale ? 1 : 4;
-  at::parallel_for(0, groups * chunks, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, groups * chunks * splits, grain, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> buf(direct ? 0 : static_cast<size_t>(ks.m_chunk * K_pad));
     for (int64_t it = begin; it < end; ++it) {
-      const int64_t g = it / chunks, m0 = (it % chunks) * ks.m_chunk, m1 = std::min(M, m0 + ks.m_chunk);
+      const int64_t split = it % splits, gc = it / splits;
+      const int64_t g = gc / chunks, m0 = (gc % chunks) * ks.m_chunk, m1 = std::min(M, m0 + ks.m_chunk);
+      const int64_t n_begin = split * panels_per_split * ks.n_panel;
+      const int64_t n_end = std::min(N_pad, n_begin + panels_per_split * ks.n_panel);
       const PackedHeader& h = headers[g];
       kernels::Int8GemmParams p;
       const uint8_t* base = packed_w.data_ptr<uint8_t>() + g * packed_w.size(1);
@@ -205,7 +234,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
       p.out_kind = kind;
       p.act = act;
       p.out_inv_scale = out_inv;
-      for (int64_t n0 = 0; n0 < N_pad; n0 += ks.n_panel) ks.int8_gemm(p, 0, m1 - m0, n0, std::min(N_pad, n0 + ks.n_panel));
+      for (int64_t n0 = n_begin; n0 < n_end; n0 += ks.n_panel)
+        ks.int8_gemm(p, 0, m1 - m0, n0, std::min(n_end, n0 + ks.n_panel));
     }
   });
   return out;

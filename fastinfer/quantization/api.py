@@ -1,4 +1,4 @@
-"""fastinfer.quantize: swap a model's nn.Linear layers for Int8Linear, in place."""
+"""fastinfer.quantize: swap a model's nn.Linear / nn.Conv2d layers for Int8Linear / Int8Conv2d, in place."""
 from __future__ import annotations
 
 import fnmatch
@@ -8,7 +8,14 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 from torch import nn
 
 from .. import ops
+from ..nn.conv import Int8Conv2d
+from ..nn.fused import ConvAct2d, LinearAct
 from ..nn.linear import SCHEMES, Int8Linear, check_scheme
+from .calibrate import calibrate
+from .observers import OBSERVERS
+
+LINEAR_TYPES = (nn.Linear, LinearAct)     # exact types: a subclass may change forward
+CONV_TYPES = (nn.Conv2d, ConvAct2d)
 
 Patterns = Optional[Union[str, Sequence[str], Callable[[str, nn.Module], bool]]]
 
@@ -30,17 +37,23 @@ def _matcher(patterns: Patterns, arg: str) -> Optional[Callable[[str, nn.Module]
 class QuantConfig:
     """What to quantize and how.
 
-    scheme: 'w8a8_dynamic' (int8 weights and per-token int8 activations) or 'w8_only'.
+    scheme: 'w8a8_dynamic' (int8 weights; activations quantized at run time: per token for Linear,
+      per tensor for Conv2d), 'w8a8_static' (activation scales calibrated once from calib_data) or
+      'w8_only' (int8 weights, float activations; Linear only).
     include / exclude: glob patterns on module names (as in model.named_modules()), or a
     callable(name, module) -> bool. A layer is swapped if it matches include (default: all)
     and does not match exclude.
+    observer: how w8a8_static picks activation scales: 'minmax', 'percentile' or 'mse'.
     """
     scheme: str = "w8a8_dynamic"
     include: Patterns = None
     exclude: Patterns = None
+    observer: str = "minmax"
 
     def __post_init__(self):
         check_scheme(self.scheme)
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"observer must be one of {tuple(OBSERVERS)}, got {self.observer!r}")
         _matcher(self.include, "include")
         _matcher(self.exclude, "exclude")
 
@@ -52,7 +65,7 @@ class QuantizationReport:
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (name, reason)
 
     def __str__(self) -> str:
-        lines = [f"fastinfer.quantize ({self.scheme}): swapped {len(self.swapped)} Linear layer(s), "
+        lines = [f"fastinfer.quantize ({self.scheme}): swapped {len(self.swapped)} layer(s), "
                  f"skipped {len(self.skipped)}"]
         lines += [f"  swapped  {n}" for n in self.swapped]
         lines += [f"  skipped  {n}: {r}" for n, r in self.skipped]
@@ -60,26 +73,43 @@ class QuantizationReport:
 
 
 def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns = None, exclude: Patterns = None,
-             *, config: Optional[QuantConfig] = None, verbose: bool = False) -> nn.Module:
-    """Replaces the nn.Linear layers of ``model`` with :class:`fastinfer.nn.Int8Linear`, in place.
+             *, config: Optional[QuantConfig] = None, calib_data=None, observer: str = "minmax",
+             verbose: bool = False) -> nn.Module:
+    """Replaces the nn.Linear / nn.Conv2d layers of ``model`` (and fastinfer.nn.LinearAct / ConvAct2d
+    from fastinfer.fuse) with :class:`fastinfer.nn.Int8Linear` / :class:`fastinfer.nn.Int8Conv2d`, in place.
 
-    Layers that cannot be quantized (on an unsupported device, excluded, or not included) are
-    left unchanged. Returns the model; ``model.fastinfer_report`` lists what was swapped and
-    what was skipped and why (printed when ``verbose``).
+    scheme 'w8a8_static' needs ``calib_data`` (an iterable of input batches, or of (x, y) tuples):
+    the model runs over it once (fastinfer.calibrate with ``observer``) to fix every layer's
+    activation scale. Run fastinfer.fuse(model) first to fold BatchNorm and fuse ReLU/ReLU6.
+
+    Layers that cannot be quantized (on an unsupported device, excluded, not included, a conv
+    padding mode other than zeros, a conv under w8_only) are left unchanged. Returns the model;
+    ``model.fastinfer_report`` lists what was swapped and what was skipped and why (printed when
+    ``verbose``).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    cfg = config or QuantConfig(scheme=scheme, include=include, exclude=exclude)
+    cfg = config or QuantConfig(scheme=scheme, include=include, exclude=exclude, observer=observer)
     inc, exc = _matcher(cfg.include, "include"), _matcher(cfg.exclude, "exclude")
     report = QuantizationReport(cfg.scheme)
 
-    if isinstance(model, nn.Linear) and not isinstance(model, Int8Linear):
-        raise TypeError("model is itself an nn.Linear; use fastinfer.nn.Int8Linear.from_float(layer) instead")
+    if type(model) in LINEAR_TYPES + CONV_TYPES:
+        raise TypeError("model is itself a layer; use fastinfer.nn.Int8Linear.from_float(layer) or "
+                        "fastinfer.nn.Int8Conv2d.from_float(layer) instead")
+    scales = None
+    if cfg.scheme == "w8a8_static":
+        if calib_data is None:
+            raise ValueError("scheme 'w8a8_static' needs calib_data: a few batches of representative inputs")
+        scales = calibrate(model, calib_data, observer=cfg.observer, progress=verbose).input_scale
+    elif calib_data is not None:
+        raise ValueError(f"calib_data is only used by scheme 'w8a8_static', not {cfg.scheme!r}")
     targets = []
     for name, mod in model.named_modules():
-        if type(mod) is not nn.Linear:
-            if isinstance(mod, nn.Linear):
-                report.skipped.append((name, f"subclass {type(mod).__name__} of nn.Linear (may change forward)"))
+        kind = "linear" if type(mod) in LINEAR_TYPES else "conv" if type(mod) in CONV_TYPES else None
+        if kind is None:
+            if isinstance(mod, (nn.Linear, nn.Conv2d)) and not isinstance(mod, (Int8Linear, Int8Conv2d)):
+                report.skipped.append((name, f"subclass {type(mod).__name__} of {type(mod).__mro__[1].__name__} "
+                                             "(may change forward)"))
             continue
         if inc is not None and not inc(name, mod):
             report.skipped.append((name, "not matched by include"))
@@ -87,12 +117,26 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
             report.skipped.append((name, "matched by exclude"))
         elif mod.weight.device.type not in ops.SUPPORTED_DEVICES:
             report.skipped.append((name, f"on device {mod.weight.device}, unsupported by this build"))
+        elif kind == "conv" and cfg.scheme == "w8_only":
+            report.skipped.append((name, "w8_only has no conv kernel (use w8a8_dynamic or w8a8_static)"))
+        elif scales is not None and name not in scales:
+            report.skipped.append((name, "no activation scale from calibration (layer not called)"))
         else:
-            targets.append(name)
-    for name in targets:
+            targets.append((name, kind))
+    for name, kind in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Int8Linear.from_float(getattr(parent, child), cfg.scheme))
+        layer = getattr(parent, child)
+        x_scale = scales[name] if scales is not None else None
+        try:
+            if kind == "linear":
+                new = Int8Linear.from_float(layer, cfg.scheme, x_scale=x_scale)
+            else:
+                new = Int8Conv2d.from_float(layer, x_scale=x_scale)
+        except ValueError as e:  # e.g. padding_mode='reflect'
+            report.skipped.append((name, str(e)))
+            continue
+        setattr(parent, child, new)
         report.swapped.append(name)
     model.fastinfer_report = report
     if verbose:

@@ -70,7 +70,8 @@ def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], None]
 
     ``example_inputs`` (optional, a tensor or a tuple of them) lets fuse check shapes: a Linear
     output that is not 2-D ([N, L, C]) is then never folded with a BatchNorm1d, which would
-    normalize dim 1. Without it, Linear + BatchNorm1d is folded whenever the sizes agree.
+    normalize dim 1. Without it (and inside parts fused by the module-pattern fallback, where
+    shapes are not propagated), Linear + BatchNorm1d is folded whenever the sizes agree.
 
     ``inplace=False`` deep-copies the model first. Returns the model with submodules swapped (module
     names unchanged; see the module docstring) and ``model.fastinfer_fuse_report`` (a FuseReport).

@@ -101,7 +101,11 @@ class HistogramObserver(Observer):
         self.zeros = 0
 
     def _update(self, a: Tensor, m: float) -> None:
-        a = a.float()  # histc runs in the input dtype; float32 also keeps a's max <= hi below
+        if a.dtype != torch.float32:
+            # The histogram is built in float32 (histc's own precision), and hi is a float32 value,
+            # so every value, rounded to float32, lands in [0, hi] and none is dropped by histc.
+            a = a.float()
+            m = float(a.max())
         n = a.numel()
         self.zeros += int((a == 0).sum())
         if m == 0:
@@ -114,16 +118,25 @@ class HistogramObserver(Observer):
             self.hist[0] += self.count - n  # the zeros seen so far
         elif m > self.hi:
             k = math.ceil(m / self.hi)
-            while k * self.hi < m:  # guard the float division
+            while _float32_at_least(k * self.hi) < m:  # guard the float division
                 k += 1
             merged = torch.zeros(self.bins, dtype=torch.float64)
             merged.index_add_(0, torch.arange(self.bins) // k, self.hist)
-            self.hist, self.hi = merged, self.hi * k
+            self.hist, self.hi = merged, _float32_at_least(self.hi * k)
         self.hist += torch.histc(a, bins=self.bins, min=0.0, max=self.hi).to("cpu", torch.float64)
 
     @property
     def bin_width(self) -> float:
         return self.hi / self.bins
+
+
+def _float32_at_least(v: float) -> float:
+    """The smallest float32 value >= v (histc takes its range as float32; rounding it down could
+    drop the largest values). The 1-ulp change of bin width against the merged bins is negligible."""
+    f = torch.tensor(v, dtype=torch.float32)
+    if float(f) < v:
+        f = torch.nextafter(f, torch.tensor(math.inf, dtype=torch.float32))
+    return float(f)
 
 
 class PercentileObserver(HistogramObserver):

@@ -222,6 +222,23 @@ void dwconv_avx2(const DwConvParams& p, int64_t p0, int64_t p1) {
   }
 }
 
+uint32_t absmax_avx2(const float* x, int64_t n) {
+  const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+  __m256i m = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    m = _mm256_max_epu32(m, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)), abs_mask));
+  alignas(32) uint32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), m);
+  uint32_t r = *std::max_element(lanes, lanes + 8);
+  for (; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    r = std::max(r, u & 0x7fffffffu);
+  }
+  return r;
+}
+
 // The AVX2 GEMM's inner step is vpmaddwd + vpaddd (16 MACs); 12 chains hide the latency.
 int64_t peak_probe_avx2(int64_t iters) {
   __m256i acc[12];
@@ -248,7 +265,7 @@ int64_t peak_probe_avx2(int64_t iters) {
 namespace fastinfer {
 namespace kernels {
 const KernelSet& kernels_avx2() {
-  static const KernelSet s{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, dwconv_avx2, peak_probe_avx2, 64, 32};
+  static const KernelSet s{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, dwconv_avx2, absmax_avx2, peak_probe_avx2, 64, 32};
   return s;
 }
 }  // namespace kernels

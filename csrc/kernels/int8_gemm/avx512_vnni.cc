@@ -246,29 +246,56 @@ void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
 }
 
 // ---- depthwise conv: 16 channels per vector, int32 products of widened int8 ----
+// Output pixels are walked row by row; for each 16-channel block the (up to kMaxTaps) widened
+// weights stay in registers across the row, so the inner loop is load + widen + multiply + add.
+constexpr int64_t kMaxTaps = 25;
+
 void dwconv_avx512(const DwConvParams& p, int64_t p0, int64_t p1) {
   const __m512 a_scale = _mm512_set1_ps(p.a_scale);
-  for (int64_t pix = p0; pix < p1; ++pix) {
-    const int64_t n = pix / (p.OH * p.OW), oh = (pix / p.OW) % p.OH, ow = pix % p.OW;
+  const int64_t taps = p.KH * p.KW;
+  if (taps > kMaxTaps) return kernels_ref().dwconv(p, p0, p1);  // rare large kernels: scalar path
+  __m512i wv[kMaxTaps];
+  for (int64_t pix = p0; pix < p1;) {
+    const int64_t n = pix / (p.OH * p.OW), oh = (pix / p.OW) % p.OH, ow0 = pix % p.OW;
+    const int64_t ow1 = std::min(p.OW, ow0 + (p1 - pix));  // this row's part of [p0, p1)
     for (int64_t c = 0; c < p.C; c += 16) {
       const __mmask16 mask = col_mask(p.C - c);
-      __m512i acc = _mm512_setzero_si512();
-      for (int64_t kh = 0; kh < p.KH; ++kh) {
-        const int64_t ih = oh * p.SH - p.PH + kh * p.DH;
-        if (ih < 0 || ih >= p.H) continue;
-        for (int64_t kw = 0; kw < p.KW; ++kw) {
-          const int64_t iw = ow * p.SW - p.PW + kw * p.DW;
-          if (iw < 0 || iw >= p.W) continue;
-          const __m512i xv = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p.x + ((n * p.H + ih) * p.W + iw) * p.C + c));
-          const __m512i wv = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p.w + (kh * p.KW + kw) * p.C + c));
-          acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(xv, wv));
+      for (int64_t t = 0; t < taps; ++t) wv[t] = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p.w + t * p.C + c));
+      const __m512 ws = _mm512_maskz_loadu_ps(mask, p.w_scale + c);
+      const __m512 bias = p.bias ? _mm512_maskz_loadu_ps(mask, p.bias + c) : _mm512_setzero_ps();
+      for (int64_t ow = ow0; ow < ow1; ++ow) {
+        __m512i acc = _mm512_setzero_si512();
+        for (int64_t kh = 0; kh < p.KH; ++kh) {
+          const int64_t ih = oh * p.SH - p.PH + kh * p.DH;
+          if (ih < 0 || ih >= p.H) continue;
+          const int8_t* xrow = p.x + ((n * p.H + ih) * p.W) * p.C + c;
+          for (int64_t kw = 0; kw < p.KW; ++kw) {
+            const int64_t iw = ow * p.SW - p.PW + kw * p.DW;
+            if (iw < 0 || iw >= p.W) continue;
+            const __m512i xv = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, xrow + iw * p.C));
+            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(xv, wv[kh * p.KW + kw]));
+          }
         }
+        __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), a_scale), ws);
+        if (p.bias) y = _mm512_add_ps(y, bias);
+        store_row16(p.out, ((n * p.OH + oh) * p.OW + ow) * p.C + c, p.out_kind, mask, act16(y, p.act), p.out_inv_scale);
       }
-      __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), a_scale), _mm512_maskz_loadu_ps(mask, p.w_scale + c));
-      if (p.bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, p.bias + c));
-      store_row16(p.out, pix * p.C + c, p.out_kind, mask, act16(y, p.act), p.out_inv_scale);
     }
+    pix += ow1 - ow0;
   }
+}
+
+uint32_t absmax_avx512(const float* x, int64_t n) {
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  __m512i m0 = _mm512_setzero_si512(), m1 = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {  // two chains: loads, not the max, are the limit
+    m0 = _mm512_max_epu32(m0, _mm512_and_si512(_mm512_loadu_si512(x + i), abs_mask));
+    m1 = _mm512_max_epu32(m1, _mm512_and_si512(_mm512_loadu_si512(x + i + 16), abs_mask));
+  }
+  for (; i < n; i += 16)
+    m0 = _mm512_max_epu32(m0, _mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(col_mask(n - i), x + i)), abs_mask));
+  return static_cast<uint32_t>(_mm512_reduce_max_epu32(_mm512_max_epu32(m0, m1)));
 }
 
 // 12 independent accumulators cover vpdpbusd's latency; the asm keeps the operands live.
@@ -298,7 +325,7 @@ namespace fastinfer {
 namespace kernels {
 const KernelSet& kernels_avx512_vnni() {
   static const KernelSet s{"avx512_vnni", int8_gemm_avx512, w8_gemm_avx512, quantize_avx512, dwconv_avx512,
-                           peak_probe_avx512,
+                           absmax_avx512, peak_probe_avx512,
                            16 * Int8Traits::NB, 16 * Int8Traits::MR};
   return s;
 }

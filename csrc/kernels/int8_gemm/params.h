@@ -86,6 +86,8 @@ struct DwConvParams {
 using Int8GemmFn = void (*)(const Int8GemmParams&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 using W8GemmFn = void (*)(const W8GemmParams&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 using QuantizeFn = void (*)(const QuantizeParams&, int64_t m0, int64_t m1);
+// max over i < n of (bits(x[i]) & 0x7fffffff): |x| as ordered bits; >= 0x7f800000 means NaN/Inf seen.
+using AbsMaxFn = uint32_t (*)(const float* x, int64_t n);
 // Computes output pixels [p0, p1) of the flattened (n, oh, ow) range, all channels.
 using DwConvFn = void (*)(const DwConvParams&, int64_t p0, int64_t p1);
 // Runs `iters` rounds of the ISA's int8 multiply-accumulate on registers only (no memory):
@@ -99,6 +101,7 @@ struct KernelSet {
   W8GemmFn w8_gemm;
   QuantizeFn quantize;
   DwConvFn dwconv;
+  AbsMaxFn absmax_bits;
   PeakProbeFn peak_probe;   // null where there is no vector int8 instruction (ref)
   int64_t n_panel;   // columns a thread takes at once (B panel kept hot in L2)
   int64_t m_chunk;   // rows per work item

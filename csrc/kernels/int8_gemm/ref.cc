@@ -98,10 +98,20 @@ void dwconv_ref(const DwConvParams& p, int64_t p0, int64_t p1) {
   }
 }
 
+uint32_t absmax_ref(const float* x, int64_t n) {
+  uint32_t m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    m = std::max(m, u & 0x7fffffffu);
+  }
+  return m;
+}
+
 }  // namespace
 
 const KernelSet& kernels_ref() {
-  static const KernelSet s{"ref", int8_gemm_ref, w8_gemm_ref, quantize_ref, dwconv_ref, nullptr, 16, 16};
+  static const KernelSet s{"ref", int8_gemm_ref, w8_gemm_ref, quantize_ref, dwconv_ref, absmax_ref, nullptr, 16, 16};
   return s;
 }
 

@@ -1,0 +1,252 @@
+"""Int8 convolution benchmark: fastinfer's int8 conv vs torch fp32 conv and torch.ao's quantized conv
+(engine 'x86'), all timed in the same run, on ResNet-50 layer shapes plus a MobileNet-style depthwise layer.
+
+    python benchmarks/bench_conv.py [--threads 2] [--batches 1,8] [--layers l1_3x3,dw_3x3]
+                                    [--min-time 0.3] [--json out.json]
+
+Rows per layer and batch N (x is torch.randn, weights and bias from a seeded nn.Conv2d):
+  torch      fp32 NCHW / fp32 channels_last    F.conv2d; '*' marks the faster one, the fp32 baseline
+  torch.ao   (a) int8 in/out                   quint8 channels_last x -> qconv -> quint8 (kernel only)
+  torch.ao   (b) fp32 in/out q/dq              fp32 channels_last x -> quantize_per_tensor -> qconv -> dequantize
+  fastinfer  (c) static fp32 in/out            Int8Conv2d(x_scale=amax/127 computed once), channels_last x;
+                                               also on NCHW x (the op converts it to channels_last each call)
+  fastinfer  (d) int8 in/out                   ops.int8_conv2d on an int8 channels_last x, int8 out (kernel only)
+  fastinfer  (e) dynamic fp32 in/out           Int8Conv2d without x_scale (amax of each input), channels_last x
+tops = 2 * MACs / median time. Before timing, every row's output is checked against the fp32 NCHW conv
+(SQNR > 25 dB); the script exits 1 if a check fails. After the table: the issue's targets from this run.
+
+JSON rows carry the conv geometry (N = batch) plus the implicit-GEMM dims as gemm_M (output pixels),
+gemm_K (Cin/groups*k*k) and gemm_N (Cout); summarize.py (keyed on M, K, N) cannot merge them as is,
+because its N (GEMM columns) would collide with the batch N.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Dict, List, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastinfer import ops
+from fastinfer.nn import Int8Conv2d
+
+from common import machine_info, time_call, write_json
+
+
+class ConvLayer(NamedTuple):
+    name: str
+    C: int
+    Cout: int
+    k: int
+    H: int  # square input, W = H
+    stride: int
+    padding: int
+    groups: int
+
+
+LAYERS = [
+    ConvLayer("l1_3x3", 64, 64, 3, 56, 1, 1, 1),        # ResNet-50 layer1 bottleneck 3x3
+    ConvLayer("l1_1x1", 256, 64, 1, 56, 1, 0, 1),       # layer1 bottleneck reduce 1x1 (direct GEMM path)
+    ConvLayer("l2_3x3", 128, 128, 3, 28, 1, 1, 1),
+    ConvLayer("l3_3x3", 256, 256, 3, 14, 1, 1, 1),
+    ConvLayer("l4_3x3", 512, 512, 3, 7, 1, 1, 1),
+    ConvLayer("s2_3x3", 128, 256, 3, 28, 2, 1, 1),      # stride-2 downsampling 3x3
+    ConvLayer("dw_3x3", 256, 256, 3, 28, 1, 1, 256),    # MobileNet-style depthwise
+]
+
+SQNR_MIN_DB = 25.0
+IMPL = {  # short keys -> the impl names in the table and JSON (targets look rows up by these)
+    "fp32": "fp32 NCHW", "fp32_cl": "fp32 channels_last",
+    "a": "(a) int8 in/out", "b": "(b) fp32 in/out q/dq",
+    "c": "(c) static fp32 in/out", "c_nchw": "(c) static fp32 in/out, NCHW x",
+    "d": "(d) int8 in/out", "e": "(e) dynamic fp32 in/out",
+}
+
+
+def is_depthwise(layer: ConvLayer) -> bool:
+    return layer.groups > 1 and layer.groups == layer.C == layer.Cout
+
+
+def out_size(layer: ConvLayer) -> int:
+    return ops.conv_output_size(layer.H, layer.k, layer.stride, layer.padding, 1)
+
+
+def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
+    ref, out = ref.float(), out.float()
+    return (10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum().clamp_min(1e-30))).item()
+
+
+def torch_ao_conv(conv: nn.Conv2d, out_scale: float):
+    """torch.ao.nn.quantized.Conv2d with conv's weights (per-channel symmetric qint8) and a quint8 output."""
+    # The weight is prepacked inside set_weight_bias for the engine active at that moment, so set it first.
+    # 'x86' serves each layer with oneDNN (VNNI CPU, symmetric weights, groups <= 100) or FBGEMM (the rest,
+    # e.g. the depthwise layer here).
+    torch.backends.quantized.engine = "x86"
+    w = conv.weight.detach()
+    w_scale = w.abs().amax(dim=(1, 2, 3)).clamp_min(1e-12) / 127
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.13 deprecates quantize_per_channel & co. (pytorch#184982)
+        qw = torch.quantize_per_channel(w, w_scale, torch.zeros(conv.out_channels, dtype=torch.long), 0, torch.qint8)
+    q = torch.ao.nn.quantized.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                     conv.padding, groups=conv.groups, bias=conv.bias is not None)
+    q.set_weight_bias(qw, None if conv.bias is None else conv.bias.detach())
+    q.scale, q.zero_point = out_scale, 128
+    return q
+
+
+def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float):
+    """Times every row for one layer and batch; returns (rows, checks) with checks = {impl key: SQNR dB}."""
+    torch.manual_seed(0)
+    L = layer
+    conv = nn.Conv2d(L.C, L.Cout, L.k, L.stride, L.padding, groups=L.groups).eval().requires_grad_(False)
+    x = torch.randn(batch, L.C, L.H, L.H)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    w, b = conv.weight, conv.bias
+    w_cl = w.contiguous(memory_format=torch.channels_last)
+    conv_args = (L.stride, L.padding, 1, L.groups)
+    with torch.inference_mode():
+        y = F.conv2d(x, w, b, *conv_args)  # the fp32 reference for the checks
+    y_amax = y.abs().max().item()
+
+    # torch.ao: 7-bit activations (quint8 0..127, zero point 64), as torch.ao's own 'x86' qconfig does
+    # (reduce_range=True). FBGEMM's u8 x s8 pair products saturate int16 with full-range 8-bit activations:
+    # measured 17.6 dB SQNR on the depthwise layer at zero point 128, ~32 dB at 7 bits. Speed is unaffected.
+    ao_x_scale, ao_x_zp = x.abs().max().item() / 63.5, 64
+    ao = torch_ao_conv(conv, y_amax / 127)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the quantize_per_tensor deprecation warning, once per process
+        ao_xq = torch.quantize_per_tensor(x_cl, ao_x_scale, ao_x_zp, torch.quint8)
+
+    def ao_qdq():
+        return ao(torch.quantize_per_tensor(x_cl, ao_x_scale, ao_x_zp, torch.quint8)).dequantize()
+
+    # fastinfer: a static scale as a calibration would give it, computed once outside the timing.
+    x_scale, out_scale = x.abs().max().item() / 127, y_amax / 127
+    static = Int8Conv2d.from_float(conv, x_scale=x_scale)
+    dynamic = Int8Conv2d.from_float(conv)
+    # (d) gets the same values as (a), quantized to int8 and laid out channels_last like (a)'s input.
+    xq = torch.round(x / x_scale).clamp(-127, 127).to(torch.int8).contiguous(memory_format=torch.channels_last)
+
+    def fi_int8():
+        return ops.int8_conv2d(xq, static.packed_weight, static.weight_scale, static.bias, (L.k, L.k),
+                               (L.stride, L.stride), (L.padding, L.padding), (1, 1), L.groups, x_scale, out_scale)
+
+    cases = [
+        ("torch", "fp32", lambda: F.conv2d(x, w, b, *conv_args)),
+        ("torch", "fp32_cl", lambda: F.conv2d(x_cl, w_cl, b, *conv_args)),
+        ("torch.ao", "a", lambda: ao(ao_xq)),
+        ("torch.ao", "b", ao_qdq),
+        ("fastinfer", "c", lambda: static(x_cl)),
+        ("fastinfer", "c_nchw", lambda: static(x)),
+        ("fastinfer", "d", fi_int8),
+        ("fastinfer", "e", lambda: dynamic(x_cl)),
+    ]
+    dequant = {"a": lambda t: t.dequantize(), "d": lambda t: t.float() * out_scale}
+    family = "dwconv" if is_depthwise(L) else "int8_gemm"
+    oh = out_size(L)
+    gemm_M, gemm_K = batch * oh * oh, L.C // L.groups * L.k * L.k
+    macs = gemm_M * gemm_K * L.Cout
+    rows, checks = [], {}
+    with torch.inference_mode():
+        for lib, key, fn in cases:
+            out = fn()
+            if key != "fp32":  # one check per layer and batch, before timing, on the same objects we time
+                checks[key] = sqnr_db(y, dequant.get(key, lambda t: t)(out))
+            t = time_call(fn, min_time_s=min_time)
+            row = {"op": "conv2d", "lib": lib, "impl": IMPL[key], "layer": L.name, "N": batch, "C": L.C, "H": L.H,
+                   "W": L.H, "Cout": L.Cout, "k": L.k, "stride": L.stride, "padding": L.padding, "groups": L.groups,
+                   "threads": threads, **t, "tops": 2 * macs / (t["median_ms"] * 1e-3) / 1e12,
+                   "gemm_M": gemm_M, "gemm_K": gemm_K, "gemm_N": L.Cout}
+            if key in checks:
+                row["sqnr_db"] = checks[key]
+            if lib == "fastinfer":
+                row["isa"] = ops.last_kernel(family)  # read right after this impl ran, so it is the one served
+            rows.append(row)
+    fp32_rows = rows[:2]
+    best = min(fp32_rows, key=lambda r: r["median_ms"])
+    for r in fp32_rows:
+        r["best_fp32"] = r is best
+    return rows, checks
+
+
+def targets(rows: List[Dict]):
+    """The issue's targets from this run: [(name, ratio, target)], ratio = baseline ms / fastinfer ms."""
+    ms = {(r["layer"], r["N"], r["impl"]): r["median_ms"] for r in rows}
+    out = []
+    for layer in dict.fromkeys(r["layer"] for r in rows):
+        for n in sorted({r["N"] for r in rows if r["layer"] == layer}):
+            get = lambda key: ms.get((layer, n, IMPL[key]))  # noqa: E731
+            if get("c") and get("b"):
+                out.append((f"(c) vs torch.ao (b), {layer} N={n}", get("b") / get("c"), 1.2))
+            if get("d") and get("a"):
+                out.append((f"(d) vs torch.ao (a), {layer} N={n}", get("a") / get("d"), 1.2))
+    for r in rows:  # (c) against the best fp32 conv on the 3x3 layers at batch 8
+        if r["impl"] == IMPL["c"] and r["k"] == 3 and r["N"] == 8:
+            best = min(ms[(r["layer"], 8, IMPL["fp32"])], ms[(r["layer"], 8, IMPL["fp32_cl"])])
+            out.append((f"(c) vs best fp32 conv, {r['layer']} N=8", best / r["median_ms"], 4.0))
+    return out
+
+
+def parse_layers(arg):
+    if not arg:
+        return LAYERS
+    by_name = {L.name: L for L in LAYERS}
+    names = [s.strip() for s in arg.split(",") if s.strip()]
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown layer(s) {', '.join(unknown)}; choose from {', '.join(by_name)}")
+    return [by_name[n] for n in names]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--layers", help="comma-separated layer names (default: all): " + ",".join(L.name for L in LAYERS))
+    p.add_argument("--min-time", type=float, default=0.3, help="seconds of timed calls per case (at least)")
+    p.add_argument("--json", help="write the rows, checks, targets and machine info here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    batches = [int(v) for v in args.batches.split(",")]
+    layers = parse_layers(args.layers)
+    info = machine_info(args.threads)
+    print(f"# {info['cpu']} | fastinfer ISA {info['isa_active']} | threads {args.threads} | torch {info['torch']} | "
+          f"torch.ao engine x86 | {info['date']}")
+    print("# x: fp32 randn; channels_last input unless the impl says NCHW; '*' = faster fp32 layout")
+    hdr = (f"{'layer':<7} {'N':>2}  {'lib':<9} {'impl':<31} {'median ms':>10} {'p10':>8} {'p90':>8} {'TOPS':>7}"
+           f"  {'SQNR dB':>7}  isa")
+    rows, failed = [], []
+    for L in layers:
+        for n in batches:
+            oh = out_size(L)
+            print(f"\n{L.name}: {L.C}->{L.Cout} {L.k}x{L.k} s{L.stride} p{L.padding} groups {L.groups}, "
+                  f"{L.H}x{L.H} -> {oh}x{oh}, N={n}")
+            print(hdr)
+            layer_rows, checks = bench_layer(L, n, args.threads, args.min_time)
+            rows += layer_rows
+            for r in layer_rows:
+                mark = "*" if r.get("best_fp32") else " "
+                sq = f"{r['sqnr_db']:7.1f}" if "sqnr_db" in r else " " * 7
+                print(f"{L.name:<7} {n:>2}  {r['lib']:<9} {r['impl'] + mark:<31} {r['median_ms']:>10.4f} "
+                      f"{r['p10_ms']:>8.4f} {r['p90_ms']:>8.4f} {r['tops']:>7.3f}  {sq}  {r.get('isa', '')}")
+            failed += [f"{L.name} N={n} {IMPL[k]}: {v:.1f} dB" for k, v in checks.items() if not v > SQNR_MIN_DB]
+    served = {fam: ops.last_kernel(fam) or "not run" for fam in ("int8_gemm", "dwconv")}
+    print(f"\n# fastinfer conv kernels served by: implicit GEMM {served['int8_gemm']}, depthwise {served['dwconv']}")
+    tgt = targets(rows)
+    if tgt:
+        print("targets (ratio = baseline ms / fastinfer ms; (c) is the channels_last-input row):")
+        for name, val, want in tgt:
+            print(f"  {name:<44} {val:6.2f}x  (target >= {want:.1f}x)  {'met' if val >= want else 'MISSED'}")
+    if failed:
+        print(f"CHECK FAILED (SQNR vs fp32 conv <= {SQNR_MIN_DB} dB): " + "; ".join(failed))
+    if args.json:
+        write_json(args.json, {"machine": info, "kernels_served": served, "rows": rows, "check_failures": failed,
+                               "targets": [{"name": n, "value": v, "target": t} for n, v, t in tgt]})
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
