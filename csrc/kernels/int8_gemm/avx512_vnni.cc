@@ -250,6 +250,21 @@ void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
 // weights stay in registers across the row, so the inner loop is load + widen + multiply + add.
 constexpr int64_t kMaxTaps = 25;
 
+// One kernel row of taps, all inside the image: x at xp, xp + step, ...
+template <int KW>
+inline __m512i dw_taps(__m512i acc, const int8_t* xp, int64_t step, __mmask16 mask, const __m512i* w) {
+#pragma GCC unroll 8
+  for (int kw = 0; kw < KW; ++kw)
+    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, xp + kw * step)), w[kw]));
+  return acc;
+}
+
+inline __m512i dw_taps_n(__m512i acc, const int8_t* xp, int64_t step, __mmask16 mask, const __m512i* w, int64_t kw_n) {
+  for (int64_t kw = 0; kw < kw_n; ++kw)
+    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, xp + kw * step)), w[kw]));
+  return acc;
+}
+
 void dwconv_avx512(const DwConvParams& p, int64_t p0, int64_t p1) {
   const __m512 a_scale = _mm512_set1_ps(p.a_scale);
   const int64_t taps = p.KH * p.KW;
@@ -263,17 +278,32 @@ void dwconv_avx512(const DwConvParams& p, int64_t p0, int64_t p1) {
       for (int64_t t = 0; t < taps; ++t) wv[t] = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p.w + t * p.C + c));
       const __m512 ws = _mm512_maskz_loadu_ps(mask, p.w_scale + c);
       const __m512 bias = p.bias ? _mm512_maskz_loadu_ps(mask, p.bias + c) : _mm512_setzero_ps();
+      // Columns whose whole window is inside the image skip the per-tap bounds checks.
+      const int64_t span = (p.KW - 1) * p.DW;
+      const int64_t in_lo = std::min(ow1, std::max(ow0, (p.PW + p.SW - 1) / p.SW));
+      const int64_t in_hi = std::max(in_lo, std::min(ow1, p.W - 1 - span + p.PW >= 0 ? (p.W - 1 - span + p.PW) / p.SW + 1 : 0));
       for (int64_t ow = ow0; ow < ow1; ++ow) {
         __m512i acc = _mm512_setzero_si512();
+        const bool interior = ow >= in_lo && ow < in_hi;
         for (int64_t kh = 0; kh < p.KH; ++kh) {
           const int64_t ih = oh * p.SH - p.PH + kh * p.DH;
           if (ih < 0 || ih >= p.H) continue;
           const int8_t* xrow = p.x + ((n * p.H + ih) * p.W) * p.C + c;
+          const __m512i* w_kh = wv + kh * p.KW;
+          if (interior) {
+            const int8_t* xp = xrow + (ow * p.SW - p.PW) * p.C;
+            switch (p.KW) {
+              case 3: acc = dw_taps<3>(acc, xp, p.DW * p.C, mask, w_kh); break;
+              case 5: acc = dw_taps<5>(acc, xp, p.DW * p.C, mask, w_kh); break;
+              default: acc = dw_taps_n(acc, xp, p.DW * p.C, mask, w_kh, p.KW);
+            }
+            continue;
+          }
           for (int64_t kw = 0; kw < p.KW; ++kw) {
             const int64_t iw = ow * p.SW - p.PW + kw * p.DW;
             if (iw < 0 || iw >= p.W) continue;
             const __m512i xv = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, xrow + iw * p.C));
-            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(xv, wv[kh * p.KW + kw]));
+            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(xv, w_kh[kw]));
           }
         }
         __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), a_scale), ws);
