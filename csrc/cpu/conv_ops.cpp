@@ -189,26 +189,29 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const int64_t K_pad = kernels::round_up(K, kernels::kPackKB);
   const bool direct = a.KH == 1 && a.KW == 1 && a.SH == 1 && a.SW == 1 && a.PH == 0 && a.PW == 0 && groups == 1 &&
                       K == K_pad;  // a 1x1 conv is a GEMM on the input rows themselves
-  std::vector<float> scales(static_cast<size_t>(std::min(M, ks.m_chunk)), a_scale);
   kernels::ConvGeometry geo{a.N, a.H, a.W, a.C, a.OH, a.OW, a.KH, a.KW, a.SH, a.SW, a.PH, a.PW, a.DH, a.DW, cin_g};
-  const int64_t chunks = (M + ks.m_chunk - 1) / ks.m_chunk;
   const int64_t N_pad = kernels::round_up(cout_g, kernels::kPackNB);
-  // Few row chunks (small images, deep layers): also split the columns so every thread has work;
-  // each split gathers its rows again, which is cheap next to K MACs per gathered byte.
   const int64_t panels = (N_pad + ks.n_panel - 1) / ks.n_panel;
   const int64_t threads = at::get_num_threads();
-  const int64_t splits = std::min(panels, std::max<int64_t>(1, (4 * threads + groups * chunks - 1) / (groups * chunks)));
-  const int64_t panels_per_split = (panels + splits - 1) / splits;
-  const int64_t macs_per_item = std::min(ks.m_chunk, M) * std::min(cout_g, panels_per_split * ks.n_panel) * K;
+  // Items are (group, row chunk, column panel), chunk-major: a thread gathers a chunk's rows once
+  // and runs its consecutive panels on them. Small images get smaller chunks so that every
+  // thread has several items (at::parallel_for hands each thread one contiguous range).
+  int64_t rows = ks.m_chunk;
+  while (rows > 24 && groups * ((M + rows - 1) / rows) * panels < 4 * threads) rows /= 2;
+  // Even chunks (a multiple of 6 rows, the AVX-512 tile height): no small straggler chunk.
+  const int64_t even = (M + rows - 1) / rows;
+  rows = std::min(rows, kernels::round_up((M + even - 1) / even, 6));
+  const int64_t chunks = (M + rows - 1) / rows;
+  std::vector<float> scales(static_cast<size_t>(std::min(M, rows)), a_scale);
+  const int64_t macs_per_item = std::min(rows, M) * std::min(cout_g, ks.n_panel) * K;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, macs_per_item));
   const int64_t elem = out_scale ? 1 : 4;
-  at::parallel_for(0, groups * chunks * splits, grain, [&](int64_t begin, int64_t end) {
-    std::vector<uint8_t> buf(direct ? 0 : static_cast<size_t>(ks.m_chunk * K_pad));
+  at::parallel_for(0, groups * chunks * panels, grain, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> buf(direct ? 0 : static_cast<size_t>(rows * K_pad));
+    int64_t gathered = -1;  // which (group, chunk) buf holds
     for (int64_t it = begin; it < end; ++it) {
-      const int64_t split = it % splits, gc = it / splits;
-      const int64_t g = gc / chunks, m0 = (gc % chunks) * ks.m_chunk, m1 = std::min(M, m0 + ks.m_chunk);
-      const int64_t n_begin = split * panels_per_split * ks.n_panel;
-      const int64_t n_end = std::min(N_pad, n_begin + panels_per_split * ks.n_panel);
+      const int64_t panel = it % panels, gc = it / panels;
+      const int64_t g = gc / chunks, m0 = (gc % chunks) * rows, m1 = std::min(M, m0 + rows);
       const PackedHeader& h = headers[g];
       kernels::Int8GemmParams p;
       const uint8_t* base = packed_w.data_ptr<uint8_t>() + g * packed_w.size(1);
@@ -221,7 +224,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
         p.a = xq.data_ptr<uint8_t>() + m0 * a.C;
         p.lda = a.C;
       } else {
-        kernels::gather_conv_rows(geo, xq.data_ptr<uint8_t>(), g, m0, m1, buf.data(), K_pad, 128);
+        if (gathered != gc) kernels::gather_conv_rows(geo, xq.data_ptr<uint8_t>(), g, m0, m1, buf.data(), K_pad, 128);
+        gathered = gc;
         p.a = buf.data();
         p.lda = K_pad;
       }
@@ -234,8 +238,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
       p.out_kind = kind;
       p.act = act;
       p.out_inv_scale = out_inv;
-      for (int64_t n0 = n_begin; n0 < n_end; n0 += ks.n_panel)
-        ks.int8_gemm(p, 0, m1 - m0, n0, std::min(n_end, n0 + ks.n_panel));
+      const int64_t n0 = panel * ks.n_panel;
+      ks.int8_gemm(p, 0, m1 - m0, n0, std::min(N_pad, n0 + ks.n_panel));
     }
   });
   return out;
