@@ -31,6 +31,7 @@ test: build
 
 bench: build
 	$(PY) benchmarks/bench_linear.py --threads $(THREADS) --json benchmarks/results_linear.json
+	$(PY) benchmarks/bench_conv.py --threads $(THREADS) --json benchmarks/results_conv.json
 
 clean:
 	rm -rf build *.egg-info fastinfer/_C*.so $(BUILT)
