@@ -31,11 +31,12 @@ TORCH_LIBRARY(fastinfer, m) {
   m.def("int8_scaled_mm(Tensor a, Tensor a_scale, Tensor packed_b, Tensor b_scale, Tensor? bias=None, "
         "ScalarType? out_dtype=None) -> Tensor");
   // Linear layers: x [..., K] fp32/bf16 -> [..., N] of x's dtype.
+  // x_channel_scale: optional per-input-channel multiplier applied before quantization (SmoothQuant).
   m.def("int8_linear_dynamic(Tensor x, Tensor packed_w, Tensor w_scale, Tensor? bias=None, "
-        "str activation=\"none\") -> Tensor");
+        "str activation=\"none\", Tensor? x_channel_scale=None) -> Tensor");
   // Static (calibrated) activation scale; int8 output (requantized with out_scale) when given.
   m.def("int8_linear_static(Tensor x, float x_scale, Tensor packed_w, Tensor w_scale, Tensor? bias=None, "
-        "str activation=\"none\", float? out_scale=None) -> Tensor");
+        "str activation=\"none\", float? out_scale=None, Tensor? x_channel_scale=None) -> Tensor");
   m.def("int8_linear_weight_only(Tensor x, Tensor packed_w, Tensor w_scale, Tensor? bias=None) -> Tensor");
   // Convolution: weights [Cout, Cin/groups, KH, KW] int8 packed once; x [N, C, H, W] (channels_last
   // in memory; NCHW input is converted once), fp32 or int8 (with x_scale); out fp32 or int8 (out_scale).

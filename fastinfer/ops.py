@@ -66,18 +66,22 @@ def int8_scaled_mm(a: Tensor, a_scale: Tensor, packed_b: Tensor, b_scale: Tensor
 
 
 def int8_linear_dynamic(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None,
-                        activation: str = "none") -> Tensor:
+                        activation: str = "none", x_channel_scale: Optional[Tensor] = None) -> Tensor:
     """x [..., K] fp32/bf16, quantized per token on the fly, times the packed int8 weight;
-    activation 'none' | 'relu' | 'relu6' fused into the epilogue."""
-    _check_devices("int8_linear_dynamic", x=x, packed_w=packed_w, w_scale=w_scale, bias=bias)
-    return _ops.int8_linear_dynamic(x, packed_w, w_scale, bias, activation)
+    activation 'none' | 'relu' | 'relu6' fused into the epilogue; x_channel_scale [K] multiplies x's
+    channels before quantization (SmoothQuant)."""
+    _check_devices("int8_linear_dynamic", x=x, packed_w=packed_w, w_scale=w_scale, bias=bias,
+                   x_channel_scale=x_channel_scale)
+    return _ops.int8_linear_dynamic(x, packed_w, w_scale, bias, activation, x_channel_scale)
 
 
 def int8_linear_static(x: Tensor, x_scale: float, packed_w: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None,
-                       activation: str = "none", out_scale: Optional[float] = None) -> Tensor:
+                       activation: str = "none", out_scale: Optional[float] = None,
+                       x_channel_scale: Optional[Tensor] = None) -> Tensor:
     """Static W8A8: x quantized with the calibrated per-tensor x_scale; int8 output when out_scale is given."""
-    _check_devices("int8_linear_static", x=x, packed_w=packed_w, w_scale=w_scale, bias=bias)
-    return _ops.int8_linear_static(x, x_scale, packed_w, w_scale, bias, activation, out_scale)
+    _check_devices("int8_linear_static", x=x, packed_w=packed_w, w_scale=w_scale, bias=bias,
+                   x_channel_scale=x_channel_scale)
+    return _ops.int8_linear_static(x, x_scale, packed_w, w_scale, bias, activation, out_scale, x_channel_scale)
 
 
 def pack_conv_weight(weight: Tensor, groups: int = 1) -> Tensor:
@@ -150,7 +154,7 @@ def _int8_scaled_mm_fake(a, a_scale, packed_b, b_scale, bias=None, out_dtype=Non
     return a.new_empty((a.shape[0], b_scale.shape[0]), dtype=out_dtype or torch.float32)
 
 
-def _linear_fake(x, packed_w, w_scale, bias=None, activation="none"):
+def _linear_fake(x, packed_w, w_scale, bias=None, activation="none", x_channel_scale=None):
     torch._check(x.dim() >= 1, lambda: "x must have at least 1 dimension")
     return x.new_empty((*x.shape[:-1], w_scale.shape[0]))
 
@@ -160,7 +164,8 @@ torch.library.register_fake("fastinfer::int8_linear_weight_only")(_linear_fake)
 
 
 @torch.library.register_fake("fastinfer::int8_linear_static")
-def _linear_static_fake(x, x_scale, packed_w, w_scale, bias=None, activation="none", out_scale=None):
+def _linear_static_fake(x, x_scale, packed_w, w_scale, bias=None, activation="none", out_scale=None,
+                        x_channel_scale=None):
     torch._check(x.dim() >= 1, lambda: "x must have at least 1 dimension")
     return x.new_empty((*x.shape[:-1], w_scale.shape[0]), dtype=torch.int8 if out_scale is not None else x.dtype)
 

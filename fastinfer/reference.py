@@ -53,9 +53,12 @@ def int8_scaled_mm(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, bias:
     return y.to(out_dtype or torch.float32)
 
 
-def int8_linear_dynamic(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """Dynamic W8A8: quantize x per token, int8 GEMM, dequantize, add bias; x's dtype out."""
+def int8_linear_dynamic(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None,
+                        x_channel_scale: Optional[Tensor] = None) -> Tensor:
+    """Dynamic W8A8: (x * x_channel_scale), quantized per token, int8 GEMM, dequantize, add bias; x's dtype out."""
     x2 = x.reshape(-1, x.shape[-1])
+    if x_channel_scale is not None:
+        x2 = x2.float() * x_channel_scale.float()
     q, s = quantize_per_token(x2)
     y = int8_scaled_mm(q, s, w_q, w_scale, bias, out_dtype=x.dtype)
     return y.reshape(*x.shape[:-1], w_q.shape[0])
@@ -103,8 +106,12 @@ def _epilogue(acc: Tensor, a_scale, w_scale: Tensor, bias: Optional[Tensor], act
 
 
 def int8_linear_static(x: Tensor, x_scale: float, w_q: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None,
-                       activation: str = "none", out_scale: Optional[float] = None) -> Tensor:
-    q = quantize_static(x.reshape(-1, x.shape[-1]), x_scale)
+                       activation: str = "none", out_scale: Optional[float] = None,
+                       x_channel_scale: Optional[Tensor] = None) -> Tensor:
+    x2 = x.reshape(-1, x.shape[-1])
+    if x_channel_scale is not None:
+        x2 = x2.float() * x_channel_scale.float()
+    q = quantize_static(x2, x_scale)
     acc = int8_mm(q, w_q)
     y = _epilogue(acc, _f32(x_scale), w_scale, bias, activation, out_scale, x.dtype, 1)
     return y.reshape(*x.shape[:-1], w_q.shape[0])

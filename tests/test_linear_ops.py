@@ -100,3 +100,19 @@ def test_linear_dynamic_activation(isa):
     y = ops.int8_linear_dynamic(x, packed, w_scale, None, "relu6")
     torch.testing.assert_close(y, ref.apply_activation(ref.int8_linear_dynamic(x, w_q, w_scale), "relu6"),
                                rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_channel_scale(isa, dtype):
+    # SmoothQuant's per-input-channel multiplier, applied inside the quantization pass: exact.
+    x = (torch.randn(11, 70) * 3).to(dtype)
+    w_q, w_scale, packed = make_weight(33, 70)
+    cs = torch.rand(70) + 0.1
+    y = ops.int8_linear_dynamic(x, packed, w_scale, None, "none", cs)
+    torch.testing.assert_close(y, ref.int8_linear_dynamic(x, w_q, w_scale, None, cs), rtol=0, atol=0)
+    ys = ops.int8_linear_static(x.float(), 0.05, packed, w_scale, None, "relu", None, cs)
+    torch.testing.assert_close(ys, ref.int8_linear_static(x.float(), 0.05, w_q, w_scale, None, "relu", None, cs),
+                               rtol=0, atol=0)
+    assert_served("quantize", isa)
+    with pytest.raises(RuntimeError, match="x_channel_scale must be 1-D of length 70"):
+        ops.int8_linear_dynamic(x, packed, w_scale, None, "none", cs[:5])

@@ -1,4 +1,5 @@
 """Int8Linear and fastinfer.quantize: quality vs float, state_dict, repr, compile/export, opcheck."""
+import copy
 import io
 
 import pytest
@@ -147,3 +148,52 @@ def _opcheck_cases():
 def test_opcheck(case):
     op, args = _opcheck_cases()[case]
     torch.library.opcheck(op, args)
+
+
+class Outliers(nn.Module):
+    """A Linear whose input has a few channels 60x larger than the rest (as in transformers)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(256, 128)
+        gain = torch.ones(256)
+        gain[[3, 77, 200]] = 60.0
+        self.register_buffer("gain", gain)
+
+    def forward(self, x):
+        return self.fc(x * self.gain)
+
+
+def test_smoothquant_improves_outlier_layer():
+    model = Outliers().eval()
+    calib = [torch.randn(16, 256) for _ in range(4)]
+    x = torch.randn(64, 256)
+    with torch.inference_mode():
+        y_ref = model(x)
+    plain = fastinfer.quantize(copy.deepcopy(model), scheme="w8a8_dynamic")
+    smooth = fastinfer.quantize(copy.deepcopy(model), scheme="w8a8_dynamic", smooth_alpha=0.5, calib_data=calib)
+    static = fastinfer.quantize(copy.deepcopy(model), scheme="w8a8_static", smooth_alpha=0.5, calib_data=calib)
+    assert smooth.fc.input_smooth is not None and "smoothed" in repr(smooth.fc)
+    with torch.inference_mode():
+        db_plain, db_smooth, db_static = (sqnr_db(y_ref, m(x)) for m in (plain, smooth, static))
+    assert db_smooth > db_plain + 3, (db_plain, db_smooth)
+    assert db_static > 25
+    torch.testing.assert_close(smooth.fc.dequantized_weight(), model.fc.weight, rtol=0.05, atol=0.02)
+    buf = io.BytesIO()
+    torch.save(smooth.state_dict(), buf)
+    fresh = fastinfer.quantize(copy.deepcopy(model), scheme="w8a8_dynamic")
+    buf.seek(0)
+    fresh.load_state_dict(torch.load(buf))
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh(x), smooth(x), rtol=0, atol=0)
+
+
+def test_smoothquant_bad_arguments():
+    with pytest.raises(ValueError, match="smooth_alpha needs calib_data"):
+        fastinfer.quantize(Outliers(), smooth_alpha=0.5)
+    with pytest.raises(ValueError, match="needs an int8-activation scheme"):
+        fastinfer.quantize(Outliers(), scheme="w8_only", smooth_alpha=0.5, calib_data=[torch.randn(2, 256)])
+    with pytest.raises(ValueError, match=r"smooth_alpha must be in \[0, 1\]"):
+        fastinfer.quantize(Outliers(), smooth_alpha=2.0, calib_data=[torch.randn(2, 256)])
+    with pytest.raises(ValueError, match="w8a8_static' needs calib_data"):
+        fastinfer.quantize(Outliers(), scheme="w8a8_static")

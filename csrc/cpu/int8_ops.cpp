@@ -158,8 +158,11 @@ at::Tensor int8_scaled_mm(const at::Tensor& a, const at::Tensor& a_scale, const 
 // fused epilogue. Output: x's dtype, or int8 when out_scale is given.
 at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
                        const std::optional<at::Tensor>& bias, const std::string& activation,
-                       std::optional<double> x_scale, std::optional<double> out_scale) {
+                       std::optional<double> x_scale, std::optional<double> out_scale,
+                       const std::optional<at::Tensor>& x_channel_scale) {
   const PackedHeader h = checked_header(packed_w, op, "packed_w");
+  const at::Tensor cs = x_channel_scale ? channel_vector(*x_channel_scale, h.K, op, "x_channel_scale", false)
+                                        : at::Tensor();
   const kernels::Act act = parse_act(activation, op);
   const at::Tensor x2 = activation_2d(x, h.K, op);
   const at::Tensor bs = channel_vector(w_scale, h.N, op, "w_scale", false);
@@ -178,9 +181,10 @@ at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& pa
     if (x_scale) {
       a_scale.fill_(static_cast<float>(*x_scale));
       at::Tensor none;
-      quantize_rows(x2, q, none, /*shift128=*/true, 1.0f / static_cast<float>(*x_scale));
+      quantize_rows(x2, q, none, /*shift128=*/true, 1.0f / static_cast<float>(*x_scale),
+                    cs.defined() ? cs.data_ptr<float>() : nullptr);
     } else {
-      quantize_rows(x2, q, a_scale, /*shift128=*/true);
+      quantize_rows(x2, q, a_scale, /*shift128=*/true, 0.0f, cs.defined() ? cs.data_ptr<float>() : nullptr);
     }
     kernels::Int8GemmParams p;
     fill_int8_params(p, h, packed_w, q, M);
@@ -199,14 +203,17 @@ at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& pa
 }
 
 at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
-                               const std::optional<at::Tensor>& bias, const std::string& activation) {
-  return w8a8_linear("int8_linear_dynamic", x, packed_w, w_scale, bias, activation, std::nullopt, std::nullopt);
+                               const std::optional<at::Tensor>& bias, const std::string& activation,
+                               const std::optional<at::Tensor>& x_channel_scale) {
+  return w8a8_linear("int8_linear_dynamic", x, packed_w, w_scale, bias, activation, std::nullopt, std::nullopt,
+                     x_channel_scale);
 }
 
 at::Tensor int8_linear_static(const at::Tensor& x, double x_scale, const at::Tensor& packed_w, const at::Tensor& w_scale,
                               const std::optional<at::Tensor>& bias, const std::string& activation,
-                              std::optional<double> out_scale) {
-  return w8a8_linear("int8_linear_static", x, packed_w, w_scale, bias, activation, x_scale, out_scale);
+                              std::optional<double> out_scale, const std::optional<at::Tensor>& x_channel_scale) {
+  return w8a8_linear("int8_linear_static", x, packed_w, w_scale, bias, activation, x_scale, out_scale,
+                     x_channel_scale);
 }
 
 at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,

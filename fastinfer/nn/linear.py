@@ -52,12 +52,20 @@ class Int8Linear(nn.Module):
         self.register_buffer("packed_weight", ops.pack_int8_weight(torch.zeros(out_features, in_features, dtype=torch.int8)))
         self.register_buffer("weight_scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        # SmoothQuant: x's channels are multiplied by this before quantization (1 / s, with s folded
+        # into the weight's columns). None when the layer is not smoothed.
+        self.register_buffer("input_smooth", None)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, scheme: str = "w8a8_dynamic", activation: Optional[str] = None,
-                   x_scale: Optional[float] = None, out_scale: Optional[float] = None) -> "Int8Linear":
+                   x_scale: Optional[float] = None, out_scale: Optional[float] = None,
+                   smooth: Optional[Tensor] = None) -> "Int8Linear":
         """Quantizes a float nn.Linear (per output channel, symmetric) and packs its weight once.
-        A fastinfer.nn.LinearAct's activation is taken over (fused into the kernel's epilogue)."""
+        A fastinfer.nn.LinearAct's activation is taken over (fused into the kernel's epilogue).
+        smooth: SmoothQuant factors s [in_features] > 0: the weight's columns are multiplied by s
+        before quantization and x by 1 / s at run time (in the quantization pass), so x W^T is unchanged
+        while activation outliers move into the weights. A w8a8_static x_scale must then be the
+        scale of x / s."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
         if linear.weight.device.type not in ops.SUPPORTED_DEVICES:
@@ -65,7 +73,17 @@ class Int8Linear(nn.Module):
                              f"{', '.join(ops.SUPPORTED_DEVICES)} only (move the model with .cpu() first)")
         act = activation or getattr(linear, "activation", None) or "none"
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None, scheme, act, x_scale, out_scale)
-        w_q, w_scale = quantize_weight_per_channel(linear.weight)
+        weight = linear.weight.detach().float()
+        if smooth is not None:
+            if scheme == "w8_only":
+                raise ValueError("smooth (SmoothQuant) needs an int8-activation scheme, not w8_only")
+            smooth = smooth.detach().float().reshape(-1)
+            if smooth.numel() != linear.in_features or not bool((smooth > 0).all()) or \
+                    not bool(torch.isfinite(smooth).all()):
+                raise ValueError(f"smooth must hold {linear.in_features} positive finite factors")
+            weight = weight * smooth[None, :]
+            mod.input_smooth = (1.0 / smooth).contiguous()
+        w_q, w_scale = quantize_weight_per_channel(weight)
         mod.packed_weight = ops.pack_int8_weight(w_q)
         mod.weight_scale = w_scale.contiguous()
         if linear.bias is not None:
@@ -75,10 +93,11 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.scheme == "w8a8_dynamic":
             return torch.ops.fastinfer.int8_linear_dynamic(x, self.packed_weight, self.weight_scale, self.bias,
-                                                           self.activation)
+                                                           self.activation, self.input_smooth)
         if self.scheme == "w8a8_static":
             return torch.ops.fastinfer.int8_linear_static(x, self.x_scale, self.packed_weight, self.weight_scale,
-                                                          self.bias, self.activation, self.out_scale)
+                                                          self.bias, self.activation, self.out_scale,
+                                                          self.input_smooth)
         return torch.ops.fastinfer.int8_linear_weight_only(x, self.packed_weight, self.weight_scale, self.bias)
 
     def int8_weight(self) -> Tensor:
@@ -86,8 +105,9 @@ class Int8Linear(nn.Module):
         return ops.unpack_int8_weight(self.packed_weight)
 
     def dequantized_weight(self) -> Tensor:
-        """The fp32 weight this layer computes with (int8 * per-channel scale)."""
-        return self.int8_weight().float() * self.weight_scale[:, None]
+        """The fp32 weight this layer computes with (int8 * per-channel scale, smoothing undone)."""
+        w = self.int8_weight().float() * self.weight_scale[:, None]
+        return w * self.input_smooth[None, :] if self.input_smooth is not None else w
 
     def extra_repr(self) -> str:
         s = (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -98,6 +118,8 @@ class Int8Linear(nn.Module):
             s += f", x_scale={self.x_scale:.4g}"
         if self.out_scale is not None:
             s += f", int8 out (scale {self.out_scale:.4g})"
+        if self.input_smooth is not None:
+            s += ", smoothed"
         return s + f", isa={ops.cpu_capabilities()['active']}"
 
     def get_extra_state(self):
@@ -109,6 +131,9 @@ class Int8Linear(nn.Module):
         self.x_scale, self.out_scale = state["x_scale"], state["out_scale"]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        smooth_key = prefix + "input_smooth"
+        if smooth_key in state_dict and self.input_smooth is None:
+            self.input_smooth = torch.empty_like(state_dict[smooth_key])  # a smoothed layer's buffer
         key = prefix + "packed_weight"
         if key in state_dict:
             # Refuse a buffer for another shape or a corrupt one now, not at the first forward.

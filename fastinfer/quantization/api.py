@@ -13,6 +13,7 @@ from ..nn.fused import ConvAct2d, LinearAct
 from ..nn.linear import SCHEMES, Int8Linear, check_scheme
 from .calibrate import calibrate
 from .observers import OBSERVERS
+from .smooth import smooth_factors
 
 LINEAR_TYPES = (nn.Linear, LinearAct)     # exact types: a subclass may change forward
 CONV_TYPES = (nn.Conv2d, ConvAct2d)
@@ -74,13 +75,18 @@ class QuantizationReport:
 
 def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns = None, exclude: Patterns = None,
              *, config: Optional[QuantConfig] = None, calib_data=None, observer: str = "minmax",
-             verbose: bool = False) -> nn.Module:
+             smooth_alpha: Optional[float] = None, verbose: bool = False) -> nn.Module:
     """Replaces the nn.Linear / nn.Conv2d layers of ``model`` (and fastinfer.nn.LinearAct / ConvAct2d
     from fastinfer.fuse) with :class:`fastinfer.nn.Int8Linear` / :class:`fastinfer.nn.Int8Conv2d`, in place.
 
     scheme 'w8a8_static' needs ``calib_data`` (an iterable of input batches, or of (x, y) tuples):
     the model runs over it once (fastinfer.calibrate with ``observer``) to fix every layer's
     activation scale. Run fastinfer.fuse(model) first to fold BatchNorm and fuse ReLU/ReLU6.
+
+    smooth_alpha (with calib_data, w8a8_* schemes): SmoothQuant for the Linear layers: per input
+    channel s = max|x|^alpha / max|w|^(1 - alpha) from the calibration batches; s is folded into the
+    weights and 1 / s applied inside the activation quantization (0.5 is the usual choice). For
+    models whose activations have outlier channels (transformers).
 
     Layers that cannot be quantized (on an unsupported device, excluded, not included, a conv
     padding mode other than zeros, a conv under w8_only) are left unchanged. Returns the model;
@@ -96,13 +102,17 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     if type(model) in LINEAR_TYPES + CONV_TYPES:
         raise TypeError("model is itself a layer; use fastinfer.nn.Int8Linear.from_float(layer) or "
                         "fastinfer.nn.Int8Conv2d.from_float(layer) instead")
-    scales = None
-    if cfg.scheme == "w8a8_static":
+    if smooth_alpha is not None:
+        if cfg.scheme == "w8_only":
+            raise ValueError("smooth_alpha (SmoothQuant) needs an int8-activation scheme (w8a8_dynamic or w8a8_static)")
         if calib_data is None:
-            raise ValueError("scheme 'w8a8_static' needs calib_data: a few batches of representative inputs")
-        scales = calibrate(model, calib_data, observer=cfg.observer, progress=verbose).input_scale
-    elif calib_data is not None:
-        raise ValueError(f"calib_data is only used by scheme 'w8a8_static', not {cfg.scheme!r}")
+            raise ValueError("smooth_alpha needs calib_data: a few batches of representative inputs")
+    elif calib_data is not None and cfg.scheme != "w8a8_static":
+        raise ValueError(f"calib_data is used by scheme 'w8a8_static' or with smooth_alpha, not by {cfg.scheme!r} alone")
+    if cfg.scheme == "w8a8_static" and calib_data is None:
+        raise ValueError("scheme 'w8a8_static' needs calib_data: a few batches of representative inputs")
+    if calib_data is not None and not isinstance(calib_data, (list, tuple)):
+        calib_data = list(calib_data)  # read twice (smoothing, then calibration): materialize once
     targets = []
     for name, mod in model.named_modules():
         kind = "linear" if type(mod) in LINEAR_TYPES else "conv" if type(mod) in CONV_TYPES else None
@@ -119,18 +129,27 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
             report.skipped.append((name, f"on device {mod.weight.device}, unsupported by this build"))
         elif kind == "conv" and cfg.scheme == "w8_only":
             report.skipped.append((name, "w8_only has no conv kernel (use w8a8_dynamic or w8a8_static)"))
-        elif scales is not None and name not in scales:
-            report.skipped.append((name, "no activation scale from calibration (layer not called)"))
         else:
             targets.append((name, kind))
+    smooth = {}
+    if smooth_alpha is not None:
+        linears = [n for n, k in targets if k == "linear"]
+        smooth = smooth_factors(model, calib_data, linears, smooth_alpha, progress=verbose)
+    scales = None
+    if cfg.scheme == "w8a8_static":
+        # Calibrate what the int8 layers will see: the smoothed input x / s of each smoothed Linear.
+        scales = _calibrated_input_scales(model, calib_data, cfg.observer, smooth, verbose)
     for name, kind in targets:
+        if scales is not None and name not in scales:
+            report.skipped.append((name, "no activation scale from calibration (layer not called)"))
+            continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         layer = getattr(parent, child)
         x_scale = scales[name] if scales is not None else None
         try:
             if kind == "linear":
-                new = Int8Linear.from_float(layer, cfg.scheme, x_scale=x_scale)
+                new = Int8Linear.from_float(layer, cfg.scheme, x_scale=x_scale, smooth=smooth.get(name))
             else:
                 new = Int8Conv2d.from_float(layer, x_scale=x_scale)
         except ValueError as e:  # e.g. padding_mode='reflect'
@@ -142,6 +161,21 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     if verbose:
         print(report)
     return model
+
+
+def _calibrated_input_scales(model: nn.Module, calib_data, observer: str, smooth, verbose: bool):
+    """Per-layer input scales; for smoothed layers, of the smoothed input (hooks divide by s)."""
+    hooks = []
+    modules = dict(model.named_modules())
+    for name, s in smooth.items():
+        inv = 1.0 / s
+        hooks.append(modules[name].register_forward_pre_hook(
+            lambda _m, args, inv=inv: (args[0] * inv,) + tuple(args[1:])))
+    try:
+        return calibrate(model, calib_data, observer=observer, progress=verbose).input_scale
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 __all__ = ["QuantConfig", "QuantizationReport", "quantize", "SCHEMES"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Type, Union
+from typing import Any, Mapping, Callable, Dict, Iterable, Optional, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +68,8 @@ def _model_inputs(batch: Any) -> Tuple[Any, ...]:
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
     if isinstance(x, (tuple, list)):
         return tuple(x)
+    if isinstance(x, Mapping):  # a features dict (e.g. a tokenizer's output) is one argument
+        return (x,)
     if not isinstance(x, Tensor):
         raise TypeError(f"a calibration batch must be a tensor or an (x, y) tuple, got {type(x).__name__}")
     return (x,)

@@ -126,17 +126,21 @@ void w8_gemm_avx2(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int
 }
 
 inline float load1(const QuantizeParams& p, int64_t m, int64_t k) {
-  return p.x_is_bf16 ? bf16_to_f32(static_cast<const uint16_t*>(p.x)[m * p.ldx + k])
-                     : static_cast<const float*>(p.x)[m * p.ldx + k];
+  const float v = p.x_is_bf16 ? bf16_to_f32(static_cast<const uint16_t*>(p.x)[m * p.ldx + k])
+                              : static_cast<const float*>(p.x)[m * p.ldx + k];
+  return p.col_scale ? v * p.col_scale[k] : v;
 }
 
 inline __m256 load8(const QuantizeParams& p, int64_t m, int64_t k) {
+  __m256 v;
   if (p.x_is_bf16) {
     const auto* x = static_cast<const uint16_t*>(p.x) + m * p.ldx + k;
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+    v = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  } else {
+    v = _mm256_loadu_ps(static_cast<const float*>(p.x) + m * p.ldx + k);
   }
-  return _mm256_loadu_ps(static_cast<const float*>(p.x) + m * p.ldx + k);
+  return p.col_scale ? _mm256_mul_ps(v, _mm256_loadu_ps(p.col_scale + k)) : v;
 }
 
 void quantize_avx2(const QuantizeParams& p, int64_t m0, int64_t m1) {

@@ -197,11 +197,14 @@ void w8_gemm_avx512(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, i
 
 // ---- per-token quantization ----
 inline __m512 load16(const QuantizeParams& p, int64_t m, int64_t k, __mmask16 mask) {
+  __m512 v;
   if (p.x_is_bf16) {
     const uint16_t* x = static_cast<const uint16_t*>(p.x) + m * p.ldx + k;
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, x)), 16));
+    v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, x)), 16));
+  } else {
+    v = _mm512_maskz_loadu_ps(mask, static_cast<const float*>(p.x) + m * p.ldx + k);
   }
-  return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(p.x) + m * p.ldx + k);
+  return p.col_scale ? _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mask, p.col_scale + k)) : v;
 }
 
 void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {

@@ -63,6 +63,9 @@ struct QuantizeParams {
   // Static (calibrated) per-tensor quantization: q = clamp(round(x * static_inv), -127, 127) for
   // every row, no amax pass. 0 selects the dynamic per-row rule above.
   float static_inv = 0.0f;
+  // Optional per-column multiplier applied to x before anything else (SmoothQuant's 1 / s[k],
+  // whose s is folded into the weight's columns): x'[m, k] = x[m, k] * col_scale[k]. Null: none.
+  const float* col_scale = nullptr;
 };
 
 // Depthwise int8 convolution (one filter per channel), NHWC activations and outputs.
