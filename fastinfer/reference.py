@@ -77,9 +77,12 @@ def _f32(v) -> Tensor:
 
 
 def apply_activation(y: Tensor, activation: str) -> Tensor:
-    """'none' | 'relu' | 'relu6', NaN kept (the kernels' rule: y < 0 -> 0, y > 6 -> 6)."""
+    """'none' | 'relu' | 'relu6' | 'gelu', NaN kept (the kernels' rule: y < 0 -> 0, y > 6 -> 6; gelu is
+    the erf form, which the kernels approximate to ~1e-6: compare gelu outputs with a tolerance)."""
     if activation == "none":
         return y
+    if activation == "gelu":
+        return torch.nn.functional.gelu(y)
     y = torch.where(y < 0, torch.zeros_like(y), y)
     return torch.where(y > 6, torch.full_like(y, 6.0), y) if activation == "relu6" else y
 

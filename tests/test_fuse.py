@@ -300,3 +300,60 @@ def test_bad_activation_and_bad_arguments():
         LinearAct.from_linear(nn.Conv2d(2, 2, 1))
     with pytest.raises(TypeError, match="torch.nn.Module"):
         fuse("not a model")
+
+
+class GELUActivation(nn.Module):
+    """Shaped like Hugging Face transformers' GELUActivation (a module holding F.gelu)."""
+
+    def __init__(self):
+        super().__init__()
+        self.act = F.gelu
+
+    def forward(self, x):
+        return self.act(x)
+
+
+class FFN(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.dense, self.act, self.out = nn.Linear(24, 64), act, nn.Linear(64, 24)
+
+    def forward(self, x):
+        return self.out(self.act(self.dense(x)))
+
+
+@pytest.mark.parametrize("act", [nn.GELU(), GELUActivation()], ids=["nn.GELU", "GELUActivation"])
+def test_fuse_gelu_module(act):
+    model = FFN(act).eval()
+    x = torch.randn(5, 24)
+    fused = fastinfer.fuse(model)
+    assert isinstance(fused.dense, LinearAct) and fused.dense.activation == "gelu"
+    assert isinstance(fused.act, nn.Identity)  # GELU is not idempotent: the module must go
+    torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-6)
+    q = fastinfer.quantize(fused)
+    assert q.dense.activation == "gelu"
+
+
+def test_shared_or_functional_gelu_is_not_fused():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.act = nn.Linear(8, 8), nn.Linear(8, 8), nn.GELU()
+
+        def forward(self, x):
+            return self.act(self.b(self.act(self.a(x))))  # one GELU module called twice
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return F.gelu(self.a(x))  # a call fuse cannot remove from forward
+
+    for cls in (Shared, Functional):
+        model = cls().eval()
+        fused = fastinfer.fuse(model)
+        assert not any(isinstance(m, LinearAct) for m in fused.modules())
+        x = torch.randn(3, 8)
+        torch.testing.assert_close(fused(x), model(x), rtol=0, atol=0)

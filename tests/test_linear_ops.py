@@ -116,3 +116,20 @@ def test_linear_channel_scale(isa, dtype):
     assert_served("quantize", isa)
     with pytest.raises(RuntimeError, match="x_channel_scale must be 1-D of length 70"):
         ops.int8_linear_dynamic(x, packed, w_scale, None, "none", cs[:5])
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 13, 5), (17, 255, 70), (64, 384, 1536)])
+def test_linear_gelu_epilogue(isa, M, K, N):
+    # erf-GELU fused in the epilogue: the vector kernels approximate erf (|error| <= 3e-7), so this
+    # compares with a tolerance, on the same quantized values.
+    x = torch.randn(M, K) * 2
+    w_q, w_scale, packed = make_weight(N, K)
+    bias = torch.randn(N)
+    y = ops.int8_linear_dynamic(x, packed, w_scale, bias, "gelu")
+    pre = ref.int8_linear_dynamic(x, w_q, w_scale, bias)
+    torch.testing.assert_close(y, torch.nn.functional.gelu(pre), rtol=1e-5, atol=1e-5)
+    ys = ops.int8_linear_static(x, 0.04, packed, w_scale, bias, "gelu")
+    torch.testing.assert_close(ys, ref.int8_linear_static(x, 0.04, w_q, w_scale, bias, "gelu"), rtol=1e-5, atol=1e-5)
+    big = ops.int8_linear_static(torch.full((1, K), 1e3), 0.04, packed, w_scale, bias, "gelu")
+    assert torch.isfinite(big).all()
+    assert_served("int8_gemm", isa)

@@ -100,7 +100,8 @@ inline kernels::Act parse_act(const std::string& a, const char* op) {
   if (a == "none") return kernels::Act::None;
   if (a == "relu") return kernels::Act::Relu;
   if (a == "relu6") return kernels::Act::Relu6;
-  TORCH_CHECK(false, "fastinfer.", op, ": activation must be 'none', 'relu' or 'relu6', got '", a, "'");
+  if (a == "gelu") return kernels::Act::Gelu;
+  TORCH_CHECK(false, "fastinfer.", op, ": activation must be 'none', 'relu', 'relu6' or 'gelu', got '", a, "'");
   return kernels::Act::None;
 }
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .. import ops
 
-ACTIVATIONS = ("none", "relu", "relu6")
+ACTIVATIONS = ("none", "relu", "relu6", "gelu")
 CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-ACTIVATIONS = (None, "relu", "relu6")
+ACTIVATIONS = (None, "relu", "relu6", "gelu")
 
 
 def check_activation(activation: Optional[str]) -> Optional[str]:
@@ -23,6 +23,8 @@ def _apply(y: Tensor, activation: Optional[str]) -> Tensor:
         return F.relu(y)
     if activation == "relu6":
         return F.relu6(y)
+    if activation == "gelu":
+        return F.gelu(y)
     return y
 
 

@@ -10,7 +10,7 @@ from .. import ops
 from ..reference import quantize_weight_per_channel
 
 SCHEMES = ("w8a8_dynamic", "w8a8_static", "w8_only")
-ACTIVATIONS = ("none", "relu", "relu6")
+ACTIVATIONS = ("none", "relu", "relu6", "gelu")
 
 
 def check_scheme(scheme: str) -> str:

@@ -95,8 +95,10 @@ def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], None]
 class _Tracer(fx.Tracer):
     # fastinfer's own layers (ConvAct2d, LinearAct, Int8Linear ...) are leaves like torch.nn's, so
     # an already-fused layer shows up as one call and fuse can run twice.
+    # Activation modules are leaves too, so a non-idempotent one (GELU) can be swapped for Identity.
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return type(m).__module__.startswith("fastinfer.nn") or super().is_leaf_module(m, qualname)
+        return (type(m).__module__.startswith("fastinfer.nn") or _module_activation(m) is not None
+                or super().is_leaf_module(m, qualname))
 
 
 def _join(prefix: str, name: str) -> str:
@@ -109,11 +111,22 @@ def _arg(node: fx.Node, index: int, name: str, default):
     return node.kwargs.get(name, default)
 
 
+# Activations that may be applied twice without changing the result: a fused one may stay in the
+# forward (shared modules, functional calls). GELU is not: it is fused only from a module that is
+# called once and can be replaced by nn.Identity.
+IDEMPOTENT = ("relu", "relu6")
+
+
 def _module_activation(mod: nn.Module) -> Optional[str]:
     if type(mod) is nn.ReLU:
         return "relu"
     if type(mod) in (nn.ReLU6, nn.Hardtanh) and mod.min_val == 0 and mod.max_val == 6:
         return "relu6"
+    if type(mod) is nn.GELU and mod.approximate == "none":
+        return "gelu"
+    # Hugging Face transformers' GELUActivation (BERT-family FFNs): a module holding F.gelu (erf form).
+    if type(mod).__name__ == "GELUActivation" and getattr(mod, "act", None) is F.gelu:
+        return "gelu"
     return None
 
 
@@ -193,7 +206,8 @@ class _Fuser:
                     i = j + 1
                     continue
                 bn_name, j = names[j], j + 1
-            if j < len(mods) and mods[j] is not None and _module_activation(mods[j]):
+            if j < len(mods) and mods[j] is not None and _module_activation(mods[j]) and (
+                    _module_activation(mods[j]) in IDEMPOTENT or id(mods[j]) not in self.aliased):
                 act, act_name, j = _module_activation(mods[j]), names[j], j + 1
             if bn_name is not None or act is not None:
                 self.apply(_join(prefix, names[i]), bn_name and _join(prefix, bn_name), act,
@@ -246,6 +260,9 @@ class _Fuser:
                 bn_node, nxt = nxt, only_user(nxt)
                 folded.add(bn_node.target)
             act, act_label, is_module = activation_of(nxt)
+            if act is not None and act not in IDEMPOTENT and (
+                    not is_module or calls[nxt.target] != 1 or id(mods[nxt.target]) in self.aliased):
+                act, act_label, is_module = None, None, False  # could not be removed from the forward
             if bn_node is None and act is None:
                 continue
             if act is not None and is_module:

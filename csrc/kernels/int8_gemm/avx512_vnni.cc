@@ -58,8 +58,32 @@ inline __m512i quant16(__m512 v, __m512 inv) {
   return _mm512_cvtps_epi32(r);  // MXCSR default: nearest even
 }
 
+// erf(x) = sign(x) * (1 - (1 + a1|x| + ... + a6|x|^6)^-16) (Abramowitz & Stegun 7.1.28,
+// |error| <= 3e-7); no exp needed, and large |x| saturates cleanly to +-1 (the power overflows to inf).
+inline __m512 erf16(__m512 x) {
+  const __m512 ax = _mm512_abs_ps(x);
+  __m512 t = _mm512_set1_ps(0.0000430638f);
+  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(0.0002765672f));
+  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(0.0001520143f));
+  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(0.0092705272f));
+  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(0.0422820123f));
+  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(0.0705230784f));
+  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(1.0f));
+  t = _mm512_mul_ps(t, t);  // ^2
+  t = _mm512_mul_ps(t, t);  // ^4
+  t = _mm512_mul_ps(t, t);  // ^8
+  t = _mm512_mul_ps(t, t);  // ^16
+  const __m512 e = _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_div_ps(_mm512_set1_ps(1.0f), t));
+  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(e),
+                                             _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN))));
+}
+
 inline __m512 act16(__m512 y, Act act) {
   if (act == Act::None) return y;
+  if (act == Act::Gelu) {
+    const __m512 half_y = _mm512_mul_ps(_mm512_set1_ps(0.5f), y);
+    return _mm512_fmadd_ps(half_y, erf16(_mm512_mul_ps(y, _mm512_set1_ps(0.70710678118654752f))), half_y);
+  }
   y = _mm512_max_ps(_mm512_setzero_ps(), y);  // second operand wins on NaN: NaN stays NaN
   return act == Act::Relu6 ? _mm512_min_ps(_mm512_set1_ps(6.0f), y) : y;
 }

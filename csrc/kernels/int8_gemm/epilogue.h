@@ -29,6 +29,7 @@ inline float bf16_to_f32(uint16_t h) {
 inline float apply_act(float y, Act act) {
   // max/min written so NaN stays NaN (as torch.relu / hardtanh do).
   if (act == Act::None) return y;
+  if (act == Act::Gelu) return 0.5f * y * (1.0f + std::erf(y * 0.70710678118654752f));
   y = y < 0.0f ? 0.0f : y;
   return (act == Act::Relu6 && y > 6.0f) ? 6.0f : y;
 }
