@@ -293,7 +293,7 @@ def test_fused_layers_trace_and_compile():
 
 def test_bad_activation_and_bad_arguments():
     with pytest.raises(ValueError, match="activation must be one of"):
-        ConvAct2d(3, 4, 1, activation="gelu")
+        ConvAct2d(3, 4, 1, activation="swish")
     with pytest.raises(TypeError, match="nn.Conv2d"):
         ConvAct2d.from_conv(nn.Linear(2, 2))
     with pytest.raises(TypeError, match="nn.Linear"):
