@@ -30,8 +30,8 @@ test: build
 	$(PY) -m pytest -q tests
 
 bench: build
-	$(PY) benchmarks/bench_linear.py --threads $(THREADS) --json benchmarks/results_linear.json
-	$(PY) benchmarks/bench_conv.py --threads $(THREADS) --json benchmarks/results_conv.json
+	$(PY) benchmarks/bench_linear.py --threads $(THREADS) --json benchmarks/latest_linear.json
+	$(PY) benchmarks/bench_conv.py --threads $(THREADS) --json benchmarks/latest_conv.json
 
 clean:
 	rm -rf build *.egg-info fastinfer/_C*.so $(BUILT)

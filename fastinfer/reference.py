@@ -31,11 +31,12 @@ def quantize_per_token(x: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def quantize_weight_per_channel(w: Tensor) -> Tuple[Tensor, Tensor]:
-    """Per-output-channel symmetric int8 for a [N, K] weight; all-zero rows get scale 1."""
+    """Per-output-channel (dim 0) symmetric int8 for a Linear [N, K] or conv [N, C, KH, KW] weight;
+    all-zero channels get scale 1."""
     wf = w.detach().float()
-    amax = wf.abs().amax(dim=1)
+    amax = wf.abs().reshape(wf.shape[0], -1).amax(dim=1)
     scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-    q = torch.round(wf / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    q = torch.round(wf / scale.reshape(-1, *([1] * (wf.dim() - 1)))).clamp(-127, 127).to(torch.int8)
     return q, scale
 
 

@@ -50,6 +50,17 @@ void fill_int8_params(kernels::Int8GemmParams& p, const PackedHeader& h, const a
   p.b_colsum = reinterpret_cast<const int32_t*>(base + h.colsum_offset);
 }
 
+// The float epilogue's inputs: per-row and per-column scales, optional bias, a contiguous [M, N] output.
+void fill_epilogue(kernels::Int8GemmParams& p, const at::Tensor& a_scale, const at::Tensor& b_scale,
+                   const at::Tensor& bias, at::Tensor& out, OutKind kind) {
+  p.a_scale = a_scale.data_ptr<float>();
+  p.b_scale = b_scale.data_ptr<float>();
+  p.bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  p.out = out.data_ptr();
+  p.ldo = out.size(1);
+  p.out_kind = kind;
+}
+
 // int8 activations [M, K] -> the u8 operand [M, K_pad] the kernels read.
 at::Tensor shifted_operand(const at::Tensor& a, const PackedHeader& h, const char* op) {
   check_cpu(a, op, "a");
@@ -143,12 +154,7 @@ at::Tensor int8_scaled_mm(const at::Tensor& a, const at::Tensor& a_scale, const 
   if (M == 0) return out;
   kernels::Int8GemmParams p;
   fill_int8_params(p, h, packed_b, u, M);
-  p.a_scale = as.data_ptr<float>();
-  p.b_scale = bs.data_ptr<float>();
-  p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
-  p.out = out.data_ptr();
-  p.ldo = h.N;
-  p.out_kind = kind;
+  fill_epilogue(p, as, bs, bi, out, kind);
   const auto& ks = kernels_for(Family::Int8Gemm);
   run_gemm(p, ks.int8_gemm, ks);
   return out;
@@ -188,12 +194,8 @@ at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& pa
     }
     kernels::Int8GemmParams p;
     fill_int8_params(p, h, packed_w, q, M);
-    p.a_scale = a_scale.data_ptr<float>();
-    p.b_scale = bs.data_ptr<float>();
-    p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
-    p.out = out.data_ptr();
-    p.ldo = h.N;
-    p.out_kind = out_scale ? OutKind::Int8 : (x.scalar_type() == at::kFloat ? OutKind::Float32 : OutKind::BFloat16);
+    fill_epilogue(p, a_scale, bs, bi, out,
+                  out_scale ? OutKind::Int8 : (x.scalar_type() == at::kFloat ? OutKind::Float32 : OutKind::BFloat16));
     p.act = act;
     p.out_inv_scale = out_scale ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
     const auto& ks = kernels_for(Family::Int8Gemm);

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..reference import quantize_weight_per_channel
+from ._common import check_float_layer, check_scale
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
 CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")
@@ -35,15 +37,6 @@ def conv_padding(conv: nn.Conv2d) -> Tuple[int, int]:
     return _pair(conv.padding)
 
 
-def quantize_conv_weight(w: Tensor) -> Tuple[Tensor, Tensor]:
-    """Per-output-channel symmetric int8 of a [Cout, Cin/g, KH, KW] weight; all-zero channels get scale 1."""
-    wf = w.detach().float()
-    amax = wf.abs().amax(dim=(1, 2, 3))
-    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-    q = torch.round(wf / scale[:, None, None, None]).clamp(-127, 127).to(torch.int8)
-    return q, scale
-
-
 class Int8Conv2d(nn.Module):
     """2-D convolution with per-channel int8 weights and int8 activations (one scale per tensor).
 
@@ -61,9 +54,8 @@ class Int8Conv2d(nn.Module):
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
-        for name, v in (("x_scale", x_scale), ("out_scale", out_scale)):
-            if v is not None and not (v > 0 and v < float("inf")):
-                raise ValueError(f"{name} must be a positive finite float or None, got {v!r}")
+        check_scale("x_scale", x_scale)
+        check_scale("out_scale", out_scale)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
@@ -77,15 +69,11 @@ class Int8Conv2d(nn.Module):
     def from_float(cls, conv: nn.Conv2d, activation: Optional[str] = None, x_scale: Optional[float] = None,
                    out_scale: Optional[float] = None) -> "Int8Conv2d":
         """Quantizes a float Conv2d (or fastinfer.nn.ConvAct2d, whose activation is taken over)."""
-        if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
-        if conv.weight.device.type not in ops.SUPPORTED_DEVICES:
-            raise ValueError(f"conv is on device '{conv.weight.device}'; this build of fastinfer supports "
-                             f"{', '.join(ops.SUPPORTED_DEVICES)} only")
+        check_float_layer(conv, nn.Conv2d, "conv")
         act = activation or getattr(conv, "activation", None) or "none"
         mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv_padding(conv),
                   conv.dilation, conv.groups, conv.bias is not None, act, x_scale, out_scale)
-        w_q, w_scale = quantize_conv_weight(conv.weight)
+        w_q, w_scale = quantize_weight_per_channel(conv.weight)
         mod.packed_weight = ops.pack_conv_weight(w_q, conv.groups)
         mod.weight_scale = w_scale.contiguous()
         if conv.bias is not None:

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import quantize_weight_per_channel
+from ._common import check_float_layer, check_scale
 
 SCHEMES = ("w8a8_dynamic", "w8a8_static", "w8_only")
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
@@ -42,9 +43,8 @@ class Int8Linear(nn.Module):
         if (scheme == "w8a8_static") != (x_scale is not None):
             raise ValueError("x_scale (the calibrated activation scale) is required by, and only by, scheme "
                              f"'w8a8_static'; got scheme={scheme!r}, x_scale={x_scale!r}")
-        for name, v in (("x_scale", x_scale), ("out_scale", out_scale)):
-            if v is not None and not (v > 0 and v < float("inf")):
-                raise ValueError(f"{name} must be a positive finite float or None, got {v!r}")
+        check_scale("x_scale", x_scale)
+        check_scale("out_scale", out_scale)
         if out_scale is not None and scheme != "w8a8_static":
             raise ValueError("out_scale (int8 output) is supported with scheme 'w8a8_static' only")
         self.activation, self.x_scale, self.out_scale = activation, x_scale, out_scale
@@ -66,11 +66,7 @@ class Int8Linear(nn.Module):
         before quantization and x by 1 / s at run time (in the quantization pass), so x W^T is unchanged
         while activation outliers move into the weights. A w8a8_static x_scale must then be the
         scale of x / s."""
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
-        if linear.weight.device.type not in ops.SUPPORTED_DEVICES:
-            raise ValueError(f"linear is on device '{linear.weight.device}'; this build of fastinfer supports "
-                             f"{', '.join(ops.SUPPORTED_DEVICES)} only (move the model with .cpu() first)")
+        check_float_layer(linear, nn.Linear, "linear")
         act = activation or getattr(linear, "activation", None) or "none"
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None, scheme, act, x_scale, out_scale)
         weight = linear.weight.detach().float()

@@ -235,31 +235,22 @@ def apply_plan(model: nn.Module, plan: Dict[str, Dict[str, List[int]]]) -> None:
         out_idx = ops.get("out") if "channels" not in ops else ops["channels"]
         in_idx = ops.get("in")
         with torch.no_grad():
-            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                # Rows of the weight are output channels, columns input channels, for both kinds.
+                out_attr, in_attr = ("out_features", "in_features") if isinstance(m, nn.Linear) \
+                    else ("out_channels", "in_channels")
                 w = m.weight
                 if out_idx is not None:
                     o = torch.tensor(out_idx, dtype=torch.long)
                     w = w[o]
                     if m.bias is not None:
                         m.bias = _param(m.bias[o], m.bias)
-                    m.out_channels = len(out_idx)
-                    if "channels" in ops:  # depthwise: one filter per channel
+                    setattr(m, out_attr, len(out_idx))
+                    if "channels" in ops:  # depthwise conv: one filter per channel
                         m.in_channels = m.groups = len(out_idx)
                 if in_idx is not None:
                     w = w[:, torch.tensor(in_idx, dtype=torch.long)]
-                    m.in_channels = len(in_idx)
-                m.weight = _param(w, m.weight)
-            elif isinstance(m, nn.Linear):
-                w = m.weight
-                if out_idx is not None:
-                    o = torch.tensor(out_idx, dtype=torch.long)
-                    w = w[o]
-                    if m.bias is not None:
-                        m.bias = _param(m.bias[o], m.bias)
-                    m.out_features = len(out_idx)
-                if in_idx is not None:
-                    w = w[:, torch.tensor(in_idx, dtype=torch.long)]
-                    m.in_features = len(in_idx)
+                    setattr(m, in_attr, len(in_idx))
                 m.weight = _param(w, m.weight)
             elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 o = torch.tensor(out_idx, dtype=torch.long)

@@ -1,0 +1,22 @@
+"""Checks shared by the quantized layers' constructors."""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from .. import ops
+
+
+def check_float_layer(layer: nn.Module, expected: type, arg: str) -> None:
+    """`layer` must be a float `expected` on a device this build has kernels for."""
+    if not isinstance(layer, expected):
+        raise TypeError(f"{arg} must be a torch.nn.{expected.__name__}, got {type(layer).__name__}")
+    if layer.weight.device.type not in ops.SUPPORTED_DEVICES:
+        raise ValueError(f"{arg} is on device '{layer.weight.device}'; this build of fastinfer supports "
+                         f"{', '.join(ops.SUPPORTED_DEVICES)} only (move the model with .cpu() first)")
+
+
+def check_scale(name: str, value: Optional[float]) -> None:
+    if value is not None and not (0 < value < float("inf")):
+        raise ValueError(f"{name} must be a positive finite float or None, got {value!r}")
