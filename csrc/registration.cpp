@@ -44,6 +44,9 @@ TORCH_LIBRARY(fastinfer, m) {
   m.def("int8_conv2d(Tensor x, Tensor packed_w, Tensor w_scale, Tensor? bias, int[2] kernel_size, int[2] stride, "
         "int[2] padding, int[2] dilation, int groups, float? x_scale=None, float? out_scale=None, "
         "str activation=\"none\") -> Tensor");
+  // Sparse weight (csr16 layout, see csrc/kernels/sparse/sparse.h) x dense x [..., in_features].
+  m.def("sparse_linear(Tensor x, Tensor row_ptr, Tensor cols, Tensor values, Tensor? w_scale, Tensor? bias, "
+        "int in_features) -> Tensor");
   // Introspection (no tensors: registered catch-all right here).
   m.def("cpu_capabilities() -> str", &fastinfer::cpu::capabilities_json);
   m.def("set_isa_cap(str isa) -> str", &set_isa_cap);

@@ -14,7 +14,8 @@ from . import _ext  # noqa: F401  (loads fastinfer._C: registers torch.ops.fasti
 from . import nn, ops, reference
 from .distillation import DistillResult, distill, kd_loss
 from .profiling import ProfileReport, compare_profiles, profile
-from .pruning import PruningError, PruningReport, load_pruned, prune, save_pruned
+from .pruning import (PruningError, PruningReport, SparsityReport, load_pruned, prune, remove_masks, save_pruned,
+                      sparsify, sparsity_report)
 from .quantization import CalibrationResult, QuantConfig, QuantizationReport, calibrate, fuse, quantize
 
 __version__ = "0.1.0"
@@ -49,5 +50,6 @@ def use_isa(isa: str):
 
 
 __all__ = ["quantize", "QuantConfig", "QuantizationReport", "fuse", "calibrate", "CalibrationResult", "distill", "kd_loss", "DistillResult", "profile",
-           "ProfileReport", "compare_profiles", "prune", "PruningReport", "PruningError", "save_pruned",
+           "ProfileReport", "compare_profiles", "prune", "PruningReport", "PruningError", "save_pruned", "sparsify", "sparsity_report",
+           "SparsityReport", "remove_masks",
            "load_pruned", "cpu_capabilities", "use_isa", "nn", "ops", "reference", "ISAS", "__version__"]

@@ -107,6 +107,13 @@ def int8_linear_weight_only(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: 
     return _ops.int8_linear_weight_only(x, packed_w, w_scale, bias)
 
 
+def sparse_linear(x: Tensor, row_ptr: Tensor, cols: Tensor, values: Tensor, w_scale: Optional[Tensor],
+                  bias: Optional[Tensor], in_features: int) -> Tensor:
+    """x [..., K] times a csr16 sparse weight (fastinfer.nn.SparseLinear's buffers)."""
+    _check_devices("sparse_linear", x=x, row_ptr=row_ptr, cols=cols, values=values, w_scale=w_scale, bias=bias)
+    return _ops.sparse_linear(x, row_ptr, cols, values, w_scale, bias, in_features)
+
+
 def cpu_capabilities() -> dict:
     """What the CPU offers (CPUID + OS), the best path built, and the path in use now."""
     return json.loads(_ops.cpu_capabilities())
@@ -118,7 +125,7 @@ def set_isa_cap(isa: str) -> str:
 
 
 def last_kernel(family: str) -> str:
-    """Which ISA served the latest call of a kernel family: int8_gemm, w8_gemm, quantize or dwconv."""
+    """Which ISA served the latest call of a kernel family: int8_gemm, w8_gemm, quantize, dwconv or sparse."""
     return _ops.last_kernel(family)
 
 
@@ -198,3 +205,8 @@ def int8_peak_probe(iters: int) -> int:
     Time it to get the instruction's peak rate on this machine (benchmarks compare GEMMs to it).
     """
     return _ops.int8_peak_probe(iters)
+
+
+@torch.library.register_fake("fastinfer::sparse_linear")
+def _sparse_linear_fake(x, row_ptr, cols, values, w_scale, bias, in_features):
+    return x.new_empty((*x.shape[:-1], row_ptr.shape[0] - 1))

@@ -175,8 +175,8 @@ def test_bad_arguments():
     for amount in (1.0, -0.1, 1.5):
         with pytest.raises(ValueError, match=r"amount must be a fraction in \[0, 1\)"):
             prune(MLP(), amount=amount, example_inputs=torch.randn(1, 64))
-    with pytest.raises(ValueError, match="pattern must be one of"):
-        prune(MLP(), pattern="2:4", example_inputs=torch.randn(1, 64))
+    with pytest.raises(ValueError, match="pattern must be"):
+        prune(MLP(), pattern="diagonal", example_inputs=torch.randn(1, 64))
     with pytest.raises(ValueError, match="importance must be one of"):
         prune(MLP(), importance="random", example_inputs=torch.randn(1, 64))
     with pytest.raises(TypeError, match="example_inputs is required"):

@@ -9,7 +9,7 @@ namespace fastinfer {
 namespace cpu {
 namespace {
 
-std::atomic<int> g_last[static_cast<int>(Family::kCount)] = {{-1}, {-1}, {-1}, {-1}};
+std::atomic<int> g_last[static_cast<int>(Family::kCount)] = {{-1}, {-1}, {-1}, {-1}, {-1}};
 
 const kernels::KernelSet& table(Isa isa) {
   switch (isa) {
@@ -27,6 +27,7 @@ const char* family_name(Family f) {
     case Family::W8Gemm: return "w8_gemm";
     case Family::Quantize: return "quantize";
     case Family::DwConv: return "dwconv";
+    case Family::Sparse: return "sparse";
     default: return "?";
   }
 }
@@ -39,13 +40,15 @@ const kernels::KernelSet& kernels_for(Family family) {
   return table(isa);
 }
 
+void record_kernel(Family family, Isa isa) { g_last[static_cast<int>(family)].store(static_cast<int>(isa)); }
+
 std::string last_kernel(const std::string& family) {
   for (int i = 0; i < static_cast<int>(Family::kCount); ++i)
     if (family == family_name(static_cast<Family>(i))) {
       const int v = g_last[i].load();
       return v < 0 ? std::string() : table(static_cast<Isa>(v)).name;
     }
-  throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize or dwconv, got '" + family + "'");
+  throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv or sparse, got '" + family + "'");
 }
 
 std::string capabilities_json() {

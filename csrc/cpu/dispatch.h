@@ -9,10 +9,12 @@ namespace fastinfer {
 namespace cpu {
 
 // Kernel families, for "which path served the last call" (tests assert on it).
-enum class Family : int { Int8Gemm = 0, W8Gemm = 1, Quantize = 2, DwConv = 3, kCount = 4 };
+enum class Family : int { Int8Gemm = 0, W8Gemm = 1, Quantize = 2, DwConv = 3, Sparse = 4, kCount = 5 };
 
 // The kernel set for the active ISA; records it as the last one used for `family`.
 const kernels::KernelSet& kernels_for(Family family);
+// For families whose kernels exist on fewer tiers than the GEMM's: records the tier that served.
+void record_kernel(Family family, Isa isa);
 std::string last_kernel(const std::string& family);  // "" before the first call
 std::string capabilities_json();
 

@@ -1,0 +1,101 @@
+"""fastinfer.prune (one entry point for structured and weight pruning) and fastinfer.sparsify."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..nn.fused import LinearAct
+from ..nn.sparse import SparseLinear
+from ..quantization.api import Patterns, _matcher
+from . import masks, structured
+
+WEIGHT_PATTERNS = ("unstructured", "2:4", "block")
+
+
+def prune(model: nn.Module, pattern: str = "channels", amount: Optional[float] = None, *,
+          sparsity: Optional[float] = None, importance: str = "l1", example_inputs=None,
+          round_to: Optional[int] = None, scope: str = "layer", block: Sequence[int] = (1, 16),
+          include: Patterns = None, exclude: Patterns = None, verbose: bool = False):
+    """Prunes ``model`` in place.
+
+    pattern="channels" (structured, the network really shrinks): ``amount`` of each group's
+      channels removed (default 0.5); see fastinfer.pruning.structured.prune for importance,
+      example_inputs and round_to. Returns a PruningReport.
+    pattern="unstructured" | "2:4" | "block" (weight sparsity, kept with masks so fine-tuning stays
+      sparse): ``sparsity`` in [0, 1], per layer or (scope="global") over all selected layers;
+      see fastinfer.pruning.masks.prune_weights. Convert with fastinfer.sparsify to run the sparse
+      kernels. Returns a SparsityReport.
+    """
+    if pattern == "channels":
+        if sparsity is not None:
+            raise ValueError("pattern='channels' removes a fraction of channels: pass amount=, not sparsity=")
+        return structured.prune(model, "channels", 0.5 if amount is None else amount, importance, example_inputs,
+                                round_to, include, exclude, verbose)
+    if pattern in WEIGHT_PATTERNS:
+        if amount is not None:
+            raise ValueError(f"pattern={pattern!r} zeros weights: pass sparsity=, not amount=")
+        return masks.prune_weights(model, sparsity, pattern, scope, include, exclude, block, verbose)
+    raise ValueError(f"pattern must be 'channels' or one of {WEIGHT_PATTERNS}, got {pattern!r}")
+
+
+def _layer_type(mod: nn.Module) -> type:
+    # A masked layer's class is torch's generated Parametrized<Class> subclass: look through it.
+    return type(mod).__bases__[0] if parametrize.is_parametrized(mod) else type(mod)
+
+
+@dataclass
+class SparsifyReport:
+    value_dtype: str
+    converted: List[Tuple[str, float, int, int]] = field(default_factory=list)  # name, sparsity, dense, sparse bytes
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"fastinfer.sparsify ({self.value_dtype}): {len(self.converted)} layer(s) converted, "
+                 f"{len(self.skipped)} kept dense"]
+        lines += [f"  sparse   {n}: {s:.1%} zeros, {d:,} -> {b:,} bytes" for n, s, d, b in self.converted]
+        lines += [f"  dense    {n}: {why}" for n, why in self.skipped]
+        return "\n".join(lines)
+
+
+def sparsify(model: nn.Module, value_dtype=torch.float32, min_sparsity: float = 0.5, include: Patterns = None,
+             exclude: Patterns = None, verbose: bool = False) -> nn.Module:
+    """Replaces nn.Linear layers whose (masked) weight has at least ``min_sparsity`` zeros with
+    fastinfer.nn.SparseLinear (fp32 or int8 values), in place; returns the model with
+    ``model.fastinfer_sparsify_report``. Below ~50% zeros a dense kernel is faster: those stay dense."""
+    if not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity!r}")
+    inc, exc = _matcher(include, "include"), _matcher(exclude, "exclude")
+    report = SparsifyReport(str(value_dtype).replace("torch.", ""))
+    targets = []
+    for name, mod in model.named_modules():
+        if _layer_type(mod) not in (nn.Linear, LinearAct):
+            continue
+        if isinstance(mod, LinearAct) and mod.activation is not None:
+            report.skipped.append((name, f"fused activation {mod.activation!r} (SparseLinear has none)"))
+            continue
+        if inc is not None and not inc(name, mod) or exc is not None and exc(name, mod):
+            report.skipped.append((name, "excluded by include/exclude"))
+            continue
+        w = mod.weight.detach()
+        zeros = float((w == 0).sum()) / w.numel()
+        if zeros < min_sparsity:
+            report.skipped.append((name, f"{zeros:.1%} zeros < min_sparsity {min_sparsity:.0%}"))
+            continue
+        targets.append((name, zeros))
+    for name, zeros in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layer = getattr(parent, child)
+        mask = masks._our_mask(layer)
+        new = SparseLinear.from_float(layer, value_dtype, pattern=(mask.pattern if mask is not None and mask.pattern
+                                                                   else "unstructured"))
+        setattr(parent, child, new)
+        report.converted.append((name, zeros, layer.weight.numel() * 4, new.nbytes))
+    model.fastinfer_sparsify_report = report
+    if verbose:
+        print(report)
+    return model
