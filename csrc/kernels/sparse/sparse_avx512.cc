@@ -27,26 +27,28 @@ inline float finish(const SparseParams& p, int64_t n, float acc) {
   return p.bias ? y + p.bias[n] : y;
 }
 
+inline __m512 gather16(const SparseParams& p, int64_t i, __m512i kmax) {
+  const __m512i c = _mm512_min_epu32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+      reinterpret_cast<const __m256i*>(p.cols + i))), kmax);
+  return _mm512_i32gather_ps(c, p.x, 4);
+}
+
 void gemv(const SparseParams& p, int64_t n0, int64_t n1) {
   const __m512i kmax = _mm512_set1_epi32(static_cast<int32_t>(p.K - 1));
   for (int64_t n = n0; n < n1; ++n) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    // Four independent chains: several gathers in flight hide their latency.
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
     const int32_t end = p.row_ptr[n + 1];
     int32_t i = p.row_ptr[n];
-    for (; i + 32 <= end; i += 32) {  // two chains: the gathers' latency overlaps
-      const __m512i c0 = _mm512_min_epu32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
-          reinterpret_cast<const __m256i*>(p.cols + i))), kmax);
-      const __m512i c1 = _mm512_min_epu32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
-          reinterpret_cast<const __m256i*>(p.cols + i + 16))), kmax);
-      a0 = _mm512_fmadd_ps(load_vals16(p, i), _mm512_i32gather_ps(c0, p.x, 4), a0);
-      a1 = _mm512_fmadd_ps(load_vals16(p, i + 16), _mm512_i32gather_ps(c1, p.x, 4), a1);
+    for (; i + 64 <= end; i += 64) {
+      a0 = _mm512_fmadd_ps(load_vals16(p, i), gather16(p, i, kmax), a0);
+      a1 = _mm512_fmadd_ps(load_vals16(p, i + 16), gather16(p, i + 16, kmax), a1);
+      a2 = _mm512_fmadd_ps(load_vals16(p, i + 32), gather16(p, i + 32, kmax), a2);
+      a3 = _mm512_fmadd_ps(load_vals16(p, i + 48), gather16(p, i + 48, kmax), a3);
     }
-    if (i < end) {  // runs are multiples of 16
-      const __m512i c0 = _mm512_min_epu32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
-          reinterpret_cast<const __m256i*>(p.cols + i))), kmax);
-      a0 = _mm512_fmadd_ps(load_vals16(p, i), _mm512_i32gather_ps(c0, p.x, 4), a0);
-    }
-    p.out[n] = finish(p, n, _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)));
+    for (; i < end; i += 16)  // runs are multiples of 16
+      a0 = _mm512_fmadd_ps(load_vals16(p, i), gather16(p, i, kmax), a0);
+    p.out[n] = finish(p, n, _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))));
   }
 }
 
