@@ -1,6 +1,6 @@
 # Builds fastinfer._C: CPU sources always; CUDA sources (csrc/cuda/*.cu) where a CUDA torch and
 # nvcc exist, or as FASTINFER_CUDA=0/1 forces. ISA-specific kernels select their own target
-# with `#pragma GCC target` per translation unit: never -march=native (the ISA is picked at run time).
+# with `#pragma GCC target` per translation unit: never a build-machine-specific -march (the ISA is picked at run time).
 import glob
 import os
 
