@@ -29,6 +29,8 @@ def pack_csr16(weight: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     first[1:] = torch.cumsum(counts, 0)
     dest = row_ptr[rows] + (torch.arange(rows.numel()) - first[rows])
     total = int(row_ptr[-1])
+    if total >= 2 ** 31:
+        raise ValueError(f"weight has {total:,} stored entries; the csr16 layout indexes them with int32 (< 2^31)")
     out_cols = torch.zeros(total, dtype=torch.int32)
     out_vals = torch.zeros(total, dtype=weight.dtype)
     out_cols[dest] = cols.to(torch.int32)
