@@ -173,3 +173,27 @@ def test_conv_bad_input():
         Int8Conv2d.from_float(nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"))
     with pytest.raises(ValueError, match="padding='same' with an even effective kernel"):
         Int8Conv2d.from_float(nn.Conv2d(4, 4, 2, padding="same"))
+
+
+def test_static_convs_chain_int8_exactly():
+    # quantize(w8a8_static) lets an int8 conv feed the next one int8 through ReLU/MaxPool in a
+    # Sequential; the result must equal the unchained pair bit for bit.
+    import copy
+
+    import fastinfer
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(), nn.Conv2d(24, 8, 1), nn.Flatten(),
+                          nn.Linear(8 * 16, 5)).eval()
+    calib = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    fused = fastinfer.fuse(model)
+    chained = fastinfer.quantize(copy.deepcopy(fused), scheme="w8a8_static", calib_data=calib)
+    assert chained.fastinfer_report.chained == ["0 -> 4", "4 -> 6"]
+    assert chained[0].out_scale == chained[4].x_scale and chained[6].out_scale is None
+    plain = copy.deepcopy(chained)
+    for i in (0, 4):
+        plain[i].out_scale = None
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(chained(x), plain(x), rtol=0, atol=0)
+        assert chained[:4](x).dtype == torch.int8
