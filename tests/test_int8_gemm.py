@@ -83,3 +83,17 @@ def test_pack_roundtrip_and_size(N, K):
     packed = ops.pack_int8_weight(w)
     assert packed.dtype == torch.uint8 and packed.numel() == ops.packed_nbytes(N, K)
     torch.testing.assert_close(ops.unpack_int8_weight(packed), w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("with_min", [False, True], ids=["no-128", "has-128"])
+@pytest.mark.parametrize("M,K,N", [(1, 13, 5), (9, 255, 33), (70, 513, 40)])
+def test_weight_range_paths(isa, M, K, N, with_min):
+    # Packing flags weights without -128 (header format bit 16); AVX2 then takes its maddubs path.
+    a, b = rand_i8(M, K), torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    a[0, :3] = -128  # extreme activations are exact on both paths
+    if with_min:
+        b[N // 2, K // 2] = -128
+    packed = ops.pack_int8_weight(b)
+    assert bool(packed[14] & 1) == (not with_min)
+    torch.testing.assert_close(ops.int8_mm(a, packed, N), ref.int8_mm(a, b), rtol=0, atol=0)
+    assert_served("int8_gemm", isa)

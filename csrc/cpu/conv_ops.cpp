@@ -220,6 +220,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
       p.K_pad = K_pad;
       p.b = reinterpret_cast<const int8_t*>(base + h.data_offset);
       p.b_colsum = reinterpret_cast<const int32_t*>(base + h.colsum_offset);
+      p.b_no_min128 = kernels::packed_no_min128(h);
       if (direct) {
         p.a = xq.data_ptr<uint8_t>() + m0 * a.C;
         p.lda = a.C;

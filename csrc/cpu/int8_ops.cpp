@@ -48,6 +48,7 @@ void fill_int8_params(kernels::Int8GemmParams& p, const PackedHeader& h, const a
   const uint8_t* base = packed.data_ptr<uint8_t>();
   p.b = reinterpret_cast<const int8_t*>(base + h.data_offset);
   p.b_colsum = reinterpret_cast<const int32_t*>(base + h.colsum_offset);
+  p.b_no_min128 = kernels::packed_no_min128(h);
 }
 
 // The float epilogue's inputs: per-row and per-column scales, optional bias, a contiguous [M, N] output.

@@ -9,13 +9,16 @@ namespace kernels {
 
 constexpr uint32_t kPackVersion = 1;
 constexpr uint32_t kFormatN16K4 = 1;   // [N_pad/16][K_pad/4][16][4] int8
+// Flag bits above the layout byte of PackedHeader::format.
+constexpr uint32_t kFormatLayoutMask = 0xff;
+constexpr uint32_t kFlagNoMin128 = 1u << 16;  // no weight is -128: |a| * sign-adjusted b fits int8 (AVX2 fast path)
 constexpr int64_t kPackNB = 16;        // output channels per block
 constexpr int64_t kPackKB = 4;         // k values interleaved per channel (one VNNI dword)
 
 struct PackedHeader {                  // 64 bytes, at offset 0 of the buffer
   char magic[8];                       // "FIPACK8\0"
   uint32_t version;
-  uint32_t format;
+  uint32_t format;                     // layout (low byte) | flags
   int64_t N, K, N_pad, K_pad;
   int64_t colsum_offset;               // bytes from buffer start to int32 colsum[N_pad]
   int64_t data_offset;                 // bytes from buffer start to the int8 blocks
@@ -35,6 +38,7 @@ void unpack_int8_weight(const uint8_t* src, int8_t* w, int64_t ldw);
 
 // Checks a buffer of nbytes bytes. Returns nullptr when valid (filling *out), else a message.
 const char* validate_packed(const uint8_t* buf, int64_t nbytes, PackedHeader* out);
+inline bool packed_no_min128(const PackedHeader& h) { return (h.format & kFlagNoMin128) != 0; }
 
 // Copies int8 rows to the u8 (x + 128) operand with K_pad columns (padding 128 == zero).
 void shift_rows_to_u8(const int8_t* a, int64_t lda, int64_t M, int64_t K, uint8_t* dst,

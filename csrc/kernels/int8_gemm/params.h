@@ -22,6 +22,7 @@ struct Int8GemmParams {
   int64_t lda = 0;              // bytes between rows of a (>= K_pad)
   const int8_t* b = nullptr;    // packed weight data (PACKING.md, format n16k4)
   const int32_t* b_colsum = nullptr;  // per output channel sum_k B[n, k], length N_pad
+  bool b_no_min128 = false;           // no B value is -128 (header flag): enables AVX2's maddubs path
   const float* a_scale = nullptr;     // [M], per token (float outputs only)
   const float* b_scale = nullptr;     // [N], per output channel (float outputs only)
   const float* bias = nullptr;        // [N] or null
