@@ -24,6 +24,18 @@ static_assert(kInt8MR * 4 + 4 + 1 <= 16, "int8 tile does not fit 16 ymm register
 constexpr int kW8MR = 2;
 static_assert(kW8MR * 4 + 4 + 1 <= 16, "w8 tile does not fit 16 ymm registers");
 
+// Epilogue of one tile row: exact int32 sums of `valid` columns starting at n -> the output kind.
+inline void store_row(const Int8GemmParams& p, int64_t m, int64_t n, const int32_t* t, int64_t valid) {
+  for (int64_t j = 0; j < valid; ++j) {
+    const int64_t idx = m * p.ldo + n + j;
+    if (p.out_kind == OutKind::Int32)
+      static_cast<int32_t*>(p.out)[idx] = t[j];
+    else
+      store_out(p.out, idx, p.out_kind, dequant(t[j], p.a_scale[m], p.b_scale[n + j], p.bias, n + j, p.act),
+                p.out_inv_scale);
+  }
+}
+
 template <int mr>
 void int8_tile(const Int8GemmParams& p, int64_t m, int64_t n) {
   __m256i acc[mr][4];
@@ -51,15 +63,8 @@ void int8_tile(const Int8GemmParams& p, int64_t m, int64_t n) {
     const __m256i hi = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[i][2], acc[i][3]), 0xd8);
     _mm256_store_si256(reinterpret_cast<__m256i*>(t), lo);
     _mm256_store_si256(reinterpret_cast<__m256i*>(t + 8), hi);
-    for (int64_t j = 0; j < valid; ++j) {
-      const int32_t v = t[j] - 128 * p.b_colsum[n + j];
-      const int64_t idx = (m + i) * p.ldo + n + j;
-      if (p.out_kind == OutKind::Int32)
-        static_cast<int32_t*>(p.out)[idx] = v;
-      else
-        store_out(p.out, idx, p.out_kind, dequant(v, p.a_scale[m + i], p.b_scale[n + j], p.bias, n + j, p.act),
-                  p.out_inv_scale);
-    }
+    for (int64_t j = 0; j < valid; ++j) t[j] -= 128 * p.b_colsum[n + j];  // undo the u8 operand's +128
+    store_row(p, m + i, n, t, valid);
   }
 }
 
@@ -100,14 +105,7 @@ void int8_tile_fast(const Int8GemmParams& p, int64_t m, int64_t n) {
     alignas(32) int32_t t[16];
     _mm256_store_si256(reinterpret_cast<__m256i*>(t), acc[i][0]);
     _mm256_store_si256(reinterpret_cast<__m256i*>(t + 8), acc[i][1]);
-    for (int64_t j = 0; j < valid; ++j) {
-      const int64_t idx = (m + i) * p.ldo + n + j;
-      if (p.out_kind == OutKind::Int32)
-        static_cast<int32_t*>(p.out)[idx] = t[j];
-      else
-        store_out(p.out, idx, p.out_kind, dequant(t[j], p.a_scale[m + i], p.b_scale[n + j], p.bias, n + j, p.act),
-                  p.out_inv_scale);
-    }
+    store_row(p, m + i, n, t, valid);
   }
 }
 
