@@ -20,6 +20,7 @@ from .quantization import CalibrationResult, QuantConfig, QuantizationReport, ca
 
 __version__ = "0.1.0"
 ISAS = ("ref", "avx2", "avx512_vnni", "amx")
+_isa_cap = "amx"  # the run-time cap use_isa set (FASTINFER_ISA caps separately, in C++)
 
 
 def cpu_capabilities() -> dict:
@@ -42,11 +43,14 @@ def use_isa(isa: str):
     """Caps the CPU kernels at `isa` inside the block (e.g. to compare paths); yields the ISA used."""
     if isa not in ISAS:
         raise ValueError(f"isa must be one of {ISAS}, got {isa!r}")
+    global _isa_cap
+    previous, _isa_cap = _isa_cap, isa
     active = ops.set_isa_cap(isa)
     try:
         yield active
-    finally:
-        ops.set_isa_cap("amx")
+    finally:  # restore the enclosing block's cap, so use_isa blocks nest
+        _isa_cap = previous
+        ops.set_isa_cap(previous)
 
 
 __all__ = ["quantize", "QuantConfig", "QuantizationReport", "fuse", "calibrate", "CalibrationResult", "distill", "kd_loss", "DistillResult", "profile",

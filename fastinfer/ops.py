@@ -35,6 +35,19 @@ def packed_nbytes(n: int, k: int) -> int:
     return _HEADER_BYTES + 4 * n_pad + n_pad * k_pad
 
 
+def packed_shape(packed: Tensor) -> Tuple[int, int]:
+    """(N, K) from a packed weight's header without touching its data; ValueError if it is not one."""
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() < _HEADER_BYTES:
+        raise ValueError("not a packed weight: expected a 1-D uint8 tensor of at least 64 bytes")
+    head = packed[:_HEADER_BYTES].contiguous()
+    if bytes(head[:8].tolist()) != b"FIPACK8\0":
+        raise ValueError("not a packed weight: bad magic")
+    n, k = (int(v) for v in head[16:32].view(torch.int64))
+    if n < 1 or k < 1 or packed.numel() != packed_nbytes(n, k):
+        raise ValueError("packed weight: header shape does not match the buffer size")
+    return n, k
+
+
 def quantize_per_token(x: Tensor) -> Tuple[Tensor, Tensor]:
     """x [M, K] fp32/bf16 -> (int8 [M, K], fp32 scale [M]), symmetric, round half to even."""
     _check_devices("quantize_per_token", x=x)

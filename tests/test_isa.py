@@ -62,3 +62,12 @@ def test_env_var_caps_isa(name):
 def test_env_var_unknown_name_is_reported():
     caps = _run("sse9")
     assert "not one of" in caps["env_cap_error"] and caps["active"] == CAPS["active"]
+
+
+def test_use_isa_blocks_nest():
+    best = runnable_isas()[-1]
+    with fastinfer.use_isa("avx2"):
+        with fastinfer.use_isa("ref"):
+            assert fastinfer.cpu_capabilities()["active"] == "ref"
+        assert fastinfer.cpu_capabilities()["active"] == min(("avx2", best), key=fastinfer.ISAS.index)
+    assert fastinfer.cpu_capabilities()["active"] == best

@@ -132,9 +132,10 @@ class Int8Linear(nn.Module):
             self.input_smooth = torch.empty_like(state_dict[smooth_key])  # a smoothed layer's buffer
         key = prefix + "packed_weight"
         if key in state_dict:
-            # Refuse a buffer for another shape or a corrupt one now, not at the first forward.
-            w = ops.unpack_int8_weight(state_dict[key])
-            if tuple(w.shape) != (self.out_features, self.in_features):
-                raise ValueError(f"{key}: packed weight is {tuple(w.shape)}, expected "
+            # Refuse a buffer for another shape or a corrupt one now, not at the first forward
+            # (header only: the kernels validate it fully on every call).
+            shape = ops.packed_shape(state_dict[key])
+            if shape != (self.out_features, self.in_features):
+                raise ValueError(f"{key}: packed weight is {shape}, expected "
                                  f"({self.out_features}, {self.in_features})")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

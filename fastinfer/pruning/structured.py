@@ -8,21 +8,20 @@ indices per module, so a pruned model can be saved and rebuilt from a fresh unpr
 """
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from ..quantization.api import Patterns, _matcher
 from .graph import ChannelGraph, Layout, analyze
 
 IMPORTANCE = ("l1", "l2", "taylor")
 PATTERNS = ("channels",)
 SAVE_FORMAT = "fastinfer-pruned-v1"
-Patterns = Optional[Union[str, Sequence[str], Callable[[str, nn.Module], bool]]]
 
 
 class PruningError(ValueError):
@@ -66,17 +65,6 @@ class PruningReport:
                 lines.append(f"  pruned   {who}: {g.size} -> {g.kept} channels"
                              + (f"; also sliced: {', '.join(g.coupled)}" if g.coupled else ""))
         return "\n".join(lines)
-
-
-def _matcher(patterns: Patterns, arg: str):
-    if patterns is None:
-        return None
-    if callable(patterns):
-        return patterns
-    pats = [patterns] if isinstance(patterns, str) else list(patterns)
-    if not all(isinstance(p, str) for p in pats):
-        raise TypeError(f"{arg} must be a glob pattern, a list of them, or a callable(name, module) -> bool")
-    return lambda name, _m: any(fnmatch.fnmatchcase(name, p) for p in pats)
 
 
 def _as_tuple(example_inputs) -> Tuple[torch.Tensor, ...]:
