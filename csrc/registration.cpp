@@ -51,6 +51,8 @@ TORCH_LIBRARY(fastinfer, m) {
   m.def("cpu_capabilities() -> str", &fastinfer::cpu::capabilities_json);
   m.def("set_isa_cap(str isa) -> str", &set_isa_cap);
   m.def("last_kernel(str family) -> str", &fastinfer::cpu::last_kernel);
+  // Shape bucket of the int8 GEMM: on AMX, fewer rows than this run on the VNNI kernels. Returns the old value.
+  m.def("set_amx_min_rows(int rows) -> int", &fastinfer::cpu::set_amx_min_rows);
   // Benchmarks: the int8 instruction's peak rate (registers only) on all intra-op threads.
   m.def("int8_peak_probe(int iters) -> int", &fastinfer::cpu::int8_peak_probe);
 }

@@ -5,7 +5,7 @@ import torch
 import fastinfer
 from fastinfer import ops
 
-ORDER = ("ref", "avx2", "avx512_vnni")  # paths with kernels in this build, lowest first
+ORDER = ("ref", "avx2", "avx512_vnni", "amx")  # paths with kernels in this build, lowest first
 CAPS = fastinfer.cpu_capabilities()
 
 
@@ -20,13 +20,25 @@ def isa(request):
     name = request.param
     if name not in runnable_isas():
         pytest.skip(f"this CPU cannot run the {name} path (detected: {CAPS['detected']})")
-    with fastinfer.use_isa(name) as active:
-        assert active == name
-        yield name
+    # On the amx tier every GEMM shape goes through the tile kernel (by default fewer than 16 rows
+    # take the VNNI kernel: tests/test_amx.py checks that bucket).
+    previous = ops.set_amx_min_rows(1)
+    try:
+        with fastinfer.use_isa(name) as active:
+            assert active == name
+            yield name
+    finally:
+        ops.set_amx_min_rows(previous)
+
+
+def served_by(family: str, isa: str) -> str:
+    """The tier that serves `family` with kernels capped at `isa`: AMX adds only the int8 GEMM."""
+    return "avx512_vnni" if isa == "amx" and family != "int8_gemm" else isa
 
 
 def assert_served(family: str, isa: str):
-    assert ops.last_kernel(family) == isa, f"{family} was served by {ops.last_kernel(family)!r}, expected {isa!r}"
+    want = served_by(family, isa)
+    assert ops.last_kernel(family) == want, f"{family} was served by {ops.last_kernel(family)!r}, expected {want!r}"
 
 
 @pytest.fixture(autouse=True)

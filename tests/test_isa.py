@@ -10,7 +10,7 @@ import torch
 import fastinfer
 from fastinfer import ops
 
-from conftest import CAPS, runnable_isas
+from conftest import CAPS, runnable_isas, served_by
 
 
 def test_capabilities_are_consistent():
@@ -28,8 +28,8 @@ def test_default_is_best_runnable_path():
     best = runnable_isas()[-1]
     assert fastinfer.cpu_capabilities()["active"] == best
     w = ops.pack_int8_weight(torch.randint(-127, 128, (8, 8), dtype=torch.int8))
-    ops.int8_linear_dynamic(torch.randn(2, 8), w, torch.ones(8))
-    assert ops.last_kernel("int8_gemm") == best and ops.last_kernel("quantize") == best
+    ops.int8_linear_dynamic(torch.randn(32, 8), w, torch.ones(8))  # 32 rows: above the AMX shape bucket
+    assert ops.last_kernel("int8_gemm") == best and ops.last_kernel("quantize") == served_by("quantize", best)
 
 
 def test_use_isa_restores_and_cannot_exceed_cpu():

@@ -50,11 +50,27 @@ def test_every_linear_swapped(models):
 
 def test_embeddings_close_to_fp32_on_int8_path(models, features):
     fp32, q = models
-    with torch.inference_mode():
-        ref = fp32(dict(features))["sentence_embedding"]  # dict(): the forward writes its outputs into it
-        out = q(dict(features))["sentence_embedding"]
-        served = ops.last_kernel("int8_gemm")
-    assert served == fastinfer.cpu_capabilities()["active"], f"int8_gemm served by {served!r}"
+    served = {}  # layer -> (rows of its GEMM, kernel that served it)
+
+    def record(name):
+        return lambda mod, inp, out: served.__setitem__(name, (inp[0].numel() // inp[0].shape[-1],
+                                                               ops.last_kernel("int8_gemm")))
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in q.named_modules() if isinstance(m, Int8Linear)]
+    try:
+        with torch.inference_mode():
+            ref = fp32(dict(features))["sentence_embedding"]  # dict(): the forward writes its outputs into it
+            out = q(dict(features))["sentence_embedding"]
+    finally:
+        for h in hooks:
+            h.remove()
+    caps = fastinfer.cpu_capabilities()
+    for name, (rows, kernel) in served.items():
+        # The best path serves every layer, except that on AMX a GEMM of few rows (the pooler's one
+        # [CLS] row per sentence) takes the VNNI kernel by design (the shape bucket).
+        want = "avx512_vnni" if caps["active"] == "amx" and rows < caps["amx_min_rows"] else caps["active"]
+        assert kernel == want, f"{name} ({rows} rows): int8_gemm served by {kernel!r}, expected {want!r}"
+    assert any(rows >= caps["amx_min_rows"] for rows, _ in served.values())
     cos = torch.nn.functional.cosine_similarity(out, ref, dim=-1)
     assert out.shape == ref.shape and cos.numel() == features["input_ids"].shape[0]
     assert cos.mean() >= 0.995 and cos.min() >= 0.99, cos

@@ -42,7 +42,7 @@ def test_sparse_linear_matches_dense(isa, M, K, N, sparsity, value_dtype):
     if value_dtype == torch.float32:
         torch.testing.assert_close(s.dense_weight(), lin.weight.detach(), rtol=0, atol=0)
     # The tier below AVX-512 has no vector sparse kernel: it runs (and reports) the scalar path.
-    assert_served("sparse", "avx512_vnni" if isa == "avx512_vnni" else "ref")
+    assert_served("sparse", "avx512_vnni" if isa in ("avx512_vnni", "amx") else "ref")
 
 
 def test_layout_and_bytes():

@@ -185,29 +185,33 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   }
 
   // 2b) implicit GEMM: per (group, row chunk), gather the chunk's rows, run every column panel.
-  const auto& ks = kernels_for(Family::Int8Gemm);
+  const auto& ks = gemm_kernels(M);
   const int64_t K_pad = kernels::round_up(K, kernels::kPackKB);
   const bool direct = a.KH == 1 && a.KW == 1 && a.SH == 1 && a.SW == 1 && a.PH == 0 && a.PW == 0 && groups == 1 &&
                       K == K_pad;  // a 1x1 conv is a GEMM on the input rows themselves
   kernels::ConvGeometry geo{a.N, a.H, a.W, a.C, a.OH, a.OW, a.KH, a.KW, a.SH, a.SW, a.PH, a.PW, a.DH, a.DW, cin_g};
   const int64_t N_pad = kernels::round_up(cout_g, kernels::kPackNB);
-  const int64_t panels = (N_pad + ks.n_panel - 1) / ks.n_panel;
   const int64_t threads = at::get_num_threads();
   // Items are (group, row chunk, column panel), chunk-major: a thread gathers a chunk's rows once
-  // and runs its consecutive panels on them. Small images get smaller chunks so that every
-  // thread has several items (at::parallel_for hands each thread one contiguous range).
+  // and runs its consecutive panels on them. Small images get smaller chunks (down to 4 register
+  // tiles) and then narrower panels, so that every thread has several items (at::parallel_for hands
+  // each thread one contiguous range).
   int64_t rows = ks.m_chunk;
-  while (rows > 24 && groups * ((M + rows - 1) / rows) * panels < 4 * threads) rows /= 2;
-  // Even chunks (a multiple of 6 rows, the AVX-512 tile height): no small straggler chunk.
+  const int64_t full_panels = (N_pad + ks.n_panel - 1) / ks.n_panel;
+  while (rows > std::max<int64_t>(24, 4 * ks.m_tile) && groups * ((M + rows - 1) / rows) * full_panels < 4 * threads) rows /= 2;
+  // Even chunks (a multiple of the register tile height): no small straggler chunk.
   const int64_t even = (M + rows - 1) / rows;
-  rows = std::min(rows, kernels::round_up((M + even - 1) / even, 6));
+  rows = std::min(rows, kernels::round_up((M + even - 1) / even, ks.m_tile));
   const int64_t chunks = (M + rows - 1) / rows;
+  const int64_t n_panel = panel_width(ks, N_pad, groups * chunks);
+  const int64_t panels = (N_pad + n_panel - 1) / n_panel;
+  const int64_t ld = kernels::operand_stride(K_pad);  // gathered rows
   std::vector<float> scales(static_cast<size_t>(std::min(M, rows)), a_scale);
-  const int64_t macs_per_item = std::min(rows, M) * std::min(cout_g, ks.n_panel) * K;
+  const int64_t macs_per_item = std::min(rows, M) * std::min(cout_g, n_panel) * K;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, macs_per_item));
   const int64_t elem = out_scale ? 1 : 4;
   at::parallel_for(0, groups * chunks * panels, grain, [&](int64_t begin, int64_t end) {
-    std::vector<uint8_t> buf(direct ? 0 : static_cast<size_t>(rows * K_pad));
+    std::vector<uint8_t> buf(direct ? 0 : static_cast<size_t>(rows * ld));
     int64_t gathered = -1;  // which (group, chunk) buf holds
     for (int64_t it = begin; it < end; ++it) {
       const int64_t panel = it % panels, gc = it / panels;
@@ -225,10 +229,11 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
         p.a = xq.data_ptr<uint8_t>() + m0 * a.C;
         p.lda = a.C;
       } else {
-        if (gathered != gc) kernels::gather_conv_rows(geo, xq.data_ptr<uint8_t>(), g, m0, m1, buf.data(), K_pad, 128);
+        if (gathered != gc)
+          kernels::gather_conv_rows(geo, xq.data_ptr<uint8_t>(), g, m0, m1, buf.data(), ld, K_pad, 128);
         gathered = gc;
         p.a = buf.data();
-        p.lda = K_pad;
+        p.lda = ld;
       }
       p.M = m1 - m0;
       p.a_scale = scales.data();
@@ -239,8 +244,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
       p.out_kind = kind;
       p.act = act;
       p.out_inv_scale = out_inv;
-      const int64_t n0 = panel * ks.n_panel;
-      ks.int8_gemm(p, 0, m1 - m0, n0, std::min(N_pad, n0 + ks.n_panel));
+      const int64_t n0 = panel * n_panel;
+      ks.int8_gemm(p, 0, m1 - m0, n0, std::min(N_pad, n0 + n_panel));
     }
   });
   return out;

@@ -2,8 +2,10 @@
 #include "dispatch.h"
 
 #include <atomic>
+#include <cstdlib>
 #include <sstream>
 #include <stdexcept>
+#include <string>
 
 namespace fastinfer {
 namespace cpu {
@@ -11,9 +13,23 @@ namespace {
 
 std::atomic<int> g_last[static_cast<int>(Family::kCount)] = {{-1}, {-1}, {-1}, {-1}, {-1}};
 
+// Below this many rows the VNNI kernel beats the tile kernel (benchmarks/RESULTS.md, AMX section):
+// a 16-row tile half empty, and the weight stream, not the multiply, sets the time.
+constexpr int64_t kDefaultAmxMinRows = 16;
+
+int64_t env_amx_min_rows() {
+  const char* s = std::getenv("FASTINFER_AMX_MIN_ROWS");
+  if (!s || !*s) return kDefaultAmxMinRows;
+  char* end = nullptr;
+  const long v = std::strtol(s, &end, 10);
+  return (end && *end == '\0' && v >= 1) ? v : kDefaultAmxMinRows;  // bad values: the default
+}
+
+std::atomic<int64_t> g_amx_min_rows{env_amx_min_rows()};
+
 const kernels::KernelSet& table(Isa isa) {
   switch (isa) {
-    case Isa::Amx:          // no AMX kernels yet: VNNI serves (best_implemented_isa caps this)
+    case Isa::Amx: return kernels::kernels_amx();
     case Isa::Avx512Vnni: return kernels::kernels_avx512_vnni();
     case Isa::Avx2: return kernels::kernels_avx2();
     case Isa::Ref: break;
@@ -36,8 +52,23 @@ const char* family_name(Family f) {
 
 const kernels::KernelSet& kernels_for(Family family) {
   const Isa isa = active_isa();
-  g_last[static_cast<int>(family)].store(static_cast<int>(isa));
+  const Isa served = (isa == Isa::Amx && family != Family::Int8Gemm) ? Isa::Avx512Vnni : isa;
+  g_last[static_cast<int>(family)].store(static_cast<int>(served));
   return table(isa);
+}
+
+const kernels::KernelSet& gemm_kernels(int64_t M) {
+  Isa isa = active_isa();
+  if (isa == Isa::Amx && M < g_amx_min_rows.load()) isa = Isa::Avx512Vnni;
+  g_last[static_cast<int>(Family::Int8Gemm)].store(static_cast<int>(isa));
+  return table(isa);
+}
+
+int64_t amx_min_rows() { return g_amx_min_rows.load(); }
+
+int64_t set_amx_min_rows(int64_t rows) {
+  if (rows < 1) throw std::invalid_argument("set_amx_min_rows: rows must be >= 1, got " + std::to_string(rows));
+  return g_amx_min_rows.exchange(rows);
 }
 
 void record_kernel(Family family, Isa isa) { g_last[static_cast<int>(family)].store(static_cast<int>(isa)); }
@@ -63,7 +94,7 @@ std::string capabilities_json() {
     << ", \"os_avx512\": " << b(f.os_avx512) << ", \"os_amx\": " << b(f.os_amx)
     << ", \"amx_note\": \"" << f.amx_note << "\", \"detected\": \"" << isa_name(f.best)
     << "\", \"implemented\": \"" << isa_name(best_implemented_isa()) << "\", \"active\": \""
-    << isa_name(active_isa()) << "\"}";
+    << isa_name(active_isa()) << "\", \"amx_min_rows\": " << amx_min_rows() << "}";
   return o.str();
 }
 

@@ -11,8 +11,15 @@ namespace cpu {
 // Kernel families, for "which path served the last call" (tests assert on it).
 enum class Family : int { Int8Gemm = 0, W8Gemm = 1, Quantize = 2, DwConv = 3, Sparse = 4, kCount = 5 };
 
-// The kernel set for the active ISA; records it as the last one used for `family`.
+// The kernel set for the active ISA; records the tier that serves `family` (on AMX only the int8
+// GEMM is AMX code: the other families run the AVX-512 VNNI kernels of the set and say so).
 const kernels::KernelSet& kernels_for(Family family);
+// The shape-bucket choice for an int8 GEMM of M rows (the one place it is made): on AMX, fewer than
+// amx_min_rows() rows go to the VNNI kernels, which stream the weights without tile overhead.
+const kernels::KernelSet& gemm_kernels(int64_t M);
+int64_t amx_min_rows();
+// Sets the threshold (>= 1; tests use 1 to send every shape through the tile kernel); returns the old one.
+int64_t set_amx_min_rows(int64_t rows);
 // For families whose kernels exist on fewer tiers than the GEMM's: records the tier that served.
 void record_kernel(Family family, Isa isa);
 std::string last_kernel(const std::string& family);  // "" before the first call

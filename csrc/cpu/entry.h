@@ -57,19 +57,31 @@ inline at::Tensor channel_vector(const at::Tensor& t, int64_t n, const char* op,
   return t.to(at::kFloat).contiguous();
 }
 
+// Column panel width for N_pad columns and items_per_panel row chunks: the kernel set's panel, halved
+// (in steps of 32 columns) until every thread has at least two items, so that a wide AMX panel does
+// not leave a thread idle on a narrow layer (e.g. 128 x 384 x 1536: 3 panels of 512 -> 12 of 128).
+inline int64_t panel_width(const kernels::KernelSet& ks, int64_t N_pad, int64_t items_per_panel) {
+  const int64_t want = 2 * static_cast<int64_t>(at::get_num_threads());
+  int64_t panel = ks.n_panel;
+  while (panel > 64 && ((N_pad + panel - 1) / panel) * items_per_panel < want)
+    panel = kernels::round_up(panel / 2, 32);
+  return panel;
+}
+
 // Splits the GEMM into (column panel, row chunk) items: consecutive items share a weight panel.
 template <typename Params, typename Fn>
 inline void run_gemm(const Params& p, Fn fn, const kernels::KernelSet& ks) {
   const int64_t N_pad = kernels::round_up(p.N, kernels::kPackNB);
-  const int64_t panels = (N_pad + ks.n_panel - 1) / ks.n_panel;
   const int64_t chunks = (p.M + ks.m_chunk - 1) / ks.m_chunk;
-  const int64_t macs_per_item = std::max<int64_t>(1, std::min(ks.m_chunk, p.M) * ks.n_panel * p.K);
+  const int64_t n_panel = panel_width(ks, N_pad, chunks);
+  const int64_t panels = (N_pad + n_panel - 1) / n_panel;
+  const int64_t macs_per_item = std::max<int64_t>(1, std::min(ks.m_chunk, p.M) * n_panel * p.K);
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / macs_per_item);
   at::parallel_for(0, panels * chunks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t it = begin; it < end; ++it) {
       const int64_t panel = it / chunks, chunk = it % chunks;
-      const int64_t m0 = chunk * ks.m_chunk, n0 = panel * ks.n_panel;
-      fn(p, m0, std::min(p.M, m0 + ks.m_chunk), n0, std::min(N_pad, n0 + ks.n_panel));
+      const int64_t m0 = chunk * ks.m_chunk, n0 = panel * n_panel;
+      fn(p, m0, std::min(p.M, m0 + ks.m_chunk), n0, std::min(N_pad, n0 + n_panel));
     }
   });
 }

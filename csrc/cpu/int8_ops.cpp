@@ -70,13 +70,13 @@ at::Tensor shifted_operand(const at::Tensor& a, const PackedHeader& h, const cha
   TORCH_CHECK(a.size(1) == h.K, "fastinfer.", op, ": a.shape[1] must equal the weight's K=", h.K,
               ", got a of shape ", a.sizes());
   const at::Tensor ac = a.contiguous();
-  at::Tensor u = at::empty({a.size(0), h.K_pad}, a.options().dtype(at::kByte));
-  const int64_t M = a.size(0), K = h.K;
+  const int64_t M = a.size(0), K = h.K, ld = kernels::operand_stride(h.K_pad);
+  at::Tensor u = at::empty({M, ld}, a.options().dtype(at::kByte));
   at::parallel_for(0, M, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, K)), [&](int64_t b, int64_t e) {
-    kernels::shift_rows_to_u8(ac.data_ptr<int8_t>() + b * K, K, e - b, K, u.data_ptr<uint8_t>() + b * h.K_pad,
-                              h.K_pad, h.K_pad);
+    kernels::shift_rows_to_u8(ac.data_ptr<int8_t>() + b * K, K, e - b, K, u.data_ptr<uint8_t>() + b * ld, ld,
+                              h.K_pad);
   });
-  return u;
+  return u.narrow(1, 0, h.K_pad);  // row stride ld (operand_stride), K_pad valid columns
 }
 
 // ---------------------------------------------------------------- ops
@@ -128,7 +128,7 @@ at::Tensor int8_mm(const at::Tensor& a, const at::Tensor& packed_b, int64_t n) {
   p.out = out.data_ptr();
   p.ldo = h.N;
   p.out_kind = OutKind::Int32;
-  const auto& ks = kernels_for(Family::Int8Gemm);
+  const auto& ks = gemm_kernels(M);
   run_gemm(p, ks.int8_gemm, ks);
   return out;
 }
@@ -156,7 +156,7 @@ at::Tensor int8_scaled_mm(const at::Tensor& a, const at::Tensor& a_scale, const 
   kernels::Int8GemmParams p;
   fill_int8_params(p, h, packed_b, u, M);
   fill_epilogue(p, as, bs, bi, out, kind);
-  const auto& ks = kernels_for(Family::Int8Gemm);
+  const auto& ks = gemm_kernels(M);
   run_gemm(p, ks.int8_gemm, ks);
   return out;
 }
@@ -183,7 +183,8 @@ at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& pa
   const int64_t M = x2.size(0);
   at::Tensor out = at::empty({M, h.N}, x.options().dtype(out_scale ? at::kChar : x.scalar_type()));
   if (M > 0) {
-    at::Tensor q = at::empty({M, h.K_pad}, x.options().dtype(at::kByte));
+    // The u8 operand, written by the quantizer (no separate pass); row stride from operand_stride.
+    at::Tensor q = at::empty({M, kernels::operand_stride(h.K_pad)}, x.options().dtype(at::kByte)).narrow(1, 0, h.K_pad);
     at::Tensor a_scale = at::empty({M}, x.options().dtype(at::kFloat));
     if (x_scale) {
       a_scale.fill_(static_cast<float>(*x_scale));
@@ -199,7 +200,7 @@ at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& pa
                   out_scale ? OutKind::Int8 : (x.scalar_type() == at::kFloat ? OutKind::Float32 : OutKind::BFloat16));
     p.act = act;
     p.out_inv_scale = out_scale ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
-    const auto& ks = kernels_for(Family::Int8Gemm);
+    const auto& ks = gemm_kernels(M);
     run_gemm(p, ks.int8_gemm, ks);
   }
   return out.view(out_shape(x, h.N));

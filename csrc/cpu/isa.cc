@@ -107,7 +107,7 @@ const CpuFeatures& cpu_features() {
   return f;
 }
 
-Isa best_implemented_isa() { return Isa::Avx512Vnni; }
+Isa best_implemented_isa() { return Isa::Amx; }
 
 Isa active_isa() {
   static const Isa env = env_cap();

@@ -28,7 +28,7 @@ const CpuFeatures& cpu_features();
 Isa active_isa();
 // Caps the ISA at run time (tests use it to exercise every path); returns the active ISA.
 Isa set_isa_cap(Isa cap);
-// Best ISA with kernels in this build (the table grows as paths land: AMX is next).
+// Best ISA with kernels in this build.
 Isa best_implemented_isa();
 
 }  // namespace cpu

@@ -15,9 +15,9 @@ struct ConvGeometry {
 
 // Row m (output pixel n, oh, ow) of group g: for each tap (kh, kw) the cin_g channels of the
 // input pixel it reads, or `pad` where the tap falls in the padding; columns [K, K_pad) = pad.
-// With the u8 (+128) operand pad = 128, which is int8 zero.
+// With the u8 (+128) operand pad = 128, which is int8 zero. Rows of dst are ld >= K_pad bytes apart.
 void gather_conv_rows(const ConvGeometry& geo, const uint8_t* x, int64_t group, int64_t m0, int64_t m1,
-                      uint8_t* dst, int64_t K_pad, uint8_t pad);
+                      uint8_t* dst, int64_t ld, int64_t K_pad, uint8_t pad);
 
 }  // namespace kernels
 }  // namespace fastinfer

@@ -15,6 +15,8 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")
 
+#include "avx512_common.h"
+
 namespace fastinfer {
 namespace kernels {
 namespace {
@@ -29,73 +31,6 @@ struct W8Traits {
   static constexpr int MR = 6;   // rows per tile; each row keeps 4 fp32 accumulators per block
   static_assert(MR * 4 + 4 + 1 <= 32, "tile does not fit the 32 zmm registers");
 };
-
-inline __m512i bcast_u8x4(const uint8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return _mm512_set1_epi32(v);
-}
-
-inline __mmask16 col_mask(int64_t valid) {
-  return valid >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << valid) - 1u);
-}
-
-// fp32 -> bf16 round-to-nearest-even, NaN -> 0x7fc0 (matches epilogue.h's scalar rule).
-inline __m256i to_bf16(__m512 f) {
-  __m512i u = _mm512_castps_si512(f);
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
-  return _mm512_cvtepi32_epi16(r);
-}
-
-// x * inv rounded half to even and clamped to [-127, 127] in float (so huge values cannot wrap
-// in the int conversion); NaN -> 0. Same rule as epilogue.h's requant / quant_static.
-inline __m512i quant16(__m512 v, __m512 inv) {
-  __m512 r = _mm512_mul_ps(v, inv);
-  r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q), _mm512_setzero_ps());
-  r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
-  return _mm512_cvtps_epi32(r);  // MXCSR default: nearest even
-}
-
-// erf(x) = sign(x) * (1 - (1 + a1|x| + ... + a6|x|^6)^-16) (Abramowitz & Stegun 7.1.28,
-// |error| <= 3e-7); no exp needed, and large |x| saturates cleanly to +-1 (the power overflows to inf).
-inline __m512 erf16(__m512 x) {
-  const __m512 ax = _mm512_abs_ps(x);
-  __m512 t = _mm512_set1_ps(0.0000430638f);
-  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(0.0002765672f));
-  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(0.0001520143f));
-  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(0.0092705272f));
-  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(0.0422820123f));
-  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(0.0705230784f));
-  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(1.0f));
-  t = _mm512_mul_ps(t, t);  // ^2
-  t = _mm512_mul_ps(t, t);  // ^4
-  t = _mm512_mul_ps(t, t);  // ^8
-  t = _mm512_mul_ps(t, t);  // ^16
-  const __m512 e = _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_div_ps(_mm512_set1_ps(1.0f), t));
-  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(e),
-                                             _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN))));
-}
-
-inline __m512 act16(__m512 y, Act act) {
-  if (act == Act::None) return y;
-  if (act == Act::Gelu) {
-    const __m512 half_y = _mm512_mul_ps(_mm512_set1_ps(0.5f), y);
-    return _mm512_fmadd_ps(half_y, erf16(_mm512_mul_ps(y, _mm512_set1_ps(0.70710678118654752f))), half_y);
-  }
-  y = _mm512_max_ps(_mm512_setzero_ps(), y);  // second operand wins on NaN: NaN stays NaN
-  return act == Act::Relu6 ? _mm512_min_ps(_mm512_set1_ps(6.0f), y) : y;
-}
-
-inline void store_row16(void* out, int64_t idx, OutKind kind, __mmask16 mask, __m512 y, float out_inv = 1.0f) {
-  if (kind == OutKind::BFloat16)
-    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + idx, mask, to_bf16(y));
-  else if (kind == OutKind::Int8)
-    _mm512_mask_cvtepi32_storeu_epi8(static_cast<int8_t*>(out) + idx, mask, quant16(y, _mm512_set1_ps(out_inv)));
-  else
-    _mm512_mask_storeu_ps(static_cast<float*>(out) + idx, mask, y);
-}
 
 template <int mr, int nb>
 void int8_tile(const Int8GemmParams& p, int64_t m, int64_t n) {
@@ -120,25 +55,9 @@ void int8_tile(const Int8GemmParams& p, int64_t m, int64_t n) {
   // Epilogue: undo the +128 shift, then dequantize/bias/convert while storing.
 #pragma GCC unroll 4
   for (int j = 0; j < nb; ++j) {
-    const int64_t col = n + 16 * j;
-    const __mmask16 mask = col < p.N ? col_mask(p.N - col) : 0;  // a fully padded block stores nothing
-    const __m512i comp = _mm512_slli_epi32(_mm512_loadu_si512(p.b_colsum + col), 7);
-    if (p.out_kind == OutKind::Int32) {
+    const ColBlock16 c = col_block16(p, n + 16 * j);
 #pragma GCC unroll 8
-      for (int i = 0; i < mr; ++i)
-        _mm512_mask_storeu_epi32(static_cast<int32_t*>(p.out) + (m + i) * p.ldo + col, mask,
-                                 _mm512_sub_epi32(acc[i][j], comp));
-      continue;
-    }
-    const __m512 bs = _mm512_maskz_loadu_ps(mask, p.b_scale + col);
-    const __m512 bias = p.bias ? _mm512_maskz_loadu_ps(mask, p.bias + col) : _mm512_setzero_ps();
-#pragma GCC unroll 8
-    for (int i = 0; i < mr; ++i) {
-      __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][j], comp));
-      y = _mm512_mul_ps(_mm512_mul_ps(y, _mm512_set1_ps(p.a_scale[m + i])), bs);
-      if (p.bias) y = _mm512_add_ps(y, bias);
-      store_row16(p.out, (m + i) * p.ldo + col, p.out_kind, mask, act16(y, p.act), p.out_inv_scale);
-    }
+    for (int i = 0; i < mr; ++i) epilogue16(p, c, m + i, acc[i][j]);
   }
 }
 
@@ -383,7 +302,7 @@ namespace kernels {
 const KernelSet& kernels_avx512_vnni() {
   static const KernelSet s{"avx512_vnni", int8_gemm_avx512, w8_gemm_avx512, quantize_avx512, dwconv_avx512,
                            absmax_avx512, peak_probe_avx512,
-                           16 * Int8Traits::NB, 16 * Int8Traits::MR};
+                           16 * Int8Traits::NB, 16 * Int8Traits::MR, Int8Traits::MR};
   return s;
 }
 }  // namespace kernels

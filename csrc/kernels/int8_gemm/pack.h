@@ -40,6 +40,11 @@ void unpack_int8_weight(const uint8_t* src, int8_t* w, int64_t ldw);
 const char* validate_packed(const uint8_t* buf, int64_t nbytes, PackedHeader* out);
 inline bool packed_no_min128(const PackedHeader& h) { return (h.format & kFlagNoMin128) != 0; }
 
+// Row stride in bytes for a u8 activation operand with K_pad columns. A stride that is a multiple
+// of 1 KiB puts the 16 rows of an AMX tile load into at most 4 of the 64 L1 sets (all of them into
+// one at 4 KiB), so they evict each other; one extra cache line per row spreads them out.
+inline int64_t operand_stride(int64_t K_pad) { return K_pad % 1024 == 0 ? K_pad + 64 : K_pad; }
+
 // Copies int8 rows to the u8 (x + 128) operand with K_pad columns (padding 128 == zero).
 void shift_rows_to_u8(const int8_t* a, int64_t lda, int64_t M, int64_t K, uint8_t* dst,
                       int64_t ldd, int64_t K_pad);

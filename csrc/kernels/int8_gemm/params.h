@@ -109,12 +109,14 @@ struct KernelSet {
   PeakProbeFn peak_probe;   // null where there is no vector int8 instruction (ref)
   int64_t n_panel;   // columns a thread takes at once (B panel kept hot in L2)
   int64_t m_chunk;   // rows per work item
+  int64_t m_tile;    // rows of the GEMM's register tile (work chunks are kept multiples of it)
 };
 
 // Defined one per ISA translation unit.
 const KernelSet& kernels_ref();
 const KernelSet& kernels_avx2();
 const KernelSet& kernels_avx512_vnni();
+const KernelSet& kernels_amx();  // the tile GEMM; the other families are the AVX-512 VNNI kernels
 
 }  // namespace kernels
 }  // namespace fastinfer

@@ -1,0 +1,129 @@
+// AVX-512 vector helpers shared by the two translation units compiled for AVX-512 (avx512_vnni.cc and
+// amx.cc): epilogue (dequantize, bias, activation, fp32/bf16/int8 store) and small loads.
+//
+// Why a header with intrinsics (STYLE.md keeps intrinsics out of shared headers): the AMX kernel
+// stores its int32 tiles and finishes them with exactly the VNNI kernel's epilogue, so both must use
+// one copy of it. Include this only after `#pragma GCC target` enables AVX-512 (elsewhere the
+// intrinsics fail to inline: a compile error, and g++ does not define __AVX512F__ after the pragma,
+// so no #error guard is possible); the functions have internal linkage, so no out-of-line copy can be
+// merged into another ISA's code.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "params.h"
+
+namespace fastinfer {
+namespace kernels {
+namespace {
+
+inline __m512i bcast_u8x4(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+inline __mmask16 col_mask(int64_t valid) {
+  return valid >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << valid) - 1u);
+}
+
+// fp32 -> bf16 round-to-nearest-even, NaN -> 0x7fc0 (matches epilogue.h's scalar rule).
+inline __m256i to_bf16(__m512 f) {
+  __m512i u = _mm512_castps_si512(f);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+// x * inv rounded half to even and clamped to [-127, 127] in float (so huge values cannot wrap
+// in the int conversion); NaN -> 0. Same rule as epilogue.h's requant / quant_static.
+inline __m512i quant16(__m512 v, __m512 inv) {
+  __m512 r = _mm512_mul_ps(v, inv);
+  r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q), _mm512_setzero_ps());
+  r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
+  return _mm512_cvtps_epi32(r);  // MXCSR default: nearest even
+}
+
+// erf(x) = sign(x) * (1 - (1 + a1|x| + ... + a6|x|^6)^-16) (Abramowitz & Stegun 7.1.28,
+// |error| <= 3e-7); no exp needed, and large |x| saturates cleanly to +-1 (the power overflows to inf).
+inline __m512 erf16(__m512 x) {
+  const __m512 ax = _mm512_abs_ps(x);
+  __m512 t = _mm512_set1_ps(0.0000430638f);
+  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(0.0002765672f));
+  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(0.0001520143f));
+  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(0.0092705272f));
+  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(0.0422820123f));
+  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(0.0705230784f));
+  t = _mm512_fmadd_ps(t, ax, _mm512_set1_ps(1.0f));
+  t = _mm512_mul_ps(t, t);  // ^2
+  t = _mm512_mul_ps(t, t);  // ^4
+  t = _mm512_mul_ps(t, t);  // ^8
+  t = _mm512_mul_ps(t, t);  // ^16
+  const __m512 e = _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_div_ps(_mm512_set1_ps(1.0f), t));
+  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(e),
+                                             _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN))));
+}
+
+inline __m512 act16(__m512 y, Act act) {
+  if (act == Act::None) return y;
+  if (act == Act::Gelu) {
+    const __m512 half_y = _mm512_mul_ps(_mm512_set1_ps(0.5f), y);
+    return _mm512_fmadd_ps(half_y, erf16(_mm512_mul_ps(y, _mm512_set1_ps(0.70710678118654752f))), half_y);
+  }
+  y = _mm512_max_ps(_mm512_setzero_ps(), y);  // second operand wins on NaN: NaN stays NaN
+  return act == Act::Relu6 ? _mm512_min_ps(_mm512_set1_ps(6.0f), y) : y;
+}
+
+inline void store_row16(void* out, int64_t idx, OutKind kind, __mmask16 mask, __m512 y, float out_inv = 1.0f) {
+  if (kind == OutKind::BFloat16)
+    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + idx, mask, to_bf16(y));
+  else if (kind == OutKind::Int8)
+    _mm512_mask_cvtepi32_storeu_epi8(static_cast<int8_t*>(out) + idx, mask, quant16(y, _mm512_set1_ps(out_inv)));
+  else
+    _mm512_mask_storeu_ps(static_cast<float*>(out) + idx, mask, y);
+}
+
+// The per-column epilogue inputs of one 16-column block, loaded once per block (EPILOGUE.md).
+struct ColBlock16 {
+  int64_t col;
+  __mmask16 mask;   // columns inside N (0 for a fully padded block: nothing is stored)
+  __m512i comp;     // 128 * colsum[n]: undoes the +128 of the u8 activations
+  __m512 b_scale, bias;
+};
+
+inline ColBlock16 col_block16(const Int8GemmParams& p, int64_t col) {
+  ColBlock16 c;
+  c.col = col;
+  c.mask = col < p.N ? col_mask(p.N - col) : 0;
+  c.comp = _mm512_slli_epi32(_mm512_loadu_si512(p.b_colsum + col), 7);
+  const bool fl = p.out_kind != OutKind::Int32;
+  c.b_scale = fl ? _mm512_maskz_loadu_ps(c.mask, p.b_scale + col) : _mm512_setzero_ps();
+  c.bias = fl && p.bias ? _mm512_maskz_loadu_ps(c.mask, p.bias + col) : _mm512_setzero_ps();
+  return c;
+}
+
+// Row m of the block, float path: acc (raw u8 x s8 sums) -> compensated, dequantized, biased, activated.
+inline __m512 epilogue16_f32(const Int8GemmParams& p, const ColBlock16& c, int64_t m, __m512i acc) {
+  __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, c.comp));
+  y = _mm512_mul_ps(_mm512_mul_ps(y, _mm512_set1_ps(p.a_scale[m])), c.b_scale);
+  if (p.bias) y = _mm512_add_ps(y, c.bias);
+  return act16(y, p.act);
+}
+
+// Row m of the block: acc -> compensated int32, or the float path -> fp32 / bf16 / int8 out.
+inline void epilogue16(const Int8GemmParams& p, const ColBlock16& c, int64_t m, __m512i acc) {
+  const int64_t idx = m * p.ldo + c.col;
+  if (p.out_kind == OutKind::Int32) {
+    _mm512_mask_storeu_epi32(static_cast<int32_t*>(p.out) + idx, c.mask, _mm512_sub_epi32(acc, c.comp));
+    return;
+  }
+  store_row16(p.out, idx, p.out_kind, c.mask, epilogue16_f32(p, c, m, acc), p.out_inv_scale);
+}
+
+}  // namespace
+}  // namespace kernels
+}  // namespace fastinfer
