@@ -145,7 +145,7 @@ def last_kernel(family: str) -> str:
 def set_amx_min_rows(rows: int) -> int:
     """Sets the int8 GEMM's shape bucket: on AMX, GEMMs with fewer rows run on the VNNI kernels.
 
-    Default 16 (or FASTINFER_AMX_MIN_ROWS); 1 sends every shape through the tile kernel. Returns
+    Default 9 (or FASTINFER_AMX_MIN_ROWS); 1 sends every shape through the tile kernel. Returns
     the previous value; the current one is in cpu_capabilities()["amx_min_rows"].
     """
     if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:

@@ -20,7 +20,7 @@ def isa(request):
     name = request.param
     if name not in runnable_isas():
         pytest.skip(f"this CPU cannot run the {name} path (detected: {CAPS['detected']})")
-    # On the amx tier every GEMM shape goes through the tile kernel (by default fewer than 16 rows
+    # On the amx tier every GEMM shape goes through the tile kernel (by default fewer than 9 rows
     # take the VNNI kernel: tests/test_amx.py checks that bucket).
     previous = ops.set_amx_min_rows(1)
     try:

@@ -28,7 +28,7 @@ def test_default_is_best_runnable_path():
     best = runnable_isas()[-1]
     assert fastinfer.cpu_capabilities()["active"] == best
     w = ops.pack_int8_weight(torch.randint(-127, 128, (8, 8), dtype=torch.int8))
-    ops.int8_linear_dynamic(torch.randn(32, 8), w, torch.ones(8))  # 32 rows: above the AMX shape bucket
+    ops.int8_linear_dynamic(torch.randn(32, 8), w, torch.ones(8))  # 32 rows: above the AMX shape bucket (9)
     assert ops.last_kernel("int8_gemm") == best and ops.last_kernel("quantize") == served_by("quantize", best)
 
 

@@ -13,9 +13,10 @@ namespace {
 
 std::atomic<int> g_last[static_cast<int>(Family::kCount)] = {{-1}, {-1}, {-1}, {-1}, {-1}};
 
-// Below this many rows the VNNI kernel beats the tile kernel (benchmarks/RESULTS.md, AMX section):
-// a 16-row tile half empty, and the weight stream, not the multiply, sets the time.
-constexpr int64_t kDefaultAmxMinRows = 16;
+// Below this many rows the VNNI kernel beats the tile kernel (measured at 4096 x 4096, 2 threads:
+// M <= 8 VNNI 0.34-0.36 ms vs AMX 0.38-0.40; M = 12 VNNI 0.50 vs AMX 0.42): with a 16-row tile mostly
+// empty, streaming the weights sets the time, and the VNNI kernel reads them once for all rows.
+constexpr int64_t kDefaultAmxMinRows = 9;
 
 int64_t env_amx_min_rows() {
   const char* s = std::getenv("FASTINFER_AMX_MIN_ROWS");

@@ -27,6 +27,13 @@ struct Int8Traits {
   static constexpr int NB = 4;   // 16-column blocks per tile (64 columns)
   static_assert(MR * NB + NB + 1 <= 32, "tile does not fit the 32 zmm registers");
 };
+// Few rows (decode-like M <= 8): all rows in one tile, so each weight vector is loaded once per call
+// (the 6-row tile would stream the panel twice for M = 7, 8); 8 x 2 + 2 + 1 = 19 zmm.
+struct SmallMTraits {
+  static constexpr int MR = 8;
+  static constexpr int NB = 2;
+  static_assert(MR * NB + NB + 1 <= 32, "tile does not fit the 32 zmm registers");
+};
 struct W8Traits {
   static constexpr int MR = 6;   // rows per tile; each row keeps 4 fp32 accumulators per block
   static_assert(MR * 4 + 4 + 1 <= 32, "tile does not fit the 32 zmm registers");
@@ -74,8 +81,15 @@ constexpr std::array<std::array<Int8TileFn, Int8Traits::NB>, sizeof...(I)> int8_
 
 void int8_gemm_avx512(const Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   static constexpr auto table = int8_table(std::make_index_sequence<Int8Traits::MR>{});
+  static constexpr Int8TileFn small[2][SmallMTraits::NB] = {{int8_tile<7, 1>, int8_tile<7, 2>},
+                                                            {int8_tile<8, 1>, int8_tile<8, 2>}};
   const int64_t N_pad = round_up(p.N, kPackNB);
   n1 = std::min(n1, N_pad);
+  if (m1 - m0 > Int8Traits::MR && m1 - m0 <= SmallMTraits::MR) {
+    for (int64_t n = n0; n < n1; n += 16 * SmallMTraits::NB)
+      small[m1 - m0 - Int8Traits::MR - 1][std::min<int64_t>(SmallMTraits::NB, (n1 - n) / 16) - 1](p, m0, n);
+    return;
+  }
   for (int64_t n = n0; n < n1; n += 16 * Int8Traits::NB) {
     const int64_t nb = std::min<int64_t>(Int8Traits::NB, (n1 - n) / 16);
     for (int64_t m = m0; m < m1; m += Int8Traits::MR) {
