@@ -3,10 +3,14 @@
     python benchmarks/bench_linear.py [--threads 2] [--json out.json] [--shapes 1x4096x4096,...]
 
 Rows: torch fp32 F.linear, torch bf16 F.linear, torch._int_mm (int8 -> int32), torch.ao
-quantize_dynamic with engine 'x86' (FBGEMM) and 'onednn', fastinfer raw int8 GEMM (int8_mm on a
-prepacked weight), fastinfer Int8Linear w8a8_dynamic (activation quantization included) and w8_only.
-tops = 2*M*N*K / median time. Also the int8 instruction's peak rate (fastinfer.ops.int8_peak_probe)
-and the targets of issue #2, computed from this run.
+quantize_dynamic with engine 'x86' (FBGEMM) and 'onednn', oneDNN's prepacked int8 kernel alone
+(torch.ops.onednn.qlinear_pointwise: u8 activations already quantized, fp32 out; AMX where the CPU has
+it), fastinfer raw int8 GEMM (int8_mm on a prepacked weight, int32 out) and fused GEMM (int8_scaled_mm:
+dequantize epilogue, fp32 out), both from int8 activations (they include turning them into the kernels'
+u8 operand), fastinfer Int8Linear w8a8_dynamic (fp32 in/out, activation quantization included; on AMX
+machines also capped at the VNNI path) and w8_only.
+tops = 2*M*N*K / median time. Also the int8 instruction's peak rate (fastinfer.ops.int8_peak_probe: AMX
+tdpbusd or VNNI vpdpbusd) and the targets of issues #2 and #3, computed from this run.
 """
 from __future__ import annotations
 
@@ -47,6 +51,10 @@ def bench_shape(M: int, K: int, N: int, threads: int, min_time: float):
     packed = ops.pack_int8_weight(w8)
     dyn, wonly = Int8Linear.from_float(lin, "w8a8_dynamic"), Int8Linear.from_float(lin, "w8_only")
     ao = {e: torch_ao_dynamic(nn.Linear(K, N).eval(), e) for e in ("x86", "onednn")}
+    # oneDNN's kernel alone: weights prepacked for this shape, activations already u8 (zero point 128).
+    a_u8 = (a.to(torch.int16) + 128).to(torch.uint8)
+    w_onednn = torch.ops.onednn.qlinear_prepack(w8, [M, K])
+    ones_m, ones_n, zeros_n = torch.ones(M), torch.ones(N), torch.zeros(N, dtype=torch.long)
 
     cases = [
         ("torch", "fp32 F.linear", lambda: F.linear(x, lin.weight, lin.bias)),
@@ -58,11 +66,19 @@ def bench_shape(M: int, K: int, N: int, threads: int, min_time: float):
             torch.backends.quantized.engine = engine
             return model(x)
         cases.append(("torch.ao", f"dynamic int8 ({engine})", run))
+    cases.append(("torch", "onednn kernel (prepacked)", lambda: torch.ops.onednn.qlinear_pointwise(
+        a_u8, 1.0, 128, w_onednn, ones_n, zeros_n, None, 1.0, 0, torch.float32, "none", [], "")))
     cases += [
         ("fastinfer", "int8_mm raw", lambda: ops.int8_mm(a, packed, N)),
+        ("fastinfer", "int8_scaled_mm fused", lambda: ops.int8_scaled_mm(a, ones_m, packed, ones_n, None)),
         ("fastinfer", "Int8Linear w8a8_dynamic", lambda: dyn(x)),
-        ("fastinfer", "Int8Linear w8_only", lambda: wonly(x)),
     ]
+    if fastinfer.cpu_capabilities()["active"] == "amx":
+        def vnni(dyn=dyn, x=x):
+            with fastinfer.use_isa("avx512_vnni"):
+                return dyn(x)
+        cases.append(("fastinfer", "Int8Linear w8a8_dynamic [vnni]", vnni))
+    cases.append(("fastinfer", "Int8Linear w8_only", lambda: wonly(x)))
     rows = []
     with torch.inference_mode():
         for lib, impl, fn in cases:
@@ -78,21 +94,40 @@ def peak_tops(iters: int = 5_000_000) -> float:
     return ops.int8_peak_probe(1) * iters / (t["median_ms"] * 1e-3) / 1e12
 
 
-def targets(rows, peak):
+def targets(rows, peak, isa):
+    """(issue, name, value, target, higher_is_better) for every target this run can check."""
     by = {(r["M"], r["K"], r["N"], r["impl"]): r["median_ms"] for r in rows}
+    shapes = sorted({(r["M"], r["K"], r["N"]) for r in rows})
     out = []
-    for (M, K, N) in sorted({(r["M"], r["K"], r["N"]) for r in rows}):
-        dyn = by.get((M, K, N, "Int8Linear w8a8_dynamic"))
-        ao = by.get((M, K, N, "dynamic int8 (x86)"))
+    # Issue #2 (foundation, set on the VNNI path): vs torch.ao x86, fraction of the instruction peak, batch 1.
+    for (M, K, N) in shapes:
+        dyn, ao = by.get((M, K, N, "Int8Linear w8a8_dynamic")), by.get((M, K, N, "dynamic int8 (x86)"))
         if M >= 8 and dyn and ao:
-            out.append((f"w8a8_dynamic vs torch.ao x86 at {M}x{K}x{N}", ao / dyn, 1.2))
+            out.append(("#2", f"w8a8_dynamic vs torch.ao x86 at {M}x{K}x{N}", ao / dyn, 1.2, True))
     raw = by.get((2048, 2048, 2048, "int8_mm raw"))
     if raw and peak:
-        out.append(("raw int8 GEMM 2048^3 / int8 peak", 2 * 2048 ** 3 / (raw * 1e-3) / 1e12 / peak, 0.75))
+        frac = 2 * 2048 ** 3 / (raw * 1e-3) / 1e12 / peak
+        out.append(("#2" if isa != "amx" else "#3", f"raw int8 GEMM 2048^3 / {isa} peak", frac,
+                    0.75 if isa != "amx" else 0.0, True))
     b1 = [by.get((1, 4096, 4096, k)) for k in ("dynamic int8 (x86)", "dynamic int8 (onednn)", "_int_mm")]
-    ours = [by.get((1, 4096, 4096, k)) for k in ("Int8Linear w8a8_dynamic", "int8_mm raw")]
-    if all(b1) and ours[0]:
-        out.append(("batch 1 4096x4096: best torch int8 / w8a8_dynamic", min(b1) / ours[0], 1.2))
+    ours = by.get((1, 4096, 4096, "Int8Linear w8a8_dynamic"))
+    if all(b1) and ours:
+        out.append(("#2", "batch 1 4096x4096: best torch int8 / w8a8_dynamic", min(b1) / ours, 1.2, True))
+    # Issue #3 (AMX): vs oneDNN's prepacked kernel, >= 5 TOPS, vs torch.ao onednn at M >= 8, batch 1 in ms.
+    for shape in ((128, 4096, 4096), (2048, 2048, 2048)):
+        od = by.get(shape + ("onednn kernel (prepacked)",))
+        for impl in ("int8_mm raw", "int8_scaled_mm fused"):
+            t = by.get(shape + (impl,))
+            if od and t:
+                M, K, N = shape
+                out.append(("#3", f"{impl} vs oneDNN kernel at {M}x{K}x{N}", od / t, 1.25, True))
+                out.append(("#3", f"{impl} TOPS at {M}x{K}x{N}", 2 * M * N * K / (t * 1e-3) / 1e12, 5.0, True))
+    for (M, K, N) in shapes:
+        dyn, ao = by.get((M, K, N, "Int8Linear w8a8_dynamic")), by.get((M, K, N, "dynamic int8 (onednn)"))
+        if M >= 8 and dyn and ao:
+            out.append(("#3", f"w8a8_dynamic vs torch.ao onednn at {M}x{K}x{N}", ao / dyn, 1.3, True))
+    if ours:
+        out.append(("#3", "batch 1 4096x4096 w8a8_dynamic, ms", ours, 0.33, False))
     return out
 
 
@@ -121,14 +156,20 @@ def main(argv=None):
             print(f"{M:>5} {K:>5} {N:>5}  {r['impl']:<26} {r['median_ms']:>10.4f} {r['p10_ms']:>8.4f} "
                   f"{r['p90_ms']:>8.4f} {r['tops']:>7.3f}")
         print()
-    tgt = targets(rows, peak)
+    tgt = targets(rows, peak, info["isa_active"])
     if tgt:
-        print("targets (issue #2):")
-        for name, val, want in tgt:
-            print(f"  {name:<52} {val:6.2f}x  (target >= {want:.2f}x)  {'met' if val >= want else 'MISSED'}")
+        print("targets (from this run):")
+        for issue, name, val, want, higher in tgt:
+            if want == 0.0:  # reported, no target
+                print(f"  {issue} {name:<58} {val:7.3f}")
+                continue
+            met = val >= want if higher else val <= want
+            print(f"  {issue} {name:<58} {val:7.3f}  (target {'>=' if higher else '<='} {want:.2f})  "
+                  f"{'met' if met else 'MISSED'}")
     if args.json:
         write_json(args.json, {"machine": info, "int8_peak_tops": peak, "rows": rows,
-                               "targets": [{"name": n, "value": v, "target": t} for n, v, t in tgt]})
+                               "targets": [{"issue": i, "name": n, "value": v, "target": t, "higher_is_better": h}
+                                           for i, n, v, t, h in tgt]})
     return rows
 
 

@@ -94,12 +94,17 @@ def test_scaled_mm_fp_epilogue(amx_every_shape, M, K, N, out_dtype):
 
 
 @needs_amx
-def test_streamed_output_large_and_unaligned(amx_every_shape):
-    M, K, N = 1100, 128, 1001  # 4.4 MB of fp32 output with a 4004-byte row stride
+@pytest.mark.parametrize("N", [1001, 1024])
+def test_streamed_output_large_and_unaligned(amx_every_shape, N):
+    # Outputs of 1 MiB and more take non-temporal stores where a row's 16 values fill an aligned line;
+    # N = 1001 (a 4004-byte row stride) mixes them with ordinary masked stores.
+    M, K = 1100, 128
     a, b = rand_i8(M, K), rand_i8(N, K)
     a_scale, b_scale = torch.rand(M), torch.rand(N)
-    out = ops.int8_scaled_mm(a, a_scale, ops.pack_int8_weight(b), b_scale, None, torch.float32)
+    packed = ops.pack_int8_weight(b)
+    out = ops.int8_scaled_mm(a, a_scale, packed, b_scale, None, torch.float32)
     torch.testing.assert_close(out, ref.int8_scaled_mm(a, a_scale, b, b_scale, None), rtol=0, atol=0)
+    torch.testing.assert_close(ops.int8_mm(a, packed, N), ref.int8_mm(a, b), rtol=0, atol=0)
 
 
 @needs_amx

@@ -27,7 +27,7 @@ namespace {
 // - 8 tiles: C = 2 x 2 tiles (a 32 x 32 int32 block) in tmm0-3, two A tiles (tmm4-5), two B tiles
 //   (tmm6-7): one tile load per tdpbusd, the best ratio 8 tiles allow.
 // - K is walked in chunks of at most kMaxChunkSteps tile steps; for one chunk the pair of B tiles
-//   (32 columns x <= 1 KiB of K = 32 KiB) stays in L1 while every 32-row block of the pass uses it,
+//   (32 columns x <= 768 bytes of K = 24 KiB) stays in L1 while every 32-row block of the pass uses it,
 //   so only A comes from L2. A chunk boundary costs a store + reload of the C tiles; walking the whole
 //   K per block instead (both operands from L2) measured ~25% slower at K = 2048.
 // - A pass covers at most kPassRows rows: its A rows (<= 128 x K) stay in L2 across column pairs.
@@ -36,7 +36,7 @@ struct AmxTraits {
   static constexpr int64_t kStepBytes = 64;      // K bytes per tile step (16 k-quads)
   static constexpr int64_t kBlockRows = 32;      // two A tiles
   static constexpr int64_t kBlockCols = 32;      // two B tiles
-  static constexpr int64_t kMaxChunkSteps = 16;  // tile steps per K chunk (at most)
+  static constexpr int64_t kMaxChunkSteps = 12;  // tile steps per K chunk (at most; 8-16 measured)
   static constexpr int64_t kPassRows = 128;      // rows per pass
   static constexpr int64_t kBlocksPerPass = kPassRows / kBlockRows;
   static_assert(kPassRows % kBlockRows == 0, "a pass is whole 32-row blocks");
@@ -73,7 +73,7 @@ struct TileScope {
 constexpr int64_t kCTileInts = AmxTraits::kTileRows * AmxTraits::kBlockCols;
 constexpr int64_t kCStride = AmxTraits::kBlockCols * 4;  // bytes between C rows
 constexpr int64_t kCHalfInts = AmxTraits::kBlocksPerPass * 2 * kCTileInts;  // one column pair's blocks
-constexpr int64_t kStreamOutBytes = 4 << 20;  // fp32 outputs from this size on: non-temporal stores
+constexpr int64_t kStreamOutBytes = 1 << 20;  // 4-byte outputs from this size on: non-temporal stores
 
 struct ThreadBuffers {
   std::vector<int32_t> c;      // two halves: the pair being computed and the pair in its epilogue
@@ -105,7 +105,7 @@ struct GemmCtx {
   const Int8GemmParams& p;
   const uint8_t* a;
   int64_t lda, steps, q_tail, q_end;
-  bool stream_out;  // large fp32 output: non-temporal stores of whole aligned lines (see below)
+  bool stream_out;  // large 4-byte output: non-temporal stores of whole aligned lines (see below)
 };
 
 // The epilogue of a finished column pair: the K tail (K_pad % 64 bytes) with vpdpbusd, then the
@@ -135,9 +135,12 @@ inline void run_epilogue(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
       for (int64_t q = g.q_tail; q < g.q_end; ++q)
         acc = _mm512_dpbusd_epi32(acc, bcast_u8x4(ar + q * 4), _mm512_loadu_si512(e.b[j] + q * 64));
       if (g.stream_out) {
-        float* o = static_cast<float*>(g.p.out) + r * g.p.ldo + e.cols[j].col;
+        void* o = static_cast<char*>(g.p.out) + (r * g.p.ldo + e.cols[j].col) * 4;
         if (e.cols[j].mask == 0xffff && (reinterpret_cast<uintptr_t>(o) & 63) == 0) {
-          _mm512_stream_ps(o, epilogue16_f32(g.p, e.cols[j], r, acc));
+          if (g.p.out_kind == OutKind::Int32)
+            _mm512_stream_si512(static_cast<__m512i*>(o), _mm512_sub_epi32(acc, e.cols[j].comp));
+          else
+            _mm512_stream_ps(static_cast<float*>(o), epilogue16_f32(g.p, e.cols[j], r, acc));
           continue;
         }
       }
@@ -208,10 +211,12 @@ void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n
   }
   n1 = std::min(n1, round_up(p.N, kPackNB));
   const int64_t steps = p.K_pad / AmxTraits::kStepBytes;  // whole tile steps; the rest is the K tail
-  // A large fp32 output (more than fits the caches of the threads writing it) is written with
-  // non-temporal stores: no read-for-ownership of lines that are overwritten whole, which measured
-  // +5-15% on the large shapes, where writing the output takes as long as the products.
-  const bool stream_out = p.out_kind == OutKind::Float32 && p.M * p.N * 4 >= kStreamOutBytes;
+  // A large fp32/int32 output is written with non-temporal stores: no read-for-ownership of lines
+  // that are overwritten whole. Measured +5-15% on the large shapes and +25% at 512 x 384 x 1536 (a
+  // 3 MB output), where writing the output takes as long as the products; no change end to end on
+  // MiniLM, whose next op reads these outputs.
+  const bool stream_out = (p.out_kind == OutKind::Float32 || p.out_kind == OutKind::Int32) &&
+                          p.M * p.N * 4 >= kStreamOutBytes;
   const GemmCtx g{p, p.a, p.lda, steps, steps * 16, p.K_pad / kPackKB, stream_out};
   // K chunks of at most kMaxChunkSteps steps, as even as possible (K = 1536: 2 x 12, not 16 + 8).
   const int64_t chunks = (steps + AmxTraits::kMaxChunkSteps - 1) / AmxTraits::kMaxChunkSteps;
