@@ -32,6 +32,7 @@ struct Int8Traits {
 struct SmallMTraits {
   static constexpr int MR = 8;
   static constexpr int NB = 2;
+  static constexpr int kPrefetch = 1024;  // bytes ahead in each weight stream
   static_assert(MR * NB + NB + 1 <= 32, "tile does not fit the 32 zmm registers");
 };
 struct W8Traits {
@@ -39,7 +40,9 @@ struct W8Traits {
   static_assert(MR * 4 + 4 + 1 <= 32, "tile does not fit the 32 zmm registers");
 };
 
-template <int mr, int nb>
+// prefetch > 0: each weight stream is also prefetched that many bytes ahead (the small-M tiles, which
+// stream the weights from L3: measured -5-10% time at 8 x 4096 x 4096; nothing for M = 1).
+template <int mr, int nb, int prefetch = 0>
 void int8_tile(const Int8GemmParams& p, int64_t m, int64_t n) {
   __m512i acc[mr][nb];
   for (int i = 0; i < mr; ++i)
@@ -52,6 +55,11 @@ void int8_tile(const Int8GemmParams& p, int64_t m, int64_t n) {
     __m512i bv[nb];
 #pragma GCC unroll 4
     for (int j = 0; j < nb; ++j) bv[j] = _mm512_loadu_si512(b + j * block_stride + q * 64);
+    if (prefetch > 0) {
+#pragma GCC unroll 4
+      for (int j = 0; j < nb; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(b + j * block_stride + q * 64 + prefetch), _MM_HINT_T0);
+    }
 #pragma GCC unroll 8
     for (int i = 0; i < mr; ++i) {
       const __m512i av = bcast_u8x4(a + i * p.lda + q * 4);
@@ -81,8 +89,9 @@ constexpr std::array<std::array<Int8TileFn, Int8Traits::NB>, sizeof...(I)> int8_
 
 void int8_gemm_avx512(const Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   static constexpr auto table = int8_table(std::make_index_sequence<Int8Traits::MR>{});
-  static constexpr Int8TileFn small[2][SmallMTraits::NB] = {{int8_tile<7, 1>, int8_tile<7, 2>},
-                                                            {int8_tile<8, 1>, int8_tile<8, 2>}};
+  static constexpr Int8TileFn small[2][SmallMTraits::NB] = {
+      {int8_tile<7, 1, SmallMTraits::kPrefetch>, int8_tile<7, 2, SmallMTraits::kPrefetch>},
+      {int8_tile<8, 1, SmallMTraits::kPrefetch>, int8_tile<8, 2, SmallMTraits::kPrefetch>}};
   const int64_t N_pad = round_up(p.N, kPackNB);
   n1 = std::min(n1, N_pad);
   if (m1 - m0 > Int8Traits::MR && m1 - m0 <= SmallMTraits::MR) {
