@@ -145,25 +145,30 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     a_scale = tensor_absmax(x_rows) / 127.0f;  // NaN/Inf anywhere: NaN, so the output is NaN
   }
   const int64_t pixels = a.N * a.H * a.W;
-  at::Tensor xq = at::empty({pixels, a.C}, x.options().dtype(at::kByte));
-  const bool shift = !dw;  // GEMM path: u8 = s8 + 128 operand; depthwise multiplies s8 directly
-  if (x.scalar_type() == at::kChar) {
-    if (shift)
-      at::parallel_for(0, pixels, std::max<int64_t>(1, 65536 / a.C), [&](int64_t b, int64_t e) {
-        kernels::shift_rows_to_u8(x_rows.data_ptr<int8_t>() + b * a.C, a.C, e - b, a.C, xq.data_ptr<uint8_t>() + b * a.C,
-                                  a.C, a.C);
-      });
-    else
-      xq.copy_(x_rows.view(at::kByte));
-  } else if (a_scale > 0.0f && std::isfinite(a_scale)) {
-    at::Tensor none;
-    quantize_rows(x_rows, xq, none, shift, 1.0f / a_scale);
+  const int64_t M = a.N * a.OH * a.OW;
+  // The GEMM path's kernel set fixes the operand: u8 = s8 + 128 for VNNI, s8 for AMX (signed_a); the
+  // depthwise kernel multiplies s8 directly. An int8 input that needs no shift is used in place.
+  const kernels::KernelSet* gks = dw ? nullptr : &gemm_kernels(M);
+  const bool shift = !dw && !gks->signed_a;
+  at::Tensor xq;
+  if (x.scalar_type() == at::kChar && !shift) {
+    xq = x_rows.view(at::kByte);
   } else {
-    xq.fill_(shift ? 128 : 0);  // all-zero input (scale 0) or non-finite (scale NaN)
+    xq = at::empty({pixels, a.C}, x.options().dtype(at::kByte));
+    if (x.scalar_type() == at::kChar) {
+      at::parallel_for(0, pixels, std::max<int64_t>(1, 65536 / a.C), [&](int64_t b, int64_t e) {
+        kernels::copy_operand_rows(x_rows.data_ptr<int8_t>() + b * a.C, a.C, e - b, a.C,
+                                   xq.data_ptr<uint8_t>() + b * a.C, a.C, a.C, shift);
+      });
+    } else if (a_scale > 0.0f && std::isfinite(a_scale)) {
+      at::Tensor none;
+      quantize_rows(x_rows, xq, none, shift, 1.0f / a_scale);
+    } else {
+      xq.fill_(shift ? 128 : 0);  // all-zero input (scale 0) or non-finite (scale NaN)
+    }
   }
   const kernels::OutKind kind = out_scale ? kernels::OutKind::Int8 : kernels::OutKind::Float32;
   const float out_inv = out_scale ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
-  const int64_t M = a.N * a.OH * a.OW;
 
   if (dw) {  // 2a) depthwise
     kernels::DwConvParams p;
@@ -185,7 +190,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   }
 
   // 2b) implicit GEMM: per (group, row chunk), gather the chunk's rows, run every column panel.
-  const auto& ks = gemm_kernels(M);
+  const auto& ks = *gks;
   const int64_t K_pad = kernels::round_up(K, kernels::kPackKB);
   const bool direct = a.KH == 1 && a.KW == 1 && a.SH == 1 && a.SW == 1 && a.PH == 0 && a.PW == 0 && groups == 1 &&
                       K == K_pad;  // a 1x1 conv is a GEMM on the input rows themselves
@@ -230,7 +235,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
         p.lda = a.C;
       } else {
         if (gathered != gc)
-          kernels::gather_conv_rows(geo, xq.data_ptr<uint8_t>(), g, m0, m1, buf.data(), ld, K_pad, 128);
+          kernels::gather_conv_rows(geo, xq.data_ptr<uint8_t>(), g, m0, m1, buf.data(), ld, K_pad, shift ? 128 : 0);
         gathered = gc;
         p.a = buf.data();
         p.lda = ld;

@@ -62,21 +62,24 @@ void fill_epilogue(kernels::Int8GemmParams& p, const at::Tensor& a_scale, const 
   p.out_kind = kind;
 }
 
-// int8 activations [M, K] -> the u8 operand [M, K_pad] the kernels read.
-at::Tensor shifted_operand(const at::Tensor& a, const PackedHeader& h, const char* op) {
+// int8 activations [M, K] -> the operand [M, K_pad] the kernel set reads: u8 (a + 128) for the VNNI
+// kernels; for AMX (signed_a) the s8 rows themselves when they can be read in place (contiguous, K a
+// multiple of 4, a row stride that does not alias in L1: operand_stride), else a padded copy.
+at::Tensor gemm_operand(const at::Tensor& a, const PackedHeader& h, const kernels::KernelSet& ks, const char* op) {
   check_cpu(a, op, "a");
   check_dtype(a, at::kChar, op, "a");
   TORCH_CHECK(a.dim() == 2, "fastinfer.", op, ": a must be 2-D [M, K], got shape ", a.sizes());
   TORCH_CHECK(a.size(1) == h.K, "fastinfer.", op, ": a.shape[1] must equal the weight's K=", h.K,
               ", got a of shape ", a.sizes());
-  const at::Tensor ac = a.contiguous();
   const int64_t M = a.size(0), K = h.K, ld = kernels::operand_stride(h.K_pad);
+  if (ks.signed_a && a.is_contiguous() && K == h.K_pad && ld == h.K_pad) return a.view(at::kByte);
+  const at::Tensor ac = a.contiguous();
   at::Tensor u = at::empty({M, ld}, a.options().dtype(at::kByte));
   at::parallel_for(0, M, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, K)), [&](int64_t b, int64_t e) {
-    kernels::shift_rows_to_u8(ac.data_ptr<int8_t>() + b * K, K, e - b, K, u.data_ptr<uint8_t>() + b * ld, ld,
-                              h.K_pad);
+    kernels::copy_operand_rows(ac.data_ptr<int8_t>() + b * K, K, e - b, K, u.data_ptr<uint8_t>() + b * ld, ld,
+                               h.K_pad, !ks.signed_a);
   });
-  return u.narrow(1, 0, h.K_pad);  // row stride ld (operand_stride), K_pad valid columns
+  return u.narrow(1, 0, h.K_pad);  // row stride ld, K_pad valid columns
 }
 
 // ---------------------------------------------------------------- ops
@@ -119,8 +122,9 @@ at::Tensor unpack_int8_weight(const at::Tensor& packed) {
 at::Tensor int8_mm(const at::Tensor& a, const at::Tensor& packed_b, int64_t n) {
   const PackedHeader h = checked_header(packed_b, "int8_mm", "packed_b");
   TORCH_CHECK(n == h.N, "fastinfer.int8_mm: n=", n, " does not match the packed weight's N=", h.N);
-  const at::Tensor u = shifted_operand(a, h, "int8_mm");
-  const int64_t M = a.size(0);
+  const int64_t M = a.dim() == 2 ? a.size(0) : 0;
+  const auto& ks = gemm_kernels(M);
+  const at::Tensor u = gemm_operand(a, h, ks, "int8_mm");
   at::Tensor out = at::empty({M, h.N}, a.options().dtype(at::kInt));
   if (M == 0) return out;
   kernels::Int8GemmParams p;
@@ -128,7 +132,6 @@ at::Tensor int8_mm(const at::Tensor& a, const at::Tensor& packed_b, int64_t n) {
   p.out = out.data_ptr();
   p.ldo = h.N;
   p.out_kind = OutKind::Int32;
-  const auto& ks = gemm_kernels(M);
   run_gemm(p, ks.int8_gemm, ks);
   return out;
 }
@@ -146,8 +149,9 @@ at::Tensor int8_scaled_mm(const at::Tensor& a, const at::Tensor& a_scale, const 
   const PackedHeader h = checked_header(packed_b, op, "packed_b");
   const at::ScalarType odt = out_dtype.value_or(at::kFloat);
   const OutKind kind = out_kind_of(odt, op);
-  const at::Tensor u = shifted_operand(a, h, op);
-  const int64_t M = a.size(0);
+  const int64_t M = a.dim() == 2 ? a.size(0) : 0;
+  const auto& ks = gemm_kernels(M);
+  const at::Tensor u = gemm_operand(a, h, ks, op);
   const at::Tensor as = channel_vector(a_scale, M, op, "a_scale", false);
   const at::Tensor bs = channel_vector(b_scale, h.N, op, "b_scale", false);
   const at::Tensor bi = bias ? channel_vector(*bias, h.N, op, "bias", true) : at::Tensor();
@@ -156,7 +160,6 @@ at::Tensor int8_scaled_mm(const at::Tensor& a, const at::Tensor& a_scale, const 
   kernels::Int8GemmParams p;
   fill_int8_params(p, h, packed_b, u, M);
   fill_epilogue(p, as, bs, bi, out, kind);
-  const auto& ks = gemm_kernels(M);
   run_gemm(p, ks.int8_gemm, ks);
   return out;
 }
@@ -183,16 +186,18 @@ at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& pa
   const int64_t M = x2.size(0);
   at::Tensor out = at::empty({M, h.N}, x.options().dtype(out_scale ? at::kChar : x.scalar_type()));
   if (M > 0) {
-    // The u8 operand, written by the quantizer (no separate pass); row stride from operand_stride.
+    const auto& ks = gemm_kernels(M);
+    const bool shift = !ks.signed_a;
+    // The GEMM operand, written by the quantizer (no separate pass); row stride from operand_stride.
     at::Tensor q = at::empty({M, kernels::operand_stride(h.K_pad)}, x.options().dtype(at::kByte)).narrow(1, 0, h.K_pad);
     at::Tensor a_scale = at::empty({M}, x.options().dtype(at::kFloat));
     if (x_scale) {
       a_scale.fill_(static_cast<float>(*x_scale));
       at::Tensor none;
-      quantize_rows(x2, q, none, /*shift128=*/true, 1.0f / static_cast<float>(*x_scale),
+      quantize_rows(x2, q, none, shift, 1.0f / static_cast<float>(*x_scale),
                     cs.defined() ? cs.data_ptr<float>() : nullptr);
     } else {
-      quantize_rows(x2, q, a_scale, /*shift128=*/true, 0.0f, cs.defined() ? cs.data_ptr<float>() : nullptr);
+      quantize_rows(x2, q, a_scale, shift, 0.0f, cs.defined() ? cs.data_ptr<float>() : nullptr);
     }
     kernels::Int8GemmParams p;
     fill_int8_params(p, h, packed_w, q, M);
@@ -200,7 +205,6 @@ at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& pa
                   out_scale ? OutKind::Int8 : (x.scalar_type() == at::kFloat ? OutKind::Float32 : OutKind::BFloat16));
     p.act = act;
     p.out_inv_scale = out_scale ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
-    const auto& ks = gemm_kernels(M);
     run_gemm(p, ks.int8_gemm, ks);
   }
   return out.view(out_shape(x, h.N));

@@ -1,7 +1,8 @@
-// AMX-INT8 GEMM (tdpbusd: u8 x s8 -> s32 on 16 x 64-byte tiles), behind the same Int8GemmFn as
-// the VNNI kernel. It reads the same operands: the u8 (s8 + 128) activation rows and the n16k4
-// packed weight, whose 16-column block at k-step t (16 k-quads) is exactly an AMX B tile (16 rows
-// of 64 bytes, PACKING.md). Only this file is compiled for AMX (push_options/target below).
+// AMX-INT8 GEMM (tdpbssd: s8 x s8 -> s32 on 16 x 64-byte tiles), behind the same Int8GemmFn as
+// the VNNI kernel. It reads s8 activation rows as they are (the set's signed_a: no +128 shift, no
+// column-sum compensation, so int8 inputs need no pass before the GEMM) and the n16k4 packed weight,
+// whose 16-column block at k-step t (16 k-quads) is exactly an AMX B tile (16 rows of 64 bytes,
+// PACKING.md). Only this file is compiled for AMX (push_options/target below).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -25,7 +26,7 @@ namespace {
 // Blocking, measured on this project's AMX machine (2 cores, 48 KiB L1D, 2 MiB L2 per core;
 // benchmarks/RESULTS.md):
 // - 8 tiles: C = 2 x 2 tiles (a 32 x 32 int32 block) in tmm0-3, two A tiles (tmm4-5), two B tiles
-//   (tmm6-7): one tile load per tdpbusd, the best ratio 8 tiles allow.
+//   (tmm6-7): one tile load per tdpbssd, the best ratio 8 tiles allow.
 // - K is walked in chunks of at most kMaxChunkSteps tile steps; for one chunk the pair of B tiles
 //   (32 columns x <= 768 bytes of K = 24 KiB) stays in L1 while every 32-row block of the pass uses it,
 //   so only A comes from L2. A chunk boundary costs a store + reload of the C tiles; walking the whole
@@ -108,7 +109,8 @@ struct GemmCtx {
   bool stream_out;  // large 4-byte output: non-temporal stores of whole aligned lines (see below)
 };
 
-// The epilogue of a finished column pair: the K tail (K_pad % 64 bytes) with vpdpbusd, then the
+// The epilogue of a finished column pair: the K tail (K_pad % 64 bytes) with vpdpbusd (u8 x s8:
+// the s8 activations are fed as a + 128 and 128 * sum(b) is taken off again, exact), then the
 // shared AVX-512 epilogue (compensation, dequantize, bias, activation, store). It runs a few rows
 // after each tile call of the next pair, so its vector work and its output stores (the output often
 // costs as much as the products: 4 KiB of fp32 per 32 x 32 block) overlap the TMUL, a separate
@@ -126,14 +128,18 @@ struct PendingEpilogue {
 
 inline void run_epilogue(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
   const int64_t end = std::min(e.total, e.next + rows);
+  const __m512i k80 = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
   for (int64_t i = e.next; i < end; ++i) {
     const int64_t r = e.pass.pm0 + i;
     const int32_t* c = e.c + e.pass.c_offset(r);
     const uint8_t* ar = g.a + r * g.lda;
     for (int j = 0; j < e.nt; ++j) {
       __m512i acc = g.steps > 0 ? _mm512_loadu_si512(c + 16 * j) : _mm512_setzero_si512();
-      for (int64_t q = g.q_tail; q < g.q_end; ++q)
-        acc = _mm512_dpbusd_epi32(acc, bcast_u8x4(ar + q * 4), _mm512_loadu_si512(e.b[j] + q * 64));
+      for (int64_t q = g.q_tail; q < g.q_end; ++q) {
+        const __m512i bq = _mm512_loadu_si512(e.b[j] + q * 64);
+        acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(bcast_u8x4(ar + q * 4), k80), bq);
+        acc = _mm512_sub_epi32(acc, _mm512_dpbusd_epi32(_mm512_setzero_si512(), k80, bq));
+      }
       if (g.stream_out) {
         void* o = static_cast<char*>(g.p.out) + (r * g.p.ldo + e.cols[j].col) * 4;
         if (e.cols[j].mask == 0xffff && (reinterpret_cast<uintptr_t>(o) & 63) == 0) {
@@ -173,15 +179,15 @@ inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, int64_
     // Loads interleaved with the products that consume them (A0, B0, C00, B1, C01, A1, C10, C11).
     _tile_stream_loadd(4, a0 + kt * AmxTraits::kStepBytes, lda);
     _tile_loadd(6, b0 + kt * 1024, 64);
-    _tile_dpbusd(0, 4, 6);
+    _tile_dpbssd(0, 4, 6);
     if (NT == 2) {
       _tile_loadd(7, b1 + kt * 1024, 64);
-      _tile_dpbusd(1, 4, 7);
+      _tile_dpbssd(1, 4, 7);
     }
     if (MT == 2) {
       _tile_stream_loadd(5, a1 + kt * AmxTraits::kStepBytes, lda);
-      _tile_dpbusd(2, 5, 6);
-      if (NT == 2) _tile_dpbusd(3, 5, 7);
+      _tile_dpbssd(2, 5, 6);
+      if (NT == 2) _tile_dpbssd(3, 5, 7);
     }
   }
   _tile_stored(0, c, kCStride);
@@ -253,7 +259,7 @@ void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n
       pending.c = c;
       pending.b[0] = b0;
       pending.b[1] = b1;
-      for (int j = 0; j < nt; ++j) pending.cols[j] = col_block16(p, n + 16 * j);
+      for (int j = 0; j < nt; ++j) pending.cols[j] = col_block16(p, n + 16 * j, /*signed_a=*/true);
       pending.nt = nt;
       pending.next = 0;
       pending.total = pass.rows;
@@ -262,7 +268,7 @@ void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n
   run_epilogue(g, pending, pending.total);
 }
 
-// tdpbusd on tiles only (no memory in the loop): the TMUL's peak rate, for benchmarks.
+// tdpbssd on tiles only (no memory in the loop): the TMUL's peak rate, for benchmarks.
 int64_t peak_probe_amx(int64_t iters) {
   TileScope tiles;
   _tile_zero(0);
@@ -274,10 +280,10 @@ int64_t peak_probe_amx(int64_t iters) {
   _tile_zero(6);
   _tile_zero(7);
   for (int64_t i = 0; i < iters; ++i) {
-    _tile_dpbusd(0, 4, 6);
-    _tile_dpbusd(1, 4, 7);
-    _tile_dpbusd(2, 5, 6);
-    _tile_dpbusd(3, 5, 7);
+    _tile_dpbssd(0, 4, 6);
+    _tile_dpbssd(1, 4, 7);
+    _tile_dpbssd(2, 5, 6);
+    _tile_dpbssd(3, 5, 7);
   }
   alignas(64) int32_t sink[256];
   _tile_stored(0, sink, 64);
@@ -303,6 +309,7 @@ const KernelSet& kernels_amx() {
     k.n_panel = 512;                  // B panel (512 x K) kept in L2 while the rows of a chunk pass over it
     k.m_chunk = AmxTraits::kPassRows;
     k.m_tile = AmxTraits::kBlockRows;
+    k.signed_a = true;
     return k;
   }();
   return s;

@@ -91,15 +91,15 @@ inline void store_row16(void* out, int64_t idx, OutKind kind, __mmask16 mask, __
 struct ColBlock16 {
   int64_t col;
   __mmask16 mask;   // columns inside N (0 for a fully padded block: nothing is stored)
-  __m512i comp;     // 128 * colsum[n]: undoes the +128 of the u8 activations
+  __m512i comp;     // 128 * colsum[n]: undoes the +128 of u8 activations (0 for s8 activations)
   __m512 b_scale, bias;
 };
 
-inline ColBlock16 col_block16(const Int8GemmParams& p, int64_t col) {
+inline ColBlock16 col_block16(const Int8GemmParams& p, int64_t col, bool signed_a = false) {
   ColBlock16 c;
   c.col = col;
   c.mask = col < p.N ? col_mask(p.N - col) : 0;
-  c.comp = _mm512_slli_epi32(_mm512_loadu_si512(p.b_colsum + col), 7);
+  c.comp = signed_a ? _mm512_setzero_si512() : _mm512_slli_epi32(_mm512_loadu_si512(p.b_colsum + col), 7);
   const bool fl = p.out_kind != OutKind::Int32;
   c.b_scale = fl ? _mm512_maskz_loadu_ps(c.mask, p.b_scale + col) : _mm512_setzero_ps();
   c.bias = fl && p.bias ? _mm512_maskz_loadu_ps(c.mask, p.bias + col) : _mm512_setzero_ps();

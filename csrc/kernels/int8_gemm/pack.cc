@@ -80,13 +80,17 @@ const char* validate_packed(const uint8_t* buf, int64_t nbytes, PackedHeader* ou
   return nullptr;
 }
 
-void shift_rows_to_u8(const int8_t* a, int64_t lda, int64_t M, int64_t K, uint8_t* dst,
-                      int64_t ldd, int64_t K_pad) {
+void copy_operand_rows(const int8_t* a, int64_t lda, int64_t M, int64_t K, uint8_t* dst, int64_t ldd, int64_t K_pad,
+                       bool shift128) {
   for (int64_t m = 0; m < M; ++m) {
     const int8_t* src = a + m * lda;
     uint8_t* d = dst + m * ldd;
-    for (int64_t k = 0; k < K; ++k) d[k] = static_cast<uint8_t>(src[k] ^ 0x80);  // x + 128
-    for (int64_t k = K; k < K_pad; ++k) d[k] = 128;
+    if (shift128) {
+      for (int64_t k = 0; k < K; ++k) d[k] = static_cast<uint8_t>(src[k] ^ 0x80);  // x + 128
+    } else {
+      std::memcpy(d, src, static_cast<size_t>(K));
+    }
+    std::memset(d + K, shift128 ? 128 : 0, static_cast<size_t>(K_pad - K));
   }
 }
 

@@ -45,9 +45,10 @@ inline bool packed_no_min128(const PackedHeader& h) { return (h.format & kFlagNo
 // one at 4 KiB), so they evict each other; one extra cache line per row spreads them out.
 inline int64_t operand_stride(int64_t K_pad) { return K_pad % 1024 == 0 ? K_pad + 64 : K_pad; }
 
-// Copies int8 rows to the u8 (x + 128) operand with K_pad columns (padding 128 == zero).
-void shift_rows_to_u8(const int8_t* a, int64_t lda, int64_t M, int64_t K, uint8_t* dst,
-                      int64_t ldd, int64_t K_pad);
+// Copies int8 rows into a GEMM activation operand with K_pad columns (columns [K, K_pad) = int8 zero):
+// shift128: the u8 (x + 128) operand of the VNNI kernels (padding 128); otherwise s8 as is (padding 0).
+void copy_operand_rows(const int8_t* a, int64_t lda, int64_t M, int64_t K, uint8_t* dst, int64_t ldd, int64_t K_pad,
+                       bool shift128);
 
 }  // namespace kernels
 }  // namespace fastinfer

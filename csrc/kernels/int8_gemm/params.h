@@ -12,13 +12,14 @@ enum class Act : int32_t { None = 0, Relu = 1, Relu6 = 2, Gelu = 3 };  // Gelu: 
 
 // Y[m, n] for m in [0, M), n in [0, N):
 //   acc   = sum_k A_u8[m, k] * B[n, k] - 128 * colsum[n]        (== sum_k A_s8 * B, exact)
+//           (kernel sets with signed_a, AMX: A holds s8 and acc = sum_k A_s8[m, k] * B[n, k] directly)
 //   Int32 : Y = acc
 //   Float : Y = act(float(acc) * a_scale[m] * b_scale[n] (+ bias[n]))  (see EPILOGUE.md)
 //   Int8  : Y = clamp(round_half_even(Float * out_inv_scale), -127, 127)
 struct Int8GemmParams {
   int64_t M = 0, N = 0, K = 0;
   int64_t K_pad = 0;            // K rounded up to 4; A rows hold K_pad valid bytes
-  const uint8_t* a = nullptr;   // activations, s8 + 128 stored as u8, row-major
+  const uint8_t* a = nullptr;   // activations, row-major: s8 + 128 stored as u8 (s8 for signed_a sets)
   int64_t lda = 0;              // bytes between rows of a (>= K_pad)
   const int8_t* b = nullptr;    // packed weight data (PACKING.md, format n16k4)
   const int32_t* b_colsum = nullptr;  // per output channel sum_k B[n, k], length N_pad
@@ -110,6 +111,7 @@ struct KernelSet {
   int64_t n_panel;   // columns a thread takes at once (B panel kept hot in L2)
   int64_t m_chunk;   // rows per work item
   int64_t m_tile;    // rows of the GEMM's register tile (work chunks are kept multiples of it)
+  bool signed_a;     // int8_gemm reads s8 activations (AMX tdpbssd); otherwise u8 = s8 + 128 (VNNI)
 };
 
 // Defined one per ISA translation unit.

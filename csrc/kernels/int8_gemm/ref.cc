@@ -112,7 +112,7 @@ uint32_t absmax_ref(const float* x, int64_t n) {
 }  // namespace
 
 const KernelSet& kernels_ref() {
-  static const KernelSet s{"ref", int8_gemm_ref, w8_gemm_ref, quantize_ref, dwconv_ref, absmax_ref, nullptr, 16, 16, 1};
+  static const KernelSet s{"ref", int8_gemm_ref, w8_gemm_ref, quantize_ref, dwconv_ref, absmax_ref, nullptr, 16, 16, 1, false};
   return s;
 }
 
