@@ -138,7 +138,9 @@ def set_isa_cap(isa: str) -> str:
 
 
 def last_kernel(family: str) -> str:
-    """Which ISA served the latest call of a kernel family: int8_gemm, w8_gemm, quantize, dwconv or sparse."""
+    """Which ISA served the latest call of a kernel family: int8_gemm, w8_gemm, quantize, dwconv, sparse,
+    or conv_direct (the AMX convolution that reads its padded input in place; "" when the latest
+    non-depthwise convolution gathered rows for the int8 GEMM instead)."""
     return _ops.last_kernel(family)
 
 

@@ -192,3 +192,81 @@ def test_amx_min_rows_env():
     assert res["amx_min_rows"] == 1 and res["served"] == "amx" and res["ok"]
     res = _served_in_subprocess({"FASTINFER_AMX_MIN_ROWS": "zero"}, 200)  # not a number: the default
     assert res["amx_min_rows"] == 9 and res["served"] == "amx"
+
+
+# ---- the direct tile convolution (padded NHWC input read in place): C % 64 == 0, groups 1, OW >= 16
+# (N, C, H, W, Cout, k, stride, pad, dilation)
+DIRECT = [
+    (1, 64, 16, 16, 64, 3, 1, 1, 1),     # one tile per output row
+    (2, 64, 9, 21, 40, 3, 1, 1, 1),      # OW = 21: a shifted second tile; Cout off the 32-column pairs
+    (1, 128, 7, 33, 96, 3, 1, 1, 1),     # OW = 33: three tiles, two of them overlapping
+    (3, 64, 5, 40, 17, 5, 1, 2, 1),      # 5x5, batch 3, Cout = 17
+    (1, 64, 10, 37, 64, 3, 2, 1, 1),     # stride 2 (tile rows 2 * C bytes apart)
+    (1, 64, 12, 24, 32, 3, 1, 2, 2),     # dilation 2
+    (1, 192, 6, 18, 80, 1, 1, 1, 1),     # 1x1 with padding
+    (2, 64, 18, 20, 48, 7, 1, 3, 1),     # 7x7
+    (1, 64, 4, 18, 64, 3, 1, 0, 1),      # no padding: the input is read as it is (OW = 16)
+]
+
+
+@needs_amx
+@pytest.mark.parametrize("mode", [(None, None, "none"), (0.03, None, "relu"), (0.02, 0.04, "relu6")],
+                         ids=["dynamic", "static-relu", "int8out-relu6"])
+@pytest.mark.parametrize("g", DIRECT, ids=[str(g) for g in DIRECT])
+def test_direct_conv_matches_reference(amx_every_shape, g, mode):
+    N, C, H, W, Co, k, s, p, d = g
+    x_scale, out_scale, act = mode
+    x = torch.randn(N, C, H, W) * 2
+    w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
+    ws, b = torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co)
+    y = ops.int8_conv2d(x, ops.pack_conv_weight(w, 1), ws, b, (k, k), (s, s), (p, p), (d, d), 1, x_scale,
+                        out_scale, act)
+    assert ops.last_kernel("conv_direct") == "amx" and ops.last_kernel("int8_gemm") == "amx"
+    r = ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), 1, x_scale, out_scale, act)
+    torch.testing.assert_close(y, r, rtol=0, atol=0)
+
+
+@needs_amx
+@pytest.mark.parametrize("g", [DIRECT[1], DIRECT[8]], ids=["padded", "unpadded"])
+def test_direct_conv_int8_input(amx_every_shape, g):
+    N, C, H, W, Co, k, s, p, d = g
+    xq = torch.randint(-128, 128, (N, C, H, W), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
+    ws = torch.rand(Co) * 0.01 + 1e-3
+    y = ops.int8_conv2d(xq, ops.pack_conv_weight(w, 1), ws, None, (k, k), (s, s), (p, p), (d, d), 1, 0.05, 0.1)
+    assert ops.last_kernel("conv_direct") == "amx"
+    torch.testing.assert_close(y, ref.int8_conv2d(xq, w, ws, None, (s, s), (p, p), (d, d), 1, 0.05, 0.1),
+                               rtol=0, atol=0)
+
+
+@needs_amx
+def test_direct_conv_large_fp32_output_and_threads(amx_every_shape):
+    # 56 x 56 x 64 x 4 bytes: streamed stores; then 1 thread, then 2: the same result.
+    x = torch.randn(2, 64, 56, 56)
+    w = torch.randint(-127, 128, (64, 64, 3, 3), dtype=torch.int8)
+    ws = torch.rand(64) * 0.01
+    packed = ops.pack_conv_weight(w, 1)
+    want = ref.int8_conv2d(x, w, ws, None, (1, 1), (1, 1), (1, 1), 1, 0.03)
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1, 2):
+            torch.set_num_threads(threads)
+            y = ops.int8_conv2d(x, packed, ws, None, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0.03)
+            assert ops.last_kernel("conv_direct") == "amx"
+            torch.testing.assert_close(y, want, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_amx
+@pytest.mark.parametrize("g", [(1, 64, 8, 12, 32, 3, 1, 1, 1),   # OW < 16
+                               (1, 48, 8, 20, 32, 3, 1, 1, 1)],  # C % 64 != 0
+                         ids=["narrow", "channels"])
+def test_direct_conv_not_taken_where_it_cannot_run(amx_every_shape, g):
+    N, C, H, W, Co, k, s, p, d = g
+    x = torch.randn(N, C, H, W)
+    w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
+    ws = torch.rand(Co) * 0.01
+    y = ops.int8_conv2d(x, ops.pack_conv_weight(w, 1), ws, None, (k, k), (s, s), (p, p), (d, d), 1, 0.03)
+    assert ops.last_kernel("conv_direct") == "" and ops.last_kernel("int8_gemm") == "amx"
+    torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, None, (s, s), (p, p), (d, d), 1, 0.03), rtol=0, atol=0)

@@ -89,6 +89,115 @@ ConvArgs conv_args(const at::Tensor& x, int64_t cout, at::IntArrayRef k, at::Int
   return a;
 }
 
+// The quantized NHWC input the kernels read, [N * (H + 2 ph) * (W + 2 pw), C] bytes: s8, or u8 = s8 + 128
+// with shift, inside a border of ph rows and pw columns of int8 zero (the direct tile convolution
+// reads its padding in place). x_rows: the NHWC input rows [N * H * W, C], fp32 (quantized with the
+// per-tensor a_scale) or int8. An int8 input that needs neither shift nor border is used as it is.
+at::Tensor quantized_input(const at::Tensor& x_rows, const ConvArgs& a, float a_scale, int64_t ph, int64_t pw,
+                           bool shift) {
+  const bool is_int8 = x_rows.scalar_type() == at::kChar;
+  if (is_int8 && !shift && ph == 0 && pw == 0) return x_rows.view(at::kByte);
+  const int64_t Hp = a.H + 2 * ph, Wp = a.W + 2 * pw, C = a.C, row = a.W * C;
+  at::Tensor xq = at::empty({a.N * Hp * Wp, C}, x_rows.options().dtype(at::kByte));
+  uint8_t* dst = xq.data_ptr<uint8_t>();
+  const uint8_t zero = shift ? 128 : 0;
+  const bool valid_scale = a_scale > 0.0f && std::isfinite(a_scale);
+  if (!is_int8 && !valid_scale) {  // all-zero input (scale 0) or non-finite (scale NaN: the output is NaN)
+    xq.fill_(zero);
+    return xq;
+  }
+  kernels::QuantizeParams q;
+  if (!is_int8) {
+    q.M = 1;
+    q.K = row;
+    q.K_pad = row;
+    q.shift128 = shift;
+    q.static_inv = 1.0f / a_scale;
+  }
+  const auto& ks = kernels_for(Family::Quantize);
+  // One task per padded image row: its border bytes, then (inside the image) its W pixels.
+  at::parallel_for(0, a.N * Hp, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, Wp * C)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t n = r / Hp, hp = r % Hp, h = hp - ph;
+      uint8_t* d = dst + r * Wp * C;
+      if (h < 0 || h >= a.H) {
+        std::memset(d, zero, static_cast<size_t>(Wp * C));
+        continue;
+      }
+      std::memset(d, zero, static_cast<size_t>(pw * C));
+      std::memset(d + (pw + a.W) * C, zero, static_cast<size_t>(pw * C));
+      const int64_t src_row = (n * a.H + h) * a.W;
+      if (is_int8) {
+        kernels::copy_operand_rows(x_rows.data_ptr<int8_t>() + src_row * C, row, 1, row, d + pw * C, row, row, shift);
+      } else {
+        kernels::QuantizeParams qr = q;
+        qr.x = x_rows.data_ptr<float>() + src_row * C;
+        qr.ldx = row;
+        qr.q = d + pw * C;
+        qr.ldq = row;
+        ks.quantize(qr, 0, 1);
+      }
+    }
+  });
+  return xq;
+}
+
+// The tile kernels' direct convolution (AMX): A tiles read from the padded input, no row gather.
+void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const at::Tensor& xp, const at::Tensor& packed_w,
+                 const PackedHeader& h, const float* a_scale, const at::Tensor& ws, const at::Tensor& bi, at::Tensor& out,
+                 kernels::OutKind kind, kernels::Act act, float out_inv) {
+  kernels::ConvDirectParams cp;
+  kernels::Int8GemmParams& p = cp.gemm;
+  const uint8_t* base = packed_w.data_ptr<uint8_t>();
+  p.M = a.N * a.OH * a.OW;
+  p.N = h.N;
+  p.K = h.K;
+  p.K_pad = h.K_pad;
+  p.b = reinterpret_cast<const int8_t*>(base + h.data_offset);
+  p.b_colsum = reinterpret_cast<const int32_t*>(base + h.colsum_offset);
+  p.b_no_min128 = kernels::packed_no_min128(h);
+  p.a_scale = a_scale;
+  p.a_scale_per_tensor = true;
+  p.b_scale = ws.data_ptr<float>();
+  p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
+  p.out = out.data_ptr();
+  p.ldo = a.Cout;
+  p.out_kind = kind;
+  p.act = act;
+  p.out_inv_scale = out_inv;
+  cp.x = reinterpret_cast<const int8_t*>(xp.data_ptr<uint8_t>());
+  cp.Hp = a.H + 2 * a.PH;
+  cp.Wp = a.W + 2 * a.PW;
+  cp.C = a.C;
+  cp.OH = a.OH;
+  cp.OW = a.OW;
+  cp.KH = a.KH;
+  cp.KW = a.KW;
+  cp.SH = a.SH;
+  cp.SW = a.SW;
+  cp.DH = a.DH;
+  cp.DW = a.DW;
+  // Items are (output row group, column panel), row-group-major: consecutive items reuse the group's
+  // input rows from L2. A group is about 8 passes (1024 pixels): the kernel overlaps each column pair's
+  // epilogue with the next pair's products, so the last pair of a call runs alone, and narrow layers
+  // (64 output channels: 2 pairs per pass) need several passes per call. Smaller groups when that
+  // leaves a thread without work.
+  const int64_t rows_total = a.N * a.OH, threads = at::get_num_threads();
+  const int64_t N_pad = kernels::round_up(h.N, kernels::kPackNB);
+  int64_t group = std::max<int64_t>(1, 8 * ks.m_chunk / a.OW);
+  while (group > 1 && ((rows_total + group - 1) / group) * ((N_pad + ks.n_panel - 1) / ks.n_panel) < 4 * threads)
+    group /= 2;
+  const int64_t groups = (rows_total + group - 1) / group;
+  const int64_t n_panel = panel_width(ks, N_pad, groups);
+  const int64_t panels = (N_pad + n_panel - 1) / n_panel;
+  at::parallel_for(0, groups * panels, 1, [&](int64_t b, int64_t e) {
+    for (int64_t it = b; it < e; ++it) {
+      const int64_t r0 = (it / panels) * group, n0 = (it % panels) * n_panel;
+      ks.conv_direct(cp, r0, std::min(rows_total, r0 + group), n0, std::min(N_pad, n0 + n_panel));
+    }
+  });
+}
+
 at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
                        const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
@@ -144,29 +253,16 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   } else {
     a_scale = tensor_absmax(x_rows) / 127.0f;  // NaN/Inf anywhere: NaN, so the output is NaN
   }
-  const int64_t pixels = a.N * a.H * a.W;
   const int64_t M = a.N * a.OH * a.OW;
   // The GEMM path's kernel set fixes the operand: u8 = s8 + 128 for VNNI, s8 for AMX (signed_a); the
-  // depthwise kernel multiplies s8 directly. An int8 input that needs no shift is used in place.
+  // depthwise kernel multiplies s8 directly.
   const kernels::KernelSet* gks = dw ? nullptr : &gemm_kernels(M);
   const bool shift = !dw && !gks->signed_a;
-  at::Tensor xq;
-  if (x.scalar_type() == at::kChar && !shift) {
-    xq = x_rows.view(at::kByte);
-  } else {
-    xq = at::empty({pixels, a.C}, x.options().dtype(at::kByte));
-    if (x.scalar_type() == at::kChar) {
-      at::parallel_for(0, pixels, std::max<int64_t>(1, 65536 / a.C), [&](int64_t b, int64_t e) {
-        kernels::copy_operand_rows(x_rows.data_ptr<int8_t>() + b * a.C, a.C, e - b, a.C,
-                                   xq.data_ptr<uint8_t>() + b * a.C, a.C, a.C, shift);
-      });
-    } else if (a_scale > 0.0f && std::isfinite(a_scale)) {
-      at::Tensor none;
-      quantize_rows(x_rows, xq, none, shift, 1.0f / a_scale);
-    } else {
-      xq.fill_(shift ? 128 : 0);  // all-zero input (scale 0) or non-finite (scale NaN)
-    }
-  }
+  const bool plain_1x1 = a.KH == 1 && a.KW == 1 && a.SH == 1 && a.SW == 1 && a.PH == 0 && a.PW == 0;
+  // AMX: direct convolution when every tile step is one tap's 64 channels and an output row holds a
+  // whole 16-pixel tile (a plain 1x1 convolution is already a GEMM on the input rows).
+  const bool tiles_direct = gks && gks->conv_direct && groups == 1 && a.C % 64 == 0 && a.OW >= 16 && !plain_1x1;
+  const at::Tensor xq = quantized_input(x_rows, a, a_scale, tiles_direct ? a.PH : 0, tiles_direct ? a.PW : 0, shift);
   const kernels::OutKind kind = out_scale ? kernels::OutKind::Int8 : kernels::OutKind::Float32;
   const float out_inv = out_scale ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
 
@@ -189,11 +285,17 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     return out;
   }
 
-  // 2b) implicit GEMM: per (group, row chunk), gather the chunk's rows, run every column panel.
   const auto& ks = *gks;
+  if (tiles_direct) {  // 2b) direct tile convolution
+    record_kernel(Family::ConvDirect, Isa::Amx);
+    conv_direct(ks, a, xq, packed_w, headers[0], &a_scale, ws, bi, out, kind, act, out_inv);
+    return out;
+  }
+  clear_kernel(Family::ConvDirect);
+
+  // 2c) implicit GEMM: per (group, row chunk), gather the chunk's rows, run every column panel.
   const int64_t K_pad = kernels::round_up(K, kernels::kPackKB);
-  const bool direct = a.KH == 1 && a.KW == 1 && a.SH == 1 && a.SW == 1 && a.PH == 0 && a.PW == 0 && groups == 1 &&
-                      K == K_pad;  // a 1x1 conv is a GEMM on the input rows themselves
+  const bool direct = plain_1x1 && groups == 1 && K == K_pad;  // a 1x1 conv is a GEMM on the input rows themselves
   kernels::ConvGeometry geo{a.N, a.H, a.W, a.C, a.OH, a.OW, a.KH, a.KW, a.SH, a.SW, a.PH, a.PW, a.DH, a.DW, cin_g};
   const int64_t N_pad = kernels::round_up(cout_g, kernels::kPackNB);
   const int64_t threads = at::get_num_threads();
@@ -211,7 +313,6 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const int64_t n_panel = panel_width(ks, N_pad, groups * chunks);
   const int64_t panels = (N_pad + n_panel - 1) / n_panel;
   const int64_t ld = kernels::operand_stride(K_pad);  // gathered rows
-  std::vector<float> scales(static_cast<size_t>(std::min(M, rows)), a_scale);
   const int64_t macs_per_item = std::min(rows, M) * std::min(cout_g, n_panel) * K;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, macs_per_item));
   const int64_t elem = out_scale ? 1 : 4;
@@ -241,7 +342,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
         p.lda = ld;
       }
       p.M = m1 - m0;
-      p.a_scale = scales.data();
+      p.a_scale = &a_scale;
+      p.a_scale_per_tensor = true;
       p.b_scale = ws.data_ptr<float>() + g * cout_g;
       p.bias = bi.defined() ? bi.data_ptr<float>() + g * cout_g : nullptr;
       p.out = static_cast<char*>(out.data_ptr()) + (m0 * a.Cout + g * cout_g) * elem;

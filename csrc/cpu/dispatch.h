@@ -8,8 +8,9 @@
 namespace fastinfer {
 namespace cpu {
 
-// Kernel families, for "which path served the last call" (tests assert on it).
-enum class Family : int { Int8Gemm = 0, W8Gemm = 1, Quantize = 2, DwConv = 3, Sparse = 4, kCount = 5 };
+// Kernel families, for "which path served the last call" (tests assert on it). ConvDirect: the tile
+// convolution that reads a padded input in place (AMX); a convolution that gathers rows clears it.
+enum class Family : int { Int8Gemm = 0, W8Gemm = 1, Quantize = 2, DwConv = 3, Sparse = 4, ConvDirect = 5, kCount = 6 };
 
 // The kernel set for the active ISA; records the tier that serves `family` (on AMX only the int8
 // GEMM is AMX code: the other families run the AVX-512 VNNI kernels of the set and say so).
@@ -22,6 +23,7 @@ int64_t amx_min_rows();
 int64_t set_amx_min_rows(int64_t rows);
 // For families whose kernels exist on fewer tiers than the GEMM's: records the tier that served.
 void record_kernel(Family family, Isa isa);
+void clear_kernel(Family family);  // last_kernel(family) == "" again
 std::string last_kernel(const std::string& family);  // "" before the first call
 std::string capabilities_json();
 

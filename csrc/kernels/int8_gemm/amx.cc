@@ -78,6 +78,7 @@ constexpr int64_t kStreamOutBytes = 1 << 20;  // 4-byte outputs from this size o
 
 struct ThreadBuffers {
   std::vector<int32_t> c;      // two halves: the pair being computed and the pair in its epilogue
+  std::vector<int64_t> koff;   // byte offset of each tile step (TileSource)
   std::vector<uint8_t> small;  // A with fewer than 16 rows, copied into 16 zero-padded rows
 };
 
@@ -87,25 +88,36 @@ ThreadBuffers& thread_buffers() {
   return b;
 }
 
-// Rows [pm0, pm0 + rows) of a pass: row tile i of block b covers rows [r, r + 16) (clipped to the
-// pass), r = pm0 + 32b + 16i, and loads its A from window row w = min(r, M - 16) so the 16 rows a
-// tile load reads stay inside A. A shifted window recomputes a few rows of the tile before it; each
-// block keeps its own C buffer, so those duplicates never mix with another block's partial sums.
-struct Pass {
-  int64_t pm0, rows, M;
-  int64_t window(int64_t r) const { return std::min(r, M - AmxTraits::kTileRows); }
-  // Where row r's accumulators sit in a pair's C buffers.
-  int64_t c_offset(int64_t r) const {
-    const int64_t b = (r - pm0) / AmxTraits::kBlockRows, i = ((r - pm0) / AmxTraits::kTileRows) % 2;
-    const int64_t w = window(pm0 + b * AmxTraits::kBlockRows + i * AmxTraits::kTileRows);
-    return (b * 2 + i) * kCTileInts + (r - w) * AmxTraits::kBlockCols;
+constexpr int kMaxPassTiles = static_cast<int>(AmxTraits::kPassRows / AmxTraits::kTileRows);
+
+// The row tiles of one pass (up to 8, taken two at a time as the row tiles of a block). Row t < 16 of
+// tile i at tile step kt is the 64 bytes at base[i] + t * stride + koff[kt] (TileSource); it is
+// output row out_row[i] + t and is stored for own[i] <= t < end[i]. Rows before own[i] duplicate
+// the previous tile's: a window shifted back so that all 16 rows it reads exist recomputes them,
+// and each block keeps its own C buffer, so duplicates never mix with another block's sums.
+struct TilePass {
+  int tiles = 0;
+  const uint8_t* base[kMaxPassTiles] = {};
+  int64_t out_row[kMaxPassTiles] = {};
+  int own[kMaxPassTiles] = {}, end[kMaxPassTiles] = {};
+  int64_t rows() const {
+    int64_t r = 0;
+    for (int i = 0; i < tiles; ++i) r += end[i] - own[i];
+    return r;
   }
+};
+
+// How A is addressed: the GEMM's rows (koff[kt] = 64 kt) or a convolution's taps and channels.
+struct TileSource {
+  int64_t stride;        // bytes between the rows of a tile
+  const int64_t* koff;   // [steps]
+  int64_t steps;         // whole tile steps (64 bytes of K each)
+  int64_t q_tail, q_end; // GEMM only: the K tail's quads [q_tail, q_end), at base + t * stride + 4q
 };
 
 struct GemmCtx {
   const Int8GemmParams& p;
-  const uint8_t* a;
-  int64_t lda, steps, q_tail, q_end;
+  TileSource src;
   bool stream_out;  // large 4-byte output: non-temporal stores of whole aligned lines (see below)
 };
 
@@ -114,56 +126,129 @@ struct GemmCtx {
 // shared AVX-512 epilogue (compensation, dequantize, bias, activation, store). It runs a few rows
 // after each tile call of the next pair, so its vector work and its output stores (the output often
 // costs as much as the products: 4 KiB of fp32 per 32 x 32 block) overlap the TMUL, a separate
-// unit, instead of leaving it idle. Counted in rows (next, total) of its pass. (Measured: spreading
-// it over every tile step instead was slower at small K, and running it after the pair slower at
-// large K.)
+// unit, instead of leaving it idle. (Measured: spreading it over every tile step instead was slower
+// at small K, and running it after the pair slower at large K.) Cursor: row t of tile `tile`.
 struct PendingEpilogue {
-  Pass pass{0, 0, 0};
+  TilePass pass;
   const int32_t* c = nullptr;
   const int8_t* b[2] = {nullptr, nullptr};
   ColBlock16 cols[2];
-  int nt = 0;
-  int64_t next = 0, total = 0;
+  int nt = 0, tile = 0, t = 0;
+  int64_t left = 0;  // rows not yet stored
 };
 
-inline void run_epilogue(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
-  const int64_t end = std::min(e.total, e.next + rows);
+// Runs the next `rows` rows of a pending epilogue, specialized per output kind, activation and bias
+// (a generic per-vector epilogue measured ~2x slower at small K, where the epilogue is as long as the
+// products). The AMX sums are exact s8 x s8, so there is no compensation; fp32 math as EPILOGUE.md.
+template <OutKind KIND, Act ACT, bool BIAS>
+void epilogue_rows(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
+  // Locals: the output stores could alias anything reached through a pointer, forcing reloads.
+  char* const out = static_cast<char*>(g.p.out);
+  const int64_t ldo = g.p.ldo;
+  const float* const a_scale = g.p.a_scale;
+  const bool per_tensor = g.p.a_scale_per_tensor, stream = g.stream_out;
+  const __m512 out_inv = _mm512_set1_ps(g.p.out_inv_scale);
+  const TileSource src = g.src;
+  const int nt = e.nt;
+  const ColBlock16 cols[2] = {e.cols[0], e.cols[1]};
+  const bool full = nt == 2 && cols[0].mask == 0xffff && cols[1].mask == 0xffff;
   const __m512i k80 = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
-  for (int64_t i = e.next; i < end; ++i) {
-    const int64_t r = e.pass.pm0 + i;
-    const int32_t* c = e.c + e.pass.c_offset(r);
-    const uint8_t* ar = g.a + r * g.lda;
-    for (int j = 0; j < e.nt; ++j) {
-      __m512i acc = g.steps > 0 ? _mm512_loadu_si512(c + 16 * j) : _mm512_setzero_si512();
-      for (int64_t q = g.q_tail; q < g.q_end; ++q) {
+  for (; rows > 0 && e.left > 0; --rows, --e.left) {
+    while (e.t >= e.pass.end[e.tile]) e.t = e.pass.own[++e.tile];
+    const int64_t r = e.pass.out_row[e.tile] + e.t;
+    const int32_t* c = e.c + e.tile * kCTileInts + e.t * AmxTraits::kBlockCols;
+    const uint8_t* ar = e.pass.base[e.tile] + e.t * src.stride;
+    ++e.t;
+    __m512i acc[2];
+    for (int j = 0; j < nt; ++j) {
+      acc[j] = src.steps > 0 ? _mm512_loadu_si512(c + 16 * j) : _mm512_setzero_si512();
+      for (int64_t q = src.q_tail; q < src.q_end; ++q) {  // the K tail (GEMM only)
         const __m512i bq = _mm512_loadu_si512(e.b[j] + q * 64);
-        acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(bcast_u8x4(ar + q * 4), k80), bq);
-        acc = _mm512_sub_epi32(acc, _mm512_dpbusd_epi32(_mm512_setzero_si512(), k80, bq));
+        acc[j] = _mm512_dpbusd_epi32(acc[j], _mm512_xor_si512(bcast_u8x4(ar + q * 4), k80), bq);
+        acc[j] = _mm512_sub_epi32(acc[j], _mm512_dpbusd_epi32(_mm512_setzero_si512(), k80, bq));
       }
-      if (g.stream_out) {
-        void* o = static_cast<char*>(g.p.out) + (r * g.p.ldo + e.cols[j].col) * 4;
-        if (e.cols[j].mask == 0xffff && (reinterpret_cast<uintptr_t>(o) & 63) == 0) {
-          if (g.p.out_kind == OutKind::Int32)
-            _mm512_stream_si512(static_cast<__m512i*>(o), _mm512_sub_epi32(acc, e.cols[j].comp));
-          else
-            _mm512_stream_ps(static_cast<float*>(o), epilogue16_f32(g.p, e.cols[j], r, acc));
-          continue;
-        }
+    }
+    const int64_t idx = r * ldo + cols[0].col;  // element index of the row's first column
+    if (KIND == OutKind::Int32) {
+      int32_t* o = reinterpret_cast<int32_t*>(out) + idx;
+      for (int j = 0; j < nt; ++j) {
+        if (stream && cols[j].mask == 0xffff && (reinterpret_cast<uintptr_t>(o + 16 * j) & 63) == 0)
+          _mm512_stream_si512(reinterpret_cast<__m512i*>(o + 16 * j), acc[j]);
+        else
+          _mm512_mask_storeu_epi32(o + 16 * j, cols[j].mask, acc[j]);
       }
-      epilogue16(g.p, e.cols[j], r, acc);
+      continue;
+    }
+    const __m512 as = _mm512_set1_ps(a_scale[per_tensor ? 0 : r]);
+    __m512 y[2];
+    for (int j = 0; j < nt; ++j) {
+      y[j] = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[j]), as), cols[j].b_scale);
+      if (BIAS) y[j] = _mm512_add_ps(y[j], cols[j].bias);
+      y[j] = act16(y[j], ACT);
+    }
+    if (KIND == OutKind::Float32) {
+      float* o = reinterpret_cast<float*>(out) + idx;
+      for (int j = 0; j < nt; ++j) {
+        if (stream && cols[j].mask == 0xffff && (reinterpret_cast<uintptr_t>(o + 16 * j) & 63) == 0)
+          _mm512_stream_ps(o + 16 * j, y[j]);
+        else
+          _mm512_mask_storeu_ps(o + 16 * j, cols[j].mask, y[j]);
+      }
+    } else if (KIND == OutKind::BFloat16) {
+      uint16_t* o = reinterpret_cast<uint16_t*>(out) + idx;
+      for (int j = 0; j < nt; ++j) _mm256_mask_storeu_epi16(o + 16 * j, cols[j].mask, to_bf16(y[j]));
+    } else {  // Int8: the two vectors' 32 bytes in one store when both are whole
+      int8_t* o = reinterpret_cast<int8_t*>(out) + idx;
+      const __m128i q0 = _mm512_cvtepi32_epi8(quant16(y[0], out_inv));
+      if (full) {
+        const __m128i q1 = _mm512_cvtepi32_epi8(quant16(y[1], out_inv));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1));
+      } else {
+        _mm_mask_storeu_epi8(o, cols[0].mask, q0);
+        if (nt == 2) _mm_mask_storeu_epi8(o + 16, cols[1].mask, _mm512_cvtepi32_epi8(quant16(y[1], out_inv)));
+      }
     }
   }
-  e.next = end;
 }
 
-// One K chunk [kt0, kt1) of a block of MT x NT tiles. a0/a1: the first A row of each row tile's
-// window, b0/b1: the two B column blocks, c: the block's C buffer; first: start from zero. A tiles
-// are loaded with the streaming hint (tileloaddt1): they pass once per column pair, and keeping them
-// out of L1 leaves it to the B chunk, which every block of the pass reuses (measured: +5-20%).
+using EpilogueFn = void (*)(const GemmCtx&, PendingEpilogue&, int64_t);
+
+template <OutKind KIND, Act ACT>
+EpilogueFn epilogue_for_act(bool bias) {
+  return bias ? epilogue_rows<KIND, ACT, true> : epilogue_rows<KIND, ACT, false>;
+}
+
+template <OutKind KIND>
+EpilogueFn epilogue_for_kind(Act act, bool bias) {
+  switch (act) {
+    case Act::Relu: return epilogue_for_act<KIND, Act::Relu>(bias);
+    case Act::Relu6: return epilogue_for_act<KIND, Act::Relu6>(bias);
+    case Act::Gelu: return epilogue_for_act<KIND, Act::Gelu>(bias);
+    case Act::None: break;
+  }
+  return epilogue_for_act<KIND, Act::None>(bias);
+}
+
+EpilogueFn epilogue_for(const Int8GemmParams& p) {
+  switch (p.out_kind) {
+    case OutKind::Int32: return epilogue_rows<OutKind::Int32, Act::None, false>;
+    case OutKind::BFloat16: return epilogue_for_kind<OutKind::BFloat16>(p.act, p.bias != nullptr);
+    case OutKind::Int8: return epilogue_for_kind<OutKind::Int8>(p.act, p.bias != nullptr);
+    case OutKind::Float32: break;
+  }
+  return epilogue_for_kind<OutKind::Float32>(p.act, p.bias != nullptr);
+}
+
+// One K chunk [kt0, kt1) of a block of MT x NT tiles. a0/a1: the bases of the block's row tiles,
+// b0/b1: the two B column blocks, c: the block's C buffer; first: start from zero. A tiles are
+// loaded with the streaming hint (tileloaddt1): they pass once per column pair, and keeping them out
+// of L1 leaves it to the B chunk, which every block of the pass reuses (measured: +5-20%).
 template <int MT, int NT>
-inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, int64_t lda, const int8_t* b0,
+inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, const TileSource& src, const int8_t* b0,
                         const int8_t* b1, int64_t kt0, int64_t kt1, int32_t* c) {
   int32_t* c1 = c + kCTileInts;
+  const int64_t stride = src.stride;
+  const int64_t* koff = src.koff;
   if (first) {
     _tile_zero(0);
     if (NT == 2) _tile_zero(1);
@@ -177,7 +262,7 @@ inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, int64_
   }
   for (int64_t kt = kt0; kt < kt1; ++kt) {
     // Loads interleaved with the products that consume them (A0, B0, C00, B1, C01, A1, C10, C11).
-    _tile_stream_loadd(4, a0 + kt * AmxTraits::kStepBytes, lda);
+    _tile_stream_loadd(4, a0 + koff[kt], stride);
     _tile_loadd(6, b0 + kt * 1024, 64);
     _tile_dpbssd(0, 4, 6);
     if (NT == 2) {
@@ -185,7 +270,7 @@ inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, int64_
       _tile_dpbssd(1, 4, 7);
     }
     if (MT == 2) {
-      _tile_stream_loadd(5, a1 + kt * AmxTraits::kStepBytes, lda);
+      _tile_stream_loadd(5, a1 + koff[kt], stride);
       _tile_dpbssd(2, 5, 6);
       if (NT == 2) _tile_dpbssd(3, 5, 7);
     }
@@ -196,16 +281,80 @@ inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, int64_
   if (MT == 2 && NT == 2) _tile_stored(3, c1 + 16, kCStride);
 }
 
-using BlockFn = void (*)(bool, const uint8_t*, const uint8_t*, int64_t, const int8_t*, const int8_t*, int64_t,
-                         int64_t, int32_t*);
+using BlockFn = void (*)(bool, const uint8_t*, const uint8_t*, const TileSource&, const int8_t*, const int8_t*,
+                         int64_t, int64_t, int32_t*);
 constexpr BlockFn kBlockFns[2][2] = {{block_chunk<1, 1>, block_chunk<1, 2>}, {block_chunk<2, 1>, block_chunk<2, 2>}};
+
+// A large fp32/int32 output is written with non-temporal stores: no read-for-ownership of lines that
+// are overwritten whole. Measured +5-15% on the large shapes and +25% at 512 x 384 x 1536 (a 3 MB
+// output), where writing the output takes as long as the products; no change end to end on MiniLM,
+// whose next op reads these outputs.
+bool stream_output(const Int8GemmParams& p, int64_t rows) {
+  return (p.out_kind == OutKind::Float32 || p.out_kind == OutKind::Int32) && rows * p.N * 4 >= kStreamOutBytes;
+}
+
+// The tile kernel: for every pass that next_pass(TilePass&) fills (false: done), output columns
+// [n0, n1) (n0 a multiple of 16, n1 <= N_pad).
+template <typename NextPass>
+void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
+  const Int8GemmParams& p = g.p;
+  const int64_t steps = g.src.steps;
+  // K chunks of at most kMaxChunkSteps steps, as even as possible (36 steps: 3 x 12, not 2 x 16 + 4).
+  const int64_t chunks = (steps + AmxTraits::kMaxChunkSteps - 1) / AmxTraits::kMaxChunkSteps;
+  const int64_t kc = chunks > 0 ? (steps + chunks - 1) / chunks : 0;
+  const int64_t block_stride = p.K_pad * kPackNB;  // bytes per 16-column weight block
+  int32_t* const cbuf = thread_buffers().c.data();  // a local: every output store could alias the thread_local
+  const EpilogueFn run_epilogue = epilogue_for(p);
+  PendingEpilogue pending;
+  TilePass pass;
+  int64_t pair_count = 0;
+  TileScope tiles;
+  while (next_pass(pass)) {
+    const int blocks = (pass.tiles + 1) / 2;
+    for (int64_t n = n0; n < n1; n += AmxTraits::kBlockCols, ++pair_count) {
+      const int nt = n1 - n >= AmxTraits::kBlockCols ? 2 : 1;
+      const int8_t* b0 = p.b + (n / kPackNB) * block_stride;
+      const int8_t* b1 = b0 + block_stride;
+      int32_t* const c = cbuf + (pair_count % 2) * kCHalfInts;
+      // The previous pair's epilogue, spread evenly over this pair's tile calls.
+      const int64_t calls = blocks * chunks;
+      const int64_t rows = calls > 0 ? (pending.left + calls - 1) / calls : 0;
+      for (int64_t kt0 = 0; kt0 < steps; kt0 += kc) {
+        const int64_t kt1 = std::min(steps, kt0 + kc);
+        for (int b = 0; b < blocks; ++b) {
+          const int mt = 2 * b + 1 < pass.tiles ? 2 : 1;
+          kBlockFns[mt - 1][nt - 1](kt0 == 0, pass.base[2 * b], pass.base[2 * b + mt - 1], g.src, b0, b1, kt0, kt1,
+                                    c + b * 2 * kCTileInts);
+          run_epilogue(g, pending, rows);
+        }
+      }
+      run_epilogue(g, pending, pending.left);  // what the spread left (all of it when K < 64)
+      pending.pass = pass;
+      pending.c = c;
+      pending.b[0] = b0;
+      pending.b[1] = b1;
+      for (int j = 0; j < nt; ++j) pending.cols[j] = col_block16(p, n + 16 * j, /*signed_a=*/true);
+      pending.nt = nt;
+      pending.tile = 0;
+      pending.t = pass.own[0];
+      pending.left = pass.rows();
+    }
+  }
+  run_epilogue(g, pending, pending.left);
+}
+
+int64_t* step_offsets(int64_t steps) {
+  std::vector<int64_t>& k = thread_buffers().koff;
+  if (static_cast<int64_t>(k.size()) < steps) k.resize(static_cast<size_t>(steps));
+  return k.data();
+}
 
 void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   if (m1 <= m0) return;
   ThreadBuffers& buf = thread_buffers();
   Int8GemmParams p = p_in;
-  // A tile load reads 16 rows. A window never starts past row M - 16 (Pass), so only an A of fewer
-  // than 16 rows needs padding: it runs on a zero-padded copy (the extra rows are never stored).
+  // A tile load reads 16 rows. A window never starts past row M - 16, so only an A of fewer than 16
+  // rows needs padding: it runs on a zero-padded copy (the extra rows are never stored).
   if (p.M < AmxTraits::kTileRows) {
     const int64_t ld = operand_stride(p.K_pad);
     buf.small.assign(static_cast<size_t>(AmxTraits::kTileRows * ld), 0);
@@ -215,57 +364,60 @@ void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n
     p.lda = ld;
     p.M = AmxTraits::kTileRows;
   }
-  n1 = std::min(n1, round_up(p.N, kPackNB));
   const int64_t steps = p.K_pad / AmxTraits::kStepBytes;  // whole tile steps; the rest is the K tail
-  // A large fp32/int32 output is written with non-temporal stores: no read-for-ownership of lines
-  // that are overwritten whole. Measured +5-15% on the large shapes and +25% at 512 x 384 x 1536 (a
-  // 3 MB output), where writing the output takes as long as the products; no change end to end on
-  // MiniLM, whose next op reads these outputs.
-  const bool stream_out = (p.out_kind == OutKind::Float32 || p.out_kind == OutKind::Int32) &&
-                          p.M * p.N * 4 >= kStreamOutBytes;
-  const GemmCtx g{p, p.a, p.lda, steps, steps * 16, p.K_pad / kPackKB, stream_out};
-  // K chunks of at most kMaxChunkSteps steps, as even as possible (K = 1536: 2 x 12, not 16 + 8).
-  const int64_t chunks = (steps + AmxTraits::kMaxChunkSteps - 1) / AmxTraits::kMaxChunkSteps;
-  const int64_t kc = chunks > 0 ? (steps + chunks - 1) / chunks : 0;
-  const int64_t block_stride = p.K_pad * kPackNB;  // bytes per 16-column weight block
-  int32_t* const cbuf = buf.c.data();               // a local: every output store could alias the thread_local
-  PendingEpilogue pending;
-  int64_t pair_count = 0;
-  TileScope tiles;
-  for (int64_t pm0 = m0; pm0 < m1; pm0 += AmxTraits::kPassRows) {
-    const Pass pass{pm0, std::min(m1, pm0 + AmxTraits::kPassRows) - pm0, p.M};
-    const int64_t blocks = (pass.rows + AmxTraits::kBlockRows - 1) / AmxTraits::kBlockRows;
-    for (int64_t n = n0; n < n1; n += AmxTraits::kBlockCols, ++pair_count) {
-      const int nt = n1 - n >= AmxTraits::kBlockCols ? 2 : 1;
-      const int8_t* b0 = p.b + (n / kPackNB) * block_stride;
-      const int8_t* b1 = b0 + block_stride;
-      int32_t* const c = cbuf + (pair_count % 2) * kCHalfInts;
-      // The previous pair's epilogue, spread evenly over this pair's tile calls.
-      const int64_t calls = blocks * chunks;
-      const int64_t rows = calls > 0 ? (pending.total + calls - 1) / calls : 0;
-      for (int64_t kt0 = 0; kt0 < steps; kt0 += kc) {
-        const int64_t kt1 = std::min(steps, kt0 + kc);
-        for (int64_t b = 0; b < blocks; ++b) {
-          const int64_t r0 = pm0 + b * AmxTraits::kBlockRows;
-          const int mt = pass.rows - b * AmxTraits::kBlockRows > AmxTraits::kTileRows ? 2 : 1;
-          const uint8_t* a0 = g.a + pass.window(r0) * g.lda;
-          const uint8_t* a1 = g.a + pass.window(r0 + AmxTraits::kTileRows) * g.lda;
-          kBlockFns[mt - 1][nt - 1](kt0 == 0, a0, a1, g.lda, b0, b1, kt0, kt1, c + b * 2 * kCTileInts);
-          run_epilogue(g, pending, rows);
-        }
-      }
-      run_epilogue(g, pending, pending.total);  // what the spread left (all of it when K < 64)
-      pending.pass = pass;
-      pending.c = c;
-      pending.b[0] = b0;
-      pending.b[1] = b1;
-      for (int j = 0; j < nt; ++j) pending.cols[j] = col_block16(p, n + 16 * j, /*signed_a=*/true);
-      pending.nt = nt;
-      pending.next = 0;
-      pending.total = pass.rows;
+  int64_t* koff = step_offsets(steps);
+  for (int64_t kt = 0; kt < steps; ++kt) koff[kt] = kt * AmxTraits::kStepBytes;
+  const GemmCtx g{p, TileSource{p.lda, koff, steps, steps * 16, p.K_pad / kPackKB}, stream_output(p, p.M)};
+  // Passes of kPassRows rows; tile i starts at row r, its window at w = min(r, M - 16).
+  int64_t pm0 = m0;
+  tile_gemm(g, n0, std::min(n1, round_up(p.N, kPackNB)), [&](TilePass& pass) {
+    if (pm0 >= m1) return false;
+    const int64_t pm1 = std::min(m1, pm0 + AmxTraits::kPassRows);
+    pass.tiles = 0;
+    for (int64_t r = pm0; r < pm1; r += AmxTraits::kTileRows, ++pass.tiles) {
+      const int64_t w = std::min(r, p.M - AmxTraits::kTileRows);
+      pass.base[pass.tiles] = p.a + w * p.lda;
+      pass.out_row[pass.tiles] = w;
+      pass.own[pass.tiles] = static_cast<int>(r - w);
+      pass.end[pass.tiles] = static_cast<int>(std::min<int64_t>(AmxTraits::kTileRows, pm1 - w));
     }
-  }
-  run_epilogue(g, pending, pending.total);
+    pm0 = pm1;
+    return true;
+  });
+}
+
+// Direct convolution: output row (n, oh) is split into 16-pixel tiles (the last one shifted back to
+// end at OW); tile row t is output pixel ow0 + t, whose tap (kh, kw) input pixel sits SW * C bytes
+// after pixel t - 1's, so one strided tile load reads 16 pixels x 64 channels of a tap.
+void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+  if (r1 <= r0) return;
+  const Int8GemmParams& p = cp.gemm;
+  const int64_t cchunks = cp.C / AmxTraits::kStepBytes, steps = cp.KH * cp.KW * cchunks;
+  int64_t* koff = step_offsets(steps);
+  for (int64_t kh = 0, kt = 0; kh < cp.KH; ++kh)
+    for (int64_t kw = 0; kw < cp.KW; ++kw)
+      for (int64_t cc = 0; cc < cchunks; ++cc, ++kt)
+        koff[kt] = (kh * cp.DH * cp.Wp + kw * cp.DW) * cp.C + cc * AmxTraits::kStepBytes;
+  const GemmCtx g{p, TileSource{cp.SW * cp.C, koff, steps, 0, 0}, stream_output(p, (r1 - r0) * cp.OW)};
+  const uint8_t* x = reinterpret_cast<const uint8_t*>(cp.x);
+  int64_t row = r0, ow = 0;  // the next tile starts at pixel ow of output row `row`
+  tile_gemm(g, n0, std::min(n1, round_up(p.N, kPackNB)), [&](TilePass& pass) {
+    pass.tiles = 0;
+    while (row < r1 && pass.tiles < kMaxPassTiles) {
+      const int64_t n = row / cp.OH, oh = row % cp.OH, w = std::min(ow, cp.OW - AmxTraits::kTileRows);
+      pass.base[pass.tiles] = x + ((n * cp.Hp + oh * cp.SH) * cp.Wp + w * cp.SW) * cp.C;
+      pass.out_row[pass.tiles] = row * cp.OW + w;
+      pass.own[pass.tiles] = static_cast<int>(ow - w);
+      pass.end[pass.tiles] = static_cast<int>(AmxTraits::kTileRows);
+      ++pass.tiles;
+      ow += AmxTraits::kTileRows;
+      if (ow >= cp.OW) {
+        ow = 0;
+        ++row;
+      }
+    }
+    return pass.tiles > 0;
+  });
 }
 
 // tdpbssd on tiles only (no memory in the loop): the TMUL's peak rate, for benchmarks.
@@ -310,6 +462,7 @@ const KernelSet& kernels_amx() {
     k.m_chunk = AmxTraits::kPassRows;
     k.m_tile = AmxTraits::kBlockRows;
     k.signed_a = true;
+    k.conv_direct = conv_direct_amx;
     return k;
   }();
   return s;

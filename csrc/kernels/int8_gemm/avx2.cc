@@ -31,7 +31,7 @@ inline void store_row(const Int8GemmParams& p, int64_t m, int64_t n, const int32
     if (p.out_kind == OutKind::Int32)
       static_cast<int32_t*>(p.out)[idx] = t[j];
     else
-      store_out(p.out, idx, p.out_kind, dequant(t[j], p.a_scale[m], p.b_scale[n + j], p.bias, n + j, p.act),
+      store_out(p.out, idx, p.out_kind, dequant(t[j], row_scale(p, m), p.b_scale[n + j], p.bias, n + j, p.act),
                 p.out_inv_scale);
   }
 }
@@ -322,7 +322,7 @@ int64_t peak_probe_avx2(int64_t iters) {
 namespace fastinfer {
 namespace kernels {
 const KernelSet& kernels_avx2() {
-  static const KernelSet s{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, dwconv_avx2, absmax_avx2, peak_probe_avx2, 64, 32, kInt8MR, false};
+  static const KernelSet s{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, dwconv_avx2, absmax_avx2, peak_probe_avx2, 64, 32, kInt8MR, false, nullptr};
   return s;
 }
 }  // namespace kernels

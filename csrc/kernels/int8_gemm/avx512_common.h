@@ -109,7 +109,7 @@ inline ColBlock16 col_block16(const Int8GemmParams& p, int64_t col, bool signed_
 // Row m of the block, float path: acc (raw u8 x s8 sums) -> compensated, dequantized, biased, activated.
 inline __m512 epilogue16_f32(const Int8GemmParams& p, const ColBlock16& c, int64_t m, __m512i acc) {
   __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, c.comp));
-  y = _mm512_mul_ps(_mm512_mul_ps(y, _mm512_set1_ps(p.a_scale[m])), c.b_scale);
+  y = _mm512_mul_ps(_mm512_mul_ps(y, _mm512_set1_ps(row_scale(p, m))), c.b_scale);
   if (p.bias) y = _mm512_add_ps(y, c.bias);
   return act16(y, p.act);
 }

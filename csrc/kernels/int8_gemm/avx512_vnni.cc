@@ -325,7 +325,7 @@ namespace kernels {
 const KernelSet& kernels_avx512_vnni() {
   static const KernelSet s{"avx512_vnni", int8_gemm_avx512, w8_gemm_avx512, quantize_avx512, dwconv_avx512,
                            absmax_avx512, peak_probe_avx512,
-                           16 * Int8Traits::NB, 16 * Int8Traits::MR, Int8Traits::MR, false};
+                           16 * Int8Traits::NB, 16 * Int8Traits::MR, Int8Traits::MR, false, nullptr};
   return s;
 }
 }  // namespace kernels

@@ -25,6 +25,7 @@ struct Int8GemmParams {
   const int32_t* b_colsum = nullptr;  // per output channel sum_k B[n, k], length N_pad
   bool b_no_min128 = false;           // no B value is -128 (header flag): enables AVX2's maddubs path
   const float* a_scale = nullptr;     // [M], per token (float outputs only)
+  bool a_scale_per_tensor = false;    // a_scale[0] applies to every row (convolution)
   const float* b_scale = nullptr;     // [N], per output channel (float outputs only)
   const float* bias = nullptr;        // [N] or null
   void* out = nullptr;
@@ -33,6 +34,9 @@ struct Int8GemmParams {
   Act act = Act::None;
   float out_inv_scale = 1.0f;   // Int8 output: 1 / output scale
 };
+
+// The activation scale of row m.
+inline float row_scale(const Int8GemmParams& p, int64_t m) { return p.a_scale[p.a_scale_per_tensor ? 0 : m]; }
 
 // Weight-only int8: Y = (X_f32 . B^T) * b_scale[n] (+ bias[n]); weights dequantized on the fly.
 struct W8GemmParams {
@@ -87,6 +91,16 @@ struct DwConvParams {
   float out_inv_scale = 1.0f;
 };
 
+// Direct convolution on tiles (AMX): the implicit GEMM whose row m is output pixel m = (n, oh, ow)
+// and whose K is (kh, kw, c), read straight from a zero-padded NHWC s8 input, no row gather.
+// Needs groups = 1 and C % 64 == 0 (each 64-byte tile step is one tap's 64 channels) and OW >= 16.
+struct ConvDirectParams {
+  Int8GemmParams gemm;          // B = pack_conv_weight's (one group), epilogue, out [pixels, Cout]; a unused
+  const int8_t* x = nullptr;    // [N, Hp, Wp, C]: the input with its zero padding in place
+  int64_t Hp = 0, Wp = 0, C = 0, OH = 0, OW = 0;
+  int64_t KH = 1, KW = 1, SH = 1, SW = 1, DH = 1, DW = 1;
+};
+
 // Kernels compute the block rows [m0, m1) x columns [n0, n1) of Y; n0 is a multiple of 16.
 using Int8GemmFn = void (*)(const Int8GemmParams&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 using W8GemmFn = void (*)(const W8GemmParams&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
@@ -95,6 +109,8 @@ using QuantizeFn = void (*)(const QuantizeParams&, int64_t m0, int64_t m1);
 using AbsMaxFn = uint32_t (*)(const float* x, int64_t n);
 // Computes output pixels [p0, p1) of the flattened (n, oh, ow) range, all channels.
 using DwConvFn = void (*)(const DwConvParams&, int64_t p0, int64_t p1);
+// Computes the output pixels of output rows [r0, r1) of the flattened (n, oh) range, channels [n0, n1).
+using ConvDirectFn = void (*)(const ConvDirectParams&, int64_t r0, int64_t r1, int64_t n0, int64_t n1);
 // Runs `iters` rounds of the ISA's int8 multiply-accumulate on registers only (no memory):
 // the instruction's peak rate, for benchmarks. Returns the integer ops done (2 per MAC).
 using PeakProbeFn = int64_t (*)(int64_t iters);
@@ -112,6 +128,7 @@ struct KernelSet {
   int64_t m_chunk;   // rows per work item
   int64_t m_tile;    // rows of the GEMM's register tile (work chunks are kept multiples of it)
   bool signed_a;     // int8_gemm reads s8 activations (AMX tdpbssd); otherwise u8 = s8 + 128 (VNNI)
+  ConvDirectFn conv_direct;  // null where convolutions take the gathered-rows GEMM
 };
 
 // Defined one per ISA translation unit.

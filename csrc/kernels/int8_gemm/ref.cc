@@ -26,7 +26,7 @@ void int8_gemm_ref(const Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, 
       if (p.out_kind == OutKind::Int32)
         static_cast<int32_t*>(p.out)[idx] = acc;
       else
-        store_out(p.out, idx, p.out_kind, dequant(acc, p.a_scale[m], p.b_scale[n], p.bias, n, p.act),
+        store_out(p.out, idx, p.out_kind, dequant(acc, row_scale(p, m), p.b_scale[n], p.bias, n, p.act),
                   p.out_inv_scale);
     }
   }
@@ -112,7 +112,7 @@ uint32_t absmax_ref(const float* x, int64_t n) {
 }  // namespace
 
 const KernelSet& kernels_ref() {
-  static const KernelSet s{"ref", int8_gemm_ref, w8_gemm_ref, quantize_ref, dwconv_ref, absmax_ref, nullptr, 16, 16, 1, false};
+  static const KernelSet s{"ref", int8_gemm_ref, w8_gemm_ref, quantize_ref, dwconv_ref, absmax_ref, nullptr, 16, 16, 1, false, nullptr};
   return s;
 }
 
