@@ -91,14 +91,17 @@ ConvArgs conv_args(const at::Tensor& x, int64_t cout, at::IntArrayRef k, at::Int
 
 // The quantized NHWC input the kernels read, [N * (H + 2 ph) * (W + 2 pw), C] bytes: s8, or u8 = s8 + 128
 // with shift, inside a border of ph rows and pw columns of int8 zero (the direct tile convolution
-// reads its padding in place). x_rows: the NHWC input rows [N * H * W, C], fp32 (quantized with the
-// per-tensor a_scale) or int8. An int8 input that needs neither shift nor border is used as it is.
+// reads its padding in place), then slack_bytes (rounded up to pixels) of zero that it may read past
+// the last image. x_rows: the NHWC input rows [N * H * W, C], fp32 (quantized with the per-tensor
+// a_scale) or int8. An int8 input that needs no shift, border or slack is used as it is.
 at::Tensor quantized_input(const at::Tensor& x_rows, const ConvArgs& a, float a_scale, int64_t ph, int64_t pw,
-                           bool shift) {
+                           bool shift, int64_t slack_bytes = 0) {
   const bool is_int8 = x_rows.scalar_type() == at::kChar;
-  if (is_int8 && !shift && ph == 0 && pw == 0) return x_rows.view(at::kByte);
+  if (is_int8 && !shift && ph == 0 && pw == 0 && slack_bytes == 0) return x_rows.view(at::kByte);
   const int64_t Hp = a.H + 2 * ph, Wp = a.W + 2 * pw, C = a.C, row = a.W * C;
-  at::Tensor xq = at::empty({a.N * Hp * Wp, C}, x_rows.options().dtype(at::kByte));
+  const int64_t slack_rows = (slack_bytes + C - 1) / C;  // readable (zero) pixels after the last image
+  at::Tensor xq = at::empty({a.N * Hp * Wp + slack_rows, C}, x_rows.options().dtype(at::kByte));
+  if (slack_rows > 0) xq.narrow(0, a.N * Hp * Wp, slack_rows).fill_(shift ? 128 : 0);
   uint8_t* dst = xq.data_ptr<uint8_t>();
   const uint8_t zero = shift ? 128 : 0;
   const bool valid_scale = a_scale > 0.0f && std::isfinite(a_scale);
@@ -143,10 +146,37 @@ at::Tensor quantized_input(const at::Tensor& x_rows, const ConvArgs& a, float a_
 }
 
 // The tile kernels' direct convolution (AMX): A tiles read from the padded input, no row gather.
-void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const at::Tensor& xp, const at::Tensor& packed_w,
-                 const PackedHeader& h, const float* a_scale, const at::Tensor& ws, const at::Tensor& bi, at::Tensor& out,
-                 kernels::OutKind kind, kernels::Act act, float out_inv) {
+// Which direct tile convolution fits (see ConvDirectParams): over the padded width for stride 1 (it
+// wastes 2 padding columns per row instead of a shifted tile's overlap) and for any OW with equal
+// strides, tiles within output rows for other strides when OW >= 16; else none.
+enum class DirectMode { None, Rows, PaddedWidth };
+
+DirectMode direct_mode(const kernels::KernelSet* ks, const ConvArgs& a, bool plain_1x1) {
+  if (!ks || !ks->conv_direct || a.groups != 1 || a.C % 64 != 0 || plain_1x1) return DirectMode::None;
+  if (a.SH == a.SW && (a.SW == 1 || a.OW < 16)) return DirectMode::PaddedWidth;
+  return a.OW >= 16 ? DirectMode::Rows : DirectMode::None;
+}
+
+kernels::ConvDirectParams direct_geometry(const ConvArgs& a, DirectMode mode) {
   kernels::ConvDirectParams cp;
+  cp.Hp = a.H + 2 * a.PH;
+  cp.Wp = a.W + 2 * a.PW;
+  cp.C = a.C;
+  cp.OH = a.OH;
+  cp.OW = a.OW;
+  cp.KH = a.KH;
+  cp.KW = a.KW;
+  cp.SH = a.SH;
+  cp.SW = a.SW;
+  cp.DH = a.DH;
+  cp.DW = a.DW;
+  cp.virtual_width = mode == DirectMode::PaddedWidth;
+  return cp;
+}
+
+void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, kernels::ConvDirectParams cp, const at::Tensor& xp,
+                 const at::Tensor& packed_w, const PackedHeader& h, const float* a_scale, const at::Tensor& ws,
+                 const at::Tensor& bi, at::Tensor& out, kernels::OutKind kind, kernels::Act act, float out_inv) {
   kernels::Int8GemmParams& p = cp.gemm;
   const uint8_t* base = packed_w.data_ptr<uint8_t>();
   p.M = a.N * a.OH * a.OW;
@@ -166,17 +196,6 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const at::Tens
   p.act = act;
   p.out_inv_scale = out_inv;
   cp.x = reinterpret_cast<const int8_t*>(xp.data_ptr<uint8_t>());
-  cp.Hp = a.H + 2 * a.PH;
-  cp.Wp = a.W + 2 * a.PW;
-  cp.C = a.C;
-  cp.OH = a.OH;
-  cp.OW = a.OW;
-  cp.KH = a.KH;
-  cp.KW = a.KW;
-  cp.SH = a.SH;
-  cp.SW = a.SW;
-  cp.DH = a.DH;
-  cp.DW = a.DW;
   // Items are (output row group, column panel), row-group-major: consecutive items reuse the group's
   // input rows from L2. A group is about 8 passes (1024 pixels): the kernel overlaps each column pair's
   // epilogue with the next pair's products, so the last pair of a call runs alone, and narrow layers
@@ -259,10 +278,13 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const kernels::KernelSet* gks = dw ? nullptr : &gemm_kernels(M);
   const bool shift = !dw && !gks->signed_a;
   const bool plain_1x1 = a.KH == 1 && a.KW == 1 && a.SH == 1 && a.SW == 1 && a.PH == 0 && a.PW == 0;
-  // AMX: direct convolution when every tile step is one tap's 64 channels and an output row holds a
-  // whole 16-pixel tile (a plain 1x1 convolution is already a GEMM on the input rows).
-  const bool tiles_direct = gks && gks->conv_direct && groups == 1 && a.C % 64 == 0 && a.OW >= 16 && !plain_1x1;
-  const at::Tensor xq = quantized_input(x_rows, a, a_scale, tiles_direct ? a.PH : 0, tiles_direct ? a.PW : 0, shift);
+  // AMX: direct convolution when every tile step is one tap's 64 channels (a plain 1x1 convolution is
+  // already a GEMM on the input rows).
+  const DirectMode mode = direct_mode(gks, a, plain_1x1);
+  const bool tiles_direct = mode != DirectMode::None;
+  const kernels::ConvDirectParams geometry = direct_geometry(a, mode);
+  const at::Tensor xq = quantized_input(x_rows, a, a_scale, tiles_direct ? a.PH : 0, tiles_direct ? a.PW : 0, shift,
+                                        geometry.virtual_width ? kernels::conv_direct_slack_bytes(geometry) : 0);
   const kernels::OutKind kind = out_scale ? kernels::OutKind::Int8 : kernels::OutKind::Float32;
   const float out_inv = out_scale ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
 
@@ -288,7 +310,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const auto& ks = *gks;
   if (tiles_direct) {  // 2b) direct tile convolution
     record_kernel(Family::ConvDirect, Isa::Amx);
-    conv_direct(ks, a, xq, packed_w, headers[0], &a_scale, ws, bi, out, kind, act, out_inv);
+    conv_direct(ks, a, geometry, xq, packed_w, headers[0], &a_scale, ws, bi, out, kind, act, out_inv);
     return out;
   }
   clear_kernel(Family::ConvDirect);

@@ -91,18 +91,18 @@ ThreadBuffers& thread_buffers() {
 constexpr int kMaxPassTiles = static_cast<int>(AmxTraits::kPassRows / AmxTraits::kTileRows);
 
 // The row tiles of one pass (up to 8, taken two at a time as the row tiles of a block). Row t < 16 of
-// tile i at tile step kt is the 64 bytes at base[i] + t * stride + koff[kt] (TileSource); it is
-// output row out_row[i] + t and is stored for own[i] <= t < end[i]. Rows before own[i] duplicate
-// the previous tile's: a window shifted back so that all 16 rows it reads exist recomputes them,
-// and each block keeps its own C buffer, so duplicates never mix with another block's sums.
+// tile i at tile step kt is the 64 bytes at base[i] + t * stride + koff[kt] (TileSource); its result
+// goes to output row out[16 i + t], or nowhere when that is -1: a window shifted back so that all 16
+// rows it reads exist recomputes rows of the tile before it, and a convolution over the padded width
+// computes columns that are padding. Each block keeps its own C buffer, so those never mix with
+// another block's sums.
 struct TilePass {
   int tiles = 0;
   const uint8_t* base[kMaxPassTiles] = {};
-  int64_t out_row[kMaxPassTiles] = {};
-  int own[kMaxPassTiles] = {}, end[kMaxPassTiles] = {};
+  int64_t out[kMaxPassTiles * AmxTraits::kTileRows];
   int64_t rows() const {
     int64_t r = 0;
-    for (int i = 0; i < tiles; ++i) r += end[i] - own[i];
+    for (int i = 0; i < tiles * AmxTraits::kTileRows; ++i) r += out[i] >= 0;
     return r;
   }
 };
@@ -127,13 +127,13 @@ struct GemmCtx {
 // after each tile call of the next pair, so its vector work and its output stores (the output often
 // costs as much as the products: 4 KiB of fp32 per 32 x 32 block) overlap the TMUL, a separate
 // unit, instead of leaving it idle. (Measured: spreading it over every tile step instead was slower
-// at small K, and running it after the pair slower at large K.) Cursor: row t of tile `tile`.
+// at small K, and running it after the pair slower at large K.) Cursor: row `pos` of the pass.
 struct PendingEpilogue {
   TilePass pass;
   const int32_t* c = nullptr;
   const int8_t* b[2] = {nullptr, nullptr};
   ColBlock16 cols[2];
-  int nt = 0, tile = 0, t = 0;
+  int nt = 0, pos = 0;
   int64_t left = 0;  // rows not yet stored
 };
 
@@ -154,11 +154,12 @@ void epilogue_rows(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
   const bool full = nt == 2 && cols[0].mask == 0xffff && cols[1].mask == 0xffff;
   const __m512i k80 = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
   for (; rows > 0 && e.left > 0; --rows, --e.left) {
-    while (e.t >= e.pass.end[e.tile]) e.t = e.pass.own[++e.tile];
-    const int64_t r = e.pass.out_row[e.tile] + e.t;
-    const int32_t* c = e.c + e.tile * kCTileInts + e.t * AmxTraits::kBlockCols;
-    const uint8_t* ar = e.pass.base[e.tile] + e.t * src.stride;
-    ++e.t;
+    while (e.pass.out[e.pos] < 0) ++e.pos;
+    const int64_t r = e.pass.out[e.pos];
+    const int tile = e.pos / static_cast<int>(AmxTraits::kTileRows), t = e.pos % static_cast<int>(AmxTraits::kTileRows);
+    const int32_t* c = e.c + tile * kCTileInts + t * AmxTraits::kBlockCols;
+    const uint8_t* ar = e.pass.base[tile] + t * src.stride;
+    ++e.pos;
     __m512i acc[2];
     for (int j = 0; j < nt; ++j) {
       acc[j] = src.steps > 0 ? _mm512_loadu_si512(c + 16 * j) : _mm512_setzero_si512();
@@ -335,8 +336,7 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
       pending.b[1] = b1;
       for (int j = 0; j < nt; ++j) pending.cols[j] = col_block16(p, n + 16 * j, /*signed_a=*/true);
       pending.nt = nt;
-      pending.tile = 0;
-      pending.t = pass.own[0];
+      pending.pos = 0;
       pending.left = pass.rows();
     }
   }
@@ -377,18 +377,22 @@ void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n
     for (int64_t r = pm0; r < pm1; r += AmxTraits::kTileRows, ++pass.tiles) {
       const int64_t w = std::min(r, p.M - AmxTraits::kTileRows);
       pass.base[pass.tiles] = p.a + w * p.lda;
-      pass.out_row[pass.tiles] = w;
-      pass.own[pass.tiles] = static_cast<int>(r - w);
-      pass.end[pass.tiles] = static_cast<int>(std::min<int64_t>(AmxTraits::kTileRows, pm1 - w));
+      for (int64_t t = 0; t < AmxTraits::kTileRows; ++t)  // its own rows, inside this call's [m0, m1)
+        pass.out[pass.tiles * AmxTraits::kTileRows + t] = w + t >= r && w + t < pm1 ? w + t : -1;
     }
     pm0 = pm1;
     return true;
   });
 }
 
-// Direct convolution: output row (n, oh) is split into 16-pixel tiles (the last one shifted back to
-// end at OW); tile row t is output pixel ow0 + t, whose tap (kh, kw) input pixel sits SW * C bytes
-// after pixel t - 1's, so one strided tile load reads 16 pixels x 64 channels of a tap.
+// Direct convolution. Tile row t is an output pixel whose tap (kh, kw) input pixel sits a fixed
+// stride after row t - 1's, so one strided tile load reads 16 pixels x 64 channels of a tap:
+// - per output row (cp.virtual_width == 0): output row (n, oh) is split into 16-pixel tiles, the last
+//   one shifted back to end at OW; rows are SW * C bytes apart;
+// - over the padded width (SH == SW == s): pixel q = oh * Wp + ow of an image, ow < Wp, reads
+//   s * q * C + tap offset, so 16 consecutive q are s * C bytes apart across output rows; the
+//   Wp - OW columns that are padding are computed and dropped (the way for OW < 16, and for stride 1,
+//   where it wastes 2 pad / Wp columns instead of a shifted tile's overlap).
 void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
   if (r1 <= r0) return;
   const Int8GemmParams& p = cp.gemm;
@@ -400,20 +404,47 @@ void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
         koff[kt] = (kh * cp.DH * cp.Wp + kw * cp.DW) * cp.C + cc * AmxTraits::kStepBytes;
   const GemmCtx g{p, TileSource{cp.SW * cp.C, koff, steps, 0, 0}, stream_output(p, (r1 - r0) * cp.OW)};
   const uint8_t* x = reinterpret_cast<const uint8_t*>(cp.x);
-  int64_t row = r0, ow = 0;  // the next tile starts at pixel ow of output row `row`
+  constexpr int64_t T = AmxTraits::kTileRows;
+  const int64_t image = cp.Hp * cp.Wp * cp.C;  // bytes per padded image
+  if (!cp.virtual_width) {
+    int64_t row = r0, ow = 0;  // the next tile starts at pixel ow of output row `row`
+    tile_gemm(g, n0, std::min(n1, round_up(p.N, kPackNB)), [&](TilePass& pass) {
+      pass.tiles = 0;
+      while (row < r1 && pass.tiles < kMaxPassTiles) {
+        const int64_t n = row / cp.OH, oh = row % cp.OH, w = std::min(ow, cp.OW - T);
+        pass.base[pass.tiles] = x + n * image + ((oh * cp.SH) * cp.Wp + w * cp.SW) * cp.C;
+        for (int64_t t = 0; t < T; ++t) pass.out[pass.tiles * T + t] = w + t >= ow ? row * cp.OW + w + t : -1;
+        ++pass.tiles;
+        ow += T;
+        if (ow >= cp.OW) {
+          ow = 0;
+          ++row;
+        }
+      }
+      return pass.tiles > 0;
+    });
+    return;
+  }
+  // Over the padded width: output rows [r0, r1) are, image by image, runs of q = oh * Wp + ow.
+  int64_t row = r0, q = (r0 % cp.OH) * cp.Wp;  // the next tile starts at pixel q of row's image
   tile_gemm(g, n0, std::min(n1, round_up(p.N, kPackNB)), [&](TilePass& pass) {
     pass.tiles = 0;
     while (row < r1 && pass.tiles < kMaxPassTiles) {
-      const int64_t n = row / cp.OH, oh = row % cp.OH, w = std::min(ow, cp.OW - AmxTraits::kTileRows);
-      pass.base[pass.tiles] = x + ((n * cp.Hp + oh * cp.SH) * cp.Wp + w * cp.SW) * cp.C;
-      pass.out_row[pass.tiles] = row * cp.OW + w;
-      pass.own[pass.tiles] = static_cast<int>(ow - w);
-      pass.end[pass.tiles] = static_cast<int>(AmxTraits::kTileRows);
+      const int64_t n = row / cp.OH;
+      // This image's part of the call ends at output row min(r1, next image): q_end on the padded width.
+      const int64_t last_row = std::min(r1, (n + 1) * cp.OH) - n * cp.OH;
+      const int64_t q_end = last_row * cp.Wp;
+      const int64_t w = std::max<int64_t>(0, std::min(q, q_end - T));  // window: inside this image's rows
+      pass.base[pass.tiles] = x + n * image + w * cp.SW * cp.C;
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t qt = w + t, oh = qt / cp.Wp, ow = qt % cp.Wp;
+        pass.out[pass.tiles * T + t] = qt >= q && qt < q_end && ow < cp.OW ? (n * cp.OH + oh) * cp.OW + ow : -1;
+      }
       ++pass.tiles;
-      ow += AmxTraits::kTileRows;
-      if (ow >= cp.OW) {
-        ow = 0;
-        ++row;
+      q += T;
+      if (q >= q_end) {
+        row = n * cp.OH + last_row;
+        q = 0;
       }
     }
     return pass.tiles > 0;

@@ -93,13 +93,21 @@ struct DwConvParams {
 
 // Direct convolution on tiles (AMX): the implicit GEMM whose row m is output pixel m = (n, oh, ow)
 // and whose K is (kh, kw, c), read straight from a zero-padded NHWC s8 input, no row gather.
-// Needs groups = 1 and C % 64 == 0 (each 64-byte tile step is one tap's 64 channels) and OW >= 16.
+// Needs groups = 1, C % 64 == 0 (each 64-byte tile step is one tap's 64 channels), and either
+// virtual_width (SH == SW; tiles run over the padded width, and x has slack_bytes(...) readable bytes
+// after the last image) or OW >= 16 (tiles within an output row).
 struct ConvDirectParams {
   Int8GemmParams gemm;          // B = pack_conv_weight's (one group), epilogue, out [pixels, Cout]; a unused
   const int8_t* x = nullptr;    // [N, Hp, Wp, C]: the input with its zero padding in place
   int64_t Hp = 0, Wp = 0, C = 0, OH = 0, OW = 0;
   int64_t KH = 1, KW = 1, SH = 1, SW = 1, DH = 1, DW = 1;
+  bool virtual_width = false;
 };
+// Bytes a virtual-width direct convolution may read past the end of its input: a window's 16 rows
+// (stride s pixels apart), a row of the stride, and the farthest tap.
+inline int64_t conv_direct_slack_bytes(const ConvDirectParams& c) {
+  return (16 * c.SW + (c.SH + (c.KH - 1) * c.DH) * c.Wp + (c.KW - 1) * c.DW + 1) * c.C;
+}
 
 // Kernels compute the block rows [m0, m1) x columns [n0, n1) of Y; n0 is a multiple of 16.
 using Int8GemmFn = void (*)(const Int8GemmParams&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
