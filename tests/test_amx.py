@@ -195,17 +195,16 @@ def test_amx_min_rows_env():
 
 
 # ---- the direct tile convolution (padded NHWC input read in place): C % 64 == 0, groups 1; tiles run over
-# the padded width (stride 1, or equal strides with OW < 16) or within output rows (other strides, OW >= 16)
+# the padded width (stride 1, OW >= 12) or within output rows (other strides, OW >= 16)
 # (N, C, H, W, Cout, k, stride, pad, dilation)
 DIRECT = [
     (1, 64, 16, 16, 64, 3, 1, 1, 1),     # padded width 18: tiles cross output rows
     (2, 64, 9, 21, 40, 3, 1, 1, 1),      # batch 2: windows shifted back at each image's end; Cout off the pairs
     (1, 128, 7, 33, 96, 3, 1, 1, 1),
     (3, 64, 5, 40, 17, 5, 1, 2, 1),      # 5x5, batch 3, Cout = 17
-    (8, 256, 7, 7, 64, 3, 1, 1, 1),      # OW = 7 (ResNet's last stage shape)
-    (2, 64, 2, 2, 32, 3, 1, 1, 1),       # an image smaller than one tile: reads into the slack
+    (2, 64, 12, 12, 64, 3, 1, 1, 1),     # OW = 12, the narrowest taken
+    (2, 64, 1, 14, 32, 3, 1, 1, 1),      # one output row of 16 padded pixels: the last image reads its slack
     (1, 64, 10, 37, 64, 3, 2, 1, 1),     # stride 2, OW = 19: tiles within output rows (2 * C bytes apart)
-    (2, 64, 13, 13, 48, 3, 2, 1, 1),     # stride 2, OW = 7: padded width
     (1, 64, 12, 24, 32, 3, 1, 2, 2),     # dilation 2
     (1, 192, 6, 18, 80, 1, 1, 1, 1),     # 1x1 with padding
     (2, 64, 18, 20, 48, 7, 1, 3, 1),     # 7x7
@@ -231,7 +230,7 @@ def test_direct_conv_matches_reference(amx_every_shape, g, mode):
 
 
 @needs_amx
-@pytest.mark.parametrize("g", [DIRECT[1], DIRECT[6], DIRECT[11]], ids=["padded-width", "rows", "unpadded"])
+@pytest.mark.parametrize("g", [DIRECT[1], DIRECT[6], DIRECT[10]], ids=["padded-width", "rows", "unpadded"])
 def test_direct_conv_int8_input(amx_every_shape, g):
     N, C, H, W, Co, k, s, p, d = g
     xq = torch.randint(-128, 128, (N, C, H, W), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
@@ -264,9 +263,10 @@ def test_direct_conv_large_fp32_output_and_threads(amx_every_shape):
 
 @needs_amx
 @pytest.mark.parametrize("g,stride", [((1, 64, 8, 12, 32, 3, 1, 1, 1), (1, 2)),   # unequal strides, OW < 16
+                                      ((8, 256, 7, 7, 64, 3, 1, 1, 1), (1, 1)),   # OW = 7: gathered rows are faster
                                       ((1, 48, 8, 20, 32, 3, 1, 1, 1), (1, 1)),   # C % 64 != 0
                                       ((2, 64, 8, 8, 32, 1, 1, 0, 1), (1, 1))],   # plain 1x1: a GEMM on the rows
-                         ids=["strides", "channels", "1x1"])
+                         ids=["strides", "narrow", "channels", "1x1"])
 def test_direct_conv_not_taken_where_it_cannot_run(amx_every_shape, g, stride):
     N, C, H, W, Co, k, _, p, d = g
     x = torch.randn(N, C, H, W)

@@ -391,8 +391,8 @@ void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n
 //   one shifted back to end at OW; rows are SW * C bytes apart;
 // - over the padded width (SH == SW == s): pixel q = oh * Wp + ow of an image, ow < Wp, reads
 //   s * q * C + tap offset, so 16 consecutive q are s * C bytes apart across output rows; the
-//   Wp - OW columns that are padding are computed and dropped (the way for OW < 16, and for stride 1,
-//   where it wastes 2 pad / Wp columns instead of a shifted tile's overlap).
+//   Wp - OW columns that are padding are computed and dropped (for stride 1 that wastes 2 / Wp
+//   columns instead of a shifted tile's overlap; the entry layer picks the mode).
 void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
   if (r1 <= r0) return;
   const Int8GemmParams& p = cp.gemm;
