@@ -28,16 +28,17 @@ namespace {
 // - 8 tiles: C = 2 x 2 tiles (a 32 x 32 int32 block) in tmm0-3, two A tiles (tmm4-5), two B tiles
 //   (tmm6-7): one tile load per tdpbssd, the best ratio 8 tiles allow.
 // - K is walked in chunks of at most kMaxChunkSteps tile steps; for one chunk the pair of B tiles
-//   (32 columns x <= 768 bytes of K = 24 KiB) stays in L1 while every 32-row block of the pass uses it,
+//   (32 columns x <= 512 bytes of K = 16 KiB) stays in L1 while every 32-row block of the pass uses it,
 //   so only A comes from L2. A chunk boundary costs a store + reload of the C tiles; walking the whole
-//   K per block instead (both operands from L2) measured ~25% slower at K = 2048.
+//   K per block instead (both operands from L2) measured ~25% slower at K = 2048, and chunks of 12-16
+//   steps 0-8% slower than 8. Software prefetch (the next rows' A, the next chunk's B) did not help.
 // - A pass covers at most kPassRows rows: its A rows (<= 128 x K) stay in L2 across column pairs.
 struct AmxTraits {
   static constexpr int64_t kTileRows = 16;       // rows of an A or C tile
   static constexpr int64_t kStepBytes = 64;      // K bytes per tile step (16 k-quads)
   static constexpr int64_t kBlockRows = 32;      // two A tiles
   static constexpr int64_t kBlockCols = 32;      // two B tiles
-  static constexpr int64_t kMaxChunkSteps = 12;  // tile steps per K chunk (at most; 8-16 measured)
+  static constexpr int64_t kMaxChunkSteps = 8;   // tile steps per K chunk (at most; 8, 12, 16, 32 measured)
   static constexpr int64_t kPassRows = 128;      // rows per pass
   static constexpr int64_t kBlocksPerPass = kPassRows / kBlockRows;
   static_assert(kPassRows % kBlockRows == 0, "a pass is whole 32-row blocks");
@@ -300,7 +301,8 @@ template <typename NextPass>
 void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
   const Int8GemmParams& p = g.p;
   const int64_t steps = g.src.steps;
-  // K chunks of at most kMaxChunkSteps steps, as even as possible (36 steps: 3 x 12, not 2 x 16 + 4).
+  // K chunks of at most kMaxChunkSteps steps, ceil(steps / max) of them, as even as that allows
+  // (12 steps: 2 x 6, not 8 + 4).
   const int64_t chunks = (steps + AmxTraits::kMaxChunkSteps - 1) / AmxTraits::kMaxChunkSteps;
   const int64_t kc = chunks > 0 ? (steps + chunks - 1) / chunks : 0;
   const int64_t block_stride = p.K_pad * kPackNB;  // bytes per 16-column weight block
