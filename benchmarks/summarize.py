@@ -33,18 +33,23 @@ def main(paths):
         med = statistics.median(times[key])
         print(f"| {M} | {K} | {N} | {impl} | {med:.4f} | {2 * M * N * K / (med * 1e-3) / 1e12:.3f} | "
               f"{', '.join(f'{t:.3f}' for t in times[key])} |")
-    print("\n| target | per run | median | target | status |")
-    print("|---|---|---:|---:|---|")
+    print("\n| issue | target | per run | median | target | status |")
+    print("|---|---|---|---:|---:|---|")
     tv = defaultdict(list)
-    want = {}
+    meta = {}
     for run in runs:
         for t in run.get("targets", []):
             tv[t["name"]].append(t["value"])
-            want[t["name"]] = t["target"]
+            meta[t["name"]] = (t.get("issue", ""), t["target"], t.get("higher_is_better", True))
     for name, vals in tv.items():
+        issue, want, higher = meta[name]
         med = statistics.median(vals)
-        print(f"| {name} | {', '.join(f'{v:.2f}' for v in vals)} | {med:.2f}x | >= {want[name]:.2f}x | "
-              f"{'met' if med >= want[name] else 'missed'} |")
+        if want == 0.0:  # reported, no target
+            print(f"| {issue} | {name} | {', '.join(f'{v:.3f}' for v in vals)} | {med:.3f} | - | - |")
+            continue
+        met = med >= want if higher else med <= want
+        print(f"| {issue} | {name} | {', '.join(f'{v:.3f}' for v in vals)} | {med:.3f} | "
+              f"{'>=' if higher else '<='} {want:.2f} | {'met' if met else 'missed'} |")
 
 
 if __name__ == "__main__":
