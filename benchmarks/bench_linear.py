@@ -27,7 +27,7 @@ import fastinfer
 from fastinfer import ops
 from fastinfer.nn import Int8Linear
 
-from common import machine_info, time_call, write_json
+from common import check_target, machine_info, time_call, write_json
 
 SHAPES = [(1, 4096, 4096), (8, 4096, 4096), (128, 4096, 4096), (2048, 2048, 2048), (512, 384, 1536),
           (512, 1536, 384), (1, 768, 3072), (128, 768, 3072)]
@@ -160,12 +160,9 @@ def main(argv=None):
     if tgt:
         print("targets (from this run):")
         for issue, name, val, want, higher in tgt:
-            if want == 0.0:  # reported, no target
-                print(f"  {issue} {name:<58} {val:7.3f}")
-                continue
-            met = val >= want if higher else val <= want
-            print(f"  {issue} {name:<58} {val:7.3f}  (target {'>=' if higher else '<='} {want:.2f})  "
-                  f"{'met' if met else 'MISSED'}")
+            met, rel = check_target(val, want, higher)
+            verdict = "" if met is None else f"  (target {rel} {want:.2f})  {'met' if met else 'MISSED'}"
+            print(f"  {issue} {name:<58} {val:7.3f}{verdict}")
     if args.json:
         write_json(args.json, {"machine": info, "int8_peak_tops": peak, "rows": rows,
                                "targets": [{"issue": i, "name": n, "value": v, "target": t, "higher_is_better": h}

@@ -45,6 +45,13 @@ def machine_info(threads: int) -> Dict:
             "nproc": os.cpu_count()}
 
 
+def check_target(value: float, target: float, higher_is_better: bool = True):
+    """(met, relation) for a target: met is None when target is 0.0 (a figure reported without a target)."""
+    if target == 0.0:
+        return None, "-"
+    return (value >= target if higher_is_better else value <= target), (">=" if higher_is_better else "<=")
+
+
 def write_json(path: str, payload: Dict) -> None:
     with open(path, "w") as f:
         json.dump(payload, f, indent=1)

@@ -9,6 +9,8 @@ import statistics
 import sys
 from collections import defaultdict
 
+from common import check_target
+
 
 def main(paths):
     runs = [json.load(open(p)) for p in paths]
@@ -44,12 +46,9 @@ def main(paths):
     for name, vals in tv.items():
         issue, want, higher = meta[name]
         med = statistics.median(vals)
-        if want == 0.0:  # reported, no target
-            print(f"| {issue} | {name} | {', '.join(f'{v:.3f}' for v in vals)} | {med:.3f} | - | - |")
-            continue
-        met = med >= want if higher else med <= want
+        met, rel = check_target(med, want, higher)
         print(f"| {issue} | {name} | {', '.join(f'{v:.3f}' for v in vals)} | {med:.3f} | "
-              f"{'>=' if higher else '<='} {want:.2f} | {'met' if met else 'missed'} |")
+              f"{'-' if met is None else f'{rel} {want:.2f}'} | {'-' if met is None else ('met' if met else 'missed')} |")
 
 
 if __name__ == "__main__":
