@@ -13,8 +13,10 @@ THREADS ?= 2
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# nvidia-cutlass: the CUTLASS/CuTe headers of the sm_90a kernel (its Python dependencies are not needed).
 $(DEPS): requirements-dev.txt | $(PY)
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps nvidia-cutlass==4.2.0.0
 	touch $@
 
 $(BUILT): $(DEPS) $(SOURCES)
@@ -28,6 +30,11 @@ demo: build
 
 test: build
 	$(PY) -m pytest -q tests
+
+# Every CUDA kernel compiled for sm_80 and sm_90a (registers and spills printed), the CUDA entry layer
+# syntax-checked; needs nvcc, no GPU. `make test` runs it too (tests/test_cuda_build.py).
+compile-check: $(DEPS)
+	$(PY) tests/cuda_compile.py --jobs 2
 
 bench: build
 	$(PY) benchmarks/bench_linear.py --threads $(THREADS) --json benchmarks/latest_linear.json

@@ -1,6 +1,7 @@
 """Linear-layer benchmark: fastinfer int8 kernels vs torch's CPU paths, timed in the same run.
 
     python benchmarks/bench_linear.py [--threads 2] [--json out.json] [--shapes 1x4096x4096,...]
+    python benchmarks/bench_linear.py --device cuda [...]      (benchmarks/bench_linear_cuda.py: GPU rows)
 
 Rows: torch fp32 F.linear, torch bf16 F.linear, torch._int_mm (int8 -> int32), torch.ao
 quantize_dynamic with engine 'x86' (FBGEMM) and 'onednn', oneDNN's prepacked int8 kernel alone
@@ -131,15 +132,58 @@ def targets(rows, peak, isa):
     return out
 
 
+def print_targets(tgt) -> None:
+    if tgt:
+        print("targets (from this run):")
+        for issue, name, val, want, higher in tgt:
+            met, rel = check_target(val, want, higher)
+            verdict = "" if met is None else f"  (target {rel} {want:.2f})  {'met' if met else 'MISSED'}"
+            print(f"  {issue} {name:<58} {val:7.3f}{verdict}")
+
+
+def target_json(tgt):
+    return [{"issue": i, "name": n, "value": v, "target": t, "higher_is_better": h} for i, n, v, t, h in tgt]
+
+
+def main_cuda(args, shapes):
+    """--device cuda: benchmarks/bench_linear_cuda.py's rows and issue #4's targets."""
+    import bench_linear_cuda as bc
+
+    if not ops.cuda_available():
+        raise SystemExit("--device cuda needs fastinfer built with CUDA (a CUDA torch and nvcc) and a GPU")
+    info = bc.machine_info_cuda()
+    print(f"# {info['gpu']} (sm {info['capability']}, {info['sms']} SMs) | torch {info['torch']} | "
+          f"fastinfer build {info['fastinfer_build']}")
+    print(f"{'M':>5} {'K':>6} {'N':>6}  {'impl':<26} {'median ms':>10} {'TOPS':>8}  kernel")
+    rows = []
+    for (M, K, N) in shapes:
+        shape_rows = bc.bench_shape(M, K, N)
+        rows += shape_rows
+        for r in shape_rows:
+            extra = f"  {r['gb_s']:.0f} GB/s" if "gb_s" in r else ""
+            print(f"{M:>5} {K:>6} {N:>6}  {r['impl']:<26} {r['median_ms']:>10.4f} {r['tops']:>8.1f}  {r['kernel']}{extra}")
+        print()
+    tgt = bc.targets(rows)
+    print_targets(tgt)
+    if args.json:
+        write_json(args.json, {"machine": info, "rows": rows, "targets": target_json(tgt)})
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="write the rows and machine info here")
-    p.add_argument("--shapes", help="comma-separated MxKxN list (default: the issue's eight shapes)")
+    p.add_argument("--shapes", help="comma-separated MxKxN list (default: the issues' shapes for the device)")
     p.add_argument("--min-time", type=float, default=0.3, help="seconds of timed calls per case (at least)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else None
+    if args.device == "cuda":
+        import bench_linear_cuda as bc
+        return main_cuda(args, shapes or bc.SHAPES_CUDA)
+    shapes = shapes or SHAPES
     info = machine_info(args.threads)
     peak = peak_tops() if fastinfer.cpu_capabilities()["active"] != "ref" else None
     print(f"# {info['cpu']} | fastinfer ISA {info['isa_active']} | threads {args.threads} | torch {info['torch']} | "
@@ -157,16 +201,9 @@ def main(argv=None):
                   f"{r['p90_ms']:>8.4f} {r['tops']:>7.3f}")
         print()
     tgt = targets(rows, peak, info["isa_active"])
-    if tgt:
-        print("targets (from this run):")
-        for issue, name, val, want, higher in tgt:
-            met, rel = check_target(val, want, higher)
-            verdict = "" if met is None else f"  (target {rel} {want:.2f})  {'met' if met else 'MISSED'}"
-            print(f"  {issue} {name:<58} {val:7.3f}{verdict}")
+    print_targets(tgt)
     if args.json:
-        write_json(args.json, {"machine": info, "int8_peak_tops": peak, "rows": rows,
-                               "targets": [{"issue": i, "name": n, "value": v, "target": t, "higher_is_better": h}
-                                           for i, n, v, t, h in tgt]})
+        write_json(args.json, {"machine": info, "int8_peak_tops": peak, "rows": rows, "targets": target_json(tgt)})
     return rows
 
 

@@ -7,8 +7,28 @@
 
 #include "cpu/dispatch.h"
 #include "cpu/isa.h"
+#ifdef FASTINFER_WITH_CUDA
+#include "cuda/cuda_info.h"
+#endif
 
 namespace {
+
+// Which device kernels this build holds (JSON), and which CUDA kernel served the latest GPU call.
+std::string build_info() {
+#ifdef FASTINFER_WITH_CUDA
+  return std::string("{\"cuda\": true, \"cutlass_sm90\": ") + (fastinfer::cuda::sm90_built() ? "true" : "false") + "}";
+#else
+  return "{\"cuda\": false, \"cutlass_sm90\": false}";
+#endif
+}
+
+std::string cuda_last_kernel() {
+#ifdef FASTINFER_WITH_CUDA
+  return fastinfer::cuda::last_kernel();
+#else
+  return "";
+#endif
+}
 
 std::string set_isa_cap(const std::string& name) {
   fastinfer::cpu::Isa isa;
@@ -53,6 +73,8 @@ TORCH_LIBRARY(fastinfer, m) {
   m.def("last_kernel(str family) -> str", &fastinfer::cpu::last_kernel);
   // Shape bucket of the int8 GEMM: on AMX, fewer rows than this run on the VNNI kernels. Returns the old value.
   m.def("set_amx_min_rows(int rows) -> int", &fastinfer::cpu::set_amx_min_rows);
+  m.def("build_info() -> str", &build_info);
+  m.def("cuda_last_kernel() -> str", &cuda_last_kernel);
   // Benchmarks: the int8 instruction's peak rate (registers only) on all intra-op threads.
   m.def("int8_peak_probe(int iters) -> int", &fastinfer::cpu::int8_peak_probe);
 }

@@ -15,17 +15,42 @@ from torch import Tensor
 from . import _ext  # noqa: F401
 
 _ops = torch.ops.fastinfer
-SUPPORTED_DEVICES = ("cpu",)
+BUILD = json.loads(_ops.build_info())  # {"cuda": kernels for CUDA built in, "cutlass_sm90": ...}
+SUPPORTED_DEVICES = ("cpu",)  # devices with kernels for every op
+# The int8 linear family (quantize_per_token, pack/unpack, int8_mm, int8_scaled_mm, the linear ops)
+# also has CUDA kernels in builds made with a CUDA torch; convolution and sparse ops are CPU only.
+LINEAR_DEVICES = ("cpu", "cuda") if BUILD["cuda"] else ("cpu",)
+_LINEAR_OPS = {"quantize_per_token", "pack_int8_weight", "unpack_int8_weight", "int8_mm", "int8_scaled_mm",
+               "int8_linear_dynamic", "int8_linear_static", "int8_linear_weight_only"}
 _PACK_NB, _PACK_KB, _HEADER_BYTES = 16, 4, 64
+CUDA_K_ALIGN = 16  # a CUDA packed weight is int8 [N, round_up(K, 16)] (PACKING.md)
 
 
 def _check_devices(op: str, **tensors: Optional[Tensor]) -> None:
+    devices = LINEAR_DEVICES if op in _LINEAR_OPS else SUPPORTED_DEVICES
     for name, t in tensors.items():
-        if t is not None and t.device.type not in SUPPORTED_DEVICES:
+        if t is not None and t.device.type not in devices:
             raise ValueError(
                 f"fastinfer.{op}: {name} is on device '{t.device}', but this build of fastinfer has "
-                f"kernels for {', '.join(SUPPORTED_DEVICES)} only"
+                f"kernels for {', '.join(devices)} only"
             )
+
+
+def cuda_available() -> bool:
+    """True when this build has the CUDA kernels and torch sees a GPU."""
+    return bool(BUILD["cuda"]) and torch.cuda.is_available()
+
+
+def cuda_last_kernel() -> str:
+    """The CUDA kernel that served the latest int8 GEMM-family call on a GPU: 'sm90_cutlass' (Hopper,
+    CUTLASS TMA + wgmma), 'sm80_mma' (mma.sync, sm_80 and later), 'weight_only' (the few-row kernel of
+    w8_only), 'weight_only_cublas' (w8_only with more rows: widened weight + cuBLAS), '' before any."""
+    return _ops.cuda_last_kernel()
+
+
+def is_cuda_packed(packed: Tensor) -> bool:
+    """A CUDA packed weight (int8 [N, round_up(K, 16)]) rather than the CPU's header + n16k4 buffer."""
+    return packed.dtype == torch.int8 and packed.dim() == 2
 
 
 def packed_nbytes(n: int, k: int) -> int:
@@ -55,12 +80,15 @@ def quantize_per_token(x: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def pack_int8_weight(weight: Tensor) -> Tensor:
-    """int8 [N, K] -> packed uint8 buffer (see csrc/kernels/int8_gemm/PACKING.md)."""
+    """int8 [N, K] -> packed weight for the tensor's device (csrc/kernels/int8_gemm/PACKING.md): on the CPU a
+    uint8 buffer (header, column sums, n16k4 blocks); on CUDA int8 [N, round_up(K, 16)], zero-padded."""
     _check_devices("pack_int8_weight", weight=weight)
     return _ops.pack_int8_weight(weight)
 
 
 def unpack_int8_weight(packed: Tensor) -> Tensor:
+    """The int8 weight of a packed buffer: [N, K] from a CPU buffer; from a CUDA one its padded
+    [N, round_up(K, 16)] rows (K is not stored there: slice [:, :K])."""
     _check_devices("unpack_int8_weight", packed=packed)
     return _ops.unpack_int8_weight(packed)
 
@@ -166,11 +194,16 @@ def _quantize_per_token_fake(x):
 @torch.library.register_fake("fastinfer::pack_int8_weight")
 def _pack_fake(weight):
     torch._check(weight.dim() == 2, lambda: "pack_int8_weight: weight must be 2-D")
+    if weight.device.type == "cuda":
+        k_pad = -(-weight.shape[1] // CUDA_K_ALIGN) * CUDA_K_ALIGN
+        return weight.new_empty((weight.shape[0], k_pad), dtype=torch.int8)
     return weight.new_empty((packed_nbytes(weight.shape[0], weight.shape[1]),), dtype=torch.uint8)
 
 
 @torch.library.register_fake("fastinfer::unpack_int8_weight")
 def _unpack_fake(packed):
+    if packed.device.type == "cuda":
+        return packed.new_empty(packed.shape, dtype=torch.int8)
     ctx = torch.library.get_ctx()
     return packed.new_empty((ctx.new_dynamic_size(), ctx.new_dynamic_size()), dtype=torch.int8)
 

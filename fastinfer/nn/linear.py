@@ -23,10 +23,13 @@ def check_scheme(scheme: str) -> str:
 class Int8Linear(nn.Module):
     """y = x W^T + b with W stored as per-channel int8 in fastinfer's packed layout.
 
-    Accepts x of any leading shape [..., in_features], dtype float32 or bfloat16; the output has
-    x's dtype. Buffers (all in state_dict): ``packed_weight`` (uint8, header-checked by the
-    kernel), ``weight_scale`` (fp32 [out_features]) and ``bias`` (fp32 or None).
-    Build one with :meth:`from_float`; inference only (no autograd).
+    Accepts x of any leading shape [..., in_features], dtype float32 or bfloat16 (float16 too on CUDA);
+    the output has x's dtype. Buffers (all in state_dict): ``packed_weight`` (the packed weight of the
+    layer's device: a header-checked uint8 buffer on the CPU, int8 [out, round_up(in, 16)] on CUDA),
+    ``weight_scale`` (fp32 [out_features]) and ``bias`` (fp32 or None). Moving the layer between the
+    CPU and a GPU (``.to()``, ``.cuda()``, ``.cpu()``) repacks the weight for the new device; dtype
+    casts (``.half()``) leave the fp32 scales and bias as they are. Build one with :meth:`from_float`;
+    inference only (no autograd).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, scheme: str = "w8a8_dynamic",
@@ -66,7 +69,7 @@ class Int8Linear(nn.Module):
         before quantization and x by 1 / s at run time (in the quantization pass), so x W^T is unchanged
         while activation outliers move into the weights. A w8a8_static x_scale must then be the
         scale of x / s."""
-        check_float_layer(linear, nn.Linear, "linear")
+        check_float_layer(linear, nn.Linear, "linear", ops.LINEAR_DEVICES)
         act = activation or getattr(linear, "activation", None) or "none"
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None, scheme, act, x_scale, out_scale)
         weight = linear.weight.detach().float()
@@ -97,8 +100,23 @@ class Int8Linear(nn.Module):
         return torch.ops.fastinfer.int8_linear_weight_only(x, self.packed_weight, self.weight_scale, self.bias)
 
     def int8_weight(self) -> Tensor:
-        """The int8 weight [out_features, in_features], unpacked."""
-        return ops.unpack_int8_weight(self.packed_weight)
+        """The int8 weight [out_features, in_features], unpacked (on the layer's device)."""
+        return ops.unpack_int8_weight(self.packed_weight)[:, :self.in_features]
+
+    def _apply(self, fn, recurse=True):
+        # The packed layouts differ by device: a move between the CPU and a GPU unpacks the weight on
+        # the old device and packs it again on the new one. The scales and bias stay fp32 whatever fn
+        # does to floating buffers (the kernels read them as fp32).
+        before = self.packed_weight.device.type
+        w = self.int8_weight()
+        out = super()._apply(fn, recurse)
+        if self.packed_weight.device.type != before:
+            self.packed_weight = ops.pack_int8_weight(fn(w).contiguous())
+        for name in ("weight_scale", "bias", "input_smooth"):
+            t = getattr(self, name)
+            if t is not None and t.dtype != torch.float32:
+                setattr(self, name, t.float())
+        return out
 
     def dequantized_weight(self) -> Tensor:
         """The fp32 weight this layer computes with (int8 * per-channel scale, smoothing undone)."""
@@ -116,6 +134,8 @@ class Int8Linear(nn.Module):
             s += f", int8 out (scale {self.out_scale:.4g})"
         if self.input_smooth is not None:
             s += ", smoothed"
+        if self.packed_weight.device.type != "cpu":
+            return s + f", device={self.packed_weight.device}"
         return s + f", isa={ops.cpu_capabilities()['active']}"
 
     def get_extra_state(self):
@@ -133,9 +153,24 @@ class Int8Linear(nn.Module):
         key = prefix + "packed_weight"
         if key in state_dict:
             # Refuse a buffer for another shape or a corrupt one now, not at the first forward
-            # (header only: the kernels validate it fully on every call).
-            shape = ops.packed_shape(state_dict[key])
-            if shape != (self.out_features, self.in_features):
-                raise ValueError(f"{key}: packed weight is {shape}, expected "
-                                 f"({self.out_features}, {self.in_features})")
+            # (header only: the kernels validate it fully on every call); a buffer packed for the
+            # other kind of device (saved on a GPU, loaded on the CPU, or the reverse) is repacked.
+            stored = state_dict[key]
+            if ops.is_cuda_packed(stored):
+                k_pad = -(-self.in_features // ops.CUDA_K_ALIGN) * ops.CUDA_K_ALIGN
+                if tuple(stored.shape) != (self.out_features, k_pad):
+                    raise ValueError(f"{key}: CUDA packed weight is {tuple(stored.shape)}, expected "
+                                     f"({self.out_features}, {k_pad})")
+                w = stored[:, :self.in_features]
+            else:
+                shape = ops.packed_shape(stored)
+                if shape != (self.out_features, self.in_features):
+                    raise ValueError(f"{key}: packed weight is {shape}, expected "
+                                     f"({self.out_features}, {self.in_features})")
+                w = None
+            if ops.is_cuda_packed(self.packed_weight) != ops.is_cuda_packed(stored):
+                if w is None:
+                    w = ops.unpack_int8_weight(stored)
+                state_dict = dict(state_dict)  # the caller's dict stays as it was
+                state_dict[key] = ops.pack_int8_weight(w.to(self.packed_weight.device).contiguous())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

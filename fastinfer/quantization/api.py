@@ -127,8 +127,8 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
             report.skipped.append((name, "not matched by include"))
         elif exc is not None and exc(name, mod):
             report.skipped.append((name, "matched by exclude"))
-        elif mod.weight.device.type not in ops.SUPPORTED_DEVICES:
-            report.skipped.append((name, f"on device {mod.weight.device}, unsupported by this build"))
+        elif mod.weight.device.type not in (ops.LINEAR_DEVICES if kind == "linear" else ops.SUPPORTED_DEVICES):
+            report.skipped.append((name, f"on device {mod.weight.device}, unsupported by this build for a {kind}"))
         elif kind == "conv" and cfg.scheme == "w8_only":
             report.skipped.append((name, "w8_only has no conv kernel (use w8a8_dynamic or w8a8_static)"))
         else:

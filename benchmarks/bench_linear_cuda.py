@@ -1,0 +1,126 @@
+"""The linear-layer benchmark on a GPU (`python benchmarks/bench_linear.py --device cuda`).
+
+Rows per shape, timed with CUDA events (median of repeats, after warm-up), baselines in the same run:
+torch bf16 F.linear; torch._int_mm (cuBLASLt int8 -> int32; it refuses M <= 16); torch._int_mm with the
+per-token x per-channel scaling and bias written in torch, as users do; fastinfer int8_mm (raw, int32 out),
+int8_scaled_mm (fused epilogue, bf16 out), Int8Linear w8a8_dynamic (bf16 in/out, activation quantization
+included) and, for M <= 64, w8_only (bf16 in/out; its weight traffic as GB/s). TOPS = 2 M N K / time.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastinfer import ops
+from fastinfer.nn import Int8Linear
+
+SHAPES_CUDA = [(m, k, n) for (k, n) in ((4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192))
+               for m in (1, 16, 32, 128, 512, 2048, 4096, 8192)]
+COPY_TB_S = 3.0  # device-to-device copy bandwidth measured on the H100 (developers' guide)
+
+
+def time_cuda(fn: Callable[[], object], repeats: int = 5, min_ms: float = 10.0) -> Dict:
+    """Median ms per call: calls grouped between CUDA events (enough for min_ms), repeated."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    calls = max(1, min(1000, int(min_ms / max(start.elapsed_time(end), 1e-3))))
+    times: List[float] = []
+    for _ in range(repeats):
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    times.sort()
+    return {"median_ms": statistics.median(times), "p10_ms": times[0], "p90_ms": times[-1], "iters": calls * repeats}
+
+
+def bench_shape(M: int, K: int, N: int) -> List[Dict]:
+    torch.manual_seed(0)
+    dev = "cuda"
+    x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+    lin = nn.Linear(K, N).to(dev).eval()
+    lin_bf16 = nn.Linear(K, N).to(dev, torch.bfloat16).eval()
+    a = torch.randint(-127, 128, (M, K), dtype=torch.int8, device=dev)
+    w8 = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=dev)
+    w8_t = w8.t()
+    a_scale, b_scale = torch.rand(M, device=dev) + 0.5, torch.rand(N, device=dev) * 0.01
+    bias = torch.randn(N, device=dev)
+    packed = ops.pack_int8_weight(w8)
+    dyn = Int8Linear.from_float(lin, "w8a8_dynamic")
+    wonly = Int8Linear.from_float(lin, "w8_only")
+
+    def int_mm_scaled():
+        acc = torch._int_mm(a, w8_t)
+        return (acc.float() * a_scale[:, None] * b_scale[None, :] + bias).to(torch.bfloat16)
+
+    cases = [("torch", "bf16 F.linear", lambda: F.linear(x, lin_bf16.weight, lin_bf16.bias))]
+    if M > 16:
+        cases += [("torch", "_int_mm", lambda: torch._int_mm(a, w8_t)),
+                  ("torch", "_int_mm + scaling", int_mm_scaled)]
+    cases += [
+        ("fastinfer", "int8_mm raw", lambda: ops.int8_mm(a, packed, N)),
+        ("fastinfer", "int8_scaled_mm fused", lambda: ops.int8_scaled_mm(a, a_scale, packed, b_scale, bias,
+                                                                         torch.bfloat16)),
+        ("fastinfer", "Int8Linear w8a8_dynamic", lambda: dyn(x)),
+    ]
+    if M <= 64:
+        cases.append(("fastinfer", "Int8Linear w8_only", lambda: wonly(x)))
+    rows = []
+    with torch.inference_mode():
+        for lib, impl, fn in cases:
+            t = time_cuda(fn)
+            kernel = ops.cuda_last_kernel() if lib == "fastinfer" else ""
+            row = {"op": "linear", "device": "cuda", "lib": lib, "impl": impl, "M": M, "K": K, "N": N, **t,
+                   "tops": 2 * M * N * K / (t["median_ms"] * 1e-3) / 1e12, "kernel": kernel}
+            if impl == "Int8Linear w8_only":
+                row["gb_s"] = (N * K + 2 * M * K + 2 * M * N) / (t["median_ms"] * 1e-3) / 1e9
+            rows.append(row)
+    return rows
+
+
+def targets(rows: List[Dict]):
+    """(issue, name, value, target, higher_is_better) for issue #4's targets this run covers."""
+    by = {(r["M"], r["K"], r["N"], r["impl"]): r for r in rows}
+    out = []
+    for shape in ((8192, 8192, 8192), (4096, 4096, 14336)):
+        fused, base = by.get(shape + ("int8_scaled_mm fused",)), by.get(shape + ("_int_mm",))
+        if fused:
+            M, K, N = shape
+            out.append(("#4", f"fused W8A8 POPS at {M}x{K}x{N}", fused["tops"] / 1000, 1.35, True))
+            if base:
+                out.append(("#4", f"fused W8A8 vs torch._int_mm at {M}x{K}x{N}",
+                            base["median_ms"] / fused["median_ms"], 1.5, True))
+    for (M, K, N) in sorted({(r["M"], r["K"], r["N"]) for r in rows}):
+        dyn = by.get((M, K, N, "Int8Linear w8a8_dynamic"))
+        scaled, bf16 = by.get((M, K, N, "_int_mm + scaling")), by.get((M, K, N, "bf16 F.linear"))
+        if M >= 512 and dyn and scaled:
+            out.append(("#4", f"w8a8_dynamic vs _int_mm+scaling at {M}x{K}x{N}",
+                        scaled["median_ms"] / dyn["median_ms"], 2.0, True))
+        if M >= 512 and dyn and bf16:
+            out.append(("#4", f"w8a8_dynamic vs bf16 F.linear at {M}x{K}x{N}", bf16["median_ms"] / dyn["median_ms"],
+                        1.4, True))
+        wo = by.get((M, K, N, "Int8Linear w8_only"))
+        if M <= 64 and wo and bf16:
+            out.append(("#4", f"w8_only vs bf16 F.linear at {M}x{K}x{N}", bf16["median_ms"] / wo["median_ms"], 1.5,
+                        True))
+            out.append(("#4", f"w8_only GB/s / {COPY_TB_S:.1f} TB/s copy at {M}x{K}x{N}",
+                        wo["gb_s"] / (COPY_TB_S * 1000), 0.0, True))
+    return out
+
+
+def machine_info_cuda() -> Dict:
+    p = torch.cuda.get_device_properties(0)
+    return {"gpu": p.name, "capability": f"{p.major}.{p.minor}", "sms": p.multi_processor_count,
+            "torch": torch.__version__, "cuda": torch.version.cuda, "fastinfer_build": ops.BUILD}

@@ -1,0 +1,411 @@
+// CUDA entry layer for the int8 linear ops: every tensor check, then params, then the one arch and
+// shape-bucket decision (run_gemm). Compiled only in CUDA builds (setup.py); the kernels it calls
+// (csrc/kernels/cuda) see no torch. The schemas are registration.cpp's; this file adds CUDA kernels.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <torch/library.h>
+
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "../kernels/cuda/params.h"
+#include "cuda_info.h"
+
+namespace fastinfer {
+namespace cuda {
+namespace {
+
+namespace ck = fastinfer::cuda_kernels;
+
+// Which kernel served the latest GEMM-family call (tests assert it): see last_kernel().
+enum class Served : int { None = 0, Sm80 = 1, Sm90 = 2, WeightOnly = 3, WeightOnlyCublas = 4 };
+std::atomic<int> g_served{0};
+
+// Compute capability of a device, asked once per device (cudaGetDeviceProperties is slow).
+std::pair<int, int> capability(int device) {
+  static std::mutex mu;
+  static std::array<std::pair<int, int>, 64> cache{};
+  std::lock_guard<std::mutex> lock(mu);
+  TORCH_CHECK(device >= 0 && device < 64, "fastinfer: CUDA device index ", device, " out of range");
+  if (cache[device].first == 0) {
+    cudaDeviceProp prop;
+    const cudaError_t e = cudaGetDeviceProperties(&prop, device);
+    TORCH_CHECK(e == cudaSuccess, "fastinfer: cudaGetDeviceProperties failed: ", cudaGetErrorString(e));
+    cache[device] = {prop.major, prop.minor};
+  }
+  return cache[device];
+}
+
+cudaStream_t current_stream(const at::Device& dev) { return c10::cuda::getCurrentCUDAStream(dev.index()).stream(); }
+
+void check_device(const at::Tensor& t, const at::Device& dev, const char* op, const char* arg) {
+  TORCH_CHECK(t.device() == dev, "fastinfer.", op, ": ", arg, " must be on ", dev, " (where x is), got a tensor on ",
+              t.device());
+}
+
+void check_launch(const char* err, const char* op) {
+  TORCH_CHECK(err == nullptr, "fastinfer.", op, ": CUDA kernel launch failed: ", err);
+}
+
+ck::XKind x_kind(at::ScalarType t, const char* op) {
+  if (t == at::kFloat) return ck::XKind::Float32;
+  if (t == at::kBFloat16) return ck::XKind::BFloat16;
+  TORCH_CHECK(t == at::kHalf, "fastinfer.", op, ": x must be float32, bfloat16 or float16, got ", t);
+  return ck::XKind::Float16;
+}
+
+ck::OutKind out_kind(at::ScalarType t, const char* op) {
+  if (t == at::kFloat) return ck::OutKind::Float32;
+  if (t == at::kBFloat16) return ck::OutKind::BFloat16;
+  TORCH_CHECK(t == at::kHalf, "fastinfer.", op, ": out_dtype must be float32, bfloat16 or float16, got ", t);
+  return ck::OutKind::Float16;
+}
+
+ck::Act parse_act(const std::string& a, const char* op) {
+  if (a == "none") return ck::Act::None;
+  if (a == "relu") return ck::Act::Relu;
+  if (a == "relu6") return ck::Act::Relu6;
+  if (a == "gelu") return ck::Act::Gelu;
+  TORCH_CHECK(false, "fastinfer.", op, ": activation must be 'none', 'relu', 'relu6' or 'gelu', got '", a, "'");
+  return ck::Act::None;
+}
+
+// The CUDA packed weight: int8 [N, round_up(K, 16)], contiguous (pack_int8_weight on the GPU).
+void check_packed(const at::Tensor& w, int64_t K, const at::Device& dev, const char* op) {
+  check_device(w, dev, op, "packed_w");
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous(), "fastinfer.", op,
+              ": packed_w must be a CUDA packed weight (int8 [N, round_up(K, 16)] from fastinfer.ops.pack_int8_weight on "
+              "the GPU; a buffer packed on the CPU must be repacked on the device, as Int8Linear.to('cuda') does), got ",
+              w.scalar_type(), " of shape ", w.sizes());
+  TORCH_CHECK(w.size(1) == ck::round_up(K, ck::kKAlign), "fastinfer.", op, ": packed_w holds rows of ", w.size(1),
+              " bytes, expected round_up(K=", K, ", 16) = ", ck::round_up(K, ck::kKAlign), " (x.shape[-1] must equal the "
+              "weight's in_features)");
+  TORCH_CHECK(w.size(0) >= 1, "fastinfer.", op, ": packed_w has no rows");
+}
+
+// Per-channel vectors (scales, bias): 1-D of length n on dev, converted to contiguous fp32.
+at::Tensor channel_vector(const at::Tensor& t, int64_t n, const at::Device& dev, const char* op, const char* arg,
+                          bool any_float) {
+  check_device(t, dev, op, arg);
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, "fastinfer.", op, ": ", arg, " must be 1-D of length ", n, ", got shape ",
+              t.sizes());
+  if (any_float) {
+    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "fastinfer.", op, ": ", arg, " must be floating point, got ",
+                t.scalar_type());
+  } else {
+    TORCH_CHECK(t.scalar_type() == at::kFloat, "fastinfer.", op, ": ", arg, " must have dtype float32, got ",
+                t.scalar_type());
+  }
+  return t.to(at::kFloat).contiguous();
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// int8 [M, K] -> the GEMM's A operand [M, K_pad] (16-byte aligned rows): the tensor itself when it
+// already is one, else a zero-padded copy.
+at::Tensor int8_operand(const at::Tensor& a, int64_t K_pad) {
+  if (a.is_contiguous() && a.size(1) == K_pad && aligned16(a.data_ptr())) return a;
+  at::Tensor out = at::zeros({a.size(0), K_pad}, a.options());
+  out.narrow(1, 0, a.size(1)).copy_(a);
+  return out;
+}
+
+// The one arch and shape-bucket decision of the int8 GEMM family.
+void run_gemm(const ck::GemmParams& p, const at::Device& dev, const char* op) {
+  const auto [major, minor] = capability(dev.index());
+  TORCH_CHECK(major >= 8, "fastinfer.", op, ": the int8 kernels need a GPU of compute capability 8.0 or newer "
+              "(int8 tensor-core mma), this one is ", major, ".", minor);
+  const cudaStream_t stream = current_stream(dev);
+  // Hopper: the CUTLASS TMA + wgmma kernel for float outputs (its 128-row tiles only pay from a few
+  // hundred rows; below, the sm_80 kernel's 64-row tiles waste less).
+  if (major == 9 && ck::sm90_gemm_built() && p.M > 64 && ck::sm90_gemm_supported(p)) {
+    const size_t ws = ck::sm90_gemm_workspace_bytes(p);
+    at::Tensor workspace = at::empty({static_cast<int64_t>(ws)}, at::TensorOptions().dtype(at::kByte).device(dev));
+    check_launch(ck::launch_int8_gemm_sm90(p, ws ? workspace.data_ptr() : nullptr, stream), op);
+    g_served.store(static_cast<int>(Served::Sm90));
+    return;
+  }
+  check_launch(ck::launch_int8_gemm_sm80(p, p.M <= 64 ? ck::GemmTile::M64N128 : ck::GemmTile::M128N128, stream), op);
+  g_served.store(static_cast<int>(Served::Sm80));
+}
+
+void fill_b(ck::GemmParams& p, const at::Tensor& packed) {
+  p.N = packed.size(0);
+  p.K_pad = packed.size(1);
+  p.b = packed.data_ptr<int8_t>();
+  p.ldb = packed.size(1);
+}
+
+void fill_a(ck::GemmParams& p, const at::Tensor& a) {
+  p.M = a.size(0);
+  p.a = a.data_ptr<int8_t>();
+  p.lda = a.stride(0);
+}
+
+void fill_out(ck::GemmParams& p, at::Tensor& out, ck::OutKind kind) {
+  p.out = out.data_ptr();
+  p.ldo = out.size(1);
+  p.out_kind = kind;
+}
+
+// x [..., K] float -> contiguous [M, K].
+at::Tensor activation_2d(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.is_cuda(), "fastinfer.", op, ": x must be a CUDA tensor here, got ", x.device());
+  TORCH_CHECK(x.dim() >= 1, "fastinfer.", op, ": x must have at least 1 dimension [..., K], got a scalar");
+  x_kind(x.scalar_type(), op);
+  return x.reshape({-1, x.size(-1)}).contiguous();
+}
+
+std::vector<int64_t> out_shape(const at::Tensor& x, int64_t N) {
+  std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
+  s.back() = N;
+  return s;
+}
+
+// Quantizes x2 [M, K] into q [M, K_pad] (zero tail) and scale [M] (dynamic), or with a static inverse.
+void quantize_into(const at::Tensor& x2, at::Tensor& q, at::Tensor* scale, float static_inv, const at::Tensor& col_scale,
+                   const char* op) {
+  ck::QuantizeParams qp;
+  qp.M = x2.size(0);
+  qp.K = x2.size(1);
+  qp.K_pad = q.size(1);
+  qp.x = x2.data_ptr();
+  qp.x_kind = x_kind(x2.scalar_type(), op);
+  qp.ldx = x2.stride(0);
+  qp.q = q.data_ptr<int8_t>();
+  qp.ldq = q.stride(0);
+  qp.scale = scale ? scale->data_ptr<float>() : nullptr;
+  qp.static_inv = static_inv;
+  qp.col_scale = col_scale.defined() ? col_scale.data_ptr<float>() : nullptr;
+  check_launch(ck::launch_quantize_rows(qp, current_stream(x2.device())), op);
+}
+
+// ---------------------------------------------------------------- ops
+
+std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x) {
+  const char* op = "quantize_per_token";
+  TORCH_CHECK(x.dim() == 2, "fastinfer.quantize_per_token: x must be 2-D [M, K], got shape ", x.sizes());
+  const at::Tensor x2 = activation_2d(x, op);
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor q = at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kChar));
+  at::Tensor scale = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
+  if (x.size(0) > 0) {
+    if (x.size(1) == 0)
+      scale.zero_();
+    else
+      quantize_into(x2, q, &scale, 0.0f, at::Tensor(), op);
+  }
+  return {q, scale};
+}
+
+at::Tensor pack_int8_weight(const at::Tensor& w) {
+  TORCH_CHECK(w.scalar_type() == at::kChar, "fastinfer.pack_int8_weight: weight must have dtype torch.int8, got ",
+              w.scalar_type());
+  TORCH_CHECK(w.dim() == 2 && w.size(0) >= 1 && w.size(1) >= 1,
+              "fastinfer.pack_int8_weight: weight must be 2-D [N, K] with N, K >= 1, got shape ", w.sizes());
+  const c10::cuda::CUDAGuard guard(w.device());
+  at::Tensor out = at::zeros({w.size(0), ck::round_up(w.size(1), ck::kKAlign)}, w.options());
+  out.narrow(1, 0, w.size(1)).copy_(w);
+  return out;
+}
+
+at::Tensor unpack_int8_weight(const at::Tensor& packed) {
+  TORCH_CHECK(packed.scalar_type() == at::kChar && packed.dim() == 2,
+              "fastinfer.unpack_int8_weight: packed must be a CUDA packed weight (int8 [N, round_up(K, 16)]), got ",
+              packed.scalar_type(), " of shape ", packed.sizes());
+  return packed.clone();  // the padded rows: K itself is not stored (Int8Linear slices in_features)
+}
+
+at::Tensor int8_mm(const at::Tensor& a, const at::Tensor& packed_b, int64_t n) {
+  const char* op = "int8_mm";
+  TORCH_CHECK(a.is_cuda(), "fastinfer.int8_mm: a must be a CUDA tensor here, got ", a.device());
+  TORCH_CHECK(a.scalar_type() == at::kChar && a.dim() == 2, "fastinfer.int8_mm: a must be int8 [M, K], got ",
+              a.scalar_type(), " of shape ", a.sizes());
+  check_packed(packed_b, a.size(1), a.device(), op);
+  TORCH_CHECK(n == packed_b.size(0), "fastinfer.int8_mm: n=", n, " does not match the packed weight's N=",
+              packed_b.size(0));
+  const c10::cuda::CUDAGuard guard(a.device());
+  at::Tensor out = at::empty({a.size(0), n}, a.options().dtype(at::kInt));
+  if (a.size(0) == 0) return out;
+  const at::Tensor ap = int8_operand(a, packed_b.size(1));
+  ck::GemmParams p;
+  fill_a(p, ap);
+  fill_b(p, packed_b);
+  fill_out(p, out, ck::OutKind::Int32);
+  run_gemm(p, a.device(), op);
+  return out;
+}
+
+at::Tensor int8_scaled_mm(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& packed_b,
+                          const at::Tensor& b_scale, const std::optional<at::Tensor>& bias,
+                          std::optional<at::ScalarType> out_dtype) {
+  const char* op = "int8_scaled_mm";
+  TORCH_CHECK(a.is_cuda(), "fastinfer.int8_scaled_mm: a must be a CUDA tensor here, got ", a.device());
+  TORCH_CHECK(a.scalar_type() == at::kChar && a.dim() == 2, "fastinfer.int8_scaled_mm: a must be int8 [M, K], got ",
+              a.scalar_type(), " of shape ", a.sizes());
+  const at::Device dev = a.device();
+  check_packed(packed_b, a.size(1), dev, op);
+  const int64_t M = a.size(0), N = packed_b.size(0);
+  const at::ScalarType odt = out_dtype.value_or(at::kFloat);
+  const ck::OutKind kind = out_kind(odt, op);
+  const c10::cuda::CUDAGuard guard(dev);
+  const at::Tensor as = channel_vector(a_scale, M, dev, op, "a_scale", false);
+  const at::Tensor bs = channel_vector(b_scale, N, dev, op, "b_scale", false);
+  const at::Tensor bi = bias ? channel_vector(*bias, N, dev, op, "bias", true) : at::Tensor();
+  at::Tensor out = at::empty({M, N}, a.options().dtype(odt));
+  if (M == 0) return out;
+  const at::Tensor ap = int8_operand(a, packed_b.size(1));
+  ck::GemmParams p;
+  fill_a(p, ap);
+  fill_b(p, packed_b);
+  fill_out(p, out, kind);
+  p.a_scale = as.data_ptr<float>();
+  p.b_scale = bs.data_ptr<float>();
+  p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
+  run_gemm(p, dev, op);
+  return out;
+}
+
+// Shared body of the w8a8 linear ops: quantize x (per token, or per tensor with x_scale) into the padded
+// operand, then the GEMM with the fused epilogue. Output: x's dtype, or int8 with out_scale.
+at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
+                       const std::optional<at::Tensor>& bias, const std::string& activation,
+                       std::optional<double> x_scale, std::optional<double> out_scale,
+                       const std::optional<at::Tensor>& x_channel_scale) {
+  const at::Tensor x2 = activation_2d(x, op);
+  const at::Device dev = x.device();
+  const int64_t M = x2.size(0), K = x2.size(1);
+  check_packed(packed_w, K, dev, op);
+  const int64_t N = packed_w.size(0);
+  const ck::Act act = parse_act(activation, op);
+  const c10::cuda::CUDAGuard guard(dev);
+  const at::Tensor bs = channel_vector(w_scale, N, dev, op, "w_scale", false);
+  const at::Tensor bi = bias ? channel_vector(*bias, N, dev, op, "bias", true) : at::Tensor();
+  const at::Tensor cs = x_channel_scale ? channel_vector(*x_channel_scale, K, dev, op, "x_channel_scale", false)
+                                        : at::Tensor();
+  if (x_scale)
+    TORCH_CHECK(std::isfinite(*x_scale) && *x_scale > 0, "fastinfer.", op,
+                ": x_scale must be a positive finite number (the calibrated activation scale), got ", *x_scale);
+  if (out_scale)
+    TORCH_CHECK(std::isfinite(*out_scale) && *out_scale > 0, "fastinfer.", op,
+                ": out_scale must be a positive finite number, got ", *out_scale);
+  at::Tensor out = at::empty({M, N}, x.options().dtype(out_scale ? at::kChar : x.scalar_type()));
+  if (M > 0) {
+    at::Tensor q = at::empty({M, packed_w.size(1)}, x.options().dtype(at::kChar));
+    at::Tensor a_scale;
+    if (x_scale) {
+      a_scale = at::full({1}, static_cast<float>(*x_scale), x.options().dtype(at::kFloat));
+      quantize_into(x2, q, nullptr, 1.0f / static_cast<float>(*x_scale), cs, op);
+    } else {
+      a_scale = at::empty({M}, x.options().dtype(at::kFloat));
+      quantize_into(x2, q, &a_scale, 0.0f, cs, op);
+    }
+    ck::GemmParams p;
+    fill_a(p, q);
+    fill_b(p, packed_w);
+    fill_out(p, out, out_scale ? ck::OutKind::Int8 : out_kind(x.scalar_type(), op));
+    p.a_scale = a_scale.data_ptr<float>();
+    p.a_scale_per_tensor = x_scale.has_value();
+    p.b_scale = bs.data_ptr<float>();
+    p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
+    p.act = act;
+    p.out_inv_scale = out_scale ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
+    run_gemm(p, dev, op);
+  }
+  return out.view(out_shape(x, N));
+}
+
+at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
+                               const std::optional<at::Tensor>& bias, const std::string& activation,
+                               const std::optional<at::Tensor>& x_channel_scale) {
+  return w8a8_linear("int8_linear_dynamic", x, packed_w, w_scale, bias, activation, std::nullopt, std::nullopt,
+                     x_channel_scale);
+}
+
+at::Tensor int8_linear_static(const at::Tensor& x, double x_scale, const at::Tensor& packed_w, const at::Tensor& w_scale,
+                              const std::optional<at::Tensor>& bias, const std::string& activation,
+                              std::optional<double> out_scale, const std::optional<at::Tensor>& x_channel_scale) {
+  return w8a8_linear("int8_linear_static", x, packed_w, w_scale, bias, activation, x_scale, out_scale,
+                     x_channel_scale);
+}
+
+// Weight-only int8: our kernel for few rows (it reads the weight once); from kWeightOnlyMaxRows rows
+// the product is compute-bound and the weight is widened once per call for cuBLAS (at::linear).
+at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
+                                   const std::optional<at::Tensor>& bias) {
+  const char* op = "int8_linear_weight_only";
+  const at::Tensor x2 = activation_2d(x, op);
+  const at::Device dev = x.device();
+  const int64_t M = x2.size(0), K = x2.size(1);
+  check_packed(packed_w, K, dev, op);
+  const int64_t N = packed_w.size(0), K_pad = packed_w.size(1);
+  const c10::cuda::CUDAGuard guard(dev);
+  const at::Tensor bs = channel_vector(w_scale, N, dev, op, "w_scale", false);
+  const at::Tensor bi = bias ? channel_vector(*bias, N, dev, op, "bias", true) : at::Tensor();
+  if (M > ck::kWeightOnlyMaxRows) {
+    const at::Tensor w = packed_w.narrow(1, 0, K).to(x.scalar_type()) * bs.to(x.scalar_type()).unsqueeze(1);
+    at::Tensor y = at::linear(x2, w, bi.defined() ? std::optional<at::Tensor>(bi.to(x.scalar_type())) : std::nullopt);
+    g_served.store(static_cast<int>(Served::WeightOnlyCublas));
+    return y.view(out_shape(x, N));
+  }
+  at::Tensor out = at::empty({M, N}, x.options());
+  if (M == 0) return out.view(out_shape(x, N));
+  at::Tensor xp = x2;  // 16-byte aligned rows of K_pad values (zeros past K) unless x already has them
+  const int64_t elem = x.element_size();
+  if (K != K_pad || (x2.stride(0) * elem) % 16 != 0 || !aligned16(x2.data_ptr())) {
+    xp = at::zeros({M, K_pad}, x2.options());
+    xp.narrow(1, 0, K).copy_(x2);
+  }
+  ck::WeightOnlyParams p;
+  p.M = M;
+  p.N = N;
+  p.K = K_pad;
+  p.x = xp.data_ptr();
+  p.x_kind = x_kind(x.scalar_type(), op);
+  p.ldx = xp.stride(0);
+  p.b = packed_w.data_ptr<int8_t>();
+  p.ldb = K_pad;
+  p.b_scale = bs.data_ptr<float>();
+  p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
+  p.out = out.data_ptr();
+  p.ldo = N;
+  check_launch(ck::launch_weight_only_gemm(p, current_stream(dev)), op);
+  g_served.store(static_cast<int>(Served::WeightOnly));
+  return out.view(out_shape(x, N));
+}
+
+}  // namespace
+
+std::string last_kernel() {
+  switch (static_cast<Served>(g_served.load())) {
+    case Served::Sm80: return "sm80_mma";
+    case Served::Sm90: return "sm90_cutlass";
+    case Served::WeightOnly: return "weight_only";
+    case Served::WeightOnlyCublas: return "weight_only_cublas";
+    case Served::None: break;
+  }
+  return "";
+}
+
+bool sm90_built() { return ck::sm90_gemm_built(); }
+
+TORCH_LIBRARY_IMPL(fastinfer, CUDA, m) {
+  m.impl("quantize_per_token", &quantize_per_token);
+  m.impl("pack_int8_weight", &pack_int8_weight);
+  m.impl("unpack_int8_weight", &unpack_int8_weight);
+  m.impl("int8_mm", &int8_mm);
+  m.impl("int8_scaled_mm", &int8_scaled_mm);
+  m.impl("int8_linear_dynamic", &int8_linear_dynamic);
+  m.impl("int8_linear_static", &int8_linear_static);
+  m.impl("int8_linear_weight_only", &int8_linear_weight_only);
+}
+
+}  // namespace cuda
+}  // namespace fastinfer

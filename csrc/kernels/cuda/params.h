@@ -1,0 +1,96 @@
+// POD parameters and launchers of the CUDA kernels. No torch and no CUDA headers: the C++ entry layer
+// (csrc/cuda/cuda_ops.cpp) fills these from checked tensors; the .cu files beside this one hold the
+// kernels and compile on their own (the CI compile check builds each for sm_80 and sm_90a).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace fastinfer {
+namespace cuda_kernels {
+
+enum class OutKind : int32_t { Int32 = 0, Float32 = 1, BFloat16 = 2, Float16 = 3, Int8 = 4 };
+enum class Act : int32_t { None = 0, Relu = 1, Relu6 = 2, Gelu = 3 };  // Gelu: erf form
+enum class XKind : int32_t { Float32 = 0, BFloat16 = 1, Float16 = 2 };  // float activations
+
+// K of the CUDA operands is padded to a multiple of kKAlign bytes (zeros): every 16-byte copy of a
+// row is then aligned and whole. The packed CUDA weight is int8 [N, round_up(K, 16)], row-major.
+constexpr int64_t kKAlign = 16;
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Y[m, n] for m < M, n < N, from A int8 [M, K_pad] (row stride lda) and B int8 [N, K_pad] (ldb),
+// both row-major (B as nn.Linear stores its weight: the "TN" product):
+//   acc = sum_k A[m, k] * B[n, k]                                  (exact, int32)
+//   Int32: Y = acc
+//   float: y = act(float(acc) * a_scale[m] * b_scale[n] (+ bias[n])) in fp32, one rounding per
+//          operation in this order (EPILOGUE.md), stored as fp32 / bf16 / fp16 (round to nearest even),
+//          or as int8: clamp(rint(y * out_inv_scale), -127, 127), NaN -> 0.
+// K_pad % 16 == 0, lda % 16 == 0, ldb % 16 == 0 and 16-byte aligned A and B (the entry layer pads).
+struct GemmParams {
+  int64_t M = 0, N = 0, K_pad = 0;
+  const int8_t* a = nullptr;
+  int64_t lda = 0;
+  const int8_t* b = nullptr;
+  int64_t ldb = 0;
+  const float* a_scale = nullptr;   // [M], or [1] with a_scale_per_tensor
+  bool a_scale_per_tensor = false;
+  const float* b_scale = nullptr;   // [N]
+  const float* bias = nullptr;      // [N] or null
+  void* out = nullptr;
+  int64_t ldo = 0;                  // elements between rows of out
+  OutKind out_kind = OutKind::Int32;
+  Act act = Act::None;
+  float out_inv_scale = 1.0f;       // Int8 output: 1 / output scale
+};
+
+// Per-token symmetric quantization of X [M, K] (fp32 / bf16 / fp16) into q int8 [M, K_pad] (ldq),
+// columns [K, K_pad) written as 0; the CPU kernels' rule (params.h there):
+//   x' = x * col_scale[k] (SmoothQuant, optional); amax = max |x'|; inv = 127 / amax;
+//   q = clamp(rint(x' * inv), -127, 127); scale = amax / 127;
+//   amax == 0 or inv not finite: q = 0, scale = 0; a NaN or Inf in the row: q = 0, scale = NaN.
+// static_inv > 0: q = clamp(rint(x' * static_inv), -127, 127) (NaN -> 0) for every row, no scale.
+struct QuantizeParams {
+  int64_t M = 0, K = 0, K_pad = 0;
+  const void* x = nullptr;
+  XKind x_kind = XKind::Float32;
+  int64_t ldx = 0;                  // elements between rows of x
+  int8_t* q = nullptr;
+  int64_t ldq = 0;
+  float* scale = nullptr;           // [M] (unused with static_inv)
+  float static_inv = 0.0f;
+  const float* col_scale = nullptr; // [K] or null
+};
+
+// Weight-only int8 for few rows (decode-like, bound by reading the weight once):
+//   Y[m, n] = (sum_k x[m, k] * float(B[n, k])) * b_scale[n] (+ bias[n]), fp32 accumulation,
+//   stored in x's type. M <= kWeightOnlyMaxRows; K % 16 == 0 with 16-byte aligned rows of x and of
+//   B int8 [N, K] (the entry layer pads x to the weight's K_pad when needed).
+constexpr int64_t kWeightOnlyMaxRows = 16;
+struct WeightOnlyParams {
+  int64_t M = 0, N = 0, K = 0;
+  const void* x = nullptr;
+  XKind x_kind = XKind::Float32;
+  int64_t ldx = 0;
+  const int8_t* b = nullptr;
+  int64_t ldb = 0;
+  const float* b_scale = nullptr;
+  const float* bias = nullptr;
+  void* out = nullptr;              // [M, N] of x's type
+  int64_t ldo = 0;
+};
+
+// Launchers: stream is a cudaStream_t. Each returns nullptr, or the CUDA error of its launch.
+// The int8 GEMM on tensor cores with cp.async multistage loads and mma.sync (sm_80 and later).
+// Tile shapes: the one shape-bucket decision is in the entry layer (gemm_config below).
+enum class GemmTile : int32_t { M128N128 = 0, M64N128 = 1 };
+const char* launch_int8_gemm_sm80(const GemmParams& p, GemmTile tile, void* stream);
+// Hopper (sm_90a): CUTLASS 3.x TMA + wgmma, warp-specialized persistent kernel (built where the CUTLASS
+// headers are found: FASTINFER_WITH_CUTLASS). Float outputs without activation, packed operands.
+bool sm90_gemm_built();
+bool sm90_gemm_supported(const GemmParams& p);
+size_t sm90_gemm_workspace_bytes(const GemmParams& p);  // device scratch the launch needs
+const char* launch_int8_gemm_sm90(const GemmParams& p, void* workspace, void* stream);
+const char* launch_quantize_rows(const QuantizeParams& p, void* stream);
+const char* launch_weight_only_gemm(const WeightOnlyParams& p, void* stream);
+
+}  // namespace cuda_kernels
+}  // namespace fastinfer

@@ -1,0 +1,154 @@
+// int8 x int8 GEMM with the fused dequantize/bias epilogue for Hopper (sm_90a), composed from CUTLASS
+// 3.x: TMA loads, wgmma, warp-specialized cooperative persistent kernel, and an epilogue visitor tree
+//   D = ((float(acc) * a_scale[m]) * b_scale[n]) + bias[n]      (bias null: + 0)
+// in that order, one rounding each (this file is built with --fmad=false, so no step is contracted:
+// EPILOGUE.md's algebra, the CPU kernels' and fastinfer.reference's). fp32 / bf16 / fp16 out. The entry
+// layer uses it for those outputs without an activation when the shape meets TMA's alignment (see
+// sm90_gemm_supported); everything else takes the sm_80 kernel. Framework-free: pointers + GemmParams.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "params.h"
+
+#if defined(FASTINFER_WITH_CUTLASS)
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/util/packed_stride.hpp"
+#endif
+
+namespace fastinfer {
+namespace cuda_kernels {
+
+#if defined(FASTINFER_WITH_CUTLASS)
+namespace {
+
+using namespace cute;
+namespace fusion = cutlass::epilogue::fusion;
+
+// 128 x 128 output tiles, 128 bytes of K per stage, clusters of 2 along M (the B tile is multicast to
+// both CTAs of a cluster); the cooperative schedule splits each tile between two consumer warpgroups.
+using TileShape = Shape<_128, _128, _128>;
+using ClusterShape = Shape<_2, _1, _1>;
+using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
+constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+
+template <class ElementD>
+struct Sm90Gemm {
+  using ElementA = int8_t;
+  using ElementB = int8_t;
+  using ElementAcc = int32_t;
+  using LayoutA = cutlass::layout::RowMajor;     // A [M, K_pad]
+  using LayoutB = cutlass::layout::ColumnMajor;  // B [N, K_pad] row-major is K x N column-major
+  using LayoutD = cutlass::layout::RowMajor;
+  static constexpr int kAlignAB = 16;                      // 16 bytes: TMA
+  static constexpr int kAlignD = 16 / sizeof(ElementD);
+
+  using Acc = fusion::Sm90AccFetch;
+  using AScale = fusion::Sm90ColBroadcast<0, TileShape, float, float>;  // one value per row m
+  using BScale = fusion::Sm90RowBroadcast<0, TileShape, float, float>;  // one value per column n
+  using Bias = fusion::Sm90RowBroadcast<0, TileShape, float, float>;    // null -> 0
+  using ByA = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::multiplies, float, float, kRound>, Acc, AScale>;
+  using ByB = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::multiplies, float, float, kRound>, ByA, BScale>;
+  using Epilogue = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::plus, ElementD, float, kRound>, ByB, Bias>;
+
+  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, float, void, LayoutD, kAlignD, ElementD, LayoutD,
+      kAlignD, EpilogueSchedule, Epilogue>::CollectiveOp;
+  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementA, LayoutA, kAlignAB, ElementB, LayoutB, kAlignAB,
+      ElementAcc, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      MainloopSchedule>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue,
+                                                      cutlass::gemm::PersistentScheduler>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static typename Gemm::Arguments arguments(const GemmParams& p) {
+    using StrideA = typename Kernel::StrideA;
+    using StrideB = typename Kernel::StrideB;
+    using StrideD = typename Kernel::StrideD;
+    const int M = static_cast<int>(p.M), N = static_cast<int>(p.N), K = static_cast<int>(p.K_pad);
+    const StrideA sa = cutlass::make_cute_packed_stride(StrideA{}, make_shape(M, K, 1));
+    const StrideB sb = cutlass::make_cute_packed_stride(StrideB{}, make_shape(N, K, 1));
+    const StrideD sd = cutlass::make_cute_packed_stride(StrideD{}, make_shape(M, N, 1));
+    typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
+                                  {M, N, K, 1},
+                                  {p.a, sa, p.b, sb},
+                                  {{}, nullptr, sd, static_cast<ElementD*>(p.out), sd}};
+    // The tree's arguments nest as {children..., op}: ((acc * a) * b) + bias.
+    args.epilogue.thread = {
+        {                                   // (acc * a_scale) * b_scale
+         {{}, {p.a_scale}, {}},             // acc * a_scale
+         {p.b_scale},                       // b_scale
+         {}},                               // multiplies
+        {p.bias},                           // bias (null -> 0)
+        {}};                                // plus
+    return args;
+  }
+
+  static size_t workspace(const GemmParams& p) { return Gemm::get_workspace_size(arguments(p)); }
+
+  static const char* run(const GemmParams& p, void* workspace_ptr, cudaStream_t stream) {
+    Gemm gemm;
+    const typename Gemm::Arguments args = arguments(p);
+    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return "sm90 int8 GEMM: shape not supported";
+    if (gemm.initialize(args, workspace_ptr, stream) != cutlass::Status::kSuccess)
+      return "sm90 int8 GEMM: initialization failed";
+    if (gemm.run(stream) != cutlass::Status::kSuccess) return "sm90 int8 GEMM: launch failed";
+    const cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+  }
+};
+
+}  // namespace
+
+bool sm90_gemm_built() { return true; }
+
+bool sm90_gemm_supported(const GemmParams& p) {
+  const int64_t elem = p.out_kind == OutKind::Float32 ? 4 : 2;
+  const bool float_out = p.out_kind == OutKind::Float32 || p.out_kind == OutKind::BFloat16 ||
+                         p.out_kind == OutKind::Float16;
+  // TMA: 16-byte aligned bases and row strides; packed (contiguous) operands and output; int sizes.
+  return float_out && p.act == Act::None && !p.a_scale_per_tensor && p.lda == p.K_pad && p.ldb == p.K_pad &&
+         p.ldo == p.N && (p.N * elem) % 16 == 0 && reinterpret_cast<uintptr_t>(p.out) % 16 == 0 &&
+         p.M < (int64_t{1} << 31) && p.N < (int64_t{1} << 31) && p.K_pad < (int64_t{1} << 31);
+}
+
+size_t sm90_gemm_workspace_bytes(const GemmParams& p) {
+  switch (p.out_kind) {
+    case OutKind::BFloat16: return Sm90Gemm<cutlass::bfloat16_t>::workspace(p);
+    case OutKind::Float16: return Sm90Gemm<cutlass::half_t>::workspace(p);
+    default: return Sm90Gemm<float>::workspace(p);
+  }
+}
+
+const char* launch_int8_gemm_sm90(const GemmParams& p, void* workspace, void* stream) {
+  if (p.M == 0 || p.N == 0) return nullptr;
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (p.out_kind) {
+    case OutKind::BFloat16: return Sm90Gemm<cutlass::bfloat16_t>::run(p, workspace, s);
+    case OutKind::Float16: return Sm90Gemm<cutlass::half_t>::run(p, workspace, s);
+    default: return Sm90Gemm<float>::run(p, workspace, s);
+  }
+}
+
+#else  // built without the CUTLASS headers: the sm_80 kernel serves Hopper too
+
+bool sm90_gemm_built() { return false; }
+bool sm90_gemm_supported(const GemmParams&) { return false; }
+size_t sm90_gemm_workspace_bytes(const GemmParams&) { return 0; }
+const char* launch_int8_gemm_sm90(const GemmParams&, void*, void*) { return "built without CUTLASS (sm90 path)"; }
+
+#endif
+
+}  // namespace cuda_kernels
+}  // namespace fastinfer

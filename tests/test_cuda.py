@@ -1,0 +1,234 @@
+"""The CUDA kernels against fastinfer.reference (computed on the CPU from the same quantized values: integer
+results and the fp32 epilogue bit-exact, GELU and w8_only within a tolerance), which kernel served, opcheck,
+torch.compile, CUDA graphs, Int8Linear moving between devices. Skipped without a CUDA build and a GPU
+(benchmarks/gpu_check.sh runs this file, and a compute-sanitizer subset, on a GPU machine)."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fastinfer
+from fastinfer import ops
+from fastinfer import reference as ref
+from fastinfer.nn import Int8Linear
+
+pytestmark = pytest.mark.skipif(not ops.cuda_available(), reason="needs fastinfer built with CUDA and a GPU")
+
+DEV = "cuda"
+M_SWEEP = list(range(1, 128))
+KN = [(13, 7), (64, 48), (100, 130), (257, 33), (1000, 515)]  # K and N off the 16/32/128 tiles
+FLOAT_OUT = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def rand_i8(*shape):
+    return torch.randint(-128, 128, shape, dtype=torch.int8)
+
+
+def gemm_kernels():
+    return {"sm90_cutlass", "sm80_mma"}
+
+
+def capability():
+    return torch.cuda.get_device_capability()
+
+
+@pytest.mark.parametrize("K,N", KN)
+def test_int8_mm_m_sweep(K, N):
+    b = rand_i8(N, K)
+    packed = ops.pack_int8_weight(b.to(DEV))
+    assert packed.dtype == torch.int8 and tuple(packed.shape) == (N, -(-K // 16) * 16)
+    for M in M_SWEEP:
+        a = rand_i8(M, K)
+        out = ops.int8_mm(a.to(DEV), packed, N)
+        torch.testing.assert_close(out.cpu(), ref.int8_mm(a, b), rtol=0, atol=0, msg=f"M={M}")
+        assert ops.cuda_last_kernel() in gemm_kernels()
+
+
+@pytest.mark.parametrize("M", [1, 16, 64, 65, 300, 1024])
+def test_int8_mm_extremes_and_large(M):
+    K, N = 4096, 384
+    for fa, fb in [(-128, -128), (127, -128), (-128, 127)]:
+        a, b = torch.full((M, K), fa, dtype=torch.int8), torch.full((N, K), fb, dtype=torch.int8)
+        out = ops.int8_mm(a.to(DEV), ops.pack_int8_weight(b.to(DEV)), N)
+        torch.testing.assert_close(out.cpu(), ref.int8_mm(a, b), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("out_dtype", FLOAT_OUT)
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (5, 13, 3), (17, 255, 1000), (64, 512, 64), (200, 1024, 256),
+                                   (513, 4096, 136)])
+def test_int8_scaled_mm_epilogue_exact(M, K, N, out_dtype, with_bias):
+    a, b = rand_i8(M, K), rand_i8(N, K)
+    a_scale, b_scale = torch.rand(M) * 0.1 + 1e-3, torch.rand(N) * 0.1 + 1e-3
+    bias = torch.randn(N) * 10 if with_bias else None
+    out = ops.int8_scaled_mm(a.to(DEV), a_scale.to(DEV), ops.pack_int8_weight(b.to(DEV)), b_scale.to(DEV),
+                             None if bias is None else bias.to(DEV), out_dtype)
+    assert out.dtype == out_dtype and out.shape == (M, N)
+    expect = ref.int8_scaled_mm(a, a_scale, b, b_scale, bias, torch.float32).to(out_dtype)
+    torch.testing.assert_close(out.cpu(), expect, rtol=0, atol=0)
+
+
+def test_hopper_kernel_serves_large_float_gemms():
+    if capability()[0] != 9 or not ops.BUILD["cutlass_sm90"]:
+        pytest.skip("the CUTLASS sm_90a kernel serves Hopper builds with the CUTLASS headers only")
+    a, b = rand_i8(512, 1024), rand_i8(256, 1024)
+    ops.int8_scaled_mm(a.to(DEV), torch.ones(512, device=DEV), ops.pack_int8_weight(b.to(DEV)),
+                       torch.ones(256, device=DEV), None, torch.bfloat16)
+    assert ops.cuda_last_kernel() == "sm90_cutlass"
+    ops.int8_mm(a.to(DEV), ops.pack_int8_weight(b.to(DEV)), 256)  # int32 out: the sm_80 kernel
+    assert ops.cuda_last_kernel() == "sm80_mma"
+
+
+@pytest.mark.parametrize("dtype", FLOAT_OUT)
+def test_quantize_per_token(dtype):
+    x = (torch.randn(70, 1000) * 3).to(dtype)
+    x[3] = 0
+    x[5, 7] = float("nan")
+    x[6, 1] = float("inf")
+    q, s = ops.quantize_per_token(x.to(DEV))
+    rq, rs = ref.quantize_per_token(x)
+    torch.testing.assert_close(q.cpu(), rq, rtol=0, atol=0)
+    torch.testing.assert_close(s.cpu(), rs, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_OUT)
+@pytest.mark.parametrize("M,K,N", [(1, 64, 32), (7, 13, 5), (128, 768, 3072), (333, 1000, 70)])
+def test_linear_dynamic(M, K, N, dtype):
+    x = torch.randn(M, K).to(dtype)
+    w = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    ws, bias = torch.rand(N) * 0.01 + 1e-4, torch.randn(N)
+    out = ops.int8_linear_dynamic(x.to(DEV), ops.pack_int8_weight(w.to(DEV)), ws.to(DEV), bias.to(DEV))
+    expect = ref.int8_linear_dynamic(x.float(), w, ws, bias).to(dtype)
+    torch.testing.assert_close(out.cpu(), expect, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
+def test_linear_static_int8_out(activation):
+    M, K, N = 90, 300, 70
+    x, w = torch.randn(M, K), torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    ws, bias = torch.rand(N) * 0.01, torch.randn(N)
+    out = ops.int8_linear_static(x.to(DEV), 0.02, ops.pack_int8_weight(w.to(DEV)), ws.to(DEV), bias.to(DEV),
+                                 activation, 0.05)
+    torch.testing.assert_close(out.cpu(), ref.int8_linear_static(x, 0.02, w, ws, bias, activation, 0.05), rtol=0, atol=0)
+
+
+def test_gelu_within_erf_tolerance():
+    M, K, N = 64, 256, 96
+    x, w = torch.randn(M, K), torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    ws = torch.rand(N) * 0.01
+    out = ops.int8_linear_dynamic(x.to(DEV), ops.pack_int8_weight(w.to(DEV)), ws.to(DEV), None, "gelu")
+    q, s = ref.quantize_per_token(x)
+    y = ref.int8_scaled_mm(q, s, w, ws)
+    torch.testing.assert_close(out.cpu(), torch.nn.functional.gelu(y), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_OUT)
+@pytest.mark.parametrize("M", [1, 2, 3, 8, 9, 16, 17, 64])
+@pytest.mark.parametrize("K,N", [(13, 7), (4096, 300)])
+def test_weight_only(M, K, N, dtype):
+    x = torch.randn(M, K).to(dtype)
+    w = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    ws, bias = torch.rand(N) * 0.01, torch.randn(N)
+    out = ops.int8_linear_weight_only(x.to(DEV), ops.pack_int8_weight(w.to(DEV)), ws.to(DEV), bias.to(DEV))
+    assert ops.cuda_last_kernel() == ("weight_only" if M <= 16 else "weight_only_cublas")
+    expect = ref.int8_linear_weight_only(x.float(), w, ws, bias)
+    # Summation order differs from the reference's: relative error of the whole output (fp32
+    # accumulation either way; the 16-bit types round the output).
+    err = (out.cpu().float() - expect).norm() / expect.norm()
+    assert err < (1e-5 if dtype == torch.float32 else 1e-2), err
+
+
+def test_opcheck():
+    a, b = rand_i8(33, 100).to(DEV), rand_i8(40, 100).to(DEV)
+    packed = ops.pack_int8_weight(b)
+    x = torch.randn(5, 100, device=DEV)
+    for op, args in [
+        (torch.ops.fastinfer.int8_mm.default, (a, packed, 40)),
+        (torch.ops.fastinfer.int8_scaled_mm.default, (a, torch.rand(33, device=DEV), packed, torch.rand(40, device=DEV))),
+        (torch.ops.fastinfer.int8_linear_dynamic.default, (x, packed, torch.rand(40, device=DEV))),
+        (torch.ops.fastinfer.int8_linear_weight_only.default, (x, packed, torch.rand(40, device=DEV))),
+        (torch.ops.fastinfer.quantize_per_token.default, (x,)),
+        (torch.ops.fastinfer.pack_int8_weight.default, (b,)),
+    ]:
+        torch.library.opcheck(op, args)
+
+
+def make_layer(K=256, N=192):
+    torch.manual_seed(0)
+    return nn.Linear(K, N).eval()
+
+
+def test_int8linear_cuda_before_and_after_quantizing():
+    lin = make_layer()
+    x = torch.randn(8, 20, 256)
+    on_cpu = Int8Linear.from_float(lin, "w8a8_dynamic")
+    want = on_cpu(x)
+    moved = copy.deepcopy(on_cpu).cuda()  # repacked for the GPU
+    assert ops.is_cuda_packed(moved.packed_weight) and moved.weight_scale.dtype == torch.float32
+    torch.testing.assert_close(moved(x.cuda()).cpu(), want, rtol=1e-6, atol=1e-5)
+    built_on_gpu = Int8Linear.from_float(copy.deepcopy(lin).cuda(), "w8a8_dynamic")
+    torch.testing.assert_close(built_on_gpu.int8_weight().cpu(), on_cpu.int8_weight(), rtol=0, atol=0)
+    back = copy.deepcopy(moved).cpu()
+    torch.testing.assert_close(back(x), want, rtol=0, atol=0)
+
+
+def test_state_dict_between_devices():
+    lin = make_layer(100, 50)
+    gpu = Int8Linear.from_float(copy.deepcopy(lin).cuda())
+    cpu = Int8Linear(100, 50)
+    cpu.load_state_dict(gpu.state_dict())
+    torch.testing.assert_close(cpu.int8_weight(), gpu.int8_weight().cpu(), rtol=0, atol=0)
+    gpu2 = Int8Linear(100, 50).cuda()
+    gpu2.load_state_dict(cpu.state_dict())
+    torch.testing.assert_close(gpu2.int8_weight(), gpu.int8_weight(), rtol=0, atol=0)
+
+
+def test_quantize_model_on_gpu_and_compile():
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).eval().cuda()
+    x = torch.randn(32, 64, device=DEV)
+    ref_out = model(x)
+    q = fastinfer.quantize(copy.deepcopy(model), "w8a8_dynamic")
+    assert [n for n, _ in q.named_modules() if isinstance(_, Int8Linear)] == ["0", "2"]
+    out = q(x)
+    assert torch.nn.functional.cosine_similarity(out.flatten(), ref_out.flatten(), dim=0) > 0.999
+    compiled = torch.compile(q, fullgraph=True)
+    torch.testing.assert_close(compiled(x), out, rtol=0, atol=0)
+
+
+def test_cuda_graph_capture():
+    layer = Int8Linear.from_float(make_layer().cuda(), "w8a8_dynamic")
+    x = torch.randn(16, 256, device=DEV)
+    want = layer(x)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        layer(x)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = layer(x)
+    x.copy_(torch.randn_like(x))
+    want = layer(x)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+
+
+def test_bad_input():
+    b = rand_i8(40, 100)
+    cpu_packed = ops.pack_int8_weight(b)
+    a = rand_i8(8, 100).to(DEV)
+    with pytest.raises(RuntimeError, match="packed_w must be on|must be a CUDA packed weight"):
+        ops.int8_mm(a, cpu_packed.to(DEV), 40)  # a CPU-format buffer moved to the GPU as bytes
+    with pytest.raises(RuntimeError, match="packed_w must be on"):
+        ops.int8_mm(a, cpu_packed, 40)          # another device
+    packed = ops.pack_int8_weight(b.to(DEV))
+    with pytest.raises(RuntimeError, match="rows of 112 bytes, expected"):
+        ops.int8_mm(rand_i8(8, 60).to(DEV), packed, 40)
+    with pytest.raises(RuntimeError, match="w_scale must be 1-D of length 40"):
+        ops.int8_linear_dynamic(torch.randn(3, 100, device=DEV), packed, torch.ones(39, device=DEV))
+    with pytest.raises(RuntimeError, match="x must be float32, bfloat16 or float16"):
+        ops.int8_linear_dynamic(torch.randn(3, 100, device=DEV).double(), packed, torch.ones(40, device=DEV))
+    with pytest.raises(RuntimeError, match="activation must be"):
+        ops.int8_linear_dynamic(torch.randn(3, 100, device=DEV), packed, torch.ones(40, device=DEV), None, "tanh")
