@@ -1,5 +1,6 @@
 """The `fastinfer` command line: `fastinfer demo [...]` runs the end-to-end demo and
-`fastinfer info` reports what this CPU offers and which kernels serve calls."""
+`fastinfer info` reports what this CPU offers, which kernels serve calls, and whether this build has
+the CUDA kernels."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,13 @@ def _info() -> int:
             print(f"  {k:<14} none (FASTINFER_ISA={'|'.join(fastinfer.ISAS)} caps it)")
         elif k in caps:
             print(f"  {k:<14} {caps[k]}")
+    from . import ops
+    build = ops.BUILD
+    gpu = torch.cuda.get_device_name(0) if ops.cuda_available() else "none visible"
+    print("CUDA:")
+    print(f"  {'kernels':<14} {'built (sm_80, sm_90a)' if build['cuda'] else 'not in this build (a CPU torch)'}")
+    print(f"  {'cutlass_sm90':<14} {'yes' if build['cutlass_sm90'] else 'no'}")
+    print(f"  {'gpu':<14} {gpu}")
     return 0
 
 
