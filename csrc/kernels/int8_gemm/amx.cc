@@ -130,7 +130,7 @@ struct GemmCtx {
 // unit, instead of leaving it idle. (Measured: spreading it over every tile step instead was slower
 // at small K, and running it after the pair slower at large K.) Cursor: row `pos` of the pass.
 struct PendingEpilogue {
-  TilePass pass;
+  const TilePass* pass_ptr = nullptr;  // the pass of the pair (tile_gemm keeps two, alternating)
   const int32_t* c = nullptr;
   const int8_t* b[2] = {nullptr, nullptr};
   ColBlock16 cols[2];
@@ -155,11 +155,12 @@ void epilogue_rows(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
   const bool full = nt == 2 && cols[0].mask == 0xffff && cols[1].mask == 0xffff;
   const __m512i k80 = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
   for (; rows > 0 && e.left > 0; --rows, --e.left) {
-    while (e.pass.out[e.pos] < 0) ++e.pos;
-    const int64_t r = e.pass.out[e.pos];
+    const TilePass& pass = *e.pass_ptr;
+    while (pass.out[e.pos] < 0) ++e.pos;
+    const int64_t r = pass.out[e.pos];
     const int tile = e.pos / static_cast<int>(AmxTraits::kTileRows), t = e.pos % static_cast<int>(AmxTraits::kTileRows);
     const int32_t* c = e.c + tile * kCTileInts + t * AmxTraits::kBlockCols;
-    const uint8_t* ar = e.pass.base[tile] + t * src.stride;
+    const uint8_t* ar = pass.base[tile] + t * src.stride;
     ++e.pos;
     __m512i acc[2];
     for (int j = 0; j < nt; ++j) {
@@ -309,10 +310,13 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
   int32_t* const cbuf = thread_buffers().c.data();  // a local: every output store could alias the thread_local
   const EpilogueFn run_epilogue = epilogue_for(p);
   PendingEpilogue pending;
-  TilePass pass;
-  int64_t pair_count = 0;
+  // Two passes alternate: the last pair's epilogue of one runs while the next one computes.
+  TilePass passes[2];
+  int64_t pair_count = 0, pass_count = 0;
   TileScope tiles;
-  while (next_pass(pass)) {
+  for (;; ++pass_count) {
+    TilePass& pass = passes[pass_count % 2];
+    if (!next_pass(pass)) break;
     const int blocks = (pass.tiles + 1) / 2;
     for (int64_t n = n0; n < n1; n += AmxTraits::kBlockCols, ++pair_count) {
       const int nt = n1 - n >= AmxTraits::kBlockCols ? 2 : 1;
@@ -332,7 +336,7 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
         }
       }
       run_epilogue(g, pending, pending.left);  // what the spread left (all of it when K < 64)
-      pending.pass = pass;
+      pending.pass_ptr = &pass;
       pending.c = c;
       pending.b[0] = b0;
       pending.b[1] = b1;
