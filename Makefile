@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 BUILT := $(VENV)/.ext-built
-SOURCES := $(shell find csrc -type f 2>/dev/null) setup.py pyproject.toml
+SOURCES := $(shell find csrc -type f 2>/dev/null) setup.py build_config.py pyproject.toml
 THREADS ?= 2
 
 .PHONY: demo test bench build compile-check clean

@@ -3,6 +3,7 @@
 # with `#pragma GCC target` per translation unit: never a build-machine-specific -march (the ISA is picked at run time).
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -10,7 +11,8 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-
+sys.path.insert(0, ROOT)  # the PEP 517 backend does not put the project on sys.path
+from build_config import NVCC_FLAGS, cutlass_include_dirs  # noqa: E402
 
 def want_cuda() -> bool:
     flag = os.environ.get("FASTINFER_CUDA")
@@ -32,26 +34,6 @@ cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-Wall",
 # CUDA: the entry layer (csrc/cuda/*.cpp, ATen) and the framework-free kernels (csrc/kernels/cuda/*.cu).
 cuda_sources = sources("csrc/cuda/*.cpp") + sources("csrc/kernels/cuda/*.cu") if want_cuda() else []
 
-
-def cutlass_include_dirs():
-    """CUTLASS/CuTe headers from the nvidia-cutlass wheel (the sm_90a kernel needs them), or []."""
-    # Located without importing it: the package's own imports (cuda-python, networkx, ...) are not
-    # needed for the headers, and the GPU machine installs the wheel without them (--no-deps).
-    import importlib.util
-    spec = importlib.util.find_spec("cutlass_library")
-    if spec is None or not spec.origin:
-        return []
-    root = os.path.join(os.path.dirname(spec.origin), "source")
-    dirs = [os.path.join(root, "include"), os.path.join(root, "tools", "util", "include")]
-    return dirs if all(os.path.isdir(d) for d in dirs) else []
-
-
-# sm_80 and sm_90a machine code, plus sm_80 PTX for GPUs newer than both (the driver compiles it).
-# --fmad=false: no multiply-add contraction, so the fp32 epilogue rounds like the CPU kernels and the
-# reference (EPILOGUE.md); kernels that want an FMA call fmaf.
-NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "--fmad=false",
-              "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a",
-              "-gencode=arch=compute_80,code=compute_80"]
 
 if cuda_sources:
     cutlass = cutlass_include_dirs()

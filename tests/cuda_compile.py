@@ -24,29 +24,19 @@ import tempfile
 from typing import Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARCHS = ("sm_80", "sm_90a")
+sys.path.insert(0, ROOT)
+from build_config import NVCC_ARCH_FLAGS, NVCC_FLAGS, cutlass_include_dirs  # noqa: E402  (the build's own flags)
 
 
 def nvcc_path() -> Optional[str]:
     return shutil.which("nvcc")
 
 
-def cutlass_dirs() -> List[str]:
-    """The nvidia-cutlass wheel's header folders (as setup.py finds them), or []."""
-    # Located without importing it: the package's own imports (cuda-python, networkx, ...) are not
-    # needed for the headers, and the GPU machine installs the wheel without them (--no-deps).
-    import importlib.util
-    spec = importlib.util.find_spec("cutlass_library")
-    if spec is None or not spec.origin:
-        return []
-    root = os.path.join(os.path.dirname(spec.origin), "source")
-    dirs = [os.path.join(root, "include"), os.path.join(root, "tools", "util", "include")]
-    return dirs if all(os.path.isdir(d) for d in dirs) else []
-
-
 def compile_cu(path: str, nvcc: str, cutlass: List[str], out_dir: str) -> Tuple[str, int, str]:
-    flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "--fmad=false", "-Xptxas", "-v", "-c",
-             "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a"]
+    # The build's flags without the PTX target (nothing for ptxas to report) and with C++17 (the oldest
+    # standard the torch versions we build against use).
+    flags = [f for f in NVCC_FLAGS if f not in NVCC_ARCH_FLAGS] + NVCC_ARCH_FLAGS[:2] + \
+        ["-std=c++17", "-Xptxas", "-v", "-c"]
     if cutlass:
         flags += ["-DFASTINFER_WITH_CUTLASS"] + [f"-I{d}" for d in cutlass]
     obj = os.path.join(out_dir, os.path.basename(path) + ".o")
@@ -106,7 +96,7 @@ def run(jobs: int = 2) -> int:
     if not nvcc:
         print("nvcc not found: nothing to check")
         return 0
-    cutlass = cutlass_dirs()
+    cutlass = cutlass_include_dirs()
     kernels = sorted(glob.glob(os.path.join(ROOT, "csrc", "kernels", "cuda", "*.cu")))
     entries = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp"))) + [os.path.join(ROOT, "csrc", "registration.cpp")]
     failed = 0

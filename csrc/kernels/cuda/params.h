@@ -5,11 +5,13 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../epilogue_kinds.h"
+
 namespace fastinfer {
 namespace cuda_kernels {
 
-enum class OutKind : int32_t { Int32 = 0, Float32 = 1, BFloat16 = 2, Float16 = 3, Int8 = 4 };
-enum class Act : int32_t { None = 0, Relu = 1, Relu6 = 2, Gelu = 3 };  // Gelu: erf form
+using fastinfer::Act;
+using fastinfer::OutKind;
 enum class XKind : int32_t { Float32 = 0, BFloat16 = 1, Float16 = 2 };  // float activations
 
 // K of the CUDA operands is padded to a multiple of kKAlign bytes (zeros): every 16-byte copy of a

@@ -232,14 +232,14 @@ EpilogueFn epilogue_for_kind(Act act, bool bias) {
   return epilogue_for_act<KIND, Act::None>(bias);
 }
 
+// (OutKind::Float16 is a CUDA output: the CPU entry layer never asks for it.)
 EpilogueFn epilogue_for(const Int8GemmParams& p) {
   switch (p.out_kind) {
     case OutKind::Int32: return epilogue_rows<OutKind::Int32, Act::None, false>;
     case OutKind::BFloat16: return epilogue_for_kind<OutKind::BFloat16>(p.act, p.bias != nullptr);
     case OutKind::Int8: return epilogue_for_kind<OutKind::Int8>(p.act, p.bias != nullptr);
-    case OutKind::Float32: break;
+    default: return epilogue_for_kind<OutKind::Float32>(p.act, p.bias != nullptr);
   }
-  return epilogue_for_kind<OutKind::Float32>(p.act, p.bias != nullptr);
 }
 
 // One K chunk [kt0, kt1) of a block of MT x NT tiles. a0/a1: the bases of the block's row tiles,

@@ -3,12 +3,13 @@
 #pragma once
 #include <cstdint>
 
+#include "../epilogue_kinds.h"
+
 namespace fastinfer {
 namespace kernels {
 
-enum class OutKind : int32_t { Int32 = 0, Float32 = 1, BFloat16 = 2, Int8 = 3 };
-// Activation fused into the float epilogue (before an Int8 requantization).
-enum class Act : int32_t { None = 0, Relu = 1, Relu6 = 2, Gelu = 3 };  // Gelu: erf form
+using fastinfer::Act;
+using fastinfer::OutKind;
 
 // Y[m, n] for m in [0, M), n in [0, N):
 //   acc   = sum_k A_u8[m, k] * B[n, k] - 128 * colsum[n]        (== sum_k A_s8 * B, exact)

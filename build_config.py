@@ -1,0 +1,27 @@
+"""CUDA build settings shared by setup.py and the CI compile check (tests/cuda_compile.py), so both compile
+the kernels the same way. Plain Python: no torch, no import of fastinfer."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import List
+
+# sm_80 and sm_90a machine code, plus sm_80 PTX for GPUs newer than both (the driver compiles it).
+# --fmad=false: no multiply-add contraction, so the fp32 epilogue rounds like the CPU kernels and the
+# reference (EPILOGUE.md); kernels that want an FMA call fmaf.
+NVCC_ARCH_FLAGS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a",
+                   "-gencode=arch=compute_80,code=compute_80"]
+NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "--fmad=false", *NVCC_ARCH_FLAGS]
+
+
+def cutlass_include_dirs() -> List[str]:
+    """CUTLASS/CuTe header folders from the nvidia-cutlass wheel (the sm_90a kernel needs them), or [].
+
+    Found without importing the package: its own imports (cuda-python, networkx, ...) are not needed
+    for the headers, and the GPU machine installs the wheel without them (--no-deps)."""
+    spec = importlib.util.find_spec("cutlass_library")
+    if spec is None or not spec.origin:
+        return []
+    root = os.path.join(os.path.dirname(spec.origin), "source")
+    dirs = [os.path.join(root, "include"), os.path.join(root, "tools", "util", "include")]
+    return dirs if all(os.path.isdir(d) for d in dirs) else []

@@ -1,0 +1,14 @@
+// The epilogue's output kinds and fused activations, shared by the CPU and the CUDA kernels' parameter
+// structs (csrc/kernels/int8_gemm/params.h, csrc/kernels/cuda/params.h): one definition, so both
+// backends name the same choices with the same values. Plain C++, no framework.
+#pragma once
+#include <cstdint>
+
+namespace fastinfer {
+
+// Float16 is produced by the CUDA kernels only (the CPU ops take and return fp32 / bf16).
+enum class OutKind : int32_t { Int32 = 0, Float32 = 1, BFloat16 = 2, Int8 = 3, Float16 = 4 };
+// Activation fused into the float epilogue (before an Int8 requantization). Gelu: the erf form.
+enum class Act : int32_t { None = 0, Relu = 1, Relu6 = 2, Gelu = 3 };
+
+}  // namespace fastinfer
