@@ -62,6 +62,21 @@ def test_state_dict_roundtrip(scheme):
                                         for b in ("packed_weight", "weight_scale", "bias", "_extra_state")}
 
 
+def test_dtype_cast_keeps_packed_weight_and_fp32_scales():
+    # A cast (model.to(bf16), .half(), .cpu() on a CPU layer) moves no weight between devices: the
+    # packed buffer is the same tensor afterwards, and the scales and bias stay fp32.
+    q = Int8Linear.from_float(nn.Linear(40, 24))
+    x = torch.randn(3, 40)
+    with torch.inference_mode():
+        want = q(x.bfloat16())
+    packed = q.packed_weight
+    q.to(torch.bfloat16).cpu()
+    assert q.packed_weight is packed
+    assert q.weight_scale.dtype == torch.float32 and q.bias.dtype == torch.float32
+    with torch.inference_mode():
+        torch.testing.assert_close(q(x.bfloat16()), want, rtol=0, atol=0)
+
+
 def test_load_state_dict_rejects_wrong_shape():
     small = Int8Linear.from_float(nn.Linear(8, 4))
     big = Int8Linear(16, 4)

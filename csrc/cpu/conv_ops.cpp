@@ -182,14 +182,8 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, kernels::ConvD
                  const at::Tensor& packed_w, const PackedHeader& h, const float* a_scale, const at::Tensor& ws,
                  const at::Tensor& bi, at::Tensor& out, kernels::OutKind kind, kernels::Act act, float out_inv) {
   kernels::Int8GemmParams& p = cp.gemm;
-  const uint8_t* base = packed_w.data_ptr<uint8_t>();
+  set_packed_weight(p, h, packed_w.data_ptr<uint8_t>());
   p.M = a.N * a.OH * a.OW;
-  p.N = h.N;
-  p.K = h.K;
-  p.K_pad = h.K_pad;
-  p.b = reinterpret_cast<const int8_t*>(base + h.data_offset);
-  p.b_colsum = reinterpret_cast<const int32_t*>(base + h.colsum_offset);
-  p.b_no_min128 = kernels::packed_no_min128(h);
   p.a_scale = a_scale;
   p.a_scale_per_tensor = true;
   p.b_scale = ws.data_ptr<float>();
@@ -237,12 +231,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const at::Tensor bi = bias ? channel_vector(*bias, a.Cout, op, "bias", true) : at::Tensor();
   if (x.scalar_type() == at::kChar)
     TORCH_CHECK(x_scale.has_value(), "fastinfer.int8_conv2d: an int8 x needs its x_scale");
-  if (x_scale)
-    TORCH_CHECK(std::isfinite(*x_scale) && *x_scale > 0, "fastinfer.int8_conv2d: x_scale must be a positive finite "
-                "number, got ", *x_scale);
-  if (out_scale)
-    TORCH_CHECK(std::isfinite(*out_scale) && *out_scale > 0, "fastinfer.int8_conv2d: out_scale must be a positive "
-                "finite number, got ", *out_scale);
+  check_scale(x_scale, op, "x_scale");
+  check_scale(out_scale, op, "out_scale");
   const bool dw = is_depthwise(groups, a.C, a.Cout);
   const int64_t cin_g = a.C / groups, cout_g = a.Cout / groups, K = a.KH * a.KW * cin_g;
   if (dw) {
@@ -350,13 +340,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
       const int64_t g = gc / chunks, m0 = (gc % chunks) * rows, m1 = std::min(M, m0 + rows);
       const PackedHeader& h = headers[g];
       kernels::Int8GemmParams p;
-      const uint8_t* base = packed_w.data_ptr<uint8_t>() + g * packed_w.size(1);
-      p.N = cout_g;
-      p.K = K;
-      p.K_pad = K_pad;
-      p.b = reinterpret_cast<const int8_t*>(base + h.data_offset);
-      p.b_colsum = reinterpret_cast<const int32_t*>(base + h.colsum_offset);
-      p.b_no_min128 = kernels::packed_no_min128(h);
+      set_packed_weight(p, h, packed_w.data_ptr<uint8_t>() + g * packed_w.size(1));  // N = cout_g, K as checked
       if (direct) {
         p.a = xq.data_ptr<uint8_t>() + m0 * a.C;
         p.lda = a.C;

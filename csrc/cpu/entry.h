@@ -10,6 +10,7 @@
 
 #include "../kernels/int8_gemm/pack.h"
 #include "../kernels/int8_gemm/params.h"
+#include "../op_args.h"
 #include "dispatch.h"
 
 namespace fastinfer {
@@ -41,6 +42,17 @@ inline PackedHeader checked_header(const at::Tensor& packed, const char* op, con
   const char* err = kernels::validate_packed(packed.data_ptr<uint8_t>(), packed.numel(), &h);
   TORCH_CHECK(err == nullptr, "fastinfer.", op, ": ", arg, " is not a valid packed weight: ", err);
   return h;
+}
+
+// The packed weight's part of the GEMM parameters (shape, n16k4 blocks, column sums); base: the start
+// of a buffer checked_header accepted.
+inline void set_packed_weight(kernels::Int8GemmParams& p, const PackedHeader& h, const uint8_t* base) {
+  p.N = h.N;
+  p.K = h.K;
+  p.K_pad = h.K_pad;
+  p.b = reinterpret_cast<const int8_t*>(base + h.data_offset);
+  p.b_colsum = reinterpret_cast<const int32_t*>(base + h.colsum_offset);
+  p.b_no_min128 = kernels::packed_no_min128(h);
 }
 
 // Per-channel vectors (scales, bias): 1-D, length n, fp32 contiguous (other float dtypes converted).
@@ -106,15 +118,6 @@ inline void quantize_rows(const at::Tensor& x2, at::Tensor& q, at::Tensor& scale
   const auto& ks = kernels_for(Family::Quantize);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, p.K));
   at::parallel_for(0, p.M, grain, [&](int64_t b, int64_t e) { ks.quantize(p, b, e); });
-}
-
-inline kernels::Act parse_act(const std::string& a, const char* op) {
-  if (a == "none") return kernels::Act::None;
-  if (a == "relu") return kernels::Act::Relu;
-  if (a == "relu6") return kernels::Act::Relu6;
-  if (a == "gelu") return kernels::Act::Gelu;
-  TORCH_CHECK(false, "fastinfer.", op, ": activation must be 'none', 'relu', 'relu6' or 'gelu', got '", a, "'");
-  return kernels::Act::None;
 }
 
 }  // namespace cpu

@@ -31,24 +31,12 @@ at::Tensor activation_2d(const at::Tensor& x, int64_t K, const char* op) {
   return x.reshape({-1, K}).contiguous();
 }
 
-std::vector<int64_t> out_shape(const at::Tensor& x, int64_t N) {
-  std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
-  s.back() = N;
-  return s;
-}
-
 void fill_int8_params(kernels::Int8GemmParams& p, const PackedHeader& h, const at::Tensor& packed,
                       const at::Tensor& a_u8, int64_t M) {
+  set_packed_weight(p, h, packed.data_ptr<uint8_t>());
   p.M = M;
-  p.N = h.N;
-  p.K = h.K;
-  p.K_pad = h.K_pad;
   p.a = a_u8.data_ptr<uint8_t>();
   p.lda = a_u8.stride(0);
-  const uint8_t* base = packed.data_ptr<uint8_t>();
-  p.b = reinterpret_cast<const int8_t*>(base + h.data_offset);
-  p.b_colsum = reinterpret_cast<const int32_t*>(base + h.colsum_offset);
-  p.b_no_min128 = kernels::packed_no_min128(h);
 }
 
 // The float epilogue's inputs: per-row and per-column scales, optional bias, a contiguous [M, N] output.
@@ -177,12 +165,8 @@ at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& pa
   const at::Tensor x2 = activation_2d(x, h.K, op);
   const at::Tensor bs = channel_vector(w_scale, h.N, op, "w_scale", false);
   const at::Tensor bi = bias ? channel_vector(*bias, h.N, op, "bias", true) : at::Tensor();
-  if (x_scale)
-    TORCH_CHECK(std::isfinite(*x_scale) && *x_scale > 0, "fastinfer.", op, ": x_scale must be a positive finite "
-                "number (the calibrated activation scale), got ", *x_scale);
-  if (out_scale)
-    TORCH_CHECK(std::isfinite(*out_scale) && *out_scale > 0, "fastinfer.", op,
-                ": out_scale must be a positive finite number, got ", *out_scale);
+  check_scale(x_scale, op, "x_scale");
+  check_scale(out_scale, op, "out_scale");
   const int64_t M = x2.size(0);
   at::Tensor out = at::empty({M, h.N}, x.options().dtype(out_scale ? at::kChar : x.scalar_type()));
   if (M > 0) {
@@ -190,7 +174,8 @@ at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& pa
     const bool shift = !ks.signed_a;
     // The GEMM operand, written by the quantizer (no separate pass); row stride from operand_stride.
     at::Tensor q = at::empty({M, kernels::operand_stride(h.K_pad)}, x.options().dtype(at::kByte)).narrow(1, 0, h.K_pad);
-    at::Tensor a_scale = at::empty({M}, x.options().dtype(at::kFloat));
+    // Static: one scale for every row (a_scale_per_tensor); dynamic: the quantizer's per-row scales.
+    at::Tensor a_scale = at::empty({x_scale ? 1 : M}, x.options().dtype(at::kFloat));
     if (x_scale) {
       a_scale.fill_(static_cast<float>(*x_scale));
       at::Tensor none;
@@ -203,6 +188,7 @@ at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& pa
     fill_int8_params(p, h, packed_w, q, M);
     fill_epilogue(p, a_scale, bs, bi, out,
                   out_scale ? OutKind::Int8 : (x.scalar_type() == at::kFloat ? OutKind::Float32 : OutKind::BFloat16));
+    p.a_scale_per_tensor = x_scale.has_value();
     p.act = act;
     p.out_inv_scale = out_scale ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
     run_gemm(p, ks.int8_gemm, ks);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../kernels/cuda/params.h"
+#include "../op_args.h"
 #include "cuda_info.h"
 
 namespace fastinfer {
@@ -66,15 +67,6 @@ ck::OutKind out_kind(at::ScalarType t, const char* op) {
   if (t == at::kBFloat16) return ck::OutKind::BFloat16;
   TORCH_CHECK(t == at::kHalf, "fastinfer.", op, ": out_dtype must be float32, bfloat16 or float16, got ", t);
   return ck::OutKind::Float16;
-}
-
-ck::Act parse_act(const std::string& a, const char* op) {
-  if (a == "none") return ck::Act::None;
-  if (a == "relu") return ck::Act::Relu;
-  if (a == "relu6") return ck::Act::Relu6;
-  if (a == "gelu") return ck::Act::Gelu;
-  TORCH_CHECK(false, "fastinfer.", op, ": activation must be 'none', 'relu', 'relu6' or 'gelu', got '", a, "'");
-  return ck::Act::None;
 }
 
 // The CUDA packed weight: int8 [N, round_up(K, 16)], contiguous (pack_int8_weight on the GPU).
@@ -161,12 +153,6 @@ at::Tensor activation_2d(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.dim() >= 1, "fastinfer.", op, ": x must have at least 1 dimension [..., K], got a scalar");
   x_kind(x.scalar_type(), op);
   return x.reshape({-1, x.size(-1)}).contiguous();
-}
-
-std::vector<int64_t> out_shape(const at::Tensor& x, int64_t N) {
-  std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
-  s.back() = N;
-  return s;
 }
 
 // Quantizes x2 [M, K] into q [M, K_pad] (zero tail) and scale [M] (dynamic), or with a static inverse.
@@ -290,12 +276,8 @@ at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& pa
   const at::Tensor bi = bias ? channel_vector(*bias, N, dev, op, "bias", true) : at::Tensor();
   const at::Tensor cs = x_channel_scale ? channel_vector(*x_channel_scale, K, dev, op, "x_channel_scale", false)
                                         : at::Tensor();
-  if (x_scale)
-    TORCH_CHECK(std::isfinite(*x_scale) && *x_scale > 0, "fastinfer.", op,
-                ": x_scale must be a positive finite number (the calibrated activation scale), got ", *x_scale);
-  if (out_scale)
-    TORCH_CHECK(std::isfinite(*out_scale) && *out_scale > 0, "fastinfer.", op,
-                ": out_scale must be a positive finite number, got ", *out_scale);
+  check_scale(x_scale, op, "x_scale");
+  check_scale(out_scale, op, "out_scale");
   at::Tensor out = at::empty({M, N}, x.options().dtype(out_scale ? at::kChar : x.scalar_type()));
   if (M > 0) {
     at::Tensor q = at::empty({M, packed_w.size(1)}, x.options().dtype(at::kChar));

@@ -104,18 +104,21 @@ class Int8Linear(nn.Module):
         return ops.unpack_int8_weight(self.packed_weight)[:, :self.in_features]
 
     def _apply(self, fn, recurse=True):
-        # The packed layouts differ by device: a move between the CPU and a GPU unpacks the weight on
-        # the old device and packs it again on the new one. The scales and bias stay fp32 whatever fn
-        # does to floating buffers (the kernels read them as fp32).
-        before = self.packed_weight.device.type
-        w = self.int8_weight()
+        # fn is applied to the int8 weight only: where it sends an empty int8 tensor is where the layer
+        # goes. The packed layouts differ by device, so a move between the CPU and a GPU unpacks the
+        # weight there and packs it again on the new device (a dtype cast unpacks nothing). The scales,
+        # bias and smoothing factors stay the fp32 tensors they are, only moved: a cast of fn's would
+        # round them (bf16 keeps 8 bits) and the kernels read fp32.
+        here = self.packed_weight.device
+        target = fn(torch.empty(0, dtype=torch.int8, device=here)).device
+        w = self.int8_weight() if target.type != here.type else None
+        fp32 = {name: getattr(self, name) for name in ("weight_scale", "bias", "input_smooth")}
         out = super()._apply(fn, recurse)
-        if self.packed_weight.device.type != before:
+        if w is not None:
             self.packed_weight = ops.pack_int8_weight(fn(w).contiguous())
-        for name in ("weight_scale", "bias", "input_smooth"):
-            t = getattr(self, name)
-            if t is not None and t.dtype != torch.float32:
-                setattr(self, name, t.float())
+        for name, t in fp32.items():
+            if t is not None:
+                setattr(self, name, t.to(target))
         return out
 
     def dequantized_weight(self) -> Tensor:

@@ -297,10 +297,11 @@ bool stream_output(const Int8GemmParams& p, int64_t rows) {
 }
 
 // The tile kernel: for every pass that next_pass(TilePass&) fills (false: done), output columns
-// [n0, n1) (n0 a multiple of 16, n1 <= N_pad).
+// [n0, min(n1, N_pad)) (n0 a multiple of 16).
 template <typename NextPass>
 void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
   const Int8GemmParams& p = g.p;
+  n1 = std::min(n1, round_up(p.N, kPackNB));
   const int64_t steps = g.src.steps;
   // K chunks of at most kMaxChunkSteps steps, ceil(steps / max) of them, as even as that allows
   // (12 steps: 2 x 6, not 8 + 4).
@@ -318,6 +319,7 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
     TilePass& pass = passes[pass_count % 2];
     if (!next_pass(pass)) break;
     const int blocks = (pass.tiles + 1) / 2;
+    const int64_t pass_rows = pass.rows();
     for (int64_t n = n0; n < n1; n += AmxTraits::kBlockCols, ++pair_count) {
       const int nt = n1 - n >= AmxTraits::kBlockCols ? 2 : 1;
       const int8_t* b0 = p.b + (n / kPackNB) * block_stride;
@@ -343,7 +345,7 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
       for (int j = 0; j < nt; ++j) pending.cols[j] = col_block16(p, n + 16 * j, /*signed_a=*/true);
       pending.nt = nt;
       pending.pos = 0;
-      pending.left = pass.rows();
+      pending.left = pass_rows;
     }
   }
   run_epilogue(g, pending, pending.left);
@@ -376,7 +378,7 @@ void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n
   const GemmCtx g{p, TileSource{p.lda, koff, steps, steps * 16, p.K_pad / kPackKB}, stream_output(p, p.M)};
   // Passes of kPassRows rows; tile i starts at row r, its window at w = min(r, M - 16).
   int64_t pm0 = m0;
-  tile_gemm(g, n0, std::min(n1, round_up(p.N, kPackNB)), [&](TilePass& pass) {
+  tile_gemm(g, n0, n1, [&](TilePass& pass) {
     if (pm0 >= m1) return false;
     const int64_t pm1 = std::min(m1, pm0 + AmxTraits::kPassRows);
     pass.tiles = 0;
@@ -414,7 +416,7 @@ void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
   const int64_t image = cp.Hp * cp.Wp * cp.C;  // bytes per padded image
   if (!cp.virtual_width) {
     int64_t row = r0, ow = 0;  // the next tile starts at pixel ow of output row `row`
-    tile_gemm(g, n0, std::min(n1, round_up(p.N, kPackNB)), [&](TilePass& pass) {
+    tile_gemm(g, n0, n1, [&](TilePass& pass) {
       pass.tiles = 0;
       while (row < r1 && pass.tiles < kMaxPassTiles) {
         const int64_t n = row / cp.OH, oh = row % cp.OH, w = std::min(ow, cp.OW - T);
@@ -433,7 +435,7 @@ void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
   }
   // Over the padded width: output rows [r0, r1) are, image by image, runs of q = oh * Wp + ow.
   int64_t row = r0, q = (r0 % cp.OH) * cp.Wp;  // the next tile starts at pixel q of row's image
-  tile_gemm(g, n0, std::min(n1, round_up(p.N, kPackNB)), [&](TilePass& pass) {
+  tile_gemm(g, n0, n1, [&](TilePass& pass) {
     pass.tiles = 0;
     while (row < r1 && pass.tiles < kMaxPassTiles) {
       const int64_t n = row / cp.OH;

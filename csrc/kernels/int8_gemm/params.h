@@ -26,7 +26,7 @@ struct Int8GemmParams {
   const int32_t* b_colsum = nullptr;  // per output channel sum_k B[n, k], length N_pad
   bool b_no_min128 = false;           // no B value is -128 (header flag): enables AVX2's maddubs path
   const float* a_scale = nullptr;     // [M], per token (float outputs only)
-  bool a_scale_per_tensor = false;    // a_scale[0] applies to every row (convolution)
+  bool a_scale_per_tensor = false;    // a_scale[0] applies to every row (static scale)
   const float* b_scale = nullptr;     // [N], per output channel (float outputs only)
   const float* bias = nullptr;        // [N] or null
   void* out = nullptr;
