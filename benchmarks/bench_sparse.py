@@ -1,6 +1,6 @@
-"""Sparse linear benchmark: fastinfer SparseLinear (fp32 and int8 values) vs dense fp32 F.linear, torch's
-CSR (the faster of F.linear on a CSR weight and torch.sparse.mm), and fastinfer's dense int8 Int8Linear,
-timed in the same run on a 4096x4096 weight.
+"""Sparse linear benchmark: fastinfer SparseLinear (fp32: csr16/csr8 by sparsity; int8: slot128, dynamic
+W8A8) vs dense fp32 F.linear, torch's CSR (the faster of F.linear on a CSR weight and torch.sparse.mm),
+and fastinfer's dense int8 Int8Linear (w8a8_dynamic), timed in the same run on a 4096x4096 weight.
 
     python benchmarks/bench_sparse.py [--threads 2] [--batches 1,8,128] [--sparsities 0.5,0.7,0.9,0.95,2:4]
                                       [--json out.json] [--min-time 0.3]
@@ -8,7 +8,7 @@ timed in the same run on a 4096x4096 weight.
 Weights are random with magnitude pruning to each sparsity (the pattern does not matter to an
 unstructured kernel; '2:4' keeps the 2 largest of every 4 consecutive inputs). Prints a table, the
 issue #5 CPU targets computed from this run, and writes JSON rows
-(op, impl, M, K, N, sparsity, threads, median_ms, p10_ms, p90_ms, speedup_vs_dense).
+(op, impl, format, M, K, N, sparsity, threads, median_ms, p10_ms, p90_ms, speedup_vs_dense, nbytes).
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(0)
     bias = torch.randn(N, generator=gen) * 0.01
     rows, dense_ms = [], {}
-    print(f"{'sparsity':>8} {'M':>4}  {'impl':<26} {'median ms':>10} {'p10':>8} {'p90':>8} {'vs dense':>9}")
+    print(f"{'sparsity':>8} {'M':>4}  {'impl':<26} {'format':<10} {'median ms':>10} {'p10':>8} {'p90':>8} {'vs dense':>9}")
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's sparse CSR beta warning
         dense_w = torch.randn(N, K, generator=gen) * 0.02
@@ -86,15 +86,22 @@ def main(argv=None):
                               "fastinfer sparse fp32": lambda: sp32(x),
                               "fastinfer sparse int8": lambda: sp8(x)})
                 timed = {name: time_call(fn, min_time_s=args.min_time) for name, fn in cases.items()}
+                layers = {"fastinfer sparse fp32": sp32, "fastinfer sparse int8": sp8, "fastinfer dense int8": dense_int8}
                 best_csr = min(("F.linear(csr)", "sparse.mm(csr)"), key=lambda n: timed[n]["median_ms"])
                 base = timed["dense fp32 F.linear"]["median_ms"]
                 dense_ms[(pattern, M)] = base
                 for name, t in timed.items():
                     label = f"torch CSR {name}" + (" *" if name == best_csr else "") if "csr" in name else name
-                    row = {"op": "linear", "impl": label, "M": M, "K": K, "N": N, "sparsity": pattern,
-                           "actual_sparsity": actual, "threads": args.threads, **t, "speedup_vs_dense": base / t["median_ms"]}
+                    layer = layers.get(name)
+                    fmt = getattr(layer, "format", "int8 n16k4" if layer is not None else "")
+                    nbytes = (layer.nbytes if isinstance(layer, SparseLinear) else
+                              sum(t.numel() * t.element_size() for t in layer.buffers()) if layer is not None else
+                              K * N * 4 if "dense fp32" in name else None)
+                    row = {"op": "linear", "impl": label, "format": fmt, "M": M, "K": K, "N": N, "sparsity": pattern,
+                           "actual_sparsity": actual, "threads": args.threads, **t, "speedup_vs_dense": base / t["median_ms"],
+                           "nbytes": nbytes}
                     rows.append(row)
-                    print(f"{pattern:>8} {M:>4}  {label:<26} {t['median_ms']:>10.4f} {t['p10_ms']:>8.4f} "
+                    print(f"{pattern:>8} {M:>4}  {label:<26} {fmt:<10} {t['median_ms']:>10.4f} {t['p10_ms']:>8.4f} "
                           f"{t['p90_ms']:>8.4f} {row['speedup_vs_dense']:>8.2f}x")
                 print()
     # Issue #5 CPU targets (fastinfer sparse fp32 vs dense fp32 unless noted).

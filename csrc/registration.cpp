@@ -64,9 +64,19 @@ TORCH_LIBRARY(fastinfer, m) {
   m.def("int8_conv2d(Tensor x, Tensor packed_w, Tensor w_scale, Tensor? bias, int[2] kernel_size, int[2] stride, "
         "int[2] padding, int[2] dilation, int groups, float? x_scale=None, float? out_scale=None, "
         "str activation=\"none\") -> Tensor");
-  // Sparse weight (csr16 layout, see csrc/kernels/sparse/sparse.h) x dense x [..., in_features].
-  m.def("sparse_linear(Tensor x, Tensor row_ptr, Tensor cols, Tensor values, Tensor? w_scale, Tensor? bias, "
-        "int in_features) -> Tensor");
+  // Sparse weights (layouts in csrc/kernels/sparse/sparse.h), packed once from a dense [N, K] weight:
+  // csr16 / csr8 from fp32 -> (row_ptr, cols, values) / (row_ptr, offsets, group_base, values);
+  // slot128 from int8 -> (grp_ptr, idx, values, w_sum).
+  m.def("pack_csr16(Tensor weight) -> (Tensor, Tensor, Tensor)");
+  m.def("pack_csr8(Tensor weight) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("pack_slot128(Tensor weight) -> (Tensor, Tensor, Tensor, Tensor)");
+  // fp32 sparse weight x dense x [..., in_features]: csr16 (cols int16), or csr8 (cols = uint8 offsets
+  // and group_base given).
+  m.def("sparse_linear(Tensor x, Tensor row_ptr, Tensor cols, Tensor values, Tensor? bias, int in_features, "
+        "Tensor? group_base=None) -> Tensor");
+  // Dynamic W8A8 on a slot128 int8 weight: x quantized per token, sparse int8 product, dense epilogue.
+  m.def("sparse_linear_int8(Tensor x, Tensor grp_ptr, Tensor idx, Tensor values, Tensor w_sum, Tensor w_scale, "
+        "Tensor? bias, int in_features) -> Tensor");
   // Introspection (no tensors: registered catch-all right here).
   m.def("cpu_capabilities() -> str", &fastinfer::cpu::capabilities_json);
   m.def("set_isa_cap(str isa) -> str", &set_isa_cap);

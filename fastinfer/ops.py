@@ -148,11 +148,42 @@ def int8_linear_weight_only(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: 
     return _ops.int8_linear_weight_only(x, packed_w, w_scale, bias)
 
 
-def sparse_linear(x: Tensor, row_ptr: Tensor, cols: Tensor, values: Tensor, w_scale: Optional[Tensor],
-                  bias: Optional[Tensor], in_features: int) -> Tensor:
-    """x [..., K] times a csr16 sparse weight (fastinfer.nn.SparseLinear's buffers)."""
-    _check_devices("sparse_linear", x=x, row_ptr=row_ptr, cols=cols, values=values, w_scale=w_scale, bias=bias)
-    return _ops.sparse_linear(x, row_ptr, cols, values, w_scale, bias, in_features)
+def pack_csr16(weight: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Dense fp32 [N, K] -> csr16 (row_ptr int32 [N + 1], cols int16 [entries], values fp32 [entries]):
+    the nonzeros of each row in column order, padded to multiples of 16 (csrc/kernels/sparse/sparse.h)."""
+    _check_devices("pack_csr16", weight=weight)
+    return _ops.pack_csr16(weight)
+
+
+def pack_csr8(weight: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Dense fp32 [N, K] -> csr8 (row_ptr, offsets uint8 [entries], group_base int16 [entries / 16], values):
+    groups of 16 nonzeros that lie within 64 columns of their group_base."""
+    _check_devices("pack_csr8", weight=weight)
+    return _ops.pack_csr8(weight)
+
+
+def pack_slot128(weight: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """int8 [N, K] -> slot128 (grp_ptr int32, idx uint8, values int8, w_sum int32 [N]): 64-byte groups per
+    block of 16 rows x 128 columns, for sparse_linear_int8."""
+    _check_devices("pack_slot128", weight=weight)
+    return _ops.pack_slot128(weight)
+
+
+def sparse_linear(x: Tensor, row_ptr: Tensor, cols: Tensor, values: Tensor, bias: Optional[Tensor],
+                  in_features: int, group_base: Optional[Tensor] = None) -> Tensor:
+    """x [..., K] times a csr16 sparse fp32 weight, or csr8 when group_base is given (cols then holds the
+    uint8 offsets); fp32 accumulation, output in x's dtype."""
+    _check_devices("sparse_linear", x=x, row_ptr=row_ptr, cols=cols, values=values, bias=bias, group_base=group_base)
+    return _ops.sparse_linear(x, row_ptr, cols, values, bias, in_features, group_base)
+
+
+def sparse_linear_int8(x: Tensor, grp_ptr: Tensor, idx: Tensor, values: Tensor, w_sum: Tensor, w_scale: Tensor,
+                       bias: Optional[Tensor], in_features: int) -> Tensor:
+    """Dynamic W8A8 on a slot128 weight: x [..., K] quantized per token, the sparse int8 product (exact),
+    then float(acc) * x_scale * w_scale + bias like the dense int8 ops; output in x's dtype."""
+    _check_devices("sparse_linear_int8", x=x, grp_ptr=grp_ptr, idx=idx, values=values, w_sum=w_sum,
+                   w_scale=w_scale, bias=bias)
+    return _ops.sparse_linear_int8(x, grp_ptr, idx, values, w_sum, w_scale, bias, in_features)
 
 
 def cpu_capabilities() -> dict:
@@ -266,6 +297,38 @@ def int8_peak_probe(iters: int) -> int:
     return _ops.int8_peak_probe(iters)
 
 
+@torch.library.register_fake("fastinfer::pack_csr16")
+def _pack_csr16_fake(weight):
+    torch._check(weight.dim() == 2, lambda: "pack_csr16: weight must be 2-D")
+    entries = torch.library.get_ctx().new_dynamic_size()
+    return (weight.new_empty((weight.shape[0] + 1,), dtype=torch.int32),
+            weight.new_empty((entries,), dtype=torch.int16), weight.new_empty((entries,), dtype=torch.float32))
+
+
+@torch.library.register_fake("fastinfer::pack_csr8")
+def _pack_csr8_fake(weight):
+    torch._check(weight.dim() == 2, lambda: "pack_csr8: weight must be 2-D")
+    groups = torch.library.get_ctx().new_dynamic_size()
+    return (weight.new_empty((weight.shape[0] + 1,), dtype=torch.int32),
+            weight.new_empty((groups * 16,), dtype=torch.uint8), weight.new_empty((groups,), dtype=torch.int16),
+            weight.new_empty((groups * 16,), dtype=torch.float32))
+
+
+@torch.library.register_fake("fastinfer::pack_slot128")
+def _pack_slot128_fake(weight):
+    torch._check(weight.dim() == 2, lambda: "pack_slot128: weight must be 2-D")
+    n, k = weight.shape
+    groups = torch.library.get_ctx().new_dynamic_size()
+    return (weight.new_empty((-(-n // 16) * -(-k // 128) + 1,), dtype=torch.int32),
+            weight.new_empty((groups * 64,), dtype=torch.uint8), weight.new_empty((groups * 64,), dtype=torch.int8),
+            weight.new_empty((n,), dtype=torch.int32))
+
+
 @torch.library.register_fake("fastinfer::sparse_linear")
-def _sparse_linear_fake(x, row_ptr, cols, values, w_scale, bias, in_features):
+def _sparse_linear_fake(x, row_ptr, cols, values, bias, in_features, group_base=None):
     return x.new_empty((*x.shape[:-1], row_ptr.shape[0] - 1))
+
+
+@torch.library.register_fake("fastinfer::sparse_linear_int8")
+def _sparse_linear_int8_fake(x, grp_ptr, idx, values, w_sum, w_scale, bias, in_features):
+    return x.new_empty((*x.shape[:-1], w_sum.shape[0]))

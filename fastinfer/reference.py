@@ -143,3 +143,52 @@ def int8_conv2d(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Optional[Tensor],
             q = torch.zeros_like(x, dtype=torch.int8)
     acc = torch.nn.functional.conv2d(q.double(), w_q.double(), None, stride, padding, dilation, groups)
     return _epilogue(acc, a_scale, w_scale, bias, activation, out_scale, torch.float32, 1)
+
+
+# ------------------------------------------------------------------ sparse layouts (csrc/kernels/sparse/sparse.h)
+
+def csr_dense(row_ptr: Tensor, cols: Tensor, values: Tensor, in_features: int,
+              group_base: Optional[Tensor] = None) -> Tensor:
+    """The dense fp32 [N, K] weight of a csr16 layout, or of a csr8 one when group_base is given."""
+    n = row_ptr.numel() - 1
+    rows = torch.repeat_interleave(torch.arange(n), (row_ptr[1:] - row_ptr[:-1]).long())
+    if group_base is None:
+        col = cols.long() % 65536  # uint16 stored in int16
+    else:
+        col = (group_base.long() % 65536).repeat_interleave(16) + (cols.long() & 63)
+    w = torch.zeros(n, in_features, dtype=torch.float64)
+    w.index_put_((rows, col), values.double(), accumulate=True)  # padding entries add 0
+    return w.float()
+
+
+def slot128_dense(grp_ptr: Tensor, idx: Tensor, values: Tensor, out_features: int, in_features: int) -> Tensor:
+    """The dense int8 [N, K] weight of a slot128 layout."""
+    segs = -(-in_features // 128)
+    groups = values.numel() // 64
+    cell = torch.repeat_interleave(torch.arange(grp_ptr.numel() - 1), (grp_ptr[1:] - grp_ptr[:-1]).long())
+    block, seg = (cell // segs).repeat_interleave(64), (cell % segs).repeat_interleave(64)
+    lane = torch.arange(64).repeat(groups) // 4
+    rows, cols = block * 16 + lane, seg * 128 + (idx.long() & 127)
+    keep = (values != 0) & (rows < out_features)
+    w = torch.zeros(out_features, segs * 128, dtype=torch.int64)
+    w.index_put_((rows[keep], cols[keep]), values[keep].long(), accumulate=True)
+    return w[:, :in_features].to(torch.int8)
+
+
+def sparse_linear(x: Tensor, row_ptr: Tensor, cols: Tensor, values: Tensor, bias: Optional[Tensor], in_features: int,
+                  group_base: Optional[Tensor] = None) -> Tensor:
+    """x times the csr16/csr8 weight, in float64 (the kernels sum in fp32 in another order: compare
+    with a tolerance)."""
+    w = csr_dense(row_ptr, cols, values, in_features, group_base).double()
+    y = x.reshape(-1, in_features).double() @ w.t()
+    if bias is not None:
+        y = y + bias.double()
+    return y.float().reshape(*x.shape[:-1], w.shape[0]).to(x.dtype)
+
+
+def sparse_linear_int8(x: Tensor, grp_ptr: Tensor, idx: Tensor, values: Tensor, w_sum: Tensor, w_scale: Tensor,
+                       bias: Optional[Tensor], in_features: int) -> Tensor:
+    """Dynamic W8A8 on a slot128 weight: per-token quantization, exact int product, fp32 epilogue;
+    bit-exact with the kernels."""
+    w_q = slot128_dense(grp_ptr, idx, values, w_sum.numel(), in_features)
+    return int8_linear_dynamic(x, w_q, w_scale, bias)

@@ -234,7 +234,7 @@ def test_skipped_layers_are_reported_with_reasons():
     assert list(report.layers) == ["fc1", "fc2"] and report.skipped == [("head", "not matched by include")]
 
 
-def test_sparsity_report_on_a_plain_model(monkeypatch):
+def test_sparsity_report_on_a_plain_model():
     model = MLP()
     with torch.no_grad():
         model.fc2.weight[:3] = 0
@@ -244,14 +244,15 @@ def test_sparsity_report_on_a_plain_model(monkeypatch):
     assert report.layers["fc2"].nnz == 48 * 48 - 3 * 48 and report.layers["fc2"].pattern == ""
     assert report.numel == 32 * 48 + 48 * 48 + 48 * 12 and "fc2" in str(report)
 
-    class FakeSparseLinear(nn.Module):  # stands in for fastinfer.nn.SparseLinear: the attributes it reads
-        in_features, out_features, nnz, format, nbytes = 64, 32, 1024, "2:4", 3072
-
-    monkeypatch.setattr(fastinfer.nn, "SparseLinear", FakeSparseLinear, raising=False)
-    layer = sparsity_report(nn.Sequential(FakeSparseLinear())).layers["0"]
-    assert (layer.shape, layer.nnz, layer.sparsity, layer.format, layer.nbytes) == ((32, 64), 1024, 0.5, "2:4", 3072)
-    report = prune_weights(nn.Sequential(FakeSparseLinear(), nn.Linear(4, 4)), 0.5)
-    assert "already a FakeSparseLinear" in dict(report.skipped)["0"]
+    lin = nn.Linear(64, 32)
+    with torch.no_grad():
+        lin.weight[:, ::2] = 0
+    sparse = fastinfer.nn.SparseLinear.from_float(lin, pattern="2:4")
+    layer = sparsity_report(nn.Sequential(sparse)).layers["0"]
+    assert (layer.shape, layer.nnz, layer.sparsity, layer.pattern) == ((32, 64), 1024, 0.5, "2:4")
+    assert (layer.format, layer.nbytes) == ("csr8 float32", sparse.nbytes)
+    report = prune_weights(nn.Sequential(sparse, nn.Linear(4, 4)), 0.5)
+    assert "already a SparseLinear" in dict(report.skipped)["0"]
 
 
 def test_mask_parametrization_alone():

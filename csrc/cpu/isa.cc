@@ -49,6 +49,7 @@ CpuFeatures detect() {
       f.avx512bw = b & (1u << 30);
       f.avx512vl = b & (1u << 31);
       f.avx512_vnni = c & (1u << 11);
+      f.avx512_vbmi = c & (1u << 1);
       f.amx_tile = d & (1u << 24);
       f.amx_int8 = d & (1u << 25);
     }

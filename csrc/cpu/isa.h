@@ -14,6 +14,7 @@ bool parse_isa(const std::string& s, Isa* out);
 struct CpuFeatures {
   bool avx2 = false, fma = false;              // CPUID bits
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512_vnni = false;
+  bool avx512_vbmi = false;                    // byte permutes (the int8 sparse kernel; not part of a tier)
   bool amx_tile = false, amx_int8 = false;
   bool os_avx = false, os_avx512 = false;      // XCR0 says the OS saves those registers
   bool os_amx = false;                         // arch_prctl granted the tile data permission

@@ -352,7 +352,8 @@ def _measure(mod: nn.Module) -> LayerSparsity:
         nnz = int(mod.nnz)
         numel = shape[0] * shape[1]
         return LayerSparsity(shape, str(getattr(mod, "pattern", "")), 1.0 - nnz / numel if numel else 0.0, nnz, numel * 4,
-                             format=str(mod.format), nbytes=int(mod.nbytes))
+                             format=f"{mod.format} {str(mod.value_dtype).replace('torch.', '')}",
+                             nbytes=int(mod.nbytes))
     with torch.no_grad():
         w = mod.weight  # the effective (masked) weight when a mask is attached
         nnz = int(torch.count_nonzero(w))

@@ -1,6 +1,12 @@
-// AVX-512 sparse x dense kernels. Batch 1: 16 nonzeros at a time, x gathered by column index.
-// Batch > 1: vectorized across the batch on x transposed: each nonzero w[n, k] is broadcast and
-// multiplied with x^T[k, m-chunk], so a row's accumulators stay in registers.
+// AVX-512 fp32 sparse x dense kernels of the csr16 / csr8 layouts (sparse.h, LAYOUTS.md).
+//
+// Batch 1, csr16: 16 entries at a time, x gathered by column, four chains in flight.
+// Batch 1, csr8: a group's 16 columns lie in a 64-column window of x: two vpermt2ps pick them from
+//   four registers (no gather: ~3x fewer load-port cycles, so moderate sparsity runs at memory speed).
+// Batch > 1: vectorized across the batch on x transposed: each entry w[n, k] is broadcast and
+//   multiplied with x^T[k, lanes], so a row's accumulators stay in registers (8 lanes in ymm for
+//   M <= 8, which halves the bytes read per entry; else up to 64 lanes in zmm).
+// The two layouts differ only in how an entry's column is decoded (Cols16 / Cols8 below).
 #include <algorithm>
 #include <cstring>
 
@@ -15,25 +21,45 @@ namespace fastinfer {
 namespace kernels {
 namespace {
 
-inline __m512 load_vals16(const SparseParams& p, int64_t i) {
-  if (p.int8_vals)
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-        reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(p.vals) + i))));
-  return _mm512_loadu_ps(static_cast<const float*>(p.vals) + i);
+// How the batched kernels find an entry's row of x^T: from a per-group start (group()) plus a
+// per-entry row (row()).
+// csr16: one uint16 column per entry, masked into the power-of-two rows of x^T.
+struct Cols16 {
+  const uint16_t* cols;
+  uint64_t kmask;
+  explicit Cols16(const CsrParams& p) : cols(p.cols), kmask(static_cast<uint64_t>(p.xt_rows - 1)) {}
+  __m512i group(int64_t i) const {  // columns of entries [i, i + 16), i a multiple of 16
+    return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(cols + i)));
+  }
+  const float* start(const float* xt, int64_t, int64_t) const { return xt; }
+  uint64_t row(int64_t i) const { return cols[i] & kmask; }
+  uint32_t first(int64_t g) const { return cols[g]; }  // lowest column of group g (entries ascend)
+};
+
+// csr8: a uint16 base per group of 16 entries (clamped to K: x^T has K + 256 rows) plus one byte
+// per entry (< 64 in a valid layout; any byte stays within the 256 rows past the base).
+struct Cols8 {
+  const uint16_t* base;
+  const uint8_t* off;
+  uint32_t K;
+  explicit Cols8(const CsrParams& p) : base(p.group_base), off(p.offsets), K(static_cast<uint32_t>(p.K)) {}
+  const float* start(const float* xt, int64_t ldxt, int64_t g) const {
+    return xt + std::min<uint32_t>(base[g / kCsrPad], K) * ldxt;
+  }
+  uint64_t row(int64_t i) const { return off[i]; }
+  uint32_t first(int64_t g) const { return base[g / kCsrPad]; }
+};
+
+inline __m512 gather16(const float* x, const Cols16& cols, int64_t i, __m512i kmax) {
+  return _mm512_i32gather_ps(_mm512_min_epu32(cols.group(i), kmax), x, 4);
 }
 
-inline float finish(const SparseParams& p, int64_t n, float acc) {
-  float y = p.int8_vals ? acc * p.w_scale[n] : acc;
-  return p.bias ? y + p.bias[n] : y;
-}
-
-inline __m512 gather16(const SparseParams& p, int64_t i, __m512i kmax) {
-  const __m512i c = _mm512_min_epu32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
-      reinterpret_cast<const __m256i*>(p.cols + i))), kmax);
-  return _mm512_i32gather_ps(c, p.x, 4);
-}
-
-void gemv(const SparseParams& p, int64_t n0, int64_t n1) {
+// Row m of x (batch 1, and the last rows of a batch whose lanes would be mostly padding).
+void gemv16(const CsrParams& p, int64_t n0, int64_t n1, int64_t m) {
+  const Cols16 cols(p);
+  const float* x = p.x + m * p.ldx;
+  float* out = p.out + m * p.ldo;
+  const float* vals = p.vals;
   const __m512i kmax = _mm512_set1_epi32(static_cast<int32_t>(p.K - 1));
   for (int64_t n = n0; n < n1; ++n) {
     // Four independent chains: several gathers in flight hide their latency.
@@ -41,59 +67,163 @@ void gemv(const SparseParams& p, int64_t n0, int64_t n1) {
     const int32_t end = p.row_ptr[n + 1];
     int32_t i = p.row_ptr[n];
     for (; i + 64 <= end; i += 64) {
-      a0 = _mm512_fmadd_ps(load_vals16(p, i), gather16(p, i, kmax), a0);
-      a1 = _mm512_fmadd_ps(load_vals16(p, i + 16), gather16(p, i + 16, kmax), a1);
-      a2 = _mm512_fmadd_ps(load_vals16(p, i + 32), gather16(p, i + 32, kmax), a2);
-      a3 = _mm512_fmadd_ps(load_vals16(p, i + 48), gather16(p, i + 48, kmax), a3);
+      // The value stream is read once: fetch it ~1 KiB ahead of the gathers (measured +3-8%).
+      _mm_prefetch(reinterpret_cast<const char*>(vals + i + 256), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(vals + i + 272), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(vals + i + 288), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(vals + i + 304), _MM_HINT_T0);
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(vals + i), gather16(x, cols, i, kmax), a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(vals + i + 16), gather16(x, cols, i + 16, kmax), a1);
+      a2 = _mm512_fmadd_ps(_mm512_loadu_ps(vals + i + 32), gather16(x, cols, i + 32, kmax), a2);
+      a3 = _mm512_fmadd_ps(_mm512_loadu_ps(vals + i + 48), gather16(x, cols, i + 48, kmax), a3);
     }
     for (; i < end; i += 16)  // runs are multiples of 16
-      a0 = _mm512_fmadd_ps(load_vals16(p, i), gather16(p, i, kmax), a0);
-    p.out[n] = finish(p, n, _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))));
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(vals + i), gather16(x, cols, i, kmax), a0);
+    const float acc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    out[n] = p.bias ? acc + p.bias[n] : acc;
   }
 }
 
-// One output row n over batch lanes [m0, m0 + 16 * CH): CH accumulators.
-template <int CH>
-void row_batch(const SparseParams& p, int64_t n, int64_t m0) {
-  __m512 acc[CH];
-  for (int c = 0; c < CH; ++c) acc[c] = _mm512_setzero_ps();
-  const auto* f32 = static_cast<const float*>(p.vals);
-  const auto* i8 = static_cast<const int8_t*>(p.vals);
-  for (int32_t i = p.row_ptr[n]; i < p.row_ptr[n + 1]; ++i) {
-    const int64_t k = std::min<int64_t>(p.cols[i], p.K - 1);
-    const __m512 v = _mm512_set1_ps(p.int8_vals ? static_cast<float>(i8[i]) : f32[i]);
-    const float* xt = p.xt + k * p.ldxt + m0;
-#pragma GCC unroll 4
-    for (int c = 0; c < CH; ++c) acc[c] = _mm512_fmadd_ps(v, _mm512_loadu_ps(xt + 16 * c), acc[c]);
-  }
-  const __m512 scale = _mm512_set1_ps(p.int8_vals ? p.w_scale[n] : 1.0f);
-  const __m512 bias = _mm512_set1_ps(p.bias ? p.bias[n] : 0.0f);
-  alignas(64) float t[16 * CH];
-  for (int c = 0; c < CH; ++c) _mm512_store_ps(t + 16 * c, _mm512_add_ps(_mm512_mul_ps(acc[c], scale), bias));
-  const int64_t valid = std::min<int64_t>(16 * CH, p.M - m0);
-  for (int64_t j = 0; j < valid; ++j) p.out[(m0 + j) * p.ldo + n] = t[j];  // column of out: strided store
+// x[base + offsets[i .. i + 16)]: the 64-float window at base (clamped to K: x has K + 64 readable
+// floats) in four registers, two two-register permutes (offset bits 0-4) and a blend on bit 5.
+inline __m512 window16(const float* x, const Cols8& cols, int64_t i) {
+  const float* w = cols.start(x, 1, i);
+  const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(cols.off + i)));
+  const __m512 lo = _mm512_permutex2var_ps(_mm512_loadu_ps(w), idx, _mm512_loadu_ps(w + 16));
+  const __m512 hi = _mm512_permutex2var_ps(_mm512_loadu_ps(w + 32), idx, _mm512_loadu_ps(w + 48));
+  return _mm512_mask_blend_ps(_mm512_test_epi32_mask(idx, _mm512_set1_epi32(32)), lo, hi);
 }
 
-void batched(const SparseParams& p, int64_t n0, int64_t n1) {
-  // Chunks of 64 batch lanes keep a row's x^T slices (64 floats per nonzero) within a few cache lines.
-  for (int64_t m0 = 0; m0 < p.M; m0 += 64) {
-    const int64_t lanes = p.M - m0;
-    for (int64_t n = n0; n < n1; ++n) {
-      if (lanes > 48) row_batch<4>(p, n, m0);
-      else if (lanes > 32) row_batch<3>(p, n, m0);
-      else if (lanes > 16) row_batch<2>(p, n, m0);
-      else row_batch<1>(p, n, m0);
+void gemv8(const CsrParams& p, int64_t n0, int64_t n1, int64_t m) {
+  const Cols8 cols(p);
+  const float* x = p.x + m * p.ldx;
+  float* out = p.out + m * p.ldo;
+  const float* vals = p.vals;
+  for (int64_t n = n0; n < n1; ++n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    const int32_t end = p.row_ptr[n + 1];
+    int32_t i = p.row_ptr[n];
+    for (; i + 32 <= end; i += 32) {
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(vals + i), window16(x, cols, i), a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(vals + i + 16), window16(x, cols, i + 16), a1);
     }
+    if (i < end) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(vals + i), window16(x, cols, i), a0);
+    const float acc = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    out[n] = p.bias ? acc + p.bias[n] : acc;
+  }
+}
+
+// Stores `valid` lanes of output channel n: a column of out (values N apart).
+inline void store_column(const CsrParams& p, const float* lanes, int64_t m0, int64_t valid, int64_t n) {
+  const float b = p.bias ? p.bias[n] : 0.0f;
+  for (int64_t j = 0; j < valid; ++j) p.out[(m0 + j) * p.ldo + n] = p.bias ? lanes[j] + b : lanes[j];
+}
+
+// Wide batches (more than 16 lanes, x^T rows of 128-256 bytes) walk x^T in passes of 16 KiB over
+// blocks of kPassRows output rows, each row resuming at its own cursor; a group belongs to the pass of
+// its lowest column. Without passes each output row streamed all of x^T (1 MiB at 64 lanes) from L2:
+// 4096^2 at 50% zeros, M = 128, 2 threads: 29 ms without passes, 17 ms with. Up to 16 lanes one pass
+// measured best (x^T <= 256 KiB stays in L2; passes only add overhead).
+constexpr int64_t kPassRows = 64;
+constexpr int64_t kPassBytes = 16 * 1024;
+
+// One pass over row n's groups from *cursor up to (not including) the first group at or past
+// `col_end`: U chains of CH lane vectors of x^T (V: __m256 with 8 lanes, or __m512 with 16).
+template <class Cols, class V, int CH, int U>
+inline void pass_row(const CsrParams& p, const Cols& cols, const float* xt, int64_t ldxt, int32_t* cursor, int32_t end,
+                     uint32_t col_end, V (&part)[CH]) {
+  static_assert(kCsrPad % U == 0, "groups are 16 entries");
+  constexpr int kLanes = sizeof(V) / sizeof(float);
+  V acc[U][CH];
+  for (int u = 0; u < U; ++u)
+    for (int c = 0; c < CH; ++c) acc[u][c] = u == 0 ? part[c] : V{};
+  const float* vals = p.vals;
+  int32_t g = *cursor;
+  for (; g < end && cols.first(g) < col_end; g += kCsrPad) {
+    const float* x0 = cols.start(xt, ldxt, g);
+    for (int32_t i = g; i < g + kCsrPad; i += U) {
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) {
+        if constexpr (kLanes == 8) {  // ldxt == 8: a shift, not a multiply
+          acc[u][0] = _mm256_fmadd_ps(_mm256_set1_ps(vals[i + u]), _mm256_loadu_ps(x0 + cols.row(i + u) * 8), acc[u][0]);
+        } else {
+          const __m512 v = _mm512_set1_ps(vals[i + u]);
+          const float* row = x0 + cols.row(i + u) * ldxt;
+#pragma GCC unroll 4
+          for (int c = 0; c < CH; ++c) acc[u][c] = _mm512_fmadd_ps(v, _mm512_loadu_ps(row + 16 * c), acc[u][c]);
+        }
+      }
+    }
+  }
+  *cursor = g;
+  for (int c = 0; c < CH; ++c) {
+    V s = acc[0][c];
+    for (int u = 1; u < U; ++u) {
+      if constexpr (kLanes == 8) s = _mm256_add_ps(s, acc[u][c]);
+      else s = _mm512_add_ps(s, acc[u][c]);
+    }
+    part[c] = s;
+  }
+}
+
+// Lanes [m0, m0 + CH * lanes of V) of x^T for output rows [n0, n1).
+template <class Cols, class V, int CH, int U>
+void rows(const CsrParams& p, int64_t n0, int64_t n1, int64_t m0) {
+  constexpr int kLanes = sizeof(V) / sizeof(float);
+  const Cols cols(p);
+  const int64_t ldxt = p.ldxt;
+  const float* xt = p.xt + m0;
+  const int64_t pass_cols = CH * kLanes <= 16 ? p.K : std::max<int64_t>(64, kPassBytes / (CH * kLanes * 4));
+  alignas(64) V part[kPassRows][CH];
+  int32_t cursor[kPassRows];
+  for (int64_t r0 = n0; r0 < n1; r0 += kPassRows) {
+    const int64_t rows = std::min(kPassRows, n1 - r0);
+    for (int64_t r = 0; r < rows; ++r) {
+      cursor[r] = p.row_ptr[r0 + r];
+      for (int c = 0; c < CH; ++c) part[r][c] = V{};
+    }
+    for (int64_t k0 = 0; k0 < p.K; k0 += pass_cols) {
+      // The last pass takes every group left (also columns >= K of a corrupt layout: masked reads).
+      const uint32_t col_end = k0 + pass_cols >= p.K ? UINT32_MAX : static_cast<uint32_t>(k0 + pass_cols);
+      for (int64_t r = 0; r < rows; ++r)
+        pass_row<Cols, V, CH, U>(p, cols, xt, ldxt, &cursor[r], p.row_ptr[r0 + r + 1], col_end, part[r]);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      alignas(64) float t[CH * kLanes];
+      std::memcpy(t, part[r], sizeof(t));
+      store_column(p, t, m0, std::min<int64_t>(CH * kLanes, p.M - m0), r0 + r);
+    }
+  }
+}
+
+void gemv_rows(const CsrParams& p, int64_t n0, int64_t n1, int64_t m0, int64_t m1) {
+  for (int64_t m = m0; m < m1; ++m) p.offsets ? gemv8(p, n0, n1, m) : gemv16(p, n0, n1, m);
+}
+
+template <class Cols>
+void batched(const CsrParams& p, int64_t n0, int64_t n1) {
+  // M <= 8: x^T rows of 8 floats (one ymm), eight chains (with four, the FMA latency capped the loop
+  // at one entry per cycle). Else chunks of up to 64 lanes (one to four zmm per x^T row). One or two
+  // rows run as batch 1 (a lane vector would be mostly padding: 4096^2 at 50% zeros, two rows took
+  // 2.5 ms batched, 1.5 ms as two batch-1 rows).
+  int64_t m0 = 0;
+  while (m0 < p.M) {
+    const int64_t lanes = p.M - m0;
+    if (lanes <= 2) return gemv_rows(p, n0, n1, m0, p.M);
+    if (p.ldxt == 8) return rows<Cols, __m256, 1, 8>(p, n0, n1, 0);
+    if (lanes > 48) rows<Cols, __m512, 4, 2>(p, n0, n1, m0);
+    else if (lanes > 32) rows<Cols, __m512, 3, 2>(p, n0, n1, m0);
+    else if (lanes > 16) rows<Cols, __m512, 2, 4>(p, n0, n1, m0);
+    else rows<Cols, __m512, 1, 8>(p, n0, n1, m0);
+    m0 += 64;
   }
 }
 
 }  // namespace
 
-void sparse_linear_avx512(const SparseParams& p, int64_t n0, int64_t n1) {
-  if (p.M == 1)
-    gemv(p, n0, n1);
-  else
-    batched(p, n0, n1);
+void csr_linear_avx512(const CsrParams& p, int64_t n0, int64_t n1) {
+  if (p.offsets) batched<Cols8>(p, n0, n1);
+  else batched<Cols16>(p, n0, n1);
 }
 
 }  // namespace kernels
