@@ -9,9 +9,12 @@ from typing import List
 # sm_80 and sm_90a machine code, plus sm_80 PTX for GPUs newer than both (the driver compiles it).
 # --fmad=false: no multiply-add contraction, so the fp32 epilogue rounds like the CPU kernels and the
 # reference (EPILOGUE.md); kernels that want an FMA call fmaf.
+# -DNDEBUG: CUTLASS's device-side asserts are function calls, and a call inside the wgmma pipeline makes
+# ptxas serialize every wgmma of the Hopper kernels (warning C7510, seen on both sm90 GEMMs without it;
+# tests/cuda_compile.py fails on it).
 NVCC_ARCH_FLAGS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a",
                    "-gencode=arch=compute_80,code=compute_80"]
-NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "--fmad=false", *NVCC_ARCH_FLAGS]
+NVCC_FLAGS = ["-O3", "-DNDEBUG", "--expt-relaxed-constexpr", "--fmad=false", *NVCC_ARCH_FLAGS]
 
 
 def cutlass_include_dirs() -> List[str]:

@@ -4,6 +4,7 @@ and fastinfer's dense int8 Int8Linear (w8a8_dynamic), timed in the same run on a
 
     python benchmarks/bench_sparse.py [--threads 2] [--batches 1,8,128] [--sparsities 0.5,0.7,0.9,0.95,2:4]
                                       [--json out.json] [--min-time 0.3]
+    python benchmarks/bench_sparse.py --device cuda [--json out.json]   (benchmarks/bench_sparse_cuda.py: 2:4 on Hopper)
 
 Weights are random with magnitude pruning to each sparsity (the pattern does not matter to an
 unstructured kernel; '2:4' keeps the 2 largest of every 4 consecutive inputs). Prints a table, the
@@ -54,7 +55,14 @@ def main(argv=None):
     p.add_argument("--sparsities", default="0.5,0.7,0.9,0.95,2:4")
     p.add_argument("--json")
     p.add_argument("--min-time", type=float, default=0.3)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = p.parse_args(argv)
+    if args.device == "cuda":
+        import bench_sparse_cuda
+        result = bench_sparse_cuda.run(args)
+        if args.json:
+            write_json(args.json, result)
+        return
     torch.set_num_threads(args.threads)
     info = machine_info(args.threads)
     print(f"# {info['cpu']} | fastinfer ISA {info['isa_active']} | threads {args.threads} | torch {info['torch']} | "

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-call GPU check (the device tool's H100/H200 machine: torch with CUDA, nvcc, ninja, no package
 # registry): build the CUDA extension in parallel, look for the tensor-core instructions in the SASS,
-# run the CUDA tests, compute-sanitizer memcheck on a subset, the GPU linear benchmark, and print a
-# short table last. Budget: under 6 minutes on a 16-core H100 host.
+# run the CUDA tests (dense int8 and 2:4 sparse), compute-sanitizer memcheck on a subset, the GPU linear
+# and 2:4 benchmarks, and print a short table last. Budget: under 6 minutes on a 16-core H100 host.
 #
 # Wheels the machine lacks travel in .whl (ignored by git: `echo /.whl/ >> .git/info/exclude`), fetched
 # here beforehand:
@@ -36,10 +36,11 @@ so=$(ls fastinfer/_C*.so | head -1)
 if command -v cuobjdump >/dev/null; then
   cuobjdump --dump-sass "$so" >"$OUT/sass.txt" 2>/dev/null
   for ins in IMMA IGMMA HGMMA LDSM LDGSTS UTMALDG SYNCS; do printf "  %-8s %6s\n" "$ins" "$(grep -c "$ins" "$OUT/sass.txt")"; done
+  printf "  %-8s %6s   (sparse wgmma: the 2:4 kernel)\n" "IGMMA.SP" "$(grep -c "IGMMA.*SP\|\.SP\..*IGMMA" "$OUT/sass.txt")"
 fi
 
 stamp "CUDA tests"
-$PY -m pytest -q -x tests/test_cuda.py tests/test_cuda_build.py 2>&1 | tee "$OUT/tests.log" | tail -25
+$PY -m pytest -q tests/test_cuda.py tests/test_cuda_sparse.py tests/test_cuda_build.py 2>&1 | tee "$OUT/tests.log" | tail -25
 tests_rc=${PIPESTATUS[0]}
 
 stamp "compute-sanitizer memcheck (subset)"
@@ -49,15 +50,23 @@ if command -v compute-sanitizer >/dev/null; then
     >"$OUT/sanitizer.log" 2>&1
   san_rc=$?
   tail -8 "$OUT/sanitizer.log"
+  compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -x tests/test_cuda_sparse.py \
+    -k "bit_exact and 7-2323 and float32 or not_2_4" >"$OUT/sanitizer_sparse.log" 2>&1
+  san_sparse_rc=$?
+  tail -4 "$OUT/sanitizer_sparse.log"
 else
-  san_rc=0; echo "compute-sanitizer not found"
+  san_rc=0; san_sparse_rc=0; echo "compute-sanitizer not found"
 fi
 
 stamp "GPU benchmark"
 $PY benchmarks/bench_linear.py --device cuda --json "$OUT/bench_cuda.json" >"$OUT/bench.log" 2>&1
 bench_rc=$?
 grep -E "^ *(1|16|128|2048|8192) " "$OUT/bench.log" | head -60
+$PY benchmarks/bench_sparse.py --device cuda --json "$OUT/bench_sparse_cuda.json" >"$OUT/bench_sparse.log" 2>&1
+bench_sparse_rc=$?
+grep -vE "^(#|targets| )" "$OUT/bench_sparse.log" | head -40
 
 stamp "summary"
-echo "tests rc=$tests_rc  sanitizer rc=$san_rc  bench rc=$bench_rc"
+echo "tests rc=$tests_rc  sanitizer rc=$san_rc (sparse $san_sparse_rc)  bench rc=$bench_rc (sparse $bench_sparse_rc)"
 sed -n '/targets (from this run)/,$p' "$OUT/bench.log"
+sed -n '/targets (issue #5/,$p' "$OUT/bench_sparse.log"

@@ -16,9 +16,10 @@ namespace {
 // Which device kernels this build holds (JSON), and which CUDA kernel served the latest GPU call.
 std::string build_info() {
 #ifdef FASTINFER_WITH_CUDA
-  return std::string("{\"cuda\": true, \"cutlass_sm90\": ") + (fastinfer::cuda::sm90_built() ? "true" : "false") + "}";
+  return std::string("{\"cuda\": true, \"cutlass_sm90\": ") + (fastinfer::cuda::sm90_built() ? "true" : "false") +
+         ", \"sparse24\": " + (fastinfer::cuda::sparse24_built() ? "true" : "false") + "}";
 #else
-  return "{\"cuda\": false, \"cutlass_sm90\": false}";
+  return "{\"cuda\": false, \"cutlass_sm90\": false, \"sparse24\": false}";
 #endif
 }
 
@@ -74,6 +75,11 @@ TORCH_LIBRARY(fastinfer, m) {
   // and group_base given).
   m.def("sparse_linear(Tensor x, Tensor row_ptr, Tensor cols, Tensor values, Tensor? bias, int in_features, "
         "Tensor? group_base=None) -> Tensor");
+  // 2:4 sparse int8 on Hopper (CUDA only): a dense 2:4 int8 [N, K] weight on the GPU -> (values, meta) in
+  // CUTLASS's compressed layout; dynamic W8A8 on it with the dense path's fused epilogue.
+  m.def("pack_sparse24(Tensor weight) -> (Tensor, Tensor)");
+  m.def("sparse24_linear_int8(Tensor x, Tensor values, Tensor meta, Tensor w_scale, Tensor? bias, int in_features) "
+        "-> Tensor");
   // Dynamic W8A8 on a slot128 int8 weight: x quantized per token, sparse int8 product, dense epilogue.
   m.def("sparse_linear_int8(Tensor x, Tensor grp_ptr, Tensor idx, Tensor values, Tensor w_sum, Tensor w_scale, "
         "Tensor? bias, int in_features) -> Tensor");

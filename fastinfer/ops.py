@@ -186,6 +186,31 @@ def sparse_linear_int8(x: Tensor, grp_ptr: Tensor, idx: Tensor, values: Tensor, 
     return _ops.sparse_linear_int8(x, grp_ptr, idx, values, w_sum, w_scale, bias, in_features)
 
 
+def sparse24_available() -> bool:
+    """True when this build has the Hopper 2:4 sparse kernels and the current GPU is a Hopper (9.x)."""
+    return bool(BUILD.get("sparse24")) and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+def pack_sparse24(weight: Tensor) -> Tuple[Tensor, Tensor]:
+    """A 2:4 sparse int8 [N, K] weight on a Hopper GPU -> (values int8, metadata uint8) in CUTLASS's
+    compressed layout (zero-padded to N % 8 == 0, K % 128 == 0); refuses a weight that is not 2:4."""
+    if weight.device.type != "cuda" or not BUILD.get("sparse24"):
+        raise ValueError(f"fastinfer.pack_sparse24: weight is on device '{weight.device}', but the 2:4 sparse "
+                         "kernels run on Hopper GPUs only" + ("" if BUILD.get("sparse24") else
+                                                               " (and this build has none)"))
+    return _ops.pack_sparse24(weight)
+
+
+def sparse24_linear_int8(x: Tensor, values: Tensor, meta: Tensor, w_scale: Tensor, bias: Optional[Tensor],
+                         in_features: int) -> Tensor:
+    """Dynamic W8A8 on a pack_sparse24 weight (Hopper): x [..., K] quantized per token, the 2:4 sparse
+    tensor-core GEMM with the dense path's fused epilogue; output in x's dtype."""
+    if x.device.type != "cuda" or not BUILD.get("sparse24"):
+        raise ValueError(f"fastinfer.sparse24_linear_int8: x is on device '{x.device}', but the 2:4 sparse "
+                         "kernels run on Hopper GPUs only")
+    return _ops.sparse24_linear_int8(x, values, meta, w_scale, bias, in_features)
+
+
 def cpu_capabilities() -> dict:
     """What the CPU offers (CPUID + OS), the best path built, and the path in use now."""
     return json.loads(_ops.cpu_capabilities())
@@ -322,6 +347,19 @@ def _pack_slot128_fake(weight):
     return (weight.new_empty((-(-n // 16) * -(-k // 128) + 1,), dtype=torch.int32),
             weight.new_empty((groups * 64,), dtype=torch.uint8), weight.new_empty((groups * 64,), dtype=torch.int8),
             weight.new_empty((n,), dtype=torch.int32))
+
+
+@torch.library.register_fake("fastinfer::pack_sparse24")
+def _pack_sparse24_fake(weight):
+    torch._check(weight.dim() == 2, lambda: "pack_sparse24: weight must be 2-D")
+    ctx = torch.library.get_ctx()
+    return (weight.new_empty((ctx.new_dynamic_size(),), dtype=torch.int8),
+            weight.new_empty((ctx.new_dynamic_size(),), dtype=torch.uint8))
+
+
+@torch.library.register_fake("fastinfer::sparse24_linear_int8")
+def _sparse24_linear_int8_fake(x, values, meta, w_scale, bias, in_features):
+    return x.new_empty((*x.shape[:-1], w_scale.shape[0]))
 
 
 @torch.library.register_fake("fastinfer::sparse_linear")

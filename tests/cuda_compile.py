@@ -84,8 +84,13 @@ def short_name(mangled: str) -> str:
     except OSError:
         out = mangled
     if out.startswith("_Z") and "GemmUniversal" in out:  # too deep for c++filt: name the output type
-        kind = "bf16" if "bfloat16" in out else "fp16" if "half_t" in out else "fp32"
-        return f"cutlass GemmUniversal (sm90 TMA warp-specialized), {kind} out"
+        # The epilogue's ElementD follows its (void, stride) arguments in the mangled name.
+        m = re.search(r"llEEE(f|NS_6half_tE|NS_10bfloat16_tE)", mangled)
+        kind = {"f": "fp32", "NS_6half_tE": "fp16", "NS_10bfloat16_tE": "bf16"}.get(m.group(1) if m else "", "?")
+        what = "2:4 sparse" if "Sparse" in out else "TMA warp-specialized"
+        return f"cutlass GemmUniversal (sm90 {what}), {kind} out"
+    if out.startswith("_Z") and "SparseCompressor" in out:
+        return "cutlass SM90StructuredSparseCompressor (2:4 weight compression)"
     out = re.sub(r"fastinfer::cuda_kernels::(\(anonymous namespace\)::)?", "", out)
     out = re.sub(r"\(.*\)$", "", out)  # drop the parameter list
     return out if len(out) <= 90 else out[:87] + "..."
@@ -121,6 +126,9 @@ def run(jobs: int = 2) -> int:
         for r in ptxas_table(log):
             flag = "  <- spills" if r["spill_bytes"] else ""
             print(f"{name:<22} {r['arch']:<7} {r['registers'] or 0:>5} {r['spill_bytes']:>8}  {short_name(r['kernel'])}{flag}")
+        if "C7510" in log:  # ptxas serialized the wgmma pipeline: a Hopper kernel would run far below peak
+            failed += 1
+            print(f"{name:<22} WGMMA SERIALIZED (ptxas C7510): a function call inside the wgmma pipeline")
     for path, code, log in checks:
         name = os.path.relpath(path, ROOT)
         errors = [line for line in log.splitlines() if "error" in line]

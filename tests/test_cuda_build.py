@@ -21,6 +21,10 @@ def test_cuda_sources_compile_for_sm80_and_sm90a():
     for arch in ("sm_80", "sm_90a"):  # the tensor-core GEMM was really built for both
         assert any("int8_gemm_kernel<Tile<128, 128" in line and arch in line for line in lines), arch
     assert "COMPILE ERROR" not in r.stdout and "SYNTAX CHECK FAILED" not in r.stdout
+    assert "WGMMA SERIALIZED" not in r.stdout
+    if "CUTLASS headers: yes" in r.stdout:  # the Hopper kernels, dense and 2:4 sparse, were really built
+        assert any("sm90 TMA warp-specialized" in line and "sm_90a" in line for line in lines)
+        assert any("sm90 2:4 sparse" in line and "sm_90a" in line for line in lines)
 
 
 def test_build_info_and_devices_are_consistent():

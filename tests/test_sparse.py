@@ -192,6 +192,21 @@ def test_compile_and_opcheck(fmt, dtype):
         torch.library.opcheck(pack.default, (lin.weight.detach(),))
 
 
+def test_dtype_casts_keep_the_layout_and_gpu_moves_are_refused_clearly():
+    lin = pruned_linear(64, 24, 0.8)
+    for s in (SparseLinear.from_float(lin), SparseLinear.from_float(lin, torch.int8)):
+        x = torch.randn(3, 64)
+        with torch.inference_mode():
+            y = s(x)
+            s.half()  # storage dtypes are fixed: fp32 values and scales stay fp32
+            assert s.values.dtype == (torch.int8 if s.format == "slot128" else torch.float32)
+            assert s.bias.dtype == torch.float32
+            torch.testing.assert_close(s(x), y, rtol=0, atol=0)
+    for value_dtype in (torch.float32, torch.int8):
+        with pytest.raises(ValueError, match="cannot move to 'meta': its kernels run on the CPU and on Hopper GPUs"):
+            SparseLinear.from_float(lin, value_dtype).to("meta")
+
+
 def test_bad_input():
     s = SparseLinear.from_float(pruned_linear(32, 8, 0.5), format="csr16")
     x = torch.randn(2, 32)

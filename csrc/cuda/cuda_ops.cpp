@@ -1,4 +1,4 @@
-// CUDA entry layer for the int8 linear ops: every tensor check, then params, then the one arch and
+// CUDA entry layer for the int8 linear ops and the 2:4 sparse int8 linear: every tensor check, then params, then the one arch and
 // shape-bucket decision (run_gemm). Compiled only in CUDA builds (setup.py); the kernels it calls
 // (csrc/kernels/cuda) see no torch. The schemas are registration.cpp's; this file adds CUDA kernels.
 #include <ATen/ATen.h>
@@ -26,7 +26,7 @@ namespace {
 namespace ck = fastinfer::cuda_kernels;
 
 // Which kernel served the latest GEMM-family call (tests assert it): see last_kernel().
-enum class Served : int { None = 0, Sm80 = 1, Sm90 = 2, WeightOnly = 3, WeightOnlyCublas = 4 };
+enum class Served : int { None = 0, Sm80 = 1, Sm90 = 2, WeightOnly = 3, WeightOnlyCublas = 4, Sparse24 = 5 };
 std::atomic<int> g_served{0};
 
 // Compute capability of a device, asked once per device (cudaGetDeviceProperties is slow).
@@ -363,6 +363,118 @@ at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed
   return out.view(out_shape(x, N));
 }
 
+// ---------------------------------------------------------------- 2:4 sparse (Hopper)
+
+void check_sparse24_device(const at::Device& dev, const char* op) {
+  const auto [major, minor] = capability(dev.index());
+  TORCH_CHECK(ck::sparse24_built(), "fastinfer.", op, ": this build has no 2:4 sparse CUDA kernels (it needs the "
+              "CUTLASS headers of the nvidia-cutlass package and a CUDA toolkit with sm_90a sparse MMA)");
+  TORCH_CHECK(major == 9, "fastinfer.", op, ": the 2:4 sparse kernels need a Hopper GPU (compute capability 9.x), "
+              "this one is ", major, ".", minor);
+}
+
+// A dense 2:4 int8 weight [N, K] on the GPU -> (values, metadata) in CUTLASS's compressed layout, of the
+// weight padded with zeros to N_pad = round_up(N, 8) rows (16-byte rows of every output type) and
+// K_pad = round_up(K, 128) columns. Refuses a weight with more than 2 nonzeros in some
+// group of 4 consecutive columns (compression would drop them).
+std::tuple<at::Tensor, at::Tensor> pack_sparse24(const at::Tensor& w) {
+  const char* op = "pack_sparse24";
+  TORCH_CHECK(w.is_cuda(), "fastinfer.pack_sparse24: weight must be a CUDA tensor, got ", w.device());
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.size(0) >= 1 && w.size(1) >= 1,
+              "fastinfer.pack_sparse24: weight must be int8 [N, K] with N, K >= 1, got ", w.scalar_type(), " of shape ",
+              w.sizes());
+  const at::Device dev = w.device();
+  const c10::cuda::CUDAGuard guard(dev);
+  check_sparse24_device(dev, op);
+  const int64_t N = w.size(0), K = w.size(1), K_pad = ck::round_up(K, ck::kSparse24KAlign);
+  const int64_t N_pad = ck::round_up(N, ck::kSparse24NAlign);
+  at::Tensor wp = at::zeros({N_pad, K_pad}, w.options());
+  wp.narrow(0, 0, N).narrow(1, 0, K).copy_(w);
+  const int64_t most = wp.ne(0).view({N_pad, K_pad / 4, 4}).sum(-1).max().item<int64_t>();
+  TORCH_CHECK(most <= 2, "fastinfer.pack_sparse24: weight is not 2:4 sparse: a group of 4 consecutive columns holds ",
+              most, " nonzeros (at most 2 allowed; fastinfer.prune(model, pattern='2:4') makes such weights)");
+  const ck::Sparse24Sizes sz = ck::sparse24_sizes(N_pad, K_pad);
+  at::Tensor values = at::empty({sz.values_bytes}, w.options());
+  at::Tensor meta = at::empty({sz.meta_bytes}, w.options().dtype(at::kByte));
+  ck::Sparse24PackParams p;
+  p.N = N_pad;
+  p.K = K_pad;
+  p.w = wp.data_ptr<int8_t>();
+  p.values = values.data_ptr<int8_t>();
+  p.meta = meta.data_ptr<uint8_t>();
+  const size_t ws = ck::sparse24_compress_workspace_bytes(p);
+  at::Tensor workspace = at::empty({static_cast<int64_t>(ws)}, w.options().dtype(at::kByte));
+  check_launch(ck::launch_sparse24_compress(p, ws ? workspace.data_ptr() : nullptr, current_stream(dev)), op);
+  return {values, meta};
+}
+
+// Dynamic W8A8 on a pack_sparse24 weight: x quantized per token into [M, K_pad], the sparse GEMM with the
+// fused epilogue, out in x's dtype.
+at::Tensor sparse24_linear_int8(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, int64_t in_features) {
+  const char* op = "sparse24_linear_int8";
+  const at::Tensor x2 = activation_2d(x, op);
+  const at::Device dev = x.device();
+  const int64_t M = x2.size(0), K = x2.size(1);
+  TORCH_CHECK(K == in_features, "fastinfer.", op, ": x.shape[-1] must equal in_features=", in_features, ", got x of "
+              "shape ", x.sizes());
+  TORCH_CHECK(w_scale.dim() == 1 && w_scale.size(0) >= 1, "fastinfer.", op, ": w_scale must be 1-D [N], got shape ",
+              w_scale.sizes());
+  const int64_t N = w_scale.size(0), K_pad = ck::round_up(K, ck::kSparse24KAlign);
+  const int64_t N_pad = ck::round_up(N, ck::kSparse24NAlign);
+  const c10::cuda::CUDAGuard guard(dev);
+  check_sparse24_device(dev, op);
+  const ck::Sparse24Sizes sz = ck::sparse24_sizes(N_pad, K_pad);
+  check_device(values, dev, op, "values");
+  check_device(meta, dev, op, "meta");
+  TORCH_CHECK(values.scalar_type() == at::kChar && values.dim() == 1 && values.is_contiguous() &&
+              values.numel() == sz.values_bytes, "fastinfer.", op, ": values must be the contiguous int8 tensor of ",
+              sz.values_bytes, " bytes pack_sparse24 makes for a [", N, ", ", K, "] weight, got ", values.scalar_type(),
+              " of shape ", values.sizes());
+  TORCH_CHECK(meta.scalar_type() == at::kByte && meta.dim() == 1 && meta.is_contiguous() &&
+              meta.numel() == sz.meta_bytes, "fastinfer.", op, ": meta must be the contiguous uint8 tensor of ",
+              sz.meta_bytes, " bytes pack_sparse24 makes for a [", N, ", ", K, "] weight, got ", meta.scalar_type(),
+              " of shape ", meta.sizes());
+  const at::Tensor ws = channel_vector(w_scale, N, dev, op, "w_scale", false);
+  const at::Tensor bi = bias ? channel_vector(*bias, N, dev, op, "bias", true) : at::Tensor();
+  const ck::OutKind kind = out_kind(x.scalar_type(), op);
+  // The GEMM computes all N_pad rows of the padded weight (16-byte rows of out for TMA); the padding
+  // columns of out are dropped below.
+  at::Tensor out = at::empty({M, N_pad}, x.options());
+  if (M > 0) {
+    at::Tensor q = at::empty({M, K_pad}, x.options().dtype(at::kChar));
+    at::Tensor a_scale = at::empty({M}, x.options().dtype(at::kFloat));
+    quantize_into(x2, q, &a_scale, 0.0f, at::Tensor(), op);
+    at::Tensor ws_pad = ws, bi_pad = bi;
+    if (N_pad != N) {  // the epilogue reads its vectors over the padded rows: zero-extend them
+      ws_pad = at::zeros({N_pad}, ws.options());
+      ws_pad.narrow(0, 0, N).copy_(ws);
+      if (bi.defined()) {
+        bi_pad = at::zeros({N_pad}, bi.options());
+        bi_pad.narrow(0, 0, N).copy_(bi);
+      }
+    }
+    ck::Sparse24Params p;
+    p.M = M;
+    p.N = N_pad;
+    p.K = K_pad;
+    p.x = q.data_ptr<int8_t>();
+    p.w_values = values.data_ptr<int8_t>();
+    p.w_meta = meta.data_ptr<uint8_t>();
+    p.x_scale = a_scale.data_ptr<float>();
+    p.w_scale = ws_pad.data_ptr<float>();
+    p.bias = bi_pad.defined() ? bi_pad.data_ptr<float>() : nullptr;
+    p.out = out.data_ptr();
+    p.out_kind = kind;
+    const size_t wsb = ck::sparse24_gemm_workspace_bytes(p);
+    at::Tensor workspace = at::empty({static_cast<int64_t>(wsb)}, x.options().dtype(at::kByte));
+    check_launch(ck::launch_sparse24_gemm(p, wsb ? workspace.data_ptr() : nullptr, current_stream(dev)), op);
+    g_served.store(static_cast<int>(Served::Sparse24));
+  }
+  if (N_pad != N) out = out.narrow(1, 0, N).contiguous();
+  return out.view(out_shape(x, N));
+}
+
 }  // namespace
 
 std::string last_kernel() {
@@ -371,12 +483,14 @@ std::string last_kernel() {
     case Served::Sm90: return "sm90_cutlass";
     case Served::WeightOnly: return "weight_only";
     case Served::WeightOnlyCublas: return "weight_only_cublas";
+    case Served::Sparse24: return "sm90_sparse24";
     case Served::None: break;
   }
   return "";
 }
 
 bool sm90_built() { return ck::sm90_gemm_built(); }
+bool sparse24_built() { return ck::sparse24_built(); }
 
 TORCH_LIBRARY_IMPL(fastinfer, CUDA, m) {
   m.impl("quantize_per_token", &quantize_per_token);
@@ -387,6 +501,8 @@ TORCH_LIBRARY_IMPL(fastinfer, CUDA, m) {
   m.impl("int8_linear_dynamic", &int8_linear_dynamic);
   m.impl("int8_linear_static", &int8_linear_static);
   m.impl("int8_linear_weight_only", &int8_linear_weight_only);
+  m.impl("pack_sparse24", &pack_sparse24);
+  m.impl("sparse24_linear_int8", &sparse24_linear_int8);
 }
 
 }  // namespace cuda

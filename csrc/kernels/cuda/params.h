@@ -80,6 +80,36 @@ struct WeightOnlyParams {
   int64_t ldo = 0;
 };
 
+// 2:4 sparse int8 GEMM (Hopper, sm90_sparse_gemm.cu), the dense W8A8 epilogue on a weight that keeps
+// at most 2 nonzeros in every 4 consecutive columns:
+//   Y[m, n] = float(sum_k x[m, k] * W[n, k]) * x_scale[m] * w_scale[n] (+ bias[n])   (EPILOGUE.md order)
+// W is stored compressed in CUTLASS's structured-sparse layout (values + metadata, sizes from
+// sparse24_sizes), made once by launch_sparse24_compress from the dense int8 W [N, K] on the GPU.
+// The entry layer pads W with zero rows and columns to N % 8 == 0 (16-byte rows of out, which TMA
+// stores need) and K % 128 == 0, and drops the padding columns of out.
+struct Sparse24PackParams {
+  int64_t N = 0, K = 0;
+  const int8_t* w = nullptr;        // dense [N, K], row-major
+  int8_t* values = nullptr;         // sparse24_sizes(N, K).values_bytes
+  uint8_t* meta = nullptr;          // sparse24_sizes(N, K).meta_bytes
+};
+struct Sparse24Sizes {
+  int64_t values_bytes = 0, meta_bytes = 0;
+};
+struct Sparse24Params {
+  int64_t M = 0, N = 0, K = 0;
+  const int8_t* x = nullptr;        // [M, K] quantized activations, row-major (ldx == K)
+  const int8_t* w_values = nullptr;
+  const uint8_t* w_meta = nullptr;
+  const float* x_scale = nullptr;   // [M]
+  const float* w_scale = nullptr;   // [N]
+  const float* bias = nullptr;      // [N] or null
+  void* out = nullptr;              // [M, N] row-major
+  OutKind out_kind = OutKind::Float32;  // Float32, BFloat16 or Float16
+};
+constexpr int64_t kSparse24KAlign = 128;  // K of the compressed weight: whole tiles
+constexpr int64_t kSparse24NAlign = 8;    // N of the compressed weight: 16-byte rows of any output type
+
 // Launchers: stream is a cudaStream_t. Each returns nullptr, or the CUDA error of its launch.
 // The int8 GEMM on tensor cores with cp.async multistage loads and mma.sync (sm_80 and later).
 // Tile shapes: the one shape-bucket decision is in the entry layer (gemm_config below).
@@ -92,6 +122,13 @@ bool sm90_gemm_supported(const GemmParams& p);
 size_t sm90_gemm_workspace_bytes(const GemmParams& p);  // device scratch the launch needs
 const char* launch_int8_gemm_sm90(const GemmParams& p, void* workspace, void* stream);
 const char* launch_quantize_rows(const QuantizeParams& p, void* stream);
+// 2:4 sparse (sm90_sparse_gemm.cu; built with the CUTLASS headers and a toolkit with sm_90 sparse MMA).
+bool sparse24_built();
+Sparse24Sizes sparse24_sizes(int64_t N, int64_t K);
+size_t sparse24_compress_workspace_bytes(const Sparse24PackParams& p);
+const char* launch_sparse24_compress(const Sparse24PackParams& p, void* workspace, void* stream);
+size_t sparse24_gemm_workspace_bytes(const Sparse24Params& p);
+const char* launch_sparse24_gemm(const Sparse24Params& p, void* workspace, void* stream);
 const char* launch_weight_only_gemm(const WeightOnlyParams& p, void* stream);
 
 }  // namespace cuda_kernels

@@ -29,8 +29,8 @@ void slot_block(const Slot128Params& p, int64_t b, int64_t m0) {
     for (int m = 0; m < MB; ++m) acc[u][m] = _mm512_setzero_si512();
   const int32_t* gp = p.grp_ptr + b * p.segs;
   for (int64_t s = 0; s < p.segs; ++s) {
-    int32_t g = gp[s];
-    const int32_t end = gp[s + 1];
+    int64_t g = gp[s];  // int64: see sparse_avx512.cc on -fwrapv
+    const int64_t end = gp[s + 1];
     if (g == end) continue;
     __m512i lo[MB], hi[MB];
     for (int m = 0; m < MB; ++m) {
@@ -40,16 +40,16 @@ void slot_block(const Slot128Params& p, int64_t b, int64_t m0) {
     for (; g + U <= end; g += U) {
 #pragma GCC unroll 4
       for (int u = 0; u < U; ++u) {
-        const __m512i idx = _mm512_loadu_si512(p.idx + int64_t{g + u} * kSlotGroup);
-        const __m512i w = _mm512_loadu_si512(p.vals + int64_t{g + u} * kSlotGroup);
+        const __m512i idx = _mm512_loadu_si512(p.idx + (g + u) * kSlotGroup);
+        const __m512i w = _mm512_loadu_si512(p.vals + (g + u) * kSlotGroup);
 #pragma GCC unroll 8
         for (int m = 0; m < MB; ++m)
           acc[u][m] = _mm512_dpbusd_epi32(acc[u][m], _mm512_permutex2var_epi8(lo[m], idx, hi[m]), w);
       }
     }
     for (; g < end; ++g) {
-      const __m512i idx = _mm512_loadu_si512(p.idx + int64_t{g} * kSlotGroup);
-      const __m512i w = _mm512_loadu_si512(p.vals + int64_t{g} * kSlotGroup);
+      const __m512i idx = _mm512_loadu_si512(p.idx + g * kSlotGroup);
+      const __m512i w = _mm512_loadu_si512(p.vals + g * kSlotGroup);
 #pragma GCC unroll 8
       for (int m = 0; m < MB; ++m)
         acc[0][m] = _mm512_dpbusd_epi32(acc[0][m], _mm512_permutex2var_epi8(lo[m], idx, hi[m]), w);
