@@ -84,9 +84,10 @@ def short_name(mangled: str) -> str:
     except OSError:
         out = mangled
     if out.startswith("_Z") and "GemmUniversal" in out:  # too deep for c++filt: name the output type
-        # The epilogue's ElementD follows its (void, stride) arguments in the mangled name.
-        m = re.search(r"llEEE(f|NS_6half_tE|NS_10bfloat16_tE)", mangled)
-        kind = {"f": "fp32", "NS_6half_tE": "fp16", "NS_10bfloat16_tE": "bf16"}.get(m.group(1) if m else "", "?")
+        # The epilogue's output type sits between its schedule and its fusion tree in the mangled name
+        # (further on, the store atoms name half_t whatever the output).
+        head = mangled.split("Sm90TmaWarpSpecialized", 1)[-1].split("fusion", 1)[0]
+        kind = "bf16" if "bfloat16_t" in head else "fp16" if "half_t" in head else "fp32"
         what = "2:4 sparse" if "Sparse" in out else "TMA warp-specialized"
         return f"cutlass GemmUniversal (sm90 {what}), {kind} out"
     if out.startswith("_Z") and "SparseCompressor" in out:

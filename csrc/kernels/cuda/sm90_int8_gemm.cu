@@ -20,6 +20,7 @@
 #include "cutlass/gemm/device/gemm_universal_adapter.h"
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 #include "cutlass/util/packed_stride.hpp"
+#include "cutlass_launch.cuh"
 #endif
 
 namespace fastinfer {
@@ -98,14 +99,7 @@ struct Sm90Gemm {
   static size_t workspace(const GemmParams& p) { return Gemm::get_workspace_size(arguments(p)); }
 
   static const char* run(const GemmParams& p, void* workspace_ptr, cudaStream_t stream) {
-    Gemm gemm;
-    const typename Gemm::Arguments args = arguments(p);
-    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return "sm90 int8 GEMM: shape not supported";
-    if (gemm.initialize(args, workspace_ptr, stream) != cutlass::Status::kSuccess)
-      return "sm90 int8 GEMM: initialization failed";
-    if (gemm.run(stream) != cutlass::Status::kSuccess) return "sm90 int8 GEMM: launch failed";
-    const cudaError_t e = cudaGetLastError();
-    return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+    return run_cutlass<Gemm>(arguments(p), workspace_ptr, stream);
   }
 };
 

@@ -24,6 +24,7 @@
 #include "cutlass/transform/device/transform_universal_adapter.hpp"
 #include "cutlass/transform/kernel/sparse_gemm_compressor.hpp"
 #include "cutlass/util/packed_stride.hpp"
+#include "cutlass_launch.cuh"
 #endif
 
 namespace fastinfer {
@@ -106,14 +107,7 @@ struct Sm90Sparse24 {
   static size_t workspace(const Sparse24Params& p) { return Gemm::get_workspace_size(arguments(p)); }
 
   static const char* run(const Sparse24Params& p, void* workspace_ptr, cudaStream_t stream) {
-    Gemm gemm;
-    const typename Gemm::Arguments args = arguments(p);
-    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return "sm90 2:4 GEMM: shape not supported";
-    if (gemm.initialize(args, workspace_ptr, stream) != cutlass::Status::kSuccess)
-      return "sm90 2:4 GEMM: initialization failed";
-    if (gemm.run(stream) != cutlass::Status::kSuccess) return "sm90 2:4 GEMM: launch failed";
-    const cudaError_t e = cudaGetLastError();
-    return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+    return run_cutlass<Gemm>(arguments(p), workspace_ptr, stream);
   }
 };
 
@@ -162,14 +156,7 @@ size_t sparse24_compress_workspace_bytes(const Sparse24PackParams& p) {
 }
 
 const char* launch_sparse24_compress(const Sparse24PackParams& p, void* workspace, void* stream) {
-  Compressor op;
-  const typename Compressor::Arguments args = compressor_args(p);
-  if (op.can_implement(args) != cutlass::Status::kSuccess) return "2:4 compressor: shape not supported";
-  const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (op.initialize(args, workspace, s) != cutlass::Status::kSuccess) return "2:4 compressor: initialization failed";
-  if (op.run(s) != cutlass::Status::kSuccess) return "2:4 compressor: launch failed";
-  const cudaError_t e = cudaGetLastError();
-  return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+  return run_cutlass<Compressor>(compressor_args(p), workspace, static_cast<cudaStream_t>(stream));
 }
 
 size_t sparse24_gemm_workspace_bytes(const Sparse24Params& p) {
