@@ -18,7 +18,8 @@ _ops = torch.ops.fastinfer
 BUILD = json.loads(_ops.build_info())  # {"cuda": kernels for CUDA built in, "cutlass_sm90": ...}
 SUPPORTED_DEVICES = ("cpu",)  # devices with kernels for every op
 # The int8 linear family (quantize_per_token, pack/unpack, int8_mm, int8_scaled_mm, the linear ops)
-# also has CUDA kernels in builds made with a CUDA torch; convolution and sparse ops are CPU only.
+# also has CUDA kernels in builds made with a CUDA torch; convolution and the csr/slot128 sparse ops are CPU
+# only, the 2:4 sparse ops (pack_sparse24, sparse24_linear_int8) CUDA only (Hopper).
 LINEAR_DEVICES = ("cpu", "cuda") if BUILD["cuda"] else ("cpu",)
 _LINEAR_OPS = {"quantize_per_token", "pack_int8_weight", "unpack_int8_weight", "int8_mm", "int8_scaled_mm",
                "int8_linear_dynamic", "int8_linear_static", "int8_linear_weight_only"}
@@ -186,6 +187,15 @@ def sparse_linear_int8(x: Tensor, grp_ptr: Tensor, idx: Tensor, values: Tensor, 
     return _ops.sparse_linear_int8(x, grp_ptr, idx, values, w_sum, w_scale, bias, in_features)
 
 
+def _check_sparse24(op: str, arg: str, t: Tensor) -> None:
+    if not BUILD.get("sparse24"):
+        raise ValueError(f"fastinfer.{op}: this build has no 2:4 sparse CUDA kernels (they need a CUDA build with "
+                         "the CUTLASS headers of the nvidia-cutlass package)")
+    if t.device.type != "cuda":
+        raise ValueError(f"fastinfer.{op}: {arg} is on device '{t.device}'; the 2:4 sparse kernels run on Hopper "
+                         "GPUs only (on the CPU, SparseLinear's slot128 layout serves int8 sparse weights)")
+
+
 def sparse24_available() -> bool:
     """True when this build has the Hopper 2:4 sparse kernels and the current GPU is a Hopper (9.x)."""
     return bool(BUILD.get("sparse24")) and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
@@ -194,10 +204,7 @@ def sparse24_available() -> bool:
 def pack_sparse24(weight: Tensor) -> Tuple[Tensor, Tensor]:
     """A 2:4 sparse int8 [N, K] weight on a Hopper GPU -> (values int8, metadata uint8) in CUTLASS's
     compressed layout (zero-padded to N % 8 == 0, K % 128 == 0); refuses a weight that is not 2:4."""
-    if weight.device.type != "cuda" or not BUILD.get("sparse24"):
-        raise ValueError(f"fastinfer.pack_sparse24: weight is on device '{weight.device}', but the 2:4 sparse "
-                         "kernels run on Hopper GPUs only" + ("" if BUILD.get("sparse24") else
-                                                               " (and this build has none)"))
+    _check_sparse24("pack_sparse24", "weight", weight)
     return _ops.pack_sparse24(weight)
 
 
@@ -205,9 +212,7 @@ def sparse24_linear_int8(x: Tensor, values: Tensor, meta: Tensor, w_scale: Tenso
                          in_features: int) -> Tensor:
     """Dynamic W8A8 on a pack_sparse24 weight (Hopper): x [..., K] quantized per token, the 2:4 sparse
     tensor-core GEMM with the dense path's fused epilogue; output in x's dtype."""
-    if x.device.type != "cuda" or not BUILD.get("sparse24"):
-        raise ValueError(f"fastinfer.sparse24_linear_int8: x is on device '{x.device}', but the 2:4 sparse "
-                         "kernels run on Hopper GPUs only")
+    _check_sparse24("sparse24_linear_int8", "x", x)
     return _ops.sparse24_linear_int8(x, values, meta, w_scale, bias, in_features)
 
 

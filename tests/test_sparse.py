@@ -247,6 +247,9 @@ def test_bad_input():
         ops.pack_slot128(torch.zeros(4, 4))
     with pytest.raises(RuntimeError, match=r"in_features must be in \[1, 65536\]"):
         ops.pack_csr8(torch.zeros(2, 65537))
+    if not ops.BUILD.get("sparse24"):  # the Hopper 2:4 ops say why they cannot run in this build
+        with pytest.raises(ValueError, match="this build has no 2:4 sparse CUDA kernels"):
+            ops.pack_sparse24(torch.zeros(4, 4, dtype=torch.int8))
     with pytest.raises(ValueError, match="value_dtype must be"):
         SparseLinear(4, 4, value_dtype=torch.float16)
     with pytest.raises(ValueError, match="does not hold torch.int8 values"):
