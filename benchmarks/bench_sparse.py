@@ -102,9 +102,10 @@ def main(argv=None):
                     label = f"torch CSR {name}" + (" *" if name == best_csr else "") if "csr" in name else name
                     layer = layers.get(name)
                     fmt = getattr(layer, "format", "int8 n16k4" if layer is not None else "")
-                    nbytes = (layer.nbytes if isinstance(layer, SparseLinear) else
-                              sum(t.numel() * t.element_size() for t in layer.buffers()) if layer is not None else
-                              K * N * 4 if "dense fp32" in name else None)
+                    if layer is not None:  # what the layer stores (its buffers)
+                        nbytes = sum(t.numel() * t.element_size() for t in layer.buffers())
+                    else:
+                        nbytes = K * N * 4 if "dense fp32" in name else None
                     row = {"op": "linear", "impl": label, "format": fmt, "M": M, "K": K, "N": N, "sparsity": pattern,
                            "actual_sparsity": actual, "threads": args.threads, **t, "speedup_vs_dense": base / t["median_ms"],
                            "nbytes": nbytes}

@@ -210,7 +210,7 @@ def test_dtype_casts_keep_the_layout_and_gpu_moves_are_refused_clearly():
 def test_bad_input():
     s = SparseLinear.from_float(pruned_linear(32, 8, 0.5), format="csr16")
     x = torch.randn(2, 32)
-    with pytest.raises(RuntimeError, match=r"x.shape\[-1\] must equal in_features=32"):
+    with pytest.raises(RuntimeError, match=r"x.shape\[-1\] must equal the weight's in_features K=32"):
         ops.sparse_linear(torch.randn(2, 31), s.row_ptr, s.cols, s.values, None, 32)
     bad = s.row_ptr.clone()
     bad[1] += 1

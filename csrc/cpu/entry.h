@@ -55,6 +55,17 @@ inline void set_packed_weight(kernels::Int8GemmParams& p, const PackedHeader& h,
   p.b_no_min128 = kernels::packed_no_min128(h);
 }
 
+// Activations [..., K] of dtype fp32/bf16 -> contiguous [M, K] (x's dtype kept: the quantizers read bf16).
+inline at::Tensor activation_2d(const at::Tensor& x, int64_t K, const char* op) {
+  check_cpu(x, op, "x");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "fastinfer.", op,
+              ": x must be float32 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() >= 1, "fastinfer.", op, ": x must have at least 1 dimension [..., K], got a scalar");
+  TORCH_CHECK(x.size(-1) == K, "fastinfer.", op, ": x.shape[-1] must equal the weight's in_features K=", K,
+              ", got x of shape ", x.sizes());
+  return x.reshape({-1, K}).contiguous();
+}
+
 // Per-channel vectors (scales, bias): 1-D, length n, fp32 contiguous (other float dtypes converted).
 inline at::Tensor channel_vector(const at::Tensor& t, int64_t n, const char* op, const char* arg, bool any_float) {
   check_cpu(t, op, arg);

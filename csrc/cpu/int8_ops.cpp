@@ -20,17 +20,6 @@ namespace fastinfer {
 namespace cpu {
 namespace {
 
-// Activations [..., K] of dtype fp32/bf16 -> contiguous [M, K].
-at::Tensor activation_2d(const at::Tensor& x, int64_t K, const char* op) {
-  check_cpu(x, op, "x");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "fastinfer.", op,
-              ": x must be float32 or bfloat16, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() >= 1, "fastinfer.", op, ": x must have at least 1 dimension [..., K], got a scalar");
-  TORCH_CHECK(x.size(-1) == K, "fastinfer.", op, ": x.shape[-1] must equal the weight's in_features K=", K,
-              ", got x of shape ", x.sizes());
-  return x.reshape({-1, K}).contiguous();
-}
-
 void fill_int8_params(kernels::Int8GemmParams& p, const PackedHeader& h, const at::Tensor& packed,
                       const at::Tensor& a_u8, int64_t M) {
   set_packed_weight(p, h, packed.data_ptr<uint8_t>());

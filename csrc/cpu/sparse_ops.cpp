@@ -112,22 +112,6 @@ void check_array(const at::Tensor& t, at::ScalarType dtype, int64_t numel, const
               " of shape ", t.sizes());
 }
 
-// x [..., in_features] fp32/bf16 -> contiguous fp32 [M, in_features].
-at::Tensor flat_input(const at::Tensor& x, int64_t in_features, const char* op) {
-  check_cpu(x, op, "x");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "fastinfer.", op,
-              ": x must be float32 or bfloat16, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "fastinfer.", op, ": x.shape[-1] must equal in_features=",
-              in_features, ", got x of shape ", x.sizes());
-  return x.reshape({-1, in_features}).to(at::kFloat).contiguous();
-}
-
-at::Tensor finish(const at::Tensor& out, const at::Tensor& x) {
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = out.size(1);
-  return out.view(shape).to(x.scalar_type());
-}
-
 int64_t next_pow2(int64_t v) {
   int64_t p = 1;
   while (p < v) p <<= 1;
@@ -159,10 +143,10 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& row_ptr, const a
     check_array(cols, at::kShort, entries, op, "cols", "uint16 columns (csr16: one per value)");
   }
   const at::Tensor bi = bias ? channel_vector(*bias, N, op, "bias", true) : at::Tensor();
-  const at::Tensor x2 = flat_input(x, in_features, op);
+  const at::Tensor x2 = activation_2d(x, in_features, op).to(at::kFloat);
   const int64_t M = x2.size(0), K = in_features;
   at::Tensor out = at::empty({M, N}, x2.options());
-  if (M == 0) return finish(out, x);
+  if (M == 0) return out.view(out_shape(x, N)).to(x.scalar_type());
 
   kernels::CsrParams p;
   p.M = M;
@@ -200,7 +184,7 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& row_ptr, const a
   const int64_t work_per_row = std::max<int64_t>(1, entries / N) * M;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / work_per_row);
   at::parallel_for(0, N, grain, [&](int64_t b, int64_t e) { fn(p, b, e); });
-  return finish(out, x);
+  return out.view(out_shape(x, N)).to(x.scalar_type());
 }
 
 // Dynamic W8A8 with W in slot128: x quantized per token (q + 128 written straight into the padded
@@ -226,13 +210,13 @@ at::Tensor sparse_linear_int8(const at::Tensor& x, const at::Tensor& grp_ptr, co
   check_array(idx, at::kByte, values.numel(), op, "idx", "column indices (one per value)");
   const at::Tensor ws = channel_vector(w_scale, N, op, "w_scale", false);
   const at::Tensor bi = bias ? channel_vector(*bias, N, op, "bias", true) : at::Tensor();
-  const at::Tensor x2 = flat_input(x, in_features, op);
+  const at::Tensor x2 = activation_2d(x, in_features, op);  // bf16 stays bf16: the quantizer reads it
   const int64_t M = x2.size(0);
-  at::Tensor out = at::empty({M, N}, x2.options());
-  if (M == 0) return finish(out, x);
+  at::Tensor out = at::empty({M, N}, x2.options().dtype(at::kFloat));
+  if (M == 0) return out.view(out_shape(x, N)).to(x.scalar_type());
 
   at::Tensor xq = at::empty({M, segs * kernels::kSlotSeg}, x2.options().dtype(at::kByte));
-  at::Tensor xs = at::empty({M}, x2.options());
+  at::Tensor xs = at::empty({M}, x2.options().dtype(at::kFloat));
   quantize_rows(x2, xq, xs, /*shift128=*/true);
   kernels::Slot128Params p;
   p.M = M;
@@ -257,7 +241,7 @@ at::Tensor sparse_linear_int8(const at::Tensor& x, const at::Tensor& grp_ptr, co
   const int64_t work_per_block = std::max<int64_t>(1, groups / blocks) * kernels::kSlotGroup * M;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / work_per_block);
   at::parallel_for(0, blocks, grain, [&](int64_t b, int64_t e) { fn(p, b, e); });
-  return finish(out, x);
+  return out.view(out_shape(x, N)).to(x.scalar_type());
 }
 
 }  // namespace

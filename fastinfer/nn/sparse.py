@@ -67,10 +67,10 @@ class SparseLinear(nn.Module):
         if not (1 <= in_features <= _MAX_K) or out_features < 1:
             raise ValueError(f"in_features must be in [1, {_MAX_K}] and out_features >= 1, got {in_features} "
                              f"and {out_features}")
-        self.in_features, self.out_features, self.value_dtype = in_features, out_features, value_dtype
+        self.in_features, self.out_features = in_features, out_features
         self.pattern = "unstructured"
         self.nnz = 0
-        self._set_format(fmt)
+        self._set_format(fmt)  # sets format and value_dtype (the layout's value type)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
     def _set_format(self, fmt: str) -> None:

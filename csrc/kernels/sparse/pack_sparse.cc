@@ -62,7 +62,8 @@ int64_t csr8_plan(const float* w, int64_t N, int64_t K, int32_t* row_ptr) {
   int64_t total = 0;
   row_ptr[0] = 0;
   for (int64_t n = 0; n < N; ++n) {
-    csr8_groups(cols.data(), row_nonzeros(w + n * K, K, cols.data()), [&](int64_t, int64_t, int64_t) { total += kCsrPad; });
+    const int64_t count = row_nonzeros(w + n * K, K, cols.data());
+    csr8_groups(cols.data(), count, [&](int64_t, int64_t, int64_t) { total += kCsrPad; });
     row_ptr[n + 1] = static_cast<int32_t>(std::min<int64_t>(total, INT32_MAX));
   }
   return total;
