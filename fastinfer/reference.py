@@ -142,7 +142,27 @@ def int8_conv2d(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Optional[Tensor],
         else:
             q = torch.zeros_like(x, dtype=torch.int8)
     acc = torch.nn.functional.conv2d(q.double(), w_q.double(), None, stride, padding, dilation, groups)
-    return _epilogue(acc, a_scale, w_scale, bias, activation, out_scale, torch.float32, 1)
+    return _conv_epilogue(acc, a_scale, w_scale, bias, activation, out_scale)
+
+
+def _conv_epilogue(acc: Tensor, a_scale: Tensor, w_scale: Tensor, bias: Optional[Tensor], activation: str,
+                   out_scale: Optional[float]) -> Tensor:
+    """The convolution's folded epilogue (EPILOGUE.md, "Convolutions"): s = a_scale * w_scale, and for an
+    int8 output with activation none/relu also s * out_inv and bias * out_inv; y = act(acc * s + b)."""
+    s = a_scale * w_scale.float()
+    b = bias.float() if bias is not None else None
+    fold_inv = out_scale is not None and activation in ("none", "relu")
+    if fold_inv:
+        inv = _f32(1.0) / _f32(out_scale)
+        s = s * inv
+        b = b * inv if b is not None else None
+    y = acc.float() * s.reshape(1, -1, 1, 1)
+    if b is not None:
+        y = y + b.reshape(1, -1, 1, 1)
+    y = apply_activation(y, activation)
+    if out_scale is None:
+        return y
+    return requantize(y, 1.0 if fold_inv else out_scale)
 
 
 # ------------------------------------------------------------------ sparse layouts (csrc/kernels/sparse/sparse.h)

@@ -213,8 +213,9 @@ DIRECT = [
 
 
 @needs_amx
-@pytest.mark.parametrize("mode", [(None, None, "none"), (0.03, None, "relu"), (0.02, 0.04, "relu6")],
-                         ids=["dynamic", "static-relu", "int8out-relu6"])
+@pytest.mark.parametrize("mode", [(None, None, "none"), (0.03, None, "relu"), (0.02, 0.04, "relu6"),
+                                  (0.02, 0.04, "relu")],
+                         ids=["dynamic", "static-relu", "int8out-relu6", "int8out-relu-folded"])
 @pytest.mark.parametrize("g", DIRECT, ids=[str(g) for g in DIRECT])
 def test_direct_conv_matches_reference(amx_every_shape, g, mode):
     N, C, H, W, Co, k, s, p, d = g
@@ -240,6 +241,40 @@ def test_direct_conv_int8_input(amx_every_shape, g):
     assert ops.last_kernel("conv_direct") == "amx"
     torch.testing.assert_close(y, ref.int8_conv2d(xq, w, ws, None, (s, s), (p, p), (d, d), 1, 0.05, 0.1),
                                rtol=0, atol=0)
+
+
+@needs_amx
+@pytest.mark.parametrize("case", ["saturating", "nan-input", "inf-out-scale", "huge-scale"])
+@pytest.mark.parametrize("g", [DIRECT[0], DIRECT[3], (8, 256, 7, 7, 64, 3, 1, 1, 1)], ids=["direct", "cout17", "gathered"])
+def test_conv_folded_epilogue_edges(amx_every_shape, g, case):
+    # The folded epilogue (finite scales) and the general one (anything else) against the reference:
+    # int8 outputs far outside [-127, 127] (beyond int32 too), a NaN input with the dynamic scale, an
+    # output scale whose inverse is inf, and per-channel scales whose product overflows.
+    N, C, H, W, Co, k, s, p, d = g
+    torch.manual_seed(1)
+    x = torch.randn(N, C, H, W) * 2
+    w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
+    ws, b = torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co)
+    x_scale, out_scale = 0.02, 0.04
+    if case == "saturating":
+        ws[::2] *= 1e9
+        b[1::3] = -1e12
+    elif case == "nan-input":
+        x[0, 1, 2, 3] = float("nan")
+        x_scale = None
+    elif case == "inf-out-scale":
+        out_scale = 1e-45  # 1 / out_scale overflows to inf in fp32
+    else:
+        ws[0] = 3e38
+    packed = ops.pack_conv_weight(w, 1)
+    for osc in (out_scale, None):
+        y = ops.int8_conv2d(x, packed, ws, b, (k, k), (s, s), (p, p), (d, d), 1, x_scale, osc, "relu")
+        assert ops.last_kernel("int8_gemm") == "amx"
+        r = ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), 1, x_scale, osc, "relu")
+        torch.testing.assert_close(y, r, rtol=0, atol=0, equal_nan=True)
+    if case == "saturating":
+        assert y.abs().max() > 2 ** 31 and (ops.int8_conv2d(x, packed, ws, b, (k, k), (s, s), (p, p), (d, d), 1, x_scale,
+                                                             out_scale) == -127).any()
 
 
 @needs_amx

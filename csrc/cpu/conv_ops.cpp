@@ -145,6 +145,49 @@ at::Tensor quantized_input(const at::Tensor& x_rows, const ConvArgs& a, float a_
   return xq;
 }
 
+// The convolution's folded epilogue (EPILOGUE.md, "Convolutions"): the activation scale is one per
+// tensor, so it is multiplied into the per-channel scale once per call, and for an int8 output whose
+// activation commutes with scaling (kernels::folds_out_inv) the output scale is multiplied into the
+// scale and the bias too. Every kernel then runs its usual epilogue with a_scale = 1 (an exact
+// multiply) and these vectors, which is the same arithmetic as the reference; `finite` lets the AMX
+// tile kernels use their shorter folded epilogue (no NaN can arise).
+struct ConvEpilogue {
+  at::Tensor scale, bias;  // [Cout] fp32; bias undefined without one
+  float out_inv = 1.0f;
+  bool finite = false;
+};
+
+constexpr float kUnitScale = 1.0f;
+
+ConvEpilogue fold_epilogue(float a_scale, const at::Tensor& ws, const at::Tensor& bi, std::optional<double> out_scale,
+                           kernels::Act act) {
+  ConvEpilogue e;
+  const float out_inv = out_scale ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
+  const bool fold_inv = out_scale && kernels::folds_out_inv(act);
+  e.out_inv = fold_inv ? 1.0f : out_inv;
+  bool finite = std::isfinite(e.out_inv);
+  const int64_t n = ws.size(0);
+  e.scale = at::empty({n}, ws.options());
+  const float* w = ws.data_ptr<float>();
+  float* sc = e.scale.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = a_scale * w[i];
+    sc[i] = fold_inv ? v * out_inv : v;
+    finite = finite && std::isfinite(sc[i]);
+  }
+  if (bi.defined()) {
+    e.bias = fold_inv ? at::empty({n}, bi.options()) : bi;
+    const float* b = bi.data_ptr<float>();
+    float* eb = e.bias.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      if (fold_inv) eb[i] = b[i] * out_inv;
+      finite = finite && std::isfinite(eb[i]);
+    }
+  }
+  e.finite = finite;
+  return e;
+}
+
 // The tile kernels' direct convolution (AMX): A tiles read from the padded input, no row gather.
 // Which direct tile convolution fits (see ConvDirectParams), measured against the gathered rows at
 // ResNet-50's 3x3 layers (2 threads, batch 8): 1.7-1.9x faster at 56x56, 28x28 and 14x14, but slower at
@@ -178,21 +221,28 @@ kernels::ConvDirectParams direct_geometry(const ConvArgs& a, DirectMode mode) {
   return cp;
 }
 
+// The GEMM epilogue fields of a convolution (group g of cout_g channels).
+void set_conv_epilogue(kernels::Int8GemmParams& p, const ConvEpilogue& e, int64_t g, int64_t cout_g,
+                       kernels::OutKind kind, kernels::Act act) {
+  p.a_scale = &kUnitScale;
+  p.a_scale_per_tensor = true;
+  p.b_scale = e.scale.data_ptr<float>() + g * cout_g;
+  p.bias = e.bias.defined() ? e.bias.data_ptr<float>() + g * cout_g : nullptr;
+  p.out_kind = kind;
+  p.act = act;
+  p.out_inv_scale = e.out_inv;
+  p.folded = e.finite;
+}
+
 void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, kernels::ConvDirectParams cp, const at::Tensor& xp,
-                 const at::Tensor& packed_w, const PackedHeader& h, const float* a_scale, const at::Tensor& ws,
-                 const at::Tensor& bi, at::Tensor& out, kernels::OutKind kind, kernels::Act act, float out_inv) {
+                 const at::Tensor& packed_w, const PackedHeader& h, const ConvEpilogue& epi, at::Tensor& out,
+                 kernels::OutKind kind, kernels::Act act) {
   kernels::Int8GemmParams& p = cp.gemm;
   set_packed_weight(p, h, packed_w.data_ptr<uint8_t>());
   p.M = a.N * a.OH * a.OW;
-  p.a_scale = a_scale;
-  p.a_scale_per_tensor = true;
-  p.b_scale = ws.data_ptr<float>();
-  p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
+  set_conv_epilogue(p, epi, 0, a.Cout, kind, act);
   p.out = out.data_ptr();
   p.ldo = a.Cout;
-  p.out_kind = kind;
-  p.act = act;
-  p.out_inv_scale = out_inv;
   cp.x = reinterpret_cast<const int8_t*>(xp.data_ptr<uint8_t>());
   // Items are (output row group, column panel), row-group-major: consecutive items reuse the group's
   // input rows from L2. A group is about 8 passes (1024 pixels): the kernel overlaps each column pair's
@@ -280,7 +330,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const at::Tensor xq = quantized_input(x_rows, a, a_scale, tiles_direct ? a.PH : 0, tiles_direct ? a.PW : 0, shift,
                                         geometry.virtual_width ? kernels::conv_direct_slack_bytes(geometry) : 0);
   const kernels::OutKind kind = out_scale ? kernels::OutKind::Int8 : kernels::OutKind::Float32;
-  const float out_inv = out_scale ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
+  const ConvEpilogue epi = fold_epilogue(a_scale, ws, bi, out_scale, act);
 
   if (dw) {  // 2a) depthwise
     kernels::DwConvParams p;
@@ -288,13 +338,13 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     p.KH = a.KH; p.KW = a.KW; p.SH = a.SH; p.SW = a.SW; p.PH = a.PH; p.PW = a.PW; p.DH = a.DH; p.DW = a.DW;
     p.x = reinterpret_cast<const int8_t*>(xq.data_ptr<uint8_t>());
     p.w = packed_w.data_ptr<int8_t>();
-    p.a_scale = a_scale;
-    p.w_scale = ws.data_ptr<float>();
-    p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
+    p.a_scale = kUnitScale;
+    p.w_scale = epi.scale.data_ptr<float>();
+    p.bias = epi.bias.defined() ? epi.bias.data_ptr<float>() : nullptr;
     p.out = out.data_ptr();
     p.out_kind = kind;
     p.act = act;
-    p.out_inv_scale = out_inv;
+    p.out_inv_scale = epi.out_inv;
     const auto& ks = kernels_for(Family::DwConv);
     const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, a.C * a.KH * a.KW));
     at::parallel_for(0, M, grain, [&](int64_t b, int64_t e) { ks.dwconv(p, b, e); });
@@ -304,7 +354,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const auto& ks = *gks;
   if (tiles_direct) {  // 2b) direct tile convolution
     record_kernel(Family::ConvDirect, Isa::Amx);
-    conv_direct(ks, a, geometry, xq, packed_w, headers[0], &a_scale, ws, bi, out, kind, act, out_inv);
+    conv_direct(ks, a, geometry, xq, packed_w, headers[0], epi, out, kind, act);
     return out;
   }
   clear_kernel(Family::ConvDirect);
@@ -333,7 +383,11 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, macs_per_item));
   const int64_t elem = out_scale ? 1 : 4;
   at::parallel_for(0, groups * chunks * panels, grain, [&](int64_t begin, int64_t end) {
-    std::vector<uint8_t> buf(direct ? 0 : static_cast<size_t>(rows * ld));
+    // The gathered rows: torch's allocator aligns them to 64 bytes, so every row of a tile load is
+    // whole cache lines (a std::vector's 16-byte alignment split them, and zero-filled the buffer
+    // first: measured 2x slower at l4 3x3, whose 7x7 output takes this path).
+    const at::Tensor buf_t = direct ? at::Tensor() : at::empty({rows * ld}, xq.options());
+    uint8_t* const buf = direct ? nullptr : buf_t.data_ptr<uint8_t>();
     int64_t gathered = -1;  // which (group, chunk) buf holds
     for (int64_t it = begin; it < end; ++it) {
       const int64_t panel = it % panels, gc = it / panels;
@@ -346,21 +400,15 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
         p.lda = a.C;
       } else {
         if (gathered != gc)
-          kernels::gather_conv_rows(geo, xq.data_ptr<uint8_t>(), g, m0, m1, buf.data(), ld, K_pad, shift ? 128 : 0);
+          kernels::gather_conv_rows(geo, xq.data_ptr<uint8_t>(), g, m0, m1, buf, ld, K_pad, shift ? 128 : 0);
         gathered = gc;
-        p.a = buf.data();
+        p.a = buf;
         p.lda = ld;
       }
       p.M = m1 - m0;
-      p.a_scale = &a_scale;
-      p.a_scale_per_tensor = true;
-      p.b_scale = ws.data_ptr<float>() + g * cout_g;
-      p.bias = bi.defined() ? bi.data_ptr<float>() + g * cout_g : nullptr;
+      set_conv_epilogue(p, epi, g, cout_g, kind, act);
       p.out = static_cast<char*>(out.data_ptr()) + (m0 * a.Cout + g * cout_g) * elem;
       p.ldo = a.Cout;
-      p.out_kind = kind;
-      p.act = act;
-      p.out_inv_scale = out_inv;
       const int64_t n0 = panel * n_panel;
       ks.int8_gemm(p, 0, m1 - m0, n0, std::min(N_pad, n0 + n_panel));
     }

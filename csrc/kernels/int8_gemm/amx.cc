@@ -39,10 +39,13 @@ struct AmxTraits {
   static constexpr int64_t kBlockRows = 32;      // two A tiles
   static constexpr int64_t kBlockCols = 32;      // two B tiles
   static constexpr int64_t kMaxChunkSteps = 8;   // tile steps per K chunk (at most; 8, 12, 16, 32 measured)
+  // A convolution's chunks: up to 16 steps, so a 3x3 layer with 64 channels (9 steps) runs in one
+  // chunk (measured: its C store + reload between chunks cost ~10% at l1 3x3).
+  static constexpr int64_t kMaxConvChunkSteps = 16;
   static constexpr int64_t kPassRows = 128;      // rows per pass
   static constexpr int64_t kBlocksPerPass = kPassRows / kBlockRows;
   static_assert(kPassRows % kBlockRows == 0, "a pass is whole 32-row blocks");
-  static_assert(kMaxChunkSteps * kStepBytes * kBlockCols <= 32 * 1024, "the chunk's B pair must stay in L1");
+  static_assert(kMaxConvChunkSteps * kStepBytes * kBlockCols <= 32 * 1024, "the chunk's B pair must stay in L1");
 };
 
 struct alignas(64) TileConfig {
@@ -77,15 +80,26 @@ constexpr int64_t kCStride = AmxTraits::kBlockCols * 4;  // bytes between C rows
 constexpr int64_t kCHalfInts = AmxTraits::kBlocksPerPass * 2 * kCTileInts;  // one column pair's blocks
 constexpr int64_t kStreamOutBytes = 1 << 20;  // 4-byte outputs from this size on: non-temporal stores
 
+// Buffers that tile instructions read or write are 64-byte aligned, so that each 64-byte tile row is
+// whole cache lines (malloc only promises 16 bytes, and a row split over two lines slows every tile
+// load: the convolution's gathered rows in a std::vector ran the l4 3x3 layer 2x slower).
+template <typename T>
+T* aligned64(std::vector<T>& v, size_t n) {
+  v.resize(n + 64 / sizeof(T));
+  const uintptr_t at = reinterpret_cast<uintptr_t>(v.data());
+  return v.data() + ((64 - at % 64) % 64) / sizeof(T);
+}
+
 struct ThreadBuffers {
-  std::vector<int32_t> c;      // two halves: the pair being computed and the pair in its epilogue
+  std::vector<int32_t> c_storage;
+  int32_t* c = nullptr;        // two halves: the pair being computed and the pair in its epilogue
   std::vector<int64_t> koff;   // byte offset of each tile step (TileSource)
   std::vector<uint8_t> small;  // A with fewer than 16 rows, copied into 16 zero-padded rows
 };
 
 ThreadBuffers& thread_buffers() {
   thread_local ThreadBuffers b;
-  if (b.c.empty()) b.c.resize(static_cast<size_t>(2 * kCHalfInts));
+  if (!b.c) b.c = aligned64(b.c_storage, static_cast<size_t>(2 * kCHalfInts));
   return b;
 }
 
@@ -101,11 +115,6 @@ struct TilePass {
   int tiles = 0;
   const uint8_t* base[kMaxPassTiles] = {};
   int64_t out[kMaxPassTiles * AmxTraits::kTileRows];
-  int64_t rows() const {
-    int64_t r = 0;
-    for (int i = 0; i < tiles * AmxTraits::kTileRows; ++i) r += out[i] >= 0;
-    return r;
-  }
 };
 
 // How A is addressed: the GEMM's rows (koff[kt] = 64 kt) or a convolution's taps and channels.
@@ -114,6 +123,10 @@ struct TileSource {
   const int64_t* koff;   // [steps]
   int64_t steps;         // whole tile steps (64 bytes of K each)
   int64_t q_tail, q_end; // GEMM only: the K tail's quads [q_tail, q_end), at base + t * stride + 4q
+  // A tiles loaded with the streaming hint (GEMM: a row passes once per column pair). A convolution
+  // reads each input pixel once per tap, so its A stays cached (measured on l1 3x3 at batch 8, one
+  // thread: 1.10 -> 1.04 ms).
+  bool stream_a;
 };
 
 struct GemmCtx {
@@ -128,15 +141,34 @@ struct GemmCtx {
 // after each tile call of the next pair, so its vector work and its output stores (the output often
 // costs as much as the products: 4 KiB of fp32 per 32 x 32 block) overlap the TMUL, a separate
 // unit, instead of leaving it idle. (Measured: spreading it over every tile step instead was slower
-// at small K, and running it after the pair slower at large K.) Cursor: row `pos` of the pass.
+// at small K, and running it after the pair slower at large K.) Cursor: row `pos` of the pass, counted
+// over every tile row, stored or not (the -1 rows cost a test).
 struct PendingEpilogue {
   const TilePass* pass_ptr = nullptr;  // the pass of the pair (tile_gemm keeps two, alternating)
   const int32_t* c = nullptr;
   const int8_t* b[2] = {nullptr, nullptr};
   ColBlock16 cols[2];
   int nt = 0, pos = 0;
-  int64_t left = 0;  // rows not yet stored
+  int64_t left = 0;  // tile rows not yet visited
 };
+
+// Row `pos` of the pending pair's C tiles, plus the K tail (GEMM only), column block j.
+inline __m512i pair_acc(const GemmCtx& g, const PendingEpilogue& e, int pos, int j) {
+  const TileSource& src = g.src;
+  const int tile = pos / static_cast<int>(AmxTraits::kTileRows), t = pos % static_cast<int>(AmxTraits::kTileRows);
+  __m512i acc = src.steps > 0 ? _mm512_loadu_si512(e.c + tile * kCTileInts + t * AmxTraits::kBlockCols + 16 * j)
+                              : _mm512_setzero_si512();
+  if (src.q_tail < src.q_end) {  // vpdpbusd on u8 = s8 + 128, then 128 * sum(b) off again (exact)
+    const __m512i k80 = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
+    const uint8_t* ar = e.pass_ptr->base[tile] + t * src.stride;
+    for (int64_t q = src.q_tail; q < src.q_end; ++q) {
+      const __m512i bq = _mm512_loadu_si512(e.b[j] + q * 64);
+      acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(bcast_u8x4(ar + q * 4), k80), bq);
+      acc = _mm512_sub_epi32(acc, _mm512_dpbusd_epi32(_mm512_setzero_si512(), k80, bq));
+    }
+  }
+  return acc;
+}
 
 // Runs the next `rows` rows of a pending epilogue, specialized per output kind, activation and bias
 // (a generic per-vector epilogue measured ~2x slower at small K, where the epilogue is as long as the
@@ -149,28 +181,15 @@ void epilogue_rows(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
   const float* const a_scale = g.p.a_scale;
   const bool per_tensor = g.p.a_scale_per_tensor, stream = g.stream_out;
   const __m512 out_inv = _mm512_set1_ps(g.p.out_inv_scale);
-  const TileSource src = g.src;
   const int nt = e.nt;
   const ColBlock16 cols[2] = {e.cols[0], e.cols[1]};
   const bool full = nt == 2 && cols[0].mask == 0xffff && cols[1].mask == 0xffff;
-  const __m512i k80 = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
   for (; rows > 0 && e.left > 0; --rows, --e.left) {
-    const TilePass& pass = *e.pass_ptr;
-    while (pass.out[e.pos] < 0) ++e.pos;
-    const int64_t r = pass.out[e.pos];
-    const int tile = e.pos / static_cast<int>(AmxTraits::kTileRows), t = e.pos % static_cast<int>(AmxTraits::kTileRows);
-    const int32_t* c = e.c + tile * kCTileInts + t * AmxTraits::kBlockCols;
-    const uint8_t* ar = pass.base[tile] + t * src.stride;
-    ++e.pos;
+    const int pos = e.pos++;
+    const int64_t r = e.pass_ptr->out[pos];
+    if (r < 0) continue;
     __m512i acc[2];
-    for (int j = 0; j < nt; ++j) {
-      acc[j] = src.steps > 0 ? _mm512_loadu_si512(c + 16 * j) : _mm512_setzero_si512();
-      for (int64_t q = src.q_tail; q < src.q_end; ++q) {  // the K tail (GEMM only)
-        const __m512i bq = _mm512_loadu_si512(e.b[j] + q * 64);
-        acc[j] = _mm512_dpbusd_epi32(acc[j], _mm512_xor_si512(bcast_u8x4(ar + q * 4), k80), bq);
-        acc[j] = _mm512_sub_epi32(acc[j], _mm512_dpbusd_epi32(_mm512_setzero_si512(), k80, bq));
-      }
-    }
+    for (int j = 0; j < nt; ++j) acc[j] = pair_acc(g, e, pos, j);
     const int64_t idx = r * ldo + cols[0].col;  // element index of the row's first column
     if (KIND == OutKind::Int32) {
       int32_t* o = reinterpret_cast<int32_t*>(out) + idx;
@@ -214,31 +233,103 @@ void epilogue_rows(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
   }
 }
 
+// The folded convolution epilogue (Int8GemmParams::folded; EPILOGUE.md, "Convolutions"):
+// y = act(float(acc) * b_scale[n] + bias[n]), fp32 out, or int8 out as clamp(round(y)). The scales are finite, so y is never NaN: the int8 rule is min(y, 127), convert
+// (nearest even; below -2^31 gives INT_MIN), saturate to bytes, max -127. (y * out_inv first for
+// relu6 and gelu, whose int8 scale is not folded.) Rows go in pairs: an int8
+// pair of 32 columns is packed with two packs + one permute instead of four narrowing converts
+// (2 uops each). Measured on the l1 3x3 convolution (K = 576, where the epilogue's vector work
+// outweighs the products): about 6 vector uops per 16 outputs instead of 12.
+template <OutKind KIND, Act ACT, bool BIAS>
+void epilogue_folded(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
+  // Everything the loop reads lives in locals: the output stores could alias anything behind a pointer.
+  char* const out = static_cast<char*>(g.p.out);
+  const int64_t ldo = g.p.ldo;
+  const bool stream = g.stream_out, tail = g.src.q_tail < g.src.q_end;
+  const __m512 out_inv = _mm512_set1_ps(g.p.out_inv_scale), hi = _mm512_set1_ps(127.0f);
+  const __m512i lo8 = _mm512_set1_epi8(-127), lo32 = _mm512_set1_epi32(-127);
+  // packs leave dword 4l + i of the result as lane l of input i (rows' column blocks 0, 1, 0, 1).
+  const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+  const int nt = e.nt;
+  const int64_t col = e.cols[0].col;
+  const __mmask16 mask[2] = {e.cols[0].mask, e.cols[1].mask};
+  const __m512 sc[2] = {e.cols[0].b_scale, e.cols[1].b_scale}, bi[2] = {e.cols[0].bias, e.cols[1].bias};
+  const bool full = nt == 2 && mask[0] == 0xffff && mask[1] == 0xffff;
+  const int32_t* const cbuf = e.c;
+  const int64_t* const row_of = e.pass_ptr->out;
+  auto value = [&](int pos, int j) {
+    const __m512i acc = tail ? pair_acc(g, e, pos, j)
+                             : _mm512_loadu_si512(cbuf + (pos / 16) * kCTileInts + (pos % 16) * AmxTraits::kBlockCols + 16 * j);
+    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), sc[j]);
+    if (BIAS) y = _mm512_add_ps(y, bi[j]);
+    y = act16(y, ACT);
+    return KIND == OutKind::Int8 && !folds_out_inv(ACT) ? _mm512_mul_ps(y, out_inv) : y;
+  };
+  auto to_int = [&](__m512 y) { return _mm512_cvtps_epi32(_mm512_min_ps(y, hi)); };
+  int pos = e.pos;
+  int64_t left = e.left;
+  // Tile rows come in pairs (a tile has 16), both of one tile: adjacent rows of the C buffer.
+  for (; rows > 0 && left > 0; rows -= 2, left -= 2, pos += 2) {
+    const int64_t r0 = row_of[pos], r1 = row_of[pos + 1];
+    if ((r0 & r1) < 0) continue;  // neither row is stored
+    if (KIND == OutKind::Int8 && full) {
+      const __m512i w0 = _mm512_packs_epi32(to_int(value(pos, 0)), to_int(value(pos, 1)));
+      const __m512i w1 = _mm512_packs_epi32(to_int(value(pos + 1, 0)), to_int(value(pos + 1, 1)));
+      const __m512i q = _mm512_permutexvar_epi32(order, _mm512_max_epi8(_mm512_packs_epi16(w0, w1), lo8));
+      int8_t* const o = reinterpret_cast<int8_t*>(out) + col;
+      if (r0 >= 0) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + r0 * ldo), _mm512_castsi512_si256(q));
+      if (r1 >= 0) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + r1 * ldo), _mm512_extracti64x4_epi64(q, 1));
+      continue;
+    }
+    for (int i = 0; i < 2; ++i) {
+      const int64_t r = i == 0 ? r0 : r1;
+      if (r < 0) continue;
+      for (int j = 0; j < nt; ++j) {
+        const __m512 y = value(pos + i, j);
+        if (KIND == OutKind::Int8) {
+          int8_t* const o = reinterpret_cast<int8_t*>(out) + r * ldo + col + 16 * j;
+          _mm512_mask_cvtsepi32_storeu_epi8(o, mask[j], _mm512_max_epi32(to_int(y), lo32));
+        } else {
+          float* const o = reinterpret_cast<float*>(out) + r * ldo + col + 16 * j;
+          if (stream && mask[j] == 0xffff && (reinterpret_cast<uintptr_t>(o) & 63) == 0)
+            _mm512_stream_ps(o, y);
+          else
+            _mm512_mask_storeu_ps(o, mask[j], y);
+        }
+      }
+    }
+  }
+  e.pos = pos;
+  e.left = left;
+}
+
 using EpilogueFn = void (*)(const GemmCtx&, PendingEpilogue&, int64_t);
 
 template <OutKind KIND, Act ACT>
-EpilogueFn epilogue_for_act(bool bias) {
+EpilogueFn epilogue_for_act(bool bias, bool folded) {
+  if (folded && (KIND == OutKind::Float32 || KIND == OutKind::Int8))
+    return bias ? epilogue_folded<KIND, ACT, true> : epilogue_folded<KIND, ACT, false>;
   return bias ? epilogue_rows<KIND, ACT, true> : epilogue_rows<KIND, ACT, false>;
 }
 
 template <OutKind KIND>
-EpilogueFn epilogue_for_kind(Act act, bool bias) {
+EpilogueFn epilogue_for_kind(Act act, bool bias, bool folded) {
   switch (act) {
-    case Act::Relu: return epilogue_for_act<KIND, Act::Relu>(bias);
-    case Act::Relu6: return epilogue_for_act<KIND, Act::Relu6>(bias);
-    case Act::Gelu: return epilogue_for_act<KIND, Act::Gelu>(bias);
+    case Act::Relu: return epilogue_for_act<KIND, Act::Relu>(bias, folded);
+    case Act::Relu6: return epilogue_for_act<KIND, Act::Relu6>(bias, folded);
+    case Act::Gelu: return epilogue_for_act<KIND, Act::Gelu>(bias, folded);
     case Act::None: break;
   }
-  return epilogue_for_act<KIND, Act::None>(bias);
+  return epilogue_for_act<KIND, Act::None>(bias, folded);
 }
 
 // (OutKind::Float16 is a CUDA output: the CPU entry layer never asks for it.)
 EpilogueFn epilogue_for(const Int8GemmParams& p) {
   switch (p.out_kind) {
     case OutKind::Int32: return epilogue_rows<OutKind::Int32, Act::None, false>;
-    case OutKind::BFloat16: return epilogue_for_kind<OutKind::BFloat16>(p.act, p.bias != nullptr);
-    case OutKind::Int8: return epilogue_for_kind<OutKind::Int8>(p.act, p.bias != nullptr);
-    default: return epilogue_for_kind<OutKind::Float32>(p.act, p.bias != nullptr);
+    case OutKind::BFloat16: return epilogue_for_kind<OutKind::BFloat16>(p.act, p.bias != nullptr, false);
+    case OutKind::Int8: return epilogue_for_kind<OutKind::Int8>(p.act, p.bias != nullptr, p.folded);
+    default: return epilogue_for_kind<OutKind::Float32>(p.act, p.bias != nullptr, p.folded);
   }
 }
 
@@ -246,7 +337,7 @@ EpilogueFn epilogue_for(const Int8GemmParams& p) {
 // b0/b1: the two B column blocks, c: the block's C buffer; first: start from zero. A tiles are
 // loaded with the streaming hint (tileloaddt1): they pass once per column pair, and keeping them out
 // of L1 leaves it to the B chunk, which every block of the pass reuses (measured: +5-20%).
-template <int MT, int NT>
+template <int MT, int NT, bool STREAM_A>
 inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, const TileSource& src, const int8_t* b0,
                         const int8_t* b1, int64_t kt0, int64_t kt1, int32_t* c) {
   int32_t* c1 = c + kCTileInts;
@@ -265,7 +356,10 @@ inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, const 
   }
   for (int64_t kt = kt0; kt < kt1; ++kt) {
     // Loads interleaved with the products that consume them (A0, B0, C00, B1, C01, A1, C10, C11).
-    _tile_stream_loadd(4, a0 + koff[kt], stride);
+    if (STREAM_A)
+      _tile_stream_loadd(4, a0 + koff[kt], stride);
+    else
+      _tile_loadd(4, a0 + koff[kt], stride);
     _tile_loadd(6, b0 + kt * 1024, 64);
     _tile_dpbssd(0, 4, 6);
     if (NT == 2) {
@@ -273,7 +367,10 @@ inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, const 
       _tile_dpbssd(1, 4, 7);
     }
     if (MT == 2) {
-      _tile_stream_loadd(5, a1 + koff[kt], stride);
+      if (STREAM_A)
+        _tile_stream_loadd(5, a1 + koff[kt], stride);
+      else
+        _tile_loadd(5, a1 + koff[kt], stride);
       _tile_dpbssd(2, 5, 6);
       if (NT == 2) _tile_dpbssd(3, 5, 7);
     }
@@ -286,7 +383,10 @@ inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, const 
 
 using BlockFn = void (*)(bool, const uint8_t*, const uint8_t*, const TileSource&, const int8_t*, const int8_t*,
                          int64_t, int64_t, int32_t*);
-constexpr BlockFn kBlockFns[2][2] = {{block_chunk<1, 1>, block_chunk<1, 2>}, {block_chunk<2, 1>, block_chunk<2, 2>}};
+// [stream A][MT - 1][NT - 1]
+constexpr BlockFn kBlockFns[2][2][2] = {
+    {{block_chunk<1, 1, false>, block_chunk<1, 2, false>}, {block_chunk<2, 1, false>, block_chunk<2, 2, false>}},
+    {{block_chunk<1, 1, true>, block_chunk<1, 2, true>}, {block_chunk<2, 1, true>, block_chunk<2, 2, true>}}};
 
 // A large fp32/int32 output is written with non-temporal stores: no read-for-ownership of lines that
 // are overwritten whole. Measured +5-15% on the large shapes and +25% at 512 x 384 x 1536 (a 3 MB
@@ -303,12 +403,13 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
   const Int8GemmParams& p = g.p;
   n1 = std::min(n1, round_up(p.N, kPackNB));
   const int64_t steps = g.src.steps;
-  // K chunks of at most kMaxChunkSteps steps, ceil(steps / max) of them, as even as that allows
-  // (12 steps: 2 x 6, not 8 + 4).
-  const int64_t chunks = (steps + AmxTraits::kMaxChunkSteps - 1) / AmxTraits::kMaxChunkSteps;
+  // K chunks of at most kMaxChunkSteps steps (kMaxConvChunkSteps for a convolution), ceil(steps / max)
+  // of them, as even as that allows (12 steps: 2 x 6, not 8 + 4).
+  const int64_t max_steps = g.src.stream_a ? AmxTraits::kMaxChunkSteps : AmxTraits::kMaxConvChunkSteps;
+  const int64_t chunks = (steps + max_steps - 1) / max_steps;
   const int64_t kc = chunks > 0 ? (steps + chunks - 1) / chunks : 0;
   const int64_t block_stride = p.K_pad * kPackNB;  // bytes per 16-column weight block
-  int32_t* const cbuf = thread_buffers().c.data();  // a local: every output store could alias the thread_local
+  int32_t* const cbuf = thread_buffers().c;  // a local: every output store could alias the thread_local
   const EpilogueFn run_epilogue = epilogue_for(p);
   PendingEpilogue pending;
   // Two passes alternate: the last pair's epilogue of one runs while the next one computes.
@@ -319,7 +420,6 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
     TilePass& pass = passes[pass_count % 2];
     if (!next_pass(pass)) break;
     const int blocks = (pass.tiles + 1) / 2;
-    const int64_t pass_rows = pass.rows();
     for (int64_t n = n0; n < n1; n += AmxTraits::kBlockCols, ++pair_count) {
       const int nt = n1 - n >= AmxTraits::kBlockCols ? 2 : 1;
       const int8_t* b0 = p.b + (n / kPackNB) * block_stride;
@@ -332,7 +432,7 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
         const int64_t kt1 = std::min(steps, kt0 + kc);
         for (int b = 0; b < blocks; ++b) {
           const int mt = 2 * b + 1 < pass.tiles ? 2 : 1;
-          kBlockFns[mt - 1][nt - 1](kt0 == 0, pass.base[2 * b], pass.base[2 * b + mt - 1], g.src, b0, b1, kt0, kt1,
+          kBlockFns[g.src.stream_a][mt - 1][nt - 1](kt0 == 0, pass.base[2 * b], pass.base[2 * b + mt - 1], g.src, b0, b1, kt0, kt1,
                                     c + b * 2 * kCTileInts);
           run_epilogue(g, pending, rows);
         }
@@ -345,7 +445,7 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
       for (int j = 0; j < nt; ++j) pending.cols[j] = col_block16(p, n + 16 * j, /*signed_a=*/true);
       pending.nt = nt;
       pending.pos = 0;
-      pending.left = pass_rows;
+      pending.left = pass.tiles * AmxTraits::kTileRows;
     }
   }
   run_epilogue(g, pending, pending.left);
@@ -365,17 +465,18 @@ void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n
   // rows needs padding: it runs on a zero-padded copy (the extra rows are never stored).
   if (p.M < AmxTraits::kTileRows) {
     const int64_t ld = operand_stride(p.K_pad);
-    buf.small.assign(static_cast<size_t>(AmxTraits::kTileRows * ld), 0);
+    uint8_t* const small = aligned64(buf.small, static_cast<size_t>(AmxTraits::kTileRows * ld));
+    std::memset(small, 0, static_cast<size_t>(AmxTraits::kTileRows * ld));
     for (int64_t r = 0; r < p.M; ++r)
-      std::memcpy(buf.small.data() + r * ld, p.a + r * p.lda, static_cast<size_t>(p.K_pad));
-    p.a = buf.small.data();
+      std::memcpy(small + r * ld, p.a + r * p.lda, static_cast<size_t>(p.K_pad));
+    p.a = small;
     p.lda = ld;
     p.M = AmxTraits::kTileRows;
   }
   const int64_t steps = p.K_pad / AmxTraits::kStepBytes;  // whole tile steps; the rest is the K tail
   int64_t* koff = step_offsets(steps);
   for (int64_t kt = 0; kt < steps; ++kt) koff[kt] = kt * AmxTraits::kStepBytes;
-  const GemmCtx g{p, TileSource{p.lda, koff, steps, steps * 16, p.K_pad / kPackKB}, stream_output(p, p.M)};
+  const GemmCtx g{p, TileSource{p.lda, koff, steps, steps * 16, p.K_pad / kPackKB, true}, stream_output(p, p.M)};
   // Passes of kPassRows rows; tile i starts at row r, its window at w = min(r, M - 16).
   int64_t pm0 = m0;
   tile_gemm(g, n0, n1, [&](TilePass& pass) {
@@ -410,7 +511,7 @@ void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
     for (int64_t kw = 0; kw < cp.KW; ++kw)
       for (int64_t cc = 0; cc < cchunks; ++cc, ++kt)
         koff[kt] = (kh * cp.DH * cp.Wp + kw * cp.DW) * cp.C + cc * AmxTraits::kStepBytes;
-  const GemmCtx g{p, TileSource{cp.SW * cp.C, koff, steps, 0, 0}, stream_output(p, (r1 - r0) * cp.OW)};
+  const GemmCtx g{p, TileSource{cp.SW * cp.C, koff, steps, 0, 0, false}, stream_output(p, (r1 - r0) * cp.OW)};
   const uint8_t* x = reinterpret_cast<const uint8_t*>(cp.x);
   constexpr int64_t T = AmxTraits::kTileRows;
   const int64_t image = cp.Hp * cp.Wp * cp.C;  // bytes per padded image
@@ -444,9 +545,13 @@ void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
       const int64_t q_end = last_row * cp.Wp;
       const int64_t w = std::max<int64_t>(0, std::min(q, q_end - T));  // window: inside this image's rows
       pass.base[pass.tiles] = x + n * image + w * cp.SW * cp.C;
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t qt = w + t, oh = qt / cp.Wp, ow = qt % cp.Wp;
+      int64_t oh = w / cp.Wp, ow = w % cp.Wp;  // of pixel qt = w + t, stepped (one division per tile)
+      for (int64_t t = 0, qt = w; t < T; ++t, ++qt) {
         pass.out[pass.tiles * T + t] = qt >= q && qt < q_end && ow < cp.OW ? (n * cp.OH + oh) * cp.OW + ow : -1;
+        if (++ow == cp.Wp) {
+          ow = 0;
+          ++oh;
+        }
       }
       ++pass.tiles;
       q += T;

@@ -34,7 +34,16 @@ struct Int8GemmParams {
   OutKind out_kind = OutKind::Int32;
   Act act = Act::None;
   float out_inv_scale = 1.0f;   // Int8 output: 1 / output scale
+  // Set by the convolution entry layer when its scales are folded (EPILOGUE.md, "Convolutions"):
+  // a_scale is 1 for every row, b_scale and bias are finite, and out_inv_scale is 1 when
+  // folds_out_inv(act). Kernels that know this may skip those multiplies and the NaN test (AMX);
+  // the others compute the same values through the general epilogue.
+  bool folded = false;
 };
+
+// Whether a folded epilogue's int8 output scale is folded into b_scale and bias too: the activations
+// that commute with a positive scale (relu6's 6 and gelu do not).
+inline bool folds_out_inv(Act act) { return act == Act::None || act == Act::Relu; }
 
 // The activation scale of row m.
 inline float row_scale(const Int8GemmParams& p, int64_t m) { return p.a_scale[p.a_scale_per_tensor ? 0 : m]; }
