@@ -251,9 +251,20 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, kernels::ConvD
   // leaves a thread without work.
   const int64_t rows_total = a.N * a.OH, threads = at::get_num_threads();
   const int64_t N_pad = kernels::round_up(h.N, kernels::kPackNB);
-  int64_t group = std::max<int64_t>(1, 8 * ks.m_chunk / a.OW);
-  while (group > 1 && ((rows_total + group - 1) / group) * ((N_pad + ks.n_panel - 1) / ks.n_panel) < 4 * threads)
-    group /= 2;
+  // Row groups of at most ~8 passes, at least 4 items per thread, and a multiple of the thread count
+  // where a group size near the even split gives one (at::parallel_for hands each thread a contiguous
+  // range: 25 items on 2 threads left one thread idle for a whole item).
+  const int64_t max_group = std::max<int64_t>(1, 8 * ks.m_chunk / a.OW);
+  const int64_t full_panels = (N_pad + ks.n_panel - 1) / ks.n_panel;
+  int64_t row_items = std::max((rows_total + max_group - 1) / max_group, (4 * threads + full_panels - 1) / full_panels);
+  row_items = std::min(rows_total, kernels::round_up(row_items, threads));
+  int64_t group = (rows_total + row_items - 1) / row_items;
+  for (int64_t g = group; g >= std::max<int64_t>(1, group * 3 / 4); --g) {
+    if (((rows_total + g - 1) / g) % threads == 0) {
+      group = g;
+      break;
+    }
+  }
   const int64_t groups = (rows_total + group - 1) / group;
   const int64_t n_panel = panel_width(ks, N_pad, groups);
   const int64_t panels = (N_pad + n_panel - 1) / n_panel;

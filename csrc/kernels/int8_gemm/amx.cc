@@ -515,11 +515,25 @@ void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
   const uint8_t* x = reinterpret_cast<const uint8_t*>(cp.x);
   constexpr int64_t T = AmxTraits::kTileRows;
   const int64_t image = cp.Hp * cp.Wp * cp.C;  // bytes per padded image
+  // The call's tiles, spread evenly over its passes in whole blocks of two (9 tiles: 6 + 3, not 8 + 1,
+  // whose one-tile pass runs a half-height block and its epilogue alone; 14 tiles: 8 + 6, not 7 + 7).
+  int64_t call_tiles = 0;
+  if (!cp.virtual_width) {
+    call_tiles = (r1 - r0) * ((cp.OW + T - 1) / T);
+  } else {
+    for (int64_t row = r0; row < r1;) {
+      const int64_t next = std::min(r1, (row / cp.OH + 1) * cp.OH);
+      call_tiles += ((next - row) * cp.Wp + T - 1) / T;
+      row = next;
+    }
+  }
+  const int64_t passes = (call_tiles + kMaxPassTiles - 1) / kMaxPassTiles;
+  const int pass_tiles = static_cast<int>(std::max<int64_t>(2, round_up((call_tiles + passes - 1) / passes, 2)));
   if (!cp.virtual_width) {
     int64_t row = r0, ow = 0;  // the next tile starts at pixel ow of output row `row`
     tile_gemm(g, n0, n1, [&](TilePass& pass) {
       pass.tiles = 0;
-      while (row < r1 && pass.tiles < kMaxPassTiles) {
+      while (row < r1 && pass.tiles < pass_tiles) {
         const int64_t n = row / cp.OH, oh = row % cp.OH, w = std::min(ow, cp.OW - T);
         pass.base[pass.tiles] = x + n * image + ((oh * cp.SH) * cp.Wp + w * cp.SW) * cp.C;
         for (int64_t t = 0; t < T; ++t) pass.out[pass.tiles * T + t] = w + t >= ow ? row * cp.OW + w + t : -1;
@@ -538,7 +552,7 @@ void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
   int64_t row = r0, q = (r0 % cp.OH) * cp.Wp;  // the next tile starts at pixel q of row's image
   tile_gemm(g, n0, n1, [&](TilePass& pass) {
     pass.tiles = 0;
-    while (row < r1 && pass.tiles < kMaxPassTiles) {
+    while (row < r1 && pass.tiles < pass_tiles) {
       const int64_t n = row / cp.OH;
       // This image's part of the call ends at output row min(r1, next image): q_end on the padded width.
       const int64_t last_row = std::min(r1, (n + 1) * cp.OH) - n * cp.OH;
