@@ -24,6 +24,8 @@ GEOMETRIES = [
     (1, 16, 7, 7, 16, 3, 1, 1, 1, 16),    # depthwise
     (2, 13, 9, 9, 13, 3, 2, 1, 2, 13),    # depthwise, odd C, stride + dilation
     (1, 24, 5, 5, 24, 5, 1, 2, 1, 24),    # depthwise 5x5
+    (2, 80, 9, 8, 80, 7, 1, 3, 1, 80),    # depthwise 7x7 (13 groups of 4 taps), two channel blocks, the second of 16
+    (1, 130, 6, 7, 130, 3, 2, 1, 1, 130), # depthwise, three channel blocks, the last of 2
 ]
 MODES = [  # (x_scale, out_scale, activation)
     (None, None, "none"), (0.03, None, "relu"), (None, 0.05, "relu6"), (0.02, 0.04, "relu"),
@@ -83,6 +85,31 @@ def test_special_inputs(isa):
     torch.testing.assert_close(static, ref.int8_conv2d(x, w, ws, b, (1, 1), (1, 1), (1, 1), 1, 0.02), rtol=0, atol=0)
     empty = ops.int8_conv2d(torch.zeros(0, 3, 9, 7), *args)
     assert empty.shape == (0, 13, 9, 7)
+
+
+@pytest.mark.parametrize("case", ["saturating", "nan-input", "inf-out-scale"])
+def test_depthwise_epilogue_edges(isa, case):
+    # The folded epilogue (finite scales) and the general one against the reference, on the depthwise
+    # kernels: int8 outputs far past int32, a NaN input with the dynamic scale, an inf output inverse.
+    g = (2, 80, 9, 8, 80, 3, 1, 1, 1, 80)
+    x, w, ws, b = make(g)
+    x_scale, out_scale = 0.02, 0.04
+    if case == "saturating":
+        ws[::2] *= 1e9
+        b[1::3] = -1e12
+    elif case == "nan-input":
+        x[0, 1, 2, 3] = float("nan")
+        x_scale = None
+    else:
+        out_scale = 1e-45
+    pw = ops.pack_conv_weight(w, 80)
+    for osc, act in ((out_scale, "relu"), (out_scale, "none"), (None, "relu6")):
+        y = ops.int8_conv2d(x, pw, ws, b, (3, 3), (1, 1), (1, 1), (1, 1), 80, x_scale, osc, act)
+        r = ref.int8_conv2d(x, w, ws, b, (1, 1), (1, 1), (1, 1), 80, x_scale, osc, act)
+        torch.testing.assert_close(y, r, rtol=0, atol=0, equal_nan=True)
+        assert_served("dwconv", isa)
+        if case == "saturating" and osc is not None and act == "none":
+            assert (y == 127).any() and (y == -127).any()
 
 
 def sqnr_db(a, b):

@@ -356,6 +356,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     p.out_kind = kind;
     p.act = act;
     p.out_inv_scale = epi.out_inv;
+    p.folded = epi.finite;
     const auto& ks = kernels_for(Family::DwConv);
     const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, a.C * a.KH * a.KW));
     at::parallel_for(0, M, grain, [&](int64_t b, int64_t e) { ks.dwconv(p, b, e); });

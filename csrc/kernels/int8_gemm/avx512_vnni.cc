@@ -5,6 +5,7 @@
 #include <array>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #include <immintrin.h>
 
@@ -214,74 +215,144 @@ void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
   }
 }
 
-// ---- depthwise conv: 16 channels per vector, int32 products of widened int8 ----
-// Output pixels are walked row by row; for each 16-channel block the (up to kMaxTaps) widened
-// weights stay in registers across the row, so the inner loop is load + widen + multiply + add.
-constexpr int64_t kMaxTaps = 25;
+// ---- depthwise conv: vpdpbusd over groups of 4 taps, 64 channels per block ----
+// vpdpbusd sums 4 byte products per int32 lane, so each lane takes one channel and 4 taps: the 4
+// taps' input rows (64 channels each, s8 + 128 as u8) are interleaved bytewise with two unpack levels
+// (8 shuffles for 256 products), the weights once per call the same way. The result lanes hold the
+// channels in a lane-permuted order, put back with a 4 x 4 transpose of 128-bit lanes; 128 * sum(w)
+// undoes the +128 (exact). Padding taps read a zero row (s8 0), so borders need no other case.
+// Measured against the previous kernel (16 channels per vector, widened multiplies, 4 uops a tap):
+// dw 3x3 at 28 x 28 x 256, batch 8, int8 in/out, 2 threads: 0.74 ms -> 0.34 ms (oneDNN: 0.46 ms).
+// Specialized on output kind and bias; the buffers are read through locals (a thread_local looked up
+// inside the loop cost ~6% in __tls_get_addr).
+struct DwBuffers {  // vectors of 16 int32 (unaligned loads: std::vector promises 16-byte alignment)
+  std::vector<int32_t> w;           // [cblock][group][4][16] interleaved weights
+  std::vector<int32_t> comp;        // [cblock][4][16] 128 * sum over taps of w, channel order
+  std::vector<const int8_t*> tap;   // [groups * 4] the taps' input rows of one pixel
+};
 
-// One kernel row of taps, all inside the image: x at xp, xp + step, ...
-template <int KW>
-inline __m512i dw_taps(__m512i acc, const int8_t* xp, int64_t step, __mmask16 mask, const __m512i* w) {
-#pragma GCC unroll 8
-  for (int kw = 0; kw < KW; ++kw)
-    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, xp + kw * step)), w[kw]));
-  return acc;
+// Interleaves 4 rows of 64 bytes: r[i] lane l, dword k = bytes (a, b, c, d) of channel 16 l + 4 i + k.
+inline void interleave4(__m512i a, __m512i b, __m512i c, __m512i d, __m512i* r) {
+  const __m512i ab_lo = _mm512_unpacklo_epi8(a, b), ab_hi = _mm512_unpackhi_epi8(a, b);
+  const __m512i cd_lo = _mm512_unpacklo_epi8(c, d), cd_hi = _mm512_unpackhi_epi8(c, d);
+  r[0] = _mm512_unpacklo_epi16(ab_lo, cd_lo);
+  r[1] = _mm512_unpackhi_epi16(ab_lo, cd_lo);
+  r[2] = _mm512_unpacklo_epi16(ab_hi, cd_hi);
+  r[3] = _mm512_unpackhi_epi16(ab_hi, cd_hi);
 }
 
-inline __m512i dw_taps_n(__m512i acc, const int8_t* xp, int64_t step, __mmask16 mask, const __m512i* w, int64_t kw_n) {
-  for (int64_t kw = 0; kw < kw_n; ++kw)
-    acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, xp + kw * step)), w[kw]));
-  return acc;
+// The 4 x 4 transpose of 128-bit lanes: v[l] = channels 16 l .. 16 l + 15.
+inline void lanes_to_channels(const __m512i r[4], __m512i v[4]) {
+  const __m512i t0 = _mm512_shuffle_i32x4(r[0], r[1], 0x44), t1 = _mm512_shuffle_i32x4(r[0], r[1], 0xee);
+  const __m512i t2 = _mm512_shuffle_i32x4(r[2], r[3], 0x44), t3 = _mm512_shuffle_i32x4(r[2], r[3], 0xee);
+  v[0] = _mm512_shuffle_i32x4(t0, t2, 0x88);
+  v[1] = _mm512_shuffle_i32x4(t0, t2, 0xdd);
+  v[2] = _mm512_shuffle_i32x4(t1, t3, 0x88);
+  v[3] = _mm512_shuffle_i32x4(t1, t3, 0xdd);
+}
+
+inline __mmask64 byte_mask(int64_t valid) { return valid >= 64 ? ~0ull : (1ull << valid) - 1ull; }
+
+alignas(64) constexpr int8_t kZeroRow[64] = {};
+
+template <bool INT8_OUT, bool BIAS>
+void dwconv_blocks(const DwConvParams& p, int64_t p0, int64_t p1) {
+  const int64_t taps = p.KH * p.KW, groups = (taps + 3) / 4, cblocks = (p.C + 63) / 64;
+  thread_local DwBuffers buf;
+  buf.w.resize(static_cast<size_t>(cblocks * groups * 4 * 16));
+  buf.comp.resize(static_cast<size_t>(cblocks * 4 * 16));
+  buf.tap.assign(static_cast<size_t>(groups * 4), kZeroRow);
+  const __m512i k80 = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t cb = 0; cb < cblocks; ++cb) {
+    const __mmask64 m = byte_mask(p.C - 64 * cb);
+    auto wrow = [&](int64_t t) {
+      return t < taps ? _mm512_maskz_loadu_epi8(m, p.w + t * p.C + 64 * cb) : _mm512_setzero_si512();
+    };
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512i r[4];
+      interleave4(wrow(4 * g), wrow(4 * g + 1), wrow(4 * g + 2), wrow(4 * g + 3), r);
+      for (int i = 0; i < 4; ++i) _mm512_storeu_si512(&buf.w[((cb * groups + g) * 4 + i) * 16], r[i]);
+    }
+    for (int64_t l = 0; l < 4; ++l) {
+      const int64_t c = 64 * cb + 16 * l;
+      const __mmask16 cm = c < p.C ? col_mask(p.C - c) : 0;
+      __m512i sum = _mm512_setzero_si512();
+      for (int64_t t = 0; t < taps; ++t) sum = _mm512_add_epi32(sum, _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(cm, p.w + t * p.C + c)));
+      _mm512_storeu_si512(&buf.comp[(cb * 4 + l) * 16], _mm512_slli_epi32(sum, 7));
+    }
+  }
+  const __m512 a_scale = _mm512_set1_ps(p.a_scale), out_inv = _mm512_set1_ps(p.out_inv_scale);
+  const __m512 hi = _mm512_set1_ps(127.0f);
+  const __m512i lo8 = _mm512_set1_epi8(-127);
+  // packs leave dword 4 l + i of the result as lane l of input i.
+  const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+  // Locals: the output stores could alias the thread_local buffers (and their TLS lookups cost).
+  const int8_t** const tap = buf.tap.data();
+  const int32_t* const wts = buf.w.data();
+  const int32_t* const comp = buf.comp.data();
+  const bool fast_int8 = p.folded && folds_out_inv(p.act);
+  const bool scale_a = !p.folded;
+  const Act act = p.act;
+  const int8_t* const x = p.x;
+  const float* const w_scale = p.w_scale;
+  const float* const bias = p.bias;
+  for (int64_t pix = p0; pix < p1; ++pix) {
+    const int64_t n = pix / (p.OH * p.OW), oh = (pix / p.OW) % p.OH, ow = pix % p.OW;
+    for (int64_t kh = 0, t = 0; kh < p.KH; ++kh) {
+      const int64_t ih = oh * p.SH - p.PH + kh * p.DH;
+      for (int64_t kw = 0; kw < p.KW; ++kw, ++t) {
+        const int64_t iw = ow * p.SW - p.PW + kw * p.DW;
+        tap[t] = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W ? x + ((n * p.H + ih) * p.W + iw) * p.C : kZeroRow;
+      }
+    }
+    for (int64_t cb = 0; cb < cblocks; ++cb) {
+      const int64_t c0 = 64 * cb;
+      const __mmask64 m = byte_mask(p.C - c0);
+      const int32_t* w = wts + cb * groups * 4 * 16;
+      __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+      for (int64_t g = 0; g < groups; ++g, w += 4 * 16) {
+        auto row = [&](int64_t t) {  // zero-row taps have no channel offset (their 64 bytes are zero)
+          const int8_t* r = tap[t];
+          return _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, r == kZeroRow ? r : r + c0), k80);
+        };
+        __m512i q[4];
+        interleave4(row(4 * g), row(4 * g + 1), row(4 * g + 2), row(4 * g + 3), q);
+        for (int i = 0; i < 4; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], q[i], _mm512_loadu_si512(w + 16 * i));
+      }
+      __m512i v[4];
+      lanes_to_channels(acc, v);
+      __m512 y[4];
+      for (int l = 0; l < 4; ++l) {
+        const int64_t c = c0 + 16 * l;
+        const __mmask16 cm = c < p.C ? col_mask(p.C - c) : 0;
+        y[l] = _mm512_cvtepi32_ps(_mm512_sub_epi32(v[l], _mm512_loadu_si512(comp + (cb * 4 + l) * 16)));
+        if (scale_a) y[l] = _mm512_mul_ps(y[l], a_scale);
+        y[l] = _mm512_mul_ps(y[l], _mm512_maskz_loadu_ps(cm, w_scale + c));
+        if (BIAS) y[l] = _mm512_add_ps(y[l], _mm512_maskz_loadu_ps(cm, bias + c));
+        y[l] = act16(y[l], act);
+        if (!INT8_OUT) _mm512_mask_storeu_ps(static_cast<float*>(p.out) + pix * p.C + c, cm, y[l]);
+      }
+      if (!INT8_OUT) continue;
+      __m512i qi[4];
+      for (int l = 0; l < 4; ++l) {
+        if (fast_int8)  // finite: min(y, 127), then the saturating packs and max -127
+          qi[l] = _mm512_cvtps_epi32(_mm512_min_ps(y[l], hi));
+        else
+          qi[l] = quant16(y[l], out_inv);
+      }
+      const __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(qi[0], qi[1]), _mm512_packs_epi32(qi[2], qi[3]));
+      _mm512_mask_storeu_epi8(static_cast<int8_t*>(p.out) + pix * p.C + c0, m,
+                              _mm512_permutexvar_epi32(order, _mm512_max_epi8(b, lo8)));
+    }
+  }
 }
 
 void dwconv_avx512(const DwConvParams& p, int64_t p0, int64_t p1) {
-  const __m512 a_scale = _mm512_set1_ps(p.a_scale);
-  const int64_t taps = p.KH * p.KW;
-  if (taps > kMaxTaps) return kernels_ref().dwconv(p, p0, p1);  // rare large kernels: scalar path
-  __m512i wv[kMaxTaps];
-  for (int64_t pix = p0; pix < p1;) {
-    const int64_t n = pix / (p.OH * p.OW), oh = (pix / p.OW) % p.OH, ow0 = pix % p.OW;
-    const int64_t ow1 = std::min(p.OW, ow0 + (p1 - pix));  // this row's part of [p0, p1)
-    for (int64_t c = 0; c < p.C; c += 16) {
-      const __mmask16 mask = col_mask(p.C - c);
-      for (int64_t t = 0; t < taps; ++t) wv[t] = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p.w + t * p.C + c));
-      const __m512 ws = _mm512_maskz_loadu_ps(mask, p.w_scale + c);
-      const __m512 bias = p.bias ? _mm512_maskz_loadu_ps(mask, p.bias + c) : _mm512_setzero_ps();
-      // Columns whose whole window is inside the image skip the per-tap bounds checks.
-      const int64_t span = (p.KW - 1) * p.DW;
-      const int64_t in_lo = std::min(ow1, std::max(ow0, (p.PW + p.SW - 1) / p.SW));
-      const int64_t in_hi = std::max(in_lo, std::min(ow1, p.W - 1 - span + p.PW >= 0 ? (p.W - 1 - span + p.PW) / p.SW + 1 : 0));
-      for (int64_t ow = ow0; ow < ow1; ++ow) {
-        __m512i acc = _mm512_setzero_si512();
-        const bool interior = ow >= in_lo && ow < in_hi;
-        for (int64_t kh = 0; kh < p.KH; ++kh) {
-          const int64_t ih = oh * p.SH - p.PH + kh * p.DH;
-          if (ih < 0 || ih >= p.H) continue;
-          const int8_t* xrow = p.x + ((n * p.H + ih) * p.W) * p.C + c;
-          const __m512i* w_kh = wv + kh * p.KW;
-          if (interior) {
-            const int8_t* xp = xrow + (ow * p.SW - p.PW) * p.C;
-            switch (p.KW) {
-              case 3: acc = dw_taps<3>(acc, xp, p.DW * p.C, mask, w_kh); break;
-              case 5: acc = dw_taps<5>(acc, xp, p.DW * p.C, mask, w_kh); break;
-              default: acc = dw_taps_n(acc, xp, p.DW * p.C, mask, w_kh, p.KW);
-            }
-            continue;
-          }
-          for (int64_t kw = 0; kw < p.KW; ++kw) {
-            const int64_t iw = ow * p.SW - p.PW + kw * p.DW;
-            if (iw < 0 || iw >= p.W) continue;
-            const __m512i xv = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, xrow + iw * p.C));
-            acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(xv, w_kh[kw]));
-          }
-        }
-        __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), a_scale), ws);
-        if (p.bias) y = _mm512_add_ps(y, bias);
-        store_row16(p.out, ((n * p.OH + oh) * p.OW + ow) * p.C + c, p.out_kind, mask, act16(y, p.act), p.out_inv_scale);
-      }
-    }
-    pix += ow1 - ow0;
-  }
+  if (p1 <= p0) return;
+  const bool int8_out = p.out_kind == OutKind::Int8, bias = p.bias != nullptr;
+  if (int8_out)
+    return bias ? dwconv_blocks<true, true>(p, p0, p1) : dwconv_blocks<true, false>(p, p0, p1);
+  return bias ? dwconv_blocks<false, true>(p, p0, p1) : dwconv_blocks<false, false>(p, p0, p1);
 }
 
 uint32_t absmax_avx512(const float* x, int64_t n) {

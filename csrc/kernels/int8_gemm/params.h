@@ -99,6 +99,7 @@ struct DwConvParams {
   OutKind out_kind = OutKind::Float32;  // Float32 or Int8
   Act act = Act::None;
   float out_inv_scale = 1.0f;
+  bool folded = false;              // as Int8GemmParams::folded (a_scale 1, finite scales)
 };
 
 // Direct convolution on tiles (AMX): the implicit GEMM whose row m is output pixel m = (n, oh, ow)
