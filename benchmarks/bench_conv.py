@@ -3,6 +3,7 @@
 
     python benchmarks/bench_conv.py [--threads 2] [--batches 1,8] [--layers l1_3x3,dw_3x3]
                                     [--min-time 0.3] [--json out.json]
+    python benchmarks/bench_conv.py --device cuda [--batches 32]      (bench_conv_cuda.py: the GPU rows)
 
 Rows per layer and batch N (x is torch.randn, weights and bias from a seeded nn.Conv2d):
   torch      fp32 NCHW / fp32 channels_last    F.conv2d; '*' marks the faster one, the fp32 baseline
@@ -208,7 +209,15 @@ def main(argv=None) -> int:
     p.add_argument("--layers", help="comma-separated layer names (default: all): " + ",".join(L.name for L in LAYERS))
     p.add_argument("--min-time", type=float, default=0.3, help="seconds of timed calls per case (at least)")
     p.add_argument("--json", help="write the rows, checks, targets and machine info here")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: bench_conv_cuda.py (batch 32 unless --batches, vs cuDNN fp16 channels_last)")
     args = p.parse_args(argv)
+    if args.device == "cuda":
+        import bench_conv_cuda
+        result = bench_conv_cuda.run(args)
+        if args.json:
+            write_json(args.json, result)
+        return 1 if result["check_failures"] else 0
     torch.set_num_threads(args.threads)
     batches = [int(v) for v in args.batches.split(",")]
     layers = parse_layers(args.layers)

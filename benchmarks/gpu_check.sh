@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-call GPU check (the device tool's H100/H200 machine: torch with CUDA, nvcc, ninja, no package
 # registry): build the CUDA extension in parallel, look for the tensor-core instructions in the SASS,
-# run the CUDA tests (dense int8 and 2:4 sparse), compute-sanitizer memcheck on a subset, the GPU linear
-# and 2:4 benchmarks, and print a short table last. Budget: under 6 minutes on a 16-core H100 host.
+# run the CUDA tests (dense int8, 2:4 sparse, int8 conv), compute-sanitizer memcheck on a subset, the GPU
+# linear, 2:4 and conv benchmarks, and print a short table last. Budget: under 6 minutes on a 16-core H100 host.
 #
 # Wheels the machine lacks travel in .whl (ignored by git: `echo /.whl/ >> .git/info/exclude`), fetched
 # here beforehand:
@@ -35,12 +35,12 @@ stamp "SASS: tensor-core instructions in the extension"
 so=$(ls fastinfer/_C*.so | head -1)
 if command -v cuobjdump >/dev/null; then
   cuobjdump --dump-sass "$so" >"$OUT/sass.txt" 2>/dev/null
-  for ins in IMMA IGMMA HGMMA LDSM LDGSTS UTMALDG SYNCS; do printf "  %-8s %6s\n" "$ins" "$(grep -c "$ins" "$OUT/sass.txt")"; done
+  for ins in IMMA IGMMA HGMMA LDSM LDGSTS UTMALDG UTMALDG.*IM2COL SYNCS; do printf "  %-8s %6s\n" "$ins" "$(grep -c "$ins" "$OUT/sass.txt")"; done
   printf "  %-8s %6s   (sparse wgmma: the 2:4 kernel)\n" "IGMMA.SP" "$(grep -c "IGMMA.*SP\|\.SP\..*IGMMA" "$OUT/sass.txt")"
 fi
 
 stamp "CUDA tests"
-$PY -m pytest -q tests/test_cuda.py tests/test_cuda_sparse.py tests/test_cuda_build.py 2>&1 | tee "$OUT/tests.log" | tail -25
+$PY -m pytest -q tests/test_cuda.py tests/test_cuda_sparse.py tests/test_cuda_conv.py tests/test_cuda_build.py 2>&1 | tee "$OUT/tests.log" | tail -25
 tests_rc=${PIPESTATUS[0]}
 
 stamp "compute-sanitizer memcheck (subset)"
@@ -54,8 +54,12 @@ if command -v compute-sanitizer >/dev/null; then
     -k "bit_exact and 7-2323 and float32 or not_2_4" >"$OUT/sanitizer_sparse.log" 2>&1
   san_sparse_rc=$?
   tail -4 "$OUT/sanitizer_sparse.log"
+  compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -x tests/test_cuda_conv.py \
+    -k "matches_reference and int8out-relu] and (c64-3x3 or c3-cout13 or dw-odd)" >"$OUT/sanitizer_conv.log" 2>&1
+  san_conv_rc=$?
+  tail -4 "$OUT/sanitizer_conv.log"
 else
-  san_rc=0; san_sparse_rc=0; echo "compute-sanitizer not found"
+  san_rc=0; san_sparse_rc=0; san_conv_rc=0; echo "compute-sanitizer not found"
 fi
 
 stamp "GPU benchmark"
@@ -65,8 +69,12 @@ grep -E "^ *(1|16|128|2048|8192) " "$OUT/bench.log" | head -60
 $PY benchmarks/bench_sparse.py --device cuda --json "$OUT/bench_sparse_cuda.json" >"$OUT/bench_sparse.log" 2>&1
 bench_sparse_rc=$?
 grep -vE "^(#|targets| )" "$OUT/bench_sparse.log" | head -40
+$PY benchmarks/bench_conv.py --device cuda --json "$OUT/bench_conv_cuda.json" >"$OUT/bench_conv.log" 2>&1
+bench_conv_rc=$?
+grep -vE "^(#|targets| )" "$OUT/bench_conv.log" | head -40
 
 stamp "summary"
-echo "tests rc=$tests_rc  sanitizer rc=$san_rc (sparse $san_sparse_rc)  bench rc=$bench_rc (sparse $bench_sparse_rc)"
+echo "tests rc=$tests_rc  sanitizer rc=$san_rc (sparse $san_sparse_rc, conv $san_conv_rc)  bench rc=$bench_rc (sparse $bench_sparse_rc, conv $bench_conv_rc)"
 sed -n '/targets (from this run)/,$p' "$OUT/bench.log"
 sed -n '/targets (issue #5/,$p' "$OUT/bench_sparse.log"
+sed -n '/targets (issue #6/,$p' "$OUT/bench_conv.log"

@@ -2,6 +2,7 @@
 // strings, checks and messages whichever device serves the op. ATen/c10 only, no kernels.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -34,6 +35,36 @@ inline std::vector<int64_t> out_shape(const at::Tensor& x, int64_t N) {
   std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
   s.back() = N;
   return s;
+}
+
+inline bool is_depthwise(int64_t groups, int64_t cin, int64_t cout) { return groups > 1 && groups == cin && cout == cin; }
+
+// A convolution's geometry from int8_conv2d's arguments, checked (the same messages on every device).
+struct ConvArgs {
+  int64_t N, C, H, W, Cout, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, groups;
+};
+
+inline ConvArgs conv_args(const at::Tensor& x, int64_t cout, at::IntArrayRef k, at::IntArrayRef s,
+                          at::IntArrayRef pad, at::IntArrayRef dil, int64_t groups) {
+  const char* op = "int8_conv2d";
+  TORCH_CHECK(x.dim() == 4, "fastinfer.int8_conv2d: x must be 4-D [N, C, H, W], got shape ", x.sizes());
+  TORCH_CHECK(k.size() == 2 && s.size() == 2 && pad.size() == 2 && dil.size() == 2,
+              "fastinfer.int8_conv2d: kernel_size, stride, padding and dilation must have 2 values each");
+  TORCH_CHECK(k[0] >= 1 && k[1] >= 1, "fastinfer.int8_conv2d: kernel_size must be >= 1, got ", k);
+  TORCH_CHECK(s[0] >= 1 && s[1] >= 1, "fastinfer.int8_conv2d: stride must be >= 1, got ", s);
+  TORCH_CHECK(pad[0] >= 0 && pad[1] >= 0, "fastinfer.int8_conv2d: padding must be >= 0, got ", pad);
+  TORCH_CHECK(dil[0] >= 1 && dil[1] >= 1, "fastinfer.int8_conv2d: dilation must be >= 1, got ", dil);
+  ConvArgs a{x.size(0), x.size(1), x.size(2), x.size(3), cout, 0, 0, k[0], k[1], s[0], s[1], pad[0], pad[1],
+             dil[0], dil[1], groups};
+  TORCH_CHECK(groups >= 1 && a.C % groups == 0 && cout % groups == 0, "fastinfer.", op, ": groups=", groups,
+              " must divide the input channels (", a.C, ") and output channels (", cout, ")");
+  const int64_t eff_h = a.DH * (a.KH - 1) + 1, eff_w = a.DW * (a.KW - 1) + 1;
+  a.OH = (a.H + 2 * a.PH - eff_h) / a.SH + 1;
+  a.OW = (a.W + 2 * a.PW - eff_w) / a.SW + 1;
+  TORCH_CHECK(a.H + 2 * a.PH >= eff_h && a.W + 2 * a.PW >= eff_w, "fastinfer.int8_conv2d: input ", a.H, "x", a.W,
+              " (padded ", a.H + 2 * a.PH, "x", a.W + 2 * a.PW, ") is smaller than the dilated kernel ", eff_h, "x",
+              eff_w);
+  return a;
 }
 
 }  // namespace fastinfer

@@ -17,12 +17,14 @@ from . import _ext  # noqa: F401
 _ops = torch.ops.fastinfer
 BUILD = json.loads(_ops.build_info())  # {"cuda": kernels for CUDA built in, "cutlass_sm90": ...}
 SUPPORTED_DEVICES = ("cpu",)  # devices with kernels for every op
-# The int8 linear family (quantize_per_token, pack/unpack, int8_mm, int8_scaled_mm, the linear ops)
-# also has CUDA kernels in builds made with a CUDA torch; convolution and the csr/slot128 sparse ops are CPU
-# only, the 2:4 sparse ops (pack_sparse24, sparse24_linear_int8) CUDA only (Hopper).
+# The int8 linear family (quantize_per_token, pack/unpack, int8_mm, int8_scaled_mm, the linear ops) and
+# the int8 convolution (groups 1 and depthwise) also have CUDA kernels in builds made with a CUDA torch;
+# the csr/slot128 sparse ops are CPU only, the 2:4 sparse ops (pack_sparse24, sparse24_linear_int8) CUDA
+# only (Hopper).
 LINEAR_DEVICES = ("cpu", "cuda") if BUILD["cuda"] else ("cpu",)
 _LINEAR_OPS = {"quantize_per_token", "pack_int8_weight", "unpack_int8_weight", "int8_mm", "int8_scaled_mm",
-               "int8_linear_dynamic", "int8_linear_static", "int8_linear_weight_only"}
+               "int8_linear_dynamic", "int8_linear_static", "int8_linear_weight_only", "pack_conv_weight",
+               "int8_conv2d"}
 _PACK_NB, _PACK_KB, _HEADER_BYTES = 16, 4, 64
 CUDA_K_ALIGN = 16  # a CUDA packed weight is int8 [N, round_up(K, 16)] (PACKING.md)
 
@@ -45,7 +47,9 @@ def cuda_available() -> bool:
 def cuda_last_kernel() -> str:
     """The CUDA kernel that served the latest int8 GEMM-family call on a GPU: 'sm90_cutlass' (Hopper,
     CUTLASS TMA + wgmma), 'sm80_mma' (mma.sync, sm_80 and later), 'weight_only' (the few-row kernel of
-    w8_only), 'weight_only_cublas' (w8_only with more rows: widened weight + cuBLAS), '' before any."""
+    w8_only), 'weight_only_cublas' (w8_only with more rows: widened weight + cuBLAS); for int8_conv2d
+    'sm90_conv' (Hopper implicit GEMM, CUTLASS TMA im2col + wgmma), 'conv_gathered' (rows gathered on the
+    GPU, then the int8 GEMM), 'dwconv' (depthwise); '' before any."""
     return _ops.cuda_last_kernel()
 
 
@@ -127,8 +131,9 @@ def int8_linear_static(x: Tensor, x_scale: float, packed_w: Tensor, w_scale: Ten
 
 
 def pack_conv_weight(weight: Tensor, groups: int = 1) -> Tensor:
-    """int8 [Cout, Cin/groups, KH, KW] -> the conv kernels' layout (packed GEMM blocks per group, or
-    [KH*KW, C] int8 for depthwise)."""
+    """int8 [Cout, Cin/groups, KH, KW] -> the conv kernels' layout: on the CPU packed GEMM blocks per
+    group, on a GPU int8 [Cout, round_up(KH*KW*Cin, 16)] rows ordered (kh, kw, c) (groups 1 only);
+    depthwise [KH*KW, C] int8 on both."""
     _check_devices("pack_conv_weight", weight=weight)
     return _ops.pack_conv_weight(weight, groups)
 
@@ -306,6 +311,9 @@ def _pack_conv_fake(weight, groups):
     cout, cin_g, kh, kw = weight.shape
     if groups > 1 and cin_g == 1 and cout == groups:
         return weight.new_empty((kh * kw, cout), dtype=torch.int8)
+    if weight.device.type == "cuda":
+        k = kh * kw * cin_g
+        return weight.new_empty((cout, (k + CUDA_K_ALIGN - 1) // CUDA_K_ALIGN * CUDA_K_ALIGN), dtype=torch.int8)
     return weight.new_empty((groups, packed_nbytes(cout // groups, kh * kw * cin_g)), dtype=torch.uint8)
 
 

@@ -90,6 +90,10 @@ def short_name(mangled: str) -> str:
         kind = "bf16" if "bfloat16_t" in head else "fp16" if "half_t" in head else "fp32"
         what = "2:4 sparse" if "Sparse" in out else "TMA warp-specialized"
         return f"cutlass GemmUniversal (sm90 {what}), {kind} out"
+    if out.startswith("_Z") and "ConvUniversal" in out:  # the output type: the epilogue's first element type
+        head = mangled.split("Sm90TmaWarpSpecialized", 1)[-1].split("fusion", 1)[0]
+        kind = "int8" if re.search(r"Ea|int8_t", head) else "fp32"
+        return f"cutlass ConvUniversal (sm90 implicit GEMM, TMA im2col), {kind} out"
     if out.startswith("_Z") and "SparseCompressor" in out:
         return "cutlass SM90StructuredSparseCompressor (2:4 weight compression)"
     out = re.sub(r"fastinfer::cuda_kernels::(\(anonymous namespace\)::)?", "", out)

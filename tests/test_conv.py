@@ -143,6 +143,17 @@ def test_module_activation_from_convact_and_state_dict():
         torch.testing.assert_close(fresh(x), y, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("groups,cin,cout", [(1, 13, 20), (4, 16, 12), (24, 24, 24)], ids=["dense", "grouped", "depthwise"])
+def test_int8_weight_unpacks_every_layout(groups, cin, cout):
+    conv = nn.Conv2d(cin, cout, 3, padding=1, groups=groups)
+    layer = Int8Conv2d.from_float(conv)
+    w_q, _ = ref.quantize_weight_per_channel(conv.weight)
+    torch.testing.assert_close(layer.int8_weight(), w_q, rtol=0, atol=0)
+    fresh = Int8Conv2d(cin, cout, 3, padding=1, groups=groups)
+    fresh.load_state_dict(layer.state_dict())
+    assert torch.equal(fresh.packed_weight, layer.packed_weight)
+
+
 def test_compile_and_export():
     model = nn.Sequential(Int8Conv2d.from_float(nn.Conv2d(3, 8, 3, padding=1), activation="relu"),
                           Int8Conv2d.from_float(nn.Conv2d(8, 8, 3, padding=1, groups=8)), nn.Flatten(),

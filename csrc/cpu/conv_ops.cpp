@@ -38,8 +38,6 @@ float tensor_absmax(const at::Tensor& x) {
   return v;
 }
 
-bool is_depthwise(int64_t groups, int64_t cin, int64_t cout) { return groups > 1 && groups == cin && cout == cin; }
-
 at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups) {
   const char* op = "pack_conv_weight";
   check_cpu(w, op, "weight");
@@ -60,33 +58,6 @@ at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups) {
   for (int64_t g = 0; g < groups; ++g)
     kernels::pack_int8_weight(rows.data_ptr<int8_t>() + g * cout_g * K, K, cout_g, K, out[g].data_ptr<uint8_t>());
   return out;
-}
-
-struct ConvArgs {
-  int64_t N, C, H, W, Cout, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, groups;
-};
-
-ConvArgs conv_args(const at::Tensor& x, int64_t cout, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef pad,
-                   at::IntArrayRef dil, int64_t groups) {
-  const char* op = "int8_conv2d";
-  TORCH_CHECK(x.dim() == 4, "fastinfer.int8_conv2d: x must be 4-D [N, C, H, W], got shape ", x.sizes());
-  TORCH_CHECK(k.size() == 2 && s.size() == 2 && pad.size() == 2 && dil.size() == 2,
-              "fastinfer.int8_conv2d: kernel_size, stride, padding and dilation must have 2 values each");
-  TORCH_CHECK(k[0] >= 1 && k[1] >= 1, "fastinfer.int8_conv2d: kernel_size must be >= 1, got ", k);
-  TORCH_CHECK(s[0] >= 1 && s[1] >= 1, "fastinfer.int8_conv2d: stride must be >= 1, got ", s);
-  TORCH_CHECK(pad[0] >= 0 && pad[1] >= 0, "fastinfer.int8_conv2d: padding must be >= 0, got ", pad);
-  TORCH_CHECK(dil[0] >= 1 && dil[1] >= 1, "fastinfer.int8_conv2d: dilation must be >= 1, got ", dil);
-  ConvArgs a{x.size(0), x.size(1), x.size(2), x.size(3), cout, 0, 0, k[0], k[1], s[0], s[1], pad[0], pad[1],
-             dil[0], dil[1], groups};
-  TORCH_CHECK(groups >= 1 && a.C % groups == 0 && cout % groups == 0, "fastinfer.", op, ": groups=", groups,
-              " must divide the input channels (", a.C, ") and output channels (", cout, ")");
-  const int64_t eff_h = a.DH * (a.KH - 1) + 1, eff_w = a.DW * (a.KW - 1) + 1;
-  a.OH = (a.H + 2 * a.PH - eff_h) / a.SH + 1;
-  a.OW = (a.W + 2 * a.PW - eff_w) / a.SW + 1;
-  TORCH_CHECK(a.H + 2 * a.PH >= eff_h && a.W + 2 * a.PW >= eff_w, "fastinfer.int8_conv2d: input ", a.H, "x", a.W,
-              " (padded ", a.H + 2 * a.PH, "x", a.W + 2 * a.PW, ") is smaller than the dilated kernel ", eff_h, "x",
-              eff_w);
-  return a;
 }
 
 // The quantized NHWC input the kernels read, [N * (H + 2 ph) * (W + 2 pw), C] bytes: s8, or u8 = s8 + 128
@@ -163,7 +134,7 @@ ConvEpilogue fold_epilogue(float a_scale, const at::Tensor& ws, const at::Tensor
                            kernels::Act act) {
   ConvEpilogue e;
   const float out_inv = out_scale ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
-  const bool fold_inv = out_scale && kernels::folds_out_inv(act);
+  const bool fold_inv = out_scale && folds_out_inv(act);
   e.out_inv = fold_inv ? 1.0f : out_inv;
   bool finite = std::isfinite(e.out_inv);
   const int64_t n = ws.size(0);

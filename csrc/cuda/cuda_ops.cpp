@@ -1,4 +1,4 @@
-// CUDA entry layer for the int8 linear ops and the 2:4 sparse int8 linear: every tensor check, then params, then the one arch and
+// CUDA entry layer for the int8 linear ops, the 2:4 sparse int8 linear and the int8 convolution: every tensor check, then params, then the one arch and
 // shape-bucket decision (run_gemm). Compiled only in CUDA builds (setup.py); the kernels it calls
 // (csrc/kernels/cuda) see no torch. The schemas are registration.cpp's; this file adds CUDA kernels.
 #include <ATen/ATen.h>
@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cmath>
@@ -26,7 +27,10 @@ namespace {
 namespace ck = fastinfer::cuda_kernels;
 
 // Which kernel served the latest GEMM-family call (tests assert it): see last_kernel().
-enum class Served : int { None = 0, Sm80 = 1, Sm90 = 2, WeightOnly = 3, WeightOnlyCublas = 4, Sparse24 = 5 };
+enum class Served : int {
+  None = 0, Sm80 = 1, Sm90 = 2, WeightOnly = 3, WeightOnlyCublas = 4, Sparse24 = 5,
+  ConvSm90 = 6, ConvGathered = 7, DwConv = 8
+};
 std::atomic<int> g_served{0};
 
 // Compute capability of a device, asked once per device (cudaGetDeviceProperties is slow).
@@ -477,6 +481,181 @@ at::Tensor sparse24_linear_int8(const at::Tensor& x, const at::Tensor& values, c
 
 }  // namespace
 
+// ---------------------------------------------------------------- int8 convolution
+
+// The CUDA conv weight (pack_conv_weight on the GPU): groups 1 -> int8 [Cout, round_up(KH*KW*C, 16)],
+// each row ordered (kh, kw, c) (KRSC: with C % 16 == 0 exactly the filter the implicit GEMM reads);
+// depthwise -> int8 [KH*KW, C], as on the CPU. Other groups run on the CPU only.
+at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups) {
+  const char* op = "pack_conv_weight";
+  TORCH_CHECK(w.scalar_type() == at::kChar, "fastinfer.pack_conv_weight: weight must have dtype torch.int8, got ",
+              w.scalar_type());
+  TORCH_CHECK(w.dim() == 4 && w.numel() > 0, "fastinfer.pack_conv_weight: weight must be 4-D [Cout, Cin/groups, KH, "
+              "KW] and not empty, got shape ", w.sizes());
+  TORCH_CHECK(groups >= 1 && w.size(0) % groups == 0, "fastinfer.pack_conv_weight: groups must be >= 1 and divide "
+              "Cout=", w.size(0), ", got groups=", groups);
+  const c10::cuda::CUDAGuard guard(w.device());
+  const int64_t cout = w.size(0), cin_g = w.size(1), kh = w.size(2), kw = w.size(3);
+  if (is_depthwise(groups, cin_g * groups, cout) && cin_g == 1) return w.reshape({cout, kh * kw}).t().contiguous();
+  TORCH_CHECK(groups == 1, "fastinfer.", op, ": on CUDA, convolutions with groups=", groups, " other than depthwise "
+              "(groups == in_channels == out_channels) are not supported; run this layer on the CPU");
+  const int64_t K = kh * kw * cin_g;
+  at::Tensor out = at::zeros({cout, ck::round_up(K, ck::kKAlign)}, w.options());
+  out.narrow(1, 0, K).copy_(w.permute({0, 2, 3, 1}).reshape({cout, K}));
+  return out;
+}
+
+ck::ConvGeometry conv_geometry(const ConvArgs& a) {
+  ck::ConvGeometry g;
+  g.N = a.N; g.H = a.H; g.W = a.W; g.C = a.C; g.K = a.Cout; g.R = a.KH; g.S = a.KW; g.P = a.OH; g.Q = a.OW;
+  g.pad_h = a.PH; g.pad_w = a.PW; g.stride_h = a.SH; g.stride_w = a.SW; g.dil_h = a.DH; g.dil_w = a.DW;
+  return g;
+}
+
+// Per-tensor int8 activations, NHWC, on the device with torch ops that are the reference's own
+// (fastinfer.reference.int8_conv2d): static x_scale, or amax / 127 (NaN when x holds NaN/Inf). Returns
+// the quantized input and the scale as a [1] fp32 tensor; nothing is read back to the host.
+std::pair<at::Tensor, at::Tensor> conv_quantize(const at::Tensor& x, std::optional<double> x_scale) {
+  const auto fopt = x.options().dtype(at::kFloat);
+  if (x.scalar_type() == at::kChar)
+    return {x.contiguous(at::MemoryFormat::ChannelsLast), at::full({1}, static_cast<float>(*x_scale), fopt)};
+  const at::Tensor xf = x.to(at::kFloat);
+  if (x_scale) {
+    const float inv = 1.0f / static_cast<float>(*x_scale);
+    const at::Tensor q = at::round(xf * inv).clamp(-127, 127).nan_to_num(0.0).to(at::kChar);
+    return {q.contiguous(at::MemoryFormat::ChannelsLast), at::full({1}, static_cast<float>(*x_scale), fopt)};
+  }
+  const at::Tensor amax = x.numel() ? xf.abs().amax().reshape({1}) : at::zeros({1}, fopt);
+  const at::Tensor scale = at::where(at::isfinite(amax), amax / 127.0f, at::full({1}, NAN, fopt));
+  const at::Tensor valid = at::isfinite(scale).logical_and(scale > 0);
+  const at::Tensor q = at::where(valid, at::round(xf * at::div(at::ones_like(scale), scale)).clamp(-127, 127).nan_to_num(0.0),
+                                 at::zeros({}, fopt)).to(at::kChar);
+  return {q.contiguous(at::MemoryFormat::ChannelsLast), scale};
+}
+
+at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
+                       const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                       std::optional<double> x_scale, std::optional<double> out_scale, const std::string& activation) {
+  const char* op = "int8_conv2d";
+  TORCH_CHECK(x.is_cuda(), "fastinfer.int8_conv2d: x must be a CUDA tensor here, got ", x.device());
+  const at::Device dev = x.device();
+  const c10::cuda::CUDAGuard guard(dev);
+  TORCH_CHECK(x.scalar_type() == at::kChar || at::isFloatingType(x.scalar_type()), "fastinfer.int8_conv2d: x must be "
+              "float32/bfloat16/float16 (quantized here) or int8 (with x_scale), got ", x.scalar_type());
+  if (x.scalar_type() == at::kChar)
+    TORCH_CHECK(x_scale.has_value(), "fastinfer.int8_conv2d: an int8 x needs its x_scale");
+  TORCH_CHECK(w_scale.dim() == 1, "fastinfer.int8_conv2d: w_scale must be 1-D [Cout], got shape ", w_scale.sizes());
+  const ConvArgs a = conv_args(x, w_scale.size(0), kernel_size, stride, padding, dilation, groups);
+  const ck::Act act = parse_act(activation, op);
+  TORCH_CHECK(act != ck::Act::Gelu, "fastinfer.int8_conv2d: activation 'gelu' is CPU only for convolutions");
+  check_scale(x_scale, op, "x_scale");
+  check_scale(out_scale, op, "out_scale");
+  check_device(packed_w, dev, op, "packed_w");
+  const at::Tensor ws = channel_vector(w_scale, a.Cout, dev, op, "w_scale", false);
+  const at::Tensor bi = bias ? channel_vector(*bias, a.Cout, dev, op, "bias", true) : at::Tensor();
+  const bool dw = is_depthwise(groups, a.C, a.Cout);
+  const int64_t K = a.KH * a.KW * a.C;
+  if (dw) {
+    TORCH_CHECK(packed_w.scalar_type() == at::kChar && packed_w.dim() == 2 && packed_w.size(0) == a.KH * a.KW &&
+                packed_w.size(1) == a.C && packed_w.is_contiguous(), "fastinfer.int8_conv2d: packed_w for this "
+                "depthwise conv must be int8 [KH*KW=", a.KH * a.KW, ", C=", a.C, "] from pack_conv_weight on the GPU, "
+                "got ", packed_w.scalar_type(), " ", packed_w.sizes());
+  } else {
+    TORCH_CHECK(groups == 1, "fastinfer.int8_conv2d: on CUDA, convolutions with groups=", groups, " other than "
+                "depthwise are not supported; run this layer on the CPU");
+    TORCH_CHECK(packed_w.scalar_type() == at::kChar && packed_w.dim() == 2 && packed_w.size(0) == a.Cout &&
+                packed_w.size(1) == ck::round_up(K, ck::kKAlign) && packed_w.is_contiguous(), "fastinfer.int8_conv2d: "
+                "packed_w must be the CUDA conv weight int8 [Cout=", a.Cout, ", round_up(KH*KW*C=", K, ", 16)] from "
+                "pack_conv_weight on the GPU (Int8Conv2d.to('cuda') repacks), got ", packed_w.scalar_type(), " ",
+                packed_w.sizes());
+  }
+  const bool int8_out = out_scale.has_value();
+  at::Tensor out = at::empty({a.N, a.Cout, a.OH, a.OW},
+                             x.options().dtype(int8_out ? at::kChar : at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  if (a.N == 0 || a.OH == 0 || a.OW == 0) return out;
+
+  // The folded epilogue (EPILOGUE.md, "Convolutions"), on the device: scale = a_scale * w_scale, and
+  // for an int8 output with none/relu also * out_inv (as the bias).
+  auto [xq, a_scale] = conv_quantize(x, x_scale);
+  const float out_inv = int8_out ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
+  const bool fold_inv = int8_out && folds_out_inv(act);
+  at::Tensor scale = a_scale * ws;
+  at::Tensor fbias = bi;
+  if (fold_inv) {
+    scale = scale * out_inv;
+    if (bi.defined()) fbias = bi * out_inv;
+  }
+  ck::ConvEpilogueParams e;
+  e.scale = scale.data_ptr<float>();
+  e.bias = fbias.defined() ? fbias.data_ptr<float>() : nullptr;
+  e.out = out.data_ptr();
+  e.out_kind = int8_out ? ck::OutKind::Int8 : ck::OutKind::Float32;
+  e.act = act;
+  e.out_inv_scale = fold_inv ? 1.0f : out_inv;
+  const ck::ConvGeometry g = conv_geometry(a);
+  const cudaStream_t stream = current_stream(dev);
+
+  if (dw) {
+    ck::DwConvParams p;
+    p.g = g;
+    p.x = xq.data_ptr<int8_t>();
+    p.w = packed_w.data_ptr<int8_t>();
+    p.e = e;
+    check_launch(ck::launch_dwconv(p, stream), op);
+    g_served.store(static_cast<int>(Served::DwConv));
+    return out;
+  }
+  const auto [major, minor] = capability(dev.index());
+  TORCH_CHECK(major >= 8, "fastinfer.int8_conv2d: the int8 kernels need a GPU of compute capability 8.0 or newer, "
+              "this one is ", major, ".", minor);
+  ck::Sm90ConvParams sp;
+  sp.g = g;
+  sp.x = xq.data_ptr<int8_t>();
+  sp.w = packed_w.data_ptr<int8_t>();
+  sp.e = e;
+  if (major == 9 && ck::sm90_conv_built() && ck::sm90_conv_supported(sp)) {  // implicit GEMM: no gathered copy
+    const size_t wsb = ck::sm90_conv_workspace_bytes(sp);
+    at::Tensor workspace = at::empty({static_cast<int64_t>(wsb)}, x.options().dtype(at::kByte));
+    check_launch(ck::launch_conv_sm90(sp, wsb ? workspace.data_ptr() : nullptr, stream), op);
+    g_served.store(static_cast<int>(Served::ConvSm90));
+    return out;
+  }
+  // Gathered rows in chunks of at most ~64 MiB, each through the int8 GEMM with a_scale = 1.
+  const int64_t K_pad = packed_w.size(1), M = a.N * a.OH * a.OW;
+  const int64_t chunk = std::max<int64_t>(128, (int64_t{64} << 20) / K_pad);
+  const at::Tensor one = at::ones({1}, x.options().dtype(at::kFloat));
+  at::Tensor rows = at::empty({std::min(M, chunk), K_pad}, x.options().dtype(at::kChar));
+  const int64_t elem = int8_out ? 1 : 4;
+  for (int64_t m0 = 0; m0 < M; m0 += chunk) {
+    ck::Im2RowParams ip;
+    ip.g = g;
+    ip.x = xq.data_ptr<int8_t>();
+    ip.rows = rows.data_ptr<int8_t>();
+    ip.m0 = m0;
+    ip.M = std::min(chunk, M - m0);
+    ip.K_pad = K_pad;
+    check_launch(ck::launch_im2row(ip, stream), op);
+    ck::GemmParams p;
+    p.M = ip.M;
+    p.a = rows.data_ptr<int8_t>();
+    p.lda = K_pad;
+    fill_b(p, packed_w);
+    p.a_scale = one.data_ptr<float>();
+    p.a_scale_per_tensor = true;
+    p.b_scale = e.scale;
+    p.bias = e.bias;
+    p.out = static_cast<char*>(out.data_ptr()) + m0 * a.Cout * elem;
+    p.ldo = a.Cout;
+    p.out_kind = e.out_kind;
+    p.act = act;
+    p.out_inv_scale = e.out_inv_scale;
+    run_gemm(p, dev, op);
+  }
+  g_served.store(static_cast<int>(Served::ConvGathered));
+  return out;
+}
+
 std::string last_kernel() {
   switch (static_cast<Served>(g_served.load())) {
     case Served::Sm80: return "sm80_mma";
@@ -484,6 +663,9 @@ std::string last_kernel() {
     case Served::WeightOnly: return "weight_only";
     case Served::WeightOnlyCublas: return "weight_only_cublas";
     case Served::Sparse24: return "sm90_sparse24";
+    case Served::ConvSm90: return "sm90_conv";
+    case Served::ConvGathered: return "conv_gathered";
+    case Served::DwConv: return "dwconv";
     case Served::None: break;
   }
   return "";
@@ -503,6 +685,8 @@ TORCH_LIBRARY_IMPL(fastinfer, CUDA, m) {
   m.impl("int8_linear_weight_only", &int8_linear_weight_only);
   m.impl("pack_sparse24", &pack_sparse24);
   m.impl("sparse24_linear_int8", &sparse24_linear_int8);
+  m.impl("pack_conv_weight", &pack_conv_weight);
+  m.impl("int8_conv2d", &int8_conv2d);
 }
 
 }  // namespace cuda

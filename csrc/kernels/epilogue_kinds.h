@@ -11,4 +11,9 @@ enum class OutKind : int32_t { Int32 = 0, Float32 = 1, BFloat16 = 2, Int8 = 3, F
 // Activation fused into the float epilogue (before an Int8 requantization). Gelu: the erf form.
 enum class Act : int32_t { None = 0, Relu = 1, Relu6 = 2, Gelu = 3 };
 
+// Whether a convolution's folded epilogue (EPILOGUE.md, "Convolutions") folds the int8 output scale
+// into its per-channel scale and bias too: the activations that commute with a positive scale (relu6's
+// 6 and gelu do not).
+inline bool folds_out_inv(Act act) { return act == Act::None || act == Act::Relu; }
+
 }  // namespace fastinfer

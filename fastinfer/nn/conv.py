@@ -69,7 +69,7 @@ class Int8Conv2d(nn.Module):
     def from_float(cls, conv: nn.Conv2d, activation: Optional[str] = None, x_scale: Optional[float] = None,
                    out_scale: Optional[float] = None) -> "Int8Conv2d":
         """Quantizes a float Conv2d (or fastinfer.nn.ConvAct2d, whose activation is taken over)."""
-        check_float_layer(conv, nn.Conv2d, "conv")
+        check_float_layer(conv, nn.Conv2d, "conv", ops.LINEAR_DEVICES)
         act = activation or getattr(conv, "activation", None) or "none"
         mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv_padding(conv),
                   conv.dilation, conv.groups, conv.bias is not None, act, x_scale, out_scale)
@@ -79,6 +79,41 @@ class Int8Conv2d(nn.Module):
         if conv.bias is not None:
             mod.bias = conv.bias.detach().float().clone()
         return mod
+
+    def _depthwise(self) -> bool:
+        return 1 < self.groups == self.in_channels == self.out_channels
+
+    def _unpack(self, packed: Tensor) -> Tensor:
+        """int8 [Cout, Cin/groups, KH, KW] from a packed weight of either device's layout."""
+        kh, kw = self.kernel_size
+        cout, cin_g = self.out_channels, self.in_channels // self.groups
+        if self._depthwise():  # [KH*KW, C] on both devices
+            return packed.t().reshape(cout, 1, kh, kw).contiguous()
+        k = kh * kw * cin_g
+        if ops.is_cuda_packed(packed) and packed.device.type == "cuda":  # [Cout, round_up(K, 16)], (kh, kw, c)
+            rows = packed[:, :k]
+        else:  # one packed GEMM weight per group, rows ordered (kh, kw, c)
+            rows = torch.cat([ops.unpack_int8_weight(packed[g]) for g in range(self.groups)])
+        return rows.reshape(cout, kh, kw, cin_g).permute(0, 3, 1, 2).contiguous()
+
+    def int8_weight(self) -> Tensor:
+        """The int8 weight [Cout, Cin/groups, KH, KW] this layer computes with."""
+        return self._unpack(self.packed_weight)
+
+    def _apply(self, fn, recurse=True):
+        # As Int8Linear: the packed layouts differ by device, so a move between the CPU and a GPU unpacks
+        # the weight and packs it again there; scales and bias stay fp32 (a dtype cast leaves them alone).
+        here = self.packed_weight.device
+        target = fn(torch.empty(0, dtype=torch.int8, device=here)).device
+        w = self.int8_weight() if target.type != here.type else None
+        fp32 = {name: getattr(self, name) for name in ("weight_scale", "bias")}
+        out = super()._apply(fn, recurse)
+        if w is not None:
+            self.packed_weight = ops.pack_conv_weight(fn(w).contiguous(), self.groups)
+        for name, t in fp32.items():
+            if t is not None:
+                setattr(self, name, t.to(target))
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.fastinfer.int8_conv2d(x, self.packed_weight, self.weight_scale, self.bias,
@@ -107,6 +142,10 @@ class Int8Conv2d(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "packed_weight"
+        if key in state_dict and state_dict[key].device.type != self.packed_weight.device.type:
+            # saved on the other device: its layout is that device's; repack for this one
+            w = self._unpack(state_dict[key])
+            state_dict = {**state_dict, key: ops.pack_conv_weight(w.to(self.packed_weight.device), self.groups)}
         if key in state_dict and tuple(state_dict[key].shape) != tuple(self.packed_weight.shape):
             raise ValueError(f"{key}: packed conv weight of shape {tuple(state_dict[key].shape)} does not fit this "
                              f"layer (expected {tuple(self.packed_weight.shape)})")

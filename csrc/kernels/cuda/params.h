@@ -110,6 +110,58 @@ struct Sparse24Params {
 constexpr int64_t kSparse24KAlign = 128;  // K of the compressed weight: whole tiles
 constexpr int64_t kSparse24NAlign = 8;    // N of the compressed weight: 16-byte rows of any output type
 
+// int8 convolution, NHWC (channels_last) int8 activations, the folded epilogue of the CPU kernels
+// (EPILOGUE.md, "Convolutions"): per output channel k
+//   y = act(float(acc) * scale[k] + bias[k])      (scale = x_scale * w_scale[k], and for an int8 output
+//                                                  with act none/relu also * out_inv, as bias)
+//   Float32 out: y;  Int8 out: clamp(rint(y * out_inv), -127, 127), NaN -> 0.
+// act: none, relu (y < 0 -> 0) or relu6 (then y > 6 -> 6); NaN stays NaN.
+struct ConvGeometry {
+  int64_t N = 0, H = 0, W = 0, C = 0, K = 0;     // input [N, H, W, C], K output channels
+  int64_t R = 1, S = 1;                          // filter height, width
+  int64_t P = 0, Q = 0;                          // output height, width
+  int64_t pad_h = 0, pad_w = 0, stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
+};
+struct ConvEpilogueParams {
+  const float* scale = nullptr;     // [K] folded scale
+  const float* bias = nullptr;      // [K] or null
+  void* out = nullptr;              // [N, P, Q, K]
+  OutKind out_kind = OutKind::Float32;  // Float32 or Int8
+  Act act = Act::None;
+  float out_inv_scale = 1.0f;
+};
+// Implicit GEMM on Hopper (sm90_conv.cu, CUTLASS 3.x: TMA im2col loads of the activations, wgmma,
+// warp-specialized): groups 1, filter int8 [K, R, S, C] (KRSC), C % 16 == 0 and K % 16 == 0 (TMA's
+// 16-byte rows; the entry layer takes the gathered path otherwise).
+struct Sm90ConvParams {
+  ConvGeometry g;
+  const int8_t* x = nullptr;        // [N, H, W, C]
+  const int8_t* w = nullptr;        // [K, R, S, C]
+  ConvEpilogueParams e;
+};
+bool sm90_conv_built();
+bool sm90_conv_supported(const Sm90ConvParams& p);
+size_t sm90_conv_workspace_bytes(const Sm90ConvParams& p);
+const char* launch_conv_sm90(const Sm90ConvParams& p, void* workspace, void* stream);
+// The gathered path (any arch, any shape with groups 1): rows m = (n, p, q) of the GEMM's A operand
+// [M, K_pad] int8, K ordered (r, s, c) like the packed weight, zero for padding taps and for the
+// columns [R*S*C, K_pad); the int8 GEMM (its folded epilogue given a_scale = 1) runs on them.
+struct Im2RowParams {
+  ConvGeometry g;
+  const int8_t* x = nullptr;        // [N, H, W, C]
+  int8_t* rows = nullptr;           // [M, K_pad] for output pixels [m0, m0 + M)
+  int64_t m0 = 0, M = 0, K_pad = 0;
+};
+const char* launch_im2row(const Im2RowParams& p, void* stream);
+// Depthwise (groups == C == K): w int8 [R * S, C], exact int32 sums, the epilogue above. Any arch.
+struct DwConvParams {
+  ConvGeometry g;
+  const int8_t* x = nullptr;        // [N, H, W, C]
+  const int8_t* w = nullptr;        // [R * S, C]
+  ConvEpilogueParams e;
+};
+const char* launch_dwconv(const DwConvParams& p, void* stream);
+
 // Launchers: stream is a cudaStream_t. Each returns nullptr, or the CUDA error of its launch.
 // The int8 GEMM on tensor cores with cp.async multistage loads and mma.sync (sm_80 and later).
 // Tile shapes: the one shape-bucket decision is in the entry layer (gemm_config below).

@@ -41,10 +41,6 @@ struct Int8GemmParams {
   bool folded = false;
 };
 
-// Whether a folded epilogue's int8 output scale is folded into b_scale and bias too: the activations
-// that commute with a positive scale (relu6's 6 and gelu do not).
-inline bool folds_out_inv(Act act) { return act == Act::None || act == Act::Relu; }
-
 // The activation scale of row m.
 inline float row_scale(const Int8GemmParams& p, int64_t m) { return p.a_scale[p.a_scale_per_tensor ? 0 : m]; }
 

@@ -1,0 +1,112 @@
+"""The int8 convolution benchmark on a GPU (`python benchmarks/bench_conv.py --device cuda`).
+
+ResNet-50 layers (bench_conv.LAYERS: the 3x3 layers, the 1x1, the stride-2 and the depthwise one) at batch
+32 (--batches), timed with CUDA events (median of repeats after warm-up), baselines in the same run:
+  torch     cuDNN fp16 channels_last (F.conv2d on fp16 NHWC tensors), cuDNN fp32 channels_last
+  fastinfer (c) Int8Conv2d static, fp32 channels_last in/out (quantization of x included)
+  fastinfer (d) int8 channels_last in, int8 out (the kernel and its epilogue only)
+TOPS = 2 * MACs / time. Every fastinfer row is checked against the fp32 conv first (SQNR > 25 dB), and
+names the kernel that served it (sm90_conv, conv_gathered, dwconv). Target (issue #6, H100, batch 32):
+fastinfer int8 >= 1.5x cuDNN fp16 channels_last.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastinfer import ops
+from fastinfer.nn import Int8Conv2d
+
+from bench_conv import LAYERS, SQNR_MIN_DB, ConvLayer, out_size, sqnr_db
+from bench_linear_cuda import machine_info_cuda, time_cuda
+
+
+def bench_layer_cuda(L: ConvLayer, batch: int) -> List[Dict]:
+    torch.manual_seed(0)
+    dev = "cuda"
+    conv = nn.Conv2d(L.C, L.Cout, L.k, L.stride, L.padding, groups=L.groups).eval().requires_grad_(False).to(dev)
+    x = torch.randn(batch, L.C, L.H, L.H, device=dev).contiguous(memory_format=torch.channels_last)
+    args = (L.stride, L.padding, 1, L.groups)
+    with torch.inference_mode():
+        y = F.conv2d(x, conv.weight, conv.bias, *args)
+    x_scale, out_scale = x.abs().max().item() / 127, y.abs().max().item() / 127
+    static = Int8Conv2d.from_float(conv, x_scale=x_scale)
+    xq = torch.round(x / x_scale).clamp(-127, 127).to(torch.int8).contiguous(memory_format=torch.channels_last)
+    w16 = conv.weight.half().contiguous(memory_format=torch.channels_last)
+    b16 = conv.bias.half()
+    x16 = x.half()
+    w32 = conv.weight.contiguous(memory_format=torch.channels_last)
+
+    def int8_io():
+        return ops.int8_conv2d(xq, static.packed_weight, static.weight_scale, static.bias, (L.k, L.k),
+                               (L.stride, L.stride), (L.padding, L.padding), (1, 1), L.groups, x_scale, out_scale)
+
+    cases = [("torch", "cuDNN fp16 channels_last", lambda: F.conv2d(x16, w16, b16, *args), None),
+             ("torch", "cuDNN fp32 channels_last", lambda: F.conv2d(x, w32, conv.bias, *args), None),
+             ("fastinfer", "(c) static fp32 in/out", lambda: static(x), lambda t: t),
+             ("fastinfer", "(d) int8 in/out", int8_io, lambda t: t.float() * out_scale)]
+    oh = out_size(L)
+    macs = batch * oh * oh * L.Cout * (L.C // L.groups) * L.k * L.k
+    rows = []
+    with torch.inference_mode():
+        for lib, impl, fn, to_float in cases:
+            row = {"op": "conv2d", "device": "cuda", "lib": lib, "impl": impl, "layer": L.name, "N": batch}
+            try:
+                out = fn()
+                if to_float is not None:
+                    row["sqnr_db"] = sqnr_db(y, to_float(out))
+                    row["kernel"] = ops.cuda_last_kernel()
+                t = time_cuda(fn)
+            except Exception as e:  # noqa: BLE001  (reported in the table, not dropped)
+                row["error"] = f"{type(e).__name__}: {e}"[:300]
+                rows.append(row)
+                continue
+            row.update(t)
+            row["tops"] = 2 * macs / (t["median_ms"] * 1e-3) / 1e12
+            rows.append(row)
+    return rows
+
+
+def targets(rows: List[Dict]):
+    ms = {(r["layer"], r["N"], r["impl"]): r["median_ms"] for r in rows if "median_ms" in r}
+    out = []
+    for (layer, n) in dict.fromkeys((r["layer"], r["N"]) for r in rows):
+        base = ms.get((layer, n, "cuDNN fp16 channels_last"))
+        for impl in ("(c) static fp32 in/out", "(d) int8 in/out"):
+            if base and (layer, n, impl) in ms:
+                out.append((f"{impl} vs cuDNN fp16 channels_last, {layer} N={n}", base / ms[(layer, n, impl)], 1.5))
+    return out
+
+
+def run(args) -> Dict:
+    if not ops.cuda_available():
+        raise SystemExit("bench_conv --device cuda needs fastinfer built with CUDA and a GPU")
+    info = machine_info_cuda()
+    print(f"# {info['gpu']} (sm_{info['capability']}) | torch {info['torch']} | CUDA {info['cuda']}")
+    print(f"{'layer':<8} {'N':>3}  {'impl':<28} {'median ms':>10} {'TOPS':>8} {'SQNR dB':>8}  kernel")
+    layers = [L for L in LAYERS if not args.layers or L.name in args.layers.split(",")]
+    batches = [int(b) for b in (args.batches if args.batches != "1,8" else "32").split(",")]
+    rows, failures = [], []
+    for L in layers:
+        for n in batches:
+            for r in bench_layer_cuda(L, n):
+                rows.append(r)
+                if "error" in r:
+                    print(f"{L.name:<8} {n:>3}  {r['impl']:<28} {'-':>10} {'-':>8} {'-':>8}  {r['error'][:60]}")
+                    continue
+                sq = f"{r['sqnr_db']:8.1f}" if "sqnr_db" in r else " " * 8
+                print(f"{L.name:<8} {n:>3}  {r['impl']:<28} {r['median_ms']:>10.4f} {r['tops']:>8.1f} {sq}  "
+                      f"{r.get('kernel', '')}")
+                if "sqnr_db" in r and r["sqnr_db"] < SQNR_MIN_DB:
+                    failures.append(f"{L.name} N={n} {r['impl']}: SQNR {r['sqnr_db']:.1f} dB")
+    tg = targets(rows)
+    print("targets (issue #6, H100 batch 32; from this run):")
+    for name, v, t in tg:
+        print(f"  {name:<58} {v:6.2f}x  (target >= {t:.1f}x)  {'met' if v >= t else 'MISSED'}")
+    for f in failures:
+        print("CHECK FAILED:", f)
+    return {"machine": info, "rows": rows, "check_failures": failures,
+            "targets": [{"name": n, "value": v, "target": t} for n, v, t in tg]}

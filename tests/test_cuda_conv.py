@@ -1,0 +1,151 @@
+"""The CUDA int8 convolution (Hopper implicit GEMM, the gathered path, depthwise) against
+fastinfer.reference.int8_conv2d on the same quantized values: bit-exact (exact int32 sums, the folded fp32
+epilogue of EPILOGUE.md). Which kernel served, bad input, opcheck, torch.compile, CUDA graphs, Int8Conv2d
+moving between devices. Skipped without a CUDA build and a GPU (benchmarks/gpu_check.sh runs it)."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fastinfer
+from fastinfer import ops
+from fastinfer import reference as ref
+from fastinfer.nn import Int8Conv2d
+
+pytestmark = pytest.mark.skipif(not ops.cuda_available(), reason="needs fastinfer built with CUDA and a GPU")
+DEV = "cuda"
+
+# (N, C, H, W, Cout, k, stride, pad, dilation, groups)
+GEOMETRIES = [
+    (2, 64, 14, 14, 64, 3, 1, 1, 1, 1),     # C, Cout % 16 == 0: the Hopper implicit GEMM
+    (1, 128, 9, 11, 96, 3, 2, 1, 1, 1),     # stride 2, odd spatial sizes
+    (3, 32, 12, 12, 48, 5, 1, 2, 2, 1),     # 5x5, dilation 2
+    (2, 256, 7, 7, 512, 1, 1, 0, 1, 1),     # 1x1
+    (1, 3, 17, 15, 13, 3, 1, 1, 1, 1),      # C = 3, Cout = 13: gathered rows (TMA needs 16-byte rows)
+    (2, 13, 8, 8, 20, 7, 1, 3, 1, 1),       # 7x7, odd channels: gathered
+    (2, 64, 10, 10, 64, 3, 1, 1, 1, 64),    # depthwise
+    (1, 13, 9, 9, 13, 3, 2, 1, 2, 13),      # depthwise, odd C, stride + dilation
+]
+IDS = ["c64-3x3", "stride2", "5x5-dil2", "1x1", "c3-cout13", "7x7-c13", "dw", "dw-odd"]
+MODES = [(None, None, "none"), (0.03, None, "relu"), (None, 0.05, "relu6"), (0.02, 0.04, "relu"),
+         (0.02, 0.04, "none")]
+
+
+def make(g, seed=0):
+    torch.manual_seed(seed)
+    N, C, H, W, Co, k, s, p, d, groups = g
+    w = torch.randint(-127, 128, (Co, C // groups, k, k), dtype=torch.int8)
+    return torch.randn(N, C, H, W) * 2, w, torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co)
+
+
+def expected_kernel(g):
+    N, C, H, W, Co, k, s, p, d, groups = g
+    if groups > 1:
+        return "dwconv"
+    hopper = torch.cuda.get_device_capability()[0] == 9 and ops.BUILD.get("cutlass_sm90")
+    return "sm90_conv" if hopper and C % 16 == 0 and Co % 16 == 0 else "conv_gathered"
+
+
+@pytest.mark.parametrize("mode", MODES, ids=["dynamic", "static-relu", "int8out-relu6", "int8out-relu", "int8out"])
+@pytest.mark.parametrize("g", GEOMETRIES, ids=IDS)
+def test_conv_matches_reference(g, mode):
+    N, C, H, W, Co, k, s, p, d, groups = g
+    x_scale, out_scale, act = mode
+    x, w, ws, b = make(g)
+    packed = ops.pack_conv_weight(w.to(DEV), groups)
+    for bias in (b, None):
+        y = ops.int8_conv2d(x.to(DEV), packed, ws.to(DEV), None if bias is None else bias.to(DEV), (k, k), (s, s),
+                            (p, p), (d, d), groups, x_scale, out_scale, act)
+        assert ops.cuda_last_kernel() == expected_kernel(g)
+        r = ref.int8_conv2d(x, w, ws, bias, (s, s), (p, p), (d, d), groups, x_scale, out_scale, act)
+        assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == r.dtype
+        torch.testing.assert_close(y.cpu(), r, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("g", [GEOMETRIES[0], GEOMETRIES[4], GEOMETRIES[6]], ids=["sm90", "gathered", "depthwise"])
+def test_int8_input_bf16_input_and_edges(g):
+    N, C, H, W, Co, k, s, p, d, groups = g
+    x, w, ws, b = make(g, 1)
+    packed = ops.pack_conv_weight(w.to(DEV), groups)
+    args = (packed, ws.to(DEV), b.to(DEV), (k, k), (s, s), (p, p), (d, d), groups)
+    xq = torch.randint(-127, 128, x.shape, dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ops.int8_conv2d(xq.to(DEV), *args, 0.05, 0.1).cpu(),
+                               ref.int8_conv2d(xq, w, ws, b, (s, s), (p, p), (d, d), groups, 0.05, 0.1), rtol=0, atol=0)
+    xb = x.bfloat16()
+    torch.testing.assert_close(ops.int8_conv2d(xb.to(DEV), *args).cpu(),
+                               ref.int8_conv2d(xb, w, ws, b, (s, s), (p, p), (d, d), groups), rtol=0, atol=0)
+    x[0, 0, 1, 1] = float("nan")  # dynamic scale: NaN everywhere (int8 out: 0); static: NaN quantizes to 0
+    assert torch.isnan(ops.int8_conv2d(x.to(DEV), *args)).all()
+    assert (ops.int8_conv2d(x.to(DEV), *args, None, 0.1) == 0).all()
+    torch.testing.assert_close(ops.int8_conv2d(x.to(DEV), *args, 0.02).cpu(),
+                               ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), groups, 0.02), rtol=0, atol=0)
+    big = ws.clone()
+    big[::2] *= 1e9  # saturating int8 outputs
+    y = ops.int8_conv2d(x.to(DEV), packed, big.to(DEV), b.to(DEV), (k, k), (s, s), (p, p), (d, d), groups, 0.02, 0.04)
+    r = ref.int8_conv2d(x, w, big, b, (s, s), (p, p), (d, d), groups, 0.02, 0.04)
+    torch.testing.assert_close(y.cpu(), r, rtol=0, atol=0)
+    assert (r == 127).any() and (r == -127).any()
+
+
+def test_module_between_devices_state_dict_compile_and_graphs():
+    conv = nn.Conv2d(32, 64, 3, padding=1).eval()
+    x = torch.randn(4, 32, 20, 20)
+    on_cpu = Int8Conv2d.from_float(conv, activation="relu", x_scale=0.03)
+    want = on_cpu(x)
+    moved = copy.deepcopy(on_cpu).cuda()
+    torch.testing.assert_close(moved.int8_weight().cpu(), on_cpu.int8_weight(), rtol=0, atol=0)
+    torch.testing.assert_close(moved(x.cuda()).cpu(), want, rtol=0, atol=0)
+    back = copy.deepcopy(moved).cpu()
+    torch.testing.assert_close(back(x), want, rtol=0, atol=0)
+    fresh_gpu = Int8Conv2d(32, 64, 3, padding=1, activation="relu", x_scale=0.03).cuda()
+    fresh_gpu.load_state_dict(on_cpu.state_dict())  # a CPU state_dict into a GPU layer: repacked
+    torch.testing.assert_close(fresh_gpu(x.cuda()).cpu(), want, rtol=0, atol=0)
+    compiled = torch.compile(moved, fullgraph=True)
+    xg = x.cuda()
+    torch.testing.assert_close(compiled(xg), moved(xg), rtol=0, atol=0)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        moved(xg)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = moved(xg)
+    xg.copy_(torch.randn_like(xg))
+    want_g = moved(xg)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, want_g, rtol=0, atol=0)
+
+
+def test_quantize_cnn_on_gpu():
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=32),
+                          nn.Flatten(), nn.Linear(32 * 8 * 8, 10)).eval().cuda()
+    x = torch.randn(8, 16, 8, 8, device=DEV)
+    q = fastinfer.quantize(copy.deepcopy(model), "w8a8_dynamic")
+    assert sum(isinstance(m, Int8Conv2d) for m in q.modules()) == 2
+    out, ref_out = q(x), model(x)
+    assert torch.nn.functional.cosine_similarity(out.flatten(), ref_out.flatten(), dim=0) > 0.99
+
+
+def test_opcheck_and_bad_input():
+    w = torch.randint(-127, 128, (32, 16, 3, 3), dtype=torch.int8, device=DEV)
+    packed = ops.pack_conv_weight(w, 1)
+    x = torch.randn(2, 16, 9, 9, device=DEV)
+    ws = torch.rand(32, device=DEV)
+    torch.library.opcheck(torch.ops.fastinfer.pack_conv_weight.default, (w, 1))
+    torch.library.opcheck(torch.ops.fastinfer.int8_conv2d.default,
+                          (x, packed, ws, None, [3, 3], [1, 1], [1, 1], [1, 1], 1, None, None, "relu"))
+    with pytest.raises(RuntimeError, match="groups=4 other than depthwise are not supported"):
+        ops.pack_conv_weight(torch.randint(-127, 128, (32, 4, 3, 3), dtype=torch.int8, device=DEV), 4)
+    with pytest.raises(RuntimeError, match="packed_w must be the CUDA conv weight"):
+        ops.int8_conv2d(x, ops.pack_conv_weight(w.cpu(), 1).to(DEV), ws, None, (3, 3))
+    with pytest.raises(RuntimeError, match="packed_w must be on"):
+        ops.int8_conv2d(x, packed.cpu(), ws, None, (3, 3))
+    with pytest.raises(RuntimeError, match="'gelu' is CPU only"):
+        ops.int8_conv2d(x, packed, ws, None, (3, 3), activation="gelu")
+    with pytest.raises(RuntimeError, match="an int8 x needs its x_scale"):
+        ops.int8_conv2d(x.to(torch.int8), packed, ws, None, (3, 3))
+    with pytest.raises(RuntimeError, match="smaller than the dilated kernel"):
+        ops.int8_conv2d(x[:, :, :2, :2], packed, ws, None, (3, 3))
