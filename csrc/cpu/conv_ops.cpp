@@ -60,58 +60,65 @@ at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups) {
   return out;
 }
 
-// The quantized NHWC input the kernels read, [N * (H + 2 ph) * (W + 2 pw), C] bytes: s8, or u8 = s8 + 128
-// with shift, inside a border of ph rows and pw columns of int8 zero (the direct tile convolution
-// reads its padding in place), then slack_bytes (rounded up to pixels) of zero that it may read past
-// the last image. x_rows: the NHWC input rows [N * H * W, C], fp32 (quantized with the per-tensor
-// a_scale) or int8. An int8 input that needs no shift, border or slack is used as it is.
-at::Tensor quantized_input(const at::Tensor& x_rows, const ConvArgs& a, float a_scale, int64_t ph, int64_t pw,
-                           bool shift, int64_t slack_bytes = 0) {
-  const bool is_int8 = x_rows.scalar_type() == at::kChar;
-  if (is_int8 && !shift && ph == 0 && pw == 0 && slack_bytes == 0) return x_rows.view(at::kByte);
-  const int64_t Hp = a.H + 2 * ph, Wp = a.W + 2 * pw, C = a.C, row = a.W * C;
-  const int64_t slack_rows = (slack_bytes + C - 1) / C;  // readable (zero) pixels after the last image
-  at::Tensor xq = at::empty({a.N * Hp * Wp + slack_rows, C}, x_rows.options().dtype(at::kByte));
-  if (slack_rows > 0) xq.narrow(0, a.N * Hp * Wp, slack_rows).fill_(shift ? 128 : 0);
-  uint8_t* dst = xq.data_ptr<uint8_t>();
-  const uint8_t zero = shift ? 128 : 0;
-  const bool valid_scale = a_scale > 0.0f && std::isfinite(a_scale);
-  if (!is_int8 && !valid_scale) {  // all-zero input (scale 0) or non-finite (scale NaN: the output is NaN)
-    xq.fill_(zero);
-    return xq;
+// Writes rows of the padded, quantized NHWC input: padded row hp of image n is Wp * C bytes, s8 (or
+// u8 = s8 + 128 with shift), its border of pw columns (and whole rows outside the image) int8 zero,
+// inside it the image row quantized with the per-tensor a_scale (fp32 x) or copied (int8 x). x_rows:
+// the NHWC input rows [N * H * W, C].
+class PaddedRows {
+ public:
+  PaddedRows(const at::Tensor& x_rows, const ConvArgs& a, float a_scale, int64_t ph, int64_t pw, bool shift)
+      : x_rows_(x_rows), a_(a), ph_(ph), pw_(pw), shift_(shift), zero_(shift ? 128 : 0),
+        is_int8_(x_rows.scalar_type() == at::kChar), ks_(kernels_for(Family::Quantize)) {
+    // An all-zero input (scale 0) or a non-finite one (scale NaN: the output is NaN) quantizes to zeros.
+    all_zero_ = !is_int8_ && !(a_scale > 0.0f && std::isfinite(a_scale));
+    q_.M = 1;
+    q_.K = q_.K_pad = q_.ldx = q_.ldq = a.W * a.C;
+    q_.shift128 = shift;
+    q_.static_inv = all_zero_ || is_int8_ ? 0.0f : 1.0f / a_scale;
   }
-  kernels::QuantizeParams q;
-  if (!is_int8) {
-    q.M = 1;
-    q.K = row;
-    q.K_pad = row;
-    q.shift128 = shift;
-    q.static_inv = 1.0f / a_scale;
-  }
-  const auto& ks = kernels_for(Family::Quantize);
-  // One task per padded image row: its border bytes, then (inside the image) its W pixels.
-  at::parallel_for(0, a.N * Hp, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, Wp * C)), [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      const int64_t n = r / Hp, hp = r % Hp, h = hp - ph;
-      uint8_t* d = dst + r * Wp * C;
-      if (h < 0 || h >= a.H) {
-        std::memset(d, zero, static_cast<size_t>(Wp * C));
-        continue;
-      }
-      std::memset(d, zero, static_cast<size_t>(pw * C));
-      std::memset(d + (pw + a.W) * C, zero, static_cast<size_t>(pw * C));
-      const int64_t src_row = (n * a.H + h) * a.W;
-      if (is_int8) {
-        kernels::copy_operand_rows(x_rows.data_ptr<int8_t>() + src_row * C, row, 1, row, d + pw * C, row, row, shift);
-      } else {
-        kernels::QuantizeParams qr = q;
-        qr.x = x_rows.data_ptr<float>() + src_row * C;
-        qr.ldx = row;
-        qr.q = d + pw * C;
-        qr.ldq = row;
-        ks.quantize(qr, 0, 1);
-      }
+  int64_t Wp() const { return a_.W + 2 * pw_; }
+  uint8_t zero() const { return zero_; }
+
+  void write(int64_t n, int64_t hp, uint8_t* d) const {
+    const int64_t C = a_.C, h = hp - ph_, row = a_.W * C;
+    if (all_zero_ || h < 0 || h >= a_.H) {
+      std::memset(d, zero_, static_cast<size_t>(Wp() * C));
+      return;
     }
+    std::memset(d, zero_, static_cast<size_t>(pw_ * C));
+    std::memset(d + (pw_ + a_.W) * C, zero_, static_cast<size_t>(pw_ * C));
+    const int64_t src = (n * a_.H + h) * row;
+    if (is_int8_) {
+      kernels::copy_operand_rows(x_rows_.data_ptr<int8_t>() + src, row, 1, row, d + pw_ * C, row, row, shift_);
+    } else {
+      kernels::QuantizeParams q = q_;
+      q.x = x_rows_.data_ptr<float>() + src;
+      q.q = d + pw_ * C;
+      ks_.quantize(q, 0, 1);
+    }
+  }
+
+ private:
+  const at::Tensor& x_rows_;
+  const ConvArgs& a_;
+  int64_t ph_, pw_;
+  bool shift_;
+  uint8_t zero_;
+  bool is_int8_, all_zero_ = false;
+  const kernels::KernelSet& ks_;
+  kernels::QuantizeParams q_;
+};
+
+// The quantized NHWC input of the gathered-rows paths and the depthwise kernel, [N * H * W, C] bytes
+// (PaddedRows without a border). An int8 input that needs no +128 shift is used as it is.
+at::Tensor quantized_input(const at::Tensor& x_rows, const ConvArgs& a, float a_scale, bool shift) {
+  if (x_rows.scalar_type() == at::kChar && !shift) return x_rows.view(at::kByte);
+  const PaddedRows rows(x_rows, a, a_scale, 0, 0, shift);
+  at::Tensor xq = at::empty({a.N * a.H * a.W, a.C}, x_rows.options().dtype(at::kByte));
+  uint8_t* dst = xq.data_ptr<uint8_t>();
+  const int64_t row = a.W * a.C;
+  at::parallel_for(0, a.N * a.H, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, row)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) rows.write(r / a.H, r % a.H, dst + r * row);
   });
   return xq;
 }
@@ -205,44 +212,69 @@ void set_conv_epilogue(kernels::Int8GemmParams& p, const ConvEpilogue& e, int64_
   p.folded = e.finite;
 }
 
-void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, kernels::ConvDirectParams cp, const at::Tensor& xp,
-                 const at::Tensor& packed_w, const PackedHeader& h, const ConvEpilogue& epi, at::Tensor& out,
-                 kernels::OutKind kind, kernels::Act act) {
+// Items are (image, output row group, column panel). Each item first writes the padded input rows its
+// group reads (PaddedRows: quantized or copied, borders zero) into a thread-local slab, then runs the
+// tile kernel on the slab while it is in L2, for each of its column panels. (Measured against one
+// padded copy of the whole input before the convolution: the slab saves the copy's round trip through
+// memory; halo rows are written twice, KH - 1 per group.) A group is at most ~8 passes (1024 pixels):
+// the kernel overlaps each column pair's epilogue with the next pair's products, so the last pair of a
+// call runs alone. Groups split each image evenly, at least 4 items per thread, and the item count is
+// a multiple of the thread count when one is near (at::parallel_for hands each thread a contiguous
+// range: 25 items on 2 threads left one thread idle for a whole item).
+void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const kernels::ConvDirectParams& geometry,
+                 const at::Tensor& x_rows, float a_scale, const at::Tensor& packed_w, const PackedHeader& h,
+                 const ConvEpilogue& epi, at::Tensor& out, kernels::OutKind kind, kernels::Act act) {
+  kernels::ConvDirectParams cp = geometry;
   kernels::Int8GemmParams& p = cp.gemm;
   set_packed_weight(p, h, packed_w.data_ptr<uint8_t>());
-  p.M = a.N * a.OH * a.OW;
   set_conv_epilogue(p, epi, 0, a.Cout, kind, act);
-  p.out = out.data_ptr();
   p.ldo = a.Cout;
-  cp.x = reinterpret_cast<const int8_t*>(xp.data_ptr<uint8_t>());
-  // Items are (output row group, column panel), row-group-major: consecutive items reuse the group's
-  // input rows from L2. A group is about 8 passes (1024 pixels): the kernel overlaps each column pair's
-  // epilogue with the next pair's products, so the last pair of a call runs alone, and narrow layers
-  // (64 output channels: 2 pairs per pass) need several passes per call. Smaller groups when that
-  // leaves a thread without work.
-  const int64_t rows_total = a.N * a.OH, threads = at::get_num_threads();
-  const int64_t N_pad = kernels::round_up(h.N, kernels::kPackNB);
-  // Row groups of at most ~8 passes, at least 4 items per thread, and a multiple of the thread count
-  // where a group size near the even split gives one (at::parallel_for hands each thread a contiguous
-  // range: 25 items on 2 threads left one thread idle for a whole item).
+  const PaddedRows rows(x_rows, a, a_scale, a.PH, a.PW, /*shift=*/false);
+  const int64_t threads = at::get_num_threads(), N_pad = kernels::round_up(h.N, kernels::kPackNB);
   const int64_t max_group = std::max<int64_t>(1, 8 * ks.m_chunk / a.OW);
   const int64_t full_panels = (N_pad + ks.n_panel - 1) / ks.n_panel;
-  int64_t row_items = std::max((rows_total + max_group - 1) / max_group, (4 * threads + full_panels - 1) / full_panels);
-  row_items = std::min(rows_total, kernels::round_up(row_items, threads));
-  int64_t group = (rows_total + row_items - 1) / row_items;
-  for (int64_t g = group; g >= std::max<int64_t>(1, group * 3 / 4); --g) {
-    if (((rows_total + g - 1) / g) % threads == 0) {
-      group = g;
+  int64_t per_image = std::max((a.OH + max_group - 1) / max_group,
+                               (4 * threads + a.N * full_panels - 1) / (a.N * full_panels));
+  per_image = std::min(per_image, a.OH);
+  for (int64_t k = per_image; k <= std::min(a.OH, 2 * per_image); ++k) {
+    if ((a.N * k) % threads == 0) {
+      per_image = k;
       break;
     }
   }
-  const int64_t groups = (rows_total + group - 1) / group;
-  const int64_t n_panel = panel_width(ks, N_pad, groups);
+  const int64_t items = a.N * per_image;
+  const int64_t n_panel = panel_width(ks, N_pad, items);
   const int64_t panels = (N_pad + n_panel - 1) / n_panel;
-  at::parallel_for(0, groups * panels, 1, [&](int64_t b, int64_t e) {
+  // The most slab rows a group reads: its rows' stride rows plus the kernel's reach, plus the slack the
+  // padded-width tiles may read past the last row.
+  const int64_t max_rows = (a.OH + per_image - 1) / per_image;
+  const int64_t reach = a.DH * (a.KH - 1) + 1;
+  const int64_t slab_row = cp.Wp * a.C;
+  const int64_t slack = cp.virtual_width ? kernels::conv_direct_slack_bytes(cp) : 0;
+  const int64_t slab_bytes = ((max_rows - 1) * a.SH + reach) * slab_row + slack;
+  const int64_t elem = kind == kernels::OutKind::Int8 ? 1 : 4;
+  at::parallel_for(0, items * panels, 1, [&](int64_t b, int64_t e) {
+    const at::Tensor slab_t = at::empty({slab_bytes}, x_rows.options().dtype(at::kByte));
+    uint8_t* const slab = slab_t.data_ptr<uint8_t>();
+    int64_t built = -1;  // which item the slab holds
     for (int64_t it = b; it < e; ++it) {
-      const int64_t r0 = (it / panels) * group, n0 = (it % panels) * n_panel;
-      ks.conv_direct(cp, r0, std::min(rows_total, r0 + group), n0, std::min(N_pad, n0 + n_panel));
+      const int64_t item = it / panels, n = item / per_image, g = item % per_image;
+      const int64_t r0 = g * a.OH / per_image, r1 = (g + 1) * a.OH / per_image;
+      const int64_t hp0 = r0 * a.SH, hp_rows = (r1 - r0 - 1) * a.SH + reach;
+      if (built != item) {
+        for (int64_t r = 0; r < hp_rows; ++r) rows.write(n, hp0 + r, slab + r * slab_row);
+        std::memset(slab + hp_rows * slab_row, 0, static_cast<size_t>(slab_bytes - hp_rows * slab_row));
+        built = item;
+      }
+      // The slab as one image of r1 - r0 output rows, writing output rows (n, r0 ...).
+      kernels::ConvDirectParams ci = cp;
+      ci.x = reinterpret_cast<const int8_t*>(slab);
+      ci.Hp = hp_rows;
+      ci.OH = r1 - r0;
+      ci.gemm.M = (r1 - r0) * a.OW;
+      ci.gemm.out = static_cast<char*>(out.data_ptr()) + (n * a.OH + r0) * a.OW * a.Cout * elem;
+      const int64_t n0 = (it % panels) * n_panel;
+      ks.conv_direct(ci, 0, r1 - r0, n0, std::min(N_pad, n0 + n_panel));
     }
   });
 }
@@ -309,12 +341,17 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const DirectMode mode = direct_mode(gks, a, plain_1x1);
   const bool tiles_direct = mode != DirectMode::None;
   const kernels::ConvDirectParams geometry = direct_geometry(a, mode);
-  const at::Tensor xq = quantized_input(x_rows, a, a_scale, tiles_direct ? a.PH : 0, tiles_direct ? a.PW : 0, shift,
-                                        geometry.virtual_width ? kernels::conv_direct_slack_bytes(geometry) : 0);
   const kernels::OutKind kind = out_scale ? kernels::OutKind::Int8 : kernels::OutKind::Float32;
   const ConvEpilogue epi = fold_epilogue(a_scale, ws, bi, out_scale, act);
+  if (tiles_direct) {  // 2a) direct tile convolution: the padded input is written per row group
+    record_kernel(Family::ConvDirect, Isa::Amx);
+    conv_direct(*gks, a, geometry, x_rows, a_scale, packed_w, headers[0], epi, out, kind, act);
+    return out;
+  }
+  clear_kernel(Family::ConvDirect);
+  const at::Tensor xq = quantized_input(x_rows, a, a_scale, shift);
 
-  if (dw) {  // 2a) depthwise
+  if (dw) {  // 2b) depthwise
     kernels::DwConvParams p;
     p.N = a.N; p.H = a.H; p.W = a.W; p.C = a.C; p.OH = a.OH; p.OW = a.OW;
     p.KH = a.KH; p.KW = a.KW; p.SH = a.SH; p.SW = a.SW; p.PH = a.PH; p.PW = a.PW; p.DH = a.DH; p.DW = a.DW;
@@ -335,12 +372,6 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   }
 
   const auto& ks = *gks;
-  if (tiles_direct) {  // 2b) direct tile convolution
-    record_kernel(Family::ConvDirect, Isa::Amx);
-    conv_direct(ks, a, geometry, xq, packed_w, headers[0], epi, out, kind, act);
-    return out;
-  }
-  clear_kernel(Family::ConvDirect);
 
   // 2c) implicit GEMM: per (group, row chunk), gather the chunk's rows, run every column panel.
   const int64_t K_pad = kernels::round_up(K, kernels::kPackKB);
