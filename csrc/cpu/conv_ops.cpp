@@ -386,11 +386,21 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   int64_t rows = ks.m_chunk;
   const int64_t full_panels = (N_pad + ks.n_panel - 1) / ks.n_panel;
   while (rows > std::max<int64_t>(24, 4 * ks.m_tile) && groups * ((M + rows - 1) / rows) * full_panels < 4 * threads) rows /= 2;
-  // Even chunks (a multiple of the register tile height): no small straggler chunk.
+  // Even chunks (a multiple of the register tile height, or of AMX's 16-row tile): no small straggler
+  // chunk (392 rows of l4 3x3 at batch 8: 112 x 3 + 56, not 128 x 3 + 8).
   const int64_t even = (M + rows - 1) / rows;
-  rows = std::min(rows, kernels::round_up((M + even - 1) / even, ks.m_tile));
+  rows = std::min(rows, kernels::round_up((M + even - 1) / even, std::min<int64_t>(ks.m_tile, 16)));
   const int64_t chunks = (M + rows - 1) / rows;
-  const int64_t n_panel = panel_width(ks, N_pad, groups * chunks);
+  int64_t n_panel = panel_width(ks, N_pad, groups * chunks);
+  // An item count that is not a multiple of the thread count leaves a thread idle for an item (13 items
+  // of s2 3x3 at batch 8 on 2 threads: 7 + 6): narrower panels (down to 64 columns) when they give one.
+  for (int64_t w = n_panel; w >= 64; w = kernels::round_up(w / 2, 32)) {
+    if ((groups * chunks * ((N_pad + w - 1) / w)) % threads == 0) {
+      n_panel = w;
+      break;
+    }
+    if (w == 64) break;
+  }
   const int64_t panels = (N_pad + n_panel - 1) / n_panel;
   const int64_t ld = kernels::operand_stride(K_pad);  // gathered rows
   const int64_t macs_per_item = std::min(rows, M) * std::min(cout_g, n_panel) * K;
