@@ -109,6 +109,37 @@ class PaddedRows {
   kernels::QuantizeParams q_;
 };
 
+// Rows [m0, m1) of the fp32 NHWC input rows [M, C] quantized (per-tensor a_scale) into dst (ld bytes
+// apart): a 1x1 convolution's GEMM operand, chunk by chunk.
+class QuantizedRows {
+ public:
+  QuantizedRows(const at::Tensor& x_rows, float a_scale, bool shift)
+      : x_rows_(x_rows), shift_(shift), ks_(kernels_for(Family::Quantize)) {
+    all_zero_ = !(a_scale > 0.0f && std::isfinite(a_scale));  // scale 0 or NaN: zeros (the output is 0 / NaN)
+    q_.K = q_.K_pad = q_.ldx = x_rows.size(1);
+    q_.shift128 = shift;
+    q_.static_inv = all_zero_ ? 0.0f : 1.0f / a_scale;
+  }
+  void write(int64_t m0, int64_t m1, uint8_t* dst, int64_t ld) const {
+    if (all_zero_) {
+      for (int64_t m = m0; m < m1; ++m) std::memset(dst + (m - m0) * ld, shift_ ? 128 : 0, static_cast<size_t>(q_.K));
+      return;
+    }
+    kernels::QuantizeParams q = q_;
+    q.M = m1 - m0;
+    q.x = x_rows_.data_ptr<float>() + m0 * q_.K;
+    q.q = dst;
+    q.ldq = ld;
+    ks_.quantize(q, 0, m1 - m0);
+  }
+
+ private:
+  const at::Tensor& x_rows_;
+  bool shift_, all_zero_ = false;
+  const kernels::KernelSet& ks_;
+  kernels::QuantizeParams q_;
+};
+
 // The quantized NHWC input of the gathered-rows paths and the depthwise kernel, [N * H * W, C] bytes
 // (PaddedRows without a border). An int8 input that needs no +128 shift is used as it is.
 at::Tensor quantized_input(const at::Tensor& x_rows, const ConvArgs& a, float a_scale, bool shift) {
@@ -349,7 +380,12 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     return out;
   }
   clear_kernel(Family::ConvDirect);
-  const at::Tensor xq = quantized_input(x_rows, a, a_scale, shift);
+  // A plain 1x1 convolution of an fp32 input quantizes each row chunk right before its GEMM (below):
+  // no whole quantized copy of the input.
+  const int64_t K_pad = kernels::round_up(K, kernels::kPackKB);
+  const bool direct = plain_1x1 && groups == 1 && K == K_pad;  // a 1x1 conv is a GEMM on the input rows themselves
+  const bool quantize_chunks = direct && x_rows.scalar_type() == at::kFloat;
+  const at::Tensor xq = quantize_chunks ? at::Tensor() : quantized_input(x_rows, a, a_scale, shift);
 
   if (dw) {  // 2b) depthwise
     kernels::DwConvParams p;
@@ -374,8 +410,6 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const auto& ks = *gks;
 
   // 2c) implicit GEMM: per (group, row chunk), gather the chunk's rows, run every column panel.
-  const int64_t K_pad = kernels::round_up(K, kernels::kPackKB);
-  const bool direct = plain_1x1 && groups == 1 && K == K_pad;  // a 1x1 conv is a GEMM on the input rows themselves
   kernels::ConvGeometry geo{a.N, a.H, a.W, a.C, a.OH, a.OW, a.KH, a.KW, a.SH, a.SW, a.PH, a.PW, a.DH, a.DW, cin_g};
   const int64_t N_pad = kernels::round_up(cout_g, kernels::kPackNB);
   const int64_t threads = at::get_num_threads();
@@ -403,6 +437,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   }
   const int64_t panels = (N_pad + n_panel - 1) / n_panel;
   const int64_t ld = kernels::operand_stride(K_pad);  // gathered rows
+  const QuantizedRows chunk_rows(x_rows, a_scale, shift);
   const int64_t macs_per_item = std::min(rows, M) * std::min(cout_g, n_panel) * K;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, macs_per_item));
   const int64_t elem = out_scale ? 1 : 4;
@@ -410,8 +445,9 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     // The gathered rows: torch's allocator aligns them to 64 bytes, so every row of a tile load is
     // whole cache lines (a std::vector's 16-byte alignment split them, and zero-filled the buffer
     // first: measured 2x slower at l4 3x3, whose 7x7 output takes this path).
-    const at::Tensor buf_t = direct ? at::Tensor() : at::empty({rows * ld}, xq.options());
-    uint8_t* const buf = direct ? nullptr : buf_t.data_ptr<uint8_t>();
+    const bool own_rows = !direct || quantize_chunks;
+    const at::Tensor buf_t = own_rows ? at::empty({rows * ld}, x_rows.options().dtype(at::kByte)) : at::Tensor();
+    uint8_t* const buf = own_rows ? buf_t.data_ptr<uint8_t>() : nullptr;
     int64_t gathered = -1;  // which (group, chunk) buf holds
     for (int64_t it = begin; it < end; ++it) {
       const int64_t panel = it % panels, gc = it / panels;
@@ -419,12 +455,16 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
       const PackedHeader& h = headers[g];
       kernels::Int8GemmParams p;
       set_packed_weight(p, h, packed_w.data_ptr<uint8_t>() + g * packed_w.size(1));  // N = cout_g, K as checked
-      if (direct) {
+      if (direct && !quantize_chunks) {
         p.a = xq.data_ptr<uint8_t>() + m0 * a.C;
         p.lda = a.C;
       } else {
-        if (gathered != gc)
-          kernels::gather_conv_rows(geo, xq.data_ptr<uint8_t>(), g, m0, m1, buf, ld, K_pad, shift ? 128 : 0);
+        if (gathered != gc) {
+          if (quantize_chunks)
+            chunk_rows.write(m0, m1, buf, ld);
+          else
+            kernels::gather_conv_rows(geo, xq.data_ptr<uint8_t>(), g, m0, m1, buf, ld, K_pad, shift ? 128 : 0);
+        }
         gathered = gc;
         p.a = buf;
         p.lda = ld;
