@@ -72,19 +72,21 @@ def test_nchw_and_channels_last_inputs_agree(isa):
     torch.testing.assert_close(y1, y2, rtol=0, atol=0)
 
 
-def test_special_inputs(isa):
-    _, w, ws, b = make(GEOMETRIES[0])
+@pytest.mark.parametrize("g", [GEOMETRIES[0], GEOMETRIES[2]], ids=["3x3-gathered", "1x1-chunk-quantized"])
+def test_special_inputs(isa, g):
+    N, C, H, W, Co, k, s, p, d, groups = g
+    _, w, ws, b = make(g)
     pw = ops.pack_conv_weight(w, 1)
-    args = (pw, ws, b, (3, 3), (1, 1), (1, 1), (1, 1), 1)
-    zero = ops.int8_conv2d(torch.zeros(1, 3, 9, 7), *args)  # scale 0: output is the bias
+    args = (pw, ws, b, (k, k), (s, s), (p, p), (d, d))
+    zero = ops.int8_conv2d(torch.zeros(N, C, H, W), *args, 1)  # scale 0: output is the bias
     torch.testing.assert_close(zero, b[None, :, None, None].expand_as(zero).contiguous(), rtol=0, atol=0)
-    x = torch.randn(1, 3, 9, 7)
+    x = torch.randn(N, C, H, W)
     x[0, 1, 2, 3] = float("nan")
-    assert torch.isnan(ops.int8_conv2d(x, *args)).all()     # dynamic per-tensor scale: NaN everywhere (documented)
-    static = ops.int8_conv2d(x, *args[:-1], 1, 0.02)          # static: NaN quantizes to 0
-    torch.testing.assert_close(static, ref.int8_conv2d(x, w, ws, b, (1, 1), (1, 1), (1, 1), 1, 0.02), rtol=0, atol=0)
-    empty = ops.int8_conv2d(torch.zeros(0, 3, 9, 7), *args)
-    assert empty.shape == (0, 13, 9, 7)
+    assert torch.isnan(ops.int8_conv2d(x, *args, 1)).all()     # dynamic per-tensor scale: NaN everywhere (documented)
+    static = ops.int8_conv2d(x, *args, 1, 0.02)                # static: NaN quantizes to 0
+    torch.testing.assert_close(static, ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), 1, 0.02), rtol=0, atol=0)
+    empty = ops.int8_conv2d(torch.zeros(0, C, H, W), *args, 1)
+    assert empty.shape == (0, Co, H, W)
 
 
 @pytest.mark.parametrize("case", ["saturating", "nan-input", "inf-out-scale"])

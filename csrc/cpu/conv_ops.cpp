@@ -60,42 +60,64 @@ at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups) {
   return out;
 }
 
-// Writes rows of the padded, quantized NHWC input: padded row hp of image n is Wp * C bytes, s8 (or
-// u8 = s8 + 128 with shift), its border of pw columns (and whole rows outside the image) int8 zero,
-// inside it the image row quantized with the per-tensor a_scale (fp32 x) or copied (int8 x). x_rows:
-// the NHWC input rows [N * H * W, C].
+// Pixels [p0, p1) of the fp32 NHWC input rows [pixels, C] quantized with the per-tensor a_scale (s8, or
+// u8 = s8 + 128 with shift) into dst, ld bytes per pixel. An all-zero input (scale 0) or a non-finite one
+// (scale NaN: the output is NaN) quantizes to zeros.
+class QuantizedRows {
+ public:
+  QuantizedRows(const at::Tensor& x_rows, float a_scale, bool shift)
+      : x_(x_rows.scalar_type() == at::kFloat ? x_rows.data_ptr<float>() : nullptr), C_(x_rows.size(1)),
+        zero_(shift ? 128 : 0), all_zero_(!(a_scale > 0.0f && std::isfinite(a_scale))),
+        ks_(kernels_for(Family::Quantize)) {
+    q_.shift128 = shift;
+    q_.static_inv = all_zero_ ? 0.0f : 1.0f / a_scale;
+  }
+  void write(int64_t p0, int64_t p1, uint8_t* dst, int64_t ld) const {
+    if (all_zero_) {
+      for (int64_t p = p0; p < p1; ++p) std::memset(dst + (p - p0) * ld, zero_, static_cast<size_t>(C_));
+      return;
+    }
+    kernels::QuantizeParams q = q_;
+    const bool packed = ld == C_;  // contiguous pixels: one row of (p1 - p0) * C values
+    q.M = packed ? 1 : p1 - p0;
+    q.K = q.K_pad = q.ldx = packed ? (p1 - p0) * C_ : C_;
+    q.x = x_ + p0 * C_;
+    q.q = dst;
+    q.ldq = packed ? q.K : ld;
+    ks_.quantize(q, 0, q.M);
+  }
+
+ private:
+  const float* x_;
+  int64_t C_;
+  uint8_t zero_;
+  bool all_zero_;
+  const kernels::KernelSet& ks_;
+  kernels::QuantizeParams q_;
+};
+
+// Writes rows of the padded NHWC input: padded row hp of image n is Wp * C bytes, its border of pw
+// columns (and whole rows outside the image) int8 zero (128 with shift), inside it the image row,
+// quantized (fp32 x, QuantizedRows) or copied (int8 x). x_rows: the NHWC input rows [N * H * W, C].
 class PaddedRows {
  public:
   PaddedRows(const at::Tensor& x_rows, const ConvArgs& a, float a_scale, int64_t ph, int64_t pw, bool shift)
       : x_rows_(x_rows), a_(a), ph_(ph), pw_(pw), shift_(shift), zero_(shift ? 128 : 0),
-        is_int8_(x_rows.scalar_type() == at::kChar), ks_(kernels_for(Family::Quantize)) {
-    // An all-zero input (scale 0) or a non-finite one (scale NaN: the output is NaN) quantizes to zeros.
-    all_zero_ = !is_int8_ && !(a_scale > 0.0f && std::isfinite(a_scale));
-    q_.M = 1;
-    q_.K = q_.K_pad = q_.ldx = q_.ldq = a.W * a.C;
-    q_.shift128 = shift;
-    q_.static_inv = all_zero_ || is_int8_ ? 0.0f : 1.0f / a_scale;
-  }
-  int64_t Wp() const { return a_.W + 2 * pw_; }
-  uint8_t zero() const { return zero_; }
+        quant_(x_rows, a_scale, shift) {}
 
   void write(int64_t n, int64_t hp, uint8_t* d) const {
     const int64_t C = a_.C, h = hp - ph_, row = a_.W * C;
-    if (all_zero_ || h < 0 || h >= a_.H) {
-      std::memset(d, zero_, static_cast<size_t>(Wp() * C));
+    if (h < 0 || h >= a_.H) {
+      std::memset(d, zero_, static_cast<size_t>((a_.W + 2 * pw_) * C));
       return;
     }
     std::memset(d, zero_, static_cast<size_t>(pw_ * C));
     std::memset(d + (pw_ + a_.W) * C, zero_, static_cast<size_t>(pw_ * C));
-    const int64_t src = (n * a_.H + h) * row;
-    if (is_int8_) {
-      kernels::copy_operand_rows(x_rows_.data_ptr<int8_t>() + src, row, 1, row, d + pw_ * C, row, row, shift_);
-    } else {
-      kernels::QuantizeParams q = q_;
-      q.x = x_rows_.data_ptr<float>() + src;
-      q.q = d + pw_ * C;
-      ks_.quantize(q, 0, 1);
-    }
+    const int64_t p0 = (n * a_.H + h) * a_.W;
+    if (x_rows_.scalar_type() == at::kChar)
+      kernels::copy_operand_rows(x_rows_.data_ptr<int8_t>() + p0 * C, row, 1, row, d + pw_ * C, row, row, shift_);
+    else
+      quant_.write(p0, p0 + a_.W, d + pw_ * C, C);
   }
 
  private:
@@ -104,40 +126,7 @@ class PaddedRows {
   int64_t ph_, pw_;
   bool shift_;
   uint8_t zero_;
-  bool is_int8_, all_zero_ = false;
-  const kernels::KernelSet& ks_;
-  kernels::QuantizeParams q_;
-};
-
-// Rows [m0, m1) of the fp32 NHWC input rows [M, C] quantized (per-tensor a_scale) into dst (ld bytes
-// apart): a 1x1 convolution's GEMM operand, chunk by chunk.
-class QuantizedRows {
- public:
-  QuantizedRows(const at::Tensor& x_rows, float a_scale, bool shift)
-      : x_rows_(x_rows), shift_(shift), ks_(kernels_for(Family::Quantize)) {
-    all_zero_ = !(a_scale > 0.0f && std::isfinite(a_scale));  // scale 0 or NaN: zeros (the output is 0 / NaN)
-    q_.K = q_.K_pad = q_.ldx = x_rows.size(1);
-    q_.shift128 = shift;
-    q_.static_inv = all_zero_ ? 0.0f : 1.0f / a_scale;
-  }
-  void write(int64_t m0, int64_t m1, uint8_t* dst, int64_t ld) const {
-    if (all_zero_) {
-      for (int64_t m = m0; m < m1; ++m) std::memset(dst + (m - m0) * ld, shift_ ? 128 : 0, static_cast<size_t>(q_.K));
-      return;
-    }
-    kernels::QuantizeParams q = q_;
-    q.M = m1 - m0;
-    q.x = x_rows_.data_ptr<float>() + m0 * q_.K;
-    q.q = dst;
-    q.ldq = ld;
-    ks_.quantize(q, 0, m1 - m0);
-  }
-
- private:
-  const at::Tensor& x_rows_;
-  bool shift_, all_zero_ = false;
-  const kernels::KernelSet& ks_;
-  kernels::QuantizeParams q_;
+  QuantizedRows quant_;
 };
 
 // The quantized NHWC input of the gathered-rows paths and the depthwise kernel, [N * H * W, C] bytes
