@@ -45,3 +45,41 @@ def assert_served(family: str, isa: str):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# The edge cases of the convolution's folded epilogue (finite scales: the AMX/VNNI fast path) and of the
+# general one: int8 outputs far outside [-127, 127] (past int32 too), a NaN input with the dynamic scale,
+# an output scale whose inverse is inf in fp32, a per-channel scale whose product with x_scale overflows.
+CONV_EPILOGUE_EDGES = ["saturating", "nan-input", "inf-out-scale", "huge-scale"]
+
+
+def conv_epilogue_edge(case, x, w_scale, bias, x_scale=0.02, out_scale=0.04):
+    """Modifies x, w_scale and bias in place for `case`; returns (x_scale, out_scale) to call with."""
+    if case == "saturating":
+        w_scale[::2] *= 1e9
+        bias[1::3] = -1e12
+    elif case == "nan-input":
+        x[0, 1, 2, 3] = float("nan")
+        x_scale = None
+    elif case == "inf-out-scale":
+        out_scale = 1e-45
+    else:
+        w_scale[0] = 3e38
+    return x_scale, out_scale
+
+
+def cuda_graph_replays(fn, x):
+    """Captures fn(x) in a CUDA graph, refills x, replays: the graph's output must equal a fresh call's."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn(x)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = fn(x)
+    x.copy_(torch.randn_like(x))
+    want = fn(x)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, want, rtol=0, atol=0)

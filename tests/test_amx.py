@@ -14,7 +14,7 @@ import fastinfer
 from fastinfer import ops
 from fastinfer import reference as ref
 
-from conftest import CAPS, runnable_isas
+from conftest import CAPS, CONV_EPILOGUE_EDGES, conv_epilogue_edge, runnable_isas
 
 needs_amx = pytest.mark.skipif("amx" not in runnable_isas(),
                                reason=f"this CPU cannot run the AMX path ({CAPS.get('amx_note') or CAPS['detected']})")
@@ -244,28 +244,15 @@ def test_direct_conv_int8_input(amx_every_shape, g):
 
 
 @needs_amx
-@pytest.mark.parametrize("case", ["saturating", "nan-input", "inf-out-scale", "huge-scale"])
+@pytest.mark.parametrize("case", CONV_EPILOGUE_EDGES)
 @pytest.mark.parametrize("g", [DIRECT[0], DIRECT[3], (8, 256, 7, 7, 64, 3, 1, 1, 1)], ids=["direct", "cout17", "gathered"])
 def test_conv_folded_epilogue_edges(amx_every_shape, g, case):
-    # The folded epilogue (finite scales) and the general one (anything else) against the reference:
-    # int8 outputs far outside [-127, 127] (beyond int32 too), a NaN input with the dynamic scale, an
-    # output scale whose inverse is inf, and per-channel scales whose product overflows.
     N, C, H, W, Co, k, s, p, d = g
     torch.manual_seed(1)
     x = torch.randn(N, C, H, W) * 2
     w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
     ws, b = torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co)
-    x_scale, out_scale = 0.02, 0.04
-    if case == "saturating":
-        ws[::2] *= 1e9
-        b[1::3] = -1e12
-    elif case == "nan-input":
-        x[0, 1, 2, 3] = float("nan")
-        x_scale = None
-    elif case == "inf-out-scale":
-        out_scale = 1e-45  # 1 / out_scale overflows to inf in fp32
-    else:
-        ws[0] = 3e38
+    x_scale, out_scale = conv_epilogue_edge(case, x, ws, b)
     packed = ops.pack_conv_weight(w, 1)
     for osc in (out_scale, None):
         y = ops.int8_conv2d(x, packed, ws, b, (k, k), (s, s), (p, p), (d, d), 1, x_scale, osc, "relu")

@@ -9,7 +9,7 @@ from fastinfer import ops
 from fastinfer import reference as ref
 from fastinfer.nn import ConvAct2d, Int8Conv2d
 
-from conftest import assert_served
+from conftest import CONV_EPILOGUE_EDGES, assert_served, conv_epilogue_edge
 
 # (N, C, H, W, Cout, k, stride, pad, dilation, groups)
 GEOMETRIES = [
@@ -89,21 +89,10 @@ def test_special_inputs(isa, g):
     assert empty.shape == (0, Co, H, W)
 
 
-@pytest.mark.parametrize("case", ["saturating", "nan-input", "inf-out-scale"])
+@pytest.mark.parametrize("case", CONV_EPILOGUE_EDGES)
 def test_depthwise_epilogue_edges(isa, case):
-    # The folded epilogue (finite scales) and the general one against the reference, on the depthwise
-    # kernels: int8 outputs far past int32, a NaN input with the dynamic scale, an inf output inverse.
-    g = (2, 80, 9, 8, 80, 3, 1, 1, 1, 80)
-    x, w, ws, b = make(g)
-    x_scale, out_scale = 0.02, 0.04
-    if case == "saturating":
-        ws[::2] *= 1e9
-        b[1::3] = -1e12
-    elif case == "nan-input":
-        x[0, 1, 2, 3] = float("nan")
-        x_scale = None
-    else:
-        out_scale = 1e-45
+    x, w, ws, b = make((2, 80, 9, 8, 80, 3, 1, 1, 1, 80))
+    x_scale, out_scale = conv_epilogue_edge(case, x, ws, b)
     pw = ops.pack_conv_weight(w, 80)
     for osc, act in ((out_scale, "relu"), (out_scale, "none"), (None, "relu6")):
         y = ops.int8_conv2d(x, pw, ws, b, (3, 3), (1, 1), (1, 1), (1, 1), 80, x_scale, osc, act)

@@ -13,6 +13,8 @@ from fastinfer import ops
 from fastinfer import reference as ref
 from fastinfer.nn import Int8Linear
 
+from conftest import cuda_graph_replays
+
 pytestmark = pytest.mark.skipif(not ops.cuda_available(), reason="needs fastinfer built with CUDA and a GPU")
 
 DEV = "cuda"
@@ -199,20 +201,7 @@ def test_quantize_model_on_gpu_and_compile():
 def test_cuda_graph_capture():
     layer = Int8Linear.from_float(make_layer().cuda(), "w8a8_dynamic")
     x = torch.randn(16, 256, device=DEV)
-    want = layer(x)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        layer(x)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = layer(x)
-    x.copy_(torch.randn_like(x))
-    want = layer(x)
-    graph.replay()
-    torch.cuda.synchronize()
-    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    cuda_graph_replays(layer, x)
 
 
 def test_bad_input():

@@ -13,6 +13,8 @@ from fastinfer import ops
 from fastinfer import reference as ref
 from fastinfer.nn import Int8Conv2d
 
+from conftest import cuda_graph_replays
+
 pytestmark = pytest.mark.skipif(not ops.cuda_available(), reason="needs fastinfer built with CUDA and a GPU")
 DEV = "cuda"
 
@@ -104,19 +106,7 @@ def test_module_between_devices_state_dict_compile_and_graphs():
     compiled = torch.compile(moved, fullgraph=True)
     xg = x.cuda()
     torch.testing.assert_close(compiled(xg), moved(xg), rtol=0, atol=0)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        moved(xg)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = moved(xg)
-    xg.copy_(torch.randn_like(xg))
-    want_g = moved(xg)
-    graph.replay()
-    torch.cuda.synchronize()
-    torch.testing.assert_close(y, want_g, rtol=0, atol=0)
+    cuda_graph_replays(moved, xg)
 
 
 def test_quantize_cnn_on_gpu():
