@@ -1,5 +1,6 @@
 """Int8Conv2d: an nn.Conv2d replacement with int8 weights packed once and our int8 conv kernels
-(implicit GEMM on the int8 GEMM micro-kernels; a separate depthwise kernel)."""
+(implicit GEMM on the int8 GEMM micro-kernels or AMX tiles; a separate depthwise kernel; on CUDA the
+Hopper implicit GEMM, a gathered fallback and a depthwise kernel)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -44,6 +45,8 @@ class Int8Conv2d(nn.Module):
     (channels_last, from a layer with out_scale). Output: [N, Cout, OH, OW] in channels_last memory,
     float32, or int8 when out_scale is set. The activation ('relu'/'relu6') is fused in the epilogue.
     x_scale None: dynamic (amax / 127 of each input); a float: static (calibrated).
+    Runs on the CPU, and on a CUDA GPU for groups 1 and depthwise (bf16/fp16 x accepted there):
+    `.cuda()` / `.cpu()` repack the weight for the device, and a state_dict saved on either loads on either.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
