@@ -512,19 +512,24 @@ ck::ConvGeometry conv_geometry(const ConvArgs& a) {
   return g;
 }
 
-// Per-tensor int8 activations, NHWC, on the device with torch ops that are the reference's own
-// (fastinfer.reference.int8_conv2d): static x_scale, or amax / 127 (NaN when x holds NaN/Inf). Returns
-// the quantized input and the scale as a [1] fp32 tensor; nothing is read back to the host.
-std::pair<at::Tensor, at::Tensor> conv_quantize(const at::Tensor& x, std::optional<double> x_scale) {
+// Per-tensor int8 activations, NHWC, on the device: a static x_scale through the quantize kernel's
+// static rule (the CPU's and the reference's), the dynamic amax / 127 (NaN when x holds NaN/Inf) with
+// torch ops that are the reference's own (fastinfer.reference.int8_conv2d), so that no scale is read
+// back to the host. Returns the quantized input and the scale as a [1] fp32 tensor.
+std::pair<at::Tensor, at::Tensor> conv_quantize(const at::Tensor& x, std::optional<double> x_scale, const char* op) {
   const auto fopt = x.options().dtype(at::kFloat);
   if (x.scalar_type() == at::kChar)
     return {x.contiguous(at::MemoryFormat::ChannelsLast), at::full({1}, static_cast<float>(*x_scale), fopt)};
-  const at::Tensor xf = x.to(at::kFloat);
   if (x_scale) {
-    const float inv = 1.0f / static_cast<float>(*x_scale);
-    const at::Tensor q = at::round(xf * inv).clamp(-127, 127).nan_to_num(0.0).to(at::kChar);
-    return {q.contiguous(at::MemoryFormat::ChannelsLast), at::full({1}, static_cast<float>(*x_scale), fopt)};
+    const at::Tensor xs = x.contiguous(at::MemoryFormat::ChannelsLast);
+    at::Tensor q = at::empty_like(xs, xs.options().dtype(at::kChar));  // channels_last like xs
+    const int64_t C = x.size(1);
+    at::Tensor q_rows = q.permute({0, 2, 3, 1}).reshape({-1, C});  // views: NHWC rows, no copy
+    quantize_into(xs.permute({0, 2, 3, 1}).reshape({-1, C}), q_rows, nullptr, 1.0f / static_cast<float>(*x_scale),
+                  at::Tensor(), op);
+    return {q, at::full({1}, static_cast<float>(*x_scale), fopt)};
   }
+  const at::Tensor xf = x.to(at::kFloat);
   const at::Tensor amax = x.numel() ? xf.abs().amax().reshape({1}) : at::zeros({1}, fopt);
   const at::Tensor scale = at::where(at::isfinite(amax), amax / 127.0f, at::full({1}, NAN, fopt));
   const at::Tensor valid = at::isfinite(scale).logical_and(scale > 0);
@@ -577,7 +582,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
 
   // The folded epilogue (EPILOGUE.md, "Convolutions"), on the device: scale = a_scale * w_scale, and
   // for an int8 output with none/relu also * out_inv (as the bias).
-  auto [xq, a_scale] = conv_quantize(x, x_scale);
+  auto [xq, a_scale] = conv_quantize(x, x_scale, op);
   const float out_inv = int8_out ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
   const bool fold_inv = int8_out && folds_out_inv(act);
   at::Tensor scale = a_scale * ws;

@@ -93,7 +93,7 @@ class Int8Conv2d(nn.Module):
         if self._depthwise():  # [KH*KW, C] on both devices
             return packed.t().reshape(cout, 1, kh, kw).contiguous()
         k = kh * kw * cin_g
-        if ops.is_cuda_packed(packed) and packed.device.type == "cuda":  # [Cout, round_up(K, 16)], (kh, kw, c)
+        if ops.is_cuda_packed(packed):  # the GPU layout [Cout, round_up(K, 16)], rows (kh, kw, c)
             rows = packed[:, :k]
         else:  # one packed GEMM weight per group, rows ordered (kh, kw, c)
             rows = torch.cat([ops.unpack_int8_weight(packed[g]) for g in range(self.groups)])
@@ -145,8 +145,9 @@ class Int8Conv2d(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "packed_weight"
-        if key in state_dict and state_dict[key].device.type != self.packed_weight.device.type:
-            # saved on the other device: its layout is that device's; repack for this one
+        if (key in state_dict and not self._depthwise()
+                and ops.is_cuda_packed(state_dict[key]) != ops.is_cuda_packed(self.packed_weight)):
+            # packed for the other kind of device (as Int8Linear: by layout, wherever the tensor now is)
             w = self._unpack(state_dict[key])
             state_dict = {**state_dict, key: ops.pack_conv_weight(w.to(self.packed_weight.device), self.groups)}
         if key in state_dict and tuple(state_dict[key].shape) != tuple(self.packed_weight.shape):
