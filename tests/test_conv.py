@@ -145,6 +145,22 @@ def test_int8_weight_unpacks_every_layout(groups, cin, cout):
     assert torch.equal(fresh.packed_weight, layer.packed_weight)
 
 
+def test_state_dict_with_the_gpu_layout_loads_on_the_cpu():
+    # A state_dict saved on a GPU and mapped to the CPU holds the CUDA layout (int8 [Cout, round_up(K, 16)],
+    # rows ordered (kh, kw, c)): Int8Conv2d repacks it by layout.
+    conv = nn.Conv2d(13, 20, 3, padding=1)
+    layer = Int8Conv2d.from_float(conv)
+    w_q = layer.int8_weight()
+    k = 9 * 13
+    gpu_layout = torch.zeros(20, -(-k // ops.CUDA_K_ALIGN) * ops.CUDA_K_ALIGN, dtype=torch.int8)
+    gpu_layout[:, :k] = w_q.permute(0, 2, 3, 1).reshape(20, k)
+    fresh = Int8Conv2d(13, 20, 3, padding=1)
+    fresh.load_state_dict({**layer.state_dict(), "packed_weight": gpu_layout})
+    torch.testing.assert_close(fresh.int8_weight(), w_q, rtol=0, atol=0)
+    x = torch.randn(2, 13, 6, 6)
+    torch.testing.assert_close(fresh(x), layer(x), rtol=0, atol=0)
+
+
 def test_compile_and_export():
     model = nn.Sequential(Int8Conv2d.from_float(nn.Conv2d(3, 8, 3, padding=1), activation="relu"),
                           Int8Conv2d.from_float(nn.Conv2d(8, 8, 3, padding=1, groups=8)), nn.Flatten(),
