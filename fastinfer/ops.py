@@ -233,8 +233,8 @@ def set_isa_cap(isa: str) -> str:
 
 def last_kernel(family: str) -> str:
     """Which ISA served the latest call of a kernel family: int8_gemm, w8_gemm, quantize, dwconv, sparse,
-    or conv_direct (the AMX convolution that reads its padded input in place; "" when the latest
-    non-depthwise convolution gathered rows for the int8 GEMM instead)."""
+    or conv_direct (the AMX or AVX-512 VNNI convolution that reads its padded input directly; "" when
+    the latest non-depthwise convolution gathered rows for the int8 GEMM instead)."""
     return _ops.last_kernel(family)
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+import fastinfer
 from fastinfer import ops
 from fastinfer import reference as ref
 from fastinfer.nn import ConvAct2d, Int8Conv2d
@@ -101,6 +102,107 @@ def test_depthwise_epilogue_edges(isa, case):
         assert_served("dwconv", isa)
         if case == "saturating" and osc is not None and act == "none":
             assert (y == 127).any() and (y == -127).any()
+
+
+# The AVX-512 VNNI direct convolution (register tiles of <= 6 pixels within an output row, read from a
+# padded u8 slab, or from an unpadded int8 input in place): (N, C, H, W, Cout, k, stride, pad, dilation).
+VNNI_DIRECT = [
+    (1, 64, 16, 16, 64, 3, 1, 1, 1),     # OW 16: tiles of 6 + 5 + 5 pixels
+    (2, 8, 9, 21, 40, 3, 1, 1, 1),       # 8 channels (2 k steps a tap), Cout 40: a 48-column block
+    (3, 12, 5, 40, 17, 5, 1, 2, 1),      # 5x5, batch 3, Cout 17
+    (1, 20, 10, 37, 100, 3, 2, 1, 1),    # stride 2, OW 19; Cout 100: blocks of 64 + 48 columns
+    (1, 16, 12, 24, 32, 3, 1, 2, 2),     # dilation 2
+    (1, 192, 6, 18, 80, 1, 1, 1, 1),     # 1x1 with padding
+    (2, 4, 18, 20, 48, 7, 1, 3, 1),      # 7x7, 4 channels
+    (1, 64, 4, 18, 64, 3, 1, 0, 1),      # unpadded 3x3 (an int8 input is read in place)
+    (2, 32, 8, 12, 24, 1, 1, 0, 1),      # plain 1x1
+    (1, 16, 9, 23, 16, 1, 2, 0, 1),      # 1x1 stride 2, unpadded
+]
+
+
+@pytest.fixture
+def vnni():
+    """Kernels capped at AVX-512 VNNI (on an AMX CPU too: its direct convolution is the VNNI set's)."""
+    from conftest import runnable_isas
+    if "avx512_vnni" not in runnable_isas():
+        pytest.skip(f"this CPU cannot run the avx512_vnni path (detected: {fastinfer.cpu_capabilities()['detected']})")
+    with fastinfer.use_isa("avx512_vnni"):
+        yield
+
+
+def direct_case(g):
+    N, C, H, W, Co, k, s, p, d = g
+    w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
+    return ops.pack_conv_weight(w, 1), w, torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co), ((k, k), (s, s), (p, p), (d, d))
+
+
+@pytest.mark.parametrize("mode", MODES, ids=["dynamic", "static-relu", "int8out-relu6", "static-int8out"])
+@pytest.mark.parametrize("g", VNNI_DIRECT, ids=[str(g) for g in VNNI_DIRECT])
+def test_vnni_direct_conv_matches_reference(vnni, g, mode):
+    x_scale, out_scale, act = mode
+    packed, w, ws, b, geo = direct_case(g)
+    x = torch.randn(*g[:4]) * 2
+    y = ops.int8_conv2d(x, packed, ws, b, *geo, 1, x_scale, out_scale, act)
+    assert ops.last_kernel("conv_direct") == "avx512_vnni" and ops.last_kernel("int8_gemm") == "avx512_vnni"
+    torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, b, *geo[1:], 1, x_scale, out_scale, act), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("g", [VNNI_DIRECT[0], VNNI_DIRECT[3], VNNI_DIRECT[7], VNNI_DIRECT[8], VNNI_DIRECT[9]],
+                         ids=["padded", "stride2", "unpadded-3x3", "1x1", "1x1-stride2"])
+def test_vnni_direct_conv_int8_input(vnni, g):
+    # Every s8 value, -128 included: the slab holds s8 + 128, an unpadded input is flipped in the kernel.
+    packed, w, ws, b, geo = direct_case(g)
+    xq = torch.randint(-128, 128, g[:4], dtype=torch.int8)
+    xq.view(-1)[:256] = torch.arange(-128, 128, dtype=torch.int8)[: min(256, xq.numel())]
+    xq = xq.contiguous(memory_format=torch.channels_last)
+    for out_scale in (0.1, None):
+        y = ops.int8_conv2d(xq, packed, ws, b, *geo, 1, 0.05, out_scale, "relu")
+        assert ops.last_kernel("conv_direct") == "avx512_vnni"
+        torch.testing.assert_close(y, ref.int8_conv2d(xq, w, ws, b, *geo[1:], 1, 0.05, out_scale, "relu"),
+                                   rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", CONV_EPILOGUE_EDGES)
+@pytest.mark.parametrize("g", [VNNI_DIRECT[0], VNNI_DIRECT[2]], ids=["direct", "cout17"])
+def test_vnni_direct_conv_epilogue_edges(vnni, g, case):
+    packed, w, ws, b, geo = direct_case(g)
+    x = torch.randn(*g[:4]) * 2
+    x_scale, out_scale = conv_epilogue_edge(case, x, ws, b)
+    for osc in (out_scale, None):
+        y = ops.int8_conv2d(x, packed, ws, b, *geo, 1, x_scale, osc, "relu")
+        assert ops.last_kernel("conv_direct") == "avx512_vnni"
+        r = ref.int8_conv2d(x, w, ws, b, *geo[1:], 1, x_scale, osc, "relu")
+        torch.testing.assert_close(y, r, rtol=0, atol=0, equal_nan=True)
+
+
+def test_vnni_direct_conv_threads(vnni):
+    # Items split over 1 and 2 threads (slabs per thread): the same result.
+    packed, w, ws, b, geo = direct_case((3, 64, 20, 28, 96, 3, 1, 1, 1))
+    x = torch.randn(3, 64, 20, 28)
+    want = ref.int8_conv2d(x, w, ws, b, *geo[1:], 1, 0.03, 0.05)
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1, 2):
+            torch.set_num_threads(threads)
+            y = ops.int8_conv2d(x, packed, ws, b, *geo, 1, 0.03, 0.05)
+            assert ops.last_kernel("conv_direct") == "avx512_vnni"
+            torch.testing.assert_close(y, want, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("g,groups", [((2, 64, 7, 7, 64, 3, 1, 1, 1), 1),    # OW 7: gathered rows are faster
+                                      ((1, 13, 8, 16, 20, 3, 1, 1, 1), 1),   # C % 4 != 0
+                                      ((1, 16, 8, 16, 16, 3, 1, 1, 1), 2)],  # grouped
+                         ids=["narrow", "channels", "grouped"])
+def test_vnni_direct_conv_not_taken_where_it_cannot_run(vnni, g, groups):
+    N, C, H, W, Co, k, s, p, d = g
+    w = torch.randint(-127, 128, (Co, C // groups, k, k), dtype=torch.int8)
+    ws = torch.rand(Co) * 0.01
+    x = torch.randn(N, C, H, W)
+    y = ops.int8_conv2d(x, ops.pack_conv_weight(w, groups), ws, None, (k, k), (s, s), (p, p), (d, d), groups, 0.03)
+    assert ops.last_kernel("conv_direct") == "" and ops.last_kernel("int8_gemm") == "avx512_vnni"
+    torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, None, (s, s), (p, p), (d, d), groups, 0.03), rtol=0, atol=0)
 
 
 def sqnr_db(a, b):

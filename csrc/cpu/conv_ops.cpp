@@ -186,18 +186,27 @@ ConvEpilogue fold_epilogue(float a_scale, const at::Tensor& ws, const at::Tensor
   return e;
 }
 
-// The tile kernels' direct convolution (AMX): A tiles read from the padded input, no row gather.
-// Which direct tile convolution fits (see ConvDirectParams), measured against the gathered rows at
-// ResNet-50's 3x3 layers (2 threads, batch 8): 1.7-1.9x faster at 56x56, 28x28 and 14x14, but slower at
-// 7x7, where the padded width wastes 2 of 9 columns and a pass is mostly window overlap.
+// The direct convolution (ConvDirectParams): A read from the padded input, no row gather.
+// AMX (16-pixel tiles), measured against the gathered rows at ResNet-50's 3x3 layers (2 threads,
+// batch 8): 1.7-1.9x faster at 56x56, 28x28 and 14x14, but slower at 7x7, where the padded width
+// wastes 2 of 9 columns and a pass is mostly window overlap. So on AMX:
 // - over the padded width for stride 1 with OW >= 12 (2 padding columns per row instead of a shifted
 //   tile's overlap);
 // - tiles within output rows for other strides when OW >= 16;
-// - else none: the implicit GEMM on gathered rows.
+// - else none: the implicit GEMM on gathered rows; a plain 1x1 convolution is a GEMM on the input rows.
+// VNNI (register tiles of <= 6 pixels within an output row): every convolution with OW >= 10, plain
+// 1x1 included (the per-item slab replaces the whole shifted or quantized copy of the input, and an
+// unpadded int8 input is read in place). Measured on an AMD Zen 5 (2 threads, batch 8, int8 in/out)
+// against the gathered rows: l1 3x3 (56 x 56) 2.35 -> 1.31-1.39 ms, l1 1x1 1.19 -> 0.74-0.88, s2 3x3
+// (stride 2, OW 14) 0.82 -> 0.56, l3 3x3 (OW 14) 1.31 -> 1.13; but l4 3x3 (OW 7: tiles of 4 + 3
+// pixels, each streaming the 64-column weight block from L2 for fewer rows) 1.20-1.28 -> 1.40-1.44.
 enum class DirectMode { None, Rows, PaddedWidth };
+constexpr int64_t kVnniDirectMinOW = 10;  // tiles of >= 5 pixels
 
 DirectMode direct_mode(const kernels::KernelSet* ks, const ConvArgs& a, bool plain_1x1) {
-  if (!ks || !ks->conv_direct || a.groups != 1 || a.C % 64 != 0 || plain_1x1) return DirectMode::None;
+  if (!ks || !ks->conv_direct || a.groups != 1 || a.C % ks->conv_c_step != 0) return DirectMode::None;
+  if (ks->conv_tile_rows < 16) return a.OW >= kVnniDirectMinOW ? DirectMode::Rows : DirectMode::None;
+  if (plain_1x1) return DirectMode::None;
   if (a.SH == 1 && a.SW == 1 && a.OW >= 12) return DirectMode::PaddedWidth;
   return a.OW >= 16 ? DirectMode::Rows : DirectMode::None;
 }
@@ -249,7 +258,7 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const kernels:
   set_packed_weight(p, h, packed_w.data_ptr<uint8_t>());
   set_conv_epilogue(p, epi, 0, a.Cout, kind, act);
   p.ldo = a.Cout;
-  const PaddedRows rows(x_rows, a, a_scale, a.PH, a.PW, /*shift=*/false);
+  const PaddedRows rows(x_rows, a, a_scale, a.PH, a.PW, /*shift=*/!ks.signed_a);
   const int64_t threads = at::get_num_threads(), N_pad = kernels::round_up(h.N, kernels::kPackNB);
   const int64_t max_group = std::max<int64_t>(1, 8 * ks.m_chunk / a.OW);
   const int64_t full_panels = (N_pad + ks.n_panel - 1) / ks.n_panel;
@@ -273,22 +282,30 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const kernels:
   const int64_t slack = cp.virtual_width ? kernels::conv_direct_slack_bytes(cp) : 0;
   const int64_t slab_bytes = ((max_rows - 1) * a.SH + reach) * slab_row + slack;
   const int64_t elem = kind == kernels::OutKind::Int8 ? 1 : 4;
+  const int zero = ks.signed_a ? 0 : 128;
+  // An unpadded int8 input whose bytes the kernel can read as they are (VNNI flips s8 to u8 itself, and
+  // its tiles read nothing past the rows they need): no slab, the input is read in place.
+  const bool in_place = !ks.signed_a && !cp.virtual_width && x_rows.scalar_type() == at::kChar && a.PH == 0 &&
+                        a.PW == 0;
   at::parallel_for(0, items * panels, 1, [&](int64_t b, int64_t e) {
-    const at::Tensor slab_t = at::empty({slab_bytes}, x_rows.options().dtype(at::kByte));
-    uint8_t* const slab = slab_t.data_ptr<uint8_t>();
+    const at::Tensor slab_t = in_place ? at::Tensor() : at::empty({slab_bytes}, x_rows.options().dtype(at::kByte));
+    uint8_t* const slab = in_place ? nullptr : slab_t.data_ptr<uint8_t>();
     int64_t built = -1;  // which item the slab holds
     for (int64_t it = b; it < e; ++it) {
       const int64_t item = it / panels, n = item / per_image, g = item % per_image;
       const int64_t r0 = g * a.OH / per_image, r1 = (g + 1) * a.OH / per_image;
       const int64_t hp0 = r0 * a.SH, hp_rows = (r1 - r0 - 1) * a.SH + reach;
-      if (built != item) {
+      if (!in_place && built != item) {
         for (int64_t r = 0; r < hp_rows; ++r) rows.write(n, hp0 + r, slab + r * slab_row);
-        std::memset(slab + hp_rows * slab_row, 0, static_cast<size_t>(slab_bytes - hp_rows * slab_row));
+        std::memset(slab + hp_rows * slab_row, zero, static_cast<size_t>(slab_bytes - hp_rows * slab_row));
         built = item;
       }
-      // The slab as one image of r1 - r0 output rows, writing output rows (n, r0 ...).
+      // The slab (or the input from padded row hp0 of image n) as one image of r1 - r0 output rows,
+      // writing output rows (n, r0 ...).
       kernels::ConvDirectParams ci = cp;
-      ci.x = reinterpret_cast<const int8_t*>(slab);
+      ci.signed_x = in_place;
+      ci.x = in_place ? x_rows.data_ptr<int8_t>() + (n * cp.Hp + hp0) * slab_row
+                      : reinterpret_cast<const int8_t*>(slab);
       ci.Hp = hp_rows;
       ci.OH = r1 - r0;
       ci.gemm.M = (r1 - r0) * a.OW;
@@ -356,15 +373,13 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const kernels::KernelSet* gks = dw ? nullptr : &gemm_kernels(M);
   const bool shift = !dw && !gks->signed_a;
   const bool plain_1x1 = a.KH == 1 && a.KW == 1 && a.SH == 1 && a.SW == 1 && a.PH == 0 && a.PW == 0;
-  // AMX: direct convolution when every tile step is one tap's 64 channels (a plain 1x1 convolution is
-  // already a GEMM on the input rows).
   const DirectMode mode = direct_mode(gks, a, plain_1x1);
   const bool tiles_direct = mode != DirectMode::None;
   const kernels::ConvDirectParams geometry = direct_geometry(a, mode);
   const kernels::OutKind kind = out_scale ? kernels::OutKind::Int8 : kernels::OutKind::Float32;
   const ConvEpilogue epi = fold_epilogue(a_scale, ws, bi, out_scale, act);
-  if (tiles_direct) {  // 2a) direct tile convolution: the padded input is written per row group
-    record_kernel(Family::ConvDirect, Isa::Amx);
+  if (tiles_direct) {  // 2a) direct convolution: the padded input is written per row group
+    record_kernel(Family::ConvDirect, isa_of(*gks));
     conv_direct(*gks, a, geometry, x_rows, a_scale, packed_w, headers[0], epi, out, kind, act);
     return out;
   }

@@ -73,6 +73,12 @@ int64_t set_amx_min_rows(int64_t rows) {
   return g_amx_min_rows.exchange(rows);
 }
 
+Isa isa_of(const kernels::KernelSet& ks) {
+  for (Isa isa : {Isa::Amx, Isa::Avx512Vnni, Isa::Avx2})
+    if (&table(isa) == &ks) return isa;
+  return Isa::Ref;
+}
+
 void record_kernel(Family family, Isa isa) { g_last[static_cast<int>(family)].store(static_cast<int>(isa)); }
 void clear_kernel(Family family) { g_last[static_cast<int>(family)].store(-1); }
 

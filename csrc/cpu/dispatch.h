@@ -8,8 +8,8 @@
 namespace fastinfer {
 namespace cpu {
 
-// Kernel families, for "which path served the last call" (tests assert on it). ConvDirect: the tile
-// convolution that reads a padded input in place (AMX); a convolution that gathers rows clears it.
+// Kernel families, for "which path served the last call" (tests assert on it). ConvDirect: the
+// convolution that reads a padded input in place (AMX, AVX-512 VNNI); one that gathers rows clears it.
 enum class Family : int { Int8Gemm = 0, W8Gemm = 1, Quantize = 2, DwConv = 3, Sparse = 4, ConvDirect = 5, kCount = 6 };
 
 // The kernel set for the active ISA; records the tier that serves `family` (on AMX only the int8
@@ -21,6 +21,8 @@ const kernels::KernelSet& gemm_kernels(int64_t M);
 int64_t amx_min_rows();
 // Sets the threshold (>= 1; tests use 1 to send every shape through the tile kernel); returns the old one.
 int64_t set_amx_min_rows(int64_t rows);
+// The tier whose table entry `ks` is.
+Isa isa_of(const kernels::KernelSet& ks);
 // For families whose kernels exist on fewer tiers than the GEMM's: records the tier that served.
 void record_kernel(Family family, Isa isa);
 void clear_kernel(Family family);  // last_kernel(family) == "" again

@@ -98,17 +98,19 @@ struct DwConvParams {
   bool folded = false;              // as Int8GemmParams::folded (a_scale 1, finite scales)
 };
 
-// Direct convolution on tiles (AMX): the implicit GEMM whose row m is output pixel m = (n, oh, ow)
-// and whose K is (kh, kw, c), read straight from a zero-padded NHWC s8 input, no row gather.
-// Needs groups = 1, C % 64 == 0 (each 64-byte tile step is one tap's 64 channels), and either
-// virtual_width (SH == SW; tiles run over the padded width, and x has slack_bytes(...) readable bytes
-// after the last image) or OW >= 16 (tiles within an output row).
+// Direct convolution: the implicit GEMM whose row m is output pixel m = (n, oh, ow) and whose K is
+// (kh, kw, c), read straight from a zero-padded NHWC input (the kernel set's operand: s8 for AMX,
+// u8 = s8 + 128 for VNNI, whose padding is then 128), no row gather. Needs groups = 1 and
+// C % KernelSet::conv_c_step == 0. AMX (16-pixel tiles) also needs either virtual_width (SH == SW;
+// tiles run over the padded width, and x has slack_bytes(...) readable bytes after the last image)
+// or OW >= 16 (tiles within an output row); VNNI tiles stay within an output row, any OW.
 struct ConvDirectParams {
   Int8GemmParams gemm;          // B = pack_conv_weight's (one group), epilogue, out [pixels, Cout]; a unused
   const int8_t* x = nullptr;    // [N, Hp, Wp, C]: the input with its zero padding in place
   int64_t Hp = 0, Wp = 0, C = 0, OH = 0, OW = 0;
   int64_t KH = 1, KW = 1, SH = 1, SW = 1, DH = 1, DW = 1;
   bool virtual_width = false;
+  bool signed_x = false;        // VNNI: x holds s8 (an unpadded int8 input read in place), not u8
 };
 // Bytes a virtual-width direct convolution may read past the end of its input: a window's 16 rows
 // (stride s pixels apart), a row of the stride, and the farthest tap.
@@ -144,6 +146,8 @@ struct KernelSet {
   int64_t m_tile;    // rows of the GEMM's register tile (work chunks are kept multiples of it)
   bool signed_a;     // int8_gemm reads s8 activations (AMX tdpbssd); otherwise u8 = s8 + 128 (VNNI)
   ConvDirectFn conv_direct;  // null where convolutions take the gathered-rows GEMM
+  int64_t conv_c_step = 64;      // conv_direct needs C % conv_c_step == 0 (a tile step, or a 4-byte k step)
+  int64_t conv_tile_rows = 16;   // output pixels per A tile of conv_direct (AMX 16; VNNI register tiles 6)
 };
 
 // Defined one per ISA translation unit.
