@@ -205,6 +205,52 @@ def test_vnni_direct_conv_not_taken_where_it_cannot_run(vnni, g, groups):
     torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, None, (s, s), (p, p), (d, d), groups, 0.03), rtol=0, atol=0)
 
 
+# Depthwise shapes for the VNNI kernel's two tap groupings: row quads (kernel width <= 4, width dilation 1:
+# taps (kh, 0..3) read 4 neighbouring pixels of one input row) and 4 consecutive taps per group (the rest).
+# (N, C, H, W, kernel, stride, padding, dilation)
+DEPTHWISE = [
+    (2, 64, 9, 11, (3, 1), (1, 1), (1, 0), (1, 1)),     # quads: one real tap of 4
+    (1, 32, 7, 9, (1, 4), (1, 1), (0, 2), (1, 1)),      # quads: 4 real taps, padding 2 on the width
+    (2, 130, 12, 12, (3, 3), (2, 2), (1, 1), (2, 1)),   # quads: stride 2, height dilation 2, 3 channel blocks
+    (1, 16, 5, 5, (5, 3), (1, 1), (2, 1), (1, 1)),      # quads: 5 input rows a pixel
+    (1, 64, 3, 3, (3, 3), (1, 1), (1, 1), (1, 1)),      # quads: every row touches padding
+    (1, 48, 8, 8, (3, 3), (1, 1), (1, 1), (1, 2)),      # groups: width dilation 2
+    (1, 40, 9, 9, (3, 5), (1, 1), (1, 2), (1, 1)),      # groups: kernel width 5
+]
+
+
+@pytest.mark.parametrize("g", DEPTHWISE, ids=[str(g) for g in DEPTHWISE])
+def test_depthwise_tap_groupings(isa, g):
+    N, C, H, W, k, s, p, d = g
+    w = torch.randint(-127, 128, (C, 1, *k), dtype=torch.int8)
+    ws, b = torch.rand(C) * 0.01 + 1e-3, torch.randn(C)
+    packed = ops.pack_conv_weight(w, C)
+    x = torch.randn(N, C, H, W) * 2
+    xq = torch.randint(-128, 128, (N, C, H, W), dtype=torch.int8)
+    for inp, x_scale, out_scale, act in ((x, None, None, "none"), (x, 0.03, 0.05, "relu"), (xq, 0.05, 0.1, "relu6")):
+        y = ops.int8_conv2d(inp, packed, ws, b, k, s, p, d, C, x_scale, out_scale, act)
+        assert_served("dwconv", isa)
+        torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, s, p, d, C, x_scale, out_scale, act),
+                                   rtol=0, atol=0)
+
+
+def test_depthwise_thread_ranges_split_rows(isa):
+    # Each thread's pixel range starts and ends inside output rows (row quads are built per range).
+    w = torch.randint(-127, 128, (64, 1, 3, 3), dtype=torch.int8)
+    ws = torch.rand(64) * 0.01
+    x = torch.randn(3, 64, 29, 31)
+    packed = ops.pack_conv_weight(w, 64)
+    want = ref.int8_conv2d(x, w, ws, None, (1, 1), (1, 1), (1, 1), 64, 0.03, 0.05)
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1, 2):
+            torch.set_num_threads(threads)
+            y = ops.int8_conv2d(x, packed, ws, None, (3, 3), (1, 1), (1, 1), (1, 1), 64, 0.03, 0.05)
+            torch.testing.assert_close(y, want, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(before)
+
+
 def sqnr_db(a, b):
     return float(10 * torch.log10(a.pow(2).mean() / (a - b).pow(2).mean()))
 
