@@ -109,6 +109,8 @@ void int8_gemm_avx512(const Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n
   }
 }
 
+inline __mmask64 byte_mask(int64_t valid) { return valid >= 64 ? ~0ull : (1ull << valid) - 1ull; }
+
 // ---- direct convolution: the int8 tile above with its A rows read from the padded input ----
 // Register tile rows are output pixels of one output row, SW * C bytes apart in the padded input
 // (u8 = s8 + 128, written by the entry layer); the K loop runs tap by tap (K is (kh, kw, c) with
@@ -140,11 +142,43 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
       }
     }
   }
+  ColBlock16 c[nb];
+#pragma GCC unroll 4
+  for (int j = 0; j < nb; ++j) c[j] = col_block16(p, n + 16 * j);
+  if (p.folded && p.out_kind == OutKind::Int8) {
+    // The folded int8 epilogue (EPILOGUE.md, "Convolutions"; as AMX's epilogue_folded): finite scales,
+    // so y is never NaN and the int8 rule is min(y, 127), convert, saturating packs, max -127. A row's
+    // 64 columns go out through three packs and one permute instead of four masked narrowing stores.
+    const bool scale_out = !folds_out_inv(p.act);
+    const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale), hi = _mm512_set1_ps(127.0f);
+    // packs leave dword 4 l + j of the result as lane l of column block j.
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    const __mmask64 m = byte_mask(std::min<int64_t>(p.N - n, 16 * nb));
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; ++i) {
+      __m512i q[4];
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        if (j >= nb) {
+          q[j] = _mm512_setzero_si512();
+          continue;
+        }
+        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][j], c[j].comp)), c[j].b_scale);
+        if (p.bias) y = _mm512_add_ps(y, c[j].bias);
+        y = act16(y, p.act);
+        if (scale_out) y = _mm512_mul_ps(y, out_inv);
+        q[j] = _mm512_cvtps_epi32(_mm512_min_ps(y, hi));
+      }
+      const __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+      _mm512_mask_storeu_epi8(static_cast<int8_t*>(p.out) + (out_row + i) * p.ldo + n, m,
+                              _mm512_permutexvar_epi32(order, _mm512_max_epi8(b, _mm512_set1_epi8(-127))));
+    }
+    return;
+  }
 #pragma GCC unroll 4
   for (int j = 0; j < nb; ++j) {
-    const ColBlock16 c = col_block16(p, n + 16 * j);
 #pragma GCC unroll 8
-    for (int i = 0; i < mr; ++i) epilogue16(p, c, out_row + i, acc[i][j]);
+    for (int i = 0; i < mr; ++i) epilogue16(p, c[j], out_row + i, acc[i][j]);
   }
 }
 
@@ -344,8 +378,6 @@ inline void lanes_to_channels(const __m512i r[4], __m512i v[4]) {
   v[2] = _mm512_shuffle_i32x4(t1, t3, 0x88);
   v[3] = _mm512_shuffle_i32x4(t1, t3, 0xdd);
 }
-
-inline __mmask64 byte_mask(int64_t valid) { return valid >= 64 ? ~0ull : (1ull << valid) - 1ull; }
 
 alignas(64) constexpr int8_t kZeroRow[64] = {};
 alignas(64) constexpr uint8_t kPadQuad[4 * 64] = {  // an interleaved quad of padding pixels: s8 0 as u8
