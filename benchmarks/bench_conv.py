@@ -165,6 +165,8 @@ def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float):
                 row["sqnr_db"] = checks[key]
             if lib == "fastinfer":
                 row["isa"] = ops.last_kernel(family)  # read right after this impl ran, so it is the one served
+                if family == "int8_gemm":  # the direct convolution (padded input read in place) or gathered rows
+                    row["path"] = "direct" if ops.last_kernel("conv_direct") else "gathered"
             rows.append(row)
     fp32_rows = rows[:2]
     best = min(fp32_rows, key=lambda r: r["median_ms"])
@@ -240,7 +242,7 @@ def main(argv=None) -> int:
                 mark = "*" if r.get("best_fp32") else " "
                 sq = f"{r['sqnr_db']:7.1f}" if "sqnr_db" in r else " " * 7
                 print(f"{L.name:<7} {n:>2}  {r['lib']:<9} {r['impl'] + mark:<31} {r['median_ms']:>10.4f} "
-                      f"{r['p10_ms']:>8.4f} {r['p90_ms']:>8.4f} {r['tops']:>7.3f}  {sq}  {r.get('isa', '')}")
+                      f"{r['p10_ms']:>8.4f} {r['p90_ms']:>8.4f} {r['tops']:>7.3f}  {sq}  {r.get('isa', '')} {r.get('path', '')}")
             failed += [f"{L.name} N={n} {IMPL[k]}: {v:.1f} dB" for k, v in checks.items() if not v > SQNR_MIN_DB]
     served = {fam: ops.last_kernel(fam) or "not run" for fam in ("int8_gemm", "dwconv")}
     print(f"\n# fastinfer conv kernels served by: implicit GEMM {served['int8_gemm']}, depthwise {served['dwconv']}")

@@ -623,6 +623,8 @@ const KernelSet& kernels_amx() {
     k.m_tile = AmxTraits::kBlockRows;
     k.signed_a = true;
     k.conv_direct = conv_direct_amx;
+    k.conv_c_step = AmxTraits::kStepBytes;   // a tile step is one tap's 64 channels
+    k.conv_tile_rows = AmxTraits::kTileRows;  // not the VNNI set's copied values
     return k;
   }();
   return s;
