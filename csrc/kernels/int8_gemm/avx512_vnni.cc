@@ -111,6 +111,14 @@ void int8_gemm_avx512(const Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n
 
 inline __mmask64 byte_mask(int64_t valid) { return valid >= 64 ? ~0ull : (1ull << valid) - 1ull; }
 
+// 64 int32 (4 vectors of 16, any values) -> 64 int8 in order, saturated to [-127, 127]: three saturating
+// packs and one permute (the packs leave dword 4 l + j of the result as lane l of vector j).
+inline __m512i pack_int8x64(const __m512i q[4]) {
+  const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+  const __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+  return _mm512_permutexvar_epi32(order, _mm512_max_epi8(b, _mm512_set1_epi8(-127)));
+}
+
 // ---- direct convolution: the int8 tile above with its A rows read from the padded input ----
 // Register tile rows are output pixels of one output row, SW * C bytes apart in the padded input
 // (u8 = s8 + 128, written by the entry layer); the K loop runs tap by tap (K is (kh, kw, c) with
@@ -151,8 +159,6 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
     // 64 columns go out through three packs and one permute instead of four masked narrowing stores.
     const bool scale_out = !folds_out_inv(p.act);
     const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale), hi = _mm512_set1_ps(127.0f);
-    // packs leave dword 4 l + j of the result as lane l of column block j.
-    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     const __mmask64 m = byte_mask(std::min<int64_t>(p.N - n, 16 * nb));
 #pragma GCC unroll 8
     for (int i = 0; i < mr; ++i) {
@@ -169,9 +175,7 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
         if (scale_out) y = _mm512_mul_ps(y, out_inv);
         q[j] = _mm512_cvtps_epi32(_mm512_min_ps(y, hi));
       }
-      const __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
-      _mm512_mask_storeu_epi8(static_cast<int8_t*>(p.out) + (out_row + i) * p.ldo + n, m,
-                              _mm512_permutexvar_epi32(order, _mm512_max_epi8(b, _mm512_set1_epi8(-127))));
+      _mm512_mask_storeu_epi8(static_cast<int8_t*>(p.out) + (out_row + i) * p.ldo + n, m, pack_int8x64(q));
     }
     return;
   }
@@ -370,6 +374,7 @@ struct DwBuffers {  // vectors of 16 int32 (unaligned loads: std::vector promise
   std::vector<const int8_t*> tap;   // [groups * 4] the taps' input rows of one pixel
   std::vector<int32_t> quads;       // row quads: [slot][cblock][ow][4][16] interleaved input quads
   std::vector<int64_t> tag;         // row quads: which input row (n * H + ih) each slot holds, -1 none
+  std::vector<int32_t> pad;         // row quads: the quad of 4 padding pixels (s8 0 as u8: 0x80 bytes)
 };
 
 // Interleaves 4 rows of 64 bytes: r[i] lane l, dword k = bytes (a, b, c, d) of channel 16 l + 4 i + k.
@@ -393,23 +398,6 @@ inline void lanes_to_channels(const __m512i r[4], __m512i v[4]) {
 }
 
 alignas(64) constexpr int8_t kZeroRow[64] = {};
-alignas(64) constexpr uint8_t kPadQuad[4 * 64] = {  // an interleaved quad of padding pixels: s8 0 as u8
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80};
 
 // Row quads fit when every group's 4 taps are 4 neighbouring input pixels of one row, and the quads of
 // KH input rows stay cache-sized (bytes per slot row: cblocks * OW * 256).
@@ -449,23 +437,21 @@ struct DwFinish {
       else
         qi[l] = quant16(y[l], _mm512_set1_ps(p.out_inv_scale));
     }
-    // packs leave dword 4 l + i of the result as lane l of input i.
-    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    const __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(qi[0], qi[1]), _mm512_packs_epi32(qi[2], qi[3]));
-    _mm512_mask_storeu_epi8(static_cast<int8_t*>(p.out) + pix * p.C + c0, byte_mask(p.C - c0),
-                            _mm512_permutexvar_epi32(order, _mm512_max_epi8(b, _mm512_set1_epi8(-127))));
+    _mm512_mask_storeu_epi8(static_cast<int8_t*>(p.out) + pix * p.C + c0, byte_mask(p.C - c0), pack_int8x64(qi));
   }
 };
 
 // Output pixels [p0, p1) with row quads. An output row's KH input rows are looked up among KH slots by
 // tag; a missing one is built (every output column's quad, every channel block) into a slot that this
-// output row does not need. Rows outside the image read kPadQuad (stride 0).
+// output row does not need. Rows outside the image read the padding quad (stride 0).
 template <bool INT8_OUT, bool BIAS>
 void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& buf, const DwFinish<INT8_OUT, BIAS>& finish) {
   const int64_t cblocks = (p.C + 63) / 64, slot_ints = cblocks * p.OW * 64;
   buf.quads.resize(static_cast<size_t>(p.KH * slot_ints));
   buf.tag.assign(static_cast<size_t>(p.KH), -1);
+  buf.pad.assign(64, static_cast<int32_t>(0x80808080u));
   int32_t* const quads = buf.quads.data();
+  const int32_t* const pad = buf.pad.data();
   int64_t* const tag = buf.tag.data();
   const int32_t* const wq = buf.w.data();
   const __m512i k80 = _mm512_set1_epi8(static_cast<char>(0x80));
@@ -499,7 +485,7 @@ void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& 
     }
     for (int64_t kh = 0; kh < p.KH; ++kh) {
       if (need[kh] < 0) {
-        qrow[kh] = reinterpret_cast<const int32_t*>(kPadQuad);
+        qrow[kh] = pad;
         qstride[kh] = 0;
         continue;
       }
