@@ -424,11 +424,13 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   int64_t rows = ks.m_chunk;
   const int64_t full_panels = (N_pad + ks.n_panel - 1) / ks.n_panel;
   while (rows > std::max<int64_t>(24, 4 * ks.m_tile) && groups * ((M + rows - 1) / rows) * full_panels < 4 * threads) rows /= 2;
-  // Even chunks (a multiple of the register tile height, or of AMX's 16-row tile): no small straggler
-  // chunk (392 rows of l4 3x3 at batch 8: 112 x 3 + 56, not 128 x 3 + 8).
-  const int64_t even = (M + rows - 1) / rows;
-  rows = std::min(rows, kernels::round_up((M + even - 1) / even, std::min<int64_t>(ks.m_tile, 16)));
+  // Even chunks: the fewest chunks of at most `rows`, their sizes whole register tiles (or AMX's 16-row
+  // tiles) that differ by at most one tile; chunk c starts at chunk_start(c). 392 rows of l4 3x3 at
+  // batch 8 on VNNI (6-row tiles): 78 x 4 + 80, not 84 x 4 + 56, which left one thread 13% more rows.
+  const int64_t tile = std::min<int64_t>(ks.m_tile, 16), tiles = (M + tile - 1) / tile;
   const int64_t chunks = (M + rows - 1) / rows;
+  rows = (tiles + chunks - 1) / chunks * tile;  // the largest chunk: the gather buffer's rows
+  auto chunk_start = [&](int64_t c) { return std::min(M, tile * (c * tiles / chunks)); };
   int64_t n_panel = panel_width(ks, N_pad, groups * chunks);
   // An item count that is not a multiple of the thread count leaves a thread idle for an item (13 items
   // of s2 3x3 at batch 8 on 2 threads: 7 + 6): narrower panels (down to 64 columns) when they give one.
@@ -455,7 +457,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     int64_t gathered = -1;  // which (group, chunk) buf holds
     for (int64_t it = begin; it < end; ++it) {
       const int64_t panel = it % panels, gc = it / panels;
-      const int64_t g = gc / chunks, m0 = (gc % chunks) * rows, m1 = std::min(M, m0 + rows);
+      const int64_t g = gc / chunks, m0 = chunk_start(gc % chunks), m1 = chunk_start(gc % chunks + 1);
       const PackedHeader& h = headers[g];
       kernels::Int8GemmParams p;
       set_packed_weight(p, h, packed_w.data_ptr<uint8_t>() + g * packed_w.size(1));  // N = cout_g, K as checked
