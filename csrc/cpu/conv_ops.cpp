@@ -316,6 +316,38 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const kernels:
   });
 }
 
+// A depthwise convolution of an fp32 input, by items of (image, output row group): each item quantizes the
+// input rows its group reads into a per-thread slab (L2-sized) and runs the depthwise kernel on the slab as
+// an image of its own (its first row is input row lo, so the padding above shrinks by lo - r0 * SH). This
+// replaces a whole quantized copy of the input, written and read back by a second pass. Groups: at least
+// 2 per thread (fewer, larger groups quantize fewer halo rows twice: KH - 1 per group).
+void depthwise_by_rows(const kernels::KernelSet& ks, const kernels::DwConvParams& p, const ConvArgs& a,
+                       const QuantizedRows& rows, int64_t elem) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t per_image = std::min(a.OH, std::max<int64_t>(1, (2 * threads + a.N - 1) / a.N));
+  const int64_t reach = (a.KH - 1) * a.DH + 1, max_rows = (a.OH + per_image - 1) / per_image;
+  const int64_t slab_rows = std::min(a.H, (max_rows - 1) * a.SH + reach);
+  at::parallel_for(0, a.N * per_image, 1, [&](int64_t b, int64_t e) {
+    const at::Tensor slab_t = at::empty({std::max<int64_t>(1, slab_rows * a.W * a.C)}, at::dtype(at::kByte));
+    uint8_t* const slab = slab_t.data_ptr<uint8_t>();
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t n = item / per_image, g = item % per_image;
+      const int64_t r0 = g * a.OH / per_image, r1 = (g + 1) * a.OH / per_image;
+      const int64_t lo = std::clamp<int64_t>(r0 * a.SH - a.PH, 0, a.H);
+      const int64_t hi = std::clamp<int64_t>((r1 - 1) * a.SH - a.PH + reach, lo, a.H);
+      if (hi > lo) rows.write((n * a.H + lo) * a.W, (n * a.H + hi) * a.W, slab, a.C);
+      kernels::DwConvParams q = p;
+      q.N = 1;
+      q.H = hi - lo;
+      q.PH = a.PH + lo - r0 * a.SH;
+      q.OH = r1 - r0;
+      q.x = reinterpret_cast<const int8_t*>(slab);
+      q.out = static_cast<char*>(p.out) + (n * a.OH + r0) * a.OW * a.C * elem;
+      ks.dwconv(q, 0, (r1 - r0) * a.OW);
+    }
+  });
+}
+
 at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
                        const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
@@ -389,13 +421,14 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const int64_t K_pad = kernels::round_up(K, kernels::kPackKB);
   const bool direct = plain_1x1 && groups == 1 && K == K_pad;  // a 1x1 conv is a GEMM on the input rows themselves
   const bool quantize_chunks = direct && x_rows.scalar_type() == at::kFloat;
-  const at::Tensor xq = quantize_chunks ? at::Tensor() : quantized_input(x_rows, a, a_scale, shift);
+  // A depthwise convolution of an fp32 input quantizes per row group (depthwise_by_rows), not up front.
+  const bool dw_rows = dw && x_rows.scalar_type() == at::kFloat;
+  const at::Tensor xq = quantize_chunks || dw_rows ? at::Tensor() : quantized_input(x_rows, a, a_scale, shift);
 
   if (dw) {  // 2b) depthwise
     kernels::DwConvParams p;
     p.N = a.N; p.H = a.H; p.W = a.W; p.C = a.C; p.OH = a.OH; p.OW = a.OW;
     p.KH = a.KH; p.KW = a.KW; p.SH = a.SH; p.SW = a.SW; p.PH = a.PH; p.PW = a.PW; p.DH = a.DH; p.DW = a.DW;
-    p.x = reinterpret_cast<const int8_t*>(xq.data_ptr<uint8_t>());
     p.w = packed_w.data_ptr<int8_t>();
     p.a_scale = kUnitScale;
     p.w_scale = epi.scale.data_ptr<float>();
@@ -406,6 +439,11 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     p.out_inv_scale = epi.out_inv;
     p.folded = epi.finite;
     const auto& ks = kernels_for(Family::DwConv);
+    if (dw_rows) {
+      depthwise_by_rows(ks, p, a, QuantizedRows(x_rows, a_scale, /*shift=*/false), out_scale ? 1 : 4);
+      return out;
+    }
+    p.x = reinterpret_cast<const int8_t*>(xq.data_ptr<uint8_t>());
     const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, a.C * a.KH * a.KW));
     at::parallel_for(0, M, grain, [&](int64_t b, int64_t e) { ks.dwconv(p, b, e); });
     return out;
