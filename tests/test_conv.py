@@ -117,6 +117,11 @@ VNNI_DIRECT = [
     (1, 64, 4, 18, 64, 3, 1, 0, 1),      # unpadded 3x3 (an int8 input is read in place)
     (2, 32, 8, 12, 24, 1, 1, 0, 1),      # plain 1x1
     (1, 16, 9, 23, 16, 1, 2, 0, 1),      # 1x1 stride 2, unpadded
+    # Fewer than 16 channels, C % 4 != 0: row segments (each kernel row's KW * C bytes, weight repacked)
+    (1, 3, 40, 40, 64, 7, 2, 3, 1),      # an RGB stem: 7x7 stride 2, segments of 21 -> 24 bytes
+    (2, 13, 12, 30, 17, 3, 1, 1, 1),     # 39 -> 40 bytes
+    (2, 1, 12, 16, 16, 3, 1, 0, 1),      # one channel, unpadded (an int8 input still goes through a slab)
+    (1, 6, 10, 21, 8, 5, 2, 2, 1),       # 5x5 stride 2
 ]
 
 
@@ -147,8 +152,10 @@ def test_vnni_direct_conv_matches_reference(vnni, g, mode):
     torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, b, *geo[1:], 1, x_scale, out_scale, act), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("g", [VNNI_DIRECT[0], VNNI_DIRECT[3], VNNI_DIRECT[7], VNNI_DIRECT[8], VNNI_DIRECT[9]],
-                         ids=["padded", "stride2", "unpadded-3x3", "1x1", "1x1-stride2"])
+@pytest.mark.parametrize("g", [VNNI_DIRECT[0], VNNI_DIRECT[3], VNNI_DIRECT[7], VNNI_DIRECT[8], VNNI_DIRECT[9],
+                               VNNI_DIRECT[10], VNNI_DIRECT[12]],
+                         ids=["padded", "stride2", "unpadded-3x3", "1x1", "1x1-stride2", "stem-segments",
+                              "unpadded-segments"])
 def test_vnni_direct_conv_int8_input(vnni, g):
     # Every s8 value, -128 included: the slab holds s8 + 128, an unpadded input is flipped in the kernel.
     packed, w, ws, b, geo = direct_case(g)
@@ -163,7 +170,7 @@ def test_vnni_direct_conv_int8_input(vnni, g):
 
 
 @pytest.mark.parametrize("case", CONV_EPILOGUE_EDGES)
-@pytest.mark.parametrize("g", [VNNI_DIRECT[0], VNNI_DIRECT[2]], ids=["direct", "cout17"])
+@pytest.mark.parametrize("g", [VNNI_DIRECT[0], VNNI_DIRECT[2], VNNI_DIRECT[11]], ids=["direct", "cout17", "segments"])
 def test_vnni_direct_conv_epilogue_edges(vnni, g, case):
     packed, w, ws, b, geo = direct_case(g)
     x = torch.randn(*g[:4]) * 2
@@ -192,9 +199,10 @@ def test_vnni_direct_conv_threads(vnni):
 
 
 @pytest.mark.parametrize("g,groups", [((2, 64, 7, 7, 64, 3, 1, 1, 1), 1),    # OW 7: gathered rows are faster
-                                      ((1, 13, 8, 16, 20, 3, 1, 1, 1), 1),   # C % 4 != 0
+                                      ((1, 18, 8, 16, 20, 3, 1, 1, 1), 1),   # C % 4 != 0 and C >= 16
+                                      ((1, 3, 9, 33, 16, 3, 1, 1, 2), 1),    # few channels, width dilation 2
                                       ((1, 16, 8, 16, 16, 3, 1, 1, 1), 2)],  # grouped
-                         ids=["narrow", "channels", "grouped"])
+                         ids=["narrow", "channels", "segments-dilated", "grouped"])
 def test_vnni_direct_conv_not_taken_where_it_cannot_run(vnni, g, groups):
     N, C, H, W, Co, k, s, p, d = g
     w = torch.randint(-127, 128, (Co, C // groups, k, k), dtype=torch.int8)

@@ -200,13 +200,23 @@ ConvEpilogue fold_epilogue(float a_scale, const at::Tensor& ws, const at::Tensor
 // against the gathered rows: l1 3x3 (56 x 56) 2.35 -> 1.31-1.39 ms, l1 1x1 1.19 -> 0.74-0.88, s2 3x3
 // (stride 2, OW 14) 0.82 -> 0.56, l3 3x3 (OW 14) 1.31 -> 1.13; but l4 3x3 (OW 7: tiles of 4 + 3
 // pixels, each streaming the 64-column weight block from L2 for fewer rows) 1.20-1.28 -> 1.40-1.44.
-enum class DirectMode { None, Rows, PaddedWidth };
+// A few-channel input (C % 4 != 0 and C < 16, as an RGB first layer) takes row segments on VNNI
+// (ConvDirectParams::row_seg): a kernel row's KW * C input bytes are contiguous, so they form one K
+// segment, and the weight is repacked per call with each kernel row zero-padded to 4 bytes (a few KB).
+// ResNet's 3-channel 7x7 stride-2 stem at 224 x 224, batch 1, int8 in/out, AMD Zen 5, 2 threads: the
+// gathered rows took 0.56 ms (1.62 before the gather copied whole kernel rows), oneDNN 0.29.
+enum class DirectMode { None, Rows, PaddedWidth, RowSegments };
 constexpr int64_t kVnniDirectMinOW = 10;  // tiles of >= 5 pixels
+constexpr int64_t kRowSegmentMaxC = 16;
 
 DirectMode direct_mode(const kernels::KernelSet* ks, const ConvArgs& a, bool plain_1x1) {
-  if (!ks || !ks->conv_direct || a.groups != 1 || a.C % ks->conv_c_step != 0) return DirectMode::None;
-  if (ks->conv_tile_rows < 16) return a.OW >= kVnniDirectMinOW ? DirectMode::Rows : DirectMode::None;
-  if (plain_1x1) return DirectMode::None;
+  if (!ks || !ks->conv_direct || a.groups != 1) return DirectMode::None;
+  if (ks->conv_tile_rows < 16) {
+    if (a.OW < kVnniDirectMinOW) return DirectMode::None;
+    if (a.C % ks->conv_c_step == 0) return DirectMode::Rows;
+    return a.C < kRowSegmentMaxC && a.DW == 1 ? DirectMode::RowSegments : DirectMode::None;
+  }
+  if (a.C % ks->conv_c_step != 0 || plain_1x1) return DirectMode::None;
   if (a.SH == 1 && a.SW == 1 && a.OW >= 12) return DirectMode::PaddedWidth;
   return a.OW >= 16 ? DirectMode::Rows : DirectMode::None;
 }
@@ -225,7 +235,22 @@ kernels::ConvDirectParams direct_geometry(const ConvArgs& a, DirectMode mode) {
   cp.DH = a.DH;
   cp.DW = a.DW;
   cp.virtual_width = mode == DirectMode::PaddedWidth;
+  cp.row_seg = mode == DirectMode::RowSegments ? kernels::round_up(a.KW * a.C, kernels::kPackKB) : 0;
   return cp;
+}
+
+// The packed weight [Cout, KH * KW * C] (rows (kh, kw, c)) repacked for row segments: [Cout, KH * seg],
+// each kernel row's KW * C bytes followed by zeros up to seg.
+at::Tensor pack_row_segments(const at::Tensor& packed_w, const PackedHeader& h, const ConvArgs& a, int64_t seg) {
+  const int64_t run = a.KW * a.C, K = a.KH * seg;
+  std::vector<int8_t> rows(static_cast<size_t>(h.N * h.K)), padded(static_cast<size_t>(h.N * K), 0);
+  kernels::unpack_int8_weight(packed_w.data_ptr<uint8_t>(), rows.data(), h.K);
+  for (int64_t n = 0; n < h.N; ++n)
+    for (int64_t kh = 0; kh < a.KH; ++kh)
+      std::memcpy(&padded[n * K + kh * seg], &rows[n * h.K + kh * run], static_cast<size_t>(run));
+  at::Tensor out = at::empty({kernels::packed_nbytes(h.N, K)}, packed_w.options());
+  kernels::pack_int8_weight(padded.data(), K, h.N, K, out.data_ptr<uint8_t>());
+  return out;
 }
 
 // The GEMM epilogue fields of a convolution (group g of cout_g channels).
@@ -255,7 +280,11 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const kernels:
                  const ConvEpilogue& epi, at::Tensor& out, kernels::OutKind kind, kernels::Act act) {
   kernels::ConvDirectParams cp = geometry;
   kernels::Int8GemmParams& p = cp.gemm;
-  set_packed_weight(p, h, packed_w.data_ptr<uint8_t>());
+  const at::Tensor seg_w = cp.row_seg ? pack_row_segments(packed_w, h, a, cp.row_seg) : at::Tensor();
+  if (cp.row_seg)
+    set_packed_weight(p, checked_header(seg_w, "int8_conv2d", "packed_w"), seg_w.data_ptr<uint8_t>());
+  else
+    set_packed_weight(p, h, packed_w.data_ptr<uint8_t>());
   set_conv_epilogue(p, epi, 0, a.Cout, kind, act);
   p.ldo = a.Cout;
   const PaddedRows rows(x_rows, a, a_scale, a.PH, a.PW, /*shift=*/!ks.signed_a);
@@ -279,14 +308,14 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const kernels:
   const int64_t max_rows = (a.OH + per_image - 1) / per_image;
   const int64_t reach = a.DH * (a.KH - 1) + 1;
   const int64_t slab_row = cp.Wp * a.C;
-  const int64_t slack = cp.virtual_width ? kernels::conv_direct_slack_bytes(cp) : 0;
+  const int64_t slack = cp.virtual_width ? kernels::conv_direct_slack_bytes(cp) : cp.row_seg ? kernels::kPackKB : 0;
   const int64_t slab_bytes = ((max_rows - 1) * a.SH + reach) * slab_row + slack;
   const int64_t elem = kind == kernels::OutKind::Int8 ? 1 : 4;
   const int zero = ks.signed_a ? 0 : 128;
   // An unpadded int8 input whose bytes the kernel can read as they are (VNNI flips s8 to u8 itself, and
   // its tiles read nothing past the rows they need): no slab, the input is read in place.
-  const bool in_place = !ks.signed_a && !cp.virtual_width && x_rows.scalar_type() == at::kChar && a.PH == 0 &&
-                        a.PW == 0;
+  const bool in_place = !ks.signed_a && !cp.virtual_width && !cp.row_seg && x_rows.scalar_type() == at::kChar &&
+                        a.PH == 0 && a.PW == 0;
   at::parallel_for(0, items * panels, 1, [&](int64_t b, int64_t e) {
     const at::Tensor slab_t = in_place ? at::Tensor() : at::empty({slab_bytes}, x_rows.options().dtype(at::kByte));
     uint8_t* const slab = in_place ? nullptr : slab_t.data_ptr<uint8_t>();

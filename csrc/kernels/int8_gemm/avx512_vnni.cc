@@ -134,7 +134,8 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
     for (int j = 0; j < nb; ++j) acc[i][j] = _mm512_setzero_si512();
   const int64_t block_stride = p.K_pad * kPackNB;
   const int8_t* b = p.b + (n / kPackNB) * block_stride;
-  const int64_t lda = cp.SW * cp.C, cq = cp.C / kPackKB, taps = cp.KH * cp.KW;
+  const int64_t lda = cp.SW * cp.C, cq = (cp.row_seg ? cp.row_seg : cp.C) / kPackKB;
+  const int64_t taps = cp.row_seg ? cp.KH : cp.KH * cp.KW;  // a row segment holds a kernel row's taps
   for (int64_t t = 0; t < taps; ++t) {
     const uint8_t* a = a0 + tap_off[t];
     for (int64_t q = 0; q < cq; ++q, a += kPackKB, b += 64) {
@@ -218,9 +219,10 @@ void conv_direct_avx512(const ConvDirectParams& cp, int64_t r0, int64_t r1, int6
   static constexpr auto flipped = conv_table<true>(std::make_index_sequence<Int8Traits::MR>{});
   const auto& table = cp.signed_x ? flipped : shifted;
   if (r1 <= r0) return;
-  std::vector<int64_t> tap_off(static_cast<size_t>(cp.KH * cp.KW));  // once per call (many rows)
+  const int64_t kws = cp.row_seg ? 1 : cp.KW;  // row segments: one offset per kernel row
+  std::vector<int64_t> tap_off(static_cast<size_t>(cp.KH * kws));  // once per call (many rows)
   for (int64_t kh = 0, t = 0; kh < cp.KH; ++kh)
-    for (int64_t kw = 0; kw < cp.KW; ++kw, ++t) tap_off[t] = (kh * cp.DH * cp.Wp + kw * cp.DW) * cp.C;
+    for (int64_t kw = 0; kw < kws; ++kw, ++t) tap_off[t] = (kh * cp.DH * cp.Wp + kw * cp.DW) * cp.C;
   const uint8_t* x = reinterpret_cast<const uint8_t*>(cp.x);
   const int64_t image = cp.Hp * cp.Wp * cp.C, tiles = (cp.OW + Int8Traits::MR - 1) / Int8Traits::MR;
   n1 = std::min(n1, round_up(cp.gemm.N, kPackNB));

@@ -111,6 +111,11 @@ struct ConvDirectParams {
   int64_t KH = 1, KW = 1, SH = 1, SW = 1, DH = 1, DW = 1;
   bool virtual_width = false;
   bool signed_x = false;        // VNNI: x holds s8 (an unpadded int8 input read in place), not u8
+  // VNNI, C % 4 != 0 (a few-channel first layer): > 0 makes each kernel row one K segment of row_seg =
+  // round_up(KW * C, 4) bytes, the KW * C contiguous input bytes of its taps (DW == 1) and up to 3 more
+  // that meet zero weights: the packed weight's K is then KH * row_seg, rows zero-padded per kernel row,
+  // and x needs 3 readable bytes past its last row.
+  int64_t row_seg = 0;
 };
 // Bytes a virtual-width direct convolution may read past the end of its input: a window's 16 rows
 // (stride s pixels apart), a row of the stride, and the farthest tap.
