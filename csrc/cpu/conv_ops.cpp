@@ -203,8 +203,8 @@ ConvEpilogue fold_epilogue(float a_scale, const at::Tensor& ws, const at::Tensor
 // A few-channel input (C % 4 != 0 and C < 16, as an RGB first layer) takes row segments on VNNI
 // (ConvDirectParams::row_seg): a kernel row's KW * C input bytes are contiguous, so they form one K
 // segment, and the weight is repacked per call with each kernel row zero-padded to 4 bytes (a few KB).
-// ResNet's 3-channel 7x7 stride-2 stem at 224 x 224, batch 1, int8 in/out, AMD Zen 5, 2 threads: the
-// gathered rows took 0.56 ms (1.62 before the gather copied whole kernel rows), oneDNN 0.29.
+// ResNet's 3-channel 7x7 stride-2 stem at 224 x 224, batch 1, int8 in/out, AMD Zen 5, 2 threads: 0.21 ms
+// (oneDNN 0.27); the gathered rows took 0.56 ms (1.62 before the gather copied whole kernel rows).
 enum class DirectMode { None, Rows, PaddedWidth, RowSegments };
 constexpr int64_t kVnniDirectMinOW = 10;  // tiles of >= 5 pixels
 constexpr int64_t kRowSegmentMaxC = 16;
