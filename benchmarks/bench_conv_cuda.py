@@ -20,7 +20,7 @@ from torch import nn
 from fastinfer import ops
 from fastinfer.nn import Int8Conv2d
 
-from bench_conv import LAYERS, SQNR_MIN_DB, ConvLayer, out_size, sqnr_db
+from bench_conv import LAYERS, SQNR_MIN_DB, ConvLayer, out_size, parse_layers, sqnr_db
 from bench_linear_cuda import machine_info_cuda, time_cuda
 
 
@@ -73,7 +73,8 @@ def bench_layer_cuda(L: ConvLayer, batch: int) -> List[Dict]:
 def targets(rows: List[Dict]):
     ms = {(r["layer"], r["N"], r["impl"]): r["median_ms"] for r in rows if "median_ms" in r}
     out = []
-    for (layer, n) in dict.fromkeys((r["layer"], r["N"]) for r in rows):
+    extra = {L.name for L in LAYERS if L.extra}
+    for (layer, n) in dict.fromkeys((r["layer"], r["N"]) for r in rows if r["layer"] not in extra):
         base = ms.get((layer, n, "cuDNN fp16 channels_last"))
         for impl in ("(c) static fp32 in/out", "(d) int8 in/out"):
             if base and (layer, n, impl) in ms:
@@ -87,7 +88,7 @@ def run(args) -> Dict:
     info = machine_info_cuda()
     print(f"# {info['gpu']} (sm_{info['capability']}) | torch {info['torch']} | CUDA {info['cuda']}")
     print(f"{'layer':<8} {'N':>3}  {'impl':<28} {'median ms':>10} {'TOPS':>8} {'SQNR dB':>8}  kernel")
-    layers = [L for L in LAYERS if not args.layers or L.name in args.layers.split(",")]
+    layers = parse_layers(args.layers)
     batches = [int(b) for b in (args.batches if args.batches != "1,8" else "32").split(",")]
     rows, failures = [], []
     for L in layers:

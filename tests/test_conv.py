@@ -10,7 +10,7 @@ from fastinfer import ops
 from fastinfer import reference as ref
 from fastinfer.nn import ConvAct2d, Int8Conv2d
 
-from conftest import CONV_EPILOGUE_EDGES, assert_served, conv_epilogue_edge
+from conftest import CONV_EPILOGUE_EDGES, assert_served, conv_epilogue_edge, runnable_isas
 
 # (N, C, H, W, Cout, k, stride, pad, dilation, groups)
 GEOMETRIES = [
@@ -128,7 +128,6 @@ VNNI_DIRECT = [
 @pytest.fixture
 def vnni():
     """Kernels capped at AVX-512 VNNI (on an AMX CPU too: its direct convolution is the VNNI set's)."""
-    from conftest import runnable_isas
     if "avx512_vnni" not in runnable_isas():
         pytest.skip(f"this CPU cannot run the avx512_vnni path (detected: {fastinfer.cpu_capabilities()['detected']})")
     with fastinfer.use_isa("avx512_vnni"):

@@ -105,6 +105,8 @@ class PaddedRows {
       : x_rows_(x_rows), a_(a), ph_(ph), pw_(pw), shift_(shift), zero_(shift ? 128 : 0),
         quant_(x_rows, a_scale, shift) {}
 
+  uint8_t zero() const { return zero_; }  // the padding byte: int8 zero in the operand's encoding
+
   void write(int64_t n, int64_t hp, uint8_t* d) const {
     const int64_t C = a_.C, h = hp - ph_, row = a_.W * C;
     if (h < 0 || h >= a_.H) {
@@ -311,7 +313,6 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const kernels:
   const int64_t slack = cp.virtual_width ? kernels::conv_direct_slack_bytes(cp) : cp.row_seg ? kernels::kPackKB : 0;
   const int64_t slab_bytes = ((max_rows - 1) * a.SH + reach) * slab_row + slack;
   const int64_t elem = kind == kernels::OutKind::Int8 ? 1 : 4;
-  const int zero = ks.signed_a ? 0 : 128;
   // An unpadded int8 input whose bytes the kernel can read as they are (VNNI flips s8 to u8 itself, and
   // its tiles read nothing past the rows they need): no slab, the input is read in place.
   const bool in_place = !ks.signed_a && !cp.virtual_width && !cp.row_seg && x_rows.scalar_type() == at::kChar &&
@@ -326,7 +327,7 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const kernels:
       const int64_t hp0 = r0 * a.SH, hp_rows = (r1 - r0 - 1) * a.SH + reach;
       if (!in_place && built != item) {
         for (int64_t r = 0; r < hp_rows; ++r) rows.write(n, hp0 + r, slab + r * slab_row);
-        std::memset(slab + hp_rows * slab_row, zero, static_cast<size_t>(slab_bytes - hp_rows * slab_row));
+        std::memset(slab + hp_rows * slab_row, rows.zero(), static_cast<size_t>(slab_bytes - hp_rows * slab_row));
         built = item;
       }
       // The slab (or the input from padded row hp0 of image n) as one image of r1 - r0 output rows,
@@ -351,8 +352,8 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const kernels:
 // replaces a whole quantized copy of the input, written and read back by a second pass. Groups: at least
 // 2 per thread (fewer, larger groups quantize fewer halo rows twice: KH - 1 per group).
 void depthwise_by_rows(const kernels::KernelSet& ks, const kernels::DwConvParams& p, const ConvArgs& a,
-                       const QuantizedRows& rows, int64_t elem) {
-  const int64_t threads = at::get_num_threads();
+                       const QuantizedRows& rows) {
+  const int64_t threads = at::get_num_threads(), elem = p.out_kind == kernels::OutKind::Int8 ? 1 : 4;
   const int64_t per_image = std::min(a.OH, std::max<int64_t>(1, (2 * threads + a.N - 1) / a.N));
   const int64_t reach = (a.KH - 1) * a.DH + 1, max_rows = (a.OH + per_image - 1) / per_image;
   const int64_t slab_rows = std::min(a.H, (max_rows - 1) * a.SH + reach);
@@ -469,7 +470,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     p.folded = epi.finite;
     const auto& ks = kernels_for(Family::DwConv);
     if (dw_rows) {
-      depthwise_by_rows(ks, p, a, QuantizedRows(x_rows, a_scale, /*shift=*/false), out_scale ? 1 : 4);
+      depthwise_by_rows(ks, p, a, QuantizedRows(x_rows, a_scale, /*shift=*/false));
       return out;
     }
     p.x = reinterpret_cast<const int8_t*>(xq.data_ptr<uint8_t>());

@@ -180,19 +180,6 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
     }
     return;
   }
-  if (p.folded && p.out_kind == OutKind::Float32) {  // folded fp32: a_scale is 1, no row scale to load
-#pragma GCC unroll 8
-    for (int i = 0; i < mr; ++i) {
-      float* const o = static_cast<float*>(p.out) + (out_row + i) * p.ldo + n;
-#pragma GCC unroll 4
-      for (int j = 0; j < nb; ++j) {
-        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][j], c[j].comp)), c[j].b_scale);
-        if (p.bias) y = _mm512_add_ps(y, c[j].bias);
-        _mm512_mask_storeu_ps(o + 16 * j, c[j].mask, act16(y, p.act));
-      }
-    }
-    return;
-  }
 #pragma GCC unroll 4
   for (int j = 0; j < nb; ++j) {
 #pragma GCC unroll 8
