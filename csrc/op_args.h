@@ -67,4 +67,35 @@ inline ConvArgs conv_args(const at::Tensor& x, int64_t cout, at::IntArrayRef k, 
   return a;
 }
 
+// int8_max_pool2d's geometry, checked as torch's max_pool2d checks it (output size rule included).
+struct PoolArgs {
+  int64_t N, C, H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW;
+};
+
+inline int64_t pool_out_size(int64_t in, int64_t k, int64_t s, int64_t pad, int64_t d, bool ceil_mode) {
+  const int64_t span = in + 2 * pad - d * (k - 1) - 1;
+  int64_t out = (span + (ceil_mode ? s - 1 : 0)) / s + 1;
+  if (ceil_mode && (out - 1) * s >= in + pad) --out;  // the last window must start inside the input or left pad
+  return out;
+}
+
+inline PoolArgs pool_args(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef pad,
+                          at::IntArrayRef dil, bool ceil_mode) {
+  TORCH_CHECK(x.dim() == 4, "fastinfer.int8_max_pool2d: x must be 4-D [N, C, H, W], got shape ", x.sizes());
+  TORCH_CHECK(k.size() == 2 && s.size() == 2 && pad.size() == 2 && dil.size() == 2,
+              "fastinfer.int8_max_pool2d: kernel_size, stride, padding and dilation must have 2 values each");
+  TORCH_CHECK(k[0] >= 1 && k[1] >= 1, "fastinfer.int8_max_pool2d: kernel_size must be >= 1, got ", k);
+  TORCH_CHECK(s[0] >= 1 && s[1] >= 1, "fastinfer.int8_max_pool2d: stride must be >= 1, got ", s);
+  TORCH_CHECK(dil[0] >= 1 && dil[1] >= 1, "fastinfer.int8_max_pool2d: dilation must be >= 1, got ", dil);
+  TORCH_CHECK(pad[0] >= 0 && pad[1] >= 0 && 2 * pad[0] <= k[0] && 2 * pad[1] <= k[1],
+              "fastinfer.int8_max_pool2d: padding must be >= 0 and at most half the kernel size ", k, ", got ", pad);
+  PoolArgs a{x.size(0), x.size(1), x.size(2), x.size(3), 0, 0, k[0], k[1], s[0], s[1], pad[0], pad[1],
+             dil[0], dil[1]};
+  a.OH = pool_out_size(a.H, a.KH, a.SH, a.PH, a.DH, ceil_mode);
+  a.OW = pool_out_size(a.W, a.KW, a.SW, a.PW, a.DW, ceil_mode);
+  TORCH_CHECK(a.OH >= 1 && a.OW >= 1, "fastinfer.int8_max_pool2d: input ", a.H, "x", a.W, " (padding ", pad,
+              ") is smaller than the dilated kernel ", k, " with dilation ", dil);
+  return a;
+}
+
 }  // namespace fastinfer

@@ -65,6 +65,9 @@ TORCH_LIBRARY(fastinfer, m) {
   m.def("int8_conv2d(Tensor x, Tensor packed_w, Tensor w_scale, Tensor? bias, int[2] kernel_size, int[2] stride, "
         "int[2] padding, int[2] dilation, int groups, float? x_scale=None, float? out_scale=None, "
         "str activation=\"none\") -> Tensor");
+  // Max pooling of int8 activations (channels_last out; what an int8 hand-off between convs passes through).
+  m.def("int8_max_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+        "bool ceil_mode=False) -> Tensor");
   // Sparse weights (layouts in csrc/kernels/sparse/sparse.h), packed once from a dense [N, K] weight:
   // csr16 / csr8 from fp32 -> (row_ptr, cols, values) / (row_ptr, offsets, group_base, values);
   // slot128 from int8 -> (grp_ptr, idx, values, w_sum).

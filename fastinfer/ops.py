@@ -24,7 +24,7 @@ SUPPORTED_DEVICES = ("cpu",)  # devices with kernels for every op
 LINEAR_DEVICES = ("cpu", "cuda") if BUILD["cuda"] else ("cpu",)
 _LINEAR_OPS = {"quantize_per_token", "pack_int8_weight", "unpack_int8_weight", "int8_mm", "int8_scaled_mm",
                "int8_linear_dynamic", "int8_linear_static", "int8_linear_weight_only", "pack_conv_weight",
-               "int8_conv2d"}
+               "int8_conv2d", "int8_max_pool2d"}
 _PACK_NB, _PACK_KB, _HEADER_BYTES = 16, 4, 64
 CUDA_K_ALIGN = 16  # a CUDA packed weight is int8 [N, round_up(K, 16)] (PACKING.md)
 
@@ -146,6 +146,20 @@ def int8_conv2d(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: Optional[Ten
     _check_devices("int8_conv2d", x=x, packed_w=packed_w, w_scale=w_scale, bias=bias)
     return _ops.int8_conv2d(x, packed_w, w_scale, bias, list(kernel_size), list(stride), list(padding),
                             list(dilation), groups, x_scale, out_scale, activation)
+
+
+def int8_max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
+    """Max pooling of int8 activations [N, C, H, W] (any layout); out int8 [N, C, OH, OW] in channels_last
+    memory. The arguments mean what they mean for torch.nn.functional.max_pool2d (stride None = kernel_size;
+    an int stands for both dimensions); the result equals max_pool2d of x as floats, cast back."""
+    _check_devices("int8_max_pool2d", x=x)
+    k = _pair_arg(kernel_size)
+    return _ops.int8_max_pool2d(x, k, k if stride is None else _pair_arg(stride), _pair_arg(padding),
+                                _pair_arg(dilation), ceil_mode)
+
+
+def _pair_arg(v):
+    return [int(v), int(v)] if isinstance(v, int) else [int(e) for e in v]
 
 
 def int8_linear_weight_only(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -325,6 +339,20 @@ def _int8_conv2d_fake(x, packed_w, w_scale, bias, kernel_size, stride, padding, 
     ow = conv_output_size(w, kernel_size[1], stride[1], padding[1], dilation[1])
     out = x.new_empty((n, w_scale.shape[0], oh, ow), dtype=torch.int8 if out_scale is not None else torch.float32)
     return out.contiguous(memory_format=torch.channels_last)
+
+
+def pool_output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    """torch's max_pool2d output size (csrc/op_args.h pool_out_size)."""
+    out = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
+    return out - 1 if ceil_mode and (out - 1) * s >= size + p else out
+
+
+@torch.library.register_fake("fastinfer::int8_max_pool2d")
+def _int8_max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode=False):
+    n, c, h, w = x.shape
+    oh = pool_output_size(h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
+    ow = pool_output_size(w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
+    return x.new_empty((n, c, oh, ow)).contiguous(memory_format=torch.channels_last)
 
 
 def int8_peak_probe(iters: int) -> int:

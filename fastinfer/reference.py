@@ -145,6 +145,11 @@ def int8_conv2d(x: Tensor, w_q: Tensor, w_scale: Tensor, bias: Optional[Tensor],
     return _conv_epilogue(acc, a_scale, w_scale, bias, activation, out_scale)
 
 
+def int8_max_pool2d(x: Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool = False) -> Tensor:
+    """Max pooling of int8 values: torch's float max_pool2d of them (exact), cast back."""
+    return torch.nn.functional.max_pool2d(x.float(), kernel_size, stride, padding, dilation, ceil_mode).to(torch.int8)
+
+
 def _conv_epilogue(acc: Tensor, a_scale: Tensor, w_scale: Tensor, bias: Optional[Tensor], activation: str,
                    out_scale: Optional[float]) -> Tensor:
     """The convolution's folded epilogue (EPILOGUE.md, "Convolutions"): s = a_scale * w_scale, and for an

@@ -139,3 +139,22 @@ def test_opcheck_and_bad_input():
         ops.int8_conv2d(x.to(torch.int8), packed, ws, None, (3, 3))
     with pytest.raises(RuntimeError, match="smaller than the dilated kernel"):
         ops.int8_conv2d(x[:, :, :2, :2], packed, ws, None, (3, 3))
+
+
+def test_int8_max_pool_and_static_chain_on_gpu():
+    from fastinfer import reference as ref
+
+    x = torch.randint(-128, 128, (2, 64, 56, 56), dtype=torch.int8, device=DEV)
+    out = ops.int8_max_pool2d(x, 3, 2, 1, 1, True)
+    assert out.is_cuda and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out.cpu(), ref.int8_max_pool2d(x.cpu(), 3, 2, 1, 1, True))
+    torch.library.opcheck(torch.ops.fastinfer.int8_max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], False))
+    # a static conv -> relu -> maxpool -> conv hand-off, quantized on the CPU, then moved to the GPU
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                          nn.Conv2d(16, 8, 3, padding=1)).eval()
+    calib = [torch.randn(4, 3, 32, 32) for _ in range(2)]
+    q = fastinfer.quantize(fastinfer.fuse(model), "w8a8_static", calib_data=calib)
+    assert q.fastinfer_report.chained == ["0 -> 3"]
+    xin = torch.randn(2, 3, 32, 32)
+    want = q(xin)
+    torch.testing.assert_close(q.cuda()(xin.cuda()).cpu(), want, rtol=1e-4, atol=1e-4)

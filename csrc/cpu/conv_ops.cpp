@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../kernels/conv/im2row.h"
+#include "../kernels/conv/pool.h"
 #include "entry.h"
 
 namespace fastinfer {
@@ -554,11 +555,31 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   return out;
 }
 
+at::Tensor int8_max_pool2d(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  check_cpu(x, "int8_max_pool2d", "x");
+  check_dtype(x, at::kChar, "int8_max_pool2d", "x");
+  const PoolArgs a = pool_args(x, kernel_size, stride, padding, dilation, ceil_mode);
+  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor out = at::empty({a.N, a.C, a.OH, a.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out;
+  kernels::MaxPoolParams p;
+  p.x = xc.data_ptr<int8_t>();
+  p.out = out.data_ptr<int8_t>();
+  p.N = a.N, p.H = a.H, p.W = a.W, p.C = a.C, p.OH = a.OH, p.OW = a.OW;
+  p.KH = a.KH, p.KW = a.KW, p.SH = a.SH, p.SW = a.SW, p.PH = a.PH, p.PW = a.PW, p.DH = a.DH, p.DW = a.DW;
+  const int64_t row_bytes = a.OW * a.C * a.KH * a.KW;  // about the work of one output row
+  at::parallel_for(0, a.N * a.OH, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, row_bytes)),
+                   [&](int64_t b, int64_t e) { kernels::max_pool_nhwc_s8(p, b, e); });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastinfer, CPU, m) {
   m.impl("pack_conv_weight", &pack_conv_weight);
   m.impl("int8_conv2d", &int8_conv2d);
+  m.impl("int8_max_pool2d", &int8_max_pool2d);
 }
 
 }  // namespace cpu

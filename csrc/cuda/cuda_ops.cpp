@@ -661,6 +661,20 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   return out;
 }
 
+// int8 max pooling on the GPU: through fp16, which holds every int8 value exactly (max is exact in any
+// dtype that represents its inputs), so the result equals the CPU kernel's. Memory-bound either way.
+at::Tensor int8_max_pool2d(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  TORCH_CHECK(x.scalar_type() == at::kChar, "fastinfer.int8_max_pool2d: x must have dtype Char (int8), got ",
+              x.scalar_type());
+  pool_args(x, kernel_size, stride, padding, dilation, ceil_mode);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xh = x.contiguous(at::MemoryFormat::ChannelsLast).to(at::kHalf);
+  return at::max_pool2d(xh, kernel_size, stride, padding, dilation, ceil_mode)
+      .to(at::kChar)
+      .contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 std::string last_kernel() {
   switch (static_cast<Served>(g_served.load())) {
     case Served::Sm80: return "sm80_mma";
@@ -692,6 +706,7 @@ TORCH_LIBRARY_IMPL(fastinfer, CUDA, m) {
   m.impl("sparse24_linear_int8", &sparse24_linear_int8);
   m.impl("pack_conv_weight", &pack_conv_weight);
   m.impl("int8_conv2d", &int8_conv2d);
+  m.impl("int8_max_pool2d", &int8_max_pool2d);
 }
 
 }  // namespace cuda

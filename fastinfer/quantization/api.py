@@ -12,6 +12,7 @@ from ..nn.conv import Int8Conv2d
 from ..nn.fused import ConvAct2d, LinearAct
 from ..nn.linear import SCHEMES, Int8Linear, check_scheme
 from .calibrate import calibrate
+from .chain import chain_int8_convs
 from .observers import OBSERVERS
 from .smooth import smooth_factors
 
@@ -164,39 +165,11 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         setattr(parent, child, new)
         report.swapped.append(name)
     if cfg.scheme == "w8a8_static":
-        report.chained = _chain_int8_convs(model)
+        report.chained = chain_int8_convs(model)
     model.fastinfer_report = report
     if verbose:
         print(report)
     return model
-
-
-# Between two static int8 convs of an nn.Sequential these keep int8 values exact: max pooling and
-# ReLU commute with the (monotonic) requantization, dropout is the identity in eval mode.
-_INT8_TRANSPARENT = (nn.Identity, nn.MaxPool2d, nn.ReLU, nn.Dropout)
-
-
-def _chain_int8_convs(model: nn.Module) -> List[str]:
-    """Lets a static Int8Conv2d hand int8 straight to the next one in the same nn.Sequential: its
-    output is requantized with the next layer's calibrated x_scale (out_scale), so no fp32 tensor and
-    no quantization pass sits between them. Results are identical to the unchained pair, because
-    that layer would have quantized the same values with the same scale."""
-    chained = []
-    for seq_name, seq in model.named_modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        kids = list(seq.named_children())
-        for i, (name, mod) in enumerate(kids):
-            if not isinstance(mod, Int8Conv2d) or mod.x_scale is None or mod.out_scale is not None:
-                continue
-            j = i + 1
-            while j < len(kids) and type(kids[j][1]) in _INT8_TRANSPARENT:
-                j += 1
-            if j < len(kids) and isinstance(kids[j][1], Int8Conv2d) and kids[j][1].x_scale is not None:
-                mod.out_scale = kids[j][1].x_scale
-                prefix = f"{seq_name}." if seq_name else ""
-                chained.append(f"{prefix}{name} -> {prefix}{kids[j][0]}")
-    return chained
 
 
 def _calibrated_input_scales(model: nn.Module, calib_data, observer: str, smooth, verbose: bool):

@@ -1,0 +1,214 @@
+"""Whole-network benchmark: ResNet-50 (ImageNet shape, 224x224 RGB) in fp32 against torch.ao's FX static int8
+quantization (engine 'x86', oneDNN) and fastinfer (fuse + w8a8_static), all eager, timed in the same run.
+
+    PYTHONPATH=. python benchmarks/bench_resnet.py [--threads 2] [--batches 1,8] [--repeats 5] [--json out.json]
+
+The network is the standard ResNet-50 (bottleneck blocks 3-4-6-3, stride in the 3x3 conv, torchvision's module
+names) defined here, with random weights: no pretrained checkpoint is bundled. Its BatchNorm statistics are set
+by running it in training mode over random images, so that every layer sees unit-scale activations, as in a
+trained network. Timing and the int8 paths do not depend on the weights' values.
+Rows (fp32 input NCHW, logits out, the whole forward timed):
+  fp32 NCHW / fp32 channels_last   the float model (BatchNorm unfolded, as users run it)
+  torch.ao FX static               prepare_fx -> calibrate -> convert_fx, qconfig mapping 'x86'
+  fastinfer                        fastinfer.fuse -> quantize(scheme='w8a8_static') with the same calibration
+  fastinfer, no int8 hand-offs     the same model with every conv's out_scale cleared: each conv writes fp32
+                                   and the next one quantizes it again (what quantize did before it traced
+                                   a forward to find conv -> conv hand-offs)
+Each round times every row (min-time each) in rotated order; the table gives the median over rounds.
+Quality: cosine similarity of each int8 model's logits with fp32's on held-out random images.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import statistics
+import sys
+import warnings
+
+import torch
+from torch import nn
+
+import fastinfer
+
+from common import machine_info, time_call, write_json
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)  # shared by the three activations, as in torchvision
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet50(nn.Module):
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin, stages = 64, []
+        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            layers = []
+            for i in range(blocks):
+                layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
+                cin = width * Bottleneck.expansion
+            stages.append(nn.Sequential(*layers))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def build_model(seed: int = 0) -> nn.Module:
+    """ResNet-50 with random weights and BatchNorm statistics estimated on random images (see the docstring)."""
+    torch.manual_seed(seed)
+    model = ResNet50()
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the estimation batches
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(8, 3, 224, 224))
+    return model.eval().requires_grad_(False)
+
+
+FP32, FP32_CL, AO, FI = "fp32 NCHW", "fp32 channels_last", "torch.ao FX static (x86)", "fastinfer fuse+w8a8_static"
+FI_UNCHAINED = "fastinfer, no int8 hand-offs"
+
+
+def build_impls(fp32: nn.Module, calib):
+    """name -> (callable taking the NCHW batch, quantized engine or None). Each quantizes its own copy."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    fp32_cl = copy.deepcopy(fp32).to(memory_format=torch.channels_last)
+    impls = {FP32: (fp32, None),
+             FP32_CL: (lambda x: fp32_cl(x.contiguous(memory_format=torch.channels_last)), None)}
+    torch.backends.quantized.engine = "x86"  # weights are prepacked for the engine current at convert time
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices
+        prepared = prepare_fx(copy.deepcopy(fp32), get_default_qconfig_mapping("x86"), (calib[0],))
+        with torch.no_grad():
+            for x in calib:
+                prepared(x)
+        impls[AO] = (convert_fx(prepared), "x86")
+    fi = fastinfer.quantize(fastinfer.fuse(fp32, example_inputs=calib[0]), scheme="w8a8_static", calib_data=calib)
+    impls[FI] = (fi, None)
+    unchained = copy.deepcopy(fi)
+    for m in unchained.modules():
+        if isinstance(m, fastinfer.nn.Int8Conv2d):
+            m.out_scale = None
+    impls[FI_UNCHAINED] = (unchained, None)
+    return impls
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    info = machine_info(args.threads)
+    print(f"# {info['cpu']} | fastinfer ISA {info['isa_active']} | threads {args.threads} | torch {info['torch']} | "
+          f"{info['date']}")
+    fp32 = build_model()
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(8, 3, 224, 224, generator=g) for _ in range(args.calib_batches)]
+    held_out = torch.randn(16, 3, 224, 224, generator=g)
+    impls = build_impls(fp32, calib)
+    fi_report = impls[FI][0].fastinfer_report
+    print(f"# fastinfer: {len(fi_report.swapped)} layers int8, {len(fi_report.chained)} int8 hand-offs, "
+          f"{len(fi_report.skipped)} skipped")
+
+    def call(name, x):
+        fn, engine = impls[name]
+        if engine:
+            torch.backends.quantized.engine = engine
+        return fn(x)
+
+    quality = {}
+    with torch.inference_mode():
+        ref = call(FP32, held_out)
+        for name in (AO, FI, FI_UNCHAINED):
+            out = call(name, held_out)
+            cos = torch.nn.functional.cosine_similarity(out.float(), ref, dim=1)
+            top1 = (out.argmax(1) == ref.argmax(1)).float().mean().item()
+            quality[name] = {"cos_mean": cos.mean().item(), "cos_min": cos.min().item(), "top1_agree": top1}
+    rows = []
+    names = list(impls)
+    for n in args.batches:
+        x = torch.randn(n, 3, 224, 224, generator=g)
+        per_round = {name: [] for name in names}
+        with torch.inference_mode():
+            for r in range(args.repeats):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    per_round[name].append(time_call(lambda: call(name, x), min_time_s=args.min_time,
+                                                     min_iters=3, warmup=1)["median_ms"])
+        for name in names:
+            ms = per_round[name]
+            rows.append({"model": "resnet50", "impl": name, "N": n, "threads": args.threads,
+                         "median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms),
+                         "rounds_ms": ms, "images_per_s": n / (statistics.median(ms) * 1e-3)})
+    print(f"\n{'impl':<30} {'N':>2} {'median ms':>10} {'min':>8} {'max':>8} {'img/s':>8} {'vs fp32*':>8} "
+          f"{'vs ao':>6}  cos mean / min, top-1 agree")
+    for n in args.batches:
+        by = {r["impl"]: r for r in rows if r["N"] == n}
+        best_fp32 = min(by[FP32]["median_ms"], by[FP32_CL]["median_ms"])
+        for name in names:
+            r = by[name]
+            r["speedup_vs_best_fp32"] = best_fp32 / r["median_ms"]
+            r["speedup_vs_torch_ao"] = by[AO]["median_ms"] / r["median_ms"]
+            q = quality.get(name)
+            qs = f"{q['cos_mean']:.4f} / {q['cos_min']:.4f}, {q['top1_agree']:.2f}" if q else ""
+            print(f"{name:<30} {n:>2} {r['median_ms']:>10.2f} {r['min_ms']:>8.2f} {r['max_ms']:>8.2f} "
+                  f"{r['images_per_s']:>8.1f} {r['speedup_vs_best_fp32']:>7.2f}x {r['speedup_vs_torch_ao']:>5.2f}x  {qs}")
+    print("# fp32* = the faster fp32 layout of the same batch; quality on 16 held-out random images")
+    return {"machine": info, "rows": rows, "quality": quality,
+            "fastinfer_report": {"swapped": len(fi_report.swapped), "chained": fi_report.chained,
+                                 "skipped": fi_report.skipped}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--repeats", type=int, default=5, help="timing rounds per batch (median over rounds)")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per row and round")
+    p.add_argument("--calib-batches", type=int, default=4, help="calibration batches of 8 random images")
+    p.add_argument("--json", help="write rows, quality and machine info here")
+    args = p.parse_args(argv)
+    args.batches = [int(v) for v in args.batches.split(",")]
+    result = run(args)
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
