@@ -39,6 +39,17 @@ inline std::vector<int64_t> out_shape(const at::Tensor& x, int64_t N) {
 
 inline bool is_depthwise(int64_t groups, int64_t cin, int64_t cout) { return groups > 1 && groups == cin && cout == cin; }
 
+// A sliding window's kernel_size, stride, padding and dilation (two values each), checked.
+inline void check_window(const char* op, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef pad,
+                         at::IntArrayRef dil) {
+  TORCH_CHECK(k.size() == 2 && s.size() == 2 && pad.size() == 2 && dil.size() == 2, "fastinfer.", op,
+              ": kernel_size, stride, padding and dilation must have 2 values each");
+  TORCH_CHECK(k[0] >= 1 && k[1] >= 1, "fastinfer.", op, ": kernel_size must be >= 1, got ", k);
+  TORCH_CHECK(s[0] >= 1 && s[1] >= 1, "fastinfer.", op, ": stride must be >= 1, got ", s);
+  TORCH_CHECK(pad[0] >= 0 && pad[1] >= 0, "fastinfer.", op, ": padding must be >= 0, got ", pad);
+  TORCH_CHECK(dil[0] >= 1 && dil[1] >= 1, "fastinfer.", op, ": dilation must be >= 1, got ", dil);
+}
+
 // A convolution's geometry from int8_conv2d's arguments, checked (the same messages on every device).
 struct ConvArgs {
   int64_t N, C, H, W, Cout, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, groups;
@@ -48,12 +59,7 @@ inline ConvArgs conv_args(const at::Tensor& x, int64_t cout, at::IntArrayRef k, 
                           at::IntArrayRef pad, at::IntArrayRef dil, int64_t groups) {
   const char* op = "int8_conv2d";
   TORCH_CHECK(x.dim() == 4, "fastinfer.int8_conv2d: x must be 4-D [N, C, H, W], got shape ", x.sizes());
-  TORCH_CHECK(k.size() == 2 && s.size() == 2 && pad.size() == 2 && dil.size() == 2,
-              "fastinfer.int8_conv2d: kernel_size, stride, padding and dilation must have 2 values each");
-  TORCH_CHECK(k[0] >= 1 && k[1] >= 1, "fastinfer.int8_conv2d: kernel_size must be >= 1, got ", k);
-  TORCH_CHECK(s[0] >= 1 && s[1] >= 1, "fastinfer.int8_conv2d: stride must be >= 1, got ", s);
-  TORCH_CHECK(pad[0] >= 0 && pad[1] >= 0, "fastinfer.int8_conv2d: padding must be >= 0, got ", pad);
-  TORCH_CHECK(dil[0] >= 1 && dil[1] >= 1, "fastinfer.int8_conv2d: dilation must be >= 1, got ", dil);
+  check_window(op, k, s, pad, dil);
   ConvArgs a{x.size(0), x.size(1), x.size(2), x.size(3), cout, 0, 0, k[0], k[1], s[0], s[1], pad[0], pad[1],
              dil[0], dil[1], groups};
   TORCH_CHECK(groups >= 1 && a.C % groups == 0 && cout % groups == 0, "fastinfer.", op, ": groups=", groups,
@@ -82,13 +88,9 @@ inline int64_t pool_out_size(int64_t in, int64_t k, int64_t s, int64_t pad, int6
 inline PoolArgs pool_args(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef pad,
                           at::IntArrayRef dil, bool ceil_mode) {
   TORCH_CHECK(x.dim() == 4, "fastinfer.int8_max_pool2d: x must be 4-D [N, C, H, W], got shape ", x.sizes());
-  TORCH_CHECK(k.size() == 2 && s.size() == 2 && pad.size() == 2 && dil.size() == 2,
-              "fastinfer.int8_max_pool2d: kernel_size, stride, padding and dilation must have 2 values each");
-  TORCH_CHECK(k[0] >= 1 && k[1] >= 1, "fastinfer.int8_max_pool2d: kernel_size must be >= 1, got ", k);
-  TORCH_CHECK(s[0] >= 1 && s[1] >= 1, "fastinfer.int8_max_pool2d: stride must be >= 1, got ", s);
-  TORCH_CHECK(dil[0] >= 1 && dil[1] >= 1, "fastinfer.int8_max_pool2d: dilation must be >= 1, got ", dil);
-  TORCH_CHECK(pad[0] >= 0 && pad[1] >= 0 && 2 * pad[0] <= k[0] && 2 * pad[1] <= k[1],
-              "fastinfer.int8_max_pool2d: padding must be >= 0 and at most half the kernel size ", k, ", got ", pad);
+  check_window("int8_max_pool2d", k, s, pad, dil);
+  TORCH_CHECK(2 * pad[0] <= k[0] && 2 * pad[1] <= k[1],
+              "fastinfer.int8_max_pool2d: padding must be at most half the kernel size ", k, ", got ", pad);
   PoolArgs a{x.size(0), x.size(1), x.size(2), x.size(3), 0, 0, k[0], k[1], s[0], s[1], pad[0], pad[1],
              dil[0], dil[1]};
   a.OH = pool_out_size(a.H, a.KH, a.SH, a.PH, a.DH, ceil_mode);
