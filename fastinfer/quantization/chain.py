@@ -41,7 +41,8 @@ def chain_int8_convs(model: nn.Module) -> List[str]:
     """Sets out_scale on every static Int8Conv2d of ``model`` that can hand int8 to its consumers;
     returns "producer -> consumer" lines (one per consumer)."""
     chained: List[str] = []
-    _chain_module("", model, chained)
+    if any(_static_conv(m) for m in model.modules()):  # no tracing for models without static convs
+        _chain_module("", model, chained)
     return chained
 
 
