@@ -50,6 +50,16 @@ inline void check_window(const char* op, at::IntArrayRef k, at::IntArrayRef s, a
   TORCH_CHECK(dil[0] >= 1 && dil[1] >= 1, "fastinfer.", op, ": dilation must be >= 1, got ", dil);
 }
 
+// Output size of a sliding window (torch's rule; ceil_mode for pooling). A window larger than the padded
+// input gives <= 0 (callers check).
+inline int64_t window_out_size(int64_t in, int64_t k, int64_t s, int64_t pad, int64_t d, bool ceil_mode) {
+  const int64_t span = in + 2 * pad - d * (k - 1) - 1;
+  if (span < 0) return 0;
+  int64_t out = (span + (ceil_mode ? s - 1 : 0)) / s + 1;
+  if (ceil_mode && (out - 1) * s >= in + pad) --out;  // the last window must start inside the input or left pad
+  return out;
+}
+
 // A convolution's geometry from int8_conv2d's arguments, checked (the same messages on every device).
 struct ConvArgs {
   int64_t N, C, H, W, Cout, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW, groups;
@@ -65,8 +75,8 @@ inline ConvArgs conv_args(const at::Tensor& x, int64_t cout, at::IntArrayRef k, 
   TORCH_CHECK(groups >= 1 && a.C % groups == 0 && cout % groups == 0, "fastinfer.", op, ": groups=", groups,
               " must divide the input channels (", a.C, ") and output channels (", cout, ")");
   const int64_t eff_h = a.DH * (a.KH - 1) + 1, eff_w = a.DW * (a.KW - 1) + 1;
-  a.OH = (a.H + 2 * a.PH - eff_h) / a.SH + 1;
-  a.OW = (a.W + 2 * a.PW - eff_w) / a.SW + 1;
+  a.OH = window_out_size(a.H, a.KH, a.SH, a.PH, a.DH, false);
+  a.OW = window_out_size(a.W, a.KW, a.SW, a.PW, a.DW, false);
   TORCH_CHECK(a.H + 2 * a.PH >= eff_h && a.W + 2 * a.PW >= eff_w, "fastinfer.int8_conv2d: input ", a.H, "x", a.W,
               " (padded ", a.H + 2 * a.PH, "x", a.W + 2 * a.PW, ") is smaller than the dilated kernel ", eff_h, "x",
               eff_w);
@@ -78,13 +88,6 @@ struct PoolArgs {
   int64_t N, C, H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW;
 };
 
-inline int64_t pool_out_size(int64_t in, int64_t k, int64_t s, int64_t pad, int64_t d, bool ceil_mode) {
-  const int64_t span = in + 2 * pad - d * (k - 1) - 1;
-  int64_t out = (span + (ceil_mode ? s - 1 : 0)) / s + 1;
-  if (ceil_mode && (out - 1) * s >= in + pad) --out;  // the last window must start inside the input or left pad
-  return out;
-}
-
 inline PoolArgs pool_args(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef pad,
                           at::IntArrayRef dil, bool ceil_mode) {
   TORCH_CHECK(x.dim() == 4, "fastinfer.int8_max_pool2d: x must be 4-D [N, C, H, W], got shape ", x.sizes());
@@ -93,8 +96,8 @@ inline PoolArgs pool_args(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRe
               "fastinfer.int8_max_pool2d: padding must be at most half the kernel size ", k, ", got ", pad);
   PoolArgs a{x.size(0), x.size(1), x.size(2), x.size(3), 0, 0, k[0], k[1], s[0], s[1], pad[0], pad[1],
              dil[0], dil[1]};
-  a.OH = pool_out_size(a.H, a.KH, a.SH, a.PH, a.DH, ceil_mode);
-  a.OW = pool_out_size(a.W, a.KW, a.SW, a.PW, a.DW, ceil_mode);
+  a.OH = window_out_size(a.H, a.KH, a.SH, a.PH, a.DH, ceil_mode);
+  a.OW = window_out_size(a.W, a.KW, a.SW, a.PW, a.DW, ceil_mode);
   TORCH_CHECK(a.OH >= 1 && a.OW >= 1, "fastinfer.int8_max_pool2d: input ", a.H, "x", a.W, " (padding ", pad,
               ") is smaller than the dilated kernel ", k, " with dilation ", dil);
   return a;

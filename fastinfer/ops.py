@@ -153,13 +153,14 @@ def int8_max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, 
     memory. The arguments mean what they mean for torch.nn.functional.max_pool2d (stride None = kernel_size;
     an int stands for both dimensions); the result equals max_pool2d of x as floats, cast back."""
     _check_devices("int8_max_pool2d", x=x)
-    k = _pair_arg(kernel_size)
-    return _ops.int8_max_pool2d(x, k, k if stride is None else _pair_arg(stride), _pair_arg(padding),
-                                _pair_arg(dilation), ceil_mode)
+    k = list(pair(kernel_size))
+    return _ops.int8_max_pool2d(x, k, k if stride is None else list(pair(stride)), list(pair(padding)),
+                                list(pair(dilation)), ceil_mode)
 
 
-def _pair_arg(v):
-    return [int(v), int(v)] if isinstance(v, int) else [int(e) for e in v]
+def pair(v) -> Tuple[int, int]:
+    """An int or a 2-sequence (kernel_size, stride, ...) as a pair of ints."""
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def int8_linear_weight_only(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -342,8 +343,8 @@ def _int8_conv2d_fake(x, packed_w, w_scale, bias, kernel_size, stride, padding, 
 
 
 def pool_output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
-    """torch's max_pool2d output size (csrc/op_args.h pool_out_size)."""
-    out = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
+    """torch's max_pool2d output size (csrc/op_args.h window_out_size)."""
+    out = conv_output_size(size + (s - 1 if ceil_mode else 0), k, s, p, d)  # s - 1 more: rounds up
     return out - 1 if ceil_mode and (out - 1) * s >= size + p else out
 
 

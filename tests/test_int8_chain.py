@@ -69,6 +69,8 @@ def test_int8_max_pool2d_bad_input():
         ops.int8_max_pool2d(x, 2, 0)
     with pytest.raises(RuntimeError, match="is smaller than the dilated kernel"):
         ops.int8_max_pool2d(x, 5, 1, 0, 2)
+    with pytest.raises(RuntimeError, match="is smaller than the dilated kernel"):  # no window, whatever the stride
+        ops.int8_max_pool2d(x, 9, 9)
 
 
 def test_opcheck_int8_max_pool2d():

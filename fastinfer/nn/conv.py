@@ -16,10 +16,6 @@ ACTIVATIONS = ("none", "relu", "relu6", "gelu")
 CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")
 
 
-def _pair(v) -> Tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def conv_padding(conv: nn.Conv2d) -> Tuple[int, int]:
     """Explicit zero padding of a conv (resolving 'valid' / 'same'); refuses what we cannot run exactly."""
     if conv.padding_mode != "zeros":
@@ -35,7 +31,7 @@ def conv_padding(conv: nn.Conv2d) -> Tuple[int, int]:
                                  "padding); Int8Conv2d supports symmetric zero padding only")
             pads.append(total // 2)
         return tuple(pads)
-    return _pair(conv.padding)
+    return ops.pair(conv.padding)
 
 
 class Int8Conv2d(nn.Module):
@@ -60,8 +56,8 @@ class Int8Conv2d(nn.Module):
         check_scale("x_scale", x_scale)
         check_scale("out_scale", out_scale)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.kernel_size, self.stride = ops.pair(kernel_size), ops.pair(stride)
+        self.padding, self.dilation = ops.pair(padding), ops.pair(dilation)
         self.activation, self.x_scale, self.out_scale = activation, x_scale, out_scale
         zeros = torch.zeros(out_channels, in_channels // groups, *self.kernel_size, dtype=torch.int8)
         self.register_buffer("packed_weight", ops.pack_conv_weight(zeros, groups))

@@ -21,7 +21,7 @@ from torch import fx, nn
 
 from ..nn.conv import Int8Conv2d
 from ..nn.pool import Int8MaxPool2d
-from .fuse import _join, _Tracer
+from .fuse import _join, walk_traced
 
 # Between two static int8 convs these keep int8 values exact: max pooling and ReLU commute with the
 # (monotonic, zero-preserving) requantization, dropout is the identity in eval mode. ReLU6 does not:
@@ -42,21 +42,9 @@ def chain_int8_convs(model: nn.Module) -> List[str]:
     returns "producer -> consumer" lines (one per consumer)."""
     chained: List[str] = []
     if any(_static_conv(m) for m in model.modules()):  # no tracing for models without static convs
-        _chain_module("", model, chained)
+        walk_traced("", model, lambda p, m, g: _chain_graph(p, m, g, chained),
+                    lambda p, m, _exc: _chain_sequential(p, m, chained) if type(m) is nn.Sequential else None)
     return chained
-
-
-def _chain_module(prefix: str, module: nn.Module, chained: List[str]) -> None:
-    try:
-        graph = _Tracer().trace(module)
-    except Exception:  # data-dependent control flow, unsupported ops: fall back to module order
-        if type(module) is nn.Sequential:
-            _chain_sequential(prefix, module, chained)
-        for name, child in module.named_children():
-            if next(child.children(), None) is not None and not type(child).__module__.startswith("fastinfer.nn"):
-                _chain_module(_join(prefix, name), child, chained)
-        return
-    _chain_graph(prefix, module, graph, chained)
 
 
 def _chain_graph(prefix: str, module: nn.Module, graph: fx.Graph, chained: List[str]) -> None:

@@ -16,13 +16,13 @@ class, its methods and every module name:
 
 Returning the module tree rather than a GraphModule keeps names stable for calibration and for the
 int8 swap, and lets one rule cover models fx cannot trace: their parts are fused by module
-pattern (see _fuse_untraceable) and come out in the same shape.
+pattern (see walk_traced and fuse_untraceable) and come out in the same shape.
 """
 from __future__ import annotations
 
 import copy
 from collections import Counter
-from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import Tensor, fx, nn
@@ -101,6 +101,24 @@ class _Tracer(fx.Tracer):
                 or super().is_leaf_module(m, qualname))
 
 
+def walk_traced(prefix: str, module: nn.Module, on_graph: Callable[[str, nn.Module, fx.Graph], None],
+                on_untraceable: Callable[[str, nn.Module, Exception], None]) -> None:
+    """Calls on_graph(prefix, module, graph) on the largest parts of ``module`` torch.fx can trace (with
+    fastinfer's layers and activation modules as leaves). Where it cannot trace a module (data-dependent
+    control flow, unsupported ops), calls on_untraceable(prefix, module, exc), then walks each child that
+    has children of its own. Assumes, as a Sequential's structure does, that a child is called only by its
+    parent's forward (not also directly from elsewhere)."""
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as exc:  # any failure to trace
+        on_untraceable(prefix, module, exc)
+        for name, child in module.named_children():
+            if next(child.children(), None) is not None and not type(child).__module__.startswith("fastinfer.nn"):
+                walk_traced(_join(prefix, name), child, on_graph, on_untraceable)
+        return
+    on_graph(prefix, module, graph)
+
+
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
@@ -165,29 +183,19 @@ class _Fuser:
     # -- the two ways of finding patterns
 
     def fuse_module(self, prefix: str, module: nn.Module, example_inputs: Optional[tuple]) -> None:
-        try:
-            graph = _Tracer().trace(module)
-        except Exception as exc:  # any failure to trace (data-dependent control flow, unsupported ops)
-            self.fuse_untraceable(prefix, module, exc)
-            return
-        self.fuse_graph(prefix, module, graph, example_inputs)
+        # example inputs fit the module they were given for only, not its children
+        walk_traced(prefix, module, lambda p, m, g: self.fuse_graph(p, m, g, example_inputs if m is module else None),
+                    self.fuse_untraceable)
 
     def fuse_untraceable(self, prefix: str, module: nn.Module, exc: Exception) -> None:
         """torch.fx could not trace ``module``: fuse adjacent children of a plain nn.Sequential (its
-        forward feeds each child's output only to the next child), then try each child with
-        children on its own, so traceable parts still get the full graph analysis.
-
-        Assumes, as a Sequential's structure does, that a child is called only by its parent's
-        forward (not also directly from elsewhere).
-        """
+        forward feeds each child's output only to the next child); walk_traced then tries each child
+        with children on its own, so traceable parts still get the full graph analysis."""
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         self.report.notes.append(f"{prefix or '<model>'} ({type(module).__name__}): torch.fx could not trace it "
                                  f"({type(exc).__name__}: {reason[:120]}); fused by module pattern")
         if type(module) is nn.Sequential:
             self.fuse_sequential(prefix, module)
-        for name, child in module.named_children():
-            if next(child.children(), None) is not None and not type(child).__module__.startswith("fastinfer.nn"):
-                self.fuse_module(_join(prefix, name), child, None)
 
     def fuse_sequential(self, prefix: str, seq: nn.Sequential) -> None:
         names = list(seq._modules.keys())
