@@ -10,10 +10,12 @@ trained network. Timing and the int8 paths do not depend on the weights' values.
 Rows (fp32 input NCHW, logits out, the whole forward timed):
   fp32 NCHW / fp32 channels_last   the float model (BatchNorm unfolded, as users run it)
   torch.ao FX static               prepare_fx -> calibrate -> convert_fx, qconfig mapping 'x86'
-  fastinfer                        fastinfer.fuse -> quantize(scheme='w8a8_static') with the same calibration
-  fastinfer, no int8 hand-offs     the same model with every conv's out_scale cleared: each conv writes fp32
-                                   and the next one quantizes it again (what quantize did before it traced
-                                   a forward to find conv -> conv hand-offs)
+  fastinfer                        fastinfer.fuse -> quantize(scheme='w8a8_static') with the same calibration:
+                                   int8 hand-offs between convs, residual adds rewritten to int8 (Int8Add)
+  fastinfer, int8_residuals=False  quantize(..., int8_residuals=False): the blocks' forwards as written, so
+                                   the residual adds and the stream between blocks stay fp32
+  fastinfer, no int8 hand-offs     that model with every conv's out_scale cleared: each conv writes fp32 and
+                                   the next one quantizes it again
 Each round times every row (min-time each) in rotated order; the table gives the median over rounds.
 Quality: cosine similarity of each int8 model's logits with fp32's on held-out random images.
 """
@@ -103,7 +105,7 @@ def build_model(seed: int = 0) -> nn.Module:
 
 
 FP32, FP32_CL, AO, FI = "fp32 NCHW", "fp32 channels_last", "torch.ao FX static (x86)", "fastinfer fuse+w8a8_static"
-FI_UNCHAINED = "fastinfer, no int8 hand-offs"
+FI_FP32_RES, FI_UNCHAINED = "fastinfer, int8_residuals=False", "fastinfer, no int8 hand-offs"
 
 
 def build_impls(fp32: nn.Module, calib):
@@ -124,7 +126,10 @@ def build_impls(fp32: nn.Module, calib):
         impls[AO] = (convert_fx(prepared), "x86")
     fi = fastinfer.quantize(fastinfer.fuse(fp32, example_inputs=calib[0]), scheme="w8a8_static", calib_data=calib)
     impls[FI] = (fi, None)
-    unchained = copy.deepcopy(fi)
+    fp32_res = fastinfer.quantize(fastinfer.fuse(fp32, example_inputs=calib[0]), scheme="w8a8_static",
+                                  calib_data=calib, int8_residuals=False)
+    impls[FI_FP32_RES] = (fp32_res, None)
+    unchained = copy.deepcopy(fp32_res)
     for m in unchained.modules():
         if isinstance(m, fastinfer.nn.Int8Conv2d):
             m.out_scale = None
@@ -144,7 +149,7 @@ def run(args) -> dict:
     impls = build_impls(fp32, calib)
     fi_report = impls[FI][0].fastinfer_report
     print(f"# fastinfer: {len(fi_report.swapped)} layers int8, {len(fi_report.chained)} int8 hand-offs, "
-          f"{len(fi_report.skipped)} skipped")
+          f"{len(fi_report.rewritten)} blocks with an int8 residual add, {len(fi_report.skipped)} skipped")
 
     def call(name, x):
         fn, engine = impls[name]
@@ -155,7 +160,7 @@ def run(args) -> dict:
     quality = {}
     with torch.inference_mode():
         ref = call(FP32, held_out)
-        for name in (AO, FI, FI_UNCHAINED):
+        for name in (AO, FI, FI_FP32_RES, FI_UNCHAINED):
             out = call(name, held_out)
             cos = torch.nn.functional.cosine_similarity(out.float(), ref, dim=1)
             top1 = (out.argmax(1) == ref.argmax(1)).float().mean().item()
@@ -175,7 +180,7 @@ def run(args) -> dict:
             rows.append({"model": "resnet50", "impl": name, "N": n, "threads": args.threads,
                          "median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms),
                          "rounds_ms": ms, "images_per_s": n / (statistics.median(ms) * 1e-3)})
-    print(f"\n{'impl':<30} {'N':>2} {'median ms':>10} {'min':>8} {'max':>8} {'img/s':>8} {'vs fp32*':>8} "
+    print(f"\n{'impl':<33} {'N':>2} {'median ms':>10} {'min':>8} {'max':>8} {'img/s':>8} {'vs fp32*':>8} "
           f"{'vs ao':>6}  cos mean / min, top-1 agree")
     for n in args.batches:
         by = {r["impl"]: r for r in rows if r["N"] == n}
@@ -186,11 +191,12 @@ def run(args) -> dict:
             r["speedup_vs_torch_ao"] = by[AO]["median_ms"] / r["median_ms"]
             q = quality.get(name)
             qs = f"{q['cos_mean']:.4f} / {q['cos_min']:.4f}, {q['top1_agree']:.2f}" if q else ""
-            print(f"{name:<30} {n:>2} {r['median_ms']:>10.2f} {r['min_ms']:>8.2f} {r['max_ms']:>8.2f} "
+            print(f"{name:<33} {n:>2} {r['median_ms']:>10.2f} {r['min_ms']:>8.2f} {r['max_ms']:>8.2f} "
                   f"{r['images_per_s']:>8.1f} {r['speedup_vs_best_fp32']:>7.2f}x {r['speedup_vs_torch_ao']:>5.2f}x  {qs}")
     print("# fp32* = the faster fp32 layout of the same batch; quality on 16 held-out random images")
     return {"machine": info, "rows": rows, "quality": quality,
             "fastinfer_report": {"swapped": len(fi_report.swapped), "chained": fi_report.chained,
+                                 "rewritten": fi_report.rewritten,
                                  "skipped": fi_report.skipped}}
 
 

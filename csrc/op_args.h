@@ -103,4 +103,28 @@ inline PoolArgs pool_args(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRe
   return a;
 }
 
+// int8_add's operands: each int8 with its scale or fp32 without one, the same shape (no broadcasting).
+// Returns the layout the op runs in: channels_last for 4-D operands, contiguous otherwise.
+inline at::MemoryFormat add_operands(const at::Tensor& a, const at::Tensor& b, const std::optional<double>& a_scale,
+                                     const std::optional<double>& b_scale, const std::optional<double>& out_scale) {
+  const char* op = "int8_add";
+  auto check = [&](const at::Tensor& t, const std::optional<double>& scale, const char* name) {
+    const bool int8 = t.scalar_type() == at::kChar;
+    TORCH_CHECK(int8 || t.scalar_type() == at::kFloat, "fastinfer.int8_add: ", name,
+                " must be int8 (with its scale) or float32, got ", t.scalar_type());
+    TORCH_CHECK(scale.has_value() == int8, "fastinfer.int8_add: ", name, "_scale ",
+                int8 ? "is needed for an int8 " : "must be None for a float32 ", name);
+  };
+  check(a, a_scale, "a");
+  check(b, b_scale, "b");
+  check_scale(a_scale, op, "a_scale");
+  check_scale(b_scale, op, "b_scale");
+  check_scale(out_scale, op, "out_scale");
+  TORCH_CHECK(a.sizes() == b.sizes(), "fastinfer.int8_add: a and b must have the same shape (no broadcasting), got ",
+              a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.device() == b.device(), "fastinfer.int8_add: a and b must be on the same device, got ", a.device(),
+              " and ", b.device());
+  return a.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
 }  // namespace fastinfer

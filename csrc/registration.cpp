@@ -68,6 +68,10 @@ TORCH_LIBRARY(fastinfer, m) {
   // Max pooling of int8 activations (channels_last out; what an int8 hand-off between convs passes through).
   m.def("int8_max_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
         "bool ceil_mode=False) -> Tensor");
+  // Residual add: a and b each int8 (with its scale) or fp32, same shape; optional ReLU; fp32 out, or int8
+  // requantized with out_scale (channels_last for 4-D operands). Ends an int8 ResNet block.
+  m.def("int8_add(Tensor a, Tensor b, float? a_scale=None, float? b_scale=None, bool relu=False, "
+        "float? out_scale=None) -> Tensor");
   // Sparse weights (layouts in csrc/kernels/sparse/sparse.h), packed once from a dense [N, K] weight:
   // csr16 / csr8 from fp32 -> (row_ptr, cols, values) / (row_ptr, offsets, group_base, values);
   // slot128 from int8 -> (grp_ptr, idx, values, w_sum).

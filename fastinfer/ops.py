@@ -24,7 +24,7 @@ SUPPORTED_DEVICES = ("cpu",)  # devices with kernels for every op
 LINEAR_DEVICES = ("cpu", "cuda") if BUILD["cuda"] else ("cpu",)
 _LINEAR_OPS = {"quantize_per_token", "pack_int8_weight", "unpack_int8_weight", "int8_mm", "int8_scaled_mm",
                "int8_linear_dynamic", "int8_linear_static", "int8_linear_weight_only", "pack_conv_weight",
-               "int8_conv2d", "int8_max_pool2d"}
+               "int8_conv2d", "int8_max_pool2d", "int8_add"}
 _PACK_NB, _PACK_KB, _HEADER_BYTES = 16, 4, 64
 CUDA_K_ALIGN = 16  # a CUDA packed weight is int8 [N, round_up(K, 16)] (PACKING.md)
 
@@ -158,6 +158,15 @@ def int8_max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, 
                                 list(pair(dilation)), ceil_mode)
 
 
+def int8_add(a: Tensor, b: Tensor, a_scale: Optional[float] = None, b_scale: Optional[float] = None,
+             relu: bool = False, out_scale: Optional[float] = None) -> Tensor:
+    """Residual add: a + b with each operand int8 (value = q * its scale) or float32 (no scale), the same
+    shape; ReLU when asked; float32 out, or int8 requantized with out_scale. 4-D operands run and come out
+    channels_last. fp32 arithmetic: (a * a_scale) + (b * b_scale), then the requantization rule."""
+    _check_devices("int8_add", a=a, b=b)
+    return _ops.int8_add(a, b, a_scale, b_scale, relu, out_scale)
+
+
 def pair(v) -> Tuple[int, int]:
     """An int or a 2-sequence (kernel_size, stride, ...) as a pair of ints."""
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
@@ -248,8 +257,9 @@ def set_isa_cap(isa: str) -> str:
 
 def last_kernel(family: str) -> str:
     """Which ISA served the latest call of a kernel family: int8_gemm, w8_gemm, quantize, dwconv, sparse,
-    or conv_direct (the AMX or AVX-512 VNNI convolution that reads its padded input directly; "" when
-    the latest non-depthwise convolution gathered rows for the int8 GEMM instead)."""
+    conv_direct (the AMX or AVX-512 VNNI convolution that reads its padded input directly; "" when
+    the latest non-depthwise convolution gathered rows for the int8 GEMM instead), or add (int8_add;
+    'ref' is the portable kernel)."""
     return _ops.last_kernel(family)
 
 
@@ -354,6 +364,12 @@ def _int8_max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode=F
     oh = pool_output_size(h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
     ow = pool_output_size(w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
     return x.new_empty((n, c, oh, ow)).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("fastinfer::int8_add")
+def _int8_add_fake(a, b, a_scale=None, b_scale=None, relu=False, out_scale=None):
+    out = a.new_empty(a.shape, dtype=torch.int8 if out_scale is not None else torch.float32)
+    return out.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else out
 
 
 def int8_peak_probe(iters: int) -> int:

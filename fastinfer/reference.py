@@ -150,6 +150,17 @@ def int8_max_pool2d(x: Tensor, kernel_size, stride, padding, dilation, ceil_mode
     return torch.nn.functional.max_pool2d(x.float(), kernel_size, stride, padding, dilation, ceil_mode).to(torch.int8)
 
 
+def int8_add(a: Tensor, b: Tensor, a_scale: Optional[float] = None, b_scale: Optional[float] = None,
+             relu: bool = False, out_scale: Optional[float] = None) -> Tensor:
+    """(a * a_scale) + (b * b_scale) in fp32 (an fp32 operand as is), ReLU, optional requantization."""
+    def value(t, scale):
+        return t.float() * _f32(scale) if t.dtype == torch.int8 else t
+    y = value(a, a_scale) + value(b, b_scale)
+    if relu:
+        y = apply_activation(y, "relu")
+    return requantize(y, out_scale) if out_scale is not None else y
+
+
 def _conv_epilogue(acc: Tensor, a_scale: Tensor, w_scale: Tensor, bias: Optional[Tensor], activation: str,
                    out_scale: Optional[float]) -> Tensor:
     """The convolution's folded epilogue (EPILOGUE.md, "Convolutions"): s = a_scale * w_scale, and for an

@@ -12,6 +12,8 @@ from fastinfer import ops
 from fastinfer import reference as ref
 from fastinfer.nn import Int8Conv2d, Int8MaxPool2d
 
+from conftest import assert_served
+
 # (N, C, H, W, kernel, stride, padding, dilation, ceil_mode)
 POOLS = [
     (1, 3, 7, 7, 3, 2, 1, 1, False),
@@ -223,3 +225,213 @@ def test_untraceable_model_falls_back_to_sequential_order():
     x = torch.randn(2, 3, 20, 20)
     with torch.inference_mode():
         torch.testing.assert_close(q(x), unchained(q)(x), rtol=0.02, atol=0.02)
+
+
+# ---------------------------------------------------------------- the residual add (ops.int8_add, Int8Add)
+
+ADD_SHAPES = [(2, 13, 5, 7), (1, 64, 9, 9), (37,), (3, 1029)]
+
+
+def _operand(kind, shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "int8":
+        return torch.randint(-128, 128, shape, generator=g, dtype=torch.int8), 0.037
+    x = torch.randn(shape, generator=g) * 3
+    flat = x.view(-1)
+    flat[:6] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 1e30, -1e30])[: flat.numel()]
+    return x, None
+
+
+@pytest.mark.parametrize("shape", ADD_SHAPES, ids=[str(s) for s in ADD_SHAPES])
+@pytest.mark.parametrize("kinds", [("int8", "int8"), ("fp32", "int8"), ("int8", "fp32"), ("fp32", "fp32")],
+                         ids=lambda k: "+".join(k))
+@pytest.mark.parametrize("relu", [False, True], ids=["add", "add_relu"])
+@pytest.mark.parametrize("out_scale", [None, 0.05], ids=["fp32_out", "int8_out"])
+def test_int8_add_matches_reference(isa, shape, kinds, relu, out_scale):
+    a, sa = _operand(kinds[0], shape, 1)
+    b, sb = _operand(kinds[1], shape, 2)
+    if len(shape) == 4:  # mixed layouts: the op runs channels_last
+        a = a.contiguous(memory_format=torch.channels_last)
+    out = ops.int8_add(a, b, sa, sb, relu, out_scale)
+    want = ref.int8_add(a, b, sa, sb, relu, out_scale)
+    assert out.dtype == (torch.int8 if out_scale else torch.float32) and out.shape == want.shape
+    if len(shape) == 4:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, want, rtol=0, atol=0, equal_nan=True)
+    assert_served("add", isa)
+
+
+def test_int8_add_rounds_half_to_even_and_threads(isa):
+    a = torch.arange(-300, 300, dtype=torch.float32) * 0.5  # every half-way point of the rounding, and clamps
+    z = torch.zeros_like(a)
+    torch.testing.assert_close(ops.int8_add(a, z, out_scale=1.0), ref.int8_add(a, z, out_scale=1.0), rtol=0, atol=0)
+    x = torch.randint(-128, 128, (3, 40, 23, 19), dtype=torch.int8)
+    y = torch.randn(3, 40, 23, 19)
+    want = ref.int8_add(x, y, 0.1, None, True, 0.2)
+    old = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            assert torch.equal(ops.int8_add(x, y, 0.1, None, True, 0.2), want)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_int8_add_bad_input():
+    a = torch.zeros(2, 4, 3, 3, dtype=torch.int8)
+    f = torch.zeros(2, 4, 3, 3)
+    with pytest.raises(RuntimeError, match="a_scale is needed for an int8 a"):
+        ops.int8_add(a, f)
+    with pytest.raises(RuntimeError, match="b_scale must be None for a float32 b"):
+        ops.int8_add(a, f, 0.1, 0.1)
+    with pytest.raises(RuntimeError, match="same shape"):
+        ops.int8_add(a, f[:, :2], 0.1)
+    with pytest.raises(RuntimeError, match="b must be int8 .* or float32"):
+        ops.int8_add(a, f.double(), 0.1)
+    with pytest.raises(RuntimeError, match="out_scale must be a positive finite number"):
+        ops.int8_add(a, f, 0.1, None, False, -1.0)
+
+
+def test_opcheck_int8_add():
+    a = torch.randint(-128, 128, (2, 6, 5, 4), dtype=torch.int8)
+    b = torch.randn(2, 6, 5, 4)
+    torch.library.opcheck(torch.ops.fastinfer.int8_add.default, (a, b, 0.1, None, True, 0.05))
+    torch.library.opcheck(torch.ops.fastinfer.int8_add.default, (b, b, None, None, False, None))
+
+
+def test_int8_add_module():
+    from fastinfer.nn import Int8Add
+
+    a, b = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)
+    assert torch.equal(Int8Add(relu=True)(a, b), torch.relu(a + b))  # nothing int8: torch's own
+    bias = torch.randn(4, 1, 1)
+    assert torch.equal(Int8Add()(a, bias), a + bias)  # broadcasting still works
+    qa = torch.randint(-128, 128, (2, 4, 5, 5), dtype=torch.int8)
+    mod = Int8Add(relu=True, a_scale=0.1, out_scale=0.05)
+    assert torch.equal(mod(qa, b), ref.int8_add(qa, b, 0.1, None, True, 0.05))
+    assert torch.equal(mod(qa, bias), ref.int8_add(qa.float() * torch.tensor(0.1), bias.expand_as(b), None, None,
+                                                   True, 0.05))
+    state = mod.state_dict()
+    fresh = Int8Add()
+    fresh.load_state_dict(state)
+    assert (fresh.relu, fresh.a_scale, fresh.out_scale) == (True, 0.1, 0.05)
+
+
+class Bottle(nn.Module):
+    """A ResNet bottleneck as torchvision writes it: shared ReLU, `out += identity`."""
+
+    def __init__(self, cin, width, cout, stride=1):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class TinyResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16)
+        self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+        self.layer = nn.Sequential(Bottle(16, 8, 32, 2), Bottle(32, 8, 32))
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x):
+        x = self.layer(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _trained_like(model, seed=0):
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 3, 20, 20))
+    return model.eval()
+
+
+def test_residual_adds_become_int8():
+    from fastinfer.nn import Int8Add
+
+    model = _trained_like(TinyResNet())
+    q = quantize_static(copy.deepcopy(model))
+    kept = fastinfer.quantize(fastinfer.fuse(copy.deepcopy(model)), scheme="w8a8_static",
+                              calib_data=[torch.randn(4, 3, 20, 20) for _ in range(3)], int8_residuals=False)
+    r = q.fastinfer_report
+    assert r.rewritten == ["layer.1", "layer.0"] and kept.fastinfer_report.rewritten == []
+    assert type(kept.layer[0]) is Bottle
+    b0, b1 = q.layer[0], q.layer[1]
+    assert isinstance(b0, torch.fx.GraphModule) and type(b0).__name__ == "Bottle"
+    assert isinstance(b0.residual_add, Int8Add) and b0.residual_add.relu
+    # block 0's output is int8 for block 1's conv1 and for its residual add; block 1 feeds a float pooling
+    assert "layer.0.residual_add -> layer.1.conv1" in r.chained
+    assert "layer.0.residual_add -> layer.1.residual_add" in r.chained
+    assert b0.residual_add.out_scale == b1.conv1.x_scale == b1.residual_add.b_scale
+    assert b1.residual_add.out_scale is None
+    # conv3 and the downsample conv feed only the add: int8 with their own calibrated output scales
+    assert "layer.1.conv3 -> layer.1.residual_add" in r.chained
+    assert "layer.0.downsample.0 -> layer.0.residual_add" in r.chained
+    assert b1.residual_add.a_scale == b1.conv3.out_scale and b0.residual_add.b_scale == b0.downsample[0].out_scale
+    # the shared ReLU after conv1/conv2 (which apply it themselves) is gone from the rewritten forward
+    assert "relu" not in b1.code
+    # the state_dict keeps every key (the Int8Add adds its extra state)
+    keys = {k for k in q.state_dict() if not k.endswith("residual_add._extra_state")}
+    assert keys == set(kept.state_dict())
+    x = torch.randn(6, 3, 20, 20)
+    with torch.inference_mode():
+        h = q.maxpool(q.relu(q.bn1(q.conv1(x))))
+        assert h.dtype == torch.int8 and q.layer[0](h).dtype == torch.int8
+        y, y_fp32 = q(x), model(x)
+        assert F.cosine_similarity(y.flatten(), y_fp32.flatten(), dim=0) > 0.99
+    compiled = torch.compile(q, fullgraph=True)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(x), y, rtol=1e-5, atol=1e-5)
+
+
+def test_residual_adds_left_alone():
+    class RootAdd(nn.Module):  # an add in the model's own forward: the model object is never replaced
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return torch.relu(self.a(x) + self.b(x))
+
+    class BiasAdd(nn.Module):  # conv output + a parameter: not a residual add
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3, padding=1)
+            self.shift = nn.Parameter(torch.randn(4, 1, 1))
+
+        def forward(self, x):
+            return self.c(x) + self.shift
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = BiasAdd()
+
+        def forward(self, x):
+            return self.inner(x)
+
+    for model in (RootAdd(), Wrap()):
+        q = quantize_static(model)
+        assert q.fastinfer_report.rewritten == []
+        with torch.inference_mode():
+            q(torch.randn(2, 3, 20, 20))

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "../kernels/conv/add.h"
 #include "../kernels/conv/im2row.h"
 #include "../kernels/conv/pool.h"
 #include "entry.h"
@@ -574,12 +575,39 @@ at::Tensor int8_max_pool2d(const at::Tensor& x, at::IntArrayRef kernel_size, at:
   return out;
 }
 
+at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<double> a_scale,
+                    std::optional<double> b_scale, bool relu, std::optional<double> out_scale) {
+  const char* op = "int8_add";
+  check_cpu(a, op, "a");
+  check_cpu(b, op, "b");
+  const at::MemoryFormat fmt = add_operands(a, b, a_scale, b_scale, out_scale);
+  const at::Tensor ac = a.contiguous(fmt), bc = b.contiguous(fmt);
+  at::Tensor out = at::empty(a.sizes(), a.options().dtype(out_scale ? at::kChar : at::kFloat).memory_format(fmt));
+  kernels::AddParams p;
+  p.a = ac.data_ptr();
+  p.b = bc.data_ptr();
+  p.a_int8 = a.scalar_type() == at::kChar;
+  p.b_int8 = b.scalar_type() == at::kChar;
+  p.a_scale = a_scale ? static_cast<float>(*a_scale) : 1.0f;
+  p.b_scale = b_scale ? static_cast<float>(*b_scale) : 1.0f;
+  p.relu = relu;
+  p.out = out.data_ptr();
+  p.out_int8 = out_scale.has_value();
+  p.out_inv_scale = out_scale ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
+  const kernels::KernelSet& ks = kernels_for(Family::Add);
+  const kernels::AddFn fn = ks.add_act ? ks.add_act : kernels::add_act;
+  if (!ks.add_act) record_kernel(Family::Add, Isa::Ref);  // the portable kernel served
+  at::parallel_for(0, out.numel(), 1 << 16, [&](int64_t i0, int64_t i1) { fn(p, i0, i1); });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastinfer, CPU, m) {
   m.impl("pack_conv_weight", &pack_conv_weight);
   m.impl("int8_conv2d", &int8_conv2d);
   m.impl("int8_max_pool2d", &int8_max_pool2d);
+  m.impl("int8_add", &int8_add);
 }
 
 }  // namespace cpu

@@ -10,7 +10,9 @@ namespace cpu {
 
 // Kernel families, for "which path served the last call" (tests assert on it). ConvDirect: the
 // convolution that reads a padded input in place (AMX, AVX-512 VNNI); one that gathers rows clears it.
-enum class Family : int { Int8Gemm = 0, W8Gemm = 1, Quantize = 2, DwConv = 3, Sparse = 4, ConvDirect = 5, kCount = 6 };
+enum class Family : int {
+  Int8Gemm = 0, W8Gemm = 1, Quantize = 2, DwConv = 3, Sparse = 4, ConvDirect = 5, Add = 6, kCount = 7
+};
 
 // The kernel set for the active ISA; records the tier that serves `family` (on AMX only the int8
 // GEMM is AMX code: the other families run the AVX-512 VNNI kernels of the set and say so).

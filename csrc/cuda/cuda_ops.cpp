@@ -675,6 +675,23 @@ at::Tensor int8_max_pool2d(const at::Tensor& x, at::IntArrayRef kernel_size, at:
       .contiguous(at::MemoryFormat::ChannelsLast);
 }
 
+// The residual add on the GPU, composed of ATen ops with the CPU kernel's arithmetic (fp32 products and
+// sum, ReLU, then the requantization rule of every int8 output). Memory-bound; not fused.
+at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<double> a_scale,
+                    std::optional<double> b_scale, bool relu, std::optional<double> out_scale) {
+  const at::MemoryFormat fmt = add_operands(a, b, a_scale, b_scale, out_scale);
+  const c10::cuda::CUDAGuard guard(a.device());
+  auto value = [&](const at::Tensor& t, const std::optional<double>& scale) {
+    const at::Tensor c = t.contiguous(fmt);
+    return scale ? c.to(at::kFloat).mul(static_cast<float>(*scale)) : c;
+  };
+  at::Tensor y = value(a, a_scale).add(value(b, b_scale));
+  if (relu) y = at::where(y < 0, at::zeros_like(y), y);  // NaN stays NaN
+  if (!out_scale) return y.contiguous(fmt);
+  const float inv = 1.0f / static_cast<float>(*out_scale);
+  return at::nan_to_num(y.mul(inv), 0.0).clamp(-127, 127).round().to(at::kChar).contiguous(fmt);
+}
+
 std::string last_kernel() {
   switch (static_cast<Served>(g_served.load())) {
     case Served::Sm80: return "sm80_mma";
@@ -707,6 +724,7 @@ TORCH_LIBRARY_IMPL(fastinfer, CUDA, m) {
   m.impl("pack_conv_weight", &pack_conv_weight);
   m.impl("int8_conv2d", &int8_conv2d);
   m.impl("int8_max_pool2d", &int8_max_pool2d);
+  m.impl("int8_add", &int8_add);
 }
 
 }  // namespace cuda

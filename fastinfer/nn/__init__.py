@@ -2,7 +2,7 @@
 from .conv import Int8Conv2d
 from .fused import ConvAct2d, LinearAct
 from .linear import SCHEMES, Int8Linear
-from .pool import Int8MaxPool2d
+from .pool import Int8Add, Int8MaxPool2d
 from .sparse import SparseLinear
 
-__all__ = ["Int8Linear", "Int8Conv2d", "SparseLinear", "Int8MaxPool2d", "ConvAct2d", "LinearAct", "SCHEMES"]
+__all__ = ["Int8Linear", "Int8Conv2d", "SparseLinear", "Int8MaxPool2d", "Int8Add", "ConvAct2d", "LinearAct", "SCHEMES"]

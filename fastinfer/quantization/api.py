@@ -12,7 +12,7 @@ from ..nn.conv import Int8Conv2d
 from ..nn.fused import ConvAct2d, LinearAct
 from ..nn.linear import SCHEMES, Int8Linear, check_scheme
 from .calibrate import calibrate
-from .chain import chain_int8_convs
+from .chain import chain_int8_convs, rewrite_residual_adds
 from .observers import OBSERVERS
 from .smooth import smooth_factors
 
@@ -66,19 +66,21 @@ class QuantizationReport:
     swapped: List[str] = field(default_factory=list)
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (name, reason)
     chained: List[str] = field(default_factory=list)  # static int8 convs passing int8 to the next one
+    rewritten: List[str] = field(default_factory=list)  # submodules whose residual adds became Int8Add
 
     def __str__(self) -> str:
         lines = [f"fastinfer.quantize ({self.scheme}): swapped {len(self.swapped)} layer(s), "
                  f"skipped {len(self.skipped)}"]
         lines += [f"  swapped  {n}" for n in self.swapped]
         lines += [f"  skipped  {n}: {r}" for n, r in self.skipped]
+        lines += [f"  rewrote  {n}: residual add -> Int8Add (now a torch.fx.GraphModule)" for n in self.rewritten]
         lines += [f"  int8 out {c}" for c in self.chained]
         return "\n".join(lines)
 
 
 def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns = None, exclude: Patterns = None,
              *, config: Optional[QuantConfig] = None, calib_data=None, observer: str = "minmax",
-             smooth_alpha: Optional[float] = None, verbose: bool = False) -> nn.Module:
+             smooth_alpha: Optional[float] = None, int8_residuals: bool = True, verbose: bool = False) -> nn.Module:
     """Replaces the nn.Linear / nn.Conv2d layers of ``model`` (and fastinfer.nn.LinearAct / ConvAct2d
     from fastinfer.fuse) with :class:`fastinfer.nn.Int8Linear` / :class:`fastinfer.nn.Int8Conv2d`, in place.
 
@@ -90,6 +92,11 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     channel s = max|x|^alpha / max|w|^(1 - alpha) from the calibration batches; s is folded into the
     weights and 1 / s applied inside the activation quantization (0.5 is the usual choice). For
     models whose activations have outlier channels (transformers).
+
+    int8_residuals (w8a8_static): a residual add of a static conv's output (a ResNet block's
+    ``relu(conv3(...) + identity)``) becomes an Int8Add in the forward of the submodule that holds it
+    (which becomes a torch.fx.GraphModule under its name, children and state_dict keys unchanged), so that
+    the block's output can be int8 for the int8 convs it feeds. False keeps every forward as written.
 
     Layers that cannot be quantized (on an unsupported device, excluded, not included, a conv
     padding mode other than zeros, a conv under w8_only) are left unchanged. Returns the model;
@@ -142,10 +149,11 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     if smooth_alpha is not None:
         linears = [n for n, k in targets if k == "linear"]
         smooth = smooth_factors(model, calib_data, linears, smooth_alpha, progress=verbose)
-    scales = None
+    scales = calib = None
     if cfg.scheme == "w8a8_static":
         # Calibrate what the int8 layers will see: the smoothed input x / s of each smoothed Linear.
-        scales = _calibrated_input_scales(model, calib_data, cfg.observer, smooth, verbose)
+        calib = _calibrate(model, calib_data, cfg.observer, smooth, verbose)
+        scales = calib.input_scale
     for name, kind in targets:
         if scales is not None and name not in scales:
             report.skipped.append((name, "no activation scale from calibration (layer not called)"))
@@ -165,15 +173,17 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         setattr(parent, child, new)
         report.swapped.append(name)
     if cfg.scheme == "w8a8_static":
-        report.chained = chain_int8_convs(model)
+        if int8_residuals:
+            report.rewritten = rewrite_residual_adds(model)
+        report.chained = chain_int8_convs(model, calib.output_scale)
     model.fastinfer_report = report
     if verbose:
         print(report)
     return model
 
 
-def _calibrated_input_scales(model: nn.Module, calib_data, observer: str, smooth, verbose: bool):
-    """Per-layer input scales; for smoothed layers, of the smoothed input (hooks divide by s)."""
+def _calibrate(model: nn.Module, calib_data, observer: str, smooth, verbose: bool):
+    """Per-layer input and output scales; for smoothed layers, of the smoothed input (hooks divide by s)."""
     hooks = []
     modules = dict(model.named_modules())
     for name, s in smooth.items():
@@ -181,7 +191,7 @@ def _calibrated_input_scales(model: nn.Module, calib_data, observer: str, smooth
         hooks.append(modules[name].register_forward_pre_hook(
             lambda _m, args, inv=inv: (args[0] * inv,) + tuple(args[1:])))
     try:
-        return calibrate(model, calib_data, observer=observer, progress=verbose).input_scale
+        return calibrate(model, calib_data, observer=observer, progress=verbose)
     finally:
         for h in hooks:
             h.remove()

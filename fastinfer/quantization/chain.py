@@ -12,15 +12,16 @@ of a plain nn.Sequential's children, and its children are tried on their own.
 """
 from __future__ import annotations
 
+import operator
 from collections import Counter
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from ..nn.conv import Int8Conv2d
-from ..nn.pool import Int8MaxPool2d
+from ..nn.pool import Int8Add, Int8MaxPool2d
 from .fuse import _join, walk_traced
 
 # Between two static int8 convs these keep int8 values exact: max pooling and ReLU commute with the
@@ -37,35 +38,160 @@ def _static_conv(mod) -> bool:
     return isinstance(mod, Int8Conv2d) and mod.x_scale is not None
 
 
-def chain_int8_convs(model: nn.Module) -> List[str]:
-    """Sets out_scale on every static Int8Conv2d of ``model`` that can hand int8 to its consumers;
-    returns "producer -> consumer" lines (one per consumer)."""
+def chain_int8_convs(model: nn.Module, output_scales: Optional[Dict[str, float]] = None) -> List[str]:
+    """Sets out_scale on every static Int8Conv2d (and Int8Add) of ``model`` that can hand int8 to its
+    consumers; returns "producer -> consumer" lines (one per consumer). output_scales: calibrated output
+    scales by module name (fastinfer.calibrate's), for a conv whose only consumers are Int8Add operands."""
     chained: List[str] = []
     if any(_static_conv(m) for m in model.modules()):  # no tracing for models without static convs
-        walk_traced("", model, lambda p, m, g: _chain_graph(p, m, g, chained),
+        walk_traced("", model, lambda p, m, g: _chain_graph(p, m, g, chained, output_scales or {}),
                     lambda p, m, _exc: _chain_sequential(p, m, chained) if type(m) is nn.Sequential else None)
     return chained
 
 
-def _chain_graph(prefix: str, module: nn.Module, graph: fx.Graph, chained: List[str]) -> None:
+class _OwnOpsTracer(fx.Tracer):
+    """Traces a module's own forward: every submodule it calls stays one call (and keeps its own forward)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return True
+
+
+_ADD_FUNCTIONS = (operator.add, torch.add)
+
+
+def rewrite_residual_adds(model: nn.Module) -> List[str]:
+    """Replaces, in the forward of every submodule of ``model`` (not the model itself), each add of two
+    tensors one of which comes from a static Int8Conv2d (a residual add: ``out = conv3(...); out += identity``)
+    and the ReLU that alone follows it, by a call to an Int8Add submodule (``residual_add``,
+    ``residual_add_1``, ...). Such a submodule becomes a torch.fx.GraphModule under the same name, with the
+    same children, parameters and buffers, its class name kept. Returns the names of those submodules.
+
+    Until chain_int8_convs gives an Int8Add int8 operands or an out_scale it computes what the add did.
+    """
+    rewritten = []
+    for name, mod in reversed(list(model.named_modules())):  # children before their parents
+        if not name or isinstance(mod, fx.GraphModule) or type(mod).__module__.startswith(("torch.", "fastinfer.")):
+            continue
+        try:
+            graph = _OwnOpsTracer().trace(mod)
+        except Exception:  # untraceable forward: left as it is
+            continue
+        adds = [n for n in graph.nodes if _residual_add(mod, n)]
+        if not adds:
+            continue
+        gm = fx.GraphModule(mod, graph, class_name=type(mod).__name__)
+        for child_name, child in mod.named_children():  # also the children the forward no longer calls
+            if not hasattr(gm, child_name):
+                gm.add_module(child_name, child)
+        for pname, t in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
+            if not hasattr(gm, pname):
+                (gm.register_parameter if isinstance(t, nn.Parameter) else gm.register_buffer)(pname, t)
+        for add in adds:
+            _replace_add(gm, add)
+        _drop_repeated_relus(gm)
+        gm.graph.lint()
+        gm.recompile()
+        gm.train(mod.training)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, gm)
+        rewritten.append(name)
+    return rewritten
+
+
+def _residual_add(module: nn.Module, node: fx.Node) -> bool:
+    if node.op != "call_function" or node.target not in _ADD_FUNCTIONS or node.kwargs or len(node.args) != 2:
+        return False
+    # two activations (not a parameter or buffer read with get_attr), one of them a static conv's output
+    if (not all(isinstance(a, fx.Node) and a.op != "get_attr" for a in node.args)
+            or node.args[0] is node.args[1]):
+        return False
+    for arg in node.args:  # from a static conv, through Identity (a folded BatchNorm) at most
+        arg = _behind_identities(module, arg)
+        if arg.op == "call_module" and _static_conv(module.get_submodule(arg.target)):
+            return True
+    return False
+
+
+def _is_relu(module: nn.Module, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return type(module.get_submodule(node.target)) is nn.ReLU
+    return _transparent(module, node) and node.op != "call_module"
+
+
+def _behind_identities(module: nn.Module, node: fx.Node) -> fx.Node:
+    while node.op == "call_module" and type(module.get_submodule(node.target)) is nn.Identity:
+        node = node.args[0]
+    return node
+
+
+def _relu_args_only(node: fx.Node, arg: fx.Node) -> bool:
+    """node is relu(arg) or relu(arg, inplace)."""
+    return (node.args[0] is arg and all(isinstance(v, bool) for v in node.args[1:])
+            and set(node.kwargs) <= {"inplace"})
+
+
+def _drop_repeated_relus(gm: fx.GraphModule) -> None:
+    """Removes a ReLU applied to the output of an Int8Conv2d that already applies ReLU/ReLU6 (the
+    shared ``self.relu`` that fuse leaves in a forward): relu(relu(y)) == relu(y), and it would be one
+    more pass over the tensor."""
+    for node in list(gm.graph.nodes):
+        if not node.args or not isinstance(node.args[0], fx.Node) or not _is_relu(gm, node):
+            continue
+        src = _behind_identities(gm, node.args[0])
+        if (_relu_args_only(node, node.args[0]) and src.op == "call_module"
+                and isinstance(gm.get_submodule(src.target), Int8Conv2d)
+                and gm.get_submodule(src.target).activation in ("relu", "relu6")):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+
+
+def _replace_add(gm: fx.GraphModule, add: fx.Node) -> None:
+    users = list(add.users)
+    relu = users[0] if len(users) == 1 and _is_relu(gm, users[0]) and _relu_args_only(users[0], add) else None
+    name, i = "residual_add", 0
+    while hasattr(gm, name):
+        i += 1
+        name = f"residual_add_{i}"
+    gm.add_submodule(name, Int8Add(relu=relu is not None))
+    end = relu if relu is not None else add
+    with gm.graph.inserting_after(end):
+        new = gm.graph.call_module(name, add.args)
+    end.replace_all_uses_with(new)
+    if relu is not None:
+        gm.graph.erase_node(relu)
+    gm.graph.erase_node(add)
+
+
+def _chain_graph(prefix: str, module: nn.Module, graph: fx.Graph, chained: List[str],
+                 output_scales: Dict[str, float]) -> None:
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     for node in graph.nodes:
         if node.op != "call_module":
             continue
         producer = module.get_submodule(node.target)
         # A module called twice has one out_scale for both calls: leave it (and any with out_scale set).
-        if not _static_conv(producer) or producer.out_scale is not None or calls[node.target] != 1:
+        if not isinstance(producer, (Int8Conv2d, Int8Add)) or producer.out_scale is not None or calls[node.target] != 1:
+            continue
+        if isinstance(producer, Int8Conv2d) and not _static_conv(producer):
             continue
         found = _int8_consumers(module, node)
         if found is None:
             continue
-        consumers, passed = found
-        if len({module.get_submodule(c.target).x_scale for c in consumers}) != 1:
+        convs, adds, passed = found
+        # The scale is the conv consumers' calibrated one; an Int8Add operand takes whatever it is given,
+        # so a conv that only feeds Int8Adds uses its own calibrated output scale.
+        scales = {module.get_submodule(c.target).x_scale for c in convs}
+        if not convs and isinstance(producer, Int8Conv2d) and _join(prefix, node.target) in output_scales:
+            scales = {output_scales[_join(prefix, node.target)]}
+        if len(scales) != 1:
             continue
+        scale = scales.pop()
         for p in passed:
             _int8_pool(module, p.target)
-        producer.out_scale = module.get_submodule(consumers[0].target).x_scale
-        chained += [f"{_join(prefix, node.target)} -> {_join(prefix, c.target)}" for c in consumers]
+        producer.out_scale = scale
+        for add, operand in adds:
+            setattr(module.get_submodule(add.target), ("a_scale", "b_scale")[operand], scale)
+        chained += [f"{_join(prefix, node.target)} -> {_join(prefix, c.target)}" for c in convs + [a for a, _ in adds]]
 
 
 def _transparent(module: nn.Module, node: fx.Node) -> bool:
@@ -85,32 +211,40 @@ def _int8_pool(root: nn.Module, name: str) -> None:
         setattr(parent, child, Int8MaxPool2d.from_float(mod))
 
 
-def _int8_consumers(module: nn.Module, start: fx.Node) -> Optional[Tuple[List[fx.Node], List[fx.Node]]]:
-    """(the static Int8Conv2d calls that ``start``'s output reaches through int8-transparent ops, the module
-    calls passed on the way), or None when it also reaches anything else (the model's output, an add, a
-    shape op, a float layer), when a transparent op takes it as anything but its first argument, or when a
-    max pooling returns indices."""
-    consumers, passed, stack, seen = [], [], [start], set()
+def _int8_consumers(module: nn.Module, start: fx.Node):
+    """What ``start``'s output reaches through int8-transparent ops: (the static Int8Conv2d calls, the
+    (Int8Add call, operand index) pairs, the module calls passed on the way). None when it also reaches
+    anything else (the model's output, a plain add, a shape op, a float layer), when a transparent op takes
+    it as anything but its first argument, when it is both operands of an Int8Add, or when a max pooling
+    returns indices."""
+    convs, adds, passed, stack, seen = [], [], [], [start], set()
     while stack:
         node = stack.pop()
         for user in node.users:
             if user in seen:
                 continue
             seen.add(user)
-            if not user.args or user.args[0] is not node or node in user.args[1:] or node in user.kwargs.values():
+            if node in user.kwargs.values():
                 return None
-            if user.op == "call_module" and _static_conv(module.get_submodule(user.target)):
-                consumers.append(user)
+            mod = module.get_submodule(user.target) if user.op == "call_module" else None
+            if isinstance(mod, Int8Add):
+                if len(user.args) != 2 or (user.args[0] is node) == (user.args[1] is node):
+                    return None
+                adds.append((user, 0 if user.args[0] is node else 1))
+                continue
+            if not user.args or user.args[0] is not node or node in user.args[1:]:
+                return None
+            if _static_conv(mod):
+                convs.append(user)
             elif _transparent(module, user):
-                if user.op == "call_module":
-                    pool = module.get_submodule(user.target)
-                    if isinstance(pool, nn.MaxPool2d) and pool.return_indices:
+                if mod is not None:
+                    if isinstance(mod, nn.MaxPool2d) and mod.return_indices:
                         return None
                     passed.append(user)
                 stack.append(user)
             else:
                 return None
-    return (consumers, passed) if consumers else None
+    return (convs, adds, passed) if convs or adds else None
 
 
 def _chain_sequential(prefix: str, seq: nn.Sequential, chained: List[str]) -> None:

@@ -296,6 +296,53 @@ uint32_t absmax_avx2(const float* x, int64_t n) {
   return r;
 }
 
+// Residual add (csrc/kernels/conv/add.h): 8 lanes with the portable kernel's arithmetic (fp32 products
+// and sum, ReLU as y < 0 -> 0, NaN -> 0 then a clamp before rounding half to even); the last < 8
+// elements go to the portable kernel.
+template <bool kA8, bool kB8, bool kRelu, bool kInt8Out>
+void add_loop_avx2(const AddParams& p, int64_t i0, int64_t i1) {
+  const __m256 sa = _mm256_set1_ps(p.a_scale), sb = _mm256_set1_ps(p.b_scale), inv = _mm256_set1_ps(p.out_inv_scale);
+  const __m256 zero = _mm256_setzero_ps(), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  auto load = [](const void* x, bool int8, __m256 scale, int64_t i) {
+    if (int8) {
+      const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(x) + i));
+      return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), scale);
+    }
+    return _mm256_loadu_ps(static_cast<const float*>(x) + i);
+  };
+  int64_t i = i0;
+  for (; i + 8 <= i1; i += 8) {
+    __m256 y = _mm256_add_ps(load(p.a, kA8, sa, i), load(p.b, kB8, sb, i));
+    if (kRelu) y = _mm256_blendv_ps(y, zero, _mm256_cmp_ps(y, zero, _CMP_LT_OQ));
+    if (kInt8Out) {
+      __m256 v = _mm256_mul_ps(y, inv);
+      v = _mm256_blendv_ps(v, zero, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));  // NaN -> 0
+      const __m256i q32 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+      const __m256i q8 = _mm256_packs_epi16(_mm256_packs_epi32(q32, q32), _mm256_setzero_si256());  // bytes 0-3 per lane
+      const __m128i out8 = _mm_unpacklo_epi32(_mm256_castsi256_si128(q8), _mm256_extracti128_si256(q8, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<int8_t*>(p.out) + i), out8);
+    } else {
+      _mm256_storeu_ps(static_cast<float*>(p.out) + i, y);
+    }
+  }
+  if (i < i1) add_act(p, i, i1);
+}
+
+template <bool kA8, bool kB8>
+void add_typed_avx2(const AddParams& p, int64_t i0, int64_t i1) {
+  if (p.relu)
+    p.out_int8 ? add_loop_avx2<kA8, kB8, true, true>(p, i0, i1) : add_loop_avx2<kA8, kB8, true, false>(p, i0, i1);
+  else
+    p.out_int8 ? add_loop_avx2<kA8, kB8, false, true>(p, i0, i1) : add_loop_avx2<kA8, kB8, false, false>(p, i0, i1);
+}
+
+void add_act_avx2(const AddParams& p, int64_t i0, int64_t i1) {
+  if (p.a_int8)
+    p.b_int8 ? add_typed_avx2<true, true>(p, i0, i1) : add_typed_avx2<true, false>(p, i0, i1);
+  else
+    p.b_int8 ? add_typed_avx2<false, true>(p, i0, i1) : add_typed_avx2<false, false>(p, i0, i1);
+}
+
 // The AVX2 GEMM's inner step is vpmaddwd + vpaddd (16 MACs); 12 chains hide the latency.
 int64_t peak_probe_avx2(int64_t iters) {
   __m256i acc[12];
@@ -322,7 +369,8 @@ int64_t peak_probe_avx2(int64_t iters) {
 namespace fastinfer {
 namespace kernels {
 const KernelSet& kernels_avx2() {
-  static const KernelSet s{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, dwconv_avx2, absmax_avx2, peak_probe_avx2, 64, 32, kInt8MR, false, nullptr};
+  static const KernelSet s{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, dwconv_avx2, absmax_avx2, peak_probe_avx2, 64, 32, kInt8MR, false, nullptr,
+                           64, 16, add_act_avx2};
   return s;
 }
 }  // namespace kernels

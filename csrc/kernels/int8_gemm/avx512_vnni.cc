@@ -596,6 +596,58 @@ uint32_t absmax_avx512(const float* x, int64_t n) {
 }
 
 // 12 independent accumulators cover vpdpbusd's latency; the asm keeps the operands live.
+// Residual add (csrc/kernels/conv/add.h): 16 lanes, the portable kernel's arithmetic (fp32 products and
+// sum, ReLU as y < 0 -> 0, requantization with NaN -> 0 and round half to even from MXCSR's default).
+template <bool kA8, bool kB8, bool kRelu, bool kInt8Out>
+void add_loop_avx512(const AddParams& p, int64_t i0, int64_t i1) {
+  const __m512 sa = _mm512_set1_ps(p.a_scale), sb = _mm512_set1_ps(p.b_scale), inv = _mm512_set1_ps(p.out_inv_scale);
+  const __m512 zero = _mm512_setzero_ps(), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+  auto load = [](const void* x, bool int8, __m512 scale, int64_t i, int64_t n) {
+    // whole vectors with plain loads (a masked load that misses the cache is slow on AMD), the tail masked
+    const __mmask16 m = static_cast<__mmask16>(n >= 16 ? 0xffff : (1u << n) - 1);
+    if (int8) {
+      const int8_t* q = static_cast<const int8_t*>(x) + i;
+      const __m128i v = n >= 16 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)) : _mm_maskz_loadu_epi8(m, q);
+      return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)), scale);
+    }
+    const float* f = static_cast<const float*>(x) + i;
+    return n >= 16 ? _mm512_loadu_ps(f) : _mm512_maskz_loadu_ps(m, f);
+  };
+  for (int64_t i = i0; i < i1; i += 16) {
+    const int64_t n = i1 - i;
+    __m512 y = _mm512_add_ps(load(p.a, kA8, sa, i, n), load(p.b, kB8, sb, i, n));
+    if (kRelu) y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, zero, _CMP_LT_OQ), zero);
+    const __mmask16 m = static_cast<__mmask16>(n >= 16 ? 0xffff : (1u << n) - 1);
+    if (kInt8Out) {
+      __m512 v = _mm512_mul_ps(y, inv);
+      v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), zero);  // NaN -> 0
+      const __m128i q = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi)));
+      int8_t* o = static_cast<int8_t*>(p.out) + i;
+      if (n >= 16)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o), q);
+      else
+        _mm_mask_storeu_epi8(o, m, q);
+    } else {
+      _mm512_mask_storeu_ps(static_cast<float*>(p.out) + i, m, y);
+    }
+  }
+}
+
+template <bool kA8, bool kB8>
+void add_typed_avx512(const AddParams& p, int64_t i0, int64_t i1) {
+  if (p.relu)
+    p.out_int8 ? add_loop_avx512<kA8, kB8, true, true>(p, i0, i1) : add_loop_avx512<kA8, kB8, true, false>(p, i0, i1);
+  else
+    p.out_int8 ? add_loop_avx512<kA8, kB8, false, true>(p, i0, i1) : add_loop_avx512<kA8, kB8, false, false>(p, i0, i1);
+}
+
+void add_act_avx512(const AddParams& p, int64_t i0, int64_t i1) {
+  if (p.a_int8)
+    p.b_int8 ? add_typed_avx512<true, true>(p, i0, i1) : add_typed_avx512<true, false>(p, i0, i1);
+  else
+    p.b_int8 ? add_typed_avx512<false, true>(p, i0, i1) : add_typed_avx512<false, false>(p, i0, i1);
+}
+
 int64_t peak_probe_avx512(int64_t iters) {
   __m512i acc[12];
   for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
@@ -624,7 +676,7 @@ const KernelSet& kernels_avx512_vnni() {
   static const KernelSet s{"avx512_vnni", int8_gemm_avx512, w8_gemm_avx512, quantize_avx512, dwconv_avx512,
                            absmax_avx512, peak_probe_avx512,
                            16 * Int8Traits::NB, 16 * Int8Traits::MR, Int8Traits::MR, false, conv_direct_avx512,
-                           kPackKB, Int8Traits::MR};
+                           kPackKB, Int8Traits::MR, add_act_avx512};
   return s;
 }
 }  // namespace kernels

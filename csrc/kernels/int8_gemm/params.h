@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 
+#include "../conv/add.h"
 #include "../epilogue_kinds.h"
 
 namespace fastinfer {
@@ -136,6 +137,8 @@ using ConvDirectFn = void (*)(const ConvDirectParams&, int64_t r0, int64_t r1, i
 // Runs `iters` rounds of the ISA's int8 multiply-accumulate on registers only (no memory):
 // the instruction's peak rate, for benchmarks. Returns the integer ops done (2 per MAC).
 using PeakProbeFn = int64_t (*)(int64_t iters);
+// Residual add (csrc/kernels/conv/add.h), elements [i0, i1).
+using AddFn = void (*)(const AddParams&, int64_t i0, int64_t i1);
 
 // One ISA's kernels. Blocking traits are here so the one dispatch function can split work.
 struct KernelSet {
@@ -153,6 +156,7 @@ struct KernelSet {
   ConvDirectFn conv_direct;  // null where convolutions take the gathered-rows GEMM
   int64_t conv_c_step = 64;      // conv_direct needs C % conv_c_step == 0 (a tile step, or a 4-byte k step)
   int64_t conv_tile_rows = 16;   // output pixels per A tile of conv_direct (AMX 16; VNNI register tiles 6)
+  AddFn add_act = nullptr;       // null: the portable kernels::add_act (baseline-flag vectors)
 };
 
 // Defined one per ISA translation unit.

@@ -1,0 +1,110 @@
+// Residual add (see add.h). Written with GCC/Clang vector extensions (4 lanes: one SSE register under
+// the baseline flags): the autovectorizer kept a branchy scalar loop for the int8 output.
+#include "add.h"
+
+#include <cstring>
+
+namespace fastinfer {
+namespace kernels {
+
+namespace {
+
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+typedef int8_t v4b __attribute__((vector_size(4)));
+
+// The ReLU and the requantization clamp work on the floats' bits with integer compares, the same on
+// vectors and scalars. Bits of +inf and of 127.0f:
+constexpr int32_t kAbs = 0x7fffffff, kInf = 0x7f800000, k127 = 0x42fe0000;
+constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds |v| <= 127 half to even
+constexpr int32_t kRoundBits = 0x4B400000;  // its bits: the sum's bits minus these are the integer
+
+template <typename V, typename I>
+inline V relu_bits(V y) {  // y < 0 -> 0 (-0 and NaN stay), as the reference's relu
+  I u;
+  std::memcpy(&u, &y, sizeof(u));
+  const I mag = u & kAbs;
+  u = ((u < 0) & (mag != 0) & (mag <= kInf)) ? 0 : u;
+  std::memcpy(&y, &u, sizeof(u));
+  return y;
+}
+
+// clamp(round_half_even(v), -127, 127) with NaN -> 0, as int32 lanes.
+template <typename V, typename I>
+inline I requant_bits(V v) {
+  I u;
+  std::memcpy(&u, &v, sizeof(u));
+  const I mag = u & kAbs;
+  u = mag > kInf ? 0 : (mag > k127 ? ((u & ~kAbs) | k127) : u);
+  std::memcpy(&v, &u, sizeof(u));
+  v = v + kRound;
+  std::memcpy(&u, &v, sizeof(u));
+  return u - kRoundBits;
+}
+
+template <typename T>
+inline v4f load4(const T* x, int64_t i, float scale) {
+  if constexpr (sizeof(T) == 1) {
+    v4b q;
+    std::memcpy(&q, x + i, 4);
+    return __builtin_convertvector(q, v4f) * scale;
+  } else {
+    v4f v;
+    std::memcpy(&v, x + i, 16);
+    return v;
+  }
+}
+
+template <typename T>
+inline float load1(const T* x, int64_t i, float scale) {
+  if constexpr (sizeof(T) == 1)
+    return static_cast<float>(x[i]) * scale;
+  else
+    return x[i];
+}
+
+template <typename TA, typename TB, bool kRelu, bool kInt8Out>
+void add_loop(const AddParams& p, int64_t i0, int64_t i1) {
+  const TA* a = static_cast<const TA*>(p.a);
+  const TB* b = static_cast<const TB*>(p.b);
+  const float sa = p.a_scale, sb = p.b_scale, inv = p.out_inv_scale;
+  int64_t i = i0;
+  for (; i + 4 <= i1; i += 4) {
+    v4f y = load4(a, i, sa) + load4(b, i, sb);
+    if (kRelu) y = relu_bits<v4f, v4i>(y);
+    if (kInt8Out) {
+      const v4b q = __builtin_convertvector(requant_bits<v4f, v4i>(y * inv), v4b);
+      std::memcpy(static_cast<int8_t*>(p.out) + i, &q, 4);
+    } else {
+      std::memcpy(static_cast<float*>(p.out) + i, &y, 16);
+    }
+  }
+  for (; i < i1; ++i) {
+    float y = load1(a, i, sa) + load1(b, i, sb);
+    if (kRelu) y = relu_bits<float, int32_t>(y);
+    if (kInt8Out)
+      static_cast<int8_t*>(p.out)[i] = static_cast<int8_t>(requant_bits<float, int32_t>(y * inv));
+    else
+      static_cast<float*>(p.out)[i] = y;
+  }
+}
+
+template <typename TA, typename TB>
+void add_typed(const AddParams& p, int64_t i0, int64_t i1) {
+  if (p.relu)
+    p.out_int8 ? add_loop<TA, TB, true, true>(p, i0, i1) : add_loop<TA, TB, true, false>(p, i0, i1);
+  else
+    p.out_int8 ? add_loop<TA, TB, false, true>(p, i0, i1) : add_loop<TA, TB, false, false>(p, i0, i1);
+}
+
+}  // namespace
+
+void add_act(const AddParams& p, int64_t i0, int64_t i1) {
+  if (p.a_int8)
+    p.b_int8 ? add_typed<int8_t, int8_t>(p, i0, i1) : add_typed<int8_t, float>(p, i0, i1);
+  else
+    p.b_int8 ? add_typed<float, int8_t>(p, i0, i1) : add_typed<float, float>(p, i0, i1);
+}
+
+}  // namespace kernels
+}  // namespace fastinfer
