@@ -158,3 +158,18 @@ def test_int8_max_pool_and_static_chain_on_gpu():
     xin = torch.randn(2, 3, 32, 32)
     want = q(xin)
     torch.testing.assert_close(q.cuda()(xin.cuda()).cpu(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_int8_add_on_gpu():
+    from fastinfer import reference as ref
+
+    a = torch.randn(2, 32, 9, 9)
+    a.view(-1)[:3] = torch.tensor([float("nan"), float("inf"), -1e30])
+    b = torch.randint(-128, 128, (2, 32, 9, 9), dtype=torch.int8)
+    for relu in (False, True):
+        for out_scale in (None, 0.05):
+            out = ops.int8_add(a.to(DEV), b.to(DEV), None, 0.1, relu, out_scale)
+            assert out.is_cuda and out.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(out.cpu(), ref.int8_add(a, b, None, 0.1, relu, out_scale), rtol=0, atol=0,
+                                       equal_nan=True)
+    torch.library.opcheck(torch.ops.fastinfer.int8_add.default, (a.to(DEV), b.to(DEV), None, 0.1, True, 0.05))
