@@ -435,3 +435,40 @@ def test_residual_adds_left_alone():
         assert q.fastinfer_report.rewritten == []
         with torch.inference_mode():
             q(torch.randn(2, 3, 20, 20))
+
+
+def test_rewritten_block_keeps_every_child_and_tensor():
+    class Inner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+            self.unused = nn.Linear(3, 3)  # never called: must stay in the state_dict
+
+    class Blk(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Inner()
+            self.register_buffer("step", torch.tensor(3.0))
+
+        def forward(self, x):
+            return torch.relu(self.inner.conv(x) + x)  # a grandchild called directly
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blk = Blk()
+
+        def forward(self, x):
+            return self.blk(x)
+
+    model = Net().eval()
+    calib = [torch.randn(2, 4, 6, 6)]
+    kept = fastinfer.quantize(copy.deepcopy(model), scheme="w8a8_static", calib_data=calib, int8_residuals=False)
+    keys = {k for k in kept.state_dict() if not k.endswith("_extra_state")}
+    q = fastinfer.quantize(copy.deepcopy(model), scheme="w8a8_static", calib_data=calib)
+    assert q.fastinfer_report.rewritten == ["blk"]
+    assert q.blk.inner is not None and isinstance(q.blk.inner.unused, nn.Linear)
+    assert {k for k in q.state_dict() if not k.endswith("_extra_state")} == keys
+    x = torch.randn(2, 4, 6, 6)
+    with torch.inference_mode():
+        assert F.cosine_similarity(q(x).flatten(), model(x).flatten(), dim=0) > 0.99

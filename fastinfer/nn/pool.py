@@ -1,9 +1,6 @@
-"""What int8 activations pass through between int8 convs: Int8MaxPool2d (an nn.MaxPool2d that also pools
-int8) and Int8Add (a residual add with each operand int8 or fp32). fastinfer.quantize puts them in place;
-float inputs take torch's own ops."""
+"""Int8MaxPool2d: an nn.MaxPool2d that also pools int8 activations (an int8 hand-off between two static
+Int8Conv2d layers passes through it; fastinfer.quantize swaps it in). Float inputs take torch's own pooling."""
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -29,47 +26,3 @@ class Int8MaxPool2d(nn.MaxPool2d):
         if x.dtype != torch.int8:
             return super().forward(x)
         return ops.int8_max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
-
-
-class Int8Add(nn.Module):
-    """``relu(a + b)`` (or ``a + b``) of a block's residual add, which fastinfer.quantize puts in place of the add
-    (and the ReLU after it) when it rewrites a block's forward. Each operand may arrive int8 (from a layer
-    with out_scale): its scale is then a_scale / b_scale, set by quantize. With out_scale the sum is
-    requantized to int8 for the int8 layers it feeds. Without int8 anywhere it is torch's own add (and ReLU).
-    """
-
-    def __init__(self, relu: bool = False, a_scale: Optional[float] = None, b_scale: Optional[float] = None,
-                 out_scale: Optional[float] = None):
-        super().__init__()
-        self.relu, self.a_scale, self.b_scale, self.out_scale = relu, a_scale, b_scale, out_scale
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        a_scale = self.a_scale if a.dtype == torch.int8 else None
-        b_scale = self.b_scale if b.dtype == torch.int8 else None
-        if a.shape == b.shape:
-            if a_scale is None and b_scale is None and self.out_scale is None:
-                y = a + b  # nothing int8: torch's add, as the model had it
-                return torch.relu(y) if self.relu else y
-            return torch.ops.fastinfer.int8_add(a, b, a_scale, b_scale, self.relu, self.out_scale)
-        # broadcasting (the op does not): the same arithmetic with torch ops
-        y = (a.float() * a_scale if a_scale is not None else a) + (b.float() * b_scale if b_scale is not None else b)
-        y = torch.relu(y) if self.relu else y
-        if self.out_scale is None:
-            return y
-        inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(self.out_scale, dtype=torch.float32)
-        return torch.nan_to_num(torch.round(y.float() * inv).clamp(-127, 127), nan=0.0).to(torch.int8)
-
-    def extra_repr(self) -> str:
-        s = f"relu={self.relu}"
-        for name in ("a_scale", "b_scale", "out_scale"):
-            v = getattr(self, name)
-            if v is not None:
-                s += f", {name}={v:.4g}"
-        return s
-
-    def get_extra_state(self):
-        return {"relu": self.relu, "a_scale": self.a_scale, "b_scale": self.b_scale, "out_scale": self.out_scale}
-
-    def set_extra_state(self, state):
-        self.relu, self.a_scale, self.b_scale, self.out_scale = (state["relu"], state["a_scale"], state["b_scale"],
-                                                                 state["out_scale"])

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..nn.conv import Int8Conv2d
-from ..nn.pool import Int8Add, Int8MaxPool2d
+from ..nn.add import Int8Add
+from ..nn.pool import Int8MaxPool2d
 from .fuse import _join, walk_traced
 
 # Between two static int8 convs these keep int8 values exact: max pooling and ReLU commute with the
@@ -80,9 +81,10 @@ def rewrite_residual_adds(model: nn.Module) -> List[str]:
         if not adds:
             continue
         gm = fx.GraphModule(mod, graph, class_name=type(mod).__name__)
-        for child_name, child in mod.named_children():  # also the children the forward no longer calls
-            if not hasattr(gm, child_name):
-                gm.add_module(child_name, child)
+        # The original children, all of them: GraphModule copies only what the graph calls, and for a call
+        # of a grandchild (self.a.b(x)) it makes a new container `a` holding only `b`.
+        for child_name, child in mod.named_children():
+            setattr(gm, child_name, child)
         for pname, t in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
             if not hasattr(gm, pname):
                 (gm.register_parameter if isinstance(t, nn.Parameter) else gm.register_buffer)(pname, t)
@@ -115,7 +117,8 @@ def _residual_add(module: nn.Module, node: fx.Node) -> bool:
 def _is_relu(module: nn.Module, node: fx.Node) -> bool:
     if node.op == "call_module":
         return type(module.get_submodule(node.target)) is nn.ReLU
-    return _transparent(module, node) and node.op != "call_module"
+    return ((node.op == "call_function" and node.target in _TRANSPARENT_FUNCTIONS)
+            or (node.op == "call_method" and node.target in _TRANSPARENT_METHODS))
 
 
 def _behind_identities(module: nn.Module, node: fx.Node) -> fx.Node:
