@@ -89,21 +89,14 @@ void add_loop(const AddParams& p, int64_t i0, int64_t i1) {
   }
 }
 
-template <typename TA, typename TB>
-void add_typed(const AddParams& p, int64_t i0, int64_t i1) {
-  if (p.relu)
-    p.out_int8 ? add_loop<TA, TB, true, true>(p, i0, i1) : add_loop<TA, TB, true, false>(p, i0, i1);
-  else
-    p.out_int8 ? add_loop<TA, TB, false, true>(p, i0, i1) : add_loop<TA, TB, false, false>(p, i0, i1);
-}
-
 }  // namespace
 
 void add_act(const AddParams& p, int64_t i0, int64_t i1) {
-  if (p.a_int8)
-    p.b_int8 ? add_typed<int8_t, int8_t>(p, i0, i1) : add_typed<int8_t, float>(p, i0, i1);
-  else
-    p.b_int8 ? add_typed<float, int8_t>(p, i0, i1) : add_typed<float, float>(p, i0, i1);
+  dispatch_add(p, [&](auto a8, auto b8, auto relu, auto out8) {
+    using TA = std::conditional_t<decltype(a8)::value, int8_t, float>;
+    using TB = std::conditional_t<decltype(b8)::value, int8_t, float>;
+    add_loop<TA, TB, decltype(relu)::value, decltype(out8)::value>(p, i0, i1);
+  });
 }
 
 }  // namespace kernels

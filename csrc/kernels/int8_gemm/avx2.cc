@@ -328,19 +328,10 @@ void add_loop_avx2(const AddParams& p, int64_t i0, int64_t i1) {
   if (i < i1) add_act(p, i, i1);
 }
 
-template <bool kA8, bool kB8>
-void add_typed_avx2(const AddParams& p, int64_t i0, int64_t i1) {
-  if (p.relu)
-    p.out_int8 ? add_loop_avx2<kA8, kB8, true, true>(p, i0, i1) : add_loop_avx2<kA8, kB8, true, false>(p, i0, i1);
-  else
-    p.out_int8 ? add_loop_avx2<kA8, kB8, false, true>(p, i0, i1) : add_loop_avx2<kA8, kB8, false, false>(p, i0, i1);
-}
-
 void add_act_avx2(const AddParams& p, int64_t i0, int64_t i1) {
-  if (p.a_int8)
-    p.b_int8 ? add_typed_avx2<true, true>(p, i0, i1) : add_typed_avx2<true, false>(p, i0, i1);
-  else
-    p.b_int8 ? add_typed_avx2<false, true>(p, i0, i1) : add_typed_avx2<false, false>(p, i0, i1);
+  dispatch_add(p, [&](auto a8, auto b8, auto relu, auto out8) {
+    add_loop_avx2<decltype(a8)::value, decltype(b8)::value, decltype(relu)::value, decltype(out8)::value>(p, i0, i1);
+  });
 }
 
 // The AVX2 GEMM's inner step is vpmaddwd + vpaddd (16 MACs); 12 chains hide the latency.
