@@ -39,6 +39,7 @@ compile-check: $(DEPS)
 bench: build
 	$(PY) benchmarks/bench_linear.py --threads $(THREADS) --json benchmarks/latest_linear.json
 	$(PY) benchmarks/bench_conv.py --threads $(THREADS) --json benchmarks/latest_conv.json
+	$(PY) benchmarks/bench_tiers.py --threads $(THREADS) --json benchmarks/latest_tiers.json
 
 clean:
 	rm -rf build *.egg-info fastinfer/_C*.so $(BUILT)

@@ -34,7 +34,7 @@ std::string cuda_last_kernel() {
 std::string set_isa_cap(const std::string& name) {
   fastinfer::cpu::Isa isa;
   if (!fastinfer::cpu::parse_isa(name, &isa))
-    throw std::invalid_argument("set_isa_cap: isa must be one of ref, avx2, avx512_vnni, amx; got '" + name + "'");
+    throw std::invalid_argument("set_isa_cap: isa must be one of ref, avx2, avx_vnni, avx512_vnni, amx; got '" + name + "'");
   return fastinfer::cpu::isa_name(fastinfer::cpu::set_isa_cap(isa));
 }
 

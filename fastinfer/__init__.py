@@ -19,15 +19,16 @@ from .pruning import (PruningError, PruningReport, SparsityReport, load_pruned, 
 from .quantization import CalibrationResult, QuantConfig, QuantizationReport, calibrate, fuse, quantize
 
 __version__ = "0.1.0"
-ISAS = ("ref", "avx2", "avx512_vnni", "amx")
+ISAS = ("ref", "avx2", "avx_vnni", "avx512_vnni", "amx")  # tiers, lowest first
 _isa_cap = "amx"  # the run-time cap use_isa set (FASTINFER_ISA caps separately, in C++)
 
 
 def cpu_capabilities() -> dict:
     """CPU features found (CPUID + OS support), the best ISA with kernels, and the one in use.
 
-    Keys include avx2, avx512_vnni, amx_int8, os_amx, amx_note (why AMX is unusable, if so),
-    'detected' (best the CPU allows), 'implemented' (best this build has kernels for) and
+    Keys include avx2, avx_vnni, avx512_vnni, amx_int8, os_amx, amx_note (why AMX is unusable, if so),
+    'detected' (best the CPU allows), 'implemented' (best this build has kernels for), 'runnable'
+    (every tier this CPU and build can run: a CPU with AVX-512 VNNI may lack AVX-VNNI) and
     'active' (what serves calls now, after FASTINFER_ISA and use_isa caps).
     """
     caps = ops.cpu_capabilities()
@@ -40,7 +41,9 @@ def cpu_capabilities() -> dict:
 
 @contextlib.contextmanager
 def use_isa(isa: str):
-    """Caps the CPU kernels at `isa` inside the block (e.g. to compare paths); yields the ISA used."""
+    """Caps the CPU kernels at `isa` inside the block (e.g. to compare paths); yields the ISA used: the
+    highest tier at or below `isa` that this CPU runs (use_isa("avx_vnni") gives avx2 on a CPU without
+    AVX-VNNI)."""
     if isa not in ISAS:
         raise ValueError(f"isa must be one of {ISAS}, got {isa!r}")
     global _isa_cap

@@ -5,13 +5,13 @@ import torch
 import fastinfer
 from fastinfer import ops
 
-ORDER = ("ref", "avx2", "avx512_vnni", "amx")  # paths with kernels in this build, lowest first
+ORDER = ("ref", "avx2", "avx_vnni", "avx512_vnni", "amx")  # paths with kernels in this build, lowest first
 CAPS = fastinfer.cpu_capabilities()
 
 
 def runnable_isas():
-    top = min(fastinfer.ISAS.index(CAPS["detected"]), fastinfer.ISAS.index(CAPS["implemented"]))
-    return [i for i in ORDER if fastinfer.ISAS.index(i) <= top]
+    """The tiers this CPU and build run, lowest first (not always contiguous: AVX-512 VNNI without AVX-VNNI)."""
+    return [i for i in ORDER if i in CAPS["runnable"]]
 
 
 @pytest.fixture(params=ORDER)
@@ -32,8 +32,11 @@ def isa(request):
 
 
 def served_by(family: str, isa: str) -> str:
-    """The tier that serves `family` with kernels capped at `isa`: AMX adds only the int8 GEMM."""
-    return "avx512_vnni" if isa == "amx" and family != "int8_gemm" else isa
+    """The tier that serves `family` with kernels capped at `isa`: AMX and AVX-VNNI add only the int8 GEMM
+    and the direct convolution; their other families run the AVX-512 VNNI and AVX2 kernels."""
+    if family in ("int8_gemm", "conv_direct"):
+        return isa
+    return {"amx": "avx512_vnni", "avx_vnni": "avx2"}.get(isa, isa)
 
 
 def assert_served(family: str, isa: str):

@@ -125,13 +125,16 @@ VNNI_DIRECT = [
 ]
 
 
-@pytest.fixture
-def vnni():
-    """Kernels capped at AVX-512 VNNI (on an AMX CPU too: its direct convolution is the VNNI set's)."""
-    if "avx512_vnni" not in runnable_isas():
-        pytest.skip(f"this CPU cannot run the avx512_vnni path (detected: {fastinfer.cpu_capabilities()['detected']})")
-    with fastinfer.use_isa("avx512_vnni"):
-        yield
+@pytest.fixture(params=["avx512_vnni", "avx_vnni", "avx2"])
+def vnni(request):
+    """Kernels capped at a tier whose direct convolution has register tiles of <= 6 pixels within an output
+    row: AVX-512 VNNI (on an AMX CPU too: its direct convolution is the VNNI set's), AVX-VNNI or AVX2 (4
+    pixels; weights without -128); yields the tier."""
+    name = request.param
+    if name not in runnable_isas():
+        pytest.skip(f"this CPU cannot run the {name} path (runnable: {runnable_isas()})")
+    with fastinfer.use_isa(name):
+        yield name
 
 
 def direct_case(g):
@@ -147,7 +150,7 @@ def test_vnni_direct_conv_matches_reference(vnni, g, mode):
     packed, w, ws, b, geo = direct_case(g)
     x = torch.randn(*g[:4]) * 2
     y = ops.int8_conv2d(x, packed, ws, b, *geo, 1, x_scale, out_scale, act)
-    assert ops.last_kernel("conv_direct") == "avx512_vnni" and ops.last_kernel("int8_gemm") == "avx512_vnni"
+    assert ops.last_kernel("conv_direct") == vnni and ops.last_kernel("int8_gemm") == vnni
     torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, b, *geo[1:], 1, x_scale, out_scale, act), rtol=0, atol=0)
 
 
@@ -163,7 +166,7 @@ def test_vnni_direct_conv_int8_input(vnni, g):
     xq = xq.contiguous(memory_format=torch.channels_last)
     for out_scale in (0.1, None):
         y = ops.int8_conv2d(xq, packed, ws, b, *geo, 1, 0.05, out_scale, "relu")
-        assert ops.last_kernel("conv_direct") == "avx512_vnni"
+        assert ops.last_kernel("conv_direct") == vnni
         torch.testing.assert_close(y, ref.int8_conv2d(xq, w, ws, b, *geo[1:], 1, 0.05, out_scale, "relu"),
                                    rtol=0, atol=0)
 
@@ -176,7 +179,7 @@ def test_vnni_direct_conv_epilogue_edges(vnni, g, case):
     x_scale, out_scale = conv_epilogue_edge(case, x, ws, b)
     for osc in (out_scale, None):
         y = ops.int8_conv2d(x, packed, ws, b, *geo, 1, x_scale, osc, "relu")
-        assert ops.last_kernel("conv_direct") == "avx512_vnni"
+        assert ops.last_kernel("conv_direct") == vnni
         r = ref.int8_conv2d(x, w, ws, b, *geo[1:], 1, x_scale, osc, "relu")
         torch.testing.assert_close(y, r, rtol=0, atol=0, equal_nan=True)
 
@@ -191,7 +194,7 @@ def test_vnni_direct_conv_threads(vnni):
         for threads in (2, 1, 2):
             torch.set_num_threads(threads)
             y = ops.int8_conv2d(x, packed, ws, b, *geo, 1, 0.03, 0.05)
-            assert ops.last_kernel("conv_direct") == "avx512_vnni"
+            assert ops.last_kernel("conv_direct") == vnni
             torch.testing.assert_close(y, want, rtol=0, atol=0)
     finally:
         torch.set_num_threads(before)
@@ -208,8 +211,28 @@ def test_vnni_direct_conv_not_taken_where_it_cannot_run(vnni, g, groups):
     ws = torch.rand(Co) * 0.01
     x = torch.randn(N, C, H, W)
     y = ops.int8_conv2d(x, ops.pack_conv_weight(w, groups), ws, None, (k, k), (s, s), (p, p), (d, d), groups, 0.03)
-    assert ops.last_kernel("conv_direct") == "" and ops.last_kernel("int8_gemm") == "avx512_vnni"
+    assert ops.last_kernel("conv_direct") == "" and ops.last_kernel("int8_gemm") == vnni
     torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, None, (s, s), (p, p), (d, d), groups, 0.03), rtol=0, atol=0)
+
+
+def test_avx2_direct_conv_needs_weights_without_min128():
+    # AVX2's direct convolution multiplies with vpmaddubsw, exact only when no weight is -128: a weight
+    # with -128 takes the gathered rows and the widening GEMM, still bit-exact.
+    if "avx2" not in runnable_isas():
+        pytest.skip("this CPU cannot run the avx2 path")
+    g = VNNI_DIRECT[0]
+    N, C, H, W, Co, k, s, p, d = g
+    x = torch.randn(N, C, H, W)
+    w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
+    ws, b, geo = torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co), ((k, k), (s, s), (p, p), (d, d))
+    with fastinfer.use_isa("avx2"):
+        for min128 in (False, True):
+            if min128:
+                w[3, 5, 1, 2] = -128
+            y = ops.int8_conv2d(x, ops.pack_conv_weight(w, 1), ws, b, *geo, 1, 0.03, 0.05, "relu")
+            assert ops.last_kernel("conv_direct") == ("" if min128 else "avx2")
+            assert ops.last_kernel("int8_gemm") == "avx2"
+            torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, b, *geo[1:], 1, 0.03, 0.05, "relu"), rtol=0, atol=0)
 
 
 # Depthwise shapes for the VNNI kernel's two tap groupings: row quads (kernel width <= 4, width dilation 1:

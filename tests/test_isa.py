@@ -51,7 +51,7 @@ def _run(env_isa):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", ["ref", "avx2"])
+@pytest.mark.parametrize("name", ["ref", "avx2", "avx_vnni"])
 def test_env_var_caps_isa(name):
     if name not in runnable_isas():
         pytest.skip(f"CPU cannot run {name}")
@@ -62,6 +62,27 @@ def test_env_var_caps_isa(name):
 def test_env_var_unknown_name_is_reported():
     caps = _run("sse9")
     assert "not one of" in caps["env_cap_error"] and caps["active"] == CAPS["active"]
+
+
+def test_runnable_tiers_follow_the_cpu_features():
+    caps = fastinfer.cpu_capabilities()
+    runnable = caps["runnable"]
+    assert runnable[0] == "ref" and runnable[-1] == caps["active"] and runnable == sorted(runnable, key=fastinfer.ISAS.index)
+    assert ("avx_vnni" in runnable) == (bool(caps["avx_vnni"]) and "avx2" in runnable)
+    assert ("avx512_vnni" in runnable) <= ("avx2" in runnable) and ("amx" in runnable) <= ("avx512_vnni" in runnable)
+
+
+@pytest.mark.parametrize("cap", fastinfer.ISAS)
+def test_cap_gives_the_highest_runnable_tier_below_it(cap):
+    # Tiers need not be contiguous: a CPU with AVX-512 VNNI but no AVX-VNNI (Ice Lake, Zen 4) capped at
+    # avx_vnni runs avx2.
+    runnable = runnable_isas()
+    want = [t for t in runnable if fastinfer.ISAS.index(t) <= fastinfer.ISAS.index(cap)][-1]
+    with fastinfer.use_isa(cap) as active:
+        assert active == want
+        w = ops.pack_int8_weight(torch.randint(-127, 128, (16, 8), dtype=torch.int8))
+        ops.int8_mm(torch.ones(32, 8, dtype=torch.int8), w, 16)
+        assert ops.last_kernel("int8_gemm") == want
 
 
 def test_use_isa_blocks_nest():

@@ -198,7 +198,8 @@ ConvEpilogue fold_epilogue(float a_scale, const at::Tensor& ws, const at::Tensor
 //   tile's overlap);
 // - tiles within output rows for other strides when OW >= 16;
 // - else none: the implicit GEMM on gathered rows; a plain 1x1 convolution is a GEMM on the input rows.
-// VNNI (register tiles of <= 6 pixels within an output row): every convolution with OW >= 10, plain
+// VNNI, and the 256-bit tiles of AVX-VNNI (6 pixels) and AVX2 (4 pixels; weights without -128, the
+// only ones its maddubs step is exact for) (register tiles within an output row): every convolution with OW >= 10, plain
 // 1x1 included (the per-item slab replaces the whole shifted or quantized copy of the input, and an
 // unpadded int8 input is read in place). Measured on an AMD Zen 5 (2 threads, batch 8, int8 in/out)
 // against the gathered rows: l1 3x3 (56 x 56) 2.35 -> 1.31-1.39 ms, l1 1x1 1.19 -> 0.74-0.88, s2 3x3
@@ -213,8 +214,9 @@ enum class DirectMode { None, Rows, PaddedWidth, RowSegments };
 constexpr int64_t kVnniDirectMinOW = 10;  // tiles of >= 5 pixels
 constexpr int64_t kRowSegmentMaxC = 16;
 
-DirectMode direct_mode(const kernels::KernelSet* ks, const ConvArgs& a, bool plain_1x1) {
+DirectMode direct_mode(const kernels::KernelSet* ks, const ConvArgs& a, bool plain_1x1, bool w_no_min128) {
   if (!ks || !ks->conv_direct || a.groups != 1) return DirectMode::None;
+  if (ks->conv_direct_no_min128 && !w_no_min128) return DirectMode::None;
   if (ks->conv_tile_rows < 16) {
     if (a.OW < kVnniDirectMinOW) return DirectMode::None;
     if (a.C % ks->conv_c_step == 0) return DirectMode::Rows;
@@ -437,7 +439,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const kernels::KernelSet* gks = dw ? nullptr : &gemm_kernels(M);
   const bool shift = !dw && !gks->signed_a;
   const bool plain_1x1 = a.KH == 1 && a.KW == 1 && a.SH == 1 && a.SW == 1 && a.PH == 0 && a.PW == 0;
-  const DirectMode mode = direct_mode(gks, a, plain_1x1);
+  const bool w_no_min128 = !headers.empty() && kernels::packed_no_min128(headers[0]);
+  const DirectMode mode = direct_mode(gks, a, plain_1x1, w_no_min128);
   const bool tiles_direct = mode != DirectMode::None;
   const kernels::ConvDirectParams geometry = direct_geometry(a, mode);
   const kernels::OutKind kind = out_scale ? kernels::OutKind::Int8 : kernels::OutKind::Float32;

@@ -32,6 +32,7 @@ const kernels::KernelSet& table(Isa isa) {
   switch (isa) {
     case Isa::Amx: return kernels::kernels_amx();
     case Isa::Avx512Vnni: return kernels::kernels_avx512_vnni();
+    case Isa::AvxVnni: return kernels::kernels_avx_vnni();
     case Isa::Avx2: return kernels::kernels_avx2();
     case Isa::Ref: break;
   }
@@ -53,10 +54,15 @@ const char* family_name(Family f) {
 
 }  // namespace
 
+Isa served_tier(Isa isa, Family family) {
+  if (isa == Isa::Amx && family != Family::Int8Gemm && family != Family::ConvDirect) return Isa::Avx512Vnni;
+  if (isa == Isa::AvxVnni && family != Family::Int8Gemm && family != Family::ConvDirect) return Isa::Avx2;
+  return isa;
+}
+
 const kernels::KernelSet& kernels_for(Family family) {
   const Isa isa = active_isa();
-  const Isa served = (isa == Isa::Amx && family != Family::Int8Gemm) ? Isa::Avx512Vnni : isa;
-  g_last[static_cast<int>(family)].store(static_cast<int>(served));
+  g_last[static_cast<int>(family)].store(static_cast<int>(served_tier(isa, family)));
   return table(isa);
 }
 
@@ -75,7 +81,7 @@ int64_t set_amx_min_rows(int64_t rows) {
 }
 
 Isa isa_of(const kernels::KernelSet& ks) {
-  for (Isa isa : {Isa::Amx, Isa::Avx512Vnni, Isa::Avx2})
+  for (Isa isa : {Isa::Amx, Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2})
     if (&table(isa) == &ks) return isa;
   return Isa::Ref;
 }
@@ -98,6 +104,7 @@ std::string capabilities_json() {
   std::ostringstream o;
   auto b = [](bool v) { return v ? "true" : "false"; };
   o << "{\"vendor\": \"" << f.vendor << "\", \"avx2\": " << b(f.avx2) << ", \"fma\": " << b(f.fma)
+    << ", \"avx_vnni\": " << b(f.avx_vnni)
     << ", \"avx512f\": " << b(f.avx512f) << ", \"avx512bw\": " << b(f.avx512bw)
     << ", \"avx512vl\": " << b(f.avx512vl) << ", \"avx512dq\": " << b(f.avx512dq)
     << ", \"avx512_vnni\": " << b(f.avx512_vnni) << ", \"avx512_vbmi\": " << b(f.avx512_vbmi)
@@ -106,7 +113,13 @@ std::string capabilities_json() {
     << ", \"os_avx512\": " << b(f.os_avx512) << ", \"os_amx\": " << b(f.os_amx)
     << ", \"amx_note\": \"" << f.amx_note << "\", \"detected\": \"" << isa_name(f.best)
     << "\", \"implemented\": \"" << isa_name(best_implemented_isa()) << "\", \"active\": \""
-    << isa_name(active_isa()) << "\", \"amx_min_rows\": " << amx_min_rows() << "}";
+    << isa_name(active_isa()) << "\", \"runnable\": [";
+  for (int t = 0, first = 1; t < kIsaCount; ++t)
+    if (isa_runnable(static_cast<Isa>(t))) {
+      o << (first ? "" : ", ") << "\"" << isa_name(static_cast<Isa>(t)) << "\"";
+      first = 0;
+    }
+  o << "], \"amx_min_rows\": " << amx_min_rows() << "}";
   return o.str();
 }
 

@@ -14,8 +14,10 @@ enum class Family : int {
   Int8Gemm = 0, W8Gemm = 1, Quantize = 2, DwConv = 3, Sparse = 4, ConvDirect = 5, Add = 6, kCount = 7
 };
 
-// The kernel set for the active ISA; records the tier that serves `family` (on AMX only the int8
-// GEMM is AMX code: the other families run the AVX-512 VNNI kernels of the set and say so).
+// The tier whose code serves `family` in tier isa's kernel set: AMX and AVX-VNNI add only the int8 GEMM
+// and the direct convolution; their other families are the AVX-512 VNNI and AVX2 kernels.
+Isa served_tier(Isa isa, Family family);
+// The kernel set for the active ISA; records the tier that serves `family` (served_tier).
 const kernels::KernelSet& kernels_for(Family family);
 // The shape-bucket choice for an int8 GEMM of M rows (the one place it is made): on AMX, fewer than
 // amx_min_rows() rows go to the VNNI kernels, which stream the weights without tile overhead.

@@ -52,6 +52,11 @@ CpuFeatures detect() {
       f.avx512_vbmi = c & (1u << 1);
       f.amx_tile = d & (1u << 24);
       f.amx_int8 = d & (1u << 25);
+      if (a >= 1) {  // leaf 7's subleaf count (EAX of subleaf 0)
+        unsigned a1, b1, c1, d1;
+        __cpuid_count(7, 1, a1, b1, c1, d1);
+        f.avx_vnni = a1 & (1u << 4);
+      }
     }
     if (f.amx_tile && f.amx_int8) {
       if (!xcr0_amx) {
@@ -65,11 +70,15 @@ CpuFeatures detect() {
       f.amx_note = "the CPU has no AMX-INT8";
     }
   }
-  f.best = Isa::Ref;
-  if (f.os_avx && f.avx2 && f.fma) f.best = Isa::Avx2;
-  if (f.os_avx512 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512_vnni)
-    f.best = Isa::Avx512Vnni;
-  if (f.best == Isa::Avx512Vnni && f.os_amx) f.best = Isa::Amx;
+  auto& runs = f.runs;
+  runs[static_cast<int>(Isa::Ref)] = true;
+  runs[static_cast<int>(Isa::Avx2)] = f.os_avx && f.avx2 && f.fma;
+  runs[static_cast<int>(Isa::AvxVnni)] = runs[static_cast<int>(Isa::Avx2)] && f.avx_vnni;
+  runs[static_cast<int>(Isa::Avx512Vnni)] = runs[static_cast<int>(Isa::Avx2)] && f.os_avx512 && f.avx512f &&
+                                            f.avx512bw && f.avx512vl && f.avx512dq && f.avx512_vnni;
+  runs[static_cast<int>(Isa::Amx)] = runs[static_cast<int>(Isa::Avx512Vnni)] && f.os_amx;
+  for (int t = 0; t < kIsaCount; ++t)
+    if (runs[t]) f.best = static_cast<Isa>(t);
   return f;
 }
 
@@ -88,6 +97,7 @@ const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::Ref: return "ref";
     case Isa::Avx2: return "avx2";
+    case Isa::AvxVnni: return "avx_vnni";
     case Isa::Avx512Vnni: return "avx512_vnni";
     case Isa::Amx: return "amx";
   }
@@ -95,7 +105,7 @@ const char* isa_name(Isa isa) {
 }
 
 bool parse_isa(const std::string& s, Isa* out) {
-  for (Isa i : {Isa::Ref, Isa::Avx2, Isa::Avx512Vnni, Isa::Amx})
+  for (Isa i : {Isa::Ref, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni, Isa::Amx})
     if (s == isa_name(i)) {
       *out = i;
       return true;
@@ -110,10 +120,15 @@ const CpuFeatures& cpu_features() {
 
 Isa best_implemented_isa() { return Isa::Amx; }
 
+bool isa_runnable(Isa isa) {
+  return static_cast<int>(isa) <= static_cast<int>(best_implemented_isa()) && cpu_features().runs[static_cast<int>(isa)];
+}
+
 Isa active_isa() {
   static const Isa env = env_cap();
-  const int best = std::min(static_cast<int>(cpu_features().best), static_cast<int>(best_implemented_isa()));
-  return static_cast<Isa>(std::min({best, static_cast<int>(env), g_runtime_cap.load()}));
+  int t = std::min({static_cast<int>(best_implemented_isa()), static_cast<int>(env), g_runtime_cap.load()});
+  while (t > 0 && !cpu_features().runs[t]) --t;
+  return static_cast<Isa>(t);
 }
 
 Isa set_isa_cap(Isa cap) {

@@ -9,6 +9,7 @@
 
 #include <immintrin.h>
 
+#include "conv_direct_rows.h"
 #include "epilogue.h"
 #include "pack.h"
 #include "params.h"
@@ -198,31 +199,14 @@ constexpr std::array<std::array<ConvTileFn, Int8Traits::NB>, sizeof...(I)> conv_
   return {{conv_row<static_cast<int>(I) + 1, FLIP>(std::make_index_sequence<Int8Traits::NB>{})...}};
 }
 
-// Output rows [r0, r1) of the flattened (n, oh) range, columns [n0, n1). Each output row is split
-// into ceil(OW / MR) tiles of near-equal width (56 pixels: 6 x 6 + 4 x 5, not 9 x 6 + 2): a narrow
-// tile costs loads, not products, but the even split keeps every tile load-light.
 void conv_direct_avx512(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
   static constexpr auto shifted = conv_table<false>(std::make_index_sequence<Int8Traits::MR>{});
   static constexpr auto flipped = conv_table<true>(std::make_index_sequence<Int8Traits::MR>{});
   const auto& table = cp.signed_x ? flipped : shifted;
-  if (r1 <= r0) return;
-  const int64_t kws = cp.row_seg ? 1 : cp.KW;  // row segments: one offset per kernel row
-  std::vector<int64_t> tap_off(static_cast<size_t>(cp.KH * kws));  // once per call (many rows)
-  for (int64_t kh = 0, t = 0; kh < cp.KH; ++kh)
-    for (int64_t kw = 0; kw < kws; ++kw, ++t) tap_off[t] = (kh * cp.DH * cp.Wp + kw * cp.DW) * cp.C;
-  const uint8_t* x = reinterpret_cast<const uint8_t*>(cp.x);
-  const int64_t image = cp.Hp * cp.Wp * cp.C, tiles = (cp.OW + Int8Traits::MR - 1) / Int8Traits::MR;
-  n1 = std::min(n1, round_up(cp.gemm.N, kPackNB));
-  for (int64_t n = n0; n < n1; n += 16 * Int8Traits::NB) {
-    const int64_t nb = std::min<int64_t>(Int8Traits::NB, (n1 - n) / 16);
-    for (int64_t row = r0; row < r1; ++row) {
-      const uint8_t* in_row = x + (row / cp.OH) * image + (row % cp.OH) * cp.SH * cp.Wp * cp.C;
-      for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t w0 = k * cp.OW / tiles, w1 = (k + 1) * cp.OW / tiles;
-        table[w1 - w0 - 1][nb - 1](cp, tap_off.data(), in_row + w0 * cp.SW * cp.C, row * cp.OW + w0, n);
-      }
-    }
-  }
+  conv_direct_rows<Int8Traits::MR, Int8Traits::NB>(
+      cp, r0, r1, n0, n1, [&](int64_t w, int64_t nb, const int64_t* tap_off, const uint8_t* a0, int64_t out_row, int64_t n) {
+        table[w - 1][nb - 1](cp, tap_off, a0, out_row, n);
+      });
 }
 
 // ---- weight-only int8: fp32 activations, weights widened to fp32 on the fly ----

@@ -157,11 +157,13 @@ struct KernelSet {
   int64_t conv_c_step = 64;      // conv_direct needs C % conv_c_step == 0 (a tile step, or a 4-byte k step)
   int64_t conv_tile_rows = 16;   // output pixels per A tile of conv_direct (AMX 16; VNNI register tiles 6)
   AddFn add_act = nullptr;       // null: the portable kernels::add_act (baseline-flag vectors)
+  bool conv_direct_no_min128 = false;  // conv_direct is exact only for weights without -128 (AVX2's maddubs)
 };
 
 // Defined one per ISA translation unit.
 const KernelSet& kernels_ref();
 const KernelSet& kernels_avx2();
+const KernelSet& kernels_avx_vnni();  // the int8 GEMM and direct convolution; the rest are AVX2's
 const KernelSet& kernels_avx512_vnni();
 const KernelSet& kernels_amx();  // the tile GEMM; the other families are the AVX-512 VNNI kernels
 

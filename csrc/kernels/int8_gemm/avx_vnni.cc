@@ -1,0 +1,91 @@
+// AVX-VNNI kernels: vpdpbusd (u8 x s8 -> s32, exact) on 256-bit vectors, VEX-encoded, for CPUs with
+// AVX-VNNI but no AVX-512 (Intel Alder Lake and later client cores, the E-core Xeons Sierra Forest and
+// Clearwater Forest) and for any CPU that has both (Sapphire Rapids, AMD Zen 5) when capped here. The set
+// adds the int8 GEMM and the direct convolution; its other families are the AVX2 kernels.
+// The operands are VNNI's: activations u8 = s8 + 128, B in the n16k4 packing (PACKING.md), where one
+// 16-column block's k-quad is 64 bytes: two ymm of 8 columns x 4 k. The tile and its epilogue are
+// ymm_tile.h's, shared with the AVX2 set; this file gives them the vpdpbusd step.
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <utility>
+
+#include <immintrin.h>
+
+#include "conv_direct_rows.h"
+#include "epilogue.h"
+#include "pack.h"
+#include "params.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avxvnni")
+
+#include "ymm_tile.h"
+
+namespace fastinfer {
+namespace kernels {
+namespace {
+
+// vpdpbusd: u8 x s8 products summed in fours into int32, exact. Register budget (16 ymm): MR x 2 NB
+// int32 accumulators + 2 NB weight vectors + 1 broadcast. The main tile is 6 rows x one 16-column block
+// (15 ymm). Tiles of 1 or 2 rows take 4 or 2 blocks, so they still run 8 (4) independent accumulator
+// chains: a 1-row tile of one block would wait on the vpdpbusd latency of just 2. (The 1 x 4 tile's
+// weights are memory operands: 8 + 1 ymm live.)
+struct VnniDot {
+  static constexpr bool kShifted = true;
+  static constexpr int kMR = 6;
+  static constexpr int kWide[3] = {0, 4, 2};
+  static_assert(kMR * 2 + 2 + 1 <= 16, "tile does not fit the 16 ymm registers");
+  struct Row {
+    __m256i u8;
+  };
+  template <bool S8>
+  static Row row(__m256i group) {  // an s8 input is flipped to u8 here, one xor per 8 products x columns
+    return {S8 ? _mm256_xor_si256(group, _mm256_set1_epi8(static_cast<char>(0x80))) : group};
+  }
+  static __m256i step(__m256i acc, const Row& r, __m256i b) { return _mm256_dpbusd_avx_epi32(acc, r.u8, b); }
+};
+
+int64_t peak_probe_avx_vnni(int64_t iters) {
+  __m256i acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_epi32(i);
+  __m256i a = _mm256_set1_epi32(0x01010101), b = _mm256_set1_epi32(0x02020202);
+  for (int64_t t = 0; t < iters; ++t) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) acc[i] = _mm256_dpbusd_avx_epi32(acc[i], a, b);
+    __asm__ volatile("" : "+x"(a), "+x"(b));
+  }
+  __m256i s = acc[0];
+  for (int i = 1; i < 12; ++i) s = _mm256_add_epi32(s, acc[i]);
+  volatile int sink = _mm256_extract_epi32(s, 0);
+  (void)sink;
+  return iters * 12 * 32 * 2;
+}
+
+}  // namespace
+}  // namespace kernels
+}  // namespace fastinfer
+
+#pragma GCC pop_options
+
+namespace fastinfer {
+namespace kernels {
+const KernelSet& kernels_avx_vnni() {
+  static const KernelSet s = [] {
+    KernelSet k = kernels_avx2();  // w8 GEMM, quantize, depthwise, absmax, add: AVX2 code
+    k.name = "avx_vnni";
+    k.int8_gemm = ymm_gemm<VnniDot>;
+    k.peak_probe = peak_probe_avx_vnni;
+    k.n_panel = 64;
+    k.m_chunk = 16 * VnniDot::kMR;
+    k.m_tile = VnniDot::kMR;
+    k.signed_a = false;
+    k.conv_direct = ymm_conv_direct<VnniDot>;
+    k.conv_c_step = kPackKB;
+    k.conv_tile_rows = VnniDot::kMR;
+    return k;
+  }();
+  return s;
+}
+}  // namespace kernels
+}  // namespace fastinfer

@@ -1,0 +1,268 @@
+// The 256-bit int8 tile shared by the AVX2 and AVX-VNNI kernel sets: GEMM rows or direct-convolution
+// pixels x 16-column blocks of the n16k4 packing, and its epilogue (EPILOGUE.md), 8 columns per vector.
+// The two sets differ only in the 4-byte dot product step, which the including file supplies as a
+// policy class Dot:
+//   static constexpr bool kShifted;   // the sums are of u8 = s8 + 128 (subtract 128 * colsum), else of s8
+//   static constexpr int kMR;         // rows of the main tile (one 16-column block)
+//   static constexpr int kWide[3];    // blocks of the 1- and 2-row tiles (kWide[1], kWide[2])
+//   struct Row;                       // one row's broadcast 4-byte group, ready for step
+//   template <bool S8> static Row row(__m256i group);  // group as stored: s8 (S8) or u8 = s8 + 128
+//   static __m256i step(__m256i acc, const Row& r, __m256i b);  // acc += 4-byte dot products per column
+//
+// Why a header with intrinsics (STYLE.md keeps intrinsics out of shared headers): as avx512_common.h, so
+// that both sets use one copy of the tile and epilogue. Include it only after `#pragma GCC target` enables
+// AVX2 (elsewhere the intrinsics fail to inline: a compile error); everything here has internal linkage.
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
+#include "conv_direct_rows.h"
+#include "epilogue.h"
+#include "pack.h"
+#include "params.h"
+
+namespace fastinfer {
+namespace kernels {
+namespace {
+
+inline __m256i bcast_u8x4(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+inline __m256i lane_mask(int valid) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// The per-column inputs of columns [col, col + 8), loaded once per tile.
+struct Cols8 {
+  int64_t col;
+  int valid;        // columns inside N (0 for a padded vector: nothing is stored)
+  __m256i mask;     // lane_mask(valid)
+  __m256i comp;     // 128 * colsum[n] for sums of u8 = s8 + 128 (else 0)
+  __m256 b_scale, bias;
+};
+
+inline Cols8 cols8(const Int8GemmParams& p, int64_t col, bool shifted) {
+  Cols8 c;
+  c.col = col;
+  c.valid = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(8, p.N - col)));
+  c.mask = lane_mask(c.valid);
+  c.comp = shifted ? _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.b_colsum + col)), 7)
+                   : _mm256_setzero_si256();  // b_colsum is N_pad long
+  const bool fl = p.out_kind != OutKind::Int32;
+  c.b_scale = fl ? _mm256_maskload_ps(p.b_scale + col, c.mask) : _mm256_setzero_ps();
+  c.bias = fl && p.bias ? _mm256_maskload_ps(p.bias + col, c.mask) : _mm256_setzero_ps();
+  return c;
+}
+
+// relu / relu6 with NaN kept (max/min return their second operand on NaN); Gelu is done per element.
+inline __m256 act8(__m256 y, Act act) {
+  if (act != Act::Relu && act != Act::Relu6) return y;
+  y = _mm256_max_ps(_mm256_setzero_ps(), y);
+  return act == Act::Relu6 ? _mm256_min_ps(_mm256_set1_ps(6.0f), y) : y;
+}
+
+// 8 int32 -> 8 int8 (saturating) in the low 8 bytes.
+inline __m128i narrow8(__m256i q) {
+  const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+  return _mm_packs_epi16(w, w);
+}
+
+// Stores the low `bytes` bytes of v at dst.
+inline void store_bytes(void* dst, __m128i v, int bytes) {
+  if (bytes == 16) {
+    _mm_storeu_si128(static_cast<__m128i*>(dst), v);
+  } else if (bytes == 8) {
+    _mm_storel_epi64(static_cast<__m128i*>(dst), v);
+  } else {
+    alignas(16) uint8_t t[16];
+    _mm_store_si128(reinterpret_cast<__m128i*>(t), v);
+    std::memcpy(dst, t, static_cast<size_t>(bytes));
+  }
+}
+
+// fp32 -> bf16 round to nearest even, NaN -> 0x7fc0 (epilogue.h's f32_to_bf16).
+inline __m128i to_bf16x8(__m256 f) {
+  const __m256i u = _mm256_castps_si256(f);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
+  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+
+// y * inv rounded half to even, clamped to [-127, 127] in float; NaN -> 0 (epilogue.h's requant).
+inline __m256i quant8(__m256 y, __m256 inv) {
+  __m256 r = _mm256_mul_ps(y, inv);
+  r = _mm256_blendv_ps(r, _mm256_setzero_ps(), _mm256_cmp_ps(r, r, _CMP_UNORD_Q));
+  r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
+  return _mm256_cvtps_epi32(r);  // MXCSR default: nearest even
+}
+
+// Row m, columns c: the tile's int32 sums -> the output kind.
+inline void epilogue8(const Int8GemmParams& p, const Cols8& c, int64_t m, __m256i acc) {
+  if (c.valid == 0) return;
+  const int64_t idx = m * p.ldo + c.col;
+  acc = _mm256_sub_epi32(acc, c.comp);
+  if (p.out_kind == OutKind::Int32) {
+    int32_t* o = static_cast<int32_t*>(p.out) + idx;
+    if (c.valid == 8)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), acc);
+    else
+      _mm256_maskstore_epi32(o, c.mask, acc);
+    return;
+  }
+  if (p.act == Act::Gelu) {  // std::erf per element, as the scalar epilogue
+    alignas(32) int32_t t[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t), acc);
+    for (int j = 0; j < c.valid; ++j)
+      store_out(p.out, idx + j, p.out_kind, dequant(t[j], row_scale(p, m), p.b_scale[c.col + j], p.bias, c.col + j, p.act),
+                p.out_inv_scale);
+    return;
+  }
+  __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(row_scale(p, m))), c.b_scale);
+  if (p.bias) y = _mm256_add_ps(y, c.bias);
+  y = act8(y, p.act);
+  if (p.out_kind == OutKind::Int8) {
+    store_bytes(static_cast<int8_t*>(p.out) + idx, narrow8(quant8(y, _mm256_set1_ps(p.out_inv_scale))), c.valid);
+  } else if (p.out_kind == OutKind::BFloat16) {
+    store_bytes(static_cast<uint16_t*>(p.out) + idx, to_bf16x8(y), 2 * c.valid);
+  } else if (c.valid == 8) {
+    _mm256_storeu_ps(static_cast<float*>(p.out) + idx, y);
+  } else {
+    _mm256_maskstore_ps(static_cast<float*>(p.out) + idx, c.mask, y);
+  }
+}
+
+// mr rows x nb blocks. Row i's K bytes are read in `taps` runs of cq 4-byte groups: run t at
+// a0 + tap_off[t] + i * lda (a GEMM: one run of K_pad / 4 groups at its row; a direct convolution: one
+// run per tap, pixels SW * C bytes apart). B advances 64 bytes per group through all runs.
+// S8: a0 holds s8 (an unpadded int8 input read in place); otherwise u8 = s8 + 128.
+template <class Dot, int mr, int nb, bool S8>
+void ymm_tile(const Int8GemmParams& p, const int64_t* tap_off, int64_t taps, int64_t cq, const uint8_t* a0,
+              int64_t lda, int64_t out_row, int64_t n) {
+  __m256i acc[mr][2 * nb];
+  for (int i = 0; i < mr; ++i)
+    for (int j = 0; j < 2 * nb; ++j) acc[i][j] = _mm256_setzero_si256();
+  const int64_t block_stride = p.K_pad * kPackNB;
+  const int8_t* b = p.b + (n / kPackNB) * block_stride;
+  for (int64_t t = 0; t < taps; ++t) {
+    const uint8_t* a = a0 + tap_off[t];
+    for (int64_t q = 0; q < cq; ++q, a += kPackKB, b += 64) {
+      __m256i bv[2 * nb];
+#pragma GCC unroll 8
+      for (int j = 0; j < 2 * nb; ++j)
+        bv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + (j / 2) * block_stride + 32 * (j % 2)));
+#pragma GCC unroll 6
+      for (int i = 0; i < mr; ++i) {
+        const typename Dot::Row r = Dot::template row<S8>(bcast_u8x4(a + i * lda));
+#pragma GCC unroll 8
+        for (int j = 0; j < 2 * nb; ++j) acc[i][j] = Dot::step(acc[i][j], r, bv[j]);
+      }
+    }
+  }
+  Cols8 c[2 * nb];
+#pragma GCC unroll 8
+  for (int j = 0; j < 2 * nb; ++j) c[j] = cols8(p, n + 8 * j, Dot::kShifted);
+  if (p.folded && p.out_kind == OutKind::Int8) {
+    // The folded int8 epilogue (EPILOGUE.md, "Convolutions"): finite scales, so y is never NaN and the
+    // int8 rule is min(y, 127), convert, saturating packs, max -127; 16 columns per store.
+    const bool scale_out = !folds_out_inv(p.act);
+    const __m256 out_inv = _mm256_set1_ps(p.out_inv_scale), hi = _mm256_set1_ps(127.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+#pragma GCC unroll 6
+    for (int i = 0; i < mr; ++i) {
+#pragma GCC unroll 4
+      for (int k = 0; k < nb; ++k) {
+        __m256i q[2];
+        for (int h = 0; h < 2; ++h) {
+          const Cols8& cc = c[2 * k + h];
+          __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[i][2 * k + h], cc.comp)), cc.b_scale);
+          if (p.bias) y = _mm256_add_ps(y, cc.bias);
+          y = act8(y, p.act);
+          if (scale_out) y = _mm256_mul_ps(y, out_inv);
+          q[h] = _mm256_cvtps_epi32(_mm256_min_ps(y, hi));
+        }
+        // The packs work per 128-bit lane: dword l of the result holds 4 columns of q[l % 2], low half
+        // in lane 0 and high half in lane 1; the permute puts the 16 bytes in column order.
+        const __m256i w = _mm256_packs_epi32(q[0], q[1]);
+        __m256i b8 = _mm256_max_epi8(_mm256_packs_epi16(w, w), _mm256_set1_epi8(-127));
+        b8 = _mm256_permutevar8x32_epi32(b8, order);
+        const int valid = c[2 * k].valid + c[2 * k + 1].valid;
+        if (valid > 0)
+          store_bytes(static_cast<int8_t*>(p.out) + (out_row + i) * p.ldo + n + 16 * k, _mm256_castsi256_si128(b8), valid);
+      }
+    }
+    return;
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < 2 * nb; ++j) {
+#pragma GCC unroll 6
+    for (int i = 0; i < mr; ++i) epilogue8(p, c[j], out_row + i, acc[i][j]);
+  }
+}
+
+using YmmTileFn = void (*)(const Int8GemmParams&, const int64_t*, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
+                           int64_t);
+
+// tile<Dot, mr, nb, S8> for mr = 1 .. sizeof(I), and for nb = 1 .. sizeof(J) at a fixed mr.
+template <class Dot, int nb, bool S8, size_t... I>
+constexpr std::array<YmmTileFn, sizeof...(I)> ymm_rows_table(std::index_sequence<I...>) {
+  return {{&ymm_tile<Dot, static_cast<int>(I) + 1, nb, S8>...}};
+}
+template <class Dot, int mr, size_t... J>
+constexpr std::array<YmmTileFn, sizeof...(J)> ymm_wide_table(std::index_sequence<J...>) {
+  return {{&ymm_tile<Dot, mr, static_cast<int>(J) + 1, false>...}};
+}
+
+constexpr int64_t kNoTapOffset[1] = {0};
+
+// The GEMM (Int8GemmFn) on the tile: blocks of kMR rows x 16 columns; a range of 1 or 2 rows takes
+// the wide tiles, so it still runs several independent accumulator chains.
+template <class Dot>
+void ymm_gemm(const Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  static constexpr auto table = ymm_rows_table<Dot, 1, false>(std::make_index_sequence<Dot::kMR>{});
+  static constexpr auto wide1 = ymm_wide_table<Dot, 1>(std::make_index_sequence<Dot::kWide[1]>{});
+  static constexpr auto wide2 = ymm_wide_table<Dot, 2>(std::make_index_sequence<Dot::kWide[2]>{});
+  n1 = std::min(n1, round_up(p.N, kPackNB));
+  const int64_t cq = p.K_pad / kPackKB, rows = m1 - m0;
+  if (rows <= 2) {
+    const int wide = Dot::kWide[rows];
+    for (int64_t n = n0; n < n1; n += 16 * wide) {
+      const int64_t nb = std::min<int64_t>(wide, (n1 - n) / 16);
+      const YmmTileFn fn = rows == 1 ? wide1[nb - 1] : wide2[nb - 1];
+      fn(p, kNoTapOffset, 1, cq, p.a + m0 * p.lda, p.lda, m0, n);
+    }
+    return;
+  }
+  for (int64_t n = n0; n < n1; n += 16)
+    for (int64_t m = m0; m < m1; m += Dot::kMR) {
+      const int64_t mr = std::min<int64_t>(Dot::kMR, m1 - m);
+      table[mr - 1](p, kNoTapOffset, 1, cq, p.a + m * p.lda, p.lda, m, n);
+    }
+}
+
+// The direct convolution (ConvDirectFn) on the tile: kMR pixels x 16 columns.
+template <class Dot>
+void ymm_conv_direct(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+  static constexpr auto shifted = ymm_rows_table<Dot, 1, false>(std::make_index_sequence<Dot::kMR>{});
+  static constexpr auto in_place = ymm_rows_table<Dot, 1, true>(std::make_index_sequence<Dot::kMR>{});
+  const auto& table = cp.signed_x ? in_place : shifted;
+  const int64_t taps = cp.row_seg ? cp.KH : cp.KH * cp.KW;  // a row segment holds a kernel row's taps
+  const int64_t cq = (cp.row_seg ? cp.row_seg : cp.C) / kPackKB, lda = cp.SW * cp.C;
+  conv_direct_rows<Dot::kMR, 1>(
+      cp, r0, r1, n0, n1, [&](int64_t w, int64_t, const int64_t* tap_off, const uint8_t* a0, int64_t out_row, int64_t n) {
+        table[w - 1](cp.gemm, tap_off, taps, cq, a0, lda, out_row, n);
+      });
+}
+
+}  // namespace
+}  // namespace kernels
+}  // namespace fastinfer
