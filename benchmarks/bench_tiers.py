@@ -6,8 +6,8 @@
 One run times, for each case:
   fastinfer, every tier this CPU runs (avx2, avx_vnni, avx512_vnni, amx), kernels capped with use_isa:
     gemm  ops.int8_mm (int8 in, int32 out: the GEMM kernel alone) on a packed [N, K] weight
-    conv  ops.int8_conv2d, int8 channels_last in and out (kernel only), static scales, ReLU; the
-          depthwise layer runs the AVX2 kernel on the avx_vnni tier and the AVX-512 one on amx
+    conv  ops.int8_conv2d, int8 channels_last in and out (kernel only), static scales, ReLU (the
+          depthwise layer runs the AVX-512 VNNI kernel on the amx tier)
   oneDNN through torch.ao (quantized engine 'onednn', prepacked weights), in one child process per
   ONEDNN_MAX_CPU_ISA value (oneDNN reads it once, when first used), the children started by this run:
     gemm  torch.ao.nn.quantized.Linear, quint8 in and out (its output requantized: one pass more than ours)
@@ -152,8 +152,8 @@ def fastinfer_rows(kinds: List[str], min_time: float) -> List[Dict]:
                         path = "" if kind == "gemm" else "depthwise" if family == "dwconv" else \
                             "direct" if ops.last_kernel("conv_direct") else "gathered"
                         exact = torch.equal(out, want)
-                        # AMX and AVX-VNNI add only the GEMM and direct convolution (cpu::served_tier)
-                        expect = {"amx": "avx512_vnni", "avx_vnni": "avx2"}.get(tier, tier) if family == "dwconv" else tier
+                        # AMX's depthwise convolution is the AVX-512 VNNI kernel (cpu::served_tier)
+                        expect = "avx512_vnni" if tier == "amx" else tier
                         if served != expect or not exact:
                             bad.append(f"{name} [{tier}]: served by {served!r}, bit-exact {exact}")
                         t = time_call(run, min_time_s=min_time)

@@ -32,9 +32,10 @@ def isa(request):
 
 
 def served_by(family: str, isa: str) -> str:
-    """The tier that serves `family` with kernels capped at `isa`: AMX and AVX-VNNI add only the int8 GEMM
-    and the direct convolution; their other families run the AVX-512 VNNI and AVX2 kernels."""
-    if family in ("int8_gemm", "conv_direct"):
+    """The tier that serves `family` with kernels capped at `isa`: AMX adds only the int8 GEMM and the direct
+    convolution (its other families run the AVX-512 VNNI kernels), AVX-VNNI those and the depthwise
+    convolution (the rest run AVX2's)."""
+    if family in ("int8_gemm", "conv_direct") or (family == "dwconv" and isa == "avx_vnni"):
         return isa
     return {"amx": "avx512_vnni", "avx_vnni": "avx2"}.get(isa, isa)
 

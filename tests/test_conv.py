@@ -215,24 +215,22 @@ def test_vnni_direct_conv_not_taken_where_it_cannot_run(vnni, g, groups):
     torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, None, (s, s), (p, p), (d, d), groups, 0.03), rtol=0, atol=0)
 
 
-def test_avx2_direct_conv_needs_weights_without_min128():
+def test_direct_conv_and_min128_weights(vnni):
     # AVX2's direct convolution multiplies with vpmaddubsw, exact only when no weight is -128: a weight
-    # with -128 takes the gathered rows and the widening GEMM, still bit-exact.
-    if "avx2" not in runnable_isas():
-        pytest.skip("this CPU cannot run the avx2 path")
+    # with -128 takes the gathered rows and the widening GEMM there. vpdpbusd (the VNNI tiers) is exact for
+    # every weight. Both bit-exact.
     g = VNNI_DIRECT[0]
     N, C, H, W, Co, k, s, p, d = g
     x = torch.randn(N, C, H, W)
     w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
     ws, b, geo = torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co), ((k, k), (s, s), (p, p), (d, d))
-    with fastinfer.use_isa("avx2"):
-        for min128 in (False, True):
-            if min128:
-                w[3, 5, 1, 2] = -128
-            y = ops.int8_conv2d(x, ops.pack_conv_weight(w, 1), ws, b, *geo, 1, 0.03, 0.05, "relu")
-            assert ops.last_kernel("conv_direct") == ("" if min128 else "avx2")
-            assert ops.last_kernel("int8_gemm") == "avx2"
-            torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, b, *geo[1:], 1, 0.03, 0.05, "relu"), rtol=0, atol=0)
+    for min128 in (False, True):
+        if min128:
+            w[3, 5, 1, 2] = -128
+        y = ops.int8_conv2d(x, ops.pack_conv_weight(w, 1), ws, b, *geo, 1, 0.03, 0.05, "relu")
+        assert ops.last_kernel("conv_direct") == ("" if min128 and vnni == "avx2" else vnni)
+        assert ops.last_kernel("int8_gemm") == vnni
+        torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, b, *geo[1:], 1, 0.03, 0.05, "relu"), rtol=0, atol=0)
 
 
 # Depthwise shapes for the VNNI kernel's two tap groupings: row quads (kernel width <= 4, width dilation 1:

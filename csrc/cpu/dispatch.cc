@@ -56,7 +56,8 @@ const char* family_name(Family f) {
 
 Isa served_tier(Isa isa, Family family) {
   if (isa == Isa::Amx && family != Family::Int8Gemm && family != Family::ConvDirect) return Isa::Avx512Vnni;
-  if (isa == Isa::AvxVnni && family != Family::Int8Gemm && family != Family::ConvDirect) return Isa::Avx2;
+  if (isa == Isa::AvxVnni && family != Family::Int8Gemm && family != Family::ConvDirect && family != Family::DwConv)
+    return Isa::Avx2;
   return isa;
 }
 

@@ -9,6 +9,7 @@
 #include <array>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #include <immintrin.h>
 
@@ -46,6 +47,11 @@ struct VnniDot {
   static __m256i step(__m256i acc, const Row& r, __m256i b) { return _mm256_dpbusd_avx_epi32(acc, r.u8, b); }
 };
 
+// The depthwise kernel's pair step (ymm_tile.h, ymm_dwconv): vpdpwssd, the multiply and the add in one.
+struct DpwssdPair {
+  static __m256i step(__m256i acc, __m256i x, __m256i w) { return _mm256_dpwssd_avx_epi32(acc, x, w); }
+};
+
 int64_t peak_probe_avx_vnni(int64_t iters) {
   __m256i acc[12];
   for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_epi32(i);
@@ -72,8 +78,9 @@ namespace fastinfer {
 namespace kernels {
 const KernelSet& kernels_avx_vnni() {
   static const KernelSet s = [] {
-    KernelSet k = kernels_avx2();  // w8 GEMM, quantize, depthwise, absmax, add: AVX2 code
+    KernelSet k = kernels_avx2();  // w8 GEMM, quantize, absmax, add: AVX2 code
     k.name = "avx_vnni";
+    k.dwconv = ymm_dwconv<DpwssdPair>;
     k.int8_gemm = ymm_gemm<VnniDot>;
     k.peak_probe = peak_probe_avx_vnni;
     k.n_panel = 64;
@@ -81,6 +88,7 @@ const KernelSet& kernels_avx_vnni() {
     k.m_tile = VnniDot::kMR;
     k.signed_a = false;
     k.conv_direct = ymm_conv_direct<VnniDot>;
+    k.conv_direct_no_min128 = false;  // vpdpbusd is exact for every weight
     k.conv_c_step = kPackKB;
     k.conv_tile_rows = VnniDot::kMR;
     return k;

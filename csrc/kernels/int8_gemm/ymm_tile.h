@@ -1,5 +1,6 @@
 // The 256-bit int8 tile shared by the AVX2 and AVX-VNNI kernel sets: GEMM rows or direct-convolution
-// pixels x 16-column blocks of the n16k4 packing, and its epilogue (EPILOGUE.md), 8 columns per vector.
+// pixels x 16-column blocks of the n16k4 packing, and its epilogue (EPILOGUE.md), 8 columns per vector;
+// and their depthwise convolution (ymm_dwconv, with its own pair-of-taps step policy, below).
 // The two sets differ only in the 4-byte dot product step, which the including file supplies as a
 // policy class Dot:
 //   static constexpr bool kShifted;   // the sums are of u8 = s8 + 128 (subtract 128 * colsum), else of s8
@@ -21,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #include "conv_direct_rows.h"
 #include "epilogue.h"
@@ -233,6 +235,7 @@ void ymm_gemm(const Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64
   static constexpr auto wide2 = ymm_wide_table<Dot, 2>(std::make_index_sequence<Dot::kWide[2]>{});
   n1 = std::min(n1, round_up(p.N, kPackNB));
   const int64_t cq = p.K_pad / kPackKB, rows = m1 - m0;
+  if (rows <= 0) return;
   if (rows <= 2) {
     const int wide = Dot::kWide[rows];
     for (int64_t n = n0; n < n1; n += 16 * wide) {
@@ -261,6 +264,78 @@ void ymm_conv_direct(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
       cp, r0, r1, n0, n1, [&](int64_t w, int64_t, const int64_t* tap_off, const uint8_t* a0, int64_t out_row, int64_t n) {
         table[w - 1](cp.gemm, tap_off, taps, cq, a0, lda, out_row, n);
       });
+}
+
+// The depthwise convolution (DwConvFn), 16 channels per step. The taps go in pairs: the two taps'
+// inputs, widened to int16, are interleaved (vpunpck{l,h}wd) and multiplied with the pair's weights,
+// interleaved the same way once per call, two products summed per int32 lane (exact for any int8
+// values) by PairDot::step(acc, x_pairs, w_pairs): vpmaddwd + vpaddd on AVX2, vpdpwssd on AVX-VNNI. A tap
+// outside the input (and the odd tap's partner) reads a row of zeros, so borders need no branch.
+// Channels past the last whole 16 go through the scalar rule. Measured against the AVX2 kernel before it
+// (8 channels, a tap at a time, per-byte copies at the channel edge, scalar epilogue): dw 3x3 on
+// 8 x 256 x 28 x 28, int8 in/out, AMD Zen 5, 2 threads: 12.2 -> 0.51 ms (oneDNN AVX2: 0.60 ms).
+template <class PairDot>
+void ymm_dwconv(const DwConvParams& p, int64_t p0, int64_t p1) {
+  const int64_t taps = p.KH * p.KW, pairs = (taps + 1) / 2, cblocks = p.C / 16, cb = cblocks * 16;
+  // Interleaved weights: block (pair, cblock) is 32 int16 = two ymm (the vpunpcklwd and vpunpckhwd halves).
+  std::vector<int16_t> wv(static_cast<size_t>(pairs * cblocks * 32));
+  for (int64_t pr = 0; pr < pairs; ++pr)
+    for (int64_t k = 0; k < cblocks; ++k) {
+      const __m128i z = _mm_setzero_si128();
+      const __m128i w0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.w + 2 * pr * p.C + 16 * k));
+      const __m128i w1 = 2 * pr + 1 < taps ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.w + (2 * pr + 1) * p.C + 16 * k)) : z;
+      const __m256i a = _mm256_cvtepi8_epi16(w0), b = _mm256_cvtepi8_epi16(w1);
+      int16_t* dst = wv.data() + (pr * cblocks + k) * 32;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_unpacklo_epi16(a, b));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 16), _mm256_unpackhi_epi16(a, b));
+    }
+  const std::vector<int8_t> zeros(static_cast<size_t>(p.C + 16), 0);
+  std::vector<const int8_t*> tap(static_cast<size_t>(2 * pairs), zeros.data());
+  const bool vec_act = p.act != Act::Gelu;
+  const __m256 a_scale = _mm256_set1_ps(p.a_scale), out_inv = _mm256_set1_ps(p.out_inv_scale);
+  for (int64_t pix = p0; pix < p1; ++pix) {
+    const int64_t n = pix / (p.OH * p.OW), oh = (pix / p.OW) % p.OH, ow = pix % p.OW;
+    for (int64_t kh = 0, t = 0; kh < p.KH; ++kh)
+      for (int64_t kw = 0; kw < p.KW; ++kw, ++t) {
+        const int64_t ih = oh * p.SH - p.PH + kh * p.DH, iw = ow * p.SW - p.PW + kw * p.DW;
+        tap[t] = (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) ? zeros.data() : p.x + ((n * p.H + ih) * p.W + iw) * p.C;
+      }
+    for (int64_t k = 0; k < cblocks; ++k) {
+      __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+      const int16_t* w = wv.data() + k * 32;
+      for (int64_t pr = 0; pr < pairs; ++pr, w += cblocks * 32) {
+        const __m256i x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tap[2 * pr] + 16 * k)));
+        const __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tap[2 * pr + 1] + 16 * k)));
+        lo = PairDot::step(lo, _mm256_unpacklo_epi16(x0, x1), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+        hi = PairDot::step(hi, _mm256_unpackhi_epi16(x0, x1), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16)));
+      }
+      // The unpacks work per 128-bit lane: lo holds channels 0-3 and 8-11, hi 4-7 and 12-15.
+      const __m256i acc[2] = {_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31)};
+      for (int h = 0; h < 2; ++h) {
+        const int64_t c = 16 * k + 8 * h, idx = pix * p.C + c;
+        if (!vec_act) {
+          alignas(32) int32_t t[8];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(t), acc[h]);
+          for (int j = 0; j < 8; ++j)
+            store_out(p.out, idx + j, p.out_kind, dequant(t[j], p.a_scale, p.w_scale[c + j], p.bias, c + j, p.act),
+                      p.out_inv_scale);
+          continue;
+        }
+        __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[h]), a_scale), _mm256_loadu_ps(p.w_scale + c));
+        if (p.bias) y = _mm256_add_ps(y, _mm256_loadu_ps(p.bias + c));
+        y = act8(y, p.act);
+        if (p.out_kind == OutKind::Int8)
+          _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<int8_t*>(p.out) + idx), narrow8(quant8(y, out_inv)));
+        else
+          _mm256_storeu_ps(static_cast<float*>(p.out) + idx, y);
+      }
+    }
+    for (int64_t c = cb; c < p.C; ++c) {  // the channel tail
+      int32_t acc = 0;
+      for (int64_t t = 0; t < taps; ++t) acc += static_cast<int32_t>(tap[t][c]) * p.w[t * p.C + c];
+      store_out(p.out, pix * p.C + c, p.out_kind, dequant(acc, p.a_scale, p.w_scale[c], p.bias, c, p.act), p.out_inv_scale);
+    }
+  }
 }
 
 }  // namespace
