@@ -92,3 +92,18 @@ def test_use_isa_blocks_nest():
             assert fastinfer.cpu_capabilities()["active"] == "ref"
         assert fastinfer.cpu_capabilities()["active"] == min(("avx2", best), key=fastinfer.ISAS.index)
     assert fastinfer.cpu_capabilities()["active"] == best
+
+
+# Integer ops per probe iteration and thread: 12 chains of the tier's int8 step (AMX: 4 tile products).
+PROBE_OPS = {"avx2": 12 * 32 * 2, "avx_vnni": 12 * 32 * 2, "avx512_vnni": 12 * 64 * 2, "amx": 4 * 16 * 16 * 64 * 2}
+
+
+def test_peak_probe_per_tier(isa):
+    if isa == "ref":
+        with pytest.raises(RuntimeError, match=r"the active ISA \(ref\) has no vector int8 instruction"):
+            ops.int8_peak_probe(10)
+        return
+    assert ops.int8_peak_probe(10) == 10 * PROBE_OPS[isa] * torch.get_num_threads()
+    assert ops.last_kernel("int8_gemm") == isa
+    with pytest.raises(RuntimeError, match="iters must be >= 1"):
+        ops.int8_peak_probe(0)

@@ -288,25 +288,6 @@ void add_act_avx2(const AddParams& p, int64_t i0, int64_t i1) {
   });
 }
 
-// The AVX2 GEMM's inner step (SignDot::step: vpsignb, vpmaddubsw, vpmaddwd, vpaddd: 32 products) on
-// registers, 12 chains to hide the latency.
-int64_t peak_probe_avx2(int64_t iters) {
-  __m256i acc[12];
-  for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_epi32(i);
-  __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(-5);
-  for (int64_t t = 0; t < iters; ++t) {
-    const SignDot::Row r = SignDot::row<true>(a);
-#pragma GCC unroll 12
-    for (int i = 0; i < 12; ++i) acc[i] = SignDot::step(acc[i], r, b);
-    __asm__ volatile("" : "+x"(a), "+x"(b));
-  }
-  __m256i s = acc[0];
-  for (int i = 1; i < 12; ++i) s = _mm256_add_epi32(s, acc[i]);
-  volatile int sink = _mm256_extract_epi32(s, 0);
-  (void)sink;
-  return iters * 12 * 32 * 2;
-}
-
 }  // namespace
 }  // namespace kernels
 }  // namespace fastinfer
@@ -316,7 +297,7 @@ int64_t peak_probe_avx2(int64_t iters) {
 namespace fastinfer {
 namespace kernels {
 const KernelSet& kernels_avx2() {
-  static const KernelSet s{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, ymm_dwconv<MaddPair>, absmax_avx2, peak_probe_avx2,
+  static const KernelSet s{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, ymm_dwconv<MaddPair>, absmax_avx2, ymm_peak_probe<SignDot>,
                            64, 16 * SignDot::kMR, SignDot::kMR, false, conv_direct_avx2, kPackKB, SignDot::kMR,
                            add_act_avx2, /*conv_direct_no_min128=*/true};
   return s;

@@ -52,22 +52,6 @@ struct DpwssdPair {
   static __m256i step(__m256i acc, __m256i x, __m256i w) { return _mm256_dpwssd_avx_epi32(acc, x, w); }
 };
 
-int64_t peak_probe_avx_vnni(int64_t iters) {
-  __m256i acc[12];
-  for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_epi32(i);
-  __m256i a = _mm256_set1_epi32(0x01010101), b = _mm256_set1_epi32(0x02020202);
-  for (int64_t t = 0; t < iters; ++t) {
-#pragma GCC unroll 12
-    for (int i = 0; i < 12; ++i) acc[i] = _mm256_dpbusd_avx_epi32(acc[i], a, b);
-    __asm__ volatile("" : "+x"(a), "+x"(b));
-  }
-  __m256i s = acc[0];
-  for (int i = 1; i < 12; ++i) s = _mm256_add_epi32(s, acc[i]);
-  volatile int sink = _mm256_extract_epi32(s, 0);
-  (void)sink;
-  return iters * 12 * 32 * 2;
-}
-
 }  // namespace
 }  // namespace kernels
 }  // namespace fastinfer
@@ -82,7 +66,7 @@ const KernelSet& kernels_avx_vnni() {
     k.name = "avx_vnni";
     k.dwconv = ymm_dwconv<DpwssdPair>;
     k.int8_gemm = ymm_gemm<VnniDot>;
-    k.peak_probe = peak_probe_avx_vnni;
+    k.peak_probe = ymm_peak_probe<VnniDot>;
     k.n_panel = 64;
     k.m_chunk = 16 * VnniDot::kMR;
     k.m_tile = VnniDot::kMR;

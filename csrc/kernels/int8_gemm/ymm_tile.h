@@ -13,6 +13,8 @@
 // Why a header with intrinsics (STYLE.md keeps intrinsics out of shared headers): as avx512_common.h, so
 // that both sets use one copy of the tile and epilogue. Include it only after `#pragma GCC target` enables
 // AVX2 (elsewhere the intrinsics fail to inline: a compile error); everything here has internal linkage.
+// The including file includes the std and project headers listed below before that pragma, so that no
+// std code is compiled for the ISA (their include guards make the includes here no-ops).
 #pragma once
 
 #include <immintrin.h>
@@ -336,6 +338,26 @@ void ymm_dwconv(const DwConvParams& p, int64_t p0, int64_t p1) {
       store_out(p.out, pix * p.C + c, p.out_kind, dequant(acc, p.a_scale, p.w_scale[c], p.bias, c, p.act), p.out_inv_scale);
     }
   }
+}
+
+// The GEMM's inner step on registers only (PeakProbeFn): 12 chains of Dot::step hide its latency; the
+// asm keeps the operands live. Returns the integer ops done (2 per product, 32 products a step).
+template <class Dot>
+int64_t ymm_peak_probe(int64_t iters) {
+  __m256i acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_epi32(i);
+  __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(-5);
+  for (int64_t t = 0; t < iters; ++t) {
+    const typename Dot::Row r = Dot::template row<true>(a);
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) acc[i] = Dot::step(acc[i], r, b);
+    __asm__ volatile("" : "+x"(a), "+x"(b));
+  }
+  __m256i s = acc[0];
+  for (int i = 1; i < 12; ++i) s = _mm256_add_epi32(s, acc[i]);
+  volatile int sink = _mm256_extract_epi32(s, 0);
+  (void)sink;
+  return iters * 12 * 32 * 2;
 }
 
 }  // namespace
