@@ -26,14 +26,14 @@ void conv_direct_rows(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_
   const uint8_t* x = reinterpret_cast<const uint8_t*>(cp.x);
   const int64_t image = cp.Hp * cp.Wp * cp.C, tiles = (cp.OW + MR - 1) / MR;
   n1 = std::min(n1, round_up(cp.gemm.N, kPackNB));
-  for (int64_t n = n0; n < n1; n += 16 * NB) {
-    const int64_t nb = std::min<int64_t>(NB, (n1 - n) / 16);
-    for (int64_t row = r0; row < r1; ++row) {
-      const uint8_t* in_row = x + (row / cp.OH) * image + (row % cp.OH) * cp.SH * cp.Wp * cp.C;
-      for (int64_t k = 0; k < tiles; ++k) {
-        const int64_t w0 = k * cp.OW / tiles, w1 = (k + 1) * cp.OW / tiles;
-        tile(w1 - w0, nb, tap_off.data(), in_row + w0 * cp.SW * cp.C, row * cp.OW + w0, n);
-      }
+  for (int64_t row = r0; row < r1; ++row) {
+    const uint8_t* in_row = x + (row / cp.OH) * image + (row % cp.OH) * cp.SH * cp.Wp * cp.C;
+    for (int64_t k = 0; k < tiles; ++k) {
+      const int64_t w0 = k * cp.OW / tiles, w1 = (k + 1) * cp.OW / tiles;
+      // Column steps innermost: a pixel's output columns [n0, n1) are written one after the other (a
+      // 64-column panel of int8 is one cache line), the tile's input stays in L1, the panel's weights in L1/L2.
+      for (int64_t n = n0; n < n1; n += 16 * NB)
+        tile(w1 - w0, std::min<int64_t>(NB, (n1 - n) / 16), tap_off.data(), in_row + w0 * cp.SW * cp.C, row * cp.OW + w0, n);
     }
   }
 }
