@@ -8,9 +8,9 @@ import sys
 from typing import Optional, Sequence
 
 # Feature flags first, then the verdicts, so `info` reads from evidence to conclusion.
-_FEATURES = ("avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
+_FEATURES = ("avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_vbmi",
              "amx_tile", "amx_int8", "os_avx", "os_avx512", "os_amx")
-_VERDICTS = ("detected", "implemented", "active", "env_cap", "env_cap_error", "amx_note")
+_VERDICTS = ("detected", "implemented", "runnable", "active", "env_cap", "env_cap_error", "amx_note")
 
 
 def _info() -> int:
@@ -34,7 +34,8 @@ def _info() -> int:
         if k == "env_cap" and caps.get(k) is None:
             print(f"  {k:<14} none (FASTINFER_ISA={'|'.join(fastinfer.ISAS)} caps it)")
         elif k in caps:
-            print(f"  {k:<14} {caps[k]}")
+            v = caps[k]
+            print(f"  {k:<14} {', '.join(v) if isinstance(v, list) else v}")
     from . import ops
     build = ops.BUILD
     gpu = torch.cuda.get_device_name(0) if ops.cuda_available() else "none visible"

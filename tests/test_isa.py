@@ -107,3 +107,10 @@ def test_peak_probe_per_tier(isa):
     assert ops.last_kernel("int8_gemm") == isa
     with pytest.raises(RuntimeError, match="iters must be >= 1"):
         ops.int8_peak_probe(0)
+
+
+def test_info_command_reports_the_tiers():
+    out = subprocess.run([sys.executable, "-m", "fastinfer", "info"], capture_output=True, text=True, check=True).stdout
+    lines = {line.split()[0]: line.split(None, 1)[1].strip() for line in out.splitlines() if line.startswith("  ")}
+    assert lines["runnable"] == ", ".join(runnable_isas())
+    assert lines["active"] == CAPS["active"] and lines["avx_vnni"] == ("yes" if CAPS["avx_vnni"] else "no")
