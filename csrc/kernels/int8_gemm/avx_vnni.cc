@@ -1,7 +1,8 @@
 // AVX-VNNI kernels: vpdpbusd (u8 x s8 -> s32, exact) on 256-bit vectors, VEX-encoded, for CPUs with
 // AVX-VNNI but no AVX-512 (Intel Alder Lake and later client cores, the E-core Xeons Sierra Forest and
 // Clearwater Forest) and for any CPU that has both (Sapphire Rapids, AMD Zen 5) when capped here. The set
-// adds the int8 GEMM and the direct convolution; its other families are the AVX2 kernels.
+// adds the int8 GEMM, the direct convolution and the depthwise convolution; its other families
+// (quantization, w8_only, residual add) are the AVX2 kernels.
 // The operands are VNNI's: activations u8 = s8 + 128, B in the n16k4 packing (PACKING.md), where one
 // 16-column block's k-quad is 64 bytes: two ymm of 8 columns x 4 k. The tile and its epilogue are
 // ymm_tile.h's, shared with the AVX2 set; this file gives them the vpdpbusd step.
@@ -41,7 +42,7 @@ struct VnniDot {
     __m256i u8;
   };
   template <bool S8>
-  static Row row(__m256i group) {  // an s8 input is flipped to u8 here, one xor per 8 products x columns
+  static Row row(__m256i group) {  // an s8 input is flipped to u8 here: one xor per broadcast group
     return {S8 ? _mm256_xor_si256(group, _mm256_set1_epi8(static_cast<char>(0x80))) : group};
   }
   static __m256i step(__m256i acc, const Row& r, __m256i b) { return _mm256_dpbusd_avx_epi32(acc, r.u8, b); }
