@@ -94,6 +94,27 @@ def test_linear_static(isa, M, K, N, activation, out_scale):
     assert_served("quantize", isa)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_static_quantization_edges(isa, dtype):
+    # The static rule on values the vector quantizers must round and clamp as the scalar rule does: ties
+    # at every half step (to even), just inside and past +-127.5 steps, +-inf, NaN, huge and subnormal
+    # values; 24 columns (three 8-wide steps) and 19 (a tail), with a per-column channel scale too.
+    s = 0.25
+    ties = (torch.arange(-40, 40, dtype=torch.float32) + 0.5) * s
+    edges = torch.tensor([127.49, 127.5, 127.51, -127.5, -128.0, 1e30, -1e30, float("inf"), float("-inf"),
+                          float("nan"), 1e-40, -0.0]) * s
+    vals = torch.cat([ties, edges])
+    for K in (24, 19):
+        x = vals[torch.randint(0, len(vals), (9, K))].to(dtype)
+        cs = torch.rand(K) + 0.5
+        w_q, w_scale, packed = make_weight(16, K)
+        for channel_scale in (None, cs):
+            y = ops.int8_linear_static(x, s, packed, w_scale, None, "none", 0.5, channel_scale)
+            want = ref.int8_linear_static(x, s, w_q, w_scale, None, "none", 0.5, channel_scale)
+            torch.testing.assert_close(y, want, rtol=0, atol=0)
+            assert_served("quantize", isa)
+
+
 def test_linear_dynamic_activation(isa):
     x = torch.randn(9, 30)
     w_q, w_scale, packed = make_weight(20, 30)
