@@ -198,8 +198,8 @@ ConvEpilogue fold_epilogue(float a_scale, const at::Tensor& ws, const at::Tensor
 //   tile's overlap);
 // - tiles within output rows for other strides when OW >= 16;
 // - else none: the implicit GEMM on gathered rows; a plain 1x1 convolution is a GEMM on the input rows.
-// VNNI, and the 256-bit tiles of AVX-VNNI (6 pixels) and AVX2 (4 pixels; weights without -128, the
-// only ones its maddubs step is exact for) (register tiles within an output row): every convolution with OW >= 10, plain
+// Register tiles within an output row (AVX-512 VNNI and AVX-VNNI: <= 6 pixels; AVX2: <= 4 pixels, and
+// only for weights without -128, the ones its maddubs step is exact for): every convolution with OW >= 10, plain
 // 1x1 included (the per-item slab replaces the whole shifted or quantized copy of the input, and an
 // unpadded int8 input is read in place). Measured on an AMD Zen 5 (2 threads, batch 8, int8 in/out)
 // against the gathered rows: l1 3x3 (56 x 56) 2.35 -> 1.31-1.39 ms, l1 1x1 1.19 -> 0.74-0.88, s2 3x3
