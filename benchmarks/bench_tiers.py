@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 import warnings
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Tuple
 
 GEMMS = [(1, 4096, 4096), (8, 4096, 4096), (128, 4096, 4096), (512, 1024, 1024)]
 
@@ -104,7 +104,7 @@ def onednn_rows(kinds: List[str], min_time: float) -> List[Dict]:
     return rows
 
 
-def fastinfer_rows(kinds: List[str], min_time: float) -> List[Dict]:
+def fastinfer_rows(kinds: List[str], min_time: float) -> Tuple[List[Dict], List[str]]:
     import torch
     import torch.nn.functional as F
 

@@ -54,10 +54,23 @@ const char* family_name(Family f) {
 
 }  // namespace
 
+// Whether two kernel sets run the same code for `family` (Sparse is not in the sets).
+bool same_kernel(const kernels::KernelSet& a, const kernels::KernelSet& b, Family family) {
+  switch (family) {
+    case Family::Int8Gemm: return a.int8_gemm == b.int8_gemm;
+    case Family::W8Gemm: return a.w8_gemm == b.w8_gemm;
+    case Family::Quantize: return a.quantize == b.quantize;
+    case Family::DwConv: return a.dwconv == b.dwconv;
+    case Family::ConvDirect: return a.conv_direct == b.conv_direct;
+    case Family::Add: return a.add_act == b.add_act;
+    default: return false;
+  }
+}
+
 Isa served_tier(Isa isa, Family family) {
-  if (isa == Isa::Amx && family != Family::Int8Gemm && family != Family::ConvDirect) return Isa::Avx512Vnni;
-  if (isa == Isa::AvxVnni && family != Family::Int8Gemm && family != Family::ConvDirect && family != Family::DwConv)
-    return Isa::Avx2;
+  // A set reuses lower tiers' kernels by copying their pointers: the lowest tier holding the same one wrote it.
+  for (int t = 0; t < static_cast<int>(isa); ++t)
+    if (same_kernel(table(static_cast<Isa>(t)), table(isa), family)) return static_cast<Isa>(t);
   return isa;
 }
 

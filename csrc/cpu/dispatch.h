@@ -14,9 +14,9 @@ enum class Family : int {
   Int8Gemm = 0, W8Gemm = 1, Quantize = 2, DwConv = 3, Sparse = 4, ConvDirect = 5, Add = 6, kCount = 7
 };
 
-// The tier whose code serves `family` in tier isa's kernel set: AMX adds only the int8 GEMM and the direct
-// convolution (its other families are the AVX-512 VNNI kernels), AVX-VNNI those and the depthwise
-// convolution (the rest are AVX2's).
+// The tier whose code serves `family` in tier isa's kernel set, found from the sets themselves: AMX adds
+// only the int8 GEMM and the direct convolution (its other families are the AVX-512 VNNI kernels),
+// AVX-VNNI those and the depthwise convolution (the rest are AVX2's).
 Isa served_tier(Isa isa, Family family);
 // The kernel set for the active ISA; records the tier that serves `family` (served_tier).
 const kernels::KernelSet& kernels_for(Family family);

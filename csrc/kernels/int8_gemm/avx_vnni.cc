@@ -68,13 +68,10 @@ const KernelSet& kernels_avx_vnni() {
     k.dwconv = ymm_dwconv<DpwssdPair>;
     k.int8_gemm = ymm_gemm<VnniDot>;
     k.peak_probe = ymm_peak_probe<VnniDot>;
-    k.n_panel = 64;
-    k.m_chunk = 16 * VnniDot::kMR;
+    k.m_chunk = 16 * VnniDot::kMR;  // n_panel, signed_a (u8 operand) and conv_c_step as AVX2's
     k.m_tile = VnniDot::kMR;
-    k.signed_a = false;
     k.conv_direct = ymm_conv_direct<VnniDot>;
     k.conv_direct_no_min128 = false;  // vpdpbusd is exact for every weight
-    k.conv_c_step = kPackKB;
     k.conv_tile_rows = VnniDot::kMR;
     return k;
   }();
