@@ -8,7 +8,7 @@ BUILT := $(VENV)/.ext-built
 SOURCES := $(shell find csrc -type f 2>/dev/null) setup.py build_config.py pyproject.toml
 THREADS ?= 2
 
-.PHONY: demo test bench build compile-check clean
+.PHONY: demo test bench build compile-check cuda-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: build
 # syntax-checked; needs nvcc, no GPU. `make test` runs it too (tests/test_cuda_build.py).
 compile-check: $(DEPS)
 	$(PY) tests/cuda_compile.py --jobs 2
+
+# The whole CUDA build with no GPU: a CUDA torch (the GPU machine's version) in .venv-cuda, the extension
+# built with its kernels in build/cuda-check, loaded, its CPU-side tests run and its SASS checked for the
+# tensor-core instructions (tests/cuda_build_check.sh; needs nvcc; CI runs it after `make test`).
+cuda-check:
+	bash tests/cuda_build_check.sh
 
 bench: build
 	$(PY) benchmarks/bench_linear.py --threads $(THREADS) --json benchmarks/latest_linear.json

@@ -2,6 +2,11 @@
 scheme, and compare test accuracy, batch-1 / batch-64 latency and model size in one table.
 
     python -m fastinfer demo [--epochs 30] [--hidden 1024] [--threads 2] [--json out.json] [--quick]
+                             [--device cuda]
+
+With --device cuda the models are trained on the CPU as usual, then run on the GPU: the MLP is moved there
+and quantized there (quantize() on a GPU model), the CNN is quantized on the CPU and then moved
+(Int8Linear/Int8Conv2d repack for the GPU). Sparse rows on a GPU: 2:4 with int8 values (Hopper).
 """
 from __future__ import annotations
 
@@ -50,7 +55,22 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--cnn-epochs", type=int, default=None,
                    help="epochs of the CNN teacher, and of distilling the pruned student (default: 15, or 3 with --quick)")
     p.add_argument("--no-cnn", action="store_true", help="skip the CNN prune -> distill -> quantize part")
+    p.add_argument("--device", default="cpu",
+                   help="where the trained models run and are timed: cpu (default) or cuda[:i] (a CUDA build of "
+                        "fastinfer and a GPU; `fastinfer info` shows both)")
     args = p.parse_args(argv)
+    try:
+        args.device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device must be cpu or cuda[:index], got {args.device!r}")
+    if args.device.type not in ("cpu", "cuda"):
+        p.error(f"--device must be cpu or cuda[:index], got {args.device}")
+    if args.device.type == "cuda":
+        if not ops.cuda_available():
+            p.error("--device cuda needs fastinfer built with its CUDA kernels and a visible GPU; this build has CUDA "
+                    f"kernels: {bool(ops.BUILD['cuda'])}, GPUs torch sees: {torch.cuda.device_count()}")
+        if (args.device.index or 0) >= torch.cuda.device_count():
+            p.error(f"--device {args.device}: torch sees {torch.cuda.device_count()} GPU(s)")
     if args.cnn_epochs is None:
         args.cnn_epochs = 3 if args.quick else 15
     if args.epochs is None:
@@ -146,10 +166,13 @@ def model_nbytes(model: nn.Module) -> int:
 @torch.inference_mode()
 def time_models(models: Dict[str, nn.Module], x: torch.Tensor, warmup: int, iters: int) -> Dict[str, List[float]]:
     """Per-call latencies in ms for each model on input x, timed call by call with perf_counter
-    (so the spread, not only the mean, is visible) and interleaved across models in rounds."""
+    (so the spread, not only the mean, is visible) and interleaved across models in rounds. On a GPU
+    each call is timed to the end of its kernels (the stream is synchronized before the clock stops)."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     for m in models.values():
         for _ in range(warmup):  # first calls pay for allocations, page faults and cold caches
             m(x)
+    sync()
     samples = {name: [] for name in models}
     per_round = max(1, iters // _ROUNDS)
     for _ in range(_ROUNDS):
@@ -158,6 +181,7 @@ def time_models(models: Dict[str, nn.Module], x: torch.Tensor, warmup: int, iter
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 m(x)
+                sync()
                 out.append((time.perf_counter() - t0) * 1e3)
     return samples
 
@@ -189,46 +213,59 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     fp32 = make_mlp(x_tr.shape[1], args.hidden, int(y_tr.max()) + 1)
     train_stats = train(fp32, x_tr, y_tr, args.epochs, args.seed)
 
-    models: Dict[str, nn.Module] = {"fp32": fp32}
+    dev = args.device
+    on_gpu = dev.type == "cuda"
+    models: Dict[str, nn.Module] = {"fp32": copy.deepcopy(fp32).to(dev)}
     swapped: List[str] = []
     for scheme in SCHEMES:
         # Deep copies: quantize() swaps layers in place, and the fp32 model must stay the baseline.
-        q = fastinfer.quantize(copy.deepcopy(fp32), scheme=scheme)
+        # On a GPU the copy moves first and is quantized there, as a user's model.cuda() would be.
+        q = fastinfer.quantize(copy.deepcopy(fp32).to(dev), scheme=scheme)
         swapped = swapped or list(q.fastinfer_report.swapped)
         models[scheme] = q
+    skipped: Dict[str, str] = {}
     for name, how in SPARSE.items():
+        why = _gpu_sparse_unsupported(name, dev) if on_gpu else None
+        if why:
+            skipped[name] = why
+            continue
         sparse = copy.deepcopy(fp32)
         fastinfer.prune(sparse, **how)
         # Masked fine-tuning: pruned weights stay zero while the rest adapt (a third of the epochs).
         train(sparse, x_tr, y_tr, max(2, args.epochs // 3), args.seed + 1)
-        models[name] = fastinfer.sparsify(sparse.eval())
+        # A GPU runs 2:4 weights as int8 on the sparse tensor cores (SparseLinear 'sparse24').
+        models[name] = (fastinfer.sparsify(sparse.eval().to(dev), value_dtype=torch.int8) if on_gpu
+                        else fastinfer.sparsify(sparse.eval()))
+    x_te_dev, y_te_dev = x_te.to(dev), y_te.to(dev)
 
     caps = fastinfer.cpu_capabilities()
     results: dict = {
         "machine": {"isa_active": caps.get("active"), "isa_detected": caps.get("detected"),
                     "vendor": caps.get("vendor"), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "fastinfer": fastinfer.__version__,
-                    "python": platform.python_version()},
+                    "python": platform.python_version(), "device": str(dev),
+                    "gpu": torch.cuda.get_device_name(dev) if on_gpu else None},
         "config": {"epochs": args.epochs, "hidden": args.hidden, "seed": args.seed, "quick": args.quick,
                    "train_size": len(x_tr), "test_size": len(x_te)},
         "train": train_stats,
         "swapped": swapped,
+        "skipped": skipped,
     }
     ref_logits = None
     for name, m in models.items():  # fp32 first: its logits are the reference for the others
-        r, logits = evaluate(m, x_te, y_te, ref_logits)
+        r, logits = evaluate(m, x_te_dev, y_te_dev, ref_logits)
         ref_logits = logits if ref_logits is None else ref_logits
         r["size_bytes"] = model_nbytes(m)
         if name in _KERNEL_FAMILY:
-            # Read right after this model's forward: which ISA actually served its GEMMs.
-            r["kernel_isa"] = ops.last_kernel(_KERNEL_FAMILY[name])
+            # Read right after this model's forward: which ISA (CPU) or kernel (GPU) served its GEMMs.
+            r["kernel_isa"] = ops.cuda_last_kernel() if on_gpu else ops.last_kernel(_KERNEL_FAMILY[name])
         results[name] = r
 
     # Real test images as inputs, so activation quantization sees realistic ranges.
     budget = _TIMING["quick" if args.quick else "full"]
     for batch in (1, 64):
         warmup, iters = budget[batch]
-        lat = time_models(models, x_te[:batch].contiguous(), warmup, iters)
+        lat = time_models(models, x_te_dev[:batch].contiguous(), warmup, iters)
         for name, ms in lat.items():
             results[name][f"b{batch}_p50_ms"] = float(np.percentile(ms, 50))
             results[name][f"b{batch}_p99_ms"] = float(np.percentile(ms, 99))
@@ -245,10 +282,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(f"\nfastinfer {mach['fastinfer']} demo: MLP 64 -> {args.hidden} -> {args.hidden} -> 10 on sklearn digits "
           f"({len(x_tr)} train / {len(x_te)} test), {args.epochs} epochs in {train_stats['seconds']:.1f} s, "
           f"train acc {train_stats['train_accuracy']:.1f}%")
-    print(f"CPU: ISA {mach['isa_active']} (detected {mach['isa_detected']}), vendor {mach['vendor']}, "
-          f"threads {mach['threads']}, torch {mach['torch']}")
+    if on_gpu:
+        print(f"GPU: {mach['gpu']} ({dev}), torch {mach['torch']}; trained on the CPU ({mach['threads']} threads)")
+    else:
+        print(f"CPU: ISA {mach['isa_active']} (detected {mach['isa_detected']}), vendor {mach['vendor']}, "
+              f"threads {mach['threads']}, torch {mach['torch']}")
     print(f"swapped to Int8Linear ({len(swapped)}): {', '.join(swapped)}")
-    print("kernels: " + ", ".join(f"{s} -> {results[s]['kernel_isa']}" for s in _KERNEL_FAMILY))
+    print("kernels: " + ", ".join(f"{s} -> {results[s]['kernel_isa']}" for s in _KERNEL_FAMILY if s in models))
+    for name, why in skipped.items():
+        print(f"{name}: not run on {dev}: {why}")
     print("sparse rows: fastinfer.prune (masks) + fine-tune + fastinfer.sparsify; targets: 2:4 loses <= 1 point, "
           "90% unstructured <= 2 points")
     print(f"latency: per call, {base['b1_iters']} calls at batch 1, {base['b64_iters']} at batch 64; "
@@ -268,17 +310,30 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     return results
 
 
+def _gpu_sparse_unsupported(name: str, dev: torch.device) -> Optional[str]:
+    """Why a sparse row cannot run on this GPU, or None: the GPU sparse layout is 2:4 int8 on Hopper."""
+    if SPARSE[name]["pattern"] != "2:4":
+        return "the GPU sparse kernels are 2:4 only (unstructured sparsity runs on the CPU)"
+    if not ops.BUILD.get("sparse24"):
+        return "this build has no 2:4 sparse CUDA kernels (they need the CUTLASS headers)"
+    if torch.cuda.get_device_capability(dev)[0] != 9:
+        return f"the 2:4 kernels need a Hopper GPU (compute capability 9.x), this one is {torch.cuda.get_device_capability(dev)}"
+    return None
+
+
 def _run_cnn(args, x_tr, y_tr, x_te, y_te) -> dict:
     """Part 2: digits CNN -> 50% channels pruned -> distilled from the unpruned teacher -> int8 Linear."""
     iters = (30, 10) if args.quick else (500, 60)
     cnn = demo_cnn.run(x_tr, y_tr, x_te, y_te, train_fn=train, time_fn=time_models, teacher_epochs=args.cnn_epochs,
-                       distill_epochs=args.cnn_epochs, seed=args.seed, iters=iters, threads=args.threads)
+                       distill_epochs=args.cnn_epochs, seed=args.seed, iters=iters, threads=args.threads,
+                       device=args.device)
     rows = cnn["rows"]
     print(f"\npart 2: digits CNN (conv 96-192-384, fc 256), {args.cnn_epochs} epochs; 'int8' rows: fastinfer.fuse "
           f"(BN folded, ReLU fused) + fastinfer.quantize w8a8_static (8 calibration batches), every conv and "
           f"Linear int8; fastinfer.prune removes {demo_cnn.PRUNE_AMOUNT:.0%} of the channels, fastinfer.distill "
           f"trains the pruned student from the teacher ({args.cnn_epochs} epochs)")
-    print("params and FLOPs: fastinfer.profile; latency: median per call, models interleaved; x = speedup over the teacher; "
+    print(f"params and FLOPs: fastinfer.profile; latency on {args.device}: median per call, models interleaved; "
+          "x = speedup over the teacher; "
           "FLOPs / = teacher FLOPs over this step's\n")
     print(demo_cnn.format_table(rows))
     t = demo_cnn.latency_targets(rows)

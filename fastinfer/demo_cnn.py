@@ -50,11 +50,13 @@ def _split_val(x: torch.Tensor, y: torch.Tensor, seed: int, frac: float = 0.15):
 
 
 def run(x_tr, y_tr, x_te, y_te, *, train_fn, time_fn, teacher_epochs: int, distill_epochs: int, seed: int,
-        iters: Tuple[int, int], threads: int) -> Dict[str, dict]:
+        iters: Tuple[int, int], threads: int, device: torch.device = torch.device("cpu")) -> Dict[str, dict]:
     """Returns {"rows": {step: metrics}, "prune_report": str, ...}; prints nothing.
 
-    Parameters and FLOPs come from fastinfer.profile; latency from time_fn, which interleaves the
-    models call by call in rounds, so drift on a shared machine hits every step alike."""
+    Training, pruning, distillation and quantization run on the CPU; every step's model then moves to
+    `device` for accuracy and latency (a quantized model repacks its int8 layers for a GPU there).
+    Parameters and FLOPs come from fastinfer.profile (on the CPU); latency from time_fn, which interleaves
+    the models call by call in rounds, so drift on a shared machine hits every step alike."""
     img = lambda t: t.reshape(-1, 1, 8, 8)  # noqa: E731  (the 64 digit pixels as an image)
     x_tr, x_te = img(x_tr), img(x_te)
     x_fit, y_fit, x_val, y_val = _split_val(x_tr, y_tr, seed)
@@ -86,7 +88,11 @@ def run(x_tr, y_tr, x_te, y_te, *, train_fn, time_fn, teacher_epochs: int, disti
     rows: Dict[str, dict] = {}
     for name, m in steps.items():
         p = profile(m, (x_te[:1].contiguous(),), warmup=1, iters=3, threads=threads)
-        rows[name] = {"accuracy": accuracy(m, x_te, y_te), "params": p.totals.params, "flops": p.totals.flops}
+        rows[name] = {"params": p.totals.params, "flops": p.totals.flops}
+    steps = OrderedDict((name, m.to(device)) for name, m in steps.items())
+    x_te, y_te = x_te.to(device), y_te.to(device)
+    for name, m in steps.items():
+        rows[name]["accuracy"] = accuracy(m, x_te, y_te)
     for batch, n in zip((1, 64), iters):
         lat = time_fn(steps, x_te[:batch].contiguous(), max(2, n // 10), n)
         for name, ms in lat.items():

@@ -213,6 +213,9 @@ def test_bad_input():
     with pytest.raises(RuntimeError, match="packed_w must be on"):
         ops.int8_mm(a, cpu_packed, 40)          # another device
     packed = ops.pack_int8_weight(b.to(DEV))
+    off = torch.zeros(packed.numel() + 1, dtype=torch.int8, device=DEV)[1:].view(packed.shape)
+    with pytest.raises(RuntimeError, match="packed_w must start on a 16-byte boundary"):
+        ops.int8_mm(a, off, 40)
     with pytest.raises(RuntimeError, match="rows of 112 bytes, expected"):
         ops.int8_mm(rand_i8(8, 60).to(DEV), packed, 40)
     with pytest.raises(RuntimeError, match="w_scale must be 1-D of length 40"):
@@ -221,3 +224,28 @@ def test_bad_input():
         ops.int8_linear_dynamic(torch.randn(3, 100, device=DEV).double(), packed, torch.ones(40, device=DEV))
     with pytest.raises(RuntimeError, match="activation must be"):
         ops.int8_linear_dynamic(torch.randn(3, 100, device=DEV), packed, torch.ones(40, device=DEV), None, "tanh")
+
+
+def test_demo_on_gpu(capsys):
+    """`fastinfer demo --device cuda`: the MLP quantized on the GPU, the CNN quantized on the CPU and moved,
+    2:4 sparse on Hopper; each row served by the CUDA kernels."""
+    pytest.importorskip("sklearn")
+    from fastinfer import demo
+    results = demo.main(["--quick", "--device", "cuda", "--threads", "4"])
+    assert results["machine"]["device"] == "cuda" and results["machine"]["gpu"]
+    fp32 = results["fp32"]["accuracy"]
+    assert fp32 > 90.0
+    assert results["w8a8_dynamic"]["kernel_isa"] in gemm_kernels()
+    assert results["w8_only"]["kernel_isa"] in ("weight_only", "weight_only_cublas")
+    for scheme in ("w8a8_dynamic", "w8_only"):
+        assert results[scheme]["accuracy"] >= fp32 - 0.5, scheme
+    assert "sparse 90%" in results["skipped"]
+    if ops.sparse24_available():
+        assert results["sparse 2:4"]["kernel_isa"] == "sm90_sparse24" and results["sparse 2:4"]["accuracy"] > 80.0
+    else:
+        assert "sparse 2:4" in results["skipped"]
+    rows = results["cnn"]["rows"]
+    assert rows["teacher int8"]["accuracy"] >= rows["teacher fp32"]["accuracy"] - 1.0
+    assert rows["+ int8 static"]["accuracy"] >= rows["+ distilled"]["accuracy"] - 1.0
+    out = capsys.readouterr().out
+    assert "GPU: " in out and "latency on cuda" in out

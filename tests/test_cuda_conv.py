@@ -28,8 +28,10 @@ GEOMETRIES = [
     (2, 13, 8, 8, 20, 7, 1, 3, 1, 1),       # 7x7, odd channels: gathered
     (2, 64, 10, 10, 64, 3, 1, 1, 1, 64),    # depthwise
     (1, 13, 9, 9, 13, 3, 2, 1, 2, 13),      # depthwise, odd C, stride + dilation
+    (1, 16, 40, 40, 16, 3, 9, 1, 1, 1),     # stride 9: past the im2col TMA's 8, gathered
+    (1, 16, 4, 4, 16, 3, 1, 130, 1, 1),     # padding 130: past the im2col TMA's corner limit, gathered
 ]
-IDS = ["c64-3x3", "stride2", "5x5-dil2", "1x1", "c3-cout13", "7x7-c13", "dw", "dw-odd"]
+IDS = ["c64-3x3", "stride2", "5x5-dil2", "1x1", "c3-cout13", "7x7-c13", "dw", "dw-odd", "stride9", "pad130"]
 MODES = [(None, None, "none"), (0.03, None, "relu"), (None, 0.05, "relu6"), (0.02, 0.04, "relu"),
          (0.02, 0.04, "none")]
 
@@ -46,7 +48,9 @@ def expected_kernel(g):
     if groups > 1:
         return "dwconv"
     hopper = torch.cuda.get_device_capability()[0] == 9 and ops.BUILD.get("cutlass_sm90")
-    return "sm90_conv" if hopper and C % 16 == 0 and Co % 16 == 0 else "conv_gathered"
+    span = (k - 1) * d  # the im2col TMA's limits: strides 1..8, corners in [-128, 127], offsets below 255
+    im2col = 1 <= s <= 8 and 0 <= p <= 128 and -128 <= p - span <= 127 and span < 255
+    return "sm90_conv" if hopper and im2col and C % 16 == 0 and Co % 16 == 0 else "conv_gathered"
 
 
 @pytest.mark.parametrize("mode", MODES, ids=["dynamic", "static-relu", "int8out-relu6", "int8out-relu", "int8out"])
@@ -63,6 +67,23 @@ def test_conv_matches_reference(g, mode):
         r = ref.int8_conv2d(x, w, ws, bias, (s, s), (p, p), (d, d), groups, x_scale, out_scale, act)
         assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == r.dtype
         torch.testing.assert_close(y.cpu(), r, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("g", [GEOMETRIES[0], GEOMETRIES[6]], ids=["sm90", "depthwise"])
+def test_int8_input_view_off_alignment(g):
+    """An int8 channels_last input that starts 1 byte into its storage: copied to an aligned base, not misread
+    by the vector loads."""
+    N, C, H, W, Co, k, s, p, d, groups = g
+    _, w, ws, b = make(g, 2)
+    flat = torch.randint(-127, 128, (N * H * W * C + 1,), dtype=torch.int8)
+    view = lambda t: t[1:].view(N, H, W, C).permute(0, 3, 1, 2)  # noqa: E731  (channels_last, offset 1)
+    xd = view(flat.to(DEV))
+    assert xd.is_contiguous(memory_format=torch.channels_last) and xd.data_ptr() % 16 != 0
+    packed = ops.pack_conv_weight(w.to(DEV), groups)
+    y = ops.int8_conv2d(xd, packed, ws.to(DEV), b.to(DEV), (k, k), (s, s), (p, p), (d, d), groups, 0.05, 0.1)
+    assert ops.cuda_last_kernel() == expected_kernel(g)
+    r = ref.int8_conv2d(view(flat), w, ws, b, (s, s), (p, p), (d, d), groups, 0.05, 0.1)
+    torch.testing.assert_close(y.cpu(), r, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("g", [GEOMETRIES[0], GEOMETRIES[4], GEOMETRIES[6]], ids=["sm90", "gathered", "depthwise"])

@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from fastinfer import demo  # noqa: E402
+from fastinfer import demo, ops  # noqa: E402
 
 
 def test_demo_quick(capsys):
@@ -25,3 +25,16 @@ def test_demo_quick(capsys):
     assert results["cnn"]["swapped"] == ["conv1", "conv2", "conv3", "fc", "head"]
     out = capsys.readouterr().out
     assert "w8a8_dynamic" in out and "b1 p50" in out and "+ distilled" in out
+
+
+def test_demo_device_refused_clearly(capsys):
+    with pytest.raises(SystemExit):
+        demo.main(["--quick", "--device", "tpu"])
+    assert "--device must be cpu or cuda" in capsys.readouterr().err
+    if ops.cuda_available():
+        return  # the CUDA run itself is tests/test_cuda.py's (GPU machines)
+    with pytest.raises(SystemExit):
+        demo.main(["--quick", "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert "--device cuda needs fastinfer built with its CUDA kernels and a visible GPU" in err
+    assert f"this build has CUDA kernels: {bool(ops.BUILD['cuda'])}" in err

@@ -73,6 +73,8 @@ ck::OutKind out_kind(at::ScalarType t, const char* op) {
   return ck::OutKind::Float16;
 }
 
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 // The CUDA packed weight: int8 [N, round_up(K, 16)], contiguous (pack_int8_weight on the GPU).
 void check_packed(const at::Tensor& w, int64_t K, const at::Device& dev, const char* op) {
   check_device(w, dev, op, "packed_w");
@@ -84,6 +86,8 @@ void check_packed(const at::Tensor& w, int64_t K, const at::Device& dev, const c
               " bytes, expected round_up(K=", K, ", 16) = ", ck::round_up(K, ck::kKAlign), " (x.shape[-1] must equal the "
               "weight's in_features)");
   TORCH_CHECK(w.size(0) >= 1, "fastinfer.", op, ": packed_w has no rows");
+  TORCH_CHECK(aligned16(w.data_ptr()), "fastinfer.", op, ": packed_w must start on a 16-byte boundary (the kernels "
+              "copy 16-byte pieces of its rows), as pack_int8_weight's own tensors do; got a view at an offset");
 }
 
 // Per-channel vectors (scales, bias): 1-D of length n on dev, converted to contiguous fp32.
@@ -101,8 +105,6 @@ at::Tensor channel_vector(const at::Tensor& t, int64_t n, const at::Device& dev,
   }
   return t.to(at::kFloat).contiguous();
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // int8 [M, K] -> the GEMM's A operand [M, K_pad] (16-byte aligned rows): the tensor itself when it
 // already is one, else a zero-padded copy.
@@ -439,6 +441,9 @@ at::Tensor sparse24_linear_int8(const at::Tensor& x, const at::Tensor& values, c
               meta.numel() == sz.meta_bytes, "fastinfer.", op, ": meta must be the contiguous uint8 tensor of ",
               sz.meta_bytes, " bytes pack_sparse24 makes for a [", N, ", ", K, "] weight, got ", meta.scalar_type(),
               " of shape ", meta.sizes());
+  TORCH_CHECK(aligned16(values.data_ptr()) && aligned16(meta.data_ptr()), "fastinfer.", op, ": values and meta "
+              "must start on 16-byte boundaries (the TMA loads' requirement), as pack_sparse24's own tensors do; got "
+              "a view at an offset");
   const at::Tensor ws = channel_vector(w_scale, N, dev, op, "w_scale", false);
   const at::Tensor bi = bias ? channel_vector(*bias, N, dev, op, "bias", true) : at::Tensor();
   const ck::OutKind kind = out_kind(x.scalar_type(), op);
@@ -574,6 +579,9 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
                 "packed_w must be the CUDA conv weight int8 [Cout=", a.Cout, ", round_up(KH*KW*C=", K, ", 16)] from "
                 "pack_conv_weight on the GPU (Int8Conv2d.to('cuda') repacks), got ", packed_w.scalar_type(), " ",
                 packed_w.sizes());
+    TORCH_CHECK(aligned16(packed_w.data_ptr()), "fastinfer.int8_conv2d: packed_w must start on a 16-byte boundary "
+                "(the kernels copy 16-byte pieces of its rows), as pack_conv_weight's own tensors do; got a view at an "
+                "offset");
   }
   const bool int8_out = out_scale.has_value();
   at::Tensor out = at::empty({a.N, a.Cout, a.OH, a.OW},
@@ -583,6 +591,9 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   // The folded epilogue (EPILOGUE.md, "Convolutions"), on the device: scale = a_scale * w_scale, and
   // for an int8 output with none/relu also * out_inv (as the bias).
   auto [xq, a_scale] = conv_quantize(x, x_scale, op);
+  // An int8 input can be a view that starts off a 16-byte boundary: the kernels' vector loads (TMA, im2row's
+  // 16-byte pieces, depthwise's 4-byte ones) need an aligned base, so such a view is copied once.
+  if (!aligned16(xq.data_ptr())) xq = xq.clone(at::MemoryFormat::ChannelsLast);
   const float out_inv = int8_out ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
   const bool fold_inv = int8_out && folds_out_inv(act);
   at::Tensor scale = a_scale * ws;

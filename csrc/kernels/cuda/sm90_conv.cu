@@ -90,7 +90,7 @@ struct Sm90Conv {
 
   using Acc = fusion::Sm90AccFetch;
   using Scale = fusion::Sm90RowBroadcast<0, TileShape, float, float>;  // one value per output channel
-  using Bias = fusion::Sm90RowBroadcast<0, TileShape, float, float>;   // null -> 0
+  using Bias = fusion::Sm90RowBroadcast<0, TileShape, float, float>;   // null -> -0 (no change)
   using Mul = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::multiplies, float, float, kRound>, Acc, Scale>;
   using Add = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::plus, float, float, kRound>, Mul, Bias>;
   using ActNode = fusion::Sm90EVT<fusion::Sm90Compute<ClampFn, float, float, kRound>, Add>;
@@ -129,7 +129,8 @@ struct Sm90Conv {
     if (p.e.act == Act::Relu || p.e.act == Act::Relu6) act.lo = 0.0f;
     if (p.e.act == Act::Relu6) act.hi = 6.0f;
     // The tree's arguments nest as {children..., op}.
-    [[maybe_unused]] const auto add = typename Add::Arguments{{{}, {p.e.scale}, {}}, {p.e.bias}, {}};  // (acc * scale) + bias
+    // (acc * scale) + bias; a null bias reads as -0, which leaves every y as it is (+0 would turn -0 into +0).
+    [[maybe_unused]] const auto add = typename Add::Arguments{{{}, {p.e.scale}, {}}, {p.e.bias, -0.0f}, {}};
     if constexpr (kInt8Out) {
       args.epilogue.thread = {{{add, act}, ScaleArgs{p.e.out_inv_scale}}, ClampArgs{-127.0f, 127.0f}};
     } else {
@@ -156,7 +157,18 @@ bool sm90_conv_supported(const Sm90ConvParams& p) {
   const bool act_ok = p.e.act == Act::None || p.e.act == Act::Relu || p.e.act == Act::Relu6;
   // TMA: 16-byte rows of the activations, the filter and the output, 16-byte aligned bases; int sizes.
   const auto aligned = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
-  return kind_ok && act_ok && g.C % 16 == 0 && (g.K * elem) % 16 == 0 && aligned(p.x) && aligned(p.w) &&
+  // The im2col TMA's limits in 2-D (cuTensorMapEncodeIm2col; CUTLASS's can_implement checks all but the
+  // stride, and a stride over 8 fails the descriptor's encoding, which CUTLASS only asserts on): traversal
+  // strides 1..8, the corners -pad and pad - (taps - 1) * dil within [-128, 127], filter offsets
+  // (taps - 1) * dil below 255. Anything else takes the gathered path.
+  const auto im2col_ok = [](int64_t pad, int64_t taps, int64_t dil, int64_t stride) {
+    const int64_t span = (taps - 1) * dil;
+    return stride >= 1 && stride <= 8 && pad >= 0 && pad <= 128 && pad - span >= -128 && pad - span <= 127 &&
+           span >= 0 && span < 255;
+  };
+  return kind_ok && act_ok && im2col_ok(g.pad_h, g.R, g.dil_h, g.stride_h) &&
+         im2col_ok(g.pad_w, g.S, g.dil_w, g.stride_w) && g.C % 16 == 0 && (g.K * elem) % 16 == 0 && aligned(p.x) &&
+         aligned(p.w) &&
          aligned(p.e.out) && g.N * g.H * g.W * g.C < (int64_t{1} << 31) && g.N * g.P * g.Q * g.K < (int64_t{1} << 31);
 }
 

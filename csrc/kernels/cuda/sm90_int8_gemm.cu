@@ -1,6 +1,6 @@
 // int8 x int8 GEMM with the fused dequantize/bias epilogue for Hopper (sm_90a), composed from CUTLASS
 // 3.x: TMA loads, wgmma, warp-specialized cooperative persistent kernel, and an epilogue visitor tree
-//   D = ((float(acc) * a_scale[m]) * b_scale[n]) + bias[n]      (bias null: + 0)
+//   D = ((float(acc) * a_scale[m]) * b_scale[n]) + bias[n]      (bias null: no add)
 // in that order, one rounding each (this file is built with --fmad=false, so no step is contracted:
 // EPILOGUE.md's algebra, the CPU kernels' and fastinfer.reference's). fp32 / bf16 / fp16 out. The entry
 // layer uses it for those outputs without an activation when the shape meets TMA's alignment (see
@@ -91,8 +91,9 @@ struct Sm90Gemm {
          {{}, {p.a_scale}, {}},             // acc * a_scale
          {p.b_scale},                       // b_scale
          {}},                               // multiplies
-        {p.bias},                           // bias (null -> 0)
+        {p.bias, -0.0f},                    // bias (null -> -0: y + -0 == y for every y, as with no add)
         {}};                                // plus
+    cudaGetDevice(&args.hw_info.device_id);  // the persistent grid is sized for the current device's SMs
     return args;
   }
 
@@ -111,9 +112,11 @@ bool sm90_gemm_supported(const GemmParams& p) {
   const int64_t elem = p.out_kind == OutKind::Float32 ? 4 : 2;
   const bool float_out = p.out_kind == OutKind::Float32 || p.out_kind == OutKind::BFloat16 ||
                          p.out_kind == OutKind::Float16;
-  // TMA: 16-byte aligned bases and row strides; packed (contiguous) operands and output; int sizes.
+  // TMA: 16-byte aligned bases and row strides (a misaligned base would make the TMA descriptor's
+  // encoding fail, and CUTLASS only asserts on that); packed (contiguous) operands and output; int sizes.
+  const auto aligned = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
   return float_out && p.act == Act::None && !p.a_scale_per_tensor && p.lda == p.K_pad && p.ldb == p.K_pad &&
-         p.ldo == p.N && (p.N * elem) % 16 == 0 && reinterpret_cast<uintptr_t>(p.out) % 16 == 0 &&
+         p.ldo == p.N && (p.N * elem) % 16 == 0 && aligned(p.a) && aligned(p.b) && aligned(p.out) &&
          p.M < (int64_t{1} << 31) && p.N < (int64_t{1} << 31) && p.K_pad < (int64_t{1} << 31);
 }
 

@@ -99,8 +99,9 @@ struct Sm90Sparse24 {
          {{}, {p.x_scale}, {}},             // acc * x_scale
          {p.w_scale},                       // w_scale
          {}},                               // multiplies
-        {p.bias},                           // bias (null -> 0)
+        {p.bias, -0.0f},                    // bias (null -> -0: y + -0 == y for every y, as with no add)
         {}};                                // plus
+    cudaGetDevice(&args.hw_info.device_id);  // the persistent grid is sized for the current device's SMs
     return args;
   }
 
