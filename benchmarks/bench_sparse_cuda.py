@@ -36,7 +36,7 @@ def two_four_weight(n: int, k: int, dev: str) -> torch.Tensor:
 def bench_shape(M: int, K: int, N: int) -> List[Dict]:
     torch.manual_seed(0)
     dev = "cuda"
-    lin = nn.Linear(K, N).to(dev).eval()
+    lin = nn.Linear(K, N, device=dev).eval()
     with torch.no_grad():
         lin.weight.copy_(two_four_weight(N, K, dev))
     x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)

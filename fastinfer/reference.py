@@ -25,7 +25,7 @@ def quantize_per_token(x: Tensor) -> Tuple[Tensor, Tensor]:
     inv = torch.where(ok, inv, torch.zeros_like(inv))
     q = torch.round(xf * inv[:, None]).clamp(-127, 127)
     q = torch.where(ok[:, None], q, torch.zeros_like(q)).to(torch.int8)
-    scale = torch.where(ok, amax / 127.0, torch.zeros_like(amax))
+    scale = torch.where(ok, amax / torch.full_like(amax, 127.0), torch.zeros_like(amax))  # true division on any device
     scale = torch.where(finite, scale, torch.full_like(scale, float("nan")))
     return q, scale
 
@@ -35,7 +35,10 @@ def quantize_weight_per_channel(w: Tensor) -> Tuple[Tensor, Tensor]:
     all-zero channels get scale 1."""
     wf = w.detach().float()
     amax = wf.abs().reshape(wf.shape[0], -1).amax(dim=1)
-    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    # amax / 127 as a true division on every device: on a GPU, a tensor divided by a Python number is
+    # multiplied by its reciprocal, which differs in the last bit for some amax (a layer quantized on the
+    # GPU must get the CPU's scales).
+    scale = torch.where(amax > 0, amax / torch.full_like(amax, 127.0), torch.ones_like(amax))
     q = torch.round(wf / scale.reshape(-1, *([1] * (wf.dim() - 1)))).clamp(-127, 127).to(torch.int8)
     return q, scale
 

@@ -35,9 +35,9 @@ stamp "virtualenv $VENV (torch==$CUDA_TORCH with CUDA)"
 deps="$VENV/.deps-$CUDA_TORCH"
 if [ ! -f "$deps" ]; then
   [ -x "$PY" ] || python3 -m venv "$VENV"
-  "$PY" -m pip install -q --no-cache-dir "torch==$CUDA_TORCH" numpy tqdm scikit-learn pytest expecttest ninja \
+  "$PY" -m pip install -qq --no-cache-dir "torch==$CUDA_TORCH" numpy tqdm scikit-learn pytest expecttest ninja \
     "setuptools>=64,<82" wheel
-  "$PY" -m pip install -q --no-cache-dir --no-deps nvidia-cutlass==4.2.0.0 nvidia-cuda-cuobjdump==13.2.86 \
+  "$PY" -m pip install -qq --no-cache-dir --no-deps nvidia-cutlass==4.2.0.0 nvidia-cuda-cuobjdump==13.2.86 \
     nvidia-cuda-nvdisasm==13.5.37
   touch "$deps"
 fi

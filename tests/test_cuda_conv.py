@@ -124,7 +124,10 @@ def test_module_between_devices_state_dict_compile_and_graphs():
     fresh_gpu = Int8Conv2d(32, 64, 3, padding=1, activation="relu", x_scale=0.03).cuda()
     fresh_gpu.load_state_dict(on_cpu.state_dict())  # a CPU state_dict into a GPU layer: repacked
     torch.testing.assert_close(fresh_gpu(x.cuda()).cpu(), want, rtol=0, atol=0)
-    compiled = torch.compile(moved, fullgraph=True)
+    mapped = Int8Conv2d(32, 64, 3, padding=1, activation="relu", x_scale=0.03).cuda()  # map_location='cuda'
+    mapped.load_state_dict({k: v.cuda() if torch.is_tensor(v) else v for k, v in on_cpu.state_dict().items()})
+    torch.testing.assert_close(mapped(x.cuda()).cpu(), want, rtol=0, atol=0)
+    compiled = torch.compile(moved, fullgraph=True, backend="aot_eager")
     xg = x.cuda()
     torch.testing.assert_close(compiled(xg), moved(xg), rtol=0, atol=0)
     cuda_graph_replays(moved, xg)
@@ -148,7 +151,7 @@ def test_opcheck_and_bad_input():
     torch.library.opcheck(torch.ops.fastinfer.pack_conv_weight.default, (w, 1))
     torch.library.opcheck(torch.ops.fastinfer.int8_conv2d.default,
                           (x, packed, ws, None, [3, 3], [1, 1], [1, 1], [1, 1], 1, None, None, "relu"))
-    with pytest.raises(RuntimeError, match="groups=4 other than depthwise are not supported"):
+    with pytest.raises(RuntimeError, match="groups=4 other than depthwise"):
         ops.pack_conv_weight(torch.randint(-127, 128, (32, 4, 3, 3), dtype=torch.int8, device=DEV), 4)
     with pytest.raises(RuntimeError, match="packed_w must be the CUDA conv weight"):
         ops.int8_conv2d(x, ops.pack_conv_weight(w.cpu(), 1).to(DEV), ws, None, (3, 3))

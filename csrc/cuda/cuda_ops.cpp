@@ -536,7 +536,8 @@ std::pair<at::Tensor, at::Tensor> conv_quantize(const at::Tensor& x, std::option
   }
   const at::Tensor xf = x.to(at::kFloat);
   const at::Tensor amax = x.numel() ? xf.abs().amax().reshape({1}) : at::zeros({1}, fopt);
-  const at::Tensor scale = at::where(at::isfinite(amax), amax / 127.0f, at::full({1}, NAN, fopt));
+  // amax / 127 as a true division (a tensor over a scalar is a multiply by its reciprocal on the GPU).
+  const at::Tensor scale = at::where(at::isfinite(amax), amax / at::full_like(amax, 127.0f), at::full({1}, NAN, fopt));
   const at::Tensor valid = at::isfinite(scale).logical_and(scale > 0);
   const at::Tensor q = at::where(valid, at::round(xf * at::div(at::ones_like(scale), scale)).clamp(-127, 127).nan_to_num(0.0),
                                  at::zeros({}, fopt)).to(at::kChar);

@@ -166,6 +166,8 @@ class Int8Linear(nn.Module):
                                      f"({self.out_features}, {k_pad})")
                 w = stored[:, :self.in_features]
             else:
+                # The CPU layout is read and unpacked on the CPU, also when map_location put it on a GPU.
+                stored = stored.cpu()
                 shape = ops.packed_shape(stored)
                 if shape != (self.out_features, self.in_features):
                     raise ValueError(f"{key}: packed weight is {shape}, expected "
