@@ -115,10 +115,21 @@ void gemv8(const CsrParams& p, int64_t n0, int64_t n1, int64_t m) {
   }
 }
 
-// Stores `valid` lanes of output channel n: a column of out (values N apart).
-inline void store_column(const CsrParams& p, const float* lanes, int64_t m0, int64_t valid, int64_t n) {
-  const float b = p.bias ? p.bias[n] : 0.0f;
-  for (int64_t j = 0; j < valid; ++j) p.out[(m0 + j) * p.ldo + n] = p.bias ? lanes[j] + b : lanes[j];
+// Stores a block's sums: tile[r * width + j] is lane j (output row m0 + j) of channel n0 + r, for `count`
+// channels and `valid` lanes. Written row by row of out, each row's `count` channels one contiguous run:
+// storing channel by channel walks a column of out, values ldo apart, and at ldo = 1024 or 4096 floats
+// (4 KiB multiples) every store of a column lands in the same L1 set. That took 3/4 of a 64-row batch's
+// time (a 1024 x 64 layer at 90% zeros, batch 64: 0.33 ms).
+inline void store_block(const CsrParams& p, const float* tile, int64_t width, int64_t count, int64_t m0,
+                        int64_t valid, int64_t n0) {
+  for (int64_t j = 0; j < valid; ++j) {
+    float* o = p.out + (m0 + j) * p.ldo + n0;
+    if (p.bias) {
+      for (int64_t r = 0; r < count; ++r) o[r] = tile[r * width + j] + p.bias[n0 + r];
+    } else {
+      for (int64_t r = 0; r < count; ++r) o[r] = tile[r * width + j];
+    }
+  }
 }
 
 // Wide batches (more than 16 lanes, x^T rows of 128-256 bytes) walk x^T in passes of 16 KiB over
@@ -211,11 +222,9 @@ void rows(const CsrParams& p, int64_t n0, int64_t n1, int64_t m0) {
       for (int64_t r = 0; r < count; ++r)
         pass_row<Cols, V, CH, U>(p, cols, xt, ldxt, &cursor[r], p.row_ptr[r0 + r + 1], col_end, part[r]);
     }
-    for (int64_t r = 0; r < count; ++r) {
-      alignas(64) float t[CH * kLanes];
-      std::memcpy(t, part[r], sizeof(t));
-      store_column(p, t, m0, std::min<int64_t>(CH * kLanes, p.M - m0), r0 + r);
-    }
+    alignas(64) float tile[kPassRows * CH * kLanes];
+    std::memcpy(tile, part, count * sizeof(part[0]));
+    store_block(p, tile, CH * kLanes, count, m0, std::min<int64_t>(CH * kLanes, p.M - m0), r0);
   }
 }
 
