@@ -35,7 +35,7 @@ $PY -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.versi
 
 stamp "build (FASTINFER_CUDA=1, ninja, $(nproc) jobs)"
 if ! FASTINFER_CUDA=1 MAX_JOBS=$(nproc) $PY setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
-  tail -60 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+  tail -60 "$OUT/build.log"; cp "$OUT/build.log" "$RESULT"/; echo "BUILD FAILED"; exit 1
 fi
 $PY -c "import fastinfer, json; from fastinfer import ops; print('fastinfer build', ops.BUILD, 'cuda_available', ops.cuda_available())"
 
