@@ -50,8 +50,9 @@ EOF
 
 stamp "copy of the tree -> $WORK/src (mtimes kept: ninja rebuilds what changed)"
 mkdir -p "$WORK/src"
+rm -rf "$WORK/src/csrc" "$WORK/src/tests" "$WORK/src/benchmarks"  # files deleted here must not linger there
 git ls-files -z -co --exclude-standard -- csrc fastinfer tests benchmarks setup.py build_config.py pyproject.toml \
-  | xargs -0 cp -p --parents -t "$WORK/src"
+  | xargs -0 sh -c 'for f; do if [ -e "$f" ]; then cp -p --parents "$f" "$0"; fi; done' "$WORK/src"
 
 stamp "build: FASTINFER_CUDA=1, sm_80 + sm_90a"
 cd "$WORK/src"
