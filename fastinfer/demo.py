@@ -316,8 +316,9 @@ def _gpu_sparse_unsupported(name: str, dev: torch.device) -> Optional[str]:
         return "the GPU sparse kernels are 2:4 only (unstructured sparsity runs on the CPU)"
     if not ops.BUILD.get("sparse24"):
         return "this build has no 2:4 sparse CUDA kernels (they need the CUTLASS headers)"
-    if torch.cuda.get_device_capability(dev)[0] != 9:
-        return f"the 2:4 kernels need a Hopper GPU (compute capability 9.x), this one is {torch.cuda.get_device_capability(dev)}"
+    major, minor = torch.cuda.get_device_capability(dev)
+    if major != 9:
+        return f"the 2:4 kernels need a Hopper GPU (compute capability 9.x), this one is {major}.{minor}"
     return None
 
 

@@ -93,7 +93,8 @@ class Int8Conv2d(nn.Module):
             rows = packed[:, :k]
         else:  # one packed GEMM weight per group, rows ordered (kh, kw, c); unpacked on the CPU, where its
             # layout's op runs (a checkpoint loaded with map_location='cuda' has it on a GPU)
-            rows = torch.cat([ops.unpack_int8_weight(packed[g].cpu()) for g in range(self.groups)])
+            packed = packed.cpu()
+            rows = torch.cat([ops.unpack_int8_weight(packed[g]) for g in range(self.groups)])
         return rows.reshape(cout, kh, kw, cin_g).permute(0, 3, 1, 2).contiguous()
 
     def int8_weight(self) -> Tensor:
