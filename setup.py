@@ -3,6 +3,7 @@
 # with `#pragma GCC target` per translation unit: never a build-machine-specific -march (the ISA is picked at run time).
 import glob
 import os
+import re
 import sys
 
 from setuptools import find_packages, setup
@@ -40,9 +41,10 @@ if cuda_sources:
     macros = [("FASTINFER_WITH_CUDA", "1")] + ([("FASTINFER_WITH_CUTLASS", "1")] if cutlass else [])
     ext = CUDAExtension(
         "fastinfer._C",
-        # The CUTLASS units first, the slowest (2:4) leading: each takes a minute or more, so a parallel build
-        # (ninja) starts them before the quick C++ units, which fill the other jobs meanwhile.
-        sorted(cuda_sources, key=lambda f: ("sm90_sparse" not in f, "sm90" not in f)) + cpu_sources,
+        # The CUTLASS kernel units (sm90_<family>_<type>.cu, about a minute each) first, the 2:4 ones leading, so a
+        # parallel build (ninja) starts them before the quick units, which fill the other jobs meanwhile.
+        sorted(cuda_sources, key=lambda f: (not re.search(r"sm90_\w+_(f32|bf16|f16|int8)\.cu$", f),
+                                            "sm90_sparse" not in f)) + cpu_sources,
         include_dirs=cutlass,
         extra_compile_args={"cxx": cxx_flags, "nvcc": NVCC_FLAGS},
         define_macros=macros,

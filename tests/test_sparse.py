@@ -55,6 +55,29 @@ def test_fp32_layouts_match_reference(isa, M, K, N, sparsity, fmt):
     assert_served("sparse", vector_tier(isa))
 
 
+@pytest.mark.parametrize("fmt", ["csr16", "csr8"])
+@pytest.mark.parametrize("pattern", ["2:4", "dense"])
+@pytest.mark.parametrize("M", [40, 70])
+def test_rows_of_one_length_match_reference(M, pattern, fmt):
+    # Every row holding the same number of entries (2:4: K / 2; a dense weight: K) takes L1-sized x^T passes
+    # (sparse_avx512.cc, pass_columns): several passes per block at K = 1000, and a second lane chunk at M = 70.
+    K, N = 1000, 33
+    lin = nn.Linear(K, N)
+    with torch.no_grad():
+        if pattern == "2:4":
+            groups = lin.weight.abs().reshape(N, K // 4, 4)
+            keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, groups.argsort(dim=2)[:, :, 2:], True)
+            lin.weight.mul_(keep.reshape(N, K))
+    s = SparseLinear.from_float(lin, format=fmt)
+    counts = s.row_ptr.diff()
+    assert bool((counts == counts[0]).all())
+    x = torch.randn(M, K)
+    with torch.inference_mode():
+        y = s(x)
+    expect = reference.sparse_linear(x, s.row_ptr, s.cols, s.values, s.bias, K, s._buffers.get("group_base"))
+    torch.testing.assert_close(y, expect, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("M,K,N,sparsity", CASES)
 def test_int8_layout_is_bit_exact(isa, M, K, N, sparsity):
     lin = pruned_linear(K, N, sparsity)

@@ -4,7 +4,7 @@ CPU layouts (csrc/kernels/sparse/sparse.h; why three: csrc/kernels/sparse/LAYOUT
   csr16     fp32 values + uint16 column per value (very sparse layers: >= 75% zeros by default)
   csr8      fp32 values + one byte per value (groups of 16 within 64 columns; moderately sparse and 2:4)
   slot128   int8 values, W8A8: activations quantized per token, exact int8 products (value_dtype=torch.int8)
-GPU layout (Hopper, csrc/kernels/cuda/sm90_sparse_gemm.cu):
+GPU layout (Hopper, csrc/kernels/cuda/sm90_sparse_gemm.cuh):
   sparse24  int8 2:4 weights compressed for the sparse tensor cores (CUTLASS), W8A8 like slot128
 """
 from __future__ import annotations

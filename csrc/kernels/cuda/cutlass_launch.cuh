@@ -1,9 +1,14 @@
 // Running a CUTLASS device-level operator (a GemmUniversalAdapter or TransformUniversalAdapter): the one
-// place that checks, initializes, launches and reports. Included only by the .cu files that use CUTLASS.
+// place that checks, initializes, launches and reports; and the CUTLASS element type of each OutKind.
+// Included only by the .cu files that use CUTLASS.
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include "cutlass/cutlass.h"
+#include "cutlass/numeric_types.h"
+#include "params.h"
 
 namespace fastinfer {
 namespace cuda_kernels {
@@ -18,6 +23,20 @@ const char* run_cutlass(const typename Op::Arguments& args, void* workspace, cud
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
+
+// The element type a kernel writes for an OutKind (sm90_units.h instantiates one kind per unit).
+template <OutKind kOut>
+struct CutlassOut;
+template <>
+struct CutlassOut<OutKind::Float32> { using type = float; };
+template <>
+struct CutlassOut<OutKind::BFloat16> { using type = cutlass::bfloat16_t; };
+template <>
+struct CutlassOut<OutKind::Float16> { using type = cutlass::half_t; };
+template <>
+struct CutlassOut<OutKind::Int8> { using type = int8_t; };
+template <OutKind kOut>
+using CutlassOut_t = typename CutlassOut<kOut>::type;
 
 }  // namespace cuda_kernels
 }  // namespace fastinfer

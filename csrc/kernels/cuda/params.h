@@ -80,7 +80,7 @@ struct WeightOnlyParams {
   int64_t ldo = 0;
 };
 
-// 2:4 sparse int8 GEMM (Hopper, sm90_sparse_gemm.cu), the dense W8A8 epilogue on a weight that keeps
+// 2:4 sparse int8 GEMM (Hopper, sm90_sparse_gemm.cuh), the dense W8A8 epilogue on a weight that keeps
 // at most 2 nonzeros in every 4 consecutive columns:
 //   Y[m, n] = float(sum_k x[m, k] * W[n, k]) * x_scale[m] * w_scale[n] (+ bias[n])   (EPILOGUE.md order)
 // W is stored compressed in CUTLASS's structured-sparse layout (values + metadata, sizes from
@@ -130,7 +130,7 @@ struct ConvEpilogueParams {
   Act act = Act::None;
   float out_inv_scale = 1.0f;
 };
-// Implicit GEMM on Hopper (sm90_conv.cu, CUTLASS 3.x: TMA im2col loads of the activations, wgmma,
+// Implicit GEMM on Hopper (sm90_conv.cuh, CUTLASS 3.x: TMA im2col loads of the activations, wgmma,
 // warp-specialized): groups 1, filter int8 [K, R, S, C] (KRSC), C % 16 == 0 and K % 16 == 0 (TMA's
 // 16-byte rows; the entry layer takes the gathered path otherwise).
 struct Sm90ConvParams {

@@ -1,153 +1,18 @@
-// int8 implicit-GEMM convolution (fprop) for Hopper (sm_90a), composed from CUTLASS 3.x: the activation
-// tiles come straight from the NHWC input through TMA's im2col mode (no gathered copy), wgmma
-// multiplies them with the KRSC filter, a warp-specialized kernel (one producer warp, TMA) overlaps loads, products
-// and the epilogue visitor tree
-//   y = act(float(acc) * scale[k] + bias[k])            fp32 out
-//   q = cvt.rni.sat(clamp(y * out_inv, -127, 127))       int8 out (NaN passes the clamp, converts to 0)
-// one rounding per operation in that order (this file is built with --fmad=false): the CPU kernels' and
-// fastinfer.reference's folded convolution epilogue (EPILOGUE.md, "Convolutions"). The activation is a
-// clamp to [lo, hi] with runtime bounds (none: +-inf, relu: [0, inf], relu6: [0, 6]), written with
-// comparisons so NaN stays NaN. Framework-free: pointers + Sm90ConvParams.
+// Dispatch of the Hopper (sm_90a) implicit-GEMM convolution: when it serves a call (sm90_conv_supported: TMA's
+// im2col limits) and which output type's unit runs it. The kernel is composed in sm90_conv.cuh and
+// instantiated per output type in sm90_conv_{f32,int8}.cu (sm90_units.h says why); this unit includes no
+// CUTLASS header.
 #include <cuda_runtime.h>
 
-#include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 #include "params.h"
-
-#if defined(FASTINFER_WITH_CUTLASS)
-#include "cute/tensor.hpp"
-#include "cutlass/kernel_hardware_info.hpp"
-#include "cutlass/conv/collective/collective_builder.hpp"
-#include "cutlass/conv/convnd_problem_shape.hpp"
-#include "cutlass/conv/device/conv_universal_adapter.hpp"
-#include "cutlass/conv/dispatch_policy.hpp"
-#include "cutlass/conv/kernel/conv_universal.hpp"
-#include "cutlass/cutlass.h"
-#include "cutlass/kernel_hardware_info.hpp"
-#include "cutlass/epilogue/collective/collective_builder.hpp"
-#include "cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp"
-#include "cutlass_launch.cuh"
-#endif
+#include "sm90_units.h"
 
 namespace fastinfer {
 namespace cuda_kernels {
 
 #if defined(FASTINFER_WITH_CUTLASS)
-namespace {
-
-using namespace cute;
-namespace fusion = cutlass::epilogue::fusion;
-
-// Runtime bounds of a clamp node (the activation, then the int8 range).
-struct ClampArgs {
-  float lo = -INFINITY, hi = INFINITY;
-};
-
-template <class T>
-struct ClampFn {
-  using Arguments = ClampArgs;
-  CUTLASS_HOST_DEVICE T operator()(T const& x, Arguments const& a) const {
-    T y;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < T::kElements; ++i) {
-      const float v = x[i];
-      y[i] = v < a.lo ? a.lo : (v > a.hi ? a.hi : v);
-    }
-    return y;
-  }
-};
-
-struct ScaleArgs {
-  float factor = 1.0f;
-};
-
-template <class T>
-struct ScaleFn {  // y * factor (the int8 output's 1 / out_scale when it is not folded into scale)
-  using Arguments = ScaleArgs;
-  CUTLASS_HOST_DEVICE T operator()(T const& x, Arguments const& a) const {
-    T y;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < T::kElements; ++i) y[i] = x[i] * a.factor;
-    return y;
-  }
-};
-
-// 128 output pixels x 128 output channels per tile, 64 input channels per K step; clusters of 1
-// (TMA im2col tiles are not multicast here).
-using TileShape = Shape<_128, _128, Shape<_64>>;
-using ClusterShape = Shape<_1, _1, _1>;
-constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
-constexpr cutlass::conv::Operator kFprop = cutlass::conv::Operator::kFprop;
-
-template <class ElementD>
-struct Sm90Conv {
-  using Layout = cutlass::layout::TensorNHWC;  // activations NHWC, filter KRSC, output NPQK
-  static constexpr int kAlignAB = 16;
-  static constexpr int kAlignD = 16 / sizeof(ElementD);
-  static constexpr bool kInt8Out = std::is_same_v<ElementD, int8_t>;
-
-  using Acc = fusion::Sm90AccFetch;
-  using Scale = fusion::Sm90RowBroadcast<0, TileShape, float, float>;  // one value per output channel
-  using Bias = fusion::Sm90RowBroadcast<0, TileShape, float, float>;   // null -> -0 (no change)
-  using Mul = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::multiplies, float, float, kRound>, Acc, Scale>;
-  using Add = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::plus, float, float, kRound>, Mul, Bias>;
-  using ActNode = fusion::Sm90EVT<fusion::Sm90Compute<ClampFn, float, float, kRound>, Add>;
-  using ToInt8 = fusion::Sm90EVT<fusion::Sm90Compute<ClampFn, int8_t, float, kRound>,
-                                 fusion::Sm90EVT<fusion::Sm90Compute<ScaleFn, float, float, kRound>, ActNode>>;
-  using FloatOut = fusion::Sm90EVT<fusion::Sm90Compute<ClampFn, ElementD, float, kRound>, Add>;
-  using Epilogue = std::conditional_t<kInt8Out, ToInt8, FloatOut>;
-
-  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, int32_t, float, void, Layout, kAlignD, ElementD, Layout,
-      kAlignD, cutlass::epilogue::TmaWarpSpecialized, Epilogue>::CollectiveOp;
-  using CollectiveMainloop = typename cutlass::conv::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, kFprop, int8_t, Layout, kAlignAB, int8_t, Layout, kAlignAB,
-      int32_t, TileShape, ClusterShape,
-      cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(
-          sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
-  using ProblemShape = cutlass::conv::ConvProblemShape<kFprop, CollectiveMainloop::DispatchPolicy::NumSpatialDimensions>;
-  using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
-  using Conv = cutlass::conv::device::ConvUniversalAdapter<Kernel>;
-
-  static typename Conv::Arguments arguments(const Sm90ConvParams& p) {
-    const ConvGeometry& g = p.g;
-    auto i = [](int64_t v) { return static_cast<int>(v); };
-    const ProblemShape shape(cutlass::conv::Mode::kCrossCorrelation, {i(g.N), i(g.H), i(g.W), i(g.C)},
-                             {i(g.K), i(g.R), i(g.S), i(g.C)}, {i(g.pad_h), i(g.pad_w)}, {i(g.pad_h), i(g.pad_w)},
-                             {i(g.stride_h), i(g.stride_w)}, {i(g.dil_h), i(g.dil_w)}, 1);
-    using StrideD = typename Kernel::StrideD;
-    StrideD sd;
-    cute::for_each(cute::make_seq<cute::rank<0>(StrideD{})>{},
-                   [&](auto r) { cute::get<0, r>(sd) = shape.stride_C[ProblemShape::RankT - 2 - r]; });
-    typename Conv::Arguments args{shape, {p.x, p.w}, {{}, nullptr, sd, static_cast<ElementD*>(p.e.out), sd}};
-    // The activation as a clamp: relu [0, inf], relu6 [0, 6], none (+-inf): NaN passes all three.
-    ClampArgs act;
-    if (p.e.act == Act::Relu || p.e.act == Act::Relu6) act.lo = 0.0f;
-    if (p.e.act == Act::Relu6) act.hi = 6.0f;
-    // The tree's arguments nest as {children..., op}.
-    // (acc * scale) + bias; a null bias reads as -0, which leaves every y as it is (+0 would turn -0 into +0).
-    [[maybe_unused]] const auto add = typename Add::Arguments{{{}, {p.e.scale}, {}}, {p.e.bias, -0.0f}, {}};
-    if constexpr (kInt8Out) {
-      args.epilogue.thread = {{{add, act}, ScaleArgs{p.e.out_inv_scale}}, ClampArgs{-127.0f, 127.0f}};
-    } else {
-      args.epilogue.thread = {add, act};
-    }
-    return args;
-  }
-
-  static size_t workspace(const Sm90ConvParams& p) { return Conv::get_workspace_size(arguments(p)); }
-
-  static const char* run(const Sm90ConvParams& p, void* workspace_ptr, cudaStream_t stream) {
-    return run_cutlass<Conv>(arguments(p), workspace_ptr, stream);
-  }
-};
-
-}  // namespace
-
 bool sm90_conv_built() { return true; }
 
 bool sm90_conv_supported(const Sm90ConvParams& p) {
@@ -173,13 +38,14 @@ bool sm90_conv_supported(const Sm90ConvParams& p) {
 }
 
 size_t sm90_conv_workspace_bytes(const Sm90ConvParams& p) {
-  return p.e.out_kind == OutKind::Int8 ? Sm90Conv<int8_t>::workspace(p) : Sm90Conv<float>::workspace(p);
+  return p.e.out_kind == OutKind::Int8 ? sm90_conv_workspace<OutKind::Int8>(p) : sm90_conv_workspace<OutKind::Float32>(p);
 }
 
 const char* launch_conv_sm90(const Sm90ConvParams& p, void* workspace, void* stream) {
   if (p.g.N * p.g.P * p.g.Q == 0 || p.g.K == 0) return nullptr;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return p.e.out_kind == OutKind::Int8 ? Sm90Conv<int8_t>::run(p, workspace, s) : Sm90Conv<float>::run(p, workspace, s);
+  return p.e.out_kind == OutKind::Int8 ? sm90_conv_run<OutKind::Int8>(p, workspace, s)
+                                        : sm90_conv_run<OutKind::Float32>(p, workspace, s);
 }
 
 #else  // built without the CUTLASS headers: convolutions take the gathered path

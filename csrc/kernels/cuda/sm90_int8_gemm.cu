@@ -1,111 +1,17 @@
-// int8 x int8 GEMM with the fused dequantize/bias epilogue for Hopper (sm_90a), composed from CUTLASS
-// 3.x: TMA loads, wgmma, warp-specialized cooperative persistent kernel, and an epilogue visitor tree
-//   D = ((float(acc) * a_scale[m]) * b_scale[n]) + bias[n]      (bias null: no add)
-// in that order, one rounding each (this file is built with --fmad=false, so no step is contracted:
-// EPILOGUE.md's algebra, the CPU kernels' and fastinfer.reference's). fp32 / bf16 / fp16 out. The entry
-// layer uses it for those outputs without an activation when the shape meets TMA's alignment (see
-// sm90_gemm_supported); everything else takes the sm_80 kernel. Framework-free: pointers + GemmParams.
+// Dispatch of the Hopper (sm_90a) W8A8 GEMM: when it serves a call (sm90_gemm_supported) and which output
+// type's unit runs it. The kernel is composed in sm90_int8_gemm.cuh and instantiated per output type in
+// sm90_int8_gemm_{f32,bf16,f16}.cu (sm90_units.h says why); this unit includes no CUTLASS header.
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
 #include "params.h"
-
-#if defined(FASTINFER_WITH_CUTLASS)
-#include "cute/tensor.hpp"
-#include "cutlass/cutlass.h"
-#include "cutlass/epilogue/collective/collective_builder.hpp"
-#include "cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp"
-#include "cutlass/gemm/collective/collective_builder.hpp"
-#include "cutlass/gemm/device/gemm_universal_adapter.h"
-#include "cutlass/gemm/kernel/gemm_universal.hpp"
-#include "cutlass/util/packed_stride.hpp"
-#include "cutlass_launch.cuh"
-#endif
+#include "sm90_units.h"
 
 namespace fastinfer {
 namespace cuda_kernels {
 
 #if defined(FASTINFER_WITH_CUTLASS)
-namespace {
-
-using namespace cute;
-namespace fusion = cutlass::epilogue::fusion;
-
-// 128 x 128 output tiles, 128 bytes of K per stage, clusters of 2 along M (the B tile is multicast to
-// both CTAs of a cluster); the cooperative schedule splits each tile between two consumer warpgroups.
-using TileShape = Shape<_128, _128, _128>;
-using ClusterShape = Shape<_2, _1, _1>;
-using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
-using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
-constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
-
-template <class ElementD>
-struct Sm90Gemm {
-  using ElementA = int8_t;
-  using ElementB = int8_t;
-  using ElementAcc = int32_t;
-  using LayoutA = cutlass::layout::RowMajor;     // A [M, K_pad]
-  using LayoutB = cutlass::layout::ColumnMajor;  // B [N, K_pad] row-major is K x N column-major
-  using LayoutD = cutlass::layout::RowMajor;
-  static constexpr int kAlignAB = 16;                      // 16 bytes: TMA
-  static constexpr int kAlignD = 16 / sizeof(ElementD);
-
-  using Acc = fusion::Sm90AccFetch;
-  using AScale = fusion::Sm90ColBroadcast<0, TileShape, float, float>;  // one value per row m
-  using BScale = fusion::Sm90RowBroadcast<0, TileShape, float, float>;  // one value per column n
-  using Bias = fusion::Sm90RowBroadcast<0, TileShape, float, float>;    // null -> 0
-  using ByA = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::multiplies, float, float, kRound>, Acc, AScale>;
-  using ByB = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::multiplies, float, float, kRound>, ByA, BScale>;
-  using Epilogue = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::plus, ElementD, float, kRound>, ByB, Bias>;
-
-  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, float, void, LayoutD, kAlignD, ElementD, LayoutD,
-      kAlignD, EpilogueSchedule, Epilogue>::CollectiveOp;
-  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementA, LayoutA, kAlignAB, ElementB, LayoutB, kAlignAB,
-      ElementAcc, TileShape, ClusterShape,
-      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
-          sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      MainloopSchedule>::CollectiveOp;
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue,
-                                                      cutlass::gemm::PersistentScheduler>;
-  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
-
-  static typename Gemm::Arguments arguments(const GemmParams& p) {
-    using StrideA = typename Kernel::StrideA;
-    using StrideB = typename Kernel::StrideB;
-    using StrideD = typename Kernel::StrideD;
-    const int M = static_cast<int>(p.M), N = static_cast<int>(p.N), K = static_cast<int>(p.K_pad);
-    const StrideA sa = cutlass::make_cute_packed_stride(StrideA{}, make_shape(M, K, 1));
-    const StrideB sb = cutlass::make_cute_packed_stride(StrideB{}, make_shape(N, K, 1));
-    const StrideD sd = cutlass::make_cute_packed_stride(StrideD{}, make_shape(M, N, 1));
-    typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
-                                  {M, N, K, 1},
-                                  {p.a, sa, p.b, sb},
-                                  {{}, nullptr, sd, static_cast<ElementD*>(p.out), sd}};
-    // The tree's arguments nest as {children..., op}: ((acc * a) * b) + bias.
-    args.epilogue.thread = {
-        {                                   // (acc * a_scale) * b_scale
-         {{}, {p.a_scale}, {}},             // acc * a_scale
-         {p.b_scale},                       // b_scale
-         {}},                               // multiplies
-        {p.bias, -0.0f},                    // bias (null -> -0: y + -0 == y for every y, as with no add)
-        {}};                                // plus
-    cudaGetDevice(&args.hw_info.device_id);  // the persistent grid is sized for the current device's SMs
-    return args;
-  }
-
-  static size_t workspace(const GemmParams& p) { return Gemm::get_workspace_size(arguments(p)); }
-
-  static const char* run(const GemmParams& p, void* workspace_ptr, cudaStream_t stream) {
-    return run_cutlass<Gemm>(arguments(p), workspace_ptr, stream);
-  }
-};
-
-}  // namespace
-
 bool sm90_gemm_built() { return true; }
 
 bool sm90_gemm_supported(const GemmParams& p) {
@@ -122,9 +28,9 @@ bool sm90_gemm_supported(const GemmParams& p) {
 
 size_t sm90_gemm_workspace_bytes(const GemmParams& p) {
   switch (p.out_kind) {
-    case OutKind::BFloat16: return Sm90Gemm<cutlass::bfloat16_t>::workspace(p);
-    case OutKind::Float16: return Sm90Gemm<cutlass::half_t>::workspace(p);
-    default: return Sm90Gemm<float>::workspace(p);
+    case OutKind::BFloat16: return sm90_gemm_workspace<OutKind::BFloat16>(p);
+    case OutKind::Float16: return sm90_gemm_workspace<OutKind::Float16>(p);
+    default: return sm90_gemm_workspace<OutKind::Float32>(p);
   }
 }
 
@@ -132,9 +38,9 @@ const char* launch_int8_gemm_sm90(const GemmParams& p, void* workspace, void* st
   if (p.M == 0 || p.N == 0) return nullptr;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (p.out_kind) {
-    case OutKind::BFloat16: return Sm90Gemm<cutlass::bfloat16_t>::run(p, workspace, s);
-    case OutKind::Float16: return Sm90Gemm<cutlass::half_t>::run(p, workspace, s);
-    default: return Sm90Gemm<float>::run(p, workspace, s);
+    case OutKind::BFloat16: return sm90_gemm_run<OutKind::BFloat16>(p, workspace, s);
+    case OutKind::Float16: return sm90_gemm_run<OutKind::Float16>(p, workspace, s);
+    default: return sm90_gemm_run<OutKind::Float32>(p, workspace, s);
   }
 }
 

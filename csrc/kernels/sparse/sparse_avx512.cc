@@ -141,11 +141,22 @@ inline void store_block(const CsrParams& p, const float* tile, int64_t width, in
 // of a row (its cursor, its partial sums) outweighed them. Zen 5, 2 threads, M = 32-128, 4096^2: 50%
 // zeros 1.5-1.8x, 90% 2.4-3.2x, 95% 3.0-4.9x faster than the 16 KiB passes. Up to 16 lanes one pass
 // measured best (x^T <= 256 KiB stays in L2; passes only add overhead).
+// Rows of one length (2:4, where every row holds K / 2 entries) are the exception: their passes hold
+// kPassRegularBytes of x^T, an L1's worth. 128 entries a pass had made 2:4 at 64 and 128 lanes 0.7-0.8x
+// the 16 KiB passes; with 32 KiB ones, 2:4 4096^2, Zen 5, 2 threads, medians of 3 interleaved processes:
+// M = 64 9.6 -> 6.9 ms, M = 128 21.3 -> 13.7 ms (the 16 KiB passes: 7.4 and 14.9), M = 32 unchanged.
+// Irregular rows (unstructured 50% in csr8 too) kept the entry rule: 32 KiB passes timed 1.2-1.5x
+// slower there.
 constexpr int64_t kPassRows = 64;
 constexpr int64_t kPassEntries = 128;
 constexpr int64_t kPassMaxBytes = 512 * 1024;
+constexpr int64_t kPassRegularBytes = 32 * 1024;
 
-int64_t pass_columns(const CsrParams& p, int64_t lanes) {
+int64_t pass_columns(const CsrParams& p, int64_t lanes, int64_t n0, int64_t n1) {
+  bool regular = true;
+  for (int64_t n = n0 + 1; n < n1 && regular; ++n)
+    regular = p.row_ptr[n + 1] - p.row_ptr[n] == p.row_ptr[n0 + 1] - p.row_ptr[n0];
+  if (regular) return std::max<int64_t>(64, kPassRegularBytes / (lanes * 4));
   const double density = std::max(1e-4, static_cast<double>(p.row_ptr[p.N]) / (static_cast<double>(p.N) * p.K));
   const int64_t by_work = static_cast<int64_t>(kPassEntries / density);
   return std::max<int64_t>(64, std::min(by_work, kPassMaxBytes / (lanes * 4)));
@@ -218,7 +229,7 @@ void rows(const CsrParams& p, int64_t n0, int64_t n1, int64_t m0) {
   const Cols cols(p);
   const int64_t ldxt = p.ldxt;
   const float* xt = p.xt + m0;
-  const int64_t pass_cols = CH * kLanes <= 16 ? p.K : pass_columns(p, CH * kLanes);
+  const int64_t pass_cols = CH * kLanes <= 16 ? p.K : pass_columns(p, CH * kLanes, n0, n1);
   alignas(64) V part[kPassRows][CH];
   int64_t cursor[kPassRows];
   for (int64_t r0 = n0; r0 < n1; r0 += kPassRows) {

@@ -1,0 +1,135 @@
+// 2:4 sparse int8 GEMM for Hopper (sm_90a) with the dense W8A8 path's fused epilogue, composed from
+// CUTLASS 3.x: sparse wgmma (mma.sp) fed by TMA, warp-specialized cooperative persistent kernel, and
+// CUTLASS's structured-sparse compressor (run once, when a layer is converted).
+//
+// The sparse operand of the tensor cores is A, so the layer is computed transposed: A = W [N, K] (2:4
+// along K, compressed), B = x_q [M, K] (row-major = K x M column-major), D = Y^T [N, M] column-major,
+// which is Y [M, N] row-major. Epilogue (EPILOGUE.md order, --fmad=false: one rounding per step):
+//   Y[m, n] = ((float(acc) * x_scale[m]) * w_scale[n]) + bias[n]
+// Framework-free: pointers + Sparse24Params (params.h).
+// The kernel's composition; one output type is instantiated per unit, sm90_sparse_gemm_<type>.cu (sm90_units.h);
+// the compressor and the dispatch are in sm90_sparse_gemm.cu.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/util/packed_stride.hpp"
+#include "cutlass_launch.cuh"
+#include "params.h"
+#include "sm90_units.h"
+
+#if defined(CUTLASS_ARCH_MMA_SPARSE_SM90_SUPPORTED)  // a toolkit with sm_90 sparse MMA (CUDA 12.2 on)
+namespace fastinfer {
+namespace cuda_kernels {
+namespace sm90_sparse {
+
+using namespace cute;
+namespace fusion = cutlass::epilogue::fusion;
+
+// 128 x 128 output tiles, 128 bytes of (dense) K per stage, clusters of 1 x 2 (the A tile - the
+// compressed weight - is multicast along N to both CTAs); cooperative schedule.
+using TileShape = Shape<_128, _128, _128>;
+using ClusterShape = Shape<_1, _2, _1>;
+using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
+using ProblemShape = Shape<int, int, int, int>;
+constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+
+using ElementA = int8_t;
+using ElementB = int8_t;
+using ElementAcc = int32_t;
+using LayoutTagA = cutlass::layout::RowMajor;     // W [N, K]
+using LayoutTagB = cutlass::layout::ColumnMajor;  // x_q [M, K] row-major is K x M column-major
+using LayoutTagD = cutlass::layout::ColumnMajor;  // Y^T [N, M] column-major is Y [M, N] row-major
+constexpr int kAlignAB = 16;                      // elements: 16 bytes (TMA)
+
+template <class ElementD>
+struct Sm90Sparse24 {
+  static constexpr int kAlignD = 16 / sizeof(ElementD);
+
+  using Acc = fusion::Sm90AccFetch;
+  using XScale = fusion::Sm90RowBroadcast<0, TileShape, float, float>;  // one value per column of D (token m)
+  using WScale = fusion::Sm90ColBroadcast<0, TileShape, float, float>;  // one value per row of D (channel n)
+  using Bias = fusion::Sm90ColBroadcast<0, TileShape, float, float>;    // null -> 0
+  using ByX = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::multiplies, float, float, kRound>, Acc, XScale>;
+  using ByW = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::multiplies, float, float, kRound>, ByX, WScale>;
+  using Epilogue = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::plus, ElementD, float, kRound>, ByW, Bias>;
+
+  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, float, void, LayoutTagD, kAlignD, ElementD,
+      LayoutTagD, kAlignD, EpilogueSchedule, Epilogue>::CollectiveOp;
+  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, ElementA, LayoutTagA, kAlignAB, ElementB,
+      LayoutTagB, kAlignAB, ElementAcc, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      MainloopSchedule>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue,
+                                                      cutlass::gemm::PersistentScheduler>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using SparseConfig = typename CollectiveMainloop::SparseConfig;
+
+  static typename Gemm::Arguments arguments(const Sparse24Params& p) {
+    using StrideB = typename Kernel::StrideB;
+    using StrideD = typename Kernel::StrideD;
+    const int N = static_cast<int>(p.N), M = static_cast<int>(p.M), K = static_cast<int>(p.K);
+    const ProblemShape shape{N, M, K, 1};
+    const StrideB sb = cutlass::make_cute_packed_stride(StrideB{}, make_shape(M, K, 1));
+    const StrideD sd = cutlass::make_cute_packed_stride(StrideD{}, make_shape(N, M, 1));
+    typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
+                                  shape,
+                                  {p.w_values, SparseConfig::fill_layoutA(shape), p.x, sb,
+                                   reinterpret_cast<const typename CollectiveMainloop::ElementE*>(p.w_meta),
+                                   SparseConfig::fill_layoutE(shape)},
+                                  {{}, nullptr, sd, static_cast<ElementD*>(p.out), sd}};
+    // The tree's arguments nest as {children..., op}: ((acc * x_scale) * w_scale) + bias.
+    args.epilogue.thread = {
+        {                                   // (acc * x_scale) * w_scale
+         {{}, {p.x_scale}, {}},             // acc * x_scale
+         {p.w_scale},                       // w_scale
+         {}},                               // multiplies
+        {p.bias, -0.0f},                    // bias (null -> -0: y + -0 == y for every y, as with no add)
+        {}};                                // plus
+    cudaGetDevice(&args.hw_info.device_id);  // the persistent grid is sized for the current device's SMs
+    return args;
+  }
+
+  static size_t workspace(const Sparse24Params& p) { return Gemm::get_workspace_size(arguments(p)); }
+
+  static const char* run(const Sparse24Params& p, void* workspace_ptr, cudaStream_t stream) {
+    return run_cutlass<Gemm>(arguments(p), workspace_ptr, stream);
+  }
+};
+
+}  // namespace sm90_sparse
+
+template <OutKind kOut>
+size_t sm90_sparse24_workspace(const Sparse24Params& p) {
+  return sm90_sparse::Sm90Sparse24<CutlassOut_t<kOut>>::workspace(p);
+}
+
+template <OutKind kOut>
+const char* sm90_sparse24_run(const Sparse24Params& p, void* workspace, cudaStream_t stream) {
+  return sm90_sparse::Sm90Sparse24<CutlassOut_t<kOut>>::run(p, workspace, stream);
+}
+
+// Instantiated only in sm90_sparse_gemm_<type>.cu.
+extern template size_t sm90_sparse24_workspace<OutKind::Float32>(const Sparse24Params&);
+extern template size_t sm90_sparse24_workspace<OutKind::BFloat16>(const Sparse24Params&);
+extern template size_t sm90_sparse24_workspace<OutKind::Float16>(const Sparse24Params&);
+extern template const char* sm90_sparse24_run<OutKind::Float32>(const Sparse24Params&, void*, cudaStream_t);
+extern template const char* sm90_sparse24_run<OutKind::BFloat16>(const Sparse24Params&, void*, cudaStream_t);
+extern template const char* sm90_sparse24_run<OutKind::Float16>(const Sparse24Params&, void*, cudaStream_t);
+
+}  // namespace cuda_kernels
+}  // namespace fastinfer
+#endif
