@@ -9,6 +9,7 @@
 #include "cutlass/cutlass.h"
 #include "cutlass/numeric_types.h"
 #include "params.h"
+#include "sm90_units.h"
 
 namespace fastinfer {
 namespace cuda_kernels {
@@ -24,7 +25,7 @@ const char* run_cutlass(const typename Op::Arguments& args, void* workspace, cud
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
 
-// The element type a kernel writes for an OutKind (sm90_units.h instantiates one kind per unit).
+// The element type a kernel writes for an OutKind.
 template <OutKind kOut>
 struct CutlassOut;
 template <>
@@ -37,6 +38,21 @@ template <>
 struct CutlassOut<OutKind::Int8> { using type = int8_t; };
 template <OutKind kOut>
 using CutlassOut_t = typename CutlassOut<kOut>::type;
+
+// A Hopper kernel family's composition for one output element type, specialized by each family's .cuh
+// (static workspace(params) and run(params, workspace, stream)).
+template <class Params, class ElementD>
+struct Sm90Kernel;
+
+template <OutKind kOut, class Params>
+size_t sm90_workspace(const Params& p) {
+  return Sm90Kernel<Params, CutlassOut_t<kOut>>::workspace(p);
+}
+
+template <OutKind kOut, class Params>
+const char* sm90_run(const Params& p, void* workspace, cudaStream_t stream) {
+  return Sm90Kernel<Params, CutlassOut_t<kOut>>::run(p, workspace, stream);
+}
 
 }  // namespace cuda_kernels
 }  // namespace fastinfer

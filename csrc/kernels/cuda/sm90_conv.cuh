@@ -147,21 +147,12 @@ struct Sm90Conv {
 
 }  // namespace sm90_conv
 
-template <OutKind kOut>
-size_t sm90_conv_workspace(const Sm90ConvParams& p) {
-  return sm90_conv::Sm90Conv<CutlassOut_t<kOut>>::workspace(p);
-}
-
-template <OutKind kOut>
-const char* sm90_conv_run(const Sm90ConvParams& p, void* workspace, cudaStream_t stream) {
-  return sm90_conv::Sm90Conv<CutlassOut_t<kOut>>::run(p, workspace, stream);
-}
+template <class ElementD>
+struct Sm90Kernel<Sm90ConvParams, ElementD> : sm90_conv::Sm90Conv<ElementD> {};
 
 // Instantiated only in sm90_conv_<type>.cu.
-extern template size_t sm90_conv_workspace<OutKind::Float32>(const Sm90ConvParams&);
-extern template size_t sm90_conv_workspace<OutKind::Int8>(const Sm90ConvParams&);
-extern template const char* sm90_conv_run<OutKind::Float32>(const Sm90ConvParams&, void*, cudaStream_t);
-extern template const char* sm90_conv_run<OutKind::Int8>(const Sm90ConvParams&, void*, cudaStream_t);
+FASTINFER_SM90_UNIT(extern, Float32, Sm90ConvParams)
+FASTINFER_SM90_UNIT(extern, Int8, Sm90ConvParams)
 
 }  // namespace cuda_kernels
 }  // namespace fastinfer

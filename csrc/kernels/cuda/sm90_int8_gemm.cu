@@ -28,9 +28,9 @@ bool sm90_gemm_supported(const GemmParams& p) {
 
 size_t sm90_gemm_workspace_bytes(const GemmParams& p) {
   switch (p.out_kind) {
-    case OutKind::BFloat16: return sm90_gemm_workspace<OutKind::BFloat16>(p);
-    case OutKind::Float16: return sm90_gemm_workspace<OutKind::Float16>(p);
-    default: return sm90_gemm_workspace<OutKind::Float32>(p);
+    case OutKind::BFloat16: return sm90_workspace<OutKind::BFloat16>(p);
+    case OutKind::Float16: return sm90_workspace<OutKind::Float16>(p);
+    default: return sm90_workspace<OutKind::Float32>(p);
   }
 }
 
@@ -38,9 +38,9 @@ const char* launch_int8_gemm_sm90(const GemmParams& p, void* workspace, void* st
   if (p.M == 0 || p.N == 0) return nullptr;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (p.out_kind) {
-    case OutKind::BFloat16: return sm90_gemm_run<OutKind::BFloat16>(p, workspace, s);
-    case OutKind::Float16: return sm90_gemm_run<OutKind::Float16>(p, workspace, s);
-    default: return sm90_gemm_run<OutKind::Float32>(p, workspace, s);
+    case OutKind::BFloat16: return sm90_run<OutKind::BFloat16>(p, workspace, s);
+    case OutKind::Float16: return sm90_run<OutKind::Float16>(p, workspace, s);
+    default: return sm90_run<OutKind::Float32>(p, workspace, s);
   }
 }
 

@@ -104,23 +104,13 @@ struct Sm90Gemm {
 
 }  // namespace sm90_gemm
 
-template <OutKind kOut>
-size_t sm90_gemm_workspace(const GemmParams& p) {
-  return sm90_gemm::Sm90Gemm<CutlassOut_t<kOut>>::workspace(p);
-}
-
-template <OutKind kOut>
-const char* sm90_gemm_run(const GemmParams& p, void* workspace, cudaStream_t stream) {
-  return sm90_gemm::Sm90Gemm<CutlassOut_t<kOut>>::run(p, workspace, stream);
-}
+template <class ElementD>
+struct Sm90Kernel<GemmParams, ElementD> : sm90_gemm::Sm90Gemm<ElementD> {};
 
 // Instantiated only in sm90_int8_gemm_<type>.cu.
-extern template size_t sm90_gemm_workspace<OutKind::Float32>(const GemmParams&);
-extern template size_t sm90_gemm_workspace<OutKind::BFloat16>(const GemmParams&);
-extern template size_t sm90_gemm_workspace<OutKind::Float16>(const GemmParams&);
-extern template const char* sm90_gemm_run<OutKind::Float32>(const GemmParams&, void*, cudaStream_t);
-extern template const char* sm90_gemm_run<OutKind::BFloat16>(const GemmParams&, void*, cudaStream_t);
-extern template const char* sm90_gemm_run<OutKind::Float16>(const GemmParams&, void*, cudaStream_t);
+FASTINFER_SM90_UNIT(extern, Float32, GemmParams)
+FASTINFER_SM90_UNIT(extern, BFloat16, GemmParams)
+FASTINFER_SM90_UNIT(extern, Float16, GemmParams)
 
 }  // namespace cuda_kernels
 }  // namespace fastinfer

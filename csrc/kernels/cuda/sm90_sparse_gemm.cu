@@ -76,9 +76,9 @@ const char* launch_sparse24_compress(const Sparse24PackParams& p, void* workspac
 
 size_t sparse24_gemm_workspace_bytes(const Sparse24Params& p) {
   switch (p.out_kind) {
-    case OutKind::BFloat16: return sm90_sparse24_workspace<OutKind::BFloat16>(p);
-    case OutKind::Float16: return sm90_sparse24_workspace<OutKind::Float16>(p);
-    default: return sm90_sparse24_workspace<OutKind::Float32>(p);
+    case OutKind::BFloat16: return sm90_workspace<OutKind::BFloat16>(p);
+    case OutKind::Float16: return sm90_workspace<OutKind::Float16>(p);
+    default: return sm90_workspace<OutKind::Float32>(p);
   }
 }
 
@@ -86,9 +86,9 @@ const char* launch_sparse24_gemm(const Sparse24Params& p, void* workspace, void*
   if (p.M == 0 || p.N == 0) return nullptr;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (p.out_kind) {
-    case OutKind::BFloat16: return sm90_sparse24_run<OutKind::BFloat16>(p, workspace, s);
-    case OutKind::Float16: return sm90_sparse24_run<OutKind::Float16>(p, workspace, s);
-    default: return sm90_sparse24_run<OutKind::Float32>(p, workspace, s);
+    case OutKind::BFloat16: return sm90_run<OutKind::BFloat16>(p, workspace, s);
+    case OutKind::Float16: return sm90_run<OutKind::Float16>(p, workspace, s);
+    default: return sm90_run<OutKind::Float32>(p, workspace, s);
   }
 }
 

@@ -112,23 +112,13 @@ struct Sm90Sparse24 {
 
 }  // namespace sm90_sparse
 
-template <OutKind kOut>
-size_t sm90_sparse24_workspace(const Sparse24Params& p) {
-  return sm90_sparse::Sm90Sparse24<CutlassOut_t<kOut>>::workspace(p);
-}
-
-template <OutKind kOut>
-const char* sm90_sparse24_run(const Sparse24Params& p, void* workspace, cudaStream_t stream) {
-  return sm90_sparse::Sm90Sparse24<CutlassOut_t<kOut>>::run(p, workspace, stream);
-}
+template <class ElementD>
+struct Sm90Kernel<Sparse24Params, ElementD> : sm90_sparse::Sm90Sparse24<ElementD> {};
 
 // Instantiated only in sm90_sparse_gemm_<type>.cu.
-extern template size_t sm90_sparse24_workspace<OutKind::Float32>(const Sparse24Params&);
-extern template size_t sm90_sparse24_workspace<OutKind::BFloat16>(const Sparse24Params&);
-extern template size_t sm90_sparse24_workspace<OutKind::Float16>(const Sparse24Params&);
-extern template const char* sm90_sparse24_run<OutKind::Float32>(const Sparse24Params&, void*, cudaStream_t);
-extern template const char* sm90_sparse24_run<OutKind::BFloat16>(const Sparse24Params&, void*, cudaStream_t);
-extern template const char* sm90_sparse24_run<OutKind::Float16>(const Sparse24Params&, void*, cudaStream_t);
+FASTINFER_SM90_UNIT(extern, Float32, Sparse24Params)
+FASTINFER_SM90_UNIT(extern, BFloat16, Sparse24Params)
+FASTINFER_SM90_UNIT(extern, Float16, Sparse24Params)
 
 }  // namespace cuda_kernels
 }  // namespace fastinfer

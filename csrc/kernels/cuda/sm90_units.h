@@ -15,23 +15,20 @@
 namespace fastinfer {
 namespace cuda_kernels {
 
-// W8A8 GEMM (sm90_int8_gemm.cuh): Float32, BFloat16, Float16.
-template <OutKind kOut>
-size_t sm90_gemm_workspace(const GemmParams& p);
-template <OutKind kOut>
-const char* sm90_gemm_run(const GemmParams& p, void* workspace, cudaStream_t stream);
+// The workspace a kernel needs and its launch, for one family (by its params: GemmParams for the W8A8 GEMM
+// in sm90_int8_gemm.cuh, Sparse24Params for the 2:4 GEMM in sm90_sparse_gemm.cuh, Sm90ConvParams for the
+// convolution in sm90_conv.cuh) and one output kind. Defined in cutlass_launch.cuh.
+template <OutKind kOut, class Params>
+size_t sm90_workspace(const Params& p);
+template <OutKind kOut, class Params>
+const char* sm90_run(const Params& p, void* workspace, cudaStream_t stream);
 
-// 2:4 sparse GEMM (sm90_sparse_gemm.cuh): Float32, BFloat16, Float16.
-template <OutKind kOut>
-size_t sm90_sparse24_workspace(const Sparse24Params& p);
-template <OutKind kOut>
-const char* sm90_sparse24_run(const Sparse24Params& p, void* workspace, cudaStream_t stream);
-
-// Implicit-GEMM convolution (sm90_conv.cuh): Float32, Int8.
-template <OutKind kOut>
-size_t sm90_conv_workspace(const Sm90ConvParams& p);
-template <OutKind kOut>
-const char* sm90_conv_run(const Sm90ConvParams& p, void* workspace, cudaStream_t stream);
+// The instantiation of one family for one output kind: declared `extern` in the family's .cuh (so no unit
+// compiles it by accident), defined (EXTERN empty) in its sm90_<family>_<type>.cu. Inside namespace
+// fastinfer::cuda_kernels.
+#define FASTINFER_SM90_UNIT(EXTERN, KIND, PARAMS)                                 \
+  EXTERN template size_t sm90_workspace<OutKind::KIND, PARAMS>(const PARAMS&); \
+  EXTERN template const char* sm90_run<OutKind::KIND, PARAMS>(const PARAMS&, void*, cudaStream_t);
 
 }  // namespace cuda_kernels
 }  // namespace fastinfer
