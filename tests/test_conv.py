@@ -242,6 +242,7 @@ DEPTHWISE = [
     (2, 130, 12, 12, (3, 3), (2, 2), (1, 1), (2, 1)),   # quads: stride 2, height dilation 2, 3 channel blocks
     (1, 16, 5, 5, (5, 3), (1, 1), (2, 1), (1, 1)),      # quads: 5 input rows a pixel
     (1, 64, 3, 3, (3, 3), (1, 1), (1, 1), (1, 1)),      # quads: every row touches padding
+    (1, 70, 6, 9, (2, 2), (1, 1), (0, 1), (1, 1)),      # paired quads (stride 1, KW <= 3): KW 2, odd output width
     (1, 48, 8, 8, (3, 3), (1, 1), (1, 1), (1, 2)),      # groups: width dilation 2
     (1, 40, 9, 9, (3, 5), (1, 1), (1, 2), (1, 1)),      # groups: kernel width 5
 ]

@@ -1,6 +1,6 @@
 // int8 convolution kernels that run on any CUDA arch of the build: the row gather of the implicit-GEMM
 // fallback (im2row: the GEMM's A operand for a chunk of output pixels) and the depthwise convolution.
-// The Hopper implicit GEMM (no gather) is sm90_conv.cu. Framework-free: pointers + params.h structs.
+// The Hopper implicit GEMM (no gather) is sm90_conv.cuh. Framework-free: pointers + params.h structs.
 #include <cuda_runtime.h>
 
 #include <cstdint>

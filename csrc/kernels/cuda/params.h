@@ -174,7 +174,7 @@ bool sm90_gemm_supported(const GemmParams& p);
 size_t sm90_gemm_workspace_bytes(const GemmParams& p);  // device scratch the launch needs
 const char* launch_int8_gemm_sm90(const GemmParams& p, void* workspace, void* stream);
 const char* launch_quantize_rows(const QuantizeParams& p, void* stream);
-// 2:4 sparse (sm90_sparse_gemm.cu; built with the CUTLASS headers and a toolkit with sm_90 sparse MMA).
+// 2:4 sparse (sm90_sparse_gemm.cu + .cuh; built with the CUTLASS headers and a toolkit with sm_90 sparse MMA).
 bool sparse24_built();
 Sparse24Sizes sparse24_sizes(int64_t N, int64_t K);
 size_t sparse24_compress_workspace_bytes(const Sparse24PackParams& p);

@@ -449,11 +449,17 @@ struct DwFinish {
 };
 
 // Output pixels [p0, p1) with row quads. An output row's KH input rows are looked up among KH slots by
-// tag; a missing one is built (every output column's quad, every channel block) into a slot that this
-// output row does not need. Rows outside the image read the padding quad (stride 0).
+// tag; a missing one is built (the quads of every channel block) into a slot that this output row does
+// not need. Rows outside the image read the padding quad (stride 0).
+// Paired quads (stride 1, KW <= 3): the quad of input pixels iw .. iw + 3 holds the taps of output ow
+// (weights A: taps 0 .. KW-1 in slots 0 ..) and of ow + 1 (weights B: the same taps one slot later), so a
+// slot keeps quads for even ow only: half the quads built, and each one read once for two pixels. At 28 x
+// 28 x 256, batch 8, int8 in/out, AMD Zen 5, 1 thread, 3 alternated processes: 0.34 -> 0.25-0.28 ms.
 template <bool INT8_OUT, bool BIAS>
-void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& buf, const DwFinish<INT8_OUT, BIAS>& finish) {
-  const int64_t cblocks = (p.C + 63) / 64, slot_ints = cblocks * p.OW * 64;
+void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& buf, const DwFinish<INT8_OUT, BIAS>& finish,
+                      bool paired) {
+  const int64_t cblocks = (p.C + 63) / 64, step = paired ? 2 : 1, nq = (p.OW + step - 1) / step;
+  const int64_t slot_ints = cblocks * nq * 64;
   buf.quads.resize(static_cast<size_t>(p.KH * slot_ints));
   buf.tag.assign(static_cast<size_t>(p.KH), -1);
   buf.pad.assign(64, static_cast<int32_t>(0x80808080u));
@@ -471,11 +477,11 @@ void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& 
       auto px = [&](int64_t iw) {  // outside the row: s8 0
         return _mm512_xor_si512(iw >= 0 && iw < p.W ? _mm512_maskz_loadu_epi8(m, row + iw * p.C + c0) : _mm512_setzero_si512(), k80);
       };
-      for (int64_t ow = 0; ow < p.OW; ++ow) {
-        const int64_t iw = ow * p.SW - p.PW;
+      for (int64_t j = 0; j < nq; ++j) {
+        const int64_t iw = j * step * p.SW - p.PW;
         __m512i r[4];
         interleave4(px(iw), px(iw + 1), px(iw + 2), px(iw + 3), r);
-        int32_t* d = q + (cb * p.OW + ow) * 64;
+        int32_t* d = q + (cb * nq + j) * 64;
         for (int i = 0; i < 4; ++i) _mm512_storeu_si512(d + 16 * i, r[i]);
       }
     }
@@ -511,18 +517,42 @@ void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& 
       qrow[kh] = quads + slot * slot_ints;
       qstride[kh] = 64;
     }
+    const int64_t out_row = (n * p.OH + oh) * p.OW;
     for (int64_t cb = 0; cb < cblocks; ++cb) {
-      const int32_t* w = wq + cb * p.KH * 64;
+      const int32_t* wa = wq + cb * (paired ? 2 : 1) * p.KH * 64;  // weights A (and B after them)
+      const int32_t* wb = wa + p.KH * 64;
       const DwBlock k = load_block(finish.blocks + cb * kDwBlockInts);  // in registers for the whole row
-      for (int64_t ow = ow0; ow < ow1; ++ow) {
+      // One pixel: quad j with weights w.
+      auto one = [&](int64_t ow, int64_t j, const int32_t* w) {
         __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
         for (int64_t kh = 0; kh < p.KH; ++kh) {
-          const int32_t* q = qrow[kh] + (cb * p.OW + ow) * qstride[kh];
+          const int32_t* q = qrow[kh] + (cb * nq + j) * qstride[kh];
           for (int i = 0; i < 4; ++i)
             acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_loadu_si512(q + 16 * i), _mm512_loadu_si512(w + kh * 64 + 16 * i));
         }
-        finish(acc, (n * p.OH + oh) * p.OW + ow, cb, k);
+        finish(acc, out_row + ow, cb, k);
+      };
+      if (!paired) {
+        for (int64_t ow = ow0; ow < ow1; ++ow) one(ow, ow, wa);
+        continue;
       }
+      int64_t ow = ow0;
+      if (ow % 2 == 1) one(ow, ow / 2, wb), ++ow;
+      for (; ow + 1 < ow1; ow += 2) {  // pixels ow and ow + 1 from quad ow / 2
+        __m512i a0[4], a1[4];
+        for (int i = 0; i < 4; ++i) a0[i] = a1[i] = _mm512_setzero_si512();
+        for (int64_t kh = 0; kh < p.KH; ++kh) {
+          const int32_t* q = qrow[kh] + (cb * nq + ow / 2) * qstride[kh];
+          for (int i = 0; i < 4; ++i) {
+            const __m512i v = _mm512_loadu_si512(q + 16 * i);
+            a0[i] = _mm512_dpbusd_epi32(a0[i], v, _mm512_loadu_si512(wa + kh * 64 + 16 * i));
+            a1[i] = _mm512_dpbusd_epi32(a1[i], v, _mm512_loadu_si512(wb + kh * 64 + 16 * i));
+          }
+        }
+        finish(a0, out_row + ow, cb, k);
+        finish(a1, out_row + ow + 1, cb, k);
+      }
+      if (ow < ow1) one(ow, ow / 2, wa);
     }
     pix += ow1 - ow0;
   }
@@ -530,11 +560,11 @@ void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& 
 
 template <bool INT8_OUT, bool BIAS>
 void dwconv_blocks(const DwConvParams& p, int64_t p0, int64_t p1) {
-  const bool quads = dw_row_quads(p);
+  const bool quads = dw_row_quads(p), paired = quads && p.SW == 1 && p.KW <= 3;
   const int64_t taps = p.KH * p.KW, cblocks = (p.C + 63) / 64;
-  // Weight groups: row quads take group kh = taps (kh, 0 .. 3), weight 0 past KW; otherwise 4
-  // consecutive taps.
-  const int64_t groups = quads ? p.KH : (taps + 3) / 4;
+  // Weight groups: row quads take group kh = taps (kh, 0 .. 3), weight 0 past KW, and paired quads also
+  // group KH + kh = taps (kh, -1 .. 2) (weights B: weight 0 in slot 0); otherwise 4 consecutive taps.
+  const int64_t groups = paired ? 2 * p.KH : quads ? p.KH : (taps + 3) / 4;
   thread_local DwBuffers buf;
   buf.w.resize(static_cast<size_t>(cblocks * groups * 4 * 16));
   buf.blocks.resize(static_cast<size_t>(cblocks * kDwBlockInts));
@@ -542,7 +572,8 @@ void dwconv_blocks(const DwConvParams& p, int64_t p0, int64_t p1) {
   for (int64_t cb = 0; cb < cblocks; ++cb) {
     const __mmask64 m = byte_mask(p.C - 64 * cb);
     auto wtap = [&](int64_t g, int64_t i) {  // weight row of slot i of group g, zero where no tap
-      const int64_t t = quads ? (i < p.KW ? g * p.KW + i : taps) : 4 * g + i;
+      const int64_t kw = g < p.KH ? i : i - 1, kh = g % p.KH;  // kw of slot i (weights B: one slot later)
+      const int64_t t = quads ? (kw >= 0 && kw < p.KW ? kh * p.KW + kw : taps) : 4 * g + i;
       return t < taps ? _mm512_maskz_loadu_epi8(m, p.w + t * p.C + 64 * cb) : _mm512_setzero_si512();
     };
     for (int64_t g = 0; g < groups; ++g) {
@@ -573,7 +604,7 @@ void dwconv_blocks(const DwConvParams& p, int64_t p0, int64_t p1) {
   }
   const int32_t* const blocks = buf.blocks.data();
   const DwFinish<INT8_OUT, BIAS> finish{p, blocks};
-  if (quads) return dwconv_row_quads(p, p0, p1, buf, finish);
+  if (quads) return dwconv_row_quads(p, p0, p1, buf, finish, paired);
   const __m512i k80 = _mm512_set1_epi8(static_cast<char>(0x80));
   // Locals: the output stores could alias the thread_local buffers (and their TLS lookups cost).
   const int8_t** const tap = buf.tap.data();
