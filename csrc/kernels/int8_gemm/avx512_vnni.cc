@@ -327,18 +327,20 @@ void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
 // vpdpbusd sums 4 byte products per int32 lane, so each lane takes one channel and 4 taps: the 4
 // taps' input rows (64 channels each, s8 + 128 as u8) are interleaved bytewise with two unpack levels
 // (8 shuffles for 256 products), the weights once per call the same way. The result lanes hold the
-// channels in a lane-permuted order, put back with a 4 x 4 transpose of 128-bit lanes; 128 * sum(w)
-// undoes the +128 (exact). Padding taps read a zero row (s8 0), so borders need no other case.
+// channels in a lane-permuted order, which the epilogue works in (DwFinish); 128 * sum(w) undoes the
+// +128 (exact). Padding taps read a zero row (s8 0), so borders need no other case.
 // Two ways to group the taps:
 // - row quads (DW = 1, KW <= 4: 3x3 at any stride): group kh holds taps (kh, 0 .. 3), whose inputs are
 //   4 neighbouring pixels of one input row (taps past KW get weight 0), so an input row's interleaved
 //   quads are built once per call range and used by every output row that reads it (3 for a 3x3 of
-//   stride 1) instead of interleaving 3 groups per output pixel;
+//   stride 1) instead of interleaving 3 groups per output pixel; at stride 1 with KW <= 3 one quad
+//   serves two output pixels (dwconv_row_quads);
 // - otherwise 4 consecutive taps of (kh, kw) order per group, interleaved per output pixel.
 // Measured (dw 3x3 at 28 x 28 x 256, batch 8, int8 in/out, 2 threads): on an Intel Xeon with AMX, the
 // per-pixel groups against the previous kernel (16 channels per vector, widened multiplies): 0.74 ->
 // 0.34 ms (oneDNN: 0.46 ms); on an AMD Zen 5, row quads against per-pixel groups: 0.31-0.38 -> 0.23-0.25 ms
-// (oneDNN: 0.29-0.32 ms), and 0.49-0.55 -> 0.32-0.35 ms with fp32 in/out.
+// (oneDNN: 0.29-0.32 ms), and 0.49-0.55 -> 0.32-0.35 ms with fp32 in/out; then the lane-order epilogue
+// and paired quads: 0.28 -> 0.145 ms (benchmarks/RESULTS.md, "Depthwise convolution on AVX-512").
 // Specialized on output kind and bias; the buffers are read through locals (a thread_local looked up
 // inside the loop cost ~6% in __tls_get_addr).
 // A channel block's epilogue vectors in the accumulators' lane order (vector i, 128-bit lane l, dword k:
