@@ -90,14 +90,15 @@ def test_special_inputs(isa, g):
     assert empty.shape == (0, Co, H, W)
 
 
+@pytest.mark.parametrize("C", [80, 96])  # 96: whole 32-channel blocks (the AVX-VNNI row-quad kernel)
 @pytest.mark.parametrize("case", CONV_EPILOGUE_EDGES)
-def test_depthwise_epilogue_edges(isa, case):
-    x, w, ws, b = make((2, 80, 9, 8, 80, 3, 1, 1, 1, 80))
+def test_depthwise_epilogue_edges(isa, case, C):
+    x, w, ws, b = make((2, C, 9, 8, C, 3, 1, 1, 1, C))
     x_scale, out_scale = conv_epilogue_edge(case, x, ws, b)
-    pw = ops.pack_conv_weight(w, 80)
+    pw = ops.pack_conv_weight(w, C)
     for osc, act in ((out_scale, "relu"), (out_scale, "none"), (None, "relu6")):
-        y = ops.int8_conv2d(x, pw, ws, b, (3, 3), (1, 1), (1, 1), (1, 1), 80, x_scale, osc, act)
-        r = ref.int8_conv2d(x, w, ws, b, (1, 1), (1, 1), (1, 1), 80, x_scale, osc, act)
+        y = ops.int8_conv2d(x, pw, ws, b, (3, 3), (1, 1), (1, 1), (1, 1), C, x_scale, osc, act)
+        r = ref.int8_conv2d(x, w, ws, b, (1, 1), (1, 1), (1, 1), C, x_scale, osc, act)
         torch.testing.assert_close(y, r, rtol=0, atol=0, equal_nan=True)
         assert_served("dwconv", isa)
         if case == "saturating" and osc is not None and act == "none":
@@ -243,6 +244,8 @@ DEPTHWISE = [
     (1, 16, 5, 5, (5, 3), (1, 1), (2, 1), (1, 1)),      # quads: 5 input rows a pixel
     (1, 64, 3, 3, (3, 3), (1, 1), (1, 1), (1, 1)),      # quads: every row touches padding
     (1, 70, 6, 9, (2, 2), (1, 1), (0, 1), (1, 1)),      # paired quads (stride 1, KW <= 3): KW 2, odd output width
+    (2, 96, 11, 10, (3, 3), (2, 2), (1, 1), (1, 1)),    # quads, stride 2: 3 blocks of 32 (AVX-VNNI), 64 + 32 (AVX-512)
+    (1, 32, 9, 7, (5, 3), (1, 1), (2, 1), (2, 1)),      # paired quads, 5 rows, height dilation 2, one block of 32
     (1, 48, 8, 8, (3, 3), (1, 1), (1, 1), (1, 2)),      # groups: width dilation 2
     (1, 40, 9, 9, (3, 5), (1, 1), (1, 2), (1, 1)),      # groups: kernel width 5
 ]
