@@ -17,6 +17,8 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")
 
+#include "dw_row_quads.h"  // after the target: its templates inline into this ISA's kernels
+
 #include "avx512_common.h"
 
 namespace fastinfer {
@@ -490,42 +492,18 @@ void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& 
   };
   const int32_t* qrow[16];
   int64_t qstride[16];
-  int64_t need[16];
   for (int64_t pix = p0; pix < p1;) {
     const int64_t n = pix / (p.OH * p.OW), oh = (pix / p.OW) % p.OH, ow0 = pix % p.OW;
     const int64_t ow1 = std::min(p.OW, ow0 + (p1 - pix));
-    for (int64_t kh = 0; kh < p.KH; ++kh) {
-      const int64_t ih = oh * p.SH - p.PH + kh * p.DH;
-      need[kh] = ih >= 0 && ih < p.H ? n * p.H + ih : -1;
-    }
-    for (int64_t kh = 0; kh < p.KH; ++kh) {
-      if (need[kh] < 0) {
-        qrow[kh] = pad;
-        qstride[kh] = 0;
-        continue;
-      }
-      int64_t slot = -1;
-      for (int64_t s = 0; s < p.KH && slot < 0; ++s)
-        if (tag[s] == need[kh]) slot = s;
-      if (slot < 0) {  // a slot holding no row this output row needs
-        for (int64_t s = 0; s < p.KH && slot < 0; ++s) {
-          bool needed = false;
-          for (int64_t k = 0; k < p.KH; ++k) needed = needed || (tag[s] >= 0 && tag[s] == need[k]);
-          if (!needed) slot = s;
-        }
-        build(quads + slot * slot_ints, n, need[kh] - n * p.H);
-        tag[slot] = need[kh];
-      }
-      qrow[kh] = quads + slot * slot_ints;
-      qstride[kh] = 64;
-    }
+    dw_row_slots(p, n, oh, quads, slot_ints, pad, 64, tag, qrow, qstride, build);
     const int64_t out_row = (n * p.OH + oh) * p.OW;
     for (int64_t cb = 0; cb < cblocks; ++cb) {
       const int32_t* wa = wq + cb * (paired ? 2 : 1) * p.KH * 64;  // weights A (and B after them)
       const int32_t* wb = wa + p.KH * 64;
       const DwBlock k = load_block(finish.blocks + cb * kDwBlockInts);  // in registers for the whole row
       // One pixel: quad j with weights w.
-      auto one = [&](int64_t ow, int64_t j, const int32_t* w) {
+      auto one = [&](int64_t ow, int64_t j, bool second) {
+        const int32_t* w = second ? wb : wa;
         __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
         for (int64_t kh = 0; kh < p.KH; ++kh) {
           const int32_t* q = qrow[kh] + (cb * nq + j) * qstride[kh];
@@ -534,13 +512,7 @@ void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& 
         }
         finish(acc, out_row + ow, cb, k);
       };
-      if (!paired) {
-        for (int64_t ow = ow0; ow < ow1; ++ow) one(ow, ow, wa);
-        continue;
-      }
-      int64_t ow = ow0;
-      if (ow % 2 == 1) one(ow, ow / 2, wb), ++ow;
-      for (; ow + 1 < ow1; ow += 2) {  // pixels ow and ow + 1 from quad ow / 2
+      auto pair = [&](int64_t ow) {  // pixels ow and ow + 1 from quad ow / 2
         __m512i a0[4], a1[4];
         for (int i = 0; i < 4; ++i) a0[i] = a1[i] = _mm512_setzero_si512();
         for (int64_t kh = 0; kh < p.KH; ++kh) {
@@ -553,8 +525,8 @@ void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& 
         }
         finish(a0, out_row + ow, cb, k);
         finish(a1, out_row + ow + 1, cb, k);
-      }
-      if (ow < ow1) one(ow, ow / 2, wa);
+      };
+      dw_row_columns(ow0, ow1, paired, one, pair);
     }
     pix += ow1 - ow0;
   }

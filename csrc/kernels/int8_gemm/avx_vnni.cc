@@ -1,7 +1,8 @@
 // AVX-VNNI kernels: vpdpbusd (u8 x s8 -> s32, exact) on 256-bit vectors, VEX-encoded, for CPUs with
 // AVX-VNNI but no AVX-512 (Intel Alder Lake and later client cores, the E-core Xeons Sierra Forest and
 // Clearwater Forest) and for any CPU that has both (Sapphire Rapids, AMD Zen 5) when capped here. The set
-// adds the int8 GEMM, the direct convolution and the depthwise convolution; its other families
+// adds the int8 GEMM, the direct convolution and the depthwise convolution (row quads, below; the AVX2
+// pair kernel where those do not serve); its other families
 // (quantization, w8_only, residual add) are the AVX2 kernels.
 // The operands are VNNI's: activations u8 = s8 + 128, B in the n16k4 packing (PACKING.md), where one
 // 16-column block's k-quad is 64 bytes: two ymm of 8 columns x 4 k. The tile and its epilogue are
@@ -21,6 +22,8 @@
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,avxvnni")
+
+#include "dw_row_quads.h"  // after the target: its templates inline into this ISA's kernels
 
 #include "ymm_tile.h"
 
@@ -63,7 +66,8 @@ struct DpwssdPair {
 // vectors arranged so once per call. int8 packs of the four vectors come out in channel order; fp32 is
 // put back with 4 lane permutes. Serves DW = 1, KW <= 4, C % 32 == 0 and no GELU; the rest takes
 // ymm_dwconv. Measured against ymm_dwconv (dw 3x3 at 28 x 28 x 256, batch 8, AMD Zen 5 capped to
-// avx_vnni, 1 thread): see dwconv_vnni's callers' figures in benchmarks/RESULTS.md.
+// avx_vnni, 1 thread, p10 of 100 calls, 3 alternated processes): int8 in/out 0.91-0.95 -> 0.36-0.37 ms,
+// fp32 out 0.72-0.76 -> 0.35-0.36 ms.
 inline void interleave4_ymm(__m256i a, __m256i b, __m256i c, __m256i d, __m256i* r) {
   const __m256i ab_lo = _mm256_unpacklo_epi8(a, b), ab_hi = _mm256_unpackhi_epi8(a, b);
   const __m256i cd_lo = _mm256_unpacklo_epi8(c, d), cd_hi = _mm256_unpackhi_epi8(c, d);
@@ -175,40 +179,16 @@ void dwconv_quads_vnni(const DwConvParams& p, int64_t p0, int64_t p1) {
   };
   const int32_t* qrow[16];
   int64_t qstride[16];
-  int64_t need[16];
   for (int64_t pix = p0; pix < p1;) {
     const int64_t n = pix / (p.OH * p.OW), oh = (pix / p.OW) % p.OH, ow0 = pix % p.OW;
     const int64_t ow1 = std::min(p.OW, ow0 + (p1 - pix));
-    for (int64_t kh = 0; kh < p.KH; ++kh) {
-      const int64_t ih = oh * p.SH - p.PH + kh * p.DH;
-      need[kh] = ih >= 0 && ih < p.H ? n * p.H + ih : -1;
-    }
-    for (int64_t kh = 0; kh < p.KH; ++kh) {
-      if (need[kh] < 0) {
-        qrow[kh] = pad;
-        qstride[kh] = 0;
-        continue;
-      }
-      int64_t slot = -1;
-      for (int64_t s = 0; s < p.KH && slot < 0; ++s)
-        if (tag[s] == need[kh]) slot = s;
-      if (slot < 0) {  // a slot holding no row this output row needs
-        for (int64_t s = 0; s < p.KH && slot < 0; ++s) {
-          bool needed = false;
-          for (int64_t k = 0; k < p.KH; ++k) needed = needed || (tag[s] >= 0 && tag[s] == need[k]);
-          if (!needed) slot = s;
-        }
-        build(quads + slot * slot_ints, n, need[kh] - n * p.H);
-        tag[slot] = need[kh];
-      }
-      qrow[kh] = quads + slot * slot_ints;
-      qstride[kh] = 32;
-    }
+    dw_row_slots(p, n, oh, quads, slot_ints, pad, 32, tag, qrow, qstride, build);
     const int64_t out_row = (n * p.OH + oh) * p.OW;
     for (int64_t cb = 0; cb < cblocks; ++cb) {
       const int32_t* wa = wq + cb * groups * 32;  // weights A (and B after them when paired)
       const int32_t* wb = wa + p.KH * 32;
-      auto one = [&](int64_t ow, int64_t j, const int32_t* w) {
+      auto one = [&](int64_t ow, int64_t j, bool second) {
+        const int32_t* w = second ? wb : wa;
         __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
         for (int64_t kh = 0; kh < p.KH; ++kh) {
           const int32_t* q = qrow[kh] + (cb * nq + j) * qstride[kh];
@@ -218,13 +198,7 @@ void dwconv_quads_vnni(const DwConvParams& p, int64_t p0, int64_t p1) {
         }
         finish(acc, out_row + ow, cb);
       };
-      if (!paired) {
-        for (int64_t ow = ow0; ow < ow1; ++ow) one(ow, ow, wa);
-        continue;
-      }
-      int64_t ow = ow0;
-      if (ow % 2 == 1) one(ow, ow / 2, wb), ++ow;
-      for (; ow + 1 < ow1; ow += 2) {  // pixels ow and ow + 1 from quad ow / 2
+      auto pair = [&](int64_t ow) {  // pixels ow and ow + 1 from quad ow / 2
         __m256i a0[4], a1[4];
         for (int i = 0; i < 4; ++i) a0[i] = a1[i] = _mm256_setzero_si256();
         for (int64_t kh = 0; kh < p.KH; ++kh) {
@@ -237,8 +211,8 @@ void dwconv_quads_vnni(const DwConvParams& p, int64_t p0, int64_t p1) {
         }
         finish(a0, out_row + ow, cb);
         finish(a1, out_row + ow + 1, cb);
-      }
-      if (ow < ow1) one(ow, ow / 2, wa);
+      };
+      dw_row_columns(ow0, ow1, paired, one, pair);
     }
     pix += ow1 - ow0;
   }

@@ -268,7 +268,8 @@ void ymm_conv_direct(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
       });
 }
 
-// The depthwise convolution (DwConvFn), 16 channels per step. The taps go in pairs: the two taps'
+// The depthwise convolution (DwConvFn) of the AVX2 set, and of the AVX-VNNI set where its row-quad kernel
+// (avx_vnni.cc) does not serve; 16 channels per step. The taps go in pairs: the two taps'
 // inputs, widened to int16, are interleaved (vpunpck{l,h}wd) and multiplied with the pair's weights,
 // interleaved the same way once per call, two products summed per int32 lane (exact for any int8
 // values) by PairDot::step(acc, x_pairs, w_pairs): vpmaddwd + vpaddd on AVX2, vpdpwssd on AVX-VNNI. A tap
