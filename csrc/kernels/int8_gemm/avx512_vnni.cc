@@ -501,7 +501,7 @@ void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& 
       const int32_t* wa = wq + cb * (paired ? 2 : 1) * p.KH * 64;  // weights A (and B after them)
       const int32_t* wb = wa + p.KH * 64;
       const DwBlock k = load_block(finish.blocks + cb * kDwBlockInts);  // in registers for the whole row
-      // One pixel: quad j with weights w.
+      // One pixel: quad j, with weights B when `second` (an odd column of paired quads).
       auto one = [&](int64_t ow, int64_t j, bool second) {
         const int32_t* w = second ? wb : wa;
         __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};

@@ -187,6 +187,7 @@ void dwconv_quads_vnni(const DwConvParams& p, int64_t p0, int64_t p1) {
     for (int64_t cb = 0; cb < cblocks; ++cb) {
       const int32_t* wa = wq + cb * groups * 32;  // weights A (and B after them when paired)
       const int32_t* wb = wa + p.KH * 32;
+      // One pixel: quad j, with weights B when `second` (an odd column of paired quads).
       auto one = [&](int64_t ow, int64_t j, bool second) {
         const int32_t* w = second ? wb : wa;
         __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
