@@ -10,7 +10,7 @@ from fastinfer import ops
 from fastinfer import reference as ref
 from fastinfer.nn import ConvAct2d, Int8Conv2d
 
-from conftest import CONV_EPILOGUE_EDGES, assert_served, conv_epilogue_edge, runnable_isas
+from conftest import CONV_EPILOGUE_EDGES, assert_served, conv_epilogue_edge, runnable_isas, served_by
 
 # (N, C, H, W, Cout, k, stride, pad, dilation, groups)
 GEOMETRIES = [
@@ -101,6 +101,7 @@ def test_depthwise_epilogue_edges(isa, case, C):
         r = ref.int8_conv2d(x, w, ws, b, (1, 1), (1, 1), (1, 1), C, x_scale, osc, act)
         torch.testing.assert_close(y, r, rtol=0, atol=0, equal_nan=True)
         assert_served("dwconv", isa)
+        assert ops.last_kernel("dwconv_path") == expected_dw_path(isa, C, (3, 3), (1, 1), (1, 1), 8)
         if case == "saturating" and osc is not None and act == "none":
             assert (y == 127).any() and (y == -127).any()
 
@@ -251,9 +252,26 @@ DEPTHWISE = [
 ]
 
 
+def expected_dw_path(isa, C, k, s, d, OW):
+    """The way the depthwise kernel of tier `isa` takes (dwconv_path_avx512 in avx512_vnni.cc, dwconv_path_vnni
+    in avx_vnni.cc): row quads for width dilation 1 and kernel width <= 4 (paired at stride 1 and width <= 3),
+    on AVX-VNNI only for whole 32-channel blocks; else the per-pixel tap groups (AVX-512) or tap pairs."""
+    tier = served_by("dwconv", isa)
+    quads = d[1] == 1 and k[1] <= 4 and k[0] <= 16
+    paired = s[1] == 1 and k[1] <= 3
+    if tier == "avx512_vnni":
+        quads = quads and k[0] * ((C + 63) // 64) * OW * 256 <= 4 << 20
+        return ("row_quads_paired" if paired else "row_quads") if quads else "tap_groups"
+    if tier == "avx_vnni":
+        quads = quads and C % 32 == 0 and k[0] * (C // 32) * OW * 128 <= 4 << 20
+        return ("row_quads_paired" if paired else "row_quads") if quads else "tap_pairs"
+    return ""
+
+
 @pytest.mark.parametrize("g", DEPTHWISE, ids=[str(g) for g in DEPTHWISE])
 def test_depthwise_tap_groupings(isa, g):
     N, C, H, W, k, s, p, d = g
+    OW = (W + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
     w = torch.randint(-127, 128, (C, 1, *k), dtype=torch.int8)
     ws, b = torch.rand(C) * 0.01 + 1e-3, torch.randn(C)
     packed = ops.pack_conv_weight(w, C)
@@ -262,6 +280,7 @@ def test_depthwise_tap_groupings(isa, g):
     for inp, x_scale, out_scale, act in ((x, None, None, "none"), (x, 0.03, 0.05, "relu"), (xq, 0.05, 0.1, "relu6")):
         y = ops.int8_conv2d(inp, packed, ws, b, k, s, p, d, C, x_scale, out_scale, act)
         assert_served("dwconv", isa)
+        assert ops.last_kernel("dwconv_path") == expected_dw_path(isa, C, k, s, d, OW)
         torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, s, p, d, C, x_scale, out_scale, act),
                                    rtol=0, atol=0)
 

@@ -474,6 +474,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     p.out_inv_scale = epi.out_inv;
     p.folded = epi.finite;
     const auto& ks = kernels_for(Family::DwConv);
+    record_dwconv_path(ks, p);
     if (dw_rows) {
       depthwise_by_rows(ks, p, a, QuantizedRows(x_rows, a_scale, /*shift=*/false));
       return out;

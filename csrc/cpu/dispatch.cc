@@ -101,15 +101,25 @@ Isa isa_of(const kernels::KernelSet& ks) {
 }
 
 void record_kernel(Family family, Isa isa) { g_last[static_cast<int>(family)].store(static_cast<int>(isa)); }
+
+namespace {
+std::atomic<const char*> g_dwconv_path{""};  // static strings only
+}  // namespace
+
+void record_dwconv_path(const kernels::KernelSet& ks, const kernels::DwConvParams& p) {
+  g_dwconv_path.store(ks.dwconv_path ? ks.dwconv_path(p) : "");
+}
 void clear_kernel(Family family) { g_last[static_cast<int>(family)].store(-1); }
 
 std::string last_kernel(const std::string& family) {
+  if (family == "dwconv_path") return g_dwconv_path.load();
   for (int i = 0; i < static_cast<int>(Family::kCount); ++i)
     if (family == family_name(static_cast<Family>(i))) {
       const int v = g_last[i].load();
       return v < 0 ? std::string() : table(static_cast<Isa>(v)).name;
     }
-  throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct or add, "
+  throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add "
+                              "or dwconv_path, "
                               "got '" + family + "'");
 }
 

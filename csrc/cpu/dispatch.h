@@ -31,6 +31,9 @@ Isa isa_of(const kernels::KernelSet& ks);
 // For families whose kernels exist on fewer tiers than the GEMM's: records the tier that served.
 void record_kernel(Family family, Isa isa);
 void clear_kernel(Family family);  // last_kernel(family) == "" again
+// Which way of the depthwise kernel served the latest call (KernelSet::dwconv_path; "" where the set has one):
+// last_kernel("dwconv_path").
+void record_dwconv_path(const kernels::KernelSet& ks, const kernels::DwConvParams& p);
 std::string last_kernel(const std::string& family);  // "" before the first call
 std::string capabilities_json();
 

@@ -534,7 +534,7 @@ void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& 
 
 template <bool INT8_OUT, bool BIAS>
 void dwconv_blocks(const DwConvParams& p, int64_t p0, int64_t p1) {
-  const bool quads = dw_row_quads(p), paired = quads && p.SW == 1 && p.KW <= 3;
+  const bool quads = dw_row_quads(p), paired = quads && dw_paired(p);
   const int64_t taps = p.KH * p.KW, cblocks = (p.C + 63) / 64;
   // Weight groups: row quads take group kh = taps (kh, 0 .. 3), weight 0 past KW, and paired quads also
   // group KH + kh = taps (kh, -1 .. 2) (weights B: weight 0 in slot 0); otherwise 4 consecutive taps.
@@ -610,6 +610,10 @@ void dwconv_blocks(const DwConvParams& p, int64_t p0, int64_t p1) {
       finish(acc, pix, cb, load_block(blocks + cb * kDwBlockInts));
     }
   }
+}
+
+const char* dwconv_path_avx512(const DwConvParams& p) {
+  return !dw_row_quads(p) ? "tap_groups" : dw_paired(p) ? "row_quads_paired" : "row_quads";
 }
 
 void dwconv_avx512(const DwConvParams& p, int64_t p0, int64_t p1) {
@@ -705,7 +709,8 @@ const KernelSet& kernels_avx512_vnni() {
   static const KernelSet s{"avx512_vnni", int8_gemm_avx512, w8_gemm_avx512, quantize_avx512, dwconv_avx512,
                            absmax_avx512, peak_probe_avx512,
                            16 * Int8Traits::NB, 16 * Int8Traits::MR, Int8Traits::MR, false, conv_direct_avx512,
-                           kPackKB, Int8Traits::MR, add_act_avx512};
+                           kPackKB, Int8Traits::MR, add_act_avx512, /*conv_direct_no_min128=*/false,
+                           dwconv_path_avx512};
   return s;
 }
 }  // namespace kernels

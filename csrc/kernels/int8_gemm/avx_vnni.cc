@@ -92,7 +92,7 @@ struct DwVnniBuffers {
 
 template <bool INT8_OUT>
 void dwconv_quads_vnni(const DwConvParams& p, int64_t p0, int64_t p1) {
-  const bool paired = p.SW == 1 && p.KW <= 3;
+  const bool paired = dw_paired(p);
   const int64_t cblocks = p.C / 32, groups = paired ? 2 * p.KH : p.KH, taps = p.KH * p.KW;
   const int64_t step = paired ? 2 : 1, nq = (p.OW + step - 1) / step, slot_ints = cblocks * nq * 32;
   thread_local DwVnniBuffers buf;
@@ -219,6 +219,10 @@ void dwconv_quads_vnni(const DwConvParams& p, int64_t p0, int64_t p1) {
   }
 }
 
+const char* dwconv_path_vnni(const DwConvParams& p) {
+  return !dw_quads_vnni(p) ? "tap_pairs" : dw_paired(p) ? "row_quads_paired" : "row_quads";
+}
+
 void dwconv_vnni(const DwConvParams& p, int64_t p0, int64_t p1) {
   if (p1 <= p0) return;
   if (!dw_quads_vnni(p)) return ymm_dwconv<DpwssdPair>(p, p0, p1);
@@ -239,6 +243,7 @@ const KernelSet& kernels_avx_vnni() {
     KernelSet k = kernels_avx2();  // w8 GEMM, quantize, absmax, add: AVX2 code
     k.name = "avx_vnni";
     k.dwconv = dwconv_vnni;
+    k.dwconv_path = dwconv_path_vnni;
     k.int8_gemm = ymm_gemm<VnniDot>;
     k.peak_probe = ymm_peak_probe<VnniDot>;
     k.m_chunk = 16 * VnniDot::kMR;  // n_panel, signed_a (u8 operand) and conv_c_step as AVX2's

@@ -51,6 +51,9 @@ void dw_row_slots(const DwConvParams& p, int64_t n, int64_t oh, int32_t* quads, 
   }
 }
 
+// Paired quads: a quad of 4 input pixels holds the taps of two neighbouring output pixels.
+inline bool dw_paired(const DwConvParams& p) { return p.SW == 1 && p.KW <= 3; }
+
 // Output columns [ow0, ow1) of one output row. Unpaired: one(ow, ow, false) each (quad ow). Paired (a quad
 // j holds the inputs of columns 2 j and 2 j + 1): pair(ow) for ow and ow + 1 from quad ow / 2, an odd first
 // column as one(ow, ow / 2, true) (the second weights), an even last one as one(ow, ow / 2, false).

@@ -132,6 +132,9 @@ using QuantizeFn = void (*)(const QuantizeParams&, int64_t m0, int64_t m1);
 using AbsMaxFn = uint32_t (*)(const float* x, int64_t n);
 // Computes output pixels [p0, p1) of the flattened (n, oh, ow) range, all channels.
 using DwConvFn = void (*)(const DwConvParams&, int64_t p0, int64_t p1);
+// Which of a depthwise kernel's ways serves p ("row_quads_paired", "row_quads", "tap_groups", "tap_pairs"):
+// the entry layer records it, tests assert it (ops.last_kernel("dwconv_path")).
+using DwPathFn = const char* (*)(const DwConvParams&);
 // Computes the output pixels of output rows [r0, r1) of the flattened (n, oh) range, channels [n0, n1).
 using ConvDirectFn = void (*)(const ConvDirectParams&, int64_t r0, int64_t r1, int64_t n0, int64_t n1);
 // Runs `iters` rounds of the ISA's int8 multiply-accumulate on registers only (no memory):
@@ -158,6 +161,7 @@ struct KernelSet {
   int64_t conv_tile_rows = 16;   // output pixels per A tile of conv_direct (AMX 16; VNNI register tiles 6)
   AddFn add_act = nullptr;       // null: the portable kernels::add_act (baseline-flag vectors)
   bool conv_direct_no_min128 = false;  // conv_direct is exact only for weights without -128 (AVX2's maddubs)
+  DwPathFn dwconv_path = nullptr;      // null: dwconv has one way (AVX2's tap pairs, the scalar reference)
 };
 
 // Defined one per ISA translation unit.
