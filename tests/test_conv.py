@@ -101,7 +101,8 @@ def test_depthwise_epilogue_edges(isa, case, C):
         r = ref.int8_conv2d(x, w, ws, b, (1, 1), (1, 1), (1, 1), C, x_scale, osc, act)
         torch.testing.assert_close(y, r, rtol=0, atol=0, equal_nan=True)
         assert_served("dwconv", isa)
-        assert ops.last_kernel("dwconv_path") == expected_dw_path(isa, C, (3, 3), (1, 1), (1, 1), 8)
+        assert ops.last_kernel("dwconv_path") == expected_dw_path(isa, C, (3, 3), (1, 1), (1, 1), 8,
+                                                                  bool((w == -128).any()))
         if case == "saturating" and osc is not None and act == "none":
             assert (y == 127).any() and (y == -127).any()
 
@@ -252,18 +253,20 @@ DEPTHWISE = [
 ]
 
 
-def expected_dw_path(isa, C, k, s, d, OW):
+def expected_dw_path(isa, C, k, s, d, OW, w_min128=False):
     """The way the depthwise kernel of tier `isa` takes (dwconv_path_avx512 in avx512_vnni.cc, dwconv_path_vnni
-    in avx_vnni.cc): row quads for width dilation 1 and kernel width <= 4 (paired at stride 1 and width <= 3),
-    on AVX-VNNI only for whole 32-channel blocks; else the per-pixel tap groups (AVX-512) or tap pairs."""
+    in avx_vnni.cc, dwconv_path_avx2 in avx2.cc): row quads for width dilation 1 and kernel width <= 4 (paired at
+    stride 1 and width <= 3), on the 256-bit tiers only for whole 32-channel blocks, and on AVX2 only with no
+    weight of -128; else the per-pixel tap groups (AVX-512) or tap pairs (256-bit). The scalar kernel: ""."""
     tier = served_by("dwconv", isa)
     quads = d[1] == 1 and k[1] <= 4 and k[0] <= 16
     paired = s[1] == 1 and k[1] <= 3
     if tier == "avx512_vnni":
         quads = quads and k[0] * ((C + 63) // 64) * OW * 256 <= 4 << 20
         return ("row_quads_paired" if paired else "row_quads") if quads else "tap_groups"
-    if tier == "avx_vnni":
+    if tier in ("avx_vnni", "avx2"):
         quads = quads and C % 32 == 0 and k[0] * (C // 32) * OW * 128 <= 4 << 20
+        quads = quads and not (tier == "avx2" and w_min128)
         return ("row_quads_paired" if paired else "row_quads") if quads else "tap_pairs"
     return ""
 
@@ -283,6 +286,21 @@ def test_depthwise_tap_groupings(isa, g):
         assert ops.last_kernel("dwconv_path") == expected_dw_path(isa, C, k, s, d, OW)
         torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, s, p, d, C, x_scale, out_scale, act),
                                    rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("C", [64, 13])
+def test_depthwise_weight_min128(isa, C):
+    # A weight of -128 sends AVX2 from its row quads (vpsignb would overflow) to the tap pairs, bit-exact.
+    w = torch.randint(-127, 128, (C, 1, 3, 3), dtype=torch.int8)
+    w[0, 0, 1, 1] = -128
+    ws, b = torch.rand(C) * 0.01 + 1e-3, torch.randn(C)
+    xq = torch.randint(-128, 128, (2, C, 7, 6), dtype=torch.int8)
+    packed = ops.pack_conv_weight(w, C)
+    y = ops.int8_conv2d(xq, packed, ws, b, (3, 3), (1, 1), (1, 1), (1, 1), C, 0.05, 0.1, "none")
+    assert_served("dwconv", isa)
+    assert ops.last_kernel("dwconv_path") == expected_dw_path(isa, C, (3, 3), (1, 1), (1, 1), 6, w_min128=True)
+    torch.testing.assert_close(y, ref.int8_conv2d(xq, w, ws, b, (1, 1), (1, 1), (1, 1), C, 0.05, 0.1, "none"),
+                               rtol=0, atol=0)
 
 
 def test_depthwise_thread_ranges_split_rows(isa):

@@ -242,6 +242,41 @@ struct MaddPair {
   static __m256i step(__m256i acc, __m256i x, __m256i w) { return _mm256_add_epi32(acc, _mm256_madd_epi16(x, w)); }
 };
 
+// The row-quad depthwise step (ymm_tile.h, ymm_dwconv_quads) without VNNI, on s8 quads: vpmaddubsw multiplies
+// |x| (as u8) by w with x's sign moved onto it (vpsignb), so each pair of products stays within int16 when
+// no weight is -128 (at most 2 * 128 * 127 = 32512), and vpmaddwd by ones adds the pairs: exact, in 4
+// instructions per 32 products (the pair kernel takes 8: two widenings, two unpacks, two vpmaddwd, two adds).
+struct SignQuad {
+  static constexpr bool kShiftU8 = false;
+  struct X {
+    __m256i abs, raw;
+  };
+  static X prep(__m256i x) { return {_mm256_abs_epi8(x), x}; }
+  static __m256i step(__m256i acc, const X& x, __m256i w) {
+    const __m256i pairs = _mm256_maddubs_epi16(x.abs, _mm256_sign_epi8(w, x.raw));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+  }
+};
+
+bool dw_weights_no_min128(const DwConvParams& p) {
+  const int64_t n = p.KH * p.KW * p.C;
+  for (int64_t i = 0; i < n; ++i)
+    if (p.w[i] == -128) return false;
+  return true;
+}
+
+const char* dwconv_path_avx2(const DwConvParams& p) {
+  return !(ymm_dw_quads(p) && dw_weights_no_min128(p)) ? "tap_pairs" : dw_paired(p) ? "row_quads_paired" : "row_quads";
+}
+
+// Row quads where they serve and no weight is -128 (a weight of -128 would overflow vpsignb); else tap pairs.
+void dwconv_avx2(const DwConvParams& p, int64_t p0, int64_t p1) {
+  if (p1 <= p0) return;
+  if (!(ymm_dw_quads(p) && dw_weights_no_min128(p))) return ymm_dwconv<MaddPair>(p, p0, p1);
+  if (p.out_kind == OutKind::Int8) return ymm_dwconv_quads<SignQuad, true>(p, p0, p1);
+  return ymm_dwconv_quads<SignQuad, false>(p, p0, p1);
+}
+
 uint32_t absmax_avx2(const float* x, int64_t n) {
   const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
   __m256i m = _mm256_setzero_si256();
@@ -306,9 +341,9 @@ void add_act_avx2(const AddParams& p, int64_t i0, int64_t i1) {
 namespace fastinfer {
 namespace kernels {
 const KernelSet& kernels_avx2() {
-  static const KernelSet s{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, ymm_dwconv<MaddPair>, absmax_avx2, ymm_peak_probe<SignDot>,
+  static const KernelSet s{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, dwconv_avx2, absmax_avx2, ymm_peak_probe<SignDot>,
                            64, 16 * SignDot::kMR, SignDot::kMR, false, conv_direct_avx2, kPackKB, SignDot::kMR,
-                           add_act_avx2, /*conv_direct_no_min128=*/true};
+                           add_act_avx2, /*conv_direct_no_min128=*/true, dwconv_path_avx2};
   return s;
 }
 }  // namespace kernels
