@@ -342,7 +342,8 @@ void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
 // per-pixel groups against the previous kernel (16 channels per vector, widened multiplies): 0.74 ->
 // 0.34 ms (oneDNN: 0.46 ms); on an AMD Zen 5, row quads against per-pixel groups: 0.31-0.38 -> 0.23-0.25 ms
 // (oneDNN: 0.29-0.32 ms), and 0.49-0.55 -> 0.32-0.35 ms with fp32 in/out; then the lane-order epilogue
-// and paired quads: 0.28 -> 0.145 ms (benchmarks/RESULTS.md, "Depthwise convolution on AVX-512, then the 256-bit tiers").
+// and paired quads: 0.28 -> 0.145 ms (benchmarks/RESULTS.md, "Depthwise convolution on AVX-512, then the
+// 256-bit tiers").
 // Specialized on output kind and bias; the buffers are read through locals (a thread_local looked up
 // inside the loop cost ~6% in __tls_get_addr).
 // A channel block's epilogue vectors in the accumulators' lane order (vector i, 128-bit lane l, dword k:
