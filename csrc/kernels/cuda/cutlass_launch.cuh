@@ -39,19 +39,21 @@ struct CutlassOut<OutKind::Int8> { using type = int8_t; };
 template <OutKind kOut>
 using CutlassOut_t = typename CutlassOut<kOut>::type;
 
-// A Hopper kernel family's composition for one output element type, specialized by each family's .cuh
-// (static workspace(params) and run(params, workspace, stream)).
+// A Hopper kernel family's composition for one output element type, specialized by each family's .cuh:
+// `Op`, its CUTLASS device-level operator, and `static typename Op::Arguments arguments(const Params&)`.
 template <class Params, class ElementD>
 struct Sm90Kernel;
 
 template <OutKind kOut, class Params>
 size_t sm90_workspace(const Params& p) {
-  return Sm90Kernel<Params, CutlassOut_t<kOut>>::workspace(p);
+  using K = Sm90Kernel<Params, CutlassOut_t<kOut>>;
+  return K::Op::get_workspace_size(K::arguments(p));
 }
 
 template <OutKind kOut, class Params>
 const char* sm90_run(const Params& p, void* workspace, cudaStream_t stream) {
-  return Sm90Kernel<Params, CutlassOut_t<kOut>>::run(p, workspace, stream);
+  using K = Sm90Kernel<Params, CutlassOut_t<kOut>>;
+  return run_cutlass<typename K::Op>(K::arguments(p), workspace, stream);
 }
 
 }  // namespace cuda_kernels

@@ -111,6 +111,7 @@ struct Sm90Conv {
   using ProblemShape = cutlass::conv::ConvProblemShape<kFprop, CollectiveMainloop::DispatchPolicy::NumSpatialDimensions>;
   using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
   using Conv = cutlass::conv::device::ConvUniversalAdapter<Kernel>;
+  using Op = Conv;  // what sm90_workspace / sm90_run (cutlass_launch.cuh) run
 
   static typename Conv::Arguments arguments(const Sm90ConvParams& p) {
     const ConvGeometry& g = p.g;
@@ -136,12 +137,6 @@ struct Sm90Conv {
       args.epilogue.thread = {add, act};
     }
     return args;
-  }
-
-  static size_t workspace(const Sm90ConvParams& p) { return Conv::get_workspace_size(arguments(p)); }
-
-  static const char* run(const Sm90ConvParams& p, void* workspace_ptr, cudaStream_t stream) {
-    return run_cutlass<Conv>(arguments(p), workspace_ptr, stream);
   }
 };
 

@@ -70,6 +70,7 @@ struct Sm90Gemm {
   using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop, CollectiveEpilogue,
                                                       cutlass::gemm::PersistentScheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using Op = Gemm;  // what sm90_workspace / sm90_run (cutlass_launch.cuh) run
 
   static typename Gemm::Arguments arguments(const GemmParams& p) {
     using StrideA = typename Kernel::StrideA;
@@ -93,12 +94,6 @@ struct Sm90Gemm {
         {}};                                // plus
     cudaGetDevice(&args.hw_info.device_id);  // the persistent grid is sized for the current device's SMs
     return args;
-  }
-
-  static size_t workspace(const GemmParams& p) { return Gemm::get_workspace_size(arguments(p)); }
-
-  static const char* run(const GemmParams& p, void* workspace_ptr, cudaStream_t stream) {
-    return run_cutlass<Gemm>(arguments(p), workspace_ptr, stream);
   }
 };
 

@@ -76,6 +76,7 @@ struct Sm90Sparse24 {
   using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue,
                                                       cutlass::gemm::PersistentScheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using Op = Gemm;  // what sm90_workspace / sm90_run (cutlass_launch.cuh) run
   using SparseConfig = typename CollectiveMainloop::SparseConfig;
 
   static typename Gemm::Arguments arguments(const Sparse24Params& p) {
@@ -101,12 +102,6 @@ struct Sm90Sparse24 {
         {}};                                // plus
     cudaGetDevice(&args.hw_info.device_id);  // the persistent grid is sized for the current device's SMs
     return args;
-  }
-
-  static size_t workspace(const Sparse24Params& p) { return Gemm::get_workspace_size(arguments(p)); }
-
-  static const char* run(const Sparse24Params& p, void* workspace_ptr, cudaStream_t stream) {
-    return run_cutlass<Gemm>(arguments(p), workspace_ptr, stream);
   }
 };
 

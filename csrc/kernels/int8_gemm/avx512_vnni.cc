@@ -396,12 +396,7 @@ inline void lanes_to_channels(const __m512i r[4], __m512i v[4]) {
 
 alignas(64) constexpr int8_t kZeroRow[64] = {};
 
-// Row quads fit when every group's 4 taps are 4 neighbouring input pixels of one row, and the quads of
-// KH input rows stay cache-sized (bytes per slot row: cblocks * OW * 256).
-constexpr int64_t kMaxQuadBytes = int64_t{4} << 20;
-inline bool dw_row_quads(const DwConvParams& p) {
-  return p.DW == 1 && p.KW <= 4 && p.KH <= 16 && p.KH * ((p.C + 63) / 64) * p.OW * 256 <= kMaxQuadBytes;
-}
+inline bool dw_row_quads(const DwConvParams& p) { return dw_quads_fit(p, 64); }
 
 // The epilogue of one pixel's 64-channel block, on the accumulators in their lane order: compensation,
 // scales, bias, activation, then fp32 (put back in channel order: a 4 x 4 transpose of 128-bit lanes) or

@@ -51,6 +51,13 @@ void dw_row_slots(const DwConvParams& p, int64_t n, int64_t oh, int32_t* quads, 
   }
 }
 
+// Row quads fit when every group's 4 taps are 4 neighbouring input pixels of one row, and the quads of KH
+// input rows stay cache-sized (4 bytes a channel per quad, channels in blocks of `block`).
+constexpr int64_t kMaxQuadBytes = int64_t{4} << 20;
+inline bool dw_quads_fit(const DwConvParams& p, int64_t block) {
+  return p.DW == 1 && p.KW <= 4 && p.KH <= 16 && p.KH * ((p.C + block - 1) / block) * p.OW * 4 * block <= kMaxQuadBytes;
+}
+
 // Paired quads: a quad of 4 input pixels holds the taps of two neighbouring output pixels.
 inline bool dw_paired(const DwConvParams& p) { return p.SW == 1 && p.KW <= 3; }
 

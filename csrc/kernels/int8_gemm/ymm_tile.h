@@ -370,11 +370,7 @@ inline void interleave4_ymm(__m256i a, __m256i b, __m256i c, __m256i d, __m256i*
   r[3] = _mm256_unpackhi_epi16(ab_hi, cd_hi);
 }
 
-constexpr int64_t kMaxQuadBytesYmm = int64_t{4} << 20;
-inline bool ymm_dw_quads(const DwConvParams& p) {
-  return p.DW == 1 && p.KW <= 4 && p.KH <= 16 && p.C % 32 == 0 && p.act != Act::Gelu &&
-         p.KH * (p.C / 32) * p.OW * 128 <= kMaxQuadBytesYmm;
-}
+inline bool ymm_dw_quads(const DwConvParams& p) { return dw_quads_fit(p, 32) && p.C % 32 == 0 && p.act != Act::Gelu; }
 
 struct YmmDwBuffers {
   std::vector<int32_t> w;      // [cblock][group][4][8] interleaved weights (groups: KH, or 2 KH paired)
