@@ -59,6 +59,8 @@ LAYERS = [
     ConvLayer("s2_3x3", 128, 256, 3, 28, 2, 1, 1),      # stride-2 downsampling 3x3
     ConvLayer("dw_3x3", 256, 256, 3, 28, 1, 1, 256),    # MobileNet-style depthwise
     ConvLayer("stem_7x7", 3, 64, 7, 224, 2, 3, 1, extra=True),  # ResNet-50's RGB stem (3 channels)
+    ConvLayer("g32_3x3", 128, 128, 3, 56, 1, 1, 32, extra=True),  # ResNeXt-50 32x4d layer1: 4 channels a group
+    ConvLayer("g16w_3x3", 256, 256, 3, 28, 1, 1, 16, extra=True),  # RegNet-style: 16 channels a group
 ]
 
 SQNR_MIN_DB = 25.0
@@ -167,9 +169,14 @@ def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float):
             if key in checks:
                 row["sqnr_db"] = checks[key]
             if lib == "fastinfer":
-                row["isa"] = ops.last_kernel(family)  # read right after this impl ran, so it is the one served
-                if family == "int8_gemm":  # the direct convolution (padded input read in place) or gathered rows
+                # read right after this impl ran, so it is the one served
+                if family == "int8_gemm" and ops.last_kernel("gconv"):  # narrow groups: their own kernel
+                    row["isa"], row["path"] = ops.last_kernel("gconv"), "gconv"
+                elif family == "int8_gemm":  # the direct convolution (padded input read in place) or gathered rows
+                    row["isa"] = ops.last_kernel(family)
                     row["path"] = "direct" if ops.last_kernel("conv_direct") else "gathered"
+                else:
+                    row["isa"] = ops.last_kernel(family)
             rows.append(row)
     fp32_rows = rows[:2]
     best = min(fp32_rows, key=lambda r: r["median_ms"])
@@ -249,8 +256,9 @@ def main(argv=None) -> int:
                 print(f"{L.name:<7} {n:>2}  {r['lib']:<9} {r['impl'] + mark:<31} {r['median_ms']:>10.4f} "
                       f"{r['p10_ms']:>8.4f} {r['p90_ms']:>8.4f} {r['tops']:>7.3f}  {sq}  {r.get('isa', '')} {r.get('path', '')}")
             failed += [f"{L.name} N={n} {IMPL[k]}: {v:.1f} dB" for k, v in checks.items() if not v > SQNR_MIN_DB]
-    served = {fam: ops.last_kernel(fam) or "not run" for fam in ("int8_gemm", "dwconv")}
-    print(f"\n# fastinfer conv kernels served by: implicit GEMM {served['int8_gemm']}, depthwise {served['dwconv']}")
+    served = {fam: ops.last_kernel(fam) or "not run" for fam in ("int8_gemm", "dwconv", "gconv")}
+    print(f"\n# fastinfer conv kernels served by: implicit GEMM {served['int8_gemm']}, depthwise {served['dwconv']}, "
+          f"narrow groups {served['gconv']}")
     tgt = targets(rows)
     if tgt:
         print("targets (ratio = baseline ms / fastinfer ms; (c) is the channels_last-input row):")

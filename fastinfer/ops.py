@@ -258,7 +258,9 @@ def set_isa_cap(isa: str) -> str:
 def last_kernel(family: str) -> str:
     """Which ISA served the latest call of a kernel family: int8_gemm, w8_gemm, quantize, dwconv, sparse,
     conv_direct (the AMX or AVX-512 VNNI convolution that reads its padded input directly; "" when
-    the latest non-depthwise convolution gathered rows for the int8 GEMM instead), or add (int8_add;
+    the latest non-depthwise convolution gathered rows for the int8 GEMM instead), gconv (the narrow-group
+    convolution, AVX-512 VNNI and AMX: groups of fewer than 64 output channels and a multiple of 4 input
+    channels; "" when the latest convolution took another path), or add (int8_add;
     'ref' is the portable kernel). "dwconv_path" names the way the latest depthwise convolution took inside
     its kernel: "row_quads_paired", "row_quads" or "tap_groups" (AVX-512 VNNI, AMX), "row_quads_paired",
     "row_quads" or "tap_pairs" (AVX-VNNI), "" (AVX2 and the scalar kernel have one way)."""

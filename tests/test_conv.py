@@ -52,8 +52,32 @@ def test_int8_conv2d_matches_reference(isa, g, mode):
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, r, rtol=0, atol=0)
     depthwise = groups > 1 and groups == C == Co
-    assert_served("dwconv" if depthwise else "int8_gemm", isa)
+    if depthwise:
+        assert_served("dwconv", isa)
+    else:
+        assert_conv_path(isa, g)
     assert_served("quantize", isa)
+
+
+def gconv_serves(isa, g):
+    """Whether the narrow-group kernel serves geometry g capped at isa: AVX-512 VNNI (AMX: the same kernel),
+    groups > 1 and not depthwise, Cin/groups % 4 == 0, Cout/groups < 64, and each 16-channel output block's
+    groups within a 64-byte window of input channels."""
+    N, C, H, W, Co, k, s, p, d, groups = g
+    cin_g, cout_g = C // groups, Co // groups
+    if isa not in ("avx512_vnni", "amx") or groups == 1 or cin_g % 4 or cout_g >= 64:
+        return False
+    return all(((min(o + 16, Co) - 1) // cout_g - o // cout_g) * cin_g + 4 <= 64 for o in range(0, Co, 16))
+
+
+def assert_conv_path(isa, g):
+    """A non-depthwise convolution ran the narrow-group kernel, or else the int8 GEMM (direct or gathered)."""
+    if gconv_serves(isa, g):
+        assert ops.last_kernel("gconv") == "avx512_vnni"
+        assert ops.last_kernel("conv_direct") == ""
+    else:
+        assert ops.last_kernel("gconv") == ""
+        assert_served("int8_gemm", isa)
 
 
 @pytest.mark.parametrize("g", [GEOMETRIES[0], GEOMETRIES[8]], ids=["gemm", "depthwise"])
@@ -206,7 +230,7 @@ def test_vnni_direct_conv_threads(vnni):
 @pytest.mark.parametrize("g,groups", [((2, 64, 7, 7, 64, 3, 1, 1, 1), 1),    # OW 7: gathered rows are faster
                                       ((1, 18, 8, 16, 20, 3, 1, 1, 1), 1),   # C % 4 != 0 and C >= 16
                                       ((1, 3, 9, 33, 16, 3, 1, 1, 2), 1),    # few channels, width dilation 2
-                                      ((1, 16, 8, 16, 16, 3, 1, 1, 1), 2)],  # grouped
+                                      ((1, 24, 8, 16, 24, 3, 1, 1, 1), 4)],  # grouped, 6 channels a group
                          ids=["narrow", "channels", "segments-dilated", "grouped"])
 def test_vnni_direct_conv_not_taken_where_it_cannot_run(vnni, g, groups):
     N, C, H, W, Co, k, s, p, d = g
@@ -215,7 +239,86 @@ def test_vnni_direct_conv_not_taken_where_it_cannot_run(vnni, g, groups):
     x = torch.randn(N, C, H, W)
     y = ops.int8_conv2d(x, ops.pack_conv_weight(w, groups), ws, None, (k, k), (s, s), (p, p), (d, d), groups, 0.03)
     assert ops.last_kernel("conv_direct") == "" and ops.last_kernel("int8_gemm") == vnni
+    assert ops.last_kernel("gconv") == ""
     torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, None, (s, s), (p, p), (d, d), groups, 0.03), rtol=0, atol=0)
+
+
+# Grouped convolutions for the narrow-group kernel (AVX-512 VNNI; the other tiers gather rows per group and
+# must give the same bits). (N, C, H, W, Cout, k, stride, pad, dilation, groups)
+GROUPED = [
+    (1, 128, 9, 11, 128, 3, 1, 1, 1, 32),   # ResNeXt 32 x 4: permutes shared by a 3-wide row, tiles of 8 + 3
+    (2, 64, 7, 7, 64, 3, 2, 1, 1, 8),       # stride 2: one permute per product
+    (1, 64, 5, 6, 32, 3, 1, 1, 1, 2),       # 16 channels a group: each block in one group (broadcasts)
+    (1, 48, 8, 8, 96, 3, 1, 2, 2, 4),       # dilation 2; blocks straddling two groups of 12 inputs
+    (1, 32, 6, 6, 40, 1, 1, 0, 1, 4),       # 1x1 grouped (ShuffleNet), 10 outputs a group, Cout tail of 8
+    (1, 96, 6, 6, 48, 5, 1, 2, 1, 3),       # 5x5, 32 inputs a group
+    (3, 24, 10, 13, 36, 3, 1, 1, 1, 6),     # 3 images, 6 outputs a group, Cout tail of 4
+    (1, 20, 4, 17, 10, 3, 1, 1, 1, 5),      # one block of 10 lanes, 17 pixels: tiles of 8 + 8 + 1
+    (1, 24, 8, 16, 24, 3, 1, 1, 1, 4),      # 6 inputs a group: gathered rows
+    (1, 128, 5, 5, 16, 3, 1, 1, 1, 2),      # 64 inputs a group, 8 outputs: a block's window would be 68 bytes
+    (1, 128, 6, 6, 128, 3, 1, 1, 1, 2),     # 64 outputs a group: the GEMM fills its tiles (gathered rows)
+]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=["dynamic", "static-relu", "int8out-relu6", "static-int8out"])
+@pytest.mark.parametrize("g", GROUPED, ids=[str(g) for g in GROUPED])
+def test_grouped_conv_matches_reference(isa, g, mode):
+    N, C, H, W, Co, k, s, p, d, groups = g
+    x_scale, out_scale, act = mode
+    x, w, ws, b = make(g)
+    y = ops.int8_conv2d(x, ops.pack_conv_weight(w, groups), ws, b, (k, k), (s, s), (p, p), (d, d), groups,
+                        x_scale, out_scale, act)
+    assert_conv_path(isa, g)
+    torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), groups, x_scale, out_scale, act),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "relu6"])
+@pytest.mark.parametrize("g", [GROUPED[0], GROUPED[2], GROUPED[4]], ids=["shared", "broadcast", "permute"])
+def test_grouped_conv_int8_input_no_bias(isa, g, act):
+    N, C, H, W, Co, k, s, p, d, groups = g
+    _, w, ws, _ = make(g)
+    xq = torch.randint(-127, 128, (N, C, H, W), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    for out_scale in (None, 0.3):
+        y = ops.int8_conv2d(xq, ops.pack_conv_weight(w, groups), ws, None, (k, k), (s, s), (p, p), (d, d), groups,
+                            0.05, out_scale, act)
+        assert_conv_path(isa, g)
+        want = ref.int8_conv2d(xq, w, ws, None, (s, s), (p, p), (d, d), groups, 0.05, out_scale, act)
+        torch.testing.assert_close(y, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", CONV_EPILOGUE_EDGES)
+def test_grouped_conv_epilogue_edges(isa, case):
+    # Saturating int8 outputs, NaN inputs, an infinite output scale and a huge weight scale: the general
+    # epilogue (not folded) and the folded int8 one, against the reference.
+    g = GROUPED[0]
+    N, C, H, W, Co, k, s, p, d, groups = g
+    x, w, ws, b = make(g)
+    x_scale, out_scale = conv_epilogue_edge(case, x, ws, b)
+    for osc, act in ((out_scale, "relu"), (out_scale, "relu6"), (None, "none")):
+        y = ops.int8_conv2d(x, ops.pack_conv_weight(w, groups), ws, b, (k, k), (s, s), (p, p), (d, d), groups,
+                            x_scale, osc, act)
+        assert_conv_path(isa, g)
+        want = ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), groups, x_scale, osc, act)
+        torch.testing.assert_close(y, want, rtol=0, atol=0, equal_nan=True)
+
+
+def test_grouped_conv_threads(isa):
+    # Row-group items split over 1, 2 and 3 threads (one slab per thread): the same bits.
+    g = (3, 64, 20, 21, 64, 3, 1, 1, 1, 16)
+    N, C, H, W, Co, k, s, p, d, groups = g
+    x, w, ws, b = make(g)
+    packed = ops.pack_conv_weight(w, groups)
+    want = ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), groups, 0.03, 0.05, "relu")
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            y = ops.int8_conv2d(x, packed, ws, b, (k, k), (s, s), (p, p), (d, d), groups, 0.03, 0.05, "relu")
+            assert_conv_path(isa, g)
+            torch.testing.assert_close(y, want, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_direct_conv_and_min128_weights(vnni):

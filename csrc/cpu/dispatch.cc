@@ -11,7 +11,7 @@ namespace fastinfer {
 namespace cpu {
 namespace {
 
-std::atomic<int> g_last[static_cast<int>(Family::kCount)] = {{-1}, {-1}, {-1}, {-1}, {-1}, {-1}, {-1}};
+std::atomic<int> g_last[static_cast<int>(Family::kCount)] = {{-1}, {-1}, {-1}, {-1}, {-1}, {-1}, {-1}, {-1}};
 
 // Below this many rows the VNNI kernel beats the tile kernel (measured at 4096 x 4096, 2 threads:
 // M <= 8 VNNI 0.34-0.36 ms vs AMX 0.38-0.40; M = 12 VNNI 0.50 vs AMX 0.42): with a 16-row tile mostly
@@ -48,6 +48,7 @@ const char* family_name(Family f) {
     case Family::Sparse: return "sparse";
     case Family::ConvDirect: return "conv_direct";
     case Family::Add: return "add";
+    case Family::GroupConv: return "gconv";
     default: return "?";
   }
 }
@@ -63,6 +64,7 @@ bool same_kernel(const kernels::KernelSet& a, const kernels::KernelSet& b, Famil
     case Family::DwConv: return a.dwconv == b.dwconv;
     case Family::ConvDirect: return a.conv_direct == b.conv_direct;
     case Family::Add: return a.add_act == b.add_act;
+    case Family::GroupConv: return a.gconv == b.gconv;
     default: return false;
   }
 }
@@ -118,8 +120,8 @@ std::string last_kernel(const std::string& family) {
       const int v = g_last[i].load();
       return v < 0 ? std::string() : table(static_cast<Isa>(v)).name;
     }
-  throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add "
-                              "or dwconv_path, "
+  throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add, "
+                              "gconv or dwconv_path, "
                               "got '" + family + "'");
 }
 

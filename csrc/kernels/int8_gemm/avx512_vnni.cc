@@ -706,7 +706,7 @@ const KernelSet& kernels_avx512_vnni() {
                            absmax_avx512, peak_probe_avx512,
                            16 * Int8Traits::NB, 16 * Int8Traits::MR, Int8Traits::MR, false, conv_direct_avx512,
                            kPackKB, Int8Traits::MR, add_act_avx512, /*conv_direct_no_min128=*/false,
-                           dwconv_path_avx512};
+                           dwconv_path_avx512, gconv_avx512};
   return s;
 }
 }  // namespace kernels

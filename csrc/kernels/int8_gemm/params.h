@@ -124,6 +124,29 @@ inline int64_t conv_direct_slack_bytes(const ConvDirectParams& c) {
   return (16 * c.SW + (c.SH + (c.KH - 1) * c.DH) * c.Wp + (c.KW - 1) * c.DW + 1) * c.C;
 }
 
+// Grouped convolution with narrow groups (1 < groups, not depthwise; ResNeXt's 4-8 channels a group),
+// on 16-lane output blocks: lane j of block b is output channel 16 * b + j, and its 4-byte k steps are
+// 4 input channels of its own group at one tap. Every lane of a block reads the 64 input bytes from
+// channel block_off[b] (+ 4 per k step) of its pixel, and lane_idx[b][j] picks its dword among them
+// (a dword permute; one broadcast when every block lies in one group). GroupConvPlan (csrc/cpu) builds
+// the fields below from a packed weight; they exist when Cin/groups % 4 == 0 and each block's groups
+// span at most 64 bytes of channels.
+//   acc[pixel, o] = sum over taps, c in o's group of x_u8[...] * w[o, c, tap] - 128 * colsum[o]
+// then the epilogue of Int8GemmParams (its b_colsum is colsum).
+struct GroupConvParams {
+  Int8GemmParams gemm;            // epilogue fields, N = Cout, out [pixels, Cout] (ldo), b_colsum [blocks * 16]
+  const uint8_t* x = nullptr;     // [Hp, Wp, C] u8 = s8 + 128, the padding in place (128), and 64 readable
+                                  // bytes after the last pixel
+  int64_t Wp = 0, C = 0, OW = 0;
+  int64_t KH = 1, KW = 1, SH = 1, SW = 1, DH = 1, DW = 1;
+  int64_t cin_g = 0;              // input channels per group, a multiple of 4
+  int64_t blocks = 0;             // ceil(Cout / 16)
+  const int8_t* w = nullptr;      // [blocks][KH * KW][cin_g / 4][16 lanes][4 bytes], 0 past Cout
+  const int32_t* lane_idx = nullptr;   // [blocks][16]
+  const int32_t* block_off = nullptr;  // [blocks], in bytes (channels)
+  bool one_group_blocks = false;  // each block's lanes share one group: lane_idx is all 0
+};
+
 // Kernels compute the block rows [m0, m1) x columns [n0, n1) of Y; n0 is a multiple of 16.
 using Int8GemmFn = void (*)(const Int8GemmParams&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 using W8GemmFn = void (*)(const W8GemmParams&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
@@ -137,6 +160,9 @@ using DwConvFn = void (*)(const DwConvParams&, int64_t p0, int64_t p1);
 using DwPathFn = const char* (*)(const DwConvParams&);
 // Computes the output pixels of output rows [r0, r1) of the flattened (n, oh) range, channels [n0, n1).
 using ConvDirectFn = void (*)(const ConvDirectParams&, int64_t r0, int64_t r1, int64_t n0, int64_t n1);
+// Computes output rows [r0, r1) of the padded input x (row r reads rows r * SH ...), all channels; output
+// pixel (r, ow) is row r * OW + ow of gemm.out.
+using GroupConvFn = void (*)(const GroupConvParams&, int64_t r0, int64_t r1);
 // Runs `iters` rounds of the ISA's int8 multiply-accumulate on registers only (no memory):
 // the instruction's peak rate, for benchmarks. Returns the integer ops done (2 per MAC).
 using PeakProbeFn = int64_t (*)(int64_t iters);
@@ -162,6 +188,7 @@ struct KernelSet {
   AddFn add_act = nullptr;       // null: the portable kernels::add_act (baseline-flag vectors)
   bool conv_direct_no_min128 = false;  // conv_direct is exact only for weights without -128 (AVX2's maddubs)
   DwPathFn dwconv_path = nullptr;      // null: dwconv has one way (AVX2's tap pairs, the scalar reference)
+  GroupConvFn gconv = nullptr;         // null: grouped convolutions take the gathered rows per group
 };
 
 // Defined one per ISA translation unit.
@@ -170,6 +197,7 @@ const KernelSet& kernels_avx2();
 const KernelSet& kernels_avx_vnni();  // the int8 GEMM and direct convolution; the rest are AVX2's
 const KernelSet& kernels_avx512_vnni();
 const KernelSet& kernels_amx();  // the tile GEMM; the other families are the AVX-512 VNNI kernels
+void gconv_avx512(const GroupConvParams& p, int64_t r0, int64_t r1);  // gconv_avx512.cc
 
 }  // namespace kernels
 }  // namespace fastinfer

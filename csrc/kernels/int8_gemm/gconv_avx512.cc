@@ -1,0 +1,156 @@
+// Grouped convolution with narrow groups on AVX-512 VNNI (GroupConvParams in params.h).
+//
+// Why not the GEMM per group: with 4 or 8 channels a group (ResNeXt, RegNet), a group's GEMM is 4-8
+// columns wide and 36-72 deep, so the 16-lane blocks of the GEMM kernels are mostly empty and every
+// group gathers its own rows. Here all output channels of a pixel are computed at once, 16 lanes a
+// vector, each lane reading its own group's channels: the 64 input bytes at the block's first group
+// are loaded and vpermd moves each group's dword under its lanes. With 16-channel groups (or wider)
+// a block lies in one group and a broadcast replaces the permute.
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <utility>
+
+#include <immintrin.h>
+
+#include "params.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")
+
+#include "avx512_common.h"
+
+namespace fastinfer {
+namespace kernels {
+namespace {
+
+constexpr int kPixels = 8;  // output pixels of one register tile
+
+// The epilogue of R pixels' 16 channels; acc starts at -128 * colsum, so it ends compensated.
+// F < 0: epilogue16 (any output, any scales). F = an Act: int8 out with the folded scales (EPILOGUE.md,
+// "Convolutions": a_scale 1, finite), epilogue16's arithmetic in fewer steps: no NaN can arise, so the
+// int8 rule is a clamp and a convert, and the activation is known at compile time.
+template <int R, int F>
+inline void gconv_finish(const Int8GemmParams& p, const ColBlock16& cb, int64_t m, __m512i* acc) {
+  if (F < 0) {
+    for (int i = 0; i < R; ++i) epilogue16(p, cb, m + i, _mm512_add_epi32(acc[i], cb.comp));  // it subtracts comp
+    return;
+  }
+  constexpr Act kAct = static_cast<Act>(F < 0 ? 0 : F);
+  const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
+  int8_t* out = static_cast<int8_t*>(p.out) + m * p.ldo + cb.col;
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[i]), cb.b_scale), cb.bias);  // bias 0 if none
+    y = act16(y, kAct);
+    if (!folds_out_inv(kAct)) y = _mm512_mul_ps(y, out_inv);
+    const __m128i q = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(y, hi), lo)));
+    if (cb.mask == 0xffff)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i * p.ldo), q);
+    else
+      _mm_mask_storeu_epi8(out + i * p.ldo, cb.mask, q);
+  }
+}
+
+// Pixels [ow, ow + R) of output row r, block b, any geometry: one load (and permute) per product vector.
+template <int R, bool BCAST, int F>
+void gconv_tile(const GroupConvParams& p, const ColBlock16& cb, __m512i idx, int64_t b, int64_t r, int64_t ow) {
+  __m512i acc[R];
+  const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), cb.comp);
+  for (int i = 0; i < R; ++i) acc[i] = init;
+  const int64_t steps = p.cin_g / 4, pix = p.SW * p.C;
+  const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
+  const int8_t* w = p.w + b * p.KH * p.KW * steps * 64;
+  for (int64_t kh = 0; kh < p.KH; ++kh) {
+    for (int64_t kw = 0; kw < p.KW; ++kw) {
+      const uint8_t* xt = x0 + (kh * p.DH * p.Wp + kw * p.DW) * p.C;
+      for (int64_t s = 0; s < steps; ++s, w += 64, xt += 4) {
+        const __m512i wv = _mm512_loadu_si512(w);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+          const uint8_t* px = xt + i * pix;
+          const __m512i xv = BCAST ? bcast_u8x4(px) : _mm512_permutexvar_epi32(idx, _mm512_loadu_si512(px));
+          acc[i] = _mm512_dpbusd_epi32(acc[i], xv, wv);
+        }
+      }
+    }
+  }
+  gconv_finish<R, F>(p.gemm, cb, r * p.OW + ow, acc);
+}
+
+// The same for stride 1, dilation 1 and a 3-wide kernel, where the three taps of a kernel row read
+// neighbouring input pixels: each of the R + 2 pixels is loaded and permuted once for all three
+// (R + 2 permutes for 3 R products instead of 3 R).
+template <int R, int F>
+void gconv_tile_w3(const GroupConvParams& p, const ColBlock16& cb, __m512i idx, int64_t b, int64_t r, int64_t ow) {
+  __m512i acc[R];
+  const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), cb.comp);
+  for (int i = 0; i < R; ++i) acc[i] = init;
+  const int64_t steps = p.cin_g / 4;
+  const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow) * p.C + p.block_off[b];
+  const int8_t* w0 = p.w + b * p.KH * 3 * steps * 64;
+  for (int64_t kh = 0; kh < p.KH; ++kh) {
+    const uint8_t* xr = x0 + kh * p.DH * p.Wp * p.C;
+    const int8_t* wr = w0 + kh * 3 * steps * 64;
+    for (int64_t s = 0; s < steps; ++s, xr += 4, wr += 64) {
+      __m512i v[R + 2];
+#pragma GCC unroll 10
+      for (int i = 0; i < R + 2; ++i) v[i] = _mm512_permutexvar_epi32(idx, _mm512_loadu_si512(xr + i * p.C));
+#pragma GCC unroll 3
+      for (int kw = 0; kw < 3; ++kw) {
+        const __m512i wv = _mm512_loadu_si512(wr + kw * steps * 64);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], v[i + kw], wv);
+      }
+    }
+  }
+  gconv_finish<R, F>(p.gemm, cb, r * p.OW + ow, acc);
+}
+
+using GconvTileFn = void (*)(const GroupConvParams&, const ColBlock16&, __m512i, int64_t, int64_t, int64_t);
+using GconvTiles = std::array<GconvTileFn, kPixels + 1>;  // by pixel count (entry 0 unused)
+
+// MODE 0: permutes; 1: broadcasts (one-group blocks); 2: permutes shared by a 3-wide kernel row.
+template <int MODE, int F, size_t... I>
+constexpr GconvTiles gconv_tiles(std::index_sequence<I...>) {
+  if constexpr (MODE == 2)
+    return {{nullptr, &gconv_tile_w3<static_cast<int>(I) + 1, F>...}};
+  else
+    return {{nullptr, &gconv_tile<static_cast<int>(I) + 1, MODE == 1, F>...}};
+}
+
+template <int MODE>
+void gconv_rows(const GroupConvParams& p, int64_t r0, int64_t r1) {
+  static constexpr GconvTiles kGeneral = gconv_tiles<MODE, -1>(std::make_index_sequence<kPixels>{});
+  static constexpr GconvTiles kNone = gconv_tiles<MODE, static_cast<int>(Act::None)>(std::make_index_sequence<kPixels>{});
+  static constexpr GconvTiles kRelu = gconv_tiles<MODE, static_cast<int>(Act::Relu)>(std::make_index_sequence<kPixels>{});
+  static constexpr GconvTiles kRelu6 = gconv_tiles<MODE, static_cast<int>(Act::Relu6)>(std::make_index_sequence<kPixels>{});
+  const Int8GemmParams& e = p.gemm;
+  const bool fast = e.folded && e.out_kind == OutKind::Int8;
+  const GconvTiles& tiles = !fast ? kGeneral : e.act == Act::None ? kNone : e.act == Act::Relu ? kRelu
+                          : e.act == Act::Relu6 ? kRelu6 : kGeneral;
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t b = 0; b < p.blocks; ++b) {
+      // Per block: the epilogue's channel vectors and the lane permutation, once per output row.
+      const ColBlock16 cb = col_block16(e, b * 16);
+      const __m512i idx = _mm512_loadu_si512(p.lane_idx + b * 16);
+      for (int64_t ow = 0; ow < p.OW; ow += kPixels) tiles[std::min<int64_t>(kPixels, p.OW - ow)](p, cb, idx, b, r, ow);
+    }
+  }
+}
+
+}  // namespace
+
+void gconv_avx512(const GroupConvParams& p, int64_t r0, int64_t r1) {
+  if (p.one_group_blocks)
+    gconv_rows<1>(p, r0, r1);
+  else if (p.KW == 3 && p.SW == 1 && p.DW == 1)
+    gconv_rows<2>(p, r0, r1);
+  else
+    gconv_rows<0>(p, r0, r1);
+}
+
+}  // namespace kernels
+}  // namespace fastinfer
+
+#pragma GCC pop_options
