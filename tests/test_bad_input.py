@@ -125,5 +125,5 @@ def test_bad_isa_name():
             pass
     with pytest.raises(ValueError, match="isa must be one of ref, avx2, avx_vnni, avx512_vnni, amx"):
         ops.set_isa_cap("sse9")
-    with pytest.raises(ValueError, match="family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add or dwconv_path"):
+    with pytest.raises(ValueError, match="family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add, gconv or dwconv_path"):
         ops.last_kernel("nope")
