@@ -33,6 +33,23 @@ MODES = [  # (x_scale, out_scale, activation)
 ]
 
 
+# Grouped convolutions for the narrow-group kernel (AVX-512 VNNI; the other tiers gather rows per group and
+# must give the same bits). (N, C, H, W, Cout, k, stride, pad, dilation, groups)
+GROUPED = [
+    (1, 128, 9, 11, 128, 3, 1, 1, 1, 32),   # ResNeXt 32 x 4: permutes shared by a 3-wide row, tiles of 8 + 3
+    (2, 64, 7, 7, 64, 3, 2, 1, 1, 8),       # stride 2: one permute per product
+    (1, 64, 5, 6, 32, 3, 1, 1, 1, 2),       # 16 channels a group: each block in one group (broadcasts)
+    (1, 48, 8, 8, 96, 3, 1, 2, 2, 4),       # dilation 2; blocks straddling two groups of 12 inputs
+    (1, 32, 6, 6, 40, 1, 1, 0, 1, 4),       # 1x1 grouped (ShuffleNet), 10 outputs a group, Cout tail of 8
+    (1, 96, 6, 6, 48, 5, 1, 2, 1, 3),       # 5x5, 32 inputs a group
+    (3, 24, 10, 13, 36, 3, 1, 1, 1, 6),     # 3 images, 6 outputs a group, Cout tail of 4
+    (1, 20, 4, 17, 10, 3, 1, 1, 1, 5),      # one block of 10 lanes, 17 pixels: tiles of 8 + 8 + 1
+    (1, 24, 8, 16, 24, 3, 1, 1, 1, 4),      # 6 inputs a group: gathered rows
+    (1, 128, 5, 5, 16, 3, 1, 1, 1, 2),      # 64 inputs a group, 8 outputs: a block's window would be 68 bytes
+    (1, 128, 6, 6, 128, 3, 1, 1, 1, 2),     # 64 outputs a group: the GEMM fills its tiles (gathered rows)
+]
+
+
 def make(g):
     N, C, H, W, Co, k, s, p, d, groups = g
     w = torch.randint(-127, 128, (Co, C // groups, k, k), dtype=torch.int8)
@@ -40,7 +57,7 @@ def make(g):
 
 
 @pytest.mark.parametrize("mode", MODES, ids=["dynamic", "static-relu", "int8out-relu6", "static-int8out"])
-@pytest.mark.parametrize("g", GEOMETRIES, ids=[str(g) for g in GEOMETRIES])
+@pytest.mark.parametrize("g", GEOMETRIES + GROUPED, ids=[str(g) for g in GEOMETRIES + GROUPED])
 def test_int8_conv2d_matches_reference(isa, g, mode):
     N, C, H, W, Co, k, s, p, d, groups = g
     x_scale, out_scale, act = mode
@@ -243,34 +260,6 @@ def test_vnni_direct_conv_not_taken_where_it_cannot_run(vnni, g, groups):
     torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, None, (s, s), (p, p), (d, d), groups, 0.03), rtol=0, atol=0)
 
 
-# Grouped convolutions for the narrow-group kernel (AVX-512 VNNI; the other tiers gather rows per group and
-# must give the same bits). (N, C, H, W, Cout, k, stride, pad, dilation, groups)
-GROUPED = [
-    (1, 128, 9, 11, 128, 3, 1, 1, 1, 32),   # ResNeXt 32 x 4: permutes shared by a 3-wide row, tiles of 8 + 3
-    (2, 64, 7, 7, 64, 3, 2, 1, 1, 8),       # stride 2: one permute per product
-    (1, 64, 5, 6, 32, 3, 1, 1, 1, 2),       # 16 channels a group: each block in one group (broadcasts)
-    (1, 48, 8, 8, 96, 3, 1, 2, 2, 4),       # dilation 2; blocks straddling two groups of 12 inputs
-    (1, 32, 6, 6, 40, 1, 1, 0, 1, 4),       # 1x1 grouped (ShuffleNet), 10 outputs a group, Cout tail of 8
-    (1, 96, 6, 6, 48, 5, 1, 2, 1, 3),       # 5x5, 32 inputs a group
-    (3, 24, 10, 13, 36, 3, 1, 1, 1, 6),     # 3 images, 6 outputs a group, Cout tail of 4
-    (1, 20, 4, 17, 10, 3, 1, 1, 1, 5),      # one block of 10 lanes, 17 pixels: tiles of 8 + 8 + 1
-    (1, 24, 8, 16, 24, 3, 1, 1, 1, 4),      # 6 inputs a group: gathered rows
-    (1, 128, 5, 5, 16, 3, 1, 1, 1, 2),      # 64 inputs a group, 8 outputs: a block's window would be 68 bytes
-    (1, 128, 6, 6, 128, 3, 1, 1, 1, 2),     # 64 outputs a group: the GEMM fills its tiles (gathered rows)
-]
-
-
-@pytest.mark.parametrize("mode", MODES, ids=["dynamic", "static-relu", "int8out-relu6", "static-int8out"])
-@pytest.mark.parametrize("g", GROUPED, ids=[str(g) for g in GROUPED])
-def test_grouped_conv_matches_reference(isa, g, mode):
-    N, C, H, W, Co, k, s, p, d, groups = g
-    x_scale, out_scale, act = mode
-    x, w, ws, b = make(g)
-    y = ops.int8_conv2d(x, ops.pack_conv_weight(w, groups), ws, b, (k, k), (s, s), (p, p), (d, d), groups,
-                        x_scale, out_scale, act)
-    assert_conv_path(isa, g)
-    torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), groups, x_scale, out_scale, act),
-                               rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("act", ["none", "relu", "relu6"])

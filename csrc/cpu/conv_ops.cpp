@@ -273,6 +273,14 @@ void set_conv_epilogue(kernels::Int8GemmParams& p, const ConvEpilogue& e, int64_
   p.folded = e.finite;
 }
 
+// The row groups per image from per_image up to twice that whose item count (N of them) is a multiple of
+// the thread count, if one is (at::parallel_for hands each thread a contiguous range of items).
+int64_t even_row_groups(int64_t per_image, const ConvArgs& a, int64_t threads) {
+  for (int64_t k = per_image; k <= std::min(a.OH, 2 * per_image); ++k)
+    if ((a.N * k) % threads == 0) return k;
+  return per_image;
+}
+
 // Items are (image, output row group, column panel). Each item first writes the padded input rows its
 // group reads (PaddedRows: quantized or copied, borders zero) into a thread-local slab, then runs the
 // tile kernel on the slab while it is in L2, for each of its column panels. (Measured against one
@@ -301,12 +309,7 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const kernels:
   int64_t per_image = std::max((a.OH + max_group - 1) / max_group,
                                (4 * threads + a.N * full_panels - 1) / (a.N * full_panels));
   per_image = std::min(per_image, a.OH);
-  for (int64_t k = per_image; k <= std::min(a.OH, 2 * per_image); ++k) {
-    if ((a.N * k) % threads == 0) {
-      per_image = k;
-      break;
-    }
-  }
+  per_image = even_row_groups(per_image, a, threads);
   const int64_t items = a.N * per_image;
   const int64_t n_panel = panel_width(ks, N_pad, items);
   const int64_t panels = (N_pad + n_panel - 1) / n_panel;
@@ -470,12 +473,7 @@ void conv_grouped(const kernels::KernelSet& ks, const ConvArgs& a, const at::Ten
   constexpr int64_t kSlabTarget = 256 << 10, kSlack = 64;
   const int64_t max_group = std::max<int64_t>(1, (kSlabTarget / slab_row - reach) / a.SH + 1);
   int64_t per_image = std::min(a.OH, std::max((a.OH + max_group - 1) / max_group, (4 * threads + a.N - 1) / a.N));
-  for (int64_t k = per_image; k <= std::min(a.OH, 2 * per_image); ++k) {
-    if ((a.N * k) % threads == 0) {
-      per_image = k;
-      break;
-    }
-  }
+  per_image = even_row_groups(per_image, a, threads);
   const int64_t max_rows = (a.OH + per_image - 1) / per_image;
   const int64_t slab_bytes = ((max_rows - 1) * a.SH + reach) * slab_row + kSlack;
   const int64_t elem = kind == kernels::OutKind::Int8 ? 1 : 4;
