@@ -6,7 +6,7 @@ ResNet-50 layers (bench_conv.LAYERS: the 3x3 layers, the 1x1, the stride-2 and t
   fastinfer (c) Int8Conv2d static, fp32 channels_last in/out (quantization of x included)
   fastinfer (d) int8 channels_last in, int8 out (the kernel and its epilogue only)
 TOPS = 2 * MACs / time. Every fastinfer row is checked against the fp32 conv first (SQNR > 25 dB), and
-names the kernel that served it (sm90_conv, conv_gathered, dwconv). Target (issue #6, H100, batch 32):
+names the kernel that served it (sm90_conv, conv_gathered, conv_grouped, dwconv). Target (issue #6, H100, batch 32):
 fastinfer int8 >= 1.5x cuDNN fp16 channels_last.
 """
 from __future__ import annotations

@@ -23,11 +23,24 @@ inline Act parse_act(const std::string& a, const char* op) {
   return Act::None;
 }
 
-// A static quantization scale (x_scale, out_scale), when given, must be a positive finite number.
+// The reduction length of an int8 weight: |sum_k a*b| <= K * 128 * 128 must fit int32, which every
+// kernel (CPU and CUDA) accumulates in exactly. `what` names K in the caller's terms.
+constexpr int64_t kMaxK = (int64_t{1} << 17) - 1;
+inline void check_max_k(int64_t K, const char* op, const char* what) {
+  TORCH_CHECK(K <= kMaxK, "fastinfer.", op, ": ", what, " must be <= ", kMaxK, " (exact int32 accumulation), got ", K);
+}
+
+// A static quantization scale (x_scale, out_scale, a_scale, b_scale), when given, must be positive and,
+// with its reciprocal, a normal float32: the kernels take the scale and 1 / scale as float32, and a scale
+// that overflows or flushes to zero there would turn the static quantizer into the dynamic one (which
+// needs a scale buffer the static ops do not pass).
+constexpr double kMinScale = 1.1754943508222875e-38;  // FLT_MIN, the smallest normal float32
+constexpr double kMaxScale = 1.0 / kMinScale;          // 8.5e37: its reciprocal is still normal
 inline void check_scale(const std::optional<double>& s, const char* op, const char* arg) {
   if (s)
-    TORCH_CHECK(std::isfinite(*s) && *s > 0, "fastinfer.", op, ": ", arg,
-                " must be a positive finite number (a calibrated quantization scale), got ", *s);
+    TORCH_CHECK(std::isfinite(*s) && *s >= kMinScale && *s <= kMaxScale, "fastinfer.", op, ": ", arg,
+                " must be a positive finite number (a calibrated quantization scale) within float32's normal range "
+                "[1.2e-38, 8.5e37], got ", *s);
 }
 
 // x's shape [..., K] with the last dimension replaced by N.

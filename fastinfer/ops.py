@@ -18,7 +18,7 @@ _ops = torch.ops.fastinfer
 BUILD = json.loads(_ops.build_info())  # {"cuda": kernels for CUDA built in, "cutlass_sm90": ...}
 SUPPORTED_DEVICES = ("cpu",)  # devices with kernels for every op
 # The int8 linear family (quantize_per_token, pack/unpack, int8_mm, int8_scaled_mm, the linear ops) and
-# the int8 convolution (groups 1 and depthwise) also have CUDA kernels in builds made with a CUDA torch;
+# the int8 convolution (any groups) also have CUDA kernels in builds made with a CUDA torch;
 # the csr/slot128 sparse ops are CPU only, the 2:4 sparse ops (pack_sparse24, sparse24_linear_int8) CUDA
 # only (Hopper).
 LINEAR_DEVICES = ("cpu", "cuda") if BUILD["cuda"] else ("cpu",)
@@ -49,7 +49,8 @@ def cuda_last_kernel() -> str:
     CUTLASS TMA + wgmma), 'sm80_mma' (mma.sync, sm_80 and later), 'weight_only' (the few-row kernel of
     w8_only), 'weight_only_cublas' (w8_only with more rows: widened weight + cuBLAS); for int8_conv2d
     'sm90_conv' (Hopper implicit GEMM, CUTLASS TMA im2col + wgmma), 'conv_gathered' (rows gathered on the
-    GPU, then the int8 GEMM), 'dwconv' (depthwise); '' before any."""
+    GPU, then the int8 GEMM), 'conv_grouped' (the same one group at a time), 'dwconv' (depthwise); '' before
+    any."""
     return _ops.cuda_last_kernel()
 
 
@@ -259,7 +260,7 @@ def last_kernel(family: str) -> str:
     """Which ISA served the latest call of a kernel family: int8_gemm, w8_gemm, quantize, dwconv, sparse,
     conv_direct (the AMX or AVX-512 VNNI convolution that reads its padded input directly; "" when
     the latest non-depthwise convolution gathered rows for the int8 GEMM instead), gconv (the narrow-group
-    convolution, AVX-512 VNNI and AMX: groups of fewer than 64 output channels and a multiple of 4 input
+    convolution, every vector tier: groups of fewer than 64 output channels and a multiple of 4 input
     channels; "" when the latest convolution took another path), or add (int8_add;
     'ref' is the portable kernel). "dwconv_path" names the way the latest depthwise convolution took inside
     its kernel: "row_quads_paired", "row_quads" or "tap_groups" (AVX-512 VNNI, AMX), "row_quads_paired",

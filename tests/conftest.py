@@ -53,8 +53,8 @@ def _seed():
 
 # The edge cases of the convolution's folded epilogue (finite scales: the AMX/VNNI fast path) and of the
 # general one: int8 outputs far outside [-127, 127] (past int32 too), a NaN input with the dynamic scale,
-# an output scale whose inverse is inf in fp32, a per-channel scale whose product with x_scale overflows.
-CONV_EPILOGUE_EDGES = ["saturating", "nan-input", "inf-out-scale", "huge-scale"]
+# the smallest output scale accepted (FLT_MIN: y * 1/out_scale overflows to inf in fp32), a per-channel scale whose product with x_scale overflows.
+CONV_EPILOGUE_EDGES = ["saturating", "nan-input", "tiny-out-scale", "huge-scale"]
 
 
 def conv_epilogue_edge(case, x, w_scale, bias, x_scale=0.02, out_scale=0.04):
@@ -65,8 +65,8 @@ def conv_epilogue_edge(case, x, w_scale, bias, x_scale=0.02, out_scale=0.04):
     elif case == "nan-input":
         x[0, 1, 2, 3] = float("nan")
         x_scale = None
-    elif case == "inf-out-scale":
-        out_scale = 1e-45
+    elif case == "tiny-out-scale":
+        out_scale = 1.1754943508222875e-38
     else:
         w_scale[0] = 3e38
     return x_scale, out_scale

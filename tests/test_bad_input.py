@@ -98,7 +98,7 @@ def test_pack_checks():
         ops.pack_int8_weight(torch.zeros(4, dtype=torch.int8))
     with pytest.raises(RuntimeError, match="N >= 1 and K >= 1"):
         ops.pack_int8_weight(torch.zeros(0, 4, dtype=torch.int8))
-    with pytest.raises(RuntimeError, match="K <= 131071"):
+    with pytest.raises(RuntimeError, match=r"K \(in_features\) must be <= 131071"):
         ops.pack_int8_weight(torch.zeros(1, 131072, dtype=torch.int8))
 
 
@@ -107,6 +107,35 @@ def test_quantize_checks():
         ops.quantize_per_token(torch.randn(2, 3, 4))
     with pytest.raises(RuntimeError, match="x must be float32 or bfloat16, got Double"):
         ops.quantize_per_token(torch.randn(2, 3).double())
+
+
+# Scales whose float32 value or reciprocal overflows or flushes to zero (1e300 once crashed the static
+# quantizer: 1 / float32(1e300) = 0 selected its dynamic branch) are refused on every static op.
+@pytest.mark.parametrize("bad", [1e300, 1e38, 1e-300, 1e-39, 0.0, -1.0, float("nan"), float("inf")])
+def test_scale_outside_float32_normal_range(layer, bad):
+    packed, scale = layer
+    x = torch.randn(2, 16)
+    msg = "must be a positive finite number .* within float32's normal range"
+    with pytest.raises(RuntimeError, match="x_scale " + msg):
+        ops.int8_linear_static(x, bad, packed, scale)
+    with pytest.raises(RuntimeError, match="out_scale " + msg):
+        ops.int8_linear_static(x, 0.1, packed, scale, out_scale=bad)
+    cw = torch.randint(-127, 128, (4, 4, 3, 3), dtype=torch.int8)
+    with pytest.raises(RuntimeError, match="x_scale " + msg):
+        ops.int8_conv2d(torch.randn(1, 4, 5, 5), ops.pack_conv_weight(cw), torch.ones(4), None, (3, 3), x_scale=bad)
+    q = torch.zeros(1, 4, 5, 5, dtype=torch.int8)
+    with pytest.raises(RuntimeError, match="a_scale " + msg):
+        ops.int8_add(q, q, bad, 0.1)
+    with pytest.raises(ValueError, match="x_scale must be a positive finite float within float32's normal range"):
+        Int8Linear(16, 8, scheme="w8a8_static", x_scale=bad)
+
+
+def test_scale_at_float32_normal_range_ends(layer):
+    packed, scale = layer
+    x = torch.randn(2, 16)
+    for s in (1.1754943508222875e-38, 8.5e37):  # FLT_MIN and just under 1 / FLT_MIN: accepted, finite output
+        y = ops.int8_linear_static(x, s, packed, scale)
+        assert torch.isfinite(y).all()
 
 
 def test_unsupported_device(layer):

@@ -9,6 +9,7 @@ from torch import nn
 import torch.nn.functional as F
 
 import fastinfer  # noqa: F401  (loads the extension, as users do)
+from fastinfer.nn import Int8Linear
 from fastinfer.nn.fused import ConvAct2d, LinearAct
 from fastinfer.quantization.calibrate import calibrate
 from fastinfer.quantization.fuse import fuse
@@ -33,6 +34,13 @@ def test_minmax_exact_on_uniform():
     want = torch.cat(batches).abs().max().item()
     assert obs.amax() == want and want <= a and want > 0.999 * a
     assert obs.scale() == want / 127
+
+
+def test_scale_floor_for_tiny_activations():
+    obs = MinMaxObserver()
+    obs.observe(torch.full((8,), 1e-40))  # a subnormal amax: amax / 127 is not a normal float32
+    assert obs.scale() == torch.finfo(torch.float32).tiny
+    assert Int8Linear(4, 4, scheme="w8a8_static", x_scale=obs.scale()).x_scale == obs.scale()
 
 
 def test_percentile_gaussian_matches_analytic_quantile():

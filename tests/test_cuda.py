@@ -228,6 +228,29 @@ def test_bad_input():
         ops.int8_linear_dynamic(torch.randn(3, 100, device=DEV).double(), packed, torch.ones(40, device=DEV))
     with pytest.raises(RuntimeError, match="activation must be"):
         ops.int8_linear_dynamic(torch.randn(3, 100, device=DEV), packed, torch.ones(40, device=DEV), None, "tanh")
+    with pytest.raises(RuntimeError, match=r"K \(in_features\) must be <= 131071"):
+        ops.pack_int8_weight(torch.zeros(1, 131072, dtype=torch.int8, device=DEV))
+    # 1 / float32(1e300) is 0: once this ran the quantizer's dynamic branch, which wrote through a null scale.
+    with pytest.raises(RuntimeError, match="x_scale must be a positive finite number .* float32's normal range"):
+        ops.int8_linear_static(torch.randn(3, 100, device=DEV), 1e300, packed, torch.ones(40, device=DEV))
+    torch.cuda.synchronize()
+
+
+def test_quantize_per_token_empty_rows():
+    for shape in [(5, 0), (0, 7), (0, 0)]:
+        q, s = ops.quantize_per_token(torch.randn(shape, device=DEV))
+        assert q.shape == shape and q.dtype == torch.int8 and s.shape == (shape[0],)
+        assert not s.any()
+
+
+def test_int8_mm_past_65535_row_tiles():
+    """The sm_80 kernel's tiles are one 1-D grid: M beyond 65535 tiles of 128 rows (the gridDim.y cap)."""
+    M, K, N = 65536 * 128 + 300, 16, 8
+    a, b = rand_i8(M, K), rand_i8(N, K)
+    out = ops.int8_mm(a.to(DEV), ops.pack_int8_weight(b.to(DEV)), N)
+    assert ops.cuda_last_kernel() == "sm80_mma"
+    for rows in (slice(0, 1000), slice(M - 70_000, M)):  # the first tiles and those past the old cap
+        torch.testing.assert_close(out[rows].cpu(), ref.int8_mm(a[rows], b), rtol=0, atol=0)
 
 
 def test_demo_on_gpu(capsys):

@@ -1,4 +1,4 @@
-"""The CUDA int8 convolution (Hopper implicit GEMM, the gathered path, depthwise) against
+"""The CUDA int8 convolution (Hopper implicit GEMM, the gathered path, grouped, depthwise) against
 fastinfer.reference.int8_conv2d on the same quantized values: bit-exact (exact int32 sums, the folded fp32
 epilogue of EPILOGUE.md). Which kernel served, bad input, opcheck, torch.compile, CUDA graphs, Int8Conv2d
 moving between devices. Skipped without a CUDA build and a GPU (benchmarks/gpu_check.sh runs it)."""
@@ -30,8 +30,12 @@ GEOMETRIES = [
     (1, 13, 9, 9, 13, 3, 2, 1, 2, 13),      # depthwise, odd C, stride + dilation
     (1, 16, 40, 40, 16, 3, 9, 1, 1, 1),     # stride 9: past the im2col TMA's 8, gathered
     (1, 16, 4, 4, 16, 3, 1, 130, 1, 1),     # padding 130: past the im2col TMA's corner limit, gathered
+    (2, 128, 10, 10, 128, 3, 1, 1, 1, 32),  # 32 groups of 4 channels (ResNeXt): per-group gathered GEMMs
+    (1, 64, 9, 9, 96, 3, 2, 1, 1, 2),       # 2 groups of 32 -> 48: 16-byte group pieces, stride 2
+    (1, 12, 7, 7, 9, 3, 1, 2, 2, 3),        # 3 groups of 4 -> 3, dilation 2: odd column offsets in out
 ]
-IDS = ["c64-3x3", "stride2", "5x5-dil2", "1x1", "c3-cout13", "7x7-c13", "dw", "dw-odd", "stride9", "pad130"]
+IDS = ["c64-3x3", "stride2", "5x5-dil2", "1x1", "c3-cout13", "7x7-c13", "dw", "dw-odd", "stride9", "pad130",
+       "g32", "g2-c32", "g3-odd"]
 MODES = [(None, None, "none"), (0.03, None, "relu"), (None, 0.05, "relu6"), (0.02, 0.04, "relu"),
          (0.02, 0.04, "none")]
 
@@ -46,7 +50,7 @@ def make(g, seed=0):
 def expected_kernel(g):
     N, C, H, W, Co, k, s, p, d, groups = g
     if groups > 1:
-        return "dwconv"
+        return "dwconv" if groups == C == Co else "conv_grouped"
     hopper = torch.cuda.get_device_capability()[0] == 9 and ops.BUILD.get("cutlass_sm90")
     span = (k - 1) * d  # the im2col TMA's limits: strides 1..8, corners in [-128, 127], offsets below 255
     im2col = 1 <= s <= 8 and 0 <= p <= 128 and -128 <= p - span <= 127 and span < 255
@@ -86,7 +90,8 @@ def test_int8_input_view_off_alignment(g):
     torch.testing.assert_close(y.cpu(), r, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("g", [GEOMETRIES[0], GEOMETRIES[4], GEOMETRIES[6]], ids=["sm90", "gathered", "depthwise"])
+@pytest.mark.parametrize("g", [GEOMETRIES[0], GEOMETRIES[4], GEOMETRIES[6], GEOMETRIES[10]],
+                         ids=["sm90", "gathered", "depthwise", "grouped"])
 def test_int8_input_bf16_input_and_edges(g):
     N, C, H, W, Co, k, s, p, d, groups = g
     x, w, ws, b = make(g, 1)
@@ -131,14 +136,21 @@ def test_module_between_devices_state_dict_compile_and_graphs():
     xg = x.cuda()
     torch.testing.assert_close(compiled(xg), moved(xg), rtol=0, atol=0)
     cuda_graph_replays(moved, xg)
+    # grouped: the CPU's per-group packed GEMM weights <-> the GPU's [Cout, K_pad] rows
+    grouped_cpu = Int8Conv2d.from_float(nn.Conv2d(32, 64, 3, padding=1, groups=8).eval(), x_scale=0.03)
+    grouped_gpu = copy.deepcopy(grouped_cpu).cuda()
+    torch.testing.assert_close(grouped_gpu.int8_weight().cpu(), grouped_cpu.int8_weight(), rtol=0, atol=0)
+    torch.testing.assert_close(grouped_gpu(xg).cpu(), grouped_cpu(x), rtol=0, atol=0)
+    assert ops.cuda_last_kernel() == "conv_grouped"
+    torch.testing.assert_close(copy.deepcopy(grouped_gpu).cpu()(x), grouped_cpu(x), rtol=0, atol=0)
 
 
 def test_quantize_cnn_on_gpu():
     model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=32),
-                          nn.Flatten(), nn.Linear(32 * 8 * 8, 10)).eval().cuda()
+                          nn.Conv2d(32, 32, 3, padding=1, groups=8), nn.Flatten(), nn.Linear(32 * 8 * 8, 10)).eval().cuda()
     x = torch.randn(8, 16, 8, 8, device=DEV)
     q = fastinfer.quantize(copy.deepcopy(model), "w8a8_dynamic")
-    assert sum(isinstance(m, Int8Conv2d) for m in q.modules()) == 2
+    assert sum(isinstance(m, Int8Conv2d) for m in q.modules()) == 3
     out, ref_out = q(x), model(x)
     assert torch.nn.functional.cosine_similarity(out.flatten(), ref_out.flatten(), dim=0) > 0.99
 
@@ -151,8 +163,6 @@ def test_opcheck_and_bad_input():
     torch.library.opcheck(torch.ops.fastinfer.pack_conv_weight.default, (w, 1))
     torch.library.opcheck(torch.ops.fastinfer.int8_conv2d.default,
                           (x, packed, ws, None, [3, 3], [1, 1], [1, 1], [1, 1], 1, None, None, "relu"))
-    with pytest.raises(RuntimeError, match="groups=4 other than depthwise"):
-        ops.pack_conv_weight(torch.randint(-127, 128, (32, 4, 3, 3), dtype=torch.int8, device=DEV), 4)
     with pytest.raises(RuntimeError, match="packed_w must be the CUDA conv weight"):
         ops.int8_conv2d(x, ops.pack_conv_weight(w.cpu(), 1).to(DEV), ws, None, (3, 3))
     with pytest.raises(RuntimeError, match="packed_w must be on"):
@@ -163,6 +173,11 @@ def test_opcheck_and_bad_input():
         ops.int8_conv2d(x.to(torch.int8), packed, ws, None, (3, 3))
     with pytest.raises(RuntimeError, match="smaller than the dilated kernel"):
         ops.int8_conv2d(x[:, :, :2, :2], packed, ws, None, (3, 3))
+    dw = ops.pack_conv_weight(torch.randint(-127, 128, (16, 1, 3, 3), dtype=torch.int8, device=DEV), 16)
+    dw_off = torch.zeros(dw.numel() + 1, dtype=torch.int8, device=DEV)[1:].view(dw.shape)
+    with pytest.raises(RuntimeError, match="packed_w must start on a 16-byte boundary"):
+        ops.int8_conv2d(x, dw_off, torch.rand(16, device=DEV), None, (3, 3), groups=16)
+    torch.cuda.synchronize()
 
 
 def test_int8_max_pool_and_static_chain_on_gpu():

@@ -19,7 +19,6 @@ namespace cpu {
 using kernels::OutKind;
 using kernels::PackedHeader;
 
-constexpr int64_t kMaxK = (int64_t{1} << 17) - 1;
 constexpr int64_t kMinMacsPerTask = 1 << 18;  // below this, a thread hand-off costs more than it saves
 
 inline void check_cpu(const at::Tensor& t, const char* op, const char* arg) {

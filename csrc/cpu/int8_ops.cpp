@@ -80,9 +80,7 @@ at::Tensor pack_int8_weight(const at::Tensor& w) {
   TORCH_CHECK(w.dim() == 2, "fastinfer.pack_int8_weight: weight must be 2-D [N, K], got shape ", w.sizes());
   TORCH_CHECK(w.size(0) >= 1 && w.size(1) >= 1,
               "fastinfer.pack_int8_weight: weight must have N >= 1 and K >= 1, got shape ", w.sizes());
-  // |sum_k a*b| <= K * 128 * 128 must fit int32 (the kernels accumulate exactly, wrapping inside).
-  TORCH_CHECK(w.size(1) <= kMaxK, "fastinfer.pack_int8_weight: weight must have K <= ", kMaxK,
-              " (int32 accumulation), got K=", w.size(1));
+  check_max_k(w.size(1), "pack_int8_weight", "weight's K (in_features)");
   const at::Tensor wc = w.contiguous();
   at::Tensor out = at::empty({kernels::packed_nbytes(w.size(0), w.size(1))}, w.options().dtype(at::kByte));
   kernels::pack_int8_weight(wc.data_ptr<int8_t>(), wc.stride(0), w.size(0), w.size(1), out.data_ptr<uint8_t>());

@@ -29,7 +29,7 @@ namespace ck = fastinfer::cuda_kernels;
 // Which kernel served the latest GEMM-family call (tests assert it): see last_kernel().
 enum class Served : int {
   None = 0, Sm80 = 1, Sm90 = 2, WeightOnly = 3, WeightOnlyCublas = 4, Sparse24 = 5,
-  ConvSm90 = 6, ConvGathered = 7, DwConv = 8
+  ConvSm90 = 6, ConvGathered = 7, DwConv = 8, ConvGrouped = 9
 };
 std::atomic<int> g_served{0};
 
@@ -158,7 +158,9 @@ at::Tensor activation_2d(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.is_cuda(), "fastinfer.", op, ": x must be a CUDA tensor here, got ", x.device());
   TORCH_CHECK(x.dim() >= 1, "fastinfer.", op, ": x must have at least 1 dimension [..., K], got a scalar");
   x_kind(x.scalar_type(), op);
-  return x.reshape({-1, x.size(-1)}).contiguous();
+  int64_t M = 1;  // the leading dimensions' product (reshape's -1 cannot be inferred when K == 0)
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
+  return x.reshape({M, x.size(-1)}).contiguous();
 }
 
 // Quantizes x2 [M, K] into q [M, K_pad] (zero tail) and scale [M] (dynamic), or with a static inverse.
@@ -202,6 +204,7 @@ at::Tensor pack_int8_weight(const at::Tensor& w) {
               w.scalar_type());
   TORCH_CHECK(w.dim() == 2 && w.size(0) >= 1 && w.size(1) >= 1,
               "fastinfer.pack_int8_weight: weight must be 2-D [N, K] with N, K >= 1, got shape ", w.sizes());
+  check_max_k(w.size(1), "pack_int8_weight", "weight's K (in_features)");
   const c10::cuda::CUDAGuard guard(w.device());
   at::Tensor out = at::zeros({w.size(0), ck::round_up(w.size(1), ck::kKAlign)}, w.options());
   out.narrow(1, 0, w.size(1)).copy_(w);
@@ -392,6 +395,7 @@ std::tuple<at::Tensor, at::Tensor> pack_sparse24(const at::Tensor& w) {
   const at::Device dev = w.device();
   const c10::cuda::CUDAGuard guard(dev);
   check_sparse24_device(dev, op);
+  check_max_k(w.size(1), op, "weight's K (in_features)");
   const int64_t N = w.size(0), K = w.size(1), K_pad = ck::round_up(K, ck::kSparse24KAlign);
   const int64_t N_pad = ck::round_up(N, ck::kSparse24NAlign);
   at::Tensor wp = at::zeros({N_pad, K_pad}, w.options());
@@ -488,9 +492,10 @@ at::Tensor sparse24_linear_int8(const at::Tensor& x, const at::Tensor& values, c
 
 // ---------------------------------------------------------------- int8 convolution
 
-// The CUDA conv weight (pack_conv_weight on the GPU): groups 1 -> int8 [Cout, round_up(KH*KW*C, 16)],
-// each row ordered (kh, kw, c) (KRSC: with C % 16 == 0 exactly the filter the implicit GEMM reads);
-// depthwise -> int8 [KH*KW, C], as on the CPU. Other groups run on the CPU only.
+// The CUDA conv weight (pack_conv_weight on the GPU): int8 [Cout, round_up(KH*KW*Cin/groups, 16)], each
+// row ordered (kh, kw, c) over its group's channels (groups 1: KRSC, with C % 16 == 0 exactly the filter
+// the implicit GEMM reads; groups > 1: group g's GEMM weight is rows [g * Cout/groups, (g+1) * Cout/groups));
+// depthwise -> int8 [KH*KW, C], as on the CPU.
 at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups) {
   const char* op = "pack_conv_weight";
   TORCH_CHECK(w.scalar_type() == at::kChar, "fastinfer.pack_conv_weight: weight must have dtype torch.int8, got ",
@@ -502,9 +507,8 @@ at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups) {
   const c10::cuda::CUDAGuard guard(w.device());
   const int64_t cout = w.size(0), cin_g = w.size(1), kh = w.size(2), kw = w.size(3);
   if (is_depthwise(groups, cin_g * groups, cout) && cin_g == 1) return w.reshape({cout, kh * kw}).t().contiguous();
-  TORCH_CHECK(groups == 1, "fastinfer.", op, ": on CUDA, convolutions with groups=", groups, " other than depthwise "
-              "(groups == in_channels == out_channels) are not supported; run this layer on the CPU");
   const int64_t K = kh * kw * cin_g;
+  check_max_k(K, op, "KH*KW*Cin/groups");
   at::Tensor out = at::zeros({cout, ck::round_up(K, ck::kKAlign)}, w.options());
   out.narrow(1, 0, K).copy_(w.permute({0, 2, 3, 1}).reshape({cout, K}));
   return out;
@@ -566,23 +570,22 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const at::Tensor ws = channel_vector(w_scale, a.Cout, dev, op, "w_scale", false);
   const at::Tensor bi = bias ? channel_vector(*bias, a.Cout, dev, op, "bias", true) : at::Tensor();
   const bool dw = is_depthwise(groups, a.C, a.Cout);
-  const int64_t K = a.KH * a.KW * a.C;
+  const int64_t cin_g = a.C / groups, cout_g = a.Cout / groups, K = a.KH * a.KW * cin_g;
   if (dw) {
     TORCH_CHECK(packed_w.scalar_type() == at::kChar && packed_w.dim() == 2 && packed_w.size(0) == a.KH * a.KW &&
                 packed_w.size(1) == a.C && packed_w.is_contiguous(), "fastinfer.int8_conv2d: packed_w for this "
                 "depthwise conv must be int8 [KH*KW=", a.KH * a.KW, ", C=", a.C, "] from pack_conv_weight on the GPU, "
                 "got ", packed_w.scalar_type(), " ", packed_w.sizes());
-  } else {
-    TORCH_CHECK(groups == 1, "fastinfer.int8_conv2d: on CUDA, convolutions with groups=", groups, " other than "
-                "depthwise are not supported; run this layer on the CPU");
+  }
+  // Both layouts are read in vector pieces (the depthwise kernel's 4-byte taps, the GEMMs' 16-byte rows).
+  TORCH_CHECK(aligned16(packed_w.data_ptr()), "fastinfer.int8_conv2d: packed_w must start on a 16-byte boundary "
+              "(the kernels read it in vector pieces), as pack_conv_weight's own tensors do; got a view at an offset");
+  if (!dw) {
     TORCH_CHECK(packed_w.scalar_type() == at::kChar && packed_w.dim() == 2 && packed_w.size(0) == a.Cout &&
                 packed_w.size(1) == ck::round_up(K, ck::kKAlign) && packed_w.is_contiguous(), "fastinfer.int8_conv2d: "
-                "packed_w must be the CUDA conv weight int8 [Cout=", a.Cout, ", round_up(KH*KW*C=", K, ", 16)] from "
+                "packed_w must be the CUDA conv weight int8 [Cout=", a.Cout, ", round_up(KH*KW*Cin/groups=", K, ", 16)] from "
                 "pack_conv_weight on the GPU (Int8Conv2d.to('cuda') repacks), got ", packed_w.scalar_type(), " ",
                 packed_w.sizes());
-    TORCH_CHECK(aligned16(packed_w.data_ptr()), "fastinfer.int8_conv2d: packed_w must start on a 16-byte boundary "
-                "(the kernels copy 16-byte pieces of its rows), as pack_conv_weight's own tensors do; got a view at an "
-                "offset");
   }
   const bool int8_out = out_scale.has_value();
   at::Tensor out = at::empty({a.N, a.Cout, a.OH, a.OW},
@@ -631,45 +634,54 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   sp.x = xq.data_ptr<int8_t>();
   sp.w = packed_w.data_ptr<int8_t>();
   sp.e = e;
-  if (major == 9 && ck::sm90_conv_built() && ck::sm90_conv_supported(sp)) {  // implicit GEMM: no gathered copy
+  if (groups == 1 && major == 9 && ck::sm90_conv_built() && ck::sm90_conv_supported(sp)) {  // implicit GEMM: no gathered copy
     const size_t wsb = ck::sm90_conv_workspace_bytes(sp);
     at::Tensor workspace = at::empty({static_cast<int64_t>(wsb)}, x.options().dtype(at::kByte));
     check_launch(ck::launch_conv_sm90(sp, wsb ? workspace.data_ptr() : nullptr, stream), op);
     g_served.store(static_cast<int>(Served::ConvSm90));
     return out;
   }
-  // Gathered rows in chunks of at most ~64 MiB, each through the int8 GEMM with a_scale = 1.
+  // Gathered rows in chunks of at most ~64 MiB, each through the int8 GEMM with a_scale = 1; a grouped
+  // convolution gathers and multiplies one group at a time (its GEMM writes Cout/groups columns of out,
+  // ldo = Cout: the sm_80 kernel, whose epilogue stores any column offset).
   const int64_t K_pad = packed_w.size(1), M = a.N * a.OH * a.OW;
   const int64_t chunk = std::max<int64_t>(128, (int64_t{64} << 20) / K_pad);
   const at::Tensor one = at::ones({1}, x.options().dtype(at::kFloat));
   at::Tensor rows = at::empty({std::min(M, chunk), K_pad}, x.options().dtype(at::kChar));
   const int64_t elem = int8_out ? 1 : 4;
   for (int64_t m0 = 0; m0 < M; m0 += chunk) {
-    ck::Im2RowParams ip;
-    ip.g = g;
-    ip.x = xq.data_ptr<int8_t>();
-    ip.rows = rows.data_ptr<int8_t>();
-    ip.m0 = m0;
-    ip.M = std::min(chunk, M - m0);
-    ip.K_pad = K_pad;
-    check_launch(ck::launch_im2row(ip, stream), op);
-    ck::GemmParams p;
-    p.M = ip.M;
-    p.a = rows.data_ptr<int8_t>();
-    p.lda = K_pad;
-    fill_b(p, packed_w);
-    p.a_scale = one.data_ptr<float>();
-    p.a_scale_per_tensor = true;
-    p.b_scale = e.scale;
-    p.bias = e.bias;
-    p.out = static_cast<char*>(out.data_ptr()) + m0 * a.Cout * elem;
-    p.ldo = a.Cout;
-    p.out_kind = e.out_kind;
-    p.act = act;
-    p.out_inv_scale = e.out_inv_scale;
-    run_gemm(p, dev, op);
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      ck::Im2RowParams ip;
+      ip.g = g;
+      ip.x = xq.data_ptr<int8_t>();
+      ip.rows = rows.data_ptr<int8_t>();
+      ip.m0 = m0;
+      ip.M = std::min(chunk, M - m0);
+      ip.K_pad = K_pad;
+      ip.c0 = grp * cin_g;
+      ip.Cg = cin_g;
+      check_launch(ck::launch_im2row(ip, stream), op);
+      ck::GemmParams p;
+      p.M = ip.M;
+      p.a = rows.data_ptr<int8_t>();
+      p.lda = K_pad;
+      p.N = cout_g;
+      p.K_pad = K_pad;
+      p.b = packed_w.data_ptr<int8_t>() + grp * cout_g * K_pad;
+      p.ldb = K_pad;
+      p.a_scale = one.data_ptr<float>();
+      p.a_scale_per_tensor = true;
+      p.b_scale = e.scale + grp * cout_g;
+      p.bias = e.bias ? e.bias + grp * cout_g : nullptr;
+      p.out = static_cast<char*>(out.data_ptr()) + (m0 * a.Cout + grp * cout_g) * elem;
+      p.ldo = a.Cout;
+      p.out_kind = e.out_kind;
+      p.act = act;
+      p.out_inv_scale = e.out_inv_scale;
+      run_gemm(p, dev, op);
+    }
   }
-  g_served.store(static_cast<int>(Served::ConvGathered));
+  g_served.store(static_cast<int>(groups == 1 ? Served::ConvGathered : Served::ConvGrouped));
   return out;
 }
 
@@ -714,6 +726,7 @@ std::string last_kernel() {
     case Served::ConvSm90: return "sm90_conv";
     case Served::ConvGathered: return "conv_gathered";
     case Served::DwConv: return "dwconv";
+    case Served::ConvGrouped: return "conv_grouped";
     case Served::None: break;
   }
   return "";

@@ -18,6 +18,12 @@ def check_float_layer(layer: nn.Module, expected: type, arg: str, devices: Optio
                          f"{', '.join(devices)} only for it (move the model with .cpu() first)")
 
 
+# The kernels take a static scale and its reciprocal as float32: both must be normal float32 numbers.
+MIN_SCALE = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny
+MAX_SCALE = 1.0 / MIN_SCALE
+
+
 def check_scale(name: str, value: Optional[float]) -> None:
-    if value is not None and not (0 < value < float("inf")):
-        raise ValueError(f"{name} must be a positive finite float or None, got {value!r}")
+    if value is not None and not (MIN_SCALE <= value <= MAX_SCALE):
+        raise ValueError(f"{name} must be a positive finite float within float32's normal range "
+                         f"[1.2e-38, 8.5e37] or None, got {value!r}")

@@ -41,7 +41,7 @@ class Int8Conv2d(nn.Module):
     (channels_last, from a layer with out_scale). Output: [N, Cout, OH, OW] in channels_last memory,
     float32, or int8 when out_scale is set. The activation ('relu'/'relu6') is fused in the epilogue.
     x_scale None: dynamic (amax / 127 of each input); a float: static (calibrated).
-    Runs on the CPU, and on a CUDA GPU for groups 1 and depthwise (bf16/fp16 x accepted there):
+    Runs on the CPU and on a CUDA GPU, any groups (bf16/fp16 x accepted there):
     `.cuda()` / `.cpu()` repack the weight for the device, and a state_dict saved on either loads on either.
     """
 

@@ -137,10 +137,6 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
             report.skipped.append((name, "matched by exclude"))
         elif mod.weight.device.type not in ops.LINEAR_DEVICES:
             report.skipped.append((name, f"on device {mod.weight.device}, unsupported by this build for a {kind}"))
-        elif (kind == "conv" and mod.weight.device.type == "cuda" and mod.groups > 1
-              and not mod.groups == mod.in_channels == mod.out_channels):
-            report.skipped.append((name, f"grouped conv (groups={mod.groups}) on a GPU: only groups 1 and depthwise "
-                                         "have CUDA kernels"))
         elif kind == "conv" and cfg.scheme == "w8_only":
             report.skipped.append((name, "w8_only has no conv kernel (use w8a8_dynamic or w8a8_static)"))
         else:

@@ -20,6 +20,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..nn._common import MIN_SCALE
+
 QMAX = 127  # symmetric int8: codes -127..127, so that -x quantizes to -q(x)
 
 
@@ -71,7 +73,8 @@ class Observer:
 
     def scale(self) -> float:
         amax = self.amax()
-        return amax / QMAX if amax > 0 else 1.0
+        # Activations below float32's normal range still get a scale the kernels accept (MIN_SCALE).
+        return max(amax / QMAX, MIN_SCALE) if amax > 0 else 1.0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, count={self.count})"

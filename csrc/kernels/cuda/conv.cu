@@ -15,8 +15,9 @@ namespace {
 constexpr int kThreads = 256;
 
 // One thread per 16 bytes of a gathered row: row m = output pixel m0 + m, column k = (r, s, c) with c
-// fastest. A 16-byte piece that lies inside one tap's channels (C % 16 == 0: every piece) is one
-// vector copy; otherwise bytes are gathered one by one. Padding taps and columns >= R*S*C are zero.
+// fastest over the group's Cg channels. A 16-byte piece that lies inside one tap's channels (Cg % 16 == 0,
+// so c0 and C are multiples of 16 too: every piece) is one vector copy; otherwise bytes are gathered one
+// by one. Padding taps and columns >= R*S*Cg are zero.
 __global__ void __launch_bounds__(kThreads) im2row_kernel(const Im2RowParams p) {
   const ConvGeometry& g = p.g;
   const int64_t pieces = p.K_pad / 16;
@@ -24,16 +25,16 @@ __global__ void __launch_bounds__(kThreads) im2row_kernel(const Im2RowParams p) 
   if (i >= p.M * pieces) return;
   const int64_t m = i / pieces, k0 = (i % pieces) * 16;
   const int64_t pix = p.m0 + m, n = pix / (g.P * g.Q), oh = (pix / g.Q) % g.P, ow = pix % g.Q;
-  const int64_t K = g.R * g.S * g.C;
+  const int64_t K = g.R * g.S * p.Cg;
   int8_t* dst = p.rows + m * p.K_pad + k0;
   auto tap_src = [&](int64_t k) -> const int8_t* {  // the input byte of column k, or null (zero)
     if (k >= K) return nullptr;
-    const int64_t c = k % g.C, rs = k / g.C, r = rs / g.S, s = rs % g.S;
+    const int64_t c = k % p.Cg, rs = k / p.Cg, r = rs / g.S, s = rs % g.S;
     const int64_t ih = oh * g.stride_h - g.pad_h + r * g.dil_h, iw = ow * g.stride_w - g.pad_w + s * g.dil_w;
     if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return nullptr;
-    return p.x + ((n * g.H + ih) * g.W + iw) * g.C + c;
+    return p.x + ((n * g.H + ih) * g.W + iw) * g.C + p.c0 + c;
   };
-  if (g.C % 16 == 0) {  // the piece is 16 channels of one tap: 16-byte aligned on both sides
+  if (p.Cg % 16 == 0) {  // the piece is 16 channels of one tap: 16-byte aligned on both sides
     const int8_t* src = tap_src(k0);
     *reinterpret_cast<int4*>(dst) = src ? *reinterpret_cast<const int4*>(src) : make_int4(0, 0, 0, 0);
     return;

@@ -143,14 +143,16 @@ bool sm90_conv_built();
 bool sm90_conv_supported(const Sm90ConvParams& p);
 size_t sm90_conv_workspace_bytes(const Sm90ConvParams& p);
 const char* launch_conv_sm90(const Sm90ConvParams& p, void* workspace, void* stream);
-// The gathered path (any arch, any shape with groups 1): rows m = (n, p, q) of the GEMM's A operand
-// [M, K_pad] int8, K ordered (r, s, c) like the packed weight, zero for padding taps and for the
-// columns [R*S*C, K_pad); the int8 GEMM (its folded epilogue given a_scale = 1) runs on them.
+// The gathered path (any arch, any shape; grouped convolutions one group at a time): rows m = (n, p, q)
+// of the GEMM's A operand [M, K_pad] int8 for the group whose channels are [c0, c0 + Cg), K ordered
+// (r, s, c) like the packed weight, zero for padding taps and for the columns [R*S*Cg, K_pad); the int8
+// GEMM (its folded epilogue given a_scale = 1) runs on them. Groups 1: c0 = 0, Cg = C.
 struct Im2RowParams {
   ConvGeometry g;
   const int8_t* x = nullptr;        // [N, H, W, C]
   int8_t* rows = nullptr;           // [M, K_pad] for output pixels [m0, m0 + M)
   int64_t m0 = 0, M = 0, K_pad = 0;
+  int64_t c0 = 0, Cg = 0;           // the group's input channels
 };
 const char* launch_im2row(const Im2RowParams& p, void* stream);
 // Depthwise (groups == C == K): w int8 [R * S, C], exact int32 sums, the epilogue above. Any arch.

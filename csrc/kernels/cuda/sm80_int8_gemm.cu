@@ -92,7 +92,10 @@ __global__ void __launch_bounds__(T::kThreads) int8_gemm_kernel(const GemmParams
   uint8_t* const sB = smem + kStages * T::BM * kBK;      // [kStages][BN][kBK]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int wm = warp / T::WARPS_N, wn = warp % T::WARPS_N;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * T::BM, n0 = static_cast<int64_t>(blockIdx.x) * T::BN;
+  // A 1-D grid, N tiles fastest (consecutive blocks share an A tile): gridDim.y would cap M at
+  // 65535 tiles (8.4M rows), gridDim.x allows 2^31 - 1 tiles.
+  const int64_t n_tiles = (p.N + T::BN - 1) / T::BN, tile = blockIdx.x;
+  const int64_t m0 = tile / n_tiles * T::BM, n0 = tile % n_tiles * T::BN;
   const int ktiles = static_cast<int>((p.K_pad + kBK - 1) / kBK);
 
 #pragma unroll
@@ -167,8 +170,9 @@ __global__ void __launch_bounds__(T::kThreads) int8_gemm_kernel(const GemmParams
 
 template <class T>
 const char* launch(const GemmParams& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((p.N + T::BN - 1) / T::BN), static_cast<unsigned>((p.M + T::BM - 1) / T::BM));
-  int8_gemm_kernel<T><<<grid, T::kThreads, 0, stream>>>(p);
+  const int64_t tiles = (p.N + T::BN - 1) / T::BN * ((p.M + T::BM - 1) / T::BM);
+  if (tiles > 0x7fffffff) return "int8 GEMM: more than 2^31 - 1 output tiles (split the call)";
+  int8_gemm_kernel<T><<<static_cast<unsigned>(tiles), T::kThreads, 0, stream>>>(p);
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
