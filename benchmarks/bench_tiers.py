@@ -7,7 +7,7 @@ One run times, for each case:
   fastinfer, every tier this CPU runs (avx2, avx_vnni, avx512_vnni, amx), kernels capped with use_isa:
     gemm  ops.int8_mm (int8 in, int32 out: the GEMM kernel alone) on a packed [N, K] weight
     conv  ops.int8_conv2d, int8 channels_last in and out (kernel only), static scales, ReLU (the
-          depthwise layer runs the AVX-512 VNNI kernel on the amx tier)
+          depthwise and the grouped layer run the AVX-512 VNNI kernels on the amx tier)
   oneDNN through torch.ao (quantized engine 'onednn', prepacked weights), in one child process per
   ONEDNN_MAX_CPU_ISA value (oneDNN reads it once, when first used), the children started by this run:
     gemm  torch.ao.nn.quantized.Linear, quint8 in and out (its output requantized: one pass more than ours)
@@ -46,7 +46,8 @@ class Conv(NamedTuple):
 
 CONVS = [Conv("l1_3x3", 8, 64, 64, 3, 56, 1, 1), Conv("l1_1x1", 8, 256, 64, 1, 56, 1, 0),
          Conv("l3_3x3", 8, 256, 256, 3, 14, 1, 1), Conv("s2_3x3", 8, 128, 256, 3, 28, 2, 1),
-         Conv("l1_3x3", 1, 64, 64, 3, 56, 1, 1), Conv("dw_3x3", 8, 256, 256, 3, 28, 1, 1, groups=256)]
+         Conv("l1_3x3", 1, 64, 64, 3, 56, 1, 1), Conv("dw_3x3", 8, 256, 256, 3, 28, 1, 1, groups=256),
+         Conv("g32_3x3", 8, 128, 128, 3, 56, 1, 1, groups=32)]  # ResNeXt-50 32x4d layer1: 4 channels a group
 # fastinfer tier -> the oneDNN ISA with the same int8 instruction
 MATCH = {"avx2": "AVX2", "avx_vnni": "AVX2_VNNI", "avx512_vnni": "AVX512_CORE_VNNI", "amx": "AVX512_CORE_AMX"}
 
@@ -139,7 +140,7 @@ def fastinfer_rows(kinds: List[str], min_time: float) -> Tuple[List[Dict], List[
                     geo = ((c.stride, c.stride), (c.pad, c.pad), (1, 1), c.groups)
                     want = ref.int8_conv2d(xq, w, ws, b, *geo, 0.03, 0.05, "relu")
                     run = lambda: ops.int8_conv2d(xq, packed, ws, b, (c.k, c.k), *geo, 0.03, 0.05, "relu")  # noqa: E731
-                    family = "dwconv" if c.groups > 1 else "int8_gemm"
+                    family = "dwconv" if c.groups == c.C == c.Cout else "gconv" if c.groups > 1 else "int8_gemm"
                     xf = torch.randn(c.N, c.C, c.H, c.H).contiguous(memory_format=torch.channels_last)
                     wf = torch.randn(c.Cout, c.C // c.groups, c.k, c.k).contiguous(memory_format=torch.channels_last)
                     fp32 = lambda: F.conv2d(xf, wf, None, c.stride, c.pad, 1, c.groups)  # noqa: E731
@@ -150,9 +151,10 @@ def fastinfer_rows(kinds: List[str], min_time: float) -> Tuple[List[Dict], List[
                         out = run()
                         served = ops.last_kernel(family)
                         path = "" if kind == "gemm" else "depthwise" if family == "dwconv" else \
+                            "narrow groups" if family == "gconv" else \
                             "direct" if ops.last_kernel("conv_direct") else "gathered"
                         exact = torch.equal(out, want)
-                        # AMX's depthwise convolution is the AVX-512 VNNI kernel (cpu::served_tier)
+                        # AMX's depthwise and narrow-group convolutions are the AVX-512 VNNI kernels
                         expect = "avx512_vnni" if tier == "amx" else tier
                         if served != expect or not exact:
                             bad.append(f"{name} [{tier}]: served by {served!r}, bit-exact {exact}")

@@ -33,8 +33,9 @@ MODES = [  # (x_scale, out_scale, activation)
 ]
 
 
-# Grouped convolutions for the narrow-group kernel (AVX-512 VNNI; the other tiers gather rows per group and
-# must give the same bits). (N, C, H, W, Cout, k, stride, pad, dilation, groups)
+# Grouped convolutions for the narrow-group kernel (16-lane blocks on AVX-512, 8-lane on AVX2 and AVX-VNNI;
+# the reference tier, and geometries it does not serve, gather rows per group and must give the same bits).
+# (N, C, H, W, Cout, k, stride, pad, dilation, groups)
 GROUPED = [
     (1, 128, 9, 11, 128, 3, 1, 1, 1, 32),   # ResNeXt 32 x 4: permutes shared by a 3-wide row, tiles of 8 + 3
     (2, 64, 7, 7, 64, 3, 2, 1, 1, 8),       # stride 2: one permute per product
@@ -76,21 +77,27 @@ def test_int8_conv2d_matches_reference(isa, g, mode):
     assert_served("quantize", isa)
 
 
-def gconv_serves(isa, g):
-    """Whether the narrow-group kernel serves geometry g capped at isa: AVX-512 VNNI (AMX: the same kernel),
-    groups > 1 and not depthwise, Cin/groups % 4 == 0, Cout/groups < 64, and each 16-channel output block's
-    groups within a 64-byte window of input channels."""
+GCONV_LANES = {"avx2": 8, "avx_vnni": 8, "avx512_vnni": 16, "amx": 16}  # output channels a block
+
+
+def gconv_serves(isa, g, min128=False):
+    """Whether the narrow-group kernel serves geometry g capped at isa: every tier but ref (AMX: AVX-512
+    VNNI's kernel; AVX2: only for weights without -128), groups > 1 and not depthwise, Cin/groups % 4 == 0,
+    Cout/groups < 64, and each block's groups (16 output channels on AVX-512, 8 on the 256-bit tiers) within
+    a window of 4 bytes a lane of input channels."""
     N, C, H, W, Co, k, s, p, d, groups = g
     cin_g, cout_g = C // groups, Co // groups
-    if isa not in ("avx512_vnni", "amx") or groups == 1 or cin_g % 4 or cout_g >= 64:
+    lanes = GCONV_LANES.get(isa)
+    if lanes is None or (min128 and isa == "avx2") or groups == 1 or cin_g % 4 or cout_g >= 64:
         return False
-    return all(((min(o + 16, Co) - 1) // cout_g - o // cout_g) * cin_g + 4 <= 64 for o in range(0, Co, 16))
+    return all(((min(o + lanes, Co) - 1) // cout_g - o // cout_g) * cin_g + 4 <= 4 * lanes
+               for o in range(0, Co, lanes))
 
 
-def assert_conv_path(isa, g):
+def assert_conv_path(isa, g, min128=False):
     """A non-depthwise convolution ran the narrow-group kernel, or else the int8 GEMM (direct or gathered)."""
-    if gconv_serves(isa, g):
-        assert ops.last_kernel("gconv") == "avx512_vnni"
+    if gconv_serves(isa, g, min128):
+        assert ops.last_kernel("gconv") == {"amx": "avx512_vnni"}.get(isa, isa)
         assert ops.last_kernel("conv_direct") == ""
     else:
         assert ops.last_kernel("gconv") == ""
@@ -308,6 +315,19 @@ def test_grouped_conv_threads(isa):
             torch.testing.assert_close(y, want, rtol=0, atol=0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_grouped_conv_min128_weights(vnni):
+    # The narrow-group kernel on AVX2 steps with vpmaddubsw too: a weight with -128 in any group sends the
+    # layer to the gathered rows per group there; the VNNI tiers keep the kernel. Both bit-exact.
+    g = GROUPED[0]
+    N, C, H, W, Co, k, s, p, d, groups = g
+    x, w, ws, b = make(g)
+    w[100, 2, 1, 1] = -128  # group 25
+    y = ops.int8_conv2d(x, ops.pack_conv_weight(w, groups), ws, b, (k, k), (s, s), (p, p), (d, d), groups, 0.03, 0.05)
+    assert_conv_path(vnni, g, min128=True)
+    want = ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), groups, 0.03, 0.05)
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
 
 
 def test_direct_conv_and_min128_weights(vnni):

@@ -54,7 +54,7 @@ at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups) {
   if (is_depthwise(groups, cin_g * groups, cout) && cin_g == 1)  // [KH*KW, C]: channels contiguous per tap
     return w.reshape({cout, kh * kw}).t().contiguous();
   const int64_t cout_g = cout / groups, K = kh * kw * cin_g;
-  TORCH_CHECK(K <= kMaxK, "fastinfer.pack_conv_weight: KH*KW*Cin/groups must be <= ", kMaxK, ", got ", K);
+  check_max_k(K, "pack_conv_weight", "KH*KW*Cin/groups");
   at::Tensor out = at::empty({groups, kernels::packed_nbytes(cout_g, K)}, w.options().dtype(at::kByte));
   // Taps outer, channels inner: the gathered activation row is (kh, kw, c), NHWC-contiguous runs.
   const at::Tensor rows = w.permute({0, 2, 3, 1}).contiguous().reshape({cout, K});
@@ -388,50 +388,51 @@ void depthwise_by_rows(const kernels::KernelSet& ks, const kernels::DwConvParams
 
 // The narrow-group convolution (KernelSet::gconv, GroupConvParams): its operands, rebuilt per call from
 // the packed per-group weights (a few KB: ResNeXt's 128 channels of 4 at 3x3 is 4.6 KB of weights).
+// L = lanes (KernelSet::gconv_lanes) output channels a block.
 struct GroupConvPlan {
-  at::Tensor w;       // [blocks][taps][cin_g / 4][16][4] int8
-  at::Tensor idx;     // [blocks][16] int32: each lane's dword in its block's 64-byte window
+  at::Tensor w;       // [blocks][taps][cin_g / 4][L][4] int8
+  at::Tensor idx;     // [blocks][L] int32: each lane's dword in its block's window of 4 L bytes
   at::Tensor off;     // [blocks] int32: the window's first input channel
-  at::Tensor colsum;  // [blocks * 16] int32: sum of each output channel's weights (0 past Cout)
+  at::Tensor colsum;  // [blocks * L] int32: sum of each output channel's weights (0 past Cout)
   bool one_group_blocks = true;
 };
 
-// Whether the narrow-group kernel serves: whole 4-channel k steps within a group, each 16-lane block's
-// groups within one 64-byte window ((last group - first group) * Cin/groups + 4 <= 64), and groups of
+// Whether the narrow-group kernel serves: whole 4-channel k steps within a group, each L-lane block's
+// groups within one window of 4 L bytes ((last group - first group) * Cin/groups + 4 <= 4 L), and groups of
 // fewer than 64 output channels. From 64 on, a group fills the GEMM kernels' 64-column register tile
 // and the gathered rows run as fast (AMD Zen 5, 2 threads, batch 8, 3x3: 2 groups of 64 at 28 x 28,
 // 1.31-1.41 ms against 1.36-1.59 here; 4 groups of 64, 2.64-2.84 against 2.69-2.90), while groups of
 // 4, 8 and 16 channels ran 23x, 10x and 3.5x faster here than there.
-bool group_conv_fits(const ConvArgs& a) {
+bool group_conv_fits(const ConvArgs& a, int64_t lanes) {
   const int64_t cin_g = a.C / a.groups, cout_g = a.Cout / a.groups;
   constexpr int64_t kGemmTileColumns = 64;
   if (a.groups == 1 || cin_g % 4 != 0 || cout_g >= kGemmTileColumns) return false;
-  for (int64_t o = 0; o < a.Cout; o += 16) {
-    const int64_t g0 = o / cout_g, g1 = (std::min(o + 16, a.Cout) - 1) / cout_g;
-    if ((g1 - g0) * cin_g + 4 > 64) return false;
+  for (int64_t o = 0; o < a.Cout; o += lanes) {
+    const int64_t g0 = o / cout_g, g1 = (std::min(o + lanes, a.Cout) - 1) / cout_g;
+    if ((g1 - g0) * cin_g + 4 > 4 * lanes) return false;
   }
   return true;
 }
 
-GroupConvPlan group_conv_plan(const at::Tensor& packed_w, const ConvArgs& a) {
+GroupConvPlan group_conv_plan(const at::Tensor& packed_w, const ConvArgs& a, int64_t lanes) {
   const int64_t cin_g = a.C / a.groups, cout_g = a.Cout / a.groups, taps = a.KH * a.KW, K = taps * cin_g;
-  const int64_t steps = cin_g / 4, blocks = (a.Cout + 15) / 16;
+  const int64_t steps = cin_g / 4, blocks = (a.Cout + lanes - 1) / lanes, L = lanes;
   std::vector<int8_t> rows(static_cast<size_t>(a.Cout * K));  // [Cout, K], K ordered (kh, kw, c)
   for (int64_t g = 0; g < a.groups; ++g)
     kernels::unpack_int8_weight(packed_w.data_ptr<uint8_t>() + g * packed_w.size(1), rows.data() + g * cout_g * K, K);
   GroupConvPlan pl;
-  pl.w = at::zeros({blocks * taps * steps * 64}, at::dtype(at::kChar));
-  pl.idx = at::zeros({blocks * 16}, at::dtype(at::kInt));
+  pl.w = at::zeros({blocks * taps * steps * L * 4}, at::dtype(at::kChar));
+  pl.idx = at::zeros({blocks * L}, at::dtype(at::kInt));
   pl.off = at::empty({blocks}, at::dtype(at::kInt));
-  pl.colsum = at::zeros({blocks * 16}, at::dtype(at::kInt));
+  pl.colsum = at::zeros({blocks * L}, at::dtype(at::kInt));
   int8_t* w = pl.w.data_ptr<int8_t>();
   int32_t *idx = pl.idx.data_ptr<int32_t>(), *off = pl.off.data_ptr<int32_t>(), *cs = pl.colsum.data_ptr<int32_t>();
   for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t g0 = 16 * b / cout_g;
+    const int64_t g0 = L * b / cout_g;
     off[b] = static_cast<int32_t>(g0 * cin_g);
-    for (int64_t j = 0; j < 16 && 16 * b + j < a.Cout; ++j) {
-      const int64_t o = 16 * b + j, g = o / cout_g;
-      idx[16 * b + j] = static_cast<int32_t>((g - g0) * cin_g / 4);
+    for (int64_t j = 0; j < L && L * b + j < a.Cout; ++j) {
+      const int64_t o = L * b + j, g = o / cout_g;
+      idx[L * b + j] = static_cast<int32_t>((g - g0) * cin_g / 4);
       pl.one_group_blocks = pl.one_group_blocks && g == g0;
       const int8_t* row = rows.data() + o * K;
       int32_t sum = 0;
@@ -439,15 +440,16 @@ GroupConvPlan group_conv_plan(const at::Tensor& packed_w, const ConvArgs& a) {
       cs[o] = sum;
       for (int64_t k = 0; k < K; ++k) {  // k = t * cin_g + 4 * s + e
         const int64_t t = k / cin_g, s = k % cin_g / 4, e = k % 4;
-        w[(((b * taps + t) * steps + s) * 16 + j) * 4 + e] = row[k];
+        w[(((b * taps + t) * steps + s) * L + j) * 4 + e] = row[k];
       }
     }
   }
   return pl;
 }
 
-// Items are (image, output row group), as in conv_direct: each writes the padded u8 input rows its
-// group reads into a thread-local slab (quantized or copied, borders 128) and runs the kernel on it.
+// Items are (image, output row group), as in conv_direct: each writes the padded input rows its group
+// reads into a thread-local slab (quantized or copied; u8 with borders 128, or s8 with borders 0 where
+// the kernel set reads s8) and runs the kernel on it.
 // Groups keep the slab within about 256 KB (L2) and give each thread at least 4 items.
 void conv_grouped(const kernels::KernelSet& ks, const ConvArgs& a, const at::Tensor& x_rows, float a_scale,
                   const GroupConvPlan& plan, const ConvEpilogue& epi, at::Tensor& out, kernels::OutKind kind,
@@ -468,7 +470,7 @@ void conv_grouped(const kernels::KernelSet& ks, const ConvArgs& a, const at::Ten
   gp.lane_idx = plan.idx.data_ptr<int32_t>();
   gp.block_off = plan.off.data_ptr<int32_t>();
   gp.one_group_blocks = plan.one_group_blocks;
-  const PaddedRows rows(x_rows, a, a_scale, a.PH, a.PW, /*shift=*/true);
+  const PaddedRows rows(x_rows, a, a_scale, a.PH, a.PW, /*shift=*/!ks.gconv_signed_x);
   const int64_t threads = at::get_num_threads(), slab_row = gp.Wp * a.C, reach = a.DH * (a.KH - 1) + 1;
   constexpr int64_t kSlabTarget = 256 << 10, kSlack = 64;
   const int64_t max_group = std::max<int64_t>(1, (kSlabTarget / slab_row - reach) / a.SH + 1);
@@ -547,11 +549,16 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   }
   const kernels::OutKind kind = out_scale ? kernels::OutKind::Int8 : kernels::OutKind::Float32;
   const ConvEpilogue epi = fold_epilogue(a_scale, ws, bi, out_scale, act);
-  if (!dw && group_conv_fits(a)) {  // 2a) narrow groups: all channels of a pixel at once
+  if (!dw && a.groups > 1) {  // 2a) narrow groups: all channels of a pixel at once
     const kernels::KernelSet& gk = kernels_for(Family::GroupConv);
-    if (gk.gconv) {
+    // AVX2's step is exact only without -128 in the weight (every group's header says whether).
+    const bool exact = !gk.conv_direct_no_min128 ||
+                       std::all_of(headers.begin(), headers.end(), [](const PackedHeader& h) {
+                         return kernels::packed_no_min128(h);
+                       });
+    if (gk.gconv && exact && group_conv_fits(a, gk.gconv_lanes)) {
       clear_kernel(Family::ConvDirect);
-      conv_grouped(gk, a, x_rows, a_scale, group_conv_plan(packed_w, a), epi, out, kind, act);
+      conv_grouped(gk, a, x_rows, a_scale, group_conv_plan(packed_w, a, gk.gconv_lanes), epi, out, kind, act);
       return out;
     }
   }

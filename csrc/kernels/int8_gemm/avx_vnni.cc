@@ -95,6 +95,8 @@ const KernelSet& kernels_avx_vnni() {
     k.conv_direct = ymm_conv_direct<VnniDot>;
     k.conv_direct_no_min128 = false;  // vpdpbusd is exact for every weight
     k.conv_tile_rows = VnniDot::kMR;
+    k.gconv = ymm_gconv<VnniDot>;  // gconv_lanes 8, as AVX2's
+    k.gconv_signed_x = !VnniDot::kShifted;
     return k;
   }();
   return s;

@@ -133,16 +133,18 @@ inline int64_t conv_direct_slack_bytes(const ConvDirectParams& c) {
 // span at most 64 bytes of channels.
 //   acc[pixel, o] = sum over taps, c in o's group of x_u8[...] * w[o, c, tap] - 128 * colsum[o]
 // then the epilogue of Int8GemmParams (its b_colsum is colsum).
+// L = KernelSet::gconv_lanes output channels a block (16 on AVX-512, 8 on the 256-bit tiers); each block's
+// groups lie in one window of 4 L input bytes from block_off.
 struct GroupConvParams {
-  Int8GemmParams gemm;            // epilogue fields, N = Cout, out [pixels, Cout] (ldo), b_colsum [blocks * 16]
-  const uint8_t* x = nullptr;     // [Hp, Wp, C] u8 = s8 + 128, the padding in place (128), and 64 readable
-                                  // bytes after the last pixel
+  Int8GemmParams gemm;            // epilogue fields, N = Cout, out [pixels, Cout] (ldo), b_colsum [blocks * L]
+  const uint8_t* x = nullptr;     // [Hp, Wp, C] u8 = s8 + 128 (or s8: KernelSet::gconv_signed_x), the
+                                  // padding in place, and 64 readable bytes after the last pixel
   int64_t Wp = 0, C = 0, OW = 0;
   int64_t KH = 1, KW = 1, SH = 1, SW = 1, DH = 1, DW = 1;
   int64_t cin_g = 0;              // input channels per group, a multiple of 4
-  int64_t blocks = 0;             // ceil(Cout / 16)
-  const int8_t* w = nullptr;      // [blocks][KH * KW][cin_g / 4][16 lanes][4 bytes], 0 past Cout
-  const int32_t* lane_idx = nullptr;   // [blocks][16]
+  int64_t blocks = 0;             // ceil(Cout / L)
+  const int8_t* w = nullptr;      // [blocks][KH * KW][cin_g / 4][L lanes][4 bytes], 0 past Cout
+  const int32_t* lane_idx = nullptr;   // [blocks][L]: each lane's dword in its block's window
   const int32_t* block_off = nullptr;  // [blocks], in bytes (channels)
   bool one_group_blocks = false;  // each block's lanes share one group: lane_idx is all 0
 };
@@ -186,9 +188,12 @@ struct KernelSet {
   int64_t conv_c_step = 64;      // conv_direct needs C % conv_c_step == 0 (a tile step, or a 4-byte k step)
   int64_t conv_tile_rows = 16;   // output pixels per A tile of conv_direct (AMX 16; VNNI register tiles 6)
   AddFn add_act = nullptr;       // null: the portable kernels::add_act (baseline-flag vectors)
-  bool conv_direct_no_min128 = false;  // conv_direct is exact only for weights without -128 (AVX2's maddubs)
+  bool conv_direct_no_min128 = false;  // conv_direct and gconv are exact only for weights without -128
+                                       // (AVX2's maddubs)
   DwPathFn dwconv_path = nullptr;      // null: dwconv has one way (AVX2's tap pairs, the scalar reference)
   GroupConvFn gconv = nullptr;         // null: grouped convolutions take the gathered rows per group
+  int64_t gconv_lanes = 16;            // output channels per gconv block (GroupConvParams' L)
+  bool gconv_signed_x = false;         // gconv reads an s8 slab (padding 0), else u8 = s8 + 128 (padding 128)
 };
 
 // Defined one per ISA translation unit.

@@ -1,5 +1,6 @@
 // The 256-bit int8 tile shared by the AVX2 and AVX-VNNI kernel sets: GEMM rows or direct-convolution
 // pixels x 16-column blocks of the n16k4 packing, and its epilogue (EPILOGUE.md), 8 columns per vector;
+// the narrow-group convolution (ymm_gconv) on the same 4-byte step;
 // and their depthwise convolutions: row quads (ymm_dwconv_quads, with a quad-step policy) and, where those do
 // not serve, pairs of taps (ymm_dwconv, with a pair-step policy).
 // The two sets differ only in the 4-byte dot product step, which the including file supplies as a
@@ -268,6 +269,103 @@ void ymm_conv_direct(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
       cp, r0, r1, n0, n1, [&](int64_t w, int64_t, const int64_t* tap_off, const uint8_t* a0, int64_t out_row, int64_t n) {
         table[w - 1](cp.gemm, tap_off, taps, cq, a0, lda, out_row, n);
       });
+}
+
+// The narrow-group convolution (GroupConvFn, GroupConvParams with lanes = 8) of both sets: gconv_avx512.cc's
+// scheme on 256-bit vectors. Each int32 lane is one output channel; the 32 input bytes at its block's
+// first group are loaded and vpermd moves each lane's group dword under it (a broadcast when the block's 8
+// channels share one group). The slab holds the step's own encoding (KernelSet::gconv_signed_x): s8 for
+// AVX2 (Dot::row<true>: |a| and its sign, no flip), u8 = s8 + 128 for AVX-VNNI (the epilogue subtracts
+// 128 * colsum). R output pixels share each weight vector; the generic epilogue8 stores them.
+inline __m256i ymm_gconv_load(const uint8_t* px, __m256i idx, bool bcast) {
+  return bcast ? bcast_u8x4(px)
+               : _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(px)), idx);
+}
+
+template <class Dot, int R, bool BCAST>
+void ymm_gconv_tile(const GroupConvParams& p, const Cols8& c, __m256i idx, int64_t b, int64_t r, int64_t ow) {
+  __m256i acc[R];
+  for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_si256();
+  const int64_t steps = p.cin_g / 4, pix = p.SW * p.C;
+  const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
+  const int8_t* w = p.w + b * p.KH * p.KW * steps * 32;
+  for (int64_t kh = 0; kh < p.KH; ++kh) {
+    for (int64_t kw = 0; kw < p.KW; ++kw) {
+      const uint8_t* xt = x0 + (kh * p.DH * p.Wp + kw * p.DW) * p.C;
+      for (int64_t s = 0; s < steps; ++s, w += 32, xt += 4) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i)
+          acc[i] = Dot::step(acc[i], Dot::template row<!Dot::kShifted>(ymm_gconv_load(xt + i * pix, idx, BCAST)), wv);
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i) epilogue8(p.gemm, c, r * p.OW + ow + i, acc[i]);
+}
+
+// Stride 1, dilation 1, a 3-wide kernel: the three taps of a kernel row read neighbouring pixels, so each
+// of the R + 2 pixels is loaded and permuted once for all three (as gconv_avx512.cc's gconv_tile_w3).
+template <class Dot, int R>
+void ymm_gconv_tile_w3(const GroupConvParams& p, const Cols8& c, __m256i idx, int64_t b, int64_t r, int64_t ow) {
+  __m256i acc[R];
+  for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_si256();
+  const int64_t steps = p.cin_g / 4;
+  const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow) * p.C + p.block_off[b];
+  const int8_t* w0 = p.w + b * p.KH * 3 * steps * 32;
+  for (int64_t kh = 0; kh < p.KH; ++kh) {
+    const uint8_t* xr = x0 + kh * p.DH * p.Wp * p.C;
+    const int8_t* wr = w0 + kh * 3 * steps * 32;
+    for (int64_t s = 0; s < steps; ++s, xr += 4, wr += 32) {
+      __m256i v[R + 2];
+#pragma GCC unroll 8
+      for (int i = 0; i < R + 2; ++i) v[i] = ymm_gconv_load(xr + i * p.C, idx, false);
+#pragma GCC unroll 3
+      for (int kw = 0; kw < 3; ++kw) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + kw * steps * 32));
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) acc[i] = Dot::step(acc[i], Dot::template row<!Dot::kShifted>(v[i + kw]), wv);
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i) epilogue8(p.gemm, c, r * p.OW + ow + i, acc[i]);
+}
+
+constexpr int kYmmGconvPixels = 8;    // output pixels of a tile
+constexpr int kYmmGconvW3Pixels = 4;  // of a 3-wide tile: its R + 2 permuted inputs stay in registers
+using YmmGconvTileFn = void (*)(const GroupConvParams&, const Cols8&, __m256i, int64_t, int64_t, int64_t);
+template <size_t N>
+using YmmGconvTiles = std::array<YmmGconvTileFn, N + 1>;  // by pixel count (entry 0 unused)
+
+// MODE 0: a permute per product; 1: broadcasts (one-group blocks); 2: permutes shared by a 3-wide row.
+template <class Dot, int MODE, size_t... I>
+constexpr YmmGconvTiles<sizeof...(I)> ymm_gconv_tiles(std::index_sequence<I...>) {
+  if constexpr (MODE == 2)
+    return {{nullptr, &ymm_gconv_tile_w3<Dot, static_cast<int>(I) + 1>...}};
+  else
+    return {{nullptr, &ymm_gconv_tile<Dot, static_cast<int>(I) + 1, MODE == 1>...}};
+}
+
+template <class Dot, int MODE>
+void ymm_gconv_rows(const GroupConvParams& p, int64_t r0, int64_t r1) {
+  constexpr int kMax = MODE == 2 ? kYmmGconvW3Pixels : kYmmGconvPixels;
+  static constexpr auto kTiles = ymm_gconv_tiles<Dot, MODE>(std::make_index_sequence<kMax>{});
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t b = 0; b < p.blocks; ++b) {
+      const Cols8 c = cols8(p.gemm, b * 8, Dot::kShifted);
+      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.lane_idx + b * 8));
+      for (int64_t ow = 0; ow < p.OW; ow += kMax) kTiles[std::min<int64_t>(kMax, p.OW - ow)](p, c, idx, b, r, ow);
+    }
+  }
+}
+
+template <class Dot>
+void ymm_gconv(const GroupConvParams& p, int64_t r0, int64_t r1) {
+  if (p.one_group_blocks)
+    ymm_gconv_rows<Dot, 1>(p, r0, r1);
+  else if (p.KW == 3 && p.SW == 1 && p.DW == 1)
+    ymm_gconv_rows<Dot, 2>(p, r0, r1);
+  else
+    ymm_gconv_rows<Dot, 0>(p, r0, r1);
 }
 
 // The depthwise convolution (DwConvFn) of both sets where the row quads below do not serve (channels not a
