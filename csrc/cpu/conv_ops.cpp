@@ -387,7 +387,7 @@ void depthwise_by_rows(const kernels::KernelSet& ks, const kernels::DwConvParams
 }
 
 // The narrow-group convolution (KernelSet::gconv, GroupConvParams): its operands, rebuilt per call from
-// the packed per-group weights (a few KB: ResNeXt's 128 channels of 4 at 3x3 is 4.6 KB of weights).
+// the packed per-group weights (4.6 KB at ResNeXt-50's first stage, 295 KB at its last).
 // L = lanes (KernelSet::gconv_lanes) output channels a block.
 struct GroupConvPlan {
   at::Tensor w;       // [blocks][taps][cin_g / 4][L][4] int8
@@ -414,34 +414,36 @@ bool group_conv_fits(const ConvArgs& a, int64_t lanes) {
   return true;
 }
 
-GroupConvPlan group_conv_plan(const at::Tensor& packed_w, const ConvArgs& a, int64_t lanes) {
-  const int64_t cin_g = a.C / a.groups, cout_g = a.Cout / a.groups, taps = a.KH * a.KW, K = taps * cin_g;
+// Read straight from each group's packed GEMM weight (n16k4: the 4 bytes of output n at k-quad q are one
+// dword) and its stored column sums: one dword copy per lane, tap and step (ResNeXt-50's 1024-channel layer:
+// 74K), no unpacking.
+GroupConvPlan group_conv_plan(const at::Tensor& packed_w, const std::vector<PackedHeader>& headers,
+                              const ConvArgs& a, int64_t lanes) {
+  const int64_t cin_g = a.C / a.groups, cout_g = a.Cout / a.groups, taps = a.KH * a.KW;
   const int64_t steps = cin_g / 4, blocks = (a.Cout + lanes - 1) / lanes, L = lanes;
-  std::vector<int8_t> rows(static_cast<size_t>(a.Cout * K));  // [Cout, K], K ordered (kh, kw, c)
-  for (int64_t g = 0; g < a.groups; ++g)
-    kernels::unpack_int8_weight(packed_w.data_ptr<uint8_t>() + g * packed_w.size(1), rows.data() + g * cout_g * K, K);
   GroupConvPlan pl;
   pl.w = at::zeros({blocks * taps * steps * L * 4}, at::dtype(at::kChar));
   pl.idx = at::zeros({blocks * L}, at::dtype(at::kInt));
   pl.off = at::empty({blocks}, at::dtype(at::kInt));
   pl.colsum = at::zeros({blocks * L}, at::dtype(at::kInt));
-  int8_t* w = pl.w.data_ptr<int8_t>();
+  int32_t* w = reinterpret_cast<int32_t*>(pl.w.data_ptr<int8_t>());
   int32_t *idx = pl.idx.data_ptr<int32_t>(), *off = pl.off.data_ptr<int32_t>(), *cs = pl.colsum.data_ptr<int32_t>();
+  const uint8_t* base = packed_w.data_ptr<uint8_t>();
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t g0 = L * b / cout_g;
     off[b] = static_cast<int32_t>(g0 * cin_g);
     for (int64_t j = 0; j < L && L * b + j < a.Cout; ++j) {
-      const int64_t o = L * b + j, g = o / cout_g;
+      const int64_t o = L * b + j, g = o / cout_g, n = o % cout_g;
       idx[L * b + j] = static_cast<int32_t>((g - g0) * cin_g / 4);
       pl.one_group_blocks = pl.one_group_blocks && g == g0;
-      const int8_t* row = rows.data() + o * K;
-      int32_t sum = 0;
-      for (int64_t k = 0; k < K; ++k) sum += row[k];
+      const PackedHeader& h = headers[static_cast<size_t>(g)];
+      const uint8_t* buf = base + g * packed_w.size(1);
+      int32_t sum;
+      std::memcpy(&sum, buf + h.colsum_offset + n * 4, 4);
       cs[o] = sum;
-      for (int64_t k = 0; k < K; ++k) {  // k = t * cin_g + 4 * s + e
-        const int64_t t = k / cin_g, s = k % cin_g / 4, e = k % 4;
-        w[(((b * taps + t) * steps + s) * L + j) * 4 + e] = row[k];
-      }
+      // k = t * cin_g + 4 * s (taps ordered (kh, kw), channels fastest): k-quad t * steps + s
+      const uint8_t* col = buf + h.data_offset + (n / kernels::kPackNB) * (h.K_pad / 4) * 64 + (n % kernels::kPackNB) * 4;
+      for (int64_t q = 0; q < taps * steps; ++q) std::memcpy(w + (b * taps * steps + q) * L + j, col + q * 64, 4);
     }
   }
   return pl;
@@ -558,7 +560,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
                        });
     if (gk.gconv && exact && group_conv_fits(a, gk.gconv_lanes)) {
       clear_kernel(Family::ConvDirect);
-      conv_grouped(gk, a, x_rows, a_scale, group_conv_plan(packed_w, a, gk.gconv_lanes), epi, out, kind, act);
+      conv_grouped(gk, a, x_rows, a_scale, group_conv_plan(packed_w, headers, a, gk.gconv_lanes), epi, out, kind,
+                   act);
       return out;
     }
   }
