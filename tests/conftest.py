@@ -53,7 +53,8 @@ def _seed():
 
 # The edge cases of the convolution's folded epilogue (finite scales: the AMX/VNNI fast path) and of the
 # general one: int8 outputs far outside [-127, 127] (past int32 too), a NaN input with the dynamic scale,
-# the smallest output scale accepted (FLT_MIN: y * 1/out_scale overflows to inf in fp32), a per-channel scale whose product with x_scale overflows.
+# the smallest output scale accepted (FLT_MIN: y / out_scale overflows to inf in fp32), a per-channel scale
+# whose product with x_scale overflows.
 CONV_EPILOGUE_EDGES = ["saturating", "nan-input", "tiny-out-scale", "huge-scale"]
 
 

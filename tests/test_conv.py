@@ -48,6 +48,8 @@ GROUPED = [
     (1, 24, 8, 16, 24, 3, 1, 1, 1, 4),      # 6 inputs a group: gathered rows
     (1, 128, 5, 5, 16, 3, 1, 1, 1, 2),      # 64 inputs a group, 8 outputs: a block's window would be 68 bytes
     (1, 128, 6, 6, 128, 3, 1, 1, 1, 2),     # 64 outputs a group: the GEMM fills its tiles (gathered rows)
+    (1, 64, 6, 7, 64, 3, 1, 1, 1, 2),       # 32 outputs a group: broadcasts shared by a block pair (4 pairs on ymm)
+    (2, 96, 5, 9, 96, 3, 2, 1, 1, 2),       # 48 outputs a group, stride 2: a pair and a single block per group
 ]
 
 

@@ -147,7 +147,8 @@ def test_module_between_devices_state_dict_compile_and_graphs():
 
 def test_quantize_cnn_on_gpu():
     model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=32),
-                          nn.Conv2d(32, 32, 3, padding=1, groups=8), nn.Flatten(), nn.Linear(32 * 8 * 8, 10)).eval().cuda()
+                          nn.Conv2d(32, 32, 3, padding=1, groups=8), nn.Flatten(),
+                          nn.Linear(32 * 8 * 8, 10)).eval().cuda()
     x = torch.randn(8, 16, 8, 8, device=DEV)
     q = fastinfer.quantize(copy.deepcopy(model), "w8a8_dynamic")
     assert sum(isinstance(m, Int8Conv2d) for m in q.modules()) == 3

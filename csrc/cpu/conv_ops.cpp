@@ -442,7 +442,8 @@ GroupConvPlan group_conv_plan(const at::Tensor& packed_w, const std::vector<Pack
       std::memcpy(&sum, buf + h.colsum_offset + n * 4, 4);
       cs[o] = sum;
       // k = t * cin_g + 4 * s (taps ordered (kh, kw), channels fastest): k-quad t * steps + s
-      const uint8_t* col = buf + h.data_offset + (n / kernels::kPackNB) * (h.K_pad / 4) * 64 + (n % kernels::kPackNB) * 4;
+      const uint8_t* col =
+          buf + h.data_offset + (n / kernels::kPackNB) * (h.K_pad / 4) * 64 + (n % kernels::kPackNB) * 4;
       for (int64_t q = 0; q < taps * steps; ++q) std::memcpy(w + (b * taps * steps + q) * L + j, col + q * 64, 4);
     }
   }

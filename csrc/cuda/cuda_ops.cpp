@@ -583,7 +583,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   if (!dw) {
     TORCH_CHECK(packed_w.scalar_type() == at::kChar && packed_w.dim() == 2 && packed_w.size(0) == a.Cout &&
                 packed_w.size(1) == ck::round_up(K, ck::kKAlign) && packed_w.is_contiguous(), "fastinfer.int8_conv2d: "
-                "packed_w must be the CUDA conv weight int8 [Cout=", a.Cout, ", round_up(KH*KW*Cin/groups=", K, ", 16)] from "
+                "packed_w must be the CUDA conv weight int8 [Cout=", a.Cout, ", round_up(KH*KW*Cin/groups=", K,
+                ", 16)] from "
                 "pack_conv_weight on the GPU (Int8Conv2d.to('cuda') repacks), got ", packed_w.scalar_type(), " ",
                 packed_w.sizes());
   }
@@ -634,7 +635,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   sp.x = xq.data_ptr<int8_t>();
   sp.w = packed_w.data_ptr<int8_t>();
   sp.e = e;
-  if (groups == 1 && major == 9 && ck::sm90_conv_built() && ck::sm90_conv_supported(sp)) {  // implicit GEMM: no gathered copy
+  // Hopper, groups 1: the implicit GEMM (no gathered copy).
+  if (groups == 1 && major == 9 && ck::sm90_conv_built() && ck::sm90_conv_supported(sp)) {
     const size_t wsb = ck::sm90_conv_workspace_bytes(sp);
     at::Tensor workspace = at::empty({static_cast<int64_t>(wsb)}, x.options().dtype(at::kByte));
     check_launch(ck::launch_conv_sm90(sp, wsb ? workspace.data_ptr() : nullptr, stream), op);

@@ -107,6 +107,36 @@ void gconv_tile_w3(const GroupConvParams& p, const ColBlock16& cb, __m512i idx, 
   gconv_finish<R, F>(p.gemm, cb, r * p.OW + ow, acc);
 }
 
+// Two blocks of one group (32 or 48 output channels a group): each broadcast feeds both blocks' products,
+// one broadcast per two vpdpbusd instead of one (2 x R accumulators).
+template <int R, int F>
+void gconv_tile_pair(const GroupConvParams& p, const ColBlock16* cb, int64_t b, int64_t r, int64_t ow) {
+  __m512i acc[2][R];
+  for (int j = 0; j < 2; ++j) {
+    const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), cb[j].comp);
+    for (int i = 0; i < R; ++i) acc[j][i] = init;
+  }
+  const int64_t steps = p.cin_g / 4, pix = p.SW * p.C, next = p.KH * p.KW * steps * 64;
+  const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
+  const int8_t* w = p.w + b * next;
+  for (int64_t kh = 0; kh < p.KH; ++kh) {
+    for (int64_t kw = 0; kw < p.KW; ++kw) {
+      const uint8_t* xt = x0 + (kh * p.DH * p.Wp + kw * p.DW) * p.C;
+      for (int64_t s = 0; s < steps; ++s, w += 64, xt += 4) {
+        const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + next);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+          const __m512i xv = bcast_u8x4(xt + i * pix);
+          acc[0][i] = _mm512_dpbusd_epi32(acc[0][i], xv, w0);
+          acc[1][i] = _mm512_dpbusd_epi32(acc[1][i], xv, w1);
+        }
+      }
+    }
+  }
+  gconv_finish<R, F>(p.gemm, cb[0], r * p.OW + ow, acc[0]);
+  gconv_finish<R, F>(p.gemm, cb[1], r * p.OW + ow, acc[1]);
+}
+
 using GconvTileFn = void (*)(const GroupConvParams&, const ColBlock16&, __m512i, int64_t, int64_t, int64_t);
 using GconvTiles = std::array<GconvTileFn, kPixels + 1>;  // by pixel count (entry 0 unused)
 
@@ -117,6 +147,46 @@ constexpr GconvTiles gconv_tiles(std::index_sequence<I...>) {
     return {{nullptr, &gconv_tile_w3<static_cast<int>(I) + 1, F>...}};
   else
     return {{nullptr, &gconv_tile<static_cast<int>(I) + 1, MODE == 1, F>...}};
+}
+
+using GconvPairFn = void (*)(const GroupConvParams&, const ColBlock16*, int64_t, int64_t, int64_t);
+using GconvPairs = std::array<GconvPairFn, kPixels + 1>;
+template <int F, size_t... I>
+constexpr GconvPairs gconv_pairs(std::index_sequence<I...>) {
+  return {{nullptr, &gconv_tile_pair<static_cast<int>(I) + 1, F>...}};
+}
+
+// MODE 1 (one-group blocks) with neighbouring blocks of one group taken in pairs.
+void gconv_rows_paired(const GroupConvParams& p, int64_t r0, int64_t r1) {
+  static constexpr GconvPairs kGeneral = gconv_pairs<-1>(std::make_index_sequence<kPixels>{});
+  static constexpr GconvPairs kNone = gconv_pairs<static_cast<int>(Act::None)>(std::make_index_sequence<kPixels>{});
+  static constexpr GconvPairs kRelu = gconv_pairs<static_cast<int>(Act::Relu)>(std::make_index_sequence<kPixels>{});
+  static constexpr GconvPairs kRelu6 = gconv_pairs<static_cast<int>(Act::Relu6)>(std::make_index_sequence<kPixels>{});
+  static constexpr GconvTiles kSingle = gconv_tiles<1, -1>(std::make_index_sequence<kPixels>{});
+  static constexpr GconvTiles kSingleNone = gconv_tiles<1, static_cast<int>(Act::None)>(std::make_index_sequence<kPixels>{});
+  static constexpr GconvTiles kSingleRelu = gconv_tiles<1, static_cast<int>(Act::Relu)>(std::make_index_sequence<kPixels>{});
+  static constexpr GconvTiles kSingleRelu6 =
+      gconv_tiles<1, static_cast<int>(Act::Relu6)>(std::make_index_sequence<kPixels>{});
+  const Int8GemmParams& e = p.gemm;
+  const bool fast = e.folded && e.out_kind == OutKind::Int8 && e.act != Act::Gelu;  // as gconv_rows
+  const GconvPairs& pairs = !fast ? kGeneral : e.act == Act::None ? kNone : e.act == Act::Relu ? kRelu : kRelu6;
+  const GconvTiles& singles = !fast ? kSingle : e.act == Act::None ? kSingleNone
+                            : e.act == Act::Relu ? kSingleRelu : kSingleRelu6;
+  const __m512i idx = _mm512_setzero_si512();  // unused by broadcasts
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t b = 0; b < p.blocks;) {
+      if (b + 1 < p.blocks && p.block_off[b + 1] == p.block_off[b]) {  // the same group
+        const ColBlock16 cb[2] = {col_block16(e, b * 16), col_block16(e, (b + 1) * 16)};
+        for (int64_t ow = 0; ow < p.OW; ow += kPixels) pairs[std::min<int64_t>(kPixels, p.OW - ow)](p, cb, b, r, ow);
+        b += 2;
+      } else {
+        const ColBlock16 cb = col_block16(e, b * 16);
+        for (int64_t ow = 0; ow < p.OW; ow += kPixels)
+          singles[std::min<int64_t>(kPixels, p.OW - ow)](p, cb, idx, b, r, ow);
+        b += 1;
+      }
+    }
+  }
 }
 
 template <int MODE>
@@ -143,7 +213,7 @@ void gconv_rows(const GroupConvParams& p, int64_t r0, int64_t r1) {
 
 void gconv_avx512(const GroupConvParams& p, int64_t r0, int64_t r1) {
   if (p.one_group_blocks)
-    gconv_rows<1>(p, r0, r1);
+    gconv_rows_paired(p, r0, r1);
   else if (p.KW == 3 && p.SW == 1 && p.DW == 1)
     gconv_rows<2>(p, r0, r1);
   else

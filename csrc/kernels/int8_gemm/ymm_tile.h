@@ -330,8 +330,40 @@ void ymm_gconv_tile_w3(const GroupConvParams& p, const Cols8& c, __m256i idx, in
   for (int i = 0; i < R; ++i) epilogue8(p.gemm, c, r * p.OW + ow + i, acc[i]);
 }
 
+// Two blocks of one group (16 or more output channels a group): each broadcast row (AVX2: with its |a|)
+// feeds both blocks' steps.
+template <class Dot, int R>
+void ymm_gconv_tile_pair(const GroupConvParams& p, const Cols8* c, int64_t b, int64_t r, int64_t ow) {
+  __m256i acc[2][R];
+  for (int j = 0; j < 2; ++j)
+    for (int i = 0; i < R; ++i) acc[j][i] = _mm256_setzero_si256();
+  const int64_t steps = p.cin_g / 4, pix = p.SW * p.C, next = p.KH * p.KW * steps * 32;
+  const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
+  const int8_t* w = p.w + b * next;
+  for (int64_t kh = 0; kh < p.KH; ++kh) {
+    for (int64_t kw = 0; kw < p.KW; ++kw) {
+      const uint8_t* xt = x0 + (kh * p.DH * p.Wp + kw * p.DW) * p.C;
+      for (int64_t s = 0; s < steps; ++s, w += 32, xt += 4) {
+        const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+        const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + next));
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+          const typename Dot::Row row = Dot::template row<!Dot::kShifted>(bcast_u8x4(xt + i * pix));
+          acc[0][i] = Dot::step(acc[0][i], row, w0);
+          acc[1][i] = Dot::step(acc[1][i], row, w1);
+        }
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    epilogue8(p.gemm, c[0], r * p.OW + ow + i, acc[0][i]);
+    epilogue8(p.gemm, c[1], r * p.OW + ow + i, acc[1][i]);
+  }
+}
+
 constexpr int kYmmGconvPixels = 8;    // output pixels of a tile
 constexpr int kYmmGconvW3Pixels = 4;  // of a 3-wide tile: its R + 2 permuted inputs stay in registers
+constexpr int kYmmGconvPairPixels = 4;  // of a block pair: 2 R accumulators
 using YmmGconvTileFn = void (*)(const GroupConvParams&, const Cols8&, __m256i, int64_t, int64_t, int64_t);
 template <size_t N>
 using YmmGconvTiles = std::array<YmmGconvTileFn, N + 1>;  // by pixel count (entry 0 unused)
@@ -358,10 +390,39 @@ void ymm_gconv_rows(const GroupConvParams& p, int64_t r0, int64_t r1) {
   }
 }
 
+using YmmGconvPairFn = void (*)(const GroupConvParams&, const Cols8*, int64_t, int64_t, int64_t);
+template <class Dot, size_t... I>
+constexpr std::array<YmmGconvPairFn, sizeof...(I) + 1> ymm_gconv_pairs(std::index_sequence<I...>) {
+  return {{nullptr, &ymm_gconv_tile_pair<Dot, static_cast<int>(I) + 1>...}};
+}
+
+// MODE 1 (one-group blocks) with neighbouring blocks of one group taken in pairs.
+template <class Dot>
+void ymm_gconv_rows_paired(const GroupConvParams& p, int64_t r0, int64_t r1) {
+  static constexpr auto kPairs = ymm_gconv_pairs<Dot>(std::make_index_sequence<kYmmGconvPairPixels>{});
+  static constexpr auto kSingles = ymm_gconv_tiles<Dot, 1>(std::make_index_sequence<kYmmGconvPixels>{});
+  const __m256i idx = _mm256_setzero_si256();  // unused by broadcasts
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t b = 0; b < p.blocks;) {
+      if (b + 1 < p.blocks && p.block_off[b + 1] == p.block_off[b]) {  // the same group
+        const Cols8 c[2] = {cols8(p.gemm, b * 8, Dot::kShifted), cols8(p.gemm, (b + 1) * 8, Dot::kShifted)};
+        for (int64_t ow = 0; ow < p.OW; ow += kYmmGconvPairPixels)
+          kPairs[std::min<int64_t>(kYmmGconvPairPixels, p.OW - ow)](p, c, b, r, ow);
+        b += 2;
+      } else {
+        const Cols8 c = cols8(p.gemm, b * 8, Dot::kShifted);
+        for (int64_t ow = 0; ow < p.OW; ow += kYmmGconvPixels)
+          kSingles[std::min<int64_t>(kYmmGconvPixels, p.OW - ow)](p, c, idx, b, r, ow);
+        b += 1;
+      }
+    }
+  }
+}
+
 template <class Dot>
 void ymm_gconv(const GroupConvParams& p, int64_t r0, int64_t r1) {
   if (p.one_group_blocks)
-    ymm_gconv_rows<Dot, 1>(p, r0, r1);
+    ymm_gconv_rows_paired<Dot>(p, r0, r1);
   else if (p.KW == 3 && p.SW == 1 && p.DW == 1)
     ymm_gconv_rows<Dot, 2>(p, r0, r1);
   else
