@@ -52,11 +52,16 @@ inline void gconv_finish(const Int8GemmParams& p, const ColBlock16& cb, int64_t 
   }
 }
 
-// Pixels [ow, ow + R) of output row r, block b, any geometry: one load (and permute) per product vector.
-template <int R, bool BCAST, int F>
-void gconv_tile(const GroupConvParams& p, const ColBlock16& cb, __m512i idx, int64_t b, int64_t r, int64_t ow) {
+// Every tile computes pixels [ow, ow + R) of output row r for the blocks from b (cb: their epilogue
+// vectors; idx: block b's lane permutation, unused by broadcasts) and finishes them with gconv_finish.
+using GconvTileFn = void (*)(const GroupConvParams&, const ColBlock16* cb, __m512i idx, int64_t b, int64_t r,
+                             int64_t ow);
+
+// Any geometry, lanes in several groups: one load and permute per product vector.
+template <int R, int F>
+void gconv_tile(const GroupConvParams& p, const ColBlock16* cb, __m512i idx, int64_t b, int64_t r, int64_t ow) {
   __m512i acc[R];
-  const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), cb.comp);
+  const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), cb[0].comp);
   for (int i = 0; i < R; ++i) acc[i] = init;
   const int64_t steps = p.cin_g / 4, pix = p.SW * p.C;
   const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
@@ -67,24 +72,56 @@ void gconv_tile(const GroupConvParams& p, const ColBlock16& cb, __m512i idx, int
       for (int64_t s = 0; s < steps; ++s, w += 64, xt += 4) {
         const __m512i wv = _mm512_loadu_si512(w);
 #pragma GCC unroll 8
+        for (int i = 0; i < R; ++i)
+          acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_permutexvar_epi32(idx, _mm512_loadu_si512(xt + i * pix)), wv);
+      }
+    }
+  }
+  gconv_finish<R, F>(p.gemm, cb[0], r * p.OW + ow, acc);
+}
+
+// NB (1 or 2) neighbouring blocks of one group, any geometry: a broadcast of the group's 4 channels per
+// pixel and step, shared by the NB blocks' products (two blocks: 32 or 48 output channels a group, one
+// broadcast per two vpdpbusd instead of one).
+template <int NB, int R, int F>
+void gconv_tile_bcast(const GroupConvParams& p, const ColBlock16* cb, __m512i, int64_t b, int64_t r, int64_t ow) {
+  __m512i acc[NB][R];
+#pragma GCC unroll 2
+  for (int j = 0; j < NB; ++j) {
+    const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), cb[j].comp);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) acc[j][i] = init;
+  }
+  const int64_t steps = p.cin_g / 4, pix = p.SW * p.C, next = p.KH * p.KW * steps * 64;  // bytes a block
+  const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
+  const int8_t* w = p.w + b * next;
+  for (int64_t kh = 0; kh < p.KH; ++kh) {
+    for (int64_t kw = 0; kw < p.KW; ++kw) {
+      const uint8_t* xt = x0 + (kh * p.DH * p.Wp + kw * p.DW) * p.C;
+      for (int64_t s = 0; s < steps; ++s, w += 64, xt += 4) {
+        __m512i wv[NB];
+#pragma GCC unroll 2
+        for (int j = 0; j < NB; ++j) wv[j] = _mm512_loadu_si512(w + j * next);
+#pragma GCC unroll 8
         for (int i = 0; i < R; ++i) {
-          const uint8_t* px = xt + i * pix;
-          const __m512i xv = BCAST ? bcast_u8x4(px) : _mm512_permutexvar_epi32(idx, _mm512_loadu_si512(px));
-          acc[i] = _mm512_dpbusd_epi32(acc[i], xv, wv);
+          const __m512i xv = bcast_u8x4(xt + i * pix);
+#pragma GCC unroll 2
+          for (int j = 0; j < NB; ++j) acc[j][i] = _mm512_dpbusd_epi32(acc[j][i], xv, wv[j]);
         }
       }
     }
   }
-  gconv_finish<R, F>(p.gemm, cb, r * p.OW + ow, acc);
+#pragma GCC unroll 2
+  for (int j = 0; j < NB; ++j) gconv_finish<R, F>(p.gemm, cb[j], r * p.OW + ow, acc[j]);
 }
 
-// The same for stride 1, dilation 1 and a 3-wide kernel, where the three taps of a kernel row read
-// neighbouring input pixels: each of the R + 2 pixels is loaded and permuted once for all three
-// (R + 2 permutes for 3 R products instead of 3 R).
+// Stride 1, dilation 1 and a 3-wide kernel, where the three taps of a kernel row read neighbouring input
+// pixels: each of the R + 2 pixels is loaded and permuted once for all three (R + 2 permutes for 3 R
+// products instead of 3 R).
 template <int R, int F>
-void gconv_tile_w3(const GroupConvParams& p, const ColBlock16& cb, __m512i idx, int64_t b, int64_t r, int64_t ow) {
+void gconv_tile_w3(const GroupConvParams& p, const ColBlock16* cb, __m512i idx, int64_t b, int64_t r, int64_t ow) {
   __m512i acc[R];
-  const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), cb.comp);
+  const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), cb[0].comp);
   for (int i = 0; i < R; ++i) acc[i] = init;
   const int64_t steps = p.cin_g / 4;
   const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow) * p.C + p.block_off[b];
@@ -104,106 +141,49 @@ void gconv_tile_w3(const GroupConvParams& p, const ColBlock16& cb, __m512i idx, 
       }
     }
   }
-  gconv_finish<R, F>(p.gemm, cb, r * p.OW + ow, acc);
+  gconv_finish<R, F>(p.gemm, cb[0], r * p.OW + ow, acc);
 }
 
-// Two blocks of one group (32 or 48 output channels a group): each broadcast feeds both blocks' products,
-// one broadcast per two vpdpbusd instead of one (2 x R accumulators).
-template <int R, int F>
-void gconv_tile_pair(const GroupConvParams& p, const ColBlock16* cb, int64_t b, int64_t r, int64_t ow) {
-  __m512i acc[2][R];
-  for (int j = 0; j < 2; ++j) {
-    const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), cb[j].comp);
-    for (int i = 0; i < R; ++i) acc[j][i] = init;
-  }
-  const int64_t steps = p.cin_g / 4, pix = p.SW * p.C, next = p.KH * p.KW * steps * 64;
-  const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
-  const int8_t* w = p.w + b * next;
-  for (int64_t kh = 0; kh < p.KH; ++kh) {
-    for (int64_t kw = 0; kw < p.KW; ++kw) {
-      const uint8_t* xt = x0 + (kh * p.DH * p.Wp + kw * p.DW) * p.C;
-      for (int64_t s = 0; s < steps; ++s, w += 64, xt += 4) {
-        const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + next);
-#pragma GCC unroll 8
-        for (int i = 0; i < R; ++i) {
-          const __m512i xv = bcast_u8x4(xt + i * pix);
-          acc[0][i] = _mm512_dpbusd_epi32(acc[0][i], xv, w0);
-          acc[1][i] = _mm512_dpbusd_epi32(acc[1][i], xv, w1);
-        }
-      }
-    }
-  }
-  gconv_finish<R, F>(p.gemm, cb[0], r * p.OW + ow, acc[0]);
-  gconv_finish<R, F>(p.gemm, cb[1], r * p.OW + ow, acc[1]);
-}
-
-using GconvTileFn = void (*)(const GroupConvParams&, const ColBlock16&, __m512i, int64_t, int64_t, int64_t);
+// The ways: 0 permutes; 1 broadcasts, one block; 2 permutes shared by a 3-wide kernel row; 3 broadcasts
+// shared by a block pair.
 using GconvTiles = std::array<GconvTileFn, kPixels + 1>;  // by pixel count (entry 0 unused)
-
-// MODE 0: permutes; 1: broadcasts (one-group blocks); 2: permutes shared by a 3-wide kernel row.
-template <int MODE, int F, size_t... I>
+template <int WAY, int F, size_t... I>
 constexpr GconvTiles gconv_tiles(std::index_sequence<I...>) {
-  if constexpr (MODE == 2)
-    return {{nullptr, &gconv_tile_w3<static_cast<int>(I) + 1, F>...}};
-  else
-    return {{nullptr, &gconv_tile<static_cast<int>(I) + 1, MODE == 1, F>...}};
+  if constexpr (WAY == 0) return {{nullptr, &gconv_tile<static_cast<int>(I) + 1, F>...}};
+  if constexpr (WAY == 1) return {{nullptr, &gconv_tile_bcast<1, static_cast<int>(I) + 1, F>...}};
+  if constexpr (WAY == 2) return {{nullptr, &gconv_tile_w3<static_cast<int>(I) + 1, F>...}};
+  return {{nullptr, &gconv_tile_bcast<2, static_cast<int>(I) + 1, F>...}};
 }
 
-using GconvPairFn = void (*)(const GroupConvParams&, const ColBlock16*, int64_t, int64_t, int64_t);
-using GconvPairs = std::array<GconvPairFn, kPixels + 1>;
-template <int F, size_t... I>
-constexpr GconvPairs gconv_pairs(std::index_sequence<I...>) {
-  return {{nullptr, &gconv_tile_pair<static_cast<int>(I) + 1, F>...}};
+// A way's tiles by epilogue: [0] the general one (epilogue16), [1..3] the folded int8 one for none, relu,
+// relu6 (epilogue_variant).
+template <int WAY>
+constexpr std::array<GconvTiles, 4> gconv_tables() {
+  constexpr auto seq = std::make_index_sequence<kPixels>{};
+  return {gconv_tiles<WAY, -1>(seq), gconv_tiles<WAY, static_cast<int>(Act::None)>(seq),
+          gconv_tiles<WAY, static_cast<int>(Act::Relu)>(seq), gconv_tiles<WAY, static_cast<int>(Act::Relu6)>(seq)};
 }
 
-// MODE 1 (one-group blocks) with neighbouring blocks of one group taken in pairs.
-void gconv_rows_paired(const GroupConvParams& p, int64_t r0, int64_t r1) {
-  static constexpr GconvPairs kGeneral = gconv_pairs<-1>(std::make_index_sequence<kPixels>{});
-  static constexpr GconvPairs kNone = gconv_pairs<static_cast<int>(Act::None)>(std::make_index_sequence<kPixels>{});
-  static constexpr GconvPairs kRelu = gconv_pairs<static_cast<int>(Act::Relu)>(std::make_index_sequence<kPixels>{});
-  static constexpr GconvPairs kRelu6 = gconv_pairs<static_cast<int>(Act::Relu6)>(std::make_index_sequence<kPixels>{});
-  static constexpr GconvTiles kSingle = gconv_tiles<1, -1>(std::make_index_sequence<kPixels>{});
-  static constexpr GconvTiles kSingleNone = gconv_tiles<1, static_cast<int>(Act::None)>(std::make_index_sequence<kPixels>{});
-  static constexpr GconvTiles kSingleRelu = gconv_tiles<1, static_cast<int>(Act::Relu)>(std::make_index_sequence<kPixels>{});
-  static constexpr GconvTiles kSingleRelu6 =
-      gconv_tiles<1, static_cast<int>(Act::Relu6)>(std::make_index_sequence<kPixels>{});
-  const Int8GemmParams& e = p.gemm;
-  const bool fast = e.folded && e.out_kind == OutKind::Int8 && e.act != Act::Gelu;  // as gconv_rows
-  const GconvPairs& pairs = !fast ? kGeneral : e.act == Act::None ? kNone : e.act == Act::Relu ? kRelu : kRelu6;
-  const GconvTiles& singles = !fast ? kSingle : e.act == Act::None ? kSingleNone
-                            : e.act == Act::Relu ? kSingleRelu : kSingleRelu6;
-  const __m512i idx = _mm512_setzero_si512();  // unused by broadcasts
-  for (int64_t r = r0; r < r1; ++r) {
-    for (int64_t b = 0; b < p.blocks;) {
-      if (b + 1 < p.blocks && p.block_off[b + 1] == p.block_off[b]) {  // the same group
-        const ColBlock16 cb[2] = {col_block16(e, b * 16), col_block16(e, (b + 1) * 16)};
-        for (int64_t ow = 0; ow < p.OW; ow += kPixels) pairs[std::min<int64_t>(kPixels, p.OW - ow)](p, cb, b, r, ow);
-        b += 2;
-      } else {
-        const ColBlock16 cb = col_block16(e, b * 16);
-        for (int64_t ow = 0; ow < p.OW; ow += kPixels)
-          singles[std::min<int64_t>(kPixels, p.OW - ow)](p, cb, idx, b, r, ow);
-        b += 1;
-      }
-    }
-  }
+inline int epilogue_variant(const Int8GemmParams& e) {
+  if (!(e.folded && e.out_kind == OutKind::Int8)) return 0;
+  return e.act == Act::None ? 1 : e.act == Act::Relu ? 2 : e.act == Act::Relu6 ? 3 : 0;
 }
 
-template <int MODE>
+// WAY 0, 1 or 2; with broadcasts (1), neighbouring blocks of one group go in pairs (way 3).
+template <int WAY>
 void gconv_rows(const GroupConvParams& p, int64_t r0, int64_t r1) {
-  static constexpr GconvTiles kGeneral = gconv_tiles<MODE, -1>(std::make_index_sequence<kPixels>{});
-  static constexpr GconvTiles kNone = gconv_tiles<MODE, static_cast<int>(Act::None)>(std::make_index_sequence<kPixels>{});
-  static constexpr GconvTiles kRelu = gconv_tiles<MODE, static_cast<int>(Act::Relu)>(std::make_index_sequence<kPixels>{});
-  static constexpr GconvTiles kRelu6 = gconv_tiles<MODE, static_cast<int>(Act::Relu6)>(std::make_index_sequence<kPixels>{});
+  static constexpr std::array<GconvTiles, 4> kTables = gconv_tables<WAY>();
+  static constexpr std::array<GconvTiles, 4> kPairs = gconv_tables<3>();
   const Int8GemmParams& e = p.gemm;
-  const bool fast = e.folded && e.out_kind == OutKind::Int8;
-  const GconvTiles& tiles = !fast ? kGeneral : e.act == Act::None ? kNone : e.act == Act::Relu ? kRelu
-                          : e.act == Act::Relu6 ? kRelu6 : kGeneral;
+  const int v = epilogue_variant(e);
   for (int64_t r = r0; r < r1; ++r) {
-    for (int64_t b = 0; b < p.blocks; ++b) {
+    for (int64_t b = 0, nb; b < p.blocks; b += nb) {
+      nb = WAY == 1 && b + 1 < p.blocks && p.block_off[b + 1] == p.block_off[b] ? 2 : 1;  // the same group
+      const GconvTiles& tiles = nb == 2 ? kPairs[v] : kTables[v];
       // Per block: the epilogue's channel vectors and the lane permutation, once per output row.
-      const ColBlock16 cb = col_block16(e, b * 16);
-      const __m512i idx = _mm512_loadu_si512(p.lane_idx + b * 16);
+      ColBlock16 cb[2];
+      for (int64_t j = 0; j < nb; ++j) cb[j] = col_block16(e, (b + j) * 16);
+      const __m512i idx = WAY == 1 ? _mm512_setzero_si512() : _mm512_loadu_si512(p.lane_idx + b * 16);
       for (int64_t ow = 0; ow < p.OW; ow += kPixels) tiles[std::min<int64_t>(kPixels, p.OW - ow)](p, cb, idx, b, r, ow);
     }
   }
@@ -213,7 +193,7 @@ void gconv_rows(const GroupConvParams& p, int64_t r0, int64_t r1) {
 
 void gconv_avx512(const GroupConvParams& p, int64_t r0, int64_t r1) {
   if (p.one_group_blocks)
-    gconv_rows_paired(p, r0, r1);
+    gconv_rows<1>(p, r0, r1);
   else if (p.KW == 3 && p.SW == 1 && p.DW == 1)
     gconv_rows<2>(p, r0, r1);
   else

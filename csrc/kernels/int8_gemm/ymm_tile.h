@@ -272,18 +272,22 @@ void ymm_conv_direct(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
 }
 
 // The narrow-group convolution (GroupConvFn, GroupConvParams with lanes = 8) of both sets: gconv_avx512.cc's
-// scheme on 256-bit vectors. Each int32 lane is one output channel; the 32 input bytes at its block's
-// first group are loaded and vpermd moves each lane's group dword under it (a broadcast when the block's 8
-// channels share one group). The slab holds the step's own encoding (KernelSet::gconv_signed_x): s8 for
-// AVX2 (Dot::row<true>: |a| and its sign, no flip), u8 = s8 + 128 for AVX-VNNI (the epilogue subtracts
-// 128 * colsum). R output pixels share each weight vector; the generic epilogue8 stores them.
-inline __m256i ymm_gconv_load(const uint8_t* px, __m256i idx, bool bcast) {
-  return bcast ? bcast_u8x4(px)
-               : _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(px)), idx);
+// scheme and ways on 256-bit vectors. Each int32 lane is one output channel; the 32 input bytes at its
+// block's first group are loaded and vpermd moves each lane's group dword under it (a broadcast when the
+// block's 8 channels share one group, shared by a neighbouring block of the same group). The slab holds the
+// step's own encoding (KernelSet::gconv_signed_x): s8 for AVX2 (Dot::row<true>: |a| and its sign, no
+// flip), u8 = s8 + 128 for AVX-VNNI (the epilogue subtracts 128 * colsum). R output pixels share each
+// weight vector; the generic epilogue8 stores them. Tiles: pixels [ow, ow + R) of output row r for the
+// blocks from b (c: their epilogue vectors; idx: block b's lane permutation, unused by broadcasts).
+using YmmGconvTileFn = void (*)(const GroupConvParams&, const Cols8* c, __m256i idx, int64_t b, int64_t r,
+                                int64_t ow);
+
+inline __m256i ymm_permuted(const uint8_t* px, __m256i idx) {
+  return _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(px)), idx);
 }
 
-template <class Dot, int R, bool BCAST>
-void ymm_gconv_tile(const GroupConvParams& p, const Cols8& c, __m256i idx, int64_t b, int64_t r, int64_t ow) {
+template <class Dot, int R>
+void ymm_gconv_tile(const GroupConvParams& p, const Cols8* c, __m256i idx, int64_t b, int64_t r, int64_t ow) {
   __m256i acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_si256();
   const int64_t steps = p.cin_g / 4, pix = p.SW * p.C;
@@ -296,17 +300,50 @@ void ymm_gconv_tile(const GroupConvParams& p, const Cols8& c, __m256i idx, int64
         const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
 #pragma GCC unroll 8
         for (int i = 0; i < R; ++i)
-          acc[i] = Dot::step(acc[i], Dot::template row<!Dot::kShifted>(ymm_gconv_load(xt + i * pix, idx, BCAST)), wv);
+          acc[i] = Dot::step(acc[i], Dot::template row<!Dot::kShifted>(ymm_permuted(xt + i * pix, idx)), wv);
       }
     }
   }
-  for (int i = 0; i < R; ++i) epilogue8(p.gemm, c, r * p.OW + ow + i, acc[i]);
+  for (int i = 0; i < R; ++i) epilogue8(p.gemm, c[0], r * p.OW + ow + i, acc[i]);
+}
+
+// NB (1 or 2) neighbouring blocks of one group: each broadcast row (AVX2: with its |a|) feeds the NB blocks'
+// steps.
+template <class Dot, int NB, int R>
+void ymm_gconv_tile_bcast(const GroupConvParams& p, const Cols8* c, __m256i, int64_t b, int64_t r, int64_t ow) {
+  __m256i acc[NB][R];
+#pragma GCC unroll 2
+  for (int j = 0; j < NB; ++j)
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) acc[j][i] = _mm256_setzero_si256();
+  const int64_t steps = p.cin_g / 4, pix = p.SW * p.C, next = p.KH * p.KW * steps * 32;  // bytes a block
+  const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
+  const int8_t* w = p.w + b * next;
+  for (int64_t kh = 0; kh < p.KH; ++kh) {
+    for (int64_t kw = 0; kw < p.KW; ++kw) {
+      const uint8_t* xt = x0 + (kh * p.DH * p.Wp + kw * p.DW) * p.C;
+      for (int64_t s = 0; s < steps; ++s, w += 32, xt += 4) {
+        __m256i wv[NB];
+#pragma GCC unroll 2
+        for (int j = 0; j < NB; ++j) wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * next));
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+          const typename Dot::Row row = Dot::template row<!Dot::kShifted>(bcast_u8x4(xt + i * pix));
+#pragma GCC unroll 2
+          for (int j = 0; j < NB; ++j) acc[j][i] = Dot::step(acc[j][i], row, wv[j]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 2
+  for (int j = 0; j < NB; ++j)
+    for (int i = 0; i < R; ++i) epilogue8(p.gemm, c[j], r * p.OW + ow + i, acc[j][i]);
 }
 
 // Stride 1, dilation 1, a 3-wide kernel: the three taps of a kernel row read neighbouring pixels, so each
 // of the R + 2 pixels is loaded and permuted once for all three (as gconv_avx512.cc's gconv_tile_w3).
 template <class Dot, int R>
-void ymm_gconv_tile_w3(const GroupConvParams& p, const Cols8& c, __m256i idx, int64_t b, int64_t r, int64_t ow) {
+void ymm_gconv_tile_w3(const GroupConvParams& p, const Cols8* c, __m256i idx, int64_t b, int64_t r, int64_t ow) {
   __m256i acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_si256();
   const int64_t steps = p.cin_g / 4;
@@ -318,7 +355,7 @@ void ymm_gconv_tile_w3(const GroupConvParams& p, const Cols8& c, __m256i idx, in
     for (int64_t s = 0; s < steps; ++s, xr += 4, wr += 32) {
       __m256i v[R + 2];
 #pragma GCC unroll 8
-      for (int i = 0; i < R + 2; ++i) v[i] = ymm_gconv_load(xr + i * p.C, idx, false);
+      for (int i = 0; i < R + 2; ++i) v[i] = ymm_permuted(xr + i * p.C, idx);
 #pragma GCC unroll 3
       for (int kw = 0; kw < 3; ++kw) {
         const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + kw * steps * 32));
@@ -327,93 +364,38 @@ void ymm_gconv_tile_w3(const GroupConvParams& p, const Cols8& c, __m256i idx, in
       }
     }
   }
-  for (int i = 0; i < R; ++i) epilogue8(p.gemm, c, r * p.OW + ow + i, acc[i]);
+  for (int i = 0; i < R; ++i) epilogue8(p.gemm, c[0], r * p.OW + ow + i, acc[i]);
 }
 
-// Two blocks of one group (16 or more output channels a group): each broadcast row (AVX2: with its |a|)
-// feeds both blocks' steps.
-template <class Dot, int R>
-void ymm_gconv_tile_pair(const GroupConvParams& p, const Cols8* c, int64_t b, int64_t r, int64_t ow) {
-  __m256i acc[2][R];
-  for (int j = 0; j < 2; ++j)
-    for (int i = 0; i < R; ++i) acc[j][i] = _mm256_setzero_si256();
-  const int64_t steps = p.cin_g / 4, pix = p.SW * p.C, next = p.KH * p.KW * steps * 32;
-  const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
-  const int8_t* w = p.w + b * next;
-  for (int64_t kh = 0; kh < p.KH; ++kh) {
-    for (int64_t kw = 0; kw < p.KW; ++kw) {
-      const uint8_t* xt = x0 + (kh * p.DH * p.Wp + kw * p.DW) * p.C;
-      for (int64_t s = 0; s < steps; ++s, w += 32, xt += 4) {
-        const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
-        const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + next));
-#pragma GCC unroll 8
-        for (int i = 0; i < R; ++i) {
-          const typename Dot::Row row = Dot::template row<!Dot::kShifted>(bcast_u8x4(xt + i * pix));
-          acc[0][i] = Dot::step(acc[0][i], row, w0);
-          acc[1][i] = Dot::step(acc[1][i], row, w1);
-        }
-      }
-    }
-  }
-  for (int i = 0; i < R; ++i) {
-    epilogue8(p.gemm, c[0], r * p.OW + ow + i, acc[0][i]);
-    epilogue8(p.gemm, c[1], r * p.OW + ow + i, acc[1][i]);
-  }
+// The ways, as on AVX-512: 0 permutes; 1 broadcasts, one block; 2 permutes shared by a 3-wide kernel row;
+// 3 broadcasts shared by a block pair. Pixels a tile: 8, or 4 where more vectors stay live (the 3-wide
+// row's R + 2 inputs, the pair's 2 R accumulators).
+constexpr int ymm_gconv_pixels(int way) { return way == 0 || way == 1 ? 8 : 4; }
+template <class Dot, int WAY, size_t... I>
+constexpr std::array<YmmGconvTileFn, sizeof...(I) + 1> ymm_gconv_tiles(std::index_sequence<I...>) {
+  if constexpr (WAY == 0) return {{nullptr, &ymm_gconv_tile<Dot, static_cast<int>(I) + 1>...}};
+  if constexpr (WAY == 1) return {{nullptr, &ymm_gconv_tile_bcast<Dot, 1, static_cast<int>(I) + 1>...}};
+  if constexpr (WAY == 2) return {{nullptr, &ymm_gconv_tile_w3<Dot, static_cast<int>(I) + 1>...}};
+  return {{nullptr, &ymm_gconv_tile_bcast<Dot, 2, static_cast<int>(I) + 1>...}};
 }
 
-constexpr int kYmmGconvPixels = 8;    // output pixels of a tile
-constexpr int kYmmGconvW3Pixels = 4;  // of a 3-wide tile: its R + 2 permuted inputs stay in registers
-constexpr int kYmmGconvPairPixels = 4;  // of a block pair: 2 R accumulators
-using YmmGconvTileFn = void (*)(const GroupConvParams&, const Cols8&, __m256i, int64_t, int64_t, int64_t);
-template <size_t N>
-using YmmGconvTiles = std::array<YmmGconvTileFn, N + 1>;  // by pixel count (entry 0 unused)
-
-// MODE 0: a permute per product; 1: broadcasts (one-group blocks); 2: permutes shared by a 3-wide row.
-template <class Dot, int MODE, size_t... I>
-constexpr YmmGconvTiles<sizeof...(I)> ymm_gconv_tiles(std::index_sequence<I...>) {
-  if constexpr (MODE == 2)
-    return {{nullptr, &ymm_gconv_tile_w3<Dot, static_cast<int>(I) + 1>...}};
-  else
-    return {{nullptr, &ymm_gconv_tile<Dot, static_cast<int>(I) + 1, MODE == 1>...}};
-}
-
-template <class Dot, int MODE>
+// WAY 0, 1 or 2; with broadcasts (1), neighbouring blocks of one group go in pairs (way 3).
+template <class Dot, int WAY>
 void ymm_gconv_rows(const GroupConvParams& p, int64_t r0, int64_t r1) {
-  constexpr int kMax = MODE == 2 ? kYmmGconvW3Pixels : kYmmGconvPixels;
-  static constexpr auto kTiles = ymm_gconv_tiles<Dot, MODE>(std::make_index_sequence<kMax>{});
+  constexpr int kMax = ymm_gconv_pixels(WAY), kPairMax = ymm_gconv_pixels(3);
+  static constexpr auto kTiles = ymm_gconv_tiles<Dot, WAY>(std::make_index_sequence<kMax>{});
+  static constexpr auto kPairs = ymm_gconv_tiles<Dot, 3>(std::make_index_sequence<kPairMax>{});
   for (int64_t r = r0; r < r1; ++r) {
-    for (int64_t b = 0; b < p.blocks; ++b) {
-      const Cols8 c = cols8(p.gemm, b * 8, Dot::kShifted);
-      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.lane_idx + b * 8));
-      for (int64_t ow = 0; ow < p.OW; ow += kMax) kTiles[std::min<int64_t>(kMax, p.OW - ow)](p, c, idx, b, r, ow);
-    }
-  }
-}
-
-using YmmGconvPairFn = void (*)(const GroupConvParams&, const Cols8*, int64_t, int64_t, int64_t);
-template <class Dot, size_t... I>
-constexpr std::array<YmmGconvPairFn, sizeof...(I) + 1> ymm_gconv_pairs(std::index_sequence<I...>) {
-  return {{nullptr, &ymm_gconv_tile_pair<Dot, static_cast<int>(I) + 1>...}};
-}
-
-// MODE 1 (one-group blocks) with neighbouring blocks of one group taken in pairs.
-template <class Dot>
-void ymm_gconv_rows_paired(const GroupConvParams& p, int64_t r0, int64_t r1) {
-  static constexpr auto kPairs = ymm_gconv_pairs<Dot>(std::make_index_sequence<kYmmGconvPairPixels>{});
-  static constexpr auto kSingles = ymm_gconv_tiles<Dot, 1>(std::make_index_sequence<kYmmGconvPixels>{});
-  const __m256i idx = _mm256_setzero_si256();  // unused by broadcasts
-  for (int64_t r = r0; r < r1; ++r) {
-    for (int64_t b = 0; b < p.blocks;) {
-      if (b + 1 < p.blocks && p.block_off[b + 1] == p.block_off[b]) {  // the same group
-        const Cols8 c[2] = {cols8(p.gemm, b * 8, Dot::kShifted), cols8(p.gemm, (b + 1) * 8, Dot::kShifted)};
-        for (int64_t ow = 0; ow < p.OW; ow += kYmmGconvPairPixels)
-          kPairs[std::min<int64_t>(kYmmGconvPairPixels, p.OW - ow)](p, c, b, r, ow);
-        b += 2;
-      } else {
-        const Cols8 c = cols8(p.gemm, b * 8, Dot::kShifted);
-        for (int64_t ow = 0; ow < p.OW; ow += kYmmGconvPixels)
-          kSingles[std::min<int64_t>(kYmmGconvPixels, p.OW - ow)](p, c, idx, b, r, ow);
-        b += 1;
+    for (int64_t b = 0, nb; b < p.blocks; b += nb) {
+      nb = WAY == 1 && b + 1 < p.blocks && p.block_off[b + 1] == p.block_off[b] ? 2 : 1;  // the same group
+      Cols8 c[2];
+      for (int64_t j = 0; j < nb; ++j) c[j] = cols8(p.gemm, (b + j) * 8, Dot::kShifted);
+      const __m256i idx = WAY == 1 ? _mm256_setzero_si256()
+                                   : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.lane_idx + b * 8));
+      const int step = nb == 2 ? kPairMax : kMax;
+      for (int64_t ow = 0; ow < p.OW; ow += step) {
+        const int n = static_cast<int>(std::min<int64_t>(step, p.OW - ow));
+        (nb == 2 ? kPairs[n] : kTiles[n])(p, c, idx, b, r, ow);
       }
     }
   }
@@ -422,7 +404,7 @@ void ymm_gconv_rows_paired(const GroupConvParams& p, int64_t r0, int64_t r1) {
 template <class Dot>
 void ymm_gconv(const GroupConvParams& p, int64_t r0, int64_t r1) {
   if (p.one_group_blocks)
-    ymm_gconv_rows_paired<Dot>(p, r0, r1);
+    ymm_gconv_rows<Dot, 1>(p, r0, r1);
   else if (p.KW == 3 && p.SW == 1 && p.DW == 1)
     ymm_gconv_rows<Dot, 2>(p, r0, r1);
   else
