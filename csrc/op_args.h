@@ -66,9 +66,9 @@ inline void check_window(const char* op, at::IntArrayRef k, at::IntArrayRef s, a
 // Output size of a sliding window (torch's rule; ceil_mode for pooling). A window larger than the padded
 // input gives <= 0 (callers check).
 inline int64_t window_out_size(int64_t in, int64_t k, int64_t s, int64_t pad, int64_t d, bool ceil_mode) {
-  const int64_t span = in + 2 * pad - d * (k - 1) - 1;
+  const int64_t span = in + 2 * pad - d * (k - 1) - 1 + (ceil_mode ? s - 1 : 0);
   if (span < 0) return 0;
-  int64_t out = (span + (ceil_mode ? s - 1 : 0)) / s + 1;
+  int64_t out = span / s + 1;
   if (ceil_mode && (out - 1) * s >= in + pad) --out;  // the last window must start inside the input or left pad
   return out;
 }
@@ -86,7 +86,7 @@ inline ConvArgs conv_args(const at::Tensor& x, int64_t cout, at::IntArrayRef k, 
   ConvArgs a{x.size(0), x.size(1), x.size(2), x.size(3), cout, 0, 0, k[0], k[1], s[0], s[1], pad[0], pad[1],
              dil[0], dil[1], groups};
   TORCH_CHECK(groups >= 1 && a.C % groups == 0 && cout % groups == 0, "fastinfer.", op, ": groups=", groups,
-              " must divide the input channels (", a.C, ") and output channels (", cout, ")");
+              " must divide the input channels (", a.C, ") and output channels (", cout, ", the length of w_scale)");
   const int64_t eff_h = a.DH * (a.KH - 1) + 1, eff_w = a.DW * (a.KW - 1) + 1;
   a.OH = window_out_size(a.H, a.KH, a.SH, a.PH, a.DH, false);
   a.OW = window_out_size(a.W, a.KW, a.SW, a.PW, a.DW, false);
@@ -113,6 +113,19 @@ inline PoolArgs pool_args(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRe
   a.OW = window_out_size(a.W, a.KW, a.SW, a.PW, a.DW, ceil_mode);
   TORCH_CHECK(a.OH >= 1 && a.OW >= 1, "fastinfer.int8_max_pool2d: input ", a.H, "x", a.W, " (padding ", pad,
               ") is smaller than the dilated kernel ", k, " with dilation ", dil);
+  // A dilated window can skip every input row or column (all its taps in the padding): torch gives -inf
+  // there, which int8 cannot hold, so such a geometry is refused rather than given a made-up value.
+  auto check_taps = [&](int64_t in, int64_t out, int64_t kk, int64_t st, int64_t pd, int64_t dd, const char* what) {
+    for (int64_t o = 0; o < out; ++o) {
+      bool any = false;
+      for (int64_t t = 0; t < kk && !any; ++t) any = o * st - pd + t * dd >= 0 && o * st - pd + t * dd < in;
+      TORCH_CHECK(any, "fastinfer.int8_max_pool2d: the window of output ", what, " ", o, " has every tap in the padding",
+                  " (kernel_size ", k, ", stride ", s, ", padding ", pad, ", dilation ", dil, ", input ", a.H, "x", a.W,
+                  "); torch's max_pool2d gives -inf there, which int8 cannot hold");
+    }
+  };
+  check_taps(a.H, a.OH, a.KH, a.SH, a.PH, a.DH, "row");
+  check_taps(a.W, a.OW, a.KW, a.SW, a.PW, a.DW, "column");
   return a;
 }
 

@@ -264,7 +264,9 @@ def last_kernel(family: str) -> str:
     channels; "" when the latest convolution took another path), or add (int8_add;
     'ref' is the portable kernel). "dwconv_path" names the way the latest depthwise convolution took inside
     its kernel: "row_quads_paired", "row_quads" or "tap_groups" (AVX-512 VNNI, AMX), "row_quads_paired",
-    "row_quads" or "tap_pairs" (AVX-VNNI), "" (AVX2 and the scalar kernel have one way)."""
+    "row_quads" or "tap_pairs" (AVX-VNNI), "" (AVX2 and the scalar kernel have one way). "conv_store" says
+    whether the latest convolution asked for non-temporal fp32 stores ("stream": an fp32 output of 2 MiB or
+    more, honoured by the AVX-512 VNNI direct and narrow-group kernels) or not ("cached")."""
     return _ops.last_kernel(family)
 
 

@@ -32,9 +32,16 @@ def quantize_per_token(x: Tensor) -> Tuple[Tensor, Tensor]:
 
 def quantize_weight_per_channel(w: Tensor) -> Tuple[Tensor, Tensor]:
     """Per-output-channel (dim 0) symmetric int8 for a Linear [N, K] or conv [N, C, KH, KW] weight;
-    all-zero channels get scale 1."""
+    all-zero channels get scale 1. A NaN or infinite weight has no int8 value and no finite scale: ValueError
+    (it would have zeroed its channel, or made it NaN, without a word)."""
     wf = w.detach().float()
     amax = wf.abs().reshape(wf.shape[0], -1).amax(dim=1)
+    bad = ~torch.isfinite(amax)
+    if bool(bad.any()):
+        channels = bad.nonzero().flatten().tolist()
+        raise ValueError(f"the weight holds NaN or infinite values (output channel(s) {channels[:8]}"
+                         f"{' ...' if len(channels) > 8 else ''}): int8 cannot represent them; fix or drop the "
+                         f"layer before quantizing it")
     # amax / 127 as a true division on every device: on a GPU, a tensor divided by a Python number is
     # multiplied by its reciprocal, which differs in the last bit for some amax (a layer quantized on the
     # GPU must get the CPU's scales).

@@ -154,5 +154,38 @@ def test_bad_isa_name():
             pass
     with pytest.raises(ValueError, match="isa must be one of ref, avx2, avx_vnni, avx512_vnni, amx"):
         ops.set_isa_cap("sse9")
-    with pytest.raises(ValueError, match="family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add, gconv or dwconv_path"):
+    with pytest.raises(ValueError, match="family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add, gconv, dwconv_path or conv_store"):
         ops.last_kernel("nope")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_refused(bad):
+    """A NaN or infinite weight has no int8 value: from_float refuses it (it used to zero the channel, or
+    make it NaN, silently), and fastinfer.quantize leaves such a layer float and says why."""
+    from torch import nn
+
+    import fastinfer
+    from fastinfer.nn import Int8Conv2d
+
+    lin, conv = nn.Linear(8, 4), nn.Conv2d(3, 5, 3)
+    with torch.no_grad():
+        lin.weight[1, 2] = bad
+        conv.weight[3, 0, 1, 1] = bad
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(output channel\(s\) \[1\]\)"):
+        Int8Linear.from_float(lin)
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(output channel\(s\) \[3\]\)"):
+        Int8Conv2d.from_float(conv)
+    model = nn.Sequential(lin, nn.ReLU(), nn.Linear(4, 2))
+    fastinfer.quantize(model)
+    assert isinstance(model[0], nn.Linear) and isinstance(model[2], Int8Linear)
+    assert [name for name, _ in model.fastinfer_report.skipped] == ["0"]
+
+
+@pytest.mark.parametrize("kw", [{"include": 5}, {"exclude": 3.5}, {"include": [1, 2]}])
+def test_quantize_include_exclude_types(kw):
+    from torch import nn
+
+    import fastinfer
+
+    with pytest.raises(TypeError, match=f"{next(iter(kw))} must be a glob pattern, a list of them, or a callable"):
+        fastinfer.quantize(nn.Sequential(nn.Linear(4, 4)), **kw)

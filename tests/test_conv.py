@@ -79,6 +79,26 @@ def test_int8_conv2d_matches_reference(isa, g, mode):
     assert_served("quantize", isa)
 
 
+# One geometry per path: direct tiles, gathered rows (OW 7), 1x1, narrow groups, depthwise.
+GELU_GEOMETRIES = [GEOMETRIES[0], (1, 16, 7, 7, 32, 3, 1, 1, 1, 1), GEOMETRIES[2], GROUPED[0], GEOMETRIES[8]]
+
+
+@pytest.mark.parametrize("g", GELU_GEOMETRIES, ids=[str(g) for g in GELU_GEOMETRIES])
+def test_int8_conv2d_gelu(isa, g):
+    """gelu on every path and tier, fp32 and int8 out. The kernels' erf is a polynomial (|error| <= 3e-7),
+    so fp32 outputs are compared within 1e-5 and int8 outputs within one unit (a value at a rounding
+    boundary). The AVX2 tile's folded int8 epilogue once skipped gelu: -127 where the reference had ~0."""
+    N, C, H, W, Co, k, s, p, d, groups = g
+    x, w, ws, b = make(g)
+    pw = ops.pack_conv_weight(w, groups)
+    args = ((k, k), (s, s), (p, p), (d, d), groups)
+    y = ops.int8_conv2d(x, pw, ws, b, *args, 0.03, None, "gelu")
+    torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, b, *args[1:], 0.03, None, "gelu"), rtol=1e-5, atol=1e-5)
+    y8 = ops.int8_conv2d(x, pw, ws, b, *args, 0.03, 0.05, "gelu")
+    r8 = ref.int8_conv2d(x, w, ws, b, *args[1:], 0.03, 0.05, "gelu")
+    assert y8.dtype == torch.int8 and (y8.int() - r8.int()).abs().max().item() <= 1
+
+
 GCONV_LANES = {"avx2": 8, "avx_vnni": 8, "avx512_vnni": 16, "amx": 16}  # output channels a block
 
 
@@ -317,6 +337,30 @@ def test_grouped_conv_threads(isa):
             torch.testing.assert_close(y, want, rtol=0, atol=0)
     finally:
         torch.set_num_threads(before)
+
+
+# fp32 outputs of 2 MiB or more: non-temporal stores on the AVX-512 VNNI direct, narrow-group and depthwise
+# kernels. (N, C, H, W, Cout, k, stride, pad, dilation, groups); outputs 2.1, 2.4, 3.1 and 2.1 MB, the third
+# with Cout % 16 != 0 (rows not 64-byte aligned: those pieces take ordinary stores).
+STREAMED = [(2, 64, 64, 64, 64, 3, 1, 1, 1, 1), (2, 128, 48, 48, 128, 3, 1, 1, 1, 32),
+            (1, 20, 56, 56, 250, 1, 1, 0, 1, 1), (2, 256, 32, 32, 256, 3, 1, 1, 1, 256)]
+
+
+@pytest.mark.parametrize("g", STREAMED, ids=[str(g) for g in STREAMED])
+@pytest.mark.parametrize("act", ["none", "relu6"])
+def test_large_fp32_output_streamed(isa, g, act):
+    N, C, H, W, Co, k, s, p, d, groups = g
+    x, w, ws, b = make(g)
+    args = ((s, s), (p, p), (d, d), groups)
+    for bias in (b, None):
+        y = ops.int8_conv2d(x, ops.pack_conv_weight(w, groups), ws, bias, (k, k), *args, 0.03, None, act)
+        assert ops.last_kernel("conv_store") == "stream"
+        torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, bias, *args, 0.03, None, act), rtol=0, atol=0)
+    if isa == "avx512_vnni":
+        family = "conv_direct" if groups == 1 else "dwconv" if groups == C else "gconv"
+        assert ops.last_kernel(family) == "avx512_vnni"
+    ops.int8_conv2d(x[:, :, :8], ops.pack_conv_weight(w, groups), ws, b, (k, k), *args, 0.03, None, act)
+    assert ops.last_kernel("conv_store") == "cached"  # a small output
 
 
 def test_grouped_conv_min128_weights(vnni):

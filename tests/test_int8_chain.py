@@ -24,6 +24,7 @@ POOLS = [
     (2, 17, 10, 7, (3, 2), (2, 1), (1, 0), 1, True),
     (1, 4, 1, 1, 1, 1, 0, 1, False),
     (0, 4, 6, 6, 2, 2, 0, 1, False),       # empty batch
+    (1, 3, 3, 3, 4, 2, 0, 1, True),        # ceil_mode: one window larger than the input (torch's size rule)
 ]
 
 
@@ -73,6 +74,11 @@ def test_int8_max_pool2d_bad_input():
         ops.int8_max_pool2d(x, 5, 1, 0, 2)
     with pytest.raises(RuntimeError, match="is smaller than the dilated kernel"):  # no window, whatever the stride
         ops.int8_max_pool2d(x, 9, 9)
+    # A dilated window with every tap in the padding (torch: -inf, no int8 value): refused, not left unwritten.
+    with pytest.raises(RuntimeError, match="window of output column 0 has every tap in the padding"):
+        ops.int8_max_pool2d(torch.zeros(1, 64, 3, 1, dtype=torch.int8), (2, 2), (3, 2), (0, 1), (1, 2))
+    with pytest.raises(RuntimeError, match="window of output row 0 has every tap in the padding"):
+        ops.int8_max_pool2d(torch.zeros(1, 4, 1, 4, dtype=torch.int8), (2, 1), (2, 1), (1, 0), (2, 1), True)
 
 
 def test_opcheck_int8_max_pool2d():

@@ -194,6 +194,13 @@ def test_leading_dims_bf16_and_state_dict(fmt, dtype):
     assert fresh.format == fmt and fresh.value_dtype == dtype and fresh.nnz == s.nnz
     with torch.inference_mode():
         torch.testing.assert_close(fresh(x), y, rtol=0, atol=0)
+    # A layer of another shape refuses the file (csr row pointers depend on out_features only, so the
+    # buffers alone would have loaded and given wrong answers).
+    for other in (SparseLinear(32, 24), SparseLinear(64, 23)):
+        buf.seek(0)
+        with pytest.raises(RuntimeError, match=r"the checkpoint holds a sparse \[out_features, in_features\] = "
+                                               r"\[24, 64\] layer"):
+            other.load_state_dict(torch.load(buf))
 
 
 @pytest.mark.parametrize("fmt,dtype", [("csr16", torch.float32), ("csr8", torch.float32), ("slot128", torch.int8)])

@@ -106,7 +106,10 @@ void record_kernel(Family family, Isa isa) { g_last[static_cast<int>(family)].st
 
 namespace {
 std::atomic<const char*> g_dwconv_path{""};  // static strings only
+std::atomic<const char*> g_conv_store{""};
 }  // namespace
+
+void record_conv_store(bool stream) { g_conv_store.store(stream ? "stream" : "cached"); }
 
 void record_dwconv_path(const kernels::KernelSet& ks, const kernels::DwConvParams& p) {
   g_dwconv_path.store(ks.dwconv_path ? ks.dwconv_path(p) : "");
@@ -115,13 +118,14 @@ void clear_kernel(Family family) { g_last[static_cast<int>(family)].store(-1); }
 
 std::string last_kernel(const std::string& family) {
   if (family == "dwconv_path") return g_dwconv_path.load();
+  if (family == "conv_store") return g_conv_store.load();
   for (int i = 0; i < static_cast<int>(Family::kCount); ++i)
     if (family == family_name(static_cast<Family>(i))) {
       const int v = g_last[i].load();
       return v < 0 ? std::string() : table(static_cast<Isa>(v)).name;
     }
   throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add, "
-                              "gconv or dwconv_path, "
+                              "gconv, dwconv_path or conv_store, "
                               "got '" + family + "'");
 }
 

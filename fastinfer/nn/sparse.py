@@ -190,7 +190,10 @@ class SparseLinear(nn.Module):
         return sum(t.numel() * t.element_size() for t in self.buffers())
 
     def get_extra_state(self):
-        return {"nnz": self.nnz, "pattern": self.pattern, "format": self.format}
+        # "shape": a layout's buffers do not always reveal in_features (csr row pointers depend on N only),
+        # so a checkpoint of another shape is refused by this entry (checkpoints written before it: not checked).
+        return {"nnz": self.nnz, "pattern": self.pattern, "format": self.format,
+                "shape": [self.out_features, self.in_features]}
 
     def set_extra_state(self, state):
         self.nnz, self.pattern = state["nnz"], state["pattern"]
@@ -198,6 +201,12 @@ class SparseLinear(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The layout and the sizes that depend on the nonzeros come from the file: take them first.
         extra = state_dict.get(prefix + "_extra_state")
+        shape = extra.get("shape") if isinstance(extra, dict) else None
+        if shape is not None and list(shape) != [self.out_features, self.in_features]:
+            error_msgs = args[4] if len(args) > 4 else kwargs["error_msgs"]
+            error_msgs.append(f"size mismatch for {prefix}: the checkpoint holds a sparse [out_features, in_features] = "
+                              f"{list(shape)} layer, this SparseLinear is [{self.out_features}, {self.in_features}]")
+            return
         fmt = extra.get("format", "csr16") if isinstance(extra, dict) else self.format
         if fmt in FORMATS and fmt != self.format:
             self._set_format(fmt)

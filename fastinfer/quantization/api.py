@@ -29,9 +29,10 @@ def _matcher(patterns: Patterns, arg: str) -> Optional[Callable[[str, nn.Module]
         return patterns
     if isinstance(patterns, str):
         patterns = [patterns]
-    pats = list(patterns)
-    if not all(isinstance(p, str) for p in pats):
-        raise TypeError(f"{arg} must be a glob pattern, a list of them, or a callable(name, module) -> bool")
+    pats = list(patterns) if isinstance(patterns, (list, tuple, set, frozenset)) else None
+    if pats is None or not all(isinstance(p, str) for p in pats):
+        raise TypeError(f"{arg} must be a glob pattern, a list of them, or a callable(name, module) -> bool, "
+                        f"got {patterns!r}")
     return lambda name, _m: any(fnmatch.fnmatchcase(name, p) for p in pats)
 
 

@@ -106,6 +106,25 @@ inline ColBlock16 col_block16(const Int8GemmParams& p, int64_t col, bool signed_
   return c;
 }
 
+// One 16-column fp32 row piece; stream: a non-temporal store when the piece is whole and 64-byte aligned
+// (Int8GemmParams::stream_out). The caller ends its work with _mm_sfence().
+inline void store_f32x16(float* o, __mmask16 mask, __m512 y, bool stream) {
+  if (stream && mask == 0xffff && (reinterpret_cast<uintptr_t>(o) & 63) == 0)
+    _mm512_stream_ps(o, y);
+  else
+    _mm512_mask_storeu_ps(o, mask, y);
+}
+
+// The folded fp32 epilogue (Int8GemmParams::folded, fp32 out) of a compensated accumulator: epilogue16_f32's
+// steps without its multiply by a_scale = 1, which is exact, so the bits are the same. Its callers keep
+// the output pointer, row stride and flags in locals: epilogue16 reads them through p after every store
+// (to the compiler a float store may alias them), about 40 instructions a vector.
+inline __m512 folded_f32(const ColBlock16& c, __m512i acc, bool bias, Act act) {
+  __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), c.b_scale);
+  if (bias) y = _mm512_add_ps(y, c.bias);
+  return act16(y, act);
+}
+
 // Row m of the block, float path: acc (raw u8 x s8 sums) -> compensated, dequantized, biased, activated.
 inline __m512 epilogue16_f32(const Int8GemmParams& p, const ColBlock16& c, int64_t m, __m512i acc) {
   __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, c.comp));

@@ -183,6 +183,20 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
     }
     return;
   }
+  if (p.folded && p.out_kind == OutKind::Float32) {
+    float* const out = static_cast<float*>(p.out) + out_row * p.ldo + n;
+    const int64_t ldo = p.ldo;
+    const Act act = p.act;
+    const bool bias = p.bias != nullptr, stream = p.stream_out;
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; ++i) {
+#pragma GCC unroll 4
+      for (int j = 0; j < nb; ++j)
+        store_f32x16(out + i * ldo + 16 * j, c[j].mask, folded_f32(c[j], _mm512_sub_epi32(acc[i][j], c[j].comp), bias, act),
+                     stream);
+    }
+    return;
+  }
 #pragma GCC unroll 4
   for (int j = 0; j < nb; ++j) {
 #pragma GCC unroll 8
@@ -209,6 +223,7 @@ void conv_direct_avx512(const ConvDirectParams& cp, int64_t r0, int64_t r1, int6
       cp, r0, r1, n0, n1, [&](int64_t w, int64_t nb, const int64_t* tap_off, const uint8_t* a0, int64_t out_row, int64_t n) {
         table[w - 1][nb - 1](cp, tap_off, a0, out_row, n);
       });
+  if (cp.gemm.stream_out) _mm_sfence();  // the non-temporal stores are visible before the call returns
 }
 
 // ---- weight-only int8: fp32 activations, weights widened to fp32 on the fly ----
@@ -427,7 +442,7 @@ struct DwFinish {
       lanes_to_channels(r, v);
       float* out = static_cast<float*>(p.out) + pix * p.C + c0;
       for (int l = 0; l < 4; ++l) {
-        if (whole) _mm512_storeu_ps(out + 16 * l, _mm512_castsi512_ps(v[l]));
+        if (whole) store_f32x16(out + 16 * l, 0xffff, _mm512_castsi512_ps(v[l]), p.stream_out);
         else if (c0 + 16 * l < p.C) _mm512_mask_storeu_ps(out + 16 * l, col_mask(p.C - c0 - 16 * l), _mm512_castsi512_ps(v[l]));
       }
       return;
@@ -617,7 +632,11 @@ void dwconv_avx512(const DwConvParams& p, int64_t p0, int64_t p1) {
   const bool int8_out = p.out_kind == OutKind::Int8, bias = p.bias != nullptr;
   if (int8_out)
     return bias ? dwconv_blocks<true, true>(p, p0, p1) : dwconv_blocks<true, false>(p, p0, p1);
-  return bias ? dwconv_blocks<false, true>(p, p0, p1) : dwconv_blocks<false, false>(p, p0, p1);
+  if (bias)
+    dwconv_blocks<false, true>(p, p0, p1);
+  else
+    dwconv_blocks<false, false>(p, p0, p1);
+  if (p.stream_out) _mm_sfence();  // the non-temporal stores are visible before the call returns
 }
 
 uint32_t absmax_avx512(const float* x, int64_t n) {

@@ -29,14 +29,25 @@ constexpr int kPixels = 8;  // output pixels of one register tile
 // The epilogue of R pixels' 16 channels; acc starts at -128 * colsum, so it ends compensated.
 // F < 0: epilogue16 (any output, any scales). F = an Act: int8 out with the folded scales (EPILOGUE.md,
 // "Convolutions": a_scale 1, finite), epilogue16's arithmetic in fewer steps: no NaN can arise, so the
-// int8 rule is a clamp and a convert, and the activation is known at compile time.
+// int8 rule is a clamp and a convert, and the activation is known at compile time. F = kFoldedF32: fp32
+// out with the folded scales (folded_f32).
+constexpr int kFoldedF32 = 16;  // not an Act value
 template <int R, int F>
 inline void gconv_finish(const Int8GemmParams& p, const ColBlock16& cb, int64_t m, __m512i* acc) {
   if (F < 0) {
     for (int i = 0; i < R; ++i) epilogue16(p, cb, m + i, _mm512_add_epi32(acc[i], cb.comp));  // it subtracts comp
     return;
   }
-  constexpr Act kAct = static_cast<Act>(F < 0 ? 0 : F);
+  if (F == kFoldedF32) {
+    float* const out = static_cast<float*>(p.out) + m * p.ldo + cb.col;
+    const int64_t ldo = p.ldo;
+    const Act act = p.act;
+    const bool bias = p.bias != nullptr, stream = p.stream_out;
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) store_f32x16(out + i * ldo, cb.mask, folded_f32(cb, acc[i], bias, act), stream);
+    return;
+  }
+  constexpr Act kAct = static_cast<Act>(F < 0 || F == kFoldedF32 ? 0 : F);
   const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
   int8_t* out = static_cast<int8_t*>(p.out) + m * p.ldo + cb.col;
 #pragma GCC unroll 8
@@ -156,24 +167,28 @@ constexpr GconvTiles gconv_tiles(std::index_sequence<I...>) {
 }
 
 // A way's tiles by epilogue: [0] the general one (epilogue16), [1..3] the folded int8 one for none, relu,
-// relu6 (epilogue_variant).
+// relu6, [4] the folded fp32 one (epilogue_variant).
+constexpr int kEpilogueVariants = 5;
 template <int WAY>
-constexpr std::array<GconvTiles, 4> gconv_tables() {
+constexpr std::array<GconvTiles, kEpilogueVariants> gconv_tables() {
   constexpr auto seq = std::make_index_sequence<kPixels>{};
   return {gconv_tiles<WAY, -1>(seq), gconv_tiles<WAY, static_cast<int>(Act::None)>(seq),
-          gconv_tiles<WAY, static_cast<int>(Act::Relu)>(seq), gconv_tiles<WAY, static_cast<int>(Act::Relu6)>(seq)};
+          gconv_tiles<WAY, static_cast<int>(Act::Relu)>(seq), gconv_tiles<WAY, static_cast<int>(Act::Relu6)>(seq),
+          gconv_tiles<WAY, kFoldedF32>(seq)};
 }
 
 inline int epilogue_variant(const Int8GemmParams& e) {
-  if (!(e.folded && e.out_kind == OutKind::Int8)) return 0;
+  if (!e.folded) return 0;
+  if (e.out_kind == OutKind::Float32) return 4;
+  if (e.out_kind != OutKind::Int8) return 0;
   return e.act == Act::None ? 1 : e.act == Act::Relu ? 2 : e.act == Act::Relu6 ? 3 : 0;
 }
 
 // WAY 0, 1 or 2; with broadcasts (1), neighbouring blocks of one group go in pairs (way 3).
 template <int WAY>
 void gconv_rows(const GroupConvParams& p, int64_t r0, int64_t r1) {
-  static constexpr std::array<GconvTiles, 4> kTables = gconv_tables<WAY>();
-  static constexpr std::array<GconvTiles, 4> kPairs = gconv_tables<3>();
+  static constexpr std::array<GconvTiles, kEpilogueVariants> kTables = gconv_tables<WAY>();
+  static constexpr std::array<GconvTiles, kEpilogueVariants> kPairs = gconv_tables<3>();
   const Int8GemmParams& e = p.gemm;
   const int v = epilogue_variant(e);
   for (int64_t r = r0; r < r1; ++r) {
@@ -198,6 +213,7 @@ void gconv_avx512(const GroupConvParams& p, int64_t r0, int64_t r1) {
     gconv_rows<2>(p, r0, r1);
   else
     gconv_rows<0>(p, r0, r1);
+  if (p.gemm.stream_out) _mm_sfence();  // the non-temporal stores are visible before the call returns
 }
 
 }  // namespace kernels

@@ -40,6 +40,10 @@ struct Int8GemmParams {
   // folds_out_inv(act). Kernels that know this may skip those multiplies and the NaN test (AMX);
   // the others compute the same values through the general epilogue.
   bool folded = false;
+  // Set by the convolution entry layer for an fp32 output larger than the caches hold (kStreamOutBytes):
+  // kernels with a folded fp32 epilogue may write whole 64-byte-aligned vectors with non-temporal
+  // stores (no read for ownership of each output line; EPILOGUE.md, "Streaming fp32 outputs").
+  bool stream_out = false;
 };
 
 // The activation scale of row m.
@@ -97,6 +101,7 @@ struct DwConvParams {
   Act act = Act::None;
   float out_inv_scale = 1.0f;
   bool folded = false;              // as Int8GemmParams::folded (a_scale 1, finite scales)
+  bool stream_out = false;          // as Int8GemmParams::stream_out
 };
 
 // Direct convolution: the implicit GEMM whose row m is output pixel m = (n, oh, ow) and whose K is

@@ -178,9 +178,10 @@ void ymm_tile(const Int8GemmParams& p, const int64_t* tap_off, int64_t taps, int
   Cols8 c[2 * nb];
 #pragma GCC unroll 8
   for (int j = 0; j < 2 * nb; ++j) c[j] = cols8(p, n + 8 * j, Dot::kShifted);
-  if (p.folded && p.out_kind == OutKind::Int8) {
+  if (p.folded && p.out_kind == OutKind::Int8 && p.act != Act::Gelu) {
     // The folded int8 epilogue (EPILOGUE.md, "Convolutions"): finite scales, so y is never NaN and the
-    // int8 rule is min(y, 127), convert, saturating packs, max -127; 16 columns per store.
+    // int8 rule is min(y, 127), convert, saturating packs, max -127; 16 columns per store. act8 has no
+    // gelu (epilogue8 computes it per element), so gelu takes the general path.
     const bool scale_out = !folds_out_inv(p.act);
     const __m256 out_inv = _mm256_set1_ps(p.out_inv_scale), hi = _mm256_set1_ps(127.0f);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
