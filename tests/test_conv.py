@@ -509,6 +509,21 @@ def test_module_activation_from_convact_and_state_dict():
         torch.testing.assert_close(fresh(x), y, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("groups,cin,other", [(1, 4, dict(in_channels=36, kernel_size=1)),
+                                               (1, 4, dict(in_channels=12, kernel_size=(3, 1))),
+                                               (8, 8, dict(in_channels=8, kernel_size=(1, 9), groups=8))],
+                         ids=["1x1-same-K", "3x1-same-K", "depthwise-1x9"])
+def test_state_dict_of_another_kernel_shape_refused(groups, cin, other):
+    """A packed weight records [Cout, KH * KW * Cin / groups] only (depthwise: [KH * KW, C]), so a layer of
+    another kernel shape with the same K used to load it and compute nonsense; the extra state's weight
+    shape makes load_state_dict refuse it."""
+    q = Int8Conv2d.from_float(nn.Conv2d(cin, 8, 3, groups=groups))
+    fresh = Int8Conv2d(other.pop("in_channels"), 8, **other)
+    with pytest.raises(ValueError, match=r"the checkpoint's conv weight is \[Cout, Cin/groups, KH, KW\] = "
+                                         rf"\[8, {cin // groups}, 3, 3\], this layer's is"):
+        fresh.load_state_dict(q.state_dict())
+
+
 @pytest.mark.parametrize("groups,cin,cout", [(1, 13, 20), (4, 16, 12), (24, 24, 24)], ids=["dense", "grouped", "depthwise"])
 def test_int8_weight_unpacks_every_layout(groups, cin, cout):
     conv = nn.Conv2d(cin, cout, 3, padding=1, groups=groups)

@@ -136,12 +136,24 @@ class Int8Conv2d(nn.Module):
         return s
 
     def get_extra_state(self):
-        return {"activation": self.activation, "x_scale": self.x_scale, "out_scale": self.out_scale}
+        # "weight_shape": a packed weight records [Cout, KH * KW * Cin / groups] only, so a checkpoint of
+        # another kernel shape with the same K (3x3 x 4 channels vs 1x9, or 1x1 x 36) would load and compute
+        # nonsense; this entry lets load_state_dict refuse it (checkpoints written before it: not checked).
+        return {"activation": self.activation, "x_scale": self.x_scale, "out_scale": self.out_scale,
+                "weight_shape": self._weight_shape()}
+
+    def _weight_shape(self):
+        return [self.out_channels, self.in_channels // self.groups, *self.kernel_size]
 
     def set_extra_state(self, state):
         self.activation, self.x_scale, self.out_scale = state["activation"], state["x_scale"], state["out_scale"]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        extra = state_dict.get(prefix + "_extra_state")
+        shape = extra.get("weight_shape") if isinstance(extra, dict) else None
+        if shape is not None and list(shape) != self._weight_shape():
+            raise ValueError(f"{prefix}packed_weight: the checkpoint's conv weight is [Cout, Cin/groups, KH, KW] = "
+                             f"{list(shape)}, this layer's is {self._weight_shape()}")
         key = prefix + "packed_weight"
         if (key in state_dict and not self._depthwise()
                 and ops.is_cuda_packed(state_dict[key]) != ops.is_cuda_packed(self.packed_weight)):
