@@ -451,6 +451,7 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
     }
   }
   run_epilogue(g, pending, pending.left);
+  if (g.stream_out) _mm_sfence();  // the non-temporal stores are visible to other threads before the call returns
 }
 
 int64_t* step_offsets(int64_t steps) {
