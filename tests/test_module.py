@@ -203,6 +203,47 @@ def test_smoothquant_improves_outlier_layer():
         torch.testing.assert_close(fresh(x), smooth(x), rtol=0, atol=0)
 
 
+def test_smoothquant_static_calibrates_later_layers_on_float_values():
+    """Static SmoothQuant calibrates each layer on the smoothed input its int8 version will see. The
+    calibration once divided a smoothed layer's input by s without scaling its weight, so every later
+    layer was calibrated on wrong activations (fc2's scale 0.0018 for a true 0.0043: clipped)."""
+    import torch.nn.functional as F
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.fc3 = nn.Linear(20, 36), nn.Linear(36, 36), nn.Linear(36, 10)
+
+        def forward(self, x):
+            return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+    model, x = MLP().eval(), torch.randn(8, 20)
+    static = fastinfer.quantize(copy.deepcopy(model), "w8a8_static", calib_data=[x])
+    smooth = fastinfer.quantize(copy.deepcopy(model), "w8a8_static", calib_data=[x], smooth_alpha=0.5)
+    with torch.inference_mode():
+        h1 = F.relu(model.fc1(x))
+        want = float((h1 * smooth.fc2.input_smooth).abs().max()) / 127
+        assert smooth.fc2.x_scale == pytest.approx(want, rel=1e-3)
+        y = model(x)
+        assert sqnr_db(y, smooth(x)) > sqnr_db(y, static(x)) - 3
+    # A calibration that fails leaves the float weights as they were (they are scaled meanwhile): a
+    # forward that runs for the smoothing pass and raises in the calibration's.
+    class FailsSecondTime(MLP):
+        calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls > 1:
+                raise RuntimeError("second forward")
+            return super().forward(x)
+
+    failing = FailsSecondTime().eval()
+    before = {n: p.clone() for n, p in failing.named_parameters()}
+    with pytest.raises(RuntimeError, match="second forward"):
+        fastinfer.quantize(failing, "w8a8_static", calib_data=[x], smooth_alpha=0.5)
+    assert all(torch.equal(p, before[n]) for n, p in failing.named_parameters())
+
+
 def test_smoothquant_bad_arguments():
     with pytest.raises(ValueError, match="smooth_alpha needs calib_data"):
         fastinfer.quantize(Outliers(), smooth_alpha=0.5)
@@ -212,3 +253,22 @@ def test_smoothquant_bad_arguments():
         fastinfer.quantize(Outliers(), smooth_alpha=2.0, calib_data=[torch.randn(2, 256)])
     with pytest.raises(ValueError, match="w8a8_static' needs calib_data"):
         fastinfer.quantize(Outliers(), scheme="w8a8_static")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scheme", ["w8a8_dynamic", "w8a8_static"])
+def test_half_precision_cnn_after_quantize(dtype, scheme):
+    """A model cast to bf16/fp16 keeps running after quantize on the CPU: the conv kernel (and the linear one,
+    for fp16) takes float32, so the layer converts once and returns its float output in the input's dtype.
+    Such a model used to have every layer swapped and then fail at its first forward."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        want = model(x)
+    half = copy.deepcopy(model).to(dtype)
+    q = fastinfer.quantize(half, scheme, **({"calib_data": [x.to(dtype)]} if scheme == "w8a8_static" else {}))
+    assert q.fastinfer_report.swapped == ["0", "3"]
+    with torch.inference_mode():
+        y = q(x.to(dtype))
+    assert y.dtype == dtype
+    assert torch.nn.functional.cosine_similarity(y.float().flatten(), want.flatten(), dim=0) > 0.99

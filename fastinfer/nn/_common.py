@@ -1,9 +1,10 @@
 """Checks shared by the quantized layers' constructors."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from .. import ops
 
@@ -27,3 +28,13 @@ def check_scale(name: str, value: Optional[float]) -> None:
     if value is not None and not (MIN_SCALE <= value <= MAX_SCALE):
         raise ValueError(f"{name} must be a positive finite float within float32's normal range "
                          f"[1.2e-38, 8.5e37] or None, got {value!r}")
+
+
+def in_cpu_float(x: Tensor, cpu_dtypes: Sequence[torch.dtype], run: Callable[[Tensor], Tensor]) -> Tensor:
+    """run(x) where the CPU kernel takes x's dtype (or x is not a CPU float tensor); otherwise (float16 on the
+    CPU, bfloat16 for a convolution) run(x in float32), its float output returned in x's dtype. A model cast
+    to such a dtype then keeps working after quantize (it used to fail at its first forward)."""
+    if x.device.type != "cpu" or not x.is_floating_point() or x.dtype in cpu_dtypes:
+        return run(x)
+    y = run(x.float())
+    return y.to(x.dtype) if y.is_floating_point() else y

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import quantize_weight_per_channel
-from ._common import check_float_layer, check_scale
+from ._common import check_float_layer, check_scale, in_cpu_float
 
 SCHEMES = ("w8a8_dynamic", "w8a8_static", "w8_only")
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
@@ -90,6 +90,9 @@ class Int8Linear(nn.Module):
         return mod
 
     def forward(self, x: Tensor) -> Tensor:
+        return in_cpu_float(x, (torch.float32, torch.bfloat16), self._forward)
+
+    def _forward(self, x: Tensor) -> Tensor:
         if self.scheme == "w8a8_dynamic":
             return torch.ops.fastinfer.int8_linear_dynamic(x, self.packed_weight, self.weight_scale, self.bias,
                                                            self.activation, self.input_smooth)

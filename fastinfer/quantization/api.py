@@ -5,6 +5,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import nn
 
 from .. import ops
@@ -180,18 +181,28 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
 
 
 def _calibrate(model: nn.Module, calib_data, observer: str, smooth, verbose: bool):
-    """Per-layer input and output scales; for smoothed layers, of the smoothed input (hooks divide by s)."""
-    hooks = []
+    """Per-layer input and output scales; for smoothed layers, of the smoothed input x / s. While
+    calibrating, a smoothed layer computes as its int8 version will: input x / s (a pre-hook), weight
+    columns times s, so its output, and every layer after it, sees the float model's values. (Dividing the
+    input alone once fed the later layers wrong activations: 0.22 relative error on a 3-layer MLP.)"""
+    hooks, saved = [], {}
     modules = dict(model.named_modules())
-    for name, s in smooth.items():
-        inv = 1.0 / s
-        hooks.append(modules[name].register_forward_pre_hook(
-            lambda _m, args, inv=inv: (args[0] * inv,) + tuple(args[1:])))
     try:
+        for name, s in smooth.items():
+            layer = modules[name]
+            saved[name] = layer.weight.detach().clone()
+            with torch.no_grad():
+                layer.weight.mul_(s.to(layer.weight.device, layer.weight.dtype))
+            inv = 1.0 / s
+            hooks.append(layer.register_forward_pre_hook(
+                lambda _m, args, inv=inv: (args[0] * inv.to(args[0].dtype),) + tuple(args[1:])))
         return calibrate(model, calib_data, observer=observer, progress=verbose)
     finally:
         for h in hooks:
             h.remove()
+        with torch.no_grad():
+            for name, w in saved.items():
+                modules[name].weight.copy_(w)
 
 
 __all__ = ["QuantConfig", "QuantizationReport", "quantize", "SCHEMES"]
