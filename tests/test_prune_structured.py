@@ -200,3 +200,62 @@ def test_untraceable_model_names_construct_and_safe_parts():
 
     with pytest.raises(PruningError, match=r"cannot trace Branchy.*can be pruned safely: block"):
         prune(Branchy(), amount=0.5, example_inputs=torch.randn(2, 64))
+
+
+def test_train_mode_batchnorm_statistics_untouched():
+    """The shape pass runs in eval mode: in train mode it used to update BatchNorm's running statistics
+    with the example input (a no-op prune changed the model's eval output)."""
+    model = CNN().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prune(model, amount=0.0, example_inputs=torch.randn(2, 1, 8, 8) * 5 + 3)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_parameters_used_outside_their_module_are_kept():
+    """A layer whose weight forward also reads directly (F.linear(b, self.proj.weight, ...)) or that shares a
+    weight with another layer keeps its channels (slicing broke the other use or untied the weight)."""
+    import torch.nn.functional as F
+
+    class Siamese(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.head_a, self.head_b = nn.Linear(8, 16), nn.Linear(16, 4), nn.Linear(16, 4)
+
+        def forward(self, a, b):
+            return self.head_a(F.relu(self.proj(a))) + self.head_b(F.linear(b, self.proj.weight, self.proj.bias))
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc1, self.enc2, self.head = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 4)
+            self.enc2.weight = self.enc1.weight
+
+        def forward(self, a, b):
+            return self.head(F.relu(self.enc1(a))), self.enc2(b)
+
+    a, b = torch.randn(2, 8), torch.randn(2, 8)
+    siamese = Siamese().eval()
+    report = prune(siamese, amount=0.5, example_inputs=(a, b))
+    siamese(a, b)
+    kept = {tuple(g.producers): g.reason for g in report.groups}
+    assert "proj.weight is also used directly in forward" in kept[("proj",)]
+    tied = Tied().eval()
+    report = prune(tied, amount=0.5, example_inputs=(a, b))
+    assert tied.enc1.weight is tied.enc2.weight and tied.enc1.weight.shape == (16, 8)
+    assert "tied to enc1.weight and enc2.weight" in {tuple(g.producers): g.reason for g in report.groups}[("enc1",)]
+
+
+def test_masked_model_and_wrong_example_inputs_refused_up_front():
+    import fastinfer
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(2, 8)
+    fastinfer.prune(model, pattern="unstructured", sparsity=0.5)
+    with pytest.raises(PruningError, match=r"layers '0', '2' carry parametrizations .* call fastinfer.remove_masks"):
+        prune(model, amount=0.5, example_inputs=x)
+    assert model[0].weight.shape == (16, 8) and model[0].bias.shape == (16,)
+    model(x)  # untouched, still runs
+    with pytest.raises(PruningError, match=r"model\(\*example_inputs\) failed \(RuntimeError: .*\); example_inputs "
+                                           r"must be inputs the model accepts"):
+        prune(CNN(), amount=0.5, example_inputs=torch.randn(1, 5, 8, 8))

@@ -131,6 +131,21 @@ def analyze(gm: fx.GraphModule) -> ChannelGraph:
     for node in gm.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
+    # Modules whose parameters are also read another way: by forward itself (a get_attr, as in
+    # F.linear(x, self.proj.weight)) or through another module (a tied weight). Slicing such a module
+    # would break that use (or untie the weight), so it is treated as opaque: its channels stay.
+    shared: Dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            owner = node.target.rpartition(".")[0]
+            shared.setdefault(owner, f"{node.target} is also used directly in forward")
+    owners: Dict[int, List[str]] = {}
+    for pname, param in gm.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(pname)
+    for names in owners.values():
+        if len(names) > 1:
+            for pname in names:
+                shared.setdefault(pname.rpartition(".")[0], f"its parameter is tied to {' and '.join(names)}")
 
     def inputs_of(node) -> List[_Value]:
         found = []
@@ -139,13 +154,14 @@ def analyze(gm: fx.GraphModule) -> ChannelGraph:
                 found.append(values[a])
         return found
 
-    def opaque(node, reason: str):
-        """Unknown op: every channel reaching it stays; its output starts a blocked space."""
+    def opaque(node, reason: str, producer: Optional[str] = None):
+        """Unknown op: every channel reaching it stays; its output starts a blocked space (whose producer, a
+        layer left whole, the report then lists with the reason)."""
         for v in inputs_of(node):
             g.block(v.layout, reason)
         shp = _shape(node)
         if shp is not None and len(shp) >= 2:
-            values[node] = _Value(g.new_space(shp[1], reason, blocked=reason), 1, shp)
+            values[node] = _Value(g.new_space(shp[1], reason, producer=producer, blocked=reason), 1, shp)
 
     for node in gm.graph.nodes:
         shp = _shape(node)
@@ -173,8 +189,12 @@ def analyze(gm: fx.GraphModule) -> ChannelGraph:
         if node.op == "call_module":
             mod = modules[node.target]
             name = node.target
+            layer = name if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)) else None
             if calls[name] > 1:
-                opaque(node, f"module {name} is called more than once")
+                opaque(node, f"module {name} is called more than once", layer)
+                continue
+            if name in shared:
+                opaque(node, f"module {name}: {shared[name]}", layer)
                 continue
             x = ins[0] if ins else None
             if isinstance(mod, (nn.Conv1d, nn.Conv2d)):

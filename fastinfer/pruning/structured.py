@@ -8,6 +8,7 @@ indices per module, so a pruned model can be saved and rebuilt from a fresh unpr
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -15,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn.utils import parametrize
 
 from ..quantization.api import Patterns, _matcher
 from .graph import ChannelGraph, Layout, analyze
@@ -76,9 +78,22 @@ def _as_tuple(example_inputs) -> Tuple[torch.Tensor, ...]:
     raise TypeError("example_inputs must be a tensor or a non-empty tuple of tensors (passed as model(*inputs))")
 
 
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Every module in eval mode meanwhile (a shape pass in train mode would update BatchNorm's running
+    statistics with the example input), each module's own flag restored afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
 def _trace(model: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> fx.GraphModule:
     gm = fx.symbolic_trace(model)
-    with torch.no_grad():
+    with torch.no_grad(), _eval_mode(model):
         ShapeProp(gm).propagate(*inputs)
     return gm
 
@@ -150,6 +165,19 @@ def prune(model: nn.Module, pattern: str = "channels", amount: float = 0.5, impo
         raise TypeError("example_inputs is required: a tensor or tuple of tensors the model accepts")
     inputs = _as_tuple(example_inputs)
     inc, exc = _matcher(include, "include"), _matcher(exclude, "exclude")
+    masked = [name for name, m in model.named_modules() if parametrize.is_parametrized(m)]
+    if masked:
+        names = ", ".join(repr(n) for n in masked[:4]) + (" ..." if len(masked) > 4 else "")
+        raise PruningError(f"fastinfer.prune: layers {names} carry parametrizations (pruning masks from "
+                           "pattern='unstructured'/'2:4'/'block'); structured pruning slices the weights: call "
+                           "fastinfer.remove_masks(model) first")
+    try:
+        with torch.no_grad(), _eval_mode(model):
+            model(*inputs)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise PruningError(f"fastinfer.prune: model(*example_inputs) failed ({type(e).__name__}: {first}); "
+                           "example_inputs must be inputs the model accepts") from e
     try:
         gm = _trace(model, inputs)
     except Exception as e:  # torch.fx raises several types (TraceError, TypeError, ...)
@@ -282,7 +310,7 @@ def _untraceable_message(model: nn.Module, inputs, err: Exception) -> str:
             hooks.append(m.register_forward_pre_hook(
                 lambda mod, args, name=name: captured.setdefault(name, args)))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _eval_mode(model):
             model(*inputs)
     except Exception:
         pass
