@@ -219,6 +219,18 @@ def test_kd_alone_teaches_despite_wrong_labels(digits):
     assert r.history[-1]["ce_loss"] > r.history[0]["ce_loss"]  # it did not follow the wrong labels
 
 
+def test_pure_distillation_without_labels():
+    """alpha=1 ignores the labels: (x, None) batches and non-class targets train (ce_loss is None); they used
+    to crash in the cross-entropy computed for the history. With alpha < 1, (x, None) is a clear error."""
+    teacher, student = _mlp([8, 32, 4], seed=1), _mlp([8, 8, 4], seed=0)
+    x = torch.randn(16, 8)
+    for y in (None, torch.randn(16)):
+        r = distill(teacher, student, [(x, y)] * 3, epochs=2, alpha=1.0, progress=False)
+        assert r.history[-1]["ce_loss"] is None and r.history[-1]["kd_loss"] < r.history[0]["kd_loss"]
+    with pytest.raises(ValueError, match=r"train_data yielded \(x, None\) batches: labels are needed unless alpha == 1"):
+        distill(teacher, student, [(x, None)], epochs=1, alpha=0.5, progress=False)
+
+
 # --- feature hints ------------------------------------------------------------------------------
 
 def _convnets():

@@ -88,6 +88,15 @@ def _unpack(batch, what: str):
     return x, y
 
 
+def _class_targets(y, logits: torch.Tensor) -> bool:
+    """Whether y can be cross_entropy's target for logits: class indices, or class probabilities of their shape."""
+    if not isinstance(y, torch.Tensor):
+        return False
+    if not y.is_floating_point():
+        return y.dim() == logits.dim() - 1 and y.shape[:1] == logits.shape[:1]
+    return y.shape == logits.shape
+
+
 def _set_epoch(data, epoch: int) -> None:
     # DistributedSampler reshuffles per epoch only when told the epoch; same call on every rank.
     set_epoch = getattr(getattr(data, "sampler", None), "set_epoch", None)
@@ -279,8 +288,15 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Iterable, *, epo
                 x, y = _to(x, s_dev), _to(y, s_dev)
                 s_logits, s_feats = train_model(x)
                 check_logits(s_logits, t_logits)
-                kd, ce = kd_terms(s_logits, t_logits, y, temperature)
-                loss = combine(kd, ce, alpha)
+                if alpha == 1.0 and not _class_targets(y, s_logits):
+                    # Pure distillation ignores the labels: unlabeled (x, None) or non-class targets.
+                    kd, ce = kd_terms(s_logits, t_logits, None, temperature)
+                elif y is None:
+                    raise ValueError(f"train_data yielded (x, None) batches: labels are needed unless alpha == 1 "
+                                     f"(pure distillation); alpha={alpha}")
+                else:
+                    kd, ce = kd_terms(s_logits, t_logits, y, temperature)
+                loss = combine(kd, ce if alpha != 1.0 else None, alpha)
                 hint = None
                 if pairs:
                     hint = sum(F.mse_loss(s, t) for s, t in zip(s_feats, t_feats))
@@ -295,7 +311,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Iterable, *, epo
                 sums["n"] += n
                 sums["loss"] += loss.item() * n
                 sums["kd"] += kd.item() * n
-                sums["ce"] += ce.item() * n
+                sums["ce"] += (ce.item() if ce is not None else math.nan) * n
                 sums["hint"] += (hint.item() if hint is not None else 0.0) * n
                 bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.4f}", refresh=False)
                 bar.update(1)
@@ -332,7 +348,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Iterable, *, epo
                 "epoch": epoch,
                 "train_loss": sums["loss"] / n,
                 "kd_loss": sums["kd"] / n,
-                "ce_loss": sums["ce"] / n,
+                "ce_loss": None if math.isnan(sums["ce"]) else sums["ce"] / n,
                 "hint_loss": sums["hint"] / n if pairs else None,
                 "eval_acc": 100.0 * sums["correct"] / sums["eval_n"] if eval_data is not None else None,
                 "eval_loss": sums["eval_loss"] / sums["eval_n"] if eval_data is not None else None,

@@ -93,7 +93,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets:
     return combine(kd, ce, alpha)
 
 
-def kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-             temperature: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Both unweighted terms (distill() reports each one per epoch, whatever alpha is)."""
-    return soft_kl(student_logits, teacher_logits, temperature), F.cross_entropy(student_logits, targets)
+def kd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: Optional[torch.Tensor],
+             temperature: float) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Both unweighted terms (distill() reports each one per epoch, whatever alpha is); no cross-entropy
+    without targets."""
+    ce = F.cross_entropy(student_logits, targets) if targets is not None else None
+    return soft_kl(student_logits, teacher_logits, temperature), ce
