@@ -272,3 +272,28 @@ def test_half_precision_cnn_after_quantize(dtype, scheme):
         y = q(x.to(dtype))
     assert y.dtype == dtype
     assert torch.nn.functional.cosine_similarity(y.float().flatten(), want.flatten(), dim=0) > 0.99
+
+
+def test_layer_registered_under_two_names_is_swapped_under_both():
+    """`self.k = self.q` is one layer held by two attributes: quantize and sparsify swap it under both (only
+    the first name was swapped; the other stayed a float layer that the report did not mention)."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(16, 16)
+            self.k = self.q
+
+        def forward(self, x):
+            return self.q(x) + self.k(x)
+
+    x = torch.randn(3, 16)
+    q = fastinfer.quantize(Shared().eval())
+    assert isinstance(q.q, Int8Linear) and q.k is q.q
+    assert q.fastinfer_report.swapped == ["q", "k"]
+    s = Shared().eval()
+    with torch.no_grad():
+        s.q.weight[torch.rand(16, 16) < 0.9] = 0
+    fastinfer.sparsify(s)
+    assert type(s.q).__name__ == "SparseLinear" and s.k is s.q
+    q(x), s(x)

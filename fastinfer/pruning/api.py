@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .._swap import replace_module
 from ..nn.fused import LinearAct
 from ..nn.sparse import SparseLinear
 from ..quantization.api import Patterns, _matcher
@@ -87,13 +88,11 @@ def sparsify(model: nn.Module, value_dtype=torch.float32, min_sparsity: float = 
             continue
         targets.append((name, zeros))
     for name, zeros in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        layer = getattr(parent, child)
+        layer = model.get_submodule(name)
         mask = masks._our_mask(layer)
         new = SparseLinear.from_float(layer, value_dtype, pattern=(mask.pattern if mask is not None and mask.pattern
                                                                    else "unstructured"))
-        setattr(parent, child, new)
+        replace_module(model, name, new)  # under every name it has (counted once here)
         report.converted.append((name, zeros, layer.weight.numel() * 4, new.nbytes))
     model.fastinfer_sparsify_report = report
     if verbose:

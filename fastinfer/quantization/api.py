@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .._swap import replace_module
 from ..nn.conv import Int8Conv2d
 from ..nn.fused import ConvAct2d, LinearAct
 from ..nn.linear import SCHEMES, Int8Linear, check_scheme
@@ -156,9 +157,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         if scales is not None and name not in scales:
             report.skipped.append((name, "no activation scale from calibration (layer not called)"))
             continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        layer = getattr(parent, child)
+        layer = model.get_submodule(name)
         x_scale = scales[name] if scales is not None else None
         try:
             if kind == "linear":
@@ -168,8 +167,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         except ValueError as e:  # e.g. padding_mode='reflect'
             report.skipped.append((name, str(e)))
             continue
-        setattr(parent, child, new)
-        report.swapped.append(name)
+        report.swapped.extend(replace_module(model, name, new))
     if cfg.scheme == "w8a8_static":
         if int8_residuals:
             report.rewritten = rewrite_residual_adds(model)
