@@ -41,12 +41,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from torch.nn.utils import parametrize
+
 from .nn.conv import Int8Conv2d
 from .nn.linear import Int8Linear
+from .nn.sparse import SparseLinear
 
 # Modules that have children but are profiled as one layer: their children are part of their
 # computation (MultiheadAttention's out_proj is applied inside its functional forward, not called).
-KNOWN_LEAVES: Tuple[type, ...] = (nn.MultiheadAttention, Int8Linear, Int8Conv2d)
+KNOWN_LEAVES: Tuple[type, ...] = (nn.MultiheadAttention, Int8Linear, Int8Conv2d, SparseLinear)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,6 +82,12 @@ def _conv_transpose(m, args, kwargs, out):
 
 def _linear(m, args, kwargs, out):
     macs = out.numel() * m.in_features
+    return macs, 2 * macs
+
+
+def _sparse_linear(m, args, kwargs, out):
+    # The products a sparse kernel does: each output row's nonzero weights, once per token.
+    macs = out.numel() // m.out_features * m.nnz
     return macs, 2 * macs
 
 
@@ -147,7 +156,7 @@ def _free(m, args, kwargs, out):
 _COUNTERS: Dict[type, Callable] = {
     nn.Conv1d: _conv, nn.Conv2d: _conv, nn.Conv3d: _conv,
     nn.ConvTranspose1d: _conv_transpose, nn.ConvTranspose2d: _conv_transpose, nn.ConvTranspose3d: _conv_transpose,
-    nn.Linear: _linear, Int8Linear: _linear, Int8Conv2d: _conv,
+    nn.Linear: _linear, Int8Linear: _linear, Int8Conv2d: _conv, SparseLinear: _sparse_linear,
     nn.MultiheadAttention: _mha,
     nn.BatchNorm1d: _per_element(2), nn.BatchNorm2d: _per_element(2), nn.BatchNorm3d: _per_element(2),
     nn.SyncBatchNorm: _per_element(2),
@@ -191,13 +200,15 @@ def _logical_params(module: nn.Module) -> int:
         kh, kw = module.kernel_size
         bias = module.out_channels if module.bias is not None else 0
         return module.out_channels * (module.in_channels // module.groups) * kh * kw + bias
+    if isinstance(module, SparseLinear):  # the nonzero weights it stores (its buffers are the layout)
+        return module.nnz + (module.out_features if module.bias is not None else 0)
     return 0
 
 
 def _int8_math(module: nn.Module) -> bool:
     # w8_only keeps activations in float and widens the weights in the kernel: int8 storage, float MACs.
     return (isinstance(module, Int8Linear) and module.scheme in ("w8a8_dynamic", "w8a8_static")) or \
-        isinstance(module, Int8Conv2d)
+        isinstance(module, Int8Conv2d) or (isinstance(module, SparseLinear) and module.value_dtype == torch.int8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,14 +414,18 @@ def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) ->
 
 
 def _leaves(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """Modules without children, plus KNOWN_LEAVES (whose children are then skipped), in module order."""
-    if isinstance(model, KNOWN_LEAVES) or not any(True for _ in model.children()):
+    """Modules without children, plus KNOWN_LEAVES and parametrized modules (a masked layer: its
+    parametrizations are children), whose children are then skipped, in module order."""
+    def whole(m: nn.Module) -> bool:
+        return isinstance(m, KNOWN_LEAVES) or parametrize.is_parametrized(m)
+
+    if whole(model) or not any(True for _ in model.children()):
         return [("(model)", model)]
     out, covered = [], []
     for name, m in model.named_modules():
         if not name or any(name.startswith(p) for p in covered):
             continue
-        if isinstance(m, KNOWN_LEAVES):
+        if whole(m):
             covered.append(name + ".")
             out.append((name, m))
         elif not any(True for _ in m.children()):
@@ -520,7 +535,9 @@ def _flopcounter_total(model, inputs) -> Tuple[Optional[int], str]:
     except ImportError:
         return None, "torch.utils.flop_counter is not available in this torch; no FlopCounterMode cross-check"
     try:
-        with FlopCounterMode(display=False) as fc:
+        # no_grad, not inference_mode: under inference_mode torch's counter fails on parametrized layers
+        # (a masked model: "'ParametrizedLinear' object has no attribute 'weight'").
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
             model(*inputs)
         return int(fc.get_total_flops()), ""
     except Exception as e:  # the cross-check is optional; the profile stands without it
@@ -576,7 +593,7 @@ def profile(model: nn.Module, example_inputs, *, warmup: int = 5, iters: int = 5
             counts = _count_pass(model, inputs, leaves)
             total_ms = _time_total(model, inputs, warmup, iters, sync)
             layer_ms = _time_layers(model, inputs, leaves, warmup, iters, sync)
-            fc_flops, fc_note = _flopcounter_total(model, inputs)
+        fc_flops, fc_note = _flopcounter_total(model, inputs)
         used_threads = torch.get_num_threads()
     finally:
         for m, was_training in modes:

@@ -197,6 +197,28 @@ def test_int8_linear_counted_like_linear(scheme):
     assert "fc2" in str(before.compare(after)) and json.dumps(cmp.to_dict())
 
 
+def test_masked_and_sparsified_layers_counted():
+    """A masked layer (its parametrizations are children) is one row counted as its float layer, with the
+    FlopCounterMode cross-check; a SparseLinear counts the products its kernel does (nonzeros per token)
+    and the weights it stores. Masked layers used to vanish from the table (their Mask modules took the
+    rows, 0 MACs) and SparseLinear had no formula."""
+    x = torch.randn(4, 64)
+    model = MLP()
+    dense = profile(model, x, **FAST)
+    masked = copy.deepcopy(model)
+    fastinfer.prune(masked, pattern="unstructured", sparsity=0.75)
+    pm = profile(masked, x, **FAST)
+    assert [r.name for r in pm.rows] == [r.name for r in dense.rows]
+    assert pm.totals.macs == dense.totals.macs and pm.totals.total_flops_flopcounter == 2 * dense.totals.macs
+    sparse = fastinfer.sparsify(copy.deepcopy(masked))
+    ps = profile(sparse, x, **FAST)
+    for name in ("fc1", "fc2", "head"):
+        layer, row = sparse.get_submodule(name), ps.layer(name)
+        assert row.type == "SparseLinear" and row.macs == 4 * layer.nnz and row.flops == 2 * row.macs
+        assert row.params == layer.nnz + layer.out_features
+    assert ps.totals.macs < 0.3 * dense.totals.macs
+
+
 def test_latency_fields_and_settings():
     rep = profile(SmallCNN(), torch.randn(1, 3, 16, 16), warmup=1, iters=4, threads=1)
     assert all(r.latency_ms > 0 for r in rep.rows)
@@ -222,7 +244,10 @@ def test_mode_threads_restored_and_set_during_run():
     old = torch.get_num_threads()
     want = 1 if old != 1 else 2
     profile(m, torch.randn(3, 4), warmup=1, iters=2, threads=want)
-    assert set(m.seen) == {(False, False, True, want)}
+    # Every forward in eval mode on `want` threads, under inference_mode but the FlopCounterMode cross-check's
+    # one (no_grad: torch's counter fails on parametrized layers under inference_mode).
+    assert set(m.seen) == {(False, False, True, want), (False, False, False, want)}
+    assert sum(not inference for _, _, inference, _ in m.seen) == 1
     assert (m.training, m.lin.training, m.bn.training) == (True, True, False)
     assert torch.get_num_threads() == old
     assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in m.modules())
