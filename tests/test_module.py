@@ -297,3 +297,18 @@ def test_layer_registered_under_two_names_is_swapped_under_both():
     fastinfer.sparsify(s)
     assert type(s.q).__name__ == "SparseLinear" and s.k is s.q
     q(x), s(x)
+
+
+def test_quantize_twice_is_a_no_op_that_says_so():
+    """A second quantize finds nothing to swap: its report lists the int8 layers as already quantized (with
+    w8a8_static it used to fail with 'model has no Conv2d / Linear module to calibrate')."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x = torch.randn(2, 8)
+    fastinfer.quantize(model, "w8a8_static", calib_data=[x])
+    with torch.inference_mode():
+        y = model(x)
+    fastinfer.quantize(model, "w8a8_static", calib_data=[x])
+    assert model.fastinfer_report.swapped == []
+    assert model.fastinfer_report.skipped == [("0", "already quantized"), ("2", "already quantized")]
+    with torch.inference_mode():
+        assert torch.equal(model(x), y)

@@ -130,7 +130,9 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     for name, mod in model.named_modules():
         kind = "linear" if type(mod) in LINEAR_TYPES else "conv" if type(mod) in CONV_TYPES else None
         if kind is None:
-            if isinstance(mod, (nn.Linear, nn.Conv2d)) and not isinstance(mod, (Int8Linear, Int8Conv2d)):
+            if isinstance(mod, (Int8Linear, Int8Conv2d)):
+                report.skipped.append((name, "already quantized"))
+            elif isinstance(mod, (nn.Linear, nn.Conv2d)):
                 report.skipped.append((name, f"subclass {type(mod).__name__} of {type(mod).__mro__[1].__name__} "
                                              "(may change forward)"))
             continue
@@ -144,6 +146,11 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
             report.skipped.append((name, "w8_only has no conv kernel (use w8a8_dynamic or w8a8_static)"))
         else:
             targets.append((name, kind))
+    if not targets:  # nothing to swap (e.g. quantized already): no smoothing or calibration pass either
+        model.fastinfer_report = report
+        if verbose:
+            print(report)
+        return model
     smooth = {}
     if smooth_alpha is not None:
         linears = [n for n, k in targets if k == "linear"]
