@@ -1,5 +1,6 @@
 // Every fastinfer op schema, defined once. Backend files only add TORCH_LIBRARY_IMPL kernels.
 #include <Python.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include <stdexcept>
@@ -100,6 +101,17 @@ TORCH_LIBRARY(fastinfer, m) {
   m.def("cuda_last_kernel() -> str", &cuda_last_kernel);
   // Benchmarks: the int8 instruction's peak rate (registers only) on all intra-op threads.
   m.def("int8_peak_probe(int iters) -> int", &fastinfer::cpu::int8_peak_probe);
+}
+
+// The ops are inference-only. For the ones that take float tensors (which may require grad), the Autograd
+// key gets torch's not-implemented kernel: a forward still runs, and a backward through the output raises
+// "derivative for fastinfer::<op> is not implemented" instead of torch's default (a deprecation warning
+// and no gradient at all, x.grad left None: training through a quantized layer silently learned nothing).
+TORCH_LIBRARY_IMPL(fastinfer, Autograd, m) {
+  for (const char* op : {"quantize_per_token", "int8_scaled_mm", "int8_linear_dynamic", "int8_linear_static",
+                         "int8_linear_weight_only", "int8_conv2d", "int8_add", "sparse_linear", "sparse_linear_int8",
+                         "sparse24_linear_int8"})
+    m.impl(op, torch::autograd::autogradNotImplementedFallback());
 }
 
 // `import fastinfer._C` runs the static registrations above; the module itself is empty.

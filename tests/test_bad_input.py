@@ -189,3 +189,28 @@ def test_quantize_include_exclude_types(kw):
 
     with pytest.raises(TypeError, match=f"{next(iter(kw))} must be a glob pattern, a list of them, or a callable"):
         fastinfer.quantize(nn.Sequential(nn.Linear(4, 4)), **kw)
+
+
+def test_backward_through_int8_layers_raises():
+    """The layers are inference-only: a forward with inputs that require grad runs, and a backward through
+    its output raises (torch's default was a deprecation warning and x.grad left None)."""
+    from torch import nn
+
+    from fastinfer.nn import Int8Conv2d, SparseLinear
+
+    lin = nn.Linear(8, 4)
+    with torch.no_grad():
+        lin.weight[:, ::2] = 0
+    cases = [(Int8Linear.from_float(lin), torch.randn(2, 8)), (Int8Linear.from_float(lin, "w8_only"), torch.randn(2, 8)),
+             (Int8Conv2d.from_float(nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 6, 6)),
+             (SparseLinear.from_float(lin), torch.randn(2, 8)),
+             (SparseLinear.from_float(lin, torch.int8), torch.randn(2, 8)),
+             (lambda x: ops.int8_add(x, x, relu=True), torch.randn(2, 4, 3, 3))]
+    for layer, x in cases:
+        x.requires_grad_(True)
+        y = layer(x)
+        assert y.requires_grad
+        with pytest.raises(RuntimeError, match="derivative for fastinfer::[a-z0-9_]+ is not implemented"):
+            y.sum().backward()
+        with torch.no_grad():
+            assert not layer(x).requires_grad

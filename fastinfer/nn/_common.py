@@ -1,7 +1,7 @@
 """Checks shared by the quantized layers' constructors."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -30,11 +30,9 @@ def check_scale(name: str, value: Optional[float]) -> None:
                          f"[1.2e-38, 8.5e37] or None, got {value!r}")
 
 
-def in_cpu_float(x: Tensor, cpu_dtypes: Sequence[torch.dtype], run: Callable[[Tensor], Tensor]) -> Tensor:
-    """run(x) where the CPU kernel takes x's dtype (or x is not a CPU float tensor); otherwise (float16 on the
-    CPU, bfloat16 for a convolution) run(x in float32), its float output returned in x's dtype. A model cast
-    to such a dtype then keeps working after quantize (it used to fail at its first forward)."""
-    if x.device.type != "cpu" or not x.is_floating_point() or x.dtype in cpu_dtypes:
-        return run(x)
-    y = run(x.float())
-    return y.to(x.dtype) if y.is_floating_point() else y
+def half_on_cpu(x: Tensor, cpu_dtypes: Sequence[torch.dtype]) -> bool:
+    """Whether x is a 16-bit float CPU tensor the CPU kernel does not take (float16; bfloat16 for a
+    convolution): the layer then runs on one float32 copy and returns its float output in x's dtype, so a
+    model cast to that dtype keeps working after quantize (it used to fail at its first forward). The
+    dtype test comes first: float32 inputs pay one comparison."""
+    return x.dtype in (torch.float16, torch.bfloat16) and x.dtype not in cpu_dtypes and x.device.type == "cpu"

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import quantize_weight_per_channel
-from ._common import check_float_layer, check_scale, in_cpu_float
+from ._common import check_float_layer, check_scale, half_on_cpu
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
 CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")
@@ -117,9 +117,16 @@ class Int8Conv2d(nn.Module):
         return out
 
     def forward(self, x: Tensor) -> Tensor:
-        return in_cpu_float(x, (torch.float32,), lambda x: torch.ops.fastinfer.int8_conv2d(
-            x, self.packed_weight, self.weight_scale, self.bias, list(self.kernel_size), list(self.stride),
-            list(self.padding), list(self.dilation), self.groups, self.x_scale, self.out_scale, self.activation))
+        if half_on_cpu(x, ()):
+            y = self._forward(x.float())
+            return y.to(x.dtype) if y.is_floating_point() else y
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        return torch.ops.fastinfer.int8_conv2d(x, self.packed_weight, self.weight_scale, self.bias,
+                                               list(self.kernel_size), list(self.stride), list(self.padding),
+                                               list(self.dilation), self.groups, self.x_scale, self.out_scale,
+                                               self.activation)
 
     def extra_repr(self) -> str:
         mode = "dynamic" if self.x_scale is None else f"static x_scale={self.x_scale:.4g}"
