@@ -40,7 +40,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
-
 from torch.nn.utils import parametrize
 
 from .nn.conv import Int8Conv2d

@@ -296,7 +296,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Iterable, *, epo
                                      f"(pure distillation); alpha={alpha}")
                 else:
                     kd, ce = kd_terms(s_logits, t_logits, y, temperature)
-                loss = combine(kd, ce if alpha != 1.0 else None, alpha)
+                loss = combine(kd, ce, alpha)  # alpha == 1: the KL term alone
                 hint = None
                 if pairs:
                     hint = sum(F.mse_loss(s, t) for s, t in zip(s_feats, t_feats))

@@ -205,8 +205,8 @@ def _calibrate(model: nn.Module, calib_data, observer: str, smooth, verbose: boo
     finally:
         for h in hooks:
             h.remove()
-        with torch.no_grad():
-            for name, w in saved.items():
+        with torch.no_grad():  # last scaled first: a weight tied between two layers ends as it was
+            for name, w in reversed(list(saved.items())):
                 modules[name].weight.copy_(w)
 
 
