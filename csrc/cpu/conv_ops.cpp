@@ -165,8 +165,9 @@ struct ConvEpilogue {
 // (Int8GemmParams::stream_out): the output lines are not read for ownership first. Measured (AMD Zen 4,
 // 1 MB L2 a core, 32 MB L3; batch 8, int8 in, fp32 out, 1 thread): grouped 3x3 at 56 x 56 x 128 (12.8 MB
 // out) 3.2 -> 1.5 ms, also at batch 1 (3.2 MB) no slower; a following fp32 consumer (ReLU) reads the
-// output from memory instead of L3 and still came out ahead (EPILOGUE.md, "Streaming fp32 outputs").
-constexpr int64_t kStreamOutBytes = 2 << 20;
+// output from memory instead of L3 and still came out ahead (EPILOGUE.md, "Streaming fp32 outputs"). The AMX
+// kernels ignore it and apply their own per-call rule (amx.cc, stream_output), GEMMs included.
+constexpr int64_t kConvStreamOutBytes = 2 << 20;
 
 constexpr float kUnitScale = 1.0f;
 
@@ -562,7 +563,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   }
   const kernels::OutKind kind = out_scale ? kernels::OutKind::Int8 : kernels::OutKind::Float32;
   ConvEpilogue epi = fold_epilogue(a_scale, ws, bi, out_scale, act);
-  epi.stream_out = kind == kernels::OutKind::Float32 && out.nbytes() >= static_cast<size_t>(kStreamOutBytes);
+  epi.stream_out = kind == kernels::OutKind::Float32 && out.nbytes() >= static_cast<size_t>(kConvStreamOutBytes);
   record_conv_store(epi.stream_out);
   if (!dw && a.groups > 1) {  // 2a) narrow groups: all channels of a pixel at once
     const kernels::KernelSet& gk = kernels_for(Family::GroupConv);

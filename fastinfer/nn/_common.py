@@ -36,3 +36,9 @@ def half_on_cpu(x: Tensor, cpu_dtypes: Sequence[torch.dtype]) -> bool:
     model cast to that dtype keeps working after quantize (it used to fail at its first forward). The
     dtype test comes first: float32 inputs pay one comparison."""
     return x.dtype in (torch.float16, torch.bfloat16) and x.dtype not in cpu_dtypes and x.device.type == "cpu"
+
+
+def via_float32(x: Tensor, run) -> Tensor:
+    """run(x in float32), its float output returned in x's dtype (an int8 output as it is)."""
+    y = run(x.float())
+    return y.to(x.dtype) if y.is_floating_point() else y

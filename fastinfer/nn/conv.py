@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import quantize_weight_per_channel
-from ._common import check_float_layer, check_scale, half_on_cpu
+from ._common import check_float_layer, check_scale, half_on_cpu, via_float32
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
 CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")
@@ -117,10 +117,7 @@ class Int8Conv2d(nn.Module):
         return out
 
     def forward(self, x: Tensor) -> Tensor:
-        if half_on_cpu(x, ()):
-            y = self._forward(x.float())
-            return y.to(x.dtype) if y.is_floating_point() else y
-        return self._forward(x)
+        return via_float32(x, self._forward) if half_on_cpu(x, ()) else self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:
         return torch.ops.fastinfer.int8_conv2d(x, self.packed_weight, self.weight_scale, self.bias,

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import quantize_weight_per_channel
-from ._common import check_float_layer, check_scale, half_on_cpu
+from ._common import check_float_layer, check_scale, half_on_cpu, via_float32
 
 SCHEMES = ("w8a8_dynamic", "w8a8_static", "w8_only")
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
@@ -90,10 +90,7 @@ class Int8Linear(nn.Module):
         return mod
 
     def forward(self, x: Tensor) -> Tensor:
-        if half_on_cpu(x, (torch.bfloat16,)):
-            y = self._forward(x.float())
-            return y.to(x.dtype) if y.is_floating_point() else y
-        return self._forward(x)
+        return via_float32(x, self._forward) if half_on_cpu(x, (torch.bfloat16,)) else self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.scheme == "w8a8_dynamic":
