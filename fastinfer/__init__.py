@@ -16,7 +16,8 @@ from .distillation import DistillResult, distill, kd_loss
 from .profiling import ProfileReport, compare_profiles, profile
 from .pruning import (PruningError, PruningReport, SparsityReport, load_pruned, prune, remove_masks, save_pruned,
                       sparsify, sparsity_report)
-from .quantization import CalibrationResult, QuantConfig, QuantizationReport, calibrate, fuse, quantize
+from .quantization import (CalibrationResult, QuantConfig, QuantizationReport, calibrate, fuse, load_quantized,
+                           quantize)
 
 __version__ = "0.1.0"
 ISAS = ("ref", "avx2", "avx_vnni", "avx512_vnni", "amx")  # tiers, lowest first
@@ -56,7 +57,7 @@ def use_isa(isa: str):
         ops.set_isa_cap(previous)
 
 
-__all__ = ["quantize", "QuantConfig", "QuantizationReport", "fuse", "calibrate", "CalibrationResult", "distill", "kd_loss", "DistillResult", "profile",
+__all__ = ["quantize", "load_quantized", "QuantConfig", "QuantizationReport", "fuse", "calibrate", "CalibrationResult", "distill", "kd_loss", "DistillResult", "profile",
            "ProfileReport", "compare_profiles", "prune", "PruningReport", "PruningError", "save_pruned", "sparsify", "sparsity_report",
            "SparsityReport", "remove_masks",
            "load_pruned", "cpu_capabilities", "use_isa", "nn", "ops", "reference", "ISAS", "__version__"]

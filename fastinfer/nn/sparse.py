@@ -18,7 +18,7 @@ from .. import ops, reference
 from ._common import check_float_layer
 
 FORMATS = ("csr16", "csr8", "slot128", "sparse24")
-_INT8_FORMATS = ("slot128", "sparse24")
+INT8_FORMATS = ("slot128", "sparse24")
 # fp32 layers with fewer zeros than this take csr8: at batch 1 its windows of x in registers run at
 # memory speed, while csr16's gathers cap the rate (4096^2, 2 threads: 50% zeros 0.77 vs 1.04 ms,
 # 70% 0.48 vs 0.60 ms); from ~80% on csr16 is as fast at batch 1, faster batched, and smaller.
@@ -61,7 +61,7 @@ class SparseLinear(nn.Module):
         fmt = format or ("slot128" if value_dtype == torch.int8 else "csr16")
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS} or None, got {format!r}")
-        if (fmt in _INT8_FORMATS) != (value_dtype == torch.int8):
+        if (fmt in INT8_FORMATS) != (value_dtype == torch.int8):
             raise ValueError(f"format {fmt!r} does not hold {value_dtype} values (slot128 and sparse24 are the "
                              "int8 layouts; csr16 and csr8 hold float32)")
         if not (1 <= in_features <= _MAX_K) or out_features < 1:
@@ -79,7 +79,7 @@ class SparseLinear(nn.Module):
         for name, (shape, dtype) in _buffer_specs(fmt, self.out_features, self.in_features).items():
             self.register_buffer(name, torch.zeros(shape, dtype=dtype))
         self.format = fmt
-        self.value_dtype = torch.int8 if fmt in _INT8_FORMATS else torch.float32
+        self.value_dtype = torch.int8 if fmt in INT8_FORMATS else torch.float32
 
     @classmethod
     def from_float(cls, linear: nn.Module, value_dtype=torch.float32, pattern: str = "unstructured",

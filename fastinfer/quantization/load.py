@@ -1,0 +1,100 @@
+"""load_quantized: rebuild a quantized (or sparsified) model from its state_dict and the float architecture.
+
+Deploying a quantized model should not need the calibration data, nor a pickle of the whole model (which
+ties the file to the code that wrote it). The state_dict already says what each layer became: every
+fastinfer layer saves its kind in its extra state (scheme, activation and scales for Int8Linear; the
+weight shape and scales for Int8Conv2d; the layout for SparseLinear; the operand scales for Int8Add).
+So the float model, built from its own code, is turned into the quantized one by swapping each layer the
+file names, replaying the structural rewrites of static quantization (residual adds, int8 pooling), and
+loading the file strictly.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Mapping, Optional
+
+import torch
+from torch import nn
+
+from .._swap import replace_module
+from ..nn.add import Int8Add
+from ..nn.conv import Int8Conv2d, conv_padding
+from ..nn.linear import Int8Linear
+from ..nn.sparse import FORMATS, INT8_FORMATS, SparseLinear
+from .api import CONV_TYPES, LINEAR_TYPES
+from .chain import chain_int8_convs, rewrite_residual_adds
+
+_ADD_STATE = set(Int8Add().get_extra_state())
+
+
+def _layer_from_state(mod: nn.Module, prefix: str, sd: Mapping) -> Optional[nn.Module]:
+    """The fastinfer layer the state_dict holds at `prefix` in place of float layer `mod`, empty (the
+    strict load fills it), or None when the file holds the float layer there."""
+    extra = sd.get(prefix + "_extra_state")
+    if not isinstance(extra, dict):
+        return None
+    bias = mod.bias is not None
+    if type(mod) in LINEAR_TYPES and prefix + "packed_weight" in sd and "scheme" in extra:
+        return Int8Linear(mod.in_features, mod.out_features, bias, extra["scheme"], extra["activation"],
+                          extra["x_scale"], extra["out_scale"])
+    if type(mod) in LINEAR_TYPES and extra.get("format") in FORMATS and "nnz" in extra:
+        fmt = extra["format"]
+        return SparseLinear(mod.in_features, mod.out_features, bias,
+                            torch.int8 if fmt in INT8_FORMATS else torch.float32, fmt)
+    if type(mod) in CONV_TYPES and prefix + "packed_weight" in sd and "weight_shape" in extra:
+        if mod.padding_mode != "zeros":
+            raise ValueError(f"{prefix[:-1]}: the file holds an Int8Conv2d, but this model's conv has "
+                             f"padding_mode={mod.padding_mode!r} (Int8Conv2d pads with zeros only)")
+        # conv_padding: nn.Conv2d's 'same' / 'valid' as numbers, as from_float does
+        # out_scale stays None here: chain_int8_convs sets it, and with it swaps the pooling in between
+        # (it passes over a conv that has one already); the strict load then gives the file's value.
+        return Int8Conv2d(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, conv_padding(mod),
+                          mod.dilation, mod.groups, bias, extra["activation"], extra["x_scale"])
+    return None
+
+
+def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Module:
+    """Turns ``model``, a float instance of the architecture that was quantized (or sparsified), into the
+    quantized model saved in ``source`` (a state_dict, or a path to one written by
+    ``torch.save(qmodel.state_dict(), path)``), in place, and returns it.
+
+    Every nn.Linear / nn.Conv2d whose entry in the file is an Int8Linear, Int8Conv2d or SparseLinear
+    is swapped for one, the residual-add and int8-pooling rewrites of ``w8a8_static`` are replayed, and
+    the file is loaded with ``load_state_dict(strict=strict)``: weights, scales and layouts come from
+    the file; no calibration data is needed. A model that was fused before quantizing must be fused
+    again first (``fastinfer.fuse(model)``: it needs no data).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(source, (str, os.PathLike)):
+        sd = torch.load(source, map_location="cpu", weights_only=True)
+    else:
+        sd = source
+    if not isinstance(sd, Mapping):
+        raise TypeError(f"source must be a state_dict (a mapping of names to tensors) or a path to one, got "
+                        f"{type(sd).__name__}")
+    bn_missing = [n for n, m in model.named_modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+                  and f"{n}.running_mean" not in sd]
+    swaps: Dict[str, nn.Module] = {}
+    for name, mod in model.named_modules():
+        if name and type(mod) in LINEAR_TYPES + CONV_TYPES:
+            new = _layer_from_state(mod, name + ".", sd)
+            if new is not None:
+                swaps[name] = new.to(mod.weight.device)
+    if bn_missing and swaps:
+        raise ValueError(f"the file has no BatchNorm statistics for {', '.join(bn_missing[:3])}"
+                         f"{' ...' if len(bn_missing) > 3 else ''}: the quantized model was fused; call "
+                         "fastinfer.fuse(model) (eval mode) before load_quantized")
+    for name, new in swaps.items():
+        replace_module(model, name, new)
+    if any(isinstance(m, Int8Conv2d) and m.x_scale is not None for m in model.modules()):
+        if any(k.endswith("._extra_state") and isinstance(v, dict) and set(v) == _ADD_STATE for k, v in sd.items()):
+            rewrite_residual_adds(model)  # the file holds Int8Adds: quantize rewrote the residual adds
+        # The same hand-offs as quantize made: a conv whose consumers are Int8Adds takes its calibrated
+        # output scale, which is the out_scale the file holds for it.
+        saved = {name: sd[name + "._extra_state"].get("out_scale") for name, m in swaps.items()
+                 if isinstance(m, Int8Conv2d)}
+        chain_int8_convs(model, {name: v for name, v in saved.items() if v is not None})
+    model.load_state_dict(sd, strict=strict)
+    return model

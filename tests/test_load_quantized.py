@@ -1,0 +1,136 @@
+"""fastinfer.load_quantized: a quantized / sparsified model rebuilt from its state_dict and the float code."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastinfer
+from fastinfer.nn import Int8Add, Int8Conv2d, Int8Linear, Int8MaxPool2d, SparseLinear
+from test_int8_chain import Block, TinyResNet, _trained_like
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(24, 48), nn.ReLU(), nn.Linear(48, 40), nn.GELU(), nn.Linear(40, 8)).eval()
+
+
+def _same(a, b, x):
+    with torch.inference_mode():
+        ya, yb = a(x), b(x)
+    assert ya.dtype == yb.dtype and torch.equal(ya, yb)
+
+
+@pytest.mark.parametrize("scheme", ["w8a8_dynamic", "w8_only", "w8a8_static", "smooth"])
+def test_linear_model_round_trip(tmp_path, scheme):
+    calib = [torch.randn(16, 24) for _ in range(3)]
+    kw = {"w8a8_static": dict(calib_data=calib), "smooth": dict(calib_data=calib, smooth_alpha=0.5)}.get(scheme, {})
+    q = fastinfer.quantize(_mlp(), scheme="w8a8_dynamic" if scheme == "smooth" else scheme, **kw)
+    path = tmp_path / "q.pt"
+    torch.save(q.state_dict(), path)
+    fresh = _mlp()
+    with torch.no_grad():  # the float weights of the fresh instance play no part
+        for p in fresh.parameters():
+            p.normal_()
+    loaded = fastinfer.load_quantized(path, fresh)
+    assert loaded is fresh
+    assert [type(m) for m in loaded] == [type(m) for m in q]
+    assert all(getattr(a, "scheme", None) == getattr(b, "scheme", None) for a, b in zip(loaded, q))
+    if scheme == "smooth":
+        assert loaded[0].input_smooth is not None
+    _same(q, loaded, torch.randn(5, 24))
+
+
+def test_static_cnn_with_residual_adds_and_int8_pooling():
+    model = _trained_like(TinyResNet())
+    torch.manual_seed(1)
+    calib = [torch.randn(4, 3, 20, 20) for _ in range(3)]
+    q = fastinfer.quantize(fastinfer.fuse(copy.deepcopy(model)), scheme="w8a8_static", calib_data=calib)
+    assert q.fastinfer_report.rewritten and q.fastinfer_report.chained
+    sd = q.state_dict()
+    fresh = TinyResNet().eval()
+    with pytest.raises(ValueError, match="fastinfer.fuse"):
+        fastinfer.load_quantized(sd, fresh)  # the quantized model was fused: BN statistics are not in the file
+    loaded = fastinfer.load_quantized(sd, fastinfer.fuse(TinyResNet().eval()))
+    assert isinstance(loaded.layer[0].residual_add, Int8Add) and isinstance(loaded.maxpool, Int8MaxPool2d)
+    for (name, a), (_, b) in zip(q.named_modules(), loaded.named_modules()):
+        assert type(a).__name__ == type(b).__name__, name
+        if isinstance(a, (Int8Conv2d, Int8Linear, Int8Add)):
+            for attr in ("x_scale", "out_scale", "a_scale", "b_scale", "activation", "relu"):
+                assert getattr(a, attr, None) == getattr(b, attr, None), (name, attr)
+    _same(q, loaded, torch.randn(3, 3, 20, 20))
+
+
+def test_static_block_without_residual_rewrite():
+    torch.manual_seed(2)
+    calib = [torch.randn(4, 3, 20, 20) for _ in range(2)]
+    q = fastinfer.quantize(fastinfer.fuse(Block().eval()), scheme="w8a8_static", calib_data=calib,
+                           int8_residuals=False)
+    loaded = fastinfer.load_quantized(q.state_dict(), fastinfer.fuse(Block().eval()))
+    assert type(loaded) is Block and not any(isinstance(m, Int8Add) for m in loaded.modules())
+    _same(q, loaded, torch.randn(2, 3, 20, 20))
+
+
+def test_dynamic_conv_and_partial_quantization():
+    def net():
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding="same"), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8),
+                             nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+    q = fastinfer.quantize(net(), scheme="w8a8_dynamic", exclude="4")
+    loaded = fastinfer.load_quantized(q.state_dict(), net())
+    assert [type(m) for m in loaded] == [Int8Conv2d, nn.ReLU, Int8Conv2d, nn.Flatten, nn.Linear]
+    assert loaded[0].padding == (1, 1)
+    _same(q, loaded, torch.randn(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize("value_dtype", [torch.float32, torch.int8])
+def test_sparsified_model(value_dtype):
+    model = _mlp()
+    fastinfer.prune(model, "unstructured", sparsity=0.8)
+    s = fastinfer.sparsify(model, value_dtype=value_dtype)
+    assert any(isinstance(m, SparseLinear) for m in s.modules())
+    loaded = fastinfer.load_quantized(s.state_dict(), _mlp())
+    assert [type(m) for m in loaded] == [type(m) for m in s]
+    assert [getattr(m, "format", None) for m in loaded] == [getattr(m, "format", None) for m in s]
+    _same(s, loaded, torch.randn(7, 24))
+
+
+def test_tied_layer_swapped_under_both_names():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(4)
+            self.q = nn.Linear(16, 16)
+            self.k = self.q
+
+        def forward(self, x):
+            return self.k(self.q(x))
+
+    q = fastinfer.quantize(Tied().eval())
+    loaded = fastinfer.load_quantized(q.state_dict(), Tied().eval())
+    assert isinstance(loaded.q, Int8Linear) and loaded.k is loaded.q
+    _same(q, loaded, torch.randn(3, 16))
+
+
+def test_bad_sources():
+    with pytest.raises(TypeError, match="model must be"):
+        fastinfer.load_quantized({}, "not a model")
+    with pytest.raises(TypeError, match="source must be a state_dict"):
+        fastinfer.load_quantized([1, 2], _mlp())
+    q = fastinfer.quantize(_mlp())
+    other = nn.Sequential(nn.Linear(24, 48), nn.ReLU(), nn.Linear(48, 41), nn.GELU(), nn.Linear(41, 8)).eval()
+    with pytest.raises(ValueError, match="packed weight is"):  # a layer of another shape
+        fastinfer.load_quantized(q.state_dict(), other)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3)).eval()
+    sd = fastinfer.quantize(copy.deepcopy(conv)).state_dict()
+    conv[0].padding_mode = "reflect"
+    with pytest.raises(ValueError, match="padding_mode"):
+        fastinfer.load_quantized(sd, conv)
+    # a float state_dict loads as a plain one
+    plain = _mlp()
+    loaded = fastinfer.load_quantized(plain.state_dict(), _mlp())
+    assert not any(isinstance(m, Int8Linear) for m in loaded.modules())
+    with torch.inference_mode():
+        x = torch.randn(2, 24)
+        assert torch.equal(F.linear(x, loaded[0].weight, loaded[0].bias), F.linear(x, plain[0].weight, plain[0].bias))
