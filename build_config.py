@@ -15,6 +15,11 @@ from typing import List
 NVCC_ARCH_FLAGS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a",
                    "-gencode=arch=compute_80,code=compute_80"]
 NVCC_FLAGS = ["-O3", "-DNDEBUG", "--expt-relaxed-constexpr", "--fmad=false", *NVCC_ARCH_FLAGS]
+# FASTINFER_NVCC_THREADS=n: each nvcc runs its three targets' passes on up to n threads. The build's
+# length is its slowest CUTLASS unit (60-100 s a target on this project's CI machine), so on a many-core
+# GPU host (benchmarks/gpu_check.sh) this shortens the build; on 2 cores it would only oversubscribe them.
+if os.environ.get("FASTINFER_NVCC_THREADS"):
+    NVCC_FLAGS += ["--threads", str(int(os.environ["FASTINFER_NVCC_THREADS"]))]
 
 
 def cutlass_include_dirs() -> List[str]:

@@ -152,8 +152,9 @@ def main_cuda(args, shapes):
     if not ops.cuda_available():
         raise SystemExit("--device cuda needs fastinfer built with CUDA (a CUDA torch and nvcc) and a GPU")
     info = bc.machine_info_cuda()
+    info["copy_tb_s"] = bc.copy_tb_s()
     print(f"# {info['gpu']} (sm {info['capability']}, {info['sms']} SMs) | torch {info['torch']} | "
-          f"fastinfer build {info['fastinfer_build']}")
+          f"fastinfer build {info['fastinfer_build']} | device copy {info['copy_tb_s']:.2f} TB/s")
     print(f"{'M':>5} {'K':>6} {'N':>6}  {'impl':<26} {'median ms':>10} {'TOPS':>8}  kernel")
     rows = []
     for (M, K, N) in shapes:
@@ -163,7 +164,7 @@ def main_cuda(args, shapes):
             extra = f"  {r['gb_s']:.0f} GB/s" if "gb_s" in r else ""
             print(f"{M:>5} {K:>6} {N:>6}  {r['impl']:<26} {r['median_ms']:>10.4f} {r['tops']:>8.1f}  {r['kernel']}{extra}")
         print()
-    tgt = bc.targets(rows)
+    tgt = bc.targets(rows, info["copy_tb_s"])
     print_targets(tgt)
     if args.json:
         write_json(args.json, {"machine": info, "rows": rows, "targets": target_json(tgt)})

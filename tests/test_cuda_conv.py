@@ -156,6 +156,23 @@ def test_quantize_cnn_on_gpu():
     assert torch.nn.functional.cosine_similarity(out.flatten(), ref_out.flatten(), dim=0) > 0.99
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_cnn_on_gpu(dtype):
+    # The op returns fp32 for a 16-bit input; the layer gives the input's dtype back, as on the CPU, so
+    # the next float layer of a half-precision model takes it.
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.Flatten(),
+                          nn.Linear(32 * 8 * 8, 10)).eval().cuda()
+    q = fastinfer.quantize(copy.deepcopy(model), "w8a8_dynamic", exclude="5").to(dtype)
+    x = torch.randn(4, 16, 8, 8, device=DEV)
+    with torch.inference_mode():
+        y = q[3](q[2](q[1](q[0](x.to(dtype)))))
+        assert y.dtype == dtype
+        out = q(x.to(dtype))
+    assert out.dtype == dtype
+    assert torch.nn.functional.cosine_similarity(out.float().flatten(), model(x).flatten(), dim=0) > 0.98
+
+
 def test_opcheck_and_bad_input():
     w = torch.randint(-127, 128, (32, 16, 3, 3), dtype=torch.int8, device=DEV)
     packed = ops.pack_conv_weight(w, 1)

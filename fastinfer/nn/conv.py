@@ -117,7 +117,12 @@ class Int8Conv2d(nn.Module):
         return out
 
     def forward(self, x: Tensor) -> Tensor:
-        return via_float32(x, self._forward) if half_on_cpu(x, ()) else self._forward(x)
+        if half_on_cpu(x, ()):
+            return via_float32(x, self._forward)
+        y = self._forward(x)
+        # A GPU takes 16-bit inputs as they are, but the op's float output is fp32 there too: it goes back
+        # to x's dtype, as on the CPU, for the next layer of a half-precision model.
+        return y.to(x.dtype) if y.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16) else y
 
     def _forward(self, x: Tensor) -> Tensor:
         return torch.ops.fastinfer.int8_conv2d(x, self.packed_weight, self.weight_scale, self.bias,
