@@ -85,12 +85,13 @@ def test_dynamic_conv_and_partial_quantization():
 
 
 @pytest.mark.parametrize("value_dtype", [torch.float32, torch.int8])
-def test_sparsified_model(value_dtype):
+def test_sparsified_model(tmp_path, value_dtype):
     model = _mlp()
     fastinfer.prune(model, "unstructured", sparsity=0.8)
     s = fastinfer.sparsify(model, value_dtype=value_dtype)
     assert any(isinstance(m, SparseLinear) for m in s.modules())
-    loaded = fastinfer.load_quantized(s.state_dict(), _mlp())
+    torch.save(s.state_dict(), tmp_path / "s.pt")  # read back with weights_only=True
+    loaded = fastinfer.load_quantized(tmp_path / "s.pt", _mlp())
     assert [type(m) for m in loaded] == [type(m) for m in s]
     assert [getattr(m, "format", None) for m in loaded] == [getattr(m, "format", None) for m in s]
     _same(s, loaded, torch.randn(7, 24))

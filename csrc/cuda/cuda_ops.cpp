@@ -451,10 +451,13 @@ at::Tensor sparse24_linear_int8(const at::Tensor& x, const at::Tensor& values, c
   const at::Tensor ws = channel_vector(w_scale, N, dev, op, "w_scale", false);
   const at::Tensor bi = bias ? channel_vector(*bias, N, dev, op, "bias", true) : at::Tensor();
   const ck::OutKind kind = out_kind(x.scalar_type(), op);
+  // No rows: an empty [..., N] of the fake kernel's strides (a narrowed [0, N_pad] would keep N_pad as its
+  // row stride: contiguous() leaves an empty tensor as it is).
+  if (M == 0) return at::empty({0, N}, x.options()).view(out_shape(x, N));
   // The GEMM computes all N_pad rows of the padded weight (16-byte rows of out for TMA); the padding
   // columns of out are dropped below.
   at::Tensor out = at::empty({M, N_pad}, x.options());
-  if (M > 0) {
+  {
     at::Tensor q = at::empty({M, K_pad}, x.options().dtype(at::kChar));
     at::Tensor a_scale = at::empty({M}, x.options().dtype(at::kFloat));
     quantize_into(x2, q, &a_scale, 0.0f, at::Tensor(), op);
