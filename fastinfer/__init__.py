@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 from . import _ext  # noqa: F401  (loads fastinfer._C: registers torch.ops.fastinfer)
 from . import nn, ops, reference
@@ -21,7 +22,7 @@ from .quantization import (CalibrationResult, QuantConfig, QuantizationReport, c
 
 __version__ = "0.1.0"
 ISAS = ("ref", "avx2", "avx_vnni", "avx512_vnni", "amx")  # tiers, lowest first
-_isa_cap = "amx"  # the run-time cap use_isa set (FASTINFER_ISA caps separately, in C++)
+_isa_state = threading.local()  # .cap: the run-time cap use_isa set on this thread (FASTINFER_ISA caps separately)
 
 
 def cpu_capabilities() -> dict:
@@ -42,18 +43,19 @@ def cpu_capabilities() -> dict:
 
 @contextlib.contextmanager
 def use_isa(isa: str):
-    """Caps the CPU kernels at `isa` inside the block (e.g. to compare paths); yields the ISA used: the
+    """Caps the CPU kernels at `isa` for the calls made inside the block on this thread (e.g. to compare
+    paths; other threads keep their own cap, as torch.no_grad is per thread); yields the ISA used: the
     highest tier at or below `isa` that this CPU runs (use_isa("avx_vnni") gives avx2 on a CPU without
     AVX-VNNI)."""
     if isa not in ISAS:
         raise ValueError(f"isa must be one of {ISAS}, got {isa!r}")
-    global _isa_cap
-    previous, _isa_cap = _isa_cap, isa
+    previous = getattr(_isa_state, "cap", "amx")
+    _isa_state.cap = isa
     active = ops.set_isa_cap(isa)
     try:
         yield active
     finally:  # restore the enclosing block's cap, so use_isa blocks nest
-        _isa_cap = previous
+        _isa_state.cap = previous
         ops.set_isa_cap(previous)
 
 

@@ -45,7 +45,7 @@ def cuda_available() -> bool:
 
 
 def cuda_last_kernel() -> str:
-    """The CUDA kernel that served the latest int8 GEMM-family call on a GPU: 'sm90_cutlass' (Hopper,
+    """The CUDA kernel that served this thread's latest int8 GEMM-family call on a GPU: 'sm90_cutlass' (Hopper,
     CUTLASS TMA + wgmma), 'sm80_mma' (mma.sync, sm_80 and later), 'weight_only' (the few-row kernel of
     w8_only), 'weight_only_cublas' (w8_only with more rows: widened weight + cuBLAS); for int8_conv2d
     'sm90_conv' (Hopper implicit GEMM, CUTLASS TMA im2col + wgmma), 'conv_gathered' (rows gathered on the
@@ -252,12 +252,13 @@ def cpu_capabilities() -> dict:
 
 
 def set_isa_cap(isa: str) -> str:
-    """Caps the CPU ISA at run time; returns the ISA now active (may be lower than asked)."""
+    """Caps the CPU ISA at run time for the calls made on this thread (fastinfer.use_isa is the scoped
+    form); returns the ISA now active (may be lower than asked)."""
     return _ops.set_isa_cap(isa)
 
 
 def last_kernel(family: str) -> str:
-    """Which ISA served the latest call of a kernel family: int8_gemm, w8_gemm, quantize, dwconv, sparse,
+    """Which ISA served the latest call on this thread of a kernel family: int8_gemm, w8_gemm, quantize, dwconv, sparse,
     conv_direct (the AMX or AVX-512 VNNI convolution that reads its padded input directly; "" when
     the latest non-depthwise convolution gathered rows for the int8 GEMM instead), gconv (the narrow-group
     convolution, every vector tier: groups of fewer than 64 output channels and a multiple of 4 input

@@ -478,3 +478,47 @@ def test_rewritten_block_keeps_every_child_and_tensor():
     x = torch.randn(2, 4, 6, 6)
     with torch.inference_mode():
         assert F.cosine_similarity(q(x).flatten(), model(x).flatten(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_model_with_int8_hand_offs(dtype):
+    # After model.half(), a layer that gets an int8 hand-off (a conv, an Int8Add) returns its float output in
+    # the model's dtype, as the dynamic layers do (it returned fp32, which the next 16-bit layer refused).
+    seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+    torch.manual_seed(0)
+    seq = fastinfer.quantize(seq, scheme="w8a8_static", calib_data=[torch.randn(2, 3, 12, 12)])
+    assert seq.fastinfer_report.chained == ["0 -> 2"]
+    x = torch.randn(2, 3, 12, 12).to(dtype)
+    with torch.inference_mode():
+        want = seq(x.float())  # the fp32 model on the same values
+        seq.to(dtype)
+        assert seq[2].float_dtype == dtype
+        y = seq(x)
+        assert y.dtype == dtype
+        assert torch.equal(y, want.to(dtype))  # the same int8 path: only the cast differs
+        seq.float()
+        assert seq[2].float_dtype is None and seq(x.float()).dtype == torch.float32
+
+    model = _trained_like(TinyResNet())
+    q = quantize_static(model)
+    assert q.fastinfer_report.rewritten
+    with torch.inference_mode():
+        x = torch.randn(3, 3, 20, 20)
+        want = q(x)
+        q.to(dtype)
+        y = q(x.to(dtype))
+    assert y.dtype == dtype
+    assert F.cosine_similarity(y.float().flatten(), want.flatten(), dim=0) > 0.99
+
+
+def test_unbatched_inputs():
+    # nn.Conv2d and nn.MaxPool2d take [C, H, W]; their replacements do too.
+    conv = nn.Conv2d(4, 6, 3, padding=1).eval()
+    x = torch.randn(4, 9, 9)
+    for q in (Int8Conv2d.from_float(conv), Int8Conv2d.from_float(conv, x_scale=0.03, out_scale=0.05)):
+        y = q(x)
+        assert y.shape == (6, 9, 9)
+        assert torch.equal(y, q(x[None])[0])
+    pool = Int8MaxPool2d.from_float(nn.MaxPool2d(3, 2, 1))
+    xq = torch.randint(-127, 128, (1, 8, 9, 9), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(pool(xq[0]), pool(xq)[0])

@@ -94,6 +94,57 @@ def test_use_isa_blocks_nest():
     assert fastinfer.cpu_capabilities()["active"] == best
 
 
+def test_use_isa_and_last_kernel_are_per_thread():
+    # Thread A enters use_isa("ref"), thread B use_isa("avx2"), A leaves, then B: each block caps its own
+    # thread's calls, reads back its own thread's kernel, and nothing is left capped afterwards. With one
+    # process-wide cap, B ran uncapped and the process stayed on "ref" after both blocks.
+    import threading
+
+    best = runnable_isas()[-1]
+    b_cap = min(("avx2", best), key=fastinfer.ISAS.index)
+    w = ops.pack_int8_weight(torch.randint(-127, 128, (16, 32), dtype=torch.int8))
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen, errors = {}, []
+
+    def call():
+        ops.int8_mm(torch.randint(-127, 128, (24, 32), dtype=torch.int8), w, 16)
+        return fastinfer.cpu_capabilities()["active"], ops.last_kernel("int8_gemm")
+
+    def thread_a():
+        try:
+            with fastinfer.use_isa("ref"):
+                a_in.set()
+                b_in.wait(10)
+                seen["a"] = call()
+            a_out.set()
+        except Exception as e:  # reported below: an assert in a thread would be lost
+            errors.append(e)
+            a_out.set()
+
+    def thread_b():
+        try:
+            a_in.wait(10)
+            with fastinfer.use_isa("avx2"):
+                b_in.set()
+                a_out.wait(10)
+                seen["b"] = call()
+            seen["b_after"] = call()
+        except Exception as e:
+            errors.append(e)
+            b_in.set()
+
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert seen["a"] == ("ref", "ref")
+    assert seen["b"] == (b_cap, b_cap)
+    assert seen["b_after"] == (best, best)
+    assert call() == (best, best)  # this thread was never capped
+
+
 # Integer ops per probe iteration and thread: 12 chains of the tier's int8 step (AMX: 4 tile products).
 PROBE_OPS = {"avx2": 12 * 32 * 2, "avx_vnni": 12 * 32 * 2, "avx512_vnni": 12 * 64 * 2, "amx": 4 * 16 * 16 * 64 * 2}
 

@@ -11,7 +11,9 @@ namespace fastinfer {
 namespace cpu {
 namespace {
 
-std::atomic<int> g_last[static_cast<int>(Family::kCount)] = {{-1}, {-1}, {-1}, {-1}, {-1}, {-1}, {-1}, {-1}};
+// What served the latest call of each family on this thread (the entry layer records it on the calling
+// thread): a server's other threads do not overwrite what a caller reads back.
+thread_local int t_last[static_cast<int>(Family::kCount)] = {-1, -1, -1, -1, -1, -1, -1, -1};
 
 // Below this many rows the VNNI kernel beats the tile kernel (measured at 4096 x 4096, 2 threads:
 // M <= 8 VNNI 0.34-0.36 ms vs AMX 0.38-0.40; M = 12 VNNI 0.50 vs AMX 0.42): with a 16-row tile mostly
@@ -78,14 +80,14 @@ Isa served_tier(Isa isa, Family family) {
 
 const kernels::KernelSet& kernels_for(Family family) {
   const Isa isa = active_isa();
-  g_last[static_cast<int>(family)].store(static_cast<int>(served_tier(isa, family)));
+  t_last[static_cast<int>(family)] = static_cast<int>(served_tier(isa, family));
   return table(isa);
 }
 
 const kernels::KernelSet& gemm_kernels(int64_t M) {
   Isa isa = active_isa();
   if (isa == Isa::Amx && M < g_amx_min_rows.load()) isa = Isa::Avx512Vnni;
-  g_last[static_cast<int>(Family::Int8Gemm)].store(static_cast<int>(isa));
+  t_last[static_cast<int>(Family::Int8Gemm)] = static_cast<int>(isa);
   return table(isa);
 }
 
@@ -102,26 +104,26 @@ Isa isa_of(const kernels::KernelSet& ks) {
   return Isa::Ref;
 }
 
-void record_kernel(Family family, Isa isa) { g_last[static_cast<int>(family)].store(static_cast<int>(isa)); }
+void record_kernel(Family family, Isa isa) { t_last[static_cast<int>(family)] = static_cast<int>(isa); }
 
 namespace {
-std::atomic<const char*> g_dwconv_path{""};  // static strings only
-std::atomic<const char*> g_conv_store{""};
+thread_local const char* t_dwconv_path = "";  // static strings only
+thread_local const char* t_conv_store = "";
 }  // namespace
 
-void record_conv_store(bool stream) { g_conv_store.store(stream ? "stream" : "cached"); }
+void record_conv_store(bool stream) { t_conv_store = stream ? "stream" : "cached"; }
 
 void record_dwconv_path(const kernels::KernelSet& ks, const kernels::DwConvParams& p) {
-  g_dwconv_path.store(ks.dwconv_path ? ks.dwconv_path(p) : "");
+  t_dwconv_path = ks.dwconv_path ? ks.dwconv_path(p) : "";
 }
-void clear_kernel(Family family) { g_last[static_cast<int>(family)].store(-1); }
+void clear_kernel(Family family) { t_last[static_cast<int>(family)] = -1; }
 
 std::string last_kernel(const std::string& family) {
-  if (family == "dwconv_path") return g_dwconv_path.load();
-  if (family == "conv_store") return g_conv_store.load();
+  if (family == "dwconv_path") return t_dwconv_path;
+  if (family == "conv_store") return t_conv_store;
   for (int i = 0; i < static_cast<int>(Family::kCount); ++i)
     if (family == family_name(static_cast<Family>(i))) {
-      const int v = g_last[i].load();
+      const int v = t_last[i];
       return v < 0 ? std::string() : table(static_cast<Isa>(v)).name;
     }
   throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add, "

@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -89,7 +88,11 @@ Isa env_cap() {
   return cap;
 }
 
-std::atomic<int> g_runtime_cap{static_cast<int>(Isa::Amx)};
+// set_isa_cap's cap is per thread, like torch.no_grad: a `with fastinfer.use_isa(...)` block caps the calls made
+// in it, on its thread, and two threads' blocks cannot undo each other's (one process-wide cap did: a block
+// restored what another had set, and could leave the process on the scalar kernels). The kernel set is
+// chosen on the calling thread, before at::parallel_for hands the work to others.
+thread_local int t_runtime_cap = static_cast<int>(Isa::Amx);
 
 }  // namespace
 
@@ -126,13 +129,13 @@ bool isa_runnable(Isa isa) {
 
 Isa active_isa() {
   static const Isa env = env_cap();
-  int t = std::min({static_cast<int>(best_implemented_isa()), static_cast<int>(env), g_runtime_cap.load()});
+  int t = std::min({static_cast<int>(best_implemented_isa()), static_cast<int>(env), t_runtime_cap});
   while (t > 0 && !cpu_features().runs[t]) --t;
   return static_cast<Isa>(t);
 }
 
 Isa set_isa_cap(Isa cap) {
-  g_runtime_cap.store(static_cast<int>(cap));
+  t_runtime_cap = static_cast<int>(cap);
   return active_isa();
 }
 

@@ -36,7 +36,8 @@ const CpuFeatures& cpu_features();
 Isa active_isa();
 // Whether this CPU and this build can run tier `isa`.
 bool isa_runnable(Isa isa);
-// Caps the ISA at run time (tests use it to exercise every path); returns the active ISA.
+// Caps the ISA at run time for the calls made on this thread (tests use it to exercise every path);
+// returns the active ISA.
 Isa set_isa_cap(Isa cap);
 // Best ISA with kernels in this build.
 Isa best_implemented_isa();

@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cmath>
 #include <mutex>
 #include <optional>
@@ -31,7 +30,7 @@ enum class Served : int {
   None = 0, Sm80 = 1, Sm90 = 2, WeightOnly = 3, WeightOnlyCublas = 4, Sparse24 = 5,
   ConvSm90 = 6, ConvGathered = 7, DwConv = 8, ConvGrouped = 9
 };
-std::atomic<int> g_served{0};
+thread_local int t_served = 0;  // per calling thread, as the CPU side's last_kernel
 
 // Compute capability of a device, asked once per device (cudaGetDeviceProperties is slow).
 std::pair<int, int> capability(int device) {
@@ -127,11 +126,11 @@ void run_gemm(const ck::GemmParams& p, const at::Device& dev, const char* op) {
     const size_t ws = ck::sm90_gemm_workspace_bytes(p);
     at::Tensor workspace = at::empty({static_cast<int64_t>(ws)}, at::TensorOptions().dtype(at::kByte).device(dev));
     check_launch(ck::launch_int8_gemm_sm90(p, ws ? workspace.data_ptr() : nullptr, stream), op);
-    g_served.store(static_cast<int>(Served::Sm90));
+    t_served = static_cast<int>(Served::Sm90);
     return;
   }
   check_launch(ck::launch_int8_gemm_sm80(p, p.M <= 64 ? ck::GemmTile::M64N128 : ck::GemmTile::M128N128, stream), op);
-  g_served.store(static_cast<int>(Served::Sm80));
+  t_served = static_cast<int>(Served::Sm80);
 }
 
 void fill_b(ck::GemmParams& p, const at::Tensor& packed) {
@@ -343,7 +342,7 @@ at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed
   if (M > ck::kWeightOnlyMaxRows) {
     const at::Tensor w = packed_w.narrow(1, 0, K).to(x.scalar_type()) * bs.to(x.scalar_type()).unsqueeze(1);
     at::Tensor y = at::linear(x2, w, bi.defined() ? std::optional<at::Tensor>(bi.to(x.scalar_type())) : std::nullopt);
-    g_served.store(static_cast<int>(Served::WeightOnlyCublas));
+    t_served = static_cast<int>(Served::WeightOnlyCublas);
     return y.view(out_shape(x, N));
   }
   at::Tensor out = at::empty({M, N}, x.options());
@@ -368,7 +367,7 @@ at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed
   p.out = out.data_ptr();
   p.ldo = N;
   check_launch(ck::launch_weight_only_gemm(p, current_stream(dev)), op);
-  g_served.store(static_cast<int>(Served::WeightOnly));
+  t_served = static_cast<int>(Served::WeightOnly);
   return out.view(out_shape(x, N));
 }
 
@@ -485,7 +484,7 @@ at::Tensor sparse24_linear_int8(const at::Tensor& x, const at::Tensor& values, c
     const size_t wsb = ck::sparse24_gemm_workspace_bytes(p);
     at::Tensor workspace = at::empty({static_cast<int64_t>(wsb)}, x.options().dtype(at::kByte));
     check_launch(ck::launch_sparse24_gemm(p, wsb ? workspace.data_ptr() : nullptr, current_stream(dev)), op);
-    g_served.store(static_cast<int>(Served::Sparse24));
+    t_served = static_cast<int>(Served::Sparse24);
   }
   if (N_pad != N) out = out.narrow(1, 0, N).contiguous();
   return out.view(out_shape(x, N));
@@ -627,7 +626,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     p.w = packed_w.data_ptr<int8_t>();
     p.e = e;
     check_launch(ck::launch_dwconv(p, stream), op);
-    g_served.store(static_cast<int>(Served::DwConv));
+    t_served = static_cast<int>(Served::DwConv);
     return out;
   }
   const auto [major, minor] = capability(dev.index());
@@ -643,7 +642,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     const size_t wsb = ck::sm90_conv_workspace_bytes(sp);
     at::Tensor workspace = at::empty({static_cast<int64_t>(wsb)}, x.options().dtype(at::kByte));
     check_launch(ck::launch_conv_sm90(sp, wsb ? workspace.data_ptr() : nullptr, stream), op);
-    g_served.store(static_cast<int>(Served::ConvSm90));
+    t_served = static_cast<int>(Served::ConvSm90);
     return out;
   }
   // Gathered rows in chunks of at most ~64 MiB, each through the int8 GEMM with a_scale = 1; a grouped
@@ -686,7 +685,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
       run_gemm(p, dev, op);
     }
   }
-  g_served.store(static_cast<int>(groups == 1 ? Served::ConvGathered : Served::ConvGrouped));
+  t_served = static_cast<int>(groups == 1 ? Served::ConvGathered : Served::ConvGrouped);
   return out;
 }
 
@@ -722,7 +721,7 @@ at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<doub
 }
 
 std::string last_kernel() {
-  switch (static_cast<Served>(g_served.load())) {
+  switch (static_cast<Served>(t_served)) {
     case Served::Sm80: return "sm80_mma";
     case Served::Sm90: return "sm90_cutlass";
     case Served::WeightOnly: return "weight_only";

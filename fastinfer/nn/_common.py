@@ -42,3 +42,30 @@ def via_float32(x: Tensor, run) -> Tensor:
     """run(x in float32), its float output returned in x's dtype (an int8 output as it is)."""
     y = run(x.float())
     return y.to(x.dtype) if y.is_floating_point() else y
+
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def applied_half_dtype(fn, current: Optional[torch.dtype], device) -> Optional[torch.dtype]:
+    """The 16-bit float dtype that Module._apply's `fn` leaves a model's float tensors in (``model.half()``,
+    ``.to(torch.bfloat16)``; a move alone keeps `current`), or None (fp32 or wider). A layer that can get an
+    int8 input (an int8 hand-off) returns its float output in this dtype: nothing else tells it the dtype of
+    the model around it."""
+    d = fn(torch.empty(0, dtype=current or torch.float32, device=device)).dtype
+    return d if d in HALF_DTYPES else None
+
+
+def float_out(y: Tensor, x_dtype: torch.dtype, model_dtype: Optional[torch.dtype]) -> Tensor:
+    """A layer's fp32 output in the dtype the model runs in: a 16-bit input's, or for an int8 input the
+    model's 16-bit dtype (applied_half_dtype). Anything else as it is."""
+    if y.dtype != torch.float32:
+        return y
+    want = x_dtype if x_dtype in HALF_DTYPES else model_dtype if x_dtype == torch.int8 else None
+    return y if want is None else y.to(want)
+
+
+def unbatched(x: Tensor, run) -> Tensor:
+    """run on a [C, H, W] input as a batch of one, the result without its batch dimension (nn.Conv2d and
+    nn.MaxPool2d take unbatched inputs, so their replacements do too)."""
+    return run(x.unsqueeze(0)).squeeze(0) if x.dim() == 3 else run(x)

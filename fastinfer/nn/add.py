@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ._common import HALF_DTYPES, applied_half_dtype
+
 
 class Int8Add(nn.Module):
     """``relu(a + b)`` (or ``a + b``) of a block's residual add, which fastinfer.quantize puts in place of the add
@@ -15,12 +17,29 @@ class Int8Add(nn.Module):
     requantized to int8 for the int8 layers it feeds. Without int8 anywhere it is torch's own add (and ReLU).
     """
 
+    float_dtype = None  # the model's 16-bit float dtype after model.half() / .to(torch.bfloat16) (_apply)
+
     def __init__(self, relu: bool = False, a_scale: Optional[float] = None, b_scale: Optional[float] = None,
                  out_scale: Optional[float] = None):
         super().__init__()
         self.relu, self.a_scale, self.b_scale, self.out_scale = relu, a_scale, b_scale, out_scale
 
+    def _apply(self, fn, recurse=True):
+        self.float_dtype = applied_half_dtype(fn, self.float_dtype, "cpu")
+        return super()._apply(fn, recurse)
+
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        # In a half-precision model the op (fp32 or int8 operands) gets fp32 copies of 16-bit operands, and a
+        # float result goes back to the model's dtype: a 16-bit operand's, else float_dtype (both int8).
+        want = next((t.dtype for t in (a, b) if t.dtype in HALF_DTYPES), self.float_dtype)
+        if a.dtype in HALF_DTYPES or b.dtype in HALF_DTYPES:
+            if torch.int8 not in (a.dtype, b.dtype) and self.out_scale is None:
+                return self._add(a, b)  # nothing int8: torch's add in the model's dtype
+            a, b = (t.float() if t.dtype in HALF_DTYPES else t for t in (a, b))
+        y = self._add(a, b)
+        return y.to(want) if want is not None and y.dtype == torch.float32 else y
+
+    def _add(self, a: Tensor, b: Tensor) -> Tensor:
         a_scale = self.a_scale if a.dtype == torch.int8 else None
         b_scale = self.b_scale if b.dtype == torch.int8 else None
         if a.shape == b.shape:

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import quantize_weight_per_channel
-from ._common import check_float_layer, check_scale, half_on_cpu, via_float32
+from ._common import (applied_half_dtype, check_float_layer, check_scale, float_out, half_on_cpu, unbatched,
+                      via_float32)
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
 CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")
@@ -44,6 +45,8 @@ class Int8Conv2d(nn.Module):
     Runs on the CPU and on a CUDA GPU, any groups (bf16/fp16 x accepted there):
     `.cuda()` / `.cpu()` repack the weight for the device, and a state_dict saved on either loads on either.
     """
+
+    float_dtype = None  # the model's 16-bit float dtype after model.half() / .to(torch.bfloat16) (_apply)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, activation: str = "none", x_scale: Optional[float] = None,
@@ -106,6 +109,7 @@ class Int8Conv2d(nn.Module):
         # the weight and packs it again there; scales and bias stay fp32 (a dtype cast leaves them alone).
         here = self.packed_weight.device
         target = fn(torch.empty(0, dtype=torch.int8, device=here)).device
+        self.float_dtype = applied_half_dtype(fn, self.float_dtype, here)
         w = self.int8_weight() if target.type != here.type else None
         fp32 = {name: getattr(self, name) for name in ("weight_scale", "bias")}
         out = super()._apply(fn, recurse)
@@ -117,12 +121,14 @@ class Int8Conv2d(nn.Module):
         return out
 
     def forward(self, x: Tensor) -> Tensor:
+        return unbatched(x, self._forward_batched)
+
+    def _forward_batched(self, x: Tensor) -> Tensor:
         if half_on_cpu(x, ()):
             return via_float32(x, self._forward)
-        y = self._forward(x)
-        # A GPU takes 16-bit inputs as they are, but the op's float output is fp32 there too: it goes back
-        # to x's dtype, as on the CPU, for the next layer of a half-precision model.
-        return y.to(x.dtype) if y.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16) else y
+        # The op's float output is fp32 (a GPU takes 16-bit inputs as they are): it goes back to x's 16-bit
+        # dtype, or for an int8 hand-off to the half-precision model's (float_dtype), for the next layer.
+        return float_out(self._forward(x), x.dtype, self.float_dtype)
 
     def _forward(self, x: Tensor) -> Tensor:
         return torch.ops.fastinfer.int8_conv2d(x, self.packed_weight, self.weight_scale, self.bias,

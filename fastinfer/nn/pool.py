@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ._common import unbatched
 
 
 class Int8MaxPool2d(nn.MaxPool2d):
@@ -25,4 +26,5 @@ class Int8MaxPool2d(nn.MaxPool2d):
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype != torch.int8:
             return super().forward(x)
-        return ops.int8_max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        return unbatched(x, lambda x4: ops.int8_max_pool2d(x4, self.kernel_size, self.stride, self.padding,
+                                                           self.dilation, self.ceil_mode))
