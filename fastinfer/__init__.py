@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 
 from . import _ext  # noqa: F401  (loads fastinfer._C: registers torch.ops.fastinfer)
 from . import nn, ops, reference
@@ -22,7 +21,6 @@ from .quantization import (CalibrationResult, QuantConfig, QuantizationReport, c
 
 __version__ = "0.1.0"
 ISAS = ("ref", "avx2", "avx_vnni", "avx512_vnni", "amx")  # tiers, lowest first
-_isa_state = threading.local()  # .cap: the run-time cap use_isa set on this thread (FASTINFER_ISA caps separately)
 
 
 def cpu_capabilities() -> dict:
@@ -49,13 +47,11 @@ def use_isa(isa: str):
     AVX-VNNI)."""
     if isa not in ISAS:
         raise ValueError(f"isa must be one of {ISAS}, got {isa!r}")
-    previous = getattr(_isa_state, "cap", "amx")
-    _isa_state.cap = isa
+    previous = ops.isa_cap()  # this thread's cap: an enclosing block's, or one set with ops.set_isa_cap
     active = ops.set_isa_cap(isa)
     try:
         yield active
-    finally:  # restore the enclosing block's cap, so use_isa blocks nest
-        _isa_state.cap = previous
+    finally:  # restore it, so use_isa blocks nest
         ops.set_isa_cap(previous)
 
 

@@ -7,6 +7,7 @@ argument. Modules call torch.ops.fastinfer directly so torch.compile / torch.exp
 from __future__ import annotations
 
 import json
+import threading
 from typing import Optional, Tuple
 
 import torch
@@ -47,7 +48,8 @@ def cuda_available() -> bool:
 def cuda_last_kernel() -> str:
     """The CUDA kernel that served this thread's latest int8 GEMM-family call on a GPU: 'sm90_cutlass' (Hopper,
     CUTLASS TMA + wgmma), 'sm80_mma' (mma.sync, sm_80 and later), 'weight_only' (the few-row kernel of
-    w8_only), 'weight_only_cublas' (w8_only with more rows: widened weight + cuBLAS); for int8_conv2d
+    w8_only), 'weight_only_mma' (w8_only on tensor cores, 9-64 rows of bf16/fp16 x), 'weight_only_cublas'
+    (w8_only with more rows: widened weight + cuBLAS); for int8_conv2d
     'sm90_conv' (Hopper implicit GEMM, CUTLASS TMA im2col + wgmma), 'conv_gathered' (rows gathered on the
     GPU, then the int8 GEMM), 'conv_grouped' (the same one group at a time), 'dwconv' (depthwise); '' before
     any."""
@@ -251,10 +253,20 @@ def cpu_capabilities() -> dict:
     return json.loads(_ops.cpu_capabilities())
 
 
+_cap_state = threading.local()  # .cap: this thread's set_isa_cap, as the C++ side keeps it per thread
+
+
 def set_isa_cap(isa: str) -> str:
     """Caps the CPU ISA at run time for the calls made on this thread (fastinfer.use_isa is the scoped
     form); returns the ISA now active (may be lower than asked)."""
-    return _ops.set_isa_cap(isa)
+    active = _ops.set_isa_cap(isa)  # raises on an unknown name, before the cap is recorded
+    _cap_state.cap = isa
+    return active
+
+
+def isa_cap() -> str:
+    """This thread's run-time cap (set_isa_cap / use_isa; "amx", no cap, until one is set)."""
+    return getattr(_cap_state, "cap", "amx")
 
 
 def last_kernel(family: str) -> str:

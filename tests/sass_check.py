@@ -1,5 +1,6 @@
 """Reads the SASS of a built fastinfer extension and checks that every CUDA kernel holds the instructions it
 was written for: the sm_80 GEMM's mma.sync (IMMA.16832.S8.S8) fed by cp.async (LDGSTS) and ldmatrix (LDSM),
+the weight-only kernel's bf16/fp16 mma.sync (HMMA.16816.F32),
 the Hopper GEMMs' and convolution's wgmma (IGMMA) fed by TMA (UTMALDG), the 2:4 GEMM's sparse wgmma
 (IGMMA.SP). A kernel that compiled to the wrong thing (an arch guard that emptied it, a serialized pipeline
 without tensor-core instructions) fails here, on a machine without a GPU.
@@ -18,7 +19,8 @@ from typing import Dict, List, Tuple
 
 # Instruction classes counted per kernel (a SASS line counts for the first pattern it matches).
 COUNTED = [("IGMMA.SP", re.compile(r"\bIGMMA\.SP\b|\bIGMMA\S*\.SP\b")), ("IGMMA", re.compile(r"\bIGMMA\b")),
-           ("IMMA", re.compile(r"\bIMMA\.16832\.S8\.S8\b")), ("UTMALDG", re.compile(r"\bUTMALDG\b")),
+           ("IMMA", re.compile(r"\bIMMA\.16832\.S8\.S8\b")), ("HMMA", re.compile(r"\bHMMA\.16816\.F32\b")),
+           ("UTMALDG", re.compile(r"\bUTMALDG\b")),
            ("UTMASTG", re.compile(r"\bUTMASTG\b")), ("LDGSTS", re.compile(r"\bLDGSTS\b")),
            ("LDSM", re.compile(r"\bLDSM\b")), ("local", re.compile(r"\b(LDL|STL)\b"))]
 
@@ -28,14 +30,17 @@ EXPECT: Dict[Tuple[str, str], Tuple[str, ...]] = {
     ("sm80 int8 GEMM 128x128", "sm_90a"): ("IMMA", "LDGSTS", "LDSM"),
     ("sm80 int8 GEMM 64x128", "sm_80"): ("IMMA", "LDGSTS", "LDSM"),
     ("sm80 int8 GEMM 64x128", "sm_90a"): ("IMMA", "LDGSTS", "LDSM"),
+    ("weight-only MMA", "sm_80"): ("HMMA",),
+    ("weight-only MMA", "sm_90a"): ("HMMA",),
     ("sm90 GEMM (CUTLASS)", "sm_90a"): ("IGMMA", "UTMALDG"),
     ("sm90 2:4 sparse GEMM (CUTLASS)", "sm_90a"): ("IGMMA.SP", "UTMALDG"),
     ("sm90 conv (CUTLASS)", "sm_90a"): ("IGMMA", "UTMALDG"),
 }
 # Kernels the build must contain (per arch): each label at least once.
-REQUIRED_LABELS = {"sm_80": {"sm80 int8 GEMM 128x128", "sm80 int8 GEMM 64x128", "weight-only GEMM", "quantize rows",
-                             "im2row", "depthwise conv"},
-                   "sm_90a": {"sm80 int8 GEMM 128x128", "sm80 int8 GEMM 64x128", "weight-only GEMM", "quantize rows",
+REQUIRED_LABELS = {"sm_80": {"sm80 int8 GEMM 128x128", "sm80 int8 GEMM 64x128", "weight-only GEMM", "weight-only MMA",
+                             "quantize rows", "im2row", "depthwise conv"},
+                   "sm_90a": {"sm80 int8 GEMM 128x128", "sm80 int8 GEMM 64x128", "weight-only GEMM", "weight-only MMA",
+                              "quantize rows",
                               "im2row", "depthwise conv", "sm90 GEMM (CUTLASS)", "sm90 2:4 sparse GEMM (CUTLASS)",
                               "sm90 conv (CUTLASS)"}}
 
@@ -44,7 +49,8 @@ def label(demangled: str) -> str:
     """A short name for a kernel from its demangled (or mangled) signature."""
     if "int8_gemm_kernel" in demangled:
         return "sm80 int8 GEMM 128x128" if "Tile<128, 128" in demangled else "sm80 int8 GEMM 64x128"
-    for key, name in (("weight_only_kernel", "weight-only GEMM"), ("quantize_rows_kernel", "quantize rows"),
+    for key, name in (("weight_only_kernel", "weight-only GEMM"), ("weight_only_mma_kernel", "weight-only MMA"),
+                      ("weight_only_reduce_kernel", "weight-only split-K sum"), ("quantize_rows_kernel", "quantize rows"),
                       ("im2row_kernel", "im2row"), ("dwconv_kernel", "depthwise conv"),
                       ("StructuredSparseCompressor", "2:4 compressor (CUTLASS)")):
         if key in demangled:
@@ -101,7 +107,7 @@ def main(argv=None) -> int:
     names = demangle([k[1] for k in kernels])
     failures: List[str] = []
     seen: Dict[str, set] = {}
-    cols = ["IMMA", "IGMMA", "IGMMA.SP", "UTMALDG", "UTMASTG", "LDGSTS", "LDSM", "local", "instructions"]
+    cols = ["IMMA", "HMMA", "IGMMA", "IGMMA.SP", "UTMALDG", "UTMASTG", "LDGSTS", "LDSM", "local", "instructions"]
     print(f"{'arch':<7} {'kernel':<32} " + " ".join(f"{c:>9}" for c in cols))
     for (arch, _, counts), dm in zip(kernels, names):
         lab = label(dm)

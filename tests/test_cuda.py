@@ -134,15 +134,25 @@ def test_gelu_within_erf_tolerance():
     torch.testing.assert_close(out.cpu(), torch.nn.functional.gelu(y), rtol=1e-5, atol=1e-5)
 
 
+def expected_weight_only(M, dtype):
+    """The CUDA-core kernel up to 8 rows (16 for fp32 x), the tensor-core one for 9-64 rows of bf16/fp16 x,
+    cuBLAS on a widened weight above (int8_linear_weight_only in csrc/cuda/cuda_ops.cpp)."""
+    if dtype == torch.float32:
+        return "weight_only" if M <= 16 else "weight_only_cublas"
+    return "weight_only" if M <= 8 else "weight_only_mma" if M <= 64 else "weight_only_cublas"
+
+
 @pytest.mark.parametrize("dtype", FLOAT_OUT)
-@pytest.mark.parametrize("M", [1, 2, 3, 8, 9, 16, 17, 64])
-@pytest.mark.parametrize("K,N", [(13, 7), (4096, 300)])
+@pytest.mark.parametrize("M", [1, 2, 3, 8, 9, 16, 17, 33, 48, 64, 65])
+@pytest.mark.parametrize("K,N", [(13, 7), (1000, 70), (4096, 300)])
 def test_weight_only(M, K, N, dtype):
+    # (13, 7): one k round, N under one n8 tile; (1000, 70): a partial last round (K_pad 1008) and a
+    # partial column block; (4096, 300): the mma kernel's K split (few column blocks) and its reduction.
     x = torch.randn(M, K).to(dtype)
     w = torch.randint(-127, 128, (N, K), dtype=torch.int8)
     ws, bias = torch.rand(N) * 0.01, torch.randn(N)
     out = ops.int8_linear_weight_only(x.to(DEV), ops.pack_int8_weight(w.to(DEV)), ws.to(DEV), bias.to(DEV))
-    assert ops.cuda_last_kernel() == ("weight_only" if M <= 16 else "weight_only_cublas")
+    assert ops.cuda_last_kernel() == expected_weight_only(M, dtype)
     expect = ref.int8_linear_weight_only(x.float(), w, ws, bias)
     # Summation order differs from the reference's: relative error of the whole output (fp32
     # accumulation either way; the 16-bit types round the output).

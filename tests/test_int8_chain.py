@@ -522,3 +522,23 @@ def test_unbatched_inputs():
     pool = Int8MaxPool2d.from_float(nn.MaxPool2d(3, 2, 1))
     xq = torch.randint(-127, 128, (1, 8, 9, 9), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
     assert torch.equal(pool(xq[0]), pool(xq)[0])
+    for bad in (torch.randn(4, 9), torch.randn(1, 1, 4, 9, 9)):
+        with pytest.raises(ValueError, match=r"x must be 4-D \[N, C, H, W\] or unbatched 3-D"):
+            Int8Conv2d.from_float(conv)(bad)
+    with pytest.raises(ValueError, match="unbatched 3-D"):
+        pool(xq[0, 0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_quantizing_a_half_precision_model(dtype):
+    # A model cast to 16 bits before quantize: its int8 hand-offs (a chained conv, the Int8Adds) return that
+    # dtype, as when the quantized model is cast afterwards.
+    model = _trained_like(TinyResNet())
+    calib = [torch.randn(4, 3, 20, 20) for _ in range(2)]
+    after = quantize_static(copy.deepcopy(model)).to(dtype)
+    before = fastinfer.quantize(fastinfer.fuse(copy.deepcopy(model)).to(dtype), scheme="w8a8_static",
+                                calib_data=[c.to(dtype) for c in calib])
+    assert before.layer[0].residual_add.float_dtype == dtype
+    with torch.inference_mode():
+        y = before(torch.randn(2, 3, 20, 20).to(dtype))
+    assert y.dtype == dtype and after.layer[0].residual_add.float_dtype == dtype

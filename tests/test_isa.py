@@ -94,6 +94,19 @@ def test_use_isa_blocks_nest():
     assert fastinfer.cpu_capabilities()["active"] == best
 
 
+def test_use_isa_restores_a_cap_set_with_set_isa_cap():
+    best = runnable_isas()[-1]
+    avx2 = min(("avx2", best), key=fastinfer.ISAS.index)
+    try:
+        ops.set_isa_cap("avx2")
+        with fastinfer.use_isa("ref"):
+            assert fastinfer.cpu_capabilities()["active"] == "ref"
+        assert fastinfer.cpu_capabilities()["active"] == avx2 and ops.isa_cap() == "avx2"
+    finally:
+        ops.set_isa_cap("amx")
+    assert fastinfer.cpu_capabilities()["active"] == best
+
+
 def test_use_isa_and_last_kernel_are_per_thread():
     # Thread A enters use_isa("ref"), thread B use_isa("avx2"), A leaves, then B: each block caps its own
     # thread's calls, reads back its own thread's kernel, and nothing is left capped afterwards. With one

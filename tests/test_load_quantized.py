@@ -135,3 +135,47 @@ def test_bad_sources():
     with torch.inference_mode():
         x = torch.randn(2, 24)
         assert torch.equal(F.linear(x, loaded[0].weight, loaded[0].bias), F.linear(x, plain[0].weight, plain[0].bias))
+
+
+def test_fused_and_unfused_files_are_told_apart():
+    # A fused layer applies its activation itself (and fuse made the activation module an Identity): a file
+    # and a model fused differently would apply it twice, or not at all. Models without BatchNorm too.
+    def mlp():
+        torch.manual_seed(5)
+        return nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8)).eval()
+
+    fused_file = fastinfer.quantize(fastinfer.fuse(mlp())).state_dict()
+    with pytest.raises(ValueError, match="fastinfer.fuse"):
+        fastinfer.load_quantized(fused_file, mlp())
+    plain_file = fastinfer.quantize(mlp()).state_dict()
+    with pytest.raises(ValueError, match="fused differently"):
+        fastinfer.load_quantized(plain_file, fastinfer.fuse(mlp()))
+    q = fastinfer.quantize(fastinfer.fuse(mlp()))
+    _same(q, fastinfer.load_quantized(fused_file, fastinfer.fuse(mlp())), torch.randn(4, 16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_model(dtype):
+    # Loading into a model cast to 16 bits gives what casting the quantized model gives.
+    model = _trained_like(TinyResNet())
+    torch.manual_seed(1)
+    q = fastinfer.quantize(fastinfer.fuse(copy.deepcopy(model)), scheme="w8a8_static",
+                           calib_data=[torch.randn(4, 3, 20, 20) for _ in range(2)])
+    loaded = fastinfer.load_quantized(q.state_dict(), fastinfer.fuse(TinyResNet().eval()).to(dtype))
+    x = torch.randn(2, 3, 20, 20).to(dtype)
+    _same(copy.deepcopy(q).to(dtype), loaded, x)
+    with torch.inference_mode():
+        assert loaded(x).dtype == dtype
+
+
+def test_conv_checkpoint_without_weight_shape():
+    # Int8Conv2d checkpoints written before the weight_shape entry still load.
+    def net():
+        torch.manual_seed(6)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    q = fastinfer.quantize(net())
+    sd = q.state_dict()
+    for k, v in sd.items():
+        if k.endswith("_extra_state") and "weight_shape" in v:
+            sd[k] = {n: e for n, e in v.items() if n != "weight_shape"}
+    _same(q, fastinfer.load_quantized(sd, net()), torch.randn(2, 3, 6, 6))

@@ -28,23 +28,31 @@ namespace ck = fastinfer::cuda_kernels;
 // Which kernel served the latest GEMM-family call (tests assert it): see last_kernel().
 enum class Served : int {
   None = 0, Sm80 = 1, Sm90 = 2, WeightOnly = 3, WeightOnlyCublas = 4, Sparse24 = 5,
-  ConvSm90 = 6, ConvGathered = 7, DwConv = 8, ConvGrouped = 9
+  ConvSm90 = 6, ConvGathered = 7, DwConv = 8, ConvGrouped = 9, WeightOnlyMma = 10
 };
 thread_local int t_served = 0;  // per calling thread, as the CPU side's last_kernel
 
-// Compute capability of a device, asked once per device (cudaGetDeviceProperties is slow).
-std::pair<int, int> capability(int device) {
+// Compute capability and multiprocessor count of a device, asked once per device (cudaGetDeviceProperties
+// is slow).
+struct DeviceInfo {
+  int major = 0, minor = 0, sms = 0;
+};
+DeviceInfo device_info(int device) {
   static std::mutex mu;
-  static std::array<std::pair<int, int>, 64> cache{};
+  static std::array<DeviceInfo, 64> cache{};
   std::lock_guard<std::mutex> lock(mu);
   TORCH_CHECK(device >= 0 && device < 64, "fastinfer: CUDA device index ", device, " out of range");
-  if (cache[device].first == 0) {
+  if (cache[device].major == 0) {
     cudaDeviceProp prop;
     const cudaError_t e = cudaGetDeviceProperties(&prop, device);
     TORCH_CHECK(e == cudaSuccess, "fastinfer: cudaGetDeviceProperties failed: ", cudaGetErrorString(e));
-    cache[device] = {prop.major, prop.minor};
+    cache[device] = {prop.major, prop.minor, prop.multiProcessorCount};
   }
   return cache[device];
+}
+std::pair<int, int> capability(int device) {
+  const DeviceInfo d = device_info(device);
+  return {d.major, d.minor};
 }
 
 cudaStream_t current_stream(const at::Device& dev) { return c10::cuda::getCurrentCUDAStream(dev.index()).stream(); }
@@ -326,8 +334,10 @@ at::Tensor int8_linear_static(const at::Tensor& x, double x_scale, const at::Ten
                      x_channel_scale);
 }
 
-// Weight-only int8: our kernel for few rows (it reads the weight once); from kWeightOnlyMaxRows rows
-// the product is compute-bound and the weight is widened once per call for cuBLAS (at::linear).
+// Weight-only int8, bound by reading the weight once while the rows are few: the CUDA-core kernel up to
+// kWeightOnlyMmaMinRows rows (and up to kWeightOnlyMaxRows for fp32 x), the tensor-core one for bf16/fp16 x
+// up to kWeightOnlyMmaMaxRows; above, the product is compute-bound and the weight is widened once per call
+// for cuBLAS (at::linear).
 at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
                                    const std::optional<at::Tensor>& bias) {
   const char* op = "int8_linear_weight_only";
@@ -339,7 +349,9 @@ at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed
   const c10::cuda::CUDAGuard guard(dev);
   const at::Tensor bs = channel_vector(w_scale, N, dev, op, "w_scale", false);
   const at::Tensor bi = bias ? channel_vector(*bias, N, dev, op, "bias", true) : at::Tensor();
-  if (M > ck::kWeightOnlyMaxRows) {
+  const bool half_x = x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
+  const bool mma = half_x && M > ck::kWeightOnlyMmaMinRows && M <= ck::kWeightOnlyMmaMaxRows;
+  if (M > (half_x ? ck::kWeightOnlyMmaMaxRows : ck::kWeightOnlyMaxRows)) {
     const at::Tensor w = packed_w.narrow(1, 0, K).to(x.scalar_type()) * bs.to(x.scalar_type()).unsqueeze(1);
     at::Tensor y = at::linear(x2, w, bi.defined() ? std::optional<at::Tensor>(bi.to(x.scalar_type())) : std::nullopt);
     t_served = static_cast<int>(Served::WeightOnlyCublas);
@@ -366,6 +378,14 @@ at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed
   p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
   p.out = out.data_ptr();
   p.ldo = N;
+  if (mma) {
+    p.sms = device_info(dev.index()).sms;
+    const size_t ws = ck::weight_only_mma_workspace_bytes(p);
+    at::Tensor workspace = at::empty({static_cast<int64_t>(ws)}, x.options().dtype(at::kByte));
+    check_launch(ck::launch_weight_only_mma(p, ws ? workspace.data_ptr() : nullptr, current_stream(dev)), op);
+    t_served = static_cast<int>(Served::WeightOnlyMma);
+    return out.view(out_shape(x, N));
+  }
   check_launch(ck::launch_weight_only_gemm(p, current_stream(dev)), op);
   t_served = static_cast<int>(Served::WeightOnly);
   return out.view(out_shape(x, N));
@@ -726,6 +746,7 @@ std::string last_kernel() {
     case Served::Sm90: return "sm90_cutlass";
     case Served::WeightOnly: return "weight_only";
     case Served::WeightOnlyCublas: return "weight_only_cublas";
+    case Served::WeightOnlyMma: return "weight_only_mma";
     case Served::Sparse24: return "sm90_sparse24";
     case Served::ConvSm90: return "sm90_conv";
     case Served::ConvGathered: return "conv_gathered";

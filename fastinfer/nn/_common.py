@@ -65,7 +65,17 @@ def float_out(y: Tensor, x_dtype: torch.dtype, model_dtype: Optional[torch.dtype
     return y if want is None else y.to(want)
 
 
-def unbatched(x: Tensor, run) -> Tensor:
+def unbatched(x: Tensor, run, arg: str = "x") -> Tensor:
     """run on a [C, H, W] input as a batch of one, the result without its batch dimension (nn.Conv2d and
     nn.MaxPool2d take unbatched inputs, so their replacements do too)."""
-    return run(x.unsqueeze(0)).squeeze(0) if x.dim() == 3 else run(x)
+    if x.dim() == 3:
+        return run(x.unsqueeze(0)).squeeze(0)
+    if x.dim() != 4:
+        raise ValueError(f"{arg} must be 4-D [N, C, H, W] or unbatched 3-D [C, H, W], got shape {list(x.shape)}")
+    return run(x)
+
+
+def half_dtype_of(layer: nn.Module) -> Optional[torch.dtype]:
+    """The 16-bit float dtype of a float layer's weight (a model cast with .half() before quantizing), or None."""
+    w = getattr(layer, "weight", None)
+    return w.dtype if isinstance(w, Tensor) and w.dtype in HALF_DTYPES else None

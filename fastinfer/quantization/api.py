@@ -10,11 +10,12 @@ from torch import nn
 
 from .. import ops
 from .._swap import replace_module
+from ..nn._common import half_dtype_of
 from ..nn.conv import Int8Conv2d
 from ..nn.fused import ConvAct2d, LinearAct
 from ..nn.linear import SCHEMES, Int8Linear, check_scheme
 from .calibrate import calibrate
-from .chain import chain_int8_convs, rewrite_residual_adds
+from .chain import adopt_half_dtype, chain_int8_convs, rewrite_residual_adds
 from .observers import OBSERVERS
 from .smooth import smooth_factors
 
@@ -160,6 +161,8 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         # Calibrate what the int8 layers will see: the smoothed input x / s of each smoothed Linear.
         calib = _calibrate(model, calib_data, cfg.observer, smooth, verbose)
         scales = calib.input_scale
+    # A model cast to fp16/bf16 before quantizing: its int8 hand-offs return that dtype (adopt_half_dtype).
+    half_dtype = next((d for d in (half_dtype_of(model.get_submodule(n)) for n, _ in targets) if d is not None), None)
     for name, kind in targets:
         if scales is not None and name not in scales:
             report.skipped.append((name, "no activation scale from calibration (layer not called)"))
@@ -179,6 +182,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         if int8_residuals:
             report.rewritten = rewrite_residual_adds(model)
         report.chained = chain_int8_convs(model, calib.output_scale)
+        adopt_half_dtype(model, half_dtype)
     model.fastinfer_report = report
     if verbose:
         print(report)

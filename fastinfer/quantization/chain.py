@@ -35,6 +35,17 @@ _TRANSPARENT_FUNCTIONS = (F.relu, torch.relu, F.relu_, torch.relu_)
 _TRANSPARENT_METHODS = ("relu", "relu_")
 
 
+def adopt_half_dtype(model: nn.Module, dtype: Optional[torch.dtype]) -> None:
+    """Tells the layers that can get an int8 hand-off (Int8Conv2d, the Int8Adds of rewritten blocks) the
+    16-bit float dtype of the model they were made for, which their float outputs then take (as
+    model.half() after quantizing would); None: nothing to do."""
+    if dtype is None:
+        return
+    for m in model.modules():
+        if isinstance(m, (Int8Conv2d, Int8Add)) and m.float_dtype is None:
+            m.float_dtype = dtype
+
+
 def _static_conv(mod) -> bool:
     return isinstance(mod, Int8Conv2d) and mod.x_scale is not None
 

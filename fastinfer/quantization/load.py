@@ -17,14 +17,29 @@ import torch
 from torch import nn
 
 from .._swap import replace_module
+from ..nn._common import half_dtype_of
 from ..nn.add import Int8Add
 from ..nn.conv import Int8Conv2d, conv_padding
 from ..nn.linear import Int8Linear
 from ..nn.sparse import FORMATS, INT8_FORMATS, SparseLinear
 from .api import CONV_TYPES, LINEAR_TYPES
-from .chain import chain_int8_convs, rewrite_residual_adds
+from .chain import adopt_half_dtype, chain_int8_convs, rewrite_residual_adds
 
 _ADD_STATE = set(Int8Add().get_extra_state())
+
+
+def _check_activation(mod: nn.Module, name: str, saved: str) -> None:
+    """The file's layer applies `saved` in its epilogue; the model's layer must be fused the same way, or the
+    model would apply an activation twice, or not at all (fuse replaces the activation module after a fused
+    layer with an Identity)."""
+    own = getattr(mod, "activation", None) or "none"
+    if own == saved:
+        return
+    if type(mod) in (nn.Linear, nn.Conv2d):
+        raise ValueError(f"{name}: the file's layer applies activation {saved!r} (it was fused): call "
+                         "fastinfer.fuse(model) (eval mode) before load_quantized")
+    raise ValueError(f"{name}: this model's fused layer applies activation {own!r}, the file's applies {saved!r}: "
+                     "the file was written from a model fused differently (or not fused)")
 
 
 def _layer_from_state(mod: nn.Module, prefix: str, sd: Mapping) -> Optional[nn.Module]:
@@ -35,13 +50,19 @@ def _layer_from_state(mod: nn.Module, prefix: str, sd: Mapping) -> Optional[nn.M
         return None
     bias = mod.bias is not None
     if type(mod) in LINEAR_TYPES and prefix + "packed_weight" in sd and "scheme" in extra:
+        _check_activation(mod, prefix[:-1], extra["activation"])
         return Int8Linear(mod.in_features, mod.out_features, bias, extra["scheme"], extra["activation"],
                           extra["x_scale"], extra["out_scale"])
     if type(mod) in LINEAR_TYPES and extra.get("format") in FORMATS and "nnz" in extra:
+        _check_activation(mod, prefix[:-1], "none")  # sparsify leaves fused layers with an activation float
         fmt = extra["format"]
         return SparseLinear(mod.in_features, mod.out_features, bias,
                             torch.int8 if fmt in INT8_FORMATS else torch.float32, fmt)
-    if type(mod) in CONV_TYPES and prefix + "packed_weight" in sd and "weight_shape" in extra:
+    # An Int8Conv2d's state: its weight shape, or (checkpoints from before that entry) the activation and
+    # scales without an Int8Linear's scheme.
+    conv_state = "weight_shape" in extra or ("activation" in extra and "x_scale" in extra and "scheme" not in extra)
+    if type(mod) in CONV_TYPES and prefix + "packed_weight" in sd and conv_state:
+        _check_activation(mod, prefix[:-1], extra["activation"])
         if mod.padding_mode != "zeros":
             raise ValueError(f"{prefix[:-1]}: the file holds an Int8Conv2d, but this model's conv has "
                              f"padding_mode={mod.padding_mode!r} (Int8Conv2d pads with zeros only)")
@@ -86,7 +107,9 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
         raise ValueError(f"the file has no BatchNorm statistics for {', '.join(bn_missing[:3])}"
                          f"{' ...' if len(bn_missing) > 3 else ''}: the quantized model was fused; call "
                          "fastinfer.fuse(model) (eval mode) before load_quantized")
+    half_dtype = None  # a model cast to fp16/bf16 before loading: int8 hand-offs come back in its dtype
     for name, new in swaps.items():
+        half_dtype = half_dtype or half_dtype_of(model.get_submodule(name))
         replace_module(model, name, new)
     if any(isinstance(m, Int8Conv2d) and m.x_scale is not None for m in model.modules()):
         if any(k.endswith("._extra_state") and isinstance(v, dict) and set(v) == _ADD_STATE for k, v in sd.items()):
@@ -96,5 +119,6 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
         saved = {name: sd[name + "._extra_state"].get("out_scale") for name, m in swaps.items()
                  if isinstance(m, Int8Conv2d)}
         chain_int8_convs(model, {name: v for name, v in saved.items() if v is not None})
+    adopt_half_dtype(model, half_dtype)
     model.load_state_dict(sd, strict=strict)
     return model

@@ -67,8 +67,13 @@ struct QuantizeParams {
 //   stored in x's type. M <= kWeightOnlyMaxRows; K % 16 == 0 with 16-byte aligned rows of x and of
 //   B int8 [N, K] (the entry layer pads x to the weight's K_pad when needed).
 constexpr int64_t kWeightOnlyMaxRows = 16;
+// The tensor-core version (weight_only_mma.cu) for bf16/fp16 x: up to 64 rows, the same arithmetic with the
+// products on mma.sync (fp32 accumulation, in another order); it serves rows above kWeightOnlyMmaMinRows.
+constexpr int64_t kWeightOnlyMmaMaxRows = 64;
+constexpr int64_t kWeightOnlyMmaMinRows = 8;
 struct WeightOnlyParams {
   int64_t M = 0, N = 0, K = 0;
+  int sms = 0;                      // the GPU's multiprocessors (the mma kernel's K split fills them)
   const void* x = nullptr;
   XKind x_kind = XKind::Float32;
   int64_t ldx = 0;
@@ -184,6 +189,9 @@ const char* launch_sparse24_compress(const Sparse24PackParams& p, void* workspac
 size_t sparse24_gemm_workspace_bytes(const Sparse24Params& p);
 const char* launch_sparse24_gemm(const Sparse24Params& p, void* workspace, void* stream);
 const char* launch_weight_only_gemm(const WeightOnlyParams& p, void* stream);
+bool weight_only_mma_supported(const WeightOnlyParams& p);
+size_t weight_only_mma_workspace_bytes(const WeightOnlyParams& p);  // split-K partial sums, 0 without a split
+const char* launch_weight_only_mma(const WeightOnlyParams& p, void* workspace, void* stream);
 
 }  // namespace cuda_kernels
 }  // namespace fastinfer
