@@ -70,8 +70,8 @@ save
 
 stamp "compute-sanitizer memcheck (a subset, one process; before the benchmarks: correctness first)"
 # Each kernel family on shapes that miss its tiles: the sm_80 GEMM (M sweep to 127, K=13, N=7), the sm90
-# GEMM (513 rows, bf16 out, bias), the weight-only kernels (16 rows fp32; 17 and 48 rows on tensor cores, with
-# and without the K split) and its cuBLAS side (65 rows), the quantize
+# GEMM (513 rows, bf16 out, bias), the weight-only kernels (16 rows fp32; 17 and 48 rows on tensor cores with a
+# K split, 17 rows of K=13 without) and its cuBLAS side (65 rows), the quantize
 # kernel, the 2:4 GEMM and compressor (N=7, K=2323), and the conv paths (sm90 implicit GEMM, gathered rows
 # with C=3, depthwise with odd C, stride 9 gathered). Without torch's caching allocator, so that every
 # tensor is its own allocation and an access past one is caught (inside a pooled block it would not be);
@@ -82,7 +82,8 @@ if command -v compute-sanitizer >/dev/null; then
     "tests/test_cuda.py::test_int8_mm_m_sweep[13-7]" \
     "tests/test_cuda.py::test_int8_scaled_mm_epilogue_exact[513-4096-136-True-out_dtype1]" \
     "tests/test_cuda.py::test_weight_only[13-7-16-dtype0]" "tests/test_cuda.py::test_weight_only[4096-300-17-dtype1]" \
-    "tests/test_cuda.py::test_weight_only[1000-70-48-dtype2]" "tests/test_cuda.py::test_weight_only[4096-300-65-dtype1]" \
+    "tests/test_cuda.py::test_weight_only[1000-70-48-dtype2]" "tests/test_cuda.py::test_weight_only[13-7-17-dtype1]" \
+    "tests/test_cuda.py::test_weight_only[4096-300-65-dtype1]" \
     tests/test_cuda.py::test_quantize_per_token \
     "tests/test_cuda_sparse.py::test_sparse24_linear_bit_exact[out0-7-2323]" \
     tests/test_cuda_sparse.py::test_refuses_a_weight_that_is_not_2_4 \

@@ -28,8 +28,9 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kRoundK = 64;                 // k values per round: 4 lanes x 16
-constexpr int kXStride = kRoundK * 2 + 16;  // bytes per activation row in shared memory: 128 + 16 of padding
-                                            // puts the 8 rows a quarter-warp reads in distinct banks
+constexpr int kXStride = kRoundK * 2 + 16;  // bytes per activation row in shared memory: with 16 of padding,
+                                            // the 2 rows x 4 chunks of a quarter-warp's 16-byte reads hit
+                                            // distinct banks
 
 // n8 tiles per warp: 2 for 64 rows (the accumulators, the activation words and the weight chunks stay
 // in registers: ptxas -v, no spills), 4 below.
@@ -40,16 +41,25 @@ struct WarpCols {
 
 __device__ __forceinline__ uint32_t word(const uint4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
-// Bytes `shift / 8` and `shift / 8 + 1` of four int8 weights as a packed 16-bit pair (low half first).
+// Bytes `shift / 8` and `shift / 8 + 1` (shift 0 or 16) of four int8 weights as a packed 16-bit pair (low
+// half first), exact (|w| <= 128), without int-to-float conversions (16 a clock per multiprocessor: at 16
+// rows they would take about as long as streaming the weight). The byte w + 128 goes into the mantissa of a
+// float whose mantissa unit is 1, and subtracting that float's value at 128 leaves w:
+//   fp16: 0x64XX is 1024 + XX, minus 1152 (0x6480), both halves in one __hsub2;
+//   bf16: fp32 0x4B0000XX is 2^23 + XX, minus 2^23 + 128 exactly, then the upper halves (low bits 0).
+// (Checked byte by byte against int8 for random words with a byte-level model of __byte_perm.)
 template <bool BF16>
 __device__ __forceinline__ uint32_t widen2(uint32_t w, int shift) {
-  const float lo = static_cast<float>(static_cast<int8_t>((w >> shift) & 0xffu));
-  const float hi = static_cast<float>(static_cast<int8_t>((w >> (shift + 8)) & 0xffu));
+  const uint32_t u = w ^ 0x80808080u;  // each byte w + 128
   if constexpr (BF16) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
+    const int b = shift / 8;
+    const float lo = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + b)) - 8388736.0f;
+    const float hi = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7541 + b)) - 8388736.0f;
+    return __byte_perm(__float_as_uint(lo), __float_as_uint(hi), 0x7632);
   } else {
-    const __half2 v = __floats2half2_rn(lo, hi);
+    const uint32_t h = __byte_perm(u, 0x64646464u, shift == 0 ? 0x4140 : 0x4342);
+    const uint32_t magic = 0x64806480u;  // 1152 in both halves
+    const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&h), *reinterpret_cast<const __half2*>(&magic));
     return *reinterpret_cast<const uint32_t*>(&v);
   }
 }
@@ -181,7 +191,7 @@ int64_t block_cols(int64_t M) {
   return kWarps * 8 * (mt == 1 ? WarpCols<1>::value : mt == 2 ? WarpCols<2>::value : WarpCols<4>::value);
 }
 
-// K split: enough blocks for about 4 per multiprocessor, each with at least one round per warp.
+// K split: enough blocks for about 4 per multiprocessor, each split at least kWarps rounds long.
 int splits_for(const WeightOnlyParams& p) {
   const int64_t col_blocks = (p.N + block_cols(p.M) - 1) / block_cols(p.M);
   const int64_t rounds = (p.K + kRoundK - 1) / kRoundK;
