@@ -55,7 +55,8 @@ def use_isa(isa: str):
         ops.set_isa_cap(previous)
 
 
-__all__ = ["quantize", "load_quantized", "QuantConfig", "QuantizationReport", "fuse", "calibrate", "CalibrationResult", "distill", "kd_loss", "DistillResult", "profile",
+__all__ = ["quantize", "load_quantized", "QuantConfig", "QuantizationReport", "fuse", "calibrate", "CalibrationResult",
+           "distill", "kd_loss", "DistillResult", "profile",
            "ProfileReport", "compare_profiles", "prune", "PruningReport", "PruningError", "save_pruned", "sparsify", "sparsity_report",
            "SparsityReport", "remove_masks",
            "load_pruned", "cpu_capabilities", "use_isa", "nn", "ops", "reference", "ISAS", "__version__"]

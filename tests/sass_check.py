@@ -50,7 +50,8 @@ def label(demangled: str) -> str:
     if "int8_gemm_kernel" in demangled:
         return "sm80 int8 GEMM 128x128" if "Tile<128, 128" in demangled else "sm80 int8 GEMM 64x128"
     for key, name in (("weight_only_kernel", "weight-only GEMM"), ("weight_only_mma_kernel", "weight-only MMA"),
-                      ("weight_only_reduce_kernel", "weight-only split-K sum"), ("quantize_rows_kernel", "quantize rows"),
+                      ("weight_only_reduce_kernel", "weight-only split-K sum"),
+                      ("quantize_rows_kernel", "quantize rows"),
                       ("im2row_kernel", "im2row"), ("dwconv_kernel", "depthwise conv"),
                       ("StructuredSparseCompressor", "2:4 compressor (CUTLASS)")):
         if key in demangled:

@@ -6,5 +6,5 @@ from .fuse import FuseReport, fuse
 from .load import load_quantized
 from .observers import OBSERVERS, MinMaxObserver, MSEObserver, PercentileObserver
 
-__all__ = ["QuantConfig", "QuantizationReport", "quantize", "calibrate", "CalibrationResult", "fuse", "FuseReport", "load_quantized",
-           "OBSERVERS", "MinMaxObserver", "PercentileObserver", "MSEObserver"]
+__all__ = ["QuantConfig", "QuantizationReport", "quantize", "calibrate", "CalibrationResult", "fuse", "FuseReport",
+           "load_quantized", "OBSERVERS", "MinMaxObserver", "PercentileObserver", "MSEObserver"]

@@ -66,9 +66,9 @@ def _layer_from_state(mod: nn.Module, prefix: str, sd: Mapping) -> Optional[nn.M
         if mod.padding_mode != "zeros":
             raise ValueError(f"{prefix[:-1]}: the file holds an Int8Conv2d, but this model's conv has "
                              f"padding_mode={mod.padding_mode!r} (Int8Conv2d pads with zeros only)")
-        # conv_padding: nn.Conv2d's 'same' / 'valid' as numbers, as from_float does
-        # out_scale stays None here: chain_int8_convs sets it, and with it swaps the pooling in between
-        # (it passes over a conv that has one already); the strict load then gives the file's value.
+        # Padding 'same' / 'valid' as numbers (conv_padding, as from_float). out_scale stays None here:
+        # chain_int8_convs sets it, and with it swaps the pooling in between (it passes over a conv that has
+        # one already); the strict load then gives the file's value.
         return Int8Conv2d(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, conv_padding(mod),
                           mod.dilation, mod.groups, bias, extra["activation"], extra["x_scale"])
     return None
