@@ -39,7 +39,9 @@ struct WarpCols {
   static constexpr int value = MT >= 4 ? 2 : 4;
 };
 
-__device__ __forceinline__ uint32_t word(const uint4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
+__device__ __forceinline__ uint32_t word(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
 
 // Bytes `shift / 8` and `shift / 8 + 1` (shift 0 or 16) of four int8 weights as a packed 16-bit pair (low
 // half first), exact (|w| <= 128), without int-to-float conversions (16 a clock per multiprocessor: at 16
