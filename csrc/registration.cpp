@@ -39,6 +39,8 @@ std::string set_isa_cap(const std::string& name) {
   return fastinfer::cpu::isa_name(fastinfer::cpu::set_isa_cap(isa));
 }
 
+std::string isa_cap() { return fastinfer::cpu::isa_name(fastinfer::cpu::isa_cap()); }
+
 }  // namespace
 
 TORCH_LIBRARY(fastinfer, m) {
@@ -94,6 +96,7 @@ TORCH_LIBRARY(fastinfer, m) {
   // Introspection (no tensors: registered catch-all right here).
   m.def("cpu_capabilities() -> str", &fastinfer::cpu::capabilities_json);
   m.def("set_isa_cap(str isa) -> str", &set_isa_cap);
+  m.def("isa_cap() -> str", &isa_cap);
   m.def("last_kernel(str family) -> str", &fastinfer::cpu::last_kernel);
   // Shape bucket of the int8 GEMM: on AMX, fewer rows than this run on the VNNI kernels. Returns the old value.
   m.def("set_amx_min_rows(int rows) -> int", &fastinfer::cpu::set_amx_min_rows);

@@ -7,7 +7,6 @@ argument. Modules call torch.ops.fastinfer directly so torch.compile / torch.exp
 from __future__ import annotations
 
 import json
-import threading
 from typing import Optional, Tuple
 
 import torch
@@ -253,20 +252,15 @@ def cpu_capabilities() -> dict:
     return json.loads(_ops.cpu_capabilities())
 
 
-_cap_state = threading.local()  # .cap: this thread's set_isa_cap, as the C++ side keeps it per thread
-
-
 def set_isa_cap(isa: str) -> str:
     """Caps the CPU ISA at run time for the calls made on this thread (fastinfer.use_isa is the scoped
     form); returns the ISA now active (may be lower than asked)."""
-    active = _ops.set_isa_cap(isa)  # raises on an unknown name, before the cap is recorded
-    _cap_state.cap = isa
-    return active
+    return _ops.set_isa_cap(isa)
 
 
 def isa_cap() -> str:
     """This thread's run-time cap (set_isa_cap / use_isa; "amx", no cap, until one is set)."""
-    return getattr(_cap_state, "cap", "amx")
+    return _ops.isa_cap()
 
 
 def last_kernel(family: str) -> str:

@@ -134,6 +134,8 @@ Isa active_isa() {
   return static_cast<Isa>(t);
 }
 
+Isa isa_cap() { return static_cast<Isa>(t_runtime_cap); }
+
 Isa set_isa_cap(Isa cap) {
   t_runtime_cap = static_cast<int>(cap);
   return active_isa();

@@ -39,6 +39,8 @@ bool isa_runnable(Isa isa);
 // Caps the ISA at run time for the calls made on this thread (tests use it to exercise every path);
 // returns the active ISA.
 Isa set_isa_cap(Isa cap);
+// This thread's run-time cap (Amx, no cap, until set_isa_cap): what a scoped cap restores.
+Isa isa_cap();
 // Best ISA with kernels in this build.
 Isa best_implemented_isa();
 

@@ -30,21 +30,21 @@ def check_scale(name: str, value: Optional[float]) -> None:
                          f"[1.2e-38, 8.5e37] or None, got {value!r}")
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def half_on_cpu(x: Tensor, cpu_dtypes: Sequence[torch.dtype]) -> bool:
     """Whether x is a 16-bit float CPU tensor the CPU kernel does not take (float16; bfloat16 for a
     convolution): the layer then runs on one float32 copy and returns its float output in x's dtype, so a
     model cast to that dtype keeps working after quantize (it used to fail at its first forward). The
     dtype test comes first: float32 inputs pay one comparison."""
-    return x.dtype in (torch.float16, torch.bfloat16) and x.dtype not in cpu_dtypes and x.device.type == "cpu"
+    return x.dtype in HALF_DTYPES and x.dtype not in cpu_dtypes and x.device.type == "cpu"
 
 
 def via_float32(x: Tensor, run) -> Tensor:
     """run(x in float32), its float output returned in x's dtype (an int8 output as it is)."""
     y = run(x.float())
     return y.to(x.dtype) if y.is_floating_point() else y
-
-
-HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def applied_half_dtype(fn, current: Optional[torch.dtype], device) -> Optional[torch.dtype]:

@@ -31,10 +31,11 @@ class Int8Add(nn.Module):
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         # In a half-precision model the op (fp32 or int8 operands) gets fp32 copies of 16-bit operands, and a
         # float result goes back to the model's dtype: a 16-bit operand's, else float_dtype (both int8).
-        want = next((t.dtype for t in (a, b) if t.dtype in HALF_DTYPES), self.float_dtype)
+        want = self.float_dtype
         if a.dtype in HALF_DTYPES or b.dtype in HALF_DTYPES:
             if torch.int8 not in (a.dtype, b.dtype) and self.out_scale is None:
                 return self._add(a, b)  # nothing int8: torch's add in the model's dtype
+            want = a.dtype if a.dtype in HALF_DTYPES else b.dtype
             a, b = (t.float() if t.dtype in HALF_DTYPES else t for t in (a, b))
         y = self._add(a, b)
         return y.to(want) if want is not None and y.dtype == torch.float32 else y

@@ -10,8 +10,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import quantize_weight_per_channel
-from ._common import (applied_half_dtype, check_float_layer, check_scale, float_out, half_dtype_of, half_on_cpu,
-                      unbatched, via_float32)
+from ._common import applied_half_dtype, check_float_layer, check_scale, float_out, half_on_cpu, unbatched, via_float32
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
 CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")
@@ -81,7 +80,6 @@ class Int8Conv2d(nn.Module):
         mod.weight_scale = w_scale.contiguous()
         if conv.bias is not None:
             mod.bias = conv.bias.detach().float().clone()
-        mod.float_dtype = half_dtype_of(conv)  # a half-precision model's int8 hand-offs come back in its dtype
         return mod
 
     def _depthwise(self) -> bool:
