@@ -10,7 +10,7 @@ from torch import nn
 import fastinfer
 from fastinfer import ops
 from fastinfer import reference as ref
-from fastinfer.nn import Int8Conv2d, Int8MaxPool2d
+from fastinfer.nn import Int8Add, Int8Conv2d, Int8MaxPool2d
 
 from conftest import assert_served
 
@@ -441,6 +441,54 @@ def test_residual_adds_left_alone():
         assert q.fastinfer_report.rewritten == []
         with torch.inference_mode():
             q(torch.randn(2, 3, 20, 20))
+
+
+class UpBlock(nn.Module):  # a decoder block whose skip connection is optional
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x, skip=None):
+        out = self.conv(x)
+        if skip is not None:
+            out = out + skip
+        return F.relu(out)
+
+
+class UNetTail(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.up1, self.up2 = nn.Conv2d(3, 8, 3, padding=1), UpBlock(), UpBlock()
+
+    def forward(self, x):
+        e = self.stem(x)
+        return self.up2(self.up1(e, e))  # up1 with its skip, up2 without
+
+
+def test_block_with_optional_arguments_keeps_its_forward(tmp_path):
+    # A trace sees `skip` as a tensor, so `if skip is not None:` would be baked in as taken, and up2 (called
+    # without it) would hand None to the add: such a forward is kept as written, and the report says why.
+    model = UNetTail().eval()
+    x = torch.randn(2, 3, 20, 20)
+    q = quantize_static(copy.deepcopy(model))
+    assert q.fastinfer_report.rewritten == []
+    assert sorted(n for n, _ in q.fastinfer_report.kept_adds) == ["up1", "up2"]
+    assert "optional arguments (skip)" in str(q.fastinfer_report)
+    torch.manual_seed(0)  # quantize_static's calibration batches, with no rewriting asked for
+    calib = [torch.randn(4, 3, 20, 20) for _ in range(3)]
+    plain = fastinfer.quantize(fastinfer.fuse(copy.deepcopy(model)), scheme="w8a8_static", calib_data=calib,
+                               int8_residuals=False)
+    with torch.inference_mode():
+        y = q(x)
+        assert F.cosine_similarity(y.flatten(), model(x).flatten(), dim=0) > 0.99
+        torch.save(q.state_dict(), tmp_path / "q.pt")
+        loaded = fastinfer.load_quantized(tmp_path / "q.pt", fastinfer.fuse(UNetTail().eval()))
+        assert torch.equal(loaded(x), y) and torch.equal(plain(x), y)
+
+
+def test_int8_add_refuses_a_missing_operand():
+    with pytest.raises(TypeError, match="needs two tensors, got Tensor and NoneType.*int8_residuals=False"):
+        Int8Add()(torch.randn(2, 3), None)
 
 
 def test_rewritten_block_keeps_every_child_and_tensor():

@@ -312,3 +312,22 @@ def test_quantize_twice_is_a_no_op_that_says_so():
     assert model.fastinfer_report.skipped == [("0", "already quantized"), ("2", "already quantized")]
     with torch.inference_mode():
         assert torch.equal(model(x), y)
+
+
+def _layers_with_torch_signature():
+    torch.manual_seed(0)
+    lin, conv = nn.Linear(16, 8), nn.Conv2d(3, 8, 3)
+    x, img = torch.randn(2, 16), torch.randn(1, 3, 8, 8)
+    from fastinfer.nn import ConvAct2d, Int8Conv2d, Int8MaxPool2d, LinearAct, SparseLinear
+    return [(Int8Linear.from_float(lin), x), (Int8Linear.from_float(lin, "w8_only"), x),
+            (SparseLinear.from_float(lin, torch.float32), x), (LinearAct.from_linear(lin, "relu"), x),
+            (Int8Conv2d.from_float(conv), img), (ConvAct2d.from_conv(conv, "relu6"), img),
+            (Int8MaxPool2d(2), img), (Int8MaxPool2d(2), torch.randint(-127, 128, (1, 3, 8, 8), dtype=torch.int8))]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_layers_take_torchs_keyword_input(case):
+    # A model written for nn.Linear / nn.Conv2d / nn.MaxPool2d may call them as layer(input=x).
+    layer, x = _layers_with_torch_signature()[case]
+    with torch.inference_mode():
+        assert torch.equal(layer(input=x), layer(x))

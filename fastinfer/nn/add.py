@@ -29,6 +29,10 @@ class Int8Add(nn.Module):
         return super()._apply(fn, recurse)
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
+            raise TypeError(f"Int8Add (a residual add that fastinfer.quantize rewrote) needs two tensors, got "
+                            f"{type(a).__name__} and {type(b).__name__}: the block's forward was traced with "
+                            "tensors for every argument; quantize with int8_residuals=False to keep it as written")
         # In a half-precision model the op (fp32 or int8 operands) gets fp32 copies of 16-bit operands, and a
         # float result goes back to the model's dtype: a 16-bit operand's, else float_dtype (both int8).
         want = self.float_dtype

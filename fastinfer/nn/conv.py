@@ -120,8 +120,8 @@ class Int8Conv2d(nn.Module):
                 setattr(self, name, t.to(target))
         return out
 
-    def forward(self, x: Tensor) -> Tensor:
-        return unbatched(x, self._forward_batched)
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's name: layer(input=x) works)
+        return unbatched(input, self._forward_batched)
 
     def _forward_batched(self, x: Tensor) -> Tensor:
         if half_on_cpu(x, ()):

@@ -53,8 +53,8 @@ class ConvAct2d(nn.Conv2d):
         _copy_params(conv, mod)
         return mod
 
-    def forward(self, x: Tensor) -> Tensor:
-        return _apply(self._conv_forward(x, self.weight, self.bias), self.activation)
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (nn.Conv2d's name)
+        return _apply(self._conv_forward(input, self.weight, self.bias), self.activation)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation}"
@@ -80,8 +80,8 @@ class LinearAct(nn.Linear):
         _copy_params(linear, mod)
         return mod
 
-    def forward(self, x: Tensor) -> Tensor:
-        return _apply(F.linear(x, self.weight, self.bias), self.activation)
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (nn.Linear's name)
+        return _apply(F.linear(input, self.weight, self.bias), self.activation)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation}"

@@ -89,7 +89,8 @@ class Int8Linear(nn.Module):
             mod.bias = linear.bias.detach().float().clone()
         return mod
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's name: layer(input=x) works)
+        x = input
         return via_float32(x, self._forward) if half_on_cpu(x, (torch.bfloat16,)) else self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:

@@ -23,7 +23,8 @@ class Int8MaxPool2d(nn.MaxPool2d):
             raise ValueError("Int8MaxPool2d does not return indices (return_indices=True)")
         return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, False, pool.ceil_mode)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's name: layer(input=x) works)
+        x = input
         if x.dtype != torch.int8:
             return super().forward(x)
         return unbatched(x, lambda x4: ops.int8_max_pool2d(x4, self.kernel_size, self.stride, self.padding,

@@ -168,7 +168,8 @@ class SparseLinear(nn.Module):
                 self._buffers[name] = moved if moved.dtype == t.dtype else t.to(moved.device)
         return self
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's name: layer(input=x) works)
+        x = input
         if self.format == "sparse24":
             return torch.ops.fastinfer.sparse24_linear_int8(x, self.values, self.meta, self.weight_scale, self.bias,
                                                             self.in_features)

@@ -71,6 +71,7 @@ class QuantizationReport:
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (name, reason)
     chained: List[str] = field(default_factory=list)  # static int8 convs passing int8 to the next one
     rewritten: List[str] = field(default_factory=list)  # submodules whose residual adds became Int8Add
+    kept_adds: List[Tuple[str, str]] = field(default_factory=list)  # (submodule, why its adds stay fp32)
 
     def __str__(self) -> str:
         lines = [f"fastinfer.quantize ({self.scheme}): swapped {len(self.swapped)} layer(s), "
@@ -78,6 +79,7 @@ class QuantizationReport:
         lines += [f"  swapped  {n}" for n in self.swapped]
         lines += [f"  skipped  {n}: {r}" for n, r in self.skipped]
         lines += [f"  rewrote  {n}: residual add -> Int8Add (now a torch.fx.GraphModule)" for n in self.rewritten]
+        lines += [f"  kept     {n}: residual add not rewritten: {r}" for n, r in self.kept_adds]
         lines += [f"  int8 out {c}" for c in self.chained]
         return "\n".join(lines)
 
@@ -180,7 +182,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         report.swapped.extend(replace_module(model, name, new))
     if cfg.scheme == "w8a8_static":
         if int8_residuals:
-            report.rewritten = rewrite_residual_adds(model)
+            report.rewritten = rewrite_residual_adds(model, report.kept_adds)
         report.chained = chain_int8_convs(model, calib.output_scale)
         adopt_half_dtype(model, half_dtype)
     model.fastinfer_report = report

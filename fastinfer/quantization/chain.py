@@ -12,9 +12,10 @@ of a plain nn.Sequential's children, and its children are tried on their own.
 """
 from __future__ import annotations
 
+import inspect
 import operator
 from collections import Counter
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,23 @@ class _OwnOpsTracer(fx.Tracer):
 _ADD_FUNCTIONS = (operator.add, torch.add)
 
 
-def rewrite_residual_adds(model: nn.Module) -> List[str]:
+def _fixed_signature(mod: nn.Module) -> Optional[str]:
+    """Why mod's forward cannot be rewritten from a symbolic trace (None: it can). A trace sees every
+    argument as a tensor: `if skip is not None:` on an optional argument is traced as taken, and a call
+    without that argument would then reach the rewritten add with None."""
+    try:
+        params = list(inspect.signature(mod.forward).parameters.values())
+    except (TypeError, ValueError):
+        return "its forward has no inspectable signature"
+    loose = [p.name for p in params if p.default is not inspect.Parameter.empty
+             or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.KEYWORD_ONLY)]
+    if loose:
+        return (f"its forward takes optional arguments ({', '.join(loose)}), whose branches a trace cannot "
+                "follow; the add stays fp32")
+    return None
+
+
+def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]] = None) -> List[str]:
     """Replaces, in the forward of every submodule of ``model`` (not the model itself), each add of two
     tensors one of which comes from a static Int8Conv2d (a residual add: ``out = conv3(...); out += identity``)
     and the ReLU that alone follows it, by a call to an Int8Add submodule (``residual_add``,
@@ -79,6 +96,8 @@ def rewrite_residual_adds(model: nn.Module) -> List[str]:
     same children, parameters and buffers, its class name kept. Returns the names of those submodules.
 
     Until chain_int8_convs gives an Int8Add int8 operands or an out_scale it computes what the add did.
+    A submodule whose forward takes optional arguments keeps its forward (its residual adds stay fp32);
+    ``kept`` gets (name, why) for each such submodule that has a residual add.
     """
     rewritten = []
     for name, mod in reversed(list(model.named_modules())):  # children before their parents
@@ -90,6 +109,11 @@ def rewrite_residual_adds(model: nn.Module) -> List[str]:
             continue
         adds = [n for n in graph.nodes if _residual_add(mod, n)]
         if not adds:
+            continue
+        why = _fixed_signature(mod)
+        if why is not None:
+            if kept is not None:
+                kept.append((name, why))
             continue
         gm = fx.GraphModule(mod, graph, class_name=type(mod).__name__)
         # The original children, all of them: GraphModule copies only what the graph calls, and for a call
