@@ -241,6 +241,42 @@ def test_linear_3d_output_with_bn1d_not_folded_given_example_inputs():
     assert "3-D" in fused.fastinfer_fuse_report.skipped[0][1]
 
 
+def test_linear_bn1d_needs_example_inputs():
+    # [N, 4, 4] through Linear(4, 4): BatchNorm1d(4) normalizes dim 1, and its sizes match the Linear's
+    # features by coincidence; without shapes fuse cannot tell, so it does not fold (and says why).
+    model = randomize_bn(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))
+    fused = fuse(model)
+    assert fused.fastinfer_fuse_report == []
+    assert "pass example_inputs" in fused.fastinfer_fuse_report.skipped[0][1]
+    assert_same(fused, model, torch.randn(3, 4, 4))
+    assert fuse(model, example_inputs=torch.randn(3, 4)).fastinfer_fuse_report == ["0 + 1"]
+
+
+class UntraceableSeq(nn.Module):
+    """The fallback path (untraceable root, Sequential child) gets the ranks from the run too."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))     # [N, 4, 4]: must not fold
+        self.head = nn.Sequential(nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU())  # [N, 16] -> folds
+
+    def forward(self, x):
+        y = self.tokens(x)
+        if y.sum() > 0:
+            y = -y
+        return self.head(y.flatten(1))
+
+
+def test_untraceable_model_checks_linear_ranks_in_the_fallback():
+    model = randomize_bn(UntraceableSeq())
+    fused = fuse(model, example_inputs=torch.randn(2, 4, 4))
+    report = fused.fastinfer_fuse_report
+    assert report == ["head.0 + head.1 + head.2"]
+    assert dict(report.skipped)["tokens.1"].startswith("the Linear output is 3-D")
+    for sign in (1, -1):
+        assert_same(fused, model, sign * torch.rand(2, 4, 4))
+
+
 def test_fuse_twice_is_a_no_op_and_result_deep_copies():
     model = randomize_bn(CNN())
     once = fuse(model)

@@ -68,10 +68,10 @@ def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], None]
     without affine; b = 0 without bias), computed in float64 and stored in the weight's dtype:
         w'[c] = w[c] * s[c]        b'[c] = (b[c] - running_mean[c]) * s[c] + beta[c]
 
-    ``example_inputs`` (optional, a tensor or a tuple of them) lets fuse check shapes: a Linear
-    output that is not 2-D ([N, L, C]) is then never folded with a BatchNorm1d, which would
-    normalize dim 1. Without it (and inside parts fused by the module-pattern fallback, where
-    shapes are not propagated), Linear + BatchNorm1d is folded whenever the sizes agree.
+    ``example_inputs`` (optional, a tensor or a tuple of them) is run through the model once to learn
+    each Linear's output rank: Linear + BatchNorm1d is folded only where that output is 2-D ([N, C]).
+    On a 3-D output ([N, L, C]) a BatchNorm1d normalizes dim 1, not the Linear's features, and folding
+    would be wrong when L == C; so without example_inputs no BatchNorm1d is folded (the report says why).
 
     ``inplace=False`` deep-copies the model first. Returns the model with submodules swapped (module
     names unchanged; see the module docstring) and ``model.fastinfer_fuse_report`` (a FuseReport).
@@ -85,11 +85,32 @@ def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], None]
     if not inplace:
         model = copy.deepcopy(model)
     counts = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
-    fuser = _Fuser(model, {i for i, n in counts.items() if n > 1}, FuseReport())
+    report = FuseReport()
     with torch.no_grad():
-        fuser.fuse_module("", model, tuple(example_inputs) if example_inputs is not None else None)
-    model.fastinfer_fuse_report = fuser.report
+        ranks = None if example_inputs is None else _linear_output_ranks(model, tuple(example_inputs), report)
+        _Fuser(model, {i for i, n in counts.items() if n > 1}, report, ranks).fuse_module("", model)
+    model.fastinfer_fuse_report = report
     return model
+
+
+def _linear_output_ranks(model: nn.Module, example_inputs: tuple,
+                         report: "FuseReport") -> Optional[Dict[str, Set[int]]]:
+    """The ranks of every Linear's outputs in one run of ``model`` on ``example_inputs``, by module name
+    (None, and a note, when the run fails). Forward hooks see the real calls, also inside parts that
+    torch.fx cannot trace."""
+    ranks: Dict[str, Set[int]] = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: ranks.setdefault(name, set()).add(out.dim()))
+             for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    try:
+        model(*example_inputs)
+    except Exception as exc:
+        report.notes.append(f"example_inputs did not run through the model ({type(exc).__name__}: "
+                            f"{str(exc)[:120]}); no BatchNorm1d folded")
+        return None
+    finally:
+        for h in hooks:
+            h.remove()
+    return ranks
 
 
 class _Tracer(fx.Tracer):
@@ -153,8 +174,9 @@ def _bn_type(layer: nn.Module):
 
 
 class _Fuser:
-    def __init__(self, root: nn.Module, aliased: Set[int], report: FuseReport):
-        self.root, self.aliased, self.report = root, aliased, report
+    def __init__(self, root: nn.Module, aliased: Set[int], report: FuseReport,
+                 linear_ranks: Optional[Dict[str, Set[int]]]):
+        self.root, self.aliased, self.report, self.linear_ranks = root, aliased, report, linear_ranks
 
     # -- what can be fused
 
@@ -167,7 +189,7 @@ class _Fuser:
             return True
         return type(mod) in (ConvAct2d, LinearAct) and mod.activation is None
 
-    def bn_problem(self, layer: nn.Module, bn: nn.Module, out_ndim: Optional[int]) -> Optional[str]:
+    def bn_problem(self, layer_name: str, layer: nn.Module, bn: nn.Module) -> Optional[str]:
         """Why ``bn`` cannot be folded into ``layer`` (None when it can)."""
         if id(bn) in self.aliased:
             return "the BatchNorm module is registered under several names"
@@ -176,16 +198,22 @@ class _Fuser:
         n_out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
         if bn.num_features != n_out:
             return f"num_features={bn.num_features} but the layer has {n_out} output channels"
-        if isinstance(layer, nn.Linear) and out_ndim is not None and out_ndim != 2:
-            return f"the Linear output is {out_ndim}-D: BatchNorm1d normalizes dim 1, not the features"
+        if isinstance(layer, nn.Linear):
+            if self.linear_ranks is None:
+                return ("the Linear's output rank is unknown: pass example_inputs to fuse (on a 3-D output "
+                        "BatchNorm1d normalizes dim 1, not the Linear's features)")
+            ranks = self.linear_ranks.get(layer_name)
+            if ranks is None:
+                return "the Linear did not run on example_inputs, so its output rank is unknown"
+            if ranks != {2}:
+                return (f"the Linear output is {'/'.join(map(str, sorted(ranks)))}-D: BatchNorm1d normalizes "
+                        "dim 1, not the features")
         return None
 
     # -- the two ways of finding patterns
 
-    def fuse_module(self, prefix: str, module: nn.Module, example_inputs: Optional[tuple]) -> None:
-        # example inputs fit the module they were given for only, not its children
-        walk_traced(prefix, module, lambda p, m, g: self.fuse_graph(p, m, g, example_inputs if m is module else None),
-                    self.fuse_untraceable)
+    def fuse_module(self, prefix: str, module: nn.Module) -> None:
+        walk_traced(prefix, module, self.fuse_graph, self.fuse_untraceable)
 
     def fuse_untraceable(self, prefix: str, module: nn.Module, exc: Exception) -> None:
         """torch.fx could not trace ``module``: fuse adjacent children of a plain nn.Sequential (its
@@ -208,7 +236,7 @@ class _Fuser:
                 continue
             j, bn_name, act, act_name = i + 1, None, None, None
             if j < len(mods) and type(mods[j]) is _bn_type(layer):
-                problem = self.bn_problem(layer, mods[j], None)
+                problem = self.bn_problem(_join(prefix, names[i]), layer, mods[j])
                 if problem:
                     self.report.skipped.append((_join(prefix, names[j]), problem))
                     i = j + 1
@@ -223,9 +251,8 @@ class _Fuser:
                            remove_act=act_name is not None and id(seq._modules[act_name]) not in self.aliased)
             i = j
 
-    def fuse_graph(self, prefix: str, module: nn.Module, graph: fx.Graph, example_inputs: Optional[tuple]) -> None:
+    def fuse_graph(self, prefix: str, module: nn.Module, graph: fx.Graph) -> None:
         mods: Dict[str, nn.Module] = dict(module.named_modules())
-        ndims = self.output_ndims(module, graph, example_inputs)
         calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
         act_fused: Counter = Counter()        # activation module name -> fused call sites
         folded: Set[str] = set()
@@ -262,7 +289,7 @@ class _Fuser:
             bn_node, nxt = None, only_user(node)
             if (nxt is not None and nxt.op == "call_module" and type(mods[nxt.target]) is _bn_type(layer)
                     and calls[nxt.target] == 1):
-                problem = self.bn_problem(layer, mods[nxt.target], ndims.get(node.name))
+                problem = self.bn_problem(_join(prefix, node.target), layer, mods[nxt.target])
                 if problem:
                     continue  # reported below with the other unfolded BatchNorms
                 bn_node, nxt = nxt, only_user(nxt)
@@ -281,12 +308,14 @@ class _Fuser:
         for target, n in act_fused.items():
             if n == calls[target] and id(mods[target]) not in self.aliased:
                 self.replace(_join(prefix, target), nn.Identity())
+        reported: Set[str] = set()  # a BatchNorm called twice is one entry
         for node in graph.nodes:
-            if (node.op == "call_module" and node.target not in folded
+            if (node.op == "call_module" and node.target not in folded and node.target not in reported
                     and isinstance(mods[node.target], (nn.BatchNorm1d, nn.BatchNorm2d))):
-                self.report.skipped.append((_join(prefix, node.target), self.why_not_folded(node, mods, calls, ndims)))
+                reported.add(node.target)
+                self.report.skipped.append((_join(prefix, node.target), self.why_not_folded(prefix, node, mods, calls)))
 
-    def why_not_folded(self, bn_node: fx.Node, mods, calls, ndims) -> str:
+    def why_not_folded(self, prefix: str, bn_node: fx.Node, mods, calls) -> str:
         bn = mods[bn_node.target]
         if calls[bn_node.target] != 1:
             return f"called {calls[bn_node.target]} times"
@@ -305,23 +334,7 @@ class _Fuser:
             return f"{src.target} is called {calls[src.target]} times"
         if not self.base_layer(layer):
             return f"{src.target} cannot take it (shared module or activation already fused)"
-        return self.bn_problem(layer, bn, ndims.get(src.name)) or "not foldable"
-
-    def output_ndims(self, module: nn.Module, graph: fx.Graph, example_inputs: Optional[tuple]) -> Dict[str, int]:
-        """Rank of each node's output from one run on ``example_inputs`` ({} without them)."""
-        if example_inputs is None:
-            return {}
-        from torch.fx.passes.shape_prop import ShapeProp
-        gm = fx.GraphModule(module, graph)
-        try:
-            ShapeProp(gm).propagate(*example_inputs)
-        except Exception as exc:
-            self.report.notes.append(f"example_inputs did not run through the traced model ({type(exc).__name__}); "
-                                     "shapes not checked")
-            return {}
-        # ShapeProp fills the meta of gm's own copy of the graph; names are the same.
-        return {n.name: len(n.meta["tensor_meta"].shape) for n in gm.graph.nodes
-                if hasattr(n.meta.get("tensor_meta"), "shape")}
+        return self.bn_problem(_join(prefix, src.target), layer, bn) or "not foldable"
 
     # -- the swap
 

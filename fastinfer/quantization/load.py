@@ -37,7 +37,8 @@ def _check_activation(mod: nn.Module, name: str, saved: str) -> None:
         return
     if type(mod) in (nn.Linear, nn.Conv2d):
         raise ValueError(f"{name}: the file's layer applies activation {saved!r} (it was fused): call "
-                         "fastinfer.fuse(model) (eval mode) before load_quantized")
+                         "fastinfer.fuse(model) (eval mode; with example_inputs where a BatchNorm1d was folded "
+                         "into a Linear) before load_quantized")
     raise ValueError(f"{name}: this model's fused layer applies activation {own!r}, the file's applies {saved!r}: "
                      "the file was written from a model fused differently (or not fused)")
 
@@ -83,7 +84,8 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
     is swapped for one, the residual-add and int8-pooling rewrites of ``w8a8_static`` are replayed, and
     the file is loaded with ``load_state_dict(strict=strict)``: weights, scales and layouts come from
     the file; no calibration data is needed. A model that was fused before quantizing must be fused
-    again first (``fastinfer.fuse(model)``: it needs no data).
+    again first (``fastinfer.fuse(model)``: no data needed, except example_inputs where fuse folded a
+    BatchNorm1d into a Linear, which it does only with them).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -106,7 +108,8 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
     if bn_missing and swaps:
         raise ValueError(f"the file has no BatchNorm statistics for {', '.join(bn_missing[:3])}"
                          f"{' ...' if len(bn_missing) > 3 else ''}: the quantized model was fused; call "
-                         "fastinfer.fuse(model) (eval mode) before load_quantized")
+                         "fastinfer.fuse(model) (eval mode; with example_inputs where a BatchNorm1d was folded "
+                         "into a Linear) before load_quantized")
     half_dtype = None  # a model cast to fp16/bf16 before loading: int8 hand-offs come back in its dtype
     for name, new in swaps.items():
         half_dtype = half_dtype or half_dtype_of(model.get_submodule(name))
