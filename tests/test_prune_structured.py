@@ -259,3 +259,59 @@ def test_masked_model_and_wrong_example_inputs_refused_up_front():
     with pytest.raises(PruningError, match=r"model\(\*example_inputs\) failed \(RuntimeError: .*\); example_inputs "
                                            r"must be inputs the model accepts"):
         prune(CNN(), amount=0.5, example_inputs=torch.randn(1, 5, 8, 8))
+
+
+def test_fused_model_prunes_like_the_float_one():
+    # fastinfer.fuse's ConvAct2d / LinearAct are layers to the pruner (not traced into bare torch.conv2d calls).
+    import fastinfer
+    from fastinfer.nn import ConvAct2d, LinearAct
+    m = CNN().eval()
+    kill_channels(m.conv1, torch.arange(16, 32), m.bn1)
+    kill_channels(m.conv2, torch.arange(0, 64, 2), m.bn2)
+    kill_channels(m.fc, torch.arange(32, 64))
+    x = torch.randn(3, 1, 8, 8)
+    fused = fastinfer.fuse(m, example_inputs=x)
+    assert type(fused.conv1) is ConvAct2d and type(fused.fc) is LinearAct
+    before = fused(x)
+    rep = prune(fused, amount=0.5, example_inputs=x)
+    assert (fused.conv1.out_channels, fused.conv2.in_channels, fused.conv2.out_channels) == (16, 16, 32)
+    assert fused.fc.in_features == 32 * 16 and fused.fc.out_features == 32
+    assert type(fused.conv1) is ConvAct2d and fused.conv1.activation == "relu"
+    assert len(rep.pruned) == 3
+    torch.testing.assert_close(fused(x), before, rtol=1e-5, atol=1e-5)
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet habit: one ReLU module called three times."""
+
+    def __init__(self, c=16, mid=32):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, mid, 1), nn.BatchNorm2d(mid)
+        self.conv2, self.bn2 = nn.Conv2d(mid, mid, 3, padding=1), nn.BatchNorm2d(mid)
+        self.conv3, self.bn3 = nn.Conv2d(mid, c, 1), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + x)
+
+
+def test_shared_activation_module_does_not_block_pruning():
+    m = Bottleneck().eval()
+    kill_channels(m.conv1, torch.arange(16, 32), m.bn1)
+    kill_channels(m.conv2, torch.arange(0, 32, 2), m.bn2)
+    x = torch.randn(2, 16, 6, 6)
+    before = m(x)
+    prune(m, amount=0.5, example_inputs=x)
+    assert (m.conv1.out_channels, m.conv2.in_channels, m.conv2.out_channels, m.conv3.in_channels) == (16, 16, 16, 16)
+    assert m.conv3.out_channels == 16  # the residual stream reaches the output: kept
+    torch.testing.assert_close(m(x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_quantized_layers_are_kept_with_the_reason():
+    import fastinfer
+    m = fastinfer.quantize(MLP().eval(), "w8a8_dynamic", exclude="head")
+    rep = prune(m, amount=0.5, example_inputs=torch.randn(2, 64))
+    assert not rep.pruned
+    assert any("already quantized or sparse" in g.reason for g in rep.groups)

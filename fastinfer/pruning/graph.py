@@ -190,6 +190,10 @@ def analyze(gm: fx.GraphModule) -> ChannelGraph:
             mod = modules[node.target]
             name = node.target
             layer = name if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)) else None
+            if isinstance(mod, ELEMENTWISE_MODULES):  # stateless: a shared one (ResNet's self.relu) is fine
+                if ins:
+                    values[node] = _Value(ins[0].layout, ins[0].dim, shp)
+                continue
             if calls[name] > 1:
                 opaque(node, f"module {name} is called more than once", layer)
                 continue
@@ -231,12 +235,12 @@ def analyze(gm: fx.GraphModule) -> ChannelGraph:
                     g.spaces[g.root(seg.space)].passthrough.append(name)
                 g.consumers.append(Consumer(name, x.layout))
                 values[node] = _Value(x.layout, 1, shp)
-            elif isinstance(mod, ELEMENTWISE_MODULES):
-                if x is not None:
-                    values[node] = _Value(x.layout, x.dim, shp)
             elif isinstance(mod, nn.Flatten):
                 _flatten(g, values, node, x, _norm_dim(mod.start_dim, len(x.shape)) if x else 1,
                          _norm_dim(mod.end_dim, len(x.shape)) if x else -1)
+            elif type(mod).__module__.startswith("fastinfer.nn"):
+                opaque(node, f"{name} ({type(mod).__name__}) is already quantized or sparse: prune the float "
+                             "model, then quantize or sparsify it", name)
             else:
                 opaque(node, f"{name} ({type(mod).__name__}) is not understood by the pruner")
             continue

@@ -91,8 +91,17 @@ def _eval_mode(model: nn.Module):
             m.training = training
 
 
+class _Tracer(fx.Tracer):
+    """torch.nn's layers and fastinfer's (ConvAct2d / LinearAct from fastinfer.fuse, the quantized and sparse
+    layers) are single calls, which analyze() recognizes or refuses by type; traced through, a fused
+    layer would be a bare torch.conv2d call that no dependency is recorded for."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return type(m).__module__.startswith("fastinfer.nn") or super().is_leaf_module(m, qualname)
+
+
 def _trace(model: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> fx.GraphModule:
-    gm = fx.symbolic_trace(model)
+    gm = fx.GraphModule(model, _Tracer().trace(model))
     with torch.no_grad(), _eval_mode(model):
         ShapeProp(gm).propagate(*inputs)
     return gm
