@@ -331,3 +331,23 @@ def test_layers_take_torchs_keyword_input(case):
     layer, x = _layers_with_torch_signature()[case]
     with torch.inference_mode():
         assert torch.equal(layer(input=x), layer(x))
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6", "gelu"])
+def test_w8_only_takes_a_fused_activation(act):
+    # The weight-only kernels have no activation epilogue; a LinearAct's activation runs after them.
+    from fastinfer.nn import LinearAct
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 96)
+    fused = LinearAct.from_linear(lin, act)
+    q = Int8Linear.from_float(fused, "w8_only")
+    assert q.activation == act
+    x = torch.randn(8, 64) * 3
+    with torch.inference_mode():
+        want = fused(x)
+        plain = Int8Linear.from_float(lin, "w8_only")(x)
+        assert sqnr_db(want, q(x)) > 38.0
+        assert torch.equal(q(x), {"relu": torch.relu, "relu6": nn.functional.relu6, "gelu": nn.functional.gelu}[act](plain))
+    model = fastinfer.quantize(fastinfer.fuse(nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 4)).eval()),
+                               "w8_only")
+    assert model.fastinfer_report.swapped == ["0", "2"] and model[0].activation == "relu"

@@ -16,7 +16,7 @@ def check_activation(activation: Optional[str]) -> Optional[str]:
     return activation
 
 
-def _apply(y: Tensor, activation: Optional[str]) -> Tensor:
+def apply_activation(y: Tensor, activation: Optional[str]) -> Tensor:
     # `activation` is a plain Python string, so torch.fx and dynamo resolve this branch while
     # tracing (dynamo guards on the attribute) instead of seeing data-dependent control flow.
     if activation == "relu":
@@ -54,7 +54,7 @@ class ConvAct2d(nn.Conv2d):
         return mod
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (nn.Conv2d's name)
-        return _apply(self._conv_forward(input, self.weight, self.bias), self.activation)
+        return apply_activation(self._conv_forward(input, self.weight, self.bias), self.activation)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation}"
@@ -81,7 +81,7 @@ class LinearAct(nn.Linear):
         return mod
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (nn.Linear's name)
-        return _apply(F.linear(input, self.weight, self.bias), self.activation)
+        return apply_activation(F.linear(input, self.weight, self.bias), self.activation)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation}"

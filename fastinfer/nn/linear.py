@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..reference import quantize_weight_per_channel
 from ._common import check_float_layer, check_scale, half_on_cpu, via_float32
+from .fused import apply_activation
 
 SCHEMES = ("w8a8_dynamic", "w8a8_static", "w8_only")
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
@@ -41,8 +42,6 @@ class Int8Linear(nn.Module):
         self.scheme = check_scheme(scheme)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        if scheme == "w8_only" and activation != "none":
-            raise ValueError("activation fusion needs an int8 scheme (w8a8_dynamic / w8a8_static), not w8_only")
         if (scheme == "w8a8_static") != (x_scale is not None):
             raise ValueError("x_scale (the calibrated activation scale) is required by, and only by, scheme "
                              f"'w8a8_static'; got scheme={scheme!r}, x_scale={x_scale!r}")
@@ -101,7 +100,9 @@ class Int8Linear(nn.Module):
             return torch.ops.fastinfer.int8_linear_static(x, self.x_scale, self.packed_weight, self.weight_scale,
                                                           self.bias, self.activation, self.out_scale,
                                                           self.input_smooth)
-        return torch.ops.fastinfer.int8_linear_weight_only(x, self.packed_weight, self.weight_scale, self.bias)
+        # The weight-only kernels have no activation epilogue: a fused layer's runs after them, in torch.
+        y = torch.ops.fastinfer.int8_linear_weight_only(x, self.packed_weight, self.weight_scale, self.bias)
+        return apply_activation(y, None if self.activation == "none" else self.activation)
 
     def int8_weight(self) -> Tensor:
         """The int8 weight [out_features, in_features], unpacked (on the layer's device)."""
