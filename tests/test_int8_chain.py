@@ -571,10 +571,12 @@ def test_unbatched_inputs():
     xq = torch.randint(-127, 128, (1, 8, 9, 9), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
     assert torch.equal(pool(xq[0]), pool(xq)[0])
     for bad in (torch.randn(4, 9), torch.randn(1, 1, 4, 9, 9)):
-        with pytest.raises(ValueError, match=r"x must be 4-D \[N, C, H, W\] or unbatched 3-D"):
+        with pytest.raises(ValueError, match=r"input must be 4-D \[N, C, H, W\] or unbatched 3-D"):
             Int8Conv2d.from_float(conv)(bad)
     with pytest.raises(ValueError, match="unbatched 3-D"):
         pool(xq[0, 0])
+    with pytest.raises(ValueError, match=r"expected an input with 4 channels .* got shape \[2, 5, 9, 9\]"):
+        Int8Conv2d.from_float(conv)(torch.randn(2, 5, 9, 9))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -1,5 +1,6 @@
 """fastinfer.load_quantized: a quantized / sparsified model rebuilt from its state_dict and the float code."""
 import copy
+import io
 
 import pytest
 import torch
@@ -112,6 +113,14 @@ def test_tied_layer_swapped_under_both_names():
     loaded = fastinfer.load_quantized(q.state_dict(), Tied().eval())
     assert isinstance(loaded.q, Int8Linear) and loaded.k is loaded.q
     _same(q, loaded, torch.randn(3, 16))
+
+
+def test_file_object_source():
+    q = fastinfer.quantize(_mlp())
+    buf = io.BytesIO()
+    torch.save(q.state_dict(), buf)
+    buf.seek(0)
+    _same(q, fastinfer.load_quantized(buf, _mlp()), torch.randn(3, 24))
 
 
 def test_bad_sources():

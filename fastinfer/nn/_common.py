@@ -65,7 +65,7 @@ def float_out(y: Tensor, x_dtype: torch.dtype, model_dtype: Optional[torch.dtype
     return y if want is None else y.to(want)
 
 
-def unbatched(x: Tensor, run, arg: str = "x") -> Tensor:
+def unbatched(x: Tensor, run, arg: str = "input") -> Tensor:
     """run on a [C, H, W] input as a batch of one, the result without its batch dimension (nn.Conv2d and
     nn.MaxPool2d take unbatched inputs, so their replacements do too)."""
     if x.dim() == 3:

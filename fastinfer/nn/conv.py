@@ -124,6 +124,9 @@ class Int8Conv2d(nn.Module):
         return unbatched(input, self._forward_batched)
 
     def _forward_batched(self, x: Tensor) -> Tensor:
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"Int8Conv2d({self.in_channels}, {self.out_channels}, ...) expected an input with "
+                             f"{self.in_channels} channels (dim 1 of [N, C, H, W]), got shape {list(x.shape)}")
         if half_on_cpu(x, ()):
             return via_float32(x, self._forward)
         # The op's float output is fp32 (a GPU takes 16-bit inputs as they are): it goes back to x's 16-bit

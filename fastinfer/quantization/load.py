@@ -77,7 +77,7 @@ def _layer_from_state(mod: nn.Module, prefix: str, sd: Mapping) -> Optional[nn.M
 
 def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Module:
     """Turns ``model``, a float instance of the architecture that was quantized (or sparsified), into the
-    quantized model saved in ``source`` (a state_dict, or a path to one written by
+    quantized model saved in ``source`` (a state_dict, or a path or file object holding one written by
     ``torch.save(qmodel.state_dict(), path)``), in place, and returns it.
 
     Every nn.Linear / nn.Conv2d whose entry in the file is an Int8Linear, Int8Conv2d or SparseLinear
@@ -89,13 +89,13 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(source, (str, os.PathLike)):
+    if isinstance(source, (str, os.PathLike)) or hasattr(source, "read"):  # a path or an open file (BytesIO)
         sd = torch.load(source, map_location="cpu", weights_only=True)
     else:
         sd = source
     if not isinstance(sd, Mapping):
-        raise TypeError(f"source must be a state_dict (a mapping of names to tensors) or a path to one, got "
-                        f"{type(sd).__name__}")
+        raise TypeError(f"source must be a state_dict (a mapping of names to tensors), a path to one or a file "
+                        f"object holding one, got {type(sd).__name__}")
     bn_missing = [n for n, m in model.named_modules()
                   if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
                   and f"{n}.running_mean" not in sd]
