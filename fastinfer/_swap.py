@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import List
 
+import torch
 from torch import nn
 
 
@@ -16,3 +17,24 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> List[str]:
         parent, _, child = n.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
     return names
+
+
+def is_hf_conv1d(mod: nn.Module) -> bool:
+    """Hugging Face transformers' Conv1D (GPT-2's attention and MLP layers): ``x @ weight + bias`` with weight
+    [in, out], so a Linear whose weight is the transpose (not a convolution, despite the name)."""
+    t = type(mod)
+    w = getattr(mod, "weight", None)
+    return (t.__name__ == "Conv1D" and t.__module__.startswith("transformers.") and isinstance(w, torch.Tensor)
+            and w.dim() == 2 and getattr(mod, "nf", None) == w.shape[1])
+
+
+def linear_from_conv1d(mod: nn.Module) -> nn.Linear:
+    """The nn.Linear computing what a transformers Conv1D computes (weight transposed, same bias)."""
+    n_in, n_out = mod.weight.shape
+    lin = nn.Linear(n_in, n_out, bias=mod.bias is not None, device=mod.weight.device, dtype=mod.weight.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(mod.weight.t())
+        if mod.bias is not None:
+            lin.bias.copy_(mod.bias)
+    lin.train(mod.training)
+    return lin

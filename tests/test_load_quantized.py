@@ -188,3 +188,25 @@ def test_conv_checkpoint_without_weight_shape():
         if k.endswith("_extra_state") and "weight_shape" in v:
             sd[k] = {n: e for n, e in v.items() if n != "weight_shape"}
     _same(q, fastinfer.load_quantized(sd, net()), torch.randn(2, 3, 6, 6))
+
+
+def test_gpt2_conv1d_layers_quantized_and_reloaded():
+    # transformers' Conv1D (GPT-2's c_attn, c_proj, c_fc) is a Linear with its weight transposed: quantize
+    # swaps it as one, and load_quantized finds it again in a fresh model.
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=32, bos_token_id=0,
+                                  eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    ids = torch.randint(0, 50, (2, 10))
+    with torch.inference_mode():
+        ref = model(ids).logits
+    for scheme, kw in (("w8a8_dynamic", {}), ("w8a8_static", {"calib_data": [ids]})):
+        q = fastinfer.quantize(copy.deepcopy(model), scheme, **kw)
+        assert {"transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_proj"} <= set(q.fastinfer_report.swapped)
+        assert isinstance(q.transformer.h[1].mlp.c_fc, Int8Linear) and q.transformer.h[1].mlp.c_fc.in_features == 32
+        with torch.inference_mode():
+            y = q(ids).logits
+            assert F.cosine_similarity(y.flatten(), ref.flatten(), dim=0) > 0.999
+            loaded = fastinfer.load_quantized(q.state_dict(), transformers.GPT2LMHeadModel(cfg).eval())
+            assert torch.equal(loaded(ids).logits, y)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .._swap import replace_module
+from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module
 from ..nn._common import half_dtype_of
 from ..nn.conv import Int8Conv2d
 from ..nn.fused import ConvAct2d, LinearAct
@@ -115,7 +115,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     inc, exc = _matcher(cfg.include, "include"), _matcher(cfg.exclude, "exclude")
     report = QuantizationReport(cfg.scheme)
 
-    if type(model) in LINEAR_TYPES + CONV_TYPES:
+    if type(model) in LINEAR_TYPES + CONV_TYPES or is_hf_conv1d(model):
         raise TypeError("model is itself a layer; use fastinfer.nn.Int8Linear.from_float(layer) or "
                         "fastinfer.nn.Int8Conv2d.from_float(layer) instead")
     if smooth_alpha is not None:
@@ -129,9 +129,10 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         raise ValueError("scheme 'w8a8_static' needs calib_data: a few batches of representative inputs")
     if calib_data is not None and not isinstance(calib_data, (list, tuple)):
         calib_data = list(calib_data)  # read twice (smoothing, then calibration): materialize once
-    targets = []
+    targets, conv1ds = [], []
     for name, mod in model.named_modules():
-        kind = "linear" if type(mod) in LINEAR_TYPES else "conv" if type(mod) in CONV_TYPES else None
+        kind = "linear" if type(mod) in LINEAR_TYPES or is_hf_conv1d(mod) else \
+            "conv" if type(mod) in CONV_TYPES else None
         if kind is None:
             if isinstance(mod, (Int8Linear, Int8Conv2d)):
                 report.skipped.append((name, "already quantized"))
@@ -149,6 +150,10 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
             report.skipped.append((name, "w8_only has no conv kernel (use w8a8_dynamic or w8a8_static)"))
         else:
             targets.append((name, kind))
+            if is_hf_conv1d(mod):
+                conv1ds.append(name)
+    for name in conv1ds:  # as the Linear it is, so that smoothing, calibration and the swap see one
+        replace_module(model, name, linear_from_conv1d(model.get_submodule(name)))
     if not targets:  # nothing to swap (e.g. quantized already): no smoothing or calibration pass either
         model.fastinfer_report = report
         if verbose:

@@ -16,7 +16,7 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import nn
 
-from .._swap import replace_module
+from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module
 from ..nn._common import half_dtype_of
 from ..nn.add import Int8Add
 from ..nn.conv import Int8Conv2d, conv_padding
@@ -101,8 +101,8 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
                   and f"{n}.running_mean" not in sd]
     swaps: Dict[str, nn.Module] = {}
     for name, mod in model.named_modules():
-        if name and type(mod) in LINEAR_TYPES + CONV_TYPES:
-            new = _layer_from_state(mod, name + ".", sd)
+        if name and (type(mod) in LINEAR_TYPES + CONV_TYPES or is_hf_conv1d(mod)):
+            new = _layer_from_state(linear_from_conv1d(mod) if is_hf_conv1d(mod) else mod, name + ".", sd)
             if new is not None:
                 swaps[name] = new.to(mod.weight.device)
     if bn_missing and swaps:
