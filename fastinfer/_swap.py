@@ -38,3 +38,19 @@ def linear_from_conv1d(mod: nn.Module) -> nn.Linear:
             lin.bias.copy_(mod.bias)
     lin.train(mod.training)
     return lin
+
+
+def torch_fast_paths_off(model: nn.Module) -> None:
+    """Turns off the fused eval-mode paths of nn.TransformerEncoderLayer and nn.TransformerEncoder where a
+    feed-forward layer was swapped: they read linear1.weight / linear2.weight and compute the layer in one
+    float kernel, which an int8 or sparse layer (no float weight) does not allow. The layer then runs its own
+    forward (attention, then _ff_block calling linear1 and linear2), the same math."""
+    swapped_layers = set()
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoderLayer) and not all(
+                isinstance(getattr(lin, "weight", None), torch.Tensor) for lin in (m.linear1, m.linear2)):
+            m.activation_relu_or_gelu = 0  # only the fused path reads it (its "not relu/gelu" exit)
+            swapped_layers.add(id(m))
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoder) and any(id(layer) in swapped_layers for layer in m.layers):
+            m.use_nested_tensor = False  # its nested-tensor path reads layers[0].linear1.weight too

@@ -4,6 +4,7 @@ import io
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import fastinfer
@@ -351,3 +352,37 @@ def test_w8_only_takes_a_fused_activation(act):
     model = fastinfer.quantize(fastinfer.fuse(nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 4)).eval()),
                                "w8_only")
     assert model.fastinfer_report.swapped == ["0", "2"] and model[0].activation == "relu"
+
+
+@pytest.mark.parametrize("how", ["w8a8_dynamic", "w8a8_static", "sparsify", "load_quantized"])
+def test_torch_transformer_encoder_runs_swapped_layers(how):
+    # nn.TransformerEncoderLayer's eval fast path reads linear1.weight / linear2.weight (a fused float kernel),
+    # and nn.TransformerEncoder's nested-tensor path too: swapped layers have no float weight, so both are off.
+    from fastinfer.nn import SparseLinear
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2,
+                                enable_nested_tensor=True).eval()
+    x = torch.randn(3, 7, 32)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[1:, 5:] = True
+    q = copy.deepcopy(enc)
+    if how == "sparsify":
+        with torch.no_grad():
+            for layer in q.layers:
+                for lin in (layer.linear1, layer.linear2):
+                    lin.weight[lin.weight.abs() < lin.weight.abs().quantile(0.7)] = 0
+        ref_model = copy.deepcopy(q)
+        fastinfer.sparsify(q)
+        assert isinstance(q.layers[0].linear1, SparseLinear)
+    else:
+        ref_model = enc
+        calib = {"calib_data": [x]} if how == "w8a8_static" else {}
+        fastinfer.quantize(q, "w8a8_static" if how == "w8a8_static" else "w8a8_dynamic", **calib)
+        assert isinstance(q.layers[1].linear2, Int8Linear)
+        if how == "load_quantized":
+            q = fastinfer.load_quantized(q.state_dict(), copy.deepcopy(enc))
+    with torch.inference_mode():
+        for kw in ({}, {"src_key_padding_mask": pad}):
+            want, got = ref_model(x, **kw), q(x, **kw)
+            keep = ~pad[:, :, None].expand_as(want) if kw else torch.ones_like(want, dtype=torch.bool)
+            assert F.cosine_similarity(want[keep], got[keep], dim=0) > (0.99999 if how == "sparsify" else 0.995)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .._swap import replace_module
+from .._swap import replace_module, torch_fast_paths_off
 from ..nn.fused import LinearAct
 from ..nn.sparse import SparseLinear
 from ..quantization.api import Patterns, _matcher
@@ -94,6 +94,7 @@ def sparsify(model: nn.Module, value_dtype=torch.float32, min_sparsity: float = 
                                                                    else "unstructured"))
         replace_module(model, name, new)  # under every name it has (counted once here)
         report.converted.append((name, zeros, layer.weight.numel() * 4, new.nbytes))
+    torch_fast_paths_off(model)
     model.fastinfer_sparsify_report = report
     if verbose:
         print(report)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module
+from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, torch_fast_paths_off
 from ..nn._common import half_dtype_of
 from ..nn.conv import Int8Conv2d
 from ..nn.fused import ConvAct2d, LinearAct
@@ -190,6 +190,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
             report.rewritten = rewrite_residual_adds(model, report.kept_adds)
         report.chained = chain_int8_convs(model, calib.output_scale)
         adopt_half_dtype(model, half_dtype)
+    torch_fast_paths_off(model)
     model.fastinfer_report = report
     if verbose:
         print(report)

@@ -16,7 +16,7 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import nn
 
-from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module
+from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, torch_fast_paths_off
 from ..nn._common import half_dtype_of
 from ..nn.add import Int8Add
 from ..nn.conv import Int8Conv2d, conv_padding
@@ -123,5 +123,6 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
                  if isinstance(m, Int8Conv2d)}
         chain_int8_convs(model, {name: v for name, v in saved.items() if v is not None})
     adopt_half_dtype(model, half_dtype)
+    torch_fast_paths_off(model)
     model.load_state_dict(sd, strict=strict)
     return model
