@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .nn.conv import Int8Conv2d
+from .nn.conv import Int8Conv1d, Int8Conv2d
 from .nn.linear import Int8Linear
 from .nn.sparse import SparseLinear
 
@@ -155,7 +155,7 @@ def _free(m, args, kwargs, out):
 _COUNTERS: Dict[type, Callable] = {
     nn.Conv1d: _conv, nn.Conv2d: _conv, nn.Conv3d: _conv,
     nn.ConvTranspose1d: _conv_transpose, nn.ConvTranspose2d: _conv_transpose, nn.ConvTranspose3d: _conv_transpose,
-    nn.Linear: _linear, Int8Linear: _linear, Int8Conv2d: _conv, SparseLinear: _sparse_linear,
+    nn.Linear: _linear, Int8Linear: _linear, Int8Conv2d: _conv, Int8Conv1d: _conv, SparseLinear: _sparse_linear,
     nn.MultiheadAttention: _mha,
     nn.BatchNorm1d: _per_element(2), nn.BatchNorm2d: _per_element(2), nn.BatchNorm3d: _per_element(2),
     nn.SyncBatchNorm: _per_element(2),

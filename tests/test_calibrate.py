@@ -236,7 +236,7 @@ def test_calibrate_errors():
         calibrate(model, torch.randn(2, 2, 2, 4, 4))
     with pytest.raises(ValueError, match="num_batches"):
         calibrate(model, [x], num_batches=0)
-    with pytest.raises(ValueError, match="no Conv2d / Linear module"):
+    with pytest.raises(ValueError, match="no Conv2d / Conv1d / Linear module"):
         calibrate(nn.Sequential(nn.ReLU()), [x], progress=False)
 
 

@@ -1,4 +1,5 @@
 """int8_conv2d and Int8Conv2d vs fastinfer.reference (same quantized values: bit-exact), every ISA path."""
+import copy
 import io
 
 import pytest
@@ -632,3 +633,69 @@ def test_static_convs_chain_int8_exactly():
     with torch.inference_mode():
         torch.testing.assert_close(chained(x), plain(x), rtol=0, atol=0)
         assert chained[:4](x).dtype == torch.int8
+
+
+# Int8Conv1d: (N, C, L, Cout, k, stride, padding, dilation, groups)
+CONV1D_GEOMETRIES = [
+    (2, 1, 400, 16, 10, 5, 0, 1, 1),     # an audio front end's first layer: one channel, wide stride
+    (1, 3, 17, 13, 3, 1, 1, 1, 1),       # odd channels and length
+    (4, 16, 39, 32, 3, 2, 1, 2, 1),      # stride + dilation
+    (2, 12, 21, 24, 5, 1, 2, 1, 4),      # grouped
+    (2, 32, 19, 32, 5, 1, 2, 1, 32),     # depthwise
+    (1, 7, 9, 5, 9, 1, 0, 1, 1),         # kernel as long as the input: one output
+    (3, 20, 11, 8, 1, 1, 0, 1, 1),       # pointwise
+]
+
+
+@pytest.mark.parametrize("g", CONV1D_GEOMETRIES)
+@pytest.mark.parametrize("static", [False, True])
+def test_conv1d_module_matches_reference(g, static):
+    from fastinfer.nn import Int8Conv1d
+    N, C, L, Cout, k, s, p, d, groups = g
+    conv = nn.Conv1d(C, Cout, k, s, p, d, groups)
+    x = torch.randn(N, C, L)
+    x_scale = float(x.abs().max()) / 127 if static else None
+    for isa in runnable_isas():
+        with fastinfer.use_isa(isa), torch.inference_mode():
+            q = Int8Conv1d.from_float(conv, x_scale=x_scale)
+            y = q(x)
+            w = q.int8_weight()
+            assert w.shape == conv.weight.shape
+            r = ref.int8_conv2d(x.unsqueeze(2), w.unsqueeze(2), q.weight_scale, q.bias, (1, s), (0, p), (1, d),
+                                groups, x_scale, None, "none").squeeze(2)
+            assert y.shape == conv(x).shape == r.shape
+            assert torch.equal(y, r), isa
+            assert sqnr_db(conv(x), y) > 28
+            if static:  # a per-tensor static scale: an unbatched input gives the same rows
+                assert torch.equal(q(x[0]), y[0])
+
+
+def test_conv1d_quantize_state_dict_and_errors():
+    from fastinfer.nn import Int8Conv1d
+    model = nn.Sequential(nn.Conv1d(1, 16, 10, 5), nn.GELU(), nn.Conv1d(16, 32, 3, 2, padding=1),
+                          nn.ReLU(), nn.Conv1d(32, 32, 3, padding="same"), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                          nn.Linear(32, 4)).eval()
+    x = torch.randn(4, 1, 400)
+    with torch.inference_mode():
+        want = model(x)
+    for scheme, kw in (("w8a8_dynamic", {}), ("w8a8_static", {"calib_data": [x]})):
+        q = fastinfer.quantize(copy.deepcopy(model), scheme, **kw)
+        assert q.fastinfer_report.swapped == ["0", "2", "4", "7"] and isinstance(q[4], Int8Conv1d)
+        assert q[4].padding == (0, 1) and "kernel_size=(3,)" in repr(q[4])
+        assert not q.fastinfer_report.chained  # 1-D outputs stay float
+        with torch.inference_mode():
+            y = q(x)
+            assert sqnr_db(want, y) > 25
+            assert torch.equal(fastinfer.load_quantized(q.state_dict(), copy.deepcopy(model))(x), y)
+    q = Int8Conv1d.from_float(nn.Conv1d(4, 6, 3))
+    with pytest.raises(ValueError, match=r"3-D \[N, C, L\] or unbatched 2-D"):
+        q(torch.randn(1, 4, 5, 5))
+    with pytest.raises(ValueError, match="expected an input with 4 channels"):
+        q(torch.randn(1, 5, 9))
+    with pytest.raises(TypeError, match="must be a torch.nn.Conv1d"):
+        Int8Conv1d.from_float(nn.Conv2d(4, 6, 3))
+    with pytest.raises(ValueError, match="padding_mode"):
+        Int8Conv1d.from_float(nn.Conv1d(4, 6, 3, padding=1, padding_mode="circular"))
+    # 12 taps of 1 channel and 3 taps of 4 channels pack to the same shape: the weight's shape tells them apart
+    with pytest.raises(ValueError, match=r"conv weight is \[Cout, Cin/groups, KH, KW\] = \[6, 4, 1, 3\]"):
+        Int8Conv1d(1, 6, 12).load_state_dict(Int8Conv1d(4, 6, 3).state_dict())

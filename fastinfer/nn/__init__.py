@@ -1,9 +1,9 @@
 """Drop-in quantized replacements for torch.nn layers, and fused float layers."""
 from .add import Int8Add
-from .conv import Int8Conv2d
+from .conv import Int8Conv1d, Int8Conv2d
 from .fused import ConvAct2d, LinearAct
 from .linear import SCHEMES, Int8Linear
 from .pool import Int8MaxPool2d
 from .sparse import SparseLinear
 
-__all__ = ["Int8Linear", "Int8Conv2d", "SparseLinear", "Int8MaxPool2d", "Int8Add", "ConvAct2d", "LinearAct", "SCHEMES"]
+__all__ = ["Int8Linear", "Int8Conv2d", "Int8Conv1d", "SparseLinear", "Int8MaxPool2d", "Int8Add", "ConvAct2d", "LinearAct", "SCHEMES"]

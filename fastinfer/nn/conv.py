@@ -16,7 +16,7 @@ ACTIVATIONS = ("none", "relu", "relu6", "gelu")
 CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")
 
 
-def conv_padding(conv: nn.Conv2d) -> Tuple[int, int]:
+def conv_padding(conv: nn.Module) -> Tuple[int, ...]:
     """Explicit zero padding of a conv (resolving 'valid' / 'same'); refuses what we cannot run exactly."""
     if conv.padding_mode != "zeros":
         raise ValueError(f"conv has padding_mode={conv.padding_mode!r}; Int8Conv2d supports zero padding only")
@@ -31,7 +31,7 @@ def conv_padding(conv: nn.Conv2d) -> Tuple[int, int]:
                                  "padding); Int8Conv2d supports symmetric zero padding only")
             pads.append(total // 2)
         return tuple(pads)
-    return ops.pair(conv.padding)
+    return tuple(int(p) for p in conv.padding) if isinstance(conv, nn.Conv1d) else ops.pair(conv.padding)
 
 
 class Int8Conv2d(nn.Module):
@@ -110,7 +110,7 @@ class Int8Conv2d(nn.Module):
         here = self.packed_weight.device
         target = fn(torch.empty(0, dtype=torch.int8, device=here)).device
         self.float_dtype = applied_half_dtype(fn, self.float_dtype, here)
-        w = self.int8_weight() if target.type != here.type else None
+        w = self._unpack(self.packed_weight) if target.type != here.type else None
         fp32 = {name: getattr(self, name) for name in ("weight_scale", "bias")}
         out = super()._apply(fn, recurse)
         if w is not None:
@@ -125,8 +125,8 @@ class Int8Conv2d(nn.Module):
 
     def _forward_batched(self, x: Tensor) -> Tensor:
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"Int8Conv2d({self.in_channels}, {self.out_channels}, ...) expected an input with "
-                             f"{self.in_channels} channels (dim 1 of [N, C, H, W]), got shape {list(x.shape)}")
+            raise ValueError(f"{type(self).__name__}({self.in_channels}, {self.out_channels}, ...) expected an input "
+                             f"with {self.in_channels} channels (dim 1), got shape {list(x.shape)}")
         if half_on_cpu(x, ()):
             return via_float32(x, self._forward)
         # The op's float output is fp32 (a GPU takes 16-bit inputs as they are): it goes back to x's 16-bit
@@ -181,3 +181,57 @@ class Int8Conv2d(nn.Module):
             raise ValueError(f"{key}: packed conv weight of shape {tuple(state_dict[key].shape)} does not fit this "
                              f"layer (expected {tuple(self.packed_weight.shape)})")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class Int8Conv1d(Int8Conv2d):
+    """1-D convolution (an nn.Conv1d replacement: audio front ends, temporal convolutions) on the 2-D int8
+    kernels: x [N, C, L] runs as [N, C, 1, L] with a 1 x K kernel. Everything else is Int8Conv2d's (scales,
+    activations, groups and depthwise, devices, state_dict); kernel_size / stride / padding / dilation are
+    kept as Int8Conv2d's pairs, (1, k). The output is [N, Cout, L_out] with the channels innermost in memory
+    (channels_last), which the next Int8Conv1d reads as it is.
+    Not part of the int8 hand-offs or residual rewrites of w8a8_static (its output is float)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, activation: str = "none", x_scale: Optional[float] = None,
+                 out_scale: Optional[float] = None):
+        def one(v, name):
+            v = tuple(v) if isinstance(v, (tuple, list)) else (v,)
+            if len(v) != 1 or not isinstance(v[0], int):
+                raise ValueError(f"{name} must be an int or a 1-tuple for a 1-D convolution, got {v!r}")
+            return v[0]
+        super().__init__(in_channels, out_channels, (1, one(kernel_size, "kernel_size")), (1, one(stride, "stride")),
+                         (0, one(padding, "padding")), (1, one(dilation, "dilation")), groups, bias, activation,
+                         x_scale, out_scale)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv1d, activation: Optional[str] = None, x_scale: Optional[float] = None,
+                   out_scale: Optional[float] = None) -> "Int8Conv1d":
+        """Quantizes a float nn.Conv1d (per output channel, symmetric)."""
+        check_float_layer(conv, nn.Conv1d, "conv", ops.LINEAR_DEVICES)
+        mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv_padding(conv),
+                  conv.dilation, conv.groups, conv.bias is not None, activation or "none", x_scale, out_scale)
+        w_q, w_scale = quantize_weight_per_channel(conv.weight)
+        mod.packed_weight = ops.pack_conv_weight(w_q.unsqueeze(2), conv.groups)
+        mod.weight_scale = w_scale.contiguous()
+        if conv.bias is not None:
+            mod.bias = conv.bias.detach().float().clone()
+        return mod
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's name: layer(input=x) works)
+        x = input
+        if x.dim() == 2:  # unbatched [C, L], as nn.Conv1d takes
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        if x.dim() != 3:
+            raise ValueError(f"input must be 3-D [N, C, L] or unbatched 2-D [C, L], got shape {list(x.shape)}")
+        return self._forward_batched(x.unsqueeze(2)).squeeze(2)
+
+    def int8_weight(self) -> Tensor:
+        """The int8 weight [Cout, Cin/groups, K] this layer computes with."""
+        return self._unpack(self.packed_weight).squeeze(2)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        for name in ("kernel_size", "stride", "padding", "dilation"):
+            pair = getattr(self, name)
+            s = s.replace(f"{name}={pair}", f"{name}=({pair[1]},)")
+        return s

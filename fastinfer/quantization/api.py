@@ -11,7 +11,7 @@ from torch import nn
 from .. import ops
 from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, torch_fast_paths_off
 from ..nn._common import half_dtype_of
-from ..nn.conv import Int8Conv2d
+from ..nn.conv import Int8Conv1d, Int8Conv2d
 from ..nn.fused import ConvAct2d, LinearAct
 from ..nn.linear import SCHEMES, Int8Linear, check_scheme
 from .calibrate import calibrate
@@ -20,7 +20,7 @@ from .observers import OBSERVERS
 from .smooth import smooth_factors
 
 LINEAR_TYPES = (nn.Linear, LinearAct)     # exact types: a subclass may change forward
-CONV_TYPES = (nn.Conv2d, ConvAct2d)
+CONV_TYPES = (nn.Conv2d, ConvAct2d, nn.Conv1d)
 
 Patterns = Optional[Union[str, Sequence[str], Callable[[str, nn.Module], bool]]]
 
@@ -136,7 +136,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         if kind is None:
             if isinstance(mod, (Int8Linear, Int8Conv2d)):
                 report.skipped.append((name, "already quantized"))
-            elif isinstance(mod, (nn.Linear, nn.Conv2d)):
+            elif isinstance(mod, (nn.Linear, nn.Conv2d, nn.Conv1d)):
                 report.skipped.append((name, f"subclass {type(mod).__name__} of {type(mod).__mro__[1].__name__} "
                                              "(may change forward)"))
             continue
@@ -180,7 +180,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
             if kind == "linear":
                 new = Int8Linear.from_float(layer, cfg.scheme, x_scale=x_scale, smooth=smooth.get(name))
             else:
-                new = Int8Conv2d.from_float(layer, x_scale=x_scale)
+                new = (Int8Conv1d if isinstance(layer, nn.Conv1d) else Int8Conv2d).from_float(layer, x_scale=x_scale)
         except ValueError as e:  # e.g. padding_mode='reflect'
             report.skipped.append((name, str(e)))
             continue

@@ -76,7 +76,7 @@ def _model_inputs(batch: Any) -> Tuple[Any, ...]:
 
 
 def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = "minmax", num_batches: Optional[int] = None,
-              targets: Union[Type[nn.Module], Tuple[Type[nn.Module], ...]] = (nn.Conv2d, nn.Linear),
+              targets: Union[Type[nn.Module], Tuple[Type[nn.Module], ...]] = (nn.Conv2d, nn.Conv1d, nn.Linear),
               progress: bool = True) -> CalibrationResult:
     """Runs ``model`` in eval mode under torch.inference_mode over ``data`` and returns a
     CalibrationResult with each target layer's input and output scale.

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..nn.conv import Int8Conv2d
+from ..nn.conv import Int8Conv1d, Int8Conv2d
 from ..nn.add import Int8Add
 from ..nn.pool import Int8MaxPool2d
 from .fuse import _join, walk_traced
@@ -48,7 +48,8 @@ def adopt_half_dtype(model: nn.Module, dtype: Optional[torch.dtype]) -> None:
 
 
 def _static_conv(mod) -> bool:
-    return isinstance(mod, Int8Conv2d) and mod.x_scale is not None
+    # Int8Conv1d's [N, C, L] outputs stay float: the hand-offs and pooling swaps are 2-D (NHWC) only.
+    return isinstance(mod, Int8Conv2d) and not isinstance(mod, Int8Conv1d) and mod.x_scale is not None
 
 
 def chain_int8_convs(model: nn.Module, output_scales: Optional[Dict[str, float]] = None) -> List[str]:

@@ -19,7 +19,7 @@ from torch import nn
 from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, torch_fast_paths_off
 from ..nn._common import half_dtype_of
 from ..nn.add import Int8Add
-from ..nn.conv import Int8Conv2d, conv_padding
+from ..nn.conv import Int8Conv1d, Int8Conv2d, conv_padding
 from ..nn.linear import Int8Linear
 from ..nn.sparse import FORMATS, INT8_FORMATS, SparseLinear
 from .api import CONV_TYPES, LINEAR_TYPES
@@ -70,8 +70,9 @@ def _layer_from_state(mod: nn.Module, prefix: str, sd: Mapping) -> Optional[nn.M
         # Padding 'same' / 'valid' as numbers (conv_padding, as from_float). out_scale stays None here:
         # chain_int8_convs sets it, and with it swaps the pooling in between (it passes over a conv that has
         # one already); the strict load then gives the file's value.
-        return Int8Conv2d(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, conv_padding(mod),
-                          mod.dilation, mod.groups, bias, extra["activation"], extra["x_scale"])
+        cls = Int8Conv1d if isinstance(mod, nn.Conv1d) else Int8Conv2d
+        return cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, conv_padding(mod),
+                   mod.dilation, mod.groups, bias, extra["activation"], extra["x_scale"])
     return None
 
 
