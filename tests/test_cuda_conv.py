@@ -156,6 +156,15 @@ def test_quantize_cnn_on_gpu():
     assert torch.nn.functional.cosine_similarity(out.flatten(), ref_out.flatten(), dim=0) > 0.99
 
 
+def test_conv1d_on_gpu():
+    # Int8Conv1d runs the 2-D CUDA kernels on [N, C, 1, L]: equal to its CPU self (exact sums, same epilogue).
+    from fastinfer.nn import Int8Conv1d
+    for conv in (nn.Conv1d(16, 32, 3, 2, 1), nn.Conv1d(1, 16, 10, 5), nn.Conv1d(32, 32, 5, padding=2, groups=32)):
+        x = torch.randn(3, conv.in_channels, 61)
+        on_cpu = Int8Conv1d.from_float(conv.eval(), x_scale=float(x.abs().max()) / 127)
+        torch.testing.assert_close(copy.deepcopy(on_cpu).cuda()(x.cuda()).cpu(), on_cpu(x), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_cnn_on_gpu(dtype):
     # The op returns fp32 for a 16-bit input; the layer gives the input's dtype back, as on the CPU, so
