@@ -196,9 +196,8 @@ def _logical_params(module: nn.Module) -> int:
     if isinstance(module, Int8Linear):
         return module.in_features * module.out_features + (module.out_features if module.bias is not None else 0)
     if isinstance(module, Int8Conv2d):
-        kh, kw = module.kernel_size
         bias = module.out_channels if module.bias is not None else 0
-        return module.out_channels * (module.in_channels // module.groups) * kh * kw + bias
+        return module.out_channels * (module.in_channels // module.groups) * math.prod(module.kernel_size) + bias
     if isinstance(module, SparseLinear):  # the nonzero weights it stores (its buffers are the layout)
         return module.nnz + (module.out_features if module.bias is not None else 0)
     return 0

@@ -681,7 +681,9 @@ def test_conv1d_quantize_state_dict_and_errors():
     for scheme, kw in (("w8a8_dynamic", {}), ("w8a8_static", {"calib_data": [x]})):
         q = fastinfer.quantize(copy.deepcopy(model), scheme, **kw)
         assert q.fastinfer_report.swapped == ["0", "2", "4", "7"] and isinstance(q[4], Int8Conv1d)
-        assert q[4].padding == (0, 1) and "kernel_size=(3,)" in repr(q[4])
+        for attr in ("kernel_size", "stride", "padding", "dilation"):  # models compute lengths from them
+            assert all(getattr(q[i], attr) == getattr(model[i], attr) for i in (0, 2)), attr
+        assert q[4].padding == (1,) and model[4].padding == "same" and "kernel_size=(3,)" in repr(q[4])
         assert not q.fastinfer_report.chained  # 1-D outputs stay float
         with torch.inference_mode():
             y = q(x)

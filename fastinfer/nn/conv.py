@@ -82,12 +82,16 @@ class Int8Conv2d(nn.Module):
             mod.bias = conv.bias.detach().float().clone()
         return mod
 
+    def _geometry(self) -> Tuple[Tuple[int, int], ...]:
+        """kernel_size, stride, padding, dilation as the op's pairs."""
+        return self.kernel_size, self.stride, self.padding, self.dilation
+
     def _depthwise(self) -> bool:
         return 1 < self.groups == self.in_channels == self.out_channels
 
     def _unpack(self, packed: Tensor) -> Tensor:
         """int8 [Cout, Cin/groups, KH, KW] from a packed weight of either device's layout."""
-        kh, kw = self.kernel_size
+        kh, kw = self._geometry()[0]
         cout, cin_g = self.out_channels, self.in_channels // self.groups
         if self._depthwise():  # [KH*KW, C] on both devices
             return packed.t().reshape(cout, 1, kh, kw).contiguous()
@@ -134,16 +138,16 @@ class Int8Conv2d(nn.Module):
         return float_out(self._forward(x), x.dtype, self.float_dtype)
 
     def _forward(self, x: Tensor) -> Tensor:
-        return torch.ops.fastinfer.int8_conv2d(x, self.packed_weight, self.weight_scale, self.bias,
-                                               list(self.kernel_size), list(self.stride), list(self.padding),
-                                               list(self.dilation), self.groups, self.x_scale, self.out_scale,
+        k, s, p, d = self._geometry()
+        return torch.ops.fastinfer.int8_conv2d(x, self.packed_weight, self.weight_scale, self.bias, list(k), list(s),
+                                               list(p), list(d), self.groups, self.x_scale, self.out_scale,
                                                self.activation)
 
     def extra_repr(self) -> str:
         mode = "dynamic" if self.x_scale is None else f"static x_scale={self.x_scale:.4g}"
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
              f"padding={self.padding}")
-        if self.dilation != (1, 1):
+        if any(d != 1 for d in self.dilation):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
             s += f", groups={self.groups}"
@@ -160,7 +164,7 @@ class Int8Conv2d(nn.Module):
                 "weight_shape": self._weight_shape()}
 
     def _weight_shape(self):
-        return [self.out_channels, self.in_channels // self.groups, *self.kernel_size]
+        return [self.out_channels, self.in_channels // self.groups, *self._geometry()[0]]
 
     def set_extra_state(self, state):
         self.activation, self.x_scale, self.out_scale = state["activation"], state["x_scale"], state["out_scale"]
@@ -187,8 +191,8 @@ class Int8Conv1d(Int8Conv2d):
     """1-D convolution (an nn.Conv1d replacement: audio front ends, temporal convolutions) on the 2-D int8
     kernels: x [N, C, L] runs as [N, C, 1, L] with a 1 x K kernel. Everything else is Int8Conv2d's (scales,
     activations, groups and depthwise, devices, state_dict); kernel_size / stride / padding / dilation are
-    kept as Int8Conv2d's pairs, (1, k). The output is [N, Cout, L_out] with the channels innermost in memory
-    (channels_last), which the next Int8Conv1d reads as it is.
+    1-tuples, as nn.Conv1d's (models compute lengths from them). The output is [N, Cout, L_out] with the
+    channels innermost in memory (channels_last), which the next Int8Conv1d reads as it is.
     Not part of the int8 hand-offs or residual rewrites of w8a8_static (its output is float)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
@@ -199,9 +203,14 @@ class Int8Conv1d(Int8Conv2d):
             if len(v) != 1 or not isinstance(v[0], int):
                 raise ValueError(f"{name} must be an int or a 1-tuple for a 1-D convolution, got {v!r}")
             return v[0]
-        super().__init__(in_channels, out_channels, (1, one(kernel_size, "kernel_size")), (1, one(stride, "stride")),
-                         (0, one(padding, "padding")), (1, one(dilation, "dilation")), groups, bias, activation,
-                         x_scale, out_scale)
+        k, st, p, d = (one(v, n) for v, n in ((kernel_size, "kernel_size"), (stride, "stride"), (padding, "padding"),
+                                               (dilation, "dilation")))
+        super().__init__(in_channels, out_channels, (1, k), (1, st), (0, p), (1, d), groups, bias, activation, x_scale,
+                         out_scale)
+        self.kernel_size, self.stride, self.padding, self.dilation = (k,), (st,), (p,), (d,)
+
+    def _geometry(self) -> Tuple[Tuple[int, int], ...]:
+        return (1, self.kernel_size[0]), (1, self.stride[0]), (0, self.padding[0]), (1, self.dilation[0])
 
     @classmethod
     def from_float(cls, conv: nn.Conv1d, activation: Optional[str] = None, x_scale: Optional[float] = None,
@@ -228,10 +237,3 @@ class Int8Conv1d(Int8Conv2d):
     def int8_weight(self) -> Tensor:
         """The int8 weight [Cout, Cin/groups, K] this layer computes with."""
         return self._unpack(self.packed_weight).squeeze(2)
-
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        for name in ("kernel_size", "stride", "padding", "dilation"):
-            pair = getattr(self, name)
-            s = s.replace(f"{name}={pair}", f"{name}=({pair[1]},)")
-        return s
