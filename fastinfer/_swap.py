@@ -48,7 +48,7 @@ def torch_fast_paths_off(model: nn.Module) -> None:
     swapped_layers = set()
     for m in model.modules():
         if isinstance(m, nn.TransformerEncoderLayer) and not all(
-                isinstance(getattr(lin, "weight", None), torch.Tensor) for lin in (m.linear1, m.linear2)):
+                isinstance(lin, nn.Linear) for lin in (m.linear1, m.linear2)):
             m.activation_relu_or_gelu = 0  # only the fused path reads it (its "not relu/gelu" exit)
             swapped_layers.add(id(m))
     for m in model.modules():

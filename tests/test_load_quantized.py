@@ -210,3 +210,24 @@ def test_gpt2_conv1d_layers_quantized_and_reloaded():
             assert F.cosine_similarity(y.flatten(), ref.flatten(), dim=0) > 0.999
             loaded = fastinfer.load_quantized(q.state_dict(), transformers.GPT2LMHeadModel(cfg).eval())
             assert torch.equal(loaded(ids).logits, y)
+
+
+def test_t5_and_vit_read_their_layers_weight_dtype():
+    # T5's feed-forward reads wo.weight.dtype and ViT's embeddings projection.weight.dtype in forward: the
+    # quantized layers answer with a float dtype (LazyWeight) instead of failing.
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=40, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0,
+        pad_token_id=0, eos_token_id=1)).eval()
+    vit = transformers.ViTModel(transformers.ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                                       num_attention_heads=4, intermediate_size=64)).eval()
+    ids, dec, px = torch.randint(2, 40, (2, 7)), torch.randint(2, 40, (2, 4)), torch.randn(2, 3, 16, 16)
+    for model, run in ((t5, lambda m: m(input_ids=ids, decoder_input_ids=dec).logits),
+                       (vit, lambda m: m(pixel_values=px).last_hidden_state)):
+        with torch.inference_mode():
+            want = run(model)
+            q = fastinfer.quantize(copy.deepcopy(model))
+            y = run(q)
+            assert F.cosine_similarity(y.flatten(), want.flatten(), dim=0) > 0.999
+            assert run(q.to(torch.bfloat16)).dtype == torch.bfloat16

@@ -386,3 +386,41 @@ def test_torch_transformer_encoder_runs_swapped_layers(how):
             want, got = ref_model(x, **kw), q(x, **kw)
             keep = ~pad[:, :, None].expand_as(want) if kw else torch.ones_like(want, dtype=torch.bool)
             assert F.cosine_similarity(want[keep], got[keep], dim=0) > (0.99999 if how == "sparsify" else 0.995)
+
+
+def test_weight_property_reads_like_a_float_layers():
+    # Model code reads layer.weight.dtype / .device in its forward (Hugging Face T5, ViT): the int8 and sparse
+    # layers give a LazyWeight with the float layer's shape, dtype and device, valued when an op reads it.
+    from fastinfer.nn import Int8Conv1d, Int8Conv2d, SparseLinear
+    from fastinfer.nn._common import LazyWeight
+    torch.manual_seed(0)
+    lin, conv, conv1 = nn.Linear(16, 8), nn.Conv2d(4, 6, 3, groups=2), nn.Conv1d(4, 6, 5)
+    with torch.no_grad():
+        lin.weight[lin.weight.abs() < 0.1] = 0
+    cases = [(Int8Linear.from_float(lin), lin), (SparseLinear.from_float(lin, torch.int8), lin),
+             (SparseLinear.from_float(lin, torch.float32), lin), (Int8Conv2d.from_float(conv), conv),
+             (Int8Conv1d.from_float(conv1), conv1)]
+    for q, float_layer in cases:
+        w = q.weight
+        assert isinstance(w, LazyWeight) and isinstance(w, torch.Tensor) and "computed when read" in repr(w)
+        assert (w.shape, w.dtype, w.device) == (float_layer.weight.shape, torch.float32, float_layer.weight.device)
+        want = q.dense_weight() if isinstance(q, SparseLinear) else q.dequantized_weight()
+        assert torch.equal(w + 0, want) and torch.equal(w.clone(), want)
+        assert (w.float() - float_layer.weight).abs().max() <= float_layer.weight.abs().max() / 127
+        assert q.to(torch.bfloat16).weight.dtype == torch.bfloat16  # the model's dtype after a cast
+    x = torch.randn(3, 16)
+    q = Int8Linear.from_float(lin)
+    torch.testing.assert_close(F.linear(x, q.weight, q.bias), x @ q.dequantized_weight().t() + q.bias)
+
+    class ReadsDtype(nn.Module):  # as T5's feed-forward does before its output layer
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 8)
+
+        def forward(self, h):
+            return self.fc(h.to(self.fc.weight.dtype))
+
+    model = fastinfer.quantize(ReadsDtype().eval())
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.inference_mode():
+        assert torch.equal(compiled(x), model(x))

@@ -1,10 +1,11 @@
 """Checks shared by the quantized layers' constructors."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 
 from .. import ops
 
@@ -79,3 +80,33 @@ def half_dtype_of(layer: nn.Module) -> Optional[torch.dtype]:
     """The 16-bit float dtype of a float layer's weight (a model cast with .half() before quantizing), or None."""
     w = getattr(layer, "weight", None)
     return w.dtype if isinstance(w, Tensor) and w.dtype in HALF_DTYPES else None
+
+
+class LazyWeight(Tensor):
+    """What ``layer.weight`` is for fastinfer's int8 and sparse layers (they keep packed int8 buffers, not a
+    float weight): a tensor with the float layer's shape, dtype (float32, or the model's 16-bit dtype) and
+    device, whose values, the weight the layer computes with (dequantized), are only computed when an op
+    reads them. Model code that reads ``self.fc.weight.dtype`` or ``.device`` (Hugging Face's T5 and ViT
+    do, in their forward) pays nothing, and code that computes with it gets the right values."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @staticmethod
+    def __new__(cls, materialize: Callable[[], Tensor], shape, dtype: torch.dtype, device: torch.device):
+        if torch.compiler.is_compiling():
+            # torch.compile cannot trace a wrapper subclass being made; the weight itself traces, and a graph
+            # that only reads its dtype or device drops the computation as dead code.
+            return materialize().to(dtype)
+        t = Tensor._make_wrapper_subclass(cls, tuple(shape), dtype=dtype, device=device, requires_grad=False)
+        t._materialize = materialize
+        return t
+
+    def __repr__(self, *, tensor_contents=None) -> str:
+        return (f"LazyWeight(shape={list(self.shape)}, dtype={self.dtype}, device={self.device}: a fastinfer "
+                "layer's dequantized weight, computed when read)")
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        def value(t):
+            return t._materialize().to(t.dtype) if isinstance(t, LazyWeight) else t
+        return func(*tree_map(value, args), **tree_map(value, kwargs or {}))

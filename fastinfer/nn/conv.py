@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import quantize_weight_per_channel
-from ._common import applied_half_dtype, check_float_layer, check_scale, float_out, half_on_cpu, unbatched, via_float32
+from ._common import (LazyWeight, applied_half_dtype, check_float_layer, check_scale, float_out, half_on_cpu, unbatched,
+                      via_float32)
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
 CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")
@@ -107,6 +108,18 @@ class Int8Conv2d(nn.Module):
     def int8_weight(self) -> Tensor:
         """The int8 weight [Cout, Cin/groups, KH, KW] this layer computes with."""
         return self._unpack(self.packed_weight)
+
+    def dequantized_weight(self) -> Tensor:
+        """The fp32 weight this layer computes with (int8 times the per-channel scale), the float conv's shape."""
+        w = self.int8_weight().float()
+        return w * self.weight_scale.reshape(-1, *([1] * (w.dim() - 1))).to(w.device)
+
+    @property
+    def weight(self) -> Tensor:
+        """The float weight (dequantized_weight) as a LazyWeight: its dtype and device cost nothing to read,
+        its values are computed when used."""
+        shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        return LazyWeight(self.dequantized_weight, shape, self.float_dtype or torch.float32, self.packed_weight.device)
 
     def _apply(self, fn, recurse=True):
         # As Int8Linear: the packed layouts differ by device, so a move between the CPU and a GPU unpacks

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import quantize_weight_per_channel
-from ._common import check_float_layer, check_scale, half_on_cpu, via_float32
+from ._common import LazyWeight, applied_half_dtype, check_float_layer, check_scale, half_on_cpu, via_float32
 from .fused import apply_activation
 
 SCHEMES = ("w8a8_dynamic", "w8a8_static", "w8_only")
@@ -104,6 +104,15 @@ class Int8Linear(nn.Module):
         y = torch.ops.fastinfer.int8_linear_weight_only(x, self.packed_weight, self.weight_scale, self.bias)
         return apply_activation(y, None if self.activation == "none" else self.activation)
 
+    float_dtype = None  # the model's 16-bit float dtype after model.half() / .to(torch.bfloat16) (_apply)
+
+    @property
+    def weight(self) -> Tensor:
+        """The float weight [out_features, in_features] (dequantized_weight), as a LazyWeight: its dtype and
+        device cost nothing to read, its values are computed when used."""
+        return LazyWeight(self.dequantized_weight, (self.out_features, self.in_features),
+                          self.float_dtype or torch.float32, self.packed_weight.device)
+
     def int8_weight(self) -> Tensor:
         """The int8 weight [out_features, in_features], unpacked (on the layer's device)."""
         return ops.unpack_int8_weight(self.packed_weight)[:, :self.in_features]
@@ -116,6 +125,7 @@ class Int8Linear(nn.Module):
         # round them (bf16 keeps 8 bits) and the kernels read fp32.
         here = self.packed_weight.device
         target = fn(torch.empty(0, dtype=torch.int8, device=here)).device
+        self.float_dtype = applied_half_dtype(fn, self.float_dtype, here)
         w = self.int8_weight() if target.type != here.type else None
         fp32 = {name: getattr(self, name) for name in ("weight_scale", "bias", "input_smooth")}
         out = super()._apply(fn, recurse)

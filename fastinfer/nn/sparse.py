@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops, reference
-from ._common import check_float_layer
+from ._common import LazyWeight, applied_half_dtype, check_float_layer
 
 FORMATS = ("csr16", "csr8", "slot128", "sparse24")
 INT8_FORMATS = ("slot128", "sparse24")
@@ -147,6 +147,7 @@ class SparseLinear(nn.Module):
         # an int8 layer for the kernels there (slot128 <-> sparse24; the fp32 layouts run on the CPU only).
         here = self.values.device
         target = fn(torch.empty(0, dtype=torch.int8, device=here)).device
+        self.float_dtype = applied_half_dtype(fn, self.float_dtype, here)
         if target.type != here.type:
             if target.type not in ("cpu", "cuda"):
                 raise ValueError(f"SparseLinear cannot move to '{target}': its kernels run on the CPU and on Hopper GPUs")
@@ -178,6 +179,15 @@ class SparseLinear(nn.Module):
                                                           self.weight_scale, self.bias, self.in_features)
         return torch.ops.fastinfer.sparse_linear(x, self.row_ptr, self.cols, self.values, self.bias,
                                                  self.in_features, self._buffers.get("group_base"))
+
+    float_dtype = None  # the model's 16-bit float dtype after model.half() / .to(torch.bfloat16) (_apply)
+
+    @property
+    def weight(self) -> Tensor:
+        """The dense float weight (dense_weight) as a LazyWeight: its dtype and device cost nothing to read,
+        its values are computed when used."""
+        return LazyWeight(self.dense_weight, (self.out_features, self.in_features), self.float_dtype or torch.float32,
+                          self.values.device)
 
     def dense_weight(self) -> Tensor:
         """The dense fp32 weight this layer computes with (int8 values times their scale)."""

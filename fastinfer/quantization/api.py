@@ -189,7 +189,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         if int8_residuals:
             report.rewritten = rewrite_residual_adds(model, report.kept_adds)
         report.chained = chain_int8_convs(model, calib.output_scale)
-        adopt_half_dtype(model, half_dtype)
+    adopt_half_dtype(model, half_dtype)
     torch_fast_paths_off(model)
     model.fastinfer_report = report
     if verbose:

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..nn.conv import Int8Conv1d, Int8Conv2d
+from ..nn.linear import Int8Linear
+from ..nn.sparse import SparseLinear
 from ..nn.add import Int8Add
 from ..nn.pool import Int8MaxPool2d
 from .fuse import _join, walk_traced
@@ -37,13 +39,13 @@ _TRANSPARENT_METHODS = ("relu", "relu_")
 
 
 def adopt_half_dtype(model: nn.Module, dtype: Optional[torch.dtype]) -> None:
-    """Tells the layers that can get an int8 hand-off (Int8Conv2d, the Int8Adds of rewritten blocks) the
-    16-bit float dtype of the model they were made for, which their float outputs then take (as
-    model.half() after quantizing would); None: nothing to do."""
+    """Tells fastinfer's layers the 16-bit float dtype of the model they were made for, as model.half() after
+    quantizing would: the float outputs of those that can get an int8 hand-off (Int8Conv2d, the Int8Adds of
+    rewritten blocks) take it, and so does every layer's ``weight`` (LazyWeight) dtype; None: nothing to do."""
     if dtype is None:
         return
     for m in model.modules():
-        if isinstance(m, (Int8Conv2d, Int8Add)) and m.float_dtype is None:
+        if isinstance(m, (Int8Conv2d, Int8Add, Int8Linear, SparseLinear)) and m.float_dtype is None:
             m.float_dtype = dtype
 
 
