@@ -210,6 +210,18 @@ def test_gpt2_conv1d_layers_quantized_and_reloaded():
             assert F.cosine_similarity(y.flatten(), ref.flatten(), dim=0) > 0.999
             loaded = fastinfer.load_quantized(q.state_dict(), transformers.GPT2LMHeadModel(cfg).eval())
             assert torch.equal(loaded(ids).logits, y)
+    # A Conv1D that is not swapped stays a Conv1D (its checkpoint loads into GPT-2), also when quantize raises.
+    odd = copy.deepcopy(model)
+    with torch.no_grad():
+        odd.transformer.h[1].mlp.c_proj.weight[0, 0] = float("inf")
+    q = fastinfer.quantize(odd)
+    assert [n for n, _ in q.fastinfer_report.skipped] == ["transformer.h.1.mlp.c_proj"]
+    assert type(q.transformer.h[1].mlp.c_proj).__name__ == "Conv1D"
+    failed = copy.deepcopy(model)
+    with pytest.raises(ValueError, match="calibration data is empty"):
+        fastinfer.quantize(failed, "w8a8_static", calib_data=[])
+    assert type(failed.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
+    failed.load_state_dict(model.state_dict())
 
 
 def test_t5_and_vit_read_their_layers_weight_dtype():

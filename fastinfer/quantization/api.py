@@ -152,39 +152,49 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
             targets.append((name, kind))
             if is_hf_conv1d(mod):
                 conv1ds.append(name)
-    for name in conv1ds:  # as the Linear it is, so that smoothing, calibration and the swap see one
-        replace_module(model, name, linear_from_conv1d(model.get_submodule(name)))
     if not targets:  # nothing to swap (e.g. quantized already): no smoothing or calibration pass either
         model.fastinfer_report = report
         if verbose:
             print(report)
         return model
-    smooth = {}
-    if smooth_alpha is not None:
-        linears = [n for n, k in targets if k == "linear"]
-        smooth = smooth_factors(model, calib_data, linears, smooth_alpha, progress=verbose)
-    scales = calib = None
-    if cfg.scheme == "w8a8_static":
-        # Calibrate what the int8 layers will see: the smoothed input x / s of each smoothed Linear.
-        calib = _calibrate(model, calib_data, cfg.observer, smooth, verbose)
-        scales = calib.input_scale
-    # A model cast to fp16/bf16 before quantizing: its int8 hand-offs return that dtype (adopt_half_dtype).
-    half_dtype = next((d for d in (half_dtype_of(model.get_submodule(n)) for n, _ in targets) if d is not None), None)
-    for name, kind in targets:
-        if scales is not None and name not in scales:
-            report.skipped.append((name, "no activation scale from calibration (layer not called)"))
-            continue
-        layer = model.get_submodule(name)
-        x_scale = scales[name] if scales is not None else None
-        try:
-            if kind == "linear":
-                new = Int8Linear.from_float(layer, cfg.scheme, x_scale=x_scale, smooth=smooth.get(name))
-            else:
-                new = (Int8Conv1d if isinstance(layer, nn.Conv1d) else Int8Conv2d).from_float(layer, x_scale=x_scale)
-        except ValueError as e:  # e.g. padding_mode='reflect'
-            report.skipped.append((name, str(e)))
-            continue
-        report.swapped.extend(replace_module(model, name, new))
+    # transformers' Conv1D layers become the Linear they are, so that smoothing, calibration and the swap see
+    # one; one not swapped in the end (skipped, or quantize raised) is put back as it was.
+    conv1d_originals = {name: model.get_submodule(name) for name in conv1ds}
+    for name in conv1ds:
+        replace_module(model, name, linear_from_conv1d(model.get_submodule(name)))
+    try:
+        smooth = {}
+        if smooth_alpha is not None:
+            linears = [n for n, k in targets if k == "linear"]
+            smooth = smooth_factors(model, calib_data, linears, smooth_alpha, progress=verbose)
+        scales = calib = None
+        if cfg.scheme == "w8a8_static":
+            # Calibrate what the int8 layers will see: the smoothed input x / s of each smoothed Linear.
+            calib = _calibrate(model, calib_data, cfg.observer, smooth, verbose)
+            scales = calib.input_scale
+        # A model cast to fp16/bf16 before quantizing: its int8 hand-offs return that dtype (adopt_half_dtype).
+        half_dtype = next((d for d in (half_dtype_of(model.get_submodule(n)) for n, _ in targets) if d is not None),
+                          None)
+        for name, kind in targets:
+            if scales is not None and name not in scales:
+                report.skipped.append((name, "no activation scale from calibration (layer not called)"))
+                continue
+            layer = model.get_submodule(name)
+            x_scale = scales[name] if scales is not None else None
+            try:
+                if kind == "linear":
+                    new = Int8Linear.from_float(layer, cfg.scheme, x_scale=x_scale, smooth=smooth.get(name))
+                else:
+                    conv_type = Int8Conv1d if isinstance(layer, nn.Conv1d) else Int8Conv2d
+                    new = conv_type.from_float(layer, x_scale=x_scale)
+            except ValueError as e:  # e.g. padding_mode='reflect'
+                report.skipped.append((name, str(e)))
+                continue
+            report.swapped.extend(replace_module(model, name, new))
+    finally:
+        for name, original in conv1d_originals.items():
+            if not isinstance(model.get_submodule(name), Int8Linear):
+                replace_module(model, name, original)
     if cfg.scheme == "w8a8_static":
         if int8_residuals:
             report.rewritten = rewrite_residual_adds(model, report.kept_adds)
