@@ -250,3 +250,48 @@ def test_calibrate_after_fuse_uses_fused_names():
     with torch.no_grad():
         assert res.output_amax["0"] == pytest.approx(model[2](model[1](model[0](x))).abs().max().item(), rel=1e-5)
     assert math.isclose(res.input_amax["0"], x.abs().max().item())
+
+
+class KeywordModel(nn.Module):
+    """Takes its inputs by name, as Hugging Face models do (input_ids=..., attention_mask=...)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc, self.bn, self.head = nn.Embedding(20, 8), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)
+
+    def forward(self, input_ids, attention_mask=None, scale=1.0):
+        h = self.emb(input_ids).mean(1) * scale
+        if attention_mask is not None:
+            h = h * attention_mask.float().mean(1, keepdim=True)
+        return self.head(torch.relu(self.bn(self.fc(h))))
+
+
+class FeaturesModel(nn.Module):
+    """Takes one features dict, as sentence-transformers models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, features):
+        return self.fc(features["x"] + features["y"])
+
+
+def test_dict_batches_by_keyword_or_as_one_argument():
+    torch.manual_seed(0)
+    model = KeywordModel().eval()
+    batches = [{"input_ids": torch.randint(0, 20, (4, 6)), "attention_mask": torch.ones(4, 6, dtype=torch.long)}
+               for _ in range(2)]
+    res = calibrate(model, batches, progress=False)
+    assert set(res.input_scale) == {"fc", "head"}
+    with torch.inference_mode():
+        want = max(float(model.emb(b["input_ids"]).mean(1).abs().max()) for b in batches) / 127
+    assert math.isclose(res.input_scale["fc"], want, rel_tol=1e-6)
+    q = fastinfer.quantize(fuse(model, example_inputs=batches[0]), "w8a8_static", calib_data=batches,
+                           smooth_alpha=0.5)
+    assert q.fastinfer_fuse_report == ["fc + bn + torch.relu"] and isinstance(q.fc, Int8Linear)  # BatchNorm1d folded
+    with torch.inference_mode():
+        assert F.cosine_similarity(q(**batches[0]).flatten(), model(**batches[0]).flatten(), dim=0) > 0.99
+    feats = [{"x": torch.randn(5, 8), "y": torch.randn(5, 8)}]  # keys that name no argument: one argument
+    res = calibrate(FeaturesModel().eval(), feats, progress=False)
+    assert math.isclose(res.input_scale["fc"], float((feats[0]["x"] + feats[0]["y"]).abs().max()) / 127, rel_tol=1e-6)

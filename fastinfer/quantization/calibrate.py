@@ -2,6 +2,7 @@
 (ConvAct2d/LinearAct included), a symmetric int8 scale for its input and for its output."""
 from __future__ import annotations
 
+import inspect
 import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Callable, Dict, Iterable, Optional, Tuple, Type, Union
@@ -62,17 +63,31 @@ def _observer_factory(observer: ObserverSpec) -> Tuple[str, Callable[[], Observe
     raise TypeError(f"observer must be a name in {tuple(OBSERVERS)} or a callable, got {type(observer).__name__}")
 
 
-def _model_inputs(batch: Any) -> Tuple[Any, ...]:
-    """A batch is x, or (x, y, ...) whose first item is x; an x that is a tuple/list is spread over
-    the model's positional arguments."""
-    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+def model_call(model: nn.Module, x: Any) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+    """The (args, kwargs) that run ``model`` on x: a tuple/list is spread over the positional arguments; a
+    mapping whose keys all name arguments of model.forward (a Hugging Face tokenizer's output: input_ids,
+    attention_mask, ...) is passed by keyword; any other mapping (a features dict, as sentence-transformers
+    takes) is one argument, as is a tensor."""
     if isinstance(x, (tuple, list)):
-        return tuple(x)
-    if isinstance(x, Mapping):  # a features dict (e.g. a tokenizer's output) is one argument
-        return (x,)
-    if not isinstance(x, Tensor):
-        raise TypeError(f"a calibration batch must be a tensor or an (x, y) tuple, got {type(x).__name__}")
-    return (x,)
+        return tuple(x), {}
+    if isinstance(x, Mapping) and x and all(isinstance(k, str) for k in x):
+        try:
+            params = inspect.signature(model.forward).parameters.values()
+        except (TypeError, ValueError):
+            params = ()
+        named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if set(x) <= named:
+            return (), dict(x)
+    return (x,), {}
+
+
+def _model_call(model: nn.Module, batch: Any) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+    """A batch is x, or (x, y, ...) whose first item is x (model_call says how x is passed)."""
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(x, (Tensor, tuple, list, Mapping)):
+        raise TypeError(f"a calibration batch must be a tensor, a dict of them or an (x, y) tuple, got "
+                        f"{type(x).__name__}")
+    return model_call(model, x)
 
 
 def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = "minmax", num_batches: Optional[int] = None,
@@ -145,8 +160,9 @@ def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = "minmax
         with torch.inference_mode():
             for batch in batches:
                 state["batch"] = seen
-                inputs = tuple(t.to(device) if isinstance(t, Tensor) else t for t in _model_inputs(batch))
-                model(*inputs)
+                args, kwargs = _model_call(model, batch)
+                move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
+                model(*map(move, args), **{k: move(v) for k, v in kwargs.items()})
                 seen += 1
                 bar.update()
     finally:

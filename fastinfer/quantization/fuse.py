@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import Tensor, fx, nn
 import torch.nn.functional as F
 
 from ..nn.fused import ConvAct2d, LinearAct
+from .calibrate import model_call
 
 TRAINING_ERROR = "fuse needs model.eval(): BatchNorm folding uses running statistics"
 
@@ -57,7 +58,7 @@ class FuseReport(list):
         return "\n".join(lines)
 
 
-def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], None] = None,
+def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], Mapping[str, Tensor], None] = None,
          inplace: bool = False) -> nn.Module:
     """Folds BatchNorm2d into the preceding Conv2d and BatchNorm1d into the preceding Linear, and
     fuses a following ReLU/ReLU6 into ConvAct2d/LinearAct, wherever the layer's output feeds only
@@ -68,7 +69,8 @@ def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], None]
     without affine; b = 0 without bias), computed in float64 and stored in the weight's dtype:
         w'[c] = w[c] * s[c]        b'[c] = (b[c] - running_mean[c]) * s[c] + beta[c]
 
-    ``example_inputs`` (optional, a tensor or a tuple of them) is run through the model once to learn
+    ``example_inputs`` (optional: a tensor, a tuple of them, or a dict passed by keyword as a Hugging Face
+    tokenizer's output is) is run through the model once to learn
     each Linear's output rank: Linear + BatchNorm1d is folded only where that output is 2-D ([N, C]).
     On a 3-D output ([N, L, C]) a BatchNorm1d normalizes dim 1, not the Linear's features, and folding
     would be wrong when L == C; so without example_inputs no BatchNorm1d is folded (the report says why).
@@ -82,27 +84,28 @@ def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], None]
         raise ValueError(TRAINING_ERROR)
     if isinstance(example_inputs, Tensor):
         example_inputs = (example_inputs,)
+    call = None if example_inputs is None else model_call(model, example_inputs)  # a dict of inputs by keyword
     if not inplace:
         model = copy.deepcopy(model)
     counts = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     report = FuseReport()
     with torch.no_grad():
-        ranks = None if example_inputs is None else _linear_output_ranks(model, tuple(example_inputs), report)
+        ranks = None if call is None else _linear_output_ranks(model, call, report)
         _Fuser(model, {i for i, n in counts.items() if n > 1}, report, ranks).fuse_module("", model)
     model.fastinfer_fuse_report = report
     return model
 
 
-def _linear_output_ranks(model: nn.Module, example_inputs: tuple,
+def _linear_output_ranks(model: nn.Module, call: Tuple[tuple, dict],
                          report: "FuseReport") -> Optional[Dict[str, Set[int]]]:
-    """The ranks of every Linear's outputs in one run of ``model`` on ``example_inputs``, by module name
+    """The ranks of every Linear's outputs in one run ``model(*args, **kwargs)`` (call), by module name
     (None, and a note, when the run fails). Forward hooks see the real calls, also inside parts that
     torch.fx cannot trace."""
     ranks: Dict[str, Set[int]] = {}
     hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: ranks.setdefault(name, set()).add(out.dim()))
              for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     try:
-        model(*example_inputs)
+        model(*call[0], **call[1])
     except Exception as exc:
         report.notes.append(f"example_inputs did not run through the model ({type(exc).__name__}: "
                             f"{str(exc)[:120]}); no BatchNorm1d folded")

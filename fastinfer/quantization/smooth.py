@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .calibrate import _model_inputs
+from .calibrate import _model_call
 
 _S_MIN, _S_MAX = 1e-5, 1e5  # keep factors (and their inverses) comfortably inside fp32
 
@@ -43,7 +43,8 @@ def channel_amax(model: nn.Module, data: Iterable, names: List[str], num_batches
     try:
         with torch.inference_mode():
             for batch in tqdm(data, desc="smoothquant calibration", unit="batch", disable=not progress):
-                model(*_model_inputs(batch))
+                args, kwargs = _model_call(model, batch)
+                model(*args, **kwargs)
                 seen += 1
                 if num_batches is not None and seen >= num_batches:
                     break
