@@ -26,8 +26,8 @@ def channel_amax(model: nn.Module, data: Iterable, names: List[str], num_batches
     hooks = []
 
     def hook(name):
-        def fn(_mod, args):
-            x = args[0].detach()
+        def fn(_mod, args, kwargs):
+            x = (args[0] if args else kwargs["input"]).detach()  # positional, or torch's keyword `input`
             if not torch.isfinite(x).all():
                 raise ValueError(f"smoothing calibration: the input of layer '{name}' contains NaN or Inf")
             m = x.abs().reshape(-1, x.shape[-1]).amax(dim=0).float()
@@ -36,7 +36,7 @@ def channel_amax(model: nn.Module, data: Iterable, names: List[str], num_batches
 
     modules = dict(model.named_modules())
     for n in names:
-        hooks.append(modules[n].register_forward_pre_hook(hook(n)))
+        hooks.append(modules[n].register_forward_pre_hook(hook(n), with_kwargs=True))
     was_training = [(m, m.training) for m in model.modules()]
     model.eval()
     seen = 0
