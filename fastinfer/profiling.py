@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ._swap import is_hf_conv1d
 from .nn.conv import Int8Conv1d, Int8Conv2d
 from .nn.linear import Int8Linear
 from .nn.sparse import SparseLinear
@@ -188,7 +189,14 @@ def _counter_for(module: nn.Module) -> Tuple[Optional[Callable], Optional[type]]
     for cls in type(module).__mro__:
         if cls in _COUNTERS:
             return _COUNTERS[cls], cls
+    if is_hf_conv1d(module):  # transformers' Conv1D (GPT-2): x @ W with W [in, out], a Linear's MACs
+        return _hf_conv1d, type(module)
     return None, None
+
+
+def _hf_conv1d(m, args, kwargs, out):
+    macs = out.numel() * m.weight.shape[0]
+    return macs, 2 * macs
 
 
 def _logical_params(module: nn.Module) -> int:

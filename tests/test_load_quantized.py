@@ -222,6 +222,22 @@ def test_gpt2_conv1d_layers_quantized_and_reloaded():
         fastinfer.quantize(failed, "w8a8_static", calib_data=[])
     assert type(failed.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
     failed.load_state_dict(model.state_dict())
+    # sparsify takes them as Linears too, profile counts their MACs, and weight masks say why they skip them
+    sparse = copy.deepcopy(model)
+    with torch.no_grad():
+        w = sparse.transformer.h[0].mlp.c_fc.weight
+        w[w.abs() < w.abs().quantile(0.8)] = 0
+    with torch.inference_mode():
+        want = sparse(ids).logits
+    fastinfer.sparsify(sparse)
+    assert isinstance(sparse.transformer.h[0].mlp.c_fc, SparseLinear)
+    with torch.inference_mode():
+        torch.testing.assert_close(sparse(ids).logits, want, rtol=1e-4, atol=1e-4)
+    prof = fastinfer.profile(model, ids, warmup=0, iters=1)
+    row = next(r for r in prof.rows if r.name == "transformer.h.0.attn.c_attn")
+    assert row.macs == 2 * 10 * 32 * 96
+    report = fastinfer.pruning.prune_weights(copy.deepcopy(model), 0.5)
+    assert "transformers Conv1D" in dict(report.skipped)["transformer.h.0.attn.c_attn"]
 
 
 def test_t5_and_vit_read_their_layers_weight_dtype():

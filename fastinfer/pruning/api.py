@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .._swap import replace_module, torch_fast_paths_off
+from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, torch_fast_paths_off
 from ..nn.fused import LinearAct
 from ..nn.sparse import SparseLinear
 from ..quantization.api import Patterns, _matcher
@@ -73,7 +73,7 @@ def sparsify(model: nn.Module, value_dtype=torch.float32, min_sparsity: float = 
     report = SparsifyReport(str(value_dtype).replace("torch.", ""))
     targets = []
     for name, mod in model.named_modules():
-        if _layer_type(mod) not in (nn.Linear, LinearAct):
+        if _layer_type(mod) not in (nn.Linear, LinearAct) and not is_hf_conv1d(mod):
             continue
         if isinstance(mod, LinearAct) and mod.activation is not None:
             report.skipped.append((name, f"fused activation {mod.activation!r} (SparseLinear has none)"))
@@ -89,6 +89,7 @@ def sparsify(model: nn.Module, value_dtype=torch.float32, min_sparsity: float = 
         targets.append((name, zeros))
     for name, zeros in targets:
         layer = model.get_submodule(name)
+        layer = linear_from_conv1d(layer) if is_hf_conv1d(layer) else layer  # transformers' Conv1D: a Linear
         mask = masks._our_mask(layer)
         new = SparseLinear.from_float(layer, value_dtype, pattern=(mask.pattern if mask is not None and mask.pattern
                                                                    else "unstructured"))

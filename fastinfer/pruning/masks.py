@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .._swap import is_hf_conv1d
 from ..nn.fused import LinearAct
 from ..nn.linear import Int8Linear
 from ..quantization.api import Patterns, _matcher
@@ -200,7 +201,10 @@ def _select(model: nn.Module, pattern: str, block, include: Patterns, exclude: P
             skipped.append((name, f"already a {type(mod).__name__}: prune the float model before converting it"))
             continue
         if base not in LINEAR_TYPES:
-            if isinstance(mod, nn.Linear):
+            if is_hf_conv1d(mod):
+                skipped.append((name, "transformers Conv1D (weight stored [in, out]): weight masks are for nn.Linear; "
+                                      "fastinfer.quantize takes it as a Linear"))
+            elif isinstance(mod, nn.Linear):
                 skipped.append((name, f"subclass {base.__name__} of nn.Linear (may use its weight differently)"))
             continue
         if inc is not None and not inc(name, mod):
