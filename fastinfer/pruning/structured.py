@@ -344,7 +344,8 @@ def _untraceable_message(model: nn.Module, inputs, err: Exception) -> str:
            "(data-dependent control flow or an untraceable call in forward).")
     if safe:
         msg += (" These submodules trace on their own and have channels that can be pruned safely: "
-                f"{', '.join(safe)} (call fastinfer.prune on each, e.g. fastinfer.prune(model.{safe[0]}, ...)).")
+                f"{', '.join(safe)} (call fastinfer.prune on each with that submodule's own inputs, e.g. "
+                f"fastinfer.prune(model.get_submodule({safe[0]!r}), example_inputs=...)).")
     else:
         msg += " No submodule could be pruned on its own either."
     return msg
