@@ -259,3 +259,38 @@ def test_t5_and_vit_read_their_layers_weight_dtype():
             y = run(q)
             assert F.cosine_similarity(y.flatten(), want.flatten(), dim=0) > 0.999
             assert run(q.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_conv_subclasses_that_compute_as_their_base():
+    # A Conv2d subclass that only sets itself up (EfficientNet's depthwise conv class) and a weight-norm
+    # parametrized Conv1d (wav2vec2's positional conv) compute as nn.Conv2d / nn.Conv1d: swapped, and found
+    # again by load_quantized. A subclass with its own forward is not.
+    from torch.nn.utils.parametrizations import weight_norm
+
+    class Depthwise(nn.Conv2d):
+        def __init__(self, c):
+            super().__init__(c, c, 3, padding=1, groups=c)
+
+    class Shifted(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(x) + 1
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.dw, self.odd = nn.Conv2d(3, 8, 3, padding=1), Depthwise(8), Shifted(8, 8, 1)
+            self.wn = weight_norm(nn.Conv1d(8, 8, 5, padding=2, groups=2), dim=2)
+
+        def forward(self, x):
+            return self.wn(self.odd(self.dw(self.a(x))).flatten(2))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 3, 6, 6)
+    for scheme, kw in (("w8a8_dynamic", {}), ("w8a8_static", {"calib_data": [x]})):
+        q = fastinfer.quantize(copy.deepcopy(model), scheme, **kw)
+        assert q.fastinfer_report.swapped == ["a", "dw", "wn"]
+        assert dict(q.fastinfer_report.skipped)["odd"].startswith("subclass Shifted of Conv2d")
+        with torch.inference_mode():
+            y = q(x)
+            assert F.cosine_similarity(y.flatten(), model(x).flatten(), dim=0) > 0.999
+        _same(q, fastinfer.load_quantized(q.state_dict(), copy.deepcopy(model)), x)

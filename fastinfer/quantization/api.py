@@ -22,6 +22,23 @@ from .smooth import smooth_factors
 LINEAR_TYPES = (nn.Linear, LinearAct)     # exact types: a subclass may change forward
 CONV_TYPES = (nn.Conv2d, ConvAct2d, nn.Conv1d)
 
+
+def layer_kind(mod: nn.Module) -> Optional[str]:
+    """'linear' or 'conv' for a layer quantize swaps, else None: a Linear / LinearAct, transformers' Conv1D (a
+    Linear), a Conv2d / ConvAct2d / Conv1d, and a Conv2d or Conv1d subclass that computes as its base
+    (forward and _conv_forward its base's: EfficientNet's depthwise conv class, a weight-norm parametrized
+    conv). A Linear subclass is left alone: nn.MultiheadAttention reads its out_proj's weight, never
+    calling it, so a swap would only slow it down."""
+    t = type(mod)
+    if t in LINEAR_TYPES or is_hf_conv1d(mod):
+        return "linear"
+    if t in CONV_TYPES:
+        return "conv"
+    for base in (nn.Conv2d, nn.Conv1d):
+        if isinstance(mod, base) and t.forward is base.forward and t._conv_forward is base._conv_forward:
+            return "conv"
+    return None
+
 Patterns = Optional[Union[str, Sequence[str], Callable[[str, nn.Module], bool]]]
 
 
@@ -115,7 +132,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     inc, exc = _matcher(cfg.include, "include"), _matcher(cfg.exclude, "exclude")
     report = QuantizationReport(cfg.scheme)
 
-    if type(model) in LINEAR_TYPES + CONV_TYPES or is_hf_conv1d(model):
+    if layer_kind(model) is not None:
         raise TypeError("model is itself a layer; use fastinfer.nn.Int8Linear.from_float(layer) or "
                         "fastinfer.nn.Int8Conv2d.from_float(layer) instead")
     if smooth_alpha is not None:
@@ -131,8 +148,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         calib_data = list(calib_data)  # read twice (smoothing, then calibration): materialize once
     targets, conv1ds = [], []
     for name, mod in model.named_modules():
-        kind = "linear" if type(mod) in LINEAR_TYPES or is_hf_conv1d(mod) else \
-            "conv" if type(mod) in CONV_TYPES else None
+        kind = layer_kind(mod)
         if kind is None:
             if isinstance(mod, (Int8Linear, Int8Conv2d)):
                 report.skipped.append((name, "already quantized"))

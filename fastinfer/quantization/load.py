@@ -22,7 +22,7 @@ from ..nn.add import Int8Add
 from ..nn.conv import Int8Conv1d, Int8Conv2d, conv_padding
 from ..nn.linear import Int8Linear
 from ..nn.sparse import FORMATS, INT8_FORMATS, SparseLinear
-from .api import CONV_TYPES, LINEAR_TYPES
+from .api import layer_kind
 from .chain import adopt_half_dtype, chain_int8_convs, rewrite_residual_adds
 
 _ADD_STATE = set(Int8Add().get_extra_state())
@@ -35,7 +35,7 @@ def _check_activation(mod: nn.Module, name: str, saved: str) -> None:
     own = getattr(mod, "activation", None) or "none"
     if own == saved:
         return
-    if type(mod) in (nn.Linear, nn.Conv2d):
+    if not hasattr(mod, "activation"):  # a plain layer: the file's was fused
         raise ValueError(f"{name}: the file's layer applies activation {saved!r} (it was fused): call "
                          "fastinfer.fuse(model) (eval mode; with example_inputs where a BatchNorm1d was folded "
                          "into a Linear) before load_quantized")
@@ -50,11 +50,12 @@ def _layer_from_state(mod: nn.Module, prefix: str, sd: Mapping) -> Optional[nn.M
     if not isinstance(extra, dict):
         return None
     bias = mod.bias is not None
-    if type(mod) in LINEAR_TYPES and prefix + "packed_weight" in sd and "scheme" in extra:
+    kind = layer_kind(mod)
+    if kind == "linear" and prefix + "packed_weight" in sd and "scheme" in extra:
         _check_activation(mod, prefix[:-1], extra["activation"])
         return Int8Linear(mod.in_features, mod.out_features, bias, extra["scheme"], extra["activation"],
                           extra["x_scale"], extra["out_scale"])
-    if type(mod) in LINEAR_TYPES and extra.get("format") in FORMATS and "nnz" in extra:
+    if kind == "linear" and extra.get("format") in FORMATS and "nnz" in extra:
         _check_activation(mod, prefix[:-1], "none")  # sparsify leaves fused layers with an activation float
         fmt = extra["format"]
         return SparseLinear(mod.in_features, mod.out_features, bias,
@@ -62,7 +63,7 @@ def _layer_from_state(mod: nn.Module, prefix: str, sd: Mapping) -> Optional[nn.M
     # An Int8Conv2d's state: its weight shape, or (checkpoints from before that entry) the activation and
     # scales without an Int8Linear's scheme.
     conv_state = "weight_shape" in extra or ("activation" in extra and "x_scale" in extra and "scheme" not in extra)
-    if type(mod) in CONV_TYPES and prefix + "packed_weight" in sd and conv_state:
+    if kind == "conv" and prefix + "packed_weight" in sd and conv_state:
         _check_activation(mod, prefix[:-1], extra["activation"])
         if mod.padding_mode != "zeros":
             raise ValueError(f"{prefix[:-1]}: the file holds an Int8Conv2d, but this model's conv has "
@@ -102,7 +103,7 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
                   and f"{n}.running_mean" not in sd]
     swaps: Dict[str, nn.Module] = {}
     for name, mod in model.named_modules():
-        if name and (type(mod) in LINEAR_TYPES + CONV_TYPES or is_hf_conv1d(mod)):
+        if name and layer_kind(mod) is not None:
             new = _layer_from_state(linear_from_conv1d(mod) if is_hf_conv1d(mod) else mod, name + ".", sd)
             if new is not None:
                 swaps[name] = new.to(mod.weight.device)
