@@ -1,7 +1,7 @@
 """Swapping a layer for its fastinfer version, wherever the model holds it."""
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -12,6 +12,7 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> List[str]:
     registered under (`self.k = self.q`: one layer, two attributes, which stays one layer). Swapping under
     the first name only left the other a float layer that no report mentioned. Returns the names."""
     old = model.get_submodule(name)
+    new.train(old.training)  # a new module starts in training mode; an eval model stays in eval mode
     names = [n for n, m in model.named_modules(remove_duplicate=False) if m is old and n]
     for n in names:
         parent, _, child = n.rpartition(".")
@@ -54,3 +55,12 @@ def torch_fast_paths_off(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.TransformerEncoder) and any(id(layer) in swapped_layers for layer in m.layers):
             m.use_nested_tensor = False  # its nested-tensor path reads layers[0].linear1.weight too
+
+
+def hooks_problem(mod: nn.Module) -> Optional[str]:
+    """Why a layer with forward hooks is not swapped (None: it has none): the new layer would not run them,
+    and torch.nn.utils.weight_norm / spectral_norm (the hook versions) compute the weight in one."""
+    if not (mod._forward_pre_hooks or mod._forward_hooks):
+        return None
+    return ("has forward hooks, which the new layer would not run (torch.nn.utils.weight_norm / spectral_norm "
+            "compute the weight in one: use their torch.nn.utils.parametrizations versions, or remove the hooks)")

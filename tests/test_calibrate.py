@@ -292,6 +292,16 @@ def test_dict_batches_by_keyword_or_as_one_argument():
     assert q.fastinfer_fuse_report == ["fc + bn + torch.relu"] and isinstance(q.fc, Int8Linear)  # BatchNorm1d folded
     with torch.inference_mode():
         assert F.cosine_similarity(q(**batches[0]).flatten(), model(**batches[0]).flatten(), dim=0) > 0.99
+    class AnyKeywords(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, **inputs):
+            return self.fc(inputs["x"])
+
+    res = calibrate(AnyKeywords().eval(), [{"x": torch.randn(5, 8)}], progress=False)
+    assert set(res.input_scale) == {"fc"}
     feats = [{"x": torch.randn(5, 8), "y": torch.randn(5, 8)}]  # keys that name no argument: one argument
     res = calibrate(FeaturesModel().eval(), feats, progress=False)
     assert math.isclose(res.input_scale["fc"], float((feats[0]["x"] + feats[0]["y"]).abs().max()) / 127, rel_tol=1e-6)

@@ -694,6 +694,8 @@ def test_conv1d_quantize_state_dict_and_errors():
         q(torch.randn(1, 4, 5, 5))
     with pytest.raises(ValueError, match="expected an input with 4 channels"):
         q(torch.randn(1, 5, 9))
+    valid = nn.Conv1d(4, 6, 3, padding="valid")
+    assert Int8Conv1d.from_float(valid).padding == (0,)
     with pytest.raises(TypeError, match="must be a torch.nn.Conv1d"):
         Int8Conv1d.from_float(nn.Conv2d(4, 6, 3))
     with pytest.raises(ValueError, match="padding_mode"):

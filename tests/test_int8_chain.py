@@ -486,6 +486,30 @@ def test_block_with_optional_arguments_keeps_its_forward(tmp_path):
         assert torch.equal(loaded(x), y) and torch.equal(plain(x), y)
 
 
+def test_block_testing_a_required_argument_against_none_keeps_its_forward():
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x, skip):
+            out = self.conv(x)
+            return out if skip is None else out + skip
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.up = nn.Conv2d(3, 8, 3, padding=1), Up()
+
+        def forward(self, x):
+            return self.up(self.stem(x), None)
+
+    q = quantize_static(Net().eval())
+    assert q.fastinfer_report.rewritten == [] and "tests skip against None" in dict(q.fastinfer_report.kept_adds)["up"]
+    with torch.inference_mode():
+        q(torch.randn(2, 3, 20, 20))
+
+
 def test_int8_add_refuses_a_missing_operand():
     with pytest.raises(TypeError, match="needs two tensors, got Tensor and NoneType.*int8_residuals=False"):
         Int8Add()(torch.randn(2, 3), None)

@@ -284,6 +284,12 @@ def test_conv_subclasses_that_compute_as_their_base():
         def forward(self, x):
             return self.wn(self.odd(self.dw(self.a(x))).flatten(2))
 
+    # hooks, which a swapped layer would not run: the hook weight_norm, and any forward hook
+    hooked = nn.Sequential(nn.utils.weight_norm(nn.Conv1d(8, 8, 3)), nn.Conv1d(8, 8, 3)).eval()
+    hooked[1].register_forward_pre_hook(lambda m, args: (args[0] * 2,))
+    report = fastinfer.quantize(hooked).fastinfer_report
+    assert not report.swapped and all("forward hooks" in why for _, why in report.skipped)
+
     torch.manual_seed(0)
     model, x = Net().eval(), torch.randn(2, 3, 6, 6)
     for scheme, kw in (("w8a8_dynamic", {}), ("w8a8_static", {"calib_data": [x]})):

@@ -435,6 +435,13 @@ def test_weight_property_reads_like_a_float_layers():
         want = q.dense_weight() if isinstance(q, SparseLinear) else q.dequantized_weight()
         assert torch.equal(w + 0, want) and torch.equal(w.clone(), want)
         assert (w.float() - float_layer.weight).abs().max() <= float_layer.weight.abs().max() / 127
+        for write in (lambda: w.mul_(2), lambda: w.data.zero_(), lambda: w.detach().fill_(1)):
+            with pytest.raises(RuntimeError, match="read-only"):  # it would change a copy: refused, not ignored
+                write()
+        assert torch.equal(copy.deepcopy(w), want) and w.tolist() == want.tolist()
+        with pytest.raises(AttributeError, match="cannot be assigned"):  # as Hugging Face's tie_weights does
+            q.weight = nn.Parameter(want.clone())
+        assert torch.equal(q.weight + 0, want)
         assert q.to(torch.bfloat16).weight.dtype == torch.bfloat16  # the model's dtype after a cast
     x = torch.randn(3, 16)
     q = Int8Linear.from_float(lin)
@@ -449,6 +456,10 @@ def test_weight_property_reads_like_a_float_layers():
             return self.fc(h.to(self.fc.weight.dtype))
 
     model = fastinfer.quantize(ReadsDtype().eval())
+    assert not model.fc.training  # swapped-in layers take the mode of the layer they replace
+    model.type(torch.float16)  # casts every tensor: the packed int8 weight keeps its dtype
+    assert model.fc.packed_weight.dtype == Int8Linear.from_float(nn.Linear(16, 8)).packed_weight.dtype
+    model.float()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     with torch.inference_mode():
         assert torch.equal(compiled(x), model(x))

@@ -101,12 +101,57 @@ class LazyWeight(Tensor):
         t._materialize = materialize
         return t
 
+    def value(self) -> Tensor:
+        """The weight as a plain tensor."""
+        return self._materialize().to(self.dtype)
+
+    def __deepcopy__(self, memo) -> Tensor:
+        return self.value().clone()
+
+    def numpy(self, *args, **kwargs):
+        return self.value().numpy(*args, **kwargs)
+
+    def tolist(self):
+        return self.value().tolist()
+
     def __repr__(self, *, tensor_contents=None) -> str:
         return (f"LazyWeight(shape={list(self.shape)}, dtype={self.dtype}, device={self.device}: a fastinfer "
                 "layer's dequantized weight, computed when read)")
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.ops.aten.detach.default, torch.ops.aten.alias.default) and isinstance(args[0], LazyWeight):
+            t = args[0]  # .data / .detach(): still the layer's weight, still read-only
+            return LazyWeight(t._materialize, t.shape, t.dtype, t.device)
+        for i, arg in enumerate(func._schema.arguments):  # an op writing into it would change a copy only
+            written = arg.alias_info is not None and arg.alias_info.is_write
+            if written and isinstance(args[i] if i < len(args) else kwargs.get(arg.name), LazyWeight):
+                raise RuntimeError(f"{func}: the weight of a fastinfer layer is read-only (computed from its packed "
+                                   "int8 weight); change the float model's weight and quantize it again")
+
         def value(t):
-            return t._materialize().to(t.dtype) if isinstance(t, LazyWeight) else t
-        return func(*tree_map(value, args), **tree_map(value, kwargs or {}))
+            return t.value() if isinstance(t, LazyWeight) else t
+        return func(*tree_map(value, args), **tree_map(value, kwargs))
+
+
+class ComputedWeight(nn.Module):
+    """Base of fastinfer's int8 and sparse layers, which keep packed buffers instead of a float weight:
+    ``weight`` is a LazyWeight of ``_weight_value()`` with the float layer's shape (``_float_weight_shape()``),
+    in the model's dtype (float_dtype, set by _apply and adopt_half_dtype), on the layer's device; assigning
+    ``weight`` raises (Hugging Face's tie_weights does; the packed weight would not change)."""
+
+    float_dtype = None  # the model's 16-bit float dtype after model.half() / .to(torch.bfloat16) (_apply)
+
+    @property
+    def weight(self) -> Tensor:
+        """The float weight this layer computes with, as a LazyWeight: its dtype, device and shape cost nothing
+        to read, its values are computed when used."""
+        device = next(iter(self.buffers())).device
+        return LazyWeight(self._weight_value, self._float_weight_shape(), self.float_dtype or torch.float32, device)
+
+    def __setattr__(self, name, value):
+        if name == "weight":
+            raise AttributeError(f"{type(self).__name__}.weight is computed from the layer's packed int8 weight and "
+                                 "cannot be assigned; change the float model's weight and quantize it again")
+        super().__setattr__(name, value)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import quantize_weight_per_channel
-from ._common import (LazyWeight, applied_half_dtype, check_float_layer, check_scale, float_out, half_on_cpu, unbatched,
+from ._common import (ComputedWeight, applied_half_dtype, check_float_layer, check_scale, float_out, half_on_cpu, unbatched,
                       via_float32)
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
@@ -20,22 +20,23 @@ CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")
 def conv_padding(conv: nn.Module) -> Tuple[int, ...]:
     """Explicit zero padding of a conv (resolving 'valid' / 'same'); refuses what we cannot run exactly."""
     if conv.padding_mode != "zeros":
-        raise ValueError(f"conv has padding_mode={conv.padding_mode!r}; Int8Conv2d supports zero padding only")
+        raise ValueError(f"conv has padding_mode={conv.padding_mode!r}; fastinfer's int8 convolutions support zero "
+                         "padding only")
     if conv.padding == "valid":
-        return (0, 0)
+        return (0,) * len(conv.kernel_size)
     if conv.padding == "same":
         pads = []
         for k, d, s in zip(conv.kernel_size, conv.dilation, conv.stride):
             total = d * (k - 1)
             if s != 1 or total % 2:
                 raise ValueError("conv has padding='same' with an even effective kernel or stride > 1 (asymmetric "
-                                 "padding); Int8Conv2d supports symmetric zero padding only")
+                                 "padding); fastinfer's int8 convolutions support symmetric zero padding only")
             pads.append(total // 2)
         return tuple(pads)
     return tuple(int(p) for p in conv.padding) if isinstance(conv, nn.Conv1d) else ops.pair(conv.padding)
 
 
-class Int8Conv2d(nn.Module):
+class Int8Conv2d(ComputedWeight):
     """2-D convolution with per-channel int8 weights and int8 activations (one scale per tensor).
 
     x: [N, C, H, W] (or unbatched [C, H, W]) float32 (NCHW or channels_last; converted to channels_last once
@@ -46,8 +47,6 @@ class Int8Conv2d(nn.Module):
     Runs on the CPU and on a CUDA GPU, any groups (bf16/fp16 x accepted there):
     `.cuda()` / `.cpu()` repack the weight for the device, and a state_dict saved on either loads on either.
     """
-
-    float_dtype = None  # the model's 16-bit float dtype after model.half() / .to(torch.bfloat16) (_apply)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, activation: str = "none", x_scale: Optional[float] = None,
@@ -114,12 +113,11 @@ class Int8Conv2d(nn.Module):
         w = self.int8_weight().float()
         return w * self.weight_scale.reshape(-1, *([1] * (w.dim() - 1))).to(w.device)
 
-    @property
-    def weight(self) -> Tensor:
-        """The float weight (dequantized_weight) as a LazyWeight: its dtype and device cost nothing to read,
-        its values are computed when used."""
-        shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
-        return LazyWeight(self.dequantized_weight, shape, self.float_dtype or torch.float32, self.packed_weight.device)
+    def _float_weight_shape(self):
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    def _weight_value(self) -> Tensor:
+        return self.dequantized_weight()
 
     def _apply(self, fn, recurse=True):
         # As Int8Linear: the packed layouts differ by device, so a move between the CPU and a GPU unpacks
@@ -129,9 +127,12 @@ class Int8Conv2d(nn.Module):
         self.float_dtype = applied_half_dtype(fn, self.float_dtype, here)
         w = self._unpack(self.packed_weight) if target.type != here.type else None
         fp32 = {name: getattr(self, name) for name in ("weight_scale", "bias")}
+        packed = self.packed_weight
         out = super()._apply(fn, recurse)
         if w is not None:
             self.packed_weight = ops.pack_conv_weight(fn(w).contiguous(), self.groups)
+        elif self.packed_weight.dtype != packed.dtype:  # model.type(torch.float16) casts every tensor
+            self.packed_weight = packed
         for name, t in fp32.items():
             if t is not None:
                 setattr(self, name, t.to(target))
@@ -245,6 +246,9 @@ class Int8Conv1d(Int8Conv2d):
             return self.forward(x.unsqueeze(0)).squeeze(0)
         if x.dim() != 3:
             raise ValueError(f"input must be 3-D [N, C, L] or unbatched 2-D [C, L], got shape {list(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"Int8Conv1d({self.in_channels}, {self.out_channels}, ...) expected an input with "
+                             f"{self.in_channels} channels (dim 1), got shape {list(x.shape)}")
         return self._forward_batched(x.unsqueeze(2)).squeeze(2)
 
     def int8_weight(self) -> Tensor:

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import quantize_weight_per_channel
-from ._common import LazyWeight, applied_half_dtype, check_float_layer, check_scale, half_on_cpu, via_float32
+from ._common import ComputedWeight, applied_half_dtype, check_float_layer, check_scale, half_on_cpu, via_float32
 from .fused import apply_activation
 
 SCHEMES = ("w8a8_dynamic", "w8a8_static", "w8_only")
@@ -21,7 +21,7 @@ def check_scheme(scheme: str) -> str:
     return scheme
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(ComputedWeight):
     """y = x W^T + b with W stored as per-channel int8 in fastinfer's packed layout.
 
     Accepts x of any leading shape [..., in_features], dtype float32 or bfloat16 (float16 too on CUDA);
@@ -104,14 +104,11 @@ class Int8Linear(nn.Module):
         y = torch.ops.fastinfer.int8_linear_weight_only(x, self.packed_weight, self.weight_scale, self.bias)
         return apply_activation(y, None if self.activation == "none" else self.activation)
 
-    float_dtype = None  # the model's 16-bit float dtype after model.half() / .to(torch.bfloat16) (_apply)
+    def _float_weight_shape(self):
+        return self.out_features, self.in_features
 
-    @property
-    def weight(self) -> Tensor:
-        """The float weight [out_features, in_features] (dequantized_weight), as a LazyWeight: its dtype and
-        device cost nothing to read, its values are computed when used."""
-        return LazyWeight(self.dequantized_weight, (self.out_features, self.in_features),
-                          self.float_dtype or torch.float32, self.packed_weight.device)
+    def _weight_value(self) -> Tensor:
+        return self.dequantized_weight()
 
     def int8_weight(self) -> Tensor:
         """The int8 weight [out_features, in_features], unpacked (on the layer's device)."""
@@ -128,9 +125,12 @@ class Int8Linear(nn.Module):
         self.float_dtype = applied_half_dtype(fn, self.float_dtype, here)
         w = self.int8_weight() if target.type != here.type else None
         fp32 = {name: getattr(self, name) for name in ("weight_scale", "bias", "input_smooth")}
+        packed = self.packed_weight
         out = super()._apply(fn, recurse)
         if w is not None:
             self.packed_weight = ops.pack_int8_weight(fn(w).contiguous())
+        elif self.packed_weight.dtype != packed.dtype:  # model.type(torch.float16) casts every tensor
+            self.packed_weight = packed
         for name, t in fp32.items():
             if t is not None:
                 setattr(self, name, t.to(target))

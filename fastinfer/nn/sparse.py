@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops, reference
-from ._common import LazyWeight, applied_half_dtype, check_float_layer
+from ._common import ComputedWeight, applied_half_dtype, check_float_layer
 
 FORMATS = ("csr16", "csr8", "slot128", "sparse24")
 INT8_FORMATS = ("slot128", "sparse24")
@@ -42,7 +42,7 @@ def _buffer_specs(fmt: str, n: int, k: int) -> Dict[str, Tuple[Tuple[int, ...], 
     return specs
 
 
-class SparseLinear(nn.Module):
+class SparseLinear(ComputedWeight):
     """y = x W^T + b with W stored sparse: only the nonzeros and their positions (any pattern:
     unstructured, 2:4 and block masks from fastinfer.prune alike). Inference only.
 
@@ -180,14 +180,11 @@ class SparseLinear(nn.Module):
         return torch.ops.fastinfer.sparse_linear(x, self.row_ptr, self.cols, self.values, self.bias,
                                                  self.in_features, self._buffers.get("group_base"))
 
-    float_dtype = None  # the model's 16-bit float dtype after model.half() / .to(torch.bfloat16) (_apply)
+    def _float_weight_shape(self):
+        return self.out_features, self.in_features
 
-    @property
-    def weight(self) -> Tensor:
-        """The dense float weight (dense_weight) as a LazyWeight: its dtype and device cost nothing to read,
-        its values are computed when used."""
-        return LazyWeight(self.dense_weight, (self.out_features, self.in_features), self.float_dtype or torch.float32,
-                          self.values.device)
+    def _weight_value(self) -> Tensor:
+        return self.dense_weight()
 
     def dense_weight(self) -> Tensor:
         """The dense fp32 weight this layer computes with (int8 values times their scale)."""

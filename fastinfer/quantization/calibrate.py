@@ -66,8 +66,9 @@ def _observer_factory(observer: ObserverSpec) -> Tuple[str, Callable[[], Observe
 def model_call(model: nn.Module, x: Any) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
     """The (args, kwargs) that run ``model`` on x: a tuple/list is spread over the positional arguments; a
     mapping whose keys all name arguments of model.forward (a Hugging Face tokenizer's output: input_ids,
-    attention_mask, ...) is passed by keyword; any other mapping (a features dict, as sentence-transformers
-    takes) is one argument, as is a tensor."""
+    attention_mask, ...), or any mapping for a forward(**kwargs) with no required positional argument, is
+    passed by keyword; any other mapping (a features dict, as sentence-transformers takes) is one argument,
+    as is a tensor."""
     if isinstance(x, (tuple, list)):
         return tuple(x), {}
     if isinstance(x, Mapping) and x and all(isinstance(k, str) for k in x):
@@ -75,8 +76,11 @@ def model_call(model: nn.Module, x: Any) -> Tuple[Tuple[Any, ...], Dict[str, Any
             params = inspect.signature(model.forward).parameters.values()
         except (TypeError, ValueError):
             params = ()
+        params = list(params)
         named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if set(x) <= named:
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in params) and not any(  # forward(self, **kwargs)
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in params)
+        if set(x) <= named or takes_any:
             return (), dict(x)
     return (x,), {}
 

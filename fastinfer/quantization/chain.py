@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+import re
 from collections import Counter
 from typing import Dict, List, Optional, Tuple
 
@@ -88,6 +89,14 @@ def _fixed_signature(mod: nn.Module) -> Optional[str]:
     if loose:
         return (f"its forward takes optional arguments ({', '.join(loose)}), whose branches a trace cannot "
                 "follow; the add stays fp32")
+    try:  # a required argument that may be None (`def forward(self, x, skip)` called with skip=None)
+        source = inspect.getsource(type(mod).forward)
+    except (OSError, TypeError):
+        source = ""
+    tested = [p.name for p in params if re.search(rf"\b{re.escape(p.name)}\s+is\s+(not\s+)?None\b", source)]
+    if tested:
+        return (f"its forward tests {', '.join(tested)} against None, a branch a trace cannot follow; the add "
+                "stays fp32")
     return None
 
 
