@@ -67,16 +67,20 @@ class Int8Conv2d(ComputedWeight):
         self.register_buffer("weight_scale", torch.ones(out_channels))
         self.register_buffer("bias", torch.zeros(out_channels) if bias else None)
 
+    _float_type = nn.Conv2d  # what from_float quantizes (Int8Conv1d: nn.Conv1d)
+
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, activation: Optional[str] = None, x_scale: Optional[float] = None,
+    def from_float(cls, conv: nn.Module, activation: Optional[str] = None, x_scale: Optional[float] = None,
                    out_scale: Optional[float] = None) -> "Int8Conv2d":
-        """Quantizes a float Conv2d (or fastinfer.nn.ConvAct2d, whose activation is taken over)."""
-        check_float_layer(conv, nn.Conv2d, "conv", ops.LINEAR_DEVICES)
+        """Quantizes a float Conv2d (or fastinfer.nn.ConvAct2d, whose activation is taken over); Int8Conv1d's
+        a Conv1d (per output channel, symmetric)."""
+        check_float_layer(conv, cls._float_type, "conv", ops.LINEAR_DEVICES)
         act = activation or getattr(conv, "activation", None) or "none"
         mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv_padding(conv),
                   conv.dilation, conv.groups, conv.bias is not None, act, x_scale, out_scale)
         w_q, w_scale = quantize_weight_per_channel(conv.weight)
-        mod.packed_weight = ops.pack_conv_weight(w_q, conv.groups)
+        kh_kw = mod._geometry()[0]  # a Conv1d's [Cout, Cin/groups, K] packs as [Cout, Cin/groups, 1, K]
+        mod.packed_weight = ops.pack_conv_weight(w_q.reshape(*w_q.shape[:2], *kh_kw), conv.groups)
         mod.weight_scale = w_scale.contiguous()
         if conv.bias is not None:
             mod.bias = conv.bias.detach().float().clone()
@@ -223,22 +227,10 @@ class Int8Conv1d(Int8Conv2d):
                          out_scale)
         self.kernel_size, self.stride, self.padding, self.dilation = (k,), (st,), (p,), (d,)
 
+    _float_type = nn.Conv1d
+
     def _geometry(self) -> Tuple[Tuple[int, int], ...]:
         return (1, self.kernel_size[0]), (1, self.stride[0]), (0, self.padding[0]), (1, self.dilation[0])
-
-    @classmethod
-    def from_float(cls, conv: nn.Conv1d, activation: Optional[str] = None, x_scale: Optional[float] = None,
-                   out_scale: Optional[float] = None) -> "Int8Conv1d":
-        """Quantizes a float nn.Conv1d (per output channel, symmetric)."""
-        check_float_layer(conv, nn.Conv1d, "conv", ops.LINEAR_DEVICES)
-        mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv_padding(conv),
-                  conv.dilation, conv.groups, conv.bias is not None, activation or "none", x_scale, out_scale)
-        w_q, w_scale = quantize_weight_per_channel(conv.weight)
-        mod.packed_weight = ops.pack_conv_weight(w_q.unsqueeze(2), conv.groups)
-        mod.weight_scale = w_scale.contiguous()
-        if conv.bias is not None:
-            mod.bias = conv.bias.detach().float().clone()
-        return mod
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's name: layer(input=x) works)
         x = input
