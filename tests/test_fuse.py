@@ -393,3 +393,14 @@ def test_shared_or_functional_gelu_is_not_fused():
         assert not any(isinstance(m, LinearAct) for m in fused.modules())
         x = torch.randn(3, 8)
         torch.testing.assert_close(fused(x), model(x), rtol=0, atol=0)
+
+
+def test_conv1d_takes_its_batchnorm1d_but_no_activation():
+    # [N, C, L]: BatchNorm1d normalizes the conv's channels, so it folds without shapes; a 1-D layer has no
+    # fused-activation form, so the ReLU stays in the forward.
+    model = randomize_bn(nn.Sequential(nn.Conv1d(4, 8, 3, padding=1, bias=False), nn.BatchNorm1d(8), nn.ReLU(),
+                                       nn.Conv1d(8, 6, 3), nn.BatchNorm1d(6)))
+    fused = fuse(model)
+    assert fused.fastinfer_fuse_report == ["0 + 1", "3 + 4"]
+    assert [type(m) for m in fused] == [nn.Conv1d, nn.Identity, nn.ReLU, nn.Conv1d, nn.Identity]
+    assert_same(fused, model, torch.randn(3, 4, 17))

@@ -172,6 +172,11 @@ def _module_activation(mod: nn.Module) -> Optional[str]:
     return None
 
 
+def _takes_act(layer: nn.Module) -> bool:
+    """A Conv1d takes a BatchNorm1d only: there is no fused 1-D layer for an activation."""
+    return not isinstance(layer, nn.Conv1d)
+
+
 def _bn_type(layer: nn.Module):
     return nn.BatchNorm2d if isinstance(layer, nn.Conv2d) else nn.BatchNorm1d
 
@@ -188,7 +193,7 @@ class _Fuser:
         change forward), or a ConvAct2d/LinearAct that has no activation yet."""
         if id(mod) in self.aliased:
             return False
-        if type(mod) in (nn.Conv2d, nn.Linear):
+        if type(mod) in (nn.Conv2d, nn.Linear, nn.Conv1d):
             return True
         return type(mod) in (ConvAct2d, LinearAct) and mod.activation is None
 
@@ -198,7 +203,7 @@ class _Fuser:
             return "the BatchNorm module is registered under several names"
         if bn.running_mean is None or bn.running_var is None:
             return "no running statistics (track_running_stats=False): it normalizes with batch statistics"
-        n_out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+        n_out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
         if bn.num_features != n_out:
             return f"num_features={bn.num_features} but the layer has {n_out} output channels"
         if isinstance(layer, nn.Linear):
@@ -245,7 +250,7 @@ class _Fuser:
                     i = j + 1
                     continue
                 bn_name, j = names[j], j + 1
-            if j < len(mods) and mods[j] is not None and _module_activation(mods[j]) and (
+            if j < len(mods) and mods[j] is not None and _module_activation(mods[j]) and _takes_act(layer) and (
                     _module_activation(mods[j]) in IDEMPOTENT or id(mods[j]) not in self.aliased):
                 act, act_name, j = _module_activation(mods[j]), names[j], j + 1
             if bn_name is not None or act is not None:
@@ -297,7 +302,7 @@ class _Fuser:
                     continue  # reported below with the other unfolded BatchNorms
                 bn_node, nxt = nxt, only_user(nxt)
                 folded.add(bn_node.target)
-            act, act_label, is_module = activation_of(nxt)
+            act, act_label, is_module = activation_of(nxt) if _takes_act(layer) else (None, None, False)
             if act is not None and act not in IDEMPOTENT and (
                     not is_module or calls[nxt.target] != 1 or id(mods[nxt.target]) in self.aliased):
                 act, act_label, is_module = None, None, False  # could not be removed from the forward
@@ -326,7 +331,7 @@ class _Fuser:
         if not isinstance(src, fx.Node) or src.op != "call_module":
             return "its input is not the output of a Conv2d/Linear module"
         layer = mods[src.target]
-        if type(layer) not in (nn.Conv2d, nn.Linear, ConvAct2d, LinearAct):
+        if type(layer) not in (nn.Conv2d, nn.Linear, nn.Conv1d, ConvAct2d, LinearAct):
             return f"its input comes from {src.target} ({type(layer).__name__}), not a Conv2d/Linear"
         if type(bn) is not _bn_type(layer):
             return f"{type(bn).__name__} after {type(layer).__name__} (expected {_bn_type(layer).__name__})"
