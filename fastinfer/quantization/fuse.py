@@ -1,4 +1,4 @@
-"""fastinfer.fuse: fold eval-mode BatchNorm into the preceding Conv2d/Linear and fuse a following
+"""fastinfer.fuse: fold eval-mode BatchNorm into the preceding Conv2d/Conv1d/Linear and fuse a following
 ReLU/ReLU6 into it (ConvAct2d/LinearAct), so that static int8 quantization sees one layer per block.
 
 How the model comes back: the *same* model object (or its deep copy), with submodules swapped in
