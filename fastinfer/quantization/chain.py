@@ -108,8 +108,8 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
     same children, parameters and buffers, its class name kept. Returns the names of those submodules.
 
     Until chain_int8_convs gives an Int8Add int8 operands or an out_scale it computes what the add did.
-    A submodule whose forward takes optional arguments keeps its forward (its residual adds stay fp32);
-    ``kept`` gets (name, why) for each such submodule that has a residual add.
+    A submodule whose forward takes optional arguments, or tests one against None, keeps its forward (its
+    residual adds stay fp32); ``kept`` gets (name, why) for each such submodule that has a residual add.
     """
     rewritten = []
     for name, mod in reversed(list(model.named_modules())):  # children before their parents

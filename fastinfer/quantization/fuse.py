@@ -60,7 +60,7 @@ class FuseReport(list):
 
 def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], Mapping[str, Tensor], None] = None,
          inplace: bool = False) -> nn.Module:
-    """Folds BatchNorm2d into the preceding Conv2d and BatchNorm1d into the preceding Linear, and
+    """Folds BatchNorm2d into the preceding Conv2d and BatchNorm1d into the preceding Linear or Conv1d, and
     fuses a following ReLU/ReLU6 into ConvAct2d/LinearAct, wherever the layer's output feeds only
     that BatchNorm/activation. Eval mode only (raises ValueError in training mode: the folded
     weights use the running statistics).
