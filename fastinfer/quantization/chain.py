@@ -4,7 +4,8 @@ A static conv whose output only reaches other static convs, through ops that kee
 requantizes its output with their calibrated x_scale (its out_scale) in its epilogue: no fp32 tensor is
 written and no quantization pass reads it back. The consumers get what they would have computed from the
 producer's fp32 output with the same scale, up to the float rounding of the folded epilogue (1 / out_scale
-is multiplied into the per-channel scale): rarely 1 in the last int8 place. An nn.MaxPool2d on the way becomes an Int8MaxPool2d, which pools int8 with our kernel.
+is multiplied into the per-channel scale): rarely 1 in the last int8 place. An nn.MaxPool2d on the way
+becomes an Int8MaxPool2d, which pools int8 with our kernel.
 
 The data flow comes from torch.fx (fastinfer's layers are leaves, so a model's own Python forward, a
 ResNet bottleneck for instance, is seen as a graph). A module fx cannot trace falls back to the order
