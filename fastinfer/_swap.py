@@ -57,9 +57,12 @@ def torch_fast_paths_off(model: nn.Module) -> None:
             m.use_nested_tensor = False  # its nested-tensor path reads layers[0].linear1.weight too
 
 
-def hooks_problem(mod: nn.Module) -> Optional[str]:
-    """Why a layer with forward hooks is not swapped (None: it has none): the new layer would not run them,
-    and torch.nn.utils.weight_norm / spectral_norm (the hook versions) compute the weight in one."""
+def swap_problem(mod: nn.Module) -> Optional[str]:
+    """Why a layer is not swapped although its type would be (None: it can be): an uninitialized lazy module
+    (no weight yet), or forward hooks, which the new layer would not run (torch.nn.utils.weight_norm /
+    spectral_norm, the hook versions, compute the weight in one)."""
+    if isinstance(mod, nn.modules.lazy.LazyModuleMixin) and mod.has_uninitialized_params():
+        return "an uninitialized lazy module (no weight yet): run one forward first"
     if not (mod._forward_pre_hooks or mod._forward_hooks):
         return None
     return ("has forward hooks, which the new layer would not run (torch.nn.utils.weight_norm / spectral_norm "

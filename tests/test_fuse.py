@@ -396,11 +396,16 @@ def test_shared_or_functional_gelu_is_not_fused():
 
 
 def test_conv1d_takes_its_batchnorm1d_but_no_activation():
-    # [N, C, L]: BatchNorm1d normalizes the conv's channels, so it folds without shapes; a 1-D layer has no
-    # fused-activation form, so the ReLU stays in the forward.
+    # On [N, C, L] BatchNorm1d normalizes the conv's channels; on an unbatched [C, L] output it would normalize
+    # L, so the fold needs example_inputs that show a batched output. A 1-D layer has no fused-activation form:
+    # the ReLU stays in the forward.
     model = randomize_bn(nn.Sequential(nn.Conv1d(4, 8, 3, padding=1, bias=False), nn.BatchNorm1d(8), nn.ReLU(),
                                        nn.Conv1d(8, 6, 3), nn.BatchNorm1d(6)))
-    fused = fuse(model)
+    fused = fuse(model, example_inputs=torch.randn(2, 4, 17))
     assert fused.fastinfer_fuse_report == ["0 + 1", "3 + 4"]
     assert [type(m) for m in fused] == [nn.Conv1d, nn.Identity, nn.ReLU, nn.Conv1d, nn.Identity]
     assert_same(fused, model, torch.randn(3, 4, 17))
+    without = fuse(model).fastinfer_fuse_report
+    assert without == [] and "pass example_inputs" in without.skipped[0][1]
+    unbatched = fuse(model, example_inputs=torch.randn(4, 8)).fastinfer_fuse_report  # [8, 8]: runs, wrongly
+    assert unbatched == [] and unbatched.skipped[0][1].startswith("the Conv1d output is 2-D")

@@ -505,9 +505,38 @@ def test_block_testing_a_required_argument_against_none_keeps_its_forward():
             return self.up(self.stem(x), None)
 
     q = quantize_static(Net().eval())
-    assert q.fastinfer_report.rewritten == [] and "tests skip against None" in dict(q.fastinfer_report.kept_adds)["up"]
+    assert q.fastinfer_report.rewritten == [] and "tests skip (against None" in dict(q.fastinfer_report.kept_adds)["up"]
     with torch.inference_mode():
         q(torch.randn(2, 3, 20, 20))
+
+    class ByType(Up):  # a trace takes isinstance(skip, Tensor) as false and drops skip: silently wrong if rewritten
+        def forward(self, x, skip):
+            out = self.conv(x)
+            return out + skip if isinstance(skip, torch.Tensor) else out + x
+
+    class ViaHelper(Up):  # the None test in a helper method
+        def merge(self, out, skip):
+            return out if skip is None else out + skip
+
+        def forward(self, x, skip):
+            return self.merge(self.conv(x), skip)
+
+    for block in (ByType(), ViaHelper()):
+        class Net2(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem, self.up = nn.Conv2d(3, 8, 3, padding=1), block
+
+            def forward(self, x):
+                h = self.stem(x)
+                return self.up(h, h * 0.5)
+
+        model = Net2().eval()
+        q = quantize_static(copy.deepcopy(model))
+        assert q.fastinfer_report.rewritten == [] and "up" in dict(q.fastinfer_report.kept_adds)
+        with torch.inference_mode():
+            x = torch.randn(2, 3, 20, 20)
+            assert F.cosine_similarity(q(x).flatten(), model(x).flatten(), dim=0) > 0.999
 
 
 def test_int8_add_refuses_a_missing_operand():

@@ -289,6 +289,8 @@ def test_conv_subclasses_that_compute_as_their_base():
     hooked[1].register_forward_pre_hook(lambda m, args: (args[0] * 2,))
     report = fastinfer.quantize(hooked).fastinfer_report
     assert not report.swapped and all("forward hooks" in why for _, why in report.skipped)
+    lazy = fastinfer.quantize(nn.Sequential(nn.LazyConv1d(8, 3)).eval()).fastinfer_report
+    assert lazy.skipped == [("0", "an uninitialized lazy module (no weight yet): run one forward first")]
 
     torch.manual_seed(0)
     model, x = Net().eval(), torch.randn(2, 3, 6, 6)

@@ -435,9 +435,20 @@ def test_weight_property_reads_like_a_float_layers():
         want = q.dense_weight() if isinstance(q, SparseLinear) else q.dequantized_weight()
         assert torch.equal(w + 0, want) and torch.equal(w.clone(), want)
         assert (w.float() - float_layer.weight).abs().max() <= float_layer.weight.abs().max() / 127
-        for write in (lambda: w.mul_(2), lambda: w.data.zero_(), lambda: w.detach().fill_(1)):
+        def assign_data():
+            w.data = want.clone()
+
+        def set_item():
+            w[0] = 0
+
+        writes = (lambda: w.mul_(2), lambda: w.data.zero_(), lambda: w.detach().fill_(1), set_item,
+                  lambda: w.view(-1).mul_(2), lambda: w.transpose(0, 1).add_(1), assign_data)
+        for write in writes:
             with pytest.raises(RuntimeError, match="read-only"):  # it would change a copy: refused, not ignored
                 write()
+        with pytest.raises(RuntimeError, match="no storage to share"):  # it used to crash the interpreter
+            w.share_memory_()
+        assert torch.equal(w[1], want[1]) and torch.equal(w.transpose(0, 1) + 0, want.transpose(0, 1))
         assert torch.equal(copy.deepcopy(w), want) and w.tolist() == want.tolist()
         with pytest.raises(AttributeError, match="cannot be assigned"):  # as Hugging Face's tie_weights does
             q.weight = nn.Parameter(want.clone())

@@ -82,6 +82,10 @@ def half_dtype_of(layer: nn.Module) -> Optional[torch.dtype]:
     return w.dtype if isinstance(w, Tensor) and w.dtype in HALF_DTYPES else None
 
 
+_READ_ONLY = ("the weight of a fastinfer layer is read-only (computed from its packed int8 weight); change the "
+              "float model's weight and quantize it again")
+
+
 class LazyWeight(Tensor):
     """What ``layer.weight`` is for fastinfer's int8 and sparse layers (they keep packed int8 buffers, not a
     float weight): a tensor with the float layer's shape, dtype (float32, or the model's 16-bit dtype) and
@@ -105,6 +109,24 @@ class LazyWeight(Tensor):
         """The weight as a plain tensor."""
         return self._materialize().to(self.dtype)
 
+    @property
+    def data(self) -> Tensor:
+        return LazyWeight(self._materialize, self.shape, self.dtype, self.device)
+
+    @data.setter
+    def data(self, _value):
+        raise RuntimeError(_READ_ONLY)
+
+    def share_memory_(self):
+        raise RuntimeError("a fastinfer layer's weight has no storage to share (it is computed from the packed "
+                           "int8 weight); model.share_memory() shares the layer's buffers")
+
+    def untyped_storage(self):
+        raise RuntimeError("a fastinfer layer's weight has no storage (it is computed from the packed int8 weight "
+                           "when read); use layer.weight.value() for a plain tensor")
+
+    storage = untyped_storage
+
     def __deepcopy__(self, memo) -> Tensor:
         return self.value().clone()
 
@@ -127,12 +149,20 @@ class LazyWeight(Tensor):
         for i, arg in enumerate(func._schema.arguments):  # an op writing into it would change a copy only
             written = arg.alias_info is not None and arg.alias_info.is_write
             if written and isinstance(args[i] if i < len(args) else kwargs.get(arg.name), LazyWeight):
-                raise RuntimeError(f"{func}: the weight of a fastinfer layer is read-only (computed from its packed "
-                                   "int8 weight); change the float model's weight and quantize it again")
+                raise RuntimeError(f"{func}: {_READ_ONLY}")
 
         def value(t):
             return t.value() if isinstance(t, LazyWeight) else t
-        return func(*tree_map(value, args), **tree_map(value, kwargs))
+
+        def run():
+            return func(*tree_map(value, args), **tree_map(value, kwargs))
+        out = run()
+        returns = func._schema.returns
+        if (len(returns) == 1 and returns[0].alias_info is not None and isinstance(out, Tensor)
+                and any(isinstance(a, LazyWeight) for a in args)):
+            # a view of it (w[0], w.T, w.view(-1)): read-only too, or a write to it would change a copy
+            return LazyWeight(run, out.shape, out.dtype, out.device)
+        return out
 
 
 class ComputedWeight(nn.Module):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .._swap import hooks_problem, is_hf_conv1d, linear_from_conv1d, replace_module, torch_fast_paths_off
+from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, swap_problem, torch_fast_paths_off
 from ..nn.fused import LinearAct
 from ..nn.sparse import SparseLinear
 from ..quantization.api import Patterns, _matcher
@@ -81,8 +81,8 @@ def sparsify(model: nn.Module, value_dtype=torch.float32, min_sparsity: float = 
         if inc is not None and not inc(name, mod) or exc is not None and exc(name, mod):
             report.skipped.append((name, "excluded by include/exclude"))
             continue
-        if hooks_problem(mod):
-            report.skipped.append((name, hooks_problem(mod)))
+        if swap_problem(mod):
+            report.skipped.append((name, swap_problem(mod)))
             continue
         w = mod.weight.detach()
         zeros = float((w == 0).sum()) / w.numel()

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .._swap import hooks_problem, is_hf_conv1d, linear_from_conv1d, replace_module, torch_fast_paths_off
+from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, swap_problem, torch_fast_paths_off
 from ..nn._common import half_dtype_of
 from ..nn.conv import Int8Conv1d, Int8Conv2d
 from ..nn.fused import ConvAct2d, LinearAct
@@ -156,8 +156,8 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
                 report.skipped.append((name, f"subclass {type(mod).__name__} of {type(mod).__mro__[1].__name__} "
                                              "(may change forward)"))
             continue
-        if hooks_problem(mod):
-            report.skipped.append((name, hooks_problem(mod)))
+        if swap_problem(mod):
+            report.skipped.append((name, swap_problem(mod)))
         elif inc is not None and not inc(name, mod):
             report.skipped.append((name, "not matched by include"))
         elif exc is not None and exc(name, mod):

@@ -77,10 +77,11 @@ class _OwnOpsTracer(fx.Tracer):
 _ADD_FUNCTIONS = (operator.add, torch.add)
 
 
-def _fixed_signature(mod: nn.Module) -> Optional[str]:
-    """Why mod's forward cannot be rewritten from a symbolic trace (None: it can). A trace sees every
-    argument as a tensor: `if skip is not None:` on an optional argument is traced as taken, and a call
-    without that argument would then reach the rewritten add with None."""
+def _fixed_signature(mod: nn.Module, graph: fx.Graph) -> Optional[str]:
+    """Why mod's forward cannot be rewritten from its symbolic trace (None: it can). A trace sees every
+    argument as a tensor: `if skip is not None:` on an optional argument is traced as taken (a call without
+    it would reach the rewritten add with None), and `isinstance(skip, Tensor)` as not taken (the trace then
+    drops skip, and the rewritten forward would ignore it)."""
     try:
         params = list(inspect.signature(mod.forward).parameters.values())
     except (TypeError, ValueError):
@@ -90,14 +91,20 @@ def _fixed_signature(mod: nn.Module) -> Optional[str]:
     if loose:
         return (f"its forward takes optional arguments ({', '.join(loose)}), whose branches a trace cannot "
                 "follow; the add stays fp32")
-    try:  # a required argument that may be None (`def forward(self, x, skip)` called with skip=None)
-        source = inspect.getsource(type(mod).forward)
+    unused = [n.target for n in graph.nodes if n.op == "placeholder" and not n.users]
+    if unused:
+        return (f"its trace drops argument {', '.join(map(str, unused))} (a branch on it, which a trace cannot "
+                "follow); the add stays fp32")
+    try:  # the class, helpers included: an argument that may be None (`forward(self, x, skip)`, skip=None)
+        source = "".join(inspect.getsource(c) for c in type(mod).__mro__
+                         if c.__module__ not in ("builtins",) and not c.__module__.startswith("torch."))
     except (OSError, TypeError):
         source = ""
-    tested = [p.name for p in params if re.search(rf"\b{re.escape(p.name)}\s+is\s+(not\s+)?None\b", source)]
+    tested = [p.name for p in params if re.search(rf"\b{re.escape(p.name)}\s+is\s+(not\s+)?None\b"
+                                                  rf"|isinstance\(\s*{re.escape(p.name)}\b", source)]
     if tested:
-        return (f"its forward tests {', '.join(tested)} against None, a branch a trace cannot follow; the add "
-                "stays fp32")
+        return (f"its code tests {', '.join(tested)} (against None or a type), a branch a trace cannot follow; "
+                "the add stays fp32")
     return None
 
 
@@ -123,7 +130,7 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
         adds = [n for n in graph.nodes if _residual_add(mod, n)]
         if not adds:
             continue
-        why = _fixed_signature(mod)
+        why = _fixed_signature(mod, graph)
         if why is not None:
             if kept is not None:
                 kept.append((name, why))

@@ -70,10 +70,10 @@ def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], Mappi
         w'[c] = w[c] * s[c]        b'[c] = (b[c] - running_mean[c]) * s[c] + beta[c]
 
     ``example_inputs`` (optional: a tensor, a tuple of them, or a dict passed by keyword as a Hugging Face
-    tokenizer's output is) is run through the model once to learn
-    each Linear's output rank: Linear + BatchNorm1d is folded only where that output is 2-D ([N, C]).
-    On a 3-D output ([N, L, C]) a BatchNorm1d normalizes dim 1, not the Linear's features, and folding
-    would be wrong when L == C; so without example_inputs no BatchNorm1d is folded (the report says why).
+    tokenizer's output is) is run through the model once to learn each Linear's and Conv1d's output rank:
+    a BatchNorm1d is folded only where dim 1 is the layer's channels, a Linear's 2-D output ([N, C]) or a
+    Conv1d's 3-D one ([N, C, L]). On a Linear's [N, L, C] a BatchNorm1d normalizes L, and folding would be
+    wrong when L == C; so without example_inputs no BatchNorm1d is folded (the report says why).
 
     ``inplace=False`` deep-copies the model first. Returns the model with submodules swapped (module
     names unchanged; see the module docstring) and ``model.fastinfer_fuse_report`` (a FuseReport).
@@ -90,20 +90,19 @@ def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], Mappi
     counts = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     report = FuseReport()
     with torch.no_grad():
-        ranks = None if call is None else _linear_output_ranks(model, call, report)
+        ranks = None if call is None else _output_ranks(model, call, report)
         _Fuser(model, {i for i, n in counts.items() if n > 1}, report, ranks).fuse_module("", model)
     model.fastinfer_fuse_report = report
     return model
 
 
-def _linear_output_ranks(model: nn.Module, call: Tuple[tuple, dict],
-                         report: "FuseReport") -> Optional[Dict[str, Set[int]]]:
-    """The ranks of every Linear's outputs in one run ``model(*args, **kwargs)`` (call), by module name
-    (None, and a note, when the run fails). Forward hooks see the real calls, also inside parts that
+def _output_ranks(model: nn.Module, call: Tuple[tuple, dict], report: "FuseReport") -> Optional[Dict[str, Set[int]]]:
+    """The ranks of every Linear's and Conv1d's outputs in one run ``model(*args, **kwargs)`` (call), by module
+    name (None, and a note, when the run fails). Forward hooks see the real calls, also inside parts that
     torch.fx cannot trace."""
     ranks: Dict[str, Set[int]] = {}
     hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: ranks.setdefault(name, set()).add(out.dim()))
-             for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+             for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d))]
     try:
         model(*call[0], **call[1])
     except Exception as exc:
@@ -183,8 +182,8 @@ def _bn_type(layer: nn.Module):
 
 class _Fuser:
     def __init__(self, root: nn.Module, aliased: Set[int], report: FuseReport,
-                 linear_ranks: Optional[Dict[str, Set[int]]]):
-        self.root, self.aliased, self.report, self.linear_ranks = root, aliased, report, linear_ranks
+                 output_ranks: Optional[Dict[str, Set[int]]]):
+        self.root, self.aliased, self.report, self.output_ranks = root, aliased, report, output_ranks
 
     # -- what can be fused
 
@@ -206,16 +205,17 @@ class _Fuser:
         n_out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
         if bn.num_features != n_out:
             return f"num_features={bn.num_features} but the layer has {n_out} output channels"
-        if isinstance(layer, nn.Linear):
-            if self.linear_ranks is None:
-                return ("the Linear's output rank is unknown: pass example_inputs to fuse (on a 3-D output "
-                        "BatchNorm1d normalizes dim 1, not the Linear's features)")
-            ranks = self.linear_ranks.get(layer_name)
+        if isinstance(layer, (nn.Linear, nn.Conv1d)):  # BatchNorm1d normalizes dim 1: [N, C] or [N, C, L]
+            kind, want = ("Linear", 2) if isinstance(layer, nn.Linear) else ("Conv1d", 3)
+            if self.output_ranks is None:
+                return (f"the {kind}'s output rank is unknown: pass example_inputs to fuse (BatchNorm1d "
+                        f"normalizes dim 1, which is the {kind}'s channels only on a {want}-D output)")
+            ranks = self.output_ranks.get(layer_name)
             if ranks is None:
-                return "the Linear did not run on example_inputs, so its output rank is unknown"
-            if ranks != {2}:
-                return (f"the Linear output is {'/'.join(map(str, sorted(ranks)))}-D: BatchNorm1d normalizes "
-                        "dim 1, not the features")
+                return f"the {kind} did not run on example_inputs, so its output rank is unknown"
+            if ranks != {want}:
+                return (f"the {kind} output is {'/'.join(map(str, sorted(ranks)))}-D: BatchNorm1d normalizes "
+                        "dim 1, not the channels")
         return None
 
     # -- the two ways of finding patterns
