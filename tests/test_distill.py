@@ -348,6 +348,24 @@ def test_best_epoch_is_loaded_and_callbacks_stop(with_eval):
         assert (h["eval_acc"] is None) == (not with_eval) and h["seconds"] >= 0
 
 
+def test_dict_batches_soft_eval_targets_and_one_callback():
+    torch.manual_seed(0)
+    teacher, student = nn.Linear(5, 3), nn.Linear(5, 3)
+    with pytest.raises(ValueError, match=r"must yield \(x, y\) batches, got dict; .*model\(\*\*inputs\)"):
+        distill(teacher, student, [{"input_ids": torch.randn(4, 5), "labels": torch.zeros(4)}], epochs=1,
+                          progress=False)
+    # probabilities as targets: eval scores their top class, once per sample (it once compared every
+    # probability with the argmax, N * C "samples", or raised when N != C)
+    x = torch.randn(4, 5)
+    soft = torch.softmax(torch.randn(4, 3), 1)
+    seen = []
+    r = distill(teacher, student, [(x, soft)], epochs=1, progress=False, eval_data=[(x, soft)],
+                          callbacks=lambda epoch, metrics, model: seen.append(epoch))
+    with torch.no_grad():
+        want = 100.0 * float((student(x).argmax(1) == soft.argmax(1)).float().mean())
+    assert r.history[0]["eval_acc"] == pytest.approx(want) and seen == [0]
+
+
 def test_seeded_runs_are_identical():
     # The seed covers the shuffling DataLoader and the student's dropout.
     x, y = torch.randn(48, 6), torch.randint(0, 3, (48,))

@@ -81,6 +81,10 @@ def _to(x, device: torch.device):
 
 
 def _unpack(batch, what: str):
+    if isinstance(batch, (Mapping, str)):  # a dict of two keys would unpack into its keys
+        raise ValueError(f"{what} must yield (x, y) batches, got {type(batch).__name__}; for a model that takes a "
+                         "dict (a Hugging Face model), yield (inputs, labels) and wrap the model so that it takes "
+                         "the dict and returns logits, e.g. lambda inputs: model(**inputs).logits in an nn.Module")
     try:
         x, y = batch
     except (TypeError, ValueError):
@@ -142,6 +146,10 @@ def _check_args(teacher, student, epochs, hint_weight, lr, callbacks, seed, prog
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
+    if callable(callbacks):  # one callback
+        callbacks = [callbacks]
+    if callbacks is not None and not isinstance(callbacks, Iterable):
+        raise TypeError(f"callbacks must be a callable or a list of them, got {type(callbacks).__name__}")
     callbacks = [] if callbacks is None else list(callbacks)
     for cb in callbacks:
         if not callable(cb):
@@ -202,8 +210,9 @@ def _evaluate(student: nn.Module, eval_data: Iterable, device: torch.device, cap
             logits = student(x)
             cap.clear()  # the hint hooks fire here too; their outputs are not needed
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += float((logits.argmax(dim=1) == y).sum())
-            count += y.numel()
+            labels = y.argmax(dim=1) if y.is_floating_point() else y  # class probabilities: their top class
+            correct += float((logits.argmax(dim=1) == labels).sum())
+            count += labels.numel()
     return loss, correct, count
 
 
