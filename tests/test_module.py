@@ -376,7 +376,8 @@ def test_w8_only_takes_a_fused_activation(act):
         want = fused(x)
         plain = Int8Linear.from_float(lin, "w8_only")(x)
         assert sqnr_db(want, q(x)) > 38.0
-        assert torch.equal(q(x), {"relu": torch.relu, "relu6": nn.functional.relu6, "gelu": nn.functional.gelu}[act](plain))
+        apply = {"relu": torch.relu, "relu6": nn.functional.relu6, "gelu": nn.functional.gelu}[act]
+        assert torch.equal(q(x), apply(plain))
     model = fastinfer.quantize(fastinfer.fuse(nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 4)).eval()),
                                "w8_only")
     assert model.fastinfer_report.swapped == ["0", "2"] and model[0].activation == "relu"

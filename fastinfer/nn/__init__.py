@@ -6,4 +6,5 @@ from .linear import SCHEMES, Int8Linear
 from .pool import Int8MaxPool2d
 from .sparse import SparseLinear
 
-__all__ = ["Int8Linear", "Int8Conv2d", "Int8Conv1d", "SparseLinear", "Int8MaxPool2d", "Int8Add", "ConvAct2d", "LinearAct", "SCHEMES"]
+__all__ = ["Int8Linear", "Int8Conv2d", "Int8Conv1d", "SparseLinear", "Int8MaxPool2d", "Int8Add", "ConvAct2d",
+           "LinearAct", "SCHEMES"]

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import quantize_weight_per_channel
-from ._common import (ComputedWeight, applied_half_dtype, check_float_layer, check_scale, float_out, half_on_cpu, unbatched,
-                      via_float32)
+from ._common import (ComputedWeight, applied_half_dtype, check_float_layer, check_scale, float_out, half_on_cpu,
+                      unbatched, via_float32)
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
 CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")

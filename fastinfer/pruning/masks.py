@@ -202,8 +202,8 @@ def _select(model: nn.Module, pattern: str, block, include: Patterns, exclude: P
             continue
         if base not in LINEAR_TYPES:
             if is_hf_conv1d(mod):
-                skipped.append((name, "transformers Conv1D (weight stored [in, out]): weight masks are for nn.Linear; "
-                                      "fastinfer.quantize takes it as a Linear"))
+                skipped.append((name, "transformers Conv1D (weight stored [in, out]): weight masks are for "
+                                      "nn.Linear; fastinfer.quantize takes it as a Linear"))
             elif isinstance(mod, nn.Linear):
                 skipped.append((name, f"subclass {base.__name__} of nn.Linear (may use its weight differently)"))
             continue
