@@ -10,13 +10,16 @@ from torch import nn
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> List[str]:
     """Puts `new` in place of the module at `name` and at every other name the same module object is
     registered under (`self.k = self.q`: one layer, two attributes, which stays one layer). Swapping under
-    the first name only left the other a float layer that no report mentioned. Returns the names."""
+    the first name only left the other a float layer that no report mentioned. The new module takes the old
+    one's train/eval mode, and torch's fused transformer paths above it are turned off if they would read
+    its weight (_fused_paths_off). Returns the names."""
     old = model.get_submodule(name)
     new.train(old.training)  # a new module starts in training mode; an eval model stays in eval mode
     names = [n for n, m in model.named_modules(remove_duplicate=False) if m is old and n]
     for n in names:
         parent, _, child = n.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
+    _fused_paths_off(model, names)
     return names
 
 
@@ -41,20 +44,22 @@ def linear_from_conv1d(mod: nn.Module) -> nn.Linear:
     return lin
 
 
-def torch_fast_paths_off(model: nn.Module) -> None:
-    """Turns off the fused eval-mode paths of nn.TransformerEncoderLayer and nn.TransformerEncoder where a
-    feed-forward layer was swapped: they read linear1.weight / linear2.weight and compute the layer in one
-    float kernel, which an int8 or sparse layer (no float weight) does not allow. The layer then runs its own
-    forward (attention, then _ff_block calling linear1 and linear2), the same math."""
-    swapped_layers = set()
-    for m in model.modules():
-        if isinstance(m, nn.TransformerEncoderLayer) and not all(
-                isinstance(lin, nn.Linear) for lin in (m.linear1, m.linear2)):
-            m.activation_relu_or_gelu = 0  # only the fused path reads it (its "not relu/gelu" exit)
-            swapped_layers.add(id(m))
-    for m in model.modules():
-        if isinstance(m, nn.TransformerEncoder) and any(id(layer) in swapped_layers for layer in m.layers):
-            m.use_nested_tensor = False  # its nested-tensor path reads layers[0].linear1.weight too
+def _fused_paths_off(model: nn.Module, names: List[str]) -> None:
+    """Turns off the fused eval-mode paths of an nn.TransformerEncoderLayer whose feed-forward layer was
+    swapped, and of the nn.TransformerEncoder above it: they read linear1.weight / linear2.weight and compute
+    the layer in one float kernel, which an int8 or sparse layer (no float weight) does not allow. The layer
+    then runs its own forward (attention, then _ff_block calling linear1 and linear2), the same math."""
+    def swapped(layer: nn.Module) -> bool:
+        return isinstance(layer, nn.TransformerEncoderLayer) and not all(
+            isinstance(lin, nn.Linear) for lin in (layer.linear1, layer.linear2))
+
+    for name in names:
+        parts = name.split(".")
+        for ancestor in (model.get_submodule(".".join(parts[:i])) for i in range(len(parts))):
+            if swapped(ancestor):
+                ancestor.activation_relu_or_gelu = 0  # only the fused path reads it (its "not relu/gelu" exit)
+            elif isinstance(ancestor, nn.TransformerEncoder) and any(swapped(layer) for layer in ancestor.layers):
+                ancestor.use_nested_tensor = False  # its nested-tensor path reads layers[0].linear1.weight too
 
 
 def swap_problem(mod: nn.Module) -> Optional[str]:

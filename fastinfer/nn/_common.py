@@ -156,13 +156,18 @@ class LazyWeight(Tensor):
 
         def run():
             return func(*tree_map(value, args), **tree_map(value, kwargs))
-        out = run()
+
         returns = func._schema.returns
-        if (len(returns) == 1 and returns[0].alias_info is not None and isinstance(out, Tensor)
-                and any(isinstance(a, LazyWeight) for a in args)):
-            # a view of it (w[0], w.T, w.view(-1)): read-only too, or a write to it would change a copy
-            return LazyWeight(run, out.shape, out.dtype, out.device)
-        return out
+        lazy = [a for a in args if isinstance(a, LazyWeight)]
+        if len(returns) == 1 and returns[0].alias_info is not None and lazy:
+            # A view of it (w[0], w.T, w.view(-1)) is read-only too, or a write to it would change a copy. Its
+            # shape comes from running the view on meta tensors: the weight is computed once, when read.
+            def meta(t):
+                return torch.empty(t.shape, dtype=t.dtype, device="meta") if isinstance(t, Tensor) else t
+            shape_of = func(*tree_map(meta, args), **tree_map(meta, kwargs))
+            if isinstance(shape_of, Tensor):
+                return LazyWeight(run, shape_of.shape, shape_of.dtype, lazy[0].device)
+        return run()
 
 
 class ComputedWeight(nn.Module):
@@ -179,6 +184,16 @@ class ComputedWeight(nn.Module):
         to read, its values are computed when used."""
         device = next(iter(self.buffers())).device
         return LazyWeight(self._weight_value, self._float_weight_shape(), self.float_dtype or torch.float32, device)
+
+    def _follow_dtype(self, fn) -> None:
+        """The model's 16-bit dtype after Module._apply's fn (model.half(), .to(torch.bfloat16)), for weight."""
+        self.float_dtype = applied_half_dtype(fn, self.float_dtype, next(iter(self.buffers())).device)
+
+    def _apply(self, fn, recurse=True):
+        # A subclass's _apply reaches this before its buffers move (and SparseLinear, which moves its own,
+        # calls _follow_dtype itself).
+        self._follow_dtype(fn)
+        return super()._apply(fn, recurse)
 
     def __setattr__(self, name, value):
         if name == "weight":

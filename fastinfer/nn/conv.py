@@ -10,8 +10,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import quantize_weight_per_channel
-from ._common import (ComputedWeight, applied_half_dtype, check_float_layer, check_scale, float_out, half_on_cpu,
-                      unbatched, via_float32)
+from ._common import ComputedWeight, check_float_layer, check_scale, float_out, half_on_cpu, unbatched, via_float32
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
 CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")
@@ -128,7 +127,6 @@ class Int8Conv2d(ComputedWeight):
         # the weight and packs it again there; scales and bias stay fp32 (a dtype cast leaves them alone).
         here = self.packed_weight.device
         target = fn(torch.empty(0, dtype=torch.int8, device=here)).device
-        self.float_dtype = applied_half_dtype(fn, self.float_dtype, here)
         w = self._unpack(self.packed_weight) if target.type != here.type else None
         fp32 = {name: getattr(self, name) for name in ("weight_scale", "bias")}
         packed = self.packed_weight

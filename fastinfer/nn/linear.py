@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import quantize_weight_per_channel
-from ._common import ComputedWeight, applied_half_dtype, check_float_layer, check_scale, half_on_cpu, via_float32
+from ._common import ComputedWeight, check_float_layer, check_scale, half_on_cpu, via_float32
 from .fused import apply_activation
 
 SCHEMES = ("w8a8_dynamic", "w8a8_static", "w8_only")
@@ -122,7 +122,6 @@ class Int8Linear(ComputedWeight):
         # round them (bf16 keeps 8 bits) and the kernels read fp32.
         here = self.packed_weight.device
         target = fn(torch.empty(0, dtype=torch.int8, device=here)).device
-        self.float_dtype = applied_half_dtype(fn, self.float_dtype, here)
         w = self.int8_weight() if target.type != here.type else None
         fp32 = {name: getattr(self, name) for name in ("weight_scale", "bias", "input_smooth")}
         packed = self.packed_weight

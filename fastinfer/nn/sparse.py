@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops, reference
-from ._common import ComputedWeight, applied_half_dtype, check_float_layer
+from ._common import ComputedWeight, check_float_layer
 
 FORMATS = ("csr16", "csr8", "slot128", "sparse24")
 INT8_FORMATS = ("slot128", "sparse24")
@@ -147,7 +147,7 @@ class SparseLinear(ComputedWeight):
         # an int8 layer for the kernels there (slot128 <-> sparse24; the fp32 layouts run on the CPU only).
         here = self.values.device
         target = fn(torch.empty(0, dtype=torch.int8, device=here)).device
-        self.float_dtype = applied_half_dtype(fn, self.float_dtype, here)
+        self._follow_dtype(fn)
         if target.type != here.type:
             if target.type not in ("cpu", "cuda"):
                 raise ValueError(f"SparseLinear cannot move to '{target}': its kernels run on the CPU and on Hopper GPUs")

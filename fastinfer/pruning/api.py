@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, swap_problem, torch_fast_paths_off
+from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, swap_problem
 from ..nn.fused import LinearAct
 from ..nn.sparse import SparseLinear
 from ..quantization.api import Patterns, _matcher
@@ -81,8 +81,8 @@ def sparsify(model: nn.Module, value_dtype=torch.float32, min_sparsity: float = 
         if inc is not None and not inc(name, mod) or exc is not None and exc(name, mod):
             report.skipped.append((name, "excluded by include/exclude"))
             continue
-        if swap_problem(mod):
-            report.skipped.append((name, swap_problem(mod)))
+        if problem := swap_problem(mod):
+            report.skipped.append((name, problem))
             continue
         w = mod.weight.detach()
         zeros = float((w == 0).sum()) / w.numel()
@@ -98,7 +98,6 @@ def sparsify(model: nn.Module, value_dtype=torch.float32, min_sparsity: float = 
                                                                    else "unstructured"))
         replace_module(model, name, new)  # under every name it has (counted once here)
         report.converted.append((name, zeros, layer.weight.numel() * 4, new.nbytes))
-    torch_fast_paths_off(model)
     model.fastinfer_sparsify_report = report
     if verbose:
         print(report)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, swap_problem, torch_fast_paths_off
+from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, swap_problem
 from ..nn._common import half_dtype_of
 from ..nn.conv import Int8Conv1d, Int8Conv2d
 from ..nn.fused import ConvAct2d, LinearAct
@@ -146,7 +146,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         raise ValueError("scheme 'w8a8_static' needs calib_data: a few batches of representative inputs")
     if calib_data is not None and not isinstance(calib_data, (list, tuple)):
         calib_data = list(calib_data)  # read twice (smoothing, then calibration): materialize once
-    targets, conv1ds = [], []
+    targets, conv1d_originals = [], {}
     for name, mod in model.named_modules():
         kind = layer_kind(mod)
         if kind is None:
@@ -156,8 +156,8 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
                 report.skipped.append((name, f"subclass {type(mod).__name__} of {type(mod).__mro__[1].__name__} "
                                              "(may change forward)"))
             continue
-        if swap_problem(mod):
-            report.skipped.append((name, swap_problem(mod)))
+        if problem := swap_problem(mod):
+            report.skipped.append((name, problem))
         elif inc is not None and not inc(name, mod):
             report.skipped.append((name, "not matched by include"))
         elif exc is not None and exc(name, mod):
@@ -169,7 +169,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         else:
             targets.append((name, kind))
             if is_hf_conv1d(mod):
-                conv1ds.append(name)
+                conv1d_originals[name] = mod
     if not targets:  # nothing to swap (e.g. quantized already): no smoothing or calibration pass either
         model.fastinfer_report = report
         if verbose:
@@ -177,9 +177,8 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         return model
     # transformers' Conv1D layers become the Linear they are, so that smoothing, calibration and the swap see
     # one; one not swapped in the end (skipped, or quantize raised) is put back as it was.
-    conv1d_originals = {name: model.get_submodule(name) for name in conv1ds}
-    for name in conv1ds:
-        replace_module(model, name, linear_from_conv1d(model.get_submodule(name)))
+    for name, conv1d in conv1d_originals.items():
+        replace_module(model, name, linear_from_conv1d(conv1d))
     try:
         smooth = {}
         if smooth_alpha is not None:
@@ -218,7 +217,6 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
             report.rewritten = rewrite_residual_adds(model, report.kept_adds)
         report.chained = chain_int8_convs(model, calib.output_scale)
     adopt_half_dtype(model, half_dtype)
-    torch_fast_paths_off(model)
     model.fastinfer_report = report
     if verbose:
         print(report)

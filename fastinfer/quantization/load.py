@@ -16,7 +16,7 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import nn
 
-from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, torch_fast_paths_off
+from .._swap import is_hf_conv1d, replace_module
 from ..nn._common import half_dtype_of
 from ..nn.add import Int8Add
 from ..nn.conv import Int8Conv1d, Int8Conv2d, conv_padding
@@ -104,7 +104,9 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
     swaps: Dict[str, nn.Module] = {}
     for name, mod in model.named_modules():
         if name and layer_kind(mod) is not None:
-            new = _layer_from_state(linear_from_conv1d(mod) if is_hf_conv1d(mod) else mod, name + ".", sd)
+            # transformers' Conv1D: a stand-in Linear of its shape (on the meta device: no weight copied)
+            view = nn.Linear(*mod.weight.shape, bias=mod.bias is not None, device="meta") if is_hf_conv1d(mod) else mod
+            new = _layer_from_state(view, name + ".", sd)
             if new is not None:
                 swaps[name] = new.to(mod.weight.device)
     if bn_missing and swaps:
@@ -125,6 +127,5 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
                  if isinstance(m, Int8Conv2d)}
         chain_int8_convs(model, {name: v for name, v in saved.items() if v is not None})
     adopt_half_dtype(model, half_dtype)
-    torch_fast_paths_off(model)
     model.load_state_dict(sd, strict=strict)
     return model
