@@ -45,13 +45,15 @@ def linear_from_conv1d(mod: nn.Module) -> nn.Linear:
 
 
 def _fused_paths_off(model: nn.Module, names: List[str]) -> None:
-    """Turns off the fused eval-mode paths of an nn.TransformerEncoderLayer whose feed-forward layer was
-    swapped, and of the nn.TransformerEncoder above it: they read linear1.weight / linear2.weight and compute
-    the layer in one float kernel, which an int8 or sparse layer (no float weight) does not allow. The layer
-    then runs its own forward (attention, then _ff_block calling linear1 and linear2), the same math."""
+    """Turns off the fused eval-mode paths of an nn.TransformerEncoderLayer whose feed-forward layer or
+    self-attention was swapped, and of the nn.TransformerEncoder above it: they read linear1.weight /
+    linear2.weight / self_attn.in_proj_weight and compute the layer in one float kernel, which an int8 or
+    sparse layer (no float weight) does not allow. The layer then runs its own forward (self_attn, then
+    _ff_block calling linear1 and linear2), the same math."""
     def swapped(layer: nn.Module) -> bool:
-        return isinstance(layer, nn.TransformerEncoderLayer) and not all(
-            isinstance(lin, nn.Linear) for lin in (layer.linear1, layer.linear2))
+        return isinstance(layer, nn.TransformerEncoderLayer) and not (
+            all(isinstance(lin, nn.Linear) for lin in (layer.linear1, layer.linear2))
+            and isinstance(layer.self_attn, nn.MultiheadAttention))
 
     for name in names:
         parts = name.split(".")

@@ -10,6 +10,7 @@ Conv1d/2d/3d                           out elements * in_channels/groups * k-ele
 ConvTranspose1d/2d/3d                  in elements * out_channels/groups * k-elems 2 * MACs
 Linear, fastinfer.nn.Int8Linear        out elements * in_features                  2 * MACs
 MultiheadAttention                     q/k/v/out projections + QK^T + attn*V       2 * MACs + 3 per score (softmax)
+fastinfer.nn.ScaledDotProductAttention QK^T + attn*V (its projections are layers)  2 * MACs + 3 per score (softmax)
 BatchNorm (eval: x*scale + shift)      0                                           2 per element
 LayerNorm, GroupNorm, InstanceNorm     0                                           5 per element, +2 if affine
 RMSNorm                                0                                           3 per element, +1 if affine
@@ -43,6 +44,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ._swap import is_hf_conv1d
+from .nn.attention import ScaledDotProductAttention
 from .nn.conv import Int8Conv1d, Int8Conv2d
 from .nn.linear import Int8Linear
 from .nn.sparse import SparseLinear
@@ -110,6 +112,14 @@ def _mha(m, args, kwargs, out):
     return macs, 2 * macs + 3 * n * m.num_heads * tgt * src
 
 
+def _sdpa(m, args, kwargs, out):
+    # fastinfer.nn.ScaledDotProductAttention (SplitMultiheadAttention's core): q [N, heads, L, d], k [N, heads, S, d]
+    q, k = args[0], args[1]
+    scores = q.shape[:-1].numel() * k.shape[-2]
+    macs = 2 * scores * q.shape[-1]  # QK^T and attn @ V
+    return macs, 2 * macs + 3 * scores
+
+
 def _per_element(flops_per_elem: int) -> Callable:
     def count(m, args, kwargs, out):
         return 0, flops_per_elem * out.numel()
@@ -157,7 +167,7 @@ _COUNTERS: Dict[type, Callable] = {
     nn.Conv1d: _conv, nn.Conv2d: _conv, nn.Conv3d: _conv,
     nn.ConvTranspose1d: _conv_transpose, nn.ConvTranspose2d: _conv_transpose, nn.ConvTranspose3d: _conv_transpose,
     nn.Linear: _linear, Int8Linear: _linear, Int8Conv2d: _conv, Int8Conv1d: _conv, SparseLinear: _sparse_linear,
-    nn.MultiheadAttention: _mha,
+    nn.MultiheadAttention: _mha, ScaledDotProductAttention: _sdpa,
     nn.BatchNorm1d: _per_element(2), nn.BatchNorm2d: _per_element(2), nn.BatchNorm3d: _per_element(2),
     nn.SyncBatchNorm: _per_element(2),
     nn.LayerNorm: _norm_with_stats, nn.GroupNorm: _norm_with_stats,

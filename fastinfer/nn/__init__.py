@@ -1,5 +1,6 @@
 """Drop-in quantized replacements for torch.nn layers, and fused float layers."""
 from .add import Int8Add
+from .attention import ScaledDotProductAttention, SplitMultiheadAttention
 from .conv import Int8Conv1d, Int8Conv2d
 from .fused import ConvAct2d, LinearAct
 from .linear import SCHEMES, Int8Linear
@@ -7,4 +8,4 @@ from .pool import Int8MaxPool2d
 from .sparse import SparseLinear
 
 __all__ = ["Int8Linear", "Int8Conv2d", "Int8Conv1d", "SparseLinear", "Int8MaxPool2d", "Int8Add", "ConvAct2d",
-           "LinearAct", "SCHEMES"]
+           "LinearAct", "SplitMultiheadAttention", "ScaledDotProductAttention", "SCHEMES"]

@@ -11,6 +11,7 @@ from torch import nn
 from .. import ops
 from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, swap_problem
 from ..nn._common import half_dtype_of
+from ..nn.attention import PROJECTIONS, SplitMultiheadAttention
 from ..nn.conv import Int8Conv1d, Int8Conv2d
 from ..nn.fused import ConvAct2d, LinearAct
 from ..nn.linear import SCHEMES, Int8Linear, check_scheme
@@ -135,6 +136,10 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     if layer_kind(model) is not None:
         raise TypeError("model is itself a layer; use fastinfer.nn.Int8Linear.from_float(layer) or "
                         "fastinfer.nn.Int8Conv2d.from_float(layer) instead")
+    if isinstance(model, nn.MultiheadAttention):
+        raise TypeError("model is itself an nn.MultiheadAttention: quantize "
+                        "fastinfer.nn.SplitMultiheadAttention.from_float(model) instead (the same layer, its "
+                        "projections as child Linears)")
     if smooth_alpha is not None:
         if cfg.scheme == "w8_only":
             raise ValueError("smooth_alpha (SmoothQuant) needs an int8-activation scheme (w8a8_dynamic or w8a8_static)")
@@ -146,6 +151,21 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         raise ValueError("scheme 'w8a8_static' needs calib_data: a few batches of representative inputs")
     if calib_data is not None and not isinstance(calib_data, (list, tuple)):
         calib_data = list(calib_data)  # read twice (smoothing, then calibration): materialize once
+    # nn.MultiheadAttention applies its projections inside one functional forward: one whose projections
+    # would be quantized becomes a SplitMultiheadAttention (the same function, the projections as child
+    # Linears), which the scan below then finds. One left with no int8 projection is put back (finally).
+    split_originals = {}
+    for name, mod in list(model.named_modules()):
+        if type(mod) is not nn.MultiheadAttention:
+            continue
+        if problem := swap_problem(mod):
+            report.skipped.append((name, f"nn.MultiheadAttention {problem}"))
+            continue
+        split = SplitMultiheadAttention.from_float(mod)
+        if any(_target_problem(f"{name}.{c}", getattr(split, c), "linear", cfg.scheme, inc, exc) is None
+               for c in PROJECTIONS):
+            replace_module(model, name, split)
+            split_originals[name] = mod
     targets, conv1d_originals = [], {}
     for name, mod in model.named_modules():
         kind = layer_kind(mod)
@@ -156,21 +176,14 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
                 report.skipped.append((name, f"subclass {type(mod).__name__} of {type(mod).__mro__[1].__name__} "
                                              "(may change forward)"))
             continue
-        if problem := swap_problem(mod):
+        if problem := _target_problem(name, mod, kind, cfg.scheme, inc, exc):
             report.skipped.append((name, problem))
-        elif inc is not None and not inc(name, mod):
-            report.skipped.append((name, "not matched by include"))
-        elif exc is not None and exc(name, mod):
-            report.skipped.append((name, "matched by exclude"))
-        elif mod.weight.device.type not in ops.LINEAR_DEVICES:
-            report.skipped.append((name, f"on device {mod.weight.device}, unsupported by this build for a {kind}"))
-        elif kind == "conv" and cfg.scheme == "w8_only":
-            report.skipped.append((name, "w8_only has no conv kernel (use w8a8_dynamic or w8a8_static)"))
         else:
             targets.append((name, kind))
             if is_hf_conv1d(mod):
                 conv1d_originals[name] = mod
     if not targets:  # nothing to swap (e.g. quantized already): no smoothing or calibration pass either
+        _put_back(model, split_originals, conv1d_originals)
         model.fastinfer_report = report
         if verbose:
             print(report)
@@ -209,9 +222,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
                 continue
             report.swapped.extend(replace_module(model, name, new))
     finally:
-        for name, original in conv1d_originals.items():
-            if not isinstance(model.get_submodule(name), Int8Linear):
-                replace_module(model, name, original)
+        _put_back(model, split_originals, conv1d_originals)
     if cfg.scheme == "w8a8_static":
         if int8_residuals:
             report.rewritten = rewrite_residual_adds(model, report.kept_adds)
@@ -221,6 +232,33 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     if verbose:
         print(report)
     return model
+
+
+def _target_problem(name: str, mod: nn.Module, kind: str, scheme: str, inc, exc) -> Optional[str]:
+    """Why quantize leaves layer `mod` (of kind 'linear' or 'conv') at `name` as it is, or None."""
+    if problem := swap_problem(mod):
+        return problem
+    if inc is not None and not inc(name, mod):
+        return "not matched by include"
+    if exc is not None and exc(name, mod):
+        return "matched by exclude"
+    if mod.weight.device.type not in ops.LINEAR_DEVICES:
+        return f"on device {mod.weight.device}, unsupported by this build for a {kind}"
+    if kind == "conv" and scheme == "w8_only":
+        return "w8_only has no conv kernel (use w8a8_dynamic or w8a8_static)"
+    return None
+
+
+def _put_back(model: nn.Module, split_originals, conv1d_originals) -> None:
+    """Restores the nn.MultiheadAttention layers none of whose projections became int8, and the transformers
+    Conv1D layers that were not swapped (skipped, or quantize raised)."""
+    for name, original in conv1d_originals.items():
+        if not isinstance(model.get_submodule(name), Int8Linear):
+            replace_module(model, name, original)
+    for name, original in split_originals.items():
+        split = model.get_submodule(name)
+        if not any(isinstance(getattr(split, c), Int8Linear) for c in PROJECTIONS):
+            replace_module(model, name, original)
 
 
 def _calibrate(model: nn.Module, calib_data, observer: str, smooth, verbose: bool):

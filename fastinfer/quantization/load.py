@@ -19,6 +19,7 @@ from torch import nn
 from .._swap import is_hf_conv1d, replace_module
 from ..nn._common import half_dtype_of
 from ..nn.add import Int8Add
+from ..nn.attention import SplitMultiheadAttention
 from ..nn.conv import Int8Conv1d, Int8Conv2d, conv_padding
 from ..nn.linear import Int8Linear
 from ..nn.sparse import FORMATS, INT8_FORMATS, SparseLinear
@@ -101,6 +102,12 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
     bn_missing = [n for n, m in model.named_modules()
                   if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
                   and f"{n}.running_mean" not in sd]
+    # An nn.MultiheadAttention that quantize split (its projections saved under q_proj, k_proj ...): split again.
+    split = {k.rpartition(".q_proj.")[0] for k in sd if isinstance(k, str) and ".q_proj." in k}
+    mha_originals = {name: mod for name, mod in model.named_modules()
+                     if type(mod) is nn.MultiheadAttention and name in split}
+    for name, mod in mha_originals.items():
+        replace_module(model, name, SplitMultiheadAttention.from_float(mod))
     swaps: Dict[str, nn.Module] = {}
     for name, mod in model.named_modules():
         if name and layer_kind(mod) is not None:
@@ -110,6 +117,8 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
             if new is not None:
                 swaps[name] = new.to(mod.weight.device)
     if bn_missing and swaps:
+        for name, mod in mha_originals.items():
+            replace_module(model, name, mod)  # the model as it came
         raise ValueError(f"the file has no BatchNorm statistics for {', '.join(bn_missing[:3])}"
                          f"{' ...' if len(bn_missing) > 3 else ''}: the quantized model was fused; call "
                          "fastinfer.fuse(model) (eval mode; with example_inputs where a BatchNorm1d was folded "
