@@ -34,6 +34,17 @@ def test_int8_mm_kn_sweep(isa, K, N):
     assert_served("int8_gemm", isa)
 
 
+@pytest.mark.parametrize("M,K,N", [(4, 13, 64), (5, 255, 100), (129, 513, 80), (300, 36, 1000), (257, 1000, 65)])
+def test_int8_mm_weights_without_min128(isa, M, K, N):
+    # Weights in [-127, 127] (as fastinfer's quantizers make them) take AVX2's exact vpmaddubsw step, on rows
+    # prepared once per range from 4 rows and 64 columns (chunks of 128 rows: M = 129, 257, 300 cross them).
+    a, b = rand_i8(M, K), torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    a[:, :3] = -128
+    b[:, -2:] = -127
+    torch.testing.assert_close(ops.int8_mm(a, ops.pack_int8_weight(b), N), ref.int8_mm(a, b), rtol=0, atol=0)
+    assert_served("int8_gemm", isa)
+
+
 @pytest.mark.parametrize("fill_a,fill_b", [(-128, -128), (127, -128), (-128, 127), (127, 127), (0, -128)])
 def test_int8_mm_extremes(isa, fill_a, fill_b):
     # The largest |accumulators|: every product at its extreme (K = 1000 keeps it inside int32).

@@ -46,6 +46,9 @@ struct VnniDot {
   static Row row(__m256i group) {  // an s8 input is flipped to u8 here: one xor per broadcast group
     return {S8 ? _mm256_xor_si256(group, _mm256_set1_epi8(static_cast<char>(0x80))) : group};
   }
+  static constexpr int kGroupBytes = 4;
+  template <bool S8>
+  static Row load(const uint8_t* p) { return row<S8>(bcast_u8x4(p)); }
   static __m256i step(__m256i acc, const Row& r, __m256i b) { return _mm256_dpbusd_avx_epi32(acc, r.u8, b); }
 };
 

@@ -10,6 +10,8 @@
 //   static constexpr int kWide[3];    // blocks of the 1- and 2-row tiles (kWide[1], kWide[2])
 //   struct Row;                       // one row's broadcast 4-byte group, ready for step
 //   template <bool S8> static Row row(__m256i group);  // group as stored: s8 (S8) or u8 = s8 + 128
+//   static constexpr int kGroupBytes;  // bytes of a row's operand per 4-byte group (4; 8 prepared: avx2.cc)
+//   template <bool S8> static Row load(const uint8_t* p);  // the row of the group stored at p
 //   static __m256i step(__m256i acc, const Row& r, __m256i b);  // acc += 4-byte dot products per column
 //
 // Why a header with intrinsics (STYLE.md keeps intrinsics out of shared headers): as avx512_common.h, so
@@ -148,8 +150,8 @@ inline void epilogue8(const Int8GemmParams& p, const Cols8& c, int64_t m, __m256
   }
 }
 
-// mr rows x nb blocks. Row i's K bytes are read in `taps` runs of cq 4-byte groups: run t at
-// a0 + tap_off[t] + i * lda (a GEMM: one run of K_pad / 4 groups at its row; a direct convolution: one
+// mr rows x nb blocks. Row i's K bytes are read in `taps` runs of cq 4-byte groups (Dot::kGroupBytes each as
+// stored): run t at a0 + tap_off[t] + i * lda (a GEMM: one run of K_pad / 4 groups at its row; a direct convolution: one
 // run per tap, pixels SW * C bytes apart). B advances 64 bytes per group through all runs.
 // S8: a0 holds s8 (an unpadded int8 input read in place); otherwise u8 = s8 + 128.
 template <class Dot, int mr, int nb, bool S8>
@@ -162,14 +164,14 @@ void ymm_tile(const Int8GemmParams& p, const int64_t* tap_off, int64_t taps, int
   const int8_t* b = p.b + (n / kPackNB) * block_stride;
   for (int64_t t = 0; t < taps; ++t) {
     const uint8_t* a = a0 + tap_off[t];
-    for (int64_t q = 0; q < cq; ++q, a += kPackKB, b += 64) {
+    for (int64_t q = 0; q < cq; ++q, a += Dot::kGroupBytes, b += 64) {
       __m256i bv[2 * nb];
 #pragma GCC unroll 8
       for (int j = 0; j < 2 * nb; ++j)
         bv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + (j / 2) * block_stride + 32 * (j % 2)));
 #pragma GCC unroll 6
       for (int i = 0; i < mr; ++i) {
-        const typename Dot::Row r = Dot::template row<S8>(bcast_u8x4(a + i * lda));
+        const typename Dot::Row r = Dot::template load<S8>(a + i * lda);
 #pragma GCC unroll 8
         for (int j = 0; j < 2 * nb; ++j) acc[i][j] = Dot::step(acc[i][j], r, bv[j]);
       }

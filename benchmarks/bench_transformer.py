@@ -1,0 +1,84 @@
+"""Whole transformer encoders built from torch's nn.TransformerEncoderLayer (nn.MultiheadAttention inside):
+what quantizing the attention projections adds to quantizing the feed-forward layers.
+
+    python benchmarks/bench_transformer.py [--threads 2] [--min-time 1.0] [--json out.json]
+
+For each model and batch, timed in one run (eval, inference_mode, median of whole forwards):
+  fp32              the float model, torch's fused fast path on (its fastest float form)
+  int8 ffn only     fastinfer.quantize(w8a8_dynamic, exclude="*.self_attn.*"): linear1/linear2 int8, attention float
+  int8 all          fastinfer.quantize(w8a8_dynamic): also q/k/v/out projections (SplitMultiheadAttention)
+  torch.ao dynamic  torch.ao.quantization.quantize_dynamic on nn.Linear (it leaves attention's out_proj float; it
+                    runs with torch's MHA fast path off: with the fast path its quantized encoder fails in eval)
+Cosine similarity of each int8 output with fp32's is printed next to it. Speedups are over fp32.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine_info, time_call, write_json  # noqa: E402
+
+import fastinfer  # noqa: E402
+
+# (name, d_model, heads, ffn, layers, sequence length)
+MODELS = [("bert-small-like", 512, 8, 2048, 4, 128), ("vit-s16-like", 384, 6, 1536, 4, 197)]
+BATCHES = (1, 8)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-time", type=float, default=1.0, help="seconds of timed forwards per case (at least)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    info = machine_info(args.threads)
+    print(f"# {info['cpu']} | fastinfer ISA {info['isa_active']} | threads {args.threads} | torch {info['torch']} "
+          f"| {info['date']}")
+    print(f"{'model':16} {'batch':>5}  {'impl':18} {'median ms':>10} {'p90':>9} {'speedup':>8} {'cosine':>8}")
+    rows = []
+    for name, d, heads, ffn, layers, seq in MODELS:
+        torch.manual_seed(0)
+        layer = nn.TransformerEncoderLayer(d, heads, ffn, batch_first=True, dropout=0.0, activation="gelu")
+        enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False).eval()
+        ffn_only = fastinfer.quantize(copy.deepcopy(enc), "w8a8_dynamic", exclude="*.self_attn.*")
+        full = fastinfer.quantize(copy.deepcopy(enc), "w8a8_dynamic")
+        assert isinstance(full.layers[0].self_attn.q_proj, fastinfer.nn.Int8Linear)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tao = torch.ao.quantization.quantize_dynamic(copy.deepcopy(enc), {nn.Linear}, dtype=torch.qint8)
+        for batch in BATCHES:
+            x = torch.randn(batch, seq, d)
+            with torch.inference_mode():
+                want = enc(x)
+                cases = [("fp32", enc, True), ("int8 ffn only", ffn_only, True), ("int8 all", full, True),
+                         ("torch.ao dynamic", tao, False)]
+                base = None
+                for impl, model, fastpath in cases:
+                    torch.backends.mha.set_fastpath_enabled(fastpath)
+                    try:
+                        cos = F.cosine_similarity(model(x).flatten(), want.flatten(), dim=0).item()
+                        t = time_call(lambda: model(x), min_time_s=args.min_time, min_iters=5, warmup=2)
+                    finally:
+                        torch.backends.mha.set_fastpath_enabled(True)
+                    base = base or t["median_ms"]
+                    row = {"model": name, "batch": batch, "seq": seq, "d_model": d, "layers": layers, "impl": impl,
+                           **t, "speedup_vs_fp32": base / t["median_ms"], "cosine_vs_fp32": cos}
+                    rows.append(row)
+                    print(f"{name:16} {batch:5d}  {impl:18} {t['median_ms']:10.3f} {t['p90_ms']:9.3f} "
+                          f"{row['speedup_vs_fp32']:7.2f}x {cos:8.5f}")
+    if args.json:
+        write_json(args.json, {"machine": info, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
