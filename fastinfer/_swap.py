@@ -1,7 +1,7 @@
 """Swapping a layer for its fastinfer version, wherever the model holds it."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -44,23 +44,45 @@ def linear_from_conv1d(mod: nn.Module) -> nn.Linear:
     return lin
 
 
+def _swapped(layer: nn.Module) -> bool:
+    """An nn.TransformerEncoderLayer whose fused eval path would read a float weight that is no longer there."""
+    return isinstance(layer, nn.TransformerEncoderLayer) and not (
+        all(isinstance(lin, nn.Linear) for lin in (layer.linear1, layer.linear2))
+        and isinstance(layer.self_attn, nn.MultiheadAttention))
+
+
+def fused_path_flags(model: nn.Module) -> Dict[nn.Module, Tuple[str, object]]:
+    """The flags _fused_paths_off may turn off, as they are now (for restore_fused_paths)."""
+    flags = {}
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoderLayer):
+            flags[m] = ("activation_relu_or_gelu", m.activation_relu_or_gelu)
+        elif isinstance(m, nn.TransformerEncoder) and hasattr(m, "use_nested_tensor"):
+            flags[m] = ("use_nested_tensor", m.use_nested_tensor)
+    return flags
+
+
+def restore_fused_paths(flags: Dict[nn.Module, Tuple[str, object]]) -> None:
+    """Puts back the flags of fused_path_flags on the layers and encoders that hold no swapped layer (any
+    more): a quantize that raised, or put every layer of an encoder back, leaves it computing as before."""
+    for m, (attr, value) in flags.items():
+        layers = m.layers if isinstance(m, nn.TransformerEncoder) else [m]
+        if not any(_swapped(layer) for layer in layers):
+            setattr(m, attr, value)
+
+
 def _fused_paths_off(model: nn.Module, names: List[str]) -> None:
     """Turns off the fused eval-mode paths of an nn.TransformerEncoderLayer whose feed-forward layer or
     self-attention was swapped, and of the nn.TransformerEncoder above it: they read linear1.weight /
     linear2.weight / self_attn.in_proj_weight and compute the layer in one float kernel, which an int8 or
     sparse layer (no float weight) does not allow. The layer then runs its own forward (self_attn, then
     _ff_block calling linear1 and linear2), the same math."""
-    def swapped(layer: nn.Module) -> bool:
-        return isinstance(layer, nn.TransformerEncoderLayer) and not (
-            all(isinstance(lin, nn.Linear) for lin in (layer.linear1, layer.linear2))
-            and isinstance(layer.self_attn, nn.MultiheadAttention))
-
     for name in names:
         parts = name.split(".")
         for ancestor in (model.get_submodule(".".join(parts[:i])) for i in range(len(parts))):
-            if swapped(ancestor):
+            if _swapped(ancestor):
                 ancestor.activation_relu_or_gelu = 0  # only the fused path reads it (its "not relu/gelu" exit)
-            elif isinstance(ancestor, nn.TransformerEncoder) and any(swapped(layer) for layer in ancestor.layers):
+            elif isinstance(ancestor, nn.TransformerEncoder) and any(_swapped(layer) for layer in ancestor.layers):
                 ancestor.use_nested_tensor = False  # its nested-tensor path reads layers[0].linear1.weight too
 
 

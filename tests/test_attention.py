@@ -297,3 +297,61 @@ def test_export_quantized_encoder_layer():
     ep = torch.export.export(q, (x,))
     with torch.inference_mode():
         torch.testing.assert_close(ep.module()(x), q(x))
+
+
+def test_quantize_that_keeps_attention_float_leaves_fast_paths_as_they_were():
+    # The split is tried before calibration: a quantize that raises, or whose calibration never calls the encoder,
+    # puts the attention back and turns torch's fused paths back on (padded rows stay zero, outputs unchanged).
+    enc = _encoder(enable_nested_tensor=True)
+    x = torch.randn(2, 5, E)
+    pad = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    with torch.inference_mode():
+        want = enc(x, src_key_padding_mask=pad)
+    a = copy.deepcopy(enc)
+    with pytest.raises(ValueError, match="last dimension must be 32"):
+        fastinfer.quantize(a, "w8a8_static", calib_data=[torch.randn(2, 5, 7)])
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.head = copy.deepcopy(enc), nn.Linear(E, 4)
+
+        def forward(self, h):
+            return self.head(h)
+    b = fastinfer.quantize(Head().eval(), "w8a8_static", calib_data=[torch.randn(2, E)])
+    for model in (a, b.enc):
+        assert type(model.layers[0].self_attn) is nn.MultiheadAttention
+        assert model.use_nested_tensor and model.layers[0].activation_relu_or_gelu == 1
+        with torch.inference_mode():
+            assert torch.equal(model(x, src_key_padding_mask=pad), want)
+
+
+def test_hand_built_split_attention_takes_the_encoders_nested_input():
+    # Set by hand (not through quantize), the encoder still hands its layers a nested batch with a padding mask.
+    enc = _encoder(enable_nested_tensor=True)
+    x = torch.randn(2, 5, E)
+    pad = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    with torch.inference_mode():
+        want = enc(x, src_key_padding_mask=pad)
+        for layer in enc.layers:
+            layer.self_attn = SplitMultiheadAttention.from_float(layer.self_attn)
+        got = enc(x, src_key_padding_mask=pad)
+        torch.testing.assert_close(got[~pad], want[~pad], rtol=1e-5, atol=1e-5)
+        nested = torch.nested.nested_tensor([torch.randn(3, E), torch.randn(5, E)])
+        with pytest.raises(ValueError, match="batch-first self-attention only"):
+            enc.layers[0].self_attn(nested, torch.randn(2, 5, E), nested)
+
+
+def test_report_names_attention_left_float_once():
+    enc = _encoder(layers=1)
+    q = fastinfer.quantize(copy.deepcopy(enc), "w8a8_dynamic", exclude="*self_attn*")
+    assert q.fastinfer_report.skipped == [("layers.0.self_attn", "nn.MultiheadAttention left as it is: its "
+                                                                 "projections matched by exclude")]
+
+    class MyAttention(nn.MultiheadAttention):
+        pass
+    model = nn.ModuleDict({"attn": MyAttention(E, H), "fc": nn.Linear(E, E)})
+    q = fastinfer.quantize(model, "w8a8_dynamic")
+    assert q.fastinfer_report.swapped == ["fc"] and type(q["attn"]) is MyAttention
+    assert q.fastinfer_report.skipped == [("attn", "subclass MyAttention of nn.MultiheadAttention (may change "
+                                                   "forward): left float")]

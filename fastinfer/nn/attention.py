@@ -138,6 +138,9 @@ class SplitMultiheadAttention(nn.Module):
                 need_weights: bool = True, attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         """As nn.MultiheadAttention.forward: (output, attention weights or None)."""
+        if isinstance(query, Tensor) and query.is_nested:
+            return self._nested_forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                        average_attn_weights, is_causal)
         batched = self._check_inputs(query, key, value, key_padding_mask, attn_mask)
         if not batched:  # [L, E]: a batch of one, batch first
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -196,6 +199,25 @@ class SplitMultiheadAttention(nn.Module):
             out = out.squeeze(0)
             weights = weights.squeeze(0) if weights is not None else None
         return out, weights
+
+    def _nested_forward(self, x, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                        is_causal):
+        """A nested batch of sequences [N, (L_i), E]: what nn.TransformerEncoder passes its layers (in eval,
+        with a padding mask, where it built its fast path for torch's attention). Self-attention over each
+        sequence: padded to the longest, the padding masked out of the keys, the output nested again."""
+        if key is not x or value is not x or not self.batch_first or x.dim() != 3:
+            raise ValueError("a nested tensor input is taken for batch-first self-attention only (query, key and "
+                             "value the same 3-D nested tensor, as nn.TransformerEncoder passes it)")
+        if key_padding_mask is not None or attn_mask is not None or is_causal:
+            raise ValueError("a nested tensor input carries its own padding: key_padding_mask, attn_mask and "
+                             "is_causal must be None / False with it")
+        lengths = [t.shape[0] for t in x.unbind()]
+        padded = torch.nested.to_padded_tensor(x, 0.0)
+        pad = torch.arange(padded.shape[1], device=padded.device)[None, :] >= torch.tensor(lengths,
+                                                                                          device=padded.device)[:, None]
+        out, weights = self.forward(padded, padded, padded, key_padding_mask=pad, need_weights=need_weights,
+                                    average_attn_weights=average_attn_weights)
+        return torch.nested.nested_tensor([o[:n] for o, n in zip(out.unbind(), lengths)]), weights
 
     def _check_inputs(self, query, key, value, key_padding_mask, attn_mask) -> bool:
         """Shapes as nn.MultiheadAttention takes them, with errors that name the argument. Returns batched."""

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from .. import ops
-from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, swap_problem
+from .._swap import (fused_path_flags, is_hf_conv1d, linear_from_conv1d, replace_module, restore_fused_paths,
+                     swap_problem)
 from ..nn._common import half_dtype_of
 from ..nn.attention import PROJECTIONS, SplitMultiheadAttention
 from ..nn.conv import Int8Conv1d, Int8Conv2d
@@ -151,28 +152,15 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         raise ValueError("scheme 'w8a8_static' needs calib_data: a few batches of representative inputs")
     if calib_data is not None and not isinstance(calib_data, (list, tuple)):
         calib_data = list(calib_data)  # read twice (smoothing, then calibration): materialize once
-    # nn.MultiheadAttention applies its projections inside one functional forward: one whose projections
-    # would be quantized becomes a SplitMultiheadAttention (the same function, the projections as child
-    # Linears), which the scan below then finds. One left with no int8 projection is put back (finally).
-    split_originals = {}
-    for name, mod in list(model.named_modules()):
-        if type(mod) is not nn.MultiheadAttention:
-            continue
-        if problem := swap_problem(mod):
-            report.skipped.append((name, f"nn.MultiheadAttention {problem}"))
-            continue
-        split = SplitMultiheadAttention.from_float(mod)
-        if any(_target_problem(f"{name}.{c}", getattr(split, c), "linear", cfg.scheme, inc, exc) is None
-               for c in PROJECTIONS):
-            replace_module(model, name, split)
-            split_originals[name] = mod
+    fused_flags = fused_path_flags(model)  # put back as they were where no layer ends up swapped
+    split_originals, kept_attention = _split_attention(model, cfg.scheme, inc, exc, report)
     targets, conv1d_originals = [], {}
     for name, mod in model.named_modules():
         kind = layer_kind(mod)
         if kind is None:
             if isinstance(mod, (Int8Linear, Int8Conv2d)):
                 report.skipped.append((name, "already quantized"))
-            elif isinstance(mod, (nn.Linear, nn.Conv2d, nn.Conv1d)):
+            elif isinstance(mod, (nn.Linear, nn.Conv2d, nn.Conv1d)) and name not in kept_attention:
                 report.skipped.append((name, f"subclass {type(mod).__name__} of {type(mod).__mro__[1].__name__} "
                                              "(may change forward)"))
             continue
@@ -183,7 +171,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
             if is_hf_conv1d(mod):
                 conv1d_originals[name] = mod
     if not targets:  # nothing to swap (e.g. quantized already): no smoothing or calibration pass either
-        _put_back(model, split_originals, conv1d_originals)
+        _put_back(model, split_originals, conv1d_originals, fused_flags)
         model.fastinfer_report = report
         if verbose:
             print(report)
@@ -222,7 +210,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
                 continue
             report.swapped.extend(replace_module(model, name, new))
     finally:
-        _put_back(model, split_originals, conv1d_originals)
+        _put_back(model, split_originals, conv1d_originals, fused_flags)
     if cfg.scheme == "w8a8_static":
         if int8_residuals:
             report.rewritten = rewrite_residual_adds(model, report.kept_adds)
@@ -249,9 +237,39 @@ def _target_problem(name: str, mod: nn.Module, kind: str, scheme: str, inc, exc)
     return None
 
 
-def _put_back(model: nn.Module, split_originals, conv1d_originals) -> None:
-    """Restores the nn.MultiheadAttention layers none of whose projections became int8, and the transformers
-    Conv1D layers that were not swapped (skipped, or quantize raised)."""
+def _split_attention(model: nn.Module, scheme: str, inc, exc, report: QuantizationReport):
+    """nn.MultiheadAttention applies its projections inside one functional forward: one whose projections
+    would be quantized becomes a SplitMultiheadAttention (the same function, the projections as child
+    Linears), which quantize's scan then finds; the others are reported here, once, with the reason. Returns
+    ({name: original} of the split layers, names of the out_proj layers of attention left as it is, which the
+    scan does not report again)."""
+    split_originals, kept = {}, set()
+    for name, mod in list(model.named_modules()):
+        if not isinstance(mod, nn.MultiheadAttention):
+            continue
+        problem = None
+        if type(mod) is not nn.MultiheadAttention:
+            problem = f"subclass {type(mod).__name__} of nn.MultiheadAttention (may change forward): left float"
+        elif problem := swap_problem(mod):
+            problem = f"nn.MultiheadAttention {problem}"
+        else:
+            split = SplitMultiheadAttention.from_float(mod)
+            reasons = [_target_problem(f"{name}.{c}", getattr(split, c), "linear", scheme, inc, exc)
+                       for c in PROJECTIONS]
+            if any(r is None for r in reasons):
+                replace_module(model, name, split)
+                split_originals[name] = mod
+                continue
+            problem = f"nn.MultiheadAttention left as it is: its projections {reasons[0]}"
+        report.skipped.append((name, problem))
+        kept.add(f"{name}.out_proj")
+    return split_originals, kept
+
+
+def _put_back(model: nn.Module, split_originals, conv1d_originals, fused_flags) -> None:
+    """Restores the nn.MultiheadAttention layers none of whose projections became int8, the transformers
+    Conv1D layers that were not swapped (skipped, or quantize raised), and torch's fused transformer paths
+    where no layer is swapped after all."""
     for name, original in conv1d_originals.items():
         if not isinstance(model.get_submodule(name), Int8Linear):
             replace_module(model, name, original)
@@ -259,6 +277,7 @@ def _put_back(model: nn.Module, split_originals, conv1d_originals) -> None:
         split = model.get_submodule(name)
         if not any(isinstance(getattr(split, c), Int8Linear) for c in PROJECTIONS):
             replace_module(model, name, original)
+    restore_fused_paths(fused_flags)
 
 
 def _calibrate(model: nn.Module, calib_data, observer: str, smooth, verbose: bool):
