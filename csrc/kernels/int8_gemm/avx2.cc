@@ -172,8 +172,10 @@ void conv_direct_avx2(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_
 // Weight-only: half h of a 16-column block (8 columns); acc[c] lanes = 2 columns x 4 k.
 template <int mr>
 void w8_tile(const W8GemmParams& p, int64_t m, int64_t n, int half) {
-  __m256 acc[mr][4];
+  __m256 acc[mr][4];  // every loop over it unrolled (w8_panel_tile)
+#pragma GCC unroll 2
   for (int i = 0; i < mr; ++i)
+#pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) acc[i][c] = _mm256_setzero_ps();
   const int8_t* b = p.b + (n / kPackNB) * p.K_pad * kPackNB + 32 * half;
   const float* a = p.a + m * p.lda;
@@ -182,22 +184,27 @@ void w8_tile(const W8GemmParams& p, int64_t m, int64_t n, int half) {
   const __m128i tail_mask = _mm_setr_epi32(rem > 0 ? -1 : 0, rem > 1 ? -1 : 0, rem > 2 ? -1 : 0, 0);
   for (int64_t q = 0; q < kq; ++q) {
     __m256 bf[4];
+#pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) {
       int64_t w8;
       std::memcpy(&w8, b + q * 64 + 8 * c, 8);
       bf[c] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(w8)));
     }
+#pragma GCC unroll 2
     for (int i = 0; i < mr; ++i) {
       const float* ap = a + i * p.lda + q * 4;
       const __m128 a4 = q < kq_full ? _mm_loadu_ps(ap) : _mm_maskload_ps(ap, tail_mask);
       const __m256 av = _mm256_set_m128(a4, a4);
+#pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) acc[i][c] = _mm256_fmadd_ps(av, bf[c], acc[i][c]);
     }
   }
   const int64_t col0 = n + 8 * half;
   const int64_t valid = std::min<int64_t>(8, p.N - col0);
+#pragma GCC unroll 2
   for (int i = 0; i < mr; ++i) {
     alignas(32) float t[32];  // t[4 * col + k]
+#pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) _mm256_store_ps(t + 8 * c, acc[i][c]);
     for (int64_t j = 0; j < valid; ++j) {
       const float* s = t + 4 * j;
@@ -208,8 +215,96 @@ void w8_tile(const W8GemmParams& p, int64_t m, int64_t n, int half) {
   }
 }
 
+// Weight-only on a float panel: a 16-column block's weights converted to fp32 once per call range, k-major
+// (panel[k][16]), then tiles of kW8PanelMR rows x 16 columns, one broadcast activation per row and k times
+// two panel vectors: 12 FMAs per 8 loads, no conversion in the loop. (w8_tile converts each weight in its
+// loop for 1 or 2 rows.) Ranges of kW8PanelRows rows and more take the panel.
+// 15 ymm: 6 rows x 2 accumulators + 2 weight vectors + 1 broadcast.
+constexpr int kW8PanelMR = 6;
+constexpr int64_t kW8PanelRows = 4;
+static_assert(kW8PanelMR * 2 + 2 + 1 <= 16, "w8 panel tile does not fit 16 ymm registers");
+
+// Block n / 16 of the packed weight -> panel[k * 16 + j] = W[n + j, k] as float, k < K_pad.
+void w8_panel(const W8GemmParams& p, int64_t n, float* panel) {
+  // In a 16-byte quarter (4 columns x 4 k), bytes c * 4 + t -> t * 4 + c: dword t of the quarter holds k = t.
+  const __m128i kmajor = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const int8_t* b = p.b + (n / kPackNB) * p.K_pad * kPackNB;
+  for (int64_t q = 0; q < p.K_pad / kPackKB; ++q, b += 64, panel += 64) {
+    __m128i v[4];
+    for (int c = 0; c < 4; ++c)
+      v[c] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16 * c)), kmajor);
+    // 4 x 4 transpose of dwords: row t = (quarter 0's k = t, quarter 1's, quarter 2's, quarter 3's)
+    const __m128i t01 = _mm_unpacklo_epi32(v[0], v[1]), t23 = _mm_unpacklo_epi32(v[2], v[3]);
+    const __m128i h01 = _mm_unpackhi_epi32(v[0], v[1]), h23 = _mm_unpackhi_epi32(v[2], v[3]);
+    const __m128i rows[4] = {_mm_unpacklo_epi64(t01, t23), _mm_unpackhi_epi64(t01, t23), _mm_unpacklo_epi64(h01, h23),
+                             _mm_unpackhi_epi64(h01, h23)};
+    for (int t = 0; t < 4; ++t) {
+      _mm256_storeu_ps(panel + 16 * t, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(rows[t])));
+      _mm256_storeu_ps(panel + 16 * t + 8, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(rows[t], 8))));
+    }
+  }
+}
+
+// Every loop over acc is unrolled: one indexed at run time puts the array in memory, and GCC then stored all
+// 12 accumulators every k (2.3x slower).
+template <int mr>
+void w8_panel_tile(const W8GemmParams& p, const float* panel, int64_t m, int64_t n) {
+  __m256 acc[mr][2];
+#pragma GCC unroll 6
+  for (int i = 0; i < mr; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  const float* a = p.a + m * p.lda;
+  const int64_t K = p.K, lda = p.lda;
+  for (int64_t k = 0; k < K; ++k, panel += 16) {
+    const __m256 b0 = _mm256_loadu_ps(panel), b1 = _mm256_loadu_ps(panel + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < mr; ++i) {
+      const __m256 av = _mm256_broadcast_ss(a + i * lda + k);
+      acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+    }
+  }
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; ++h) {
+    const int64_t col = n + 8 * h;
+    const int valid = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(8, p.N - col)));
+    if (valid == 0) continue;
+    const __m256i mask = lane_mask(valid);
+    const __m256 scale = _mm256_maskload_ps(p.b_scale + col, mask);
+    const __m256 bias = p.bias ? _mm256_maskload_ps(p.bias + col, mask) : _mm256_setzero_ps();
+#pragma GCC unroll 6
+    for (int i = 0; i < mr; ++i) {
+      __m256 y = _mm256_mul_ps(acc[i][h], scale);
+      if (p.bias) y = _mm256_add_ps(y, bias);
+      const int64_t idx = (m + i) * p.ldo + col;
+      if (p.out_kind == OutKind::BFloat16)
+        store_bytes(static_cast<uint16_t*>(p.out) + idx, to_bf16x8(y), 2 * valid);
+      else if (valid == 8)
+        _mm256_storeu_ps(static_cast<float*>(p.out) + idx, y);
+      else
+        _mm256_maskstore_ps(static_cast<float*>(p.out) + idx, mask, y);
+    }
+  }
+}
+
+template <size_t... I>
+constexpr std::array<void (*)(const W8GemmParams&, const float*, int64_t, int64_t), sizeof...(I)> w8_panel_tiles(
+    std::index_sequence<I...>) {
+  return {{&w8_panel_tile<static_cast<int>(I) + 1>...}};
+}
+
 void w8_gemm_avx2(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   n1 = std::min(n1, round_up(p.N, kPackNB));
+  if (m1 - m0 >= kW8PanelRows) {
+    static constexpr auto tiles = w8_panel_tiles(std::make_index_sequence<kW8PanelMR>{});
+    thread_local std::vector<float> panel;
+    panel.resize(static_cast<size_t>(p.K_pad * 16));
+    for (int64_t n = n0; n < n1; n += 16) {
+      w8_panel(p, n, panel.data());
+      for (int64_t m = m0; m < m1; m += kW8PanelMR)
+        tiles[std::min<int64_t>(kW8PanelMR, m1 - m) - 1](p, panel.data(), m, n);
+    }
+    return;
+  }
   for (int64_t n = n0; n < n1; n += 16)
     for (int half = 0; half < 2 && n + 8 * half < p.N; ++half)
       for (int64_t m = m0; m < m1; m += kW8MR) {
