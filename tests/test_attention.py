@@ -262,7 +262,8 @@ def test_split_attention_bad_input():
         ((x, torch.randn(2, 5, 16), x), {}, "key's last dimension must be 32"),
         ((x, torch.randn(2, 6, E), x), {}, "same sequence and batch sizes"),
         ((x, torch.randn(3, 5, E), torch.randn(3, 5, E)), {}, "same batch size"),
-        ((x, x, x), {"key_padding_mask": torch.zeros(2, 4, dtype=torch.bool)}, r"key_padding_mask must have shape \(2, 5\)"),
+        ((x, x, x), {"key_padding_mask": torch.zeros(2, 4, dtype=torch.bool)},
+         r"key_padding_mask must have shape \(2, 5\)"),
         ((x, x, x), {"key_padding_mask": torch.zeros(5, dtype=torch.bool)}, "key_padding_mask must be 2-D"),
         ((x, x, x), {"attn_mask": torch.zeros(4, 5)}, r"attn_mask must have shape \(5, 5\)"),
         ((x, x, x), {"attn_mask": torch.zeros(2, 5, 5)}, r"attn_mask must have shape \(8, 5, 5\)"),
@@ -355,3 +356,17 @@ def test_report_names_attention_left_float_once():
     assert q.fastinfer_report.swapped == ["fc"] and type(q["attn"]) is MyAttention
     assert q.fastinfer_report.skipped == [("attn", "subclass MyAttention of nn.MultiheadAttention (may change "
                                                    "forward): left float")]
+
+
+def test_quantize_raising_in_the_scan_puts_attention_back():
+    # The include callable raises after the attention was split (during the layer scan): undone too.
+    enc = _encoder(enable_nested_tensor=True)
+
+    def include(name, mod):
+        if name.endswith("linear2"):
+            raise RuntimeError("user callable failed")
+        return True
+    with pytest.raises(RuntimeError, match="user callable failed"):
+        fastinfer.quantize(enc, "w8a8_dynamic", include=include)
+    assert all(type(layer.self_attn) is nn.MultiheadAttention for layer in enc.layers)
+    assert enc.use_nested_tensor and enc.layers[0].activation_relu_or_gelu == 1

@@ -170,7 +170,8 @@ class SplitMultiheadAttention(nn.Module):
         if attn_mask is not None:
             want = (tgt, src) if attn_mask.dim() == 2 else (n * self.num_heads, tgt, src)
             if tuple(attn_mask.shape) != want:
-                raise ValueError(f"attn_mask must have shape {want} ({attn_mask.dim()}-D), got {tuple(attn_mask.shape)}")
+                raise ValueError(f"attn_mask must have shape {want} ({attn_mask.dim()}-D), got "
+                                 f"{tuple(attn_mask.shape)}")
             attn_mask = attn_mask.reshape(-1, self.num_heads, tgt, src) if attn_mask.dim() == 3 else attn_mask
 
         if self.bias_k is not None:  # one more key/value position, attended by every query

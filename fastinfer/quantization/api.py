@@ -152,35 +152,37 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         raise ValueError("scheme 'w8a8_static' needs calib_data: a few batches of representative inputs")
     if calib_data is not None and not isinstance(calib_data, (list, tuple)):
         calib_data = list(calib_data)  # read twice (smoothing, then calibration): materialize once
-    fused_flags = fused_path_flags(model)  # put back as they were where no layer ends up swapped
-    split_originals, kept_attention = _split_attention(model, cfg.scheme, inc, exc, report)
-    targets, conv1d_originals = [], {}
-    for name, mod in model.named_modules():
-        kind = layer_kind(mod)
-        if kind is None:
-            if isinstance(mod, (Int8Linear, Int8Conv2d)):
-                report.skipped.append((name, "already quantized"))
-            elif isinstance(mod, (nn.Linear, nn.Conv2d, nn.Conv1d)) and name not in kept_attention:
-                report.skipped.append((name, f"subclass {type(mod).__name__} of {type(mod).__mro__[1].__name__} "
-                                             "(may change forward)"))
-            continue
-        if problem := _target_problem(name, mod, kind, cfg.scheme, inc, exc):
-            report.skipped.append((name, problem))
-        else:
-            targets.append((name, kind))
-            if is_hf_conv1d(mod):
-                conv1d_originals[name] = mod
-    if not targets:  # nothing to swap (e.g. quantized already): no smoothing or calibration pass either
-        _put_back(model, split_originals, conv1d_originals, fused_flags)
-        model.fastinfer_report = report
-        if verbose:
-            print(report)
-        return model
-    # transformers' Conv1D layers become the Linear they are, so that smoothing, calibration and the swap see
-    # one; one not swapped in the end (skipped, or quantize raised) is put back as it was.
-    for name, conv1d in conv1d_originals.items():
-        replace_module(model, name, linear_from_conv1d(conv1d))
+    # Everything from here to the swaps is undone where it does not end in an int8 layer (finally: _put_back):
+    # attention split for nothing, transformers' Conv1D layers made Linear, torch's fused transformer paths
+    # turned off; also when quantize raises (a bad calibration batch, an include callable that raises).
+    fused_flags = fused_path_flags(model)
+    split_originals, conv1d_originals, targets = {}, {}, []
     try:
+        kept_attention = _split_attention(model, cfg.scheme, inc, exc, report, split_originals)
+        for name, mod in model.named_modules():
+            kind = layer_kind(mod)
+            if kind is None:
+                if isinstance(mod, (Int8Linear, Int8Conv2d)):
+                    report.skipped.append((name, "already quantized"))
+                elif isinstance(mod, (nn.Linear, nn.Conv2d, nn.Conv1d)) and name not in kept_attention:
+                    report.skipped.append((name, f"subclass {type(mod).__name__} of {type(mod).__mro__[1].__name__} "
+                                                 "(may change forward)"))
+                continue
+            if problem := _target_problem(name, mod, kind, cfg.scheme, inc, exc):
+                report.skipped.append((name, problem))
+            else:
+                targets.append((name, kind))
+                if is_hf_conv1d(mod):
+                    conv1d_originals[name] = mod
+        if not targets:  # nothing to swap (e.g. quantized already): no smoothing or calibration pass either
+            model.fastinfer_report = report
+            if verbose:
+                print(report)
+            return model
+        # transformers' Conv1D layers become the Linear they are, so that smoothing, calibration and the swap see
+        # one; one not swapped in the end (skipped, or quantize raised) is put back as it was.
+        for name, conv1d in conv1d_originals.items():
+            replace_module(model, name, linear_from_conv1d(conv1d))
         smooth = {}
         if smooth_alpha is not None:
             linears = [n for n, k in targets if k == "linear"]
@@ -237,13 +239,13 @@ def _target_problem(name: str, mod: nn.Module, kind: str, scheme: str, inc, exc)
     return None
 
 
-def _split_attention(model: nn.Module, scheme: str, inc, exc, report: QuantizationReport):
+def _split_attention(model: nn.Module, scheme: str, inc, exc, report: QuantizationReport, split_originals):
     """nn.MultiheadAttention applies its projections inside one functional forward: one whose projections
     would be quantized becomes a SplitMultiheadAttention (the same function, the projections as child
-    Linears), which quantize's scan then finds; the others are reported here, once, with the reason. Returns
-    ({name: original} of the split layers, names of the out_proj layers of attention left as it is, which the
-    scan does not report again)."""
-    split_originals, kept = {}, set()
+    Linears), which quantize's scan then finds; the others are reported here, once, with the reason. Adds
+    {name: original} of the split layers to split_originals; returns the names of the out_proj layers of
+    attention left as it is, which the scan does not report again."""
+    kept = set()
     for name, mod in list(model.named_modules()):
         if not isinstance(mod, nn.MultiheadAttention):
             continue
@@ -263,7 +265,7 @@ def _split_attention(model: nn.Module, scheme: str, inc, exc, report: Quantizati
             problem = f"nn.MultiheadAttention left as it is: its projections {reasons[0]}"
         report.skipped.append((name, problem))
         kept.add(f"{name}.out_proj")
-    return split_originals, kept
+    return kept
 
 
 def _put_back(model: nn.Module, split_originals, conv1d_originals, fused_flags) -> None:
