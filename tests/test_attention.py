@@ -104,6 +104,11 @@ def _encoder(layers=2, **kw):
     return nn.TransformerEncoder(layer, layers, **kw).eval()
 
 
+def _padded_batch():
+    """A batch of two sequences of 5, the second padded after 3 (the mask: True where padded)."""
+    return torch.randn(2, 5, E), torch.tensor([[False] * 5, [False, False, False, True, True]])
+
+
 def _decoder():
     torch.manual_seed(0)
     return nn.TransformerDecoder(nn.TransformerDecoderLayer(E, H, 2 * E, dropout=0.0), 2).eval()
@@ -304,8 +309,7 @@ def test_quantize_that_keeps_attention_float_leaves_fast_paths_as_they_were():
     # The split is tried before calibration: a quantize that raises, or whose calibration never calls the encoder,
     # puts the attention back and turns torch's fused paths back on (padded rows stay zero, outputs unchanged).
     enc = _encoder(enable_nested_tensor=True)
-    x = torch.randn(2, 5, E)
-    pad = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    x, pad = _padded_batch()
     with torch.inference_mode():
         want = enc(x, src_key_padding_mask=pad)
     a = copy.deepcopy(enc)
@@ -330,8 +334,7 @@ def test_quantize_that_keeps_attention_float_leaves_fast_paths_as_they_were():
 def test_hand_built_split_attention_takes_the_encoders_nested_input():
     # Set by hand (not through quantize), the encoder still hands its layers a nested batch with a padding mask.
     enc = _encoder(enable_nested_tensor=True)
-    x = torch.randn(2, 5, E)
-    pad = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    x, pad = _padded_batch()
     with torch.inference_mode():
         want = enc(x, src_key_padding_mask=pad)
         for layer in enc.layers:
