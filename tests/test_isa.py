@@ -158,8 +158,8 @@ def test_use_isa_and_last_kernel_are_per_thread():
     assert call() == (best, best)  # this thread was never capped
 
 
-# Integer ops per probe iteration and thread: 12 chains of the tier's int8 step (AMX: 4 tile products).
-PROBE_OPS = {"avx2": 12 * 32 * 2, "avx_vnni": 12 * 32 * 2, "avx512_vnni": 12 * 64 * 2, "amx": 4 * 16 * 16 * 64 * 2}
+# Integer ops per probe iteration and thread: 12 chains of the tier's int8 step, 8 on AVX2 (AMX: 4 tile products).
+PROBE_OPS = {"avx2": 8 * 32 * 2, "avx_vnni": 12 * 32 * 2, "avx512_vnni": 12 * 64 * 2, "amx": 4 * 16 * 16 * 64 * 2}
 
 
 def test_peak_probe_per_tier(isa):

@@ -35,6 +35,10 @@ struct SignDot {
   static constexpr int kMR = 4;
   static constexpr int kWide[3] = {0, 4, 2};
   static_assert(kMR * 2 + 2 + 2 + 2 <= 16, "tile does not fit the 16 ymm registers");
+  // The peak probe: 8 chains beside |a|, a, two b, ones and a temporary (more spilled accumulators); the
+  // products do not read the accumulator, so each step needs another b.
+  static constexpr int kProbeChains = 8;
+  static constexpr bool kProbeVaryB = true;
   struct Row {
     __m256i abs, sign;  // |a| (as u8) and a (s8)
   };

@@ -39,6 +39,8 @@ struct VnniDot {
   static constexpr int kMR = 6;
   static constexpr int kWide[3] = {0, 4, 2};
   static_assert(kMR * 2 + 2 + 1 <= 16, "tile does not fit the 16 ymm registers");
+  static constexpr int kProbeChains = 12;     // vpdpbusd reads its accumulator: one b serves every step
+  static constexpr bool kProbeVaryB = false;
   struct Row {
     __m256i u8;
   };

@@ -13,6 +13,7 @@
 //   static constexpr int kGroupBytes;  // bytes of a row's operand per 4-byte group (4; 8 prepared: avx2.cc)
 //   template <bool S8> static Row load(const uint8_t* p);  // the row of the group stored at p
 //   static __m256i step(__m256i acc, const Row& r, __m256i b);  // acc += 4-byte dot products per column
+//   static constexpr int kProbeChains; static constexpr bool kProbeVaryB;  // ymm_peak_probe's settings
 //
 // Why a header with intrinsics (STYLE.md keeps intrinsics out of shared headers): as avx512_common.h, so
 // that both sets use one copy of the tile and epilogue. Include it only after `#pragma GCC target` enables
@@ -652,24 +653,34 @@ void ymm_dwconv_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
   }
 }
 
-// The GEMM's inner step on registers only (PeakProbeFn): 12 chains of Dot::step hide its latency; the
-// asm keeps the operands live. Returns the integer ops done (2 per product, 32 products a step).
+// The GEMM's inner step on registers only (PeakProbeFn): Dot::kProbeChains chains of Dot::step hide its
+// latency. Where the step's products do not read the accumulator (AVX2: vpsignb, vpmaddubsw, vpmaddwd, then
+// vpaddd; Dot::kProbeVaryB), each step takes another b (one vpaddb more a step): with one b for all steps GCC
+// computed the products once per iteration, and the probe reported several times the real rate (0.41 TOPS
+// on a Zen 3, 2 threads). Returns the integer ops done (2 per product, 32 products a step).
 template <class Dot>
 int64_t ymm_peak_probe(int64_t iters) {
-  __m256i acc[12];
-  for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_epi32(i);
+  constexpr int kChains = Dot::kProbeChains;
+  __m256i acc[kChains];
+#pragma GCC unroll 12
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm256_setzero_si256();
   __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(-5);
   for (int64_t t = 0; t < iters; ++t) {
     const typename Dot::Row r = Dot::template row<true>(a);
+    __m256i bt = b;
 #pragma GCC unroll 12
-    for (int i = 0; i < 12; ++i) acc[i] = Dot::step(acc[i], r, b);
+    for (int i = 0; i < kChains; ++i) {
+      acc[i] = Dot::step(acc[i], r, bt);
+      if (Dot::kProbeVaryB) bt = _mm256_add_epi8(bt, a);
+    }
     __asm__ volatile("" : "+x"(a), "+x"(b));
   }
   __m256i s = acc[0];
-  for (int i = 1; i < 12; ++i) s = _mm256_add_epi32(s, acc[i]);
+#pragma GCC unroll 12
+  for (int i = 1; i < kChains; ++i) s = _mm256_add_epi32(s, acc[i]);
   volatile int sink = _mm256_extract_epi32(s, 0);
   (void)sink;
-  return iters * 12 * 32 * 2;
+  return iters * kChains * 32 * 2;
 }
 
 }  // namespace
