@@ -151,9 +151,9 @@ inline void epilogue8(const Int8GemmParams& p, const Cols8& c, int64_t m, __m256
   }
 }
 
-// mr rows x nb blocks. Row i's K bytes are read in `taps` runs of cq 4-byte groups (Dot::kGroupBytes each as
-// stored): run t at a0 + tap_off[t] + i * lda (a GEMM: one run of K_pad / 4 groups at its row; a direct convolution: one
-// run per tap, pixels SW * C bytes apart). B advances 64 bytes per group through all runs.
+// mr rows x nb blocks. Row i's K bytes are read in `taps` runs of cq 4-byte groups (Dot::kGroupBytes each
+// as stored): run t at a0 + tap_off[t] + i * lda (a GEMM: one run of K_pad / 4 groups at its row; a direct
+// convolution: one run per tap, pixels SW * C bytes apart). B advances 64 bytes per group through all runs.
 // S8: a0 holds s8 (an unpadded int8 input read in place); otherwise u8 = s8 + 128.
 template <class Dot, int mr, int nb, bool S8>
 void ymm_tile(const Int8GemmParams& p, const int64_t* tap_off, int64_t taps, int64_t cq, const uint8_t* a0,
