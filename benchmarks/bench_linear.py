@@ -9,14 +9,17 @@ quantize_dynamic with engine 'x86' (FBGEMM) and 'onednn', oneDNN's prepacked int
 it), fastinfer raw int8 GEMM (int8_mm on a prepacked weight, int32 out) and fused GEMM (int8_scaled_mm:
 dequantize epilogue, fp32 out), both from int8 activations (they include turning them into the kernels'
 u8 operand), fastinfer Int8Linear w8a8_dynamic (fp32 in/out, activation quantization included; on AMX
-machines also capped at the VNNI path) and w8_only.
-tops = 2*M*N*K / median time. Also the int8 instruction's peak rate (fastinfer.ops.int8_peak_probe: AMX
+machines also capped at the VNNI path), the same with 7-bit weights (weight_bits=7: AVX2's GEMM without its
+sign step) and w8_only.
+tops = 2*M*N*K / median time. rel_err (the rows that compute the same fp32 layer: torch.ao, bf16, Int8Linear):
+||y - y_fp32|| / ||y_fp32|| on the benchmark's random input. Also the int8 instruction's peak rate (fastinfer.ops.int8_peak_probe: AMX
 tdpbusd or VNNI vpdpbusd) and the targets of issues #2 and #3, computed from this run.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import warnings
 
@@ -45,13 +48,14 @@ def bench_shape(M: int, K: int, N: int, threads: int, min_time: float):
     torch.manual_seed(0)
     lin = nn.Linear(K, N).eval()
     x = torch.randn(M, K)
-    xb, lin_bf16 = x.bfloat16(), nn.Linear(K, N).bfloat16().eval()
+    xb, lin_bf16 = x.bfloat16(), copy.deepcopy(lin).bfloat16()
     a = torch.randint(-127, 128, (M, K), dtype=torch.int8)
     w8 = torch.randint(-127, 128, (N, K), dtype=torch.int8)
     w8_t = w8.t()  # torch._int_mm wants B as [K, N]
     packed = ops.pack_int8_weight(w8)
     dyn, wonly = Int8Linear.from_float(lin, "w8a8_dynamic"), Int8Linear.from_float(lin, "w8_only")
-    ao = {e: torch_ao_dynamic(nn.Linear(K, N).eval(), e) for e in ("x86", "onednn")}
+    dyn7 = Int8Linear.from_float(lin, "w8a8_dynamic", weight_bits=7)
+    ao = {e: torch_ao_dynamic(copy.deepcopy(lin), e) for e in ("x86", "onednn")}
     # oneDNN's kernel alone: weights prepacked for this shape, activations already u8 (zero point 128).
     a_u8 = (a.to(torch.int16) + 128).to(torch.uint8)
     w_onednn = torch.ops.onednn.qlinear_prepack(w8, [M, K])
@@ -73,6 +77,7 @@ def bench_shape(M: int, K: int, N: int, threads: int, min_time: float):
         ("fastinfer", "int8_mm raw", lambda: ops.int8_mm(a, packed, N)),
         ("fastinfer", "int8_scaled_mm fused", lambda: ops.int8_scaled_mm(a, ones_m, packed, ones_n, None)),
         ("fastinfer", "Int8Linear w8a8_dynamic", lambda: dyn(x)),
+        ("fastinfer", "Int8Linear w8a8_dynamic w7", lambda: dyn7(x)),
     ]
     if fastinfer.cpu_capabilities()["active"] == "amx":
         def vnni(dyn=dyn, x=x):
@@ -80,12 +85,17 @@ def bench_shape(M: int, K: int, N: int, threads: int, min_time: float):
                 return dyn(x)
         cases.append(("fastinfer", "Int8Linear w8a8_dynamic [vnni]", vnni))
     cases.append(("fastinfer", "Int8Linear w8_only", lambda: wonly(x)))
+    same_layer = {"bf16 F.linear", "dynamic int8 (x86)", "dynamic int8 (onednn)"}
     rows = []
     with torch.inference_mode():
+        ref = F.linear(x, lin.weight, lin.bias)
         for lib, impl, fn in cases:
             t = time_call(fn, min_time_s=min_time)
-            rows.append({"op": "linear", "lib": lib, "impl": impl, "M": M, "K": K, "N": N, "threads": threads,
-                         **t, "tops": 2 * M * N * K / (t["median_ms"] * 1e-3) / 1e12})
+            row = {"op": "linear", "lib": lib, "impl": impl, "M": M, "K": K, "N": N, "threads": threads,
+                   **t, "tops": 2 * M * N * K / (t["median_ms"] * 1e-3) / 1e12}
+            if impl in same_layer or impl.startswith("Int8Linear"):
+                row["rel_err"] = float((fn().float() - ref).norm() / ref.norm())
+            rows.append(row)
     return rows
 
 
@@ -105,6 +115,9 @@ def targets(rows, peak, isa):
         dyn, ao = by.get((M, K, N, "Int8Linear w8a8_dynamic")), by.get((M, K, N, "dynamic int8 (x86)"))
         if M >= 8 and dyn and ao:
             out.append(("#2", f"w8a8_dynamic vs torch.ao x86 at {M}x{K}x{N}", ao / dyn, 1.2, True))
+        dyn7 = by.get((M, K, N, "Int8Linear w8a8_dynamic w7"))
+        if M >= 8 and dyn7 and ao and isa == "avx2":  # 7-bit weights change the speed on AVX2 only
+            out.append(("#2", f"w8a8_dynamic w7 vs torch.ao x86 at {M}x{K}x{N}", ao / dyn7, 1.2, True))
     raw = by.get((2048, 2048, 2048, "int8_mm raw"))
     if raw and peak:
         frac = 2 * 2048 ** 3 / (raw * 1e-3) / 1e12 / peak
@@ -192,14 +205,16 @@ def main(argv=None):
     if peak:
         print(f"# int8 peak of the active ISA's instruction (registers only, all threads): {peak:.3f} TOPS")
     rows = []
-    hdr = f"{'M':>5} {'K':>5} {'N':>5}  {'impl':<26} {'median ms':>10} {'p10':>8} {'p90':>8} {'TOPS':>7}"
+    hdr = (f"{'M':>5} {'K':>5} {'N':>5}  {'impl':<30} {'median ms':>10} {'p10':>8} {'p90':>8} {'TOPS':>7} "
+           f"{'rel_err':>8}")
     print(hdr)
     for (M, K, N) in shapes:
         shape_rows = bench_shape(M, K, N, args.threads, args.min_time)
         rows += shape_rows
         for r in shape_rows:
-            print(f"{M:>5} {K:>5} {N:>5}  {r['impl']:<26} {r['median_ms']:>10.4f} {r['p10_ms']:>8.4f} "
-                  f"{r['p90_ms']:>8.4f} {r['tops']:>7.3f}")
+            err = f"{r['rel_err']:>8.4f}" if "rel_err" in r else f"{'':>8}"
+            print(f"{M:>5} {K:>5} {N:>5}  {r['impl']:<30} {r['median_ms']:>10.4f} {r['p10_ms']:>8.4f} "
+                  f"{r['p90_ms']:>8.4f} {r['tops']:>7.3f} {err}")
         print()
     tgt = targets(rows, peak, info["isa_active"])
     print_targets(tgt)

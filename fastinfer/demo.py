@@ -26,9 +26,14 @@ from tqdm import tqdm
 import fastinfer
 from fastinfer import demo_cnn, ops
 
-SCHEMES = ("w8a8_dynamic", "w8_only")
-# Which kernel family serves each scheme, so the demo can show the fast path really ran.
-_KERNEL_FAMILY = {"w8a8_dynamic": "int8_gemm", "w8_only": "w8_gemm", "sparse 2:4": "sparse", "sparse 90%": "sparse"}
+# Quantized rows: fastinfer.quantize's arguments. "w7": 7-bit weights (weight_bits=7), faster on AVX2-only CPUs.
+QUANTIZED = {"w8a8_dynamic": {"scheme": "w8a8_dynamic"},
+             "w8a8_dynamic w7": {"scheme": "w8a8_dynamic", "weight_bits": 7},
+             "w8_only": {"scheme": "w8_only"}}
+SCHEMES = tuple(QUANTIZED)
+# Which kernel family serves each row, so the demo can show the fast path really ran.
+_KERNEL_FAMILY = {"w8a8_dynamic": "int8_gemm", "w8a8_dynamic w7": "int8_gemm", "w8_only": "w8_gemm",
+                  "sparse 2:4": "sparse", "sparse 90%": "sparse"}
 # Weight-sparsity rows: fastinfer.prune with masks, a short masked fine-tune, then fastinfer.sparsify.
 SPARSE = {"sparse 2:4": {"pattern": "2:4"}, "sparse 90%": {"pattern": "unstructured", "sparsity": 0.9}}
 
@@ -187,7 +192,7 @@ def time_models(models: Dict[str, nn.Module], x: torch.Tensor, warmup: int, iter
 
 
 def _fmt_table(results: Dict[str, dict], names: Sequence[str]) -> str:
-    cols = [("model", "{}", 14), ("acc %", "{:.2f}", 7), ("d pts", "{:+.2f}", 7),
+    cols = [("model", "{}", 15), ("acc %", "{:.2f}", 7), ("d pts", "{:+.2f}", 7),
             ("b1 p50 ms", "{:.3f}", 10), ("b1 p99 ms", "{:.3f}", 10),
             ("b64 p50 ms", "{:.3f}", 11), ("b64 p99 ms", "{:.3f}", 11),
             ("size KiB", "{:.1f}", 9), ("size ratio", "{:.3f}x", 11)]
@@ -217,12 +222,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     on_gpu = dev.type == "cuda"
     models: Dict[str, nn.Module] = {"fp32": copy.deepcopy(fp32).to(dev)}
     swapped: List[str] = []
-    for scheme in SCHEMES:
+    for name, how in QUANTIZED.items():
         # Deep copies: quantize() swaps layers in place, and the fp32 model must stay the baseline.
         # On a GPU the copy moves first and is quantized there, as a user's model.cuda() would be.
-        q = fastinfer.quantize(copy.deepcopy(fp32).to(dev), scheme=scheme)
+        q = fastinfer.quantize(copy.deepcopy(fp32).to(dev), **how)
         swapped = swapped or list(q.fastinfer_report.swapped)
-        models[scheme] = q
+        models[name] = q
     skipped: Dict[str, str] = {}
     for name, how in SPARSE.items():
         why = _gpu_sparse_unsupported(name, dev) if on_gpu else None
@@ -258,7 +263,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         r["size_bytes"] = model_nbytes(m)
         if name in _KERNEL_FAMILY:
             # Read right after this model's forward: which ISA (CPU) or kernel (GPU) served its GEMMs.
-            r["kernel_isa"] = ops.cuda_last_kernel() if on_gpu else ops.last_kernel(_KERNEL_FAMILY[name])
+            family = _KERNEL_FAMILY[name]
+            r["kernel_isa"] = ops.cuda_last_kernel() if on_gpu else ops.last_kernel(family)
+            step = "" if on_gpu or family != "int8_gemm" else ops.last_kernel("int8_gemm_step")
+            if step:  # AVX2's GEMM step, chosen by the weights' range
+                r["kernel_isa"] += f" ({step})"
         results[name] = r
 
     # Real test images as inputs, so activation quantization sees realistic ranges.

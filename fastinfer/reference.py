@@ -5,6 +5,7 @@ order of operations (float(acc) * a_scale * b_scale + bias, fp32), see EPILOGUE.
 """
 from __future__ import annotations
 
+import operator
 from typing import Optional, Tuple
 
 import torch
@@ -30,10 +31,26 @@ def quantize_per_token(x: Tensor) -> Tuple[Tensor, Tensor]:
     return q, scale
 
 
-def quantize_weight_per_channel(w: Tensor) -> Tuple[Tensor, Tensor]:
+WEIGHT_BITS = (8, 7)
+
+
+def check_weight_bits(bits) -> int:
+    """bits for the int8 weights: 8 ([-127, 127]) or 7 ([-63, 63]; AVX2's int8 GEMM runs without its sign step)."""
+    try:
+        value = operator.index(bits)  # ints, numpy ints; not floats, strings or None
+    except TypeError:
+        value = None
+    if isinstance(bits, bool) or value not in WEIGHT_BITS:
+        raise ValueError(f"weight_bits must be 8 or 7, got {bits!r}")
+    return value
+
+
+def quantize_weight_per_channel(w: Tensor, bits: int = 8) -> Tuple[Tensor, Tensor]:
     """Per-output-channel (dim 0) symmetric int8 for a Linear [N, K] or conv [N, C, KH, KW] weight;
-    all-zero channels get scale 1. A NaN or infinite weight has no int8 value and no finite scale: ValueError
+    all-zero channels get scale 1. bits=7 rounds to [-63, 63] instead of [-127, 127] (scale amax / 63).
+    A NaN or infinite weight has no int8 value and no finite scale: ValueError
     (it would have zeroed its channel, or made it NaN, without a word)."""
+    qmax = float(2 ** (check_weight_bits(bits) - 1) - 1)
     wf = w.detach().float()
     amax = wf.abs().reshape(wf.shape[0], -1).amax(dim=1)
     bad = ~torch.isfinite(amax)
@@ -42,11 +59,11 @@ def quantize_weight_per_channel(w: Tensor) -> Tuple[Tensor, Tensor]:
         raise ValueError(f"the weight holds NaN or infinite values (output channel(s) {channels[:8]}"
                          f"{' ...' if len(channels) > 8 else ''}): int8 cannot represent them; fix or drop the "
                          f"layer before quantizing it")
-    # amax / 127 as a true division on every device: on a GPU, a tensor divided by a Python number is
+    # amax / qmax as a true division on every device: on a GPU, a tensor divided by a Python number is
     # multiplied by its reciprocal, which differs in the last bit for some amax (a layer quantized on the
     # GPU must get the CPU's scales).
-    scale = torch.where(amax > 0, amax / torch.full_like(amax, 127.0), torch.ones_like(amax))
-    q = torch.round(wf / scale.reshape(-1, *([1] * (wf.dim() - 1)))).clamp(-127, 127).to(torch.int8)
+    scale = torch.where(amax > 0, amax / torch.full_like(amax, qmax), torch.ones_like(amax))
+    q = torch.round(wf / scale.reshape(-1, *([1] * (wf.dim() - 1)))).clamp(-qmax, qmax).to(torch.int8)
     return q, scale
 
 

@@ -536,6 +536,22 @@ def test_int8_weight_unpacks_every_layout(groups, cin, cout):
     assert torch.equal(fresh.packed_weight, layer.packed_weight)
 
 
+@pytest.mark.parametrize("groups", [1, 4])
+def test_load_recomputes_column_sums_and_pack_flags(groups):
+    # As Int8Linear: a file's forged 7-bit flag (on weights holding +-127) and column sums are replaced by the
+    # values packing the loaded weights gives.
+    layer = Int8Conv2d.from_float(nn.Conv2d(16, 32, 3, padding=1, groups=groups), x_scale=0.05)
+    packed = layer.state_dict()["packed_weight"].clone()
+    packed[:, 14] |= 0x02  # format bit 17 of each group's header
+    packed[:, 64:72] = 0   # its first two column sums
+    fresh = Int8Conv2d(16, 32, 3, padding=1, groups=groups)
+    fresh.load_state_dict({**layer.state_dict(), "packed_weight": packed})
+    assert torch.equal(fresh.packed_weight, layer.packed_weight)
+    x = torch.randn(2, 16, 9, 9)
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh(x), layer(x), rtol=0, atol=0)
+
+
 def test_state_dict_with_the_gpu_layout_loads_on_the_cpu():
     # A state_dict saved on a GPU and mapped to the CPU holds the CUDA layout (int8 [Cout, round_up(K, 16)],
     # rows ordered (kh, kw, c)): Int8Conv2d repacks it by layout.

@@ -45,6 +45,44 @@ def test_int8_mm_weights_without_min128(isa, M, K, N):
     assert_served("int8_gemm", isa)
 
 
+def gemm_step(isa, b):
+    """The step of the AVX2 GEMM for weight b, chosen from its pack flags; the other tiers have one step ("")."""
+    if isa != "avx2":
+        return ""
+    if int(b.min()) >= -64 and int(b.max()) <= 63:
+        return "shifted"
+    return "sign" if int(b.min()) > -128 else "widen"
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (2, 13, 64), (3, 5, 17), (4, 13, 64), (5, 255, 100), (17, 1000, 33),
+                                   (129, 513, 80), (300, 36, 1000)])
+def test_int8_mm_7bit_weights(isa, M, K, N):
+    # Weights in [-64, 63] (weight_bits=7) take AVX2's shifted step: the u8 activation as stored times b, no
+    # sign step. Its largest pair sums: a = 127 (u8 255) against b = -64 or 63 in both products of a pair.
+    a, b = rand_i8(M, K), torch.randint(-64, 64, (N, K), dtype=torch.int8)
+    a[:, :4] = 127
+    a[0, -4:] = -128
+    b[:, :2] = -64
+    b[-1, 2:4] = 63
+    torch.testing.assert_close(ops.int8_mm(a, ops.pack_int8_weight(b), N), ref.int8_mm(a, b), rtol=0, atol=0)
+    assert_served("int8_gemm", isa)
+    assert ops.last_kernel("int8_gemm_step") == gemm_step(isa, b)
+
+
+@pytest.mark.parametrize("low,high,step", [(-64, 63, "shifted"), (-64, 64, "sign"), (-65, 63, "sign"),
+                                           (-127, 127, "sign"), (-128, 127, "widen"), (-128, 0, "widen")])
+def test_int8_gemm_step_follows_the_weights_range(isa, low, high, step):
+    # Each weight range's step is exact, and the tier runs it (AVX2; one step elsewhere). One weight at each
+    # end of the range sets the pack flags.
+    M, K, N = 37, 300, 48
+    a, b = rand_i8(M, K), torch.randint(max(low, -64), min(high, 63) + 1, (N, K), dtype=torch.int8)
+    b[3, 7], b[40, 299] = low, high
+    fill = torch.full((M, K), 127, dtype=torch.int8)
+    for act in (a, fill, -fill - 1):
+        torch.testing.assert_close(ops.int8_mm(act, ops.pack_int8_weight(b), N), ref.int8_mm(act, b), rtol=0, atol=0)
+    assert ops.last_kernel("int8_gemm_step") == (step if isa == "avx2" else "")
+
+
 @pytest.mark.parametrize("fill_a,fill_b", [(-128, -128), (127, -128), (-128, 127), (127, 127), (0, -128)])
 def test_int8_mm_extremes(isa, fill_a, fill_b):
     # The largest |accumulators|: every product at its extreme (K = 1000 keeps it inside int32).

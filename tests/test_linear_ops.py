@@ -11,20 +11,22 @@ SHAPES = [(0, 8, 4), (1, 1, 1), (2, 3, 5), (7, 13, 17), (16, 255, 33), (17, 513,
           (255, 64, 255)]
 
 
-def make_weight(N, K):
-    w_q, w_scale = ref.quantize_weight_per_channel(torch.randn(N, K))
+def make_weight(N, K, bits=8):
+    w_q, w_scale = ref.quantize_weight_per_channel(torch.randn(N, K), bits)
     return w_q, w_scale, ops.pack_int8_weight(w_q)
 
 
+@pytest.mark.parametrize("bits", [8, 7])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("M,K,N", SHAPES)
-def test_linear_dynamic(isa, M, K, N, dtype, with_bias):
-    # Quantization and GEMM are exact; the fp32 epilogue uses the reference's order: bit-exact.
+def test_linear_dynamic(isa, M, K, N, dtype, with_bias, bits):
+    # Quantization and GEMM are exact; the fp32 epilogue uses the reference's order: bit-exact. 7-bit weights
+    # take AVX2's shifted step (int8_gemm_step), 8-bit ones its sign step.
     x = (torch.randn(M, K) * 2).to(dtype)
     if M > 1:
         x[1, 0] = 300.0  # outlier
-    w_q, w_scale, packed = make_weight(N, K)
+    w_q, w_scale, packed = make_weight(N, K, bits)
     bias = torch.randn(N) if with_bias else None
     y = ops.int8_linear_dynamic(x, packed, w_scale, bias)
     assert y.dtype == dtype and y.shape == (M, N)
@@ -32,6 +34,7 @@ def test_linear_dynamic(isa, M, K, N, dtype, with_bias):
     if M > 0:
         assert_served("int8_gemm", isa)
         assert_served("quantize", isa)
+        assert ops.last_kernel("int8_gemm_step") == ({7: "shifted", 8: "sign"}[bits] if isa == "avx2" else "")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -84,7 +87,7 @@ def test_nan_inf_rows_stay_in_their_row(isa):
 def test_linear_static(isa, M, K, N, activation, out_scale):
     x = torch.randn(M, K) * 2
     x[0, 0] = float("nan") if M > 1 else x[0, 0]  # static: NaN quantizes to 0, the row stays finite
-    w_q, w_scale, packed = make_weight(N, K)
+    w_q, w_scale, packed = make_weight(N, K, 7 if N % 2 else 8)  # 7-bit weights: AVX2's shifted step
     bias = torch.randn(N)
     y = ops.int8_linear_static(x, 0.03, packed, w_scale, bias, activation, out_scale)
     assert y.dtype == (torch.int8 if out_scale else torch.float32)

@@ -475,3 +475,73 @@ def test_weight_property_reads_like_a_float_layers():
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     with torch.inference_mode():
         assert torch.equal(compiled(x), model(x))
+
+
+def test_weight_bits_7_rounds_to_63_levels_and_takes_the_shifted_step():
+    lin = nn.Linear(300, 70)
+    q8, q7 = Int8Linear.from_float(lin), Int8Linear.from_float(lin, weight_bits=7)
+    w_ref, s_ref = fastinfer.reference.quantize_weight_per_channel(lin.weight, 7)
+    assert torch.equal(q7.int8_weight(), w_ref) and torch.equal(q7.weight_scale, s_ref)
+    assert int(w_ref.abs().max()) == 63 and torch.equal(s_ref, lin.weight.detach().abs().amax(1) / 63)
+    assert q7.weight_bits == 7 and "per-channel (7-bit)" in repr(q7) and "7-bit" not in repr(q8)
+    x = torch.randn(9, 300)
+    with torch.inference_mode():
+        y7 = q7(x)
+        assert ops.last_kernel("int8_gemm_step") == ("shifted" if ops.cpu_capabilities()["active"] == "avx2" else "")
+        y8, y = q8(x), lin(x)
+    torch.testing.assert_close(y7, fastinfer.reference.int8_linear_dynamic(x, w_ref, s_ref, lin.bias), rtol=0, atol=0)
+    # Half the weight levels: about 6 dB less on the weights' share of the error, still close to float.
+    assert sqnr_db(y, y8) > sqnr_db(y, y7) > 30
+
+
+def test_weight_bits_state_dict_and_old_files():
+    q7 = Int8Linear.from_float(nn.Linear(40, 24), weight_bits=7)
+    sd = q7.state_dict()
+    assert sd["_extra_state"]["weight_bits"] == 7
+    fresh = Int8Linear(40, 24)
+    fresh.load_state_dict(sd)
+    assert fresh.weight_bits == 7
+    old = {**sd, "_extra_state": {k: v for k, v in sd["_extra_state"].items() if k != "weight_bits"}}
+    fresh.load_state_dict(old)  # a file from before weight_bits
+    assert fresh.weight_bits == 8
+    model = fastinfer.quantize(MLP(), weight_bits=7)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    loaded = fastinfer.load_quantized(buf, MLP())
+    assert all(m.weight_bits == 7 for m in (loaded.fc1, loaded.fc2, loaded.head))
+    x = torch.randn(5, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_quantize_weight_bits_and_bad_values():
+    model = fastinfer.quantize(MLP(), weight_bits=7)
+    assert all(m.weight_bits == 7 and int(m.int8_weight().abs().max()) <= 63 for m in (model.fc1, model.fc2, model.head))
+    cfg = fastinfer.quantize(MLP(), config=fastinfer.QuantConfig(weight_bits=7))
+    assert cfg.fc1.weight_bits == 7
+    assert fastinfer.quantize(MLP()).fc1.weight_bits == 8
+    for bad in (6, 16, True, "7", 7.5):
+        with pytest.raises(ValueError, match="weight_bits must be 8 or 7"):
+            fastinfer.quantize(MLP(), weight_bits=bad)
+    with pytest.raises(ValueError, match="weight_bits=7 is for the w8a8 schemes"):
+        fastinfer.quantize(MLP(), scheme="w8_only", weight_bits=7)
+    with pytest.raises(ValueError, match="weight_bits=7 is for the w8a8 schemes"):
+        Int8Linear.from_float(nn.Linear(4, 4), "w8_only", weight_bits=7)
+
+
+def test_load_recomputes_column_sums_and_pack_flags():
+    # The file's column sums and header flags are not trusted: a 7-bit flag on a weight holding +-127 would
+    # send AVX2 to a step that saturates, and the VNNI kernels subtract 128 * colsum. The load packs again.
+    q = Int8Linear.from_float(nn.Linear(64, 32))
+    forged = q.state_dict()
+    packed = forged["packed_weight"].clone()
+    packed[14] |= 0x02  # format bit 17: "every weight is in [-64, 63]"
+    packed[64:72] = 0   # colsum[0], colsum[1]
+    forged["packed_weight"] = packed
+    fresh = Int8Linear(64, 32)
+    fresh.load_state_dict(forged)
+    assert torch.equal(fresh.packed_weight, q.packed_weight)
+    x = torch.randn(5, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh(x), q(x), rtol=0, atol=0)

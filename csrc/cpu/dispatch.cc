@@ -109,7 +109,12 @@ void record_kernel(Family family, Isa isa) { t_last[static_cast<int>(family)] = 
 namespace {
 thread_local const char* t_dwconv_path = "";  // static strings only
 thread_local const char* t_conv_store = "";
+thread_local const char* t_gemm_step = "";
 }  // namespace
+
+void record_gemm_step(const kernels::KernelSet& ks, const kernels::Int8GemmParams& p) {
+  t_gemm_step = ks.gemm_step ? ks.gemm_step(p) : "";
+}
 
 void record_conv_store(bool stream) { t_conv_store = stream ? "stream" : "cached"; }
 
@@ -121,13 +126,14 @@ void clear_kernel(Family family) { t_last[static_cast<int>(family)] = -1; }
 std::string last_kernel(const std::string& family) {
   if (family == "dwconv_path") return t_dwconv_path;
   if (family == "conv_store") return t_conv_store;
+  if (family == "int8_gemm_step") return t_gemm_step;
   for (int i = 0; i < static_cast<int>(Family::kCount); ++i)
     if (family == family_name(static_cast<Family>(i))) {
       const int v = t_last[i];
       return v < 0 ? std::string() : table(static_cast<Isa>(v)).name;
     }
   throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add, "
-                              "gconv, dwconv_path or conv_store, "
+                              "gconv, dwconv_path, conv_store or int8_gemm_step, "
                               "got '" + family + "'");
 }
 

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
 #include "../kernels/int8_gemm/pack.h"
 #include "../kernels/int8_gemm/params.h"
@@ -52,6 +53,7 @@ inline void set_packed_weight(kernels::Int8GemmParams& p, const PackedHeader& h,
   p.b = reinterpret_cast<const int8_t*>(base + h.data_offset);
   p.b_colsum = reinterpret_cast<const int32_t*>(base + h.colsum_offset);
   p.b_no_min128 = kernels::packed_no_min128(h);
+  p.b_s7 = kernels::packed_s7(h);
 }
 
 // Activations [..., K] of dtype fp32/bf16 -> contiguous [M, K] (x's dtype kept: the quantizers read bf16).
@@ -93,6 +95,7 @@ inline int64_t panel_width(const kernels::KernelSet& ks, int64_t N_pad, int64_t 
 // Splits the GEMM into (column panel, row chunk) items: consecutive items share a weight panel.
 template <typename Params, typename Fn>
 inline void run_gemm(const Params& p, Fn fn, const kernels::KernelSet& ks) {
+  if constexpr (std::is_same_v<Params, kernels::Int8GemmParams>) record_gemm_step(ks, p);
   const int64_t N_pad = kernels::round_up(p.N, kernels::kPackNB);
   const int64_t chunks = (p.M + ks.m_chunk - 1) / ks.m_chunk;
   const int64_t n_panel = panel_width(ks, N_pad, chunks);

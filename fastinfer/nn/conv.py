@@ -201,6 +201,10 @@ class Int8Conv2d(ComputedWeight):
             raise ValueError(f"{key}: packed conv weight of shape {tuple(state_dict[key].shape)} does not fit this "
                              f"layer (expected {tuple(self.packed_weight.shape)})")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if key in state_dict and not self._depthwise() and not ops.is_cuda_packed(self.packed_weight):
+            # as Int8Linear: column sums and header flags computed again from the loaded int8 values
+            with torch.no_grad():
+                self.packed_weight.copy_(ops.pack_conv_weight(self._unpack(self.packed_weight), self.groups))
 
 
 class Int8Conv1d(Int8Conv2d):

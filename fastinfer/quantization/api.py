@@ -15,7 +15,7 @@ from ..nn._common import half_dtype_of
 from ..nn.attention import PROJECTIONS, SplitMultiheadAttention
 from ..nn.conv import Int8Conv1d, Int8Conv2d
 from ..nn.fused import ConvAct2d, LinearAct
-from ..nn.linear import SCHEMES, Int8Linear, check_scheme
+from ..nn.linear import SCHEMES, Int8Linear, check_bits_for_scheme, check_scheme
 from .calibrate import calibrate
 from .chain import adopt_half_dtype, chain_int8_convs, rewrite_residual_adds
 from .observers import OBSERVERS
@@ -69,14 +69,19 @@ class QuantConfig:
     callable(name, module) -> bool. A layer is swapped if it matches include (default: all)
     and does not match exclude.
     observer: how w8a8_static picks activation scales: 'minmax', 'percentile' or 'mse'.
+    weight_bits: 8, or 7 for the Linear layers' weights rounded to [-63, 63] (w8a8 schemes): on CPUs with
+      AVX2 but no VNNI (AMD Zen 2/3, Intel before Ice Lake) their int8 GEMM then runs about 1.4x faster,
+      at some accuracy; elsewhere it computes the same values at the same speed as 8-bit weights would.
     """
     scheme: str = "w8a8_dynamic"
     include: Patterns = None
     exclude: Patterns = None
     observer: str = "minmax"
+    weight_bits: int = 8
 
     def __post_init__(self):
         check_scheme(self.scheme)
+        check_bits_for_scheme(self.weight_bits, self.scheme)
         if self.observer not in OBSERVERS:
             raise ValueError(f"observer must be one of {tuple(OBSERVERS)}, got {self.observer!r}")
         _matcher(self.include, "include")
@@ -105,7 +110,8 @@ class QuantizationReport:
 
 def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns = None, exclude: Patterns = None,
              *, config: Optional[QuantConfig] = None, calib_data=None, observer: str = "minmax",
-             smooth_alpha: Optional[float] = None, int8_residuals: bool = True, verbose: bool = False) -> nn.Module:
+             smooth_alpha: Optional[float] = None, int8_residuals: bool = True, weight_bits: int = 8,
+             verbose: bool = False) -> nn.Module:
     """Replaces the nn.Linear / nn.Conv2d layers of ``model`` (and fastinfer.nn.LinearAct / ConvAct2d
     from fastinfer.fuse) with :class:`fastinfer.nn.Int8Linear` / :class:`fastinfer.nn.Int8Conv2d`, in place.
 
@@ -117,6 +123,9 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     channel s = max|x|^alpha / max|w|^(1 - alpha) from the calibration batches; s is folded into the
     weights and 1 / s applied inside the activation quantization (0.5 is the usual choice). For
     models whose activations have outlier channels (transformers).
+
+    weight_bits: 8, or 7 (w8a8 schemes, Linear layers; see QuantConfig): weights in [-63, 63], which AVX2-only
+    CPUs multiply about 1.4x faster.
 
     int8_residuals (w8a8_static): a residual add of a static conv's output (a ResNet block's
     ``relu(conv3(...) + identity)``) becomes an Int8Add in the forward of the submodule that holds it
@@ -130,7 +139,8 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    cfg = config or QuantConfig(scheme=scheme, include=include, exclude=exclude, observer=observer)
+    cfg = config or QuantConfig(scheme=scheme, include=include, exclude=exclude, observer=observer,
+                                weight_bits=weight_bits)
     inc, exc = _matcher(cfg.include, "include"), _matcher(cfg.exclude, "exclude")
     report = QuantizationReport(cfg.scheme)
 
@@ -203,7 +213,8 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
             x_scale = scales[name] if scales is not None else None
             try:
                 if kind == "linear":
-                    new = Int8Linear.from_float(layer, cfg.scheme, x_scale=x_scale, smooth=smooth.get(name))
+                    new = Int8Linear.from_float(layer, cfg.scheme, x_scale=x_scale, smooth=smooth.get(name),
+                                                weight_bits=cfg.weight_bits)
                 else:
                     conv_type = Int8Conv1d if isinstance(layer, nn.Conv1d) else Int8Conv2d
                     new = conv_type.from_float(layer, x_scale=x_scale)

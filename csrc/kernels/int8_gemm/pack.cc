@@ -29,7 +29,7 @@ void pack_int8_weight(const int8_t* w, int64_t ldw, int64_t N, int64_t K, uint8_
   int8_t* data = reinterpret_cast<int8_t*>(dst + h.data_offset);
   std::memset(data, 0, static_cast<size_t>(h.N_pad * h.K_pad));
   const int64_t kq_count = h.K_pad / kPackKB;
-  bool has_min128 = false;
+  bool has_min128 = false, s7 = true;
   for (int64_t n = 0; n < h.N_pad; ++n) {
     int32_t s = 0;
     if (n < N) {
@@ -39,14 +39,14 @@ void pack_int8_weight(const int8_t* w, int64_t ldw, int64_t N, int64_t K, uint8_
         blk[(k / kPackKB) * 64 + (k % kPackKB)] = row[k];
         s += row[k];
         has_min128 |= row[k] == -128;
+        s7 &= row[k] >= -64 && row[k] <= 63;
       }
     }
     colsum[n] = s;
   }
-  if (!has_min128) {
-    h.format |= kFlagNoMin128;
-    std::memcpy(dst, &h, sizeof(h));
-  }
+  if (!has_min128) h.format |= kFlagNoMin128;
+  if (s7) h.format |= kFlagS7;
+  std::memcpy(dst, &h, sizeof(h));
 }
 
 void unpack_int8_weight(const uint8_t* src, int8_t* w, int64_t ldw) {
@@ -68,7 +68,7 @@ const char* validate_packed(const uint8_t* buf, int64_t nbytes, PackedHeader* ou
   if (std::memcmp(h.magic, kMagic, sizeof(kMagic)) != 0)
     return "bad magic: not a buffer made by fastinfer.ops.pack_int8_weight";
   if (h.version != kPackVersion) return "unsupported packed-weight version (repack the weight)";
-  if ((h.format & kFormatLayoutMask) != kFormatN16K4 || (h.format & ~(kFormatLayoutMask | kFlagNoMin128)) != 0)
+  if ((h.format & kFormatLayoutMask) != kFormatN16K4 || (h.format & ~(kFormatLayoutMask | kFlagNoMin128 | kFlagS7)) != 0)
     return "unsupported packed-weight format";
   if (h.N < 1 || h.K < 1 || h.N_pad != round_up(h.N, kPackNB) || h.K_pad != round_up(h.K, kPackKB))
     return "corrupt header: inconsistent shape";

@@ -12,6 +12,7 @@ constexpr uint32_t kFormatN16K4 = 1;   // [N_pad/16][K_pad/4][16][4] int8
 // Flag bits above the layout byte of PackedHeader::format.
 constexpr uint32_t kFormatLayoutMask = 0xff;
 constexpr uint32_t kFlagNoMin128 = 1u << 16;  // no weight is -128: |a| * sign-adjusted b fits int8 (AVX2 fast path)
+constexpr uint32_t kFlagS7 = 1u << 17;        // every weight is in [-64, 63]: maddubs of u8 x b never saturates
 constexpr int64_t kPackNB = 16;        // output channels per block
 constexpr int64_t kPackKB = 4;         // k values interleaved per channel (one VNNI dword)
 
@@ -39,6 +40,7 @@ void unpack_int8_weight(const uint8_t* src, int8_t* w, int64_t ldw);
 // Checks a buffer of nbytes bytes. Returns nullptr when valid (filling *out), else a message.
 const char* validate_packed(const uint8_t* buf, int64_t nbytes, PackedHeader* out);
 inline bool packed_no_min128(const PackedHeader& h) { return (h.format & kFlagNoMin128) != 0; }
+inline bool packed_s7(const PackedHeader& h) { return (h.format & kFlagS7) != 0; }
 
 // Row stride in bytes for a u8 activation operand with K_pad columns. A stride that is a multiple
 // of 1 KiB puts the 16 rows of an AMX tile load into at most 4 of the 64 L1 sets (all of them into

@@ -26,6 +26,7 @@ struct Int8GemmParams {
   const int8_t* b = nullptr;    // packed weight data (PACKING.md, format n16k4)
   const int32_t* b_colsum = nullptr;  // per output channel sum_k B[n, k], length N_pad
   bool b_no_min128 = false;           // no B value is -128 (header flag): enables AVX2's maddubs path
+  bool b_s7 = false;                  // every B value is in [-64, 63] (header flag): AVX2's shifted maddubs
   const float* a_scale = nullptr;     // [M], per token (float outputs only)
   bool a_scale_per_tensor = false;    // a_scale[0] applies to every row (static scale)
   const float* b_scale = nullptr;     // [N], per output channel (float outputs only)
@@ -165,6 +166,9 @@ using DwConvFn = void (*)(const DwConvParams&, int64_t p0, int64_t p1);
 // Which of a depthwise kernel's ways serves p ("row_quads_paired", "row_quads", "tap_groups", "tap_pairs"):
 // the entry layer records it, tests assert it (ops.last_kernel("dwconv_path")).
 using DwPathFn = const char* (*)(const DwConvParams&);
+// Which step of the set's int8 GEMM serves p (AVX2: "shifted", "sign" or "widen", from the weight's pack
+// flags): the kernel and the entry layer's record (ops.last_kernel("int8_gemm_step")) both ask it.
+using GemmStepFn = const char* (*)(const Int8GemmParams&);
 // Computes the output pixels of output rows [r0, r1) of the flattened (n, oh) range, channels [n0, n1).
 using ConvDirectFn = void (*)(const ConvDirectParams&, int64_t r0, int64_t r1, int64_t n0, int64_t n1);
 // Computes output rows [r0, r1) of the padded input x (row r reads rows r * SH ...), all channels; output
@@ -199,6 +203,7 @@ struct KernelSet {
   GroupConvFn gconv = nullptr;         // null: grouped convolutions take the gathered rows per group
   int64_t gconv_lanes = 16;            // output channels per gconv block (GroupConvParams' L)
   bool gconv_signed_x = false;         // gconv reads an s8 slab (padding 0), else u8 = s8 + 128 (padding 128)
+  GemmStepFn gemm_step = nullptr;      // null: int8_gemm has one step
 };
 
 // Defined one per ISA translation unit.
