@@ -18,7 +18,7 @@ def test_demo_quick(capsys):
         assert results["w8a8_dynamic"]["kernel_isa"] == "avx2 (sign)"
         assert results["w8a8_dynamic w7"]["kernel_isa"] == "avx2 (shifted)"
     for name in ("sparse 2:4", "sparse 90%"):  # accuracy targets are for the full demo (more fine-tuning)
-        assert results[name]["accuracy"] > 80.0 and results[name]["kernel_isa"] in ("ref", "avx512_vnni")
+        assert results[name]["accuracy"] > 80.0 and results[name]["kernel_isa"] in ("ref", "avx2", "avx512_vnni")
     assert results["sparse 90%"]["size_ratio"] < 0.25
     rows = results["cnn"]["rows"]
     assert list(rows) == ["teacher fp32", "teacher int8", "pruned 50%", "+ distilled", "+ int8 static"]

@@ -20,7 +20,9 @@ from conftest import CAPS, assert_served
 CASES = [  # (M, K, N, sparsity): K/N off every tile, 0% and 100%, batches on each kernel path
     (1, 37, 5, 0.5), (1, 300, 70, 0.9), (2, 130, 17, 0.7), (3, 513, 33, 0.95), (8, 255, 19, 0.7),
     (9, 64, 40, 0.3), (17, 1000, 13, 0.9), (70, 129, 31, 0.5), (3, 16, 4, 1.0), (5, 40, 6, 0.0),
-    (129, 2323, 24, 0.97), (40, 700, 20, 0.5),  # the last two: several x^T passes per block (sparse_avx512.cc)
+    (129, 2323, 24, 0.97), (40, 700, 20, 0.5),  # the last two: several x^T passes per block (csr_passes.h)
+    # AVX2's lane chunks (sparse_avx2.cc): 16 lanes; 32 + 2 rows as batch 1; 32 + 16 (40 above: 32 + 8)
+    (12, 300, 20, 0.6), (34, 200, 70, 0.8), (45, 130, 33, 0.5),
 ]
 
 
@@ -36,9 +38,11 @@ def pruned_linear(K, N, sparsity, empty_row=True):
 
 def vector_tier(isa, int8=False):
     """The tier a sparse call is served by when kernels are capped at `isa`: AVX-512 (F/BW/VL/DQ) from the
-    avx512_vnni tier up; the int8 layout also needs VBMI byte permutes. Below that, the scalar path."""
-    ok = isa in ("avx512_vnni", "amx") and (not int8 or CAPS["avx512_vbmi"])
-    return "avx512_vnni" if ok else "ref"
+    avx512_vnni tier up; the int8 layout also needs VBMI byte permutes. The fp32 layouts have AVX2 kernels
+    for the avx2 and avx_vnni tiers. Below that, the scalar path."""
+    if isa in ("avx512_vnni", "amx") and (not int8 or CAPS["avx512_vbmi"]):
+        return "avx512_vnni"
+    return "avx2" if isa in ("avx2", "avx_vnni") and not int8 else "ref"
 
 
 @pytest.mark.parametrize("fmt", ["csr16", "csr8"])
@@ -305,3 +309,24 @@ def test_corrupt_layouts_stay_in_bounds(isa):
     i8 = SparseLinear.from_float(pruned_linear(40, 8, 0.5), torch.int8)
     ops.sparse_linear_int8(x, i8.row_ptr, torch.full_like(i8.cols, 255), i8.values, i8.weight_sum,
                            i8.weight_scale, None, 40)
+
+
+@pytest.mark.parametrize("cap", [None, "ref"])
+def test_sparsify_int8_warns_where_its_kernel_is_scalar(cap):
+    # slot128's vector kernel needs AVX-512 VBMI; elsewhere the scalar path runs, slower than dense layers, and
+    # sparsify says so (float32 has AVX2 kernels: no warning).
+    import warnings
+
+    def messages(dtype):
+        model = nn.Sequential(nn.Linear(128, 64))
+        fastinfer.prune(model, pattern="unstructured", sparsity=0.9)
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            fastinfer.sparsify(model, value_dtype=dtype)
+        return [str(w.message) for w in rec if "needs AVX-512 VBMI" in str(w.message)]
+
+    with fastinfer.use_isa(cap or "amx"):
+        caps = fastinfer.cpu_capabilities()
+        vector = caps["active"] in ("avx512_vnni", "amx") and caps["avx512_vbmi"]
+        assert bool(messages(torch.int8)) == (not vector)
+        assert messages(torch.float32) == []

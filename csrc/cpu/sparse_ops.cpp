@@ -1,5 +1,6 @@
 // CPU entry layer of the sparse ops: packing (csr16, csr8, slot128) and the two linear ops, with the
-// checks of each layout's contract (csrc/kernels/sparse/sparse.h), then the kernel (AVX-512 or scalar).
+// checks of each layout's contract (csrc/kernels/sparse/sparse.h), then the kernel (AVX-512, AVX2 for the fp32
+// layouts, or scalar).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -163,11 +164,14 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& row_ptr, const a
   p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
   p.out = out.data_ptr<float>();
   p.ldo = N;
-  // The vector kernels need AVX-512 (F/BW/VL/DQ), i.e. the avx512_vnni tier; below it, the scalar path.
-  const bool vec = active_isa() >= Isa::Avx512Vnni;
-  record_kernel(Family::Sparse, vec ? Isa::Avx512Vnni : Isa::Ref);
+  // The AVX-512 kernels (F/BW/VL/DQ) from the avx512_vnni tier; the AVX2 ones on the avx2 and avx_vnni tiers;
+  // the scalar path below them.
+  const Isa isa = active_isa();
+  const Isa tier = isa >= Isa::Avx512Vnni ? Isa::Avx512Vnni : isa >= Isa::Avx2 ? Isa::Avx2 : Isa::Ref;
+  const bool vec = tier != Isa::Ref;
+  record_kernel(Family::Sparse, tier);
   at::Tensor xin = x2, xt;
-  if (csr8 && vec) {  // the window kernel reads 64 columns from a group's base (<= K): zero tail
+  if (csr8 && vec) {  // the window kernels read 64 columns from a group's base (<= K): zero tail
     xin = at::zeros({M, K + 64}, x2.options());
     xin.narrow(1, 0, K).copy_(x2);
   }
@@ -180,7 +184,9 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& row_ptr, const a
     xt.narrow(0, 0, K).narrow(1, 0, M).copy_(x2.t());
     p.xt = xt.data_ptr<float>();
   }
-  const kernels::CsrFn fn = vec ? kernels::csr_linear_avx512 : kernels::csr_linear_ref;
+  const kernels::CsrFn fn = tier == Isa::Avx512Vnni ? kernels::csr_linear_avx512
+                            : tier == Isa::Avx2      ? kernels::csr_linear_avx2
+                                                     : kernels::csr_linear_ref;
   const int64_t work_per_row = std::max<int64_t>(1, entries / N) * M;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / work_per_row);
   at::parallel_for(0, N, grain, [&](int64_t b, int64_t e) { fn(p, b, e); });

@@ -1,6 +1,7 @@
 """fastinfer.prune (one entry point for structured and weight pruning) and fastinfer.sparsify."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .. import ops
 from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, swap_problem
 from ..nn.fused import LinearAct
 from ..nn.sparse import SparseLinear
@@ -90,6 +92,13 @@ def sparsify(model: nn.Module, value_dtype=torch.float32, min_sparsity: float = 
             report.skipped.append((name, f"{zeros:.1%} zeros < min_sparsity {min_sparsity:.0%}"))
             continue
         targets.append((name, zeros))
+    if value_dtype == torch.int8 and any(model.get_submodule(n).weight.device.type == "cpu" for n, _ in targets):
+        caps = ops.cpu_capabilities()
+        if caps["active"] not in ("avx512_vnni", "amx") or not caps["avx512_vbmi"]:
+            warnings.warn(f"sparsify(value_dtype=torch.int8): the int8 sparse kernel needs AVX-512 VBMI, which this "
+                          f"CPU (active ISA {caps['active']}) lacks, so these layers will run the scalar reference "
+                          "path, slower than dense ones. value_dtype=torch.float32 has AVX2 and AVX-512 kernels; "
+                          "fastinfer.quantize gives dense int8.", stacklevel=2)
     for name, zeros in targets:
         layer = model.get_submodule(name)
         layer = linear_from_conv1d(layer) if is_hf_conv1d(layer) else layer  # transformers' Conv1D: a Linear

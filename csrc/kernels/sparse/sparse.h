@@ -68,6 +68,7 @@ using CsrFn = void (*)(const CsrParams&, int64_t n0, int64_t n1);
 using Slot128Fn = void (*)(const Slot128Params&, int64_t b0, int64_t b1);
 void csr_linear_ref(const CsrParams& p, int64_t n0, int64_t n1);
 void csr_linear_avx512(const CsrParams& p, int64_t n0, int64_t n1);
+void csr_linear_avx2(const CsrParams& p, int64_t n0, int64_t n1);  // AVX2 + FMA
 void slot128_linear_ref(const Slot128Params& p, int64_t b0, int64_t b1);
 void slot128_linear_avx512(const Slot128Params& p, int64_t b0, int64_t b1);  // needs AVX-512 VBMI + VNNI
 
