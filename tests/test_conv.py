@@ -84,6 +84,21 @@ def test_int8_conv2d_matches_reference(isa, g, mode):
 GELU_GEOMETRIES = [GEOMETRIES[0], (1, 16, 7, 7, 32, 3, 1, 1, 1, 1), GEOMETRIES[2], GROUPED[0], GEOMETRIES[8]]
 
 
+@pytest.mark.parametrize("g", GEOMETRIES[:6] + GROUPED[:2] + GROUPED[8:9], ids=[str(g) for g in
+                                                                    GEOMETRIES[:6] + GROUPED[:2] + GROUPED[8:9]])
+def test_int8_conv2d_7bit_weights(isa, g):
+    # Weights in [-64, 63] (their pack flag sends AVX2's gathered-rows GEMM to its shifted step); every path
+    # still gives the reference's bits, the largest weights against the largest activations included.
+    N, C, H, W, Co, k, s, p, d, groups = g
+    x, _, ws, b = make(g)
+    w = torch.randint(-64, 64, (Co, C // groups, k, k), dtype=torch.int8)
+    w[0], x[:, :, 0] = 63, 1e3  # an all-63 filter; a column of the largest activations
+    y = ops.int8_conv2d(x, ops.pack_conv_weight(w, groups), ws, b, (k, k), (s, s), (p, p), (d, d), groups,
+                        None, None, "relu")
+    r = ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), groups, None, None, "relu")
+    torch.testing.assert_close(y, r, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("g", GELU_GEOMETRIES, ids=[str(g) for g in GELU_GEOMETRIES])
 def test_int8_conv2d_gelu(isa, g):
     """gelu on every path and tier, fp32 and int8 out. The kernels' erf is a polynomial (|error| <= 3e-7),
