@@ -14,6 +14,7 @@ Rows per layer and batch N (x is torch.randn, weights and bias from a seeded nn.
                                                also on NCHW x (the op converts it to channels_last each call)
   fastinfer  (d) int8 in/out                   ops.int8_conv2d on an int8 channels_last x, int8 out (kernel only)
   fastinfer  (e) dynamic fp32 in/out           Int8Conv2d without x_scale (amax of each input), channels_last x
+  fastinfer  (c7) static, 7-bit weights        (c) with weight_bits=7 (AVX2's GEMM and direct conv skip a step)
 tops = 2 * MACs / median time. Before timing, every row's output is checked against the fp32 NCHW conv
 (SQNR > 25 dB); the script exits 1 if a check fails. After the table: the issue's targets from this run.
 
@@ -69,6 +70,7 @@ IMPL = {  # short keys -> the impl names in the table and JSON (targets look row
     "a": "(a) int8 in/out", "b": "(b) fp32 in/out q/dq",
     "c": "(c) static fp32 in/out", "c_nchw": "(c) static fp32 in/out, NCHW x",
     "d": "(d) int8 in/out", "e": "(e) dynamic fp32 in/out",
+    "c7": "(c7) static, 7-bit weights",
 }
 
 
@@ -133,6 +135,7 @@ def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float):
     x_scale, out_scale = x.abs().max().item() / 127, y_amax / 127
     static = Int8Conv2d.from_float(conv, x_scale=x_scale)
     dynamic = Int8Conv2d.from_float(conv)
+    static7 = Int8Conv2d.from_float(conv, x_scale=x_scale, weight_bits=7)
     # (d) gets the same values as (a), quantized to int8 and laid out channels_last like (a)'s input.
     xq = torch.round(x / x_scale).clamp(-127, 127).to(torch.int8).contiguous(memory_format=torch.channels_last)
 
@@ -149,6 +152,7 @@ def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float):
         ("fastinfer", "c_nchw", lambda: static(x)),
         ("fastinfer", "d", fi_int8),
         ("fastinfer", "e", lambda: dynamic(x_cl)),
+        ("fastinfer", "c7", lambda: static7(x_cl)),
     ]
     dequant = {"a": lambda t: t.dequantize(), "d": lambda t: t.float() * out_scale}
     family = "dwconv" if is_depthwise(L) else "int8_gemm"
@@ -198,6 +202,8 @@ def targets(rows: List[Dict]):
                 out.append((f"(c) vs torch.ao (b), {layer} N={n}", get("b") / get("c"), 1.2))
             if get("d") and get("a"):
                 out.append((f"(d) vs torch.ao (a), {layer} N={n}", get("a") / get("d"), 1.2))
+            if get("c7") and get("b"):
+                out.append((f"(c7) vs torch.ao (b), {layer} N={n}", get("b") / get("c7"), 1.2))
     for r in rows:  # (c) against the best fp32 conv on the 3x3 layers at batch 8
         if r["impl"] == IMPL["c"] and r["k"] == 3 and r["N"] == 8:
             best = min(ms[(r["layer"], 8, IMPL["fp32"])], ms[(r["layer"], 8, IMPL["fp32_cl"])])

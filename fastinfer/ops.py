@@ -274,9 +274,10 @@ def last_kernel(family: str) -> str:
     "row_quads" or "tap_pairs" (AVX-VNNI), "" (AVX2 and the scalar kernel have one way). "conv_store" says
     whether the latest convolution asked for non-temporal fp32 stores ("stream": an fp32 output of 2 MiB or
     more, honoured by the AVX-512 VNNI direct and narrow-group kernels) or not ("cached"). "int8_gemm_step"
-    names the step the latest linear int8 GEMM (int8_mm, int8_scaled_mm, the w8a8 linear ops) took on AVX2,
-    chosen by its packed weight: "shifted" (every weight in [-64, 63], e.g. weight_bits=7), "sign" (no -128)
-    or "widen"; "" on the other tiers, which have one step."""
+    names the step the latest int8 GEMM (int8_mm, int8_scaled_mm, the w8a8 linear ops, a one-group
+    convolution on the GEMM kernels: direct or gathered rows) took on AVX2, chosen by its packed weight:
+    "shifted" (every weight in [-64, 63], e.g. weight_bits=7), "sign" (no -128) or "widen"; "" on the other
+    tiers, which have one step, and after a depthwise or grouped convolution."""
     return _ops.last_kernel(family)
 
 

@@ -11,7 +11,7 @@ from fastinfer import ops
 from fastinfer import reference as ref
 from fastinfer.nn import ConvAct2d, Int8Conv2d
 
-from conftest import CONV_EPILOGUE_EDGES, assert_served, conv_epilogue_edge, runnable_isas, served_by
+from conftest import CAPS, CONV_EPILOGUE_EDGES, assert_served, conv_epilogue_edge, runnable_isas, served_by
 
 # (N, C, H, W, Cout, k, stride, pad, dilation, groups)
 GEOMETRIES = [
@@ -97,6 +97,7 @@ def test_int8_conv2d_7bit_weights(isa, g):
                         None, None, "relu")
     r = ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), groups, None, None, "relu")
     torch.testing.assert_close(y, r, rtol=0, atol=0)
+    assert ops.last_kernel("int8_gemm_step") == ("shifted" if isa == "avx2" and groups == 1 else "")
 
 
 @pytest.mark.parametrize("g", GELU_GEOMETRIES, ids=[str(g) for g in GELU_GEOMETRIES])
@@ -226,9 +227,9 @@ def vnni(request):
         yield name
 
 
-def direct_case(g):
+def direct_case(g, low=-127, high=127):
     N, C, H, W, Co, k, s, p, d = g
-    w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
+    w = torch.randint(low, high + 1, (Co, C, k, k), dtype=torch.int8)
     return ops.pack_conv_weight(w, 1), w, torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co), ((k, k), (s, s), (p, p), (d, d))
 
 
@@ -241,6 +242,23 @@ def test_vnni_direct_conv_matches_reference(vnni, g, mode):
     y = ops.int8_conv2d(x, packed, ws, b, *geo, 1, x_scale, out_scale, act)
     assert ops.last_kernel("conv_direct") == vnni and ops.last_kernel("int8_gemm") == vnni
     torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, b, *geo[1:], 1, x_scale, out_scale, act), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("int8_in", [False, True])
+@pytest.mark.parametrize("g", VNNI_DIRECT, ids=[str(g) for g in VNNI_DIRECT])
+def test_vnni_direct_conv_7bit_weights(vnni, g, int8_in):
+    # Weights in [-64, 63]: AVX2's direct convolution takes its shifted step, on the u8 slab and on an int8
+    # input read in place (the tile's S8 rows flip to u8); the other tiers compute the same bits.
+    packed, w, ws, b, geo = direct_case(g, -64, 63)
+    if int8_in:  # every s8 value, -128 and 127 included
+        x = torch.randint(-128, 128, g[:4], dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    else:
+        x = torch.randn(*g[:4]) * 2
+    x_scale = 0.05 if int8_in else None
+    y = ops.int8_conv2d(x, packed, ws, b, *geo, 1, x_scale, None, "none")
+    assert ops.last_kernel("conv_direct") == vnni
+    assert ops.last_kernel("int8_gemm_step") == ("shifted" if vnni == "avx2" else "")
+    torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, b, *geo[1:], 1, x_scale, None, "none"), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("g", [VNNI_DIRECT[0], VNNI_DIRECT[3], VNNI_DIRECT[7], VNNI_DIRECT[8], VNNI_DIRECT[9],
@@ -734,3 +752,37 @@ def test_conv1d_quantize_state_dict_and_errors():
     # 12 taps of 1 channel and 3 taps of 4 channels pack to the same shape: the weight's shape tells them apart
     with pytest.raises(ValueError, match=r"conv weight is \[Cout, Cin/groups, KH, KW\] = \[6, 4, 1, 3\]"):
         Int8Conv1d(1, 6, 12).load_state_dict(Int8Conv1d(4, 6, 3).state_dict())
+
+
+def test_module_weight_bits_7():
+    # Int8Conv2d with 7-bit weights: [-63, 63] levels, the reference's bits, saved in the state_dict, kept by
+    # quantize and load_quantized; a one-group conv reports AVX2's shifted step.
+    conv = nn.Conv2d(16, 24, 3, padding=1)
+    q = Int8Conv2d.from_float(conv, weight_bits=7)
+    w_ref, s_ref = ref.quantize_weight_per_channel(conv.weight, 7)
+    assert torch.equal(q.int8_weight(), w_ref) and torch.equal(q.weight_scale, s_ref) and "7-bit" in repr(q)
+    x = torch.randn(2, 16, 9, 9)
+    with torch.inference_mode():
+        y = q(x)
+        assert ops.last_kernel("int8_gemm_step") == ("shifted" if CAPS["active"] == "avx2" else "")
+    torch.testing.assert_close(y, ref.int8_conv2d(x, w_ref, s_ref, conv.bias.detach(), (1, 1), (1, 1), (1, 1), 1),
+                               rtol=0, atol=0)
+    fresh = Int8Conv2d(16, 24, 3, padding=1)
+    fresh.load_state_dict(q.state_dict())
+    assert fresh.weight_bits == 7
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.Flatten(),
+                          nn.Linear(8 * 49, 4))
+    fastinfer.quantize(model, weight_bits=7)
+    assert [m.weight_bits for m in model.modules() if isinstance(m, (Int8Conv2d, fastinfer.nn.Int8Linear))] == [7] * 3
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.Flatten(),
+                          nn.Linear(8 * 49, 4))
+    loaded = fastinfer.load_quantized(buf, plain)
+    x = torch.randn(2, 3, 9, 9)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert loaded[0].weight_bits == 7 and loaded[2].weight_bits == 7
+    with pytest.raises(ValueError, match="weight_bits must be 8 or 7"):
+        Int8Conv2d.from_float(conv, weight_bits=4)

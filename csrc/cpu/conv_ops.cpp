@@ -565,6 +565,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   ConvEpilogue epi = fold_epilogue(a_scale, ws, bi, out_scale, act);
   epi.stream_out = kind == kernels::OutKind::Float32 && out.nbytes() >= static_cast<size_t>(kConvStreamOutBytes);
   record_conv_store(epi.stream_out);
+  record_gemm_step(kernels::kernels_ref(), nullptr);  // set below where one weight's GEMM step serves
   if (!dw && a.groups > 1) {  // 2a) narrow groups: all channels of a pixel at once
     const kernels::KernelSet& gk = kernels_for(Family::GroupConv);
     // AVX2's step is exact only without -128 in the weight (every group's header says whether).
@@ -589,6 +590,11 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const bool w_no_min128 = !headers.empty() && kernels::packed_no_min128(headers[0]);
   const DirectMode mode = direct_mode(gks, a, plain_1x1, w_no_min128);
   const bool tiles_direct = mode != DirectMode::None;
+  if (gks && a.groups == 1) {  // the GEMM kernels' step for this weight (AVX2: its pack flags)
+    kernels::Int8GemmParams step;
+    set_packed_weight(step, headers[0], packed_w.data_ptr<uint8_t>());
+    record_gemm_step(*gks, &step);
+  }
   const kernels::ConvDirectParams geometry = direct_geometry(a, mode);
   if (tiles_direct) {  // 2b) direct convolution: the padded input is written per row group
     record_kernel(Family::ConvDirect, isa_of(*gks));

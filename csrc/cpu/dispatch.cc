@@ -112,8 +112,8 @@ thread_local const char* t_conv_store = "";
 thread_local const char* t_gemm_step = "";
 }  // namespace
 
-void record_gemm_step(const kernels::KernelSet& ks, const kernels::Int8GemmParams& p) {
-  t_gemm_step = ks.gemm_step ? ks.gemm_step(p) : "";
+void record_gemm_step(const kernels::KernelSet& ks, const kernels::Int8GemmParams* p) {
+  t_gemm_step = ks.gemm_step && p ? ks.gemm_step(*p) : "";
 }
 
 void record_conv_store(bool stream) { t_conv_store = stream ? "stream" : "cached"; }

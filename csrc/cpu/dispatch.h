@@ -35,9 +35,9 @@ void clear_kernel(Family family);  // last_kernel(family) == "" again
 // Which way of the depthwise kernel served the latest call (KernelSet::dwconv_path; "" where the set has one):
 // last_kernel("dwconv_path").
 void record_dwconv_path(const kernels::KernelSet& ks, const kernels::DwConvParams& p);
-// Which step of the int8 GEMM serves p (KernelSet::gemm_step; "" where the set has one):
-// last_kernel("int8_gemm_step").
-void record_gemm_step(const kernels::KernelSet& ks, const kernels::Int8GemmParams& p);
+// Which step of the int8 GEMM serves p (KernelSet::gemm_step; "" where the set has one, or p is null: a
+// call that runs no GEMM kernel, or several weights): last_kernel("int8_gemm_step").
+void record_gemm_step(const kernels::KernelSet& ks, const kernels::Int8GemmParams* p);
 // Whether the latest convolution asked its kernels for non-temporal fp32 stores (Int8GemmParams::stream_out):
 // last_kernel("conv_store") is "stream" or "cached".
 void record_conv_store(bool stream);

@@ -95,7 +95,7 @@ inline int64_t panel_width(const kernels::KernelSet& ks, int64_t N_pad, int64_t 
 // Splits the GEMM into (column panel, row chunk) items: consecutive items share a weight panel.
 template <typename Params, typename Fn>
 inline void run_gemm(const Params& p, Fn fn, const kernels::KernelSet& ks) {
-  if constexpr (std::is_same_v<Params, kernels::Int8GemmParams>) record_gemm_step(ks, p);
+  if constexpr (std::is_same_v<Params, kernels::Int8GemmParams>) record_gemm_step(ks, &p);
   const int64_t N_pad = kernels::round_up(p.N, kernels::kPackNB);
   const int64_t chunks = (p.M + ks.m_chunk - 1) / ks.m_chunk;
   const int64_t n_panel = panel_width(ks, N_pad, chunks);

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..reference import quantize_weight_per_channel
+from ..reference import check_weight_bits, quantize_weight_per_channel
 from ._common import ComputedWeight, check_float_layer, check_scale, float_out, half_on_cpu, unbatched, via_float32
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
@@ -49,8 +49,9 @@ class Int8Conv2d(ComputedWeight):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, activation: str = "none", x_scale: Optional[float] = None,
-                 out_scale: Optional[float] = None):
+                 out_scale: Optional[float] = None, weight_bits: int = 8):
         super().__init__()
+        self.weight_bits = check_weight_bits(weight_bits)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         if in_channels % groups or out_channels % groups:
@@ -70,14 +71,15 @@ class Int8Conv2d(ComputedWeight):
 
     @classmethod
     def from_float(cls, conv: nn.Module, activation: Optional[str] = None, x_scale: Optional[float] = None,
-                   out_scale: Optional[float] = None) -> "Int8Conv2d":
+                   out_scale: Optional[float] = None, weight_bits: int = 8) -> "Int8Conv2d":
         """Quantizes a float Conv2d (or fastinfer.nn.ConvAct2d, whose activation is taken over); Int8Conv1d's
-        a Conv1d (per output channel, symmetric)."""
+        a Conv1d (per output channel, symmetric). weight_bits=7: weights in [-63, 63], which AVX2-only CPUs
+        multiply without their sign step in one-group convolutions (as Int8Linear.from_float)."""
         check_float_layer(conv, cls._float_type, "conv", ops.LINEAR_DEVICES)
         act = activation or getattr(conv, "activation", None) or "none"
         mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv_padding(conv),
-                  conv.dilation, conv.groups, conv.bias is not None, act, x_scale, out_scale)
-        w_q, w_scale = quantize_weight_per_channel(conv.weight)
+                  conv.dilation, conv.groups, conv.bias is not None, act, x_scale, out_scale, weight_bits)
+        w_q, w_scale = quantize_weight_per_channel(conv.weight, mod.weight_bits)
         kh_kw = mod._geometry()[0]  # a Conv1d's [Cout, Cin/groups, K] packs as [Cout, Cin/groups, 1, K]
         mod.packed_weight = ops.pack_conv_weight(w_q.reshape(*w_q.shape[:2], *kh_kw), conv.groups)
         mod.weight_scale = w_scale.contiguous()
@@ -170,6 +172,8 @@ class Int8Conv2d(ComputedWeight):
         s += f", bias={self.bias is not None}, activation={self.activation}, activations={mode}"
         if self.out_scale is not None:
             s += f", int8 out (scale {self.out_scale:.4g})"
+        if self.weight_bits == 7:
+            s += ", 7-bit weights"
         return s
 
     def get_extra_state(self):
@@ -177,13 +181,14 @@ class Int8Conv2d(ComputedWeight):
         # another kernel shape with the same K (3x3 x 4 channels vs 1x9, or 1x1 x 36) would load and compute
         # nonsense; this entry lets load_state_dict refuse it (checkpoints written before it: not checked).
         return {"activation": self.activation, "x_scale": self.x_scale, "out_scale": self.out_scale,
-                "weight_shape": self._weight_shape()}
+                "weight_shape": self._weight_shape(), "weight_bits": self.weight_bits}
 
     def _weight_shape(self):
         return [self.out_channels, self.in_channels // self.groups, *self._geometry()[0]]
 
     def set_extra_state(self, state):
         self.activation, self.x_scale, self.out_scale = state["activation"], state["x_scale"], state["out_scale"]
+        self.weight_bits = state.get("weight_bits", 8)  # files from before weight_bits hold 8-bit weights
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         extra = state_dict.get(prefix + "_extra_state")
@@ -217,7 +222,7 @@ class Int8Conv1d(Int8Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, activation: str = "none", x_scale: Optional[float] = None,
-                 out_scale: Optional[float] = None):
+                 out_scale: Optional[float] = None, weight_bits: int = 8):
         def one(v, name):
             v = tuple(v) if isinstance(v, (tuple, list)) else (v,)
             if len(v) != 1 or not isinstance(v[0], int):
@@ -226,7 +231,7 @@ class Int8Conv1d(Int8Conv2d):
         k, st, p, d = (one(v, n) for v, n in ((kernel_size, "kernel_size"), (stride, "stride"), (padding, "padding"),
                                                (dilation, "dilation")))
         super().__init__(in_channels, out_channels, (1, k), (1, st), (0, p), (1, d), groups, bias, activation, x_scale,
-                         out_scale)
+                         out_scale, weight_bits)
         self.kernel_size, self.stride, self.padding, self.dilation = (k,), (st,), (p,), (d,)
 
     _float_type = nn.Conv1d

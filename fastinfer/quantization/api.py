@@ -69,9 +69,10 @@ class QuantConfig:
     callable(name, module) -> bool. A layer is swapped if it matches include (default: all)
     and does not match exclude.
     observer: how w8a8_static picks activation scales: 'minmax', 'percentile' or 'mse'.
-    weight_bits: 8, or 7 for the Linear layers' weights rounded to [-63, 63] (w8a8 schemes): on CPUs with
-      AVX2 but no VNNI (AMD Zen 2/3, Intel before Ice Lake) their int8 GEMM then runs about 1.4x faster,
-      at some accuracy; elsewhere it computes the same values at the same speed as 8-bit weights would.
+    weight_bits: 8, or 7 for weights rounded to [-63, 63] (w8a8 schemes): on CPUs with AVX2 but no VNNI
+      (AMD Zen 2/3, Intel before Ice Lake) the int8 GEMM of Linear layers and one-group convolutions then
+      runs about 1.4x faster, at some accuracy; elsewhere (and in depthwise or grouped convolutions) it
+      computes the same values at the same speed as 8-bit weights would.
     """
     scheme: str = "w8a8_dynamic"
     include: Patterns = None
@@ -124,8 +125,8 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     weights and 1 / s applied inside the activation quantization (0.5 is the usual choice). For
     models whose activations have outlier channels (transformers).
 
-    weight_bits: 8, or 7 (w8a8 schemes, Linear layers; see QuantConfig): weights in [-63, 63], which AVX2-only
-    CPUs multiply about 1.4x faster.
+    weight_bits: 8, or 7 (w8a8 schemes; see QuantConfig): weights in [-63, 63], which AVX2-only CPUs multiply
+    about 1.4x faster (Linear layers, one-group convolutions).
 
     int8_residuals (w8a8_static): a residual add of a static conv's output (a ResNet block's
     ``relu(conv3(...) + identity)``) becomes an Int8Add in the forward of the submodule that holds it
@@ -217,7 +218,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
                                                 weight_bits=cfg.weight_bits)
                 else:
                     conv_type = Int8Conv1d if isinstance(layer, nn.Conv1d) else Int8Conv2d
-                    new = conv_type.from_float(layer, x_scale=x_scale)
+                    new = conv_type.from_float(layer, x_scale=x_scale, weight_bits=cfg.weight_bits)
             except ValueError as e:  # e.g. padding_mode='reflect'
                 report.skipped.append((name, str(e)))
                 continue

@@ -211,10 +211,13 @@ void int8_gemm_avx2(const Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n0,
     }
 }
 
-// The direct convolution needs the SignDot step: the entry layer takes it only for weights without -128
-// (KernelSet::conv_direct_no_min128).
+// The direct convolution needs the SignDot step, or ShiftedDot for a 7-bit weight (gemm_step_avx2): the entry
+// layer takes it only for weights without -128 (KernelSet::conv_direct_no_min128).
 void conv_direct_avx2(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
-  ymm_conv_direct<SignDot>(cp, r0, r1, n0, n1);
+  if (gemm_step_avx2(cp.gemm) == kStepShifted)
+    ymm_conv_direct<ShiftedDot>(cp, r0, r1, n0, n1);
+  else
+    ymm_conv_direct<SignDot>(cp, r0, r1, n0, n1);
 }
 
 // Weight-only: half h of a 16-column block (8 columns); acc[c] lanes = 2 columns x 4 k.
