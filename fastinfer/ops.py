@@ -275,9 +275,10 @@ def last_kernel(family: str) -> str:
     whether the latest convolution asked for non-temporal fp32 stores ("stream": an fp32 output of 2 MiB or
     more, honoured by the AVX-512 VNNI direct and narrow-group kernels) or not ("cached"). "int8_gemm_step"
     names the step the latest int8 GEMM (int8_mm, int8_scaled_mm, the w8a8 linear ops, a one-group
-    convolution on the GEMM kernels: direct or gathered rows) took on AVX2, chosen by its packed weight:
-    "shifted" (every weight in [-64, 63], e.g. weight_bits=7), "sign" (no -128) or "widen"; "" on the other
-    tiers, which have one step, and after a depthwise or grouped convolution."""
+    convolution on the GEMM kernels: direct or gathered rows; a narrow-group one, gconv) took on AVX2, chosen
+    by its packed weight: "shifted" (every weight in [-64, 63], e.g. weight_bits=7), "sign" (no -128) or
+    "widen"; "" on the other tiers, which have one step, and after a depthwise convolution or a grouped one
+    on gathered rows."""
     return _ops.last_kernel(family)
 
 

@@ -405,6 +405,7 @@ struct GroupConvPlan {
   at::Tensor off;     // [blocks] int32: the window's first input channel
   at::Tensor colsum;  // [blocks * L] int32: sum of each output channel's weights (0 past Cout)
   bool one_group_blocks = true;
+  bool no_min128 = true, s7 = true;  // every group's weight has its pack flag (the AVX2 steps)
 };
 
 // Whether the narrow-group kernel serves: whole 4-channel k steps within a group, each L-lane block's
@@ -439,6 +440,10 @@ GroupConvPlan group_conv_plan(const at::Tensor& packed_w, const std::vector<Pack
   int32_t* w = reinterpret_cast<int32_t*>(pl.w.data_ptr<int8_t>());
   int32_t *idx = pl.idx.data_ptr<int32_t>(), *off = pl.off.data_ptr<int32_t>(), *cs = pl.colsum.data_ptr<int32_t>();
   const uint8_t* base = packed_w.data_ptr<uint8_t>();
+  for (const PackedHeader& h : headers) {
+    pl.no_min128 = pl.no_min128 && kernels::packed_no_min128(h);
+    pl.s7 = pl.s7 && kernels::packed_s7(h);
+  }
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t g0 = L * b / cout_g;
     off[b] = static_cast<int32_t>(g0 * cin_g);
@@ -471,6 +476,9 @@ void conv_grouped(const kernels::KernelSet& ks, const ConvArgs& a, const at::Ten
   kernels::Int8GemmParams& p = gp.gemm;
   p.N = a.Cout;
   p.b_colsum = plan.colsum.data_ptr<int32_t>();
+  p.b_no_min128 = plan.no_min128;
+  p.b_s7 = plan.s7;
+  record_gemm_step(ks, &p);
   set_conv_epilogue(p, epi, 0, a.Cout, kind, act);
   p.ldo = a.Cout;
   gp.Wp = a.W + 2 * a.PW;

@@ -74,7 +74,7 @@ class Int8Conv2d(ComputedWeight):
                    out_scale: Optional[float] = None, weight_bits: int = 8) -> "Int8Conv2d":
         """Quantizes a float Conv2d (or fastinfer.nn.ConvAct2d, whose activation is taken over); Int8Conv1d's
         a Conv1d (per output channel, symmetric). weight_bits=7: weights in [-63, 63], which AVX2-only CPUs
-        multiply without their sign step in one-group convolutions (as Int8Linear.from_float)."""
+        multiply without their sign step, depthwise convolutions excepted (as Int8Linear.from_float)."""
         check_float_layer(conv, cls._float_type, "conv", ops.LINEAR_DEVICES)
         act = activation or getattr(conv, "activation", None) or "none"
         mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv_padding(conv),

@@ -70,9 +70,9 @@ class QuantConfig:
     and does not match exclude.
     observer: how w8a8_static picks activation scales: 'minmax', 'percentile' or 'mse'.
     weight_bits: 8, or 7 for weights rounded to [-63, 63] (w8a8 schemes): on CPUs with AVX2 but no VNNI
-      (AMD Zen 2/3, Intel before Ice Lake) the int8 GEMM of Linear layers and one-group convolutions then
-      runs about 1.4x faster, at some accuracy; elsewhere (and in depthwise or grouped convolutions) it
-      computes the same values at the same speed as 8-bit weights would.
+      (AMD Zen 2/3, Intel before Ice Lake) the int8 GEMM of Linear layers and convolutions then runs about
+      1.4x faster, at some accuracy; elsewhere (and in depthwise convolutions) it computes the same values
+      at the same speed as 8-bit weights would.
     """
     scheme: str = "w8a8_dynamic"
     include: Patterns = None
@@ -126,7 +126,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     models whose activations have outlier channels (transformers).
 
     weight_bits: 8, or 7 (w8a8 schemes; see QuantConfig): weights in [-63, 63], which AVX2-only CPUs multiply
-    about 1.4x faster (Linear layers, one-group convolutions).
+    about 1.4x faster (Linear layers, convolutions but depthwise ones).
 
     int8_residuals (w8a8_static): a residual add of a static conv's output (a ResNet block's
     ``relu(conv3(...) + identity)``) becomes an Int8Add in the forward of the submodule that holds it

@@ -220,6 +220,15 @@ void conv_direct_avx2(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_
     ymm_conv_direct<SignDot>(cp, r0, r1, n0, n1);
 }
 
+// The narrow-group convolution on its s8 slab (gconv_signed_x): ShiftedDot flips each row to u8 for a 7-bit
+// weight (the entry sets gemm.b_s7 when every group's weight is one).
+void gconv_avx2(const GroupConvParams& p, int64_t r0, int64_t r1) {
+  if (gemm_step_avx2(p.gemm) == kStepShifted)
+    ymm_gconv<ShiftedDot, /*S8X=*/true>(p, r0, r1);
+  else
+    ymm_gconv<SignDot>(p, r0, r1);
+}
+
 // Weight-only: half h of a 16-column block (8 columns); acc[c] lanes = 2 columns x 4 k.
 template <int mr>
 void w8_tile(const W8GemmParams& p, int64_t m, int64_t n, int half) {
@@ -554,7 +563,7 @@ const KernelSet& kernels_avx2() {
   static const KernelSet s{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, dwconv_avx2, absmax_avx2, ymm_peak_probe<SignDot>,
                            64, 16 * SignDot::kMR, SignDot::kMR, false, conv_direct_avx2, kPackKB, SignDot::kMR,
                            add_act_avx2, /*conv_direct_no_min128=*/true, dwconv_path_avx2,
-                           ymm_gconv<SignDot>, /*gconv_lanes=*/8, /*gconv_signed_x=*/!SignDot::kShifted,
+                           gconv_avx2, /*gconv_lanes=*/8, /*gconv_signed_x=*/!SignDot::kShifted,
                            gemm_step_avx2};
   return s;
 }

@@ -290,7 +290,7 @@ inline __m256i ymm_permuted(const uint8_t* px, __m256i idx) {
   return _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(px)), idx);
 }
 
-template <class Dot, int R>
+template <class Dot, bool S8X, int R>
 void ymm_gconv_tile(const GroupConvParams& p, const Cols8* c, __m256i idx, int64_t b, int64_t r, int64_t ow) {
   __m256i acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_si256();
@@ -304,7 +304,7 @@ void ymm_gconv_tile(const GroupConvParams& p, const Cols8* c, __m256i idx, int64
         const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
 #pragma GCC unroll 8
         for (int i = 0; i < R; ++i)
-          acc[i] = Dot::step(acc[i], Dot::template row<!Dot::kShifted>(ymm_permuted(xt + i * pix, idx)), wv);
+          acc[i] = Dot::step(acc[i], Dot::template row<S8X>(ymm_permuted(xt + i * pix, idx)), wv);
       }
     }
   }
@@ -313,7 +313,7 @@ void ymm_gconv_tile(const GroupConvParams& p, const Cols8* c, __m256i idx, int64
 
 // NB (1 or 2) neighbouring blocks of one group: each broadcast row (AVX2: with its |a|) feeds the NB blocks'
 // steps.
-template <class Dot, int NB, int R>
+template <class Dot, bool S8X, int NB, int R>
 void ymm_gconv_tile_bcast(const GroupConvParams& p, const Cols8* c, __m256i, int64_t b, int64_t r, int64_t ow) {
   __m256i acc[NB][R];
 #pragma GCC unroll 2
@@ -332,7 +332,7 @@ void ymm_gconv_tile_bcast(const GroupConvParams& p, const Cols8* c, __m256i, int
         for (int j = 0; j < NB; ++j) wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * next));
 #pragma GCC unroll 8
         for (int i = 0; i < R; ++i) {
-          const typename Dot::Row row = Dot::template row<!Dot::kShifted>(bcast_u8x4(xt + i * pix));
+          const typename Dot::Row row = Dot::template row<S8X>(bcast_u8x4(xt + i * pix));
 #pragma GCC unroll 2
           for (int j = 0; j < NB; ++j) acc[j][i] = Dot::step(acc[j][i], row, wv[j]);
         }
@@ -346,7 +346,7 @@ void ymm_gconv_tile_bcast(const GroupConvParams& p, const Cols8* c, __m256i, int
 
 // Stride 1, dilation 1, a 3-wide kernel: the three taps of a kernel row read neighbouring pixels, so each
 // of the R + 2 pixels is loaded and permuted once for all three (as gconv_avx512.cc's gconv_tile_w3).
-template <class Dot, int R>
+template <class Dot, bool S8X, int R>
 void ymm_gconv_tile_w3(const GroupConvParams& p, const Cols8* c, __m256i idx, int64_t b, int64_t r, int64_t ow) {
   __m256i acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_si256();
@@ -364,7 +364,7 @@ void ymm_gconv_tile_w3(const GroupConvParams& p, const Cols8* c, __m256i idx, in
       for (int kw = 0; kw < 3; ++kw) {
         const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + kw * steps * 32));
 #pragma GCC unroll 8
-        for (int i = 0; i < R; ++i) acc[i] = Dot::step(acc[i], Dot::template row<!Dot::kShifted>(v[i + kw]), wv);
+        for (int i = 0; i < R; ++i) acc[i] = Dot::step(acc[i], Dot::template row<S8X>(v[i + kw]), wv);
       }
     }
   }
@@ -375,20 +375,20 @@ void ymm_gconv_tile_w3(const GroupConvParams& p, const Cols8* c, __m256i idx, in
 // 3 broadcasts shared by a block pair. Pixels a tile: 8, or 4 where more vectors stay live (the 3-wide
 // row's R + 2 inputs, the pair's 2 R accumulators).
 constexpr int ymm_gconv_pixels(int way) { return way == 0 || way == 1 ? 8 : 4; }
-template <class Dot, int WAY, size_t... I>
+template <class Dot, bool S8X, int WAY, size_t... I>
 constexpr std::array<YmmGconvTileFn, sizeof...(I) + 1> ymm_gconv_tiles(std::index_sequence<I...>) {
-  if constexpr (WAY == 0) return {{nullptr, &ymm_gconv_tile<Dot, static_cast<int>(I) + 1>...}};
-  if constexpr (WAY == 1) return {{nullptr, &ymm_gconv_tile_bcast<Dot, 1, static_cast<int>(I) + 1>...}};
-  if constexpr (WAY == 2) return {{nullptr, &ymm_gconv_tile_w3<Dot, static_cast<int>(I) + 1>...}};
-  return {{nullptr, &ymm_gconv_tile_bcast<Dot, 2, static_cast<int>(I) + 1>...}};
+  if constexpr (WAY == 0) return {{nullptr, &ymm_gconv_tile<Dot, S8X, static_cast<int>(I) + 1>...}};
+  if constexpr (WAY == 1) return {{nullptr, &ymm_gconv_tile_bcast<Dot, S8X, 1, static_cast<int>(I) + 1>...}};
+  if constexpr (WAY == 2) return {{nullptr, &ymm_gconv_tile_w3<Dot, S8X, static_cast<int>(I) + 1>...}};
+  return {{nullptr, &ymm_gconv_tile_bcast<Dot, S8X, 2, static_cast<int>(I) + 1>...}};
 }
 
 // WAY 0, 1 or 2; with broadcasts (1), neighbouring blocks of one group go in pairs (way 3).
-template <class Dot, int WAY>
+template <class Dot, bool S8X, int WAY>
 void ymm_gconv_rows(const GroupConvParams& p, int64_t r0, int64_t r1) {
   constexpr int kMax = ymm_gconv_pixels(WAY), kPairMax = ymm_gconv_pixels(3);
-  static constexpr auto kTiles = ymm_gconv_tiles<Dot, WAY>(std::make_index_sequence<kMax>{});
-  static constexpr auto kPairs = ymm_gconv_tiles<Dot, 3>(std::make_index_sequence<kPairMax>{});
+  static constexpr auto kTiles = ymm_gconv_tiles<Dot, S8X, WAY>(std::make_index_sequence<kMax>{});
+  static constexpr auto kPairs = ymm_gconv_tiles<Dot, S8X, 3>(std::make_index_sequence<kPairMax>{});
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t b = 0, nb; b < p.blocks; b += nb) {
       nb = WAY == 1 && b + 1 < p.blocks && p.block_off[b + 1] == p.block_off[b] ? 2 : 1;  // the same group
@@ -405,14 +405,15 @@ void ymm_gconv_rows(const GroupConvParams& p, int64_t r0, int64_t r1) {
   }
 }
 
-template <class Dot>
+// S8X: the slab holds s8 (KernelSet::gconv_signed_x); by default the encoding Dot's own rows take.
+template <class Dot, bool S8X = !Dot::kShifted>
 void ymm_gconv(const GroupConvParams& p, int64_t r0, int64_t r1) {
   if (p.one_group_blocks)
-    ymm_gconv_rows<Dot, 1>(p, r0, r1);
+    ymm_gconv_rows<Dot, S8X, 1>(p, r0, r1);
   else if (p.KW == 3 && p.SW == 1 && p.DW == 1)
-    ymm_gconv_rows<Dot, 2>(p, r0, r1);
+    ymm_gconv_rows<Dot, S8X, 2>(p, r0, r1);
   else
-    ymm_gconv_rows<Dot, 0>(p, r0, r1);
+    ymm_gconv_rows<Dot, S8X, 0>(p, r0, r1);
 }
 
 // The depthwise convolution (DwConvFn) of both sets where the row quads below do not serve (channels not a
