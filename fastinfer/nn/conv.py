@@ -188,7 +188,7 @@ class Int8Conv2d(ComputedWeight):
 
     def set_extra_state(self, state):
         self.activation, self.x_scale, self.out_scale = state["activation"], state["x_scale"], state["out_scale"]
-        self.weight_bits = state.get("weight_bits", 8)  # files from before weight_bits hold 8-bit weights
+        self.weight_bits = check_weight_bits(state.get("weight_bits", 8))  # files from before it: 8-bit weights
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         extra = state_dict.get(prefix + "_extra_state")

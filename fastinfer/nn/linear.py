@@ -179,7 +179,7 @@ class Int8Linear(ComputedWeight):
     def set_extra_state(self, state):
         self.scheme, self.activation = state["scheme"], state["activation"]
         self.x_scale, self.out_scale = state["x_scale"], state["out_scale"]
-        self.weight_bits = state.get("weight_bits", 8)  # files from before weight_bits hold 8-bit weights
+        self.weight_bits = check_weight_bits(state.get("weight_bits", 8))  # files from before it: 8-bit weights
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         smooth_key = prefix + "input_smooth"
