@@ -787,3 +787,22 @@ def test_module_weight_bits_7():
     assert loaded[0].weight_bits == 7 and loaded[2].weight_bits == 7
     with pytest.raises(ValueError, match="weight_bits must be 8 or 7"):
         Int8Conv2d.from_float(conv, weight_bits=4)
+
+
+def test_load_refuses_a_header_of_another_shape():
+    # A 1x1 conv, Cout 12 and K 10, its header rewritten to N 10, K 12 (same padded sizes, same bytes): the
+    # load's repack would read the weights by that header and scramble them; it is refused instead.
+    layer = Int8Conv2d.from_float(nn.Conv2d(10, 12, 1))
+    packed = layer.state_dict()["packed_weight"].clone()
+    packed[0, 16:32] = torch.tensor([10, 12], dtype=torch.int64).view(torch.uint8)
+    with pytest.raises(ValueError, match=r"group 0's packed weight is \(10, 12\), expected \(12, 10\)"):
+        Int8Conv2d(10, 12, 1).load_state_dict({**layer.state_dict(), "packed_weight": packed})
+
+
+def test_gemm_step_cleared_by_an_empty_depthwise_conv():
+    lin = fastinfer.nn.Int8Linear.from_float(nn.Linear(16, 16), weight_bits=7)
+    dw = Int8Conv2d.from_float(nn.Conv2d(16, 16, 3, padding=1, groups=16))
+    with torch.inference_mode():
+        lin(torch.randn(2, 16))
+        dw(torch.randn(0, 16, 8, 8))
+    assert ops.last_kernel("int8_gemm_step") == ""

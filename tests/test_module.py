@@ -545,3 +545,10 @@ def test_load_recomputes_column_sums_and_pack_flags():
     x = torch.randn(5, 64)
     with torch.inference_mode():
         torch.testing.assert_close(fresh(x), q(x), rtol=0, atol=0)
+
+
+def test_w8_only_state_with_7_bit_weights_refused():
+    sd = Int8Linear.from_float(nn.Linear(8, 4), "w8_only").state_dict()
+    sd["_extra_state"] = {**sd["_extra_state"], "weight_bits": 7}
+    with pytest.raises(ValueError, match="weight_bits=7 is for the w8a8 schemes"):
+        Int8Linear(8, 4, scheme="w8_only").load_state_dict(sd)

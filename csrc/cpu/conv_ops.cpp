@@ -558,6 +558,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   }
   const auto out_dtype = out_scale ? at::kChar : at::kFloat;
   at::Tensor out = at::empty({a.N, a.Cout, a.OH, a.OW}, x.options().dtype(out_dtype).memory_format(at::MemoryFormat::ChannelsLast));
+  record_gemm_step(kernels::kernels_ref(), nullptr);  // set below where one weight's GEMM step serves
   if (a.N == 0 || a.OH == 0 || a.OW == 0) return out;
 
   // 1) activations -> int8 NHWC, one scale for the whole tensor (static x_scale, or amax / 127).
@@ -573,7 +574,6 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   ConvEpilogue epi = fold_epilogue(a_scale, ws, bi, out_scale, act);
   epi.stream_out = kind == kernels::OutKind::Float32 && out.nbytes() >= static_cast<size_t>(kConvStreamOutBytes);
   record_conv_store(epi.stream_out);
-  record_gemm_step(kernels::kernels_ref(), nullptr);  // set below where one weight's GEMM step serves
   if (!dw && a.groups > 1) {  // 2a) narrow groups: all channels of a pixel at once
     const kernels::KernelSet& gk = kernels_for(Family::GroupConv);
     // AVX2's step is exact only without -128 in the weight (every group's header says whether).

@@ -197,6 +197,16 @@ class Int8Conv2d(ComputedWeight):
             raise ValueError(f"{prefix}packed_weight: the checkpoint's conv weight is [Cout, Cin/groups, KH, KW] = "
                              f"{list(shape)}, this layer's is {self._weight_shape()}")
         key = prefix + "packed_weight"
+        if key in state_dict and not self._depthwise() and not ops.is_cuda_packed(state_dict[key]):
+            # Each group's header must hold this layer's [Cout / groups, K]: the repack after the load reads the
+            # weights by it (a rewritten header of the same size would otherwise load scrambled weights).
+            stored = state_dict[key].cpu()
+            if stored.dim() == 2 and stored.shape[0] == self.groups and not ops.is_cuda_packed(self.packed_weight):
+                want = ops.packed_shape(self.packed_weight[0])  # this layer's own buffer (its weights' shape)
+                for g in range(self.groups):
+                    if ops.packed_shape(stored[g]) != want:
+                        raise ValueError(f"{key}: group {g}'s packed weight is {ops.packed_shape(stored[g])}, expected "
+                                         f"{want} ([Cout / groups, Cin / groups * KH * KW])")
         if (key in state_dict and not self._depthwise()
                 and ops.is_cuda_packed(state_dict[key]) != ops.is_cuda_packed(self.packed_weight)):
             # packed for the other kind of device (as Int8Linear: by layout, wherever the tensor now is)

@@ -179,7 +179,8 @@ class Int8Linear(ComputedWeight):
     def set_extra_state(self, state):
         self.scheme, self.activation = state["scheme"], state["activation"]
         self.x_scale, self.out_scale = state["x_scale"], state["out_scale"]
-        self.weight_bits = check_weight_bits(state.get("weight_bits", 8))  # files from before it: 8-bit weights
+        # files from before weight_bits hold 8-bit weights; 7 bits with w8_only is refused, as by the constructor
+        self.weight_bits = check_bits_for_scheme(state.get("weight_bits", 8), self.scheme)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         smooth_key = prefix + "input_smooth"
