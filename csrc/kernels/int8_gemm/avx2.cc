@@ -1,8 +1,8 @@
 // AVX2 + FMA kernels: the fallback for x86-64 CPUs without AVX-512 VNNI or AVX-VNNI.
 // AVX2 has no exact u8 x s8 dot product (vpmaddubsw saturates at int16). The int8 GEMM and the direct
 // convolution run ymm_tile.h's tile with an exact maddubs step when no weight is -128 (SignDot below);
-// the GEMM of a weight in [-64, 63] (7-bit) drops the sign step (ShiftedDot); a GEMM whose weight holds
-// -128 widens both operands to int16 and uses vpmaddwd, exact into int32.
+// the GEMM and the convolutions of a weight in [-64, 63] (7-bit) drop the sign step (ShiftedDot); a GEMM
+// whose weight holds -128 widens both operands to int16 and uses vpmaddwd, exact into int32.
 #include <algorithm>
 #include <array>
 #include <cstring>
