@@ -32,7 +32,8 @@ QUANTIZED = {"w8a8_dynamic": {"scheme": "w8a8_dynamic"},
              "w8_only": {"scheme": "w8_only"}}
 SCHEMES = tuple(QUANTIZED)
 # Which kernel family serves each row, so the demo can show the fast path really ran.
-_KERNEL_FAMILY = {"w8a8_dynamic": "int8_gemm", "w8a8_dynamic w7": "int8_gemm", "w8_only": "w8_gemm",
+_SCHEME_FAMILY = {"w8a8_dynamic": "int8_gemm", "w8_only": "w8_gemm"}
+_KERNEL_FAMILY = {**{name: _SCHEME_FAMILY[how["scheme"]] for name, how in QUANTIZED.items()},
                   "sparse 2:4": "sparse", "sparse 90%": "sparse"}
 # Weight-sparsity rows: fastinfer.prune with masks, a short masked fine-tune, then fastinfer.sparsify.
 SPARSE = {"sparse 2:4": {"pattern": "2:4"}, "sparse 90%": {"pattern": "unstructured", "sparsity": 0.9}}

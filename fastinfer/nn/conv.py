@@ -197,26 +197,29 @@ class Int8Conv2d(ComputedWeight):
             raise ValueError(f"{prefix}packed_weight: the checkpoint's conv weight is [Cout, Cin/groups, KH, KW] = "
                              f"{list(shape)}, this layer's is {self._weight_shape()}")
         key = prefix + "packed_weight"
-        if key in state_dict and not self._depthwise() and not ops.is_cuda_packed(state_dict[key]):
-            # Each group's header must hold this layer's [Cout / groups, K]: the repack after the load reads the
-            # weights by it (a rewritten header of the same size would otherwise load scrambled weights).
+        packs = key in state_dict and not self._depthwise()  # depthwise: one plain [KH * KW, C] layout
+        if packs and not ops.is_cuda_packed(state_dict[key]):
+            # Each group's header must hold this layer's [Cout / groups, K]: the repacks below read the weights
+            # by it (a rewritten header of the same size would otherwise load scrambled weights).
             stored = state_dict[key].cpu()
-            if stored.dim() == 2 and stored.shape[0] == self.groups and not ops.is_cuda_packed(self.packed_weight):
-                want = ops.packed_shape(self.packed_weight[0])  # this layer's own buffer (its weights' shape)
+            if stored.dim() == 2 and stored.shape[0] == self.groups:
+                cout, cin_g, kh, kw = self._weight_shape()
+                want = (cout // self.groups, cin_g * kh * kw)
                 for g in range(self.groups):
                     if ops.packed_shape(stored[g]) != want:
                         raise ValueError(f"{key}: group {g}'s packed weight is {ops.packed_shape(stored[g])}, expected "
                                          f"{want} ([Cout / groups, Cin / groups * KH * KW])")
-        if (key in state_dict and not self._depthwise()
-                and ops.is_cuda_packed(state_dict[key]) != ops.is_cuda_packed(self.packed_weight)):
+        repacked = False
+        if packs and ops.is_cuda_packed(state_dict[key]) != ops.is_cuda_packed(self.packed_weight):
             # packed for the other kind of device (as Int8Linear: by layout, wherever the tensor now is)
             w = self._unpack(state_dict[key])
             state_dict = {**state_dict, key: ops.pack_conv_weight(w.to(self.packed_weight.device), self.groups)}
+            repacked = True
         if key in state_dict and tuple(state_dict[key].shape) != tuple(self.packed_weight.shape):
             raise ValueError(f"{key}: packed conv weight of shape {tuple(state_dict[key].shape)} does not fit this "
                              f"layer (expected {tuple(self.packed_weight.shape)})")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if key in state_dict and not self._depthwise() and not ops.is_cuda_packed(self.packed_weight):
+        if packs and not repacked and not ops.is_cuda_packed(self.packed_weight):
             # as Int8Linear: column sums and header flags computed again from the loaded int8 values
             with torch.no_grad():
                 self.packed_weight.copy_(ops.pack_conv_weight(self._unpack(self.packed_weight), self.groups))

@@ -187,6 +187,7 @@ class Int8Linear(ComputedWeight):
         if smooth_key in state_dict and self.input_smooth is None:
             self.input_smooth = torch.empty_like(state_dict[smooth_key])  # a smoothed layer's buffer
         key = prefix + "packed_weight"
+        repacked = False  # packed here from the file's int8 values (column sums and flags computed anew)
         if key in state_dict:
             # Refuse a buffer for another shape or a corrupt one now, not at the first forward
             # (header only: the kernels check the header on every call); a buffer packed for the
@@ -211,8 +212,9 @@ class Int8Linear(ComputedWeight):
                     w = ops.unpack_int8_weight(stored)
                 state_dict = dict(state_dict)  # the caller's dict stays as it was
                 state_dict[key] = ops.pack_int8_weight(w.to(self.packed_weight.device).contiguous())
+                repacked = True
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if key in state_dict and not ops.is_cuda_packed(self.packed_weight):
+        if key in state_dict and not repacked and not ops.is_cuda_packed(self.packed_weight):
             # The column sums and the header's flags (which choose the kernels' steps and correct their sums)
             # computed again from the loaded int8 values, not taken from the file.
             with torch.no_grad():

@@ -141,7 +141,7 @@ void batched(const CsrParams& p, int64_t n0, int64_t n1) {
 }  // namespace
 
 void csr_linear_avx2(const CsrParams& p, int64_t n0, int64_t n1) {
-  if (p.M <= 2 || p.xt == nullptr) {
+  if (p.xt == nullptr) {  // the entry layer transposes x for M > 2 only
     for (int64_t m = 0; m < p.M; ++m) p.offsets ? gemv<CsrCols8>(p, n0, n1, m) : gemv<CsrCols16>(p, n0, n1, m);
     return;
   }
