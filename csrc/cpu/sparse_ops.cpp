@@ -240,10 +240,16 @@ at::Tensor sparse_linear_int8(const at::Tensor& x, const at::Tensor& grp_ptr, co
   p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
   p.out = out.data_ptr<float>();
   p.ldo = N;
-  // Byte permutes (VBMI) on top of the avx512_vnni tier; CPUs without them run the scalar path.
-  const bool vec = active_isa() >= Isa::Avx512Vnni && cpu_features().avx512_vbmi;
-  record_kernel(Family::Sparse, vec ? Isa::Avx512Vnni : Isa::Ref);
-  const kernels::Slot128Fn fn = vec ? kernels::slot128_linear_avx512 : kernels::slot128_linear_ref;
+  // Byte permutes (VBMI) on top of the avx512_vnni tier; otherwise the AVX2 kernel (table lookups) from the
+  // avx2 tier up; the scalar path below it.
+  const Isa isa = active_isa();
+  const Isa tier = isa >= Isa::Avx512Vnni && cpu_features().avx512_vbmi ? Isa::Avx512Vnni
+                   : isa >= Isa::Avx2                                    ? Isa::Avx2
+                                                                         : Isa::Ref;
+  record_kernel(Family::Sparse, tier);
+  const kernels::Slot128Fn fn = tier == Isa::Avx512Vnni ? kernels::slot128_linear_avx512
+                                : tier == Isa::Avx2      ? kernels::slot128_linear_avx2
+                                                         : kernels::slot128_linear_ref;
   const int64_t work_per_block = std::max<int64_t>(1, groups / blocks) * kernels::kSlotGroup * M;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / work_per_block);
   at::parallel_for(0, blocks, grain, [&](int64_t b, int64_t e) { fn(p, b, e); });

@@ -222,7 +222,14 @@ class SparseLinear(ComputedWeight):
             key = prefix + name
             if key in state_dict and name in self._buffers:
                 self._buffers[name] = torch.empty_like(state_dict[key])
+        error_msgs = args[4] if len(args) > 4 else kwargs["error_msgs"]
+        errors = len(error_msgs)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.format == "slot128" and len(error_msgs) == errors and prefix + "weight_sum" in state_dict:
+            # The row sums (the kernels' +128 correction) computed again from the loaded values, not taken
+            # from the file: a forged sum would shift a whole output row on the kernels that use it.
+            with torch.no_grad():
+                self.weight_sum.copy_(self.int8_weight().sum(dim=1, dtype=torch.int32))
 
     def extra_repr(self) -> str:
         density = self.nnz / max(1, self.in_features * self.out_features)

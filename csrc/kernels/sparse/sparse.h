@@ -71,6 +71,8 @@ void csr_linear_avx512(const CsrParams& p, int64_t n0, int64_t n1);
 void csr_linear_avx2(const CsrParams& p, int64_t n0, int64_t n1);  // AVX2 + FMA
 void slot128_linear_ref(const Slot128Params& p, int64_t b0, int64_t b1);
 void slot128_linear_avx512(const Slot128Params& p, int64_t b0, int64_t b1);  // needs AVX-512 VBMI + VNNI
+// AVX2: xq must come from the quantizer (no q = -128) and w_sum must be the packed values' row sums.
+void slot128_linear_avx2(const Slot128Params& p, int64_t b0, int64_t b1);
 
 // Packing, once per layer (pack_sparse.cc). Each layout in two passes: the first fills the offsets
 // array (row_ptr [N + 1] or grp_ptr [ceil(N / 16) * segs + 1]) and returns the total entries/groups,
