@@ -9,7 +9,8 @@
 //   segments of 128. Block b x segment s owns the 64-byte groups [grp_ptr[b * segs + s], grp_ptr[...+1]);
 //   byte 4r + j of a group is slot j of row 16b + r: `idx` holds its column within the segment (bits
 //   0-6; bit 7 ignored), `vals` its int8 weight (0 for padding). Four slots of one row fill one VNNI
-//   dword, so one vpdpbusd multiplies 64 weights of 16 rows.
+//   dword, so one vpdpbusd multiplies 64 weights of 16 rows (AVX-512 VBMI; AVX2 picks the bytes with
+//   vpshufb tables instead).
 #pragma once
 #include <cstdint>
 
