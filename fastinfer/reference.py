@@ -238,6 +238,22 @@ def slot128_dense(grp_ptr: Tensor, idx: Tensor, values: Tensor, out_features: in
     return w[:, :in_features].to(torch.int8)
 
 
+def slot128_row_sums(grp_ptr: Tensor, values: Tensor, out_features: int, in_features: int) -> Optional[Tensor]:
+    """Per output channel, the int32 sum of its stored slot values, whatever their columns: the w_sum that
+    pack_slot128 writes (the +128 correction of the kernels that multiply q + 128). None for a layout whose
+    offsets do not fit the shape (the op refuses it with a clear error)."""
+    blocks, segs = -(-out_features // 16), -(-in_features // 128)
+    if grp_ptr.dim() != 1 or grp_ptr.numel() != blocks * segs + 1 or values.numel() % 64:
+        return None
+    counts = (grp_ptr[1:] - grp_ptr[:-1]).long()
+    if int(grp_ptr[0]) != 0 or int(grp_ptr[-1]) * 64 != values.numel() or bool((counts < 0).any()):
+        return None
+    block = torch.repeat_interleave(torch.arange(blocks * segs, device=values.device) // segs, counts)
+    per_group = values.reshape(-1, 16, 4).sum(dim=-1, dtype=torch.int32)  # [groups, 16 rows]
+    sums = torch.zeros(blocks, 16, dtype=torch.int32, device=values.device).index_add_(0, block, per_group)
+    return sums.reshape(-1)[:out_features].clone()
+
+
 def sparse_linear(x: Tensor, row_ptr: Tensor, cols: Tensor, values: Tensor, bias: Optional[Tensor], in_features: int,
                   group_base: Optional[Tensor] = None) -> Tensor:
     """x times the csr16/csr8 weight, in float64 (the kernels sum in fp32 in another order: compare

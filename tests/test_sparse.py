@@ -137,16 +137,45 @@ def test_int8_raw_op_over_the_whole_weight_range(isa):
 
 def test_int8_load_recomputes_row_sums():
     # weight_sum (the +128 correction of the AVX-512 and scalar kernels) is computed from the loaded values,
-    # not taken from the file: a forged sum changes nothing.
+    # not taken from the file: a forged sum changes nothing, the caller's dict stays as it was (assign=True
+    # too), and a file without weight_sum (strict=False) gets the sums all the same.
     s = SparseLinear.from_float(pruned_linear(200, 20, 0.8), torch.int8)
-    state = s.state_dict()
-    state["weight_sum"] = state["weight_sum"] + 7
-    t = SparseLinear(200, 20, value_dtype=torch.int8)
-    t.load_state_dict(state)
-    assert torch.equal(t.weight_sum, s.weight_sum) and not torch.equal(state["weight_sum"], s.weight_sum)
+    assert torch.equal(reference.slot128_row_sums(s.row_ptr, s.values, 20, 200), s.weight_sum)
     x = torch.randn(3, 200)
     with torch.inference_mode():
-        assert torch.equal(t(x), s(x))
+        want = s(x)
+    for assign in (False, True):
+        state = {k: v.clone() if torch.is_tensor(v) else v for k, v in s.state_dict().items()}
+        state["weight_sum"] += 7
+        forged = state["weight_sum"].clone()
+        t = SparseLinear(200, 20, value_dtype=torch.int8)
+        t.load_state_dict(state, assign=assign)
+        assert torch.equal(t.weight_sum, s.weight_sum) and torch.equal(state["weight_sum"], forged)
+        with torch.inference_mode():
+            assert torch.equal(t(x), want)
+    state = {k: v for k, v in s.state_dict().items() if k != "weight_sum"}
+    t = SparseLinear(200, 20, value_dtype=torch.int8)
+    t.load_state_dict(state, strict=False)
+    assert torch.equal(t.weight_sum, s.weight_sum)
+
+
+def test_int8_tiers_agree_on_a_layout_with_columns_past_k(isa):
+    # A slot pointing past in_features (the zero padding of the last segment, q = 0) or two slots on one
+    # column: every tier sums q * w over the stored slots once the row sums are the stored values' (as a load
+    # makes them), so they agree with the AVX2 kernel, which never reads them.
+    s = SparseLinear.from_float(pruned_linear(100, 4, 0.5), torch.int8)
+    state = {k: v.clone() if torch.is_tensor(v) else v for k, v in s.state_dict().items()}
+    state["cols"][0], state["values"][0] = 110, 50              # row 0, column 110 >= K
+    state["cols"][1], state["values"][1] = 5, 100               # row 0, two slots on column 5
+    state["cols"][2], state["values"][2] = 5, 100
+    t = SparseLinear(100, 4, value_dtype=torch.int8)
+    t.load_state_dict(state)
+    x = torch.randn(2, 100)
+    with torch.inference_mode():
+        y = t(x)
+        assert_served("sparse", vector_tier(isa, int8=True))
+        with fastinfer.use_isa("avx2" if "avx2" in CAPS["runnable"] else "ref"):
+            assert torch.equal(y, t(x))
 
 
 def test_default_formats_and_bytes():

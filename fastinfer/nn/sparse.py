@@ -225,11 +225,13 @@ class SparseLinear(ComputedWeight):
         error_msgs = args[4] if len(args) > 4 else kwargs["error_msgs"]
         errors = len(error_msgs)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if self.format == "slot128" and len(error_msgs) == errors and prefix + "weight_sum" in state_dict:
+        if self.format == "slot128" and len(error_msgs) == errors and prefix + "values" in state_dict:
             # The row sums (the kernels' +128 correction) computed again from the loaded values, not taken
-            # from the file: a forged sum would shift a whole output row on the kernels that use it.
-            with torch.no_grad():
-                self.weight_sum.copy_(self.int8_weight().sum(dim=1, dtype=torch.int32))
+            # from the file: a forged sum would shift a whole output row on the kernels that use it. A new
+            # tensor, so that a dict loaded with assign=True is left as it was.
+            sums = reference.slot128_row_sums(self.row_ptr, self.values, self.out_features, self.in_features)
+            if sums is not None:
+                self.weight_sum = sums
 
     def extra_repr(self) -> str:
         density = self.nnz / max(1, self.in_features * self.out_features)

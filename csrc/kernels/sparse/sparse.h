@@ -46,7 +46,9 @@ struct CsrParams {
 };
 
 // y[m, n] = float(sum_k (xq[m, k] + 128) * w[n, k] - 128 * w_sum[n]) * x_scale[m] * w_scale[n] (+ bias[n]),
-// i.e. the dense int8 epilogue (int8_gemm/EPILOGUE.md) on the sparse product, bit-exact across kernels.
+// i.e. the dense int8 epilogue (int8_gemm/EPILOGUE.md) on the sparse product, bit-exact across kernels when
+// w_sum[n] is the sum of row n's stored values (as pack_slot128 writes it and SparseLinear's load recomputes
+// it): the AVX2 kernel sums q * w and never reads w_sum, the others correct (q + 128) * w with it.
 struct Slot128Params {
   int64_t M = 0, N = 0, K = 0;
   int64_t segs = 0;                  // ceil(K / 128)
