@@ -26,6 +26,7 @@ _LINEAR_OPS = {"quantize_per_token", "pack_int8_weight", "unpack_int8_weight", "
                "int8_linear_dynamic", "int8_linear_static", "int8_linear_weight_only", "pack_conv_weight",
                "int8_conv2d", "int8_max_pool2d", "int8_add"}
 _PACK_NB, _PACK_KB, _HEADER_BYTES = 16, 4, 64
+MAX_K = (1 << 17) - 1  # the int8 kernels' K limit (op_args.h kMaxK: exact int32 accumulation)
 CUDA_K_ALIGN = 16  # a CUDA packed weight is int8 [N, round_up(K, 16)] (PACKING.md)
 
 

@@ -214,3 +214,31 @@ def test_backward_through_int8_layers_raises():
             y.sum().backward()
         with torch.no_grad():
             assert not layer(x).requires_grad
+
+
+def test_layers_past_the_kernels_k_limit_stay_float():
+    # The int8 kernels sum K products exactly in int32 up to ops.MAX_K (the entry layer's limit: checked here
+    # at both ends); quantize leaves wider layers float and says why, and sparsify keeps layers past
+    # SparseLinear's 65536 inputs dense, instead of raising halfway through the model.
+    import fastinfer
+    from torch import nn
+    from fastinfer.nn.sparse import MAX_K as SPARSE_MAX_K
+
+    ops.pack_int8_weight(torch.zeros(1, ops.MAX_K, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match=f"must be <= {ops.MAX_K}"):
+        ops.pack_int8_weight(torch.zeros(1, ops.MAX_K + 1, dtype=torch.int8))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(ops.MAX_K // 9 + 1, 2, 3), nn.Flatten(),
+                          nn.Linear(ops.MAX_K + 1, 2), nn.Linear(2, 2))
+    fastinfer.quantize(model)
+    assert [type(m).__name__ for m in model] == ["Int8Conv2d", "Conv2d", "Flatten", "Linear", "Int8Linear"]
+    reasons = dict(model.fastinfer_report.skipped)
+    assert "past the int8 kernels' limit of 131071" in reasons["1"] and "kernel taps" in reasons["1"]
+    assert f"is {ops.MAX_K + 1}" in reasons["3"] and "in_features" in reasons["3"]
+
+    wide = nn.Sequential(nn.Linear(SPARSE_MAX_K + 1, 2), nn.Linear(64, 2))
+    with torch.no_grad():
+        for layer in wide:
+            layer.weight[:, 1::2] = 0
+    fastinfer.sparsify(wide)
+    assert [type(m).__name__ for m in wide] == ["Linear", "SparseLinear"]
+    assert "past SparseLinear's limit of 65536" in dict(wide.fastinfer_sparsify_report.skipped)["0"]

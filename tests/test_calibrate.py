@@ -305,3 +305,35 @@ def test_dict_batches_by_keyword_or_as_one_argument():
     feats = [{"x": torch.randn(5, 8), "y": torch.randn(5, 8)}]  # keys that name no argument: one argument
     res = calibrate(FeaturesModel().eval(), feats, progress=False)
     assert math.isclose(res.input_scale["fc"], float((feats[0]["x"] + feats[0]["y"]).abs().max()) / 127, rel_tol=1e-6)
+
+
+def test_histogram_extremes():
+    # A batch over bins times larger than all before it folds the old histogram into the first bin (the
+    # bin merge once overflowed int64 there), and magnitudes near float32's top are binned over [0, 1]
+    # (histc's x * bins / max overflows float32 past ~1.7e35).
+    o = PercentileObserver()
+    o.observe(torch.tensor([1e-12]))
+    o.observe(torch.tensor([1e8]))
+    assert 0.99e8 <= o.amax() <= 1e8 and float(o.hist.sum()) == 2
+    o = PercentileObserver()
+    o.observe(torch.tensor([1e36, -1e36, 0.0]))
+    assert 0.99e36 <= o.amax() <= 1.0e36 * (1 + 1e-6)
+
+
+def test_quantize_calibrates_only_the_layers_it_quantizes():
+    # An excluded layer whose output is not finite (an fp16 head that overflows) is not observed.
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    with torch.no_grad():
+        model[2].weight.mul_(1e5)
+        model[2].bias.fill_(6e4)
+    model = model.eval().half()
+    x = torch.randn(8, 16).half()
+    assert not torch.isfinite(model(x)).all()
+    fastinfer.quantize(model, "w8a8_static", exclude="2", calib_data=[x])
+    assert type(model[0]).__name__ == "Int8Linear" and type(model[2]) is nn.Linear
+    result = fastinfer.calibrate(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)), [torch.randn(2, 4)], layers=["1"])
+    assert list(result.input_scale) == ["1"]
+    with pytest.raises(ValueError, match=r"layers: no .* module named \['2'\]"):
+        fastinfer.calibrate(nn.Sequential(nn.Linear(4, 4)), [torch.randn(2, 4)], layers=["0", "2"])
+    with pytest.raises(TypeError, match="not one string"):
+        fastinfer.calibrate(nn.Sequential(nn.Linear(4, 4)), [torch.randn(2, 4)], layers="0")

@@ -155,6 +155,23 @@ def test_graph_chains_a_forward_written_block():
     torch.testing.assert_close(y, y_plain, rtol=0.02, atol=0.02)
 
 
+def test_dropout_on_a_hand_off():
+    # nn.Dropout between two static convs passes the int8 hand-off on in eval mode (Int8Dropout); in training
+    # mode (a model quantized without .eval()) it refuses with a message instead of failing inside torch.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Dropout(0.1), nn.Conv2d(16, 8, 3, padding=1))
+    x = torch.randn(2, 3, 10, 10)
+    q = fastinfer.quantize(copy.deepcopy(model), "w8a8_static", calib_data=[x])
+    assert q.fastinfer_report.chained == ["0 -> 3"] and type(q[2]) is fastinfer.nn.Int8Dropout and q.training
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"training mode.*call model.eval\(\)"):
+        q(x)
+    with torch.inference_mode():
+        y, y_plain = q.eval()(x), unchained(q)(x)
+        assert torch.equal(q[2](q[1](q[0](x))), q[1](q[0](x)))  # eval: the int8 values unchanged
+    torch.testing.assert_close(y, y_plain, rtol=0.02, atol=0.02)
+    assert fastinfer.nn.Int8Dropout(0.5).train()(torch.ones(4)).dtype == torch.float32  # float: torch's own
+
+
 def test_chained_model_stays_close_to_float():
     torch.manual_seed(1)
     model = Block().eval()

@@ -23,7 +23,7 @@ INT8_FORMATS = ("slot128", "sparse24")
 # memory speed, while csr16's gathers cap the rate (4096^2, 2 threads: 50% zeros 0.77 vs 1.04 ms,
 # 70% 0.48 vs 0.60 ms); from ~80% on csr16 is as fast at batch 1, faster batched, and smaller.
 CSR8_BELOW = 0.75
-_MAX_K = 65536
+MAX_K = 65536  # in_features: csr16 stores 16-bit columns
 
 
 def _buffer_specs(fmt: str, n: int, k: int) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
@@ -64,8 +64,8 @@ class SparseLinear(ComputedWeight):
         if (fmt in INT8_FORMATS) != (value_dtype == torch.int8):
             raise ValueError(f"format {fmt!r} does not hold {value_dtype} values (slot128 and sparse24 are the "
                              "int8 layouts; csr16 and csr8 hold float32)")
-        if not (1 <= in_features <= _MAX_K) or out_features < 1:
-            raise ValueError(f"in_features must be in [1, {_MAX_K}] and out_features >= 1, got {in_features} "
+        if not (1 <= in_features <= MAX_K) or out_features < 1:
+            raise ValueError(f"in_features must be in [1, {MAX_K}] and out_features >= 1, got {in_features} "
                              f"and {out_features}")
         self.in_features, self.out_features = in_features, out_features
         self.pattern = "unstructured"

@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize
 from .. import ops
 from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, swap_problem
 from ..nn.fused import LinearAct
+from ..nn.sparse import MAX_K as SPARSE_MAX_K
 from ..nn.sparse import SparseLinear
 from ..quantization.api import Patterns, _matcher
 from . import masks, structured
@@ -87,6 +88,11 @@ def sparsify(model: nn.Module, value_dtype=torch.float32, min_sparsity: float = 
             report.skipped.append((name, problem))
             continue
         w = mod.weight.detach()
+        k = w.shape[0 if is_hf_conv1d(mod) else 1]  # transformers' Conv1D stores [in, out]
+        if k > SPARSE_MAX_K:
+            report.skipped.append((name, f"in_features {k} is past SparseLinear's limit of {SPARSE_MAX_K} "
+                                         "(16-bit column indices): left dense"))
+            continue
         zeros = float((w == 0).sum()) / w.numel()
         if zeros < min_sparsity:
             report.skipped.append((name, f"{zeros:.1%} zeros < min_sparsity {min_sparsity:.0%}"))

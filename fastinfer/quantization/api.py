@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -201,7 +202,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         scales = calib = None
         if cfg.scheme == "w8a8_static":
             # Calibrate what the int8 layers will see: the smoothed input x / s of each smoothed Linear.
-            calib = _calibrate(model, calib_data, cfg.observer, smooth, verbose)
+            calib = _calibrate(model, calib_data, cfg.observer, smooth, verbose, [n for n, _ in targets])
             scales = calib.input_scale
         # A model cast to fp16/bf16 before quantizing: its int8 hand-offs return that dtype (adopt_half_dtype).
         half_dtype = next((d for d in (half_dtype_of(model.get_submodule(n)) for n, _ in targets) if d is not None),
@@ -248,6 +249,12 @@ def _target_problem(name: str, mod: nn.Module, kind: str, scheme: str, inc, exc)
         return f"on device {mod.weight.device}, unsupported by this build for a {kind}"
     if kind == "conv" and scheme == "w8_only":
         return "w8_only has no conv kernel (use w8a8_dynamic or w8a8_static)"
+    if kind == "conv":
+        k, what = mod.in_channels // mod.groups * math.prod(mod.kernel_size), "kernel taps x input channels a group"
+    else:
+        k, what = mod.weight.shape[0 if is_hf_conv1d(mod) else 1], "in_features"
+    if k > ops.MAX_K:
+        return f"its K ({what}) is {k}, past the int8 kernels' limit of {ops.MAX_K} (exact int32 sums): left float"
     return None
 
 
@@ -294,7 +301,7 @@ def _put_back(model: nn.Module, split_originals, conv1d_originals, fused_flags) 
     restore_fused_paths(fused_flags)
 
 
-def _calibrate(model: nn.Module, calib_data, observer: str, smooth, verbose: bool):
+def _calibrate(model: nn.Module, calib_data, observer: str, smooth, verbose: bool, layers):
     """Per-layer input and output scales; for smoothed layers, of the smoothed input x / s. While
     calibrating, a smoothed layer computes as its int8 version will: input x / s (a pre-hook), weight
     columns times s, so its output, and every layer after it, sees the float model's values. (Dividing the
@@ -318,7 +325,7 @@ def _calibrate(model: nn.Module, calib_data, observer: str, smooth, verbose: boo
             layer.weight = nn.Parameter(layer.weight.detach() * s.to(layer.weight.device, layer.weight.dtype),
                                         requires_grad=False)
             hooks.append(layer.register_forward_pre_hook(smoothed_input(1.0 / s), with_kwargs=True))
-        return calibrate(model, calib_data, observer=observer, progress=verbose)
+        return calibrate(model, calib_data, observer=observer, progress=verbose, layers=layers)
     finally:
         for h in hooks:
             h.remove()

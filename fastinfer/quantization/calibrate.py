@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import itertools
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Callable, Dict, Iterable, Optional, Tuple, Type, Union
+from typing import Any, Callable, Collection, Dict, Iterable, Mapping, Optional, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -96,14 +96,16 @@ def _model_call(model: nn.Module, batch: Any) -> Tuple[Tuple[Any, ...], Dict[str
 
 def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = "minmax", num_batches: Optional[int] = None,
               targets: Union[Type[nn.Module], Tuple[Type[nn.Module], ...]] = (nn.Conv2d, nn.Conv1d, nn.Linear),
-              progress: bool = True) -> CalibrationResult:
+              progress: bool = True, layers: Optional[Collection[str]] = None) -> CalibrationResult:
     """Runs ``model`` in eval mode under torch.inference_mode over ``data`` and returns a
     CalibrationResult with each target layer's input and output scale.
 
     data: an iterable of batches, each an input tensor or an (x, y) tuple (x is used); at most
     ``num_batches`` are read. observer: 'minmax' | 'percentile' | 'mse' (see observers.py), or a
     callable returning a fresh Observer (e.g. ``lambda: PercentileObserver(99.9)``). targets:
-    module types to calibrate, subclasses included (ConvAct2d, LinearAct). Each target gets two
+    module types to calibrate, subclasses included (ConvAct2d, LinearAct); ``layers``, if given, the
+    names of the only ones to observe (fastinfer.quantize passes the layers it will quantize, so a layer
+    it leaves float is not observed and cannot fail calibration). Each target gets two
     observers, fed by a forward hook: its first input and its output. A layer called several times
     per forward pools all calls.
 
@@ -123,16 +125,22 @@ def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = "minmax
         raise TypeError(f"targets must be nn.Module types, got {targets!r}")
     obs_name, make = _observer_factory(observer)
 
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, targets)}
-    if not layers:
+    found = {name: m for name, m in model.named_modules() if isinstance(m, targets)}
+    if layers is not None:
+        if isinstance(layers, str):
+            raise TypeError("layers must be a collection of layer names, not one string")
+        if unknown := sorted(set(layers) - set(found)):
+            raise ValueError(f"layers: no {' / '.join(t.__name__ for t in targets)} module named {unknown}")
+        found = {name: m for name, m in found.items() if name in set(layers)}
+    if not found:
         raise ValueError(f"model has no {' / '.join(t.__name__ for t in targets)} module to calibrate")
     observers: Dict[str, Tuple[Observer, Observer]] = {}
-    for name, m in layers.items():
+    for name, m in found.items():
         inp, out = make(), make()
         inp.name = f"layer '{name}' input ({type(inp).__name__})"
         out.name = f"layer '{name}' output ({type(out).__name__})"
         observers[name] = (inp, out)
-    calls = dict.fromkeys(layers, 0)
+    calls = dict.fromkeys(found, 0)
     state = {"batch": 0}
 
     def make_hook(name: str):
@@ -152,7 +160,7 @@ def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = "minmax
 
     device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
     modes = {m: m.training for m in model.modules()}
-    handles = [m.register_forward_hook(make_hook(name), with_kwargs=True) for name, m in layers.items()]
+    handles = [m.register_forward_hook(make_hook(name), with_kwargs=True) for name, m in found.items()]
     batches = data if num_batches is None else itertools.islice(data, num_batches)
     total = _len_or_none(data)
     if num_batches is not None:

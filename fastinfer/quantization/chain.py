@@ -27,6 +27,7 @@ from ..nn.conv import Int8Conv1d, Int8Conv2d
 from ..nn.linear import Int8Linear
 from ..nn.sparse import SparseLinear
 from ..nn.add import Int8Add
+from ..nn.dropout import Int8Dropout
 from ..nn.pool import Int8MaxPool2d
 from .fuse import _join, walk_traced
 
@@ -35,7 +36,7 @@ from .fuse import _join, walk_traced
 # its bound 6 is a float value, not an int8 one.
 # Functional max pooling is not among them: torch's kernel fails on channels_last int8, and a call in a
 # forward cannot be swapped for ours.
-INT8_TRANSPARENT_MODULES = (nn.Identity, nn.MaxPool2d, Int8MaxPool2d, nn.ReLU, nn.Dropout)
+INT8_TRANSPARENT_MODULES = (nn.Identity, nn.MaxPool2d, Int8MaxPool2d, nn.ReLU, nn.Dropout, Int8Dropout)
 _TRANSPARENT_FUNCTIONS = (F.relu, torch.relu, F.relu_, torch.relu_)
 _TRANSPARENT_METHODS = ("relu", "relu_")
 
@@ -245,7 +246,7 @@ def _chain_graph(prefix: str, module: nn.Module, graph: fx.Graph, chained: List[
             continue
         scale = scales.pop()
         for p in passed:
-            _int8_pool(module, p.target)
+            _int8_passthrough(module, p.target)
         producer.out_scale = scale
         for add, operand in adds:
             setattr(module.get_submodule(add.target), ("a_scale", "b_scale")[operand], scale)
@@ -260,13 +261,16 @@ def _transparent(module: nn.Module, node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in _TRANSPARENT_METHODS
 
 
-def _int8_pool(root: nn.Module, name: str) -> None:
-    """Swaps the nn.MaxPool2d called as ``name`` for an Int8MaxPool2d (float inputs behave as before)."""
+def _int8_passthrough(root: nn.Module, name: str) -> None:
+    """Swaps the nn.MaxPool2d called as ``name`` for an Int8MaxPool2d, an nn.Dropout for an Int8Dropout (float
+    inputs behave as before)."""
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     mod = getattr(parent, child)
     if type(mod) is nn.MaxPool2d:
         setattr(parent, child, Int8MaxPool2d.from_float(mod))
+    elif type(mod) is nn.Dropout:
+        setattr(parent, child, Int8Dropout.from_float(mod))
 
 
 def _int8_consumers(module: nn.Module, start: fx.Node):
@@ -318,6 +322,6 @@ def _chain_sequential(prefix: str, seq: nn.Sequential, chained: List[str]) -> No
             if any(isinstance(m, nn.MaxPool2d) and m.return_indices for _, m in kids[i + 1:j]):
                 continue
             for k in range(i + 1, j):
-                _int8_pool(seq, kids[k][0])
+                _int8_passthrough(seq, kids[k][0])
             mod.out_scale = kids[j][1].x_scale
             chained.append(f"{_join(prefix, name)} -> {_join(prefix, kids[j][0])}")

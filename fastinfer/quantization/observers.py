@@ -124,9 +124,13 @@ class HistogramObserver(Observer):
             while _float32_at_least(k * self.hi) < m:  # guard the float division
                 k += 1
             merged = torch.zeros(self.bins, dtype=torch.float64)
-            merged.index_add_(0, torch.arange(self.bins) // k, self.hist)
+            # k >= bins (a batch bins times larger than all before it): every old bin lands in the first.
+            merged.index_add_(0, torch.arange(self.bins) // min(k, self.bins), self.hist)
             self.hist, self.hi = merged, _float32_at_least(self.hi * k)
-        self.hist += torch.histc(a, bins=self.bins, min=0.0, max=self.hi).to("cpu", torch.float64)
+        if self.hi * self.bins < 1e38:
+            self.hist += torch.histc(a, bins=self.bins, min=0.0, max=self.hi).to("cpu", torch.float64)
+        else:  # histc scales x by bins / max in float32, which overflows here: bin x / hi in [0, 1] instead
+            self.hist += torch.histc(a / self.hi, bins=self.bins, min=0.0, max=1.0).to("cpu", torch.float64)
 
     @property
     def bin_width(self) -> float:
