@@ -521,6 +521,10 @@ def test_quantize_weight_bits_and_bad_values():
     cfg = fastinfer.quantize(MLP(), config=fastinfer.QuantConfig(weight_bits=7))
     assert cfg.fc1.weight_bits == 7
     assert fastinfer.quantize(MLP()).fc1.weight_bits == 8
+    # an argument beside config= would be ignored: refused, naming it
+    with pytest.raises(ValueError, match="pass exclude, weight_bits in config"):
+        fastinfer.quantize(MLP(), config=fastinfer.QuantConfig(), exclude="head", weight_bits=7)
+    assert fastinfer.quantize(MLP(), "w8a8_dynamic", config=fastinfer.QuantConfig(weight_bits=7)).head.weight_bits == 7
     for bad in (6, 16, True, "7", 7.5):
         with pytest.raises(ValueError, match="weight_bits must be 8 or 7"):
             fastinfer.quantize(MLP(), weight_bits=bad)

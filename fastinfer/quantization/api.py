@@ -141,6 +141,14 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if config is not None:
+        # config holds these five: an argument given beside it would be ignored without a word
+        given = [name for name, value, default in (("scheme", scheme, "w8a8_dynamic"), ("include", include, None),
+                                                   ("exclude", exclude, None), ("observer", observer, "minmax"),
+                                                   ("weight_bits", weight_bits, 8))
+                 if value is not default and value != default]
+        if given:
+            raise ValueError(f"pass {', '.join(given)} in config (QuantConfig), not beside it: config sets them")
     cfg = config or QuantConfig(scheme=scheme, include=include, exclude=exclude, observer=observer,
                                 weight_bits=weight_bits)
     inc, exc = _matcher(cfg.include, "include"), _matcher(cfg.exclude, "exclude")
