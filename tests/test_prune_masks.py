@@ -1,6 +1,7 @@
 """Magnitude pruning with masks (fastinfer/pruning/masks.py): exact counts per layer and globally, 2:4 and
 block patterns, masks that hold through fine-tuning, remove_masks, state_dict round trip, reports, bad input.
 Oracle: the original weights (which entries are smallest, by sorting them here)."""
+import copy
 import io
 
 import pytest
@@ -148,6 +149,9 @@ def test_remove_masks_gives_plain_linear_with_same_outputs():
     x = torch.randn(5, 32)
     with torch.no_grad():
         y = model(x)
+    masked = fastinfer.quantize(copy.deepcopy(model))  # masked layers stay float, and the report says what to do
+    assert [r for _, r in masked.fastinfer_report.skipped] == ["its weight is parametrized (pruning masks: call "
+                                                               "fastinfer.remove_masks(model) first, or fastinfer.sparsify)"] * 2
     assert remove_masks(model) == ["0", "2"]
     assert type(model[0]) is nn.Linear and type(model[2]) is LinearAct
     assert not parametrize.is_parametrized(model[0]) and model[0].weight is param  # optimizers keep their tensor

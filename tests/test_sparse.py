@@ -4,6 +4,7 @@ every runnable path; packing, SparseLinear (formats, state_dict, compile, opchec
 Oracles: reference.sparse_linear (float64 sum of the layer's own dense weight: fp32 kernels sum in another
 order, so a tolerance) and reference.sparse_linear_int8 (per-token quantization + exact int product +
 the int8 epilogue: bit-exact)."""
+import copy
 import io
 
 import pytest
@@ -176,6 +177,18 @@ def test_int8_tiers_agree_on_a_layout_with_columns_past_k(isa):
         assert_served("sparse", vector_tier(isa, int8=True))
         with fastinfer.use_isa("avx2" if "avx2" in CAPS["runnable"] else "ref"):
             assert torch.equal(y, t(x))
+
+
+@pytest.mark.parametrize("value_dtype", [torch.float32, torch.int8])
+def test_float16_model_runs_on_a_float32_copy(value_dtype):
+    # After model.half() a float16 input on the CPU (which the kernels do not take) runs on one float32 copy
+    # and comes back in float16, as Int8Linear does; bfloat16 goes to the kernels as it is.
+    s = SparseLinear.from_float(pruned_linear(64, 8, 0.8), value_dtype)
+    x = torch.randn(3, 64)
+    with torch.inference_mode():
+        want = s(x.half().float())
+        y = copy.deepcopy(s).half()(x.half())
+    assert y.dtype == torch.float16 and torch.equal(y, want.half())
 
 
 def test_default_formats_and_bytes():

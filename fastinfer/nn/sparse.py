@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops, reference
-from ._common import ComputedWeight, check_float_layer
+from ._common import ComputedWeight, check_float_layer, half_on_cpu, via_float32
 
 FORMATS = ("csr16", "csr8", "slot128", "sparse24")
 INT8_FORMATS = ("slot128", "sparse24")
@@ -171,6 +171,10 @@ class SparseLinear(ComputedWeight):
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's name: layer(input=x) works)
         x = input
+        # float16 on the CPU (a model cast with .half()): the kernels take float32 or bfloat16
+        return via_float32(x, self._forward) if half_on_cpu(x, (torch.bfloat16,)) else self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         if self.format == "sparse24":
             return torch.ops.fastinfer.sparse24_linear_int8(x, self.values, self.meta, self.weight_scale, self.bias,
                                                             self.in_features)

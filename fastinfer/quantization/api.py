@@ -185,8 +185,12 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
                 if isinstance(mod, (Int8Linear, Int8Conv2d)):
                     report.skipped.append((name, "already quantized"))
                 elif isinstance(mod, (nn.Linear, nn.Conv2d, nn.Conv1d)) and name not in kept_attention:
-                    report.skipped.append((name, f"subclass {type(mod).__name__} of {type(mod).__mro__[1].__name__} "
-                                                 "(may change forward)"))
+                    if torch.nn.utils.parametrize.is_parametrized(mod, "weight"):
+                        report.skipped.append((name, "its weight is parametrized (pruning masks: call "
+                                                     "fastinfer.remove_masks(model) first, or fastinfer.sparsify)"))
+                    else:
+                        report.skipped.append((name, f"subclass {type(mod).__name__} of "
+                                                     f"{type(mod).__mro__[1].__name__} (may change forward)"))
                 continue
             if problem := _target_problem(name, mod, kind, cfg.scheme, inc, exc):
                 report.skipped.append((name, problem))
