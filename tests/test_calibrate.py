@@ -337,3 +337,21 @@ def test_quantize_calibrates_only_the_layers_it_quantizes():
         fastinfer.calibrate(nn.Sequential(nn.Linear(4, 4)), [torch.randn(2, 4)], layers=["0", "2"])
     with pytest.raises(TypeError, match="not one string"):
         fastinfer.calibrate(nn.Sequential(nn.Linear(4, 4)), [torch.randn(2, 4)], layers="0")
+
+
+def test_quantize_reads_at_most_calib_batches():
+    read = []
+
+    def batches():
+        for i in range(100):
+            read.append(i)
+            yield torch.randn(4, 8)
+
+    model = fastinfer.quantize(nn.Sequential(nn.Linear(8, 8)), "w8a8_static", calib_data=batches(), calib_batches=3)
+    assert read == [0, 1, 2] and type(model[0]) is Int8Linear and model[0].x_scale is not None
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="calib_batches must be None or an int >= 1"):
+            fastinfer.quantize(nn.Sequential(nn.Linear(8, 8)), "w8a8_static", calib_data=[torch.randn(2, 8)],
+                               calib_batches=bad)
+    with pytest.raises(ValueError, match="calib_batches limits calib_data, which is not given"):
+        fastinfer.quantize(nn.Sequential(nn.Linear(8, 8)), calib_batches=2)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple, Union
@@ -113,13 +114,15 @@ class QuantizationReport:
 def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns = None, exclude: Patterns = None,
              *, config: Optional[QuantConfig] = None, calib_data=None, observer: str = "minmax",
              smooth_alpha: Optional[float] = None, int8_residuals: bool = True, weight_bits: int = 8,
-             verbose: bool = False) -> nn.Module:
+             calib_batches: Optional[int] = None, verbose: bool = False) -> nn.Module:
     """Replaces the nn.Linear / nn.Conv2d layers of ``model`` (and fastinfer.nn.LinearAct / ConvAct2d
     from fastinfer.fuse) with :class:`fastinfer.nn.Int8Linear` / :class:`fastinfer.nn.Int8Conv2d`, in place.
 
     scheme 'w8a8_static' needs ``calib_data`` (an iterable of input batches, or of (x, y) tuples):
     the model runs over it once (fastinfer.calibrate with ``observer``) to fix every layer's
     activation scale. Run fastinfer.fuse(model) first to fold BatchNorm and fuse ReLU/ReLU6.
+    calib_batches: read at most this many batches of calib_data (a whole DataLoader is otherwise read, and
+    held in memory: smoothing and calibration both go over it).
 
     smooth_alpha (with calib_data, w8a8_* schemes): SmoothQuant for the Linear layers: per input
     channel s = max|x|^alpha / max|w|^(1 - alpha) from the calibration batches; s is folded into the
@@ -170,6 +173,12 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         raise ValueError(f"calib_data is used by scheme 'w8a8_static' or with smooth_alpha, not by {cfg.scheme!r} alone")
     if cfg.scheme == "w8a8_static" and calib_data is None:
         raise ValueError("scheme 'w8a8_static' needs calib_data: a few batches of representative inputs")
+    if calib_batches is not None:
+        if isinstance(calib_batches, bool) or not isinstance(calib_batches, int) or calib_batches < 1:
+            raise ValueError(f"calib_batches must be None or an int >= 1, got {calib_batches!r}")
+        if calib_data is None:
+            raise ValueError("calib_batches limits calib_data, which is not given")
+        calib_data = list(itertools.islice(calib_data, calib_batches))
     if calib_data is not None and not isinstance(calib_data, (list, tuple)):
         calib_data = list(calib_data)  # read twice (smoothing, then calibration): materialize once
     # Everything from here to the swaps is undone where it does not end in an int8 layer (finally: _put_back):
