@@ -8,5 +8,5 @@ from .linear import SCHEMES, Int8Linear
 from .pool import Int8MaxPool2d
 from .sparse import SparseLinear
 
-__all__ = ["Int8Linear", "Int8Conv2d", "Int8Conv1d", "SparseLinear", "Int8MaxPool2d", "Int8Dropout", "Int8Add", "ConvAct2d",
-           "LinearAct", "SplitMultiheadAttention", "ScaledDotProductAttention", "SCHEMES"]
+__all__ = ["Int8Linear", "Int8Conv2d", "Int8Conv1d", "SparseLinear", "Int8MaxPool2d", "Int8Dropout", "Int8Add",
+           "ConvAct2d", "LinearAct", "SplitMultiheadAttention", "ScaledDotProductAttention", "SCHEMES"]

@@ -101,10 +101,10 @@ def sparsify(model: nn.Module, value_dtype=torch.float32, min_sparsity: float = 
     if value_dtype == torch.int8 and any(model.get_submodule(n).weight.device.type == "cpu" for n, _ in targets):
         caps = ops.cpu_capabilities()
         if caps["active"] == "ref":
-            warnings.warn("sparsify(value_dtype=torch.int8): the int8 sparse kernels need AVX2 or AVX-512 VBMI, and the "
-                          "active ISA here is 'ref' (a CPU without AVX2, or kernels capped by fastinfer.use_isa / "
-                          "FASTINFER_ISA), so these layers will run the scalar reference path, slower than dense "
-                          "ones.", stacklevel=2)
+            warnings.warn("sparsify(value_dtype=torch.int8): the int8 sparse kernels need AVX2 or AVX-512 VBMI, "
+                          "and the active ISA here is 'ref' (a CPU without AVX2, or kernels capped by "
+                          "fastinfer.use_isa / FASTINFER_ISA), so these layers will run the scalar reference path, "
+                          "slower than dense ones.", stacklevel=2)
     for name, zeros in targets:
         layer = model.get_submodule(name)
         layer = linear_from_conv1d(layer) if is_hf_conv1d(layer) else layer  # transformers' Conv1D: a Linear
