@@ -497,3 +497,19 @@ def test_ddp_two_ranks_match_single_process(tmp_path):
             for key in ("train_loss", "kd_loss", "ce_loss", "hint_loss", "eval_acc", "eval_loss"):
                 assert got[key] == pytest.approx(want[key], rel=1e-5), key
     assert ranks[0]["history"] == ranks[1]["history"]
+
+
+def test_distill_a_masked_student_keeps_its_masks():
+    # A student carrying pruning masks (fine-tuning sparse with KD): the best-epoch snapshot copies the masks'
+    # extra state (a dict, not a tensor) and the 2:4 zeros hold through training.
+    import fastinfer
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    student = copy.deepcopy(teacher)
+    fastinfer.prune(student, pattern="2:4")
+    data = [(torch.randn(16, 32), torch.randint(0, 10, (16,))) for _ in range(4)]
+    distill(teacher, student, data, epochs=2, progress=False)
+    for layer in (student[0], student[2]):
+        w = layer.weight.detach().reshape(layer.out_features, -1, 4)
+        assert bool(((w != 0).sum(-1) <= 2).all())

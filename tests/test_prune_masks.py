@@ -265,3 +265,28 @@ def test_mask_parametrization_alone():
     with torch.no_grad():
         lin.parametrizations.weight.original.fill_(float("inf"))
     assert lin.weight.tolist() == [[float("inf"), 0, float("inf"), 0], [0, float("inf"), 0, float("inf")]]
+
+
+def test_masks_take_the_layer_mode():
+    # prune() on an eval model leaves it all eval (fastinfer.fuse refuses a model in training mode)
+    import fastinfer
+
+    model = nn.Sequential(nn.Linear(32, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    fastinfer.prune(model, pattern="unstructured", sparsity=0.8)
+    assert not any(m.training for m in model.modules())
+    fastinfer.fuse(model, example_inputs=torch.randn(4, 32))
+    train = nn.Sequential(nn.Linear(8, 8))
+    fastinfer.prune(train, pattern="unstructured", sparsity=0.5)
+    assert all(m.training for m in train.modules())
+
+
+def test_weight_norm_hook_layer_is_skipped_with_a_reason():
+    import warnings
+
+    import fastinfer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = nn.Sequential(nn.utils.weight_norm(nn.Linear(16, 32)), nn.ReLU(), nn.Linear(32, 4))
+    report = fastinfer.prune(model, pattern="unstructured", sparsity=0.5)
+    assert "forward hooks" in dict(report.skipped)["0"] and parametrize.is_parametrized(model[2])

@@ -316,3 +316,33 @@ def test_quantized_layers_are_kept_with_the_reason():
     rep = prune(m, amount=0.5, example_inputs=torch.randn(2, 64))
     assert not rep.pruned
     assert any("already quantized or sparse" in g.reason for g in rep.groups)
+
+
+def test_layers_with_weight_hooks_or_foreign_parametrizations():
+    import fastinfer
+
+    # torch.nn.utils.weight_norm (the hook version) computes the weight in forward: such a layer keeps its
+    # channels (slicing weight alone would leave weight_g / weight_v whole). The parametrize version is refused
+    # with a message that names it, not pruning masks.
+    import warnings
+
+    class Net(nn.Module):
+        def __init__(self, wn):
+            super().__init__()
+            self.c1, self.c2, self.fc = wn(nn.Conv1d(1, 16, 5)), wn(nn.Conv1d(16, 16, 3)), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean(-1))
+
+    x = torch.randn(2, 1, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # weight_norm's deprecation
+        model = Net(nn.utils.weight_norm).eval()
+    with torch.no_grad():
+        want = model(x)
+    fastinfer.prune(model, amount=0.5, example_inputs=x)
+    assert model.c1.out_channels == model.c2.out_channels == 16
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want)
+    with pytest.raises(fastinfer.PruningError, match="parametrizations.weight_norm; remove them first"):
+        fastinfer.prune(Net(nn.utils.parametrizations.weight_norm).eval(), amount=0.5, example_inputs=x)

@@ -2,6 +2,7 @@
 hints), with per-epoch evaluation, best-checkpoint selection, callbacks, and torch.distributed (DDP)."""
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import random
@@ -378,7 +379,9 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Iterable, *, epo
                 better = metric > best_metric if monitor == "eval_acc" else metric < best_metric
             if better:
                 best_epoch, best_metric = epoch, metric
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                # a module's extra state (a pruning mask's, an int8 layer's) is not a tensor: copied as it is
+                best_state = {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
+                              for k, v in model.state_dict().items()}
 
             # Every callback runs (each may log or save); any truthy answer stops training.
             answers = [cb(epoch, dict(metrics), student) for cb in callbacks]

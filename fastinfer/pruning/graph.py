@@ -200,6 +200,9 @@ def analyze(gm: fx.GraphModule) -> ChannelGraph:
             if name in shared:
                 opaque(node, f"module {name}: {shared[name]}", layer)
                 continue
+            if mod._forward_pre_hooks or mod._forward_hooks:  # torch.nn.utils.weight_norm's computes the weight
+                opaque(node, f"module {name} has forward hooks (which may compute its weight)", layer)
+                continue
             x = ins[0] if ins else None
             if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
                 if x is None or x.dim != 1 or _layout_size(x.layout) != mod.in_channels or \

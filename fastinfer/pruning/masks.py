@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .._swap import is_hf_conv1d
+from .._swap import is_hf_conv1d, swap_problem
 from ..nn.fused import LinearAct
 from ..nn.linear import Int8Linear
 from ..quantization.api import Patterns, _matcher
@@ -211,9 +211,13 @@ def _select(model: nn.Module, pattern: str, block, include: Patterns, exclude: P
             skipped.append((name, "not matched by include"))
         elif exc is not None and exc(name, mod):
             skipped.append((name, "matched by exclude"))
+        elif problem := swap_problem(mod):  # torch.nn.utils.weight_norm's hook computes the weight
+            skipped.append((name, problem))
         elif _foreign_parametrizations(mod):
             skipped.append((name, f"weight already has parametrizations {_foreign_parametrizations(mod)} "
                                   "(a mask on top could not be removed alone)"))
+        elif id(_stored_weight(mod)) not in holders:
+            skipped.append((name, "its weight is not a Parameter of the model (computed in forward): nothing to mask"))
         elif len(holders[id(_stored_weight(mod))]) > 1:
             owner = mod.parametrizations.weight if parametrize.is_parametrized(mod, "weight") else mod
             others = [h for mid, h in holders[id(_stored_weight(mod))].items() if mid != id(owner)]
@@ -287,6 +291,7 @@ def _apply_mask(module: nn.Module, keep: Tensor, label: str) -> None:
     mask = _our_mask(module)
     if mask is None:
         parametrize.register_parametrization(module, "weight", Mask(keep, label))
+        module.parametrizations.train(module.training)  # the new modules take the layer's mode (fuse checks eval)
         return
     mask.mask.copy_(mask.mask & keep)  # pruning only adds zeros: a re-pruned layer keeps its old ones
     if label not in mask.pattern.split("+"):

@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 
 from ..quantization.api import Patterns, _matcher
 from .graph import ChannelGraph, Layout, analyze
+from .masks import Mask
 
 IMPORTANCE = ("l1", "l2", "taylor")
 PATTERNS = ("channels",)
@@ -177,9 +178,13 @@ def prune(model: nn.Module, pattern: str = "channels", amount: float = 0.5, impo
     masked = [name for name, m in model.named_modules() if parametrize.is_parametrized(m)]
     if masked:
         names = ", ".join(repr(n) for n in masked[:4]) + (" ..." if len(masked) > 4 else "")
-        raise PruningError(f"fastinfer.prune: layers {names} carry parametrizations (pruning masks from "
-                           "pattern='unstructured'/'2:4'/'block'); structured pruning slices the weights: call "
-                           "fastinfer.remove_masks(model) first")
+        ours = all(all(isinstance(p, Mask) for p in plist)
+                   for name in masked for plist in model.get_submodule(name).parametrizations.values())
+        hint = ("pruning masks from pattern='unstructured'/'2:4'/'block'; call fastinfer.remove_masks(model) first"
+                if ours else "e.g. torch.nn.utils.parametrizations.weight_norm; remove them first with "
+                "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight')")
+        raise PruningError(f"fastinfer.prune: layers {names} carry parametrizations, and structured pruning "
+                           f"slices the weights ({hint})")
     try:
         with torch.no_grad(), _eval_mode(model):
             model(*inputs)
