@@ -253,7 +253,7 @@ def test_masked_model_and_wrong_example_inputs_refused_up_front():
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     x = torch.randn(2, 8)
     fastinfer.prune(model, pattern="unstructured", sparsity=0.5)
-    with pytest.raises(PruningError, match=r"layers '0', '2' carry parametrizations .* call fastinfer.remove_masks"):
+    with pytest.raises(PruningError, match=r"layers '0', '2' carry parametrizations.* call fastinfer.remove_masks"):
         prune(model, amount=0.5, example_inputs=x)
     assert model[0].weight.shape == (16, 8) and model[0].bias.shape == (16,)
     model(x)  # untouched, still runs
@@ -346,3 +346,31 @@ def test_layers_with_weight_hooks_or_foreign_parametrizations():
         torch.testing.assert_close(model(x), want)
     with pytest.raises(fastinfer.PruningError, match="parametrizations.weight_norm; remove them first"):
         fastinfer.prune(Net(nn.utils.parametrizations.weight_norm).eval(), amount=0.5, example_inputs=x)
+
+
+def test_a_fixed_size_flatten_keeps_the_channels_before_it():
+    # LeNet's x.view(-1, 16 * 5 * 5): the literal feature size would no longer match a pruned conv, so the conv
+    # feeding it keeps its channels; x.view(x.size(0), -1) follows them.
+    import torch.nn.functional as F
+
+    import fastinfer
+
+    class LeNet(nn.Module):
+        def __init__(self, fixed):
+            super().__init__()
+            self.fixed = fixed
+            self.c1, self.c2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+            self.fc1, self.fc2 = nn.Linear(16 * 5 * 5, 32), nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.c2(F.max_pool2d(F.relu(self.c1(x)), 2))), 2)
+            x = x.view(-1, 16 * 5 * 5) if self.fixed else x.view(x.size(0), -1)
+            return self.fc2(F.relu(self.fc1(x)))
+
+    x = torch.randn(2, 1, 32, 32)
+    for fixed in (True, False):
+        model = LeNet(fixed).eval()
+        fastinfer.prune(model, amount=0.5, example_inputs=x)
+        assert (model.c2.out_channels == 16) == fixed and model.fc1.out_features == 16
+        with torch.no_grad():
+            assert model(x).shape == (2, 10)

@@ -286,7 +286,14 @@ def analyze(gm: fx.GraphModule) -> ChannelGraph:
                      _norm_dim(end, len(x.shape)) if x else -1)
         elif method and target in ("view", "reshape") or (not method and target is torch.reshape):
             x = ins[0] if ins else None
-            if x is not None and len(shp) == 2 and len(x.shape) >= 2 and x.dim == 1 and shp[0] == x.shape[0]:
+            sizes = node.args[1:]
+            sizes = tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else tuple(sizes)
+            # x.view(x.size(0), -1) follows the channel count; x.view(-1, 400) (LeNet) fixes it: a literal
+            # feature size would no longer match a pruned input.
+            fixed = bool(sizes) and isinstance(sizes[-1], int) and sizes[-1] != -1
+            if fixed:
+                opaque(node, f"{node.format_node()} reshapes to a fixed size ({sizes[-1]} last)")
+            elif x is not None and len(shp) == 2 and len(x.shape) >= 2 and x.dim == 1 and shp[0] == x.shape[0]:
                 _flatten(g, values, node, x, 1, len(x.shape) - 1)
             elif x is not None and shp == x.shape:
                 values[node] = _Value(x.layout, x.dim, shp)
