@@ -157,7 +157,7 @@ def test_save_and_load_pruned(tmp_path):
     fresh = load_pruned(path, CNN().eval())
     assert fresh.conv2.out_channels == m.conv2.out_channels
     torch.testing.assert_close(fresh(x), m(x), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="has not been pruned"):
+    with pytest.raises(ValueError, match="no channel pruning to save"):
         save_pruned(CNN(), tmp_path / "x.pt")
 
 
@@ -374,3 +374,31 @@ def test_a_fixed_size_flatten_keeps_the_channels_before_it():
         assert (model.c2.out_channels == 16) == fixed and model.fc1.out_features == 16
         with torch.no_grad():
             assert model(x).shape == (2, 10)
+
+
+def test_save_pruned_refuses_what_load_pruned_cannot_rebuild(tmp_path):
+    # Masks or int8 / sparse layers on a channel-pruned model: refused with the way that works, which is then
+    # followed here (save the float model, convert, save the state_dict; deploy: load_pruned + load_quantized).
+    import fastinfer
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+
+    x = torch.randn(4, 32)
+    model = make()
+    fastinfer.prune(model, amount=0.5, example_inputs=x)
+    fastinfer.save_pruned(model, tmp_path / "float.pt")
+    masked = fastinfer.load_pruned(tmp_path / "float.pt", make())
+    fastinfer.prune(masked, pattern="unstructured", sparsity=0.5)
+    with pytest.raises(ValueError, match=r"carry weight masks.*remove_masks"):
+        fastinfer.save_pruned(masked, tmp_path / "x.pt")
+    fastinfer.quantize(model)
+    with pytest.raises(ValueError, match=r"are quantized or sparse.*load_quantized\(path, model\)"):
+        fastinfer.save_pruned(model, tmp_path / "x.pt")
+    torch.save(model.state_dict(), tmp_path / "q.pt")
+    deployed = fastinfer.load_quantized(tmp_path / "q.pt", fastinfer.load_pruned(tmp_path / "float.pt", make()))
+    with torch.inference_mode():
+        assert torch.equal(deployed(x), model(x))
+    with pytest.raises(ValueError, match="no channel pruning to save"):
+        fastinfer.save_pruned(make(), tmp_path / "x.pt")

@@ -298,8 +298,22 @@ def save_pruned(model: nn.Module, path) -> None:
     """Saves the architecture change (kept indices) with the weights: load with load_pruned."""
     plans = getattr(model, "fastinfer_pruning_plans", None)
     if not plans:
-        raise ValueError("model has not been pruned by fastinfer.prune (no fastinfer_pruning_plans); "
-                         "use torch.save(model.state_dict()) instead")
+        raise ValueError("model has no channel pruning to save (no fastinfer_pruning_plans: fastinfer.prune with "
+                         "pattern='channels' sets them); use torch.save(model.state_dict()) instead")
+    # load_pruned rebuilds float layers: a file with masks or int8/sparse layers could not be read back.
+    masked = [name for name, m in model.named_modules() if parametrize.is_parametrized(m)]
+    converted = [name for name, m in model.named_modules() if type(m).__module__.startswith("fastinfer.nn.")
+                 and type(m).__name__.startswith(("Int8", "Sparse"))]
+    if masked:
+        raise ValueError(f"save_pruned saves a channel-pruned float model, and layers {masked[:3]} carry weight "
+                         "masks, which load_pruned could not rebuild: call fastinfer.remove_masks(model) first "
+                         "(the pruned zeros stay)")
+    if converted:
+        raise ValueError(f"save_pruned saves a channel-pruned float model, and layers {converted[:3]} are "
+                         "quantized or sparse, which load_pruned could not rebuild: save the pruned float model "
+                         "with save_pruned before converting it, and the converted one with "
+                         "torch.save(model.state_dict(), path); to deploy, load_pruned the first into a fresh "
+                         "model, then fastinfer.load_quantized(path, model)")
     torch.save({"format": SAVE_FORMAT, "plans": plans, "state_dict": model.state_dict()}, path)
 
 
