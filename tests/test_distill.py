@@ -513,3 +513,19 @@ def test_distill_a_masked_student_keeps_its_masks():
     for layer in (student[0], student[2]):
         w = layer.weight.detach().reshape(layer.out_features, -1, 4)
         assert bool(((w != 0).sum(-1) <= 2).all())
+
+
+def test_eval_metrics_skip_positions_labelled_minus_100():
+    # Per-position logits [N, C, L] with padded labels (-100, cross_entropy's ignore_index): eval accuracy and
+    # loss are over the labelled positions only.
+    torch.manual_seed(0)
+    teacher = nn.Conv1d(8, 5, 1)
+    student = copy.deepcopy(teacher)
+    x = torch.randn(4, 8, 10)
+    with torch.no_grad():
+        y = teacher(x).argmax(1)
+    y[:, 5:] = -100
+    h = distill(teacher, student, [(x, y)], epochs=1, lr=1e-12, eval_data=[(x, y)], progress=False).history[0]
+    with torch.no_grad():
+        ce = F.cross_entropy(student(x), y).item()
+    assert h["eval_acc"] == 100.0 and math.isclose(h["eval_loss"], ce, rel_tol=1e-5)

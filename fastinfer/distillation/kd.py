@@ -212,8 +212,10 @@ def _evaluate(student: nn.Module, eval_data: Iterable, device: torch.device, cap
             cap.clear()  # the hint hooks fire here too; their outputs are not needed
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             labels = y.argmax(dim=1) if y.is_floating_point() else y  # class probabilities: their top class
-            correct += float((logits.argmax(dim=1) == labels).sum())
-            count += labels.numel()
+            # positions labelled -100 (cross_entropy's ignore_index: padding) are not scored, as the loss skips them
+            scored = labels != -100 if not y.is_floating_point() else torch.ones_like(labels, dtype=torch.bool)
+            correct += float(((logits.argmax(dim=1) == labels) & scored).sum())
+            count += float(scored.sum())
     return loss, correct, count
 
 
@@ -338,7 +340,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Iterable, *, epo
             if eval_data is not None:
                 sums["eval_loss"], sums["correct"], sums["eval_n"] = _evaluate(student, eval_data, s_dev, s_cap)
                 if sums["eval_n"] == 0 and not distributed:
-                    raise ValueError("eval_data is empty: it yielded no batches")
+                    raise ValueError("eval_data is empty: it yielded no batches (or only labels of -100, which are not scored)")
             else:
                 student.eval()
             seconds = time.perf_counter() - start
@@ -351,7 +353,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Iterable, *, epo
                 dist.all_reduce(wall, op=dist.ReduceOp.MAX)
                 seconds = float(wall)
                 if eval_data is not None and sums["eval_n"] == 0:
-                    raise ValueError("eval_data is empty on every rank: it yielded no batches")
+                    raise ValueError("eval_data is empty on every rank: it yielded no batches (or only labels of -100)")
 
             n = sums["n"]
             metrics = {
