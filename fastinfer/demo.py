@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import time
 from collections import OrderedDict
@@ -65,6 +66,10 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="where the trained models run and are timed: cpu (default) or cuda[:i] (a CUDA build of "
                         "fastinfer and a GPU; `fastinfer info` shows both)")
     args = p.parse_args(argv)
+    if args.json:  # checked before the minutes of training, not after them
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or os.path.isdir(args.json):
+            p.error(f"--json {args.json}: cannot write a file there (the folder must exist and be writable)")
     try:
         args.device = torch.device(args.device)
     except RuntimeError:

@@ -41,3 +41,12 @@ def test_demo_device_refused_clearly(capsys):
     err = capsys.readouterr().err
     assert "--device cuda needs fastinfer built with its CUDA kernels and a visible GPU" in err
     assert f"this build has CUDA kernels: {bool(ops.BUILD['cuda'])}" in err
+
+
+def test_demo_checks_its_json_path_before_running():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "fastinfer", "demo", "--quick", "--json", "/nonexistent/dir/out.json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "cannot write a file there" in r.stderr

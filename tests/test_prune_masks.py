@@ -290,3 +290,16 @@ def test_weight_norm_hook_layer_is_skipped_with_a_reason():
         model = nn.Sequential(nn.utils.weight_norm(nn.Linear(16, 32)), nn.ReLU(), nn.Linear(32, 4))
     report = fastinfer.prune(model, pattern="unstructured", sparsity=0.5)
     assert "forward hooks" in dict(report.skipped)["0"] and parametrize.is_parametrized(model[2])
+
+
+def test_numpy_arguments_and_non_modules():
+    import numpy as np
+
+    import fastinfer
+
+    model = nn.Sequential(nn.Linear(16, 16))
+    fastinfer.prune(model, pattern="block", sparsity=np.float32(0.5), block=(np.int64(1), 16))
+    assert zeros(model[0].weight) == 8 * 16
+    for fn in (fastinfer.sparsify, remove_masks):
+        with pytest.raises(TypeError, match="model must be a torch.nn.Module, got NoneType"):
+            fn(None)

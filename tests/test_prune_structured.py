@@ -402,3 +402,13 @@ def test_save_pruned_refuses_what_load_pruned_cannot_rebuild(tmp_path):
         assert torch.equal(deployed(x), model(x))
     with pytest.raises(ValueError, match="no channel pruning to save"):
         fastinfer.save_pruned(make(), tmp_path / "x.pt")
+
+
+def test_load_pruned_refuses_an_already_pruned_model(tmp_path):
+    import fastinfer
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    fastinfer.prune(model, amount=0.5, example_inputs=torch.randn(2, 8))
+    fastinfer.save_pruned(model, tmp_path / "p.pt")
+    with pytest.raises(ValueError, match="already channel-pruned; pass a fresh instance"):
+        fastinfer.load_pruned(tmp_path / "p.pt", model)

@@ -70,6 +70,8 @@ def sparsify(model: nn.Module, value_dtype=torch.float32, min_sparsity: float = 
     """Replaces nn.Linear layers whose (masked) weight has at least ``min_sparsity`` zeros with
     fastinfer.nn.SparseLinear (fp32 or int8 values), in place; returns the model with
     ``model.fastinfer_sparsify_report``. Below ~50% zeros a dense kernel is faster: those stay dense."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity!r}")
     inc, exc = _matcher(include, "include"), _matcher(exclude, "exclude")

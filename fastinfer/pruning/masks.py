@@ -7,6 +7,7 @@ block patterns), keeps them zero through fine-tuning with a parametrization, and
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -156,12 +157,12 @@ def _check_args(sparsity, pattern, scope, block) -> Tuple[Optional[float], Tuple
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     if not (isinstance(block, (tuple, list)) and len(block) == 2
-            and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block)):
+            and all(isinstance(b, numbers.Integral) and not isinstance(b, bool) and b >= 1 for b in block)):
         raise ValueError(f"block must be (rows, cols), two positive ints, got {block!r}")
     if sparsity is None:
         if pattern != "2:4":
             raise ValueError(f"sparsity is required for pattern {pattern!r} (a fraction in [0, 1])")
-    elif isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+    elif isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):  # numpy scalars too
         raise TypeError(f"sparsity must be a number in [0, 1], got {type(sparsity).__name__}")
     elif not 0.0 <= sparsity <= 1.0:  # also refuses NaN
         raise ValueError(f"sparsity must be a fraction in [0, 1], got {sparsity!r}")
@@ -393,6 +394,8 @@ def remove_masks(model: nn.Module) -> List[str]:
     holds exact zeros where it was pruned; the weight Parameter object is kept (optimizers still hold
     it). Returns the names of the layers unmasked. Refuses, changing nothing, if a masked weight also
     carries other parametrizations (baking would fold those in too)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     masked = []
     for name, mod in model.named_modules():
         if not parametrize.is_parametrized(mod, "weight"):

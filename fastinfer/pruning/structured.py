@@ -322,6 +322,9 @@ def load_pruned(path, model: nn.Module) -> nn.Module:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != SAVE_FORMAT:
         raise ValueError(f"{path} is not a file written by fastinfer.save_pruned")
+    if getattr(model, "fastinfer_pruning_plans", None):
+        raise ValueError("load_pruned: model is already channel-pruned; pass a fresh instance of the original "
+                         "(unpruned) architecture")
     for plan in blob["plans"]:
         apply_plan(model, plan)
     model.load_state_dict(blob["state_dict"])
