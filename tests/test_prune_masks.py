@@ -65,7 +65,8 @@ def test_global_scope_one_threshold_over_all_layers():
         model.fc1.weight.mul_(0.1)                            # small weights: pruned harder globally
         model.head.weight.mul_(10)
     before = weights(model)
-    report = prune_weights(model, 0.6, scope="global")
+    with pytest.warns(UserWarning, match=r"\['fc1'\] lost every weight"):  # its weights are all below the threshold
+        report = prune_weights(model, 0.6, scope="global")
     after = weights(model)
     total = sum(w.numel() for w in after.values())
     assert sum(zeros(w) for w in after.values()) == round(0.6 * total)
@@ -303,3 +304,22 @@ def test_numpy_arguments_and_non_modules():
     for fn in (fastinfer.sparsify, remove_masks):
         with pytest.raises(TypeError, match="model must be a torch.nn.Module, got NoneType"):
             fn(None)
+
+
+def test_global_scope_warns_when_it_empties_a_layer_and_convs_are_reported():
+    import warnings
+
+    import fastinfer
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 96), nn.ReLU(), nn.Linear(96, 10))
+    with torch.no_grad():
+        net[2].weight.mul_(10)
+    with pytest.warns(UserWarning, match=r"layers \['0', '4'\] lost every weight"):
+        fastinfer.prune(net, pattern="unstructured", sparsity=0.6, scope="global")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastinfer.prune(nn.Sequential(nn.Linear(8, 8)), pattern="unstructured", sparsity=0.6, scope="global")
+    report = fastinfer.prune(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 4)), pattern="unstructured",
+                             sparsity=0.5)
+    assert "a convolution" in dict(report.skipped)["0"] and list(report.layers) == ["2"]

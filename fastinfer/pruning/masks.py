@@ -8,6 +8,7 @@ block patterns), keeps them zero through fine-tuning with a parametrization, and
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -207,6 +208,9 @@ def _select(model: nn.Module, pattern: str, block, include: Patterns, exclude: P
                                       "nn.Linear; fastinfer.quantize takes it as a Linear"))
             elif isinstance(mod, nn.Linear):
                 skipped.append((name, f"subclass {base.__name__} of nn.Linear (may use its weight differently)"))
+            elif isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+                skipped.append((name, "a convolution: weight masks are for Linear layers (pattern='channels' "
+                                      "removes conv filters)"))
             continue
         if inc is not None and not inc(name, mod):
             skipped.append((name, "not matched by include"))
@@ -349,6 +353,11 @@ def prune_weights(model: nn.Module, sparsity: Optional[float], pattern: str = "u
 
     report = SparsityReport({name: _measure(mod) for name, mod in targets}, skipped,
                             pattern=label, target=0.5 if pattern == "2:4" else sparsity, scope=scope)
+    emptied = [name for name, m in report.layers.items() if m.nnz == 0 and m.dense_bytes]
+    if scope == "global" and emptied and sparsity < 1.0:
+        # one threshold over all layers can take every weight of a layer whose weights are all small
+        warnings.warn(f"prune(scope='global'): layers {emptied[:4]} lost every weight (their output no longer "
+                      "depends on their input); scope='layer' or exclude= keeps them", stacklevel=2)
     model.fastinfer_sparsity_report = report
     if verbose:
         print(report)
