@@ -404,3 +404,13 @@ def test_sparsify_int8_warns_where_its_kernel_is_scalar(cap):
     with fastinfer.use_isa(cap or "amx"):
         assert bool(messages(torch.int8)) == (fastinfer.cpu_capabilities()["active"] == "ref")
         assert messages(torch.float32) == []
+
+
+def test_sparsify_reports_layers_already_converted():
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    fastinfer.prune(model, pattern="unstructured", sparsity=0.9)
+    fastinfer.sparsify(model, include="0")
+    fastinfer.remove_masks(model)
+    fastinfer.quantize(model)
+    reasons = dict(fastinfer.sparsify(model).fastinfer_sparsify_report.skipped)
+    assert reasons["0"] == "already a SparseLinear" and reasons["2"].startswith("already an Int8Linear")

@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize
 from .. import ops
 from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, swap_problem
 from ..nn.fused import LinearAct
+from ..nn.linear import Int8Linear
 from ..nn.sparse import MAX_K as SPARSE_MAX_K
 from ..nn.sparse import SparseLinear
 from ..quantization.api import Patterns, _matcher
@@ -78,6 +79,13 @@ def sparsify(model: nn.Module, value_dtype=torch.float32, min_sparsity: float = 
     report = SparsifyReport(str(value_dtype).replace("torch.", ""))
     targets = []
     for name, mod in model.named_modules():
+        if isinstance(mod, SparseLinear):
+            report.skipped.append((name, "already a SparseLinear"))
+            continue
+        if isinstance(mod, Int8Linear):
+            report.skipped.append((name, "already an Int8Linear: sparsify the float model instead "
+                                         "(value_dtype=torch.int8 gives int8 sparse layers)"))
+            continue
         if _layer_type(mod) not in (nn.Linear, LinearAct) and not is_hf_conv1d(mod):
             continue
         if isinstance(mod, LinearAct) and mod.activation is not None:
