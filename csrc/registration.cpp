@@ -8,19 +8,21 @@
 
 #include "cpu/dispatch.h"
 #include "cpu/isa.h"
+#include "op_args.h"
 #ifdef FASTINFER_WITH_CUDA
 #include "cuda/cuda_info.h"
 #endif
 
 namespace {
 
-// Which device kernels this build holds (JSON), and which CUDA kernel served the latest GPU call.
+// Which device kernels this build holds, and the int8 kernels' K limit (JSON).
 std::string build_info() {
+  const std::string max_k = ", \"max_k\": " + std::to_string(fastinfer::kMaxK) + "}";
 #ifdef FASTINFER_WITH_CUDA
   return std::string("{\"cuda\": true, \"cutlass_sm90\": ") + (fastinfer::cuda::sm90_built() ? "true" : "false") +
-         ", \"sparse24\": " + (fastinfer::cuda::sparse24_built() ? "true" : "false") + "}";
+         ", \"sparse24\": " + (fastinfer::cuda::sparse24_built() ? "true" : "false") + max_k;
 #else
-  return "{\"cuda\": false, \"cutlass_sm90\": false, \"sparse24\": false}";
+  return "{\"cuda\": false, \"cutlass_sm90\": false, \"sparse24\": false" + max_k;
 #endif
 }
 

@@ -15,7 +15,7 @@ from torch import Tensor
 from . import _ext  # noqa: F401
 
 _ops = torch.ops.fastinfer
-BUILD = json.loads(_ops.build_info())  # {"cuda": kernels for CUDA built in, "cutlass_sm90": ...}
+BUILD = json.loads(_ops.build_info())  # {"cuda": kernels for CUDA built in, "cutlass_sm90": ..., "max_k": ...}
 SUPPORTED_DEVICES = ("cpu",)  # devices with kernels for every op
 # The int8 linear family (quantize_per_token, pack/unpack, int8_mm, int8_scaled_mm, the linear ops) and
 # the int8 convolution (any groups) also have CUDA kernels in builds made with a CUDA torch;
@@ -26,7 +26,7 @@ _LINEAR_OPS = {"quantize_per_token", "pack_int8_weight", "unpack_int8_weight", "
                "int8_linear_dynamic", "int8_linear_static", "int8_linear_weight_only", "pack_conv_weight",
                "int8_conv2d", "int8_max_pool2d", "int8_add"}
 _PACK_NB, _PACK_KB, _HEADER_BYTES = 16, 4, 64
-MAX_K = (1 << 17) - 1  # the int8 kernels' K limit (op_args.h kMaxK: exact int32 accumulation)
+MAX_K = BUILD["max_k"]  # the int8 kernels' K limit (op_args.h kMaxK: exact int32 accumulation)
 CUDA_K_ALIGN = 16  # a CUDA packed weight is int8 [N, round_up(K, 16)] (PACKING.md)
 
 

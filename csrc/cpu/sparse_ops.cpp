@@ -44,6 +44,18 @@ void check_total(int64_t total, const char* op, const char* what) {
               "; its offsets are int32 (at most ", INT32_MAX, ")");
 }
 
+// The tier serving a sparse op, recorded for last_kernel("sparse"): the AVX-512 kernels (F/BW/VL/DQ; the int8
+// layout's also needs VBMI byte permutes) from the avx512_vnni tier, the AVX2 ones from the avx2 tier
+// (avx_vnni included, and AVX-512 CPUs without VBMI for int8), the scalar path below.
+Isa sparse_tier(bool byte_permutes) {
+  const Isa isa = active_isa();
+  const Isa tier = isa >= Isa::Avx512Vnni && (!byte_permutes || cpu_features().avx512_vbmi) ? Isa::Avx512Vnni
+                   : isa >= Isa::Avx2                                                      ? Isa::Avx2
+                                                                                           : Isa::Ref;
+  record_kernel(Family::Sparse, tier);
+  return tier;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pack_csr16(const at::Tensor& weight) {
   const at::Tensor w = pack_input(weight, at::kFloat, "pack_csr16");
   const int64_t N = w.size(0), K = w.size(1);
@@ -164,12 +176,8 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& row_ptr, const a
   p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
   p.out = out.data_ptr<float>();
   p.ldo = N;
-  // The AVX-512 kernels (F/BW/VL/DQ) from the avx512_vnni tier; the AVX2 ones on the avx2 and avx_vnni tiers;
-  // the scalar path below them.
-  const Isa isa = active_isa();
-  const Isa tier = isa >= Isa::Avx512Vnni ? Isa::Avx512Vnni : isa >= Isa::Avx2 ? Isa::Avx2 : Isa::Ref;
+  const Isa tier = sparse_tier(/*byte_permutes=*/false);
   const bool vec = tier != Isa::Ref;
-  record_kernel(Family::Sparse, tier);
   at::Tensor xin = x2, xt;
   if (csr8 && vec) {  // the window kernels read 64 columns from a group's base (<= K): zero tail
     xin = at::zeros({M, K + 64}, x2.options());
@@ -240,13 +248,7 @@ at::Tensor sparse_linear_int8(const at::Tensor& x, const at::Tensor& grp_ptr, co
   p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
   p.out = out.data_ptr<float>();
   p.ldo = N;
-  // Byte permutes (VBMI) on top of the avx512_vnni tier; otherwise the AVX2 kernel (table lookups) from the
-  // avx2 tier up; the scalar path below it.
-  const Isa isa = active_isa();
-  const Isa tier = isa >= Isa::Avx512Vnni && cpu_features().avx512_vbmi ? Isa::Avx512Vnni
-                   : isa >= Isa::Avx2                                    ? Isa::Avx2
-                                                                         : Isa::Ref;
-  record_kernel(Family::Sparse, tier);
+  const Isa tier = sparse_tier(/*byte_permutes=*/true);
   const kernels::Slot128Fn fn = tier == Isa::Avx512Vnni ? kernels::slot128_linear_avx512
                                 : tier == Isa::Avx2      ? kernels::slot128_linear_avx2
                                                          : kernels::slot128_linear_ref;
