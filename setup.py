@@ -32,6 +32,29 @@ cpu_sources = sources("csrc/registration.cpp") + sources("csrc/cpu/*.cc") + sour
 # GOMP_* calls bind to the libgomp torch already loads (linking a second OpenMP runtime would
 # give two thread pools).
 cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+
+
+def loaded_libstdcxx():
+    """The libstdc++ this process (Python with torch imported) has mapped, or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                path = fields[5] if len(fields) > 5 else ""
+                if os.path.basename(path).startswith("libstdc++.so"):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+# The extension links the libstdc++ torch runs with, by path, never a static copy of its own: a toolchain that
+# links libstdc++ statically (the H200 image's /opt/gcc/bin/g++ does, even given -lstdc++) gave an extension
+# whose first `ostream << long` (cpu_capabilities; every c10::str / TORCH_CHECK message with a number) ran the
+# copy's code on the shared library's locale facets and died with SIGSEGV. Relinked with the shared library
+# named by path, the same objects passed the CUDA suite there. With an ordinary toolchain it changes nothing.
+link_args = [p for p in [loaded_libstdcxx()] if p]
+
 # CUDA: the entry layer (csrc/cuda/*.cpp, ATen) and the framework-free kernels (csrc/kernels/cuda/*.cu).
 cuda_sources = sources("csrc/cuda/*.cpp") + sources("csrc/kernels/cuda/*.cu") if want_cuda() else []
 
@@ -48,10 +71,11 @@ if cuda_sources:
                                             "sm90_sparse" not in f)) + cpu_sources,
         include_dirs=cutlass,
         extra_compile_args={"cxx": cxx_flags, "nvcc": NVCC_FLAGS},
+        extra_link_args=link_args,
         define_macros=macros,
     )
 else:
-    ext = CppExtension("fastinfer._C", cpu_sources, extra_compile_args={"cxx": cxx_flags})
+    ext = CppExtension("fastinfer._C", cpu_sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_args)
 
 setup(
     name="fastinfer",

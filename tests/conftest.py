@@ -74,7 +74,8 @@ def conv_epilogue_edge(case, x, w_scale, bias, x_scale=0.02, out_scale=0.04):
 
 
 def cuda_graph_replays(fn, x):
-    """Captures fn(x) in a CUDA graph, refills x, replays: the graph's output must equal a fresh call's."""
+    """Captures fn(x) in a CUDA graph, refills x, replays: the graph's output must equal a fresh call's.
+    x is overwritten: pass a copy of a tensor the test uses afterwards."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
