@@ -26,10 +26,12 @@ std::string build_info() {
 #endif
 }
 
-std::string cuda_last_kernel() {
+std::string cuda_last_kernel(const std::string& family) {
 #ifdef FASTINFER_WITH_CUDA
-  return fastinfer::cuda::last_kernel();
+  return fastinfer::cuda::last_kernel(family);
 #else
+  if (family != "gemm" && family != "quantize")
+    throw std::invalid_argument("cuda_last_kernel: family must be 'gemm' or 'quantize', got '" + family + "'");
   return "";
 #endif
 }
@@ -103,7 +105,7 @@ TORCH_LIBRARY(fastinfer, m) {
   // Shape bucket of the int8 GEMM: on AMX, fewer rows than this run on the VNNI kernels. Returns the old value.
   m.def("set_amx_min_rows(int rows) -> int", &fastinfer::cpu::set_amx_min_rows);
   m.def("build_info() -> str", &build_info);
-  m.def("cuda_last_kernel() -> str", &cuda_last_kernel);
+  m.def("cuda_last_kernel(str family=\"gemm\") -> str", &cuda_last_kernel);
   // Benchmarks: the int8 instruction's peak rate (registers only) on all intra-op threads.
   m.def("int8_peak_probe(int iters) -> int", &fastinfer::cpu::int8_peak_probe);
 }

@@ -45,15 +45,18 @@ def cuda_available() -> bool:
     return bool(BUILD["cuda"]) and torch.cuda.is_available()
 
 
-def cuda_last_kernel() -> str:
-    """The CUDA kernel that served this thread's latest int8 GEMM-family call on a GPU: 'sm90_cutlass' (Hopper,
-    CUTLASS TMA + wgmma), 'sm80_mma' (mma.sync, sm_80 and later), 'weight_only' (the few-row kernel of
-    w8_only), 'weight_only_mma' (w8_only on tensor cores, 9-64 rows of bf16/fp16 x), 'weight_only_cublas'
-    (w8_only with more rows: widened weight + cuBLAS); for int8_conv2d
-    'sm90_conv' (Hopper implicit GEMM, CUTLASS TMA im2col + wgmma), 'conv_gathered' (rows gathered on the
-    GPU, then the int8 GEMM), 'conv_grouped' (the same one group at a time), 'dwconv' (depthwise); '' before
-    any."""
-    return _ops.cuda_last_kernel()
+def cuda_last_kernel(family: str = "gemm") -> str:
+    """The CUDA kernel that served this thread's latest call of a family on a GPU; '' before any.
+
+    'gemm' (the int8 GEMM family): 'sm90_cutlass' (Hopper, CUTLASS TMA + wgmma), 'sm80_mma' (mma.sync, sm_80
+    and later), 'weight_only' (the few-row kernel of w8_only), 'weight_only_mma' (w8_only on tensor cores,
+    9-64 rows of bf16/fp16 x), 'weight_only_cublas' (w8_only with more rows: widened weight + cuBLAS); for
+    int8_conv2d 'sm90_conv' (Hopper implicit GEMM, CUTLASS TMA im2col + wgmma), 'conv_gathered' (rows gathered
+    on the GPU, then the int8 GEMM), 'conv_grouped' (the same one group at a time), 'dwconv' (depthwise).
+    'quantize' (the activation quantization of the w8a8 ops and of the gathered conv): 'quantize_vec' (rows of
+    aligned 16-byte pieces up to 32768 bf16/fp16 or 16384 fp32 values: 16-byte loads, the row held in
+    registers) or 'quantize_rows' (any other row)."""
+    return _ops.cuda_last_kernel(family)
 
 
 def is_cuda_packed(packed: Tensor) -> bool:

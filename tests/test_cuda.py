@@ -102,6 +102,40 @@ def test_quantize_per_token(dtype):
     torch.testing.assert_close(s.cpu(), rs, rtol=0, atol=0, equal_nan=True)
 
 
+# The activation quantization's two kernels: the vectorized one (rows of aligned 16-byte pieces, up to 16 pieces
+# a thread: K a multiple of 8 bf16/fp16 or 4 fp32 values, at most 32768 / 16384) and the scalar one (any other
+# row: K = 1001, 40000, and 10 for fp16/bf16), per token and through the w8a8 ops with a per-column scale
+# (SmoothQuant) and a static scale, bit for bit against the reference; zero, NaN and Inf rows included.
+@pytest.mark.parametrize("dtype", FLOAT_OUT)
+@pytest.mark.parametrize("K", [8, 10, 1000, 1001, 16384, 40000])
+def test_quantize_kernels(K, dtype):
+    x = (torch.randn(21, K) * 3).to(dtype)
+    x[3] = 0
+    x[5, 7] = float("nan")
+    x[6, 1] = float("inf")
+    per_piece, most = (4, 16384) if dtype == torch.float32 else (8, 32768)
+    kernel = "quantize_vec" if K % per_piece == 0 and K <= most else "quantize_rows"
+    q, s = ops.quantize_per_token(x.to(DEV))
+    assert ops.cuda_last_kernel("quantize") == kernel
+    rq, rs = ref.quantize_per_token(x)
+    torch.testing.assert_close(q.cpu(), rq, rtol=0, atol=0)
+    torch.testing.assert_close(s.cpu(), rs, rtol=0, atol=0, equal_nan=True)
+    N = 24
+    w = rand_i8(N, K)
+    ws, bias, cs = torch.rand(N) * 0.01 + 1e-4, torch.randn(N), torch.rand(K) + 0.5
+    packed = ops.pack_int8_weight(w.to(DEV))
+    out = ops.int8_linear_dynamic(x.to(DEV), packed, ws.to(DEV), bias.to(DEV), x_channel_scale=cs.to(DEV))
+    assert ops.cuda_last_kernel("quantize") == kernel
+    want = ref.int8_linear_dynamic(x, w, ws, bias, x_channel_scale=cs)
+    torch.testing.assert_close(out.cpu(), want.to(dtype), rtol=0, atol=0, equal_nan=True)
+    out = ops.int8_linear_static(x.to(DEV), 0.02, packed, ws.to(DEV), bias.to(DEV), "relu", 0.05, cs.to(DEV))
+    assert ops.cuda_last_kernel("quantize") == kernel
+    want = ref.int8_linear_static(x, 0.02, w, ws, bias, "relu", 0.05, cs)
+    torch.testing.assert_close(out.cpu(), want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="family must be 'gemm' or 'quantize'"):
+        ops.cuda_last_kernel("conv")
+
+
 @pytest.mark.parametrize("dtype", FLOAT_OUT)
 @pytest.mark.parametrize("M,K,N", [(1, 64, 32), (7, 13, 5), (128, 768, 3072), (333, 1000, 70)])
 def test_linear_dynamic(M, K, N, dtype):

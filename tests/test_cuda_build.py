@@ -36,7 +36,9 @@ def test_build_info_and_devices_are_consistent():
     assert ops.LINEAR_DEVICES == (("cpu", "cuda") if ops.BUILD["cuda"] else ("cpu",))
     assert ops.cuda_available() == (ops.BUILD["cuda"] and torch.cuda.is_available())
     if not ops.BUILD["cuda"]:
-        assert ops.cuda_last_kernel() == ""
+        assert ops.cuda_last_kernel() == "" and ops.cuda_last_kernel("quantize") == ""
+    with pytest.raises(ValueError, match="family must be 'gemm' or 'quantize', got 'conv'"):
+        ops.cuda_last_kernel("conv")
         assert not ops.BUILD["cutlass_sm90"]
 
 

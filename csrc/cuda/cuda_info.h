@@ -5,9 +5,11 @@
 namespace fastinfer {
 namespace cuda {
 
-// The kernel that served the latest int8 GEMM-family call on a GPU: "sm90_cutlass", "sm80_mma",
-// "weight_only", "weight_only_cublas", "sm90_sparse24", or "" before the first.
-std::string last_kernel();
+// The kernel that served this thread's latest call of a family on a GPU: "gemm" (the int8 GEMM family:
+// "sm90_cutlass", "sm80_mma", "weight_only", ..., the conv kernels) or "quantize" (the activation
+// quantization of the w8a8 ops: "quantize_vec" or "quantize_rows"); "" before the first. Throws
+// std::invalid_argument for another family.
+std::string last_kernel(const std::string& family);
 // Whether the Hopper CUTLASS kernel is in this build (the CUTLASS headers were found).
 bool sm90_built();
 // Whether the Hopper 2:4 sparse kernels are in this build.

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,7 @@ enum class Served : int {
   ConvSm90 = 6, ConvGathered = 7, DwConv = 8, ConvGrouped = 9, WeightOnlyMma = 10
 };
 thread_local int t_served = 0;  // per calling thread, as the CPU side's last_kernel
+thread_local int t_quantize = 0;  // the activation quantization: 1 the scalar kernel, 2 the vectorized one
 
 // Compute capability and multiprocessor count of a device, asked once per device (cudaGetDeviceProperties
 // is slow).
@@ -186,6 +188,7 @@ void quantize_into(const at::Tensor& x2, at::Tensor& q, at::Tensor* scale, float
   qp.static_inv = static_inv;
   qp.col_scale = col_scale.defined() ? col_scale.data_ptr<float>() : nullptr;
   check_launch(ck::launch_quantize_rows(qp, current_stream(x2.device())), op);
+  t_quantize = ck::quantize_rows_vectorized(qp) ? 2 : 1;
 }
 
 // ---------------------------------------------------------------- ops
@@ -740,7 +743,10 @@ at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<doub
   return at::nan_to_num(y.mul(inv), 0.0).clamp(-127, 127).round().to(at::kChar).contiguous(fmt);
 }
 
-std::string last_kernel() {
+std::string last_kernel(const std::string& family) {
+  if (family == "quantize") return t_quantize == 2 ? "quantize_vec" : t_quantize == 1 ? "quantize_rows" : "";
+  if (family != "gemm")
+    throw std::invalid_argument("cuda_last_kernel: family must be 'gemm' or 'quantize', got '" + family + "'");
   switch (static_cast<Served>(t_served)) {
     case Served::Sm80: return "sm80_mma";
     case Served::Sm90: return "sm90_cutlass";
