@@ -5,6 +5,8 @@ torch bf16 F.linear; torch._int_mm (cuBLASLt int8 -> int32; it refuses M <= 16);
 per-token x per-channel scaling and bias written in torch, as users do; fastinfer int8_mm (raw, int32 out),
 int8_scaled_mm (fused epilogue, bf16 out), Int8Linear w8a8_dynamic (bf16 in/out, activation quantization
 included) and, for M <= 64, w8_only (bf16 in/out; its weight traffic as GB/s). TOPS = 2 M N K / time.
+Rows of M <= 64 are also timed as replays of 20 calls captured in a CUDA graph ("graph ms": the GPU's time
+without the host's per-call launch work, which the event timing includes when the host is the slower side).
 """
 from __future__ import annotations
 
@@ -45,6 +47,44 @@ def time_cuda(fn: Callable[[], object], repeats: int = 5, min_ms: float = 10.0) 
     return {"median_ms": statistics.median(times), "p10_ms": times[0], "p90_ms": times[-1], "iters": calls * repeats}
 
 
+def time_cuda_graph(fn: Callable[[], object], calls: int = 20, repeats: int = 5) -> Dict:
+    """Median ms per call of `calls` calls captured in one CUDA graph, replayed between CUDA events: the GPU's
+    time without the host's launch overhead (each call's Python, dispatch and launch work), which time_cuda
+    includes whenever the host is slower than the kernels. Outputs come from the graph's own memory pool.
+    A call that cannot be captured gives {"graph_error": why} (the row keeps its event timing)."""
+    try:
+        return _time_graph(fn, calls, repeats)
+    except Exception as e:  # noqa: BLE001  (reported in the row, not dropped)
+        torch.cuda.synchronize()
+        return {"graph_error": f"{type(e).__name__}: {e}"[:200]}
+
+
+def _time_graph(fn: Callable[[], object], calls: int, repeats: int) -> Dict:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture (workspaces, descriptors, lazy init)
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times: List[float] = []
+    for _ in range(repeats):
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    times.sort()
+    del graph
+    return {"graph_ms": statistics.median(times)}
+
+
 def bench_shape(M: int, K: int, N: int) -> List[Dict]:
     torch.manual_seed(0)
     dev = "cuda"
@@ -81,6 +121,8 @@ def bench_shape(M: int, K: int, N: int) -> List[Dict]:
         for lib, impl, fn in cases:
             t = time_cuda(fn)
             kernel = ops.cuda_last_kernel() if lib == "fastinfer" else ""
+            if M <= 64:  # few rows: microseconds of GPU work, where the host's launch overhead can dominate
+                t.update(time_cuda_graph(fn))
             row = {"op": "linear", "device": "cuda", "lib": lib, "impl": impl, "M": M, "K": K, "N": N, **t,
                    "tops": 2 * M * N * K / (t["median_ms"] * 1e-3) / 1e12, "kernel": kernel}
             if impl == "Int8Linear w8_only":
@@ -126,6 +168,9 @@ def targets(rows: List[Dict], copy_tb: float):
         if M <= 64 and wo and bf16:
             out.append(("#4", f"w8_only vs bf16 F.linear at {M}x{K}x{N}", bf16["median_ms"] / wo["median_ms"], 1.5,
                         True))
+            if "graph_ms" in wo and "graph_ms" in bf16:
+                out.append(("#4", f"w8_only vs bf16 F.linear (graph) at {M}x{K}x{N}",
+                            bf16["graph_ms"] / wo["graph_ms"], 1.5, True))
             out.append(("#4", f"w8_only GB/s / {copy_tb:.1f} TB/s copy at {M}x{K}x{N}",
                         wo["gb_s"] / (copy_tb * 1000), 0.0, True))
     return out

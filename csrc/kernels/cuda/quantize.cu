@@ -1,6 +1,7 @@
 // Per-token (and static per-tensor) int8 quantization of activation rows, one block per row:
 // the row's max |x| by a block reduction, then the quantized row written into the GEMM's padded
-// operand (rows of aligned 16-byte pieces: the vectorized kernel; others: the scalar one). The rule (NaN/Inf rows, zero rows, rounding) is QuantizeParams', the CPU kernels' own.
+// operand (rows of aligned 16-byte pieces: the vectorized kernel; others: the scalar one). The rule (NaN/Inf
+// rows, zero rows, rounding) is QuantizeParams', the CPU kernels' own.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -87,7 +88,8 @@ struct Piece {
 };
 
 template <XKind KIND>
-__device__ __forceinline__ void widen(const QuantizeParams& p, const uint4& raw, int64_t k0, float (&v)[Piece<KIND>::n]) {
+__device__ __forceinline__ void widen(const QuantizeParams& p, const uint4& raw, int64_t k0,
+                                      float (&v)[Piece<KIND>::n]) {
   const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
