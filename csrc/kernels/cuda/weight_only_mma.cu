@@ -10,7 +10,8 @@
 // -> 4s + 2, 4s + 3, for the activations (read from shared memory) and the weights alike. Four steps use the
 // chunk's 16 values, so a round covers 64 k. A block's four warps each own NT n8 tiles of the block's
 // columns and all MT m16 tiles of rows; the activation tile of a round is staged in shared memory once for
-// the four. The K rounds are split over gridDim.y blocks when there are too few column blocks to fill the
+// the four, double-buffered: the next round's tile and weights load while this round multiplies (the first
+// version, one tile between two barriers a round, streamed the weight at 0.7-1.1 TB/s on an H200). The K rounds are split over gridDim.y blocks when there are too few column blocks to fill the
 // GPU: partial sums go to a workspace and weight_only_reduce_kernel adds them in split order (deterministic),
 // then applies the epilogue.
 #include <cuda_bf16.h>
@@ -105,15 +106,40 @@ __device__ __forceinline__ void load_w(const WeightOnlyParams& p, int64_t n0, in
   }
 }
 
+// This thread's pieces of the activation tile of round r ([16 MT rows][64 k] as 8 16-byte pieces a row: MT
+// pieces a thread), zeros past M or K, or when !any (no round left).
+template <int MT>
+__device__ __forceinline__ void load_x(const WeightOnlyParams& p, int64_t r, bool any, uint4 (&xr)[MT]) {
+  const uint8_t* const x = static_cast<const uint8_t*>(p.x);
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+    const int c = threadIdx.x + i * kWarps * 32, row = c / 8, piece = c % 8;
+    const int64_t k = r * kRoundK + 8 * piece;
+    xr[i] = (any && row < p.M && k < p.K) ? __ldg(reinterpret_cast<const uint4*>(x + (row * p.ldx + k) * 2))
+                                          : make_uint4(0, 0, 0, 0);
+  }
+}
+
+template <int MT>
+__device__ __forceinline__ void store_x(uint8_t* xs, const uint4 (&xr)[MT]) {
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+    const int c = threadIdx.x + i * kWarps * 32;
+    *reinterpret_cast<uint4*>(xs + (c / 8) * kXStride + 16 * (c % 8)) = xr[i];
+  }
+}
+
 template <bool BF16, int MT>
 __global__ void __launch_bounds__(kWarps * 32) weight_only_mma_kernel(const WeightOnlyParams p, float* partial) {
   constexpr int NT = WarpCols<MT>::value, BM = 16 * MT, BN = kWarps * NT * 8;
-  __shared__ __align__(16) uint8_t xs[BM * kXStride];
+  static_assert(BM * 8 == MT * kWarps * 32, "the activation tile is MT 16-byte pieces a thread");
+  // Two activation tiles: round r multiplies from one while round r + 1's is loaded into registers and then
+  // stored into the other, so a round waits at one barrier and never on an activation load.
+  __shared__ __align__(16) uint8_t xs[2][BM * kXStride];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
   const int64_t n_block = static_cast<int64_t>(blockIdx.x) * BN, n0 = n_block + warp * NT * 8;
   const int64_t rounds = (p.K + kRoundK - 1) / kRoundK;
   const int64_t r0 = rounds * blockIdx.y / gridDim.y, r1 = rounds * (blockIdx.y + 1) / gridDim.y;
-  const uint8_t* const x = static_cast<const uint8_t*>(p.x);
 
   float acc[MT][NT][4];
 #pragma unroll
@@ -125,22 +151,19 @@ __global__ void __launch_bounds__(kWarps * 32) weight_only_mma_kernel(const Weig
 
   uint4 w[NT];
   load_w<NT>(p, n0, g, r0 * kRoundK + 16 * t, r0 < r1, w);
+  uint4 xr[MT];
+  load_x<MT>(p, r0, r0 < r1, xr);
+  store_x<MT>(xs[0], xr);
+  __syncthreads();
   for (int64_t r = r0; r < r1; ++r) {
-    // The round's activations [BM rows][64 k] into shared memory: 16-byte pieces, zeros past M or K.
-    for (int c = threadIdx.x; c < BM * 8; c += kWarps * 32) {
-      const int row = c / 8, piece = c % 8;
-      const int64_t k = r * kRoundK + 8 * piece;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (row < p.M && k < p.K) v = __ldg(reinterpret_cast<const uint4*>(x + (row * p.ldx + k) * 2));
-      *reinterpret_cast<uint4*>(xs + row * kXStride + 16 * piece) = v;
-    }
-    __syncthreads();
-    uint4 wn[NT];  // the next round's weights, in flight while this round multiplies
+    const uint8_t* const tile = xs[(r - r0) & 1];
+    uint4 wn[NT];  // the next round's weights and activations, in flight while this round multiplies
     load_w<NT>(p, n0, g, (r + 1) * kRoundK + 16 * t, r + 1 < r1, wn);
+    load_x<MT>(p, r + 1, r + 1 < r1, xr);
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
       // Rows 16 i + g and 16 i + g + 8: the lane's 16 activations (k 16 t .. 16 t + 15 of the round).
-      const uint8_t* const lo = xs + (16 * i + g) * kXStride + 32 * t;
+      const uint8_t* const lo = tile + (16 * i + g) * kXStride + 32 * t;
       const uint4 a_lo[2] = {*reinterpret_cast<const uint4*>(lo), *reinterpret_cast<const uint4*>(lo + 16)};
       const uint4 a_hi[2] = {*reinterpret_cast<const uint4*>(lo + 8 * kXStride),
                              *reinterpret_cast<const uint4*>(lo + 8 * kXStride + 16)};
@@ -158,7 +181,9 @@ __global__ void __launch_bounds__(kWarps * 32) weight_only_mma_kernel(const Weig
     }
 #pragma unroll
     for (int j = 0; j < NT; ++j) w[j] = wn[j];
-    __syncthreads();  // xs is rewritten by the next round
+    // The other tile was last read in round r - 1, which every thread finished before the previous barrier.
+    if (r + 1 < r1) store_x<MT>(xs[(r + 1 - r0) & 1], xr);
+    __syncthreads();
   }
 
   // Accumulator (i, j, e): row 16 i + g (+ 8 for e >= 2), column n0 + 8 j + 2 t + e % 2.
