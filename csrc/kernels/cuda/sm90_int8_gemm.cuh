@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
@@ -37,6 +38,15 @@ using ClusterShape = Shape<_2, _1, _1>;
 using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
 using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
 constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+
+// The persistent scheduler's tile swizzle (1, 2, 4 or 8 tiles; 1, CUTLASS's default, unless
+// FASTINFER_SM90_SWIZZLE says otherwise, read at each launch): a tuning knob, swept by
+// benchmarks/bench_linear_cuda.py at the large shapes, where the order tiles visit A and B decides the L2 hits.
+inline int sm90_swizzle() {
+  const char* s = std::getenv("FASTINFER_SM90_SWIZZLE");
+  const int v = s ? std::atoi(s) : 1;
+  return v == 2 || v == 4 || v == 8 ? v : 1;
+}
 
 template <class ElementD>
 struct Sm90Gemm {
@@ -93,6 +103,7 @@ struct Sm90Gemm {
         {p.bias, -0.0f},                    // bias (null -> -0: y + -0 == y for every y, as with no add)
         {}};                                // plus
     cudaGetDevice(&args.hw_info.device_id);  // the persistent grid is sized for the current device's SMs
+    args.scheduler.max_swizzle_size = sm90_swizzle();
     return args;
   }
 };
