@@ -2,18 +2,19 @@
 # One-call GPU check (the device tool's H100/H200 machine: torch with CUDA, nvcc, ninja, no package
 # registry): build the CUDA extension in parallel, look for the tensor-core instructions in the SASS,
 # run the CUDA tests (dense int8, 2:4 sparse, int8 conv), compute-sanitizer memcheck on a subset, the GPU
-# linear, 2:4 and conv benchmarks, and print a short table last. Budget: GPU_CHECK_SECONDS (420 s) on a
-# 16-core H100/H200 host: each step gets a share of what is left (`timeout`), correctness first (the build
-# alone is about 2 minutes there: its CUTLASS units take 60-100 s each), so the summary always prints. With a
-# machine start (1-2 minutes) that leaves about 5 minutes of the session's 15 for a rerun, which finds the
-# build in place while the machine is still warm (ninja then rebuilds what changed).
+# linear, 2:4 and conv benchmarks, a torch.profiler look at the cases that missed (gpu_profile.py), and print a
+# short table last. Budget: GPU_CHECK_SECONDS (420 s) on a 16-core H100/H200 host: each step gets a share of
+# what is left (`timeout`), correctness first, so the summary always prints. A machine start took about 30 s
+# on 2026-12-04, so a full call costs about 5 of the session's 15 minutes: room for a rerun (with the carried
+# build below, a rerun after a Python-only change skips the build; a machine still warm keeps build/ and
+# ninja rebuilds only what changed).
 #
 # Wheels the machine lacks travel in .whl (ignored by git: `echo /.whl/ >> .git/info/exclude`), fetched
 # here beforehand:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 --platform any -d .whl nvidia-cutlass==4.2.0.0 expecttest==0.3.0
 # Call: device run with carry [".whl"], command `bash benchmarks/gpu_check.sh`, timeout_s 450. What comes back
-# under $OUT (at most 8 files): logs.tgz (every log), the three benchmark JSONs, summary.txt, prebuilt.tgz (the
+# under $OUT (at most 8 files): logs.tgz (every log), the benchmark and profile JSONs, summary.txt, prebuilt.tgz (the
 # built extension: copy it to .gpubuild/ and carry [".whl", ".gpubuild"] so that a rerun skips the build).
 # GPU_CHECK_SKIP_BENCH=1 stops after the tests and the sanitizer (a correctness rerun), GPU_CHECK_SKIP_SASS=1
 # skips the SASS read (20 s). Seen on an H200 host (2026-12-04): build 74 s, tests 49 s (4 pytest processes),
@@ -147,6 +148,11 @@ save
 timeout "$(cap 40 5)" $PY benchmarks/bench_conv.py --device cuda --json "$OUT/bench_conv_cuda.json" >"$OUT/bench_conv.log" 2>&1
 bench_conv_rc=$?
 grep -vE "^(#|targets| )" "$OUT/bench_conv.log" | head -40
+
+save
+stamp "profile: where the time of the cases that missed goes (benchmarks/gpu_profile.py; torch.profiler)"
+timeout "$(cap 40 5)" $PY benchmarks/gpu_profile.py --json "$OUT/profile.json" >"$OUT/profile.log" 2>&1
+grep -E "^==|^ +[0-9.]+ +[0-9.]+ +[0-9]+ " "$OUT/profile.log" | head -48
 
 stamp "summary (rc 124: the step ran out of its share of the budget)"
 {
