@@ -110,6 +110,20 @@ __device__ __forceinline__ void widen(const QuantizeParams& p, const uint4& raw,
   }
 }
 
+// f(c, v) for each of this thread's pieces c of the row held in raw (v: the piece's values, widened and
+// scaled by the per-column scale, if any).
+template <XKind KIND, int R, class F>
+__device__ __forceinline__ void each_piece(const QuantizeParams& p, const uint4 (&raw)[R], int64_t pieces, F&& f) {
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int64_t c = threadIdx.x + static_cast<int64_t>(r) * kThreads;
+    if (c >= pieces) continue;
+    float v[Piece<KIND>::n];
+    widen<KIND>(p, raw[r], c * Piece<KIND>::n, v);
+    f(c, v);
+  }
+}
+
 template <XKind KIND, int R>
 __global__ void __launch_bounds__(kThreads) quantize_rows_vec_kernel(const QuantizeParams p) {
   constexpr int V = Piece<KIND>::n;
@@ -125,27 +139,17 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_vec_kernel(const Quant
   }
   float inv = p.static_inv;
   if (inv <= 0.0f) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const int64_t c = threadIdx.x + static_cast<int64_t>(r) * kThreads;
-      if (c >= pieces) continue;
-      float v[V];
-      widen<KIND>(p, raw[r], c * V, v);
+    each_piece<KIND>(p, raw, pieces, [&](int64_t, const float (&v)[V]) {
 #pragma unroll
       for (int i = 0; i < V; ++i) mx = max(mx, __float_as_uint(v[i]) & 0x7fffffffu);
-    }
+    });
     inv = row_inverse(p, m, mx);
     if (inv == 0.0f) {
       for (int64_t k = threadIdx.x; k < p.K_pad; k += kThreads) q[k] = 0;
       return;
     }
   }
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int64_t c = threadIdx.x + static_cast<int64_t>(r) * kThreads;
-    if (c >= pieces) continue;
-    float v[V];
-    widen<KIND>(p, raw[r], c * V, v);
+  each_piece<KIND>(p, raw, pieces, [&](int64_t c, const float (&v)[V]) {
     const auto byte = [&](int i) { return static_cast<uint32_t>(static_cast<uint8_t>(quant(v[i], inv))); };
     uint32_t packed[V / 4];
 #pragma unroll
@@ -155,7 +159,7 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_vec_kernel(const Quant
       *reinterpret_cast<uint2*>(q + c * V) = make_uint2(packed[0], packed[1]);
     else
       *reinterpret_cast<uint32_t*>(q + c * V) = packed[0];
-  }
+  });
   for (int64_t k = p.K + threadIdx.x; k < p.K_pad; k += kThreads) q[k] = 0;  // the GEMM's zero padding
 }
 
