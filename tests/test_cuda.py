@@ -136,6 +136,22 @@ def test_quantize_kernels(K, dtype):
         ops.cuda_last_kernel("conv")
 
 
+# A static scale on dense rows (K a multiple of 16: no padding) regroups them into longer rows (while M is
+# even): the same values as row by row. M = 96 regroups 5 times at K = 16, M = 97 not at all.
+@pytest.mark.parametrize("dtype", FLOAT_OUT)
+@pytest.mark.parametrize("M,K", [(96, 16), (97, 16), (64, 2048), (6, 48)])
+def test_static_quantization_regrouped(M, K, dtype):
+    x = (torch.randn(M, K) * 3).to(dtype)
+    x[1, 2] = float("nan")
+    x[2, 3] = float("-inf")
+    w = rand_i8(24, K)
+    ws, bias = torch.rand(24) * 0.01 + 1e-4, torch.randn(24)
+    out = ops.int8_linear_static(x.to(DEV), 0.02, ops.pack_int8_weight(w.to(DEV)), ws.to(DEV), bias.to(DEV),
+                                 "none", 0.05)
+    assert ops.cuda_last_kernel("quantize") == "quantize_vec"
+    torch.testing.assert_close(out.cpu(), ref.int8_linear_static(x, 0.02, w, ws, bias, "none", 0.05), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", FLOAT_OUT)
 @pytest.mark.parametrize("M,K,N", [(1, 64, 32), (7, 13, 5), (128, 768, 3072), (333, 1000, 70)])
 def test_linear_dynamic(M, K, N, dtype):

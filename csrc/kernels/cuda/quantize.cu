@@ -179,6 +179,22 @@ int vec_pieces_per_thread(const QuantizeParams& p) {
   return r <= kMaxPiecesPerThread ? r : 0;
 }
 
+// With a static scale every element is quantized alike, so dense rows (x and q both [M, K], no gaps, no
+// padding, no per-column scale) are regrouped into half as many rows of twice the length, while M is even,
+// up to two pieces a thread: a convolution's NHWC rows hold only C = 3-512 values, which left most of a
+// block's 256 threads idle (and one block per pixel).
+QuantizeParams regrouped(const QuantizeParams& p) {
+  QuantizeParams g = p;
+  if (p.static_inv <= 0.0f || p.col_scale || p.ldx != p.K || p.ldq != p.K || p.K_pad != p.K) return g;
+  const int64_t target = 2 * kThreads * (p.x_kind == XKind::Float32 ? 4 : 8);
+  while (g.M % 2 == 0 && 2 * g.K <= target) {
+    g.M /= 2;
+    g.K *= 2;
+  }
+  g.ldx = g.ldq = g.K_pad = g.K;
+  return g;
+}
+
 template <XKind KIND>
 void launch_vec(const QuantizeParams& p, int r, cudaStream_t s) {
   const unsigned grid = static_cast<unsigned>(p.M);
@@ -193,10 +209,11 @@ void launch_vec(const QuantizeParams& p, int r, cudaStream_t s) {
 
 }  // namespace
 
-bool quantize_rows_vectorized(const QuantizeParams& p) { return vec_pieces_per_thread(p) != 0; }
+bool quantize_rows_vectorized(const QuantizeParams& p) { return vec_pieces_per_thread(regrouped(p)) != 0; }
 
-const char* launch_quantize_rows(const QuantizeParams& p, void* stream) {
-  if (p.M == 0) return nullptr;
+const char* launch_quantize_rows(const QuantizeParams& params, void* stream) {
+  if (params.M == 0) return nullptr;
+  const QuantizeParams p = regrouped(params);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int r = vec_pieces_per_thread(p);
   if (r == 0)
