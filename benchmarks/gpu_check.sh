@@ -107,9 +107,9 @@ stamp "compute-sanitizer memcheck (a subset, one process; before the benchmarks:
 # GEMM (513 rows, bf16 out, bias), the weight-only kernels (16 rows fp32; 17 and 48 rows on tensor cores with a
 # K split, 17 rows of K=13 without) and its cuBLAS side (65 rows), the quantize kernels (vectorized: K=1000
 # bf16; scalar: K=1001 fp32), the 2:4 GEMM and compressor (N=7, K=2323), and the conv paths (sm90 implicit
-# GEMM, gathered rows with C=3, depthwise with odd C, stride 9 gathered). Without torch's caching allocator, so that every
-# tensor is its own allocation and an access past one is caught (inside a pooled block it would not be);
-# torch's and cuBLAS's own failing-but-handled API calls are not counted as errors.
+# GEMM, gathered rows with C=3, depthwise with odd C, stride 9 gathered). Without torch's caching allocator,
+# so that every tensor is its own allocation and an access past one is caught (inside a pooled block it would
+# not be); torch's and cuBLAS's own failing-but-handled API calls are not counted as errors.
 if command -v compute-sanitizer >/dev/null; then
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$(cap 80 $(( test_reserve == 150 ? 90 : 0 )))" compute-sanitizer --tool memcheck --report-api-errors no \
     --error-exitcode 9 $PY -m pytest -q -x \

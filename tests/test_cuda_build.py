@@ -37,9 +37,9 @@ def test_build_info_and_devices_are_consistent():
     assert ops.cuda_available() == (ops.BUILD["cuda"] and torch.cuda.is_available())
     if not ops.BUILD["cuda"]:
         assert ops.cuda_last_kernel() == "" and ops.cuda_last_kernel("quantize") == ""
+        assert not ops.BUILD["cutlass_sm90"]
     with pytest.raises(ValueError, match="family must be 'gemm' or 'quantize', got 'conv'"):
         ops.cuda_last_kernel("conv")
-        assert not ops.BUILD["cutlass_sm90"]
 
 
 def test_cpu_build_refuses_cuda_tensors_clearly():

@@ -11,9 +11,10 @@
 // chunk's 16 values, so a round covers 64 k. A block's four warps each own NT n8 tiles of the block's
 // columns and all MT m16 tiles of rows; the activation tile of a round is staged in shared memory once for
 // the four, double-buffered: the next round's tile and weights load while this round multiplies (the first
-// version, one tile between two barriers a round, streamed the weight at 0.7-1.1 TB/s on an H200). The K rounds are split over gridDim.y blocks when there are too few column blocks to fill the
-// GPU: partial sums go to a workspace and weight_only_reduce_kernel adds them in split order (deterministic),
-// then applies the epilogue.
+// version, one tile between two barriers a round, streamed the weight at 0.7-1.1 TB/s on an H200). The K
+// rounds are split over gridDim.y blocks when there are too few column blocks to fill the GPU: partial sums
+// go to a workspace and weight_only_reduce_kernel adds them in split order (deterministic), then applies the
+// epilogue.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
