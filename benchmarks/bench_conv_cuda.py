@@ -13,7 +13,7 @@ fastinfer int8 >= 1.5x cuDNN fp16 channels_last (checked on both timings).
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,9 @@ from bench_conv import LAYERS, SQNR_MIN_DB, ConvLayer, out_size, parse_layers, s
 from bench_linear_cuda import machine_info_cuda, time_cuda, time_cuda_graph
 
 
-def bench_layer_cuda(L: ConvLayer, batch: int) -> List[Dict]:
+def layer_cases(L: ConvLayer, batch: int) -> Tuple[torch.Tensor, List[Tuple]]:
+    """The fp32 reference output and the cases (lib, impl, fn, to_float) of one layer at one batch, on the GPU;
+    to_float maps a fastinfer output to fp32 for the SQNR check (None for the baselines)."""
     torch.manual_seed(0)
     dev = "cuda"
     conv = nn.Conv2d(L.C, L.Cout, L.k, L.stride, L.padding, groups=L.groups).eval().requires_grad_(False).to(dev)
@@ -50,6 +52,11 @@ def bench_layer_cuda(L: ConvLayer, batch: int) -> List[Dict]:
              ("torch", "cuDNN fp32 channels_last", lambda: F.conv2d(x, w32, conv.bias, *args), None),
              ("fastinfer", "(c) static fp32 in/out", lambda: static(x), lambda t: t),
              ("fastinfer", "(d) int8 in/out", int8_io, lambda t: t.float() * out_scale)]
+    return y, cases
+
+
+def bench_layer_cuda(L: ConvLayer, batch: int) -> List[Dict]:
+    y, cases = layer_cases(L, batch)
     oh = out_size(L)
     macs = batch * oh * oh * L.Cout * (L.C // L.groups) * L.k * L.k
     rows = []

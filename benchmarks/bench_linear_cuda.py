@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -95,13 +95,13 @@ SWIZZLES = (2, 4, 8)
 
 
 @contextlib.contextmanager
-def swizzle_env(impl: str):
-    """FASTINFER_SM90_SWIZZLE set to the row's swizzle (impl '... swizzle=n') while it is timed."""
-    if " swizzle=" not in impl:
+def swizzle(n: Optional[int]):
+    """FASTINFER_SM90_SWIZZLE=n while the block runs (None: left as it is)."""
+    if n is None:
         yield
         return
     previous = os.environ.get("FASTINFER_SM90_SWIZZLE")
-    os.environ["FASTINFER_SM90_SWIZZLE"] = impl.rsplit("=", 1)[1]
+    os.environ["FASTINFER_SM90_SWIZZLE"] = str(n)
     try:
         yield
     finally:
@@ -130,31 +130,35 @@ def bench_shape(M: int, K: int, N: int) -> List[Dict]:
         acc = torch._int_mm(a, w8_t)
         return (acc.float() * a_scale[:, None] * b_scale[None, :] + bias).to(torch.bfloat16)
 
-    cases = [("torch", "bf16 F.linear", lambda: F.linear(x, lin_bf16.weight, lin_bf16.bias))]
+    def fused():
+        return ops.int8_scaled_mm(a, a_scale, packed, b_scale, bias, torch.bfloat16)
+
+    # (lib, impl, fn, the Hopper GEMM's swizzle to time it with: None for the default)
+    cases = [("torch", "bf16 F.linear", lambda: F.linear(x, lin_bf16.weight, lin_bf16.bias), None)]
     if M > 16:
-        cases += [("torch", "_int_mm", lambda: torch._int_mm(a, w8_t)),
-                  ("torch", "_int_mm + scaling", int_mm_scaled)]
+        cases += [("torch", "_int_mm", lambda: torch._int_mm(a, w8_t), None),
+                  ("torch", "_int_mm + scaling", int_mm_scaled, None)]
     cases += [
-        ("fastinfer", "int8_mm raw", lambda: ops.int8_mm(a, packed, N)),
-        ("fastinfer", "int8_scaled_mm fused", lambda: ops.int8_scaled_mm(a, a_scale, packed, b_scale, bias,
-                                                                         torch.bfloat16)),
-        ("fastinfer", "Int8Linear w8a8_dynamic", lambda: dyn(x)),
+        ("fastinfer", "int8_mm raw", lambda: ops.int8_mm(a, packed, N), None),
+        ("fastinfer", "int8_scaled_mm fused", fused, None),
+        ("fastinfer", "Int8Linear w8a8_dynamic", lambda: dyn(x), None),
     ]
     if M <= 64:
-        cases.append(("fastinfer", "Int8Linear w8_only", lambda: wonly(x)))
-    swizzles = SWIZZLES if M * N >= 4096 * 8192 else ()
-    cases += [("fastinfer", f"int8_scaled_mm fused swizzle={sw}",
-               lambda: ops.int8_scaled_mm(a, a_scale, packed, b_scale, bias, torch.bfloat16)) for sw in swizzles]
+        cases.append(("fastinfer", "Int8Linear w8_only", lambda: wonly(x), None))
+    if M * N >= 4096 * 8192:
+        cases += [("fastinfer", f"int8_scaled_mm fused swizzle={n}", fused, n) for n in SWIZZLES]
     rows = []
     with torch.inference_mode():
-        for lib, impl, fn in cases:
-            with swizzle_env(impl):
+        for lib, impl, fn, sw in cases:
+            with swizzle(sw):
                 t = time_cuda(fn)
             kernel = ops.cuda_last_kernel() if lib == "fastinfer" else ""
             if M <= 64:  # few rows: microseconds of GPU work, where the host's launch overhead can dominate
                 t.update(time_cuda_graph(fn))
             row = {"op": "linear", "device": "cuda", "lib": lib, "impl": impl, "M": M, "K": K, "N": N, **t,
                    "tops": 2 * M * N * K / (t["median_ms"] * 1e-3) / 1e12, "kernel": kernel}
+            if sw is not None:
+                row["swizzle"] = sw
             if impl == "Int8Linear w8_only":
                 row["gb_s"] = (N * K + 2 * M * K + 2 * M * N) / (t["median_ms"] * 1e-3) / 1e9
             rows.append(row)
@@ -182,10 +186,10 @@ def targets(rows: List[Dict], copy_tb: float):
         if fused:
             M, K, N = shape
             out.append(("#4", f"fused W8A8 POPS at {M}x{K}x{N}", fused["tops"] / 1000, 1.35, True))
-            swept = [r for r in by.values() if (r["M"], r["K"], r["N"]) == shape and " swizzle=" in r["impl"]]
+            swept = [r for r in by.values() if (r["M"], r["K"], r["N"]) == shape and "swizzle" in r]
             if swept:
                 best = max(swept, key=lambda r: r["tops"])
-                out.append(("#4", f"fused W8A8 POPS at {M}x{K}x{N}, {best['impl'].rsplit(' ', 1)[1]}",
+                out.append(("#4", f"fused W8A8 POPS at {M}x{K}x{N}, swizzle={best['swizzle']}",
                             best["tops"] / 1000, 1.35, True))
             if base:
                 out.append(("#4", f"fused W8A8 vs torch._int_mm at {M}x{K}x{N}",

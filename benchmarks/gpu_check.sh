@@ -93,7 +93,9 @@ stamp "CUDA tests"
 # SIGSEGV before pytest printed a line), and a crash prints its Python stack.
 export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 PYTHONFAULTHANDLER=1
 xdist=(); $PY -c "import xdist" 2>/dev/null && xdist=(-p xdist.plugin -n 4)  # 4 processes share the GPU
-test_reserve=150; [[ -n "${GPU_CHECK_SKIP_BENCH:-}" ]] && test_reserve=60  # what the sanitizer (and benchmarks) keep
+# Seconds the steps after the tests keep: the sanitizer (60), and the benchmarks unless skipped (90 more).
+skip_bench=${GPU_CHECK_SKIP_BENCH:+1}
+test_reserve=$(( skip_bench ? 60 : 150 )) san_reserve=$(( skip_bench ? 0 : 90 ))
 # The nvcc compile check is deselected: the build above compiled every kernel (make cuda-check covers it).
 # -rs: the reason of every skip (a skip on a GPU host is a finding).
 timeout "$(cap 150 $test_reserve)" $PY -m pytest -q -rs "${xdist[@]}" tests/test_cuda.py tests/test_cuda_sparse.py tests/test_cuda_conv.py \
@@ -111,7 +113,7 @@ stamp "compute-sanitizer memcheck (a subset, one process; before the benchmarks:
 # so that every tensor is its own allocation and an access past one is caught (inside a pooled block it would
 # not be); torch's and cuBLAS's own failing-but-handled API calls are not counted as errors.
 if command -v compute-sanitizer >/dev/null; then
-  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$(cap 80 $(( test_reserve == 150 ? 90 : 0 )))" compute-sanitizer --tool memcheck --report-api-errors no \
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$(cap 80 $san_reserve)" compute-sanitizer --tool memcheck --report-api-errors no \
     --error-exitcode 9 $PY -m pytest -q -x \
     "tests/test_cuda.py::test_int8_mm_m_sweep[13-7]" \
     "tests/test_cuda.py::test_int8_scaled_mm_epilogue_exact[513-4096-136-True-out_dtype1]" \
@@ -133,7 +135,7 @@ else
 fi
 save
 
-if [[ -n "${GPU_CHECK_SKIP_BENCH:-}" ]]; then  # a rerun that only checks correctness
+if (( skip_bench )); then  # a rerun that only checks correctness
   stamp "benchmarks skipped (GPU_CHECK_SKIP_BENCH)"; tail -30 "$OUT/tests.log"; exit 0
 fi
 stamp "GPU benchmarks"

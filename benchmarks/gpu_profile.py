@@ -21,30 +21,24 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from fastinfer import ops
-from fastinfer.nn import Int8Conv2d, Int8Linear
+from fastinfer.nn import Int8Linear
+
+from bench_conv import LAYERS
+from bench_conv_cuda import layer_cases
 
 
 def cases() -> Dict[str, Callable[[], object]]:
     dev = "cuda"
-    torch.manual_seed(0)
-    conv = nn.Conv2d(256, 256, 3, 1, 1).eval().requires_grad_(False).to(dev)
-    x = torch.randn(32, 256, 14, 14, device=dev).contiguous(memory_format=torch.channels_last)
-    x_scale = x.abs().max().item() / 127
-    static = Int8Conv2d.from_float(conv, x_scale=x_scale)
-    xq = torch.round(x / x_scale).clamp(-127, 127).to(torch.int8).contiguous(memory_format=torch.channels_last)
-
-    def conv_int8_io():
-        return ops.int8_conv2d(xq, static.packed_weight, static.weight_scale, static.bias, (3, 3), (1, 1), (1, 1),
-                               (1, 1), 1, x_scale, 0.05)
-
+    layer = next(L for L in LAYERS if L.name == "l3_3x3")
+    conv = {impl: fn for _, impl, fn, _ in layer_cases(layer, 32)[1]}  # bench_conv's own cases
     lin = nn.Linear(4096, 4096, device=dev).eval()
     dyn = Int8Linear.from_float(lin, "w8a8_dynamic")
     xl = torch.randn(8192, 4096, device=dev, dtype=torch.bfloat16)
     big = nn.Linear(8192, 8192, device=dev).eval()
     wonly = Int8Linear.from_float(big, "w8_only")
     xs = torch.randn(16, 8192, device=dev, dtype=torch.bfloat16)
-    return {"conv l3_3x3 N=32 int8 in/out": conv_int8_io,
-            "conv l3_3x3 N=32 static fp32 in/out": lambda: static(x),
+    return {"conv l3_3x3 N=32 int8 in/out": conv["(d) int8 in/out"],
+            "conv l3_3x3 N=32 static fp32 in/out": conv["(c) static fp32 in/out"],
             "Int8Linear w8a8_dynamic 8192x4096x4096": lambda: dyn(xl),
             "Int8Linear w8_only 16x8192x8192": lambda: wonly(xs)}
 

@@ -27,11 +27,11 @@ std::string build_info() {
 }
 
 std::string cuda_last_kernel(const std::string& family) {
+  if (family != "gemm" && family != "quantize")
+    throw std::invalid_argument("cuda_last_kernel: family must be 'gemm' or 'quantize', got '" + family + "'");
 #ifdef FASTINFER_WITH_CUDA
   return fastinfer::cuda::last_kernel(family);
 #else
-  if (family != "gemm" && family != "quantize")
-    throw std::invalid_argument("cuda_last_kernel: family must be 'gemm' or 'quantize', got '" + family + "'");
   return "";
 #endif
 }

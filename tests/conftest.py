@@ -74,8 +74,9 @@ def conv_epilogue_edge(case, x, w_scale, bias, x_scale=0.02, out_scale=0.04):
 
 
 def cuda_graph_replays(fn, x):
-    """Captures fn(x) in a CUDA graph, refills x, replays: the graph's output must equal a fresh call's.
-    x is overwritten: pass a copy of a tensor the test uses afterwards."""
+    """Captures fn on a copy of x in a CUDA graph, refills the copy, replays: the graph's output must equal a
+    fresh call's. The caller's x is left as it was."""
+    x = x.clone()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):

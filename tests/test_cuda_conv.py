@@ -135,7 +135,7 @@ def test_module_between_devices_state_dict_compile_and_graphs():
     compiled = torch.compile(moved, fullgraph=True, backend="aot_eager")
     xg = x.cuda()
     torch.testing.assert_close(compiled(xg), moved(xg), rtol=0, atol=0)
-    cuda_graph_replays(moved, xg.clone())  # it refills its input: xg stays x for the grouped checks below
+    cuda_graph_replays(moved, xg)
     # grouped: the CPU's per-group packed GEMM weights <-> the GPU's [Cout, K_pad] rows
     grouped_cpu = Int8Conv2d.from_float(nn.Conv2d(32, 64, 3, padding=1, groups=8).eval(), x_scale=0.03)
     grouped_gpu = copy.deepcopy(grouped_cpu).cuda()

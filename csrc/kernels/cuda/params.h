@@ -180,10 +180,9 @@ bool sm90_gemm_built();
 bool sm90_gemm_supported(const GemmParams& p);
 size_t sm90_gemm_workspace_bytes(const GemmParams& p);  // device scratch the launch needs
 const char* launch_int8_gemm_sm90(const GemmParams& p, void* workspace, void* stream);
-const char* launch_quantize_rows(const QuantizeParams& p, void* stream);
-// Whether launch_quantize_rows runs p on the vectorized kernel (rows of aligned 16-byte pieces, up to 32768
+// *vectorized (if given): whether p ran on the vectorized kernel (rows of aligned 16-byte pieces, up to 32768
 // bf16/fp16 or 16384 fp32 values) rather than the scalar one.
-bool quantize_rows_vectorized(const QuantizeParams& p);
+const char* launch_quantize_rows(const QuantizeParams& p, void* stream, bool* vectorized = nullptr);
 // 2:4 sparse (sm90_sparse_gemm.cu + .cuh; built with the CUTLASS headers and a toolkit with sm_90 sparse MMA).
 bool sparse24_built();
 Sparse24Sizes sparse24_sizes(int64_t N, int64_t K);

@@ -209,13 +209,12 @@ void launch_vec(const QuantizeParams& p, int r, cudaStream_t s) {
 
 }  // namespace
 
-bool quantize_rows_vectorized(const QuantizeParams& p) { return vec_pieces_per_thread(regrouped(p)) != 0; }
-
-const char* launch_quantize_rows(const QuantizeParams& params, void* stream) {
-  if (params.M == 0) return nullptr;
+const char* launch_quantize_rows(const QuantizeParams& params, void* stream, bool* vectorized) {
   const QuantizeParams p = regrouped(params);
-  const cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int r = vec_pieces_per_thread(p);
+  if (vectorized) *vectorized = r != 0;
+  if (p.M == 0) return nullptr;
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (r == 0)
     quantize_rows_kernel<<<static_cast<unsigned>(p.M), kThreads, 0, s>>>(p);
   else if (p.x_kind == XKind::BFloat16)
