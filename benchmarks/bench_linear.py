@@ -168,7 +168,7 @@ def main_cuda(args, shapes):
     info["copy_tb_s"] = bc.copy_tb_s()
     print(f"# {info['gpu']} (sm {info['capability']}, {info['sms']} SMs) | torch {info['torch']} | "
           f"fastinfer build {info['fastinfer_build']} | device copy {info['copy_tb_s']:.2f} TB/s")
-    print(f"{'M':>5} {'K':>6} {'N':>6}  {'impl':<26} {'median ms':>10} {'graph ms':>9} {'TOPS':>8}  kernel")
+    print(f"{'M':>5} {'K':>6} {'N':>6}  {'impl':<40} {'median ms':>10} {'graph ms':>9} {'TOPS':>8}  kernel")
     rows = []
     for (M, K, N) in shapes:
         shape_rows = bc.bench_shape(M, K, N)
@@ -176,7 +176,7 @@ def main_cuda(args, shapes):
         for r in shape_rows:
             extra = f"  {r['gb_s']:.0f} GB/s" if "gb_s" in r else ""
             graph = f"{r['graph_ms']:>9.4f}" if "graph_ms" in r else " " * 9
-            print(f"{M:>5} {K:>6} {N:>6}  {r['impl']:<26} {r['median_ms']:>10.4f} {graph} {r['tops']:>8.1f}  "
+            print(f"{M:>5} {K:>6} {N:>6}  {r['impl']:<40} {r['median_ms']:>10.4f} {graph} {r['tops']:>8.1f}  "
                   f"{r['kernel']}{extra}")
         print()
     tgt = bc.targets(rows, info["copy_tb_s"])

@@ -5,10 +5,12 @@ torch bf16 F.linear; torch._int_mm (cuBLASLt int8 -> int32; it refuses M <= 16);
 per-token x per-channel scaling and bias written in torch, as users do; fastinfer int8_mm (raw, int32 out),
 int8_scaled_mm (fused epilogue, bf16 out), Int8Linear w8a8_dynamic (bf16 in/out, activation quantization
 included) and, for M <= 64, w8_only (bf16 in/out; its weight traffic as GB/s). TOPS = 2 M N K / time.
-At shapes of M * N >= 4096 * 8192 the fused GEMM is also timed with the Hopper kernel's tile swizzle at 2, 4
-and 8 (FASTINFER_SM90_SWIZZLE; 1 is the default). Rows of M <= 64 are also timed as replays of 20 calls
-captured in a CUDA graph ("graph ms": the GPU's time without the host's per-call launch work, which the event
-timing includes when the host is the slower side).
+At shapes of M * N >= 4096 * 8192 the fused GEMM is also timed in each composition of the Hopper kernel
+(FASTINFER_SM90_VARIANT: default, pingpong, wide; params.h), at the two target shapes with each tile swizzle
+too (FASTINFER_SM90_SWIZZLE: 1, the default, 2, 4, 8), and for M >= 512 Int8Linear w8a8_dynamic in each composition: rows named "... <variant>
+swizzle=<n>" and "... <variant>", carrying "variant" and "swizzle". Rows of M <= 64 are also timed as replays
+of 20 calls captured in a CUDA graph ("graph ms": the GPU's time without the host's per-call launch work,
+which the event timing includes when the host is the slower side).
 """
 from __future__ import annotations
 
@@ -89,26 +91,35 @@ def _time_graph(fn: Callable[[], object], calls: int, repeats: int) -> Dict:
     return {"graph_ms": statistics.median(times)}
 
 
-# The Hopper GEMM's tile swizzles timed besides the default (1) at shapes of M * N >= 4096 * 8192 (rows
-# "int8_scaled_mm fused swizzle=n"): FASTINFER_SM90_SWIZZLE, read by the kernel at each launch.
+# The Hopper GEMM's settings swept besides the defaults (variant "default", swizzle 1): its compositions
+# (FASTINFER_SM90_VARIANT, read by the entry layer at each call) and tile swizzles (FASTINFER_SM90_SWIZZLE, read
+# by the kernel's launch).
+VARIANTS = ("pingpong", "wide")
 SWIZZLES = (2, 4, 8)
+TARGET_SHAPES = ((8192, 8192, 8192), (4096, 4096, 14336))  # issue #4's fused-GEMM targets (M, K, N)
 
 
 @contextlib.contextmanager
-def swizzle(n: Optional[int]):
-    """FASTINFER_SM90_SWIZZLE=n while the block runs (None: left as it is)."""
-    if n is None:
-        yield
-        return
-    previous = os.environ.get("FASTINFER_SM90_SWIZZLE")
-    os.environ["FASTINFER_SM90_SWIZZLE"] = str(n)
+def environ(settings: Dict[str, str]):
+    """The environment variables in `settings` set while the block runs, restored after."""
+    previous = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if previous is None:
-            del os.environ["FASTINFER_SM90_SWIZZLE"]
-        else:
-            os.environ["FASTINFER_SM90_SWIZZLE"] = previous
+        for k, v in previous.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
+
+
+def hopper_settings(variant: str, swizzle: Optional[int] = None) -> Dict[str, str]:
+    """The environment of one Hopper GEMM setting (swizzle None: left as it is)."""
+    env = {"FASTINFER_SM90_VARIANT": variant}
+    if swizzle is not None:
+        env["FASTINFER_SM90_SWIZZLE"] = str(swizzle)
+    return env
 
 
 def bench_shape(M: int, K: int, N: int) -> List[Dict]:
@@ -133,32 +144,38 @@ def bench_shape(M: int, K: int, N: int) -> List[Dict]:
     def fused():
         return ops.int8_scaled_mm(a, a_scale, packed, b_scale, bias, torch.bfloat16)
 
-    # (lib, impl, fn, the Hopper GEMM's swizzle to time it with: None for the default)
-    cases = [("torch", "bf16 F.linear", lambda: F.linear(x, lin_bf16.weight, lin_bf16.bias), None)]
+    # (lib, impl, fn, the environment to time it in: the Hopper GEMM's settings, {} for the defaults)
+    cases = [("torch", "bf16 F.linear", lambda: F.linear(x, lin_bf16.weight, lin_bf16.bias), {})]
     if M > 16:
-        cases += [("torch", "_int_mm", lambda: torch._int_mm(a, w8_t), None),
-                  ("torch", "_int_mm + scaling", int_mm_scaled, None)]
+        cases += [("torch", "_int_mm", lambda: torch._int_mm(a, w8_t), {}),
+                  ("torch", "_int_mm + scaling", int_mm_scaled, {})]
     cases += [
-        ("fastinfer", "int8_mm raw", lambda: ops.int8_mm(a, packed, N), None),
-        ("fastinfer", "int8_scaled_mm fused", fused, None),
-        ("fastinfer", "Int8Linear w8a8_dynamic", lambda: dyn(x), None),
+        ("fastinfer", "int8_mm raw", lambda: ops.int8_mm(a, packed, N), {}),
+        ("fastinfer", "int8_scaled_mm fused", fused, {}),
+        ("fastinfer", "Int8Linear w8a8_dynamic", lambda: dyn(x), {}),
     ]
     if M <= 64:
-        cases.append(("fastinfer", "Int8Linear w8_only", lambda: wonly(x), None))
-    if M * N >= 4096 * 8192:
-        cases += [("fastinfer", f"int8_scaled_mm fused swizzle={n}", fused, n) for n in SWIZZLES]
+        cases.append(("fastinfer", "Int8Linear w8_only", lambda: wonly(x), {}))
+    if M * N >= 4096 * 8192:  # every swizzle at the target shapes, the compositions alone at the others
+        swizzles = (1,) + SWIZZLES if (M, K, N) in TARGET_SHAPES else (1,)
+        cases += [("fastinfer", f"int8_scaled_mm fused {v} swizzle={n}", fused, hopper_settings(v, n))
+                  for v in ("default",) + VARIANTS for n in swizzles if (v, n) != ("default", 1)]
+    if M >= 512:
+        cases += [("fastinfer", f"Int8Linear w8a8_dynamic {v}", lambda: dyn(x), hopper_settings(v)) for v in VARIANTS]
     rows = []
     with torch.inference_mode():
-        for lib, impl, fn, sw in cases:
-            with swizzle(sw):
+        for lib, impl, fn, env in cases:
+            with environ(env):
                 t = time_cuda(fn)
-            kernel = ops.cuda_last_kernel() if lib == "fastinfer" else ""
-            if M <= 64:  # few rows: microseconds of GPU work, where the host's launch overhead can dominate
-                t.update(time_cuda_graph(fn))
+                kernel = ops.cuda_last_kernel() if lib == "fastinfer" else ""
+                if M <= 64:  # few rows: microseconds of GPU work, where the host's launch overhead can dominate
+                    t.update(time_cuda_graph(fn))
             row = {"op": "linear", "device": "cuda", "lib": lib, "impl": impl, "M": M, "K": K, "N": N, **t,
                    "tops": 2 * M * N * K / (t["median_ms"] * 1e-3) / 1e12, "kernel": kernel}
-            if sw is not None:
-                row["swizzle"] = sw
+            if "FASTINFER_SM90_VARIANT" in env:
+                row["variant"] = env["FASTINFER_SM90_VARIANT"]
+            if "FASTINFER_SM90_SWIZZLE" in env:
+                row["swizzle"] = int(env["FASTINFER_SM90_SWIZZLE"])
             if impl == "Int8Linear w8_only":
                 row["gb_s"] = (N * K + 2 * M * K + 2 * M * N) / (t["median_ms"] * 1e-3) / 1e9
             rows.append(row)
@@ -181,15 +198,16 @@ def targets(rows: List[Dict], copy_tb: float):
     copy_tb_s() of this run."""
     by = {(r["M"], r["K"], r["N"], r["impl"]): r for r in rows}
     out = []
-    for shape in ((8192, 8192, 8192), (4096, 4096, 14336)):
+    for shape in TARGET_SHAPES:
         fused, base = by.get(shape + ("int8_scaled_mm fused",)), by.get(shape + ("_int_mm",))
         if fused:
             M, K, N = shape
             out.append(("#4", f"fused W8A8 POPS at {M}x{K}x{N}", fused["tops"] / 1000, 1.35, True))
-            swept = [r for r in by.values() if (r["M"], r["K"], r["N"]) == shape and "swizzle" in r]
+            swept = [r for r in by.values() if (r["M"], r["K"], r["N"]) == shape and "swizzle" in r
+                     and r["impl"].startswith("int8_scaled_mm fused")]
             if swept:
                 best = max(swept, key=lambda r: r["tops"])
-                out.append(("#4", f"fused W8A8 POPS at {M}x{K}x{N}, swizzle={best['swizzle']}",
+                out.append(("#4", f"fused W8A8 POPS at {M}x{K}x{N}, {best['variant']} swizzle={best['swizzle']}",
                             best["tops"] / 1000, 1.35, True))
             if base:
                 out.append(("#4", f"fused W8A8 vs torch._int_mm at {M}x{K}x{N}",
@@ -203,6 +221,12 @@ def targets(rows: List[Dict], copy_tb: float):
         if M >= 512 and dyn and bf16:
             out.append(("#4", f"w8a8_dynamic vs bf16 F.linear at {M}x{K}x{N}", bf16["median_ms"] / dyn["median_ms"],
                         1.4, True))
+            variants = [by[(M, K, N, f"Int8Linear w8a8_dynamic {v}")] for v in VARIANTS
+                        if (M, K, N, f"Int8Linear w8a8_dynamic {v}") in by]
+            best = min(variants, key=lambda r: r["median_ms"], default=None)
+            if best and best["median_ms"] < dyn["median_ms"]:
+                out.append(("#4", f"w8a8_dynamic ({best['variant']}) vs bf16 F.linear at {M}x{K}x{N}",
+                            bf16["median_ms"] / best["median_ms"], 1.4, True))
         wo = by.get((M, K, N, "Int8Linear w8_only"))
         if M <= 64 and wo and bf16:
             out.append(("#4", f"w8_only vs bf16 F.linear at {M}x{K}x{N}", bf16["median_ms"] / wo["median_ms"], 1.5,

@@ -48,9 +48,11 @@ def cuda_available() -> bool:
 def cuda_last_kernel(family: str = "gemm") -> str:
     """The CUDA kernel that served this thread's latest call of a family on a GPU; '' before any.
 
-    'gemm' (the int8 GEMM family): 'sm90_cutlass' (Hopper, CUTLASS TMA + wgmma), 'sm80_mma' (mma.sync, sm_80
+    'gemm' (the int8 GEMM family): 'sm90_cutlass' (Hopper, CUTLASS TMA + wgmma; 'sm90_cutlass_pingpong' /
+    'sm90_cutlass_wide' in the candidate compositions FASTINFER_SM90_VARIANT picks), 'sm80_mma' (mma.sync, sm_80
     and later), 'weight_only' (the few-row kernel of w8_only), 'weight_only_mma' (w8_only on tensor cores,
-    9-64 rows of bf16/fp16 x), 'weight_only_cublas' (w8_only with more rows: widened weight + cuBLAS); for
+    9-64 rows of bf16/fp16 x), 'weight_only_cublas' (w8_only with more rows: widened weight + cuBLAS);
+    'sm90_sparse24' (the Hopper 2:4 GEMM; '_pingpong' / '_wide' as for sm90_cutlass); for
     int8_conv2d 'sm90_conv' (Hopper implicit GEMM, CUTLASS TMA im2col + wgmma), 'conv_gathered' (rows gathered
     on the GPU, then the int8 GEMM), 'conv_grouped' (the same one group at a time), 'dwconv' (depthwise).
     'quantize' (the activation quantization of the w8a8 ops and of int8_conv2d's static float input):

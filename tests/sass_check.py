@@ -33,16 +33,18 @@ EXPECT: Dict[Tuple[str, str], Tuple[str, ...]] = {
     ("weight-only MMA", "sm_80"): ("HMMA",),
     ("weight-only MMA", "sm_90a"): ("HMMA",),
     ("sm90 GEMM (CUTLASS)", "sm_90a"): ("IGMMA", "UTMALDG"),
+    ("sm90 GEMM pingpong (CUTLASS)", "sm_90a"): ("IGMMA", "UTMALDG"),
     ("sm90 2:4 sparse GEMM (CUTLASS)", "sm_90a"): ("IGMMA.SP", "UTMALDG"),
+    ("sm90 2:4 sparse GEMM pingpong (CUTLASS)", "sm_90a"): ("IGMMA.SP", "UTMALDG"),
     ("sm90 conv (CUTLASS)", "sm_90a"): ("IGMMA", "UTMALDG"),
 }
 # Kernels the build must contain (per arch): each label at least once.
-REQUIRED_LABELS = {"sm_80": {"sm80 int8 GEMM 128x128", "sm80 int8 GEMM 64x128", "weight-only GEMM", "weight-only MMA",
-                             "quantize rows", "im2row", "depthwise conv"},
-                   "sm_90a": {"sm80 int8 GEMM 128x128", "sm80 int8 GEMM 64x128", "weight-only GEMM", "weight-only MMA",
-                              "quantize rows",
-                              "im2row", "depthwise conv", "sm90 GEMM (CUTLASS)", "sm90 2:4 sparse GEMM (CUTLASS)",
-                              "sm90 conv (CUTLASS)"}}
+_ANY_ARCH = {"sm80 int8 GEMM 128x128", "sm80 int8 GEMM 64x128", "weight-only GEMM", "weight-only MMA", "quantize rows",
+             "quantize rows (vector)", "im2row", "depthwise conv", "conv fold"}
+REQUIRED_LABELS = {"sm_80": _ANY_ARCH,
+                   "sm_90a": _ANY_ARCH | {"sm90 GEMM (CUTLASS)", "sm90 GEMM pingpong (CUTLASS)",
+                                          "sm90 2:4 sparse GEMM (CUTLASS)", "sm90 2:4 sparse GEMM pingpong (CUTLASS)",
+                                          "sm90 conv (CUTLASS)"}}
 
 
 def label(demangled: str) -> str:
@@ -52,15 +54,18 @@ def label(demangled: str) -> str:
     for key, name in (("weight_only_kernel", "weight-only GEMM"), ("weight_only_mma_kernel", "weight-only MMA"),
                       ("weight_only_reduce_kernel", "weight-only split-K sum"),
                       ("quantize_rows_kernel", "quantize rows"),
-                      ("im2row_kernel", "im2row"), ("dwconv_kernel", "depthwise conv"),
+                      ("quantize_rows_vec_kernel", "quantize rows (vector)"),
+                      ("im2row_kernel", "im2row"), ("dwconv_kernel", "depthwise conv"), ("conv_fold_kernel", "conv fold"),
                       ("StructuredSparseCompressor", "2:4 compressor (CUTLASS)")):
         if key in demangled:
             return name
     # The CUTLASS kernels' names are long enough that c++filt may leave them mangled: match words of both.
     if "ConvUniversal" in demangled:
         return "sm90 conv (CUTLASS)"
-    if "GemmUniversal" in demangled:
-        return "sm90 2:4 sparse GEMM (CUTLASS)" if "Sparse" in demangled else "sm90 GEMM (CUTLASS)"
+    if "GemmUniversal" in demangled:  # the Pingpong composition (params.h, Sm90Variant) by its schedule's name
+        pingpong = " pingpong" if "Pingpong" in demangled else ""
+        family = "sm90 2:4 sparse GEMM" if "Sparse" in demangled else "sm90 GEMM"
+        return f"{family}{pingpong} (CUTLASS)"
     return demangled[:60]
 
 

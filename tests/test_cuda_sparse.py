@@ -43,6 +43,26 @@ def test_sparse24_linear_bit_exact(N, K, out):
             assert ops.cuda_last_kernel() == "sm90_sparse24"
 
 
+@pytest.mark.parametrize("variant", ["pingpong", "wide"])
+@pytest.mark.parametrize("N,K", [(24, 200), (300, 1000), (7, 2323)])
+def test_sparse24_variants_exact(monkeypatch, variant, N, K):
+    """The candidate compositions of the 2:4 GEMM (FASTINFER_SM90_VARIANT; bf16 outputs) on the weight packed
+    once (one compressed layout serves all): the default's bits, tiles that miss M, N and K included."""
+    w_q = two_four(N, K)
+    w_scale, bias = torch.rand(N) * 0.01 + 1e-3, torch.randn(N)
+    values, meta = ops.pack_sparse24(w_q.to(DEV))
+    monkeypatch.setenv("FASTINFER_SM90_VARIANT", variant)
+    for M in (1, 65, 300):
+        x = (torch.randn(M, K) * 3).to(torch.bfloat16)
+        y = ops.sparse24_linear_int8(x.to(DEV), values, meta, w_scale.to(DEV), bias.to(DEV), K)
+        assert ops.cuda_last_kernel() == f"sm90_sparse24_{variant}"
+        torch.testing.assert_close(y.cpu(), ref.int8_linear_dynamic(x, w_q, w_scale, bias), rtol=0, atol=0,
+                                   msg=f"M={M}")
+    x = torch.randn(5, K)  # fp32 out: the candidates are built for bf16 only, the default serves
+    ops.sparse24_linear_int8(x.to(DEV), values, meta, w_scale.to(DEV), bias.to(DEV), K)
+    assert ops.cuda_last_kernel() == "sm90_sparse24"
+
+
 def test_extremes_nan_and_zero_rows():
     N, K = 64, 512
     w_q = two_four(N, K, -127, 128)

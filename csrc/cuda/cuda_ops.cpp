@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -28,7 +30,8 @@ namespace ck = fastinfer::cuda_kernels;
 // Which kernel served the latest GEMM-family call (tests assert it): see last_kernel().
 enum class Served : int {
   None = 0, Sm80 = 1, Sm90 = 2, WeightOnly = 3, WeightOnlyCublas = 4, Sparse24 = 5,
-  ConvSm90 = 6, ConvGathered = 7, DwConv = 8, ConvGrouped = 9, WeightOnlyMma = 10
+  ConvSm90 = 6, ConvGathered = 7, DwConv = 8, ConvGrouped = 9, WeightOnlyMma = 10,
+  Sm90Pingpong = 11, Sm90Wide = 12, Sparse24Pingpong = 13, Sparse24Wide = 14
 };
 thread_local int t_served = 0;  // per calling thread, as the CPU side's last_kernel
 thread_local int t_quantize = 0;  // the activation quantization: 1 the scalar kernel, 2 the vectorized one
@@ -83,6 +86,17 @@ ck::OutKind out_kind(at::ScalarType t, const char* op) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// Device scratch of `bytes` on dev for one launch, and its pointer: none (null) for 0 bytes, so that the
+// calls whose kernels need no workspace (most) allocate nothing for it.
+struct Scratch {
+  at::Tensor t;
+  void* ptr() const { return t.defined() ? t.data_ptr() : nullptr; }
+};
+Scratch scratch(size_t bytes, const at::Device& dev) {
+  if (bytes == 0) return {};
+  return {at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte).device(dev))};
+}
+
 // The CUDA packed weight: int8 [N, round_up(K, 16)], contiguous (pack_int8_weight on the GPU).
 void check_packed(const at::Tensor& w, int64_t K, const at::Device& dev, const char* op) {
   check_device(w, dev, op, "packed_w");
@@ -123,8 +137,27 @@ at::Tensor int8_operand(const at::Tensor& a, int64_t K_pad) {
   return out;
 }
 
+// The Hopper GEMMs' composition for a call (params.h, Sm90Variant): FASTINFER_SM90_VARIANT = default, pingpong
+// or wide (read at each call: the benchmarks time each), for bf16 outputs, the type the candidates are built
+// for; Default for the others.
+ck::Sm90Variant sm90_variant(ck::OutKind out, const char* op) {
+  const char* v = std::getenv("FASTINFER_SM90_VARIANT");
+  if (out != ck::OutKind::BFloat16 || v == nullptr || *v == 0 || std::strcmp(v, "default") == 0)
+    return ck::Sm90Variant::Default;
+  if (std::strcmp(v, "pingpong") == 0) return ck::Sm90Variant::Pingpong;
+  TORCH_CHECK(std::strcmp(v, "wide") == 0, "fastinfer.", op, ": the environment variable FASTINFER_SM90_VARIANT "
+              "must be 'default', 'pingpong' or 'wide', got '", v, "'");
+  return ck::Sm90Variant::Wide;
+}
+
+// What a Hopper GEMM family's call in composition v reports as its kernel (last_kernel).
+Served served_variant(ck::Sm90Variant v, Served default_kernel, Served pingpong, Served wide) {
+  return v == ck::Sm90Variant::Pingpong ? pingpong : v == ck::Sm90Variant::Wide ? wide : default_kernel;
+}
+
 // The one arch and shape-bucket decision of the int8 GEMM family.
-void run_gemm(const ck::GemmParams& p, const at::Device& dev, const char* op) {
+void run_gemm(const ck::GemmParams& params, const at::Device& dev, const char* op) {
+  ck::GemmParams p = params;
   const auto [major, minor] = capability(dev.index());
   TORCH_CHECK(major >= 8, "fastinfer.", op, ": the int8 kernels need a GPU of compute capability 8.0 or newer "
               "(int8 tensor-core mma), this one is ", major, ".", minor);
@@ -132,10 +165,10 @@ void run_gemm(const ck::GemmParams& p, const at::Device& dev, const char* op) {
   // Hopper: the CUTLASS TMA + wgmma kernel for float outputs (its 128-row tiles only pay from a few
   // hundred rows; below, the sm_80 kernel's 64-row tiles waste less).
   if (major == 9 && ck::sm90_gemm_built() && p.M > 64 && ck::sm90_gemm_supported(p)) {
-    const size_t ws = ck::sm90_gemm_workspace_bytes(p);
-    at::Tensor workspace = at::empty({static_cast<int64_t>(ws)}, at::TensorOptions().dtype(at::kByte).device(dev));
-    check_launch(ck::launch_int8_gemm_sm90(p, ws ? workspace.data_ptr() : nullptr, stream), op);
-    t_served = static_cast<int>(Served::Sm90);
+    p.sm90_variant = sm90_variant(p.out_kind, op);
+    const Scratch workspace = scratch(ck::sm90_gemm_workspace_bytes(p), dev);
+    check_launch(ck::launch_int8_gemm_sm90(p, workspace.ptr(), stream), op);
+    t_served = static_cast<int>(served_variant(p.sm90_variant, Served::Sm90, Served::Sm90Pingpong, Served::Sm90Wide));
     return;
   }
   check_launch(ck::launch_int8_gemm_sm80(p, p.M <= 64 ? ck::GemmTile::M64N128 : ck::GemmTile::M128N128, stream), op);
@@ -383,9 +416,8 @@ at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed
   p.ldo = N;
   if (mma) {
     p.sms = device_info(dev.index()).sms;
-    const size_t ws = ck::weight_only_mma_workspace_bytes(p);
-    at::Tensor workspace = at::empty({static_cast<int64_t>(ws)}, x.options().dtype(at::kByte));
-    check_launch(ck::launch_weight_only_mma(p, ws ? workspace.data_ptr() : nullptr, current_stream(dev)), op);
+    const Scratch workspace = scratch(ck::weight_only_mma_workspace_bytes(p), dev);
+    check_launch(ck::launch_weight_only_mma(p, workspace.ptr(), current_stream(dev)), op);
     t_served = static_cast<int>(Served::WeightOnlyMma);
     return out.view(out_shape(x, N));
   }
@@ -434,9 +466,8 @@ std::tuple<at::Tensor, at::Tensor> pack_sparse24(const at::Tensor& w) {
   p.w = wp.data_ptr<int8_t>();
   p.values = values.data_ptr<int8_t>();
   p.meta = meta.data_ptr<uint8_t>();
-  const size_t ws = ck::sparse24_compress_workspace_bytes(p);
-  at::Tensor workspace = at::empty({static_cast<int64_t>(ws)}, w.options().dtype(at::kByte));
-  check_launch(ck::launch_sparse24_compress(p, ws ? workspace.data_ptr() : nullptr, current_stream(dev)), op);
+  const Scratch workspace = scratch(ck::sparse24_compress_workspace_bytes(p), dev);
+  check_launch(ck::launch_sparse24_compress(p, workspace.ptr(), current_stream(dev)), op);
   return {values, meta};
 }
 
@@ -504,10 +535,11 @@ at::Tensor sparse24_linear_int8(const at::Tensor& x, const at::Tensor& values, c
     p.bias = bi_pad.defined() ? bi_pad.data_ptr<float>() : nullptr;
     p.out = out.data_ptr();
     p.out_kind = kind;
-    const size_t wsb = ck::sparse24_gemm_workspace_bytes(p);
-    at::Tensor workspace = at::empty({static_cast<int64_t>(wsb)}, x.options().dtype(at::kByte));
-    check_launch(ck::launch_sparse24_gemm(p, wsb ? workspace.data_ptr() : nullptr, current_stream(dev)), op);
-    t_served = static_cast<int>(Served::Sparse24);
+    p.variant = sm90_variant(kind, op);
+    const Scratch workspace = scratch(ck::sparse24_gemm_workspace_bytes(p), dev);
+    check_launch(ck::launch_sparse24_gemm(p, workspace.ptr(), current_stream(dev)), op);
+    t_served = static_cast<int>(
+        served_variant(p.variant, Served::Sparse24, Served::Sparse24Pingpong, Served::Sparse24Wide));
   }
   if (N_pad != N) out = out.narrow(1, 0, N).contiguous();
   return out.view(out_shape(x, N));
@@ -546,14 +578,18 @@ ck::ConvGeometry conv_geometry(const ConvArgs& a) {
   return g;
 }
 
-// Per-tensor int8 activations, NHWC, on the device: a static x_scale through the quantize kernel's
-// static rule (the CPU's and the reference's), the dynamic amax / 127 (NaN when x holds NaN/Inf) with
-// torch ops that are the reference's own (fastinfer.reference.int8_conv2d), so that no scale is read
-// back to the host. Returns the quantized input and the scale as a [1] fp32 tensor.
-std::pair<at::Tensor, at::Tensor> conv_quantize(const at::Tensor& x, std::optional<double> x_scale, const char* op) {
-  const auto fopt = x.options().dtype(at::kFloat);
+// Per-tensor int8 activations, NHWC, on the device, and their scale. int8 x: x itself, scale x_scale. A static
+// x_scale: the quantize kernel's static rule (the CPU's and the reference's), scale x_scale as a host value.
+// Dynamic: amax / 127 (NaN when x holds NaN/Inf) with torch ops that are the reference's own
+// (fastinfer.reference.int8_conv2d), the scale a [1] fp32 tensor on the device (never read back to the host).
+struct ConvInput {
+  at::Tensor q;             // int8, channels_last
+  at::Tensor scale;         // the dynamic scale [1] on the device, or undefined
+  float scale_value = 1.0f; // the static scale otherwise
+};
+ConvInput conv_quantize(const at::Tensor& x, std::optional<double> x_scale, const char* op) {
   if (x.scalar_type() == at::kChar)
-    return {x.contiguous(at::MemoryFormat::ChannelsLast), at::full({1}, static_cast<float>(*x_scale), fopt)};
+    return {x.contiguous(at::MemoryFormat::ChannelsLast), at::Tensor(), static_cast<float>(*x_scale)};
   if (x_scale) {
     const at::Tensor xs = x.contiguous(at::MemoryFormat::ChannelsLast);
     at::Tensor q = at::empty_like(xs, xs.options().dtype(at::kChar));  // channels_last like xs
@@ -561,8 +597,9 @@ std::pair<at::Tensor, at::Tensor> conv_quantize(const at::Tensor& x, std::option
     at::Tensor q_rows = q.permute({0, 2, 3, 1}).reshape({-1, C});  // views: NHWC rows, no copy
     quantize_into(xs.permute({0, 2, 3, 1}).reshape({-1, C}), q_rows, nullptr, 1.0f / static_cast<float>(*x_scale),
                   at::Tensor(), op);
-    return {q, at::full({1}, static_cast<float>(*x_scale), fopt)};
+    return {q, at::Tensor(), static_cast<float>(*x_scale)};
   }
+  const auto fopt = x.options().dtype(at::kFloat);
   const at::Tensor xf = x.to(at::kFloat);
   const at::Tensor amax = x.numel() ? xf.abs().amax().reshape({1}) : at::zeros({1}, fopt);
   // amax / 127 as a true division (a tensor over a scalar is a multiply by its reciprocal on the GPU).
@@ -570,7 +607,7 @@ std::pair<at::Tensor, at::Tensor> conv_quantize(const at::Tensor& x, std::option
   const at::Tensor valid = at::isfinite(scale).logical_and(scale > 0);
   const at::Tensor q = at::where(valid, at::round(xf * at::div(at::ones_like(scale), scale)).clamp(-127, 127).nan_to_num(0.0),
                                  at::zeros({}, fopt)).to(at::kChar);
-  return {q.contiguous(at::MemoryFormat::ChannelsLast), scale};
+  return {q.contiguous(at::MemoryFormat::ChannelsLast), scale, 1.0f};
 }
 
 at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
@@ -620,27 +657,34 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
 
   // The folded epilogue (EPILOGUE.md, "Convolutions"), on the device: scale = a_scale * w_scale, and
   // for an int8 output with none/relu also * out_inv (as the bias).
-  auto [xq, a_scale] = conv_quantize(x, x_scale, op);
+  ConvInput in = conv_quantize(x, x_scale, op);
+  at::Tensor xq = in.q;
   // An int8 input can be a view that starts off a 16-byte boundary: the kernels' vector loads (TMA, im2row's
   // 16-byte pieces, depthwise's 4-byte ones) need an aligned base, so such a view is copied once.
   if (!aligned16(xq.data_ptr())) xq = xq.clone(at::MemoryFormat::ChannelsLast);
   const float out_inv = int8_out ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
   const bool fold_inv = int8_out && folds_out_inv(act);
-  at::Tensor scale = a_scale * ws;
-  at::Tensor fbias = bi;
-  if (fold_inv) {
-    scale = scale * out_inv;
-    if (bi.defined()) fbias = bi * out_inv;
-  }
+  const cudaStream_t stream = current_stream(dev);
+  // The folded vectors in one buffer, by one small kernel: scale [Cout], bias [Cout], 1.0.
+  at::Tensor folded = at::empty({2 * a.Cout + 1}, x.options().dtype(at::kFloat));
+  ck::ConvFoldParams fp;
+  fp.K = a.Cout;
+  fp.a_scale_value = in.scale_value;
+  fp.a_scale_ptr = in.scale.defined() ? in.scale.data_ptr<float>() : nullptr;
+  fp.w_scale = ws.data_ptr<float>();
+  fp.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
+  fp.fold_inv = fold_inv;
+  fp.out_inv = out_inv;
+  fp.out = folded.data_ptr<float>();
+  check_launch(ck::launch_conv_fold(fp, stream), op);
   ck::ConvEpilogueParams e;
-  e.scale = scale.data_ptr<float>();
-  e.bias = fbias.defined() ? fbias.data_ptr<float>() : nullptr;
+  e.scale = fp.out;
+  e.bias = bi.defined() ? fp.out + a.Cout : nullptr;
   e.out = out.data_ptr();
   e.out_kind = int8_out ? ck::OutKind::Int8 : ck::OutKind::Float32;
   e.act = act;
   e.out_inv_scale = fold_inv ? 1.0f : out_inv;
   const ck::ConvGeometry g = conv_geometry(a);
-  const cudaStream_t stream = current_stream(dev);
 
   if (dw) {
     ck::DwConvParams p;
@@ -662,9 +706,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   sp.e = e;
   // Hopper, groups 1: the implicit GEMM (no gathered copy).
   if (groups == 1 && major == 9 && ck::sm90_conv_built() && ck::sm90_conv_supported(sp)) {
-    const size_t wsb = ck::sm90_conv_workspace_bytes(sp);
-    at::Tensor workspace = at::empty({static_cast<int64_t>(wsb)}, x.options().dtype(at::kByte));
-    check_launch(ck::launch_conv_sm90(sp, wsb ? workspace.data_ptr() : nullptr, stream), op);
+    const Scratch workspace = scratch(ck::sm90_conv_workspace_bytes(sp), dev);
+    check_launch(ck::launch_conv_sm90(sp, workspace.ptr(), stream), op);
     t_served = static_cast<int>(Served::ConvSm90);
     return out;
   }
@@ -673,7 +716,6 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   // ldo = Cout: the sm_80 kernel, whose epilogue stores any column offset).
   const int64_t K_pad = packed_w.size(1), M = a.N * a.OH * a.OW;
   const int64_t chunk = std::max<int64_t>(128, (int64_t{64} << 20) / K_pad);
-  const at::Tensor one = at::ones({1}, x.options().dtype(at::kFloat));
   at::Tensor rows = at::empty({std::min(M, chunk), K_pad}, x.options().dtype(at::kChar));
   const int64_t elem = int8_out ? 1 : 4;
   for (int64_t m0 = 0; m0 < M; m0 += chunk) {
@@ -696,7 +738,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
       p.K_pad = K_pad;
       p.b = packed_w.data_ptr<int8_t>() + grp * cout_g * K_pad;
       p.ldb = K_pad;
-      p.a_scale = one.data_ptr<float>();
+      p.a_scale = fp.out + 2 * a.Cout;  // 1.0 (the scales are folded into b_scale)
       p.a_scale_per_tensor = true;
       p.b_scale = e.scale + grp * cout_g;
       p.bias = e.bias ? e.bias + grp * cout_g : nullptr;
@@ -748,10 +790,14 @@ std::string last_kernel(const std::string& family) {
   switch (static_cast<Served>(t_served)) {
     case Served::Sm80: return "sm80_mma";
     case Served::Sm90: return "sm90_cutlass";
+    case Served::Sm90Pingpong: return "sm90_cutlass_pingpong";
+    case Served::Sm90Wide: return "sm90_cutlass_wide";
     case Served::WeightOnly: return "weight_only";
     case Served::WeightOnlyCublas: return "weight_only_cublas";
     case Served::WeightOnlyMma: return "weight_only_mma";
     case Served::Sparse24: return "sm90_sparse24";
+    case Served::Sparse24Pingpong: return "sm90_sparse24_pingpong";
+    case Served::Sparse24Wide: return "sm90_sparse24_wide";
     case Served::ConvSm90: return "sm90_conv";
     case Served::ConvGathered: return "conv_gathered";
     case Served::DwConv: return "dwconv";

@@ -1,5 +1,6 @@
-// int8 convolution kernels that run on any CUDA arch of the build: the row gather of the implicit-GEMM
-// fallback (im2row: the GEMM's A operand for a chunk of output pixels) and the depthwise convolution.
+// int8 convolution kernels that run on any CUDA arch of the build: the folded epilogue vectors (conv_fold),
+// the row gather of the implicit-GEMM fallback (im2row: the GEMM's A operand for a chunk of output pixels) and
+// the depthwise convolution.
 // The Hopper implicit GEMM (no gather) is sm90_conv.cuh. Framework-free: pointers + params.h structs.
 #include <cuda_runtime.h>
 
@@ -96,6 +97,21 @@ __global__ void __launch_bounds__(kThreads) dwconv_kernel(const DwConvParams p) 
     if (c0 + j < g.C) conv_store(p.e, base + j, c0 + j, acc[j]);
 }
 
+// One thread per output channel (ConvFoldParams); thread K also writes the trailing 1.
+__global__ void __launch_bounds__(kThreads) conv_fold_kernel(const ConvFoldParams p) {
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (k > p.K) return;
+  if (k == p.K) {
+    p.out[2 * p.K] = 1.0f;
+    return;
+  }
+  const float a = p.a_scale_ptr ? *p.a_scale_ptr : p.a_scale_value;
+  float s = __fmul_rn(a, p.w_scale[k]);
+  if (p.fold_inv) s = __fmul_rn(s, p.out_inv);
+  p.out[k] = s;
+  if (p.bias) p.out[p.K + k] = p.fold_inv ? __fmul_rn(p.bias[k], p.out_inv) : p.bias[k];
+}
+
 unsigned blocks_for(int64_t work) { return static_cast<unsigned>((work + kThreads - 1) / kThreads); }
 
 }  // namespace
@@ -104,6 +120,12 @@ const char* launch_im2row(const Im2RowParams& p, void* stream) {
   const int64_t work = p.M * (p.K_pad / 16);
   if (work == 0) return nullptr;
   im2row_kernel<<<blocks_for(work), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+}
+
+const char* launch_conv_fold(const ConvFoldParams& p, void* stream) {
+  conv_fold_kernel<<<blocks_for(p.K + 1), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }

@@ -39,20 +39,21 @@ struct CutlassOut<OutKind::Int8> { using type = int8_t; };
 template <OutKind kOut>
 using CutlassOut_t = typename CutlassOut<kOut>::type;
 
-// A Hopper kernel family's composition for one output element type, specialized by each family's .cuh:
-// `Op`, its CUTLASS device-level operator, and `static typename Op::Arguments arguments(const Params&)`.
-template <class Params, class ElementD>
+// A Hopper kernel family's composition for one output element type (and Sm90Variant), specialized by each
+// family's .cuh: `Op`, its CUTLASS device-level operator, and `static typename Op::Arguments arguments(const
+// Params&)`.
+template <class Params, class ElementD, Sm90Variant kVariant>
 struct Sm90Kernel;
 
-template <OutKind kOut, class Params>
+template <OutKind kOut, class Params, Sm90Variant kVariant>
 size_t sm90_workspace(const Params& p) {
-  using K = Sm90Kernel<Params, CutlassOut_t<kOut>>;
+  using K = Sm90Kernel<Params, CutlassOut_t<kOut>, kVariant>;
   return K::Op::get_workspace_size(K::arguments(p));
 }
 
-template <OutKind kOut, class Params>
+template <OutKind kOut, class Params, Sm90Variant kVariant>
 const char* sm90_run(const Params& p, void* workspace, cudaStream_t stream) {
-  using K = Sm90Kernel<Params, CutlassOut_t<kOut>>;
+  using K = Sm90Kernel<Params, CutlassOut_t<kOut>, kVariant>;
   return run_cutlass<typename K::Op>(K::arguments(p), workspace, stream);
 }
 

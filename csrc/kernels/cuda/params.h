@@ -19,6 +19,18 @@ enum class XKind : int32_t { Float32 = 0, BFloat16 = 1, Float16 = 2 };  // float
 constexpr int64_t kKAlign = 16;
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// The compositions of the Hopper CUTLASS GEMMs (the dense W8A8 GEMM and the 2:4 sparse one), all persistent
+// and warp-specialized with 128 bytes of (dense) K per stage:
+//   Default   cooperative 128 x 128 tiles (two consumer warpgroups share a tile); clusters 2 x 1 (dense),
+//             1 x 2 (sparse);
+//   Pingpong  128 x 128 tiles, clusters 2 x 1, each consumer warpgroup owns a tile, so one's epilogue overlaps
+//             the other's main loop;
+//   Wide      cooperative 256 x 128 tiles, clusters as Default (half the epilogues and B loads per product).
+// Pingpong and Wide are candidates being measured (benchmarks/bench_linear_cuda.py and bench_sparse_cuda.py
+// time each): built for bf16 outputs only, the one chosen by the entry layer (FASTINFER_SM90_VARIANT); the
+// other output types always run Default.
+enum class Sm90Variant : int32_t { Default = 0, Pingpong = 1, Wide = 2 };
+
 // Y[m, n] for m < M, n < N, from A int8 [M, K_pad] (row stride lda) and B int8 [N, K_pad] (ldb),
 // both row-major (B as nn.Linear stores its weight: the "TN" product):
 //   acc = sum_k A[m, k] * B[n, k]                                  (exact, int32)
@@ -42,6 +54,7 @@ struct GemmParams {
   OutKind out_kind = OutKind::Int32;
   Act act = Act::None;
   float out_inv_scale = 1.0f;       // Int8 output: 1 / output scale
+  Sm90Variant sm90_variant = Sm90Variant::Default;  // the Hopper kernel's composition (BFloat16 out)
 };
 
 // Per-token symmetric quantization of X [M, K] (fp32 / bf16 / fp16) into q int8 [M, K_pad] (ldq),
@@ -111,6 +124,7 @@ struct Sparse24Params {
   const float* bias = nullptr;      // [N] or null
   void* out = nullptr;              // [M, N] row-major
   OutKind out_kind = OutKind::Float32;  // Float32, BFloat16 or Float16
+  Sm90Variant variant = Sm90Variant::Default;  // the kernel's composition (BFloat16 out)
 };
 constexpr int64_t kSparse24KAlign = 128;  // K of the compressed weight: whole tiles
 constexpr int64_t kSparse24NAlign = 8;    // N of the compressed weight: 16-byte rows of any output type
@@ -144,6 +158,23 @@ struct Sm90ConvParams {
   const int8_t* w = nullptr;        // [K, R, S, C]
   ConvEpilogueParams e;
 };
+// The folded epilogue vectors above, made on the device in one launch (one small kernel where ATen took three
+// and a fill per call):
+//   scale[k] = a_scale * w_scale[k], then * out_inv when fold_inv;  bias[k] (* out_inv when fold_inv)
+// one fp32 rounding per product, in that order (the reference's). a_scale is *a_scale_ptr when given (a
+// dynamic scale that lives on the device), else a_scale_value. out [2 K + 1]: scale, bias (written only with a
+// bias), then 1.0 (the per-tensor a_scale the gathered path's GEMM multiplies by).
+struct ConvFoldParams {
+  int64_t K = 0;
+  float a_scale_value = 1.0f;
+  const float* a_scale_ptr = nullptr;
+  const float* w_scale = nullptr;   // [K]
+  const float* bias = nullptr;      // [K] or null
+  bool fold_inv = false;
+  float out_inv = 1.0f;
+  float* out = nullptr;             // [2 K + 1]
+};
+const char* launch_conv_fold(const ConvFoldParams& p, void* stream);
 bool sm90_conv_built();
 bool sm90_conv_supported(const Sm90ConvParams& p);
 size_t sm90_conv_workspace_bytes(const Sm90ConvParams& p);

@@ -143,7 +143,7 @@ struct Sm90Conv {
 }  // namespace sm90_conv
 
 template <class ElementD>
-struct Sm90Kernel<Sm90ConvParams, ElementD> : sm90_conv::Sm90Conv<ElementD> {};
+struct Sm90Kernel<Sm90ConvParams, ElementD, Sm90Variant::Default> : sm90_conv::Sm90Conv<ElementD> {};
 
 // Instantiated only in sm90_conv_<type>.cu.
 FASTINFER_SM90_UNIT(extern, Float32, Sm90ConvParams)

@@ -1,6 +1,7 @@
 // Dispatch of the Hopper (sm_90a) W8A8 GEMM: when it serves a call (sm90_gemm_supported) and which output
-// type's unit runs it. The kernel is composed in sm90_int8_gemm.cuh and instantiated per output type in
-// sm90_int8_gemm_{f32,bf16,f16}.cu (sm90_units.h says why); this unit includes no CUTLASS header.
+// type's (and, for bf16, which composition's: GemmParams::sm90_variant) unit runs it. The kernel is composed in
+// sm90_int8_gemm.cuh and instantiated per output type in sm90_int8_gemm_{f32,bf16,f16}.cu and
+// sm90_int8_gemm_{pingpong,wide}_bf16.cu (sm90_units.h says why); this unit includes no CUTLASS header.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -28,7 +29,12 @@ bool sm90_gemm_supported(const GemmParams& p) {
 
 size_t sm90_gemm_workspace_bytes(const GemmParams& p) {
   switch (p.out_kind) {
-    case OutKind::BFloat16: return sm90_workspace<OutKind::BFloat16>(p);
+    case OutKind::BFloat16:
+      switch (p.sm90_variant) {
+        case Sm90Variant::Pingpong: return sm90_workspace<OutKind::BFloat16, GemmParams, Sm90Variant::Pingpong>(p);
+        case Sm90Variant::Wide: return sm90_workspace<OutKind::BFloat16, GemmParams, Sm90Variant::Wide>(p);
+        default: return sm90_workspace<OutKind::BFloat16>(p);
+      }
     case OutKind::Float16: return sm90_workspace<OutKind::Float16>(p);
     default: return sm90_workspace<OutKind::Float32>(p);
   }
@@ -38,7 +44,13 @@ const char* launch_int8_gemm_sm90(const GemmParams& p, void* workspace, void* st
   if (p.M == 0 || p.N == 0) return nullptr;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (p.out_kind) {
-    case OutKind::BFloat16: return sm90_run<OutKind::BFloat16>(p, workspace, s);
+    case OutKind::BFloat16:
+      switch (p.sm90_variant) {
+        case Sm90Variant::Pingpong:
+          return sm90_run<OutKind::BFloat16, GemmParams, Sm90Variant::Pingpong>(p, workspace, s);
+        case Sm90Variant::Wide: return sm90_run<OutKind::BFloat16, GemmParams, Sm90Variant::Wide>(p, workspace, s);
+        default: return sm90_run<OutKind::BFloat16>(p, workspace, s);
+      }
     case OutKind::Float16: return sm90_run<OutKind::Float16>(p, workspace, s);
     default: return sm90_run<OutKind::Float32>(p, workspace, s);
   }

@@ -1,5 +1,6 @@
 // int8 x int8 GEMM with the fused dequantize/bias epilogue for Hopper (sm_90a), composed from CUTLASS
-// 3.x: TMA loads, wgmma, warp-specialized cooperative persistent kernel, and an epilogue visitor tree
+// 3.x: TMA loads, wgmma, warp-specialized persistent kernel (cooperative, or a candidate composition:
+// GemmConfig), and an epilogue visitor tree
 //   D = ((float(acc) * a_scale[m]) * b_scale[n]) + bias[n]      (bias null: no add)
 // in that order, one rounding each (this file is built with --fmad=false, so no step is contracted:
 // EPILOGUE.md's algebra, the CPU kernels' and fastinfer.reference's). fp32 / bf16 / fp16 out. The entry
@@ -31,12 +32,29 @@ namespace sm90_gemm {
 using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
 
-// 128 x 128 output tiles, 128 bytes of K per stage, clusters of 2 along M (the B tile is multicast to
-// both CTAs of a cluster); the cooperative schedule splits each tile between two consumer warpgroups.
-using TileShape = Shape<_128, _128, _128>;
+// The compositions (params.h, Sm90Variant). All have 128 bytes of K per stage and clusters of 2 along M (the
+// B tile is multicast to both CTAs of a cluster). Default: 128 x 128 output tiles, the cooperative schedule
+// splits each tile between two consumer warpgroups; Pingpong: each consumer warpgroup owns a 128 x 128 tile;
+// Wide: cooperative on 256 x 128 tiles.
+template <Sm90Variant kVariant>
+struct GemmConfig {
+  using TileShape = Shape<_128, _128, _128>;
+  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
+};
+template <>
+struct GemmConfig<Sm90Variant::Pingpong> {
+  using TileShape = Shape<_128, _128, _128>;
+  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecialized;
+};
+template <>
+struct GemmConfig<Sm90Variant::Wide> {
+  using TileShape = Shape<_256, _128, _128>;
+  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
+};
 using ClusterShape = Shape<_2, _1, _1>;
-using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
-using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
 constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 
 // The persistent scheduler's tile swizzle (1, 2, 4 or 8 tiles; 1, CUTLASS's default, unless
@@ -48,8 +66,11 @@ inline int sm90_swizzle() {
   return v == 2 || v == 4 || v == 8 ? v : 1;
 }
 
-template <class ElementD>
+template <class ElementD, Sm90Variant kVariant>
 struct Sm90Gemm {
+  using TileShape = typename GemmConfig<kVariant>::TileShape;
+  using MainloopSchedule = typename GemmConfig<kVariant>::MainloopSchedule;
+  using EpilogueSchedule = typename GemmConfig<kVariant>::EpilogueSchedule;
   using ElementA = int8_t;
   using ElementB = int8_t;
   using ElementAcc = int32_t;
@@ -110,13 +131,15 @@ struct Sm90Gemm {
 
 }  // namespace sm90_gemm
 
-template <class ElementD>
-struct Sm90Kernel<GemmParams, ElementD> : sm90_gemm::Sm90Gemm<ElementD> {};
+template <class ElementD, Sm90Variant kVariant>
+struct Sm90Kernel<GemmParams, ElementD, kVariant> : sm90_gemm::Sm90Gemm<ElementD, kVariant> {};
 
-// Instantiated only in sm90_int8_gemm_<type>.cu.
+// Instantiated only in sm90_int8_gemm_<type>.cu and sm90_int8_gemm_{pingpong,wide}_bf16.cu.
 FASTINFER_SM90_UNIT(extern, Float32, GemmParams)
 FASTINFER_SM90_UNIT(extern, BFloat16, GemmParams)
 FASTINFER_SM90_UNIT(extern, Float16, GemmParams)
+FASTINFER_SM90_UNIT_V(extern, BFloat16, GemmParams, Pingpong)
+FASTINFER_SM90_UNIT_V(extern, BFloat16, GemmParams, Wide)
 
 }  // namespace cuda_kernels
 }  // namespace fastinfer

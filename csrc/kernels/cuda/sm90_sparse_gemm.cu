@@ -1,7 +1,8 @@
 // 2:4 sparse int8 GEMM for Hopper (sm_90a): CUTLASS's structured-sparse compressor (run once, when a layer is
 // converted: the compressed weight and its metadata) and the dispatch of the GEMM on the output type. The GEMM
-// is composed in sm90_sparse_gemm.cuh and instantiated per output type in sm90_sparse_gemm_{f32,bf16,f16}.cu
-// (sm90_units.h says why). Framework-free: pointers + Sparse24Params / Sparse24PackParams (params.h).
+// is composed in sm90_sparse_gemm.cuh and instantiated per output type in sm90_sparse_gemm_{f32,bf16,f16}.cu,
+// and per candidate composition for bf16 in sm90_sparse_gemm_{pingpong,wide}_bf16.cu (sm90_units.h says why).
+// Framework-free: pointers + Sparse24Params / Sparse24PackParams (params.h).
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -76,7 +77,12 @@ const char* launch_sparse24_compress(const Sparse24PackParams& p, void* workspac
 
 size_t sparse24_gemm_workspace_bytes(const Sparse24Params& p) {
   switch (p.out_kind) {
-    case OutKind::BFloat16: return sm90_workspace<OutKind::BFloat16>(p);
+    case OutKind::BFloat16:
+      switch (p.variant) {
+        case Sm90Variant::Pingpong: return sm90_workspace<OutKind::BFloat16, Sparse24Params, Sm90Variant::Pingpong>(p);
+        case Sm90Variant::Wide: return sm90_workspace<OutKind::BFloat16, Sparse24Params, Sm90Variant::Wide>(p);
+        default: return sm90_workspace<OutKind::BFloat16>(p);
+      }
     case OutKind::Float16: return sm90_workspace<OutKind::Float16>(p);
     default: return sm90_workspace<OutKind::Float32>(p);
   }
@@ -86,7 +92,13 @@ const char* launch_sparse24_gemm(const Sparse24Params& p, void* workspace, void*
   if (p.M == 0 || p.N == 0) return nullptr;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (p.out_kind) {
-    case OutKind::BFloat16: return sm90_run<OutKind::BFloat16>(p, workspace, s);
+    case OutKind::BFloat16:
+      switch (p.variant) {
+        case Sm90Variant::Pingpong:
+          return sm90_run<OutKind::BFloat16, Sparse24Params, Sm90Variant::Pingpong>(p, workspace, s);
+        case Sm90Variant::Wide: return sm90_run<OutKind::BFloat16, Sparse24Params, Sm90Variant::Wide>(p, workspace, s);
+        default: return sm90_run<OutKind::BFloat16>(p, workspace, s);
+      }
     case OutKind::Float16: return sm90_run<OutKind::Float16>(p, workspace, s);
     default: return sm90_run<OutKind::Float32>(p, workspace, s);
   }

@@ -1,5 +1,6 @@
 // 2:4 sparse int8 GEMM for Hopper (sm_90a) with the dense W8A8 path's fused epilogue, composed from
-// CUTLASS 3.x: sparse wgmma (mma.sp) fed by TMA, warp-specialized cooperative persistent kernel, and
+// CUTLASS 3.x: sparse wgmma (mma.sp) fed by TMA, warp-specialized persistent kernel (cooperative, or a
+// candidate composition: SparseGemmConfig), and
 // CUTLASS's structured-sparse compressor (run once, when a layer is converted).
 //
 // The sparse operand of the tensor cores is A, so the layer is computed transposed: A = W [N, K] (2:4
@@ -13,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
@@ -34,12 +36,32 @@ namespace sm90_sparse {
 using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
 
-// 128 x 128 output tiles, 128 bytes of (dense) K per stage, clusters of 1 x 2 (the A tile - the
-// compressed weight - is multicast along N to both CTAs); cooperative schedule.
-using TileShape = Shape<_128, _128, _128>;
-using ClusterShape = Shape<_1, _2, _1>;
-using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
-using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
+// The compositions (params.h, Sm90Variant), all with 128 bytes of (dense) K per stage. Default: 128 x 128
+// output tiles, clusters of 1 x 2 (the A tile - the compressed weight - is multicast along N to both CTAs),
+// cooperative schedule; Pingpong: 128 x 128 tiles, one per consumer warpgroup, clusters of 2 x 1 (the
+// activations' tile multicast); Wide: cooperative on 256 x 128 tiles, clusters of 1 x 2. The compressed
+// layout (SparseConfig) depends only on A's type and layout and on min(tile K, 128): the same for all three.
+template <Sm90Variant kVariant>
+struct SparseGemmConfig {
+  using TileShape = Shape<_128, _128, _128>;
+  using ClusterShape = Shape<_1, _2, _1>;
+  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
+};
+template <>
+struct SparseGemmConfig<Sm90Variant::Pingpong> {
+  using TileShape = Shape<_128, _128, _128>;
+  using ClusterShape = Shape<_2, _1, _1>;
+  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecialized;
+};
+template <>
+struct SparseGemmConfig<Sm90Variant::Wide> {
+  using TileShape = Shape<_256, _128, _128>;
+  using ClusterShape = Shape<_1, _2, _1>;
+  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
+};
 using ProblemShape = Shape<int, int, int, int>;
 constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 
@@ -51,8 +73,12 @@ using LayoutTagB = cutlass::layout::ColumnMajor;  // x_q [M, K] row-major is K x
 using LayoutTagD = cutlass::layout::ColumnMajor;  // Y^T [N, M] column-major is Y [M, N] row-major
 constexpr int kAlignAB = 16;                      // elements: 16 bytes (TMA)
 
-template <class ElementD>
+template <class ElementD, Sm90Variant kVariant = Sm90Variant::Default>
 struct Sm90Sparse24 {
+  using TileShape = typename SparseGemmConfig<kVariant>::TileShape;
+  using ClusterShape = typename SparseGemmConfig<kVariant>::ClusterShape;
+  using MainloopSchedule = typename SparseGemmConfig<kVariant>::MainloopSchedule;
+  using EpilogueSchedule = typename SparseGemmConfig<kVariant>::EpilogueSchedule;
   static constexpr int kAlignD = 16 / sizeof(ElementD);
 
   using Acc = fusion::Sm90AccFetch;
@@ -107,13 +133,20 @@ struct Sm90Sparse24 {
 
 }  // namespace sm90_sparse
 
-template <class ElementD>
-struct Sm90Kernel<Sparse24Params, ElementD> : sm90_sparse::Sm90Sparse24<ElementD> {};
+template <class ElementD, Sm90Variant kVariant>
+struct Sm90Kernel<Sparse24Params, ElementD, kVariant> : sm90_sparse::Sm90Sparse24<ElementD, kVariant> {
+  // One compressed weight (made with Default's layout, sm90_sparse_gemm.cu) serves every composition.
+  static_assert(std::is_same_v<typename sm90_sparse::Sm90Sparse24<ElementD, kVariant>::SparseConfig,
+                               typename sm90_sparse::Sm90Sparse24<float>::SparseConfig>,
+                "a composition with another compressed layout needs its own compressor");
+};
 
-// Instantiated only in sm90_sparse_gemm_<type>.cu.
+// Instantiated only in sm90_sparse_gemm_<type>.cu and sm90_sparse_gemm_{pingpong,wide}_bf16.cu.
 FASTINFER_SM90_UNIT(extern, Float32, Sparse24Params)
 FASTINFER_SM90_UNIT(extern, BFloat16, Sparse24Params)
 FASTINFER_SM90_UNIT(extern, Float16, Sparse24Params)
+FASTINFER_SM90_UNIT_V(extern, BFloat16, Sparse24Params, Pingpong)
+FASTINFER_SM90_UNIT_V(extern, BFloat16, Sparse24Params, Wide)
 
 }  // namespace cuda_kernels
 }  // namespace fastinfer

@@ -10,8 +10,9 @@
 // -> 4s + 2, 4s + 3, for the activations (read from shared memory) and the weights alike. Four steps use the
 // chunk's 16 values, so a round covers 64 k. A block's four warps each own NT n8 tiles of the block's
 // columns and all MT m16 tiles of rows; the activation tile of a round is staged in shared memory once for
-// the four, double-buffered: the next round's tile and weights load while this round multiplies (the first
-// version, one tile between two barriers a round, streamed the weight at 0.7-1.1 TB/s on an H200). The K
+// the four, double-buffered: the next round's tile loads while this round multiplies, and the weights two
+// rounds ahead (the first version, one tile between two barriers a round and each round's weights loaded
+// just before use, streamed the weight at 0.7-1.1 TB/s on an H200; this one has not run on a GPU yet). The K
 // rounds are split over gridDim.y blocks when there are too few column blocks to fill the GPU: partial sums
 // go to a workspace and weight_only_reduce_kernel adds them in split order (deterministic), then applies the
 // epilogue.
@@ -150,17 +151,25 @@ __global__ void __launch_bounds__(kWarps * 32) weight_only_mma_kernel(const Weig
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
-  uint4 w[NT];
-  load_w<NT>(p, n0, g, r0 * kRoundK + 16 * t, r0 < r1, w);
+  // The weight stream runs two rounds ahead: when round r starts, its weights and round r + 1's are in
+  // registers or in flight, and it issues round r + 2's into the buffer round r - 1 used. Three buffers, the
+  // loop unrolled by three so that each stays in its own registers. (With one round ahead, or with a rotation
+  // w = wn; wn = wnn, the sm_90a SASS issued each round's loads after most of its products, into registers
+  // read by the next round right after the barrier: no time in flight. ptxas still places the loads late in
+  // the round, so now they have about one round of products and a barrier to arrive.)
+  uint4 wa[NT], wb[NT], wc[NT];
+  load_w<NT>(p, n0, g, r0 * kRoundK + 16 * t, r0 < r1, wa);
+  load_w<NT>(p, n0, g, (r0 + 1) * kRoundK + 16 * t, r0 + 1 < r1, wb);
   uint4 xr[MT];
   load_x<MT>(p, r0, r0 < r1, xr);
   store_x<MT>(xs[0], xr);
   __syncthreads();
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* const tile = xs[(r - r0) & 1];
-    uint4 wn[NT];  // the next round's weights and activations, in flight while this round multiplies
-    load_w<NT>(p, n0, g, (r + 1) * kRoundK + 16 * t, r + 1 < r1, wn);
+  // One round: issue round r + 2's weights (into `ahead`) and round r + 1's activations, multiply round r's
+  // (`cur`, the activation tile of its parity), store the next tile into the other buffer, one barrier.
+  auto round = [&](int64_t r, const uint4(&cur)[NT], uint4(&ahead)[NT]) {
+    load_w<NT>(p, n0, g, (r + 2) * kRoundK + 16 * t, r + 2 < r1, ahead);
     load_x<MT>(p, r + 1, r + 1 < r1, xr);
+    const uint8_t* const tile = xs[(r - r0) & 1];
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
       // Rows 16 i + g and 16 i + g + 8: the lane's 16 activations (k 16 t .. 16 t + 15 of the round).
@@ -175,16 +184,21 @@ __global__ void __launch_bounds__(kWarps * 32) weight_only_mma_kernel(const Weig
                                word(a_lo[s / 2], (2 * s + 1) % 4), word(a_hi[s / 2], (2 * s + 1) % 4)};
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
-          const uint32_t ww = word(w[j], s);  // weights 4 s .. 4 s + 3 of the lane's chunk of row n0 + 8 j + g
+          const uint32_t ww = word(cur[j], s);  // weights 4 s .. 4 s + 3 of the lane's chunk of row n0 + 8 j + g
           mma16816<BF16>(acc[i][j], a, widen2<BF16>(ww, 0), widen2<BF16>(ww, 16));
         }
       }
     }
-#pragma unroll
-    for (int j = 0; j < NT; ++j) w[j] = wn[j];
     // The other tile was last read in round r - 1, which every thread finished before the previous barrier.
     if (r + 1 < r1) store_x<MT>(xs[(r + 1 - r0) & 1], xr);
     __syncthreads();
+  };
+  for (int64_t r = r0; r < r1; r += 3) {  // r, r0 and r1 are the block's own: every thread takes the same path
+    round(r, wa, wc);
+    if (r + 1 >= r1) break;
+    round(r + 1, wb, wa);
+    if (r + 2 >= r1) break;
+    round(r + 2, wc, wb);
   }
 
   // Accumulator (i, j, e): row 16 i + g (+ 8 for e >= 2), column n0 + 8 j + 2 t + e % 2.
