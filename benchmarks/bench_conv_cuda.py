@@ -8,8 +8,8 @@ time alone), baselines in the same run:
   fastinfer (c) Int8Conv2d static, fp32 channels_last in/out (quantization of x included)
   fastinfer (d) int8 channels_last in, int8 out (the kernel and its epilogue only)
 TOPS = 2 * MACs / time. Every fastinfer row is checked against the fp32 conv first (SQNR > 25 dB), and
-names the kernel that served it (sm90_conv, conv_gathered, conv_grouped, dwconv). Target (issue #6, H100, batch 32):
-fastinfer int8 >= 1.5x cuDNN fp16 channels_last (checked on both timings).
+names the kernel that served it (sm90_conv, conv_gathered, conv_grouped, conv_grouped_direct, dwconv).
+Target (issue #6, H100, batch 32): fastinfer int8 >= 1.5x cuDNN fp16 channels_last (checked on both timings).
 """
 from __future__ import annotations
 

@@ -7,10 +7,10 @@ int8_scaled_mm (fused epilogue, bf16 out), Int8Linear w8a8_dynamic (bf16 in/out,
 included) and, for M <= 64, w8_only (bf16 in/out; its weight traffic as GB/s). TOPS = 2 M N K / time.
 At shapes of M * N >= 4096 * 8192 the fused GEMM is also timed in each composition of the Hopper kernel
 (FASTINFER_SM90_VARIANT: default, pingpong, wide; params.h), at the two target shapes with each tile swizzle
-too (FASTINFER_SM90_SWIZZLE: 1, the default, 2, 4, 8), and for M >= 512 Int8Linear w8a8_dynamic in each composition: rows named "... <variant>
-swizzle=<n>" and "... <variant>", carrying "variant" and "swizzle". Rows of M <= 64 are also timed as replays
-of 20 calls captured in a CUDA graph ("graph ms": the GPU's time without the host's per-call launch work,
-which the event timing includes when the host is the slower side).
+too (FASTINFER_SM90_SWIZZLE: 1, the default, 2, 4, 8), and for M >= 512 Int8Linear w8a8_dynamic in each
+composition: rows named "... <variant> swizzle=<n>" and "... <variant>", carrying "variant" and "swizzle".
+Rows of M <= 64 are also timed as replays of 20 calls captured in a CUDA graph ("graph ms": the GPU's time
+without the host's per-call launch work, which the event timing includes when the host is the slower side).
 """
 from __future__ import annotations
 

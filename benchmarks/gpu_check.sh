@@ -107,10 +107,11 @@ save
 
 stamp "compute-sanitizer memcheck (a subset, one process; before the benchmarks: correctness first)"
 # Each kernel family on shapes that miss its tiles: the sm_80 GEMM (M sweep to 127, K=13, N=7), the sm90
-# GEMM (513 rows, bf16 out, bias), the weight-only kernels (16 rows fp32; 17 and 48 rows on tensor cores with a
+# GEMM (513 rows, bf16 out, bias; its pingpong and wide compositions at 65 x 272 x 136), the weight-only kernels (16 rows fp32; 17 and 48 rows on tensor cores with a
 # K split, 17 rows of K=13 without) and its cuBLAS side (65 rows), the quantize kernels (vectorized: K=1000
-# bf16; scalar: K=1001 fp32), the 2:4 GEMM and compressor (N=7, K=2323), and the conv paths (sm90 implicit
-# GEMM, gathered rows with C=3, depthwise with odd C, stride 9 gathered). Without torch's caching allocator,
+# bf16; scalar: K=1001 fp32), the 2:4 GEMM and compressor (N=7, K=2323; each composition), and the conv paths
+# (sm90 implicit GEMM, gathered rows with C=3, depthwise with odd C, stride 9 gathered, the direct grouped kernel's
+# three ways: dp4a with fp32 out, dp4a with groups across a quad, single bytes). Without torch's caching allocator,
 # so that every tensor is its own allocation and an access past one is caught (inside a pooled block it would
 # not be); torch's and cuBLAS's own failing-but-handled API calls are not counted as errors.
 if command -v compute-sanitizer >/dev/null; then
@@ -118,17 +119,24 @@ if command -v compute-sanitizer >/dev/null; then
     --error-exitcode 9 $PY -m pytest -q -x \
     "tests/test_cuda.py::test_int8_mm_m_sweep[13-7]" \
     "tests/test_cuda.py::test_int8_scaled_mm_epilogue_exact[513-4096-136-True-out_dtype1]" \
+    "tests/test_cuda.py::test_hopper_gemm_variants_exact[65-272-136-pingpong]" \
+    "tests/test_cuda.py::test_hopper_gemm_variants_exact[65-272-136-wide]" \
     "tests/test_cuda.py::test_weight_only[13-7-16-dtype0]" "tests/test_cuda.py::test_weight_only[4096-300-17-dtype1]" \
     "tests/test_cuda.py::test_weight_only[1000-70-48-dtype2]" "tests/test_cuda.py::test_weight_only[13-7-17-dtype1]" \
     "tests/test_cuda.py::test_weight_only[4096-300-65-dtype1]" \
     tests/test_cuda.py::test_quantize_per_token "tests/test_cuda.py::test_quantize_kernels[1000-dtype1]" \
     "tests/test_cuda.py::test_quantize_kernels[1001-dtype0]" \
     "tests/test_cuda_sparse.py::test_sparse24_linear_bit_exact[out0-7-2323]" \
+    "tests/test_cuda_sparse.py::test_sparse24_variants_exact[7-2323-pingpong]" \
+    "tests/test_cuda_sparse.py::test_sparse24_variants_exact[7-2323-wide]" \
     tests/test_cuda_sparse.py::test_refuses_a_weight_that_is_not_2_4 \
     "tests/test_cuda_conv.py::test_conv_matches_reference[c64-3x3-int8out-relu]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[c3-cout13-int8out-relu]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[dw-odd-int8out-relu]" \
-    "tests/test_cuda_conv.py::test_conv_matches_reference[stride9-int8out-relu]" >"$OUT/sanitizer.log" 2>&1
+    "tests/test_cuda_conv.py::test_conv_matches_reference[stride9-int8out-relu]" \
+    "tests/test_cuda_conv.py::test_conv_matches_reference[g32-static-relu]" \
+    "tests/test_cuda_conv.py::test_conv_matches_reference[g6-c4-int8out]" \
+    "tests/test_cuda_conv.py::test_conv_matches_reference[g3-c2-int8out-relu]" >"$OUT/sanitizer.log" 2>&1
   san_rc=$?
   tail -8 "$OUT/sanitizer.log"
 else
@@ -155,7 +163,7 @@ grep -vE "^(#|targets| )" "$OUT/bench_conv.log" | head -40
 save
 stamp "profile: where the time of the cases that missed goes (benchmarks/gpu_profile.py; torch.profiler)"
 timeout "$(cap 40 5)" $PY benchmarks/gpu_profile.py --json "$OUT/profile.json" >"$OUT/profile.log" 2>&1
-grep -E "^==|^ +[0-9.]+ +[0-9.]+ +[0-9]+ " "$OUT/profile.log" | head -48
+grep -E "^==|^ +[0-9.]+ +[0-9.]+ +[0-9]+ " "$OUT/profile.log" | head -60
 
 stamp "summary (rc 124: the step ran out of its share of the budget)"
 {

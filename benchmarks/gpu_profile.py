@@ -3,9 +3,9 @@
 torch.profiler around a few calls of each case: per kernel (and per ATen op launched on the way), its GPU
 time and the host time the calls took. Cases: the int8 conv (int8 in/out, and static fp32 in/out) on a
 ResNet-50 3x3 layer at batch 32, whose times in the first H200 run were flat across layers (per-call cost
-outside the GEMM?); Int8Linear w8a8_dynamic at 8192 x 4096 x 4096 (the activation quantization beside the
-GEMM); w8_only at 16 rows of 8192 x 8192 (the tensor-core weight-only kernel). Prints one short table per case;
---json writes the rows. Needs fastinfer built with CUDA and a GPU.
+outside the GEMM?), and the depthwise layer (int8 in/out); Int8Linear w8a8_dynamic at 8192 x 4096 x 4096
+(the activation quantization beside the GEMM); w8_only at 16 rows of 8192 x 8192 (the tensor-core weight-only
+kernel). Prints one short table per case; --json writes the rows. Needs fastinfer built with CUDA and a GPU.
 
     python benchmarks/gpu_profile.py [--json out.json] [--calls 20]
 """
@@ -29,8 +29,11 @@ from bench_conv_cuda import layer_cases
 
 def cases() -> Dict[str, Callable[[], object]]:
     dev = "cuda"
-    layer = next(L for L in LAYERS if L.name == "l3_3x3")
-    conv = {impl: fn for _, impl, fn, _ in layer_cases(layer, 32)[1]}  # bench_conv's own cases
+    def conv_cases(name: str) -> Dict[str, Callable[[], object]]:  # bench_conv's own cases of one layer
+        layer = next(L for L in LAYERS if L.name == name)
+        return {impl: fn for _, impl, fn, _ in layer_cases(layer, 32)[1]}
+
+    conv, dw = conv_cases("l3_3x3"), conv_cases("dw_3x3")
     lin = nn.Linear(4096, 4096, device=dev).eval()
     dyn = Int8Linear.from_float(lin, "w8a8_dynamic")
     xl = torch.randn(8192, 4096, device=dev, dtype=torch.bfloat16)
@@ -39,6 +42,7 @@ def cases() -> Dict[str, Callable[[], object]]:
     xs = torch.randn(16, 8192, device=dev, dtype=torch.bfloat16)
     return {"conv l3_3x3 N=32 int8 in/out": conv["(d) int8 in/out"],
             "conv l3_3x3 N=32 static fp32 in/out": conv["(c) static fp32 in/out"],
+            "conv dw_3x3 N=32 int8 in/out": dw["(d) int8 in/out"],
             "Int8Linear w8a8_dynamic 8192x4096x4096": lambda: dyn(xl),
             "Int8Linear w8_only 16x8192x8192": lambda: wonly(xs)}
 

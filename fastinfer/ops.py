@@ -54,7 +54,8 @@ def cuda_last_kernel(family: str = "gemm") -> str:
     9-64 rows of bf16/fp16 x), 'weight_only_cublas' (w8_only with more rows: widened weight + cuBLAS);
     'sm90_sparse24' (the Hopper 2:4 GEMM; '_pingpong' / '_wide' as for sm90_cutlass); for
     int8_conv2d 'sm90_conv' (Hopper implicit GEMM, CUTLASS TMA im2col + wgmma), 'conv_gathered' (rows gathered
-    on the GPU, then the int8 GEMM), 'conv_grouped' (the same one group at a time), 'dwconv' (depthwise).
+    on the GPU, then the int8 GEMM), 'conv_grouped' (the same one group at a time), 'conv_grouped_direct' (narrow
+    groups, at most 32 channels in and out: a direct kernel), 'dwconv' (depthwise).
     'quantize' (the activation quantization of the w8a8 ops and of int8_conv2d's static float input):
     'quantize_vec' (rows of aligned 16-byte pieces up to 32768 bf16/fp16 or 16384 fp32 values: 16-byte loads,
     the row held in registers) or 'quantize_rows' (any other row)."""

@@ -30,12 +30,14 @@ GEOMETRIES = [
     (1, 13, 9, 9, 13, 3, 2, 1, 2, 13),      # depthwise, odd C, stride + dilation
     (1, 16, 40, 40, 16, 3, 9, 1, 1, 1),     # stride 9: past the im2col TMA's 8, gathered
     (1, 16, 4, 4, 16, 3, 1, 130, 1, 1),     # padding 130: past the im2col TMA's corner limit, gathered
-    (2, 128, 10, 10, 128, 3, 1, 1, 1, 32),  # 32 groups of 4 channels (ResNeXt): per-group gathered GEMMs
-    (1, 64, 9, 9, 96, 3, 2, 1, 1, 2),       # 2 groups of 32 -> 48: 16-byte group pieces, stride 2
-    (1, 12, 7, 7, 9, 3, 1, 2, 2, 3),        # 3 groups of 4 -> 3, dilation 2: odd column offsets in out
+    (2, 128, 10, 10, 128, 3, 1, 1, 1, 32),  # 32 groups of 4 channels (ResNeXt): the direct grouped kernel, dp4a
+    (1, 64, 9, 9, 96, 3, 2, 1, 1, 2),       # 2 groups of 32 -> 48: per-group gathered GEMMs, stride 2
+    (1, 12, 7, 7, 9, 3, 1, 2, 2, 3),        # 3 groups of 4 -> 3, dilation 2: a quad of outputs spans groups
+    (1, 24, 8, 8, 12, 3, 1, 1, 1, 6),       # 6 groups of 4 -> 2: groups across a quad, 4-byte stores
+    (2, 6, 9, 7, 9, 3, 2, 1, 1, 3),         # 3 groups of 2 -> 3: single-byte steps, stride 2
 ]
 IDS = ["c64-3x3", "stride2", "5x5-dil2", "1x1", "c3-cout13", "7x7-c13", "dw", "dw-odd", "stride9", "pad130",
-       "g32", "g2-c32", "g3-odd"]
+       "g32", "g2-c32", "g3-odd", "g6-c4", "g3-c2"]
 MODES = [(None, None, "none"), (0.03, None, "relu"), (None, 0.05, "relu6"), (0.02, 0.04, "relu"),
          (0.02, 0.04, "none")]
 
@@ -49,8 +51,10 @@ def make(g, seed=0):
 
 def expected_kernel(g):
     N, C, H, W, Co, k, s, p, d, groups = g
-    if groups > 1:
-        return "dwconv" if groups == C == Co else "conv_grouped"
+    if groups > 1:  # depthwise; narrow groups (at most 32 channels in and out): direct; else per-group GEMMs
+        if groups == C == Co:
+            return "dwconv"
+        return "conv_grouped_direct" if C // groups <= 32 and Co // groups <= 32 else "conv_grouped"
     hopper = torch.cuda.get_device_capability()[0] == 9 and ops.BUILD.get("cutlass_sm90")
     span = (k - 1) * d  # the im2col TMA's limits: strides 1..8, corners in [-128, 127], offsets below 255
     im2col = 1 <= s <= 8 and 0 <= p <= 128 and -128 <= p - span <= 127 and span < 255
@@ -141,7 +145,7 @@ def test_module_between_devices_state_dict_compile_and_graphs():
     grouped_gpu = copy.deepcopy(grouped_cpu).cuda()
     torch.testing.assert_close(grouped_gpu.int8_weight().cpu(), grouped_cpu.int8_weight(), rtol=0, atol=0)
     torch.testing.assert_close(grouped_gpu(xg).cpu(), grouped_cpu(x), rtol=0, atol=0)
-    assert ops.cuda_last_kernel() == "conv_grouped"
+    assert ops.cuda_last_kernel() == "conv_grouped_direct"
     torch.testing.assert_close(copy.deepcopy(grouped_gpu).cpu()(x), grouped_cpu(x), rtol=0, atol=0)
 
 

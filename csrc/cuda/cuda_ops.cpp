@@ -31,7 +31,7 @@ namespace ck = fastinfer::cuda_kernels;
 enum class Served : int {
   None = 0, Sm80 = 1, Sm90 = 2, WeightOnly = 3, WeightOnlyCublas = 4, Sparse24 = 5,
   ConvSm90 = 6, ConvGathered = 7, DwConv = 8, ConvGrouped = 9, WeightOnlyMma = 10,
-  Sm90Pingpong = 11, Sm90Wide = 12, Sparse24Pingpong = 13, Sparse24Wide = 14
+  Sm90Pingpong = 11, Sm90Wide = 12, Sparse24Pingpong = 13, Sparse24Wide = 14, ConvGroupedDirect = 15
 };
 thread_local int t_served = 0;  // per calling thread, as the CPU side's last_kernel
 thread_local int t_quantize = 0;  // the activation quantization: 1 the scalar kernel, 2 the vectorized one
@@ -168,7 +168,8 @@ void run_gemm(const ck::GemmParams& params, const at::Device& dev, const char* o
     p.sm90_variant = sm90_variant(p.out_kind, op);
     const Scratch workspace = scratch(ck::sm90_gemm_workspace_bytes(p), dev);
     check_launch(ck::launch_int8_gemm_sm90(p, workspace.ptr(), stream), op);
-    t_served = static_cast<int>(served_variant(p.sm90_variant, Served::Sm90, Served::Sm90Pingpong, Served::Sm90Wide));
+    t_served =
+        static_cast<int>(served_variant(p.sm90_variant, Served::Sm90, Served::Sm90Pingpong, Served::Sm90Wide));
     return;
   }
   check_launch(ck::launch_int8_gemm_sm80(p, p.M <= 64 ? ck::GemmTile::M64N128 : ck::GemmTile::M128N128, stream), op);
@@ -571,6 +572,9 @@ at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups) {
   return out;
 }
 
+// The widest groups (input and output channels a group) the direct grouped kernel takes.
+constexpr int64_t kDirectGroupChannels = 32;
+
 ck::ConvGeometry conv_geometry(const ConvArgs& a) {
   ck::ConvGeometry g;
   g.N = a.N; g.H = a.H; g.W = a.W; g.C = a.C; g.K = a.Cout; g.R = a.KH; g.S = a.KW; g.P = a.OH; g.Q = a.OW;
@@ -696,6 +700,21 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     t_served = static_cast<int>(Served::DwConv);
     return out;
   }
+  // Narrow groups (at most kDirectGroupChannels input and output channels a group: ResNeXt's 4, RegNet's 16):
+  // the direct kernel. Per-group GEMMs (below) would leave most of each 128-column tile empty and launch two
+  // kernels a group; they keep the wider groups, where tensor cores pay.
+  if (groups > 1 && cin_g <= kDirectGroupChannels && cout_g <= kDirectGroupChannels) {
+    ck::GroupedConvParams gp;
+    gp.g = g;
+    gp.groups = groups;
+    gp.x = xq.data_ptr<int8_t>();
+    gp.w = packed_w.data_ptr<int8_t>();
+    gp.K_pad = packed_w.size(1);
+    gp.e = e;
+    check_launch(ck::launch_grouped_conv(gp, stream), op);
+    t_served = static_cast<int>(Served::ConvGroupedDirect);
+    return out;
+  }
   const auto [major, minor] = capability(dev.index());
   TORCH_CHECK(major >= 8, "fastinfer.int8_conv2d: the int8 kernels need a GPU of compute capability 8.0 or newer, "
               "this one is ", major, ".", minor);
@@ -802,6 +821,7 @@ std::string last_kernel(const std::string& family) {
     case Served::ConvGathered: return "conv_gathered";
     case Served::DwConv: return "dwconv";
     case Served::ConvGrouped: return "conv_grouped";
+    case Served::ConvGroupedDirect: return "conv_grouped_direct";
     case Served::None: break;
   }
   return "";

@@ -1,10 +1,11 @@
 // int8 convolution kernels that run on any CUDA arch of the build: the folded epilogue vectors (conv_fold),
-// the row gather of the implicit-GEMM fallback (im2row: the GEMM's A operand for a chunk of output pixels) and
-// the depthwise convolution.
+// the row gather of the implicit-GEMM fallback (im2row: the GEMM's A operand for a chunk of output pixels),
+// the depthwise convolution and the direct convolution of narrow groups.
 // The Hopper implicit GEMM (no gather) is sm90_conv.cuh. Framework-free: pointers + params.h structs.
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "epilogue.cuh"
 #include "params.h"
@@ -17,67 +18,114 @@ constexpr int kThreads = 256;
 
 // One thread per 16 bytes of a gathered row: row m = output pixel m0 + m, column k = (r, s, c) with c
 // fastest over the group's Cg channels. A 16-byte piece that lies inside one tap's channels (Cg % 16 == 0,
-// so c0 and C are multiples of 16 too: every piece) is one vector copy; otherwise bytes are gathered one
-// by one. Padding taps and columns >= R*S*Cg are zero.
+// so c0 and C are multiples of 16 too: every piece) is one vector copy; otherwise its bytes are gathered one
+// by one, stepping (r, s, c) along the piece (no division per byte), and packed into one 16-byte store.
+// Padding taps and columns >= R*S*Cg are zero. I: the index type (as dwconv_kernel's).
+template <class I>
 __global__ void __launch_bounds__(kThreads) im2row_kernel(const Im2RowParams p) {
   const ConvGeometry& g = p.g;
-  const int64_t pieces = p.K_pad / 16;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (i >= p.M * pieces) return;
-  const int64_t m = i / pieces, k0 = (i % pieces) * 16;
-  const int64_t pix = p.m0 + m, n = pix / (g.P * g.Q), oh = (pix / g.Q) % g.P, ow = pix % g.Q;
-  const int64_t K = g.R * g.S * p.Cg;
-  int8_t* dst = p.rows + m * p.K_pad + k0;
-  auto tap_src = [&](int64_t k) -> const int8_t* {  // the input byte of column k, or null (zero)
-    if (k >= K) return nullptr;
-    const int64_t c = k % p.Cg, rs = k / p.Cg, r = rs / g.S, s = rs % g.S;
-    const int64_t ih = oh * g.stride_h - g.pad_h + r * g.dil_h, iw = ow * g.stride_w - g.pad_w + s * g.dil_w;
-    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return nullptr;
-    return p.x + ((n * g.H + ih) * g.W + iw) * g.C + p.c0 + c;
+  const I pieces = static_cast<I>(p.K_pad / 16);
+  const I i = static_cast<I>(blockIdx.x) * kThreads + static_cast<I>(threadIdx.x);
+  if (i >= static_cast<I>(p.M) * pieces) return;
+  const I P = static_cast<I>(g.P), Q = static_cast<I>(g.Q), H = static_cast<I>(g.H), W = static_cast<I>(g.W);
+  const I C = static_cast<I>(g.C), S = static_cast<I>(g.S), Cg = static_cast<I>(p.Cg);
+  const I K = static_cast<I>(g.R) * S * Cg;
+  const I m = i / pieces, k0 = (i - m * pieces) * 16;
+  const I pix = static_cast<I>(p.m0) + m, n = pix / (P * Q), rem = pix - n * (P * Q), oh = rem / Q, ow = rem - oh * Q;
+  const I ih0 = oh * static_cast<I>(g.stride_h) - static_cast<I>(g.pad_h);
+  const I iw0 = ow * static_cast<I>(g.stride_w) - static_cast<I>(g.pad_w);
+  const int8_t* const xn = p.x + n * H * W * C + static_cast<I>(p.c0);  // image n, the group's channel 0
+  auto tap = [&](I r, I s) -> const int8_t* {  // channel 0 of the tap's input pixel, or null (padding)
+    const I ih = ih0 + r * static_cast<I>(g.dil_h), iw = iw0 + s * static_cast<I>(g.dil_w);
+    return (ih < 0 || ih >= H || iw < 0 || iw >= W) ? nullptr : xn + (ih * W + iw) * C;
   };
-  if (p.Cg % 16 == 0) {  // the piece is 16 channels of one tap: 16-byte aligned on both sides
-    const int8_t* src = tap_src(k0);
-    *reinterpret_cast<int4*>(dst) = src ? *reinterpret_cast<const int4*>(src) : make_int4(0, 0, 0, 0);
+  int4* const dst = reinterpret_cast<int4*>(p.rows + m * static_cast<I>(p.K_pad) + k0);
+  I c = k0 % Cg, s = (k0 / Cg) % S, r = k0 / Cg / S;  // the tap and channel of column k0
+  if (Cg % 16 == 0) {  // the piece is 16 channels of one tap: 16-byte aligned on both sides
+    const int8_t* const src = k0 < K ? tap(r, s) : nullptr;
+    *dst = src ? *reinterpret_cast<const int4*>(src + c) : make_int4(0, 0, 0, 0);
     return;
   }
-  alignas(16) int8_t v[16];
-  for (int j = 0; j < 16; ++j) {
-    const int8_t* src = tap_src(k0 + j);
-    v[j] = src ? *src : 0;
+  uint32_t words[4] = {0, 0, 0, 0};
+  const int8_t* src = k0 < K ? tap(r, s) : nullptr;
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {  // constant j: words stays in registers
+    if (k0 + j >= K) break;       // the row's padding columns stay zero
+    if (src) words[j / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(src[c])) << (8 * (j % 4));
+    if (++c == Cg) {  // the next tap
+      c = 0;
+      if (++s == S) {
+        s = 0;
+        ++r;
+      }
+      src = k0 + j + 1 < K ? tap(r, s) : nullptr;
+    }
   }
-  *reinterpret_cast<int4*>(dst) = *reinterpret_cast<const int4*>(v);
+  *dst = make_int4(static_cast<int>(words[0]), static_cast<int>(words[1]), static_cast<int>(words[2]),
+                   static_cast<int>(words[3]));
 }
 
-// The folded convolution epilogue of one output (params.h): y = act(acc * scale + bias), fp32 or int8.
-__device__ __forceinline__ void conv_store(const ConvEpilogueParams& e, int64_t idx, int64_t k, int32_t acc) {
+// The folded convolution epilogue of one output (params.h): y = act(acc * scale + bias), as a float.
+__device__ __forceinline__ float conv_value(const ConvEpilogueParams& e, int64_t k, int32_t acc) {
   float y = __fmul_rn(static_cast<float>(acc), e.scale[k]);
   if (e.bias) y = __fadd_rn(y, e.bias[k]);
-  y = apply_act(y, e.act);
-  if (e.out_kind == OutKind::Int8)
-    static_cast<int8_t*>(e.out)[idx] = requant(y, e.out_inv_scale);
-  else
-    static_cast<float*>(e.out)[idx] = y;
+  return apply_act(y, e.act);
 }
 
-// Depthwise: one thread per (output pixel, 4 channels); the 4 channels' taps are 4-byte loads when
-// C % 4 == 0, else single bytes. Exact int32 sums.
+// The outputs of channels c0 .. c0 + 3 (those below K) of one pixel, at out[base ..]: one 4-byte (int8) or
+// 16-byte (fp32) store when K % 4 == 0 (base % 4 == 0 then), else one by one.
+template <class I>
+__device__ __forceinline__ void store_quad(const ConvEpilogueParams& e, I base, I c0, I K, const int32_t (&acc)[4]) {
+  if (K % 4 == 0) {
+    float y[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) y[j] = conv_value(e, c0 + j, acc[j]);
+    if (e.out_kind == OutKind::Int8) {
+      char4 q;
+      q.x = requant(y[0], e.out_inv_scale);
+      q.y = requant(y[1], e.out_inv_scale);
+      q.z = requant(y[2], e.out_inv_scale);
+      q.w = requant(y[3], e.out_inv_scale);
+      *reinterpret_cast<char4*>(static_cast<int8_t*>(e.out) + base) = q;
+    } else {
+      *reinterpret_cast<float4*>(static_cast<float*>(e.out) + base) = make_float4(y[0], y[1], y[2], y[3]);
+    }
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    if (c0 + j >= K) continue;
+    const float y = conv_value(e, c0 + j, acc[j]);
+    if (e.out_kind == OutKind::Int8)
+      static_cast<int8_t*>(e.out)[base + j] = requant(y, e.out_inv_scale);
+    else
+      static_cast<float*>(e.out)[base + j] = y;
+  }
+}
+
+// Depthwise: one thread per (output pixel, 4 channels); the 4 channels' taps are 4-byte loads and their
+// outputs one 4-byte (int8) or 16-byte (fp32) store when C % 4 == 0, else single bytes and values. Exact int32
+// sums. I: the index type, int32_t when every input and output index fits (the launcher's choice: 64-bit
+// division is a long instruction sequence, and the index arithmetic was most of this kernel's work).
+template <class I>
 __global__ void __launch_bounds__(kThreads) dwconv_kernel(const DwConvParams p) {
   const ConvGeometry& g = p.g;
-  const int64_t quads = (g.C + 3) / 4;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (i >= g.N * g.P * g.Q * quads) return;
-  const int64_t pix = i / quads, c0 = (i % quads) * 4;
-  const int64_t n = pix / (g.P * g.Q), oh = (pix / g.Q) % g.P, ow = pix % g.Q;
-  const bool vec = g.C % 4 == 0;
+  const I C = static_cast<I>(g.C), quads = (C + 3) / 4, P = static_cast<I>(g.P), Q = static_cast<I>(g.Q);
+  const I H = static_cast<I>(g.H), W = static_cast<I>(g.W);
+  const I i = static_cast<I>(blockIdx.x) * kThreads + static_cast<I>(threadIdx.x);
+  if (i >= static_cast<I>(g.N) * P * Q * quads) return;
+  const I pix = i / quads, c0 = (i - pix * quads) * 4;
+  const I n = pix / (P * Q), rem = pix - n * (P * Q), oh = rem / Q, ow = rem - oh * Q;
+  const bool vec = C % 4 == 0;
   int32_t acc[4] = {0, 0, 0, 0};
-  for (int64_t r = 0; r < g.R; ++r) {
-    const int64_t ih = oh * g.stride_h - g.pad_h + r * g.dil_h;
-    if (ih < 0 || ih >= g.H) continue;
-    for (int64_t s = 0; s < g.S; ++s) {
-      const int64_t iw = ow * g.stride_w - g.pad_w + s * g.dil_w;
-      if (iw < 0 || iw >= g.W) continue;
-      const int8_t* xp = p.x + ((n * g.H + ih) * g.W + iw) * g.C + c0;
-      const int8_t* wp = p.w + (r * g.S + s) * g.C + c0;
+  for (I r = 0; r < static_cast<I>(g.R); ++r) {
+    const I ih = oh * static_cast<I>(g.stride_h) - static_cast<I>(g.pad_h) + r * static_cast<I>(g.dil_h);
+    if (ih < 0 || ih >= H) continue;
+    for (I s = 0; s < static_cast<I>(g.S); ++s) {
+      const I iw = ow * static_cast<I>(g.stride_w) - static_cast<I>(g.pad_w) + s * static_cast<I>(g.dil_w);
+      if (iw < 0 || iw >= W) continue;
+      const int8_t* xp = p.x + ((n * H + ih) * W + iw) * C + c0;
+      const int8_t* wp = p.w + (r * static_cast<I>(g.S) + s) * C + c0;
       if (vec) {
         const char4 xv = *reinterpret_cast<const char4*>(xp), wv = *reinterpret_cast<const char4*>(wp);
         acc[0] += xv.x * wv.x;
@@ -87,14 +135,69 @@ __global__ void __launch_bounds__(kThreads) dwconv_kernel(const DwConvParams p) 
       } else {
 #pragma unroll
         for (int j = 0; j < 4; ++j)  // constant indices: acc stays in registers
-          if (c0 + j < g.C) acc[j] += xp[j] * wp[j];
+          if (c0 + j < C) acc[j] += xp[j] * wp[j];
       }
     }
   }
-  const int64_t base = pix * g.C + c0;
+  store_quad(p.e, pix * C + c0, c0, C, acc);
+}
+
+// Grouped, narrow groups (GroupedConvParams): one thread per (output pixel, 4 output channels). When the 4
+// channels share a group (K / groups % 4 == 0) and rows are 4-byte aligned, each step is one 4-byte load of
+// the input and one dp4a per channel; otherwise each channel reads its own group's input (4-byte steps when
+// aligned, single bytes else). Exact int32 sums; the epilogue and stores as dwconv_kernel's. I: as there.
+template <class I>
+__global__ void __launch_bounds__(kThreads) gconv_kernel(const GroupedConvParams p) {
+  const ConvGeometry& g = p.g;
+  const I C = static_cast<I>(g.C), K = static_cast<I>(g.K), quads = (K + 3) / 4;
+  const I P = static_cast<I>(g.P), Q = static_cast<I>(g.Q), H = static_cast<I>(g.H), W = static_cast<I>(g.W);
+  const I S = static_cast<I>(g.S), G = static_cast<I>(p.groups), Cg = C / G, Kg = K / G;
+  const I i = static_cast<I>(blockIdx.x) * kThreads + static_cast<I>(threadIdx.x);
+  if (i >= static_cast<I>(g.N) * P * Q * quads) return;
+  const I pix = i / quads, c0 = (i - pix * quads) * 4;
+  const I n = pix / (P * Q), rem = pix - n * (P * Q), oh = rem / Q, ow = rem - oh * Q;
+  const bool vec = Cg % 4 == 0 && C % 4 == 0;  // every input and weight offset below a multiple of 4
+  const bool same = vec && Kg % 4 == 0;         // c0 % 4 == 0: the quad lies in group c0 / Kg
+  const int8_t* wrow[4];  // channel c0 + j's weight row (a channel past K reads row K - 1: never stored)
+  I xoff[4];              // and its group's first input channel
 #pragma unroll
-  for (int j = 0; j < 4; ++j)
-    if (c0 + j < g.C) conv_store(p.e, base + j, c0 + j, acc[j]);
+  for (int j = 0; j < 4; ++j) {
+    const I k = c0 + j < K ? c0 + j : K - 1;
+    wrow[j] = p.w + k * static_cast<I>(p.K_pad);
+    xoff[j] = k / Kg * Cg;
+  }
+  int32_t acc[4] = {0, 0, 0, 0};
+  for (I r = 0; r < static_cast<I>(g.R); ++r) {
+    const I ih = oh * static_cast<I>(g.stride_h) - static_cast<I>(g.pad_h) + r * static_cast<I>(g.dil_h);
+    if (ih < 0 || ih >= H) continue;
+    for (I s = 0; s < S; ++s) {
+      const I iw = ow * static_cast<I>(g.stride_w) - static_cast<I>(g.pad_w) + s * static_cast<I>(g.dil_w);
+      if (iw < 0 || iw >= W) continue;
+      const int8_t* const xt = p.x + ((n * H + ih) * W + iw) * C;  // the tap's input pixel
+      const I t = (r * S + s) * Cg;                                // the tap's first column of a weight row
+      if (same) {
+        const int8_t* const xg = xt + xoff[0];
+        for (I cc = 0; cc < Cg; cc += 4) {
+          const int xv = *reinterpret_cast<const int*>(xg + cc);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[j] = __dp4a(xv, *reinterpret_cast<const int*>(wrow[j] + t + cc), acc[j]);
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int8_t* const xg = xt + xoff[j];
+          const int8_t* const wt = wrow[j] + t;
+          if (vec) {
+            for (I cc = 0; cc < Cg; cc += 4)
+              acc[j] = __dp4a(*reinterpret_cast<const int*>(xg + cc), *reinterpret_cast<const int*>(wt + cc), acc[j]);
+          } else {
+            for (I cc = 0; cc < Cg; ++cc) acc[j] += xg[cc] * wt[cc];
+          }
+        }
+      }
+    }
+  }
+  store_quad(p.e, pix * K + c0, c0, K, acc);
 }
 
 // One thread per output channel (ConvFoldParams); thread K also writes the trailing 1.
@@ -114,12 +217,39 @@ __global__ void __launch_bounds__(kThreads) conv_fold_kernel(const ConvFoldParam
 
 unsigned blocks_for(int64_t work) { return static_cast<unsigned>((work + kThreads - 1) / kThreads); }
 
+// Whether every index of a kernel over `work` threads fits in 32 bits: the thread count (whole blocks) and
+// each extent of memory it indexes.
+bool fits32(int64_t work, std::initializer_list<int64_t> extents) {
+  const int64_t limit = int64_t{1} << 31;
+  bool ok = static_cast<int64_t>(blocks_for(work)) * kThreads < limit;
+  for (int64_t e : extents) ok = ok && e < limit;
+  return ok;
+}
+
 }  // namespace
 
 const char* launch_im2row(const Im2RowParams& p, void* stream) {
+  const ConvGeometry& g = p.g;
   const int64_t work = p.M * (p.K_pad / 16);
   if (work == 0) return nullptr;
-  im2row_kernel<<<blocks_for(work), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (fits32(work, {g.N * g.H * g.W * g.C, g.N * g.P * g.Q, p.M * p.K_pad, g.R * g.S * p.Cg}))
+    im2row_kernel<int32_t><<<blocks_for(work), kThreads, 0, s>>>(p);
+  else
+    im2row_kernel<int64_t><<<blocks_for(work), kThreads, 0, s>>>(p);
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+}
+
+const char* launch_grouped_conv(const GroupedConvParams& p, void* stream) {
+  const ConvGeometry& g = p.g;
+  const int64_t work = g.N * g.P * g.Q * ((g.K + 3) / 4);
+  if (work == 0) return nullptr;
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (fits32(work, {g.N * g.H * g.W * g.C, g.N * g.P * g.Q * g.K, g.K * p.K_pad}))
+    gconv_kernel<int32_t><<<blocks_for(work), kThreads, 0, s>>>(p);
+  else
+    gconv_kernel<int64_t><<<blocks_for(work), kThreads, 0, s>>>(p);
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
@@ -131,9 +261,14 @@ const char* launch_conv_fold(const ConvFoldParams& p, void* stream) {
 }
 
 const char* launch_dwconv(const DwConvParams& p, void* stream) {
-  const int64_t work = p.g.N * p.g.P * p.g.Q * ((p.g.C + 3) / 4);
+  const ConvGeometry& g = p.g;
+  const int64_t work = g.N * g.P * g.Q * ((g.C + 3) / 4);
   if (work == 0) return nullptr;
-  dwconv_kernel<<<blocks_for(work), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (fits32(work, {g.N * g.H * g.W * g.C, g.N * g.P * g.Q * g.C, g.R * g.S * g.C}))
+    dwconv_kernel<int32_t><<<blocks_for(work), kThreads, 0, s>>>(p);
+  else
+    dwconv_kernel<int64_t><<<blocks_for(work), kThreads, 0, s>>>(p);
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }

@@ -199,6 +199,20 @@ struct DwConvParams {
   ConvEpilogueParams e;
 };
 const char* launch_dwconv(const DwConvParams& p, void* stream);
+// Grouped with narrow groups (the entry layer's choice): a direct convolution on CUDA cores, one thread per
+// output pixel and 4 output channels, 4 input channels a step by dp4a (Cg % 4 == 0 and C % 4 == 0; single
+// bytes otherwise), exact int32 sums, the epilogue above. Output channel k belongs to group k / (K / groups)
+// and reads its input channels; w is pack_conv_weight's [K, K_pad] (row k: (r, s, c) over the group's Cg
+// channels). Any arch.
+struct GroupedConvParams {
+  ConvGeometry g;
+  int64_t groups = 1;
+  const int8_t* x = nullptr;        // [N, H, W, C]
+  const int8_t* w = nullptr;        // [K, K_pad]
+  int64_t K_pad = 0;
+  ConvEpilogueParams e;
+};
+const char* launch_grouped_conv(const GroupedConvParams& p, void* stream);
 
 // Launchers: stream is a cudaStream_t. Each returns nullptr, or the CUDA error of its launch.
 // The int8 GEMM on tensor cores with cp.async multistage loads and mma.sync (sm_80 and later).
