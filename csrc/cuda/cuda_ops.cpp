@@ -584,8 +584,8 @@ ck::ConvGeometry conv_geometry(const ConvArgs& a) {
 
 // Per-tensor int8 activations, NHWC, on the device, and their scale. int8 x: x itself, scale x_scale. A static
 // x_scale: the quantize kernel's static rule (the CPU's and the reference's), scale x_scale as a host value.
-// Dynamic: amax / 127 (NaN when x holds NaN/Inf) with torch ops that are the reference's own
-// (fastinfer.reference.int8_conv2d), the scale a [1] fp32 tensor on the device (never read back to the host).
+// Dynamic: amax / 127 (NaN when x holds NaN/Inf) by the per-tensor kernels (launch_quantize_tensor: the rule of
+// fastinfer.reference.int8_conv2d), the scale a [1] fp32 tensor on the device (never read back to the host).
 struct ConvInput {
   at::Tensor q;             // int8, channels_last
   at::Tensor scale;         // the dynamic scale [1] on the device, or undefined
@@ -603,15 +603,21 @@ ConvInput conv_quantize(const at::Tensor& x, std::optional<double> x_scale, cons
                   at::Tensor(), op);
     return {q, at::Tensor(), static_cast<float>(*x_scale)};
   }
-  const auto fopt = x.options().dtype(at::kFloat);
-  const at::Tensor xf = x.to(at::kFloat);
-  const at::Tensor amax = x.numel() ? xf.abs().amax().reshape({1}) : at::zeros({1}, fopt);
-  // amax / 127 as a true division (a tensor over a scalar is a multiply by its reciprocal on the GPU).
-  const at::Tensor scale = at::where(at::isfinite(amax), amax / at::full_like(amax, 127.0f), at::full({1}, NAN, fopt));
-  const at::Tensor valid = at::isfinite(scale).logical_and(scale > 0);
-  const at::Tensor q = at::where(valid, at::round(xf * at::div(at::ones_like(scale), scale)).clamp(-127, 127).nan_to_num(0.0),
-                                 at::zeros({}, fopt)).to(at::kChar);
-  return {q.contiguous(at::MemoryFormat::ChannelsLast), scale, 1.0f};
+  const at::ScalarType t = x.scalar_type();
+  // float64 (or another float type) is read as fp32, as the reference reads it
+  const at::Tensor xs = (t == at::kFloat || t == at::kBFloat16 || t == at::kHalf ? x : x.to(at::kFloat))
+                            .contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor q = at::empty_like(xs, xs.options().dtype(at::kChar));
+  at::Tensor scratch = at::empty({2}, x.options().dtype(at::kFloat));  // [0]: amax bits, [1]: the scale
+  ck::TensorQuantizeParams p;
+  p.n = xs.numel();
+  p.x = xs.data_ptr();
+  p.x_kind = x_kind(xs.scalar_type(), op);
+  p.q = q.data_ptr<int8_t>();
+  p.amax_bits = reinterpret_cast<uint32_t*>(scratch.data_ptr<float>());
+  p.scale = scratch.data_ptr<float>() + 1;
+  check_launch(ck::launch_quantize_tensor(p, current_stream(x.device())), op);
+  return {q, scratch.narrow(0, 1, 1), 1.0f};
 }
 
 at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,

@@ -75,6 +75,21 @@ struct QuantizeParams {
   const float* col_scale = nullptr; // [K] or null
 };
 
+// Dynamic per-tensor quantization of a whole tensor (int8_conv2d's float input without x_scale), the rule of
+// fastinfer.reference.int8_conv2d: amax = max |x| over all n values; scale = amax / 127 (NaN when x holds NaN
+// or Inf); inv = 1 / scale; q = clamp(rint(x * inv), -127, 127) (NaN -> 0) when scale is finite and > 0, else
+// 0. Two kernels (the max by atomics into a zeroed word, then the quantization), no read back to the host;
+// *scale receives the scale on the device.
+struct TensorQuantizeParams {
+  int64_t n = 0;
+  const void* x = nullptr;          // n values, any order (q gets the same order)
+  XKind x_kind = XKind::Float32;
+  int8_t* q = nullptr;              // [n]
+  uint32_t* amax_bits = nullptr;    // [1] scratch: max |x| as ordered bits (NaN and Inf above every finite)
+  float* scale = nullptr;           // [1]
+};
+const char* launch_quantize_tensor(const TensorQuantizeParams& p, void* stream);
+
 // Weight-only int8 for few rows (decode-like, bound by reading the weight once):
 //   Y[m, n] = (sum_k x[m, k] * float(B[n, k])) * b_scale[n] (+ bias[n]), fp32 accumulation,
 //   stored in x's type. M <= kWeightOnlyMaxRows; K % 16 == 0 with 16-byte aligned rows of x and of

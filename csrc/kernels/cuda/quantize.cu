@@ -1,9 +1,11 @@
-// Per-token (and static per-tensor) int8 quantization of activation rows, one block per row:
-// the row's max |x| by a block reduction, then the quantized row written into the GEMM's padded
-// operand (rows of aligned 16-byte pieces: the vectorized kernel; others: the scalar one). The rule (NaN/Inf
-// rows, zero rows, rounding) is QuantizeParams', the CPU kernels' own.
+// int8 quantization of activations. Per token (and static per tensor), one block per row: the row's max |x|
+// by a block reduction, then the quantized row written into the GEMM's padded operand (rows of aligned
+// 16-byte pieces: the vectorized kernel; others: the scalar one); the rule (NaN/Inf rows, zero rows,
+// rounding) is QuantizeParams', the CPU kernels' own. Dynamic per tensor (a convolution's float input
+// without x_scale): two grid-wide passes, TensorQuantizeParams' rule (the reference's).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "epilogue.cuh"
@@ -163,6 +165,36 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_vec_kernel(const Quant
   for (int64_t k = p.K + threadIdx.x; k < p.K_pad; k += kThreads) q[k] = 0;  // the GEMM's zero padding
 }
 
+// Per-tensor dynamic quantization (TensorQuantizeParams): each block's max |x| as ordered bits, by a warp
+// then a block reduction, joined by atomicMax into p.amax_bits (zeroed by the launcher).
+__global__ void __launch_bounds__(kThreads) tensor_absmax_kernel(const TensorQuantizeParams p) {
+  uint32_t mx = 0;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < p.n; i += step)
+    mx = max(mx, __float_as_uint(load_x(p.x, p.x_kind, i)) & 0x7fffffffu);
+  for (int off = 16; off > 0; off /= 2) mx = max(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  __shared__ uint32_t warp_max[kThreads / 32];
+  if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = mx;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kThreads / 32; ++w) mx = max(mx, warp_max[w]);
+    atomicMax(p.amax_bits, mx);
+  }
+}
+
+// Then each value by the tensor's inverse scale; thread 0 of block 0 also stores the scale.
+__global__ void __launch_bounds__(kThreads) tensor_quantize_kernel(const TensorQuantizeParams p) {
+  const uint32_t bits = *p.amax_bits;
+  // amax / 127 and 1 / scale as true divisions (the reference's torch ops); NaN for a NaN or Inf in x.
+  const float scale = bits >= 0x7f800000u ? __int_as_float(0x7fc00000) : __fdiv_rn(__uint_as_float(bits), 127.0f);
+  const bool valid = isfinite(scale) && scale > 0.0f;
+  const float inv = valid ? __fdiv_rn(1.0f, scale) : 0.0f;
+  if (blockIdx.x == 0 && threadIdx.x == 0) *p.scale = scale;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < p.n; i += step)
+    p.q[i] = valid ? quant(load_x(p.x, p.x_kind, i), inv) : 0;
+}
+
 constexpr int kMaxPiecesPerThread = 16;
 
 // The vectorized kernel's pieces per thread for p (a power of two), or 0 where it does not apply: x rows
@@ -224,6 +256,21 @@ const char* launch_quantize_rows(const QuantizeParams& params, void* stream, boo
   else
     launch_vec<XKind::Float32>(p, r, s);
   const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+}
+
+const char* launch_quantize_tensor(const TensorQuantizeParams& p, void* stream) {
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  cudaError_t e = cudaMemsetAsync(p.amax_bits, 0, sizeof(uint32_t), s);
+  if (e == cudaSuccess && p.n > 0) {
+    // Enough blocks to fill a large GPU a few times over; each thread strides over the rest.
+    const unsigned grid = static_cast<unsigned>(std::min<int64_t>((p.n + kThreads - 1) / kThreads, 4096));
+    tensor_absmax_kernel<<<grid, kThreads, 0, s>>>(p);
+    tensor_quantize_kernel<<<grid, kThreads, 0, s>>>(p);
+    e = cudaGetLastError();
+  } else if (e == cudaSuccess) {  // no values: amax 0, scale 0
+    e = cudaMemsetAsync(p.scale, 0, sizeof(float), s);
+  }
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
 
