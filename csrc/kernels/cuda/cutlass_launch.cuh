@@ -6,7 +6,11 @@
 
 #include <cstdint>
 
+#include <type_traits>
+
 #include "cutlass/cutlass.h"
+#include "cutlass/epilogue/dispatch_policy.hpp"
+#include "cutlass/gemm/dispatch_policy.hpp"
 #include "cutlass/numeric_types.h"
 #include "params.h"
 #include "sm90_units.h"
@@ -38,6 +42,18 @@ template <>
 struct CutlassOut<OutKind::Int8> { using type = int8_t; };
 template <OutKind kOut>
 using CutlassOut_t = typename CutlassOut<kOut>::type;
+
+// One composition of a Hopper GEMM (params.h, Sm90Variant), as each family's config names it: the CTA tile,
+// the cluster, and the cooperative (two consumer warpgroups share a tile) or pingpong (each owns one) schedules.
+template <class Tile, class Cluster, bool kPingpong>
+struct Sm90Composition {
+  using TileShape = Tile;
+  using ClusterShape = Cluster;
+  using MainloopSchedule = std::conditional_t<kPingpong, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+                                              cutlass::gemm::KernelTmaWarpSpecializedCooperative>;
+  using EpilogueSchedule = std::conditional_t<kPingpong, cutlass::epilogue::TmaWarpSpecialized,
+                                              cutlass::epilogue::TmaWarpSpecializedCooperative>;
+};
 
 // A Hopper kernel family's composition for one output element type (and Sm90Variant), specialized by each
 // family's .cuh: `Op`, its CUTLASS device-level operator, and `static typename Op::Arguments arguments(const

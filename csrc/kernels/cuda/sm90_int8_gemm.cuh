@@ -37,24 +37,12 @@ namespace fusion = cutlass::epilogue::fusion;
 // splits each tile between two consumer warpgroups; Pingpong: each consumer warpgroup owns a 128 x 128 tile;
 // Wide: cooperative on 256 x 128 tiles.
 template <Sm90Variant kVariant>
-struct GemmConfig {
-  using TileShape = Shape<_128, _128, _128>;
-  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
-  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
-};
+struct GemmConfig : Sm90Composition<Shape<_128, _128, _128>, Shape<_2, _1, _1>, false> {};
 template <>
-struct GemmConfig<Sm90Variant::Pingpong> {
-  using TileShape = Shape<_128, _128, _128>;
-  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
-  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecialized;
-};
+struct GemmConfig<Sm90Variant::Pingpong> : Sm90Composition<Shape<_128, _128, _128>, Shape<_2, _1, _1>, true> {};
 template <>
-struct GemmConfig<Sm90Variant::Wide> {
-  using TileShape = Shape<_256, _128, _128>;
-  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
-  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
-};
-using ClusterShape = Shape<_2, _1, _1>;
+struct GemmConfig<Sm90Variant::Wide> : Sm90Composition<Shape<_256, _128, _128>, Shape<_2, _1, _1>, false> {};
+
 constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 
 // The persistent scheduler's tile swizzle (1, 2, 4 or 8 tiles; 1, CUTLASS's default, unless
@@ -69,6 +57,7 @@ inline int sm90_swizzle() {
 template <class ElementD, Sm90Variant kVariant>
 struct Sm90Gemm {
   using TileShape = typename GemmConfig<kVariant>::TileShape;
+  using ClusterShape = typename GemmConfig<kVariant>::ClusterShape;
   using MainloopSchedule = typename GemmConfig<kVariant>::MainloopSchedule;
   using EpilogueSchedule = typename GemmConfig<kVariant>::EpilogueSchedule;
   using ElementA = int8_t;

@@ -42,26 +42,12 @@ namespace fusion = cutlass::epilogue::fusion;
 // activations' tile multicast); Wide: cooperative on 256 x 128 tiles, clusters of 1 x 2. The compressed
 // layout (SparseConfig) depends only on A's type and layout and on min(tile K, 128): the same for all three.
 template <Sm90Variant kVariant>
-struct SparseGemmConfig {
-  using TileShape = Shape<_128, _128, _128>;
-  using ClusterShape = Shape<_1, _2, _1>;
-  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
-  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
-};
+struct SparseGemmConfig : Sm90Composition<Shape<_128, _128, _128>, Shape<_1, _2, _1>, false> {};
 template <>
-struct SparseGemmConfig<Sm90Variant::Pingpong> {
-  using TileShape = Shape<_128, _128, _128>;
-  using ClusterShape = Shape<_2, _1, _1>;
-  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
-  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecialized;
-};
+struct SparseGemmConfig<Sm90Variant::Pingpong> : Sm90Composition<Shape<_128, _128, _128>, Shape<_2, _1, _1>, true> {};
 template <>
-struct SparseGemmConfig<Sm90Variant::Wide> {
-  using TileShape = Shape<_256, _128, _128>;
-  using ClusterShape = Shape<_1, _2, _1>;
-  using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
-  using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
-};
+struct SparseGemmConfig<Sm90Variant::Wide> : Sm90Composition<Shape<_256, _128, _128>, Shape<_1, _2, _1>, false> {};
+
 using ProblemShape = Shape<int, int, int, int>;
 constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 
