@@ -1,11 +1,10 @@
 // Running a CUTLASS device-level operator (a GemmUniversalAdapter or TransformUniversalAdapter): the one
-// place that checks, initializes, launches and reports; and the CUTLASS element type of each OutKind.
-// Included only by the .cu files that use CUTLASS.
+// place that checks, initializes, launches and reports; the CUTLASS element type of each OutKind; and the
+// Hopper GEMMs' compositions (Sm90Composition). Included only by the .cu files that use CUTLASS.
 #pragma once
 #include <cuda_runtime.h>
 
 #include <cstdint>
-
 #include <type_traits>
 
 #include "cutlass/cutlass.h"
