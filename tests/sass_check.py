@@ -41,7 +41,7 @@ EXPECT: Dict[Tuple[str, str], Tuple[str, ...]] = {
 # Kernels the build must contain (per arch): each label at least once.
 _ANY_ARCH = {"sm80 int8 GEMM 128x128", "sm80 int8 GEMM 64x128", "weight-only GEMM", "weight-only MMA", "quantize rows",
              "quantize rows (vector)", "quantize tensor (max)", "quantize tensor", "im2row", "depthwise conv",
-             "conv fold", "grouped conv (direct)"}
+             "conv fold", "grouped conv (direct)", "grouped conv weight words"}
 REQUIRED_LABELS = {"sm_80": _ANY_ARCH,
                    "sm_90a": _ANY_ARCH | {"sm90 GEMM (CUTLASS)", "sm90 GEMM pingpong (CUTLASS)",
                                           "sm90 2:4 sparse GEMM (CUTLASS)", "sm90 2:4 sparse GEMM pingpong (CUTLASS)",
@@ -57,7 +57,8 @@ def label(demangled: str) -> str:
                       ("quantize_rows_kernel", "quantize rows"),
                       ("quantize_rows_vec_kernel", "quantize rows (vector)"),
                       ("im2row_kernel", "im2row"), ("dwconv_kernel", "depthwise conv"), ("conv_fold_kernel", "conv fold"),
-                      ("gconv_kernel", "grouped conv (direct)"), ("tensor_absmax_kernel", "quantize tensor (max)"),
+                      ("gconv_kernel", "grouped conv (direct)"), ("gconv_words_kernel", "grouped conv weight words"),
+                      ("tensor_absmax_kernel", "quantize tensor (max)"),
                       ("tensor_quantize_kernel", "quantize tensor"),
                       ("StructuredSparseCompressor", "2:4 compressor (CUTLASS)")):
         if key in demangled:

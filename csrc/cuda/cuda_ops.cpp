@@ -717,7 +717,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     gp.w = packed_w.data_ptr<int8_t>();
     gp.K_pad = packed_w.size(1);
     gp.e = e;
-    check_launch(ck::launch_grouped_conv(gp, stream), op);
+    const Scratch workspace = scratch(ck::grouped_conv_workspace_bytes(gp), dev);
+    check_launch(ck::launch_grouped_conv(gp, workspace.ptr(), stream), op);
     t_served = static_cast<int>(Served::ConvGroupedDirect);
     return out;
   }

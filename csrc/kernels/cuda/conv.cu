@@ -142,29 +142,43 @@ __global__ void __launch_bounds__(kThreads) dwconv_kernel(const DwConvParams p) 
   store_quad(p.e, pix * C + c0, c0, C, acc);
 }
 
-// Grouped, narrow groups (GroupedConvParams): one thread per (output pixel, 4 output channels). When the 4
-// channels share a group (K / groups % 4 == 0) and rows are 4-byte aligned, each step is one 4-byte load of
-// the input and one dp4a per channel; otherwise each channel reads its own group's input (4-byte steps when
-// aligned, single bytes else). Exact int32 sums; the epilogue and stores as dwconv_kernel's. I: as there.
+// Whether a grouped conv reads 4-byte steps (dp4a from the weight words) or single bytes (GroupedConvParams).
+__host__ __device__ __forceinline__ bool grouped_words(const ConvGeometry& g, int64_t groups) {
+  return (g.C / groups) % 4 == 0 && g.C % 4 == 0;
+}
+
+// The weight as words [R*S*Cg/4][K]: word (t4, k) = bytes 4 t4 .. 4 t4 + 3 of row k. One thread per word.
 template <class I>
-__global__ void __launch_bounds__(kThreads) gconv_kernel(const GroupedConvParams p) {
+__global__ void __launch_bounds__(kThreads) gconv_words_kernel(const GroupedConvParams p, int32_t* words) {
+  const I K = static_cast<I>(p.g.K), T4 = static_cast<I>(p.g.R * p.g.S * (p.g.C / p.groups) / 4);
+  const I i = static_cast<I>(blockIdx.x) * kThreads + static_cast<I>(threadIdx.x);
+  if (i >= T4 * K) return;
+  const I t4 = i / K, k = i - t4 * K;
+  words[i] = *reinterpret_cast<const int32_t*>(p.w + k * static_cast<I>(p.K_pad) + 4 * t4);
+}
+
+// Grouped, narrow groups (GroupedConvParams): one thread per (output pixel, 4 output channels); a warp's
+// threads take consecutive quads of one pixel. With words: per tap and 4 input channels, the quad's 4 weight
+// words are one 16-byte load when its channels share a group (K / groups % 4 == 0), with one 4-byte input
+// load and 4 dp4a; otherwise each channel reads its own group's input word and weight word. Without: single
+// bytes from w. Exact int32 sums; the epilogue and stores as dwconv_kernel's. I: as there.
+template <class I>
+__global__ void __launch_bounds__(kThreads) gconv_kernel(const GroupedConvParams p, const int32_t* words) {
   const ConvGeometry& g = p.g;
   const I C = static_cast<I>(g.C), K = static_cast<I>(g.K), quads = (K + 3) / 4;
   const I P = static_cast<I>(g.P), Q = static_cast<I>(g.Q), H = static_cast<I>(g.H), W = static_cast<I>(g.W);
-  const I S = static_cast<I>(g.S), G = static_cast<I>(p.groups), Cg = C / G, Kg = K / G;
+  const I S = static_cast<I>(g.S), G = static_cast<I>(p.groups), Cg = C / G, Kg = K / G, Cg4 = Cg / 4;
   const I i = static_cast<I>(blockIdx.x) * kThreads + static_cast<I>(threadIdx.x);
   if (i >= static_cast<I>(g.N) * P * Q * quads) return;
   const I pix = i / quads, c0 = (i - pix * quads) * 4;
   const I n = pix / (P * Q), rem = pix - n * (P * Q), oh = rem / Q, ow = rem - oh * Q;
-  const bool vec = Cg % 4 == 0 && C % 4 == 0;  // every input and weight offset below a multiple of 4
-  const bool same = vec && Kg % 4 == 0;         // c0 % 4 == 0: the quad lies in group c0 / Kg
-  const int8_t* wrow[4];  // channel c0 + j's weight row (a channel past K reads row K - 1: never stored)
-  I xoff[4];              // and its group's first input channel
+  const bool same = words != nullptr && Kg % 4 == 0;  // c0 % 4 == 0 and K % 4 == 0: one group, aligned words
+  // Channel c0 + j (a channel past K stands in as K - 1: never stored) and its group's first input channel.
+  I kj[4], xoff[4];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    const I k = c0 + j < K ? c0 + j : K - 1;
-    wrow[j] = p.w + k * static_cast<I>(p.K_pad);
-    xoff[j] = k / Kg * Cg;
+    kj[j] = c0 + j < K ? c0 + j : K - 1;
+    xoff[j] = kj[j] / Kg * Cg;
   }
   int32_t acc[4] = {0, 0, 0, 0};
   for (I r = 0; r < static_cast<I>(g.R); ++r) {
@@ -174,25 +188,30 @@ __global__ void __launch_bounds__(kThreads) gconv_kernel(const GroupedConvParams
       const I iw = ow * static_cast<I>(g.stride_w) - static_cast<I>(g.pad_w) + s * static_cast<I>(g.dil_w);
       if (iw < 0 || iw >= W) continue;
       const int8_t* const xt = p.x + ((n * H + ih) * W + iw) * C;  // the tap's input pixel
-      const I t = (r * S + s) * Cg;                                // the tap's first column of a weight row
+      const I tap = r * S + s;
       if (same) {
         const int8_t* const xg = xt + xoff[0];
-        for (I cc = 0; cc < Cg; cc += 4) {
-          const int xv = *reinterpret_cast<const int*>(xg + cc);
+        for (I c4 = 0; c4 < Cg4; ++c4) {
+          const int xv = *reinterpret_cast<const int*>(xg + 4 * c4);
+          const int4 wv = *reinterpret_cast<const int4*>(words + (tap * Cg4 + c4) * K + c0);
+          acc[0] = __dp4a(xv, wv.x, acc[0]);
+          acc[1] = __dp4a(xv, wv.y, acc[1]);
+          acc[2] = __dp4a(xv, wv.z, acc[2]);
+          acc[3] = __dp4a(xv, wv.w, acc[3]);
+        }
+      } else if (words) {
 #pragma unroll
-          for (int j = 0; j < 4; ++j) acc[j] = __dp4a(xv, *reinterpret_cast<const int*>(wrow[j] + t + cc), acc[j]);
+        for (int j = 0; j < 4; ++j) {
+          const int8_t* const xg = xt + xoff[j];
+          for (I c4 = 0; c4 < Cg4; ++c4)
+            acc[j] = __dp4a(*reinterpret_cast<const int*>(xg + 4 * c4), words[(tap * Cg4 + c4) * K + kj[j]], acc[j]);
         }
       } else {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int8_t* const xg = xt + xoff[j];
-          const int8_t* const wt = wrow[j] + t;
-          if (vec) {
-            for (I cc = 0; cc < Cg; cc += 4)
-              acc[j] = __dp4a(*reinterpret_cast<const int*>(xg + cc), *reinterpret_cast<const int*>(wt + cc), acc[j]);
-          } else {
-            for (I cc = 0; cc < Cg; ++cc) acc[j] += xg[cc] * wt[cc];
-          }
+          const int8_t* const wt = p.w + kj[j] * static_cast<I>(p.K_pad) + tap * Cg;
+          for (I cc = 0; cc < Cg; ++cc) acc[j] += xg[cc] * wt[cc];
         }
       }
     }
@@ -241,15 +260,25 @@ const char* launch_im2row(const Im2RowParams& p, void* stream) {
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
 
-const char* launch_grouped_conv(const GroupedConvParams& p, void* stream) {
+size_t grouped_conv_workspace_bytes(const GroupedConvParams& p) {
+  return grouped_words(p.g, p.groups) ? static_cast<size_t>(p.g.R * p.g.S * p.g.C / p.groups * p.g.K) : 0;
+}
+
+const char* launch_grouped_conv(const GroupedConvParams& p, void* workspace, void* stream) {
   const ConvGeometry& g = p.g;
   const int64_t work = g.N * g.P * g.Q * ((g.K + 3) / 4);
   if (work == 0) return nullptr;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (fits32(work, {g.N * g.H * g.W * g.C, g.N * g.P * g.Q * g.K, g.K * p.K_pad}))
-    gconv_kernel<int32_t><<<blocks_for(work), kThreads, 0, s>>>(p);
-  else
-    gconv_kernel<int64_t><<<blocks_for(work), kThreads, 0, s>>>(p);
+  int32_t* const words = grouped_words(g, p.groups) ? static_cast<int32_t*>(workspace) : nullptr;
+  if (grouped_words(g, p.groups) && words == nullptr) return "grouped conv: the weight words' workspace is missing";
+  const int64_t nwords = g.R * g.S * (g.C / p.groups) / 4 * g.K;
+  if (fits32(work, {g.N * g.H * g.W * g.C, g.N * g.P * g.Q * g.K, g.K * p.K_pad})) {
+    if (words) gconv_words_kernel<int32_t><<<blocks_for(nwords), kThreads, 0, s>>>(p, words);
+    gconv_kernel<int32_t><<<blocks_for(work), kThreads, 0, s>>>(p, words);
+  } else {
+    if (words) gconv_words_kernel<int64_t><<<blocks_for(nwords), kThreads, 0, s>>>(p, words);
+    gconv_kernel<int64_t><<<blocks_for(work), kThreads, 0, s>>>(p, words);
+  }
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }

@@ -215,10 +215,12 @@ struct DwConvParams {
 };
 const char* launch_dwconv(const DwConvParams& p, void* stream);
 // Grouped with narrow groups (the entry layer's choice): a direct convolution on CUDA cores, one thread per
-// output pixel and 4 output channels, 4 input channels a step by dp4a (Cg % 4 == 0 and C % 4 == 0; single
-// bytes otherwise), exact int32 sums, the epilogue above. Output channel k belongs to group k / (K / groups)
-// and reads its input channels; w is pack_conv_weight's [K, K_pad] (row k: (r, s, c) over the group's Cg
-// channels). Any arch.
+// output pixel and 4 output channels, exact int32 sums, the epilogue above. Output channel k belongs to group
+// k / (K / groups) and reads its input channels; w is pack_conv_weight's [K, K_pad] (row k: (r, s, c) over the
+// group's Cg channels). With Cg % 4 == 0 and C % 4 == 0, 4 input channels a step by dp4a, the weight first
+// copied per call into the workspace as 4-byte words [R*S*Cg/4][K] (a warp's 32 quads of channels then read
+// 512 contiguous bytes a step, where rows K_pad apart took 32 cache lines); single bytes from w otherwise.
+// Any arch.
 struct GroupedConvParams {
   ConvGeometry g;
   int64_t groups = 1;
@@ -227,7 +229,8 @@ struct GroupedConvParams {
   int64_t K_pad = 0;
   ConvEpilogueParams e;
 };
-const char* launch_grouped_conv(const GroupedConvParams& p, void* stream);
+size_t grouped_conv_workspace_bytes(const GroupedConvParams& p);  // the words, or 0 (bytes from w)
+const char* launch_grouped_conv(const GroupedConvParams& p, void* workspace, void* stream);
 
 // Launchers: stream is a cudaStream_t. Each returns nullptr, or the CUDA error of its launch.
 // The int8 GEMM on tensor cores with cp.async multistage loads and mma.sync (sm_80 and later).
