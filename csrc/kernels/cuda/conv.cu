@@ -4,6 +4,7 @@
 // The Hopper implicit GEMM (no gather) is sm90_conv.cuh. Framework-free: pointers + params.h structs.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 
@@ -272,7 +273,7 @@ const char* launch_grouped_conv(const GroupedConvParams& p, void* workspace, voi
   int32_t* const words = grouped_words(g, p.groups) ? static_cast<int32_t*>(workspace) : nullptr;
   if (grouped_words(g, p.groups) && words == nullptr) return "grouped conv: the weight words' workspace is missing";
   const int64_t nwords = g.R * g.S * (g.C / p.groups) / 4 * g.K;
-  if (fits32(work, {g.N * g.H * g.W * g.C, g.N * g.P * g.Q * g.K, g.K * p.K_pad})) {
+  if (fits32(std::max(work, nwords), {g.N * g.H * g.W * g.C, g.N * g.P * g.Q * g.K, g.K * p.K_pad})) {
     if (words) gconv_words_kernel<int32_t><<<blocks_for(nwords), kThreads, 0, s>>>(p, words);
     gconv_kernel<int32_t><<<blocks_for(work), kThreads, 0, s>>>(p, words);
   } else {
