@@ -89,8 +89,8 @@ def test_hopper_kernel_serves_large_float_gemms():
     assert ops.cuda_last_kernel() == "sm80_mma"
 
 
-def hopper_cutlass(flag="cutlass_sm90"):
-    if capability()[0] != 9 or not ops.BUILD[flag]:
+def hopper_cutlass():
+    if capability()[0] != 9 or not ops.BUILD["cutlass_sm90"]:
         pytest.skip("the CUTLASS sm_90a kernels serve Hopper builds with the CUTLASS headers only")
 
 

@@ -107,6 +107,14 @@ def test_int8_input_bf16_input_and_edges(g):
     xb = x.bfloat16()
     torch.testing.assert_close(ops.int8_conv2d(xb.to(DEV), *args).cpu(),
                                ref.int8_conv2d(xb, w, ws, b, (s, s), (p, p), (d, d), groups), rtol=0, atol=0)
+    zeros = torch.zeros_like(x)  # dynamic scale 0: every input quantizes to 0, outputs are the bias alone
+    torch.testing.assert_close(ops.int8_conv2d(zeros.to(DEV), *args).cpu(),
+                               ref.int8_conv2d(zeros, w, ws, b, (s, s), (p, p), (d, d), groups), rtol=0, atol=0)
+    x64 = x.double()  # float64 is read as fp32, as the reference reads it (dynamic and static scales)
+    for x_scale in (None, 0.02):
+        torch.testing.assert_close(ops.int8_conv2d(x64.to(DEV), *args, x_scale).cpu(),
+                                   ref.int8_conv2d(x64, w, ws, b, (s, s), (p, p), (d, d), groups, x_scale), rtol=0,
+                                   atol=0)
     x[0, 0, 1, 1] = float("nan")  # dynamic scale: NaN everywhere (int8 out: 0); static: NaN quantizes to 0
     assert torch.isnan(ops.int8_conv2d(x.to(DEV), *args)).all()
     assert (ops.int8_conv2d(x.to(DEV), *args, None, 0.1) == 0).all()

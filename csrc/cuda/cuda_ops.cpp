@@ -594,8 +594,11 @@ struct ConvInput {
 ConvInput conv_quantize(const at::Tensor& x, std::optional<double> x_scale, const char* op) {
   if (x.scalar_type() == at::kChar)
     return {x.contiguous(at::MemoryFormat::ChannelsLast), at::Tensor(), static_cast<float>(*x_scale)};
+  // NHWC values; float64 is read as fp32, as the reference reads it
+  const at::ScalarType t = x.scalar_type();
+  const at::Tensor xs = (t == at::kFloat || t == at::kBFloat16 || t == at::kHalf ? x : x.to(at::kFloat))
+                            .contiguous(at::MemoryFormat::ChannelsLast);
   if (x_scale) {
-    const at::Tensor xs = x.contiguous(at::MemoryFormat::ChannelsLast);
     at::Tensor q = at::empty_like(xs, xs.options().dtype(at::kChar));  // channels_last like xs
     const int64_t C = x.size(1);
     at::Tensor q_rows = q.permute({0, 2, 3, 1}).reshape({-1, C});  // views: NHWC rows, no copy
@@ -603,10 +606,6 @@ ConvInput conv_quantize(const at::Tensor& x, std::optional<double> x_scale, cons
                   at::Tensor(), op);
     return {q, at::Tensor(), static_cast<float>(*x_scale)};
   }
-  const at::ScalarType t = x.scalar_type();
-  // float64 (or another float type) is read as fp32, as the reference reads it
-  const at::Tensor xs = (t == at::kFloat || t == at::kBFloat16 || t == at::kHalf ? x : x.to(at::kFloat))
-                            .contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor q = at::empty_like(xs, xs.options().dtype(at::kChar));
   at::Tensor scratch = at::empty({2}, x.options().dtype(at::kFloat));  // [0]: amax bits, [1]: the scale
   ck::TensorQuantizeParams p;
