@@ -30,10 +30,10 @@ namespace ck = fastinfer::cuda_kernels;
 // Which kernel served the latest GEMM-family call (tests assert it): see last_kernel().
 enum class Served : int {
   None = 0, Sm80 = 1, Sm90 = 2, WeightOnly = 3, WeightOnlyCublas = 4, Sparse24 = 5,
-  ConvSm90 = 6, ConvGathered = 7, DwConv = 8, ConvGrouped = 9, WeightOnlyMma = 10,
-  Sm90Pingpong = 11, Sm90Wide = 12, Sparse24Pingpong = 13, Sparse24Wide = 14, ConvGroupedDirect = 15
+  ConvSm90 = 6, ConvGathered = 7, DwConv = 8, ConvGrouped = 9, WeightOnlyMma = 10, ConvGroupedDirect = 11
 };
 thread_local int t_served = 0;  // per calling thread, as the CPU side's last_kernel
+thread_local ck::Sm90Variant t_variant = ck::Sm90Variant::Default;  // the composition of Sm90 / Sparse24
 thread_local int t_quantize = 0;  // the activation quantization: 1 the scalar kernel, 2 the vectorized one
 
 // Compute capability and multiprocessor count of a device, asked once per device (cudaGetDeviceProperties
@@ -150,11 +150,6 @@ ck::Sm90Variant sm90_variant(ck::OutKind out, const char* op) {
   return ck::Sm90Variant::Wide;
 }
 
-// What a Hopper GEMM family's call in composition v reports as its kernel (last_kernel).
-Served served_variant(ck::Sm90Variant v, Served default_kernel, Served pingpong, Served wide) {
-  return v == ck::Sm90Variant::Pingpong ? pingpong : v == ck::Sm90Variant::Wide ? wide : default_kernel;
-}
-
 // The one arch and shape-bucket decision of the int8 GEMM family.
 void run_gemm(const ck::GemmParams& params, const at::Device& dev, const char* op) {
   ck::GemmParams p = params;
@@ -168,8 +163,8 @@ void run_gemm(const ck::GemmParams& params, const at::Device& dev, const char* o
     p.sm90_variant = sm90_variant(p.out_kind, op);
     const Scratch workspace = scratch(ck::sm90_gemm_workspace_bytes(p), dev);
     check_launch(ck::launch_int8_gemm_sm90(p, workspace.ptr(), stream), op);
-    t_served =
-        static_cast<int>(served_variant(p.sm90_variant, Served::Sm90, Served::Sm90Pingpong, Served::Sm90Wide));
+    t_served = static_cast<int>(Served::Sm90);
+    t_variant = p.sm90_variant;
     return;
   }
   check_launch(ck::launch_int8_gemm_sm80(p, p.M <= 64 ? ck::GemmTile::M64N128 : ck::GemmTile::M128N128, stream), op);
@@ -539,8 +534,8 @@ at::Tensor sparse24_linear_int8(const at::Tensor& x, const at::Tensor& values, c
     p.variant = sm90_variant(kind, op);
     const Scratch workspace = scratch(ck::sparse24_gemm_workspace_bytes(p), dev);
     check_launch(ck::launch_sparse24_gemm(p, workspace.ptr(), current_stream(dev)), op);
-    t_served = static_cast<int>(
-        served_variant(p.variant, Served::Sparse24, Served::Sparse24Pingpong, Served::Sparse24Wide));
+    t_served = static_cast<int>(Served::Sparse24);
+    t_variant = p.variant;
   }
   if (N_pad != N) out = out.narrow(1, 0, N).contiguous();
   return out.view(out_shape(x, N));
@@ -810,19 +805,22 @@ at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<doub
   return at::nan_to_num(y.mul(inv), 0.0).clamp(-127, 127).round().to(at::kChar).contiguous(fmt);
 }
 
+// A Hopper GEMM's name and its composition's suffix (none for Default).
+std::string with_variant(const char* kernel) {
+  if (t_variant == ck::Sm90Variant::Pingpong) return std::string(kernel) + "_pingpong";
+  if (t_variant == ck::Sm90Variant::Wide) return std::string(kernel) + "_wide";
+  return kernel;
+}
+
 std::string last_kernel(const std::string& family) {
   if (family == "quantize") return t_quantize == 2 ? "quantize_vec" : t_quantize == 1 ? "quantize_rows" : "";
   switch (static_cast<Served>(t_served)) {
     case Served::Sm80: return "sm80_mma";
-    case Served::Sm90: return "sm90_cutlass";
-    case Served::Sm90Pingpong: return "sm90_cutlass_pingpong";
-    case Served::Sm90Wide: return "sm90_cutlass_wide";
+    case Served::Sm90: return with_variant("sm90_cutlass");
     case Served::WeightOnly: return "weight_only";
     case Served::WeightOnlyCublas: return "weight_only_cublas";
     case Served::WeightOnlyMma: return "weight_only_mma";
-    case Served::Sparse24: return "sm90_sparse24";
-    case Served::Sparse24Pingpong: return "sm90_sparse24_pingpong";
-    case Served::Sparse24Wide: return "sm90_sparse24_wide";
+    case Served::Sparse24: return with_variant("sm90_sparse24");
     case Served::ConvSm90: return "sm90_conv";
     case Served::ConvGathered: return "conv_gathered";
     case Served::DwConv: return "dwconv";

@@ -17,6 +17,22 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// Output pixel pix of the N x P x Q order: its image n, and where its taps start in the input (tap (r, s) reads
+// row ih(r), column iw(s): padding outside [0, H) x [0, W)). I: the index type (as dwconv_kernel's).
+template <class I>
+struct OutPixel {
+  I n, ih0, iw0;
+  __device__ __forceinline__ OutPixel(const ConvGeometry& g, I pix) {
+    const I P = static_cast<I>(g.P), Q = static_cast<I>(g.Q);
+    n = pix / (P * Q);
+    const I rem = pix - n * (P * Q), oh = rem / Q, ow = rem - oh * Q;
+    ih0 = oh * static_cast<I>(g.stride_h) - static_cast<I>(g.pad_h);
+    iw0 = ow * static_cast<I>(g.stride_w) - static_cast<I>(g.pad_w);
+  }
+  __device__ __forceinline__ I ih(const ConvGeometry& g, I r) const { return ih0 + r * static_cast<I>(g.dil_h); }
+  __device__ __forceinline__ I iw(const ConvGeometry& g, I s) const { return iw0 + s * static_cast<I>(g.dil_w); }
+};
+
 // One thread per 16 bytes of a gathered row: row m = output pixel m0 + m, column k = (r, s, c) with c
 // fastest over the group's Cg channels. A 16-byte piece that lies inside one tap's channels (Cg % 16 == 0,
 // so c0 and C are multiples of 16 too: every piece) is one vector copy; otherwise its bytes are gathered one
@@ -28,16 +44,13 @@ __global__ void __launch_bounds__(kThreads) im2row_kernel(const Im2RowParams p) 
   const I pieces = static_cast<I>(p.K_pad / 16);
   const I i = static_cast<I>(blockIdx.x) * kThreads + static_cast<I>(threadIdx.x);
   if (i >= static_cast<I>(p.M) * pieces) return;
-  const I P = static_cast<I>(g.P), Q = static_cast<I>(g.Q), H = static_cast<I>(g.H), W = static_cast<I>(g.W);
-  const I C = static_cast<I>(g.C), S = static_cast<I>(g.S), Cg = static_cast<I>(p.Cg);
-  const I K = static_cast<I>(g.R) * S * Cg;
+  const I H = static_cast<I>(g.H), W = static_cast<I>(g.W), C = static_cast<I>(g.C), S = static_cast<I>(g.S);
+  const I Cg = static_cast<I>(p.Cg), K = static_cast<I>(g.R) * S * Cg;
   const I m = i / pieces, k0 = (i - m * pieces) * 16;
-  const I pix = static_cast<I>(p.m0) + m, n = pix / (P * Q), rem = pix - n * (P * Q), oh = rem / Q, ow = rem - oh * Q;
-  const I ih0 = oh * static_cast<I>(g.stride_h) - static_cast<I>(g.pad_h);
-  const I iw0 = ow * static_cast<I>(g.stride_w) - static_cast<I>(g.pad_w);
-  const int8_t* const xn = p.x + n * H * W * C + static_cast<I>(p.c0);  // image n, the group's channel 0
+  const OutPixel<I> px(g, static_cast<I>(p.m0) + m);
+  const int8_t* const xn = p.x + px.n * H * W * C + static_cast<I>(p.c0);  // image n, the group's channel 0
   auto tap = [&](I r, I s) -> const int8_t* {  // channel 0 of the tap's input pixel, or null (padding)
-    const I ih = ih0 + r * static_cast<I>(g.dil_h), iw = iw0 + s * static_cast<I>(g.dil_w);
+    const I ih = px.ih(g, r), iw = px.iw(g, s);
     return (ih < 0 || ih >= H || iw < 0 || iw >= W) ? nullptr : xn + (ih * W + iw) * C;
   };
   int4* const dst = reinterpret_cast<int4*>(p.rows + m * static_cast<I>(p.K_pad) + k0);
@@ -111,21 +124,20 @@ __device__ __forceinline__ void store_quad(const ConvEpilogueParams& e, I base, 
 template <class I>
 __global__ void __launch_bounds__(kThreads) dwconv_kernel(const DwConvParams p) {
   const ConvGeometry& g = p.g;
-  const I C = static_cast<I>(g.C), quads = (C + 3) / 4, P = static_cast<I>(g.P), Q = static_cast<I>(g.Q);
-  const I H = static_cast<I>(g.H), W = static_cast<I>(g.W);
+  const I C = static_cast<I>(g.C), quads = (C + 3) / 4, H = static_cast<I>(g.H), W = static_cast<I>(g.W);
   const I i = static_cast<I>(blockIdx.x) * kThreads + static_cast<I>(threadIdx.x);
-  if (i >= static_cast<I>(g.N) * P * Q * quads) return;
+  if (i >= static_cast<I>(g.N * g.P * g.Q) * quads) return;
   const I pix = i / quads, c0 = (i - pix * quads) * 4;
-  const I n = pix / (P * Q), rem = pix - n * (P * Q), oh = rem / Q, ow = rem - oh * Q;
+  const OutPixel<I> px(g, pix);
   const bool vec = C % 4 == 0;
   int32_t acc[4] = {0, 0, 0, 0};
   for (I r = 0; r < static_cast<I>(g.R); ++r) {
-    const I ih = oh * static_cast<I>(g.stride_h) - static_cast<I>(g.pad_h) + r * static_cast<I>(g.dil_h);
+    const I ih = px.ih(g, r);
     if (ih < 0 || ih >= H) continue;
     for (I s = 0; s < static_cast<I>(g.S); ++s) {
-      const I iw = ow * static_cast<I>(g.stride_w) - static_cast<I>(g.pad_w) + s * static_cast<I>(g.dil_w);
+      const I iw = px.iw(g, s);
       if (iw < 0 || iw >= W) continue;
-      const int8_t* xp = p.x + ((n * H + ih) * W + iw) * C + c0;
+      const int8_t* xp = p.x + ((px.n * H + ih) * W + iw) * C + c0;
       const int8_t* wp = p.w + (r * static_cast<I>(g.S) + s) * C + c0;
       if (vec) {
         const char4 xv = *reinterpret_cast<const char4*>(xp), wv = *reinterpret_cast<const char4*>(wp);
@@ -167,12 +179,12 @@ template <class I>
 __global__ void __launch_bounds__(kThreads) gconv_kernel(const GroupedConvParams p, const int32_t* words) {
   const ConvGeometry& g = p.g;
   const I C = static_cast<I>(g.C), K = static_cast<I>(g.K), quads = (K + 3) / 4;
-  const I P = static_cast<I>(g.P), Q = static_cast<I>(g.Q), H = static_cast<I>(g.H), W = static_cast<I>(g.W);
-  const I S = static_cast<I>(g.S), G = static_cast<I>(p.groups), Cg = C / G, Kg = K / G, Cg4 = Cg / 4;
+  const I H = static_cast<I>(g.H), W = static_cast<I>(g.W), S = static_cast<I>(g.S);
+  const I G = static_cast<I>(p.groups), Cg = C / G, Kg = K / G, Cg4 = Cg / 4;
   const I i = static_cast<I>(blockIdx.x) * kThreads + static_cast<I>(threadIdx.x);
-  if (i >= static_cast<I>(g.N) * P * Q * quads) return;
+  if (i >= static_cast<I>(g.N * g.P * g.Q) * quads) return;
   const I pix = i / quads, c0 = (i - pix * quads) * 4;
-  const I n = pix / (P * Q), rem = pix - n * (P * Q), oh = rem / Q, ow = rem - oh * Q;
+  const OutPixel<I> px(g, pix);
   const bool same = words != nullptr && Kg % 4 == 0;  // c0 % 4 == 0 and K % 4 == 0: one group, aligned words
   // Channel c0 + j (a channel past K stands in as K - 1: never stored) and its group's first input channel.
   I kj[4], xoff[4];
@@ -183,12 +195,12 @@ __global__ void __launch_bounds__(kThreads) gconv_kernel(const GroupedConvParams
   }
   int32_t acc[4] = {0, 0, 0, 0};
   for (I r = 0; r < static_cast<I>(g.R); ++r) {
-    const I ih = oh * static_cast<I>(g.stride_h) - static_cast<I>(g.pad_h) + r * static_cast<I>(g.dil_h);
+    const I ih = px.ih(g, r);
     if (ih < 0 || ih >= H) continue;
     for (I s = 0; s < S; ++s) {
-      const I iw = ow * static_cast<I>(g.stride_w) - static_cast<I>(g.pad_w) + s * static_cast<I>(g.dil_w);
+      const I iw = px.iw(g, s);
       if (iw < 0 || iw >= W) continue;
-      const int8_t* const xt = p.x + ((n * H + ih) * W + iw) * C;  // the tap's input pixel
+      const int8_t* const xt = p.x + ((px.n * H + ih) * W + iw) * C;  // the tap's input pixel
       const I tap = r * S + s;
       if (same) {
         const int8_t* const xg = xt + xoff[0];
@@ -237,6 +249,17 @@ __global__ void __launch_bounds__(kThreads) conv_fold_kernel(const ConvFoldParam
 
 unsigned blocks_for(int64_t work) { return static_cast<unsigned>((work + kThreads - 1) / kThreads); }
 
+// f(I{}) enqueues a kernel with index type I: int32_t when `fits` (fits32), else int64_t. The launch's error.
+template <class F>
+const char* launch_indexed(bool fits, F&& f) {
+  if (fits)
+    f(int32_t{});
+  else
+    f(int64_t{});
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+}
+
 // Whether every index of a kernel over `work` threads fits in 32 bits: the thread count (whole blocks) and
 // each extent of memory it indexes.
 bool fits32(int64_t work, std::initializer_list<int64_t> extents) {
@@ -253,12 +276,10 @@ const char* launch_im2row(const Im2RowParams& p, void* stream) {
   const int64_t work = p.M * (p.K_pad / 16);
   if (work == 0) return nullptr;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (fits32(work, {g.N * g.H * g.W * g.C, g.N * g.P * g.Q, p.M * p.K_pad, g.R * g.S * p.Cg}))
-    im2row_kernel<int32_t><<<blocks_for(work), kThreads, 0, s>>>(p);
-  else
-    im2row_kernel<int64_t><<<blocks_for(work), kThreads, 0, s>>>(p);
-  const cudaError_t e = cudaGetLastError();
-  return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+  const bool fits = fits32(work, {g.N * g.H * g.W * g.C, g.N * g.P * g.Q, p.M * p.K_pad, g.R * g.S * p.Cg});
+  return launch_indexed(fits, [&](auto index) {
+    im2row_kernel<decltype(index)><<<blocks_for(work), kThreads, 0, s>>>(p);
+  });
 }
 
 size_t grouped_conv_workspace_bytes(const GroupedConvParams& p) {
@@ -273,15 +294,12 @@ const char* launch_grouped_conv(const GroupedConvParams& p, void* workspace, voi
   int32_t* const words = grouped_words(g, p.groups) ? static_cast<int32_t*>(workspace) : nullptr;
   if (grouped_words(g, p.groups) && words == nullptr) return "grouped conv: the weight words' workspace is missing";
   const int64_t nwords = g.R * g.S * (g.C / p.groups) / 4 * g.K;
-  if (fits32(std::max(work, nwords), {g.N * g.H * g.W * g.C, g.N * g.P * g.Q * g.K, g.K * p.K_pad})) {
-    if (words) gconv_words_kernel<int32_t><<<blocks_for(nwords), kThreads, 0, s>>>(p, words);
-    gconv_kernel<int32_t><<<blocks_for(work), kThreads, 0, s>>>(p, words);
-  } else {
-    if (words) gconv_words_kernel<int64_t><<<blocks_for(nwords), kThreads, 0, s>>>(p, words);
-    gconv_kernel<int64_t><<<blocks_for(work), kThreads, 0, s>>>(p, words);
-  }
-  const cudaError_t e = cudaGetLastError();
-  return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+  const bool fits = fits32(std::max(work, nwords), {g.N * g.H * g.W * g.C, g.N * g.P * g.Q * g.K, g.K * p.K_pad});
+  return launch_indexed(fits, [&](auto index) {
+    using I = decltype(index);
+    if (words) gconv_words_kernel<I><<<blocks_for(nwords), kThreads, 0, s>>>(p, words);
+    gconv_kernel<I><<<blocks_for(work), kThreads, 0, s>>>(p, words);
+  });
 }
 
 const char* launch_conv_fold(const ConvFoldParams& p, void* stream) {
@@ -295,12 +313,10 @@ const char* launch_dwconv(const DwConvParams& p, void* stream) {
   const int64_t work = g.N * g.P * g.Q * ((g.C + 3) / 4);
   if (work == 0) return nullptr;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (fits32(work, {g.N * g.H * g.W * g.C, g.N * g.P * g.Q * g.C, g.R * g.S * g.C}))
-    dwconv_kernel<int32_t><<<blocks_for(work), kThreads, 0, s>>>(p);
-  else
-    dwconv_kernel<int64_t><<<blocks_for(work), kThreads, 0, s>>>(p);
-  const cudaError_t e = cudaGetLastError();
-  return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+  const bool fits = fits32(work, {g.N * g.H * g.W * g.C, g.N * g.P * g.Q * g.C, g.R * g.S * g.C});
+  return launch_indexed(fits, [&](auto index) {
+    dwconv_kernel<decltype(index)><<<blocks_for(work), kThreads, 0, s>>>(p);
+  });
 }
 
 }  // namespace cuda_kernels

@@ -28,18 +28,24 @@ __device__ __forceinline__ int8_t quant(float v, float inv) {
   return static_cast<int8_t>(r < -127.0f ? -127.0f : (r > 127.0f ? 127.0f : r));
 }
 
-// The row's inverse scale 127 / max|x| from each thread's max of |x| as ordered bits (NaN and Inf compare
-// above every finite value), by a block reduction; thread 0 writes the row's scale. 0 for a row of zeros or
-// one whose scale does not invert; NaN scale (and 0) for a row holding NaN or Inf.
-__device__ float row_inverse(const QuantizeParams& p, int64_t m, uint32_t mx) {
+// The block's max of each thread's mx (|x| as ordered bits: NaN and Inf compare above every finite value),
+// by a warp then a block reduction: the result in thread 0 (the other threads' are partial).
+__device__ __forceinline__ uint32_t block_max(uint32_t mx) {
   for (int off = 16; off > 0; off /= 2) mx = max(mx, __shfl_xor_sync(0xffffffffu, mx, off));
   __shared__ uint32_t warp_max[kThreads / 32];
-  __shared__ float row_inv;
   if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = mx;
   __syncthreads();
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == 0)
     for (int w = 1; w < kThreads / 32; ++w) mx = max(mx, warp_max[w]);
-    mx = max(mx, warp_max[0]);
+  return mx;
+}
+
+// The row's inverse scale 127 / max|x| from each thread's max of |x| (block_max); thread 0 writes the row's
+// scale. 0 for a row of zeros or one whose scale does not invert; NaN scale (and 0) for a row holding NaN or Inf.
+__device__ float row_inverse(const QuantizeParams& p, int64_t m, uint32_t mx) {
+  __shared__ float row_inv;
+  mx = block_max(mx);
+  if (threadIdx.x == 0) {
     float scale, r;
     if (mx >= 0x7f800000u) {  // NaN or Inf in the row: every output of the row becomes NaN
       scale = __int_as_float(0x7fc00000);
@@ -165,21 +171,15 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_vec_kernel(const Quant
   for (int64_t k = p.K + threadIdx.x; k < p.K_pad; k += kThreads) q[k] = 0;  // the GEMM's zero padding
 }
 
-// Per-tensor dynamic quantization (TensorQuantizeParams): each block's max |x| as ordered bits, by a warp
-// then a block reduction, joined by atomicMax into p.amax_bits (zeroed by the launcher).
+// Per-tensor dynamic quantization (TensorQuantizeParams): each block's max |x| (block_max), joined by atomicMax
+// into p.amax_bits (zeroed by the launcher).
 __global__ void __launch_bounds__(kThreads) tensor_absmax_kernel(const TensorQuantizeParams p) {
   uint32_t mx = 0;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < p.n; i += step)
     mx = max(mx, __float_as_uint(load_x(p.x, p.x_kind, i)) & 0x7fffffffu);
-  for (int off = 16; off > 0; off /= 2) mx = max(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-  __shared__ uint32_t warp_max[kThreads / 32];
-  if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = mx;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < kThreads / 32; ++w) mx = max(mx, warp_max[w]);
-    atomicMax(p.amax_bits, mx);
-  }
+  mx = block_max(mx);
+  if (threadIdx.x == 0) atomicMax(p.amax_bits, mx);
 }
 
 // Then each value by the tensor's inverse scale; thread 0 of block 0 also stores the scale.
