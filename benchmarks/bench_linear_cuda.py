@@ -5,10 +5,12 @@ torch bf16 F.linear; torch._int_mm (cuBLASLt int8 -> int32; it refuses M <= 16);
 per-token x per-channel scaling and bias written in torch, as users do; fastinfer int8_mm (raw, int32 out),
 int8_scaled_mm (fused epilogue, bf16 out), Int8Linear w8a8_dynamic (bf16 in/out, activation quantization
 included) and, for M <= 64, w8_only (bf16 in/out; its weight traffic as GB/s). TOPS = 2 M N K / time.
+The unnamed rows run the library's defaults (for bf16 outputs on Hopper: the GEMM's pingpong composition).
 At shapes of M * N >= 4096 * 8192 the fused GEMM is also timed in each composition of the Hopper kernel
-(FASTINFER_SM90_VARIANT: default, pingpong, wide; params.h), at the two target shapes with each tile swizzle
-too (FASTINFER_SM90_SWIZZLE: 1, the default, 2, 4, 8), and for M >= 512 Int8Linear w8a8_dynamic in each
-composition: rows named "... <variant> swizzle=<n>" and "... <variant>", carrying "variant" and "swizzle".
+(FASTINFER_SM90_VARIANT: cooperative, pingpong, wide; params.h), at the two target shapes with each tile
+swizzle too (FASTINFER_SM90_SWIZZLE: 1, the default, 2, 4, 8), and for M >= 512 Int8Linear w8a8_dynamic in
+each composition: rows named "... <variant> swizzle=<n>" and "... <variant>", carrying "variant" and
+"swizzle".
 Rows of M <= 64 are also timed as replays of 20 calls captured in a CUDA graph ("graph ms": the GPU's time
 without the host's per-call launch work, which the event timing includes when the host is the slower side).
 """
@@ -91,10 +93,10 @@ def _time_graph(fn: Callable[[], object], calls: int, repeats: int) -> Dict:
     return {"graph_ms": statistics.median(times)}
 
 
-# The Hopper GEMM's settings swept besides the defaults (variant "default", swizzle 1): its compositions
-# (FASTINFER_SM90_VARIANT, read by the entry layer at each call) and tile swizzles (FASTINFER_SM90_SWIZZLE, read
-# by the kernel's launch).
-VARIANTS = ("pingpong", "wide")
+# The Hopper GEMM's settings swept beside the defaults: its compositions (FASTINFER_SM90_VARIANT, read by the
+# entry layer at each call; the default one is timed again under its name) and tile swizzles
+# (FASTINFER_SM90_SWIZZLE, read by the kernel's launch).
+VARIANTS = ("cooperative", "pingpong", "wide")
 SWIZZLES = (2, 4, 8)
 TARGET_SHAPES = ((8192, 8192, 8192), (4096, 4096, 14336))  # issue #4's fused-GEMM targets (M, K, N)
 
@@ -159,7 +161,7 @@ def bench_shape(M: int, K: int, N: int) -> List[Dict]:
     if M * N >= 4096 * 8192:  # every swizzle at the target shapes, the compositions alone at the others
         swizzles = (1,) + SWIZZLES if (M, K, N) in TARGET_SHAPES else (1,)
         cases += [("fastinfer", f"int8_scaled_mm fused {v} swizzle={n}", fused, hopper_settings(v, n))
-                  for v in ("default",) + VARIANTS for n in swizzles if (v, n) != ("default", 1)]
+                  for v in VARIANTS for n in swizzles]
     if M >= 512:
         cases += [("fastinfer", f"Int8Linear w8a8_dynamic {v}", lambda: dyn(x), hopper_settings(v)) for v in VARIANTS]
     rows = []

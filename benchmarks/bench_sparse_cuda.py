@@ -6,8 +6,9 @@ activation quantization included) and its fused GEMM alone (int8_scaled_mm); fas
 (SparseLinear sparse24: the same quantization + the sparse GEMM, bf16 in/out); torch's 2:4 path
 (to_sparse_semi_structured on the int8 weight times int8 activations; cuSPARSELt or CUTLASS, whichever
 torch picks) and torch bf16 F.linear on the dense weight. TOPS = 2 M N K / time (dense-equivalent).
-The 2:4 layer is also timed in each candidate composition of the Hopper kernel (FASTINFER_SM90_VARIANT
-pingpong and wide, params.h): rows "2:4 SparseLinear sparse24 <variant>", carrying "variant".
+The unnamed rows run the library's defaults (bf16 on Hopper: the dense GEMM's pingpong composition, the 2:4
+GEMM's wide one). The 2:4 layer is also timed in each composition of the Hopper kernel (FASTINFER_SM90_VARIANT
+cooperative, pingpong and wide, params.h): rows "2:4 SparseLinear sparse24 <variant>", carrying "variant".
 A case torch cannot run is reported with its error, not dropped silently.
 """
 from __future__ import annotations

@@ -110,7 +110,8 @@ stamp "compute-sanitizer memcheck (a subset, one process; before the benchmarks:
 # GEMM (513 rows, bf16 out, bias; its pingpong and wide compositions at 65 x 272 x 136), the weight-only kernels (16 rows fp32; 17 and 48 rows on tensor cores with a
 # K split, 17 rows of K=13 without) and its cuBLAS side (65 rows), the quantize kernels (vectorized: K=1000
 # bf16; scalar: K=1001 fp32), the 2:4 GEMM and compressor (N=7, K=2323; each composition), and the conv paths
-# (sm90 implicit GEMM, a dynamically quantized input, gathered rows with C=3, depthwise with odd C, stride 9 gathered, the direct grouped kernel's
+# (sm90 implicit GEMM in both compositions, a dynamically quantized input, gathered rows with C=3, depthwise 3x3 (unrolled, 4-byte loads;
+# single bytes for odd C) and 5x5, stride 9 gathered, the direct grouped kernel's
 # three ways: dp4a with fp32 out, dp4a with groups across a quad, single bytes). Without torch's caching allocator,
 # so that every tensor is its own allocation and an access past one is caught (inside a pooled block it would
 # not be); torch's and cuBLAS's own failing-but-handled API calls are not counted as errors.
@@ -132,8 +133,11 @@ if command -v compute-sanitizer >/dev/null; then
     tests/test_cuda_sparse.py::test_refuses_a_weight_that_is_not_2_4 \
     "tests/test_cuda_conv.py::test_conv_matches_reference[c64-3x3-int8out-relu]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[c64-3x3-dynamic]" \
+    "tests/test_cuda_conv.py::test_sm90_conv_compositions_exact[stride2-cooperative]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[c3-cout13-int8out-relu]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[dw-odd-int8out-relu]" \
+    "tests/test_cuda_conv.py::test_conv_matches_reference[dw-static-relu]" \
+    "tests/test_cuda_conv.py::test_conv_matches_reference[dw-5x5-int8out-relu]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[stride9-int8out-relu]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[g32-static-relu]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[g6-c4-int8out]" \
@@ -157,7 +161,7 @@ timeout "$(cap 30 20)" $PY benchmarks/bench_sparse.py --device cuda --json "$OUT
 bench_sparse_rc=$?
 grep -E "^ *[0-9]+ " "$OUT/bench_sparse.log" | head -40
 save
-timeout "$(cap 40 5)" $PY benchmarks/bench_conv.py --device cuda --json "$OUT/bench_conv_cuda.json" >"$OUT/bench_conv.log" 2>&1
+timeout "$(cap 50 5)" $PY benchmarks/bench_conv.py --device cuda --json "$OUT/bench_conv_cuda.json" >"$OUT/bench_conv.log" 2>&1
 bench_conv_rc=$?
 grep -vE "^(#|targets| )" "$OUT/bench_conv.log" | head -40
 

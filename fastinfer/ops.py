@@ -48,14 +48,16 @@ def cuda_available() -> bool:
 def cuda_last_kernel(family: str = "gemm") -> str:
     """The CUDA kernel that served this thread's latest call of a family on a GPU; '' before any.
 
-    'gemm' (the int8 GEMM family): 'sm90_cutlass' (Hopper, CUTLASS TMA + wgmma; 'sm90_cutlass_pingpong' /
-    'sm90_cutlass_wide' in the candidate compositions FASTINFER_SM90_VARIANT picks), 'sm80_mma' (mma.sync, sm_80
-    and later), 'weight_only' (the few-row kernel of w8_only), 'weight_only_mma' (w8_only on tensor cores,
-    9-64 rows of bf16/fp16 x), 'weight_only_cublas' (w8_only with more rows: widened weight + cuBLAS);
-    'sm90_sparse24' (the Hopper 2:4 GEMM; '_pingpong' / '_wide' as for sm90_cutlass); for
-    int8_conv2d 'sm90_conv' (Hopper implicit GEMM, CUTLASS TMA im2col + wgmma), 'conv_gathered' (rows gathered
-    on the GPU, then the int8 GEMM), 'conv_grouped' (the same one group at a time), 'conv_grouped_direct' (narrow
-    groups, at most 32 channels in and out: a direct kernel), 'dwconv' (depthwise).
+    'gemm' (the int8 GEMM family): 'sm90_cutlass' (Hopper, CUTLASS TMA + wgmma, cooperative composition;
+    'sm90_cutlass_pingpong', the default for bf16 outputs, and 'sm90_cutlass_wide': FASTINFER_SM90_VARIANT
+    picks among the three), 'sm80_mma' (mma.sync, sm_80 and later), 'weight_only' (the few-row kernel of
+    w8_only), 'weight_only_mma' (w8_only on tensor cores, 9-64 rows of bf16/fp16 x), 'weight_only_cublas'
+    (w8_only with more rows: widened weight + cuBLAS); 'sm90_sparse24' (the Hopper 2:4 GEMM; '_pingpong' /
+    '_wide' as for sm90_cutlass, '_wide' the default for bf16 outputs); for int8_conv2d 'sm90_conv' (Hopper
+    implicit GEMM, CUTLASS TMA im2col + wgmma; 'sm90_conv_narrow' in its 128 x 64 tile composition),
+    'conv_gathered' (rows gathered on the GPU, then the int8 GEMM), 'conv_grouped' (the same one group at a
+    time), 'conv_grouped_direct' (narrow groups, at most 32 channels in and out: a direct kernel), 'dwconv'
+    (depthwise).
     'quantize' (the activation quantization of the w8a8 ops and of int8_conv2d's static float input):
     'quantize_vec' (rows of aligned 16-byte pieces up to 32768 bf16/fp16 or 16384 fp32 values: 16-byte loads,
     the row held in registers) or 'quantize_rows' (any other row)."""

@@ -34,12 +34,15 @@ def capability():
 def expected_gemm(M, N, out_dtype):
     """The kernel run_gemm (csrc/cuda/cuda_ops.cpp) picks for fresh contiguous operands: the CUTLASS sm_90a
     one on a Hopper build with the CUTLASS headers, for float outputs of more than 64 rows whose rows are
-    whole 16-byte pieces; the sm_80 mma kernel otherwise (int32 outputs always)."""
+    whole 16-byte pieces (in its pingpong composition for bf16 outputs, its fastest there); the sm_80 mma
+    kernel otherwise (int32 outputs always)."""
     if out_dtype == torch.int32:
         return "sm80_mma"
     elem = 4 if out_dtype == torch.float32 else 2
     hopper = capability()[0] == 9 and ops.BUILD.get("cutlass_sm90")
-    return "sm90_cutlass" if hopper and M > 64 and (N * elem) % 16 == 0 else "sm80_mma"
+    if not (hopper and M > 64 and (N * elem) % 16 == 0):
+        return "sm80_mma"
+    return "sm90_cutlass_pingpong" if out_dtype == torch.bfloat16 else "sm90_cutlass"
 
 
 @pytest.mark.parametrize("K,N", KN)
@@ -84,7 +87,7 @@ def test_hopper_kernel_serves_large_float_gemms():
     a, b = rand_i8(512, 1024), rand_i8(256, 1024)
     ops.int8_scaled_mm(a.to(DEV), torch.ones(512, device=DEV), ops.pack_int8_weight(b.to(DEV)),
                        torch.ones(256, device=DEV), None, torch.bfloat16)
-    assert ops.cuda_last_kernel() == "sm90_cutlass"
+    assert ops.cuda_last_kernel() == "sm90_cutlass_pingpong"  # bf16 out: its fastest composition
     ops.int8_mm(a.to(DEV), ops.pack_int8_weight(b.to(DEV)), 256)  # int32 out: the sm_80 kernel
     assert ops.cuda_last_kernel() == "sm80_mma"
 
@@ -94,21 +97,21 @@ def hopper_cutlass():
         pytest.skip("the CUTLASS sm_90a kernels serve Hopper builds with the CUTLASS headers only")
 
 
-@pytest.mark.parametrize("variant", ["pingpong", "wide"])
+@pytest.mark.parametrize("variant", ["cooperative", "pingpong", "wide"])
 @pytest.mark.parametrize("M,K,N", [(65, 272, 136), (300, 1024, 256), (1000, 4096, 520)])
 def test_hopper_gemm_variants_exact(monkeypatch, variant, M, K, N):
-    """The candidate compositions of the Hopper GEMM (FASTINFER_SM90_VARIANT; bf16 outputs) give the default's
-    bits: the same epilogue on the same exact int32 sums, tiles that miss M, N and K included."""
+    """Each composition of the Hopper GEMM (FASTINFER_SM90_VARIANT; bf16 outputs) gives the reference's bits:
+    the same epilogue on the same exact int32 sums, tiles that miss M, N and K included."""
     hopper_cutlass()
     a, b = rand_i8(M, K), rand_i8(N, K)
     a_scale, b_scale, bias = torch.rand(M) * 0.1 + 1e-3, torch.rand(N) * 0.1 + 1e-3, torch.randn(N)
     args = (a.to(DEV), a_scale.to(DEV), ops.pack_int8_weight(b.to(DEV)), b_scale.to(DEV), bias.to(DEV))
     monkeypatch.setenv("FASTINFER_SM90_VARIANT", variant)
     out = ops.int8_scaled_mm(*args, torch.bfloat16)
-    assert ops.cuda_last_kernel() == f"sm90_cutlass_{variant}"
+    assert ops.cuda_last_kernel() == ("sm90_cutlass" if variant == "cooperative" else f"sm90_cutlass_{variant}")
     expect = ref.int8_scaled_mm(a, a_scale, b, b_scale, bias, torch.float32).to(torch.bfloat16)
     torch.testing.assert_close(out.cpu(), expect, rtol=0, atol=0)
-    ops.int8_scaled_mm(*args, torch.float16)  # the candidates are built for bf16 only: others run the default
+    ops.int8_scaled_mm(*args, torch.float16)  # the others are built for bf16 only: fp16 runs the cooperative one
     assert ops.cuda_last_kernel() == "sm90_cutlass"
 
 
@@ -116,7 +119,7 @@ def test_hopper_gemm_variant_bad_value(monkeypatch):
     hopper_cutlass()
     a, b = rand_i8(128, 64), rand_i8(64, 64)
     monkeypatch.setenv("FASTINFER_SM90_VARIANT", "fastest")
-    with pytest.raises(RuntimeError, match="FASTINFER_SM90_VARIANT must be 'default', 'pingpong' or 'wide'"):
+    with pytest.raises(RuntimeError, match="FASTINFER_SM90_VARIANT must be 'cooperative', 'pingpong' or 'wide'"):
         ops.int8_scaled_mm(a.to(DEV), torch.ones(128, device=DEV), ops.pack_int8_weight(b.to(DEV)),
                            torch.ones(64, device=DEV), None, torch.bfloat16)
 

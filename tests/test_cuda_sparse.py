@@ -40,14 +40,14 @@ def test_sparse24_linear_bit_exact(N, K, out):
             y = ops.sparse24_linear_int8(x.to(DEV), values, meta, w_scale.to(DEV), None if b is None else b.to(DEV), K)
             expect = ref.int8_linear_dynamic(x, w_q, w_scale, b)
             torch.testing.assert_close(y.cpu(), expect, rtol=0, atol=0, msg=f"M={M} bias={b is not None}")
-            assert ops.cuda_last_kernel() == "sm90_sparse24"
+            assert ops.cuda_last_kernel() == ("sm90_sparse24_wide" if out == torch.bfloat16 else "sm90_sparse24")
 
 
-@pytest.mark.parametrize("variant", ["pingpong", "wide"])
+@pytest.mark.parametrize("variant", ["cooperative", "pingpong", "wide"])
 @pytest.mark.parametrize("N,K", [(24, 200), (300, 1000), (7, 2323)])
 def test_sparse24_variants_exact(monkeypatch, variant, N, K):
-    """The candidate compositions of the 2:4 GEMM (FASTINFER_SM90_VARIANT; bf16 outputs) on the weight packed
-    once (one compressed layout serves all): the default's bits, tiles that miss M, N and K included."""
+    """Each composition of the 2:4 GEMM (FASTINFER_SM90_VARIANT; bf16 outputs) on the weight packed once (one
+    compressed layout serves all): the reference's bits, tiles that miss M, N and K included."""
     w_q = two_four(N, K)
     w_scale, bias = torch.rand(N) * 0.01 + 1e-3, torch.randn(N)
     values, meta = ops.pack_sparse24(w_q.to(DEV))
@@ -55,10 +55,10 @@ def test_sparse24_variants_exact(monkeypatch, variant, N, K):
     for M in (1, 65, 300):
         x = (torch.randn(M, K) * 3).to(torch.bfloat16)
         y = ops.sparse24_linear_int8(x.to(DEV), values, meta, w_scale.to(DEV), bias.to(DEV), K)
-        assert ops.cuda_last_kernel() == f"sm90_sparse24_{variant}"
+        assert ops.cuda_last_kernel() == ("sm90_sparse24" if variant == "cooperative" else f"sm90_sparse24_{variant}")
         torch.testing.assert_close(y.cpu(), ref.int8_linear_dynamic(x, w_q, w_scale, bias), rtol=0, atol=0,
                                    msg=f"M={M}")
-    x = torch.randn(5, K)  # fp32 out: the candidates are built for bf16 only, the default serves
+    x = torch.randn(5, K)  # fp32 out: the others are built for bf16 only, the cooperative one serves
     ops.sparse24_linear_int8(x.to(DEV), values, meta, w_scale.to(DEV), bias.to(DEV), K)
     assert ops.cuda_last_kernel() == "sm90_sparse24"
 

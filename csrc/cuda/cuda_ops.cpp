@@ -33,7 +33,7 @@ enum class Served : int {
   ConvSm90 = 6, ConvGathered = 7, DwConv = 8, ConvGrouped = 9, WeightOnlyMma = 10, ConvGroupedDirect = 11
 };
 thread_local int t_served = 0;  // per calling thread, as the CPU side's last_kernel
-thread_local ck::Sm90Variant t_variant = ck::Sm90Variant::Default;  // the composition of Sm90 / Sparse24
+thread_local ck::Sm90Variant t_variant = ck::Sm90Variant::Cooperative;  // the composition of Sm90 / Sparse24 / ConvSm90
 thread_local int t_quantize = 0;  // the activation quantization: 1 the scalar kernel, 2 the vectorized one
 
 // Compute capability and multiprocessor count of a device, asked once per device (cudaGetDeviceProperties
@@ -137,16 +137,19 @@ at::Tensor int8_operand(const at::Tensor& a, int64_t K_pad) {
   return out;
 }
 
-// The Hopper GEMMs' composition for a call (params.h, Sm90Variant): FASTINFER_SM90_VARIANT = default, pingpong
-// or wide (read at each call: the benchmarks time each), for bf16 outputs, the type the candidates are built
-// for; Default for the others.
-ck::Sm90Variant sm90_variant(ck::OutKind out, const char* op) {
+// The Hopper GEMMs' composition for a call (params.h, Sm90Variant). bf16 outputs, the type all three are built
+// for, run the family's `fastest` (measured on an H200, 2026-12-04, bench_linear / bench_sparse --device cuda:
+// the dense GEMM's pingpong 1.05-1.2x its cooperative one from 2048 rows, the 2:4 GEMM's wide 1.15-1.3x from
+// 512) unless FASTINFER_SM90_VARIANT = cooperative, pingpong or wide says otherwise (read at each call: the
+// benchmarks time each); the other outputs run Cooperative.
+ck::Sm90Variant sm90_variant(ck::OutKind out, ck::Sm90Variant fastest, const char* op) {
+  if (out != ck::OutKind::BFloat16) return ck::Sm90Variant::Cooperative;
   const char* v = std::getenv("FASTINFER_SM90_VARIANT");
-  if (out != ck::OutKind::BFloat16 || v == nullptr || *v == 0 || std::strcmp(v, "default") == 0)
-    return ck::Sm90Variant::Default;
+  if (v == nullptr || *v == 0) return fastest;
+  if (std::strcmp(v, "cooperative") == 0) return ck::Sm90Variant::Cooperative;
   if (std::strcmp(v, "pingpong") == 0) return ck::Sm90Variant::Pingpong;
   TORCH_CHECK(std::strcmp(v, "wide") == 0, "fastinfer.", op, ": the environment variable FASTINFER_SM90_VARIANT "
-              "must be 'default', 'pingpong' or 'wide', got '", v, "'");
+              "must be 'cooperative', 'pingpong' or 'wide' (or unset: the fastest measured), got '", v, "'");
   return ck::Sm90Variant::Wide;
 }
 
@@ -160,7 +163,7 @@ void run_gemm(const ck::GemmParams& params, const at::Device& dev, const char* o
   // Hopper: the CUTLASS TMA + wgmma kernel for float outputs (its 128-row tiles only pay from a few
   // hundred rows; below, the sm_80 kernel's 64-row tiles waste less).
   if (major == 9 && ck::sm90_gemm_built() && p.M > 64 && ck::sm90_gemm_supported(p)) {
-    p.sm90_variant = sm90_variant(p.out_kind, op);
+    p.sm90_variant = sm90_variant(p.out_kind, ck::Sm90Variant::Pingpong, op);
     const Scratch workspace = scratch(ck::sm90_gemm_workspace_bytes(p), dev);
     check_launch(ck::launch_int8_gemm_sm90(p, workspace.ptr(), stream), op);
     t_served = static_cast<int>(Served::Sm90);
@@ -531,7 +534,7 @@ at::Tensor sparse24_linear_int8(const at::Tensor& x, const at::Tensor& values, c
     p.bias = bi_pad.defined() ? bi_pad.data_ptr<float>() : nullptr;
     p.out = out.data_ptr();
     p.out_kind = kind;
-    p.variant = sm90_variant(kind, op);
+    p.variant = sm90_variant(kind, ck::Sm90Variant::Wide, op);
     const Scratch workspace = scratch(ck::sparse24_gemm_workspace_bytes(p), dev);
     check_launch(ck::launch_sparse24_gemm(p, workspace.ptr(), current_stream(dev)), op);
     t_served = static_cast<int>(Served::Sparse24);
@@ -569,6 +572,24 @@ at::Tensor pack_conv_weight(const at::Tensor& w, int64_t groups) {
 
 // The widest groups (input and output channels a group) the direct grouped kernel takes.
 constexpr int64_t kDirectGroupChannels = 32;
+
+// The Hopper convolution's composition (params.h, Sm90Variant): Narrow (128 x 64 tiles, two CTAs a
+// multiprocessor) for at most 64 output channels, where a 128-channel tile is half empty, and where 128 x 128
+// tiles would leave multiprocessors without one; Cooperative otherwise. FASTINFER_SM90_CONV_VARIANT =
+// cooperative or narrow overrides it (read at each call: bench_conv --device cuda times both). A first rule,
+// not yet measured.
+ck::Sm90Variant sm90_conv_variant(const ck::ConvGeometry& g, int sms, const char* op) {
+  const char* v = std::getenv("FASTINFER_SM90_CONV_VARIANT");
+  if (v != nullptr && *v != 0) {
+    if (std::strcmp(v, "cooperative") == 0) return ck::Sm90Variant::Cooperative;
+    TORCH_CHECK(std::strcmp(v, "narrow") == 0, "fastinfer.", op, ": the environment variable "
+                "FASTINFER_SM90_CONV_VARIANT must be 'cooperative' or 'narrow' (or unset: chosen per layer), got '",
+                v, "'");
+    return ck::Sm90Variant::Narrow;
+  }
+  const int64_t tiles = (g.N * g.P * g.Q + 127) / 128 * ((g.K + 127) / 128);
+  return g.K <= 64 || tiles < sms ? ck::Sm90Variant::Narrow : ck::Sm90Variant::Cooperative;
+}
 
 ck::ConvGeometry conv_geometry(const ConvArgs& a) {
   ck::ConvGeometry g;
@@ -726,9 +747,11 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   sp.e = e;
   // Hopper, groups 1: the implicit GEMM (no gathered copy).
   if (groups == 1 && major == 9 && ck::sm90_conv_built() && ck::sm90_conv_supported(sp)) {
+    sp.variant = sm90_conv_variant(g, device_info(dev.index()).sms, op);
     const Scratch workspace = scratch(ck::sm90_conv_workspace_bytes(sp), dev);
     check_launch(ck::launch_conv_sm90(sp, workspace.ptr(), stream), op);
     t_served = static_cast<int>(Served::ConvSm90);
+    t_variant = sp.variant;
     return out;
   }
   // Gathered rows in chunks of at most ~64 MiB, each through the int8 GEMM with a_scale = 1; a grouped
@@ -805,10 +828,11 @@ at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<doub
   return at::nan_to_num(y.mul(inv), 0.0).clamp(-127, 127).round().to(at::kChar).contiguous(fmt);
 }
 
-// A Hopper GEMM's name and its composition's suffix (none for Default).
+// A Hopper kernel's name and its composition's suffix (none for Cooperative).
 std::string with_variant(const char* kernel) {
   if (t_variant == ck::Sm90Variant::Pingpong) return std::string(kernel) + "_pingpong";
   if (t_variant == ck::Sm90Variant::Wide) return std::string(kernel) + "_wide";
+  if (t_variant == ck::Sm90Variant::Narrow) return std::string(kernel) + "_narrow";
   return kernel;
 }
 
@@ -821,7 +845,7 @@ std::string last_kernel(const std::string& family) {
     case Served::WeightOnlyCublas: return "weight_only_cublas";
     case Served::WeightOnlyMma: return "weight_only_mma";
     case Served::Sparse24: return with_variant("sm90_sparse24");
-    case Served::ConvSm90: return "sm90_conv";
+    case Served::ConvSm90: return with_variant("sm90_conv");
     case Served::ConvGathered: return "conv_gathered";
     case Served::DwConv: return "dwconv";
     case Served::ConvGrouped: return "conv_grouped";

@@ -21,15 +21,21 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // The compositions of the Hopper CUTLASS GEMMs (the dense W8A8 GEMM and the 2:4 sparse one), all persistent
 // and warp-specialized with 128 bytes of (dense) K per stage:
-//   Default   cooperative 128 x 128 tiles (two consumer warpgroups share a tile); clusters 2 x 1 (dense),
-//             1 x 2 (sparse);
-//   Pingpong  128 x 128 tiles, clusters 2 x 1, each consumer warpgroup owns a tile, so one's epilogue overlaps
-//             the other's main loop;
-//   Wide      cooperative 256 x 128 tiles, clusters as Default (half the epilogues and B loads per product).
-// Pingpong and Wide are candidates being measured (benchmarks/bench_linear_cuda.py and bench_sparse_cuda.py
-// time each): built for bf16 outputs only, the one chosen by the entry layer (FASTINFER_SM90_VARIANT); the
-// other output types always run Default.
-enum class Sm90Variant : int32_t { Default = 0, Pingpong = 1, Wide = 2 };
+//   Cooperative  128 x 128 tiles (two consumer warpgroups share a tile); clusters 2 x 1 (dense), 1 x 2
+//                (sparse);
+//   Pingpong     128 x 128 tiles, clusters 2 x 1, each consumer warpgroup owns a tile, so one's epilogue
+//                overlaps the other's main loop;
+//   Wide         cooperative 256 x 128 tiles, clusters as Cooperative (half the epilogues and B loads per
+//                product).
+// Pingpong and Wide are built for bf16 outputs only; the other output types always run Cooperative. The entry
+// layer picks per family (measured on an H200, 2026-12-04: the dense GEMM is fastest as Pingpong, the 2:4 one
+// as Wide); FASTINFER_SM90_VARIANT overrides it, and the GPU benchmarks time each.
+// The implicit-GEMM convolution (sm90_conv.cuh; CUTLASS has no persistent schedule for it) has two:
+//   Cooperative  its default: 128 x 128 tiles, one consumer warpgroup, as many stages as fit;
+//   Narrow       128 x 64 tiles and 6 stages: half the accumulators and shared memory, so that two CTAs can
+//                share a multiprocessor (one's epilogue and start beside the other's products), and no
+//                empty half tile for 64 output channels (ResNet's layer 1).
+enum class Sm90Variant : int32_t { Cooperative = 0, Pingpong = 1, Wide = 2, Narrow = 3 };
 
 // Y[m, n] for m < M, n < N, from A int8 [M, K_pad] (row stride lda) and B int8 [N, K_pad] (ldb),
 // both row-major (B as nn.Linear stores its weight: the "TN" product):
@@ -54,7 +60,7 @@ struct GemmParams {
   OutKind out_kind = OutKind::Int32;
   Act act = Act::None;
   float out_inv_scale = 1.0f;       // Int8 output: 1 / output scale
-  Sm90Variant sm90_variant = Sm90Variant::Default;  // the Hopper kernel's composition (BFloat16 out)
+  Sm90Variant sm90_variant = Sm90Variant::Cooperative;  // the Hopper kernel's composition (BFloat16 out)
 };
 
 // Per-token symmetric quantization of X [M, K] (fp32 / bf16 / fp16) into q int8 [M, K_pad] (ldq),
@@ -139,7 +145,7 @@ struct Sparse24Params {
   const float* bias = nullptr;      // [N] or null
   void* out = nullptr;              // [M, N] row-major
   OutKind out_kind = OutKind::Float32;  // Float32, BFloat16 or Float16
-  Sm90Variant variant = Sm90Variant::Default;  // the kernel's composition (BFloat16 out)
+  Sm90Variant variant = Sm90Variant::Cooperative;  // the kernel's composition (BFloat16 out)
 };
 constexpr int64_t kSparse24KAlign = 128;  // K of the compressed weight: whole tiles
 constexpr int64_t kSparse24NAlign = 8;    // N of the compressed weight: 16-byte rows of any output type
@@ -172,6 +178,7 @@ struct Sm90ConvParams {
   const int8_t* x = nullptr;        // [N, H, W, C]
   const int8_t* w = nullptr;        // [K, R, S, C]
   ConvEpilogueParams e;
+  Sm90Variant variant = Sm90Variant::Cooperative;  // Cooperative or Narrow (Sm90Variant)
 };
 // The folded epilogue vectors above, made on the device in one launch (one small kernel where ATen took three
 // and a fill per call):

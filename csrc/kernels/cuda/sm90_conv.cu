@@ -38,14 +38,21 @@ bool sm90_conv_supported(const Sm90ConvParams& p) {
 }
 
 size_t sm90_conv_workspace_bytes(const Sm90ConvParams& p) {
-  return p.e.out_kind == OutKind::Int8 ? sm90_workspace<OutKind::Int8>(p) : sm90_workspace<OutKind::Float32>(p);
+  const bool int8 = p.e.out_kind == OutKind::Int8;
+  if (p.variant == Sm90Variant::Narrow)
+    return int8 ? sm90_workspace<OutKind::Int8, Sm90ConvParams, Sm90Variant::Narrow>(p)
+                : sm90_workspace<OutKind::Float32, Sm90ConvParams, Sm90Variant::Narrow>(p);
+  return int8 ? sm90_workspace<OutKind::Int8>(p) : sm90_workspace<OutKind::Float32>(p);
 }
 
 const char* launch_conv_sm90(const Sm90ConvParams& p, void* workspace, void* stream) {
   if (p.g.N * p.g.P * p.g.Q == 0 || p.g.K == 0) return nullptr;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return p.e.out_kind == OutKind::Int8 ? sm90_run<OutKind::Int8>(p, workspace, s)
-                                        : sm90_run<OutKind::Float32>(p, workspace, s);
+  const bool int8 = p.e.out_kind == OutKind::Int8;
+  if (p.variant == Sm90Variant::Narrow)
+    return int8 ? sm90_run<OutKind::Int8, Sm90ConvParams, Sm90Variant::Narrow>(p, workspace, s)
+                : sm90_run<OutKind::Float32, Sm90ConvParams, Sm90Variant::Narrow>(p, workspace, s);
+  return int8 ? sm90_run<OutKind::Int8>(p, workspace, s) : sm90_run<OutKind::Float32>(p, workspace, s);
 }
 
 #else  // built without the CUTLASS headers: convolutions take the gathered path

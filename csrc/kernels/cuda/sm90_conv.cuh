@@ -73,14 +73,17 @@ struct ScaleFn {  // y * factor (the int8 output's 1 / out_scale when it is not 
   }
 };
 
-// 128 output pixels x 128 output channels per tile, 64 input channels per K step; clusters of 1
-// (TMA im2col tiles are not multicast here).
-using TileShape = Shape<_128, _128, Shape<_64>>;
+// Tiles of 128 output pixels x 128 (Cooperative) or 64 (Narrow) output channels, 64 input channels per K
+// step (params.h, Sm90Variant); clusters of 1 (TMA im2col tiles are not multicast here).
+using CooperativeTile = Shape<_128, _128, Shape<_64>>;
+using NarrowTile = Shape<_128, _64, Shape<_64>>;
+constexpr int kNarrowStages = 6;  // 6 x 12 KB: with the epilogue's buffers, two CTAs fit a multiprocessor
 using ClusterShape = Shape<_1, _1, _1>;
 constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 constexpr cutlass::conv::Operator kFprop = cutlass::conv::Operator::kFprop;
 
-template <class ElementD>
+// kStages: 0 for as many as fit beside the epilogue's shared memory.
+template <class ElementD, class TileShape, int kStages>
 struct Sm90Conv {
   using Layout = cutlass::layout::TensorNHWC;  // activations NHWC, filter KRSC, output NPQK
   static constexpr int kAlignAB = 16;
@@ -102,12 +105,13 @@ struct Sm90Conv {
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, int32_t, float, void, Layout, kAlignD, ElementD, Layout,
       kAlignD, cutlass::epilogue::TmaWarpSpecialized, Epilogue>::CollectiveOp;
+  using Stages = std::conditional_t<kStages == 0,
+                                    cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(
+                                        sizeof(typename CollectiveEpilogue::SharedStorage))>,
+                                    cutlass::conv::collective::StageCount<kStages>>;
   using CollectiveMainloop = typename cutlass::conv::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, kFprop, int8_t, Layout, kAlignAB, int8_t, Layout, kAlignAB,
-      int32_t, TileShape, ClusterShape,
-      cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(
-          sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
+      int32_t, TileShape, ClusterShape, Stages, cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
   using ProblemShape = cutlass::conv::ConvProblemShape<kFprop, CollectiveMainloop::DispatchPolicy::NumSpatialDimensions>;
   using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
   using Conv = cutlass::conv::device::ConvUniversalAdapter<Kernel>;
@@ -143,11 +147,17 @@ struct Sm90Conv {
 }  // namespace sm90_conv
 
 template <class ElementD>
-struct Sm90Kernel<Sm90ConvParams, ElementD, Sm90Variant::Default> : sm90_conv::Sm90Conv<ElementD> {};
+struct Sm90Kernel<Sm90ConvParams, ElementD, Sm90Variant::Cooperative>
+    : sm90_conv::Sm90Conv<ElementD, sm90_conv::CooperativeTile, 0> {};
+template <class ElementD>
+struct Sm90Kernel<Sm90ConvParams, ElementD, Sm90Variant::Narrow>
+    : sm90_conv::Sm90Conv<ElementD, sm90_conv::NarrowTile, sm90_conv::kNarrowStages> {};
 
-// Instantiated only in sm90_conv_<type>.cu.
+// Instantiated only in sm90_conv_[narrow_]<type>.cu.
 FASTINFER_SM90_UNIT(extern, Float32, Sm90ConvParams)
 FASTINFER_SM90_UNIT(extern, Int8, Sm90ConvParams)
+FASTINFER_SM90_UNIT_V(extern, Float32, Sm90ConvParams, Narrow)
+FASTINFER_SM90_UNIT_V(extern, Int8, Sm90ConvParams, Narrow)
 
 }  // namespace cuda_kernels
 }  // namespace fastinfer

@@ -33,7 +33,7 @@ using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
 
 // The compositions (params.h, Sm90Variant). All have 128 bytes of K per stage and clusters of 2 along M (the
-// B tile is multicast to both CTAs of a cluster). Default: 128 x 128 output tiles, the cooperative schedule
+// B tile is multicast to both CTAs of a cluster). Cooperative: 128 x 128 output tiles, the cooperative schedule
 // splits each tile between two consumer warpgroups; Pingpong: each consumer warpgroup owns a 128 x 128 tile;
 // Wide: cooperative on 256 x 128 tiles.
 template <Sm90Variant kVariant>

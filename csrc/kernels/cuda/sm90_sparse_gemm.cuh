@@ -36,7 +36,7 @@ namespace sm90_sparse {
 using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
 
-// The compositions (params.h, Sm90Variant), all with 128 bytes of (dense) K per stage. Default: 128 x 128
+// The compositions (params.h, Sm90Variant), all with 128 bytes of (dense) K per stage. Cooperative: 128 x 128
 // output tiles, clusters of 1 x 2 (the A tile - the compressed weight - is multicast along N to both CTAs),
 // cooperative schedule; Pingpong: 128 x 128 tiles, one per consumer warpgroup, clusters of 2 x 1 (the
 // activations' tile multicast); Wide: cooperative on 256 x 128 tiles, clusters of 1 x 2. The compressed
@@ -59,7 +59,7 @@ using LayoutTagB = cutlass::layout::ColumnMajor;  // x_q [M, K] row-major is K x
 using LayoutTagD = cutlass::layout::ColumnMajor;  // Y^T [N, M] column-major is Y [M, N] row-major
 constexpr int kAlignAB = 16;                      // elements: 16 bytes (TMA)
 
-template <class ElementD, Sm90Variant kVariant = Sm90Variant::Default>
+template <class ElementD, Sm90Variant kVariant = Sm90Variant::Cooperative>
 struct Sm90Sparse24 {
   using TileShape = typename SparseGemmConfig<kVariant>::TileShape;
   using ClusterShape = typename SparseGemmConfig<kVariant>::ClusterShape;
@@ -121,7 +121,7 @@ struct Sm90Sparse24 {
 
 template <class ElementD, Sm90Variant kVariant>
 struct Sm90Kernel<Sparse24Params, ElementD, kVariant> : sm90_sparse::Sm90Sparse24<ElementD, kVariant> {
-  // One compressed weight (made with Default's layout, sm90_sparse_gemm.cu) serves every composition.
+  // One compressed weight (made with Cooperative's layout, sm90_sparse_gemm.cu) serves every composition.
   static_assert(std::is_same_v<typename sm90_sparse::Sm90Sparse24<ElementD, kVariant>::SparseConfig,
                                typename sm90_sparse::Sm90Sparse24<float>::SparseConfig>,
                 "a composition with another compressed layout needs its own compressor");

@@ -19,10 +19,10 @@ namespace cuda_kernels {
 // The workspace a kernel needs and its launch, for one family (by its params: GemmParams for the W8A8 GEMM
 // in sm90_int8_gemm.cuh, Sparse24Params for the 2:4 GEMM in sm90_sparse_gemm.cuh, Sm90ConvParams for the
 // convolution in sm90_conv.cuh) and one output kind. Defined in cutlass_launch.cuh.
-// kVariant: the composition (params.h, Sm90Variant; the conv has only Default).
-template <OutKind kOut, class Params, Sm90Variant kVariant = Sm90Variant::Default>
+// kVariant: the composition (params.h, Sm90Variant).
+template <OutKind kOut, class Params, Sm90Variant kVariant = Sm90Variant::Cooperative>
 size_t sm90_workspace(const Params& p);
-template <OutKind kOut, class Params, Sm90Variant kVariant = Sm90Variant::Default>
+template <OutKind kOut, class Params, Sm90Variant kVariant = Sm90Variant::Cooperative>
 const char* sm90_run(const Params& p, void* workspace, cudaStream_t stream);
 
 // The instantiation of one family for one output kind (and composition: FASTINFER_SM90_UNIT_V): declared
@@ -32,7 +32,7 @@ const char* sm90_run(const Params& p, void* workspace, cudaStream_t stream);
   EXTERN template size_t sm90_workspace<OutKind::KIND, PARAMS, Sm90Variant::VARIANT>(const PARAMS&); \
   EXTERN template const char* sm90_run<OutKind::KIND, PARAMS, Sm90Variant::VARIANT>(const PARAMS&, void*, \
                                                                                      cudaStream_t);
-#define FASTINFER_SM90_UNIT(EXTERN, KIND, PARAMS) FASTINFER_SM90_UNIT_V(EXTERN, KIND, PARAMS, Default)
+#define FASTINFER_SM90_UNIT(EXTERN, KIND, PARAMS) FASTINFER_SM90_UNIT_V(EXTERN, KIND, PARAMS, Cooperative)
 
 }  // namespace cuda_kernels
 }  // namespace fastinfer

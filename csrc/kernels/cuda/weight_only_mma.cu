@@ -3,19 +3,20 @@
 // bound by reading the weight from about 8 rows; here mma.sync m16n8k16 (fp32 accumulation) does the
 // products, so up to 64 rows still cost about one pass over the int8 weight.
 //
-// Each lane loads 16 consecutive k of one weight row (a 16-byte load: coalesced across the warp) and widens
-// them to 16-bit pairs in registers (exact: |w| <= 128). The mma wants lane (g, t) to hold k = 2t, 2t + 1,
+// Each lane copies 16 consecutive k of one weight row (16 bytes: coalesced across the warp) and widens them to
+// 16-bit pairs in registers (exact: |w| <= 128). The mma wants lane (g, t) to hold k = 2t, 2t + 1,
 // 2t + 8, 2t + 9 of its fragment; as a dot product does not care how k is numbered, logical k of mma step s
 // is mapped onto the lane's own chunk instead: {2t, 2t + 1} -> chunk elements 4s, 4s + 1 and {2t + 8, 2t + 9}
 // -> 4s + 2, 4s + 3, for the activations (read from shared memory) and the weights alike. Four steps use the
 // chunk's 16 values, so a round covers 64 k. A block's four warps each own NT n8 tiles of the block's
-// columns and all MT m16 tiles of rows; the activation tile of a round is staged in shared memory once for
-// the four, double-buffered: the next round's tile loads while this round multiplies, and the weights two
-// rounds ahead (the first version, one tile between two barriers a round and each round's weights loaded
-// just before use, streamed the weight at 0.7-1.1 TB/s on an H200; this one has not run on a GPU yet). The K
-// rounds are split over gridDim.y blocks when there are too few column blocks to fill the GPU: partial sums
-// go to a workspace and weight_only_reduce_kernel adds them in split order (deterministic), then applies the
-// epilogue.
+// columns and all MT m16 tiles of rows. Both operands travel by cp.async into a shared-memory ring of 3-4
+// rounds (Stages): a round's weight chunks (each read back by the thread that copied it) and its activation
+// tile (shared by the four warps), issued 2-3 rounds before the round multiplies, one barrier a round. (Two
+// earlier versions loaded into registers, one and then two rounds ahead; ptxas placed those loads late in the
+// round, and they streamed the weight at 0.6-1.4 TB/s on an H200. This one has not run on a GPU yet.) The K
+// rounds are split over gridDim.y blocks when there are too few column blocks to fill the GPU's resident
+// blocks once: partial sums go to a workspace and weight_only_reduce_kernel adds them in split order
+// (deterministic), then applies the epilogue.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -96,52 +97,69 @@ __device__ __forceinline__ void store_out(const WeightOnlyParams& p, int64_t m, 
     static_cast<__half*>(p.out)[idx] = __float2half_rn(y);
 }
 
-// The lane's 16-byte chunk of weight rows n0 + 8 j + g at k (zeros past N or K, or when !any: no round left).
-template <int NT>
-__device__ __forceinline__ void load_w(const WeightOnlyParams& p, int64_t n0, int g, int64_t k, bool any,
-                                       uint4 (&w)[NT]) {
-#pragma unroll
-  for (int j = 0; j < NT; ++j) {
-    const int64_t n = n0 + 8 * j + g;
-    w[j] = (any && k < p.K && n < p.N) ? __ldg(reinterpret_cast<const uint4*>(p.b + n * p.ldb + k))
-                                       : make_uint4(0, 0, 0, 0);
-  }
+// cp.async of 16 bytes from global `src` to shared `dst`, through L2 only (each weight byte is read once), or
+// 16 zero bytes when !ok (src-size 0: nothing is read, `src` is then any valid address).
+// `dst` is a shared-memory address (__cvta_generic_to_shared).
+__device__ __forceinline__ void copy16(uint32_t dst, const void* src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void copy_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
-// This thread's pieces of the activation tile of round r ([16 MT rows][64 k] as 8 16-byte pieces a row: MT
-// pieces a thread), zeros past M or K, or when !any (no round left).
+// Rounds in the shared-memory ring: kStages - 1 rounds' copies are in flight while a round multiplies. As
+// many as fit 48 KB of static shared memory with the activation tiles (41, 38 and 39 KB).
 template <int MT>
-__device__ __forceinline__ void load_x(const WeightOnlyParams& p, int64_t r, bool any, uint4 (&xr)[MT]) {
-  const uint8_t* const x = static_cast<const uint8_t*>(p.x);
-#pragma unroll
-  for (int i = 0; i < MT; ++i) {
-    const int c = threadIdx.x + i * kWarps * 32, row = c / 8, piece = c % 8;
-    const int64_t k = r * kRoundK + 8 * piece;
-    xr[i] = (any && row < p.M && k < p.K) ? __ldg(reinterpret_cast<const uint4*>(x + (row * p.ldx + k) * 2))
-                                          : make_uint4(0, 0, 0, 0);
-  }
-}
-
-template <int MT>
-__device__ __forceinline__ void store_x(uint8_t* xs, const uint4 (&xr)[MT]) {
-#pragma unroll
-  for (int i = 0; i < MT; ++i) {
-    const int c = threadIdx.x + i * kWarps * 32;
-    *reinterpret_cast<uint4*>(xs + (c / 8) * kXStride + 16 * (c % 8)) = xr[i];
-  }
-}
+struct Stages {
+  static constexpr int value = MT == 1 ? 4 : 3;
+};
 
 template <bool BF16, int MT>
 __global__ void __launch_bounds__(kWarps * 32) weight_only_mma_kernel(const WeightOnlyParams p, float* partial) {
-  constexpr int NT = WarpCols<MT>::value, BM = 16 * MT, BN = kWarps * NT * 8;
+  constexpr int NT = WarpCols<MT>::value, BM = 16 * MT, BN = kWarps * NT * 8, S = Stages<MT>::value;
   static_assert(BM * 8 == MT * kWarps * 32, "the activation tile is MT 16-byte pieces a thread");
-  // Two activation tiles: round r multiplies from one while round r + 1's is loaded into registers and then
-  // stored into the other, so a round waits at one barrier and never on an activation load.
-  __shared__ __align__(16) uint8_t xs[2][BM * kXStride];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+  // The ring: per slot, each thread's NT weight chunks (only the thread that copies a chunk reads it) and the
+  // round's activation tile (read by all four warps).
+  __shared__ __align__(16) uint4 ws[S][NT][kWarps * 32];
+  __shared__ __align__(16) uint8_t xs[S][BM * kXStride];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
   const int64_t n_block = static_cast<int64_t>(blockIdx.x) * BN, n0 = n_block + warp * NT * 8;
   const int64_t rounds = (p.K + kRoundK - 1) / kRoundK;
   const int64_t r0 = rounds * blockIdx.y / gridDim.y, r1 = rounds * (blockIdx.y + 1) / gridDim.y;
+  const uint8_t* const x = static_cast<const uint8_t*>(p.x);
+
+  // Round r's copies into ring slot `slot`, one commit group (zeros past N, M or K, and for rounds past the
+  // block's last): the lane's 16-byte chunk of weight rows n0 + 8 j + g (j < jn: inside N) at k = 64 r + 16 t,
+  // and this thread's pieces of the activation tile [16 MT rows][64 k]: rows tid / 8 + 16 i (inside M for
+  // i < in), piece tid % 8 (8 k, 16 bytes) of each. Addresses advance from per-thread bases.
+  const int jn = static_cast<int>(std::min<int64_t>(NT, std::max<int64_t>(0, (p.N - n0 - g + 7) / 8)));
+  const int in = static_cast<int>(std::min<int64_t>(MT, std::max<int64_t>(0, (p.M - tid / 8 + 15) / 16)));
+  const int8_t* const w_base = p.b + (n0 + g) * p.ldb + 16 * t;
+  const int64_t w_tile = 8 * p.ldb;
+  const uint8_t* const x_base = x + ((tid / 8) * p.ldx + 8 * (tid % 8)) * 2;
+  const int64_t x_tile = 16 * p.ldx * 2;
+  const uint32_t ws_base = static_cast<uint32_t>(__cvta_generic_to_shared(&ws[0][0][tid]));
+  const uint32_t xs_base = static_cast<uint32_t>(__cvta_generic_to_shared(xs[0] + (tid / 8) * kXStride + 16 * (tid % 8)));
+  auto issue = [&](int64_t r, int slot) {
+    const bool any = r < r1;
+    const bool w_in = any && r * kRoundK + 16 * t < p.K;
+    const bool x_in = any && r * kRoundK + 8 * (tid % 8) < p.K;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const bool ok = w_in && j < jn;
+      copy16(ws_base + static_cast<uint32_t>((slot * NT + j) * kWarps * 32 * 16), ok ? w_base + j * w_tile + r * kRoundK : p.b,
+             ok);
+    }
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      const bool ok = x_in && i < in;
+      copy16(xs_base + static_cast<uint32_t>(slot * BM * kXStride + 16 * i * kXStride),
+             ok ? x_base + i * x_tile + r * kRoundK * 2 : x, ok);
+    }
+    copy_commit();
+  };
 
   float acc[MT][NT][4];
 #pragma unroll
@@ -151,25 +169,21 @@ __global__ void __launch_bounds__(kWarps * 32) weight_only_mma_kernel(const Weig
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
-  // The weight stream runs two rounds ahead: when round r starts, its weights and round r + 1's are in
-  // registers or in flight, and it issues round r + 2's into the buffer round r - 1 used. Three buffers, the
-  // loop unrolled by three so that each stays in its own registers. (With one round ahead, or with a rotation
-  // w = wn; wn = wnn, the sm_90a SASS issued each round's loads after most of its products, into registers
-  // read by the next round right after the barrier: no time in flight. ptxas still places the loads late in
-  // the round, so now they have about one round of products and a barrier to arrive.)
-  uint4 wa[NT], wb[NT], wc[NT];
-  load_w<NT>(p, n0, g, r0 * kRoundK + 16 * t, r0 < r1, wa);
-  load_w<NT>(p, n0, g, (r0 + 1) * kRoundK + 16 * t, r0 + 1 < r1, wb);
-  uint4 xr[MT];
-  load_x<MT>(p, r0, r0 < r1, xr);
-  store_x<MT>(xs[0], xr);
-  __syncthreads();
-  // One round: issue round r + 2's weights (into `ahead`) and round r + 1's activations, multiply round r's
-  // (`cur`, the activation tile of its parity), store the next tile into the other buffer, one barrier.
-  auto round = [&](int64_t r, const uint4(&cur)[NT], uint4(&ahead)[NT]) {
-    load_w<NT>(p, n0, g, (r + 2) * kRoundK + 16 * t, r + 2 < r1, ahead);
-    load_x<MT>(p, r + 1, r + 1 < r1, xr);
-    const uint8_t* const tile = xs[(r - r0) & 1];
+  // The copies are asynchronous (no registers wait for them), so they stay in flight where the code issues
+  // them: S - 1 rounds ahead of the products. (The previous version loaded into registers two rounds ahead,
+  // and ptxas placed those loads, and the activation tile's, late in the round: the tile's store then waited
+  // a whole memory latency each round; it streamed the weight at 0.6-1.4 TB/s on an H200.)
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) issue(r0 + s, s);
+  int slot = 0;
+  for (int64_t r = r0; r < r1; ++r) {  // r0 and r1 are the block's own: every thread takes the same path
+    copy_wait<S - 2>();  // this thread's copies of round r have landed (later rounds' may be pending) ...
+    __syncthreads();     // ... and everyone's: the activation tile is whole, and round r - 1's slot is free
+    issue(r + S - 1, slot == 0 ? S - 1 : slot - 1);
+    uint4 cur[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) cur[j] = ws[slot][j][tid];
+    const uint8_t* const tile = xs[slot];
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
       // Rows 16 i + g and 16 i + g + 8: the lane's 16 activations (k 16 t .. 16 t + 15 of the round).
@@ -189,17 +203,9 @@ __global__ void __launch_bounds__(kWarps * 32) weight_only_mma_kernel(const Weig
         }
       }
     }
-    // The other tile was last read in round r - 1, which every thread finished before the previous barrier.
-    if (r + 1 < r1) store_x<MT>(xs[(r + 1 - r0) & 1], xr);
-    __syncthreads();
-  };
-  for (int64_t r = r0; r < r1; r += 3) {  // r, r0 and r1 are the block's own: every thread takes the same path
-    round(r, wa, wc);
-    if (r + 1 >= r1) break;
-    round(r + 1, wb, wa);
-    if (r + 2 >= r1) break;
-    round(r + 2, wc, wb);
+    slot = slot == S - 1 ? 0 : slot + 1;
   }
+  copy_wait<0>();  // no copy (of the rounds past the last) outlives the block
 
   // Accumulator (i, j, e): row 16 i + g (+ 8 for e >= 2), column n0 + 8 j + 2 t + e % 2.
 #pragma unroll
@@ -233,12 +239,39 @@ int64_t block_cols(int64_t M) {
   return kWarps * 8 * (mt == 1 ? WarpCols<1>::value : mt == 2 ? WarpCols<2>::value : WarpCols<4>::value);
 }
 
-// K split: enough blocks for about 4 per multiprocessor, each split at least kWarps rounds long.
+// Blocks of one instantiation a multiprocessor holds at once (registers and shared memory decide; asked once:
+// the same on every GPU of one architecture, the only kind a build targets).
+template <bool BF16, int MT>
+int resident_blocks() {
+  static const int blocks = [] {
+    int b = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, weight_only_mma_kernel<BF16, MT>, kWarps * 32, 0) !=
+        cudaSuccess) {
+      cudaGetLastError();  // clear it: the split below then assumes one block per multiprocessor
+      b = 0;
+    }
+    return std::max(b, 1);
+  }();
+  return blocks;
+}
+
+int resident_blocks(const WeightOnlyParams& p) {
+  const bool bf16 = p.x_kind == XKind::BFloat16;
+  switch (m_tiles(p.M)) {
+    case 1: return bf16 ? resident_blocks<true, 1>() : resident_blocks<false, 1>();
+    case 2: return bf16 ? resident_blocks<true, 2>() : resident_blocks<false, 2>();
+    default: return bf16 ? resident_blocks<true, 4>() : resident_blocks<false, 4>();
+  }
+}
+
+// K split: as many splits as fill the GPU's resident block slots in one wave (the old rule, about 4 blocks a
+// multiprocessor rounded up, made 528-560 blocks where 528 fit, and the few of a second wave took a whole
+// block's time on an idle GPU), each split at least kWarps rounds long, at most 32.
 int splits_for(const WeightOnlyParams& p) {
   const int64_t col_blocks = (p.N + block_cols(p.M) - 1) / block_cols(p.M);
   const int64_t rounds = (p.K + kRoundK - 1) / kRoundK;
-  const int64_t want = (4 * std::max(1, p.sms) + col_blocks - 1) / col_blocks;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, rounds / kWarps, 32})));
+  const int64_t slots = static_cast<int64_t>(std::max(1, p.sms)) * resident_blocks(p);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({slots / col_blocks, rounds / kWarps, 32})));
 }
 
 template <bool BF16, int MT>
