@@ -17,8 +17,9 @@
 # under $OUT (at most 8 files): logs.tgz (every log), the benchmark and profile JSONs, summary.txt, prebuilt.tgz (the
 # built extension: copy it to .gpubuild/ and carry [".whl", ".gpubuild"] so that a rerun skips the build).
 # GPU_CHECK_SKIP_BENCH=1 stops after the tests and the sanitizer (a correctness rerun), GPU_CHECK_SKIP_SASS=1
-# skips the SASS read (20 s). Seen on an H200 host (2026-12-04): build 74 s, tests 49 s (4 pytest processes),
-# sanitizer subset 5 s, benchmarks about 100 s; a machine start about 30 s.
+# skips the SASS read (20 s). Seen on an H200 host (2026-12-04): build 74 s (8 CUTLASS units; 14 since), tests
+# 67 s (4 pytest processes, 329 tests), sanitizer subset 5 s, benchmarks about 130 s; a machine start 30 s;
+# the whole call 308-332 s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the in-place build: benchmarks/*.py import fastinfer from here
@@ -93,13 +94,15 @@ stamp "CUDA tests"
 # SIGSEGV before pytest printed a line), and a crash prints its Python stack.
 export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 PYTHONFAULTHANDLER=1
 xdist=(); $PY -c "import xdist" 2>/dev/null && xdist=(-p xdist.plugin -n 4)  # 4 processes share the GPU
-# Seconds the steps after the tests keep: the sanitizer (60), and the benchmarks unless skipped (150 more: the
-# linear one sweeps the Hopper GEMM's compositions and swizzles).
+# Seconds the steps after the tests keep: the sanitizer (60) always; the benchmarks (150 more: the linear one
+# sweeps the Hopper GEMM's compositions and swizzles) only while the tests' 170 s still fit, so that a short
+# budget cuts benchmarks, not tests (on 2026-12-04 a 440 s budget left the tests 90 s and cut them at 61%).
 skip_bench=${GPU_CHECK_SKIP_BENCH:+1}
-test_reserve=$(( skip_bench ? 60 : 210 )) san_reserve=$(( skip_bench ? 0 : 150 ))
+left=$(( BUDGET - ($(date +%s) - t0) ))
+test_reserve=$(( skip_bench || left < 170 + 210 ? 60 : 210 )) san_reserve=$(( skip_bench ? 0 : 150 ))
 # The nvcc compile check is deselected: the build above compiled every kernel (make cuda-check covers it).
 # -rs: the reason of every skip (a skip on a GPU host is a finding).
-timeout "$(cap 150 $test_reserve)" $PY -m pytest -q -rs "${xdist[@]}" tests/test_cuda.py tests/test_cuda_sparse.py tests/test_cuda_conv.py \
+timeout "$(cap 170 $test_reserve)" $PY -m pytest -q -rs "${xdist[@]}" tests/test_cuda.py tests/test_cuda_sparse.py tests/test_cuda_conv.py \
   tests/test_cuda_build.py --deselect tests/test_cuda_build.py::test_cuda_sources_compile_for_sm80_and_sm90a 2>&1 \
   | tee "$OUT/tests.log" | tail -25
 tests_rc=${PIPESTATUS[0]}
@@ -110,8 +113,8 @@ stamp "compute-sanitizer memcheck (a subset, one process; before the benchmarks:
 # GEMM (513 rows, bf16 out, bias; its pingpong and wide compositions at 65 x 272 x 136), the weight-only kernels (16 rows fp32; 17 and 48 rows on tensor cores with a
 # K split, 17 rows of K=13 without) and its cuBLAS side (65 rows), the quantize kernels (vectorized: K=1000
 # bf16; scalar: K=1001 fp32), the 2:4 GEMM and compressor (N=7, K=2323; each composition), and the conv paths
-# (sm90 implicit GEMM in both compositions, a dynamically quantized input, gathered rows with C=3, depthwise 3x3 (unrolled, 4-byte loads;
-# single bytes for odd C) and 5x5, stride 9 gathered, the direct grouped kernel's
+# (sm90 implicit GEMM in both compositions, a dynamically quantized input, gathered rows with C=3, depthwise 3x3 (4-byte
+# loads; single bytes for odd C) and 5x5, stride 9 gathered, the direct grouped kernel's
 # three ways: dp4a with fp32 out, dp4a with groups across a quad, single bytes). Without torch's caching allocator,
 # so that every tensor is its own allocation and an access past one is caught (inside a pooled block it would
 # not be); torch's and cuBLAS's own failing-but-handled API calls are not counted as errors.

@@ -35,7 +35,7 @@ GEOMETRIES = [
     (1, 12, 7, 7, 9, 3, 1, 2, 2, 3),        # 3 groups of 4 -> 3, dilation 2: a quad of outputs spans groups
     (1, 24, 8, 8, 12, 3, 1, 1, 1, 6),       # 6 groups of 4 -> 2: groups across a quad, 4-byte stores
     (2, 6, 9, 7, 9, 3, 2, 1, 1, 3),         # 3 groups of 2 -> 3: single-byte steps, stride 2
-    (1, 24, 11, 9, 24, 5, 1, 2, 1, 24),     # depthwise 5x5: the kernel size read at run time (3x3 is unrolled)
+    (1, 24, 11, 9, 24, 5, 1, 2, 1, 24),     # depthwise 5x5
 ]
 IDS = ["c64-3x3", "stride2", "5x5-dil2", "1x1", "c3-cout13", "7x7-c13", "dw", "dw-odd", "stride9", "pad130",
        "g32", "g2-c32", "g3-odd", "g6-c4", "g3-c2", "dw-5x5"]
@@ -59,14 +59,8 @@ def expected_kernel(g):
     hopper = torch.cuda.get_device_capability()[0] == 9 and ops.BUILD.get("cutlass_sm90")
     span = (k - 1) * d  # the im2col TMA's limits: strides 1..8, corners in [-128, 127], offsets below 255
     im2col = 1 <= s <= 8 and 0 <= p <= 128 and -128 <= p - span <= 127 and span < 255
-    if not (hopper and im2col and C % 16 == 0 and Co % 16 == 0):
-        return "conv_gathered"
-    # The composition (cuda_ops.cpp, sm90_conv_variant): narrow (128 x 64 tiles) for at most 64 output
-    # channels or fewer 128 x 128 tiles than multiprocessors, else the cooperative 128 x 128 one.
-    P, Q = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
-    tiles = -(-N * P * Q // 128) * -(-Co // 128)
-    narrow = Co <= 64 or tiles < torch.cuda.get_device_properties(DEV).multi_processor_count
-    return "sm90_conv_narrow" if narrow else "sm90_conv"
+    # The Hopper implicit GEMM runs its narrow composition (128 x 64 tiles) unless told otherwise.
+    return "sm90_conv_narrow" if hopper and im2col and C % 16 == 0 and Co % 16 == 0 else "conv_gathered"
 
 
 @pytest.mark.parametrize("mode", MODES, ids=["dynamic", "static-relu", "int8out-relu6", "int8out-relu", "int8out"])
@@ -85,15 +79,15 @@ def test_conv_matches_reference(g, mode):
         torch.testing.assert_close(y.cpu(), r, rtol=0, atol=0)
 
 
-WIDE_LAYER = (5, 16, 64, 64, 128, 3, 1, 1, 1, 1)  # 160 tiles of 128 x 128: the cooperative composition by default
+WIDE_LAYER = (5, 16, 64, 64, 128, 3, 1, 1, 1, 1)  # 160 tiles of 128 x 128, 320 of 128 x 64
 
 
 @pytest.mark.parametrize("variant", [None, "cooperative", "narrow"])
 @pytest.mark.parametrize("g", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[3], WIDE_LAYER],
                          ids=["c64-3x3", "stride2", "1x1", "wide-layer"])
 def test_sm90_conv_compositions_exact(monkeypatch, g, variant):
-    """Both compositions of the Hopper convolution (FASTINFER_SM90_CONV_VARIANT; unset: the per-layer rule)
-    give the reference's bits, fp32 and int8 outputs, tiles that miss the output's pixels and channels."""
+    """Both compositions of the Hopper convolution (FASTINFER_SM90_CONV_VARIANT; unset: narrow) give the
+    reference's bits, fp32 and int8 outputs, tiles that miss the output's pixels and channels."""
     if not expected_kernel(g).startswith("sm90_conv"):
         pytest.skip("the Hopper implicit GEMM serves Hopper builds with the CUTLASS headers only")
     N, C, H, W, Co, k, s, p, d, groups = g
@@ -101,7 +95,7 @@ def test_sm90_conv_compositions_exact(monkeypatch, g, variant):
     packed = ops.pack_conv_weight(w.to(DEV), groups)
     if variant:
         monkeypatch.setenv("FASTINFER_SM90_CONV_VARIANT", variant)
-    want = expected_kernel(g) if variant is None else "sm90_conv_narrow" if variant == "narrow" else "sm90_conv"
+    want = "sm90_conv" if variant == "cooperative" else "sm90_conv_narrow"
     for x_scale, out_scale, act in [(0.03, None, "relu"), (None, 0.05, "none")]:
         y = ops.int8_conv2d(x.to(DEV), packed, ws.to(DEV), b.to(DEV), (k, k), (s, s), (p, p), (d, d), groups, x_scale,
                             out_scale, act)
