@@ -22,6 +22,12 @@ if os.environ.get("FASTINFER_NVCC_THREADS"):
     NVCC_FLAGS += ["--threads", str(int(os.environ["FASTINFER_NVCC_THREADS"]))]
 
 
+# With the CUTLASS headers: the kernels that use them, and CUTLASS's TMA descriptor encoding calling the driver
+# functions by name (csrc/kernels/cuda/tma_driver.cu defines them, looking the driver's entry points up once;
+# CUTLASS's default looks each one up by its name string on every call, several per GEMM or conv launch).
+CUTLASS_MACROS = [("FASTINFER_WITH_CUTLASS", "1"), ("CUTLASS_ENABLE_DIRECT_CUDA_DRIVER_CALL", "1")]
+
+
 def cutlass_include_dirs() -> List[str]:
     """CUTLASS/CuTe header folders from the nvidia-cutlass wheel (the sm_90a kernel needs them), or [].
 

@@ -13,7 +13,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)  # the PEP 517 backend does not put the project on sys.path
-from build_config import NVCC_FLAGS, cutlass_include_dirs  # noqa: E402
+from build_config import CUTLASS_MACROS, NVCC_FLAGS, cutlass_include_dirs  # noqa: E402
 
 def want_cuda() -> bool:
     flag = os.environ.get("FASTINFER_CUDA")
@@ -61,7 +61,7 @@ cuda_sources = sources("csrc/cuda/*.cpp") + sources("csrc/kernels/cuda/*.cu") if
 
 if cuda_sources:
     cutlass = cutlass_include_dirs()
-    macros = [("FASTINFER_WITH_CUDA", "1")] + ([("FASTINFER_WITH_CUTLASS", "1")] if cutlass else [])
+    macros = [("FASTINFER_WITH_CUDA", "1")] + (CUTLASS_MACROS if cutlass else [])
     ext = CUDAExtension(
         "fastinfer._C",
         # The CUTLASS kernel units (sm90_<family>_<type>.cu, about a minute each) listed first, the 2:4 ones

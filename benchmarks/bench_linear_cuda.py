@@ -4,7 +4,9 @@ Rows per shape, timed with CUDA events (median of repeats, after warm-up), basel
 torch bf16 F.linear; torch._int_mm (cuBLASLt int8 -> int32; it refuses M <= 16); torch._int_mm with the
 per-token x per-channel scaling and bias written in torch, as users do; fastinfer int8_mm (raw, int32 out),
 int8_scaled_mm (fused epilogue, bf16 out), Int8Linear w8a8_dynamic (bf16 in/out, activation quantization
-included) and, for M <= 64, w8_only (bf16 in/out; its weight traffic as GB/s). TOPS = 2 M N K / time.
+included) and, for M <= 64, w8_only (bf16 in/out; its weight traffic as GB/s; from 9 rows also in the
+tensor-core kernel's candidate 256-k rounds, FASTINFER_WEIGHT_ONLY_ROUND_K=256: "w8_only k256"). TOPS = 2 M N K
+/ time.
 The unnamed rows run the library's defaults (for bf16 outputs on Hopper: the GEMM's pingpong composition).
 At shapes of M * N >= 4096 * 8192 the fused GEMM is also timed in each composition of the Hopper kernel
 (FASTINFER_SM90_VARIANT: cooperative, pingpong, wide; params.h), at the two target shapes with each tile
@@ -158,6 +160,8 @@ def bench_shape(M: int, K: int, N: int) -> List[Dict]:
     ]
     if M <= 64:
         cases.append(("fastinfer", "Int8Linear w8_only", lambda: wonly(x), {}))
+    if 8 < M <= 64:  # the tensor-core kernel's candidate 256-k rounds (FASTINFER_WEIGHT_ONLY_ROUND_K)
+        cases.append(("fastinfer", "Int8Linear w8_only k256", lambda: wonly(x), {"FASTINFER_WEIGHT_ONLY_ROUND_K": "256"}))
     if M * N >= 4096 * 8192:  # every swizzle at the target shapes, the compositions alone at the others
         swizzles = (1,) + SWIZZLES if (M, K, N) in TARGET_SHAPES else (1,)
         cases += [("fastinfer", f"int8_scaled_mm fused {v} swizzle={n}", fused, hopper_settings(v, n))
@@ -178,7 +182,7 @@ def bench_shape(M: int, K: int, N: int) -> List[Dict]:
                 row["variant"] = env["FASTINFER_SM90_VARIANT"]
             if "FASTINFER_SM90_SWIZZLE" in env:
                 row["swizzle"] = int(env["FASTINFER_SM90_SWIZZLE"])
-            if impl == "Int8Linear w8_only":
+            if impl.startswith("Int8Linear w8_only"):
                 row["gb_s"] = (N * K + 2 * M * K + 2 * M * N) / (t["median_ms"] * 1e-3) / 1e9
             rows.append(row)
     return rows
@@ -238,6 +242,10 @@ def targets(rows: List[Dict], copy_tb: float):
                             bf16["graph_ms"] / wo["graph_ms"], 1.5, True))
             out.append(("#4", f"w8_only GB/s / {copy_tb:.1f} TB/s copy at {M}x{K}x{N}",
                         wo["gb_s"] / (copy_tb * 1000), 0.0, True))
+            k256 = by.get((M, K, N, "Int8Linear w8_only k256"))
+            if k256 and "graph_ms" in k256 and "graph_ms" in bf16:
+                out.append(("#4", f"w8_only (256-k rounds) vs bf16 F.linear (graph) at {M}x{K}x{N}",
+                            bf16["graph_ms"] / k256["graph_ms"], 1.5, True))
     return out
 
 

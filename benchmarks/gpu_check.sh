@@ -110,12 +110,13 @@ save
 
 stamp "compute-sanitizer memcheck (a subset, one process; before the benchmarks: correctness first)"
 # Each kernel family on shapes that miss its tiles: the sm_80 GEMM (M sweep to 127, K=13, N=7), the sm90
-# GEMM (513 rows, bf16 out, bias; its pingpong and wide compositions at 65 x 272 x 136), the weight-only kernels (16 rows fp32; 17 and 48 rows on tensor cores with a
-# K split, 17 rows of K=13 without) and its cuBLAS side (65 rows), the quantize kernels (vectorized: K=1000
-# bf16; scalar: K=1001 fp32), the 2:4 GEMM and compressor (N=7, K=2323; each composition), and the conv paths
-# (sm90 implicit GEMM in both compositions, a dynamically quantized input, gathered rows with C=3, depthwise 3x3 (4-byte
-# loads; single bytes for odd C) and 5x5, stride 9 gathered, the direct grouped kernel's
-# three ways: dp4a with fp32 out, dp4a with groups across a quad, single bytes). Without torch's caching allocator,
+# GEMM (513 rows, bf16 out, bias; its pingpong and wide compositions at 65 x 272 x 136), the weight-only
+# kernels (16 rows fp32; 17 and 48 rows on tensor cores with a K split, 17 rows of K=13 without; the 256-k
+# rounds at 16, 33 and 64 rows) and its cuBLAS side (65 rows), the quantize kernels (vectorized: K=1000 bf16;
+# scalar: K=1001 fp32), the 2:4 GEMM and compressor (N=7, K=2323; each composition), and the conv paths (sm90
+# implicit GEMM in both compositions, a dynamically quantized input, gathered rows with C=3, depthwise 3x3
+# (4-byte loads; single bytes for odd C) and 5x5, stride 9 gathered, the direct grouped kernel's three ways:
+# dp4a with fp32 out, dp4a with groups across a quad, single bytes). Without torch's caching allocator,
 # so that every tensor is its own allocation and an access past one is caught (inside a pooled block it would
 # not be); torch's and cuBLAS's own failing-but-handled API calls are not counted as errors.
 if command -v compute-sanitizer >/dev/null; then
@@ -128,6 +129,9 @@ if command -v compute-sanitizer >/dev/null; then
     "tests/test_cuda.py::test_weight_only[13-7-16-dtype0]" "tests/test_cuda.py::test_weight_only[4096-300-17-dtype1]" \
     "tests/test_cuda.py::test_weight_only[1000-70-48-dtype2]" "tests/test_cuda.py::test_weight_only[13-7-17-dtype1]" \
     "tests/test_cuda.py::test_weight_only[4096-300-65-dtype1]" \
+    "tests/test_cuda.py::test_weight_only_round_256[2064-520-16-dtype0]" \
+    "tests/test_cuda.py::test_weight_only_round_256[1000-70-33-dtype1]" \
+    "tests/test_cuda.py::test_weight_only_round_256[4096-300-64-dtype0]" \
     tests/test_cuda.py::test_quantize_per_token "tests/test_cuda.py::test_quantize_kernels[1000-dtype1]" \
     "tests/test_cuda.py::test_quantize_kernels[1001-dtype0]" \
     "tests/test_cuda_sparse.py::test_sparse24_linear_bit_exact[out0-7-2323]" \

@@ -51,7 +51,8 @@ def cuda_last_kernel(family: str = "gemm") -> str:
     'gemm' (the int8 GEMM family): 'sm90_cutlass' (Hopper, CUTLASS TMA + wgmma, cooperative composition;
     'sm90_cutlass_pingpong', the default for bf16 outputs, and 'sm90_cutlass_wide': FASTINFER_SM90_VARIANT
     picks among the three), 'sm80_mma' (mma.sync, sm_80 and later), 'weight_only' (the few-row kernel of
-    w8_only), 'weight_only_mma' (w8_only on tensor cores, 9-64 rows of bf16/fp16 x), 'weight_only_cublas'
+    w8_only), 'weight_only_mma' (w8_only on tensor cores, 9-64 rows of bf16/fp16 x; 'weight_only_mma_k256' in
+    its 256-k rounds, FASTINFER_WEIGHT_ONLY_ROUND_K=256), 'weight_only_cublas'
     (w8_only with more rows: widened weight + cuBLAS); 'sm90_sparse24' (the Hopper 2:4 GEMM; '_pingpong' /
     '_wide' as for sm90_cutlass, '_wide' the default for bf16 outputs); for int8_conv2d 'sm90_conv' (Hopper
     implicit GEMM, CUTLASS TMA im2col + wgmma; 'sm90_conv_narrow' in its 128 x 64 tile composition),

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from build_config import NVCC_ARCH_FLAGS, NVCC_FLAGS, cutlass_include_dirs  # noqa: E402  (the build's own flags)
+from build_config import CUTLASS_MACROS, NVCC_ARCH_FLAGS, NVCC_FLAGS, cutlass_include_dirs  # noqa: E402  (the build's own flags)
 
 
 def nvcc_path() -> Optional[str]:
@@ -38,7 +38,7 @@ def compile_cu(path: str, nvcc: str, cutlass: List[str], out_dir: str) -> Tuple[
     flags = [f for f in NVCC_FLAGS if f not in NVCC_ARCH_FLAGS] + NVCC_ARCH_FLAGS[:2] + \
         ["-std=c++17", "-Xptxas", "-v", "-c"]
     if cutlass:
-        flags += ["-DFASTINFER_WITH_CUTLASS"] + [f"-I{d}" for d in cutlass]
+        flags += [f"-D{name}={value}" for name, value in CUTLASS_MACROS] + [f"-I{d}" for d in cutlass]
     obj = os.path.join(out_dir, os.path.basename(path) + ".o")
     r = subprocess.run([nvcc, *flags, path, "-o", obj], capture_output=True, text=True)
     return path, r.returncode, r.stdout + r.stderr

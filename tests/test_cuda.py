@@ -245,6 +245,25 @@ def test_weight_only(M, K, N, dtype):
     assert err < (1e-5 if dtype == torch.float32 else 1e-2), err
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M", [9, 16, 17, 33, 64])
+@pytest.mark.parametrize("K,N", [(13, 7), (1000, 70), (4096, 300), (2064, 520)])
+def test_weight_only_round_256(monkeypatch, M, K, N, dtype):
+    """The tensor-core kernel's 256-k rounds (FASTINFER_WEIGHT_ONLY_ROUND_K=256, a candidate): a round past K
+    (13; 1000: a partial last round of 4 chunks; 2064: one chunk of the last), columns past N, its K split."""
+    monkeypatch.setenv("FASTINFER_WEIGHT_ONLY_ROUND_K", "256")
+    x = torch.randn(M, K).to(dtype)
+    w = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    ws, bias = torch.rand(N) * 0.01, torch.randn(N)
+    out = ops.int8_linear_weight_only(x.to(DEV), ops.pack_int8_weight(w.to(DEV)), ws.to(DEV), bias.to(DEV))
+    assert ops.cuda_last_kernel() == "weight_only_mma_k256"
+    expect = ref.int8_linear_weight_only(x.float(), w, ws, bias)
+    assert (out.cpu().float() - expect).norm() / expect.norm() < 1e-2
+    monkeypatch.setenv("FASTINFER_WEIGHT_ONLY_ROUND_K", "128")
+    with pytest.raises(RuntimeError, match="FASTINFER_WEIGHT_ONLY_ROUND_K must be '64' or '256'"):
+        ops.int8_linear_weight_only(x.to(DEV), ops.pack_int8_weight(w.to(DEV)), ws.to(DEV), bias.to(DEV))
+
+
 def test_opcheck():
     a, b = rand_i8(33, 100).to(DEV), rand_i8(40, 100).to(DEV)
     packed = ops.pack_int8_weight(b)

@@ -34,6 +34,7 @@ enum class Served : int {
 };
 thread_local int t_served = 0;  // per calling thread, as the CPU side's last_kernel
 thread_local ck::Sm90Variant t_variant = ck::Sm90Variant::Cooperative;  // the composition of Sm90 / Sparse24 / ConvSm90
+thread_local int t_round_k = 64;  // the k per round of the latest WeightOnlyMma call
 thread_local int t_quantize = 0;  // the activation quantization: 1 the scalar kernel, 2 the vectorized one
 
 // Compute capability and multiprocessor count of a device, asked once per device (cudaGetDeviceProperties
@@ -139,8 +140,8 @@ at::Tensor int8_operand(const at::Tensor& a, int64_t K_pad) {
 
 // The Hopper GEMMs' composition for a call (params.h, Sm90Variant). bf16 outputs, the type all three are built
 // for, run the family's `fastest` (measured on an H200, 2026-12-04, bench_linear / bench_sparse --device cuda:
-// the dense GEMM's pingpong 1.05-1.2x its cooperative one from 2048 rows, the 2:4 GEMM's wide 1.15-1.3x from
-// 512) unless FASTINFER_SM90_VARIANT = cooperative, pingpong or wide says otherwise (read at each call: the
+// the dense GEMM's pingpong 1.04-1.19x its cooperative one in 17 of 20 comparisons from 2048 rows, 1-6% behind
+// in three; the 2:4 GEMM's wide 1.14-1.3x from 512) unless FASTINFER_SM90_VARIANT = cooperative, pingpong or wide says otherwise (read at each call: the
 // benchmarks time each); the other outputs run Cooperative.
 ck::Sm90Variant sm90_variant(ck::OutKind out, ck::Sm90Variant fastest, const char* op) {
   if (out != ck::OutKind::BFloat16) return ck::Sm90Variant::Cooperative;
@@ -369,6 +370,17 @@ at::Tensor int8_linear_static(const at::Tensor& x, double x_scale, const at::Ten
                      x_channel_scale);
 }
 
+// The tensor-core weight-only kernel's k per round (WeightOnlyParams::round_k): 64, or 256 with
+// FASTINFER_WEIGHT_ONLY_ROUND_K=256, a candidate that reads 256 contiguous bytes of each weight row a round
+// (read at each call: bench_linear --device cuda times both; not yet run on a GPU).
+int weight_only_round_k(const char* op) {
+  const char* v = std::getenv("FASTINFER_WEIGHT_ONLY_ROUND_K");
+  if (v == nullptr || *v == 0 || std::strcmp(v, "64") == 0) return 64;
+  TORCH_CHECK(std::strcmp(v, "256") == 0, "fastinfer.", op, ": the environment variable "
+              "FASTINFER_WEIGHT_ONLY_ROUND_K must be '64' or '256' (or unset: 64), got '", v, "'");
+  return 256;
+}
+
 // Weight-only int8, bound by reading the weight once while the rows are few: the CUDA-core kernel up to
 // kWeightOnlyMmaMinRows rows (and up to kWeightOnlyMaxRows for fp32 x), the tensor-core one for bf16/fp16 x
 // up to kWeightOnlyMmaMaxRows; above, the product is compute-bound and the weight is widened once per call
@@ -415,9 +427,11 @@ at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed
   p.ldo = N;
   if (mma) {
     p.sms = device_info(dev.index()).sms;
+    p.round_k = weight_only_round_k(op);
     const Scratch workspace = scratch(ck::weight_only_mma_workspace_bytes(p), dev);
     check_launch(ck::launch_weight_only_mma(p, workspace.ptr(), current_stream(dev)), op);
     t_served = static_cast<int>(Served::WeightOnlyMma);
+    t_round_k = p.round_k;
     return out.view(out_shape(x, N));
   }
   check_launch(ck::launch_weight_only_gemm(p, current_stream(dev)), op);
@@ -838,7 +852,7 @@ std::string last_kernel(const std::string& family) {
     case Served::Sm90: return with_variant("sm90_cutlass");
     case Served::WeightOnly: return "weight_only";
     case Served::WeightOnlyCublas: return "weight_only_cublas";
-    case Served::WeightOnlyMma: return "weight_only_mma";
+    case Served::WeightOnlyMma: return t_round_k == 64 ? "weight_only_mma" : "weight_only_mma_k256";
     case Served::Sparse24: return with_variant("sm90_sparse24");
     case Served::ConvSm90: return with_variant("sm90_conv");
     case Served::ConvGathered: return "conv_gathered";

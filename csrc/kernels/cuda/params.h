@@ -108,6 +108,7 @@ constexpr int64_t kWeightOnlyMmaMinRows = 8;
 struct WeightOnlyParams {
   int64_t M = 0, N = 0, K = 0;
   int sms = 0;                      // the GPU's multiprocessors (the mma kernel's K split fills them)
+  int round_k = 64;                 // the mma kernel's k per round: 64, or 256 (a candidate; weight_only_mma.cu)
   const void* x = nullptr;
   XKind x_kind = XKind::Float32;
   int64_t ldx = 0;

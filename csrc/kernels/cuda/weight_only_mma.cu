@@ -7,22 +7,23 @@
 // 16-bit pairs in registers (exact: |w| <= 128). The mma wants lane (g, t) to hold k = 2t, 2t + 1,
 // 2t + 8, 2t + 9 of its fragment; as a dot product does not care how k is numbered, logical k of mma step s
 // is mapped onto the lane's own chunk instead: {2t, 2t + 1} -> chunk elements 4s, 4s + 1 and {2t + 8, 2t + 9}
-// -> 4s + 2, 4s + 3, for the activations (read from shared memory) and the weights alike. Four steps use the
-// chunk's 16 values, so a round covers 64 k. A block's four warps each own NT n8 tiles of the block's
-// columns and all MT m16 tiles of rows. Both operands travel by cp.async into a shared-memory ring of 3-4
-// rounds (Stages): a round's weight chunks (each read back by the thread that copied it) and its activation
-// tile (shared by the four warps), issued 2-3 rounds before the round multiplies, one barrier a round. (Two
-// earlier versions loaded into registers, one and then two rounds ahead; ptxas placed those loads late in the
-// round, and they streamed the weight at 0.6-1.4 TB/s on an H200. This one has not run on a GPU yet.) The K
-// rounds are split over gridDim.y blocks when there are too few column blocks to fill the GPU's resident
-// blocks once: partial sums go to a workspace and weight_only_reduce_kernel adds them in split order
-// (deterministic), then applies the epilogue.
+// -> 4s + 2, 4s + 3, for the activations (read from shared memory) and the weights alike. Four steps use a
+// chunk's 16 values; a round gives each lane C chunks of its row, 64 apart (Config: C = 1, 64 k a round, by
+// default; C = 4, 256 k, a candidate). A block's four warps each own NT n8 tiles of the block's columns and
+// all MT m16 tiles of rows. Both operands travel by cp.async into a shared-memory ring of 3-4 rounds: a
+// round's weight chunks (each read back by the thread that copied it) and its activation tile (shared by the
+// four warps), issued 2-3 rounds before the round multiplies, one barrier a round. The K rounds are split
+// over gridDim.y blocks when there are too few column blocks to fill the GPU's resident blocks once: partial
+// sums go to a workspace and weight_only_reduce_kernel adds them in split order (deterministic), then
+// applies the epilogue. On an H200 (C = 1) it streamed the weight at 1.6-1.9 TB/s at 16-32 rows of the large
+// shapes, below the one-row kernel's 2.4-3.5 (RESULTS.md); the 256-k rounds have not run on a GPU yet.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "params.h"
 
@@ -31,17 +32,41 @@ namespace cuda_kernels {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kRoundK = 64;                 // k values per round: 4 lanes x 16
-constexpr int kXStride = kRoundK * 2 + 16;  // bytes per activation row in shared memory: with 16 of padding,
-                                            // the 2 rows x 4 chunks of a quarter-warp's 16-byte reads hit
-                                            // distinct banks
 
-// n8 tiles per warp: 2 for 64 rows (the accumulators, the activation words and the weight chunks stay
-// in registers: ptxas -v, no spills), 4 below.
-template <int MT>
-struct WarpCols {
-  static constexpr int value = MT >= 4 ? 2 : 4;
+// One instantiation's shape. MT: m16 tiles of rows (all of a block's rows). C: 64-k chunks per lane and weight
+// row in a round, so a round covers 64 C k and reads 64 C contiguous bytes of each weight row (C = 1, the
+// default; C = 4, a candidate: FASTINFER_WEIGHT_ONLY_ROUND_K=256 in the entry layer, for the DRAM's sake: with
+// 64-byte pieces of rows 8 KB apart, the H200 streamed the weight at half the one-row kernel's rate). NT: n8
+// tiles per warp (2 for 64 rows at C = 1, the accumulators, activation words and weight chunks in registers:
+// ptxas -v, no spills; halved at C = 4, where each holds 4 chunks). S: rounds in the shared-memory ring
+// (S - 1 rounds' copies in flight while a round multiplies). Shared memory: 38-41 KB at C = 1, 73-123 KB at C = 4.
+template <int MT, int C>
+struct Config {
+  static constexpr int NT = C == 1 ? (MT >= 4 ? 2 : 4) : (MT >= 4 ? 1 : 2);
+  static constexpr int S = C == 1 && MT == 1 ? 4 : 3;
+  static constexpr int BM = 16 * MT, BN = kWarps * NT * 8;
+  static constexpr int kRoundK = 64 * C;
+  // Bytes per activation row in shared memory: with 16 of padding, the 2 rows x 4 chunks of a quarter-warp's
+  // 16-byte reads hit distinct banks (the stride is 4 banks past a multiple of 32).
+  static constexpr int kXStride = kRoundK * 2 + 16;
+  static constexpr int kWSlot = NT * C * kWarps * 32 * 16;  // a slot's weight chunks: [NT][C][thread] x 16 bytes
+  static constexpr int kXSlot = BM * kXStride;
+  static constexpr int kSmem = S * (kWSlot + kXSlot);
+  static constexpr int kXRowsPerStep = kWarps * 32 / (8 * C);  // activation rows a pass of the threads copies
+  static_assert(BM * 8 * C == MT * C * kWarps * 32, "the activation tile is MT * C 16-byte pieces a thread");
 };
+
+// cp.async of 16 bytes from global `src` to shared `dst`, through L2 only (each weight byte is read once), or
+// 16 zero bytes when !ok (src-size 0: nothing is read, `src` is then any valid address).
+// `dst` is a shared-memory address (__cvta_generic_to_shared).
+__device__ __forceinline__ void copy16(uint32_t dst, const void* src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void copy_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
 
 __device__ __forceinline__ uint32_t word(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
@@ -97,66 +122,52 @@ __device__ __forceinline__ void store_out(const WeightOnlyParams& p, int64_t m, 
     static_cast<__half*>(p.out)[idx] = __float2half_rn(y);
 }
 
-// cp.async of 16 bytes from global `src` to shared `dst`, through L2 only (each weight byte is read once), or
-// 16 zero bytes when !ok (src-size 0: nothing is read, `src` is then any valid address).
-// `dst` is a shared-memory address (__cvta_generic_to_shared).
-__device__ __forceinline__ void copy16(uint32_t dst, const void* src, bool ok) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void copy_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-// Rounds in the shared-memory ring: kStages - 1 rounds' copies are in flight while a round multiplies. As
-// many as fit 48 KB of static shared memory with the activation tiles (41, 38 and 39 KB).
-template <int MT>
-struct Stages {
-  static constexpr int value = MT == 1 ? 4 : 3;
-};
-
-template <bool BF16, int MT>
+template <bool BF16, int MT, int C>
 __global__ void __launch_bounds__(kWarps * 32) weight_only_mma_kernel(const WeightOnlyParams p, float* partial) {
-  constexpr int NT = WarpCols<MT>::value, BM = 16 * MT, BN = kWarps * NT * 8, S = Stages<MT>::value;
-  static_assert(BM * 8 == MT * kWarps * 32, "the activation tile is MT 16-byte pieces a thread");
-  // The ring: per slot, each thread's NT weight chunks (only the thread that copies a chunk reads it) and the
-  // round's activation tile (read by all four warps).
-  __shared__ __align__(16) uint4 ws[S][NT][kWarps * 32];
-  __shared__ __align__(16) uint8_t xs[S][BM * kXStride];
+  using Cfg = Config<MT, C>;
+  constexpr int NT = Cfg::NT, S = Cfg::S, kRoundK = Cfg::kRoundK, kXStride = Cfg::kXStride;
+  // The ring (dynamic shared memory, Cfg::kSmem bytes): S slots of each thread's NT x C weight chunks (only the
+  // thread that copies a chunk reads it), then S activation tiles [BM rows][kRoundK] (read by all four warps).
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint8_t* const xs = smem + S * Cfg::kWSlot;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
-  const int64_t n_block = static_cast<int64_t>(blockIdx.x) * BN, n0 = n_block + warp * NT * 8;
+  const int64_t n_block = static_cast<int64_t>(blockIdx.x) * Cfg::BN, n0 = n_block + warp * NT * 8;
   const int64_t rounds = (p.K + kRoundK - 1) / kRoundK;
   const int64_t r0 = rounds * blockIdx.y / gridDim.y, r1 = rounds * (blockIdx.y + 1) / gridDim.y;
   const uint8_t* const x = static_cast<const uint8_t*>(p.x);
 
   // Round r's copies into ring slot `slot`, one commit group (zeros past N, M or K, and for rounds past the
-  // block's last): the lane's 16-byte chunk of weight rows n0 + 8 j + g (j < jn: inside N) at k = 64 r + 16 t,
-  // and this thread's pieces of the activation tile [16 MT rows][64 k]: rows tid / 8 + 16 i (inside M for
-  // i < in), piece tid % 8 (8 k, 16 bytes) of each. Addresses advance from per-thread bases.
+  // block's last): the lane's 16-byte chunks of weight rows n0 + 8 j + g (j < jn: inside N) at k = r kRoundK +
+  // 64 c + 16 t, and this thread's pieces of the activation tile [BM rows][kRoundK k]: piece tid % (8 C)
+  // (8 k, 16 bytes) of rows tid / (8 C) + i kXRowsPerStep (inside M for i < in). Addresses advance from
+  // per-thread bases.
+  const int xpiece = tid % (8 * C), xrow = tid / (8 * C);
   const int jn = static_cast<int>(std::min<int64_t>(NT, std::max<int64_t>(0, (p.N - n0 - g + 7) / 8)));
-  const int in = static_cast<int>(std::min<int64_t>(MT, std::max<int64_t>(0, (p.M - tid / 8 + 15) / 16)));
+  const int in = static_cast<int>(std::min<int64_t>(
+      MT * C, std::max<int64_t>(0, (p.M - xrow + Cfg::kXRowsPerStep - 1) / Cfg::kXRowsPerStep)));
   const int8_t* const w_base = p.b + (n0 + g) * p.ldb + 16 * t;
   const int64_t w_tile = 8 * p.ldb;
-  const uint8_t* const x_base = x + ((tid / 8) * p.ldx + 8 * (tid % 8)) * 2;
-  const int64_t x_tile = 16 * p.ldx * 2;
-  const uint32_t ws_base = static_cast<uint32_t>(__cvta_generic_to_shared(&ws[0][0][tid]));
-  const uint32_t xs_base = static_cast<uint32_t>(__cvta_generic_to_shared(xs[0] + (tid / 8) * kXStride + 16 * (tid % 8)));
+  const uint8_t* const x_base = x + (xrow * p.ldx + 8 * xpiece) * 2;
+  const int64_t x_step = Cfg::kXRowsPerStep * p.ldx * 2;
+  const uint32_t ws_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem + 16 * tid));
+  const uint32_t xs_base = static_cast<uint32_t>(__cvta_generic_to_shared(xs + xrow * kXStride + 16 * xpiece));
   auto issue = [&](int64_t r, int slot) {
     const bool any = r < r1;
-    const bool w_in = any && r * kRoundK + 16 * t < p.K;
-    const bool x_in = any && r * kRoundK + 8 * (tid % 8) < p.K;
+    const int64_t k0 = r * kRoundK;
 #pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      const bool ok = w_in && j < jn;
-      copy16(ws_base + static_cast<uint32_t>((slot * NT + j) * kWarps * 32 * 16), ok ? w_base + j * w_tile + r * kRoundK : p.b,
-             ok);
-    }
+    for (int j = 0; j < NT; ++j)
 #pragma unroll
-    for (int i = 0; i < MT; ++i) {
+      for (int c = 0; c < C; ++c) {
+        const bool ok = any && j < jn && k0 + 64 * c + 16 * t < p.K;
+        copy16(ws_base + static_cast<uint32_t>(((slot * NT + j) * C + c) * kWarps * 32 * 16),
+               ok ? w_base + j * w_tile + k0 + 64 * c : p.b, ok);
+      }
+    const bool x_in = any && k0 + 8 * xpiece < p.K;
+#pragma unroll
+    for (int i = 0; i < MT * C; ++i) {
       const bool ok = x_in && i < in;
-      copy16(xs_base + static_cast<uint32_t>(slot * BM * kXStride + 16 * i * kXStride),
-             ok ? x_base + i * x_tile + r * kRoundK * 2 : x, ok);
+      copy16(xs_base + static_cast<uint32_t>(slot * Cfg::kXSlot + i * Cfg::kXRowsPerStep * kXStride),
+             ok ? x_base + i * x_step + k0 * 2 : x, ok);
     }
     copy_commit();
   };
@@ -170,9 +181,9 @@ __global__ void __launch_bounds__(kWarps * 32) weight_only_mma_kernel(const Weig
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
   // The copies are asynchronous (no registers wait for them), so they stay in flight where the code issues
-  // them: S - 1 rounds ahead of the products. (The previous version loaded into registers two rounds ahead,
-  // and ptxas placed those loads, and the activation tile's, late in the round: the tile's store then waited
-  // a whole memory latency each round; it streamed the weight at 0.6-1.4 TB/s on an H200.)
+  // them: S - 1 rounds ahead of the products. (An earlier version loaded into registers two rounds ahead, and
+  // ptxas placed those loads, and the activation tile's, late in the round: the tile's store then waited a
+  // whole memory latency each round; it streamed the weight at 0.9-1.5 TB/s on an H200, this one 1.1-1.9.)
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) issue(r0 + s, s);
   int slot = 0;
@@ -180,26 +191,30 @@ __global__ void __launch_bounds__(kWarps * 32) weight_only_mma_kernel(const Weig
     copy_wait<S - 2>();  // this thread's copies of round r have landed (later rounds' may be pending) ...
     __syncthreads();     // ... and everyone's: the activation tile is whole, and round r - 1's slot is free
     issue(r + S - 1, slot == 0 ? S - 1 : slot - 1);
-    uint4 cur[NT];
+    const uint4* const wslot = reinterpret_cast<const uint4*>(smem + slot * Cfg::kWSlot) + tid;
+    const uint8_t* const tile = xs + slot * Cfg::kXSlot;
 #pragma unroll
-    for (int j = 0; j < NT; ++j) cur[j] = ws[slot][j][tid];
-    const uint8_t* const tile = xs[slot];
+    for (int c = 0; c < C; ++c) {
+      uint4 cur[NT];
 #pragma unroll
-    for (int i = 0; i < MT; ++i) {
-      // Rows 16 i + g and 16 i + g + 8: the lane's 16 activations (k 16 t .. 16 t + 15 of the round).
-      const uint8_t* const lo = tile + (16 * i + g) * kXStride + 32 * t;
-      const uint4 a_lo[2] = {*reinterpret_cast<const uint4*>(lo), *reinterpret_cast<const uint4*>(lo + 16)};
-      const uint4 a_hi[2] = {*reinterpret_cast<const uint4*>(lo + 8 * kXStride),
-                             *reinterpret_cast<const uint4*>(lo + 8 * kXStride + 16)};
+      for (int j = 0; j < NT; ++j) cur[j] = wslot[(j * C + c) * kWarps * 32];
 #pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        // Step s: chunk elements 4 s .. 4 s + 3, i.e. words 2 s and 2 s + 1 of the 8 (two per uint4).
-        const uint32_t a[4] = {word(a_lo[s / 2], (2 * s) % 4), word(a_hi[s / 2], (2 * s) % 4),
-                               word(a_lo[s / 2], (2 * s + 1) % 4), word(a_hi[s / 2], (2 * s + 1) % 4)};
+      for (int i = 0; i < MT; ++i) {
+        // Rows 16 i + g and 16 i + g + 8: the lane's 16 activations (k 64 c + 16 t .. + 15 of the round).
+        const uint8_t* const lo = tile + (16 * i + g) * kXStride + 128 * c + 32 * t;
+        const uint4 a_lo[2] = {*reinterpret_cast<const uint4*>(lo), *reinterpret_cast<const uint4*>(lo + 16)};
+        const uint4 a_hi[2] = {*reinterpret_cast<const uint4*>(lo + 8 * kXStride),
+                               *reinterpret_cast<const uint4*>(lo + 8 * kXStride + 16)};
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          const uint32_t ww = word(cur[j], s);  // weights 4 s .. 4 s + 3 of the lane's chunk of row n0 + 8 j + g
-          mma16816<BF16>(acc[i][j], a, widen2<BF16>(ww, 0), widen2<BF16>(ww, 16));
+        for (int s = 0; s < 4; ++s) {
+          // Step s: chunk elements 4 s .. 4 s + 3, i.e. words 2 s and 2 s + 1 of the 8 (two per uint4).
+          const uint32_t a[4] = {word(a_lo[s / 2], (2 * s) % 4), word(a_hi[s / 2], (2 * s) % 4),
+                                 word(a_lo[s / 2], (2 * s + 1) % 4), word(a_hi[s / 2], (2 * s + 1) % 4)};
+#pragma unroll
+          for (int j = 0; j < NT; ++j) {
+            const uint32_t ww = word(cur[j], s);  // weights 4 s .. 4 s + 3 of the chunk of row n0 + 8 j + g
+            mma16816<BF16>(acc[i][j], a, widen2<BF16>(ww, 0), widen2<BF16>(ww, 16));
+          }
         }
       }
     }
@@ -234,57 +249,54 @@ __global__ void weight_only_reduce_kernel(const WeightOnlyParams p, const float*
 
 int m_tiles(int64_t M) { return M <= 16 ? 1 : M <= 32 ? 2 : 4; }
 
-int64_t block_cols(int64_t M) {
-  const int mt = m_tiles(M);
-  return kWarps * 8 * (mt == 1 ? WarpCols<1>::value : mt == 2 ? WarpCols<2>::value : WarpCols<4>::value);
+// f(bf16, MT, C) with each as a compile-time constant (std::integral_constant) for the instantiation that
+// serves p: x's type, its rows, the round length.
+template <class F>
+decltype(auto) dispatch(const WeightOnlyParams& p, F&& f) {
+  auto by_rows = [&](auto bf16, auto chunks) -> decltype(auto) {
+    switch (m_tiles(p.M)) {
+      case 1: return f(bf16, std::integral_constant<int, 1>{}, chunks);
+      case 2: return f(bf16, std::integral_constant<int, 2>{}, chunks);
+      default: return f(bf16, std::integral_constant<int, 4>{}, chunks);
+    }
+  };
+  auto by_round = [&](auto bf16) -> decltype(auto) {
+    return p.round_k == 256 ? by_rows(bf16, std::integral_constant<int, 4>{})
+                            : by_rows(bf16, std::integral_constant<int, 1>{});
+  };
+  return p.x_kind == XKind::BFloat16 ? by_round(std::true_type{}) : by_round(std::false_type{});
 }
 
-// Blocks of one instantiation a multiprocessor holds at once (registers and shared memory decide; asked once:
-// the same on every GPU of one architecture, the only kind a build targets).
-template <bool BF16, int MT>
+// An instantiation's kernel, with its dynamic shared memory allowed (asked once), and the blocks of it a
+// multiprocessor holds at once (registers and shared memory decide; the same on every GPU of one architecture,
+// the only kind a build targets): 0 when the attribute could not be set.
+template <bool BF16, int MT, int C>
 int resident_blocks() {
   static const int blocks = [] {
+    const auto kernel = weight_only_mma_kernel<BF16, MT, C>;
     int b = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, weight_only_mma_kernel<BF16, MT>, kWarps * 32, 0) !=
-        cudaSuccess) {
-      cudaGetLastError();  // clear it: the split below then assumes one block per multiprocessor
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config<MT, C>::kSmem) !=
+            cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kWarps * 32, Config<MT, C>::kSmem) != cudaSuccess)
       b = 0;
-    }
-    return std::max(b, 1);
+    cudaGetLastError();  // clear a failure: the launch below reports its own
+    return b;
   }();
   return blocks;
-}
-
-int resident_blocks(const WeightOnlyParams& p) {
-  const bool bf16 = p.x_kind == XKind::BFloat16;
-  switch (m_tiles(p.M)) {
-    case 1: return bf16 ? resident_blocks<true, 1>() : resident_blocks<false, 1>();
-    case 2: return bf16 ? resident_blocks<true, 2>() : resident_blocks<false, 2>();
-    default: return bf16 ? resident_blocks<true, 4>() : resident_blocks<false, 4>();
-  }
 }
 
 // K split: as many splits as fill the GPU's resident block slots in one wave (the old rule, about 4 blocks a
 // multiprocessor rounded up, made 528-560 blocks where 528 fit, and the few of a second wave took a whole
 // block's time on an idle GPU), each split at least kWarps rounds long, at most 32.
 int splits_for(const WeightOnlyParams& p) {
-  const int64_t col_blocks = (p.N + block_cols(p.M) - 1) / block_cols(p.M);
-  const int64_t rounds = (p.K + kRoundK - 1) / kRoundK;
-  const int64_t slots = static_cast<int64_t>(std::max(1, p.sms)) * resident_blocks(p);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({slots / col_blocks, rounds / kWarps, 32})));
-}
-
-template <bool BF16, int MT>
-const char* launch_tiles(const WeightOnlyParams& p, int splits, float* partial, cudaStream_t s) {
-  const dim3 grid(static_cast<unsigned>((p.N + block_cols(p.M) - 1) / block_cols(p.M)), static_cast<unsigned>(splits));
-  weight_only_mma_kernel<BF16, MT><<<grid, kWarps * 32, 0, s>>>(p, splits > 1 ? partial : nullptr);
-  cudaError_t e = cudaGetLastError();
-  if (e == cudaSuccess && splits > 1) {
-    const int64_t n = p.M * p.N;
-    weight_only_reduce_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, s>>>(p, partial, splits);
-    e = cudaGetLastError();
-  }
-  return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+  return dispatch(p, [&](auto bf16, auto mt, auto chunks) {
+    using Cfg = Config<mt(), chunks()>;
+    const int64_t col_blocks = (p.N + Cfg::BN - 1) / Cfg::BN;
+    const int64_t rounds = (p.K + Cfg::kRoundK - 1) / Cfg::kRoundK;
+    const int64_t slots =
+        static_cast<int64_t>(std::max(1, p.sms)) * std::max(1, resident_blocks<bf16(), mt(), chunks()>());
+    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({slots / col_blocks, rounds / kWarps, 32})));
+  });
 }
 
 }  // namespace
@@ -292,7 +304,8 @@ const char* launch_tiles(const WeightOnlyParams& p, int splits, float* partial, 
 bool weight_only_mma_supported(const WeightOnlyParams& p) {
   return (p.x_kind == XKind::BFloat16 || p.x_kind == XKind::Float16) && p.M >= 1 &&
          p.M <= kWeightOnlyMmaMaxRows && p.K % 16 == 0 && (p.ldx * 2) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && p.ldb % 16 == 0 && reinterpret_cast<uintptr_t>(p.b) % 16 == 0;
+         reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && p.ldb % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(p.b) % 16 == 0 && (p.round_k == 64 || p.round_k == 256);
 }
 
 size_t weight_only_mma_workspace_bytes(const WeightOnlyParams& p) {
@@ -303,17 +316,26 @@ size_t weight_only_mma_workspace_bytes(const WeightOnlyParams& p) {
 const char* launch_weight_only_mma(const WeightOnlyParams& p, void* workspace, void* stream) {
   if (p.M == 0 || p.N == 0) return nullptr;
   if (!weight_only_mma_supported(p))
-    return "weight-only mma kernel: x must be bf16/fp16 with 1-64 rows, 16-byte aligned rows of K % 16 == 0 values";
+    return "weight-only mma kernel: x must be bf16/fp16 with 1-64 rows, 16-byte aligned rows of K % 16 == 0 values, "
+           "round_k 64 or 256";
   const int splits = splits_for(p);
   float* const partial = static_cast<float*>(workspace);
   if (splits > 1 && partial == nullptr) return "weight-only mma kernel: the split-K workspace is missing";
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const bool bf16 = p.x_kind == XKind::BFloat16;
-  switch (m_tiles(p.M)) {
-    case 1: return bf16 ? launch_tiles<true, 1>(p, splits, partial, s) : launch_tiles<false, 1>(p, splits, partial, s);
-    case 2: return bf16 ? launch_tiles<true, 2>(p, splits, partial, s) : launch_tiles<false, 2>(p, splits, partial, s);
-    default: return bf16 ? launch_tiles<true, 4>(p, splits, partial, s) : launch_tiles<false, 4>(p, splits, partial, s);
-  }
+  return dispatch(p, [&](auto bf16, auto mt, auto chunks) -> const char* {
+    using Cfg = Config<mt(), chunks()>;
+    if (resident_blocks<bf16(), mt(), chunks()>() == 0)
+      return "weight-only mma kernel: its shared memory could not be set up on this GPU";
+    const dim3 grid(static_cast<unsigned>((p.N + Cfg::BN - 1) / Cfg::BN), static_cast<unsigned>(splits));
+    weight_only_mma_kernel<bf16(), mt(), chunks()><<<grid, kWarps * 32, Cfg::kSmem, s>>>(p, splits > 1 ? partial : nullptr);
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess && splits > 1) {
+      const int64_t n = p.M * p.N;
+      weight_only_reduce_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, s>>>(p, partial, splits);
+      e = cudaGetLastError();
+    }
+    return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+  });
 }
 
 }  // namespace cuda_kernels
