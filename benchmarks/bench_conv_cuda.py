@@ -108,7 +108,8 @@ def targets(rows: List[Dict]):
             # the faster composition of the Hopper kernel, where it beats the default's choice
             timed = [(ms[(layer, n, f"(d) int8 in/out {v}")], v) for v in CONV_VARIANTS
                      if (layer, n, f"(d) int8 in/out {v}") in ms]
-            if base and timed and (layer, n, "(d) int8 in/out") in ms and min(timed)[0] < ms[(layer, n, "(d) int8 in/out")]:
+            default = ms.get((layer, n, "(d) int8 in/out"))
+            if base and timed and default and min(timed)[0] < default:
                 best, v = min(timed)
                 out.append((f"(d) int8 in/out ({v}) vs cuDNN fp16 channels_last{label}, {layer} N={n}", base / best,
                             1.5))

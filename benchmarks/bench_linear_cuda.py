@@ -5,8 +5,8 @@ torch bf16 F.linear; torch._int_mm (cuBLASLt int8 -> int32; it refuses M <= 16);
 per-token x per-channel scaling and bias written in torch, as users do; fastinfer int8_mm (raw, int32 out),
 int8_scaled_mm (fused epilogue, bf16 out), Int8Linear w8a8_dynamic (bf16 in/out, activation quantization
 included) and, for M <= 64, w8_only (bf16 in/out; its weight traffic as GB/s; from 9 rows also in the
-tensor-core kernel's candidate 256-k rounds, FASTINFER_WEIGHT_ONLY_ROUND_K=256: "w8_only k256"). TOPS = 2 M N K
-/ time.
+tensor-core kernel's candidate 256-k rounds, FASTINFER_WEIGHT_ONLY_ROUND_K=256: "w8_only k256").
+TOPS = 2 M N K / time.
 The unnamed rows run the library's defaults (for bf16 outputs on Hopper: the GEMM's pingpong composition).
 At shapes of M * N >= 4096 * 8192 the fused GEMM is also timed in each composition of the Hopper kernel
 (FASTINFER_SM90_VARIANT: cooperative, pingpong, wide; params.h), at the two target shapes with each tile
@@ -161,7 +161,8 @@ def bench_shape(M: int, K: int, N: int) -> List[Dict]:
     if M <= 64:
         cases.append(("fastinfer", "Int8Linear w8_only", lambda: wonly(x), {}))
     if 8 < M <= 64:  # the tensor-core kernel's candidate 256-k rounds (FASTINFER_WEIGHT_ONLY_ROUND_K)
-        cases.append(("fastinfer", "Int8Linear w8_only k256", lambda: wonly(x), {"FASTINFER_WEIGHT_ONLY_ROUND_K": "256"}))
+        cases.append(("fastinfer", "Int8Linear w8_only k256", lambda: wonly(x),
+                      {"FASTINFER_WEIGHT_ONLY_ROUND_K": "256"}))
     if M * N >= 4096 * 8192:  # every swizzle at the target shapes, the compositions alone at the others
         swizzles = (1,) + SWIZZLES if (M, K, N) in TARGET_SHAPES else (1,)
         cases += [("fastinfer", f"int8_scaled_mm fused {v} swizzle={n}", fused, hopper_settings(v, n))

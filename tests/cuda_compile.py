@@ -25,7 +25,8 @@ from typing import Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from build_config import CUTLASS_MACROS, NVCC_ARCH_FLAGS, NVCC_FLAGS, cutlass_include_dirs  # noqa: E402  (the build's own flags)
+# the build's own flags
+from build_config import CUTLASS_MACROS, NVCC_ARCH_FLAGS, NVCC_FLAGS, cutlass_include_dirs  # noqa: E402
 
 
 def nvcc_path() -> Optional[str]:

@@ -141,8 +141,8 @@ at::Tensor int8_operand(const at::Tensor& a, int64_t K_pad) {
 // The Hopper GEMMs' composition for a call (params.h, Sm90Variant). bf16 outputs, the type all three are built
 // for, run the family's `fastest` (measured on an H200, 2026-12-04, bench_linear / bench_sparse --device cuda:
 // the dense GEMM's pingpong 1.04-1.19x its cooperative one in 17 of 20 comparisons from 2048 rows, 1-6% behind
-// in three; the 2:4 GEMM's wide 1.14-1.3x from 512) unless FASTINFER_SM90_VARIANT = cooperative, pingpong or wide says otherwise (read at each call: the
-// benchmarks time each); the other outputs run Cooperative.
+// in three; the 2:4 GEMM's wide 1.14-1.3x from 512) unless FASTINFER_SM90_VARIANT = cooperative, pingpong or
+// wide says otherwise (read at each call: the benchmarks time each); the other outputs run Cooperative.
 ck::Sm90Variant sm90_variant(ck::OutKind out, ck::Sm90Variant fastest, const char* op) {
   if (out != ck::OutKind::BFloat16) return ck::Sm90Variant::Cooperative;
   const char* v = std::getenv("FASTINFER_SM90_VARIANT");

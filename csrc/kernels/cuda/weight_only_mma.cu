@@ -327,7 +327,8 @@ const char* launch_weight_only_mma(const WeightOnlyParams& p, void* workspace, v
     if (resident_blocks<bf16(), mt(), chunks()>() == 0)
       return "weight-only mma kernel: its shared memory could not be set up on this GPU";
     const dim3 grid(static_cast<unsigned>((p.N + Cfg::BN - 1) / Cfg::BN), static_cast<unsigned>(splits));
-    weight_only_mma_kernel<bf16(), mt(), chunks()><<<grid, kWarps * 32, Cfg::kSmem, s>>>(p, splits > 1 ? partial : nullptr);
+    float* const out = splits > 1 ? partial : nullptr;
+    weight_only_mma_kernel<bf16(), mt(), chunks()><<<grid, kWarps * 32, Cfg::kSmem, s>>>(p, out);
     cudaError_t e = cudaGetLastError();
     if (e == cudaSuccess && splits > 1) {
       const int64_t n = p.M * p.N;
