@@ -54,6 +54,20 @@ struct Sm90Composition {
                                               cutlass::epilogue::TmaWarpSpecializedCooperative>;
 };
 
+// The three compositions of a Hopper GEMM family (params.h, Sm90Variant), all with 128 bytes of K per stage:
+// Cooperative (128 x 128 tiles shared by two consumer warpgroups) and Wide (cooperative on 256 x 128) in the
+// family's own clusters, Pingpong (each consumer warpgroup owns a 128 x 128 tile) in clusters of 2 x 1.
+template <Sm90Variant kVariant, class CooperativeCluster>
+struct Sm90GemmComposition
+    : Sm90Composition<cute::Shape<cute::_128, cute::_128, cute::_128>, CooperativeCluster, false> {};
+template <class CooperativeCluster>
+struct Sm90GemmComposition<Sm90Variant::Pingpong, CooperativeCluster>
+    : Sm90Composition<cute::Shape<cute::_128, cute::_128, cute::_128>, cute::Shape<cute::_2, cute::_1, cute::_1>,
+                      true> {};
+template <class CooperativeCluster>
+struct Sm90GemmComposition<Sm90Variant::Wide, CooperativeCluster>
+    : Sm90Composition<cute::Shape<cute::_256, cute::_128, cute::_128>, CooperativeCluster, false> {};
+
 // A Hopper kernel family's composition for one output element type (and Sm90Variant), specialized by each
 // family's .cuh: `Op`, its CUTLASS device-level operator, and `static typename Op::Arguments arguments(const
 // Params&)`.

@@ -37,22 +37,24 @@ bool sm90_conv_supported(const Sm90ConvParams& p) {
          aligned(p.e.out) && g.N * g.H * g.W * g.C < (int64_t{1} << 31) && g.N * g.P * g.Q * g.K < (int64_t{1} << 31);
 }
 
+// The units: int8 and fp32 outputs, each in both compositions.
+template <class F>
+decltype(auto) conv_unit(const Sm90ConvParams& p, F&& f) {
+  if (p.e.out_kind == OutKind::Int8)
+    return sm90_unit_of<OutKind::Int8, Sm90Variant::Narrow, Sm90Variant::Cooperative>(p.variant, std::forward<F>(f));
+  return sm90_unit_of<OutKind::Float32, Sm90Variant::Narrow, Sm90Variant::Cooperative>(p.variant, std::forward<F>(f));
+}
+
 size_t sm90_conv_workspace_bytes(const Sm90ConvParams& p) {
-  const bool int8 = p.e.out_kind == OutKind::Int8;
-  if (p.variant == Sm90Variant::Narrow)
-    return int8 ? sm90_workspace<OutKind::Int8, Sm90ConvParams, Sm90Variant::Narrow>(p)
-                : sm90_workspace<OutKind::Float32, Sm90ConvParams, Sm90Variant::Narrow>(p);
-  return int8 ? sm90_workspace<OutKind::Int8>(p) : sm90_workspace<OutKind::Float32>(p);
+  return conv_unit(p, [&](auto kind, auto variant) { return sm90_workspace<kind(), Sm90ConvParams, variant()>(p); });
 }
 
 const char* launch_conv_sm90(const Sm90ConvParams& p, void* workspace, void* stream) {
   if (p.g.N * p.g.P * p.g.Q == 0 || p.g.K == 0) return nullptr;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const bool int8 = p.e.out_kind == OutKind::Int8;
-  if (p.variant == Sm90Variant::Narrow)
-    return int8 ? sm90_run<OutKind::Int8, Sm90ConvParams, Sm90Variant::Narrow>(p, workspace, s)
-                : sm90_run<OutKind::Float32, Sm90ConvParams, Sm90Variant::Narrow>(p, workspace, s);
-  return int8 ? sm90_run<OutKind::Int8>(p, workspace, s) : sm90_run<OutKind::Float32>(p, workspace, s);
+  return conv_unit(p, [&](auto kind, auto variant) {
+    return sm90_run<kind(), Sm90ConvParams, variant()>(p, workspace, s);
+  });
 }
 
 #else  // built without the CUTLASS headers: convolutions take the gathered path

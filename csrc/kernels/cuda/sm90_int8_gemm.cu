@@ -28,32 +28,16 @@ bool sm90_gemm_supported(const GemmParams& p) {
 }
 
 size_t sm90_gemm_workspace_bytes(const GemmParams& p) {
-  switch (p.out_kind) {
-    case OutKind::BFloat16:
-      switch (p.sm90_variant) {
-        case Sm90Variant::Pingpong: return sm90_workspace<OutKind::BFloat16, GemmParams, Sm90Variant::Pingpong>(p);
-        case Sm90Variant::Wide: return sm90_workspace<OutKind::BFloat16, GemmParams, Sm90Variant::Wide>(p);
-        default: return sm90_workspace<OutKind::BFloat16>(p);
-      }
-    case OutKind::Float16: return sm90_workspace<OutKind::Float16>(p);
-    default: return sm90_workspace<OutKind::Float32>(p);
-  }
+  return sm90_gemm_unit(p.out_kind, p.sm90_variant,
+                        [&](auto kind, auto variant) { return sm90_workspace<kind(), GemmParams, variant()>(p); });
 }
 
 const char* launch_int8_gemm_sm90(const GemmParams& p, void* workspace, void* stream) {
   if (p.M == 0 || p.N == 0) return nullptr;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (p.out_kind) {
-    case OutKind::BFloat16:
-      switch (p.sm90_variant) {
-        case Sm90Variant::Pingpong:
-          return sm90_run<OutKind::BFloat16, GemmParams, Sm90Variant::Pingpong>(p, workspace, s);
-        case Sm90Variant::Wide: return sm90_run<OutKind::BFloat16, GemmParams, Sm90Variant::Wide>(p, workspace, s);
-        default: return sm90_run<OutKind::BFloat16>(p, workspace, s);
-      }
-    case OutKind::Float16: return sm90_run<OutKind::Float16>(p, workspace, s);
-    default: return sm90_run<OutKind::Float32>(p, workspace, s);
-  }
+  return sm90_gemm_unit(p.out_kind, p.sm90_variant, [&](auto kind, auto variant) {
+    return sm90_run<kind(), GemmParams, variant()>(p, workspace, s);
+  });
 }
 
 #else  // built without the CUTLASS headers: the sm_80 kernel serves Hopper too

@@ -32,16 +32,10 @@ namespace sm90_gemm {
 using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
 
-// The compositions (params.h, Sm90Variant). All have 128 bytes of K per stage and clusters of 2 along M (the
-// B tile is multicast to both CTAs of a cluster). Cooperative: 128 x 128 output tiles, the cooperative schedule
-// splits each tile between two consumer warpgroups; Pingpong: each consumer warpgroup owns a 128 x 128 tile;
-// Wide: cooperative on 256 x 128 tiles.
+// The compositions (cutlass_launch.cuh, Sm90GemmComposition), all in clusters of 2 along M (the B tile is
+// multicast to both CTAs of a cluster).
 template <Sm90Variant kVariant>
-struct GemmConfig : Sm90Composition<Shape<_128, _128, _128>, Shape<_2, _1, _1>, false> {};
-template <>
-struct GemmConfig<Sm90Variant::Pingpong> : Sm90Composition<Shape<_128, _128, _128>, Shape<_2, _1, _1>, true> {};
-template <>
-struct GemmConfig<Sm90Variant::Wide> : Sm90Composition<Shape<_256, _128, _128>, Shape<_2, _1, _1>, false> {};
+using GemmConfig = Sm90GemmComposition<kVariant, Shape<_2, _1, _1>>;
 
 constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 

@@ -76,32 +76,16 @@ const char* launch_sparse24_compress(const Sparse24PackParams& p, void* workspac
 }
 
 size_t sparse24_gemm_workspace_bytes(const Sparse24Params& p) {
-  switch (p.out_kind) {
-    case OutKind::BFloat16:
-      switch (p.variant) {
-        case Sm90Variant::Pingpong: return sm90_workspace<OutKind::BFloat16, Sparse24Params, Sm90Variant::Pingpong>(p);
-        case Sm90Variant::Wide: return sm90_workspace<OutKind::BFloat16, Sparse24Params, Sm90Variant::Wide>(p);
-        default: return sm90_workspace<OutKind::BFloat16>(p);
-      }
-    case OutKind::Float16: return sm90_workspace<OutKind::Float16>(p);
-    default: return sm90_workspace<OutKind::Float32>(p);
-  }
+  return sm90_gemm_unit(p.out_kind, p.variant,
+                        [&](auto kind, auto variant) { return sm90_workspace<kind(), Sparse24Params, variant()>(p); });
 }
 
 const char* launch_sparse24_gemm(const Sparse24Params& p, void* workspace, void* stream) {
   if (p.M == 0 || p.N == 0) return nullptr;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (p.out_kind) {
-    case OutKind::BFloat16:
-      switch (p.variant) {
-        case Sm90Variant::Pingpong:
-          return sm90_run<OutKind::BFloat16, Sparse24Params, Sm90Variant::Pingpong>(p, workspace, s);
-        case Sm90Variant::Wide: return sm90_run<OutKind::BFloat16, Sparse24Params, Sm90Variant::Wide>(p, workspace, s);
-        default: return sm90_run<OutKind::BFloat16>(p, workspace, s);
-      }
-    case OutKind::Float16: return sm90_run<OutKind::Float16>(p, workspace, s);
-    default: return sm90_run<OutKind::Float32>(p, workspace, s);
-  }
+  return sm90_gemm_unit(p.out_kind, p.variant, [&](auto kind, auto variant) {
+    return sm90_run<kind(), Sparse24Params, variant()>(p, workspace, s);
+  });
 }
 
 #else  // no CUTLASS headers, or a CUDA toolkit without sm_90 sparse MMA: no 2:4 kernel in this build

@@ -36,17 +36,12 @@ namespace sm90_sparse {
 using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
 
-// The compositions (params.h, Sm90Variant), all with 128 bytes of (dense) K per stage. Cooperative: 128 x 128
-// output tiles, clusters of 1 x 2 (the A tile - the compressed weight - is multicast along N to both CTAs),
-// cooperative schedule; Pingpong: 128 x 128 tiles, one per consumer warpgroup, clusters of 2 x 1 (the
-// activations' tile multicast); Wide: cooperative on 256 x 128 tiles, clusters of 1 x 2. The compressed
-// layout (SparseConfig) depends only on A's type and layout and on min(tile K, 128): the same for all three.
+// The compositions (cutlass_launch.cuh, Sm90GemmComposition; K counted dense): the cooperative ones in
+// clusters of 1 x 2 (the A tile - the compressed weight - is multicast along N to both CTAs), Pingpong's 2 x 1
+// (the activations' tile multicast). The compressed layout (SparseConfig) depends only on A's type and layout
+// and on min(tile K, 128): the same for all three.
 template <Sm90Variant kVariant>
-struct SparseGemmConfig : Sm90Composition<Shape<_128, _128, _128>, Shape<_1, _2, _1>, false> {};
-template <>
-struct SparseGemmConfig<Sm90Variant::Pingpong> : Sm90Composition<Shape<_128, _128, _128>, Shape<_2, _1, _1>, true> {};
-template <>
-struct SparseGemmConfig<Sm90Variant::Wide> : Sm90Composition<Shape<_256, _128, _128>, Shape<_1, _2, _1>, false> {};
+using SparseGemmConfig = Sm90GemmComposition<kVariant, Shape<_1, _2, _1>>;
 
 using ProblemShape = Shape<int, int, int, int>;
 constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;

@@ -10,6 +10,8 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <type_traits>
+#include <utility>
 
 #include "params.h"
 
@@ -33,6 +35,38 @@ const char* sm90_run(const Params& p, void* workspace, cudaStream_t stream);
   EXTERN template const char* sm90_run<OutKind::KIND, PARAMS, Sm90Variant::VARIANT>(const PARAMS&, void*, \
                                                                                      cudaStream_t);
 #define FASTINFER_SM90_UNIT(EXTERN, KIND, PARAMS) FASTINFER_SM90_UNIT_V(EXTERN, KIND, PARAMS, Cooperative)
+
+// Choosing the unit that serves a call: f(kind, variant), each a compile-time constant (std::integral_constant),
+// so that f names the instantiation (sm90_workspace / sm90_run) and a family's dispatch writes its choice once
+// for both.
+template <OutKind kOut>
+using OutKindC = std::integral_constant<OutKind, kOut>;
+template <Sm90Variant kVariant>
+using VariantC = std::integral_constant<Sm90Variant, kVariant>;
+
+// f(kind, kV) for the first of the listed compositions equal to v; the last listed serves any other v.
+template <OutKind kOut, Sm90Variant kV, Sm90Variant... kMore, class F>
+decltype(auto) sm90_unit_of(Sm90Variant v, F&& f) {
+  if constexpr (sizeof...(kMore) == 0) {
+    return f(OutKindC<kOut>{}, VariantC<kV>{});
+  } else {
+    if (v == kV) return f(OutKindC<kOut>{}, VariantC<kV>{});
+    return sm90_unit_of<kOut, kMore...>(v, std::forward<F>(f));
+  }
+}
+
+// The GEMM families' units (the W8A8 and the 2:4 GEMM): bf16 outputs in the three compositions, fp16 and
+// fp32 in the cooperative one.
+template <class F>
+decltype(auto) sm90_gemm_unit(OutKind out, Sm90Variant v, F&& f) {
+  switch (out) {
+    case OutKind::BFloat16:
+      return sm90_unit_of<OutKind::BFloat16, Sm90Variant::Pingpong, Sm90Variant::Wide, Sm90Variant::Cooperative>(
+          v, std::forward<F>(f));
+    case OutKind::Float16: return f(OutKindC<OutKind::Float16>{}, VariantC<Sm90Variant::Cooperative>{});
+    default: return f(OutKindC<OutKind::Float32>{}, VariantC<Sm90Variant::Cooperative>{});
+  }
+}
 
 }  // namespace cuda_kernels
 }  // namespace fastinfer
