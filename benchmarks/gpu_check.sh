@@ -2,8 +2,9 @@
 # One-call GPU check (the device tool's H100/H200 machine: torch with CUDA, nvcc, ninja, no package
 # registry): build the CUDA extension in parallel, look for the tensor-core instructions in the SASS,
 # run the CUDA tests (dense int8, 2:4 sparse, int8 conv), compute-sanitizer memcheck on a subset, the GPU
-# linear, 2:4 and conv benchmarks, a torch.profiler look at the cases that missed (gpu_profile.py), and print a
-# short table last. Budget: GPU_CHECK_SECONDS (480 s) on a 16-core H100/H200 host: each step gets a share of
+# linear, 2:4 and conv benchmarks, a torch.profiler look at the cases that missed (gpu_profile.py) and their
+# hardware counters (gpu_ncu.py, where Nsight Compute is installed), and print a short table last.
+# Budget: GPU_CHECK_SECONDS (480 s) on a 16-core H100/H200 host: each step gets a share of
 # what is left (`timeout`), correctness first, so the summary always prints. A machine start took about 30 s
 # on 2026-12-04, so a full call costs about 6 of the session's 15 minutes: room for a rerun (with the carried
 # build below, a rerun after a Python-only change skips the build; a machine still warm keeps build/ and
@@ -176,6 +177,12 @@ save
 stamp "profile: where the time of the cases that missed goes (benchmarks/gpu_profile.py; torch.profiler)"
 timeout "$(cap 40 5)" $PY benchmarks/gpu_profile.py --json "$OUT/profile.json" >"$OUT/profile.log" 2>&1
 grep -E "^==|^ +[0-9.]+ +[0-9.]+ +[0-9]+ " "$OUT/profile.log" | head -60
+
+save
+stamp "ncu: hardware counters of those kernels (benchmarks/gpu_ncu.py: DRAM rate, occupancy, stall reasons)"
+mkdir -p "$OUT/ncu"
+timeout "$(cap 75 5)" $PY benchmarks/gpu_ncu.py --json "$OUT/ncu/ncu.json" >"$OUT/ncu/ncu.log" 2>&1
+head -70 "$OUT/ncu/ncu.log"
 
 stamp "summary (rc 124: the step ran out of its share of the budget)"
 {
