@@ -9,8 +9,10 @@ time alone), baselines in the same run:
   fastinfer (d) int8 channels_last in, int8 out (the kernel and its epilogue only)
 TOPS = 2 * MACs / time. Every fastinfer row is checked against the fp32 conv first (SQNR > 25 dB), and
 names the kernel that served it (sm90_conv, sm90_conv_narrow, conv_gathered, conv_grouped, conv_grouped_direct,
-dwconv). Where the Hopper implicit GEMM serves, (d) is also timed in each of its compositions
-(FASTINFER_SM90_CONV_VARIANT: cooperative, narrow; params.h): rows "(d) int8 in/out <variant>".
+dwconv). Where a kernel family has candidates, (d) is also timed with each (rows "(d) int8 in/out <variant>"):
+the Hopper implicit GEMM's compositions (FASTINFER_SM90_CONV_VARIANT: cooperative, narrow, small; params.h)
+and the depthwise kernels (FASTINFER_DWCONV_KERNEL: loop, the per-output kernel; strip and strip4, a strip of 8
+or 4 outputs a thread).
 Target (issue #6, H100, batch 32): fastinfer int8 >= 1.5x cuDNN fp16 channels_last (checked on both timings).
 """
 from __future__ import annotations
@@ -27,7 +29,12 @@ from fastinfer.nn import Int8Conv2d
 from bench_conv import LAYERS, SQNR_MIN_DB, ConvLayer, out_size, parse_layers, sqnr_db
 from bench_linear_cuda import environ, machine_info_cuda, time_cuda, time_cuda_graph
 
-CONV_VARIANTS = ("cooperative", "narrow")  # the Hopper convolution's compositions (FASTINFER_SM90_CONV_VARIANT)
+# the Hopper convolution's compositions (FASTINFER_SM90_CONV_VARIANT; small: a candidate)
+CONV_VARIANTS = ("cooperative", "narrow", "small")
+DW_KERNELS = ("loop", "strip", "strip4")  # the depthwise kernels (FASTINFER_DWCONV_KERNEL)
+# The candidates of the kernel that served (d), by the start of its name: (environment variable, values).
+CANDIDATES = {"sm90_conv": ("FASTINFER_SM90_CONV_VARIANT", CONV_VARIANTS),
+              "dwconv": ("FASTINFER_DWCONV_KERNEL", DW_KERNELS)}
 
 
 def layer_cases(L: ConvLayer, batch: int) -> Tuple[torch.Tensor, List[Tuple]]:
@@ -86,11 +93,12 @@ def bench_layer_cuda(L: ConvLayer, batch: int) -> List[Dict]:
         for lib, impl, fn, to_float in cases:
             rows.append(measure(lib, impl, fn, to_float, {}))
         int8 = next(r for r in rows if r["impl"] == "(d) int8 in/out")
-        if int8.get("kernel", "").startswith("sm90_conv"):  # each composition of the Hopper kernel
-            _, impl, fn, to_float = next(c for c in cases if c[1] == "(d) int8 in/out")
-            for v in CONV_VARIANTS:
-                row = measure("fastinfer", f"{impl} {v}", fn, to_float, {"FASTINFER_SM90_CONV_VARIANT": v})
-                rows.append({**row, "variant": v})
+        for family, (var, values) in CANDIDATES.items():  # each candidate of the kernel that served
+            if int8.get("kernel", "").startswith(family):
+                _, impl, fn, to_float = next(c for c in cases if c[1] == "(d) int8 in/out")
+                for v in values:
+                    row = measure("fastinfer", f"{impl} {v}", fn, to_float, {var: v})
+                    rows.append({**row, "variant": v})
     return rows
 
 
@@ -105,9 +113,9 @@ def targets(rows: List[Dict]):
                 if base and (layer, n, impl) in ms:
                     out.append((f"{impl} vs cuDNN fp16 channels_last{label}, {layer} N={n}",
                                 base / ms[(layer, n, impl)], 1.5))
-            # the faster composition of the Hopper kernel, where it beats the default's choice
-            timed = [(ms[(layer, n, f"(d) int8 in/out {v}")], v) for v in CONV_VARIANTS
-                     if (layer, n, f"(d) int8 in/out {v}") in ms]
+            # the fastest candidate of the kernel that served, where it beats the default
+            timed = [(ms[(layer, n, r["impl"])], r["variant"]) for r in rows
+                     if r["layer"] == layer and r["N"] == n and "variant" in r and (layer, n, r["impl"]) in ms]
             default = ms.get((layer, n, "(d) int8 in/out"))
             if base and timed and default and min(timed)[0] < default:
                 best, v = min(timed)

@@ -13,7 +13,7 @@ At shapes of M * N >= 4096 * 8192 the fused GEMM is also timed in each compositi
 swizzle too (FASTINFER_SM90_SWIZZLE: 1, the default, 2, 4, 8), and for M >= 512 Int8Linear w8a8_dynamic in
 each composition: rows named "... <variant> swizzle=<n>" and "... <variant>", carrying "variant" and
 "swizzle".
-Rows of M <= 64 are also timed as replays of 20 calls captured in a CUDA graph ("graph ms": the GPU's time
+Rows of M <= 512 are also timed as replays of 20 calls captured in a CUDA graph ("graph ms": the GPU's time
 without the host's per-call launch work, which the event timing includes when the host is the slower side).
 """
 from __future__ import annotations
@@ -175,7 +175,10 @@ def bench_shape(M: int, K: int, N: int) -> List[Dict]:
             with environ(env):
                 t = time_cuda(fn)
                 kernel = ops.cuda_last_kernel() if lib == "fastinfer" else ""
-                if M <= 64:  # few rows: microseconds of GPU work, where the host's launch overhead can dominate
+                # up to 512 rows: tens of microseconds of GPU work or less, where the host's launch overhead can
+                # dominate (on the H200 host a launch took about 10 us: at 512 x 4096 x 4096 the eager
+                # Int8Linear, two launches, took 0.045 ms for about 0.015 of GPU work)
+                if M <= 512:
                     t.update(time_cuda_graph(fn))
             row = {"op": "linear", "device": "cuda", "lib": lib, "impl": impl, "M": M, "K": K, "N": N, **t,
                    "tops": 2 * M * N * K / (t["median_ms"] * 1e-3) / 1e12, "kernel": kernel}
@@ -228,6 +231,12 @@ def targets(rows: List[Dict], copy_tb: float):
         if M >= 512 and dyn and bf16:
             out.append(("#4", f"w8a8_dynamic vs bf16 F.linear at {M}x{K}x{N}", bf16["median_ms"] / dyn["median_ms"],
                         1.4, True))
+            if "graph_ms" in dyn and "graph_ms" in bf16:
+                out.append(("#4", f"w8a8_dynamic vs bf16 F.linear (graph) at {M}x{K}x{N}",
+                            bf16["graph_ms"] / dyn["graph_ms"], 1.4, True))
+            if scaled and "graph_ms" in dyn and "graph_ms" in scaled:
+                out.append(("#4", f"w8a8_dynamic vs _int_mm+scaling (graph) at {M}x{K}x{N}",
+                            scaled["graph_ms"] / dyn["graph_ms"], 2.0, True))
             variants = [by[(M, K, N, f"Int8Linear w8a8_dynamic {v}")] for v in VARIANTS
                         if (M, K, N, f"Int8Linear w8a8_dynamic {v}") in by]
             best = min(variants, key=lambda r: r["median_ms"], default=None)

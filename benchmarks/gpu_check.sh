@@ -115,11 +115,13 @@ stamp "compute-sanitizer memcheck (a subset, one process; before the benchmarks:
 # kernels (16 rows fp32; 17 and 48 rows on tensor cores with a K split, 17 rows of K=13 without; the 256-k
 # rounds at 16, 33 and 64 rows) and its cuBLAS side (65 rows), the quantize kernels (vectorized: K=1000 bf16;
 # scalar: K=1001 fp32), the 2:4 GEMM and compressor (N=7, K=2323; each composition), and the conv paths (sm90
-# implicit GEMM in both compositions, a dynamically quantized input, gathered rows with C=3, depthwise 3x3
-# (4-byte loads; single bytes for odd C) and 5x5, stride 9 gathered, the direct grouped kernel's three ways:
-# dp4a with fp32 out, dp4a with groups across a quad, single bytes). Without torch's caching allocator,
-# so that every tensor is its own allocation and an access past one is caught (inside a pooled block it would
-# not be); torch's and cuBLAS's own failing-but-handled API calls are not counted as errors.
+# implicit GEMM in its three compositions, a dynamically quantized input, gathered rows with C=3, depthwise 3x3
+# (4-byte loads; single bytes for odd C) and 5x5, the depthwise strip kernel (3x3 stride 2, 7x7 padded 3 with
+# 23 columns, 7x7 stride 2 padded 7 in strips of 4, 3 columns in strips of 4), stride 9 gathered, the direct
+# grouped kernel's three ways: dp4a with fp32 out, dp4a with groups across a quad, single bytes). Without
+# torch's caching allocator, so that every tensor is its own allocation and an access past one is caught
+# (inside a pooled block it would not be); torch's and cuBLAS's own failing-but-handled API calls are not
+# counted as errors.
 if command -v compute-sanitizer >/dev/null; then
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$(cap 80 $san_reserve)" compute-sanitizer --tool memcheck --report-api-errors no \
     --error-exitcode 9 $PY -m pytest -q -x \
@@ -142,10 +144,15 @@ if command -v compute-sanitizer >/dev/null; then
     "tests/test_cuda_conv.py::test_conv_matches_reference[c64-3x3-int8out-relu]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[c64-3x3-dynamic]" \
     "tests/test_cuda_conv.py::test_sm90_conv_compositions_exact[stride2-cooperative]" \
+    "tests/test_cuda_conv.py::test_sm90_conv_compositions_exact[wide-layer-small]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[c3-cout13-int8out-relu]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[dw-odd-int8out-relu]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[dw-static-relu]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[dw-5x5-int8out-relu]" \
+    "tests/test_cuda_conv.py::test_depthwise_kernels_exact[dw1-strip]" \
+    "tests/test_cuda_conv.py::test_depthwise_kernels_exact[dw4-strip]" \
+    "tests/test_cuda_conv.py::test_depthwise_kernels_exact[dw5-strip4]" \
+    "tests/test_cuda_conv.py::test_depthwise_kernels_exact[dw7-strip4]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[stride9-int8out-relu]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[g32-static-relu]" \
     "tests/test_cuda_conv.py::test_conv_matches_reference[g6-c4-int8out]" \

@@ -76,6 +76,9 @@ def cases() -> List[Tuple[str, Callable[[], object], Dict[str, str]]]:
         layer = next(L for L in LAYERS if L.name == name)
         fns = {impl: fn for _, impl, fn, _ in layer_cases(layer, 32)[1]}
         out.append((f"conv {name} N=32 int8 in/out", fns["(d) int8 in/out"], {}))
+        if name.startswith("dw"):  # the depthwise strip kernel, a candidate
+            out.append((f"conv {name} N=32 int8 in/out strip", fns["(d) int8 in/out"],
+                        {"FASTINFER_DWCONV_KERNEL": "strip"}))
         out.append((f"conv {name} N=32 cuDNN fp16", fns["cuDNN fp16 channels_last"], {}))
     return out
 
@@ -184,8 +187,8 @@ def main(argv=None) -> None:
     if run.returncode != 0 or not rows:
         print(run.stdout[-2000:], run.stderr[-3000:], report[-2000:], sep="\n")
         raise SystemExit(f"gpu_ncu.py: ncu exited {run.returncode} with {len(rows)} kernel rows")
-    print(f"{'us':>8} {'DRAM GB/s':>9} {'DRAM%':>6} {'SM%':>5} {'occ%':>5} {'TC%':>5} {'regs':>4}  kernel (grid x block); "
-          "top stalls (cycles per issued instruction)")
+    print(f"{'us':>8} {'DRAM GB/s':>9} {'DRAM%':>6} {'SM%':>5} {'occ%':>5} {'TC%':>5} {'regs':>4}  "
+          "kernel (grid x block); top stalls (cycles per issued instruction)")
     last = None
     for r in rows:
         if r["case"] != last:
@@ -193,7 +196,8 @@ def main(argv=None) -> None:
             last = r["case"]
         f = lambda v, w, d=1: f"{v:>{w}.{d}f}" if v is not None else " " * (w - 1) + "-"  # noqa: E731
         print(f"{f(r['us'], 8)} {f(r['dram_GBps'], 9, 0)} {f(r['dram_pct'], 6)} {f(r['sm_pct'], 5)} "
-              f"{f(r['occupancy_pct'], 5)} {f(r['tensor_pct'], 5)} {f(r['regs'], 4, 0)}  {r['kernel']} ({r['grid']} x {r['block']})")
+              f"{f(r['occupancy_pct'], 5)} {f(r['tensor_pct'], 5)} {f(r['regs'], 4, 0)}  "
+              f"{r['kernel']} ({r['grid']} x {r['block']})")
         if r["stalls"]:
             print(" " * 51 + "stalls: " + ", ".join(f"{n} {v}" for n, v in r["stalls"]))
     if args.json:

@@ -55,10 +55,12 @@ def cuda_last_kernel(family: str = "gemm") -> str:
     its 256-k rounds, FASTINFER_WEIGHT_ONLY_ROUND_K=256), 'weight_only_cublas'
     (w8_only with more rows: widened weight + cuBLAS); 'sm90_sparse24' (the Hopper 2:4 GEMM; '_pingpong' /
     '_wide' as for sm90_cutlass, '_wide' the default for bf16 outputs); for int8_conv2d 'sm90_conv' (Hopper
-    implicit GEMM, CUTLASS TMA im2col + wgmma; 'sm90_conv_narrow' in its 128 x 64 tile composition),
+    implicit GEMM, CUTLASS TMA im2col + wgmma; 'sm90_conv_narrow' in its 128 x 64 tile composition,
+    'sm90_conv_small' in its 64 x 64 one: FASTINFER_SM90_CONV_VARIANT=small, a candidate),
     'conv_gathered' (rows gathered on the GPU, then the int8 GEMM), 'conv_grouped' (the same one group at a
     time), 'conv_grouped_direct' (narrow groups, at most 32 channels in and out: a direct kernel), 'dwconv'
-    (depthwise).
+    (depthwise; 'dwconv_strip' / 'dwconv_strip4', strips of 8 or 4 outputs a thread, with
+    FASTINFER_DWCONV_KERNEL=strip / strip4 where they apply).
     'quantize' (the activation quantization of the w8a8 ops and of int8_conv2d's static float input):
     'quantize_vec' (rows of aligned 16-byte pieces up to 32768 bf16/fp16 or 16384 fp32 values: 16-byte loads,
     the row held in registers) or 'quantize_rows' (any other row)."""

@@ -2,8 +2,9 @@
 was written for: the sm_80 GEMM's mma.sync (IMMA.16832.S8.S8) fed by cp.async (LDGSTS) and ldmatrix (LDSM),
 the weight-only kernel's bf16/fp16 mma.sync (HMMA.16816.F32),
 the Hopper GEMMs' and convolution's wgmma (IGMMA) fed by TMA (UTMALDG), the 2:4 GEMM's sparse wgmma
-(IGMMA.SP). A kernel that compiled to the wrong thing (an arch guard that emptied it, a serialized pipeline
-without tensor-core instructions) fails here, on a machine without a GPU.
+(IGMMA.SP), the depthwise strip kernel's dp4a (IDP.4A). A kernel that compiled to the wrong thing (an arch
+guard that emptied it, a serialized pipeline without tensor-core instructions) fails here, on a machine without
+a GPU.
 
     python tests/sass_check.py path/to/_C.so [--cuobjdump PATH]     (cuobjdump needs nvdisasm on PATH)
 
@@ -22,7 +23,8 @@ COUNTED = [("IGMMA.SP", re.compile(r"\bIGMMA\.SP\b|\bIGMMA\S*\.SP\b")), ("IGMMA"
            ("IMMA", re.compile(r"\bIMMA\.16832\.S8\.S8\b")), ("HMMA", re.compile(r"\bHMMA\.16816\.F32\b")),
            ("UTMALDG", re.compile(r"\bUTMALDG\b")),
            ("UTMASTG", re.compile(r"\bUTMASTG\b")), ("LDGSTS", re.compile(r"\bLDGSTS\b")),
-           ("LDSM", re.compile(r"\bLDSM\b")), ("local", re.compile(r"\b(LDL|STL)\b"))]
+           ("LDSM", re.compile(r"\bLDSM\b")), ("IDP", re.compile(r"\bIDP\.4A\b")),
+           ("local", re.compile(r"\b(LDL|STL)\b"))]
 
 # (kernel label, arch) -> instruction classes that must be present (count > 0).
 EXPECT: Dict[Tuple[str, str], Tuple[str, ...]] = {
@@ -37,10 +39,13 @@ EXPECT: Dict[Tuple[str, str], Tuple[str, ...]] = {
     ("sm90 2:4 sparse GEMM (CUTLASS)", "sm_90a"): ("IGMMA.SP", "UTMALDG"),
     ("sm90 2:4 sparse GEMM pingpong (CUTLASS)", "sm_90a"): ("IGMMA.SP", "UTMALDG"),
     ("sm90 conv (CUTLASS)", "sm_90a"): ("IGMMA", "UTMALDG"),
+    ("depthwise conv (strips)", "sm_80"): ("IDP",),
+    ("depthwise conv (strips)", "sm_90a"): ("IDP",),
 }
 # Kernels the build must contain (per arch): each label at least once.
 _ANY_ARCH = {"sm80 int8 GEMM 128x128", "sm80 int8 GEMM 64x128", "weight-only GEMM", "weight-only MMA", "quantize rows",
              "quantize rows (vector)", "quantize tensor (max)", "quantize tensor", "im2row", "depthwise conv",
+             "depthwise conv (strips)",
              "conv fold", "grouped conv (direct)", "grouped conv weight words"}
 REQUIRED_LABELS = {"sm_80": _ANY_ARCH,
                    "sm_90a": _ANY_ARCH | {"sm90 GEMM (CUTLASS)", "sm90 GEMM pingpong (CUTLASS)",
@@ -56,7 +61,8 @@ def label(demangled: str) -> str:
                       ("weight_only_reduce_kernel", "weight-only split-K sum"),
                       ("quantize_rows_kernel", "quantize rows"),
                       ("quantize_rows_vec_kernel", "quantize rows (vector)"),
-                      ("im2row_kernel", "im2row"), ("dwconv_kernel", "depthwise conv"), ("conv_fold_kernel", "conv fold"),
+                      ("im2row_kernel", "im2row"), ("dwconv_kernel", "depthwise conv"),
+                      ("dwconv_strip_kernel", "depthwise conv (strips)"), ("conv_fold_kernel", "conv fold"),
                       ("gconv_kernel", "grouped conv (direct)"), ("gconv_words_kernel", "grouped conv weight words"),
                       ("tensor_absmax_kernel", "quantize tensor (max)"),
                       ("tensor_quantize_kernel", "quantize tensor"),
@@ -117,7 +123,8 @@ def main(argv=None) -> int:
     names = demangle([k[1] for k in kernels])
     failures: List[str] = []
     seen: Dict[str, set] = {}
-    cols = ["IMMA", "HMMA", "IGMMA", "IGMMA.SP", "UTMALDG", "UTMASTG", "LDGSTS", "LDSM", "local", "instructions"]
+    cols = ["IMMA", "HMMA", "IGMMA", "IGMMA.SP", "UTMALDG", "UTMASTG", "LDGSTS", "LDSM", "IDP", "local",
+            "instructions"]
     print(f"{'arch':<7} {'kernel':<32} " + " ".join(f"{c:>9}" for c in cols))
     for (arch, _, counts), dm in zip(kernels, names):
         lab = label(dm)

@@ -82,11 +82,11 @@ def test_conv_matches_reference(g, mode):
 WIDE_LAYER = (5, 16, 64, 64, 128, 3, 1, 1, 1, 1)  # 160 tiles of 128 x 128, 320 of 128 x 64
 
 
-@pytest.mark.parametrize("variant", [None, "cooperative", "narrow"])
+@pytest.mark.parametrize("variant", [None, "cooperative", "narrow", "small"])
 @pytest.mark.parametrize("g", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[3], WIDE_LAYER],
                          ids=["c64-3x3", "stride2", "1x1", "wide-layer"])
 def test_sm90_conv_compositions_exact(monkeypatch, g, variant):
-    """Both compositions of the Hopper convolution (FASTINFER_SM90_CONV_VARIANT; unset: narrow) give the
+    """Every composition of the Hopper convolution (FASTINFER_SM90_CONV_VARIANT; unset: narrow) gives the
     reference's bits, fp32 and int8 outputs, tiles that miss the output's pixels and channels."""
     if not expected_kernel(g).startswith("sm90_conv"):
         pytest.skip("the Hopper implicit GEMM serves Hopper builds with the CUTLASS headers only")
@@ -95,7 +95,7 @@ def test_sm90_conv_compositions_exact(monkeypatch, g, variant):
     packed = ops.pack_conv_weight(w.to(DEV), groups)
     if variant:
         monkeypatch.setenv("FASTINFER_SM90_CONV_VARIANT", variant)
-    want = "sm90_conv" if variant == "cooperative" else "sm90_conv_narrow"
+    want = {"cooperative": "sm90_conv", "small": "sm90_conv_small"}.get(variant, "sm90_conv_narrow")
     for x_scale, out_scale, act in [(0.03, None, "relu"), (None, 0.05, "none")]:
         y = ops.int8_conv2d(x.to(DEV), packed, ws.to(DEV), b.to(DEV), (k, k), (s, s), (p, p), (d, d), groups, x_scale,
                             out_scale, act)
@@ -111,9 +111,52 @@ def test_sm90_conv_variant_bad_value(monkeypatch):
     N, C, H, W, Co, k, s, p, d, groups = g
     x, w, ws, b = make(g)
     monkeypatch.setenv("FASTINFER_SM90_CONV_VARIANT", "tiny")
-    with pytest.raises(RuntimeError, match="FASTINFER_SM90_CONV_VARIANT must be 'cooperative' or 'narrow'"):
+    with pytest.raises(RuntimeError, match="FASTINFER_SM90_CONV_VARIANT must be 'cooperative', 'narrow' or 'small'"):
         ops.int8_conv2d(x.to(DEV), ops.pack_conv_weight(w.to(DEV), 1), ws.to(DEV), b.to(DEV), (k, k), (s, s), (p, p),
                         (d, d), groups, 0.03)
+
+
+# Depthwise geometries for the strip kernel (N, C, H, W, k, (stride h, w), pad, (dilation h, w)): every
+# instantiated filter width and column stride, widths that miss the strip (8 and 4 outputs), padding as wide as
+# the filter, row strides and dilations of their own (the columns' dilation must be 1), and the shapes it refuses
+# (odd C, column dilation 2, column stride 3, 4 taps), which the per-output kernel serves. The arithmetic itself
+# is also checked on the CPU, for every thread of random geometries (test_dwconv_strip.py).
+DW_STRIP = [(2, 64, 10, 10, 3, (1, 1), 1, (1, 1)), (1, 32, 13, 19, 3, (2, 2), 1, (1, 1)),
+            (2, 24, 11, 9, 5, (1, 1), 2, (2, 1)), (1, 40, 12, 21, 5, (3, 2), 5, (1, 1)),
+            (1, 16, 9, 23, 7, (1, 1), 3, (1, 1)), (2, 8, 15, 15, 7, (2, 2), 7, (1, 1)),
+            (1, 256, 28, 28, 3, (1, 1), 1, (1, 1)), (1, 12, 7, 3, 3, (1, 1), 1, (1, 1))]
+DW_REFUSED = [(1, 13, 9, 9, 3, (2, 2), 1, (2, 2)), (1, 16, 9, 9, 3, (1, 1), 2, (1, 2)),
+              (1, 16, 12, 12, 3, (1, 3), 1, (1, 1)), (1, 16, 9, 9, 4, (1, 1), 1, (1, 1))]
+
+
+@pytest.mark.parametrize("kernel", ["strip", "strip4", "loop"])
+@pytest.mark.parametrize("g", DW_STRIP + DW_REFUSED, ids=[f"dw{i}" for i in range(len(DW_STRIP))] +
+                         ["odd-c", "dil-w2", "stride-w3", "k4"])
+def test_depthwise_kernels_exact(monkeypatch, g, kernel):
+    """The depthwise kernels (FASTINFER_DWCONV_KERNEL: the strip kernel with 8 or 4 outputs a strip, or the
+    per-output loop) give the reference's bits, fp32 and int8 outputs, with and without bias."""
+    N, C, H, W, k, s, p, d = g
+    monkeypatch.setenv("FASTINFER_DWCONV_KERNEL", kernel)
+    x, w, ws, b = make((N, C, H, W, C, k, 1, p, 1, C), 5)
+    w[0, 0, 0, 0], w[1 % C, 0, k - 1, k - 1] = -128, 127  # the extremes
+    packed = ops.pack_conv_weight(w.to(DEV), C)
+    strip = {"strip": "dwconv_strip", "strip4": "dwconv_strip4"}.get(kernel)
+    served = "dwconv" if strip is None or g in DW_REFUSED else strip
+    for x_scale, out_scale, act, bias in [(0.03, None, "relu", b), (None, 0.05, "none", None),
+                                          (0.02, 0.04, "relu6", b)]:
+        y = ops.int8_conv2d(x.to(DEV), packed, ws.to(DEV), None if bias is None else bias.to(DEV), (k, k), s, (p, p),
+                            d, C, x_scale, out_scale, act)
+        assert ops.cuda_last_kernel() == served
+        r = ref.int8_conv2d(x, w, ws, bias, s, (p, p), d, C, x_scale, out_scale, act)
+        torch.testing.assert_close(y.cpu(), r, rtol=0, atol=0)
+
+
+def test_depthwise_kernel_bad_value(monkeypatch):
+    x, w, ws, b = make(GEOMETRIES[6])
+    monkeypatch.setenv("FASTINFER_DWCONV_KERNEL", "fast")
+    with pytest.raises(RuntimeError, match="FASTINFER_DWCONV_KERNEL must be 'loop', 'strip' or 'strip4'"):
+        ops.int8_conv2d(x.to(DEV), ops.pack_conv_weight(w.to(DEV), 64), ws.to(DEV), b.to(DEV), (3, 3), (1, 1), (1, 1),
+                        (1, 1), 64, 0.03)
 
 
 @pytest.mark.parametrize("g", [GEOMETRIES[0], GEOMETRIES[6]], ids=["sm90", "depthwise"])

@@ -30,7 +30,8 @@ def test_ncu_csv_rows_split_by_marker():
             '"smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio"',
             '"smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio"',
             '"smsp__average_warp_latency_issue_stalled_barrier_per_issue_active.ratio"']
-    units = ['""', '""', '""', '""', '"usecond"', '"Tbyte/second"', '"register/thread"', '"ratio"', '"ratio"', '"ratio"']
+    units = ['""', '""', '""', '""', '"usecond"', '"Tbyte/second"', '"register/thread"', '"ratio"', '"ratio"',
+             '"ratio"']
 
     def row(i, name, us, tbps, b, ls):
         return [f'"{i}"', f'"{name}"', '"(64,8,1)"', '"(128,1,1)"', f'"{us}"', f'"{tbps}"', '"128"', f'"{b}"',

@@ -30,11 +30,13 @@ namespace ck = fastinfer::cuda_kernels;
 // Which kernel served the latest GEMM-family call (tests assert it): see last_kernel().
 enum class Served : int {
   None = 0, Sm80 = 1, Sm90 = 2, WeightOnly = 3, WeightOnlyCublas = 4, Sparse24 = 5,
-  ConvSm90 = 6, ConvGathered = 7, DwConv = 8, ConvGrouped = 9, WeightOnlyMma = 10, ConvGroupedDirect = 11
+  ConvSm90 = 6, ConvGathered = 7, DwConv = 8, ConvGrouped = 9, WeightOnlyMma = 10, ConvGroupedDirect = 11,
+  DwConvStrip = 12
 };
 thread_local int t_served = 0;  // per calling thread, as the CPU side's last_kernel
 thread_local ck::Sm90Variant t_variant = ck::Sm90Variant::Cooperative;  // the composition of Sm90 / Sparse24 / ConvSm90
 thread_local int t_round_k = 64;  // the k per round of the latest WeightOnlyMma call
+thread_local int t_dw_strip = 8;  // the strip length (at column stride 1) of the latest DwConvStrip call
 thread_local int t_quantize = 0;  // the activation quantization: 1 the scalar kernel, 2 the vectorized one
 
 // Compute capability and multiprocessor count of a device, asked once per device (cudaGetDeviceProperties
@@ -591,13 +593,28 @@ constexpr int64_t kDirectGroupChannels = 32;
 // multiprocessor), as fast as Cooperative or faster on every ResNet-50 layer the H200 timed at batch 32
 // (2026-12-04, bench_conv --device cuda, CUDA-graph times: 2.4-2.5x on layer 1's 64 output channels, 1.35x on
 // layer 4, 1.1x on the stride-2 layer and layer 2, within 2% on layer 3). FASTINFER_SM90_CONV_VARIANT =
-// cooperative or narrow overrides it (read at each call: the benchmark times both).
+// cooperative, narrow or small (64 x 64 tiles, a candidate not yet run on a GPU) overrides it (read at each
+// call: the benchmark times each).
 ck::Sm90Variant sm90_conv_variant(const char* op) {
   const char* v = std::getenv("FASTINFER_SM90_CONV_VARIANT");
   if (v == nullptr || *v == 0 || std::strcmp(v, "narrow") == 0) return ck::Sm90Variant::Narrow;
+  if (std::strcmp(v, "small") == 0) return ck::Sm90Variant::Small;
   TORCH_CHECK(std::strcmp(v, "cooperative") == 0, "fastinfer.", op, ": the environment variable "
-              "FASTINFER_SM90_CONV_VARIANT must be 'cooperative' or 'narrow' (or unset: narrow), got '", v, "'");
+              "FASTINFER_SM90_CONV_VARIANT must be 'cooperative', 'narrow' or 'small' (or unset: narrow), got '", v,
+              "'");
   return ck::Sm90Variant::Cooperative;
+}
+
+// The depthwise kernel (DwConvParams::strip): 0, the per-output kernel, unless FASTINFER_DWCONV_KERNEL = strip
+// (the strip kernel, 8 outputs a strip at column stride 1) or strip4 (4 outputs), candidates until a GPU has
+// timed them (read at each call: bench_conv --device cuda times each).
+int dwconv_strip(const char* op) {
+  const char* v = std::getenv("FASTINFER_DWCONV_KERNEL");
+  if (v == nullptr || *v == 0 || std::strcmp(v, "loop") == 0) return 0;
+  if (std::strcmp(v, "strip") == 0) return 8;
+  TORCH_CHECK(std::strcmp(v, "strip4") == 0, "fastinfer.", op, ": the environment variable "
+              "FASTINFER_DWCONV_KERNEL must be 'loop', 'strip' or 'strip4' (or unset: loop), got '", v, "'");
+  return 4;
 }
 
 ck::ConvGeometry conv_geometry(const ConvArgs& a) {
@@ -689,8 +706,6 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
                              x.options().dtype(int8_out ? at::kChar : at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
   if (a.N == 0 || a.OH == 0 || a.OW == 0) return out;
 
-  // The folded epilogue (EPILOGUE.md, "Convolutions"), on the device: scale = a_scale * w_scale, and
-  // for an int8 output with none/relu also * out_inv (as the bias).
   ConvInput in = conv_quantize(x, x_scale, op);
   at::Tensor xq = in.q;
   // An int8 input can be a view that starts off a 16-byte boundary: the kernels' vector loads (TMA, im2row's
@@ -699,21 +714,14 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const float out_inv = int8_out ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
   const bool fold_inv = int8_out && folds_out_inv(act);
   const cudaStream_t stream = current_stream(dev);
-  // The folded vectors in one buffer, by one small kernel: scale [Cout], bias [Cout], 1.0.
-  at::Tensor folded = at::empty({2 * a.Cout + 1}, x.options().dtype(at::kFloat));
-  ck::ConvFoldParams fp;
-  fp.K = a.Cout;
-  fp.a_scale_value = in.scale_value;
-  fp.a_scale_ptr = in.scale.defined() ? in.scale.data_ptr<float>() : nullptr;
-  fp.w_scale = ws.data_ptr<float>();
-  fp.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
-  fp.fold_inv = fold_inv;
-  fp.out_inv = out_inv;
-  fp.out = folded.data_ptr<float>();
-  check_launch(ck::launch_conv_fold(fp, stream), op);
+  // The folded epilogue (EPILOGUE.md, "Convolutions"): scale = a_scale * w_scale, and for an int8 output with
+  // none/relu also * out_inv (as the bias), folded by each kernel from these ingredients (params.h, ConvScales).
   ck::ConvEpilogueParams e;
-  e.scale = fp.out;
-  e.bias = bi.defined() ? fp.out + a.Cout : nullptr;
+  e.s.w_scale = ws.data_ptr<float>();
+  e.s.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
+  e.s.a_scale = in.scale_value;
+  e.s.a_scale_ptr = in.scale.defined() ? in.scale.data_ptr<float>() : nullptr;
+  e.s.fold = fold_inv ? out_inv : 1.0f;
   e.out = out.data_ptr();
   e.out_kind = int8_out ? ck::OutKind::Int8 : ck::OutKind::Float32;
   e.act = act;
@@ -726,8 +734,11 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     p.x = xq.data_ptr<int8_t>();
     p.w = packed_w.data_ptr<int8_t>();
     p.e = e;
+    p.strip = dwconv_strip(op);
+    const bool strip = p.strip != 0 && ck::dwconv_strip_supported(p);
     check_launch(ck::launch_dwconv(p, stream), op);
-    t_served = static_cast<int>(Served::DwConv);
+    t_served = static_cast<int>(strip ? Served::DwConvStrip : Served::DwConv);
+    t_dw_strip = p.strip;
     return out;
   }
   // Narrow groups (at most kDirectGroupChannels input and output channels a group: ResNeXt's 4, RegNet's 16):
@@ -769,6 +780,16 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const int64_t K_pad = packed_w.size(1), M = a.N * a.OH * a.OW;
   const int64_t chunk = std::max<int64_t>(128, (int64_t{64} << 20) / K_pad);
   at::Tensor rows = at::empty({std::min(M, chunk), K_pad}, x.options().dtype(at::kChar));
+  // The GEMM's epilogue takes per-channel vectors: the folded ones in one buffer, by one small kernel
+  // (scale [Cout], bias [Cout], then 1.0 for its a_scale).
+  at::Tensor folded = at::empty({2 * a.Cout + 1}, x.options().dtype(at::kFloat));
+  ck::ConvFoldParams fp;
+  fp.K = a.Cout;
+  fp.s = e.s;
+  fp.out = folded.data_ptr<float>();
+  check_launch(ck::launch_conv_fold(fp, stream), op);
+  const float* const f_scale = fp.out;
+  const float* const f_bias = e.s.bias ? fp.out + a.Cout : nullptr;
   const int64_t elem = int8_out ? 1 : 4;
   for (int64_t m0 = 0; m0 < M; m0 += chunk) {
     for (int64_t grp = 0; grp < groups; ++grp) {
@@ -792,8 +813,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
       p.ldb = K_pad;
       p.a_scale = fp.out + 2 * a.Cout;  // 1.0 (the scales are folded into b_scale)
       p.a_scale_per_tensor = true;
-      p.b_scale = e.scale + grp * cout_g;
-      p.bias = e.bias ? e.bias + grp * cout_g : nullptr;
+      p.b_scale = f_scale + grp * cout_g;
+      p.bias = f_bias ? f_bias + grp * cout_g : nullptr;
       p.out = static_cast<char*>(out.data_ptr()) + (m0 * a.Cout + grp * cout_g) * elem;
       p.ldo = a.Cout;
       p.out_kind = e.out_kind;
@@ -842,6 +863,7 @@ std::string with_variant(const char* kernel) {
   if (t_variant == ck::Sm90Variant::Pingpong) return std::string(kernel) + "_pingpong";
   if (t_variant == ck::Sm90Variant::Wide) return std::string(kernel) + "_wide";
   if (t_variant == ck::Sm90Variant::Narrow) return std::string(kernel) + "_narrow";
+  if (t_variant == ck::Sm90Variant::Small) return std::string(kernel) + "_small";
   return kernel;
 }
 
@@ -857,6 +879,7 @@ std::string last_kernel(const std::string& family) {
     case Served::ConvSm90: return with_variant("sm90_conv");
     case Served::ConvGathered: return "conv_gathered";
     case Served::DwConv: return "dwconv";
+    case Served::DwConvStrip: return t_dw_strip == 8 ? "dwconv_strip" : "dwconv_strip4";
     case Served::ConvGrouped: return "conv_grouped";
     case Served::ConvGroupedDirect: return "conv_grouped_direct";
     case Served::None: break;

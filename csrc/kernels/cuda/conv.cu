@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "dwconv_strip.cuh"
 #include "epilogue.cuh"
 #include "params.h"
 
@@ -79,21 +80,51 @@ __global__ void __launch_bounds__(kThreads) im2row_kernel(const Im2RowParams p) 
                    static_cast<int>(words[3]));
 }
 
-// The folded convolution epilogue of one output (params.h): y = act(acc * scale + bias), as a float.
-__device__ __forceinline__ float conv_value(const ConvEpilogueParams& e, int64_t k, int32_t acc) {
-  float y = __fmul_rn(static_cast<float>(acc), e.scale[k]);
-  if (e.bias) y = __fadd_rn(y, e.bias[k]);
+// The folded scale and bias of channel k (params.h, ConvScales), a: the activations' scale. One fp32 rounding a
+// product, the reference's order.
+__device__ __forceinline__ float folded_scale(const ConvScales& s, float a, int64_t k) {
+  return __fmul_rn(__fmul_rn(a, s.w_scale[k]), s.fold);
+}
+__device__ __forceinline__ float folded_bias(const ConvScales& s, int64_t k) { return __fmul_rn(s.bias[k], s.fold); }
+__device__ __forceinline__ float activation_scale(const ConvScales& s) {
+  return s.a_scale_ptr ? *s.a_scale_ptr : s.a_scale;
+}
+
+// The folded epilogue's values for channels c0 .. c0 + 3 (those below K: the others' stay 0), made once by a
+// thread that stores several pixels of them.
+struct QuadFold {
+  float scale[4] = {0.0f, 0.0f, 0.0f, 0.0f}, bias[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+};
+template <class I>
+__device__ __forceinline__ QuadFold quad_fold(const ConvEpilogueParams& e, I c0, I K) {
+  QuadFold f;
+  const float a = activation_scale(e.s);
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    if (c0 + j < K) {
+      f.scale[j] = folded_scale(e.s, a, c0 + j);
+      if (e.s.bias) f.bias[j] = folded_bias(e.s, c0 + j);
+    }
+  return f;
+}
+
+// One output of the folded epilogue: y = act(acc * scale + bias), as a float (the bias added only when there is
+// one, as the reference does: -0 stays -0).
+__device__ __forceinline__ float conv_value(const ConvEpilogueParams& e, const QuadFold& f, int j, int32_t acc) {
+  float y = __fmul_rn(static_cast<float>(acc), f.scale[j]);
+  if (e.s.bias) y = __fadd_rn(y, f.bias[j]);
   return apply_act(y, e.act);
 }
 
 // The outputs of channels c0 .. c0 + 3 (those below K) of one pixel, at out[base ..]: one 4-byte (int8) or
-// 16-byte (fp32) store when K % 4 == 0 (base % 4 == 0 then), else one by one.
+// 16-byte (fp32) store when K % 4 == 0 (base % 4 == 0 then), else one by one. f: quad_fold(e, c0, K).
 template <class I>
-__device__ __forceinline__ void store_quad(const ConvEpilogueParams& e, I base, I c0, I K, const int32_t (&acc)[4]) {
+__device__ __forceinline__ void store_quad(const ConvEpilogueParams& e, const QuadFold& f, I base, I c0, I K,
+                                           const int32_t (&acc)[4]) {
   if (K % 4 == 0) {
     float y[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) y[j] = conv_value(e, c0 + j, acc[j]);
+    for (int j = 0; j < 4; ++j) y[j] = conv_value(e, f, j, acc[j]);
     if (e.out_kind == OutKind::Int8) {
       char4 q;
       q.x = requant(y[0], e.out_inv_scale);
@@ -109,7 +140,7 @@ __device__ __forceinline__ void store_quad(const ConvEpilogueParams& e, I base, 
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     if (c0 + j >= K) continue;
-    const float y = conv_value(e, c0 + j, acc[j]);
+    const float y = conv_value(e, f, j, acc[j]);
     if (e.out_kind == OutKind::Int8)
       static_cast<int8_t*>(e.out)[base + j] = requant(y, e.out_inv_scale);
     else
@@ -154,7 +185,27 @@ __global__ void __launch_bounds__(kThreads) dwconv_kernel(const DwConvParams p) 
       }
     }
   }
-  store_quad(p.e, pix * C + c0, c0, C, acc);
+  store_quad(p.e, quad_fold(p.e, c0, C), pix * C + c0, c0, C, acc);
+}
+
+// Depthwise by strips (dwconv_strip.cuh: the arithmetic, checked on the CPU by tests/dwconv_strip_host.cc): one
+// thread per (output row, strip of QS outputs along it, 4 channels); a warp's threads take consecutive quads of
+// channels of one strip. 32-bit indices (dwconv_strip_supported).
+template <int S, int SW, int QS>
+__global__ void __launch_bounds__(kThreads) dwconv_strip_kernel(const DwConvParams p) {
+  using I = int32_t;
+  const ConvGeometry& g = p.g;
+  const I C = static_cast<I>(g.C), quads = C / 4, Q = static_cast<I>(g.Q), strips = (Q + QS - 1) / QS;
+  const I i = static_cast<I>(blockIdx.x) * kThreads + static_cast<I>(threadIdx.x);
+  if (i >= static_cast<I>(g.N * g.P) * strips * quads) return;
+  const I quad = i % quads, rest = i / quads, row = rest / strips;  // row: n P + oh
+  const I ow0 = (rest - row * strips) * QS, n = row / static_cast<I>(g.P), oh = row - n * static_cast<I>(g.P);
+  int32_t acc[QS][4];
+  dwstrip::strip_sums<S, SW, QS, I>(g, p.x, p.w, n, oh, ow0, 4 * quad, acc);
+  const QuadFold f = quad_fold(p.e, 4 * quad, C);
+#pragma unroll
+  for (int q = 0; q < QS; ++q)
+    if (ow0 + q < Q) store_quad<I>(p.e, f, (row * Q + ow0 + q) * C + 4 * quad, 4 * quad, C, acc[q]);
 }
 
 // Whether a grouped conv reads 4-byte steps (dp4a from the weight words) or single bytes (GroupedConvParams).
@@ -231,7 +282,7 @@ __global__ void __launch_bounds__(kThreads) gconv_kernel(const GroupedConvParams
       }
     }
   }
-  store_quad(p.e, pix * K + c0, c0, K, acc);
+  store_quad(p.e, quad_fold(p.e, c0, K), pix * K + c0, c0, K, acc);
 }
 
 // One thread per output channel (ConvFoldParams); thread K also writes the trailing 1.
@@ -242,11 +293,8 @@ __global__ void __launch_bounds__(kThreads) conv_fold_kernel(const ConvFoldParam
     p.out[2 * p.K] = 1.0f;
     return;
   }
-  const float a = p.a_scale_ptr ? *p.a_scale_ptr : p.a_scale_value;
-  float s = __fmul_rn(a, p.w_scale[k]);
-  if (p.fold_inv) s = __fmul_rn(s, p.out_inv);
-  p.out[k] = s;
-  if (p.bias) p.out[p.K + k] = p.fold_inv ? __fmul_rn(p.bias[k], p.out_inv) : p.bias[k];
+  p.out[k] = folded_scale(p.s, activation_scale(p.s), k);
+  if (p.s.bias) p.out[p.K + k] = folded_bias(p.s, k);
 }
 
 unsigned blocks_for(int64_t work) { return static_cast<unsigned>((work + kThreads - 1) / kThreads); }
@@ -271,7 +319,18 @@ bool fits32(int64_t work, std::initializer_list<int64_t> extents) {
   return ok;
 }
 
+// Threads of the strip kernel, and whether it takes g (dwstrip::dispatch) with 32-bit indices.
+int64_t strip_work(const ConvGeometry& g, int qs) { return g.N * g.P * ((g.Q + qs - 1) / qs) * (g.C / 4); }
+bool strip_takes(const DwConvParams& p) {
+  const ConvGeometry& g = p.g;
+  int64_t work = 0;
+  const bool shape = dwstrip::dispatch(g, p.strip, [&](auto, auto, auto qs) { work = strip_work(g, qs()); });
+  return shape && fits32(work, {g.N * g.H * g.W * g.C, g.N * g.P * g.Q * g.C, g.R * g.S * g.C});
+}
+
 }  // namespace
+
+bool dwconv_strip_supported(const DwConvParams& p) { return strip_takes(p); }
 
 const char* launch_im2row(const Im2RowParams& p, void* stream) {
   const ConvGeometry& g = p.g;
@@ -315,6 +374,13 @@ const char* launch_dwconv(const DwConvParams& p, void* stream) {
   const int64_t work = g.N * g.P * g.Q * ((g.C + 3) / 4);
   if (work == 0) return nullptr;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (p.strip && strip_takes(p)) {
+    dwstrip::dispatch(g, p.strip, [&](auto taps, auto stride, auto qs) {
+      dwconv_strip_kernel<taps(), stride(), qs()><<<blocks_for(strip_work(g, qs())), kThreads, 0, s>>>(p);
+    });
+    const cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+  }
   const bool fits = fits32(work, {g.N * g.H * g.W * g.C, g.N * g.P * g.Q * g.C, g.R * g.S * g.C});
   return launch_indexed(fits, [&](auto index) {
     dwconv_kernel<decltype(index)><<<blocks_for(work), kThreads, 0, s>>>(p);

@@ -35,7 +35,10 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 //   Narrow       the default: 128 x 64 tiles and 6 stages: half the accumulators and shared memory, so that
 //                two CTAs share a multiprocessor (one's epilogue and start beside the other's products), and
 //                no empty half tile for 64 output channels (ResNet's layer 1: 2.4x faster on an H200).
-enum class Sm90Variant : int32_t { Cooperative = 0, Pingpong = 1, Wide = 2, Narrow = 3 };
+//   Small        a candidate (not yet run on a GPU): 64 x 64 tiles, so that a layer with few output pixels
+//                (ResNet's layer 4 at batch 32: 104 tiles of 128 x 64 on 132 multiprocessors) spreads over
+//                every multiprocessor, several CTAs on each.
+enum class Sm90Variant : int32_t { Cooperative = 0, Pingpong = 1, Wide = 2, Narrow = 3, Small = 4 };
 
 // Y[m, n] for m < M, n < N, from A int8 [M, K_pad] (row stride lda) and B int8 [N, K_pad] (ldb),
 // both row-major (B as nn.Linear stores its weight: the "TN" product):
@@ -157,19 +160,28 @@ constexpr int64_t kSparse24NAlign = 8;    // N of the compressed weight: 16-byte
 //                                                  with act none/relu also * out_inv, as bias)
 //   Float32 out: y;  Int8 out: clamp(rint(y * out_inv), -127, 127), NaN -> 0.
 // act: none, relu (y < 0 -> 0) or relu6 (then y > 6 -> 6); NaN stays NaN.
+// The kernels fold scale and bias themselves from ConvScales (no per-call vectors, no extra launch), one fp32
+// rounding per product in the reference's order: scale = (a_scale * w_scale[k]) * fold, bias = bias[k] * fold,
+// fold = out_inv where it folds, else 1 (a product with 1 is exact, so the unfolded case rounds the same).
 struct ConvGeometry {
   int64_t N = 0, H = 0, W = 0, C = 0, K = 0;     // input [N, H, W, C], K output channels
   int64_t R = 1, S = 1;                          // filter height, width
   int64_t P = 0, Q = 0;                          // output height, width
   int64_t pad_h = 0, pad_w = 0, stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
 };
+struct ConvScales {
+  const float* w_scale = nullptr;      // [K]
+  const float* bias = nullptr;         // [K] or null
+  float a_scale = 1.0f;                // the activations' per-tensor scale, unless a_scale_ptr
+  const float* a_scale_ptr = nullptr;  // the same on the device (a dynamic scale, never read back to the host)
+  float fold = 1.0f;                   // out_inv for an int8 output with act none/relu, else 1
+};
 struct ConvEpilogueParams {
-  const float* scale = nullptr;     // [K] folded scale
-  const float* bias = nullptr;      // [K] or null
+  ConvScales s;
   void* out = nullptr;              // [N, P, Q, K]
   OutKind out_kind = OutKind::Float32;  // Float32 or Int8
   Act act = Act::None;
-  float out_inv_scale = 1.0f;
+  float out_inv_scale = 1.0f;       // the int8 output's multiplier: out_inv, or 1 where it is folded
 };
 // Implicit GEMM on Hopper (sm90_conv.cuh, CUTLASS 3.x: TMA im2col loads of the activations, wgmma,
 // warp-specialized): groups 1, filter int8 [K, R, S, C] (KRSC), C % 16 == 0 and K % 16 == 0 (TMA's
@@ -179,22 +191,14 @@ struct Sm90ConvParams {
   const int8_t* x = nullptr;        // [N, H, W, C]
   const int8_t* w = nullptr;        // [K, R, S, C]
   ConvEpilogueParams e;
-  Sm90Variant variant = Sm90Variant::Cooperative;  // Cooperative or Narrow (Sm90Variant)
+  Sm90Variant variant = Sm90Variant::Cooperative;  // Cooperative, Narrow or Small (Sm90Variant)
 };
-// The folded epilogue vectors above, made on the device in one launch (one small kernel where ATen took three
-// and a fill per call):
-//   scale[k] = a_scale * w_scale[k], then * out_inv when fold_inv;  bias[k] (* out_inv when fold_inv)
-// one fp32 rounding per product, in that order (the reference's). a_scale is *a_scale_ptr when given (a
-// dynamic scale that lives on the device), else a_scale_value. out [2 K + 1]: scale, bias (written only with a
-// bias), then 1.0 (the per-tensor a_scale the gathered path's GEMM multiplies by).
+// The folded epilogue vectors above for the gathered path, whose int8 GEMM takes per-channel vectors: made on
+// the device in one launch, out [2 K + 1]: scale, bias (written only with a bias), then 1.0 (the per-tensor
+// a_scale the GEMM multiplies by). The other paths fold in their own epilogues (ConvScales).
 struct ConvFoldParams {
   int64_t K = 0;
-  float a_scale_value = 1.0f;
-  const float* a_scale_ptr = nullptr;
-  const float* w_scale = nullptr;   // [K]
-  const float* bias = nullptr;      // [K] or null
-  bool fold_inv = false;
-  float out_inv = 1.0f;
+  ConvScales s;
   float* out = nullptr;             // [2 K + 1]
 };
 const char* launch_conv_fold(const ConvFoldParams& p, void* stream);
@@ -215,12 +219,18 @@ struct Im2RowParams {
 };
 const char* launch_im2row(const Im2RowParams& p, void* stream);
 // Depthwise (groups == C == K): w int8 [R * S, C], exact int32 sums, the epilogue above. Any arch.
+// strip 8 or 4: the strip kernel (dwconv_strip.cuh: a strip of that many outputs along a row a thread at column
+// stride 1, 4 at stride 2; a filter row's taps by dp4a) where dwconv_strip_supported, the per-output kernel
+// elsewhere; 0: the per-output kernel. A candidate until timed on a GPU.
 struct DwConvParams {
   ConvGeometry g;
   const int8_t* x = nullptr;        // [N, H, W, C]
   const int8_t* w = nullptr;        // [R * S, C]
   ConvEpilogueParams e;
+  int strip = 0;
 };
+// strip 8 or 4, C % 4 == 0, dil_w == 1, S in {3, 5, 7}, stride_w in {1, 2}, 32-bit indices.
+bool dwconv_strip_supported(const DwConvParams& p);
 const char* launch_dwconv(const DwConvParams& p, void* stream);
 // Grouped with narrow groups (the entry layer's choice): a direct convolution on CUDA cores, one thread per
 // output pixel and 4 output channels, exact int32 sums, the epilogue above. Output channel k belongs to group

@@ -37,12 +37,14 @@ bool sm90_conv_supported(const Sm90ConvParams& p) {
          aligned(p.e.out) && g.N * g.H * g.W * g.C < (int64_t{1} << 31) && g.N * g.P * g.Q * g.K < (int64_t{1} << 31);
 }
 
-// The units: int8 and fp32 outputs, each in both compositions.
+// The units: int8 and fp32 outputs, each in the three compositions.
 template <class F>
 decltype(auto) conv_unit(const Sm90ConvParams& p, F&& f) {
   if (p.e.out_kind == OutKind::Int8)
-    return sm90_unit_of<OutKind::Int8, Sm90Variant::Narrow, Sm90Variant::Cooperative>(p.variant, std::forward<F>(f));
-  return sm90_unit_of<OutKind::Float32, Sm90Variant::Narrow, Sm90Variant::Cooperative>(p.variant, std::forward<F>(f));
+    return sm90_unit_of<OutKind::Int8, Sm90Variant::Narrow, Sm90Variant::Small, Sm90Variant::Cooperative>(
+        p.variant, std::forward<F>(f));
+  return sm90_unit_of<OutKind::Float32, Sm90Variant::Narrow, Sm90Variant::Small, Sm90Variant::Cooperative>(
+      p.variant, std::forward<F>(f));
 }
 
 size_t sm90_conv_workspace_bytes(const Sm90ConvParams& p) {

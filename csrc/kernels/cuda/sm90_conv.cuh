@@ -1,7 +1,7 @@
 // int8 implicit-GEMM convolution (fprop) for Hopper (sm_90a), composed from CUTLASS 3.x: the activation
 // tiles come straight from the NHWC input through TMA's im2col mode (no gathered copy), wgmma
 // multiplies them with the KRSC filter, a warp-specialized kernel (one producer warp, TMA) overlaps loads, products
-// and the epilogue visitor tree
+// and the epilogue visitor tree (scale and bias folded per element: ConvScales, params.h)
 //   y = act(float(acc) * scale[k] + bias[k])            fp32 out
 //   q = cvt.rni.sat(clamp(y * out_inv, -127, 127))       int8 out (NaN passes the clamp, converts to 0)
 // one rounding per operation in that order (this file is built with --fmad=false): the CPU kernels' and
@@ -73,11 +73,13 @@ struct ScaleFn {  // y * factor (the int8 output's 1 / out_scale when it is not 
   }
 };
 
-// Tiles of 128 output pixels x 128 (Cooperative) or 64 (Narrow) output channels, 64 input channels per K
-// step (params.h, Sm90Variant); clusters of 1 (TMA im2col tiles are not multicast here).
+// Tiles of 128 output pixels x 128 (Cooperative) or 64 (Narrow) output channels, or 64 x 64 (Small), 64 input
+// channels per K step (params.h, Sm90Variant); clusters of 1 (TMA im2col tiles are not multicast here).
 using CooperativeTile = Shape<_128, _128, Shape<_64>>;
 using NarrowTile = Shape<_128, _64, Shape<_64>>;
+using SmallTile = Shape<_64, _64, Shape<_64>>;
 constexpr int kNarrowStages = 6;  // 6 x 12 KB: with the epilogue's buffers, two CTAs fit a multiprocessor
+constexpr int kSmallStages = 6;   // 6 x 8 KB: four CTAs a multiprocessor
 using ClusterShape = Shape<_1, _1, _1>;
 constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 constexpr cutlass::conv::Operator kFprop = cutlass::conv::Operator::kFprop;
@@ -90,10 +92,17 @@ struct Sm90Conv {
   static constexpr int kAlignD = 16 / sizeof(ElementD);
   static constexpr bool kInt8Out = std::is_same_v<ElementD, int8_t>;
 
+  // The folded scale and bias (params.h, ConvScales) made here, per element, from the call's ingredients:
+  //   scale = (a_scale * w_scale[k]) * fold,  bias = bias[k] * fold
+  // a_scale a scalar (a value, or a pointer to the device's dynamic scale), fold out_inv or 1.
   using Acc = fusion::Sm90AccFetch;
-  using Scale = fusion::Sm90RowBroadcast<0, TileShape, float, float>;  // one value per output channel
-  using Bias = fusion::Sm90RowBroadcast<0, TileShape, float, float>;   // null -> -0 (no change)
-  using Mul = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::multiplies, float, float, kRound>, Acc, Scale>;
+  using Scalar = fusion::Sm90ScalarBroadcast<float>;
+  using Channel = fusion::Sm90RowBroadcast<0, TileShape, float, float>;  // one value per output channel
+  using Times = fusion::Sm90Compute<cutlass::multiplies, float, float, kRound>;
+  using AW = fusion::Sm90EVT<Times, Scalar, Channel>;                   // a_scale * w_scale[k]
+  using Scale = fusion::Sm90EVT<Times, AW, Scalar>;                     // ... * fold
+  using Mul = fusion::Sm90EVT<Times, Acc, Scale>;
+  using Bias = fusion::Sm90EVT<Times, Channel, Scalar>;                 // bias[k] (null -> -0) * fold
   using Add = fusion::Sm90EVT<fusion::Sm90Compute<cutlass::plus, float, float, kRound>, Mul, Bias>;
   using ActNode = fusion::Sm90EVT<fusion::Sm90Compute<ClampFn, float, float, kRound>, Add>;
   using ToInt8 = fusion::Sm90EVT<fusion::Sm90Compute<ClampFn, int8_t, float, kRound>,
@@ -133,8 +142,13 @@ struct Sm90Conv {
     if (p.e.act == Act::Relu || p.e.act == Act::Relu6) act.lo = 0.0f;
     if (p.e.act == Act::Relu6) act.hi = 6.0f;
     // The tree's arguments nest as {children..., op}.
-    // (acc * scale) + bias; a null bias reads as -0, which leaves every y as it is (+0 would turn -0 into +0).
-    [[maybe_unused]] const auto add = typename Add::Arguments{{{}, {p.e.scale}, {}}, {p.e.bias, -0.0f}, {}};
+    // (acc * scale) + bias; a null bias reads as -0, and -0 * fold (> 0) is -0, which leaves every y as it is
+    // (+0 would turn -0 into +0).
+    const ConvScales& cs = p.e.s;
+    const typename Scalar::Arguments a_scale{{cs.a_scale}, {cs.a_scale_ptr}}, fold{{cs.fold}, {nullptr}};
+    const typename Scale::Arguments scale{{a_scale, {cs.w_scale}, {}}, fold, {}};
+    [[maybe_unused]] const auto add =
+        typename Add::Arguments{{{}, scale, {}}, {{cs.bias, -0.0f}, fold, {}}, {}};
     if constexpr (kInt8Out) {
       args.epilogue.thread = {{{add, act}, ScaleArgs{p.e.out_inv_scale}}, ClampArgs{-127.0f, 127.0f}};
     } else {
@@ -152,12 +166,17 @@ struct Sm90Kernel<Sm90ConvParams, ElementD, Sm90Variant::Cooperative>
 template <class ElementD>
 struct Sm90Kernel<Sm90ConvParams, ElementD, Sm90Variant::Narrow>
     : sm90_conv::Sm90Conv<ElementD, sm90_conv::NarrowTile, sm90_conv::kNarrowStages> {};
+template <class ElementD>
+struct Sm90Kernel<Sm90ConvParams, ElementD, Sm90Variant::Small>
+    : sm90_conv::Sm90Conv<ElementD, sm90_conv::SmallTile, sm90_conv::kSmallStages> {};
 
-// Instantiated only in sm90_conv_[narrow_]<type>.cu.
+// Instantiated only in sm90_conv_[narrow_|small_]<type>.cu.
 FASTINFER_SM90_UNIT(extern, Float32, Sm90ConvParams)
 FASTINFER_SM90_UNIT(extern, Int8, Sm90ConvParams)
 FASTINFER_SM90_UNIT_V(extern, Float32, Sm90ConvParams, Narrow)
 FASTINFER_SM90_UNIT_V(extern, Int8, Sm90ConvParams, Narrow)
+FASTINFER_SM90_UNIT_V(extern, Float32, Sm90ConvParams, Small)
+FASTINFER_SM90_UNIT_V(extern, Int8, Sm90ConvParams, Small)
 
 }  // namespace cuda_kernels
 }  // namespace fastinfer
