@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -17,12 +18,48 @@
 namespace fastinfer {
 namespace cuda_kernels {
 
+// The kernel type under a GEMM or convolution operator (GemmUniversalAdapter::GemmKernel,
+// ConvUniversalAdapter::ConvKernel); void for others (TransformUniversalAdapter: the 2:4 compressor).
+template <class Op, class = void, class = void>
+struct KernelOf {
+  using type = void;
+};
+template <class Op, class C>
+struct KernelOf<Op, std::void_t<typename Op::GemmKernel>, C> {
+  using type = typename Op::GemmKernel;
+};
+template <class Op>
+struct KernelOf<Op, void, std::void_t<typename Op::ConvKernel>> {
+  using type = typename Op::ConvKernel;
+};
+
 // nullptr on success, else why not (the entry layer names the op around it).
+// Op::initialize sets the kernel's dynamic shared-memory attribute (cudaFuncSetAttribute, a driver call) at every
+// call; for the GEMMs and convolutions it runs once per device and instantiation here, and later calls initialize
+// the workspace and build the kernel's params (Op::update) without it: the same params, one host driver call
+// fewer a launch. (The compressor, run once per layer, always initializes.)
 template <class Op>
 const char* run_cutlass(const typename Op::Arguments& args, void* workspace, cudaStream_t stream) {
+  using Kernel = typename KernelOf<Op>::type;
   Op op;
   if (op.can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS: shape not supported";
-  if (op.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return "CUTLASS: initialization failed";
+  static std::atomic<uint64_t> attribute_set{0};  // bit d: initialize() has run on device d
+  int device = -1;
+  if constexpr (!std::is_void_v<Kernel>) cudaGetDevice(&device);
+  const uint64_t bit = device >= 0 && device < 64 ? uint64_t{1} << device : 0;
+  bool initialized = false;
+  if constexpr (!std::is_void_v<Kernel>) {
+    if (bit != 0 && (attribute_set.load(std::memory_order_relaxed) & bit) != 0) {
+      if (Kernel::initialize_workspace(args, workspace, stream) != cutlass::Status::kSuccess ||
+          op.update(args, workspace) != cutlass::Status::kSuccess)
+        return "CUTLASS: initialization failed";
+      initialized = true;
+    }
+  }
+  if (!initialized) {
+    if (op.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return "CUTLASS: initialization failed";
+    attribute_set.fetch_or(bit, std::memory_order_relaxed);
+  }
   if (op.run(stream) != cutlass::Status::kSuccess) return "CUTLASS: launch failed";
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
