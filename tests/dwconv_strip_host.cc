@@ -92,26 +92,19 @@ int main() {
         }
         ++cases;
       }
-  // Shapes the dispatch must refuse: the per-output kernel serves them.
-  ConvGeometry g;
-  g.C = 8;
-  g.S = 3;
-  g.stride_w = 3;
-  const bool stride3 = ds::dispatch(g, 8, [](auto, auto, auto) {});
-  g.stride_w = 1;
-  g.dil_w = 2;
-  const bool dilated = ds::dispatch(g, 8, [](auto, auto, auto) {});
-  g.dil_w = 1;
-  g.C = 6;
-  const bool odd_c = ds::dispatch(g, 8, [](auto, auto, auto) {});
-  g.C = 8;
-  g.S = 4;
-  const bool four = ds::dispatch(g, 8, [](auto, auto, auto) {});
-  g.S = 3;
-  const bool qs2 = ds::dispatch(g, 2, [](auto, auto, auto) {});
-  if (stride3 || dilated || odd_c || four || qs2) {
-    std::printf("DISPATCH took a shape it does not serve\n");
-    return 1;
+  // Shapes the dispatch must refuse (the per-output kernel serves them): {C, S, stride_w, dil_w, strip length}.
+  const int refused[][5] = {{8, 3, 3, 1, 8}, {8, 3, 1, 2, 8}, {6, 3, 1, 1, 8}, {8, 4, 1, 1, 8}, {8, 3, 1, 1, 2}};
+  for (const auto& r : refused) {
+    ConvGeometry g;
+    g.C = r[0];
+    g.S = r[1];
+    g.stride_w = r[2];
+    g.dil_w = r[3];
+    if (ds::dispatch(g, r[4], [](auto, auto, auto) {})) {
+      std::printf("DISPATCH took C=%d S=%d stride_w=%d dil_w=%d strip %d, which it does not serve\n", r[0], r[1],
+                  r[2], r[3], r[4]);
+      return 1;
+    }
   }
   std::printf("ok %lld %lld\n", (long long)cases, (long long)outputs);
   return 0;
