@@ -1,11 +1,13 @@
-"""Where the time of the CUDA paths that missed their targets goes (benchmarks/gpu_check.sh runs it last).
+"""Where the time of the CUDA paths that missed their targets goes (benchmarks/gpu_check.sh runs it after the
+benchmarks; gpu_ncu.py then reads the same kernels' hardware counters).
 
 torch.profiler around a few calls of each case: per kernel (and per ATen op launched on the way), its GPU
 time and the host time the calls took. Cases: the int8 conv (int8 in/out, and static fp32 in/out) on a
 ResNet-50 3x3 layer at batch 32, whose times in the first H200 run were flat across layers (per-call cost
 outside the GEMM?), and the depthwise layer (int8 in/out); Int8Linear w8a8_dynamic at 8192 x 4096 x 4096
 (the activation quantization beside the GEMM); w8_only at 16 rows of 8192 x 8192 (the tensor-core weight-only
-kernel). Prints one short table per case; --json writes the rows. Needs fastinfer built with CUDA and a GPU.
+kernel); the 2:4 layer and the dense one at 8192^3 on the same weight (their GEMM kernels alone). Prints one
+short table per case; --json writes the rows. Needs fastinfer built with CUDA and a GPU.
 
     python benchmarks/gpu_profile.py [--json out.json] [--calls 20]
 """
@@ -21,10 +23,11 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from fastinfer import ops
-from fastinfer.nn import Int8Linear
+from fastinfer.nn import Int8Linear, SparseLinear
 
 from bench_conv import LAYERS
 from bench_conv_cuda import layer_cases
+from bench_sparse_cuda import two_four_weight
 
 
 def cases() -> Dict[str, Callable[[], object]]:
@@ -40,11 +43,19 @@ def cases() -> Dict[str, Callable[[], object]]:
     big = nn.Linear(8192, 8192, device=dev).eval()
     wonly = Int8Linear.from_float(big, "w8_only")
     xs = torch.randn(16, 8192, device=dev, dtype=torch.bfloat16)
+    # The 2:4 layer and the dense one on the same 2:4 weight: their GEMM kernels' rows compare the GEMMs alone
+    # (issue #5's target is against our dense GEMM; the layers' times also hold the same quantization).
+    with torch.no_grad():
+        big.weight.copy_(two_four_weight(8192, 8192, dev))
+    sparse, dense = SparseLinear.from_float(big, torch.int8, pattern="2:4"), Int8Linear.from_float(big, "w8a8_dynamic")
+    xb = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
     return {"conv l3_3x3 N=32 int8 in/out": conv["(d) int8 in/out"],
             "conv l3_3x3 N=32 static fp32 in/out": conv["(c) static fp32 in/out"],
             "conv dw_3x3 N=32 int8 in/out": dw["(d) int8 in/out"],
             "Int8Linear w8a8_dynamic 8192x4096x4096": lambda: dyn(xl),
-            "Int8Linear w8_only 16x8192x8192": lambda: wonly(xs)}
+            "Int8Linear w8_only 16x8192x8192": lambda: wonly(xs),
+            "SparseLinear 2:4 8192x8192x8192": lambda: sparse(xb),
+            "Int8Linear w8a8_dynamic 8192x8192x8192 (2:4 weight)": lambda: dense(xb)}
 
 
 def profile_case(fn: Callable[[], object], calls: int) -> Dict:
