@@ -116,8 +116,11 @@ def parse(report: str, names: List[str]) -> List[Dict]:
     if len(lines) < 2:
         return []
     table = list(csv.reader(io.StringIO("\n".join(lines))))
-    head, units, data = table[0], table[1], table[2:]
+    head = table[0]
     col = {h: i for i, h in enumerate(head)}
+    # A units row follows the names (its ID cell is empty); without one every row after the names is a kernel.
+    has_units = "ID" in col and not table[1][col["ID"]].strip().isdigit()
+    units, data = (table[1], table[2:]) if has_units else ([""] * len(head), table[1:])
     rows, case = [], -1
     for r in data:
         kernel = r[col["Kernel Name"]] if "Kernel Name" in col else "?"

@@ -50,3 +50,7 @@ def test_ncu_csv_rows_split_by_marker():
     assert first["us"] == 1031.5 and first["dram_GBps"] == 2100.0 and first["regs"] == 128
     assert first["stalls"] == [("long_scoreboard", 7.25), ("barrier", 1.5)]  # the latency metric is not a stall
     assert rows[1]["stalls"][0] == ("barrier", 0.4)
+    # without the units row (values then read as they are: us here)
+    bare = gpu_ncu.parse("\n".join(ln if isinstance(ln, str) else ",".join(ln) for ln in lines if ln is not units),
+                         ["w8_only", "2:4"])
+    assert [r["case"] for r in bare] == ["w8_only", "2:4"] and bare[0]["us"] == 1031.5
