@@ -31,12 +31,11 @@ namespace ck = fastinfer::cuda_kernels;
 enum class Served : int {
   None = 0, Sm80 = 1, Sm90 = 2, WeightOnly = 3, WeightOnlyCublas = 4, Sparse24 = 5,
   ConvSm90 = 6, ConvGathered = 7, DwConv = 8, ConvGrouped = 9, WeightOnlyMma = 10, ConvGroupedDirect = 11,
-  DwConvStrip = 12
+  DwConvStrip = 12, DwConvStrip4 = 13
 };
 thread_local int t_served = 0;  // per calling thread, as the CPU side's last_kernel
 thread_local ck::Sm90Variant t_variant = ck::Sm90Variant::Cooperative;  // the composition of Sm90 / Sparse24 / ConvSm90
 thread_local int t_round_k = 64;  // the k per round of the latest WeightOnlyMma call
-thread_local int t_dw_strip = 8;  // the strip length (at column stride 1) of the latest DwConvStrip call
 thread_local int t_quantize = 0;  // the activation quantization: 1 the scalar kernel, 2 the vectorized one
 
 // Compute capability and multiprocessor count of a device, asked once per device (cudaGetDeviceProperties
@@ -735,10 +734,11 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     p.w = packed_w.data_ptr<int8_t>();
     p.e = e;
     p.strip = dwconv_strip(op);
-    const bool strip = p.strip != 0 && ck::dwconv_strip_supported(p);
+    const Served served = p.strip == 0 || !ck::dwconv_strip_supported(p) ? Served::DwConv
+                          : p.strip == 8                                   ? Served::DwConvStrip
+                                                                           : Served::DwConvStrip4;
     check_launch(ck::launch_dwconv(p, stream), op);
-    t_served = static_cast<int>(strip ? Served::DwConvStrip : Served::DwConv);
-    t_dw_strip = p.strip;
+    t_served = static_cast<int>(served);
     return out;
   }
   // Narrow groups (at most kDirectGroupChannels input and output channels a group: ResNeXt's 4, RegNet's 16):
@@ -879,7 +879,8 @@ std::string last_kernel(const std::string& family) {
     case Served::ConvSm90: return with_variant("sm90_conv");
     case Served::ConvGathered: return "conv_gathered";
     case Served::DwConv: return "dwconv";
-    case Served::DwConvStrip: return t_dw_strip == 8 ? "dwconv_strip" : "dwconv_strip4";
+    case Served::DwConvStrip: return "dwconv_strip";
+    case Served::DwConvStrip4: return "dwconv_strip4";
     case Served::ConvGrouped: return "conv_grouped";
     case Served::ConvGroupedDirect: return "conv_grouped_direct";
     case Served::None: break;
