@@ -281,6 +281,22 @@ def test_masks_take_the_layer_mode():
     assert all(m.training for m in train.modules())
 
 
+def test_prune_pattern_follows_the_argument_given():
+    # prune(model, sparsity=s) with no pattern is unstructured weight pruning (as the README's first example
+    # reads); amount= alone (or nothing) is channel pruning; both at once is refused
+    import fastinfer
+
+    model = MLP()
+    report = fastinfer.prune(model, sparsity=0.75)
+    assert type(report).__name__ == "SparsityReport"
+    w = model.fc1.weight
+    assert abs((w == 0).float().mean().item() - 0.75) < 0.01 and parametrize.is_parametrized(model.fc1)
+    with pytest.raises(ValueError, match="amount"):
+        fastinfer.prune(MLP(), "unstructured", amount=0.5)
+    with pytest.raises(ValueError, match="not sparsity"):
+        fastinfer.prune(MLP(), "channels", sparsity=0.5)
+
+
 def test_weight_norm_hook_layer_is_skipped_with_a_reason():
     import warnings
 

@@ -21,7 +21,7 @@ from . import masks, structured
 WEIGHT_PATTERNS = ("unstructured", "2:4", "block")
 
 
-def prune(model: nn.Module, pattern: str = "channels", amount: Optional[float] = None, *,
+def prune(model: nn.Module, pattern: Optional[str] = None, amount: Optional[float] = None, *,
           sparsity: Optional[float] = None, importance: str = "l1", example_inputs=None,
           round_to: Optional[int] = None, scope: str = "layer", block: Sequence[int] = (1, 16),
           include: Patterns = None, exclude: Patterns = None, verbose: bool = False):
@@ -34,7 +34,11 @@ def prune(model: nn.Module, pattern: str = "channels", amount: Optional[float] =
       sparse): ``sparsity`` in [0, 1], per layer or (scope="global") over all selected layers;
       see fastinfer.pruning.masks.prune_weights. Convert with fastinfer.sparsify to run the sparse
       kernels. Returns a SparsityReport.
+    pattern=None (the default): "unstructured" when ``sparsity`` is given (``prune(model, sparsity=0.9)``),
+      else "channels".
     """
+    if pattern is None:
+        pattern = "unstructured" if sparsity is not None else "channels"
     if pattern == "channels":
         if sparsity is not None:
             raise ValueError("pattern='channels' removes a fraction of channels: pass amount=, not sparsity=")
