@@ -5,7 +5,9 @@ torch bf16 F.linear; torch._int_mm (cuBLASLt int8 -> int32; it refuses M <= 16);
 per-token x per-channel scaling and bias written in torch, as users do; fastinfer int8_mm (raw, int32 out),
 int8_scaled_mm (fused epilogue, bf16 out), Int8Linear w8a8_dynamic (bf16 in/out, activation quantization
 included) and, for M <= 64, w8_only (bf16 in/out; its weight traffic as GB/s; from 9 rows also in the
-tensor-core kernel's candidate 256-k rounds, FASTINFER_WEIGHT_ONLY_ROUND_K=256: "w8_only k256").
+tensor-core kernel's candidate 256-k rounds, FASTINFER_WEIGHT_ONLY_ROUND_K=256: "w8_only k256"; and the
+candidate Tiles8x64 weight layout, ops.pack_weight_only_tiles, through the layer's op: "w8_only tiles" and, from
+9 rows, "w8_only tiles k256").
 TOPS = 2 M N K / time.
 The unnamed rows run the library's defaults (for bf16 outputs on Hopper: the GEMM's pingpong composition).
 At shapes of M * N >= 4096 * 8192 the fused GEMM is also timed in each composition of the Hopper kernel
@@ -163,6 +165,15 @@ def bench_shape(M: int, K: int, N: int) -> List[Dict]:
     if 8 < M <= 64:  # the tensor-core kernel's candidate 256-k rounds (FASTINFER_WEIGHT_ONLY_ROUND_K)
         cases.append(("fastinfer", "Int8Linear w8_only k256", lambda: wonly(x),
                       {"FASTINFER_WEIGHT_ONLY_ROUND_K": "256"}))
+    if M <= 64:  # the candidate Tiles8x64 weight layout: the layer's own op and buffers, the weight as tiles
+        tiles = ops.pack_weight_only_tiles(wonly.int8_weight().contiguous())
+
+        def wonly_tiles():
+            return torch.ops.fastinfer.int8_linear_weight_only(x, tiles, wonly.weight_scale, wonly.bias)
+
+        cases.append(("fastinfer", "w8_only tiles", wonly_tiles, {}))
+        if M > 8:
+            cases.append(("fastinfer", "w8_only tiles k256", wonly_tiles, {"FASTINFER_WEIGHT_ONLY_ROUND_K": "256"}))
     if M * N >= 4096 * 8192:  # every swizzle at the target shapes, the compositions alone at the others
         swizzles = (1,) + SWIZZLES if (M, K, N) in TARGET_SHAPES else (1,)
         cases += [("fastinfer", f"int8_scaled_mm fused {v} swizzle={n}", fused, hopper_settings(v, n))
@@ -186,7 +197,7 @@ def bench_shape(M: int, K: int, N: int) -> List[Dict]:
                 row["variant"] = env["FASTINFER_SM90_VARIANT"]
             if "FASTINFER_SM90_SWIZZLE" in env:
                 row["swizzle"] = int(env["FASTINFER_SM90_SWIZZLE"])
-            if impl.startswith("Int8Linear w8_only"):
+            if impl.startswith(("Int8Linear w8_only", "w8_only tiles")):
                 row["gb_s"] = (N * K + 2 * M * K + 2 * M * N) / (t["median_ms"] * 1e-3) / 1e9
             rows.append(row)
     return rows
@@ -252,10 +263,12 @@ def targets(rows: List[Dict], copy_tb: float):
                             bf16["graph_ms"] / wo["graph_ms"], 1.5, True))
             out.append(("#4", f"w8_only GB/s / {copy_tb:.1f} TB/s copy at {M}x{K}x{N}",
                         wo["gb_s"] / (copy_tb * 1000), 0.0, True))
-            k256 = by.get((M, K, N, "Int8Linear w8_only k256"))
-            if k256 and "graph_ms" in k256 and "graph_ms" in bf16:
-                out.append(("#4", f"w8_only (256-k rounds) vs bf16 F.linear (graph) at {M}x{K}x{N}",
-                            bf16["graph_ms"] / k256["graph_ms"], 1.5, True))
+            for impl, what in (("Int8Linear w8_only k256", "256-k rounds"), ("w8_only tiles", "tiles"),
+                               ("w8_only tiles k256", "tiles, 256-k rounds")):
+                cand = by.get((M, K, N, impl))  # the candidates (graph: the op alone, without the layer's Python)
+                if cand and "graph_ms" in cand and "graph_ms" in bf16:
+                    out.append(("#4", f"w8_only ({what}) vs bf16 F.linear (graph) at {M}x{K}x{N}",
+                                bf16["graph_ms"] / cand["graph_ms"], 1.5, True))
     return out
 
 

@@ -113,7 +113,8 @@ stamp "compute-sanitizer memcheck (a subset, one process; before the benchmarks:
 # Each kernel family on shapes that miss its tiles: the sm_80 GEMM (M sweep to 127, K=13, N=7), the sm90
 # GEMM (513 rows, bf16 out, bias; its pingpong and wide compositions at 65 x 272 x 136), the weight-only
 # kernels (16 rows fp32; 17 and 48 rows on tensor cores with a K split, 17 rows of K=13 without; the 256-k
-# rounds at 16, 33 and 64 rows) and its cuBLAS side (65 rows), the quantize kernels (vectorized: K=1000 bf16;
+# rounds at 16, 33 and 64 rows; the Tiles8x64 weight layout at 3 rows fp32, 9 and 17 rows, 33 rows in 256-k
+# rounds) and its cuBLAS side (65 rows), the quantize kernels (vectorized: K=1000 bf16;
 # scalar: K=1001 fp32), the 2:4 GEMM and compressor (N=7, K=2323; each composition), and the conv paths (sm90
 # implicit GEMM in its three compositions, a dynamically quantized input, gathered rows with C=3, depthwise 3x3
 # (4-byte loads; single bytes for odd C) and 5x5, the depthwise strip kernel (3x3 stride 2, 7x7 padded 3 with
@@ -135,6 +136,10 @@ if command -v compute-sanitizer >/dev/null; then
     "tests/test_cuda.py::test_weight_only_round_256[2064-520-16-dtype0]" \
     "tests/test_cuda.py::test_weight_only_round_256[1000-70-33-dtype1]" \
     "tests/test_cuda.py::test_weight_only_round_256[4096-300-64-dtype0]" \
+    "tests/test_cuda.py::test_weight_only_tiles[1000-70-3-dtype0-64]" \
+    "tests/test_cuda.py::test_weight_only_tiles[13-7-9-dtype1-64]" \
+    "tests/test_cuda.py::test_weight_only_tiles[4096-300-17-dtype2-64]" \
+    "tests/test_cuda.py::test_weight_only_tiles[2064-520-33-dtype1-256]" \
     tests/test_cuda.py::test_quantize_per_token "tests/test_cuda.py::test_quantize_kernels[1000-dtype1]" \
     "tests/test_cuda.py::test_quantize_kernels[1001-dtype0]" \
     "tests/test_cuda_sparse.py::test_sparse24_linear_bit_exact[out0-7-2323]" \

@@ -42,6 +42,7 @@ def cases() -> List[Tuple[str, Callable[[], object], Dict[str, str]]]:
     import torch.nn.functional as F
     from torch import nn
 
+    from fastinfer import ops
     from fastinfer.nn import Int8Linear, SparseLinear
 
     from bench_conv import LAYERS
@@ -60,6 +61,9 @@ def cases() -> List[Tuple[str, Callable[[], object], Dict[str, str]]]:
         out.append((f"w8_only {rows}x8192x8192", lambda x=x: w8_big(x), {}))
     x16 = torch.randn(16, 8192, device=dev, dtype=torch.bfloat16)
     out.append(("w8_only 16x8192x8192 k256", lambda: w8_big(x16), {"FASTINFER_WEIGHT_ONLY_ROUND_K": "256"}))
+    tiles = ops.pack_weight_only_tiles(w8_big.int8_weight().contiguous())  # the candidate Tiles8x64 layout
+    out.append(("w8_only 16x8192x8192 tiles", lambda: torch.ops.fastinfer.int8_linear_weight_only(
+        x16, tiles, w8_big.weight_scale, w8_big.bias), {}))
     out.append(("bf16 F.linear 16x8192x8192 (cuBLAS)", lambda: F.linear(x16, w_bf16), {}))
     x32 = torch.randn(32, 4096, device=dev, dtype=torch.bfloat16)
     out.append(("w8_only 32x4096x4096", lambda: w8_small(x32), {}))

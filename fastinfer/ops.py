@@ -112,6 +112,34 @@ def unpack_int8_weight(packed: Tensor) -> Tensor:
     return _ops.unpack_int8_weight(packed)
 
 
+def pack_weight_only_tiles(weight: Tensor) -> Tensor:
+    """int8 [N, K] -> the weight-only kernels' Tiles8x64 layout (csrc/kernels/cuda/params.h, WeightLayout), on
+    the weight's device: int8 [ceil(N / 8), ceil(K / 64), 8, 64], zero-padded, where
+    ``tiles[a, b, r, c] == weight[8 a + r, 64 b + c]``: each tile of 8 rows x 64 columns is 512 contiguous bytes,
+    and a group of 8 rows is one contiguous run. ``int8_linear_weight_only`` on CUDA takes it in place of
+    ``pack_int8_weight``'s rows (N is then w_scale's length). A candidate layout: the tensor-core weight-only
+    kernel copies 8 rows x 64 bytes per warp instruction, one 512-byte run from tiles instead of 8 pieces of
+    rows far apart (benchmarks/bench_linear.py --device cuda times both); Int8Linear does not use it yet."""
+    if not isinstance(weight, Tensor) or weight.dtype != torch.int8 or weight.dim() != 2 or min(weight.shape) < 1:
+        got = f"{weight.dtype} of shape {list(weight.shape)}" if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"pack_weight_only_tiles: weight must be int8 [N, K] with N, K >= 1, got {got}")
+    n, k = weight.shape
+    n8, k64 = -(-n // 8), -(-k // 64)
+    padded = weight.new_zeros((n8 * 8, k64 * 64))
+    padded[:n, :k] = weight
+    return padded.view(n8, 8, k64, 64).permute(0, 2, 1, 3).contiguous()
+
+
+def unpack_weight_only_tiles(tiles: Tensor, n: int, k: int) -> Tensor:
+    """The int8 [n, k] weight of pack_weight_only_tiles' layout."""
+    if not isinstance(tiles, Tensor) or tiles.dtype != torch.int8 or tiles.dim() != 4 or tuple(tiles.shape) != (
+            -(-n // 8), -(-k // 64), 8, 64):
+        got = f"{tiles.dtype} of shape {list(tiles.shape)}" if isinstance(tiles, Tensor) else type(tiles).__name__
+        raise ValueError(f"unpack_weight_only_tiles: tiles must be int8 [{-(-n // 8)}, {-(-k // 64)}, 8, 64] for "
+                         f"n={n}, k={k}, got {got}")
+    return tiles.permute(0, 2, 1, 3).reshape(tiles.shape[0] * 8, tiles.shape[1] * 64)[:n, :k].contiguous()
+
+
 def int8_mm(a: Tensor, packed_b: Tensor, n: int) -> Tensor:
     """Raw int8 x int8 -> int32: a [M, K] times B^T, B the packed [n, K] weight."""
     _check_devices("int8_mm", a=a, packed_b=packed_b)

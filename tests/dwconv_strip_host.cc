@@ -2,7 +2,7 @@
 // the kernel's grid, against a direct int32 reference: bit-exact sums for every stored output, over random
 // geometries of each instantiated filter width and column stride (random R, row stride, row dilation,
 // padding, channels a multiple of 4, widths that miss the strip length), and with exact-size buffers so that
-// AddressSanitizer (tests/test_dwconv_strip.py builds with it) catches any read outside x or w.
+// AddressSanitizer (tests/test_cuda_host.py builds with it) catches any read outside x or w.
 // Prints "ok <cases> <outputs>" and exits 0, or the first mismatch and exits 1.
 #include <cstdint>
 #include <cstdio>

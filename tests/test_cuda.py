@@ -264,6 +264,42 @@ def test_weight_only_round_256(monkeypatch, M, K, N, dtype):
         ops.int8_linear_weight_only(x.to(DEV), ops.pack_int8_weight(w.to(DEV)), ws.to(DEV), bias.to(DEV))
 
 
+@pytest.mark.parametrize("round_k", ["64", "256"])
+@pytest.mark.parametrize("dtype", FLOAT_OUT)
+@pytest.mark.parametrize("M", [1, 3, 8, 9, 16, 17, 33, 64, 65])
+@pytest.mark.parametrize("K,N", [(13, 7), (1000, 70), (4096, 300), (2064, 520)])
+def test_weight_only_tiles(monkeypatch, M, K, N, dtype, round_k):
+    """The Tiles8x64 weight layout (ops.pack_weight_only_tiles, a candidate): the same kernel reads the same
+    chunks in the same order from other addresses, so the output is bit-identical to the rows layout's, on every
+    path (one-row kernel, tensor-core kernel in both round lengths, cuBLAS on the weight unpacked above 64 rows)."""
+    if round_k == "256" and (dtype == torch.float32 or not 8 < M <= 64):
+        pytest.skip("256-k rounds exist in the tensor-core kernel only (bf16/fp16 x, 9-64 rows)")
+    monkeypatch.setenv("FASTINFER_WEIGHT_ONLY_ROUND_K", round_k)
+    x = torch.randn(M, K).to(dtype).to(DEV)
+    w = torch.randint(-128, 128, (N, K), dtype=torch.int8)
+    ws, bias = (torch.rand(N) * 0.01).to(DEV), torch.randn(N).to(DEV)
+    rows = ops.int8_linear_weight_only(x, ops.pack_int8_weight(w.to(DEV)), ws, bias)
+    served_rows = ops.cuda_last_kernel()
+    assert served_rows == ("weight_only_mma_k256" if round_k == "256" else expected_weight_only(M, dtype))
+    tiles = ops.int8_linear_weight_only(x, ops.pack_weight_only_tiles(w.to(DEV)), ws, bias)
+    assert ops.cuda_last_kernel() == served_rows + ("" if served_rows == "weight_only_cublas" else "_tiles")
+    # above 64 rows both widen the same [N, K] weight for the same cuBLAS call
+    assert torch.equal(tiles, rows)
+
+
+def test_weight_only_tiles_refused():
+    x = torch.randn(3, 100, device=DEV, dtype=torch.bfloat16)
+    w = torch.randint(-128, 128, (40, 100), dtype=torch.int8, device=DEV)
+    tiles = ops.pack_weight_only_tiles(w)
+    with pytest.raises(RuntimeError, match=r"shape \[6, 2, 8, 64\], contiguous; got Char of shape \[5, 2, 8, 64\]"):
+        ops.int8_linear_weight_only(x, tiles, torch.rand(48, device=DEV))  # w_scale's N = 48 needs 6 row groups
+    with pytest.raises(RuntimeError, match="4-D packed_w"):  # x's K (200) needs 4 tiles of k
+        ops.int8_linear_weight_only(torch.randn(3, 200, device=DEV, dtype=torch.bfloat16), tiles,
+                                    torch.rand(40, device=DEV))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ops.int8_linear_weight_only(x, tiles.transpose(0, 1).contiguous().transpose(0, 1), torch.rand(40, device=DEV))
+
+
 def test_opcheck():
     a, b = rand_i8(33, 100).to(DEV), rand_i8(40, 100).to(DEV)
     packed = ops.pack_int8_weight(b)
@@ -273,6 +309,8 @@ def test_opcheck():
         (torch.ops.fastinfer.int8_scaled_mm.default, (a, torch.rand(33, device=DEV), packed, torch.rand(40, device=DEV))),
         (torch.ops.fastinfer.int8_linear_dynamic.default, (x, packed, torch.rand(40, device=DEV))),
         (torch.ops.fastinfer.int8_linear_weight_only.default, (x, packed, torch.rand(40, device=DEV))),
+        (torch.ops.fastinfer.int8_linear_weight_only.default,
+         (x, ops.pack_weight_only_tiles(b), torch.rand(40, device=DEV))),
         (torch.ops.fastinfer.quantize_per_token.default, (x,)),
         (torch.ops.fastinfer.pack_int8_weight.default, (b,)),
     ]:

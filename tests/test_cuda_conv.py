@@ -120,7 +120,7 @@ def test_sm90_conv_variant_bad_value(monkeypatch):
 # instantiated filter width and column stride, widths that miss the strip (8 and 4 outputs), padding as wide as
 # the filter, row strides and dilations of their own (the columns' dilation must be 1), and the shapes it refuses
 # (odd C, column dilation 2, column stride 3, 4 taps), which the per-output kernel serves. The arithmetic itself
-# is also checked on the CPU, for every thread of random geometries (test_dwconv_strip.py).
+# is also checked on the CPU, for every thread of random geometries (test_cuda_host.py).
 DW_STRIP = [(2, 64, 10, 10, 3, (1, 1), 1, (1, 1)), (1, 32, 13, 19, 3, (2, 2), 1, (1, 1)),
             (2, 24, 11, 9, 5, (1, 1), 2, (2, 1)), (1, 40, 12, 21, 5, (3, 2), 5, (1, 1)),
             (1, 16, 9, 23, 7, (1, 1), 3, (1, 1)), (2, 8, 15, 15, 7, (2, 2), 7, (1, 1)),

@@ -157,3 +157,28 @@ def test_linear_gelu_epilogue(isa, M, K, N):
     big = ops.int8_linear_static(torch.full((1, K), 1e3), 0.04, packed, w_scale, bias, "gelu")
     assert torch.isfinite(big).all()
     assert_served("int8_gemm", isa)
+
+
+@pytest.mark.parametrize("N,K", [(1, 1), (7, 13), (8, 64), (9, 65), (70, 1000)])
+def test_weight_only_tiles_layout(N, K):
+    # pack_weight_only_tiles (the CUDA weight-only kernels' candidate layout, params.h WeightLayout): tiles[a, b, r,
+    # c] == W[8 a + r, 64 b + c], zeros past N and K, and unpack_weight_only_tiles inverts it
+    w = torch.randint(-128, 128, (N, K), dtype=torch.int8)
+    tiles = ops.pack_weight_only_tiles(w)
+    assert tiles.shape == (-(-N // 8), -(-K // 64), 8, 64) and tiles.dtype == torch.int8 and tiles.is_contiguous()
+    for _ in range(50):
+        a, b, r, c = (int(torch.randint(0, s, ())) for s in tiles.shape)
+        n, k = 8 * a + r, 64 * b + c
+        assert int(tiles[a, b, r, c]) == (int(w[n, k]) if n < N and k < K else 0)
+    assert torch.equal(ops.unpack_weight_only_tiles(tiles, N, K), w)
+    flat = tiles.flatten()  # a group of 8 rows is one run: rows 0-7's first 64 columns are its first 512 bytes
+    assert torch.equal(flat[:64 * min(N, 8)].view(-1, 64)[:, :min(K, 64)], w[:8, :64])
+
+
+def test_weight_only_tiles_bad_input():
+    with pytest.raises(ValueError, match="weight must be int8"):
+        ops.pack_weight_only_tiles(torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="weight must be int8"):
+        ops.pack_weight_only_tiles(torch.zeros(0, 4, dtype=torch.int8))
+    with pytest.raises(ValueError, match=r"tiles must be int8 \[1, 1, 8, 64\]"):
+        ops.unpack_weight_only_tiles(torch.zeros(1, 2, 8, 64, dtype=torch.int8), 8, 64)

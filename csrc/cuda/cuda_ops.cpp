@@ -36,6 +36,7 @@ enum class Served : int {
 thread_local int t_served = 0;  // per calling thread, as the CPU side's last_kernel
 thread_local ck::Sm90Variant t_variant = ck::Sm90Variant::Cooperative;  // the composition of Sm90 / Sparse24 / ConvSm90
 thread_local int t_round_k = 64;  // the k per round of the latest WeightOnlyMma call
+thread_local bool t_weight_tiles = false;  // the latest weight-only call's weight was in the Tiles8x64 layout
 thread_local int t_quantize = 0;  // the activation quantization: 1 the scalar kernel, 2 the vectorized one
 
 // Compute capability and multiprocessor count of a device, asked once per device (cudaGetDeviceProperties
@@ -386,21 +387,47 @@ int weight_only_round_k(const char* op) {
 // kWeightOnlyMmaMinRows rows (and up to kWeightOnlyMaxRows for fp32 x), the tensor-core one for bf16/fp16 x
 // up to kWeightOnlyMmaMaxRows; above, the product is compute-bound and the weight is widened once per call
 // for cuBLAS (at::linear).
+// A weight in the Tiles8x64 layout (fastinfer.ops.pack_weight_only_tiles; params.h, WeightLayout): int8
+// [ceil(N / 8), ceil(K / 64), 8, 64], contiguous, 16-byte aligned; N is w_scale's length. A candidate for the
+// weight-only kernels (benchmarks/bench_linear.py --device cuda times it beside the rows layout).
+void check_tiles(const at::Tensor& w, int64_t N, int64_t K, const at::Device& dev, const char* op) {
+  check_device(w, dev, op, "packed_w");
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.is_contiguous() && w.size(0) == (N + 7) / 8 &&
+              w.size(1) == (K + 63) / 64 && w.size(2) == 8 && w.size(3) == 64, "fastinfer.", op, ": a 4-D packed_w "
+              "must be the int8 tiles of fastinfer.ops.pack_weight_only_tiles for an [N, K] = [", N, ", ", K, "] weight "
+              "(N from w_scale, K from x): shape [", (N + 7) / 8, ", ", (K + 63) / 64, ", 8, 64], contiguous; got ",
+              w.scalar_type(), " of shape ", w.sizes());
+  TORCH_CHECK(aligned16(w.data_ptr()), "fastinfer.", op, ": packed_w must start on a 16-byte boundary, got a view "
+              "at an offset");
+}
+
 at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
                                    const std::optional<at::Tensor>& bias) {
   const char* op = "int8_linear_weight_only";
   const at::Tensor x2 = activation_2d(x, op);
   const at::Device dev = x.device();
-  const int64_t M = x2.size(0), K = x2.size(1);
-  check_packed(packed_w, K, dev, op);
-  const int64_t N = packed_w.size(0), K_pad = packed_w.size(1);
+  const int64_t M = x2.size(0), K = x2.size(1), K_pad = ck::round_up(K, ck::kKAlign);
+  const bool tiles = packed_w.dim() == 4;
+  if (tiles) {
+    TORCH_CHECK(w_scale.dim() == 1 && w_scale.size(0) >= 1, "fastinfer.", op, ": w_scale must be 1-D [N], got shape ",
+                w_scale.sizes());
+    check_tiles(packed_w, w_scale.size(0), K, dev, op);
+  } else {
+    check_packed(packed_w, K, dev, op);
+  }
+  const int64_t N = tiles ? w_scale.size(0) : packed_w.size(0);
   const c10::cuda::CUDAGuard guard(dev);
   const at::Tensor bs = channel_vector(w_scale, N, dev, op, "w_scale", false);
   const at::Tensor bi = bias ? channel_vector(*bias, N, dev, op, "bias", true) : at::Tensor();
   const bool half_x = x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
   const bool mma = half_x && M > ck::kWeightOnlyMmaMinRows && M <= ck::kWeightOnlyMmaMaxRows;
+  t_weight_tiles = tiles;
   if (M > (half_x ? ck::kWeightOnlyMmaMaxRows : ck::kWeightOnlyMaxRows)) {
-    const at::Tensor w = packed_w.narrow(1, 0, K).to(x.scalar_type()) * bs.to(x.scalar_type()).unsqueeze(1);
+    // [N, K] int8 of either layout (tiles back to rows: the permute's copy is the widening's own)
+    const at::Tensor w8 = tiles ? packed_w.permute({0, 2, 1, 3}).reshape({packed_w.size(0) * 8, packed_w.size(1) * 64})
+                                      .narrow(0, 0, N).narrow(1, 0, K)
+                                : packed_w.narrow(1, 0, K);
+    const at::Tensor w = w8.to(x.scalar_type()) * bs.to(x.scalar_type()).unsqueeze(1);
     at::Tensor y = at::linear(x2, w, bi.defined() ? std::optional<at::Tensor>(bi.to(x.scalar_type())) : std::nullopt);
     t_served = static_cast<int>(Served::WeightOnlyCublas);
     return y.view(out_shape(x, N));
@@ -421,7 +448,8 @@ at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed
   p.x_kind = x_kind(x.scalar_type(), op);
   p.ldx = xp.stride(0);
   p.b = packed_w.data_ptr<int8_t>();
-  p.ldb = K_pad;
+  p.ldb = tiles ? packed_w.size(1) * 512 : K_pad;
+  p.b_layout = tiles ? ck::WeightLayout::Tiles8x64 : ck::WeightLayout::Rows;
   p.b_scale = bs.data_ptr<float>();
   p.bias = bi.defined() ? bi.data_ptr<float>() : nullptr;
   p.out = out.data_ptr();
@@ -872,9 +900,11 @@ std::string last_kernel(const std::string& family) {
   switch (static_cast<Served>(t_served)) {
     case Served::Sm80: return "sm80_mma";
     case Served::Sm90: return with_variant("sm90_cutlass");
-    case Served::WeightOnly: return "weight_only";
+    // the weight-only kernels: "_tiles" when they read a Tiles8x64 weight
+    case Served::WeightOnly: return t_weight_tiles ? "weight_only_tiles" : "weight_only";
     case Served::WeightOnlyCublas: return "weight_only_cublas";
-    case Served::WeightOnlyMma: return t_round_k == 64 ? "weight_only_mma" : "weight_only_mma_k256";
+    case Served::WeightOnlyMma:
+      return std::string(t_round_k == 64 ? "weight_only_mma" : "weight_only_mma_k256") + (t_weight_tiles ? "_tiles" : "");
     case Served::Sparse24: return with_variant("sm90_sparse24");
     case Served::ConvSm90: return with_variant("sm90_conv");
     case Served::ConvGathered: return "conv_gathered";

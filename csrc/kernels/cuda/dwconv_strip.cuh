@@ -1,6 +1,6 @@
 // Depthwise int8 convolution by strips of outputs along a row, the taps of a filter row summed by dp4a: the
 // arithmetic of one thread, written for the host as well as the GPU so that a CPU test (tests/dwconv_strip_host.cc,
-// built by tests/test_dwconv_strip.py with the system's C++ compiler) checks it bit for bit without a GPU. The
+// built by tests/test_cuda_host.py with the system's C++ compiler) checks it bit for bit without a GPU. The
 // kernel around it (dwconv_strip_kernel) and its dispatch are in conv.cu. Framework-free: params.h only.
 //
 // Why: the per-output kernel (dwconv_kernel) spends about 300 instructions on 4 outputs of a 3 x 3 filter (a
@@ -20,13 +20,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include "params.h"
-
-#if defined(__CUDACC__)
-#define FI_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define FI_HOST_DEVICE inline
-#endif
+#include "params.h"  // FI_HOST_DEVICE
 
 namespace fastinfer {
 namespace cuda_kernels {

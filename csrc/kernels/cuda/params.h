@@ -7,6 +7,13 @@
 
 #include "../epilogue_kinds.h"
 
+// Functions that run on both sides (kernels and their host-side checks: tests/*_host.cc build them with g++).
+#if defined(__CUDACC__)
+#define FI_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define FI_HOST_DEVICE inline
+#endif
+
 namespace fastinfer {
 namespace cuda_kernels {
 
@@ -101,13 +108,34 @@ const char* launch_quantize_tensor(const TensorQuantizeParams& p, void* stream);
 
 // Weight-only int8 for few rows (decode-like, bound by reading the weight once):
 //   Y[m, n] = (sum_k x[m, k] * float(B[n, k])) * b_scale[n] (+ bias[n]), fp32 accumulation,
-//   stored in x's type. M <= kWeightOnlyMaxRows; K % 16 == 0 with 16-byte aligned rows of x and of
-//   B int8 [N, K] (the entry layer pads x to the weight's K_pad when needed).
+//   stored in x's type. M <= kWeightOnlyMaxRows; K % 16 == 0 with 16-byte aligned rows of x, B int8 in one
+//   of the layouts below, 16-byte aligned (the entry layer pads x to the weight's K_pad when needed).
 constexpr int64_t kWeightOnlyMaxRows = 16;
 // The tensor-core version (weight_only_mma.cu) for bf16/fp16 x: up to 64 rows, the same arithmetic with the
 // products on mma.sync (fp32 accumulation, in another order); it serves rows above kWeightOnlyMmaMinRows.
 constexpr int64_t kWeightOnlyMmaMaxRows = 64;
 constexpr int64_t kWeightOnlyMmaMinRows = 8;
+// The weight-only kernels' weight layouts (WeightOnlyParams::b_layout), both read through weight_offset:
+//   Rows       int8 [N, ldb] row-major (pack_int8_weight: ldb = round_up(K, 16)): byte (n, k) at n ldb + k.
+//   Tiles8x64  int8 [ceil(N / 8)][ldb / 512][8][64] (fastinfer.ops.pack_weight_only_tiles; a candidate): tiles
+//              of 8 rows x 64 k, each 512 contiguous bytes, a group of 8 rows' tiles in k order (ldb = the
+//              bytes of a group: 512 ceil(K / 64)). The tensor-core kernel's lanes copy 16 k of 8 rows per
+//              instruction: from Rows that is 8 pieces of 64 bytes, ldb apart; from Tiles one 512-byte run, and
+//              a row group's rounds stream one contiguous region (as the one-row kernel's warps do on Rows).
+enum class WeightLayout : int32_t { Rows = 0, Tiles8x64 = 1 };
+// Byte offset of weight (n, k) for k % 16 == 0 (a 16-byte chunk starts there). Both layouts satisfy
+//   weight_offset(n + 8 v, k) = weight_offset(n, k) + v * weight_group_stride(.)    (n % 8 kept)
+//   weight_offset(n, k + 64 u) = weight_offset(n, k) + 64 u * weight_k_mul(.)
+// which the kernels use to advance their addresses (tests/weight_layout_host.cc checks all three).
+FI_HOST_DEVICE int64_t weight_offset(WeightLayout layout, int64_t ldb, int64_t n, int64_t k) {
+  if (layout == WeightLayout::Rows) return n * ldb + k;
+  return (n / 8) * ldb + (k / 64) * 512 + (n % 8) * 64 + k % 64;
+}
+FI_HOST_DEVICE int64_t weight_group_stride(WeightLayout layout, int64_t ldb) {
+  return layout == WeightLayout::Rows ? 8 * ldb : ldb;
+}
+FI_HOST_DEVICE int64_t weight_k_mul(WeightLayout layout) { return layout == WeightLayout::Rows ? 1 : 8; }
+
 struct WeightOnlyParams {
   int64_t M = 0, N = 0, K = 0;
   int sms = 0;                      // the GPU's multiprocessors (the mma kernel's K split fills them)
@@ -116,7 +144,8 @@ struct WeightOnlyParams {
   XKind x_kind = XKind::Float32;
   int64_t ldx = 0;
   const int8_t* b = nullptr;
-  int64_t ldb = 0;
+  int64_t ldb = 0;                  // Rows: bytes per row; Tiles8x64: bytes per group of 8 rows
+  WeightLayout b_layout = WeightLayout::Rows;
   const float* b_scale = nullptr;
   const float* bias = nullptr;
   void* out = nullptr;              // [M, N] of x's type

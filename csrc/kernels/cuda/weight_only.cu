@@ -1,6 +1,7 @@
 // Weight-only int8 for few rows (decode-like batches): Y = (X . B^T) * b_scale (+ bias), X fp32/bf16/fp16
-// [M <= 16, K], B int8 [N, K_pad]. Bound by reading the weight once: each lane streams 16-byte int8
-// chunks of a warp's weight rows (coalesced: a warp reads 512 consecutive bytes of a row), widens them
+// [M <= 16, K], B int8 [N, K_pad] (or the Tiles8x64 layout: params.h). Bound by reading the weight once: each
+// lane streams 16-byte int8 chunks of a warp's weight rows (coalesced: a warp reads 512 consecutive bytes of a
+// row; from Tiles8x64, 8 pieces of 256 bytes, 512 apart, with the warp of the group's other 4 rows), widens them
 // to fp32 in registers and multiplies them with the same 16 activations of every row; the partial
 // sums are reduced across the warp at the end.
 #include <cuda_bf16.h>
@@ -74,24 +75,29 @@ __global__ void __launch_bounds__(kWarps * 32) weight_only_kernel(const WeightOn
   for (int m = 0; m < MR; ++m)
 #pragma unroll
     for (int c = 0; c < kCols; ++c) acc[m][c] = 0.0f;
-  // The lane's 16-byte chunks of the warp's kCols rows at k (zeros past K: a prefetch past the end reads nothing).
-  // A missing column reuses a valid row (never stored).
-  auto load = [&](int64_t k, int4 (&raw)[kCols]) {
+  // The lane's 16-byte chunks of the warp's kCols rows at k = 16 lane + 512 s, at row[c] + s * step in either
+  // layout (params.h, weight_offset); zeros past K (a prefetch past the end reads nothing). A missing column
+  // reuses a valid row (never stored).
+  const int8_t* row[kCols];
 #pragma unroll
-    for (int c = 0; c < kCols; ++c) {
-      const int64_t n = n0 + c < p.N ? n0 + c : n0;
-      raw[c] = k < p.K ? __ldg(reinterpret_cast<const int4*>(p.b + n * p.ldb + k)) : make_int4(0, 0, 0, 0);
-    }
+  for (int c = 0; c < kCols; ++c)
+    row[c] = p.b + weight_offset(p.b_layout, p.ldb, n0 + c < p.N ? n0 + c : n0, static_cast<int64_t>(lane) * kChunk);
+  const int64_t step = 32 * kChunk * weight_k_mul(p.b_layout);
+  auto load = [&](int64_t k, int64_t steps, int4 (&raw)[kCols]) {
+#pragma unroll
+    for (int c = 0; c < kCols; ++c)
+      raw[c] = k < p.K ? __ldg(reinterpret_cast<const int4*>(row[c] + steps * step)) : make_int4(0, 0, 0, 0);
   };
   // The next step's chunks are loaded before this step's products, so each warp keeps two steps of its rows in
   // flight: with one (the loads at the top of each step), a layer with few rows a multiprocessor could not hold
   // enough bytes in flight to cover the memory's latency (1 x 14336 x 4096 on an H200: 1024 warps, 2.4 TB/s,
   // where 8192 x 8192's 2048 warps drew 3.3). Not yet timed on a GPU.
   int4 cur[kCols];
-  load(static_cast<int64_t>(lane) * kChunk, cur);
-  for (int64_t k = static_cast<int64_t>(lane) * kChunk; k < p.K; k += 32 * kChunk) {
+  load(static_cast<int64_t>(lane) * kChunk, 0, cur);
+  int64_t done = 0;  // steps taken
+  for (int64_t k = static_cast<int64_t>(lane) * kChunk; k < p.K; k += 32 * kChunk, ++done) {
     int4 next[kCols];
-    load(k + 32 * kChunk, next);
+    load(k + 32 * kChunk, done + 1, next);
     float w[kCols][kChunk];
 #pragma unroll
     for (int c = 0; c < kCols; ++c) {

@@ -3,7 +3,8 @@
 // bound by reading the weight from about 8 rows; here mma.sync m16n8k16 (fp32 accumulation) does the
 // products, so up to 64 rows still cost about one pass over the int8 weight.
 //
-// Each lane copies 16 consecutive k of one weight row (16 bytes: coalesced across the warp) and widens them to
+// Each lane copies 16 consecutive k of one weight row (16 bytes; a warp's copy is 8 rows x 64 bytes, one
+// 512-byte run from the Tiles8x64 layout: params.h, WeightLayout) and widens them to
 // 16-bit pairs in registers (exact: |w| <= 128). The mma wants lane (g, t) to hold k = 2t, 2t + 1,
 // 2t + 8, 2t + 9 of its fragment; as a dot product does not care how k is numbered, logical k of mma step s
 // is mapped onto the lane's own chunk instead: {2t, 2t + 1} -> chunk elements 4s, 4s + 1 and {2t + 8, 2t + 9}
@@ -145,8 +146,9 @@ __global__ void __launch_bounds__(kWarps * 32) weight_only_mma_kernel(const Weig
   const int jn = static_cast<int>(std::min<int64_t>(NT, std::max<int64_t>(0, (p.N - n0 - g + 7) / 8)));
   const int in = static_cast<int>(std::min<int64_t>(
       MT * C, std::max<int64_t>(0, (p.M - xrow + Cfg::kXRowsPerStep - 1) / Cfg::kXRowsPerStep)));
-  const int8_t* const w_base = p.b + (n0 + g) * p.ldb + 16 * t;
-  const int64_t w_tile = 8 * p.ldb;
+  // Weight (n0 + 8 j + g, k0 + 64 c + 16 t) at w_base + j w_tile + (k0 + 64 c) w_kmul (params.h, weight_offset).
+  const int8_t* const w_base = p.b + weight_offset(p.b_layout, p.ldb, n0 + g, 16 * t);
+  const int64_t w_tile = weight_group_stride(p.b_layout, p.ldb), w_kmul = weight_k_mul(p.b_layout);
   const uint8_t* const x_base = x + (xrow * p.ldx + 8 * xpiece) * 2;
   const int64_t x_step = Cfg::kXRowsPerStep * p.ldx * 2;
   const uint32_t ws_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem + 16 * tid));
@@ -160,7 +162,7 @@ __global__ void __launch_bounds__(kWarps * 32) weight_only_mma_kernel(const Weig
       for (int c = 0; c < C; ++c) {
         const bool ok = any && j < jn && k0 + 64 * c + 16 * t < p.K;
         copy16(ws_base + static_cast<uint32_t>(((slot * NT + j) * C + c) * kWarps * 32 * 16),
-               ok ? w_base + j * w_tile + k0 + 64 * c : p.b, ok);
+               ok ? w_base + j * w_tile + (k0 + 64 * c) * w_kmul : p.b, ok);
       }
     const bool x_in = any && k0 + 8 * xpiece < p.K;
 #pragma unroll
