@@ -383,10 +383,6 @@ int weight_only_round_k(const char* op) {
   return 256;
 }
 
-// Weight-only int8, bound by reading the weight once while the rows are few: the CUDA-core kernel up to
-// kWeightOnlyMmaMinRows rows (and up to kWeightOnlyMaxRows for fp32 x), the tensor-core one for bf16/fp16 x
-// up to kWeightOnlyMmaMaxRows; above, the product is compute-bound and the weight is widened once per call
-// for cuBLAS (at::linear).
 // A weight in the Tiles8x64 layout (fastinfer.ops.pack_weight_only_tiles; params.h, WeightLayout): int8
 // [ceil(N / 8), ceil(K / 64), 8, 64], contiguous, 16-byte aligned; N is w_scale's length. A candidate for the
 // weight-only kernels (benchmarks/bench_linear.py --device cuda times it beside the rows layout).
@@ -401,6 +397,10 @@ void check_tiles(const at::Tensor& w, int64_t N, int64_t K, const at::Device& de
               "at an offset");
 }
 
+// Weight-only int8, bound by reading the weight once while the rows are few: the CUDA-core kernel up to
+// kWeightOnlyMmaMinRows rows (and up to kWeightOnlyMaxRows for fp32 x), the tensor-core one for bf16/fp16 x
+// up to kWeightOnlyMmaMaxRows; above, the product is compute-bound and the weight is widened once per call
+// for cuBLAS (at::linear).
 at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
                                    const std::optional<at::Tensor>& bias) {
   const char* op = "int8_linear_weight_only";
