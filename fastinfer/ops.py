@@ -7,6 +7,7 @@ argument. Modules call torch.ops.fastinfer directly so torch.compile / torch.exp
 from __future__ import annotations
 
 import json
+import numbers
 from typing import Optional, Tuple
 
 import torch
@@ -184,10 +185,12 @@ def int8_conv2d(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: Optional[Ten
                 padding=(0, 0), dilation=(1, 1), groups: int = 1, x_scale: Optional[float] = None,
                 out_scale: Optional[float] = None, activation: str = "none") -> Tensor:
     """int8 convolution, NHWC inside: x [N, C, H, W] fp32 (quantized per tensor: x_scale, or amax/127)
-    or int8 (with x_scale); output [N, Cout, OH, OW] in channels_last memory, fp32 or int8 (out_scale)."""
+    or int8 (with x_scale); output [N, Cout, OH, OW] in channels_last memory, fp32 or int8 (out_scale).
+    kernel_size, stride, padding, dilation: pairs, or an int for both dimensions (as for F.conv2d)."""
     _check_devices("int8_conv2d", x=x, packed_w=packed_w, w_scale=w_scale, bias=bias)
-    return _ops.int8_conv2d(x, packed_w, w_scale, bias, list(kernel_size), list(stride), list(padding),
-                            list(dilation), groups, x_scale, out_scale, activation)
+    return _ops.int8_conv2d(x, packed_w, w_scale, bias, list(pair(kernel_size, "kernel_size")),
+                            list(pair(stride, "stride")), list(pair(padding, "padding")),
+                            list(pair(dilation, "dilation")), groups, x_scale, out_scale, activation)
 
 
 def int8_max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
@@ -195,9 +198,9 @@ def int8_max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, 
     memory. The arguments mean what they mean for torch.nn.functional.max_pool2d (stride None = kernel_size;
     an int stands for both dimensions); the result equals max_pool2d of x as floats, cast back."""
     _check_devices("int8_max_pool2d", x=x)
-    k = list(pair(kernel_size))
-    return _ops.int8_max_pool2d(x, k, k if stride is None else list(pair(stride)), list(pair(padding)),
-                                list(pair(dilation)), ceil_mode)
+    k = list(pair(kernel_size, "kernel_size"))
+    return _ops.int8_max_pool2d(x, k, k if stride is None else list(pair(stride, "stride")),
+                                list(pair(padding, "padding")), list(pair(dilation, "dilation")), ceil_mode)
 
 
 def int8_add(a: Tensor, b: Tensor, a_scale: Optional[float] = None, b_scale: Optional[float] = None,
@@ -209,9 +212,17 @@ def int8_add(a: Tensor, b: Tensor, a_scale: Optional[float] = None, b_scale: Opt
     return _ops.int8_add(a, b, a_scale, b_scale, relu, out_scale)
 
 
-def pair(v) -> Tuple[int, int]:
-    """An int or a 2-sequence (kernel_size, stride, ...) as a pair of ints."""
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def pair(v, name: str = "a size") -> Tuple[int, int]:
+    """An int or a 2-sequence of ints (kernel_size, stride, ...) as a pair of ints; anything else (a bool, a
+    float, another length) is refused naming `name`."""
+    def is_int(e):  # numpy's ints too
+        return isinstance(e, numbers.Integral) and not isinstance(e, bool)
+
+    if is_int(v):
+        return int(v), int(v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(is_int(e) for e in v):
+        return int(v[0]), int(v[1])
+    raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
 
 
 def int8_linear_weight_only(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:

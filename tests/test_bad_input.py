@@ -242,3 +242,14 @@ def test_layers_past_the_kernels_k_limit_stay_float():
     fastinfer.sparsify(wide)
     assert [type(m).__name__ for m in wide] == ["Linear", "SparseLinear"]
     assert "past SparseLinear's limit of 65536" in dict(wide.fastinfer_sparsify_report.skipped)["0"]
+
+
+def test_layers_refuse_non_tensor_inputs():
+    import fastinfer
+    from torch import nn
+
+    lin = fastinfer.quantize(nn.Sequential(nn.Linear(4, 4)).eval())[0]
+    conv = fastinfer.quantize(nn.Sequential(nn.Conv2d(3, 4, 1)).eval())[0]
+    for layer, bad in ((lin, [1.0] * 4), (conv, [[[1.0]]] * 3), (lin, None)):
+        with pytest.raises(TypeError, match="input must be a torch.Tensor, got"):
+            layer(bad)

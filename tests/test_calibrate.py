@@ -110,6 +110,9 @@ def test_exact_zeros_do_not_push_mse_threshold_down():
 
 @pytest.mark.parametrize("kind", ["minmax", "percentile", "mse"])
 def test_observer_errors_and_reset(kind):
+    if kind == "percentile":
+        with pytest.raises(TypeError, match="percentile must be a number"):
+            PercentileObserver("99")
     obs = make_observer(kind, name="probe")
     with pytest.raises(ValueError, match="^no data observed$"):
         obs.scale()

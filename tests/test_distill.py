@@ -95,6 +95,26 @@ def test_kd_loss_dense_logits_count_each_position():
                                _explicit_soft_kl(flat(s), flat(t), 2.0), rtol=1e-5, atol=1e-6)
 
 
+def test_kd_loss_classes_the_teacher_masks_add_nothing():
+    # A teacher logit of -inf (masked classes, vocabulary padding) is probability 0: its class adds 0 to the KL
+    # (0 log 0 = 0; F.kl_div made it NaN); the loss and gradients equal those over the unmasked classes alone.
+    T, ni = 2.0, float("-inf")
+    teacher = torch.tensor([[0.3, 2.0, ni, -1.0], [ni, 0.5, 0.1, ni]])
+    student = torch.randn(2, 4, requires_grad=True)
+    loss = kd_loss(student, teacher, None, temperature=T, alpha=1.0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(student.grad).all()
+    p_t = F.softmax(teacher / T, dim=-1)
+    log_s = F.log_softmax(student.detach() / T, dim=-1)
+    expect = sum(float(p * (torch.log(p) - ls)) for row_p, row_s in zip(p_t, log_s) for p, ls in zip(row_p, row_s)
+                 if p > 0) / 2 * T * T
+    assert math.isclose(float(loss), expect, rel_tol=1e-5)
+    # the student masked where the teacher is too: still finite (both -inf there)
+    both = kd_loss(torch.tensor([[1.0, 0.5, ni]]), torch.tensor([[0.3, 2.0, ni]]), None, alpha=1.0)
+    assert torch.isfinite(both)
+
+
 def test_kd_term_reaches_gradients():
     # alpha=1: the student's gradients are the explicit KL formula's, and nonzero.
     # Oracle 1: the closed form d/ds [T^2 KL] = T (softmax(s/T) - softmax(t/T)) / N.

@@ -123,9 +123,16 @@ def test_file_object_source():
     _same(q, fastinfer.load_quantized(buf, _mlp()), torch.randn(3, 24))
 
 
-def test_bad_sources():
+def test_bad_sources(tmp_path):
     with pytest.raises(TypeError, match="model must be"):
         fastinfer.load_quantized({}, "not a model")
+    # a whole pickled model, or bytes that are no checkpoint: a ValueError saying what the file should be
+    torch.save(fastinfer.quantize(_mlp()), tmp_path / "whole.pt")
+    for source in (tmp_path / "whole.pt", io.BytesIO(b"not a checkpoint")):
+        with pytest.raises(ValueError, match=r"could not read .* as tensors saved by torch.save\(model.state_dict"):
+            fastinfer.load_quantized(source, _mlp())
+    with pytest.raises(FileNotFoundError):
+        fastinfer.load_quantized(tmp_path / "missing.pt", _mlp())
     with pytest.raises(TypeError, match="source must be a state_dict"):
         fastinfer.load_quantized([1, 2], _mlp())
     q = fastinfer.quantize(_mlp())
@@ -302,3 +309,23 @@ def test_conv_subclasses_that_compute_as_their_base():
             y = q(x)
             assert F.cosine_similarity(y.flatten(), model(x).flatten(), dim=0) > 0.999
         _same(q, fastinfer.load_quantized(q.state_dict(), copy.deepcopy(model)), x)
+
+
+def test_parametrized_linears_are_swapped_reading_their_computed_weight():
+    # weight_norm / spectral_norm Linears (torch's Parametrized<Linear> class) compute as nn.Linear from the
+    # weight their parametrization makes: swapped (they were skipped with advice meant for pruning masks), and
+    # found again by load_quantized; a Linear holding a pruning mask stays float with its own advice.
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(weight_norm(nn.Linear(16, 32)), nn.ReLU(), spectral_norm(nn.Linear(32, 8))).eval()
+    x = torch.randn(4, 16)
+    for scheme, kw in (("w8a8_dynamic", {}), ("w8_only", {}), ("w8a8_static", {"calib_data": [x]})):
+        q = fastinfer.quantize(copy.deepcopy(model), scheme, **kw)
+        assert q.fastinfer_report.swapped == ["0", "2"] and not q.fastinfer_report.skipped
+        with torch.inference_mode():
+            assert F.cosine_similarity(q(x).flatten(), model(x).flatten(), dim=0) > 0.999
+        _same(q, fastinfer.load_quantized(q.state_dict(), copy.deepcopy(model)), x)
+    masked = nn.Sequential(nn.Linear(16, 16)).eval()
+    fastinfer.prune(masked, sparsity=0.5)
+    assert "pruning mask" in dict(fastinfer.quantize(masked).fastinfer_report.skipped)["0"]

@@ -123,6 +123,24 @@ def test_quantize_bad_arguments():
         fastinfer.quantize(MLP(), exclude=[3])
     with pytest.raises(TypeError, match="use fastinfer.nn.Int8Linear.from_float"):
         fastinfer.quantize(nn.Linear(3, 3))
+    # wrong types get a TypeError naming the argument (they raised AttributeError / a comparison's TypeError)
+    with pytest.raises(TypeError, match="config must be a fastinfer.QuantConfig"):
+        fastinfer.quantize(MLP(), config={"scheme": "w8_only"})
+    with pytest.raises(TypeError, match="smooth_alpha must be a number"):
+        fastinfer.quantize(MLP(), smooth_alpha="0.5", calib_data=[torch.randn(2, 32)])
+    with pytest.raises(TypeError, match="calib_data must be an iterable of batches, not one tensor"):
+        fastinfer.quantize(MLP(), "w8a8_static", calib_data=torch.randn(4, 32))  # it iterated the rows
+    # an observer only the static scheme uses is refused elsewhere, as calib_data is (it was ignored)
+    with pytest.raises(ValueError, match="observer='percentile' chooses the activation scales"):
+        fastinfer.quantize(MLP(), "w8a8_dynamic", observer="percentile")
+    with pytest.raises(ValueError, match="scheme 'w8_only' has none"):
+        fastinfer.quantize(MLP(), config=fastinfer.QuantConfig(scheme="w8_only", observer="mse"))
+    with pytest.raises(TypeError, match="x_scale must be a number"):
+        Int8Linear.from_float(nn.Linear(4, 4), "w8a8_static", x_scale="1")
+    with pytest.raises(TypeError, match="x_scale must be a number"):
+        Int8Linear.from_float(nn.Linear(4, 4), "w8a8_static", x_scale=True)
+    with pytest.raises(RuntimeError, match="torch.jit.script does not support fastinfer's Int8Linear"):
+        torch.jit.script(fastinfer.quantize(MLP()))
 
 
 @pytest.mark.parametrize("scheme", ["w8a8_dynamic", "w8_only"])
@@ -271,6 +289,9 @@ def test_smoothquant_static_with_a_tied_weight_and_keyword_calls():
     assert torch.equal(q_tied.emb.weight, emb_before)
     with torch.inference_mode():
         assert sqnr_db(tied(ids[0]), q_tied(ids[0])) > 25
+    # the head now holds its own int8 copy: the report notes the tie it broke (it said only "swapped head")
+    assert [n for n, _ in q_tied.fastinfer_report.notes] == ["head"] and not q_untied.fastinfer_report.notes
+    assert "tied to emb.weight" in str(q_tied.fastinfer_report)
 
 
 def test_smoothquant_bad_arguments():
@@ -284,23 +305,38 @@ def test_smoothquant_bad_arguments():
         fastinfer.quantize(Outliers(), scheme="w8a8_static")
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("scheme", ["w8a8_dynamic", "w8a8_static"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("scheme", ["w8a8_dynamic", "w8a8_static", "w8_only"])
 def test_half_precision_cnn_after_quantize(dtype, scheme):
-    """A model cast to bf16/fp16 keeps running after quantize on the CPU: the conv kernel (and the linear one,
-    for fp16) takes float32, so the layer converts once and returns its float output in the input's dtype.
-    Such a model used to have every layer swapped and then fail at its first forward."""
+    """A model cast to bf16/fp16 (or float64) keeps running after quantize on the CPU: the conv kernel (and the
+    linear one, for fp16 and fp64) takes float32, so the layer converts once and returns its float output in the
+    input's dtype. Such a model used to have every layer swapped and then fail at its first forward."""
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)).eval()
     x = torch.randn(2, 3, 8, 8)
     with torch.inference_mode():
         want = model(x)
     half = copy.deepcopy(model).to(dtype)
     q = fastinfer.quantize(half, scheme, **({"calib_data": [x.to(dtype)]} if scheme == "w8a8_static" else {}))
-    assert q.fastinfer_report.swapped == ["0", "3"]
+    assert q.fastinfer_report.swapped == (["3"] if scheme == "w8_only" else ["0", "3"])  # w8_only: Linear only
     with torch.inference_mode():
         y = q(x.to(dtype))
     assert y.dtype == dtype
     assert torch.nn.functional.cosine_similarity(y.float().flatten(), want.flatten(), dim=0) > 0.99
+    if dtype == torch.float64:  # a quantized fp32 model cast with .double() afterwards runs too
+        q32 = fastinfer.quantize(copy.deepcopy(model), scheme, **({"calib_data": [x]} if scheme == "w8a8_static"
+                                                                   else {})).double()
+        with torch.inference_mode():
+            assert q32(x.double()).dtype == torch.float64
+
+
+def test_sparse_layer_takes_float64():
+    model = nn.Sequential(nn.Linear(64, 32)).double()
+    fastinfer.prune(model, sparsity=0.9)
+    fastinfer.sparsify(model.eval())
+    x = torch.randn(3, 64, dtype=torch.float64)
+    with torch.inference_mode():
+        y = model(x)
+    assert y.dtype == torch.float64 and type(model[0]).__name__ == "SparseLinear"
 
 
 def test_layer_registered_under_two_names_is_swapped_under_both():

@@ -151,7 +151,7 @@ def test_remove_masks_gives_plain_linear_with_same_outputs():
     with torch.no_grad():
         y = model(x)
     masked = fastinfer.quantize(copy.deepcopy(model))  # masked layers stay float, and the report says what to do
-    assert [r for _, r in masked.fastinfer_report.skipped] == ["its weight is parametrized (pruning masks: call "
+    assert [r for _, r in masked.fastinfer_report.skipped] == ["its weight holds fastinfer's pruning mask (call "
                                                                "fastinfer.remove_masks(model) first, or fastinfer.sparsify)"] * 2
     assert remove_masks(model) == ["0", "2"]
     assert type(model[0]) is nn.Linear and type(model[2]) is LinearAct

@@ -412,3 +412,9 @@ def test_load_pruned_refuses_an_already_pruned_model(tmp_path):
     fastinfer.save_pruned(model, tmp_path / "p.pt")
     with pytest.raises(ValueError, match="already channel-pruned; pass a fresh instance"):
         fastinfer.load_pruned(tmp_path / "p.pt", model)
+    # another architecture (the plans name modules it lacks), and a file that is no save_pruned checkpoint
+    with pytest.raises(ValueError, match="pruning plans do not fit this model"):
+        fastinfer.load_pruned(tmp_path / "p.pt", nn.Sequential(nn.Conv2d(3, 4, 3)))
+    torch.save(model, tmp_path / "whole.pt")
+    with pytest.raises(ValueError, match=r"as tensors saved by fastinfer.save_pruned"):
+        fastinfer.load_pruned(tmp_path / "whole.pt", nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)))

@@ -414,3 +414,21 @@ def test_sparsify_reports_layers_already_converted():
     fastinfer.quantize(model)
     reasons = dict(fastinfer.sparsify(model).fastinfer_sparsify_report.skipped)
     assert reasons["0"] == "already a SparseLinear" and reasons["2"].startswith("already an Int8Linear")
+
+
+def test_sparsify_and_from_float_check_their_arguments():
+    # checked up front: a wrong value_dtype was accepted when no layer qualified, a str min_sparsity raised
+    # Python's comparison TypeError, and any pattern string was stored
+    import fastinfer
+
+    model = nn.Sequential(nn.Linear(8, 8))
+    with pytest.raises(ValueError, match="value_dtype must be torch.float32 or torch.int8"):
+        fastinfer.sparsify(model, value_dtype="garbage")
+    with pytest.raises(TypeError, match="min_sparsity must be a number"):
+        fastinfer.sparsify(model, min_sparsity="0.5")
+    with pytest.raises(TypeError, match="min_sparsity must be a number"):
+        fastinfer.sparsify(model, min_sparsity=None)
+    with pytest.raises(ValueError, match=r"min_sparsity must be in \[0, 1\]"):
+        fastinfer.sparsify(model, min_sparsity=float("nan"))
+    with pytest.raises(ValueError, match="pattern must be one of"):
+        SparseLinear.from_float(nn.Linear(8, 8), pattern="weird")

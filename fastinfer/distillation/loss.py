@@ -58,7 +58,14 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     s = _classes_last(student_logits).float() / temperature
     # The teacher is a fixed target: no gradient ever flows back into it through this loss.
     t = _classes_last(teacher_logits.detach()).float() / temperature
-    kl = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), reduction="batchmean", log_target=True)
+    log_s, log_t = F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1)
+    p_t = log_t.exp()
+    # sum p_t (log p_t - log p_s), F.kl_div's products, except that a class the teacher rules out (p_t = 0: a
+    # logit of -inf, as for masked classes or vocabulary padding) adds 0, as 0 log 0 = 0 (kl_div made it
+    # 0 * -inf = NaN, and the whole loss NaN); its gradient is -p_t = 0 either way.
+    keep = p_t > 0
+    diff = torch.where(keep, log_t, torch.zeros_like(log_t)) - torch.where(keep, log_s, torch.zeros_like(log_s))
+    kl = (p_t * diff).sum() / s.shape[0]  # batchmean
     return kl * (temperature * temperature)
 
 

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from .. import ops
+from .._args import check_number
 
 
 def check_float_layer(layer: nn.Module, expected: type, arg: str, devices: Optional[Sequence[str]] = None) -> None:
@@ -26,7 +27,7 @@ MAX_SCALE = 1.0 / MIN_SCALE
 
 
 def check_scale(name: str, value: Optional[float]) -> None:
-    if value is not None and not (MIN_SCALE <= value <= MAX_SCALE):
+    if value is not None and not (MIN_SCALE <= check_number(name, value) <= MAX_SCALE):
         raise ValueError(f"{name} must be a positive finite float within float32's normal range "
                          f"[1.2e-38, 8.5e37] or None, got {value!r}")
 
@@ -34,12 +35,16 @@ def check_scale(name: str, value: Optional[float]) -> None:
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def half_on_cpu(x: Tensor, cpu_dtypes: Sequence[torch.dtype]) -> bool:
-    """Whether x is a 16-bit float CPU tensor the CPU kernel does not take (float16; bfloat16 for a
-    convolution): the layer then runs on one float32 copy and returns its float output in x's dtype, so a
-    model cast to that dtype keeps working after quantize (it used to fail at its first forward). The
-    dtype test comes first: float32 inputs pay one comparison."""
-    return x.dtype in HALF_DTYPES and x.dtype not in cpu_dtypes and x.device.type == "cpu"
+def needs_float32(x: Tensor, cpu_dtypes: Sequence[torch.dtype]) -> bool:
+    """Whether the layer runs on a float32 copy of x (via_float32) and returns its float output in x's dtype:
+    float64 on any device (no kernel takes it: a model cast with .double(), or quantized in float64), and
+    16-bit floats on the CPU that the CPU kernel does not take (float16; bfloat16 for a convolution), so a
+    model cast to such a dtype keeps working after quantize (it used to fail at its first forward). float32
+    inputs pay two comparisons. A non-tensor input is refused here, naming what the layer takes."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    return x.dtype == torch.float64 or (x.dtype in HALF_DTYPES and x.dtype not in cpu_dtypes and
+                                        x.device.type == "cpu")
 
 
 def via_float32(x: Tensor, run) -> Tensor:
@@ -69,6 +74,8 @@ def float_out(y: Tensor, x_dtype: torch.dtype, model_dtype: Optional[torch.dtype
 def unbatched(x: Tensor, run, arg: str = "input") -> Tensor:
     """run on a [C, H, W] input as a batch of one, the result without its batch dimension (nn.Conv2d and
     nn.MaxPool2d take unbatched inputs, so their replacements do too)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{arg} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 3:
         return run(x.unsqueeze(0)).squeeze(0)
     if x.dim() != 4:
@@ -177,6 +184,12 @@ class ComputedWeight(nn.Module):
     ``weight`` raises (Hugging Face's tie_weights does; the packed weight would not change)."""
 
     float_dtype = None  # the model's 16-bit float dtype after model.half() / .to(torch.bfloat16) (_apply)
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule first: one clear message instead of TorchScript's own,
+        # which differs by layer (Python builtins, the weight property) and names neither the layer nor a way out
+        raise RuntimeError(f"torch.jit.script does not support fastinfer's {type(self).__name__} (its forward is "
+                           f"Python around custom ops): use torch.jit.trace, torch.compile or torch.export, which do")
 
     @property
     def weight(self) -> Tensor:

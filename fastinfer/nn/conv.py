@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import check_weight_bits, quantize_weight_per_channel
-from ._common import ComputedWeight, check_float_layer, check_scale, float_out, half_on_cpu, unbatched, via_float32
+from ._common import ComputedWeight, check_float_layer, check_scale, float_out, needs_float32, unbatched, via_float32
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
 CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")
@@ -59,8 +59,8 @@ class Int8Conv2d(ComputedWeight):
         check_scale("x_scale", x_scale)
         check_scale("out_scale", out_scale)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride = ops.pair(kernel_size), ops.pair(stride)
-        self.padding, self.dilation = ops.pair(padding), ops.pair(dilation)
+        self.kernel_size, self.stride = ops.pair(kernel_size, "kernel_size"), ops.pair(stride, "stride")
+        self.padding, self.dilation = ops.pair(padding, "padding"), ops.pair(dilation, "dilation")
         self.activation, self.x_scale, self.out_scale = activation, x_scale, out_scale
         zeros = torch.zeros(out_channels, in_channels // groups, *self.kernel_size, dtype=torch.int8)
         self.register_buffer("packed_weight", ops.pack_conv_weight(zeros, groups))
@@ -149,7 +149,7 @@ class Int8Conv2d(ComputedWeight):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__}({self.in_channels}, {self.out_channels}, ...) expected an input "
                              f"with {self.in_channels} channels (dim 1), got shape {list(x.shape)}")
-        if half_on_cpu(x, ()):
+        if needs_float32(x, ()):
             return via_float32(x, self._forward)
         # The op's float output is fp32 (a GPU takes 16-bit inputs as they are): it goes back to x's 16-bit
         # dtype, or for an int8 hand-off to the half-precision model's (float_dtype), for the next layer.

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..reference import check_weight_bits, quantize_weight_per_channel
-from ._common import ComputedWeight, check_float_layer, check_scale, half_on_cpu, via_float32
+from ._common import ComputedWeight, check_float_layer, check_scale, needs_float32, via_float32
 from .fused import apply_activation
 
 SCHEMES = ("w8a8_dynamic", "w8a8_static", "w8_only")
@@ -106,7 +106,7 @@ class Int8Linear(ComputedWeight):
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's name: layer(input=x) works)
         x = input
-        return via_float32(x, self._forward) if half_on_cpu(x, (torch.bfloat16,)) else self._forward(x)
+        return via_float32(x, self._forward) if needs_float32(x, (torch.bfloat16,)) else self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.scheme == "w8a8_dynamic":

@@ -15,9 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops, reference
-from ._common import ComputedWeight, check_float_layer, half_on_cpu, via_float32
+from ._common import ComputedWeight, check_float_layer, needs_float32, via_float32
 
 FORMATS = ("csr16", "csr8", "slot128", "sparse24")
+PATTERNS = ("unstructured", "2:4", "block")  # SparseLinear.pattern: how the weight was pruned
 INT8_FORMATS = ("slot128", "sparse24")
 # fp32 layers with fewer zeros than this take csr8: at batch 1 its windows of x in registers run at
 # memory speed, while csr16's gathers cap the rate (4096^2, 2 threads: 50% zeros 0.77 vs 1.04 ms,
@@ -90,6 +91,8 @@ class SparseLinear(ComputedWeight):
         float32 the layout is csr8 below CSR8_BELOW zeros and csr16 above, unless `format` says which."""
         on_gpu = isinstance(linear, nn.Linear) and linear.weight.device.type == "cuda"
         check_float_layer(linear, nn.Linear, "linear", ("cpu", "cuda") if on_gpu else None)
+        if pattern not in PATTERNS:  # what the weight was pruned to (reports show it; the kernels take any)
+            raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
         if on_gpu and (value_dtype != torch.int8 or format not in (None, "sparse24")):
             raise ValueError("a SparseLinear on a GPU holds int8 2:4 weights (format 'sparse24', Hopper): pass "
                              "value_dtype=torch.int8, or convert the layer on the CPU for the fp32 layouts")
@@ -171,8 +174,8 @@ class SparseLinear(ComputedWeight):
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's name: layer(input=x) works)
         x = input
-        # float16 on the CPU (a model cast with .half()): the kernels take float32 or bfloat16
-        return via_float32(x, self._forward) if half_on_cpu(x, (torch.bfloat16,)) else self._forward(x)
+        # float16 on the CPU (a model cast with .half()) and float64: the kernels take float32 or bfloat16
+        return via_float32(x, self._forward) if needs_float32(x, (torch.bfloat16,)) else self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.format == "sparse24":

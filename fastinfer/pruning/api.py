@@ -10,15 +10,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import ops
+from .._args import check_fraction
 from .._swap import is_hf_conv1d, linear_from_conv1d, replace_module, swap_problem
 from ..nn.fused import LinearAct
 from ..nn.linear import Int8Linear
 from ..nn.sparse import MAX_K as SPARSE_MAX_K
+from ..nn.sparse import PATTERNS as WEIGHT_PATTERNS  # masks.PATTERNS: the same tuple
 from ..nn.sparse import SparseLinear
 from ..quantization.api import Patterns, _matcher
 from . import masks, structured
 
-WEIGHT_PATTERNS = ("unstructured", "2:4", "block")
 
 
 def prune(model: nn.Module, pattern: Optional[str] = None, amount: Optional[float] = None, *,
@@ -77,8 +78,9 @@ def sparsify(model: nn.Module, value_dtype=torch.float32, min_sparsity: float = 
     ``model.fastinfer_sparsify_report``. Below ~50% zeros a dense kernel is faster: those stay dense."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not 0.0 <= min_sparsity <= 1.0:
-        raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity!r}")
+    min_sparsity = check_fraction("min_sparsity", min_sparsity)
+    if value_dtype not in (torch.float32, torch.int8):  # checked here too: a model with no sparse layer says so
+        raise ValueError(f"value_dtype must be torch.float32 or torch.int8, got {value_dtype!r}")
     inc, exc = _matcher(include, "include"), _matcher(exclude, "exclude")
     report = SparsifyReport(str(value_dtype).replace("torch.", ""))
     targets = []

@@ -19,9 +19,9 @@ from torch.nn.utils import parametrize
 from .._swap import is_hf_conv1d, swap_problem
 from ..nn.fused import LinearAct
 from ..nn.linear import Int8Linear
+from ..nn.sparse import PATTERNS
 from ..quantization.api import Patterns, _matcher
 
-PATTERNS = ("unstructured", "2:4", "block")
 SCOPES = ("layer", "global")
 # Exact types, looked up before parametrization: a subclass of nn.Linear may use its weight differently.
 LINEAR_TYPES = (nn.Linear, LinearAct)

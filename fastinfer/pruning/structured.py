@@ -19,6 +19,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import parametrize
 
 from ..quantization.api import Patterns, _matcher
+from ..quantization.load import read_weights_file
 from .graph import ChannelGraph, Layout, analyze
 from .masks import Mask
 
@@ -319,14 +320,18 @@ def save_pruned(model: nn.Module, path) -> None:
 
 def load_pruned(path, model: nn.Module) -> nn.Module:
     """Rebuilds a pruned model: `model` is a fresh instance of the original (unpruned) architecture."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = read_weights_file(path, "load_pruned", "fastinfer.save_pruned(model, path)")
     if not isinstance(blob, dict) or blob.get("format") != SAVE_FORMAT:
         raise ValueError(f"{path} is not a file written by fastinfer.save_pruned")
     if getattr(model, "fastinfer_pruning_plans", None):
         raise ValueError("load_pruned: model is already channel-pruned; pass a fresh instance of the original "
                          "(unpruned) architecture")
     for plan in blob["plans"]:
-        apply_plan(model, plan)
+        try:
+            apply_plan(model, plan)
+        except (AttributeError, KeyError, IndexError) as e:  # a module or channel the plan names is not there
+            raise ValueError(f"load_pruned: {path}'s pruning plans do not fit this model ({type(e).__name__}: {e}); "
+                             "pass a fresh instance of the architecture that was pruned") from e
     model.load_state_dict(blob["state_dict"])
     model.fastinfer_pruning_plans = list(blob["plans"])
     return model

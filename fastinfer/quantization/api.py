@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .. import ops
+from .._args import check_fraction
 from .._swap import (fused_path_flags, is_hf_conv1d, linear_from_conv1d, replace_module, restore_fused_paths,
                      swap_problem)
 from ..nn._common import half_dtype_of
@@ -32,9 +34,13 @@ def layer_kind(mod: nn.Module) -> Optional[str]:
     Linear), a Conv2d / ConvAct2d / Conv1d, and a Conv2d or Conv1d subclass that computes as its base
     (forward and _conv_forward its base's: EfficientNet's depthwise conv class, a weight-norm parametrized
     conv). A Linear subclass is left alone: nn.MultiheadAttention reads its out_proj's weight, never
-    calling it, so a swap would only slow it down."""
+    calling it, so a swap would only slow it down; except torch's class for a Linear whose weight is
+    parametrized (weight_norm, spectral_norm: the swap reads the weight they compute), unless the
+    parametrization is fastinfer's pruning mask (kept for fine-tuning: fastinfer.remove_masks first)."""
     t = type(mod)
     if t in LINEAR_TYPES or is_hf_conv1d(mod):
+        return "linear"
+    if parametrize.is_parametrized(mod, "weight") and t.__bases__[0] in LINEAR_TYPES and not _pruning_masked(mod):
         return "linear"
     if t in CONV_TYPES:
         return "conv"
@@ -42,6 +48,13 @@ def layer_kind(mod: nn.Module) -> Optional[str]:
         if isinstance(mod, base) and t.forward is base.forward and t._conv_forward is base._conv_forward:
             return "conv"
     return None
+
+def _pruning_masked(mod: nn.Module) -> bool:
+    """Whether mod's weight holds one of fastinfer.prune's masks (among its parametrizations)."""
+    from ..pruning.masks import Mask  # (masks imports this module)
+
+    return parametrize.is_parametrized(mod, "weight") and any(isinstance(p, Mask) for p in mod.parametrizations.weight)
+
 
 Patterns = Optional[Union[str, Sequence[str], Callable[[str, nn.Module], bool]]]
 
@@ -99,6 +112,7 @@ class QuantizationReport:
     chained: List[str] = field(default_factory=list)  # static int8 convs passing int8 to the next one
     rewritten: List[str] = field(default_factory=list)  # submodules whose residual adds became Int8Add
     kept_adds: List[Tuple[str, str]] = field(default_factory=list)  # (submodule, why its adds stay fp32)
+    notes: List[Tuple[str, str]] = field(default_factory=list)  # (swapped layer, what else the swap changed)
 
     def __str__(self) -> str:
         lines = [f"fastinfer.quantize ({self.scheme}): swapped {len(self.swapped)} layer(s), "
@@ -108,6 +122,7 @@ class QuantizationReport:
         lines += [f"  rewrote  {n}: residual add -> Int8Add (now a torch.fx.GraphModule)" for n in self.rewritten]
         lines += [f"  kept     {n}: residual add not rewritten: {r}" for n, r in self.kept_adds]
         lines += [f"  int8 out {c}" for c in self.chained]
+        lines += [f"  note     {n}: {r}" for n, r in self.notes]
         return "\n".join(lines)
 
 
@@ -145,6 +160,9 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if config is not None:
+        if not isinstance(config, QuantConfig):
+            raise TypeError(f"config must be a fastinfer.QuantConfig (QuantConfig(scheme=..., ...)), got "
+                            f"{type(config).__name__}")
         # config holds these five: an argument given beside it would be ignored without a word
         given = [name for name, value, default in (("scheme", scheme, "w8a8_dynamic"), ("include", include, None),
                                                    ("exclude", exclude, None), ("observer", observer, "minmax"),
@@ -164,7 +182,14 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         raise TypeError("model is itself an nn.MultiheadAttention: quantize "
                         "fastinfer.nn.SplitMultiheadAttention.from_float(model) instead (the same layer, its "
                         "projections as child Linears)")
+    if isinstance(calib_data, Tensor):
+        raise TypeError("calib_data must be an iterable of batches, not one tensor (iterating a tensor yields its "
+                        "rows); pass [x] for a single batch")
+    if cfg.observer != "minmax" and cfg.scheme != "w8a8_static":
+        raise ValueError(f"observer={cfg.observer!r} chooses the activation scales that scheme 'w8a8_static' "
+                         f"calibrates; scheme {cfg.scheme!r} has none (it would be ignored)")
     if smooth_alpha is not None:
+        smooth_alpha = check_fraction("smooth_alpha", smooth_alpha)
         if cfg.scheme == "w8_only":
             raise ValueError("smooth_alpha (SmoothQuant) needs an int8-activation scheme (w8a8_dynamic or w8a8_static)")
         if calib_data is None:
@@ -194,8 +219,8 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
                 if isinstance(mod, (Int8Linear, Int8Conv2d)):
                     report.skipped.append((name, "already quantized"))
                 elif isinstance(mod, (nn.Linear, nn.Conv2d, nn.Conv1d)) and name not in kept_attention:
-                    if torch.nn.utils.parametrize.is_parametrized(mod, "weight"):
-                        report.skipped.append((name, "its weight is parametrized (pruning masks: call "
+                    if _pruning_masked(mod):
+                        report.skipped.append((name, "its weight holds fastinfer's pruning mask (call "
                                                      "fastinfer.remove_masks(model) first, or fastinfer.sparsify)"))
                     else:
                         report.skipped.append((name, f"subclass {type(mod).__name__} of "
@@ -228,6 +253,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         # A model cast to fp16/bf16 before quantizing: its int8 hand-offs return that dtype (adopt_half_dtype).
         half_dtype = next((d for d in (half_dtype_of(model.get_submodule(n)) for n, _ in targets) if d is not None),
                           None)
+        holders = _parameter_holders(model)
         for name, kind in targets:
             if scales is not None and name not in scales:
                 report.skipped.append((name, "no activation scale from calibration (layer not called)"))
@@ -245,6 +271,9 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
                 report.skipped.append((name, str(e)))
                 continue
             report.swapped.extend(replace_module(model, name, new))
+            if tied := _tied_elsewhere(layer, holders):  # e.g. a language model's head and its embedding
+                report.notes.append((name, f"its weight was tied to {', '.join(tied)}: the int8 layer holds its own "
+                                           f"quantized copy, and those keep the float weight (the tie is gone)"))
     finally:
         _put_back(model, split_originals, conv1d_originals, fused_flags)
     if cfg.scheme == "w8a8_static":
@@ -256,6 +285,24 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     if verbose:
         print(report)
     return model
+
+
+def _parameter_holders(model: nn.Module) -> dict:
+    """{id(parameter): {id(module): "module.param"}}: every module holding each Parameter (a module reachable
+    under two names is one holder)."""
+    holders: dict = {}
+    for mname, m in model.named_modules(remove_duplicate=False):
+        for pname, p in m._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), {}).setdefault(id(m), f"{mname}.{pname}" if mname else pname)
+    return holders
+
+
+def _tied_elsewhere(layer: nn.Module, holders: dict) -> List[str]:
+    """The other holders of layer's stored weight (its parametrization's original, if any)."""
+    owner = layer.parametrizations.weight if parametrize.is_parametrized(layer, "weight") else layer
+    w = owner._parameters.get("original" if owner is not layer else "weight")
+    return [] if w is None else [h for mid, h in holders.get(id(w), {}).items() if mid != id(owner)]
 
 
 def _target_problem(name: str, mod: nn.Module, kind: str, scheme: str, inc, exc) -> Optional[str]:

@@ -78,6 +78,21 @@ def _layer_from_state(mod: nn.Module, prefix: str, sd: Mapping) -> Optional[nn.M
     return None
 
 
+def read_weights_file(source, op: str, how: str):
+    """torch.load(source, weights_only=True) on the CPU, with a ValueError that says what the file should be
+    when it is not one (a whole model pickled by torch.save(model), a damaged or foreign file) instead of the
+    unpickler's or the zip reader's own error."""
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # UnpicklingError, RuntimeError (not a zip), struct.error (truncated), ...
+        name = source if isinstance(source, (str, os.PathLike)) else "the file object"
+        raise ValueError(f"{op}: could not read {name} as tensors saved by {how} ({type(e).__name__}, chained "
+                         f"below). A whole model pickled by torch.save(model) is not such a file: save it with "
+                         f"{how}") from e
+
+
 def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Module:
     """Turns ``model``, a float instance of the architecture that was quantized (or sparsified), into the
     quantized model saved in ``source`` (a state_dict, or a path or file object holding one written by
@@ -93,7 +108,7 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(source, (str, os.PathLike)) or hasattr(source, "read"):  # a path or an open file (BytesIO)
-        sd = torch.load(source, map_location="cpu", weights_only=True)
+        sd = read_weights_file(source, "load_quantized", "torch.save(model.state_dict(), path)")
     else:
         sd = source
     if not isinstance(sd, Mapping):

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._args import check_number
 from ..nn._common import MIN_SCALE
 
 QMAX = 127  # symmetric int8: codes -127..127, so that -x quantizes to -q(x)
@@ -153,7 +154,7 @@ class PercentileObserver(HistogramObserver):
     (so percentile=100 gives the max)."""
 
     def __init__(self, percentile: float = 99.99, bins: int = 2048, name: Optional[str] = None):
-        if not 0 < percentile <= 100:
+        if not 0 < check_number("percentile", percentile) <= 100:
             raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
         self.percentile = float(percentile)
         super().__init__(bins, name)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .._args import check_fraction
 from .calibrate import _model_call
 
 _S_MIN, _S_MAX = 1e-5, 1e5  # keep factors (and their inverses) comfortably inside fp32
@@ -61,8 +62,7 @@ def channel_amax(model: nn.Module, data: Iterable, names: List[str], num_batches
 def smooth_factors(model: nn.Module, data: Iterable, names: List[str], alpha: float,
                    num_batches: Optional[int] = None, progress: bool = False) -> Dict[str, Tensor]:
     """SmoothQuant factors s [in_features] for each named Linear (layers never called get none)."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"smooth_alpha must be in [0, 1], got {alpha!r}")
+    alpha = check_fraction("smooth_alpha", alpha)
     act = channel_amax(model, data, names, num_batches, progress)
     modules = dict(model.named_modules())
     out = {}
