@@ -237,8 +237,9 @@ def test_calibrate_errors():
         calibrate(model, [x], observer="kl")
     with pytest.raises(TypeError, match="not one tensor"):
         calibrate(model, torch.randn(2, 2, 2, 4, 4))
-    with pytest.raises(ValueError, match="num_batches"):
-        calibrate(model, [x], num_batches=0)
+    for bad in (0, True, 2.0):  # True is no count of batches
+        with pytest.raises(ValueError, match="num_batches"):
+            calibrate(model, [x], num_batches=bad)
     with pytest.raises(ValueError, match="no Conv2d / Conv1d / Linear module"):
         calibrate(nn.Sequential(nn.ReLU()), [x], progress=False)
 
