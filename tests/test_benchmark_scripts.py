@@ -1,0 +1,31 @@
+"""The CPU benchmarks run end to end on tiny cases (their figures are not checked here: timed tests are not
+the place, benchmarks/RESULTS.md is), so an API change that breaks a benchmark fails here, not in the next
+measuring session. bench_transformer, bench_resnet and bench_minilm build whole models (40 s and more each)
+and are left to their own runs; the GPU scripts are covered by tests/test_gpu_scripts.py."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CASES = {
+    "bench_linear": ["--shapes", "4x64x32,17x100x40", "--min-time", "0.01"],
+    "bench_sparse": ["--batches", "1", "--sparsities", "0.9", "--min-time", "0.01"],
+    "bench_conv": ["--batches", "1", "--layers", "dw_3x3,s2_3x3", "--min-time", "0.01"],
+    "bench_tiers": ["--cases", "gemm", "--min-time", "0.01"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_cpu_benchmark_runs(tmp_path, script):
+    out = tmp_path / f"{script}.json"
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", f"{script}.py"), *CASES[script],
+                          "--threads", "1", "--json", str(out)], capture_output=True, text=True, timeout=600,
+                         cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["rows"] and result["machine"], result.keys()
+    assert f"wrote {out}" in run.stdout
