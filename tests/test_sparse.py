@@ -430,5 +430,26 @@ def test_sparsify_and_from_float_check_their_arguments():
         fastinfer.sparsify(model, min_sparsity=None)
     with pytest.raises(ValueError, match=r"min_sparsity must be in \[0, 1\]"):
         fastinfer.sparsify(model, min_sparsity=float("nan"))
-    with pytest.raises(ValueError, match="pattern must be one of"):
-        SparseLinear.from_float(nn.Linear(8, 8), pattern="weird")
+    for bad in ("weird", "block0x4", "2:4+", 3):
+        with pytest.raises(ValueError, match="pattern must be one of"):
+            SparseLinear.from_float(nn.Linear(8, 8), pattern=bad)
+
+
+@pytest.mark.parametrize("steps", [[("block", 0.9)], [("2:4", None), ("unstructured", 0.7)]])
+def test_sparsify_keeps_the_mask_label_of_block_and_re_pruned_layers(steps):
+    # fastinfer.prune labels a block mask 'block1x16' and a layer pruned twice '2:4+unstructured': sparsify takes
+    # such layers as they are (the README's route) and the SparseLinear reports that label
+    import fastinfer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    for pattern, sparsity in steps:
+        fastinfer.prune(model, pattern=pattern, sparsity=sparsity)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        want = model(x)
+    fastinfer.sparsify(model.eval(), min_sparsity=0.0)
+    labels = [m.pattern for m in model.modules() if isinstance(m, SparseLinear)]
+    assert labels == (["block1x16"] * 2 if steps[0][0] == "block" else ["2:4+unstructured"] * 2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)

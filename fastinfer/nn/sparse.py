@@ -9,6 +9,7 @@ GPU layout (Hopper, csrc/kernels/cuda/sm90_sparse_gemm.cuh):
 """
 from __future__ import annotations
 
+import re
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -19,6 +20,13 @@ from ._common import ComputedWeight, check_float_layer, needs_float32, via_float
 
 FORMATS = ("csr16", "csr8", "slot128", "sparse24")
 PATTERNS = ("unstructured", "2:4", "block")  # SparseLinear.pattern: how the weight was pruned
+
+
+def pattern_label_ok(label) -> bool:
+    """A pattern name, or fastinfer.prune's label of a mask: 'block4x16' for a block size, names joined by '+'
+    for a layer pruned more than once ('2:4+unstructured')."""
+    return isinstance(label, str) and all(p in PATTERNS or re.fullmatch(r"block[1-9]\d*x[1-9]\d*", p)
+                                          for p in label.split("+"))
 INT8_FORMATS = ("slot128", "sparse24")
 # fp32 layers with fewer zeros than this take csr8: at batch 1 its windows of x in registers run at
 # memory speed, while csr16's gathers cap the rate (4096^2, 2 threads: 50% zeros 0.77 vs 1.04 ms,
@@ -91,8 +99,9 @@ class SparseLinear(ComputedWeight):
         float32 the layout is csr8 below CSR8_BELOW zeros and csr16 above, unless `format` says which."""
         on_gpu = isinstance(linear, nn.Linear) and linear.weight.device.type == "cuda"
         check_float_layer(linear, nn.Linear, "linear", ("cpu", "cuda") if on_gpu else None)
-        if pattern not in PATTERNS:  # what the weight was pruned to (reports show it; the kernels take any)
-            raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
+        if not pattern_label_ok(pattern):  # what the weight was pruned to (reports show it; the kernels take any)
+            raise ValueError(f"pattern must be one of {PATTERNS}, 'block<rows>x<cols>', or such names joined by '+' "
+                             f"(a layer pruned twice, as fastinfer.prune labels it), got {pattern!r}")
         if on_gpu and (value_dtype != torch.int8 or format not in (None, "sparse24")):
             raise ValueError("a SparseLinear on a GPU holds int8 2:4 weights (format 'sparse24', Hopper): pass "
                              "value_dtype=torch.int8, or convert the layer on the CPU for the fp32 layouts")
