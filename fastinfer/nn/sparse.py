@@ -20,6 +20,12 @@ from ._common import ComputedWeight, check_float_layer, needs_float32, via_float
 
 FORMATS = ("csr16", "csr8", "slot128", "sparse24")
 PATTERNS = ("unstructured", "2:4", "block")  # SparseLinear.pattern: how the weight was pruned
+INT8_FORMATS = ("slot128", "sparse24")
+# fp32 layers with fewer zeros than this take csr8: at batch 1 its windows of x in registers run at
+# memory speed, while csr16's gathers cap the rate (4096^2, 2 threads: 50% zeros 0.77 vs 1.04 ms,
+# 70% 0.48 vs 0.60 ms); from ~80% on csr16 is as fast at batch 1, faster batched, and smaller.
+CSR8_BELOW = 0.75
+MAX_K = 65536  # in_features: csr16 stores 16-bit columns
 
 
 def pattern_label_ok(label) -> bool:
@@ -27,12 +33,6 @@ def pattern_label_ok(label) -> bool:
     for a layer pruned more than once ('2:4+unstructured')."""
     return isinstance(label, str) and all(p in PATTERNS or re.fullmatch(r"block[1-9]\d*x[1-9]\d*", p)
                                           for p in label.split("+"))
-INT8_FORMATS = ("slot128", "sparse24")
-# fp32 layers with fewer zeros than this take csr8: at batch 1 its windows of x in registers run at
-# memory speed, while csr16's gathers cap the rate (4096^2, 2 threads: 50% zeros 0.77 vs 1.04 ms,
-# 70% 0.48 vs 0.60 ms); from ~80% on csr16 is as fast at batch 1, faster batched, and smaller.
-CSR8_BELOW = 0.75
-MAX_K = 65536  # in_features: csr16 stores 16-bit columns
 
 
 def _buffer_specs(fmt: str, n: int, k: int) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:

@@ -21,7 +21,6 @@ from ..quantization.api import Patterns, _matcher
 from . import masks, structured
 
 
-
 def prune(model: nn.Module, pattern: Optional[str] = None, amount: Optional[float] = None, *,
           sparsity: Optional[float] = None, importance: str = "l1", example_inputs=None,
           round_to: Optional[int] = None, scope: str = "layer", block: Sequence[int] = (1, 16),

@@ -49,6 +49,7 @@ def layer_kind(mod: nn.Module) -> Optional[str]:
             return "conv"
     return None
 
+
 def _pruning_masked(mod: nn.Module) -> bool:
     """Whether mod's weight holds one of fastinfer.prune's masks (among its parametrizations)."""
     from ..pruning.masks import Mask  # (masks imports this module)
