@@ -136,10 +136,10 @@ if command -v compute-sanitizer >/dev/null; then
     "tests/test_cuda.py::test_weight_only_round_256[2064-520-16-dtype0]" \
     "tests/test_cuda.py::test_weight_only_round_256[1000-70-33-dtype1]" \
     "tests/test_cuda.py::test_weight_only_round_256[4096-300-64-dtype0]" \
-    "tests/test_cuda.py::test_weight_only_tiles[1000-70-3-dtype0-64]" \
-    "tests/test_cuda.py::test_weight_only_tiles[13-7-9-dtype1-64]" \
-    "tests/test_cuda.py::test_weight_only_tiles[4096-300-17-dtype2-64]" \
-    "tests/test_cuda.py::test_weight_only_tiles[2064-520-33-dtype1-256]" \
+    "tests/test_cuda.py::test_weight_only_tiles[1000-70-3-0-64]" \
+    "tests/test_cuda.py::test_weight_only_tiles[13-7-9-1-64]" \
+    "tests/test_cuda.py::test_weight_only_tiles[4096-300-17-2-64]" \
+    "tests/test_cuda.py::test_weight_only_tiles[2064-520-33-1-256]" \
     tests/test_cuda.py::test_quantize_per_token "tests/test_cuda.py::test_quantize_kernels[1000-dtype1]" \
     "tests/test_cuda.py::test_quantize_kernels[1001-dtype0]" \
     "tests/test_cuda_sparse.py::test_sparse24_linear_bit_exact[out0-7-2323]" \

@@ -264,16 +264,19 @@ def test_weight_only_round_256(monkeypatch, M, K, N, dtype):
         ops.int8_linear_weight_only(x.to(DEV), ops.pack_int8_weight(w.to(DEV)), ws.to(DEV), bias.to(DEV))
 
 
-@pytest.mark.parametrize("round_k", ["64", "256"])
-@pytest.mark.parametrize("dtype", FLOAT_OUT)
-@pytest.mark.parametrize("M", [1, 3, 8, 9, 16, 17, 33, 64, 65])
+# (M, dtype index in FLOAT_OUT, round k): every path in 64-k rounds; the 256-k rounds where they exist (the
+# tensor-core kernel: bf16/fp16 x, 9-64 rows)
+TILES_CASES = [(M, d, "64") for M in (1, 3, 8, 9, 16, 17, 33, 64, 65) for d in range(3)] + [
+    (M, d, "256") for M in (9, 16, 17, 33, 64) for d in (1, 2)]
+
+
+@pytest.mark.parametrize("M,dtype_index,round_k", TILES_CASES)
 @pytest.mark.parametrize("K,N", [(13, 7), (1000, 70), (4096, 300), (2064, 520)])
-def test_weight_only_tiles(monkeypatch, M, K, N, dtype, round_k):
+def test_weight_only_tiles(monkeypatch, M, K, N, dtype_index, round_k):
     """The Tiles8x64 weight layout (ops.pack_weight_only_tiles, a candidate): the same kernel reads the same
     chunks in the same order from other addresses, so the output is bit-identical to the rows layout's, on every
     path (one-row kernel, tensor-core kernel in both round lengths, cuBLAS on the weight unpacked above 64 rows)."""
-    if round_k == "256" and (dtype == torch.float32 or not 8 < M <= 64):
-        pytest.skip("256-k rounds exist in the tensor-core kernel only (bf16/fp16 x, 9-64 rows)")
+    dtype = FLOAT_OUT[dtype_index]
     monkeypatch.setenv("FASTINFER_WEIGHT_ONLY_ROUND_K", round_k)
     x = torch.randn(M, K).to(dtype).to(DEV)
     w = torch.randint(-128, 128, (N, K), dtype=torch.int8)
