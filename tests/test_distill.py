@@ -429,6 +429,9 @@ def _gen(data):
     ({"train_data": []}, ValueError, "train_data is empty"),
     ({"train_data": "gen", "epochs": 2}, ValueError, "one-shot iterator"),
     ({"train_data": [torch.zeros(4, 6)]}, ValueError, r"\(x, y\) batches"),
+    # labels outside the student's classes (on a GPU cross_entropy's check is a device-side assert)
+    ({"train_data": [(torch.zeros(2, 6), torch.tensor([1, 3]))]}, ValueError, r"label 3, outside the student's 3"),
+    ({"train_data": [(torch.zeros(2, 6), torch.tensor([-1, 0]))]}, ValueError, r"label -1, outside"),
     ({"teacher": "five_classes"}, ValueError, r"teacher output shape \(8, 5\).*student output shape \(8, 3\)"),
     ({"teacher": "student"}, ValueError, "different modules"),
     ({"temperature": 0}, ValueError, "temperature"),

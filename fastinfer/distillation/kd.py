@@ -102,6 +102,19 @@ def _class_targets(y, logits: torch.Tensor) -> bool:
     return y.shape == logits.shape
 
 
+def _check_class_range(y, logits: torch.Tensor) -> None:
+    """Class-index targets within [0, C) (or cross_entropy's ignore_index -100), else a ValueError naming one: on
+    a GPU cross_entropy's own check is a device-side assert that leaves the CUDA context unusable. One host
+    sync per batch, as the loss's .item() below has anyway."""
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.numel() == 0:
+        return
+    classes = logits.shape[1]
+    bad = ((y < 0) & (y != -100)) | (y >= classes)
+    if bool(bad.any()):
+        raise ValueError(f"train_data yielded the label {int(y[bad][0])}, outside the student's {classes} classes "
+                         f"[0, {classes}) (-100 marks a position to ignore)")
+
+
 def _set_epoch(data, epoch: int) -> None:
     # DistributedSampler reshuffles per epoch only when told the epoch; same call on every rank.
     set_epoch = getattr(getattr(data, "sampler", None), "set_epoch", None)
@@ -307,6 +320,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Iterable, *, epo
                     raise ValueError(f"train_data yielded (x, None) batches: labels are needed unless alpha == 1 "
                                      f"(pure distillation); alpha={alpha}")
                 else:
+                    _check_class_range(y, s_logits)
                     kd, ce = kd_terms(s_logits, t_logits, y, temperature)
                 loss = combine(kd, ce, alpha)  # alpha == 1: the KL term alone
                 hint = None
