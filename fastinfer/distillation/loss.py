@@ -63,9 +63,7 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     # sum p_t (log p_t - log p_s), F.kl_div's products, except that a class the teacher rules out (p_t = 0: a
     # logit of -inf, as for masked classes or vocabulary padding) adds 0, as 0 log 0 = 0 (kl_div made it
     # 0 * -inf = NaN, and the whole loss NaN); its gradient is -p_t = 0 either way.
-    keep = p_t > 0
-    diff = torch.where(keep, log_t, torch.zeros_like(log_t)) - torch.where(keep, log_s, torch.zeros_like(log_s))
-    kl = (p_t * diff).sum() / s.shape[0]  # batchmean
+    kl = (p_t * torch.where(p_t > 0, log_t - log_s, 0.0)).sum() / s.shape[0]  # batchmean
     return kl * (temperature * temperature)
 
 

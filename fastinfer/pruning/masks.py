@@ -20,7 +20,7 @@ from .._swap import is_hf_conv1d, swap_problem
 from ..nn.fused import LinearAct
 from ..nn.linear import Int8Linear
 from ..nn.sparse import PATTERNS
-from ..quantization.api import Patterns, _matcher
+from ..quantization.api import Patterns, _matcher, _parameter_holders
 
 SCOPES = ("layer", "global")
 # Exact types, looked up before parametrization: a subclass of nn.Linear may use its weight differently.
@@ -191,11 +191,7 @@ def _select(model: nn.Module, pattern: str, block, include: Patterns, exclude: P
     # The modules that hold each Parameter: a weight tied to another module (e.g. an embedding) would
     # keep serving that one unmasked, so such layers are not pruned. (A module reachable under two
     # names is one holder: masking it masks both uses.)
-    holders: Dict[int, Dict[int, str]] = {}
-    for mname, m in model.named_modules(remove_duplicate=False):
-        for pname, p in m._parameters.items():
-            if p is not None:
-                holders.setdefault(id(p), {}).setdefault(id(m), f"{mname}.{pname}" if mname else pname)
+    holders = _parameter_holders(model)
     targets, skipped = [], []
     for name, mod in model.named_modules():
         base = parametrize.type_before_parametrizations(mod)
