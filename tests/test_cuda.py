@@ -442,3 +442,19 @@ def test_demo_on_gpu(capsys):
     assert rows["+ int8 static"]["accuracy"] >= rows["+ distilled"]["accuracy"] - 1.0
     out = capsys.readouterr().out
     assert "GPU: " in out and "latency on cuda" in out
+
+
+@pytest.mark.parametrize("kind", ["percentile", "mse"])
+def test_observers_bin_cuda_data_as_cpu_data(kind):
+    # The histogram observers bin on the data's device (torch.bincount of the float32 bit patterns): CUDA
+    # batches must give the CPU's counts and thresholds exactly (calibrating a model already on the GPU).
+    from fastinfer.quantization.observers import make_observer
+    g = torch.Generator().manual_seed(2)
+    batches = [torch.randn(4096, 64, generator=g) * s for s in (1e-3, 1.0, 40.0)] + [torch.zeros(7)]
+    batches.append(torch.randn(999, generator=g).to(torch.bfloat16))
+    cpu, gpu = make_observer(kind), make_observer(kind)
+    for b in batches:
+        cpu.observe(b)
+        gpu.observe(b.to(DEV))
+    assert torch.equal(cpu.hist, gpu.hist) and cpu.first_bin == gpu.first_bin and cpu.zeros == gpu.zeros
+    assert cpu.amax() == gpu.amax() and cpu.max == gpu.max

@@ -6,11 +6,10 @@ per-tensor clipping threshold ``amax`` and scale ``amax / 127`` (int8 codes -127
 * MSEObserver:        amax = the threshold T minimizing the expected squared error of int8
                       rounding (|x| <= T) plus clipping (|x| > T), estimated from a histogram.
 
-Histogram observers keep a fixed number of bins over [0, hi]. hi starts at the first batch's max;
-when a batch exceeds it, hi grows by the smallest integer factor k that covers the new max and
-every k adjacent bins merge into one. New bins are exact unions of old ones (nothing is
-interpolated), and the observed max always lies in the upper half of [0, hi], so at least half of
-the bins resolve the data.
+Histogram observers bin |x| by its float32 exponent and leading mantissa bits: 256 equal bins per
+octave by default, the same bins for every batch, so batches add exactly and the resolution is
+relative (within 0.4% of a value) at every magnitude: one outlier 10^6 times the rest does not hide
+where the rest lies, as it would with bins of equal width over [0, max].
 """
 from __future__ import annotations
 
@@ -24,6 +23,9 @@ from .._args import check_number
 from ..nn._common import MIN_SCALE
 
 QMAX = 127  # symmetric int8: codes -127..127, so that -x quantizes to -q(x)
+_MANTISSA_BITS = 23           # float32
+_MAX_BINS_PER_OCTAVE = 4096   # a batch's bin counts then take at most 255 * 4096 int64 (8 MB)
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 class Observer:
@@ -57,6 +59,10 @@ class Observer:
         if not math.isfinite(m):
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"{self.name}: {bad} non-finite value(s) (NaN or Inf) in the observed data")
+        if m > _FLOAT32_MAX:  # float64 data: the kernels' scales and arithmetic are float32
+            bad = int((a > _FLOAT32_MAX).sum())
+            raise ValueError(f"{self.name}: {bad} value(s) beyond float32's range (|x| > {_FLOAT32_MAX:.4g}) "
+                             "in the observed data: int8 scales are float32")
         self.count += a.numel()
         self.max = max(self.max, m)
         self._update(a, m)
@@ -89,124 +95,136 @@ class MinMaxObserver(Observer):
 
 
 class HistogramObserver(Observer):
-    """Base of the histogram observers: counts of |x| in ``bins`` equal bins over [0, hi] (float64,
-    on the CPU), plus the number of exact zeros (rounding leaves them exact)."""
+    """Base of the histogram observers: counts of |x| in bins of equal relative width, ``bins_per_octave``
+    equal bins in each octave [2^e, 2^(e+1)) (256: a bin is at most 0.4% of its values), plus the number of
+    exact zeros (rounding leaves them exact).
 
-    def __init__(self, bins: int = 2048, name: Optional[str] = None):
-        if not isinstance(bins, int) or bins < 2:
-            raise ValueError(f"bins must be an int >= 2, got {bins!r}")
-        self.bins = bins
+    A bin is a float32 magnitude's exponent and the top log2(bins_per_octave) bits of its mantissa: the top
+    bits of its bit pattern. So binning is a shift, bins are the same for every batch (batches add, never
+    rebin), and the resolution is relative at every magnitude: values far below an outlier are resolved as
+    finely as the outlier. Counts are kept (float64, on the CPU) for the span of bins seen so far."""
+
+    def __init__(self, bins_per_octave: int = 256, name: Optional[str] = None):
+        if (not isinstance(bins_per_octave, int) or isinstance(bins_per_octave, bool) or not
+                1 <= bins_per_octave <= _MAX_BINS_PER_OCTAVE or bins_per_octave & (bins_per_octave - 1)):
+            raise ValueError(f"bins_per_octave must be a power of two from 1 to {_MAX_BINS_PER_OCTAVE}, "
+                             f"got {bins_per_octave!r}")
+        self.bins_per_octave = bins_per_octave
+        self._shift = _MANTISSA_BITS - (bins_per_octave.bit_length() - 1)
         super().__init__(name)
 
     def reset(self) -> None:
         super().reset()
-        self.hist: Optional[Tensor] = None
-        self.hi = 0.0
+        self.hist: Optional[Tensor] = None  # counts of bins first_bin, first_bin + 1, ... (non-zero values)
+        self.first_bin = 0
         self.zeros = 0
 
     def _update(self, a: Tensor, m: float) -> None:
-        if a.dtype != torch.float32:
-            # The histogram is built in float32 (histc's own precision), and hi is a float32 value,
-            # so every value, rounded to float32, lands in [0, hi] and none is dropped by histc.
-            a = a.float()
-            m = float(a.max())
-        n = a.numel()
-        self.zeros += int((a == 0).sum())
+        zeros = int((a == 0).sum())
+        self.zeros += zeros
         if m == 0:
-            if self.hist is not None:
-                self.hist[0] += n
-            return  # all zeros before the first non-zero value: counted by count - (values in hist)
+            return
+        if a.dtype != torch.float32:  # bf16/fp16 widen exactly, float64 rounds (observe refused what overflows)
+            a = a.float()
+        # |x| >= 0, so the sign bit is clear and the bit pattern orders like the value.
+        counts = torch.bincount(a.reshape(-1).view(torch.int32) >> self._shift)
+        counts[0] -= zeros  # exact zeros are bit pattern 0: counted apart
+        lo = int(counts.nonzero()[0, 0])
+        counts = counts[lo:].to("cpu", torch.float64)
         if self.hist is None:
-            self.hi = float(a.max())
-            self.hist = torch.zeros(self.bins, dtype=torch.float64)
-            self.hist[0] += self.count - n  # the zeros seen so far
-        elif m > self.hi:
-            k = math.ceil(m / self.hi)
-            while _float32_at_least(k * self.hi) < m:  # guard the float division
-                k += 1
-            merged = torch.zeros(self.bins, dtype=torch.float64)
-            # k >= bins (a batch bins times larger than all before it): every old bin lands in the first.
-            merged.index_add_(0, torch.arange(self.bins) // min(k, self.bins), self.hist)
-            self.hist, self.hi = merged, _float32_at_least(self.hi * k)
-        if self.hi * self.bins < 1e38:
-            self.hist += torch.histc(a, bins=self.bins, min=0.0, max=self.hi).to("cpu", torch.float64)
-        else:  # histc scales x by bins / max in float32, which overflows here: bin x / hi in [0, 1] instead
-            self.hist += torch.histc(a / self.hi, bins=self.bins, min=0.0, max=1.0).to("cpu", torch.float64)
+            self.hist, self.first_bin = counts, lo
+            return
+        first = min(self.first_bin, lo)
+        end = max(self.first_bin + self.hist.numel(), lo + counts.numel())
+        merged = torch.zeros(end - first, dtype=torch.float64)
+        merged[self.first_bin - first:self.first_bin - first + self.hist.numel()] += self.hist
+        merged[lo - first:lo - first + counts.numel()] += counts
+        self.hist, self.first_bin = merged, first
 
-    @property
-    def bin_width(self) -> float:
-        return self.hi / self.bins
-
-
-def _float32_at_least(v: float) -> float:
-    """The smallest float32 value >= v (histc takes its range as float32; rounding it down could
-    drop the largest values). The 1-ulp change of bin width against the merged bins is negligible."""
-    f = torch.tensor(v, dtype=torch.float32)
-    if float(f) < v:
-        f = torch.nextafter(f, torch.tensor(math.inf, dtype=torch.float32))
-    return float(f)
+    def bin_edges(self) -> Tensor:
+        """The edges of the histogram's bins (float64, one more than bins): bin i holds |x| in
+        [edges[i], edges[i + 1])."""
+        i = torch.arange(self.first_bin, self.first_bin + self.hist.numel() + 1, dtype=torch.int64) << self._shift
+        return i.to(torch.int32).view(torch.float32).to(torch.float64)
 
 
 class PercentileObserver(HistogramObserver):
     """amax = the ``percentile``-th percentile of |x| over all batches, e.g. 99.99 clips the largest
     0.01% of magnitudes. Read from the histogram: the first bin where the cumulative count reaches
     percentile/100 * count, interpolated linearly inside that bin, and never above the exact max
-    (so percentile=100 gives the max)."""
+    (so percentile=100 gives the max). Where the percentile falls among exact zeros (over
+    percentile% of the values are 0), amax is the top of the lowest non-zero bin: the smallest
+    non-zero magnitudes then keep a code, where a scale for 0 would leave them none."""
 
-    def __init__(self, percentile: float = 99.99, bins: int = 2048, name: Optional[str] = None):
+    def __init__(self, percentile: float = 99.99, bins_per_octave: int = 256, name: Optional[str] = None):
         if not 0 < check_number("percentile", percentile) <= 100:
             raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
         self.percentile = float(percentile)
-        super().__init__(bins, name)
+        super().__init__(bins_per_octave, name)
 
     def _amax(self) -> float:
         if self.hist is None:
             return 0.0
-        target = self.percentile / 100.0 * self.count
+        edges = self.bin_edges()
+        target = self.percentile / 100.0 * self.count - self.zeros  # among the non-zero values
+        if target <= 0:
+            return min(float(edges[1]), self.max)
         cdf = torch.cumsum(self.hist, 0)
-        idx = min(int(torch.searchsorted(cdf, torch.tensor([target], dtype=torch.float64))[0]), self.bins - 1)
+        idx = min(int(torch.searchsorted(cdf, torch.tensor([target], dtype=torch.float64))[0]), cdf.numel() - 1)
         below = float(cdf[idx - 1]) if idx > 0 else 0.0
         in_bin = float(self.hist[idx])
         frac = min(max((target - below) / in_bin, 0.0), 1.0) if in_bin > 0 else 1.0
-        return min((idx + frac) * self.bin_width, self.max)
+        lo, hi = float(edges[idx]), float(edges[idx + 1])
+        return min(lo + frac * (hi - lo), self.max)
 
     def __repr__(self) -> str:
         return f"PercentileObserver(percentile={self.percentile}, name={self.name!r}, count={self.count})"
 
 
 class MSEObserver(HistogramObserver):
-    """amax = argmin over T of the expected squared error of quantizing |x| with threshold T:
+    """amax = argmin over T of the expected squared error of quantizing |x| with threshold T, D = T / 127:
 
-        MSE(T) = (n_below(T) - n_zero) * D^2 / 12  +  sum over |x| > T of (|x| - T)^2,   D = T / 127
+        MSE(T) = sum over 0 < |x| < D/2 of x^2  +  (n(D/2 <= |x| <= T)) * D^2 / 12  +  sum over |x| > T of (|x| - T)^2
 
-    the first term is uniform rounding noise of step D for the non-zero values inside the range
-    (exact zeros stay exact), the second the clipping error. Candidates T are the bin edges below
-    the observed max, and the max itself (no clipping). Inside a bin, values are taken as uniform
-    over it (the last bin ends at the max), so a bin [lo, hi] above T with count c contributes
-    c * ((mid - T)^2 + (hi - lo)^2 / 12). The sums are suffix sums, so all candidates cost O(bins).
-    Uniform data gives T close to the max (~ max / (1 + 1/254)); heavy tails give T well below it.
+    values below half a step round to 0 (their error is themselves), the rest of the range gets uniform
+    rounding noise of step D (exact zeros stay exact), and values above T are clipped. Candidates T are
+    the bin edges below the observed max, and the max itself (no clipping; the max is then exact). Inside a bin, values are
+    taken as uniform over it (the last bin ends at the max), so a bin [lo, hi] with count c contributes
+    c * ((mid - T)^2 + (hi - lo)^2 / 12) above T and c * (mid^2 + (hi - lo)^2 / 12) below D/2 (a bin
+    straddling D/2 counts as rounding noise). Prefix and suffix sums make all candidates cost
+    O(bins log bins). Uniform data gives T close to the max (~ max / (1 + 1/254)); heavy tails give T
+    well below it; a lone far outlier is kept (clipping it costs more than the bulk's rounding).
     """
 
     def _amax(self) -> float:
         if self.hist is None:
             return 0.0
-        w = self.bin_width
-        n_used = int(torch.nonzero(self.hist).max()) + 1   # up to the last non-empty bin
-        c = self.hist[:n_used]
-        lo = torch.arange(n_used, dtype=torch.float64) * w
-        hi = torch.clamp(lo + w, max=self.max)
+        c = self.hist
+        edges = self.bin_edges().clamp(max=self.max)
+        lo, hi = edges[:-1], edges[1:]
         mid, var = (lo + hi) / 2, (hi - lo) ** 2 / 12
-        # Suffix sums over bins i >= j, for candidate T = j * w, j = 1 .. n_used - 1.
-        def suffix(v: Tensor) -> Tensor:
+
+        def suffix(v: Tensor) -> Tensor:  # sums over bins i >= j
             return torch.flip(torch.cumsum(torch.flip(v, [0]), 0), [0])
         s0, s1, s2 = suffix(c), suffix(c * mid), suffix(c * (mid ** 2 + var))
-        j = torch.arange(1, n_used, dtype=torch.long)
-        t = j.to(torch.float64) * w
-        nonzero_below = (self.count - s0[j]) - self.zeros
-        rounding = nonzero_below.clamp(min=0) * (t / QMAX) ** 2 / 12
+        # Prefix sums over bins i < k, with a leading 0 (k = 0: no bin).
+        p0 = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(c, 0)])
+        p2 = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(c * (mid ** 2 + var), 0)])
+        # Candidate T = lo[j] for j >= 1 (lo[0] would clip every value), below the max.
+        j = torch.arange(1, c.numel(), dtype=torch.long)
+        j = j[lo[j] < self.max]
+        t = lo[j]
+        step = t / QMAX
+        k = torch.searchsorted(hi, step / 2, right=True)  # bins [0, k) lie below half a step: they round to 0
+        to_zero, to_zero_sq = p0[k], p2[k]
+        nonzero_below = (self.count - self.zeros) - s0[j]
+        rounding = to_zero_sq + (nonzero_below - to_zero).clamp(min=0) * step ** 2 / 12
         clipping = (s2[j] - 2 * t * s1[j] + t ** 2 * s0[j]).clamp(min=0)
         mse = rounding + clipping
-        mse_at_max = (self.count - self.zeros) * (self.max / QMAX) ** 2 / 12
+        step = self.max / QMAX
+        k = int(torch.searchsorted(hi, torch.tensor([step / 2], dtype=torch.float64), right=True)[0])
+        # T = max: the max itself is exact (code 127), the rest as above
+        mse_at_max = float(p2[k]) + max(self.count - self.zeros - float(p0[k]) - 1, 0.0) * step ** 2 / 12
         if mse.numel() == 0 or mse_at_max <= float(mse.min()):
             return self.max
         return float(t[int(torch.argmin(mse))])
