@@ -120,7 +120,8 @@ def pack_weight_only_tiles(weight: Tensor) -> Tensor:
     and a group of 8 rows is one contiguous run. ``int8_linear_weight_only`` on CUDA takes it in place of
     ``pack_int8_weight``'s rows (N is then w_scale's length). A candidate layout: the tensor-core weight-only
     kernel copies 8 rows x 64 bytes per warp instruction, one 512-byte run from tiles instead of 8 pieces of
-    rows far apart (benchmarks/bench_linear.py --device cuda times both); Int8Linear does not use it yet."""
+    rows far apart (benchmarks/bench_linear.py --device cuda times both); a w8_only Int8Linear on CUDA packs it
+    under FASTINFER_WEIGHT_ONLY_LAYOUT=tiles (fastinfer.nn.linear.cuda_weight_only_layout)."""
     if not isinstance(weight, Tensor) or weight.dtype != torch.int8 or weight.dim() != 2 or min(weight.shape) < 1:
         got = f"{weight.dtype} of shape {list(weight.shape)}" if isinstance(weight, Tensor) else type(weight).__name__
         raise ValueError(f"pack_weight_only_tiles: weight must be int8 [N, K] with N, K >= 1, got {got}")

@@ -354,6 +354,39 @@ def test_state_dict_between_devices():
     torch.testing.assert_close(gpu3.int8_weight(), gpu.int8_weight(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("M", [1, 16, 33, 64, 65])
+def test_int8linear_w8_only_tiles_layout(monkeypatch, M):
+    """FASTINFER_WEIGHT_ONLY_LAYOUT=tiles (a candidate): a w8_only layer on CUDA packs Tiles8x64 (from_float on
+    the GPU, a move to it, a load into it), serves the `_tiles` kernels and gives the rows layer's bits; a
+    checkpoint moves between the layouts and devices; a CUDA graph replays it."""
+    lin = make_layer(200, 72)
+    x = torch.randn(M, 200, device=DEV, dtype=torch.bfloat16)
+    rows = Int8Linear.from_float(copy.deepcopy(lin).cuda(), "w8_only")
+    want = rows(x)
+    served_rows = ops.cuda_last_kernel()
+    monkeypatch.setenv("FASTINFER_WEIGHT_ONLY_LAYOUT", "tiles")
+    built = Int8Linear.from_float(copy.deepcopy(lin).cuda(), "w8_only")
+    moved = Int8Linear.from_float(lin, "w8_only").cuda()
+    loaded = Int8Linear(200, 72, scheme="w8_only").cuda()
+    loaded.load_state_dict(rows.state_dict())  # a rows checkpoint into a tiles layer
+    for layer in (built, moved, loaded):
+        assert tuple(layer.packed_weight.shape) == (9, 4, 8, 64)
+        assert torch.equal(layer.int8_weight(), rows.int8_weight())
+        assert torch.equal(layer(x), want)
+        assert ops.cuda_last_kernel() == served_rows + ("" if served_rows == "weight_only_cublas" else "_tiles")
+    dynamic = Int8Linear.from_float(copy.deepcopy(lin).cuda(), "w8a8_dynamic")  # other schemes keep rows
+    assert ops.is_cuda_packed(dynamic.packed_weight)
+    cpu = Int8Linear(200, 72, scheme="w8_only")
+    cpu.load_state_dict(built.state_dict())  # a tiles checkpoint on the CPU
+    assert torch.equal(cpu.int8_weight(), rows.int8_weight().cpu())
+    assert torch.equal(copy.deepcopy(built).cpu().int8_weight(), cpu.int8_weight())
+    monkeypatch.setenv("FASTINFER_WEIGHT_ONLY_LAYOUT", "rows")
+    rows2 = Int8Linear(200, 72, scheme="w8_only").cuda()
+    rows2.load_state_dict(built.state_dict())  # a tiles checkpoint into a rows layer
+    assert ops.is_cuda_packed(rows2.packed_weight) and torch.equal(rows2(x), want)
+    cuda_graph_replays(built, x)
+
+
 def test_quantize_model_on_gpu_and_compile():
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).eval().cuda()
     x = torch.randn(32, 64, device=DEV)

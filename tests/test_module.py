@@ -85,6 +85,30 @@ def test_load_state_dict_rejects_wrong_shape():
         big.load_state_dict(small.state_dict())
 
 
+def test_cuda_tiles_checkpoint_loads_on_the_cpu(monkeypatch):
+    # A w8_only layer saved on a GPU under FASTINFER_WEIGHT_ONLY_LAYOUT=tiles holds int8 [ceil(N/8), ceil(K/64),
+    # 8, 64]; loaded on the CPU (map_location='cpu') it is unpacked and packed for the CPU. (The GPU side:
+    # tests/test_cuda.py test_int8linear_w8_only_tiles_layout.)
+    from fastinfer.nn.linear import cuda_weight_only_layout, weight_layout
+    src = Int8Linear.from_float(nn.Linear(100, 20), "w8_only")
+    sd = src.state_dict()
+    sd["packed_weight"] = ops.pack_weight_only_tiles(src.int8_weight())
+    assert weight_layout(sd["packed_weight"]) == "tiles" and weight_layout(src.packed_weight) == "cpu"
+    dst = Int8Linear(100, 20, scheme="w8_only")
+    dst.load_state_dict(sd)
+    assert weight_layout(dst.packed_weight) == "cpu" and torch.equal(dst.int8_weight(), src.int8_weight())
+    x = torch.randn(3, 100)
+    with torch.inference_mode():
+        assert torch.equal(dst(x), src(x))
+    sd["packed_weight"] = ops.pack_weight_only_tiles(torch.zeros(20, 130, dtype=torch.int8))  # K = 130: 3 tiles
+    with pytest.raises(ValueError, match=r"CUDA tiles weight is \(3, 3, 8, 64\), expected \(3, 2, 8, 64\)"):
+        Int8Linear(100, 20, scheme="w8_only").load_state_dict(sd)
+    assert cuda_weight_only_layout() == "rows"
+    monkeypatch.setenv("FASTINFER_WEIGHT_ONLY_LAYOUT", "tile")
+    with pytest.raises(ValueError, match="FASTINFER_WEIGHT_ONLY_LAYOUT must be 'rows' or 'tiles'"):
+        cuda_weight_only_layout()
+
+
 def test_quantize_swaps_and_reports():
     model = MLP()
     x = torch.randn(3, 64)

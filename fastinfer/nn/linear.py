@@ -1,6 +1,7 @@
 """Int8Linear: an nn.Linear replacement whose weight is int8, packed once for our kernels."""
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -31,13 +32,34 @@ def check_bits_for_scheme(weight_bits: int, scheme: str) -> int:
     return bits
 
 
+def cuda_weight_only_layout() -> str:
+    """The layout a w8_only layer packs its weight in on CUDA: 'rows' (``ops.pack_int8_weight``, the default)
+    or 'tiles' (``ops.pack_weight_only_tiles``, a candidate for the tensor-core weight-only kernel's weight
+    traffic at 9-64 rows), from the environment variable FASTINFER_WEIGHT_ONLY_LAYOUT, read when a layer
+    packs (from_float on a GPU, a move to one, a load). Both give the same results, bit for bit."""
+    v = os.environ.get("FASTINFER_WEIGHT_ONLY_LAYOUT") or "rows"
+    if v not in ("rows", "tiles"):
+        raise ValueError(f"the environment variable FASTINFER_WEIGHT_ONLY_LAYOUT must be 'rows' or 'tiles' "
+                         f"(or unset: rows), got {v!r}")
+    return v
+
+
+def weight_layout(packed: Tensor) -> str:
+    """Which packed layout a packed_weight holds: 'cpu' (the CPU's header-checked buffer), 'rows' (CUDA int8
+    [N, round_up(K, 16)]) or 'tiles' (CUDA int8 [ceil(N / 8), ceil(K / 64), 8, 64], w8_only)."""
+    if packed.dtype == torch.int8 and packed.dim() == 4:
+        return "tiles"
+    return "rows" if ops.is_cuda_packed(packed) else "cpu"
+
+
 class Int8Linear(ComputedWeight):
     """y = x W^T + b with W stored as per-channel int8 in fastinfer's packed layout.
 
     Accepts x of any leading shape [..., in_features], dtype float32 or bfloat16 (float16 too on CUDA);
     the output has x's dtype. Buffers (all in state_dict): ``packed_weight`` (the packed weight of the
     layer's device: a header-checked uint8 buffer on the CPU, int8 [out, round_up(in, 16)] on CUDA),
-    ``weight_scale`` (fp32 [out_features]) and ``bias`` (fp32 or None). Moving the layer between the
+    ``weight_scale`` (fp32 [out_features]) and ``bias`` (fp32 or None); a w8_only layer on CUDA packs in
+    the layout :func:`cuda_weight_only_layout` names. Moving the layer between the
     CPU and a GPU (``.to()``, ``.cuda()``, ``.cpu()``) repacks the weight for the new device; dtype
     casts (``.half()``) leave the fp32 scales and bias as they are. Build one with :meth:`from_float`;
     inference only (no autograd).
@@ -98,7 +120,7 @@ class Int8Linear(ComputedWeight):
             weight = weight * smooth[None, :]
             mod.input_smooth = (1.0 / smooth).contiguous()
         w_q, w_scale = quantize_weight_per_channel(weight, mod.weight_bits)
-        mod.packed_weight = ops.pack_int8_weight(w_q)
+        mod.packed_weight = mod._pack(w_q)
         mod.weight_scale = w_scale.contiguous()
         if linear.bias is not None:
             mod.bias = linear.bias.detach().float().clone()
@@ -128,7 +150,16 @@ class Int8Linear(ComputedWeight):
 
     def int8_weight(self) -> Tensor:
         """The int8 weight [out_features, in_features], unpacked (on the layer's device)."""
+        if weight_layout(self.packed_weight) == "tiles":
+            return ops.unpack_weight_only_tiles(self.packed_weight, self.out_features, self.in_features)
         return ops.unpack_int8_weight(self.packed_weight)[:, :self.in_features]
+
+    def _pack(self, w: Tensor, layout: Optional[str] = None) -> Tensor:
+        """int8 [out_features, in_features] -> the packed weight on w's device, in ``layout`` (weight_layout's
+        names; None: the device's, for a w8_only layer on CUDA cuda_weight_only_layout())."""
+        if layout is None and w.device.type == "cuda" and self.scheme == "w8_only":
+            layout = cuda_weight_only_layout()
+        return ops.pack_weight_only_tiles(w) if layout == "tiles" else ops.pack_int8_weight(w)
 
     def _apply(self, fn, recurse=True):
         # fn is applied to the int8 weight only: where it sends an empty int8 tensor is where the layer
@@ -143,7 +174,7 @@ class Int8Linear(ComputedWeight):
         packed = self.packed_weight
         out = super()._apply(fn, recurse)
         if w is not None:
-            self.packed_weight = ops.pack_int8_weight(fn(w).contiguous())
+            self.packed_weight = self._pack(fn(w).contiguous())
         elif self.packed_weight.dtype != packed.dtype:  # model.type(torch.float16) casts every tensor
             self.packed_weight = packed
         for name, t in fp32.items():
@@ -190,10 +221,15 @@ class Int8Linear(ComputedWeight):
         repacked = False  # packed here from the file's int8 values (column sums and flags computed anew)
         if key in state_dict:
             # Refuse a buffer for another shape or a corrupt one now, not at the first forward
-            # (header only: the kernels check the header on every call); a buffer packed for the
-            # other kind of device (saved on a GPU, loaded on the CPU, or the reverse) is repacked.
+            # (header only: the kernels check the header on every call).
             stored = state_dict[key]
-            if ops.is_cuda_packed(stored):
+            stored_layout = weight_layout(stored)
+            if stored_layout == "tiles":
+                want = (-(-self.out_features // 8), -(-self.in_features // 64), 8, 64)
+                if tuple(stored.shape) != want:
+                    raise ValueError(f"{key}: CUDA tiles weight is {tuple(stored.shape)}, expected {want}")
+                w = ops.unpack_weight_only_tiles(stored, self.out_features, self.in_features)
+            elif stored_layout == "rows":
                 k_pad = -(-self.in_features // ops.CUDA_K_ALIGN) * ops.CUDA_K_ALIGN
                 if tuple(stored.shape) != (self.out_features, k_pad):
                     raise ValueError(f"{key}: CUDA packed weight is {tuple(stored.shape)}, expected "
@@ -207,14 +243,17 @@ class Int8Linear(ComputedWeight):
                     raise ValueError(f"{key}: packed weight is {shape}, expected "
                                      f"({self.out_features}, {self.in_features})")
                 w = None
-            if ops.is_cuda_packed(self.packed_weight) != ops.is_cuda_packed(stored):
+            # The layer keeps its own layout: a file from the other kind of device, or a w8_only file written
+            # under the other CUDA layout, is repacked into it.
+            own = weight_layout(self.packed_weight)
+            if own != stored_layout:
                 if w is None:
                     w = ops.unpack_int8_weight(stored)
                 state_dict = dict(state_dict)  # the caller's dict stays as it was
-                state_dict[key] = ops.pack_int8_weight(w.to(self.packed_weight.device).contiguous())
+                state_dict[key] = self._pack(w.to(self.packed_weight.device).contiguous(), own)
                 repacked = True
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if key in state_dict and not repacked and not ops.is_cuda_packed(self.packed_weight):
+        if key in state_dict and not repacked and weight_layout(self.packed_weight) == "cpu":
             # The column sums and the header's flags (which choose the kernels' steps and correct their sums)
             # computed again from the loaded int8 values, not taken from the file.
             with torch.no_grad():
