@@ -16,6 +16,7 @@ CASES = {
     "bench_sparse": ["--batches", "1", "--sparsities", "0.9", "--min-time", "0.01"],
     "bench_conv": ["--batches", "1", "--layers", "dw_3x3,s2_3x3", "--min-time", "0.01"],
     "bench_tiers": ["--cases", "gemm", "--min-time", "0.01"],
+    "bench_observers": ["--n", "5000", "--batches", "2"],
 }
 
 
