@@ -109,8 +109,9 @@ def main() -> None:
             "observe_ms_torch_ao": observe_ms(torch_ao_histogram, batches[0]),
         }
         rows.append(row)
-        print(f"{name:14s} {row['percentile_rel_err']:10.2e} {row['mse_ours']:8.3f}x {row['mse_torch_ao_histogram']:8.3f}x "
-              f"{row['minmax']:8.3f}x {row['observe_ms_ours']:15.2f} {row['observe_ms_torch_ao']:9.2f}")
+        print(f"{name:14s} {row['percentile_rel_err']:10.2e} {row['mse_ours']:8.3f}x "
+              f"{row['mse_torch_ao_histogram']:8.3f}x {row['minmax']:8.3f}x {row['observe_ms_ours']:15.2f} "
+              f"{row['observe_ms_torch_ao']:9.2f}")
     print(f"(mse columns: the int8 error at each observer's threshold / the brute-force best; observe: one batch of "
           f"{batches[0].numel()} values, {args.threads} threads)")
     if args.json:

@@ -184,15 +184,16 @@ class PercentileObserver(HistogramObserver):
 class MSEObserver(HistogramObserver):
     """amax = argmin over T of the expected squared error of quantizing |x| with threshold T, D = T / 127:
 
-        MSE(T) = sum over 0 < |x| < D/2 of x^2  +  (n(D/2 <= |x| <= T)) * D^2 / 12  +  sum over |x| > T of (|x| - T)^2
+        MSE(T) = sum over 0 < |x| < D/2 of x^2  +  n(D/2 <= |x| <= T) * D^2 / 12
+                 + sum over |x| > T of (|x| - T)^2
 
     values below half a step round to 0 (their error is themselves), the rest of the range gets uniform
     rounding noise of step D (exact zeros stay exact), and values above T are clipped. Candidates T are
-    the bin edges below the observed max, and the max itself (no clipping; the max is then exact). Inside a bin, values are
-    taken as uniform over it (the last bin ends at the max), so a bin [lo, hi] with count c contributes
-    c * ((mid - T)^2 + (hi - lo)^2 / 12) above T and c * (mid^2 + (hi - lo)^2 / 12) below D/2 (a bin
-    straddling D/2 counts as rounding noise). Prefix and suffix sums make all candidates cost
-    O(bins log bins). Uniform data gives T close to the max (~ max / (1 + 1/254)); heavy tails give T
+    the bin edges below the observed max, and the max itself (no clipping; the max is then exact).
+    Inside a bin, values are taken as uniform over it (the last bin ends at the max), so a bin [lo, hi]
+    with count c contributes c * ((mid - T)^2 + (hi - lo)^2 / 12) above T and c * (mid^2 + (hi - lo)^2 / 12)
+    below D/2 (a bin straddling D/2 counts as rounding noise). Prefix and suffix sums make all candidates
+    cost O(bins log bins). Uniform data gives T close to the max (~ max / (1 + 1/254)); heavy tails give T
     well below it; a lone far outlier is kept (clipping it costs more than the bulk's rounding).
     """
 
@@ -221,10 +222,10 @@ class MSEObserver(HistogramObserver):
         rounding = to_zero_sq + (nonzero_below - to_zero).clamp(min=0) * step ** 2 / 12
         clipping = (s2[j] - 2 * t * s1[j] + t ** 2 * s0[j]).clamp(min=0)
         mse = rounding + clipping
-        step = self.max / QMAX
-        k = int(torch.searchsorted(hi, torch.tensor([step / 2], dtype=torch.float64), right=True)[0])
         # T = max: the max itself is exact (code 127), the rest as above
-        mse_at_max = float(p2[k]) + max(self.count - self.zeros - float(p0[k]) - 1, 0.0) * step ** 2 / 12
+        step_max = self.max / QMAX
+        k_max = int(torch.searchsorted(hi, torch.tensor([step_max / 2], dtype=torch.float64), right=True)[0])
+        mse_at_max = float(p2[k_max]) + max(self.count - self.zeros - float(p0[k_max]) - 1, 0.0) * step_max ** 2 / 12
         if mse.numel() == 0 or mse_at_max <= float(mse.min()):
             return self.max
         return float(t[int(torch.argmin(mse))])
