@@ -10,7 +10,8 @@ it), fastinfer raw int8 GEMM (int8_mm on a prepacked weight, int32 out) and fuse
 dequantize epilogue, fp32 out), both from int8 activations (they include turning them into the kernels'
 u8 operand), fastinfer Int8Linear w8a8_dynamic (fp32 in/out, activation quantization included; on AMX
 machines also capped at the VNNI path), the same with 7-bit weights (weight_bits=7: AVX2's GEMM without its
-sign step) and w8_only.
+sign step) and w8_only (fp32 x, and bf16 x beside bf16 F.linear: the bf16 dot-product kernel where the CPU
+has AVX512_BF16).
 tops = 2*M*N*K / median time. rel_err (the rows that compute the same fp32 layer: torch.ao, bf16, Int8Linear):
 ||y - y_fp32|| / ||y_fp32|| on the benchmark's random input. Also the int8 instruction's peak rate (fastinfer.ops.int8_peak_probe: AMX
 tdpbusd or VNNI vpdpbusd) and the targets of issues #2 and #3, computed from this run.
@@ -85,6 +86,7 @@ def bench_shape(M: int, K: int, N: int, threads: int, min_time: float):
                 return dyn(x)
         cases.append(("fastinfer", "Int8Linear w8a8_dynamic [vnni]", vnni))
     cases.append(("fastinfer", "Int8Linear w8_only", lambda: wonly(x)))
+    cases.append(("fastinfer", "Int8Linear w8_only bf16", lambda: wonly(xb)))  # beside bf16 F.linear (same x)
     same_layer = {"bf16 F.linear", "dynamic int8 (x86)", "dynamic int8 (onednn)"}
     rows = []
     with torch.inference_mode():
@@ -95,6 +97,8 @@ def bench_shape(M: int, K: int, N: int, threads: int, min_time: float):
                    **t, "tops": 2 * M * N * K / (t["median_ms"] * 1e-3) / 1e12}
             if impl in same_layer or impl.startswith("Int8Linear"):
                 row["rel_err"] = float((fn().float() - ref).norm() / ref.norm())
+            if impl.startswith("Int8Linear w8_only"):
+                row["w8_step"] = ops.last_kernel("w8_gemm_step")  # "bf16_dot" or "fp32"
             rows.append(row)
     return rows
 

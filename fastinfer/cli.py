@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 # Feature flags first, then the verdicts, so `info` reads from evidence to conclusion.
 _FEATURES = ("avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_vbmi",
+             "avx512_bf16",
              "amx_tile", "amx_int8", "os_avx", "os_avx512", "os_amx")
 _VERDICTS = ("detected", "implemented", "runnable", "active", "env_cap", "env_cap_error", "amx_note")
 

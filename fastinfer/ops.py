@@ -330,7 +330,9 @@ def last_kernel(family: str) -> str:
     convolution on the GEMM kernels: direct or gathered rows; a narrow-group one, gconv) took on AVX2, chosen
     by its packed weight: "shifted" (every weight in [-64, 63], e.g. weight_bits=7), "sign" (no -128) or
     "widen"; "" on the other tiers, which have one step, and after a depthwise convolution or a grouped one
-    on gathered rows."""
+    on gathered rows. "w8_gemm_step" names how the latest int8_linear_weight_only on the CPU multiplied:
+    "bf16_dot" (bf16 x on a CPU with AVX512_BF16, AVX-512 tiers: vdpbf16ps) or "fp32" (x, widened to fp32 if
+    bf16, by fp32 FMAs)."""
     return _ops.last_kernel(family)
 
 

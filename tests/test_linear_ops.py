@@ -2,10 +2,13 @@
 import pytest
 import torch
 
+import fastinfer
 from fastinfer import ops
 from fastinfer import reference as ref
 
 from conftest import assert_served
+
+CAPS = fastinfer.cpu_capabilities()
 
 SHAPES = [(0, 8, 4), (1, 1, 1), (2, 3, 5), (7, 13, 17), (16, 255, 33), (17, 513, 1000), (64, 1000, 13),
           (255, 64, 255)]
@@ -54,6 +57,24 @@ def test_linear_weight_only(isa, M, K, N, dtype, with_bias):
         torch.testing.assert_close(y.float(), expect.float(), rtol=8e-3, atol=1e-2)
     if M > 0:
         assert_served("w8_gemm", isa)
+        # bf16 x of 2 rows or more on an AVX512_BF16 CPU: vdpbf16ps on x as it is (AVX-512 tiers); else fp32 FMAs
+        bf16_dot = M >= 2 and dtype == torch.bfloat16 and isa in ("avx512_vnni", "amx") and CAPS["avx512_bf16"]
+        assert ops.last_kernel("w8_gemm_step") == ("bf16_dot" if bf16_dot else "fp32")
+
+
+@pytest.mark.parametrize("M", [2, 5, 13, 16, 25, 97])
+def test_weight_only_bf16_k_tails_read_nothing_past_k(isa, M):
+    # bf16 x (the bf16 dot-product kernel where the CPU has it): K off the 4-k blocks, and a row of +inf right
+    # after row 0, so a read past K in row 0 would multiply inf by a padded weight (0) and give NaN there.
+    for K in range(1, 10):
+        w_q, w_scale, packed = make_weight(17, K)
+        x = torch.randn(M, K).bfloat16()
+        x[1] = float("inf")
+        y = ops.int8_linear_weight_only(x, packed, w_scale, None)
+        keep = [i for i in range(M) if i != 1]
+        torch.testing.assert_close(y[keep].float(), ref.int8_linear_weight_only(x[keep], w_q, w_scale).float(),
+                                   rtol=8e-3, atol=1e-2, msg=f"K={K}")
+        assert not torch.isfinite(y[1]).all()
 
 
 @pytest.mark.parametrize("op", [ops.int8_linear_dynamic, ops.int8_linear_weight_only])

@@ -110,6 +110,7 @@ namespace {
 thread_local const char* t_dwconv_path = "";  // static strings only
 thread_local const char* t_conv_store = "";
 thread_local const char* t_gemm_step = "";
+thread_local const char* t_w8_step = "";
 }  // namespace
 
 void record_gemm_step(const kernels::KernelSet& ks, const kernels::Int8GemmParams* p) {
@@ -117,6 +118,8 @@ void record_gemm_step(const kernels::KernelSet& ks, const kernels::Int8GemmParam
 }
 
 void record_conv_store(bool stream) { t_conv_store = stream ? "stream" : "cached"; }
+
+void record_w8_step(bool bf16_dot) { t_w8_step = bf16_dot ? "bf16_dot" : "fp32"; }
 
 void record_dwconv_path(const kernels::KernelSet& ks, const kernels::DwConvParams& p) {
   t_dwconv_path = ks.dwconv_path ? ks.dwconv_path(p) : "";
@@ -127,13 +130,14 @@ std::string last_kernel(const std::string& family) {
   if (family == "dwconv_path") return t_dwconv_path;
   if (family == "conv_store") return t_conv_store;
   if (family == "int8_gemm_step") return t_gemm_step;
+  if (family == "w8_gemm_step") return t_w8_step;
   for (int i = 0; i < static_cast<int>(Family::kCount); ++i)
     if (family == family_name(static_cast<Family>(i))) {
       const int v = t_last[i];
       return v < 0 ? std::string() : table(static_cast<Isa>(v)).name;
     }
   throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add, "
-                              "gconv, dwconv_path, conv_store or int8_gemm_step, "
+                              "gconv, dwconv_path, conv_store, int8_gemm_step or w8_gemm_step, "
                               "got '" + family + "'");
 }
 
@@ -146,6 +150,7 @@ std::string capabilities_json() {
     << ", \"avx512f\": " << b(f.avx512f) << ", \"avx512bw\": " << b(f.avx512bw)
     << ", \"avx512vl\": " << b(f.avx512vl) << ", \"avx512dq\": " << b(f.avx512dq)
     << ", \"avx512_vnni\": " << b(f.avx512_vnni) << ", \"avx512_vbmi\": " << b(f.avx512_vbmi)
+    << ", \"avx512_bf16\": " << b(f.avx512_bf16)
     << ", \"amx_tile\": " << b(f.amx_tile)
     << ", \"amx_int8\": " << b(f.amx_int8) << ", \"os_avx\": " << b(f.os_avx)
     << ", \"os_avx512\": " << b(f.os_avx512) << ", \"os_amx\": " << b(f.os_amx)

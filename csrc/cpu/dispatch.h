@@ -41,6 +41,9 @@ void record_gemm_step(const kernels::KernelSet& ks, const kernels::Int8GemmParam
 // Whether the latest convolution asked its kernels for non-temporal fp32 stores (Int8GemmParams::stream_out):
 // last_kernel("conv_store") is "stream" or "cached".
 void record_conv_store(bool stream);
+// How the latest weight-only GEMM multiplied: "bf16_dot" (KernelSet::w8_gemm_bf16 on bf16 x) or "fp32" (w8_gemm;
+// bf16 x widened first): last_kernel("w8_gemm_step").
+void record_w8_step(bool bf16_dot);
 std::string last_kernel(const std::string& family);  // "" before the first call
 std::string capabilities_json();
 

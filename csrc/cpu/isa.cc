@@ -56,6 +56,7 @@ CpuFeatures detect() {
         unsigned a1, b1, c1, d1;
         __cpuid_count(7, 1, a1, b1, c1, d1);
         f.avx_vnni = a1 & (1u << 4);
+        f.avx512_bf16 = a1 & (1u << 5);
       }
     }
     if (f.amx_tile && f.amx_int8) {

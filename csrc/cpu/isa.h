@@ -20,6 +20,7 @@ struct CpuFeatures {
   bool avx_vnni = false;                       // CPUID.(7,1):EAX[4], the VEX-encoded vpdpbusd
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512_vnni = false;
   bool avx512_vbmi = false;                    // byte permutes (the int8 sparse kernel; not part of a tier)
+  bool avx512_bf16 = false;                    // vdpbf16ps (weight-only int8 with bf16 x; not part of a tier)
   bool amx_tile = false, amx_int8 = false;
   bool os_avx = false, os_avx512 = false;      // XCR0 says the OS saves those registers
   bool os_amx = false;                         // arch_prctl granted the tile data permission

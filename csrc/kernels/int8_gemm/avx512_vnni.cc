@@ -730,11 +730,15 @@ int64_t peak_probe_avx512(int64_t iters) {
 namespace fastinfer {
 namespace kernels {
 const KernelSet& kernels_avx512_vnni() {
-  static const KernelSet s{"avx512_vnni", int8_gemm_avx512, w8_gemm_avx512, quantize_avx512, dwconv_avx512,
-                           absmax_avx512, peak_probe_avx512,
-                           16 * Int8Traits::NB, 16 * Int8Traits::MR, Int8Traits::MR, false, conv_direct_avx512,
-                           kPackKB, Int8Traits::MR, add_act_avx512, /*conv_direct_no_min128=*/false,
-                           dwconv_path_avx512, gconv_avx512};
+  static const KernelSet s = [] {
+    KernelSet k{"avx512_vnni", int8_gemm_avx512, w8_gemm_avx512, quantize_avx512, dwconv_avx512,
+                absmax_avx512, peak_probe_avx512,
+                16 * Int8Traits::NB, 16 * Int8Traits::MR, Int8Traits::MR, false, conv_direct_avx512,
+                kPackKB, Int8Traits::MR, add_act_avx512, /*conv_direct_no_min128=*/false,
+                dwconv_path_avx512, gconv_avx512};
+    k.w8_gemm_bf16 = w8_gemm_bf16_avx512;
+    return k;
+  }();
   return s;
 }
 }  // namespace kernels

@@ -54,7 +54,8 @@ inline float row_scale(const Int8GemmParams& p, int64_t m) { return p.a_scale[p.
 struct W8GemmParams {
   int64_t M = 0, N = 0, K = 0;
   const float* a = nullptr;     // fp32 activations, row-major, K valid floats per row
-  int64_t lda = 0;              // floats between rows
+  const uint16_t* a_bf16 = nullptr;  // or bf16 ones (KernelSet::w8_gemm_bf16 reads these)
+  int64_t lda = 0;              // elements between rows
   const int8_t* b = nullptr;    // packed weight data (n16k4)
   int64_t K_pad = 0;
   const float* b_scale = nullptr;
@@ -204,6 +205,8 @@ struct KernelSet {
   int64_t gconv_lanes = 16;            // output channels per gconv block (GroupConvParams' L)
   bool gconv_signed_x = false;         // gconv reads an s8 slab (padding 0), else u8 = s8 + 128 (padding 128)
   GemmStepFn gemm_step = nullptr;      // null: int8_gemm has one step
+  W8GemmFn w8_gemm_bf16 = nullptr;     // bf16 activations by vdpbf16ps, for CPUs with AVX512_BF16 (the entry
+                                       // layer checks); null: bf16 x takes w8_gemm on an fp32 copy
 };
 
 // Defined one per ISA translation unit.
@@ -213,6 +216,7 @@ const KernelSet& kernels_avx_vnni();  // the int8 GEMM and direct convolution; t
 const KernelSet& kernels_avx512_vnni();
 const KernelSet& kernels_amx();  // the tile GEMM; the other families are the AVX-512 VNNI kernels
 void gconv_avx512(const GroupConvParams& p, int64_t r0, int64_t r1);  // gconv_avx512.cc
+void w8_gemm_bf16_avx512(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);  // w8_bf16_avx512.cc
 
 }  // namespace kernels
 }  // namespace fastinfer

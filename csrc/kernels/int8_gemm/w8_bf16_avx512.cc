@@ -1,0 +1,159 @@
+// Weight-only int8 with bf16 activations on AVX512_BF16 CPUs (Cooper Lake, Sapphire Rapids and later Xeons,
+// AMD Zen 4 and 5): vdpbf16ps, two bf16 products a lane per instruction, twice the multiply rate of the fp32
+// kernel (w8_gemm_avx512, which widens bf16 x to fp32 first). The int8 weights become bf16 exactly (|w| <= 128
+// needs 8 significant bits), the products of two bf16 values are exact in fp32, and they are summed in fp32:
+// the fp32 kernel's arithmetic in another order, except that vdpbf16ps treats subnormal inputs as zero and
+// flushes subnormal results. Only this file is compiled with avx512bf16 (the dispatcher calls in here only
+// when CPUID says the CPU has it), so no other kernel can pick up its instructions.
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include <immintrin.h>
+
+#include "epilogue.h"
+#include "pack.h"
+#include "params.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
+
+#include "avx512_common.h"
+
+namespace fastinfer {
+namespace kernels {
+namespace {
+
+// Register budget (32 zmm): two accumulators a row (16 columns; one a k pair, so that a row's two products a
+// block do not wait on each other) + the k pairs' 2 weight vectors + 1 broadcast.
+constexpr int kW8Bf16Rows = 12;
+static_assert(2 * kW8Bf16Rows + 2 + 1 <= 32, "tile does not fit the 32 zmm registers");
+
+// 16 weight bytes (4 columns x 4 k of an n16k4 block) -> 16 fp32.
+inline __m512 widen16(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
+
+// An n16k4 block of 64 weight bytes (w[col][k] at 4 col + k) as bf16 pairs in 32-bit lanes, lane c =
+// column c: w[0] holds (w[c][0], w[c][1]), w[1] (w[c][2], w[c][3]). Converted in byte order (cvtne2ps puts
+// its second operand's 16 values in the low half), then the even and odd 32-bit lanes of the two halves.
+inline void block_to_bf16(const int8_t* block, __m512i (&w)[2]) {
+  const __m512i braw = _mm512_loadu_si512(block);
+  const __m512i lo = (__m512i)_mm512_cvtne2ps_pbh(widen16(_mm512_extracti32x4_epi32(braw, 1)),
+                                                  widen16(_mm512_castsi512_si128(braw)));
+  const __m512i hi = (__m512i)_mm512_cvtne2ps_pbh(widen16(_mm512_extracti32x4_epi32(braw, 3)),
+                                                  widen16(_mm512_extracti32x4_epi32(braw, 2)));
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  w[0] = _mm512_permutex2var_epi32(lo, even, hi);
+  w[1] = _mm512_permutex2var_epi32(lo, _mm512_add_epi32(even, _mm512_set1_epi32(1)), hi);
+}
+
+// x[k], x[k + 1] (bf16) in every 32-bit lane; `valid` of the two inside K (the rest read as 0).
+inline __m512bh x_pair(const uint16_t* x, int valid) {
+  uint32_t v;
+  if (valid >= 2) {
+    std::memcpy(&v, x, 4);
+  } else {
+    v = valid == 1 ? x[0] : 0u;
+  }
+  return (__m512bh)_mm512_set1_epi32(static_cast<int>(v));
+}
+
+// Rows [m, m + mr) x the 16 columns at n. The weights come from the packed blocks (converted here), or with
+// kPanel from `panel`: the same 16 columns' blocks converted once for all the row tiles of a chunk.
+template <int mr, bool kPanel>
+void w8_bf16_tile(const W8GemmParams& p, int64_t m, int64_t n, const uint16_t* panel) {
+  __m512 acc[mr][2];
+  for (int i = 0; i < mr; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  const int8_t* b = p.b + (n / kPackNB) * p.K_pad * kPackNB;
+  const uint16_t* a = p.a_bf16 + m * p.lda;
+  const int64_t kq = p.K_pad / 4;
+  for (int64_t q = 0; q < kq; ++q) {
+    __m512i w[2];
+    if constexpr (kPanel) {
+      w[0] = _mm512_loadu_si512(panel + 64 * q);
+      w[1] = _mm512_loadu_si512(panel + 64 * q + 32);
+    } else {
+      block_to_bf16(b + q * 64, w);
+    }
+    const int64_t k = 4 * q, left = p.K - k;  // x past K must not be read: the weights there are 0, x may be NaN
+    if (left >= 4) {
+#pragma GCC unroll 16
+      for (int i = 0; i < mr; ++i) {
+        const uint16_t* x = a + i * p.lda + k;
+        acc[i][0] = _mm512_dpbf16_ps(acc[i][0], x_pair(x, 2), (__m512bh)w[0]);
+        acc[i][1] = _mm512_dpbf16_ps(acc[i][1], x_pair(x + 2, 2), (__m512bh)w[1]);
+      }
+    } else {
+      for (int i = 0; i < mr; ++i) {
+        const uint16_t* x = a + i * p.lda + k;
+        acc[i][0] = _mm512_dpbf16_ps(acc[i][0], x_pair(x, static_cast<int>(std::min<int64_t>(left, 2))),
+                                     (__m512bh)w[0]);
+        acc[i][1] = _mm512_dpbf16_ps(acc[i][1], x_pair(x + 2, static_cast<int>(std::max<int64_t>(left - 2, 0))),
+                                     (__m512bh)w[1]);
+      }
+    }
+  }
+  const __mmask16 mask = col_mask(p.N - n);
+  const __m512 bs = _mm512_maskz_loadu_ps(mask, p.b_scale + n);
+  const __m512 bias = p.bias ? _mm512_maskz_loadu_ps(mask, p.bias + n) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+  for (int i = 0; i < mr; ++i) {
+    __m512 y = _mm512_mul_ps(_mm512_add_ps(acc[i][0], acc[i][1]), bs);
+    if (p.bias) y = _mm512_add_ps(y, bias);
+    store_row16(p.out, (m + i) * p.ldo + n, p.out_kind, mask, y);
+  }
+}
+
+template <bool kPanel>
+using TileFn = void (*)(const W8GemmParams&, int64_t, int64_t, const uint16_t*);
+
+template <bool kPanel, int... I>
+constexpr std::array<TileFn<kPanel>, sizeof...(I)> tile_table(std::integer_sequence<int, I...>) {
+  return {w8_bf16_tile<I + 1, kPanel>...};
+}
+
+// A thread's converted column panel (64 bf16 a k block), kept between calls (unaligned loads and stores: a
+// std::vector of 64-byte vectors was not 64-byte aligned here).
+thread_local std::vector<uint16_t> t_panel;
+
+}  // namespace
+
+void w8_gemm_bf16_avx512(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  static constexpr auto direct = tile_table<false>(std::make_integer_sequence<int, kW8Bf16Rows>{});
+  static constexpr auto from_panel = tile_table<true>(std::make_integer_sequence<int, kW8Bf16Rows>{});
+  n1 = std::min(n1, round_up(p.N, kPackNB));
+  // One row tile converts each weight block as it goes; more than one would convert it again in each, so
+  // the 16 columns' blocks are converted once into the thread's panel (32 bytes a k: 128 KB at K = 4096, 448 KB
+  // at 14336, in L2) and every tile reads them from there.
+  const bool panel = m1 - m0 > kW8Bf16Rows;
+  const int64_t kq = p.K_pad / 4;
+  if (panel && static_cast<int64_t>(t_panel.size()) < 64 * kq) t_panel.resize(64 * kq);
+  for (int64_t n = n0; n < n1; n += 16) {
+    if (panel) {
+      const int8_t* b = p.b + (n / kPackNB) * p.K_pad * kPackNB;
+      for (int64_t q = 0; q < kq; ++q) {
+        __m512i w[2];
+        block_to_bf16(b + q * 64, w);
+        _mm512_storeu_si512(t_panel.data() + 64 * q, w[0]);
+        _mm512_storeu_si512(t_panel.data() + 64 * q + 32, w[1]);
+      }
+    }
+    // Tiles of even height (16 rows: 8 + 8, not 12 + 4, whose 4-row tile reads the panel for a third of the work)
+    const int64_t tiles = (m1 - m0 + kW8Bf16Rows - 1) / kW8Bf16Rows;
+    const int64_t height = (m1 - m0 + tiles - 1) / tiles;
+    for (int64_t m = m0; m < m1; m += height) {
+      const int rows = static_cast<int>(std::min<int64_t>(height, m1 - m));
+      if (panel)
+        from_panel[rows - 1](p, m, n, t_panel.data());
+      else
+        direct[rows - 1](p, m, n, nullptr);
+    }
+  }
+}
+
+}  // namespace kernels
+}  // namespace fastinfer
+
+#pragma GCC pop_options
