@@ -6,6 +6,12 @@ from __future__ import annotations
 import numbers
 
 
+def is_integer(value) -> bool:
+    """An integer (numpy's too), not a bool: the test of every count, size and seed argument (each caller raises
+    its own error)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_number(name: str, value) -> float:
     """value as a float, if it is a real number (numpy scalars included) and not a bool."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -7,13 +7,13 @@ argument. Modules call torch.ops.fastinfer directly so torch.compile / torch.exp
 from __future__ import annotations
 
 import json
-import numbers
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from . import _ext  # noqa: F401
+from ._args import is_integer
 
 _ops = torch.ops.fastinfer
 BUILD = json.loads(_ops.build_info())  # {"cuda": kernels for CUDA built in, "cutlass_sm90": ..., "max_k": ...}
@@ -113,6 +113,11 @@ def unpack_int8_weight(packed: Tensor) -> Tensor:
     return _ops.unpack_int8_weight(packed)
 
 
+def weight_only_tiles_shape(n: int, k: int) -> Tuple[int, int, int, int]:
+    """The shape of pack_weight_only_tiles' layout for an [n, k] weight: [ceil(n / 8), ceil(k / 64), 8, 64]."""
+    return -(-n // 8), -(-k // 64), 8, 64
+
+
 def pack_weight_only_tiles(weight: Tensor) -> Tensor:
     """int8 [N, K] -> the weight-only kernels' Tiles8x64 layout (csrc/kernels/cuda/params.h, WeightLayout), on
     the weight's device: int8 [ceil(N / 8), ceil(K / 64), 8, 64], zero-padded, where
@@ -126,7 +131,7 @@ def pack_weight_only_tiles(weight: Tensor) -> Tensor:
         got = f"{weight.dtype} of shape {list(weight.shape)}" if isinstance(weight, Tensor) else type(weight).__name__
         raise ValueError(f"pack_weight_only_tiles: weight must be int8 [N, K] with N, K >= 1, got {got}")
     n, k = weight.shape
-    n8, k64 = -(-n // 8), -(-k // 64)
+    n8, k64, _, _ = weight_only_tiles_shape(n, k)
     padded = weight.new_zeros((n8 * 8, k64 * 64))
     padded[:n, :k] = weight
     return padded.view(n8, 8, k64, 64).permute(0, 2, 1, 3).contiguous()
@@ -134,11 +139,10 @@ def pack_weight_only_tiles(weight: Tensor) -> Tensor:
 
 def unpack_weight_only_tiles(tiles: Tensor, n: int, k: int) -> Tensor:
     """The int8 [n, k] weight of pack_weight_only_tiles' layout."""
-    if not isinstance(tiles, Tensor) or tiles.dtype != torch.int8 or tiles.dim() != 4 or tuple(tiles.shape) != (
-            -(-n // 8), -(-k // 64), 8, 64):
+    want = weight_only_tiles_shape(n, k)
+    if not isinstance(tiles, Tensor) or tiles.dtype != torch.int8 or tuple(tiles.shape) != want:
         got = f"{tiles.dtype} of shape {list(tiles.shape)}" if isinstance(tiles, Tensor) else type(tiles).__name__
-        raise ValueError(f"unpack_weight_only_tiles: tiles must be int8 [{-(-n // 8)}, {-(-k // 64)}, 8, 64] for "
-                         f"n={n}, k={k}, got {got}")
+        raise ValueError(f"unpack_weight_only_tiles: tiles must be int8 {list(want)} for n={n}, k={k}, got {got}")
     return tiles.permute(0, 2, 1, 3).reshape(tiles.shape[0] * 8, tiles.shape[1] * 64)[:n, :k].contiguous()
 
 
@@ -216,12 +220,9 @@ def int8_add(a: Tensor, b: Tensor, a_scale: Optional[float] = None, b_scale: Opt
 def pair(v, name: str = "a size") -> Tuple[int, int]:
     """An int or a 2-sequence of ints (kernel_size, stride, ...) as a pair of ints; anything else (a bool, a
     float, another length) is refused naming `name`."""
-    def is_int(e):  # numpy's ints too
-        return isinstance(e, numbers.Integral) and not isinstance(e, bool)
-
-    if is_int(v):
+    if is_integer(v):
         return int(v), int(v)
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(is_int(e) for e in v):
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(is_integer(e) for e in v):
         return int(v[0]), int(v[1])
     raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
 
@@ -342,9 +343,9 @@ def set_amx_min_rows(rows: int) -> int:
     Default 9 (or FASTINFER_AMX_MIN_ROWS); 1 sends every shape through the tile kernel. Returns
     the previous value; the current one is in cpu_capabilities()["amx_min_rows"].
     """
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+    if not is_integer(rows) or rows < 1:
         raise ValueError(f"set_amx_min_rows: rows must be an int >= 1, got {rows!r}")
-    return _ops.set_amx_min_rows(rows)
+    return _ops.set_amx_min_rows(int(rows))
 
 
 # ------------------------------------------------------------------ fake (meta) implementations

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ._args import is_integer
 from ._swap import is_hf_conv1d
 from .nn.attention import ScaledDotProductAttention
 from .nn.conv import Int8Conv1d, Int8Conv2d
@@ -423,7 +424,7 @@ def compare_profiles(before: ProfileReport, after: ProfileReport) -> ProfileComp
 def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_integer(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")

@@ -8,7 +8,6 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from numbers import Integral
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .._args import is_integer
 from .hints import FeatureCapture, HintProjection, check_feature_pairs
 from .loss import check_alpha, check_logits, check_temperature, combine, kd_terms, _check_real
 
@@ -150,13 +150,13 @@ def _check_args(teacher, student, epochs, hint_weight, lr, callbacks, seed, prog
             raise TypeError(f"{name} must be a torch.nn.Module, got {type(m).__name__}")
     if teacher is student:
         raise ValueError("teacher and student must be different modules (the teacher is frozen)")
-    if isinstance(epochs, bool) or not isinstance(epochs, Integral) or epochs < 1:
+    if not is_integer(epochs) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     if _check_real("hint_weight", hint_weight) < 0:
         raise ValueError(f"hint_weight must be >= 0, got {hint_weight!r}")
     if _check_real("lr", lr) <= 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
-    if isinstance(seed, bool) or not isinstance(seed, Integral):
+    if not is_integer(seed):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool, got {type(progress).__name__}")

@@ -150,9 +150,13 @@ class Int8Linear(ComputedWeight):
 
     def int8_weight(self) -> Tensor:
         """The int8 weight [out_features, in_features], unpacked (on the layer's device)."""
-        if weight_layout(self.packed_weight) == "tiles":
-            return ops.unpack_weight_only_tiles(self.packed_weight, self.out_features, self.in_features)
-        return ops.unpack_int8_weight(self.packed_weight)[:, :self.in_features]
+        return self._unpack(self.packed_weight)
+
+    def _unpack(self, packed: Tensor) -> Tensor:
+        """int8 [out_features, in_features] from a packed weight of any layout (weight_layout), on its device."""
+        if weight_layout(packed) == "tiles":
+            return ops.unpack_weight_only_tiles(packed, self.out_features, self.in_features)
+        return ops.unpack_int8_weight(packed)[:, :self.in_features]
 
     def _pack(self, w: Tensor, layout: Optional[str] = None) -> Tensor:
         """int8 [out_features, in_features] -> the packed weight on w's device, in ``layout`` (weight_layout's
@@ -225,16 +229,14 @@ class Int8Linear(ComputedWeight):
             stored = state_dict[key]
             stored_layout = weight_layout(stored)
             if stored_layout == "tiles":
-                want = (-(-self.out_features // 8), -(-self.in_features // 64), 8, 64)
+                want = ops.weight_only_tiles_shape(self.out_features, self.in_features)
                 if tuple(stored.shape) != want:
                     raise ValueError(f"{key}: CUDA tiles weight is {tuple(stored.shape)}, expected {want}")
-                w = ops.unpack_weight_only_tiles(stored, self.out_features, self.in_features)
             elif stored_layout == "rows":
                 k_pad = -(-self.in_features // ops.CUDA_K_ALIGN) * ops.CUDA_K_ALIGN
                 if tuple(stored.shape) != (self.out_features, k_pad):
                     raise ValueError(f"{key}: CUDA packed weight is {tuple(stored.shape)}, expected "
                                      f"({self.out_features}, {k_pad})")
-                w = stored[:, :self.in_features]
             else:
                 # The CPU layout is read and unpacked on the CPU, also when map_location put it on a GPU.
                 stored = stored.cpu()
@@ -242,14 +244,12 @@ class Int8Linear(ComputedWeight):
                 if shape != (self.out_features, self.in_features):
                     raise ValueError(f"{key}: packed weight is {shape}, expected "
                                      f"({self.out_features}, {self.in_features})")
-                w = None
             # The layer keeps its own layout: a file from the other kind of device, or a w8_only file written
             # under the other CUDA layout, is repacked into it.
             own = weight_layout(self.packed_weight)
             if own != stored_layout:
-                if w is None:
-                    w = ops.unpack_int8_weight(stored)
                 state_dict = dict(state_dict)  # the caller's dict stays as it was
+                w = self._unpack(stored)
                 state_dict[key] = self._pack(w.to(self.packed_weight.device).contiguous(), own)
                 repacked = True
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

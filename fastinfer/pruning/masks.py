@@ -7,7 +7,6 @@ block patterns), keeps them zero through fine-tuning with a parametrization, and
 """
 from __future__ import annotations
 
-import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -16,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .._args import check_fraction, is_integer
 from .._swap import is_hf_conv1d, swap_problem
 from ..nn.fused import LinearAct
 from ..nn.linear import Int8Linear
@@ -158,15 +158,13 @@ def _check_args(sparsity, pattern, scope, block) -> Tuple[Optional[float], Tuple
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     if not (isinstance(block, (tuple, list)) and len(block) == 2
-            and all(isinstance(b, numbers.Integral) and not isinstance(b, bool) and b >= 1 for b in block)):
+            and all(is_integer(b) and b >= 1 for b in block)):
         raise ValueError(f"block must be (rows, cols), two positive ints, got {block!r}")
     if sparsity is None:
         if pattern != "2:4":
             raise ValueError(f"sparsity is required for pattern {pattern!r} (a fraction in [0, 1])")
-    elif isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):  # numpy scalars too
-        raise TypeError(f"sparsity must be a number in [0, 1], got {type(sparsity).__name__}")
-    elif not 0.0 <= sparsity <= 1.0:  # also refuses NaN
-        raise ValueError(f"sparsity must be a fraction in [0, 1], got {sparsity!r}")
+    else:
+        check_fraction("sparsity", sparsity)  # numpy scalars too; NaN refused
     if pattern == "2:4":
         if sparsity is not None and sparsity != 0.5:
             raise ValueError(f"pattern '2:4' keeps 2 of every 4 weights: sparsity must be 0.5 or None, got {sparsity!r}")

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .. import ops
-from .._args import check_fraction
+from .._args import check_fraction, is_integer
 from .._swap import (fused_path_flags, is_hf_conv1d, linear_from_conv1d, replace_module, restore_fused_paths,
                      swap_problem)
 from ..nn._common import half_dtype_of
@@ -200,7 +200,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     if cfg.scheme == "w8a8_static" and calib_data is None:
         raise ValueError("scheme 'w8a8_static' needs calib_data: a few batches of representative inputs")
     if calib_batches is not None:
-        if isinstance(calib_batches, bool) or not isinstance(calib_batches, int) or calib_batches < 1:
+        if not is_integer(calib_batches) or calib_batches < 1:
             raise ValueError(f"calib_batches must be None or an int >= 1, got {calib_batches!r}")
         if calib_data is None:
             raise ValueError("calib_batches limits calib_data, which is not given")

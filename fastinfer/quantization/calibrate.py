@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .._args import is_integer
 from .observers import OBSERVERS, Observer
 
 ObserverSpec = Union[str, Callable[[], Observer]]
@@ -118,8 +119,7 @@ def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = "minmax
     if isinstance(data, Tensor):
         raise TypeError("data must be an iterable of batches, not one tensor (iterating a tensor yields its rows); "
                         "pass [x] for a single batch")
-    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
-                                    or num_batches < 1):
+    if num_batches is not None and (not is_integer(num_batches) or num_batches < 1):
         raise ValueError(f"num_batches must be None or an int >= 1, got {num_batches!r}")
     targets = targets if isinstance(targets, tuple) else (targets,)
     if not targets or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in targets):

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._args import check_number
+from .._args import check_number, is_integer
 from ..nn._common import MIN_SCALE
 
 QMAX = 127  # symmetric int8: codes -127..127, so that -x quantizes to -q(x)
@@ -105,12 +105,12 @@ class HistogramObserver(Observer):
     finely as the outlier. Counts are kept (float64, on the CPU) for the span of bins seen so far."""
 
     def __init__(self, bins_per_octave: int = 256, name: Optional[str] = None):
-        if (not isinstance(bins_per_octave, int) or isinstance(bins_per_octave, bool) or not
-                1 <= bins_per_octave <= _MAX_BINS_PER_OCTAVE or bins_per_octave & (bins_per_octave - 1)):
+        if (not is_integer(bins_per_octave) or not 1 <= bins_per_octave <= _MAX_BINS_PER_OCTAVE
+                or bins_per_octave & (bins_per_octave - 1)):
             raise ValueError(f"bins_per_octave must be a power of two from 1 to {_MAX_BINS_PER_OCTAVE}, "
                              f"got {bins_per_octave!r}")
-        self.bins_per_octave = bins_per_octave
-        self._shift = _MANTISSA_BITS - (bins_per_octave.bit_length() - 1)
+        self.bins_per_octave = int(bins_per_octave)
+        self._shift = _MANTISSA_BITS - (self.bins_per_octave.bit_length() - 1)
         super().__init__(name)
 
     def reset(self) -> None:
@@ -201,34 +201,27 @@ class MSEObserver(HistogramObserver):
         if self.hist is None:
             return 0.0
         c = self.hist
+        n = c.numel()
         edges = self.bin_edges().clamp(max=self.max)
         lo, hi = edges[:-1], edges[1:]
         mid, var = (lo + hi) / 2, (hi - lo) ** 2 / 12
 
-        def suffix(v: Tensor) -> Tensor:  # sums over bins i >= j
-            return torch.flip(torch.cumsum(torch.flip(v, [0]), 0), [0])
+        def suffix(v: Tensor) -> Tensor:  # [j] = the sum over bins i >= j, for j = 0 .. n (n: no bin, 0)
+            return torch.cat([torch.flip(torch.cumsum(torch.flip(v, [0]), 0), [0]), v.new_zeros(1)])
         s0, s1, s2 = suffix(c), suffix(c * mid), suffix(c * (mid ** 2 + var))
-        # Prefix sums over bins i < k, with a leading 0 (k = 0: no bin).
-        p0 = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(c, 0)])
-        p2 = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(c * (mid ** 2 + var), 0)])
-        # Candidate T = lo[j] for j >= 1 (lo[0] would clip every value), below the max.
-        j = torch.arange(1, c.numel(), dtype=torch.long)
-        j = j[lo[j] < self.max]
-        t = lo[j]
+        # Candidates: the max first (no clipping, and the max itself exact: its code is 127; first, so that a tie
+        # keeps it), then T = lo[j] for j >= 1 below the max (lo[0] would clip every value). j = n: no bin above.
+        j = torch.arange(1, n, dtype=torch.long)
+        j = torch.cat([torch.tensor([n]), j[lo[j] < self.max]])
+        t = torch.cat([torch.tensor([self.max], dtype=torch.float64), lo[j[1:]]])
+        exact = torch.zeros_like(t)
+        exact[0] = 1.0
         step = t / QMAX
         k = torch.searchsorted(hi, step / 2, right=True)  # bins [0, k) lie below half a step: they round to 0
-        to_zero, to_zero_sq = p0[k], p2[k]
-        nonzero_below = (self.count - self.zeros) - s0[j]
-        rounding = to_zero_sq + (nonzero_below - to_zero).clamp(min=0) * step ** 2 / 12
+        below = s0[0] - s0[j]  # the non-zero values below T (bins < j)
+        rounding = (s2[0] - s2[k]) + (below - (s0[0] - s0[k]) - exact).clamp(min=0) * step ** 2 / 12
         clipping = (s2[j] - 2 * t * s1[j] + t ** 2 * s0[j]).clamp(min=0)
-        mse = rounding + clipping
-        # T = max: the max itself is exact (code 127), the rest as above
-        step_max = self.max / QMAX
-        k_max = int(torch.searchsorted(hi, torch.tensor([step_max / 2], dtype=torch.float64), right=True)[0])
-        mse_at_max = float(p2[k_max]) + max(self.count - self.zeros - float(p0[k_max]) - 1, 0.0) * step_max ** 2 / 12
-        if mse.numel() == 0 or mse_at_max <= float(mse.min()):
-            return self.max
-        return float(t[int(torch.argmin(mse))])
+        return float(t[int(torch.argmin(rounding + clipping))])
 
 
 OBSERVERS = {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": MSEObserver}

@@ -62,10 +62,20 @@ inline __m512bh x_pair(const uint16_t* x, int valid) {
   return (__m512bh)_mm512_set1_epi32(static_cast<int>(v));
 }
 
-// Rows [m, m + mr) x the 16 columns at n. The weights come from the packed blocks (converted here), or with
-// kPanel from `panel`: the same 16 columns' blocks converted once for all the row tiles of a chunk.
-template <int mr, bool kPanel>
-void w8_bf16_tile(const W8GemmParams& p, int64_t m, int64_t n, const uint16_t* panel) {
+// products(v0, v1) for a k block with `left` values of x from its start: v0, v1 of its two pairs inside K (x past
+// K must not be read: the weights there are 0, x may be NaN). The full blocks' call has constant counts.
+template <class F>
+inline void tail_or_full(int64_t left, F&& products) {
+  if (left >= 4)
+    products(2, 2);
+  else
+    products(static_cast<int>(std::min<int64_t>(left, 2)), static_cast<int>(std::max<int64_t>(left - 2, 0)));
+}
+
+// Rows [m, m + mr) x the 16 columns at n, converting the packed weight blocks as it goes (one row tile, or a
+// lone last block of columns).
+template <int mr>
+void w8_bf16_tile(const W8GemmParams& p, int64_t m, int64_t n, const uint16_t* /*panel: unused*/) {
   __m512 acc[mr][2];
   for (int i = 0; i < mr; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   const int8_t* b = p.b + (n / kPackNB) * p.K_pad * kPackNB;
@@ -73,29 +83,17 @@ void w8_bf16_tile(const W8GemmParams& p, int64_t m, int64_t n, const uint16_t* p
   const int64_t kq = p.K_pad / 4;
   for (int64_t q = 0; q < kq; ++q) {
     __m512i w[2];
-    if constexpr (kPanel) {
-      w[0] = _mm512_loadu_si512(panel + 64 * q);
-      w[1] = _mm512_loadu_si512(panel + 64 * q + 32);
-    } else {
-      block_to_bf16(b + q * 64, w);
-    }
-    const int64_t k = 4 * q, left = p.K - k;  // x past K must not be read: the weights there are 0, x may be NaN
-    if (left >= 4) {
+    block_to_bf16(b + q * 64, w);
+    const int64_t k = 4 * q;
+    auto products = [&](int v0, int v1) {
 #pragma GCC unroll 16
       for (int i = 0; i < mr; ++i) {
         const uint16_t* x = a + i * p.lda + k;
-        acc[i][0] = _mm512_dpbf16_ps(acc[i][0], x_pair(x, 2), (__m512bh)w[0]);
-        acc[i][1] = _mm512_dpbf16_ps(acc[i][1], x_pair(x + 2, 2), (__m512bh)w[1]);
+        acc[i][0] = _mm512_dpbf16_ps(acc[i][0], x_pair(x, v0), (__m512bh)w[0]);
+        acc[i][1] = _mm512_dpbf16_ps(acc[i][1], x_pair(x + 2, v1), (__m512bh)w[1]);
       }
-    } else {
-      for (int i = 0; i < mr; ++i) {
-        const uint16_t* x = a + i * p.lda + k;
-        acc[i][0] = _mm512_dpbf16_ps(acc[i][0], x_pair(x, static_cast<int>(std::min<int64_t>(left, 2))),
-                                     (__m512bh)w[0]);
-        acc[i][1] = _mm512_dpbf16_ps(acc[i][1], x_pair(x + 2, static_cast<int>(std::max<int64_t>(left - 2, 0))),
-                                     (__m512bh)w[1]);
-      }
-    }
+    };
+    tail_or_full(p.K - k, products);
   }
   const __mmask16 mask = col_mask(p.N - n);
   const __m512 bs = _mm512_maskz_loadu_ps(mask, p.b_scale + n);
@@ -134,10 +132,7 @@ void w8_bf16_tile2(const W8GemmParams& p, int64_t m, int64_t n, const uint16_t* 
         acc[i][1] = _mm512_dpbf16_ps(acc[i][1], x1, w11);
       }
     };
-    if (left >= 4)
-      products(2, 2);
-    else  // x past K must not be read: the weights there are 0, x may be NaN
-      products(static_cast<int>(std::min<int64_t>(left, 2)), static_cast<int>(std::max<int64_t>(left - 2, 0)));
+    tail_or_full(left, products);
   }
   for (int j = 0; j < 2; ++j) {
     const int64_t nj = n + 16 * j;
@@ -153,34 +148,35 @@ void w8_bf16_tile2(const W8GemmParams& p, int64_t m, int64_t n, const uint16_t* 
   }
 }
 
-template <int... I>
-constexpr std::array<void (*)(const W8GemmParams&, int64_t, int64_t, const uint16_t*), sizeof...(I)> tile2_table(
-    std::integer_sequence<int, I...>) {
-  return {w8_bf16_tile2<I + 1>...};
-}
-
-template <bool kPanel>
 using TileFn = void (*)(const W8GemmParams&, int64_t, int64_t, const uint16_t*);
 
-template <bool kPanel, int... I>
-constexpr std::array<TileFn<kPanel>, sizeof...(I)> tile_table(std::integer_sequence<int, I...>) {
-  return {w8_bf16_tile<I + 1, kPanel>...};
+// The tiles of 1 .. kW8Bf16Rows rows of one kernel (w8_bf16_tile or w8_bf16_tile2), by height - 1.
+template <template <int> class Tile, int... I>
+constexpr std::array<TileFn, sizeof...(I)> tile_table(std::integer_sequence<int, I...>) {
+  return {Tile<I + 1>::run...};
 }
+template <int mr>
+struct OneBlock {
+  static constexpr TileFn run = w8_bf16_tile<mr>;
+};
+template <int mr>
+struct TwoBlocks {
+  static constexpr TileFn run = w8_bf16_tile2<mr>;
+};
 
-// A thread's converted column panel (64 bf16 a k block), kept between calls (unaligned loads and stores: a
+// A thread's converted two-block panel (128 bf16 a k block), kept between calls (unaligned loads and stores: a
 // std::vector of 64-byte vectors was not 64-byte aligned here).
 thread_local std::vector<uint16_t> t_panel;
 
 }  // namespace
 
 void w8_gemm_bf16_avx512(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  static constexpr auto direct = tile_table<false>(std::make_integer_sequence<int, kW8Bf16Rows>{});
-  static constexpr auto from_panel = tile_table<true>(std::make_integer_sequence<int, kW8Bf16Rows>{});
-  static constexpr auto two = tile2_table(std::make_integer_sequence<int, kW8Bf16Rows>{});
+  static constexpr auto one = tile_table<OneBlock>(std::make_integer_sequence<int, kW8Bf16Rows>{});
+  static constexpr auto two = tile_table<TwoBlocks>(std::make_integer_sequence<int, kW8Bf16Rows>{});
   n1 = std::min(n1, round_up(p.N, kPackNB));
-  // One row tile converts each weight block as it goes; more than one would convert it again in each, so the
-  // 32 columns' blocks (16 for a lone last block) are converted once into the thread's panel (64 bytes a k:
-  // 256 KB at K = 4096, 896 KB at 14336, in L2) and every tile reads them from there. Tiles are of even height
+  // One row tile converts each weight block as it goes; more than one would convert it again in each, so two
+  // blocks' (32 columns) are converted once into the thread's panel (64 bytes a k: 256 KB at K = 4096, 896 KB
+  // at 14336, in L2) and every tile reads them from there (a lone last block converts in each tile). Tiles are of even height
   // (16 rows: 8 + 8, not 12 + 4, whose 4-row tile read the panel for a third of the work).
   const bool panel = m1 - m0 > kW8Bf16Rows;
   const int64_t kq = p.K_pad / 4;
@@ -189,27 +185,18 @@ void w8_gemm_bf16_avx512(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t 
   const int64_t height = (m1 - m0 + tiles - 1) / tiles;
   for (int64_t n = n0; n < n1;) {
     const int blocks = panel && n + 32 <= n1 ? 2 : 1;
-    if (panel) {
-      for (int j = 0; j < blocks; ++j) {
-        const int8_t* b = p.b + ((n + 16 * j) / kPackNB) * p.K_pad * kPackNB;
-        const int64_t stride = 64 * blocks;
-        for (int64_t q = 0; q < kq; ++q) {
-          __m512i w[2];
-          block_to_bf16(b + q * 64, w);
-          _mm512_storeu_si512(t_panel.data() + stride * q + 64 * j, w[0]);
-          _mm512_storeu_si512(t_panel.data() + stride * q + 64 * j + 32, w[1]);
-        }
+    for (int j = 0; blocks == 2 && j < 2; ++j) {  // the panel of this pair of blocks
+      const int8_t* b = p.b + ((n + 16 * j) / kPackNB) * p.K_pad * kPackNB;
+      for (int64_t q = 0; q < kq; ++q) {
+        __m512i w[2];
+        block_to_bf16(b + q * 64, w);
+        _mm512_storeu_si512(t_panel.data() + 128 * q + 64 * j, w[0]);
+        _mm512_storeu_si512(t_panel.data() + 128 * q + 64 * j + 32, w[1]);
       }
     }
-    for (int64_t m = m0; m < m1; m += height) {
-      const int rows = static_cast<int>(std::min<int64_t>(height, m1 - m));
-      if (!panel)
-        direct[rows - 1](p, m, n, nullptr);
-      else if (blocks == 2)
-        two[rows - 1](p, m, n, t_panel.data());
-      else
-        from_panel[rows - 1](p, m, n, t_panel.data());
-    }
+    const auto& tile = blocks == 2 ? two : one;
+    for (int64_t m = m0; m < m1; m += height)
+      tile[std::min<int64_t>(height, m1 - m) - 1](p, m, n, t_panel.data());
     n += 16 * blocks;
   }
 }
