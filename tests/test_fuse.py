@@ -1,6 +1,7 @@
 """fastinfer.fuse and the fused float layers: fused vs unfused outputs (oracle: the unfused float model,
 1e-5 relative), what is and is not fused, the module-pattern fallback, ConvAct2d/LinearAct."""
 import copy
+import io
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 
 import fastinfer  # noqa: F401  (loads the extension, as users do)
 from fastinfer.nn.fused import ConvAct2d, LinearAct
-from fastinfer.quantization.fuse import TRAINING_ERROR, fuse
+from fastinfer.quantization.fuse import TRAINING_ERROR, fuse, identity
 
 
 def randomize_bn(model: nn.Module) -> nn.Module:
@@ -409,3 +410,91 @@ def test_conv1d_takes_its_batchnorm1d_but_no_activation():
     assert without == [] and "pass example_inputs" in without.skipped[0][1]
     unbatched = fuse(model, example_inputs=torch.randn(4, 8)).fastinfer_fuse_report  # [8, 8]: runs, wrongly
     assert unbatched == [] and unbatched.skipped[0][1].startswith("the Conv1d output is 2-D")
+
+
+def _transformer(kind: str, act, norm_first: bool = False) -> nn.Module:
+    """A 2-layer nn.TransformerEncoder, or one nn.TransformerDecoderLayer (called as model(tgt, memory))."""
+    torch.manual_seed(0)
+    if kind == "encoder":
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation=act, batch_first=True,
+                                           norm_first=norm_first)
+        return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    return nn.TransformerDecoderLayer(32, 4, 64, dropout=0.0, activation=act, batch_first=True,
+                                      norm_first=norm_first).eval()
+
+
+def _layers(model: nn.Module):
+    return list(model.layers) if isinstance(model, nn.TransformerEncoder) else [model]
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+@pytest.mark.parametrize("act, want", [("relu", "relu"), ("gelu", "gelu"), (nn.ReLU(), "relu"), (nn.GELU(), "gelu"),
+                                       (GELUActivation(), "gelu")],
+                         ids=["relu", "gelu", "nn.ReLU", "nn.GELU", "GELUActivation"])
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_layers_fuse_their_ffn_activation(kind, act, want, norm_first):
+    # torch.fx cannot trace torch's transformer layers: linear1 takes the activation that _ff_block applies to
+    # its output (the function activation="relu"/"gelu" gives, or a module), which becomes nn.Identity.
+    model = _transformer(kind, act, norm_first)
+    inputs = (torch.randn(3, 7, 32),) if kind == "encoder" else (torch.randn(3, 7, 32), torch.randn(3, 5, 32))
+    fused = fastinfer.fuse(model)
+    for i, layer in enumerate(_layers(fused)):
+        assert type(layer.linear1) is LinearAct and layer.linear1.activation == want
+        assert layer.activation is identity and not hasattr(layer.activation, "parameters")
+        assert getattr(layer, "activation_relu_or_gelu", 0) == 0  # the encoder's fused float path is off
+        prefix = f"layers.{i}." if kind == "encoder" else ""
+        label = f"{prefix}activation" + ("" if isinstance(act, nn.Module) else f" (F.{want})")
+        assert f"{prefix}linear1 + {label}" in fused.fastinfer_fuse_report
+    assert fused.state_dict().keys() == model.state_dict().keys()
+    buf = io.BytesIO()
+    torch.save(fused, buf)  # a TransformerDecoderLayer unpickled without "activation" in its dict gets F.relu
+    buf.seek(0)
+    for copied in (copy.deepcopy(fused), torch.load(buf, weights_only=False)):
+        assert all(layer.activation is identity for layer in _layers(copied))
+    with torch.inference_mode():  # the reference may take torch's fused float path (eval, inference mode)
+        assert_same(fused, model, *inputs)
+        q_fused = fastinfer.quantize(copy.deepcopy(fused))
+        q_plain = fastinfer.quantize(_transformer(kind, act, norm_first))  # (a deep copy: F.relu in a decoder)
+        assert all(layer.linear1.activation == want for layer in _layers(q_fused))
+        got, ref = q_fused(*inputs), q_plain(*inputs)
+    # The same int8 layers; the epilogue's GELU differs from torch's erf by ~1e-7, which may move a rounding
+    # of linear2's dynamic quantization by one step.
+    assert F.cosine_similarity(got.flatten(), ref.flatten(), dim=0) > 0.99999
+
+
+def test_transformer_layers_left_alone():
+    class MyLayer(nn.TransformerEncoderLayer):  # a subclass may override _ff_block
+        pass
+
+    cases = [nn.TransformerEncoderLayer(16, 2, 32, activation=nn.GELU(approximate="tanh")),  # not the erf form
+             # fuse's copy keeps a decoder's module activation (copy.deepcopy alone would make it F.relu)
+             nn.TransformerDecoderLayer(16, 2, 32, activation=nn.GELU(approximate="tanh")),
+             nn.TransformerEncoderLayer(16, 2, 32, activation=lambda t: t * torch.sigmoid(t)),  # SiLU: no epilogue
+             MyLayer(16, 2, 32)]
+    for layer in cases:
+        model = layer.eval()
+        fused = fastinfer.fuse(model)
+        assert type(fused.linear1) is nn.Linear and len(fused.fastinfer_fuse_report) == 0
+        assert getattr(fused, "activation_relu_or_gelu", 0) == getattr(model, "activation_relu_or_gelu", 0)
+        inputs = (torch.randn(2, 3, 16),) * (1 if isinstance(layer, nn.TransformerEncoderLayer) else 2)
+        with torch.inference_mode():
+            assert_same(fused, model, *inputs)
+    model = _transformer("encoder", "gelu")
+    once = fastinfer.fuse(model)
+    twice = fastinfer.fuse(once)
+    assert len(twice.fastinfer_fuse_report) == 0 and twice.layers[0].linear1.activation == "gelu"
+    x = torch.randn(2, 4, 32)
+    with torch.inference_mode():
+        assert_same(twice, model, x)
+
+
+def test_fused_transformer_saves_and_loads():
+    model = _transformer("encoder", "gelu")
+    x = torch.randn(2, 6, 32)
+    q = fastinfer.quantize(fastinfer.fuse(model))
+    state = q.state_dict()
+    with pytest.raises(ValueError, match="applies activation 'gelu' .it was fused.: call fastinfer.fuse"):
+        fastinfer.load_quantized(state, _transformer("encoder", "gelu"))  # would apply GELU twice
+    loaded = fastinfer.load_quantized(state, fastinfer.fuse(_transformer("encoder", "gelu")))
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), q(x), rtol=0, atol=0)

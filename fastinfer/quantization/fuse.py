@@ -36,6 +36,14 @@ TRAINING_ERROR = "fuse needs model.eval(): BatchNorm folding uses running statis
 _RELU_FUNCTIONS = {F.relu: "F.relu", torch.relu: "torch.relu", F.relu_: "F.relu_", torch.relu_: "torch.relu_"}
 _HARDTANH_FUNCTIONS = {F.relu6: "F.relu6", F.hardtanh: "F.hardtanh", F.hardtanh_: "F.hardtanh_"}
 _RELU_METHODS = ("relu", "relu_")
+# What nn.TransformerEncoderLayer / nn.TransformerDecoderLayer hold for activation="relu" / "gelu".
+_TRANSFORMER_FUNCTIONS = {F.relu: "relu", F.gelu: "gelu"}
+_TRANSFORMER_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def identity(x: Tensor) -> Tensor:
+    """A transformer layer's activation once linear1 has taken it (fuse_transformer_ffns)."""
+    return x
 
 
 class FuseReport(list):
@@ -86,14 +94,27 @@ def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], Mappi
         example_inputs = (example_inputs,)
     call = None if example_inputs is None else model_call(model, example_inputs)  # a dict of inputs by keyword
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _deep_copy(model)
     counts = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     report = FuseReport()
     with torch.no_grad():
         ranks = None if call is None else _output_ranks(model, call, report)
-        _Fuser(model, {i for i, n in counts.items() if n > 1}, report, ranks).fuse_module("", model)
+        fuser = _Fuser(model, {i for i, n in counts.items() if n > 1}, report, ranks)
+        fuser.fuse_transformer_ffns()
+        fuser.fuse_module("", model)
     model.fastinfer_fuse_report = report
     return model
+
+
+def _deep_copy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy, less a torch quirk: TransformerDecoderLayer.__setstate__ puts F.relu in the instance dict
+    when "activation" is not there, which is the case when a module (nn.GELU()) holds it, and the dict entry
+    then shadows that module: the copy would compute ReLU."""
+    copied = copy.deepcopy(model)
+    for m in copied.modules():
+        if isinstance(m, nn.TransformerDecoderLayer) and "activation" in m._modules:
+            m.__dict__.pop("activation", None)
+    return copied
 
 
 def _output_ranks(model: nn.Module, call: Tuple[tuple, dict], report: "FuseReport") -> Optional[Dict[str, Set[int]]]:
@@ -218,7 +239,34 @@ class _Fuser:
                         "dim 1, not the channels")
         return None
 
-    # -- the two ways of finding patterns
+    # -- the ways of finding patterns
+
+    def fuse_transformer_ffns(self) -> None:
+        """torch's nn.TransformerEncoderLayer / nn.TransformerDecoderLayer (exactly: a subclass may override
+        _ff_block): linear1 takes the feed-forward block's activation, which only _ff_block calls, once, on
+        linear1's output (relu or gelu: the function that activation="relu" / "gelu" gives, or an activation
+        module). torch.fx cannot trace these layers, so they are found by type. The activation becomes the
+        function `identity` (not an nn.Identity: a deep copy or unpickling of a TransformerDecoderLayer whose
+        instance dict has no "activation" sets F.relu there, which would shadow a module), and an encoder
+        layer's fused float path is turned off (it would apply the activation again, and reads
+        linear1.weight, which an int8 layer does not have)."""
+        for name, layer in self.root.named_modules():
+            if type(layer) not in _TRANSFORMER_LAYERS or id(layer) in self.aliased or not self.base_layer(layer.linear1):
+                continue
+            fn, label = layer.activation, _join(name, "activation")
+            if isinstance(fn, nn.Module):
+                act = None if id(fn) in self.aliased else _module_activation(fn)
+            else:
+                act = next((a for f, a in _TRANSFORMER_FUNCTIONS.items() if fn is f), None)
+                label = f"{label} (F.{act})"
+            if act is None:
+                continue
+            self.apply(_join(name, "linear1"), None, act, label, remove_act=False)
+            if isinstance(fn, nn.Module):
+                delattr(layer, "activation")  # out of _modules (no state: the state_dict keys stay)
+            layer.activation = identity
+            if hasattr(layer, "activation_relu_or_gelu"):
+                layer.activation_relu_or_gelu = 0  # the fused path's "not relu/gelu" exit
 
     def fuse_module(self, prefix: str, module: nn.Module) -> None:
         walk_traced(prefix, module, self.fuse_graph, self.fuse_untraceable)
@@ -386,4 +434,4 @@ def fold_bn(layer: nn.Module, bn: nn.Module) -> None:
     layer.bias = nn.Parameter(new_b.to(w.dtype), requires_grad=w.requires_grad)
 
 
-__all__ = ["fuse", "fold_bn", "FuseReport", "TRAINING_ERROR"]
+__all__ = ["fuse", "fold_bn", "identity", "FuseReport", "TRAINING_ERROR"]
