@@ -16,6 +16,7 @@ Cosine similarity of each int8 output with fp32's is printed next to it. Speedup
 --alternate N then times "int8 all" and "fuse + int8 all" call by call in turn (N calls each, the order
 flipped every call) and prints the median of the paired ratios: how the two compare when neither runs
 alone (glibc's malloc then maps large fp32 tensors anew, which the fused model allocates one fewer of a layer).
+--tune-malloc calls fastinfer.tune_malloc() first (fixed glibc thresholds: every row, baselines included).
 """
 from __future__ import annotations
 
@@ -48,11 +49,14 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--alternate", type=int, default=0, metavar="N",
                     help="also time 'int8 all' and 'fuse + int8 all' alternately, N calls each")
+    ap.add_argument("--tune-malloc", action="store_true", help="fastinfer.tune_malloc() before anything runs")
     args = ap.parse_args()
+    tuned = fastinfer.tune_malloc() if args.tune_malloc else False
     torch.set_num_threads(args.threads)
     info = machine_info(args.threads)
     print(f"# {info['cpu']} | fastinfer ISA {info['isa_active']} | threads {args.threads} | torch {info['torch']} "
-          f"| {info['date']}")
+          f"| {info['date']}{' | tune_malloc' if tuned else ''}")
+    info["tune_malloc"] = tuned
     print(f"{'model':16} {'batch':>5}  {'impl':18} {'median ms':>10} {'p90':>9} {'speedup':>8} {'cosine':>8}")
     rows = []
     for name, d, heads, ffn, layers, seq in MODELS:

@@ -12,6 +12,7 @@ import os
 
 from . import _ext  # noqa: F401  (loads fastinfer._C: registers torch.ops.fastinfer)
 from . import nn, ops, reference
+from ._malloc import tune_malloc
 from .distillation import DistillResult, distill, kd_loss
 from .profiling import ProfileReport, compare_profiles, profile
 from .pruning import (PruningError, PruningReport, SparsityReport, load_pruned, prune, remove_masks, save_pruned,
@@ -59,4 +60,4 @@ __all__ = ["quantize", "load_quantized", "QuantConfig", "QuantizationReport", "f
            "distill", "kd_loss", "DistillResult", "profile",
            "ProfileReport", "compare_profiles", "prune", "PruningReport", "PruningError", "save_pruned", "sparsify", "sparsity_report",
            "SparsityReport", "remove_masks",
-           "load_pruned", "cpu_capabilities", "use_isa", "nn", "ops", "reference", "ISAS", "__version__"]
+           "load_pruned", "cpu_capabilities", "use_isa", "tune_malloc", "nn", "ops", "reference", "ISAS", "__version__"]
