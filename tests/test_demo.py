@@ -19,7 +19,10 @@ def test_demo_quick(capsys):
         assert results["w8a8_dynamic w7"]["kernel_isa"] == "avx2 (shifted)"
     for name in ("sparse 2:4", "sparse 90%"):  # accuracy targets are for the full demo (more fine-tuning)
         assert results[name]["accuracy"] > 80.0 and results[name]["kernel_isa"] in ("ref", "avx2", "avx512_vnni")
-    assert results["sparse 90%"]["size_ratio"] < 0.25
+        # The same pruned weights as int8 values (slot128): int8's rounding moves few predictions
+        assert abs(results[f"{name} int8"]["accuracy"] - results[name]["accuracy"]) <= 1.0
+        assert results[f"{name} int8"]["kernel_isa"] in ("ref", "avx2", "avx512_vnni")
+    assert results["sparse 90%"]["size_ratio"] < 0.25 and results["sparse 90% int8"]["size_ratio"] < 0.15
     rows = results["cnn"]["rows"]
     assert list(rows) == ["teacher fp32", "teacher int8", "pruned 50%", "+ distilled", "+ int8 static"]
     assert rows["teacher int8"]["accuracy"] >= rows["teacher fp32"]["accuracy"] - 1.0
