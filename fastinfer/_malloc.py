@@ -24,9 +24,9 @@ def tune_malloc(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20
     the environment would at its start: blocks below ``mmap_threshold`` bytes come from the heap (not a new
     mapping each), and up to ``trim_threshold`` bytes of free heap stay with the process (the cost: memory a
     tensor freed is kept for the next, not returned to the system). Call it once, early; it affects every
-    allocation of the process, torch's included. Returns True when set, False where the C library is not glibc
-    (musl, macOS, Windows: nothing changes; jemalloc or tcmalloc preloaded replace malloc, and it does nothing
-    to them either)."""
+    allocation of the process, torch's included. Returns True when glibc took the settings, False where the C
+    library is not glibc (musl, macOS, Windows: nothing changes). With jemalloc or tcmalloc preloaded, which
+    replace malloc (and avoid the problem), the settings reach nothing, whatever it returns."""
     for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
         if not is_integer(value):
             raise TypeError(f"{name} must be an integer number of bytes, got {type(value).__name__} {value!r}")

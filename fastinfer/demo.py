@@ -251,10 +251,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         if on_gpu:
             models[name] = fastinfer.sparsify(sparse.eval().to(dev), value_dtype=torch.int8)
         else:
-            sparse.eval()
-            models[f"{name} int8"] = fastinfer.sparsify(copy.deepcopy(sparse), value_dtype=torch.int8)
+            as_int8 = fastinfer.sparsify(copy.deepcopy(sparse.eval()), value_dtype=torch.int8)
             models[name] = fastinfer.sparsify(sparse)
-            models[name], models[f"{name} int8"] = models.pop(name), models.pop(f"{name} int8")  # table order
+            models[f"{name} int8"] = as_int8
     x_te_dev, y_te_dev = x_te.to(dev), y_te.to(dev)
 
     caps = fastinfer.cpu_capabilities()
