@@ -83,6 +83,10 @@ def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], Mappi
     Conv1d's 3-D one ([N, C, L]). On a Linear's [N, L, C] a BatchNorm1d normalizes L, and folding would be
     wrong when L == C; so without example_inputs no BatchNorm1d is folded (the report says why).
 
+    torch's nn.TransformerEncoderLayer / nn.TransformerDecoderLayer, which fx cannot trace, are found by type:
+    linear1 takes the feed-forward activation (relu or gelu), which becomes the function ``identity``
+    (_Fuser.fuse_transformer_ffns).
+
     ``inplace=False`` deep-copies the model first. Returns the model with submodules swapped (module
     names unchanged; see the module docstring) and ``model.fastinfer_fuse_report`` (a FuseReport).
     """
