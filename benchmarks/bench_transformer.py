@@ -104,11 +104,11 @@ def alternate(name: str, batch: int, plain: nn.Module, fused: nn.Module, x: torc
     """n forwards of each model in turn (which goes first flips every call): the median of the per-pair time
     ratios plain / fused, and each model's median."""
     times = {"plain": [], "fused": []}
+    order = (("plain", plain), ("fused", fused))
     for _ in range(2):
         plain(x), fused(x)
     for i in range(n):
-        for key in (("plain", "fused") if i % 2 == 0 else ("fused", "plain")):
-            model = plain if key == "plain" else fused
+        for key, model in (order if i % 2 == 0 else order[::-1]):
             t0 = time.perf_counter()
             model(x)
             times[key].append(time.perf_counter() - t0)

@@ -34,11 +34,11 @@ QUANTIZED = {"w8a8_dynamic": {"scheme": "w8a8_dynamic"},
 SCHEMES = tuple(QUANTIZED)
 # Which kernel family serves each row, so the demo can show the fast path really ran.
 _SCHEME_FAMILY = {"w8a8_dynamic": "int8_gemm", "w8_only": "w8_gemm"}
-_KERNEL_FAMILY = {**{name: _SCHEME_FAMILY[how["scheme"]] for name, how in QUANTIZED.items()},
-                  "sparse 2:4": "sparse", "sparse 2:4 int8": "sparse", "sparse 90%": "sparse",
-                  "sparse 90% int8": "sparse"}
-# Weight-sparsity rows: fastinfer.prune with masks, a short masked fine-tune, then fastinfer.sparsify.
+# Weight-sparsity rows: fastinfer.prune with masks, a short masked fine-tune, then fastinfer.sparsify (on the
+# CPU each also as "<name> int8": int8 values).
 SPARSE = {"sparse 2:4": {"pattern": "2:4"}, "sparse 90%": {"pattern": "unstructured", "sparsity": 0.9}}
+_KERNEL_FAMILY = {**{name: _SCHEME_FAMILY[how["scheme"]] for name, how in QUANTIZED.items()},
+                  **{row: "sparse" for name in SPARSE for row in (name, f"{name} int8")}}
 
 # Timing budgets: (warm-up calls, timed calls) per batch size. The full run takes enough samples
 # for a stable median and a meaningful p99; --quick only checks that everything runs.
