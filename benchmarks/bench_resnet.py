@@ -1,12 +1,16 @@
-"""Whole-network benchmark: ResNet-50 (ImageNet shape, 224x224 RGB) in fp32 against torch.ao's FX static int8
-quantization (engine 'x86', oneDNN) and fastinfer (fuse + w8a8_static), all eager, timed in the same run.
+"""Whole-network benchmark: ResNet-50 or MobileNetV2 (ImageNet shape, 224x224 RGB) in fp32 against torch.ao's FX
+static int8 quantization (engine 'x86', oneDNN) and fastinfer (fuse + w8a8_static), all eager, timed in the same run.
 
-    PYTHONPATH=. python benchmarks/bench_resnet.py [--threads 2] [--batches 1,8] [--repeats 5] [--json out.json]
+    PYTHONPATH=. python benchmarks/bench_resnet.py [--model resnet50|mobilenet_v2] [--threads 2] [--batches 1,8]
+                                                   [--repeats 5] [--json out.json]
 
-The network is the standard ResNet-50 (bottleneck blocks 3-4-6-3, stride in the 3x3 conv, torchvision's module
-names) defined here, with random weights: no pretrained checkpoint is bundled. Its BatchNorm statistics are set
-by running it in training mode over random images, so that every layer sees unit-scale activations, as in a
-trained network. Timing and the int8 paths do not depend on the weights' values.
+The networks are defined here with torchvision's structure and module names, with random weights: no pretrained
+checkpoint is bundled.
+  resnet50       bottleneck blocks 3-4-6-3, stride in the 3x3 conv; each block ends relu(out + identity)
+  mobilenet_v2   inverted residual blocks (1x1 expansion, 3x3 depthwise, ReLU6, 1x1 projection), width 1.0;
+                 a block's residual add is x + self.conv(x), the projection's output, with no activation
+BatchNorm statistics are set by running the model in training mode over random images, so that every layer sees
+unit-scale activations, as in a trained network. Timing and the int8 paths do not depend on the weights' values.
 Rows (fp32 input NCHW, logits out, the whole forward timed):
   fp32 NCHW / fp32 channels_last   the float model (BatchNorm unfolded, as users run it)
   torch.ao FX static               prepare_fx -> calibrate -> convert_fx, qconfig mapping 'x86'
@@ -86,10 +90,52 @@ class ResNet50(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def build_model(seed: int = 0) -> nn.Module:
-    """ResNet-50 with random weights and BatchNorm statistics estimated on random images (see the docstring)."""
+def conv_bn_relu6(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        self.use_res_connect = stride == 1 and cin == cout
+        layers = [] if expand == 1 else [conv_bn_relu6(cin, hidden, 1)]
+        layers += [conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    # (expansion t, output channels c, blocks n, first stride s), as in the paper's Table 2
+    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        features, cin = [conv_bn_relu6(3, 32, 3, 2)], 32
+        for t, c, n, s in self.SETTINGS:
+            for i in range(n):
+                features.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        features.append(conv_bn_relu6(cin, 1280, 1))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+MODELS = {"resnet50": ResNet50, "mobilenet_v2": MobileNetV2}
+
+
+def build_model(name: str = "resnet50", seed: int = 0, image_size: int = 224) -> nn.Module:
+    """The named model with random weights and BatchNorm statistics estimated on random images (see the docstring)."""
     torch.manual_seed(seed)
-    model = ResNet50()
+    model = MODELS[name]()
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -100,7 +146,7 @@ def build_model(seed: int = 0) -> nn.Module:
     model.train()
     with torch.no_grad():
         for _ in range(4):
-            model(torch.randn(8, 3, 224, 224))
+            model(torch.randn(8, 3, image_size, image_size))
     return model.eval().requires_grad_(False)
 
 
@@ -140,12 +186,13 @@ def build_impls(fp32: nn.Module, calib):
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     info = machine_info(args.threads)
-    print(f"# {info['cpu']} | fastinfer ISA {info['isa_active']} | threads {args.threads} | torch {info['torch']} | "
-          f"{info['date']}")
-    fp32 = build_model()
+    print(f"# {args.model} at {args.image_size}x{args.image_size} | {info['cpu']} | fastinfer ISA {info['isa_active']} | "
+          f"threads {args.threads} | torch {info['torch']} | {info['date']}")
+    size = args.image_size
+    fp32 = build_model(args.model, image_size=size)
     g = torch.Generator().manual_seed(1)
-    calib = [torch.randn(8, 3, 224, 224, generator=g) for _ in range(args.calib_batches)]
-    held_out = torch.randn(16, 3, 224, 224, generator=g)
+    calib = [torch.randn(8, 3, size, size, generator=g) for _ in range(args.calib_batches)]
+    held_out = torch.randn(16, 3, size, size, generator=g)
     impls = build_impls(fp32, calib)
     fi_report = impls[FI][0].fastinfer_report
     print(f"# fastinfer: {len(fi_report.swapped)} layers int8, {len(fi_report.chained)} int8 hand-offs, "
@@ -168,7 +215,7 @@ def run(args) -> dict:
     rows = []
     names = list(impls)
     for n in args.batches:
-        x = torch.randn(n, 3, 224, 224, generator=g)
+        x = torch.randn(n, 3, size, size, generator=g)
         per_round = {name: [] for name in names}
         with torch.inference_mode():
             for r in range(args.repeats):
@@ -177,7 +224,7 @@ def run(args) -> dict:
                                                      min_iters=3, warmup=1)["median_ms"])
         for name in names:
             ms = per_round[name]
-            rows.append({"model": "resnet50", "impl": name, "N": n, "threads": args.threads,
+            rows.append({"model": args.model, "impl": name, "image_size": size, "N": n, "threads": args.threads,
                          "median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms),
                          "rounds_ms": ms, "images_per_s": n / (statistics.median(ms) * 1e-3)})
     print(f"\n{'impl':<33} {'N':>2} {'median ms':>10} {'min':>8} {'max':>8} {'img/s':>8} {'vs fp32*':>8} "
@@ -202,6 +249,8 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=sorted(MODELS), default="resnet50")
+    p.add_argument("--image-size", type=int, default=224, help="input height and width (default 224)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--repeats", type=int, default=5, help="timing rounds per batch (median over rounds)")

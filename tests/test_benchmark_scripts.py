@@ -1,7 +1,7 @@
 """The CPU benchmarks run end to end on tiny cases (their figures are not checked here: timed tests are not
 the place, benchmarks/RESULTS.md is), so an API change that breaks a benchmark fails here, not in the next
-measuring session. bench_transformer, bench_resnet and bench_minilm build whole models (40 s and more each)
-and are left to their own runs; the GPU scripts are covered by tests/test_gpu_scripts.py."""
+measuring session. bench_transformer, bench_resnet's ResNet-50 and bench_minilm build whole models (40 s and
+more each) and are left to their own runs (bench_resnet runs its MobileNetV2 on 64 x 64 images); the GPU scripts are covered by tests/test_gpu_scripts.py."""
 import json
 import os
 import subprocess
@@ -17,6 +17,8 @@ CASES = {
     "bench_conv": ["--batches", "1", "--layers", "dw_3x3,s2_3x3", "--min-time", "0.01"],
     "bench_tiers": ["--cases", "gemm", "--min-time", "0.01"],
     "bench_observers": ["--n", "5000", "--batches", "2"],
+    "bench_resnet": ["--model", "mobilenet_v2", "--image-size", "64", "--batches", "1", "--repeats", "1",
+                     "--min-time", "0.01", "--calib-batches", "1"],
 }
 
 

@@ -450,11 +450,14 @@ def expected_dw_path(isa, C, k, s, d, OW, w_min128=False):
     """The way the depthwise kernel of tier `isa` takes (dwconv_path_avx512 in avx512_vnni.cc, dwconv_path_vnni
     in avx_vnni.cc, dwconv_path_avx2 in avx2.cc): row quads for width dilation 1 and kernel width <= 4 (paired at
     stride 1 and width <= 3), on the 256-bit tiers only for whole 32-channel blocks, and on AVX2 only with no
-    weight of -128; else the per-pixel tap groups (AVX-512) or tap pairs (256-bit). The scalar kernel: ""."""
+    weight of -128; else the per-pixel tap groups (AVX-512) or tap pairs (256-bit). AVX-512 runs 32 channels on
+    the 256-bit row quads (dw_ymm_avx512.cc, "ymm_" paths). The scalar kernel: ""."""
     tier = served_by("dwconv", isa)
     quads = d[1] == 1 and k[1] <= 4 and k[0] <= 16
     paired = s[1] == 1 and k[1] <= 3
     if tier == "avx512_vnni":
+        if C == 32 and quads and k[0] * OW * 128 <= 4 << 20:  # one 32-channel block on 256-bit vectors
+            return "ymm_row_quads_paired" if paired else "ymm_row_quads"
         quads = quads and k[0] * ((C + 63) // 64) * OW * 256 <= 4 << 20
         return ("row_quads_paired" if paired else "row_quads") if quads else "tap_groups"
     if tier in ("avx_vnni", "avx2"):

@@ -427,6 +427,86 @@ def test_residual_adds_become_int8():
         torch.testing.assert_close(compiled(x), y, rtol=1e-5, atol=1e-5)
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: ``x + self.conv(x)``, the conv stack an nn.Sequential whose last conv has no
+    activation, and no ReLU after the add."""
+
+    def __init__(self, c, t=4, tail=None):
+        super().__init__()
+        h = c * t
+        layers = [nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6(inplace=True),
+                  nn.Conv2d(h, h, 3, 1, 1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU6(inplace=True),
+                  nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c)]
+        self.conv = nn.Sequential(*layers, *([tail] if tail is not None else []))
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+class TinyMobileNet(nn.Module):
+    def __init__(self, tail=None):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(inplace=True))
+        self.blocks = nn.Sequential(InvertedResidual(8, tail=tail), InvertedResidual(8, tail=tail))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))
+
+
+def test_residual_add_of_a_sequential_becomes_int8():
+    # The add's conv operand is the output of an nn.Sequential (after fuse: its last conv, then the
+    # Identity of the folded BatchNorm); the add has no ReLU. Both blocks hand int8 on.
+    model = _trained_like(TinyMobileNet())
+    q = quantize_static(copy.deepcopy(model))
+    r = q.fastinfer_report
+    assert r.rewritten == ["blocks.1", "blocks.0"]
+    b0, b1 = q.blocks[0], q.blocks[1]
+    assert isinstance(b0, torch.fx.GraphModule) and type(b0).__name__ == "InvertedResidual"
+    assert isinstance(b0.residual_add, Int8Add) and not b0.residual_add.relu
+    assert "blocks.0.conv.6 -> blocks.0.residual_add" in r.chained
+    assert "stem.0 -> blocks.0.residual_add" in r.chained and "stem.0 -> blocks.0.conv.0" in r.chained
+    assert "blocks.0.residual_add -> blocks.1.residual_add" in r.chained
+    assert b0.residual_add.out_scale == b1.conv[0].x_scale == b1.residual_add.a_scale  # x + conv(x): x is a
+    assert b1.residual_add.out_scale is None  # the pooling reads float
+    x = torch.randn(6, 3, 20, 20)
+    with torch.inference_mode():
+        h = q.stem(x)
+        assert h.dtype == torch.int8 and b0(h).dtype == torch.int8
+        y, y_fp32 = q(x), model(x)
+        assert F.cosine_similarity(y.flatten(), y_fp32.flatten(), dim=0) > 0.99
+        # the same model with fp32 residuals: the int8 adds change the logits by rounding only
+        kept = fastinfer.quantize(fastinfer.fuse(copy.deepcopy(model)), scheme="w8a8_static",
+                                  calib_data=[torch.randn(4, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+                                              for _ in range(3)], int8_residuals=False)
+        assert kept.fastinfer_report.rewritten == []
+        assert F.cosine_similarity(kept(x).flatten(), y.flatten(), dim=0) > 0.99
+
+
+def _channel_linear():  # a float layer over the channels of an NCHW tensor
+    return nn.Sequential(Permute((0, 2, 3, 1)), nn.Linear(8, 8), Permute((0, 3, 1, 2)))
+
+
+@pytest.mark.parametrize("tail", [nn.Sigmoid, nn.Hardswish, _channel_linear], ids=["sigmoid", "hardswish", "linear"])
+def test_residual_add_of_a_sequential_ending_in_float_stays(tail):
+    # A Sequential whose last module is not a static conv feeds the add a float tensor: left as written.
+    model = _trained_like(TinyMobileNet(tail=tail()))
+    q = quantize_static(copy.deepcopy(model))
+    assert q.fastinfer_report.rewritten == []
+    x = torch.randn(2, 3, 20, 20)
+    with torch.inference_mode():
+        assert F.cosine_similarity(q(x).flatten(), model(x).flatten(), dim=0) > 0.98
+
+
+class Permute(nn.Module):
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
 def test_residual_adds_left_alone():
     class RootAdd(nn.Module):  # an add in the model's own forward: the model object is never replaced
         def __init__(self):

@@ -163,11 +163,24 @@ def _residual_add(module: nn.Module, node: fx.Node) -> bool:
     if (not all(isinstance(a, fx.Node) and a.op != "get_attr" for a in node.args)
             or node.args[0] is node.args[1]):
         return False
-    for arg in node.args:  # from a static conv, through Identity (a folded BatchNorm) at most
-        arg = _behind_identities(module, arg)
-        if arg.op == "call_module" and _static_conv(module.get_submodule(arg.target)):
-            return True
-    return False
+    # from a static conv, through Identity (a folded BatchNorm) at most, or from an nn.Sequential that ends
+    # with one (MobileNetV2's ``x + self.conv(x)``)
+    return any(_static_conv(_producer(module, arg)) for arg in node.args)
+
+
+def _producer(module: nn.Module, node: fx.Node) -> Optional[nn.Module]:
+    """The module whose output ``node`` is: behind nn.Identity calls, and for a call of a plain nn.Sequential,
+    its last child that is not an nn.Identity (recursively). None for anything but a module call."""
+    node = _behind_identities(module, node)
+    if node.op != "call_module":
+        return None
+    mod = module.get_submodule(node.target)
+    while type(mod) is nn.Sequential:
+        kids = [m for m in mod if type(m) is not nn.Identity]
+        if not kids:
+            return None
+        mod = kids[-1]
+    return mod
 
 
 def _is_relu(module: nn.Module, node: fx.Node) -> bool:

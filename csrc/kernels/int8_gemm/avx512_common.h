@@ -78,6 +78,15 @@ inline __m512 act16(__m512 y, Act act) {
   return act == Act::Relu6 ? _mm512_min_ps(_mm512_set1_ps(6.0f), y) : y;
 }
 
+// The folded int8 rule's activation and unfolded out_inv multiply (EPILOGUE.md, "Convolutions"), ahead of
+// min(y, hi) with hi = folded_int8_hi(act, out_inv), the convert and the saturating packs. relu6: max(y *
+// out_inv, 0), its bound in hi (folded_int8_hi says why that is the same value).
+inline __m512 folded_int8_act(__m512 y, Act act, __m512 out_inv) {
+  if (act == Act::Relu6) return _mm512_max_ps(_mm512_mul_ps(y, out_inv), _mm512_setzero_ps());
+  y = act16(y, act);
+  return folds_out_inv(act) ? y : _mm512_mul_ps(y, out_inv);
+}
+
 // The 16 floats y at o, the lanes of mask only: a plain store for a full mask (a masked store of a
 // full vector took 25% longer on AMD Zen 4, storing rows of 64 floats to L2).
 inline void store_f32x16(float* o, __mmask16 mask, __m512 y) {

@@ -159,10 +159,9 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
   for (int j = 0; j < nb; ++j) c[j] = col_block16(p, n + 16 * j);
   if (p.folded && p.out_kind == OutKind::Int8) {
     // The folded int8 epilogue (EPILOGUE.md, "Convolutions"; as AMX's epilogue_folded): finite scales,
-    // so y is never NaN and the int8 rule is min(y, 127), convert, saturating packs, max -127. A row's
+    // so y is never NaN and the int8 rule is min(y, hi), convert, saturating packs, max -127 (folded_int8_act). A row's
     // 64 columns go out through three packs and one permute instead of four masked narrowing stores.
-    const bool scale_out = !folds_out_inv(p.act);
-    const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale), hi = _mm512_set1_ps(127.0f);
+    const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale), hi = _mm512_set1_ps(folded_int8_hi(p.act, p.out_inv_scale));
     const __mmask64 m = byte_mask(std::min<int64_t>(p.N - n, 16 * nb));
 #pragma GCC unroll 8
     for (int i = 0; i < mr; ++i) {
@@ -175,9 +174,7 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
         }
         __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][j], c[j].comp)), c[j].b_scale);
         if (p.bias) y = _mm512_add_ps(y, c[j].bias);
-        y = act16(y, p.act);
-        if (scale_out) y = _mm512_mul_ps(y, out_inv);
-        q[j] = _mm512_cvtps_epi32(_mm512_min_ps(y, hi));
+        q[j] = _mm512_cvtps_epi32(_mm512_min_ps(folded_int8_act(y, p.act, out_inv), hi));
       }
       _mm512_mask_storeu_epi8(static_cast<int8_t*>(p.out) + (out_row + i) * p.ldo + n, m, pack_int8x64(q));
     }
@@ -437,13 +434,16 @@ struct DwFinish {
   inline void operator()(const __m512i acc[4], int64_t pix, int64_t cb, const DwBlock& k) const {
     const int64_t c0 = 64 * cb;
     const bool whole = p.C - c0 >= 64;
+    // int8 with the folded scales (finite: no NaN arises): folded_int8_act, min(y, hi), the convert, the
+    // saturating packs and max -127 (gelu, rare here, takes the general rule)
+    const bool fast_int8 = INT8_OUT && p.folded && p.act != Act::Gelu;
     __m512 y[4];
     for (int i = 0; i < 4; ++i) {
       y[i] = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i], k.comp[i]));
       if (!p.folded) y[i] = _mm512_mul_ps(y[i], _mm512_set1_ps(p.a_scale));
       y[i] = _mm512_mul_ps(y[i], k.scale[i]);
       if (BIAS) y[i] = _mm512_add_ps(y[i], k.bias[i]);
-      y[i] = act16(y[i], p.act);
+      if (!fast_int8) y[i] = act16(y[i], p.act);
     }
     if (!INT8_OUT) {
       __m512i r[4], v[4];
@@ -457,13 +457,10 @@ struct DwFinish {
       return;
     }
     __m512i q[4];
-    const bool fast_int8 = p.folded && folds_out_inv(p.act);
-    for (int i = 0; i < 4; ++i) {
-      if (fast_int8)  // finite: min(y, 127), then the saturating packs and max -127
-        q[i] = _mm512_cvtps_epi32(_mm512_min_ps(y[i], _mm512_set1_ps(127.0f)));
-      else
-        q[i] = quant16(y[i], _mm512_set1_ps(p.out_inv_scale));
-    }
+    const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale);
+    const __m512 hi = _mm512_set1_ps(folded_int8_hi(p.act, p.out_inv_scale));
+    for (int i = 0; i < 4; ++i)
+      q[i] = fast_int8 ? _mm512_cvtps_epi32(_mm512_min_ps(folded_int8_act(y[i], p.act, out_inv), hi)) : quant16(y[i], out_inv);
     const __m512i b = _mm512_max_epi8(_mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3])),
                                       _mm512_set1_epi8(-127));
     int8_t* out = static_cast<int8_t*>(p.out) + pix * p.C + c0;
@@ -633,11 +630,14 @@ void dwconv_blocks(const DwConvParams& p, int64_t p0, int64_t p1) {
 }
 
 const char* dwconv_path_avx512(const DwConvParams& p) {
+  if (const char* ymm = dwconv_ymm_path_avx512(p)) return ymm;
   return !dw_row_quads(p) ? "tap_groups" : dw_paired(p) ? "row_quads_paired" : "row_quads";
 }
 
 void dwconv_avx512(const DwConvParams& p, int64_t p0, int64_t p1) {
   if (p1 <= p0) return;
+  // 32 channels: one block on 256-bit vectors (dw_ymm_avx512.cc), not a half-empty 64-channel one
+  if (dwconv_ymm_path_avx512(p)) return dwconv_ymm_avx512(p, p0, p1);
   const bool int8_out = p.out_kind == OutKind::Int8, bias = p.bias != nullptr;
   if (int8_out)
     return bias ? dwconv_blocks<true, true>(p, p0, p1) : dwconv_blocks<true, false>(p, p0, p1);

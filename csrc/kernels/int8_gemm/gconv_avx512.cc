@@ -48,13 +48,13 @@ inline void gconv_finish(const Int8GemmParams& p, const ColBlock16& cb, int64_t 
     return;
   }
   constexpr Act kAct = static_cast<Act>(F < 0 || F == kFoldedF32 ? 0 : F);
-  const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale), hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
+  const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale), hi = _mm512_set1_ps(folded_int8_hi(kAct, p.out_inv_scale));
+  const __m512 lo = _mm512_set1_ps(-127.0f);
   int8_t* out = static_cast<int8_t*>(p.out) + m * p.ldo + cb.col;
 #pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
     __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[i]), cb.b_scale), cb.bias);  // bias 0 if none
-    y = act16(y, kAct);
-    if (!folds_out_inv(kAct)) y = _mm512_mul_ps(y, out_inv);
+    y = folded_int8_act(y, kAct, out_inv);
     const __m128i q = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(y, hi), lo)));
     if (cb.mask == 0xffff)
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i * p.ldo), q);

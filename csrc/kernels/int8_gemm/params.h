@@ -217,6 +217,10 @@ const KernelSet& kernels_avx512_vnni();
 const KernelSet& kernels_amx();  // the tile GEMM; the other families are the AVX-512 VNNI kernels
 void gconv_avx512(const GroupConvParams& p, int64_t r0, int64_t r1);  // gconv_avx512.cc
 void w8_gemm_bf16_avx512(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);  // w8_bf16_avx512.cc
+// dw_ymm_avx512.cc: the 256-bit row-quad depthwise kernel for AVX-512 VNNI CPUs at 32 channels; its path
+// name, or null where it does not serve (dwconv_avx512 then runs its own kernel)
+const char* dwconv_ymm_path_avx512(const DwConvParams& p);
+void dwconv_ymm_avx512(const DwConvParams& p, int64_t p0, int64_t p1);
 
 }  // namespace kernels
 }  // namespace fastinfer

@@ -80,6 +80,14 @@ inline __m256 act8(__m256 y, Act act) {
   return act == Act::Relu6 ? _mm256_min_ps(_mm256_set1_ps(6.0f), y) : y;
 }
 
+// The folded int8 rule's activation and unfolded out_inv multiply, ahead of min(y, folded_int8_hi(...)):
+// the 256-bit folded_int8_act of avx512_common.h (no gelu: act8 has none).
+inline __m256 folded_int8_act8(__m256 y, Act act, __m256 out_inv) {
+  if (act == Act::Relu6) return _mm256_max_ps(_mm256_mul_ps(y, out_inv), _mm256_setzero_ps());
+  y = act8(y, act);
+  return folds_out_inv(act) ? y : _mm256_mul_ps(y, out_inv);
+}
+
 // 8 int32 -> 8 int8 (saturating) in the low 8 bytes.
 inline __m128i narrow8(__m256i q) {
   const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
@@ -183,10 +191,9 @@ void ymm_tile(const Int8GemmParams& p, const int64_t* tap_off, int64_t taps, int
   for (int j = 0; j < 2 * nb; ++j) c[j] = cols8(p, n + 8 * j, Dot::kShifted);
   if (p.folded && p.out_kind == OutKind::Int8 && p.act != Act::Gelu) {
     // The folded int8 epilogue (EPILOGUE.md, "Convolutions"): finite scales, so y is never NaN and the
-    // int8 rule is min(y, 127), convert, saturating packs, max -127; 16 columns per store. act8 has no
+    // int8 rule is min(y, hi), convert, saturating packs, max -127 (folded_int8_hi); 16 columns per store. act8 has no
     // gelu (epilogue8 computes it per element), so gelu takes the general path.
-    const bool scale_out = !folds_out_inv(p.act);
-    const __m256 out_inv = _mm256_set1_ps(p.out_inv_scale), hi = _mm256_set1_ps(127.0f);
+    const __m256 out_inv = _mm256_set1_ps(p.out_inv_scale), hi = _mm256_set1_ps(folded_int8_hi(p.act, p.out_inv_scale));
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
 #pragma GCC unroll 6
     for (int i = 0; i < mr; ++i) {
@@ -197,9 +204,7 @@ void ymm_tile(const Int8GemmParams& p, const int64_t* tap_off, int64_t taps, int
           const Cols8& cc = c[2 * k + h];
           __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[i][2 * k + h], cc.comp)), cc.b_scale);
           if (p.bias) y = _mm256_add_ps(y, cc.bias);
-          y = act8(y, p.act);
-          if (scale_out) y = _mm256_mul_ps(y, out_inv);
-          q[h] = _mm256_cvtps_epi32(_mm256_min_ps(y, hi));
+          q[h] = _mm256_cvtps_epi32(_mm256_min_ps(folded_int8_act8(y, p.act, out_inv), hi));
         }
         // The packs work per 128-bit lane: dword l of the result holds 4 columns of q[l % 2], low half
         // in lane 0 and high half in lane 1; the permute puts the 16 bytes in column order.
@@ -585,8 +590,10 @@ void ymm_dwconv_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
       }
     }
   };
-  const bool fast_int8 = p.folded && folds_out_inv(p.act);
+  // int8 with the folded scales (finite): folded_int8_act8, min(y, hi), the convert, the saturating packs
+  const bool fast_int8 = INT8_OUT && p.folded && p.act != Act::Gelu;
   const __m256 a_scale = _mm256_set1_ps(p.a_scale), out_inv = _mm256_set1_ps(p.out_inv_scale);
+  const __m256 hi = _mm256_set1_ps(folded_int8_hi(p.act, p.out_inv_scale));
   auto finish = [&](const __m256i acc[4], int64_t pix, int64_t cb) {
     const int32_t* e = epi + cb * 96;
     __m256 y[4];
@@ -595,7 +602,7 @@ void ymm_dwconv_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
       if (!p.folded) y[i] = _mm256_mul_ps(y[i], a_scale);
       y[i] = _mm256_mul_ps(y[i], _mm256_loadu_ps(reinterpret_cast<const float*>(e + 32 + 8 * i)));
       if (p.bias) y[i] = _mm256_add_ps(y[i], _mm256_loadu_ps(reinterpret_cast<const float*>(e + 64 + 8 * i)));
-      y[i] = act8(y[i], p.act);
+      if (!fast_int8) y[i] = act8(y[i], p.act);
     }
     if (!INT8_OUT) {  // channels 8 l .. 8 l + 7: the low (l < 2) or high lanes of y[2 (l % 2)] and its successor
       float* out = static_cast<float*>(p.out) + pix * p.C + 32 * cb;
@@ -606,8 +613,8 @@ void ymm_dwconv_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
       return;
     }
     __m256i q[4];
-    for (int i = 0; i < 4; ++i)  // folded: finite, min(y, 127), then the saturating packs and max -127
-      q[i] = fast_int8 ? _mm256_cvtps_epi32(_mm256_min_ps(y[i], _mm256_set1_ps(127.0f))) : quant8(y[i], out_inv);
+    for (int i = 0; i < 4; ++i)
+      q[i] = fast_int8 ? _mm256_cvtps_epi32(_mm256_min_ps(folded_int8_act8(y[i], p.act, out_inv), hi)) : quant8(y[i], out_inv);
     const __m256i b = _mm256_max_epi8(
         _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3])), _mm256_set1_epi8(-127));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<int8_t*>(p.out) + pix * p.C + 32 * cb), b);
