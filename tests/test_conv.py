@@ -442,7 +442,12 @@ DEPTHWISE = [
     (2, 96, 11, 10, (3, 3), (2, 2), (1, 1), (1, 1)),    # quads, stride 2: 3 blocks of 32 (AVX-VNNI), 64 + 32 (AVX-512)
     (1, 32, 9, 7, (5, 3), (1, 1), (2, 1), (2, 1)),      # paired quads, 5 rows, height dilation 2, one block of 32
     (1, 48, 8, 8, (3, 3), (1, 1), (1, 1), (1, 2)),      # groups: width dilation 2
-    (1, 40, 9, 9, (3, 5), (1, 1), (1, 2), (1, 1)),      # groups: kernel width 5
+    (1, 40, 9, 9, (3, 5), (1, 1), (1, 2), (1, 1)),      # groups: kernel width 5 (AVX-512: wide row quads)
+    (2, 96, 13, 11, (7, 7), (1, 1), (3, 3), (1, 1)),    # ConvNeXt's 7 x 7: 2 quads a kernel row (AVX-512), 64 + 32
+    (1, 70, 8, 17, (3, 8), (1, 1), (1, 0), (1, 1)),     # kernel width 8: both quads full, no width padding
+    (1, 130, 10, 10, (7, 9), (1, 1), (3, 4), (2, 1)),   # width 9: 3 quads a row, height dilation 2
+    (1, 32, 6, 5, (1, 16), (1, 1), (0, 8), (1, 1)),     # width 16, wider than the image: 4 quads, padding reads
+    (1, 16, 9, 9, (7, 7), (2, 2), (3, 3), (1, 1)),      # 7 x 7 at stride 2: tap groups on every tier
 ]
 
 
@@ -451,14 +456,18 @@ def expected_dw_path(isa, C, k, s, d, OW, w_min128=False):
     in avx_vnni.cc, dwconv_path_avx2 in avx2.cc): row quads for width dilation 1 and kernel width <= 4 (paired at
     stride 1 and width <= 3), on the 256-bit tiers only for whole 32-channel blocks, and on AVX2 only with no
     weight of -128; else the per-pixel tap groups (AVX-512) or tap pairs (256-bit). AVX-512 runs 32 channels on
-    the 256-bit row quads (dw_ymm_avx512.cc, "ymm_" paths). The scalar kernel: ""."""
+    the 256-bit row quads (dw_ymm_avx512.cc, "ymm_" paths), and kernel widths 5-16 at stride 1 on its row
+    quads too (several a kernel row). The scalar kernel: ""."""
     tier = served_by("dwconv", isa)
     quads = d[1] == 1 and k[1] <= 4 and k[0] <= 16
     paired = s[1] == 1 and k[1] <= 3
     if tier == "avx512_vnni":
         if C == 32 and quads and k[0] * OW * 128 <= 4 << 20:  # one 32-channel block on 256-bit vectors
             return "ymm_row_quads_paired" if paired else "ymm_row_quads"
-        quads = quads and k[0] * ((C + 63) // 64) * OW * 256 <= 4 << 20
+        # wide row quads: stride 1, kernel width 5-16, ceil(width / 4) quads a kernel row
+        wide = d[1] == 1 and s[1] == 1 and 4 < k[1] <= 16 and k[0] <= 16
+        nq = OW + 4 * ((k[1] + 3) // 4 - 1) if wide else OW
+        quads = (quads or wide) and k[0] * ((C + 63) // 64) * nq * 256 <= 4 << 20
         return ("row_quads_paired" if paired else "row_quads") if quads else "tap_groups"
     if tier in ("avx_vnni", "avx2"):
         quads = quads and C % 32 == 0 and k[0] * (C // 32) * OW * 128 <= 4 << 20

@@ -417,7 +417,18 @@ inline void lanes_to_channels(const __m512i r[4], __m512i v[4]) {
 
 alignas(64) constexpr int8_t kZeroRow[64] = {};
 
-inline bool dw_row_quads(const DwConvParams& p) { return dw_quads_fit(p, 64); }
+// Quads a kernel row takes: 1 (KW <= 4), or ceil(KW / 4) for the wide row quads (stride 1: quad q of output
+// column ow is the quad of input pixel ow - PW + 4 q, i.e. quad column ow + 4 q of one set per input row).
+inline int64_t dw_row_quad_count(const DwConvParams& p) { return p.KW <= 4 ? 1 : (p.KW + 3) / 4; }
+
+// Row quads serve KW <= 4 at any stride (dw_quads_fit) and, on this tier, 4 < KW <= 16 at stride 1 (ConvNeXt's
+// 7 x 7): ceil(KW / 4) quads a kernel row, taps past KW with weight 0 (7 x 7: 49 of 56 products used).
+inline bool dw_row_quads(const DwConvParams& p) {
+  if (p.KW <= 4) return dw_quads_fit(p, 64);
+  const int64_t nq = p.OW + 4 * (dw_row_quad_count(p) - 1);
+  return p.DW == 1 && p.SW == 1 && p.KW <= 16 && p.KH <= 16 &&
+         p.KH * ((p.C + 63) / 64) * nq * 256 <= kMaxQuadBytes;
+}
 
 // The epilogue of one pixel's 64-channel block, on the accumulators in their lane order: compensation,
 // scales, bias, activation, then fp32 (put back in channel order: a 4 x 4 transpose of 128-bit lanes) or
@@ -476,10 +487,16 @@ struct DwFinish {
 // (weights A: taps 0 .. KW-1 in slots 0 ..) and of ow + 1 (weights B: the same taps one slot later), so a
 // slot keeps quads for even ow only: half the quads built, and each one read once for two pixels. At 28 x
 // 28 x 256, batch 8, int8 in/out, AMD Zen 5, 1 thread, 3 alternated processes: 0.34 -> 0.25-0.28 ms.
-template <bool INT8_OUT, bool BIAS>
-void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& buf, const DwFinish<INT8_OUT, BIAS>& finish,
+// WIDE: the wide row quads (rq > 1), whose pixels go four at a time (below); a template parameter, and not
+// inlined into dwconv_blocks, so that the other row-quad layers keep their code (the four-pixel step on 3 x 3
+// at stride 2 was 7-17% slower; with both instantiations inlined into one function every 3 x 3 layer lost
+// 6%, not inlined none: 0.97-1.01x in alternated processes).
+template <bool INT8_OUT, bool BIAS, bool WIDE>
+__attribute__((noinline)) void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& buf, const DwFinish<INT8_OUT, BIAS>& finish,
                       bool paired) {
-  const int64_t cblocks = (p.C + 63) / 64, step = paired ? 2 : 1, nq = (p.OW + step - 1) / step;
+  const int64_t rq = WIDE ? dw_row_quad_count(p) : 1;  // quads a kernel row (wide row quads: stride 1, unpaired)
+  const int64_t cblocks = (p.C + 63) / 64, step = paired ? 2 : 1, nq = (p.OW + step - 1) / step + 4 * (rq - 1);
+  const int64_t groups = paired ? 2 * p.KH : p.KH * rq;
   const int64_t slot_ints = cblocks * nq * 64;
   buf.quads.resize(static_cast<size_t>(p.KH * slot_ints));
   buf.tag.assign(static_cast<size_t>(p.KH), -1);
@@ -515,17 +532,21 @@ void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& 
     dw_row_slots(p, n, oh, quads, slot_ints, pad, 64, tag, qrow, qstride, build);
     const int64_t out_row = (n * p.OH + oh) * p.OW;
     for (int64_t cb = 0; cb < cblocks; ++cb) {
-      const int32_t* wa = wq + cb * (paired ? 2 : 1) * p.KH * 64;  // weights A (and B after them)
+      const int32_t* wa = wq + cb * groups * 64;  // weights A (and B after them)
       const int32_t* wb = wa + p.KH * 64;
       const DwBlock k = load_block(finish.blocks + cb * kDwBlockInts);  // in registers for the whole row
-      // One pixel: quad j, with weights B when `second` (an odd column of paired quads).
+      // One pixel: quad j (and j + 4, j + 8, .. for wide row quads), with weights B when `second` (an odd
+      // column of paired quads).
       auto one = [&](int64_t ow, int64_t j, bool second) {
         const int32_t* w = second ? wb : wa;
         __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
         for (int64_t kh = 0; kh < p.KH; ++kh) {
-          const int32_t* q = qrow[kh] + (cb * nq + j) * qstride[kh];
-          for (int i = 0; i < 4; ++i)
-            acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_loadu_si512(q + 16 * i), _mm512_loadu_si512(w + kh * 64 + 16 * i));
+          for (int64_t r = 0; r < rq; ++r) {
+            const int32_t* q = qrow[kh] + (cb * nq + j + 4 * r) * qstride[kh];
+            const int32_t* wr = w + (kh * rq + r) * 64;
+            for (int i = 0; i < 4; ++i)
+              acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_loadu_si512(q + 16 * i), _mm512_loadu_si512(wr + 16 * i));
+          }
         }
         finish(acc, out_row + ow, cb, k);
       };
@@ -543,7 +564,34 @@ void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& 
         finish(a0, out_row + ow, cb, k);
         finish(a1, out_row + ow + 1, cb, k);
       };
-      dw_row_columns(ow0, ow1, paired, one, pair);
+      // Wide row quads: four pixels at a time, each weight vector loaded once for the four (one pixel alone
+      // loads a weight vector per vpdpbusd, beside its quad vector). Pixel m reads quad j + m. Measured (7 x 7,
+      // 96 channels at 56 x 56, batch 8, relu6, AMD Zen 4, alternated processes): one pixel at a time 1.65 ms
+      // (the tap groups before: 2.0-2.7), four at a time 1.42.
+      auto four = [&](int64_t ow) {
+        __m512i acc[4][4];
+        for (int m = 0; m < 4; ++m)
+          for (int i = 0; i < 4; ++i) acc[m][i] = _mm512_setzero_si512();
+        for (int64_t kh = 0; kh < p.KH; ++kh) {
+          for (int64_t r = 0; r < rq; ++r) {
+            const int32_t* q = qrow[kh] + (cb * nq + ow + 4 * r) * qstride[kh];
+            const int32_t* wr = wa + (kh * rq + r) * 64;
+            for (int i = 0; i < 4; ++i) {
+              const __m512i wv = _mm512_loadu_si512(wr + 16 * i);
+              for (int m = 0; m < 4; ++m)
+                acc[m][i] = _mm512_dpbusd_epi32(acc[m][i], _mm512_loadu_si512(q + m * qstride[kh] + 16 * i), wv);
+            }
+          }
+        }
+        for (int m = 0; m < 4; ++m) finish(acc[m], out_row + ow + m, cb, k);
+      };
+      if constexpr (WIDE) {
+        int64_t ow = ow0;
+        for (; ow + 4 <= ow1; ow += 4) four(ow);
+        for (; ow < ow1; ++ow) one(ow, ow, false);
+      } else {
+        dw_row_columns(ow0, ow1, paired, one, pair);
+      }
     }
     pix += ow1 - ow0;
   }
@@ -552,10 +600,11 @@ void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& 
 template <bool INT8_OUT, bool BIAS>
 void dwconv_blocks(const DwConvParams& p, int64_t p0, int64_t p1) {
   const bool quads = dw_row_quads(p), paired = quads && dw_paired(p);
-  const int64_t taps = p.KH * p.KW, cblocks = (p.C + 63) / 64;
-  // Weight groups: row quads take group kh = taps (kh, 0 .. 3), weight 0 past KW, and paired quads also
-  // group KH + kh = taps (kh, -1 .. 2) (weights B: weight 0 in slot 0); otherwise 4 consecutive taps.
-  const int64_t groups = paired ? 2 * p.KH : quads ? p.KH : (taps + 3) / 4;
+  const int64_t taps = p.KH * p.KW, cblocks = (p.C + 63) / 64, rq = dw_row_quad_count(p);
+  // Weight groups: row quads take group kh rq + r = taps (kh, 4 r .. 4 r + 3), weight 0 past KW, and paired
+  // quads (rq = 1) also group KH + kh = taps (kh, -1 .. 2) (weights B: weight 0 in slot 0); otherwise 4
+  // consecutive taps.
+  const int64_t groups = paired ? 2 * p.KH : quads ? p.KH * rq : (taps + 3) / 4;
   thread_local DwBuffers buf;
   buf.w.resize(static_cast<size_t>(cblocks * groups * 4 * 16));
   buf.blocks.resize(static_cast<size_t>(cblocks * kDwBlockInts));
@@ -563,7 +612,8 @@ void dwconv_blocks(const DwConvParams& p, int64_t p0, int64_t p1) {
   for (int64_t cb = 0; cb < cblocks; ++cb) {
     const __mmask64 m = byte_mask(p.C - 64 * cb);
     auto wtap = [&](int64_t g, int64_t i) {  // weight row of slot i of group g, zero where no tap
-      const int64_t kw = g < p.KH ? i : i - 1, kh = g % p.KH;  // kw of slot i (weights B: one slot later)
+      // kh and kw of slot i (paired weights B: one slot later)
+      const int64_t kh = paired ? g % p.KH : g / rq, kw = paired ? (g < p.KH ? i : i - 1) : 4 * (g % rq) + i;
       const int64_t t = quads ? (kw >= 0 && kw < p.KW ? kh * p.KW + kw : taps) : 4 * g + i;
       return t < taps ? _mm512_maskz_loadu_epi8(m, p.w + t * p.C + 64 * cb) : _mm512_setzero_si512();
     };
@@ -595,7 +645,9 @@ void dwconv_blocks(const DwConvParams& p, int64_t p0, int64_t p1) {
   }
   const int32_t* const blocks = buf.blocks.data();
   const DwFinish<INT8_OUT, BIAS> finish{p, blocks};
-  if (quads) return dwconv_row_quads(p, p0, p1, buf, finish, paired);
+  if (quads)
+    return rq > 1 ? dwconv_row_quads<INT8_OUT, BIAS, true>(p, p0, p1, buf, finish, false)
+                  : dwconv_row_quads<INT8_OUT, BIAS, false>(p, p0, p1, buf, finish, paired);
   const __m512i k80 = _mm512_set1_epi8(static_cast<char>(0x80));
   // Locals: the output stores could alias the thread_local buffers (and their TLS lookups cost).
   const int8_t** const tap = buf.tap.data();
