@@ -16,8 +16,8 @@ enum class Act : int32_t { None = 0, Relu = 1, Relu6 = 2, Gelu = 3 };
 // 6 and gelu do not).
 inline bool folds_out_inv(Act act) { return act == Act::None || act == Act::Relu; }
 
-// The CPU kernels' folded int8 clamp bound (int8_gemm/EPILOGUE.md, "Convolutions"): 127, or for relu6, whose out_inv is
-// not folded, min(fl(6 * out_inv), 127). For out_inv > 0, relu6(y) * out_inv equals
+// The CPU kernels' folded int8 clamp bound (int8_gemm/EPILOGUE.md, "Convolutions"): 127, or for relu6, whose
+// out_inv is not folded, min(fl(6 * out_inv), 127). For out_inv > 0, relu6(y) * out_inv equals
 // min(max(y * out_inv, 0), fl(6 * out_inv)) bit for bit (rounding is monotone: y <= 6 gives
 // fl(y * out_inv) <= fl(6 * out_inv)), so the vector kernels multiply first and clamp once: a min fewer.
 inline float folded_int8_hi(Act act, float out_inv) {

@@ -159,8 +159,9 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
   for (int j = 0; j < nb; ++j) c[j] = col_block16(p, n + 16 * j);
   if (p.folded && p.out_kind == OutKind::Int8) {
     // The folded int8 epilogue (EPILOGUE.md, "Convolutions"; as AMX's epilogue_folded): finite scales,
-    // so y is never NaN and the int8 rule is min(y, hi), convert, saturating packs, max -127 (folded_int8_act). A row's
-    // 64 columns go out through three packs and one permute instead of four masked narrowing stores.
+    // so y is never NaN and the int8 rule is folded_int8_act, min(y, hi), convert, saturating packs, max
+    // -127. A row's 64 columns go out through three packs and one permute instead of four masked narrowing
+    // stores.
     const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale), hi = _mm512_set1_ps(folded_int8_hi(p.act, p.out_inv_scale));
     const __mmask64 m = byte_mask(std::min<int64_t>(p.N - n, 16 * nb));
 #pragma GCC unroll 8
@@ -471,7 +472,8 @@ struct DwFinish {
     const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale);
     const __m512 hi = _mm512_set1_ps(folded_int8_hi(p.act, p.out_inv_scale));
     for (int i = 0; i < 4; ++i)
-      q[i] = fast_int8 ? _mm512_cvtps_epi32(_mm512_min_ps(folded_int8_act(y[i], p.act, out_inv), hi)) : quant16(y[i], out_inv);
+      q[i] = fast_int8 ? _mm512_cvtps_epi32(_mm512_min_ps(folded_int8_act(y[i], p.act, out_inv), hi))
+                       : quant16(y[i], out_inv);
     const __m512i b = _mm512_max_epi8(_mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3])),
                                       _mm512_set1_epi8(-127));
     int8_t* out = static_cast<int8_t*>(p.out) + pix * p.C + c0;
@@ -492,8 +494,8 @@ struct DwFinish {
 // at stride 2 was 7-17% slower; with both instantiations inlined into one function every 3 x 3 layer lost
 // 6%, not inlined none: 0.97-1.01x in alternated processes).
 template <bool INT8_OUT, bool BIAS, bool WIDE>
-__attribute__((noinline)) void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& buf, const DwFinish<INT8_OUT, BIAS>& finish,
-                      bool paired) {
+__attribute__((noinline)) void dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1, DwBuffers& buf,
+                                                const DwFinish<INT8_OUT, BIAS>& finish, bool paired) {
   const int64_t rq = WIDE ? dw_row_quad_count(p) : 1;  // quads a kernel row (wide row quads: stride 1, unpaired)
   const int64_t cblocks = (p.C + 63) / 64, step = paired ? 2 : 1, nq = (p.OW + step - 1) / step + 4 * (rq - 1);
   const int64_t groups = paired ? 2 * p.KH : p.KH * rq;
@@ -566,8 +568,8 @@ __attribute__((noinline)) void dwconv_row_quads(const DwConvParams& p, int64_t p
       };
       // Wide row quads: four pixels at a time, each weight vector loaded once for the four (one pixel alone
       // loads a weight vector per vpdpbusd, beside its quad vector). Pixel m reads quad j + m. Measured (7 x 7,
-      // 96 channels at 56 x 56, batch 8, relu6, AMD Zen 4, alternated processes): one pixel at a time 1.65 ms
-      // (the tap groups before: 2.0-2.7), four at a time 1.42.
+      // 96 channels at 56 x 56, batch 8, int8 in/out, AMD Zen 4, alternated processes): one pixel at a time
+      // 1.65 ms (the tap groups before: 2.0), four at a time 1.38-1.42.
       auto four = [&](int64_t ow) {
         __m512i acc[4][4];
         for (int m = 0; m < 4; ++m)
@@ -613,7 +615,8 @@ void dwconv_blocks(const DwConvParams& p, int64_t p0, int64_t p1) {
     const __mmask64 m = byte_mask(p.C - 64 * cb);
     auto wtap = [&](int64_t g, int64_t i) {  // weight row of slot i of group g, zero where no tap
       // kh and kw of slot i (paired weights B: one slot later)
-      const int64_t kh = paired ? g % p.KH : g / rq, kw = paired ? (g < p.KH ? i : i - 1) : 4 * (g % rq) + i;
+      const int64_t kh = paired ? g % p.KH : g / rq;
+      const int64_t kw = paired ? (g < p.KH ? i : i - 1) : 4 * (g % rq) + i;
       const int64_t t = quads ? (kw >= 0 && kw < p.KW ? kh * p.KW + kw : taps) : 4 * g + i;
       return t < taps ? _mm512_maskz_loadu_epi8(m, p.w + t * p.C + 64 * cb) : _mm512_setzero_si512();
     };

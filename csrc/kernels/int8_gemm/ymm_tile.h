@@ -191,8 +191,8 @@ void ymm_tile(const Int8GemmParams& p, const int64_t* tap_off, int64_t taps, int
   for (int j = 0; j < 2 * nb; ++j) c[j] = cols8(p, n + 8 * j, Dot::kShifted);
   if (p.folded && p.out_kind == OutKind::Int8 && p.act != Act::Gelu) {
     // The folded int8 epilogue (EPILOGUE.md, "Convolutions"): finite scales, so y is never NaN and the
-    // int8 rule is min(y, hi), convert, saturating packs, max -127 (folded_int8_hi); 16 columns per store. act8 has no
-    // gelu (epilogue8 computes it per element), so gelu takes the general path.
+    // int8 rule is folded_int8_act8, min(y, hi), convert, saturating packs, max -127; 16 columns per store.
+    // act8 has no gelu (epilogue8 computes it per element), so gelu takes the general path.
     const __m256 out_inv = _mm256_set1_ps(p.out_inv_scale), hi = _mm256_set1_ps(folded_int8_hi(p.act, p.out_inv_scale));
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
 #pragma GCC unroll 6
@@ -614,7 +614,8 @@ void ymm_dwconv_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
     }
     __m256i q[4];
     for (int i = 0; i < 4; ++i)
-      q[i] = fast_int8 ? _mm256_cvtps_epi32(_mm256_min_ps(folded_int8_act8(y[i], p.act, out_inv), hi)) : quant8(y[i], out_inv);
+      q[i] = fast_int8 ? _mm256_cvtps_epi32(_mm256_min_ps(folded_int8_act8(y[i], p.act, out_inv), hi))
+                       : quant8(y[i], out_inv);
     const __m256i b = _mm256_max_epi8(
         _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3])), _mm256_set1_epi8(-127));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<int8_t*>(p.out) + pix * p.C + 32 * cb), b);
