@@ -456,8 +456,8 @@ def expected_dw_path(isa, C, k, s, d, OW, w_min128=False):
     in avx_vnni.cc, dwconv_path_avx2 in avx2.cc): row quads for width dilation 1 and kernel width <= 4 (paired at
     stride 1 and width <= 3), on the 256-bit tiers only for whole 32-channel blocks, and on AVX2 only with no
     weight of -128; else the per-pixel tap groups (AVX-512) or tap pairs (256-bit). AVX-512 runs 32 channels on
-    the 256-bit row quads (dw_ymm_avx512.cc, "ymm_" paths), and kernel widths 5-16 at stride 1 on its row
-    quads too (several a kernel row). The scalar kernel: ""."""
+    the 256-bit row quads (dw_ymm_avx512.cc, "ymm_" paths); every tier runs kernel widths 5-16 at stride 1 on
+    its row quads too (several a kernel row). The scalar kernel: ""."""
     tier = served_by("dwconv", isa)
     quads = d[1] == 1 and k[1] <= 4 and k[0] <= 16
     paired = s[1] == 1 and k[1] <= 3
@@ -470,7 +470,9 @@ def expected_dw_path(isa, C, k, s, d, OW, w_min128=False):
         quads = (quads or wide) and k[0] * ((C + 63) // 64) * nq * 256 <= 4 << 20
         return ("row_quads_paired" if paired else "row_quads") if quads else "tap_groups"
     if tier in ("avx_vnni", "avx2"):
-        quads = quads and C % 32 == 0 and k[0] * (C // 32) * OW * 128 <= 4 << 20
+        wide = d[1] == 1 and s[1] == 1 and 4 < k[1] <= 16 and k[0] <= 16  # the wide row quads, as on AVX-512
+        nq = OW + 4 * ((k[1] + 3) // 4 - 1) if wide else OW
+        quads = (quads or wide) and C % 32 == 0 and k[0] * (C // 32) * nq * 128 <= 4 << 20
         quads = quads and not (tier == "avx2" and w_min128)
         return ("row_quads_paired" if paired else "row_quads") if quads else "tap_pairs"
     return ""

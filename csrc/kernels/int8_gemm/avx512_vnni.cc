@@ -418,18 +418,8 @@ inline void lanes_to_channels(const __m512i r[4], __m512i v[4]) {
 
 alignas(64) constexpr int8_t kZeroRow[64] = {};
 
-// Quads a kernel row takes: 1 (KW <= 4), or ceil(KW / 4) for the wide row quads (stride 1: quad q of output
-// column ow is the quad of input pixel ow - PW + 4 q, i.e. quad column ow + 4 q of one set per input row).
-inline int64_t dw_row_quad_count(const DwConvParams& p) { return p.KW <= 4 ? 1 : (p.KW + 3) / 4; }
-
-// Row quads serve KW <= 4 at any stride (dw_quads_fit) and, on this tier, 4 < KW <= 16 at stride 1 (ConvNeXt's
-// 7 x 7): ceil(KW / 4) quads a kernel row, taps past KW with weight 0 (7 x 7: 49 of 56 products used).
-inline bool dw_row_quads(const DwConvParams& p) {
-  if (p.KW <= 4) return dw_quads_fit(p, 64);
-  const int64_t nq = p.OW + 4 * (dw_row_quad_count(p) - 1);
-  return p.DW == 1 && p.SW == 1 && p.KW <= 16 && p.KH <= 16 &&
-         p.KH * ((p.C + 63) / 64) * nq * 256 <= kMaxQuadBytes;
-}
+// Row quads serve KW <= 4 at any stride and 4 < KW <= 16 at stride 1 (the wide row quads: dw_row_quads.h).
+inline bool dw_row_quads(const DwConvParams& p) { return dw_quads_fit(p, 64) || dw_wide_quads_fit(p, 64); }
 
 // The epilogue of one pixel's 64-channel block, on the accumulators in their lane order: compensation,
 // scales, bias, activation, then fp32 (put back in channel order: a 4 x 4 transpose of 128-bit lanes) or

@@ -58,6 +58,20 @@ inline bool dw_quads_fit(const DwConvParams& p, int64_t block) {
   return p.DW == 1 && p.KW <= 4 && p.KH <= 16 && p.KH * ((p.C + block - 1) / block) * p.OW * 4 * block <= kMaxQuadBytes;
 }
 
+// Quads a kernel row takes: 1 (KW <= 4), or ceil(KW / 4) for the wide row quads (stride 1, 4 < KW <= 16, e.g.
+// ConvNeXt's 7 x 7): group (kh, r) holds the taps (kh, 4 r .. 4 r + 3), weight 0 past KW, and its quad for output
+// column ow is the row's quad ow + 4 r (one set of quads per input row serves every r; 7 x 7: 49 of 56
+// products used).
+inline int64_t dw_row_quad_count(const DwConvParams& p) { return p.KW <= 4 ? 1 : (p.KW + 3) / 4; }
+
+// The wide row quads fit: stride and width dilation 1, 4 < KW <= 16, and KH input rows of OW + 4 (rq - 1)
+// quads cache-sized.
+inline bool dw_wide_quads_fit(const DwConvParams& p, int64_t block) {
+  const int64_t nq = p.OW + 4 * (dw_row_quad_count(p) - 1);
+  return p.DW == 1 && p.SW == 1 && p.KW > 4 && p.KW <= 16 && p.KH <= 16 &&
+         p.KH * ((p.C + block - 1) / block) * nq * 4 * block <= kMaxQuadBytes;
+}
+
 // Paired quads: a quad of 4 input pixels holds the taps of two neighbouring output pixels.
 inline bool dw_paired(const DwConvParams& p) { return p.SW == 1 && p.KW <= 3; }
 

@@ -42,7 +42,7 @@ struct DpbusdQuadEvex {
 }  // namespace
 
 const char* dwconv_ymm_path_avx512(const DwConvParams& p) {
-  if (p.C != 32 || !ymm_dw_quads(p)) return nullptr;
+  if (p.C != 32 || p.KW > 4 || !ymm_dw_quads(p)) return nullptr;  // wider: the AVX-512 wide row quads
   return dw_paired(p) ? "ymm_row_quads_paired" : "ymm_row_quads";
 }
 

@@ -507,8 +507,8 @@ void ymm_dwconv(const DwConvParams& p, int64_t p0, int64_t p1) {
 // for even output columns only. The lanes hold channels in interleave order (vector i, 128-bit lane l,
 // dword k: channel 32 cb + 16 l + 4 i + k); the epilogue works in that order, with its per-channel
 // vectors arranged so once per call. int8 packs of the four vectors come out in channel order; fp32 is
-// put back with 4 lane permutes. Serves DW = 1, KW <= 4, C % 32 == 0 and no GELU (ymm_dw_quads); the rest
-// takes ymm_dwconv. Measured against ymm_dwconv (dw 3x3 at 28 x 28 x 256, batch 8, AMD Zen 5 capped to each
+// put back with 4 lane permutes. Serves DW = 1, KW <= 4 (and 4 < KW <= 16 at stride 1: the wide row quads of
+// dw_row_quads.h), C % 32 == 0 and no GELU (ymm_dw_quads); the rest takes ymm_dwconv. Measured against ymm_dwconv (dw 3x3 at 28 x 28 x 256, batch 8, AMD Zen 5 capped to each
 // tier, 1 thread, p10 of 60-100 calls, 3 alternated processes): avx_vnni int8 in/out 0.91-0.95 -> 0.36-0.37 ms,
 // fp32 out 0.72-0.76 -> 0.35-0.36 ms; avx2 int8 in/out 0.92-0.99 -> 0.43-0.46 ms, fp32 out 0.70-0.75 ->
 // 0.42-0.48 ms.
@@ -521,7 +521,9 @@ inline void interleave4_ymm(__m256i a, __m256i b, __m256i c, __m256i d, __m256i*
   r[3] = _mm256_unpackhi_epi16(ab_hi, cd_hi);
 }
 
-inline bool ymm_dw_quads(const DwConvParams& p) { return dw_quads_fit(p, 32) && p.C % 32 == 0 && p.act != Act::Gelu; }
+inline bool ymm_dw_quads(const DwConvParams& p) {
+  return (dw_quads_fit(p, 32) || dw_wide_quads_fit(p, 32)) && p.C % 32 == 0 && p.act != Act::Gelu;
+}
 
 struct YmmDwBuffers {
   std::vector<int32_t> w;      // [cblock][group][4][8] interleaved weights (groups: KH, or 2 KH paired)
@@ -530,11 +532,15 @@ struct YmmDwBuffers {
   std::vector<int64_t> tag;    // which input row (n * H + ih) each slot holds, -1 none
 };
 
-template <class QuadStep, bool INT8_OUT>
-void ymm_dwconv_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
-  const bool paired = dw_paired(p);
-  const int64_t cblocks = p.C / 32, groups = paired ? 2 * p.KH : p.KH, taps = p.KH * p.KW;
-  const int64_t step = paired ? 2 : 1, nq = (p.OW + step - 1) / step, slot_ints = cblocks * nq * 32;
+// WIDE: the wide row quads (dw_row_quads.h: rq quads a kernel row, stride 1, unpaired), an instantiation of
+// its own and out of line, so that the 3 x 3 layers keep their code (as on AVX-512, where both variants
+// inlined into one function cost every 3 x 3 layer 6%).
+template <class QuadStep, bool INT8_OUT, bool WIDE>
+__attribute__((noinline)) void ymm_dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
+  const bool paired = !WIDE && dw_paired(p);
+  const int64_t rq = WIDE ? dw_row_quad_count(p) : 1;
+  const int64_t cblocks = p.C / 32, groups = paired ? 2 * p.KH : p.KH * rq, taps = p.KH * p.KW;
+  const int64_t step = paired ? 2 : 1, nq = (p.OW + step - 1) / step + 4 * (rq - 1), slot_ints = cblocks * nq * 32;
   thread_local YmmDwBuffers buf;
   buf.w.resize(static_cast<size_t>(cblocks * groups * 32));
   buf.epi.assign(static_cast<size_t>(cblocks * 96), 0);
@@ -543,8 +549,9 @@ void ymm_dwconv_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
   for (int64_t cb = 0; cb < cblocks; ++cb) {
     const int64_t c0 = 32 * cb;
     for (int64_t g = 0; g < groups; ++g) {
-      auto wtap = [&](int64_t i) {  // slot i of group g: tap (kh, kw), weights B one slot later
-        const int64_t kw = g < p.KH ? i : i - 1, kh = g % p.KH;
+      auto wtap = [&](int64_t i) {  // slot i of group g: tap (kh, kw), paired weights B one slot later
+        const int64_t kh = paired ? g % p.KH : g / rq;
+        const int64_t kw = paired ? (g < p.KH ? i : i - 1) : 4 * (g % rq) + i;
         return kw >= 0 && kw < p.KW ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + (kh * p.KW + kw) * p.C + c0))
                                     : _mm256_setzero_si256();
       };
@@ -630,15 +637,19 @@ void ymm_dwconv_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
     for (int64_t cb = 0; cb < cblocks; ++cb) {
       const int32_t* wa = wq + cb * groups * 32;  // weights A (and B after them when paired)
       const int32_t* wb = wa + p.KH * 32;
-      // One pixel: quad j, with weights B when `second` (an odd column of paired quads).
+      // One pixel: quad j (and j + 4, j + 8, .. for wide row quads), with weights B when `second` (an odd
+      // column of paired quads).
       auto one = [&](int64_t ow, int64_t j, bool second) {
         const int32_t* w = second ? wb : wa;
         __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
         for (int64_t kh = 0; kh < p.KH; ++kh) {
-          const int32_t* q = qrow[kh] + (cb * nq + j) * qstride[kh];
-          for (int i = 0; i < 4; ++i)
-            acc[i] = QuadStep::step(acc[i], QuadStep::prep(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * i))),
-                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + kh * 32 + 8 * i)));
+          for (int64_t r = 0; r < rq; ++r) {
+            const int32_t* q = qrow[kh] + (cb * nq + j + 4 * r) * qstride[kh];
+            const int32_t* wr = w + (kh * rq + r) * 32;
+            for (int i = 0; i < 4; ++i)
+              acc[i] = QuadStep::step(acc[i], QuadStep::prep(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * i))),
+                                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + 8 * i)));
+          }
         }
         finish(acc, out_row + ow, cb);
       };
@@ -660,6 +671,12 @@ void ymm_dwconv_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
     }
     pix += ow1 - ow0;
   }
+}
+
+template <class QuadStep, bool INT8_OUT>
+void ymm_dwconv_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
+  if (dw_row_quad_count(p) > 1) return ymm_dwconv_row_quads<QuadStep, INT8_OUT, true>(p, p0, p1);
+  ymm_dwconv_row_quads<QuadStep, INT8_OUT, false>(p, p0, p1);
 }
 
 // The GEMM's inner step on registers only (PeakProbeFn): Dot::kProbeChains chains of Dot::step hide its
