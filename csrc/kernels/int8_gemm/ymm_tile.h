@@ -508,8 +508,9 @@ void ymm_dwconv(const DwConvParams& p, int64_t p0, int64_t p1) {
 // dword k: channel 32 cb + 16 l + 4 i + k); the epilogue works in that order, with its per-channel
 // vectors arranged so once per call. int8 packs of the four vectors come out in channel order; fp32 is
 // put back with 4 lane permutes. Serves DW = 1, KW <= 4 (and 4 < KW <= 16 at stride 1: the wide row quads of
-// dw_row_quads.h), C % 32 == 0 and no GELU (ymm_dw_quads); the rest takes ymm_dwconv. Measured against ymm_dwconv (dw 3x3 at 28 x 28 x 256, batch 8, AMD Zen 5 capped to each
-// tier, 1 thread, p10 of 60-100 calls, 3 alternated processes): avx_vnni int8 in/out 0.91-0.95 -> 0.36-0.37 ms,
+// dw_row_quads.h), C % 32 == 0 and no GELU (ymm_dw_quads); the rest takes ymm_dwconv. Measured against
+// ymm_dwconv (dw 3x3 at 28 x 28 x 256, batch 8, AMD Zen 5 capped to each tier, 1 thread, p10 of 60-100 calls,
+// 3 alternated processes): avx_vnni int8 in/out 0.91-0.95 -> 0.36-0.37 ms,
 // fp32 out 0.72-0.76 -> 0.35-0.36 ms; avx2 int8 in/out 0.92-0.99 -> 0.43-0.46 ms, fp32 out 0.70-0.75 ->
 // 0.42-0.48 ms.
 inline void interleave4_ymm(__m256i a, __m256i b, __m256i c, __m256i d, __m256i* r) {
@@ -526,7 +527,7 @@ inline bool ymm_dw_quads(const DwConvParams& p) {
 }
 
 struct YmmDwBuffers {
-  std::vector<int32_t> w;      // [cblock][group][4][8] interleaved weights (groups: KH, or 2 KH paired)
+  std::vector<int32_t> w;      // [cblock][group][4][8] interleaved weights (groups: KH rq, or 2 KH paired)
   std::vector<int32_t> epi;    // [cblock][3][4][8] comp, scale, bias in lane order
   std::vector<int32_t> quads;  // [slot][cblock][quad][4][8]
   std::vector<int64_t> tag;    // which input row (n * H + ih) each slot holds, -1 none
