@@ -492,8 +492,7 @@ const char* dwconv_path_avx2(const DwConvParams& p) {
 void dwconv_avx2(const DwConvParams& p, int64_t p0, int64_t p1) {
   if (p1 <= p0) return;
   if (!(ymm_dw_quads(p) && dw_weights_no_min128(p))) return ymm_dwconv<MaddPair>(p, p0, p1);
-  if (p.out_kind == OutKind::Int8) return ymm_dwconv_quads<SignQuad, true>(p, p0, p1);
-  return ymm_dwconv_quads<SignQuad, false>(p, p0, p1);
+  ymm_dwconv_quads<SignQuad>(p, p0, p1);
 }
 
 uint32_t absmax_avx2(const float* x, int64_t n) {

@@ -419,7 +419,7 @@ inline void lanes_to_channels(const __m512i r[4], __m512i v[4]) {
 alignas(64) constexpr int8_t kZeroRow[64] = {};
 
 // Row quads serve KW <= 4 at any stride and 4 < KW <= 16 at stride 1 (the wide row quads: dw_row_quads.h).
-inline bool dw_row_quads(const DwConvParams& p) { return dw_quads_fit(p, 64) || dw_wide_quads_fit(p, 64); }
+inline bool dw_row_quads(const DwConvParams& p) { return dw_quads_fit(p, 64); }
 
 // The epilogue of one pixel's 64-channel block, on the accumulators in their lane order: compensation,
 // scales, bias, activation, then fp32 (put back in channel order: a 4 x 4 transpose of 128-bit lanes) or
@@ -432,13 +432,20 @@ template <bool INT8_OUT, bool BIAS>
 struct DwFinish {
   const DwConvParams& p;
   const int32_t* blocks;
+  // int8 with the folded scales (finite: no NaN arises): folded_int8_act, min(y, hi), the convert, the
+  // saturating packs and max -127 (gelu, rare here, takes the general rule). Set once per call: read through
+  // p after every int8 store (which may alias p, as far as the compiler knows), they were per pixel.
+  const bool fast_int8;
+  const __m512 out_inv, hi;
+
+  DwFinish(const DwConvParams& params, const int32_t* block_vectors)
+      : p(params), blocks(block_vectors), fast_int8(INT8_OUT && params.folded && params.act != Act::Gelu),
+        out_inv(_mm512_set1_ps(params.out_inv_scale)),
+        hi(_mm512_set1_ps(folded_int8_hi(params.act, params.out_inv_scale))) {}
 
   inline void operator()(const __m512i acc[4], int64_t pix, int64_t cb, const DwBlock& k) const {
     const int64_t c0 = 64 * cb;
     const bool whole = p.C - c0 >= 64;
-    // int8 with the folded scales (finite: no NaN arises): folded_int8_act, min(y, hi), the convert, the
-    // saturating packs and max -127 (gelu, rare here, takes the general rule)
-    const bool fast_int8 = INT8_OUT && p.folded && p.act != Act::Gelu;
     __m512 y[4];
     for (int i = 0; i < 4; ++i) {
       y[i] = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i], k.comp[i]));
@@ -459,8 +466,6 @@ struct DwFinish {
       return;
     }
     __m512i q[4];
-    const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale);
-    const __m512 hi = _mm512_set1_ps(folded_int8_hi(p.act, p.out_inv_scale));
     for (int i = 0; i < 4; ++i)
       q[i] = fast_int8 ? _mm512_cvtps_epi32(_mm512_min_ps(folded_int8_act(y[i], p.act, out_inv), hi))
                        : quant16(y[i], out_inv);

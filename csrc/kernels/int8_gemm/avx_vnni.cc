@@ -75,8 +75,7 @@ const char* dwconv_path_vnni(const DwConvParams& p) {
 void dwconv_vnni(const DwConvParams& p, int64_t p0, int64_t p1) {
   if (p1 <= p0) return;
   if (!ymm_dw_quads(p)) return ymm_dwconv<DpwssdPair>(p, p0, p1);
-  if (p.out_kind == OutKind::Int8) return ymm_dwconv_quads<DpbusdQuad, true>(p, p0, p1);
-  return ymm_dwconv_quads<DpbusdQuad, false>(p, p0, p1);
+  ymm_dwconv_quads<DpbusdQuad>(p, p0, p1);
 }
 
 }  // namespace

@@ -51,24 +51,19 @@ void dw_row_slots(const DwConvParams& p, int64_t n, int64_t oh, int32_t* quads, 
   }
 }
 
-// Row quads fit when every group's 4 taps are 4 neighbouring input pixels of one row, and the quads of KH
-// input rows stay cache-sized (4 bytes a channel per quad, channels in blocks of `block`).
-constexpr int64_t kMaxQuadBytes = int64_t{4} << 20;
-inline bool dw_quads_fit(const DwConvParams& p, int64_t block) {
-  return p.DW == 1 && p.KW <= 4 && p.KH <= 16 && p.KH * ((p.C + block - 1) / block) * p.OW * 4 * block <= kMaxQuadBytes;
-}
-
 // Quads a kernel row takes: 1 (KW <= 4), or ceil(KW / 4) for the wide row quads (stride 1, 4 < KW <= 16, e.g.
 // ConvNeXt's 7 x 7): group (kh, r) holds the taps (kh, 4 r .. 4 r + 3), weight 0 past KW, and its quad for output
 // column ow is the row's quad ow + 4 r (one set of quads per input row serves every r; 7 x 7: 49 of 56
 // products used).
 inline int64_t dw_row_quad_count(const DwConvParams& p) { return p.KW <= 4 ? 1 : (p.KW + 3) / 4; }
 
-// The wide row quads fit: stride and width dilation 1, 4 < KW <= 16, and KH input rows of OW + 4 (rq - 1)
-// quads cache-sized.
-inline bool dw_wide_quads_fit(const DwConvParams& p, int64_t block) {
-  const int64_t nq = p.OW + 4 * (dw_row_quad_count(p) - 1);
-  return p.DW == 1 && p.SW == 1 && p.KW > 4 && p.KW <= 16 && p.KH <= 16 &&
+// Row quads fit when every group's 4 taps are 4 neighbouring input pixels of one row (width dilation 1; a
+// kernel wider than 4 only at stride 1, where one set of quads serves all of a row's groups), and the quads of
+// KH input rows (OW + 4 (rq - 1) a row, 4 bytes a channel each, channels in blocks of `block`) stay cache-sized.
+constexpr int64_t kMaxQuadBytes = int64_t{4} << 20;
+inline bool dw_quads_fit(const DwConvParams& p, int64_t block) {
+  const int64_t rq = dw_row_quad_count(p), nq = p.OW + 4 * (rq - 1);
+  return p.DW == 1 && p.KW <= 16 && (rq == 1 || p.SW == 1) && p.KH <= 16 &&
          p.KH * ((p.C + block - 1) / block) * nq * 4 * block <= kMaxQuadBytes;
 }
 

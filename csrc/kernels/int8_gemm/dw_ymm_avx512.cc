@@ -46,12 +46,7 @@ const char* dwconv_ymm_path_avx512(const DwConvParams& p) {
   return dw_paired(p) ? "ymm_row_quads_paired" : "ymm_row_quads";
 }
 
-void dwconv_ymm_avx512(const DwConvParams& p, int64_t p0, int64_t p1) {
-  if (p.out_kind == OutKind::Int8)
-    ymm_dwconv_quads<DpbusdQuadEvex, true>(p, p0, p1);
-  else
-    ymm_dwconv_quads<DpbusdQuadEvex, false>(p, p0, p1);
-}
+void dwconv_ymm_avx512(const DwConvParams& p, int64_t p0, int64_t p1) { ymm_dwconv_quads<DpbusdQuadEvex>(p, p0, p1); }
 
 }  // namespace kernels
 }  // namespace fastinfer

@@ -523,7 +523,7 @@ inline void interleave4_ymm(__m256i a, __m256i b, __m256i c, __m256i d, __m256i*
 }
 
 inline bool ymm_dw_quads(const DwConvParams& p) {
-  return (dw_quads_fit(p, 32) || dw_wide_quads_fit(p, 32)) && p.C % 32 == 0 && p.act != Act::Gelu;
+  return dw_quads_fit(p, 32) && p.C % 32 == 0 && p.act != Act::Gelu;
 }
 
 struct YmmDwBuffers {
@@ -674,10 +674,15 @@ __attribute__((noinline)) void ymm_dwconv_row_quads(const DwConvParams& p, int64
   }
 }
 
-template <class QuadStep, bool INT8_OUT>
+// The row-quad depthwise kernel of a tier's quad step (where ymm_dw_quads serves): the instantiation for the
+// output kind and the kernel width.
+template <class QuadStep>
 void ymm_dwconv_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
-  if (dw_row_quad_count(p) > 1) return ymm_dwconv_row_quads<QuadStep, INT8_OUT, true>(p, p0, p1);
-  ymm_dwconv_row_quads<QuadStep, INT8_OUT, false>(p, p0, p1);
+  const bool wide = dw_row_quad_count(p) > 1, int8_out = p.out_kind == OutKind::Int8;
+  if (int8_out && wide) return ymm_dwconv_row_quads<QuadStep, true, true>(p, p0, p1);
+  if (int8_out) return ymm_dwconv_row_quads<QuadStep, true, false>(p, p0, p1);
+  if (wide) return ymm_dwconv_row_quads<QuadStep, false, true>(p, p0, p1);
+  ymm_dwconv_row_quads<QuadStep, false, false>(p, p0, p1);
 }
 
 // The GEMM's inner step on registers only (PeakProbeFn): Dot::kProbeChains chains of Dot::step hide its
