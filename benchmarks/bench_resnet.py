@@ -1,21 +1,28 @@
-"""Whole-network benchmark: ResNet-50 or MobileNetV2 (ImageNet shape, 224x224 RGB) in fp32 against torch.ao's FX
-static int8 quantization (engine 'x86', oneDNN) and fastinfer (fuse + w8a8_static), all eager, timed in the same run.
+"""Whole-network benchmark: ResNet-50, MobileNetV2, MobileNetV3-Large or EfficientNet-B0 (ImageNet shape, 224x224
+RGB) in fp32 against torch.ao's FX static int8 quantization (engine 'x86', oneDNN) and fastinfer (fuse +
+w8a8_static), all eager, timed in the same run.
 
-    PYTHONPATH=. python benchmarks/bench_resnet.py [--model resnet50|mobilenet_v2] [--threads 2] [--batches 1,8]
-                                                   [--repeats 5] [--json out.json]
+    PYTHONPATH=. python benchmarks/bench_resnet.py [--model resnet50|mobilenet_v2|mobilenet_v3_large|efficientnet_b0]
+                                                   [--threads 2] [--batches 1,8] [--repeats 5] [--json out.json]
 
 The networks are defined here with torchvision's structure and module names, with random weights: no pretrained
 checkpoint is bundled.
   resnet50       bottleneck blocks 3-4-6-3, stride in the 3x3 conv; each block ends relu(out + identity)
   mobilenet_v2   inverted residual blocks (1x1 expansion, 3x3 depthwise, ReLU6, 1x1 projection), width 1.0;
                  a block's residual add is x + self.conv(x), the projection's output, with no activation
+  mobilenet_v3_large  the same blocks with ReLU or Hardswish, 3x3 and 5x5 depthwise, squeeze-excitation
+                 (avgpool, 1x1 conv, ReLU, 1x1 conv, Hardsigmoid, channel scale) in 8 of 15 blocks; the
+                 residual add is ``result += x``
+  efficientnet_b0  MBConv blocks (SiLU, 3x3 and 5x5 depthwise, squeeze-excitation with SiLU and Sigmoid in
+                 every block), ``result += x``
 BatchNorm statistics are set by running the model in training mode over random images, so that every layer sees
 unit-scale activations, as in a trained network. Timing and the int8 paths do not depend on the weights' values.
 Rows (fp32 input NCHW, logits out, the whole forward timed):
   fp32 NCHW / fp32 channels_last   the float model (BatchNorm unfolded, as users run it)
   torch.ao FX static               prepare_fx -> calibrate -> convert_fx, qconfig mapping 'x86'
   fastinfer                        fastinfer.fuse -> quantize(scheme='w8a8_static') with the same calibration:
-                                   int8 hand-offs between convs, residual adds rewritten to int8 (Int8Add)
+                                   int8 hand-offs between convs, residual adds rewritten to int8 (Int8Add),
+                                   squeeze-excitation gates to Int8GlobalAvgPool + Int8ChannelScale
   fastinfer, int8_residuals=False  quantize(..., int8_residuals=False): the blocks' forwards as written, so
                                    the residual adds and the stream between blocks stay fp32
   fastinfer, no int8 hand-offs     that model with every conv's out_scale cleared: each conv writes fp32 and
@@ -129,7 +136,118 @@ class MobileNetV2(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-MODELS = {"resnet50": ResNet50, "mobilenet_v2": MobileNetV2}
+def make_divisible(v: float, divisor: int = 8) -> int:
+    """torchvision's channel rounding: the nearest multiple of divisor, at least divisor, never 10% below v."""
+    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new_v + divisor if new_v < 0.9 * v else new_v
+
+
+def conv_bn_act(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act=None) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, act()) if act is not None else nn.Sequential(*layers)
+
+
+class SqueezeExcitation(nn.Module):
+    """scale = scale_act(fc2(act(fc1(avgpool(x))))), out = scale * x (torchvision.ops.SqueezeExcitation):
+    ReLU and Hardsigmoid in MobileNetV3, SiLU and Sigmoid in EfficientNet."""
+
+    def __init__(self, channels: int, squeeze: int, act=nn.ReLU, scale_act=nn.Hardsigmoid):
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.activation = act()
+        self.scale_activation = scale_act()
+
+    def forward(self, x):
+        scale = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+        return scale * x
+
+
+class InvertedResidualV3(nn.Module):
+    def __init__(self, cin: int, k: int, hidden: int, cout: int, se: bool, act, stride: int):
+        super().__init__()
+        self.use_res_connect = stride == 1 and cin == cout
+        layers = [] if hidden == cin else [conv_bn_act(cin, hidden, 1, act=act)]
+        layers.append(conv_bn_act(hidden, hidden, k, stride, groups=hidden, act=act))
+        if se:
+            layers.append(SqueezeExcitation(hidden, make_divisible(hidden // 4)))
+        layers.append(conv_bn_act(hidden, cout, 1))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        result = self.block(x)
+        if self.use_res_connect:
+            result += x
+        return result
+
+
+class MobileNetV3Large(nn.Module):
+    # (input, kernel, expanded, output, squeeze-excitation, hardswish, stride), as in the paper's Table 1
+    SETTINGS = ((16, 3, 16, 16, False, False, 1), (16, 3, 64, 24, False, False, 2), (24, 3, 72, 24, False, False, 1),
+                (24, 5, 72, 40, True, False, 2), (40, 5, 120, 40, True, False, 1), (40, 5, 120, 40, True, False, 1),
+                (40, 3, 240, 80, False, True, 2), (80, 3, 200, 80, False, True, 1), (80, 3, 184, 80, False, True, 1),
+                (80, 3, 184, 80, False, True, 1), (80, 3, 480, 112, True, True, 1), (112, 3, 672, 112, True, True, 1),
+                (112, 5, 672, 160, True, True, 2), (160, 5, 960, 160, True, True, 1), (160, 5, 960, 160, True, True, 1))
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        features = [conv_bn_act(3, 16, 3, 2, act=nn.Hardswish)]
+        for cin, k, hidden, cout, se, hs, s in self.SETTINGS:
+            features.append(InvertedResidualV3(cin, k, hidden, cout, se, nn.Hardswish if hs else nn.ReLU, s))
+        features.append(conv_bn_act(160, 960, 1, act=nn.Hardswish))
+        self.features = nn.Sequential(*features)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(960, 1280), nn.Hardswish(), nn.Dropout(0.2),
+                                        nn.Linear(1280, num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class MBConv(nn.Module):
+    """EfficientNet's block: 1x1 expansion (unless the ratio is 1), depthwise, squeeze-excitation on the block's
+    input channels / 4, 1x1 projection; SiLU; ``result += x`` where shapes allow (stochastic depth is the
+    identity in eval mode)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        self.use_res_connect = stride == 1 and cin == cout
+        layers = [] if expand == 1 else [conv_bn_act(cin, hidden, 1, act=nn.SiLU)]
+        layers += [conv_bn_act(hidden, hidden, k, stride, groups=hidden, act=nn.SiLU),
+                   SqueezeExcitation(hidden, max(1, cin // 4), nn.SiLU, nn.Sigmoid), conv_bn_act(hidden, cout, 1)]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        result = self.block(x)
+        if self.use_res_connect:
+            result += x
+        return result
+
+
+class EfficientNetB0(nn.Module):
+    # (expansion, kernel, first stride, input, output, blocks), as in the paper's Table 1
+    SETTINGS = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
+                (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1))
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        features = [conv_bn_act(3, 32, 3, 2, act=nn.SiLU)]
+        for t, k, s, cin, cout, n in self.SETTINGS:
+            features.append(nn.Sequential(*[MBConv(cin if i == 0 else cout, cout, k, s if i == 0 else 1, t)
+                                            for i in range(n)]))
+        features.append(conv_bn_act(320, 1280, 1, act=nn.SiLU))
+        self.features = nn.Sequential(*features)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+MODELS = {"resnet50": ResNet50, "mobilenet_v2": MobileNetV2, "mobilenet_v3_large": MobileNetV3Large,
+          "efficientnet_b0": EfficientNetB0}
 
 
 def build_model(name: str = "resnet50", seed: int = 0, image_size: int = 224) -> nn.Module:
@@ -196,7 +314,7 @@ def run(args) -> dict:
     impls = build_impls(fp32, calib)
     fi_report = impls[FI][0].fastinfer_report
     print(f"# fastinfer: {len(fi_report.swapped)} layers int8, {len(fi_report.chained)} int8 hand-offs, "
-          f"{len(fi_report.rewritten)} blocks with an int8 residual add, {len(fi_report.skipped)} skipped")
+          f"{len(fi_report.rewritten)} blocks rewritten (int8 residual adds, squeeze-excitation gates), {len(fi_report.skipped)} skipped")
 
     def call(name, x):
         fn, engine = impls[name]

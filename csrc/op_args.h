@@ -19,7 +19,10 @@ inline Act parse_act(const std::string& a, const char* op) {
   if (a == "relu") return Act::Relu;
   if (a == "relu6") return Act::Relu6;
   if (a == "gelu") return Act::Gelu;
-  TORCH_CHECK(false, "fastinfer.", op, ": activation must be 'none', 'relu', 'relu6' or 'gelu', got '", a, "'");
+  if (a == "hardswish") return Act::Hardswish;
+  if (a == "silu") return Act::Silu;
+  TORCH_CHECK(false, "fastinfer.", op, ": activation must be 'none', 'relu', 'relu6', 'gelu', 'hardswish' or 'silu', "
+              "got '", a, "'");
   return Act::None;
 }
 

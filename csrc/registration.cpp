@@ -79,6 +79,11 @@ TORCH_LIBRARY(fastinfer, m) {
   // requantized with out_scale (channels_last for 4-D operands). Ends an int8 ResNet block.
   m.def("int8_add(Tensor a, Tensor b, float? a_scale=None, float? b_scale=None, bool relu=False, "
         "float? out_scale=None) -> Tensor");
+  // Squeeze-excitation on an int8 activation x [N, C, H, W] (channels_last; csrc/kernels/conv/gate.h): the global
+  // average pool -> fp32 [N, C, 1, 1], and the gate's multiply by gate [N, C] (or [N, C, 1, 1]) fp32 -> fp32, or
+  // int8 requantized with out_scale. What keeps a MobileNetV3 / EfficientNet block's activations int8.
+  m.def("int8_channel_mean(Tensor x, float x_scale) -> Tensor");
+  m.def("int8_channel_scale(Tensor x, float x_scale, Tensor gate, float? out_scale=None) -> Tensor");
   // Sparse weights (layouts in csrc/kernels/sparse/sparse.h), packed once from a dense [N, K] weight:
   // csr16 / csr8 from fp32 -> (row_ptr, cols, values) / (row_ptr, offsets, group_base, values);
   // slot128 from int8 -> (grp_ptr, idx, values, w_sum).
@@ -116,7 +121,8 @@ TORCH_LIBRARY(fastinfer, m) {
 // and no gradient at all, x.grad left None: training through a quantized layer silently learned nothing).
 TORCH_LIBRARY_IMPL(fastinfer, Autograd, m) {
   for (const char* op : {"quantize_per_token", "int8_scaled_mm", "int8_linear_dynamic", "int8_linear_static",
-                         "int8_linear_weight_only", "int8_conv2d", "int8_add", "sparse_linear", "sparse_linear_int8",
+                         "int8_linear_weight_only", "int8_conv2d", "int8_add", "int8_channel_scale", "sparse_linear",
+                         "sparse_linear_int8",
                          "sparse24_linear_int8"})
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
 }

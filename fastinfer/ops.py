@@ -162,8 +162,8 @@ def int8_scaled_mm(a: Tensor, a_scale: Tensor, packed_b: Tensor, b_scale: Tensor
 def int8_linear_dynamic(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None,
                         activation: str = "none", x_channel_scale: Optional[Tensor] = None) -> Tensor:
     """x [..., K] fp32/bf16, quantized per token on the fly, times the packed int8 weight;
-    activation 'none' | 'relu' | 'relu6' fused into the epilogue; x_channel_scale [K] multiplies x's
-    channels before quantization (SmoothQuant)."""
+    activation 'none' | 'relu' | 'relu6' | 'gelu' | 'hardswish' | 'silu' fused into the epilogue; x_channel_scale [K]
+    multiplies x's channels before quantization (SmoothQuant)."""
     _check_devices("int8_linear_dynamic", x=x, packed_w=packed_w, w_scale=w_scale, bias=bias,
                    x_channel_scale=x_channel_scale)
     return _ops.int8_linear_dynamic(x, packed_w, w_scale, bias, activation, x_channel_scale)
@@ -215,6 +215,21 @@ def int8_add(a: Tensor, b: Tensor, a_scale: Optional[float] = None, b_scale: Opt
     channels_last. fp32 arithmetic: (a * a_scale) + (b * b_scale), then the requantization rule."""
     _check_devices("int8_add", a=a, b=b)
     return _ops.int8_add(a, b, a_scale, b_scale, relu, out_scale)
+
+
+def int8_channel_mean(x: Tensor, x_scale: float) -> Tensor:
+    """Global average pool of an int8 activation x [N, C, H, W] (value = q * x_scale; CPU): float32 [N, C, 1, 1],
+    (float(sum of x[n, c]) * x_scale) / (H * W), the sum exact (int32). Squeeze-excitation's pool on int8."""
+    _check_devices("int8_channel_mean", x=x)
+    return _ops.int8_channel_mean(x, x_scale)
+
+
+def int8_channel_scale(x: Tensor, x_scale: float, gate: Tensor, out_scale: Optional[float] = None) -> Tensor:
+    """Squeeze-excitation's multiply on an int8 activation x [N, C, H, W] (CPU): v = float(x) * fl(x_scale *
+    gate[n, c]) with gate float32 [N, C] or [N, C, 1, 1]; float32 out, or int8 requantized with out_scale
+    (clamp(round_half_even(v * (1 / out_scale)), -127, 127), NaN -> 0). Out in channels_last memory."""
+    _check_devices("int8_channel_scale", x=x, gate=gate)
+    return _ops.int8_channel_scale(x, x_scale, gate, out_scale)
 
 
 def pair(v, name: str = "a size") -> Tuple[int, int]:
@@ -321,8 +336,8 @@ def last_kernel(family: str) -> str:
     conv_direct (the AMX or AVX-512 VNNI convolution that reads its padded input directly; "" when
     the latest non-depthwise convolution gathered rows for the int8 GEMM instead), gconv (the narrow-group
     convolution, every vector tier: groups of fewer than 64 output channels and a multiple of 4 input
-    channels; "" when the latest convolution took another path), or add (int8_add;
-    'ref' is the portable kernel). "dwconv_path" names the way the latest depthwise convolution took inside
+    channels; "" when the latest convolution took another path), add (int8_add; 'ref' is the portable kernel) or
+    gate (int8_channel_mean / int8_channel_scale; 'ref' is the portable kernel). "dwconv_path" names the way the latest depthwise convolution took inside
     its kernel: "row_quads_paired", "row_quads" or "tap_groups" (AVX-512 VNNI, AMX), "row_quads_paired",
     "row_quads" or "tap_pairs" (AVX-VNNI), "" (AVX2 and the scalar kernel have one way). "conv_store" says
     whether the latest convolution asked for non-temporal fp32 stores ("stream": an fp32 output of 2 MiB or
@@ -444,6 +459,17 @@ def _int8_max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode=F
 def _int8_add_fake(a, b, a_scale=None, b_scale=None, relu=False, out_scale=None):
     out = a.new_empty(a.shape, dtype=torch.int8 if out_scale is not None else torch.float32)
     return out.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else out
+
+
+@torch.library.register_fake("fastinfer::int8_channel_mean")
+def _int8_channel_mean_fake(x, x_scale):
+    return x.new_empty((x.shape[0], x.shape[1], 1, 1), dtype=torch.float32)
+
+
+@torch.library.register_fake("fastinfer::int8_channel_scale")
+def _int8_channel_scale_fake(x, x_scale, gate, out_scale=None):
+    out = x.new_empty(x.shape, dtype=torch.int8 if out_scale is not None else torch.float32)
+    return out.contiguous(memory_format=torch.channels_last)
 
 
 def int8_peak_probe(iters: int) -> int:

@@ -105,12 +105,18 @@ def _f32(v) -> Tensor:
 
 
 def apply_activation(y: Tensor, activation: str) -> Tensor:
-    """'none' | 'relu' | 'relu6' | 'gelu', NaN kept (the kernels' rule: y < 0 -> 0, y > 6 -> 6; gelu is
-    the erf form, which the kernels approximate to ~1e-6: compare gelu outputs with a tolerance)."""
+    """'none' | 'relu' | 'relu6' | 'gelu' | 'hardswish' | 'silu', NaN kept (the kernels' rule: y < 0 -> 0,
+    y > 6 -> 6; gelu is the erf form and silu y / (1 + exp(-y)), whose erf and exp the kernels approximate to
+    ~1e-6: compare gelu and silu outputs with a tolerance; hardswish is y * clamp(y + 3, 0, 6) / 6, one fp32
+    rounding an operation, as the kernels: exact)."""
     if activation == "none":
         return y
     if activation == "gelu":
         return torch.nn.functional.gelu(y)
+    if activation == "hardswish":
+        return y * torch.clamp(y + 3, 0, 6) / 6
+    if activation == "silu":
+        return torch.nn.functional.silu(y)
     y = torch.where(y < 0, torch.zeros_like(y), y)
     return torch.where(y > 6, torch.full_like(y, 6.0), y) if activation == "relu6" else y
 
@@ -271,3 +277,17 @@ def sparse_linear_int8(x: Tensor, grp_ptr: Tensor, idx: Tensor, values: Tensor, 
     bit-exact with the kernels."""
     w_q = slot128_dense(grp_ptr, idx, values, w_sum.numel(), in_features)
     return int8_linear_dynamic(x, w_q, w_scale, bias)
+
+
+def int8_channel_mean(x: Tensor, x_scale: float) -> Tensor:
+    """Global average pool of int8 x [N, C, H, W] (value = q * x_scale): (float(sum of q) * x_scale) / (H * W),
+    the sum exact (int64 here; the kernel's int32 holds it for up to 2^24 pixels)."""
+    s = x.to(torch.int64).sum((2, 3), keepdim=True).float()
+    return s * _f32(x_scale) / _f32(float(x.shape[2] * x.shape[3]))
+
+
+def int8_channel_scale(x: Tensor, x_scale: float, gate: Tensor, out_scale: Optional[float] = None) -> Tensor:
+    """v = float(q) * fl(x_scale * gate[n, c]); fp32 out, or requantize(v, out_scale)."""
+    f = gate.float().reshape(x.shape[0], x.shape[1], 1, 1) * _f32(x_scale)
+    v = x.float() * f
+    return v if out_scale is None else requantize(v, out_scale)

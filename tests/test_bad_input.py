@@ -154,8 +154,8 @@ def test_bad_isa_name():
             pass
     with pytest.raises(ValueError, match="isa must be one of ref, avx2, avx_vnni, avx512_vnni, amx"):
         ops.set_isa_cap("sse9")
-    with pytest.raises(ValueError, match="family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add, gconv, "
-                                         "dwconv_path, conv_store, int8_gemm_step or w8_gemm_step"):
+    with pytest.raises(ValueError, match="family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add, "
+                                         "gconv, gate, dwconv_path, conv_store, int8_gemm_step or w8_gemm_step"):
         ops.last_kernel("nope")
 
 

@@ -31,7 +31,9 @@ GEOMETRIES = [
 ]
 MODES = [  # (x_scale, out_scale, activation)
     (None, None, "none"), (0.03, None, "relu"), (None, 0.05, "relu6"), (0.02, 0.04, "relu"),
+    (0.03, None, "hardswish"), (0.02, 0.04, "hardswish"),
 ]
+MODE_IDS = ["dynamic", "static-relu", "int8out-relu6", "static-int8out", "static-hardswish", "static-int8out-hardswish"]
 
 
 # Grouped convolutions for the narrow-group kernel (16-lane blocks on AVX-512, 8-lane on AVX2 and AVX-VNNI;
@@ -60,7 +62,7 @@ def make(g):
     return torch.randn(N, C, H, W) * 2, w, torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co)
 
 
-@pytest.mark.parametrize("mode", MODES, ids=["dynamic", "static-relu", "int8out-relu6", "static-int8out"])
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("g", GEOMETRIES + GROUPED, ids=[str(g) for g in GEOMETRIES + GROUPED])
 def test_int8_conv2d_matches_reference(isa, g, mode):
     N, C, H, W, Co, k, s, p, d, groups = g
@@ -80,8 +82,10 @@ def test_int8_conv2d_matches_reference(isa, g, mode):
     assert_served("quantize", isa)
 
 
-# One geometry per path: direct tiles, gathered rows (OW 7), 1x1, narrow groups, depthwise.
-GELU_GEOMETRIES = [GEOMETRIES[0], (1, 16, 7, 7, 32, 3, 1, 1, 1, 1), GEOMETRIES[2], GROUPED[0], GEOMETRIES[8]]
+# One geometry per path: direct tiles, gathered rows (OW 7), 1x1, narrow groups, depthwise (quads and, 5x5 at
+# stride 1, wide quads on AVX-512).
+GELU_GEOMETRIES = [GEOMETRIES[0], (1, 16, 7, 7, 32, 3, 1, 1, 1, 1), GEOMETRIES[2], GROUPED[0], GEOMETRIES[8],
+                   GEOMETRIES[10]]
 
 
 @pytest.mark.parametrize("g", GEOMETRIES[:6] + GROUPED, ids=[str(g) for g in GEOMETRIES[:6] + GROUPED])
@@ -101,20 +105,23 @@ def test_int8_conv2d_7bit_weights(isa, g):
     assert ops.last_kernel("int8_gemm_step") == ("shifted" if isa == "avx2" and stepped else "")
 
 
+@pytest.mark.parametrize("act", ["gelu", "silu"])
 @pytest.mark.parametrize("g", GELU_GEOMETRIES, ids=[str(g) for g in GELU_GEOMETRIES])
-def test_int8_conv2d_gelu(isa, g):
-    """gelu on every path and tier, fp32 and int8 out. The kernels' erf is a polynomial (|error| <= 3e-7),
-    so fp32 outputs are compared within 1e-5 and int8 outputs within one unit (a value at a rounding
-    boundary). The AVX2 tile's folded int8 epilogue once skipped gelu: -127 where the reference had ~0."""
+def test_int8_conv2d_gelu_silu(isa, g, act):
+    """gelu and silu on every path and tier, fp32 and int8 out. The kernels' erf and exp are polynomials
+    (erf: |error| <= 3e-7; exp: relative error < 2e-7), so fp32 outputs are compared within 1e-5 and int8
+    outputs within one unit (a value at a rounding boundary). The AVX2 tile's folded int8 epilogue once
+    skipped gelu: -127 where the reference had ~0."""
     N, C, H, W, Co, k, s, p, d, groups = g
     x, w, ws, b = make(g)
     pw = ops.pack_conv_weight(w, groups)
     args = ((k, k), (s, s), (p, p), (d, d), groups)
-    y = ops.int8_conv2d(x, pw, ws, b, *args, 0.03, None, "gelu")
-    torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, b, *args[1:], 0.03, None, "gelu"), rtol=1e-5, atol=1e-5)
-    y8 = ops.int8_conv2d(x, pw, ws, b, *args, 0.03, 0.05, "gelu")
-    r8 = ref.int8_conv2d(x, w, ws, b, *args[1:], 0.03, 0.05, "gelu")
+    y = ops.int8_conv2d(x, pw, ws, b, *args, 0.03, None, act)
+    torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, b, *args[1:], 0.03, None, act), rtol=1e-5, atol=1e-5)
+    y8 = ops.int8_conv2d(x, pw, ws, b, *args, 0.03, 0.05, act)
+    r8 = ref.int8_conv2d(x, w, ws, b, *args[1:], 0.03, 0.05, act)
     assert y8.dtype == torch.int8 and (y8.int() - r8.int()).abs().max().item() <= 1
+    assert (y8 != r8).float().mean().item() < 0.01  # boundary cases only
 
 
 GCONV_LANES = {"avx2": 8, "avx_vnni": 8, "avx512_vnni": 16, "amx": 16}  # output channels a block
@@ -234,7 +241,7 @@ def direct_case(g, low=-127, high=127):
     return ops.pack_conv_weight(w, 1), w, torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co), ((k, k), (s, s), (p, p), (d, d))
 
 
-@pytest.mark.parametrize("mode", MODES, ids=["dynamic", "static-relu", "int8out-relu6", "static-int8out"])
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("g", VNNI_DIRECT, ids=[str(g) for g in VNNI_DIRECT])
 def test_vnni_direct_conv_matches_reference(vnni, g, mode):
     x_scale, out_scale, act = mode
@@ -487,7 +494,8 @@ def test_depthwise_tap_groupings(isa, g):
     packed = ops.pack_conv_weight(w, C)
     x = torch.randn(N, C, H, W) * 2
     xq = torch.randint(-128, 128, (N, C, H, W), dtype=torch.int8)
-    for inp, x_scale, out_scale, act in ((x, None, None, "none"), (x, 0.03, 0.05, "relu"), (xq, 0.05, 0.1, "relu6")):
+    for inp, x_scale, out_scale, act in ((x, None, None, "none"), (x, 0.03, 0.05, "relu"), (xq, 0.05, 0.1, "relu6"),
+                                         (xq, 0.05, 0.1, "hardswish"), (x, 0.03, None, "hardswish")):
         y = ops.int8_conv2d(inp, packed, ws, b, k, s, p, d, C, x_scale, out_scale, act)
         assert_served("dwconv", isa)
         assert ops.last_kernel("dwconv_path") == expected_dw_path(isa, C, k, s, d, OW)
@@ -657,7 +665,8 @@ def test_conv_bad_input():
         call(x=torch.zeros(1, 4, 6, 6, dtype=torch.int8))
     with pytest.raises(RuntimeError, match="x_scale must be a positive finite"):
         call(xs=-1.0)
-    with pytest.raises(RuntimeError, match="activation must be 'none', 'relu', 'relu6' or 'gelu'"):
+    with pytest.raises(RuntimeError, match="activation must be 'none', 'relu', 'relu6', 'gelu', 'hardswish' or "
+                                           "'silu'"):
         call(act="swish")
     with pytest.raises(RuntimeError, match="is smaller than the dilated kernel"):
         call(x=torch.randn(1, 4, 2, 2), p=(0, 0))

@@ -199,7 +199,7 @@ def test_linear_dynamic(M, K, N, dtype):
     torch.testing.assert_close(out.cpu(), expect, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
+@pytest.mark.parametrize("activation", ["none", "relu", "relu6", "hardswish"])
 def test_linear_static_int8_out(activation):
     M, K, N = 90, 300, 70
     x, w = torch.randn(M, K), torch.randint(-127, 128, (N, K), dtype=torch.int8)
@@ -209,14 +209,16 @@ def test_linear_static_int8_out(activation):
     torch.testing.assert_close(out.cpu(), ref.int8_linear_static(x, 0.02, w, ws, bias, activation, 0.05), rtol=0, atol=0)
 
 
-def test_gelu_within_erf_tolerance():
+@pytest.mark.parametrize("act", ["gelu", "silu"])
+def test_gelu_silu_within_tolerance(act):
+    # erff / expf are within 2 ulp, not the reference's bits
     M, K, N = 64, 256, 96
     x, w = torch.randn(M, K), torch.randint(-127, 128, (N, K), dtype=torch.int8)
     ws = torch.rand(N) * 0.01
-    out = ops.int8_linear_dynamic(x.to(DEV), ops.pack_int8_weight(w.to(DEV)), ws.to(DEV), None, "gelu")
+    out = ops.int8_linear_dynamic(x.to(DEV), ops.pack_int8_weight(w.to(DEV)), ws.to(DEV), None, act)
     q, s = ref.quantize_per_token(x)
     y = ref.int8_scaled_mm(q, s, w, ws)
-    torch.testing.assert_close(out.cpu(), torch.nn.functional.gelu(y), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.cpu(), ref.apply_activation(y, act), rtol=1e-5, atol=1e-5)
 
 
 def expected_weight_only(M, dtype):

@@ -79,6 +79,29 @@ def test_conv_matches_reference(g, mode):
         torch.testing.assert_close(y.cpu(), r, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("act", ["hardswish", "silu"])
+@pytest.mark.parametrize("out_scale", [None, 0.04])
+@pytest.mark.parametrize("g", [GEOMETRIES[0], GEOMETRIES[3], GEOMETRIES[6], GEOMETRIES[10], GEOMETRIES[15]],
+                         ids=["c64-3x3", "1x1", "dw", "g32", "dw-5x5"])
+def test_conv_hardswish_silu(g, out_scale, act):
+    """hardswish (MobileNetV3) and silu (EfficientNet) on every CUDA conv kernel, fp32 and int8 out: hardswish
+    with the reference's bits, silu within expf's error (int8: one unit). The Hopper implicit GEMM's epilogue
+    tree clamps only, so groups-1 layers take the gathered path."""
+    N, C, H, W, Co, k, s, p, d, groups = g
+    x, w, ws, b = make(g)
+    x = x * 2  # values on both sides of -3 and 3
+    y = ops.int8_conv2d(x.to(DEV), ops.pack_conv_weight(w.to(DEV), groups), ws.to(DEV), b.to(DEV), (k, k), (s, s),
+                        (p, p), (d, d), groups, 0.05, out_scale, act)
+    assert ops.cuda_last_kernel() == ("conv_gathered" if groups == 1 else expected_kernel(g))
+    r = ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), groups, 0.05, out_scale, act)
+    if act == "hardswish":
+        torch.testing.assert_close(y.cpu(), r, rtol=0, atol=0)
+    elif out_scale is None:
+        torch.testing.assert_close(y.cpu(), r, rtol=1e-5, atol=1e-5)
+    else:
+        assert (y.cpu().int() - r.int()).abs().max().item() <= 1
+
+
 WIDE_LAYER = (5, 16, 64, 64, 128, 3, 1, 1, 1, 1)  # 160 tiles of 128 x 128, 320 of 128 x 64
 
 

@@ -371,7 +371,36 @@ def test_fuse_gelu_module(act):
     assert q.dense.activation == "gelu"
 
 
-def test_shared_or_functional_gelu_is_not_fused():
+class ConvBnActBlock(nn.Module):
+    """conv + BN + activation module (MobileNetV3's Hardswish, EfficientNet's SiLU), once in a Sequential and
+    once in a traced forward."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), act())
+        self.conv, self.bn, self.hs = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), act()
+
+    def forward(self, x):
+        return self.hs(self.bn(self.conv(self.seq(x))))
+
+
+@pytest.mark.parametrize("act, name", [(nn.Hardswish, "hardswish"), (nn.SiLU, "silu")], ids=["hardswish", "silu"])
+def test_fuse_hardswish_silu_module(act, name):
+    model = randomize_bn(ConvBnActBlock(act))
+    fused = fuse(model)
+    assert fused.fastinfer_fuse_report == ["seq.0 + seq.1 + seq.2", "conv + bn + hs"]
+    assert fused.seq[0].activation == fused.conv.activation == name
+    assert isinstance(fused.seq[2], nn.Identity) and isinstance(fused.hs, nn.Identity)  # not idempotent: gone
+    x = torch.randn(2, 3, 9, 9) * 3  # values on both sides of -3 and 3
+    torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-5)
+    q = fastinfer.quantize(fused, scheme="w8a8_static", calib_data=[torch.randn(2, 3, 9, 9) * 3 for _ in range(2)])
+    assert q.seq[0].activation == q.conv.activation == name
+    assert "seq.0 -> conv" in q.fastinfer_report.chained  # an int8 hand-off after a hardswish conv
+    with torch.inference_mode():
+        assert F.cosine_similarity(q(x).flatten(), model(x).flatten(), dim=0) > 0.99
+
+
+def test_shared_or_functional_non_idempotent_activations_are_not_fused():
     class Shared(nn.Module):
         def __init__(self):
             super().__init__()
@@ -388,7 +417,23 @@ def test_shared_or_functional_gelu_is_not_fused():
         def forward(self, x):
             return F.gelu(self.a(x))  # a call fuse cannot remove from forward
 
-    for cls in (Shared, Functional):
+    class SharedHardswish(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.act = nn.Linear(8, 8), nn.Linear(8, 8), nn.Hardswish()
+
+        def forward(self, x):
+            return self.act(self.b(self.act(self.a(x))))
+
+    class FunctionalSilu(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return F.silu(F.hardswish(self.a(x)))
+
+    for cls in (Shared, Functional, SharedHardswish, FunctionalSilu):
         model = cls().eval()
         fused = fastinfer.fuse(model)
         assert not any(isinstance(m, LinearAct) for m in fused.modules())

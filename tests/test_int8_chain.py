@@ -483,11 +483,27 @@ def test_residual_add_of_a_sequential_becomes_int8():
         assert F.cosine_similarity(kept(x).flatten(), y.flatten(), dim=0) > 0.99
 
 
+def test_residual_add_of_a_sequential_ending_in_hardswish_becomes_int8():
+    # fuse folds the tail Hardswish into the last conv (ConvAct2d 'hardswish'), so the Sequential ends in a
+    # static conv whose int8 output feeds the int8 add. (A Hardswish module shared by the two blocks would stay.)
+    model = TinyMobileNet(tail=nn.Hardswish())
+    model.blocks[1].conv[8] = nn.Hardswish()
+    model = _trained_like(model)
+    q = quantize_static(copy.deepcopy(model))
+    assert q.fastinfer_report.rewritten == ["blocks.1", "blocks.0"]
+    assert q.blocks[0].conv[6].activation == "hardswish" and isinstance(q.blocks[0].conv[8], nn.Identity)
+    assert "blocks.0.conv.6 -> blocks.0.residual_add" in q.fastinfer_report.chained
+    x = torch.randn(4, 3, 20, 20)
+    with torch.inference_mode():
+        assert q.blocks[0](q.stem(x)).dtype == torch.int8
+        assert F.cosine_similarity(q(x).flatten(), model(x).flatten(), dim=0) > 0.99
+
+
 def _channel_linear():  # a float layer over the channels of an NCHW tensor
     return nn.Sequential(Permute((0, 2, 3, 1)), nn.Linear(8, 8), Permute((0, 3, 1, 2)))
 
 
-@pytest.mark.parametrize("tail", [nn.Sigmoid, nn.Hardswish, _channel_linear], ids=["sigmoid", "hardswish", "linear"])
+@pytest.mark.parametrize("tail", [nn.Sigmoid, nn.Tanh, _channel_linear], ids=["sigmoid", "tanh", "linear"])
 def test_residual_add_of_a_sequential_ending_in_float_stays(tail):
     # A Sequential whose last module is not a static conv feeds the add a float tensor: left as written.
     model = _trained_like(TinyMobileNet(tail=tail()))

@@ -102,7 +102,7 @@ def test_nan_inf_rows_stay_in_their_row(isa):
     assert bool(torch.isnan(yw[1]).all()) and not torch.isnan(yw[0]).any()
 
 
-@pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
+@pytest.mark.parametrize("activation", ["none", "relu", "relu6", "hardswish"])
 @pytest.mark.parametrize("out_scale", [None, 0.05])
 @pytest.mark.parametrize("M,K,N", [(1, 1, 1), (7, 13, 17), (17, 513, 40), (64, 255, 1000)])
 def test_linear_static(isa, M, K, N, activation, out_scale):
@@ -163,19 +163,24 @@ def test_linear_channel_scale(isa, dtype):
         ops.int8_linear_dynamic(x, packed, w_scale, None, "none", cs[:5])
 
 
+@pytest.mark.parametrize("act", ["gelu", "silu"])
 @pytest.mark.parametrize("M,K,N", [(1, 13, 5), (17, 255, 70), (64, 384, 1536)])
-def test_linear_gelu_epilogue(isa, M, K, N):
-    # erf-GELU fused in the epilogue: the vector kernels approximate erf (|error| <= 3e-7), so this
-    # compares with a tolerance, on the same quantized values.
+def test_linear_gelu_silu_epilogue(isa, M, K, N, act):
+    # erf-GELU and SiLU fused in the epilogue: the vector kernels approximate erf (|error| <= 3e-7) and exp
+    # (relative error < 2e-7), so this compares with a tolerance, on the same quantized values; int8 outputs
+    # within one unit (a value at a rounding boundary).
     x = torch.randn(M, K) * 2
     w_q, w_scale, packed = make_weight(N, K)
     bias = torch.randn(N)
-    y = ops.int8_linear_dynamic(x, packed, w_scale, bias, "gelu")
+    y = ops.int8_linear_dynamic(x, packed, w_scale, bias, act)
     pre = ref.int8_linear_dynamic(x, w_q, w_scale, bias)
-    torch.testing.assert_close(y, torch.nn.functional.gelu(pre), rtol=1e-5, atol=1e-5)
-    ys = ops.int8_linear_static(x, 0.04, packed, w_scale, bias, "gelu")
-    torch.testing.assert_close(ys, ref.int8_linear_static(x, 0.04, w_q, w_scale, bias, "gelu"), rtol=1e-5, atol=1e-5)
-    big = ops.int8_linear_static(torch.full((1, K), 1e3), 0.04, packed, w_scale, bias, "gelu")
+    torch.testing.assert_close(y, ref.apply_activation(pre, act), rtol=1e-5, atol=1e-5)
+    ys = ops.int8_linear_static(x, 0.04, packed, w_scale, bias, act)
+    torch.testing.assert_close(ys, ref.int8_linear_static(x, 0.04, w_q, w_scale, bias, act), rtol=1e-5, atol=1e-5)
+    y8 = ops.int8_linear_static(x, 0.04, packed, w_scale, bias, act, 0.05)
+    r8 = ref.int8_linear_static(x, 0.04, w_q, w_scale, bias, act, 0.05)
+    assert y8.dtype == torch.int8 and (y8.int() - r8.int()).abs().max().item() <= 1
+    big = ops.int8_linear_static(torch.full((1, K), 1e3), 0.04, packed, w_scale, bias, act)
     assert torch.isfinite(big).all()
     assert_served("int8_gemm", isa)
 

@@ -422,7 +422,7 @@ def test_layers_take_torchs_keyword_input(case):
         assert torch.equal(layer(input=x), layer(x))
 
 
-@pytest.mark.parametrize("act", ["relu", "relu6", "gelu"])
+@pytest.mark.parametrize("act", ["relu", "relu6", "gelu", "hardswish"])
 def test_w8_only_takes_a_fused_activation(act):
     # The weight-only kernels have no activation epilogue; a LinearAct's activation runs after them.
     from fastinfer.nn import LinearAct
@@ -436,7 +436,8 @@ def test_w8_only_takes_a_fused_activation(act):
         want = fused(x)
         plain = Int8Linear.from_float(lin, "w8_only")(x)
         assert sqnr_db(want, q(x)) > 38.0
-        apply = {"relu": torch.relu, "relu6": nn.functional.relu6, "gelu": nn.functional.gelu}[act]
+        apply = {"relu": torch.relu, "relu6": nn.functional.relu6, "gelu": nn.functional.gelu,
+                 "hardswish": nn.functional.hardswish}[act]
         assert torch.equal(q(x), apply(plain))
     model = fastinfer.quantize(fastinfer.fuse(nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 4)).eval()),
                                "w8_only")

@@ -765,6 +765,80 @@ at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<doub
   return out;
 }
 
+// An int8 NHWC activation of a squeeze-excitation op, checked; returned in channels_last memory.
+at::Tensor gate_input(const at::Tensor& x, double x_scale, const char* op) {
+  check_cpu(x, op, "x");
+  TORCH_CHECK(x.scalar_type() == at::kChar, "fastinfer.", op, ": x must be int8 (an int8 activation, value = q * "
+              "x_scale), got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 4, "fastinfer.", op, ": x must be 4-D [N, C, H, W] (int8, channels_last), got shape ",
+              x.sizes());
+  check_scale(x_scale, op, "x_scale");
+  return x.contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+kernels::GateParams gate_params(const at::Tensor& xc) {
+  kernels::GateParams p;
+  p.x = xc.data_ptr<int8_t>();
+  p.N = xc.size(0), p.C = xc.size(1), p.P = xc.size(2) * xc.size(3);
+  return p;
+}
+
+// Global average pool of an int8 activation: [N, C, 1, 1] fp32, (float(sum of the int8 values) * x_scale) / (H * W)
+// (the sum exact in int32, then two fp32 roundings).
+at::Tensor int8_channel_mean(const at::Tensor& x, double x_scale) {
+  const char* op = "int8_channel_mean";
+  const at::Tensor xc = gate_input(x, x_scale, op);
+  kernels::GateParams p = gate_params(xc);
+  TORCH_CHECK(p.P > 0, "fastinfer.int8_channel_mean: x has no pixels (H * W == 0), got shape ", x.sizes());
+  TORCH_CHECK(p.P <= (int64_t{1} << 24), "fastinfer.int8_channel_mean: x has ", p.P, " pixels an image; at most 2^24 "
+              "(int32 sums of int8 values)");
+  at::Tensor sums = at::empty({p.N, p.C}, x.options().dtype(at::kInt));
+  p.sums = sums.data_ptr<int32_t>();
+  const kernels::KernelSet& ks = kernels_for(Family::Gate);
+  const kernels::GateFn fn = ks.gate_sum ? ks.gate_sum : kernels::channel_sum_s8;
+  if (!ks.gate_sum) record_kernel(Family::Gate, Isa::Ref);
+  at::parallel_for(0, kernels::gate_sum_items(p), 1, [&](int64_t i0, int64_t i1) { fn(p, i0, i1); });
+  const float scale = static_cast<float>(x_scale), pixels = static_cast<float>(p.P);
+  at::Tensor out = at::empty({p.N, p.C, 1, 1}, x.options().dtype(at::kFloat));
+  const int32_t* s = p.sums;
+  float* o = out.data_ptr<float>();
+  for (int64_t i = 0; i < p.N * p.C; ++i) o[i] = static_cast<float>(s[i]) * scale / pixels;
+  return out;
+}
+
+// The gate's multiply on an int8 activation: v = float(x) * fl(x_scale * gate[n, c]), stored as fp32, or as int8
+// requantized with out_scale (gate.h). gate: [N, C] or [N, C, 1, 1] float32.
+at::Tensor int8_channel_scale(const at::Tensor& x, double x_scale, const at::Tensor& gate,
+                              std::optional<double> out_scale) {
+  const char* op = "int8_channel_scale";
+  const at::Tensor xc = gate_input(x, x_scale, op);
+  check_cpu(gate, op, "gate");
+  TORCH_CHECK(gate.scalar_type() == at::kFloat, "fastinfer.int8_channel_scale: gate must be float32, got ",
+              gate.scalar_type());
+  check_scale(out_scale, op, "out_scale");
+  kernels::GateParams p = gate_params(xc);
+  TORCH_CHECK((gate.dim() == 2 || (gate.dim() == 4 && gate.size(2) == 1 && gate.size(3) == 1)) &&
+              gate.size(0) == p.N && gate.size(1) == p.C, "fastinfer.int8_channel_scale: gate must be [N=", p.N,
+              ", C=", p.C, "] or [N, C, 1, 1] (one factor an image and channel), got shape ", gate.sizes());
+  const at::Tensor g = gate.reshape({p.N, p.C}).contiguous();
+  at::Tensor f = at::empty({p.N, p.C}, g.options());
+  const float xs = static_cast<float>(x_scale);
+  for (int64_t i = 0; i < p.N * p.C; ++i) f.data_ptr<float>()[i] = g.data_ptr<float>()[i] * xs;
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(out_scale ? at::kChar : at::kFloat)
+                                            .memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out;
+  p.f = f.data_ptr<float>();
+  p.out = out.data_ptr();
+  p.out_int8 = out_scale.has_value();
+  p.out_inv_scale = out_scale ? 1.0f / static_cast<float>(*out_scale) : 1.0f;
+  const kernels::KernelSet& ks = kernels_for(Family::Gate);
+  const kernels::GateFn fn = ks.gate_scale ? ks.gate_scale : kernels::channel_scale_s8;
+  if (!ks.gate_scale) record_kernel(Family::Gate, Isa::Ref);
+  at::parallel_for(0, p.N * p.P, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, p.C)),
+                   [&](int64_t r0, int64_t r1) { fn(p, r0, r1); });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastinfer, CPU, m) {
@@ -772,6 +846,8 @@ TORCH_LIBRARY_IMPL(fastinfer, CPU, m) {
   m.impl("int8_conv2d", &int8_conv2d);
   m.impl("int8_max_pool2d", &int8_max_pool2d);
   m.impl("int8_add", &int8_add);
+  m.impl("int8_channel_mean", &int8_channel_mean);
+  m.impl("int8_channel_scale", &int8_channel_scale);
 }
 
 }  // namespace cpu

@@ -11,8 +11,10 @@ namespace cpu {
 // Kernel families, for "which path served the last call" (tests assert on it). ConvDirect: the
 // convolution that reads a padded input in place (AMX, AVX-512 VNNI); one that gathers rows clears it.
 // GroupConv: the narrow-group convolution (KernelSet::gconv); a grouped one that gathers rows clears it.
+// Gate: the squeeze-excitation pool and scale on int8 (KernelSet::gate_sum / gate_scale).
 enum class Family : int {
-  Int8Gemm = 0, W8Gemm = 1, Quantize = 2, DwConv = 3, Sparse = 4, ConvDirect = 5, Add = 6, GroupConv = 7, kCount = 8
+  Int8Gemm = 0, W8Gemm = 1, Quantize = 2, DwConv = 3, Sparse = 4, ConvDirect = 5, Add = 6, GroupConv = 7, Gate = 8,
+  kCount = 9
 };
 
 // The tier whose code serves `family` in tier isa's kernel set, found from the sets themselves: AMX adds

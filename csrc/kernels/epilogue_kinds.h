@@ -8,12 +8,14 @@ namespace fastinfer {
 
 // Float16 is produced by the CUDA kernels only (the CPU ops take and return fp32 / bf16).
 enum class OutKind : int32_t { Int32 = 0, Float32 = 1, BFloat16 = 2, Int8 = 3, Float16 = 4 };
-// Activation fused into the float epilogue (before an Int8 requantization). Gelu: the erf form.
-enum class Act : int32_t { None = 0, Relu = 1, Relu6 = 2, Gelu = 3 };
+// Activation fused into the float epilogue (before an Int8 requantization). Gelu: the erf form. Hardswish:
+// y * min(max(y + 3, 0), 6) / 6, one fp32 rounding an operation in that order (torch's F.hardswish gives the
+// same bits), NaN kept. Silu: y / (1 + exp(-y)) (the vector kernels' exp is a polynomial, as gelu's erf).
+enum class Act : int32_t { None = 0, Relu = 1, Relu6 = 2, Gelu = 3, Hardswish = 4, Silu = 5 };
 
 // Whether a convolution's folded epilogue (EPILOGUE.md, "Convolutions") folds the int8 output scale
 // into its per-channel scale and bias too: the activations that commute with a positive scale (relu6's
-// 6 and gelu do not).
+// 6, gelu, hardswish and silu do not).
 inline bool folds_out_inv(Act act) { return act == Act::None || act == Act::Relu; }
 
 // The CPU kernels' folded int8 clamp bound (int8_gemm/EPILOGUE.md, "Convolutions"): 127, or for relu6, whose

@@ -4,9 +4,10 @@ from .attention import ScaledDotProductAttention, SplitMultiheadAttention
 from .conv import Int8Conv1d, Int8Conv2d
 from .dropout import Int8Dropout
 from .fused import ConvAct2d, LinearAct
+from .gate import Int8ChannelScale, Int8GlobalAvgPool
 from .linear import SCHEMES, Int8Linear
 from .pool import Int8MaxPool2d
 from .sparse import SparseLinear
 
 __all__ = ["Int8Linear", "Int8Conv2d", "Int8Conv1d", "SparseLinear", "Int8MaxPool2d", "Int8Dropout", "Int8Add",
-           "ConvAct2d", "LinearAct", "SplitMultiheadAttention", "ScaledDotProductAttention", "SCHEMES"]
+           "Int8GlobalAvgPool", "Int8ChannelScale", "ConvAct2d", "LinearAct", "SplitMultiheadAttention", "ScaledDotProductAttention", "SCHEMES"]

@@ -12,7 +12,7 @@ from .. import ops
 from ..reference import check_weight_bits, quantize_weight_per_channel
 from ._common import ComputedWeight, check_float_layer, check_scale, float_out, needs_float32, unbatched, via_float32
 
-ACTIVATIONS = ("none", "relu", "relu6", "gelu")
+ACTIVATIONS = ("none", "relu", "relu6", "gelu", "hardswish", "silu")
 CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")
 
 
@@ -41,7 +41,7 @@ class Int8Conv2d(ComputedWeight):
     x: [N, C, H, W] (or unbatched [C, H, W]) float32 (NCHW or channels_last; converted to channels_last once
     per call) or int8 (channels_last, from a layer with out_scale). Output: [N, Cout, OH, OW] in channels_last
     memory, float32 (a 16-bit input's dtype, or the model's after model.half()), or int8 when out_scale is
-    set. The activation ('relu'/'relu6') is fused in the epilogue.
+    set. The activation ('relu', 'relu6', 'hardswish', 'silu'; 'gelu' on the CPU) is fused in the epilogue.
     x_scale None: dynamic (amax / 127 of each input); a float: static (calibrated).
     Runs on the CPU and on a CUDA GPU, any groups (bf16/fp16 x accepted there):
     `.cuda()` / `.cpu()` repack the weight for the device, and a state_dict saved on either loads on either.

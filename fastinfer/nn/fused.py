@@ -1,5 +1,5 @@
-"""Float layers with an activation folded in: ConvAct2d (Conv2d -> ReLU/ReLU6) and LinearAct
-(Linear -> ReLU/ReLU6). fastinfer.fuse produces them; int8 layers take their activation from them."""
+"""Float layers with an activation folded in: ConvAct2d (Conv2d -> activation) and LinearAct
+(Linear -> activation), the activation one of ACTIVATIONS. fastinfer.fuse produces them; int8 layers take their activation from them."""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,7 +7,7 @@ from typing import Optional
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-ACTIVATIONS = (None, "relu", "relu6", "gelu")
+ACTIVATIONS = (None, "relu", "relu6", "gelu", "hardswish", "silu")
 
 
 def check_activation(activation: Optional[str]) -> Optional[str]:
@@ -25,12 +25,16 @@ def apply_activation(y: Tensor, activation: Optional[str]) -> Tensor:
         return F.relu6(y)
     if activation == "gelu":
         return F.gelu(y)
+    if activation == "hardswish":
+        return F.hardswish(y)
+    if activation == "silu":
+        return F.silu(y)
     return y
 
 
 class ConvAct2d(nn.Conv2d):
     """``activation(conv2d(x))``: an nn.Conv2d (same parameters, same state_dict keys) whose
-    forward applies ``activation`` in {None, "relu", "relu6"} to its output.
+    forward applies ``activation`` (one of ACTIVATIONS) to its output.
 
     The activation is a constructor argument and an attribute, not state: it is not in the
     state_dict, so build the module with the right activation before loading weights into it.
@@ -62,7 +66,7 @@ class ConvAct2d(nn.Conv2d):
 
 class LinearAct(nn.Linear):
     """``activation(linear(x))``: an nn.Linear (same parameters, same state_dict keys) whose forward
-    applies ``activation`` in {None, "relu", "relu6"} to its output. As for ConvAct2d, the activation
+    applies ``activation`` (one of ACTIVATIONS) to its output. As for ConvAct2d, the activation
     is not in the state_dict."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,

@@ -13,7 +13,7 @@ from ._common import ComputedWeight, check_float_layer, check_scale, needs_float
 from .fused import apply_activation
 
 SCHEMES = ("w8a8_dynamic", "w8a8_static", "w8_only")
-ACTIVATIONS = ("none", "relu", "relu6", "gelu")
+ACTIVATIONS = ("none", "relu", "relu6", "gelu", "hardswish", "silu")
 
 
 def check_scheme(scheme: str) -> str:

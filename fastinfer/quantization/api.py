@@ -111,7 +111,7 @@ class QuantizationReport:
     swapped: List[str] = field(default_factory=list)
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (name, reason)
     chained: List[str] = field(default_factory=list)  # static int8 convs passing int8 to the next one
-    rewritten: List[str] = field(default_factory=list)  # submodules whose residual adds became Int8Add
+    rewritten: List[str] = field(default_factory=list)  # submodules whose residual adds / gates were rewritten
     kept_adds: List[Tuple[str, str]] = field(default_factory=list)  # (submodule, why its adds stay fp32)
     notes: List[Tuple[str, str]] = field(default_factory=list)  # (swapped layer, what else the swap changed)
 
@@ -120,7 +120,8 @@ class QuantizationReport:
                  f"skipped {len(self.skipped)}"]
         lines += [f"  swapped  {n}" for n in self.swapped]
         lines += [f"  skipped  {n}: {r}" for n, r in self.skipped]
-        lines += [f"  rewrote  {n}: residual add -> Int8Add (now a torch.fx.GraphModule)" for n in self.rewritten]
+        lines += [f"  rewrote  {n}: residual add -> Int8Add, or gate -> Int8GlobalAvgPool + Int8ChannelScale "
+                  "(now a torch.fx.GraphModule)" for n in self.rewritten]
         lines += [f"  kept     {n}: residual add not rewritten: {r}" for n, r in self.kept_adds]
         lines += [f"  int8 out {c}" for c in self.chained]
         lines += [f"  note     {n}: {r}" for n, r in self.notes]
@@ -136,7 +137,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
 
     scheme 'w8a8_static' needs ``calib_data`` (an iterable of input batches, or of (x, y) tuples):
     the model runs over it once (fastinfer.calibrate with ``observer``) to fix every layer's
-    activation scale. Run fastinfer.fuse(model) first to fold BatchNorm and fuse ReLU/ReLU6.
+    activation scale. Run fastinfer.fuse(model) first to fold BatchNorm and fuse ReLU/ReLU6/GELU/Hardswish/SiLU.
     calib_batches: read at most this many batches of calib_data (a whole DataLoader is otherwise read, and
     held in memory: smoothing and calibration both go over it).
 
@@ -151,7 +152,9 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     int8_residuals (w8a8_static): a residual add of a static conv's output (a ResNet block's
     ``relu(conv3(...) + identity)``) becomes an Int8Add in the forward of the submodule that holds it
     (which becomes a torch.fx.GraphModule under its name, children and state_dict keys unchanged), so that
-    the block's output can be int8 for the int8 convs it feeds. False keeps every forward as written.
+    the block's output can be int8 for the int8 convs it feeds; likewise a squeeze-excitation gate
+    ``x * g(avgpool(x))`` (MobileNetV3, EfficientNet) becomes an Int8GlobalAvgPool and an Int8ChannelScale,
+    so that x reaches them int8 and the gated output leaves int8. False keeps every forward as written.
 
     Layers that cannot be quantized (on an unsupported device, excluded, not included, a conv
     padding mode other than zeros, a conv under w8_only) are left unchanged. Returns the model;

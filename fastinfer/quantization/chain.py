@@ -28,8 +28,9 @@ from ..nn.linear import Int8Linear
 from ..nn.sparse import SparseLinear
 from ..nn.add import Int8Add
 from ..nn.dropout import Int8Dropout
+from ..nn.gate import Int8ChannelScale, Int8GlobalAvgPool
 from ..nn.pool import Int8MaxPool2d
-from .fuse import _join, walk_traced
+from .fuse import _arg, _join, walk_traced
 
 # Between two static int8 convs these keep int8 values exact: max pooling and ReLU commute with the
 # (monotonic, zero-preserving) requantization, dropout is the identity in eval mode. ReLU6 does not:
@@ -48,7 +49,8 @@ def adopt_half_dtype(model: nn.Module, dtype: Optional[torch.dtype]) -> None:
     if dtype is None:
         return
     for m in model.modules():
-        if isinstance(m, (Int8Conv2d, Int8Add, Int8Linear, SparseLinear)) and m.float_dtype is None:
+        if (isinstance(m, (Int8Conv2d, Int8Add, Int8Linear, SparseLinear, Int8GlobalAvgPool, Int8ChannelScale))
+                and m.float_dtype is None):
             m.float_dtype = dtype
 
 
@@ -76,6 +78,7 @@ class _OwnOpsTracer(fx.Tracer):
 
 
 _ADD_FUNCTIONS = (operator.add, torch.add)
+_MUL_FUNCTIONS = (operator.mul, torch.mul)
 
 
 def _fixed_signature(mod: nn.Module, graph: fx.Graph) -> Optional[str]:
@@ -113,10 +116,13 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
     """Replaces, in the forward of every submodule of ``model`` (not the model itself), each add of two
     tensors one of which comes from a static Int8Conv2d (a residual add: ``out = conv3(...); out += identity``)
     and the ReLU that alone follows it, by a call to an Int8Add submodule (``residual_add``,
-    ``residual_add_1``, ...). Such a submodule becomes a torch.fx.GraphModule under the same name, with the
-    same children, parameters and buffers, its class name kept. Returns the names of those submodules.
+    ``residual_add_1``, ...); and each squeeze-excitation gate ``x * g(pool(x))`` (``_gate``: MobileNetV3's and
+    EfficientNet's blocks) by calls to an Int8GlobalAvgPool (``gate_pool``) and an Int8ChannelScale
+    (``gate_scale``), which take x as int8. Such a submodule becomes a torch.fx.GraphModule under the same
+    name, with the same children, parameters and buffers, its class name kept. Returns the names of those
+    submodules.
 
-    Until chain_int8_convs gives an Int8Add int8 operands or an out_scale it computes what the add did.
+    Until chain_int8_convs gives these int8 operands or an out_scale they compute what the forward did.
     A submodule whose forward takes optional arguments, or tests one against None, keeps its forward (its
     residual adds stay fp32); ``kept`` gets (name, why) for each such submodule that has a residual add.
     """
@@ -129,7 +135,8 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
         except Exception:  # untraceable forward: left as it is
             continue
         adds = [n for n in graph.nodes if _residual_add(mod, n)]
-        if not adds:
+        gates = [g for g in (_gate(mod, n) for n in graph.nodes) if g is not None]
+        if not adds and not gates:
             continue
         why = _fixed_signature(mod, graph)
         if why is not None:
@@ -146,6 +153,8 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
                 (gm.register_parameter if isinstance(t, nn.Parameter) else gm.register_buffer)(pname, t)
         for add in adds:
             _replace_add(gm, add)
+        for gate in gates:
+            _replace_gate(gm, *gate)
         _drop_repeated_relus(gm)
         gm.graph.lint()
         gm.recompile()
@@ -166,6 +175,46 @@ def _residual_add(module: nn.Module, node: fx.Node) -> bool:
     # from a static conv, through Identity (a folded BatchNorm) at most, or from an nn.Sequential that ends
     # with one (MobileNetV2's ``x + self.conv(x)``)
     return any(_static_conv(_producer(module, arg)) for arg in node.args)
+
+
+def _global_pool_input(module: nn.Module, node: fx.Node) -> Optional[fx.Node]:
+    """x when node pools x to 1 x 1 by its mean: nn.AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1) or
+    x.mean((2, 3), keepdim=True) (torch computes the same bits for the three); else None."""
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    if node.op == "call_module":
+        mod = module.get_submodule(node.target)
+        ok = type(mod) is nn.AdaptiveAvgPool2d and mod.output_size in (1, (1, 1)) and len(node.args) == 1
+    elif node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+        ok = _arg(node, 1, "output_size", None) in (1, (1, 1)) and len(node.args) + len(node.kwargs) == 2
+    elif node.op == "call_method" and node.target == "mean":
+        dims, keep = _arg(node, 1, "dim", None), _arg(node, 2, "keepdim", False)
+        ok = keep is True and isinstance(dims, (tuple, list)) and tuple(sorted(dims)) in ((2, 3), (-2, -1))
+        ok = ok and len(node.args) + len(node.kwargs) == 3 and "dtype" not in node.kwargs
+    else:
+        ok = False
+    return node.args[0] if ok else None
+
+
+def _gate(module: nn.Module, mul: fx.Node) -> Optional[Tuple[fx.Node, fx.Node, fx.Node, fx.Node]]:
+    """(pool, mul, x, g) when ``mul`` multiplies x by a gate g computed from x's global average pool alone,
+    through a chain of single-input calls each used once (squeeze-excitation: ``x * sigmoid(fc2(relu(fc1(
+    avgpool(x)))))``, in either operand order); else None."""
+    if (mul.op != "call_function" or mul.target not in _MUL_FUNCTIONS or mul.kwargs or len(mul.args) != 2
+            or not all(isinstance(a, fx.Node) for a in mul.args) or mul.args[0] is mul.args[1]):
+        return None
+    for g, x in (mul.args, mul.args[::-1]):
+        node = g
+        for _ in range(16):  # the chain's length: a few calls in every gate we know of
+            if len(node.users) != 1 or node.op not in ("call_module", "call_function", "call_method"):
+                break
+            if _global_pool_input(module, node) is x:
+                return node, mul, x, g
+            extra = [a for a in list(node.args[1:]) + list(node.kwargs.values()) if isinstance(a, fx.Node)]
+            if not node.args or not isinstance(node.args[0], fx.Node) or extra or node.args[0] is x:
+                break
+            node = node.args[0]
+    return None
 
 
 def _producer(module: nn.Module, node: fx.Node) -> Optional[nn.Module]:
@@ -217,13 +266,34 @@ def _drop_repeated_relus(gm: fx.GraphModule) -> None:
             gm.graph.erase_node(node)
 
 
+def _free_name(gm: fx.GraphModule, base: str) -> str:
+    name, i = base, 0
+    while hasattr(gm, name):
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
+def _replace_gate(gm: fx.GraphModule, pool: fx.Node, mul: fx.Node, x: fx.Node, g: fx.Node) -> None:
+    """pool(x) -> gate_pool(x), x * g -> gate_scale(g, x) (the original pooling child, if any, stays unused)."""
+    pool_name = _free_name(gm, "gate_pool")
+    gm.add_submodule(pool_name, Int8GlobalAvgPool())
+    with gm.graph.inserting_after(pool):
+        new_pool = gm.graph.call_module(pool_name, (x,))
+    pool.replace_all_uses_with(new_pool)
+    gm.graph.erase_node(pool)
+    scale_name = _free_name(gm, "gate_scale")
+    gm.add_submodule(scale_name, Int8ChannelScale())
+    with gm.graph.inserting_after(mul):
+        new_mul = gm.graph.call_module(scale_name, (g, x))
+    mul.replace_all_uses_with(new_mul)
+    gm.graph.erase_node(mul)
+
+
 def _replace_add(gm: fx.GraphModule, add: fx.Node) -> None:
     users = list(add.users)
     relu = users[0] if len(users) == 1 and _is_relu(gm, users[0]) and _relu_args_only(users[0], add) else None
-    name, i = "residual_add", 0
-    while hasattr(gm, name):
-        i += 1
-        name = f"residual_add_{i}"
+    name = _free_name(gm, "residual_add")
     gm.add_submodule(name, Int8Add(relu=relu is not None))
     end = relu if relu is not None else add
     with gm.graph.inserting_after(end):
@@ -242,7 +312,8 @@ def _chain_graph(prefix: str, module: nn.Module, graph: fx.Graph, chained: List[
             continue
         producer = module.get_submodule(node.target)
         # A module called twice has one out_scale for both calls: leave it (and any with out_scale set).
-        if not isinstance(producer, (Int8Conv2d, Int8Add)) or producer.out_scale is not None or calls[node.target] != 1:
+        if (not isinstance(producer, (Int8Conv2d, Int8Add, Int8ChannelScale)) or producer.out_scale is not None
+                or calls[node.target] != 1):
             continue
         if isinstance(producer, Int8Conv2d) and not _static_conv(producer):
             continue
@@ -250,8 +321,8 @@ def _chain_graph(prefix: str, module: nn.Module, graph: fx.Graph, chained: List[
         if found is None:
             continue
         convs, adds, passed = found
-        # The scale is the conv consumers' calibrated one; an Int8Add operand takes whatever it is given,
-        # so a conv that only feeds Int8Adds uses its own calibrated output scale.
+        # The scale is the conv consumers' calibrated one; an Int8Add operand (or a squeeze-excitation pool or
+        # scale) takes whatever it is given, so a conv that only feeds those uses its own calibrated output scale.
         scales = {module.get_submodule(c.target).x_scale for c in convs}
         if not convs and isinstance(producer, Int8Conv2d) and _join(prefix, node.target) in output_scales:
             scales = {output_scales[_join(prefix, node.target)]}
@@ -261,8 +332,8 @@ def _chain_graph(prefix: str, module: nn.Module, graph: fx.Graph, chained: List[
         for p in passed:
             _int8_passthrough(module, p.target)
         producer.out_scale = scale
-        for add, operand in adds:
-            setattr(module.get_submodule(add.target), ("a_scale", "b_scale")[operand], scale)
+        for add, attr in adds:
+            setattr(module.get_submodule(add.target), attr, scale)
         chained += [f"{_join(prefix, node.target)} -> {_join(prefix, c.target)}" for c in convs + [a for a, _ in adds]]
 
 
@@ -288,10 +359,11 @@ def _int8_passthrough(root: nn.Module, name: str) -> None:
 
 def _int8_consumers(module: nn.Module, start: fx.Node):
     """What ``start``'s output reaches through int8-transparent ops: (the static Int8Conv2d calls, the
-    (Int8Add call, operand index) pairs, the module calls passed on the way). None when it also reaches
-    anything else (the model's output, a plain add, a shape op, a float layer), when a transparent op takes
-    it as anything but its first argument, when it is both operands of an Int8Add, or when a max pooling
-    returns indices."""
+    (call, scale attribute) pairs of the layers that take an int8 operand at any scale (an Int8Add's a_scale
+    or b_scale, a squeeze-excitation Int8GlobalAvgPool's or Int8ChannelScale's x_scale), the module calls
+    passed on the way). None when it also reaches anything else (the model's output, a plain add, a shape op,
+    a float layer, the gate operand of an Int8ChannelScale), when a transparent op takes it as anything but
+    its first argument, when it is both operands of an Int8Add, or when a max pooling returns indices."""
     convs, adds, passed, stack, seen = [], [], [], [start], set()
     while stack:
         node = stack.pop()
@@ -305,7 +377,17 @@ def _int8_consumers(module: nn.Module, start: fx.Node):
             if isinstance(mod, Int8Add):
                 if len(user.args) != 2 or (user.args[0] is node) == (user.args[1] is node):
                     return None
-                adds.append((user, 0 if user.args[0] is node else 1))
+                adds.append((user, "a_scale" if user.args[0] is node else "b_scale"))
+                continue
+            if isinstance(mod, Int8GlobalAvgPool):
+                if len(user.args) != 1 or user.args[0] is not node:
+                    return None
+                adds.append((user, "x_scale"))
+                continue
+            if isinstance(mod, Int8ChannelScale):
+                if len(user.args) != 2 or user.args[1] is not node or user.args[0] is node:
+                    return None
+                adds.append((user, "x_scale"))
                 continue
             if not user.args or user.args[0] is not node or node in user.args[1:]:
                 return None

@@ -1,5 +1,6 @@
 """fastinfer.fuse: fold eval-mode BatchNorm into the preceding Conv2d/Conv1d/Linear and fuse a following
-ReLU/ReLU6 into it (ConvAct2d/LinearAct), so that static int8 quantization sees one layer per block.
+ReLU/ReLU6 (or a GELU / Hardswish / SiLU module) into it (ConvAct2d/LinearAct), so that static int8 quantization
+sees one layer per block.
 
 How the model comes back: the *same* model object (or its deep copy), with submodules swapped in
 place, never an fx.GraphModule. torch.fx is only used to find the patterns. So the model keeps its
@@ -69,8 +70,9 @@ class FuseReport(list):
 def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], Mapping[str, Tensor], None] = None,
          inplace: bool = False) -> nn.Module:
     """Folds BatchNorm2d into the preceding Conv2d and BatchNorm1d into the preceding Linear or Conv1d, and
-    fuses a following ReLU/ReLU6 into ConvAct2d/LinearAct, wherever the layer's output feeds only
-    that BatchNorm/activation. Eval mode only (raises ValueError in training mode: the folded
+    fuses a following activation into ConvAct2d/LinearAct, wherever the layer's output feeds only
+    that BatchNorm/activation: ReLU/ReLU6 (modules or functions), and GELU (erf form), Hardswish and SiLU from
+    a module called once (fuse replaces it by nn.Identity: applying them twice would change the result). Eval mode only (raises ValueError in training mode: the folded
     weights use the running statistics).
 
     Folding, per output channel c, with s = gamma / sqrt(running_var + eps) (gamma = 1, beta = 0
@@ -178,8 +180,8 @@ def _arg(node: fx.Node, index: int, name: str, default):
 
 
 # Activations that may be applied twice without changing the result: a fused one may stay in the
-# forward (shared modules, functional calls). GELU is not: it is fused only from a module that is
-# called once and can be replaced by nn.Identity.
+# forward (shared modules, functional calls). GELU, Hardswish and SiLU are not: they are fused only from a
+# module that is called once and can be replaced by nn.Identity.
 IDEMPOTENT = ("relu", "relu6")
 
 
@@ -190,6 +192,10 @@ def _module_activation(mod: nn.Module) -> Optional[str]:
         return "relu6"
     if type(mod) is nn.GELU and mod.approximate == "none":
         return "gelu"
+    if type(mod) is nn.Hardswish:  # MobileNetV3
+        return "hardswish"
+    if type(mod) is nn.SiLU:  # EfficientNet, YOLO
+        return "silu"
     # Hugging Face transformers' GELUActivation (BERT-family FFNs): a module holding F.gelu (erf form).
     if type(mod).__name__ == "GELUActivation" and getattr(mod, "act", None) is F.gelu:
         return "gelu"

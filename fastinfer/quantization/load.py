@@ -21,12 +21,14 @@ from ..nn._common import half_dtype_of
 from ..nn.add import Int8Add
 from ..nn.attention import SplitMultiheadAttention
 from ..nn.conv import Int8Conv1d, Int8Conv2d, conv_padding
+from ..nn.gate import Int8ChannelScale, Int8GlobalAvgPool
 from ..nn.linear import Int8Linear
 from ..nn.sparse import FORMATS, INT8_FORMATS, SparseLinear
 from .api import layer_kind
 from .chain import adopt_half_dtype, chain_int8_convs, rewrite_residual_adds
 
 _ADD_STATE = set(Int8Add().get_extra_state())
+_REWRITE_STATES = (_ADD_STATE, set(Int8GlobalAvgPool().get_extra_state()), set(Int8ChannelScale().get_extra_state()))
 
 
 def _check_activation(mod: nn.Module, name: str, saved: str) -> None:
@@ -143,8 +145,9 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
         half_dtype = half_dtype or half_dtype_of(model.get_submodule(name))
         replace_module(model, name, new)
     if any(isinstance(m, Int8Conv2d) and m.x_scale is not None for m in model.modules()):
-        if any(k.endswith("._extra_state") and isinstance(v, dict) and set(v) == _ADD_STATE for k, v in sd.items()):
-            rewrite_residual_adds(model)  # the file holds Int8Adds: quantize rewrote the residual adds
+        if any(k.endswith("._extra_state") and isinstance(v, dict) and set(v) in _REWRITE_STATES
+               for k, v in sd.items()):
+            rewrite_residual_adds(model)  # the file holds Int8Adds or gates: quantize rewrote the blocks' forwards
         # The same hand-offs as quantize made: a conv whose consumers are Int8Adds takes its calibrated
         # output scale, which is the out_scale the file holds for it.
         saved = {name: sd[name + "._extra_state"].get("out_scale") for name, m in swaps.items()

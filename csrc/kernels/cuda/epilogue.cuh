@@ -1,7 +1,7 @@
 // Device-side epilogue of the CUDA int8 GEMMs: the algebra of csrc/kernels/int8_gemm/EPILOGUE.md with
 // one IEEE fp32 rounding per operation in the same order as the CPU kernels and fastinfer.reference
 // (__fmul_rn / __fadd_rn: nvcc would otherwise contract y * s + b into one FMA), so results match the
-// reference bit for bit (GELU's erff excepted, as on the CPU).
+// reference bit for bit (GELU's erff and SiLU's expf excepted, as on the CPU).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -17,6 +17,11 @@ __device__ __forceinline__ float apply_act(float y, Act act) {
   if (act == Act::Relu) return y < 0.0f ? 0.0f : y;  // NaN stays NaN
   if (act == Act::Relu6) return y < 0.0f ? 0.0f : (y > 6.0f ? 6.0f : y);
   if (act == Act::Gelu) return __fmul_rn(__fmul_rn(0.5f, y), __fadd_rn(1.0f, erff(__fmul_rn(y, 0.70710678118654752f))));
+  if (act == Act::Hardswish) {  // y * min(max(y + 3, 0), 6) / 6, NaN kept
+    const float t = __fadd_rn(y, 3.0f);
+    return __fdiv_rn(__fmul_rn(y, t < 0.0f ? 0.0f : (t > 6.0f ? 6.0f : t)), 6.0f);
+  }
+  if (act == Act::Silu) return __fdiv_rn(y, __fadd_rn(1.0f, expf(-y)));  // expf: within 2 ulp, as gelu's erff
   return y;
 }
 

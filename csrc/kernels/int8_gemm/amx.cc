@@ -319,6 +319,8 @@ EpilogueFn epilogue_for_kind(Act act, bool bias, bool folded) {
     case Act::Relu: return epilogue_for_act<KIND, Act::Relu>(bias, folded);
     case Act::Relu6: return epilogue_for_act<KIND, Act::Relu6>(bias, folded);
     case Act::Gelu: return epilogue_for_act<KIND, Act::Gelu>(bias, folded);
+    case Act::Hardswish: return epilogue_for_act<KIND, Act::Hardswish>(bias, folded);
+    case Act::Silu: return epilogue_for_act<KIND, Act::Silu>(bias, folded);
     case Act::None: break;
   }
   return epilogue_for_act<KIND, Act::None>(bias, folded);

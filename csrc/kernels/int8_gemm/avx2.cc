@@ -559,11 +559,16 @@ void add_act_avx2(const AddParams& p, int64_t i0, int64_t i1) {
 namespace fastinfer {
 namespace kernels {
 const KernelSet& kernels_avx2() {
-  static const KernelSet s{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, dwconv_avx2, absmax_avx2, ymm_peak_probe<SignDot>,
-                           64, 16 * SignDot::kMR, SignDot::kMR, false, conv_direct_avx2, kPackKB, SignDot::kMR,
-                           add_act_avx2, /*conv_direct_no_min128=*/true, dwconv_path_avx2,
-                           gconv_avx2, /*gconv_lanes=*/8, /*gconv_signed_x=*/!SignDot::kShifted,
-                           gemm_step_avx2};
+  static const KernelSet s = [] {
+    KernelSet k{"avx2", int8_gemm_avx2, w8_gemm_avx2, quantize_avx2, dwconv_avx2, absmax_avx2, ymm_peak_probe<SignDot>,
+                64, 16 * SignDot::kMR, SignDot::kMR, false, conv_direct_avx2, kPackKB, SignDot::kMR,
+                add_act_avx2, /*conv_direct_no_min128=*/true, dwconv_path_avx2,
+                gconv_avx2, /*gconv_lanes=*/8, /*gconv_signed_x=*/!SignDot::kShifted,
+                gemm_step_avx2};
+    k.gate_sum = gate_sum_avx2;
+    k.gate_scale = gate_scale_avx2;
+    return k;
+  }();
   return s;
 }
 }  // namespace kernels

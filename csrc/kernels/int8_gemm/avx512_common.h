@@ -68,12 +68,38 @@ inline __m512 erf16(__m512 x) {
                                              _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN))));
 }
 
+// e^x: n = round(x * log2(e)), r = x - n * ln(2) in two steps (ln(2)'s high part has 12 significant bits, so
+// n * hi is exact for |n| <= 2^12), e^r by its Taylor polynomial to degree 6 (|r| <= ln(2) / 2: relative
+// error below 2e-7), times 2^n (vscalefps). x is clamped to [-87, 88] first, so e^x stays a normal float.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
 inline __m512 act16(__m512 y, Act act) {
   if (act == Act::None) return y;
   if (act == Act::Gelu) {
     const __m512 half_y = _mm512_mul_ps(_mm512_set1_ps(0.5f), y);
     return _mm512_fmadd_ps(half_y, erf16(_mm512_mul_ps(y, _mm512_set1_ps(0.70710678118654752f))), half_y);
   }
+  if (act == Act::Hardswish) {  // y * min(max(y + 3, 0), 6) / 6: a true divide, the reference's bits
+    __m512 t = _mm512_max_ps(_mm512_setzero_ps(), _mm512_add_ps(y, _mm512_set1_ps(3.0f)));
+    t = _mm512_min_ps(_mm512_set1_ps(6.0f), t);
+    return _mm512_div_ps(_mm512_mul_ps(y, t), _mm512_set1_ps(6.0f));
+  }
+  if (act == Act::Silu)  // y / (1 + e^-y): NaN stays NaN (the numerator)
+    return _mm512_div_ps(y, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), y))));
   y = _mm512_max_ps(_mm512_setzero_ps(), y);  // second operand wins on NaN: NaN stays NaN
   return act == Act::Relu6 ? _mm512_min_ps(_mm512_set1_ps(6.0f), y) : y;
 }

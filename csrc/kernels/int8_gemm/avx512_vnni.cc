@@ -787,6 +787,8 @@ const KernelSet& kernels_avx512_vnni() {
                 kPackKB, Int8Traits::MR, add_act_avx512, /*conv_direct_no_min128=*/false,
                 dwconv_path_avx512, gconv_avx512};
     k.w8_gemm_bf16 = w8_gemm_bf16_avx512;
+    k.gate_sum = gate_sum_avx512;
+    k.gate_scale = gate_scale_avx512;
     return k;
   }();
   return s;

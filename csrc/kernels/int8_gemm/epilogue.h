@@ -30,6 +30,13 @@ inline float apply_act(float y, Act act) {
   // max/min written so NaN stays NaN (as torch.relu / hardtanh do).
   if (act == Act::None) return y;
   if (act == Act::Gelu) return 0.5f * y * (1.0f + std::erf(y * 0.70710678118654752f));
+  if (act == Act::Hardswish) {
+    float t = y + 3.0f;
+    t = t < 0.0f ? 0.0f : t;
+    t = t > 6.0f ? 6.0f : t;
+    return y * t / 6.0f;
+  }
+  if (act == Act::Silu) return y / (1.0f + std::exp(-y));
   y = y < 0.0f ? 0.0f : y;
   return (act == Act::Relu6 && y > 6.0f) ? 6.0f : y;
 }

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "../conv/add.h"
+#include "../conv/gate.h"
 #include "../epilogue_kinds.h"
 
 namespace fastinfer {
@@ -180,6 +181,9 @@ using GroupConvFn = void (*)(const GroupConvParams&, int64_t r0, int64_t r1);
 using PeakProbeFn = int64_t (*)(int64_t iters);
 // Residual add (csrc/kernels/conv/add.h), elements [i0, i1).
 using AddFn = void (*)(const AddParams&, int64_t i0, int64_t i1);
+// Squeeze-excitation on int8 (csrc/kernels/conv/gate.h): channel sums of items [a, b), channel scale of pixel
+// rows [a, b).
+using GateFn = void (*)(const GateParams&, int64_t a, int64_t b);
 
 // One ISA's kernels. Blocking traits are here so the one dispatch function can split work.
 struct KernelSet {
@@ -207,6 +211,8 @@ struct KernelSet {
   GemmStepFn gemm_step = nullptr;      // null: int8_gemm has one step
   W8GemmFn w8_gemm_bf16 = nullptr;     // bf16 activations by vdpbf16ps, for CPUs with AVX512_BF16 (the entry
                                        // layer checks); null: bf16 x takes w8_gemm on an fp32 copy
+  GateFn gate_sum = nullptr;           // null: the portable kernels::channel_sum_s8 / channel_scale_s8
+  GateFn gate_scale = nullptr;
 };
 
 // Defined one per ISA translation unit.
@@ -216,6 +222,10 @@ const KernelSet& kernels_avx_vnni();  // the int8 GEMM and direct convolution; t
 const KernelSet& kernels_avx512_vnni();
 const KernelSet& kernels_amx();  // the tile GEMM; the other families are the AVX-512 VNNI kernels
 void gconv_avx512(const GroupConvParams& p, int64_t r0, int64_t r1);  // gconv_avx512.cc
+void gate_sum_avx512(const GateParams& p, int64_t i0, int64_t i1);    // gate_avx512.cc
+void gate_scale_avx512(const GateParams& p, int64_t r0, int64_t r1);
+void gate_sum_avx2(const GateParams& p, int64_t i0, int64_t i1);      // gate_avx2.cc
+void gate_scale_avx2(const GateParams& p, int64_t r0, int64_t r1);
 void w8_gemm_bf16_avx512(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);  // w8_bf16_avx512.cc
 // dw_ymm_avx512.cc: the 256-bit row-quad depthwise kernel for AVX-512 VNNI CPUs at 32 channels; its path
 // name, or null where it does not serve (dwconv_avx512 then runs its own kernel)

@@ -73,8 +73,34 @@ inline Cols8 cols8(const Int8GemmParams& p, int64_t col, bool shifted) {
   return c;
 }
 
-// relu / relu6 with NaN kept (max/min return their second operand on NaN); Gelu is done per element.
+// e^x, avx512_common.h's exp16 on 8 lanes: 2^n made in the exponent bits (n in [-126, 127] after the clamp).
+inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860682030941723e-6f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// relu / relu6 / hardswish / silu with NaN kept (max/min return their second operand on NaN); Gelu is done
+// per element.
 inline __m256 act8(__m256 y, Act act) {
+  if (act == Act::Hardswish) {  // y * min(max(y + 3, 0), 6) / 6 (avx512_common.h's act16)
+    __m256 t = _mm256_max_ps(_mm256_setzero_ps(), _mm256_add_ps(y, _mm256_set1_ps(3.0f)));
+    t = _mm256_min_ps(_mm256_set1_ps(6.0f), t);
+    return _mm256_div_ps(_mm256_mul_ps(y, t), _mm256_set1_ps(6.0f));
+  }
+  if (act == Act::Silu)  // y / (1 + e^-y): NaN stays NaN (the numerator)
+    return _mm256_div_ps(y, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), y))));
   if (act != Act::Relu && act != Act::Relu6) return y;
   y = _mm256_max_ps(_mm256_setzero_ps(), y);
   return act == Act::Relu6 ? _mm256_min_ps(_mm256_set1_ps(6.0f), y) : y;
