@@ -164,14 +164,19 @@ class SqueezeExcitation(nn.Module):
         return scale * x
 
 
-class InvertedResidualV3(nn.Module):
-    def __init__(self, cin: int, k: int, hidden: int, cout: int, se: bool, act, stride: int):
+class GatedInvertedResidual(nn.Module):
+    """MobileNetV3's and EfficientNet's block: 1x1 expansion (unless hidden == cin), depthwise, squeeze-excitation
+    to `squeeze` channels (none when 0), 1x1 projection; ``result += x`` where shapes allow (EfficientNet's
+    stochastic depth is the identity in eval mode)."""
+
+    def __init__(self, cin: int, k: int, hidden: int, cout: int, squeeze: int, act, stride: int,
+                 se_acts=(nn.ReLU, nn.Hardsigmoid)):
         super().__init__()
         self.use_res_connect = stride == 1 and cin == cout
         layers = [] if hidden == cin else [conv_bn_act(cin, hidden, 1, act=act)]
         layers.append(conv_bn_act(hidden, hidden, k, stride, groups=hidden, act=act))
-        if se:
-            layers.append(SqueezeExcitation(hidden, make_divisible(hidden // 4)))
+        if squeeze:
+            layers.append(SqueezeExcitation(hidden, squeeze, *se_acts))
         layers.append(conv_bn_act(hidden, cout, 1))
         self.block = nn.Sequential(*layers)
 
@@ -194,7 +199,8 @@ class MobileNetV3Large(nn.Module):
         super().__init__()
         features = [conv_bn_act(3, 16, 3, 2, act=nn.Hardswish)]
         for cin, k, hidden, cout, se, hs, s in self.SETTINGS:
-            features.append(InvertedResidualV3(cin, k, hidden, cout, se, nn.Hardswish if hs else nn.ReLU, s))
+            features.append(GatedInvertedResidual(cin, k, hidden, cout, make_divisible(hidden // 4) if se else 0,
+                                                  nn.Hardswish if hs else nn.ReLU, s))
         features.append(conv_bn_act(160, 960, 1, act=nn.Hardswish))
         self.features = nn.Sequential(*features)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -203,27 +209,6 @@ class MobileNetV3Large(nn.Module):
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-class MBConv(nn.Module):
-    """EfficientNet's block: 1x1 expansion (unless the ratio is 1), depthwise, squeeze-excitation on the block's
-    input channels / 4, 1x1 projection; SiLU; ``result += x`` where shapes allow (stochastic depth is the
-    identity in eval mode)."""
-
-    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int):
-        super().__init__()
-        hidden = cin * expand
-        self.use_res_connect = stride == 1 and cin == cout
-        layers = [] if expand == 1 else [conv_bn_act(cin, hidden, 1, act=nn.SiLU)]
-        layers += [conv_bn_act(hidden, hidden, k, stride, groups=hidden, act=nn.SiLU),
-                   SqueezeExcitation(hidden, max(1, cin // 4), nn.SiLU, nn.Sigmoid), conv_bn_act(hidden, cout, 1)]
-        self.block = nn.Sequential(*layers)
-
-    def forward(self, x):
-        result = self.block(x)
-        if self.use_res_connect:
-            result += x
-        return result
 
 
 class EfficientNetB0(nn.Module):
@@ -235,8 +220,10 @@ class EfficientNetB0(nn.Module):
         super().__init__()
         features = [conv_bn_act(3, 32, 3, 2, act=nn.SiLU)]
         for t, k, s, cin, cout, n in self.SETTINGS:
-            features.append(nn.Sequential(*[MBConv(cin if i == 0 else cout, cout, k, s if i == 0 else 1, t)
-                                            for i in range(n)]))
+            # MBConv: SiLU; squeeze-excitation on the block's input channels / 4, with SiLU and Sigmoid
+            blocks = [GatedInvertedResidual(c, k, c * t, cout, max(1, c // 4), nn.SiLU, s if i == 0 else 1,
+                                            (nn.SiLU, nn.Sigmoid)) for i, c in enumerate([cin] + [cout] * (n - 1))]
+            features.append(nn.Sequential(*blocks))
         features.append(conv_bn_act(320, 1280, 1, act=nn.SiLU))
         self.features = nn.Sequential(*features)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -314,7 +301,8 @@ def run(args) -> dict:
     impls = build_impls(fp32, calib)
     fi_report = impls[FI][0].fastinfer_report
     print(f"# fastinfer: {len(fi_report.swapped)} layers int8, {len(fi_report.chained)} int8 hand-offs, "
-          f"{len(fi_report.rewritten)} blocks rewritten (int8 residual adds, squeeze-excitation gates), {len(fi_report.skipped)} skipped")
+          f"{len(fi_report.rewritten)} blocks rewritten (int8 residual adds, squeeze-excitation gates), "
+          f"{len(fi_report.skipped)} skipped")
 
     def call(name, x):
         fn, engine = impls[name]

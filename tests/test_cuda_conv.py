@@ -356,3 +356,23 @@ def test_int8_add_on_gpu():
             torch.testing.assert_close(out.cpu(), ref.int8_add(a, b, None, 0.1, relu, out_scale), rtol=0, atol=0,
                                        equal_nan=True)
     torch.library.opcheck(torch.ops.fastinfer.int8_add.default, (a.to(DEV), b.to(DEV), None, 0.1, True, 0.05))
+
+
+@pytest.mark.parametrize("act", ["hardswish", "silu"])
+def test_gated_model_on_gpu(act):
+    # A MobileNetV3 / EfficientNet block quantized on the CPU (int8 through its squeeze-excitation gate), moved to
+    # the GPU: the gate layers take their torch-op path there, the convs their CUDA kernels. The int8 layers give
+    # the reference's bits on both devices (silu within expf's error); the float pooling before the classifier
+    # sums in another order, hence the tolerance.
+    from test_gate import GatedNet, TimmSE, TorchvisionSE, _quantize, _trained_like
+
+    se = (lambda h: TorchvisionSE(h, h // 4)) if act == "hardswish" else (lambda h: TimmSE(h, h // 4))
+    model = _trained_like(GatedNet(se, nn.Hardswish if act == "hardswish" else nn.SiLU))
+    q = _quantize(model)
+    assert "blocks.0.block.2.gate_scale -> blocks.0.block.3.0" in q.fastinfer_report.chained
+    x = torch.randn(3, 3, 20, 20)
+    with torch.inference_mode():
+        want = q(x)
+        got = copy.deepcopy(q).cuda()(x.cuda()).cpu()
+    tol = 1e-4 if act == "hardswish" else 1e-2
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)

@@ -14,6 +14,7 @@ from fastinfer import reference as ref
 from fastinfer.nn import Int8ChannelScale, Int8Conv2d, Int8GlobalAvgPool
 
 from conftest import assert_served
+from test_int8_chain import _trained_like
 
 # (N, C, H, W): channel counts below, at and past one vector (4 / 8 / 16 lanes) and one 64-channel sum block,
 # odd ones, one pixel, more images than channels.
@@ -111,7 +112,8 @@ def test_opcheck_gate_ops():
 def test_gate_layers():
     x = torch.randn(2, 8, 5, 6).contiguous(memory_format=torch.channels_last)
     g = torch.rand(2, 8, 1, 1)
-    assert torch.equal(Int8GlobalAvgPool()(x), F.adaptive_avg_pool2d(x, 1))  # float: torch's own pooling
+    assert torch.equal(Int8GlobalAvgPool()(x), F.adaptive_avg_pool2d(x, 1))  # float: the block's own pooling
+    assert torch.equal(Int8GlobalAvgPool(mean_dims=(-1, -2))(x.half()), x.half().mean((-1, -2), keepdim=True))
     assert torch.equal(Int8ChannelScale()(g, x), g * x)
     q = Int8ChannelScale(out_scale=0.02)(g, x)  # float x, int8 out: the requantization rule
     assert q.dtype == torch.int8 and torch.equal(q, ref.requantize(g * x, 0.02))
@@ -189,18 +191,6 @@ class GatedNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))
 
 
-def _trained_like(model):
-    torch.manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(4, 3, 20, 20))
-    return model.eval()
-
-
 def _quantize(model, **kw):
     torch.manual_seed(1)
     calib = [torch.randn(4, 3, 20, 20) for _ in range(3)]
@@ -218,6 +208,7 @@ def test_gated_blocks_hand_int8_through_the_gate(tmp_path, se, act):
     assert r.rewritten == ["blocks.1.block.2", "blocks.1", "blocks.0.block.2", "blocks.0"]
     se0 = q.blocks[0].block[2]
     assert isinstance(se0, torch.fx.GraphModule)
+    assert se0.gate_pool.mean_dims == (None if isinstance(model.blocks[0].block[2], TorchvisionSE) else (2, 3))
     assert isinstance(se0.gate_pool, Int8GlobalAvgPool) and isinstance(se0.gate_scale, Int8ChannelScale)
     dw, proj = q.blocks[0].block[1][0], q.blocks[0].block[3][0]
     assert isinstance(dw, Int8Conv2d) and dw.activation == {nn.Hardswish: "hardswish", nn.SiLU: "silu"}[act]

@@ -5,7 +5,7 @@ pool and the multiply as int8 and leaves the multiply as int8 for the next convo
 they compute what the block did."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -47,18 +47,19 @@ class _GateOp(nn.Module):
 
 
 class Int8GlobalAvgPool(_GateOp):
-    """``x.mean((2, 3), keepdim=True)`` (what ``nn.AdaptiveAvgPool2d(1)`` computes) before a squeeze-excitation gate.
-    An int8 x (value = q * x_scale) is pooled by fastinfer's kernel: (float(sum of q) * x_scale) / (H * W), the
-    sum exact; a float x as torch pools it."""
+    """The global average pool before a squeeze-excitation gate. An int8 x (value = q * x_scale) is pooled by
+    fastinfer's kernel: (float(sum of q) * x_scale) / (H * W), the sum exact. A float x is pooled as the block did:
+    ``F.adaptive_avg_pool2d(x, 1)`` (nn.AdaptiveAvgPool2d(1)), or ``x.mean(mean_dims, keepdim=True)`` when the
+    block called that (mean_dims, set by the rewrite: not state)."""
 
-    def __init__(self, x_scale: Optional[float] = None):
+    def __init__(self, x_scale: Optional[float] = None, mean_dims: Optional[Tuple[int, ...]] = None):
         super().__init__()
         check_scale("x_scale", x_scale)
-        self.x_scale = x_scale
+        self.x_scale, self.mean_dims = x_scale, mean_dims
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype != torch.int8:
-            return F.adaptive_avg_pool2d(x, 1)
+            return F.adaptive_avg_pool2d(x, 1) if self.mean_dims is None else x.mean(self.mean_dims, keepdim=True)
         self._check_int8(x)
         if x.device.type == "cpu":
             y = torch.ops.fastinfer.int8_channel_mean(x, self.x_scale)

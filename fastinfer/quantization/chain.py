@@ -277,7 +277,8 @@ def _free_name(gm: fx.GraphModule, base: str) -> str:
 def _replace_gate(gm: fx.GraphModule, pool: fx.Node, mul: fx.Node, x: fx.Node, g: fx.Node) -> None:
     """pool(x) -> gate_pool(x), x * g -> gate_scale(g, x) (the original pooling child, if any, stays unused)."""
     pool_name = _free_name(gm, "gate_pool")
-    gm.add_submodule(pool_name, Int8GlobalAvgPool())
+    dims = _arg(pool, 1, "dim", None) if pool.op == "call_method" else None  # x.mean(dims, keepdim=True)
+    gm.add_submodule(pool_name, Int8GlobalAvgPool(mean_dims=None if dims is None else tuple(dims)))
     with gm.graph.inserting_after(pool):
         new_pool = gm.graph.call_module(pool_name, (x,))
     pool.replace_all_uses_with(new_pool)
