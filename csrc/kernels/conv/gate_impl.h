@@ -9,6 +9,7 @@
 // define __AVX512F__ / __AVX2__), having included <immintrin.h> before the pragma as the other kernel units do;
 // or leaves it unset for the baseline flags.
 
+#include "float_bits.h"
 #include "gate.h"
 
 namespace fastinfer {
@@ -49,21 +50,6 @@ inline void gate_narrow_store(int8_t* o, typename GateVec<L>::I q) {
 #endif
   const typename GateVec<L>::B b = __builtin_convertvector(q, typename GateVec<L>::B);
   std::memcpy(o, &b, L);
-}
-
-// clamp(round_half_even(v), -127, 127), NaN -> 0, on the floats' bits (as add.cc): the clamp compares
-// magnitudes as integers, then adding 1.5 * 2^23 rounds |v| <= 127 half to even.
-template <typename F, typename I>
-inline I gate_requant(F v) {
-  constexpr int32_t kAbs = 0x7fffffff, kInf = 0x7f800000, k127 = 0x42fe0000, kRoundBits = 0x4B400000;
-  I u;
-  std::memcpy(&u, &v, sizeof(u));
-  const I mag = u & kAbs;
-  u = mag > kInf ? 0 : (mag > k127 ? ((u & ~kAbs) | k127) : u);
-  std::memcpy(&v, &u, sizeof(u));
-  v = v + 12582912.0f;
-  std::memcpy(&u, &v, sizeof(u));
-  return u - kRoundBits;
 }
 
 // Item i: image i / blocks, channels [b * 64, b * 64 + 64) (fewer in the last block), all pixels.
@@ -108,7 +94,7 @@ void gate_channel_scale(const GateParams& p, int64_t r0, int64_t r1) {
       const typename V::F v = __builtin_convertvector(gate_widen<L>(x + c), typename V::F) * fv;
       if (INT8_OUT) {
         gate_narrow_store<L>(static_cast<int8_t*>(p.out) + r * C + c,
-                             gate_requant<typename V::F, typename V::I>(v * inv));
+                             requant_bits<typename V::F, typename V::I>(v * inv));
       } else {
         std::memcpy(static_cast<float*>(p.out) + r * C + c, &v, 4 * L);
       }
@@ -116,7 +102,7 @@ void gate_channel_scale(const GateParams& p, int64_t r0, int64_t r1) {
     for (; c < C; ++c) {
       const float v = static_cast<float>(x[c]) * f[c];
       if (INT8_OUT)
-        static_cast<int8_t*>(p.out)[r * C + c] = static_cast<int8_t>(gate_requant<float, int32_t>(v * inv));
+        static_cast<int8_t*>(p.out)[r * C + c] = static_cast<int8_t>(requant_bits<float, int32_t>(v * inv));
       else
         static_cast<float*>(p.out)[r * C + c] = v;
     }
