@@ -1,7 +1,8 @@
 """The CPU benchmarks run end to end on tiny cases (their figures are not checked here: timed tests are not
 the place, benchmarks/RESULTS.md is), so an API change that breaks a benchmark fails here, not in the next
 measuring session. bench_transformer, bench_resnet's ResNet-50 and bench_minilm build whole models (40 s and
-more each) and are left to their own runs (bench_resnet runs its MobileNetV2 and MobileNetV3 on 64 x 64 images); the GPU scripts are covered by tests/test_gpu_scripts.py."""
+more each) and are left to their own runs (bench_resnet runs its MobileNetV2 and MobileNetV3 on 64 x 64
+images); the GPU scripts are covered by tests/test_gpu_scripts.py."""
 import json
 import os
 import subprocess

@@ -212,8 +212,8 @@ def test_gated_blocks_hand_int8_through_the_gate(tmp_path, se, act):
     assert isinstance(se0.gate_pool, Int8GlobalAvgPool) and isinstance(se0.gate_scale, Int8ChannelScale)
     dw, proj = q.blocks[0].block[1][0], q.blocks[0].block[3][0]
     assert isinstance(dw, Int8Conv2d) and dw.activation == {nn.Hardswish: "hardswish", nn.SiLU: "silu"}[act]
-    for line in ("blocks.0.block.1.0 -> blocks.0.block.2.gate_pool", "blocks.0.block.1.0 -> blocks.0.block.2.gate_scale",
-                 "blocks.0.block.2.gate_scale -> blocks.0.block.3.0"):
+    for line in ("blocks.0.block.1.0 -> blocks.0.block.2.gate_pool",
+                 "blocks.0.block.1.0 -> blocks.0.block.2.gate_scale", "blocks.0.block.2.gate_scale -> blocks.0.block.3.0"):
         assert line in r.chained
     assert se0.gate_pool.x_scale == se0.gate_scale.x_scale == dw.out_scale and se0.gate_scale.out_scale == proj.x_scale
     x = torch.randn(3, 3, 20, 20)

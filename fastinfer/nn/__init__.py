@@ -10,4 +10,5 @@ from .pool import Int8MaxPool2d
 from .sparse import SparseLinear
 
 __all__ = ["Int8Linear", "Int8Conv2d", "Int8Conv1d", "SparseLinear", "Int8MaxPool2d", "Int8Dropout", "Int8Add",
-           "Int8GlobalAvgPool", "Int8ChannelScale", "ConvAct2d", "LinearAct", "SplitMultiheadAttention", "ScaledDotProductAttention", "SCHEMES"]
+           "Int8GlobalAvgPool", "Int8ChannelScale", "ConvAct2d", "LinearAct", "SplitMultiheadAttention",
+           "ScaledDotProductAttention", "SCHEMES"]

@@ -1,5 +1,6 @@
 """Float layers with an activation folded in: ConvAct2d (Conv2d -> activation) and LinearAct
-(Linear -> activation), the activation one of ACTIVATIONS. fastinfer.fuse produces them; int8 layers take their activation from them."""
+(Linear -> activation), the activation one of ACTIVATIONS. fastinfer.fuse produces them; int8 layers take
+their activation from them."""
 from __future__ import annotations
 
 from typing import Optional

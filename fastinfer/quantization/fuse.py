@@ -72,7 +72,8 @@ def fuse(model: nn.Module, example_inputs: Union[Tensor, Sequence[Tensor], Mappi
     """Folds BatchNorm2d into the preceding Conv2d and BatchNorm1d into the preceding Linear or Conv1d, and
     fuses a following activation into ConvAct2d/LinearAct, wherever the layer's output feeds only
     that BatchNorm/activation: ReLU/ReLU6 (modules or functions), and GELU (erf form), Hardswish and SiLU from
-    a module called once (fuse replaces it by nn.Identity: applying them twice would change the result). Eval mode only (raises ValueError in training mode: the folded
+    a module called once (fuse replaces it by nn.Identity: applying them twice would change the result).
+    Eval mode only (raises ValueError in training mode: the folded
     weights use the running statistics).
 
     Folding, per output channel c, with s = gamma / sqrt(running_var + eps) (gamma = 1, beta = 0
