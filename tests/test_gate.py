@@ -229,6 +229,9 @@ def test_gated_blocks_hand_int8_through_the_gate(tmp_path, se, act):
         loaded = fastinfer.load_quantized(tmp_path / "q.pt", fastinfer.fuse(copy.deepcopy(model)))
         assert torch.equal(loaded(x), y)
         assert torch.equal(torch.compile(q, fullgraph=True)(x), y)
+        # unbatched [C, H, W] through the blocks, as the quantized convs take it
+        h1 = q.blocks(q.stem(x[:1]))
+        assert torch.equal(q.blocks(q.stem(x[0])), h1[0])
 
 
 class NotGates(nn.Module):

@@ -38,8 +38,9 @@ class _GateOp(nn.Module):
         if self.x_scale is None:
             raise RuntimeError(f"{type(self).__name__} got an int8 x but has no x_scale: quantize sets it together "
                                "with the out_scale of the layer that writes x")
-        if x.dim() != 4:
-            raise ValueError(f"{type(self).__name__}: an int8 x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
+        if x.dim() not in (3, 4):
+            raise ValueError(f"{type(self).__name__}: an int8 x must be [N, C, H, W] or unbatched [C, H, W], got shape "
+                             f"{tuple(x.shape)}")
 
     def _float_out(self, y: Tensor, like: Optional[Tensor] = None) -> Tensor:
         want = like.dtype if like is not None and like.dtype in HALF_DTYPES else self.float_dtype
@@ -61,6 +62,8 @@ class Int8GlobalAvgPool(_GateOp):
         if x.dtype != torch.int8:
             return F.adaptive_avg_pool2d(x, 1) if self.mean_dims is None else x.mean(self.mean_dims, keepdim=True)
         self._check_int8(x)
+        if x.dim() == 3:  # unbatched, as the convs take it
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         if x.device.type == "cpu":
             y = torch.ops.fastinfer.int8_channel_mean(x, self.x_scale)
         else:  # the same arithmetic with torch ops (no kernel of ours on this device)
@@ -97,6 +100,8 @@ class Int8ChannelScale(_GateOp):
             y = gate * x
             return y if self.out_scale is None else _requantize(y, self.out_scale)
         self._check_int8(x)
+        if x.dim() == 3:  # unbatched: gate [C, 1, 1]
+            return self.forward(gate.unsqueeze(0), x.unsqueeze(0)).squeeze(0)
         g = gate.float().reshape(x.shape[0], x.shape[1])
         if x.device.type == "cpu":
             y = torch.ops.fastinfer.int8_channel_scale(x, self.x_scale, g, self.out_scale)
