@@ -1,5 +1,6 @@
 """Observers on known distributions (oracles: exact sample statistics, analytic quantiles, a brute-force
 MSE search) and fastinfer.calibrate (oracle: scales computed by hand from the same batches)."""
+import copy
 import json
 import math
 
@@ -315,7 +316,7 @@ def test_calibrate_after_fuse_uses_fused_names():
                           nn.Linear(4 * 4 * 4, 2)).eval()
     fused = fuse(model)
     x = torch.randn(2, 3, 6, 6)
-    res = calibrate(fused, [x], progress=False)
+    res = calibrate(fused, [x], observer="minmax", progress=False)
     assert list(res.input_scale) == ["0", "4"]
     with torch.no_grad():
         assert res.output_amax["0"] == pytest.approx(model[2](model[1](model[0](x))).abs().max().item(), rel=1e-5)
@@ -426,3 +427,19 @@ def test_quantize_reads_at_most_calib_batches():
                                calib_batches=bad)
     with pytest.raises(ValueError, match="calib_batches limits calib_data, which is not given"):
         fastinfer.quantize(nn.Sequential(nn.Linear(8, 8)), calib_batches=2)
+
+
+def test_default_observer_is_mse():
+    # calibrate and quantize(scheme="w8a8_static") choose the least-error threshold unless told otherwise: on
+    # heavy-tailed activations it lies inside max|x| (min-max spends the int8 steps on the tail).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16)).eval()
+    x = torch.distributions.StudentT(2.0).sample((4096, 16))
+    res = calibrate(model, [x], progress=False)
+    minmax = calibrate(model, [x], observer="minmax", progress=False)
+    assert res.observer == "mse" and minmax.input_amax["0"] == x.abs().max().item()
+    assert res.input_amax["0"] < 0.9 * minmax.input_amax["0"]
+    q = fastinfer.quantize(copy.deepcopy(model), "w8a8_static", calib_data=[x])
+    assert q[0].x_scale == pytest.approx(res.input_scale["0"])
+    with pytest.raises(ValueError, match="scheme 'w8a8_dynamic' has none"):
+        fastinfer.quantize(copy.deepcopy(model), "w8a8_dynamic", observer="minmax")

@@ -261,8 +261,9 @@ def test_smoothquant_static_calibrates_later_layers_on_float_values():
             return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
     model, x = MLP().eval(), torch.randn(8, 20)
-    static = fastinfer.quantize(copy.deepcopy(model), "w8a8_static", calib_data=[x])
-    smooth = fastinfer.quantize(copy.deepcopy(model), "w8a8_static", calib_data=[x], smooth_alpha=0.5)
+    static = fastinfer.quantize(copy.deepcopy(model), "w8a8_static", calib_data=[x], observer="minmax")
+    smooth = fastinfer.quantize(copy.deepcopy(model), "w8a8_static", calib_data=[x], smooth_alpha=0.5,
+                                observer="minmax")  # the scale is max|smoothed x| / 127
     with torch.inference_mode():
         h1 = F.relu(model.fc1(x))
         want = float((h1 * smooth.fc2.input_smooth).abs().max()) / 127

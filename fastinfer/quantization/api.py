@@ -22,7 +22,7 @@ from ..nn.fused import ConvAct2d, LinearAct
 from ..nn.linear import SCHEMES, Int8Linear, check_bits_for_scheme, check_scheme
 from .calibrate import calibrate
 from .chain import adopt_half_dtype, chain_int8_convs, rewrite_residual_adds
-from .observers import OBSERVERS
+from .observers import DEFAULT_OBSERVER, OBSERVERS
 from .smooth import smooth_factors
 
 LINEAR_TYPES = (nn.Linear, LinearAct)     # exact types: a subclass may change forward
@@ -84,7 +84,8 @@ class QuantConfig:
     include / exclude: glob patterns on module names (as in model.named_modules()), or a
     callable(name, module) -> bool. A layer is swapped if it matches include (default: all)
     and does not match exclude.
-    observer: how w8a8_static picks activation scales: 'minmax', 'percentile' or 'mse'.
+    observer: how w8a8_static picks activation scales: 'minmax', 'percentile' or 'mse' (None, the default:
+      'mse', the threshold with the least int8 rounding-and-clipping error, as torch.ao's histogram observer).
     weight_bits: 8, or 7 for weights rounded to [-63, 63] (w8a8 schemes): on CPUs with AVX2 but no VNNI
       (AMD Zen 2/3, Intel before Ice Lake) the int8 GEMM of Linear layers and convolutions then runs about
       1.4x faster, at some accuracy; elsewhere (and in depthwise convolutions) it computes the same values
@@ -93,13 +94,13 @@ class QuantConfig:
     scheme: str = "w8a8_dynamic"
     include: Patterns = None
     exclude: Patterns = None
-    observer: str = "minmax"
+    observer: Optional[str] = None
     weight_bits: int = 8
 
     def __post_init__(self):
         check_scheme(self.scheme)
         check_bits_for_scheme(self.weight_bits, self.scheme)
-        if self.observer not in OBSERVERS:
+        if self.observer is not None and self.observer not in OBSERVERS:
             raise ValueError(f"observer must be one of {tuple(OBSERVERS)}, got {self.observer!r}")
         _matcher(self.include, "include")
         _matcher(self.exclude, "exclude")
@@ -129,7 +130,7 @@ class QuantizationReport:
 
 
 def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns = None, exclude: Patterns = None,
-             *, config: Optional[QuantConfig] = None, calib_data=None, observer: str = "minmax",
+             *, config: Optional[QuantConfig] = None, calib_data=None, observer: Optional[str] = None,
              smooth_alpha: Optional[float] = None, int8_residuals: bool = True, weight_bits: int = 8,
              calib_batches: Optional[int] = None, verbose: bool = False) -> nn.Module:
     """Replaces the nn.Linear / nn.Conv2d layers of ``model`` (and fastinfer.nn.LinearAct / ConvAct2d
@@ -169,7 +170,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
                             f"{type(config).__name__}")
         # config holds these five: an argument given beside it would be ignored without a word
         given = [name for name, value, default in (("scheme", scheme, "w8a8_dynamic"), ("include", include, None),
-                                                   ("exclude", exclude, None), ("observer", observer, "minmax"),
+                                                   ("exclude", exclude, None), ("observer", observer, None),
                                                    ("weight_bits", weight_bits, 8))
                  if value is not default and value != default]
         if given:
@@ -189,7 +190,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     if isinstance(calib_data, Tensor):
         raise TypeError("calib_data must be an iterable of batches, not one tensor (iterating a tensor yields its "
                         "rows); pass [x] for a single batch")
-    if cfg.observer != "minmax" and cfg.scheme != "w8a8_static":
+    if cfg.observer is not None and cfg.scheme != "w8a8_static":
         raise ValueError(f"observer={cfg.observer!r} chooses the activation scales that scheme 'w8a8_static' "
                          f"calibrates; scheme {cfg.scheme!r} has none (it would be ignored)")
     if smooth_alpha is not None:
@@ -252,7 +253,8 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         scales = calib = None
         if cfg.scheme == "w8a8_static":
             # Calibrate what the int8 layers will see: the smoothed input x / s of each smoothed Linear.
-            calib = _calibrate(model, calib_data, cfg.observer, smooth, verbose, [n for n, _ in targets])
+            calib = _calibrate(model, calib_data, cfg.observer or DEFAULT_OBSERVER, smooth, verbose,
+                               [n for n, _ in targets])
             scales = calib.input_scale
         # A model cast to fp16/bf16 before quantizing: its int8 hand-offs return that dtype (adopt_half_dtype).
         half_dtype = next((d for d in (half_dtype_of(model.get_submodule(n)) for n, _ in targets) if d is not None),

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .._args import is_integer
-from .observers import OBSERVERS, Observer
+from .observers import DEFAULT_OBSERVER, OBSERVERS, Observer
 
 ObserverSpec = Union[str, Callable[[], Observer]]
 
@@ -95,7 +95,7 @@ def _model_call(model: nn.Module, batch: Any) -> Tuple[Tuple[Any, ...], Dict[str
     return model_call(model, x)
 
 
-def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = "minmax", num_batches: Optional[int] = None,
+def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = DEFAULT_OBSERVER, num_batches: Optional[int] = None,
               targets: Union[Type[nn.Module], Tuple[Type[nn.Module], ...]] = (nn.Conv2d, nn.Conv1d, nn.Linear),
               progress: bool = True, layers: Optional[Collection[str]] = None) -> CalibrationResult:
     """Runs ``model`` in eval mode under torch.inference_mode over ``data`` and returns a

@@ -225,6 +225,9 @@ class MSEObserver(HistogramObserver):
 
 
 OBSERVERS = {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": MSEObserver}
+# What calibrate and quantize(scheme="w8a8_static") use unless told: the least-error threshold (min-max keeps
+# every outlier inside the range and spends the int8 steps on them; benchmarks/RESULTS.md, session 17).
+DEFAULT_OBSERVER = "mse"
 
 
 def make_observer(kind: str, name: Optional[str] = None, **kwargs) -> Observer:
