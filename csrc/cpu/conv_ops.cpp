@@ -823,7 +823,9 @@ at::Tensor int8_channel_scale(const at::Tensor& x, double x_scale, const at::Ten
   const at::Tensor g = gate.reshape({p.N, p.C}).contiguous();
   at::Tensor f = at::empty({p.N, p.C}, g.options());
   const float xs = static_cast<float>(x_scale);
-  for (int64_t i = 0; i < p.N * p.C; ++i) f.data_ptr<float>()[i] = g.data_ptr<float>()[i] * xs;
+  const float* gp = g.data_ptr<float>();
+  float* fp = f.data_ptr<float>();
+  for (int64_t i = 0; i < p.N * p.C; ++i) fp[i] = gp[i] * xs;
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(out_scale ? at::kChar : at::kFloat)
                                             .memory_format(at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return out;

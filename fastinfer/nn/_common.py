@@ -35,6 +35,14 @@ def check_scale(name: str, value: Optional[float]) -> None:
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
+def requantize(y: Tensor, out_scale: float) -> Tensor:
+    """The kernels' int8 requantization with torch ops (for the paths no kernel of ours serves):
+    clamp(round_half_even(y * (1 / out_scale)), -127, 127), NaN -> 0, the reciprocal rounded to float32 once."""
+    inv = torch.tensor(1.0, dtype=torch.float32, device=y.device) / torch.tensor(out_scale, dtype=torch.float32,
+                                                                                device=y.device)
+    return torch.nan_to_num(torch.round(y.float() * inv).clamp(-127, 127), nan=0.0).to(torch.int8)
+
+
 def needs_float32(x: Tensor, cpu_dtypes: Sequence[torch.dtype]) -> bool:
     """Whether the layer runs on a float32 copy of x (via_float32) and returns its float output in x's dtype:
     float64 on any device (no kernel takes it: a model cast with .double(), or quantized in float64), and

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ._common import HALF_DTYPES, applied_half_dtype
+from ._common import HALF_DTYPES, applied_half_dtype, requantize
 
 
 class Int8Add(nn.Module):
@@ -57,8 +57,7 @@ class Int8Add(nn.Module):
         y = torch.relu(y) if self.relu else y
         if self.out_scale is None:
             return y
-        inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(self.out_scale, dtype=torch.float32)
-        return torch.nan_to_num(torch.round(y.float() * inv).clamp(-127, 127), nan=0.0).to(torch.int8)
+        return requantize(y, self.out_scale)
 
     def extra_repr(self) -> str:
         s = f"relu={self.relu}"

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import HALF_DTYPES, applied_half_dtype, check_scale
+from ._common import HALF_DTYPES, applied_half_dtype, check_scale, requantize
 
 
 def _f32(v: float) -> Tensor:
@@ -19,10 +19,8 @@ def _f32(v: float) -> Tensor:
 
 
 def _requantize(v: Tensor, out_scale: float) -> Tensor:
-    """clamp(round_half_even(v * (1 / out_scale)), -127, 127), NaN -> 0 (the kernels' rule), channels_last."""
-    q = torch.nan_to_num(torch.round(v.float() * (_f32(1.0).to(v.device) / _f32(out_scale).to(v.device)))
-                         .clamp(-127, 127), nan=0.0)
-    return q.to(torch.int8).contiguous(memory_format=torch.channels_last)
+    """The kernels' requantization (_common.requantize), in channels_last memory as the op's output."""
+    return requantize(v, out_scale).contiguous(memory_format=torch.channels_last)
 
 
 class _GateOp(nn.Module):
