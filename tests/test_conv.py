@@ -85,7 +85,7 @@ def test_int8_conv2d_matches_reference(isa, g, mode):
 # One geometry per path: direct tiles, gathered rows (OW 7), 1x1, narrow groups, depthwise (quads and, 5x5 at
 # stride 1, wide quads on AVX-512).
 GELU_GEOMETRIES = [GEOMETRIES[0], (1, 16, 7, 7, 32, 3, 1, 1, 1, 1), GEOMETRIES[2], GROUPED[0], GEOMETRIES[8],
-                   GEOMETRIES[10]]
+                   GEOMETRIES[10], (2, 16, 12, 13, 80, 3, 1, 1, 1, 1)]  # the last: direct (OW >= 12), 80 = 64 + 16
 
 
 @pytest.mark.parametrize("g", GEOMETRIES[:6] + GROUPED, ids=[str(g) for g in GEOMETRIES[:6] + GROUPED])
@@ -122,6 +122,35 @@ def test_int8_conv2d_gelu_silu(isa, g, act):
     r8 = ref.int8_conv2d(x, w, ws, b, *args[1:], 0.03, 0.05, act)
     assert y8.dtype == torch.int8 and (y8.int() - r8.int()).abs().max().item() <= 1
     assert (y8 != r8).float().mean().item() < 0.01  # boundary cases only
+
+
+SILU_EDGES = [float("-inf"), -3e38, -1e30, -100.0, -88.5, -87.9, -20.0, -1e-30, 0.0, 3.0, 87.5, 1e30, float("inf"),
+              float("nan")]
+
+
+@pytest.mark.parametrize("k, groups, family", [(1, 1, "int8_gemm"), (3, 1, "conv_direct"), (3, 16, "dwconv")],
+                         ids=["gemm", "direct", "depthwise"])
+def test_silu_extreme_values(isa, k, groups, family):
+    """silu of pre-activations from -inf to inf (the bias carries them; one tap of 1): torch's F.silu within
+    1e-5, NaN where torch gives NaN (silu(-inf)), on the GEMM, direct and depthwise kernels. The vector
+    kernels clamp y inside the exp; below -88 they once gave y / e^88 (-0.6 for -1e38)."""
+    C, W = 16, 24  # OW >= 12: the direct kernels serve 3 x 3
+    x = torch.zeros(1, C, 1, W, dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    x[0, :, 0, 1] = 1
+    w = torch.zeros(C, C // groups, k, k, dtype=torch.int8)
+    w[:, 0, k // 2, k // 2] = 1
+    pw = ops.pack_conv_weight(w, groups)
+    args = ((k // 2, k // 2), (1, 1), groups, 1.0, None)
+    for v in SILU_EDGES:
+        b = torch.full((C,), v)
+        y = ops.int8_conv2d(x, pw, torch.ones(C), b, (k, k), (1, 1), *args, "silu")
+        want = torch.nn.functional.silu(ref.int8_conv2d(x, w, torch.ones(C), b, (1, 1), *args))
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5, equal_nan=True, msg=f"silu at {v} (+ 1 in column 1)")
+        assert_served("int8_gemm" if isa == "ref" and family == "conv_direct" else family, isa)  # ref: gathered rows
+        if abs(v) < 1e37:  # int8 out (finite bias: the folded rule): within one unit of the rounded F.silu
+            y8 = ops.int8_conv2d(x, pw, torch.ones(C), b, (k, k), (1, 1), *args[:-1], 0.5, "silu")
+            r8 = torch.round(want / 0.5).clamp(-127, 127)
+            assert y8.dtype == torch.int8 and (y8.float() - r8).abs().max().item() <= 1, f"silu at {v}, int8 out"
 
 
 GCONV_LANES = {"avx2": 8, "avx_vnni": 8, "avx512_vnni": 16, "amx": 16}  # output channels a block

@@ -73,22 +73,24 @@ inline Cols8 cols8(const Int8GemmParams& p, int64_t col, bool shifted) {
   return c;
 }
 
-// e^x, avx512_common.h's exp16 on 8 lanes: 2^n made in the exponent bits (n in [-126, 127] after the clamp).
-inline __m256 exp8(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+// avx512_common.h's silu16 on 8 lanes: 2^n made in the exponent bits (n in [-126, 127] after the clamp), and
+// 1 / d from vrcpps (12 bits) and one Newton step (about 2^-23). vrcpps flushes a subnormal 1 / d to 0, so
+// below about -87.3 the result is -0 (silu16's mask; silu(-inf) NaN, as torch's).
+inline __m256 silu8(__m256 y) {
+  const __m256 yc = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(-88.0f)), _mm256_set1_ps(87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(yc, _mm256_set1_ps(-1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860682030941723e-6f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(0.693147180559945f), yc);
+  __m256 p = _mm256_set1_ps(-0.008297654800117016f);  // e^-r: the odd coefficients negated
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.04191538318991661f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(-0.16667574644088745f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.49998894333839417f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(-0.9999997019767761f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0000001192092896f));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  const __m256 d = _mm256_fmadd_ps(p, _mm256_castsi256_ps(e), _mm256_set1_ps(1.0f));
+  const __m256 inv = _mm256_rcp_ps(d);
+  return _mm256_mul_ps(y, _mm256_fmadd_ps(inv, _mm256_fnmadd_ps(d, inv, _mm256_set1_ps(1.0f)), inv));
 }
 
 // relu / relu6 / hardswish / silu with NaN kept (max/min return their second operand on NaN); Gelu is done
@@ -99,8 +101,7 @@ inline __m256 act8(__m256 y, Act act) {
     t = _mm256_min_ps(_mm256_set1_ps(6.0f), t);
     return _mm256_div_ps(_mm256_mul_ps(y, t), _mm256_set1_ps(6.0f));
   }
-  if (act == Act::Silu)  // y / (1 + e^-y): NaN stays NaN (the numerator)
-    return _mm256_div_ps(y, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), y))));
+  if (act == Act::Silu) return silu8(y);  // NaN stays NaN (the final product)
   if (act != Act::Relu && act != Act::Relu6) return y;
   y = _mm256_max_ps(_mm256_setzero_ps(), y);
   return act == Act::Relu6 ? _mm256_min_ps(_mm256_set1_ps(6.0f), y) : y;
