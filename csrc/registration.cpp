@@ -8,6 +8,7 @@
 
 #include "cpu/dispatch.h"
 #include "cpu/isa.h"
+#include "cpu/output_pool.h"
 #include "op_args.h"
 #ifdef FASTINFER_WITH_CUDA
 #include "cuda/cuda_info.h"
@@ -110,6 +111,9 @@ TORCH_LIBRARY(fastinfer, m) {
   // Shape bucket of the int8 GEMM: on AMX, fewer rows than this run on the VNNI kernels. Returns the old value.
   m.def("set_amx_min_rows(int rows) -> int", &fastinfer::cpu::set_amx_min_rows);
   m.def("build_info() -> str", &build_info);
+  // The CPU ops' output cache (cpu/output_pool.cc): the bytes it holds; its limit (returns the old one).
+  m.def("output_cache_bytes() -> int", &fastinfer::cpu::output_cache_bytes);
+  m.def("set_output_cache_limit(int bytes) -> int", &fastinfer::cpu::set_output_cache_limit);
   m.def("cuda_last_kernel(str family=\"gemm\") -> str", &cuda_last_kernel);
   // Benchmarks: the int8 instruction's peak rate (registers only) on all intra-op threads.
   m.def("int8_peak_probe(int iters) -> int", &fastinfer::cpu::int8_peak_probe);

@@ -353,6 +353,21 @@ def last_kernel(family: str) -> str:
     return _ops.last_kernel(family)
 
 
+def output_cache_bytes() -> int:
+    """The bytes fastinfer's CPU output cache holds: freed outputs of 256 KiB or more, kept by size for the next
+    output of that size (README, "Large outputs and glibc")."""
+    return _ops.output_cache_bytes()
+
+
+def set_output_cache_limit(nbytes: int) -> int:
+    """Sets the most bytes the CPU output cache may hold (default 512 MiB; 0: it keeps nothing, and every
+    output is allocated and freed as torch's are); cached blocks over the new limit are freed at once, so
+    ``set_output_cache_limit(0)`` followed by the old limit empties it. Returns the old limit."""
+    if not is_integer(nbytes) or nbytes < 0:
+        raise ValueError(f"nbytes must be an integer >= 0, got {nbytes!r}")
+    return _ops.set_output_cache_limit(int(nbytes))
+
+
 def set_amx_min_rows(rows: int) -> int:
     """Sets the int8 GEMM's shape bucket: on AMX, GEMMs with fewer rows run on the VNNI kernels.
 

@@ -18,6 +18,8 @@ CASES = {
     "bench_conv": ["--batches", "1", "--layers", "dw_3x3,s2_3x3", "--min-time", "0.01"],
     "bench_tiers": ["--cases", "gemm", "--min-time", "0.01"],
     "bench_observers": ["--n", "5000", "--batches", "2"],
+    "bench_epilogue": ["--batch", "1", "--layers", "exp_1x1,dw_3x3,ffn_linear", "--acts", "silu", "--min-time",
+                       "0.01"],
     "bench_resnet": ["--model", "mobilenet_v2", "--image-size", "64", "--batches", "1", "--repeats", "1",
                      "--min-time", "0.01", "--calib-batches", "1"],
     "bench_resnet:mobilenet_v3": ["--model", "mobilenet_v3_large", "--image-size", "64", "--batches", "1",

@@ -557,7 +557,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     }
   }
   const auto out_dtype = out_scale ? at::kChar : at::kFloat;
-  at::Tensor out = at::empty({a.N, a.Cout, a.OH, a.OW}, x.options().dtype(out_dtype).memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor out = output_empty({a.N, a.Cout, a.OH, a.OW}, out_dtype, at::MemoryFormat::ChannelsLast);
   record_gemm_step(kernels::kernels_ref(), nullptr);  // set below where one weight's GEMM step serves
   if (a.N == 0 || a.OH == 0 || a.OW == 0) return out;
 
@@ -746,7 +746,7 @@ at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<doub
   check_cpu(b, op, "b");
   const at::MemoryFormat fmt = add_operands(a, b, a_scale, b_scale, out_scale);
   const at::Tensor ac = a.contiguous(fmt), bc = b.contiguous(fmt);
-  at::Tensor out = at::empty(a.sizes(), a.options().dtype(out_scale ? at::kChar : at::kFloat).memory_format(fmt));
+  at::Tensor out = output_empty(a.sizes(), out_scale ? at::kChar : at::kFloat, fmt);
   kernels::AddParams p;
   p.a = ac.data_ptr();
   p.b = bc.data_ptr();
@@ -826,8 +826,7 @@ at::Tensor int8_channel_scale(const at::Tensor& x, double x_scale, const at::Ten
   const float* gp = g.data_ptr<float>();
   float* fp = f.data_ptr<float>();
   for (int64_t i = 0; i < p.N * p.C; ++i) fp[i] = gp[i] * xs;
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(out_scale ? at::kChar : at::kFloat)
-                                            .memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor out = output_empty(x.sizes(), out_scale ? at::kChar : at::kFloat, at::MemoryFormat::ChannelsLast);
   if (out.numel() == 0) return out;
   p.f = f.data_ptr<float>();
   p.out = out.data_ptr();

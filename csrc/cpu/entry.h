@@ -13,6 +13,7 @@
 #include "../kernels/int8_gemm/params.h"
 #include "../op_args.h"
 #include "dispatch.h"
+#include "output_pool.h"
 
 namespace fastinfer {
 namespace cpu {

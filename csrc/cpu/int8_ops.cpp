@@ -130,7 +130,7 @@ at::Tensor int8_scaled_mm(const at::Tensor& a, const at::Tensor& a_scale, const 
   const at::Tensor as = channel_vector(a_scale, M, op, "a_scale", false);
   const at::Tensor bs = channel_vector(b_scale, h.N, op, "b_scale", false);
   const at::Tensor bi = bias ? channel_vector(*bias, h.N, op, "bias", true) : at::Tensor();
-  at::Tensor out = at::empty({M, h.N}, a.options().dtype(odt));
+  at::Tensor out = output_empty({M, h.N}, odt);
   if (M == 0) return out;
   kernels::Int8GemmParams p;
   fill_int8_params(p, h, packed_b, u, M);
@@ -155,7 +155,7 @@ at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& pa
   check_scale(x_scale, op, "x_scale");
   check_scale(out_scale, op, "out_scale");
   const int64_t M = x2.size(0);
-  at::Tensor out = at::empty({M, h.N}, x.options().dtype(out_scale ? at::kChar : x.scalar_type()));
+  at::Tensor out = output_empty({M, h.N}, out_scale ? at::kChar : x.scalar_type());
   if (M > 0) {
     const auto& ks = gemm_kernels(M);
     const bool shift = !ks.signed_a;
@@ -205,7 +205,7 @@ at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed
   const at::Tensor bs = channel_vector(w_scale, h.N, op, "w_scale", false);
   const at::Tensor bi = bias ? channel_vector(*bias, h.N, op, "bias", true) : at::Tensor();
   const int64_t M = xr.size(0);
-  at::Tensor out = at::empty({M, h.N}, x.options());
+  at::Tensor out = output_empty({M, h.N}, x.scalar_type());
   if (M > 0) {
     const auto& ks = kernels_for(Family::W8Gemm);
     // bf16 x of 2 rows or more on a CPU with AVX512_BF16: the bf16 dot-product kernel reads it as it is; else

@@ -158,7 +158,7 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& row_ptr, const a
   const at::Tensor bi = bias ? channel_vector(*bias, N, op, "bias", true) : at::Tensor();
   const at::Tensor x2 = activation_2d(x, in_features, op).to(at::kFloat);
   const int64_t M = x2.size(0), K = in_features;
-  at::Tensor out = at::empty({M, N}, x2.options());
+  at::Tensor out = output_empty({M, N}, x2.scalar_type());
   if (M == 0) return out.view(out_shape(x, N)).to(x.scalar_type());
 
   kernels::CsrParams p;
@@ -226,7 +226,7 @@ at::Tensor sparse_linear_int8(const at::Tensor& x, const at::Tensor& grp_ptr, co
   const at::Tensor bi = bias ? channel_vector(*bias, N, op, "bias", true) : at::Tensor();
   const at::Tensor x2 = activation_2d(x, in_features, op);  // bf16 stays bf16: the quantizer reads it
   const int64_t M = x2.size(0);
-  at::Tensor out = at::empty({M, N}, x2.options().dtype(at::kFloat));
+  at::Tensor out = output_empty({M, N}, at::kFloat);
   if (M == 0) return out.view(out_shape(x, N)).to(x.scalar_type());
 
   at::Tensor xq = at::empty({M, segs * kernels::kSlotSeg}, x2.options().dtype(at::kByte));
