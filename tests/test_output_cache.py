@@ -72,6 +72,21 @@ def test_limit(limit):
             ops.set_output_cache_limit(bad)
 
 
+def test_least_recently_freed_go_first(limit):
+    # Sizes that stop coming leave the cache to the ones in use (a new batch size, a new sequence length).
+    x, w, ws, b = conv_case(0)
+    ops.set_output_cache_limit(0)
+    ops.set_output_cache_limit(700 * 1024)  # room for one 400 KiB output and one 320 KiB one, not both
+    y = conv(x, w, ws, b)
+    del y
+    assert ops.output_cache_bytes() == 400 * 1024
+    y = conv(x[:, :, :32], w, ws, b)  # 2 * 32 * 40 * 32 floats = 320 KiB: a size not cached
+    ptr = y.data_ptr()
+    del y  # evicts the 400 KiB block
+    assert ops.output_cache_bytes() == 320 * 1024
+    assert conv(x[:, :, :32], w, ws, b).data_ptr() == ptr
+
+
 def test_every_op_family_returns_exact_results_in_reused_blocks(limit):
     # Each op twice at one size with different inputs: the second call's output is the first's block.
     g = torch.Generator().manual_seed(2)
