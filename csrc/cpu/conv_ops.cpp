@@ -139,7 +139,7 @@ class PaddedRows {
 at::Tensor quantized_input(const at::Tensor& x_rows, const ConvArgs& a, float a_scale, bool shift) {
   if (x_rows.scalar_type() == at::kChar && !shift) return x_rows.view(at::kByte);
   const PaddedRows rows(x_rows, a, a_scale, 0, 0, shift);
-  at::Tensor xq = at::empty({a.N * a.H * a.W, a.C}, x_rows.options().dtype(at::kByte));
+  at::Tensor xq = output_empty({a.N * a.H * a.W, a.C}, at::kByte);
   uint8_t* dst = xq.data_ptr<uint8_t>();
   const int64_t row = a.W * a.C;
   at::parallel_for(0, a.N * a.H, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, row)), [&](int64_t b, int64_t e) {
@@ -562,7 +562,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   if (a.N == 0 || a.OH == 0 || a.OW == 0) return out;
 
   // 1) activations -> int8 NHWC, one scale for the whole tensor (static x_scale, or amax / 127).
-  const at::Tensor xs = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor xs = channels_last(x);
   const at::Tensor x_rows = xs.permute({0, 2, 3, 1}).reshape({a.N * a.H * a.W, a.C});  // NHWC rows, no copy
   float a_scale;
   if (x_scale) {
@@ -726,7 +726,7 @@ at::Tensor int8_max_pool2d(const at::Tensor& x, at::IntArrayRef kernel_size, at:
   check_dtype(x, at::kChar, "int8_max_pool2d", "x");
   const PoolArgs a = pool_args(x, kernel_size, stride, padding, dilation, ceil_mode);
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  at::Tensor out = at::empty({a.N, a.C, a.OH, a.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor out = output_empty({a.N, a.C, a.OH, a.OW}, x.scalar_type(), at::MemoryFormat::ChannelsLast);
   if (out.numel() == 0) return out;
   kernels::MaxPoolParams p;
   p.x = xc.data_ptr<int8_t>();

@@ -51,7 +51,7 @@ at::Tensor gemm_operand(const at::Tensor& a, const PackedHeader& h, const kernel
   const int64_t M = a.size(0), K = h.K, ld = kernels::operand_stride(h.K_pad);
   if (ks.signed_a && a.is_contiguous() && K == h.K_pad && ld == h.K_pad) return a.view(at::kByte);
   const at::Tensor ac = a.contiguous();
-  at::Tensor u = at::empty({M, ld}, a.options().dtype(at::kByte));
+  at::Tensor u = output_empty({M, ld}, at::kByte);
   at::parallel_for(0, M, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, K)), [&](int64_t b, int64_t e) {
     kernels::copy_operand_rows(ac.data_ptr<int8_t>() + b * K, K, e - b, K, u.data_ptr<uint8_t>() + b * ld, ld,
                                h.K_pad, !ks.signed_a);
@@ -100,7 +100,7 @@ at::Tensor int8_mm(const at::Tensor& a, const at::Tensor& packed_b, int64_t n) {
   const int64_t M = a.dim() == 2 ? a.size(0) : 0;
   const auto& ks = gemm_kernels(M);
   const at::Tensor u = gemm_operand(a, h, ks, "int8_mm");
-  at::Tensor out = at::empty({M, h.N}, a.options().dtype(at::kInt));
+  at::Tensor out = output_empty({M, h.N}, at::kInt);
   if (M == 0) return out;
   kernels::Int8GemmParams p;
   fill_int8_params(p, h, packed_b, u, M);
@@ -160,7 +160,7 @@ at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& pa
     const auto& ks = gemm_kernels(M);
     const bool shift = !ks.signed_a;
     // The GEMM operand, written by the quantizer (no separate pass); row stride from operand_stride.
-    at::Tensor q = at::empty({M, kernels::operand_stride(h.K_pad)}, x.options().dtype(at::kByte)).narrow(1, 0, h.K_pad);
+    at::Tensor q = output_empty({M, kernels::operand_stride(h.K_pad)}, at::kByte).narrow(1, 0, h.K_pad);
     // Static: one scale for every row (a_scale_per_tensor); dynamic: the quantizer's per-row scales.
     at::Tensor a_scale = at::empty({x_scale ? 1 : M}, x.options().dtype(at::kFloat));
     if (x_scale) {

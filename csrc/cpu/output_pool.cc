@@ -122,6 +122,13 @@ at::Tensor output_empty(at::IntArrayRef sizes, at::ScalarType dtype, at::MemoryF
                                    format);
 }
 
+at::Tensor channels_last(const at::Tensor& x) {
+  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return x;
+  at::Tensor c = output_empty(x.sizes(), x.scalar_type(), at::MemoryFormat::ChannelsLast);
+  c.copy_(x);
+  return c;
+}
+
 int64_t output_cache_bytes() {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mu);
