@@ -67,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x) {
               "fastinfer.quantize_per_token: x must be float32 or bfloat16, got ", x.scalar_type());
   TORCH_CHECK(x.dim() == 2, "fastinfer.quantize_per_token: x must be 2-D [M, K], got shape ", x.sizes());
   const at::Tensor xc = x.contiguous();
-  at::Tensor q = at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kChar));
+  at::Tensor q = output_empty({x.size(0), x.size(1)}, at::kChar);
   at::Tensor scale = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
   if (x.numel() > 0) quantize_rows(xc, q, scale, /*shift128=*/false);
   else if (x.size(0) > 0) scale.zero_();

@@ -15,6 +15,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/core/Allocator.h>
 #include <c10/util/Exception.h>
+#include <c10/util/accumulate.h>
 
 #include <cstdlib>
 #include <list>
@@ -114,9 +115,7 @@ CachingAllocator& caching_allocator() {
 }  // namespace
 
 at::Tensor output_empty(at::IntArrayRef sizes, at::ScalarType dtype, at::MemoryFormat format) {
-  int64_t numel = 1;
-  for (int64_t s : sizes) numel *= s;
-  if (static_cast<size_t>(numel) * c10::elementSize(dtype) < kMinPooledBytes)
+  if (static_cast<size_t>(c10::multiply_integers(sizes)) * c10::elementSize(dtype) < kMinPooledBytes)
     return at::empty(sizes, at::TensorOptions().dtype(dtype).memory_format(format));
   return at::detail::empty_generic(sizes, &caching_allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
                                    format);

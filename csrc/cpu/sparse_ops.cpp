@@ -229,7 +229,7 @@ at::Tensor sparse_linear_int8(const at::Tensor& x, const at::Tensor& grp_ptr, co
   at::Tensor out = output_empty({M, N}, at::kFloat);
   if (M == 0) return out.view(out_shape(x, N)).to(x.scalar_type());
 
-  at::Tensor xq = at::empty({M, segs * kernels::kSlotSeg}, x2.options().dtype(at::kByte));
+  at::Tensor xq = output_empty({M, segs * kernels::kSlotSeg}, at::kByte);
   at::Tensor xs = at::empty({M}, x2.options().dtype(at::kFloat));
   quantize_rows(x2, xq, xs, /*shift128=*/true);
   kernels::Slot128Params p;

@@ -95,7 +95,8 @@ def _model_call(model: nn.Module, batch: Any) -> Tuple[Tuple[Any, ...], Dict[str
     return model_call(model, x)
 
 
-def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = DEFAULT_OBSERVER, num_batches: Optional[int] = None,
+def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = DEFAULT_OBSERVER,
+              num_batches: Optional[int] = None,
               targets: Union[Type[nn.Module], Tuple[Type[nn.Module], ...]] = (nn.Conv2d, nn.Conv1d, nn.Linear),
               progress: bool = True, layers: Optional[Collection[str]] = None) -> CalibrationResult:
     """Runs ``model`` in eval mode under torch.inference_mode over ``data`` and returns a

@@ -153,7 +153,8 @@ __attribute__((noinline)) void conv_tile_silu_int8(const Int8GemmParams& p, int6
   for (int i = 0; i < mr; ++i)
     for (int j = 0; j < nb; ++j) y[i][j] = silu16(y[i][j]);
   // The folded int8 rule (conv_tile): finite scales, so no NaN; silu's out_inv is not folded.
-  const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale), hi = _mm512_set1_ps(folded_int8_hi(Act::Silu, p.out_inv_scale));
+  const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale);
+  const __m512 hi = _mm512_set1_ps(folded_int8_hi(Act::Silu, p.out_inv_scale));
   const __mmask64 mask = byte_mask(std::min<int64_t>(p.N - n, 16 * nb));
   for (int i = 0; i < mr; ++i) {
     __m512i q[4];
