@@ -114,7 +114,8 @@ def fastinfer_rows(kinds: List[str], min_time: float) -> Tuple[List[Dict], List[
     from fastinfer import reference as ref
 
     from common import time_call
-    tiers = [t for t in fastinfer.cpu_capabilities()["runnable"] if t != "ref"]
+    caps = fastinfer.cpu_capabilities()
+    tiers, amx_min_rows = [t for t in caps["runnable"] if t != "ref"], caps["amx_min_rows"]
     rows, bad = [], []
     with torch.inference_mode():
         for kind in kinds:
@@ -154,8 +155,10 @@ def fastinfer_rows(kinds: List[str], min_time: float) -> Tuple[List[Dict], List[
                             "narrow groups" if family == "gconv" else \
                             "direct" if ops.last_kernel("conv_direct") else "gathered"
                         exact = torch.equal(out, want)
-                        # AMX's depthwise and narrow-group convolutions are the AVX-512 VNNI kernels
-                        expect = "avx512_vnni" if tier == "amx" else tier
+                        # AMX's depthwise and narrow-group convolutions are the AVX-512 VNNI kernels, and so are
+                        # its GEMMs of fewer than amx_min_rows rows (dispatch.cc)
+                        to_vnni = family != "int8_gemm" or (kind == "gemm" and spec[0] < amx_min_rows)
+                        expect = "avx512_vnni" if tier == "amx" and to_vnni else tier
                         if served != expect or not exact:
                             bad.append(f"{name} [{tier}]: served by {served!r}, bit-exact {exact}")
                         t = time_call(run, min_time_s=min_time)

@@ -34,6 +34,9 @@ def _info() -> int:
     for k in _VERDICTS:
         if k == "env_cap" and caps.get(k) is None:
             print(f"  {k:<14} none (FASTINFER_ISA={'|'.join(fastinfer.ISAS)} caps it)")
+        elif k == "amx_note" and not caps.get(k):
+            if caps.get("amx_int8"):
+                print(f"  {k:<14} none (AMX usable)")
         elif k in caps:
             v = caps[k]
             print(f"  {k:<14} {', '.join(v) if isinstance(v, list) else v}")

@@ -134,7 +134,7 @@ def test_silu_extreme_values(isa, k, groups, family):
     """silu of pre-activations from -inf to inf (the bias carries them; one tap of 1): torch's F.silu within
     1e-5, NaN where torch gives NaN (silu(-inf)), on the GEMM, direct and depthwise kernels. The vector
     kernels clamp y inside the exp; below -88 they once gave y / e^88 (-0.6 for -1e38)."""
-    C, W = 16, 24  # OW >= 12: the direct kernels serve 3 x 3
+    C, W = (64 if family == "conv_direct" else 16), 24  # OW >= 12, AMX 64 channels a step: direct kernels serve 3 x 3
     x = torch.zeros(1, C, 1, W, dtype=torch.int8).contiguous(memory_format=torch.channels_last)
     x[0, :, 0, 1] = 1
     w = torch.zeros(C, C // groups, k, k, dtype=torch.int8)

@@ -93,6 +93,7 @@ const KernelSet& kernels_avx_vnni() {
     k.dwconv = dwconv_vnni;
     k.dwconv_path = dwconv_path_vnni;
     k.int8_gemm = ymm_gemm<VnniDot>;
+    k.gemm_step = nullptr;  // vpdpbusd has one step for every weight (AVX2's are its own)
     k.peak_probe = ymm_peak_probe<VnniDot>;
     k.m_chunk = 16 * VnniDot::kMR;  // n_panel, signed_a (u8 operand) and conv_c_step as AVX2's
     k.m_tile = VnniDot::kMR;
