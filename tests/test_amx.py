@@ -297,3 +297,39 @@ def test_direct_conv_not_taken_where_it_cannot_run(amx_every_shape, g, stride):
     y = ops.int8_conv2d(x, ops.pack_conv_weight(w, 1), ws, None, (k, k), stride, (p, p), (d, d), 1, 0.03)
     assert ops.last_kernel("conv_direct") == "" and ops.last_kernel("int8_gemm") == "amx"
     torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, None, stride, (p, p), (d, d), 1, 0.03), rtol=0, atol=0)
+
+
+def _int8_rows_before_a_guard_page(M: int, K: int):
+    """An (M, K) int8 tensor whose last byte is the last one before a PROT_NONE page: a kernel that reads
+    past the operand's end faults instead of passing silently."""
+    import ctypes
+    import mmap
+    page = mmap.PAGESIZE
+    size = (M * K + page - 1) // page * page + page
+    region = mmap.mmap(-1, size, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.mprotect(ctypes.c_void_p(address + size - page), ctypes.c_size_t(page), 0) == 0  # PROT_NONE
+    t = torch.frombuffer(region, dtype=torch.int8, count=M * K, offset=size - page - M * K).view(M, K)
+    t.copy_(rand_i8(M, K))
+    return t, region
+
+
+@needs_amx
+@pytest.mark.parametrize("K", [4, 20, 60, 80, 100, 252, 1000])
+@pytest.mark.parametrize("M", [16, 17, 31, 40, 129])
+def test_tail_step_reads_nothing_past_the_operand(amx_every_shape, M, K):
+    # A K tail (K % 64 != 0) is one more tile step that reads 64 bytes of each row, past K into the next
+    # row (against zero B rows: exact) and, for the last rows, from a copy with slack: never past A's end.
+    a, region = _int8_rows_before_a_guard_page(M, K)
+    b = rand_i8(48, K)
+    torch.testing.assert_close(ops.int8_mm(a, ops.pack_int8_weight(b), 48), ref.int8_mm(a, b), rtol=0, atol=0)
+    assert ops.last_kernel("int8_gemm") == "amx"
+    # A 1x1 convolution of an int8 NHWC input reads the input rows in place too.
+    x = a.view(1, M, 1, K).permute(0, 3, 1, 2)  # channels_last (N, C, H, W) over the same bytes
+    w = rand_i8(48, K, 1, 1).clamp_(-127, 127)
+    ws = torch.rand(48) * 0.01
+    y = ops.int8_conv2d(x, ops.pack_conv_weight(w, 1), ws, None, (1, 1), (1, 1), (0, 0), (1, 1), 1, 0.03)
+    assert ops.last_kernel("int8_gemm") == "amx"
+    torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, None, (1, 1), (0, 0), (1, 1), 1, 0.03), rtol=0, atol=0)
+    del region  # unmapped when the tensors over it are gone

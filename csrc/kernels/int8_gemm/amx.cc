@@ -90,16 +90,22 @@ T* aligned64(std::vector<T>& v, size_t n) {
   return v.data() + ((64 - at % 64) % 64) / sizeof(T);
 }
 
+constexpr int64_t kBTileBytes = AmxTraits::kTileRows * AmxTraits::kStepBytes;  // 16 k-quads x 16 columns
+
 struct ThreadBuffers {
   std::vector<int32_t> c_storage;
   int32_t* c = nullptr;        // two halves: the pair being computed and the pair in its epilogue
+  std::vector<int8_t> tail_storage;
+  int8_t* tail_b = nullptr;    // the K tail of a column pair's two B blocks as whole tiles (zero rows after it)
   std::vector<int64_t> koff;   // byte offset of each tile step (TileSource)
   std::vector<uint8_t> small;  // A with fewer than 16 rows, copied into 16 zero-padded rows
+  std::vector<uint8_t> guard;  // the last rows of A with slack after them (the tail step reads past K)
 };
 
 ThreadBuffers& thread_buffers() {
   thread_local ThreadBuffers b;
   if (!b.c) b.c = aligned64(b.c_storage, static_cast<size_t>(2 * kCHalfInts));
+  if (!b.tail_b) b.tail_b = aligned64(b.tail_storage, static_cast<size_t>(2 * kBTileBytes));
   return b;
 }
 
@@ -118,11 +124,17 @@ struct TilePass {
 };
 
 // How A is addressed: the GEMM's rows (koff[kt] = 64 kt) or a convolution's taps and channels.
+// A GEMM whose K_pad is not a multiple of 64 ends with a tail step: K quads [16 steps, K_pad / 4) as one
+// more tile product, A read as 64 bytes at koff[steps] (past K: the next row's bytes, or the guard
+// copy's slack at the end) against a B tile whose rows after the tail are zero, so the bytes past K
+// add nothing: the sums stay exact. (It replaced a vpdpbusd tail in the epilogue: u8 = s8 + 128 and a
+// 128 * sum(b) correction per quad, which ran 1x1 convolutions with 80-240 channels up to 2x slower
+// than AVX-512 VNNI alone.)
 struct TileSource {
   int64_t stride;        // bytes between the rows of a tile
-  const int64_t* koff;   // [steps]
+  const int64_t* koff;   // [steps + 1 with a tail]
   int64_t steps;         // whole tile steps (64 bytes of K each)
-  int64_t q_tail, q_end; // GEMM only: the K tail's quads [q_tail, q_end), at base + t * stride + 4q
+  int64_t tail_quads;    // GEMM only: K quads after them (0-15)
   // A tiles loaded with the streaming hint (GEMM: a row passes once per column pair). A convolution
   // reads each input pixel once per tap, so its A stays cached (measured on l1 3x3 at batch 8, one
   // thread: 1.10 -> 1.04 ms).
@@ -135,9 +147,8 @@ struct GemmCtx {
   bool stream_out;  // large 4-byte output: non-temporal stores of whole aligned lines (see below)
 };
 
-// The epilogue of a finished column pair: the K tail (K_pad % 64 bytes) with vpdpbusd (u8 x s8:
-// the s8 activations are fed as a + 128 and 128 * sum(b) is taken off again, exact), then the
-// shared AVX-512 epilogue (compensation, dequantize, bias, activation, store). It runs a few rows
+// The epilogue of a finished column pair: the shared AVX-512 epilogue (dequantize, bias, activation,
+// store). It runs a few rows
 // after each tile call of the next pair, so its vector work and its output stores (the output often
 // costs as much as the products: 4 KiB of fp32 per 32 x 32 block) overlap the TMUL, a separate
 // unit, instead of leaving it idle. (Measured: spreading it over every tile step instead was slower
@@ -146,28 +157,17 @@ struct GemmCtx {
 struct PendingEpilogue {
   const TilePass* pass_ptr = nullptr;  // the pass of the pair (tile_gemm keeps two, alternating)
   const int32_t* c = nullptr;
-  const int8_t* b[2] = {nullptr, nullptr};
   ColBlock16 cols[2];
   int nt = 0, pos = 0;
   int64_t left = 0;  // tile rows not yet visited
 };
 
-// Row `pos` of the pending pair's C tiles, plus the K tail (GEMM only), column block j.
+// Row `pos` of the pending pair's C tiles, column block j (zero when K is empty: no tile ran).
 inline __m512i pair_acc(const GemmCtx& g, const PendingEpilogue& e, int pos, int j) {
-  const TileSource& src = g.src;
   const int tile = pos / static_cast<int>(AmxTraits::kTileRows), t = pos % static_cast<int>(AmxTraits::kTileRows);
-  __m512i acc = src.steps > 0 ? _mm512_loadu_si512(e.c + tile * kCTileInts + t * AmxTraits::kBlockCols + 16 * j)
-                              : _mm512_setzero_si512();
-  if (src.q_tail < src.q_end) {  // vpdpbusd on u8 = s8 + 128, then 128 * sum(b) off again (exact)
-    const __m512i k80 = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
-    const uint8_t* ar = e.pass_ptr->base[tile] + t * src.stride;
-    for (int64_t q = src.q_tail; q < src.q_end; ++q) {
-      const __m512i bq = _mm512_loadu_si512(e.b[j] + q * 64);
-      acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(bcast_u8x4(ar + q * 4), k80), bq);
-      acc = _mm512_sub_epi32(acc, _mm512_dpbusd_epi32(_mm512_setzero_si512(), k80, bq));
-    }
-  }
-  return acc;
+  return g.src.steps + g.src.tail_quads > 0
+             ? _mm512_loadu_si512(e.c + tile * kCTileInts + t * AmxTraits::kBlockCols + 16 * j)
+             : _mm512_setzero_si512();
 }
 
 // Runs the next `rows` rows of a pending epilogue, specialized per output kind, activation and bias
@@ -246,7 +246,7 @@ void epilogue_folded(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
   // Everything the loop reads lives in locals: the output stores could alias anything behind a pointer.
   char* const out = static_cast<char*>(g.p.out);
   const int64_t ldo = g.p.ldo;
-  const bool stream = g.stream_out, tail = g.src.q_tail < g.src.q_end;
+  const bool stream = g.stream_out;
   const __m512 out_inv = _mm512_set1_ps(g.p.out_inv_scale), hi = _mm512_set1_ps(127.0f);
   const __m512i lo8 = _mm512_set1_epi8(-127), lo32 = _mm512_set1_epi32(-127);
   // packs leave dword 4l + i of the result as lane l of input i (rows' column blocks 0, 1, 0, 1).
@@ -256,11 +256,9 @@ void epilogue_folded(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
   const __mmask16 mask[2] = {e.cols[0].mask, e.cols[1].mask};
   const __m512 sc[2] = {e.cols[0].b_scale, e.cols[1].b_scale}, bi[2] = {e.cols[0].bias, e.cols[1].bias};
   const bool full = nt == 2 && mask[0] == 0xffff && mask[1] == 0xffff;
-  const int32_t* const cbuf = e.c;
   const int64_t* const row_of = e.pass_ptr->out;
   auto value = [&](int pos, int j) {
-    const __m512i acc = tail ? pair_acc(g, e, pos, j)
-                             : _mm512_loadu_si512(cbuf + (pos / 16) * kCTileInts + (pos % 16) * AmxTraits::kBlockCols + 16 * j);
+    const __m512i acc = pair_acc(g, e, pos, j);
     __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), sc[j]);
     if (BIAS) y = _mm512_add_ps(y, bi[j]);
     y = act16(y, ACT);
@@ -337,13 +335,14 @@ EpilogueFn epilogue_for(const Int8GemmParams& p) {
 }
 
 // One K chunk [kt0, kt1) of a block of MT x NT tiles. a0/a1: the bases of the block's row tiles,
-// b0/b1: the two B column blocks, c: the block's C buffer; first: start from zero. A GEMM's A tiles
+// b0/b1: the two B column blocks, c: the block's C buffer; first: start from zero. Step src.steps (the
+// last chunk's, when there is a K tail) is the tail step, on the zero-padded tail tiles tb0/tb1. A GEMM's A tiles
 // are loaded with the streaming hint (tileloaddt1, STREAM_A): they pass once per column pair, and
 // keeping them out of L1 leaves it to the B chunk, which every block of the pass reuses (measured:
 // +5-20%); a convolution's are not (TileSource::stream_a).
 template <int MT, int NT, bool STREAM_A>
 inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, const TileSource& src, const int8_t* b0,
-                        const int8_t* b1, int64_t kt0, int64_t kt1, int32_t* c) {
+                        const int8_t* b1, const int8_t* tb0, const int8_t* tb1, int64_t kt0, int64_t kt1, int32_t* c) {
   int32_t* c1 = c + kCTileInts;
   const int64_t stride = src.stride;
   const int64_t* koff = src.koff;
@@ -358,16 +357,20 @@ inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, const 
     if (MT == 2) _tile_loadd(2, c1, kCStride);
     if (MT == 2 && NT == 2) _tile_loadd(3, c1 + 16, kCStride);
   }
+  const int64_t full_end = std::min(kt1, src.steps);
   for (int64_t kt = kt0; kt < kt1; ++kt) {
+    // The tail step (kt == src.steps) takes its B tiles from the padded copies.
+    const int8_t* const bt0 = kt < full_end ? b0 + kt * kBTileBytes : tb0;
+    const int8_t* const bt1 = kt < full_end ? b1 + kt * kBTileBytes : tb1;
     // Loads interleaved with the products that consume them (A0, B0, C00, B1, C01, A1, C10, C11).
     if (STREAM_A)
       _tile_stream_loadd(4, a0 + koff[kt], stride);
     else
       _tile_loadd(4, a0 + koff[kt], stride);
-    _tile_loadd(6, b0 + kt * 1024, 64);
+    _tile_loadd(6, bt0, 64);
     _tile_dpbssd(0, 4, 6);
     if (NT == 2) {
-      _tile_loadd(7, b1 + kt * 1024, 64);
+      _tile_loadd(7, bt1, 64);
       _tile_dpbssd(1, 4, 7);
     }
     if (MT == 2) {
@@ -386,7 +389,7 @@ inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, const 
 }
 
 using BlockFn = void (*)(bool, const uint8_t*, const uint8_t*, const TileSource&, const int8_t*, const int8_t*,
-                         int64_t, int64_t, int32_t*);
+                         const int8_t*, const int8_t*, int64_t, int64_t, int32_t*);
 // [stream A][MT - 1][NT - 1]
 constexpr BlockFn kBlockFns[2][2][2] = {
     {{block_chunk<1, 1, false>, block_chunk<1, 2, false>}, {block_chunk<2, 1, false>, block_chunk<2, 2, false>}},
@@ -406,14 +409,18 @@ template <typename NextPass>
 void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
   const Int8GemmParams& p = g.p;
   n1 = std::min(n1, round_up(p.N, kPackNB));
-  const int64_t steps = g.src.steps;
+  const int64_t full_steps = g.src.steps, tail_bytes = g.src.tail_quads * AmxTraits::kStepBytes;
+  const int64_t steps = full_steps + (tail_bytes > 0 ? 1 : 0);  // tile steps, the tail's included
   // K chunks of at most kMaxChunkSteps steps (kMaxConvChunkSteps for a convolution), ceil(steps / max)
   // of them, as even as that allows (12 steps: 2 x 6, not 8 + 4).
   const int64_t max_steps = g.src.stream_a ? AmxTraits::kMaxChunkSteps : AmxTraits::kMaxConvChunkSteps;
   const int64_t chunks = (steps + max_steps - 1) / max_steps;
   const int64_t kc = chunks > 0 ? (steps + chunks - 1) / chunks : 0;
   const int64_t block_stride = p.K_pad * kPackNB;  // bytes per 16-column weight block
-  int32_t* const cbuf = thread_buffers().c;  // a local: every output store could alias the thread_local
+  int32_t* const cbuf = thread_buffers().c;  // locals: every output store could alias the thread_local
+  int8_t* const tail_b = thread_buffers().tail_b;
+  // The tail tiles' rows after the tail stay zero for the whole call (each pair copies the same rows).
+  if (tail_bytes > 0) std::memset(tail_b, 0, static_cast<size_t>(2 * kBTileBytes));
   const EpilogueFn run_epilogue = epilogue_for(p);
   PendingEpilogue pending;
   // Two passes alternate: the last pair's epilogue of one runs while the next one computes.
@@ -429,6 +436,10 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
       const int8_t* b0 = p.b + (n / kPackNB) * block_stride;
       const int8_t* b1 = b0 + block_stride;
       int32_t* const c = cbuf + (pair_count % 2) * kCHalfInts;
+      if (tail_bytes > 0) {  // the pair's K tail as whole tiles (the epilogue below reads C only)
+        std::memcpy(tail_b, b0 + full_steps * kBTileBytes, static_cast<size_t>(tail_bytes));
+        if (nt == 2) std::memcpy(tail_b + kBTileBytes, b1 + full_steps * kBTileBytes, static_cast<size_t>(tail_bytes));
+      }
       // The previous pair's epilogue, spread evenly over this pair's tile calls.
       const int64_t calls = blocks * chunks;
       const int64_t rows = calls > 0 ? (pending.left + calls - 1) / calls : 0;
@@ -437,15 +448,14 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
         for (int b = 0; b < blocks; ++b) {
           const int mt = 2 * b + 1 < pass.tiles ? 2 : 1;
           kBlockFns[g.src.stream_a][mt - 1][nt - 1](kt0 == 0, pass.base[2 * b], pass.base[2 * b + mt - 1], g.src, b0,
-                                                    b1, kt0, kt1, c + b * 2 * kCTileInts);
+                                                    b1, tail_b, tail_b + kBTileBytes, kt0, kt1,
+                                                    c + b * 2 * kCTileInts);
           run_epilogue(g, pending, rows);
         }
       }
       run_epilogue(g, pending, pending.left);  // what the spread left (all of it when K < 64)
       pending.pass_ptr = &pass;
       pending.c = c;
-      pending.b[0] = b0;
-      pending.b[1] = b1;
       for (int j = 0; j < nt; ++j) pending.cols[j] = col_block16(p, n + 16 * j, /*signed_a=*/true);
       pending.nt = nt;
       pending.pos = 0;
@@ -479,9 +489,28 @@ void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n
     p.M = AmxTraits::kTileRows;
   }
   const int64_t steps = p.K_pad / AmxTraits::kStepBytes;  // whole tile steps; the rest is the K tail
-  int64_t* koff = step_offsets(steps);
-  for (int64_t kt = 0; kt < steps; ++kt) koff[kt] = kt * AmxTraits::kStepBytes;
-  const GemmCtx g{p, TileSource{p.lda, koff, steps, steps * 16, p.K_pad / kPackKB, true}, stream_output(p, p.M)};
+  const int64_t tail = p.K_pad - steps * AmxTraits::kStepBytes;
+  int64_t* koff = step_offsets(steps + 1);
+  for (int64_t kt = 0; kt <= steps; ++kt) koff[kt] = kt * AmxTraits::kStepBytes;
+  const GemmCtx g{p, TileSource{p.lda, koff, steps, tail / 4, true}, stream_output(p, p.M)};
+  // The tail step reads row r's bytes [r lda, r lda + 64 (steps + 1)): past the end of A for the last
+  // rows (first_bad on). Windows that hold such a row read a copy of A's rows [g0, M) followed by 64
+  // bytes of slack (at most 31 rows: a row reads at most 60 bytes past its K_pad, and lda >= 4).
+  int64_t first_bad = p.M, g0 = p.M;
+  const uint8_t* guard = nullptr;
+  if (tail > 0) {
+    const int64_t room = (p.M - 1) * p.lda + p.K_pad - (steps + 1) * AmxTraits::kStepBytes;  // last safe r lda
+    first_bad = room < 0 ? 0 : room / p.lda + 1;
+    g0 = std::max<int64_t>(0, std::min(first_bad, p.M - AmxTraits::kTileRows) - (AmxTraits::kTileRows - 1));
+    const size_t bytes = static_cast<size_t>((p.M - 1 - g0) * p.lda + p.K_pad);
+    uint8_t* const copy = aligned64(buf.guard, bytes + AmxTraits::kStepBytes);
+    std::memcpy(copy, p.a + g0 * p.lda, bytes);
+    std::memset(copy + bytes, 0, static_cast<size_t>(AmxTraits::kStepBytes));
+    guard = copy;
+  }
+  auto row_base = [&](int64_t w) {  // the bytes of window w (16 rows from row w)
+    return w + AmxTraits::kTileRows - 1 >= first_bad ? guard + (w - g0) * p.lda : p.a + w * p.lda;
+  };
   // Passes of kPassRows rows; tile i starts at row r, its window at w = min(r, M - 16).
   int64_t pm0 = m0;
   tile_gemm(g, n0, n1, [&](TilePass& pass) {
@@ -490,7 +519,7 @@ void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n
     pass.tiles = 0;
     for (int64_t r = pm0; r < pm1; r += AmxTraits::kTileRows, ++pass.tiles) {
       const int64_t w = std::min(r, p.M - AmxTraits::kTileRows);
-      pass.base[pass.tiles] = p.a + w * p.lda;
+      pass.base[pass.tiles] = row_base(w);
       for (int64_t t = 0; t < AmxTraits::kTileRows; ++t)  // its own rows, inside this call's [m0, m1)
         pass.out[pass.tiles * AmxTraits::kTileRows + t] = w + t >= r && w + t < pm1 ? w + t : -1;
     }
@@ -516,7 +545,7 @@ void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
     for (int64_t kw = 0; kw < cp.KW; ++kw)
       for (int64_t cc = 0; cc < cchunks; ++cc, ++kt)
         koff[kt] = (kh * cp.DH * cp.Wp + kw * cp.DW) * cp.C + cc * AmxTraits::kStepBytes;
-  const GemmCtx g{p, TileSource{cp.SW * cp.C, koff, steps, 0, 0, false}, stream_output(p, (r1 - r0) * cp.OW)};
+  const GemmCtx g{p, TileSource{cp.SW * cp.C, koff, steps, 0, false}, stream_output(p, (r1 - r0) * cp.OW)};
   const uint8_t* x = reinterpret_cast<const uint8_t*>(cp.x);
   constexpr int64_t T = AmxTraits::kTileRows;
   const int64_t image = cp.Hp * cp.Wp * cp.C;  // bytes per padded image
