@@ -209,6 +209,12 @@ DIRECT = [
     (1, 192, 6, 18, 80, 1, 1, 1, 1),     # 1x1 with padding
     (2, 64, 18, 20, 48, 7, 1, 3, 1),     # 7x7
     (1, 64, 4, 18, 64, 3, 1, 0, 1),      # no padding (the slack still needs a copy)
+    # Fewer than 16 channels: row segments within output rows (a kernel row's KW * C bytes, then bytes that
+    # meet zero weight rows, up to whole tile steps; tile rows SW * C bytes apart)
+    (2, 3, 40, 40, 64, 7, 2, 3, 1),      # an RGB stem: 7x7 stride 2, 21 bytes a kernel row, 6 between pixels
+    (1, 13, 12, 30, 17, 5, 1, 2, 1),     # 65 bytes a kernel row: two tile steps; Cout 17
+    (2, 1, 12, 18, 16, 3, 1, 0, 1),      # one channel, unpadded: 1 byte between tile rows
+    (1, 6, 6, 40, 40, 5, 2, 2, 1),       # 5x5 stride 2, OW 20: the last tile shifted back
 ]
 
 

@@ -232,12 +232,14 @@ DirectMode direct_mode(const kernels::KernelSet* ks, const ConvArgs& a, bool pla
     if (a.C % ks->conv_c_step == 0) return DirectMode::Rows;
     return a.C < kRowSegmentMaxC && a.DW == 1 ? DirectMode::RowSegments : DirectMode::None;
   }
-  if (a.C % ks->conv_c_step != 0 || plain_1x1) return DirectMode::None;
+  if (plain_1x1) return DirectMode::None;
+  if (a.C % ks->conv_c_step != 0)
+    return a.C < kRowSegmentMaxC && a.DW == 1 && a.OW >= 16 ? DirectMode::RowSegments : DirectMode::None;
   if (a.SH == 1 && a.SW == 1 && a.OW >= 12) return DirectMode::PaddedWidth;
   return a.OW >= 16 ? DirectMode::Rows : DirectMode::None;
 }
 
-kernels::ConvDirectParams direct_geometry(const ConvArgs& a, DirectMode mode) {
+kernels::ConvDirectParams direct_geometry(const kernels::KernelSet* ks, const ConvArgs& a, DirectMode mode) {
   kernels::ConvDirectParams cp;
   cp.Hp = a.H + 2 * a.PH;
   cp.Wp = a.W + 2 * a.PW;
@@ -251,7 +253,7 @@ kernels::ConvDirectParams direct_geometry(const ConvArgs& a, DirectMode mode) {
   cp.DH = a.DH;
   cp.DW = a.DW;
   cp.virtual_width = mode == DirectMode::PaddedWidth;
-  cp.row_seg = mode == DirectMode::RowSegments ? kernels::round_up(a.KW * a.C, kernels::kPackKB) : 0;
+  cp.row_seg = mode == DirectMode::RowSegments ? kernels::round_up(a.KW * a.C, ks->conv_seg_align) : 0;
   return cp;
 }
 
@@ -328,7 +330,7 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const kernels:
   const int64_t max_rows = (a.OH + per_image - 1) / per_image;
   const int64_t reach = a.DH * (a.KH - 1) + 1;
   const int64_t slab_row = cp.Wp * a.C;
-  const int64_t slack = cp.virtual_width ? kernels::conv_direct_slack_bytes(cp) : cp.row_seg ? kernels::kPackKB : 0;
+  const int64_t slack = cp.virtual_width ? kernels::conv_direct_slack_bytes(cp) : cp.row_seg ? cp.row_seg - a.KW * a.C : 0;
   const int64_t slab_bytes = ((max_rows - 1) * a.SH + reach) * slab_row + slack;
   const int64_t elem = kind == kernels::OutKind::Int8 ? 1 : 4;
   // An unpadded int8 input whose bytes the kernel can read as they are (VNNI flips s8 to u8 itself, and
@@ -603,7 +605,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     set_packed_weight(step, headers[0], packed_w.data_ptr<uint8_t>());
     record_gemm_step(*gks, &step);
   }
-  const kernels::ConvDirectParams geometry = direct_geometry(a, mode);
+  const kernels::ConvDirectParams geometry = direct_geometry(gks, a, mode);
   if (tiles_direct) {  // 2b) direct convolution: the padded input is written per row group
     record_kernel(Family::ConvDirect, isa_of(*gks));
     conv_direct(*gks, a, geometry, x_rows, a_scale, packed_w, headers[0], epi, out, kind, act);

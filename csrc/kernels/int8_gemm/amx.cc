@@ -539,10 +539,13 @@ void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n
 void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
   if (r1 <= r0) return;
   const Int8GemmParams& p = cp.gemm;
-  const int64_t cchunks = cp.C / AmxTraits::kStepBytes, steps = cp.KH * cp.KW * cchunks;
+  // Tile steps per tap: C / 64 channel chunks; with row segments, a kernel row's row_seg / 64 steps
+  // (its KW taps' bytes side by side, then bytes that meet zero weight rows).
+  const int64_t taps_w = cp.row_seg ? 1 : cp.KW;
+  const int64_t cchunks = (cp.row_seg ? cp.row_seg : cp.C) / AmxTraits::kStepBytes, steps = cp.KH * taps_w * cchunks;
   int64_t* koff = step_offsets(steps);
   for (int64_t kh = 0, kt = 0; kh < cp.KH; ++kh)
-    for (int64_t kw = 0; kw < cp.KW; ++kw)
+    for (int64_t kw = 0; kw < taps_w; ++kw)
       for (int64_t cc = 0; cc < cchunks; ++cc, ++kt)
         koff[kt] = (kh * cp.DH * cp.Wp + kw * cp.DW) * cp.C + cc * AmxTraits::kStepBytes;
   const GemmCtx g{p, TileSource{cp.SW * cp.C, koff, steps, 0, false}, stream_output(p, (r1 - r0) * cp.OW)};
@@ -657,6 +660,7 @@ const KernelSet& kernels_amx() {
     k.conv_direct = conv_direct_amx;
     k.conv_c_step = AmxTraits::kStepBytes;   // a tile step is one tap's 64 channels
     k.conv_tile_rows = AmxTraits::kTileRows;  // not the VNNI set's copied values
+    k.conv_seg_align = AmxTraits::kStepBytes;
     return k;
   }();
   return s;

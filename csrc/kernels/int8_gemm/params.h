@@ -120,10 +120,11 @@ struct ConvDirectParams {
   int64_t KH = 1, KW = 1, SH = 1, SW = 1, DH = 1, DW = 1;
   bool virtual_width = false;
   bool signed_x = false;        // VNNI: x holds s8 (an unpadded int8 input read in place), not u8
-  // VNNI, C % 4 != 0 (a few-channel first layer): > 0 makes each kernel row one K segment of row_seg =
-  // round_up(KW * C, 4) bytes, the KW * C contiguous input bytes of its taps (DW == 1) and up to 3 more
-  // that meet zero weights: the packed weight's K is then KH * row_seg, rows zero-padded per kernel row,
-  // and x needs 3 readable bytes past its last row.
+  // A few-channel first layer (C % conv_c_step != 0): > 0 makes each kernel row one K segment of row_seg =
+  // round_up(KW * C, KernelSet::conv_seg_align) bytes (VNNI 4, AMX 64: whole tile steps), the KW * C
+  // contiguous input bytes of its taps (DW == 1) and the bytes after them, which meet zero weights: the
+  // packed weight's K is then KH * row_seg, rows zero-padded per kernel row, and x needs row_seg - KW * C
+  // readable bytes past its last row.
   int64_t row_seg = 0;
 };
 // Bytes a virtual-width direct convolution may read past the end of its input: a window's 16 rows
@@ -213,6 +214,7 @@ struct KernelSet {
                                        // layer checks); null: bf16 x takes w8_gemm on an fp32 copy
   GateFn gate_sum = nullptr;           // null: the portable kernels::channel_sum_s8 / channel_scale_s8
   GateFn gate_scale = nullptr;
+  int64_t conv_seg_align = 4;          // ConvDirectParams::row_seg's multiple (a k step; AMX: a tile step)
 };
 
 // Defined one per ISA translation unit.
