@@ -330,7 +330,9 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const kernels:
   const int64_t max_rows = (a.OH + per_image - 1) / per_image;
   const int64_t reach = a.DH * (a.KH - 1) + 1;
   const int64_t slab_row = cp.Wp * a.C;
-  const int64_t slack = cp.virtual_width ? kernels::conv_direct_slack_bytes(cp) : cp.row_seg ? cp.row_seg - a.KW * a.C : 0;
+  const int64_t slack = cp.virtual_width ? kernels::conv_direct_slack_bytes(cp)
+                        : cp.row_seg      ? cp.row_seg - a.KW * a.C
+                                          : 0;
   const int64_t slab_bytes = ((max_rows - 1) * a.SH + reach) * slab_row + slack;
   const int64_t elem = kind == kernels::OutKind::Int8 ? 1 : 4;
   // An unpadded int8 input whose bytes the kernel can read as they are (VNNI flips s8 to u8 itself, AMX
