@@ -215,9 +215,10 @@ ConvEpilogue fold_epilogue(float a_scale, const at::Tensor& ws, const at::Tensor
 // against the gathered rows: l1 3x3 (56 x 56) 2.35 -> 1.31-1.39 ms, l1 1x1 1.19 -> 0.74-0.88, s2 3x3
 // (stride 2, OW 14) 0.82 -> 0.56, l3 3x3 (OW 14) 1.31 -> 1.13; but l4 3x3 (OW 7: tiles of 4 + 3
 // pixels, each streaming the 64-column weight block from L2 for fewer rows) 1.20-1.28 -> 1.40-1.44.
-// A few-channel input (C % 4 != 0 and C < 16, as an RGB first layer) takes row segments on VNNI
-// (ConvDirectParams::row_seg): a kernel row's KW * C input bytes are contiguous, so they form one K
-// segment, and the weight is repacked per call with each kernel row zero-padded to 4 bytes (a few KB).
+// A few-channel input (C % 4 != 0 and C < 16, as an RGB first layer; on AMX C < 16 and not a multiple of
+// 64, with OW >= 16) takes row segments (ConvDirectParams::row_seg): a kernel row's KW * C input bytes are
+// contiguous, so they form one K segment, and the weight is repacked per call with each kernel row
+// zero-padded to 4 bytes (AMX: 64, a tile step; a few KB either way).
 // ResNet's 3-channel 7x7 stride-2 stem at 224 x 224, batch 1, int8 in/out, AMD Zen 5, 2 threads: 0.21 ms
 // (oneDNN 0.27); the gathered rows took 0.56 ms (1.62 before the gather copied whole kernel rows).
 enum class DirectMode { None, Rows, PaddedWidth, RowSegments };

@@ -129,8 +129,8 @@ struct TilePass {
 // more tile product, A read as 64 bytes at koff[steps] (past K: the next row's bytes, or the guard
 // copy's slack at the end) against a B tile whose rows after the tail are zero, so the bytes past K
 // add nothing: the sums stay exact. (It replaced a vpdpbusd tail in the epilogue: u8 = s8 + 128 and a
-// 128 * sum(b) correction per quad, which ran 1x1 convolutions with 80-240 channels up to 2x slower
-// than AVX-512 VNNI alone.)
+// 128 * sum(b) correction per quad, which ran 1x1 convolutions with 40-240 channels up to 2.4x slower
+// than AVX-512 VNNI alone; benchmarks/RESULTS.md, session 19.)
 struct TileSource {
   int64_t stride;        // bytes between the rows of a tile
   const int64_t* koff;   // [steps + 1 with a tail]
@@ -148,9 +148,8 @@ struct GemmCtx {
   bool stream_out;  // large 4-byte output: non-temporal stores of whole aligned lines (see below)
 };
 
-// The epilogue of a finished column pair: the shared AVX-512 epilogue (dequantize, bias, activation,
-// store). It runs a few rows
-// after each tile call of the next pair, so its vector work and its output stores (the output often
+// The epilogue of a finished column pair (dequantize, bias, activation, store, on AVX-512). It runs a few
+// rows after each tile call of the next pair, so its vector work and its output stores (the output often
 // costs as much as the products: 4 KiB of fp32 per 32 x 32 block) overlap the TMUL, a separate
 // unit, instead of leaving it idle. (Measured: spreading it over every tile step instead was slower
 // at small K, and running it after the pair slower at large K.) Cursor: row `pos` of the pass, counted
@@ -508,12 +507,14 @@ void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n
   const GemmCtx g{p, TileSource{p.lda, koff, steps, tail / 4, true}, stream_output(p, p.M)};
   // The tail step reads row r's bytes [r lda, r lda + 64 (steps + 1)): past the end of A for the last
   // rows (first_bad on). Windows that hold such a row read a copy of A's rows [g0, M) followed by 64
-  // bytes of slack (at most 31 rows: a row reads at most 60 bytes past its K_pad, and lda >= 4).
+  // bytes of slack (at most 31 rows: a row reads at most 60 bytes past its K_pad, and lda >= 4). This
+  // call's windows start before m1, so they end before m1 + 15: most calls of a split GEMM copy nothing.
   int64_t first_bad = p.M, g0 = p.M;
   const uint8_t* guard = nullptr;
-  if (tail > 0) {
-    const int64_t room = (p.M - 1) * p.lda + p.K_pad - (steps + 1) * AmxTraits::kStepBytes;  // last safe r lda
-    first_bad = room < 0 ? 0 : room / p.lda + 1;
+  const int64_t room = (p.M - 1) * p.lda + p.K_pad - (steps + 1) * AmxTraits::kStepBytes;  // last safe r lda
+  const int64_t bad = room < 0 ? 0 : room / p.lda + 1;
+  if (tail > 0 && m1 + AmxTraits::kTileRows - 1 > bad) {
+    first_bad = bad;
     g0 = std::max<int64_t>(0, std::min(first_bad, p.M - AmxTraits::kTileRows) - (AmxTraits::kTileRows - 1));
     const size_t bytes = static_cast<size_t>((p.M - 1 - g0) * p.lda + p.K_pad);
     uint8_t* const copy = aligned64(buf.guard, bytes + AmxTraits::kStepBytes);
