@@ -237,10 +237,15 @@ def test_direct_conv_matches_reference(amx_every_shape, g, mode):
 
 
 @needs_amx
-@pytest.mark.parametrize("g", [DIRECT[1], DIRECT[6], DIRECT[10]], ids=["padded-width", "rows", "unpadded"])
+@pytest.mark.parametrize("g", [DIRECT[1], DIRECT[6], DIRECT[10], (2, 128, 9, 40, 64, 1, 2, 0, 1),
+                               (1, 64, 11, 37, 32, 3, 2, 0, 1)],
+                         ids=["padded-width", "rows", "unpadded", "1x1-stride2-in-place", "3x3-stride2-in-place"])
 def test_direct_conv_int8_input(amx_every_shape, g):
+    # The input ends at a PROT_NONE page. Tiles within output rows over an unpadded int8 input read it where
+    # it is (no slab), and a read past its last pixel would fault.
     N, C, H, W, Co, k, s, p, d = g
-    xq = torch.randint(-128, 128, (N, C, H, W), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    rows, region = _int8_rows_before_a_guard_page(N * H * W, C)
+    xq = rows.view(N, H, W, C).permute(0, 3, 1, 2)  # channels_last over the same bytes
     w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
     ws = torch.rand(Co) * 0.01 + 1e-3
     y = ops.int8_conv2d(xq, ops.pack_conv_weight(w, 1), ws, None, (k, k), (s, s), (p, p), (d, d), 1, 0.05, 0.1)
@@ -340,23 +345,6 @@ def test_tail_step_reads_nothing_past_the_operand(amx_every_shape, M, K):
     torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, None, (1, 1), (0, 0), (1, 1), 1, 0.03), rtol=0, atol=0)
     del region  # unmapped when the tensors over it are gone
 
-
-@needs_amx
-@pytest.mark.parametrize("g", [(2, 128, 9, 40, 64, 1, 2, 0, 1), (1, 64, 11, 37, 32, 3, 2, 0, 1)],
-                         ids=["1x1-stride2", "3x3-stride2"])
-def test_direct_conv_reads_an_unpadded_int8_input_in_place(amx_every_shape, g):
-    # Tiles within output rows over an unpadded int8 input read it where it is (no slab): the input ends at
-    # a PROT_NONE page, so a read past its last pixel would fault.
-    N, C, H, W, Co, k, s, p, d = g
-    rows, region = _int8_rows_before_a_guard_page(N * H * W, C)
-    xq = rows.view(N, H, W, C).permute(0, 3, 1, 2)  # channels_last over the same bytes
-    w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
-    ws = torch.rand(Co) * 0.01 + 1e-3
-    y = ops.int8_conv2d(xq, ops.pack_conv_weight(w, 1), ws, None, (k, k), (s, s), (p, p), (d, d), 1, 0.05, 0.1)
-    assert ops.last_kernel("conv_direct") == "amx"
-    torch.testing.assert_close(y, ref.int8_conv2d(xq, w, ws, None, (s, s), (p, p), (d, d), 1, 0.05, 0.1),
-                               rtol=0, atol=0)
-    del region
 
 
 @needs_amx
