@@ -344,25 +344,3 @@ def test_tail_step_reads_nothing_past_the_operand(amx_every_shape, M, K):
     assert ops.last_kernel("int8_gemm") == "amx"
     torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, None, (1, 1), (0, 0), (1, 1), 1, 0.03), rtol=0, atol=0)
     del region  # unmapped when the tensors over it are gone
-
-
-
-@needs_amx
-@pytest.mark.parametrize("act", ["relu", "relu6"])
-@pytest.mark.parametrize("out_scale", [0.1, 0.0473, 6 / 60.5, 0.01])
-@pytest.mark.parametrize("k", [1, 3])
-def test_relu_on_the_packed_bytes(amx_every_shape, act, out_scale, k):
-    # Whole 32-column int8 pairs take ReLU / ReLU6 on the packed bytes (max 0, min round(6 / out_scale));
-    # the bias spreads pre-activations over about [-8.5, 8.5], across 0 and 6 (6 / out_scale: 60, 127, a half).
-    C, Co = 64, 96
-    x = torch.randint(-128, 128, (2, C, 20, 20), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
-    w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
-    ws = torch.full((Co,), 1.0 / (C * k * k * 127 * 2))
-    bias = torch.linspace(-8, 8, Co)
-    pk = ops.pack_conv_weight(w, 1)
-    y = ops.int8_conv2d(x, pk, ws, bias, (k, k), (1, 1), (k // 2, k // 2), (1, 1), 1, 1.0, out_scale, act)
-    assert ops.last_kernel("int8_gemm") == "amx"
-    r = ref.int8_conv2d(x, w, ws, bias, (1, 1), (k // 2, k // 2), (1, 1), 1, 1.0, out_scale, act)
-    torch.testing.assert_close(y, r, rtol=0, atol=0)
-    if act == "relu6" and out_scale > 0.06:
-        assert (y == round(6 / out_scale)).any()  # the cap is reached

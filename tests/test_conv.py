@@ -153,6 +153,28 @@ def test_silu_extreme_values(isa, k, groups, family):
             assert y8.dtype == torch.int8 and (y8.float() - r8).abs().max().item() <= 1, f"silu at {v}, int8 out"
 
 
+@pytest.mark.parametrize("act", ["relu", "relu6"])
+@pytest.mark.parametrize("out_scale", [0.1, 0.0473, 6 / 60.5, 0.01])
+@pytest.mark.parametrize("k", [1, 3])
+def test_relu_on_the_packed_bytes(isa, act, out_scale, k):
+    """The AMX and AVX-512 VNNI folded int8 epilogues take ReLU / ReLU6's max against 0 on the packed bytes
+    (AMX: ReLU6's cap too, as round(min(6 / out_scale, 127))); the bias spreads pre-activations over about
+    [-8.5, 8.5], across 0 and 6 (6 / out_scale: 60, 127, a half)."""
+    C, Co = 64, 96
+    x = torch.randint(-128, 128, (2, C, 20, 20), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
+    ws = torch.full((Co,), 1.0 / (C * k * k * 127 * 2))
+    bias = torch.linspace(-8, 8, Co)
+    y = ops.int8_conv2d(x, ops.pack_conv_weight(w, 1), ws, bias, (k, k), (1, 1), (k // 2, k // 2), (1, 1), 1, 1.0,
+                        out_scale, act)
+    assert_served("int8_gemm", isa)
+    r = ref.int8_conv2d(x, w, ws, bias, (1, 1), (k // 2, k // 2), (1, 1), 1, 1.0, out_scale, act)
+    torch.testing.assert_close(y, r, rtol=0, atol=0)
+    assert (y == 0).any()
+    if act == "relu6" and out_scale > 0.06:
+        assert (y == round(6 / out_scale)).any()  # the cap is reached
+
+
 GCONV_LANES = {"avx2": 8, "avx_vnni": 8, "avx512_vnni": 16, "amx": 16}  # output channels a block
 
 

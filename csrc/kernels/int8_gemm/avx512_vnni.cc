@@ -125,10 +125,10 @@ inline __mmask64 byte_mask(int64_t valid) { return valid >= 64 ? ~0ull : (1ull <
 
 // 64 int32 (4 vectors of 16, any values) -> 64 int8 in order, saturated to [-127, 127]: three saturating
 // packs and one permute (the packs leave dword 4 l + j of the result as lane l of vector j).
-inline __m512i pack_int8x64(const __m512i q[4]) {
+inline __m512i pack_int8x64(const __m512i q[4], int8_t floor = -127) {
   const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
   const __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
-  return _mm512_permutexvar_epi32(order, _mm512_max_epi8(b, _mm512_set1_epi8(-127)));
+  return _mm512_permutexvar_epi32(order, _mm512_max_epi8(b, _mm512_set1_epi8(floor)));
 }
 
 // conv_tile's folded int8 epilogue for SiLU, out of line, on a copy of the tile's accumulators (copy_tile;
@@ -212,6 +212,9 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
     // stores.
     const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale), hi = _mm512_set1_ps(folded_int8_hi(p.act, p.out_inv_scale));
     const __mmask64 m = byte_mask(std::min<int64_t>(p.N - n, 16 * nb));
+    // ReLU and ReLU6 take their max against 0 on the packed bytes (EPILOGUE.md, "ReLU on the packed bytes";
+    // relu6's cap stays in hi), which replaces the -127 floor.
+    const bool relu_bytes = (p.act == Act::Relu || p.act == Act::Relu6);
 #pragma GCC unroll 8
     for (int i = 0; i < mr; ++i) {
       __m512i q[4];
@@ -223,9 +226,12 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
         }
         __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][j], c[j].comp)), c[j].b_scale);
         if (p.bias) y = _mm512_add_ps(y, c[j].bias);
-        q[j] = _mm512_cvtps_epi32(_mm512_min_ps(folded_int8_act(y, p.act, out_inv), hi));
+        const __m512 t = !relu_bytes ? folded_int8_act(y, p.act, out_inv)
+                         : p.act == Act::Relu6 ? _mm512_mul_ps(y, out_inv) : y;
+        q[j] = _mm512_cvtps_epi32(_mm512_min_ps(t, hi));
       }
-      _mm512_mask_storeu_epi8(static_cast<int8_t*>(p.out) + (out_row + i) * p.ldo + n, m, pack_int8x64(q));
+      _mm512_mask_storeu_epi8(static_cast<int8_t*>(p.out) + (out_row + i) * p.ldo + n, m,
+                              pack_int8x64(q, relu_bytes ? 0 : -127));
     }
     return;
   }
