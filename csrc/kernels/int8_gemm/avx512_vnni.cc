@@ -123,8 +123,9 @@ void int8_gemm_avx512(const Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n
 
 inline __mmask64 byte_mask(int64_t valid) { return valid >= 64 ? ~0ull : (1ull << valid) - 1ull; }
 
-// 64 int32 (4 vectors of 16, any values) -> 64 int8 in order, saturated to [-127, 127]: three saturating
-// packs and one permute (the packs leave dword 4 l + j of the result as lane l of vector j).
+// 64 int32 (4 vectors of 16, any values) -> 64 int8 in order, saturated to [floor, 127] (floor -127, or 0
+// for ReLU on the bytes): three saturating packs and one permute (the packs leave dword 4 l + j of the
+// result as lane l of vector j).
 inline __m512i pack_int8x64(const __m512i q[4], int8_t floor = -127) {
   const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
   const __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
@@ -214,7 +215,7 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
     const __mmask64 m = byte_mask(std::min<int64_t>(p.N - n, 16 * nb));
     // ReLU and ReLU6 take their max against 0 on the packed bytes (EPILOGUE.md, "ReLU on the packed bytes";
     // relu6's cap stays in hi), which replaces the -127 floor.
-    const bool relu_bytes = (p.act == Act::Relu || p.act == Act::Relu6);
+    const bool relu_bytes = p.act == Act::Relu || p.act == Act::Relu6;
 #pragma GCC unroll 8
     for (int i = 0; i < mr; ++i) {
       __m512i q[4];
