@@ -158,7 +158,7 @@ def test_silu_extreme_values(isa, k, groups, family):
 @pytest.mark.parametrize("k", [1, 3])
 def test_relu_on_the_packed_bytes(isa, act, out_scale, k):
     """The AMX and AVX-512 VNNI folded int8 epilogues take ReLU / ReLU6's max against 0 on the packed bytes
-    (AMX: ReLU6's cap too, as round(min(6 / out_scale, 127))); the bias spreads pre-activations over about
+    (ReLU6's cap stays in the float clamp); the bias spreads pre-activations over about
     [-8.5, 8.5], across 0 and 6 (6 / out_scale: 60, 127, a half)."""
     C, Co = 64, 96
     x = torch.randint(-128, 128, (2, C, 20, 20), dtype=torch.int8).contiguous(memory_format=torch.channels_last)

@@ -22,6 +22,10 @@ inline bool folds_out_inv(Act act) { return act == Act::None || act == Act::Relu
 // out_inv is not folded, min(fl(6 * out_inv), 127). For out_inv > 0, relu6(y) * out_inv equals
 // min(max(y * out_inv, 0), fl(6 * out_inv)) bit for bit (rounding is monotone: y <= 6 gives
 // fl(y * out_inv) <= fl(6 * out_inv)), so the vector kernels multiply first and clamp once: a min fewer.
+// ReLU and ReLU6 on a folded int8 output take their max against 0 on the packed bytes (int8_gemm/EPILOGUE.md,
+// "ReLU on the packed bytes"): it replaces the -127 floor, and relu6's cap stays in folded_int8_hi.
+constexpr bool relu_on_bytes(Act act) { return act == Act::Relu || act == Act::Relu6; }
+
 inline float folded_int8_hi(Act act, float out_inv) {
   const float six = 6.0f * out_inv;
   return act == Act::Relu6 && six < 127.0f ? six : 127.0f;

@@ -4,7 +4,6 @@
 // whose 16-column block at k-step t (16 k-quads) is exactly an AMX B tile (16 rows of 64 bytes,
 // PACKING.md). Only this file is compiled for AMX (push_options/target below).
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -247,8 +246,9 @@ void epilogue_folded(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
   char* const out = static_cast<char*>(g.p.out);
   const int64_t ldo = g.p.ldo;
   const bool stream = g.stream_out;
-  const __m512 out_inv = _mm512_set1_ps(g.p.out_inv_scale), hi = _mm512_set1_ps(127.0f);
-  const __m512i lo8 = _mm512_set1_epi8(-127), lo32 = _mm512_set1_epi32(-127);
+  const __m512 out_inv = _mm512_set1_ps(g.p.out_inv_scale);
+  const __m512 hi = _mm512_set1_ps(KIND == OutKind::Int8 ? folded_int8_hi(ACT, g.p.out_inv_scale) : 127.0f);
+  const __m512i lo32 = _mm512_set1_epi32(-127);
   // packs leave dword 4l + i of the result as lane l of input i (rows' column blocks 0, 1, 0, 1).
   const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
   const int nt = e.nt;
@@ -257,21 +257,17 @@ void epilogue_folded(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
   const __m512 sc[2] = {e.cols[0].b_scale, e.cols[1].b_scale}, bi[2] = {e.cols[0].bias, e.cols[1].bias};
   const bool full = nt == 2 && mask[0] == 0xffff && mask[1] == 0xffff;
   const int64_t* const row_of = e.pass_ptr->out;
-  // A full int8 pair takes ReLU and ReLU6 on the bytes after the packs (relu_bytes): rounding and the
-  // multiply by out_inv > 0 are monotone and keep 0, so max(q, 0) equals rounding max(y, 0) (y below -2^31
-  // converts to INT_MIN, which saturates below 0), and min(q, q6), q6 = round(min(fl(6 * out_inv), 127)),
-  // equals rounding fl(min(y, 6) * out_inv): one byte max (it replaces the -127 floor) and one byte min
-  // instead of four float ones each.
-  constexpr bool relu_bytes = KIND == OutKind::Int8 && (ACT == Act::Relu || ACT == Act::Relu6);
-  const __m512i floor8 = relu_bytes ? _mm512_setzero_si512() : lo8;
-  const __m512i cap8 = _mm512_set1_epi8(static_cast<int8_t>(
-      ACT == Act::Relu6 ? std::nearbyint(std::min(6.0f * g.p.out_inv_scale, 127.0f)) : 127.0f));
-  auto value = [&](int pos, int j, bool with_act = true) {
+  // A full int8 pair takes ReLU and ReLU6's max against 0 on the packed bytes (relu_on_bytes: rounding and
+  // the multiply by out_inv > 0 are monotone and keep 0, and y below -2^31 converts to INT_MIN, which
+  // saturates below 0); the max replaces the -127 floor. ReLU6's cap is hi (folded_int8_hi).
+  constexpr bool relu_bytes = KIND == OutKind::Int8 && relu_on_bytes(ACT);
+  const __m512i floor8 = _mm512_set1_epi8(relu_bytes ? 0 : -127);
+  auto value = [&](int pos, int j, bool bytes = false) {
     const __m512i acc = pair_acc(g, e, pos, j);
     __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), sc[j]);
     if (BIAS) y = _mm512_add_ps(y, bi[j]);
-    if (with_act) y = act16(y, ACT);
-    return KIND == OutKind::Int8 && !folds_out_inv(ACT) ? _mm512_mul_ps(y, out_inv) : y;
+    if (KIND != OutKind::Int8) return act16(y, ACT);
+    return bytes ? folded_int8_act_before_bytes(y, ACT, out_inv) : folded_int8_act(y, ACT, out_inv);
   };
   auto to_int = [&](__m512 y) { return _mm512_cvtps_epi32(_mm512_min_ps(y, hi)); };
   int pos = e.pos;
@@ -281,12 +277,10 @@ void epilogue_folded(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
     const int64_t r0 = row_of[pos], r1 = row_of[pos + 1];
     if ((r0 & r1) < 0) continue;  // neither row is stored
     if (KIND == OutKind::Int8 && full) {
-      const bool act = !relu_bytes;
-      const __m512i w0 = _mm512_packs_epi32(to_int(value(pos, 0, act)), to_int(value(pos, 1, act)));
-      const __m512i w1 = _mm512_packs_epi32(to_int(value(pos + 1, 0, act)), to_int(value(pos + 1, 1, act)));
-      __m512i q8 = _mm512_max_epi8(_mm512_packs_epi16(w0, w1), floor8);
-      if (ACT == Act::Relu6) q8 = _mm512_min_epi8(q8, cap8);
-      const __m512i q = _mm512_permutexvar_epi32(order, q8);
+      const __m512i w0 = _mm512_packs_epi32(to_int(value(pos, 0, relu_bytes)), to_int(value(pos, 1, relu_bytes)));
+      const __m512i w1 =
+          _mm512_packs_epi32(to_int(value(pos + 1, 0, relu_bytes)), to_int(value(pos + 1, 1, relu_bytes)));
+      const __m512i q = _mm512_permutexvar_epi32(order, _mm512_max_epi8(_mm512_packs_epi16(w0, w1), floor8));
       int8_t* const o = reinterpret_cast<int8_t*>(out) + col;
       if (r0 >= 0) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + r0 * ldo), _mm512_castsi512_si256(q));
       if (r1 >= 0) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + r1 * ldo), _mm512_extracti64x4_epi64(q, 1));

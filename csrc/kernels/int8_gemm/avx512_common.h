@@ -120,6 +120,14 @@ inline __m512 folded_int8_act(__m512 y, Act act, __m512 out_inv) {
   return folds_out_inv(act) ? y : _mm512_mul_ps(y, out_inv);
 }
 
+// folded_int8_act less the max against 0 of the relu_on_bytes activations, for kernels that take it on the
+// packed bytes (with a floor of 0 instead of -127).
+inline __m512 folded_int8_act_before_bytes(__m512 y, Act act, __m512 out_inv) {
+  if (act == Act::Relu) return y;
+  if (act == Act::Relu6) return _mm512_mul_ps(y, out_inv);
+  return folded_int8_act(y, act, out_inv);
+}
+
 // The 16 floats y at o, the lanes of mask only: a plain store for a full mask (a masked store of a
 // full vector took 25% longer on AMD Zen 4, storing rows of 64 floats to L2).
 inline void store_f32x16(float* o, __mmask16 mask, __m512 y) {

@@ -213,9 +213,7 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
     // stores.
     const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale), hi = _mm512_set1_ps(folded_int8_hi(p.act, p.out_inv_scale));
     const __mmask64 m = byte_mask(std::min<int64_t>(p.N - n, 16 * nb));
-    // ReLU and ReLU6 take their max against 0 on the packed bytes (EPILOGUE.md, "ReLU on the packed bytes";
-    // relu6's cap stays in hi), which replaces the -127 floor.
-    const bool relu_bytes = p.act == Act::Relu || p.act == Act::Relu6;
+    const int8_t floor = relu_on_bytes(p.act) ? 0 : -127;  // ReLU and ReLU6 take their max on the bytes
 #pragma GCC unroll 8
     for (int i = 0; i < mr; ++i) {
       __m512i q[4];
@@ -227,12 +225,9 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
         }
         __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][j], c[j].comp)), c[j].b_scale);
         if (p.bias) y = _mm512_add_ps(y, c[j].bias);
-        const __m512 t = !relu_bytes ? folded_int8_act(y, p.act, out_inv)
-                         : p.act == Act::Relu6 ? _mm512_mul_ps(y, out_inv) : y;
-        q[j] = _mm512_cvtps_epi32(_mm512_min_ps(t, hi));
+        q[j] = _mm512_cvtps_epi32(_mm512_min_ps(folded_int8_act_before_bytes(y, p.act, out_inv), hi));
       }
-      _mm512_mask_storeu_epi8(static_cast<int8_t*>(p.out) + (out_row + i) * p.ldo + n, m,
-                              pack_int8x64(q, relu_bytes ? 0 : -127));
+      _mm512_mask_storeu_epi8(static_cast<int8_t*>(p.out) + (out_row + i) * p.ldo + n, m, pack_int8x64(q, floor));
     }
     return;
   }
