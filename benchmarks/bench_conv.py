@@ -3,7 +3,7 @@
 (and ResNet-50's 3-channel 7x7 stem, which has no target in the issue).
 
     python benchmarks/bench_conv.py [--threads 2] [--batches 1,8] [--layers l1_3x3,dw_3x3]
-                                    [--min-time 0.3] [--json out.json]
+                                    [--min-time 0.3] [--rounds 5] [--json out.json]
     python benchmarks/bench_conv.py --device cuda [--batches 32]      (bench_conv_cuda.py: the GPU rows)
 
 Rows per layer and batch N (x is torch.randn, weights and bias from a seeded nn.Conv2d):
@@ -16,7 +16,11 @@ Rows per layer and batch N (x is torch.randn, weights and bias from a seeded nn.
   fastinfer  (e) dynamic fp32 in/out           Int8Conv2d without x_scale (amax of each input), channels_last x
   fastinfer  (c7) static, 7-bit weights        (c) with weight_bits=7 (AVX2's GEMM and direct conv skip a step)
 tops = 2 * MACs / median time. Before timing, every row's output is checked against the fp32 NCHW conv
-(SQNR > 25 dB); the script exits 1 if a check fails. After the table: the issue's targets from this run.
+(SQNR > 25 dB); the script exits 1 if a check fails. A layer's rows are timed in alternation (--rounds
+rounds, each row a slice of min-time / rounds per round), and each target's ratio is the median of its
+per-round ratios: on a shared machine whose speed drifts by 2x over seconds, rows timed one after the
+other compared different phases (a row's JSON keeps its per-round medians as round_ms). After the table:
+the issue's targets from this run.
 
 JSON rows carry the conv geometry (N = batch) plus the implicit-GEMM dims as gemm_M (output pixels),
 gemm_K (Cin/groups*k*k) and gemm_N (Cout); summarize.py (keyed on M, K, N) cannot merge them as is,
@@ -36,7 +40,7 @@ from torch import nn
 from fastinfer import ops
 from fastinfer.nn import Int8Conv2d
 
-from common import machine_info, time_call, write_json
+from common import machine_info, paired_ratio, time_calls_interleaved, write_json
 
 
 class ConvLayer(NamedTuple):
@@ -105,7 +109,7 @@ def torch_ao_conv(conv: nn.Conv2d, out_scale: float):
     return q
 
 
-def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float):
+def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float, rounds: int = 5):
     """Times every row for one layer and batch; returns (rows, checks) with checks = {impl key: SQNR dB}."""
     torch.manual_seed(0)
     L = layer
@@ -161,11 +165,17 @@ def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float):
     macs = gemm_M * gemm_K * L.Cout
     rows, checks = [], {}
     with torch.inference_mode():
+        served = {}
         for lib, key, fn in cases:
             out = fn()
             if key != "fp32":  # one check per layer and batch, before timing, on the same objects we time
                 checks[key] = sqnr_db(y, dequant.get(key, lambda t: t)(out))
-            t = time_call(fn, min_time_s=min_time)
+            if lib == "fastinfer":  # read right after this impl ran, so it is the one served
+                served[key] = kernel_served(family)
+        # Every case timed in alternation (rounds of slices): the targets' ratios are paired per round.
+        timed = time_calls_interleaved({key: fn for _, key, fn in cases}, min_time_s=min_time, rounds=rounds)
+        for lib, key, fn in cases:
+            t = timed[key]
             row = {"op": "conv2d", "lib": lib, "impl": IMPL[key], "layer": L.name, "N": batch, "C": L.C, "H": L.H,
                    "W": L.H, "Cout": L.Cout, "k": L.k, "stride": L.stride, "padding": L.padding, "groups": L.groups,
                    "threads": threads, **t, "tops": 2 * macs / (t["median_ms"] * 1e-3) / 1e12,
@@ -173,14 +183,7 @@ def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float):
             if key in checks:
                 row["sqnr_db"] = checks[key]
             if lib == "fastinfer":
-                # read right after this impl ran, so it is the one served
-                if family == "int8_gemm" and ops.last_kernel("gconv"):  # narrow groups: their own kernel
-                    row["isa"], row["path"] = ops.last_kernel("gconv"), "gconv"
-                elif family == "int8_gemm":  # the direct convolution (padded input read in place) or gathered rows
-                    row["isa"] = ops.last_kernel(family)
-                    row["path"] = "direct" if ops.last_kernel("conv_direct") else "gathered"
-                else:
-                    row["isa"] = ops.last_kernel(family)
+                row.update(served[key])
             rows.append(row)
     fp32_rows = rows[:2]
     best = min(fp32_rows, key=lambda r: r["median_ms"])
@@ -189,25 +192,34 @@ def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float):
     return rows, checks
 
 
+def kernel_served(family: str) -> Dict:
+    """The kernel (and conv path) that served the fastinfer call just made."""
+    if family == "int8_gemm" and ops.last_kernel("gconv"):  # narrow groups: their own kernel
+        return {"isa": ops.last_kernel("gconv"), "path": "gconv"}
+    if family == "int8_gemm":  # the direct convolution (padded input read in place) or gathered rows
+        return {"isa": ops.last_kernel(family), "path": "direct" if ops.last_kernel("conv_direct") else "gathered"}
+    return {"isa": ops.last_kernel(family)}
+
+
 def targets(rows: List[Dict]):
-    """The issue's targets from this run: [(name, ratio, target)], ratio = baseline ms / fastinfer ms."""
+    """The issue's targets from this run: [(name, ratio, target)], ratio = baseline ms / fastinfer ms
+    (the median of per-round ratios, common.paired_ratio)."""
     extra = {L.name for L in LAYERS if L.extra}
     rows = [r for r in rows if r["layer"] not in extra]
-    ms = {(r["layer"], r["N"], r["impl"]): r["median_ms"] for r in rows}
+    by = {(r["layer"], r["N"], r["impl"]): r for r in rows}
     out = []
     for layer in dict.fromkeys(r["layer"] for r in rows):
         for n in sorted({r["N"] for r in rows if r["layer"] == layer}):
-            get = lambda key: ms.get((layer, n, IMPL[key]))  # noqa: E731
-            if get("c") and get("b"):
-                out.append((f"(c) vs torch.ao (b), {layer} N={n}", get("b") / get("c"), 1.2))
-            if get("d") and get("a"):
-                out.append((f"(d) vs torch.ao (a), {layer} N={n}", get("a") / get("d"), 1.2))
-            if get("c7") and get("b"):
-                out.append((f"(c7) vs torch.ao (b), {layer} N={n}", get("b") / get("c7"), 1.2))
-    for r in rows:  # (c) against the best fp32 conv on the 3x3 layers at batch 8
+            get = lambda key: by.get((layer, n, IMPL[key]))  # noqa: E731
+            for new, base in (("c", "b"), ("d", "a"), ("c7", "b")):
+                if get(new) and get(base):
+                    out.append((f"({new}) vs torch.ao ({base}), {layer} N={n}",
+                                paired_ratio(get(base), get(new)), 1.2))
+    for r in rows:  # (c) against the best fp32 conv on the 3x3 layers at batch 8 (the best by median time)
         if r["impl"] == IMPL["c"] and r["k"] == 3 and r["N"] == 8:
-            best = min(ms[(r["layer"], 8, IMPL["fp32"])], ms[(r["layer"], 8, IMPL["fp32_cl"])])
-            out.append((f"(c) vs best fp32 conv, {r['layer']} N=8", best / r["median_ms"], 4.0))
+            best = min(by[(r["layer"], 8, IMPL["fp32"])], by[(r["layer"], 8, IMPL["fp32_cl"])],
+                       key=lambda b: b["median_ms"])
+            out.append((f"(c) vs best fp32 conv, {r['layer']} N=8", paired_ratio(best, r), 4.0))
     return out
 
 
@@ -228,6 +240,8 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--layers", help="comma-separated layer names (default: all): " + ",".join(L.name for L in LAYERS))
     p.add_argument("--min-time", type=float, default=0.3, help="seconds of timed calls per case (at least)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="a layer's cases are timed in alternation, this many rounds (ratios paired per round)")
     p.add_argument("--json", help="write the rows, checks, targets and machine info here")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: bench_conv_cuda.py (batch 32 unless --batches, vs cuDNN fp16 channels_last)")
@@ -254,7 +268,7 @@ def main(argv=None) -> int:
             print(f"\n{L.name}: {L.C}->{L.Cout} {L.k}x{L.k} s{L.stride} p{L.padding} groups {L.groups}, "
                   f"{L.H}x{L.H} -> {oh}x{oh}, N={n}")
             print(hdr)
-            layer_rows, checks = bench_layer(L, n, args.threads, args.min_time)
+            layer_rows, checks = bench_layer(L, n, args.threads, args.min_time, args.rounds)
             rows += layer_rows
             for r in layer_rows:
                 mark = "*" if r.get("best_fp32") else " "
@@ -267,7 +281,8 @@ def main(argv=None) -> int:
           f"narrow groups {served['gconv']}")
     tgt = targets(rows)
     if tgt:
-        print("targets (ratio = baseline ms / fastinfer ms; (c) is the channels_last-input row):")
+        print("targets (ratio = baseline ms / fastinfer ms, median of per-round ratios; (c) is the channels_last-input "
+              "row):")
         for name, val, want in tgt:
             print(f"  {name:<44} {val:6.2f}x  (target >= {want:.1f}x)  {'met' if val >= want else 'MISSED'}")
     if failed:

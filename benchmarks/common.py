@@ -32,6 +32,47 @@ def time_call(fn: Callable[[], object], min_time_s: float = 0.25, min_iters: int
             "iters": len(times)}
 
 
+def time_calls_interleaved(fns: Dict[str, Callable[[], object]], min_time_s: float = 0.25, rounds: int = 5,
+                           warmup: int = 3) -> Dict[str, Dict]:
+    """Times several callables in alternation: `rounds` rounds, each giving every callable a slice of at least
+    min_time_s / rounds (and 3 calls). On a shared machine whose speed drifts over seconds, each round's
+    callables meet the same conditions, so ratios of their per-round medians ("round_ms") are paired; a
+    callable timed alone, after another, could meet a 2x slower phase. Returns time_call's fields (over all
+    calls) plus round_ms for every key."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    calls: Dict[str, List[float]] = {k: [] for k in fns}
+    per_round: Dict[str, List[float]] = {k: [] for k in fns}
+    slice_s = min_time_s / max(1, rounds)
+    for _ in range(max(1, rounds)):
+        for k, fn in fns.items():
+            times: List[float] = []
+            start = time.perf_counter()
+            while len(times) < 3 or (time.perf_counter() - start < slice_s and len(times) < 2000):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            calls[k] += times
+            per_round[k].append(statistics.median(times) * 1e3)
+    out = {}
+    for k, times in calls.items():
+        times.sort()
+        pick = lambda q: times[min(len(times) - 1, int(q * len(times)))] * 1e3  # noqa: E731
+        out[k] = {"median_ms": statistics.median(times) * 1e3, "p10_ms": pick(0.10), "p90_ms": pick(0.90),
+                  "iters": len(times), "round_ms": per_round[k]}
+    return out
+
+
+def paired_ratio(base: Dict, new: Dict) -> float:
+    """base time / new time: the median of per-round ratios when both rows carry round_ms from one
+    time_calls_interleaved call, else the ratio of medians."""
+    a, b = base.get("round_ms"), new.get("round_ms")
+    if a and b and len(a) == len(b):
+        return statistics.median(x / y for x, y in zip(a, b))
+    return base["median_ms"] / new["median_ms"]
+
+
 def machine_info(threads: int) -> Dict:
     caps = fastinfer.cpu_capabilities()
     cpu = platform.processor() or "?"
