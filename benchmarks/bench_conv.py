@@ -3,7 +3,7 @@
 (and ResNet-50's 3-channel 7x7 stem, which has no target in the issue).
 
     python benchmarks/bench_conv.py [--threads 2] [--batches 1,8] [--layers l1_3x3,dw_3x3]
-                                    [--min-time 0.3] [--rounds 5] [--json out.json]
+                                    [--min-time 0.3] [--rounds 10] [--json out.json]
     python benchmarks/bench_conv.py --device cuda [--batches 32]      (bench_conv_cuda.py: the GPU rows)
 
 Rows per layer and batch N (x is torch.randn, weights and bias from a seeded nn.Conv2d):
@@ -109,7 +109,7 @@ def torch_ao_conv(conv: nn.Conv2d, out_scale: float):
     return q
 
 
-def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float, rounds: int = 5):
+def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float, rounds: int = 10):
     """Times every row for one layer and batch; returns (rows, checks) with checks = {impl key: SQNR dB}."""
     torch.manual_seed(0)
     L = layer
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--layers", help="comma-separated layer names (default: all): " + ",".join(L.name for L in LAYERS))
     p.add_argument("--min-time", type=float, default=0.3, help="seconds of timed calls per case (at least)")
-    p.add_argument("--rounds", type=int, default=5,
+    p.add_argument("--rounds", type=int, default=10,
                    help="a layer's cases are timed in alternation, this many rounds (ratios paired per round)")
     p.add_argument("--json", help="write the rows, checks, targets and machine info here")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
