@@ -38,3 +38,23 @@ def test_cpu_benchmark_runs(tmp_path, case):
     result = json.loads(out.read_text())
     assert result["rows"] and result["machine"], result.keys()
     assert f"wrote {out}" in run.stdout
+
+
+def test_interleaved_timing_alternates_and_pairs_ratios():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        from common import paired_ratio, time_calls_interleaved
+    finally:
+        sys.path.pop(0)
+    order = []
+    timed = time_calls_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                                   min_time_s=0.0, rounds=4, warmup=0)
+    # 4 rounds, each a slice of (at least) 3 calls of a, then of b
+    assert order == (["a"] * 3 + ["b"] * 3) * 4
+    assert len(timed["a"]["round_ms"]) == 4 and timed["b"]["iters"] == 12
+    # with round_ms the ratio is the median of per-round ratios (rounds 2x and 4x slower for both cancel out),
+    # not the ratio of the overall medians (3.0 here)
+    base = {"median_ms": 3.0, "round_ms": [1.0, 2.0, 4.0]}
+    new = {"median_ms": 1.0, "round_ms": [0.5, 1.0, 2.0]}
+    assert paired_ratio(base, new) == 2.0
+    assert paired_ratio({"median_ms": 3.0}, {"median_ms": 1.5}) == 2.0  # no rounds: the medians' ratio

@@ -148,11 +148,11 @@ struct GemmCtx {
 };
 
 // The epilogue of a finished column pair (dequantize, bias, activation, store, on AVX-512). It runs a few
-// rows after each tile call of the next pair, so its vector work and its output stores (the output often
-// costs as much as the products: 4 KiB of fp32 per 32 x 32 block) overlap the TMUL, a separate
-// unit, instead of leaving it idle. (Measured: spreading it over every tile step instead was slower
-// at small K, and running it after the pair slower at large K.) Cursor: row `pos` of the pass, counted
-// over every tile row, stored or not (the -1 rows cost a test).
+// rows after each tile call of the next pair (a direct convolution's: after each tile step, see tile_gemm),
+// so its vector work and its output stores (the output often costs as much as the products: 4 KiB of fp32
+// per 32 x 32 block) overlap the TMUL, a separate unit, instead of leaving it idle. (Measured on the GEMM:
+// spreading it over every tile step was slower at small K, and running it after the pair slower at large
+// K.) Cursor: row `pos` of the pass, counted over every tile row, stored or not (the -1 rows cost a test).
 struct PendingEpilogue {
   const TilePass* pass_ptr = nullptr;  // the pass of the pair (tile_gemm keeps two, alternating)
   const int32_t* c = nullptr;
