@@ -26,7 +26,12 @@ def time_call(fn: Callable[[], object], min_time_s: float = 0.25, min_iters: int
         times.append(time.perf_counter() - t0)
         if len(times) >= 2000:
             break
-    times.sort()
+    return _stats(times)
+
+
+def _stats(times: List[float]) -> Dict:
+    """median/p10/p90 in ms and the count of per-call times in seconds."""
+    times = sorted(times)
     pick = lambda q: times[min(len(times) - 1, int(q * len(times)))] * 1e3  # noqa: E731
     return {"median_ms": statistics.median(times) * 1e3, "p10_ms": pick(0.10), "p90_ms": pick(0.90),
             "iters": len(times)}
@@ -55,13 +60,7 @@ def time_calls_interleaved(fns: Dict[str, Callable[[], object]], min_time_s: flo
                 times.append(time.perf_counter() - t0)
             calls[k] += times
             per_round[k].append(statistics.median(times) * 1e3)
-    out = {}
-    for k, times in calls.items():
-        times.sort()
-        pick = lambda q: times[min(len(times) - 1, int(q * len(times)))] * 1e3  # noqa: E731
-        out[k] = {"median_ms": statistics.median(times) * 1e3, "p10_ms": pick(0.10), "p90_ms": pick(0.90),
-                  "iters": len(times), "round_ms": per_round[k]}
-    return out
+    return {k: {**_stats(times), "round_ms": per_round[k]} for k, times in calls.items()}
 
 
 def paired_ratio(base: Dict, new: Dict) -> float:

@@ -475,7 +475,7 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
           const int mt = 2 * b + 1 < pass.tiles ? 2 : 1;
           kBlockFns[g.src.stream_a][mt - 1][nt - 1](kt0 == 0, pass.base[2 * b], pass.base[2 * b + mt - 1], g.src, b0,
                                                     b1, tail_b, tail_b + kBTileBytes, kt0, kt1,
-                                                    c + b * 2 * kCTileInts, per_step ? &slice : nullptr);
+                                                    c + b * 2 * kCTileInts, per_step && pending.left > 0 ? &slice : nullptr);
           if (!per_step) run_epilogue(g, pending, rows);
         }
       }
