@@ -122,13 +122,14 @@ def test_linear_static(isa, M, K, N, activation, out_scale):
 def test_linear_static_quantization_edges(isa, dtype):
     # The static rule on values the vector quantizers must round and clamp as the scalar rule does: ties
     # at every half step (to even), just inside and past +-127.5 steps, +-inf, NaN, huge and subnormal
-    # values; 24 columns (three 8-wide steps) and 19 (a tail), with a per-column channel scale too.
+    # values; 24 columns (three 8-wide steps), 19 (a tail) and 147 (AVX-512's two 64-value packed blocks and a
+    # tail), with a per-column channel scale too.
     s = 0.25
     ties = (torch.arange(-40, 40, dtype=torch.float32) + 0.5) * s
     edges = torch.tensor([127.49, 127.5, 127.51, -127.5, -128.0, 1e30, -1e30, float("inf"), float("-inf"),
                           float("nan"), 1e-40, -0.0]) * s
     vals = torch.cat([ties, edges])
-    for K in (24, 19):
+    for K in (24, 19, 147):
         x = vals[torch.randint(0, len(vals), (9, K))].to(dtype)
         cs = torch.rand(K) + 0.5
         w_q, w_scale, packed = make_weight(16, K)

@@ -34,6 +34,10 @@ def test_quantize_half_way_ties(isa):
     x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5]])
     q, _ = check(x)
     assert q.tolist()[0][1:] == [0, 2, 2, 0, -2, -2, 4]
+    # 200 columns: three 64-value blocks of the packed AVX-512 path and a tail, ties in every lane.
+    wide = torch.cat([torch.tensor([127.0]), (torch.arange(-99, 100, dtype=torch.float32) + 0.5)]).reshape(1, -1)
+    q, _ = check(wide)
+    assert q[0, 1:].tolist() == torch.round(wide[0, 1:]).to(torch.int8).tolist()
 
 
 def test_quantize_special_rows(isa):

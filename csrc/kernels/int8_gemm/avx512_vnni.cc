@@ -358,6 +358,30 @@ struct QuantRow {
   void store(int64_t k, int64_t valid, __m512i r) const { store_s8x16(q + k, col_mask(valid), r); }
 };
 
+// The static rule (quant16: x * inv rounded half to even, clamped to [-127, 127], NaN -> 0) on 64 fp32
+// values at a time, [0, k64) of a row: the float clamp keeps only the top (a value past 127 would convert
+// to INT_MIN), NaN lanes convert to 0 (a masked convert), two saturating packs narrow four vectors to 64
+// bytes whose floor of -127 is one byte max, and one permute restores their order (packs interleave the
+// vectors per 128-bit lane). About 6 vector uops per 16 values instead of 11 (quant16 + a narrowing store).
+// Measured against the 16-wide loop, both alternated in one process (AMX machine, 2026-12-06): per-token
+// quantization 1.35-1.39x at 128 x 4096 to 2048 x 1024, 1.06x on single rows; the calibrated fp32
+// convolutions at batch 8, whose input this quantizes, l1 1x1 1.17x, l1 3x3 1.06x, s2 1.04x, l2/l3 1.01-1.02x.
+inline void quant_static64(const float* x, uint8_t* q, int64_t k64, __m512 inv, bool shift128) {
+  const __m512 hi = _mm512_set1_ps(127.0f);
+  const __m512i floor8 = _mm512_set1_epi8(-127), flip = _mm512_set1_epi8(shift128 ? -128 : 0);
+  // packs leave dword 4l + j of the result as dwords 4l .. 4l + 3 of vector j.
+  const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+  auto conv = [&](int64_t k) {
+    const __m512 r = _mm512_mul_ps(_mm512_loadu_ps(x + k), inv);
+    return _mm512_maskz_cvtps_epi32(_mm512_cmp_ps_mask(r, r, _CMP_ORD_Q), _mm512_min_ps(r, hi));
+  };
+  for (int64_t k = 0; k < k64; k += 64) {
+    const __m512i w0 = _mm512_packs_epi32(conv(k), conv(k + 16)), w1 = _mm512_packs_epi32(conv(k + 32), conv(k + 48));
+    const __m512i b = _mm512_max_epi8(_mm512_packs_epi16(w0, w1), floor8);
+    _mm512_storeu_si512(q + k, _mm512_xor_si512(_mm512_permutexvar_epi32(order, b), flip));
+  }
+}
+
 void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
   const int shift = p.shift128 ? 128 : 0;
@@ -368,11 +392,14 @@ void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
                     static_cast<uint8_t*>(p.q) + m * ldq};
   };
   const __m512i vshift = _mm512_set1_epi32(shift);
+  const bool plain = !p.x_is_bf16 && !p.col_scale;  // fp32 rows as they are: quant_static64
   if (p.static_inv > 0.0f) {
     const __m512 vinv = _mm512_set1_ps(p.static_inv);
     for (int64_t m = m0; m < m1; ++m) {
       const QuantRow r = row(m);
-      for (int64_t k = 0; k < K; k += 16) r.store(k, K - k, _mm512_add_epi32(quant16(r.load(k, K - k), vinv), vshift));
+      const int64_t k64 = plain ? K / 64 * 64 : 0;
+      if (k64 > 0) quant_static64(static_cast<const float*>(r.x), r.q, k64, vinv, p.shift128);
+      for (int64_t k = k64; k < K; k += 16) r.store(k, K - k, _mm512_add_epi32(quant16(r.load(k, K - k), vinv), vshift));
       for (int64_t k = K; k < K_pad; ++k) r.q[k] = static_cast<uint8_t>(shift);
     }
     return;
@@ -389,7 +416,10 @@ void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
       continue;
     }
     const __m512 vinv = _mm512_set1_ps(inv);
-    for (int64_t k = 0; k < K; k += 16) {
+    // |x * inv| <= 127 up to rounding here (inv = 127 / amax), so the static rule gives the same bytes.
+    const int64_t k64 = plain ? K / 64 * 64 : 0;
+    if (k64 > 0) quant_static64(static_cast<const float*>(r.x), r.q, k64, vinv, p.shift128);
+    for (int64_t k = k64; k < K; k += 16) {
       const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(r.load(k, K - k), vinv));  // MXCSR: nearest even
       r.store(k, K - k, _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(v, vshift), lo), hi));
     }
