@@ -211,12 +211,49 @@ def test_int8_input_and_no_bias(isa, g):
     torch.testing.assert_close(y, ref.int8_conv2d(xq, w, ws, None, (s, s), (p, p), (d, d), groups, 0.05), rtol=0, atol=0)
 
 
-def test_nchw_and_channels_last_inputs_agree(isa):
-    x, w, ws, b = make(GEOMETRIES[0])
-    pw = ops.pack_conv_weight(w, 1)
-    y1 = ops.int8_conv2d(x, pw, ws, b, (3, 3), (1, 1), (1, 1), (1, 1), 1)
-    y2 = ops.int8_conv2d(x.contiguous(memory_format=torch.channels_last), pw, ws, b, (3, 3), (1, 1), (1, 1), (1, 1), 1)
-    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+def planes_tier(isa: str) -> str:
+    """The tier that quantizes an NCHW fp32 input straight into NHWC int8 (quantize_planes): the AVX-512 kernel;
+    the other tiers copy the input to channels-last first ("")."""
+    return "avx512_vnni" if isa in ("amx", "avx512_vnni") else ""
+
+
+# (N, C, H, W, Cout, k, stride, pad, dilation, groups): channel counts around the 16-channel blocks, pixel counts
+# around the 16-pixel blocks and the 1024-pixel items.
+PLANES = [
+    (1, 3, 9, 7, 13, 3, 1, 1, 1, 1),       # 3 channels (an RGB stem), 63 pixels
+    (2, 16, 4, 4, 8, 1, 1, 0, 1, 1),       # one whole block
+    (1, 17, 5, 3, 16, 3, 1, 1, 1, 1),      # a block and one channel, 15 pixels
+    (2, 64, 33, 33, 64, 3, 1, 1, 1, 1),    # 1089 pixels: two items, the second of 65
+    (1, 130, 6, 7, 130, 3, 2, 1, 1, 130),  # depthwise, 9 blocks of channels, the last of 2
+    (2, 40, 7, 7, 24, 1, 1, 0, 1, 1),      # 1x1
+]
+
+
+@pytest.mark.parametrize("g", PLANES, ids=[f"C{g[1]}-{g[2]}x{g[3]}" for g in PLANES])
+@pytest.mark.parametrize("mode", MODES[:4], ids=MODE_IDS[:4])
+def test_nchw_input_quantized_into_nhwc(isa, g, mode):
+    """An NCHW fp32 input (quantized straight into NHWC int8 on AVX-512) and its channels-last copy give the
+    reference's bits, with NaN, +-inf, ties and 0 among the values (static scales: NaN quantizes to 0, inf and
+    past-the-range values clamp; the dynamic scale of a NaN input is NaN); all-zero inputs give the bias."""
+    N, C, H, W, Co, k, s, p, d, groups = g
+    x_scale, out_scale, act = mode
+    x, w, ws, b = make(g)
+    if x_scale is not None:
+        flat = x.view(-1)
+        flat[:: 7] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30, 2.5 * x_scale, -0.5 * x_scale,
+                                   0.0])[torch.arange(len(flat[:: 7])) % 7]
+    pw = ops.pack_conv_weight(w, groups)
+    geo = ((k, k), (s, s), (p, p), (d, d), groups, x_scale, out_scale, act)
+    want = ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), groups, x_scale, out_scale, act)
+    y = ops.int8_conv2d(x, pw, ws, b, *geo)
+    assert ops.last_kernel("quantize_planes") == planes_tier(isa)
+    torch.testing.assert_close(y, want, rtol=0, atol=0, equal_nan=True)
+    y_cl = ops.int8_conv2d(x.contiguous(memory_format=torch.channels_last), pw, ws, b, *geo)
+    assert ops.last_kernel("quantize_planes") == ""
+    torch.testing.assert_close(y_cl, want, rtol=0, atol=0, equal_nan=True)
+    zero = ops.int8_conv2d(torch.zeros(N, C, H, W), pw, ws, b, *geo)
+    torch.testing.assert_close(zero, ref.int8_conv2d(torch.zeros(N, C, H, W), w, ws, b, (s, s), (p, p), (d, d), groups,
+                                                     x_scale, out_scale, act), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("g", [GEOMETRIES[0], GEOMETRIES[2]], ids=["3x3-gathered", "1x1-chunk-quantized"])

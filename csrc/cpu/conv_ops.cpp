@@ -523,6 +523,51 @@ void conv_grouped(const kernels::KernelSet& ks, const ConvArgs& a, const at::Ten
   });
 }
 
+// The input as channels-last, and *a_scale, the activations' one scale (static x_scale, or amax / 127: NaN
+// when x holds NaN/Inf, so the output is NaN). The input is returned as it is, as an fp32 copy, or, for an
+// NCHW fp32 input on a kernel set with quantize_planes, as the int8 NHWC tensor the fp32 paths would quantize
+// it to, made in one pass: the int8-input paths then compute the same bytes as the fp32 ones would, without
+// the fp32 channels-last copy.
+at::Tensor nhwc_input(const at::Tensor& x, std::optional<double> x_scale, float* a_scale_out) {
+  const bool planes_in = x.scalar_type() == at::kFloat && x.dim() == 4 && x.is_contiguous() &&
+                         !x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const kernels::KernelSet* ks = planes_in ? &kernels_for(Family::QuantizePlanes) : nullptr;
+  if (!ks || !ks->quantize_planes) {
+    clear_kernel(Family::QuantizePlanes);
+    at::Tensor xs = channels_last(x);
+    *a_scale_out = x_scale ? static_cast<float>(*x_scale) : tensor_absmax(xs) / 127.0f;
+    return xs;
+  }
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const float a_scale = x_scale ? static_cast<float>(*x_scale) : tensor_absmax(x) / 127.0f;
+  *a_scale_out = a_scale;
+  at::Tensor q = output_empty(x.sizes(), at::kChar, at::MemoryFormat::ChannelsLast);
+  if (!(a_scale > 0.0f && std::isfinite(a_scale))) {  // all zero, or NaN/Inf seen: zeros (as QuantizedRows)
+    q.zero_();
+    return q;
+  }
+  kernels::QuantizePlanesParams p;
+  p.C = C;
+  p.HW = HW;
+  p.inv = 1.0f / a_scale;
+  const float* const xd = x.data_ptr<float>();
+  int8_t* const qd = q.data_ptr<int8_t>();
+  // Items of up to 1024 pixels of one image (whole 16-pixel blocks but the image's last).
+  constexpr int64_t kPixels = 1024;
+  const int64_t per_image = (HW + kPixels - 1) / kPixels;
+  const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, 64 * kPixels * C));
+  at::parallel_for(0, N * per_image, grain, [&](int64_t b, int64_t e) {
+    for (int64_t it = b; it < e; ++it) {
+      const int64_t n = it / per_image, p0 = it % per_image * kPixels;
+      kernels::QuantizePlanesParams pn = p;
+      pn.x = xd + n * C * HW;
+      pn.out = qd + n * C * HW;
+      ks->quantize_planes(pn, p0, std::min(HW, p0 + kPixels));
+    }
+  });
+  return q;
+}
+
 at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
                        const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
@@ -568,14 +613,9 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   if (a.N == 0 || a.OH == 0 || a.OW == 0) return out;
 
   // 1) activations -> int8 NHWC, one scale for the whole tensor (static x_scale, or amax / 127).
-  const at::Tensor xs = channels_last(x);
-  const at::Tensor x_rows = xs.permute({0, 2, 3, 1}).reshape({a.N * a.H * a.W, a.C});  // NHWC rows, no copy
   float a_scale;
-  if (x_scale) {
-    a_scale = static_cast<float>(*x_scale);
-  } else {
-    a_scale = tensor_absmax(x_rows) / 127.0f;  // NaN/Inf anywhere: NaN, so the output is NaN
-  }
+  const at::Tensor xs = nhwc_input(x, x_scale, &a_scale);
+  const at::Tensor x_rows = xs.permute({0, 2, 3, 1}).reshape({a.N * a.H * a.W, a.C});  // NHWC rows, no copy
   const kernels::OutKind kind = out_scale ? kernels::OutKind::Int8 : kernels::OutKind::Float32;
   ConvEpilogue epi = fold_epilogue(a_scale, ws, bi, out_scale, act);
   epi.stream_out = kind == kernels::OutKind::Float32 && out.nbytes() >= static_cast<size_t>(kConvStreamOutBytes);

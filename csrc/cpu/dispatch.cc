@@ -13,7 +13,7 @@ namespace {
 
 // What served the latest call of each family on this thread (the entry layer records it on the calling
 // thread): a server's other threads do not overwrite what a caller reads back.
-thread_local int t_last[static_cast<int>(Family::kCount)] = {-1, -1, -1, -1, -1, -1, -1, -1, -1};
+thread_local int t_last[static_cast<int>(Family::kCount)] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
 
 // Below this many rows the VNNI kernel beats the tile kernel (measured at 4096 x 4096, 2 threads:
 // M <= 8 VNNI 0.34-0.36 ms vs AMX 0.38-0.40; M = 12 VNNI 0.50 vs AMX 0.42): with a 16-row tile mostly
@@ -52,6 +52,7 @@ const char* family_name(Family f) {
     case Family::Add: return "add";
     case Family::GroupConv: return "gconv";
     case Family::Gate: return "gate";
+    case Family::QuantizePlanes: return "quantize_planes";
     default: return "?";
   }
 }
@@ -69,6 +70,7 @@ bool same_kernel(const kernels::KernelSet& a, const kernels::KernelSet& b, Famil
     case Family::Add: return a.add_act == b.add_act;
     case Family::GroupConv: return a.gconv == b.gconv;
     case Family::Gate: return a.gate_scale == b.gate_scale;
+    case Family::QuantizePlanes: return a.quantize_planes == b.quantize_planes;
     default: return false;
   }
 }

@@ -11,10 +11,12 @@ namespace cpu {
 // Kernel families, for "which path served the last call" (tests assert on it). ConvDirect: the
 // convolution that reads a padded input in place (AMX, AVX-512 VNNI); one that gathers rows clears it.
 // GroupConv: the narrow-group convolution (KernelSet::gconv); a grouped one that gathers rows clears it.
-// Gate: the squeeze-excitation pool and scale on int8 (KernelSet::gate_sum / gate_scale).
+// Gate: the squeeze-excitation pool and scale on int8 (KernelSet::gate_sum / gate_scale). QuantizePlanes: an NCHW
+// fp32 convolution input quantized straight into NHWC int8 (KernelSet::quantize_planes); one copied to
+// channels-last first clears it.
 enum class Family : int {
   Int8Gemm = 0, W8Gemm = 1, Quantize = 2, DwConv = 3, Sparse = 4, ConvDirect = 5, Add = 6, GroupConv = 7, Gate = 8,
-  kCount = 9
+  QuantizePlanes = 9, kCount = 10
 };
 
 // The tier whose code serves `family` in tier isa's kernel set, found from the sets themselves: AMX adds

@@ -162,6 +162,18 @@ struct GroupConvParams {
 using Int8GemmFn = void (*)(const Int8GemmParams&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 using W8GemmFn = void (*)(const W8GemmParams&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 using QuantizeFn = void (*)(const QuantizeParams&, int64_t m0, int64_t m1);
+
+// Static per-tensor quantization of an NCHW fp32 image into NHWC int8 (the rule of QuantizeParams::static_inv),
+// the transpose and the quantization in one pass: the convolutions' NCHW inputs, which otherwise take an fp32
+// channels-last copy first.
+struct QuantizePlanesParams {
+  const float* x = nullptr;  // one image: C planes of HW values
+  int64_t C = 0, HW = 0;
+  float inv = 0.0f;          // 1 / scale, > 0 and finite
+  int8_t* out = nullptr;     // [HW, C]
+};
+// Pixels [p0, p1) of the image.
+using QuantizePlanesFn = void (*)(const QuantizePlanesParams&, int64_t p0, int64_t p1);
 // max over i < n of (bits(x[i]) & 0x7fffffff): |x| as ordered bits; >= 0x7f800000 means NaN/Inf seen.
 using AbsMaxFn = uint32_t (*)(const float* x, int64_t n);
 // Computes output pixels [p0, p1) of the flattened (n, oh, ow) range, all channels.
@@ -215,6 +227,7 @@ struct KernelSet {
   GateFn gate_sum = nullptr;           // null: the portable kernels::channel_sum_s8 / channel_scale_s8
   GateFn gate_scale = nullptr;
   int64_t conv_seg_align = 4;          // ConvDirectParams::row_seg's multiple (a k step; AMX: a tile step)
+  QuantizePlanesFn quantize_planes = nullptr;  // null: an NCHW fp32 input is copied to channels-last first
 };
 
 // Defined one per ISA translation unit.
