@@ -212,9 +212,10 @@ def test_int8_input_and_no_bias(isa, g):
 
 
 def planes_tier(isa: str) -> str:
-    """The tier that quantizes an NCHW fp32 input straight into NHWC int8 (quantize_planes): the AVX-512 kernel;
-    the other tiers copy the input to channels-last first ("")."""
-    return "avx512_vnni" if isa in ("amx", "avx512_vnni") else ""
+    """The tier that quantizes an NCHW fp32 input straight into NHWC int8 (quantize_planes): AVX-512's kernel on
+    the AMX and AVX-512 tiers, AVX2's on AVX-VNNI and AVX2; the reference tier copies the input to channels-last
+    first ("")."""
+    return "" if isa == "ref" else served_by("quantize", isa)
 
 
 # (N, C, H, W, Cout, k, stride, pad, dilation, groups): channel counts around the 16-channel blocks, pixel counts
@@ -226,13 +227,15 @@ PLANES = [
     (2, 64, 33, 33, 64, 3, 1, 1, 1, 1),    # 1089 pixels: two items, the second of 65
     (1, 130, 6, 7, 130, 3, 2, 1, 1, 130),  # depthwise, 9 blocks of channels, the last of 2
     (2, 40, 7, 7, 24, 1, 1, 0, 1, 1),      # 1x1
+    (2, 3, 37, 37, 8, 3, 2, 1, 1, 1),      # 3 channels, 1369 pixels an image: items of 1024 + 345 side by side
+    (1, 20, 33, 33, 16, 3, 1, 1, 1, 1),    # a block and 4 channels, two items
 ]
 
 
 @pytest.mark.parametrize("g", PLANES, ids=[f"C{g[1]}-{g[2]}x{g[3]}" for g in PLANES])
 @pytest.mark.parametrize("mode", MODES[:4], ids=MODE_IDS[:4])
 def test_nchw_input_quantized_into_nhwc(isa, g, mode):
-    """An NCHW fp32 input (quantized straight into NHWC int8 on AVX-512) and its channels-last copy give the
+    """An NCHW fp32 input (quantized straight into NHWC int8 on the vector tiers) and its channels-last copy give the
     reference's bits, with NaN, +-inf, ties and 0 among the values (static scales: NaN quantizes to 0, inf and
     past-the-range values clamp; the dynamic scale of a NaN input is NaN); all-zero inputs give the bias."""
     N, C, H, W, Co, k, s, p, d, groups = g

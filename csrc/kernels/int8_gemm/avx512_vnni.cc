@@ -9,6 +9,7 @@
 
 #include <immintrin.h>
 
+#include "byte_transpose.h"
 #include "conv_direct_rows.h"
 #include "epilogue.h"
 #include "pack.h"
@@ -429,15 +430,13 @@ void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
 
 // ---- NCHW fp32 -> NHWC int8 (QuantizePlanesParams) ----
 // Blocks of 16 channels x 16 pixels: each channel's 16 values (one vector load from its plane) quantized to
-// 16 bytes (quant16), then the 16 x 16 byte block transposed in registers with four rounds of unpacks (bytes,
-// words, dwords, qwords, pairing rows 2i and 2i + 1): that leaves pixel p's 16 channels in row bitrev4(p).
-// Partial blocks (C or HW not a multiple of 16) load and store under masks. Measured against the channels-last
-// fp32 copy (torch's copy_) and the quantization the convolution ran on it, both in one process (AMX machine,
-// 2 threads, 2026-12-06), whole convolutions with an NCHW fp32 input: batch 8, l1 1x1 2.26-2.65x, l1 3x3
-// 1.51-1.55x, s2 1.51-1.57x, l2 1.32-1.35x, l3 1.18-1.21x, depthwise 3x3 at 28 x 28 x 256 1.91-2.14x, the RGB
-// stem 1.11-1.15x; batch 1: l1 3x3 1.52x, the stem 1.08-1.11x.
+// 16 bytes (quant16), then the 16 x 16 byte block transposed in registers (byte_transpose.h), so that each pixel's
+// 16 channels are one 16-byte store. Partial blocks (C or HW not a multiple of 16) load and store under masks.
+// Measured against the channels-last fp32 copy (torch's copy_) and the quantization the convolution ran on it,
+// both in one process (AMX machine, 2 threads, 2026-12-06), whole convolutions with an NCHW fp32 input: batch 8,
+// l1 1x1 2.26-2.65x, l1 3x3 1.51-1.55x, s2 1.51-1.57x, l2 1.32-1.35x, l3 1.18-1.21x, depthwise 3x3 at 28 x 28 x
+// 256 1.91-2.14x, the RGB stem 1.11-1.15x; batch 1: l1 3x3 1.52x, the stem 1.08-1.11x.
 void quantize_planes_avx512(const QuantizePlanesParams& p, int64_t p0, int64_t p1) {
-  constexpr int kRev[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
   const __m512 inv = _mm512_set1_ps(p.inv);
   const int64_t C = p.C, HW = p.HW;
   for (int64_t px = p0; px < p1; px += 16) {
@@ -455,29 +454,13 @@ void quantize_planes_avx512(const QuantizePlanesParams& p, int64_t p0, int64_t p
         const __m512 v = np == 16 ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(pm, src);
         r[i] = _mm512_cvtepi32_epi8(quant16(v, inv));
       }
-      __m128i t[16];
-      for (int i = 0; i < 8; ++i) {
-        t[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
-        t[i + 8] = _mm_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
-      }
-      for (int i = 0; i < 8; ++i) {
-        r[i] = _mm_unpacklo_epi16(t[2 * i], t[2 * i + 1]);
-        r[i + 8] = _mm_unpackhi_epi16(t[2 * i], t[2 * i + 1]);
-      }
-      for (int i = 0; i < 8; ++i) {
-        t[i] = _mm_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[i + 8] = _mm_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-      }
-      for (int i = 0; i < 8; ++i) {
-        r[i] = _mm_unpacklo_epi64(t[2 * i], t[2 * i + 1]);
-        r[i + 8] = _mm_unpackhi_epi64(t[2 * i], t[2 * i + 1]);
-      }
+      transpose16x16_bytes(r);
       int8_t* dst = p.out + px * C + c0;
       if (nc == 16) {
-        for (int j = 0; j < np; ++j) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j * C), r[kRev[j]]);
+        for (int j = 0; j < np; ++j) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j * C), r[kTransposedRow[j]]);
       } else {
         const __mmask16 cm = col_mask(nc);
-        for (int j = 0; j < np; ++j) _mm_mask_storeu_epi8(dst + j * C, cm, r[kRev[j]]);
+        for (int j = 0; j < np; ++j) _mm_mask_storeu_epi8(dst + j * C, cm, r[kTransposedRow[j]]);
       }
     }
   }
