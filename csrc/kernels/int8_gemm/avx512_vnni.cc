@@ -9,7 +9,6 @@
 
 #include <immintrin.h>
 
-#include "byte_transpose.h"
 #include "conv_direct_rows.h"
 #include "epilogue.h"
 #include "pack.h"
@@ -19,6 +18,7 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")
 
 #include "dw_row_quads.h"  // after the target: its templates inline into this ISA's kernels
+#include "planes_nhwc.h"
 
 #include "avx512_common.h"
 
@@ -430,40 +430,27 @@ void quantize_avx512(const QuantizeParams& p, int64_t m0, int64_t m1) {
 
 // ---- NCHW fp32 -> NHWC int8 (QuantizePlanesParams) ----
 // Blocks of 16 channels x 16 pixels: each channel's 16 values (one vector load from its plane) quantized to
-// 16 bytes (quant16), then the 16 x 16 byte block transposed in registers (byte_transpose.h), so that each pixel's
+// 16 bytes (quant16), then the 16 x 16 byte block transposed in registers (planes_nhwc.h), so that each pixel's
 // 16 channels are one 16-byte store. Partial blocks (C or HW not a multiple of 16) load and store under masks.
 // Measured against the channels-last fp32 copy (torch's copy_) and the quantization the convolution ran on it,
-// both in one process (AMX machine, 2 threads, 2026-12-06), whole convolutions with an NCHW fp32 input: batch 8,
-// l1 1x1 2.26-2.65x, l1 3x3 1.51-1.55x, s2 1.51-1.57x, l2 1.32-1.35x, l3 1.18-1.21x, depthwise 3x3 at 28 x 28 x
-// 256 1.91-2.14x, the RGB stem 1.11-1.15x; batch 1: l1 3x3 1.52x, the stem 1.08-1.11x.
+// both in one process (AMX machine, 2 threads, 2026-12-06), whole convolutions with an NCHW fp32 input, static /
+// dynamic scale: batch 8, l1 1x1 3.58x / 3.25x, l1 3x3 1.65x / 1.67x, s2 1.73x / 1.59x, l2 1.55x / 1.49x, l3
+// 1.23x / 1.14x, depthwise 3x3 at 28 x 28 x 256 1.94x / 1.71x, the RGB stem 1.15x / 1.23x; batch 1: l1 3x3 1.48x,
+// the stem 1.09x.
 void quantize_planes_avx512(const QuantizePlanesParams& p, int64_t p0, int64_t p1) {
   const __m512 inv = _mm512_set1_ps(p.inv);
-  const int64_t C = p.C, HW = p.HW;
-  for (int64_t px = p0; px < p1; px += 16) {
-    const int64_t np = std::min<int64_t>(16, p1 - px);
-    const __mmask16 pm = col_mask(np);
-    for (int64_t c0 = 0; c0 < C; c0 += 16) {
-      const int64_t nc = std::min<int64_t>(16, C - c0);
-      __m128i r[16];
-      for (int i = 0; i < 16; ++i) {
-        if (i >= nc) {
-          r[i] = _mm_setzero_si128();
-          continue;
-        }
-        const float* src = p.x + (c0 + i) * HW + px;
-        const __m512 v = np == 16 ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(pm, src);
-        r[i] = _mm512_cvtepi32_epi8(quant16(v, inv));
-      }
-      transpose16x16_bytes(r);
-      int8_t* dst = p.out + px * C + c0;
-      if (nc == 16) {
-        for (int j = 0; j < np; ++j) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j * C), r[kTransposedRow[j]]);
-      } else {
-        const __mmask16 cm = col_mask(nc);
-        for (int j = 0; j < np; ++j) _mm_mask_storeu_epi8(dst + j * C, cm, r[kTransposedRow[j]]);
-      }
-    }
-  }
+  quantize_planes_blocks(
+      p, p0, p1,
+      [&](const float* src, int64_t np) {
+        const __m512 v = np == 16 ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(col_mask(np), src);
+        return _mm512_cvtepi32_epi8(quant16(v, inv));
+      },
+      [](int8_t* dst, __m128i row, int64_t nc, int64_t) {
+        if (nc == 16)
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), row);
+        else
+          _mm_mask_storeu_epi8(dst, col_mask(nc), row);
+      });
 }
 
 // ---- depthwise conv: vpdpbusd over groups of 4 taps, 64 channels per block ----
