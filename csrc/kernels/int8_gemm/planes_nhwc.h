@@ -38,7 +38,8 @@ inline void transpose16x16_bytes(__m128i r[16]) {
 // store(dst, row, nc, room): pixel's nc (1-16) channels, the first nc bytes of row, to dst, with room bytes from
 // dst to the end of this call's pixels. Channel blocks go from the last down (avx2.cc's whole-row stores need it),
 // each over all the call's pixels: 16 planes read front to back at a time, which the hardware prefetchers follow
-// (pixel blocks outside, all C planes a block, ran an l1 1x1 input, 256 channels, 2.5x slower).
+// (with pixel blocks outside, reading all C planes 64 bytes at a time, the l1 1x1 convolution on its 256-channel
+// NCHW input ran 1.35x slower: 2.65x instead of 3.58x the copy-first path).
 template <typename Row, typename Store>
 inline void quantize_planes_blocks(const QuantizePlanesParams& p, int64_t p0, int64_t p1, Row&& row, Store&& store) {
   const int64_t C = p.C, HW = p.HW;
