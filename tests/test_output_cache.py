@@ -109,8 +109,8 @@ def test_every_op_family_returns_exact_results_in_reused_blocks(limit):
 
 
 def test_per_call_buffers_come_from_the_cache(limit):
-    # An fp32 NCHW input's channels-last form (its int8 NHWC quantization where the AVX-512 quantize_planes
-    # kernel serves, 400 KiB here, else an fp32 copy, 1600 KiB) and a dynamic linear's int8 operand are per-call
+    # An fp32 NCHW input's channels-last form (its int8 NHWC quantization where a quantize_planes kernel
+    # serves, AVX-512 or AVX2: 400 KiB here, else an fp32 copy, 1600 KiB) and a dynamic linear's int8 operand are per-call
     # buffers of the cache too: freed when the op returns, there for the next call; results exact.
     g = torch.Generator().manual_seed(7)
     x = torch.randn(2, 32, 80, 80, generator=g)  # NCHW
