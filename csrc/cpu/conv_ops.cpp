@@ -529,18 +529,16 @@ void conv_grouped(const kernels::KernelSet& ks, const ConvArgs& a, const at::Ten
 // it to, made in one pass: the int8-input paths then compute the same bytes as the fp32 ones would, without
 // the fp32 channels-last copy.
 at::Tensor nhwc_input(const at::Tensor& x, std::optional<double> x_scale, float* a_scale_out) {
-  const bool planes_in = x.scalar_type() == at::kFloat && x.dim() == 4 && x.is_contiguous() &&
+  const bool planes_in = x.scalar_type() == at::kFloat && x.is_contiguous() &&
                          !x.is_contiguous(at::MemoryFormat::ChannelsLast);
   const kernels::KernelSet* ks = planes_in ? &kernels_for(Family::QuantizePlanes) : nullptr;
-  if (!ks || !ks->quantize_planes) {
-    clear_kernel(Family::QuantizePlanes);
-    at::Tensor xs = channels_last(x);
-    *a_scale_out = x_scale ? static_cast<float>(*x_scale) : tensor_absmax(xs) / 127.0f;
-    return xs;
-  }
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  const float a_scale = x_scale ? static_cast<float>(*x_scale) : tensor_absmax(x) / 127.0f;
+  const bool planes = ks && ks->quantize_planes;
+  if (!planes) clear_kernel(Family::QuantizePlanes);
+  const at::Tensor xs = planes ? x : channels_last(x);  // dense either way: tensor_absmax reads it whole
+  const float a_scale = x_scale ? static_cast<float>(*x_scale) : tensor_absmax(xs) / 127.0f;
   *a_scale_out = a_scale;
+  if (!planes) return xs;
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   at::Tensor q = output_empty(x.sizes(), at::kChar, at::MemoryFormat::ChannelsLast);
   if (!(a_scale > 0.0f && std::isfinite(a_scale))) {  // all zero, or NaN/Inf seen: zeros (as QuantizedRows)
     q.zero_();
@@ -552,10 +550,11 @@ at::Tensor nhwc_input(const at::Tensor& x, std::optional<double> x_scale, float*
   p.inv = 1.0f / a_scale;
   const float* const xd = x.data_ptr<float>();
   int8_t* const qd = q.data_ptr<int8_t>();
-  // Items of up to 1024 pixels of one image (whole 16-pixel blocks but the image's last).
+  // Items of up to 1024 pixels of one image (whole 16-pixel blocks but the image's last), at least ~16K values
+  // per thread hand-off.
   constexpr int64_t kPixels = 1024;
   const int64_t per_image = (HW + kPixels - 1) / kPixels;
-  const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, 64 * kPixels * C));
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / (kPixels * C));
   at::parallel_for(0, N * per_image, grain, [&](int64_t b, int64_t e) {
     for (int64_t it = b; it < e; ++it) {
       const int64_t n = it / per_image, p0 = it % per_image * kPixels;
