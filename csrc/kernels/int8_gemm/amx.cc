@@ -160,7 +160,7 @@ struct PendingEpilogue {
   ColBlock16 cols[2];
   int nt = 0, pos = 0;
   int64_t left = 0;  // tile rows not yet visited
-  bool below_2p31 = false;  // every |y| of the pair is below 2^31 (pair_fits_int32): no float clamp needed
+  bool fits_int32 = false;  // every |y| of the pair is below 2^30 (pair_fits_int32): no float clamp needed
 };
 
 // Whether every y = float(acc) * b_scale[n] + bias[n] of a column pair is below 2^30 in magnitude, from
@@ -298,8 +298,8 @@ void epilogue_folded(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
   // pair has a loop of its own: no per-row test of the column masks.
   if (KIND == OutKind::Int8 && full) {
     int8_t* const o = reinterpret_cast<int8_t*>(out) + col;
-    // The clamp at hi is left out where it cannot change a byte: hi = 127 (ACT none or relu) and every y of
-    // the pair below 2^31 (PendingEpilogue::below_2p31), a vector uop in about 7. This loop of its own and
+    // The clamp at hi is left out where it cannot change a byte: hi = 127 (ACT none or relu) and every |y| of
+    // the pair below 2^30 (PendingEpilogue::fits_int32), a vector uop in about 7. This loop of its own and
     // the skipped clamp, with the plain C row loads (pair_acc) and the fp32 loop below, measured (both
     // versions alternated in one process, batch 8, 2 threads, AMX machine of 2026-12-06): int8 in/out
     // l1 3x3 1.06x, l1 1x1 1.05x, s2 1.05x, l2 1.02x, l3 1.01x; fp32 in/out l1 3x3 1.07x, l1 1x1 1.04x.
@@ -315,7 +315,7 @@ void epilogue_folded(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
         if (r1 >= 0) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + r1 * ldo), _mm512_extracti64x4_epi64(q, 1));
       }
     };
-    if (folds_out_inv(ACT) && e.below_2p31)
+    if (folds_out_inv(ACT) && e.fits_int32)
       run(std::false_type{});
     else
       run(std::true_type{});
@@ -549,7 +549,7 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
       pending.pass_ptr = &pass;
       pending.c = c;
       for (int j = 0; j < nt; ++j) pending.cols[j] = col_block16(p, n + 16 * j, /*signed_a=*/true);
-      pending.below_2p31 = p.folded && p.out_kind == OutKind::Int8 && pair_fits_int32(g.src, pending.cols, nt);
+      pending.fits_int32 = p.folded && p.out_kind == OutKind::Int8 && pair_fits_int32(g.src, pending.cols, nt);
       pending.nt = nt;
       pending.pos = 0;
       pending.left = pass.tiles * AmxTraits::kTileRows;
