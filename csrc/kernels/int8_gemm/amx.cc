@@ -180,7 +180,7 @@ inline bool pair_fits_int32(const TileSource& src, const ColBlock16* cols, int n
 
 // Row `pos` of the pending pair's C tiles, column block j: the pass's row tiles lie one after another in
 // the pair's C buffer (block b's two at 2b and 2b + 1, each 16 rows of kBlockCols ints), so row pos is at
-// c + pos * kBlockCols. A call with an empty K runs no tile product; tile_gemm zeroes its C buffers.
+// c + pos * kBlockCols. Every pair runs at least one tile step: K >= 1 (validate_packed refuses less).
 inline __m512i pair_acc(const int32_t* c, int pos, int j) {
   return _mm512_loadu_si512(c + static_cast<int64_t>(pos) * AmxTraits::kBlockCols + 16 * j);
 }
@@ -502,8 +502,6 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
   int8_t* const tail_b = thread_buffers().tail_b;
   // The tail tiles' rows after the tail stay zero for the whole call (each pair copies the same rows).
   if (tail_bytes > 0) std::memset(tail_b, 0, static_cast<size_t>(2 * kBTileBytes));
-  // An empty K runs no tile product: the epilogues read sums of zero.
-  if (steps == 0) std::memset(cbuf, 0, static_cast<size_t>(2 * kCHalfInts) * sizeof(int32_t));
   const EpilogueFn run_epilogue = epilogue_for(p);
   PendingEpilogue pending;
   // Two passes alternate: the last pair's epilogue of one runs while the next one computes.
