@@ -30,7 +30,8 @@ namespace {
 //   (tmm6-7): one tile load per tdpbssd, the best ratio 8 tiles allow.
 // - K is walked in chunks of at most kMaxChunkSteps tile steps; for one chunk the pair of B tiles
 //   (32 columns x <= 512 bytes of K = 16 KiB) stays in L1 while every 32-row block of the pass uses it,
-//   so only A comes from L2. A chunk boundary costs a store + reload of the C tiles; walking the whole
+//   so only A comes from L2. A chunk boundary costs a store + reload of the C tiles (the stores overlap
+//   the next block's first products: block_chunk's deferred stores); walking the whole
 //   K per block instead (both operands from L2) measured ~25% slower at K = 2048, and chunks of 12-16
 //   steps 0-8% slower than 8. Software prefetch (the next rows' A, the next chunk's B) did not help.
 // - A pass covers at most kPassRows rows: its A rows (<= 128 x K) stay in L2 across column pairs.
@@ -419,34 +420,71 @@ struct StepEpilogue {
 // are loaded with the streaming hint (tileloaddt1, STREAM_A): they pass once per column pair, and
 // keeping them out of L1 leaves it to the B chunk, which every block of the pass reuses (measured:
 // +5-20%); a convolution's are not (TileSource::stream_a). each_step: an epilogue slice after every step.
+//
+// Deferred C stores: a tile store waits for the last product into its tile, and the next block's first
+// product into that tile waits for the store (tile registers are not renamed), so storing a block's C
+// tiles at its end drains the TMUL at every block. A full 2 x 2 block leaves its four C tiles in the
+// registers instead, and the next call stores them (prev: that block's buffer, or null), each just
+// before its own first product into that tile, while the TMUL still works on the products before it.
+// Measured (paired, batch 8, 2 threads, int8 in/out): the 3x3 layers 1.03-1.10x, l1 1x1 1.08x, GEMMs
+// with M >= 100 1.04-1.10x (benchmarks/RESULTS.md, session 23). The caller stores the last block's
+// tiles (store_kept) before its final epilogue.
 template <int MT, int NT, bool STREAM_A>
 inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, const TileSource& src, const int8_t* b0,
                         const int8_t* b1, const int8_t* tb0, const int8_t* tb1, int64_t kt0, int64_t kt1, int32_t* c,
-                        const StepEpilogue* each_step) {
+                        const StepEpilogue* each_step, int32_t* prev) {
+  // The same block's next chunk right after its previous one: its sums are still in the registers.
+  const bool in_regs = !first && prev == c;
+  if (in_regs) prev = nullptr;
   int32_t* c1 = c + kCTileInts;
+  int32_t* p1 = prev ? prev + kCTileInts : nullptr;
   const int64_t stride = src.stride;
   const int64_t* koff = src.koff;
-  if (first) {
-    _tile_zero(0);
-    if (NT == 2) _tile_zero(1);
-    if (MT == 2) _tile_zero(2);
-    if (MT == 2 && NT == 2) _tile_zero(3);
-  } else {
-    _tile_loadd(0, c, kCStride);
-    if (NT == 2) _tile_loadd(1, c + 16, kCStride);
-    if (MT == 2) _tile_loadd(2, c1, kCStride);
-    if (MT == 2 && NT == 2) _tile_loadd(3, c1 + 16, kCStride);
-  }
   const int64_t full_end = std::min(kt1, src.steps);
-  for (int64_t kt = kt0; kt < kt1; ++kt) {
+// An A tile load (the tile number must be a literal: the intrinsics paste it into the instruction).
+#define FI_AMX_LOAD_A(tile, a, kt)                          \
+  do {                                                      \
+    if (STREAM_A)                                           \
+      _tile_stream_loadd(tile, (a) + koff[kt], stride);    \
+    else                                                    \
+      _tile_loadd(tile, (a) + koff[kt], stride);           \
+  } while (0)
+  // The first step: each C tile stored for the previous block (prev), then zeroed or reloaded, just
+  // before its first product.
+  {
+    const int64_t kt = kt0;
+    const int8_t* const bt0 = kt < full_end ? b0 + kt * kBTileBytes : tb0;
+    const int8_t* const bt1 = kt < full_end ? b1 + kt * kBTileBytes : tb1;
+    if (prev) _tile_stored(0, prev, kCStride);
+    if (first) _tile_zero(0); else if (!in_regs) _tile_loadd(0, c, kCStride);
+    FI_AMX_LOAD_A(4, a0, kt);
+    _tile_loadd(6, bt0, 64);
+    _tile_dpbssd(0, 4, 6);
+    if (prev) _tile_stored(1, prev + 16, kCStride);
+    if (NT == 2) {
+      if (first) _tile_zero(1); else if (!in_regs) _tile_loadd(1, c + 16, kCStride);
+      _tile_loadd(7, bt1, 64);
+      _tile_dpbssd(1, 4, 7);
+    }
+    if (prev) _tile_stored(2, p1, kCStride);
+    if (MT == 2) {
+      if (first) _tile_zero(2); else if (!in_regs) _tile_loadd(2, c1, kCStride);
+      FI_AMX_LOAD_A(5, a1, kt);
+      _tile_dpbssd(2, 5, 6);
+    }
+    if (prev) _tile_stored(3, p1 + 16, kCStride);
+    if (MT == 2 && NT == 2) {
+      if (first) _tile_zero(3); else if (!in_regs) _tile_loadd(3, c1 + 16, kCStride);
+      _tile_dpbssd(3, 5, 7);
+    }
+    if (each_step) each_step->fn(*each_step->g, *each_step->pending, each_step->rows);
+  }
+  for (int64_t kt = kt0 + 1; kt < kt1; ++kt) {
     // The tail step (kt == src.steps) takes its B tiles from the padded copies.
     const int8_t* const bt0 = kt < full_end ? b0 + kt * kBTileBytes : tb0;
     const int8_t* const bt1 = kt < full_end ? b1 + kt * kBTileBytes : tb1;
     // Loads interleaved with the products that consume them (A0, B0, C00, B1, C01, A1, C10, C11).
-    if (STREAM_A)
-      _tile_stream_loadd(4, a0 + koff[kt], stride);
-    else
-      _tile_loadd(4, a0 + koff[kt], stride);
+    FI_AMX_LOAD_A(4, a0, kt);
     _tile_loadd(6, bt0, 64);
     _tile_dpbssd(0, 4, 6);
     if (NT == 2) {
@@ -454,23 +492,30 @@ inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, const 
       _tile_dpbssd(1, 4, 7);
     }
     if (MT == 2) {
-      if (STREAM_A)
-        _tile_stream_loadd(5, a1 + koff[kt], stride);
-      else
-        _tile_loadd(5, a1 + koff[kt], stride);
+      FI_AMX_LOAD_A(5, a1, kt);
       _tile_dpbssd(2, 5, 6);
       if (NT == 2) _tile_dpbssd(3, 5, 7);
     }
     if (each_step) each_step->fn(*each_step->g, *each_step->pending, each_step->rows);
   }
+#undef FI_AMX_LOAD_A
+  if (MT == 2 && NT == 2) return;  // kept in the registers: the next call (or store_kept) stores them
   _tile_stored(0, c, kCStride);
   if (NT == 2) _tile_stored(1, c + 16, kCStride);
   if (MT == 2) _tile_stored(2, c1, kCStride);
   if (MT == 2 && NT == 2) _tile_stored(3, c1 + 16, kCStride);
 }
 
+// Stores the C tiles the last 2 x 2 block left in the registers to its buffer c.
+inline void store_kept(int32_t* c) {
+  _tile_stored(0, c, kCStride);
+  _tile_stored(1, c + 16, kCStride);
+  _tile_stored(2, c + kCTileInts, kCStride);
+  _tile_stored(3, c + kCTileInts + 16, kCStride);
+}
+
 using BlockFn = void (*)(bool, const uint8_t*, const uint8_t*, const TileSource&, const int8_t*, const int8_t*,
-                         const int8_t*, const int8_t*, int64_t, int64_t, int32_t*, const StepEpilogue*);
+                         const int8_t*, const int8_t*, int64_t, int64_t, int32_t*, const StepEpilogue*, int32_t*);
 // [stream A][MT - 1][NT - 1]
 constexpr BlockFn kBlockFns[2][2][2] = {
     {{block_chunk<1, 1, false>, block_chunk<1, 2, false>}, {block_chunk<2, 1, false>, block_chunk<2, 2, false>}},
@@ -507,6 +552,7 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
   // Two passes alternate: the last pair's epilogue of one runs while the next one computes.
   TilePass passes[2];
   int64_t pair_count = 0, pass_count = 0;
+  int32_t* kept = nullptr;  // the 2 x 2 block whose C tiles are still in the registers (block_chunk)
   TileScope tiles;
   for (;; ++pass_count) {
     TilePass& pass = passes[pass_count % 2];
@@ -537,9 +583,11 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
         const int64_t kt1 = std::min(steps, kt0 + kc);
         for (int b = 0; b < blocks; ++b) {
           const int mt = 2 * b + 1 < pass.tiles ? 2 : 1;
+          int32_t* const cb = c + b * 2 * kCTileInts;
           kBlockFns[g.src.stream_a][mt - 1][nt - 1](kt0 == 0, pass.base[2 * b], pass.base[2 * b + mt - 1], g.src, b0,
-                                                    b1, tail_b, tail_b + kBTileBytes, kt0, kt1,
-                                                    c + b * 2 * kCTileInts, per_step && pending.left > 0 ? &slice : nullptr);
+                                                    b1, tail_b, tail_b + kBTileBytes, kt0, kt1, cb,
+                                                    per_step && pending.left > 0 ? &slice : nullptr, kept);
+          kept = mt == 2 && nt == 2 ? cb : nullptr;
           if (!per_step) run_epilogue(g, pending, rows);
         }
       }
@@ -553,6 +601,7 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
       pending.left = pass.tiles * AmxTraits::kTileRows;
     }
   }
+  if (kept) store_kept(kept);
   run_epilogue(g, pending, pending.left);
   if (g.stream_out) _mm_sfence();  // the non-temporal stores are visible to other threads before the call returns
 }
