@@ -431,7 +431,16 @@ struct StepEpilogue {
 // before its own first product into that tile, while the TMUL still works on the products before it.
 // Measured (paired, batch 8, 2 threads, int8 in/out): the 3x3 layers 1.03-1.10x, l1 1x1 1.08x, GEMMs
 // with M >= 100 1.04-1.10x (benchmarks/RESULTS.md, session 23). The caller stores the last block's
-// tiles (store_kept) before its final epilogue.
+// tiles (store_tiles) before its final epilogue.
+// Stores the C tiles of an MT x NT block (tmm0-3) to its buffer c.
+template <int MT, int NT>
+inline void store_tiles(int32_t* c) {
+  _tile_stored(0, c, kCStride);
+  if (NT == 2) _tile_stored(1, c + 16, kCStride);
+  if (MT == 2) _tile_stored(2, c + kCTileInts, kCStride);
+  if (MT == 2 && NT == 2) _tile_stored(3, c + kCTileInts + 16, kCStride);
+}
+
 template <int MT, int NT, bool STREAM_A>
 inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, const TileSource& src, const int8_t* b0,
                         const int8_t* b1, const int8_t* tb0, const int8_t* tb1, int64_t kt0, int64_t kt1, int32_t* c,
@@ -444,77 +453,62 @@ inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, const 
   const int64_t stride = src.stride;
   const int64_t* koff = src.koff;
   const int64_t full_end = std::min(kt1, src.steps);
-// An A tile load (the tile number must be a literal: the intrinsics paste it into the instruction).
-#define FI_AMX_LOAD_A(tile, a, kt)                          \
-  do {                                                      \
-    if (STREAM_A)                                           \
-      _tile_stream_loadd(tile, (a) + koff[kt], stride);    \
-    else                                                    \
-      _tile_loadd(tile, (a) + koff[kt], stride);           \
-  } while (0)
-  // The first step: each C tile stored for the previous block (prev), then zeroed or reloaded, just
-  // before its first product.
-  {
-    const int64_t kt = kt0;
-    const int8_t* const bt0 = kt < full_end ? b0 + kt * kBTileBytes : tb0;
-    const int8_t* const bt1 = kt < full_end ? b1 + kt * kBTileBytes : tb1;
-    if (prev) _tile_stored(0, prev, kCStride);
-    if (first) _tile_zero(0); else if (!in_regs) _tile_loadd(0, c, kCStride);
-    FI_AMX_LOAD_A(4, a0, kt);
-    _tile_loadd(6, bt0, 64);
-    _tile_dpbssd(0, 4, 6);
-    if (prev) _tile_stored(1, prev + 16, kCStride);
-    if (NT == 2) {
-      if (first) _tile_zero(1); else if (!in_regs) _tile_loadd(1, c + 16, kCStride);
-      _tile_loadd(7, bt1, 64);
-      _tile_dpbssd(1, 4, 7);
-    }
-    if (prev) _tile_stored(2, p1, kCStride);
-    if (MT == 2) {
-      if (first) _tile_zero(2); else if (!in_regs) _tile_loadd(2, c1, kCStride);
-      FI_AMX_LOAD_A(5, a1, kt);
-      _tile_dpbssd(2, 5, 6);
-    }
-    if (prev) _tile_stored(3, p1 + 16, kCStride);
-    if (MT == 2 && NT == 2) {
-      if (first) _tile_zero(3); else if (!in_regs) _tile_loadd(3, c1 + 16, kCStride);
-      _tile_dpbssd(3, 5, 7);
-    }
-    if (each_step) each_step->fn(*each_step->g, *each_step->pending, each_step->rows);
-  }
-  for (int64_t kt = kt0 + 1; kt < kt1; ++kt) {
+  // One tile step: loads interleaved with the products that consume them (A0, B0, C00, B1, C01, A1, C10,
+  // C11). The chunk's first step (FIRST) also stores each C tile for the previous block (prev), then zeroes
+  // or reloads it, just before its first product. The tile numbers must be literals: the intrinsics paste
+  // them into the instructions.
+  const auto step = [&](int64_t kt, auto first_step) {
+    constexpr bool FIRST = decltype(first_step)::value;
     // The tail step (kt == src.steps) takes its B tiles from the padded copies.
     const int8_t* const bt0 = kt < full_end ? b0 + kt * kBTileBytes : tb0;
     const int8_t* const bt1 = kt < full_end ? b1 + kt * kBTileBytes : tb1;
-    // Loads interleaved with the products that consume them (A0, B0, C00, B1, C01, A1, C10, C11).
-    FI_AMX_LOAD_A(4, a0, kt);
+#define FI_AMX_STORE_PREV(tile, at)                  \
+  if constexpr (FIRST) {                             \
+    if (prev) _tile_stored(tile, at, kCStride);      \
+  }
+#define FI_AMX_START_C(tile, from)                                 \
+  if constexpr (FIRST) {                                           \
+    if (first)                                                     \
+      _tile_zero(tile);                                            \
+    else if (!in_regs)                                             \
+      _tile_loadd(tile, from, kCStride);                           \
+  }
+#define FI_AMX_LOAD_A(tile, a)                                     \
+  if (STREAM_A)                                                    \
+    _tile_stream_loadd(tile, (a) + koff[kt], stride);              \
+  else                                                             \
+    _tile_loadd(tile, (a) + koff[kt], stride);
+    FI_AMX_STORE_PREV(0, prev)
+    FI_AMX_START_C(0, c)
+    FI_AMX_LOAD_A(4, a0)
     _tile_loadd(6, bt0, 64);
     _tile_dpbssd(0, 4, 6);
+    FI_AMX_STORE_PREV(1, prev + 16)
     if (NT == 2) {
+      FI_AMX_START_C(1, c + 16)
       _tile_loadd(7, bt1, 64);
       _tile_dpbssd(1, 4, 7);
     }
+    FI_AMX_STORE_PREV(2, p1)
     if (MT == 2) {
-      FI_AMX_LOAD_A(5, a1, kt);
+      FI_AMX_START_C(2, c1)
+      FI_AMX_LOAD_A(5, a1)
       _tile_dpbssd(2, 5, 6);
-      if (NT == 2) _tile_dpbssd(3, 5, 7);
     }
-    if (each_step) each_step->fn(*each_step->g, *each_step->pending, each_step->rows);
-  }
+    FI_AMX_STORE_PREV(3, p1 + 16)
+    if (MT == 2 && NT == 2) {
+      FI_AMX_START_C(3, c1 + 16)
+      _tile_dpbssd(3, 5, 7);
+    }
 #undef FI_AMX_LOAD_A
-  if (MT == 2 && NT == 2) return;  // kept in the registers: the next call (or store_kept) stores them
-  _tile_stored(0, c, kCStride);
-  if (NT == 2) _tile_stored(1, c + 16, kCStride);
-  if (MT == 2) _tile_stored(2, c1, kCStride);
-  if (MT == 2 && NT == 2) _tile_stored(3, c1 + 16, kCStride);
-}
-
-// Stores the C tiles the last 2 x 2 block left in the registers to its buffer c.
-inline void store_kept(int32_t* c) {
-  _tile_stored(0, c, kCStride);
-  _tile_stored(1, c + 16, kCStride);
-  _tile_stored(2, c + kCTileInts, kCStride);
-  _tile_stored(3, c + kCTileInts + 16, kCStride);
+#undef FI_AMX_START_C
+#undef FI_AMX_STORE_PREV
+    if (each_step) each_step->fn(*each_step->g, *each_step->pending, each_step->rows);
+  };
+  step(kt0, std::true_type{});
+  for (int64_t kt = kt0 + 1; kt < kt1; ++kt) step(kt, std::false_type{});
+  // A 2 x 2 block keeps its tiles in the registers: the next call (or tile_gemm, store_tiles) stores them.
+  if (MT < 2 || NT < 2) store_tiles<MT, NT>(c);
 }
 
 using BlockFn = void (*)(bool, const uint8_t*, const uint8_t*, const TileSource&, const int8_t*, const int8_t*,
@@ -604,7 +598,7 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
       pending.left = pass.tiles * AmxTraits::kTileRows;
     }
   }
-  if (kept) store_kept(kept);
+  if (kept) store_tiles<2, 2>(kept);
   run_epilogue(g, pending, pending.left);
   if (g.stream_out) _mm_sfence();  // the non-temporal stores are visible to other threads before the call returns
 }
@@ -628,12 +622,12 @@ inline void window_rows(int64_t* out, int64_t first, int64_t t_lo, int64_t t_hi)
 // The output rows of a padded-width tile (16 pixels from q = w of an image whose first output row is
 // image_row0): pixel q = oh * Wp + ow is output row image_row0 + oh * OW + ow = image_row0 + q - oh * (Wp - OW),
 // or -1 where it is a padding column (ow >= OW) or outside [w + t_lo, w + t_hi). Vectorized: 16 pixels from
-// ow(w) <= Wp - 1 cross at most (Wp + 14) / Wp row ends (two for the entry layer's Wp >= 12). The scalar
+// ow(w) <= Wp - 1 cross at most wraps = (Wp + 14) / Wp row ends (two for the entry layer's Wp >= 12). The scalar
 // loop (a division-free step per pixel) cost ~10% at l1 3x3, batch 8, int8 in/out: it runs between
 // passes, while the TMUL waits (session 23).
 inline void padded_width_rows(int64_t* out, int64_t w, int64_t t_lo, int64_t t_hi, int64_t image_row0, int64_t Wp,
-                              int64_t OW) {
-  const int64_t oh0 = w / Wp, ow0 = w % Wp, d = Wp - OW, wraps = (Wp + 14) / Wp;
+                              int64_t OW, int64_t wraps) {
+  const int64_t oh0 = w / Wp, ow0 = w % Wp, d = Wp - OW;
   const __m512i base = _mm512_set1_epi64(image_row0 + w - oh0 * d), wp = _mm512_set1_epi64(Wp);
   const __m512i ow_lim = _mm512_set1_epi64(OW), dv = _mm512_set1_epi64(d), none = _mm512_set1_epi64(-1);
   const __m512i lo = _mm512_set1_epi64(t_lo), hi = _mm512_set1_epi64(t_hi);
@@ -766,6 +760,7 @@ void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
   }
   // Over the padded width: output rows [r0, r1) are, image by image, runs of q = oh * Wp + ow.
   int64_t row = r0, q = (r0 % cp.OH) * cp.Wp;  // the next tile starts at pixel q of row's image
+  const int64_t wraps = (cp.Wp + T - 2) / cp.Wp;  // row ends a tile crosses at most (padded_width_rows)
   tile_gemm(g, n0, n1, [&](TilePass& pass) {
     pass.tiles = 0;
     while (row < r1 && pass.tiles < pass_tiles) {
@@ -775,7 +770,7 @@ void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
       const int64_t q_end = last_row * cp.Wp;
       const int64_t w = std::max<int64_t>(0, std::min(q, q_end - T));  // window: inside this image's rows
       pass.base[pass.tiles] = x + n * image + w * cp.SW * cp.C;
-      padded_width_rows(pass.out + pass.tiles * T, w, q - w, q_end - w, n * cp.OH * cp.OW, cp.Wp, cp.OW);
+      padded_width_rows(pass.out + pass.tiles * T, w, q - w, q_end - w, n * cp.OH * cp.OW, cp.Wp, cp.OW, wraps);
       ++pass.tiles;
       q += T;
       if (q >= q_end) {
