@@ -378,6 +378,8 @@ void epilogue_folded(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
 
 using EpilogueFn = void (*)(const GemmCtx&, PendingEpilogue&, int64_t);
 
+constexpr int64_t kMinSliceRows = 6;  // rows of a direct convolution's epilogue slice, at least (tile_gemm)
+
 template <OutKind KIND, Act ACT>
 EpilogueFn epilogue_for_act(bool bias, bool folded) {
   if (folded && (KIND == OutKind::Float32 || KIND == OutKind::Int8))
@@ -408,13 +410,14 @@ EpilogueFn epilogue_for(const Int8GemmParams& p) {
   }
 }
 
-// A slice of the pending epilogue that a direct convolution's block runs after each of its tile steps
-// (TileSource::stream_a false; see tile_gemm).
+// A slice of the pending epilogue that a direct convolution's block runs after every `every`-th tile step
+// (those with kt % every == 0; TileSource::stream_a false; see tile_gemm).
 struct StepEpilogue {
   EpilogueFn fn;
   const GemmCtx* g;
   PendingEpilogue* pending;
-  int64_t rows;  // per tile step
+  int64_t rows;   // per slice
+  int64_t every;  // tile steps per slice
 };
 
 // One K chunk [kt0, kt1) of a block of MT x NT tiles. a0/a1: the bases of the block's row tiles,
@@ -453,6 +456,8 @@ inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, const 
   const int64_t stride = src.stride;
   const int64_t* koff = src.koff;
   const int64_t full_end = std::min(kt1, src.steps);
+  // The next step that runs an epilogue slice (every each_step->every-th step: kt % every == 0).
+  int64_t next_slice = each_step ? round_up(kt0, each_step->every) : -1;
   // One tile step: loads interleaved with the products that consume them (A0, B0, C00, B1, C01, A1, C10,
   // C11). The chunk's first step (FIRST) also stores each C tile for the previous block (prev), then zeroes
   // or reloads it, just before its first product. The tile numbers must be literals: the intrinsics paste
@@ -503,7 +508,10 @@ inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, const 
 #undef FI_AMX_LOAD_A
 #undef FI_AMX_START_C
 #undef FI_AMX_STORE_PREV
-    if (each_step) each_step->fn(*each_step->g, *each_step->pending, each_step->rows);
+    if (kt == next_slice) {
+      each_step->fn(*each_step->g, *each_step->pending, each_step->rows);
+      next_slice += each_step->every;
+    }
   };
   step(kt0, std::true_type{});
   for (int64_t kt = kt0 + 1; kt < kt1; ++kt) step(kt, std::false_type{});
@@ -572,10 +580,21 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
       // out) and 1.05x (fp32 out), l2 1.07x, l3 1.02x, l4, s2 and the stem 1.00-1.02x, batch 1 1.01-1.03x;
       // the GEMM (1x1 convolutions, K = 24-256), whose A comes from memory, ran 0.93-0.98x with it, so it
       // keeps the slice per block.
+      // A slice is at least kMinSliceRows rows, so where the pair's rows spread over every step would give
+      // fewer, it runs every few steps: each slice call reloads the pair's scales, biases, masks and
+      // constants through an indirect call, and at 1-2 rows a step (l2 3x3: 18 steps, l3: 36) the epilogue
+      // added 0.051 ms to l2 at batch 8 while it takes 0.022 ms alone. Measured, both alternated in one
+      // process, batch 8, 2 threads, AMX machine of 2026-12-06: int8 in/out l2 3x3 1.05x, l3 1.04x, l1
+      // 1.02x; fp32 in/out l2 1.08x, l1 1.03x; batch 1 l2 and l3 1.04-1.05x; s2, l4, the stem 0.99-1.01x.
       const bool per_step = !g.src.stream_a;
-      const int64_t calls = blocks * (per_step ? steps : chunks);
+      int64_t every = 1;
+      if (per_step && pending.left > 0) {
+        const int64_t per_step_rows = (pending.left + blocks * steps - 1) / (blocks * steps);
+        every = std::min(steps, (kMinSliceRows + per_step_rows - 1) / per_step_rows);
+      }
+      const int64_t calls = blocks * (per_step ? (steps + every - 1) / every : chunks);
       const int64_t rows = calls > 0 ? (pending.left + calls - 1) / calls : 0;
-      const StepEpilogue slice{run_epilogue, &g, &pending, rows};
+      const StepEpilogue slice{run_epilogue, &g, &pending, rows, every};
       for (int64_t kt0 = 0; kt0 < steps; kt0 += kc) {
         const int64_t kt1 = std::min(steps, kt0 + kc);
         for (int b = 0; b < blocks; ++b) {
