@@ -358,7 +358,9 @@ def last_kernel(family: str) -> str:
     "widen"; "" on the other tiers, which have one step, and after a depthwise convolution or a grouped one
     on gathered rows. "w8_gemm_step" names how the latest int8_linear_weight_only on the CPU multiplied:
     "bf16_dot" (bf16 x on a CPU with AVX512_BF16, AVX-512 tiers: vdpbf16ps) or "fp32" (x, widened to fp32 if
-    bf16, by fp32 FMAs)."""
+    bf16, by fp32 FMAs). "add_path" names the way the latest int8_add took on the AVX-512 tiers: "int8_lines"
+    (int8 + int8 -> int8 with every |y / out_scale| below 2^30: 64 elements at a time, the clamp by saturating
+    packs) or "lanes" (16 at a time); "" on the other tiers and the portable kernel, which have one way."""
     return _ops.last_kernel(family)
 
 

@@ -12,7 +12,7 @@ from fastinfer import ops
 from fastinfer import reference as ref
 from fastinfer.nn import Int8Add, Int8Conv2d, Int8MaxPool2d
 
-from conftest import assert_served
+from conftest import assert_served, served_by
 
 # (N, C, H, W, kernel, stride, padding, dilation, ceil_mode)
 POOLS = [
@@ -282,6 +282,39 @@ def test_int8_add_matches_reference(isa, shape, kinds, relu, out_scale):
         assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, want, rtol=0, atol=0, equal_nan=True)
     assert_served("add", isa)
+    assert ops.last_kernel("add_path") == _add_path(isa, kinds == ("int8", "int8") and out_scale is not None)
+
+
+def _add_path(isa: str, int8_lines: bool) -> str:
+    """The way int8_add's kernel takes: the AVX-512 tiers (avx512_vnni; amx runs its kernel) add int8 + int8 -> int8 64
+    elements at a time where every |y / out_scale| fits int32 ("int8_lines": whole groups of 64, a tail by 16
+    lanes), else 16 lanes ("lanes"); the other tiers have one way ("")."""
+    if served_by("add", isa) != "avx512_vnni":
+        return ""
+    return "int8_lines" if int8_lines else "lanes"
+
+
+# int8 + int8 -> int8 scales: (a_scale, b_scale, out_scale). Heavy saturation on both sides (|y / out_scale| up to
+# ~2.6e6, still inside int32: the 64-element way's packs clamp), scales unequal by orders of magnitude, one past
+# its bound (128 (|a_scale| + |b_scale|) / out_scale >= 2^30: the 16-lane way), and the largest scale the op
+# accepts (8e37: products past float32's range, +-inf).
+ADD_INT8_SCALES = [(2.0, 3.0, 0.00025), (0.5, 1e-5, 0.01), (1e3, 1e3, 1e-4), (8e37, 0.1, 0.05)]
+
+
+@pytest.mark.parametrize("scales", ADD_INT8_SCALES, ids=["saturating", "unequal", "past-bound", "huge-scale"])
+@pytest.mark.parametrize("relu", [False, True], ids=["add", "add_relu"])
+def test_int8_add_int8_edges(isa, scales, relu):
+    sa, sb, so = scales
+    g = torch.Generator().manual_seed(3)
+    # 2 * 64 * 29 + 37 elements: whole 64-element groups in both threads' ranges and a tail; every int8 value
+    a = torch.randint(-128, 128, (2, 64, 29, 1), generator=g, dtype=torch.int8).reshape(-1)
+    a = torch.cat([a, torch.arange(-128, 128, dtype=torch.int8)[:37]])
+    b = torch.randint(-128, 128, a.shape, generator=g, dtype=torch.int8)
+    b[:256] = torch.arange(-128, 128, dtype=torch.int8)
+    out = ops.int8_add(a, b, sa, sb, relu, so)
+    torch.testing.assert_close(out, ref.int8_add(a, b, sa, sb, relu, so), rtol=0, atol=0)
+    fits = 128.0 * (abs(sa) + abs(sb)) / so < 2.0**30
+    assert ops.last_kernel("add_path") == _add_path(isa, fits)
 
 
 def test_int8_add_rounds_half_to_even_and_threads(isa):

@@ -806,6 +806,7 @@ at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<doub
   const kernels::KernelSet& ks = kernels_for(Family::Add);
   const kernels::AddFn fn = ks.add_act ? ks.add_act : kernels::add_act;
   if (!ks.add_act) record_kernel(Family::Add, Isa::Ref);  // the portable kernel served
+  record_add_path(ks.add_act ? &ks : nullptr, p);
   at::parallel_for(0, out.numel(), 1 << 16, [&](int64_t i0, int64_t i1) { fn(p, i0, i1); });
   return out;
 }

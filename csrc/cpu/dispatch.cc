@@ -115,6 +115,7 @@ thread_local const char* t_dwconv_path = "";  // static strings only
 thread_local const char* t_conv_store = "";
 thread_local const char* t_gemm_step = "";
 thread_local const char* t_w8_step = "";
+thread_local const char* t_add_path = "";
 }  // namespace
 
 void record_gemm_step(const kernels::KernelSet& ks, const kernels::Int8GemmParams* p) {
@@ -128,6 +129,10 @@ void record_w8_step(bool bf16_dot) { t_w8_step = bf16_dot ? "bf16_dot" : "fp32";
 void record_dwconv_path(const kernels::KernelSet& ks, const kernels::DwConvParams& p) {
   t_dwconv_path = ks.dwconv_path ? ks.dwconv_path(p) : "";
 }
+
+void record_add_path(const kernels::KernelSet* ks, const kernels::AddParams& p) {
+  t_add_path = ks && ks->add_path ? ks->add_path(p) : "";
+}
 void clear_kernel(Family family) { t_last[static_cast<int>(family)] = -1; }
 
 std::string last_kernel(const std::string& family) {
@@ -135,13 +140,14 @@ std::string last_kernel(const std::string& family) {
   if (family == "conv_store") return t_conv_store;
   if (family == "int8_gemm_step") return t_gemm_step;
   if (family == "w8_gemm_step") return t_w8_step;
+  if (family == "add_path") return t_add_path;
   for (int i = 0; i < static_cast<int>(Family::kCount); ++i)
     if (family == family_name(static_cast<Family>(i))) {
       const int v = t_last[i];
       return v < 0 ? std::string() : table(static_cast<Isa>(v)).name;
     }
   throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add, "
-                              "gconv, gate, dwconv_path, conv_store, int8_gemm_step or w8_gemm_step, "
+                              "gconv, gate, dwconv_path, conv_store, int8_gemm_step, w8_gemm_step or add_path, "
                               "got '" + family + "'");
 }
 

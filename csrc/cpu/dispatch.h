@@ -48,6 +48,9 @@ void record_conv_store(bool stream);
 // How the latest weight-only GEMM multiplied: "bf16_dot" (KernelSet::w8_gemm_bf16 on bf16 x) or "fp32" (w8_gemm;
 // bf16 x widened first): last_kernel("w8_gemm_step").
 void record_w8_step(bool bf16_dot);
+// Which way the latest int8_add took inside its kernel (KernelSet::add_path; "" for a set with one way, or ks
+// null: the portable kernel): last_kernel("add_path").
+void record_add_path(const kernels::KernelSet* ks, const kernels::AddParams& p);
 std::string last_kernel(const std::string& family);  // "" before the first call
 std::string capabilities_json();
 

@@ -817,11 +817,46 @@ uint32_t absmax_avx512(const float* x, int64_t n) {
   return static_cast<uint32_t>(_mm512_reduce_max_epu32(_mm512_max_epu32(m0, m1)));
 }
 
-// 12 independent accumulators cover vpdpbusd's latency; the asm keeps the operands live.
 // Residual add (csrc/kernels/conv/add.h): 16 lanes, the portable kernel's arithmetic (fp32 products and
 // sum, ReLU as y < 0 -> 0, requantization with NaN -> 0 and round half to even from MXCSR's default).
+//
+// int8 + int8 -> int8 (a ResNet block's end), 64 elements at a time, where every |y * out_inv| is below 2^30
+// (add_fits_int32): the int32 convert is then exact, the saturating packs and a max against -127 give the
+// clamp to [-127, 127], no NaN can arise (finite scales), and ReLU is a max against 0 on the bytes (y < 0
+// gives round(y * inv) <= 0 with inv > 0, so max(q, 0) = 0 = the reference's). The same values as the
+// 16-lane loop, without its NaN test, float clamps and per-vector narrowing: measured 1.44-1.60x on ResNet-50's
+// four residual adds at batch 8 (2 threads), 1.04x end to end (benchmarks/RESULTS.md, session 24). Returns
+// where it stopped (the 16-lane loop does the tail).
+inline bool add_fits_int32(const AddParams& p) {
+  // |a|, |b| <= 128; false for a NaN or infinite scale (the comparison is false)
+  return 128.0f * (std::fabs(p.a_scale) + std::fabs(p.b_scale)) * p.out_inv_scale < 1073741824.0f;
+}
+
+template <bool kRelu>
+int64_t add_int8_lines(const AddParams& p, int64_t i0, int64_t i1) {
+  const __m512 sa = _mm512_set1_ps(p.a_scale), sb = _mm512_set1_ps(p.b_scale), inv = _mm512_set1_ps(p.out_inv_scale);
+  const int8_t* const a = static_cast<const int8_t*>(p.a);
+  const int8_t* const b = static_cast<const int8_t*>(p.b);
+  int8_t* const o = static_cast<int8_t*>(p.out);
+  auto value = [](const int8_t* x, __m512 scale) {
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)))),
+                         scale);
+  };
+  int64_t i = i0;
+  for (; i + 64 <= i1; i += 64) {
+    __m512i q[4];
+    for (int j = 0; j < 4; ++j)
+      q[j] = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_add_ps(value(a + i + 16 * j, sa), value(b + i + 16 * j, sb)), inv));
+    _mm512_storeu_si512(o + i, pack_int8x64(q, kRelu ? 0 : -127));
+  }
+  return i;
+}
+
 template <bool kA8, bool kB8, bool kRelu, bool kInt8Out>
 void add_loop_avx512(const AddParams& p, int64_t i0, int64_t i1) {
+  if constexpr (kA8 && kB8 && kInt8Out) {
+    if (add_fits_int32(p)) i0 = add_int8_lines<kRelu>(p, i0, i1);
+  }
   const __m512 sa = _mm512_set1_ps(p.a_scale), sb = _mm512_set1_ps(p.b_scale), inv = _mm512_set1_ps(p.out_inv_scale);
   const __m512 zero = _mm512_setzero_ps(), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
   auto load = [](const void* x, bool int8, __m512 scale, int64_t i, int64_t n) {
@@ -855,12 +890,17 @@ void add_loop_avx512(const AddParams& p, int64_t i0, int64_t i1) {
   }
 }
 
+const char* add_path_avx512(const AddParams& p) {
+  return p.a_int8 && p.b_int8 && p.out_int8 && add_fits_int32(p) ? "int8_lines" : "lanes";
+}
+
 void add_act_avx512(const AddParams& p, int64_t i0, int64_t i1) {
   dispatch_add(p, [&](auto a8, auto b8, auto relu, auto out8) {
     add_loop_avx512<decltype(a8)::value, decltype(b8)::value, decltype(relu)::value, decltype(out8)::value>(p, i0, i1);
   });
 }
 
+// 12 independent accumulators cover vpdpbusd's latency; the asm keeps the operands live.
 int64_t peak_probe_avx512(int64_t iters) {
   __m512i acc[12];
   for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
@@ -893,6 +933,7 @@ const KernelSet& kernels_avx512_vnni() {
                 kPackKB, Int8Traits::MR, add_act_avx512, /*conv_direct_no_min128=*/false,
                 dwconv_path_avx512, gconv_avx512};
     k.w8_gemm_bf16 = w8_gemm_bf16_avx512;
+    k.add_path = add_path_avx512;
     k.quantize_planes = quantize_planes_avx512;
     k.gate_sum = gate_sum_avx512;
     k.gate_scale = gate_scale_avx512;

@@ -194,6 +194,8 @@ using GroupConvFn = void (*)(const GroupConvParams&, int64_t r0, int64_t r1);
 using PeakProbeFn = int64_t (*)(int64_t iters);
 // Residual add (csrc/kernels/conv/add.h), elements [i0, i1).
 using AddFn = void (*)(const AddParams&, int64_t i0, int64_t i1);
+// Which way add_act takes for these params (a static string), for last_kernel("add_path").
+using AddPathFn = const char* (*)(const AddParams&);
 // Squeeze-excitation on int8 (csrc/kernels/conv/gate.h): channel sums of items [a, b), channel scale of pixel
 // rows [a, b).
 using GateFn = void (*)(const GateParams&, int64_t a, int64_t b);
@@ -228,6 +230,7 @@ struct KernelSet {
   GateFn gate_scale = nullptr;
   int64_t conv_seg_align = 4;          // ConvDirectParams::row_seg's multiple (a k step; AMX: a tile step)
   QuantizePlanesFn quantize_planes = nullptr;  // null: an NCHW fp32 input is copied to channels-last first
+  AddPathFn add_path = nullptr;  // null: add_act has one way
 };
 
 // Defined one per ISA translation unit.
