@@ -150,7 +150,7 @@ struct GemmCtx {
   const Int8GemmParams& p;
   TileSource src;
   bool stream_out;  // large 4-byte output: non-temporal stores of whole aligned lines (see below)
-  bool prefetch_out;  // int8 output after at most kPrefetchOutMaxSteps tile steps: prefetchw its lines (below)
+  bool prefetch_out;  // int8 output, at most kPrefetchOutMaxSteps tile steps a row: prefetchw its lines (below)
 };
 
 // An int8 output whose rows take at most this many tile steps (K <= 128: the 1x1 convolutions that widen 64
