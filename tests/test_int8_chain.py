@@ -306,7 +306,7 @@ ADD_INT8_SCALES = [(2.0, 3.0, 0.00025), (0.5, 1e-5, 0.01), (1e3, 1e3, 1e-4), (8e
 def test_int8_add_int8_edges(isa, scales, relu):
     sa, sb, so = scales
     g = torch.Generator().manual_seed(3)
-    # 2 * 64 * 29 + 37 elements: whole 64-element groups in both threads' ranges and a tail; every int8 value
+    # 2 * 64 * 29 + 37 elements: 58 whole 64-element groups and a tail; b's first 256 are every int8 value
     a = torch.randint(-128, 128, (2, 64, 29, 1), generator=g, dtype=torch.int8).reshape(-1)
     a = torch.cat([a, torch.arange(-128, 128, dtype=torch.int8)[:37]])
     b = torch.randint(-128, 128, a.shape, generator=g, dtype=torch.int8)
@@ -315,6 +315,23 @@ def test_int8_add_int8_edges(isa, scales, relu):
     torch.testing.assert_close(out, ref.int8_add(a, b, sa, sb, relu, so), rtol=0, atol=0)
     fits = 128.0 * (abs(sa) + abs(sb)) / so < 2.0**30
     assert ops.last_kernel("add_path") == _add_path(isa, fits)
+
+
+def test_int8_add_int8_lines_split_over_threads(isa):
+    # Past the op's grain (2^16 elements a task): each thread's range starts off a multiple of 64 (3 threads) and
+    # runs 64-element groups from there, its tail by 16 lanes.
+    g = torch.Generator().manual_seed(4)
+    a = torch.randint(-128, 128, (2 * 65536 + 4099,), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, a.shape, generator=g, dtype=torch.int8)
+    want = ref.int8_add(a, b, 0.4, 0.7, True, 0.003)
+    old = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            assert torch.equal(ops.int8_add(a, b, 0.4, 0.7, True, 0.003), want)
+            assert ops.last_kernel("add_path") == _add_path(isa, True)
+    finally:
+        torch.set_num_threads(old)
 
 
 def test_int8_add_rounds_half_to_even_and_threads(isa):
