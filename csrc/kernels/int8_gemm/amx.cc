@@ -144,13 +144,13 @@ struct TileSource {
   // reads each input pixel once per tap, so its A stays cached (measured on l1 3x3 at batch 8, one
   // thread: 1.10 -> 1.04 ms).
   bool stream_a;
+  int64_t tile_steps() const { return steps + (tail_quads > 0 ? 1 : 0); }  // the tail step included
 };
 
 struct GemmCtx {
   const Int8GemmParams& p;
   TileSource src;
   bool stream_out;  // large 4-byte output: non-temporal stores of whole aligned lines (see below)
-  bool prefetch_out;  // int8 output, at most kPrefetchOutMaxSteps tile steps a row: prefetchw its lines (below)
 };
 
 // An int8 output whose rows take at most this many tile steps (K <= 128: the 1x1 convolutions that widen 64
@@ -161,10 +161,6 @@ struct GemmCtx {
 // with more steps it cost 2-3% (256 -> 64 at 56, 1024 -> 256 at 14, the 3x3 layers), so it stays off there.
 constexpr int64_t kPrefetchOutMaxSteps = 2;
 constexpr int kPrefetchOutRows = 8;
-
-inline bool prefetch_output(const Int8GemmParams& p, int64_t steps) {
-  return p.out_kind == OutKind::Int8 && steps <= kPrefetchOutMaxSteps;
-}
 
 // The epilogue of a finished column pair (dequantize, bias, activation, store, on AVX-512). It runs a few
 // rows after each tile call of the next pair (a direct convolution's: after each tile step, see tile_gemm),
@@ -316,7 +312,7 @@ void epilogue_folded(const GemmCtx& g, PendingEpilogue& e, int64_t rows) {
   // pair has a loop of its own: no per-row test of the column masks.
   if (KIND == OutKind::Int8 && full) {
     int8_t* const o = reinterpret_cast<int8_t*>(out) + col;
-    const bool prefetch = g.prefetch_out;
+    const bool prefetch = g.src.tile_steps() <= kPrefetchOutMaxSteps;
     // The clamp at hi is left out where it cannot change a byte: hi = 127 (ACT none or relu) and every |y| of
     // the pair below 2^30 (PendingEpilogue::fits_int32), a vector uop in about 7. This loop of its own and
     // the skipped clamp, with the plain C row loads (pair_acc) and the fp32 loop below, measured (both
@@ -561,7 +557,7 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
   const Int8GemmParams& p = g.p;
   n1 = std::min(n1, round_up(p.N, kPackNB));
   const int64_t full_steps = g.src.steps, tail_bytes = g.src.tail_quads * AmxTraits::kStepBytes;
-  const int64_t steps = full_steps + (tail_bytes > 0 ? 1 : 0);  // tile steps, the tail's included
+  const int64_t steps = g.src.tile_steps();
   // K chunks of at most kMaxChunkSteps steps (kMaxConvChunkSteps for a convolution), ceil(steps / max)
   // of them, as even as that allows (12 steps: 2 x 6, not 8 + 4).
   const int64_t max_steps = g.src.stream_a ? AmxTraits::kMaxChunkSteps : AmxTraits::kMaxConvChunkSteps;
@@ -703,8 +699,7 @@ void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n
   const int64_t tail = p.K_pad - steps * AmxTraits::kStepBytes;
   int64_t* koff = step_offsets(steps + 1);
   for (int64_t kt = 0; kt <= steps; ++kt) koff[kt] = kt * AmxTraits::kStepBytes;
-  const GemmCtx g{p, TileSource{p.lda, koff, steps, tail / 4, true}, stream_output(p, p.M),
-                  prefetch_output(p, steps + (tail > 0 ? 1 : 0))};
+  const GemmCtx g{p, TileSource{p.lda, koff, steps, tail / 4, true}, stream_output(p, p.M)};
   // The tail step reads row r's bytes [r lda, r lda + 64 (steps + 1)): past the end of A for the last
   // rows (first_bad on). Windows that hold such a row read a copy of A's rows [g0, M) followed by 64
   // bytes of slack (at most 31 rows: a row reads at most 60 bytes past its K_pad, and lda >= 4). This
@@ -761,8 +756,7 @@ void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
     for (int64_t kw = 0; kw < taps_w; ++kw)
       for (int64_t cc = 0; cc < cchunks; ++cc, ++kt)
         koff[kt] = (kh * cp.DH * cp.Wp + kw * cp.DW) * cp.C + cc * AmxTraits::kStepBytes;
-  const GemmCtx g{p, TileSource{cp.SW * cp.C, koff, steps, 0, false}, stream_output(p, (r1 - r0) * cp.OW),
-                  prefetch_output(p, steps)};
+  const GemmCtx g{p, TileSource{cp.SW * cp.C, koff, steps, 0, false}, stream_output(p, (r1 - r0) * cp.OW)};
   const uint8_t* x = reinterpret_cast<const uint8_t*>(cp.x);
   constexpr int64_t T = AmxTraits::kTileRows;
   const int64_t image = cp.Hp * cp.Wp * cp.C;  // bytes per padded image
