@@ -360,7 +360,12 @@ def last_kernel(family: str) -> str:
     "bf16_dot" (bf16 x on a CPU with AVX512_BF16, AVX-512 tiers: vdpbf16ps) or "fp32" (x, widened to fp32 if
     bf16, by fp32 FMAs). "add_path" names the way the latest int8_add took on the AVX-512 tiers: "int8_lines"
     (int8 + int8 -> int8 with every |y / out_scale| below 2^30: 64 elements at a time, the clamp by saturating
-    packs) or "lanes" (16 at a time); "" on the other tiers and the portable kernel, which have one way."""
+    packs) or "lanes" (16 at a time); "" on the other tiers and the portable kernel, which have one way.
+    "conv_direct_mode" names how the latest convolution's direct kernel (conv_direct) read its padded input:
+    "padded_width" (stride 1: tiles over the padded width), "rows" (tiles or register tiles within an output row),
+    "stride_planes" (AMX, stride s > 1 with 12 <= OW < 16: the input split into s * s planes by row and column
+    phase, each tap a stride-1 window of one), "row_segments" (fewer than 16 channels: a kernel row's taps as
+    one K segment); "" when no direct kernel served."""
     return _ops.last_kernel(family)
 
 

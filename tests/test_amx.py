@@ -216,6 +216,17 @@ DIRECT = [
     (2, 1, 12, 18, 16, 3, 1, 0, 1),      # one channel, unpadded: 1 byte between tile rows
     (1, 6, 6, 40, 40, 5, 2, 2, 1),       # 5x5 stride 2, OW 20: the last tile shifted back
 ]
+# Stride planes (stride s > 1, 12 <= OW < 16): s * s planes of the padded input, tiles over a plane's width
+PLANES = [
+    (2, 64, 28, 28, 64, 3, 2, 1, 1),     # ResNet's stride-2 3x3 at 28 -> 14: planes 15 wide, one column dropped
+    (1, 128, 29, 29, 40, 3, 2, 1, 1),    # odd padded width 31: phase 1's last plane column is past it (zero)
+    (1, 64, 27, 27, 17, 5, 2, 2, 1),     # 5x5: taps 2 plane rows / columns apart; Cout 17
+    (1, 64, 28, 28, 32, 4, 2, 1, 1),     # an even kernel
+    (1, 64, 29, 29, 64, 3, 2, 0, 1),     # no padding
+    (1, 64, 40, 40, 32, 3, 3, 1, 1),     # stride 3: 9 planes
+    (3, 64, 5, 24, 64, 3, 2, 1, 1),      # 3 output rows of 12, batch 3
+    (1, 64, 2, 26, 16, 3, 2, 1, 1),      # one output row of 13: a window past the last plane row (slack)
+]
 
 
 @needs_amx
@@ -237,9 +248,38 @@ def test_direct_conv_matches_reference(amx_every_shape, g, mode):
 
 
 @needs_amx
+@pytest.mark.parametrize("mode", [(None, None, "none"), (0.02, 0.04, "relu")], ids=["dynamic", "int8out-relu"])
+@pytest.mark.parametrize("g", PLANES, ids=[str(g) for g in PLANES])
+def test_stride_planes_match_reference(amx_every_shape, g, mode):
+    N, C, H, W, Co, k, s, p, d = g
+    x_scale, out_scale, act = mode
+    x = torch.randn(N, C, H, W) * 2
+    w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
+    ws, b = torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co)
+    y = ops.int8_conv2d(x, ops.pack_conv_weight(w, 1), ws, b, (k, k), (s, s), (p, p), (d, d), 1, x_scale,
+                        out_scale, act)
+    assert ops.last_kernel("conv_direct") == "amx" and ops.last_kernel("conv_direct_mode") == "stride_planes"
+    r = ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), 1, x_scale, out_scale, act)
+    torch.testing.assert_close(y, r, rtol=0, atol=0)
+
+
+@needs_amx
+@pytest.mark.parametrize("g,mode", [(DIRECT[0], "padded_width"), (DIRECT[6], "rows"), (DIRECT[11], "row_segments"),
+                                    (PLANES[0], "stride_planes"), ((8, 256, 7, 7, 64, 3, 1, 1, 1), "")])
+def test_direct_conv_mode_is_reported(amx_every_shape, g, mode):
+    N, C, H, W, Co, k, s, p, d = g
+    w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
+    ops.int8_conv2d(torch.randn(N, C, H, W), ops.pack_conv_weight(w, 1), torch.rand(Co) * 0.01, None, (k, k), (s, s),
+                    (p, p), (d, d), 1, 0.03)
+    assert ops.last_kernel("conv_direct_mode") == mode
+    assert ops.last_kernel("conv_direct") == ("amx" if mode else "")
+
+
+@needs_amx
 @pytest.mark.parametrize("g", [DIRECT[1], DIRECT[6], DIRECT[10], (2, 128, 9, 40, 64, 1, 2, 0, 1),
-                               (1, 64, 11, 37, 32, 3, 2, 0, 1)],
-                         ids=["padded-width", "rows", "unpadded", "1x1-stride2-in-place", "3x3-stride2-in-place"])
+                               (1, 64, 11, 37, 32, 3, 2, 0, 1), PLANES[0], PLANES[4]],
+                         ids=["padded-width", "rows", "unpadded", "1x1-stride2-in-place", "3x3-stride2-in-place",
+                              "stride-planes", "stride-planes-unpadded"])
 def test_direct_conv_int8_input(amx_every_shape, g):
     # The input ends at a PROT_NONE page. Tiles within output rows over an unpadded int8 input read it where
     # it is (no slab), and a read past its last pixel would fault.
@@ -256,7 +296,8 @@ def test_direct_conv_int8_input(amx_every_shape, g):
 
 @needs_amx
 @pytest.mark.parametrize("case", CONV_EPILOGUE_EDGES)
-@pytest.mark.parametrize("g", [DIRECT[0], DIRECT[3], (8, 256, 7, 7, 64, 3, 1, 1, 1)], ids=["direct", "cout17", "gathered"])
+@pytest.mark.parametrize("g", [DIRECT[0], DIRECT[3], PLANES[2], (8, 256, 7, 7, 64, 3, 1, 1, 1)],
+                         ids=["direct", "cout17", "stride-planes", "gathered"])
 def test_conv_folded_epilogue_edges(amx_every_shape, g, case):
     N, C, H, W, Co, k, s, p, d = g
     torch.manual_seed(1)
@@ -298,8 +339,12 @@ def test_direct_conv_large_fp32_output_and_threads(amx_every_shape):
 @pytest.mark.parametrize("g,stride", [((1, 64, 8, 12, 32, 3, 1, 1, 1), (1, 2)),   # unequal strides, OW < 16
                                       ((8, 256, 7, 7, 64, 3, 1, 1, 1), (1, 1)),   # OW = 7: gathered rows are faster
                                       ((1, 48, 8, 20, 32, 3, 1, 1, 1), (1, 1)),   # C % 64 != 0
-                                      ((2, 64, 8, 8, 32, 1, 1, 0, 1), (1, 1))],   # plain 1x1: a GEMM on the rows
-                         ids=["strides", "narrow", "channels", "1x1"])
+                                      ((2, 64, 8, 8, 32, 1, 1, 0, 1), (1, 1)),    # plain 1x1: a GEMM on the rows
+                                      ((1, 64, 28, 28, 32, 1, 2, 0, 1), (2, 2)),  # 1x1 s2, OW 14: 3 planes unread
+                                      ((1, 64, 28, 28, 32, 3, 2, 2, 2), (2, 2)),  # stride 2 with dilation, OW 14
+                                      ((1, 64, 13, 13, 32, 3, 2, 1, 1), (2, 2))],  # stride 2, OW 7
+                         ids=["strides", "narrow", "channels", "1x1", "1x1-stride2", "dilated-stride2",
+                              "stride2-narrow"])
 def test_direct_conv_not_taken_where_it_cannot_run(amx_every_shape, g, stride):
     N, C, H, W, Co, k, _, p, d = g
     x = torch.randn(N, C, H, W)

@@ -89,6 +89,21 @@ class QuantizedRows {
     q.ldq = packed ? q.K : ld;
     ks_.quantize(q, 0, q.M);
   }
+  // Pixels p0, p0 + step, ... (count of them) quantized into dst, C bytes apart.
+  void write_every(int64_t p0, int64_t count, int64_t step, uint8_t* dst) const {
+    if (all_zero_) {
+      std::memset(dst, zero_, static_cast<size_t>(count * C_));
+      return;
+    }
+    kernels::QuantizeParams q = q_;
+    q.M = count;
+    q.K = q.K_pad = C_;
+    q.ldx = step * C_;
+    q.x = x_ + p0 * C_;
+    q.q = dst;
+    q.ldq = C_;
+    ks_.quantize(q, 0, q.M);
+  }
 
  private:
   const float* x_;
@@ -98,6 +113,13 @@ class QuantizedRows {
   const kernels::KernelSet& ks_;
   kernels::QuantizeParams q_;
 };
+
+// count pixels of C bytes (a multiple of 64), step bytes apart in src, to dst back to back: 64-byte copies the
+// compiler inlines (a memcpy call a pixel took 0.03 ms more on ResNet-50's 3x3 stride 2 at 56 x 56, batch 8).
+void copy_every(const int8_t* src, int64_t count, int64_t step, int64_t C, uint8_t* dst) {
+  for (int64_t j = 0; j < count; ++j, src += step, dst += C)
+    for (int64_t c = 0; c < C; c += 64) std::memcpy(dst + c, src + c, 64);
+}
 
 // Writes rows of the padded NHWC input: padded row hp of image n is Wp * C bytes, its border of pw
 // columns (and whole rows outside the image) int8 zero (128 with shift), inside it the image row,
@@ -123,6 +145,29 @@ class PaddedRows {
       kernels::copy_operand_rows(x_rows_.data_ptr<int8_t>() + p0 * C, row, 1, row, d + pw_ * C, row, row, shift_);
     else
       quant_.write(p0, p0 + a_.W, d + pw_ * C, C);
+  }
+
+  // Padded row hp of image n split by column phase into s stride-plane rows of Wq pixels, phase px's at
+  // d + px * plane_stride: its column j is padded column s * j + px (zero past the padded width).
+  void write_planes(int64_t n, int64_t hp, uint8_t* d, int64_t plane_stride, int64_t s, int64_t Wq) const {
+    const int64_t C = a_.C, h = hp - ph_;
+    for (int64_t px = 0; px < s; ++px) {
+      uint8_t* row = d + px * plane_stride;
+      // The plane columns [j0, j1) whose input column s * j + px - pw lies in [0, W).
+      const int64_t j0 = std::min(Wq, (std::max<int64_t>(0, pw_ - px) + s - 1) / s);
+      const int64_t last = a_.W - 1 + pw_ - px;  // s * j <= last
+      const int64_t j1 = h < 0 || h >= a_.H || last < 0 ? j0 : std::clamp(last / s + 1, j0, Wq);
+      std::memset(row, zero_, static_cast<size_t>(j0 * C));
+      std::memset(row + j1 * C, zero_, static_cast<size_t>((Wq - j1) * C));
+      if (j1 == j0) continue;
+      const int64_t p0 = (n * a_.H + h) * a_.W + s * j0 + px - pw_;
+      if (x_rows_.scalar_type() == at::kChar && !shift_)
+        copy_every(x_rows_.data_ptr<int8_t>() + p0 * C, j1 - j0, s * C, C, row + j0 * C);
+      else if (x_rows_.scalar_type() == at::kChar)
+        kernels::copy_operand_rows(x_rows_.data_ptr<int8_t>() + p0 * C, s * C, j1 - j0, C, row + j0 * C, C, C, shift_);
+      else
+        quant_.write_every(p0, j1 - j0, s, row + j0 * C);
+    }
   }
 
  private:
@@ -207,6 +252,13 @@ ConvEpilogue fold_epilogue(float a_scale, const at::Tensor& ws, const at::Tensor
 // - over the padded width for stride 1 with OW >= 12 (2 padding columns per row instead of a shifted
 //   tile's overlap);
 // - tiles within output rows for other strides when OW >= 16;
+// - over stride planes (ConvDirectParams::plane_bytes) for SH == SW > 1 without dilation, every plane read
+//   (KH >= SH, KW >= SW) and 12 <= OW < 16: the padded input split by row and column phase, each tap a
+//   stride-1 window of its plane. Against the gathered rows (paired, 2 threads, batch 8, int8 in/out /
+//   fp32 in/out): 128 -> 256 at 28 -> 14 1.11x / 1.20-1.23x, ResNet-50's 256 -> 256 at 28 -> 14 1.07x /
+//   1.17x; batch 1 1.00x / 1.11x. Not where tiles within rows serve (OW >= 16: ResNet-50's 128 -> 128 at
+//   56 -> 28, 0.92-0.98x: the planes' tiles were faster, but splitting 4 planes cost more than the rows'
+//   copy), nor at OW 7 (0.33-0.83x: an output row of 8 plane pixels is half a tile);
 // - else none: the implicit GEMM on gathered rows; a plain 1x1 convolution is a GEMM on the input rows.
 // Register tiles within an output row (AVX-512 VNNI and AVX-VNNI: <= 6 pixels; AVX2: <= 4 pixels, and
 // only for weights without -128, the ones its maddubs step is exact for): every convolution with OW >= 10, plain
@@ -221,7 +273,7 @@ ConvEpilogue fold_epilogue(float a_scale, const at::Tensor& ws, const at::Tensor
 // zero-padded to 4 bytes (AMX: 64, a tile step; a few KB either way).
 // ResNet's 3-channel 7x7 stride-2 stem at 224 x 224, batch 1, int8 in/out, AMD Zen 5, 2 threads: 0.21 ms
 // (oneDNN 0.27); the gathered rows took 0.56 ms (1.62 before the gather copied whole kernel rows).
-enum class DirectMode { None, Rows, PaddedWidth, RowSegments };
+enum class DirectMode { None, Rows, PaddedWidth, RowSegments, StridePlanes };
 constexpr int64_t kVnniDirectMinOW = 10;  // tiles of >= 5 pixels
 constexpr int64_t kRowSegmentMaxC = 16;
 
@@ -237,7 +289,20 @@ DirectMode direct_mode(const kernels::KernelSet* ks, const ConvArgs& a, bool pla
   if (a.C % ks->conv_c_step != 0)
     return a.C < kRowSegmentMaxC && a.DW == 1 && a.OW >= 16 ? DirectMode::RowSegments : DirectMode::None;
   if (a.SH == 1 && a.SW == 1 && a.OW >= 12) return DirectMode::PaddedWidth;
-  return a.OW >= 16 ? DirectMode::Rows : DirectMode::None;
+  if (a.OW >= 16) return DirectMode::Rows;
+  if (ks->conv_planes && a.SH == a.SW && a.DH == 1 && a.DW == 1 && a.KH >= a.SH && a.KW >= a.SW && a.OW >= 12)
+    return DirectMode::StridePlanes;
+  return DirectMode::None;
+}
+
+const char* direct_mode_name(DirectMode mode) {
+  switch (mode) {
+    case DirectMode::Rows: return "rows";
+    case DirectMode::PaddedWidth: return "padded_width";
+    case DirectMode::RowSegments: return "row_segments";
+    case DirectMode::StridePlanes: return "stride_planes";
+    default: return "";
+  }
 }
 
 kernels::ConvDirectParams direct_geometry(const kernels::KernelSet* ks, const ConvArgs& a, DirectMode mode) {
@@ -253,7 +318,10 @@ kernels::ConvDirectParams direct_geometry(const kernels::KernelSet* ks, const Co
   cp.SW = a.SW;
   cp.DH = a.DH;
   cp.DW = a.DW;
-  cp.virtual_width = mode == DirectMode::PaddedWidth;
+  cp.virtual_width = mode == DirectMode::PaddedWidth || mode == DirectMode::StridePlanes;
+  if (mode == DirectMode::StridePlanes) {  // a plane's width; Hp and plane_bytes are set per slab (conv_direct)
+    cp.Wp = (cp.Wp + a.SW - 1) / a.SW;
+  }
   cp.row_seg = mode == DirectMode::RowSegments ? kernels::round_up(a.KW * a.C, ks->conv_seg_align) : 0;
   return cp;
 }
@@ -303,8 +371,8 @@ int64_t even_row_groups(int64_t per_image, const ConvArgs& a, int64_t threads) {
 // call runs alone. Groups split each image evenly, at least 4 items per thread, and the item count is
 // a multiple of the thread count when one is near (at::parallel_for hands each thread a contiguous
 // range: 25 items on 2 threads left one thread idle for a whole item).
-void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const kernels::ConvDirectParams& geometry,
-                 const at::Tensor& x_rows, float a_scale, const at::Tensor& packed_w, const PackedHeader& h,
+void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mode,
+                 const kernels::ConvDirectParams& geometry, const at::Tensor& x_rows, float a_scale, const at::Tensor& packed_w, const PackedHeader& h,
                  const ConvEpilogue& epi, at::Tensor& out, kernels::OutKind kind, kernels::Act act) {
   kernels::ConvDirectParams cp = geometry;
   kernels::Int8GemmParams& p = cp.gemm;
@@ -331,10 +399,15 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const kernels:
   const int64_t max_rows = (a.OH + per_image - 1) / per_image;
   const int64_t reach = a.DH * (a.KH - 1) + 1;
   const int64_t slab_row = cp.Wp * a.C;
+  // Stride planes: s * s planes of plane_rows rows each (a group's rows and its taps' reach, kh / s).
+  const bool planes = mode == DirectMode::StridePlanes;
+  const int64_t s = a.SH, plane_reach = (a.KH - 1) / s;
+  if (planes) cp.plane_bytes = (max_rows + plane_reach) * slab_row;
   const int64_t slack = cp.virtual_width ? kernels::conv_direct_slack_bytes(cp)
                         : cp.row_seg      ? cp.row_seg - a.KW * a.C
                                           : 0;
-  const int64_t slab_bytes = ((max_rows - 1) * a.SH + reach) * slab_row + slack;
+  const int64_t slab_bytes =
+      (planes ? s * s * cp.plane_bytes : ((max_rows - 1) * a.SH + reach) * slab_row) + slack;
   const int64_t elem = kind == kernels::OutKind::Int8 ? 1 : 4;
   // An unpadded int8 input whose bytes the kernel can read as they are (VNNI flips s8 to u8 itself, AMX
   // reads s8, and tiles within output rows read nothing past the rows they need): no slab, the input is
@@ -348,8 +421,21 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, const kernels:
     for (int64_t it = b; it < e; ++it) {
       const int64_t item = it / panels, n = item / per_image, g = item % per_image;
       const int64_t r0 = g * a.OH / per_image, r1 = (g + 1) * a.OH / per_image;
-      const int64_t hp0 = r0 * a.SH, hp_rows = (r1 - r0 - 1) * a.SH + reach;
-      if (!in_place && built != item) {
+      const int64_t hp0 = r0 * a.SH, hp_rows = planes ? r1 - r0 + plane_reach : (r1 - r0 - 1) * a.SH + reach;
+      if (planes && built != item) {
+        // Plane (py, px) row i is padded row hp0 + s * i + py; the rows past hp_rows (a smaller group's) and the
+        // slack are zero, as below.
+        for (int64_t py = 0; py < s; ++py) {
+          uint8_t* plane = slab + py * s * cp.plane_bytes;
+          for (int64_t i = 0; i < hp_rows; ++i)
+            rows.write_planes(n, hp0 + s * i + py, plane + i * slab_row, cp.plane_bytes, s, cp.Wp);
+          for (int64_t px = 0; px < s; ++px)
+            std::memset(plane + px * cp.plane_bytes + hp_rows * slab_row, rows.zero(),
+                        static_cast<size_t>(cp.plane_bytes - hp_rows * slab_row));
+        }
+        std::memset(slab + s * s * cp.plane_bytes, rows.zero(), static_cast<size_t>(slack));
+        built = item;
+      } else if (!in_place && built != item) {
         for (int64_t r = 0; r < hp_rows; ++r) rows.write(n, hp0 + r, slab + r * slab_row);
         std::memset(slab + hp_rows * slab_row, rows.zero(), static_cast<size_t>(slab_bytes - hp_rows * slab_row));
         built = item;
@@ -609,6 +695,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const auto out_dtype = out_scale ? at::kChar : at::kFloat;
   at::Tensor out = output_empty({a.N, a.Cout, a.OH, a.OW}, out_dtype, at::MemoryFormat::ChannelsLast);
   record_gemm_step(kernels::kernels_ref(), nullptr);  // set below where one weight's GEMM step serves
+  record_conv_direct_mode("");                        // set below where a direct kernel serves
   if (a.N == 0 || a.OH == 0 || a.OW == 0) return out;
 
   // 1) activations -> int8 NHWC, one scale for the whole tensor (static x_scale, or amax / 127).
@@ -651,7 +738,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const kernels::ConvDirectParams geometry = direct_geometry(gks, a, mode);
   if (tiles_direct) {  // 2b) direct convolution: the padded input is written per row group
     record_kernel(Family::ConvDirect, isa_of(*gks));
-    conv_direct(*gks, a, geometry, x_rows, a_scale, packed_w, headers[0], epi, out, kind, act);
+    record_conv_direct_mode(direct_mode_name(mode));
+    conv_direct(*gks, a, mode, geometry, x_rows, a_scale, packed_w, headers[0], epi, out, kind, act);
     return out;
   }
   clear_kernel(Family::ConvDirect);

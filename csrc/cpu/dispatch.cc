@@ -116,6 +116,7 @@ thread_local const char* t_conv_store = "";
 thread_local const char* t_gemm_step = "";
 thread_local const char* t_w8_step = "";
 thread_local const char* t_add_path = "";
+thread_local const char* t_conv_direct_mode = "";
 }  // namespace
 
 void record_gemm_step(const kernels::KernelSet& ks, const kernels::Int8GemmParams* p) {
@@ -133,6 +134,7 @@ void record_dwconv_path(const kernels::KernelSet& ks, const kernels::DwConvParam
 void record_add_path(const kernels::KernelSet* ks, const kernels::AddParams& p) {
   t_add_path = ks && ks->add_path ? ks->add_path(p) : "";
 }
+void record_conv_direct_mode(const char* mode) { t_conv_direct_mode = mode; }
 void clear_kernel(Family family) { t_last[static_cast<int>(family)] = -1; }
 
 std::string last_kernel(const std::string& family) {
@@ -141,13 +143,15 @@ std::string last_kernel(const std::string& family) {
   if (family == "int8_gemm_step") return t_gemm_step;
   if (family == "w8_gemm_step") return t_w8_step;
   if (family == "add_path") return t_add_path;
+  if (family == "conv_direct_mode") return t_conv_direct_mode;
   for (int i = 0; i < static_cast<int>(Family::kCount); ++i)
     if (family == family_name(static_cast<Family>(i))) {
       const int v = t_last[i];
       return v < 0 ? std::string() : table(static_cast<Isa>(v)).name;
     }
   throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add, "
-                              "gconv, gate, dwconv_path, conv_store, int8_gemm_step, w8_gemm_step or add_path, "
+                              "gconv, gate, dwconv_path, conv_store, int8_gemm_step, w8_gemm_step, add_path or "
+                              "conv_direct_mode, "
                               "got '" + family + "'");
 }
 

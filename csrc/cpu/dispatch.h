@@ -51,6 +51,9 @@ void record_w8_step(bool bf16_dot);
 // Which way the latest int8_add took inside its kernel (KernelSet::add_path; "" for a set with one way, or ks
 // null: the portable kernel): last_kernel("add_path").
 void record_add_path(const kernels::KernelSet* ks, const kernels::AddParams& p);
+// How the latest convolution's direct kernel read its input (a static string: "padded_width", "rows",
+// "stride_planes", "row_segments"; "" when no direct kernel served): last_kernel("conv_direct_mode").
+void record_conv_direct_mode(const char* mode);
 std::string last_kernel(const std::string& family);  // "" before the first call
 std::string capabilities_json();
 

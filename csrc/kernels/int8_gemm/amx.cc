@@ -743,7 +743,9 @@ void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n
 // - over the padded width (SH == SW == s): pixel q = oh * Wp + ow of an image, ow < Wp, reads
 //   s * q * C + tap offset, so 16 consecutive q are s * C bytes apart across output rows; the
 //   Wp - OW columns that are padding are computed and dropped (for stride 1 that wastes 2 / Wp
-//   columns instead of a shifted tile's overlap; the entry layer picks the mode).
+//   columns instead of a shifted tile's overlap; the entry layer picks the mode);
+// - over a stride plane's width (cp.plane_bytes, stride s > 1): the same with s = 1 inside the tap's
+//   plane, whose width drops Wp - OW columns (1 of 15 for ResNet's 3x3 stride 2 at 28 -> 14).
 void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
   if (r1 <= r0) return;
   const Int8GemmParams& p = cp.gemm;
@@ -751,15 +753,20 @@ void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
   // (its KW taps' bytes side by side, then bytes that meet zero weight rows).
   const int64_t taps_w = cp.row_seg ? 1 : cp.KW;
   const int64_t cchunks = (cp.row_seg ? cp.row_seg : cp.C) / AmxTraits::kStepBytes, steps = cp.KH * taps_w * cchunks;
+  // With stride planes a tap reads its plane, at a stride-1 window: tile rows are C bytes apart.
+  const bool planes = cp.plane_bytes > 0;
+  const int64_t s = cp.SW, pixel_step = planes ? 1 : cp.SW;
   int64_t* koff = step_offsets(steps);
   for (int64_t kh = 0, kt = 0; kh < cp.KH; ++kh)
     for (int64_t kw = 0; kw < taps_w; ++kw)
       for (int64_t cc = 0; cc < cchunks; ++cc, ++kt)
-        koff[kt] = (kh * cp.DH * cp.Wp + kw * cp.DW) * cp.C + cc * AmxTraits::kStepBytes;
-  const GemmCtx g{p, TileSource{cp.SW * cp.C, koff, steps, 0, false}, stream_output(p, (r1 - r0) * cp.OW)};
+        koff[kt] = (planes ? ((kh % s) * s + kw % s) * cp.plane_bytes + ((kh / s) * cp.Wp + kw / s) * cp.C
+                           : (kh * cp.DH * cp.Wp + kw * cp.DW) * cp.C) +
+                   cc * AmxTraits::kStepBytes;
+  const GemmCtx g{p, TileSource{pixel_step * cp.C, koff, steps, 0, false}, stream_output(p, (r1 - r0) * cp.OW)};
   const uint8_t* x = reinterpret_cast<const uint8_t*>(cp.x);
   constexpr int64_t T = AmxTraits::kTileRows;
-  const int64_t image = cp.Hp * cp.Wp * cp.C;  // bytes per padded image
+  const int64_t image = planes ? s * s * cp.plane_bytes : cp.Hp * cp.Wp * cp.C;  // bytes per padded image
   // The call's tiles, spread evenly over its passes in whole blocks of two (9 tiles: 6 + 3, not 8 + 1,
   // whose one-tile pass runs a half-height block and its epilogue alone; 14 tiles: 8 + 6, not 7 + 7).
   int64_t call_tiles = 0;
@@ -804,7 +811,7 @@ void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
       const int64_t last_row = std::min(r1, (n + 1) * cp.OH) - n * cp.OH;
       const int64_t q_end = last_row * cp.Wp;
       const int64_t w = std::max<int64_t>(0, std::min(q, q_end - T));  // window: inside this image's rows
-      pass.base[pass.tiles] = x + n * image + w * cp.SW * cp.C;
+      pass.base[pass.tiles] = x + n * image + w * pixel_step * cp.C;
       padded_width_rows(pass.out + pass.tiles * T, w, q - w, q_end - w, n * cp.OH * cp.OW, cp.Wp, cp.OW, wraps);
       ++pass.tiles;
       q += T;
@@ -863,6 +870,7 @@ const KernelSet& kernels_amx() {
     k.conv_c_step = AmxTraits::kStepBytes;   // a tile step is one tap's 64 channels
     k.conv_tile_rows = AmxTraits::kTileRows;  // not the VNNI set's copied values
     k.conv_seg_align = AmxTraits::kStepBytes;
+    k.conv_planes = true;
     return k;
   }();
   return s;

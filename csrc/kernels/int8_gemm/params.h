@@ -112,7 +112,8 @@ struct DwConvParams {
 // u8 = s8 + 128 for VNNI, whose padding is then 128), no row gather. Needs groups = 1 and
 // C % KernelSet::conv_c_step == 0. AMX (16-pixel tiles) also needs either virtual_width (SH == SW;
 // tiles run over the padded width, and x has slack_bytes(...) readable bytes after the last image)
-// or OW >= 16 (tiles within an output row); VNNI tiles stay within an output row, any OW.
+// or OW >= 16 (tiles within an output row), or stride planes (plane_bytes); VNNI tiles stay within an
+// output row, any OW.
 struct ConvDirectParams {
   Int8GemmParams gemm;          // B = pack_conv_weight's (one group), epilogue, out [pixels, Cout]; a unused
   const int8_t* x = nullptr;    // [N, Hp, Wp, C]: the input with its zero padding in place
@@ -126,10 +127,19 @@ struct ConvDirectParams {
   // packed weight's K is then KH * row_seg, rows zero-padded per kernel row, and x needs row_seg - KW * C
   // readable bytes past its last row.
   int64_t row_seg = 0;
+  // Stride planes (KernelSet::conv_planes; virtual_width, SH == SW == s > 1, DH == DW == 1): > 0 makes x
+  // the s * s planes of the padded input, plane py * s + px at x + (py * s + px) * plane_bytes, whose row i,
+  // column j is padded pixel (s * i + py, s * j + px); Hp x Wp is then a plane's size (Wp = ceil(padded
+  // width / s), columns past the padded width zero). Tap (kh, kw) of output pixel (oh, ow) reads plane
+  // (kh % s, kw % s) at (oh + kh / s, ow + kw / s): a stride-1 window, so tiles run over the plane width
+  // and drop its Wp - OW columns (0-1 for stride 2, 3x3) instead of about half the padded width.
+  int64_t plane_bytes = 0;
 };
-// Bytes a virtual-width direct convolution may read past the end of its input: a window's 16 rows
-// (stride s pixels apart), a row of the stride, and the farthest tap.
+// Bytes a virtual-width direct convolution may read past the end of its input (with stride planes, past
+// the last plane): a window's 16 rows (stride s pixels apart), a row of the stride, and the farthest tap.
 inline int64_t conv_direct_slack_bytes(const ConvDirectParams& c) {
+  if (c.plane_bytes > 0)
+    return (16 + (1 + (c.KH - 1) / c.SH) * c.Wp + (c.KW - 1) / c.SW + 1) * c.C;
   return (16 * c.SW + (c.SH + (c.KH - 1) * c.DH) * c.Wp + (c.KW - 1) * c.DW + 1) * c.C;
 }
 
@@ -231,6 +241,7 @@ struct KernelSet {
   int64_t conv_seg_align = 4;          // ConvDirectParams::row_seg's multiple (a k step; AMX: a tile step)
   QuantizePlanesFn quantize_planes = nullptr;  // null: an NCHW fp32 input is copied to channels-last first
   AddPathFn add_path = nullptr;  // null: add_act has one way
+  bool conv_planes = false;      // conv_direct reads stride planes (ConvDirectParams::plane_bytes)
 };
 
 // Defined one per ISA translation unit.
