@@ -372,8 +372,9 @@ int64_t even_row_groups(int64_t per_image, const ConvArgs& a, int64_t threads) {
 // a multiple of the thread count when one is near (at::parallel_for hands each thread a contiguous
 // range: 25 items on 2 threads left one thread idle for a whole item).
 void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mode,
-                 const kernels::ConvDirectParams& geometry, const at::Tensor& x_rows, float a_scale, const at::Tensor& packed_w, const PackedHeader& h,
-                 const ConvEpilogue& epi, at::Tensor& out, kernels::OutKind kind, kernels::Act act) {
+                 const kernels::ConvDirectParams& geometry, const at::Tensor& x_rows, float a_scale,
+                 const at::Tensor& packed_w, const PackedHeader& h, const ConvEpilogue& epi, at::Tensor& out,
+                 kernels::OutKind kind, kernels::Act act) {
   kernels::ConvDirectParams cp = geometry;
   kernels::Int8GemmParams& p = cp.gemm;
   const at::Tensor seg_w = cp.row_seg ? pack_row_segments(packed_w, h, a, cp.row_seg) : at::Tensor();
