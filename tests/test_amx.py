@@ -195,7 +195,7 @@ def test_amx_min_rows_env():
 
 
 # ---- the direct tile convolution (padded NHWC input read in place): C % 64 == 0, groups 1; tiles run over
-# the padded width (stride 1, OW >= 12) or within output rows (other strides, OW >= 16)
+# the padded width (stride 1, OW >= 12), within output rows (other strides, OW >= 16) or over stride planes
 # (N, C, H, W, Cout, k, stride, pad, dilation)
 DIRECT = [
     (1, 64, 16, 16, 64, 3, 1, 1, 1),     # padded width 18: tiles cross output rows
@@ -233,7 +233,7 @@ PLANES = [
 @pytest.mark.parametrize("mode", [(None, None, "none"), (0.03, None, "relu"), (0.02, 0.04, "relu6"),
                                   (0.02, 0.04, "relu")],
                          ids=["dynamic", "static-relu", "int8out-relu6", "int8out-relu-folded"])
-@pytest.mark.parametrize("g", DIRECT, ids=[str(g) for g in DIRECT])
+@pytest.mark.parametrize("g", DIRECT + PLANES, ids=[str(g) for g in DIRECT + PLANES])
 def test_direct_conv_matches_reference(amx_every_shape, g, mode):
     N, C, H, W, Co, k, s, p, d = g
     x_scale, out_scale, act = mode
@@ -243,22 +243,7 @@ def test_direct_conv_matches_reference(amx_every_shape, g, mode):
     y = ops.int8_conv2d(x, ops.pack_conv_weight(w, 1), ws, b, (k, k), (s, s), (p, p), (d, d), 1, x_scale,
                         out_scale, act)
     assert ops.last_kernel("conv_direct") == "amx" and ops.last_kernel("int8_gemm") == "amx"
-    r = ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), 1, x_scale, out_scale, act)
-    torch.testing.assert_close(y, r, rtol=0, atol=0)
-
-
-@needs_amx
-@pytest.mark.parametrize("mode", [(None, None, "none"), (0.02, 0.04, "relu")], ids=["dynamic", "int8out-relu"])
-@pytest.mark.parametrize("g", PLANES, ids=[str(g) for g in PLANES])
-def test_stride_planes_match_reference(amx_every_shape, g, mode):
-    N, C, H, W, Co, k, s, p, d = g
-    x_scale, out_scale, act = mode
-    x = torch.randn(N, C, H, W) * 2
-    w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
-    ws, b = torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co)
-    y = ops.int8_conv2d(x, ops.pack_conv_weight(w, 1), ws, b, (k, k), (s, s), (p, p), (d, d), 1, x_scale,
-                        out_scale, act)
-    assert ops.last_kernel("conv_direct") == "amx" and ops.last_kernel("conv_direct_mode") == "stride_planes"
+    assert (ops.last_kernel("conv_direct_mode") == "stride_planes") == (g in PLANES)
     r = ref.int8_conv2d(x, w, ws, b, (s, s), (p, p), (d, d), 1, x_scale, out_scale, act)
     torch.testing.assert_close(y, r, rtol=0, atol=0)
 
