@@ -302,18 +302,21 @@ def test_conv_folded_epilogue_edges(amx_every_shape, g, case):
 
 
 @needs_amx
-def test_direct_conv_large_fp32_output_and_threads(amx_every_shape):
-    # 56 x 56 x 64 x 4 bytes: streamed stores; then 1 thread, then 2: the same result.
-    x = torch.randn(2, 64, 56, 56)
-    w = torch.randint(-127, 128, (64, 64, 3, 3), dtype=torch.int8)
+@pytest.mark.parametrize("shape,stride", [((2, 64, 56, 56), 1), ((5, 128, 28, 28), 2)], ids=["padded-width", "planes"])
+def test_direct_conv_large_fp32_output_and_threads(amx_every_shape, shape, stride):
+    # 56 x 56 x 64 x 4 bytes: streamed stores; then 1 thread, then 2, then 3 (5 images: items that do not
+    # split evenly): the same result.
+    x = torch.randn(*shape)
+    C = shape[1]
+    w = torch.randint(-127, 128, (64, C, 3, 3), dtype=torch.int8)
     ws = torch.rand(64) * 0.01
     packed = ops.pack_conv_weight(w, 1)
-    want = ref.int8_conv2d(x, w, ws, None, (1, 1), (1, 1), (1, 1), 1, 0.03)
+    want = ref.int8_conv2d(x, w, ws, None, (stride, stride), (1, 1), (1, 1), 1, 0.03)
     before = torch.get_num_threads()
     try:
-        for threads in (2, 1, 2):
+        for threads in (2, 1, 2, 3):
             torch.set_num_threads(threads)
-            y = ops.int8_conv2d(x, packed, ws, None, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0.03)
+            y = ops.int8_conv2d(x, packed, ws, None, (3, 3), (stride, stride), (1, 1), (1, 1), 1, 0.03)
             assert ops.last_kernel("conv_direct") == "amx"
             torch.testing.assert_close(y, want, rtol=0, atol=0)
     finally:
