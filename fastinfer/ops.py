@@ -345,8 +345,10 @@ def last_kernel(family: str) -> str:
     conv_direct (the AMX or AVX-512 VNNI convolution that reads its padded input directly; "" when
     the latest non-depthwise convolution gathered rows for the int8 GEMM instead), gconv (the narrow-group
     convolution, every vector tier: groups of fewer than 64 output channels and a multiple of 4 input
-    channels; "" when the latest convolution took another path), add (int8_add; 'ref' is the portable kernel) or
-    gate (int8_channel_mean / int8_channel_scale; 'ref' is the portable kernel).
+    channels; "" when the latest convolution took another path), add (int8_add; 'ref' is the portable kernel),
+    gate (int8_channel_mean / int8_channel_scale; 'ref' is the portable kernel) or quantize_planes (the tier that
+    quantized the latest convolution's NCHW fp32 input straight into NHWC int8; "" when its input was not
+    NCHW fp32).
     "dwconv_path" names the way the latest depthwise convolution took inside
     its kernel: "row_quads_paired", "row_quads" or "tap_groups" (AVX-512 VNNI, AMX), "row_quads_paired",
     "row_quads" or "tap_pairs" (AVX-VNNI), "" (AVX2 and the scalar kernel have one way). "conv_store" says

@@ -150,9 +150,8 @@ std::string last_kernel(const std::string& family) {
       return v < 0 ? std::string() : table(static_cast<Isa>(v)).name;
     }
   throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add, "
-                              "gconv, gate, dwconv_path, conv_store, int8_gemm_step, w8_gemm_step, add_path or "
-                              "conv_direct_mode, "
-                              "got '" + family + "'");
+                              "gconv, gate, quantize_planes, dwconv_path, conv_store, int8_gemm_step, w8_gemm_step, "
+                              "add_path or conv_direct_mode, got '" + family + "'");
 }
 
 std::string capabilities_json() {
