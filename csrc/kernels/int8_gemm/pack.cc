@@ -80,6 +80,11 @@ const char* validate_packed(const uint8_t* buf, int64_t nbytes, PackedHeader* ou
   return nullptr;
 }
 
+// Rows of whole cache lines up to this size are copied 64 bytes at a time, inline: a stride plane's pixels
+// (conv_ops.cpp, PaddedRows::write_planes, 128-512 bytes each) took 0.03 ms more with a memcpy call a pixel on
+// ResNet-50's 3x3 stride 2 at 56 x 56, batch 8. Longer rows (a padded input row) take memcpy.
+constexpr int64_t kInlineCopyBytes = 512;
+
 void copy_operand_rows(const int8_t* a, int64_t lda, int64_t M, int64_t K, uint8_t* dst, int64_t ldd, int64_t K_pad,
                        bool shift128) {
   for (int64_t m = 0; m < M; ++m) {
@@ -87,10 +92,12 @@ void copy_operand_rows(const int8_t* a, int64_t lda, int64_t M, int64_t K, uint8
     uint8_t* d = dst + m * ldd;
     if (shift128) {
       for (int64_t k = 0; k < K; ++k) d[k] = static_cast<uint8_t>(src[k] ^ 0x80);  // x + 128
+    } else if (K % 64 == 0 && K <= kInlineCopyBytes) {
+      for (int64_t k = 0; k < K; k += 64) std::memcpy(d + k, src + k, 64);
     } else {
       std::memcpy(d, src, static_cast<size_t>(K));
     }
-    std::memset(d + K, shift128 ? 128 : 0, static_cast<size_t>(K_pad - K));
+    if (K_pad > K) std::memset(d + K, shift128 ? 128 : 0, static_cast<size_t>(K_pad - K));
   }
 }
 
