@@ -28,6 +28,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -553,6 +554,8 @@ inline bool ymm_dw_quads(const DwConvParams& p) {
   return dw_quads_fit(p, 32) && p.C % 32 == 0 && p.act != Act::Gelu;
 }
 
+constexpr int kDwGeneral = 0, kDwPlain = 1, kDwPlain6 = 2;  // the epilogue's rules (ymm_dwconv_row_quads)
+
 struct YmmDwBuffers {
   std::vector<int32_t> w;      // [cblock][group][4][8] interleaved weights (groups: KH rq, or 2 KH paired)
   std::vector<int32_t> epi;    // [cblock][3][4][8] comp, scale, bias in lane order
@@ -562,24 +565,30 @@ struct YmmDwBuffers {
 
 // WIDE: the wide row quads (dw_row_quads.h: rq quads a kernel row, stride 1, unpaired), an instantiation of
 // its own and out of line, so that the 3 x 3 layers keep their code (as on AVX-512, where both variants
-// inlined into one function cost every 3 x 3 layer 6%).
-template <class QuadStep, bool INT8_OUT, bool WIDE>
+// inlined into one function cost every 3 x 3 layer 6%). FIXED_KH: the kernel height as a constant (3,
+// paired), else 0 (p.KH); the int8 epilogue's rule is a template argument of the pixel loop, as in
+// avx512_vnni.cc's dwconv_row_quads. Measured against the kernel before both and the local copies of p's
+// fields (dw 3x3, 256 channels at 28 x 28, batch 8, int8 in/out, on an Intel Xeon with AMX capped to each
+// tier, 2 threads, alternated in one process): avx2 1.16-1.27x, avx_vnni 1.04-1.12x, fp32 in/out 1.10-1.17x;
+// AVX-512's 32-channel layers (dw_ymm_avx512.cc) 1.28-1.31x; stride 2 and the wide row quads 0.97-1.03x.
+template <class QuadStep, bool INT8_OUT, bool WIDE, int FIXED_KH>
 __attribute__((noinline)) void ymm_dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
   const bool paired = !WIDE && dw_paired(p);
+  const int64_t KH = FIXED_KH ? FIXED_KH : p.KH;
   const int64_t rq = WIDE ? dw_row_quad_count(p) : 1;
-  const int64_t cblocks = p.C / 32, groups = paired ? 2 * p.KH : p.KH * rq, taps = p.KH * p.KW;
+  const int64_t cblocks = p.C / 32, groups = paired ? 2 * KH : KH * rq, taps = KH * p.KW;
   const int64_t step = paired ? 2 : 1, nq = (p.OW + step - 1) / step + 4 * (rq - 1), slot_ints = cblocks * nq * 32;
   thread_local YmmDwBuffers buf;
   buf.w.resize(static_cast<size_t>(cblocks * groups * 32));
   buf.epi.assign(static_cast<size_t>(cblocks * 96), 0);
-  buf.quads.resize(static_cast<size_t>(p.KH * slot_ints));
-  buf.tag.assign(static_cast<size_t>(p.KH), -1);
+  buf.quads.resize(static_cast<size_t>(KH * slot_ints));
+  buf.tag.assign(static_cast<size_t>(KH), -1);
   for (int64_t cb = 0; cb < cblocks; ++cb) {
     const int64_t c0 = 32 * cb;
     for (int64_t g = 0; g < groups; ++g) {
       auto wtap = [&](int64_t i) {  // slot i of group g: tap (kh, kw), paired weights B one slot later
-        const int64_t kh = paired ? g % p.KH : g / rq;
-        const int64_t kw = paired ? (g < p.KH ? i : i - 1) : 4 * (g % rq) + i;
+        const int64_t kh = paired ? g % KH : g / rq;
+        const int64_t kw = paired ? (g < KH ? i : i - 1) : 4 * (g % rq) + i;
         return kw >= 0 && kw < p.KW ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + (kh * p.KW + kw) * p.C + c0))
                                     : _mm256_setzero_si256();
       };
@@ -625,91 +634,115 @@ __attribute__((noinline)) void ymm_dwconv_row_quads(const DwConvParams& p, int64
       }
     }
   };
-  // int8 with the folded scales (finite): folded_int8_act8, min(y, hi), the convert, the saturating packs
-  const bool fast_int8 = INT8_OUT && p.folded && p.act != Act::Gelu;
+  // p's fields as locals: an int8 store may alias p as far as the compiler knows, so a field read through p
+  // is loaded again after every store.
+  char* const out = static_cast<char*>(p.out);
+  const int64_t C = p.C;
+  const Act act = p.act;
+  const bool folded = p.folded, bias = p.bias != nullptr;
+  // int8 with the folded scales (finite): folded_int8_act8, min(y, hi), the convert, the saturating packs.
+  // With no activation, relu or relu6 (plain), one rule without a branch (kPlain; kPlain6: relu6, whose
+  // out_inv is not folded, multiplies first), its max against 0 taken on the bytes (relu_on_bytes).
+  const bool fast_int8 = INT8_OUT && folded && act != Act::Gelu;
+  const bool plain = fast_int8 && (act == Act::None || relu_on_bytes(act));
   const __m256 a_scale = _mm256_set1_ps(p.a_scale), out_inv = _mm256_set1_ps(p.out_inv_scale);
-  const __m256 hi = _mm256_set1_ps(folded_int8_hi(p.act, p.out_inv_scale));
-  auto finish = [&](const __m256i acc[4], int64_t pix, int64_t cb) {
+  const __m256 hi = _mm256_set1_ps(folded_int8_hi(act, p.out_inv_scale));
+  const __m256i floor = _mm256_set1_epi8(relu_on_bytes(act) ? 0 : -127);
+  auto finish = [&](auto rule_tag, const __m256i acc[4], int64_t pix, int64_t cb) {
+    constexpr int RULE = decltype(rule_tag)::value;
     const int32_t* e = epi + cb * 96;
     __m256 y[4];
     for (int i = 0; i < 4; ++i) {
       y[i] = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[i], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + 8 * i))));
-      if (!p.folded) y[i] = _mm256_mul_ps(y[i], a_scale);
+      if (RULE == kDwGeneral && !folded) y[i] = _mm256_mul_ps(y[i], a_scale);
       y[i] = _mm256_mul_ps(y[i], _mm256_loadu_ps(reinterpret_cast<const float*>(e + 32 + 8 * i)));
-      if (p.bias) y[i] = _mm256_add_ps(y[i], _mm256_loadu_ps(reinterpret_cast<const float*>(e + 64 + 8 * i)));
-      if (!fast_int8) y[i] = act8(y[i], p.act);
+      if (bias) y[i] = _mm256_add_ps(y[i], _mm256_loadu_ps(reinterpret_cast<const float*>(e + 64 + 8 * i)));
+      if (RULE == kDwGeneral && !fast_int8) y[i] = act8(y[i], act);
     }
     if (!INT8_OUT) {  // channels 8 l .. 8 l + 7: the low (l < 2) or high lanes of y[2 (l % 2)] and its successor
-      float* out = static_cast<float*>(p.out) + pix * p.C + 32 * cb;
-      _mm256_storeu_ps(out, _mm256_permute2f128_ps(y[0], y[1], 0x20));
-      _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(y[2], y[3], 0x20));
-      _mm256_storeu_ps(out + 16, _mm256_permute2f128_ps(y[0], y[1], 0x31));
-      _mm256_storeu_ps(out + 24, _mm256_permute2f128_ps(y[2], y[3], 0x31));
+      float* o = reinterpret_cast<float*>(out) + pix * C + 32 * cb;
+      _mm256_storeu_ps(o, _mm256_permute2f128_ps(y[0], y[1], 0x20));
+      _mm256_storeu_ps(o + 8, _mm256_permute2f128_ps(y[2], y[3], 0x20));
+      _mm256_storeu_ps(o + 16, _mm256_permute2f128_ps(y[0], y[1], 0x31));
+      _mm256_storeu_ps(o + 24, _mm256_permute2f128_ps(y[2], y[3], 0x31));
       return;
     }
     __m256i q[4];
-    for (int i = 0; i < 4; ++i)
-      q[i] = fast_int8 ? _mm256_cvtps_epi32(_mm256_min_ps(folded_int8_act8(y[i], p.act, out_inv), hi))
-                       : quant8(y[i], out_inv);
-    const __m256i b = _mm256_max_epi8(
-        _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3])), _mm256_set1_epi8(-127));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<int8_t*>(p.out) + pix * p.C + 32 * cb), b);
-  };
-  const int32_t* qrow[16];
-  int64_t qstride[16];
-  for (int64_t pix = p0; pix < p1;) {
-    const int64_t n = pix / (p.OH * p.OW), oh = (pix / p.OW) % p.OH, ow0 = pix % p.OW;
-    const int64_t ow1 = std::min(p.OW, ow0 + (p1 - pix));
-    dw_row_slots(p, n, oh, quads, slot_ints, pad, 32, tag, qrow, qstride, build);
-    const int64_t out_row = (n * p.OH + oh) * p.OW;
-    for (int64_t cb = 0; cb < cblocks; ++cb) {
-      const int32_t* wa = wq + cb * groups * 32;  // weights A (and B after them when paired)
-      const int32_t* wb = wa + p.KH * 32;
-      // One pixel: quad j (and j + 4, j + 8, .. for wide row quads), with weights B when `second` (an odd
-      // column of paired quads).
-      auto one = [&](int64_t ow, int64_t j, bool second) {
-        const int32_t* w = second ? wb : wa;
-        __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-        for (int64_t kh = 0; kh < p.KH; ++kh) {
-          for (int64_t r = 0; r < rq; ++r) {
-            const int32_t* q = qrow[kh] + (cb * nq + j + 4 * r) * qstride[kh];
-            const int32_t* wr = w + (kh * rq + r) * 32;
-            for (int i = 0; i < 4; ++i)
-              acc[i] = QuadStep::step(acc[i], QuadStep::prep(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * i))),
-                                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + 8 * i)));
-          }
-        }
-        finish(acc, out_row + ow, cb);
-      };
-      auto pair = [&](int64_t ow) {  // pixels ow and ow + 1 from quad ow / 2
-        __m256i a0[4], a1[4];
-        for (int i = 0; i < 4; ++i) a0[i] = a1[i] = _mm256_setzero_si256();
-        for (int64_t kh = 0; kh < p.KH; ++kh) {
-          const int32_t* q = qrow[kh] + (cb * nq + ow / 2) * qstride[kh];
-          for (int i = 0; i < 4; ++i) {
-            const typename QuadStep::X v = QuadStep::prep(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * i)));
-            a0[i] = QuadStep::step(a0[i], v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wa + kh * 32 + 8 * i)));
-            a1[i] = QuadStep::step(a1[i], v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + kh * 32 + 8 * i)));
-          }
-        }
-        finish(a0, out_row + ow, cb);
-        finish(a1, out_row + ow + 1, cb);
-      };
-      dw_row_columns(ow0, ow1, paired, one, pair);
+    for (int i = 0; i < 4; ++i) {
+      if (RULE == kDwPlain6) y[i] = _mm256_mul_ps(y[i], out_inv);
+      q[i] = RULE != kDwGeneral ? _mm256_cvtps_epi32(_mm256_min_ps(y[i], hi))
+             : fast_int8        ? _mm256_cvtps_epi32(_mm256_min_ps(folded_int8_act8(y[i], act, out_inv), hi))
+                                : quant8(y[i], out_inv);
     }
-    pix += ow1 - ow0;
+    const __m256i b = _mm256_max_epi8(_mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3])),
+                                      RULE != kDwGeneral ? floor : _mm256_set1_epi8(-127));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + pix * C + 32 * cb), b);
+  };
+  auto run = [&](auto rule_tag) {
+    const int32_t* qrow[16];
+    int64_t qstride[16];
+    for (int64_t pix = p0; pix < p1;) {
+      const int64_t n = pix / (p.OH * p.OW), oh = (pix / p.OW) % p.OH, ow0 = pix % p.OW;
+      const int64_t ow1 = std::min(p.OW, ow0 + (p1 - pix));
+      dw_row_slots(p, n, oh, quads, slot_ints, pad, 32, tag, qrow, qstride, build);
+      const int64_t out_row = (n * p.OH + oh) * p.OW;
+      for (int64_t cb = 0; cb < cblocks; ++cb) {
+        const int32_t* wa = wq + cb * groups * 32;  // weights A (and B after them when paired)
+        const int32_t* wb = wa + KH * 32;
+        // One pixel: quad j (and j + 4, j + 8, .. for wide row quads), with weights B when `second` (an odd
+        // column of paired quads).
+        auto one = [&](int64_t ow, int64_t j, bool second) {
+          const int32_t* w = second ? wb : wa;
+          __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+          for (int64_t kh = 0; kh < KH; ++kh) {
+            for (int64_t r = 0; r < rq; ++r) {
+              const int32_t* q = qrow[kh] + (cb * nq + j + 4 * r) * qstride[kh];
+              const int32_t* wr = w + (kh * rq + r) * 32;
+              for (int i = 0; i < 4; ++i)
+                acc[i] = QuadStep::step(acc[i], QuadStep::prep(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * i))),
+                                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + 8 * i)));
+            }
+          }
+          finish(rule_tag, acc, out_row + ow, cb);
+        };
+        auto pair = [&](int64_t ow) {  // pixels ow and ow + 1 from quad ow / 2
+          __m256i a0[4], a1[4];
+          for (int i = 0; i < 4; ++i) a0[i] = a1[i] = _mm256_setzero_si256();
+          for (int64_t kh = 0; kh < KH; ++kh) {
+            const int32_t* q = qrow[kh] + (cb * nq + ow / 2) * qstride[kh];
+            for (int i = 0; i < 4; ++i) {
+              const typename QuadStep::X v = QuadStep::prep(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * i)));
+              a0[i] = QuadStep::step(a0[i], v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wa + kh * 32 + 8 * i)));
+              a1[i] = QuadStep::step(a1[i], v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + kh * 32 + 8 * i)));
+            }
+          }
+          finish(rule_tag, a0, out_row + ow, cb);
+          finish(rule_tag, a1, out_row + ow + 1, cb);
+        };
+        dw_row_columns(ow0, ow1, paired, one, pair);
+      }
+      pix += ow1 - ow0;
+    }
+  };
+  if constexpr (INT8_OUT && !WIDE) {
+    if (plain && act == Act::Relu6) return run(std::integral_constant<int, kDwPlain6>{});
+    if (plain) return run(std::integral_constant<int, kDwPlain>{});
   }
+  run(std::integral_constant<int, kDwGeneral>{});
 }
 
 // The row-quad depthwise kernel of a tier's quad step (where ymm_dw_quads serves): the instantiation for the
-// output kind and the kernel width.
+// output kind, the kernel width and (paired 3-row kernels) the height.
 template <class QuadStep>
 void ymm_dwconv_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
   const bool wide = dw_row_quad_count(p) > 1, int8_out = p.out_kind == OutKind::Int8;
-  if (int8_out && wide) return ymm_dwconv_row_quads<QuadStep, true, true>(p, p0, p1);
-  if (int8_out) return ymm_dwconv_row_quads<QuadStep, true, false>(p, p0, p1);
-  if (wide) return ymm_dwconv_row_quads<QuadStep, false, true>(p, p0, p1);
-  ymm_dwconv_row_quads<QuadStep, false, false>(p, p0, p1);
+  const bool kh3 = !wide && dw_paired(p) && p.KH == 3;
+  if (int8_out && wide) return ymm_dwconv_row_quads<QuadStep, true, true, 0>(p, p0, p1);
+  if (int8_out && kh3) return ymm_dwconv_row_quads<QuadStep, true, false, 3>(p, p0, p1);
+  if (int8_out) return ymm_dwconv_row_quads<QuadStep, true, false, 0>(p, p0, p1);
+  if (wide) return ymm_dwconv_row_quads<QuadStep, false, true, 0>(p, p0, p1);
+  if (kh3) return ymm_dwconv_row_quads<QuadStep, false, false, 3>(p, p0, p1);
+  ymm_dwconv_row_quads<QuadStep, false, false, 0>(p, p0, p1);
 }
 
 // The GEMM's inner step on registers only (PeakProbeFn): Dot::kProbeChains chains of Dot::step hide its
