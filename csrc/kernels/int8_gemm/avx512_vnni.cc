@@ -614,13 +614,14 @@ struct DwFinish {
 // inlined into dwconv_blocks, so that the other row-quad layers keep their code (the four-pixel step on 3 x 3
 // at stride 2 was 7-17% slower; with both instantiations inlined into one function every 3 x 3 layer lost
 // 6%, not inlined none: 0.97-1.01x in alternated processes).
-// FIXED_KH: the kernel height as a constant (3, paired), else 0 (p.KH): a loop over p.KH in the paired step
-// kept its 8 accumulators moving between registers each row. The int8 epilogue's rule (DwFinish::apply) is
+// FIXED_KH: the kernel height as a constant (3), else 0 (p.KH): a loop over p.KH in the paired step kept its
+// 8 accumulators moving between registers each row. The int8 epilogue's rule (DwFinish::apply) is
 // a template argument of the pixel loop, so the common rules run without a branch per pixel. Measured with
 // both and DwFinish's copied fields against the kernel before them (dw 3x3, 256 channels at 28 x 28, batch 8,
 // Intel Xeon with AMX, 2 threads, alternated in one process): int8 in/out 1.29-1.50x (0.20-0.23 -> 0.15-0.16
 // ms; none, relu, relu6), int8 in / fp32 out 1.25x, fp32 in/out (Int8Conv2d) 1.16x; 144 channels at 56 x 56
-// 1.33x; stride 2 (unpaired) 1.00-1.30x; the wide row quads (5 x 5, 7 x 7) 0.92-0.96x within this machine's
+// 1.33x; stride 2 (unpaired) 1.00-1.30x, and 1.08-1.14x more with the constant height there too (fp32 in/out
+// 1.02-1.03x); the wide row quads (5 x 5, 7 x 7) 0.92-0.96x within this machine's
 // noise (their four-pixel step keeps the general rule: with the rule's instantiations their accumulators
 // spilled, 0.72x).
 template <bool INT8_OUT, bool BIAS, bool WIDE, int FIXED_KH>
@@ -799,9 +800,9 @@ void dwconv_blocks(const DwConvParams& p, int64_t p0, int64_t p1) {
   const int32_t* const blocks = buf.blocks.data();
   const DwFinish<INT8_OUT, BIAS> finish{p, blocks};
   if (quads)
-    return rq > 1             ? dwconv_row_quads<INT8_OUT, BIAS, true, 0>(p, p0, p1, buf, finish, false)
-           : paired && p.KH == 3 ? dwconv_row_quads<INT8_OUT, BIAS, false, 3>(p, p0, p1, buf, finish, true)
-                                 : dwconv_row_quads<INT8_OUT, BIAS, false, 0>(p, p0, p1, buf, finish, paired);
+    return rq > 1      ? dwconv_row_quads<INT8_OUT, BIAS, true, 0>(p, p0, p1, buf, finish, false)
+           : p.KH == 3 ? dwconv_row_quads<INT8_OUT, BIAS, false, 3>(p, p0, p1, buf, finish, paired)
+                       : dwconv_row_quads<INT8_OUT, BIAS, false, 0>(p, p0, p1, buf, finish, paired);
   const __m512i k80 = _mm512_set1_epi8(static_cast<char>(0x80));
   // Locals: the output stores could alias the thread_local buffers (and their TLS lookups cost).
   const int8_t** const tap = buf.tap.data();

@@ -565,12 +565,13 @@ struct YmmDwBuffers {
 
 // WIDE: the wide row quads (dw_row_quads.h: rq quads a kernel row, stride 1, unpaired), an instantiation of
 // its own and out of line, so that the 3 x 3 layers keep their code (as on AVX-512, where both variants
-// inlined into one function cost every 3 x 3 layer 6%). FIXED_KH: the kernel height as a constant (3,
-// paired), else 0 (p.KH); the int8 epilogue's rule is a template argument of the pixel loop, as in
+// inlined into one function cost every 3 x 3 layer 6%). FIXED_KH: the kernel height as a constant (3), else
+// 0 (p.KH); the int8 epilogue's rule is a template argument of the pixel loop, as in
 // avx512_vnni.cc's dwconv_row_quads. Measured against the kernel before both and the local copies of p's
 // fields (dw 3x3, 256 channels at 28 x 28, batch 8, int8 in/out, on an Intel Xeon with AMX capped to each
 // tier, 2 threads, alternated in one process): avx2 1.16-1.27x, avx_vnni 1.04-1.12x, fp32 in/out 1.10-1.17x;
-// AVX-512's 32-channel layers (dw_ymm_avx512.cc) 1.28-1.31x; stride 2 and the wide row quads 0.97-1.03x.
+// AVX-512's 32-channel layers (dw_ymm_avx512.cc) 1.28-1.31x; the wide row quads 0.97-1.03x; stride 2 0.97-1.03x,
+// then with the constant height there too avx2 1.12-1.16x, avx_vnni 0.98x, AVX-512's 32 channels 0.89-1.21x.
 template <class QuadStep, bool INT8_OUT, bool WIDE, int FIXED_KH>
 __attribute__((noinline)) void ymm_dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
   const bool paired = !WIDE && dw_paired(p);
@@ -732,11 +733,11 @@ __attribute__((noinline)) void ymm_dwconv_row_quads(const DwConvParams& p, int64
 }
 
 // The row-quad depthwise kernel of a tier's quad step (where ymm_dw_quads serves): the instantiation for the
-// output kind, the kernel width and (paired 3-row kernels) the height.
+// output kind, the kernel width and (3 rows) the height.
 template <class QuadStep>
 void ymm_dwconv_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
   const bool wide = dw_row_quad_count(p) > 1, int8_out = p.out_kind == OutKind::Int8;
-  const bool kh3 = !wide && dw_paired(p) && p.KH == 3;
+  const bool kh3 = !wide && p.KH == 3;
   if (int8_out && wide) return ymm_dwconv_row_quads<QuadStep, true, true, 0>(p, p0, p1);
   if (int8_out && kh3) return ymm_dwconv_row_quads<QuadStep, true, false, 3>(p, p0, p1);
   if (int8_out) return ymm_dwconv_row_quads<QuadStep, true, false, 0>(p, p0, p1);
