@@ -211,6 +211,31 @@ def test_int8_input_and_no_bias(isa, g):
     torch.testing.assert_close(y, ref.int8_conv2d(xq, w, ws, None, (s, s), (p, p), (d, d), groups, 0.05), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("C", [32, 24])  # K = 32: a K tail step of 8 quads on AMX; 24: 6 quads
+def test_plain_1x1_items_of_several_passes(isa, C):
+    # A plain 1x1 convolution's items span several of the kernel's passes once the image is large (2520 rows:
+    # items of ~315 rows on one thread, ~158 on two, the last pass of an item partial), int8 read in place or
+    # fp32 quantized into a chunk buffer; Cout 40 ends in a single 16-column tile. OW 9 keeps AVX-512 VNNI's
+    # direct convolution (OW >= 10) out, so every tier runs its GEMM on the rows.
+    w = torch.randint(-127, 128, (40, C, 1, 1), dtype=torch.int8)
+    ws, b = torch.rand(40) * 0.01 + 1e-3, torch.randn(40)
+    packed = ops.pack_conv_weight(w, 1)
+    x = torch.randn(4, C, 70, 9) * 2
+    xq = torch.randint(-128, 128, (4, C, 70, 9), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for inp, out_scale, act in ((xq, 0.05, "relu"), (x, None, "none"), (x, 0.04, "relu6")):
+                y = ops.int8_conv2d(inp, packed, ws, b, (1, 1), (1, 1), (0, 0), (1, 1), 1, 0.03, out_scale, act)
+                assert_served("int8_gemm", isa)
+                assert ops.last_kernel("conv_direct") == ""
+                torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, (1, 1), (0, 0), (1, 1), 1, 0.03, out_scale, act),
+                                           rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(before)
+
+
 def planes_tier(isa: str) -> str:
     """The tier that quantizes an NCHW fp32 input straight into NHWC int8 (quantize_planes): AVX-512's kernel on
     the AMX and AVX-512 tiers, AVX2's on AVX-VNNI and AVX2; the reference tier copies the input to channels-last
