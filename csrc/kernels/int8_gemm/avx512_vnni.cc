@@ -536,7 +536,6 @@ inline bool dw_row_quads(const DwConvParams& p) { return dw_quads_fit(p, 64); }
 // and packs_epi16 of the two puts 16 l + 0..15 in lane l. Measured (dw 3x3 at 28 x 28 x 256, batch 8,
 // int8 in/out, AMD Zen 5): the epilogue took 47% of the kernel's samples when it transposed first and
 // read its per-channel vectors (masked loads) at every pixel.
-constexpr int kGeneral = 0, kPlain = 1, kPlain6 = 2;  // DwFinish::apply's rules
 template <bool INT8_OUT, bool BIAS>
 struct DwFinish {
   // p's fields, copied: an int8 store may alias p as far as the compiler knows, so a field read through p
@@ -550,17 +549,14 @@ struct DwFinish {
   // int8 with the folded scales (finite: no NaN arises): the activation, min(y, hi), the convert, the
   // saturating packs and a max on the bytes (gelu, rare here, takes the general rule).
   bool fast_int8;
-  // fast_int8 with no activation, relu or relu6: one rule without a branch (apply<kPlain>, or apply<kPlain6>
-  // for relu6, whose out_inv is not folded: y * out_inv first), min(y, hi), and a max on the bytes against
-  // `floor` (0 for relu and relu6: relu_on_bytes; -127 else).
-  bool plain;
+  // apply<kDwPlain> and <kDwPlain6> (dw_row_quads.h): min(y, hi) and a max on the bytes against `floor` (0 for
+  // relu and relu6: relu_on_bytes; -127 else), relu6 multiplying by out_inv first.
   __m512 out_inv, hi;
   __m512i floor;
 
   DwFinish(const DwConvParams& p, const int32_t* block_vectors)
       : out(static_cast<char*>(p.out)), C(p.C), act(p.act), folded(p.folded), stream_out(p.stream_out),
         a_scale(p.a_scale), blocks(block_vectors), fast_int8(INT8_OUT && p.folded && p.act != Act::Gelu),
-        plain(fast_int8 && (p.act == Act::None || relu_on_bytes(p.act))),
         out_inv(_mm512_set1_ps(p.out_inv_scale)), hi(_mm512_set1_ps(folded_int8_hi(p.act, p.out_inv_scale))),
         floor(_mm512_set1_epi8(relu_on_bytes(p.act) ? 0 : -127)) {}
 
@@ -572,10 +568,10 @@ struct DwFinish {
     __m512 y[4];
     for (int i = 0; i < 4; ++i) {
       y[i] = _mm512_cvtepi32_ps(acc[i]);
-      if (RULE == kGeneral && !folded) y[i] = _mm512_mul_ps(y[i], _mm512_set1_ps(a_scale));
+      if (RULE == kDwGeneral && !folded) y[i] = _mm512_mul_ps(y[i], _mm512_set1_ps(a_scale));
       y[i] = _mm512_mul_ps(y[i], k.scale[i]);
       if (BIAS) y[i] = _mm512_add_ps(y[i], k.bias[i]);
-      if (RULE == kGeneral && !fast_int8) y[i] = act16(y[i], act);
+      if (RULE == kDwGeneral && !fast_int8) y[i] = act16(y[i], act);
     }
     if (!INT8_OUT) {
       __m512i r[4], v[4];
@@ -590,13 +586,13 @@ struct DwFinish {
     }
     __m512i q[4];
     for (int i = 0; i < 4; ++i) {
-      if (RULE == kPlain6) y[i] = _mm512_mul_ps(y[i], out_inv);
-      q[i] = RULE != kGeneral ? _mm512_cvtps_epi32(_mm512_min_ps(y[i], hi))
-             : fast_int8      ? _mm512_cvtps_epi32(_mm512_min_ps(folded_int8_act(y[i], act, out_inv), hi))
-                              : quant16(y[i], out_inv);
+      if (RULE == kDwPlain6) y[i] = _mm512_mul_ps(y[i], out_inv);
+      q[i] = RULE != kDwGeneral ? _mm512_cvtps_epi32(_mm512_min_ps(y[i], hi))
+             : fast_int8        ? _mm512_cvtps_epi32(_mm512_min_ps(folded_int8_act(y[i], act, out_inv), hi))
+                                : quant16(y[i], out_inv);
     }
     const __m512i b = _mm512_max_epi8(_mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3])),
-                                      RULE != kGeneral ? floor : _mm512_set1_epi8(-127));
+                                      RULE != kDwGeneral ? floor : _mm512_set1_epi8(-127));
     int8_t* o = reinterpret_cast<int8_t*>(out) + pix * C + c0;
     if (whole) _mm512_storeu_si512(o, b);
     else _mm512_mask_storeu_epi8(o, byte_mask(C - c0), b);
@@ -662,15 +658,10 @@ __attribute__((noinline)) void dwconv_row_quads(const DwConvParams& p, int64_t p
       }
     }
   };
-  auto run = [&](auto rule_tag) {
+  dw_run_rule<INT8_OUT && !WIDE>(p, [&](auto rule_tag) {
     constexpr int RULE = decltype(rule_tag)::value;
-    const int32_t* qrow[16];
-    int64_t qstride[16];
-    for (int64_t pix = p0; pix < p1;) {
-      const int64_t n = pix / (p.OH * p.OW), oh = (pix / p.OW) % p.OH, ow0 = pix % p.OW;
-      const int64_t ow1 = std::min(p.OW, ow0 + (p1 - pix));
-      dw_row_slots(p, n, oh, quads, slot_ints, pad, 64, tag, qrow, qstride, build);
-      const int64_t out_row = (n * p.OH + oh) * p.OW;
+    dw_rows(p, p0, p1, quads, slot_ints, pad, 64, tag, build, [&](int64_t out_row, int64_t ow0, int64_t ow1,
+                                                                   const int32_t* const* qrow, const int64_t* qstride) {
       for (int64_t cb = 0; cb < cblocks; ++cb) {
         const int32_t* wa = wq + cb * groups * 64;  // weights A (and B after them)
         const int32_t* wb = wa + KH * 64;
@@ -740,14 +731,8 @@ __attribute__((noinline)) void dwconv_row_quads(const DwConvParams& p, int64_t p
           dw_row_columns(ow0, ow1, paired, one, pair);
         }
       }
-      pix += ow1 - ow0;
-    }
-  };
-  if constexpr (INT8_OUT && !WIDE) {
-    if (finish.plain && finish.act == Act::Relu6) return run(std::integral_constant<int, kPlain6>{});
-    if (finish.plain) return run(std::integral_constant<int, kPlain>{});
-  }
-  run(std::integral_constant<int, kGeneral>{});
+    });
+  });
 }
 
 template <bool INT8_OUT, bool BIAS>
@@ -832,7 +817,7 @@ void dwconv_blocks(const DwConvParams& p, int64_t p0, int64_t p1) {
         interleave4(row(4 * g), row(4 * g + 1), row(4 * g + 2), row(4 * g + 3), q);
         for (int i = 0; i < 4; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], q[i], _mm512_loadu_si512(w + 16 * i));
       }
-      finish.template apply<kGeneral>(acc, pix, cb, k);
+      finish.template apply<kDwGeneral>(acc, pix, cb, k);
     }
   }
 }

@@ -10,7 +10,9 @@
 // <cstdint> and params.h before the pragma.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "params.h"
 
@@ -83,6 +85,41 @@ inline void dw_row_columns(int64_t ow0, int64_t ow1, bool paired, One&& one, Pai
   if (ow % 2 == 1) one(ow, ow / 2, true), ++ow;
   for (; ow + 1 < ow1; ow += 2) pair(ow);
   if (ow < ow1) one(ow, ow / 2, false);
+}
+
+// Output pixels [p0, p1) row by row: each output row's slots (dw_row_slots), then
+// row(out_row, ow0, ow1, qrow, qstride) for its columns [ow0, ow1), out_row = (n * OH + oh) * OW.
+template <class Build, class Row>
+void dw_rows(const DwConvParams& p, int64_t p0, int64_t p1, int32_t* quads, int64_t slot_ints, const int32_t* pad,
+             int64_t quad_ints, int64_t* tag, Build&& build, Row&& row) {
+  const int32_t* qrow[16];
+  int64_t qstride[16];
+  for (int64_t pix = p0; pix < p1;) {
+    const int64_t n = pix / (p.OH * p.OW), oh = (pix / p.OW) % p.OH, ow0 = pix % p.OW;
+    const int64_t ow1 = std::min(p.OW, ow0 + (p1 - pix));
+    dw_row_slots(p, n, oh, quads, slot_ints, pad, quad_ints, tag, qrow, qstride, build);
+    row((n * p.OH + oh) * p.OW, ow0, ow1, qrow, qstride);
+    pix += ow1 - ow0;
+  }
+}
+
+// The epilogue rules of the row-quad kernels' pixel loops, a template argument there so that the common
+// ones run without a branch per pixel: kDwPlain, int8 with the folded scales and no activation or relu;
+// kDwPlain6, the same with relu6 (its out_inv is not folded: a multiply first); kDwGeneral, the rest.
+// Both plain rules take their max against 0 (relu) or -127 on the packed bytes (relu_on_bytes).
+constexpr int kDwGeneral = 0, kDwPlain = 1, kDwPlain6 = 2;
+
+// run(std::integral_constant<int, rule>) with p's rule; PLAIN_RULES false: kDwGeneral always (an fp32
+// output, or a kernel that keeps one instantiation).
+template <bool PLAIN_RULES, class Run>
+void dw_run_rule(const DwConvParams& p, Run&& run) {
+  if constexpr (PLAIN_RULES) {
+    if (p.out_kind == OutKind::Int8 && p.folded) {
+      if (p.act == Act::Relu6) return run(std::integral_constant<int, kDwPlain6>{});
+      if (p.act == Act::None || p.act == Act::Relu) return run(std::integral_constant<int, kDwPlain>{});
+    }
+  }
+  run(std::integral_constant<int, kDwGeneral>{});
 }
 
 }  // namespace

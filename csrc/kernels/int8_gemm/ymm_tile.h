@@ -554,8 +554,6 @@ inline bool ymm_dw_quads(const DwConvParams& p) {
   return dw_quads_fit(p, 32) && p.C % 32 == 0 && p.act != Act::Gelu;
 }
 
-constexpr int kDwGeneral = 0, kDwPlain = 1, kDwPlain6 = 2;  // the epilogue's rules (ymm_dwconv_row_quads)
-
 struct YmmDwBuffers {
   std::vector<int32_t> w;      // [cblock][group][4][8] interleaved weights (groups: KH rq, or 2 KH paired)
   std::vector<int32_t> epi;    // [cblock][3][4][8] comp, scale, bias in lane order
@@ -572,6 +570,9 @@ struct YmmDwBuffers {
 // tier, 2 threads, alternated in one process): avx2 1.16-1.27x, avx_vnni 1.04-1.12x, fp32 in/out 1.10-1.17x;
 // AVX-512's 32-channel layers (dw_ymm_avx512.cc) 1.28-1.31x; the wide row quads 0.97-1.03x; stride 2 0.97-1.03x,
 // then with the constant height there too avx2 1.12-1.16x, avx_vnni 0.98x, AVX-512's 32 channels 0.89-1.21x.
+// The row loop (dw_rows) and the rule dispatch are dw_row_quads.h's, shared with the AVX-512 kernel; each
+// block's quad rows are locals (qb, qs). Against the loop of its own (3 x 3 stride 1, alternated processes):
+// avx_vnni 1.15x, avx2 0.95-0.96x.
 template <class QuadStep, bool INT8_OUT, bool WIDE, int FIXED_KH>
 __attribute__((noinline)) void ymm_dwconv_row_quads(const DwConvParams& p, int64_t p0, int64_t p1) {
   const bool paired = !WIDE && dw_paired(p);
@@ -641,11 +642,9 @@ __attribute__((noinline)) void ymm_dwconv_row_quads(const DwConvParams& p, int64
   const int64_t C = p.C;
   const Act act = p.act;
   const bool folded = p.folded, bias = p.bias != nullptr;
-  // int8 with the folded scales (finite): folded_int8_act8, min(y, hi), the convert, the saturating packs.
-  // With no activation, relu or relu6 (plain), one rule without a branch (kPlain; kPlain6: relu6, whose
-  // out_inv is not folded, multiplies first), its max against 0 taken on the bytes (relu_on_bytes).
+  // int8 with the folded scales (finite): folded_int8_act8, min(y, hi), the convert, the saturating packs;
+  // the plain rules (dw_row_quads.h) without the activation's branch.
   const bool fast_int8 = INT8_OUT && folded && act != Act::Gelu;
-  const bool plain = fast_int8 && (act == Act::None || relu_on_bytes(act));
   const __m256 a_scale = _mm256_set1_ps(p.a_scale), out_inv = _mm256_set1_ps(p.out_inv_scale);
   const __m256 hi = _mm256_set1_ps(folded_int8_hi(act, p.out_inv_scale));
   const __m256i floor = _mm256_set1_epi8(relu_on_bytes(act) ? 0 : -127);
@@ -679,17 +678,16 @@ __attribute__((noinline)) void ymm_dwconv_row_quads(const DwConvParams& p, int64
                                       RULE != kDwGeneral ? floor : _mm256_set1_epi8(-127));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + pix * C + 32 * cb), b);
   };
-  auto run = [&](auto rule_tag) {
-    const int32_t* qrow[16];
-    int64_t qstride[16];
-    for (int64_t pix = p0; pix < p1;) {
-      const int64_t n = pix / (p.OH * p.OW), oh = (pix / p.OW) % p.OH, ow0 = pix % p.OW;
-      const int64_t ow1 = std::min(p.OW, ow0 + (p1 - pix));
-      dw_row_slots(p, n, oh, quads, slot_ints, pad, 32, tag, qrow, qstride, build);
-      const int64_t out_row = (n * p.OH + oh) * p.OW;
+  dw_run_rule<INT8_OUT && !WIDE>(p, [&](auto rule_tag) {
+    dw_rows(p, p0, p1, quads, slot_ints, pad, 32, tag, build, [&](int64_t out_row, int64_t ow0, int64_t ow1,
+                                                                   const int32_t* const* qrow, const int64_t* qstride) {
       for (int64_t cb = 0; cb < cblocks; ++cb) {
         const int32_t* wa = wq + cb * groups * 32;  // weights A (and B after them when paired)
         const int32_t* wb = wa + KH * 32;
+        // This block's quads of each kernel row: quad j at qb[kh] + j * qs[kh] (locals: no store aliases them)
+        const int32_t* qb[16];
+        int64_t qs[16];
+        for (int64_t kh = 0; kh < KH; ++kh) qb[kh] = qrow[kh] + cb * nq * qstride[kh], qs[kh] = qstride[kh];
         // One pixel: quad j (and j + 4, j + 8, .. for wide row quads), with weights B when `second` (an odd
         // column of paired quads).
         auto one = [&](int64_t ow, int64_t j, bool second) {
@@ -697,7 +695,7 @@ __attribute__((noinline)) void ymm_dwconv_row_quads(const DwConvParams& p, int64
           __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
           for (int64_t kh = 0; kh < KH; ++kh) {
             for (int64_t r = 0; r < rq; ++r) {
-              const int32_t* q = qrow[kh] + (cb * nq + j + 4 * r) * qstride[kh];
+              const int32_t* q = qb[kh] + (j + 4 * r) * qs[kh];
               const int32_t* wr = w + (kh * rq + r) * 32;
               for (int i = 0; i < 4; ++i)
                 acc[i] = QuadStep::step(acc[i], QuadStep::prep(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * i))),
@@ -710,7 +708,7 @@ __attribute__((noinline)) void ymm_dwconv_row_quads(const DwConvParams& p, int64
           __m256i a0[4], a1[4];
           for (int i = 0; i < 4; ++i) a0[i] = a1[i] = _mm256_setzero_si256();
           for (int64_t kh = 0; kh < KH; ++kh) {
-            const int32_t* q = qrow[kh] + (cb * nq + ow / 2) * qstride[kh];
+            const int32_t* q = qb[kh] + (ow / 2) * qs[kh];
             for (int i = 0; i < 4; ++i) {
               const typename QuadStep::X v = QuadStep::prep(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 8 * i)));
               a0[i] = QuadStep::step(a0[i], v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wa + kh * 32 + 8 * i)));
@@ -722,14 +720,8 @@ __attribute__((noinline)) void ymm_dwconv_row_quads(const DwConvParams& p, int64
         };
         dw_row_columns(ow0, ow1, paired, one, pair);
       }
-      pix += ow1 - ow0;
-    }
-  };
-  if constexpr (INT8_OUT && !WIDE) {
-    if (plain && act == Act::Relu6) return run(std::integral_constant<int, kDwPlain6>{});
-    if (plain) return run(std::integral_constant<int, kDwPlain>{});
-  }
-  run(std::integral_constant<int, kDwGeneral>{});
+    });
+  });
 }
 
 // The row-quad depthwise kernel of a tier's quad step (where ymm_dw_quads serves): the instantiation for the
