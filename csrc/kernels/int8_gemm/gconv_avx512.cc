@@ -18,6 +18,8 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma")
 
+#include "dpbusd.h"
+
 #include "avx512_common.h"
 
 namespace fastinfer {
@@ -74,19 +76,15 @@ void gconv_tile(const GroupConvParams& p, const ColBlock16* cb, __m512i idx, int
   __m512i acc[R];
   const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), cb[0].comp);
   for (int i = 0; i < R; ++i) acc[i] = init;
-  const int64_t steps = p.cin_g / 4, pix = p.SW * p.C;
+  const int64_t pix = p.SW * p.C, n = p.KH * p.KW * (p.cin_g / 4);  // k steps
   const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
-  const int8_t* w = p.w + b * p.KH * p.KW * steps * 64;
-  for (int64_t kh = 0; kh < p.KH; ++kh) {
-    for (int64_t kw = 0; kw < p.KW; ++kw) {
-      const uint8_t* xt = x0 + (kh * p.DH * p.Wp + kw * p.DW) * p.C;
-      for (int64_t s = 0; s < steps; ++s, w += 64, xt += 4) {
-        const __m512i wv = _mm512_loadu_si512(w);
+  const int8_t* w = p.w + b * n * 64;
+  for (int64_t q = 0; q < n; ++q, w += 64) {
+    const uint8_t* xt = x0 + p.k_off[q];
+    const __m512i wv = _mm512_loadu_si512(w);
 #pragma GCC unroll 8
-        for (int i = 0; i < R; ++i)
-          acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_permutexvar_epi32(idx, _mm512_loadu_si512(xt + i * pix)), wv);
-      }
-    }
+    for (int i = 0; i < R; ++i)
+      acc[i] = dpbusd(acc[i], _mm512_permutexvar_epi32(idx, _mm512_loadu_si512(xt + i * pix)), wv);
   }
   gconv_finish<R, F>(p.gemm, cb[0], r * p.OW + ow, acc);
 }
@@ -103,23 +101,19 @@ void gconv_tile_bcast(const GroupConvParams& p, const ColBlock16* cb, __m512i, i
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) acc[j][i] = init;
   }
-  const int64_t steps = p.cin_g / 4, pix = p.SW * p.C, next = p.KH * p.KW * steps * 64;  // bytes a block
+  const int64_t pix = p.SW * p.C, n = p.KH * p.KW * (p.cin_g / 4), next = n * 64;  // bytes a block
   const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
   const int8_t* w = p.w + b * next;
-  for (int64_t kh = 0; kh < p.KH; ++kh) {
-    for (int64_t kw = 0; kw < p.KW; ++kw) {
-      const uint8_t* xt = x0 + (kh * p.DH * p.Wp + kw * p.DW) * p.C;
-      for (int64_t s = 0; s < steps; ++s, w += 64, xt += 4) {
-        __m512i wv[NB];
+  for (int64_t q = 0; q < n; ++q, w += 64) {
+    const uint8_t* xt = x0 + p.k_off[q];
+    __m512i wv[NB];
 #pragma GCC unroll 2
-        for (int j = 0; j < NB; ++j) wv[j] = _mm512_loadu_si512(w + j * next);
+    for (int j = 0; j < NB; ++j) wv[j] = _mm512_loadu_si512(w + j * next);
 #pragma GCC unroll 8
-        for (int i = 0; i < R; ++i) {
-          const __m512i xv = bcast_u8x4(xt + i * pix);
+    for (int i = 0; i < R; ++i) {
+      const __m512i xv = bcast_u8x4(xt + i * pix);
 #pragma GCC unroll 2
-          for (int j = 0; j < NB; ++j) acc[j][i] = _mm512_dpbusd_epi32(acc[j][i], xv, wv[j]);
-        }
-      }
+      for (int j = 0; j < NB; ++j) acc[j][i] = dpbusd(acc[j][i], xv, wv[j]);
     }
   }
 #pragma GCC unroll 2
@@ -148,7 +142,7 @@ void gconv_tile_w3(const GroupConvParams& p, const ColBlock16* cb, __m512i idx, 
       for (int kw = 0; kw < 3; ++kw) {
         const __m512i wv = _mm512_loadu_si512(wr + kw * steps * 64);
 #pragma GCC unroll 8
-        for (int i = 0; i < R; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], v[i + kw], wv);
+        for (int i = 0; i < R; ++i) acc[i] = dpbusd(acc[i], v[i + kw], wv);
       }
     }
   }

@@ -166,6 +166,9 @@ struct GroupConvParams {
   const int32_t* lane_idx = nullptr;   // [blocks][L]: each lane's dword in its block's window
   const int32_t* block_off = nullptr;  // [blocks], in bytes (channels)
   bool one_group_blocks = false;  // each block's lanes share one group: lane_idx is all 0
+  // [KH * KW * cin_g / 4]: k step q = (kh, kw, s)'s bytes from the pixel's first tap in its block's window,
+  // (kh * DH * Wp + kw * DW) * C + 4 s (the tiles' one loop over k steps)
+  const int64_t* k_off = nullptr;
 };
 
 // Kernels compute the block rows [m0, m1) x columns [n0, n1) of Y; n0 is a multiple of 16.

@@ -327,19 +327,14 @@ template <class Dot, bool S8X, int R>
 void ymm_gconv_tile(const GroupConvParams& p, const Cols8* c, __m256i idx, int64_t b, int64_t r, int64_t ow) {
   __m256i acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_si256();
-  const int64_t steps = p.cin_g / 4, pix = p.SW * p.C;
+  const int64_t pix = p.SW * p.C, n = p.KH * p.KW * (p.cin_g / 4);  // k steps
   const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
-  const int8_t* w = p.w + b * p.KH * p.KW * steps * 32;
-  for (int64_t kh = 0; kh < p.KH; ++kh) {
-    for (int64_t kw = 0; kw < p.KW; ++kw) {
-      const uint8_t* xt = x0 + (kh * p.DH * p.Wp + kw * p.DW) * p.C;
-      for (int64_t s = 0; s < steps; ++s, w += 32, xt += 4) {
-        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  const int8_t* w = p.w + b * n * 32;
+  for (int64_t q = 0; q < n; ++q, w += 32) {
+    const uint8_t* xt = x0 + p.k_off[q];
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
 #pragma GCC unroll 8
-        for (int i = 0; i < R; ++i)
-          acc[i] = Dot::step(acc[i], Dot::template row<S8X>(ymm_permuted(xt + i * pix, idx)), wv);
-      }
-    }
+    for (int i = 0; i < R; ++i) acc[i] = Dot::step(acc[i], Dot::template row<S8X>(ymm_permuted(xt + i * pix, idx)), wv);
   }
   for (int i = 0; i < R; ++i) epilogue8(p.gemm, c[0], r * p.OW + ow + i, acc[i]);
 }
@@ -353,23 +348,19 @@ void ymm_gconv_tile_bcast(const GroupConvParams& p, const Cols8* c, __m256i, int
   for (int j = 0; j < NB; ++j)
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) acc[j][i] = _mm256_setzero_si256();
-  const int64_t steps = p.cin_g / 4, pix = p.SW * p.C, next = p.KH * p.KW * steps * 32;  // bytes a block
+  const int64_t pix = p.SW * p.C, n = p.KH * p.KW * (p.cin_g / 4), next = n * 32;  // bytes a block
   const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
   const int8_t* w = p.w + b * next;
-  for (int64_t kh = 0; kh < p.KH; ++kh) {
-    for (int64_t kw = 0; kw < p.KW; ++kw) {
-      const uint8_t* xt = x0 + (kh * p.DH * p.Wp + kw * p.DW) * p.C;
-      for (int64_t s = 0; s < steps; ++s, w += 32, xt += 4) {
-        __m256i wv[NB];
+  for (int64_t q = 0; q < n; ++q, w += 32) {
+    const uint8_t* xt = x0 + p.k_off[q];
+    __m256i wv[NB];
 #pragma GCC unroll 2
-        for (int j = 0; j < NB; ++j) wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * next));
+    for (int j = 0; j < NB; ++j) wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * next));
 #pragma GCC unroll 8
-        for (int i = 0; i < R; ++i) {
-          const typename Dot::Row row = Dot::template row<S8X>(bcast_u8x4(xt + i * pix));
+    for (int i = 0; i < R; ++i) {
+      const typename Dot::Row row = Dot::template row<S8X>(bcast_u8x4(xt + i * pix));
 #pragma GCC unroll 2
-          for (int j = 0; j < NB; ++j) acc[j][i] = Dot::step(acc[j][i], row, wv[j]);
-        }
-      }
+      for (int j = 0; j < NB; ++j) acc[j][i] = Dot::step(acc[j][i], row, wv[j]);
     }
   }
 #pragma GCC unroll 2
