@@ -505,13 +505,20 @@ struct DwBuffers {  // vectors of 16 int32 (unaligned loads: std::vector promise
 };
 
 // Interleaves 4 rows of 64 bytes: r[i] lane l, dword k = bytes (a, b, c, d) of channel 16 l + 4 i + k.
+// In two steps (dw_build_quads reuses a pair): the bytes of two rows interleaved, then two such pairs' 16-bit
+// elements.
+struct Pair512 {
+  __m512i lo, hi;
+};
+inline Pair512 interleave_pair(__m512i a, __m512i b) { return {_mm512_unpacklo_epi8(a, b), _mm512_unpackhi_epi8(a, b)}; }
+inline void interleave_pairs(const Pair512& ab, const Pair512& cd, __m512i* r) {
+  r[0] = _mm512_unpacklo_epi16(ab.lo, cd.lo);
+  r[1] = _mm512_unpackhi_epi16(ab.lo, cd.lo);
+  r[2] = _mm512_unpacklo_epi16(ab.hi, cd.hi);
+  r[3] = _mm512_unpackhi_epi16(ab.hi, cd.hi);
+}
 inline void interleave4(__m512i a, __m512i b, __m512i c, __m512i d, __m512i* r) {
-  const __m512i ab_lo = _mm512_unpacklo_epi8(a, b), ab_hi = _mm512_unpackhi_epi8(a, b);
-  const __m512i cd_lo = _mm512_unpacklo_epi8(c, d), cd_hi = _mm512_unpackhi_epi8(c, d);
-  r[0] = _mm512_unpacklo_epi16(ab_lo, cd_lo);
-  r[1] = _mm512_unpackhi_epi16(ab_lo, cd_lo);
-  r[2] = _mm512_unpacklo_epi16(ab_hi, cd_hi);
-  r[3] = _mm512_unpackhi_epi16(ab_hi, cd_hi);
+  interleave_pairs(interleave_pair(a, b), interleave_pair(c, d), r);
 }
 
 // The 4 x 4 transpose of 128-bit lanes: v[l] = channels 16 l .. 16 l + 15.
@@ -642,20 +649,20 @@ __attribute__((noinline)) void dwconv_row_quads(const DwConvParams& p, int64_t p
   const __m512i k80 = _mm512_set1_epi8(static_cast<char>(0x80));
   const int8_t* const x = p.x;
   auto build = [&](int32_t* q, int64_t n, int64_t ih) {
-    const int8_t* row = x + (n * p.H + ih) * p.W * p.C;
+    const int8_t* const row = x + (n * p.H + ih) * p.W * p.C;
+    const int64_t W = p.W, C = p.C, count = nq;
     for (int64_t cb = 0; cb < cblocks; ++cb) {
-      const int64_t c0 = 64 * cb;
-      const __mmask64 m = byte_mask(p.C - c0);
-      auto px = [&](int64_t iw) {  // outside the row: s8 0
-        return _mm512_xor_si512(iw >= 0 && iw < p.W ? _mm512_maskz_loadu_epi8(m, row + iw * p.C + c0) : _mm512_setzero_si512(), k80);
+      const int8_t* const rc = row + 64 * cb;
+      const __mmask64 m = byte_mask(C - 64 * cb);
+      int32_t* const d = q + cb * nq * 64;
+      auto px = [rc, m, W, C, k80](int64_t iw) {  // outside the row: s8 0
+        return iw >= 0 && iw < W ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, rc + iw * C), k80) : k80;
       };
-      for (int64_t j = 0; j < nq; ++j) {
-        const int64_t iw = j * step * p.SW - p.PW;
+      dw_build_quads(count, step * p.SW, -p.PW, px, interleave_pair, [d](int64_t j, const Pair512& a, const Pair512& b) {
         __m512i r[4];
-        interleave4(px(iw), px(iw + 1), px(iw + 2), px(iw + 3), r);
-        int32_t* d = q + (cb * nq + j) * 64;
-        for (int i = 0; i < 4; ++i) _mm512_storeu_si512(d + 16 * i, r[i]);
-      }
+        interleave_pairs(a, b, r);
+        for (int i = 0; i < 4; ++i) _mm512_storeu_si512(d + j * 64 + 16 * i, r[i]);
+      });
     }
   };
   dw_run_rule<INT8_OUT && !WIDE>(p, [&](auto rule_tag) {

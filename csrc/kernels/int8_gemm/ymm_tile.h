@@ -532,13 +532,21 @@ void ymm_dwconv(const DwConvParams& p, int64_t p0, int64_t p1) {
 // 3 alternated processes): avx_vnni int8 in/out 0.91-0.95 -> 0.36-0.37 ms,
 // fp32 out 0.72-0.76 -> 0.35-0.36 ms; avx2 int8 in/out 0.92-0.99 -> 0.43-0.46 ms, fp32 out 0.70-0.75 ->
 // 0.42-0.48 ms.
+// In two steps, as avx512_vnni.cc's interleave_pair / interleave_pairs (dw_build_quads reuses a pair).
+struct PairYmm {
+  __m256i lo, hi;
+};
+inline PairYmm interleave_pair_ymm(__m256i a, __m256i b) {
+  return {_mm256_unpacklo_epi8(a, b), _mm256_unpackhi_epi8(a, b)};
+}
+inline void interleave_pairs_ymm(const PairYmm& ab, const PairYmm& cd, __m256i* r) {
+  r[0] = _mm256_unpacklo_epi16(ab.lo, cd.lo);
+  r[1] = _mm256_unpackhi_epi16(ab.lo, cd.lo);
+  r[2] = _mm256_unpacklo_epi16(ab.hi, cd.hi);
+  r[3] = _mm256_unpackhi_epi16(ab.hi, cd.hi);
+}
 inline void interleave4_ymm(__m256i a, __m256i b, __m256i c, __m256i d, __m256i* r) {
-  const __m256i ab_lo = _mm256_unpacklo_epi8(a, b), ab_hi = _mm256_unpackhi_epi8(a, b);
-  const __m256i cd_lo = _mm256_unpacklo_epi8(c, d), cd_hi = _mm256_unpackhi_epi8(c, d);
-  r[0] = _mm256_unpacklo_epi16(ab_lo, cd_lo);
-  r[1] = _mm256_unpackhi_epi16(ab_lo, cd_lo);
-  r[2] = _mm256_unpacklo_epi16(ab_hi, cd_hi);
-  r[3] = _mm256_unpackhi_epi16(ab_hi, cd_hi);
+  interleave_pairs_ymm(interleave_pair_ymm(a, b), interleave_pair_ymm(c, d), r);
 }
 
 inline bool ymm_dw_quads(const DwConvParams& p) {
@@ -611,20 +619,20 @@ __attribute__((noinline)) void ymm_dwconv_row_quads(const DwConvParams& p, int64
   int32_t pad[32];  // the quad of 4 padding pixels (s8 0, as u8: 0x80 bytes)
   for (int i = 0; i < 32; ++i) pad[i] = QuadStep::kShiftU8 ? static_cast<int32_t>(0x80808080u) : 0;
   auto build = [&](int32_t* q, int64_t n, int64_t ih) {
-    const int8_t* row = x + (n * p.H + ih) * p.W * p.C;
+    const int8_t* const row = x + (n * p.H + ih) * p.W * p.C;
+    const int64_t W = p.W, C = p.C, count = nq;
     for (int64_t cb = 0; cb < cblocks; ++cb) {
-      auto px = [&](int64_t iw) {  // outside the row: s8 0
-        return iw >= 0 && iw < p.W
-                   ? _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + iw * p.C + 32 * cb)), shift)
-                   : shift;
+      const int8_t* const rc = row + 32 * cb;
+      int32_t* const d = q + cb * nq * 32;
+      auto px = [rc, W, C, shift](int64_t iw) {  // outside the row: s8 0
+        return iw >= 0 && iw < W ? _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rc + iw * C)), shift)
+                                 : shift;
       };
-      for (int64_t j = 0; j < nq; ++j) {
-        const int64_t iw = j * step * p.SW - p.PW;
+      dw_build_quads(count, step * p.SW, -p.PW, px, interleave_pair_ymm, [d](int64_t j, const PairYmm& a, const PairYmm& b) {
         __m256i r[4];
-        interleave4_ymm(px(iw), px(iw + 1), px(iw + 2), px(iw + 3), r);
-        int32_t* d = q + (cb * nq + j) * 32;
-        for (int i = 0; i < 4; ++i) _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 8 * i), r[i]);
-      }
+        interleave_pairs_ymm(a, b, r);
+        for (int i = 0; i < 4; ++i) _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + j * 32 + 8 * i), r[i]);
+      });
     }
   };
   // p's fields as locals: an int8 store may alias p as far as the compiler knows, so a field read through p
