@@ -1,13 +1,17 @@
-"""Whole-network benchmark: ResNet-50, MobileNetV2, MobileNetV3-Large or EfficientNet-B0 (ImageNet shape, 224x224
+"""Whole-network benchmark: ResNet-50, ResNeXt-50 32x4d, MobileNetV2, MobileNetV3-Large or EfficientNet-B0 (ImageNet
+shape, 224x224
 RGB) in fp32 against torch.ao's FX static int8 quantization (engine 'x86', oneDNN) and fastinfer (fuse +
 w8a8_static), all eager, timed in the same run.
 
-    PYTHONPATH=. python benchmarks/bench_resnet.py [--model resnet50|mobilenet_v2|mobilenet_v3_large|efficientnet_b0]
+    PYTHONPATH=. python benchmarks/bench_resnet.py [--model resnet50|resnext50_32x4d|mobilenet_v2|mobilenet_v3_large|
+                                                    efficientnet_b0]
                                                    [--threads 2] [--batches 1,8] [--repeats 5] [--json out.json]
 
 The networks are defined here with torchvision's structure and module names, with random weights: no pretrained
 checkpoint is bundled.
   resnet50       bottleneck blocks 3-4-6-3, stride in the 3x3 conv; each block ends relu(out + identity)
+  resnext50_32x4d  the same blocks with a grouped 3x3 conv: 32 groups of 4, 8, 16 and 32 channels in the four
+                 stages (widths 128 ... 1024)
   mobilenet_v2   inverted residual blocks (1x1 expansion, 3x3 depthwise, ReLU6, 1x1 projection), width 1.0;
                  a block's residual add is x + self.conv(x), the projection's output, with no activation
   mobilenet_v3_large  the same blocks with ReLU or Hardswish, 3x3 and 5x5 depthwise, squeeze-excitation
@@ -51,12 +55,12 @@ from common import machine_info, time_call, write_json
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, cin: int, width: int, stride: int):
+    def __init__(self, cin: int, planes: int, stride: int, groups: int = 1, base_width: int = 64):
         super().__init__()
-        cout = width * self.expansion
+        cout, width = planes * self.expansion, planes * base_width // 64 * groups  # torchvision's widths
         self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
@@ -74,18 +78,18 @@ class Bottleneck(nn.Module):
 
 
 class ResNet50(nn.Module):
-    def __init__(self, num_classes: int = 1000):
+    def __init__(self, num_classes: int = 1000, groups: int = 1, base_width: int = 64):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         cin, stages = 64, []
-        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for planes, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
             layers = []
             for i in range(blocks):
-                layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
-                cin = width * Bottleneck.expansion
+                layers.append(Bottleneck(cin, planes, stride if i == 0 else 1, groups, base_width))
+                cin = planes * Bottleneck.expansion
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -95,6 +99,13 @@ class ResNet50(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class ResNeXt50(ResNet50):
+    """ResNeXt-50 32x4d: ResNet-50 with 32 groups of base width 4 in every 3x3 conv."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__(num_classes, groups=32, base_width=4)
 
 
 def conv_bn_relu6(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -233,7 +244,7 @@ class EfficientNetB0(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-MODELS = {"resnet50": ResNet50, "mobilenet_v2": MobileNetV2, "mobilenet_v3_large": MobileNetV3Large,
+MODELS = {"resnet50": ResNet50, "resnext50_32x4d": ResNeXt50, "mobilenet_v2": MobileNetV2, "mobilenet_v3_large": MobileNetV3Large,
           "efficientnet_b0": EfficientNetB0}
 
 
