@@ -504,9 +504,8 @@ struct DwBuffers {  // vectors of 16 int32 (unaligned loads: std::vector promise
   std::vector<int32_t> pad;         // row quads: the quad of 4 padding pixels (s8 0 as u8: 0x80 bytes)
 };
 
-// Interleaves 4 rows of 64 bytes: r[i] lane l, dword k = bytes (a, b, c, d) of channel 16 l + 4 i + k.
-// In two steps (dw_build_quads reuses a pair): the bytes of two rows interleaved, then two such pairs' 16-bit
-// elements.
+// interleave4 in two steps (dw_build_quads reuses a pair): the bytes of two rows interleaved (a pair), then
+// two pairs' 16-bit elements.
 struct Pair512 {
   __m512i lo, hi;
 };
@@ -517,6 +516,7 @@ inline void interleave_pairs(const Pair512& ab, const Pair512& cd, __m512i* r) {
   r[2] = _mm512_unpacklo_epi16(ab.hi, cd.hi);
   r[3] = _mm512_unpackhi_epi16(ab.hi, cd.hi);
 }
+// Interleaves 4 rows of 64 bytes: r[i] lane l, dword k = bytes (a, b, c, d) of channel 16 l + 4 i + k.
 inline void interleave4(__m512i a, __m512i b, __m512i c, __m512i d, __m512i* r) {
   interleave_pairs(interleave_pair(a, b), interleave_pair(c, d), r);
 }

@@ -532,7 +532,8 @@ void ymm_dwconv(const DwConvParams& p, int64_t p0, int64_t p1) {
 // 3 alternated processes): avx_vnni int8 in/out 0.91-0.95 -> 0.36-0.37 ms,
 // fp32 out 0.72-0.76 -> 0.35-0.36 ms; avx2 int8 in/out 0.92-0.99 -> 0.43-0.46 ms, fp32 out 0.70-0.75 ->
 // 0.42-0.48 ms.
-// In two steps, as avx512_vnni.cc's interleave_pair / interleave_pairs (dw_build_quads reuses a pair).
+// The quads' bytewise interleave of 4 pixel rows (interleave4_ymm), in two steps as avx512_vnni.cc's
+// interleave_pair / interleave_pairs: dw_build_quads reuses a pair.
 struct PairYmm {
   __m256i lo, hi;
 };
