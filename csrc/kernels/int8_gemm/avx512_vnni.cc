@@ -212,10 +212,14 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
     // The folded int8 epilogue (EPILOGUE.md, "Convolutions"; as AMX's epilogue_folded): finite scales,
     // so y is never NaN and the int8 rule is folded_int8_act, min(y, hi), convert, saturating packs, max
     // -127. A row's 64 columns go out through three packs and one permute instead of four masked narrowing
-    // stores.
+    // stores. p's fields as locals: an int8 store may alias p, whose fields would be loaded again after it.
     const __m512 out_inv = _mm512_set1_ps(p.out_inv_scale), hi = _mm512_set1_ps(folded_int8_hi(p.act, p.out_inv_scale));
     const __mmask64 m = byte_mask(std::min<int64_t>(p.N - n, 16 * nb));
-    const int8_t floor = relu_on_bytes(p.act) ? 0 : -127;  // ReLU and ReLU6 take their max on the bytes
+    const Act act = p.act;
+    const int8_t floor = relu_on_bytes(act) ? 0 : -127;  // ReLU and ReLU6 take their max on the bytes
+    const bool bias = p.bias != nullptr;
+    int8_t* const out = static_cast<int8_t*>(p.out) + out_row * p.ldo + n;
+    const int64_t ldo = p.ldo;
 #pragma GCC unroll 8
     for (int i = 0; i < mr; ++i) {
       __m512i q[4];
@@ -226,10 +230,10 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
           continue;
         }
         __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][j], c[j].comp)), c[j].b_scale);
-        if (p.bias) y = _mm512_add_ps(y, c[j].bias);
-        q[j] = _mm512_cvtps_epi32(_mm512_min_ps(folded_int8_act_before_bytes(y, p.act, out_inv), hi));
+        if (bias) y = _mm512_add_ps(y, c[j].bias);
+        q[j] = _mm512_cvtps_epi32(_mm512_min_ps(folded_int8_act_before_bytes(y, act, out_inv), hi));
       }
-      _mm512_mask_storeu_epi8(static_cast<int8_t*>(p.out) + (out_row + i) * p.ldo + n, m, pack_int8x64(q, floor));
+      _mm512_mask_storeu_epi8(out + i * ldo, m, pack_int8x64(q, floor));
     }
     return;
   }
