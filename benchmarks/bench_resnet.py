@@ -1,7 +1,6 @@
-"""Whole-network benchmark: ResNet-50, ResNeXt-50 32x4d, MobileNetV2, MobileNetV3-Large or EfficientNet-B0 (ImageNet
-shape, 224x224
-RGB) in fp32 against torch.ao's FX static int8 quantization (engine 'x86', oneDNN) and fastinfer (fuse +
-w8a8_static), all eager, timed in the same run.
+"""Whole-network benchmark: ResNet-50, ResNeXt-50 32x4d, MobileNetV2, MobileNetV3-Large or EfficientNet-B0
+(ImageNet shape, 224x224 RGB) in fp32 against torch.ao's FX static int8 quantization (engine 'x86', oneDNN) and
+fastinfer (fuse + w8a8_static), all eager, timed in the same run.
 
     PYTHONPATH=. python benchmarks/bench_resnet.py [--model resnet50|resnext50_32x4d|mobilenet_v2|mobilenet_v3_large|
                                                     efficientnet_b0]
