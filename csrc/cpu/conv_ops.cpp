@@ -563,11 +563,6 @@ void conv_grouped(const kernels::KernelSet& ks, const ConvArgs& a, const at::Ten
   gp.lane_idx = plan.idx.data_ptr<int32_t>();
   gp.block_off = plan.off.data_ptr<int32_t>();
   gp.one_group_blocks = plan.one_group_blocks;
-  std::vector<int64_t> k_off;
-  for (int64_t kh = 0; kh < a.KH; ++kh)
-    for (int64_t kw = 0; kw < a.KW; ++kw)
-      for (int64_t s = 0; s < gp.cin_g / 4; ++s) k_off.push_back((kh * a.DH * gp.Wp + kw * a.DW) * a.C + 4 * s);
-  gp.k_off = k_off.data();
   const PaddedRows rows(x_rows, a, a_scale, a.PH, a.PW, /*shift=*/!ks.gconv_signed_x);
   const int64_t threads = at::get_num_threads(), slab_row = gp.Wp * a.C, reach = a.DH * (a.KH - 1) + 1;
   constexpr int64_t kSlabTarget = 256 << 10, kSlack = 64;

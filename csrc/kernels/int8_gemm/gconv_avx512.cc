@@ -10,6 +10,7 @@
 #include <array>
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include <immintrin.h>
 
@@ -66,13 +67,15 @@ inline void gconv_finish(const Int8GemmParams& p, const ColBlock16& cb, int64_t 
 }
 
 // Every tile computes pixels [ow, ow + R) of output row r for the blocks from b (cb: their epilogue
-// vectors; idx: block b's lane permutation, unused by broadcasts) and finishes them with gconv_finish.
+// vectors; idx: block b's lane permutation, unused by broadcasts; k_off: gconv_k_offsets, unused by the
+// 3-wide way) and finishes them with gconv_finish.
 using GconvTileFn = void (*)(const GroupConvParams&, const ColBlock16* cb, __m512i idx, int64_t b, int64_t r,
-                             int64_t ow);
+                             int64_t ow, const int64_t* k_off);
 
 // Any geometry, lanes in several groups: one load and permute per product vector.
 template <int R, int F>
-void gconv_tile(const GroupConvParams& p, const ColBlock16* cb, __m512i idx, int64_t b, int64_t r, int64_t ow) {
+void gconv_tile(const GroupConvParams& p, const ColBlock16* cb, __m512i idx, int64_t b, int64_t r, int64_t ow,
+                const int64_t* k_off) {
   __m512i acc[R];
   const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), cb[0].comp);
   for (int i = 0; i < R; ++i) acc[i] = init;
@@ -80,7 +83,7 @@ void gconv_tile(const GroupConvParams& p, const ColBlock16* cb, __m512i idx, int
   const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
   const int8_t* w = p.w + b * n * 64;
   for (int64_t q = 0; q < n; ++q, w += 64) {
-    const uint8_t* xt = x0 + p.k_off[q];
+    const uint8_t* xt = x0 + k_off[q];
     const __m512i wv = _mm512_loadu_si512(w);
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i)
@@ -93,7 +96,8 @@ void gconv_tile(const GroupConvParams& p, const ColBlock16* cb, __m512i idx, int
 // pixel and step, shared by the NB blocks' products (two blocks: 32 or 48 output channels a group, one
 // broadcast per two vpdpbusd instead of one).
 template <int NB, int R, int F>
-void gconv_tile_bcast(const GroupConvParams& p, const ColBlock16* cb, __m512i, int64_t b, int64_t r, int64_t ow) {
+void gconv_tile_bcast(const GroupConvParams& p, const ColBlock16* cb, __m512i, int64_t b, int64_t r, int64_t ow,
+                const int64_t* k_off) {
   __m512i acc[NB][R];
 #pragma GCC unroll 2
   for (int j = 0; j < NB; ++j) {
@@ -105,7 +109,7 @@ void gconv_tile_bcast(const GroupConvParams& p, const ColBlock16* cb, __m512i, i
   const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
   const int8_t* w = p.w + b * next;
   for (int64_t q = 0; q < n; ++q, w += 64) {
-    const uint8_t* xt = x0 + p.k_off[q];
+    const uint8_t* xt = x0 + k_off[q];
     __m512i wv[NB];
 #pragma GCC unroll 2
     for (int j = 0; j < NB; ++j) wv[j] = _mm512_loadu_si512(w + j * next);
@@ -124,7 +128,8 @@ void gconv_tile_bcast(const GroupConvParams& p, const ColBlock16* cb, __m512i, i
 // pixels: each of the R + 2 pixels is loaded and permuted once for all three (R + 2 permutes for 3 R
 // products instead of 3 R).
 template <int R, int F>
-void gconv_tile_w3(const GroupConvParams& p, const ColBlock16* cb, __m512i idx, int64_t b, int64_t r, int64_t ow) {
+void gconv_tile_w3(const GroupConvParams& p, const ColBlock16* cb, __m512i idx, int64_t b, int64_t r, int64_t ow,
+                const int64_t*) {
   __m512i acc[R];
   const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), cb[0].comp);
   for (int i = 0; i < R; ++i) acc[i] = init;
@@ -185,6 +190,7 @@ void gconv_rows(const GroupConvParams& p, int64_t r0, int64_t r1) {
   static constexpr std::array<GconvTiles, kEpilogueVariants> kPairs = gconv_tables<3>();
   const Int8GemmParams& e = p.gemm;
   const int v = epilogue_variant(e);
+  const std::vector<int64_t> k_off = gconv_k_offsets(p);
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t b = 0, nb; b < p.blocks; b += nb) {
       nb = WAY == 1 && b + 1 < p.blocks && p.block_off[b + 1] == p.block_off[b] ? 2 : 1;  // the same group
@@ -193,7 +199,7 @@ void gconv_rows(const GroupConvParams& p, int64_t r0, int64_t r1) {
       ColBlock16 cb[2];
       for (int64_t j = 0; j < nb; ++j) cb[j] = col_block16(e, (b + j) * 16);
       const __m512i idx = WAY == 1 ? _mm512_setzero_si512() : _mm512_loadu_si512(p.lane_idx + b * 16);
-      for (int64_t ow = 0; ow < p.OW; ow += kPixels) tiles[std::min<int64_t>(kPixels, p.OW - ow)](p, cb, idx, b, r, ow);
+      for (int64_t ow = 0; ow < p.OW; ow += kPixels) tiles[std::min<int64_t>(kPixels, p.OW - ow)](p, cb, idx, b, r, ow, k_off.data());
     }
   }
 }

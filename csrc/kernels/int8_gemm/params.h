@@ -2,6 +2,7 @@
 // The entry layer (csrc/cpu) fills these from checked tensors; kernels only read them.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "../conv/add.h"
 #include "../conv/gate.h"
@@ -166,10 +167,19 @@ struct GroupConvParams {
   const int32_t* lane_idx = nullptr;   // [blocks][L]: each lane's dword in its block's window
   const int32_t* block_off = nullptr;  // [blocks], in bytes (channels)
   bool one_group_blocks = false;  // each block's lanes share one group: lane_idx is all 0
-  // [KH * KW * cin_g / 4]: k step q = (kh, kw, s)'s bytes from the pixel's first tap in its block's window,
-  // (kh * DH * Wp + kw * DW) * C + 4 s (the tiles' one loop over k steps)
-  const int64_t* k_off = nullptr;
 };
+
+// A narrow-group tile's k steps, (kh, kw, s) in the packed weight's order: step q's 4 input bytes lie
+// (kh * DH * Wp + kw * DW) * C + 4 s bytes from its pixel's first tap in the block's window. Each kernel call
+// builds the table once (as conv_direct_rows builds its tap offsets), so its tiles loop once over k steps.
+inline std::vector<int64_t> gconv_k_offsets(const GroupConvParams& p) {
+  std::vector<int64_t> off;
+  off.reserve(static_cast<size_t>(p.KH * p.KW * (p.cin_g / 4)));
+  for (int64_t kh = 0; kh < p.KH; ++kh)
+    for (int64_t kw = 0; kw < p.KW; ++kw)
+      for (int64_t s = 0; s < p.cin_g / 4; ++s) off.push_back((kh * p.DH * p.Wp + kw * p.DW) * p.C + 4 * s);
+  return off;
+}
 
 // Kernels compute the block rows [m0, m1) x columns [n0, n1) of Y; n0 is a multiple of 16.
 using Int8GemmFn = void (*)(const Int8GemmParams&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);

@@ -315,23 +315,25 @@ void ymm_conv_direct(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
 // step's own encoding (KernelSet::gconv_signed_x): s8 for AVX2 (Dot::row<true>: |a| and its sign, no
 // flip), u8 = s8 + 128 for AVX-VNNI (the epilogue subtracts 128 * colsum). R output pixels share each
 // weight vector; the generic epilogue8 stores them. Tiles: pixels [ow, ow + R) of output row r for the
-// blocks from b (c: their epilogue vectors; idx: block b's lane permutation, unused by broadcasts).
+// blocks from b (c: their epilogue vectors; idx: block b's lane permutation, unused by broadcasts; k_off:
+// gconv_k_offsets, unused by the 3-wide way).
 using YmmGconvTileFn = void (*)(const GroupConvParams&, const Cols8* c, __m256i idx, int64_t b, int64_t r,
-                                int64_t ow);
+                                int64_t ow, const int64_t* k_off);
 
 inline __m256i ymm_permuted(const uint8_t* px, __m256i idx) {
   return _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(px)), idx);
 }
 
 template <class Dot, bool S8X, int R>
-void ymm_gconv_tile(const GroupConvParams& p, const Cols8* c, __m256i idx, int64_t b, int64_t r, int64_t ow) {
+void ymm_gconv_tile(const GroupConvParams& p, const Cols8* c, __m256i idx, int64_t b, int64_t r, int64_t ow,
+                const int64_t* k_off) {
   __m256i acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_si256();
   const int64_t pix = p.SW * p.C, n = p.KH * p.KW * (p.cin_g / 4);  // k steps
   const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
   const int8_t* w = p.w + b * n * 32;
   for (int64_t q = 0; q < n; ++q, w += 32) {
-    const uint8_t* xt = x0 + p.k_off[q];
+    const uint8_t* xt = x0 + k_off[q];
     const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) acc[i] = Dot::step(acc[i], Dot::template row<S8X>(ymm_permuted(xt + i * pix, idx)), wv);
@@ -342,7 +344,8 @@ void ymm_gconv_tile(const GroupConvParams& p, const Cols8* c, __m256i idx, int64
 // NB (1 or 2) neighbouring blocks of one group: each broadcast row (AVX2: with its |a|) feeds the NB blocks'
 // steps.
 template <class Dot, bool S8X, int NB, int R>
-void ymm_gconv_tile_bcast(const GroupConvParams& p, const Cols8* c, __m256i, int64_t b, int64_t r, int64_t ow) {
+void ymm_gconv_tile_bcast(const GroupConvParams& p, const Cols8* c, __m256i, int64_t b, int64_t r, int64_t ow,
+                const int64_t* k_off) {
   __m256i acc[NB][R];
 #pragma GCC unroll 2
   for (int j = 0; j < NB; ++j)
@@ -352,7 +355,7 @@ void ymm_gconv_tile_bcast(const GroupConvParams& p, const Cols8* c, __m256i, int
   const uint8_t* x0 = p.x + (r * p.SH * p.Wp + ow * p.SW) * p.C + p.block_off[b];
   const int8_t* w = p.w + b * next;
   for (int64_t q = 0; q < n; ++q, w += 32) {
-    const uint8_t* xt = x0 + p.k_off[q];
+    const uint8_t* xt = x0 + k_off[q];
     __m256i wv[NB];
 #pragma GCC unroll 2
     for (int j = 0; j < NB; ++j) wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * next));
@@ -371,7 +374,8 @@ void ymm_gconv_tile_bcast(const GroupConvParams& p, const Cols8* c, __m256i, int
 // Stride 1, dilation 1, a 3-wide kernel: the three taps of a kernel row read neighbouring pixels, so each
 // of the R + 2 pixels is loaded and permuted once for all three (as gconv_avx512.cc's gconv_tile_w3).
 template <class Dot, bool S8X, int R>
-void ymm_gconv_tile_w3(const GroupConvParams& p, const Cols8* c, __m256i idx, int64_t b, int64_t r, int64_t ow) {
+void ymm_gconv_tile_w3(const GroupConvParams& p, const Cols8* c, __m256i idx, int64_t b, int64_t r, int64_t ow,
+                const int64_t*) {
   __m256i acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_si256();
   const int64_t steps = p.cin_g / 4;
@@ -413,6 +417,7 @@ void ymm_gconv_rows(const GroupConvParams& p, int64_t r0, int64_t r1) {
   constexpr int kMax = ymm_gconv_pixels(WAY), kPairMax = ymm_gconv_pixels(3);
   static constexpr auto kTiles = ymm_gconv_tiles<Dot, S8X, WAY>(std::make_index_sequence<kMax>{});
   static constexpr auto kPairs = ymm_gconv_tiles<Dot, S8X, 3>(std::make_index_sequence<kPairMax>{});
+  const std::vector<int64_t> k_off = gconv_k_offsets(p);
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t b = 0, nb; b < p.blocks; b += nb) {
       nb = WAY == 1 && b + 1 < p.blocks && p.block_off[b + 1] == p.block_off[b] ? 2 : 1;  // the same group
@@ -423,7 +428,7 @@ void ymm_gconv_rows(const GroupConvParams& p, int64_t r0, int64_t r1) {
       const int step = nb == 2 ? kPairMax : kMax;
       for (int64_t ow = 0; ow < p.OW; ow += step) {
         const int n = static_cast<int>(std::min<int64_t>(step, p.OW - ow));
-        (nb == 2 ? kPairs[n] : kTiles[n])(p, c, idx, b, r, ow);
+        (nb == 2 ? kPairs[n] : kTiles[n])(p, c, idx, b, r, ow, k_off.data());
       }
     }
   }
