@@ -254,6 +254,9 @@ PLANES = [
     (2, 40, 7, 7, 24, 1, 1, 0, 1, 1),      # 1x1
     (2, 3, 37, 37, 8, 3, 2, 1, 1, 1),      # 3 channels, 1369 pixels an image: items of 1024 + 345 side by side
     (1, 20, 33, 33, 16, 3, 1, 1, 1, 1),    # a block and 4 channels, two items
+    (2, 2, 5, 7, 8, 1, 1, 0, 1, 1),        # 2 channels (byte shuffles: 2 vectors a 16-pixel block), 35 pixels
+    (1, 4, 33, 33, 16, 3, 2, 1, 1, 1),     # 4 channels (RGBA), two items, the second of 65 pixels
+    (3, 3, 4, 5, 8, 3, 1, 1, 1, 1),        # 3 channels, 20 pixels: a 16-pixel block and 4 (12 bytes)
 ]
 
 
