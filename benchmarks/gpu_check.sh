@@ -164,8 +164,18 @@ if command -v compute-sanitizer >/dev/null; then
     "tests/test_cuda_conv.py::test_conv_matches_reference[g3-c2-int8out-relu]" >"$OUT/sanitizer.log" 2>&1
   san_rc=$?
   tail -8 "$OUT/sanitizer.log"
+  # Shared-memory races: racecheck on the weight-only kernel's cp.async rings (64-k and 256-k rounds), the
+  # sm_80 GEMM's multistage pipeline and the depthwise strip kernel (a few seconds; memcheck cannot see them).
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$(cap 40 $san_reserve)" compute-sanitizer --tool racecheck \
+    --report-api-errors no --error-exitcode 9 $PY -m pytest -q -x \
+    "tests/test_cuda.py::test_weight_only[1000-70-48-dtype2]" \
+    "tests/test_cuda.py::test_weight_only_round_256[4096-300-64-dtype0]" \
+    "tests/test_cuda.py::test_int8_mm_m_sweep[13-7]" \
+    "tests/test_cuda_conv.py::test_depthwise_kernels_exact[dw4-strip]" >"$OUT/racecheck.log" 2>&1
+  race_rc=$?
+  tail -4 "$OUT/racecheck.log"
 else
-  san_rc=0; echo "compute-sanitizer not found"
+  san_rc=0; race_rc=0; echo "compute-sanitizer not found"
 fi
 save
 
@@ -198,7 +208,7 @@ head -70 "$OUT/ncu/ncu.log"
 
 stamp "summary (rc 124: the step ran out of its share of the budget)"
 {
-  echo "tests rc=$tests_rc  sanitizer rc=$san_rc  bench rc=$bench_rc (sparse $bench_sparse_rc, conv $bench_conv_rc)"
+  echo "tests rc=$tests_rc  sanitizer rc=$san_rc (racecheck $race_rc)  bench rc=$bench_rc (sparse $bench_sparse_rc, conv $bench_conv_rc)"
   grep -E "passed|failed" "$OUT/tests.log" | tail -1
   sed -n '/targets (from this run)/,$p' "$OUT/bench.log"
   sed -n '/targets (issue #5/,$p' "$OUT/bench_sparse.log"

@@ -23,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -269,22 +270,37 @@ decltype(auto) dispatch(const WeightOnlyParams& p, F&& f) {
   return p.x_kind == XKind::BFloat16 ? by_round(std::true_type{}) : by_round(std::false_type{});
 }
 
-// An instantiation's kernel, with its dynamic shared memory allowed (asked once), and the blocks of it a
-// multiprocessor holds at once (registers and shared memory decide; the same on every GPU of one architecture,
-// the only kind a build targets): 0 when the attribute could not be set.
+// An instantiation's kernel, with its dynamic shared memory allowed, and the blocks of it a multiprocessor holds
+// at once (registers and shared memory decide; the same on every GPU of one architecture, the only kind a build
+// targets): 0 when the attribute could not be set. Asked once per device: the attribute belongs to the current
+// device's context, so a second GPU of the process needs its own call (the 256-k rounds' 74-126 KB are past the
+// 48 KB a kernel gets without it), as run_cutlass keeps its own per device.
+template <bool BF16, int MT, int C>
+int allow_shared_memory() {
+  const auto kernel = weight_only_mma_kernel<BF16, MT, C>;
+  int b = 0;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config<MT, C>::kSmem) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kWarps * 32, Config<MT, C>::kSmem) != cudaSuccess)
+    b = 0;
+  cudaGetLastError();  // clear a failure: the launch below reports its own
+  return b;
+}
+
 template <bool BF16, int MT, int C>
 int resident_blocks() {
-  static const int blocks = [] {
-    const auto kernel = weight_only_mma_kernel<BF16, MT, C>;
-    int b = 0;
-    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config<MT, C>::kSmem) !=
-            cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kWarps * 32, Config<MT, C>::kSmem) != cudaSuccess)
-      b = 0;
-    cudaGetLastError();  // clear a failure: the launch below reports its own
-    return b;
-  }();
-  return blocks;
+  constexpr int kDevices = 64;
+  static std::atomic<int> asked[kDevices];  // device d: its blocks + 1, 0 until asked there (racing askers agree)
+  int device = -1;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kDevices) {
+    cudaGetLastError();
+    return allow_shared_memory<BF16, MT, C>();
+  }
+  int v = asked[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    v = allow_shared_memory<BF16, MT, C>() + 1;
+    asked[device].store(v, std::memory_order_relaxed);
+  }
+  return v - 1;
 }
 
 // K split: as many splits as fill the GPU's resident block slots in one wave (the old rule, about 4 blocks a
