@@ -213,15 +213,16 @@ def test_int8_input_and_no_bias(isa, g):
 
 @pytest.mark.parametrize("C", [32, 24])  # K = 32: a K tail step of 8 quads on AMX; 24: 6 quads
 def test_plain_1x1_items_of_several_passes(isa, C):
-    # A plain 1x1 convolution's items span several of the kernel's passes once the image is large (2520 rows:
+    # A plain 1x1 convolution's items span several of the kernel's passes once the batch is large (2520 rows:
     # items of ~315 rows on one thread, ~158 on two, the last pass of an item partial), int8 read in place or
-    # fp32 quantized into a chunk buffer; Cout 40 ends in a single 16-column tile. OW 9 keeps AVX-512 VNNI's
-    # direct convolution (OW >= 10) out, so every tier runs its GEMM on the rows.
+    # fp32 quantized into a chunk buffer; Cout 40 ends in a single 16-column tile. Images of 9 pixels keep the
+    # VNNI tiers' direct convolution (rows of >= 10 pixels, an image's pixels as one row) out, so every tier runs
+    # its GEMM on the rows.
     w = torch.randint(-127, 128, (40, C, 1, 1), dtype=torch.int8)
     ws, b = torch.rand(40) * 0.01 + 1e-3, torch.randn(40)
     packed = ops.pack_conv_weight(w, 1)
-    x = torch.randn(4, C, 70, 9) * 2
-    xq = torch.randint(-128, 128, (4, C, 70, 9), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(280, C, 9, 1) * 2
+    xq = torch.randint(-128, 128, (280, C, 9, 1), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
     before = torch.get_num_threads()
     try:
         for threads in (1, 2):
@@ -432,6 +433,47 @@ def test_vnni_direct_conv_threads(vnni):
             torch.testing.assert_close(y, want, rtol=0, atol=0)
     finally:
         torch.set_num_threads(before)
+
+
+# (N, C, H, W, Cout): plain 1x1 convolutions of images narrower than a VNNI row (OW < 10) with >= 10 pixels.
+ONE_ROW = [(3, 64, 7, 7, 40),     # 49 pixels an image (9 tiles of 5-6), Cout 40 ends in a 16-column block
+           (1, 96, 7, 7, 160),    # batch 1: one item an image, the columns split into panels
+           (2, 32, 5, 2, 13),     # 10 pixels, Cout 13
+           (2, 6, 4, 4, 24)]      # 6 channels: row segments of the one-row image
+
+
+@pytest.mark.parametrize("g", ONE_ROW, ids=[f"{g[2]}x{g[3]}-C{g[1]}-Co{g[4]}" for g in ONE_ROW])
+def test_vnni_plain_1x1_small_images_as_one_row(vnni, g):
+    # On AVX-512 VNNI a plain 1x1 convolution of small images runs the direct tiles over each image's pixels as
+    # one row ("one_row_images"): the reference's bits for an int8 input read in place and an fp32 input
+    # quantized per item, int8 and fp32 out, 1 and 2 threads; 9-pixel images (too few for a row of tiles) keep
+    # the GEMM, and so do the 256-bit tiers.
+    N, C, H, W, Co = g
+    w = torch.randint(-127, 128, (Co, C, 1, 1), dtype=torch.int8)
+    ws, b = torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co)
+    packed = ops.pack_conv_weight(w, 1)
+    xq = torch.randint(-128, 128, (N, C, H, W), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(N, C, H, W) * 2
+    geo = ((1, 1), (1, 1), (0, 0), (1, 1), 1)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for inp, x_scale, out_scale, act in ((xq, 0.05, 0.1, "relu"), (xq, 0.05, None, "none"),
+                                                 (x, 0.03, 0.05, "relu6"), (x, None, None, "relu")):
+                y = ops.int8_conv2d(inp, packed, ws, b, *geo, x_scale, out_scale, act)
+                one_row = vnni == "avx512_vnni"
+                assert ops.last_kernel("conv_direct") == (vnni if one_row else "")
+                assert ops.last_kernel("conv_direct_mode") == ("one_row_images" if one_row else "")
+                assert_served("int8_gemm", vnni)
+                torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, *geo[1:], x_scale, out_scale, act),
+                                           rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(before)
+    small = torch.randn(4, C, 3, 3)
+    y = ops.int8_conv2d(small, packed, ws, b, *geo, 0.03, None, "none")
+    assert ops.last_kernel("conv_direct") == "" and ops.last_kernel("int8_gemm") == vnni
+    torch.testing.assert_close(y, ref.int8_conv2d(small, w, ws, b, *geo[1:], 0.03, None, "none"), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("g,groups", [((2, 64, 7, 7, 64, 3, 1, 1, 1), 1),    # OW 7: gathered rows are faster
