@@ -367,7 +367,8 @@ def last_kernel(family: str) -> str:
     "padded_width" (stride 1: tiles over the padded width), "rows" (tiles or register tiles within an output row),
     "stride_planes" (AMX, stride s > 1 with 12 <= OW < 16: the input split into s * s planes by row and column
     phase, each tap a stride-1 window of one), "row_segments" (fewer than 16 channels: a kernel row's taps as
-    one K segment); "" when no direct kernel served."""
+    one K segment), "one_row_images" (AVX-512 VNNI, a plain 1x1 convolution with OW < 10: each image's pixels as
+    one output row of register tiles); "" when no direct kernel served."""
     return _ops.last_kernel(family)
 
 
