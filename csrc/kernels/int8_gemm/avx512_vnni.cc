@@ -85,7 +85,7 @@ void int8_tile(const Int8GemmParams& p, int64_t m, int64_t n) {
   // Epilogue: undo the +128 shift, then dequantize/bias/convert while storing.
 #pragma GCC unroll 4
   for (int j = 0; j < nb; ++j) {
-    const ColBlock16 c = col_block16(p, n + 16 * j);
+    const ColBlock16 c = col_block16_inlined(p, n + 16 * j);
 #pragma GCC unroll 8
     for (int i = 0; i < mr; ++i) epilogue16(p, c, m + i, acc[i][j]);
   }
@@ -207,7 +207,7 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
   }
   ColBlock16 c[nb];
 #pragma GCC unroll 4
-  for (int j = 0; j < nb; ++j) c[j] = col_block16(p, n + 16 * j);
+  for (int j = 0; j < nb; ++j) c[j] = col_block16_inlined(p, n + 16 * j);
   if (p.folded && p.out_kind == OutKind::Int8) {
     // The folded int8 epilogue (EPILOGUE.md, "Convolutions"; as AMX's epilogue_folded): finite scales,
     // so y is never NaN and the int8 rule is folded_int8_act, min(y, hi), convert, saturating packs, max
