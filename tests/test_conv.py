@@ -436,7 +436,7 @@ def test_vnni_direct_conv_threads(vnni):
 
 
 # (N, C, H, W, Cout): plain 1x1 convolutions of images narrower than a VNNI row (OW < 10) with >= 10 pixels.
-ONE_ROW = [(3, 64, 7, 7, 40),     # 49 pixels an image (9 tiles of 5-6), Cout 40 ends in a 16-column block
+ONE_ROW = [(3, 64, 7, 7, 40),     # 49 pixels an image (9 tiles of 5-6), Cout 40 ends in half a column block
            (1, 96, 7, 7, 160),    # batch 1: one item an image, the columns split into panels
            (2, 32, 5, 2, 13),     # 10 pixels, Cout 13
            (2, 6, 4, 4, 24)]      # 6 channels: row segments of the one-row image

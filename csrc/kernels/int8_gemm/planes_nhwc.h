@@ -2,9 +2,9 @@
 // avx512_vnni.cc, avx2.cc): blocks of 16 channels x 16 pixels, each channel's 16 values quantized to one
 // 16-byte row by the kernel's own `row`, the 16 x 16 byte block transposed in registers, each pixel's 16
 // channels handed to the kernel's `store`.
-// Baseline x86-64 (SSE2) intrinsics and SSSE3's byte shuffle only. Include it after the ISA's `#pragma GCC target` (as dw_row_quads.h),
-// so that the template, instantiated with the kernel's lambdas, inlines them. The including file includes
-// <immintrin.h>, <algorithm> and params.h before the pragma.
+// Baseline x86-64 (SSE2) intrinsics and SSSE3's byte shuffle only. Include it after the ISA's `#pragma GCC
+// target` (as dw_row_quads.h), so that the template, instantiated with the kernel's lambdas, inlines them. The
+// including file includes <immintrin.h>, <algorithm> and params.h before the pragma.
 #pragma once
 
 namespace fastinfer {
@@ -38,9 +38,9 @@ inline void transpose16x16_bytes(__m128i r[16]) {
 // 16 * C bytes by byte shuffles, output vector o, byte b taking pixel (16 o + b) / C of channel (16 o + b) % C,
 // instead of a 16 x 16 transpose for C useful rows and one store a pixel. kFewChannelPick[C - 1][o][ch] is the
 // shuffle that picks channel ch's bytes of output vector o (0x80 elsewhere: zero, OR-ed away). In-process A/B
-// against the transpose (AMD Zen 4, 2 threads, 2026-12-06), whole convolutions on an NCHW fp32 input: MobileNetV2's
-// 3 -> 32 3x3 stride-2 stem at 224 x 224 1.25x (batch 1) / 1.27x (batch 8), the same with 4 channels 1.23x,
-// ResNet's 7x7 stem (whose products dominate) 1.05-1.06x.
+// against the transpose (AMD Zen 4, 2 threads, 2026-12-06), whole convolutions on an NCHW fp32 input:
+// MobileNetV2's 3 -> 32 3x3 stride-2 stem at 224 x 224 1.25x (batch 1) / 1.27x (batch 8), the same with 4
+// channels 1.23x, ResNet's 7x7 stem (whose products dominate) 1.05-1.06x.
 constexpr int kFewChannelsMax = 4;
 struct FewChannelPicks {
   unsigned char b[kFewChannelsMax][kFewChannelsMax][kFewChannelsMax][16];
@@ -80,8 +80,9 @@ inline void quantize_few_channels(const QuantizePlanesParams& p, int64_t p0, int
 
 // Pixels [p0, p1) of the image. row(src, np): the 16 bytes of one channel's np (1-16) values from src;
 // store(dst, row, nc, room): the first nc (1-16) bytes of row (a pixel's nc channels; with few channels, 16 / C
-// pixels' interleaved ones) to dst, with room bytes from dst to the end of this call's pixels. Channel blocks go from the last down (avx2.cc's whole-row stores need it),
-// each over all the call's pixels: 16 planes read front to back at a time, which the hardware prefetchers follow
+// pixels' interleaved ones) to dst, with room bytes from dst to the end of this call's pixels. Channel blocks go
+// from the last down (avx2.cc's whole-row stores need it), each over all the call's pixels: 16 planes read
+// front to back at a time, which the hardware prefetchers follow
 // (with pixel blocks outside, reading all C planes 64 bytes at a time, the l1 1x1 convolution on its 256-channel
 // NCHW input ran 1.35x slower: 2.65x instead of 3.58x the copy-first path).
 template <typename Row, typename Store>
