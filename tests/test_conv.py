@@ -459,8 +459,10 @@ def test_vnni_plain_1x1_small_images_as_one_row(vnni, g):
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
+            x_cl = x.contiguous(memory_format=torch.channels_last)  # fp32 rows quantized per item, not up front
             for inp, x_scale, out_scale, act in ((xq, 0.05, 0.1, "relu"), (xq, 0.05, None, "none"),
-                                                 (x, 0.03, 0.05, "relu6"), (x, None, None, "relu")):
+                                                 (x, 0.03, 0.05, "relu6"), (x, None, None, "relu"),
+                                                 (x_cl, 0.03, 0.05, "none")):
                 y = ops.int8_conv2d(inp, packed, ws, b, *geo, x_scale, out_scale, act)
                 one_row = vnni == "avx512_vnni"
                 assert ops.last_kernel("conv_direct") == (vnni if one_row else "")
