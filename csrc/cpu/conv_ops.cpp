@@ -274,20 +274,20 @@ DirectMode direct_mode(const kernels::KernelSet* ks, const ConvArgs& a, bool pla
   return DirectMode::None;
 }
 
-// A plain 1x1 convolution (stride 1, no padding or dilation, one group) of images narrower than the VNNI
-// tiles' rows (OW < kVnniDirectMinOW) on AVX-512 VNNI as images of one output row of OH * OW pixels: its NHWC
-// pixels are back to back in the input and the output alike, so the register tiles within rows serve it, an
-// int8 input read in place, instead of the GEMM on a shifted copy of the rows. In-process A/B against that
-// GEMM (AMD Zen 4, 2 threads, 2026-12-06), int8 in/out: MobileNetV2's 7 x 7 layers (576 -> 160, 160 -> 960,
-// 960 -> 160, 960 -> 320, 320 -> 1280) 1.12-1.22x at batch 8, 1.22-1.36x at batch 1; ResNet-50's 512 -> 2048
-// and 2048 -> 512 1.07-1.12x; fp32 in/out 1.01-1.17x. Wider images keep their rows (one row of the image's
+// A plain 1x1 convolution (stride 1, no padding, one group; its one tap ignores dilation) of images narrower
+// than the VNNI tiles' rows (OW < kVnniDirectMinOW) on AVX-512 VNNI as images of one output row of OH * OW
+// pixels: its NHWC pixels are back to back in the input and the output alike, so the register tiles within
+// rows serve it, an int8 input read in place, instead of the GEMM on a shifted copy of the rows. In-process A/B
+// against that GEMM (AMD Zen 4, 2 threads, 2026-12-06), int8 in/out: MobileNetV2's 7 x 7 layers (576 -> 160,
+// 160 -> 960, 960 -> 160, 960 -> 320, 320 -> 1280) 1.12-1.22x at batch 8, 1.22-1.36x at batch 1; ResNet-50's
+// 512 -> 2048 and 2048 -> 512 1.07-1.12x; fp32 in/out 1.01-1.17x. Wider images keep their rows (one row of the image's
 // pixels measured 0.99-1.06x at 14 x 14 and 28 x 28). AVX2's 4-pixel tiles: 0.98-1.13x at batch 8 but
 // 0.70-0.96x at batch 1 with 96-160 output channels (one item an image, its columns split in panels), so the
 // 256-bit tiers keep the GEMM (AVX-VNNI not measured: no such CPU here). AMX runs plain 1x1 convolutions as
 // GEMMs (direct_mode).
 bool one_row_images(const kernels::KernelSet* ks, const ConvArgs& a, bool plain_1x1) {
-  return ks && ks->conv_direct && isa_of(*ks) == Isa::Avx512Vnni && plain_1x1 && a.groups == 1 && a.DH == 1 &&
-         a.DW == 1 && a.OW < kVnniDirectMinOW && a.OH * a.OW >= kVnniDirectMinOW;
+  return ks && ks->conv_direct && isa_of(*ks) == Isa::Avx512Vnni && plain_1x1 && a.groups == 1 &&
+         a.OW < kVnniDirectMinOW && a.OH * a.OW >= kVnniDirectMinOW;
 }
 
 ConvArgs as_one_row(ConvArgs a) {

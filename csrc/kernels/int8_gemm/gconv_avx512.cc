@@ -97,7 +97,7 @@ void gconv_tile(const GroupConvParams& p, const ColBlock16* cb, __m512i idx, int
 // broadcast per two vpdpbusd instead of one).
 template <int NB, int R, int F>
 void gconv_tile_bcast(const GroupConvParams& p, const ColBlock16* cb, __m512i, int64_t b, int64_t r, int64_t ow,
-                const int64_t* k_off) {
+                      const int64_t* k_off) {
   __m512i acc[NB][R];
 #pragma GCC unroll 2
   for (int j = 0; j < NB; ++j) {
@@ -129,7 +129,7 @@ void gconv_tile_bcast(const GroupConvParams& p, const ColBlock16* cb, __m512i, i
 // products instead of 3 R).
 template <int R, int F>
 void gconv_tile_w3(const GroupConvParams& p, const ColBlock16* cb, __m512i idx, int64_t b, int64_t r, int64_t ow,
-                const int64_t*) {
+                   const int64_t*) {
   __m512i acc[R];
   const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), cb[0].comp);
   for (int i = 0; i < R; ++i) acc[i] = init;
@@ -199,7 +199,8 @@ void gconv_rows(const GroupConvParams& p, int64_t r0, int64_t r1) {
       ColBlock16 cb[2];
       for (int64_t j = 0; j < nb; ++j) cb[j] = col_block16(e, (b + j) * 16);
       const __m512i idx = WAY == 1 ? _mm512_setzero_si512() : _mm512_loadu_si512(p.lane_idx + b * 16);
-      for (int64_t ow = 0; ow < p.OW; ow += kPixels) tiles[std::min<int64_t>(kPixels, p.OW - ow)](p, cb, idx, b, r, ow, k_off.data());
+      for (int64_t ow = 0; ow < p.OW; ow += kPixels)
+        tiles[std::min<int64_t>(kPixels, p.OW - ow)](p, cb, idx, b, r, ow, k_off.data());
     }
   }
 }

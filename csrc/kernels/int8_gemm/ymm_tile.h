@@ -326,7 +326,7 @@ inline __m256i ymm_permuted(const uint8_t* px, __m256i idx) {
 
 template <class Dot, bool S8X, int R>
 void ymm_gconv_tile(const GroupConvParams& p, const Cols8* c, __m256i idx, int64_t b, int64_t r, int64_t ow,
-                const int64_t* k_off) {
+                    const int64_t* k_off) {
   __m256i acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_si256();
   const int64_t pix = p.SW * p.C, n = p.KH * p.KW * (p.cin_g / 4);  // k steps
@@ -345,7 +345,7 @@ void ymm_gconv_tile(const GroupConvParams& p, const Cols8* c, __m256i idx, int64
 // steps.
 template <class Dot, bool S8X, int NB, int R>
 void ymm_gconv_tile_bcast(const GroupConvParams& p, const Cols8* c, __m256i, int64_t b, int64_t r, int64_t ow,
-                const int64_t* k_off) {
+                          const int64_t* k_off) {
   __m256i acc[NB][R];
 #pragma GCC unroll 2
   for (int j = 0; j < NB; ++j)
@@ -375,7 +375,7 @@ void ymm_gconv_tile_bcast(const GroupConvParams& p, const Cols8* c, __m256i, int
 // of the R + 2 pixels is loaded and permuted once for all three (as gconv_avx512.cc's gconv_tile_w3).
 template <class Dot, bool S8X, int R>
 void ymm_gconv_tile_w3(const GroupConvParams& p, const Cols8* c, __m256i idx, int64_t b, int64_t r, int64_t ow,
-                const int64_t*) {
+                       const int64_t*) {
   __m256i acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_si256();
   const int64_t steps = p.cin_g / 4;
