@@ -95,18 +95,27 @@ inline __m512 silu16(__m512 y) {
   return _mm512_mul_ps(y, inv);
 }
 
-inline __m512 act16(__m512 y, Act act) {
+// gelu and silu for act16: out of line, so that their polynomials stay out of every tile's epilogue.
+__attribute__((noinline)) inline __m512 gelu16_outlined(__m512 y) {
+  const __m512 half_y = _mm512_mul_ps(_mm512_set1_ps(0.5f), y);
+  return _mm512_fmadd_ps(half_y, erf16(_mm512_mul_ps(y, _mm512_set1_ps(0.70710678118654752f))), half_y);
+}
+__attribute__((noinline)) inline __m512 silu16_outlined(__m512 y) { return silu16(y); }
+
+// Always inline: called from a tile's epilogue, a call clobbers every zmm register (the ABI has no
+// callee-saved vector registers), so GCC saved and restored the tile's live accumulators and column
+// vectors around it for every row, in the act-less epilogues too (MobileNetV2's 32 -> 16 projection at 112
+// x 112, AMD Zen 4: the call and its saves were half the tile's time). The costly gelu and silu go out of
+// line, where only their own layers pay for the call.
+__attribute__((always_inline)) inline __m512 act16(__m512 y, Act act) {
   if (act == Act::None) return y;
-  if (act == Act::Gelu) {
-    const __m512 half_y = _mm512_mul_ps(_mm512_set1_ps(0.5f), y);
-    return _mm512_fmadd_ps(half_y, erf16(_mm512_mul_ps(y, _mm512_set1_ps(0.70710678118654752f))), half_y);
-  }
+  if (act == Act::Gelu) return gelu16_outlined(y);
   if (act == Act::Hardswish) {  // y * min(max(y + 3, 0), 6) / 6: a true divide, the reference's bits
     __m512 t = _mm512_max_ps(_mm512_setzero_ps(), _mm512_add_ps(y, _mm512_set1_ps(3.0f)));
     t = _mm512_min_ps(_mm512_set1_ps(6.0f), t);
     return _mm512_div_ps(_mm512_mul_ps(y, t), _mm512_set1_ps(6.0f));
   }
-  if (act == Act::Silu) return silu16(y);
+  if (act == Act::Silu) return silu16_outlined(y);
   y = _mm512_max_ps(_mm512_setzero_ps(), y);  // second operand wins on NaN: NaN stays NaN
   return act == Act::Relu6 ? _mm512_min_ps(_mm512_set1_ps(6.0f), y) : y;
 }
@@ -114,7 +123,7 @@ inline __m512 act16(__m512 y, Act act) {
 // The folded int8 rule's activation and unfolded out_inv multiply (EPILOGUE.md, "Convolutions"), ahead of
 // min(y, hi) with hi = folded_int8_hi(act, out_inv), the convert and the saturating packs. relu6: max(y *
 // out_inv, 0), its bound in hi (folded_int8_hi says why that is the same value).
-inline __m512 folded_int8_act(__m512 y, Act act, __m512 out_inv) {
+__attribute__((always_inline)) inline __m512 folded_int8_act(__m512 y, Act act, __m512 out_inv) {
   if (act == Act::Relu6) return _mm512_max_ps(_mm512_mul_ps(y, out_inv), _mm512_setzero_ps());
   y = act16(y, act);
   return folds_out_inv(act) ? y : _mm512_mul_ps(y, out_inv);
@@ -122,7 +131,7 @@ inline __m512 folded_int8_act(__m512 y, Act act, __m512 out_inv) {
 
 // folded_int8_act less the max against 0 of the relu_on_bytes activations, for kernels that take it on the
 // packed bytes (with a floor of 0 instead of -127).
-inline __m512 folded_int8_act_before_bytes(__m512 y, Act act, __m512 out_inv) {
+__attribute__((always_inline)) inline __m512 folded_int8_act_before_bytes(__m512 y, Act act, __m512 out_inv) {
   if (act == Act::Relu) return y;
   if (act == Act::Relu6) return _mm512_mul_ps(y, out_inv);
   return folded_int8_act(y, act, out_inv);

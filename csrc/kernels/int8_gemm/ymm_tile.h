@@ -96,13 +96,15 @@ inline __m256 silu8(__m256 y) {
 
 // relu / relu6 / hardswish / silu with NaN kept (max/min return their second operand on NaN); Gelu is done
 // per element.
-inline __m256 act8(__m256 y, Act act) {
+// Always inline, silu out of line: avx512_common.h's act16 says why.
+__attribute__((noinline)) inline __m256 silu8_outlined(__m256 y) { return silu8(y); }
+__attribute__((always_inline)) inline __m256 act8(__m256 y, Act act) {
   if (act == Act::Hardswish) {  // y * min(max(y + 3, 0), 6) / 6 (avx512_common.h's act16)
     __m256 t = _mm256_max_ps(_mm256_setzero_ps(), _mm256_add_ps(y, _mm256_set1_ps(3.0f)));
     t = _mm256_min_ps(_mm256_set1_ps(6.0f), t);
     return _mm256_div_ps(_mm256_mul_ps(y, t), _mm256_set1_ps(6.0f));
   }
-  if (act == Act::Silu) return silu8(y);  // NaN stays NaN (the final product)
+  if (act == Act::Silu) return silu8_outlined(y);  // NaN stays NaN (the final product)
   if (act != Act::Relu && act != Act::Relu6) return y;
   y = _mm256_max_ps(_mm256_setzero_ps(), y);
   return act == Act::Relu6 ? _mm256_min_ps(_mm256_set1_ps(6.0f), y) : y;
@@ -110,7 +112,7 @@ inline __m256 act8(__m256 y, Act act) {
 
 // The folded int8 rule's activation and unfolded out_inv multiply, ahead of min(y, folded_int8_hi(...)):
 // the 256-bit folded_int8_act of avx512_common.h (no gelu: act8 has none).
-inline __m256 folded_int8_act8(__m256 y, Act act, __m256 out_inv) {
+__attribute__((always_inline)) inline __m256 folded_int8_act8(__m256 y, Act act, __m256 out_inv) {
   if (act == Act::Relu6) return _mm256_max_ps(_mm256_mul_ps(y, out_inv), _mm256_setzero_ps());
   y = act8(y, act);
   return folds_out_inv(act) ? y : _mm256_mul_ps(y, out_inv);
