@@ -209,7 +209,7 @@ inline void store_f32x16(float* o, __mmask16 mask, __m512 y, bool stream) {
 // steps without its multiply by a_scale = 1, which is exact, so the bits are the same. Its callers keep
 // the output pointer, row stride and flags in locals: epilogue16 reads them through p after every store
 // (to the compiler a float store may alias them), about 40 instructions a vector.
-inline __m512 folded_f32(const ColBlock16& c, __m512i acc, bool bias, Act act) {
+__attribute__((always_inline)) inline __m512 folded_f32(const ColBlock16& c, __m512i acc, bool bias, Act act) {
   __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), c.b_scale);
   if (bias) y = _mm512_add_ps(y, c.bias);
   return act16(y, act);
