@@ -9,6 +9,7 @@
 #include "cpu/dispatch.h"
 #include "cpu/isa.h"
 #include "cpu/output_pool.h"
+#include "cpu/python_fast.h"
 #include "op_args.h"
 #ifdef FASTINFER_WITH_CUDA
 #include "cuda/cuda_info.h"
@@ -134,6 +135,6 @@ TORCH_LIBRARY_IMPL(fastinfer, Autograd, m) {
 // `import fastinfer._C` runs the static registrations above; the module itself is empty.
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", "fastinfer ops (see torch.ops.fastinfer)", -1,
-                                   nullptr};
+                                   fastinfer::cpu::python_fast_methods()};
   return PyModule_Create(&def);
 }

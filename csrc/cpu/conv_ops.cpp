@@ -17,6 +17,7 @@
 #include "../kernels/conv/im2row.h"
 #include "../kernels/conv/pool.h"
 #include "entry.h"
+#include "ops.h"
 
 namespace fastinfer {
 namespace cpu {
@@ -657,6 +658,8 @@ at::Tensor nhwc_input(const at::Tensor& x, std::optional<double> x_scale, float*
   return q;
 }
 
+}  // namespace
+
 at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
                        const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
@@ -873,6 +876,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   return out;
 }
 
+namespace {
+
 at::Tensor int8_max_pool2d(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
   check_cpu(x, "int8_max_pool2d", "x");
@@ -891,6 +896,8 @@ at::Tensor int8_max_pool2d(const at::Tensor& x, at::IntArrayRef kernel_size, at:
                    [&](int64_t b, int64_t e) { kernels::max_pool_nhwc_s8(p, b, e); });
   return out;
 }
+
+}  // namespace
 
 at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<double> a_scale,
                     std::optional<double> b_scale, bool relu, std::optional<double> out_scale) {
@@ -918,6 +925,8 @@ at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<doub
   at::parallel_for(0, out.numel(), 1 << 16, [&](int64_t i0, int64_t i1) { fn(p, i0, i1); });
   return out;
 }
+
+namespace {
 
 // An int8 NHWC activation of a squeeze-excitation op, checked; returned in channels_last memory.
 at::Tensor gate_input(const at::Tensor& x, double x_scale, const char* op) {

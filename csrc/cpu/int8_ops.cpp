@@ -15,6 +15,7 @@
 #include "../kernels/int8_gemm/params.h"
 #include "dispatch.h"
 #include "entry.h"
+#include "ops.h"
 
 namespace fastinfer {
 namespace cpu {
@@ -183,6 +184,9 @@ at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& pa
   return out.view(out_shape(x, h.N));
 }
 
+
+}  // namespace
+
 at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
                                const std::optional<at::Tensor>& bias, const std::string& activation,
                                const std::optional<at::Tensor>& x_channel_scale) {
@@ -196,6 +200,8 @@ at::Tensor int8_linear_static(const at::Tensor& x, double x_scale, const at::Ten
   return w8a8_linear("int8_linear_static", x, packed_w, w_scale, bias, activation, x_scale, out_scale,
                      x_channel_scale);
 }
+
+namespace {
 
 at::Tensor int8_linear_weight_only(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
                                    const std::optional<at::Tensor>& bias) {

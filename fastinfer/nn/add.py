@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ._common import HALF_DTYPES, applied_half_dtype, requantize
+from .. import _C
+from ._common import HALF_DTYPES, applied_half_dtype, fast_or_dispatch, requantize
 
 
 class Int8Add(nn.Module):
@@ -51,7 +52,8 @@ class Int8Add(nn.Module):
             if a_scale is None and b_scale is None and self.out_scale is None:
                 y = a + b  # nothing int8: torch's add, as the model had it
                 return torch.relu(y) if self.relu else y
-            return torch.ops.fastinfer.int8_add(a, b, a_scale, b_scale, self.relu, self.out_scale)
+            return fast_or_dispatch(_C.int8_add, torch.ops.fastinfer.int8_add, a, b, a_scale, b_scale, self.relu,
+                                    self.out_scale)
         # broadcasting (the op does not): the same arithmetic with torch ops
         y = (a.float() * a_scale if a_scale is not None else a) + (b.float() * b_scale if b_scale is not None else b)
         y = torch.relu(y) if self.relu else y

@@ -8,9 +8,10 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from .. import _C, ops
 from ..reference import check_weight_bits, quantize_weight_per_channel
-from ._common import ComputedWeight, check_float_layer, check_scale, float_out, needs_float32, unbatched, via_float32
+from ._common import (ComputedWeight, check_float_layer, check_scale, fast_or_dispatch, float_out, needs_float32,
+                      unbatched, via_float32)
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu", "hardswish", "silu")
 CONV_SCHEMES = ("w8a8_dynamic", "w8a8_static")
@@ -158,9 +159,9 @@ class Int8Conv2d(ComputedWeight):
     def _forward(self, x: Tensor) -> Tensor:
         k, s, p, d = self._geometry()
         b = self._buffers  # not the attributes: each costs a failed lookup and nn.Module.__getattr__ (Int8Linear)
-        return torch.ops.fastinfer.int8_conv2d(x, b["packed_weight"], b["weight_scale"], b["bias"], list(k), list(s),
-                                               list(p), list(d), self.groups, self.x_scale, self.out_scale,
-                                               self.activation)
+        return fast_or_dispatch(_C.int8_conv2d, torch.ops.fastinfer.int8_conv2d, x, b["packed_weight"],
+                                b["weight_scale"], b["bias"], tuple(k), tuple(s), tuple(p), tuple(d), self.groups,
+                                self.x_scale, self.out_scale, self.activation)
 
     def extra_repr(self) -> str:
         mode = "dynamic" if self.x_scale is None else f"static x_scale={self.x_scale:.4g}"

@@ -7,9 +7,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from .. import _C, ops
 from ..reference import check_weight_bits, quantize_weight_per_channel
-from ._common import ComputedWeight, check_float_layer, check_scale, needs_float32, via_float32
+from ._common import ComputedWeight, check_float_layer, check_scale, fast_or_dispatch, needs_float32, via_float32
 from .fused import apply_activation
 
 SCHEMES = ("w8a8_dynamic", "w8a8_static", "w8_only")
@@ -136,12 +136,13 @@ class Int8Linear(ComputedWeight):
         # small layer's whole call).
         b = self._buffers
         if self.scheme == "w8a8_dynamic":
-            return torch.ops.fastinfer.int8_linear_dynamic(x, b["packed_weight"], b["weight_scale"], b["bias"],
-                                                           self.activation, b["input_smooth"])
+            return fast_or_dispatch(_C.int8_linear_dynamic, torch.ops.fastinfer.int8_linear_dynamic, x,
+                                    b["packed_weight"], b["weight_scale"], b["bias"], self.activation,
+                                    b["input_smooth"])
         if self.scheme == "w8a8_static":
-            return torch.ops.fastinfer.int8_linear_static(x, self.x_scale, b["packed_weight"], b["weight_scale"],
-                                                          b["bias"], self.activation, self.out_scale,
-                                                          b["input_smooth"])
+            return fast_or_dispatch(_C.int8_linear_static, torch.ops.fastinfer.int8_linear_static, x, self.x_scale,
+                                    b["packed_weight"], b["weight_scale"], b["bias"], self.activation,
+                                    self.out_scale, b["input_smooth"])
         # The weight-only kernels have no activation epilogue: a fused layer's runs after them, in torch.
         y = torch.ops.fastinfer.int8_linear_weight_only(x, b["packed_weight"], b["weight_scale"], b["bias"])
         return apply_activation(y, None if self.activation == "none" else self.activation)
