@@ -132,7 +132,8 @@ TORCH_LIBRARY_IMPL(fastinfer, Autograd, m) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
 }
 
-// `import fastinfer._C` runs the static registrations above; the module itself is empty.
+// `import fastinfer._C` runs the static registrations above; the module holds the eager layers' direct calls
+// (cpu/python_fast.cpp).
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", "fastinfer ops (see torch.ops.fastinfer)", -1,
                                    fastinfer::cpu::python_fast_methods()};

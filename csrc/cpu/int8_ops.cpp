@@ -184,7 +184,6 @@ at::Tensor w8a8_linear(const char* op, const at::Tensor& x, const at::Tensor& pa
   return out.view(out_shape(x, h.N));
 }
 
-
 }  // namespace
 
 at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
