@@ -43,7 +43,7 @@ def test_direct_conv_equals_the_torch_ops_call(case):
     assert torch.equal(y, torch.ops.fastinfer.int8_conv2d(*args))
 
 
-def test_direct_add_and_linears_equal_the_torch_ops_calls():
+def test_direct_add_gate_and_linears_equal_the_torch_ops_calls():
     a = torch.randint(-127, 128, (2, 24, 5, 5), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
     b = torch.randint(-127, 128, (2, 24, 5, 5), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
     for add_args in [(a, b, 0.03, 0.02, True, 0.04), (a, b.float(), 0.03, None, False, None)]:
@@ -51,6 +51,14 @@ def test_direct_add_and_linears_equal_the_torch_ops_calls():
         y = _C.int8_add(*add_args)
         assert _C.fast_calls() == before + 1
         assert torch.equal(y, torch.ops.fastinfer.int8_add(*add_args))
+    gate = torch.rand(2, 24)
+    for fast, op, args in [(_C.int8_channel_mean, torch.ops.fastinfer.int8_channel_mean, (a, 0.03)),
+                           (_C.int8_channel_scale, torch.ops.fastinfer.int8_channel_scale, (a, 0.03, gate, 0.02)),
+                           (_C.int8_channel_scale, torch.ops.fastinfer.int8_channel_scale, (a, 0.03, gate, None))]:
+        before = _C.fast_calls()
+        y = fast(*args)
+        assert _C.fast_calls() == before + 1
+        assert torch.equal(y, op(*args))
     w = ops.pack_int8_weight(torch.randint(-127, 128, (37, 45), dtype=torch.int8))
     ws, bias, x = torch.rand(37) * 0.01, torch.randn(37), torch.randn(3, 5, 45)
     for fast, op, args in [

@@ -946,6 +946,8 @@ kernels::GateParams gate_params(const at::Tensor& xc) {
   return p;
 }
 
+}  // namespace
+
 // Global average pool of an int8 activation: [N, C, 1, 1] fp32, (float(sum of the int8 values) * x_scale) / (H * W)
 // (the sum exact in int32, then two fp32 roundings).
 at::Tensor int8_channel_mean(const at::Tensor& x, double x_scale) {
@@ -1002,8 +1004,6 @@ at::Tensor int8_channel_scale(const at::Tensor& x, double x_scale, const at::Ten
                    [&](int64_t r0, int64_t r1) { fn(p, r0, r1); });
   return out;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(fastinfer, CPU, m) {
   m.impl("pack_conv_weight", &pack_conv_weight);

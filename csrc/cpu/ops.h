@@ -17,6 +17,11 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
 at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<double> a_scale,
                     std::optional<double> b_scale, bool relu, std::optional<double> out_scale);
 
+at::Tensor int8_channel_mean(const at::Tensor& x, double x_scale);
+
+at::Tensor int8_channel_scale(const at::Tensor& x, double x_scale, const at::Tensor& gate,
+                              std::optional<double> out_scale);
+
 at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
                                const std::optional<at::Tensor>& bias, const std::string& activation,
                                const std::optional<at::Tensor>& x_channel_scale);

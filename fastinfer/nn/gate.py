@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import HALF_DTYPES, applied_half_dtype, check_scale, requantize
+from .. import _C
+from ._common import HALF_DTYPES, applied_half_dtype, check_scale, fast_or_dispatch, requantize
 
 
 def _f32(v: float) -> Tensor:
@@ -63,7 +64,7 @@ class Int8GlobalAvgPool(_GateOp):
         if x.dim() == 3:  # unbatched, as the convs take it
             return self.forward(x.unsqueeze(0)).squeeze(0)
         if x.device.type == "cpu":
-            y = torch.ops.fastinfer.int8_channel_mean(x, self.x_scale)
+            y = fast_or_dispatch(_C.int8_channel_mean, torch.ops.fastinfer.int8_channel_mean, x, self.x_scale)
         else:  # the same arithmetic with torch ops (no kernel of ours on this device)
             y = x.to(torch.int32).sum((2, 3), keepdim=True).float() * self.x_scale / float(x.shape[2] * x.shape[3])
         return self._float_out(y)
@@ -102,7 +103,8 @@ class Int8ChannelScale(_GateOp):
             return self.forward(gate.unsqueeze(0), x.unsqueeze(0)).squeeze(0)
         g = gate.float().reshape(x.shape[0], x.shape[1])
         if x.device.type == "cpu":
-            y = torch.ops.fastinfer.int8_channel_scale(x, self.x_scale, g, self.out_scale)
+            y = fast_or_dispatch(_C.int8_channel_scale, torch.ops.fastinfer.int8_channel_scale, x, self.x_scale, g,
+                                 self.out_scale)
         else:  # the same arithmetic with torch ops
             v = x.float() * (g * _f32(self.x_scale).to(g.device)).reshape(*g.shape, 1, 1)
             y = v.contiguous(memory_format=torch.channels_last) if self.out_scale is None else \
