@@ -26,9 +26,10 @@ at::Tensor int8_linear_dynamic(const at::Tensor& x, const at::Tensor& packed_w, 
                                const std::optional<at::Tensor>& bias, const std::string& activation,
                                const std::optional<at::Tensor>& x_channel_scale);
 
-at::Tensor int8_linear_static(const at::Tensor& x, double x_scale, const at::Tensor& packed_w, const at::Tensor& w_scale,
-                              const std::optional<at::Tensor>& bias, const std::string& activation,
-                              std::optional<double> out_scale, const std::optional<at::Tensor>& x_channel_scale);
+at::Tensor int8_linear_static(const at::Tensor& x, double x_scale, const at::Tensor& packed_w,
+                              const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                              const std::string& activation, std::optional<double> out_scale,
+                              const std::optional<at::Tensor>& x_channel_scale);
 
 }  // namespace cpu
 }  // namespace fastinfer

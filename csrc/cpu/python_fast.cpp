@@ -12,8 +12,8 @@
 // other devices), one that needs grad while grad mode is on, an active TorchDispatchMode or torch function
 // mode, RecordFunction callbacks (the profiler, which would not see the op), an argument of an unexpected
 // Python type, or any error (the dispatcher's call raises it with the usual type and message). The caller
-// then makes the torch.ops call. Nothing is written before the op's checks pass, so a fallback never
-// repeats work half done.
+// then makes the torch.ops call. The ops check their arguments before they compute and write only their
+// fresh output, so a fallback after an error repeats no work and finds its inputs as they were.
 #include <Python.h>
 
 #include <ATen/PythonTorchFunctionTLS.h>
