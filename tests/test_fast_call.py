@@ -159,3 +159,13 @@ def test_a_module_under_the_profiler_shows_its_ops():
     names = [e.name for e in prof.events()]
     assert sum("fastinfer::int8_conv2d" in n for n in names) == 2
     assert sum("fastinfer::int8_linear_static" in n for n in names) == 1
+
+
+def test_torch_jit_trace_records_the_ops():
+    # the direct calls would bypass the tracer, which would then record their outputs as constants
+    q = quantized_block()
+    x1, x2 = torch.randn(2, 3, 12, 12), torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        traced = torch.jit.trace(q, x1, check_trace=False)
+        assert "fastinfer::int8_conv2d" in str(traced.inlined_graph)
+        assert torch.equal(traced(x2), q(x2))

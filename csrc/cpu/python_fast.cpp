@@ -10,15 +10,17 @@
 // Each function takes the schema's arguments in order and returns the op's result, or NotImplemented where
 // the dispatcher must decide: a tensor that is not a plain dense CPU tensor (subclasses, functorch wrappers,
 // other devices), one that needs grad while grad mode is on, an active TorchDispatchMode or torch function
-// mode, RecordFunction callbacks (the profiler, which would not see the op), an argument of an unexpected
-// Python type, or any error (the dispatcher's call raises it with the usual type and message). The caller
-// then makes the torch.ops call. The ops check their arguments before they compute and write only their
+// mode, a tracer (torch.jit.trace) or another dispatch key switched on for the thread, RecordFunction
+// callbacks (the profiler, which would not see the op), an argument of an unexpected Python type, or any
+// error (the dispatcher's call raises it with the usual type and message). The caller then makes the
+// torch.ops call. The ops check their arguments before they compute and write only their
 // fresh output, so a fallback after an error repeats no work and finds its inputs as they were.
 #include <Python.h>
 
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/record_function.h>
 #include <c10/core/GradMode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/autograd/python_variable.h>
 
@@ -36,9 +38,12 @@ namespace {
 
 std::atomic<int64_t> g_served{0};  // calls served here (fastinfer._C.fast_calls; tests assert on it)
 
+// No mode, no RecordFunction callback, and no dispatch key switched on for this thread (torch.jit.trace's
+// Tracer, functorch's transforms: without this check a trace recorded the op's output as a constant).
 bool plain_context() {
-  return !c10::impl::TorchDispatchModeTLS::any_modes_set() && !at::impl::torch_function_mode_enabled() &&
-         !at::hasCallbacks();
+  const c10::impl::LocalDispatchKeySet tls = c10::impl::tls_local_dispatch_key_set();
+  return (tls.included_ - c10::default_included_set).empty() && !c10::impl::TorchDispatchModeTLS::any_modes_set() &&
+         !at::impl::torch_function_mode_enabled() && !at::hasCallbacks();
 }
 
 // torch.Tensor or nn.Parameter holding a dense strided CPU tensor (keys: CPU, and autograd's and autocast's), and not
