@@ -129,14 +129,18 @@ def test_what_the_direct_calls_leave_to_the_dispatcher():
     assert _C.int8_conv2d(x.to("meta"), *args[1:]) is NotImplemented
 
     class Mode(TorchDispatchMode):
-        seen = []
+        def __init__(self):
+            super().__init__()
+            self.seen = []
 
         def __torch_dispatch__(self, func, types, a=(), kw=None):
             self.seen.append(str(func))
             return func(*a, **(kw or {}))
 
-    with Mode():
+    with Mode() as mode:
         assert _C.int8_conv2d(*args) is NotImplemented
+        torch.ops.fastinfer.int8_conv2d(*args)
+    assert mode.seen == ["fastinfer.int8_conv2d.default"]
     with torch.profiler.profile() as prof:
         assert _C.int8_conv2d(*args) is NotImplemented
         torch.ops.fastinfer.int8_conv2d(*args)
