@@ -213,19 +213,19 @@ PyObject* linear_dynamic_fast(PyObject*, PyObject* const* args, Py_ssize_t n) {
 
 PyObject* fast_calls(PyObject*, PyObject*) { return PyLong_FromLongLong(g_served.load()); }
 
+// A METH_FASTCALL entry: `name`, the direct call of torch.ops.fastinfer.<name>'s CPU op.
+PyMethodDef fastcall(const char* name, _PyCFunctionFast fn) {
+  return {name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fn)), METH_FASTCALL,
+          "torch.ops.fastinfer's CPU op of this name called directly, or NotImplemented (csrc/cpu/python_fast.cpp)"};
+}
+
 PyMethodDef g_methods[] = {
-    {"int8_conv2d", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(conv2d_fast)), METH_FASTCALL,
-     "torch.ops.fastinfer.int8_conv2d's CPU op called directly, or NotImplemented (python_fast.cpp)"},
-    {"int8_add", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(add_fast)), METH_FASTCALL,
-     "torch.ops.fastinfer.int8_add's CPU op called directly, or NotImplemented (python_fast.cpp)"},
-    {"int8_channel_mean", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(channel_mean_fast)),
-     METH_FASTCALL, "torch.ops.fastinfer.int8_channel_mean's CPU op called directly, or NotImplemented"},
-    {"int8_channel_scale", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(channel_scale_fast)),
-     METH_FASTCALL, "torch.ops.fastinfer.int8_channel_scale's CPU op called directly, or NotImplemented"},
-    {"int8_linear_static", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(linear_static_fast)),
-     METH_FASTCALL, "torch.ops.fastinfer.int8_linear_static's CPU op called directly, or NotImplemented"},
-    {"int8_linear_dynamic", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(linear_dynamic_fast)),
-     METH_FASTCALL, "torch.ops.fastinfer.int8_linear_dynamic's CPU op called directly, or NotImplemented"},
+    fastcall("int8_conv2d", conv2d_fast),
+    fastcall("int8_add", add_fast),
+    fastcall("int8_channel_mean", channel_mean_fast),
+    fastcall("int8_channel_scale", channel_scale_fast),
+    fastcall("int8_linear_static", linear_static_fast),
+    fastcall("int8_linear_dynamic", linear_dynamic_fast),
     {"fast_calls", fast_calls, METH_NOARGS, "How many calls the direct functions have served in this process"},
     {nullptr, nullptr, 0, nullptr}};
 

@@ -160,8 +160,8 @@ class Int8Conv2d(ComputedWeight):
         k, s, p, d = self._geometry()
         b = self._buffers  # not the attributes: each costs a failed lookup and nn.Module.__getattr__ (Int8Linear)
         return fast_or_dispatch(_C.int8_conv2d, torch.ops.fastinfer.int8_conv2d, x, b["packed_weight"],
-                                b["weight_scale"], b["bias"], tuple(k), tuple(s), tuple(p), tuple(d), self.groups,
-                                self.x_scale, self.out_scale, self.activation)
+                                b["weight_scale"], b["bias"], k, s, p, d, self.groups, self.x_scale, self.out_scale,
+                                self.activation)
 
     def extra_repr(self) -> str:
         mode = "dynamic" if self.x_scale is None else f"static x_scale={self.x_scale:.4g}"
