@@ -111,6 +111,27 @@ def test_module_forwards_take_the_direct_calls(monkeypatch):
     assert torch.equal(y, y_ops)
 
 
+def test_conv_forward_tries_the_direct_call_first_and_falls_back():
+    # Int8Conv2d.forward makes the direct call before any check of its own; what it answers NotImplemented
+    # for takes the checked path, with the same results and errors as before.
+    conv = nn.Conv2d(6, 8, 3, padding=1).eval()
+    q = fastinfer.nn.Int8Conv2d.from_float(conv, "relu", x_scale=0.03)
+    x = torch.randn(2, 6, 7, 7)
+    before = _C.fast_calls()
+    y = q(x)
+    assert _C.fast_calls() - before == 1
+    assert not y.is_inference() and not y._is_view()  # a fresh tensor, made outside autograd's view tracking
+    assert torch.equal(q(x[1]), y[1])  # unbatched [C, H, W]: the op refuses 3-D, the long way takes it
+    assert torch.equal(q(x.double()), y.double())  # float64: via a float32 copy
+    with pytest.raises(ValueError, match="expected an input with 6 channels"):
+        q(torch.randn(2, 5, 7, 7))
+    with pytest.raises(TypeError, match="input must be a torch.Tensor"):
+        q([1.0])
+    q.float_dtype = torch.bfloat16  # a model cast to bf16: an int8 input's fp32 output goes back to bf16
+    q8 = fastinfer.nn.Int8Conv2d.from_float(nn.Conv2d(6, 6, 1).eval(), "relu", x_scale=0.03, out_scale=0.03)
+    assert q(q8(x)).dtype == torch.bfloat16
+
+
 def test_what_the_direct_calls_leave_to_the_dispatcher():
     args = conv_args(int8_x=False, out_scale=None)
     x = args[0]

@@ -180,10 +180,19 @@ at::Tensor quantized_input(const at::Tensor& x_rows, const ConvArgs& a, float a_
 // multiply) and these vectors, which is the same arithmetic as the reference; `finite` lets the AMX
 // tile kernels use their shorter folded epilogue (no NaN can arise).
 struct ConvEpilogue {
-  at::Tensor scale, bias;  // [Cout] fp32; bias undefined without one
+  const float* scale = nullptr;  // [Cout] fp32
+  const float* bias = nullptr;   // [Cout] fp32; nullptr without one
   float out_inv = 1.0f;
   bool finite = false;
   bool stream_out = false;  // Int8GemmParams::stream_out
+  // What scale and bias point into where they are computed here (plain vectors: two at::empty a call
+  // were a tenth of a 1-pixel convolution's time). Moves keep a vector's data where it is; copies would
+  // not, so there are none.
+  std::vector<float> scale_buf, bias_buf;
+  ConvEpilogue() = default;
+  ConvEpilogue(ConvEpilogue&&) = default;
+  ConvEpilogue(const ConvEpilogue&) = delete;
+  ConvEpilogue& operator=(const ConvEpilogue&) = delete;
 };
 
 // fp32 outputs from this size on are written with non-temporal stores by the kernels that can
@@ -203,23 +212,25 @@ ConvEpilogue fold_epilogue(float a_scale, const at::Tensor& ws, const at::Tensor
   const bool fold_inv = out_scale && folds_out_inv(act);
   e.out_inv = fold_inv ? 1.0f : out_inv;
   bool finite = std::isfinite(e.out_inv);
-  const int64_t n = ws.size(0);
-  e.scale = at::empty({n}, ws.options());
+  const size_t n = static_cast<size_t>(ws.size(0));
+  e.scale_buf.resize(n);
   const float* w = ws.data_ptr<float>();
-  float* sc = e.scale.data_ptr<float>();
-  for (int64_t i = 0; i < n; ++i) {
+  float* sc = e.scale_buf.data();
+  for (size_t i = 0; i < n; ++i) {
     const float v = a_scale * w[i];
     sc[i] = fold_inv ? v * out_inv : v;
     finite = finite && std::isfinite(sc[i]);
   }
+  e.scale = sc;
   if (bi.defined()) {
-    e.bias = fold_inv ? at::empty({n}, bi.options()) : bi;
     const float* b = bi.data_ptr<float>();
-    float* eb = e.bias.data_ptr<float>();
-    for (int64_t i = 0; i < n; ++i) {
-      if (fold_inv) eb[i] = b[i] * out_inv;
-      finite = finite && std::isfinite(eb[i]);
+    if (fold_inv) {
+      e.bias_buf.resize(n);
+      for (size_t i = 0; i < n; ++i) e.bias_buf[i] = b[i] * out_inv;
+      b = e.bias_buf.data();
     }
+    for (size_t i = 0; i < n; ++i) finite = finite && std::isfinite(b[i]);
+    e.bias = b;
   }
   e.finite = finite;
   return e;
@@ -349,8 +360,8 @@ void set_conv_epilogue(kernels::Int8GemmParams& p, const ConvEpilogue& e, int64_
                        kernels::OutKind kind, kernels::Act act) {
   p.a_scale = &kUnitScale;
   p.a_scale_per_tensor = true;
-  p.b_scale = e.scale.data_ptr<float>() + g * cout_g;
-  p.bias = e.bias.defined() ? e.bias.data_ptr<float>() + g * cout_g : nullptr;
+  p.b_scale = e.scale + g * cout_g;
+  p.bias = e.bias ? e.bias + g * cout_g : nullptr;
   p.out_kind = kind;
   p.act = act;
   p.out_inv_scale = e.out_inv;
@@ -689,10 +700,15 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   }
   std::vector<PackedHeader> headers;
   if (!dw) {
-    TORCH_CHECK(packed_w.dim() == 2 && packed_w.size(0) == groups && packed_w.is_contiguous(), "fastinfer.int8_conv2d: packed_w must be a contiguous [groups=",
-                groups, ", bytes] from pack_conv_weight, got shape ", packed_w.sizes());
+    check_cpu(packed_w, op, "packed_w");
+    TORCH_CHECK(packed_w.scalar_type() == at::kByte && packed_w.dim() == 2 && packed_w.size(0) == groups &&
+                    packed_w.is_contiguous(),
+                "fastinfer.int8_conv2d: packed_w must be a contiguous uint8 [groups=", groups,
+                ", bytes] from pack_conv_weight, got ", packed_w.scalar_type(), " ", packed_w.sizes());
+    const int64_t row_bytes = packed_w.size(1);
+    const uint8_t* const rows = packed_w.data_ptr<uint8_t>();
     for (int64_t g = 0; g < groups; ++g) {
-      const PackedHeader h = checked_header(packed_w[g], op, "packed_w");
+      const PackedHeader h = checked_header(rows + g * row_bytes, row_bytes, op, "packed_w");
       TORCH_CHECK(h.N == cout_g && h.K == K, "fastinfer.int8_conv2d: packed_w holds a [", h.N, ", ", h.K,
                   "] weight per group, expected [", cout_g, ", ", K, "] (Cout/groups, KH*KW*Cin/groups, with Cout = ",
                   a.Cout, " the length of w_scale)");
@@ -767,8 +783,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     p.KH = a.KH; p.KW = a.KW; p.SH = a.SH; p.SW = a.SW; p.PH = a.PH; p.PW = a.PW; p.DH = a.DH; p.DW = a.DW;
     p.w = packed_w.data_ptr<int8_t>();
     p.a_scale = kUnitScale;
-    p.w_scale = epi.scale.data_ptr<float>();
-    p.bias = epi.bias.defined() ? epi.bias.data_ptr<float>() : nullptr;
+    p.w_scale = epi.scale;
+    p.bias = epi.bias;
     p.out = out.data_ptr();
     p.out_kind = kind;
     p.act = act;

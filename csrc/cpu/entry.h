@@ -33,16 +33,21 @@ inline void check_dtype(const at::Tensor& t, at::ScalarType want, const char* op
               t.scalar_type());
 }
 
+// The header of the packed weight in bytes [data, data + nbytes) (a row of a [groups, bytes] conv weight).
+inline PackedHeader checked_header(const uint8_t* data, int64_t nbytes, const char* op, const char* arg) {
+  PackedHeader h;
+  const char* err = kernels::validate_packed(data, nbytes, &h);
+  TORCH_CHECK(err == nullptr, "fastinfer.", op, ": ", arg, " is not a valid packed weight: ", err);
+  return h;
+}
+
 inline PackedHeader checked_header(const at::Tensor& packed, const char* op, const char* arg) {
   check_cpu(packed, op, arg);
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1,
               "fastinfer.", op, ": ", arg, " must be a 1-D uint8 packed weight (from fastinfer.ops.pack_int8_weight), "
               "got dtype ", packed.scalar_type(), " with ", packed.dim(), " dims");
   TORCH_CHECK(packed.is_contiguous(), "fastinfer.", op, ": ", arg, " must be contiguous");
-  PackedHeader h;
-  const char* err = kernels::validate_packed(packed.data_ptr<uint8_t>(), packed.numel(), &h);
-  TORCH_CHECK(err == nullptr, "fastinfer.", op, ": ", arg, " is not a valid packed weight: ", err);
-  return h;
+  return checked_header(packed.data_ptr<uint8_t>(), packed.numel(), op, arg);
 }
 
 // The packed weight's part of the GEMM parameters (shape, n16k4 blocks, column sums); base: the start
@@ -79,6 +84,7 @@ inline at::Tensor channel_vector(const at::Tensor& t, int64_t n, const char* op,
   } else {
     check_dtype(t, at::kFloat, op, arg);
   }
+  if (t.scalar_type() == at::kFloat && t.is_contiguous()) return t;  // the usual case, without a dispatch
   return t.to(at::kFloat).contiguous();
 }
 

@@ -18,6 +18,7 @@
 #include <Python.h>
 
 #include <ATen/PythonTorchFunctionTLS.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/record_function.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -128,6 +129,9 @@ PyObject* serve(const Op& op) {
   bool ok = true;
   Py_BEGIN_ALLOW_THREADS;
   try {
+    // Below autograd and ADInplaceOrView, where torch.ops' boxed autograd fallback runs the CPU kernel too:
+    // the op's internal views (rows of the input, a packed weight's groups) then carry no view tracking.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
     out = op();
   } catch (...) {
     ok = false;

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .. import _C, ops
 from ..reference import check_weight_bits, quantize_weight_per_channel
+from . import _common
 from ._common import (ComputedWeight, check_float_layer, check_scale, fast_or_dispatch, float_out, needs_float32,
                       unbatched, via_float32)
 
@@ -144,6 +145,13 @@ class Int8Conv2d(ComputedWeight):
         return out
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's name: layer(input=x) works)
+        # The usual eager call first: the direct call takes a 4-D float32 or int8 CPU batch as it is and answers
+        # NotImplemented for anything else (other inputs, devices, modes, errors), which takes the long way with
+        # its checks and conversions. So does a half-precision model's layer (float_dtype), for its output's dtype.
+        if self.float_dtype is None and not _common._is_compiling():
+            y = _C.int8_conv2d(*self._args(input))
+            if y is not NotImplemented:
+                return y
         return unbatched(input, self._forward_batched)
 
     def _forward_batched(self, x: Tensor) -> Tensor:
@@ -157,11 +165,14 @@ class Int8Conv2d(ComputedWeight):
         return float_out(self._forward(x), x.dtype, self.float_dtype)
 
     def _forward(self, x: Tensor) -> Tensor:
+        return fast_or_dispatch(_C.int8_conv2d, torch.ops.fastinfer.int8_conv2d, *self._args(x))
+
+    def _args(self, x: Tensor) -> tuple:
+        """int8_conv2d's arguments for input x."""
         k, s, p, d = self._geometry()
         b = self._buffers  # not the attributes: each costs a failed lookup and nn.Module.__getattr__ (Int8Linear)
-        return fast_or_dispatch(_C.int8_conv2d, torch.ops.fastinfer.int8_conv2d, x, b["packed_weight"],
-                                b["weight_scale"], b["bias"], k, s, p, d, self.groups, self.x_scale, self.out_scale,
-                                self.activation)
+        return (x, b["packed_weight"], b["weight_scale"], b["bias"], k, s, p, d, self.groups, self.x_scale,
+                self.out_scale, self.activation)
 
     def extra_repr(self) -> str:
         mode = "dynamic" if self.x_scale is None else f"static x_scale={self.x_scale:.4g}"
