@@ -9,7 +9,7 @@ from torch import nn
 import torch.nn.functional as F
 
 import fastinfer  # noqa: F401  (loads the extension, as users do)
-from fastinfer.nn.fused import ConvAct2d, LinearAct
+from fastinfer.nn.fused import ConvAct2d, Folded, LinearAct
 from fastinfer.quantization.fuse import TRAINING_ERROR, fuse, identity
 
 
@@ -60,7 +60,7 @@ def test_cnn_conv_bn_relu_and_linear_bn_relu():
     assert type(fused.fc) is LinearAct and fused.fc.activation == "relu"
     assert type(fused.head) is nn.Linear
     for name in ("bn1", "relu1", "bn2", "relu2", "bn3", "relu3"):
-        assert type(getattr(fused, name)) is nn.Identity, name
+        assert type(getattr(fused, name)) is Folded, name
     # inplace=False: the original is untouched and still matches itself
     assert type(model.conv1) is nn.Conv2d and type(model.bn1) is nn.BatchNorm2d
     assert type(fused) is CNN
@@ -71,8 +71,33 @@ def test_inplace_true_returns_the_same_object():
     model = randomize_bn(CNN())
     ref = copy.deepcopy(model)
     out = fuse(model, inplace=True)
-    assert out is model and type(model.bn1) is nn.Identity
+    assert out is model and type(model.bn1) is Folded
     assert_same(model, ref, torch.randn(2, 3, 8, 8))
+
+
+def test_folded_calls_skip_the_module_machinery_but_not_its_hooks():
+    f = Folded()
+    x = torch.randn(2, 3)
+    assert f(x) is x and f(input=x) is x
+    seen = []
+    handle = f.register_forward_hook(lambda m, args, out: seen.append(out))
+    assert f(x) is x and len(seen) == 1  # a hook of its own: called the usual way
+    handle.remove()
+    handle = nn.modules.module.register_module_forward_pre_hook(lambda m, args: seen.append(m))
+    try:
+        f(x)
+        assert seen[-1] is f  # a global hook sees it too
+    finally:
+        handle.remove()
+    f(x)
+    assert len(seen) == 2
+    # torch.fx records no node for it (the value passes through); the traced model computes the same
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), Folded(), nn.ReLU()).eval()
+    gm = torch.fx.symbolic_trace(model)
+    assert [n.target for n in gm.graph.nodes if n.op == "call_module"] == ["0", "2"]
+    y = torch.randn(1, 3, 5, 5)
+    assert torch.equal(gm(y), model(y))
+    assert list(model.state_dict()) == ["0.weight", "0.bias"]
 
 
 def test_conv_without_bias_and_bn_without_affine():
@@ -81,7 +106,7 @@ def test_conv_without_bias_and_bn_without_affine():
     fused = fuse(model)
     assert fused.fastinfer_fuse_report == ["0 + 1", "2 + 3"]
     assert type(fused[0]) is nn.Conv2d and fused[0].bias is not None  # BN-only folds keep the type
-    assert type(fused[1]) is nn.Identity and type(fused[3]) is nn.Identity
+    assert type(fused[1]) is Folded and type(fused[3]) is Folded
     assert_same(fused, model, torch.randn(3, 3, 9, 9))
 
 
@@ -188,7 +213,7 @@ def test_untraceable_model_uses_sequential_fallback():
     assert report == ["features.0 + features.1 + features.2", "features.3.0 + features.3.1 + features.3.2",
                       "features.4 + features.5", "classifier.0 + classifier.1 + classifier.2"]
     assert "could not trace" in report.notes[0]
-    assert [type(m).__name__ for m in fused.features[3]] == ["ConvAct2d", "Identity", "Identity"]
+    assert [type(m).__name__ for m in fused.features[3]] == ["ConvAct2d", "Folded", "Folded"]
     assert fused.features[3][0].activation == "relu6"
     for sign in (1, -1):  # both sides of the data-dependent branch
         assert_same(fused, model, sign * torch.rand(2, 3, 10, 10))
@@ -449,7 +474,7 @@ def test_conv1d_takes_its_batchnorm1d_but_no_activation():
                                        nn.Conv1d(8, 6, 3), nn.BatchNorm1d(6)))
     fused = fuse(model, example_inputs=torch.randn(2, 4, 17))
     assert fused.fastinfer_fuse_report == ["0 + 1", "3 + 4"]
-    assert [type(m) for m in fused] == [nn.Conv1d, nn.Identity, nn.ReLU, nn.Conv1d, nn.Identity]
+    assert [type(m) for m in fused] == [nn.Conv1d, Folded, nn.ReLU, nn.Conv1d, Folded]
     assert_same(fused, model, torch.randn(3, 4, 17))
     without = fuse(model).fastinfer_fuse_report
     assert without == [] and "pass example_inputs" in without.skipped[0][1]

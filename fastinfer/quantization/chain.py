@@ -28,6 +28,7 @@ from ..nn.linear import Int8Linear
 from ..nn.sparse import SparseLinear
 from ..nn.add import Int8Add
 from ..nn.dropout import Int8Dropout
+from ..nn.fused import Folded
 from ..nn.gate import Int8ChannelScale, Int8GlobalAvgPool
 from ..nn.pool import Int8MaxPool2d
 from .fuse import _arg, _join, walk_traced
@@ -37,7 +38,8 @@ from .fuse import _arg, _join, walk_traced
 # its bound 6 is a float value, not an int8 one.
 # Functional max pooling is not among them: torch's kernel fails on channels_last int8, and a call in a
 # forward cannot be swapped for ours.
-INT8_TRANSPARENT_MODULES = (nn.Identity, nn.MaxPool2d, Int8MaxPool2d, nn.ReLU, nn.Dropout, Int8Dropout)
+IDENTITIES = (nn.Identity, Folded)  # Folded: what fuse left where it folded a module away
+INT8_TRANSPARENT_MODULES = (*IDENTITIES, nn.MaxPool2d, Int8MaxPool2d, nn.ReLU, nn.Dropout, Int8Dropout)
 _TRANSPARENT_FUNCTIONS = (F.relu, torch.relu, F.relu_, torch.relu_)
 _TRANSPARENT_METHODS = ("relu", "relu_")
 
@@ -225,7 +227,7 @@ def _producer(module: nn.Module, node: fx.Node) -> Optional[nn.Module]:
         return None
     mod = module.get_submodule(node.target)
     while type(mod) is nn.Sequential:
-        kids = [m for m in mod if type(m) is not nn.Identity]
+        kids = [m for m in mod if type(m) not in IDENTITIES]
         if not kids:
             return None
         mod = kids[-1]
@@ -240,7 +242,7 @@ def _is_relu(module: nn.Module, node: fx.Node) -> bool:
 
 
 def _behind_identities(module: nn.Module, node: fx.Node) -> fx.Node:
-    while node.op == "call_module" and type(module.get_submodule(node.target)) is nn.Identity:
+    while node.op == "call_module" and type(module.get_submodule(node.target)) in IDENTITIES:
         node = node.args[0]
     return node
 

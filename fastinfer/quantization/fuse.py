@@ -9,8 +9,9 @@ class, its methods and every module name:
 * a fused Conv2d/Linear keeps its name (``features.0`` stays ``features.0``); it becomes a
   ConvAct2d/LinearAct when an activation was fused, and stays an nn.Conv2d/nn.Linear (with folded
   weights, and a bias if it had none) when only a BatchNorm was folded;
-* a folded BatchNorm is replaced by nn.Identity under its own name;
-* an activation *module* whose every call was fused is replaced by nn.Identity; one that is also
+* a folded BatchNorm is replaced by a fastinfer.nn.Folded (an nn.Identity whose call skips nn.Module's
+  call machinery while it has no hooks) under its own name;
+* an activation *module* whose every call was fused is replaced by a Folded; one that is also
   used elsewhere (a shared ``self.relu``), and every *functional* activation (F.relu, torch.relu,
   F.relu6, F.hardtanh(x, 0, 6), x.relu()), stays in the forward. This is correct because ReLU and
   ReLU6 are idempotent: relu(relu(y)) == relu(y), and the layer's output only fed that activation.
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor, fx, nn
 import torch.nn.functional as F
 
-from ..nn.fused import ConvAct2d, LinearAct
+from ..nn.fused import ConvAct2d, Folded, LinearAct
 from .calibrate import model_call
 
 TRAINING_ERROR = "fuse needs model.eval(): BatchNorm folding uses running statistics"
@@ -374,7 +375,7 @@ class _Fuser:
         # An activation module becomes Identity only when every one of its calls was fused.
         for target, n in act_fused.items():
             if n == calls[target] and id(mods[target]) not in self.aliased:
-                self.replace(_join(prefix, target), nn.Identity())
+                self.replace(_join(prefix, target), Folded())
         reported: Set[str] = set()  # a BatchNorm called twice is one entry
         for node in graph.nodes:
             if (node.op == "call_module" and node.target not in folded and node.target not in reported
@@ -420,11 +421,11 @@ class _Fuser:
                    else LinearAct.from_linear(layer, act))
         if bn_name is not None:
             fold_bn(new, self.root.get_submodule(bn_name))
-            self.replace(bn_name, nn.Identity())
+            self.replace(bn_name, Folded())
         if new is not layer:
             self.replace(layer_name, new)
         if remove_act:
-            self.replace(act_label, nn.Identity())
+            self.replace(act_label, Folded())
         self.report.append(" + ".join(n for n in (layer_name, bn_name, act_label) if n))
 
 
