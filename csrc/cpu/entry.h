@@ -6,6 +6,8 @@
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <numeric>
 #include <string>
 #include <type_traits>
 
@@ -91,11 +93,19 @@ inline at::Tensor channel_vector(const at::Tensor& t, int64_t n, const char* op,
 // Column panel width for N_pad columns and items_per_panel row chunks: the kernel set's panel, halved
 // (in steps of 32 columns) until every thread has at least two items, so that a wide AMX panel does
 // not leave a thread idle on a narrow layer (e.g. 128 x 384 x 1536: 3 panels of 512 -> 12 of 128).
+// Still fewer items than that at 64 columns (few rows and few columns: a batch-1 1x1 convolution of a
+// 7 x 7 image is one row item), the columns are split in panels of equal width (a multiple of 16), as
+// many as make the item count a multiple of the thread count: MobileNetV2's 960 -> 160 at 7 x 7, batch 1,
+// had 3 panels of 64, 64 and 32 columns, so one thread did 4/5 of the work (2 threads: 1.02x 1 thread).
 inline int64_t panel_width(const kernels::KernelSet& ks, int64_t N_pad, int64_t items_per_panel) {
-  const int64_t want = 2 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t threads = at::get_num_threads(), want = 2 * threads;
   int64_t panel = ks.n_panel;
   while (panel > 64 && ((N_pad + panel - 1) / panel) * items_per_panel < want)
     panel = kernels::round_up(panel / 2, 32);
+  if (threads > 1 && ((N_pad + panel - 1) / panel) * items_per_panel < want) {
+    const int64_t panels = threads / std::gcd(threads, items_per_panel);
+    panel = kernels::round_up((N_pad + panels - 1) / panels, kernels::kPackNB);
+  }
   return panel;
 }
 
