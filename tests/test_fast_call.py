@@ -132,6 +132,20 @@ def test_conv_forward_tries_the_direct_call_first_and_falls_back():
     assert q(q8(x)).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("scheme", ["w8a8_dynamic", "w8a8_static"])
+def test_linear_forward_tries_the_direct_call_first_and_falls_back(scheme):
+    lin = nn.Linear(24, 10).eval()
+    q = fastinfer.nn.Int8Linear.from_float(lin, scheme=scheme, **({"x_scale": 0.02} if scheme == "w8a8_static" else {}))
+    x = torch.randn(3, 5, 24)
+    before = _C.fast_calls()
+    y = q(x)
+    assert _C.fast_calls() - before == 1 and y.shape == (3, 5, 10)
+    assert torch.equal(q(x.double()), y.double())  # float64 and float16: the op refuses them, the long way converts
+    assert torch.equal(q(x.half()), q(x.half().float()).half())
+    with pytest.raises(RuntimeError, match="in_features K=24"):  # the op's message, from the torch.ops call
+        q(torch.randn(3, 23))
+
+
 def test_what_the_direct_calls_leave_to_the_dispatcher():
     args = conv_args(int8_x=False, out_scale=None)
     x = args[0]

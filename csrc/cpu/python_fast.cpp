@@ -130,7 +130,7 @@ PyObject* serve(const Op& op) {
   Py_BEGIN_ALLOW_THREADS;
   try {
     // Below autograd and ADInplaceOrView, where torch.ops' boxed autograd fallback runs the CPU kernel too:
-    // the op's internal views (rows of the input, a packed weight's groups) then carry no view tracking.
+    // the op's internal views (the input's NHWC rows) then carry no view tracking (0.7 us of a 1-pixel conv).
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     out = op();
   } catch (...) {
