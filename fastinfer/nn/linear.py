@@ -131,30 +131,29 @@ class Int8Linear(ComputedWeight):
         # The usual eager call first, as Int8Conv2d's: the direct call answers NotImplemented for what the op
         # does not take as it is (float16 and float64 inputs, which the long way converts; other devices, modes).
         if self.scheme != "w8_only" and not _common._is_compiling():
-            fast, _, args = self._op_call(input)
-            y = fast(*args)
+            fast = _C.int8_linear_dynamic if self.scheme == "w8a8_dynamic" else _C.int8_linear_static
+            y = fast(*self._op_args(input))
             if y is not NotImplemented:
                 return y
         x = input
         return via_float32(x, self._forward) if needs_float32(x, (torch.bfloat16,)) else self._forward(x)
 
-    def _op_call(self, x: Tensor):
-        """The w8a8 scheme's direct call, its torch.ops op, and their arguments for input x."""
+    def _op_args(self, x: Tensor) -> tuple:
+        """The w8a8 scheme's op arguments for input x (int8_linear_dynamic's or int8_linear_static's)."""
         # The buffers from the dict that holds them: reading one as an attribute goes through nn.Module.__getattr__
         # after a failed lookup (0.6-0.7 us each, measured on Python 3.11: 3.3 us a call for the five, a third of a
         # small layer's whole call).
         b = self._buffers
         if self.scheme == "w8a8_dynamic":
-            return _C.int8_linear_dynamic, torch.ops.fastinfer.int8_linear_dynamic, (
-                x, b["packed_weight"], b["weight_scale"], b["bias"], self.activation, b["input_smooth"])
-        return _C.int8_linear_static, torch.ops.fastinfer.int8_linear_static, (
-            x, self.x_scale, b["packed_weight"], b["weight_scale"], b["bias"], self.activation, self.out_scale,
-            b["input_smooth"])
+            return x, b["packed_weight"], b["weight_scale"], b["bias"], self.activation, b["input_smooth"]
+        return (x, self.x_scale, b["packed_weight"], b["weight_scale"], b["bias"], self.activation, self.out_scale,
+                b["input_smooth"])
 
     def _forward(self, x: Tensor) -> Tensor:
-        if self.scheme != "w8_only":
-            fast, op, args = self._op_call(x)
-            return fast_or_dispatch(fast, op, *args)
+        if self.scheme == "w8a8_dynamic":
+            return fast_or_dispatch(_C.int8_linear_dynamic, torch.ops.fastinfer.int8_linear_dynamic, *self._op_args(x))
+        if self.scheme == "w8a8_static":
+            return fast_or_dispatch(_C.int8_linear_static, torch.ops.fastinfer.int8_linear_static, *self._op_args(x))
         # The weight-only kernels have no activation epilogue: a fused layer's runs after them, in torch.
         b = self._buffers
         y = torch.ops.fastinfer.int8_linear_weight_only(x, b["packed_weight"], b["weight_scale"], b["bias"])
