@@ -1,6 +1,7 @@
 """Int8 convolution benchmark: fastinfer's int8 conv vs torch fp32 conv and torch.ao's quantized conv
 (engine 'x86'), all timed in the same run, on ResNet-50 layer shapes plus a MobileNet-style depthwise layer
-(and ResNet-50's 3-channel 7x7 stem, which has no target in the issue).
+(and ResNet-50's 3-channel 7x7 stem, grouped layers and unpadded twins of l3_3x3 / l4_3x3, which have no
+target in the issue).
 
     python benchmarks/bench_conv.py [--threads 2] [--batches 1,8] [--layers l1_3x3,dw_3x3]
                                     [--min-time 0.3] [--rounds 10] [--json out.json]
@@ -10,6 +11,10 @@ Rows per layer and batch N (x is torch.randn, weights and bias from a seeded nn.
   torch      fp32 NCHW / fp32 channels_last    F.conv2d; '*' marks the faster one, the fp32 baseline
   torch.ao   (a) int8 in/out                   quint8 channels_last x -> qconv -> quint8 (kernel only)
   torch.ao   (b) fp32 in/out q/dq              fp32 channels_last x -> quantize_per_tensor -> qconv -> dequantize
+  torch.ao   (a0) int8 in/out, x >= 0          (a) on relu(x) quantized with zero point 0, as a ResNet's convs see
+                                               their post-ReLU inputs in a torch.ao model: oneDNN then skips the
+                                               taps that fall in the zero padding, which it computes at (a)'s
+                                               zero point 64 (no target; checked against conv(relu(x)))
   fastinfer  (c) static fp32 in/out            Int8Conv2d(x_scale=amax/127 computed once), channels_last x;
                                                also on NCHW x (the op converts it to channels_last each call)
   fastinfer  (d) int8 in/out                   ops.int8_conv2d on an int8 channels_last x, int8 out (kernel only)
@@ -66,12 +71,17 @@ LAYERS = [
     ConvLayer("stem_7x7", 3, 64, 7, 224, 2, 3, 1, extra=True),  # ResNet-50's RGB stem (3 channels)
     ConvLayer("g32_3x3", 128, 128, 3, 56, 1, 1, 32, extra=True),  # ResNeXt-50 32x4d layer1: 4 channels a group
     ConvLayer("g16w_3x3", 256, 256, 3, 28, 1, 1, 16, extra=True),  # RegNet-style: 16 channels a group
+    # l3_3x3 and l4_3x3 without padding: the same output size and products from an input 2 pixels wider and
+    # taller. On inputs of zero point 0 (row (a0)) oneDNN skips the taps that fall in the zero padding (l4_3x3:
+    # 18% of them); fastinfer computes them. These rows show that difference apart from the kernels' speed.
+    ConvLayer("l3_3x3_nopad", 256, 256, 3, 16, 1, 0, 1, extra=True),
+    ConvLayer("l4_3x3_nopad", 512, 512, 3, 9, 1, 0, 1, extra=True),
 ]
 
 SQNR_MIN_DB = 25.0
 IMPL = {  # short keys -> the impl names in the table and JSON (targets look rows up by these)
     "fp32": "fp32 NCHW", "fp32_cl": "fp32 channels_last",
-    "a": "(a) int8 in/out", "b": "(b) fp32 in/out q/dq",
+    "a": "(a) int8 in/out", "b": "(b) fp32 in/out q/dq", "a0": "(a0) int8 in/out, x >= 0",
     "c": "(c) static fp32 in/out", "c_nchw": "(c) static fp32 in/out, NCHW x",
     "d": "(d) int8 in/out", "e": "(e) dynamic fp32 in/out",
     "c7": "(c7) static, 7-bit weights",
@@ -132,6 +142,15 @@ def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float, rou
         warnings.simplefilter("ignore")  # the quantize_per_tensor deprecation warning, once per process
         ao_xq = torch.quantize_per_tensor(x_cl, ao_x_scale, ao_x_zp, torch.quint8)
 
+    # (a0): post-ReLU values, zero point 0 (torch.ao's observers give a ReLU's output that zero point)
+    x_pos = torch.relu(x_cl)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ao_xq0 = torch.quantize_per_tensor(x_pos, max(x_pos.max().item(), 1e-6) / 255, 0, torch.quint8)
+    with torch.inference_mode():
+        y_pos = F.conv2d(x_pos, w, b, *conv_args)
+    ao0 = torch_ao_conv(conv, y_pos.abs().max().item() / 127)
+
     def ao_qdq():
         return ao(torch.quantize_per_tensor(x_cl, ao_x_scale, ao_x_zp, torch.quint8)).dequantize()
 
@@ -152,13 +171,15 @@ def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float, rou
         ("torch", "fp32_cl", lambda: F.conv2d(x_cl, w_cl, b, *conv_args)),
         ("torch.ao", "a", lambda: ao(ao_xq)),
         ("torch.ao", "b", ao_qdq),
+        ("torch.ao", "a0", lambda: ao0(ao_xq0)),
         ("fastinfer", "c", lambda: static(x_cl)),
         ("fastinfer", "c_nchw", lambda: static(x)),
         ("fastinfer", "d", fi_int8),
         ("fastinfer", "e", lambda: dynamic(x_cl)),
         ("fastinfer", "c7", lambda: static7(x_cl)),
     ]
-    dequant = {"a": lambda t: t.dequantize(), "d": lambda t: t.float() * out_scale}
+    dequant = {"a": lambda t: t.dequantize(), "a0": lambda t: t.dequantize(), "d": lambda t: t.float() * out_scale}
+    refs = {"a0": y_pos}
     family = "dwconv" if is_depthwise(L) else "int8_gemm"
     oh = out_size(L)
     gemm_M, gemm_K = batch * oh * oh, L.C // L.groups * L.k * L.k
@@ -169,7 +190,7 @@ def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float, rou
         for lib, key, fn in cases:
             out = fn()
             if key != "fp32":  # one check per layer and batch, before timing, on the same objects we time
-                checks[key] = sqnr_db(y, dequant.get(key, lambda t: t)(out))
+                checks[key] = sqnr_db(refs.get(key, y), dequant.get(key, lambda t: t)(out))
             if lib == "fastinfer":  # read right after this impl ran, so it is the one served
                 served[key] = kernel_served(family)
         # Every case timed in alternation (rounds of slices): the targets' ratios are paired per round.

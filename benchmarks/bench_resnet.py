@@ -1,6 +1,6 @@
 """Whole-network benchmark: ResNet-50, ResNeXt-50 32x4d, MobileNetV2, MobileNetV3-Large or EfficientNet-B0
 (ImageNet shape, 224x224 RGB) in fp32 against torch.ao's FX static int8 quantization (engine 'x86', oneDNN) and
-fastinfer (fuse + w8a8_static), all eager, timed in the same run.
+fastinfer (fuse + w8a8_static), eager and as torch.jit.trace + freeze graphs, timed in the same run.
 
     PYTHONPATH=. python benchmarks/bench_resnet.py [--model resnet50|resnext50_32x4d|mobilenet_v2|mobilenet_v3_large|
                                                     efficientnet_b0]
@@ -30,6 +30,12 @@ Rows (fp32 input NCHW, logits out, the whole forward timed):
                                    the residual adds and the stream between blocks stay fp32
   fastinfer, no int8 hand-offs     that model with every conv's out_scale cleared: each conv writes fp32 and
                                    the next one quantizes it again
+  torch.ao / fastinfer, jit.trace  the torch.ao and fastinfer models traced (torch.jit.trace on the timed batch)
+                                   and frozen (torch.jit.freeze), as one deploys a model without its Python: the
+                                   forward runs in TorchScript's interpreter, each op through the dispatcher
+                                   (`--no-traced` leaves them out). Their outputs are checked against the eager
+                                   models' on the timed batch. "vs ao" compares with eager torch.ao; "vs ao jit"
+                                   with the traced torch.ao.
 Each round times every row (min-time each) in rotated order; the table gives the median over rounds.
 Quality: cosine similarity of each int8 model's logits with fp32's on held-out random images.
 """
@@ -42,6 +48,7 @@ import io
 import statistics
 import sys
 import warnings
+from typing import Optional
 
 import torch
 from torch import nn
@@ -267,6 +274,16 @@ def build_model(name: str = "resnet50", seed: int = 0, image_size: int = 224) ->
 
 FP32, FP32_CL, AO, FI = "fp32 NCHW", "fp32 channels_last", "torch.ao FX static (x86)", "fastinfer fuse+w8a8_static"
 FI_FP32_RES, FI_UNCHAINED = "fastinfer, int8_residuals=False", "fastinfer, no int8 hand-offs"
+AO_JIT, FI_JIT = "torch.ao, jit.trace + freeze", "fastinfer, jit.trace + freeze"
+
+
+def traced(model: nn.Module, x: torch.Tensor, engine: Optional[str]) -> torch.jit.ScriptModule:
+    """model traced on x and frozen: the forward as a TorchScript graph with its weights as constants."""
+    if engine:
+        torch.backends.quantized.engine = engine
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python values in the forwards
+        return torch.jit.freeze(torch.jit.trace(model, x, check_trace=False).eval())
 
 
 def build_impls(fp32: nn.Module, calib):
@@ -329,9 +346,21 @@ def run(args) -> dict:
             top1 = (out.argmax(1) == ref.argmax(1)).float().mean().item()
             quality[name] = {"cos_mean": cos.mean().item(), "cos_min": cos.min().item(), "top1_agree": top1}
     rows = []
-    names = list(impls)
+    names = list(impls) + ([AO_JIT, FI_JIT] if args.traced else [])
+    traced_check = {}
     for n in args.batches:
         x = torch.randn(n, 3, size, size, generator=g)
+        if args.traced:  # traced on this batch (a trace may hold its shapes)
+            for jit_name, name in ((AO_JIT, AO), (FI_JIT, FI)):
+                model, engine = impls[name]
+                impls[jit_name] = (traced(model, x, engine), engine)
+                with torch.inference_mode():
+                    want, got = call(name, x), call(jit_name, x)
+                # fastinfer's ops are deterministic: the graph gives the eager bits; torch.ao's close to them
+                same = torch.equal(want, got) if name == FI else torch.allclose(want, got, rtol=1e-4, atol=1e-4)
+                traced_check[f"{jit_name}, N={n}"] = same
+                if not same:
+                    raise SystemExit(f"{jit_name} at N={n} does not give the eager model's output")
         per_round = {name: [] for name in names}
         with torch.inference_mode():
             for r in range(args.repeats):
@@ -344,7 +373,7 @@ def run(args) -> dict:
                          "median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms),
                          "rounds_ms": ms, "images_per_s": n / (statistics.median(ms) * 1e-3)})
     print(f"\n{'impl':<33} {'N':>2} {'median ms':>10} {'min':>8} {'max':>8} {'img/s':>8} {'vs fp32*':>8} "
-          f"{'vs ao':>6}  cos mean / min, top-1 agree")
+          f"{'vs ao':>6} {'vs ao jit':>9}  cos mean / min, top-1 agree")
     for n in args.batches:
         by = {r["impl"]: r for r in rows if r["N"] == n}
         best_fp32 = min(by[FP32]["median_ms"], by[FP32_CL]["median_ms"])
@@ -352,12 +381,18 @@ def run(args) -> dict:
             r = by[name]
             r["speedup_vs_best_fp32"] = best_fp32 / r["median_ms"]
             r["speedup_vs_torch_ao"] = by[AO]["median_ms"] / r["median_ms"]
+            vs_jit = ""
+            if AO_JIT in by:
+                r["speedup_vs_torch_ao_traced"] = by[AO_JIT]["median_ms"] / r["median_ms"]
+                vs_jit = f"{r['speedup_vs_torch_ao_traced']:.2f}x"
             q = quality.get(name)
             qs = f"{q['cos_mean']:.4f} / {q['cos_min']:.4f}, {q['top1_agree']:.2f}" if q else ""
             print(f"{name:<33} {n:>2} {r['median_ms']:>10.2f} {r['min_ms']:>8.2f} {r['max_ms']:>8.2f} "
-                  f"{r['images_per_s']:>8.1f} {r['speedup_vs_best_fp32']:>7.2f}x {r['speedup_vs_torch_ao']:>5.2f}x  {qs}")
-    print("# fp32* = the faster fp32 layout of the same batch; quality on 16 held-out random images")
-    return {"machine": info, "rows": rows, "quality": quality,
+                  f"{r['images_per_s']:>8.1f} {r['speedup_vs_best_fp32']:>7.2f}x {r['speedup_vs_torch_ao']:>5.2f}x "
+                  f"{vs_jit:>9}  {qs}")
+    print("# fp32* = the faster fp32 layout of the same batch; quality on 16 held-out random images"
+          + ("; the traced models give the eager models' outputs on the timed batches" if traced_check else ""))
+    return {"machine": info, "rows": rows, "quality": quality, "traced_outputs_match": traced_check,
             "fastinfer_report": {"swapped": len(fi_report.swapped), "chained": fi_report.chained,
                                  "rewritten": fi_report.rewritten,
                                  "skipped": fi_report.skipped}}
@@ -372,6 +407,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="timing rounds per batch (median over rounds)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per row and round")
     p.add_argument("--calib-batches", type=int, default=4, help="calibration batches of 8 random images")
+    p.add_argument("--traced", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the torch.ao and fastinfer models as jit.trace + freeze graphs (default on)")
     p.add_argument("--json", help="write rows, quality and machine info here")
     args = p.parse_args(argv)
     args.batches = [int(v) for v in args.batches.split(",")]

@@ -208,3 +208,7 @@ def test_torch_jit_trace_records_the_ops():
         traced = torch.jit.trace(q, x1, check_trace=False)
         assert "fastinfer::int8_conv2d" in str(traced.inlined_graph)
         assert torch.equal(traced(x2), q(x2))
+        # frozen (weights as graph constants), as bench_resnet deploys a model without its Python
+        frozen = torch.jit.freeze(traced.eval())
+        assert "fastinfer::int8_conv2d" in str(frozen.graph)
+        assert torch.equal(frozen(x2), q(x2))
