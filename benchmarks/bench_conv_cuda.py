@@ -130,7 +130,7 @@ def run(args) -> Dict:
     info = machine_info_cuda()
     print(f"# {info['gpu']} (sm_{info['capability']}) | torch {info['torch']} | CUDA {info['cuda']}")
     print(f"{'layer':<8} {'N':>3}  {'impl':<28} {'median ms':>10} {'graph ms':>9} {'TOPS':>8} {'SQNR dB':>8}  kernel")
-    layers = parse_layers(args.layers)
+    layers = parse_layers(args.layers) if args.layers else [L for L in LAYERS if not L.cpu_only]
     batches = [int(b) for b in (args.batches if args.batches != "1,8" else "32").split(",")]
     rows, failures = [], []
     for L in layers:
