@@ -74,7 +74,8 @@ LAYERS = [
     ConvLayer("g16w_3x3", 256, 256, 3, 28, 1, 1, 16, extra=True),  # RegNet-style: 16 channels a group
     # l3_3x3 and l4_3x3 without padding: the same output size and products from an input 2 pixels wider and
     # taller. On inputs of zero point 0 (row (a0)) oneDNN skips the taps that fall in the zero padding (l4_3x3:
-    # 18% of them); fastinfer computes them. These rows show that difference apart from the kernels' speed.
+    # 18% of them); fastinfer skips the kernel rows in it (half of those taps; set_conv_padded_rows). These rows
+    # show what the padding is worth to each, apart from the kernels' speed.
     ConvLayer("l3_3x3_nopad", 256, 256, 3, 16, 1, 0, 1, extra=True, cpu_only=True),
     ConvLayer("l4_3x3_nopad", 512, 512, 3, 9, 1, 0, 1, extra=True, cpu_only=True),
 ]

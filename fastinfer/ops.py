@@ -368,7 +368,11 @@ def last_kernel(family: str) -> str:
     "stride_planes" (AMX, stride s > 1 with 12 <= OW < 16: the input split into s * s planes by row and column
     phase, each tap a stride-1 window of one), "row_segments" (fewer than 16 channels: a kernel row's taps as
     one K segment), "one_row_images" (AVX-512 VNNI, a plain 1x1 convolution with OW < 10: each image's pixels as
-    one output row of register tiles); "" when no direct kernel served."""
+    one output row of register tiles); "" when no direct kernel served. "conv_padded_rows" says whether the latest
+    one-group convolution skipped the kernel rows that read the zero padding above and below the image
+    ("skipped": the direct convolution of the VNNI and AVX2 tiers and the gathered-rows GEMM of AVX-512 VNNI;
+    set_conv_padded_rows) or computed them ("computed"); "" after a depthwise or grouped convolution, or a plain 1x1
+    one run as a GEMM."""
     return _ops.last_kernel(family)
 
 
@@ -385,6 +389,20 @@ def set_output_cache_limit(nbytes: int) -> int:
     if not is_integer(nbytes) or nbytes < 0:
         raise ValueError(f"nbytes must be an integer >= 0, got {nbytes!r}")
     return _ops.set_output_cache_limit(int(nbytes))
+
+
+_PADDED_ROWS_MODES = ("auto", "always", "never")
+
+
+def set_conv_padded_rows(mode: str) -> str:
+    """When one-group convolutions skip the kernel rows that read an output row's zero padding (the direct
+    convolution of the VNNI and AVX2 tiers, the gathered-rows GEMM of AVX-512 VNNI; README, "Kernel rows in the
+    padding"): "auto" (the default: where the saved products outweigh the column sums made per call), "always" or
+    "never". The results are the same bits either way. Returns the previous mode; last_kernel("conv_padded_rows")
+    says what the latest convolution did."""
+    if mode not in _PADDED_ROWS_MODES:
+        raise ValueError(f"set_conv_padded_rows: mode must be one of {', '.join(_PADDED_ROWS_MODES)}, got {mode!r}")
+    return _PADDED_ROWS_MODES[_ops.set_conv_padded_rows(_PADDED_ROWS_MODES.index(mode))]
 
 
 def set_amx_min_rows(rows: int) -> int:

@@ -435,6 +435,108 @@ def test_vnni_direct_conv_threads(vnni):
         torch.set_num_threads(before)
 
 
+# Geometries whose top or bottom output rows read the zero padding with some of their kernel rows (padding 1-3,
+# 5x5 and 7x7, stride 2, dilation 2, row segments), a 1x1 with padding (its border rows read only padding: left as
+# they are) and padding beyond the kernel's reach.
+PADDED_ROWS = [VNNI_DIRECT[i] for i in (0, 1, 2, 3, 4, 5, 6, 10, 11, 13)] + [
+    (1, 16, 12, 12, 16, 3, 1, 3, 1),     # padding 3 > reach 1: whole output rows in the padding
+    (2, 32, 23, 22, 48, 5, 2, 2, 1),     # 5x5 stride 2, OW 11: the bottom row skips 2 kernel rows, the top one 2
+]
+
+
+def partial_rows(g):
+    """Whether an output row of geometry g reads the image with some but not all of its kernel rows."""
+    N, C, H, W, Co, k, s, p, d = g
+    oh = (H + 2 * p - d * (k - 1) - 1) // s + 1
+    return any(0 < sum(0 <= r * s - p + kh * d < H for kh in range(k)) < k for r in range(oh))
+
+
+@pytest.mark.parametrize("g", PADDED_ROWS, ids=[str(g) for g in PADDED_ROWS])
+def test_vnni_direct_conv_skips_padded_kernel_rows(vnni, g):
+    # Output rows whose first or last kernel rows read the zero padding run the other kernel rows only, against
+    # their own column sums (conv_ops.cpp, PaddedKernelRows): the reference's bits, fp32 and int8 inputs, 1 and 2
+    # threads, and the same bits as computing every kernel row.
+    packed, w, ws, b, geo = direct_case(g)
+    x = torch.randn(*g[:4]) * 2
+    xq = torch.randint(-128, 128, g[:4], dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    previous, before = ops.set_conv_padded_rows("always"), torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for inp, x_scale, out_scale, act in ((x, 0.03, 0.05, "relu6"), (x, None, None, "none"),
+                                                 (xq, 0.05, 0.1, "relu"), (xq, 0.05, None, "none")):
+                ops.set_conv_padded_rows("always")
+                y = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
+                assert ops.last_kernel("conv_direct") == vnni
+                assert ops.last_kernel("conv_padded_rows") == ("skipped" if partial_rows(g) else "computed")
+                torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, *geo[1:], 1, x_scale, out_scale, act),
+                                           rtol=0, atol=0)
+                ops.set_conv_padded_rows("never")
+                y_all = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
+                assert ops.last_kernel("conv_padded_rows") == "computed"
+                assert torch.equal(y, y_all)
+    finally:
+        ops.set_conv_padded_rows(previous)
+        torch.set_num_threads(before)
+
+
+# Outputs narrower than the VNNI tiles' rows (OW < 10): gathered rows for the GEMM.
+GATHERED_PADDED = [(2, 64, 7, 7, 64, 3, 1, 1, 1),    # ResNet-50's last 3x3 layers, Cout 64
+                   (1, 32, 9, 9, 24, 5, 1, 2, 1),    # 5x5: two kernel rows off at the border rows
+                   (3, 16, 8, 6, 40, 3, 2, 1, 1),    # stride 2: only the top row reads padding; chunks cross images
+                   (1, 24, 7, 9, 17, 3, 1, 1, 2),    # dilation 2, Cout 17
+                   (1, 18, 8, 8, 20, 3, 1, 1, 1)]    # a kernel row of 54 bytes (not whole k steps): computed
+
+
+@pytest.mark.parametrize("g", GATHERED_PADDED, ids=[str(g) for g in GATHERED_PADDED])
+def test_gathered_conv_skips_padded_kernel_rows(vnni, g):
+    # On AVX-512 VNNI the gathered-rows GEMM runs the border rows' K range (Int8GemmParams::k_quads) against their
+    # column sums; the 256-bit tiers compute every kernel row. The reference's bits either way.
+    packed, w, ws, b, geo = direct_case(g)
+    x = torch.randn(*g[:4]) * 2
+    skips = vnni == "avx512_vnni" and partial_rows(g) and g[6] * g[1] % 4 == 0
+    previous = ops.set_conv_padded_rows("always")
+    try:
+        for x_scale, out_scale, act in ((0.03, 0.05, "relu"), (None, None, "none")):
+            ops.set_conv_padded_rows("always")
+            y = ops.int8_conv2d(x, packed, ws, b, *geo, 1, x_scale, out_scale, act)
+            assert ops.last_kernel("conv_direct") == "" and ops.last_kernel("int8_gemm") == vnni
+            assert ops.last_kernel("conv_padded_rows") == ("skipped" if skips else "computed")
+            torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, b, *geo[1:], 1, x_scale, out_scale, act),
+                                       rtol=0, atol=0)
+            ops.set_conv_padded_rows("never")
+            assert torch.equal(y, ops.int8_conv2d(x, packed, ws, b, *geo, 1, x_scale, out_scale, act))
+            assert ops.last_kernel("conv_padded_rows") == "computed"
+    finally:
+        ops.set_conv_padded_rows(previous)
+
+
+def test_padded_rows_auto_by_batch():
+    # "auto" skips where the saved products outweigh the column sums' GEMM: ResNet-50's last 3x3 layer at batch 8,
+    # not at batch 1 (the sums read the whole 2.4 MB weight for 1/10 of a 0.3 ms layer's products).
+    if "avx512_vnni" not in runnable_isas():
+        pytest.skip("the gathered rows skip kernel rows on AVX-512 VNNI only")
+    w = torch.randint(-127, 128, (512, 512, 3, 3), dtype=torch.int8)
+    packed, ws = ops.pack_conv_weight(w, 1), torch.rand(512) * 0.01
+    with fastinfer.use_isa("avx512_vnni"):
+        for n, want in ((1, "computed"), (8, "skipped")):
+            xq = torch.randint(-127, 128, (n, 512, 7, 7), dtype=torch.int8)
+            xq = xq.contiguous(memory_format=torch.channels_last)
+            ops.int8_conv2d(xq, packed, ws, None, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0.05, 0.1, "relu")
+            assert ops.last_kernel("conv_padded_rows") == want
+
+
+def test_set_conv_padded_rows_checks_and_restores():
+    with pytest.raises(ValueError, match="mode must be one of auto, always, never"):
+        ops.set_conv_padded_rows("sometimes")
+    previous = ops.set_conv_padded_rows("never")
+    try:
+        assert ops.set_conv_padded_rows("always") == "never"
+    finally:
+        ops.set_conv_padded_rows(previous)
+    assert previous == "auto"
+
+
 # (N, C, H, W, Cout): plain 1x1 convolutions of images narrower than a VNNI row (OW < 10) with >= 10 pixels.
 ONE_ROW = [(3, 64, 7, 7, 40),     # 49 pixels an image (9 tiles of 5-6), Cout 40 ends in half a column block
            (1, 96, 7, 7, 160),    # batch 1: one item an image, the columns split into panels

@@ -377,6 +377,145 @@ int64_t even_row_groups(int64_t per_image, const ConvArgs& a, int64_t threads) {
   return per_image;
 }
 
+// Kernel rows in the zero padding. An output row near the top or bottom of the image reads padding rows with its
+// first or last kernel rows: their products are 128 * w each (the padding's u8 zero), which the epilogue's 128 *
+// colsum then takes away again. Such a row runs only its kernel rows [kh0, kh1) that read the image: K is
+// ordered (kh, kw, c), so they are one K range of the packed weight, run against the column sums of those kernel
+// rows (the packed weight holds only the sums over all of K). The sums are made here once a call for each
+// distinct range (a few: one for each count of kernel rows in the top or the bottom padding) by the int8 GEMM:
+// an operand row of ones over the range against the packed weight, int32 out. oneDNN skips them too: its
+// 512-channel 3x3 at 7 x 7 ran 1.2x faster padded than unpadded (bench_conv.py's `(a0)` rows), where fastinfer
+// took the same time.
+// Who skips: the direct convolution of the VNNI and AVX2 tiers (a convolution of KH = kh1 - kh0 from the input
+// row of kh0 down: its tiles lie within one output row), and the gathered-rows GEMM on AVX-512 VNNI (the rows
+// of an output row are consecutive in M; Int8GemmParams::k_quads, which only that GEMM honours). AMX computes
+// them (its padded-width and stride-plane tiles cross output rows, and no AMX machine was at hand to measure).
+class PaddedKernelRows {
+ public:
+  // w: the packed weight's GEMM fields; krow: K bytes a kernel row (a multiple of 4); allowed: the caller's
+  // kernels can run a K range.
+  PaddedKernelRows(const kernels::KernelSet& ks, const ConvArgs& a, const kernels::Int8GemmParams& w, int64_t krow,
+                   bool allowed)
+      : krow_(krow), KH_(a.KH), OW_(a.OW), OH_(a.OH), K_pad_(w.K_pad),
+        N_pad_(kernels::round_up(w.N, kernels::kPackNB)) {
+    const int mode = conv_padded_rows_mode();
+    if (mode == 2 || !allowed || a.PH == 0 || krow % kernels::kPackKB != 0) return;
+    cls_.assign(static_cast<size_t>(a.OH), -1);
+    int64_t skipped = 0;  // kernel rows skipped over all output rows of one image
+    for (int64_t oh = 0; oh < a.OH; ++oh) {
+      const int64_t top = oh * a.SH - a.PH;  // the input row of kernel row 0
+      int64_t kh0 = 0, kh1 = a.KH;
+      while (kh0 < a.KH && top + kh0 * a.DH < 0) ++kh0;
+      while (kh1 > kh0 && top + (kh1 - 1) * a.DH >= a.H) --kh1;
+      if ((kh0 == 0 && kh1 == a.KH) || kh0 == kh1) continue;  // every row in the image, or none (left as is)
+      size_t c = 0;
+      while (c < ranges_.size() && (ranges_[c].first != kh0 || ranges_[c].second != kh1)) ++c;
+      if (c == ranges_.size()) ranges_.push_back({kh0, kh1});
+      cls_[static_cast<size_t>(oh)] = static_cast<int>(c);
+      skipped += a.KH - (kh1 - kh0);
+    }
+    const int64_t classes = static_cast<int64_t>(ranges_.size());
+    // "auto": the products saved against the sums' GEMM (classes operand rows over the whole packed weight,
+    // in tiles of a few rows) and its pass over the weight, counted as 4 products a byte. In-process A/B on
+    // AMD Zen 4 (2 threads, int8 in/out, ResNet-50's 3x3 layers): batch 8 1.01-1.04x (256 channels at 14 x 14
+    // 1.04x, at 28 x 28 1.02x, 56 x 56 1.01x, the stride-2 layers 1.01-1.02x); batch 1 within the noise of
+    // +-2.5%, where the 256-channel layer at 14 x 14 (saved / cost 1.6) came out 1.02x in two runs of three,
+    // the stride-2 256 -> 256 at 28 x 28 (only the top row skips a kernel row; 0.9) 0.97-0.99x, and the
+    // 512-channel layer at 7 x 7 (0.8; gathered rows) 1.01x over 25 rounds.
+    const double saved = static_cast<double>(a.N) * skipped * a.OW * krow * w.N;
+    const double cost = static_cast<double>(classes + 4) * w.K_pad * N_pad_;
+    if (classes == 0 || (mode == 0 && saved < cost)) {
+      cls_.clear();
+      return;
+    }
+    // Operand rows: s8 1 over each range's K, 0 elsewhere (the GEMM's u8 shift, where the set has one, is
+    // copy_operand_rows's).
+    std::vector<int8_t> ones(static_cast<size_t>(classes * w.K), 0);
+    for (int64_t c = 0; c < classes; ++c)
+      std::fill(ones.begin() + c * w.K + ranges_[c].first * krow, ones.begin() + c * w.K + ranges_[c].second * krow, 1);
+    const int64_t ld = kernels::operand_stride(w.K_pad);
+    std::vector<uint8_t> operand(static_cast<size_t>(classes * ld));
+    kernels::copy_operand_rows(ones.data(), w.K, classes, w.K, operand.data(), ld, w.K_pad, !ks.signed_a);
+    sums_.assign(static_cast<size_t>(classes * N_pad_), 0);  // padded columns stay 0, as the packed colsum's
+    kernels::Int8GemmParams g;  // the weight's fields only: an int32 output has no epilogue
+    g.N = w.N;
+    g.K = w.K;
+    g.K_pad = w.K_pad;
+    g.b = w.b;
+    g.b_colsum = w.b_colsum;
+    g.b_no_min128 = w.b_no_min128;
+    g.b_s7 = w.b_s7;
+    g.M = classes;
+    g.a = operand.data();
+    g.lda = ld;
+    g.out = sums_.data();
+    g.ldo = N_pad_;
+    g.out_kind = kernels::OutKind::Int32;
+    const int64_t blocks = N_pad_ / kernels::kPackNB;
+    at::parallel_for(0, blocks, std::max<int64_t>(4, blocks / std::max(1, at::get_num_threads())),
+                     [&](int64_t b0, int64_t b1) {
+                       ks.int8_gemm(g, 0, classes, b0 * kernels::kPackNB, b1 * kernels::kPackNB);
+                     });
+  }
+  bool active() const { return !cls_.empty(); }
+
+  // The direct convolution's output rows [r0, r1) of item ci (its x at padded row r0 * SH, its out at row r0),
+  // in runs of rows with the same kernel rows.
+  void run_direct(const kernels::KernelSet& ks, const kernels::ConvDirectParams& ci, const ConvArgs& a, int64_t r0,
+                  int64_t r1, int64_t n0, int64_t n1, int64_t slab_row, int64_t out_row_bytes) const {
+    for (int64_t ra = r0; ra < r1;) {
+      const int c = cls_[static_cast<size_t>(ra)];
+      int64_t rb = ra + 1;
+      while (rb < r1 && cls_[static_cast<size_t>(rb)] == c) ++rb;
+      kernels::ConvDirectParams cr = ci;
+      const int64_t kh0 = c < 0 ? 0 : ranges_[static_cast<size_t>(c)].first;
+      cr.x = ci.x + ((ra - r0) * a.SH + kh0 * a.DH) * slab_row;
+      cr.OH = rb - ra;
+      cr.gemm.M = (rb - ra) * a.OW;
+      cr.gemm.out = static_cast<char*>(ci.gemm.out) + (ra - r0) * out_row_bytes;
+      if (c >= 0) {
+        cr.KH = ranges_[static_cast<size_t>(c)].second - kh0;
+        cr.gemm.b = ci.gemm.b + kh0 * krow_ * kernels::kPackNB;  // K offset kh0 * krow: 16 bytes a k, per block
+        cr.gemm.b_colsum = sums_.data() + c * N_pad_;
+      }
+      ks.conv_direct(cr, 0, rb - ra, n0, n1);
+      ra = rb;
+    }
+  }
+
+  // The gathered-rows GEMM p on its rows [m0, m1) (pixels (n, oh, ow) in order; p.a and p.out at row m0), in
+  // runs of pixels whose output rows have the same kernel rows.
+  void run_gemm(const kernels::KernelSet& ks, const kernels::Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n0,
+                int64_t n1, int64_t out_row_bytes) const {
+    auto cls_of = [&](int64_t m) { return cls_[static_cast<size_t>((m / OW_) % OH_)]; };
+    for (int64_t ma = m0; ma < m1;) {
+      const int c = cls_of(ma);
+      int64_t mb = std::min(m1, (ma / OW_ + 1) * OW_);  // to the end of this output row, then whole rows
+      while (mb < m1 && cls_of(mb) == c) mb = std::min(m1, mb + OW_);
+      kernels::Int8GemmParams q = p;
+      q.M = mb - ma;
+      q.a = p.a + (ma - m0) * p.lda;
+      q.out = static_cast<char*>(p.out) + (ma - m0) * out_row_bytes;
+      if (c >= 0) {
+        const int64_t k0 = ranges_[static_cast<size_t>(c)].first * krow_;
+        const int64_t kh1 = ranges_[static_cast<size_t>(c)].second, k1 = kh1 == KH_ ? K_pad_ : kh1 * krow_;
+        q.a += k0;
+        q.b = p.b + k0 * kernels::kPackNB;
+        q.k_quads = (k1 - k0) / kernels::kPackKB;
+        q.b_colsum = sums_.data() + c * N_pad_;
+      }
+      ks.int8_gemm(q, 0, mb - ma, n0, n1);
+      ma = mb;
+    }
+  }
+
+ private:
+  int64_t krow_, KH_, OW_, OH_, K_pad_, N_pad_;
+  std::vector<int> cls_;  // per output row: its range in ranges_, or -1 (all kernel rows)
+  std::vector<std::pair<int64_t, int64_t>> ranges_;
+  std::vector<int32_t> sums_;  // per range, N_pad column sums of its kernel rows
+};
+
 // Items are (image, output row group, column panel). Each item first writes the padded input rows its
 // group reads (PaddedRows: quantized or copied, borders zero) into a thread-local slab, then runs the
 // tile kernel on the slab while it is in L2, for each of its column panels. (Measured against one
@@ -430,6 +569,8 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
   // read in place. (AMX, ResNet-50's 1x1 stride-2 downsample 256 -> 512 at 56 x 56, batch 8, int8 in/out:
   // 1.40x; the slab copied every input row, half of them never read.)
   const bool in_place = !cp.virtual_width && !cp.row_seg && x_rows.scalar_type() == at::kChar && a.PH == 0 && a.PW == 0;
+  const PaddedKernelRows padded(ks, a, p, cp.row_seg ? cp.row_seg : a.KW * a.C, ks.conv_tile_rows < 16);
+  record_conv_padded_rows(padded.active() ? "skipped" : "computed");
   at::parallel_for(0, items * panels, 1, [&](int64_t b, int64_t e) {
     const at::Tensor slab_t = in_place ? at::Tensor() : at::empty({slab_bytes}, x_rows.options().dtype(at::kByte));
     uint8_t* const slab = in_place ? nullptr : slab_t.data_ptr<uint8_t>();
@@ -467,7 +608,10 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
       ci.gemm.M = (r1 - r0) * a.OW;
       ci.gemm.out = static_cast<char*>(out.data_ptr()) + (n * a.OH + r0) * a.OW * a.Cout * elem;
       const int64_t n0 = (it % panels) * n_panel;
-      ks.conv_direct(ci, 0, r1 - r0, n0, std::min(N_pad, n0 + n_panel));
+      if (padded.active())
+        padded.run_direct(ks, ci, a, r0, r1, n0, std::min(N_pad, n0 + n_panel), slab_row, a.OW * a.Cout * elem);
+      else
+        ks.conv_direct(ci, 0, r1 - r0, n0, std::min(N_pad, n0 + n_panel));
     }
   });
 }
@@ -719,6 +863,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   at::Tensor out = output_empty({a.N, a.Cout, a.OH, a.OW}, out_dtype, at::MemoryFormat::ChannelsLast);
   record_gemm_step(kernels::kernels_ref(), nullptr);  // set below where one weight's GEMM step serves
   record_conv_direct_mode("");                        // set below where a direct kernel serves
+  record_conv_padded_rows("");
   if (a.N == 0 || a.OH == 0 || a.OW == 0) return out;
 
   // 1) activations -> int8 NHWC, one scale for the whole tensor (static x_scale, or amax / 127).
@@ -853,6 +998,13 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const int64_t macs_per_item = std::min(rows, M) * std::min(cout_g, n_panel) * K;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, macs_per_item));
   const int64_t elem = out_scale ? 1 : 4;
+  std::optional<PaddedKernelRows> padded;  // one group's weight: AVX-512 VNNI's GEMM runs K ranges
+  if (groups == 1 && !direct) {
+    kernels::Int8GemmParams w;
+    set_packed_weight(w, headers[0], packed_w.data_ptr<uint8_t>());
+    padded.emplace(ks, a, w, a.KW * cin_g, isa_of(ks) == Isa::Avx512Vnni);
+    record_conv_padded_rows(padded->active() ? "skipped" : "computed");
+  }
   at::parallel_for(0, groups * chunks * panels, grain, [&](int64_t begin, int64_t end) {
     // The gathered rows: torch's allocator aligns them to 64 bytes, so every row of a tile load is
     // whole cache lines (a std::vector's 16-byte alignment split them, and zero-filled the buffer
@@ -886,7 +1038,10 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
       p.out = static_cast<char*>(out.data_ptr()) + (m0 * a.Cout + g * cout_g) * elem;
       p.ldo = a.Cout;
       const int64_t n0 = panel * n_panel;
-      ks.int8_gemm(p, 0, m1 - m0, n0, std::min(N_pad, n0 + n_panel));
+      if (padded && padded->active())
+        padded->run_gemm(ks, p, m0, m1, n0, std::min(N_pad, n0 + n_panel), a.Cout * elem);
+      else
+        ks.int8_gemm(p, 0, m1 - m0, n0, std::min(N_pad, n0 + n_panel));
     }
   });
   return out;

@@ -117,6 +117,8 @@ thread_local const char* t_gemm_step = "";
 thread_local const char* t_w8_step = "";
 thread_local const char* t_add_path = "";
 thread_local const char* t_conv_direct_mode = "";
+thread_local const char* t_conv_padded_rows = "";
+std::atomic<int> g_conv_padded_rows{0};
 }  // namespace
 
 void record_gemm_step(const kernels::KernelSet& ks, const kernels::Int8GemmParams* p) {
@@ -135,6 +137,14 @@ void record_add_path(const kernels::KernelSet* ks, const kernels::AddParams& p) 
   t_add_path = ks && ks->add_path ? ks->add_path(p) : "";
 }
 void record_conv_direct_mode(const char* mode) { t_conv_direct_mode = mode; }
+void record_conv_padded_rows(const char* how) { t_conv_padded_rows = how; }
+int conv_padded_rows_mode() { return g_conv_padded_rows.load(); }
+int64_t set_conv_padded_rows_mode(int64_t mode) {
+  if (mode < 0 || mode > 2)
+    throw std::invalid_argument("set_conv_padded_rows: mode must be 0 (auto), 1 (always) or 2 (never), got " +
+                                std::to_string(mode));
+  return g_conv_padded_rows.exchange(static_cast<int>(mode));
+}
 void clear_kernel(Family family) { t_last[static_cast<int>(family)] = -1; }
 
 std::string last_kernel(const std::string& family) {
@@ -144,6 +154,7 @@ std::string last_kernel(const std::string& family) {
   if (family == "w8_gemm_step") return t_w8_step;
   if (family == "add_path") return t_add_path;
   if (family == "conv_direct_mode") return t_conv_direct_mode;
+  if (family == "conv_padded_rows") return t_conv_padded_rows;
   for (int i = 0; i < static_cast<int>(Family::kCount); ++i)
     if (family == family_name(static_cast<Family>(i))) {
       const int v = t_last[i];
@@ -151,7 +162,7 @@ std::string last_kernel(const std::string& family) {
     }
   throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add, "
                               "gconv, gate, quantize_planes, dwconv_path, conv_store, int8_gemm_step, w8_gemm_step, "
-                              "add_path or conv_direct_mode, got '" + family + "'");
+                              "add_path, conv_direct_mode or conv_padded_rows, got '" + family + "'");
 }
 
 std::string capabilities_json() {

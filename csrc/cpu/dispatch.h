@@ -54,6 +54,14 @@ void record_add_path(const kernels::KernelSet* ks, const kernels::AddParams& p);
 // How the latest convolution's direct kernel read its input (a static string: "padded_width", "rows",
 // "stride_planes", "row_segments"; "" when no direct kernel served): last_kernel("conv_direct_mode").
 void record_conv_direct_mode(const char* mode);
+// Whether the latest one-group convolution skipped the kernel rows that read its zero padding ("skipped"),
+// computed them ("computed"), or took a path that does not decide ("": depthwise, grouped, a plain 1x1 GEMM):
+// last_kernel("conv_padded_rows").
+void record_conv_padded_rows(const char* how);
+// When convolutions skip kernel rows in the padding (conv_ops.cpp, PaddedKernelRows):
+// 0 "auto" (where the estimate says it pays), 1 "always", 2 "never". Returns the old value.
+int conv_padded_rows_mode();
+int64_t set_conv_padded_rows_mode(int64_t mode);
 std::string last_kernel(const std::string& family);  // "" before the first call
 std::string capabilities_json();
 

@@ -65,7 +65,7 @@ void int8_tile(const Int8GemmParams& p, int64_t m, int64_t n) {
   const int64_t block_stride = p.K_pad * kPackNB;
   const int8_t* b = p.b + (n / kPackNB) * block_stride;
   const uint8_t* a = p.a + m * p.lda;
-  const int64_t kq = p.K_pad / kPackKB;
+  const int64_t kq = p.k_quads ? p.k_quads : p.K_pad / kPackKB;
   for (int64_t q = 0; q < kq; ++q) {
     __m512i bv[nb];
 #pragma GCC unroll 4

@@ -27,6 +27,11 @@ struct Int8GemmParams {
   int64_t lda = 0;              // bytes between rows of a (>= K_pad)
   const int8_t* b = nullptr;    // packed weight data (PACKING.md, format n16k4)
   const int32_t* b_colsum = nullptr;  // per output channel sum_k B[n, k], length N_pad
+  // K steps of 4 the tiles run, from b and a as given (0: K_pad / 4, all of K). A convolution's rows whose
+  // first or last kernel rows read only zero padding run a K range (b and a advanced to its start, b_colsum
+  // that range's sums: conv_ops.cpp, PaddedKernelRows). Only the AVX-512 VNNI GEMM honours it; the entry
+  // layer sets it for that kernel set alone.
+  int64_t k_quads = 0;
   bool b_no_min128 = false;           // no B value is -128 (header flag): enables AVX2's maddubs path
   bool b_s7 = false;                  // every B value is in [-64, 63] (header flag): AVX2's shifted maddubs
   const float* a_scale = nullptr;     // [M], per token (float outputs only)
