@@ -392,12 +392,11 @@ int64_t even_row_groups(int64_t per_image, const ConvArgs& a, int64_t threads) {
 // them (its padded-width and stride-plane tiles cross output rows, and no AMX machine was at hand to measure).
 class PaddedKernelRows {
  public:
-  // w: the packed weight's GEMM fields; krow: K bytes a kernel row (a multiple of 4); allowed: the caller's
-  // kernels can run a K range.
-  PaddedKernelRows(const kernels::KernelSet& ks, const ConvArgs& a, const kernels::Int8GemmParams& w, int64_t krow,
-                   bool allowed)
-      : krow_(krow), KH_(a.KH), OW_(a.OW), OH_(a.OH), K_pad_(w.K_pad),
-        N_pad_(kernels::round_up(w.N, kernels::kPackNB)) {
+  // h, base: the packed weight (checked_header's); krow: K bytes a kernel row (a multiple of 4); allowed: the
+  // caller's kernels can run a K range.
+  PaddedKernelRows(const kernels::KernelSet& ks, const ConvArgs& a, const PackedHeader& h, const uint8_t* base,
+                   int64_t krow, bool allowed)
+      : krow_(krow), KH_(a.KH), OW_(a.OW), OH_(a.OH), K_pad_(h.K_pad), N_pad_(h.N_pad) {
     const int mode = conv_padded_rows_mode();
     if (mode == 2 || !allowed || a.PH == 0 || krow % kernels::kPackKB != 0) return;
     cls_.assign(static_cast<size_t>(a.OH), -1);
@@ -422,29 +421,23 @@ class PaddedKernelRows {
     // +-2.5%, where the 256-channel layer at 14 x 14 (saved / cost 1.6) came out 1.02x in two runs of three,
     // the stride-2 256 -> 256 at 28 x 28 (only the top row skips a kernel row; 0.9) 0.97-0.99x, and the
     // 512-channel layer at 7 x 7 (0.8; gathered rows) 1.01x over 25 rounds.
-    const double saved = static_cast<double>(a.N) * skipped * a.OW * krow * w.N;
-    const double cost = static_cast<double>(classes + 4) * w.K_pad * N_pad_;
+    const double saved = static_cast<double>(a.N) * skipped * a.OW * krow * h.N;
+    const double cost = static_cast<double>(classes + 4) * h.K_pad * N_pad_;
     if (classes == 0 || (mode == 0 && saved < cost)) {
       cls_.clear();
       return;
     }
     // Operand rows: s8 1 over each range's K, 0 elsewhere (the GEMM's u8 shift, where the set has one, is
     // copy_operand_rows's).
-    std::vector<int8_t> ones(static_cast<size_t>(classes * w.K), 0);
+    std::vector<int8_t> ones(static_cast<size_t>(classes * h.K), 0);
     for (int64_t c = 0; c < classes; ++c)
-      std::fill(ones.begin() + c * w.K + ranges_[c].first * krow, ones.begin() + c * w.K + ranges_[c].second * krow, 1);
-    const int64_t ld = kernels::operand_stride(w.K_pad);
+      std::fill(ones.begin() + c * h.K + ranges_[c].first * krow, ones.begin() + c * h.K + ranges_[c].second * krow, 1);
+    const int64_t ld = kernels::operand_stride(h.K_pad);
     std::vector<uint8_t> operand(static_cast<size_t>(classes * ld));
-    kernels::copy_operand_rows(ones.data(), w.K, classes, w.K, operand.data(), ld, w.K_pad, !ks.signed_a);
+    kernels::copy_operand_rows(ones.data(), h.K, classes, h.K, operand.data(), ld, h.K_pad, !ks.signed_a);
     sums_.assign(static_cast<size_t>(classes * N_pad_), 0);  // padded columns stay 0, as the packed colsum's
-    kernels::Int8GemmParams g;  // the weight's fields only: an int32 output has no epilogue
-    g.N = w.N;
-    g.K = w.K;
-    g.K_pad = w.K_pad;
-    g.b = w.b;
-    g.b_colsum = w.b_colsum;
-    g.b_no_min128 = w.b_no_min128;
-    g.b_s7 = w.b_s7;
+    kernels::Int8GemmParams g;  // an int32 output: no epilogue fields
+    set_packed_weight(g, h, base);
     g.M = classes;
     g.a = operand.data();
     g.lda = ld;
@@ -532,10 +525,9 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
   kernels::ConvDirectParams cp = geometry;
   kernels::Int8GemmParams& p = cp.gemm;
   const at::Tensor seg_w = cp.row_seg ? pack_row_segments(packed_w, h, a, cp.row_seg) : at::Tensor();
-  if (cp.row_seg)
-    set_packed_weight(p, checked_header(seg_w, "int8_conv2d", "packed_w"), seg_w.data_ptr<uint8_t>());
-  else
-    set_packed_weight(p, h, packed_w.data_ptr<uint8_t>());
+  const PackedHeader wh = cp.row_seg ? checked_header(seg_w, "int8_conv2d", "packed_w") : h;  // the weight run
+  const uint8_t* const w_base = cp.row_seg ? seg_w.data_ptr<uint8_t>() : packed_w.data_ptr<uint8_t>();
+  set_packed_weight(p, wh, w_base);
   set_conv_epilogue(p, epi, 0, a.Cout, kind, act);
   p.ldo = a.Cout;
   const PaddedRows rows(x_rows, a, a_scale, a.PH, a.PW, /*shift=*/!ks.signed_a);
@@ -569,7 +561,7 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
   // read in place. (AMX, ResNet-50's 1x1 stride-2 downsample 256 -> 512 at 56 x 56, batch 8, int8 in/out:
   // 1.40x; the slab copied every input row, half of them never read.)
   const bool in_place = !cp.virtual_width && !cp.row_seg && x_rows.scalar_type() == at::kChar && a.PH == 0 && a.PW == 0;
-  const PaddedKernelRows padded(ks, a, p, cp.row_seg ? cp.row_seg : a.KW * a.C, ks.conv_tile_rows < 16);
+  const PaddedKernelRows padded(ks, a, wh, w_base, cp.row_seg ? cp.row_seg : a.KW * a.C, ks.conv_tile_rows < 16);
   record_conv_padded_rows(padded.active() ? "skipped" : "computed");
   at::parallel_for(0, items * panels, 1, [&](int64_t b, int64_t e) {
     const at::Tensor slab_t = in_place ? at::Tensor() : at::empty({slab_bytes}, x_rows.options().dtype(at::kByte));
@@ -1000,9 +992,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const int64_t elem = out_scale ? 1 : 4;
   std::optional<PaddedKernelRows> padded;  // one group's weight: AVX-512 VNNI's GEMM runs K ranges
   if (groups == 1 && !direct) {
-    kernels::Int8GemmParams w;
-    set_packed_weight(w, headers[0], packed_w.data_ptr<uint8_t>());
-    padded.emplace(ks, a, w, a.KW * cin_g, isa_of(ks) == Isa::Avx512Vnni);
+    padded.emplace(ks, a, headers[0], packed_w.data_ptr<uint8_t>(), a.KW * cin_g, isa_of(ks) == Isa::Avx512Vnni);
     record_conv_padded_rows(padded->active() ? "skipped" : "computed");
   }
   at::parallel_for(0, groups * chunks * panels, grain, [&](int64_t begin, int64_t end) {
