@@ -111,7 +111,8 @@ TORCH_LIBRARY(fastinfer, m) {
   m.def("last_kernel(str family) -> str", &fastinfer::cpu::last_kernel);
   // Shape bucket of the int8 GEMM: on AMX, fewer rows than this run on the VNNI kernels. Returns the old value.
   m.def("set_amx_min_rows(int rows) -> int", &fastinfer::cpu::set_amx_min_rows);
-  // When the VNNI and AVX2 direct convolutions skip kernel rows in the zero padding: 0 auto, 1 always, 2 never.
+  // When one-group convolutions skip kernel rows in the zero padding (conv_ops.cpp, PaddedKernelRows): 0 auto,
+  // 1 always, 2 never. Returns the old value.
   m.def("set_conv_padded_rows(int mode) -> int", &fastinfer::cpu::set_conv_padded_rows_mode);
   m.def("build_info() -> str", &build_info);
   // The CPU ops' output cache (cpu/output_pool.cc): the bytes it holds; its limit (returns the old one).
