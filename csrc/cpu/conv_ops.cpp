@@ -16,6 +16,7 @@
 #include "../kernels/conv/add.h"
 #include "../kernels/conv/im2row.h"
 #include "../kernels/conv/pool.h"
+#include "../kernels/conv/window.h"
 #include "entry.h"
 #include "ops.h"
 
@@ -402,10 +403,8 @@ class PaddedKernelRows {
     cls_.assign(static_cast<size_t>(a.OH), -1);
     int64_t skipped = 0;  // kernel rows skipped over all output rows of one image
     for (int64_t oh = 0; oh < a.OH; ++oh) {
-      const int64_t top = oh * a.SH - a.PH;  // the input row of kernel row 0
-      int64_t kh0 = 0, kh1 = a.KH;
-      while (kh0 < a.KH && top + kh0 * a.DH < 0) ++kh0;
-      while (kh1 > kh0 && top + (kh1 - 1) * a.DH >= a.H) --kh1;
+      int64_t kh0, kh1;
+      kernels::valid_taps(oh * a.SH - a.PH, a.DH, a.KH, a.H, &kh0, &kh1);
       if ((kh0 == 0 && kh1 == a.KH) || kh0 == kh1) continue;  // every row in the image, or none (left as is)
       size_t c = 0;
       while (c < ranges_.size() && (ranges_[c].first != kh0 || ranges_[c].second != kh1)) ++c;
