@@ -2,7 +2,9 @@
 the place, benchmarks/RESULTS.md is), so an API change that breaks a benchmark fails here, not in the next
 measuring session. bench_transformer, bench_resnet's ResNet-50 and bench_minilm build whole models (40 s and
 more each) and are left to their own runs (bench_resnet runs its MobileNetV2 and MobileNetV3 on 64 x 64
-images); the GPU scripts are covered by tests/test_gpu_scripts.py."""
+images); bench_torchvision runs one small model where torchvision (optional) is installed; the GPU scripts are
+covered by tests/test_gpu_scripts.py."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -38,6 +40,19 @@ def test_cpu_benchmark_runs(tmp_path, case):
     result = json.loads(out.read_text())
     assert result["rows"] and result["machine"], result.keys()
     assert f"wrote {out}" in run.stdout
+
+
+def test_torchvision_benchmark_runs(tmp_path):
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed (an optional dependency of bench_torchvision)")
+    out = tmp_path / "tv.json"
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_torchvision.py"), "--models",
+                          "squeezenet1_1", "--min-time", "0.01", "--rounds", "1", "--calib-batches", "1",
+                          "--threads", "1", "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    row = json.loads(out.read_text())["rows"][0]
+    assert all("median_ms" in row["impls"][impl] for impl in ("fp32", "fastinfer static", "fastinfer dynamic"))
+    assert row["impls"]["fastinfer static"]["rel_err"] < 0.1
 
 
 def test_interleaved_timing_alternates_and_pairs_ratios():

@@ -443,3 +443,42 @@ def test_default_observer_is_mse():
     assert q[0].x_scale == pytest.approx(res.input_scale["0"])
     with pytest.raises(ValueError, match="scheme 'w8a8_dynamic' has none"):
         fastinfer.quantize(copy.deepcopy(model), "w8a8_dynamic", observer="minmax")
+
+
+def test_calibrate_observes_functional_calls_of_a_layers_weight():
+    # Model code that applies a layer's weight itself (torchvision's Swin attention: F.linear(x, self.qkv.weight,
+    # ...)) runs the quantized layer's kernels (test_module's test_functional_linear_runs_the_layers_kernels), so
+    # calibration observes those calls as calls of the layer; each value is observed once (count), a view of the
+    # weight is not the layer, and every hook is removed afterwards.
+    class AppliesWeights(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 4), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = F.linear(x, self.a.weight, self.a.bias)                       # a: only applied
+            y = self.b(h) + F.linear(input=2 * h, weight=self.b.weight)         # b: called and applied
+            return y, F.linear(h, self.c.weight.t().t())                        # c: a view of it only
+
+    torch.manual_seed(3)
+    model = AppliesWeights()
+    batches = [torch.randn(5, 8) * (i + 1) for i in range(3)]
+    res = calibrate(model, batches, observer="minmax", progress=False)
+    assert res.skipped == {"c": "never called during calibration"}
+    with torch.no_grad():
+        hs = [F.linear(x, model.a.weight, model.a.bias) for x in batches]
+        b_in = max(max(float(h.abs().max()), float((2 * h).abs().max())) for h in hs)
+        b_out = max(max(float(model.b(h).abs().max()), float(F.linear(2 * h, model.b.weight).abs().max())) for h in hs)
+    assert res.input_amax["a"] == pytest.approx(max(float(x.abs().max()) for x in batches), rel=1e-6)
+    assert res.output_amax["a"] == pytest.approx(max(float(h.abs().max()) for h in hs), rel=1e-6)
+    assert res.input_amax["b"] == pytest.approx(b_in, rel=1e-6)
+    assert res.output_amax["b"] == pytest.approx(b_out, rel=1e-6)
+    seen = []
+
+    def counting():
+        obs = MinMaxObserver()
+        seen.append(obs)
+        return obs
+    calibrate(model, batches, observer=counting, progress=False, layers=["b"])
+    assert seen[-2].count == 2 * sum(x.shape[0] * 8 for x in batches)  # b's input: once per call, not per F.linear
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())

@@ -519,7 +519,9 @@ def test_weight_property_reads_like_a_float_layers():
         assert q.to(torch.bfloat16).weight.dtype == torch.bfloat16  # the model's dtype after a cast
     x = torch.randn(3, 16)
     q = Int8Linear.from_float(lin)
-    torch.testing.assert_close(F.linear(x, q.weight, q.bias), x @ q.dequantized_weight().t() + q.bias)
+    # F.linear on the weight runs the layer (test_functional_linear_runs_the_layers_kernels); an op on a view of
+    # it computes with the dequantized values
+    torch.testing.assert_close(F.linear(x, q.weight.t().t(), q.bias), x @ q.dequantized_weight().t() + q.bias)
 
     class ReadsDtype(nn.Module):  # as T5's feed-forward does before its output layer
         def __init__(self):
@@ -537,6 +539,94 @@ def test_weight_property_reads_like_a_float_layers():
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     with torch.inference_mode():
         assert torch.equal(compiled(x), model(x))
+
+
+class AppliesWeights(nn.Module):
+    """Applies its layers' weights itself, as torchvision's Swin attention does (F.linear(x, self.qkv.weight, ...)):
+    with the layer's own bias, with no bias (by keyword) and with a bias of its own making."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(40, 96)
+        self.proj = nn.Linear(32, 24)
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x):
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias)
+        h = F.linear(input=torch.relu(qkv[..., :32]), weight=self.proj.weight)
+        bias = self.head.bias.clone()
+        bias[:5] = 0  # as Swin V2 zeroes the keys' bias in a copy
+        return F.linear(h, self.head.weight, bias) + qkv[..., 32:42]
+
+
+@pytest.mark.parametrize("scheme", ["w8a8_dynamic", "w8a8_static", "w8_only"])
+def test_functional_linear_runs_the_layers_kernels(scheme):
+    torch.manual_seed(0)
+    lin = nn.Linear(40, 24)
+    q = Int8Linear.from_float(lin, scheme, x_scale=0.03 if scheme == "w8a8_static" else None)
+    x, other = torch.randn(2, 5, 40), torch.randn(24)
+    b = q._buffers
+
+    def op(x, bias):  # the layer's op, called by hand with this bias
+        if scheme == "w8a8_dynamic":
+            return torch.ops.fastinfer.int8_linear_dynamic(x, b["packed_weight"], b["weight_scale"], bias, "none", None)
+        if scheme == "w8a8_static":
+            return torch.ops.fastinfer.int8_linear_static(x, 0.03, b["packed_weight"], b["weight_scale"], bias, "none",
+                                                          None, None)
+        return torch.ops.fastinfer.int8_linear_weight_only(x, b["packed_weight"], b["weight_scale"], bias)
+    with torch.inference_mode():
+        y = q(x)
+        assert torch.equal(F.linear(x, q.weight, q.bias), y)
+        assert torch.equal(F.linear(x, weight=q.weight, bias=q.bias), y)
+        assert torch.equal(F.linear(x, q.weight.detach()), op(x, None))  # .detach() / .data: still the layer's
+        assert torch.equal(F.linear(x, q.weight, other), op(x, other))
+        assert torch.equal(F.linear(x, q.weight, other.double()), op(x, other))  # a float bias of any width
+        assert torch.equal(F.linear(x.half(), q.weight, q.bias), q(x.half()))   # fp16 on the CPU: a float32 copy
+        by_float = x @ q.dequantized_weight().t() + q.bias
+        if scheme != "w8_only":  # the int8 product, not torch's on the dequantized weight
+            assert not torch.allclose(y, by_float, rtol=0, atol=1e-5)
+        # A view of the weight is not the layer: computed with the dequantized values, as before.
+        torch.testing.assert_close(F.linear(x, q.weight.t().t(), q.bias), by_float)
+        with pytest.raises(RuntimeError, match="bias must be 1-D of length 24"):  # the op's check
+            F.linear(x, q.weight, torch.zeros(7))
+        # A layer with a fused activation (or int8 output) computes more than F.linear: the float path.
+        relu = Int8Linear.from_float(lin, scheme, activation="relu", x_scale=q.x_scale)
+        pre = F.linear(x, relu.weight, relu.bias)
+        assert bool((pre < 0).any())
+        torch.testing.assert_close(pre, by_float)
+
+
+def test_functional_linear_of_sparse_layers_and_quantized_models():
+    torch.manual_seed(1)
+    lin = nn.Linear(64, 32)
+    with torch.no_grad():
+        lin.weight[lin.weight.abs() < 0.05] = 0
+    x = torch.randn(3, 64)
+    for value_dtype in (torch.float32, torch.int8):
+        s = fastinfer.nn.SparseLinear.from_float(lin, value_dtype=value_dtype)
+        with torch.inference_mode():
+            assert torch.equal(F.linear(x, s.weight, s.bias), s(x))
+    model = AppliesWeights().eval()
+    calib = [torch.randn(4, 40) for _ in range(3)]
+    xs = torch.randn(6, 40)
+    with torch.inference_mode():
+        want = model(xs)
+    for scheme in ("w8a8_dynamic", "w8a8_static"):
+        q = fastinfer.quantize(copy.deepcopy(model), scheme, calib_data=calib if scheme == "w8a8_static" else None,
+                               observer="minmax" if scheme == "w8a8_static" else None)
+        assert sorted(q.fastinfer_report.swapped) == ["head", "proj", "qkv"] and not q.fastinfer_report.skipped
+        with torch.inference_mode():
+            got = q(xs)
+            qkv = q.qkv(xs)
+            bias = q.head.bias.clone()
+            bias[:5] = 0
+            by_hand = q.head._linear(q.proj._linear(torch.relu(qkv[..., :32]), None), bias) + qkv[..., 32:42]
+        assert torch.equal(got, by_hand)
+        assert F.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.999
+    # calibrated on the functional calls' inputs: proj's is relu(qkv)[..., :32]
+    with torch.inference_mode():
+        amax = max(float(torch.relu(model.qkv(c)[..., :32]).abs().max()) for c in calib)
+    assert q.proj.x_scale == pytest.approx(amax / 127, rel=1e-6)
 
 
 def test_weight_bits_7_rounds_to_63_levels_and_takes_the_shifted_step():

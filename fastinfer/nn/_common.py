@@ -5,6 +5,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.utils._pytree import tree_map
 
 from .. import ops
@@ -124,17 +125,30 @@ class LazyWeight(Tensor):
     reads them. Model code that reads ``self.fc.weight.dtype`` or ``.device`` (Hugging Face's T5 and ViT
     do, in their forward) pays nothing, and code that computes with it gets the right values."""
 
-    __torch_function__ = torch._C._disabled_torch_function_impl
-
     @staticmethod
-    def __new__(cls, materialize: Callable[[], Tensor], shape, dtype: torch.dtype, device: torch.device):
+    def __new__(cls, materialize: Callable[[], Tensor], shape, dtype: torch.dtype, device: torch.device,
+                linear: Optional[Callable] = None):
         if torch.compiler.is_compiling():
             # torch.compile cannot trace a wrapper subclass being made; the weight itself traces, and a graph
             # that only reads its dtype or device drops the computation as dead code.
             return materialize().to(dtype)
         t = Tensor._make_wrapper_subclass(cls, tuple(shape), dtype=dtype, device=device, requires_grad=False)
         t._materialize = materialize
+        t._linear = linear  # the layer's F.linear(x, weight, bias) on its own kernels, if it has one
         return t
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        # Model code that applies a layer's weight itself, F.linear(x, self.qkv.weight, self.qkv.bias) (torchvision's
+        # Swin attention does; so does code written for tied weights), runs on the layer's kernels, as a call of
+        # the layer would. Everything else, dtype and shape reads included, goes on to __torch_dispatch__ as
+        # without this method.
+        if func is F.linear:
+            y = _layer_linear(*args, **(kwargs or {}))
+            if y is not NotImplemented:
+                return y
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
 
     def value(self) -> Tensor:
         """The weight as a plain tensor."""
@@ -142,7 +156,7 @@ class LazyWeight(Tensor):
 
     @property
     def data(self) -> Tensor:
-        return LazyWeight(self._materialize, self.shape, self.dtype, self.device)
+        return LazyWeight(self._materialize, self.shape, self.dtype, self.device, self._linear)
 
     @data.setter
     def data(self, _value):
@@ -176,7 +190,7 @@ class LazyWeight(Tensor):
         kwargs = kwargs or {}
         if func in (torch.ops.aten.detach.default, torch.ops.aten.alias.default) and isinstance(args[0], LazyWeight):
             t = args[0]  # .data / .detach(): still the layer's weight, still read-only
-            return LazyWeight(t._materialize, t.shape, t.dtype, t.device)
+            return LazyWeight(t._materialize, t.shape, t.dtype, t.device, t._linear)
         for i, arg in enumerate(func._schema.arguments):  # an op writing into it would change a copy only
             written = arg.alias_info is not None and arg.alias_info.is_write
             if written and isinstance(args[i] if i < len(args) else kwargs.get(arg.name), LazyWeight):
@@ -201,6 +215,40 @@ class LazyWeight(Tensor):
         return run()
 
 
+def kernel_bias(layer: nn.Module, bias: Optional[Tensor]) -> Optional[Tensor]:
+    """F.linear's bias as `layer`'s kernels take it: None or the layer's own as they are, another float one (a
+    bias of the model's own making: torchvision's Swin V2 zeroes a third of a copy) as contiguous fp32. The ops
+    check its length and refuse other dtypes, naming the argument."""
+    if bias is None or bias is layer._buffers["bias"] or not bias.is_floating_point():
+        return bias
+    return bias.float().contiguous()
+
+
+class LinearKernels:
+    """What Int8Linear and SparseLinear share (before ComputedWeight in their bases): ``_linear(x, bias)``, the
+    layer's forward with a given bias over its ``_forward(x, bias)``, and ``_functional_linear``, which runs it
+    for model code that applies the layer's weight itself (F.linear(x, layer.weight, bias): LazyWeight)."""
+
+    def _linear(self, x: Tensor, bias: Optional[Tensor]) -> Tensor:
+        # float16 on the CPU (a model cast with .half()) and float64: the kernels take float32 or bfloat16
+        if needs_float32(x, (torch.bfloat16,)):
+            return via_float32(x, lambda x32: self._forward(x32, bias))
+        return self._forward(x, bias)
+
+    def _functional_linear(self, x: Tensor, bias: Optional[Tensor]):
+        return self._linear(x, kernel_bias(self, bias))
+
+
+def _layer_linear(input, weight, bias=None):  # noqa: A002 (F.linear's argument names: it may be called by them)
+    """F.linear(input, weight, bias) by the layer whose LazyWeight `weight` is, or NotImplemented where that layer
+    has no such call or would compute something else (a non-float input)."""
+    linear = getattr(weight, "_linear", None)
+    if linear is None or not isinstance(input, Tensor) or isinstance(input, LazyWeight) or \
+            not input.is_floating_point():
+        return NotImplemented
+    return linear(input, bias)
+
+
 class ComputedWeight(nn.Module):
     """Base of fastinfer's int8 and sparse layers, which keep packed buffers instead of a float weight:
     ``weight`` is a LazyWeight of ``_weight_value()`` with the float layer's shape (``_float_weight_shape()``),
@@ -208,6 +256,9 @@ class ComputedWeight(nn.Module):
     ``weight`` raises (Hugging Face's tie_weights does; the packed weight would not change)."""
 
     float_dtype = None  # the model's 16-bit float dtype after model.half() / .to(torch.bfloat16) (_apply)
+    # (x, bias) -> F.linear(x, weight, bias) on the layer's kernels, or NotImplemented (then computed with the
+    # dequantized weight): what a functional use of ``weight`` runs (LazyWeight.__torch_function__). None: none.
+    _functional_linear = None
 
     def __prepare_scriptable__(self):
         # torch.jit.script calls this on every submodule first: one clear message instead of TorchScript's own,
@@ -220,7 +271,8 @@ class ComputedWeight(nn.Module):
         """The float weight this layer computes with, as a LazyWeight: its dtype, device and shape cost nothing
         to read, its values are computed when used."""
         device = next(iter(self.buffers())).device
-        return LazyWeight(self._weight_value, self._float_weight_shape(), self.float_dtype or torch.float32, device)
+        return LazyWeight(self._weight_value, self._float_weight_shape(), self.float_dtype or torch.float32, device,
+                          self._functional_linear)
 
     def _follow_dtype(self, fn) -> None:
         """The model's 16-bit dtype after Module._apply's fn (model.half(), .to(torch.bfloat16)), for weight."""

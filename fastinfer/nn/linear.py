@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .. import _C, ops
 from ..reference import check_weight_bits, quantize_weight_per_channel
 from . import _common
-from ._common import ComputedWeight, check_float_layer, check_scale, fast_or_dispatch, needs_float32, via_float32
+from ._common import ComputedWeight, LinearKernels, check_float_layer, check_scale, fast_or_dispatch
 from .fused import apply_activation
 
 SCHEMES = ("w8a8_dynamic", "w8a8_static", "w8_only")
@@ -53,7 +53,7 @@ def weight_layout(packed: Tensor) -> str:
     return "rows" if ops.is_cuda_packed(packed) else "cpu"
 
 
-class Int8Linear(ComputedWeight):
+class Int8Linear(LinearKernels, ComputedWeight):
     """y = x W^T + b with W stored as per-channel int8 in fastinfer's packed layout.
 
     Accepts x of any leading shape [..., in_features], dtype float32 or bfloat16 (float16 too on CUDA);
@@ -132,31 +132,39 @@ class Int8Linear(ComputedWeight):
         # does not take as it is (float16 and float64 inputs, which the long way converts; other devices, modes).
         if self.scheme != "w8_only" and not _common._is_compiling():
             fast = _C.int8_linear_dynamic if self.scheme == "w8a8_dynamic" else _C.int8_linear_static
-            y = fast(*self._op_args(input))
+            y = fast(*self._op_args(input, self._buffers["bias"]))
             if y is not NotImplemented:
                 return y
-        x = input
-        return via_float32(x, self._forward) if needs_float32(x, (torch.bfloat16,)) else self._forward(x)
+        return self._linear(input, self._buffers["bias"])  # the long way (LinearKernels)
 
-    def _op_args(self, x: Tensor) -> tuple:
+    def _functional_linear(self, x: Tensor, bias: Optional[Tensor]):
+        """F.linear(x, self.weight, bias) on this layer's kernels, or NotImplemented where the layer computes more
+        than x W^T + b (a fused activation, an int8 output): the weight is then dequantized for torch's F.linear."""
+        if self.activation != "none" or self.out_scale is not None:
+            return NotImplemented
+        return super()._functional_linear(x, bias)
+
+    def _op_args(self, x: Tensor, bias: Optional[Tensor]) -> tuple:
         """The w8a8 scheme's op arguments for input x (int8_linear_dynamic's or int8_linear_static's)."""
         # The buffers from the dict that holds them: reading one as an attribute goes through nn.Module.__getattr__
         # after a failed lookup (0.6-0.7 us each, measured on Python 3.11: 3.3 us a call for the five, a third of a
         # small layer's whole call).
         b = self._buffers
         if self.scheme == "w8a8_dynamic":
-            return x, b["packed_weight"], b["weight_scale"], b["bias"], self.activation, b["input_smooth"]
-        return (x, self.x_scale, b["packed_weight"], b["weight_scale"], b["bias"], self.activation, self.out_scale,
+            return x, b["packed_weight"], b["weight_scale"], bias, self.activation, b["input_smooth"]
+        return (x, self.x_scale, b["packed_weight"], b["weight_scale"], bias, self.activation, self.out_scale,
                 b["input_smooth"])
 
-    def _forward(self, x: Tensor) -> Tensor:
+    def _forward(self, x: Tensor, bias: Optional[Tensor]) -> Tensor:
         if self.scheme == "w8a8_dynamic":
-            return fast_or_dispatch(_C.int8_linear_dynamic, torch.ops.fastinfer.int8_linear_dynamic, *self._op_args(x))
+            return fast_or_dispatch(_C.int8_linear_dynamic, torch.ops.fastinfer.int8_linear_dynamic,
+                                    *self._op_args(x, bias))
         if self.scheme == "w8a8_static":
-            return fast_or_dispatch(_C.int8_linear_static, torch.ops.fastinfer.int8_linear_static, *self._op_args(x))
+            return fast_or_dispatch(_C.int8_linear_static, torch.ops.fastinfer.int8_linear_static,
+                                    *self._op_args(x, bias))
         # The weight-only kernels have no activation epilogue: a fused layer's runs after them, in torch.
         b = self._buffers
-        y = torch.ops.fastinfer.int8_linear_weight_only(x, b["packed_weight"], b["weight_scale"], b["bias"])
+        y = torch.ops.fastinfer.int8_linear_weight_only(x, b["packed_weight"], b["weight_scale"], bias)
         return apply_activation(y, None if self.activation == "none" else self.activation)
 
     def _float_weight_shape(self):

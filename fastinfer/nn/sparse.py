@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops, reference
-from ._common import ComputedWeight, check_float_layer, needs_float32, via_float32
+from ._common import ComputedWeight, LinearKernels, check_float_layer
 
 FORMATS = ("csr16", "csr8", "slot128", "sparse24")
 PATTERNS = ("unstructured", "2:4", "block")  # SparseLinear.pattern: how the weight was pruned
@@ -51,7 +51,7 @@ def _buffer_specs(fmt: str, n: int, k: int) -> Dict[str, Tuple[Tuple[int, ...], 
     return specs
 
 
-class SparseLinear(ComputedWeight):
+class SparseLinear(LinearKernels, ComputedWeight):
     """y = x W^T + b with W stored sparse: only the nonzeros and their positions (any pattern:
     unstructured, 2:4 and block masks from fastinfer.prune alike). Inference only.
 
@@ -182,19 +182,17 @@ class SparseLinear(ComputedWeight):
         return self
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's name: layer(input=x) works)
-        x = input
-        # float16 on the CPU (a model cast with .half()) and float64: the kernels take float32 or bfloat16
-        return via_float32(x, self._forward) if needs_float32(x, (torch.bfloat16,)) else self._forward(x)
+        return self._linear(input, self._buffers["bias"])  # LinearKernels
 
-    def _forward(self, x: Tensor) -> Tensor:
+    def _forward(self, x: Tensor, bias: Optional[Tensor]) -> Tensor:
         b = self._buffers  # not the attributes: each costs a failed lookup and nn.Module.__getattr__ (Int8Linear)
         if self.format == "sparse24":
-            return torch.ops.fastinfer.sparse24_linear_int8(x, b["values"], b["meta"], b["weight_scale"], b["bias"],
+            return torch.ops.fastinfer.sparse24_linear_int8(x, b["values"], b["meta"], b["weight_scale"], bias,
                                                             self.in_features)
         if self.format == "slot128":
             return torch.ops.fastinfer.sparse_linear_int8(x, b["row_ptr"], b["cols"], b["values"], b["weight_sum"],
-                                                          b["weight_scale"], b["bias"], self.in_features)
-        return torch.ops.fastinfer.sparse_linear(x, b["row_ptr"], b["cols"], b["values"], b["bias"],
+                                                          b["weight_scale"], bias, self.in_features)
+        return torch.ops.fastinfer.sparse_linear(x, b["row_ptr"], b["cols"], b["values"], bias,
                                                  self.in_features, b.get("group_base"))
 
     def _float_weight_shape(self):

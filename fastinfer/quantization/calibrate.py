@@ -2,6 +2,7 @@
 (ConvAct2d/LinearAct included), a symmetric int8 scale for its input and for its output."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 from dataclasses import asdict, dataclass, field
@@ -9,6 +10,8 @@ from typing import Any, Callable, Collection, Dict, Iterable, Mapping, Optional,
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 from tqdm import tqdm
 
 from .._args import is_integer
@@ -24,8 +27,7 @@ class CalibrationResult:
     input_scale / output_scale: amax / 127 of the layer's first input / its output (for ConvAct2d
     and LinearAct the output is taken after the fused activation, as a requantized int8 output
     needs). input_amax / output_amax: the clipping thresholds behind them. skipped: target layers
-    with no scale, and why (e.g. never called: a MultiheadAttention's out_proj is applied
-    functionally, not called).
+    with no scale, and why (e.g. never called, nor its weight applied by F.linear).
     """
     observer: str
     num_batches: int
@@ -109,7 +111,8 @@ def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = DEFAULT
     names of the only ones to observe (fastinfer.quantize passes the layers it will quantize, so a layer
     it leaves float is not observed and cannot fail calibration). Each target gets two
     observers, fed by a forward hook: its first input and its output. A layer called several times
-    per forward pools all calls.
+    per forward pools all calls, and the calls F.linear(x, layer.weight, bias) that model code makes itself with
+    a Linear's weight count as calls of the layer (the quantized layer runs them: _FunctionalLinears).
 
     Every module's training flag is restored and every hook removed afterwards, also on error.
     Raises ValueError for empty data ("calibration data is empty"), for NaN/Inf reaching a layer
@@ -163,6 +166,10 @@ def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = DEFAULT
     device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
     modes = {m: m.training for m in model.modules()}
     handles = [m.register_forward_hook(make_hook(name), with_kwargs=True) for name, m in found.items()]
+    linears = {name: m for name, m in found.items() if isinstance(m, nn.Linear) and isinstance(m.weight, Tensor)}
+    functional = _FunctionalLinears(linears, {name: make_hook(name) for name in linears}) if linears else None
+    if functional is not None:
+        handles += functional.track_own_calls()
     batches = data if num_batches is None else itertools.islice(data, num_batches)
     total = _len_or_none(data)
     if num_batches is not None:
@@ -171,7 +178,7 @@ def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = DEFAULT
     seen = 0
     try:
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), functional or contextlib.nullcontext():
             for batch in batches:
                 state["batch"] = seen
                 args, kwargs = _model_call(model, batch)
@@ -198,6 +205,41 @@ def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = DEFAULT
             result.input_amax[name], result.output_amax[name] = inp.amax(), out.amax()
             result.input_scale[name], result.output_scale[name] = inp.scale(), out.scale()
     return result
+
+
+class _FunctionalLinears(TorchFunctionMode):
+    """Observes the calls F.linear(x, layer.weight, bias) that model code makes itself with a calibrated Linear's
+    weight, outside that layer's forward (torchvision's Swin attention applies its qkv and proj layers so): the
+    quantized layer runs them too (LazyWeight.__torch_function__), so they are calibrated as calls of the layer,
+    through the same hook. A weight's view or copy (``w[:n]``, ``w.t()``) is not the layer's: it runs in float after
+    quantization as well, and is not observed."""
+
+    def __init__(self, layers: Dict[str, nn.Linear], hooks: Dict[str, Callable]):
+        super().__init__()
+        self.by_weight = {id(m.weight): (m, name) for name, m in layers.items()}
+        self.layers, self.hooks = layers, hooks
+        self.inside = set()  # the layers whose own forward is running (their F.linear is the call itself)
+
+    def track_own_calls(self) -> list:
+        """Hooks that mark each layer's own forward (remove them as the calibration's hooks)."""
+        def enter(name):
+            return lambda _mod, _args: self.inside.add(name)
+
+        def leave(name):
+            return lambda _mod, _args, _out: self.inside.discard(name)
+        return [h for name, m in self.layers.items()
+                for h in (m.register_forward_pre_hook(enter(name)), m.register_forward_hook(leave(name)))]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is F.linear:
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            layer, name = self.by_weight.get(id(weight), (None, None))
+            if layer is not None and layer.weight is weight and name not in self.inside:
+                x = args[0] if args else kwargs.get("input")
+                self.hooks[name](layer, (x,), {}, out)
+        return out
 
 
 def _len_or_none(data) -> Optional[int]:
