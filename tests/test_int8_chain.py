@@ -229,6 +229,99 @@ def test_no_chain_where_int8_would_change_results(case):
         q(x)  # runs: nothing int8 reaches a layer that cannot take it
 
 
+class Branches(nn.Module):
+    """Inception-style blocks: branches (one behind a max pooling) joined by torch.cat on the channels."""
+
+    def __init__(self, join=None):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1 = nn.Conv2d(8, 4, 1)
+        self.b2 = nn.Sequential(nn.Conv2d(8, 6, 1), nn.ReLU(), nn.Conv2d(6, 5, 3, padding=1))
+        self.b3 = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(8, 3, 1))
+        self.next1 = nn.Conv2d(12, 8, 1)
+        self.next2 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), nn.Conv2d(12, 4, 3, padding=1))
+        self.head = nn.Linear(12, 3)
+        self.join = join or (lambda parts, x: torch.cat(parts, 1))
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = self.join([torch.relu(self.b1(x)), torch.relu(self.b2(x)), torch.relu(self.b3(x))], x)
+        z = torch.cat([self.next1(y), self.next2(y)], dim=1)  # reaches the average pooling: stays float
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(z, 1), 1))
+
+
+def test_branches_hand_off_int8_through_a_channel_concatenation(tmp_path):
+    torch.manual_seed(0)
+    model = Branches().eval()
+    q = quantize_static(copy.deepcopy(model))
+    chained = q.fastinfer_report.chained
+    # The stem feeds b1 and b2.0 directly and b3.1 through a max pooling, which takes the direct ones' scale.
+    assert {"stem -> b1", "stem -> b2.0", "stem -> b3.1", "b2.0 -> b2.2"} <= set(chained)
+    assert q.b3[1].x_scale == q.b1.x_scale == q.b2[0].x_scale == q.stem.out_scale
+    # All three branches reach the concatenation, whose consumers read it int8 at one scale.
+    for producer in ("b1", "b2.2", "b3.1"):
+        assert {f"{producer} -> next1", f"{producer} -> next2.1"} <= set(chained)
+        assert q.get_submodule(producer).out_scale == q.next1.x_scale == q.next2[1].x_scale
+    assert type(q.b3[0]) is Int8MaxPool2d and type(q.next2[0]) is Int8MaxPool2d
+    assert q.next1.out_scale is None and q.next2[1].out_scale is None
+    x = torch.randn(2, 3, 20, 20)
+    plain = unchained(q)
+    with torch.inference_mode():
+        h = q.stem(x)
+        parts = [torch.relu(q.b1(h)), torch.relu(q.b2(h)), torch.relu(q.b3(h))]
+        assert all(p.dtype == torch.int8 for p in parts)
+        joined = torch.cat(parts, 1)
+        hp = plain.stem(x)
+        want = ref.quantize_static(torch.cat([torch.relu(plain.b1(hp)), torch.relu(plain.b2(hp)),
+                                              torch.relu(plain.b3(hp))], 1), q.next1.x_scale)
+        assert (joined.int() - want.int()).abs().max() <= 1 and (joined != want).float().mean() < 0.01
+        y = q(x)
+        torch.testing.assert_close(y, plain(x), rtol=0.02, atol=0.02)
+        assert F.cosine_similarity(y.flatten(), model(x).flatten(), dim=0) > 0.99
+    # a saved model loads with the same hand-offs
+    torch.save(q.state_dict(), tmp_path / "q.pt")
+    loaded = fastinfer.load_quantized(tmp_path / "q.pt", fastinfer.fuse(copy.deepcopy(model)))
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), y)
+    assert type(loaded.b3[0]) is Int8MaxPool2d and loaded.b1.out_scale == q.b1.out_scale
+
+
+@pytest.mark.parametrize("case", ["float_input", "twice"])
+def test_concatenations_that_stay_float(case):
+    # Every input of an int8 concatenation must be an int8 hand-off of one scale, each once.
+    joins = {"float_input": lambda parts, x: torch.cat(parts + [x * 0.5], 1),   # an input no conv writes
+             "twice": lambda parts, x: torch.cat(parts + [parts[0]], 1)}         # one branch twice
+    torch.manual_seed(0)
+    model = Branches(joins[case]).eval()
+    width = {"float_input": 20, "twice": 16}[case]  # the consumers' channel count
+    model.next1, model.next2[1] = nn.Conv2d(width, 8, 1), nn.Conv2d(width, 4, 3, padding=1)
+    q = quantize_static(model)
+    assert q.b1.out_scale is None and q.b3[1].out_scale is None
+    assert not any(c.endswith(("-> next1", "-> next2.1")) for c in q.fastinfer_report.chained)
+    assert "stem -> b1" not in q.fastinfer_report.chained or case == "twice"
+    with torch.inference_mode():
+        assert q(torch.randn(2, 3, 20, 20)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dim", [0, 2, -1])
+def test_concatenation_along_other_dims(dim):
+    # One scale makes any concatenation of int8 tensors exact, along the batch or the image too.
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 1), nn.Conv2d(4, 5, 1)
+
+        def forward(self, x):
+            return self.c(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], dim=dim))
+
+    torch.manual_seed(0)
+    q = quantize_static(Stack())
+    assert sorted(q.fastinfer_report.chained) == ["a -> c", "b -> c"]
+    x = torch.randn(2, 3, 20, 20)
+    with torch.inference_mode():
+        torch.testing.assert_close(q(x), unchained(q)(x), rtol=0.02, atol=0.02)
+
+
 def test_untraceable_model_falls_back_to_sequential_order():
     class Untraceable(nn.Module):
         def __init__(self):

@@ -5,7 +5,10 @@ requantizes its output with their calibrated x_scale (its out_scale) in its epil
 written and no quantization pass reads it back. The consumers get what they would have computed from the
 producer's fp32 output with the same scale, up to the float rounding of the folded epilogue (1 / out_scale
 is multiplied into the per-channel scale): rarely 1 in the last int8 place. An nn.MaxPool2d on the way
-becomes an Int8MaxPool2d, which pools int8 with our kernel.
+becomes an Int8MaxPool2d, which pools int8 with our kernel, and a conv that reads through more max poolings
+than the producer's other consumers takes their scale (a max pooling's output lies in its input's range).
+Branches joined by torch.cat (Inception blocks, SqueezeNet's fire modules) hand off int8 when every input of
+the concatenation is a hand-off at one scale.
 
 The data flow comes from torch.fx (fastinfer's layers are leaves, so a model's own Python forward, a
 ResNet bottleneck for instance, is seen as a graph). A module fx cannot trace falls back to the order
@@ -17,7 +20,7 @@ import inspect
 import operator
 import re
 from collections import Counter
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -310,6 +313,7 @@ def _replace_add(gm: fx.GraphModule, add: fx.Node) -> None:
 def _chain_graph(prefix: str, module: nn.Module, graph: fx.Graph, chained: List[str],
                  output_scales: Dict[str, float]) -> None:
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    joined = {}  # producer node -> (its hand-off, scale): producers that reach a concatenation
     for node in graph.nodes:
         if node.op != "call_module":
             continue
@@ -323,21 +327,68 @@ def _chain_graph(prefix: str, module: nn.Module, graph: fx.Graph, chained: List[
         found = _int8_consumers(module, node)
         if found is None:
             continue
-        convs, adds, passed = found
-        # The scale is the conv consumers' calibrated one; an Int8Add operand (or a squeeze-excitation pool or
-        # scale) takes whatever it is given, so a conv that only feeds those uses its own calibrated output scale.
-        scales = {module.get_submodule(c.target).x_scale for c in convs}
-        if not convs and isinstance(producer, Int8Conv2d) and _join(prefix, node.target) in output_scales:
-            scales = {output_scales[_join(prefix, node.target)]}
-        if len(scales) != 1:
+        scale = _handoff_scale(module, prefix, node, producer, found, output_scales)
+        if scale is None:
             continue
-        scale = scales.pop()
-        for p in passed:
-            _int8_passthrough(module, p.target)
-        producer.out_scale = scale
-        for add, attr in adds:
-            setattr(module.get_submodule(add.target), attr, scale)
-        chained += [f"{_join(prefix, node.target)} -> {_join(prefix, c.target)}" for c in convs + [a for a, _ in adds]]
+        if found.joins:
+            joined[node] = (found, scale)
+        else:
+            _hand_off(module, prefix, node, producer, found, scale, chained)
+    for node, (found, scale) in _complete_joins(joined).items():
+        _hand_off(module, prefix, node, module.get_submodule(node.target), found, scale, chained)
+
+
+def _handoff_scale(module: nn.Module, prefix: str, node: fx.Node, producer: nn.Module, found: "_Consumers",
+                   output_scales: Dict[str, float]) -> Optional[float]:
+    """The one scale the producer's int8 output takes, or None where its consumers disagree. It is the conv
+    consumers' calibrated one; an Int8Add operand (or a squeeze-excitation pool or scale) takes whatever it is
+    given, so a conv that only feeds those uses its own calibrated output scale. A max pooling's output lies
+    within its input's range, so a conv that reads through more max poolings than the others takes their
+    scale (as torch.ao's max pooling shares its input's quantization parameters): the consumers reached
+    through the fewest must agree."""
+    if not found.convs:
+        name = _join(prefix, node.target)
+        return output_scales.get(name) if isinstance(producer, Int8Conv2d) else None
+    fewest = min(found.pools[c] for c in found.convs)
+    scales = {module.get_submodule(c.target).x_scale for c in found.convs if found.pools[c] == fewest}
+    return scales.pop() if len(scales) == 1 else None
+
+
+def _hand_off(module: nn.Module, prefix: str, node: fx.Node, producer: nn.Module, found: "_Consumers",
+              scale: float, chained: List[str]) -> None:
+    """Sets the producer's out_scale, its conv consumers' x_scale (changed only for those read through more
+    max poolings: _handoff_scale) and its Int8Add / gate consumers' operand scales; swaps the max poolings and
+    dropouts on the way for their int8 versions."""
+    for p in found.passed:
+        _int8_passthrough(module, p.target)
+    producer.out_scale = scale
+    for c in found.convs:
+        module.get_submodule(c.target).x_scale = scale
+    for add, attr in found.adds:
+        setattr(module.get_submodule(add.target), attr, scale)
+    chained += [f"{_join(prefix, node.target)} -> {_join(prefix, c.target)}"
+                for c in found.convs + [a for a, _ in found.adds]]
+
+
+def _complete_joins(joined: Dict[fx.Node, Tuple["_Consumers", float]]) -> Dict[fx.Node, Tuple["_Consumers", float]]:
+    """The producers whose every concatenation (torch.cat, along any dimension) can be int8: each of its inputs
+    comes from one of these producers, and all of them hand off at one scale (the concatenation of int8 tensors
+    of one scale is the int8 tensor of the concatenation). Dropping a producer can leave another concatenation
+    incomplete, so this repeats until none is dropped."""
+    joined = dict(joined)
+    while True:
+        reached: Dict[fx.Node, set] = {}
+        scales: Dict[fx.Node, set] = {}
+        for found, scale in joined.values():
+            for cat, arg in found.joins:
+                reached.setdefault(cat, set()).add(arg)
+                scales.setdefault(cat, set()).add(scale)
+        bad = {cat for cat, args in reached.items() if args != set(cat.args[0]) or len(scales[cat]) != 1}
+        drop = [n for n, (found, _) in joined.items() if any(cat in bad for cat, _ in found.joins)]
+        if not drop:
+            return joined
+        for n in drop:
+            del joined[n]
 
 
 def _transparent(module: nn.Module, node: fx.Node) -> bool:
@@ -360,51 +411,79 @@ def _int8_passthrough(root: nn.Module, name: str) -> None:
         setattr(parent, child, Int8Dropout.from_float(mod))
 
 
-def _int8_consumers(module: nn.Module, start: fx.Node):
-    """What ``start``'s output reaches through int8-transparent ops: (the static Int8Conv2d calls, the
-    (call, scale attribute) pairs of the layers that take an int8 operand at any scale (an Int8Add's a_scale
-    or b_scale, a squeeze-excitation Int8GlobalAvgPool's or Int8ChannelScale's x_scale), the module calls
-    passed on the way). None when it also reaches anything else (the model's output, a plain add, a shape op,
-    a float layer, the gate operand of an Int8ChannelScale), when a transparent op takes it as anything but
-    its first argument, when it is both operands of an Int8Add, or when a max pooling returns indices."""
-    convs, adds, passed, stack, seen = [], [], [], [start], set()
+class _Consumers(NamedTuple):
+    """What a producer's output reaches (_int8_consumers)."""
+    convs: List[fx.Node]                   # static Int8Conv2d calls
+    adds: List[Tuple[fx.Node, str]]        # (call, scale attribute) of layers that take an int8 operand at any scale
+    passed: List[fx.Node]                  # module calls passed on the way (max poolings, dropouts, identities)
+    joins: List[Tuple[fx.Node, fx.Node]]   # (torch.cat call, its input on the way) for concatenations
+    pools: Dict[fx.Node, int]              # conv call -> how many max poolings lie on the way to it
+
+
+_CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate)
+
+
+def _concatenation(user: fx.Node, node: fx.Node) -> bool:
+    """user is torch.cat([... node ...], dim), with node in its list once (and no out=)."""
+    if user.op != "call_function" or user.target not in _CAT_FUNCTIONS or not user.args:
+        return False
+    parts = user.args[0]
+    return (isinstance(parts, (list, tuple)) and list(parts).count(node) == 1 and set(user.kwargs) <= {"dim"}
+            and node not in user.args[1:])
+
+
+def _int8_consumers(module: nn.Module, start: fx.Node) -> Optional[_Consumers]:
+    """What ``start``'s output reaches through int8-transparent ops and concatenations (_Consumers).
+    None when it also reaches anything else (the model's output, a plain add, a shape op, a float layer, the
+    gate operand of an Int8ChannelScale), when a transparent op takes it as anything but its first argument,
+    when it is both operands of an Int8Add, or when a max pooling returns indices. A concatenation is int8 only
+    if all its inputs are (_complete_joins)."""
+    found = _Consumers([], [], [], [], {})
+    stack, seen, pools = [start], set(), {start: 0}
     while stack:
         node = stack.pop()
         for user in node.users:
             if user in seen:
                 continue
             seen.add(user)
+            if _concatenation(user, node):
+                found.joins.append((user, node))
+                pools[user] = pools[node]
+                stack.append(user)
+                continue
             if node in user.kwargs.values():
                 return None
             mod = module.get_submodule(user.target) if user.op == "call_module" else None
             if isinstance(mod, Int8Add):
                 if len(user.args) != 2 or (user.args[0] is node) == (user.args[1] is node):
                     return None
-                adds.append((user, "a_scale" if user.args[0] is node else "b_scale"))
+                found.adds.append((user, "a_scale" if user.args[0] is node else "b_scale"))
                 continue
             if isinstance(mod, Int8GlobalAvgPool):
                 if len(user.args) != 1 or user.args[0] is not node:
                     return None
-                adds.append((user, "x_scale"))
+                found.adds.append((user, "x_scale"))
                 continue
             if isinstance(mod, Int8ChannelScale):
                 if len(user.args) != 2 or user.args[1] is not node or user.args[0] is node:
                     return None
-                adds.append((user, "x_scale"))
+                found.adds.append((user, "x_scale"))
                 continue
             if not user.args or user.args[0] is not node or node in user.args[1:]:
                 return None
             if _static_conv(mod):
-                convs.append(user)
+                found.convs.append(user)
+                found.pools[user] = pools[node]
             elif _transparent(module, user):
                 if mod is not None:
                     if isinstance(mod, nn.MaxPool2d) and mod.return_indices:
                         return None
-                    passed.append(user)
+                    found.passed.append(user)
+                pools[user] = pools[node] + isinstance(mod, nn.MaxPool2d)
                 stack.append(user)
             else:
                 return None
-    return (convs, adds, passed) if convs or adds else None
+    return found if found.convs or found.adds else None
 
 
 def _chain_sequential(prefix: str, seq: nn.Sequential, chained: List[str]) -> None:
