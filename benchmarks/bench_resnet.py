@@ -1,9 +1,9 @@
-"""Whole-network benchmark: ResNet-50, ResNeXt-50 32x4d, MobileNetV2, MobileNetV3-Large or EfficientNet-B0
-(ImageNet shape, 224x224 RGB) in fp32 against torch.ao's FX static int8 quantization (engine 'x86', oneDNN) and
+"""Whole-network benchmark: ResNet-50, ResNeXt-50 32x4d, MobileNetV2, MobileNetV3-Large, EfficientNet-B0 or a U-Net
+(224x224 RGB) in fp32 against torch.ao's FX static int8 quantization (engine 'x86', oneDNN) and
 fastinfer (fuse + w8a8_static), eager and as torch.jit.trace + freeze graphs, timed in the same run.
 
     PYTHONPATH=. python benchmarks/bench_resnet.py [--model resnet50|resnext50_32x4d|mobilenet_v2|mobilenet_v3_large|
-                                                    efficientnet_b0]
+                                                    efficientnet_b0|unet]
                                                    [--threads 2] [--batches 1,8] [--repeats 5] [--json out.json]
 
 The networks are defined here with torchvision's structure and module names, with random weights: no pretrained
@@ -18,6 +18,9 @@ checkpoint is bundled.
                  residual add is ``result += x``
   efficientnet_b0  MBConv blocks (SiLU, 3x3 and 5x5 depthwise, squeeze-excitation with SiLU and Sigmoid in
                  every block), ``result += x``
+  unet           a U-Net for segmentation (not a torchvision model): 5 levels of two conv-BN-ReLU (widths 32 ...
+                 512), max pooling down, nearest ``nn.Upsample`` up, each decoder level ``torch.cat([skip, up(x)])``;
+                 21 logits per pixel
 BatchNorm statistics are set by running the model in training mode over random images, so that every layer sees
 unit-scale activations, as in a trained network. Timing and the int8 paths do not depend on the weights' values.
 Rows (fp32 input NCHW, logits out, the whole forward timed):
@@ -250,8 +253,45 @@ class EfficientNetB0(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
+class UNetUp(nn.Module):
+    """A U-Net decoder level: nearest 2x upsampling of the level below, joined with the encoder's skip by a
+    channel concatenation, then two conv-BN-ReLU."""
+
+    def __init__(self, cin: int, cskip: int, cout: int):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.conv = nn.Sequential(conv_bn_act(cin + cskip, cout, 3, act=nn.ReLU), conv_bn_act(cout, cout, 3, act=nn.ReLU))
+
+    def forward(self, x, skip):
+        return self.conv(torch.cat([skip, self.up(x)], 1))
+
+
+class UNet(nn.Module):
+    """U-Net (Ronneberger et al.) with padded 3x3 convolutions, BatchNorm and nearest upsampling: 5 levels of
+    widths 32 ... 512, 2x2 max pooling down, 21 output classes per pixel."""
+
+    def __init__(self, widths=(32, 64, 128, 256, 512), num_classes: int = 21):
+        super().__init__()
+
+        def double(cin, cout):
+            return nn.Sequential(conv_bn_act(cin, cout, 3, act=nn.ReLU), conv_bn_act(cout, cout, 3, act=nn.ReLU))
+        self.inc = double(3, widths[0])
+        self.downs = nn.ModuleList(nn.Sequential(nn.MaxPool2d(2), double(a, b)) for a, b in zip(widths, widths[1:]))
+        self.ups = nn.ModuleList(UNetUp(b, a, a) for a, b in reversed(list(zip(widths, widths[1:]))))
+        self.outc = nn.Conv2d(widths[0], num_classes, 1)
+
+    def forward(self, x):
+        skips = [self.inc(x)]
+        for down in self.downs:
+            skips.append(down(skips[-1]))
+        x = skips.pop()
+        for up in self.ups:
+            x = up(x, skips.pop())
+        return self.outc(x)
+
+
 MODELS = {"resnet50": ResNet50, "resnext50_32x4d": ResNeXt50, "mobilenet_v2": MobileNetV2, "mobilenet_v3_large": MobileNetV3Large,
-          "efficientnet_b0": EfficientNetB0}
+          "efficientnet_b0": EfficientNetB0, "unet": UNet}
 
 
 def build_model(name: str = "resnet50", seed: int = 0, image_size: int = 224) -> nn.Module:

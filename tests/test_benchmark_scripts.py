@@ -1,7 +1,7 @@
 """The CPU benchmarks run end to end on tiny cases (their figures are not checked here: timed tests are not
 the place, benchmarks/RESULTS.md is), so an API change that breaks a benchmark fails here, not in the next
 measuring session. bench_transformer, bench_resnet's ResNet-50 and bench_minilm build whole models (40 s and
-more each) and are left to their own runs (bench_resnet runs its MobileNetV2 and MobileNetV3 on 64 x 64
+more each) and are left to their own runs (bench_resnet runs its MobileNetV2, MobileNetV3 and U-Net on 64 x 64
 images); bench_torchvision runs one small model where torchvision (optional) is installed; the GPU scripts are
 covered by tests/test_gpu_scripts.py."""
 import importlib.util
@@ -26,6 +26,8 @@ CASES = {
                      "--min-time", "0.01", "--calib-batches", "1"],
     "bench_resnet:mobilenet_v3": ["--model", "mobilenet_v3_large", "--image-size", "64", "--batches", "1",
                                   "--repeats", "1", "--min-time", "0.01", "--calib-batches", "1"],
+    "bench_resnet:unet": ["--model", "unet", "--image-size", "64", "--batches", "1", "--repeats", "1", "--min-time",
+                          "0.01", "--calib-batches", "1", "--no-traced"],
 }
 
 

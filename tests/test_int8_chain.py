@@ -1,6 +1,7 @@
 """int8 hand-offs between static Int8Conv2d layers found by torch.fx (quantize w8a8_static), and the
 int8 max pooling they pass through (ops.int8_max_pool2d vs fastinfer.reference: bit-exact)."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -901,3 +902,71 @@ def test_quantizing_a_half_precision_model(dtype):
     with torch.inference_mode():
         y = before(torch.randn(2, 3, 20, 20).to(dtype))
     assert y.dtype == dtype and after.layer[0].residual_add.float_dtype == dtype
+
+
+def test_int8_upsample_module():
+    x = torch.randn(2, 5, 6, 7)
+    xq = torch.randint(-128, 128, (2, 5, 6, 7), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    for up in (nn.Upsample(scale_factor=2), nn.Upsample(size=(9, 16), mode="nearest-exact"),
+               nn.UpsamplingNearest2d(scale_factor=(1.5, 3))):
+        mod = fastinfer.nn.Int8Upsample.from_float(up)
+        assert torch.equal(mod(x), up(x))  # float inputs: torch's upsampling
+        y = mod(xq)  # torch's own upsampling refuses int8 in channels_last
+        assert y.dtype == torch.int8 and y.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(y.float(), up(xq.float()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings
+            assert torch.equal(torch.jit.trace(mod, xq)(xq), y)  # traced: the bytes cast, not viewed
+    with pytest.raises(ValueError, match="mode='bilinear'"):
+        fastinfer.nn.Int8Upsample.from_float(nn.Upsample(scale_factor=2, mode="bilinear"))
+
+
+class TinyUNet(nn.Module):
+    """An encoder level, a pooled one below it, and a decoder joining the upsampled level with the skip."""
+
+    def __init__(self, mode="nearest"):
+        super().__init__()
+        self.enc1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.enc2 = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.reduce = nn.Conv2d(16, 8, 1)
+        self.up = nn.Upsample(scale_factor=2, mode=mode)
+        self.dec = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        u = self.up(torch.relu(self.reduce(e2)))
+        return self.head(self.dec(torch.cat([u, e1], 1)))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_unet_skip_connections_hand_off_int8(mode, tmp_path):
+    torch.manual_seed(0)
+    model = TinyUNet(mode).eval()
+    q = quantize_static(copy.deepcopy(model))
+    chained = set(q.fastinfer_report.chained)
+    assert {"enc2.0 -> reduce", "dec.0 -> head"} <= chained
+    if mode == "bilinear":
+        # computes new values: the decoder's concatenation stays fp32, so the skip, which also feeds the next
+        # level, writes fp32 for both
+        assert not any(c.startswith(("enc1.0", "reduce")) for c in chained)
+        assert type(q.up) is nn.Upsample and q.reduce.out_scale is None and q.enc1[0].out_scale is None
+    else:
+        assert "enc1.0 -> enc2.0" in chained
+        # the skip and the upsampled level reach the decoder through the concatenation, at its scale; the
+        # encoder's next level, behind the max pooling, takes that scale too
+        assert {"enc1.0 -> dec.0", "reduce -> dec.0"} <= chained
+        assert q.enc1[0].out_scale == q.reduce.out_scale == q.dec[0].x_scale == q.enc2[0].x_scale
+        assert type(q.up) is fastinfer.nn.Int8Upsample and type(q.pool) is Int8MaxPool2d
+    x = torch.randn(2, 3, 20, 20)
+    with torch.inference_mode():
+        y = q(x)
+        torch.testing.assert_close(y, unchained(q)(x), rtol=0.03, atol=0.03)
+        assert F.cosine_similarity(y.flatten(), model(x).flatten(), dim=0) > 0.99
+    torch.save(q.state_dict(), tmp_path / "q.pt")
+    loaded = fastinfer.load_quantized(tmp_path / "q.pt", fastinfer.fuse(copy.deepcopy(model)))
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), y)
+    assert type(loaded.up) is type(q.up)

@@ -1,5 +1,6 @@
-"""Int8MaxPool2d: an nn.MaxPool2d that also pools int8 activations (an int8 hand-off between two static
-Int8Conv2d layers passes through it; fastinfer.quantize swaps it in). Float inputs take torch's own pooling."""
+"""Int8MaxPool2d and Int8Upsample: an nn.MaxPool2d that also pools int8 activations, and an nn.Upsample (nearest)
+that also upsamples them (an int8 hand-off between two static Int8Conv2d layers passes through them;
+fastinfer.quantize swaps them in). Float inputs take torch's own pooling and upsampling."""
 from __future__ import annotations
 
 import torch
@@ -29,3 +30,25 @@ class Int8MaxPool2d(nn.MaxPool2d):
             return super().forward(x)
         return unbatched(x, lambda x4: ops.int8_max_pool2d(x4, self.kernel_size, self.stride, self.padding,
                                                            self.dilation, self.ceil_mode))
+
+
+class Int8Upsample(nn.Upsample):
+    """nn.Upsample in a nearest mode whose int8 inputs are upsampled as the same bytes read as uint8: torch's
+    nearest upsampling takes uint8 in channels_last but not int8 (torch 2.13: "upsample_nearest2d_channels_last"
+    not implemented for 'Char'), and as it copies values, not combines them, the result is the int8 image of
+    the fp32 upsampling, bit for bit. Other modes (bilinear, bicubic) compute new values and are refused."""
+
+    MODES = ("nearest", "nearest-exact")
+
+    @classmethod
+    def from_float(cls, up: nn.Upsample) -> "Int8Upsample":
+        if up.mode not in cls.MODES:
+            raise ValueError(f"Int8Upsample upsamples in modes {cls.MODES} (which copy values), got mode={up.mode!r}")
+        return cls(up.size, up.scale_factor, up.mode, up.align_corners, up.recompute_scale_factor)
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's name: layer(input=x) works)
+        if input.dtype != torch.int8:
+            return super().forward(input)
+        if torch.jit.is_tracing():  # the tracer cannot record view(dtype); a cast wraps to the same bytes (a copy)
+            return super().forward(input.to(torch.uint8)).to(torch.int8)
+        return super().forward(input.view(torch.uint8)).view(torch.int8)

@@ -5,10 +5,10 @@ requantizes its output with their calibrated x_scale (its out_scale) in its epil
 written and no quantization pass reads it back. The consumers get what they would have computed from the
 producer's fp32 output with the same scale, up to the float rounding of the folded epilogue (1 / out_scale
 is multiplied into the per-channel scale): rarely 1 in the last int8 place. An nn.MaxPool2d on the way
-becomes an Int8MaxPool2d, which pools int8 with our kernel, and a conv that reads through more max poolings
-than the producer's other consumers takes their scale (a max pooling's output lies in its input's range).
-Branches joined by torch.cat (Inception blocks, SqueezeNet's fire modules) hand off int8 when every input of
-the concatenation is a hand-off at one scale.
+becomes an Int8MaxPool2d, which pools int8 with our kernel, a nearest nn.Upsample an Int8Upsample, and a conv
+that reads through more max poolings than the producer's other consumers takes their scale (a max pooling's
+output lies in its input's range). Branches joined by torch.cat (Inception blocks, SqueezeNet's fire modules,
+a U-Net's skip connections) hand off int8 when every input of the concatenation is a hand-off at one scale.
 
 The data flow comes from torch.fx (fastinfer's layers are leaves, so a model's own Python forward, a
 ResNet bottleneck for instance, is seen as a graph). A module fx cannot trace falls back to the order
@@ -33,7 +33,7 @@ from ..nn.add import Int8Add
 from ..nn.dropout import Int8Dropout
 from ..nn.fused import Folded
 from ..nn.gate import Int8ChannelScale, Int8GlobalAvgPool
-from ..nn.pool import Int8MaxPool2d
+from ..nn.pool import Int8MaxPool2d, Int8Upsample
 from .fuse import _arg, _join, walk_traced
 
 # Between two static int8 convs these keep int8 values exact: max pooling and ReLU commute with the
@@ -43,6 +43,15 @@ from .fuse import _arg, _join, walk_traced
 # forward cannot be swapped for ours.
 IDENTITIES = (nn.Identity, Folded)  # Folded: what fuse left where it folded a module away
 INT8_TRANSPARENT_MODULES = (*IDENTITIES, nn.MaxPool2d, Int8MaxPool2d, nn.ReLU, nn.Dropout, Int8Dropout)
+# Nearest upsampling copies values: exact on int8 too (Int8Upsample); the other modes compute new ones.
+_UPSAMPLES = (nn.Upsample, nn.UpsamplingNearest2d, Int8Upsample)
+
+
+def _int8_exact(mod: nn.Module) -> bool:
+    """Whether module ``mod`` keeps int8 values exact between two static convs."""
+    if type(mod) in _UPSAMPLES:
+        return mod.mode in Int8Upsample.MODES
+    return type(mod) in INT8_TRANSPARENT_MODULES
 _TRANSPARENT_FUNCTIONS = (F.relu, torch.relu, F.relu_, torch.relu_)
 _TRANSPARENT_METHODS = ("relu", "relu_")
 
@@ -393,15 +402,15 @@ def _complete_joins(joined: Dict[fx.Node, Tuple["_Consumers", float]]) -> Dict[f
 
 def _transparent(module: nn.Module, node: fx.Node) -> bool:
     if node.op == "call_module":
-        return type(module.get_submodule(node.target)) in INT8_TRANSPARENT_MODULES
+        return _int8_exact(module.get_submodule(node.target))
     if node.op == "call_function":
         return node.target in _TRANSPARENT_FUNCTIONS
     return node.op == "call_method" and node.target in _TRANSPARENT_METHODS
 
 
 def _int8_passthrough(root: nn.Module, name: str) -> None:
-    """Swaps the nn.MaxPool2d called as ``name`` for an Int8MaxPool2d, an nn.Dropout for an Int8Dropout (float
-    inputs behave as before)."""
+    """Swaps the nn.MaxPool2d called as ``name`` for an Int8MaxPool2d, an nn.Dropout for an Int8Dropout, a nearest
+    nn.Upsample for an Int8Upsample (float inputs behave as before)."""
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     mod = getattr(parent, child)
@@ -409,6 +418,8 @@ def _int8_passthrough(root: nn.Module, name: str) -> None:
         setattr(parent, child, Int8MaxPool2d.from_float(mod))
     elif type(mod) is nn.Dropout:
         setattr(parent, child, Int8Dropout.from_float(mod))
+    elif type(mod) in (nn.Upsample, nn.UpsamplingNearest2d):
+        setattr(parent, child, Int8Upsample.from_float(mod))
 
 
 class _Consumers(NamedTuple):
@@ -493,7 +504,7 @@ def _chain_sequential(prefix: str, seq: nn.Sequential, chained: List[str]) -> No
         if not _static_conv(mod) or mod.out_scale is not None:
             continue
         j = i + 1
-        while j < len(kids) and type(kids[j][1]) in INT8_TRANSPARENT_MODULES:
+        while j < len(kids) and _int8_exact(kids[j][1]):
             j += 1
         if j < len(kids) and _static_conv(kids[j][1]):
             if any(isinstance(m, nn.MaxPool2d) and m.return_indices for _, m in kids[i + 1:j]):
