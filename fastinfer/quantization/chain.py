@@ -45,6 +45,8 @@ IDENTITIES = (nn.Identity, Folded)  # Folded: what fuse left where it folded a m
 INT8_TRANSPARENT_MODULES = (*IDENTITIES, nn.MaxPool2d, Int8MaxPool2d, nn.ReLU, nn.Dropout, Int8Dropout)
 # Nearest upsampling copies values: exact on int8 too (Int8Upsample); the other modes compute new ones.
 _UPSAMPLES = (nn.Upsample, nn.UpsamplingNearest2d, Int8Upsample)
+_TRANSPARENT_FUNCTIONS = (F.relu, torch.relu, F.relu_, torch.relu_)
+_TRANSPARENT_METHODS = ("relu", "relu_")
 
 
 def _int8_exact(mod: nn.Module) -> bool:
@@ -52,8 +54,6 @@ def _int8_exact(mod: nn.Module) -> bool:
     if type(mod) in _UPSAMPLES:
         return mod.mode in Int8Upsample.MODES
     return type(mod) in INT8_TRANSPARENT_MODULES
-_TRANSPARENT_FUNCTIONS = (F.relu, torch.relu, F.relu_, torch.relu_)
-_TRANSPARENT_METHODS = ("relu", "relu_")
 
 
 def adopt_half_dtype(model: nn.Module, dtype: Optional[torch.dtype]) -> None:
