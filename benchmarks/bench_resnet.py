@@ -260,7 +260,8 @@ class UNetUp(nn.Module):
     def __init__(self, cin: int, cskip: int, cout: int):
         super().__init__()
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
-        self.conv = nn.Sequential(conv_bn_act(cin + cskip, cout, 3, act=nn.ReLU), conv_bn_act(cout, cout, 3, act=nn.ReLU))
+        self.conv = nn.Sequential(conv_bn_act(cin + cskip, cout, 3, act=nn.ReLU),
+                                  conv_bn_act(cout, cout, 3, act=nn.ReLU))
 
     def forward(self, x, skip):
         return self.conv(torch.cat([skip, self.up(x)], 1))

@@ -191,8 +191,8 @@ def main(argv=None) -> dict:
     import torchvision
     info = machine_info(args.threads)
     ops_note = "" if with_ops else " (its compiled ops not loaded: built for another torch)"
-    print(f"# torchvision {torchvision.__version__}{ops_note} | {info['cpu']} | fastinfer ISA {info['isa_active']} | threads {args.threads} | batch {args.batch} | "
-          f"torch {info['torch']} | {info['date']}")
+    print(f"# torchvision {torchvision.__version__}{ops_note} | {info['cpu']} | fastinfer ISA {info['isa_active']} | "
+          f"threads {args.threads} | batch {args.batch} | torch {info['torch']} | {info['date']}")
     print("# ms (speedup vs fp32, err = ||y - y_fp32|| / ||y_fp32||), eager, medians of paired rounds")
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
