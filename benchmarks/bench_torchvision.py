@@ -18,6 +18,7 @@ are pure Python, are imported without those ops' fake-tensor registrations; the 
 
     python benchmarks/bench_torchvision.py --threads 2 --batch 1 --json results.json
     python benchmarks/bench_torchvision.py --models swin_t,resnet50 --batch 8
+    python benchmarks/bench_torchvision.py --models segmentation     # FCN, DeepLabV3, LR-ASPP at 256 x 256
 """
 from __future__ import annotations
 
@@ -40,9 +41,13 @@ from common import machine_info, paired_ratio, time_calls_interleaved, write_jso
 MODELS = ("resnet18", "resnet50", "resnext50_32x4d", "regnet_y_400mf", "densenet121", "googlenet", "inception_v3",
           "mobilenet_v2", "mobilenet_v3_large", "mnasnet1_0", "shufflenet_v2_x1_0", "squeezenet1_1",
           "efficientnet_b0", "convnext_tiny", "swin_t", "swin_v2_t", "vit_b_16", "maxvit_t")
-IMAGE_SIZE = {"inception_v3": 299}
+# Segmentation models (--models segmentation): torchvision.models.segmentation's, 21 classes, 256 x 256 images; the
+# benchmark runs them through SegmentationOutput (their per-pixel logits, the dict's "out").
+SEGMENTATION = ("fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")
+IMAGE_SIZE = {"inception_v3": 299, **{name: 256 for name in SEGMENTATION}}
 BUILD_ARGS = {"googlenet": {"aux_logits": False, "init_weights": True},
-              "inception_v3": {"aux_logits": False, "init_weights": True}}
+              "inception_v3": {"aux_logits": False, "init_weights": True},
+              **{name: {"weights_backbone": None, "num_classes": 21} for name in SEGMENTATION}}
 FP32, FI_STATIC, FI_DYNAMIC, AO_STATIC, AO_DYNAMIC = ("fp32", "fastinfer static", "fastinfer dynamic",
                                                       "torch.ao static", "torch.ao dynamic")
 
@@ -64,10 +69,23 @@ def import_models() -> Tuple[types.ModuleType, bool]:
     return tvm, False
 
 
+class SegmentationOutput(nn.Module):
+    """A torchvision segmentation model returning its per-pixel logits (the dict's "out") as one tensor."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)["out"]
+
+
 def build(tvm, name: str, seed: int = 0) -> nn.Module:
     """torchvision's model with random weights whose BatchNorm statistics are measured (module docstring)."""
     torch.manual_seed(seed)
     model = tvm.get_model(name, weights=None, **BUILD_ARGS.get(name, {}))
+    if name in SEGMENTATION:
+        model = SegmentationOutput(model)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Linear) and not bool(m.weight.any()):
@@ -172,7 +190,8 @@ def cell(entry: dict) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated torchvision model names")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated torchvision model names, or "
+                    f"'segmentation' for {', '.join(SEGMENTATION)} (256 x 256)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib-batches", type=int, default=4, help="calibration batches of 2 random images")
@@ -195,7 +214,9 @@ def main(argv=None) -> dict:
           f"threads {args.threads} | batch {args.batch} | torch {info['torch']} | {info['date']}")
     print("# ms (speedup vs fp32, err = ||y - y_fp32|| / ||y_fp32||), eager, medians of paired rounds")
     rows = []
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    names = list(SEGMENTATION) if args.models == "segmentation" else [m.strip() for m in args.models.split(",")
+                                                                          if m.strip()]
+    for name in names:
         row = bench_model(tvm, name, args)
         rows.append(row)
         fp = row["impls"][FP32]
