@@ -58,7 +58,7 @@ from torch import nn
 
 import fastinfer
 
-from common import machine_info, time_call, write_json
+from common import machine_info, time_call, torch_ao_static, write_json
 
 
 class Bottleneck(nn.Module):
@@ -329,20 +329,12 @@ def traced(model: nn.Module, x: torch.Tensor, engine: Optional[str]) -> torch.ji
 
 def build_impls(fp32: nn.Module, calib):
     """name -> (callable taking the NCHW batch, quantized engine or None). Each quantizes its own copy."""
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
     fp32_cl = copy.deepcopy(fp32).to(memory_format=torch.channels_last)
     impls = {FP32: (fp32, None),
              FP32_CL: (lambda x: fp32_cl(x.contiguous(memory_format=torch.channels_last)), None)}
-    torch.backends.quantized.engine = "x86"  # weights are prepacked for the engine current at convert time
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")  # torch.ao's deprecation notices
-        prepared = prepare_fx(copy.deepcopy(fp32), get_default_qconfig_mapping("x86"), (calib[0],))
-        with torch.no_grad():
-            for x in calib:
-                prepared(x)
-        impls[AO] = (convert_fx(prepared), "x86")
+        impls[AO] = (torch_ao_static(fp32, calib), "x86")
     fi = fastinfer.quantize(fastinfer.fuse(fp32, example_inputs=calib[0]), scheme="w8a8_static", calib_data=calib)
     impls[FI] = (fi, None)
     fp32_res = fastinfer.quantize(fastinfer.fuse(fp32, example_inputs=calib[0]), scheme="w8a8_static",

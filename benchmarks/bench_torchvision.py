@@ -36,7 +36,7 @@ from torch import nn
 
 import fastinfer
 
-from common import machine_info, paired_ratio, time_calls_interleaved, write_json
+from common import machine_info, paired_ratio, time_calls_interleaved, torch_ao_static, write_json
 
 MODELS = ("resnet18", "resnet50", "resnext50_32x4d", "regnet_y_400mf", "densenet121", "googlenet", "inception_v3",
           "mobilenet_v2", "mobilenet_v3_large", "mnasnet1_0", "shufflenet_v2_x1_0", "squeezenet1_1",
@@ -128,14 +128,7 @@ def impls_for(fp32: nn.Module, calib, which) -> Dict[str, Tuple[Optional[Callabl
         return model, f"{len(rep.swapped)} int8, {len(rep.skipped)} float"
 
     def ao_static():
-        from torch.ao.quantization import get_default_qconfig_mapping
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-        torch.backends.quantized.engine = "x86"
-        prepared = prepare_fx(copy.deepcopy(fp32), get_default_qconfig_mapping("x86"), (calib[0],))
-        with torch.no_grad():
-            for x in calib:
-                prepared(x)
-        return convert_fx(prepared), ""
+        return torch_ao_static(fp32, calib), ""
 
     def ao_dynamic():
         torch.backends.quantized.engine = "x86"

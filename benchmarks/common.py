@@ -1,6 +1,7 @@
 """Timing helpers shared by the CPU benchmarks: warm-up, median and spread, machine description."""
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import os
@@ -10,6 +11,7 @@ import time
 from typing import Callable, Dict, List
 
 import torch
+from torch import nn
 
 import fastinfer
 
@@ -96,3 +98,18 @@ def write_json(path: str, payload: Dict) -> None:
     with open(path, "w") as f:
         json.dump(payload, f, indent=1)
     print(f"wrote {path}")
+
+
+def torch_ao_static(fp32: nn.Module, calib) -> nn.Module:
+    """torch.ao's FX graph-mode static int8 model of a copy of fp32 (qconfig mapping 'x86', engine 'x86'),
+    calibrated on the batches in calib (the first one is the example input). The caller keeps torch.ao's
+    deprecation notices out of its output."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"  # weights are prepacked for the engine current at convert time
+    prepared = prepare_fx(copy.deepcopy(fp32), get_default_qconfig_mapping("x86"), (calib[0],))
+    with torch.no_grad():
+        for x in calib:
+            prepared(x)
+    return convert_fx(prepared)

@@ -165,9 +165,10 @@ def calibrate(model: nn.Module, data: Iterable, observer: ObserverSpec = DEFAULT
 
     device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
     modes = {m: m.training for m in model.modules()}
-    handles = [m.register_forward_hook(make_hook(name), with_kwargs=True) for name, m in found.items()]
+    hooks = {name: make_hook(name) for name in found}
+    handles = [m.register_forward_hook(hooks[name], with_kwargs=True) for name, m in found.items()]
     linears = {name: m for name, m in found.items() if isinstance(m, nn.Linear) and isinstance(m.weight, Tensor)}
-    functional = _FunctionalLinears(linears, {name: make_hook(name) for name in linears}) if linears else None
+    functional = _FunctionalLinears(linears, hooks) if linears else None
     if functional is not None:
         handles += functional.track_own_calls()
     batches = data if num_batches is None else itertools.islice(data, num_batches)

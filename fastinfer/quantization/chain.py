@@ -428,7 +428,7 @@ class _Consumers(NamedTuple):
     adds: List[Tuple[fx.Node, str]]        # (call, scale attribute) of layers that take an int8 operand at any scale
     passed: List[fx.Node]                  # module calls passed on the way (max poolings, dropouts, identities)
     joins: List[Tuple[fx.Node, fx.Node]]   # (torch.cat call, its input on the way) for concatenations
-    pools: Dict[fx.Node, int]              # conv call -> how many max poolings lie on the way to it
+    pools: Dict[fx.Node, int]              # node on the way (convs included) -> how many max poolings precede it
 
 
 _CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate)
@@ -449,8 +449,8 @@ def _int8_consumers(module: nn.Module, start: fx.Node) -> Optional[_Consumers]:
     gate operand of an Int8ChannelScale), when a transparent op takes it as anything but its first argument,
     when it is both operands of an Int8Add, or when a max pooling returns indices. A concatenation is int8 only
     if all its inputs are (_complete_joins)."""
-    found = _Consumers([], [], [], [], {})
-    stack, seen, pools = [start], set(), {start: 0}
+    found = _Consumers([], [], [], [], {start: 0})
+    stack, seen, pools = [start], set(), found.pools
     while stack:
         node = stack.pop()
         for user in node.users:
@@ -484,7 +484,7 @@ def _int8_consumers(module: nn.Module, start: fx.Node) -> Optional[_Consumers]:
                 return None
             if _static_conv(mod):
                 found.convs.append(user)
-                found.pools[user] = pools[node]
+                pools[user] = pools[node]
             elif _transparent(module, user):
                 if mod is not None:
                     if isinstance(mod, nn.MaxPool2d) and mod.return_indices:
