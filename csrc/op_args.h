@@ -99,22 +99,23 @@ inline ConvArgs conv_args(const at::Tensor& x, int64_t cout, at::IntArrayRef k, 
   return a;
 }
 
-// int8_max_pool2d's geometry, checked as torch's max_pool2d checks it (output size rule included).
+// A pooling op's geometry (int8_max_pool2d, int8_avg_pool2d: dilation 1), checked as torch's pooling checks it
+// (output size rule included).
 struct PoolArgs {
   int64_t N, C, H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW;
 };
 
 inline PoolArgs pool_args(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef pad,
-                          at::IntArrayRef dil, bool ceil_mode) {
-  TORCH_CHECK(x.dim() == 4, "fastinfer.int8_max_pool2d: x must be 4-D [N, C, H, W], got shape ", x.sizes());
-  check_window("int8_max_pool2d", k, s, pad, dil);
+                          at::IntArrayRef dil, bool ceil_mode, const char* op = "int8_max_pool2d") {
+  TORCH_CHECK(x.dim() == 4, "fastinfer.", op, ": x must be 4-D [N, C, H, W], got shape ", x.sizes());
+  check_window(op, k, s, pad, dil);
   TORCH_CHECK(2 * pad[0] <= k[0] && 2 * pad[1] <= k[1],
-              "fastinfer.int8_max_pool2d: padding must be at most half the kernel size ", k, ", got ", pad);
+              "fastinfer.", op, ": padding must be at most half the kernel size ", k, ", got ", pad);
   PoolArgs a{x.size(0), x.size(1), x.size(2), x.size(3), 0, 0, k[0], k[1], s[0], s[1], pad[0], pad[1],
              dil[0], dil[1]};
   a.OH = window_out_size(a.H, a.KH, a.SH, a.PH, a.DH, ceil_mode);
   a.OW = window_out_size(a.W, a.KW, a.SW, a.PW, a.DW, ceil_mode);
-  TORCH_CHECK(a.OH >= 1 && a.OW >= 1, "fastinfer.int8_max_pool2d: input ", a.H, "x", a.W, " (padding ", pad,
+  TORCH_CHECK(a.OH >= 1 && a.OW >= 1, "fastinfer.", op, ": input ", a.H, "x", a.W, " (padding ", pad,
               ") is smaller than the dilated kernel ", k, " with dilation ", dil);
   // A dilated window can skip every input row or column (all its taps in the padding): torch gives -inf
   // there, which int8 cannot hold, so such a geometry is refused rather than given a made-up value.
@@ -122,7 +123,7 @@ inline PoolArgs pool_args(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRe
     for (int64_t o = 0; o < out; ++o) {
       bool any = false;
       for (int64_t t = 0; t < kk && !any; ++t) any = o * st - pd + t * dd >= 0 && o * st - pd + t * dd < in;
-      TORCH_CHECK(any, "fastinfer.int8_max_pool2d: the window of output ", what, " ", o, " has every tap in the padding",
+      TORCH_CHECK(any, "fastinfer.", op, ": the window of output ", what, " ", o, " has every tap in the padding",
                   " (kernel_size ", k, ", stride ", s, ", padding ", pad, ", dilation ", dil, ", input ", a.H, "x", a.W,
                   "); torch's max_pool2d gives -inf there, which int8 cannot hold");
     }

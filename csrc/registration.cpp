@@ -77,6 +77,10 @@ TORCH_LIBRARY(fastinfer, m) {
   // Max pooling of int8 activations (channels_last out; what an int8 hand-off between convs passes through).
   m.def("int8_max_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
         "bool ceil_mode=False) -> Tensor");
+  // Average pooling of int8 activations at one scale (torch's avg_pool2d arguments; the average rounded half to
+  // even): a DenseNet transition's pool between an int8 conv and the next block's int8 concatenations.
+  m.def("int8_avg_pool2d(Tensor x, int[2] kernel_size, int[2] stride=[], int[2] padding=0, bool ceil_mode=False, "
+        "bool count_include_pad=True, int? divisor_override=None) -> Tensor");
   // Residual add: a and b each int8 (with its scale) or fp32, same shape; optional ReLU; fp32 out, or int8
   // requantized with out_scale (channels_last for 4-D operands). Ends an int8 ResNet block.
   m.def("int8_add(Tensor a, Tensor b, float? a_scale=None, float? b_scale=None, bool relu=False, "
@@ -86,6 +90,10 @@ TORCH_LIBRARY(fastinfer, m) {
   // int8 requantized with out_scale. What keeps a MobileNetV3 / EfficientNet block's activations int8.
   m.def("int8_channel_mean(Tensor x, float x_scale) -> Tensor");
   m.def("int8_channel_scale(Tensor x, float x_scale, Tensor gate, float? out_scale=None) -> Tensor");
+  // An eval BatchNorm (+ ReLU) as the int8 input of a static conv: x [N, C, H, W] fp32 (or int8 with x_scale) ->
+  // int8 channels_last, round(act(x * scale[c] + shift[c]) / out_scale) clamped to [-127, 127].
+  m.def("quantize_channel_affine(Tensor x, Tensor scale, Tensor shift, float out_scale, bool relu=False, "
+        "float? x_scale=None) -> Tensor");
   // Sparse weights (layouts in csrc/kernels/sparse/sparse.h), packed once from a dense [N, K] weight:
   // csr16 / csr8 from fp32 -> (row_ptr, cols, values) / (row_ptr, offsets, group_base, values);
   // slot128 from int8 -> (grp_ptr, idx, values, w_sum).
@@ -129,7 +137,8 @@ TORCH_LIBRARY(fastinfer, m) {
 // and no gradient at all, x.grad left None: training through a quantized layer silently learned nothing).
 TORCH_LIBRARY_IMPL(fastinfer, Autograd, m) {
   for (const char* op : {"quantize_per_token", "int8_scaled_mm", "int8_linear_dynamic", "int8_linear_static",
-                         "int8_linear_weight_only", "int8_conv2d", "int8_add", "int8_channel_scale", "sparse_linear",
+                         "int8_linear_weight_only", "int8_conv2d", "int8_add", "int8_channel_scale",
+                         "quantize_channel_affine", "sparse_linear",
                          "sparse_linear_int8",
                          "sparse24_linear_int8"})
     m.impl(op, torch::autograd::autogradNotImplementedFallback());

@@ -25,7 +25,8 @@ SUPPORTED_DEVICES = ("cpu",)  # devices with kernels for every op
 LINEAR_DEVICES = ("cpu", "cuda") if BUILD["cuda"] else ("cpu",)
 _LINEAR_OPS = {"quantize_per_token", "pack_int8_weight", "unpack_int8_weight", "int8_mm", "int8_scaled_mm",
                "int8_linear_dynamic", "int8_linear_static", "int8_linear_weight_only", "pack_conv_weight",
-               "int8_conv2d", "int8_max_pool2d", "int8_add"}
+               "int8_conv2d", "int8_max_pool2d", "int8_avg_pool2d", "int8_add",
+               "quantize_channel_affine"}
 _PACK_NB, _PACK_KB, _HEADER_BYTES = 16, 4, 64
 MAX_K = BUILD["max_k"]  # the int8 kernels' K limit (op_args.h kMaxK: exact int32 accumulation)
 CUDA_K_ALIGN = 16  # a CUDA packed weight is int8 [N, round_up(K, 16)] (PACKING.md)
@@ -212,6 +213,18 @@ def int8_max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, 
                                 list(pair(padding, "padding")), list(pair(dilation, "dilation")), ceil_mode)
 
 
+def int8_avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                    count_include_pad: bool = True, divisor_override: Optional[int] = None) -> Tensor:
+    """Average pooling of int8 activations [N, C, H, W] (any layout) at one scale; out int8 [N, C, OH, OW] in
+    channels_last memory: clamp(round_half_even(float(window sum) / float(divisor)), -127, 127), the divisor
+    torch's avg_pool2d's. The arguments mean what they mean for torch.nn.functional.avg_pool2d (stride None =
+    kernel_size). Within half an int8 step of avg_pool2d of x as floats."""
+    _check_devices("int8_avg_pool2d", x=x)
+    k = list(pair(kernel_size, "kernel_size"))
+    return _ops.int8_avg_pool2d(x, k, k if stride is None else list(pair(stride, "stride")),
+                                list(pair(padding, "padding")), ceil_mode, count_include_pad, divisor_override)
+
+
 def int8_add(a: Tensor, b: Tensor, a_scale: Optional[float] = None, b_scale: Optional[float] = None,
              relu: bool = False, out_scale: Optional[float] = None) -> Tensor:
     """Residual add: a + b with each operand int8 (value = q * its scale) or float32 (no scale), the same
@@ -234,6 +247,17 @@ def int8_channel_scale(x: Tensor, x_scale: float, gate: Tensor, out_scale: Optio
     (clamp(round_half_even(v * (1 / out_scale)), -127, 127), NaN -> 0). Out in channels_last memory."""
     _check_devices("int8_channel_scale", x=x, gate=gate)
     return _ops.int8_channel_scale(x, x_scale, gate, out_scale)
+
+
+def quantize_channel_affine(x: Tensor, scale: Tensor, shift: Tensor, out_scale: float, relu: bool = False,
+                            x_scale: Optional[float] = None) -> Tensor:
+    """An eval BatchNorm (+ ReLU) written as the int8 input of a static conv: x [N, C, H, W] float32 (bfloat16;
+    float16 too on CUDA) or int8 with x_scale (value = x * x_scale), any memory format -> int8 [N, C, H, W] in
+    channels_last memory, clamp(round_half_even(act(x * s[c] + shift[c]) * fl(1 / out_scale)), -127, 127) with
+    s = scale (int8 x: s = fl(x_scale * scale[c])), each step one fp32 rounding, NaN -> 0. scale, shift: float32
+    [C]."""
+    _check_devices("quantize_channel_affine", x=x, scale=scale, shift=shift)
+    return _ops.quantize_channel_affine(x, scale, shift, out_scale, relu, x_scale)
 
 
 def pair(v, name: str = "a size") -> Tuple[int, int]:
@@ -346,7 +370,8 @@ def last_kernel(family: str) -> str:
     the latest non-depthwise convolution gathered rows for the int8 GEMM instead), gconv (the narrow-group
     convolution, every vector tier: groups of fewer than 64 output channels and a multiple of 4 input
     channels; "" when the latest convolution took another path), add (int8_add; 'ref' is the portable kernel),
-    gate (int8_channel_mean / int8_channel_scale; 'ref' is the portable kernel) or quantize_planes (the tier that
+    gate (int8_channel_mean / int8_channel_scale; 'ref' is the portable kernel), avg_pool (int8_avg_pool2d; 'ref'
+    is the portable kernel, which the tiers below AVX-512 run) or quantize_planes (the tier that
     quantized the latest convolution's NCHW fp32 input straight into NHWC int8; "" when its input was not
     NCHW fp32).
     "dwconv_path" names the way the latest depthwise convolution took inside
@@ -508,6 +533,16 @@ def _int8_max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode=F
     return x.new_empty((n, c, oh, ow)).contiguous(memory_format=torch.channels_last)
 
 
+@torch.library.register_fake("fastinfer::int8_avg_pool2d")
+def _int8_avg_pool2d_fake(x, kernel_size, stride=(), padding=(0, 0), ceil_mode=False, count_include_pad=True,
+                          divisor_override=None):
+    n, c, h, w = x.shape
+    stride = stride or kernel_size
+    oh = pool_output_size(h, kernel_size[0], stride[0], padding[0], 1, ceil_mode)
+    ow = pool_output_size(w, kernel_size[1], stride[1], padding[1], 1, ceil_mode)
+    return x.new_empty((n, c, oh, ow)).contiguous(memory_format=torch.channels_last)
+
+
 @torch.library.register_fake("fastinfer::int8_add")
 def _int8_add_fake(a, b, a_scale=None, b_scale=None, relu=False, out_scale=None):
     out = a.new_empty(a.shape, dtype=torch.int8 if out_scale is not None else torch.float32)
@@ -523,6 +558,11 @@ def _int8_channel_mean_fake(x, x_scale):
 def _int8_channel_scale_fake(x, x_scale, gate, out_scale=None):
     out = x.new_empty(x.shape, dtype=torch.int8 if out_scale is not None else torch.float32)
     return out.contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("fastinfer::quantize_channel_affine")
+def _quantize_channel_affine_fake(x, scale, shift, out_scale, relu=False, x_scale=None):
+    return x.new_empty(x.shape, dtype=torch.int8).contiguous(memory_format=torch.channels_last)
 
 
 def int8_peak_probe(iters: int) -> int:

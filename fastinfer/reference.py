@@ -291,3 +291,34 @@ def int8_channel_scale(x: Tensor, x_scale: float, gate: Tensor, out_scale: Optio
     f = gate.float().reshape(x.shape[0], x.shape[1], 1, 1) * _f32(x_scale)
     v = x.float() * f
     return v if out_scale is None else requantize(v, out_scale)
+
+
+def quantize_channel_affine(x: Tensor, scale: Tensor, shift: Tensor, out_scale: float, relu: bool = False,
+                            x_scale: Optional[float] = None) -> Tensor:
+    """int8 [N, C, H, W] (channels_last) of an eval BatchNorm (+ ReLU) written for a static conv:
+    quantize_static(act(x * s[c] + shift[c]), out_scale) with s = scale, or fl(x_scale * scale) for int8 x, each
+    step one fp32 rounding; the ReLU maps NaN to 0."""
+    c = (1, -1, 1, 1)
+    s = scale.float() if x_scale is None else scale.float() * _f32(x_scale)
+    y = x.float() * s.reshape(c)
+    y = y + shift.float().reshape(c)
+    if relu:
+        y = torch.where(y > 0, y, torch.zeros_like(y))
+    return quantize_static(y, out_scale).contiguous(memory_format=torch.channels_last)
+
+
+def int8_avg_pool2d(x: Tensor, kernel_size, stride, padding, ceil_mode: bool = False, count_include_pad: bool = True,
+                    divisor_override: Optional[int] = None) -> Tensor:
+    """clamp(round_half_even(float32(window sum) / float32(divisor)), -127, 127) with torch's avg_pool2d divisor:
+    the sums and the divisors taken from avg_pool2d itself in float64 (exact for these integers)."""
+    F = torch.nn.functional
+    args = (kernel_size, stride, padding, ceil_mode)
+    sums = F.avg_pool2d(x.double(), *args, count_include_pad, divisor_override=1)
+    if divisor_override is not None:
+        div = torch.full_like(sums, float(divisor_override))
+    else:
+        ones = torch.ones_like(x[:1, :1], dtype=torch.float64)
+        taps = F.avg_pool2d(ones, *args, count_include_pad, divisor_override=1)
+        div = torch.round(taps / F.avg_pool2d(ones, *args, count_include_pad))
+    q = torch.round(sums.float() / div.float()).clamp(-127, 127)
+    return q.to(torch.int8).contiguous(memory_format=torch.channels_last)

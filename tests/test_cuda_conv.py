@@ -376,3 +376,35 @@ def test_gated_model_on_gpu(act):
         got = copy.deepcopy(q).cuda()(x.cuda()).cpu()
     tol = 1e-4 if act == "hardswish" else 1e-2
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_dense_block_ops_and_model_on_gpu():
+    # The quantizer's per-channel affine + ReLU (fp32, fp16 and int8 x) and int8 average pooling on the GPU give
+    # the reference's bits; a DenseNet quantized on the CPU (int8 features, BatchNormQuant2d, Int8AvgPool2d) runs
+    # on the GPU close to its CPU outputs.
+    from test_dense_blocks import AVG_POOLS, _affine_input, _dense_net
+
+    for dtype in (torch.float32, torch.float16, torch.int8):
+        x, scale, shift = _affine_input((2, 37, 9, 11), dtype)
+        x.view(-1)[:2] = torch.tensor([float("nan"), float("inf")]).to(dtype) if dtype != torch.int8 else -127
+        x_scale = 0.03 if dtype == torch.int8 else None
+        for relu in (False, True):
+            out = ops.quantize_channel_affine(x.to(DEV), scale.to(DEV), shift.to(DEV), 0.04, relu, x_scale)
+            assert out.is_cuda and out.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(out.cpu(), ref.quantize_channel_affine(x, scale, shift, 0.04, relu, x_scale))
+    torch.library.opcheck(torch.ops.fastinfer.quantize_channel_affine.default,
+                          (x.to(DEV), scale.to(DEV), shift.to(DEV), 0.04, True, 0.03))
+    for N, C, H, W, k, s, p, ceil, cip, div in AVG_POOLS:
+        xq = torch.randint(-127, 128, (N, C, H, W), dtype=torch.int8)
+        out = ops.int8_avg_pool2d(xq.to(DEV), k, s, p, ceil, cip, div)
+        assert out.is_cuda and torch.equal(out.cpu(), ref.int8_avg_pool2d(xq, k, s, p, ceil, cip, div))
+    torch.library.opcheck(torch.ops.fastinfer.int8_avg_pool2d.default,
+                          (xq.to(DEV), [3, 3], [2, 2], [1, 1], True, False, None))
+    model = _dense_net()
+    calib = [torch.randn(4, 3, 20, 20) for _ in range(2)]
+    q = fastinfer.quantize(fastinfer.fuse(model), "w8a8_static", calib_data=calib)
+    assert type(q.transition1[3]) is fastinfer.nn.Int8AvgPool2d
+    xin = torch.randn(2, 3, 20, 20)
+    with torch.inference_mode():
+        want = q(xin)
+        torch.testing.assert_close(q.cuda()(xin.cuda()).cpu(), want, rtol=1e-3, atol=1e-3)

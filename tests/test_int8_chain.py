@@ -970,3 +970,92 @@ def test_unet_skip_connections_hand_off_int8(mode, tmp_path):
     with torch.inference_mode():
         assert torch.equal(loaded(x), y)
     assert type(loaded.up) is type(q.up)
+
+
+class Basic(nn.Module):
+    """torchvision's BasicConv2d: conv, BatchNorm, a functional ReLU."""
+
+    def __init__(self, c_in, c_out, k):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm2d(c_out)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+class InceptionLike(nn.Module):
+    """Inception v3's block kinds in small: pooled branches written with F.avg_pool2d (A) and F.max_pool2d (B,
+    whose pooled input is itself a part of the concatenation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = Basic(3, 16, 3)
+        self.a1, self.a3, self.a_pool = Basic(16, 8, 1), Basic(16, 8, 3), Basic(16, 8, 1)
+        self.b3 = Basic(24, 8, 3)
+        self.a2_1, self.a2_pool = Basic(32, 8, 1), Basic(32, 8, 1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([self.a1(x), self.a3(x), self.a_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))], 1)
+        x = torch.cat([self.b3(x), F.max_pool2d(x, 3, 1, 1)], 1)
+        x = torch.cat([self.a2_1(x), self.a2_pool(F.avg_pool2d(x, 3, stride=1, padding=1))], 1)
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class InceptionModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = InceptionLike()
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_functional_poolings_become_int8_modules(tmp_path):
+    torch.manual_seed(0)
+    model = InceptionModel().eval()
+    q = quantize_static(copy.deepcopy(model))
+    body = q.body
+    assert "body" in q.fastinfer_report.rewritten
+    assert type(body.avg_pool) is fastinfer.nn.Int8AvgPool2d and type(body.max_pool) is Int8MaxPool2d
+    assert (body.avg_pool.kernel_size, body.avg_pool.stride, body.avg_pool.padding) == (3, 1, 1)
+    chained = set(q.fastinfer_report.chained)
+    # the first block's branches join through its cat, read by the second block's conv and (through the max
+    # pooling) its own cat; all of them, and the second block's conv, hand off at the group's one scale
+    group = [body.a1.conv, body.a3.conv, body.a_pool.conv, body.b3.conv]
+    assert len({m.out_scale for m in group}) == 1 and group[0].out_scale is not None
+    assert body.b3.conv.x_scale == group[0].out_scale == body.a2_1.conv.x_scale
+    assert {"body.stem.conv -> body.a_pool.conv", "body.a1.conv -> body.b3.conv", "body.b3.conv -> body.a2_1.conv",
+            "body.a3.conv -> body.a2_pool.conv"} <= chained
+    # The group's scale is the largest of its members' (the calibrated input scales of the convs behind the two
+    # cats; the min-max observer is deterministic, so a calibration of the same data gives them).
+    data = [torch.randn(4, 3, 20, 20) for _ in range(3)]
+    wide = copy.deepcopy(model)
+    with torch.no_grad():
+        wide.body.b3.conv.weight *= 4  # its outputs, in the second cat, past the first cat's range
+    mm = fastinfer.quantize(fastinfer.fuse(copy.deepcopy(wide)), scheme="w8a8_static", calib_data=data,
+                            observer="minmax")
+    calib = fastinfer.calibrate(fastinfer.fuse(wide), data, "minmax", progress=False)
+    want = max(calib.input_scale["body.b3.conv"], calib.input_scale["body.a2_1.conv"])
+    assert calib.input_scale["body.b3.conv"] < calib.input_scale["body.a2_1.conv"]
+    assert mm.body.a1.conv.out_scale == mm.body.b3.conv.out_scale == mm.body.a2_1.conv.x_scale == want
+    x = torch.randn(2, 3, 12, 12)
+    with torch.inference_mode():
+        y = q(x)
+        assert F.cosine_similarity(y.flatten(), model(x).flatten(), dim=0) > 0.99
+    torch.save(q.state_dict(), tmp_path / "q.pt")
+    loaded = fastinfer.load_quantized(tmp_path / "q.pt", fastinfer.fuse(copy.deepcopy(model)))
+    assert type(loaded.body.avg_pool) is fastinfer.nn.Int8AvgPool2d
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), y)
+    # without the rewrites (int8_residuals=False) the calls stay functional and their inputs float; a file written
+    # so loads too (load_quantized rewrites the poolings, which the file's float hand-offs leave float)
+    plain = fastinfer.quantize(fastinfer.fuse(copy.deepcopy(model)), scheme="w8a8_static", int8_residuals=False,
+                               calib_data=[torch.randn(4, 3, 12, 12) for _ in range(3)])
+    assert not hasattr(plain.body, "avg_pool") and "body" not in plain.fastinfer_report.rewritten
+    assert plain.body.stem.conv.out_scale is None and plain.body.a1.conv.out_scale is None  # they reach the calls
+    torch.save(plain.state_dict(), tmp_path / "plain.pt")
+    again = fastinfer.load_quantized(tmp_path / "plain.pt", fastinfer.fuse(copy.deepcopy(model)))
+    with torch.inference_mode():
+        assert torch.equal(again(x), plain(x))

@@ -1057,6 +1057,37 @@ at::Tensor int8_max_pool2d(const at::Tensor& x, at::IntArrayRef kernel_size, at:
   return out;
 }
 
+// Average pooling of int8 activations at one scale (kernels::avg_pool_nhwc_s8): torch's avg_pool2d arguments
+// (stride empty = kernel_size, as its schema), dilation 1.
+at::Tensor int8_avg_pool2d(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                           std::optional<int64_t> divisor_override) {
+  const char* op = "int8_avg_pool2d";
+  check_cpu(x, op, "x");
+  check_dtype(x, at::kChar, op, "x");
+  const std::vector<int64_t> one{1, 1};
+  const PoolArgs a = pool_args(x, kernel_size, stride.empty() ? kernel_size : stride, padding, one, ceil_mode, op);
+  TORCH_CHECK(!divisor_override || *divisor_override > 0, "fastinfer.", op,
+              ": divisor_override must be a positive integer (or None), got ", divisor_override.value_or(0));
+  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor out = output_empty({a.N, a.C, a.OH, a.OW}, at::kChar, at::MemoryFormat::ChannelsLast);
+  if (out.numel() == 0) return out;
+  kernels::AvgPoolParams p;
+  p.x = xc.data_ptr<int8_t>();
+  p.out = out.data_ptr<int8_t>();
+  p.N = a.N, p.H = a.H, p.W = a.W, p.C = a.C, p.OH = a.OH, p.OW = a.OW;
+  p.KH = a.KH, p.KW = a.KW, p.SH = a.SH, p.SW = a.SW, p.PH = a.PH, p.PW = a.PW;
+  p.count_include_pad = count_include_pad;
+  p.divisor_override = divisor_override.value_or(0);
+  const kernels::KernelSet& ks = kernels_for(Family::AvgPool);
+  const kernels::AvgPoolFn fn = ks.avg_pool ? ks.avg_pool : kernels::avg_pool_nhwc_s8;
+  if (!ks.avg_pool) record_kernel(Family::AvgPool, Isa::Ref);  // the portable kernel served
+  const int64_t row_bytes = a.OW * a.C * a.KH * a.KW;
+  at::parallel_for(0, a.N * a.OH, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, row_bytes)),
+                   [&](int64_t b, int64_t e) { fn(p, b, e); });
+  return out;
+}
+
 }  // namespace
 
 at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<double> a_scale,
@@ -1165,13 +1196,50 @@ at::Tensor int8_channel_scale(const at::Tensor& x, double x_scale, const at::Ten
   return out;
 }
 
+// A per-channel affine map (+ ReLU) quantized with a static scale: an eval BatchNorm (+ ReLU) written as the int8
+// input of the static conv behind it (fastinfer.nn.BatchNormQuant2d). x [N, C, H, W] float32 / bfloat16, or int8
+// with x_scale (value = x * x_scale: an int8 hand-off, such as a DenseNet's concatenated features), any memory
+// format (read as channels_last: a copy unless it is); out int8 [N, C, H, W] channels_last,
+// q = clamp(round_half_even(act(x * s[c] + shift[c]) * fl(1 / out_scale)), -127, 127) with s = scale, or for int8
+// x s = fl(x_scale * scale[c]); each step an fp32 rounding, NaN -> 0. The quantizer of the w8a8 ops
+// (QuantizeParams::col_scale / col_shift / relu), rows = pixels.
+at::Tensor quantize_channel_affine(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
+                                   double out_scale, bool relu, std::optional<double> x_scale) {
+  const char* op = "quantize_channel_affine";
+  check_cpu(x, op, "x");
+  const at::ScalarType t = x.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kChar, "fastinfer.", op,
+              ": x must be float32, bfloat16 or int8 (with x_scale), got ", t);
+  TORCH_CHECK((t == at::kChar) == x_scale.has_value(), "fastinfer.", op, ": x_scale must be given exactly when x is "
+              "int8 (its value is x * x_scale), got x of dtype ", t, " and x_scale ", x_scale ? "given" : "None");
+  TORCH_CHECK(x.dim() == 4, "fastinfer.", op, ": x must be 4-D [N, C, H, W], got shape ", x.sizes());
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  at::Tensor sc = channel_vector(scale, C, op, "scale", false);
+  const at::Tensor sh = channel_vector(shift, C, op, "shift", false);
+  check_scale(x_scale, op, "x_scale");
+  check_scale(out_scale, op, "out_scale");
+  at::Tensor out = output_empty(x.sizes(), at::kChar, at::MemoryFormat::ChannelsLast);
+  if (out.numel() == 0) return out;
+  if (x_scale) sc = sc.mul(static_cast<float>(*x_scale));  // fp32 products, one rounding each
+  // [N, C, H, W] in channels_last memory is the row-major [N * H * W, C] the quantizer reads and writes.
+  const at::Tensor rows = x.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).reshape({N * H * W, C});
+  at::Tensor q = out.permute({0, 2, 3, 1}).reshape({N * H * W, C});
+  TORCH_INTERNAL_ASSERT(q.data_ptr() == out.data_ptr() && rows.is_contiguous());
+  at::Tensor none;
+  quantize_rows(rows, q, none, /*shift128=*/false, 1.0f / static_cast<float>(out_scale), sc.data_ptr<float>(),
+                sh.data_ptr<float>(), relu);
+  return out;
+}
+
 TORCH_LIBRARY_IMPL(fastinfer, CPU, m) {
   m.impl("pack_conv_weight", &pack_conv_weight);
   m.impl("int8_conv2d", &int8_conv2d);
   m.impl("int8_max_pool2d", &int8_max_pool2d);
+  m.impl("int8_avg_pool2d", &int8_avg_pool2d);
   m.impl("int8_add", &int8_add);
   m.impl("int8_channel_mean", &int8_channel_mean);
   m.impl("int8_channel_scale", &int8_channel_scale);
+  m.impl("quantize_channel_affine", &quantize_channel_affine);
 }
 
 }  // namespace cpu

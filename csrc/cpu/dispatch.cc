@@ -13,7 +13,9 @@ namespace {
 
 // What served the latest call of each family on this thread (the entry layer records it on the calling
 // thread): a server's other threads do not overwrite what a caller reads back.
-thread_local int t_last[static_cast<int>(Family::kCount)] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+// -1: no call yet (every family's entry: a static_assert below keeps the list as long as the enum)
+thread_local int t_last[static_cast<int>(Family::kCount)] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+static_assert(static_cast<int>(Family::kCount) == 11, "t_last: one -1 per Family");
 
 // Below this many rows the VNNI kernel beats the tile kernel (measured at 4096 x 4096, 2 threads:
 // M <= 8 VNNI 0.34-0.36 ms vs AMX 0.38-0.40; M = 12 VNNI 0.50 vs AMX 0.42): with a 16-row tile mostly
@@ -53,6 +55,7 @@ const char* family_name(Family f) {
     case Family::GroupConv: return "gconv";
     case Family::Gate: return "gate";
     case Family::QuantizePlanes: return "quantize_planes";
+    case Family::AvgPool: return "avg_pool";
     default: return "?";
   }
 }
@@ -71,6 +74,7 @@ bool same_kernel(const kernels::KernelSet& a, const kernels::KernelSet& b, Famil
     case Family::GroupConv: return a.gconv == b.gconv;
     case Family::Gate: return a.gate_scale == b.gate_scale;
     case Family::QuantizePlanes: return a.quantize_planes == b.quantize_planes;
+    case Family::AvgPool: return a.avg_pool == b.avg_pool;
     default: return false;
   }
 }
@@ -160,9 +164,9 @@ std::string last_kernel(const std::string& family) {
       const int v = t_last[i];
       return v < 0 ? std::string() : table(static_cast<Isa>(v)).name;
     }
-  throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, add, "
-                              "gconv, gate, quantize_planes, dwconv_path, conv_store, int8_gemm_step, w8_gemm_step, "
-                              "add_path, conv_direct_mode or conv_padded_rows, got '" + family + "'");
+  throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, "
+                              "add, gconv, gate, quantize_planes, avg_pool, dwconv_path, conv_store, int8_gemm_step, "
+                              "w8_gemm_step, add_path, conv_direct_mode or conv_padded_rows, got '" + family + "'");
 }
 
 std::string capabilities_json() {

@@ -131,12 +131,14 @@ inline void run_gemm(const Params& p, Fn fn, const kernels::KernelSet& ks) {
 // Quantizes the rows of x2 (contiguous [M, K], fp32/bf16) into q ([M, K_pad]) and scale ([M]).
 // static_inv > 0: fixed per-tensor scale (scale may be undefined then).
 inline void quantize_rows(const at::Tensor& x2, at::Tensor& q, at::Tensor& scale, bool shift128,
-                          float static_inv = 0.0f, const float* col_scale = nullptr) {
+                          float static_inv = 0.0f, const float* col_scale = nullptr,
+                          const float* col_shift = nullptr, bool relu = false) {
   kernels::QuantizeParams p;
   p.M = x2.size(0);
   p.K = x2.size(1);
   p.x = x2.data_ptr();
   p.x_is_bf16 = x2.scalar_type() == at::kBFloat16;
+  p.x_is_s8 = x2.scalar_type() == at::kChar;
   p.ldx = x2.stride(0);
   p.q = q.data_ptr();
   p.ldq = q.stride(0);
@@ -145,6 +147,8 @@ inline void quantize_rows(const at::Tensor& x2, at::Tensor& q, at::Tensor& scale
   p.scale = scale.defined() ? scale.data_ptr<float>() : nullptr;
   p.static_inv = static_inv;
   p.col_scale = col_scale;
+  p.col_shift = col_shift;
+  p.relu = relu;
   const auto& ks = kernels_for(Family::Quantize);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, p.K));
   at::parallel_for(0, p.M, grain, [&](int64_t b, int64_t e) { ks.quantize(p, b, e); });

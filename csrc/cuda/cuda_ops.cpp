@@ -207,8 +207,9 @@ at::Tensor activation_2d(const at::Tensor& x, const char* op) {
 }
 
 // Quantizes x2 [M, K] into q [M, K_pad] (zero tail) and scale [M] (dynamic), or with a static inverse.
+// col_shift / relu: quantize_channel_affine's steps after the per-column scale (QuantizeParams).
 void quantize_into(const at::Tensor& x2, at::Tensor& q, at::Tensor* scale, float static_inv, const at::Tensor& col_scale,
-                   const char* op) {
+                   const char* op, const at::Tensor& col_shift = at::Tensor(), bool relu = false) {
   ck::QuantizeParams qp;
   qp.M = x2.size(0);
   qp.K = x2.size(1);
@@ -221,6 +222,8 @@ void quantize_into(const at::Tensor& x2, at::Tensor& q, at::Tensor* scale, float
   qp.scale = scale ? scale->data_ptr<float>() : nullptr;
   qp.static_inv = static_inv;
   qp.col_scale = col_scale.defined() ? col_scale.data_ptr<float>() : nullptr;
+  qp.col_shift = col_shift.defined() ? col_shift.data_ptr<float>() : nullptr;
+  qp.relu = relu;
   bool vectorized = false;
   check_launch(ck::launch_quantize_rows(qp, current_stream(x2.device()), &vectorized), op);
   t_quantize = vectorized ? 2 : 1;
@@ -869,6 +872,27 @@ at::Tensor int8_max_pool2d(const at::Tensor& x, at::IntArrayRef kernel_size, at:
       .contiguous(at::MemoryFormat::ChannelsLast);
 }
 
+// int8 average pooling on the GPU: torch's avg_pool2d on the fp32 values (sums of int8 values are exact in fp32,
+// and the kernel divides each by its divisor once, as the CPU kernel does), rounded half to even. Memory-bound.
+at::Tensor int8_avg_pool2d(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                           std::optional<int64_t> divisor_override) {
+  const char* op = "int8_avg_pool2d";
+  TORCH_CHECK(x.scalar_type() == at::kChar, "fastinfer.int8_avg_pool2d: x must have dtype Char (int8), got ",
+              x.scalar_type());
+  const std::vector<int64_t> one{1, 1};
+  pool_args(x, kernel_size, stride.empty() ? kernel_size : stride, padding, one, ceil_mode, op);
+  TORCH_CHECK(!divisor_override || *divisor_override > 0, "fastinfer.", op,
+              ": divisor_override must be a positive integer (or None), got ", divisor_override.value_or(0));
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xf = x.contiguous(at::MemoryFormat::ChannelsLast).to(at::kFloat);
+  return at::avg_pool2d(xf, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+      .round()
+      .clamp(-127, 127)
+      .to(at::kChar)
+      .contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 // The residual add on the GPU, composed of ATen ops with the CPU kernel's arithmetic (fp32 products and
 // sum, ReLU, then the requantization rule of every int8 output). Memory-bound; not fused.
 at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<double> a_scale,
@@ -884,6 +908,35 @@ at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<doub
   if (!out_scale) return y.contiguous(fmt);
   const float inv = 1.0f / static_cast<float>(*out_scale);
   return at::nan_to_num(y.mul(inv), 0.0).clamp(-127, 127).round().to(at::kChar).contiguous(fmt);
+}
+
+// The CPU op's contract (conv_ops.cpp): an eval BatchNorm (+ ReLU) quantized for the static conv behind it, by the
+// quantize kernel's static rule with its per-column scale, shift and ReLU; rows are the NHWC pixels.
+// An int8 x is widened to fp32 first (exact), which the kernel then reads with s = fl(x_scale * scale[c]).
+at::Tensor quantize_channel_affine(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
+                                   double out_scale, bool relu, std::optional<double> x_scale) {
+  const char* op = "quantize_channel_affine";
+  TORCH_CHECK(x.is_cuda(), "fastinfer.", op, ": x must be a CUDA tensor here, got ", x.device());
+  TORCH_CHECK(x.dim() == 4, "fastinfer.", op, ": x must be 4-D [N, C, H, W], got shape ", x.sizes());
+  const bool s8 = x.scalar_type() == at::kChar;
+  if (!s8) x_kind(x.scalar_type(), op);
+  TORCH_CHECK(s8 == x_scale.has_value(), "fastinfer.", op, ": x_scale must be given exactly when x is int8 (its "
+              "value is x * x_scale), got x of dtype ", x.scalar_type(), " and x_scale ", x_scale ? "given" : "None");
+  const at::Device dev = x.device();
+  const int64_t C = x.size(1);
+  const c10::cuda::CUDAGuard guard(dev);
+  at::Tensor sc = channel_vector(scale, C, dev, op, "scale", false);
+  const at::Tensor sh = channel_vector(shift, C, dev, op, "shift", false);
+  check_scale(x_scale, op, "x_scale");
+  check_scale(out_scale, op, "out_scale");
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kChar).memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out;
+  if (x_scale) sc = sc.mul(static_cast<float>(*x_scale));
+  at::Tensor q_rows = out.permute({0, 2, 3, 1}).reshape({-1, C});  // views: NHWC rows, no copy
+  const at::Tensor rows = (s8 ? x.to(at::kFloat) : x).contiguous(at::MemoryFormat::ChannelsLast)
+                              .permute({0, 2, 3, 1}).reshape({-1, C});
+  quantize_into(rows, q_rows, nullptr, 1.0f / static_cast<float>(out_scale), sc, op, sh, relu);
+  return out;
 }
 
 // A Hopper kernel's name and its composition's suffix (none for Cooperative).
@@ -935,7 +988,9 @@ TORCH_LIBRARY_IMPL(fastinfer, CUDA, m) {
   m.impl("pack_conv_weight", &pack_conv_weight);
   m.impl("int8_conv2d", &int8_conv2d);
   m.impl("int8_max_pool2d", &int8_max_pool2d);
+  m.impl("int8_avg_pool2d", &int8_avg_pool2d);
   m.impl("int8_add", &int8_add);
+  m.impl("quantize_channel_affine", &quantize_channel_affine);
 }
 
 }  // namespace cuda

@@ -1,6 +1,7 @@
-"""Int8MaxPool2d and Int8Upsample: an nn.MaxPool2d that also pools int8 activations, and an nn.Upsample (nearest)
-that also upsamples them (an int8 hand-off between two static Int8Conv2d layers passes through them;
-fastinfer.quantize swaps them in). Float inputs take torch's own pooling and upsampling."""
+"""Int8MaxPool2d, Int8AvgPool2d and Int8Upsample: an nn.MaxPool2d and an nn.AvgPool2d that also pool int8
+activations, and an nn.Upsample (nearest) that also upsamples them (an int8 hand-off between two static
+Int8Conv2d layers passes through them; fastinfer.quantize swaps them in). Float inputs take torch's own pooling
+and upsampling."""
 from __future__ import annotations
 
 import torch
@@ -30,6 +31,26 @@ class Int8MaxPool2d(nn.MaxPool2d):
             return super().forward(x)
         return unbatched(x, lambda x4: ops.int8_max_pool2d(x4, self.kernel_size, self.stride, self.padding,
                                                            self.dilation, self.ceil_mode))
+
+
+class Int8AvgPool2d(nn.AvgPool2d):
+    """nn.AvgPool2d whose int8 inputs run fastinfer.ops.int8_avg_pool2d: the average of the int8 values at the
+    input's scale, rounded half to even (within half an int8 step of the fp32 pooling), channels_last int8 out.
+    torch has no int8 average pooling; a DenseNet transition's (or a ResNet-D shortcut's) pooling between an int8
+    conv and int8 consumers is one. Float inputs take torch's own pooling."""
+
+    @classmethod
+    def from_float(cls, pool: nn.AvgPool2d) -> "Int8AvgPool2d":
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, pool.count_include_pad,
+                   pool.divisor_override)
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's name: layer(input=x) works)
+        x = input
+        if x.dtype != torch.int8:
+            return super().forward(x)
+        return unbatched(x, lambda x4: ops.int8_avg_pool2d(x4, self.kernel_size, self.stride, self.padding,
+                                                           self.ceil_mode, self.count_include_pad,
+                                                           self.divisor_override))
 
 
 class Int8Upsample(nn.Upsample):

@@ -9,6 +9,11 @@ becomes an Int8MaxPool2d, which pools int8 with our kernel, a nearest nn.Upsampl
 that reads through more max poolings than the producer's other consumers takes their scale (a max pooling's
 output lies in its input's range). Branches joined by torch.cat (Inception blocks, SqueezeNet's fire modules,
 a U-Net's skip connections) hand off int8 when every input of the concatenation is a hand-off at one scale.
+An nn.AvgPool2d becomes an Int8AvgPool2d (the average of the int8 values at their scale, rounded: within half a
+step of the fp32 pooling). A BatchNorm fuse could not fold (after a concatenation or an add) whose output reaches
+only static convs becomes a BatchNormQuant2d, which writes their int8 input and also reads an int8 one: the
+producers in front of it (a DenseNet's convs, whose outputs every later layer's concatenation joins) then use
+their own calibrated output scale, one for all the producers a group of concatenations joins (the largest).
 
 The data flow comes from torch.fx (fastinfer's layers are leaves, so a model's own Python forward, a
 ResNet bottleneck for instance, is seen as a graph). A module fx cannot trace falls back to the order
@@ -33,7 +38,8 @@ from ..nn.add import Int8Add
 from ..nn.dropout import Int8Dropout
 from ..nn.fused import Folded
 from ..nn.gate import Int8ChannelScale, Int8GlobalAvgPool
-from ..nn.pool import Int8MaxPool2d, Int8Upsample
+from ..nn.norm import BatchNormQuant2d
+from ..nn.pool import Int8AvgPool2d, Int8MaxPool2d, Int8Upsample
 from .fuse import _arg, _join, walk_traced
 
 # Between two static int8 convs these keep int8 values exact: max pooling and ReLU commute with the
@@ -50,10 +56,11 @@ _TRANSPARENT_METHODS = ("relu", "relu_")
 
 
 def _int8_exact(mod: nn.Module) -> bool:
-    """Whether module ``mod`` keeps int8 values exact between two static convs."""
+    """Whether module ``mod`` keeps int8 values exact between two static convs, or for an average pooling (which
+    Int8AvgPool2d computes at the input's scale) within half an int8 step of the fp32 pooling."""
     if type(mod) in _UPSAMPLES:
         return mod.mode in Int8Upsample.MODES
-    return type(mod) in INT8_TRANSPARENT_MODULES
+    return type(mod) in INT8_TRANSPARENT_MODULES or type(mod) in (nn.AvgPool2d, Int8AvgPool2d)
 
 
 def adopt_half_dtype(model: nn.Module, dtype: Optional[torch.dtype]) -> None:
@@ -126,15 +133,19 @@ def _fixed_signature(mod: nn.Module, graph: fx.Graph) -> Optional[str]:
     return None
 
 
-def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]] = None) -> List[str]:
+def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]] = None,
+                          residuals: bool = True) -> List[str]:
     """Replaces, in the forward of every submodule of ``model`` (not the model itself), each add of two
     tensors one of which comes from a static Int8Conv2d (a residual add: ``out = conv3(...); out += identity``)
     and the ReLU that alone follows it, by a call to an Int8Add submodule (``residual_add``,
     ``residual_add_1``, ...); and each squeeze-excitation gate ``x * g(pool(x))`` (``_gate``: MobileNetV3's and
     EfficientNet's blocks) by calls to an Int8GlobalAvgPool (``gate_pool``) and an Int8ChannelScale
-    (``gate_scale``), which take x as int8. Such a submodule becomes a torch.fx.GraphModule under the same
-    name, with the same children, parameters and buffers, its class name kept. Returns the names of those
-    submodules.
+    (``gate_scale``), which take x as int8; and each functional ``F.avg_pool2d`` / ``F.max_pool2d`` with constant
+    arguments (an Inception block's pooling branch) by a call to an Int8AvgPool2d (``avg_pool``) or Int8MaxPool2d
+    (``max_pool``) submodule, which pools int8 too (torch's functional pooling refuses int8 in channels_last).
+    ``residuals=False`` rewrites the poolings only (load_quantized, for a file without Int8Adds or gates). Such a
+    submodule becomes a torch.fx.GraphModule under the same name, with the same children, parameters and
+    buffers, its class name kept. Returns the names of those submodules.
 
     Until chain_int8_convs gives these int8 operands or an out_scale they compute what the forward did.
     A submodule whose forward takes optional arguments, or tests one against None, keeps its forward (its
@@ -148,13 +159,14 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
             graph = _OwnOpsTracer().trace(mod)
         except Exception:  # untraceable forward: left as it is
             continue
-        adds = [n for n in graph.nodes if _residual_add(mod, n)]
-        gates = [g for g in (_gate(mod, n) for n in graph.nodes) if g is not None]
-        if not adds and not gates:
+        adds = [n for n in graph.nodes if _residual_add(mod, n)] if residuals else []
+        gates = [g for g in (_gate(mod, n) for n in graph.nodes) if g is not None] if residuals else []
+        pools = [(n, p) for n, p in ((n, _functional_pool(n)) for n in graph.nodes) if p is not None]
+        if not adds and not gates and not pools:
             continue
         why = _fixed_signature(mod, graph)
         if why is not None:
-            if kept is not None:
+            if kept is not None and (adds or gates):
                 kept.append((name, why))
             continue
         gm = fx.GraphModule(mod, graph, class_name=type(mod).__name__)
@@ -169,6 +181,8 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
             _replace_add(gm, add)
         for gate in gates:
             _replace_gate(gm, *gate)
+        for node, pool in pools:
+            _replace_call(gm, node, "avg_pool" if isinstance(pool, Int8AvgPool2d) else "max_pool", pool)
         _drop_repeated_relus(gm)
         gm.graph.lint()
         gm.recompile()
@@ -305,6 +319,43 @@ def _replace_gate(gm: fx.GraphModule, pool: fx.Node, mul: fx.Node, x: fx.Node, g
     gm.graph.erase_node(mul)
 
 
+# functional pooling -> (its module, the arguments after the input in order, their defaults)
+_POOL_FUNCTIONS = {
+    F.avg_pool2d: (Int8AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                                   "divisor_override"), (None, None, 0, False, True, None)),
+    F.max_pool2d: (Int8MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+                   (None, None, 0, 1, False, False)),
+}
+
+
+def _functional_pool(node: fx.Node) -> Optional[nn.Module]:
+    """The Int8AvgPool2d / Int8MaxPool2d computing what ``node``, a call of F.avg_pool2d / F.max_pool2d on one
+    tensor with constant arguments (no indices returned), computes; else None."""
+    if node.op != "call_function" or node.target not in _POOL_FUNCTIONS or not node.args:
+        return None
+    cls, names, defaults = _POOL_FUNCTIONS[node.target]
+    if not isinstance(node.args[0], fx.Node) or len(node.args) > len(names) + 1 or not set(node.kwargs) <= set(names):
+        return None
+    values = dict(zip(names, defaults))
+    values.update(zip(names, node.args[1:]))
+    values.update(node.kwargs)
+    if values["kernel_size"] is None or any(isinstance(v, fx.Node) for v in values.values()):
+        return None
+    if values.pop("return_indices", False):
+        return None
+    return cls(**values)
+
+
+def _replace_call(gm: fx.GraphModule, node: fx.Node, base: str, mod: nn.Module) -> None:
+    """node (a call on its first argument) -> a call of submodule ``mod``, added under a free name from base."""
+    name = _free_name(gm, base)
+    gm.add_submodule(name, mod)
+    with gm.graph.inserting_after(node):
+        new = gm.graph.call_module(name, (node.args[0],))
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+
+
 def _replace_add(gm: fx.GraphModule, add: fx.Node) -> None:
     users = list(add.users)
     relu = users[0] if len(users) == 1 and _is_relu(gm, users[0]) and _relu_args_only(users[0], add) else None
@@ -322,29 +373,57 @@ def _replace_add(gm: fx.GraphModule, add: fx.Node) -> None:
 def _chain_graph(prefix: str, module: nn.Module, graph: fx.Graph, chained: List[str],
                  output_scales: Dict[str, float]) -> None:
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
-    joined = {}  # producer node -> (its hand-off, scale): producers that reach a concatenation
-    for node in graph.nodes:
-        if node.op != "call_module":
-            continue
-        producer = module.get_submodule(node.target)
-        # A module called twice has one out_scale for both calls: leave it (and any with out_scale set).
-        if (not isinstance(producer, (Int8Conv2d, Int8Add, Int8ChannelScale)) or producer.out_scale is not None
-                or calls[node.target] != 1):
-            continue
-        if isinstance(producer, Int8Conv2d) and not _static_conv(producer):
-            continue
-        found = _int8_consumers(module, node)
-        if found is None:
-            continue
-        scale = _handoff_scale(module, prefix, node, producer, found, output_scales)
-        if scale is None:
-            continue
-        if found.joins:
-            joined[node] = (found, scale)
-        else:
-            _hand_off(module, prefix, node, producer, found, scale, chained)
-    for node, (found, scale) in _complete_joins(joined).items():
-        _hand_off(module, prefix, node, module.get_submodule(node.target), found, scale, chained)
+    # BatchNorms first: one that becomes a BatchNormQuant2d (int8 out, for a static conv) also takes int8 in, so
+    # the producers in front of it (a DenseNet's convs, through its concatenations) can then hand off to it.
+    for norms in (True, False):
+        joined = {}  # producer node -> (its hand-off, scale): producers that reach a concatenation
+        for node in graph.nodes:
+            if node.op != "call_module":
+                continue
+            producer = module.get_submodule(node.target)
+            # A module called twice has one out_scale for both calls: leave it (and any with out_scale set).
+            kind = _foldable_norm(producer) if norms else isinstance(producer, (Int8Conv2d, Int8Add, Int8ChannelScale))
+            if not kind or getattr(producer, "out_scale", None) is not None or calls[node.target] != 1:
+                continue
+            if isinstance(producer, Int8Conv2d) and not _static_conv(producer):
+                continue
+            found = _int8_consumers(module, node, calls)
+            if found is None:
+                continue
+            scale = _handoff_scale(module, prefix, node, producer, found, output_scales)
+            if scale is None:
+                continue
+            if found.joins:
+                joined[node] = (found, scale)
+            else:
+                _hand_off(module, prefix, node, producer, found, scale, chained, calls)
+        for node, (found, scale) in _complete_joins(joined).items():
+            _hand_off(module, prefix, node, module.get_submodule(node.target), found, scale, chained, calls)
+
+
+def _foldable_norm(mod: nn.Module) -> bool:
+    """An nn.BatchNorm2d with running statistics: a producer whose int8 output a BatchNormQuant2d writes."""
+    return type(mod) is nn.BatchNorm2d and mod.track_running_stats and mod.running_mean is not None
+
+
+def _quantizing_norm(module: nn.Module, node: fx.Node, calls: Counter) -> BatchNormQuant2d:
+    """Swaps the nn.BatchNorm2d called at ``node`` for a BatchNormQuant2d (returned; its out_scale is the caller's
+    to set). A ReLU module that is its output's only user, called once, becomes the norm's activation and a
+    Folded in the model (a functional relu stays: it passes int8 values as they are)."""
+    norm = module.get_submodule(node.target)
+    users = list(node.users)
+    relu = users[0] if len(users) == 1 and users[0].op == "call_module" and calls[users[0].target] == 1 and \
+        type(module.get_submodule(users[0].target)) is nn.ReLU and _relu_args_only(users[0], node) else None
+    new = BatchNormQuant2d.from_float(norm, "relu" if relu is not None else "none")
+    _set_submodule(module, node.target, new)
+    if relu is not None:
+        _set_submodule(module, relu.target, Folded())
+    return new
+
+
+def _set_submodule(root: nn.Module, name: str, mod: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, mod)
 
 
 def _handoff_scale(module: nn.Module, prefix: str, node: fx.Node, producer: nn.Module, found: "_Consumers",
@@ -364,38 +443,59 @@ def _handoff_scale(module: nn.Module, prefix: str, node: fx.Node, producer: nn.M
 
 
 def _hand_off(module: nn.Module, prefix: str, node: fx.Node, producer: nn.Module, found: "_Consumers",
-              scale: float, chained: List[str]) -> None:
+              scale: float, chained: List[str], calls: Counter) -> None:
     """Sets the producer's out_scale, its conv consumers' x_scale (changed only for those read through more
     max poolings: _handoff_scale) and its Int8Add / gate consumers' operand scales; swaps the max poolings and
-    dropouts on the way for their int8 versions."""
+    dropouts on the way for their int8 versions, and a BatchNorm producer for a BatchNormQuant2d."""
+    if _foldable_norm(producer):
+        producer = _quantizing_norm(module, node, calls)
     for p in found.passed:
         _int8_passthrough(module, p.target)
     producer.out_scale = scale
     for c in found.convs:
         module.get_submodule(c.target).x_scale = scale
     for add, attr in found.adds:
+        if _foldable_norm(module.get_submodule(add.target)):  # a float norm reading int8
+            _set_submodule(module, add.target, BatchNormQuant2d.from_float(module.get_submodule(add.target)))
         setattr(module.get_submodule(add.target), attr, scale)
     chained += [f"{_join(prefix, node.target)} -> {_join(prefix, c.target)}"
                 for c in found.convs + [a for a, _ in found.adds]]
 
 
 def _complete_joins(joined: Dict[fx.Node, Tuple["_Consumers", float]]) -> Dict[fx.Node, Tuple["_Consumers", float]]:
-    """The producers whose every concatenation (torch.cat, along any dimension) can be int8: each of its inputs
-    comes from one of these producers, and all of them hand off at one scale (the concatenation of int8 tensors
-    of one scale is the int8 tensor of the concatenation). Dropping a producer can leave another concatenation
-    incomplete, so this repeats until none is dropped."""
+    """The producers whose every concatenation (torch.cat, along any dimension) can be int8, with the scale each
+    hands off at: each input of such a concatenation comes from one of these producers. All the producers joined
+    through concatenations (a group: an Inception block's branches; a DenseNet block's features, each read by
+    every later layer's concatenation) hand off at one scale, the largest of theirs (the concatenation of int8
+    tensors of one scale is the int8 tensor of the concatenation; the conv consumers of a producer whose scale
+    grows read at it, a coarser step over the range they were calibrated for). Dropping a producer can leave a
+    concatenation incomplete, so this repeats until none is dropped."""
     joined = dict(joined)
     while True:
+        group = {n: n for n in joined}  # union-find: producer -> a producer of its group
+
+        def root(n):
+            while group[n] is not n:
+                group[n] = group[group[n]]
+                n = group[n]
+            return n
+
         reached: Dict[fx.Node, set] = {}
-        scales: Dict[fx.Node, set] = {}
-        for found, scale in joined.values():
+        members: Dict[fx.Node, List[fx.Node]] = {}
+        for n, (found, _) in joined.items():
             for cat, arg in found.joins:
                 reached.setdefault(cat, set()).add(arg)
-                scales.setdefault(cat, set()).add(scale)
-        bad = {cat for cat, args in reached.items() if args != set(cat.args[0]) or len(scales[cat]) != 1}
+                members.setdefault(cat, []).append(n)
+        for ns in members.values():
+            for n in ns[1:]:
+                group[root(n)] = root(ns[0])
+        bad = {cat for cat, args in reached.items() if args != set(cat.args[0])}
         drop = [n for n, (found, _) in joined.items() if any(cat in bad for cat, _ in found.joins)]
         if not drop:
-            return joined
+            scale: Dict[fx.Node, float] = {}
+            for n, (_, s) in joined.items():
+                scale[root(n)] = max(scale.get(root(n), 0.0), s)
+            return {n: (found, scale[root(n)]) for n, (found, _) in joined.items()}
         for n in drop:
             del joined[n]
 
@@ -411,15 +511,15 @@ def _transparent(module: nn.Module, node: fx.Node) -> bool:
 def _int8_passthrough(root: nn.Module, name: str) -> None:
     """Swaps the nn.MaxPool2d called as ``name`` for an Int8MaxPool2d, an nn.Dropout for an Int8Dropout, a nearest
     nn.Upsample for an Int8Upsample (float inputs behave as before)."""
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    mod = getattr(parent, child)
+    mod = root.get_submodule(name)
     if type(mod) is nn.MaxPool2d:
-        setattr(parent, child, Int8MaxPool2d.from_float(mod))
+        _set_submodule(root, name, Int8MaxPool2d.from_float(mod))
     elif type(mod) is nn.Dropout:
-        setattr(parent, child, Int8Dropout.from_float(mod))
+        _set_submodule(root, name, Int8Dropout.from_float(mod))
     elif type(mod) in (nn.Upsample, nn.UpsamplingNearest2d):
-        setattr(parent, child, Int8Upsample.from_float(mod))
+        _set_submodule(root, name, Int8Upsample.from_float(mod))
+    elif type(mod) is nn.AvgPool2d:
+        _set_submodule(root, name, Int8AvgPool2d.from_float(mod))
 
 
 class _Consumers(NamedTuple):
@@ -443,7 +543,7 @@ def _concatenation(user: fx.Node, node: fx.Node) -> bool:
             and node not in user.args[1:])
 
 
-def _int8_consumers(module: nn.Module, start: fx.Node) -> Optional[_Consumers]:
+def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Optional[_Consumers]:
     """What ``start``'s output reaches through int8-transparent ops and concatenations (_Consumers).
     None when it also reaches anything else (the model's output, a plain add, a shape op, a float layer, the
     gate operand of an Int8ChannelScale), when a transparent op takes it as anything but its first argument,
@@ -470,6 +570,13 @@ def _int8_consumers(module: nn.Module, start: fx.Node) -> Optional[_Consumers]:
                     return None
                 found.adds.append((user, "a_scale" if user.args[0] is node else "b_scale"))
                 continue
+            if isinstance(mod, BatchNormQuant2d) or (_foldable_norm(mod) and calls[user.target] == 1):
+                # a norm that writes int8 for its convs, or a float one (it becomes a BatchNormQuant2d that reads
+                # int8 and writes float: DenseNet's last norm)
+                if len(user.args) != 1 or user.kwargs:
+                    return None
+                found.adds.append((user, "x_scale"))
+                continue
             if isinstance(mod, Int8GlobalAvgPool):
                 if len(user.args) != 1 or user.args[0] is not node:
                     return None
@@ -490,7 +597,7 @@ def _int8_consumers(module: nn.Module, start: fx.Node) -> Optional[_Consumers]:
                     if isinstance(mod, nn.MaxPool2d) and mod.return_indices:
                         return None
                     found.passed.append(user)
-                pools[user] = pools[node] + isinstance(mod, nn.MaxPool2d)
+                pools[user] = pools[node] + isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d))
                 stack.append(user)
             else:
                 return None

@@ -145,9 +145,12 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
         half_dtype = half_dtype or half_dtype_of(model.get_submodule(name))
         replace_module(model, name, new)
     if any(isinstance(m, Int8Conv2d) and m.x_scale is not None for m in model.modules()):
-        if any(k.endswith("._extra_state") and isinstance(v, dict) and set(v) in _REWRITE_STATES
-               for k, v in sd.items()):
-            rewrite_residual_adds(model)  # the file holds Int8Adds or gates: quantize rewrote the blocks' forwards
+        # quantize rewrote the blocks' forwards: their residual adds and gates where the file holds Int8Adds or
+        # gates, their functional poolings in any case (a pooling module computes what the call did on float
+        # inputs, and an int8 one reaches it only where the file's convs hand off int8 through it)
+        residuals = any(k.endswith("._extra_state") and isinstance(v, dict) and set(v) in _REWRITE_STATES
+                        for k, v in sd.items())
+        rewrite_residual_adds(model, residuals=residuals)
         # The same hand-offs as quantize made: a conv whose consumers are Int8Adds takes its calibrated
         # output scale, which is the out_scale the file holds for it.
         saved = {name: sd[name + "._extra_state"].get("out_scale") for name, m in swaps.items()

@@ -1,4 +1,4 @@
-// Max pooling of int8 NHWC activations: what sits between two int8 convs (a ResNet stem's 3x3/2 pool)
+// Max and average pooling of int8 NHWC activations: what sits between two int8 convs (a ResNet stem's 3x3/2 pool)
 // so that the int8 hand-off needs no fp32 round trip. Framework-free; portable C++ (the channel loop
 // vectorizes with the baseline flags). Max pooling commutes with the monotonic requantization, so the
 // result is exactly the int8 image of the fp32 pooling.
@@ -18,6 +18,38 @@ struct MaxPoolParams {
 // Output rows [r0, r1) of the N * OH rows (n, oh). Padding is ignored (as -inf); every window must
 // hold at least one input pixel (the entry layer's check: padding <= kernel / 2).
 void max_pool_nhwc_s8(const MaxPoolParams& p, int64_t r0, int64_t r1);
+
+// Average pooling of int8 NHWC activations at one scale (a DenseNet transition's 2x2 pool, a ResNet-D shortcut's):
+// out = clamp(round_half_even(float(sum of the window's values) / float(divisor)), -127, 127), the sum exact in
+// int32; the output keeps the input's scale. The divisor is torch's avg_pool2d's: divisor_override when > 0, else
+// the window clipped to the padded input (count_include_pad) or to the input. Unlike max pooling this rounds: the
+// result is within half a step of the fp32 pooling of the dequantized input.
+struct AvgPoolParams {
+  const int8_t* x = nullptr;  // [N, H, W, C] contiguous
+  int8_t* out = nullptr;      // [N, OH, OW, C] contiguous
+  int64_t N = 0, H = 0, W = 0, C = 0, OH = 0, OW = 0;
+  int64_t KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PW = 0;
+  bool count_include_pad = true;
+  int64_t divisor_override = 0;
+};
+
+// Output rows [r0, r1) of the N * OH rows (n, oh); every window holds at least one input pixel (the entry's check).
+// The portable kernel; KernelSet::avg_pool holds the vector ones (int8_gemm/pool_avx512.cc).
+void avg_pool_nhwc_s8(const AvgPoolParams& p, int64_t r0, int64_t r1);
+
+// One dimension of an output's window: its input taps [i0, i1) and its extent for the divisor, torch's rule (the
+// window clipped to the padded input for count_include_pad, to the input otherwise).
+struct AvgSpan {
+  int64_t i0, i1, padded;
+};
+inline AvgSpan avg_span(int64_t o, int64_t stride, int64_t pad, int64_t k, int64_t size) {
+  const int64_t a = o * stride - pad, b = a + k < size + pad ? a + k : size + pad;
+  return {a > 0 ? a : 0, b < size ? b : size, b - a};
+}
+inline int64_t avg_divisor(const AvgPoolParams& p, const AvgSpan& h, const AvgSpan& w) {
+  if (p.divisor_override > 0) return p.divisor_override;
+  return p.count_include_pad ? h.padded * w.padded : (h.i1 - h.i0) * (w.i1 - w.i0);
+}
 
 }  // namespace kernels
 }  // namespace fastinfer

@@ -89,6 +89,10 @@ struct QuantizeParams {
   float* scale = nullptr;           // [M] (unused with static_inv)
   float static_inv = 0.0f;
   const float* col_scale = nullptr; // [K] or null
+  // Then x'' = max(x' + col_shift[k], 0) (quantize_channel_affine: an eval BatchNorm + ReLU), each step
+  // rounded on its own, NaN -> 0 by the ReLU; the CPU kernels' rule.
+  const float* col_shift = nullptr; // [K] or null
+  bool relu = false;
 };
 
 // Dynamic per-tensor quantization of a whole tensor (int8_conv2d's float input without x_scale), the rule of

@@ -17,9 +17,15 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// The per-column steps applied to x before the rule: scale, shift, ReLU (QuantizeParams).
+__device__ __forceinline__ float column_steps(const QuantizeParams& p, float v, int64_t k) {
+  if (p.col_scale) v = __fmul_rn(v, p.col_scale[k]);
+  if (p.col_shift) v = __fadd_rn(v, p.col_shift[k]);
+  return p.relu ? (v > 0.0f ? v : 0.0f) : v;  // NaN -> 0
+}
+
 __device__ __forceinline__ float load_scaled(const QuantizeParams& p, int64_t m, int64_t k) {
-  const float v = load_x(p.x, p.x_kind, m * p.ldx + k);
-  return p.col_scale ? __fmul_rn(v, p.col_scale[k]) : v;
+  return column_steps(p, load_x(p.x, p.x_kind, m * p.ldx + k), k);
 }
 
 __device__ __forceinline__ int8_t quant(float v, float inv) {
@@ -112,9 +118,9 @@ __device__ __forceinline__ void widen(const QuantizeParams& p, const uint4& raw,
       v[2 * i + 1] = f.y;
     }
   }
-  if (p.col_scale) {
+  if (p.col_scale || p.col_shift || p.relu) {
 #pragma unroll
-    for (int i = 0; i < Piece<KIND>::n; ++i) v[i] = __fmul_rn(v[i], p.col_scale[k0 + i]);
+    for (int i = 0; i < Piece<KIND>::n; ++i) v[i] = column_steps(p, v[i], k0 + i);
   }
 }
 
@@ -217,7 +223,8 @@ int vec_pieces_per_thread(const QuantizeParams& p) {
 // block's 256 threads idle (and one block per pixel).
 QuantizeParams regrouped(const QuantizeParams& p) {
   QuantizeParams g = p;
-  if (p.static_inv <= 0.0f || p.col_scale || p.ldx != p.K || p.ldq != p.K || p.K_pad != p.K) return g;
+  if (p.static_inv <= 0.0f || p.col_scale || p.col_shift || p.relu || p.ldx != p.K || p.ldq != p.K || p.K_pad != p.K)
+    return g;
   const int64_t target = 2 * kThreads * (p.x_kind == XKind::Float32 ? 4 : 8);
   while (g.M % 2 == 0 && 2 * g.K <= target) {
     g.M /= 2;

@@ -378,21 +378,29 @@ void w8_gemm_avx2(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int
 }
 
 inline float load1(const QuantizeParams& p, int64_t m, int64_t k) {
-  const float v = p.x_is_bf16 ? bf16_to_f32(static_cast<const uint16_t*>(p.x)[m * p.ldx + k])
-                              : static_cast<const float*>(p.x)[m * p.ldx + k];
-  return p.col_scale ? v * p.col_scale[k] : v;
+  const float v = p.x_is_s8     ? static_cast<float>(static_cast<const int8_t*>(p.x)[m * p.ldx + k])
+                  : p.x_is_bf16 ? bf16_to_f32(static_cast<const uint16_t*>(p.x)[m * p.ldx + k])
+                                : static_cast<const float*>(p.x)[m * p.ldx + k];
+  float y = p.col_scale ? v * p.col_scale[k] : v;
+  if (p.col_shift) y = y + p.col_shift[k];
+  return p.relu ? (y > 0.0f ? y : 0.0f) : y;  // NaN -> 0, as _mm256_max_ps(y, 0) in load8
 }
 
 inline __m256 load8(const QuantizeParams& p, int64_t m, int64_t k) {
   __m256 v;
-  if (p.x_is_bf16) {
+  if (p.x_is_s8) {
+    const auto* x = static_cast<const int8_t*>(p.x) + m * p.ldx + k;
+    v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x))));
+  } else if (p.x_is_bf16) {
     const auto* x = static_cast<const uint16_t*>(p.x) + m * p.ldx + k;
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
     v = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
   } else {
     v = _mm256_loadu_ps(static_cast<const float*>(p.x) + m * p.ldx + k);
   }
-  return p.col_scale ? _mm256_mul_ps(v, _mm256_loadu_ps(p.col_scale + k)) : v;
+  if (p.col_scale) v = _mm256_mul_ps(v, _mm256_loadu_ps(p.col_scale + k));
+  if (p.col_shift) v = _mm256_add_ps(v, _mm256_loadu_ps(p.col_shift + k));
+  return p.relu ? _mm256_max_ps(v, _mm256_setzero_ps()) : v;  // max(NaN, 0) is its second operand: 0
 }
 
 // quant8's rule on 32 fp32 values a step, [0, k32) of a row (the 256-bit form of avx512_vnni.cc's
@@ -463,7 +471,8 @@ void quantize_avx2(const QuantizeParams& p, int64_t m0, int64_t m1) {
                                         0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
   const __m256i join = _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1);
   const int64_t K8 = p.K / 8 * 8;
-  const bool plain = !p.x_is_bf16 && !p.col_scale;  // fp32 rows as they are: quant_static32
+  // fp32 rows as they are: quant_static32
+  const bool plain = !p.x_is_bf16 && !p.x_is_s8 && !p.col_scale && !p.col_shift && !p.relu;
   const int64_t k32 = plain ? p.K / 32 * 32 : 0;
   if (p.static_inv > 0.0f) {
     // Static per-tensor scale: epilogue.h's quant_static, 8 values a step (quant8 clamps before it rounds,

@@ -6,6 +6,7 @@
 
 #include "../conv/add.h"
 #include "../conv/gate.h"
+#include "../conv/pool.h"
 #include "../epilogue_kinds.h"
 
 namespace fastinfer {
@@ -80,6 +81,7 @@ struct QuantizeParams {
   int64_t M = 0, K = 0;
   const void* x = nullptr;
   bool x_is_bf16 = false;
+  bool x_is_s8 = false;         // int8 x, read as float(x) (an int8 hand-off into quantize_channel_affine)
   int64_t ldx = 0;              // elements between rows of x
   void* q = nullptr;            // int8 (or u8 = q + 128 when shift128)
   int64_t ldq = 0;              // bytes between rows of q
@@ -92,6 +94,10 @@ struct QuantizeParams {
   // Optional per-column multiplier applied to x before anything else (SmoothQuant's 1 / s[k],
   // whose s is folded into the weight's columns): x'[m, k] = x[m, k] * col_scale[k]. Null: none.
   const float* col_scale = nullptr;
+  // Then an optional per-column shift and a ReLU (quantize_channel_affine: an eval BatchNorm + ReLU in front of
+  // a static conv): x'' = max(x' + col_shift[k], 0), each step rounded on its own (no FMA), NaN -> 0 by the ReLU.
+  const float* col_shift = nullptr;
+  bool relu = false;
 };
 
 // Depthwise int8 convolution (one filter per channel), NHWC activations and outputs.
@@ -227,6 +233,8 @@ using AddPathFn = const char* (*)(const AddParams&);
 // Squeeze-excitation on int8 (csrc/kernels/conv/gate.h): channel sums of items [a, b), channel scale of pixel
 // rows [a, b).
 using GateFn = void (*)(const GateParams&, int64_t a, int64_t b);
+// int8 average pooling (csrc/kernels/conv/pool.h), output rows [r0, r1).
+using AvgPoolFn = void (*)(const AvgPoolParams&, int64_t r0, int64_t r1);
 
 // One ISA's kernels. Blocking traits are here so the one dispatch function can split work.
 struct KernelSet {
@@ -260,6 +268,7 @@ struct KernelSet {
   QuantizePlanesFn quantize_planes = nullptr;  // null: an NCHW fp32 input is copied to channels-last first
   AddPathFn add_path = nullptr;  // null: add_act has one way
   bool conv_planes = false;      // conv_direct reads stride planes (ConvDirectParams::plane_bytes)
+  AvgPoolFn avg_pool = nullptr;  // null: the portable kernels::avg_pool_nhwc_s8
 };
 
 // Defined one per ISA translation unit.
@@ -273,6 +282,7 @@ void gate_sum_avx512(const GateParams& p, int64_t i0, int64_t i1);    // gate_av
 void gate_scale_avx512(const GateParams& p, int64_t r0, int64_t r1);
 void gate_sum_avx2(const GateParams& p, int64_t i0, int64_t i1);      // gate_avx2.cc
 void gate_scale_avx2(const GateParams& p, int64_t r0, int64_t r1);
+void avg_pool_avx512(const AvgPoolParams& p, int64_t r0, int64_t r1);  // pool_avx512.cc
 void w8_gemm_bf16_avx512(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);  // w8_bf16_avx512.cc
 // dw_ymm_avx512.cc: the 256-bit row-quad depthwise kernel for AVX-512 VNNI CPUs at 32 channels; its path
 // name, or null where it does not serve (dwconv_avx512 then runs its own kernel)

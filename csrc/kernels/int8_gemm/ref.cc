@@ -49,9 +49,12 @@ void w8_gemm_ref(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int6
 void quantize_ref(const QuantizeParams& p, int64_t m0, int64_t m1) {
   for (int64_t m = m0; m < m1; ++m) {
     auto load = [&](int64_t k) {
-      const float v = p.x_is_bf16 ? bf16_to_f32(static_cast<const uint16_t*>(p.x)[m * p.ldx + k])
-                                  : static_cast<const float*>(p.x)[m * p.ldx + k];
-      return p.col_scale ? v * p.col_scale[k] : v;
+      const float v = p.x_is_s8     ? static_cast<float>(static_cast<const int8_t*>(p.x)[m * p.ldx + k])
+                      : p.x_is_bf16 ? bf16_to_f32(static_cast<const uint16_t*>(p.x)[m * p.ldx + k])
+                                    : static_cast<const float*>(p.x)[m * p.ldx + k];
+      float y = p.col_scale ? v * p.col_scale[k] : v;
+      if (p.col_shift) y = y + p.col_shift[k];
+      return p.relu ? (y > 0.0f ? y : 0.0f) : y;  // NaN -> 0 (as the vector kernels' max)
     };
     if (p.static_inv > 0.0f) {
       const int32_t shift = p.shift128 ? 128 : 0;
