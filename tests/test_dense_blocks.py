@@ -416,3 +416,32 @@ def test_int8_conv_reads_a_quantizing_norm_like_its_own_quantization():
         a = q(norm(x))
         b = q(F.relu(bn(x)))
         torch.testing.assert_close(a, b, rtol=0, atol=float(q.weight_scale.max()) * 0.03 * 16 * 9)
+
+
+def test_conv_behind_an_average_pooling_reads_at_the_producers_scale():
+    # MaxViT's first block: the stem's output feeds a pre-activation norm and, through a strided average pooling,
+    # the shortcut's conv. The pooled values span a narrower range than the stem's, so the hand-off takes the stem's
+    # own calibrated output scale (the pooled conv's would clip what the norm reads), and the pooled conv reads at it.
+    class Shortcut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.norm, self.conv_a = nn.BatchNorm2d(16), nn.Conv2d(16, 16, 3, stride=2, padding=1)
+            self.proj = nn.Sequential(nn.AvgPool2d(3, 2, 1), nn.Conv2d(16, 16, 1))
+
+        def forward(self, x):
+            h = self.stem(x)
+            return self.conv_a(self.norm(h)) + self.proj(h)
+
+    torch.manual_seed(0)
+    model = Shortcut().eval()
+    data = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    q = fastinfer.quantize(fastinfer.fuse(copy.deepcopy(model)), scheme="w8a8_static", calib_data=data,
+                           observer="minmax")
+    calib = fastinfer.calibrate(fastinfer.fuse(copy.deepcopy(model)), data, "minmax", progress=False)
+    assert calib.input_scale["proj.1"] < calib.output_scale["stem"]
+    assert q.stem.out_scale == calib.output_scale["stem"] == q.norm.x_scale == q.proj[1].x_scale
+    assert type(q.proj[0]) is Int8AvgPool2d and type(q.norm) is BatchNormQuant2d
+    x = torch.randn(2, 3, 16, 16)
+    with torch.inference_mode():
+        assert F.cosine_similarity(q(x).flatten(), model(x).flatten(), dim=0) > 0.99

@@ -25,7 +25,7 @@ import inspect
 import operator
 import re
 from collections import Counter
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -433,12 +433,16 @@ def _handoff_scale(module: nn.Module, prefix: str, node: fx.Node, producer: nn.M
     given, so a conv that only feeds those uses its own calibrated output scale. A max pooling's output lies
     within its input's range, so a conv that reads through more max poolings than the others takes their
     scale (as torch.ao's max pooling shares its input's quantization parameters): the consumers reached
-    through the fewest must agree."""
-    if not found.convs:
+    through the fewest must agree. A conv that reads through an average pooling takes the others' scale too, and
+    with no other conv consumer the producer's own calibrated output scale (below)."""
+    direct = [c for c in found.convs if c not in found.averaged]
+    if not direct:
+        # No conv consumer, or each reads through an average pooling, whose output spans a narrower range than its
+        # input (a MaxViT shortcut's pooling): the producer's own calibrated output scale covers what it writes.
         name = _join(prefix, node.target)
         return output_scales.get(name) if isinstance(producer, Int8Conv2d) else None
-    fewest = min(found.pools[c] for c in found.convs)
-    scales = {module.get_submodule(c.target).x_scale for c in found.convs if found.pools[c] == fewest}
+    fewest = min(found.pools[c] for c in direct)
+    scales = {module.get_submodule(c.target).x_scale for c in direct if found.pools[c] == fewest}
     return scales.pop() if len(scales) == 1 else None
 
 
@@ -529,6 +533,7 @@ class _Consumers(NamedTuple):
     passed: List[fx.Node]                  # module calls passed on the way (max poolings, dropouts, identities)
     joins: List[Tuple[fx.Node, fx.Node]]   # (torch.cat call, its input on the way) for concatenations
     pools: Dict[fx.Node, int]              # node on the way (convs included) -> how many max poolings precede it
+    averaged: Set[fx.Node]                 # nodes on the way (convs included) behind an average pooling
 
 
 _CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate)
@@ -549,7 +554,7 @@ def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Option
     gate operand of an Int8ChannelScale), when a transparent op takes it as anything but its first argument,
     when it is both operands of an Int8Add, or when a max pooling returns indices. A concatenation is int8 only
     if all its inputs are (_complete_joins)."""
-    found = _Consumers([], [], [], [], {start: 0})
+    found = _Consumers([], [], [], [], {start: 0}, set())
     stack, seen, pools = [start], set(), found.pools
     while stack:
         node = stack.pop()
@@ -560,6 +565,8 @@ def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Option
             if _concatenation(user, node):
                 found.joins.append((user, node))
                 pools[user] = pools[node]
+                if node in found.averaged:
+                    found.averaged.add(user)
                 stack.append(user)
                 continue
             if node in user.kwargs.values():
@@ -592,12 +599,16 @@ def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Option
             if _static_conv(mod):
                 found.convs.append(user)
                 pools[user] = pools[node]
+                if node in found.averaged:
+                    found.averaged.add(user)
             elif _transparent(module, user):
                 if mod is not None:
                     if isinstance(mod, nn.MaxPool2d) and mod.return_indices:
                         return None
                     found.passed.append(user)
-                pools[user] = pools[node] + isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d))
+                pools[user] = pools[node] + isinstance(mod, nn.MaxPool2d)
+                if node in found.averaged or isinstance(mod, nn.AvgPool2d):
+                    found.averaged.add(user)
                 stack.append(user)
             else:
                 return None
