@@ -577,9 +577,9 @@ def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Option
                     return None
                 found.adds.append((user, "a_scale" if user.args[0] is node else "b_scale"))
                 continue
-            if isinstance(mod, BatchNormQuant2d) or (_foldable_norm(mod) and calls[user.target] == 1):
+            if (isinstance(mod, BatchNormQuant2d) or _foldable_norm(mod)) and calls[user.target] == 1:
                 # a norm that writes int8 for its convs, or a float one (it becomes a BatchNormQuant2d that reads
-                # int8 and writes float: DenseNet's last norm)
+                # int8 and writes float: DenseNet's last norm); called once, so one x_scale serves it
                 if len(user.args) != 1 or user.kwargs:
                     return None
                 found.adds.append((user, "x_scale"))

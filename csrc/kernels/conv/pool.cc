@@ -44,33 +44,25 @@ void max_pool_nhwc_s8(const MaxPoolParams& p, int64_t r0, int64_t r1) {
 void avg_pool_nhwc_s8(const AvgPoolParams& p, int64_t r0, int64_t r1) {
   const int64_t C = p.C;
   std::vector<int32_t> acc(static_cast<size_t>(C));
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t n = r / p.OH, oh = r % p.OH;
-    const AvgSpan h = avg_span(oh, p.SH, p.PH, p.KH, p.H);
-    const int8_t* img = p.x + n * p.H * p.W * C;
-    int8_t* orow = p.out + r * p.OW * C;
-    for (int64_t ow = 0; ow < p.OW; ++ow) {
-      const AvgSpan w = avg_span(ow, p.SW, p.PW, p.KW, p.W);
-      int32_t* sums = acc.data();
-      std::fill(sums, sums + C, 0);
-      for (int64_t ih = h.i0; ih < h.i1; ++ih)
-        for (int64_t iw = w.i0; iw < w.i1; ++iw) {
-          const int8_t* in = img + (ih * p.W + iw) * C;
-          for (int64_t c = 0; c < C; ++c) sums[c] += in[c];
-        }
-      const float d = static_cast<float>(avg_divisor(p, h, w));
-      int8_t* o = orow + ow * C;
-      // Rounded half to even by adding and subtracting 1.5 * 2^23 (exact for |v| < 2^22; v is first clamped to
-      // +-128, past which every value ends at +-127), which vectorizes where std::nearbyint was a libm call per
-      // value at the baseline flags (2x faster on Inception v3's 3x3 poolings).
-      constexpr float kRound = 12582912.0f;
-      for (int64_t c = 0; c < C; ++c) {
-        float v = std::min(128.0f, std::max(-128.0f, static_cast<float>(sums[c]) / d));
-        v = (v + kRound) - kRound;
-        o[c] = static_cast<int8_t>(static_cast<int32_t>(std::min(127.0f, std::max(-127.0f, v))));
+  avg_pool_pixels(p, r0, r1, [&](const int8_t* img, const AvgSpan& h, const AvgSpan& w, int64_t divisor, int8_t* o) {
+    int32_t* sums = acc.data();
+    std::fill(sums, sums + C, 0);
+    for (int64_t ih = h.i0; ih < h.i1; ++ih)
+      for (int64_t iw = w.i0; iw < w.i1; ++iw) {
+        const int8_t* in = img + (ih * p.W + iw) * C;
+        for (int64_t c = 0; c < C; ++c) sums[c] += in[c];
       }
+    const float d = static_cast<float>(divisor);
+    // Rounded half to even by adding and subtracting 1.5 * 2^23 (exact for |v| < 2^22; v is first clamped to
+    // +-128, past which every value ends at +-127), which vectorizes where std::nearbyint was a libm call per
+    // value at the baseline flags (2x faster on Inception v3's 3x3 poolings).
+    constexpr float kRound = 12582912.0f;
+    for (int64_t c = 0; c < C; ++c) {
+      float v = std::min(128.0f, std::max(-128.0f, static_cast<float>(sums[c]) / d));
+      v = (v + kRound) - kRound;
+      o[c] = static_cast<int8_t>(static_cast<int32_t>(std::min(127.0f, std::max(-127.0f, v))));
     }
-  }
+  });
 }
 
 }  // namespace kernels

@@ -51,5 +51,20 @@ inline int64_t avg_divisor(const AvgPoolParams& p, const AvgSpan& h, const AvgSp
   return p.count_include_pad ? h.padded * w.padded : (h.i1 - h.i0) * (w.i1 - w.i0);
 }
 
+// Calls pixel(img, h, w, divisor, out) for each output pixel of output rows [r0, r1): its image's input [H, W, C],
+// its window, torch's divisor and its C outputs. The kernels' common walk.
+template <class Pixel>
+inline void avg_pool_pixels(const AvgPoolParams& p, int64_t r0, int64_t r1, Pixel&& pixel) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / p.OH, oh = r % p.OH;
+    const AvgSpan h = avg_span(oh, p.SH, p.PH, p.KH, p.H);
+    const int8_t* img = p.x + n * p.H * p.W * p.C;
+    for (int64_t ow = 0; ow < p.OW; ++ow) {
+      const AvgSpan w = avg_span(ow, p.SW, p.PW, p.KW, p.W);
+      pixel(img, h, w, avg_divisor(p, h, w), p.out + (r * p.OW + ow) * p.C);
+    }
+  }
+}
+
 }  // namespace kernels
 }  // namespace fastinfer

@@ -31,29 +31,21 @@ inline __m512i average16(__m512i sums, __m512 d) {
 void avg_pool_avx512(const AvgPoolParams& p, int64_t r0, int64_t r1) {
   if (p.KH * p.KW > 258) return avg_pool_nhwc_s8(p, r0, r1);
   const int64_t C = p.C;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t n = r / p.OH, oh = r % p.OH;
-    const AvgSpan h = avg_span(oh, p.SH, p.PH, p.KH, p.H);
-    const int8_t* img = p.x + n * p.H * p.W * C;
-    int8_t* orow = p.out + r * p.OW * C;
-    for (int64_t ow = 0; ow < p.OW; ++ow) {
-      const AvgSpan w = avg_span(ow, p.SW, p.PW, p.KW, p.W);
-      const __m512 d = _mm512_set1_ps(static_cast<float>(avg_divisor(p, h, w)));
-      int8_t* o = orow + ow * C;
-      for (int64_t c = 0; c < C; c += 32) {
-        const __mmask32 m = C - c >= 32 ? ~__mmask32{0} : (__mmask32{1} << (C - c)) - 1;
-        __m512i acc = _mm512_setzero_si512();
-        for (int64_t ih = h.i0; ih < h.i1; ++ih) {
-          const int8_t* row = img + ih * p.W * C + c;
-          for (int64_t iw = w.i0; iw < w.i1; ++iw)
-            acc = _mm512_add_epi16(acc, _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, row + iw * C)));
-        }
-        const __m128i lo = _mm512_cvtepi32_epi8(average16(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(acc)), d));
-        const __m128i hi = _mm512_cvtepi32_epi8(average16(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(acc, 1)), d));
-        _mm256_mask_storeu_epi8(o + c, m, _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+  avg_pool_pixels(p, r0, r1, [&](const int8_t* img, const AvgSpan& h, const AvgSpan& w, int64_t divisor, int8_t* o) {
+    const __m512 d = _mm512_set1_ps(static_cast<float>(divisor));
+    for (int64_t c = 0; c < C; c += 32) {
+      const __mmask32 m = C - c >= 32 ? ~__mmask32{0} : (__mmask32{1} << (C - c)) - 1;
+      __m512i acc = _mm512_setzero_si512();
+      for (int64_t ih = h.i0; ih < h.i1; ++ih) {
+        const int8_t* row = img + ih * p.W * C + c;
+        for (int64_t iw = w.i0; iw < w.i1; ++iw)
+          acc = _mm512_add_epi16(acc, _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, row + iw * C)));
       }
+      const __m128i lo = _mm512_cvtepi32_epi8(average16(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(acc)), d));
+      const __m128i hi = _mm512_cvtepi32_epi8(average16(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(acc, 1)), d));
+      _mm256_mask_storeu_epi8(o + c, m, _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
     }
-  }
+  });
 }
 
 }  // namespace kernels
