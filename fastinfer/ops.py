@@ -371,7 +371,7 @@ def last_kernel(family: str) -> str:
     convolution, every vector tier: groups of fewer than 64 output channels and a multiple of 4 input
     channels; "" when the latest convolution took another path), add (int8_add; 'ref' is the portable kernel),
     gate (int8_channel_mean / int8_channel_scale; 'ref' is the portable kernel), avg_pool (int8_avg_pool2d; 'ref'
-    is the portable kernel, which the tiers below AVX-512 run) or quantize_planes (the tier that
+    is the portable kernel) or quantize_planes (the tier that
     quantized the latest convolution's NCHW fp32 input straight into NHWC int8; "" when its input was not
     NCHW fp32).
     "dwconv_path" names the way the latest depthwise convolution took inside

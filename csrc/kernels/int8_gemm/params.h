@@ -283,6 +283,7 @@ void gate_scale_avx512(const GateParams& p, int64_t r0, int64_t r1);
 void gate_sum_avx2(const GateParams& p, int64_t i0, int64_t i1);      // gate_avx2.cc
 void gate_scale_avx2(const GateParams& p, int64_t r0, int64_t r1);
 void avg_pool_avx512(const AvgPoolParams& p, int64_t r0, int64_t r1);  // pool_avx512.cc
+void avg_pool_avx2(const AvgPoolParams& p, int64_t r0, int64_t r1);    // pool_avx2.cc
 void w8_gemm_bf16_avx512(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);  // w8_bf16_avx512.cc
 // dw_ymm_avx512.cc: the 256-bit row-quad depthwise kernel for AVX-512 VNNI CPUs at 32 channels; its path
 // name, or null where it does not serve (dwconv_avx512 then runs its own kernel)
