@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import ops
-from ._common import check_scale
+from ._common import check_scale  # (its import of fastinfer.ops registers torch.ops.fastinfer)
 
 ACTIVATIONS = ("none", "relu")
 
