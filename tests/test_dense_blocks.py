@@ -444,3 +444,24 @@ def test_conv_behind_an_average_pooling_reads_at_the_producers_scale():
     x = torch.randn(2, 3, 16, 16)
     with torch.inference_mode():
         assert F.cosine_similarity(q(x).flatten(), model(x).flatten(), dim=0) > 0.99
+
+
+def test_sequential_fallback_does_not_pass_an_average_pooling():
+    # Without a graph (an nn.Sequential fx cannot trace) there is no producer output scale to read a pooled conv
+    # at: the conv in front of an average pooling keeps its fp32 output there.
+    class Untraceable(nn.Module):
+        def forward(self, x):
+            if x.sum() > float("inf"):  # data-dependent branch: torch.fx cannot trace it
+                return x * 0
+            return x
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 4, 1), Untraceable()).eval()
+    q = fastinfer.quantize(fastinfer.fuse(copy.deepcopy(model)), scheme="w8a8_static",
+                           calib_data=[torch.randn(2, 3, 16, 16)])
+    assert q[0].out_scale is None and type(q[2]) is nn.AvgPool2d
+    assert q[3].out_scale == q[6].x_scale is not None  # the max pooling still passes
+    with torch.inference_mode():
+        x = torch.randn(2, 3, 16, 16)
+        assert F.cosine_similarity(q(x).flatten(), model(x).flatten(), dim=0) > 0.99

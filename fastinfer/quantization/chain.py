@@ -56,11 +56,18 @@ _TRANSPARENT_METHODS = ("relu", "relu_")
 
 
 def _int8_exact(mod: nn.Module) -> bool:
-    """Whether module ``mod`` keeps int8 values exact between two static convs, or for an average pooling (which
-    Int8AvgPool2d computes at the input's scale) within half an int8 step of the fp32 pooling."""
+    """Whether module ``mod`` keeps int8 values exact between two static convs."""
     if type(mod) in _UPSAMPLES:
         return mod.mode in Int8Upsample.MODES
-    return type(mod) in INT8_TRANSPARENT_MODULES or type(mod) in (nn.AvgPool2d, Int8AvgPool2d)
+    return type(mod) in INT8_TRANSPARENT_MODULES
+
+
+def _int8_passes(mod: nn.Module) -> bool:
+    """Whether an int8 hand-off can pass module ``mod``: it keeps int8 values exact, or it is an average pooling,
+    which Int8AvgPool2d computes at the input's scale within half an int8 step of the fp32 pooling. Only the graph
+    walk passes an average pooling: the scale of what reads through one needs _handoff_scale's rule, which the
+    nn.Sequential fallback does not have."""
+    return _int8_exact(mod) or type(mod) in (nn.AvgPool2d, Int8AvgPool2d)
 
 
 def adopt_half_dtype(model: nn.Module, dtype: Optional[torch.dtype]) -> None:
@@ -506,7 +513,7 @@ def _complete_joins(joined: Dict[fx.Node, Tuple["_Consumers", float]]) -> Dict[f
 
 def _transparent(module: nn.Module, node: fx.Node) -> bool:
     if node.op == "call_module":
-        return _int8_exact(module.get_submodule(node.target))
+        return _int8_passes(module.get_submodule(node.target))
     if node.op == "call_function":
         return node.target in _TRANSPARENT_FUNCTIONS
     return node.op == "call_method" and node.target in _TRANSPARENT_METHODS
