@@ -393,11 +393,14 @@ def last_kernel(family: str) -> str:
     "stride_planes" (AMX, stride s > 1 with 12 <= OW < 16: the input split into s * s planes by row and column
     phase, each tap a stride-1 window of one), "row_segments" (fewer than 16 channels: a kernel row's taps as
     one K segment), "one_row_images" (AVX-512 VNNI, a plain 1x1 convolution with OW < 10: each image's pixels as
-    one output row of register tiles); "" when no direct kernel served. "conv_padded_rows" says whether the latest
-    one-group convolution skipped the kernel rows that read the zero padding above and below the image
-    ("skipped": the direct convolution of the VNNI and AVX2 tiers and the gathered-rows GEMM of AVX-512 VNNI;
-    set_conv_padded_rows) or computed them ("computed"); "" after a depthwise or grouped convolution, or a plain 1x1
-    one run as a GEMM."""
+    one output row of register tiles), "rows_in_place" (register tiles within an output row reading a padded
+    layer's int8 input in place: every tap they run lies inside the image, so no padded copy is written);
+    "" when no direct kernel served. "conv_padded_rows" says whether the latest one-group convolution skipped
+    the taps that read the zero padding: "skipped" (kernel rows above and below the image: the direct
+    convolution of the VNNI and AVX2 tiers and the gathered-rows GEMM of AVX-512 VNNI), "skipped_taps" (kernel
+    columns left and right of it too, and maybe rows: the direct convolution of the VNNI and AVX2 tiers), or
+    "computed" (set_conv_padded_rows); "" after a depthwise or grouped convolution, or a plain 1x1 one run as a
+    GEMM."""
     return _ops.last_kernel(family)
 
 
@@ -420,10 +423,10 @@ _PADDED_ROWS_MODES = ("auto", "always", "never")
 
 
 def set_conv_padded_rows(mode: str) -> str:
-    """When one-group convolutions skip the kernel rows that read an output row's zero padding (the direct
-    convolution of the VNNI and AVX2 tiers, the gathered-rows GEMM of AVX-512 VNNI; README, "Kernel rows in the
-    padding"): "auto" (the default: where the saved products outweigh the column sums made per call), "always" or
-    "never". The results are the same bits either way. Returns the previous mode; last_kernel("conv_padded_rows")
+    """When one-group convolutions skip the taps that read an output pixel's zero padding (kernel rows: the
+    direct convolution of the VNNI and AVX2 tiers, the gathered-rows GEMM of AVX-512 VNNI; kernel columns: that
+    direct convolution; README, "Taps in the padding"): "auto" (the default: where the saved products outweigh
+    the column sums made per call), "always" or "never". The results are the same bits either way. Returns the previous mode; last_kernel("conv_padded_rows")
     says what the latest convolution did."""
     if mode not in _PADDED_ROWS_MODES:
         raise ValueError(f"set_conv_padded_rows: mode must be one of {', '.join(_PADDED_ROWS_MODES)}, got {mode!r}")

@@ -437,28 +437,86 @@ def test_vnni_direct_conv_threads(vnni):
 
 # Geometries whose top or bottom output rows read the zero padding with some of their kernel rows (padding 1-3,
 # 5x5 and 7x7, stride 2, dilation 2, row segments), a 1x1 with padding (its border rows read only padding: left as
-# they are) and padding beyond the kernel's reach.
-PADDED_ROWS = [VNNI_DIRECT[i] for i in (0, 1, 2, 3, 4, 5, 6, 10, 11, 13)] + [
+# they are) and padding beyond the kernel's reach; then dilated kernels on small maps, whose left and right
+# columns skip kernel columns too (DeepLabV3's ASPP).
+PADDED_TAPS = [VNNI_DIRECT[i] for i in (0, 1, 2, 3, 4, 5, 6, 10, 11, 13)] + [
     (1, 16, 12, 12, 16, 3, 1, 3, 1),     # padding 3 > reach 1: whole output rows in the padding
     (2, 32, 23, 22, 48, 5, 2, 2, 1),     # 5x5 stride 2, OW 11: the bottom row skips 2 kernel rows, the top one 2
+    (1, 32, 12, 12, 24, 3, 1, 6, 6),     # dilation 6 at 12 x 12: every pixel runs 2 x 2 taps, in 4 boxes
+    (2, 16, 10, 11, 20, 3, 1, 12, 12),   # dilation 12 beyond the map: the centre tap alone (a 1x1)
+    (1, 8, 20, 23, 40, 3, 1, 5, 5),      # dilation 5: edge segments of 5 pixels beside a full middle
+    (1, 12, 16, 17, 33, 3, 2, 4, 4),     # stride 2, dilation 4: OW 9 (gathered rows), rows only
+    (1, 12, 16, 29, 33, 3, 2, 4, 4),     # stride 2, dilation 4, OW 15: 2-pixel edges joined to the middle
+    (1, 16, 14, 30, 24, 5, 1, 6, 3),     # 5x5 dilation 3: segments of 3 pixels, some of 1 and 2 joined
+    (1, 20, 9, 40, 16, 3, 1, 20, 10),    # padding 20, dilation 10: output rows and columns of padding alone
 ]
 
 
-def partial_rows(g):
-    """Whether an output row of geometry g reads the image with some but not all of its kernel rows."""
+def _valid_taps(i0, d, k, size):
+    taps = [t for t in range(k) if 0 <= i0 + t * d < size]
+    return (taps[0], taps[-1] + 1) if taps else None
+
+
+def padded_taps(g, tier):
+    """What the direct convolution of g does with its taps in the zero padding under "always", and whether an
+    int8 input is then read in place (conv_ops.cpp's PaddedTaps, written again from its comment): "skipped"
+    (kernel rows only), "skipped_taps" (kernel columns too), "computed"."""
     N, C, H, W, Co, k, s, p, d = g
-    oh = (H + 2 * p - d * (k - 1) - 1) // s + 1
-    return any(0 < sum(0 <= r * s - p + kh * d < H for kh in range(k)) < k for r in range(oh))
+    oh_n, ow_n = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
+    tap = 0 if C % 4 else C  # row segments run whole kernel rows
+    if p == 0:
+        return "computed", False
+    exact = tap > 0
+    rows = []
+    for r in range(oh_n):
+        v = _valid_taps(r * s - p, d, k, H)
+        exact = exact and v is not None
+        rows.append(v or (0, k))
+    segs = [[0, ow_n, 0, k]]
+    cols = [_valid_taps(c * s - p, d, k, W) for c in range(ow_n)]
+    if tap and None not in cols:
+        segs = []
+        for c, v in enumerate(cols):
+            if segs and tuple(segs[-1][2:]) == v:
+                segs[-1][1] = c + 1
+            else:
+                segs.append([c, c + 1, *v])
+        min_cols = max(3, {"avx2": 4}.get(tier, 6) // 2)
+        while len(segs) > 1:
+            widths = [b - a for a, b, _, _ in segs]
+            i = widths.index(min(widths))
+            if widths[i] >= min_cols:
+                break
+            j = 1 if i == 0 else i - 1 if i + 1 == len(segs) or widths[i - 1] >= widths[i + 1] else i + 1
+            u = [min(segs[i][0], segs[j][0]), max(segs[i][1], segs[j][1]),
+                 min(segs[i][2], segs[j][2]), max(segs[i][3], segs[j][3])]
+            exact = exact and u[2:] == segs[i][2:] == segs[j][2:]
+            segs[min(i, j)] = u
+            del segs[max(i, j)]
+            merged = [segs[0]]
+            for sg in segs[1:]:
+                if sg[2:] == merged[-1][2:]:
+                    merged[-1][1] = sg[1]
+                else:
+                    merged.append(sg)
+            segs = merged
+    boxes = {(*r, *sg[2:]) for r in rows for sg in segs} - {(0, k, 0, k)}
+    if not boxes:
+        return "computed", False
+    return ("skipped_taps" if any(b[2] > 0 or b[3] < k for b in boxes) else "skipped"), exact
 
 
-@pytest.mark.parametrize("g", PADDED_ROWS, ids=[str(g) for g in PADDED_ROWS])
-def test_vnni_direct_conv_skips_padded_kernel_rows(vnni, g):
-    # Output rows whose first or last kernel rows read the zero padding run the other kernel rows only, against
-    # their own column sums (conv_ops.cpp, PaddedKernelRows): the reference's bits, fp32 and int8 inputs, 1 and 2
-    # threads, and the same bits as computing every kernel row.
+@pytest.mark.parametrize("g", PADDED_TAPS, ids=[str(g) for g in PADDED_TAPS])
+def test_vnni_direct_conv_skips_padded_taps(vnni, g):
+    # Output pixels whose first or last kernel rows or columns read the zero padding run the other taps only,
+    # against their own column sums (conv_ops.cpp, PaddedTaps): the reference's bits, fp32 and int8 inputs, 1 and
+    # 2 threads, and the same bits as computing every tap. An int8 input whose taps then all lie in the image is
+    # read in place ("rows_in_place"), and no other.
     packed, w, ws, b, geo = direct_case(g)
     x = torch.randn(*g[:4]) * 2
     xq = torch.randint(-128, 128, g[:4], dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    how, exact = padded_taps(g, vnni)
+    direct = (g[3] + 2 * g[7] - g[8] * (g[5] - 1) - 1) // g[6] + 1 >= 10  # OW >= 10; else the gathered rows
     previous, before = ops.set_conv_padded_rows("always"), torch.get_num_threads()
     try:
         for threads in (1, 2):
@@ -467,17 +525,37 @@ def test_vnni_direct_conv_skips_padded_kernel_rows(vnni, g):
                                                  (xq, 0.05, 0.1, "relu"), (xq, 0.05, None, "none")):
                 ops.set_conv_padded_rows("always")
                 y = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
-                assert ops.last_kernel("conv_direct") == vnni
-                assert ops.last_kernel("conv_padded_rows") == ("skipped" if partial_rows(g) else "computed")
                 torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, *geo[1:], 1, x_scale, out_scale, act),
                                            rtol=0, atol=0)
+                if direct:
+                    assert ops.last_kernel("conv_direct") == vnni
+                    assert ops.last_kernel("conv_padded_rows") == how
+                    # (an fp32 NCHW input is quantized to NHWC int8 first, which may then be read in place)
+                    in_place = ops.last_kernel("conv_direct_mode") == "rows_in_place"
+                    assert in_place == exact if inp.dtype == torch.int8 else in_place <= exact
                 ops.set_conv_padded_rows("never")
                 y_all = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
                 assert ops.last_kernel("conv_padded_rows") == "computed"
+                assert ops.last_kernel("conv_direct_mode") != "rows_in_place"
                 assert torch.equal(y, y_all)
     finally:
         ops.set_conv_padded_rows(previous)
         torch.set_num_threads(before)
+
+
+def test_padded_taps_oracle_sees_columns_and_in_place():
+    # The test's model of PaddedTaps must itself find column boxes and exact geometries, or the test above
+    # would pass on a kernel that never skipped a column.
+    seen = {padded_taps(g, "avx512_vnni") for g in PADDED_TAPS}
+    assert ("skipped_taps", True) in seen and ("skipped_taps", False) in seen and ("skipped", False) in seen
+    assert padded_taps((1, 64, 56, 56, 64, 3, 1, 1, 1), "avx512_vnni") == ("skipped", False)  # ResNet: rows only
+
+
+def partial_rows(g):
+    """Whether an output row of geometry g reads the image with some but not all of its kernel rows."""
+    N, C, H, W, Co, k, s, p, d = g
+    oh = (H + 2 * p - d * (k - 1) - 1) // s + 1
+    return any(0 < sum(0 <= r * s - p + kh * d < H for kh in range(k)) < k for r in range(oh))
 
 
 # Outputs narrower than the VNNI tiles' rows (OW < 10): gathered rows for the GEMM.

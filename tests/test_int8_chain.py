@@ -1059,3 +1059,75 @@ def test_functional_poolings_become_int8_modules(tmp_path):
     again = fastinfer.load_quantized(tmp_path / "plain.pt", fastinfer.fuse(copy.deepcopy(model)))
     with torch.inference_mode():
         assert torch.equal(again(x), plain(x))
+
+
+class TinyASPP(nn.Module):
+    """DeepLabV3's head in miniature: the stem's output goes to a 1x1 conv, a dilated 3x3 (dilation beyond the
+    map, as ASPP's 36 at 32 x 32) and a global average pooling whose conv is upsampled to the map's size read from
+    ``x.shape``; the branches are concatenated and projected."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.b1 = nn.Sequential(nn.Conv2d(16, 8, 1), nn.ReLU())
+        self.b2 = nn.Sequential(nn.Conv2d(16, 8, 3, padding=12, dilation=12), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pconv = nn.Sequential(nn.Conv2d(16, 8, 1), nn.ReLU())
+        self.proj = nn.Conv2d(24, 8, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        size = x.shape[-2:]
+        p = F.interpolate(self.pconv(self.pool(x)), size=size, mode="bilinear", align_corners=False)
+        return self.proj(torch.cat([self.b1(x), self.b2(x), p], 1))
+
+
+def test_global_average_pooling_beside_convs_reads_int8(tmp_path):
+    # The stem hands its int8 output to both convs and to the pooling, which becomes an Int8AdaptiveAvgPool2d
+    # (int8 in, float out) at the convs' scale; the shape query beside them does not stop the hand-off.
+    torch.manual_seed(0)
+    model = TinyASPP().eval()
+    with torch.no_grad():
+        model.stem[1].running_var.uniform_(0.5, 2)
+    q = quantize_static(copy.deepcopy(model))
+    assert type(q.pool) is fastinfer.nn.Int8AdaptiveAvgPool2d
+    assert q.stem[0].out_scale == q.b1[0].x_scale == q.b2[0].x_scale == q.pool.x_scale is not None
+    assert {"stem.0 -> b1.0", "stem.0 -> b2.0", "stem.0 -> pool"} <= set(q.fastinfer_report.chained)
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda m, inp, n=n: seen.__setitem__(n, inp[0].dtype))
+             for n, m in (("pool", q.pool), ("b2", q.b2[0]), ("pconv", q.pconv[0]))]
+    x = torch.randn(2, 3, 14, 14)
+    with torch.inference_mode():
+        y = q(x)
+        assert ops.last_kernel("gate") != ""  # the channel mean kernel pooled
+    for h in hooks:
+        h.remove()
+    assert seen == {"pool": torch.int8, "b2": torch.int8, "pconv": torch.float32}
+    with torch.inference_mode():
+        want = model(x)
+        assert F.cosine_similarity(y.flatten(), want.flatten(), dim=0) > 0.99
+        # the pooled branch: the int8 mean of the stem's int8 output, as the reference computes it
+        stem = q.stem(x)
+        assert stem.dtype == torch.int8
+        torch.testing.assert_close(q.pool(stem), ref.int8_channel_mean(stem, q.pool.x_scale), rtol=0, atol=0)
+        torch.testing.assert_close(q.pool(stem.float() * q.pool.x_scale), F.adaptive_avg_pool2d(
+            stem.float() * q.pool.x_scale, 1))  # a float input is pooled as before
+    torch.save(q.state_dict(), tmp_path / "q.pt")
+    loaded = fastinfer.load_quantized(tmp_path / "q.pt", fastinfer.fuse(copy.deepcopy(model)))
+    assert type(loaded.pool) is fastinfer.nn.Int8AdaptiveAvgPool2d and loaded.pool.x_scale == q.pool.x_scale
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), y)
+
+
+def test_global_average_pooling_called_twice_stays_float():
+    # One module called on two tensors would need two x_scales: it stays an nn.AdaptiveAvgPool2d, and the
+    # producer's output that reaches it stays float.
+    class Twice(TinyASPP):
+        def forward(self, x):
+            x = self.stem(x)
+            return self.proj(torch.cat([self.b1(x), self.pconv(self.pool(x)).expand(-1, -1, *x.shape[-2:]),
+                                        self.pconv(self.pool(self.b2(x).repeat(1, 2, 1, 1)))
+                                        .expand(-1, -1, *x.shape[-2:])], 1))
+    torch.manual_seed(0)
+    q = quantize_static(Twice().eval())
+    assert type(q.pool) is nn.AdaptiveAvgPool2d and q.stem[0].out_scale is None

@@ -378,59 +378,105 @@ int64_t even_row_groups(int64_t per_image, const ConvArgs& a, int64_t threads) {
   return per_image;
 }
 
-// Kernel rows in the zero padding. An output row near the top or bottom of the image reads padding rows with its
-// first or last kernel rows: their products are 128 * w each (the padding's u8 zero), which the epilogue's 128 *
-// colsum then takes away again. Such a row runs only its kernel rows [kh0, kh1) that read the image: K is
-// ordered (kh, kw, c), so they are one K range of the packed weight, run against the column sums of those kernel
-// rows (the packed weight holds only the sums over all of K). The sums are made here once a call for each
-// distinct range (a few: one for each count of kernel rows in the top or the bottom padding) by the int8 GEMM:
-// an operand row of ones over the range against the packed weight, int32 out. oneDNN skips them too: its
-// 512-channel 3x3 at 7 x 7 ran 1.2x faster padded than unpadded (bench_conv.py's `(a0)` rows), where fastinfer
-// took the same time.
-// Who skips: the direct convolution of the VNNI and AVX2 tiers (a convolution of KH = kh1 - kh0 from the input
-// row of kh0 down: its tiles lie within one output row), and the gathered-rows GEMM on AVX-512 VNNI (the rows
-// of an output row are consecutive in M; Int8GemmParams::k_quads, which only that GEMM honours). AMX computes
-// them (its padded-width and stride-plane tiles cross output rows, and no AMX machine was at hand to measure).
-class PaddedKernelRows {
+// Taps in the zero padding.
+// Kernel rows: an output row near the top or bottom of the image reads padding rows with its first or last
+// kernel rows: their products are 128 * w each (the padding's u8 zero), which the epilogue's 128 * colsum then
+// takes away again. Such a row runs only its kernel rows [kh0, kh1) that read the image: K is ordered
+// (kh, kw, c), so they are one K range of the packed weight, run against the column sums of those kernel rows
+// (the packed weight holds only the sums over all of K). The sums are made here once a call for each distinct
+// tap box (a few) by the int8 GEMM: an operand row of ones over the box's K against the packed weight, int32
+// out. oneDNN skips them too: its 512-channel 3x3 at 7 x 7 ran 1.2x faster padded than unpadded
+// (bench_conv.py's `(a0)` rows), where fastinfer took the same time.
+// Kernel columns: a pixel near the left or right edge reads padding columns with its first or last kernel
+// columns. The register-tile direct kernels run any tap box (their tiles jump to each tap's weight rows), so an
+// output row splits into column segments of pixels with the same valid kernel columns, each run with the box
+// of its row's kernel rows and its own kernel columns. A segment narrower than min_cols (half a register tile,
+// at least 3 pixels) joins its wider neighbour and computes the union of their columns: a narrow tile streams the weights for few
+// pixels, so the one-pixel edges of a padding-1 kernel (ResNet) keep their rows' full width. Dilated
+// convolutions on small maps gain the most: DeepLabV3's ASPP 3x3 of dilation 36 at 32 x 32 reads only its
+// centre tap, which it now runs alone.
+// Where every pixel's box is exactly its valid taps (no segment joined, no output row or column without a valid
+// tap), no tap reads padding at all, and an int8 input is read in place: no padded slab (exact()). The slab of a
+// dilation-36 layer held 72 padding columns beside 32 image ones, and 72 padding rows.
+// Measured on AMD Zen 4 (2 threads, batch 1, int8 in/out, 2048 -> 256 at 32 x 32; rows alone -> rows, columns
+// and in place; a 1x1 of the same shape 1.19 ms; oneDNN in the same process 6.3 / 2.9 / 1.3 ms): dilation 12
+// 8.7 -> 6.2 ms, 24 6.5 -> 2.8 ms, 36 5.2 -> 1.24 ms; DeepLabV3-ResNet50's 512-channel dilation-4 layers
+// 5.0 -> 4.5 ms (oneDNN 4.7).
+// Who skips: the direct convolution of the VNNI and AVX2 tiers (rows and columns), and the gathered-rows GEMM
+// on AVX-512 VNNI (rows only: the rows of an output row are consecutive in M, and a box with holes in K is no
+// K range; Int8GemmParams::k_quads, which only that GEMM honours). AMX computes them (its padded-width and
+// stride-plane tiles cross output rows, and no AMX machine was at hand to measure).
+class PaddedTaps {
  public:
-  // h, base: the packed weight (checked_header's); krow: K bytes a kernel row (a multiple of 4); allowed: the
-  // caller's kernels can run a K range.
-  PaddedKernelRows(const kernels::KernelSet& ks, const ConvArgs& a, const PackedHeader& h, const uint8_t* base,
-                   int64_t krow, bool allowed)
-      : krow_(krow), KH_(a.KH), OW_(a.OW), OH_(a.OH), K_pad_(h.K_pad), N_pad_(h.N_pad) {
+  // h, base: the packed weight (checked_header's); krow: K bytes a kernel row (a multiple of 4); tap: K bytes a
+  // tap (C) where the caller's kernels run tap boxes (the register-tile direct convolutions over output rows), 0
+  // where they run whole kernel rows only (row segments, the gathered-rows GEMM); allowed: the caller's kernels
+  // can skip; min_cols: the narrowest column segment run on its own.
+  PaddedTaps(const kernels::KernelSet& ks, const ConvArgs& a, const PackedHeader& h, const uint8_t* base,
+             int64_t krow, int64_t tap, bool allowed, int64_t min_cols)
+      : krow_(krow), KH_(a.KH), KW_(a.KW), OW_(a.OW), OH_(a.OH), K_pad_(h.K_pad), N_pad_(h.N_pad) {
     const int mode = conv_padded_rows_mode();
-    if (mode == 2 || !allowed || a.PH == 0 || krow % kernels::kPackKB != 0) return;
-    cls_.assign(static_cast<size_t>(a.OH), -1);
-    int64_t skipped = 0;  // kernel rows skipped over all output rows of one image
+    if (mode == 2 || !allowed || (a.PH == 0 && (a.PW == 0 || tap == 0)) || krow % kernels::kPackKB != 0) return;
+    bool exact = tap > 0 || a.PW == 0;  // whole kernel rows read the side padding
+    std::vector<std::pair<int64_t, int64_t>> rows(static_cast<size_t>(a.OH));  // per output row its kernel rows
     for (int64_t oh = 0; oh < a.OH; ++oh) {
-      int64_t kh0, kh1;
-      kernels::valid_taps(oh * a.SH - a.PH, a.DH, a.KH, a.H, &kh0, &kh1);
-      if ((kh0 == 0 && kh1 == a.KH) || kh0 == kh1) continue;  // every row in the image, or none (left as is)
-      size_t c = 0;
-      while (c < ranges_.size() && (ranges_[c].first != kh0 || ranges_[c].second != kh1)) ++c;
-      if (c == ranges_.size()) ranges_.push_back({kh0, kh1});
-      cls_[static_cast<size_t>(oh)] = static_cast<int>(c);
-      skipped += a.KH - (kh1 - kh0);
+      int64_t k0, k1;
+      kernels::valid_taps(oh * a.SH - a.PH, a.DH, a.KH, a.H, &k0, &k1);
+      if (k0 == k1) {  // an output row of padding alone computes every kernel row (over zeros)
+        k0 = 0;
+        k1 = a.KH;
+        exact = false;
+      }
+      rows[static_cast<size_t>(oh)] = {k0, k1};
     }
-    const int64_t classes = static_cast<int64_t>(ranges_.size());
+    segs_ = column_segments(a, tap > 0 ? min_cols : 0, &exact);
+    const int64_t nseg = static_cast<int64_t>(segs_.size());
+    const int64_t full = tap > 0 ? a.KH * a.KW * tap : a.KH * krow;  // K bytes a pixel of the full box
+    double saved = 0;  // K bytes left out over one image's pixels
+    cls_.assign(static_cast<size_t>(a.OH * nseg), -1);
+    for (int64_t oh = 0; oh < a.OH; ++oh)
+      for (int64_t s = 0; s < nseg; ++s) {
+        const Seg& g = segs_[static_cast<size_t>(s)];
+        const Box box{rows[static_cast<size_t>(oh)].first, rows[static_cast<size_t>(oh)].second, g.kw0, g.kw1};
+        if (box.kh0 == 0 && box.kh1 == a.KH && box.kw0 == 0 && box.kw1 == a.KW) continue;
+        const int64_t bytes = (box.kh1 - box.kh0) * (tap > 0 ? (box.kw1 - box.kw0) * tap : krow);
+        saved += static_cast<double>(full - bytes) * (g.ow1 - g.ow0);
+        size_t c = 0;
+        while (c < boxes_.size() && !(boxes_[c] == box)) ++c;
+        if (c == boxes_.size()) boxes_.push_back(box);
+        cls_[static_cast<size_t>(oh * nseg + s)] = static_cast<int>(c);
+        columns_ = columns_ || box.kw0 > 0 || box.kw1 < a.KW;
+      }
+    const int64_t classes = static_cast<int64_t>(boxes_.size());
     // "auto": the products saved against the sums' GEMM (classes operand rows over the whole packed weight,
     // in tiles of a few rows) and its pass over the weight, counted as 4 products a byte. In-process A/B on
-    // AMD Zen 4 (2 threads, int8 in/out, ResNet-50's 3x3 layers): batch 8 1.01-1.04x (256 channels at 14 x 14
-    // 1.04x, at 28 x 28 1.02x, 56 x 56 1.01x, the stride-2 layers 1.01-1.02x); batch 1 within the noise of
-    // +-2.5%, where the 256-channel layer at 14 x 14 (saved / cost 1.6) came out 1.02x in two runs of three,
-    // the stride-2 256 -> 256 at 28 x 28 (only the top row skips a kernel row; 0.9) 0.97-0.99x, and the
-    // 512-channel layer at 7 x 7 (0.8; gathered rows) 1.01x over 25 rounds.
-    const double saved = static_cast<double>(a.N) * skipped * a.OW * krow * h.N;
+    // AMD Zen 4 (2 threads, int8 in/out, ResNet-50's 3x3 layers, kernel rows alone): batch 8 1.01-1.04x (256
+    // channels at 14 x 14 1.04x, at 28 x 28 1.02x, 56 x 56 1.01x, the stride-2 layers 1.01-1.02x); batch 1
+    // within the noise of +-2.5%, where the 256-channel layer at 14 x 14 (saved / cost 1.6) came out 1.02x in
+    // two runs of three, the stride-2 256 -> 256 at 28 x 28 (only the top row skips a kernel row; 0.9)
+    // 0.97-0.99x, and the 512-channel layer at 7 x 7 (0.8; gathered rows) 1.01x over 25 rounds.
+    saved *= static_cast<double>(a.N) * h.N;
     const double cost = static_cast<double>(classes + 4) * h.K_pad * N_pad_;
     if (classes == 0 || (mode == 0 && saved < cost)) {
       cls_.clear();
+      boxes_.clear();
+      columns_ = false;
       return;
     }
-    // Operand rows: s8 1 over each range's K, 0 elsewhere (the GEMM's u8 shift, where the set has one, is
+    exact_ = exact;
+    // Operand rows: s8 1 over each box's K, 0 elsewhere (the GEMM's u8 shift, where the set has one, is
     // copy_operand_rows's).
     std::vector<int8_t> ones(static_cast<size_t>(classes * h.K), 0);
-    for (int64_t c = 0; c < classes; ++c)
-      std::fill(ones.begin() + c * h.K + ranges_[c].first * krow, ones.begin() + c * h.K + ranges_[c].second * krow, 1);
+    for (int64_t c = 0; c < classes; ++c) {
+      const Box& box = boxes_[static_cast<size_t>(c)];
+      for (int64_t kh = box.kh0; kh < box.kh1; ++kh) {
+        auto row = ones.begin() + c * h.K + kh * krow;
+        if (tap == 0)
+          std::fill(row, row + krow, 1);
+        else
+          std::fill(row + box.kw0 * tap, row + box.kw1 * tap, 1);
+      }
+    }
     const int64_t ld = kernels::operand_stride(h.K_pad);
     std::vector<uint8_t> operand(static_cast<size_t>(classes * ld));
     kernels::copy_operand_rows(ones.data(), h.K, classes, h.K, operand.data(), ld, h.K_pad, !ks.signed_a);
@@ -450,33 +496,45 @@ class PaddedKernelRows {
                      });
   }
   bool active() const { return !cls_.empty(); }
+  // Every pixel computes exactly its valid taps: no tap reads padding.
+  bool exact() const { return active() && exact_; }
+  // For last_kernel("conv_padded_rows").
+  const char* how() const { return !active() ? "computed" : columns_ ? "skipped_taps" : "skipped"; }
 
-  // The direct convolution's output rows [r0, r1) of item ci (its x at padded row r0 * SH, its out at row r0),
-  // in runs of rows with the same kernel rows.
+  // The direct convolution's output rows [r0, r1) of item ci (its input at output row r0, its out at row r0),
+  // in runs of rows with the same boxes, each run once per column segment.
   void run_direct(const kernels::KernelSet& ks, const kernels::ConvDirectParams& ci, const ConvArgs& a, int64_t r0,
-                  int64_t r1, int64_t n0, int64_t n1, int64_t slab_row, int64_t out_row_bytes) const {
+                  int64_t r1, int64_t n0, int64_t n1, int64_t out_row_bytes) const {
+    const size_t nseg = segs_.size();
+    auto row_cls = [&](int64_t r) { return cls_.begin() + static_cast<ptrdiff_t>(r * static_cast<int64_t>(nseg)); };
     for (int64_t ra = r0; ra < r1;) {
-      const int c = cls_[static_cast<size_t>(ra)];
       int64_t rb = ra + 1;
-      while (rb < r1 && cls_[static_cast<size_t>(rb)] == c) ++rb;
-      kernels::ConvDirectParams cr = ci;
-      const int64_t kh0 = c < 0 ? 0 : ranges_[static_cast<size_t>(c)].first;
-      cr.x = ci.x + ((ra - r0) * a.SH + kh0 * a.DH) * slab_row;
-      cr.OH = rb - ra;
-      cr.gemm.M = (rb - ra) * a.OW;
-      cr.gemm.out = static_cast<char*>(ci.gemm.out) + (ra - r0) * out_row_bytes;
-      if (c >= 0) {
-        cr.KH = ranges_[static_cast<size_t>(c)].second - kh0;
-        cr.gemm.b = ci.gemm.b + kh0 * krow_ * kernels::kPackNB;  // K offset kh0 * krow: 16 bytes a k, per block
-        cr.gemm.b_colsum = sums_.data() + c * N_pad_;
+      while (rb < r1 && std::equal(row_cls(ra), row_cls(ra + 1), row_cls(rb))) ++rb;
+      for (size_t s = 0; s < nseg; ++s) {
+        kernels::ConvDirectParams cr = ci;
+        cr.x_origin = ci.x_origin + (ra - r0) * a.SH * ci.Wp * ci.C;
+        cr.OH = rb - ra;
+        cr.gemm.M = (rb - ra) * a.OW;
+        cr.gemm.out = static_cast<char*>(ci.gemm.out) + (ra - r0) * out_row_bytes;
+        cr.ow0 = segs_[s].ow0;
+        cr.ow1 = segs_[s].ow1;
+        const int c = *(row_cls(ra) + static_cast<ptrdiff_t>(s));
+        if (c >= 0) {
+          const Box& box = boxes_[static_cast<size_t>(c)];
+          cr.kh0 = box.kh0;
+          cr.kh1 = box.kh1;
+          cr.kw0 = box.kw0;
+          cr.kw1 = box.kw1;
+          cr.gemm.b_colsum = sums_.data() + c * N_pad_;
+        }
+        ks.conv_direct(cr, 0, rb - ra, n0, n1);
       }
-      ks.conv_direct(cr, 0, rb - ra, n0, n1);
       ra = rb;
     }
   }
 
   // The gathered-rows GEMM p on its rows [m0, m1) (pixels (n, oh, ow) in order; p.a and p.out at row m0), in
-  // runs of pixels whose output rows have the same kernel rows.
+  // runs of pixels whose output rows have the same kernel rows (tap == 0: one column segment).
   void run_gemm(const kernels::KernelSet& ks, const kernels::Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n0,
                 int64_t n1, int64_t out_row_bytes) const {
     auto cls_of = [&](int64_t m) { return cls_[static_cast<size_t>((m / OW_) % OH_)]; };
@@ -489,8 +547,8 @@ class PaddedKernelRows {
       q.a = p.a + (ma - m0) * p.lda;
       q.out = static_cast<char*>(p.out) + (ma - m0) * out_row_bytes;
       if (c >= 0) {
-        const int64_t k0 = ranges_[static_cast<size_t>(c)].first * krow_;
-        const int64_t kh1 = ranges_[static_cast<size_t>(c)].second, k1 = kh1 == KH_ ? K_pad_ : kh1 * krow_;
+        const Box& box = boxes_[static_cast<size_t>(c)];
+        const int64_t k0 = box.kh0 * krow_, k1 = box.kh1 == KH_ ? K_pad_ : box.kh1 * krow_;
         q.a += k0;
         q.b = p.b + k0 * kernels::kPackNB;
         q.k_quads = (k1 - k0) / kernels::kPackKB;
@@ -502,10 +560,61 @@ class PaddedKernelRows {
   }
 
  private:
-  int64_t krow_, KH_, OW_, OH_, K_pad_, N_pad_;
-  std::vector<int> cls_;  // per output row: its range in ranges_, or -1 (all kernel rows)
-  std::vector<std::pair<int64_t, int64_t>> ranges_;
-  std::vector<int32_t> sums_;  // per range, N_pad column sums of its kernel rows
+  struct Box {
+    int64_t kh0, kh1, kw0, kw1;
+    bool operator==(const Box& o) const { return kh0 == o.kh0 && kh1 == o.kh1 && kw0 == o.kw0 && kw1 == o.kw1; }
+  };
+  struct Seg {
+    int64_t ow0, ow1, kw0, kw1;  // output columns [ow0, ow1) run kernel columns [kw0, kw1)
+  };
+
+  // The output columns in segments of the same valid kernel columns (min_cols 0: one segment of all
+  // kernel columns), a segment narrower than min_cols joined to its wider neighbour; clears *exact where a
+  // pixel then computes a kernel column in the padding.
+  static std::vector<Seg> column_segments(const ConvArgs& a, int64_t min_cols, bool* exact) {
+    if (min_cols == 0 || a.PW == 0) return {Seg{0, a.OW, 0, a.KW}};
+    std::vector<Seg> segs;
+    for (int64_t ow = 0; ow < a.OW; ++ow) {
+      int64_t k0, k1;
+      kernels::valid_taps(ow * a.SW - a.PW, a.DW, a.KW, a.W, &k0, &k1);
+      if (k0 == k1) return {Seg{0, a.OW, 0, a.KW}};  // a column of padding alone: whole kernel rows
+      if (!segs.empty() && segs.back().kw0 == k0 && segs.back().kw1 == k1)
+        segs.back().ow1 = ow + 1;
+      else
+        segs.push_back({ow, ow + 1, k0, k1});
+    }
+    while (segs.size() > 1) {
+      size_t i = 0;  // the narrowest segment
+      for (size_t j = 1; j < segs.size(); ++j)
+        if (segs[j].ow1 - segs[j].ow0 < segs[i].ow1 - segs[i].ow0) i = j;
+      if (segs[i].ow1 - segs[i].ow0 >= min_cols) break;
+      const size_t j = i == 0 ? 1
+                       : i + 1 == segs.size() || segs[i - 1].ow1 - segs[i - 1].ow0 >= segs[i + 1].ow1 - segs[i + 1].ow0
+                           ? i - 1
+                           : i + 1;
+      const Seg u{std::min(segs[i].ow0, segs[j].ow0), std::max(segs[i].ow1, segs[j].ow1),
+                  std::min(segs[i].kw0, segs[j].kw0), std::max(segs[i].kw1, segs[j].kw1)};
+      if (u.kw0 != segs[i].kw0 || u.kw1 != segs[i].kw1 || u.kw0 != segs[j].kw0 || u.kw1 != segs[j].kw1) *exact = false;
+      segs[std::min(i, j)] = u;
+      segs.erase(segs.begin() + static_cast<ptrdiff_t>(std::max(i, j)));
+      for (size_t k = 1; k < segs.size();)  // neighbours that now run the same columns: one segment
+        if (segs[k].kw0 == segs[k - 1].kw0 && segs[k].kw1 == segs[k - 1].kw1) {
+          segs[k - 1].ow1 = segs[k].ow1;
+          segs.erase(segs.begin() + static_cast<ptrdiff_t>(k));
+        } else {
+          ++k;
+        }
+    }
+    return segs;
+  }
+
+  int64_t krow_, KH_, KW_, OW_, OH_, K_pad_, N_pad_;
+  std::vector<Seg> segs_;
+  std::vector<int> cls_;    // per output row and column segment: its box in boxes_, or -1 (the full kernel)
+  std::vector<Box> boxes_;  // the boxes other than the full kernel
+  std::vector<int32_t> sums_;  // per box, N_pad column sums of its taps' weight rows
+  bool columns_ = false;    // some box leaves out kernel columns
+  bool exact_ = false;
 };
 
 // Items are (image, output row group, column panel). Each item first writes the padded input rows its
@@ -559,12 +668,25 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
   // reads s8, and tiles within output rows read nothing past the rows they need): no slab, the input is
   // read in place. (AMX, ResNet-50's 1x1 stride-2 downsample 256 -> 512 at 56 x 56, batch 8, int8 in/out:
   // 1.40x; the slab copied every input row, half of them never read.)
-  const bool in_place = !cp.virtual_width && !cp.row_seg && x_rows.scalar_type() == at::kChar && a.PH == 0 && a.PW == 0;
-  const PaddedKernelRows padded(ks, a, wh, w_base, cp.row_seg ? cp.row_seg : a.KW * a.C, ks.conv_tile_rows < 16);
-  record_conv_padded_rows(padded.active() ? "skipped" : "computed");
+  const bool tiles = ks.conv_tile_rows < 16;  // register tiles within output rows: they run tap boxes
+  const PaddedTaps padded(ks, a, wh, w_base, cp.row_seg ? cp.row_seg : a.KW * a.C,
+                          cp.row_seg || cp.virtual_width ? 0 : a.C, tiles,
+                          std::max<int64_t>(3, ks.conv_tile_rows / 2));
+  record_conv_padded_rows(padded.how());
+  // An int8 input whose padding no tap reads (none, or every tap box exact) is read in place. With padding
+  // (the register tiles only), each item's input starts at the image and x_origin places its first output row.
+  const bool int8_rows = !cp.virtual_width && !cp.row_seg && x_rows.scalar_type() == at::kChar;
+  const bool in_place = int8_rows && a.PH == 0 && a.PW == 0;
+  const bool in_place_padded = int8_rows && !in_place && tiles && padded.exact();
+  if (in_place_padded) {
+    cp.Wp = a.W;
+    cp.Hp = a.H;
+    record_conv_direct_mode("rows_in_place");
+  }
   at::parallel_for(0, items * panels, 1, [&](int64_t b, int64_t e) {
-    const at::Tensor slab_t = in_place ? at::Tensor() : at::empty({slab_bytes}, x_rows.options().dtype(at::kByte));
-    uint8_t* const slab = in_place ? nullptr : slab_t.data_ptr<uint8_t>();
+    const bool no_slab = in_place || in_place_padded;
+    const at::Tensor slab_t = no_slab ? at::Tensor() : at::empty({slab_bytes}, x_rows.options().dtype(at::kByte));
+    uint8_t* const slab = no_slab ? nullptr : slab_t.data_ptr<uint8_t>();
     int64_t built = -1;  // which item the slab holds
     for (int64_t it = b; it < e; ++it) {
       const int64_t item = it / panels, n = item / per_image, g = item % per_image;
@@ -583,7 +705,7 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
         }
         std::memset(slab + s * s * cp.plane_bytes, rows.zero(), static_cast<size_t>(slack));
         built = item;
-      } else if (!in_place && built != item) {
+      } else if (!no_slab && built != item) {
         for (int64_t r = 0; r < hp_rows; ++r) rows.write(n, hp0 + r, slab + r * slab_row);
         std::memset(slab + hp_rows * slab_row, rows.zero(), static_cast<size_t>(slab_bytes - hp_rows * slab_row));
         built = item;
@@ -591,16 +713,20 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
       // The slab (or the input from padded row hp0 of image n) as one image of r1 - r0 output rows,
       // writing output rows (n, r0 ...).
       kernels::ConvDirectParams ci = cp;
-      ci.signed_x = in_place;
-      ci.x = in_place ? x_rows.data_ptr<int8_t>() + (n * cp.Hp + hp0) * slab_row
-                      : reinterpret_cast<const int8_t*>(slab);
-      ci.Hp = hp_rows;
+      ci.signed_x = no_slab;
+      if (in_place_padded) {
+        ci.x = x_rows.data_ptr<int8_t>() + n * a.H * a.W * a.C;
+        ci.x_origin = ((hp0 - a.PH) * a.W - a.PW) * a.C;
+      } else {
+        ci.x = in_place ? x_rows.data_ptr<int8_t>() + (n * cp.Hp + hp0) * slab_row : reinterpret_cast<const int8_t*>(slab);
+        ci.Hp = hp_rows;
+      }
       ci.OH = r1 - r0;
       ci.gemm.M = (r1 - r0) * a.OW;
       ci.gemm.out = static_cast<char*>(out.data_ptr()) + (n * a.OH + r0) * a.OW * a.Cout * elem;
       const int64_t n0 = (it % panels) * n_panel;
       if (padded.active())
-        padded.run_direct(ks, ci, a, r0, r1, n0, std::min(N_pad, n0 + n_panel), slab_row, a.OW * a.Cout * elem);
+        padded.run_direct(ks, ci, a, r0, r1, n0, std::min(N_pad, n0 + n_panel), a.OW * a.Cout * elem);
       else
         ks.conv_direct(ci, 0, r1 - r0, n0, std::min(N_pad, n0 + n_panel));
     }
@@ -989,10 +1115,11 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   const int64_t macs_per_item = std::min(rows, M) * std::min(cout_g, n_panel) * K;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, macs_per_item));
   const int64_t elem = out_scale ? 1 : 4;
-  std::optional<PaddedKernelRows> padded;  // one group's weight: AVX-512 VNNI's GEMM runs K ranges
+  std::optional<PaddedTaps> padded;  // one group's weight: AVX-512 VNNI's GEMM runs K ranges
   if (groups == 1 && !direct) {
-    padded.emplace(ks, a, headers[0], packed_w.data_ptr<uint8_t>(), a.KW * cin_g, isa_of(ks) == Isa::Avx512Vnni);
-    record_conv_padded_rows(padded->active() ? "skipped" : "computed");
+    padded.emplace(ks, a, headers[0], packed_w.data_ptr<uint8_t>(), a.KW * cin_g, /*tap=*/0,
+                   isa_of(ks) == Isa::Avx512Vnni, /*min_cols=*/0);
+    record_conv_padded_rows(padded->how());
   }
   at::parallel_for(0, groups * chunks * panels, grain, [&](int64_t begin, int64_t end) {
     // The gathered rows: torch's allocator aligns them to 64 bytes, so every row of a tile load is

@@ -79,6 +79,29 @@ class Int8GlobalAvgPool(_GateOp):
         self.x_scale = state["x_scale"]
 
 
+class Int8AdaptiveAvgPool2d(Int8GlobalAvgPool):
+    """An ``nn.AdaptiveAvgPool2d`` of output size 1 that reads an int8 hand-off: fastinfer.quantize swaps it in
+    where a producer's output goes to static convs and to this pooling (DeepLabV3's ASPP pools the backbone's
+    output beside its convolutions), so that the producer writes int8 for all of them. An int8 x is pooled as
+    Int8GlobalAvgPool pools it, float out; a float x as before. Its own state key tells this swap from a
+    squeeze-excitation rewrite's pool in a saved file (load_quantized replays each its own way)."""
+
+    @classmethod
+    def from_float(cls, mod: nn.Module) -> "Int8AdaptiveAvgPool2d":
+        if not is_global_avg_pool(mod):
+            raise TypeError(f"Int8AdaptiveAvgPool2d.from_float needs an nn.AdaptiveAvgPool2d of output size 1, got "
+                            f"{mod!r}")
+        return cls()
+
+    def get_extra_state(self):
+        return {"adaptive_avg_pool": True, "x_scale": self.x_scale}
+
+
+def is_global_avg_pool(mod: nn.Module) -> bool:
+    """Whether mod is a plain nn.AdaptiveAvgPool2d of output size 1 (or (1, 1))."""
+    return type(mod) is nn.AdaptiveAvgPool2d and mod.output_size in (1, (1, 1), [1, 1])
+
+
 class Int8ChannelScale(_GateOp):
     """``gate * x`` of a squeeze-excitation block, the gate [N, C, 1, 1] from the block's small layers. An int8 x
     (value = q * x_scale) is scaled by fastinfer's kernel: float(q) * fl(x_scale * gate); with out_scale the result

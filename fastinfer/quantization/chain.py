@@ -37,7 +37,7 @@ from ..nn.sparse import SparseLinear
 from ..nn.add import Int8Add
 from ..nn.dropout import Int8Dropout
 from ..nn.fused import Folded
-from ..nn.gate import Int8ChannelScale, Int8GlobalAvgPool
+from ..nn.gate import Int8AdaptiveAvgPool2d, Int8ChannelScale, Int8GlobalAvgPool, is_global_avg_pool
 from ..nn.norm import BatchNormQuant2d
 from ..nn.pool import Int8AvgPool2d, Int8MaxPool2d, Int8Upsample
 from .fuse import _arg, _join, walk_traced
@@ -468,6 +468,8 @@ def _hand_off(module: nn.Module, prefix: str, node: fx.Node, producer: nn.Module
     for add, attr in found.adds:
         if _foldable_norm(module.get_submodule(add.target)):  # a float norm reading int8
             _set_submodule(module, add.target, BatchNormQuant2d.from_float(module.get_submodule(add.target)))
+        elif is_global_avg_pool(module.get_submodule(add.target)):
+            _set_submodule(module, add.target, Int8AdaptiveAvgPool2d.from_float(module.get_submodule(add.target)))
         setattr(module.get_submodule(add.target), attr, scale)
     chained += [f"{_join(prefix, node.target)} -> {_join(prefix, c.target)}"
                 for c in found.convs + [a for a, _ in found.adds]]
@@ -591,10 +593,13 @@ def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Option
                     return None
                 found.adds.append((user, "x_scale"))
                 continue
-            if isinstance(mod, Int8GlobalAvgPool):
-                if len(user.args) != 1 or user.args[0] is not node:
+            if isinstance(mod, Int8GlobalAvgPool) or (is_global_avg_pool(mod) and calls[user.target] == 1):
+                # a gate's pool, or a global average pooling beside convs (DeepLabV3's ASPP): int8 in, float out
+                if len(user.args) != 1 or user.args[0] is not node or user.kwargs:
                     return None
                 found.adds.append((user, "x_scale"))
+                continue
+            if _shape_query(user, node):  # x.shape, x.size(), x.dim(): the same for the int8 tensor
                 continue
             if isinstance(mod, Int8ChannelScale):
                 if len(user.args) != 2 or user.args[1] is not node or user.args[0] is node:
@@ -620,6 +625,15 @@ def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Option
             else:
                 return None
     return found if found.convs or found.adds else None
+
+
+def _shape_query(user: fx.Node, node: fx.Node) -> bool:
+    """user reads only node's shape (``node.shape``, ``node.size(...)``, ``node.dim()``), as ASPPPooling's
+    ``x.shape[-2:]`` does: what it gets does not depend on node's dtype."""
+    if user.op == "call_function" and user.target is getattr:
+        return len(user.args) == 2 and user.args[0] is node and user.args[1] == "shape"
+    return (user.op == "call_method" and user.target in ("size", "dim") and bool(user.args) and user.args[0] is node
+            and node not in user.args[1:] and node not in user.kwargs.values())
 
 
 def _chain_sequential(prefix: str, seq: nn.Sequential, chained: List[str]) -> None:

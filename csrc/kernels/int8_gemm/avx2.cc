@@ -178,7 +178,7 @@ void gemm_prepared(const Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, 
     for (int64_t n = n0; n < n1; n += 16)
       for (int64_t m = c0; m < c1; m += SignDot::kMR) {
         const int64_t mr = std::min<int64_t>(SignDot::kMR, c1 - m);
-        table[mr - 1](p, kNoTapOffset, 1, cq, rows.data() + (m - c0) * ld, ld, m, n);
+        table[mr - 1](p, kWholeK, 1, cq, rows.data() + (m - c0) * ld, ld, m, n);
       }
   }
 }

@@ -169,23 +169,25 @@ __attribute__((noinline)) void conv_tile_silu_int8(const Int8GemmParams& p, int6
 
 // ---- direct convolution: the int8 tile above with its A rows read from the padded input ----
 // Register tile rows are output pixels of one output row, SW * C bytes apart in the padded input
-// (u8 = s8 + 128, written by the entry layer); the K loop runs tap by tap (K is (kh, kw, c) with
-// C % 4 == 0, so every 4-byte step lies inside one tap), the packed B advancing as in the GEMM.
+// (u8 = s8 + 128, written by the entry layer); the K loop runs tap by tap over the call's tap box (K is
+// (kh, kw, c) with C % 4 == 0, so every 4-byte step lies inside one tap), the packed B advancing as in the
+// GEMM within a tap and jumping to each tap's rows.
 // No row gather (measured against the gathered-rows GEMM: conv_ops.cpp, direct_mode).
 // FLIP: x holds s8 (an unpadded int8 input read in place), made u8 = s8 + 128 by an xor with 0x80 as
 // each 4-byte group is broadcast (one ALU op per 4 products, beside the vpdpbusd ports).
 template <int mr, int nb, bool FLIP>
-void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t* a0, int64_t out_row, int64_t n) {
+void conv_tile(const ConvDirectParams& cp, const ConvTap* taps, int64_t ntaps, const uint8_t* a0, int64_t out_row,
+               int64_t n) {
   const Int8GemmParams& p = cp.gemm;
   __m512i acc[mr][nb];
   for (int i = 0; i < mr; ++i)
     for (int j = 0; j < nb; ++j) acc[i][j] = _mm512_setzero_si512();
   const int64_t block_stride = p.K_pad * kPackNB;
-  const int8_t* b = p.b + (n / kPackNB) * block_stride;
-  const int64_t lda = cp.SW * cp.C, cq = (cp.row_seg ? cp.row_seg : cp.C) / kPackKB;
-  const int64_t taps = cp.row_seg ? cp.KH : cp.KH * cp.KW;  // a row segment holds a kernel row's taps
-  for (int64_t t = 0; t < taps; ++t) {
-    const uint8_t* a = a0 + tap_off[t];
+  const int8_t* const b0 = p.b + (n / kPackNB) * block_stride;
+  const int64_t lda = cp.SW * cp.C, cq = (cp.row_seg ? cp.row_seg : cp.C) / kPackKB;  // a row segment: a kernel row
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const uint8_t* a = a0 + taps[t].x;
+    const int8_t* b = b0 + taps[t].b;
     for (int64_t q = 0; q < cq; ++q, a += kPackKB, b += 64) {
       __m512i bv[nb];
 #pragma GCC unroll 4
@@ -258,7 +260,7 @@ void conv_tile(const ConvDirectParams& cp, const int64_t* tap_off, const uint8_t
   }
 }
 
-using ConvTileFn = void (*)(const ConvDirectParams&, const int64_t*, const uint8_t*, int64_t, int64_t);
+using ConvTileFn = void (*)(const ConvDirectParams&, const ConvTap*, int64_t, const uint8_t*, int64_t, int64_t);
 
 template <int mr, bool FLIP, size_t... J>
 constexpr std::array<ConvTileFn, sizeof...(J)> conv_row(std::index_sequence<J...>) {
@@ -274,8 +276,9 @@ void conv_direct_avx512(const ConvDirectParams& cp, int64_t r0, int64_t r1, int6
   static constexpr auto flipped = conv_table<true>(std::make_index_sequence<Int8Traits::MR>{});
   const auto& table = cp.signed_x ? flipped : shifted;
   conv_direct_rows<Int8Traits::MR, Int8Traits::NB>(
-      cp, r0, r1, n0, n1, [&](int64_t w, int64_t nb, const int64_t* tap_off, const uint8_t* a0, int64_t out_row, int64_t n) {
-        table[w - 1][nb - 1](cp, tap_off, a0, out_row, n);
+      cp, r0, r1, n0, n1,
+      [&](int64_t w, int64_t nb, const ConvTap* taps, int64_t ntaps, const uint8_t* a0, int64_t out_row, int64_t n) {
+        table[w - 1][nb - 1](cp, taps, ntaps, a0, out_row, n);
       });
   if (cp.gemm.stream_out) _mm_sfence();  // the non-temporal stores are visible before the call returns
 }

@@ -146,6 +146,15 @@ struct ConvDirectParams {
   // (kh % s, kw % s) at (oh + kh / s, ow + kw / s): a stride-1 window, so tiles run over the plane width
   // and drop its Wp - OW columns (0-1 for stride 2, 3x3) instead of about half the padded width.
   int64_t plane_bytes = 0;
+  // A tap box (conv_ops.cpp, PaddedTaps; honoured by the register-tile kernels, conv_tile_rows < 16, and
+  // given only to them): the call computes taps kh in [kh0, kh1) and kw in [kw0, kw1) (-1: KH, KW; row
+  // segments take whole kernel rows) of output columns [ow0, ow1) of each row (-1: OW). The skipped taps'
+  // products are left out, so gemm.b_colsum must hold the column sums of the box's weight rows alone.
+  int64_t kh0 = 0, kh1 = -1, kw0 = 0, kw1 = -1, ow0 = 0, ow1 = -1;
+  // Bytes added to every input offset of the register-tile kernels: the padded image's origin relative to
+  // x. 0 for a padded slab; an unpadded int8 input read in place whose every box tap lies inside the image
+  // has Wp = W and x_origin = ((top row * SH - PH) * W - PW) * C, negative near the top left.
+  int64_t x_origin = 0;
 };
 // Bytes a virtual-width direct convolution may read past the end of its input (with stride planes, past
 // the last plane): a window's 16 rows (stride s pixels apart), a row of the stride, and the farthest tap.

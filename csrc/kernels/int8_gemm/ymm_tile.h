@@ -189,20 +189,22 @@ inline void epilogue8(const Int8GemmParams& p, const Cols8& c, int64_t m, __m256
   }
 }
 
-// mr rows x nb blocks. Row i's K bytes are read in `taps` runs of cq 4-byte groups (Dot::kGroupBytes each
-// as stored): run t at a0 + tap_off[t] + i * lda (a GEMM: one run of K_pad / 4 groups at its row; a direct
-// convolution: one run per tap, pixels SW * C bytes apart). B advances 64 bytes per group through all runs.
+// mr rows x nb blocks. Row i's K bytes are read in `ntaps` runs of cq 4-byte groups (Dot::kGroupBytes each
+// as stored): run t at a0 + taps[t].x + i * lda against the weight from its block's taps[t].b (a GEMM: one
+// run of K_pad / 4 groups at its row; a direct convolution: one run per tap of its box, pixels SW * C bytes
+// apart). B advances 64 bytes per group within a run.
 // S8: a0 holds s8 (an unpadded int8 input read in place); otherwise u8 = s8 + 128.
 template <class Dot, int mr, int nb, bool S8>
-void ymm_tile(const Int8GemmParams& p, const int64_t* tap_off, int64_t taps, int64_t cq, const uint8_t* a0,
+void ymm_tile(const Int8GemmParams& p, const ConvTap* taps, int64_t ntaps, int64_t cq, const uint8_t* a0,
               int64_t lda, int64_t out_row, int64_t n) {
   __m256i acc[mr][2 * nb];
   for (int i = 0; i < mr; ++i)
     for (int j = 0; j < 2 * nb; ++j) acc[i][j] = _mm256_setzero_si256();
   const int64_t block_stride = p.K_pad * kPackNB;
-  const int8_t* b = p.b + (n / kPackNB) * block_stride;
-  for (int64_t t = 0; t < taps; ++t) {
-    const uint8_t* a = a0 + tap_off[t];
+  const int8_t* const b0 = p.b + (n / kPackNB) * block_stride;
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const uint8_t* a = a0 + taps[t].x;
+    const int8_t* b = b0 + taps[t].b;
     for (int64_t q = 0; q < cq; ++q, a += Dot::kGroupBytes, b += 64) {
       __m256i bv[2 * nb];
 #pragma GCC unroll 8
@@ -255,7 +257,7 @@ void ymm_tile(const Int8GemmParams& p, const int64_t* tap_off, int64_t taps, int
   }
 }
 
-using YmmTileFn = void (*)(const Int8GemmParams&, const int64_t*, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
+using YmmTileFn = void (*)(const Int8GemmParams&, const ConvTap*, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
                            int64_t);
 
 // tile<Dot, mr, nb, S8> for mr = 1 .. sizeof(I), and for nb = 1 .. sizeof(J) at a fixed mr.
@@ -268,7 +270,7 @@ constexpr std::array<YmmTileFn, sizeof...(J)> ymm_wide_table(std::index_sequence
   return {{&ymm_tile<Dot, mr, static_cast<int>(J) + 1, false>...}};
 }
 
-constexpr int64_t kNoTapOffset[1] = {0};
+constexpr ConvTap kWholeK[1] = {{0, 0}};  // a GEMM row: one run over all of K
 
 // The GEMM (Int8GemmFn) on the tile: blocks of kMR rows x 16 columns; a range of 1 or 2 rows takes
 // the wide tiles, so it still runs several independent accumulator chains.
@@ -285,14 +287,14 @@ void ymm_gemm(const Int8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64
     for (int64_t n = n0; n < n1; n += 16 * wide) {
       const int64_t nb = std::min<int64_t>(wide, (n1 - n) / 16);
       const YmmTileFn fn = rows == 1 ? wide1[nb - 1] : wide2[nb - 1];
-      fn(p, kNoTapOffset, 1, cq, p.a + m0 * p.lda, p.lda, m0, n);
+      fn(p, kWholeK, 1, cq, p.a + m0 * p.lda, p.lda, m0, n);
     }
     return;
   }
   for (int64_t n = n0; n < n1; n += 16)
     for (int64_t m = m0; m < m1; m += Dot::kMR) {
       const int64_t mr = std::min<int64_t>(Dot::kMR, m1 - m);
-      table[mr - 1](p, kNoTapOffset, 1, cq, p.a + m * p.lda, p.lda, m, n);
+      table[mr - 1](p, kWholeK, 1, cq, p.a + m * p.lda, p.lda, m, n);
     }
 }
 
@@ -302,11 +304,11 @@ void ymm_conv_direct(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
   static constexpr auto shifted = ymm_rows_table<Dot, 1, false>(std::make_index_sequence<Dot::kMR>{});
   static constexpr auto in_place = ymm_rows_table<Dot, 1, true>(std::make_index_sequence<Dot::kMR>{});
   const auto& table = cp.signed_x ? in_place : shifted;
-  const int64_t taps = cp.row_seg ? cp.KH : cp.KH * cp.KW;  // a row segment holds a kernel row's taps
-  const int64_t cq = (cp.row_seg ? cp.row_seg : cp.C) / kPackKB, lda = cp.SW * cp.C;
+  const int64_t cq = (cp.row_seg ? cp.row_seg : cp.C) / kPackKB, lda = cp.SW * cp.C;  // a row segment: a kernel row
   conv_direct_rows<Dot::kMR, 1>(
-      cp, r0, r1, n0, n1, [&](int64_t w, int64_t, const int64_t* tap_off, const uint8_t* a0, int64_t out_row, int64_t n) {
-        table[w - 1](cp.gemm, tap_off, taps, cq, a0, lda, out_row, n);
+      cp, r0, r1, n0, n1,
+      [&](int64_t w, int64_t, const ConvTap* taps, int64_t ntaps, const uint8_t* a0, int64_t out_row, int64_t n) {
+        table[w - 1](cp.gemm, taps, ntaps, cq, a0, lda, out_row, n);
       });
 }
 
