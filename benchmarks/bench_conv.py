@@ -59,6 +59,7 @@ class ConvLayer(NamedTuple):
     groups: int
     extra: bool = False  # not one of the issue's layers: timed and printed, no target
     cpu_only: bool = False  # a CPU diagnostic: bench_conv_cuda.py leaves it out unless named in --layers
+    dilation: int = 1
 
 
 LAYERS = [
@@ -78,6 +79,14 @@ LAYERS = [
     # show what the padding is worth to each, apart from the kernels' speed.
     ConvLayer("l3_3x3_nopad", 256, 256, 3, 16, 1, 0, 1, extra=True, cpu_only=True),
     ConvLayer("l4_3x3_nopad", 512, 512, 3, 9, 1, 0, 1, extra=True, cpu_only=True),
+    # DeepLabV3-ResNet50 at 256 x 256 (output stride 8): an ASPP branch, a 3x3 of dilation 12 / 24 / 36 on the
+    # backbone's 32 x 32 map, most of whose taps read the zero padding (oneDNN skips each such tap; fastinfer's
+    # direct convolution skips the kernel rows and columns in it: README "Taps in the padding"); and layer4's
+    # 3x3 of dilation 4.
+    ConvLayer("aspp_d12", 2048, 256, 3, 32, 1, 12, 1, extra=True, cpu_only=True, dilation=12),
+    ConvLayer("aspp_d24", 2048, 256, 3, 32, 1, 24, 1, extra=True, cpu_only=True, dilation=24),
+    ConvLayer("aspp_d36", 2048, 256, 3, 32, 1, 36, 1, extra=True, cpu_only=True, dilation=36),
+    ConvLayer("dl_l4_d4", 512, 512, 3, 32, 1, 4, 1, extra=True, cpu_only=True, dilation=4),
 ]
 
 SQNR_MIN_DB = 25.0
@@ -95,7 +104,7 @@ def is_depthwise(layer: ConvLayer) -> bool:
 
 
 def out_size(layer: ConvLayer) -> int:
-    return ops.conv_output_size(layer.H, layer.k, layer.stride, layer.padding, 1)
+    return ops.conv_output_size(layer.H, layer.k, layer.stride, layer.padding, layer.dilation)
 
 
 def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
@@ -115,7 +124,7 @@ def torch_ao_conv(conv: nn.Conv2d, out_scale: float):
         warnings.simplefilter("ignore")  # torch 2.13 deprecates quantize_per_channel & co. (pytorch#184982)
         qw = torch.quantize_per_channel(w, w_scale, torch.zeros(conv.out_channels, dtype=torch.long), 0, torch.qint8)
     q = torch.ao.nn.quantized.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                                     conv.padding, groups=conv.groups, bias=conv.bias is not None)
+                                     conv.padding, conv.dilation, groups=conv.groups, bias=conv.bias is not None)
     q.set_weight_bias(qw, None if conv.bias is None else conv.bias.detach())
     q.scale, q.zero_point = out_scale, 128
     return q
@@ -125,12 +134,12 @@ def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float, rou
     """Times every row for one layer and batch; returns (rows, checks) with checks = {impl key: SQNR dB}."""
     torch.manual_seed(0)
     L = layer
-    conv = nn.Conv2d(L.C, L.Cout, L.k, L.stride, L.padding, groups=L.groups).eval().requires_grad_(False)
+    conv = nn.Conv2d(L.C, L.Cout, L.k, L.stride, L.padding, L.dilation, groups=L.groups).eval().requires_grad_(False)
     x = torch.randn(batch, L.C, L.H, L.H)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     w, b = conv.weight, conv.bias
     w_cl = w.contiguous(memory_format=torch.channels_last)
-    conv_args = (L.stride, L.padding, 1, L.groups)
+    conv_args = (L.stride, L.padding, L.dilation, L.groups)
     with torch.inference_mode():
         y = F.conv2d(x, w, b, *conv_args)  # the fp32 reference for the checks
     y_amax = y.abs().max().item()
@@ -166,7 +175,8 @@ def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float, rou
 
     def fi_int8():
         return ops.int8_conv2d(xq, static.packed_weight, static.weight_scale, static.bias, (L.k, L.k),
-                               (L.stride, L.stride), (L.padding, L.padding), (1, 1), L.groups, x_scale, out_scale)
+                               (L.stride, L.stride), (L.padding, L.padding), (L.dilation, L.dilation), L.groups,
+                               x_scale, out_scale)
 
     cases = [
         ("torch", "fp32", lambda: F.conv2d(x, w, b, *conv_args)),
@@ -200,7 +210,8 @@ def bench_layer(layer: ConvLayer, batch: int, threads: int, min_time: float, rou
         for lib, key, fn in cases:
             t = timed[key]
             row = {"op": "conv2d", "lib": lib, "impl": IMPL[key], "layer": L.name, "N": batch, "C": L.C, "H": L.H,
-                   "W": L.H, "Cout": L.Cout, "k": L.k, "stride": L.stride, "padding": L.padding, "groups": L.groups,
+                   "W": L.H, "Cout": L.Cout, "k": L.k, "stride": L.stride, "padding": L.padding,
+                   "dilation": L.dilation, "groups": L.groups,
                    "threads": threads, **t, "tops": 2 * macs / (t["median_ms"] * 1e-3) / 1e12,
                    "gemm_M": gemm_M, "gemm_K": gemm_K, "gemm_N": L.Cout}
             if key in checks:
@@ -288,7 +299,7 @@ def main(argv=None) -> int:
     for L in layers:
         for n in batches:
             oh = out_size(L)
-            print(f"\n{L.name}: {L.C}->{L.Cout} {L.k}x{L.k} s{L.stride} p{L.padding} groups {L.groups}, "
+            print(f"\n{L.name}: {L.C}->{L.Cout} {L.k}x{L.k} s{L.stride} p{L.padding} d{L.dilation} groups {L.groups}, "
                   f"{L.H}x{L.H} -> {oh}x{oh}, N={n}")
             print(hdr)
             layer_rows, checks = bench_layer(L, n, args.threads, args.min_time, args.rounds)

@@ -42,9 +42,10 @@ def layer_cases(L: ConvLayer, batch: int) -> Tuple[torch.Tensor, List[Tuple]]:
     to_float maps a fastinfer output to fp32 for the SQNR check (None for the baselines)."""
     torch.manual_seed(0)
     dev = "cuda"
-    conv = nn.Conv2d(L.C, L.Cout, L.k, L.stride, L.padding, groups=L.groups).eval().requires_grad_(False).to(dev)
+    conv = nn.Conv2d(L.C, L.Cout, L.k, L.stride, L.padding, L.dilation, groups=L.groups).eval().requires_grad_(False)
+    conv = conv.to(dev)
     x = torch.randn(batch, L.C, L.H, L.H, device=dev).contiguous(memory_format=torch.channels_last)
-    args = (L.stride, L.padding, 1, L.groups)
+    args = (L.stride, L.padding, L.dilation, L.groups)
     with torch.inference_mode():
         y = F.conv2d(x, conv.weight, conv.bias, *args)
     x_scale, out_scale = x.abs().max().item() / 127, y.abs().max().item() / 127
@@ -57,7 +58,8 @@ def layer_cases(L: ConvLayer, batch: int) -> Tuple[torch.Tensor, List[Tuple]]:
 
     def int8_io():
         return ops.int8_conv2d(xq, static.packed_weight, static.weight_scale, static.bias, (L.k, L.k),
-                               (L.stride, L.stride), (L.padding, L.padding), (1, 1), L.groups, x_scale, out_scale)
+                               (L.stride, L.stride), (L.padding, L.padding), (L.dilation, L.dilation), L.groups,
+                               x_scale, out_scale)
 
     cases = [("torch", "cuDNN fp16 channels_last", lambda: F.conv2d(x16, w16, b16, *args), None),
              ("torch", "cuDNN fp32 channels_last", lambda: F.conv2d(x, w32, conv.bias, *args), None),

@@ -510,8 +510,8 @@ def padded_taps(g, tier):
 def test_vnni_direct_conv_skips_padded_taps(vnni, g):
     # Output pixels whose first or last kernel rows or columns read the zero padding run the other taps only,
     # against their own column sums (conv_ops.cpp, PaddedTaps): the reference's bits, fp32 and int8 inputs, 1 and
-    # 2 threads, and the same bits as computing every tap. An int8 input whose taps then all lie in the image is
-    # read in place ("rows_in_place"), and no other.
+    # 2 threads, and the same bits as computing every tap. An input whose taps then all lie in the image is read
+    # in place ("rows_in_place": an fp32 one quantized once, unpadded), and no other.
     packed, w, ws, b, geo = direct_case(g)
     x = torch.randn(*g[:4]) * 2
     xq = torch.randint(-128, 128, g[:4], dtype=torch.int8).contiguous(memory_format=torch.channels_last)
@@ -522,6 +522,7 @@ def test_vnni_direct_conv_skips_padded_taps(vnni, g):
         for threads in (1, 2):
             torch.set_num_threads(threads)
             for inp, x_scale, out_scale, act in ((x, 0.03, 0.05, "relu6"), (x, None, None, "none"),
+                                                 (x.contiguous(memory_format=torch.channels_last), 0.03, None, "relu"),
                                                  (xq, 0.05, 0.1, "relu"), (xq, 0.05, None, "none")):
                 ops.set_conv_padded_rows("always")
                 y = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
@@ -530,9 +531,8 @@ def test_vnni_direct_conv_skips_padded_taps(vnni, g):
                 if direct:
                     assert ops.last_kernel("conv_direct") == vnni
                     assert ops.last_kernel("conv_padded_rows") == how
-                    # (an fp32 NCHW input is quantized to NHWC int8 first, which may then be read in place)
-                    in_place = ops.last_kernel("conv_direct_mode") == "rows_in_place"
-                    assert in_place == exact if inp.dtype == torch.int8 else in_place <= exact
+                    # (an fp32 input is quantized to NHWC int8 once first where it is then read in place)
+                    assert (ops.last_kernel("conv_direct_mode") == "rows_in_place") == exact
                 ops.set_conv_padded_rows("never")
                 y_all = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
                 assert ops.last_kernel("conv_padded_rows") == "computed"
