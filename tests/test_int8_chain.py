@@ -1117,6 +1117,15 @@ def test_global_average_pooling_beside_convs_reads_int8(tmp_path):
     assert type(loaded.pool) is fastinfer.nn.Int8AdaptiveAvgPool2d and loaded.pool.x_scale == q.pool.x_scale
     with torch.inference_mode():
         assert torch.equal(loaded(x), y)
+    # A file from before this swap: the float pooling, and a stem that writes float. It loads as it was written.
+    old = dict(q.state_dict())
+    del old["pool._extra_state"]
+    old["stem.0._extra_state"] = {**old["stem.0._extra_state"], "out_scale": None}
+    again = fastinfer.load_quantized(old, fastinfer.fuse(copy.deepcopy(model)))
+    assert type(again.pool) is nn.AdaptiveAvgPool2d and again.stem[0].out_scale is None
+    with torch.inference_mode():
+        assert again.stem(x).dtype == torch.float32
+        assert F.cosine_similarity(again(x).flatten(), want.flatten(), dim=0) > 0.99
 
 
 def test_global_average_pooling_called_twice_stays_float():

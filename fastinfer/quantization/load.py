@@ -21,7 +21,7 @@ from ..nn._common import half_dtype_of
 from ..nn.add import Int8Add
 from ..nn.attention import SplitMultiheadAttention
 from ..nn.conv import Int8Conv1d, Int8Conv2d, conv_padding
-from ..nn.gate import Int8ChannelScale, Int8GlobalAvgPool
+from ..nn.gate import Int8AdaptiveAvgPool2d, Int8ChannelScale, Int8GlobalAvgPool
 from ..nn.linear import Int8Linear
 from ..nn.sparse import FORMATS, INT8_FORMATS, SparseLinear
 from .api import layer_kind
@@ -156,6 +156,11 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
         saved = {name: sd[name + "._extra_state"].get("out_scale") for name, m in swaps.items()
                  if isinstance(m, Int8Conv2d)}
         chain_int8_convs(model, {name: v for name, v in saved.items() if v is not None})
+        # A file written before global poolings beside convs read int8 holds the float pooling (and its producer
+        # writes float): keep that pooling float.
+        for name, m in list(model.named_modules()):
+            if isinstance(m, Int8AdaptiveAvgPool2d) and f"{name}._extra_state" not in sd:
+                replace_module(model, name, nn.AdaptiveAvgPool2d(1))
     adopt_half_dtype(model, half_dtype)
     model.load_state_dict(sd, strict=strict)
     return model
