@@ -1172,3 +1172,34 @@ def test_gemm_step_cleared_by_an_empty_depthwise_conv():
         lin(torch.randn(2, 16))
         dw(torch.randn(0, 16, 8, 8))
     assert ops.last_kernel("int8_gemm_step") == ""
+
+
+ASYMMETRIC_TAPS = [  # (N, C, H, W, Cout, kernel, padding, dilation, stride, what the direct kernel skips)
+    (2, 16, 17, 17, 24, (1, 7), (0, 3), (1, 1), (1, 1), "computed"),  # Inception's 1x7: edges join the middle
+    (1, 8, 10, 12, 16, (3, 3), (0, 8), (1, 8), (1, 1), "skipped_taps"),  # side padding only: columns alone
+    (1, 12, 14, 11, 20, (3, 3), (6, 0), (6, 1), (1, 1), None),  # top and bottom only (OW 9: gathered rows)
+    (2, 20, 16, 24, 12, (3, 5), (4, 10), (4, 5), (1, 2), "skipped_taps"),  # 3x5, stride 2 across: segments join
+]
+
+
+@pytest.mark.parametrize("g", ASYMMETRIC_TAPS, ids=[str(g) for g in ASYMMETRIC_TAPS])
+def test_direct_conv_padded_taps_asymmetric_geometry(vnni, g):
+    # Kernel, padding, dilation and stride that differ by axis: the boxes' rows and columns are found per axis.
+    N, C, H, W, Co, k, p, d, s, how = g
+    w = torch.randint(-127, 128, (Co, C, *k), dtype=torch.int8)
+    packed, ws, b = ops.pack_conv_weight(w, 1), torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co)
+    x = torch.randn(N, C, H, W) * 2
+    xq = torch.randint(-128, 128, (N, C, H, W), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    previous = ops.set_conv_padded_rows("always")
+    try:
+        for inp, x_scale, out_scale in ((x, 0.03, 0.05), (xq, 0.05, None)):
+            ops.set_conv_padded_rows("always")
+            y = ops.int8_conv2d(inp, packed, ws, b, k, s, p, d, 1, x_scale, out_scale, "relu")
+            torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, s, p, d, 1, x_scale, out_scale, "relu"),
+                                       rtol=0, atol=0)
+            if how is not None:
+                assert ops.last_kernel("conv_direct") == vnni and ops.last_kernel("conv_padded_rows") == how
+            ops.set_conv_padded_rows("never")
+            assert torch.equal(y, ops.int8_conv2d(inp, packed, ws, b, k, s, p, d, 1, x_scale, out_scale, "relu"))
+    finally:
+        ops.set_conv_padded_rows(previous)
