@@ -445,7 +445,6 @@ class PaddedTaps {
         while (c < boxes_.size() && !(boxes_[c] == box)) ++c;
         if (c == boxes_.size()) boxes_.push_back(box);
         cls_[static_cast<size_t>(oh * nseg + s)] = static_cast<int>(c);
-        columns_ = columns_ || box.kw0 > 0 || box.kw1 < a.KW;
       }
     const int64_t classes = static_cast<int64_t>(boxes_.size());
     // "auto": the products saved against the sums' GEMM (classes operand rows over the whole packed weight,
@@ -460,7 +459,6 @@ class PaddedTaps {
     if (classes == 0 || (mode == 0 && saved < cost)) {
       cls_.clear();
       boxes_.clear();
-      columns_ = false;
       return;
     }
     exact_ = exact;
@@ -499,7 +497,12 @@ class PaddedTaps {
   // Every pixel computes exactly its valid taps: no tap reads padding.
   bool exact() const { return active() && exact_; }
   // For last_kernel("conv_padded_rows").
-  const char* how() const { return !active() ? "computed" : columns_ ? "skipped_taps" : "skipped"; }
+  const char* how() const {
+    if (!active()) return "computed";
+    const bool columns =
+        std::any_of(boxes_.begin(), boxes_.end(), [&](const Box& b) { return b.kw0 > 0 || b.kw1 < KW_; });
+    return columns ? "skipped_taps" : "skipped";
+  }
 
   // The direct convolution's output rows [r0, r1) of item ci (its input at output row r0, its out at row r0),
   // in runs of rows with the same boxes, each run once per column segment.
@@ -613,7 +616,6 @@ class PaddedTaps {
   std::vector<int> cls_;    // per output row and column segment: its box in boxes_, or -1 (the full kernel)
   std::vector<Box> boxes_;  // the boxes other than the full kernel
   std::vector<int32_t> sums_;  // per box, N_pad column sums of its taps' weight rows
-  bool columns_ = false;    // some box leaves out kernel columns
   bool exact_ = false;
 };
 
@@ -726,7 +728,8 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
         ci.x = x_in.data_ptr<int8_t>() + n * a.H * a.W * a.C;
         ci.x_origin = ((hp0 - a.PH) * a.W - a.PW) * a.C;
       } else {
-        ci.x = in_place ? x_in.data_ptr<int8_t>() + (n * cp.Hp + hp0) * slab_row : reinterpret_cast<const int8_t*>(slab);
+        ci.x = in_place ? x_in.data_ptr<int8_t>() + (n * cp.Hp + hp0) * slab_row
+                        : reinterpret_cast<const int8_t*>(slab);
         ci.Hp = hp_rows;
       }
       ci.OH = r1 - r0;

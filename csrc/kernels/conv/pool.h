@@ -3,8 +3,9 @@
 // vectorizes with the baseline flags). Max pooling commutes with the monotonic requantization, so the
 // result is exactly the int8 image of the fp32 pooling.
 #pragma once
-#include <algorithm>
 #include <cstdint>
+
+#include "float_bits.h"
 
 namespace fastinfer {
 namespace kernels {
@@ -52,15 +53,16 @@ inline int64_t avg_divisor(const AvgPoolParams& p, const AvgSpan& h, const AvgSp
   return p.count_include_pad ? h.padded * w.padded : (h.i1 - h.i0) * (w.i1 - w.i0);
 }
 
-// clamp(round_half_even(sum / d), -127, 127), the portable way: the quotient clamped to +-128 (past which every
-// value ends at +-127), then rounded by adding and subtracting 1.5 * 2^23 (exact for |v| < 2^22), which vectorizes
-// where std::nearbyint is a libm call at the baseline flags (2x faster on Inception v3's 3x3 poolings).
+// clamp(round_half_even(sum / d), -127, 127): float_bits.h's requantization rule on the quotient (d > 0, so never
+// NaN), integer compares and an add of 1.5 * 2^23, which vectorizes where std::nearbyint is a libm call at the
+// baseline flags (2x faster on Inception v3's 3x3 poolings).
 inline int8_t avg_round(int32_t sum, float d) {
-  constexpr float kRound = 12582912.0f;
-  float v = std::min(128.0f, std::max(-128.0f, static_cast<float>(sum) / d));
-  v = (v + kRound) - kRound;
-  return static_cast<int8_t>(static_cast<int32_t>(std::min(127.0f, std::max(-127.0f, v))));
+  return static_cast<int8_t>(requant_bits<float, int32_t>(static_cast<float>(sum) / d));
 }
+
+// The most taps a window of the vector kernels may hold: they sum as int16 lanes (258 * 127 < 2^15); larger
+// windows take the portable kernel.
+constexpr int64_t kAvgInt16Taps = 258;
 
 // Calls pixel(img, h, w, divisor, out) for each output pixel of output rows [r0, r1): its image's input [H, W, C],
 // its window, torch's divisor and its C outputs. The kernels' common walk.

@@ -28,7 +28,7 @@ inline __m256i average8(__m256i sums, __m256 d) {
 }  // namespace
 
 void avg_pool_avx2(const AvgPoolParams& p, int64_t r0, int64_t r1) {
-  if (p.KH * p.KW > 258) return avg_pool_nhwc_s8(p, r0, r1);
+  if (p.KH * p.KW > kAvgInt16Taps) return avg_pool_nhwc_s8(p, r0, r1);
   const int64_t C = p.C, C16 = C / 16 * 16;
   avg_pool_pixels(p, r0, r1, [&](const int8_t* img, const AvgSpan& h, const AvgSpan& w, int64_t divisor, int8_t* o) {
     const float df = static_cast<float>(divisor);

@@ -29,7 +29,7 @@ inline __m512i average16(__m512i sums, __m512 d) {
 }  // namespace
 
 void avg_pool_avx512(const AvgPoolParams& p, int64_t r0, int64_t r1) {
-  if (p.KH * p.KW > 258) return avg_pool_nhwc_s8(p, r0, r1);
+  if (p.KH * p.KW > kAvgInt16Taps) return avg_pool_nhwc_s8(p, r0, r1);
   const int64_t C = p.C;
   avg_pool_pixels(p, r0, r1, [&](const int8_t* img, const AvgSpan& h, const AvgSpan& w, int64_t divisor, int8_t* o) {
     const __m512 d = _mm512_set1_ps(static_cast<float>(divisor));
