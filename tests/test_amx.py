@@ -249,8 +249,10 @@ def test_direct_conv_matches_reference(amx_every_shape, g, mode):
 
 
 @needs_amx
-@pytest.mark.parametrize("g,mode", [(DIRECT[0], "padded_width"), (DIRECT[6], "rows"), (DIRECT[11], "row_segments"),
-                                    (PLANES[0], "stride_planes"), ((8, 256, 7, 7, 64, 3, 1, 1, 1), "")])
+@pytest.mark.parametrize("g,mode", [(DIRECT[1], "padded_width"), (DIRECT[6], "rows"), (DIRECT[11], "row_segments"),
+                                    (PLANES[0], "stride_planes"), ((8, 256, 7, 7, 64, 3, 1, 1, 1), ""),
+                                    ((1, 64, 32, 32, 64, 3, 1, 12, 12), "rows"),
+                                    ((1, 64, 32, 32, 64, 3, 1, 36, 36), "rows_in_place")])
 def test_direct_conv_mode_is_reported(amx_every_shape, g, mode):
     N, C, H, W, Co, k, s, p, d = g
     w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
@@ -277,6 +279,145 @@ def test_direct_conv_int8_input(amx_every_shape, g):
     assert ops.last_kernel("conv_direct") == "amx"
     torch.testing.assert_close(y, ref.int8_conv2d(xq, w, ws, None, (s, s), (p, p), (d, d), 1, 0.05, 0.1),
                                rtol=0, atol=0)
+
+
+# ---- taps in the zero padding on AMX's tiles within output rows (conv_ops.cpp: tile_segments,
+# row_boxes_beat_padded_width, PaddedTaps): each output row runs only the kernel rows that read the image, in
+# column segments that run only their kernel columns; at stride 1 they replace the padded-width tiles where they
+# make fewer tile products. (N, C, H, W, Cout, k, stride, pad, dilation)
+AMX_TAPS = [
+    (1, 64, 32, 32, 64, 3, 1, 12, 12),   # DeepLabV3's ASPP, dilation 12: whole rows of columns, kernel rows skipped
+    (1, 64, 32, 32, 64, 3, 1, 24, 24),   # dilation 24: segments [0, 8) [8, 24) [24, 32), tiles reading beside them
+    (2, 64, 32, 32, 40, 3, 1, 36, 36),   # dilation 36: the centre tap alone, read in place; Cout off the pairs
+    (1, 128, 32, 32, 64, 3, 1, 4, 4),    # dilation 4: the border rows skip a kernel row
+    (2, 64, 32, 32, 80, 3, 1, 2, 2),
+    (1, 64, 16, 16, 64, 3, 1, 1, 1),     # OW 16, padding 1: one tile a row beats 18 padded pixels
+    (1, 64, 20, 40, 33, 5, 1, 6, 3),     # 5x5 dilation 3
+    (1, 64, 19, 17, 16, 3, 1, 8, 8),     # OW 17: a tile shifted back
+    (2, 64, 20, 20, 48, 3, 1, 10, 10),   # edge segments of 10 pixels, batch 2
+    (1, 64, 21, 18, 16, 3, 1, 9, 9),
+    (1, 64, 9, 40, 16, 3, 1, 20, 10),    # padding 20: output rows and columns of padding alone
+    (1, 64, 10, 37, 64, 3, 2, 1, 1),     # stride 2 (tiles within rows at any cost): the top row skips one
+    (1, 64, 20, 60, 32, 3, 2, 8, 8),     # stride 2, dilation 8
+    (3, 64, 8, 32, 24, 3, 1, 24, 24),    # batch 3, the middle kernel row alone: guards around the images
+]
+
+
+def amx_tap_plan(g):
+    """What the direct convolution of g does on AMX under "auto" (conv_ops.cpp, written again from its
+    comments): the mode ("rows" or "padded_width" at stride 1), what it reports for the padding ("computed",
+    "skipped": kernel rows only, "skipped_taps"), and whether every tap it runs lies in the image (an input then
+    read in place)."""
+    N, C, H, W, Co, k, s, p, d = g
+    T = 16
+    oh_n, ow_n = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
+    rows = [_valid_taps(r * s - p, d, k, H) for r in range(oh_n)]
+    cols = [_valid_taps(c * s - p, d, k, W) for c in range(ow_n)]
+    exact = None not in rows and None not in cols
+    rows = [r or (0, k) for r in rows]
+    segs = [(0, ow_n, 0, k)]
+    if None not in cols:
+        runs = []  # columns of equal valid kernel columns
+        for c, v in enumerate(cols):
+            if runs and runs[-1][2:] == list(v):
+                runs[-1][1] = c + 1
+            else:
+                runs.append([c, c + 1, *v])
+        best = {0: (0, [])}  # the fewest tile products over runs [0, j), and their segments
+        for j in range(1, len(runs) + 1):
+            options = []
+            for i in range(j):
+                k0, k1 = min(r[2] for r in runs[i:j]), max(r[3] for r in runs[i:j])
+                cost = best[i][0] + -(-(runs[j - 1][1] - runs[i][0]) // T) * (k1 - k0)
+                options.append((cost, i, (runs[i][0], runs[j - 1][1], k0, k1)))
+            cost, i, seg = min(options)  # ties: the widest last segment
+            best[j] = (cost, best[i][1] + [seg])
+        segs = best[len(runs)][1]
+        exact = exact and all(any(sg[0] <= r[0] and r[1] <= sg[1] and list(sg[2:]) == r[2:] for sg in segs)
+                              for r in runs)
+    products = sum(-(-(sg[1] - sg[0]) // T) * (sg[3] - sg[2]) * (r[1] - r[0]) for r in rows for sg in segs)
+    if s == 1:
+        padded = -(-oh_n * (W + 2 * p) // T) * k * k
+        mode = "rows" if p > 0 and ow_n >= T and products < padded else "padded_width"
+    else:
+        mode = "rows"
+    boxes = {(*r, *sg[2:]) for r in rows for sg in segs} - {(0, k, 0, k)}
+    if mode != "rows" or p == 0 or not boxes or products >= -(-ow_n // T) * k * k * oh_n:
+        return mode, "computed", False
+    return mode, ("skipped_taps" if any(b[2] > 0 or b[3] < k for b in boxes) else "skipped"), exact
+
+
+def _valid_taps(i0, d, k, size):
+    taps = [t for t in range(k) if 0 <= i0 + t * d < size]
+    return (taps[0], taps[-1] + 1) if taps else None
+
+
+@needs_amx
+@pytest.mark.parametrize("g", AMX_TAPS, ids=[str(g) for g in AMX_TAPS])
+def test_direct_conv_skips_padded_taps(amx_every_shape, g):
+    # The reference's bits, fp32 (NCHW and channels_last) and int8 inputs, 1 and 2 threads, and the same bits as
+    # computing every tap ("never": the tiles over the padded width, or within rows with every tap). An input
+    # whose taps then all lie in the image is read in place ("rows_in_place": an fp32 one quantized once), and
+    # no other.
+    N, C, H, W, Co, k, s, p, d = g
+    w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
+    packed, ws, b = ops.pack_conv_weight(w, 1), torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co)
+    geo = ((k, k), (s, s), (p, p), (d, d))
+    x = torch.randn(N, C, H, W) * 2
+    xq = rand_i8(N, C, H, W).contiguous(memory_format=torch.channels_last)
+    mode, how, exact = amx_tap_plan(g)
+    previous, before = ops.set_conv_padded_rows("auto"), torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for inp, x_scale, out_scale, act in ((x, 0.03, 0.05, "relu6"), (x, None, None, "none"),
+                                                 (x.contiguous(memory_format=torch.channels_last), 0.03, None, "relu"),
+                                                 (xq, 0.05, 0.1, "relu"), (xq, 0.05, None, "none")):
+                ops.set_conv_padded_rows("auto")
+                y = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
+                torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, *geo[1:], 1, x_scale, out_scale, act),
+                                           rtol=0, atol=0)
+                assert ops.last_kernel("conv_direct") == "amx"
+                assert ops.last_kernel("conv_padded_rows") == how
+                assert ops.last_kernel("conv_direct_mode") == ("rows_in_place" if exact else mode)
+                ops.set_conv_padded_rows("never")
+                y_all = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
+                assert ops.last_kernel("conv_padded_rows") == "computed"
+                assert ops.last_kernel("conv_direct_mode") == ("padded_width" if s == 1 else "rows")
+                assert torch.equal(y, y_all)
+    finally:
+        ops.set_conv_padded_rows(previous)
+        torch.set_num_threads(before)
+
+
+def test_amx_tap_plan_oracle_sees_every_case():
+    # The test's model must itself find each outcome, or the test above would pass on a kernel that never
+    # skipped a column or never read in place.
+    seen = {amx_tap_plan(g) for g in AMX_TAPS}
+    assert {("rows", "skipped_taps", True), ("rows", "skipped", False), ("rows", "skipped_taps", False)} <= seen
+    assert amx_tap_plan(AMX_TAPS[1]) == ("rows", "skipped_taps", True)
+    assert amx_tap_plan((1, 64, 56, 56, 64, 3, 1, 1, 1)) == ("padded_width", "computed", False)  # ResNet's l1
+    assert amx_tap_plan((1, 64, 28, 28, 64, 3, 1, 1, 1))[0] == "padded_width"
+
+
+@needs_amx
+@pytest.mark.parametrize("after", [True, False], ids=["page-after", "page-before"])
+@pytest.mark.parametrize("g", [AMX_TAPS[1], AMX_TAPS[2], AMX_TAPS[13]], ids=["d24-guarded", "d36", "batch3"])
+def test_padded_taps_in_place_reads_inside_the_input(amx_every_shape, g, after):
+    # An int8 input read in place ends at (starts after) a PROT_NONE page. Tiles of a segment narrower than 16
+    # pixels read pixels beside it, off the row: before the first image's first row or past the last image's
+    # last, the input is read from a copy with guard bytes, so nothing outside it is read.
+    N, C, H, W, Co, k, s, p, d = g
+    assert amx_tap_plan(g)[2]  # read in place
+    rows, region = _int8_rows_before_a_guard_page(N * H * W, C, after)
+    xq = rows.view(N, H, W, C).permute(0, 3, 1, 2)  # channels_last over the same bytes
+    w = torch.randint(-127, 128, (Co, C, k, k), dtype=torch.int8)
+    ws = torch.rand(Co) * 0.01 + 1e-3
+    geo = ((k, k), (s, s), (p, p), (d, d))
+    y = ops.int8_conv2d(xq, ops.pack_conv_weight(w, 1), ws, None, *geo, 1, 0.05, 0.1)
+    assert ops.last_kernel("conv_direct_mode") == "rows_in_place"
+    torch.testing.assert_close(y, ref.int8_conv2d(xq, w, ws, None, *geo[1:], 1, 0.05, 0.1), rtol=0, atol=0)
+    del region
 
 
 @needs_amx
@@ -343,9 +484,10 @@ def test_direct_conv_not_taken_where_it_cannot_run(amx_every_shape, g, stride):
     torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, None, stride, (p, p), (d, d), 1, 0.03), rtol=0, atol=0)
 
 
-def _int8_rows_before_a_guard_page(M: int, K: int):
-    """An (M, K) int8 tensor whose last byte is the last one before a PROT_NONE page: a kernel that reads
-    past the operand's end faults instead of passing silently."""
+def _int8_rows_before_a_guard_page(M: int, K: int, after: bool = True):
+    """An (M, K) int8 tensor whose last byte is the last one before a PROT_NONE page (after=False: whose first
+    byte is the first one after such a page): a kernel that reads past the operand's end (before its start)
+    faults instead of passing silently."""
     import ctypes
     import mmap
     page = mmap.PAGESIZE
@@ -353,8 +495,10 @@ def _int8_rows_before_a_guard_page(M: int, K: int):
     region = mmap.mmap(-1, size, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     address = ctypes.addressof(ctypes.c_char.from_buffer(region))
     libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.mprotect(ctypes.c_void_p(address + size - page), ctypes.c_size_t(page), 0) == 0  # PROT_NONE
-    t = torch.frombuffer(region, dtype=torch.int8, count=M * K, offset=size - page - M * K).view(M, K)
+    guard = size - page if after else 0
+    assert libc.mprotect(ctypes.c_void_p(address + guard), ctypes.c_size_t(page), 0) == 0  # PROT_NONE
+    t = torch.frombuffer(region, dtype=torch.int8, count=M * K, offset=size - page - M * K if after else page)
+    t = t.view(M, K)
     t.copy_(rand_i8(M, K))
     return t, region
 

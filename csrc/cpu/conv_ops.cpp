@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -161,13 +162,21 @@ class PaddedRows {
 };
 
 // The quantized NHWC input of the gathered-rows paths and the depthwise kernel, [N * H * W, C] bytes
-// (PaddedRows without a border). An int8 input that needs no +128 shift is used as it is.
-at::Tensor quantized_input(const at::Tensor& x_rows, const ConvArgs& a, float a_scale, bool shift) {
-  if (x_rows.scalar_type() == at::kChar && !shift) return x_rows.view(at::kByte);
+// (PaddedRows without a border). An int8 input that needs no +128 shift is used as it is. With guard bytes
+// (an input read in place whose tiles read a little before the first image or past the last: PaddedTaps), a
+// flat [before + N * H * W * C + after] copy, the guards zero, the images from byte `before`.
+at::Tensor quantized_input(const at::Tensor& x_rows, const ConvArgs& a, float a_scale, bool shift, int64_t before = 0,
+                           int64_t after = 0) {
+  const bool guarded = before > 0 || after > 0;
+  if (x_rows.scalar_type() == at::kChar && !shift && !guarded) return x_rows.view(at::kByte);
   const PaddedRows rows(x_rows, a, a_scale, 0, 0, shift);
-  at::Tensor xq = output_empty({a.N * a.H * a.W, a.C}, at::kByte);
-  uint8_t* dst = xq.data_ptr<uint8_t>();
-  const int64_t row = a.W * a.C;
+  const int64_t row = a.W * a.C, bytes = a.N * a.H * row;
+  at::Tensor xq = guarded ? at::empty({before + bytes + after}, at::dtype(at::kByte))
+                          : output_empty({a.N * a.H * a.W, a.C}, at::kByte);
+  uint8_t* const base = xq.data_ptr<uint8_t>();
+  uint8_t* const dst = base + before;
+  std::memset(base, 0, static_cast<size_t>(before));
+  std::memset(dst + bytes, 0, static_cast<size_t>(after));
   at::parallel_for(0, a.N * a.H, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, row)), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) rows.write(r / a.H, r % a.H, dst + r * row);
   });
@@ -265,6 +274,97 @@ ConvEpilogue fold_epilogue(float a_scale, const at::Tensor& ws, const at::Tensor
 // zero-padded to 4 bytes (AMX: 64, a tile step; a few KB either way).
 // ResNet's 3-channel 7x7 stride-2 stem at 224 x 224, batch 1, int8 in/out, AMD Zen 5, 2 threads: 0.21 ms
 // (oneDNN 0.27); the gathered rows took 0.56 ms (1.62 before the gather copied whole kernel rows).
+// Output columns [ow0, ow1) that run kernel columns [kw0, kw1) (PaddedTaps, below).
+struct TapSeg {
+  int64_t ow0, ow1, kw0, kw1;
+};
+
+// The output columns in runs of equal valid kernel columns into *runs; false where a column reads only padding.
+bool valid_column_runs(const ConvArgs& a, std::vector<TapSeg>* runs) {
+  runs->clear();
+  for (int64_t ow = 0; ow < a.OW; ++ow) {
+    int64_t k0, k1;
+    kernels::valid_taps(ow * a.SW - a.PW, a.DW, a.KW, a.W, &k0, &k1);
+    if (k0 == k1) return false;
+    if (!runs->empty() && runs->back().kw0 == k0 && runs->back().kw1 == k1)
+      runs->back().ow1 = ow + 1;
+    else
+      runs->push_back({ow, ow + 1, k0, k1});
+  }
+  return true;
+}
+
+// AMX's segments: the output columns split where the tile products are fewest. A segment is a union of
+// neighbouring runs (valid_column_runs) that computes the union of their kernel columns in ceil(width / T)
+// tiles of T pixels (one whole tile where it is narrower), so a 3x3 of dilation 24 at 32 x 32 runs columns
+// [0, 8), [8, 24), [24, 32) with 2, 1 and 2 kernel columns (5 tile products a row, not 6), and a
+// padding-1 kernel keeps whole rows (its 1-pixel edges would each take a tile). Shortest path over the run
+// boundaries (ties: the fewest segments). Clears *exact where a pixel then computes a column in the padding.
+std::vector<TapSeg> tile_segments(const ConvArgs& a, int64_t T, bool* exact) {
+  std::vector<TapSeg> runs;
+  if (!valid_column_runs(a, &runs)) {
+    *exact = false;
+    return {TapSeg{0, a.OW, 0, a.KW}};
+  }
+  const size_t m = runs.size();
+  std::vector<int64_t> best(m + 1, std::numeric_limits<int64_t>::max());
+  std::vector<size_t> from(m + 1, 0);
+  best[0] = 0;
+  for (size_t j = 1; j <= m; ++j) {
+    int64_t k0 = a.KW, k1 = 0;
+    for (size_t i = j; i-- > 0;) {  // segment = runs [i, j)
+      k0 = std::min(k0, runs[i].kw0);
+      k1 = std::max(k1, runs[i].kw1);
+      const int64_t cost = best[i] + (runs[j - 1].ow1 - runs[i].ow0 + T - 1) / T * (k1 - k0);
+      if (cost <= best[j]) {
+        best[j] = cost;
+        from[j] = i;
+      }
+    }
+  }
+  std::vector<TapSeg> segs;
+  for (size_t j = m; j > 0; j = from[j]) {
+    TapSeg u{runs[from[j]].ow0, runs[j - 1].ow1, a.KW, 0};
+    for (size_t i = from[j]; i < j; ++i) {
+      u.kw0 = std::min(u.kw0, runs[i].kw0);
+      u.kw1 = std::max(u.kw1, runs[i].kw1);
+    }
+    for (size_t i = from[j]; i < j; ++i)
+      if (runs[i].kw0 != u.kw0 || runs[i].kw1 != u.kw1) *exact = false;
+    segs.insert(segs.begin(), u);
+  }
+  return segs;
+}
+
+// An output row's valid kernel rows [*k0, *k1); false where it reads only padding.
+bool valid_kernel_rows(const ConvArgs& a, int64_t oh, int64_t* k0, int64_t* k1) {
+  kernels::valid_taps(oh * a.SH - a.PH, a.DH, a.KH, a.H, k0, k1);
+  return *k0 < *k1;
+}
+
+// AMX at stride 1: whether tiles within output rows that run each row's tap boxes (tile_segments) make fewer
+// tile products than the tiles over the padded width, which compute every tap and Wp - OW padding columns a
+// row. They do for dilated kernels: DeepLabV3's 3x3 of dilation 2, 4, 12, 24 and 36 at 32 x 32 make 0.85,
+// 0.73, 0.52, 0.19 and 0.03 times as many. conv_padded_rows "never" keeps the padded width; "always" takes the
+// boxes wherever they are fewer or as many.
+bool row_boxes_beat_padded_width(const ConvArgs& a, int64_t T) {
+  const int mode = conv_padded_rows_mode();
+  if (mode == 2 || (a.PH == 0 && a.PW == 0) || a.OW < T) return false;
+  bool exact = true;
+  const std::vector<TapSeg> segs = tile_segments(a, T, &exact);
+  int64_t boxes = 0;
+  for (int64_t oh = 0; oh < a.OH; ++oh) {
+    int64_t k0, k1;
+    if (!valid_kernel_rows(a, oh, &k0, &k1)) {
+      k0 = 0;
+      k1 = a.KH;
+    }
+    for (const TapSeg& g : segs) boxes += (g.ow1 - g.ow0 + T - 1) / T * (g.kw1 - g.kw0) * (k1 - k0);
+  }
+  const int64_t padded_width = (a.OH * (a.W + 2 * a.PW) + T - 1) / T * a.KH * a.KW;
+  return mode == 1 ? boxes <= padded_width : boxes < padded_width;
+}
+
 enum class DirectMode { None, Rows, PaddedWidth, RowSegments, StridePlanes };
 constexpr int64_t kVnniDirectMinOW = 10;  // tiles of >= 5 pixels
 constexpr int64_t kRowSegmentMaxC = 16;
@@ -280,7 +380,8 @@ DirectMode direct_mode(const kernels::KernelSet* ks, const ConvArgs& a, bool pla
   if (plain_1x1) return DirectMode::None;
   if (a.C % ks->conv_c_step != 0)
     return a.C < kRowSegmentMaxC && a.DW == 1 && a.OW >= 16 ? DirectMode::RowSegments : DirectMode::None;
-  if (a.SH == 1 && a.SW == 1 && a.OW >= 12) return DirectMode::PaddedWidth;
+  if (a.SH == 1 && a.SW == 1 && a.OW >= 12)
+    return row_boxes_beat_padded_width(a, ks->conv_tile_rows) ? DirectMode::Rows : DirectMode::PaddedWidth;
   if (a.OW >= 16) return DirectMode::Rows;
   if (ks->conv_planes && a.SH == a.SW && a.DH == 1 && a.DW == 1 && a.KH >= a.SH && a.KW >= a.SW && a.OW >= 12)
     return DirectMode::StridePlanes;
@@ -402,50 +503,63 @@ int64_t even_row_groups(int64_t per_image, const ConvArgs& a, int64_t threads) {
 // and in place; a 1x1 of the same shape 1.19 ms; oneDNN in the same process 6.3 / 2.9 / 1.3 ms): dilation 12
 // 8.7 -> 6.2 ms, 24 6.5 -> 2.8 ms, 36 5.2 -> 1.24 ms; DeepLabV3-ResNet50's 512-channel dilation-4 layers
 // 5.0 -> 4.5 ms (oneDNN 4.7).
-// Who skips: the direct convolution of the VNNI and AVX2 tiers (rows and columns), and the gathered-rows GEMM
-// on AVX-512 VNNI (rows only: the rows of an output row are consecutive in M, and a box with holes in K is no
-// K range; Int8GemmParams::k_quads, which only that GEMM honours). AMX computes them (its padded-width and
-// stride-plane tiles cross output rows, and no AMX machine was at hand to measure).
+// Who skips: the direct convolution of the VNNI and AVX2 tiers (rows and columns), AMX's tiles within output
+// rows (rows and columns, segments by tile_segments, no column sums: its s8 operand has no shift to take
+// away), and the gathered-rows GEMM on AVX-512 VNNI (rows only: the rows of an output row are consecutive in
+// M, and a box with holes in K is no K range; Int8GemmParams::k_quads, which only that GEMM honours). AMX's
+// padded-width and stride-plane tiles cross output rows and compute every tap; at stride 1 AMX takes tiles
+// within rows where their boxes make fewer tile products (row_boxes_beat_padded_width).
 class PaddedTaps {
  public:
   // h, base: the packed weight (checked_header's); krow: K bytes a kernel row (a multiple of 4); tap: K bytes a
-  // tap (C) where the caller's kernels run tap boxes (the register-tile direct convolutions over output rows), 0
-  // where they run whole kernel rows only (row segments, the gathered-rows GEMM); allowed: the caller's kernels
-  // can skip; min_cols: the narrowest column segment run on its own.
+  // tap (C) where the caller's kernels run tap boxes (the direct convolutions over output rows), 0 where they
+  // run whole kernel rows only (row segments, the gathered-rows GEMM); allowed: the caller's kernels can skip;
+  // min_cols: the narrowest column segment run on its own by the register tiles (AMX: tile_segments).
   PaddedTaps(const kernels::KernelSet& ks, const ConvArgs& a, const PackedHeader& h, const uint8_t* base,
              int64_t krow, int64_t tap, bool allowed, int64_t min_cols)
       : krow_(krow), KH_(a.KH), KW_(a.KW), OW_(a.OW), OH_(a.OH), K_pad_(h.K_pad), N_pad_(h.N_pad) {
     const int mode = conv_padded_rows_mode();
     if (mode == 2 || !allowed || (a.PH == 0 && (a.PW == 0 || tap == 0)) || krow % kernels::kPackKB != 0) return;
+    const bool amx = ks.conv_tile_rows >= 16;  // AMX's tiles: T pixels, s8 (no column sums)
+    const int64_t T = ks.conv_tile_rows;
     bool exact = tap > 0 || a.PW == 0;  // whole kernel rows read the side padding
     std::vector<std::pair<int64_t, int64_t>> rows(static_cast<size_t>(a.OH));  // per output row its kernel rows
     for (int64_t oh = 0; oh < a.OH; ++oh) {
       int64_t k0, k1;
-      kernels::valid_taps(oh * a.SH - a.PH, a.DH, a.KH, a.H, &k0, &k1);
-      if (k0 == k1) {  // an output row of padding alone computes every kernel row (over zeros)
+      if (!valid_kernel_rows(a, oh, &k0, &k1)) {  // an output row of padding alone computes every kernel row
         k0 = 0;
         k1 = a.KH;
         exact = false;
       }
       rows[static_cast<size_t>(oh)] = {k0, k1};
     }
-    segs_ = column_segments(a, tap > 0 ? min_cols : 0, &exact);
+    segs_ = amx ? tile_segments(a, T, &exact) : column_segments(a, tap > 0 ? min_cols : 0, &exact);
     const int64_t nseg = static_cast<int64_t>(segs_.size());
     const int64_t full = tap > 0 ? a.KH * a.KW * tap : a.KH * krow;  // K bytes a pixel of the full box
-    double saved = 0;  // K bytes left out over one image's pixels
+    double saved = 0;  // K bytes left out over one image's pixels (AMX: tile products)
+    int64_t reach_lo = 0, reach_hi = a.H * a.W;  // AMX: the pixels its tiles read (window_reach)
     cls_.assign(static_cast<size_t>(a.OH * nseg), -1);
     for (int64_t oh = 0; oh < a.OH; ++oh)
       for (int64_t s = 0; s < nseg; ++s) {
-        const Seg& g = segs_[static_cast<size_t>(s)];
+        const TapSeg& g = segs_[static_cast<size_t>(s)];
         const Box box{rows[static_cast<size_t>(oh)].first, rows[static_cast<size_t>(oh)].second, g.kw0, g.kw1};
+        if (amx) window_reach(a, oh, box, g, T, &reach_lo, &reach_hi);
         if (box.kh0 == 0 && box.kh1 == a.KH && box.kw0 == 0 && box.kw1 == a.KW) continue;
         const int64_t bytes = (box.kh1 - box.kh0) * (tap > 0 ? (box.kw1 - box.kw0) * tap : krow);
-        saved += static_cast<double>(full - bytes) * (g.ow1 - g.ow0);
+        saved += amx ? 0 : static_cast<double>(full - bytes) * (g.ow1 - g.ow0);
         size_t c = 0;
         while (c < boxes_.size() && !(boxes_[c] == box)) ++c;
         if (c == boxes_.size()) boxes_.push_back(box);
         cls_[static_cast<size_t>(oh * nseg + s)] = static_cast<int>(c);
       }
+    if (amx) {  // tile products left out against whole rows of every tap
+      int64_t boxes = 0;
+      for (int64_t oh = 0; oh < a.OH; ++oh)
+        for (const TapSeg& g : segs_)
+          boxes += (g.ow1 - g.ow0 + T - 1) / T * (g.kw1 - g.kw0) *
+                   (rows[static_cast<size_t>(oh)].second - rows[static_cast<size_t>(oh)].first);
+      saved = static_cast<double>((a.OW + T - 1) / T * a.KH * a.KW * a.OH - boxes);
+    }
     const int64_t classes = static_cast<int64_t>(boxes_.size());
     // "auto": the products saved against the sums' GEMM (classes operand rows over the whole packed weight,
     // in tiles of a few rows) and its pass over the weight, counted as 4 products a byte. In-process A/B on
@@ -455,13 +569,16 @@ class PaddedTaps {
     // two runs of three, the stride-2 256 -> 256 at 28 x 28 (only the top row skips a kernel row; 0.9)
     // 0.97-0.99x, and the 512-channel layer at 7 x 7 (0.8; gathered rows) 1.01x over 25 rounds.
     saved *= static_cast<double>(a.N) * h.N;
-    const double cost = static_cast<double>(classes + 4) * h.K_pad * N_pad_;
-    if (classes == 0 || (mode == 0 && saved < cost)) {
+    const double cost = amx ? 0 : static_cast<double>(classes + 4) * h.K_pad * N_pad_;
+    if (classes == 0 || (mode == 0 && saved <= cost)) {
       cls_.clear();
       boxes_.clear();
       return;
     }
     exact_ = exact;
+    guard_before_ = (0 - reach_lo) * a.C;
+    guard_after_ = (reach_hi - a.H * a.W) * a.C;
+    if (amx) return;  // s8 x s8: a skipped tap adds nothing to take away
     // Operand rows: s8 1 over each box's K, 0 elsewhere (the GEMM's u8 shift, where the set has one, is
     // copy_operand_rows's).
     std::vector<int8_t> ones(static_cast<size_t>(classes * h.K), 0);
@@ -496,6 +613,9 @@ class PaddedTaps {
   bool active() const { return !cls_.empty(); }
   // Every pixel computes exactly its valid taps: no tap reads padding.
   bool exact() const { return active() && exact_; }
+  // Bytes an input read in place needs before its first image and after its last (window_reach).
+  int64_t guard_before() const { return guard_before_; }
+  int64_t guard_after() const { return guard_after_; }
   // For last_kernel("conv_padded_rows").
   const char* how() const {
     if (!active()) return "computed";
@@ -528,7 +648,7 @@ class PaddedTaps {
           cr.kh1 = box.kh1;
           cr.kw0 = box.kw0;
           cr.kw1 = box.kw1;
-          cr.gemm.b_colsum = sums_.data() + c * N_pad_;
+          if (!sums_.empty()) cr.gemm.b_colsum = sums_.data() + c * N_pad_;
         }
         ks.conv_direct(cr, 0, rb - ra, n0, n1);
       }
@@ -567,25 +687,13 @@ class PaddedTaps {
     int64_t kh0, kh1, kw0, kw1;
     bool operator==(const Box& o) const { return kh0 == o.kh0 && kh1 == o.kh1 && kw0 == o.kw0 && kw1 == o.kw1; }
   };
-  struct Seg {
-    int64_t ow0, ow1, kw0, kw1;  // output columns [ow0, ow1) run kernel columns [kw0, kw1)
-  };
-
   // The output columns in segments of the same valid kernel columns (min_cols 0: one segment of all
   // kernel columns), a segment narrower than min_cols joined to its wider neighbour; clears *exact where a
   // pixel then computes a kernel column in the padding.
-  static std::vector<Seg> column_segments(const ConvArgs& a, int64_t min_cols, bool* exact) {
-    if (min_cols == 0 || a.PW == 0) return {Seg{0, a.OW, 0, a.KW}};
-    std::vector<Seg> segs;
-    for (int64_t ow = 0; ow < a.OW; ++ow) {
-      int64_t k0, k1;
-      kernels::valid_taps(ow * a.SW - a.PW, a.DW, a.KW, a.W, &k0, &k1);
-      if (k0 == k1) return {Seg{0, a.OW, 0, a.KW}};  // a column of padding alone: whole kernel rows
-      if (!segs.empty() && segs.back().kw0 == k0 && segs.back().kw1 == k1)
-        segs.back().ow1 = ow + 1;
-      else
-        segs.push_back({ow, ow + 1, k0, k1});
-    }
+  static std::vector<TapSeg> column_segments(const ConvArgs& a, int64_t min_cols, bool* exact) {
+    if (min_cols == 0 || a.PW == 0) return {TapSeg{0, a.OW, 0, a.KW}};
+    std::vector<TapSeg> segs;
+    if (!valid_column_runs(a, &segs)) return {TapSeg{0, a.OW, 0, a.KW}};  // a column of padding alone
     while (segs.size() > 1) {
       size_t i = 0;  // the narrowest segment
       for (size_t j = 1; j < segs.size(); ++j)
@@ -595,7 +703,7 @@ class PaddedTaps {
                        : i + 1 == segs.size() || segs[i - 1].ow1 - segs[i - 1].ow0 >= segs[i + 1].ow1 - segs[i + 1].ow0
                            ? i - 1
                            : i + 1;
-      const Seg u{std::min(segs[i].ow0, segs[j].ow0), std::max(segs[i].ow1, segs[j].ow1),
+      const TapSeg u{std::min(segs[i].ow0, segs[j].ow0), std::max(segs[i].ow1, segs[j].ow1),
                   std::min(segs[i].kw0, segs[j].kw0), std::max(segs[i].kw1, segs[j].kw1)};
       if (u.kw0 != segs[i].kw0 || u.kw1 != segs[i].kw1 || u.kw0 != segs[j].kw0 || u.kw1 != segs[j].kw1) *exact = false;
       segs[std::min(i, j)] = u;
@@ -611,12 +719,32 @@ class PaddedTaps {
     return segs;
   }
 
+  // AMX, an input read in place: the tiles of segment g in output row oh (box's kernel rows) read pixels
+  // (ih, iw) with iw maybe off the row. A segment narrower than T pixels takes a tile from row_tile_window's
+  // column, whose pixels beside it read with the segment's taps: off the row they read the row before or after,
+  // harmless (nothing of theirs is stored) inside the input, but before the first image or past the last one
+  // the input needs guard pixels. Widens [*lo, *hi), the pixels read relative to the image's first (from 0,
+  // H * W).
+  static void window_reach(const ConvArgs& a, int64_t oh, const Box& box, const TapSeg& g, int64_t T, int64_t* lo,
+                           int64_t* hi) {
+    if (g.ow1 - g.ow0 >= T) return;  // its tiles lie within the segment, whose taps are valid (exact)
+    const int64_t w = kernels::row_tile_window(g.ow0, g.ow1, T);
+    for (int64_t kh = box.kh0; kh < box.kh1; ++kh)
+      for (int64_t kw = box.kw0; kw < box.kw1; ++kw) {
+        const int64_t ih = oh * a.SH - a.PH + kh * a.DH;
+        const int64_t first = ih * a.W + w * a.SW - a.PW + kw * a.DW, last = first + (T - 1) * a.SW;
+        *lo = std::min(*lo, first);
+        *hi = std::max(*hi, last + 1);
+      }
+  }
+
   int64_t krow_, KH_, KW_, OW_, OH_, K_pad_, N_pad_;
-  std::vector<Seg> segs_;
+  std::vector<TapSeg> segs_;
   std::vector<int> cls_;    // per output row and column segment: its box in boxes_, or -1 (the full kernel)
   std::vector<Box> boxes_;  // the boxes other than the full kernel
   std::vector<int32_t> sums_;  // per box, N_pad column sums of its taps' weight rows
   bool exact_ = false;
+  int64_t guard_before_ = 0, guard_after_ = 0;
 };
 
 // Items are (image, output row group, column panel). Each item first writes the padded input rows its
@@ -641,11 +769,50 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
   set_conv_epilogue(p, epi, 0, a.Cout, kind, act);
   p.ldo = a.Cout;
   const PaddedRows rows(x_rows, a, a_scale, a.PH, a.PW, /*shift=*/!ks.signed_a);
+  // An unpadded int8 input whose bytes the kernel can read as they are (VNNI flips s8 to u8 itself, AMX
+  // reads s8, and tiles within output rows read nothing past the rows they need): no slab, the input is
+  // read in place. (AMX, ResNet-50's 1x1 stride-2 downsample 256 -> 512 at 56 x 56, batch 8, int8 in/out:
+  // 1.40x; the slab copied every input row, half of them never read.)
+  // Tiles within output rows run tap boxes: the register tiles (row segments: whole kernel rows) and AMX's.
+  const bool tiles = ks.conv_tile_rows < 16 || (!cp.virtual_width && !cp.row_seg);
+  const PaddedTaps padded(ks, a, wh, w_base, cp.row_seg ? cp.row_seg : a.KW * a.C,
+                          cp.row_seg || cp.virtual_width ? 0 : a.C, tiles,
+                          std::max<int64_t>(3, ks.conv_tile_rows / 2));
+  record_conv_padded_rows(padded.how());
+  // An int8 input whose padding no tap reads (none, or every tap box exact) is read in place. With padding
+  // (the register tiles only), each item's input starts at the image and x_origin places its first output row.
+  // An fp32 input whose taps all lie in the image is quantized once, unpadded, and then read in place too: the
+  // slabs would quantize mostly padding (a dilation-36 layer's rows are 104 pixels wide for 32 of the image) and
+  // the halo rows of every group again. (DeepLabV3's 2048 -> 256 dilation 36 at 32 x 32, batch 1, fp32
+  // channels_last in: 3.25 -> 1.61 ms, AMD Zen 4; torch.ao with its quantize and dequantize 2.0 ms.)
+  // AMX's tiles of a segment narrower than 16 pixels may read a few pixels before the first image or past the
+  // last: such an input is copied once with guard bytes around it (DeepLabV3's dilation 24 at 32 x 32: 7 pixels
+  // past the last row).
+  const bool exact = tiles && !cp.virtual_width && !cp.row_seg && padded.exact();
+  const int64_t guard = exact ? padded.guard_before() : 0;
+  const at::Tensor x_in =
+      exact && (x_rows.scalar_type() != at::kChar || guard > 0 || padded.guard_after() > 0)
+          ? quantized_input(x_rows, a, a_scale, /*shift=*/false, guard, padded.guard_after()).view(at::kChar)
+          : x_rows;
+  const bool int8_rows = !cp.virtual_width && !cp.row_seg && x_in.scalar_type() == at::kChar;
+  const bool in_place = int8_rows && a.PH == 0 && a.PW == 0;
+  const bool in_place_padded = int8_rows && !in_place && exact;
+  const bool no_slab = in_place || in_place_padded;
   const int64_t threads = at::get_num_threads(), N_pad = kernels::round_up(h.N, kernels::kPackNB);
   const int64_t max_group = std::max<int64_t>(1, 8 * ks.m_chunk / a.OW);
   const int64_t full_panels = (N_pad + ks.n_panel - 1) / ks.n_panel;
+  const int64_t reach = a.DH * (a.KH - 1) + 1;
+  // Items a thread: 4, or on AMX 2 where each group's slab would hold more halo rows (the kernel's reach past
+  // its own stride rows, built again by the group below) than rows of its own: the tiles outrun the slab's
+  // copy. In-process A/B on AMX (2 threads, batch 1, int8 / fp32 in): DeepLabV3's 2048 -> 256 dilation 12 at
+  // 32 x 32 1.11-1.18x / 1.24-1.29x, 512 -> 512 dilation 4 1.05x / 1.04x, ResNet-50's 256 -> 256 3x3 at
+  // 14 x 14 1.09x / 1.17x (1 item a thread: 1.06x / 1.27x and 1.07x / 1.08x). The register tiles (AVX-512
+  // VNNI on the same machine): 0.97-1.03x, so they keep 4.
+  const int64_t groups_at_4 = std::max<int64_t>(1, (4 * threads + a.N * full_panels - 1) / (a.N * full_panels));
+  const int64_t per_thread =
+      ks.conv_tile_rows >= 16 && !no_slab && reach - a.SH > a.OH / groups_at_4 * a.SH ? 2 : 4;
   int64_t per_image = std::max((a.OH + max_group - 1) / max_group,
-                               (4 * threads + a.N * full_panels - 1) / (a.N * full_panels));
+                               (per_thread * threads + a.N * full_panels - 1) / (a.N * full_panels));
   per_image = std::min(per_image, a.OH);
   per_image = even_row_groups(per_image, a, threads);
   const int64_t items = a.N * per_image;
@@ -654,7 +821,6 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
   // The most slab rows a group reads: its rows' stride rows plus the kernel's reach, plus the slack the
   // padded-width tiles may read past the last row.
   const int64_t max_rows = (a.OH + per_image - 1) / per_image;
-  const int64_t reach = a.DH * (a.KH - 1) + 1;
   const int64_t slab_row = cp.Wp * a.C;
   // Stride planes: s * s planes of plane_rows rows each (a group's rows and its taps' reach, kh / s).
   const bool planes = mode == DirectMode::StridePlanes;
@@ -666,35 +832,12 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
   const int64_t slab_bytes =
       (planes ? s * s * cp.plane_bytes : ((max_rows - 1) * a.SH + reach) * slab_row) + slack;
   const int64_t elem = kind == kernels::OutKind::Int8 ? 1 : 4;
-  // An unpadded int8 input whose bytes the kernel can read as they are (VNNI flips s8 to u8 itself, AMX
-  // reads s8, and tiles within output rows read nothing past the rows they need): no slab, the input is
-  // read in place. (AMX, ResNet-50's 1x1 stride-2 downsample 256 -> 512 at 56 x 56, batch 8, int8 in/out:
-  // 1.40x; the slab copied every input row, half of them never read.)
-  const bool tiles = ks.conv_tile_rows < 16;  // register tiles within output rows: they run tap boxes
-  const PaddedTaps padded(ks, a, wh, w_base, cp.row_seg ? cp.row_seg : a.KW * a.C,
-                          cp.row_seg || cp.virtual_width ? 0 : a.C, tiles,
-                          std::max<int64_t>(3, ks.conv_tile_rows / 2));
-  record_conv_padded_rows(padded.how());
-  // An int8 input whose padding no tap reads (none, or every tap box exact) is read in place. With padding
-  // (the register tiles only), each item's input starts at the image and x_origin places its first output row.
-  // An fp32 input whose taps all lie in the image is quantized once, unpadded, and then read in place too: the
-  // slabs would quantize mostly padding (a dilation-36 layer's rows are 104 pixels wide for 32 of the image) and
-  // the halo rows of every group again. (DeepLabV3's 2048 -> 256 dilation 36 at 32 x 32, batch 1, fp32
-  // channels_last in: 3.25 -> 1.61 ms, AMD Zen 4; torch.ao with its quantize and dequantize 2.0 ms.)
-  const bool exact = tiles && !cp.virtual_width && !cp.row_seg && padded.exact();
-  const at::Tensor x_in = exact && x_rows.scalar_type() != at::kChar
-                              ? quantized_input(x_rows, a, a_scale, /*shift=*/false).view(at::kChar)
-                              : x_rows;
-  const bool int8_rows = !cp.virtual_width && !cp.row_seg && x_in.scalar_type() == at::kChar;
-  const bool in_place = int8_rows && a.PH == 0 && a.PW == 0;
-  const bool in_place_padded = int8_rows && !in_place && exact;
   if (in_place_padded) {
     cp.Wp = a.W;
     cp.Hp = a.H;
     record_conv_direct_mode("rows_in_place");
   }
   at::parallel_for(0, items * panels, 1, [&](int64_t b, int64_t e) {
-    const bool no_slab = in_place || in_place_padded;
     const at::Tensor slab_t = no_slab ? at::Tensor() : at::empty({slab_bytes}, x_rows.options().dtype(at::kByte));
     uint8_t* const slab = no_slab ? nullptr : slab_t.data_ptr<uint8_t>();
     int64_t built = -1;  // which item the slab holds
@@ -725,7 +868,7 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
       kernels::ConvDirectParams ci = cp;
       ci.signed_x = no_slab;
       if (in_place_padded) {
-        ci.x = x_in.data_ptr<int8_t>() + n * a.H * a.W * a.C;
+        ci.x = x_in.data_ptr<int8_t>() + guard + n * a.H * a.W * a.C;
         ci.x_origin = ((hp0 - a.PH) * a.W - a.PW) * a.C;
       } else {
         ci.x = in_place ? x_in.data_ptr<int8_t>() + (n * cp.Hp + hp0) * slab_row

@@ -103,6 +103,7 @@ struct ThreadBuffers {
   std::vector<int8_t> tail_storage;
   int8_t* tail_b = nullptr;    // the K tail of a column pair's two B blocks as whole tiles (zero rows after it)
   std::vector<int64_t> koff;   // byte offset of each tile step (TileSource)
+  std::vector<int64_t> kb;     // byte offset of each tile step's B tiles in a column block (TileSource)
   std::vector<uint8_t> small;  // A with fewer than 16 rows, copied into 16 zero-padded rows
   std::vector<uint8_t> guard;  // the last rows of A with slack after them (the tail step reads past K)
 };
@@ -138,6 +139,9 @@ struct TilePass {
 struct TileSource {
   int64_t stride;        // bytes between the rows of a tile
   const int64_t* koff;   // [steps + 1 with a tail]
+  // [steps]: the B tiles of step kt are at kb[kt] in each 16-column weight block (kt * kBTileBytes, but a
+  // direct convolution's tap box leaves out the taps in the padding, and with them their weight rows).
+  const int64_t* kb;
   int64_t steps;         // whole tile steps (64 bytes of K each)
   int64_t tail_quads;    // GEMM only: K quads after them (0-15)
   // A tiles loaded with the streaming hint (GEMM: a row passes once per column pair). A convolution
@@ -481,8 +485,8 @@ inline void block_chunk(bool first, const uint8_t* a0, const uint8_t* a1, const 
   const auto step = [&](int64_t kt, auto first_step) {
     constexpr bool FIRST = decltype(first_step)::value;
     // The tail step (kt == src.steps) takes its B tiles from the padded copies.
-    const int8_t* const bt0 = kt < full_end ? b0 + kt * kBTileBytes : tb0;
-    const int8_t* const bt1 = kt < full_end ? b1 + kt * kBTileBytes : tb1;
+    const int8_t* const bt0 = kt < full_end ? b0 + src.kb[kt] : tb0;
+    const int8_t* const bt1 = kt < full_end ? b1 + src.kb[kt] : tb1;
 #define FI_AMX_STORE_PREV(tile, at)                  \
   if constexpr (FIRST) {                             \
     if (prev) _tile_stored(tile, at, kCStride);      \
@@ -638,10 +642,15 @@ void tile_gemm(const GemmCtx& g, int64_t n0, int64_t n1, NextPass&& next_pass) {
   if (g.stream_out) _mm_sfence();  // the non-temporal stores are visible to other threads before the call returns
 }
 
-int64_t* step_offsets(int64_t steps) {
-  std::vector<int64_t>& k = thread_buffers().koff;
-  if (static_cast<int64_t>(k.size()) < steps) k.resize(static_cast<size_t>(steps));
-  return k.data();
+// The thread's tables of A (koff) and B (kb) offsets for `steps` tile steps (TileSource).
+void step_offsets(int64_t steps, int64_t** koff, int64_t** kb) {
+  ThreadBuffers& buf = thread_buffers();
+  if (static_cast<int64_t>(buf.koff.size()) < steps) {
+    buf.koff.resize(static_cast<size_t>(steps));
+    buf.kb.resize(static_cast<size_t>(steps));
+  }
+  *koff = buf.koff.data();
+  *kb = buf.kb.data();
 }
 
 // A tile's output rows when they are consecutive: out[t] = first + t for t in [t_lo, t_hi), else -1.
@@ -697,9 +706,13 @@ void int8_gemm_amx(const Int8GemmParams& p_in, int64_t m0, int64_t m1, int64_t n
   }
   const int64_t steps = p.K_pad / AmxTraits::kStepBytes;  // whole tile steps; the rest is the K tail
   const int64_t tail = p.K_pad - steps * AmxTraits::kStepBytes;
-  int64_t* koff = step_offsets(steps + 1);
-  for (int64_t kt = 0; kt <= steps; ++kt) koff[kt] = kt * AmxTraits::kStepBytes;
-  const GemmCtx g{p, TileSource{p.lda, koff, steps, tail / 4, true}, stream_output(p, p.M)};
+  int64_t *koff, *kb;
+  step_offsets(steps + 1, &koff, &kb);
+  for (int64_t kt = 0; kt <= steps; ++kt) {
+    koff[kt] = kt * AmxTraits::kStepBytes;
+    kb[kt] = kt * kBTileBytes;
+  }
+  const GemmCtx g{p, TileSource{p.lda, koff, kb, steps, tail / 4, true}, stream_output(p, p.M)};
   // The tail step reads row r's bytes [r lda, r lda + 64 (steps + 1)): past the end of A for the last
   // rows (first_bad on). Windows that hold such a row read a copy of A's rows [g0, M) followed by 64
   // bytes of slack (at most 31 rows: a row reads at most 60 bytes past its K_pad, and lda >= 4). This
@@ -752,26 +765,36 @@ void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
   // Tile steps per tap: C / 64 channel chunks; with row segments, a kernel row's row_seg / 64 steps
   // (its KW taps' bytes side by side, then bytes that meet zero weight rows).
   const int64_t taps_w = cp.row_seg ? 1 : cp.KW;
-  const int64_t cchunks = (cp.row_seg ? cp.row_seg : cp.C) / AmxTraits::kStepBytes, steps = cp.KH * taps_w * cchunks;
+  const int64_t cchunks = (cp.row_seg ? cp.row_seg : cp.C) / AmxTraits::kStepBytes;
+  // Tiles within output rows run the call's tap box over its output columns [ow_lo, ow_hi) (ConvDirectParams::kh0
+  // ...); the padded-width and stride-plane tiles cross output rows, and run every tap.
+  const bool box = !cp.virtual_width && !cp.row_seg;
+  const int64_t kh0 = box ? cp.kh0 : 0, kh1 = box && cp.kh1 >= 0 ? cp.kh1 : cp.KH;
+  const int64_t kw0 = box ? cp.kw0 : 0, kw1 = box && cp.kw1 >= 0 ? cp.kw1 : taps_w;
+  const int64_t ow_lo = box ? cp.ow0 : 0, ow_hi = box && cp.ow1 >= 0 ? cp.ow1 : cp.OW;
+  const int64_t steps = (kh1 - kh0) * (kw1 - kw0) * cchunks;
   // With stride planes a tap reads its plane, at a stride-1 window: tile rows are C bytes apart.
   const bool planes = cp.plane_bytes > 0;
   const int64_t s = cp.SW, pixel_step = planes ? 1 : cp.SW;
-  int64_t* koff = step_offsets(steps);
-  for (int64_t kh = 0, kt = 0; kh < cp.KH; ++kh)
-    for (int64_t kw = 0; kw < taps_w; ++kw)
-      for (int64_t cc = 0; cc < cchunks; ++cc, ++kt)
+  int64_t *koff, *kb;
+  step_offsets(steps, &koff, &kb);
+  for (int64_t kh = kh0, kt = 0; kh < kh1; ++kh)
+    for (int64_t kw = kw0; kw < kw1; ++kw)
+      for (int64_t cc = 0; cc < cchunks; ++cc, ++kt) {
         koff[kt] = (planes ? ((kh % s) * s + kw % s) * cp.plane_bytes + ((kh / s) * cp.Wp + kw / s) * cp.C
                            : (kh * cp.DH * cp.Wp + kw * cp.DW) * cp.C) +
                    cc * AmxTraits::kStepBytes;
-  const GemmCtx g{p, TileSource{pixel_step * cp.C, koff, steps, 0, false}, stream_output(p, (r1 - r0) * cp.OW)};
-  const uint8_t* x = reinterpret_cast<const uint8_t*>(cp.x);
+        kb[kt] = ((kh * taps_w + kw) * cchunks + cc) * kBTileBytes;  // the packed weight's K order (kh, kw, c)
+      }
+  const GemmCtx g{p, TileSource{pixel_step * cp.C, koff, kb, steps, 0, false}, stream_output(p, (r1 - r0) * cp.OW)};
+  const uint8_t* x = reinterpret_cast<const uint8_t*>(cp.x) + cp.x_origin;
   constexpr int64_t T = AmxTraits::kTileRows;
   const int64_t image = planes ? s * s * cp.plane_bytes : cp.Hp * cp.Wp * cp.C;  // bytes per padded image
   // The call's tiles, spread evenly over its passes in whole blocks of two (9 tiles: 6 + 3, not 8 + 1,
   // whose one-tile pass runs a half-height block and its epilogue alone; 14 tiles: 8 + 6, not 7 + 7).
   int64_t call_tiles = 0;
   if (!cp.virtual_width) {
-    call_tiles = (r1 - r0) * ((cp.OW + T - 1) / T);
+    call_tiles = (r1 - r0) * ((ow_hi - ow_lo + T - 1) / T);
   } else {
     for (int64_t row = r0; row < r1;) {
       const int64_t next = std::min(r1, (row / cp.OH + 1) * cp.OH);
@@ -782,17 +805,17 @@ void conv_direct_amx(const ConvDirectParams& cp, int64_t r0, int64_t r1, int64_t
   const int64_t passes = (call_tiles + kMaxPassTiles - 1) / kMaxPassTiles;
   const int pass_tiles = static_cast<int>(std::max<int64_t>(2, round_up((call_tiles + passes - 1) / passes, 2)));
   if (!cp.virtual_width) {
-    int64_t row = r0, ow = 0;  // the next tile starts at pixel ow of output row `row`
+    int64_t row = r0, ow = ow_lo;  // the next tile starts at pixel ow of output row `row`
     tile_gemm(g, n0, n1, [&](TilePass& pass) {
       pass.tiles = 0;
       while (row < r1 && pass.tiles < pass_tiles) {
-        const int64_t n = row / cp.OH, oh = row % cp.OH, w = std::min(ow, cp.OW - T);
+        const int64_t n = row / cp.OH, oh = row % cp.OH, w = row_tile_window(ow, ow_hi, T);
         pass.base[pass.tiles] = x + n * image + ((oh * cp.SH) * cp.Wp + w * cp.SW) * cp.C;
-        window_rows(pass.out + pass.tiles * T, row * cp.OW + w, ow - w, T);
+        window_rows(pass.out + pass.tiles * T, row * cp.OW + w, ow - w, std::min(T, ow_hi - w));
         ++pass.tiles;
         ow += T;
-        if (ow >= cp.OW) {
-          ow = 0;
+        if (ow >= ow_hi) {
+          ow = ow_lo;
           ++row;
         }
       }

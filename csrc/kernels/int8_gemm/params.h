@@ -146,16 +146,26 @@ struct ConvDirectParams {
   // (kh % s, kw % s) at (oh + kh / s, ow + kw / s): a stride-1 window, so tiles run over the plane width
   // and drop its Wp - OW columns (0-1 for stride 2, 3x3) instead of about half the padded width.
   int64_t plane_bytes = 0;
-  // A tap box (conv_ops.cpp, PaddedTaps; honoured by the register-tile kernels, conv_tile_rows < 16, and
-  // given only to them): the call computes taps kh in [kh0, kh1) and kw in [kw0, kw1) (-1: KH, KW; row
-  // segments take whole kernel rows) of output columns [ow0, ow1) of each row (-1: OW). The skipped taps'
-  // products are left out, so gemm.b_colsum must hold the column sums of the box's weight rows alone.
+  // A tap box (conv_ops.cpp, PaddedTaps; honoured by the register-tile kernels, conv_tile_rows < 16, and by
+  // AMX's tiles within output rows, and given only to those): the call computes taps kh in [kh0, kh1) and kw
+  // in [kw0, kw1) (-1: KH, KW; row segments take whole kernel rows) of output columns [ow0, ow1) of each row
+  // (-1: OW). The skipped taps' products are left out, so gemm.b_colsum must hold the column sums of the
+  // box's weight rows alone (read only by the u8 kernels; AMX's s8 needs no sums). An AMX tile of a segment
+  // narrower than 16 pixels reads the 16 from row_tile_window's column and stores the segment's alone.
   int64_t kh0 = 0, kh1 = -1, kw0 = 0, kw1 = -1, ow0 = 0, ow1 = -1;
-  // Bytes added to every input offset of the register-tile kernels: the padded image's origin relative to
+  // Bytes added to every input offset of the box-running kernels: the padded image's origin relative to
   // x. 0 for a padded slab; an unpadded int8 input read in place whose every box tap lies inside the image
   // has Wp = W and x_origin = ((top row * SH - PH) * W - PW) * C, negative near the top left.
   int64_t x_origin = 0;
 };
+
+// The first column of a T-pixel tile within an output row that starts at column ow of a segment ending at ow_hi:
+// the tile ends at the segment's end where the segment holds T pixels from ow, else starts at column 0 (a
+// segment narrower than T: the tile reads pixels beside it, which it does not store). Needs OW >= T.
+inline int64_t row_tile_window(int64_t ow, int64_t ow_hi, int64_t T) {
+  const int64_t w = ow < ow_hi - T ? ow : ow_hi - T;
+  return w < 0 ? 0 : w;
+}
 // Bytes a virtual-width direct convolution may read past the end of its input (with stride planes, past
 // the last plane): a window's 16 rows (stride s pixels apart), a row of the stride, and the farthest tap.
 inline int64_t conv_direct_slack_bytes(const ConvDirectParams& c) {
