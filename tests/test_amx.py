@@ -209,13 +209,27 @@ DIRECT = [
     (1, 192, 6, 18, 80, 1, 1, 1, 1),     # 1x1 with padding
     (2, 64, 18, 20, 48, 7, 1, 3, 1),     # 7x7
     (1, 64, 4, 18, 64, 3, 1, 0, 1),      # no padding (the slack still needs a copy)
-    # Fewer than 16 channels: row segments within output rows (a kernel row's KW * C bytes, then bytes that
-    # meet zero weight rows, up to whole tile steps; tile rows SW * C bytes apart)
+    # Channels not a multiple of 64: row segments (a kernel row's KW * C bytes, then bytes that meet zero weight
+    # rows, up to whole tile steps); within output rows at stride 2 (fewer than 16 channels; tile rows SW * C
+    # bytes apart), over the padded width at stride 1
     (2, 3, 40, 40, 64, 7, 2, 3, 1),      # an RGB stem: 7x7 stride 2, 21 bytes a kernel row, 6 between pixels
     (1, 13, 12, 30, 17, 5, 1, 2, 1),     # 65 bytes a kernel row: two tile steps; Cout 17
     (2, 1, 12, 18, 16, 3, 1, 0, 1),      # one channel, unpadded: 1 byte between tile rows
     (1, 6, 6, 40, 40, 5, 2, 2, 1),       # 5x5 stride 2, OW 20: the last tile shifted back
 ]
+# Over the padded width with row segments (stride 1, OW >= 12, C % 64 != 0): Inception v3's and GoogLeNet's
+# layers of 32-192 channels
+SEGMENTS_PADDED_WIDTH = [
+    (2, 32, 20, 21, 64, 3, 1, 1, 1),     # 3x3 of 32 channels: 96 bytes a kernel row in 2 tile steps
+    (1, 48, 14, 13, 64, 5, 1, 2, 1),     # 5x5 of 48: 240 bytes in 4 steps; OW 13
+    (2, 80, 15, 15, 40, 3, 1, 0, 1),     # unpadded, Cout 40
+    (1, 160, 17, 17, 33, 3, 1, 1, 1),    # 160 channels: 480 bytes in 8 steps; Cout 33
+    (1, 96, 12, 16, 96, 3, 1, 1, 1),
+    (3, 16, 9, 28, 32, 5, 1, 2, 1),      # 16 channels, batch 3
+]
+# (N, C, H, W, Cout, (kh, kw), (ph, pw)): Inception's 1x7 and 7x1 of 160 channels at 17 x 17
+SEGMENTS_ASYMMETRIC = [(2, 160, 17, 17, 48, (1, 7), (0, 3)), (2, 160, 17, 17, 48, (7, 1), (3, 0)),
+                       (1, 32, 13, 19, 17, (3, 5), (1, 2))]
 # Stride planes (stride s > 1, 12 <= OW < 16): s * s planes of the padded input, tiles over a plane's width
 PLANES = [
     (2, 64, 28, 28, 64, 3, 2, 1, 1),     # ResNet's stride-2 3x3 at 28 -> 14: planes 15 wide, one column dropped
@@ -279,6 +293,66 @@ def test_direct_conv_int8_input(amx_every_shape, g):
     assert ops.last_kernel("conv_direct") == "amx"
     torch.testing.assert_close(y, ref.int8_conv2d(xq, w, ws, None, (s, s), (p, p), (d, d), 1, 0.05, 0.1),
                                rtol=0, atol=0)
+
+
+def _conv_case(N, C, H, W, Co, k, s, p, d=(1, 1)):
+    w = torch.randint(-127, 128, (Co, C, *k), dtype=torch.int8)
+    return w, ops.pack_conv_weight(w, 1), torch.rand(Co) * 0.01 + 1e-3, torch.randn(Co)
+
+
+@needs_amx
+@pytest.mark.parametrize("g", SEGMENTS_PADDED_WIDTH + SEGMENTS_ASYMMETRIC,
+                         ids=[str(g) for g in SEGMENTS_PADDED_WIDTH + SEGMENTS_ASYMMETRIC])
+def test_row_segments_over_the_padded_width(amx_every_shape, g):
+    # Channels that are not a multiple of 64 at stride 1: each kernel row one K segment of whole tile steps, the
+    # tiles over the padded width. The reference's bits for fp32 (dynamic, static) and int8 inputs.
+    if len(g) == 9:
+        N, C, H, W, Co, k, s, p, _ = g
+        k, p = (k, k), (p, p)
+    else:
+        N, C, H, W, Co, k, p = g
+    w, packed, ws, b = _conv_case(N, C, H, W, Co, k, 1, p)
+    x = torch.randn(N, C, H, W) * 2
+    xq = rand_i8(N, C, H, W).contiguous(memory_format=torch.channels_last)
+    for inp, x_scale, out_scale, act in ((x, None, None, "none"), (x, 0.03, None, "relu"), (xq, 0.05, 0.1, "relu6"),
+                                         (xq, 0.05, None, "none")):
+        y = ops.int8_conv2d(inp, packed, ws, b, k, (1, 1), p, (1, 1), 1, x_scale, out_scale, act)
+        assert ops.last_kernel("conv_direct") == "amx"
+        assert ops.last_kernel("conv_direct_mode") == "padded_width_row_segments"
+        torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, (1, 1), p, (1, 1), 1, x_scale, out_scale, act),
+                                   rtol=0, atol=0)
+
+
+@needs_amx
+def test_row_segment_weight_is_made_again_for_a_new_weight(amx_every_shape):
+    # The row-segment copy of a packed weight is made once and kept while the weight lives: an in-place write
+    # (load_state_dict's copy_), a weight freed and another made in its place, and one made in inference mode
+    # (no version counter: repacked each call) all get their own weight's result.
+    N, C, H, W, Co = 1, 32, 14, 14, 24
+    geo = ((3, 3), (1, 1), (1, 1), (1, 1))
+    x = rand_i8(N, C, H, W).contiguous(memory_format=torch.channels_last)
+
+    def check(packed, w):
+        y = ops.int8_conv2d(x, packed, ws, None, *geo, 1, 0.05, 0.1)
+        assert ops.last_kernel("conv_direct_mode") == "padded_width_row_segments"
+        torch.testing.assert_close(y, ref.int8_conv2d(x, w, ws, None, *geo[1:], 1, 0.05, 0.1), rtol=0, atol=0)
+
+    w1, packed, ws, _ = _conv_case(N, C, H, W, Co, (3, 3), 1, (1, 1))
+    check(packed, w1)
+    check(packed, w1)  # the kept copy
+    w2 = torch.randint(-127, 128, w1.shape, dtype=torch.int8)
+    packed.copy_(ops.pack_conv_weight(w2, 1))
+    check(packed, w2)
+    del packed
+    for _ in range(3):  # new weights, likely where the freed ones were
+        w3 = torch.randint(-127, 128, w1.shape, dtype=torch.int8)
+        check(ops.pack_conv_weight(w3, 1), w3)
+    with torch.inference_mode():
+        w4 = torch.randint(-127, 128, w1.shape, dtype=torch.int8)
+        packed4 = ops.pack_conv_weight(w4, 1)
+        check(packed4, w4)
+        packed4.copy_(ops.pack_conv_weight(w1, 1))
+        check(packed4, w1)
 
 
 # ---- taps in the zero padding on AMX's tiles within output rows (conv_ops.cpp: tile_segments,
@@ -467,12 +541,14 @@ def test_direct_conv_large_fp32_output_and_threads(amx_every_shape, shape, strid
 @needs_amx
 @pytest.mark.parametrize("g,stride", [((1, 64, 8, 12, 32, 3, 1, 1, 1), (1, 2)),   # unequal strides, OW < 16
                                       ((8, 256, 7, 7, 64, 3, 1, 1, 1), (1, 1)),   # OW = 7: gathered rows are faster
-                                      ((1, 48, 8, 20, 32, 3, 1, 1, 1), (1, 1)),   # C % 64 != 0
+                                      ((1, 48, 8, 40, 32, 3, 1, 1, 1), (2, 2)),   # C % 64 != 0 at stride 2
+                                      ((1, 48, 8, 20, 32, 3, 1, 2, 2), (1, 1)),   # C % 64 != 0, dilated
                                       ((2, 64, 8, 8, 32, 1, 1, 0, 1), (1, 1)),    # plain 1x1: a GEMM on the rows
                                       ((1, 64, 28, 28, 32, 1, 2, 0, 1), (2, 2)),  # 1x1 s2, OW 14: 3 planes unread
                                       ((1, 64, 28, 28, 32, 3, 2, 2, 2), (2, 2)),  # stride 2 with dilation, OW 14
                                       ((1, 64, 13, 13, 32, 3, 2, 1, 1), (2, 2))],  # stride 2, OW 7
-                         ids=["strides", "narrow", "channels", "1x1", "1x1-stride2", "dilated-stride2",
+                         ids=["strides", "narrow", "channels-stride2", "channels-dilated", "1x1", "1x1-stride2",
+                              "dilated-stride2",
                               "stride2-narrow"])
 def test_direct_conv_not_taken_where_it_cannot_run(amx_every_shape, g, stride):
     N, C, H, W, Co, k, _, p, d = g

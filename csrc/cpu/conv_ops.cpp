@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -246,34 +247,6 @@ ConvEpilogue fold_epilogue(float a_scale, const at::Tensor& ws, const at::Tensor
   return e;
 }
 
-// The direct convolution (ConvDirectParams): A read from the padded input, no row gather.
-// AMX (16-pixel tiles), measured against the gathered rows at ResNet-50's 3x3 layers (2 threads,
-// batch 8): 1.7-1.9x faster at 56x56, 28x28 and 14x14, but slower at 7x7, where the padded width
-// wastes 2 of 9 columns and a pass is mostly window overlap. So on AMX:
-// - over the padded width for stride 1 with OW >= 12 (2 padding columns per row instead of a shifted
-//   tile's overlap);
-// - tiles within output rows for other strides when OW >= 16;
-// - over stride planes (ConvDirectParams::plane_bytes) for SH == SW > 1 without dilation, every plane read
-//   (KH >= SH, KW >= SW) and 12 <= OW < 16: the padded input split by row and column phase, each tap a
-//   stride-1 window of its plane. Against the gathered rows (paired, 2 threads, batch 8, int8 in/out /
-//   fp32 in/out): 128 -> 256 at 28 -> 14 1.11x / 1.20-1.23x, ResNet-50's 256 -> 256 at 28 -> 14 1.07x /
-//   1.17x; batch 1 1.00x / 1.11x. Not where tiles within rows serve (OW >= 16: ResNet-50's 128 -> 128 at
-//   56 -> 28, 0.92-0.98x: the planes' tiles were faster, but splitting 4 planes cost more than the rows'
-//   copy), nor at OW 7 (0.33-0.83x: an output row of 8 plane pixels is half a tile);
-// - else none: the implicit GEMM on gathered rows; a plain 1x1 convolution is a GEMM on the input rows.
-// Register tiles within an output row (AVX-512 VNNI and AVX-VNNI: <= 6 pixels; AVX2: <= 4 pixels, and
-// only for weights without -128, the ones its maddubs step is exact for): every convolution with OW >= 10, plain
-// 1x1 included (the per-item slab replaces the whole shifted or quantized copy of the input, and an
-// unpadded int8 input is read in place). Measured on an AMD Zen 5 (2 threads, batch 8, int8 in/out)
-// against the gathered rows: l1 3x3 (56 x 56) 2.35 -> 1.31-1.39 ms, l1 1x1 1.19 -> 0.74-0.88, s2 3x3
-// (stride 2, OW 14) 0.82 -> 0.56, l3 3x3 (OW 14) 1.31 -> 1.13; but l4 3x3 (OW 7: tiles of 4 + 3
-// pixels, each streaming the 64-column weight block from L2 for fewer rows) 1.20-1.28 -> 1.40-1.44.
-// A few-channel input (C % 4 != 0 and C < 16, as an RGB first layer; on AMX C < 16 and not a multiple of
-// 64, with OW >= 16) takes row segments (ConvDirectParams::row_seg): a kernel row's KW * C input bytes are
-// contiguous, so they form one K segment, and the weight is repacked per call with each kernel row
-// zero-padded to 4 bytes (AMX: 64, a tile step; a few KB either way).
-// ResNet's 3-channel 7x7 stride-2 stem at 224 x 224, batch 1, int8 in/out, AMD Zen 5, 2 threads: 0.21 ms
-// (oneDNN 0.27); the gathered rows took 0.56 ms (1.62 before the gather copied whole kernel rows).
 // Output columns [ow0, ow1) that run kernel columns [kw0, kw1) (PaddedTaps, below).
 struct TapSeg {
   int64_t ow0, ow1, kw0, kw1;
@@ -365,7 +338,45 @@ bool row_boxes_beat_padded_width(const ConvArgs& a, int64_t T) {
   return mode == 1 ? boxes <= padded_width : boxes < padded_width;
 }
 
-enum class DirectMode { None, Rows, PaddedWidth, RowSegments, StridePlanes };
+// The direct convolution (ConvDirectParams): A read from the padded input, no row gather.
+// AMX (16-pixel tiles), measured against the gathered rows at ResNet-50's 3x3 layers (2 threads,
+// batch 8): 1.7-1.9x faster at 56x56, 28x28 and 14x14, but slower at 7x7, where the padded width
+// wastes 2 of 9 columns and a pass is mostly window overlap. So on AMX:
+// - over the padded width for stride 1 with OW >= 12 (2 padding columns per row instead of a shifted
+//   tile's overlap);
+// - tiles within output rows for other strides when OW >= 16;
+// - over stride planes (ConvDirectParams::plane_bytes) for SH == SW > 1 without dilation, every plane read
+//   (KH >= SH, KW >= SW) and 12 <= OW < 16: the padded input split by row and column phase, each tap a
+//   stride-1 window of its plane. Against the gathered rows (paired, 2 threads, batch 8, int8 in/out /
+//   fp32 in/out): 128 -> 256 at 28 -> 14 1.11x / 1.20-1.23x, ResNet-50's 256 -> 256 at 28 -> 14 1.07x /
+//   1.17x; batch 1 1.00x / 1.11x. Not where tiles within rows serve (OW >= 16: ResNet-50's 128 -> 128 at
+//   56 -> 28, 0.92-0.98x: the planes' tiles were faster, but splitting 4 planes cost more than the rows'
+//   copy), nor at OW 7 (0.33-0.83x: an output row of 8 plane pixels is half a tile);
+// - else none: the implicit GEMM on gathered rows; a plain 1x1 convolution is a GEMM on the input rows.
+// Register tiles within an output row (AVX-512 VNNI and AVX-VNNI: <= 6 pixels; AVX2: <= 4 pixels, and
+// only for weights without -128, the ones its maddubs step is exact for): every convolution with OW >= 10, plain
+// 1x1 included (the per-item slab replaces the whole shifted or quantized copy of the input, and an
+// unpadded int8 input is read in place). Measured on an AMD Zen 5 (2 threads, batch 8, int8 in/out)
+// against the gathered rows: l1 3x3 (56 x 56) 2.35 -> 1.31-1.39 ms, l1 1x1 1.19 -> 0.74-0.88, s2 3x3
+// (stride 2, OW 14) 0.82 -> 0.56, l3 3x3 (OW 14) 1.31 -> 1.13; but l4 3x3 (OW 7: tiles of 4 + 3
+// pixels, each streaming the 64-column weight block from L2 for fewer rows) 1.20-1.28 -> 1.40-1.44.
+// A few-channel input (C % 4 != 0 and C < 16, as an RGB first layer) takes row segments
+// (ConvDirectParams::row_seg): a kernel row's KW * C input bytes are contiguous, so they form one K segment, and
+// the weight is repacked (once: row_segment_weight) with each kernel row zero-padded to 4 bytes (AMX: 64, a tile
+// step). ResNet's 3-channel 7x7 stride-2 stem at 224 x 224, batch 1, int8 in/out, AMD Zen 5, 2 threads: 0.21 ms
+// (oneDNN 0.27); the gathered rows took 0.56 ms (1.62 before the gather copied whole kernel rows).
+// On AMX every C that is not a multiple of 64 (a tile step) takes row segments (DW == 1): over the padded width
+// at stride 1 with OW >= 12, within output rows for C < 16 and OW >= 16 at other strides (the stride-2 layers of
+// 96 and 288 channels at 35 -> 17 ran 1.17x and 0.76-0.80x the gathered rows: 17 pixels take two tiles). A
+// kernel row costs ceil(KW * C / 64) tile steps instead of KW * C / 64: 3x3 of 32 channels 1.33x the products,
+// 80 or 48 (5x5) channels 1.07x, 160 (7x1) 1.2x. Against the gathered rows, int8 in/out, batch 8, 2 threads, in
+// one process: Inception v3's 3x3 32 -> 64 at 147 x 147 4.46 -> 2.30 ms (oneDNN 2.07), 32 -> 32 at 149 x 149
+// 2.96 -> 1.15 (1.42), 80 -> 192 at 73 x 73 4.00 -> 2.51 (2.80), 5x5 48 -> 64 at 35 x 35 0.79 -> 0.32 (0.28),
+// 3x3 96 -> 96 0.71 -> 0.35 (0.34), 1x7 / 7x1 160 -> 160 at 17 x 17 0.29 / 0.33 -> 0.20 / 0.20 (0.20 / 0.20);
+// GoogLeNet's 5x5 32 -> 96 at 28 x 28 0.47 -> 0.21 (0.28), 3x3 96 -> 128 0.58 -> 0.29 (0.28), 112 -> 224 at
+// 14 x 14 0.32 -> 0.17 (0.15). Whole models, same process, batch 8 / 1: Inception v3 1.25x / 1.12x, GoogLeNet
+// 1.07x / 0.99x, SqueezeNet 1.1 1.12x / 1.08x.
+enum class DirectMode { None, Rows, PaddedWidth, RowSegments, PaddedWidthSegments, StridePlanes };
 constexpr int64_t kVnniDirectMinOW = 10;  // tiles of >= 5 pixels
 constexpr int64_t kRowSegmentMaxC = 16;
 
@@ -378,8 +389,11 @@ DirectMode direct_mode(const kernels::KernelSet* ks, const ConvArgs& a, bool pla
     return a.C < kRowSegmentMaxC && a.DW == 1 ? DirectMode::RowSegments : DirectMode::None;
   }
   if (plain_1x1) return DirectMode::None;
-  if (a.C % ks->conv_c_step != 0)
-    return a.C < kRowSegmentMaxC && a.DW == 1 && a.OW >= 16 ? DirectMode::RowSegments : DirectMode::None;
+  if (a.C % ks->conv_c_step != 0) {
+    if (a.DW != 1) return DirectMode::None;
+    if (a.SH == 1 && a.SW == 1 && a.OW >= 12) return DirectMode::PaddedWidthSegments;
+    return a.C < kRowSegmentMaxC && a.OW >= 16 ? DirectMode::RowSegments : DirectMode::None;
+  }
   if (a.SH == 1 && a.SW == 1 && a.OW >= 12)
     return row_boxes_beat_padded_width(a, ks->conv_tile_rows) ? DirectMode::Rows : DirectMode::PaddedWidth;
   if (a.OW >= 16) return DirectMode::Rows;
@@ -417,6 +431,7 @@ const char* direct_mode_name(DirectMode mode) {
     case DirectMode::Rows: return "rows";
     case DirectMode::PaddedWidth: return "padded_width";
     case DirectMode::RowSegments: return "row_segments";
+    case DirectMode::PaddedWidthSegments: return "padded_width_row_segments";
     case DirectMode::StridePlanes: return "stride_planes";
     default: return "";
   }
@@ -435,11 +450,14 @@ kernels::ConvDirectParams direct_geometry(const kernels::KernelSet* ks, const Co
   cp.SW = a.SW;
   cp.DH = a.DH;
   cp.DW = a.DW;
-  cp.virtual_width = mode == DirectMode::PaddedWidth || mode == DirectMode::StridePlanes;
+  cp.virtual_width =
+      mode == DirectMode::PaddedWidth || mode == DirectMode::PaddedWidthSegments || mode == DirectMode::StridePlanes;
   if (mode == DirectMode::StridePlanes) {  // a plane's width; Hp and plane_bytes are set per slab (conv_direct)
     cp.Wp = (cp.Wp + a.SW - 1) / a.SW;
   }
-  cp.row_seg = mode == DirectMode::RowSegments ? kernels::round_up(a.KW * a.C, ks->conv_seg_align) : 0;
+  cp.row_seg = mode == DirectMode::RowSegments || mode == DirectMode::PaddedWidthSegments
+                   ? kernels::round_up(a.KW * a.C, ks->conv_seg_align)
+                   : 0;
   return cp;
 }
 
@@ -455,6 +473,43 @@ at::Tensor pack_row_segments(const at::Tensor& packed_w, const PackedHeader& h, 
   at::Tensor out = at::empty({kernels::packed_nbytes(h.N, K)}, packed_w.options());
   kernels::pack_int8_weight(padded.data(), K, h.N, K, out.data_ptr<uint8_t>());
   return out;
+}
+
+// pack_row_segments's weight for packed_w, made once: an int8 weight is packed once and called many times, and
+// repacking a 160 -> 160 1x7 layer's weight took longer than its convolution (batch 8, AMX). Entries hold
+// packed_w's TensorImpl weakly (an entry dies with its tensor; expired ones are dropped on the next insert)
+// with its version and data pointer: an in-place write (load_state_dict's copy_) or a new storage makes a new
+// entry. Inference tensors have no version counter: theirs are repacked each call. At most kSegCacheEntries
+// (the oldest goes first).
+constexpr size_t kSegCacheEntries = 256;
+at::Tensor row_segment_weight(const at::Tensor& packed_w, const PackedHeader& h, const ConvArgs& a, int64_t seg) {
+  if (packed_w.is_inference()) return pack_row_segments(packed_w, h, a, seg);
+  struct Entry {
+    c10::weak_intrusive_ptr<c10::TensorImpl> impl;
+    uint32_t version;
+    const void* data;
+    int64_t seg, KW, C;
+    at::Tensor packed;
+  };
+  static std::mutex mutex;
+  static std::vector<Entry> entries;
+  c10::TensorImpl* const impl = packed_w.unsafeGetTensorImpl();
+  const uint32_t version = impl->version_counter().current_version();
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (const Entry& e : entries)
+      if (!e.impl.expired() && e.impl._unsafe_get_target() == impl && e.version == version &&
+          e.data == packed_w.data_ptr() && e.seg == seg && e.KW == a.KW && e.C == a.C)
+        return e.packed;
+  }
+  at::Tensor packed = pack_row_segments(packed_w, h, a, seg);
+  std::lock_guard<std::mutex> lock(mutex);
+  entries.erase(std::remove_if(entries.begin(), entries.end(), [](const Entry& e) { return e.impl.expired(); }),
+                entries.end());
+  if (entries.size() >= kSegCacheEntries) entries.erase(entries.begin());
+  entries.push_back({c10::weak_intrusive_ptr<c10::TensorImpl>(packed_w.getIntrusivePtr()), version,
+                     packed_w.data_ptr(), seg, a.KW, a.C, packed});
+  return packed;
 }
 
 // The GEMM epilogue fields of a convolution (group g of cout_g channels).
@@ -520,7 +575,7 @@ class PaddedTaps {
       : krow_(krow), KH_(a.KH), KW_(a.KW), OW_(a.OW), OH_(a.OH), K_pad_(h.K_pad), N_pad_(h.N_pad) {
     const int mode = conv_padded_rows_mode();
     if (mode == 2 || !allowed || (a.PH == 0 && (a.PW == 0 || tap == 0)) || krow % kernels::kPackKB != 0) return;
-    const bool amx = ks.conv_tile_rows >= 16;  // AMX's tiles: T pixels, s8 (no column sums)
+    const bool amx = ks.conv_tile_rows >= 16 && tap > 0;  // AMX's tiles within output rows, T pixels each
     const int64_t T = ks.conv_tile_rows;
     bool exact = tap > 0 || a.PW == 0;  // whole kernel rows read the side padding
     std::vector<std::pair<int64_t, int64_t>> rows(static_cast<size_t>(a.OH));  // per output row its kernel rows
@@ -569,7 +624,7 @@ class PaddedTaps {
     // two runs of three, the stride-2 256 -> 256 at 28 x 28 (only the top row skips a kernel row; 0.9)
     // 0.97-0.99x, and the 512-channel layer at 7 x 7 (0.8; gathered rows) 1.01x over 25 rounds.
     saved *= static_cast<double>(a.N) * h.N;
-    const double cost = amx ? 0 : static_cast<double>(classes + 4) * h.K_pad * N_pad_;
+    const double cost = ks.signed_a ? 0 : static_cast<double>(classes + 4) * h.K_pad * N_pad_;
     if (classes == 0 || (mode == 0 && saved <= cost)) {
       cls_.clear();
       boxes_.clear();
@@ -578,9 +633,8 @@ class PaddedTaps {
     exact_ = exact;
     guard_before_ = (0 - reach_lo) * a.C;
     guard_after_ = (reach_hi - a.H * a.W) * a.C;
-    if (amx) return;  // s8 x s8: a skipped tap adds nothing to take away
-    // Operand rows: s8 1 over each box's K, 0 elsewhere (the GEMM's u8 shift, where the set has one, is
-    // copy_operand_rows's).
+    if (ks.signed_a) return;  // s8 x s8 (AMX): a skipped tap adds nothing to take away
+    // Operand rows: s8 1 over each box's K, 0 elsewhere, shifted to the GEMM's u8 by copy_operand_rows.
     std::vector<int8_t> ones(static_cast<size_t>(classes * h.K), 0);
     for (int64_t c = 0; c < classes; ++c) {
       const Box& box = boxes_[static_cast<size_t>(c)];
@@ -594,7 +648,7 @@ class PaddedTaps {
     }
     const int64_t ld = kernels::operand_stride(h.K_pad);
     std::vector<uint8_t> operand(static_cast<size_t>(classes * ld));
-    kernels::copy_operand_rows(ones.data(), h.K, classes, h.K, operand.data(), ld, h.K_pad, !ks.signed_a);
+    kernels::copy_operand_rows(ones.data(), h.K, classes, h.K, operand.data(), ld, h.K_pad, /*shift=*/true);
     sums_.assign(static_cast<size_t>(classes * N_pad_), 0);  // padded columns stay 0, as the packed colsum's
     kernels::Int8GemmParams g;  // an int32 output: no epilogue fields
     set_packed_weight(g, h, base);
@@ -762,7 +816,7 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
                  kernels::OutKind kind, kernels::Act act) {
   kernels::ConvDirectParams cp = geometry;
   kernels::Int8GemmParams& p = cp.gemm;
-  const at::Tensor seg_w = cp.row_seg ? pack_row_segments(packed_w, h, a, cp.row_seg) : at::Tensor();
+  const at::Tensor seg_w = cp.row_seg ? row_segment_weight(packed_w, h, a, cp.row_seg) : at::Tensor();
   const PackedHeader wh = cp.row_seg ? checked_header(seg_w, "int8_conv2d", "packed_w") : h;  // the weight run
   const uint8_t* const w_base = cp.row_seg ? seg_w.data_ptr<uint8_t>() : packed_w.data_ptr<uint8_t>();
   set_packed_weight(p, wh, w_base);
@@ -826,9 +880,9 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
   const bool planes = mode == DirectMode::StridePlanes;
   const int64_t s = a.SH, plane_reach = (a.KH - 1) / s;
   if (planes) cp.plane_bytes = (max_rows + plane_reach) * slab_row;
-  const int64_t slack = cp.virtual_width ? kernels::conv_direct_slack_bytes(cp)
-                        : cp.row_seg      ? cp.row_seg - a.KW * a.C
-                                          : 0;
+  // (A row segment reads row_seg - KW * C bytes past its kernel row's last tap.)
+  const int64_t slack = (cp.virtual_width ? kernels::conv_direct_slack_bytes(cp) : 0) +
+                        (cp.row_seg ? cp.row_seg - a.KW * a.C : 0);
   const int64_t slab_bytes =
       (planes ? s * s * cp.plane_bytes : ((max_rows - 1) * a.SH + reach) * slab_row) + slack;
   const int64_t elem = kind == kernels::OutKind::Int8 ? 1 : 4;
