@@ -155,7 +155,7 @@ def test_bad_isa_name():
     with pytest.raises(ValueError, match="isa must be one of ref, avx2, avx_vnni, avx512_vnni, amx"):
         ops.set_isa_cap("sse9")
     with pytest.raises(ValueError, match="family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, "
-                                         "add, gconv, gate, quantize_planes, avg_pool, dwconv_path, conv_store, "
+                                         "add, gconv, gate, quantize_planes, avg_pool, max_pool, dwconv_path, conv_store, "
                                          "int8_gemm_step, w8_gemm_step, add_path, conv_direct_mode or "
                                          "conv_padded_rows"):
         ops.last_kernel("nope")

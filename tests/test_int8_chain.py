@@ -27,11 +27,21 @@ POOLS = [
     (0, 4, 6, 6, 2, 2, 0, 1, False),       # empty batch
     (1, 3, 3, 3, 4, 2, 0, 1, True),        # ceil_mode: one window larger than the input (torch's size rule)
 ]
+# Channel counts around the vectors' 32 and 64 bytes (GoogLeNet's and Inception's branch poolings: 3x3 stride 1)
+WIDE_POOLS = [
+    (2, 64, 9, 8, 3, 1, 1, 1, False),
+    (1, 95, 7, 7, 3, 1, 1, 1, False),      # one full vector and 31 masked channels
+    (1, 160, 10, 11, 3, 2, 0, 1, True),    # 2.5 vectors, ceil_mode
+    (2, 33, 6, 6, 2, 2, 0, 1, False),      # AVX2: one vector and one channel
+    (1, 512, 5, 5, (3, 1), 1, (1, 0), 1, False),
+]
 
 
-@pytest.mark.parametrize("g", POOLS, ids=[str(g) for g in POOLS])
+@pytest.mark.parametrize("g", POOLS + WIDE_POOLS, ids=[str(g) for g in POOLS + WIDE_POOLS])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_int8_max_pool2d_matches_reference(g, layout):
+def test_int8_max_pool2d_matches_reference(isa, g, layout):
+    # The vector kernels (AVX-512: 64 channels a vector, the last masked; AVX2: 32, then one at a time; AMX's and
+    # AVX-VNNI's sets copy them) and the portable one on the scalar tier.
     N, C, H, W, k, s, p, d, ceil = g
     torch.manual_seed(0)
     x = torch.randint(-128, 128, (N, C, H, W), dtype=torch.int8)
@@ -43,6 +53,14 @@ def test_int8_max_pool2d_matches_reference(g, layout):
     assert out.dtype == torch.int8 and out.shape == want.shape
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(out, want)
+    if out.numel():
+        assert_served("max_pool", isa)
+
+
+def test_int8_max_pool2d_all_minus_128():
+    # -128 everywhere: the vector kernels start each window from -128, the value itself
+    x = torch.full((2, 70, 9, 9), -128, dtype=torch.int8)
+    assert torch.equal(ops.int8_max_pool2d(x, 3, 1, 1), torch.full((2, 70, 9, 9), -128, dtype=torch.int8))
 
 
 def test_int8_max_pool2d_threads():

@@ -1386,9 +1386,12 @@ at::Tensor int8_max_pool2d(const at::Tensor& x, at::IntArrayRef kernel_size, at:
   p.out = out.data_ptr<int8_t>();
   p.N = a.N, p.H = a.H, p.W = a.W, p.C = a.C, p.OH = a.OH, p.OW = a.OW;
   p.KH = a.KH, p.KW = a.KW, p.SH = a.SH, p.SW = a.SW, p.PH = a.PH, p.PW = a.PW, p.DH = a.DH, p.DW = a.DW;
+  const kernels::KernelSet& ks = kernels_for(Family::MaxPool);
+  const kernels::MaxPoolFn fn = ks.max_pool ? ks.max_pool : kernels::max_pool_nhwc_s8;
+  if (!ks.max_pool) record_kernel(Family::MaxPool, Isa::Ref);  // the portable kernel served
   const int64_t row_bytes = a.OW * a.C * a.KH * a.KW;  // about the work of one output row
   at::parallel_for(0, a.N * a.OH, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, row_bytes)),
-                   [&](int64_t b, int64_t e) { kernels::max_pool_nhwc_s8(p, b, e); });
+                   [&](int64_t b, int64_t e) { fn(p, b, e); });
   return out;
 }
 

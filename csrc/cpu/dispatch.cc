@@ -14,8 +14,8 @@ namespace {
 // What served the latest call of each family on this thread (the entry layer records it on the calling
 // thread): a server's other threads do not overwrite what a caller reads back.
 // -1: no call yet (every family's entry: a static_assert below keeps the list as long as the enum)
-thread_local int t_last[static_cast<int>(Family::kCount)] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
-static_assert(static_cast<int>(Family::kCount) == 11, "t_last: one -1 per Family");
+thread_local int t_last[static_cast<int>(Family::kCount)] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+static_assert(static_cast<int>(Family::kCount) == 12, "t_last: one -1 per Family");
 
 // Below this many rows the VNNI kernel beats the tile kernel (measured at 4096 x 4096, 2 threads:
 // M <= 8 VNNI 0.34-0.36 ms vs AMX 0.38-0.40; M = 12 VNNI 0.50 vs AMX 0.42): with a 16-row tile mostly
@@ -56,6 +56,7 @@ const char* family_name(Family f) {
     case Family::Gate: return "gate";
     case Family::QuantizePlanes: return "quantize_planes";
     case Family::AvgPool: return "avg_pool";
+    case Family::MaxPool: return "max_pool";
     default: return "?";
   }
 }
@@ -75,6 +76,7 @@ bool same_kernel(const kernels::KernelSet& a, const kernels::KernelSet& b, Famil
     case Family::Gate: return a.gate_scale == b.gate_scale;
     case Family::QuantizePlanes: return a.quantize_planes == b.quantize_planes;
     case Family::AvgPool: return a.avg_pool == b.avg_pool;
+    case Family::MaxPool: return a.max_pool == b.max_pool;
     default: return false;
   }
 }
@@ -165,7 +167,8 @@ std::string last_kernel(const std::string& family) {
       return v < 0 ? std::string() : table(static_cast<Isa>(v)).name;
     }
   throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, "
-                              "add, gconv, gate, quantize_planes, avg_pool, dwconv_path, conv_store, int8_gemm_step, "
+                              "add, gconv, gate, quantize_planes, avg_pool, max_pool, dwconv_path, conv_store, "
+                              "int8_gemm_step, "
                               "w8_gemm_step, add_path, conv_direct_mode or conv_padded_rows, got '" + family + "'");
 }
 

@@ -13,10 +13,11 @@ namespace cpu {
 // GroupConv: the narrow-group convolution (KernelSet::gconv); a grouped one that gathers rows clears it.
 // Gate: the squeeze-excitation pool and scale on int8 (KernelSet::gate_sum / gate_scale). QuantizePlanes: an NCHW
 // fp32 convolution input quantized straight into NHWC int8 (KernelSet::quantize_planes); one copied to
-// channels-last first clears it. AvgPool: int8 average pooling (KernelSet::avg_pool; 'ref': the portable kernel).
+// channels-last first clears it. AvgPool, MaxPool: int8 average and max pooling (KernelSet::avg_pool, max_pool;
+// 'ref': the portable kernel).
 enum class Family : int {
   Int8Gemm = 0, W8Gemm = 1, Quantize = 2, DwConv = 3, Sparse = 4, ConvDirect = 5, Add = 6, GroupConv = 7, Gate = 8,
-  QuantizePlanes = 9, AvgPool = 10, kCount = 11
+  QuantizePlanes = 9, AvgPool = 10, MaxPool = 11, kCount = 12
 };
 
 // The tier whose code serves `family` in tier isa's kernel set, found from the sets themselves: AMX adds

@@ -12,33 +12,15 @@ namespace fastinfer {
 namespace kernels {
 
 void max_pool_nhwc_s8(const MaxPoolParams& p, int64_t r0, int64_t r1) {
-  const int64_t C = p.C;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t n = r / p.OH, oh = r % p.OH;
-    int64_t kh0, kh1;
-    valid_taps(oh * p.SH - p.PH, p.DH, p.KH, p.H, &kh0, &kh1);
-    const int8_t* img = p.x + n * p.H * p.W * C;
-    int8_t* orow = p.out + r * p.OW * C;
-    for (int64_t ow = 0; ow < p.OW; ++ow) {
-      const int64_t iw0 = ow * p.SW - p.PW;
-      int64_t kw0, kw1;
-      valid_taps(iw0, p.DW, p.KW, p.W, &kw0, &kw1);
-      int8_t* o = orow + ow * C;
-      bool first = true;
-      for (int64_t kh = kh0; kh < kh1; ++kh) {
-        const int8_t* irow = img + (oh * p.SH - p.PH + kh * p.DH) * p.W * C;
-        for (int64_t kw = kw0; kw < kw1; ++kw) {
-          const int8_t* in = irow + (iw0 + kw * p.DW) * C;
-          if (first) {
-            std::memcpy(o, in, static_cast<size_t>(C));
-            first = false;
-            continue;
-          }
-          for (int64_t c = 0; c < C; ++c) o[c] = std::max(o[c], in[c]);
-        }
+  const int64_t C = p.C, th = p.DH * p.W * C, tw = p.DW * C;
+  max_pool_pixels(p, r0, r1, [&](const int8_t* first, int64_t kh, int64_t kw, int8_t* o) {
+    std::memcpy(o, first, static_cast<size_t>(C));
+    for (int64_t i = 0; i < kh; ++i)
+      for (int64_t j = 0; j < kw; ++j) {
+        const int8_t* in = first + i * th + j * tw;
+        for (int64_t c = 0; c < C; ++c) o[c] = std::max(o[c], in[c]);
       }
-    }
-  }
+  });
 }
 
 void avg_pool_nhwc_s8(const AvgPoolParams& p, int64_t r0, int64_t r1) {

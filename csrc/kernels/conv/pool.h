@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "float_bits.h"
+#include "window.h"
 
 namespace fastinfer {
 namespace kernels {
@@ -18,8 +19,28 @@ struct MaxPoolParams {
 };
 
 // Output rows [r0, r1) of the N * OH rows (n, oh). Padding is ignored (as -inf); every window must
-// hold at least one input pixel (the entry layer's check: padding <= kernel / 2).
+// hold at least one input pixel (the entry layer's check: padding <= kernel / 2). The portable kernel;
+// KernelSet::max_pool holds the vector ones (int8_gemm/pool_avx512.cc, pool_avx2.cc).
 void max_pool_nhwc_s8(const MaxPoolParams& p, int64_t r0, int64_t r1);
+
+// Calls pixel(first, kh1 - kh0, kw1 - kw0, out) for each output pixel of output rows [r0, r1): the window's
+// first valid input pixel (its taps DH * W * C and DW * C bytes apart), its valid taps and its C outputs. The
+// max kernels' common walk.
+template <class Pixel>
+inline void max_pool_pixels(const MaxPoolParams& p, int64_t r0, int64_t r1, Pixel&& pixel) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / p.OH, oh = r % p.OH;
+    int64_t kh0, kh1;
+    valid_taps(oh * p.SH - p.PH, p.DH, p.KH, p.H, &kh0, &kh1);
+    const int8_t* rows = p.x + (n * p.H + oh * p.SH - p.PH + kh0 * p.DH) * p.W * p.C;
+    for (int64_t ow = 0; ow < p.OW; ++ow) {
+      const int64_t iw0 = ow * p.SW - p.PW;
+      int64_t kw0, kw1;
+      valid_taps(iw0, p.DW, p.KW, p.W, &kw0, &kw1);
+      pixel(rows + (iw0 + kw0 * p.DW) * p.C, kh1 - kh0, kw1 - kw0, p.out + (r * p.OW + ow) * p.C);
+    }
+  }
+}
 
 // Average pooling of int8 NHWC activations at one scale (a DenseNet transition's 2x2 pool, a ResNet-D shortcut's):
 // out = clamp(round_half_even(float(sum of the window's values) / float(divisor)), -127, 127), the sum exact in

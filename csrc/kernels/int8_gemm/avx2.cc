@@ -645,6 +645,7 @@ const KernelSet& kernels_avx2() {
     k.gate_sum = gate_sum_avx2;
     k.gate_scale = gate_scale_avx2;
     k.avg_pool = avg_pool_avx2;
+    k.max_pool = max_pool_avx2;
     k.quantize_planes = quantize_planes_avx2;
     return k;
   }();

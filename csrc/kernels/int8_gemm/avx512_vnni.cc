@@ -1012,6 +1012,7 @@ const KernelSet& kernels_avx512_vnni() {
     k.gate_sum = gate_sum_avx512;
     k.gate_scale = gate_scale_avx512;
     k.avg_pool = avg_pool_avx512;
+    k.max_pool = max_pool_avx512;
     return k;
   }();
   return s;

@@ -254,6 +254,7 @@ using AddPathFn = const char* (*)(const AddParams&);
 using GateFn = void (*)(const GateParams&, int64_t a, int64_t b);
 // int8 average pooling (csrc/kernels/conv/pool.h), output rows [r0, r1).
 using AvgPoolFn = void (*)(const AvgPoolParams&, int64_t r0, int64_t r1);
+using MaxPoolFn = void (*)(const MaxPoolParams&, int64_t r0, int64_t r1);
 
 // One ISA's kernels. Blocking traits are here so the one dispatch function can split work.
 struct KernelSet {
@@ -288,6 +289,7 @@ struct KernelSet {
   AddPathFn add_path = nullptr;  // null: add_act has one way
   bool conv_planes = false;      // conv_direct reads stride planes (ConvDirectParams::plane_bytes)
   AvgPoolFn avg_pool = nullptr;  // null: the portable kernels::avg_pool_nhwc_s8
+  MaxPoolFn max_pool = nullptr;  // null: the portable kernels::max_pool_nhwc_s8
 };
 
 // Defined one per ISA translation unit.
@@ -303,6 +305,8 @@ void gate_sum_avx2(const GateParams& p, int64_t i0, int64_t i1);      // gate_av
 void gate_scale_avx2(const GateParams& p, int64_t r0, int64_t r1);
 void avg_pool_avx512(const AvgPoolParams& p, int64_t r0, int64_t r1);  // pool_avx512.cc
 void avg_pool_avx2(const AvgPoolParams& p, int64_t r0, int64_t r1);    // pool_avx2.cc
+void max_pool_avx512(const MaxPoolParams& p, int64_t r0, int64_t r1);  // pool_avx512.cc
+void max_pool_avx2(const MaxPoolParams& p, int64_t r0, int64_t r1);    // pool_avx2.cc
 void w8_gemm_bf16_avx512(const W8GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);  // w8_bf16_avx512.cc
 // dw_ymm_avx512.cc: the 256-bit row-quad depthwise kernel for AVX-512 VNNI CPUs at 32 channels; its path
 // name, or null where it does not serve (dwconv_avx512 then runs its own kernel)

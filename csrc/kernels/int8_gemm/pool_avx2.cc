@@ -58,6 +58,27 @@ void avg_pool_avx2(const AvgPoolParams& p, int64_t r0, int64_t r1) {
   });
 }
 
+// Max pooling, 32 channels a vector, the last C % 32 one at a time: as max_pool_avx512.
+void max_pool_avx2(const MaxPoolParams& p, int64_t r0, int64_t r1) {
+  const int64_t C = p.C, C32 = C / 32 * 32, th = p.DH * p.W * C, tw = p.DW * C;
+  max_pool_pixels(p, r0, r1, [&](const int8_t* first, int64_t kh, int64_t kw, int8_t* o) {
+    for (int64_t c = 0; c < C32; c += 32) {
+      __m256i acc = _mm256_set1_epi8(-128);
+      for (int64_t i = 0; i < kh; ++i)
+        for (int64_t j = 0; j < kw; ++j)
+          acc = _mm256_max_epi8(
+              acc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(first + i * th + j * tw + c)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + c), acc);
+    }
+    for (int64_t c = C32; c < C; ++c) {
+      int8_t v = -128;
+      for (int64_t i = 0; i < kh; ++i)
+        for (int64_t j = 0; j < kw; ++j) v = std::max(v, first[i * th + j * tw + c]);
+      o[c] = v;
+    }
+  });
+}
+
 }  // namespace kernels
 }  // namespace fastinfer
 
