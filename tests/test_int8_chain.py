@@ -33,7 +33,8 @@ WIDE_POOLS = [
     (1, 95, 7, 7, 3, 1, 1, 1, False),      # one full vector and 31 masked channels
     (1, 160, 10, 11, 3, 2, 0, 1, True),    # 2.5 vectors, ceil_mode
     (2, 33, 6, 6, 2, 2, 0, 1, False),      # AVX2: one vector and one channel
-    (1, 512, 5, 5, (3, 1), 1, (1, 0), 1, False),
+    (1, 512, 5, 5, (3, 1), 1, (1, 0), 1, False),   # AVX-512: two groups of four vectors
+    (2, 300, 6, 7, 3, 1, 1, 1, False),     # a group of four vectors, then 44 masked channels
 ]
 
 
