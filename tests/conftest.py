@@ -1,4 +1,6 @@
 """Shared fixtures: the ISA paths this CPU can run (each test asserts which one served it), seeds."""
+import contextlib
+
 import pytest
 import torch
 
@@ -90,3 +92,30 @@ def cuda_graph_replays(fn, x):
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(y, want, rtol=0, atol=0)
+
+
+def valid_taps(i0, d, k, size):
+    """The kernel taps [t0, t1) of a window starting at i0 (dilation d) that fall inside [0, size), or None."""
+    taps = [t for t in range(k) if 0 <= i0 + t * d < size]
+    return (taps[0], taps[-1] + 1) if taps else None
+
+
+@contextlib.contextmanager
+def padded_rows_mode(mode):
+    """ops.set_conv_padded_rows(mode) and the thread count, both restored afterwards."""
+    previous, before = ops.set_conv_padded_rows(mode), torch.get_num_threads()
+    try:
+        yield
+    finally:
+        ops.set_conv_padded_rows(previous)
+        torch.set_num_threads(before)
+
+
+def padded_taps_runs(x, xq):
+    """(input, x_scale, out_scale, act) at 1 and 2 threads (set as each comes): an fp32 input NCHW and channels_last,
+    static and dynamic, int8 and fp32 out, and an int8 one; for the padded-taps tests."""
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        yield from ((x, 0.03, 0.05, "relu6"), (x, None, None, "none"),
+                    (x.contiguous(memory_format=torch.channels_last), 0.03, None, "relu"),
+                    (xq, 0.05, 0.1, "relu"), (xq, 0.05, None, "none"))

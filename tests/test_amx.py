@@ -14,7 +14,8 @@ import fastinfer
 from fastinfer import ops
 from fastinfer import reference as ref
 
-from conftest import CAPS, CONV_EPILOGUE_EDGES, conv_epilogue_edge, runnable_isas
+from conftest import (CAPS, CONV_EPILOGUE_EDGES, conv_epilogue_edge, padded_rows_mode, padded_taps_runs,
+                      runnable_isas, valid_taps)
 
 needs_amx = pytest.mark.skipif("amx" not in runnable_isas(),
                                reason=f"this CPU cannot run the AMX path ({CAPS.get('amx_note') or CAPS['detected']})")
@@ -385,8 +386,8 @@ def amx_tap_plan(g):
     N, C, H, W, Co, k, s, p, d = g
     T = 16
     oh_n, ow_n = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
-    rows = [_valid_taps(r * s - p, d, k, H) for r in range(oh_n)]
-    cols = [_valid_taps(c * s - p, d, k, W) for c in range(ow_n)]
+    rows = [valid_taps(r * s - p, d, k, H) for r in range(oh_n)]
+    cols = [valid_taps(c * s - p, d, k, W) for c in range(ow_n)]
     exact = None not in rows and None not in cols
     rows = [r or (0, k) for r in rows]
     segs = [(0, ow_n, 0, k)]
@@ -421,11 +422,6 @@ def amx_tap_plan(g):
     return mode, ("skipped_taps" if any(b[2] > 0 or b[3] < k for b in boxes) else "skipped"), exact
 
 
-def _valid_taps(i0, d, k, size):
-    taps = [t for t in range(k) if 0 <= i0 + t * d < size]
-    return (taps[0], taps[-1] + 1) if taps else None
-
-
 @needs_amx
 @pytest.mark.parametrize("g", AMX_TAPS, ids=[str(g) for g in AMX_TAPS])
 def test_direct_conv_skips_padded_taps(amx_every_shape, g):
@@ -440,28 +436,20 @@ def test_direct_conv_skips_padded_taps(amx_every_shape, g):
     x = torch.randn(N, C, H, W) * 2
     xq = rand_i8(N, C, H, W).contiguous(memory_format=torch.channels_last)
     mode, how, exact = amx_tap_plan(g)
-    previous, before = ops.set_conv_padded_rows("auto"), torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            for inp, x_scale, out_scale, act in ((x, 0.03, 0.05, "relu6"), (x, None, None, "none"),
-                                                 (x.contiguous(memory_format=torch.channels_last), 0.03, None, "relu"),
-                                                 (xq, 0.05, 0.1, "relu"), (xq, 0.05, None, "none")):
-                ops.set_conv_padded_rows("auto")
-                y = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
-                torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, *geo[1:], 1, x_scale, out_scale, act),
-                                           rtol=0, atol=0)
-                assert ops.last_kernel("conv_direct") == "amx"
-                assert ops.last_kernel("conv_padded_rows") == how
-                assert ops.last_kernel("conv_direct_mode") == ("rows_in_place" if exact else mode)
-                ops.set_conv_padded_rows("never")
-                y_all = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
-                assert ops.last_kernel("conv_padded_rows") == "computed"
-                assert ops.last_kernel("conv_direct_mode") == ("padded_width" if s == 1 else "rows")
-                assert torch.equal(y, y_all)
-    finally:
-        ops.set_conv_padded_rows(previous)
-        torch.set_num_threads(before)
+    with padded_rows_mode("auto"):
+        for inp, x_scale, out_scale, act in padded_taps_runs(x, xq):
+            ops.set_conv_padded_rows("auto")
+            y = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
+            torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, *geo[1:], 1, x_scale, out_scale, act),
+                                       rtol=0, atol=0)
+            assert ops.last_kernel("conv_direct") == "amx"
+            assert ops.last_kernel("conv_padded_rows") == how
+            assert ops.last_kernel("conv_direct_mode") == ("rows_in_place" if exact else mode)
+            ops.set_conv_padded_rows("never")
+            y_all = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
+            assert ops.last_kernel("conv_padded_rows") == "computed"
+            assert ops.last_kernel("conv_direct_mode") == ("padded_width" if s == 1 else "rows")
+            assert torch.equal(y, y_all)
 
 
 def test_amx_tap_plan_oracle_sees_every_case():

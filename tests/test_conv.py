@@ -11,7 +11,8 @@ from fastinfer import ops
 from fastinfer import reference as ref
 from fastinfer.nn import ConvAct2d, Int8Conv2d
 
-from conftest import CAPS, CONV_EPILOGUE_EDGES, assert_served, conv_epilogue_edge, runnable_isas, served_by
+from conftest import (CAPS, CONV_EPILOGUE_EDGES, assert_served, conv_epilogue_edge, padded_rows_mode, padded_taps_runs,
+                      runnable_isas, served_by, valid_taps)
 
 # (N, C, H, W, Cout, k, stride, pad, dilation, groups)
 GEOMETRIES = [
@@ -452,11 +453,6 @@ PADDED_TAPS = [VNNI_DIRECT[i] for i in (0, 1, 2, 3, 4, 5, 6, 10, 11, 13)] + [
 ]
 
 
-def _valid_taps(i0, d, k, size):
-    taps = [t for t in range(k) if 0 <= i0 + t * d < size]
-    return (taps[0], taps[-1] + 1) if taps else None
-
-
 def padded_taps(g, tier):
     """What the direct convolution of g does with its taps in the zero padding under "always", and whether an
     int8 input is then read in place (conv_ops.cpp's PaddedTaps, written again from its comment): "skipped"
@@ -469,11 +465,11 @@ def padded_taps(g, tier):
     exact = tap > 0
     rows = []
     for r in range(oh_n):
-        v = _valid_taps(r * s - p, d, k, H)
+        v = valid_taps(r * s - p, d, k, H)
         exact = exact and v is not None
         rows.append(v or (0, k))
     segs = [[0, ow_n, 0, k]]
-    cols = [_valid_taps(c * s - p, d, k, W) for c in range(ow_n)]
+    cols = [valid_taps(c * s - p, d, k, W) for c in range(ow_n)]
     if tap and None not in cols:
         segs = []
         for c, v in enumerate(cols):
@@ -517,30 +513,22 @@ def test_vnni_direct_conv_skips_padded_taps(vnni, g):
     xq = torch.randint(-128, 128, g[:4], dtype=torch.int8).contiguous(memory_format=torch.channels_last)
     how, exact = padded_taps(g, vnni)
     direct = (g[3] + 2 * g[7] - g[8] * (g[5] - 1) - 1) // g[6] + 1 >= 10  # OW >= 10; else the gathered rows
-    previous, before = ops.set_conv_padded_rows("always"), torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            for inp, x_scale, out_scale, act in ((x, 0.03, 0.05, "relu6"), (x, None, None, "none"),
-                                                 (x.contiguous(memory_format=torch.channels_last), 0.03, None, "relu"),
-                                                 (xq, 0.05, 0.1, "relu"), (xq, 0.05, None, "none")):
-                ops.set_conv_padded_rows("always")
-                y = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
-                torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, *geo[1:], 1, x_scale, out_scale, act),
-                                           rtol=0, atol=0)
-                if direct:
-                    assert ops.last_kernel("conv_direct") == vnni
-                    assert ops.last_kernel("conv_padded_rows") == how
-                    # (an fp32 input is quantized to NHWC int8 once first where it is then read in place)
-                    assert (ops.last_kernel("conv_direct_mode") == "rows_in_place") == exact
-                ops.set_conv_padded_rows("never")
-                y_all = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
-                assert ops.last_kernel("conv_padded_rows") == "computed"
-                assert ops.last_kernel("conv_direct_mode") != "rows_in_place"
-                assert torch.equal(y, y_all)
-    finally:
-        ops.set_conv_padded_rows(previous)
-        torch.set_num_threads(before)
+    with padded_rows_mode("always"):
+        for inp, x_scale, out_scale, act in padded_taps_runs(x, xq):
+            ops.set_conv_padded_rows("always")
+            y = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
+            torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, *geo[1:], 1, x_scale, out_scale, act),
+                                       rtol=0, atol=0)
+            if direct:
+                assert ops.last_kernel("conv_direct") == vnni
+                assert ops.last_kernel("conv_padded_rows") == how
+                # (an fp32 input is quantized to NHWC int8 once first where it is then read in place)
+                assert (ops.last_kernel("conv_direct_mode") == "rows_in_place") == exact
+            ops.set_conv_padded_rows("never")
+            y_all = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
+            assert ops.last_kernel("conv_padded_rows") == "computed"
+            assert ops.last_kernel("conv_direct_mode") != "rows_in_place"
+            assert torch.equal(y, y_all)
 
 
 def test_padded_taps_oracle_sees_columns_and_in_place():
