@@ -168,8 +168,8 @@ std::string last_kernel(const std::string& family) {
     }
   throw std::invalid_argument("last_kernel: family must be int8_gemm, w8_gemm, quantize, dwconv, sparse, conv_direct, "
                               "add, gconv, gate, quantize_planes, avg_pool, max_pool, dwconv_path, conv_store, "
-                              "int8_gemm_step, "
-                              "w8_gemm_step, add_path, conv_direct_mode or conv_padded_rows, got '" + family + "'");
+                              "int8_gemm_step, w8_gemm_step, add_path, conv_direct_mode or conv_padded_rows, got '" +
+                              family + "'");
 }
 
 std::string capabilities_json() {

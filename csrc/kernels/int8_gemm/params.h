@@ -159,13 +159,14 @@ struct ConvDirectParams {
   int64_t x_origin = 0;
 };
 
-// The first column of a T-pixel tile within an output row that starts at column ow of a segment ending at ow_hi:
-// the tile ends at the segment's end where the segment holds T pixels from ow, else starts at column 0 (a
-// segment narrower than T: the tile reads pixels beside it, which it does not store). Needs OW >= T.
+// The first column of the T-pixel tile that computes columns from ow of a segment ending at ow_hi: ow where T
+// pixels from ow lie in the segment, else shifted back to end at ow_hi, but not before column 0 (a segment
+// narrower than T: the tile reads pixels beside it, which it does not store). Needs OW >= T.
 inline int64_t row_tile_window(int64_t ow, int64_t ow_hi, int64_t T) {
   const int64_t w = ow < ow_hi - T ? ow : ow_hi - T;
   return w < 0 ? 0 : w;
 }
+
 // Bytes a virtual-width direct convolution may read past the end of its input (with stride planes, past
 // the last plane): a window's 16 rows (stride s pixels apart), a row of the stride, and the farthest tap.
 inline int64_t conv_direct_slack_bytes(const ConvDirectParams& c) {

@@ -4,6 +4,7 @@
 // rule (avg_round), which gives the same bytes. The AVX2 set (and AVX-VNNI's, which copies it) holds it. Four of
 // Inception v3's pooling shapes at batch 1, one process, AMD Zen 4, 2 threads: 0.23 ms here, 0.18 ms AVX-512,
 // 1.23 ms portable.
+// Max pooling too (max_pool_avx2, below).
 #include <cstdint>
 
 #include <immintrin.h>
