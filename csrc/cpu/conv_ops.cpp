@@ -320,20 +320,26 @@ bool valid_kernel_rows(const ConvArgs& a, int64_t oh, int64_t* k0, int64_t* k1) 
 // row. They do for dilated kernels: DeepLabV3's 3x3 of dilation 2, 4, 12, 24 and 36 at 32 x 32 make 0.85,
 // 0.73, 0.43, 0.17 and 0.03 times as many. conv_padded_rows "never" keeps the padded width; "always" takes the
 // boxes wherever they are fewer or as many.
-bool row_boxes_beat_padded_width(const ConvArgs& a, int64_t T) {
-  const int mode = conv_padded_rows_mode();
-  if (mode == 2 || (a.PH == 0 && a.PW == 0) || a.OW < T) return false;
-  bool exact = true;
-  const std::vector<TapSeg> segs = tile_segments(a, T, &exact);
-  int64_t boxes = 0;
+// The tile products of one image's tap boxes: each output row's valid kernel rows (all of them where it reads
+// only padding) times each segment's tiles and kernel columns.
+int64_t box_tile_products(const ConvArgs& a, const std::vector<TapSeg>& segs, int64_t T) {
+  int64_t products = 0;
   for (int64_t oh = 0; oh < a.OH; ++oh) {
     int64_t k0, k1;
     if (!valid_kernel_rows(a, oh, &k0, &k1)) {
       k0 = 0;
       k1 = a.KH;
     }
-    for (const TapSeg& g : segs) boxes += (g.ow1 - g.ow0 + T - 1) / T * (g.kw1 - g.kw0) * (k1 - k0);
+    for (const TapSeg& g : segs) products += (g.ow1 - g.ow0 + T - 1) / T * (g.kw1 - g.kw0) * (k1 - k0);
   }
+  return products;
+}
+
+bool row_boxes_beat_padded_width(const ConvArgs& a, int64_t T) {
+  const int mode = conv_padded_rows_mode();
+  if (mode == 2 || (a.PH == 0 && a.PW == 0) || a.OW < T) return false;
+  bool exact = true;
+  const int64_t boxes = box_tile_products(a, tile_segments(a, T, &exact), T);
   const int64_t padded_width = (a.OH * (a.W + 2 * a.PW) + T - 1) / T * a.KH * a.KW;
   return mode == 1 ? boxes <= padded_width : boxes < padded_width;
 }
@@ -607,14 +613,8 @@ class PaddedTaps {
         if (c == boxes_.size()) boxes_.push_back(box);
         cls_[static_cast<size_t>(oh * nseg + s)] = static_cast<int>(c);
       }
-    if (amx) {  // tile products left out against whole rows of every tap
-      int64_t boxes = 0;
-      for (int64_t oh = 0; oh < a.OH; ++oh)
-        for (const TapSeg& g : segs_)
-          boxes += (g.ow1 - g.ow0 + T - 1) / T * (g.kw1 - g.kw0) *
-                   (rows[static_cast<size_t>(oh)].second - rows[static_cast<size_t>(oh)].first);
-      saved = static_cast<double>((a.OW + T - 1) / T * a.KH * a.KW * a.OH - boxes);
-    }
+    if (amx)  // tile products left out against whole rows of every tap
+      saved = static_cast<double>((a.OW + T - 1) / T * a.KH * a.KW * a.OH - box_tile_products(a, segs_, T));
     const int64_t classes = static_cast<int64_t>(boxes_.size());
     // "auto": the products saved against the sums' GEMM (classes operand rows over the whole packed weight,
     // in tiles of a few rows) and its pass over the weight, counted as 4 products a byte. In-process A/B on
