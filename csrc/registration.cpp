@@ -94,6 +94,9 @@ TORCH_LIBRARY(fastinfer, m) {
   // int8 channels_last, round(act(x * scale[c] + shift[c]) / out_scale) clamped to [-127, 127].
   m.def("quantize_channel_affine(Tensor x, Tensor scale, Tensor shift, float out_scale, bool relu=False, "
         "float? x_scale=None) -> Tensor");
+  // Channel concatenation of int8 activations: parts (int8 [N, C_i, H, W]) written one after another into out's
+  // channels from channel_offset on; out channels_last, or a channel slice of a channels_last buffer.
+  m.def("int8_cat_channels_into(Tensor(a!) out, Tensor[] parts, int channel_offset=0) -> ()");
   // Sparse weights (layouts in csrc/kernels/sparse/sparse.h), packed once from a dense [N, K] weight:
   // csr16 / csr8 from fp32 -> (row_ptr, cols, values) / (row_ptr, offsets, group_base, values);
   // slot128 from int8 -> (grp_ptr, idx, values, w_sum).

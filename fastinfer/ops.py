@@ -260,6 +260,15 @@ def quantize_channel_affine(x: Tensor, scale: Tensor, shift: Tensor, out_scale: 
     return _ops.quantize_channel_affine(x, scale, shift, out_scale, relu, x_scale)
 
 
+def int8_cat_channels_into(out: Tensor, parts, channel_offset: int = 0) -> None:
+    """Writes ``parts`` (int8 [N, C_i, H, W] each, any layout, out's N, H and W) one after another into ``out``'s
+    channels from ``channel_offset`` on: out[:, channel_offset:channel_offset + sum(C_i)] = torch.cat(parts, 1),
+    in place (CPU). out: int8 [N, C, H, W] in channels_last memory, or a channel slice of a channels_last tensor
+    (contiguous channels, evenly spaced pixels). No part may share memory with out."""
+    _check_devices("int8_cat_channels_into", out=out, **{f"parts[{i}]": p for i, p in enumerate(parts)})
+    _ops.int8_cat_channels_into(out, list(parts), channel_offset)
+
+
 def pair(v, name: str = "a size") -> Tuple[int, int]:
     """An int or a 2-sequence of ints (kernel_size, stride, ...) as a pair of ints; anything else (a bool, a
     float, another length) is refused naming `name`."""
@@ -566,6 +575,11 @@ def _int8_channel_scale_fake(x, x_scale, gate, out_scale=None):
 @torch.library.register_fake("fastinfer::quantize_channel_affine")
 def _quantize_channel_affine_fake(x, scale, shift, out_scale, relu=False, x_scale=None):
     return x.new_empty(x.shape, dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("fastinfer::int8_cat_channels_into")
+def _int8_cat_channels_into_fake(out, parts, channel_offset=0):
+    return None
 
 
 def int8_peak_probe(iters: int) -> int:

@@ -322,3 +322,9 @@ def int8_avg_pool2d(x: Tensor, kernel_size, stride, padding, ceil_mode: bool = F
         div = torch.round(taps / F.avg_pool2d(ones, *args, count_include_pad))
     q = torch.round(sums.float() / div.float()).clamp(-127, 127)
     return q.to(torch.int8).contiguous(memory_format=torch.channels_last)
+
+
+def int8_cat_channels_into(out: Tensor, parts, channel_offset: int = 0) -> None:
+    """out[:, channel_offset:channel_offset + sum of the parts' channels] = torch.cat(parts, 1), in place."""
+    joined = torch.cat(list(parts), 1)
+    out[:, channel_offset:channel_offset + joined.shape[1]] = joined

@@ -1159,3 +1159,42 @@ def test_global_average_pooling_called_twice_stays_float():
     torch.manual_seed(0)
     q = quantize_static(Twice().eval())
     assert type(q.pool) is nn.AdaptiveAvgPool2d and q.stem[0].out_scale is None
+
+
+class BasicConv(nn.Module):
+    """torchvision Inception's BasicConv2d: conv, BatchNorm, then a functional in-place ReLU in its forward."""
+
+    def __init__(self, c_in, c_out, shift=False):
+        super().__init__()
+        self.conv, self.bn, self.shift = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), shift
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        return F.relu(x + 0.5 if self.shift else x, inplace=True)
+
+
+def test_a_relu_after_a_fused_relu_is_dropped(monkeypatch, tmp_path):
+    """fuse folds the BatchNorm and the ReLU into the conv but cannot edit the forward, so its F.relu ran again
+    over the conv's int8 output (94 times in Inception v3's forward). quantize drops it: the same bits without it."""
+    from fastinfer.quantization import chain
+    torch.manual_seed(0)
+    model = nn.Sequential(BasicConv(3, 8), BasicConv(8, 8), BasicConv(8, 8, shift=True), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 10, 10)
+    q = quantize_static(copy.deepcopy(model))
+    assert set(q.fastinfer_report.rewritten) == {"0", "1"}  # the shifted one's ReLU follows an add: it stays
+    for block in (q[0], q[1]):
+        assert not any(n.op == "call_function" and n.target is F.relu for n in block.graph.nodes)
+        assert block.conv.activation == "relu"
+    assert not isinstance(q[2], torch.fx.GraphModule)
+    monkeypatch.setattr(chain, "_repeated_relu", lambda module, node: False)
+    kept = quantize_static(copy.deepcopy(model))
+    assert kept.fastinfer_report.rewritten == []
+    monkeypatch.undo()
+    with torch.inference_mode():
+        y = q(x)
+        assert torch.equal(y, kept(x))
+    torch.save(q.state_dict(), tmp_path / "q.pt")
+    loaded = fastinfer.load_quantized(tmp_path / "q.pt", fastinfer.fuse(copy.deepcopy(model)))
+    assert isinstance(loaded[0], torch.fx.GraphModule)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), y)

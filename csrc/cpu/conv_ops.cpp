@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../kernels/conv/add.h"
+#include "../kernels/conv/concat.h"
 #include "../kernels/conv/im2row.h"
 #include "../kernels/conv/pool.h"
 #include "../kernels/conv/window.h"
@@ -1534,10 +1535,75 @@ at::Tensor int8_channel_scale(const at::Tensor& x, double x_scale, const at::Ten
   return out;
 }
 
+// Bytes between consecutive pixels of t ([N, C, H, W] read as N * H * W pixel rows) when its channels are
+// contiguous and its pixels evenly spaced: a channels_last tensor (C), or a channel slice of one (a DenseNet's
+// concatenated features, a prefix of a wider buffer). -1 for any other layout.
+int64_t pixel_stride(const at::Tensor& t) {
+  if (t.size(1) > 1 && t.stride(1) != 1) return -1;
+  int64_t ld = -1, expect = 0;
+  for (const int d : {3, 2, 0}) {
+    if (t.size(d) == 1) continue;
+    if (ld < 0) ld = expect = t.stride(d);
+    if (t.stride(d) != expect) return -1;
+    expect *= t.size(d);
+  }
+  if (ld < 0) ld = t.size(1);  // at most one pixel
+  return ld >= t.size(1) ? ld : -1;
+}
+
+// Writes parts (int8 [N, C_i, H, W] each, any layout) one after another into out's channels from channel_offset
+// on. out: int8 [N, C, H, W] with contiguous channels and evenly spaced pixels (pixel_stride): channels_last, or
+// a channel slice of a wider channels_last buffer. What torch.cat(parts, 1) computes, without its per-part
+// strided copies: fastinfer.nn.concat's int8 concatenations run on it.
+void int8_cat_channels_into(const at::Tensor& out, at::TensorList parts, int64_t channel_offset) {
+  const char* op = "int8_cat_channels_into";
+  check_cpu(out, op, "out");
+  check_dtype(out, at::kChar, op, "out");
+  TORCH_CHECK(out.dim() == 4, "fastinfer.", op, ": out must be 4-D [N, C, H, W], got shape ", out.sizes());
+  const int64_t ldo = pixel_stride(out);
+  TORCH_CHECK(ldo >= 0, "fastinfer.", op, ": out must hold its channels contiguously with evenly spaced pixels "
+              "(channels_last, or a channel slice of a channels_last tensor), got strides ", out.strides());
+  TORCH_CHECK(channel_offset >= 0 && channel_offset <= out.size(1), "fastinfer.", op, ": channel_offset must be in "
+              "[0, ", out.size(1), "] (out's channels), got ", channel_offset);
+  std::vector<at::Tensor> held;
+  std::vector<kernels::ConcatPart> ps;
+  int64_t c = channel_offset;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const at::Tensor& part = parts[i];
+    const std::string arg = "parts[" + std::to_string(i) + "]";
+    check_cpu(part, op, arg.c_str());
+    check_dtype(part, at::kChar, op, arg.c_str());
+    TORCH_CHECK(part.dim() == 4 && part.size(0) == out.size(0) && part.size(2) == out.size(2) &&
+                part.size(3) == out.size(3), "fastinfer.", op, ": ", arg, " must be 4-D [N=", out.size(0),
+                ", C, H=", out.size(2), ", W=", out.size(3), "] (out's N, H and W), got shape ", part.sizes());
+    TORCH_CHECK(!part.is_alias_of(out), "fastinfer.", op, ": ", arg, " shares memory with out");
+    c += part.size(1);
+    TORCH_CHECK(c <= out.size(1), "fastinfer.", op, ": the parts' channels from channel_offset ", channel_offset,
+                " on reach channel ", c, ", past out's ", out.size(1));
+    if (part.size(1) == 0 || part.numel() == 0) continue;
+    int64_t ld = pixel_stride(part);
+    held.push_back(ld >= 0 ? part : part.contiguous(at::MemoryFormat::ChannelsLast));
+    if (ld < 0) ld = part.size(1);
+    ps.push_back({held.back().data_ptr<int8_t>(), ld, part.size(1), c - part.size(1)});
+  }
+  const int64_t pixels = out.size(0) * out.size(2) * out.size(3);
+  if (ps.empty() || pixels == 0) return;
+  kernels::ConcatParams p;
+  p.parts = ps.data();
+  p.n_parts = static_cast<int64_t>(ps.size());
+  p.out = out.data_ptr<int8_t>();
+  p.ldo = ldo;
+  const int64_t blocks = (pixels + kernels::kConcatBlock - 1) / kernels::kConcatBlock;
+  const int64_t block_bytes = kernels::kConcatBlock * std::max<int64_t>(1, c - channel_offset);
+  at::parallel_for(0, blocks, std::max<int64_t>(1, 262144 / block_bytes), [&](int64_t b0, int64_t b1) {
+    kernels::concat_channels_s8(p, b0 * kernels::kConcatBlock, std::min(pixels, b1 * kernels::kConcatBlock));
+  });
+}
+
 // A per-channel affine map (+ ReLU) quantized with a static scale: an eval BatchNorm (+ ReLU) written as the int8
 // input of the static conv behind it (fastinfer.nn.BatchNormQuant2d). x [N, C, H, W] float32 / bfloat16, or int8
 // with x_scale (value = x * x_scale: an int8 hand-off, such as a DenseNet's concatenated features), any memory
-// format (read as channels_last: a copy unless it is); out int8 [N, C, H, W] channels_last,
+// format (read as channels_last: a copy unless it is one, or a channel slice of one); out int8 [N, C, H, W] channels_last,
 // q = clamp(round_half_even(act(x * s[c] + shift[c]) * fl(1 / out_scale)), -127, 127) with s = scale, or for int8
 // x s = fl(x_scale * scale[c]); each step an fp32 rounding, NaN -> 0. The quantizer of the w8a8 ops
 // (QuantizeParams::col_scale / col_shift / relu), rows = pixels.
@@ -1552,20 +1618,33 @@ at::Tensor quantize_channel_affine(const at::Tensor& x, const at::Tensor& scale,
               "int8 (its value is x * x_scale), got x of dtype ", t, " and x_scale ", x_scale ? "given" : "None");
   TORCH_CHECK(x.dim() == 4, "fastinfer.", op, ": x must be 4-D [N, C, H, W], got shape ", x.sizes());
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  at::Tensor sc = channel_vector(scale, C, op, "scale", false);
+  const at::Tensor sc = channel_vector(scale, C, op, "scale", false);
   const at::Tensor sh = channel_vector(shift, C, op, "shift", false);
   check_scale(x_scale, op, "x_scale");
   check_scale(out_scale, op, "out_scale");
   at::Tensor out = output_empty(x.sizes(), at::kChar, at::MemoryFormat::ChannelsLast);
   if (out.numel() == 0) return out;
-  if (x_scale) sc = sc.mul(static_cast<float>(*x_scale));  // fp32 products, one rounding each
-  // [N, C, H, W] in channels_last memory is the row-major [N * H * W, C] the quantizer reads and writes.
-  const at::Tensor rows = x.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).reshape({N * H * W, C});
+  // int8 x: s = fl(x_scale * scale[c]), fp32 products with one rounding each (not sc.mul(x_scale): at batch 1 its
+  // scalar wrapping and allocation took a tenth of a DenseNet layer's norm)
+  const float* s = sc.data_ptr<float>();
+  std::vector<float> scaled;
+  if (x_scale) {
+    const float xs = static_cast<float>(*x_scale);
+    scaled.resize(C);
+    for (int64_t c = 0; c < C; ++c) scaled[c] = s[c] * xs;
+    s = scaled.data();
+  }
+  // [N, C, H, W] in channels_last memory is the row-major [N * H * W, C] the quantizer reads and writes. A channel
+  // slice of a wider channels_last buffer (a DenseNet's concatenated features, fastinfer.nn.concat) is read in
+  // place, its rows pixel_stride elements apart.
+  const int64_t ld = pixel_stride(x);
+  const at::Tensor rows = ld >= 0 ? x.as_strided({N * H * W, C}, {ld, 1})
+                                  : x.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).reshape({N * H * W, C});
   at::Tensor q = out.permute({0, 2, 3, 1}).reshape({N * H * W, C});
-  TORCH_INTERNAL_ASSERT(q.data_ptr() == out.data_ptr() && rows.is_contiguous());
+  TORCH_INTERNAL_ASSERT(q.data_ptr() == out.data_ptr() && rows.stride(1) == 1 && rows.stride(0) >= C);
   at::Tensor none;
-  quantize_rows(rows, q, none, /*shift128=*/false, 1.0f / static_cast<float>(out_scale), sc.data_ptr<float>(),
-                sh.data_ptr<float>(), relu);
+  quantize_rows(rows, q, none, /*shift128=*/false, 1.0f / static_cast<float>(out_scale), s, sh.data_ptr<float>(),
+                relu);
   return out;
 }
 
@@ -1578,6 +1657,7 @@ TORCH_LIBRARY_IMPL(fastinfer, CPU, m) {
   m.impl("int8_channel_mean", &int8_channel_mean);
   m.impl("int8_channel_scale", &int8_channel_scale);
   m.impl("quantize_channel_affine", &quantize_channel_affine);
+  m.impl("int8_cat_channels_into", &int8_cat_channels_into);
 }
 
 }  // namespace cpu

@@ -8,7 +8,8 @@ is multiplied into the per-channel scale): rarely 1 in the last int8 place. An n
 becomes an Int8MaxPool2d, which pools int8 with our kernel, a nearest nn.Upsample an Int8Upsample, and a conv
 that reads through more max poolings than the producer's other consumers takes their scale (a max pooling's
 output lies in its input's range). Branches joined by torch.cat (Inception blocks, SqueezeNet's fire modules,
-a U-Net's skip connections) hand off int8 when every input of the concatenation is a hand-off at one scale.
+a U-Net's skip connections) hand off int8 when every input of the concatenation is a hand-off at one scale
+(a DenseNet block's, which extend one another, rewrite_residual_adds turns into fastinfer.nn.concat's calls).
 An nn.AvgPool2d becomes an Int8AvgPool2d (the average of the int8 values at their scale, rounded: within half a
 step of the fp32 pooling). A BatchNorm fuse could not fold (after a concatenation or an add) whose output reaches
 only static convs becomes a BatchNormQuant2d, which writes their int8 input and also reads an int8 one: the
@@ -38,6 +39,7 @@ from ..nn.add import Int8Add
 from ..nn.dropout import Int8Dropout
 from ..nn.fused import Folded
 from ..nn.gate import Int8AdaptiveAvgPool2d, Int8ChannelScale, Int8GlobalAvgPool, is_global_avg_pool
+from ..nn import concat
 from ..nn.norm import BatchNormQuant2d
 from ..nn.pool import Int8AvgPool2d, Int8MaxPool2d, Int8Upsample
 from .fuse import _arg, _join, walk_traced
@@ -99,10 +101,30 @@ def chain_int8_convs(model: nn.Module, output_scales: Optional[Dict[str, float]]
 
 
 class _OwnOpsTracer(fx.Tracer):
-    """Traces a module's own forward: every submodule it calls stays one call (and keeps its own forward)."""
+    """Traces a module's own forward: every submodule it calls stays one call (and keeps its own forward), except
+    those in ``inline`` (id -> the names of the forward's parameters its code tests with ``isinstance(p, Tensor)``
+    or ``p is None``) called with a list or tuple for each of those: their forward is traced into the caller's.
+    A trace sees a bare argument as a Proxy, which is neither a Tensor nor None, and a list as a list: the tests
+    then take the branch the call takes when it runs (torchvision's _DenseLayer, called by its block with the list
+    of features; on its own it would be traced as if its argument could only be a list)."""
+
+    def __init__(self, inline: Optional[Dict[int, List[str]]] = None):
+        super().__init__()
+        self.inline = inline or {}
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return True
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        tested = self.inline.get(id(m))
+        if tested is not None:
+            try:
+                bound = inspect.signature(m.forward).bind(*args, **kwargs).arguments
+            except TypeError:
+                bound = None
+            if bound is not None and all(isinstance(bound.get(p), (list, tuple)) for p in tested):
+                return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
 
 
 _ADD_FUNCTIONS = (operator.add, torch.add)
@@ -127,17 +149,59 @@ def _fixed_signature(mod: nn.Module, graph: fx.Graph) -> Optional[str]:
     if unused:
         return (f"its trace drops argument {', '.join(map(str, unused))} (a branch on it, which a trace cannot "
                 "follow); the add stays fp32")
-    try:  # the class, helpers included: an argument that may be None (`forward(self, x, skip)`, skip=None)
-        source = "".join(inspect.getsource(c) for c in type(mod).__mro__
-                         if c.__module__ not in ("builtins",) and not c.__module__.startswith("torch."))
-    except (OSError, TypeError):
-        source = ""
-    tested = [p.name for p in params if re.search(rf"\b{re.escape(p.name)}\s+is\s+(not\s+)?None\b"
-                                                  rf"|isinstance\(\s*{re.escape(p.name)}\b", source)]
+    tested = _tested_params(mod, [p.name for p in params])
     if tested:
         return (f"its code tests {', '.join(tested)} (against None or a type), a branch a trace cannot follow; "
                 "the add stays fp32")
     return None
+
+
+def _class_source(mod: nn.Module) -> str:
+    """The source of mod's class and its bases outside torch (helpers included); '' where there is none."""
+    try:
+        return "".join(inspect.getsource(c) for c in type(mod).__mro__
+                       if c.__module__ not in ("builtins",) and not c.__module__.startswith("torch."))
+    except (OSError, TypeError):
+        return ""
+
+
+def _tested_params(mod: nn.Module, names: List[str]) -> List[str]:
+    """The parameters among ``names`` that mod's code tests against None or a type (`forward(self, x, skip)`,
+    skip=None)."""
+    source = _class_source(mod)
+    return [n for n in names if re.search(rf"\b{re.escape(n)}\s+is\s+(not\s+)?None\b"
+                                          rf"|isinstance\(\s*{re.escape(n)}\b", source)]
+
+
+def _inlinable(mod: nn.Module, graph: fx.Graph) -> Optional[List[str]]:
+    """The parameters of mod's forward that a call must pass as lists (or tuples) for _OwnOpsTracer to trace the
+    forward into its caller's: those its code tests, when every test is ``isinstance(p, Tensor)`` or ``p is (not)
+    None`` on the parameter itself (so a call with a list takes the branch a trace of the call takes), and those
+    it concatenates whole (``torch.cat(p, 1)``, in graph, its own trace). None when it cannot be (optional
+    arguments, other tests) or there is no such parameter."""
+    try:
+        params = list(inspect.signature(mod.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.default is not inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.KEYWORD_ONLY)
+           for p in params):
+        return None
+    tested = _tested_params(mod, [p.name for p in params])
+    source = _class_source(mod)
+    for name in tested:
+        n = re.escape(name)
+        calls = re.findall(rf"isinstance\(\s*{n}\b[^)]*\)", source)
+        if any(not re.fullmatch(rf"isinstance\(\s*{n}\s*,\s*(torch\.)?Tensor\s*\)", c) for c in calls):
+            return None
+    joined = [n.args[0].target for n in graph.nodes if n.op == "call_function" and n.target in _CAT_FUNCTIONS
+              and n.args and isinstance(n.args[0], fx.Node) and n.args[0].op == "placeholder"]
+    listed = tested + [p for p in joined if p not in tested]
+    return listed or None
+
+
+class _GraphModuleDict(fx.GraphModule, nn.ModuleDict):
+    """The GraphModule a rewritten nn.ModuleDict subclass (a DenseNet block) becomes: its children keep their
+    dict methods (``block.items()``, ``block["denselayer1"]``, ``len(block)``); its forward is the graph's."""
 
 
 def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]] = None,
@@ -149,34 +213,52 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
     EfficientNet's blocks) by calls to an Int8GlobalAvgPool (``gate_pool``) and an Int8ChannelScale
     (``gate_scale``), which take x as int8; and each functional ``F.avg_pool2d`` / ``F.max_pool2d`` with constant
     arguments (an Inception block's pooling branch) by a call to an Int8AvgPool2d (``avg_pool``) or Int8MaxPool2d
-    (``max_pool``) submodule, which pools int8 too (torch's functional pooling refuses int8 in channels_last).
-    ``residuals=False`` rewrites the poolings only (load_quantized, for a file without Int8Adds or gates). Such a
-    submodule becomes a torch.fx.GraphModule under the same name, with the same children, parameters and
-    buffers, its class name kept. Returns the names of those submodules.
+    (``max_pool``) submodule, which pools int8 too (torch's functional pooling refuses int8 in channels_last);
+    and each chain of ``torch.cat(parts, 1)`` calls that extend one another (a DenseNet block's) by
+    fastinfer.nn.concat's functions, which copy each feature once (_cat_chains); and drops each ReLU applied again
+    to a conv's ReLU output (_repeated_relu). ``residuals=False`` rewrites the poolings, concatenations and ReLUs
+    only (load_quantized, for a file without Int8Adds or gates). Such a submodule becomes a
+    torch.fx.GraphModule under the same name, with the same children, parameters and buffers, its class name kept
+    (an nn.ModuleDict's its dict methods too). A child whose forward concatenates an argument its caller passes as a
+    list (torchvision's _DenseLayer) is traced into its caller's (_OwnOpsTracer's inline). Returns the names of the
+    rewritten submodules.
 
     Until chain_int8_convs gives these int8 operands or an out_scale they compute what the forward did.
     A submodule whose forward takes optional arguments, or tests one against None, keeps its forward (its
     residual adds stay fp32); ``kept`` gets (name, why) for each such submodule that has a residual add.
     """
     rewritten = []
+    inline: Dict[int, List[str]] = {}  # _OwnOpsTracer's: children whose concatenations their callers rewrite
     for name, mod in reversed(list(model.named_modules())):  # children before their parents
         if not name or isinstance(mod, fx.GraphModule) or type(mod).__module__.startswith(("torch.", "fastinfer.")):
             continue
         try:
-            graph = _OwnOpsTracer().trace(mod)
+            graph = _OwnOpsTracer(inline).trace(mod)
         except Exception:  # untraceable forward: left as it is
             continue
         adds = [n for n in graph.nodes if _residual_add(mod, n)] if residuals else []
         gates = [g for g in (_gate(mod, n) for n in graph.nodes) if g is not None] if residuals else []
         pools = [(n, p) for n, p in ((n, _functional_pool(n)) for n in graph.nodes) if p is not None]
-        if not adds and not gates and not pools:
+        chains = _cat_chains(mod, graph)
+        relus = [n for n in graph.nodes if _repeated_relu(mod, n)]
+        # a concatenation of a whole argument (torch.cat(features, 1) with features a list the caller makes)
+        any_cat = any(n.op == "call_function" and n.target in _CAT_FUNCTIONS for n in graph.nodes)
+        if not adds and not gates and not pools and not any_cat and not relus:
             continue
         why = _fixed_signature(mod, graph)
+        # A forward that concatenates an argument (torch.cat(features, 1), features a list its caller makes) is
+        # traced into its caller's, where the list and what joins it are known.
+        listed = _inlinable(mod, graph) if any_cat and (why is not None or not chains) else None
+        if listed:
+            inline[id(mod)] = listed
         if why is not None:
-            if kept is not None and (adds or gates):
+            if not listed and kept is not None and (adds or gates):
                 kept.append((name, why))
             continue
-        gm = fx.GraphModule(mod, graph, class_name=type(mod).__name__)
+        if not adds and not gates and not pools and not chains and not relus:
+            continue
+        cls = _GraphModuleDict if isinstance(mod, nn.ModuleDict) else fx.GraphModule
+        gm = cls(mod, graph, class_name=type(mod).__name__)
         # The original children, all of them: GraphModule copies only what the graph calls, and for a call
         # of a grandchild (self.a.b(x)) it makes a new container `a` holding only `b`.
         for child_name, child in mod.named_children():
@@ -190,6 +272,7 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
             _replace_gate(gm, *gate)
         for node, pool in pools:
             _replace_call(gm, node, "avg_pool" if isinstance(pool, Int8AvgPool2d) else "max_pool", pool)
+        _replace_cat_chains(gm, chains)
         _drop_repeated_relus(gm)
         gm.graph.lint()
         gm.recompile()
@@ -286,17 +369,23 @@ def _relu_args_only(node: fx.Node, arg: fx.Node) -> bool:
             and set(node.kwargs) <= {"inplace"})
 
 
+def _repeated_relu(module: nn.Module, node: fx.Node) -> bool:
+    """node is a ReLU applied to the output of an Int8Conv2d that already applies ReLU/ReLU6: the shared
+    ``self.relu`` that fuse leaves in a forward, or torchvision's BasicConv2d's ``F.relu(x, inplace=True)`` after
+    the conv and BatchNorm that fuse folded into one."""
+    if not node.args or not isinstance(node.args[0], fx.Node) or not _is_relu(module, node):
+        return False
+    src = _behind_identities(module, node.args[0])
+    return (_relu_args_only(node, node.args[0]) and src.op == "call_module"
+            and isinstance(module.get_submodule(src.target), Int8Conv2d)
+            and module.get_submodule(src.target).activation in ("relu", "relu6"))
+
+
 def _drop_repeated_relus(gm: fx.GraphModule) -> None:
-    """Removes a ReLU applied to the output of an Int8Conv2d that already applies ReLU/ReLU6 (the
-    shared ``self.relu`` that fuse leaves in a forward): relu(relu(y)) == relu(y), and it would be one
-    more pass over the tensor."""
+    """Removes each _repeated_relu: relu(relu(y)) == relu(y), and it would be one more pass over the tensor (94
+    of them in Inception v3's forward: 6% of its time at batch 8)."""
     for node in list(gm.graph.nodes):
-        if not node.args or not isinstance(node.args[0], fx.Node) or not _is_relu(gm, node):
-            continue
-        src = _behind_identities(gm, node.args[0])
-        if (_relu_args_only(node, node.args[0]) and src.op == "call_module"
-                and isinstance(gm.get_submodule(src.target), Int8Conv2d)
-                and gm.get_submodule(src.target).activation in ("relu", "relu6")):
+        if _repeated_relu(gm, node):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
 
@@ -361,6 +450,87 @@ def _replace_call(gm: fx.GraphModule, node: fx.Node, base: str, mod: nn.Module) 
         new = gm.graph.call_module(name, (node.args[0],))
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
+
+
+def _channel_cat(node: fx.Node) -> bool:
+    """node is torch.cat(a list of tensors, 1) (torch.concat, torch.concatenate; dim given by position or name)."""
+    if node.op != "call_function" or node.target not in _CAT_FUNCTIONS or not node.args or len(node.args) > 2:
+        return False
+    parts = node.args[0]
+    dim = node.args[1] if len(node.args) == 2 else node.kwargs.get("dim", 0)
+    return (isinstance(parts, (list, tuple)) and len(parts) > 0 and all(isinstance(p, fx.Node) for p in parts)
+            and set(node.kwargs) <= {"dim"} and type(dim) is int and dim == 1)
+
+
+# Modules that read their input and write a new tensor: a concatenation extended later may feed them (_cat_chains).
+_READERS = (nn.BatchNorm2d, nn.Conv2d, Int8Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+
+
+def _reads_only(module: nn.Module, user: fx.Node, node: fx.Node) -> bool:
+    """user only reads node: node.shape and the like, or a call of a _READERS module on node alone."""
+    if _shape_query(user, node):
+        return True
+    return (user.op == "call_module" and isinstance(module.get_submodule(user.target), _READERS)
+            and user.args == (node,) and not user.kwargs)
+
+
+def _part_channels(module: nn.Module, node: fx.Node) -> Optional[int]:
+    """The channels of node's output where a conv makes it (behind identities, or last in a Sequential)."""
+    mod = _producer(module, node)
+    return mod.out_channels if isinstance(mod, (nn.Conv2d, Int8Conv2d)) else None
+
+
+def _cat_chains(module: nn.Module, graph: fx.Graph) -> List[List[fx.Node]]:
+    """The chains of channel concatenations (_channel_cat) in module's forward (graph) where each extends the one
+    before: its parts begin with all of the earlier one's (a DenseNet block: [f0], [f0, f1], [f0, f1, f2], ...),
+    the parts it adds come from convs (their channel counts size the buffer), and the earlier one's other users
+    only read it (_reads_only), before the extension runs. Each concatenation extends one other at most, and is
+    extended once at most: no one then writes into a prefix another concatenation shares. Chains of two or more.
+
+    A concatenation in no chain stays torch.cat: fastinfer's kernel copies no faster than torch's for a few parts
+    (0.8-1.2x, 2 to 9 parts, batch 8, measured); what pays is copying each feature once."""
+    cats = [n for n in graph.nodes if _channel_cat(n)]
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    parts = {c: list(c.args[0]) for c in cats}
+    extends: Dict[fx.Node, fx.Node] = {}  # earlier concatenation -> the one extending it
+    for c in cats:
+        best = None
+        for p in cats:
+            k = len(parts[p])
+            if (order[p] < order[c] and p not in extends and k < len(parts[c]) and parts[c][:k] == parts[p]
+                    and (best is None or k > len(parts[best]))):
+                best = p
+        if best is None or any(_part_channels(module, n) is None for n in parts[c][len(parts[best]):]):
+            continue
+        if all(_reads_only(module, u, best) and order[u] < order[c] for u in best.users if u is not c):
+            extends[best] = c
+    chains = []
+    for head in [c for c in cats if c in extends and c not in extends.values()]:
+        chain = [head]
+        while chain[-1] in extends:
+            chain.append(extends[chain[-1]])
+        chains.append(chain)
+    return chains
+
+
+def _replace_cat_chains(gm: fx.GraphModule, chains: List[List[fx.Node]]) -> None:
+    """Each chain of _cat_chains (nodes of gm's graph) -> cat_channels_reserve(parts, spare) for its first
+    concatenation (spare: the channels the later ones add) and cat_channels_extend(prev, new parts) for the
+    others (fastinfer.nn.concat)."""
+    for chain in chains:
+        parts = [list(c.args[0]) for c in chain]
+        added = [p[len(q):] for p, q in zip(parts[1:], parts)]
+        spare = sum(_part_channels(gm, n) for new in added for n in new)
+        prev = None
+        for i, c in enumerate(chain):
+            with gm.graph.inserting_after(c):
+                if i == 0:
+                    new = gm.graph.call_function(concat.cat_channels_reserve, (parts[0], spare))
+                else:
+                    new = gm.graph.call_function(concat.cat_channels_extend, (prev, added[i - 1]))
+            c.replace_all_uses_with(new)
+            gm.graph.erase_node(c)
+            prev = new
 
 
 def _replace_add(gm: fx.GraphModule, add: fx.Node) -> None:
@@ -502,7 +672,7 @@ def _complete_joins(joined: Dict[fx.Node, Tuple["_Consumers", float]]) -> Dict[f
         for ns in members.values():
             for n in ns[1:]:
                 group[root(n)] = root(ns[0])
-        bad = {cat for cat, args in reached.items() if args != set(cat.args[0])}
+        bad = {cat for cat, args in reached.items() if args != set(_join_inputs(cat))}
         drop = [n for n, (found, _) in joined.items() if any(cat in bad for cat, _ in found.joins)]
         if not drop:
             scale: Dict[fx.Node, float] = {}
@@ -548,13 +718,27 @@ class _Consumers(NamedTuple):
 _CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate)
 
 
+def _join_inputs(node: fx.Node) -> Optional[list]:
+    """What concatenation node joins: the parts of torch.cat(parts, dim) (no out=) or of fastinfer.nn.concat's
+    cat_channels_reserve, prev and the parts of cat_channels_extend(prev, parts); None for any other node."""
+    if node.op != "call_function" or not node.args:
+        return None
+    first = node.args[0]
+    if node.target in _CAT_FUNCTIONS:
+        ok = (isinstance(first, (list, tuple)) and set(node.kwargs) <= {"dim"}
+              and not any(isinstance(a, fx.Node) for a in node.args[1:]))
+        return list(first) if ok else None
+    if node.target is concat.cat_channels_reserve:
+        return list(first)
+    if node.target is concat.cat_channels_extend:
+        return [first, *node.args[1]]
+    return None
+
+
 def _concatenation(user: fx.Node, node: fx.Node) -> bool:
-    """user is torch.cat([... node ...], dim), with node in its list once (and no out=)."""
-    if user.op != "call_function" or user.target not in _CAT_FUNCTIONS or not user.args:
-        return False
-    parts = user.args[0]
-    return (isinstance(parts, (list, tuple)) and list(parts).count(node) == 1 and set(user.kwargs) <= {"dim"}
-            and node not in user.args[1:])
+    """user concatenates node with other tensors (_join_inputs), node among its inputs once."""
+    inputs = _join_inputs(user)
+    return inputs is not None and inputs.count(node) == 1
 
 
 def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Optional[_Consumers]:
