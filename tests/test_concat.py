@@ -321,3 +321,14 @@ def test_an_extended_prefix_is_not_extended_again():
     other = concat.cat_channels_extend(a, [f2])  # a's room holds f1 now: a tensor of its own
     assert other.data_ptr() != a.data_ptr() and torch.equal(other, torch.cat([f0, f2], 1))
     assert torch.equal(b, torch.cat([f0, f1], 1))
+
+
+def test_a_dense_block_compiles():
+    """Under torch.compile the functions are torch.cat (the compiler plans the copies): the same bits."""
+    model = _trained(Net(DenseBlock(2, 16, 8), 2))
+    q = _quantized(model)
+    assert concat.cat_channels_extend in _calls(q.block)
+    x = torch.randn(2, 3, 12, 12)
+    compiled = torch.compile(q, fullgraph=True)
+    with torch.inference_mode():
+        assert torch.equal(compiled(x), q(x))

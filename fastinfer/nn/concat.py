@@ -59,7 +59,9 @@ def _channels(parts: Sequence[Tensor]) -> int:
 
 
 def _join(parts: List[Tensor], spare: int) -> Tensor:
-    c = _channels(parts) if parts else -1
+    # Under torch.compile: torch.cat, whose copies the compiler plans itself (the buffer's room and the attributes
+    # that mark it are eager-mode bookkeeping, which Inductor's fake tensors do not carry).
+    c = _channels(parts) if parts and not torch.compiler.is_compiling() else -1
     if c < 0:
         return torch.cat(parts, 1)
     n, _, h, w = parts[0].shape
@@ -102,7 +104,7 @@ def cat_channels_extend(prev: Tensor, parts: List[Tensor]) -> Tensor:
     while a longer one is in use (they share their channels): fastinfer.quantize extends a concatenation only
     where its users read it (chain.py, _cat_chains)."""
     joined = [prev, *parts]
-    c = _channels(joined)
+    c = _channels(joined) if not torch.compiler.is_compiling() else -1
     if c < 0 or not _room(prev, c):
         return _join(joined, 0)
     buf = prev._fastinfer_buffer
