@@ -119,3 +119,16 @@ def padded_taps_runs(x, xq):
         yield from ((x, 0.03, 0.05, "relu6"), (x, None, None, "none"),
                     (x.contiguous(memory_format=torch.channels_last), 0.03, None, "relu"),
                     (xq, 0.05, 0.1, "relu"), (xq, 0.05, None, "none"))
+
+
+def with_batch_statistics(model, images):
+    """model in eval mode, its BatchNorms' running statistics those of ``images`` (batches; a cumulative average),
+    as a trained network has statistics of its own."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None
+        model.train()
+        for x in images:
+            model(x)
+    return model.eval()

@@ -15,6 +15,8 @@ from fastinfer import reference as ref
 from fastinfer.nn import concat
 from fastinfer.quantization import chain
 
+from conftest import with_batch_statistics
+
 
 def _int8(shape, seed, channels_last=True):
     g = torch.Generator().manual_seed(seed)
@@ -202,16 +204,10 @@ class Net(nn.Module):
 
 def _trained(model):
     torch.manual_seed(0)
-    with torch.no_grad():  # BatchNorm statistics of random images
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.momentum = None
-        model.train()
-        model(torch.randn(8, 3, 12, 12))
-    return model.eval()
+    return with_batch_statistics(model, [torch.randn(8, 3, 12, 12)])
 
 
-def _quantized(model, monkeypatch=None):
+def _quantized(model):
     torch.manual_seed(1)
     calib = [torch.randn(2, 3, 12, 12) for _ in range(2)]
     return fastinfer.quantize(fastinfer.fuse(copy.deepcopy(model)), scheme="w8a8_static", calib_data=calib)

@@ -14,7 +14,7 @@ from fastinfer import reference as ref
 from fastinfer.nn import BatchNormQuant2d, Int8AvgPool2d, Int8Conv2d
 from fastinfer.nn.fused import Folded
 
-from conftest import assert_served
+from conftest import assert_served, with_batch_statistics
 
 # (N, C, H, W): channel counts off the 16 / 64 value steps, a single pixel, an empty batch
 AFFINE_SHAPES = [(1, 3, 5, 7), (2, 64, 9, 9), (1, 17, 1, 33), (3, 130, 4, 4), (1, 256, 7, 7), (0, 8, 4, 4)]
@@ -314,13 +314,7 @@ class TinyDenseNet(nn.Module):
 def _dense_net():
     torch.manual_seed(0)
     model = TinyDenseNet()
-    with torch.no_grad():  # BatchNorm statistics of random images, as a trained network has its own
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.momentum = None
-        model.train()
-        model(torch.randn(8, 3, 20, 20))
-    return model.eval()
+    return with_batch_statistics(model, [torch.randn(8, 3, 20, 20)])
 
 
 def test_dense_blocks_keep_their_features_int8(tmp_path):

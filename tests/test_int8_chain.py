@@ -13,7 +13,7 @@ from fastinfer import ops
 from fastinfer import reference as ref
 from fastinfer.nn import Int8Add, Int8Conv2d, Int8MaxPool2d
 
-from conftest import assert_served, served_by
+from conftest import assert_served, served_by, with_batch_statistics
 
 # (N, C, H, W, kernel, stride, padding, dilation, ceil_mode)
 POOLS = [
@@ -542,14 +542,7 @@ class TinyResNet(nn.Module):
 
 def _trained_like(model, seed=0):
     torch.manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(4, 3, 20, 20))
-    return model.eval()
+    return with_batch_statistics(model, [torch.randn(4, 3, 20, 20) for _ in range(3)])
 
 
 def test_residual_adds_become_int8():
