@@ -1535,7 +1535,7 @@ at::Tensor int8_channel_scale(const at::Tensor& x, double x_scale, const at::Ten
   return out;
 }
 
-// Bytes between consecutive pixels of t ([N, C, H, W] read as N * H * W pixel rows) when its channels are
+// Elements between consecutive pixels of t ([N, C, H, W] read as N * H * W pixel rows) when its channels are
 // contiguous and its pixels evenly spaced: a channels_last tensor (C), or a channel slice of one (a DenseNet's
 // concatenated features, a prefix of a wider buffer). -1 for any other layout.
 int64_t pixel_stride(const at::Tensor& t) {
@@ -1595,6 +1595,7 @@ void int8_cat_channels_into(const at::Tensor& out, at::TensorList parts, int64_t
   p.ldo = ldo;
   const int64_t blocks = (pixels + kernels::kConcatBlock - 1) / kernels::kConcatBlock;
   const int64_t block_bytes = kernels::kConcatBlock * std::max<int64_t>(1, c - channel_offset);
+  // at least 256 KB of output a task
   at::parallel_for(0, blocks, std::max<int64_t>(1, 262144 / block_bytes), [&](int64_t b0, int64_t b1) {
     kernels::concat_channels_s8(p, b0 * kernels::kConcatBlock, std::min(pixels, b1 * kernels::kConcatBlock));
   });
@@ -1603,9 +1604,9 @@ void int8_cat_channels_into(const at::Tensor& out, at::TensorList parts, int64_t
 // A per-channel affine map (+ ReLU) quantized with a static scale: an eval BatchNorm (+ ReLU) written as the int8
 // input of the static conv behind it (fastinfer.nn.BatchNormQuant2d). x [N, C, H, W] float32 / bfloat16, or int8
 // with x_scale (value = x * x_scale: an int8 hand-off, such as a DenseNet's concatenated features), any memory
-// format (read as channels_last: a copy unless it is one, or a channel slice of one); out int8 [N, C, H, W] channels_last,
-// q = clamp(round_half_even(act(x * s[c] + shift[c]) * fl(1 / out_scale)), -127, 127) with s = scale, or for int8
-// x s = fl(x_scale * scale[c]); each step an fp32 rounding, NaN -> 0. The quantizer of the w8a8 ops
+// format (read as channels_last: a copy unless it is one, or a channel slice of one); out int8 [N, C, H, W]
+// channels_last, q = clamp(round_half_even(act(x * s[c] + shift[c]) * fl(1 / out_scale)), -127, 127) with
+// s = scale, or for int8 x s = fl(x_scale * scale[c]); each step an fp32 rounding, NaN -> 0. The quantizer of the w8a8 ops
 // (QuantizeParams::col_scale / col_shift / relu), rows = pixels.
 at::Tensor quantize_channel_affine(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
                                    double out_scale, bool relu, std::optional<double> x_scale) {
@@ -1638,8 +1639,9 @@ at::Tensor quantize_channel_affine(const at::Tensor& x, const at::Tensor& scale,
   // slice of a wider channels_last buffer (a DenseNet's concatenated features, fastinfer.nn.concat) is read in
   // place, its rows pixel_stride elements apart.
   const int64_t ld = pixel_stride(x);
-  const at::Tensor rows = ld >= 0 ? x.as_strided({N * H * W, C}, {ld, 1})
-                                  : x.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).reshape({N * H * W, C});
+  const at::Tensor rows =
+      ld >= 0 ? x.as_strided({N * H * W, C}, {ld, 1})
+              : x.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).reshape({N * H * W, C});
   at::Tensor q = out.permute({0, 2, 3, 1}).reshape({N * H * W, C});
   TORCH_INTERNAL_ASSERT(q.data_ptr() == out.data_ptr() && rows.stride(1) == 1 && rows.stride(0) >= C);
   at::Tensor none;
