@@ -121,6 +121,25 @@ def padded_taps_runs(x, xq):
                     (xq, 0.05, 0.1, "relu"), (xq, 0.05, None, "none"))
 
 
+def padded_taps_checked(x, xq, mode, packed, w, ws, b, geo, served, computed):
+    """For each of padded_taps_runs' inputs: the conv of ``geo`` (kernel_size, stride, padding, dilation) under
+    ops.set_conv_padded_rows(mode), the reference's bits (oracle: reference.int8_conv2d on w), then served() to
+    check what ran; the same conv with every tap computed ("never"), then computed(); the same bits both ways."""
+    from fastinfer import reference as ref
+    for inp, x_scale, out_scale, act in padded_taps_runs(x, xq):
+        call = (packed, ws, b, *geo, 1, x_scale, out_scale, act)
+        ops.set_conv_padded_rows(mode)
+        y = ops.int8_conv2d(inp, *call)
+        torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, *geo[1:], 1, x_scale, out_scale, act),
+                                   rtol=0, atol=0)
+        served()
+        ops.set_conv_padded_rows("never")
+        y_all = ops.int8_conv2d(inp, *call)
+        assert ops.last_kernel("conv_padded_rows") == "computed"
+        computed()
+        assert torch.equal(y, y_all)
+
+
 def with_batch_statistics(model, images):
     """model in eval mode, its BatchNorms' running statistics those of ``images`` (batches; a cumulative average),
     as a trained network has statistics of its own."""

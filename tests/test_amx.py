@@ -14,7 +14,7 @@ import fastinfer
 from fastinfer import ops
 from fastinfer import reference as ref
 
-from conftest import (CAPS, CONV_EPILOGUE_EDGES, conv_epilogue_edge, padded_rows_mode, padded_taps_runs,
+from conftest import (CAPS, CONV_EPILOGUE_EDGES, conv_epilogue_edge, padded_rows_mode, padded_taps_checked,
                       runnable_isas, valid_taps)
 
 needs_amx = pytest.mark.skipif("amx" not in runnable_isas(),
@@ -436,20 +436,16 @@ def test_direct_conv_skips_padded_taps(amx_every_shape, g):
     x = torch.randn(N, C, H, W) * 2
     xq = rand_i8(N, C, H, W).contiguous(memory_format=torch.channels_last)
     mode, how, exact = amx_tap_plan(g)
+    def served():
+        assert ops.last_kernel("conv_direct") == "amx"
+        assert ops.last_kernel("conv_padded_rows") == how
+        assert ops.last_kernel("conv_direct_mode") == ("rows_in_place" if exact else mode)
+
+    def computed():
+        assert ops.last_kernel("conv_direct_mode") == ("padded_width" if s == 1 else "rows")
+
     with padded_rows_mode("auto"):
-        for inp, x_scale, out_scale, act in padded_taps_runs(x, xq):
-            ops.set_conv_padded_rows("auto")
-            y = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
-            torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, *geo[1:], 1, x_scale, out_scale, act),
-                                       rtol=0, atol=0)
-            assert ops.last_kernel("conv_direct") == "amx"
-            assert ops.last_kernel("conv_padded_rows") == how
-            assert ops.last_kernel("conv_direct_mode") == ("rows_in_place" if exact else mode)
-            ops.set_conv_padded_rows("never")
-            y_all = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
-            assert ops.last_kernel("conv_padded_rows") == "computed"
-            assert ops.last_kernel("conv_direct_mode") == ("padded_width" if s == 1 else "rows")
-            assert torch.equal(y, y_all)
+        padded_taps_checked(x, xq, "auto", packed, w, ws, b, geo, served, computed)
 
 
 def test_amx_tap_plan_oracle_sees_every_case():

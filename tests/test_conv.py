@@ -11,7 +11,7 @@ from fastinfer import ops
 from fastinfer import reference as ref
 from fastinfer.nn import ConvAct2d, Int8Conv2d
 
-from conftest import (CAPS, CONV_EPILOGUE_EDGES, assert_served, conv_epilogue_edge, padded_rows_mode, padded_taps_runs,
+from conftest import (CAPS, CONV_EPILOGUE_EDGES, assert_served, conv_epilogue_edge, padded_rows_mode, padded_taps_checked,
                       runnable_isas, served_by, valid_taps)
 
 # (N, C, H, W, Cout, k, stride, pad, dilation, groups)
@@ -513,22 +513,18 @@ def test_vnni_direct_conv_skips_padded_taps(vnni, g):
     xq = torch.randint(-128, 128, g[:4], dtype=torch.int8).contiguous(memory_format=torch.channels_last)
     how, exact = padded_taps(g, vnni)
     direct = (g[3] + 2 * g[7] - g[8] * (g[5] - 1) - 1) // g[6] + 1 >= 10  # OW >= 10; else the gathered rows
+    def served():
+        if direct:
+            assert ops.last_kernel("conv_direct") == vnni
+            assert ops.last_kernel("conv_padded_rows") == how
+            # (an fp32 input is quantized to NHWC int8 once first where it is then read in place)
+            assert (ops.last_kernel("conv_direct_mode") == "rows_in_place") == exact
+
+    def computed():
+        assert ops.last_kernel("conv_direct_mode") != "rows_in_place"
+
     with padded_rows_mode("always"):
-        for inp, x_scale, out_scale, act in padded_taps_runs(x, xq):
-            ops.set_conv_padded_rows("always")
-            y = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
-            torch.testing.assert_close(y, ref.int8_conv2d(inp, w, ws, b, *geo[1:], 1, x_scale, out_scale, act),
-                                       rtol=0, atol=0)
-            if direct:
-                assert ops.last_kernel("conv_direct") == vnni
-                assert ops.last_kernel("conv_padded_rows") == how
-                # (an fp32 input is quantized to NHWC int8 once first where it is then read in place)
-                assert (ops.last_kernel("conv_direct_mode") == "rows_in_place") == exact
-            ops.set_conv_padded_rows("never")
-            y_all = ops.int8_conv2d(inp, packed, ws, b, *geo, 1, x_scale, out_scale, act)
-            assert ops.last_kernel("conv_padded_rows") == "computed"
-            assert ops.last_kernel("conv_direct_mode") != "rows_in_place"
-            assert torch.equal(y, y_all)
+        padded_taps_checked(x, xq, "always", packed, w, ws, b, geo, served, computed)
 
 
 def test_padded_taps_oracle_sees_columns_and_in_place():

@@ -149,7 +149,7 @@ def _fixed_signature(mod: nn.Module, graph: fx.Graph) -> Optional[str]:
     if unused:
         return (f"its trace drops argument {', '.join(map(str, unused))} (a branch on it, which a trace cannot "
                 "follow); the add stays fp32")
-    tested = _tested_params(mod, [p.name for p in params])
+    tested = _tested_params(_class_source(mod), [p.name for p in params])
     if tested:
         return (f"its code tests {', '.join(tested)} (against None or a type), a branch a trace cannot follow; "
                 "the add stays fp32")
@@ -165,10 +165,9 @@ def _class_source(mod: nn.Module) -> str:
         return ""
 
 
-def _tested_params(mod: nn.Module, names: List[str]) -> List[str]:
-    """The parameters among ``names`` that mod's code tests against None or a type (`forward(self, x, skip)`,
-    skip=None)."""
-    source = _class_source(mod)
+def _tested_params(source: str, names: List[str]) -> List[str]:
+    """The parameters among ``names`` that a module's code (``source``: _class_source) tests against None or a type
+    (`forward(self, x, skip)`, skip=None)."""
     return [n for n in names if re.search(rf"\b{re.escape(n)}\s+is\s+(not\s+)?None\b"
                                           rf"|isinstance\(\s*{re.escape(n)}\b", source)]
 
@@ -186,8 +185,8 @@ def _inlinable(mod: nn.Module, graph: fx.Graph) -> Optional[List[str]]:
     if any(p.default is not inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.KEYWORD_ONLY)
            for p in params):
         return None
-    tested = _tested_params(mod, [p.name for p in params])
     source = _class_source(mod)
+    tested = _tested_params(source, [p.name for p in params])
     for name in tested:
         n = re.escape(name)
         calls = re.findall(rf"isinstance\(\s*{n}\b[^)]*\)", source)
@@ -241,9 +240,10 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
         pools = [(n, p) for n, p in ((n, _functional_pool(n)) for n in graph.nodes) if p is not None]
         chains = _cat_chains(mod, graph)
         relus = [n for n in graph.nodes if _repeated_relu(mod, n)]
+        work = bool(adds or gates or pools or chains or relus)
         # a concatenation of a whole argument (torch.cat(features, 1) with features a list the caller makes)
         any_cat = any(n.op == "call_function" and n.target in _CAT_FUNCTIONS for n in graph.nodes)
-        if not adds and not gates and not pools and not any_cat and not relus:
+        if not work and not any_cat:
             continue
         why = _fixed_signature(mod, graph)
         # A forward that concatenates an argument (torch.cat(features, 1), features a list its caller makes) is
@@ -255,7 +255,7 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
             if not listed and kept is not None and (adds or gates):
                 kept.append((name, why))
             continue
-        if not adds and not gates and not pools and not chains and not relus:
+        if not work:
             continue
         cls = _GraphModuleDict if isinstance(mod, nn.ModuleDict) else fx.GraphModule
         gm = cls(mod, graph, class_name=type(mod).__name__)
@@ -454,12 +454,11 @@ def _replace_call(gm: fx.GraphModule, node: fx.Node, base: str, mod: nn.Module) 
 
 def _channel_cat(node: fx.Node) -> bool:
     """node is torch.cat(a list of tensors, 1) (torch.concat, torch.concatenate; dim given by position or name)."""
-    if node.op != "call_function" or node.target not in _CAT_FUNCTIONS or not node.args or len(node.args) > 2:
+    parts = _join_inputs(node) if node.target in _CAT_FUNCTIONS else None
+    if not parts or len(node.args) > 2 or not all(isinstance(p, fx.Node) for p in parts):
         return False
-    parts = node.args[0]
     dim = node.args[1] if len(node.args) == 2 else node.kwargs.get("dim", 0)
-    return (isinstance(parts, (list, tuple)) and len(parts) > 0 and all(isinstance(p, fx.Node) for p in parts)
-            and set(node.kwargs) <= {"dim"} and type(dim) is int and dim == 1)
+    return type(dim) is int and dim == 1
 
 
 # Modules that read their input and write a new tensor: a concatenation extended later may feed them (_cat_chains).
