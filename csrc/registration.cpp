@@ -74,6 +74,11 @@ TORCH_LIBRARY(fastinfer, m) {
   m.def("int8_conv2d(Tensor x, Tensor packed_w, Tensor w_scale, Tensor? bias, int[2] kernel_size, int[2] stride, "
         "int[2] padding, int[2] dilation, int groups, float? x_scale=None, float? out_scale=None, "
         "str activation=\"none\") -> Tensor");
+  // The same, written into out: a channel slice of a wider channels_last buffer (a concatenation's, whose other
+  // channels stay as they are), or any channels_last tensor of the output's shape and dtype.
+  m.def("int8_conv2d_into(Tensor(a!) out, Tensor x, Tensor packed_w, Tensor w_scale, Tensor? bias, int[2] kernel_size, "
+        "int[2] stride, int[2] padding, int[2] dilation, int groups, float? x_scale=None, float? out_scale=None, "
+        "str activation=\"none\") -> ()");
   // Max pooling of int8 activations (channels_last out; what an int8 hand-off between convs passes through).
   m.def("int8_max_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
         "bool ceil_mode=False) -> Tensor");
@@ -140,7 +145,7 @@ TORCH_LIBRARY(fastinfer, m) {
 // and no gradient at all, x.grad left None: training through a quantized layer silently learned nothing).
 TORCH_LIBRARY_IMPL(fastinfer, Autograd, m) {
   for (const char* op : {"quantize_per_token", "int8_scaled_mm", "int8_linear_dynamic", "int8_linear_static",
-                         "int8_linear_weight_only", "int8_conv2d", "int8_add", "int8_channel_scale",
+                         "int8_linear_weight_only", "int8_conv2d", "int8_conv2d_into", "int8_add", "int8_channel_scale",
                          "quantize_channel_affine", "sparse_linear",
                          "sparse_linear_int8",
                          "sparse24_linear_int8"})

@@ -203,6 +203,19 @@ def int8_conv2d(x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: Optional[Ten
                             list(pair(dilation, "dilation")), groups, x_scale, out_scale, activation)
 
 
+def int8_conv2d_into(out: Tensor, x: Tensor, packed_w: Tensor, w_scale: Tensor, bias: Optional[Tensor], kernel_size,
+                     stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups: int = 1, x_scale: Optional[float] = None,
+                     out_scale: Optional[float] = None, activation: str = "none") -> None:
+    """int8_conv2d written into ``out`` (CPU), in place: out [N, Cout, OH, OW] of the output's dtype (int8 with
+    out_scale, else float32), its channels contiguous and its pixels evenly spaced: channels_last, or a channel
+    slice of a wider channels_last tensor (``buf[:, c0:c0 + Cout]``), whose other channels stay as they are. A
+    concatenation's part written in its place (fastinfer.nn.concat). The same values as int8_conv2d."""
+    _check_devices("int8_conv2d_into", out=out, x=x, packed_w=packed_w, w_scale=w_scale, bias=bias)
+    _ops.int8_conv2d_into(out, x, packed_w, w_scale, bias, list(pair(kernel_size, "kernel_size")),
+                          list(pair(stride, "stride")), list(pair(padding, "padding")),
+                          list(pair(dilation, "dilation")), groups, x_scale, out_scale, activation)
+
+
 def int8_max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
     """Max pooling of int8 activations [N, C, H, W] (any layout); out int8 [N, C, OH, OW] in channels_last
     memory. The arguments mean what they mean for torch.nn.functional.max_pool2d (stride None = kernel_size;
@@ -529,6 +542,12 @@ def _int8_conv2d_fake(x, packed_w, w_scale, bias, kernel_size, stride, padding, 
     ow = conv_output_size(w, kernel_size[1], stride[1], padding[1], dilation[1])
     out = x.new_empty((n, w_scale.shape[0], oh, ow), dtype=torch.int8 if out_scale is not None else torch.float32)
     return out.contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("fastinfer::int8_conv2d_into")
+def _int8_conv2d_into_fake(out, x, packed_w, w_scale, bias, kernel_size, stride, padding, dilation, groups,
+                           x_scale=None, out_scale=None, activation="none"):
+    return None
 
 
 def pool_output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:

@@ -224,7 +224,8 @@ def test_quantize_extends_a_dense_blocks_concatenations(monkeypatch):
     block = q.block
     assert isinstance(block, fx.GraphModule) and type(block).__name__ == "DenseBlock"
     assert type(block.layer1) is DenseLayer  # the layers stay (their forward is traced into the block's)
-    assert _calls(block) == [concat.cat_channels_reserve] + [concat.cat_channels_extend] * 3
+    # each layer's conv2 writes its features behind the ones before (tests/test_conv_into.py)
+    assert _calls(block) == [concat.cat_channels_reserve] + [concat.cat_conv_extend] * 3
     reserve = next(n for n in block.graph.nodes if n.target is concat.cat_channels_reserve)
     assert reserve.args[1] == 3 * 8  # room for the three layers' features
     seen = []
@@ -323,7 +324,7 @@ def test_a_dense_block_compiles():
     """Under torch.compile the functions are torch.cat (the compiler plans the copies): the same bits."""
     model = _trained(Net(DenseBlock(2, 16, 8), 2))
     q = _quantized(model)
-    assert concat.cat_channels_extend in _calls(q.block)
+    assert concat.cat_conv_extend in _calls(q.block)
     x = torch.randn(2, 3, 12, 12)
     compiled = torch.compile(q, fullgraph=True)
     with torch.inference_mode():

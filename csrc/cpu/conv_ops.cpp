@@ -814,7 +814,7 @@ class PaddedTaps {
 void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mode,
                  const kernels::ConvDirectParams& geometry, const at::Tensor& x_rows, float a_scale,
                  const at::Tensor& packed_w, const PackedHeader& h, const ConvEpilogue& epi, at::Tensor& out,
-                 kernels::OutKind kind, kernels::Act act) {
+                 int64_t ldo, kernels::OutKind kind, kernels::Act act) {
   kernels::ConvDirectParams cp = geometry;
   kernels::Int8GemmParams& p = cp.gemm;
   const at::Tensor seg_w = cp.row_seg ? row_segment_weight(packed_w, h, a, cp.row_seg) : at::Tensor();
@@ -822,7 +822,7 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
   const uint8_t* const w_base = cp.row_seg ? seg_w.data_ptr<uint8_t>() : packed_w.data_ptr<uint8_t>();
   set_packed_weight(p, wh, w_base);
   set_conv_epilogue(p, epi, 0, a.Cout, kind, act);
-  p.ldo = a.Cout;
+  p.ldo = ldo;
   const PaddedRows rows(x_rows, a, a_scale, a.PH, a.PW, /*shift=*/!ks.signed_a);
   // An unpadded int8 input whose bytes the kernel can read as they are (VNNI flips s8 to u8 itself, AMX
   // reads s8, and tiles within output rows read nothing past the rows they need): no slab, the input is
@@ -932,10 +932,10 @@ void conv_direct(const kernels::KernelSet& ks, const ConvArgs& a, DirectMode mod
       }
       ci.OH = r1 - r0;
       ci.gemm.M = (r1 - r0) * a.OW;
-      ci.gemm.out = static_cast<char*>(out.data_ptr()) + (n * a.OH + r0) * a.OW * a.Cout * elem;
+      ci.gemm.out = static_cast<char*>(out.data_ptr()) + (n * a.OH + r0) * a.OW * ldo * elem;
       const int64_t n0 = (it % panels) * n_panel;
       if (padded.active())
-        padded.run_direct(ks, ci, a, r0, r1, n0, std::min(N_pad, n0 + n_panel), a.OW * a.Cout * elem);
+        padded.run_direct(ks, ci, a, r0, r1, n0, std::min(N_pad, n0 + n_panel), a.OW * ldo * elem);
       else
         ks.conv_direct(ci, 0, r1 - r0, n0, std::min(N_pad, n0 + n_panel));
     }
@@ -1048,8 +1048,8 @@ GroupConvPlan group_conv_plan(const at::Tensor& packed_w, const std::vector<Pack
 // the kernel set reads s8) and runs the kernel on it.
 // Groups keep the slab within about 256 KB (L2) and give each thread at least 4 items.
 void conv_grouped(const kernels::KernelSet& ks, const ConvArgs& a, const at::Tensor& x_rows, float a_scale,
-                  const GroupConvPlan& plan, const ConvEpilogue& epi, at::Tensor& out, kernels::OutKind kind,
-                  kernels::Act act) {
+                  const GroupConvPlan& plan, const ConvEpilogue& epi, at::Tensor& out, int64_t ldo,
+                  kernels::OutKind kind, kernels::Act act) {
   kernels::GroupConvParams gp;
   kernels::Int8GemmParams& p = gp.gemm;
   p.N = a.Cout;
@@ -1058,7 +1058,7 @@ void conv_grouped(const kernels::KernelSet& ks, const ConvArgs& a, const at::Ten
   p.b_s7 = plan.s7;
   record_gemm_step(ks, &p);
   set_conv_epilogue(p, epi, 0, a.Cout, kind, act);
-  p.ldo = a.Cout;
+  p.ldo = ldo;
   gp.Wp = a.W + 2 * a.PW;
   gp.C = a.C;
   gp.OW = a.OW;
@@ -1089,7 +1089,7 @@ void conv_grouped(const kernels::KernelSet& ks, const ConvArgs& a, const at::Ten
       std::memset(slab + hp_rows * slab_row, rows.zero(), static_cast<size_t>(slab_bytes - hp_rows * slab_row));
       kernels::GroupConvParams gi = gp;
       gi.x = slab;
-      gi.gemm.out = static_cast<char*>(out.data_ptr()) + (n * a.OH + r0) * a.OW * a.Cout * elem;
+      gi.gemm.out = static_cast<char*>(out.data_ptr()) + (n * a.OH + r0) * a.OW * ldo * elem;
       ks.gconv(gi, 0, r1 - r0);
     }
   });
@@ -1139,13 +1139,33 @@ at::Tensor nhwc_input(const at::Tensor& x, std::optional<double> x_scale, float*
   return q;
 }
 
+// Elements between consecutive pixels of t ([N, C, H, W] read as N * H * W pixel rows) when its channels are
+// contiguous and its pixels evenly spaced: a channels_last tensor (C), or a channel slice of one (a DenseNet's
+// concatenated features, a prefix of a wider buffer). -1 for any other layout.
+int64_t pixel_stride(const at::Tensor& t) {
+  if (t.size(1) > 1 && t.stride(1) != 1) return -1;
+  int64_t ld = -1, expect = 0;
+  for (const int d : {3, 2, 0}) {
+    if (t.size(d) == 1) continue;
+    if (ld < 0) ld = expect = t.stride(d);
+    if (t.stride(d) != expect) return -1;
+    expect *= t.size(d);
+  }
+  if (ld < 0) ld = t.size(1);  // at most one pixel
+  return ld >= t.size(1) ? ld : -1;
+}
+
 }  // namespace
 
-at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
+namespace {
+
+// int8_conv2d, writing into `into` where given (int8_conv2d_into) and into a fresh channels_last tensor else.
+at::Tensor conv2d_impl(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
                        const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                       std::optional<double> x_scale, std::optional<double> out_scale, const std::string& activation) {
-  const char* op = "int8_conv2d";
+                       std::optional<double> x_scale, std::optional<double> out_scale, const std::string& activation,
+                       const at::Tensor* into) {
+  const char* op = into ? "int8_conv2d_into" : "int8_conv2d";
   check_cpu(x, op, "x");
   check_cpu(w_scale, op, "w_scale");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kChar,
@@ -1186,7 +1206,25 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     }
   }
   const auto out_dtype = out_scale ? at::kChar : at::kFloat;
-  at::Tensor out = output_empty({a.N, a.Cout, a.OH, a.OW}, out_dtype, at::MemoryFormat::ChannelsLast);
+  // The output's pixels lie ldo elements apart: Cout in a fresh output, more in a channel slice of a wider buffer
+  // (a concatenation's: fastinfer.nn.concat), whose other channels the kernels leave as they are.
+  at::Tensor out;
+  int64_t ldo = a.Cout;
+  if (into) {
+    out = *into;
+    check_cpu(out, op, "out");
+    check_dtype(out, out_dtype, op, "out");
+    TORCH_CHECK(out.dim() == 4 && out.size(0) == a.N && out.size(1) == a.Cout && out.size(2) == a.OH &&
+                    out.size(3) == a.OW,
+                "fastinfer.int8_conv2d_into: out must be [N=", a.N, ", Cout=", a.Cout, ", OH=", a.OH, ", OW=", a.OW,
+                "] (the conv's output shape), got ", out.sizes());
+    ldo = pixel_stride(out);
+    TORCH_CHECK(ldo >= 0, "fastinfer.int8_conv2d_into: out must hold its channels contiguously with evenly spaced "
+                "pixels (channels_last, or a channel slice of a channels_last tensor), got strides ", out.strides());
+    TORCH_CHECK(!out.is_alias_of(x), "fastinfer.int8_conv2d_into: out shares memory with x");
+  } else {
+    out = output_empty({a.N, a.Cout, a.OH, a.OW}, out_dtype, at::MemoryFormat::ChannelsLast);
+  }
   record_gemm_step(kernels::kernels_ref(), nullptr);  // set below where one weight's GEMM step serves
   record_conv_direct_mode("");                        // set below where a direct kernel serves
   record_conv_padded_rows("");
@@ -1209,8 +1247,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
                        });
     if (gk.gconv && exact && group_conv_fits(a, gk.gconv_lanes)) {
       clear_kernel(Family::ConvDirect);
-      conv_grouped(gk, a, x_rows, a_scale, group_conv_plan(packed_w, headers, a, gk.gconv_lanes), epi, out, kind,
-                   act);
+      conv_grouped(gk, a, x_rows, a_scale, group_conv_plan(packed_w, headers, a, gk.gconv_lanes), epi, out, ldo,
+                   kind, act);
       return out;
     }
   }
@@ -1234,7 +1272,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
   if (tiles_direct) {  // 2b) direct convolution: the padded input is written per row group
     record_kernel(Family::ConvDirect, isa_of(*gks));
     record_conv_direct_mode(one_row ? "one_row_images" : direct_mode_name(mode));
-    conv_direct(*gks, da, mode, direct_geometry(gks, da, mode), x_rows, a_scale, packed_w, headers[0], epi, out,
+    conv_direct(*gks, da, mode, direct_geometry(gks, da, mode), x_rows, a_scale, packed_w, headers[0], epi, out, ldo,
                 kind, act);
     return out;
   }
@@ -1256,21 +1294,25 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
     p.a_scale = kUnitScale;
     p.w_scale = epi.scale;
     p.bias = epi.bias;
-    p.out = out.data_ptr();
     p.out_kind = kind;
     p.act = act;
     p.out_inv_scale = epi.out_inv;
     p.folded = epi.finite;
     p.stream_out = epi.stream_out;
+    // The depthwise kernels write pixels Cout apart: a channel slice of a wider buffer takes a copy.
+    const at::Tensor dst =
+        ldo == a.Cout ? out : output_empty({a.N, a.Cout, a.OH, a.OW}, out_dtype, at::MemoryFormat::ChannelsLast);
+    p.out = dst.data_ptr();
     const auto& ks = kernels_for(Family::DwConv);
     record_dwconv_path(ks, p);
     if (dw_rows) {
       depthwise_by_rows(ks, p, a, QuantizedRows(x_rows, a_scale, /*shift=*/false));
-      return out;
+    } else {
+      p.x = reinterpret_cast<const int8_t*>(xq.data_ptr<uint8_t>());
+      const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, a.C * a.KH * a.KW));
+      at::parallel_for(0, M, grain, [&](int64_t b, int64_t e) { ks.dwconv(p, b, e); });
     }
-    p.x = reinterpret_cast<const int8_t*>(xq.data_ptr<uint8_t>());
-    const int64_t grain = std::max<int64_t>(1, kMinMacsPerTask / std::max<int64_t>(1, a.C * a.KH * a.KW));
-    at::parallel_for(0, M, grain, [&](int64_t b, int64_t e) { ks.dwconv(p, b, e); });
+    if (!dst.is_same(out)) out.copy_(dst);
     return out;
   }
 
@@ -1360,16 +1402,34 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
       }
       p.M = m1 - m0;
       set_conv_epilogue(p, epi, g, cout_g, kind, act);
-      p.out = static_cast<char*>(out.data_ptr()) + (m0 * a.Cout + g * cout_g) * elem;
-      p.ldo = a.Cout;
+      p.out = static_cast<char*>(out.data_ptr()) + (m0 * ldo + g * cout_g) * elem;
+      p.ldo = ldo;
       const int64_t n0 = panel * n_panel;
       if (padded && padded->active())
-        padded->run_gemm(ks, p, m0, m1, n0, std::min(N_pad, n0 + n_panel), a.Cout * elem);
+        padded->run_gemm(ks, p, m0, m1, n0, std::min(N_pad, n0 + n_panel), ldo * elem);
       else
         ks.int8_gemm(p, 0, m1 - m0, n0, std::min(N_pad, n0 + n_panel));
     }
   });
   return out;
+}
+
+}  // namespace
+
+at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
+                       const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                       std::optional<double> x_scale, std::optional<double> out_scale, const std::string& activation) {
+  return conv2d_impl(x, packed_w, w_scale, bias, kernel_size, stride, padding, dilation, groups, x_scale, out_scale,
+                     activation, nullptr);
+}
+
+void int8_conv2d_into(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed_w,
+                      const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                      std::optional<double> x_scale, std::optional<double> out_scale, const std::string& activation) {
+  conv2d_impl(x, packed_w, w_scale, bias, kernel_size, stride, padding, dilation, groups, x_scale, out_scale,
+              activation, &out);
 }
 
 namespace {
@@ -1535,22 +1595,6 @@ at::Tensor int8_channel_scale(const at::Tensor& x, double x_scale, const at::Ten
   return out;
 }
 
-// Elements between consecutive pixels of t ([N, C, H, W] read as N * H * W pixel rows) when its channels are
-// contiguous and its pixels evenly spaced: a channels_last tensor (C), or a channel slice of one (a DenseNet's
-// concatenated features, a prefix of a wider buffer). -1 for any other layout.
-int64_t pixel_stride(const at::Tensor& t) {
-  if (t.size(1) > 1 && t.stride(1) != 1) return -1;
-  int64_t ld = -1, expect = 0;
-  for (const int d : {3, 2, 0}) {
-    if (t.size(d) == 1) continue;
-    if (ld < 0) ld = expect = t.stride(d);
-    if (t.stride(d) != expect) return -1;
-    expect *= t.size(d);
-  }
-  if (ld < 0) ld = t.size(1);  // at most one pixel
-  return ld >= t.size(1) ? ld : -1;
-}
-
 // Writes parts (int8 [N, C_i, H, W] each, any layout) one after another into out's channels from channel_offset
 // on. out: int8 [N, C, H, W] with contiguous channels and evenly spaced pixels (pixel_stride): channels_last, or
 // a channel slice of a wider channels_last buffer. What torch.cat(parts, 1) computes, without its per-part
@@ -1653,6 +1697,7 @@ at::Tensor quantize_channel_affine(const at::Tensor& x, const at::Tensor& scale,
 TORCH_LIBRARY_IMPL(fastinfer, CPU, m) {
   m.impl("pack_conv_weight", &pack_conv_weight);
   m.impl("int8_conv2d", &int8_conv2d);
+  m.impl("int8_conv2d_into", &int8_conv2d_into);
   m.impl("int8_max_pool2d", &int8_max_pool2d);
   m.impl("int8_avg_pool2d", &int8_avg_pool2d);
   m.impl("int8_add", &int8_add);

@@ -14,6 +14,13 @@ at::Tensor int8_conv2d(const at::Tensor& x, const at::Tensor& packed_w, const at
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                        std::optional<double> x_scale, std::optional<double> out_scale, const std::string& activation);
 
+// int8_conv2d writing into out (its shape, dtype int8 / float32 as out_scale says; channels contiguous, pixels
+// evenly spaced: channels_last, or a channel slice of a wider channels_last tensor).
+void int8_conv2d_into(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed_w,
+                      const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                      std::optional<double> x_scale, std::optional<double> out_scale, const std::string& activation);
+
 at::Tensor int8_add(const at::Tensor& a, const at::Tensor& b, std::optional<double> a_scale,
                     std::optional<double> b_scale, bool relu, std::optional<double> out_scale);
 

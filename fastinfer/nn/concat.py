@@ -10,6 +10,11 @@ BatchNormQuant2d reads in place; other consumers read them as any strided tensor
 chains only where nothing writes into a prefix (chain.py, _cat_chains). Each function computes what torch.cat
 computes; parts that are not int8 4-D CPU tensors with one N, H and W take torch.cat itself.
 
+Where a part is an int8 conv's output that nothing else reads, the conv writes it straight into the buffer's
+channels (``cat_conv_reserve``, ``cat_conv_extend``: fastinfer.ops.int8_conv2d_into), so it is not copied at all:
+fastinfer.quantize puts them in a DenseNet block's extensions and in the concatenations of an Inception block's
+branches (chain.py, convs_into_concatenations).
+
 These functions are leaves for torch.fx: a symbolic trace records one call of each, not what it does.
 """
 from __future__ import annotations
@@ -20,7 +25,10 @@ from typing import List, Sequence
 import torch
 from torch import Tensor, fx
 
-from .. import ops  # noqa: F401 (registers torch.ops.fastinfer)
+from .. import _C, ops
+from ..ops import conv_output_size
+from ._common import fast_or_dispatch
+from .conv import Int8Conv1d, Int8Conv2d
 
 
 def _fx_leaf(fn):
@@ -58,6 +66,15 @@ def _channels(parts: Sequence[Tensor]) -> int:
     return c
 
 
+def _buffer(n: int, c: int, h: int, w: int) -> Tensor:
+    """An uninitialised int8 [n, c, h, w] channels_last tensor from the ops' output cache (fastinfer._C.int8_buffer:
+    a block used before, not pages mapped afresh and faulted in by the first write), or torch.empty's under a mode."""
+    buf = _C.int8_buffer(n, c, h, w)
+    if buf is NotImplemented:
+        buf = torch.empty((n, c, h, w), dtype=torch.int8, memory_format=torch.channels_last)
+    return buf
+
+
 def _join(parts: List[Tensor], spare: int) -> Tensor:
     # Under torch.compile: torch.cat, whose copies the compiler plans itself (the buffer's room and the attributes
     # that mark it are eager-mode bookkeeping, which Inductor's fake tensors do not carry).
@@ -65,7 +82,7 @@ def _join(parts: List[Tensor], spare: int) -> Tensor:
     if c < 0:
         return torch.cat(parts, 1)
     n, _, h, w = parts[0].shape
-    buf = torch.empty((n, c + spare, h, w), dtype=torch.int8, memory_format=torch.channels_last)
+    buf = _buffer(n, c + spare, h, w)
     _cat_into(buf, parts, 0)
     return _prefix(buf, c) if spare else buf
 
@@ -110,3 +127,85 @@ def cat_channels_extend(prev: Tensor, parts: List[Tensor]) -> Tensor:
     buf = prev._fastinfer_buffer
     _cat_into(buf, list(parts), prev.shape[1])
     return _prefix(buf, c)
+
+
+def _conv_shape(conv, x) -> tuple:
+    """(N, Cout, OH, OW) of conv(x) where the conv can write it into a buffer's channels: an Int8Conv2d's own
+    forward, int8 out (out_scale), x a 4-D float32 or int8 CPU batch of its channels; else ()."""
+    if (not isinstance(conv, Int8Conv2d) or isinstance(conv, Int8Conv1d) or type(conv).forward is not Int8Conv2d.forward
+            or conv.out_scale is None or conv.float_dtype is not None or not isinstance(x, Tensor) or x.dim() != 4
+            or not x.is_cpu or x.dtype not in (torch.float32, torch.int8) or x.shape[1] != conv.in_channels
+            or torch.compiler.is_compiling()):
+        return ()
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv._geometry()
+    oh, ow = conv_output_size(x.shape[2], kh, sh, ph, dh), conv_output_size(x.shape[3], kw, sw, pw, dw)
+    return (x.shape[0], conv.out_channels, oh, ow) if oh > 0 and ow > 0 else ()
+
+
+def _conv_into(conv: Int8Conv2d, x: Tensor, out: Tensor) -> None:
+    fast_or_dispatch(_C.int8_conv2d_into, torch.ops.fastinfer.int8_conv2d_into, out, *conv._args(x))
+
+
+@_fx_leaf
+def cat_conv_reserve(conv, x: Tensor, spare: int) -> Tensor:
+    """cat_channels_reserve([conv(x)], spare), an int8 Int8Conv2d writing its output into the buffer's first
+    channels (any other module, or an input it does not take so, runs as it is, and its output is copied)."""
+    shape = _conv_shape(conv, x)
+    if not shape:
+        return _join([conv(x)], spare)
+    n, c, h, w = shape
+    buf = _buffer(n, c + spare, h, w)
+    _conv_into(conv, x, buf[:, :c] if spare else buf)
+    return _prefix(buf, c) if spare else buf
+
+
+@_fx_leaf
+def cat_conv_extend(prev: Tensor, conv, x: Tensor) -> Tensor:
+    """cat_channels_extend(prev, [conv(x)]), an int8 Int8Conv2d writing its output behind prev's channels in
+    prev's buffer where that has room (_room); else the conv runs as it is and its output is copied."""
+    shape = _conv_shape(conv, x)
+    c0 = prev.shape[1] if isinstance(prev, Tensor) and prev.dim() == 4 else -1
+    if (not shape or c0 < 0 or prev.dtype != torch.int8 or (prev.shape[0], prev.shape[2], prev.shape[3]) !=
+            (shape[0], shape[2], shape[3]) or not _room(prev, c0 + shape[1])
+            or torch._C._is_alias_of(x, prev._fastinfer_buffer)):  # a conv of the concatenation itself
+        return cat_channels_extend(prev, [conv(x)])
+    buf = prev._fastinfer_buffer
+    c = c0 + shape[1]
+    _conv_into(conv, x, buf[:, c0:c])
+    return _prefix(buf, c)
+
+
+@_fx_leaf
+def cat_with_convs(parts: List[Tensor], convs: list) -> Tensor:
+    """torch.cat([convs[i](parts[i]) if convs[i] is not None else parts[i] for i ...], 1): an Inception block's
+    branches joined, each int8 Int8Conv2d writing its output straight into its channels of the result, the other
+    int8 parts copied there. Where a conv cannot (_conv_shape), or a part is not an int8 4-D CPU tensor, or the
+    shapes differ, every conv runs as it is and their outputs are joined as torch.cat joins them."""
+    n = len(parts)
+    shapes = [_conv_shape(convs[i], parts[i]) if convs[i] is not None else () for i in range(n)]
+    ok = n > 0
+    nhw = None
+    for i in range(n):
+        if not ok:
+            break
+        if convs[i] is not None:
+            ok = bool(shapes[i])
+            s = (shapes[i][0], shapes[i][2], shapes[i][3]) if ok else None
+        else:
+            p = parts[i]
+            ok = isinstance(p, Tensor) and p.dtype == torch.int8 and p.dim() == 4 and p.is_cpu
+            s = (p.shape[0], p.shape[2], p.shape[3]) if ok else None
+        ok = ok and (nhw is None or s == nhw)
+        nhw = s
+    if not ok:
+        return _join([c(p) if c is not None else p for p, c in zip(parts, convs)], 0)
+    widths = [shapes[i][1] if convs[i] is not None else parts[i].shape[1] for i in range(n)]
+    buf = _buffer(nhw[0], sum(widths), nhw[1], nhw[2])
+    c0 = 0
+    for p, conv, w in zip(parts, convs, widths):
+        if conv is not None:
+            _conv_into(conv, p, buf[:, c0:c0 + w])
+        elif w:
+            _cat_into(buf, [p], c0)
+        c0 += w
+    return buf

@@ -21,7 +21,7 @@ from ..nn.conv import Int8Conv1d, Int8Conv2d
 from ..nn.fused import ConvAct2d, LinearAct
 from ..nn.linear import SCHEMES, Int8Linear, check_bits_for_scheme, check_scheme
 from .calibrate import calibrate
-from .chain import adopt_half_dtype, chain_int8_convs, rewrite_residual_adds
+from .chain import adopt_half_dtype, chain_int8_convs, convs_into_concatenations, rewrite_residual_adds
 from .observers import DEFAULT_OBSERVER, OBSERVERS
 from .smooth import smooth_factors
 
@@ -286,6 +286,7 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         if int8_residuals:
             report.rewritten = rewrite_residual_adds(model, report.kept_adds)
         report.chained = chain_int8_convs(model, calib.output_scale)
+        report.rewritten += [n for n in convs_into_concatenations(model) if n not in report.rewritten]
     adopt_half_dtype(model, half_dtype)
     model.fastinfer_report = report
     if verbose:

@@ -257,15 +257,7 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
             continue
         if not work:
             continue
-        cls = _GraphModuleDict if isinstance(mod, nn.ModuleDict) else fx.GraphModule
-        gm = cls(mod, graph, class_name=type(mod).__name__)
-        # The original children, all of them: GraphModule copies only what the graph calls, and for a call
-        # of a grandchild (self.a.b(x)) it makes a new container `a` holding only `b`.
-        for child_name, child in mod.named_children():
-            setattr(gm, child_name, child)
-        for pname, t in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
-            if not hasattr(gm, pname):
-                (gm.register_parameter if isinstance(t, nn.Parameter) else gm.register_buffer)(pname, t)
+        gm = _graph_module(mod, graph)
         for add in adds:
             _replace_add(gm, add)
         for gate in gates:
@@ -274,13 +266,157 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
             _replace_call(gm, node, "avg_pool" if isinstance(pool, Int8AvgPool2d) else "max_pool", pool)
         _replace_cat_chains(gm, chains)
         _drop_repeated_relus(gm)
-        gm.graph.lint()
-        gm.recompile()
-        gm.train(mod.training)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, gm)
+        _install(model, name, mod, gm)
         rewritten.append(name)
     return rewritten
+
+
+def _graph_module(mod: nn.Module, graph: fx.Graph) -> fx.GraphModule:
+    """A GraphModule of mod's forward (graph: its trace), to be rewritten and then _install-ed in mod's place: its
+    class name, children, parameters and buffers mod's (an nn.ModuleDict's dict methods too)."""
+    cls = _GraphModuleDict if isinstance(mod, nn.ModuleDict) else fx.GraphModule
+    gm = cls(mod, graph, class_name=type(mod).__name__)
+    # The original children, all of them: GraphModule copies only what the graph calls, and for a call
+    # of a grandchild (self.a.b(x)) it makes a new container `a` holding only `b`.
+    for child_name, child in mod.named_children():
+        setattr(gm, child_name, child)
+    for pname, t in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
+        if not hasattr(gm, pname):
+            (gm.register_parameter if isinstance(t, nn.Parameter) else gm.register_buffer)(pname, t)
+    return gm
+
+
+def _install(model: nn.Module, name: str, mod: nn.Module, gm: fx.GraphModule) -> None:
+    """gm's rewritten graph compiled, and gm in mod's place (model's submodule ``name``)."""
+    gm.graph.lint()
+    gm.recompile()
+    gm.train(mod.training)
+    if gm is not mod:
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, gm)
+
+
+def convs_into_concatenations(model: nn.Module) -> List[str]:
+    """After chain_int8_convs: each part of a channel concatenation that an int8 static conv makes and nothing
+    else reads is written by the conv straight into the concatenation's channels (fastinfer.nn.concat, ops.
+    int8_conv2d_into): the extensions of a DenseNet block (cat_conv_extend), a torch.cat of an Inception block's
+    branches (cat_with_convs). The conv may be the part's module, the last of a plain nn.Sequential's children (the
+    ones before it are then called on their own), or the one conv of a module whose forward is that conv and
+    identities (torchvision's BasicConv2d once fused). Returns the names of the submodules rewritten (each a
+    GraphModule, as rewrite_residual_adds makes them)."""
+    done = []
+    for name, mod in reversed(list(model.named_modules())):  # children before their parents
+        if not name:
+            continue
+        if isinstance(mod, fx.GraphModule):
+            graph = mod.graph
+        elif type(mod).__module__.startswith(("torch.", "fastinfer.")) or "cat" not in (_class_source(mod) or "cat"):
+            continue
+        else:
+            try:
+                graph = _OwnOpsTracer().trace(mod)
+            except Exception:  # untraceable forward: left as it is
+                continue
+        sites = _conv_join_sites(mod, graph)
+        if not sites or (not isinstance(mod, fx.GraphModule) and _fixed_signature(mod, graph) is not None):
+            continue
+        gm = mod if isinstance(mod, fx.GraphModule) else _graph_module(mod, graph)
+        for node, convs in sites:
+            _write_convs_into(gm, node, convs)
+        _install(model, name, mod, gm)
+        done.append(name)
+    return done
+
+
+def _writing_conv(root: nn.Module, target: str) -> Optional[Tuple[List[str], str]]:
+    """(calls, conv) where calling submodule ``target`` of root on x computes conv(calls[-1](... calls[0](x))) (module
+    paths under root), conv an Int8Conv2d with int8 out that runs its own forward (concat._conv_shape's); else None."""
+    mod = root.get_submodule(target)
+    if isinstance(mod, Int8Conv2d):
+        ok = (_static_conv(mod) and mod.out_scale is not None and type(mod).forward is Int8Conv2d.forward
+              and not mod._forward_hooks and not mod._forward_pre_hooks)
+        return ([], target) if ok else None
+    if type(mod) is nn.Sequential:
+        names = list(mod._modules)
+        while names and type(mod._modules[names[-1]]) in IDENTITIES:
+            names.pop()
+        tail = _writing_conv(root, f"{target}.{names[-1]}") if names else None
+        return ([f"{target}.{k}" for k in names[:-1]] + tail[0], tail[1]) if tail else None
+    if ((type(mod).__module__.startswith(("torch.", "fastinfer.")) and not isinstance(mod, fx.GraphModule))
+            or mod._forward_hooks or mod._forward_pre_hooks):
+        return None
+    try:
+        graph = mod.graph if isinstance(mod, fx.GraphModule) else _OwnOpsTracer().trace(mod)
+    except Exception:
+        return None
+    nodes = list(graph.nodes)
+    if len(nodes) < 3 or nodes[0].op != "placeholder" or nodes[-1].op != "output":
+        return None
+    prev, convs = nodes[0], []
+    for n in nodes[1:-1]:  # x -> one chain of module calls: identities and one Int8Conv2d
+        if n.op != "call_module" or n.args != (prev,) or n.kwargs:
+            return None
+        sub = mod.get_submodule(n.target)
+        if isinstance(sub, Int8Conv2d):
+            convs.append(n.target)
+        elif type(sub) not in IDENTITIES:
+            return None
+        prev = n
+    if nodes[-1].args != (prev,) or len(convs) != 1:
+        return None
+    return _writing_conv(root, f"{target}.{convs[0]}")
+
+
+def _conv_join_sites(module: nn.Module, graph: fx.Graph) -> List[Tuple[fx.Node, Dict[fx.Node, Tuple[List[str], str]]]]:
+    """The concatenations of graph (module's forward) whose parts an int8 conv can write in place: a channel
+    torch.cat (_channel_cat) or a cat_channels_extend of one part, each with {part node: _writing_conv of its call}
+    for the parts that a module called once makes, on one input, for this concatenation alone."""
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    sites = []
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target is concat.cat_channels_extend and len(node.args) == 2 and len(node.args[1]) == 1:
+            parts = list(node.args[1])
+        elif _channel_cat(node):
+            parts = list(node.args[0])
+        else:
+            continue
+        convs = {}
+        for p in parts:
+            if (isinstance(p, fx.Node) and p.op == "call_module" and calls[p.target] == 1 and len(p.users) == 1
+                    and parts.count(p) == 1 and len(p.args) == 1 and isinstance(p.args[0], fx.Node) and not p.kwargs):
+                found = _writing_conv(module, p.target)
+                if found is not None:
+                    convs[p] = found
+        if convs:
+            sites.append((node, convs))
+    return sites
+
+
+def _write_convs_into(gm: fx.GraphModule, node: fx.Node, convs: Dict[fx.Node, Tuple[List[str], str]]) -> None:
+    """A _conv_join_sites concatenation rewritten: its conv parts' calls moved into it (cat_conv_extend,
+    cat_with_convs)."""
+    g = gm.graph
+    with g.inserting_before(node):
+        def conv_input(p):
+            x = p.args[0]
+            for t in convs[p][0]:
+                x = g.call_module(t, (x,))
+            return x
+
+        if node.target is concat.cat_channels_extend:
+            (p,) = node.args[1]
+            new = g.call_function(concat.cat_conv_extend, (node.args[0], g.get_attr(convs[p][1]), conv_input(p)))
+        else:
+            parts = list(node.args[0])
+            new = g.call_function(concat.cat_with_convs, ([conv_input(p) if p in convs else p for p in parts],
+                                                          [g.get_attr(convs[p][1]) if p in convs else None
+                                                           for p in parts]))
+    node.replace_all_uses_with(new)
+    g.erase_node(node)
+    for p in convs:
+        g.erase_node(p)
 
 
 def _residual_add(module: nn.Module, node: fx.Node) -> bool:

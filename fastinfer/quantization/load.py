@@ -25,7 +25,7 @@ from ..nn.gate import Int8AdaptiveAvgPool2d, Int8ChannelScale, Int8GlobalAvgPool
 from ..nn.linear import Int8Linear
 from ..nn.sparse import FORMATS, INT8_FORMATS, SparseLinear
 from .api import layer_kind
-from .chain import adopt_half_dtype, chain_int8_convs, rewrite_residual_adds
+from .chain import adopt_half_dtype, chain_int8_convs, convs_into_concatenations, rewrite_residual_adds
 
 _ADD_STATE = set(Int8Add().get_extra_state())
 _REWRITE_STATES = (_ADD_STATE, set(Int8GlobalAvgPool().get_extra_state()), set(Int8ChannelScale().get_extra_state()))
@@ -156,6 +156,7 @@ def load_quantized(source, model: nn.Module, *, strict: bool = True) -> nn.Modul
         saved = {name: sd[name + "._extra_state"].get("out_scale") for name, m in swaps.items()
                  if isinstance(m, Int8Conv2d)}
         chain_int8_convs(model, {name: v for name, v in saved.items() if v is not None})
+        convs_into_concatenations(model)
         # A file written before global poolings beside convs read int8 holds the float pooling (and its producer
         # writes float): keep that pooling float.
         for name, m in list(model.named_modules()):
