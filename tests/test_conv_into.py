@@ -347,7 +347,7 @@ def test_a_conv_not_of_its_own_forward_is_not_moved():
 
     block = Block().eval()
     graph = chain._OwnOpsTracer().trace(block)
-    assert [list(convs.values()) for _, convs in chain._conv_join_sites(block, graph)] == [[([], "b.conv")]]
+    assert [[c[:2] for c in convs.values()] for _, convs in chain._conv_join_sites(block, graph)] == [[([], "b.conv")]]
     block.b.conv.register_forward_hook(lambda m, a, y: None)
     assert chain._conv_join_sites(block, graph) == []
 
@@ -375,3 +375,35 @@ def test_quantize_writes_a_dense_blocks_new_features_in_place(monkeypatch):
     hook.remove()
     # layer 2 read the block's buffer in place: 32 channels of its 40, the last 16 written there by layers 0 and 1
     assert seen[-1].shape[1] == 32 and seen[-1].stride()[3] == 40
+
+
+class Fire(nn.Module):
+    """SqueezeNet's fire module: each expand conv's ReLU a module of its own, which fuse folds into the conv."""
+
+    def __init__(self, c, s, e):
+        super().__init__()
+        self.squeeze, self.squeeze_activation = nn.Conv2d(c, s, 1), nn.ReLU(inplace=True)
+        self.expand1x1, self.expand1x1_activation = nn.Conv2d(s, e, 1), nn.ReLU(inplace=True)
+        self.expand3x3, self.expand3x3_activation = nn.Conv2d(s, e, 3, padding=1), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        x = self.squeeze_activation(self.squeeze(x))
+        return torch.cat([self.expand1x1_activation(self.expand1x1(x)), self.expand3x3_activation(self.expand3x3(x))],
+                         1)
+
+
+def test_quantize_writes_convs_behind_folded_activations(monkeypatch):
+    model = with_batch_statistics(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), Fire(16, 8, 12),
+                                                Fire(24, 8, 12), nn.Conv2d(24, 4, 1)), [torch.randn(4, 3, 10, 10)])
+    q = _quantized(model)
+    for i in (2, 3):
+        fire = q[i]
+        assert isinstance(fire, fx.GraphModule) and type(fire).__name__ == "Fire"
+        (cat,) = [n for n in _calls(fire) if n.target is concat.cat_with_convs]
+        assert [c.target for c in cat.args[1]] == ["expand1x1", "expand3x3"]
+        # the expand convs and their folded activations are no longer called on their own
+        assert not any(n.target.startswith("expand") for n in fire.graph.nodes if n.op == "call_module")
+    plain = _quantized(model, into=False, monkeypatch=monkeypatch)
+    x = torch.randn(2, 3, 10, 10)
+    with torch.inference_mode():
+        assert torch.equal(q(x), plain(x))

@@ -26,9 +26,7 @@ import torch
 from torch import Tensor, fx
 
 from .. import _C, ops
-from ..ops import conv_output_size
-from ._common import fast_or_dispatch
-from .conv import Int8Conv1d, Int8Conv2d
+from .conv import Int8Conv2d
 
 
 def _fx_leaf(fn):
@@ -130,27 +128,40 @@ def cat_channels_extend(prev: Tensor, parts: List[Tensor]) -> Tensor:
 
 
 def _conv_shape(conv, x) -> tuple:
-    """(N, Cout, OH, OW) of conv(x) where the conv can write it into a buffer's channels: an Int8Conv2d's own
-    forward, int8 out (out_scale), x a 4-D float32 or int8 CPU batch of its channels; else ()."""
-    if (not isinstance(conv, Int8Conv2d) or isinstance(conv, Int8Conv1d) or type(conv).forward is not Int8Conv2d.forward
-            or conv.out_scale is None or conv.float_dtype is not None or not isinstance(x, Tensor) or x.dim() != 4
-            or not x.is_cpu or x.dtype not in (torch.float32, torch.int8) or x.shape[1] != conv.in_channels
-            or torch.compiler.is_compiling()):
+    """(N, Cout, OH, OW) of conv(x) where the conv can write it into a buffer's channels: an Int8Conv2d (the class
+    itself: a subclass may have a forward of its own) with int8 out (out_scale), x a 4-D float32 or int8 CPU batch
+    of its channels; else (). The caller has checked that no compiler is tracing. Per call of a forward: kept
+    short (cat_with_convs' Python added about 8 us a concatenation over torch.cat's at first)."""
+    if type(conv) is not Int8Conv2d or conv.out_scale is None or conv.float_dtype is not None:
         return ()
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv._geometry()
-    oh, ow = conv_output_size(x.shape[2], kh, sh, ph, dh), conv_output_size(x.shape[3], kw, sw, pw, dw)
-    return (x.shape[0], conv.out_channels, oh, ow) if oh > 0 and ow > 0 else ()
+    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_cpu or x.dtype not in _CONV_INPUTS:
+        return ()
+    n, c, h, w = x.shape
+    if c != conv.in_channels:
+        return ()
+    kh, kw = conv.kernel_size
+    sh, sw = conv.stride
+    ph, pw = conv.padding
+    dh, dw = conv.dilation
+    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return (n, conv.out_channels, oh, ow) if oh > 0 and ow > 0 else ()
+
+
+_CONV_INPUTS = (torch.float32, torch.int8)
+_conv2d_into_op = torch.ops.fastinfer.int8_conv2d_into
 
 
 def _conv_into(conv: Int8Conv2d, x: Tensor, out: Tensor) -> None:
-    fast_or_dispatch(_C.int8_conv2d_into, torch.ops.fastinfer.int8_conv2d_into, out, *conv._args(x))
+    args = conv._args(x)
+    if _C.int8_conv2d_into(out, *args) is NotImplemented:  # the dispatcher decides (a mode, the profiler, ...)
+        _conv2d_into_op(out, *args)
 
 
 @_fx_leaf
 def cat_conv_reserve(conv, x: Tensor, spare: int) -> Tensor:
     """cat_channels_reserve([conv(x)], spare), an int8 Int8Conv2d writing its output into the buffer's first
     channels (any other module, or an input it does not take so, runs as it is, and its output is copied)."""
-    shape = _conv_shape(conv, x)
+    shape = _conv_shape(conv, x) if not torch.compiler.is_compiling() else ()
     if not shape:
         return _join([conv(x)], spare)
     n, c, h, w = shape
@@ -163,7 +174,7 @@ def cat_conv_reserve(conv, x: Tensor, spare: int) -> Tensor:
 def cat_conv_extend(prev: Tensor, conv, x: Tensor) -> Tensor:
     """cat_channels_extend(prev, [conv(x)]), an int8 Int8Conv2d writing its output behind prev's channels in
     prev's buffer where that has room (_room); else the conv runs as it is and its output is copied."""
-    shape = _conv_shape(conv, x)
+    shape = _conv_shape(conv, x) if not torch.compiler.is_compiling() else ()
     c0 = prev.shape[1] if isinstance(prev, Tensor) and prev.dim() == 4 else -1
     if (not shape or c0 < 0 or prev.dtype != torch.int8 or (prev.shape[0], prev.shape[2], prev.shape[3]) !=
             (shape[0], shape[2], shape[3]) or not _room(prev, c0 + shape[1])
@@ -181,25 +192,29 @@ def cat_with_convs(parts: List[Tensor], convs: list) -> Tensor:
     branches joined, each int8 Int8Conv2d writing its output straight into its channels of the result, the other
     int8 parts copied there. Where a conv cannot (_conv_shape), or a part is not an int8 4-D CPU tensor, or the
     shapes differ, every conv runs as it is and their outputs are joined as torch.cat joins them."""
-    n = len(parts)
-    shapes = [_conv_shape(convs[i], parts[i]) if convs[i] is not None else () for i in range(n)]
-    ok = n > 0
-    nhw = None
-    for i in range(n):
-        if not ok:
-            break
-        if convs[i] is not None:
-            ok = bool(shapes[i])
-            s = (shapes[i][0], shapes[i][2], shapes[i][3]) if ok else None
-        else:
-            p = parts[i]
-            ok = isinstance(p, Tensor) and p.dtype == torch.int8 and p.dim() == 4 and p.is_cpu
-            s = (p.shape[0], p.shape[2], p.shape[3]) if ok else None
-        ok = ok and (nhw is None or s == nhw)
-        nhw = s
-    if not ok:
+    # one pass: each part's channels and (N, H, W), which must agree; None where a part cannot be written
+    nhw, widths = None, []
+    if parts and not torch.compiler.is_compiling():
+        for p, conv in zip(parts, convs):
+            if conv is not None:
+                shape = _conv_shape(conv, p)
+                if not shape:
+                    nhw = None
+                    break
+                n, c, h, w = shape
+            elif isinstance(p, Tensor) and p.dtype == torch.int8 and p.dim() == 4 and p.is_cpu:
+                n, c, h, w = p.shape
+            else:
+                nhw = None
+                break
+            if nhw is None:
+                nhw = (n, h, w)
+            elif nhw != (n, h, w):
+                nhw = None
+                break
+            widths.append(c)
+    if nhw is None:
         return _join([c(p) if c is not None else p for p, c in zip(parts, convs)], 0)
-    widths = [shapes[i][1] if convs[i] is not None else parts[i].shape[1] for i in range(n)]
     buf = _buffer(nhw[0], sum(widths), nhw[1], nhw[2])
     c0 = 0
     for p, conv, w in zip(parts, convs, widths):

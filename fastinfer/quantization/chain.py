@@ -330,10 +330,10 @@ def convs_into_concatenations(model: nn.Module) -> List[str]:
 
 def _writing_conv(root: nn.Module, target: str) -> Optional[Tuple[List[str], str]]:
     """(calls, conv) where calling submodule ``target`` of root on x computes conv(calls[-1](... calls[0](x))) (module
-    paths under root), conv an Int8Conv2d with int8 out that runs its own forward (concat._conv_shape's); else None."""
+    paths under root), conv a static Int8Conv2d (the class itself) with int8 out (concat._conv_shape's); else None."""
     mod = root.get_submodule(target)
     if isinstance(mod, Int8Conv2d):
-        ok = (_static_conv(mod) and mod.out_scale is not None and type(mod).forward is Int8Conv2d.forward
+        ok = (type(mod) is Int8Conv2d and mod.x_scale is not None and mod.out_scale is not None
               and not mod._forward_hooks and not mod._forward_pre_hooks)
         return ([], target) if ok else None
     if type(mod) is nn.Sequential:
@@ -367,10 +367,11 @@ def _writing_conv(root: nn.Module, target: str) -> Optional[Tuple[List[str], str
     return _writing_conv(root, f"{target}.{convs[0]}")
 
 
-def _conv_join_sites(module: nn.Module, graph: fx.Graph) -> List[Tuple[fx.Node, Dict[fx.Node, Tuple[List[str], str]]]]:
+def _conv_join_sites(module: nn.Module, graph: fx.Graph) -> List[Tuple[fx.Node, Dict[fx.Node, tuple]]]:
     """The concatenations of graph (module's forward) whose parts an int8 conv can write in place: a channel
-    torch.cat (_channel_cat) or a cat_channels_extend of one part, each with {part node: _writing_conv of its call}
-    for the parts that a module called once makes, on one input, for this concatenation alone."""
+    torch.cat (_channel_cat) or a cat_channels_extend of one part, each with {part node: (calls, conv) of
+    _writing_conv, the call of the conv's module, the nodes that make the part} for the parts that a module called
+    once makes (behind identities), on one input, for this concatenation alone."""
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     sites = []
     for node in graph.nodes:
@@ -384,23 +385,37 @@ def _conv_join_sites(module: nn.Module, graph: fx.Graph) -> List[Tuple[fx.Node, 
             continue
         convs = {}
         for p in parts:
-            if (isinstance(p, fx.Node) and p.op == "call_module" and calls[p.target] == 1 and len(p.users) == 1
-                    and parts.count(p) == 1 and len(p.args) == 1 and isinstance(p.args[0], fx.Node) and not p.kwargs):
-                found = _writing_conv(module, p.target)
+            if not isinstance(p, fx.Node) or parts.count(p) != 1:
+                continue
+            # behind identities (a ReLU fuse folded into the conv: SqueezeNet's expand activations)
+            made, q = [], p
+            while (_single_call(q, calls) and type(module.get_submodule(q.target)) in IDENTITIES
+                   and isinstance(q.args[0], fx.Node) and q.args[0].op == "call_module"):
+                made.append(q)
+                q = q.args[0]
+            if _single_call(q, calls):
+                found = _writing_conv(module, q.target)
                 if found is not None:
-                    convs[p] = found
+                    convs[p] = (*found, q, [*made, q])
         if convs:
             sites.append((node, convs))
     return sites
 
 
-def _write_convs_into(gm: fx.GraphModule, node: fx.Node, convs: Dict[fx.Node, Tuple[List[str], str]]) -> None:
+def _single_call(n: fx.Node, calls: Counter) -> bool:
+    """n calls a module (called nowhere else) on one node, and one node uses its output."""
+    return (n.op == "call_module" and calls[n.target] == 1 and len(n.users) == 1 and len(n.args) == 1
+            and isinstance(n.args[0], fx.Node) and not n.kwargs)
+
+
+def _write_convs_into(gm: fx.GraphModule, node: fx.Node, convs: Dict[fx.Node, tuple]) -> None:
     """A _conv_join_sites concatenation rewritten: its conv parts' calls moved into it (cat_conv_extend,
-    cat_with_convs)."""
+    cat_with_convs). convs: part -> (module calls before the conv, the conv, the call whose input the conv takes,
+    the nodes that made the part)."""
     g = gm.graph
     with g.inserting_before(node):
         def conv_input(p):
-            x = p.args[0]
+            x = convs[p][2].args[0]  # read now: an earlier rewrite may have replaced the node it was
             for t in convs[p][0]:
                 x = g.call_module(t, (x,))
             return x
@@ -415,8 +430,9 @@ def _write_convs_into(gm: fx.GraphModule, node: fx.Node, convs: Dict[fx.Node, Tu
                                                            for p in parts]))
     node.replace_all_uses_with(new)
     g.erase_node(node)
-    for p in convs:
-        g.erase_node(p)
+    for made in convs.values():
+        for n in made[3]:  # the part first, then what made it
+            g.erase_node(n)
 
 
 def _residual_add(module: nn.Module, node: fx.Node) -> bool:
