@@ -348,8 +348,61 @@ def test_a_conv_not_of_its_own_forward_is_not_moved():
     block = Block().eval()
     graph = chain._OwnOpsTracer().trace(block)
     assert [[c[:2] for c in convs.values()] for _, convs in chain._conv_join_sites(block, graph)] == [[([], "b.conv")]]
-    block.b.conv.register_forward_hook(lambda m, a, y: None)
-    assert chain._conv_join_sites(block, graph) == []
+    for mod in (block.b, block.b.conv):  # a hook on the part's module or on its conv: both must still run
+        h = mod.register_forward_hook(lambda m, a, y: None)
+        assert chain._conv_join_sites(block, graph) == []
+        h.remove()
+
+
+def test_a_conv_is_not_moved_past_a_write():
+    """The rewrite calls a part's conv at the concatenation: not where something between may write into what it
+    reads (an in-place function, an in-place module, a user module that writes into its argument)."""
+
+    class JustConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = Int8Conv2d.from_float(nn.Conv2d(8, 8, 1).eval(), x_scale=0.05, out_scale=0.05)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    class Adds(nn.Module):
+        def forward(self, x):
+            x.add_(1)
+            return x
+
+    class Block(nn.Module):
+        def __init__(self, how):
+            super().__init__()
+            self.how, self.a, self.b, self.c = how, JustConv(), JustConv(), JustConv()
+            self.relu, self.adds = nn.ReLU(inplace=True), Adds()
+
+        def forward(self, x):
+            a = self.a(x)
+            if self.how == "function":
+                y = F.relu(x, inplace=True)
+            elif self.how == "module":
+                y = self.relu(x)
+            elif self.how == "user module":
+                y = self.adds(x)
+            elif self.how == "out":
+                y = torch.clamp(x, min=0, out=x)
+            else:
+                y = F.relu(x)
+            return torch.cat([a, self.b(y), self.c(x)], 1)
+
+    for how in ("function", "module", "user module", "out", "none"):
+        block = Block(how).eval()
+        graph = chain._OwnOpsTracer().trace(block)
+        (site,) = chain._conv_join_sites(block, graph)
+        moved = sorted(c[1] for c in site[1].values())
+        assert moved == (["a.conv", "b.conv", "c.conv"] if how == "none" else ["b.conv", "c.conv"]), how
+        gm = chain._graph_module(block, graph)
+        chain._write_convs_into(gm, *site)
+        gm.recompile()
+        x = torch.randn(1, 8, 4, 4)
+        with torch.inference_mode():
+            assert torch.equal(gm(x.clone()), block(x.clone())), how
 
 
 def test_quantize_writes_a_dense_blocks_new_features_in_place(monkeypatch):

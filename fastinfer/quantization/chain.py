@@ -328,13 +328,18 @@ def convs_into_concatenations(model: nn.Module) -> List[str]:
     return done
 
 
+def _hooked(mod: nn.Module) -> bool:
+    return bool(mod._forward_hooks or mod._forward_pre_hooks)
+
+
 def _writing_conv(root: nn.Module, target: str) -> Optional[Tuple[List[str], str]]:
     """(calls, conv) where calling submodule ``target`` of root on x computes conv(calls[-1](... calls[0](x))) (module
     paths under root), conv a static Int8Conv2d (the class itself) with int8 out (concat._conv_shape's); else None."""
     mod = root.get_submodule(target)
+    if _hooked(mod):  # the rewrite calls what is inside: the module's own hooks would not run
+        return None
     if isinstance(mod, Int8Conv2d):
-        ok = (type(mod) is Int8Conv2d and mod.x_scale is not None and mod.out_scale is not None
-              and not mod._forward_hooks and not mod._forward_pre_hooks)
+        ok = type(mod) is Int8Conv2d and mod.x_scale is not None and mod.out_scale is not None
         return ([], target) if ok else None
     if type(mod) is nn.Sequential:
         names = list(mod._modules)
@@ -342,8 +347,7 @@ def _writing_conv(root: nn.Module, target: str) -> Optional[Tuple[List[str], str
             names.pop()
         tail = _writing_conv(root, f"{target}.{names[-1]}") if names else None
         return ([f"{target}.{k}" for k in names[:-1]] + tail[0], tail[1]) if tail else None
-    if ((type(mod).__module__.startswith(("torch.", "fastinfer.")) and not isinstance(mod, fx.GraphModule))
-            or mod._forward_hooks or mod._forward_pre_hooks):
+    if type(mod).__module__.startswith(("torch.", "fastinfer.")) and not isinstance(mod, fx.GraphModule):
         return None
     try:
         graph = mod.graph if isinstance(mod, fx.GraphModule) else _OwnOpsTracer().trace(mod)
@@ -367,12 +371,66 @@ def _writing_conv(root: nn.Module, target: str) -> Optional[Tuple[List[str], str
     return _writing_conv(root, f"{target}.{convs[0]}")
 
 
+_INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+                      operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift,
+                      operator.irshift, operator.imatmul, operator.setitem, operator.delitem}
+
+
+def _writes_nothing(module: nn.Module, node: fx.Node, seen: Dict[int, bool], depth: int = 0) -> bool:
+    """node writes into no tensor it did not make (conservatively): moving a conv's call past it cannot change what
+    the conv reads. Module calls: torch.nn's and fastinfer's without ``inplace=True``, and a plain nn.Sequential or
+    a user module (a GraphModule's graph, or its trace) whose own nodes all write nothing; function and method calls
+    whose name does not end in ``_``, no in-place operator, no ``out=`` and no literal True argument
+    (``F.relu(x, True)``, ``inplace=True``)."""
+    if node.op in ("placeholder", "get_attr", "output"):
+        return True
+    if node.op == "call_module":
+        return _module_writes_nothing(module.get_submodule(node.target), seen, depth)
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if node.op not in ("call_function", "call_method") or node.target in _INPLACE_OPERATORS:
+        return False
+    return (isinstance(name, str) and not name.endswith("_") and "out" not in node.kwargs
+            and not any(a is True for a in (*node.args[1:], *node.kwargs.values())))
+
+
+def _module_writes_nothing(mod: nn.Module, seen: Dict[int, bool], depth: int) -> bool:
+    key = id(mod)
+    if key not in seen:
+        seen[key] = False  # a module reached again through itself: not known to write nothing
+        if getattr(mod, "inplace", False) is True:
+            ok = False
+        elif type(mod) is nn.Sequential:
+            ok = depth < 4 and all(_module_writes_nothing(m, seen, depth + 1) for m in mod)
+        elif type(mod).__module__.startswith(("torch.", "fastinfer.")) and not isinstance(mod, fx.GraphModule):
+            ok = True
+        elif depth >= 4:
+            ok = False
+        else:
+            try:
+                graph = mod.graph if isinstance(mod, fx.GraphModule) else _OwnOpsTracer().trace(mod)
+                ok = all(_writes_nothing(mod, n, seen, depth + 1) for n in graph.nodes)
+            except Exception:
+                ok = False
+        seen[key] = ok
+    return seen[key]
+
+
 def _conv_join_sites(module: nn.Module, graph: fx.Graph) -> List[Tuple[fx.Node, Dict[fx.Node, tuple]]]:
     """The concatenations of graph (module's forward) whose parts an int8 conv can write in place: a channel
     torch.cat (_channel_cat) or a cat_channels_extend of one part, each with {part node: (calls, conv) of
     _writing_conv, the call of the conv's module, the nodes that make the part} for the parts that a module called
-    once makes (behind identities), on one input, for this concatenation alone."""
+    once makes (behind identities), on one input, for this concatenation alone, where no node between that call and
+    the concatenation writes into a tensor (_writes_nothing): the rewrite moves the call there."""
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    pure: List[bool] = []  # per node, _writes_nothing (made when a concatenation has a candidate part)
+    seen: Dict[int, bool] = {}
+
+    def writes_nothing(i0: int, i1: int) -> bool:
+        if not pure:
+            pure.extend(_writes_nothing(module, n, seen) for n in graph.nodes)
+        return all(pure[i0:i1])
+
     sites = []
     for node in graph.nodes:
         if node.op != "call_function":
@@ -390,10 +448,11 @@ def _conv_join_sites(module: nn.Module, graph: fx.Graph) -> List[Tuple[fx.Node, 
             # behind identities (a ReLU fuse folded into the conv: SqueezeNet's expand activations)
             made, q = [], p
             while (_single_call(q, calls) and type(module.get_submodule(q.target)) in IDENTITIES
-                   and isinstance(q.args[0], fx.Node) and q.args[0].op == "call_module"):
+                   and not _hooked(module.get_submodule(q.target)) and q.args[0].op == "call_module"):
                 made.append(q)
                 q = q.args[0]
-            if _single_call(q, calls):
+            # the calls move to the concatenation: nothing between may write into what they read
+            if _single_call(q, calls) and writes_nothing(order[q] + 1, order[node]):
                 found = _writing_conv(module, q.target)
                 if found is not None:
                     convs[p] = (*found, q, [*made, q])
