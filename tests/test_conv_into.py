@@ -167,10 +167,11 @@ def test_direct_call_serves_and_bumps_the_version():
 def test_int8_buffer():
     b = _C.int8_buffer(2, 24, 3, 5)
     assert b.shape == (2, 24, 3, 5) and b.dtype == torch.int8 and b.is_contiguous(memory_format=torch.channels_last)
-    with pytest.raises(ValueError, match="sizes must be ints >= 0"):
+    with pytest.raises(ValueError, match="sizes must be >= 0"):
         _C.int8_buffer(2, -1, 3, 5)
     with pytest.raises(TypeError, match="takes 4 ints"):
         _C.int8_buffer(2, 3, 5)
+    assert _C.int8_buffer(2, 3.0, 5, 5) is NotImplemented  # concat._buffer then takes torch.empty's
 
 
 def test_concat_conv_functions_compute_torch_cat():
@@ -318,6 +319,13 @@ def test_quantize_writes_an_inception_blocks_convs_into_its_concatenation(monkey
     # torch.compile: the functions are torch.cat of the convs' outputs there
     with torch.inference_mode():
         assert torch.equal(torch.compile(q, fullgraph=True)(x), y)
+    # torch.jit.trace and torch.export record the ops (the buffer from torch.empty under a tracer)
+    with torch.no_grad():
+        traced = torch.jit.trace(q, (x,), check_trace=False)
+    exported = torch.export.export(q, (x,)).module()
+    with torch.inference_mode():
+        assert torch.equal(traced(x), y) and torch.equal(traced(2 * x), q(2 * x))
+        assert torch.equal(exported(x), y)
 
 
 def test_a_conv_not_of_its_own_forward_is_not_moved():

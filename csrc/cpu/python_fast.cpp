@@ -248,7 +248,8 @@ PyObject* linear_dynamic_fast(PyObject*, PyObject* const* args, Py_ssize_t n) {
 PyObject* fast_calls(PyObject*, PyObject*) { return PyLong_FromLongLong(g_served.load()); }
 
 // int8_buffer(n, c, h, w): an uninitialised int8 [n, c, h, w] channels_last CPU tensor whose storage comes from the
-// ops' output cache (NotImplemented under a mode or tracer: plain_context), for fastinfer.nn.concat's buffers.
+// ops' output cache, for fastinfer.nn.concat's buffers; NotImplemented under a mode or tracer (plain_context) or for
+// sizes that are not ints.
 // torch.empty's multi-MB blocks may be mapped
 // afresh each call and every page faulted in by the first write: an Inception block's 2.5 MB concatenation at
 // batch 8 took 0.66 ms for a conv written into a new buffer against 0.14 ms into one used before.
@@ -258,13 +259,16 @@ PyObject* int8_buffer(PyObject*, PyObject* const* args, Py_ssize_t n) {
     PyErr_SetString(PyExc_TypeError, "int8_buffer takes 4 ints (n, c, h, w)");
     return nullptr;
   }
+  // A mode or tracer (fake tensors, torch.jit.trace: whose sizes are not Python ints either) makes its own buffer
+  // with torch.empty.
+  if (!plain_context()) return not_implemented();
   for (int i = 0; i < 4; ++i) {
-    if (!to_int(args[i], &size[i]) || size[i] < 0) {
-      PyErr_SetString(PyExc_ValueError, "int8_buffer: sizes must be ints >= 0");
+    if (!to_int(args[i], &size[i])) return not_implemented();
+    if (size[i] < 0) {
+      PyErr_SetString(PyExc_ValueError, "int8_buffer: sizes must be >= 0");
       return nullptr;
     }
   }
-  if (!plain_context()) return not_implemented();  // a mode (fake tensors, ...) makes its own with torch.empty
   at::Tensor out;
   try {
     out = output_empty(size, at::kChar, at::MemoryFormat::ChannelsLast);
