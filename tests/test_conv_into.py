@@ -310,6 +310,11 @@ def test_quantize_writes_an_inception_blocks_convs_into_its_concatenation(monkey
         assert torch.equal(y, plain(x))  # the same bits as torch.cat of the convs' outputs
         assert block(q.stem(x))[0].dtype == torch.int8
     assert F.cosine_similarity(y.flatten(), model(x).flatten(), dim=0) > 0.99
+    # int8_residuals=False keeps every forward as written
+    torch.manual_seed(1)
+    kept = fastinfer.quantize(fastinfer.fuse(copy.deepcopy(model)), scheme="w8a8_static",
+                              calib_data=[torch.randn(2, 3, 10, 10) for _ in range(2)], int8_residuals=False)
+    assert not isinstance(kept.block, fx.GraphModule)
     # load_quantized makes the same rewrite
     torch.save(q.state_dict(), tmp_path / "q.pt")
     loaded = fastinfer.load_quantized(tmp_path / "q.pt", fastinfer.fuse(copy.deepcopy(model)))

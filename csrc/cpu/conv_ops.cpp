@@ -1155,10 +1155,6 @@ int64_t pixel_stride(const at::Tensor& t) {
   return ld >= t.size(1) ? ld : -1;
 }
 
-}  // namespace
-
-namespace {
-
 // int8_conv2d, writing into `into` where given (int8_conv2d_into) and into a fresh channels_last tensor else.
 at::Tensor conv2d_impl(const at::Tensor& x, const at::Tensor& packed_w, const at::Tensor& w_scale,
                        const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,

@@ -1,6 +1,6 @@
 // Direct calls from the eager modules' forwards into the CPU ops, past torch.ops (fastinfer._C.int8_conv2d,
-// int8_conv2d_into, int8_add, int8_channel_mean, int8_channel_scale, int8_linear_static, int8_linear_dynamic; Python side:
-// fastinfer/nn/_common.py, fast_or_dispatch).
+// int8_conv2d_into, int8_add, int8_channel_mean, int8_channel_scale, int8_linear_static, int8_linear_dynamic;
+// Python side: fastinfer/nn/_common.py, fast_or_dispatch, and fastinfer/nn/concat.py).
 //
 // Why: a call through torch.ops costs about 8 us before the op's own code runs (measured on an AMD Zen 4, a
 // 1-pixel int8 conv: the Python OpOverload frame, the argument parse into IValues, the boxed autograd
@@ -249,10 +249,9 @@ PyObject* fast_calls(PyObject*, PyObject*) { return PyLong_FromLongLong(g_served
 
 // int8_buffer(n, c, h, w): an uninitialised int8 [n, c, h, w] channels_last CPU tensor whose storage comes from the
 // ops' output cache, for fastinfer.nn.concat's buffers; NotImplemented under a mode or tracer (plain_context) or for
-// sizes that are not ints.
-// torch.empty's multi-MB blocks may be mapped
-// afresh each call and every page faulted in by the first write: an Inception block's 2.5 MB concatenation at
-// batch 8 took 0.66 ms for a conv written into a new buffer against 0.14 ms into one used before.
+// sizes that are not ints. torch.empty's multi-MB blocks may be mapped afresh each call and every page faulted in
+// by the first write: an Inception block's 2.5 MB concatenation at batch 8 took 0.66 ms for a conv written into a
+// new buffer against 0.14 ms into one used before.
 PyObject* int8_buffer(PyObject*, PyObject* const* args, Py_ssize_t n) {
   int64_t size[4];
   if (n != 4) {

@@ -155,7 +155,9 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
     (which becomes a torch.fx.GraphModule under its name, children and state_dict keys unchanged), so that
     the block's output can be int8 for the int8 convs it feeds; likewise a squeeze-excitation gate
     ``x * g(avgpool(x))`` (MobileNetV3, EfficientNet) becomes an Int8GlobalAvgPool and an Int8ChannelScale,
-    so that x reaches them int8 and the gated output leaves int8. False keeps every forward as written.
+    so that x reaches them int8 and the gated output leaves int8; functional poolings, a DenseNet block's
+    concatenations and the convs whose outputs a concatenation joins are rewritten too (README, "A dense block's
+    concatenations", "Convs that write into the concatenation"). False keeps every forward as written.
 
     Layers that cannot be quantized (on an unsupported device, excluded, not included, a conv
     padding mode other than zeros, a conv under w8_only) are left unchanged. Returns the model;
@@ -286,7 +288,8 @@ def quantize(model: nn.Module, scheme: str = "w8a8_dynamic", include: Patterns =
         if int8_residuals:
             report.rewritten = rewrite_residual_adds(model, report.kept_adds)
         report.chained = chain_int8_convs(model, calib.output_scale)
-        report.rewritten += [n for n in convs_into_concatenations(model) if n not in report.rewritten]
+        if int8_residuals:  # False keeps every forward as written
+            report.rewritten += [n for n in convs_into_concatenations(model) if n not in report.rewritten]
     adopt_half_dtype(model, half_dtype)
     model.fastinfer_report = report
     if verbose:
