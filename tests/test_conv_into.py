@@ -333,17 +333,20 @@ def test_quantize_writes_an_inception_blocks_convs_into_its_concatenation(monkey
         assert torch.equal(exported(x), y)
 
 
+class JustConv(nn.Module):
+    """A module whose forward is its int8 conv alone (a BasicConv2d once fused)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = Int8Conv2d.from_float(nn.Conv2d(8, 8, 1).eval(), x_scale=0.05, out_scale=0.05)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
 def test_a_conv_not_of_its_own_forward_is_not_moved():
     """A part whose module does more than its conv (an op after it), a conv with a forward hook, a module called
     twice and a part joined twice keep their calls: only a conv's own output, joined once, is written in place."""
-
-    class JustConv(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = Int8Conv2d.from_float(nn.Conv2d(8, 8, 1).eval(), x_scale=0.05, out_scale=0.05)
-
-        def forward(self, x):
-            return self.conv(x)
 
     class Scaled(JustConv):
         def forward(self, x):
@@ -370,14 +373,6 @@ def test_a_conv_not_of_its_own_forward_is_not_moved():
 def test_a_conv_is_not_moved_past_a_write():
     """The rewrite calls a part's conv at the concatenation: not where something between may write into what it
     reads (an in-place function, an in-place module, a user module that writes into its argument)."""
-
-    class JustConv(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = Int8Conv2d.from_float(nn.Conv2d(8, 8, 1).eval(), x_scale=0.05, out_scale=0.05)
-
-        def forward(self, x):
-            return self.conv(x)
 
     class Adds(nn.Module):
         def forward(self, x):
