@@ -9,7 +9,8 @@ becomes an Int8MaxPool2d, which pools int8 with our kernel, a nearest nn.Upsampl
 that reads through more max poolings than the producer's other consumers takes their scale (a max pooling's
 output lies in its input's range). Branches joined by torch.cat (Inception blocks, SqueezeNet's fire modules,
 a U-Net's skip connections) hand off int8 when every input of the concatenation is a hand-off at one scale
-(a DenseNet block's, which extend one another, rewrite_residual_adds turns into fastinfer.nn.concat's calls).
+(a DenseNet block's, which extend one another, rewrite_residual_adds turns into fastinfer.nn.concat's calls; then
+convs_into_concatenations has each conv whose output only a concatenation reads write it there in place).
 An nn.AvgPool2d becomes an Int8AvgPool2d (the average of the int8 values at their scale, rounded: within half a
 step of the fp32 pooling). A BatchNorm fuse could not fold (after a concatenation or an add) whose output reaches
 only static convs becomes a BatchNormQuant2d, which writes their int8 input and also reads an int8 one: the
