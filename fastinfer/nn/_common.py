@@ -1,10 +1,11 @@
 """Checks shared by the quantized layers' constructors."""
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 from torch.nn import functional as F
 from torch.utils._pytree import tree_map
 
@@ -26,6 +27,23 @@ def fast_or_dispatch(fast: Callable, op: Callable, *args):
         if y is not NotImplemented:
             return y
     return op(*args)
+
+
+def fx_leaf(fn):
+    """fn, recorded as one call_function node when an argument (or a tensor in a list argument) is a torch.fx Proxy
+    (as torch.fx.wrap does for the tracers that know the function; this works for any tracer, a user's included).
+    Checked by hand, not with pytree: such a function runs at every call in a forward (fastinfer.nn.concat's,
+    int8_interpolate)."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        for a in (*args, *kwargs.values()) if kwargs else args:
+            if isinstance(a, fx.Proxy) or (type(a) in (list, tuple) and any(isinstance(x, fx.Proxy) for x in a)):
+                tracer = a.tracer if isinstance(a, fx.Proxy) else next(x for x in a if isinstance(x, fx.Proxy)).tracer
+                return tracer.create_proxy("call_function", call, args, kwargs)
+        return fn(*args, **kwargs)
+
+    return call
 
 
 def check_float_layer(layer: nn.Module, expected: type, arg: str, devices: Optional[Sequence[str]] = None) -> None:

@@ -19,30 +19,14 @@ These functions are leaves for torch.fx: a symbolic trace records one call of ea
 """
 from __future__ import annotations
 
-import functools
 from typing import List, Sequence
 
 import torch
-from torch import Tensor, fx
+from torch import Tensor
 
 from .. import _C, ops
+from ._common import fx_leaf as _fx_leaf
 from .conv import Int8Conv2d
-
-
-def _fx_leaf(fn):
-    """fn, recorded as one call_function node when an argument (or a tensor in a list argument) is a torch.fx Proxy
-    (as torch.fx.wrap does for the tracers that know the function; this works for any tracer, a user's included).
-    Checked by hand, not with pytree: these run once per concatenation in a forward."""
-
-    @functools.wraps(fn)
-    def call(*args):
-        for a in args:
-            if isinstance(a, fx.Proxy) or (type(a) in (list, tuple) and any(isinstance(x, fx.Proxy) for x in a)):
-                tracer = a.tracer if isinstance(a, fx.Proxy) else next(x for x in a if isinstance(x, fx.Proxy)).tracer
-                return tracer.create_proxy("call_function", call, args, {})
-        return fn(*args)
-
-    return call
 
 
 _cat_into = torch.ops.fastinfer.int8_cat_channels_into

@@ -5,7 +5,9 @@ requantizes its output with their calibrated x_scale (its out_scale) in its epil
 written and no quantization pass reads it back. The consumers get what they would have computed from the
 producer's fp32 output with the same scale, up to the float rounding of the folded epilogue (1 / out_scale
 is multiplied into the per-channel scale): rarely 1 in the last int8 place. An nn.MaxPool2d on the way
-becomes an Int8MaxPool2d, which pools int8 with our kernel, a nearest nn.Upsample an Int8Upsample, and a conv
+becomes an Int8MaxPool2d, which pools int8 with our kernel, a nearest nn.Upsample an Int8Upsample (a forward's
+F.interpolate calls become fastinfer.nn.int8_interpolate calls, which a hand-off passes in the nearest modes, and
+bilinearly only on a 1 x 1 map: DeepLabV3's pooled ASPP branch, where that is a broadcast), and a conv
 that reads through more max poolings than the producer's other consumers takes their scale (a max pooling's
 output lies in its input's range). Branches joined by torch.cat (Inception blocks, SqueezeNet's fire modules,
 a U-Net's skip connections) hand off int8 when every input of the concatenation is a hand-off at one scale
@@ -42,7 +44,7 @@ from ..nn.fused import Folded
 from ..nn.gate import Int8AdaptiveAvgPool2d, Int8ChannelScale, Int8GlobalAvgPool, is_global_avg_pool
 from ..nn import concat
 from ..nn.norm import BatchNormQuant2d
-from ..nn.pool import Int8AvgPool2d, Int8MaxPool2d, Int8Upsample
+from ..nn.pool import INTERPOLATE_MODES, Int8AvgPool2d, Int8MaxPool2d, Int8Upsample, int8_interpolate
 from .fuse import _arg, _join, walk_traced
 
 # Between two static int8 convs these keep int8 values exact: max pooling and ReLU commute with the
@@ -204,6 +206,20 @@ class _GraphModuleDict(fx.GraphModule, nn.ModuleDict):
     dict methods (``block.items()``, ``block["denselayer1"]``, ``len(block)``); its forward is the graph's."""
 
 
+class _GraphModuleSequential(fx.GraphModule, nn.Sequential):
+    """The GraphModule a rewritten nn.Sequential subclass with a forward of its own (torchvision's ASPPPooling)
+    becomes: its children keep their indices, ``len`` and iteration; its forward is the graph's."""
+
+
+class _GraphModuleList(fx.GraphModule, nn.ModuleList):
+    """The GraphModule a rewritten nn.ModuleList subclass becomes: its children keep their indices, ``len`` and
+    iteration; its forward is the graph's."""
+
+
+_GRAPH_MODULE_KINDS = ((nn.ModuleDict, _GraphModuleDict), (nn.Sequential, _GraphModuleSequential),
+                       (nn.ModuleList, _GraphModuleList))
+
+
 def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]] = None,
                           residuals: bool = True) -> List[str]:
     """Replaces, in the forward of every submodule of ``model`` (not the model itself), each add of two
@@ -214,6 +230,8 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
     (``gate_scale``), which take x as int8; and each functional ``F.avg_pool2d`` / ``F.max_pool2d`` with constant
     arguments (an Inception block's pooling branch) by a call to an Int8AvgPool2d (``avg_pool``) or Int8MaxPool2d
     (``max_pool``) submodule, which pools int8 too (torch's functional pooling refuses int8 in channels_last);
+    and each ``F.interpolate`` in a nearest or the bilinear mode, its arguments but the size constant, by
+    fastinfer.nn.int8_interpolate, which upsamples int8 too (DeepLabV3's pooled ASPP branch);
     and each chain of ``torch.cat(parts, 1)`` calls that extend one another (a DenseNet block's) by
     fastinfer.nn.concat's functions, which copy each feature once (_cat_chains); and drops each ReLU applied again
     to a conv's ReLU output (_repeated_relu). ``residuals=False`` rewrites the poolings, concatenations and ReLUs
@@ -239,9 +257,10 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
         adds = [n for n in graph.nodes if _residual_add(mod, n)] if residuals else []
         gates = [g for g in (_gate(mod, n) for n in graph.nodes) if g is not None] if residuals else []
         pools = [(n, p) for n, p in ((n, _functional_pool(n)) for n in graph.nodes) if p is not None]
+        ups = [(n, u) for n, u in ((n, _functional_interpolate(n)) for n in graph.nodes) if u is not None]
         chains = _cat_chains(mod, graph)
         relus = [n for n in graph.nodes if _repeated_relu(mod, n)]
-        work = bool(adds or gates or pools or chains or relus)
+        work = bool(adds or gates or pools or ups or chains or relus)
         # a concatenation of a whole argument (torch.cat(features, 1) with features a list the caller makes)
         any_cat = any(n.op == "call_function" and n.target in _CAT_FUNCTIONS for n in graph.nodes)
         if not work and not any_cat:
@@ -265,6 +284,8 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
             _replace_gate(gm, *gate)
         for node, pool in pools:
             _replace_call(gm, node, "avg_pool" if isinstance(pool, Int8AvgPool2d) else "max_pool", pool)
+        for node, args in ups:
+            node.target, node.args, node.kwargs = int8_interpolate, args, {}
         _replace_cat_chains(gm, chains)
         _drop_repeated_relus(gm)
         _install(model, name, mod, gm)
@@ -274,8 +295,9 @@ def rewrite_residual_adds(model: nn.Module, kept: Optional[List[Tuple[str, str]]
 
 def _graph_module(mod: nn.Module, graph: fx.Graph) -> fx.GraphModule:
     """A GraphModule of mod's forward (graph: its trace), to be rewritten and then _install-ed in mod's place: its
-    class name, children, parameters and buffers mod's (an nn.ModuleDict's dict methods too)."""
-    cls = _GraphModuleDict if isinstance(mod, nn.ModuleDict) else fx.GraphModule
+    class name, children, parameters and buffers mod's (an nn.ModuleDict's dict methods too, an nn.Sequential's or
+    nn.ModuleList's indexing)."""
+    cls = next((g for base, g in _GRAPH_MODULE_KINDS if isinstance(mod, base)), fx.GraphModule)
     gm = cls(mod, graph, class_name=type(mod).__name__)
     # The original children, all of them: GraphModule copies only what the graph calls, and for a call
     # of a grandchild (self.a.b(x)) it makes a new container `a` holding only `b`.
@@ -654,6 +676,30 @@ def _functional_pool(node: fx.Node) -> Optional[nn.Module]:
     return cls(**values)
 
 
+_INTERPOLATE_ARGS = ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias")
+_INTERPOLATE_DEFAULTS = (None, None, "nearest", None, None, False)
+
+
+def _functional_interpolate(node: fx.Node) -> Optional[tuple]:
+    """The arguments of int8_interpolate for ``node``, an F.interpolate call on one tensor in a mode int8_interpolate
+    takes, without antialias, its arguments but the size constant (the size may be a node: ``x.shape[-2:]``);
+    else None."""
+    if node.op != "call_function" or node.target is not F.interpolate or not node.args:
+        return None
+    if (not isinstance(node.args[0], fx.Node) or len(node.args) > len(_INTERPOLATE_ARGS) + 1
+            or not set(node.kwargs) <= set(_INTERPOLATE_ARGS)):
+        return None
+    values = dict(zip(_INTERPOLATE_ARGS, _INTERPOLATE_DEFAULTS))
+    values.update(zip(_INTERPOLATE_ARGS, node.args[1:]))
+    values.update(node.kwargs)
+    nested: List[fx.Node] = []  # nodes among the arguments (but a size node itself): a size tuple of traced ints
+    fx.node.map_arg([v for k, v in values.items() if not (k == "size" and isinstance(v, fx.Node))], nested.append)
+    if (nested or values.pop("antialias") is not False or values["mode"] not in INTERPOLATE_MODES
+            or (values["size"] is None) == (values["scale_factor"] is None)):  # F.interpolate takes one of the two
+        return None
+    return (node.args[0], *values.values())
+
+
 def _replace_call(gm: fx.GraphModule, node: fx.Node, base: str, mod: nn.Module) -> None:
     """node (a call on its first argument) -> a call of submodule ``mod``, added under a free name from base."""
     name = _free_name(gm, base)
@@ -895,9 +941,14 @@ def _complete_joins(joined: Dict[fx.Node, Tuple["_Consumers", float]]) -> Dict[f
             del joined[n]
 
 
-def _transparent(module: nn.Module, node: fx.Node) -> bool:
+def _transparent(module: nn.Module, node: fx.Node, one_pixel: bool = False) -> bool:
+    """node passes an int8 hand-off (one_pixel: its input is a 1 x 1 map, which int8_interpolate broadcasts
+    exactly in the bilinear mode)."""
     if node.op == "call_module":
         return _int8_passes(module.get_submodule(node.target))
+    if node.op == "call_function" and node.target is int8_interpolate:
+        mode = node.args[3] if len(node.args) > 3 else node.kwargs.get("mode", "nearest")
+        return mode in Int8Upsample.MODES or one_pixel
     if node.op == "call_function":
         return node.target in _TRANSPARENT_FUNCTIONS
     return node.op == "call_method" and node.target in _TRANSPARENT_METHODS
@@ -961,6 +1012,8 @@ def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Option
     if all its inputs are (_complete_joins)."""
     found = _Consumers([], [], [], [], {start: 0}, set())
     stack, seen, pools = [start], set(), found.pools
+    # nodes on the way that are a 1 x 1 map: the producer's output where it is one, and what passes it unchanged
+    ones = {start} if _one_pixel(module, start) else set()
     while stack:
         node = stack.pop()
         for user in node.users:
@@ -1009,7 +1062,10 @@ def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Option
                 pools[user] = pools[node]
                 if node in found.averaged:
                     found.averaged.add(user)
-            elif _transparent(module, user):
+            elif _transparent(module, user, node in ones):
+                if node in ones and (type(mod) in INT8_TRANSPARENT_MODULES if mod is not None else
+                                     user.target is not int8_interpolate) and not isinstance(mod, nn.MaxPool2d):
+                    ones.add(user)  # an identity, dropout or ReLU: still 1 x 1
                 if mod is not None:
                     if isinstance(mod, nn.MaxPool2d) and mod.return_indices:
                         return None
@@ -1021,6 +1077,19 @@ def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Option
             else:
                 return None
     return found if found.convs or found.adds else None
+
+
+def _one_pixel(module: nn.Module, node: fx.Node) -> bool:
+    """node's output is a 1 x 1 map: node calls an unpadded 1x1 Int8Conv2d on a global average pooling's output
+    (behind identities), as DeepLabV3's pooled ASPP branch does."""
+    conv = module.get_submodule(node.target) if node.op == "call_module" else None
+    if not isinstance(conv, Int8Conv2d) or conv.kernel_size != (1, 1) or conv.padding != (0, 0):
+        return False
+    if len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
+        return False
+    src = _behind_identities(module, node.args[0])
+    pool = module.get_submodule(src.target) if src.op == "call_module" else None
+    return is_global_avg_pool(pool) or isinstance(pool, Int8GlobalAvgPool)
 
 
 def _shape_query(user: fx.Node, node: fx.Node) -> bool:
