@@ -3,7 +3,7 @@
 fastinfer (fuse + w8a8_static), eager and as torch.jit.trace + freeze graphs, timed in the same run.
 
     PYTHONPATH=. python benchmarks/bench_resnet.py [--model resnet50|resnext50_32x4d|mobilenet_v2|mobilenet_v3_large|
-                                                    efficientnet_b0|unet]
+                                                    efficientnet_b0|unet|unet_interp]
                                                    [--threads 2] [--batches 1,8] [--repeats 5] [--json out.json]
 
 The networks are defined here with torchvision's structure and module names, with random weights: no pretrained
@@ -21,6 +21,8 @@ checkpoint is bundled.
   unet           a U-Net for segmentation (not a torchvision model): 5 levels of two conv-BN-ReLU (widths 32 ...
                  512), max pooling down, nearest ``nn.Upsample`` up, each decoder level ``torch.cat([skip, up(x)])``;
                  21 logits per pixel
+  unet_interp    the same U-Net, each decoder level upsampling with ``F.interpolate(x, size=skip.shape[-2:],
+                 mode="nearest")`` in its forward (as segmentation_models_pytorch's decoder and torchvision's FPN do)
 BatchNorm statistics are set by running the model in training mode over random images, so that every layer sees
 unit-scale activations, as in a trained network. Timing and the int8 paths do not depend on the weights' values.
 Rows (fp32 input NCHW, logits out, the whole forward timed):
@@ -54,6 +56,7 @@ import warnings
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import fastinfer
@@ -267,18 +270,25 @@ class UNetUp(nn.Module):
         return self.conv(torch.cat([skip, self.up(x)], 1))
 
 
+class UNetUpInterp(UNetUp):
+    """A decoder level that upsamples to the skip's size with F.interpolate in its forward."""
+
+    def forward(self, x, skip):
+        return self.conv(torch.cat([skip, F.interpolate(x, size=skip.shape[-2:], mode="nearest")], 1))
+
+
 class UNet(nn.Module):
     """U-Net (Ronneberger et al.) with padded 3x3 convolutions, BatchNorm and nearest upsampling: 5 levels of
     widths 32 ... 512, 2x2 max pooling down, 21 output classes per pixel."""
 
-    def __init__(self, widths=(32, 64, 128, 256, 512), num_classes: int = 21):
+    def __init__(self, widths=(32, 64, 128, 256, 512), num_classes: int = 21, up=UNetUp):
         super().__init__()
 
         def double(cin, cout):
             return nn.Sequential(conv_bn_act(cin, cout, 3, act=nn.ReLU), conv_bn_act(cout, cout, 3, act=nn.ReLU))
         self.inc = double(3, widths[0])
         self.downs = nn.ModuleList(nn.Sequential(nn.MaxPool2d(2), double(a, b)) for a, b in zip(widths, widths[1:]))
-        self.ups = nn.ModuleList(UNetUp(b, a, a) for a, b in reversed(list(zip(widths, widths[1:]))))
+        self.ups = nn.ModuleList(up(b, a, a) for a, b in reversed(list(zip(widths, widths[1:]))))
         self.outc = nn.Conv2d(widths[0], num_classes, 1)
 
     def forward(self, x):
@@ -292,7 +302,7 @@ class UNet(nn.Module):
 
 
 MODELS = {"resnet50": ResNet50, "resnext50_32x4d": ResNeXt50, "mobilenet_v2": MobileNetV2, "mobilenet_v3_large": MobileNetV3Large,
-          "efficientnet_b0": EfficientNetB0, "unet": UNet}
+          "efficientnet_b0": EfficientNetB0, "unet": UNet, "unet_interp": lambda: UNet(up=UNetUpInterp)}
 
 
 def build_model(name: str = "resnet50", seed: int = 0, image_size: int = 224) -> nn.Module:

@@ -28,6 +28,8 @@ CASES = {
                                   "--repeats", "1", "--min-time", "0.01", "--calib-batches", "1"],
     "bench_resnet:unet": ["--model", "unet", "--image-size", "64", "--batches", "1", "--repeats", "1", "--min-time",
                           "0.01", "--calib-batches", "1", "--no-traced"],
+    "bench_resnet:unet_interp": ["--model", "unet_interp", "--image-size", "64", "--batches", "1", "--repeats", "1",
+                                 "--min-time", "0.01", "--calib-batches", "1", "--no-traced"],
 }
 
 

@@ -1,6 +1,6 @@
 """fastinfer.nn.int8_interpolate (F.interpolate that also upsamples int8: quantize calls it for a forward's
-F.interpolate calls) and the int8 hand-off through DeepLabV3's pooled ASPP branch, which upsamples a 1 x 1 map
-bilinearly (a broadcast)."""
+F.interpolate calls) and the int8 hand-offs through it: DeepLabV3's pooled ASPP branch, which upsamples a 1 x 1 map
+bilinearly (a broadcast), and U-Net decoders that upsample with a nearest F.interpolate."""
 import copy
 import warnings
 
@@ -121,9 +121,9 @@ def _model(pooled=None, seed=0):
     return model
 
 
-def _quantized(model, int8_residuals=True):
+def _quantized(model, int8_residuals=True, size=17):
     torch.manual_seed(1)
-    calib = [torch.randn(4, 3, 17, 17) for _ in range(3)]
+    calib = [torch.randn(4, 3, size, size) for _ in range(3)]
     return fastinfer.quantize(fastinfer.fuse(copy.deepcopy(model)), scheme="w8a8_static", calib_data=calib,
                               int8_residuals=int8_residuals)
 
@@ -246,3 +246,63 @@ def test_which_interpolate_calls_become_modules():
     x = torch.randn(2, 3, 8, 8)
     with torch.inference_mode():
         torch.testing.assert_close(q(x), model(x), rtol=0.05, atol=0.05)
+
+
+class Decoder(nn.Module):
+    """A U-Net decoder level as segmentation_models_pytorch and torchvision's FPN write it: F.interpolate in the
+    forward (to the skip's size, or by a scale factor), joined with the skip, then a conv."""
+
+    def __init__(self, cin, cskip, cout, how):
+        super().__init__()
+        self.how = how
+        self.conv = nn.Sequential(nn.Conv2d(cin + cskip, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+    def forward(self, x, skip):
+        if self.how == "size":
+            up = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+        else:
+            up = F.interpolate(x, scale_factor=2.0, mode="nearest-exact")
+        return self.conv(torch.cat([skip, up], dim=1))
+
+
+class FunctionalUNet(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.enc1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.enc2 = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.dec = Decoder(16, 8, 8, how)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        return self.head(self.dec(self.enc2(e1), e1))
+
+
+@pytest.mark.parametrize("how", ["size", "scale_factor"])
+def test_functional_nearest_upsampling_hands_off_int8(how, tmp_path):
+    # Nearest upsampling copies values: the decoder's concatenation of the skip and the upsampled level is int8
+    torch.manual_seed(0)
+    model = FunctionalUNet(how).eval()
+    with torch.no_grad():
+        model.dec.conv[1].running_var.uniform_(0.5, 2)
+    q = _quantized(model, size=16)  # even: the pooled level upsampled by 2 meets the skip
+    assert {"enc1.0 -> dec.conv.0", "enc2.1 -> dec.conv.0", "enc1.0 -> enc2.1"} <= set(q.fastinfer_report.chained)
+    assert q.enc1[0].out_scale == q.enc2[1].out_scale == q.dec.conv[0].x_scale
+    assert _interpolations(q.dec) == ["nearest" if how == "size" else "nearest-exact"]
+    x = torch.randn(2, 3, 16, 16)
+    y, seen = _dtypes_seen(q, x, dec=q.dec.conv[0])
+    assert seen == {"dec": torch.int8}
+    with torch.inference_mode():
+        plain = copy.deepcopy(q)
+        for m in plain.modules():
+            if isinstance(m, Int8Conv2d):
+                m.out_scale = None
+        torch.testing.assert_close(y, plain(x), rtol=0.02, atol=0.02)
+        assert F.cosine_similarity(y.flatten(), model(x).flatten(), dim=0) > 0.99
+    torch.save(q.state_dict(), tmp_path / "q.pt")
+    loaded = fastinfer.load_quantized(tmp_path / "q.pt", fastinfer.fuse(copy.deepcopy(model)))
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), y)
+    # forwards kept as written: the call stays F.interpolate, which the hand-off cannot pass
+    kept = _quantized(model, int8_residuals=False, size=16)
+    assert kept.enc1[0].out_scale is None and kept.enc2[1].out_scale is None
