@@ -3,7 +3,7 @@
 fastinfer (fuse + w8a8_static), eager and as torch.jit.trace + freeze graphs, timed in the same run.
 
     PYTHONPATH=. python benchmarks/bench_resnet.py [--model resnet50|resnext50_32x4d|mobilenet_v2|mobilenet_v3_large|
-                                                    efficientnet_b0|unet|unet_interp]
+                                                    efficientnet_b0|unet|unet_interp|yolov8n]
                                                    [--threads 2] [--batches 1,8] [--repeats 5] [--json out.json]
 
 The networks are defined here with torchvision's structure and module names, with random weights: no pretrained
@@ -23,6 +23,13 @@ checkpoint is bundled.
                  21 logits per pixel
   unet_interp    the same U-Net, each decoder level upsampling with ``F.interpolate(x, size=skip.shape[-2:],
                  mode="nearest")`` in its forward (as segmentation_models_pytorch's decoder and torchvision's FPN do)
+  yolov8n        YOLOv8n's network (ultralytics' structure and widths, 80 classes, no box decoding): Conv modules
+                 (conv, BatchNorm, SiLU in a forward of their own), C2f blocks (a 1x1 conv's output chunked in two
+                 halves, bottlenecks on the second, all concatenated), SPPF (one max pooling applied three times),
+                 a PAN neck (nearest upsampling, concatenations) and the three-level detection head; its output the
+                 levels' 144 channels a position, joined. C2f unpacks the chunk (``a, b = ...chunk(2, 1)``), which
+                 torch.ao's FX tracer can follow; ultralytics' own ``list(...chunk(2, 1))`` it cannot (fastinfer's
+                 tracer can: tests/test_yolo.py)
 BatchNorm statistics are set by running the model in training mode over random images, so that every layer sees
 unit-scale activations, as in a trained network. Timing and the int8 paths do not depend on the weights' values.
 Rows (fp32 input NCHW, logits out, the whole forward timed):
@@ -301,8 +308,91 @@ class UNet(nn.Module):
         return self.outc(x)
 
 
+class YoloConv(nn.Module):
+    """ultralytics' Conv: conv (no bias), BatchNorm, SiLU, in a forward of its own."""
+
+    def __init__(self, cin: int, cout: int, k: int = 1, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class YoloBottleneck(nn.Module):
+    def __init__(self, c: int, shortcut: bool):
+        super().__init__()
+        self.cv1, self.cv2, self.add = YoloConv(c, c, 3), YoloConv(c, c, 3), shortcut
+
+    def forward(self, x):
+        return x + self.cv2(self.cv1(x)) if self.add else self.cv2(self.cv1(x))
+
+
+class C2f(nn.Module):
+    """YOLOv8's C2f: cv1's output in two halves, n bottlenecks each on the last output, all of them joined by cv2."""
+
+    def __init__(self, cin: int, cout: int, n: int = 1, shortcut: bool = False):
+        super().__init__()
+        self.c = cout // 2
+        self.cv1 = YoloConv(cin, 2 * self.c, 1)
+        self.cv2 = YoloConv((2 + n) * self.c, cout, 1)
+        self.m = nn.ModuleList(YoloBottleneck(self.c, shortcut) for _ in range(n))
+
+    def forward(self, x):
+        a, b = self.cv1(x).chunk(2, 1)
+        y = [a, b]
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class SPPF(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int = 5):
+        super().__init__()
+        c = cin // 2
+        self.cv1, self.cv2, self.m = YoloConv(cin, c, 1), YoloConv(c * 4, cout, 1), nn.MaxPool2d(k, 1, k // 2)
+
+    def forward(self, x):
+        y = [self.cv1(x)]
+        y.extend(self.m(y[-1]) for _ in range(3))
+        return self.cv2(torch.cat(y, 1))
+
+
+class YOLOv8n(nn.Module):
+    """YOLOv8n (width 0.25, depth 0.33): backbone, SPPF, PAN neck, detection head (box 64 + 80 classes a
+    position and level), without the box decoding."""
+
+    def __init__(self, nc: int = 80):
+        super().__init__()
+        self.b0, self.b1, self.b2 = YoloConv(3, 16, 3, 2), YoloConv(16, 32, 3, 2), C2f(32, 32, 1, True)
+        self.b3, self.b4 = YoloConv(32, 64, 3, 2), C2f(64, 64, 2, True)
+        self.b5, self.b6 = YoloConv(64, 128, 3, 2), C2f(128, 128, 2, True)
+        self.b7, self.b8, self.b9 = YoloConv(128, 256, 3, 2), C2f(256, 256, 1, True), SPPF(256, 256)
+        self.up = nn.Upsample(None, 2, "nearest")
+        self.n12, self.n15 = C2f(384, 128), C2f(192, 64)
+        self.n16, self.n18 = YoloConv(64, 64, 3, 2), C2f(192, 128)
+        self.n19, self.n21 = YoloConv(128, 128, 3, 2), C2f(384, 256)
+        self.box = nn.ModuleList(nn.Sequential(YoloConv(c, 64, 3), YoloConv(64, 64, 3), nn.Conv2d(64, 64, 1))
+                                 for c in (64, 128, 256))
+        self.cls = nn.ModuleList(nn.Sequential(YoloConv(c, 80, 3), YoloConv(80, 80, 3), nn.Conv2d(80, nc, 1))
+                                 for c in (64, 128, 256))
+
+    def forward(self, x):
+        p3 = self.b4(self.b3(self.b2(self.b1(self.b0(x)))))
+        p4 = self.b6(self.b5(p3))
+        p5 = self.b9(self.b8(self.b7(p4)))
+        n12 = self.n12(torch.cat([self.up(p5), p4], 1))
+        n15 = self.n15(torch.cat([self.up(n12), p3], 1))
+        n18 = self.n18(torch.cat([self.n16(n15), n12], 1))
+        n21 = self.n21(torch.cat([self.n19(n18), p5], 1))
+        levels = [torch.cat([b(t), c(t)], 1) for b, c, t in zip(self.box, self.cls, (n15, n18, n21))]
+        return torch.cat([t.reshape(t.shape[0], t.shape[1], -1) for t in levels], 2)
+
+
 MODELS = {"resnet50": ResNet50, "resnext50_32x4d": ResNeXt50, "mobilenet_v2": MobileNetV2, "mobilenet_v3_large": MobileNetV3Large,
-          "efficientnet_b0": EfficientNetB0, "unet": UNet, "unet_interp": lambda: UNet(up=UNetUpInterp)}
+          "efficientnet_b0": EfficientNetB0, "unet": UNet, "unet_interp": lambda: UNet(up=UNetUpInterp),
+          "yolov8n": YOLOv8n}
 
 
 def build_model(name: str = "resnet50", seed: int = 0, image_size: int = 224) -> nn.Module:

@@ -30,6 +30,8 @@ CASES = {
                           "0.01", "--calib-batches", "1", "--no-traced"],
     "bench_resnet:unet_interp": ["--model", "unet_interp", "--image-size", "64", "--batches", "1", "--repeats", "1",
                                  "--min-time", "0.01", "--calib-batches", "1", "--no-traced"],
+    "bench_resnet:yolov8n": ["--model", "yolov8n", "--image-size", "64", "--batches", "1", "--repeats", "1",
+                             "--min-time", "0.01", "--calib-batches", "1"],
 }
 
 

@@ -45,7 +45,7 @@ from ..nn.gate import Int8AdaptiveAvgPool2d, Int8ChannelScale, Int8GlobalAvgPool
 from ..nn import concat
 from ..nn.norm import BatchNormQuant2d
 from ..nn.pool import INTERPOLATE_MODES, Int8AvgPool2d, Int8MaxPool2d, Int8Upsample, int8_interpolate
-from .fuse import _arg, _join, walk_traced
+from .fuse import PiecesTracer, _arg, _join, pieces, walk_traced
 
 # Between two static int8 convs these keep int8 values exact: max pooling and ReLU commute with the
 # (monotonic, zero-preserving) requantization, dropout is the identity in eval mode. ReLU6 does not:
@@ -103,7 +103,7 @@ def chain_int8_convs(model: nn.Module, output_scales: Optional[Dict[str, float]]
     return chained
 
 
-class _OwnOpsTracer(fx.Tracer):
+class _OwnOpsTracer(PiecesTracer):
     """Traces a module's own forward: every submodule it calls stays one call (and keeps its own forward), except
     those in ``inline`` (id -> the parameters a call must pass as lists or tuples: _inlinable) called so: their
     forward is traced into the caller's. A trace sees a bare argument as a Proxy, which is neither a Tensor nor
@@ -370,28 +370,10 @@ def _writing_conv(root: nn.Module, target: str) -> Optional[Tuple[List[str], str
             names.pop()
         tail = _writing_conv(root, f"{target}.{names[-1]}") if names else None
         return ([f"{target}.{k}" for k in names[:-1]] + tail[0], tail[1]) if tail else None
-    if type(mod).__module__.startswith(("torch.", "fastinfer.")) and not isinstance(mod, fx.GraphModule):
+    calls = _call_chain(mod)  # x -> one chain of module calls: identities and one Int8Conv2d
+    if not calls or len(calls) != 1 or not isinstance(mod.get_submodule(calls[0]), Int8Conv2d):
         return None
-    try:
-        graph = mod.graph if isinstance(mod, fx.GraphModule) else _OwnOpsTracer().trace(mod)
-    except Exception:
-        return None
-    nodes = list(graph.nodes)
-    if len(nodes) < 3 or nodes[0].op != "placeholder" or nodes[-1].op != "output":
-        return None
-    prev, convs = nodes[0], []
-    for n in nodes[1:-1]:  # x -> one chain of module calls: identities and one Int8Conv2d
-        if n.op != "call_module" or n.args != (prev,) or n.kwargs:
-            return None
-        sub = mod.get_submodule(n.target)
-        if isinstance(sub, Int8Conv2d):
-            convs.append(n.target)
-        elif type(sub) not in IDENTITIES:
-            return None
-        prev = n
-    if nodes[-1].args != (prev,) or len(convs) != 1:
-        return None
-    return _writing_conv(root, f"{target}.{convs[0]}")
+    return _writing_conv(root, f"{target}.{calls[0]}")
 
 
 _INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
@@ -571,17 +553,48 @@ def _gate(module: nn.Module, mul: fx.Node) -> Optional[Tuple[fx.Node, fx.Node, f
 
 def _producer(module: nn.Module, node: fx.Node) -> Optional[nn.Module]:
     """The module whose output ``node`` is: behind nn.Identity calls, and for a call of a plain nn.Sequential,
-    its last child that is not an nn.Identity (recursively). None for anything but a module call."""
+    its last child that is not an nn.Identity, or of a module whose forward is a chain of calls of its children
+    (YOLO's Conv: conv, BatchNorm, activation, once fused a conv and identities), the last call's (recursively).
+    None for anything but a module call."""
     node = _behind_identities(module, node)
     if node.op != "call_module":
         return None
     mod = module.get_submodule(node.target)
-    while type(mod) is nn.Sequential:
-        kids = [m for m in mod if type(m) not in IDENTITIES]
-        if not kids:
-            return None
-        mod = kids[-1]
+    for _ in range(8):  # nesting depth
+        if type(mod) is nn.Sequential:
+            kids = [m for m in mod if type(m) not in IDENTITIES]
+            if not kids:
+                return None
+            mod = kids[-1]
+            continue
+        chain = _call_chain(mod)
+        if not chain:
+            return mod
+        mod = mod.get_submodule(chain[-1])
     return mod
+
+
+def _call_chain(mod: nn.Module) -> Optional[List[str]]:
+    """The children a user module's forward calls one after another, each on the previous one's output and the
+    first on its one argument, and returns the last one's output: their names, nn.Identity-like calls (IDENTITIES)
+    left out; None for any other forward (and for torch's and fastinfer's modules)."""
+    if type(mod).__module__.startswith(("torch.", "fastinfer.")) and not isinstance(mod, fx.GraphModule):
+        return None
+    try:
+        graph = mod.graph if isinstance(mod, fx.GraphModule) else _OwnOpsTracer().trace(mod)
+    except Exception:
+        return None
+    nodes = list(graph.nodes)
+    if len(nodes) < 3 or nodes[0].op != "placeholder" or nodes[-1].op != "output":
+        return None
+    prev, calls = nodes[0], []
+    for n in nodes[1:-1]:
+        if n.op != "call_module" or n.args != (prev,) or n.kwargs:
+            return None
+        if type(mod.get_submodule(n.target)) not in IDENTITIES:
+            calls.append(n.target)
+        prev = n
+    return calls if nodes[-1].args == (prev,) and calls else None
 
 
 def _is_relu(module: nn.Module, node: fx.Node) -> bool:
@@ -869,7 +882,8 @@ def _handoff_scale(module: nn.Module, prefix: str, node: fx.Node, producer: nn.M
     within its input's range, so a conv that reads through more max poolings than the others takes their
     scale (as torch.ao's max pooling shares its input's quantization parameters): the consumers reached
     through the fewest must agree. A conv that reads through an average pooling takes the others' scale too, and
-    with no other conv consumer the producer's own calibrated output scale (below)."""
+    with no other conv consumer the producer's own calibrated output scale (below). Consumers that disagree take
+    the largest of their scales where one reads through a concatenation or a chunk's piece (below)."""
     direct = [c for c in found.convs if c not in found.averaged]
     if not direct:
         # No conv consumer, or each reads through an average pooling, whose output spans a narrower range than its
@@ -877,8 +891,14 @@ def _handoff_scale(module: nn.Module, prefix: str, node: fx.Node, producer: nn.M
         name = _join(prefix, node.target)
         return output_scales.get(name) if isinstance(producer, Int8Conv2d) else None
     fewest = min(found.pools[c] for c in direct)
-    scales = {module.get_submodule(c.target).x_scale for c in direct if found.pools[c] == fewest}
-    return scales.pop() if len(scales) == 1 else None
+    group = [c for c in direct if found.pools[c] == fewest]
+    scales = {module.get_submodule(c.target).x_scale for c in group}
+    if len(scales) == 1:
+        return scales.pop()
+    # Consumers that read a piece of the output (a chunk's) or a concatenation holding it were calibrated on part of
+    # its values, or on more: the largest of their scales covers what each reads (YOLOv8's C2f: a bottleneck reads
+    # the second half of cv1's output, cv2 the concatenation of both halves and the bottleneck's output).
+    return max(scales) if any(c in found.parted for c in group) else None
 
 
 def _hand_off(module: nn.Module, prefix: str, node: fx.Node, producer: nn.Module, found: "_Consumers",
@@ -949,6 +969,11 @@ def _transparent(module: nn.Module, node: fx.Node, one_pixel: bool = False) -> b
     if node.op == "call_function" and node.target is int8_interpolate:
         mode = node.args[3] if len(node.args) > 3 else node.kwargs.get("mode", "nearest")
         return mode in Int8Upsample.MODES or one_pixel
+    if pieces(node) is not None:  # a chunk or split (views: the same values), then a piece of it
+        return all(u.op == "call_function" and u.target is operator.getitem and type(u.args[1]) is int
+                   for u in node.users)
+    if node.op == "call_function" and node.target is operator.getitem:
+        return pieces(node.args[0]) is not None
     if node.op == "call_function":
         return node.target in _TRANSPARENT_FUNCTIONS
     return node.op == "call_method" and node.target in _TRANSPARENT_METHODS
@@ -976,6 +1001,7 @@ class _Consumers(NamedTuple):
     joins: List[Tuple[fx.Node, fx.Node]]   # (torch.cat call, its input on the way) for concatenations
     pools: Dict[fx.Node, int]              # node on the way (convs included) -> how many max poolings precede it
     averaged: Set[fx.Node]                 # nodes on the way (convs included) behind an average pooling
+    parted: Set[fx.Node]                   # nodes on the way behind a concatenation or a piece of a chunk or split
 
 
 _CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate)
@@ -1010,14 +1036,20 @@ def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Option
     gate operand of an Int8ChannelScale), when a transparent op takes it as anything but its first argument,
     when it is both operands of an Int8Add, or when a max pooling returns indices. A concatenation is int8 only
     if all its inputs are (_complete_joins)."""
-    found = _Consumers([], [], [], [], {start: 0}, set())
+    found = _Consumers([], [], [], [], {start: 0}, set(), set())
     stack, seen, pools = [start], set(), found.pools
     # nodes on the way that are a 1 x 1 map: the producer's output where it is one, and what passes it unchanged
     ones = {start} if _one_pixel(module, start) else set()
     while stack:
         node = stack.pop()
         for user in node.users:
-            if user in seen:
+            if user in seen:  # reached again, through another of its inputs
+                if _concatenation(user, node):  # (YOLOv8's C2f joins both pieces of one chunk)
+                    found.joins.append((user, node))
+                elif user in (a for a, _ in found.adds) and isinstance(module.get_submodule(user.target), Int8Add):
+                    if len(user.args) != 2 or (user.args[0] is node) == (user.args[1] is node):
+                        return None
+                    found.adds.append((user, "a_scale" if user.args[0] is node else "b_scale"))
                 continue
             seen.add(user)
             if _concatenation(user, node):
@@ -1076,7 +1108,30 @@ def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Option
                 stack.append(user)
             else:
                 return None
-    return found if found.convs or found.adds else None
+    if not (found.convs or found.adds):
+        return None
+    _settle_pools(module, start, found)
+    return found
+
+
+def _settle_pools(module: nn.Module, start: fx.Node, found: _Consumers) -> None:
+    """found.pools and found.averaged over every path: the walk set them from the first path to reach a node, and a
+    concatenation reached through several of its inputs (SPPF joins the producer's output with it max-pooled once,
+    twice, three times) holds values as wide as its widest input: the fewest max poolings, behind an average pooling
+    only if every input is. Recomputed for each node on the way in the graph's (topological) order."""
+    pools, averaged = found.pools, found.averaged
+    for n in start.graph.nodes:
+        if n is start or n not in pools:
+            continue
+        ins = [a for a in n.all_input_nodes if a in pools]
+        mod = module.get_submodule(n.target) if n.op == "call_module" else None
+        pools[n] = min(pools[a] for a in ins) + isinstance(mod, nn.MaxPool2d)
+        if isinstance(mod, nn.AvgPool2d) or all(a in averaged for a in ins):
+            averaged.add(n)
+        else:
+            averaged.discard(n)
+        if _join_inputs(n) is not None or pieces(n) is not None or any(a in found.parted for a in ins):
+            found.parted.add(n)
 
 
 def _one_pixel(module: nn.Module, node: fx.Node) -> bool:

@@ -144,7 +144,44 @@ def _output_ranks(model: nn.Module, call: Tuple[tuple, dict], report: "FuseRepor
     return ranks
 
 
-class _Tracer(fx.Tracer):
+def pieces(node: fx.Node) -> Optional[int]:
+    """How many tensors ``node`` returns where a trace can tell without shapes: a chunk into 2 (two for any
+    dimension of 2 or more: YOLOv8's ``list(self.cv1(x).chunk(2, 1))``), a split by a list of sizes (one a
+    size); else None."""
+    if node.op == "call_method" and node.target in ("chunk", "split"):
+        chunk = node.target == "chunk"
+    elif node.op == "call_function" and node.target in (torch.chunk, torch.split):
+        chunk = node.target is torch.chunk
+    else:
+        return None
+    how = node.args[1] if len(node.args) > 1 else next(iter(node.kwargs.values()), None) if len(node.kwargs) == 1 \
+        and next(iter(node.kwargs)) in ("chunks", "split_size", "split_size_or_sections") else None
+    if chunk:
+        return 2 if type(how) is int and how == 2 else None
+    return len(how) if isinstance(how, (list, tuple)) and all(type(s) is int for s in how) else None
+
+
+class _Pieces(fx.Proxy):
+    """The proxy of a node whose count of tensors pieces() tells: it has a length and iterates as its pieces
+    (getitem nodes), as the tensors' tuple does."""
+
+    def __len__(self) -> int:
+        return pieces(self.node)
+
+    def __iter__(self):
+        return iter([self[i] for i in range(len(self))])
+
+
+class PiecesTracer(fx.Tracer):
+    """A tracer under which the result of a chunk or split whose count it can tell (pieces) has a length and can be
+    iterated: ``list(x.chunk(2, 1))`` traces as the list of the two pieces instead of failing, as torch.fx does
+    for anything but unpacking."""
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Pieces(node, self) if pieces(node) is not None else super().proxy(node)
+
+
+class _Tracer(PiecesTracer):
     # fastinfer's own layers (ConvAct2d, LinearAct, Int8Linear ...) are leaves like torch.nn's, so
     # an already-fused layer shows up as one call and fuse can run twice.
     # Activation modules are leaves too, so a non-idempotent one (GELU) can be swapped for Identity.
