@@ -189,3 +189,68 @@ def test_an_add_of_two_paths_from_one_producer_sets_both_operand_scales():
     x = torch.randn(2, 3, 8, 8)
     with torch.inference_mode():
         assert F.cosine_similarity(q(x).flatten(), model(x).flatten(), dim=0) > 0.99
+
+
+def _stochastic_depth_class(package):
+    """A stand-in for torchvision's StochasticDepth (row mode) or timm's DropPath, known to fastinfer by class name
+    and package (it depends on neither)."""
+    class Drop(nn.Module):
+        def __init__(self, p):
+            super().__init__()
+            self.p = p
+
+        def forward(self, x):
+            if not self.training or self.p == 0:
+                return x
+            keep = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype).bernoulli_(1 - self.p)
+            return x * keep / (1 - self.p)
+
+    Drop.__name__ = Drop.__qualname__ = "StochasticDepth" if package == "torchvision" else "DropPath"
+    Drop.__module__ = "torchvision.ops.stochastic_depth" if package == "torchvision" else "timm.layers.drop"
+    return Drop
+
+
+@pytest.mark.parametrize("package", ["torchvision", "timm"])
+def test_residual_through_stochastic_depth_is_int8(package):
+    # EfficientNet's MBConv: result = self.stochastic_depth(self.block(x)); result += x
+    drop = _stochastic_depth_class(package)
+
+    class MBConv(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.block = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.SiLU(),
+                                       nn.Conv2d(c, c, 1), nn.BatchNorm2d(c))
+            self.stochastic_depth = drop(0.2)
+
+        def forward(self, x):
+            result = self.block(x)
+            result = self.stochastic_depth(result)
+            result += x
+            return result
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU())
+            self.blocks = nn.Sequential(MBConv(8), MBConv(8))
+            self.head = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.blocks(self.stem(x)))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    q = fastinfer.quantize(fastinfer.fuse(copy.deepcopy(model)), scheme="w8a8_static",
+                           calib_data=[torch.randn(2, 3, 12, 12) for _ in range(2)])
+    assert [type(b.residual_add).__name__ for b in q.blocks] == ["Int8Add", "Int8Add"]
+    # the block's last conv hands off through the stochastic depth (swapped for an Int8DropPath) to the add
+    assert all(b.block[3].out_scale is not None for b in q.blocks) and q.stem[0].out_scale is not None
+    assert all(type(b.stochastic_depth) is fastinfer.nn.Int8DropPath for b in q.blocks)
+    x = torch.randn(2, 3, 12, 12)
+    with torch.inference_mode():
+        y = q(x)
+        assert F.cosine_similarity(y.flatten(), model(x).flatten(), dim=0) > 0.99
+    q.train()
+    with pytest.raises(RuntimeError, match="call model.eval"), torch.inference_mode():
+        q(x)
+

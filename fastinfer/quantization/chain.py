@@ -39,7 +39,7 @@ from ..nn.conv import Int8Conv1d, Int8Conv2d
 from ..nn.linear import Int8Linear
 from ..nn.sparse import SparseLinear
 from ..nn.add import Int8Add
-from ..nn.dropout import Int8Dropout
+from ..nn.dropout import Int8Dropout, Int8DropPath, is_drop_path
 from ..nn.fused import Folded
 from ..nn.gate import Int8AdaptiveAvgPool2d, Int8ChannelScale, Int8GlobalAvgPool, is_global_avg_pool
 from ..nn import concat
@@ -53,7 +53,7 @@ from .fuse import PiecesTracer, _arg, _join, pieces, walk_traced
 # Functional max pooling is not among them: torch's kernel fails on channels_last int8, and a call in a
 # forward cannot be swapped for ours.
 IDENTITIES = (nn.Identity, Folded)  # Folded: what fuse left where it folded a module away
-INT8_TRANSPARENT_MODULES = (*IDENTITIES, nn.MaxPool2d, Int8MaxPool2d, nn.ReLU, nn.Dropout, Int8Dropout)
+INT8_TRANSPARENT_MODULES = (*IDENTITIES, nn.MaxPool2d, Int8MaxPool2d, nn.ReLU, nn.Dropout, Int8Dropout, Int8DropPath)
 # Nearest upsampling copies values: exact on int8 too (Int8Upsample); the other modes compute new ones.
 _UPSAMPLES = (nn.Upsample, nn.UpsamplingNearest2d, Int8Upsample)
 _TRANSPARENT_FUNCTIONS = (F.relu, torch.relu, F.relu_, torch.relu_)
@@ -64,7 +64,7 @@ def _int8_exact(mod: nn.Module) -> bool:
     """Whether module ``mod`` keeps int8 values exact between two static convs."""
     if type(mod) in _UPSAMPLES:
         return mod.mode in Int8Upsample.MODES
-    return type(mod) in INT8_TRANSPARENT_MODULES
+    return type(mod) in INT8_TRANSPARENT_MODULES or (is_drop_path(mod) and not mod.training)
 
 
 def _int8_passes(mod: nn.Module) -> bool:
@@ -605,9 +605,15 @@ def _is_relu(module: nn.Module, node: fx.Node) -> bool:
 
 
 def _behind_identities(module: nn.Module, node: fx.Node) -> fx.Node:
-    while node.op == "call_module" and type(module.get_submodule(node.target)) in IDENTITIES:
+    """node, or where it comes from through identities and stochastic depth in eval mode (EfficientNet's residual
+    branch)."""
+    while node.op == "call_module" and _identity(module.get_submodule(node.target)) and node.args:
         node = node.args[0]
     return node
+
+
+def _identity(mod: nn.Module) -> bool:
+    return type(mod) in IDENTITIES or (not mod.training and (is_drop_path(mod) or type(mod) is Int8DropPath))
 
 
 def _relu_args_only(node: fx.Node, arg: fx.Node) -> bool:
@@ -980,13 +986,15 @@ def _transparent(module: nn.Module, node: fx.Node, one_pixel: bool = False) -> b
 
 
 def _int8_passthrough(root: nn.Module, name: str) -> None:
-    """Swaps the nn.MaxPool2d called as ``name`` for an Int8MaxPool2d, an nn.Dropout for an Int8Dropout, a nearest
-    nn.Upsample for an Int8Upsample (float inputs behave as before)."""
+    """Swaps the nn.MaxPool2d called as ``name`` for an Int8MaxPool2d, an nn.Dropout for an Int8Dropout, a stochastic
+    depth module for an Int8DropPath, a nearest nn.Upsample for an Int8Upsample (float inputs behave as before)."""
     mod = root.get_submodule(name)
     if type(mod) is nn.MaxPool2d:
         _set_submodule(root, name, Int8MaxPool2d.from_float(mod))
     elif type(mod) is nn.Dropout:
         _set_submodule(root, name, Int8Dropout.from_float(mod))
+    elif is_drop_path(mod):
+        _set_submodule(root, name, Int8DropPath.from_float(mod))
     elif type(mod) in (nn.Upsample, nn.UpsamplingNearest2d):
         _set_submodule(root, name, Int8Upsample.from_float(mod))
     elif type(mod) is nn.AvgPool2d:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, fx, nn
 import torch.nn.functional as F
 
+from ..nn.dropout import is_drop_path
 from ..nn.fused import ConvAct2d, Folded, LinearAct
 from .calibrate import model_call
 
@@ -184,10 +185,11 @@ class PiecesTracer(fx.Tracer):
 class _Tracer(PiecesTracer):
     # fastinfer's own layers (ConvAct2d, LinearAct, Int8Linear ...) are leaves like torch.nn's, so
     # an already-fused layer shows up as one call and fuse can run twice.
-    # Activation modules are leaves too, so a non-idempotent one (GELU) can be swapped for Identity.
+    # Activation modules are leaves too, so a non-idempotent one (GELU) can be swapped for Identity; and stochastic
+    # depth modules, so that an int8 hand-off can pass one in eval mode and swap it for an Int8DropPath.
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (type(m).__module__.startswith("fastinfer.nn") or _module_activation(m) is not None
-                or super().is_leaf_module(m, qualname))
+                or is_drop_path(m) or super().is_leaf_module(m, qualname))
 
 
 def walk_traced(prefix: str, module: nn.Module, on_graph: Callable[[str, nn.Module, fx.Graph], None],
