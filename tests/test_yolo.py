@@ -1,7 +1,8 @@
 """int8 hand-offs through YOLOv8's blocks (written as ultralytics writes them): a C2f's ``list(cv1(x).chunk(2, 1))``,
 which torch.fx alone cannot trace (fuse.PiecesTracer can), the chunk's pieces, Conv modules with a forward of their
 own, bottleneck residual adds, SPPF's concatenation of one output max-pooled three times, and consumers that
-disagree on a scale because one reads a piece and another the concatenation."""
+disagree on a scale because one reads a piece and another the concatenation; and the stochastic depth of
+EfficientNet's residual branches (torchvision's StochasticDepth, timm's DropPath) on a hand-off."""
 import copy
 
 import pytest

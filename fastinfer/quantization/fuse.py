@@ -155,8 +155,11 @@ def pieces(node: fx.Node) -> Optional[int]:
         chunk = node.target is torch.chunk
     else:
         return None
-    how = node.args[1] if len(node.args) > 1 else next(iter(node.kwargs.values()), None) if len(node.kwargs) == 1 \
-        and next(iter(node.kwargs)) in ("chunks", "split_size", "split_size_or_sections") else None
+    if len(node.args) > 1:
+        how = node.args[1]
+    else:  # by name: chunk's chunks, Tensor.split's split_size, torch.split's split_size_or_sections
+        how = next((v for k, v in node.kwargs.items() if k in ("chunks", "split_size", "split_size_or_sections")),
+                   None)
     if chunk:
         return 2 if type(how) is int and how == 2 else None
     return len(how) if isinstance(how, (list, tuple)) and all(type(s) is int for s in how) else None
