@@ -569,3 +569,62 @@ def test_fused_transformer_saves_and_loads():
     loaded = fastinfer.load_quantized(state, fastinfer.fuse(_transformer("encoder", "gelu")))
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), q(x), rtol=0, atol=0)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """A stand-in for torchvision.ops.misc.FrozenBatchNorm2d (torchvision's detection backbones put it where
+    BatchNorm2d would be): the statistics and affine parameters are buffers, and no num_features is kept."""
+
+    def __init__(self, n, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        for name, init in (("weight", torch.ones), ("bias", torch.zeros), ("running_mean", torch.zeros),
+                           ("running_var", torch.ones)):
+            self.register_buffer(name, init(n))
+
+    def forward(self, x):
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        bias = self.bias - self.running_mean * scale
+        return x * scale.reshape(1, -1, 1, 1) + bias.reshape(1, -1, 1, 1)
+
+
+FrozenBatchNorm2d.__module__ = "torchvision.ops.misc"  # known by class and package
+
+
+def test_frozen_batchnorm_folds_like_batchnorm():
+    torch.manual_seed(0)
+
+    class Block(nn.Module):  # torchvision's Bottleneck with norm_layer=FrozenBatchNorm2d, in short
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), FrozenBatchNorm2d(8)
+            self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), FrozenBatchNorm2d(8)
+            self.relu = nn.ReLU(inplace=True)
+            self.tail = nn.Sequential(nn.Conv2d(8, 4, 1), FrozenBatchNorm2d(4), nn.ReLU())
+            self.wrong = nn.Sequential(nn.Conv2d(8, 4, 1), FrozenBatchNorm2d(5))  # 5 features for 4 channels
+
+        def forward(self, x):
+            y = self.relu(self.bn1(self.conv1(x)))
+            y = self.relu(self.bn2(self.conv2(y)) + y)
+            return self.tail(y), y
+
+    model = Block().eval()
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        want = model(x)
+    fused = fuse(copy.deepcopy(model))
+    assert type(fused.bn1) is Folded and type(fused.bn2) is Folded and type(fused.tail[1]) is Folded
+    assert isinstance(fused.conv1, ConvAct2d) and fused.conv1.activation == "relu"
+    assert type(fused.wrong[1]) is FrozenBatchNorm2d  # unused here: the module-pattern walk leaves it, reported
+    with torch.no_grad():
+        got = fused(x)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    # traced alone (a Sequential): the wrong one is reported, not folded
+    seq = fuse(copy.deepcopy(model.wrong))
+    assert type(seq[1]) is FrozenBatchNorm2d
+    assert any("num_features=5" in why for _, why in seq.fastinfer_fuse_report.skipped)

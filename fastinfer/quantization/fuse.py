@@ -189,10 +189,11 @@ class _Tracer(PiecesTracer):
     # fastinfer's own layers (ConvAct2d, LinearAct, Int8Linear ...) are leaves like torch.nn's, so
     # an already-fused layer shows up as one call and fuse can run twice.
     # Activation modules are leaves too, so a non-idempotent one (GELU) can be swapped for Identity; and stochastic
-    # depth modules, so that an int8 hand-off can pass one in eval mode and swap it for an Int8DropPath.
+    # depth modules, so that an int8 hand-off can pass one in eval mode and swap it for an Int8DropPath; and frozen
+    # BatchNorms, so that they are folded like BatchNorm2d.
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (type(m).__module__.startswith("fastinfer.nn") or _module_activation(m) is not None
-                or is_drop_path(m) or super().is_leaf_module(m, qualname))
+                or is_drop_path(m) or is_frozen_bn(m) or super().is_leaf_module(m, qualname))
 
 
 def walk_traced(prefix: str, module: nn.Module, on_graph: Callable[[str, nn.Module, fx.Graph], None],
@@ -255,6 +256,22 @@ def _bn_type(layer: nn.Module):
     return nn.BatchNorm2d if isinstance(layer, nn.Conv2d) else nn.BatchNorm1d
 
 
+def is_frozen_bn(mod: nn.Module) -> bool:
+    """Whether mod is a FrozenBatchNorm2d (torchvision.ops.misc's, which torchvision's detection backbones use in
+    place of BatchNorm2d; detectron2's): a BatchNorm2d whose statistics and affine parameters are buffers, eval
+    always. Known by class and package (fastinfer depends on neither) and checked for its four buffers."""
+    t = type(mod)
+    return (t.__name__ == "FrozenBatchNorm2d" and t.__module__.split(".")[0] in ("torchvision", "detectron2")
+            and all(isinstance(getattr(mod, b, None), Tensor) for b in ("weight", "bias", "running_mean", "running_var"))
+            and isinstance(getattr(mod, "eps", None), float))
+
+
+def _is_bn_for(layer: nn.Module, mod: nn.Module) -> bool:
+    """mod is the kind of BatchNorm that layer's output takes: BatchNorm2d (or a FrozenBatchNorm2d) after a Conv2d,
+    BatchNorm1d after a Linear or Conv1d."""
+    return type(mod) is _bn_type(layer) or (isinstance(layer, nn.Conv2d) and is_frozen_bn(mod))
+
+
 class _Fuser:
     def __init__(self, root: nn.Module, aliased: Set[int], report: FuseReport,
                  output_ranks: Optional[Dict[str, Set[int]]]):
@@ -278,8 +295,9 @@ class _Fuser:
         if bn.running_mean is None or bn.running_var is None:
             return "no running statistics (track_running_stats=False): it normalizes with batch statistics"
         n_out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-        if bn.num_features != n_out:
-            return f"num_features={bn.num_features} but the layer has {n_out} output channels"
+        features = bn.running_mean.numel()  # (a FrozenBatchNorm2d keeps no num_features)
+        if features != n_out:
+            return f"num_features={features} but the layer has {n_out} output channels"
         if isinstance(layer, (nn.Linear, nn.Conv1d)):  # BatchNorm1d normalizes dim 1: [N, C] or [N, C, L]
             kind, want = ("Linear", 2) if isinstance(layer, nn.Linear) else ("Conv1d", 3)
             if self.output_ranks is None:
@@ -345,7 +363,7 @@ class _Fuser:
                 i += 1
                 continue
             j, bn_name, act, act_name = i + 1, None, None, None
-            if j < len(mods) and type(mods[j]) is _bn_type(layer):
+            if j < len(mods) and mods[j] is not None and _is_bn_for(layer, mods[j]):
                 problem = self.bn_problem(_join(prefix, names[i]), layer, mods[j])
                 if problem:
                     self.report.skipped.append((_join(prefix, names[j]), problem))
@@ -397,7 +415,7 @@ class _Fuser:
                 continue
             layer = mods[node.target]
             bn_node, nxt = None, only_user(node)
-            if (nxt is not None and nxt.op == "call_module" and type(mods[nxt.target]) is _bn_type(layer)
+            if (nxt is not None and nxt.op == "call_module" and _is_bn_for(layer, mods[nxt.target])
                     and calls[nxt.target] == 1):
                 problem = self.bn_problem(_join(prefix, node.target), layer, mods[nxt.target])
                 if problem:
@@ -421,7 +439,8 @@ class _Fuser:
         reported: Set[str] = set()  # a BatchNorm called twice is one entry
         for node in graph.nodes:
             if (node.op == "call_module" and node.target not in folded and node.target not in reported
-                    and isinstance(mods[node.target], (nn.BatchNorm1d, nn.BatchNorm2d))):
+                    and (isinstance(mods[node.target], (nn.BatchNorm1d, nn.BatchNorm2d))
+                         or is_frozen_bn(mods[node.target]))):
                 reported.add(node.target)
                 self.report.skipped.append((_join(prefix, node.target), self.why_not_folded(prefix, node, mods, calls)))
 
@@ -435,7 +454,7 @@ class _Fuser:
         layer = mods[src.target]
         if type(layer) not in (nn.Conv2d, nn.Linear, nn.Conv1d, ConvAct2d, LinearAct):
             return f"its input comes from {src.target} ({type(layer).__name__}), not a Conv2d/Linear"
-        if type(bn) is not _bn_type(layer):
+        if not _is_bn_for(layer, bn):
             return f"{type(bn).__name__} after {type(layer).__name__} (expected {_bn_type(layer).__name__})"
         if len(src.users) != 1:
             others = ", ".join(u.name for u in src.users if u is not bn_node) or "the model output"
