@@ -130,7 +130,9 @@ def _quantized(model, int8_residuals=True, size=17):
 
 def _interpolations(mod):
     """The modes of the int8_interpolate calls in mod's forward (a GraphModule's)."""
-    return [n.args[3] for n in mod.graph.nodes if n.target is int8_interpolate] if isinstance(mod, fx.GraphModule) else []
+    if not isinstance(mod, fx.GraphModule):
+        return []
+    return [n.args[3] for n in mod.graph.nodes if n.target is int8_interpolate]
 
 
 def _dtypes_seen(q, x, **mods):

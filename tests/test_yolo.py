@@ -135,8 +135,8 @@ def test_yolo_blocks_hand_off_int8(split, tmp_path):
     assert cv1.out_scale == max(q.c2f.m[0].cv1.conv.x_scale, q.c2f.cv2.conv.x_scale)
     assert q.c2f.m[0].cv1.conv.x_scale == q.c2f.cv2.conv.x_scale == cv1.out_scale
     seen = {}
-    hooks = [m.register_forward_pre_hook(lambda m, inp, n=n: seen.__setitem__(n, inp[0].dtype))
-             for n, m in (("c2f.cv2", q.c2f.cv2.conv), ("sppf.cv2", q.sppf.cv2.conv), ("bottleneck", q.c2f.m[1].cv1.conv))]
+    readers = (("c2f.cv2", q.c2f.cv2.conv), ("sppf.cv2", q.sppf.cv2.conv), ("bottleneck", q.c2f.m[1].cv1.conv))
+    hooks = [m.register_forward_pre_hook(lambda m, inp, n=n: seen.__setitem__(n, inp[0].dtype)) for n, m in readers]
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         y = q(x)

@@ -262,7 +262,8 @@ def is_frozen_bn(mod: nn.Module) -> bool:
     always. Known by class and package (fastinfer depends on neither) and checked for its four buffers."""
     t = type(mod)
     return (t.__name__ == "FrozenBatchNorm2d" and t.__module__.split(".")[0] in ("torchvision", "detectron2")
-            and all(isinstance(getattr(mod, b, None), Tensor) for b in ("weight", "bias", "running_mean", "running_var"))
+            and all(isinstance(getattr(mod, b, None), Tensor)
+                    for b in ("weight", "bias", "running_mean", "running_var"))
             and isinstance(getattr(mod, "eps", None), float))
 
 
