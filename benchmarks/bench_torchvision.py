@@ -19,6 +19,7 @@ are pure Python, are imported without those ops' fake-tensor registrations; the 
     python benchmarks/bench_torchvision.py --threads 2 --batch 1 --json results.json
     python benchmarks/bench_torchvision.py --models swin_t,resnet50 --batch 8
     python benchmarks/bench_torchvision.py --models segmentation     # FCN, DeepLabV3, LR-ASPP at 256 x 256
+    python benchmarks/bench_torchvision.py --models detection        # detection backbones (ResNet-50 FPN) at 512
 """
 from __future__ import annotations
 
@@ -44,7 +45,11 @@ MODELS = ("resnet18", "resnet50", "resnext50_32x4d", "regnet_y_400mf", "densenet
 # Segmentation models (--models segmentation): torchvision.models.segmentation's, 21 classes, 256 x 256 images; the
 # benchmark runs them through SegmentationOutput (their per-pixel logits, the dict's "out").
 SEGMENTATION = ("fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")
-IMAGE_SIZE = {"inception_v3": 299, **{name: 256 for name in SEGMENTATION}}
+# Detection backbones (--models detection): what torchvision's Faster R-CNN, RetinaNet, Mask R-CNN and FCOS run
+# before their heads (which need torchvision's compiled ops), its FPN levels flattened and joined as one output;
+# with FrozenBatchNorm2d, as torchvision builds them, holding statistics measured as for the others.
+DETECTION = ("resnet50_fpn_backbone",)
+IMAGE_SIZE = {"inception_v3": 299, **{name: 256 for name in SEGMENTATION}, **{name: 512 for name in DETECTION}}
 BUILD_ARGS = {"googlenet": {"aux_logits": False, "init_weights": True},
               "inception_v3": {"aux_logits": False, "init_weights": True},
               **{name: {"weights_backbone": None, "num_classes": 21} for name in SEGMENTATION}}
@@ -80,10 +85,45 @@ class SegmentationOutput(nn.Module):
         return self.model(x)["out"]
 
 
+class DetectionBackboneOutput(nn.Module):
+    """A torchvision detection backbone (its FPN's levels, a dict) returning them flattened and joined."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return torch.cat([t.flatten(1) for t in self.model(x).values()], 1)
+
+
+def detection_backbone(name: str) -> nn.Module:
+    """The named detection backbone, built with BatchNorm2d (its statistics are measured by build, then
+    freeze_norms puts them in FrozenBatchNorm2d, as a checkpoint would)."""
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    return DetectionBackboneOutput(resnet_fpn_backbone(backbone_name=name.split("_")[0], weights=None,
+                                                       trainable_layers=5, norm_layer=nn.BatchNorm2d))
+
+
+def freeze_norms(model: nn.Module) -> nn.Module:
+    """Every BatchNorm2d of model replaced by torchvision's FrozenBatchNorm2d holding its statistics."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+    for name, m in list(model.named_modules()):
+        if type(m) is nn.BatchNorm2d:
+            frozen = FrozenBatchNorm2d(m.num_features, m.eps)
+            for b in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, b).copy_(getattr(m, b).detach())
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, frozen)
+    return model
+
+
 def build(tvm, name: str, seed: int = 0) -> nn.Module:
     """torchvision's model with random weights whose BatchNorm statistics are measured (module docstring)."""
     torch.manual_seed(seed)
-    model = tvm.get_model(name, weights=None, **BUILD_ARGS.get(name, {}))
+    if name in DETECTION:
+        model = detection_backbone(name)
+    else:
+        model = tvm.get_model(name, weights=None, **BUILD_ARGS.get(name, {}))
     if name in SEGMENTATION:
         model = SegmentationOutput(model)
     with torch.no_grad():
@@ -102,6 +142,8 @@ def build(tvm, name: str, seed: int = 0) -> nn.Module:
                 model(torch.randn(4, 3, size, size, generator=g))
             for m in norms:
                 m.momentum = 0.1
+    if name in DETECTION:
+        freeze_norms(model)
     return model.eval()
 
 
@@ -184,7 +226,8 @@ def cell(entry: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated torchvision model names, or "
-                    f"'segmentation' for {', '.join(SEGMENTATION)} (256 x 256)")
+                    f"'segmentation' for {', '.join(SEGMENTATION)} (256 x 256), or 'detection' for "
+                    f"{', '.join(DETECTION)} (512 x 512)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib-batches", type=int, default=4, help="calibration batches of 2 random images")
@@ -207,8 +250,9 @@ def main(argv=None) -> dict:
           f"threads {args.threads} | batch {args.batch} | torch {info['torch']} | {info['date']}")
     print("# ms (speedup vs fp32, err = ||y - y_fp32|| / ||y_fp32||), eager, medians of paired rounds")
     rows = []
-    names = list(SEGMENTATION) if args.models == "segmentation" else [m.strip() for m in args.models.split(",")
-                                                                          if m.strip()]
+    groups = {"segmentation": SEGMENTATION, "detection": DETECTION}
+    names = list(groups[args.models]) if args.models in groups else [m.strip() for m in args.models.split(",")
+                                                                      if m.strip()]
     for name in names:
         row = bench_model(tvm, name, args)
         rows.append(row)
