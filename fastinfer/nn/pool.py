@@ -74,13 +74,12 @@ class Int8Upsample(nn.Upsample):
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (torch's name: layer(input=x) works)
         if input.dtype != torch.int8:
             return super().forward(input)
-        if torch.jit.is_tracing():  # the tracer cannot record view(dtype); a cast wraps to the same bytes (a copy)
-            return super().forward(input.to(torch.uint8)).to(torch.int8)
-        return super().forward(input.view(torch.uint8)).view(torch.int8)
+        return int8_interpolate(input, self.size, self.scale_factor, self.mode, self.align_corners,
+                                self.recompute_scale_factor)
 
 
 
-INTERPOLATE_MODES = ("nearest", "nearest-exact", "bilinear")
+INTERPOLATE_MODES = (*Int8Upsample.MODES, "bilinear")
 
 
 @fx_leaf
@@ -104,8 +103,8 @@ def int8_interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "n
         return F.interpolate(x, size, scale_factor, mode, align_corners, recompute_scale_factor)
     if mode not in INTERPOLATE_MODES:
         raise ValueError(f"int8_interpolate upsamples int8 inputs in modes {INTERPOLATE_MODES}, got mode={mode!r}")
-    if mode != "bilinear":
-        if torch.jit.is_tracing():  # the tracer cannot record view(dtype); a cast wraps to the same bytes
+    if mode != "bilinear":  # torch's nearest upsampling refuses int8 in channels_last, not uint8: the same bytes
+        if torch.jit.is_tracing():  # the tracer cannot record view(dtype); a cast wraps to the same bytes (a copy)
             return F.interpolate(x.to(torch.uint8), size, scale_factor, mode, align_corners,
                                  recompute_scale_factor).to(torch.int8)
         return F.interpolate(x.view(torch.uint8), size, scale_factor, mode, align_corners,

@@ -974,7 +974,7 @@ def _transparent(module: nn.Module, node: fx.Node, one_pixel: bool = False) -> b
         return _int8_passes(module.get_submodule(node.target))
     if node.op == "call_function" and node.target is int8_interpolate:
         mode = node.args[3] if len(node.args) > 3 else node.kwargs.get("mode", "nearest")
-        return mode in Int8Upsample.MODES or one_pixel
+        return mode in Int8Upsample.MODES or (mode == "bilinear" and one_pixel)
     if pieces(node) is not None:  # a chunk or split (views: the same values), then a piece of it
         return all(u.op == "call_function" and u.target is operator.getitem and type(u.args[1]) is int
                    for u in node.users)
@@ -1051,29 +1051,24 @@ def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Option
     while stack:
         node = stack.pop()
         for user in node.users:
-            if user in seen:  # reached again, through another of its inputs
-                if _concatenation(user, node):  # (YOLOv8's C2f joins both pieces of one chunk)
-                    found.joins.append((user, node))
-                elif user in (a for a, _ in found.adds) and isinstance(module.get_submodule(user.target), Int8Add):
-                    if len(user.args) != 2 or (user.args[0] is node) == (user.args[1] is node):
-                        return None
-                    found.adds.append((user, "a_scale" if user.args[0] is node else "b_scale"))
-                continue
+            again = user in seen  # reached through another of its inputs
             seen.add(user)
-            if _concatenation(user, node):
+            if _concatenation(user, node):  # each input it joins (YOLOv8's C2f joins both pieces of one chunk)
                 found.joins.append((user, node))
-                pools[user] = pools[node]
-                if node in found.averaged:
-                    found.averaged.add(user)
-                stack.append(user)
+                if not again:
+                    pools[user] = 0  # (the max poolings before each node: _settle_pools)
+                    stack.append(user)
+                continue
+            mod = module.get_submodule(user.target) if user.op == "call_module" else None
+            if again and not isinstance(mod, Int8Add):  # an Int8Add's other operand is recorded below
                 continue
             if node in user.kwargs.values():
                 return None
-            mod = module.get_submodule(user.target) if user.op == "call_module" else None
             if isinstance(mod, Int8Add):
-                if len(user.args) != 2 or (user.args[0] is node) == (user.args[1] is node):
+                attr = _operand(user, node)
+                if attr is None:
                     return None
-                found.adds.append((user, "a_scale" if user.args[0] is node else "b_scale"))
+                found.adds.append((user, attr))
                 continue
             if (isinstance(mod, BatchNormQuant2d) or _foldable_norm(mod)) and calls[user.target] == 1:
                 # a norm that writes int8 for its convs, or a float one (it becomes a BatchNormQuant2d that reads
@@ -1099,9 +1094,7 @@ def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Option
                 return None
             if _static_conv(mod):
                 found.convs.append(user)
-                pools[user] = pools[node]
-                if node in found.averaged:
-                    found.averaged.add(user)
+                pools[user] = 0
             elif _transparent(module, user, node in ones):
                 if node in ones and (type(mod) in INT8_TRANSPARENT_MODULES if mod is not None else
                                      user.target is not int8_interpolate) and not isinstance(mod, nn.MaxPool2d):
@@ -1110,9 +1103,7 @@ def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Option
                     if isinstance(mod, nn.MaxPool2d) and mod.return_indices:
                         return None
                     found.passed.append(user)
-                pools[user] = pools[node] + isinstance(mod, nn.MaxPool2d)
-                if node in found.averaged or isinstance(mod, nn.AvgPool2d):
-                    found.averaged.add(user)
+                pools[user] = 0
                 stack.append(user)
             else:
                 return None
@@ -1122,11 +1113,20 @@ def _int8_consumers(module: nn.Module, start: fx.Node, calls: Counter) -> Option
     return found
 
 
+def _operand(add: fx.Node, node: fx.Node) -> Optional[str]:
+    """The scale attribute of the Int8Add operand that node is at the call ``add``: "a_scale" or "b_scale"; None
+    where node is not one operand of two."""
+    if len(add.args) != 2 or (add.args[0] is node) == (add.args[1] is node):
+        return None
+    return "a_scale" if add.args[0] is node else "b_scale"
+
+
 def _settle_pools(module: nn.Module, start: fx.Node, found: _Consumers) -> None:
-    """found.pools and found.averaged over every path: the walk set them from the first path to reach a node, and a
-    concatenation reached through several of its inputs (SPPF joins the producer's output with it max-pooled once,
-    twice, three times) holds values as wide as its widest input: the fewest max poolings, behind an average pooling
-    only if every input is. Recomputed for each node on the way in the graph's (topological) order."""
+    """found.pools, found.averaged and found.parted of each node the walk reached (the keys of found.pools), over
+    every path to it, in the graph's (topological) order: the fewest max poolings before it, behind an average
+    pooling only if every input is (a concatenation reached through several inputs holds values as wide as its
+    widest one: SPPF joins the producer's output with it max-pooled once, twice, three times), and behind a
+    concatenation or a chunk's piece."""
     pools, averaged = found.pools, found.averaged
     for n in start.graph.nodes:
         if n is start or n not in pools:
